@@ -1,0 +1,7 @@
+"""Events the auth service publishes and consumes (payloads in protos/poly/events/v1)."""
+
+__all__ = ["CONSUMES", "PUBLISHES"]
+
+PUBLISHES: tuple[str, ...] = ("poly.events.v1.UserRegistered",)
+
+CONSUMES: tuple[str, ...] = ("poly.events.v1.UserDeleted",)

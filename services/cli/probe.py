@@ -1,0 +1,23 @@
+"""Ask a component's standard gRPC health service how it is, over mTLS as the `cli` identity."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.kit import tls
+from services.kit.config import Settings
+
+__all__ = ["health_status"]
+
+
+def health_status(settings: Settings, component: str, *, timeout: float = 2.0) -> str:
+    """``SERVING``, ``NOT_SERVING``, ... or ``UNREACHABLE (<code>)`` when the call fails."""
+    with grpc.secure_channel(settings.peers[component], tls.channel_credentials(settings.tls)) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.RpcError as error:
+            code = error.code() if isinstance(error, grpc.Call) else None
+            return f"UNREACHABLE ({code.name if code else 'error'})"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))

@@ -1,0 +1,211 @@
+"""Settings from ``POLY_*`` environment variables: the only module that reads the environment.
+
+`load(service)` builds one frozen `Settings` at start-up; each component then gets only its
+slice (`settings.db`, `settings.tls`, ...). Every problem is collected first, so a bad
+environment fails start-up once with every wrong name listed. The README's configuration
+table documents each variable.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from services.kit.types import Environ
+
+__all__ = [
+    "ConfigError",
+    "COMPONENTS",
+    "DEFAULT_PORTS",
+    "SERVICES",
+    "DatabaseSettings",
+    "ServerSettings",
+    "Settings",
+    "TlsSettings",
+    "load",
+    "load_or_exit",
+    "redact_url",
+]
+
+SERVICES: tuple[str, ...] = ("auth", "users", "orders", "payments", "notifications")
+"""The domain services, in start-up order."""
+
+COMPONENTS: tuple[str, ...] = (*SERVICES, "gateway", "cli")
+"""Everything that gets a certificate: the services, the edge and the operator CLI."""
+
+DEFAULT_PORTS: Mapping[str, int] = {
+    "auth": 50051,
+    "users": 50052,
+    "orders": 50053,
+    "payments": 50054,
+    "notifications": 50055,
+    "gateway": 8080,
+}
+
+_T = TypeVar("_T")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class ConfigError(ValueError):
+    """The environment is unusable; `problems` lists every wrong or missing variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def redact_url(url: str) -> str:
+    """``scheme://user:secret@host/db`` -> ``scheme://user:***@host/db`` for logs and reprs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user, has_password, _ = credentials.partition(":")
+    return f"{scheme}://{user}{':***' if has_password else ''}@{host}"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    trust_domain: str = "poly.local"
+    namespace: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str
+    port: int
+    workers: int = 1200
+    """Thread-pool size; every in-flight call (a watch stream too) holds one thread."""
+    grace_seconds: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    url: str = field(repr=False)
+    migrate_on_start: bool = True
+
+    def __repr__(self) -> str:
+        return f"DatabaseSettings(url={redact_url(self.url)!r}, migrate_on_start={self.migrate_on_start})"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    service: str
+    home: Path
+    log_level: str
+    server: ServerSettings
+    tls: TlsSettings
+    db: DatabaseSettings
+    peers: Mapping[str, str]
+    """Address each other component is dialled at, e.g. ``{"orders": "localhost:50053"}``."""
+    client_deadline_seconds: float = 5.0
+
+
+class _Reader:
+    """Reads typed values from the environment, collecting every problem instead of raising."""
+
+    def __init__(self, environ: Environ) -> None:
+        self._environ = environ
+        self.problems: list[str] = []
+
+    def text(self, name: str, default: str) -> str:
+        value = self._environ.get(name, default).strip()
+        if not value:
+            self.problems.append(f"{name}: must not be empty")
+        return value
+
+    def _parsed(self, name: str, default: _T, parse: Callable[[str], _T], expected: str) -> _T:
+        raw = self._environ.get(name)
+        if raw is None:
+            return default
+        try:
+            return parse(raw.strip())
+        except ValueError:
+            self.problems.append(f"{name}: expected {expected}, got {raw!r}")
+            return default
+
+    def integer(self, name: str, default: int, *, low: int, high: int) -> int:
+        value = self._parsed(name, default, int, "an integer")
+        if not low <= value <= high:
+            self.problems.append(f"{name}: must be between {low} and {high}, got {value}")
+        return value
+
+    def number(self, name: str, default: float, *, low: float, high: float) -> float:
+        value = self._parsed(name, default, float, "a number")
+        if not low <= value <= high:
+            self.problems.append(f"{name}: must be between {low} and {high}, got {value}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        def parse(raw: str) -> bool:
+            if raw.lower() in _TRUE:
+                return True
+            if raw.lower() in _FALSE:
+                return False
+            raise ValueError(raw)
+
+        return self._parsed(name, default, parse, "true or false")
+
+
+def load(service: str, environ: Environ | None = None) -> Settings:
+    """Build the settings of `service` (a name from `COMPONENTS`) from the environment."""
+    env = _Reader(os.environ if environ is None else environ)
+    if service not in COMPONENTS:
+        env.problems.append(f"service: unknown component {service!r}; expected one of {COMPONENTS}")
+    upper = service.upper()
+    home = Path(env.text("POLY_HOME", ".poly")).absolute()
+    tls_dir = Path(env.text("POLY_TLS_DIR", str(home / "certs")))
+    log_level = env.text("POLY_LOG_LEVEL", "INFO").upper()
+    if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        env.problems.append(f"POLY_LOG_LEVEL: expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+    ports = {
+        name: env.integer(f"POLY_{name.upper()}_PORT", default, low=0, high=65535)
+        for name, default in DEFAULT_PORTS.items()
+    }
+    peers = {
+        name: env.text(f"POLY_{name.upper()}_ADDRESS", f"localhost:{port}") for name, port in ports.items()
+    }
+    settings = Settings(
+        service=service,
+        home=home,
+        log_level=log_level,
+        server=ServerSettings(
+            host=env.text("POLY_LISTEN_HOST", "127.0.0.1"),
+            port=ports.get(service, 0),
+            workers=env.integer("POLY_GRPC_WORKERS", 1200, low=4, high=20000),
+            grace_seconds=env.number("POLY_GRACE_SECONDS", 10.0, low=0.0, high=600.0),
+        ),
+        tls=TlsSettings(
+            ca_file=Path(env.text("POLY_TLS_CA_FILE", str(tls_dir / "ca.crt"))),
+            cert_file=Path(env.text("POLY_TLS_CERT_FILE", str(tls_dir / f"{service}.crt"))),
+            key_file=Path(env.text("POLY_TLS_KEY_FILE", str(tls_dir / f"{service}.key"))),
+            trust_domain=env.text("POLY_TRUST_DOMAIN", "poly.local"),
+            namespace=env.text("POLY_NAMESPACE", "default"),
+        ),
+        db=DatabaseSettings(
+            url=env.text(f"POLY_{upper}_DATABASE_URL", f"sqlite:///{home / 'data' / f'{service}.db'}"),
+            migrate_on_start=env.flag("POLY_DB_MIGRATE", True),
+        ),
+        peers=peers,
+        client_deadline_seconds=env.number("POLY_CLIENT_DEADLINE_SECONDS", 5.0, low=0.01, high=3600.0),
+    )
+    if env.problems:
+        raise ConfigError(env.problems)
+    return settings
+
+
+def load_or_exit(service: str) -> Settings:
+    """`load`, or print every problem and exit with status 2 (for entry points)."""
+    try:
+        return load(service)
+    except ConfigError as error:
+        sys.stderr.write(f"{service}: {error}\n")
+        raise SystemExit(2) from None

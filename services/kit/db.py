@@ -1,0 +1,142 @@
+"""One SQLAlchemy engine per service, shared column shapes, and migrations on start.
+
+SQLite (a file under the state directory) is the default; any SQLAlchemy URL works, and a
+plain ``postgresql://`` URL is given the psycopg 3 driver. Access is synchronous, to fit the
+thread-pool server: each RPC opens one session and one transaction (`transaction`).
+Each service keeps its Alembic scripts in ``services/<name>/migrations``; `migrate` brings
+a database to head, and the scripts' ``env.py`` is one call to `run_migrations_env`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from alembic import command, context
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import BigInteger, DateTime, Engine, MetaData, String, create_engine, event, func
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.orm import Session, mapped_column, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.types import TypeDecorator
+
+from services.kit.config import DatabaseSettings
+
+__all__ = [
+    "CreatedAt",
+    "CurrencyCode",
+    "Id",
+    "MinorUnits",
+    "UpdatedAt",
+    "UtcDateTime",
+    "engine",
+    "migrate",
+    "naming_convention",
+    "run_migrations_env",
+    "session_factory",
+    "transaction",
+]
+
+naming_convention: dict[str, str] = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+"""Constraint names every service's `MetaData` uses, so migrations name them the same."""
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware datetimes on every backend; SQLite stores them as naive UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: pass a timezone-aware value")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+Id = Annotated[str, mapped_column(String(64), primary_key=True)]
+"""An opaque identifier (the last segment of a resource name)."""
+CreatedAt = Annotated[dt.datetime, mapped_column(UtcDateTime(), server_default=func.now())]
+UpdatedAt = Annotated[
+    dt.datetime, mapped_column(UtcDateTime(), server_default=func.now(), onupdate=func.now())
+]
+MinorUnits = Annotated[int, mapped_column(BigInteger())]
+"""Money: integer minor units (cents), always next to a `CurrencyCode`."""
+CurrencyCode = Annotated[str, mapped_column(String(3))]
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def engine(settings: DatabaseSettings) -> Engine:
+    """The service's engine; creates the SQLite file's folder when needed."""
+    url = make_url(settings.url)
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        created = create_engine(url, connect_args={"check_same_thread": False, "timeout": 5})
+        event.listen(created, "connect", _sqlite_pragmas)
+        return created
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def session_factory(bound: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bound, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One session, one transaction: committed on success, rolled back on any exception."""
+    with factory.begin() as session:
+        yield session
+
+
+def _alembic_config(directory: Path, bound: Engine) -> AlembicConfig:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(directory))
+    config.attributes["engine"] = bound
+    return config
+
+
+def migrate(bound: Engine, directory: Path, revision: str = "head") -> None:
+    """Apply the Alembic scripts in `directory` to `bound` up to `revision`."""
+    command.upgrade(_alembic_config(directory, bound), revision)
+
+
+def run_migrations_env(target_metadata: MetaData) -> None:
+    """Body of every service's ``migrations/env.py``: run online against the given engine."""
+    bound: Engine = context.config.attributes["engine"]
+    with bound.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=connection.dialect.name == "sqlite",  # SQLite cannot ALTER most things
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        connection.commit()

@@ -1,0 +1,216 @@
+"""Domain errors and their gRPC statuses.
+
+Domain code raises plain exceptions that carry a `reason` (``ORDER_NOT_CANCELLABLE``);
+only this module knows gRPC codes. Every status carries exactly one ``google.rpc.ErrorInfo``
+(reason, domain ``<service>.poly.local``, and every value of the message in its metadata),
+plus ``BadRequest`` field violations or ``RetryInfo`` where they apply.
+
+Exception tree::
+
+    DomainError
+     ├── InvalidArgument      INVALID_ARGUMENT (field violations)
+     ├── NotFound             NOT_FOUND
+     ├── AlreadyExists        ALREADY_EXISTS
+     ├── FailedPrecondition   FAILED_PRECONDITION
+     ├── Aborted              ABORTED (lost an optimistic-concurrency race; retry)
+     ├── PermissionDenied     PERMISSION_DENIED
+     ├── Unauthenticated      UNAUTHENTICATED
+     ├── ResourceExhausted    RESOURCE_EXHAUSTED (optional retry delay)
+     └── Unavailable          UNAVAILABLE
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from services.kit.types import CallInfo, Handler
+
+__all__ = [
+    "Aborted",
+    "AlreadyExists",
+    "DomainError",
+    "FailedPrecondition",
+    "FieldViolation",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "error_middleware",
+    "internal_status",
+    "to_status",
+]
+
+_log = logging.getLogger("poly.errors")
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str
+    """Path of the offending field, e.g. ``order.lines[2].quantity``."""
+    description: str
+
+
+class DomainError(Exception):
+    """A rule of the domain refused the request. `message` may use ``{name}`` from `metadata`."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, reason: str, message: str, **metadata: object) -> None:
+        if not reason.isupper() or len(reason) > 63:
+            raise ValueError(f"reason must be UPPER_SNAKE and at most 63 characters: {reason!r}")
+        self.reason = reason
+        self.metadata = {key: str(value) for key, value in metadata.items()}
+        self.message = message.format(**self.metadata)
+        super().__init__(self.message)
+
+
+class InvalidArgument(DomainError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(
+        self, reason: str, message: str, *, violations: list[FieldViolation] | None = None, **metadata: object
+    ) -> None:
+        super().__init__(reason, message, **metadata)
+        self.violations = list(violations or [])
+
+
+class NotFound(DomainError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(DomainError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(DomainError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Aborted(DomainError):
+    code = grpc.StatusCode.ABORTED
+
+
+class PermissionDenied(DomainError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unauthenticated(DomainError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class ResourceExhausted(DomainError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(
+        self, reason: str, message: str, *, retry_after_seconds: float | None = None, **metadata: object
+    ) -> None:
+        super().__init__(reason, message, **metadata)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class Unavailable(DomainError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+def _packed(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _status(
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    reason: str,
+    domain: str,
+    metadata: Mapping[str, str],
+    extra: list[any_pb2.Any],
+) -> grpc.Status:
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=domain, metadata=dict(metadata))
+    status = status_pb2.Status(code=code.value[0], message=message, details=[_packed(info), *extra])
+    return rpc_status.to_status(status)
+
+
+def to_status(error: DomainError, *, domain: str) -> grpc.Status:
+    """The gRPC status for `error`, with ErrorInfo in `domain` (e.g. ``orders.poly.local``)."""
+    extra: list[any_pb2.Any] = []
+    if isinstance(error, InvalidArgument) and error.violations:
+        extra.append(
+            _packed(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                        for v in error.violations
+                    ]
+                )
+            )
+        )
+    if isinstance(error, ResourceExhausted) and error.retry_after_seconds is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
+        extra.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
+    return _status(
+        error.code, error.message, reason=error.reason, domain=domain, metadata=error.metadata, extra=extra
+    )
+
+
+def internal_status(*, domain: str) -> grpc.Status:
+    """What the caller sees for an unexpected failure: no exception text, no stack frames."""
+    return _status(
+        grpc.StatusCode.INTERNAL, "internal error", reason="INTERNAL", domain=domain, metadata={}, extra=[]
+    )
+
+
+def _already_answered(context: grpc.ServicerContext) -> bool:
+    # context.abort() raises a bare Exception after setting the code: let it through.
+    code = context.code()
+    return code is not None and code != grpc.StatusCode.OK
+
+
+def error_middleware(domain: str) -> Any:
+    """Middleware turning DomainError into its status and anything unexpected into INTERNAL.
+
+    A `grpc.RpcError` from a downstream call keeps its code, message and details: a
+    `NOT_FOUND` from payments stays `NOT_FOUND`, an `UNAVAILABLE` stays retryable.
+    """
+
+    def fail(context: grpc.ServicerContext, call: CallInfo, exc: Exception) -> None:
+        if isinstance(exc, DomainError):
+            context.abort_with_status(to_status(exc, domain=domain))
+        if isinstance(exc, grpc.RpcError) and isinstance(exc, grpc.Call):
+            context.set_trailing_metadata(
+                tuple((k, v) for k, v in (exc.trailing_metadata() or ()) if k == "grpc-status-details-bin")
+            )
+            context.abort(exc.code(), exc.details() or "")
+        _log.error("unexpected error in %s", call.method, exc_info=exc, extra={"method": call.method})
+        context.abort_with_status(internal_status(domain=domain))
+
+    def stream(result: Iterator[Any], context: grpc.ServicerContext, call: CallInfo) -> Iterator[Any]:
+        try:
+            yield from result
+        except Exception as exc:
+            if _already_answered(context):
+                raise
+            fail(context, call, exc)
+
+    def middleware(request: Any, context: grpc.ServicerContext, call: CallInfo, proceed: Handler) -> Any:
+        try:
+            result = proceed(request, context)
+        except Exception as exc:
+            if _already_answered(context):
+                raise
+            fail(context, call, exc)
+        return stream(result, context, call) if call.response_streaming else result
+
+    return middleware

@@ -1,0 +1,39 @@
+"""Callable shapes shared across the kit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+__all__ = ["CallInfo", "Handler", "Middleware", "Environ"]
+
+Environ = Mapping[str, str]
+"""Where settings come from; `os.environ` in production, a dict in tests."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """What a middleware knows about the call it wraps."""
+
+    method: str
+    """Full method path, e.g. ``/poly.orders.v1.OrdersService/GetOrder``."""
+    service: str
+    """Fully-qualified service name, e.g. ``poly.orders.v1.OrdersService``."""
+    name: str
+    """Method name, e.g. ``GetOrder``."""
+    request_streaming: bool
+    response_streaming: bool
+
+
+Handler = Callable[[Any, grpc.ServicerContext], Any]
+"""A gRPC behaviour: (request or request iterator, context) -> response or iterator."""
+
+Middleware = Callable[[Any, grpc.ServicerContext, CallInfo, Handler], Any]
+"""One link of the server chain: ``(request, context, call, proceed) -> response``.
+
+For a server-streaming method the result is an iterator; a middleware that must see the
+end of the stream wraps it. Middlewares are composed once by `kit.server`.
+"""

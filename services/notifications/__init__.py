@@ -1,0 +1,1 @@
+"""The notifications service. Templates, webhooks and the delivery log of emails and webhooks."""

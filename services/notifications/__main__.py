@@ -1,0 +1,37 @@
+"""Entry point: ``python -m services.notifications``. Reads settings once, then wires and serves."""
+
+from pathlib import Path
+
+from poly.notifications.v1 import notifications_service_pb2, notifications_service_pb2_grpc
+
+from services.kit import config, db, logs, server
+from services.notifications.service import NotificationsServicer
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def main() -> None:
+    settings = config.load_or_exit("notifications")
+    logs.setup(settings.service, settings.log_level)
+    engine = db.engine(settings.db)
+    try:
+        if settings.db.migrate_on_start:
+            db.migrate(engine, MIGRATIONS)
+        servicer = NotificationsServicer()
+        descriptor = notifications_service_pb2.DESCRIPTOR.services_by_name["NotificationsService"]
+        server.serve(
+            settings,
+            [
+                server.registration(
+                    descriptor,
+                    notifications_service_pb2_grpc.add_NotificationsServiceServicer_to_server,
+                    servicer,
+                ),
+            ],
+        )
+    finally:
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    main()

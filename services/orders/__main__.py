@@ -1,0 +1,35 @@
+"""Entry point: ``python -m services.orders``. Reads settings once, then wires and serves."""
+
+from pathlib import Path
+
+from poly.orders.v1 import orders_service_pb2, orders_service_pb2_grpc
+
+from services.kit import config, db, logs, server
+from services.orders.service import OrdersServicer
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def main() -> None:
+    settings = config.load_or_exit("orders")
+    logs.setup(settings.service, settings.log_level)
+    engine = db.engine(settings.db)
+    try:
+        if settings.db.migrate_on_start:
+            db.migrate(engine, MIGRATIONS)
+        servicer = OrdersServicer()
+        descriptor = orders_service_pb2.DESCRIPTOR.services_by_name["OrdersService"]
+        server.serve(
+            settings,
+            [
+                server.registration(
+                    descriptor, orders_service_pb2_grpc.add_OrdersServiceServicer_to_server, servicer
+                ),
+            ],
+        )
+    finally:
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    main()

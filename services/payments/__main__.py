@@ -1,0 +1,35 @@
+"""Entry point: ``python -m services.payments``. Reads settings once, then wires and serves."""
+
+from pathlib import Path
+
+from poly.payments.v1 import payments_service_pb2, payments_service_pb2_grpc
+
+from services.kit import config, db, logs, server
+from services.payments.service import PaymentsServicer
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def main() -> None:
+    settings = config.load_or_exit("payments")
+    logs.setup(settings.service, settings.log_level)
+    engine = db.engine(settings.db)
+    try:
+        if settings.db.migrate_on_start:
+            db.migrate(engine, MIGRATIONS)
+        servicer = PaymentsServicer()
+        descriptor = payments_service_pb2.DESCRIPTOR.services_by_name["PaymentsService"]
+        server.serve(
+            settings,
+            [
+                server.registration(
+                    descriptor, payments_service_pb2_grpc.add_PaymentsServiceServicer_to_server, servicer
+                ),
+            ],
+        )
+    finally:
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    main()

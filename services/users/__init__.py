@@ -1,0 +1,1 @@
+"""The users service. User profiles and preferences, created from UserRegistered."""

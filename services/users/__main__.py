@@ -1,0 +1,35 @@
+"""Entry point: ``python -m services.users``. Reads settings once, then wires and serves."""
+
+from pathlib import Path
+
+from poly.users.v1 import users_service_pb2, users_service_pb2_grpc
+
+from services.kit import config, db, logs, server
+from services.users.service import UsersServicer
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def main() -> None:
+    settings = config.load_or_exit("users")
+    logs.setup(settings.service, settings.log_level)
+    engine = db.engine(settings.db)
+    try:
+        if settings.db.migrate_on_start:
+            db.migrate(engine, MIGRATIONS)
+        servicer = UsersServicer()
+        descriptor = users_service_pb2.DESCRIPTOR.services_by_name["UsersService"]
+        server.serve(
+            settings,
+            [
+                server.registration(
+                    descriptor, users_service_pb2_grpc.add_UsersServiceServicer_to_server, servicer
+                ),
+            ],
+        )
+    finally:
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from tests.support.env import make_certs
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A development CA and a certificate per component, shared by the whole session."""
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+def _required_url(variable: str) -> str:
+    url = os.environ.get(variable)
+    if url:
+        return url
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{variable} must be set under CI=true; .ci/run points it at the local server")
+    pytest.skip(f"{variable} is not set")
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    """PostgreSQL server URL (POLY_TEST_POSTGRES_URL); never skipped under CI=true."""
+    return _required_url("POLY_TEST_POSTGRES_URL")
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, empty database on the test PostgreSQL server, dropped afterwards."""
+    name = f"poly_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(
+        make_url(postgres_admin_url).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
+    )
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        yield (
+            make_url(postgres_admin_url)
+            .set(drivername="postgresql+psycopg", database=name)
+            .render_as_string(hide_password=False)
+        )
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.kit import config
+
+
+def test_defaults_put_state_under_poly_home(tmp_path: Path) -> None:
+    settings = config.load("orders", {"POLY_HOME": str(tmp_path)})
+    assert settings.server.port == 50053
+    assert settings.server.host == "127.0.0.1"
+    assert settings.db.url == f"sqlite:///{tmp_path / 'data' / 'orders.db'}"
+    assert settings.tls.cert_file == tmp_path / "certs" / "orders.crt"
+    assert settings.tls.ca_file == tmp_path / "certs" / "ca.crt"
+    assert settings.peers["payments"] == "localhost:50054"
+
+
+def test_per_service_variables_override(tmp_path: Path) -> None:
+    settings = config.load(
+        "payments",
+        {
+            "POLY_HOME": str(tmp_path),
+            "POLY_PAYMENTS_PORT": "6000",
+            "POLY_PAYMENTS_DATABASE_URL": "postgresql://poly:s3cret@db/payments",
+            "POLY_ORDERS_ADDRESS": "orders.default.svc.cluster.local:50053",
+            "POLY_GRACE_SECONDS": "2.5",
+        },
+    )
+    assert settings.server.port == 6000
+    assert settings.server.grace_seconds == 2.5
+    assert settings.peers["orders"] == "orders.default.svc.cluster.local:50053"
+    assert settings.db.url.endswith("@db/payments")
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(
+            "orders",
+            {
+                "POLY_ORDERS_PORT": "eighty",
+                "POLY_GRACE_SECONDS": "-1",
+                "POLY_DB_MIGRATE": "maybe",
+                "POLY_LOG_LEVEL": "loud",
+            },
+        )
+    problems = "\n".join(caught.value.problems)
+    for name in ("POLY_ORDERS_PORT", "POLY_GRACE_SECONDS", "POLY_DB_MIGRATE", "POLY_LOG_LEVEL"):
+        assert name in problems
+    assert len(caught.value.problems) == 4
+
+
+def test_unknown_component_is_refused() -> None:
+    with pytest.raises(config.ConfigError, match="unknown component"):
+        config.load("billing", {})
+
+
+def test_secrets_never_show_in_a_repr(tmp_path: Path) -> None:
+    settings = config.load("auth", {"POLY_AUTH_DATABASE_URL": "postgresql://poly:hunter2@db/auth"})
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in repr(settings.db)
+    assert "poly:***@db/auth" in repr(settings.db)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("sqlite:///x.db", "sqlite:///x.db"),
+        ("postgresql://u@h/d", "postgresql://u@h/d"),
+        ("postgresql://u:p@h/d", "postgresql://u:***@h/d"),
+        ("amqp://guest:guest@127.0.0.1:5672/", "amqp://guest:***@127.0.0.1:5672/"),
+    ],
+    ids=["no-credentials", "user-only", "password", "amqp"],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert config.redact_url(url) == shown
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    settings = config.load("users", {"POLY_HOME": str(tmp_path)})
+    with pytest.raises(AttributeError):
+        settings.service = "orders"  # type: ignore[misc]

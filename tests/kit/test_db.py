@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, String, inspect, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from services.kit import config, db
+from services.kit.config import DatabaseSettings
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _Event(_Base):
+    __tablename__ = "event"
+    id: Mapped[db.Id]
+    kind: Mapped[str] = mapped_column(String(32))
+    at: Mapped[dt.datetime] = mapped_column(db.UtcDateTime())
+    amount: Mapped[db.MinorUnits]
+    currency: Mapped[db.CurrencyCode]
+    created: Mapped[db.CreatedAt]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'nested' / 'service.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    created = db.engine(DatabaseSettings(url=url))
+    request.addfinalizer(created.dispose)
+    return created
+
+
+def test_sqlite_file_and_folder_are_created_with_wal(tmp_path: Path) -> None:
+    engine = db.engine(DatabaseSettings(url=f"sqlite:///{tmp_path / 'a' / 'b' / 'x.db'}"))
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert (tmp_path / "a" / "b" / "x.db").exists()
+    finally:
+        engine.dispose()
+
+
+def test_plain_postgresql_urls_get_the_psycopg_driver(postgres_url: str) -> None:
+    plain = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    engine = db.engine(DatabaseSettings(url=plain))
+    try:
+        assert engine.dialect.driver == "psycopg"
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("select 1").scalar() == 1
+    finally:
+        engine.dispose()
+
+
+def test_datetimes_come_back_timezone_aware_in_utc(engine: Engine) -> None:
+    _Base.metadata.create_all(engine)
+    moment = dt.datetime(2026, 3, 1, 12, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    factory = db.session_factory(engine)
+    with db.transaction(factory) as session:
+        session.add(_Event(id="e1", kind="k", at=moment, amount=2**40, currency="EUR"))
+    with db.transaction(factory) as session:
+        row = session.scalars(select(_Event)).one()
+    assert row.at == moment and row.at.tzinfo == dt.UTC
+    assert row.created.tzinfo == dt.UTC
+    assert row.amount == 2**40
+
+
+def test_naive_datetimes_are_refused(engine: Engine) -> None:
+    _Base.metadata.create_all(engine)
+    with (
+        pytest.raises(Exception, match="naive datetime"),
+        db.transaction(db.session_factory(engine)) as session,
+    ):
+        session.add(_Event(id="e2", kind="k", at=dt.datetime(2026, 1, 1), amount=1, currency="EUR"))
+        session.flush()
+
+
+def test_a_failed_transaction_leaves_nothing(engine: Engine) -> None:
+    _Base.metadata.create_all(engine)
+    factory = db.session_factory(engine)
+    with pytest.raises(RuntimeError), db.transaction(factory) as session:
+        session.add(_Event(id="e3", kind="k", at=dt.datetime.now(dt.UTC), amount=1, currency="EUR"))
+        session.flush()
+        raise RuntimeError("rolled back")
+    with db.transaction(factory) as session:
+        assert session.scalars(select(_Event)).all() == []
+
+
+@pytest.mark.parametrize("service", config.SERVICES)
+def test_migrations_build_exactly_the_models(engine: Engine, service: str) -> None:
+    store = importlib.import_module(f"services.{service}.store")
+    migrations = Path(importlib.import_module(f"services.{service}").__file__ or "").with_name("migrations")
+    db.migrate(engine, migrations)
+    assert "alembic_version" in inspect(engine).get_table_names()
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, store.Base.metadata) == []
+        db.migrate(engine, migrations)  # applying again is a no-op

@@ -1,0 +1,50 @@
+"""Helpers shared by tests: free ports, certificates, settings and process environments."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from services.kit import config, tls
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def make_certs(directory: Path) -> Path:
+    tls.ensure_certificates(directory, config.COMPONENTS)
+    return directory
+
+
+def poly_environ(home: Path, ports: Mapping[str, int] | None = None, **extra: str) -> dict[str, str]:
+    """A POLY_* environment rooted at `home`, with every component on a free port."""
+    chosen = dict(ports) if ports else {name: free_port() for name in config.DEFAULT_PORTS}
+    environ = {
+        "POLY_HOME": str(home),
+        "POLY_GRACE_SECONDS": "5",
+        **{f"POLY_{name.upper()}_PORT": str(port) for name, port in chosen.items()},
+    }
+    environ.update(extra)
+    return environ
+
+
+def process_environ(poly: Mapping[str, str]) -> dict[str, str]:
+    """The test runner's environment without its own POLY_* variables, plus `poly`."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("POLY_")}
+    return {**inherited, **poly, "PYTHONUNBUFFERED": "1"}
+
+
+def settings_for(component: str, environ: Mapping[str, str]) -> config.Settings:
+    return config.load(component, environ)
+
+
+PYTHON = sys.executable

@@ -1,0 +1,91 @@
+"""A small service built on the kit, for tests of the kit itself.
+
+``poly.test.v1.ProbeService`` has methods that echo, sleep, stream, raise a domain error
+and crash. Run it as a process with ``python -m tests.support.probe_service`` (settings
+from POLY_* variables, identity ``orders``) or in-process through `registration()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+from google.protobuf import wrappers_pb2
+
+from services.kit import config, logs, server
+from services.kit.errors import FieldViolation, InvalidArgument, NotFound
+
+SERVICE = "poly.test.v1.ProbeService"
+_S = wrappers_pb2.StringValue
+SLEEPING = threading.Event()
+"""Set when a Sleep call has entered its handler (in-process tests wait on it)."""
+
+
+def echo(request: _S, context: grpc.ServicerContext) -> _S:
+    return _S(value=request.value)
+
+
+def sleep(request: _S, context: grpc.ServicerContext) -> _S:
+    SLEEPING.set()
+    logging.getLogger("probe").info("sleep started", extra={"method": f"/{SERVICE}/Sleep"})
+    time.sleep(float(request.value))
+    return _S(value="slept")
+
+
+def missing(request: _S, context: grpc.ServicerContext) -> _S:
+    raise NotFound("ORDER_NOT_FOUND", "order {order} does not exist", order=request.value)
+
+
+def invalid(request: _S, context: grpc.ServicerContext) -> _S:
+    raise InvalidArgument(
+        "INVALID_ORDER",
+        "order is invalid",
+        violations=[
+            FieldViolation("order.lines[0].quantity", "must be positive"),
+        ],
+    )
+
+
+def crash(request: _S, context: grpc.ServicerContext) -> _S:
+    raise RuntimeError("secret-table-name in a stack trace")
+
+
+def count(request: _S, context: grpc.ServicerContext) -> Iterator[_S]:
+    for i in range(int(request.value)):
+        yield _S(value=str(i))
+    raise NotFound("STREAM_ENDED", "ran out after {n}", n=request.value)
+
+
+def registration() -> server.Registration:
+    unary = {"Echo": echo, "Sleep": sleep, "Missing": missing, "Invalid": invalid, "Crash": crash}
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            fn, request_deserializer=_S.FromString, response_serializer=_S.SerializeToString
+        )
+        for name, fn in unary.items()
+    }
+    handlers["Count"] = grpc.unary_stream_rpc_method_handler(
+        count, request_deserializer=_S.FromString, response_serializer=_S.SerializeToString
+    )
+    generic = grpc.method_handlers_generic_handler(SERVICE, handlers)
+    return server.Registration(SERVICE, lambda s: s.add_generic_rpc_handlers((generic,)))
+
+
+def stub(channel: grpc.Channel, method: str, *, streaming: bool = False) -> grpc.UnaryUnaryMultiCallable:
+    path = f"/{SERVICE}/{method}"
+    if streaming:
+        return channel.unary_stream(
+            path, request_serializer=_S.SerializeToString, response_deserializer=_S.FromString
+        )
+    return channel.unary_unary(
+        path, request_serializer=_S.SerializeToString, response_deserializer=_S.FromString
+    )
+
+
+if __name__ == "__main__":
+    settings = config.load_or_exit("orders")
+    logs.setup(settings.service, settings.log_level)
+    server.serve(settings, [registration()])
