@@ -3,7 +3,6 @@
 from pathlib import Path
 
 from poly.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
-
 from services.auth.service import AuthServicer
 from services.kit import config, db, logs, server
 

@@ -39,8 +39,16 @@ def proto_files(root: Path = _ROOT / "protos") -> list[Path]:
     return sorted(root.rglob("*.proto"))
 
 
+def _plugin(name: str) -> Path:
+    """A protoc plugin installed beside this interpreter (mypy-protobuf's, for the .pyi stubs)."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: install the dev extra (pip install -e '.[dev]')")
+    return path
+
+
 def generate(out: Path = _ROOT / "gen") -> None:
-    """Rewrite `out` from protos/: _pb2.py, _pb2.pyi and _pb2_grpc.py per file."""
+    """Rewrite `out` from protos/: _pb2.py, _pb2_grpc.py and their .pyi stubs (mypy-protobuf)."""
     from grpc_tools import protoc
 
     deps = prepare_deps()
@@ -55,7 +63,12 @@ def generate(out: Path = _ROOT / "gen") -> None:
         f"-I{deps}",
         f"-I{well_known}",
         f"--python_out={out}",
-        f"--pyi_out={out}",
+        f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
+        f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
+        "--mypy_opt=quiet",
+        "--mypy_grpc_opt=quiet",
+        f"--mypy_out={out}",
+        f"--mypy_grpc_out={out}",
         f"--grpc_python_out={out}",
         *[str(p.relative_to(protos)) for p in proto_files(protos)],
     ]

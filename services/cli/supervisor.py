@@ -58,8 +58,8 @@ def example_calls(settings: config.Settings) -> list[str]:
     flags = f"--cacert {certs}/ca.crt --cert {certs}/cli.crt --key {certs}/cli.key"
     auth = settings.peers["auth"]
     return [
-        f"buf curl --protocol grpc {flags} --list-services https://{auth}",
-        f"buf curl --protocol grpc {flags} https://{auth}/grpc.health.v1.Health/Check",
+        f"npx buf curl --protocol grpc {flags} --list-services https://{auth}",
+        f"npx buf curl --protocol grpc {flags} https://{auth}/grpc.health.v1.Health/Check",
         f"grpcurl -cacert {certs}/ca.crt -cert {certs}/cli.crt -key {certs}/cli.key {auth} list",
     ]
 
@@ -109,6 +109,8 @@ class Supervisor:
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
+            # Own session: Ctrl-C reaches only the supervisor, which then drains each child.
+            start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
         )
         child.process, child.started_at, child.ready, child.restart_at = (

@@ -16,11 +16,13 @@ from collections.abc import Iterable
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 
+from poly.options.v1 import options_pb2
 from services.kit import tls
 from services.kit.config import Settings, TlsSettings
 
-__all__ = ["Channels", "channel", "service_config"]
+__all__ = ["Channels", "channel", "idempotent_methods", "service_config"]
 
 
 def service_config(*, deadline_seconds: float, retryable: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
@@ -47,6 +49,16 @@ def service_config(*, deadline_seconds: float, retryable: Iterable[tuple[str, st
         )
     configs.append({"name": [{}], "timeout": timeout})
     return {"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": configs}
+
+
+def idempotent_methods(*services: ServiceDescriptor) -> list[tuple[str, str]]:
+    """The ``(service, method)`` pairs marked ``(poly.options.v1.idempotent) = true``."""
+    return [
+        (service.full_name, method.name)
+        for service in services
+        for method in service.methods
+        if method.GetOptions().Extensions[options_pb2.idempotent]
+    ]
 
 
 def _target(address: str) -> str:

@@ -10,6 +10,7 @@ a database to head, and the scripts' ``env.py`` is one call to `run_migrations_e
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,9 @@ from sqlalchemy.orm import Session, mapped_column, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
 
-from services.kit.config import DatabaseSettings
+from services.kit.config import DatabaseSettings, redact_url
+
+_log = logging.getLogger("poly.db")
 
 __all__ = [
     "CreatedAt",
@@ -124,7 +127,12 @@ def _alembic_config(directory: Path, bound: Engine) -> AlembicConfig:
 
 def migrate(bound: Engine, directory: Path, revision: str = "head") -> None:
     """Apply the Alembic scripts in `directory` to `bound` up to `revision`."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line of ours instead of Alembic's chatter
     command.upgrade(_alembic_config(directory, bound), revision)
+    _log.info(
+        "database migrated",
+        extra={"database": redact_url(bound.url.render_as_string(False)), "revision": revision},
+    )
 
 
 def run_migrations_env(target_metadata: MetaData) -> None:

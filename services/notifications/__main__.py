@@ -3,7 +3,6 @@
 from pathlib import Path
 
 from poly.notifications.v1 import notifications_service_pb2, notifications_service_pb2_grpc
-
 from services.kit import config, db, logs, server
 from services.notifications.service import NotificationsServicer
 

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 from poly.orders.v1 import orders_service_pb2, orders_service_pb2_grpc
-
 from services.kit import config, db, logs, server
 from services.orders.service import OrdersServicer
 

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 from poly.payments.v1 import payments_service_pb2, payments_service_pb2_grpc
-
 from services.kit import config, db, logs, server
 from services.payments.service import PaymentsServicer
 

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 from poly.users.v1 import users_service_pb2, users_service_pb2_grpc
-
 from services.kit import config, db, logs, server
 from services.users.service import UsersServicer
 

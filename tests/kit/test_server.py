@@ -11,7 +11,6 @@ import pytest
 from google.protobuf import wrappers_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from services.kit import server, tls
@@ -127,31 +126,6 @@ def test_health_reports_serving_for_server_and_each_service(channel: grpc.Channe
     with pytest.raises(grpc.RpcError) as caught:
         stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=5)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-
-
-@pytest.mark.parametrize("version", ["v1", "v1alpha"])
-def test_reflection_lists_services_in_both_versions(channel: grpc.Channel, version: str) -> None:
-    method = f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
-    call = channel.stream_stream(
-        method,
-        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
-    )
-    [response] = list(call(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
-    names = {s.name for s in response.list_services_response.service}
-    assert {
-        probe_service.SERVICE,
-        "grpc.health.v1.Health",
-        "grpc.reflection.v1.ServerReflection",
-        "grpc.reflection.v1alpha.ServerReflection",
-    } <= names
-
-
-def test_reflection_describes_the_health_service(channel: grpc.Channel) -> None:
-    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="grpc.health.v1.Health")
-    [response] = list(stub.ServerReflectionInfo(iter([request]), timeout=5))
-    assert response.file_descriptor_response.file_descriptor_proto
 
 
 def test_drain_flips_health_and_lets_the_in_flight_call_finish(

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from services.kit import errors
+
+
+def _status_proto(status: grpc.Status) -> status_pb2.Status:
+    [(key, value)] = status.trailing_metadata
+    assert key == "grpc-status-details-bin"
+    return status_pb2.Status.FromString(value)
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (errors.InvalidArgument("BAD", "bad"), grpc.StatusCode.INVALID_ARGUMENT),
+        (errors.NotFound("ORDER_NOT_FOUND", "no"), grpc.StatusCode.NOT_FOUND),
+        (errors.AlreadyExists("DUPLICATE", "dup"), grpc.StatusCode.ALREADY_EXISTS),
+        (errors.FailedPrecondition("ORDER_NOT_CANCELLABLE", "no"), grpc.StatusCode.FAILED_PRECONDITION),
+        (errors.Aborted("CONCURRENT_UPDATE", "retry"), grpc.StatusCode.ABORTED),
+        (errors.PermissionDenied("NOT_OWNER", "no"), grpc.StatusCode.PERMISSION_DENIED),
+        (errors.Unauthenticated("TOKEN_EXPIRED", "no"), grpc.StatusCode.UNAUTHENTICATED),
+        (errors.ResourceExhausted("TOO_MANY_LOGINS", "wait"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (errors.Unavailable("PROVIDER_DOWN", "later"), grpc.StatusCode.UNAVAILABLE),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, errors.DomainError) else "",
+)
+def test_each_domain_error_has_its_code_and_one_error_info(
+    error: errors.DomainError, code: grpc.StatusCode
+) -> None:
+    status = errors.to_status(error, domain="orders.poly.local")
+    assert status.code == code
+    proto = _status_proto(status)
+    assert proto.code == code.value[0]
+    infos = [d for d in proto.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
+    assert len(infos) == 1
+    info = error_details_pb2.ErrorInfo()
+    infos[0].Unpack(info)
+    assert (info.reason, info.domain) == (error.reason, "orders.poly.local")
+
+
+def test_message_values_are_repeated_in_metadata() -> None:
+    error = errors.FailedPrecondition(
+        "ORDER_NOT_CANCELLABLE", "order {order} is {state}", order="orders/7", state="PAID"
+    )
+    assert error.message == "order orders/7 is PAID"
+    proto = _status_proto(errors.to_status(error, domain="orders.poly.local"))
+    info = error_details_pb2.ErrorInfo()
+    proto.details[0].Unpack(info)
+    assert dict(info.metadata) == {"order": "orders/7", "state": "PAID"}
+
+
+def test_retry_info_carries_the_delay() -> None:
+    error = errors.ResourceExhausted("TOO_MANY_LOGINS", "slow down", retry_after_seconds=1.5)
+    proto = _status_proto(errors.to_status(error, domain="auth.poly.local"))
+    retry = error_details_pb2.RetryInfo()
+    assert proto.details[1].Unpack(retry)
+    assert retry.retry_delay.ToNanoseconds() == 1_500_000_000
+
+
+def test_internal_status_says_nothing_specific() -> None:
+    status = errors.internal_status(domain="users.poly.local")
+    assert status.code == grpc.StatusCode.INTERNAL
+    assert status.details == "internal error"
+    assert rpc_status.to_status(_status_proto(status)).code == grpc.StatusCode.INTERNAL
+
+
+@pytest.mark.parametrize("reason", ["lower_case", "X" * 64, "Mixed_Case"], ids=["lower", "too-long", "mixed"])
+def test_reasons_must_be_upper_snake_and_short(reason: str) -> None:
+    with pytest.raises(ValueError, match="UPPER_SNAKE"):
+        errors.NotFound(reason, "x")

@@ -1,0 +1,161 @@
+"""`poly up` end to end: real processes, real certificates, the README's own commands."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from services.kit import config
+from tests.support.env import PYTHON, ROOT, poly_environ, process_environ, settings_for
+from tests.support.processes import Process, health_check
+
+BUF = ROOT / "node_modules" / ".bin" / "buf"
+
+
+@dataclass
+class System:
+    home: Path
+    environ: dict[str, str]
+    up: Process
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    home = tmp_path_factory.mktemp("poly-home")
+    environ = poly_environ(home)
+    up = Process.module("services.cli", environ, "up")
+    try:
+        up.wait_for_line(lambda line: "all services SERVING" in line, timeout=120)
+        yield System(home, environ, up)
+    finally:
+        up.stop()
+
+
+def _buf() -> Path:
+    if not BUF.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail("node_modules/.bin/buf is missing; `make install` runs npm ci")
+        pytest.skip("buf is not installed (npm ci)")
+    return BUF
+
+
+def _readme_commands(prefix: str) -> list[str]:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    return [line.strip() for line in readme.splitlines() if line.strip().startswith(prefix)]
+
+
+def _localised(command: str, system: System) -> list[str]:
+    """The README command, pointed at this test's state directory and ports."""
+    for name, default in config.DEFAULT_PORTS.items():
+        port = system.environ[f"POLY_{name.upper()}_PORT"]
+        command = command.replace(f"localhost:{default}", f"localhost:{port}")
+    command = command.replace(".poly/", f"{system.home}/")
+    argv = shlex.split(command)
+    assert argv[:2] == ["npx", "buf"]
+    return [str(_buf()), *argv[2:]]
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
+
+
+def test_poly_status_reports_every_service_serving(system: System) -> None:
+    result = subprocess.run(
+        [PYTHON, "-m", "services.cli", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=process_environ(system.environ),
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in config.SERVICES:
+        assert re.search(rf"^{name}\s+localhost:\d+\s+SERVING$", result.stdout, re.MULTILINE), result.stdout
+
+
+def test_each_component_has_a_ready_line(system: System) -> None:
+    for name in config.SERVICES:
+        port = system.environ[f"POLY_{name.upper()}_PORT"]
+        system.up.wait_for_line(lambda line, n=name, p=port: f"ready  {n} " in line and f":{p} " in line)
+
+
+def test_readme_list_services_command_works_on_every_port(system: System) -> None:
+    [template] = [c for c in _readme_commands("npx buf curl") if "--list-services" in c]
+    for name in config.SERVICES:
+        command = template.replace("localhost:50051", f"localhost:{config.DEFAULT_PORTS[name]}")
+        result = _run(_localised(command, system))
+        assert result.returncode == 0, result.stderr
+        listed = set(result.stdout.split())
+        descriptor_service = {
+            "auth": "poly.auth.v1.AuthService",
+            "users": "poly.users.v1.UsersService",
+            "orders": "poly.orders.v1.OrdersService",
+            "payments": "poly.payments.v1.PaymentsService",
+            "notifications": "poly.notifications.v1.NotificationsService",
+        }[name]
+        assert {
+            descriptor_service,
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        } <= listed, result.stdout
+
+
+def test_readme_health_command_answers_serving(system: System) -> None:
+    [command] = [c for c in _readme_commands("npx buf curl") if "Health/Check" in c]
+    result = _run(_localised(command, system))
+    assert result.returncode == 0, result.stderr
+    assert '"status": "SERVING"' in result.stdout
+
+
+def test_readme_rpc_example_reaches_the_service_through_reflection(system: System) -> None:
+    [command] = [c for c in _readme_commands("npx buf curl") if "OrdersService/GetOrder" in c]
+    result = _run(_localised(command, system))
+    # Orders has no domain logic yet: the call is resolved through reflection, sent over
+    # mTLS, and answered with the honest UNIMPLEMENTED rather than made-up data.
+    assert result.returncode != 0
+    assert "unimplemented" in result.stderr.lower(), result.stderr
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_service_is_restarted_and_serves_again(system: System) -> None:
+    line = system.up.wait_for_line(lambda text: "ready  orders " in text)
+    pid = int(line.rsplit("pid ", 1)[1])
+    os.kill(pid, signal.SIGKILL)
+    system.up.wait_for_line(lambda text: "orders exited with code -9" in text, timeout=30)
+    system.up.wait_for_line(lambda text: "ready  orders again" in text, timeout=60)
+    cli = settings_for("cli", system.environ)
+    assert health_check(cli, cli.peers["orders"], timeout=10) == "SERVING"
+
+
+def test_sigterm_drains_and_stops_every_process(system: System) -> None:
+    children = _children(system.up.popen.pid)
+    assert len(children) == len(config.SERVICES)
+    system.up.signal(signal.SIGTERM)
+    assert system.up.wait(timeout=30) == 0
+    for child in children:
+        assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text(), child
+    output = system.up.output()
+    assert "stopping 5 services" in output and output.rstrip().endswith("stopped")
+    assert output.count('"draining"') == 0 and output.count("draining") >= len(config.SERVICES)
