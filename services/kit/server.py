@@ -36,10 +36,23 @@ from services.kit.errors import error_middleware
 from services.kit.logs import access_log_middleware
 from services.kit.types import CallInfo, Handler, Middleware
 
-__all__ = ["Registration", "RunningServer", "chain", "default_middlewares", "registration", "serve", "start"]
+__all__ = [
+    "Registration",
+    "RunningServer",
+    "StartupError",
+    "chain",
+    "default_middlewares",
+    "registration",
+    "serve",
+    "start",
+]
 
 _log = logging.getLogger("poly.server")
 _INFRASTRUCTURE = (health.SERVICE_NAME, reflection.V1_SERVICE_NAME, reflection.V1ALPHA_SERVICE_NAME)
+
+
+class StartupError(RuntimeError):
+    """The server cannot start: its port is taken, or its certificate files are unreadable."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +170,10 @@ def start(
     credentials: grpc.ServerCredentials | None = None,
 ) -> RunningServer:
     """Bind, register and start; health says SERVING once every service is attached."""
+    try:
+        credentials = credentials or tls.server_credentials(settings.tls)
+    except (OSError, ValueError) as error:
+        raise StartupError(f"cannot load the TLS files ({error}); `poly certs` creates them") from None
     workers = settings.server.workers
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{settings.service}-rpc"),
@@ -172,7 +189,11 @@ def start(
     names = [item.name for item in registrations]
     reflection.enable(server, [*names, health.SERVICE_NAME])
     address = f"{settings.server.host}:{settings.server.port}"
-    port = server.add_secure_port(address, credentials or tls.server_credentials(settings.tls))
+    try:
+        port = server.add_secure_port(address, credentials)
+    except RuntimeError:
+        server.stop(None)
+        raise StartupError(f"cannot listen on {address}: is the port already in use?") from None
     server.start()
     for name in ["", *names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -195,7 +216,11 @@ def serve(
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        running = start(settings, registrations, middlewares=middlewares)
+        try:
+            running = start(settings, registrations, middlewares=middlewares)
+        except StartupError as error:
+            _log.error(str(error))
+            raise SystemExit(1) from None
         while not stop.wait(1.0):
             pass
         running.drain()

@@ -145,3 +145,29 @@ def test_drain_flips_health_and_lets_the_in_flight_call_finish(
     with pytest.raises(grpc.RpcError) as caught:
         probe_service.stub(channel, "Echo")(_S(value="late"), timeout=2)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_thousand_open_streams_are_held_while_unary_calls_still_succeed(
+    running: server.RunningServer, channel: grpc.Channel
+) -> None:
+    hold = probe_service.stub(channel, "Hold", streaming=True)
+    streams = [hold(_S(), timeout=60) for _ in range(1000)]
+    try:
+        assert all(next(stream).value == "open" for stream in streams)
+        echo = probe_service.stub(channel, "Echo")
+        assert [echo(_S(value=str(i)), timeout=5).value for i in range(20)] == [str(i) for i in range(20)]
+    finally:
+        for stream in streams:
+            stream.cancel()
+
+
+def test_a_taken_port_is_a_clear_startup_error(running: server.RunningServer, certs: Path) -> None:
+    settings = settings_for("users", {"POLY_TLS_DIR": str(certs), "POLY_USERS_PORT": str(running.port)})
+    with pytest.raises(server.StartupError, match=f"cannot listen on 127.0.0.1:{running.port}"):
+        server.start(settings, [probe_service.registration()])
+
+
+def test_missing_certificates_are_a_clear_startup_error(tmp_path: Path) -> None:
+    settings = settings_for("users", {"POLY_TLS_DIR": str(tmp_path / "nowhere"), "POLY_USERS_PORT": "0"})
+    with pytest.raises(server.StartupError, match="poly certs"):
+        server.start(settings, [probe_service.registration()])

@@ -59,6 +59,14 @@ def count(request: _S, context: grpc.ServicerContext) -> Iterator[_S]:
     raise NotFound("STREAM_ENDED", "ran out after {n}", n=request.value)
 
 
+def hold(request: _S, context: grpc.ServicerContext) -> Iterator[_S]:
+    """Send one message, then keep the stream open until the client leaves (at most 60 s)."""
+    gone = threading.Event()
+    context.add_callback(gone.set)
+    yield _S(value="open")
+    gone.wait(60)
+
+
 def registration() -> server.Registration:
     unary = {"Echo": echo, "Sleep": sleep, "Missing": missing, "Invalid": invalid, "Crash": crash}
     handlers = {
@@ -67,9 +75,10 @@ def registration() -> server.Registration:
         )
         for name, fn in unary.items()
     }
-    handlers["Count"] = grpc.unary_stream_rpc_method_handler(
-        count, request_deserializer=_S.FromString, response_serializer=_S.SerializeToString
-    )
+    for name, fn in {"Count": count, "Hold": hold}.items():
+        handlers[name] = grpc.unary_stream_rpc_method_handler(
+            fn, request_deserializer=_S.FromString, response_serializer=_S.SerializeToString
+        )
     generic = grpc.method_handlers_generic_handler(SERVICE, handlers)
     return server.Registration(SERVICE, lambda s: s.add_generic_rpc_handlers((generic,)))
 
