@@ -48,7 +48,8 @@ breaking: install  ## buf breaking against the previous commit
 	$(PY) -m services.cli.protogen --deps-only >/dev/null
 	$(PY) -m services.cli.breaking
 
-bench: install
+bench: install  ## bench/kit.py: server-model measurements (numbers, not pass/fail)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(PY) bench/kit.py
 
 clean:
