@@ -18,7 +18,7 @@ node_modules/.installed: package.json package-lock.json
 
 install: $(VENV)/.installed node_modules/.installed  ## venv with the project and dev tools, plus buf
 
-up: $(VENV)/.installed  ## start every service on localhost (Ctrl-C stops them)
+up: install  ## start every service on localhost (Ctrl-C stops them)
 	$(VENV)/bin/poly up
 
 status: $(VENV)/.installed

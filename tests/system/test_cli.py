@@ -1,0 +1,90 @@
+"""The `poly` command itself: certificates, status of a stopped system, configuration errors."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from services.kit import config
+from tests.support.env import PYTHON, ROOT, poly_environ, process_environ
+
+
+def _poly(environ: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "services.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=process_environ(environ),
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def test_certs_writes_once_keeps_after_and_force_rotates_the_components(tmp_path: Path) -> None:
+    environ = poly_environ(tmp_path)
+    first = _poly(environ, "certs")
+    assert first.returncode == 0, first.stderr
+    written = [line for line in first.stdout.splitlines() if line.startswith("wrote")]
+    assert len(written) == len(config.COMPONENTS) + 1
+    ca = (tmp_path / "certs" / "ca.crt").read_bytes()
+    cli = (tmp_path / "certs" / "cli.crt").read_bytes()
+
+    second = _poly(environ, "certs")
+    assert second.returncode == 0
+    assert "wrote" not in second.stdout
+    assert second.stdout.count("kept") == len(config.COMPONENTS) + 1
+    assert (tmp_path / "certs" / "cli.crt").read_bytes() == cli
+
+    forced = _poly(environ, "certs", "--force")
+    assert forced.returncode == 0
+    assert forced.stdout.count("wrote") == len(config.COMPONENTS)
+    assert (tmp_path / "certs" / "ca.crt").read_bytes() == ca
+    assert (tmp_path / "certs" / "cli.crt").read_bytes() != cli
+
+
+def test_status_of_a_stopped_system_is_unreachable_and_fails(tmp_path: Path) -> None:
+    environ = poly_environ(tmp_path)
+    assert _poly(environ, "certs").returncode == 0
+    result = _poly(environ, "status")
+    assert result.returncode == 1
+    assert result.stdout.count("UNREACHABLE") == len(config.SERVICES)
+
+
+def test_a_bad_environment_is_refused_with_every_problem(tmp_path: Path) -> None:
+    environ = poly_environ(tmp_path, POLY_GRACE_SECONDS="soon", POLY_LOG_LEVEL="chatty")
+    result = _poly(environ, "status")
+    assert result.returncode == 2
+    assert "POLY_GRACE_SECONDS" in result.stderr and "POLY_LOG_LEVEL" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_service_with_a_bad_environment_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    environ = poly_environ(tmp_path, POLY_ORDERS_PORT="http")
+    result = subprocess.run(
+        [PYTHON, "-m", "services.orders"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=process_environ(environ),
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "POLY_ORDERS_PORT: expected an integer" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_service_without_certificates_exits_1_with_a_hint(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [PYTHON, "-m", "services.users"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=process_environ(poly_environ(tmp_path)),
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "poly certs" in result.stderr
+    assert "Traceback" not in result.stderr
