@@ -24,14 +24,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from services.kit.types import CallInfo, Handler
+from services.kit.types import CallInfo, Handler, Middleware
 
 __all__ = [
     "Aborted",
@@ -60,6 +60,11 @@ class FieldViolation:
     description: str
 
 
+class _KeepUnknown(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
 class DomainError(Exception):
     """A rule of the domain refused the request. `message` may use ``{name}`` from `metadata`."""
 
@@ -70,7 +75,10 @@ class DomainError(Exception):
             raise ValueError(f"reason must be UPPER_SNAKE and at most 63 characters: {reason!r}")
         self.reason = reason
         self.metadata = {key: str(value) for key, value in metadata.items()}
-        self.message = message.format(**self.metadata)
+        try:
+            self.message = message.format_map(_KeepUnknown(self.metadata))
+        except (ValueError, IndexError, AttributeError, KeyError):
+            self.message = message  # braces that are not placeholders: keep the text as written
         super().__init__(self.message)
 
 
@@ -173,43 +181,66 @@ def internal_status(*, domain: str) -> grpc.Status:
 
 
 def _already_answered(context: grpc.ServicerContext) -> bool:
-    # context.abort() raises a bare Exception after setting the code: let it through.
+    """The handler chose its status itself (context.abort, or set_code and raise)."""
     code = context.code()
     return code is not None and code != grpc.StatusCode.OK
 
 
-def error_middleware(domain: str) -> Any:
+def _answer_as_set(context: grpc.ServicerContext) -> NoReturn:
+    # Aborting with the code the handler set makes gRPC send it quietly; re-raising would
+    # log "Exception calling application" with a traceback for, e.g., every UNIMPLEMENTED.
+    context.abort(context.code(), context.details() or "")
+    raise AssertionError("context.abort returned")  # it always raises; this keeps mypy honest
+
+
+_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def error_middleware(domain: str) -> Middleware:
     """Middleware turning DomainError into its status and anything unexpected into INTERNAL.
 
     A `grpc.RpcError` from a downstream call keeps its code, message and details: a
     `NOT_FOUND` from payments stays `NOT_FOUND`, an `UNAVAILABLE` stays retryable.
     """
 
-    def fail(context: grpc.ServicerContext, call: CallInfo, exc: Exception) -> None:
+    def fail(context: grpc.ServicerContext, call: CallInfo, exc: Exception) -> NoReturn:
         if isinstance(exc, DomainError):
             context.abort_with_status(to_status(exc, domain=domain))
         if isinstance(exc, grpc.RpcError) and isinstance(exc, grpc.Call):
-            context.set_trailing_metadata(
-                tuple((k, v) for k, v in (exc.trailing_metadata() or ()) if k == "grpc-status-details-bin")
+            details = tuple((k, v) for k, v in (exc.trailing_metadata() or ()) if k == _DETAILS_KEY)
+            if details:  # a Polyservice status: pass it on whole, ErrorInfo and all
+                context.set_trailing_metadata(details)
+                context.abort(exc.code(), exc.details() or "")
+            # A bare transport status: keep its code, not its text (addresses, internals).
+            code = exc.code()
+            context.abort_with_status(
+                _status(
+                    code,
+                    f"upstream call failed with {code.name}",
+                    reason=f"UPSTREAM_{code.name}",
+                    domain=domain,
+                    metadata={"code": code.name},
+                    extra=[],
+                )
             )
-            context.abort(exc.code(), exc.details() or "")
         _log.error("unexpected error in %s", call.method, exc_info=exc, extra={"method": call.method})
         context.abort_with_status(internal_status(domain=domain))
+        raise AssertionError("context.abort_with_status returned")
 
     def stream(result: Iterator[Any], context: grpc.ServicerContext, call: CallInfo) -> Iterator[Any]:
         try:
             yield from result
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every exception becomes a status below
             if _already_answered(context):
-                raise
+                _answer_as_set(context)
             fail(context, call, exc)
 
     def middleware(request: Any, context: grpc.ServicerContext, call: CallInfo, proceed: Handler) -> Any:
         try:
             result = proceed(request, context)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every exception becomes a status below
             if _already_answered(context):
-                raise
+                _answer_as_set(context)
             fail(context, call, exc)
         return stream(result, context, call) if call.response_streaming else result
 

@@ -18,9 +18,10 @@ refused with RESOURCE_EXHAUSTED rather than queued without limit.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from types import FrameType
@@ -37,6 +38,7 @@ from services.kit.logs import access_log_middleware
 from services.kit.types import CallInfo, Handler, Middleware
 
 __all__ = [
+    "MIN_CLIENT_PING_INTERVAL_MS",
     "Registration",
     "RunningServer",
     "StartupError",
@@ -49,6 +51,19 @@ __all__ = [
 
 _log = logging.getLogger("poly.server")
 _INFRASTRUCTURE = (health.SERVICE_NAME, reflection.V1_SERVICE_NAME, reflection.V1ALPHA_SERVICE_NAME)
+
+MIN_CLIENT_PING_INTERVAL_MS = 10_000
+"""Clients may ping idle connections this often (kit clients ping every 30 s); faster is abuse."""
+_SERVER_OPTIONS = [
+    # SO_REUSEPORT would let a second copy bind the same port silently.
+    ("grpc.so_reuseport", 0),
+    # Ping idle clients so streams held by vanished clients (and their threads) are freed.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+    ("grpc.http2.max_ping_strikes", 2),
+]
 
 
 class StartupError(RuntimeError):
@@ -124,6 +139,46 @@ class _Chain(grpc.ServerInterceptor):  # type: ignore[misc]
         )
 
 
+class _InFlight:
+    """Counts application calls until their handler (or stream) has really finished."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._changed = threading.Condition()
+
+    def _add(self, delta: int) -> None:
+        with self._changed:
+            self._count += delta
+            self._changed.notify_all()
+
+    @property
+    def count(self) -> int:
+        with self._changed:
+            return self._count
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self._count == 0, timeout)
+
+    def _stream(self, result: Iterator[Any]) -> Iterator[Any]:
+        try:
+            yield from result
+        finally:
+            self._add(-1)
+
+    def __call__(self, request: Any, context: grpc.ServicerContext, call: CallInfo, proceed: Handler) -> Any:
+        self._add(1)
+        try:
+            result = proceed(request, context)
+        except BaseException:
+            self._add(-1)
+            raise
+        if call.response_streaming:
+            return self._stream(result)
+        self._add(-1)
+        return result
+
+
 def chain(middlewares: Sequence[Middleware]) -> grpc.ServerInterceptor:
     """The single interceptor that runs `middlewares` around every application method."""
     return _Chain(middlewares)
@@ -138,26 +193,39 @@ class RunningServer:
     health: health.HealthServicer
     names: list[str]
     grace_seconds: float
+    in_flight: _InFlight
     _stopped: threading.Event = field(default_factory=threading.Event)
 
-    def drain(self) -> None:
-        """NOT_SERVING, refuse new calls, let in-flight ones finish within the grace period."""
+    def drain(self) -> bool:
+        """NOT_SERVING, refuse new calls, let in-flight ones finish within the grace period.
+
+        Returns False when handlers were still running after it: gRPC has cancelled their
+        calls, but their threads go on, so the caller must not wait for them to exit.
+        """
         if self._stopped.is_set():
-            return
+            return True
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         _close_health_watches(self.health)
-        _log.info("draining", extra={"grace_seconds": self.grace_seconds})
-        self.server.stop(self.grace_seconds).wait(self.grace_seconds + 1)
+        _log.info("draining", extra={"grace_seconds": self.grace_seconds, "in_flight": self.in_flight.count})
+        stopped = self.server.stop(self.grace_seconds)
+        finished = self.in_flight.wait_idle(self.grace_seconds + 0.5)
+        stopped.wait(1.0)
+        if not finished:
+            _log.warning(
+                "calls still running after the grace period are abandoned",
+                extra={"in_flight": self.in_flight.count},
+            )
         _log.info("stopped")
+        return finished
 
 
 def _close_health_watches(servicer: health.HealthServicer) -> None:
     # Open Watch streams would otherwise hold the drain for the whole grace period; they
     # have already been sent NOT_SERVING. A None response closes a watcher (grpcio-health).
-    callbacks = getattr(servicer, "_send_response_callbacks", {})
-    with getattr(servicer, "_lock", threading.Lock()):
-        pending = [callback for group in callbacks.values() for callback in list(group)]
+    # Private attributes of grpcio-health, read directly so that a rename fails loudly.
+    with servicer._lock:
+        pending = [callback for group in servicer._send_response_callbacks.values() for callback in group]
     for callback in pending:
         callback(None)
 
@@ -175,12 +243,13 @@ def start(
     except (OSError, ValueError) as error:
         raise StartupError(f"cannot load the TLS files ({error}); `poly certs` creates them") from None
     workers = settings.server.workers
+    in_flight = _InFlight()
+    chosen = default_middlewares(settings) if middlewares is None else list(middlewares)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{settings.service}-rpc"),
-        interceptors=[chain(default_middlewares(settings) if middlewares is None else middlewares)],
+        interceptors=[chain([in_flight, *chosen])],
         maximum_concurrent_rpcs=workers,
-        # SO_REUSEPORT would let a second copy bind the same port silently.
-        options=[("grpc.so_reuseport", 0)],
+        options=_SERVER_OPTIONS,
     )
     for item in registrations:
         item.attach(server)
@@ -198,7 +267,7 @@ def start(
     for name in ["", *names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     _log.info("serving", extra={"address": f"{settings.server.host}:{port}", "services": names})
-    return RunningServer(server, port, health_servicer, names, settings.server.grace_seconds)
+    return RunningServer(server, port, health_servicer, names, settings.server.grace_seconds, in_flight)
 
 
 def serve(
@@ -207,7 +276,11 @@ def serve(
     *,
     middlewares: Sequence[Middleware] | None = None,
 ) -> None:
-    """Start, then block until SIGTERM or SIGINT and drain. Call from the main thread."""
+    """Start, then block until SIGTERM or SIGINT and drain. Call from the main thread.
+
+    If handlers outlive the grace period, the process exits 0 at once (their calls are
+    already cancelled): waiting for their threads would break the grace-period promise.
+    """
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -223,7 +296,9 @@ def serve(
             raise SystemExit(1) from None
         while not stop.wait(1.0):
             pass
-        running.drain()
+        if not running.drain():
+            logging.shutdown()
+            os._exit(0)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -73,3 +73,12 @@ def test_internal_status_says_nothing_specific() -> None:
 def test_reasons_must_be_upper_snake_and_short(reason: str) -> None:
     with pytest.raises(ValueError, match="UPPER_SNAKE"):
         errors.NotFound(reason, "x")
+
+
+@pytest.mark.parametrize(
+    "text", ["a{b}c", "use {0} here", "{a.b}", "{", "}"], ids=["name", "index", "attr", "open", "close"]
+)
+def test_braces_that_are_not_placeholders_keep_the_message(text: str) -> None:
+    error = errors.NotFound("THING_NOT_FOUND", text)
+    assert error.message == text
+    assert errors.to_status(error, domain="orders.poly.local").code == grpc.StatusCode.NOT_FOUND

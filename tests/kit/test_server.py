@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -171,3 +172,49 @@ def test_missing_certificates_are_a_clear_startup_error(tmp_path: Path) -> None:
     settings = settings_for("users", {"POLY_TLS_DIR": str(tmp_path / "nowhere"), "POLY_USERS_PORT": "0"})
     with pytest.raises(server.StartupError, match="poly certs"):
         server.start(settings, [probe_service.registration()])
+
+
+def test_unimplemented_is_answered_quietly(channel: grpc.Channel, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING), pytest.raises(grpc.RpcError) as caught:
+        probe_service.stub(channel, "Unimplemented")(_S(), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert caught.value.details() == "Method not implemented!"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.fixture
+def relaying(certs: Path) -> Iterator[tuple[grpc.Channel, int]]:
+    """A probe server whose Relay method calls other servers over mTLS as `orders`."""
+    settings = settings_for("orders", {"POLY_TLS_DIR": str(certs), "POLY_ORDERS_PORT": "0"})
+    started = server.start(
+        settings, [probe_service.registration(relay_credentials=tls.channel_credentials(settings.tls))]
+    )
+    cli = settings_for("cli", {"POLY_TLS_DIR": str(certs)})
+    try:
+        with grpc.secure_channel(f"localhost:{started.port}", tls.channel_credentials(cli.tls)) as ch:
+            yield ch, started.port
+    finally:
+        started.drain()
+
+
+def test_a_downstream_status_keeps_its_code_and_error_info(relaying: tuple[grpc.Channel, int]) -> None:
+    channel, port = relaying
+    with pytest.raises(grpc.RpcError) as caught:
+        probe_service.stub(channel, "Relay")(_S(value=f"localhost:{port}"), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND, "never re-wrapped as INTERNAL"
+    [info] = _details(caught.value)
+    assert isinstance(info, error_details_pb2.ErrorInfo)
+    assert (info.reason, dict(info.metadata)) == ("ORDER_NOT_FOUND", {"order": "orders/downstream"})
+
+
+def test_a_bare_transport_failure_keeps_its_code_but_not_its_text(relaying: tuple[grpc.Channel, int]) -> None:
+    channel, _ = relaying
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = f"localhost:{closed.getsockname()[1]}"
+    with pytest.raises(grpc.RpcError) as caught:
+        probe_service.stub(channel, "Relay")(_S(value=dead), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, "stays retryable"
+    assert caught.value.details() == "upstream call failed with UNAVAILABLE"
+    [info] = _details(caught.value)
+    assert isinstance(info, error_details_pb2.ErrorInfo) and info.reason == "UPSTREAM_UNAVAILABLE"

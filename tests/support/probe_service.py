@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 from google.protobuf import wrappers_pb2
@@ -67,8 +67,37 @@ def hold(request: _S, context: grpc.ServicerContext) -> Iterator[_S]:
     gone.wait(60)
 
 
-def registration() -> server.Registration:
-    unary = {"Echo": echo, "Sleep": sleep, "Missing": missing, "Invalid": invalid, "Crash": crash}
+def unimplemented(request: _S, context: grpc.ServicerContext) -> _S:
+    # Exactly what generated servicer base classes do for a method nobody implemented.
+    context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+    context.set_details("Method not implemented!")
+    raise NotImplementedError("Method not implemented!")
+
+
+def _relay(credentials: grpc.ChannelCredentials | None) -> Callable[[_S, grpc.ServicerContext], _S]:
+    def relay(request: _S, context: grpc.ServicerContext) -> _S:
+        """Call `Missing` on the server at ``request.value`` (an address) and return its answer."""
+        with (
+            grpc.secure_channel(request.value, credentials)
+            if credentials
+            else grpc.insecure_channel(request.value)
+        ) as channel:
+            result: _S = stub(channel, "Missing")(_S(value="orders/downstream"), timeout=5)
+            return result
+
+    return relay
+
+
+def registration(*, relay_credentials: grpc.ChannelCredentials | None = None) -> server.Registration:
+    unary = {
+        "Echo": echo,
+        "Sleep": sleep,
+        "Missing": missing,
+        "Invalid": invalid,
+        "Crash": crash,
+        "Unimplemented": unimplemented,
+        "Relay": _relay(relay_credentials),
+    }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
             fn, request_deserializer=_S.FromString, response_serializer=_S.SerializeToString
