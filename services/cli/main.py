@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from services.kit import config, tls
 
@@ -17,13 +18,17 @@ __all__ = ["main"]
 
 def _certs(settings: config.Settings, force: bool) -> int:
     directory = settings.tls.ca_file.parent
-    issued = tls.ensure_certificates(
-        directory,
-        config.COMPONENTS,
-        force=force,
-        trust_domain=settings.tls.trust_domain,
-        namespace=settings.tls.namespace,
-    )
+    try:
+        issued = tls.ensure_certificates(
+            directory,
+            config.COMPONENTS,
+            force=force,
+            trust_domain=settings.tls.trust_domain,
+            namespace=settings.tls.namespace,
+        )
+    except tls.CertificateError as error:
+        print(f"poly certs: {error}", file=sys.stderr)
+        return 2
     for path in issued.written:
         print(f"wrote {path}")
     for path in issued.kept:
@@ -34,12 +39,31 @@ def _certs(settings: config.Settings, force: bool) -> int:
 def _status(settings: config.Settings) -> int:
     from services.cli.probe import health_status
 
+    if not settings.tls.cert_file.exists():
+        print(f"poly status: no certificate at {settings.tls.cert_file}; run `poly certs`", file=sys.stderr)
+        return 2
     healthy = True
     for name in config.SERVICES:
         state = health_status(settings, name)
         healthy &= state == "SERVING"
         print(f"{name:<14} {settings.peers[name]:<18} {state}")
     return 0 if healthy else 1
+
+
+def _migration(service: str, message: str) -> int:
+    import importlib
+
+    from services.kit import db
+
+    package = importlib.import_module(f"services.{service}")
+    directory = Path(package.__file__ or "").with_name("migrations")
+    try:
+        created = db.generate_revision(directory, message)
+    except db.DatabaseError as error:
+        print(f"poly migration: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {created} — read it before committing")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     certs.add_argument("--force", action="store_true", help="re-issue component certificates (rotation)")
     commands.add_parser("up", help="start all services, wait for health, supervise until Ctrl-C")
     commands.add_parser("status", help="print each component's health")
+    migration = commands.add_parser("migration", help="autogenerate a service's next migration")
+    migration.add_argument("service", choices=config.SERVICES)
+    migration.add_argument("-m", "--message", required=True, help="what the migration changes")
     args = parser.parse_args(argv)
     try:
         settings = config.load("cli")
@@ -59,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         return _certs(settings, args.force)
     if args.command == "status":
         return _status(settings)
+    if args.command == "migration":
+        return _migration(args.service, args.message)
     from services.cli.supervisor import Supervisor
 
     return Supervisor(settings).run()

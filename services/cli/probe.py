@@ -13,7 +13,9 @@ __all__ = ["health_status"]
 
 def health_status(settings: Settings, component: str, *, timeout: float = 2.0) -> str:
     """``SERVING``, ``NOT_SERVING``, ... or ``UNREACHABLE (<code>)`` when the call fails."""
-    with grpc.secure_channel(settings.peers[component], tls.channel_credentials(settings.tls)) as channel:
+    credentials = tls.channel_credentials(settings.tls)
+    options = [("grpc.ssl_target_name_override", component)]  # the server must prove it is `component`
+    with grpc.secure_channel(settings.peers[component], credentials, options=options) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)

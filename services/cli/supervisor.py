@@ -16,7 +16,8 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO, Any
 
@@ -30,10 +31,20 @@ _BACKOFF_FIRST, _BACKOFF_MAX, _HEALTHY_RESET = 1.0, 30.0, 30.0
 _SKIPPED_FIELDS = {"time", "level", "service", "logger", "message", "traceback"}
 
 
-def _die_with_parent() -> None:
-    # If the supervisor itself is killed, its children get SIGTERM instead of living on.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A pre-exec hook asking Linux to SIGTERM the child if the supervisor dies.
+
+    libc is resolved here, in the parent: the hook runs between fork and exec, where
+    loading a library could deadlock on a lock held by another thread.
+    """
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return hook
 
 
 def _readable(line: str) -> str:
@@ -50,6 +61,14 @@ def _readable(line: str) -> str:
     if "traceback" in record:
         text += "\n" + "\n".join("    " + t for t in str(record["traceback"]).splitlines())
     return text
+
+
+def _is_serving_line(line: str) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and record.get("message") == "serving"
 
 
 def example_calls(settings: config.Settings) -> list[str]:
@@ -73,6 +92,9 @@ class _Child:
     backoff: float = _BACKOFF_FIRST
     restart_at: float | None = None
     ready: bool = False
+    serving: threading.Event = field(default_factory=threading.Event)
+    """Set when this process itself logged that it is serving (not just anyone on its port)."""
+    pump: threading.Thread | None = None
 
 
 class Supervisor:
@@ -91,16 +113,24 @@ class Supervisor:
         self._stop = threading.Event()
         self._ready_timeout = ready_timeout
         self._width = max(len(name) for name in components)
+        self._pre_exec = _die_with_parent_hook()
 
     def _say(self, name: str, text: str) -> None:
         with self._write_lock:
-            for line in text.splitlines() or [""]:
-                self._out.write(f"{name:<{self._width}} | {line}\n")
-            self._out.flush()
+            try:
+                for line in text.splitlines() or [""]:
+                    self._out.write(f"{name:<{self._width}} | {line}\n")
+                self._out.flush()
+            except (OSError, ValueError):
+                pass  # our stdout is gone (e.g. `poly up | head`); keep draining the children
 
-    def _pump(self, name: str, stream: IO[str]) -> None:
+    def _pump(self, name: str, stream: IO[str], serving: threading.Event) -> None:
+        # Always read to the end: a child whose pipe fills up would block on its next log line.
         for line in stream:
-            self._say(name, _readable(line.rstrip("\n")))
+            text = line.rstrip("\n")
+            if not serving.is_set() and _is_serving_line(text):
+                serving.set()
+            self._say(name, _readable(text))
 
     def _spawn(self, child: _Child) -> None:
         process = subprocess.Popen(
@@ -108,10 +138,11 @@ class Supervisor:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            errors="replace",
             bufsize=1,
             # Own session: Ctrl-C reaches only the supervisor, which then drains each child.
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+            preexec_fn=self._pre_exec,  # noqa: PLW1509 - only calls a pre-resolved prctl
         )
         child.process, child.started_at, child.ready, child.restart_at = (
             process,
@@ -119,14 +150,18 @@ class Supervisor:
             False,
             None,
         )
+        child.serving = threading.Event()
         assert process.stdout is not None
-        threading.Thread(target=self._pump, args=(child.name, process.stdout), daemon=True).start()
+        child.pump = threading.Thread(
+            target=self._pump, args=(child.name, process.stdout, child.serving), daemon=True
+        )
+        child.pump.start()
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._stop.set()
 
     def run(self) -> int:
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        """Run until Ctrl-C or SIGTERM. 0 when every service started and stopped cleanly."""
         try:
             tls.ensure_certificates(
                 self._settings.tls.ca_file.parent,
@@ -134,18 +169,27 @@ class Supervisor:
                 trust_domain=self._settings.tls.trust_domain,
                 namespace=self._settings.tls.namespace,
             )
+        except tls.CertificateError as error:
+            self._say("poly", str(error))
+            return 2
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        status = 1
+        try:
             for child in self._children.values():
                 self._spawn(child)
-            if not self._await_ready():
-                return 0 if self._stop.is_set() else 1
-            self._announce()
-            while not self._stop.wait(0.2):
-                self._supervise()
-            return 0
+            if self._await_ready():
+                self._announce()
+                while not self._stop.wait(0.2):
+                    self._supervise()
+                status = 0
+            elif self._stop.is_set():
+                status = 0
         finally:
-            self._shutdown()
+            if not self._shutdown():
+                status = 1
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        return status
 
     def _await_ready(self) -> bool:
         deadline = time.monotonic() + self._ready_timeout
@@ -158,7 +202,7 @@ class Supervisor:
                         "poly", f"{name} exited with code {child.process.returncode} before it was ready"
                     )
                     return False
-                if health_status(self._settings, name, timeout=1.0) == "SERVING":
+                if self._is_ready(child, timeout=1.0):
                     child.ready = True
                     pending.discard(name)
             if time.monotonic() > deadline:
@@ -168,6 +212,19 @@ class Supervisor:
                 return False
             self._stop.wait(0.2)
         return not pending
+
+    def _is_ready(self, child: _Child, *, timeout: float) -> bool:
+        """This very process says it is serving, and the port's health check agrees.
+
+        Health alone could be answered by another process on the same port (a second
+        `poly up`, or a stale service), while ours failed to bind.
+        """
+        return (
+            child.process is not None
+            and child.process.poll() is None
+            and child.serving.is_set()
+            and health_status(self._settings, child.name, timeout=timeout) == "SERVING"
+        )
 
     def _announce(self) -> None:
         for name, child in self._children.items():
@@ -196,27 +253,35 @@ class Supervisor:
             elif child.restart_at is not None and now >= child.restart_at:
                 child.restarts += 1
                 self._spawn(child)
-            elif (
-                process is not None
-                and not child.ready
-                and process.poll() is None
-                and health_status(self._settings, child.name, timeout=0.5) == "SERVING"
-            ):
+            elif process is not None and not child.ready and self._is_ready(child, timeout=0.5):
                 child.ready = True
                 self._say("poly", f"ready  {child.name} again (restart {child.restarts})")
 
-    def _shutdown(self) -> None:
-        running = [c.process for c in self._children.values() if c.process and c.process.poll() is None]
+    def _shutdown(self) -> bool:
+        """SIGTERM every child, SIGKILL what outlives the grace period; True if all exited 0."""
+        running = [c for c in self._children.values() if c.process and c.process.poll() is None]
         if running:
             self._say("poly", f"stopping {len(running)} services")
-        for process in running:
-            process.send_signal(signal.SIGTERM)
+        for child in running:
+            assert child.process is not None
+            child.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self._settings.server.grace_seconds + 5
-        for process in running:
+        clean = True
+        for child in running:
+            assert child.process is not None
             try:
-                process.wait(max(0.1, deadline - time.monotonic()))
+                code = child.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+                child.process.kill()
+                child.process.wait()
+                self._say("poly", f"{child.name} did not stop within the grace period; killed")
+                clean = False
+                continue
+            self._say("poly", f"{child.name} exited with code {code}")
+            clean &= code == 0
+        for child in self._children.values():
+            if child.pump is not None:
+                child.pump.join(2.0)  # the last log lines of each child are printed before we go
         if running:
-            self._say("poly", "stopped")
+            self._say("poly", "stopped" if clean else "stopped, not cleanly")
+        return clean

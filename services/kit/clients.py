@@ -1,9 +1,10 @@
 """mTLS channels to other components.
 
-`channel(settings, "orders")` dials the address in ``settings.peers`` with this component's
-own certificate, ``round_robin`` over every address DNS returns (many replicas), and a
-service config that gives each call a default deadline and retries ``UNAVAILABLE`` for
-the methods listed as idempotent (`retryable`). `Channels` rebuilds a channel when the
+`channel(settings, "orders", services=[...])` dials the address in ``settings.peers`` with
+this component's own certificate, checks that the server's certificate names ``orders``,
+balances ``round_robin`` over every address DNS returns (many replicas), and carries a
+service config built from the called services' descriptors: a default deadline for unary
+methods and retries on ``UNAVAILABLE`` for methods marked idempotent. `Channels` rebuilds a channel when the
 certificate files change, so a rotated client certificate is used without a restart.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -22,33 +23,49 @@ from poly.options.v1 import options_pb2
 from services.kit import tls
 from services.kit.config import Settings, TlsSettings
 
-__all__ = ["Channels", "channel", "idempotent_methods", "service_config"]
+__all__ = ["KEEPALIVE_MS", "Channels", "channel", "idempotent_methods", "service_config"]
 
 
-def service_config(*, deadline_seconds: float, retryable: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
-    """gRPC service config: a default timeout for all, retries on UNAVAILABLE for `retryable`.
+def service_config(
+    *,
+    deadline_seconds: float,
+    services: Sequence[ServiceDescriptor] = (),
+) -> dict[str, Any]:
+    """gRPC service config for calls to `services`.
 
-    `retryable` holds ``(service, method)`` pairs, e.g. ``("poly.orders.v1.OrdersService", "GetOrder")``.
+    Methods with a single response get `deadline_seconds` as their default timeout
+    (a caller's own deadline still wins when shorter); server-streaming methods get none,
+    since a watch may rightly stay open for hours. Methods marked
+    ``(poly.options.v1.idempotent)`` retry on UNAVAILABLE with exponential backoff.
     """
-    timeout = f"{deadline_seconds:.3f}s"
-    retry_names = [{"service": s, "method": m} for s, m in retryable]
+    retryable = set(idempotent_methods(*services))
+    groups: dict[tuple[bool, bool], list[dict[str, str]]] = {}
+    for service in services:
+        for method in service.methods:
+            key = (not method.server_streaming, (service.full_name, method.name) in retryable)
+            groups.setdefault(key, []).append({"service": service.full_name, "method": method.name})
     configs: list[dict[str, Any]] = []
-    if retry_names:
-        configs.append(
-            {
-                "name": retry_names,
-                "timeout": timeout,
-                "retryPolicy": {
-                    "maxAttempts": 4,
-                    "initialBackoff": "0.1s",
-                    "maxBackoff": "2s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        )
-    configs.append({"name": [{}], "timeout": timeout})
+    for (timed, retried), names in sorted(groups.items()):
+        entry: dict[str, Any] = {"name": names}
+        if timed:
+            entry["timeout"] = f"{deadline_seconds:.3f}s"
+        if retried:
+            entry["retryPolicy"] = dict(_RETRY_POLICY)
+        if len(entry) > 1:
+            configs.append(entry)
     return {"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": configs}
+
+
+_RETRY_POLICY: dict[str, Any] = {
+    "maxAttempts": 4,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "2s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+
+KEEPALIVE_MS = 30_000
+"""Ping interval on connections with calls in flight (servers accept down to 10 s)."""
 
 
 def idempotent_methods(*services: ServiceDescriptor) -> list[tuple[str, str]]:
@@ -69,18 +86,26 @@ def channel(
     settings: Settings,
     peer: str,
     *,
-    retryable: Iterable[tuple[str, str]] = (),
+    services: Sequence[ServiceDescriptor] = (),
     tls_settings: TlsSettings | None = None,
 ) -> grpc.Channel:
-    """A new mTLS channel from this component to `peer` (a name from ``settings.peers``)."""
-    config = service_config(deadline_seconds=settings.client_deadline_seconds, retryable=retryable)
+    """A new mTLS channel from this component to `peer` (a name from ``settings.peers``).
+
+    `services` are the descriptors of what will be called on it, e.g.
+    ``orders_service_pb2.DESCRIPTOR.services_by_name["OrdersService"]``: they decide the
+    default deadlines and which methods retry (`service_config`).
+    """
+    config = service_config(deadline_seconds=settings.client_deadline_seconds, services=services)
     return grpc.secure_channel(
         _target(settings.peers[peer]),
         tls.channel_credentials(tls_settings or settings.tls),
         options=[
+            # The server must prove it is `peer`: every certificate also names localhost,
+            # so the dialled host alone would let any component impersonate any other.
+            ("grpc.ssl_target_name_override", peer),
             ("grpc.service_config", json.dumps(config)),
             ("grpc.enable_retries", 1),
-            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
         ],
     )
 
@@ -96,14 +121,14 @@ class Channels:
         self,
         settings: Settings,
         *,
+        services: Mapping[str, Sequence[ServiceDescriptor]] | None = None,
         check_interval: float = 5.0,
         close_delay: float = 30.0,
-        retryable: Iterable[tuple[str, str]] = (),
     ) -> None:
         self._settings = settings
         self._check_interval = check_interval
         self._close_delay = close_delay
-        self._retryable = tuple(retryable)
+        self._services = dict(services or {})
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
         self._stamp = self._read_stamp()
@@ -134,7 +159,9 @@ class Channels:
                     self._channels.clear()
             existing = self._channels.get(peer)
             if existing is None:
-                existing = self._channels[peer] = channel(self._settings, peer, retryable=self._retryable)
+                existing = self._channels[peer] = channel(
+                    self._settings, peer, services=self._services.get(peer, ())
+                )
             return existing
 
     def close(self) -> None:

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from services.kit.types import Environ
 
 __all__ = [
@@ -197,6 +200,10 @@ def load(service: str, environ: Environ | None = None) -> Settings:
         peers=peers,
         client_deadline_seconds=env.number("POLY_CLIENT_DEADLINE_SECONDS", 5.0, low=0.01, high=3600.0),
     )
+    try:
+        make_url(settings.db.url)
+    except ArgumentError:
+        env.problems.append(f"POLY_{upper}_DATABASE_URL: not a database URL: {redact_url(settings.db.url)!r}")
     if env.problems:
         raise ConfigError(env.problems)
     return settings

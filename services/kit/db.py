@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,8 +20,10 @@ from typing import Annotated, Any
 
 from alembic import command, context
 from alembic.config import Config as AlembicConfig
+from alembic.util import CommandError
 from sqlalchemy import BigInteger, DateTime, Engine, MetaData, String, create_engine, event, func
 from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, mapped_column, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
@@ -30,12 +34,16 @@ _log = logging.getLogger("poly.db")
 
 __all__ = [
     "CreatedAt",
+    "DatabaseError",
     "CurrencyCode",
     "Id",
     "MinorUnits",
     "UpdatedAt",
     "UtcDateTime",
+    "connect",
+    "connect_or_exit",
     "engine",
+    "generate_revision",
     "migrate",
     "naming_convention",
     "run_migrations_env",
@@ -118,21 +126,94 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+class DatabaseError(RuntimeError):
+    """The database cannot be opened or migrated; the message is safe to log."""
+
+
 def _alembic_config(directory: Path, bound: Engine) -> AlembicConfig:
     config = AlembicConfig()
     config.set_main_option("script_location", str(directory))
     config.attributes["engine"] = bound
+    # Each service records its own revision, so services sharing one database never mix them.
+    config.attributes["version_table"] = f"alembic_version_{directory.parent.name}"
     return config
 
 
 def migrate(bound: Engine, directory: Path, revision: str = "head") -> None:
-    """Apply the Alembic scripts in `directory` to `bound` up to `revision`."""
+    """Apply the Alembic scripts in ``services/<name>/migrations`` to `bound` up to `revision`."""
     logging.getLogger("alembic").setLevel(logging.WARNING)  # one line of ours instead of Alembic's chatter
     command.upgrade(_alembic_config(directory, bound), revision)
     _log.info(
         "database migrated",
         extra={"database": redact_url(bound.url.render_as_string(False)), "revision": revision},
     )
+
+
+def generate_revision(directory: Path, message: str) -> Path:
+    """Autogenerate the next migration of a service from its models (for a person to read).
+
+    The current scripts are applied to a scratch SQLite database first, so the new
+    revision holds exactly the difference between the models and the existing scripts.
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        bound = engine(DatabaseSettings(url=f"sqlite:///{Path(scratch) / 'scratch.db'}"))
+        try:
+            migrate(bound, directory)
+            config = _alembic_config(directory, bound)
+            existing = sorted(p.name for p in (directory / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+            number = int(existing[-1][:4]) + 1 if existing else 1
+            slug = re.sub(r"[^a-z0-9]+", "_", message.lower()).strip("_")[:40] or "change"
+            script = command.revision(
+                config,
+                message=message,
+                autogenerate=True,
+                rev_id=f"{number:04d}",
+            )
+        finally:
+            bound.dispose()
+    assert script is not None and not isinstance(script, list)
+    created = Path(script.path)
+    target = created.with_name(f"{number:04d}_{slug}.py")
+    created.rename(target)
+    return target
+
+
+def connect(settings: DatabaseSettings, *, migrations: Path | None = None) -> Engine:
+    """The service's engine, migrated to head when `migrations` is given and enabled.
+
+    Raises `DatabaseError` with a one-line, password-free message when the URL is unusable,
+    the server refuses, or a migration fails.
+    """
+    shown = redact_url(settings.url)
+    try:
+        bound = engine(settings)
+    except (SQLAlchemyError, ValueError, ImportError, OSError) as error:
+        raise DatabaseError(f"cannot use database {shown}: {type(error).__name__}") from None
+    try:
+        if migrations is not None and settings.migrate_on_start:
+            migrate(bound, migrations)
+        else:
+            with bound.connect():
+                pass
+    except (SQLAlchemyError, CommandError, ValueError, OSError) as error:
+        bound.dispose()
+        raise DatabaseError(f"cannot open or migrate database {shown}: {_first_line(error)}") from None
+    return bound
+
+
+def connect_or_exit(settings: DatabaseSettings, *, migrations: Path | None = None) -> Engine:
+    """`connect`, or log the one-line reason and exit with status 1 (for entry points)."""
+    try:
+        return connect(settings, migrations=migrations)
+    except DatabaseError as error:
+        _log.error(str(error))
+        raise SystemExit(1) from None
+
+
+def _first_line(error: Exception) -> str:
+    # Driver messages can span many lines (SQL, parameters): keep the reason only.
+    text = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
 def run_migrations_env(target_metadata: MetaData) -> None:
@@ -142,6 +223,7 @@ def run_migrations_env(target_metadata: MetaData) -> None:
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
+            version_table=context.config.attributes["version_table"],
             render_as_batch=connection.dialect.name == "sqlite",  # SQLite cannot ALTER most things
             compare_type=True,
         )

@@ -23,7 +23,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from services.kit.config import TlsSettings
 
 __all__ = [
+    "CLIENT_ONLY",
     "CertificateAuthority",
+    "CertificateError",
     "IssuedFiles",
     "channel_credentials",
     "dns_names",
@@ -35,7 +37,16 @@ __all__ = [
     "spiffe_id",
 ]
 
+CLIENT_ONLY: frozenset[str] = frozenset({"cli"})
+"""Identities that only ever call: their certificates cannot serve (no serverAuth usage)."""
+
 _CA_DAYS = 3650
+
+
+class CertificateError(ValueError):
+    """The certificate directory is in a state this module refuses to repair by guessing."""
+
+
 _LEAF_DAYS = 365
 _CLOCK_SKEW = dt.timedelta(minutes=5)
 
@@ -61,8 +72,9 @@ class CertificateAuthority:
         namespace: str = "default",
         dns: list[str] | None = None,
         days: int = _LEAF_DAYS,
+        server: bool = True,
     ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        """A leaf certificate for `name`, valid for both server and client authentication."""
+        """A leaf certificate for `name`: client authentication, and server too unless `server=False`."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         sans: list[x509.GeneralName] = [
@@ -93,7 +105,11 @@ class CertificateAuthority:
                 critical=True,
             )
             .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                    if server
+                    else [ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
                 critical=False,
             )
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -192,9 +208,16 @@ def ensure_certificates(
     os.chmod(directory, 0o700)
     written: list[Path] = []
     kept: list[Path] = []
-    if (directory / "ca.crt").exists() and (directory / "ca.key").exists():
+    ca_files = [(directory / "ca.crt").exists(), (directory / "ca.key").exists()]
+    if all(ca_files):
         authority = load_authority(directory)
         kept.append(directory / "ca.crt")
+    elif any(ca_files):
+        # A new CA would silently invalidate every certificate issued so far.
+        raise CertificateError(
+            f"{directory} has only one of ca.crt and ca.key; restore the other, "
+            "or remove the whole directory to start a new CA"
+        )
     else:
         authority = new_authority()
         _write_private(directory / "ca.key", _key_pem(authority.key))
@@ -205,7 +228,9 @@ def ensure_certificates(
         if crt.exists() and key_path.exists() and not force:
             kept.append(crt)
             continue
-        certificate, key = authority.issue(name, trust_domain=trust_domain, namespace=namespace)
+        certificate, key = authority.issue(
+            name, trust_domain=trust_domain, namespace=namespace, server=name not in CLIENT_ONLY
+        )
         _write_private(key_path, _key_pem(key))
         _write_public(crt, certificate.public_bytes(serialization.Encoding.PEM))
         written.append(crt)

@@ -12,10 +12,8 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 def main() -> None:
     settings = config.load_or_exit("payments")
     logs.setup(settings.service, settings.log_level)
-    engine = db.engine(settings.db)
+    engine = db.connect_or_exit(settings.db, migrations=MIGRATIONS)
     try:
-        if settings.db.migrate_on_start:
-            db.migrate(engine, MIGRATIONS)
         servicer = PaymentsServicer()
         descriptor = payments_service_pb2.DESCRIPTOR.services_by_name["PaymentsService"]
         server.serve(

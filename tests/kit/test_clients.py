@@ -16,16 +16,26 @@ from tests.support import probe_service
 from tests.support.env import settings_for
 
 
-def test_retries_only_for_the_listed_methods() -> None:
-    config = clients.service_config(
-        deadline_seconds=2.5, retryable=[("poly.orders.v1.OrdersService", "GetOrder")]
-    )
+def test_config_from_descriptors_times_unary_calls_and_retries_idempotent_ones() -> None:
+    orders = orders_service_pb2.DESCRIPTOR.services_by_name["OrdersService"]
+    auth = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"]
+    config = clients.service_config(deadline_seconds=2.5, services=[orders, auth])
     json.dumps(config)
-    retrying, default = config["methodConfig"]
-    assert retrying["name"] == [{"service": "poly.orders.v1.OrdersService", "method": "GetOrder"}]
-    assert retrying["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
-    assert default == {"name": [{}], "timeout": "2.500s"}
+    by_method = {
+        (name["service"], name["method"]): entry for entry in config["methodConfig"] for name in entry["name"]
+    }
+    get_order = by_method[("poly.orders.v1.OrdersService", "GetOrder")]
+    assert get_order["timeout"] == "2.500s"
+    assert get_order["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    watch = by_method[("poly.orders.v1.OrdersService", "WatchOrder")]
+    assert "timeout" not in watch, "a stream may stay open for hours"
+    refresh = by_method[("poly.auth.v1.AuthService", "RefreshToken")]
+    assert "retryPolicy" not in refresh and refresh["timeout"] == "2.500s"
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+
+
+def test_client_keepalive_is_within_what_servers_accept() -> None:
+    assert clients.KEEPALIVE_MS >= server.MIN_CLIENT_PING_INTERVAL_MS
 
 
 def test_idempotent_methods_come_from_the_proto_option() -> None:
@@ -56,19 +66,51 @@ def test_a_channel_reaches_its_peer_over_mtls(orders_server: tuple[Path, int]) -
         assert echo(wrappers_pb2.StringValue(value="hello"), timeout=5).value == "hello"
 
 
-def test_the_default_deadline_applies(orders_server: tuple[Path, int]) -> None:
+def test_the_default_deadline_applies_to_unary_calls_not_to_streams(orders_server: tuple[Path, int]) -> None:
     own, port = orders_server
     users = settings_for(
         "users",
         {
             "POLY_TLS_DIR": str(own),
             "POLY_ORDERS_ADDRESS": f"localhost:{port}",
-            "POLY_CLIENT_DEADLINE_SECONDS": "0.2",
+            "POLY_CLIENT_DEADLINE_SECONDS": "0.3",
         },
     )
-    with clients.channel(users, "orders") as channel, pytest.raises(grpc.RpcError) as caught:
-        probe_service.stub(channel, "Sleep")(wrappers_pb2.StringValue(value="2"))
-    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    with clients.channel(users, "orders", services=[probe_service.descriptor()]) as channel:
+        stream = probe_service.stub(channel, "Hold", streaming=True)(wrappers_pb2.StringValue())
+        assert next(stream).value == "open"
+        with pytest.raises(grpc.RpcError) as caught:
+            probe_service.stub(channel, "Sleep")(wrappers_pb2.StringValue(value="2"))
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # The unary call above ran into the 0.3 s default; the stream opened before it did not.
+        assert stream.is_active()
+        stream.cancel()
+
+
+def test_a_server_with_another_components_certificate_is_refused(certs: Path) -> None:
+    impostor = server.start(
+        settings_for("users", {"POLY_TLS_DIR": str(certs), "POLY_USERS_PORT": "0"}),
+        [probe_service.registration()],
+    )
+    try:
+        caller = settings_for(
+            "payments",
+            {
+                "POLY_TLS_DIR": str(certs),
+                "POLY_ORDERS_ADDRESS": f"localhost:{impostor.port}",
+                "POLY_USERS_ADDRESS": f"localhost:{impostor.port}",
+            },
+        )
+        with clients.channel(caller, "orders") as channel, pytest.raises(grpc.RpcError) as caught:
+            probe_service.stub(channel, "Echo")(wrappers_pb2.StringValue(value="x"), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, "users' certificate cannot pass as orders"
+        with clients.channel(caller, "users") as channel:
+            assert (
+                probe_service.stub(channel, "Echo")(wrappers_pb2.StringValue(value="x"), timeout=5).value
+                == "x"
+            )
+    finally:
+        impostor.drain()
 
 
 def test_channels_are_rebuilt_when_the_certificate_changes(orders_server: tuple[Path, int]) -> None:

@@ -81,3 +81,8 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     settings = config.load("users", {"POLY_HOME": str(tmp_path)})
     with pytest.raises(AttributeError):
         settings.service = "orders"  # type: ignore[misc]
+
+
+def test_an_unparsable_database_url_is_a_configuration_problem() -> None:
+    with pytest.raises(config.ConfigError, match="POLY_USERS_DATABASE_URL: not a database URL"):
+        config.load("users", {"POLY_USERS_DATABASE_URL": "nonsense"})

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
+import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -100,8 +102,52 @@ def test_migrations_build_exactly_the_models(engine: Engine, service: str) -> No
     store = importlib.import_module(f"services.{service}.store")
     migrations = Path(importlib.import_module(f"services.{service}").__file__ or "").with_name("migrations")
     db.migrate(engine, migrations)
-    assert "alembic_version" in inspect(engine).get_table_names()
+    assert f"alembic_version_{service}" in inspect(engine).get_table_names()
     with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "version_table": f"alembic_version_{service}"}
+        )
         assert compare_metadata(context, store.Base.metadata) == []
         db.migrate(engine, migrations)  # applying again is a no-op
+
+
+def test_an_unreachable_server_is_one_line_without_the_password(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = DatabaseSettings(url=f"postgresql://poly:hunter2@127.0.0.1:{port}/poly")
+    with pytest.raises(db.DatabaseError) as caught:
+        db.connect(settings)
+    message = str(caught.value)
+    assert "\n" not in message and "hunter2" not in message
+    assert f"postgresql+psycopg://poly:***@127.0.0.1:{port}/poly" in message or "poly:***@" in message
+
+
+def test_two_services_sharing_one_database_keep_their_own_revisions(postgres_url: str) -> None:
+    shared = DatabaseSettings(url=postgres_url)
+    for service in ("users", "orders"):
+        migrations = Path(importlib.import_module(f"services.{service}").__file__ or "").with_name(
+            "migrations"
+        )
+        db.connect(shared, migrations=migrations).dispose()
+    inspector_engine = db.engine(shared)
+    try:
+        tables = set(inspect(inspector_engine).get_table_names())
+    finally:
+        inspector_engine.dispose()
+    assert {"alembic_version_users", "alembic_version_orders"} <= tables
+
+
+def test_generate_revision_writes_the_next_numbered_script(tmp_path: Path) -> None:
+    source = Path(importlib.import_module("services.users").__file__ or "").with_name("migrations")
+    directory = tmp_path / "users" / "migrations"
+    shutil.copytree(source, directory, ignore=shutil.ignore_patterns("__pycache__"))
+    created = db.generate_revision(directory, "Add nothing yet")
+    assert created.name == "0002_add_nothing_yet.py"
+    text = created.read_text()
+    assert 'revision = "0002"' in text and 'down_revision = "0001"' in text
+    upgrade = text.split("def upgrade() -> None:", 1)[1].split("def downgrade", 1)[0]
+    code = [
+        line.strip() for line in upgrade.splitlines() if line.strip() and not line.strip().startswith("#")
+    ]
+    assert code == ["pass"], "models equal the scripts: nothing to add"

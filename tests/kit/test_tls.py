@@ -29,8 +29,9 @@ def test_each_certificate_has_exactly_one_spiffe_uri_and_the_dns_names(issued: P
     ]
     assert sans.get_values_for_type(x509.DNSName) == ["localhost", name, f"{name}.default.svc.cluster.local"]
     usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert ExtendedKeyUsageOID.SERVER_AUTH in usages
     assert ExtendedKeyUsageOID.CLIENT_AUTH in usages
+    # The operator's certificate only calls; it must not be able to pose as a server.
+    assert (ExtendedKeyUsageOID.SERVER_AUTH in usages) == (name != "cli")
     assert certificate.issuer == _load(issued / "ca.crt").subject
 
 
@@ -58,3 +59,12 @@ def test_spiffe_id_follows_trust_domain_and_namespace() -> None:
     assert tls.spiffe_id("orders", trust_domain="example.org", namespace="shop") == (
         "spiffe://example.org/ns/shop/sa/orders"
     )
+
+
+@pytest.mark.parametrize("lost", ["ca.key", "ca.crt"])
+def test_a_half_present_ca_is_never_silently_replaced(issued: Path, lost: str) -> None:
+    kept = {p.name: p.read_bytes() for p in issued.iterdir() if p.name != lost}
+    (issued / lost).unlink()
+    with pytest.raises(tls.CertificateError, match=r"only one of ca\.crt and ca\.key"):
+        tls.ensure_certificates(issued, config.COMPONENTS)
+    assert {p.name: p.read_bytes() for p in issued.iterdir()} == kept

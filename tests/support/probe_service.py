@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable, Iterator
 
 import grpc
-from google.protobuf import wrappers_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, wrappers_pb2
+from google.protobuf.descriptor import ServiceDescriptor
 
 from services.kit import config, logs, server
 from services.kit.errors import FieldViolation, InvalidArgument, NotFound
@@ -110,6 +111,27 @@ def registration(*, relay_credentials: grpc.ChannelCredentials | None = None) ->
         )
     generic = grpc.method_handlers_generic_handler(SERVICE, handlers)
     return server.Registration(SERVICE, lambda s: s.add_generic_rpc_handlers((generic,)))
+
+
+def descriptor() -> ServiceDescriptor:
+    """A descriptor of the probe service, in a private pool, for clients that derive config."""
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="poly/test/v1/probe.proto",
+        package="poly.test.v1",
+        dependency=["google/protobuf/wrappers.proto"],
+    )
+    service = proto.service.add(name="ProbeService")
+    for name in ("Echo", "Sleep", "Missing", "Invalid", "Crash", "Unimplemented", "Relay", "Count", "Hold"):
+        service.method.add(
+            name=name,
+            input_type=".google.protobuf.StringValue",
+            output_type=".google.protobuf.StringValue",
+            server_streaming=name in {"Count", "Hold"},
+        )
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
+    pool.AddSerializedFile(proto.SerializeToString())
+    return pool.FindServiceByName(SERVICE)
 
 
 def stub(channel: grpc.Channel, method: str, *, streaming: bool = False) -> grpc.UnaryUnaryMultiCallable:

@@ -88,3 +88,26 @@ def test_a_service_without_certificates_exits_1_with_a_hint(tmp_path: Path) -> N
     assert result.returncode == 1
     assert "poly certs" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_service_whose_database_refuses_exits_1_with_one_line(tmp_path: Path) -> None:
+    environ = poly_environ(tmp_path, POLY_USERS_DATABASE_URL="postgresql://poly:hunter2@127.0.0.1:1/users")
+    assert _poly(environ, "certs").returncode == 0
+    result = subprocess.run(
+        [PYTHON, "-m", "services.users"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=process_environ(environ),
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "cannot open or migrate database" in result.stderr
+    assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_status_without_certificates_says_how_to_make_them(tmp_path: Path) -> None:
+    result = _poly(poly_environ(tmp_path), "status")
+    assert result.returncode == 2
+    assert "poly certs" in result.stderr and "Traceback" not in result.stderr
