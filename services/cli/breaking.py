@@ -23,9 +23,18 @@ def _git(*args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(["git", *args], cwd=_ROOT, capture_output=True, check=False)
 
 
+def _has_commit(ref: str) -> bool:
+    return _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").returncode == 0
+
+
 def main(against: str = "HEAD~1") -> int:
-    if _git("rev-parse", "--verify", "--quiet", f"{against}^{{commit}}").returncode != 0:
-        print(f"buf breaking: skipped, there is no commit {against} to compare with")
+    if not _has_commit(against) and _git("rev-parse", "--is-shallow-repository").stdout.strip() == b"true":
+        _git("fetch", "--quiet", "--deepen=1")  # a shallow CI clone: fetch the previous commit
+    if not _has_commit(against):
+        if _git("rev-parse", "--is-shallow-repository").stdout.strip() == b"true":
+            print(f"buf breaking: cannot fetch {against} in this shallow clone", file=sys.stderr)
+            return 1
+        print(f"buf breaking: skipped, {against} does not exist (the first commit)")
         return 0
     archive = _git("archive", "--format=tar", against, "buf.yaml", "protos")
     if archive.returncode != 0:

@@ -8,6 +8,7 @@ and the same servicer answers both; the messages are identical on the wire.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 
 import grpc
@@ -43,13 +44,23 @@ def _register_v1_descriptor(pool: descriptor_pool.DescriptorPool) -> None:
     pool.AddSerializedFile(proto.SerializeToString())
 
 
+def _v1_is_packaged() -> bool:
+    try:
+        importlib.import_module("grpc_reflection.v1.reflection_pb2")
+    except ImportError:
+        return False
+    return True
+
+
 def enable(server: grpc.Server, service_names: Sequence[str]) -> None:
     """Serve reflection for `service_names` (plus both reflection services) on `server`."""
     pool = descriptor_pool.Default()
-    _register_v1_descriptor(pool)
     names = [*service_names, V1_SERVICE_NAME, V1ALPHA_SERVICE_NAME]
-    servicer = reflection.ReflectionServicer(names, pool=pool)
     reflection.enable_server_reflection(names, server, pool=pool)
+    if _v1_is_packaged():
+        return  # a grpcio-reflection that ships v1 serves it itself
+    _register_v1_descriptor(pool)
+    servicer = reflection.ReflectionServicer(names, pool=pool)
     v1 = grpc.method_handlers_generic_handler(
         V1_SERVICE_NAME,
         {

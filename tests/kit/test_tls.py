@@ -1,13 +1,20 @@
 from __future__ import annotations
 
+import datetime as dt
 import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from google.protobuf import wrappers_pb2
 
-from services.kit import config, tls
+from services.kit import config, server, tls
+from tests.support import probe_service
 
 
 def _load(path: Path) -> x509.Certificate:
@@ -68,3 +75,63 @@ def test_a_half_present_ca_is_never_silently_replaced(issued: Path, lost: str) -
     with pytest.raises(tls.CertificateError, match=r"only one of ca\.crt and ca\.key"):
         tls.ensure_certificates(issued, config.COMPONENTS)
     assert {p.name: p.read_bytes() for p in issued.iterdir()} == kept
+
+
+def _two_uri_certificate(authority: tls.CertificateAuthority) -> tuple[bytes, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "twin")]))
+        .issuer_name(authority.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.UniformResourceIdentifier(tls.spiffe_id("orders")),
+                    x509.UniformResourceIdentifier(tls.spiffe_id("payments")),
+                ]
+            ),
+            critical=False,
+        )
+        .sign(authority.key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+@pytest.fixture
+def who_am_i(certs: Path) -> Iterator[Callable[[grpc.ChannelCredentials], str]]:
+    settings = config.load("orders", {"POLY_TLS_DIR": str(certs), "POLY_ORDERS_PORT": "0"})
+    running = server.start(settings, [probe_service.registration()])
+
+    def ask(credentials: grpc.ChannelCredentials) -> str:
+        with grpc.secure_channel(f"localhost:{running.port}", credentials) as channel:
+            answer: str = probe_service.stub(channel, "WhoAmI")(wrappers_pb2.StringValue(), timeout=5).value
+            return answer
+
+    try:
+        yield ask
+    finally:
+        running.drain()
+
+
+@pytest.mark.parametrize("caller", ["cli", "gateway", "orders", "notifications"])
+def test_peer_identity_is_the_callers_spiffe_id(
+    certs: Path, who_am_i: Callable[[grpc.ChannelCredentials], str], caller: str
+) -> None:
+    settings = config.load(caller, {"POLY_TLS_DIR": str(certs)})
+    assert who_am_i(tls.channel_credentials(settings.tls)) == f"spiffe://poly.local/ns/default/sa/{caller}"
+
+
+def test_a_certificate_with_two_spiffe_ids_has_no_identity(
+    certs: Path, who_am_i: Callable[[grpc.ChannelCredentials], str]
+) -> None:
+    chain, key = _two_uri_certificate(tls.load_authority(certs))
+    credentials = grpc.ssl_channel_credentials((certs / "ca.crt").read_bytes(), key, chain)
+    assert who_am_i(credentials) == "", "an ambiguous certificate names nobody"

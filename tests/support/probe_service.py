@@ -16,7 +16,7 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, wrappers_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 
-from services.kit import config, logs, server
+from services.kit import config, logs, server, tls
 from services.kit.errors import FieldViolation, InvalidArgument, NotFound
 
 SERVICE = "poly.test.v1.ProbeService"
@@ -89,6 +89,10 @@ def _relay(credentials: grpc.ChannelCredentials | None) -> Callable[[_S, grpc.Se
     return relay
 
 
+def who_am_i(request: _S, context: grpc.ServicerContext) -> _S:
+    return _S(value=tls.peer_identity(context) or "")
+
+
 def registration(*, relay_credentials: grpc.ChannelCredentials | None = None) -> server.Registration:
     unary = {
         "Echo": echo,
@@ -97,6 +101,7 @@ def registration(*, relay_credentials: grpc.ChannelCredentials | None = None) ->
         "Invalid": invalid,
         "Crash": crash,
         "Unimplemented": unimplemented,
+        "WhoAmI": who_am_i,
         "Relay": _relay(relay_credentials),
     }
     handlers = {
@@ -121,7 +126,18 @@ def descriptor() -> ServiceDescriptor:
         dependency=["google/protobuf/wrappers.proto"],
     )
     service = proto.service.add(name="ProbeService")
-    for name in ("Echo", "Sleep", "Missing", "Invalid", "Crash", "Unimplemented", "Relay", "Count", "Hold"):
+    for name in (
+        "Echo",
+        "Sleep",
+        "Missing",
+        "Invalid",
+        "Crash",
+        "Unimplemented",
+        "WhoAmI",
+        "Relay",
+        "Count",
+        "Hold",
+    ):
         service.method.add(
             name=name,
             input_type=".google.protobuf.StringValue",
