@@ -8,6 +8,7 @@ import shlex
 import signal
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +28,8 @@ class System:
     up: Process
 
 
-@pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    home = tmp_path_factory.mktemp("poly-home")
+@contextmanager
+def _running_system(home: Path) -> Iterator[System]:
     environ = poly_environ(home)
     up = Process.module("services.cli", environ, "up")
     try:
@@ -37,6 +37,13 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         yield System(home, environ, up)
     finally:
         up.stop()
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """One system shared by the tests that only look at it."""
+    with _running_system(tmp_path_factory.mktemp("poly-home")) as running:
+        yield running
 
 
 def _buf() -> Path:
@@ -156,13 +163,8 @@ def test_a_second_poly_up_on_the_same_ports_fails_instead_of_claiming_ready(syst
 @pytest.fixture
 def own_system(tmp_path: Path) -> Iterator[System]:
     """A system of its own, for tests that kill and stop it."""
-    environ = poly_environ(tmp_path)
-    up = Process.module("services.cli", environ, "up")
-    try:
-        up.wait_for_line(lambda line: "all services SERVING" in line, timeout=120)
-        yield System(tmp_path, environ, up)
-    finally:
-        up.stop()
+    with _running_system(tmp_path) as running:
+        yield running
 
 
 def test_a_killed_service_is_restarted_then_sigterm_drains_every_process(own_system: System) -> None:
