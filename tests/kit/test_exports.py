@@ -37,5 +37,11 @@ def test_all_matches_the_public_names(module: ModuleType) -> None:
 
 @pytest.mark.parametrize("module", _modules(), ids=lambda m: m.__name__)
 def test_each_module_has_its_test_file(module: ModuleType) -> None:
-    short = module.__name__.rsplit(".", 1)[1]
-    assert importlib.util.find_spec(f"tests.kit.test_{short}") is not None
+    # services.kit.tls -> tests.kit.test_tls; services.kit.bus.relay -> tests.kit.bus.test_relay;
+    # a package (services.kit.bus) -> its test package (tests.kit.bus).
+    parts = module.__name__.split(".")[2:]
+    if hasattr(module, "__path__"):
+        expected = "tests.kit." + ".".join(parts)
+    else:
+        expected = "tests.kit." + ".".join([*parts[:-1], f"test_{parts[-1]}"])
+    assert importlib.util.find_spec(expected) is not None, expected

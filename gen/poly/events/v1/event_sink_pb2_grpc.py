@@ -42,6 +42,11 @@ class EventSinkServiceStub:
                 request_serializer=poly_dot_events_dot_v1_dot_event__sink__pb2.PushEventRequest.SerializeToString,
                 response_deserializer=poly_dot_events_dot_v1_dot_event__sink__pb2.PushEventResponse.FromString,
                 _registered_method=True)
+        self.Subscribe = channel.unary_unary(
+                '/poly.events.v1.EventSinkService/Subscribe',
+                request_serializer=poly_dot_events_dot_v1_dot_event__sink__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=poly_dot_events_dot_v1_dot_event__sink__pb2.SubscribeResponse.FromString,
+                _registered_method=True)
 
 
 class EventSinkServiceServicer:
@@ -62,6 +67,18 @@ class EventSinkServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Subscribe(self, request, context):
+        """Registers the calling service as a subscriber of the listed event types on this
+        (publishing) service. From the commit of this call on, every event of those types
+        published here is delivered to the caller; the set replaces the caller's previous
+        one. The subscriber is the caller's mTLS identity, never a field of the request.
+        Every consuming service calls it on every other service at start-up, so a consumer
+        that is down later still gets its events once it is back (embedded transport).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventSinkServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -69,6 +86,11 @@ def add_EventSinkServiceServicer_to_server(servicer, server):
                     servicer.PushEvent,
                     request_deserializer=poly_dot_events_dot_v1_dot_event__sink__pb2.PushEventRequest.FromString,
                     response_serializer=poly_dot_events_dot_v1_dot_event__sink__pb2.PushEventResponse.SerializeToString,
+            ),
+            'Subscribe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=poly_dot_events_dot_v1_dot_event__sink__pb2.SubscribeRequest.FromString,
+                    response_serializer=poly_dot_events_dot_v1_dot_event__sink__pb2.SubscribeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -101,6 +123,33 @@ class EventSinkService:
             '/poly.events.v1.EventSinkService/PushEvent',
             poly_dot_events_dot_v1_dot_event__sink__pb2.PushEventRequest.SerializeToString,
             poly_dot_events_dot_v1_dot_event__sink__pb2.PushEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/poly.events.v1.EventSinkService/Subscribe',
+            poly_dot_events_dot_v1_dot_event__sink__pb2.SubscribeRequest.SerializeToString,
+            poly_dot_events_dot_v1_dot_event__sink__pb2.SubscribeResponse.FromString,
             options,
             channel_credentials,
             insecure,

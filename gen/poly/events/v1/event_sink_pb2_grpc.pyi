@@ -44,6 +44,14 @@ class EventSinkServiceStub:
     never routes this method, since the gateway identity is not an allowed
     caller.
     """
+    Subscribe: _grpc.UnaryUnaryMultiCallable[_event_sink_pb2.SubscribeRequest, _event_sink_pb2.SubscribeResponse]
+    """Registers the calling service as a subscriber of the listed event types on this
+    (publishing) service. From the commit of this call on, every event of those types
+    published here is delivered to the caller; the set replaces the caller's previous
+    one. The subscriber is the caller's mTLS identity, never a field of the request.
+    Every consuming service calls it on every other service at start-up, so a consumer
+    that is down later still gets its events once it is back (embedded transport).
+    """
 
 @_typing.type_check_only
 class EventSinkServiceAsyncStub(EventSinkServiceStub):
@@ -60,6 +68,14 @@ class EventSinkServiceAsyncStub(EventSinkServiceStub):
     retry. The HTTP rule exists only because every RPC has one: the edge
     never routes this method, since the gateway identity is not an allowed
     caller.
+    """
+    Subscribe: _aio.UnaryUnaryMultiCallable[_event_sink_pb2.SubscribeRequest, _event_sink_pb2.SubscribeResponse]  # type: ignore[assignment]
+    """Registers the calling service as a subscriber of the listed event types on this
+    (publishing) service. From the commit of this call on, every event of those types
+    published here is delivered to the caller; the set replaces the caller's previous
+    one. The subscriber is the caller's mTLS identity, never a field of the request.
+    Every consuming service calls it on every other service at start-up, so a consumer
+    that is down later still gets its events once it is back (embedded transport).
     """
 
 class EventSinkServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -80,6 +96,20 @@ class EventSinkServiceServicer(metaclass=_abc_1.ABCMeta):
         retry. The HTTP rule exists only because every RPC has one: the edge
         never routes this method, since the gateway identity is not an allowed
         caller.
+        """
+
+    @_abc_1.abstractmethod
+    def Subscribe(
+        self,
+        request: _event_sink_pb2.SubscribeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_sink_pb2.SubscribeResponse, _abc.Awaitable[_event_sink_pb2.SubscribeResponse]]:
+        """Registers the calling service as a subscriber of the listed event types on this
+        (publishing) service. From the commit of this call on, every event of those types
+        published here is delivered to the caller; the set replaces the caller's previous
+        one. The subscriber is the caller's mTLS identity, never a field of the request.
+        Every consuming service calls it on every other service at start-up, so a consumer
+        that is down later still gets its events once it is back (embedded transport).
         """
 
 def add_EventSinkServiceServicer_to_server(servicer: EventSinkServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

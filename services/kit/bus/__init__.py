@@ -1,0 +1,54 @@
+"""The event bus: transactional outbox, relay, idempotent inbox, two transports.
+
+A service declares what it publishes and consumes and gets the rest from here:
+
+- `Outbox.publish(session, event, aggregate_id=...)` writes the event in the caller's
+  transaction (``bus_outbox``) with one ``bus_delivery`` row per route.
+- `Relay` (a background thread) delivers due rows in order per aggregate and route, with
+  exponential backoff and jitter, and dead-letters a delivery after `max_attempts`.
+- `Consumer.apply(envelope)` runs the handler and records the event id in ``bus_inbox``
+  in one transaction: effects happen once even when delivery happens twice.
+- Embedded transport: `EmbeddedTransport` pushes to each subscriber's `EventSinkServicer`
+  over mTLS; `Subscriber` registers a service's event types with its peers.
+- `admin`: dead letters, redrive, and counts for `poly bus`.
+"""
+
+from services.kit.bus.admin import DeadLetter, dead_letters, redrive, state_counts
+from services.kit.bus.consumer import Consumer, EventHandler, Outcome
+from services.kit.bus.metrics import BusMetrics, backlog
+from services.kit.bus.outbox import Outbox, Routing, broker_routing, subscriber_routing
+from services.kit.bus.relay import Relay, RelaySettings, backoff_seconds
+from services.kit.bus.sink import EVENT_SINK, EventSinkServicer, Subscriber, sink_registration
+from services.kit.bus.tables import DEAD, DELIVERED, PENDING, BusTables, bus_tables
+from services.kit.bus.transport import DeliveryError, EmbeddedTransport, Transport
+
+__all__ = [
+    "DEAD",
+    "DELIVERED",
+    "EVENT_SINK",
+    "PENDING",
+    "BusMetrics",
+    "BusTables",
+    "Consumer",
+    "DeadLetter",
+    "DeliveryError",
+    "EmbeddedTransport",
+    "EventHandler",
+    "EventSinkServicer",
+    "Outbox",
+    "Outcome",
+    "Relay",
+    "RelaySettings",
+    "Routing",
+    "Subscriber",
+    "Transport",
+    "backlog",
+    "backoff_seconds",
+    "broker_routing",
+    "bus_tables",
+    "dead_letters",
+    "redrive",
+    "sink_registration",
+    "state_counts",
+    "subscriber_routing",
+]

@@ -1,0 +1,89 @@
+"""Consuming: apply each event exactly once in effect, whatever the delivery does.
+
+`Consumer.apply(envelope)` runs the handler for the event's type inside one transaction
+that also inserts the event id into ``bus_inbox``. A redelivered event finds its id there
+(or collides with a concurrent delivery on the primary key) and is skipped as a duplicate;
+a handler that fails rolls back its effect and its inbox row together, so the event is
+retried later. Types without a handler are acknowledged and ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from enum import Enum
+
+from google.protobuf.message import Message
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from poly.events.v1.events_pb2 import EventEnvelope
+from services.kit.bus.metrics import BusMetrics
+from services.kit.bus.tables import BusTables
+
+__all__ = ["Consumer", "EventHandler", "Outcome"]
+
+_log = logging.getLogger("poly.bus.consumer")
+
+EventHandler = Callable[[Session, Message, EventEnvelope], None]
+"""``(session, payload, envelope) -> None``: make the event's effect inside `session`."""
+
+
+class _Duplicate(Exception):
+    """The event id is already in the inbox: its effect happened once already."""
+
+
+class Outcome(Enum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"
+
+
+class Consumer:
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        tables: BusTables,
+        handlers: Mapping[type[Message], EventHandler],
+        *,
+        metrics: BusMetrics | None = None,
+    ) -> None:
+        self._factory = factory
+        self._tables = tables
+        self._handlers = {cls.DESCRIPTOR.full_name: (cls, handler) for cls, handler in handlers.items()}
+        self.metrics = metrics or BusMetrics()
+
+    @property
+    def event_types(self) -> list[str]:
+        """Full names of the event types this consumer has handlers for."""
+        return sorted(self._handlers)
+
+    def apply(self, envelope: EventEnvelope) -> Outcome:
+        found = self._handlers.get(envelope.type)
+        if found is None:
+            self.metrics.add("ignored", envelope.type)
+            return Outcome.IGNORED
+        cls, handler = found
+        payload = cls()
+        if not envelope.payload.Unpack(payload):
+            raise ValueError(f"event {envelope.id}: payload is not a {envelope.type}")
+        inbox = self._tables.inbox
+        try:
+            with self._factory.begin() as session:
+                if session.scalar(select(inbox.c.event_id).where(inbox.c.event_id == envelope.id)):
+                    raise _Duplicate
+                try:
+                    session.execute(
+                        insert(inbox).values(
+                            event_id=envelope.id, event_type=envelope.type, source=envelope.source
+                        )
+                    )
+                except IntegrityError as collision:
+                    raise _Duplicate from collision  # a concurrent delivery committed first
+                handler(session, payload, envelope)
+        except _Duplicate:
+            self.metrics.add("duplicate", envelope.type)
+            return Outcome.DUPLICATE
+        self.metrics.add("applied", envelope.type)
+        return Outcome.APPLIED

@@ -1,0 +1,133 @@
+"""Publishing: an event is a row written in the same transaction as the change it reports.
+
+`Outbox.publish(session, event, aggregate_id=...)` adds the event to ``bus_outbox`` and one
+``bus_delivery`` row per route, inside the caller's transaction: if it rolls back, the event
+never existed; once it commits, the relay will deliver it even if the process dies at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable, Mapping
+
+from google.protobuf.any_pb2 import Any as AnyMessage
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import event as sa_event
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from poly.events.v1.events_pb2 import EventEnvelope
+from services.kit.bus.metrics import BusMetrics
+from services.kit.bus.tables import PENDING, BusTables
+
+__all__ = ["Outbox", "Routing", "broker_routing", "subscriber_routing"]
+
+Routing = Callable[[Session, str], list[str]]
+"""Where an event of a type goes: ``(session, event_type) -> routes``."""
+
+
+def subscriber_routing(tables: BusTables) -> Routing:
+    """Embedded transport: one route per service subscribed to the type here, read in the
+    publishing transaction (a subscription committed before the event sees it)."""
+
+    def routes(session: Session, event_type: str) -> list[str]:
+        subscription = tables.subscription
+        query = select(subscription.c.subscriber).where(subscription.c.event_type == event_type)
+        return sorted(session.scalars(query))
+
+    return routes
+
+
+def broker_routing(route: str = "broker") -> Routing:
+    """Broker transport: every event goes to the broker, which fans it out to queues."""
+    return lambda _session, _event_type: [route]
+
+
+class Outbox:
+    def __init__(
+        self,
+        tables: BusTables,
+        *,
+        source: str,
+        routing: Routing,
+        metrics: BusMetrics | None = None,
+        on_commit: Callable[[], None] | None = None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self._tables = tables
+        self._source = source
+        self._routing = routing
+        self._metrics = metrics or BusMetrics()
+        self._on_commit = on_commit
+        self._clock = clock
+
+    def publish(
+        self,
+        session: Session,
+        event: Message,
+        *,
+        aggregate_id: str,
+        trace_context: Mapping[str, str] | None = None,
+        schema_version: int = 1,
+    ) -> EventEnvelope:
+        """Record `event` (a ``poly.events.v1`` message) in `session`'s transaction."""
+        if not aggregate_id:
+            raise ValueError("aggregate_id is required: it orders the events of one aggregate")
+        now = self._clock()
+        occurred = Timestamp()
+        occurred.FromDatetime(now)
+        payload = AnyMessage()
+        payload.Pack(event)
+        event_type = event.DESCRIPTOR.full_name
+        envelope = EventEnvelope(
+            id=str(uuid.uuid4()),
+            type=event_type,
+            aggregate_id=aggregate_id,
+            occur_time=occurred,
+            source=self._source,
+            schema_version=schema_version,
+            trace_context=dict(trace_context or {}),
+            payload=payload,
+        )
+        outbox = self._tables.outbox
+        position = session.execute(
+            insert(outbox)
+            .values(
+                event_id=envelope.id,
+                event_type=event_type,
+                aggregate_id=aggregate_id,
+                occur_time=now,
+                envelope=envelope.SerializeToString(),
+            )
+            .returning(outbox.c.position)
+        ).scalar_one()
+        routes = self._routing(session, event_type)
+        if routes:
+            session.execute(
+                insert(self._tables.delivery),
+                [
+                    {
+                        "position": position,
+                        "route": route,
+                        "event_type": event_type,
+                        "aggregate_id": aggregate_id,
+                        "state": PENDING,
+                        "attempts": 0,
+                        "next_attempt_at": now,
+                    }
+                    for route in routes
+                ],
+            )
+        self._metrics.add("published", event_type)
+        if self._on_commit is not None and not session.info.get("_bus_wake"):
+            session.info["_bus_wake"] = True
+            on_commit = self._on_commit
+
+            def wake(committed: Session) -> None:
+                committed.info.pop("_bus_wake", None)
+                on_commit()
+
+            sa_event.listen(session, "after_commit", wake, once=True)
+        return envelope

@@ -1,0 +1,171 @@
+"""The embedded transport's receiving end: every consuming service serves EventSinkService.
+
+`EventSinkServicer.PushEvent` accepts events only from Polyservice service identities
+(the SPIFFE ID in the caller's client certificate) and applies them through the `Consumer`.
+`Subscribe` records which event types the calling service wants from this one; `Subscriber`
+is the other side, registering this service's handlers with every peer at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Collection, Sequence
+
+import grpc
+from sqlalchemy import delete, insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from poly.events.v1 import event_sink_pb2, event_sink_pb2_grpc
+from services.kit import server, tls
+from services.kit.bus.consumer import Consumer, Outcome
+from services.kit.bus.tables import BusTables
+from services.kit.clients import Channels
+from services.kit.errors import FieldViolation, InvalidArgument, PermissionDenied
+
+__all__ = ["EVENT_SINK", "EventSinkServicer", "Subscriber", "sink_registration"]
+
+_log = logging.getLogger("poly.bus.sink")
+
+EVENT_SINK = event_sink_pb2.DESCRIPTOR.services_by_name["EventSinkService"]
+
+_OUTCOMES = {
+    Outcome.APPLIED: event_sink_pb2.PushEventResponse.OUTCOME_APPLIED,
+    Outcome.DUPLICATE: event_sink_pb2.PushEventResponse.OUTCOME_DUPLICATE,
+    Outcome.IGNORED: event_sink_pb2.PushEventResponse.OUTCOME_IGNORED,
+}
+
+
+class EventSinkServicer(event_sink_pb2_grpc.EventSinkServiceServicer):
+    def __init__(
+        self,
+        consumer: Consumer,
+        factory: sessionmaker[Session],
+        tables: BusTables,
+        *,
+        services: Collection[str],
+        trust_domain: str = "poly.local",
+        namespace: str = "default",
+    ) -> None:
+        self._consumer = consumer
+        self._factory = factory
+        self._tables = tables
+        self._callers = {
+            tls.spiffe_id(name, trust_domain=trust_domain, namespace=namespace): name for name in services
+        }
+
+    def _service_caller(self, context: grpc.ServicerContext) -> str:
+        identity = tls.peer_identity(context)
+        name = self._callers.get(identity or "")
+        if name is None:
+            raise PermissionDenied(
+                "EVENT_CALLER_NOT_A_SERVICE",
+                "{caller} may not push or subscribe to events",
+                caller=identity or "an unidentified caller",
+            )
+        return name
+
+    def PushEvent(  # noqa: N802 - generated gRPC method name
+        self, request: event_sink_pb2.PushEventRequest, context: grpc.ServicerContext
+    ) -> event_sink_pb2.PushEventResponse:
+        self._service_caller(context)
+        envelope = request.event
+        missing = [f for f in ("id", "type", "aggregate_id", "source") if not getattr(envelope, f)]
+        if missing or not envelope.HasField("payload"):
+            raise InvalidArgument(
+                "EVENT_ENVELOPE_INCOMPLETE",
+                "the event envelope is incomplete",
+                violations=[
+                    FieldViolation(f"event.{name}", "required")
+                    for name in [*missing, *([] if envelope.HasField("payload") else ["payload"])]
+                ],
+            )
+        return event_sink_pb2.PushEventResponse(outcome=_OUTCOMES[self._consumer.apply(envelope)])
+
+    def Subscribe(  # noqa: N802 - generated gRPC method name
+        self, request: event_sink_pb2.SubscribeRequest, context: grpc.ServicerContext
+    ) -> event_sink_pb2.SubscribeResponse:
+        subscriber = self._service_caller(context)
+        types = sorted(set(request.event_types))
+        subscription = self._tables.subscription
+        with self._factory.begin() as session:
+            session.execute(delete(subscription).where(subscription.c.subscriber == subscriber))
+            if types:
+                session.execute(
+                    insert(subscription), [{"subscriber": subscriber, "event_type": t} for t in types]
+                )
+        _log.info("subscribed", extra={"subscriber": subscriber, "event_types": types})
+        return event_sink_pb2.SubscribeResponse(subscriber=subscriber, event_types=types)
+
+
+def sink_registration(servicer: EventSinkServicer) -> server.Registration:
+    return server.registration(
+        EVENT_SINK, event_sink_pb2_grpc.add_EventSinkServiceServicer_to_server, servicer
+    )
+
+
+class Subscriber:
+    """Registers this service's event types with each peer, retrying until every one accepts.
+
+    `start` returns once all peers have answered or `initial_wait` has passed; peers still
+    unreachable then (a publisher that is down) keep being retried in the background.
+    """
+
+    def __init__(
+        self,
+        channels: Channels,
+        peers: Sequence[str],
+        event_types: Sequence[str],
+        *,
+        initial_wait: float = 10.0,
+        retry_interval: float = 1.0,
+    ) -> None:
+        self._channels = channels
+        self._pending = set(peers)
+        self._lock = threading.Lock()
+        self._request = event_sink_pb2.SubscribeRequest(event_types=sorted(event_types))
+        self._initial_wait = initial_wait
+        self._retry_interval = retry_interval
+        self._stop = threading.Event()
+        self._all_done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _try(self, peer: str) -> bool:
+        stub = event_sink_pb2_grpc.EventSinkServiceStub(self._channels.get(peer))
+        try:
+            stub.Subscribe(self._request, timeout=5)
+        except grpc.RpcError as error:
+            code = error.code().name if isinstance(error, grpc.Call) else "UNKNOWN"
+            _log.debug("subscription not yet accepted", extra={"peer": peer, "code": code})
+            return False
+        return True
+
+    def _loop(self) -> None:
+        while self.pending and not self._stop.is_set():
+            for peer in sorted(self.pending):
+                if self._try(peer):
+                    with self._lock:
+                        self._pending.discard(peer)
+            if self.pending:
+                self._stop.wait(self._retry_interval)
+        self._all_done.set()
+
+    @property
+    def pending(self) -> set[str]:
+        """Peers that have not accepted the subscription yet."""
+        with self._lock:
+            return set(self._pending)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="bus-subscriber", daemon=True)
+        self._thread.start()
+        if not self._all_done.wait(self._initial_wait):
+            _log.warning(
+                "subscriptions still pending; retrying in the background",
+                extra={"peers": sorted(self._pending)},
+            )
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -1,0 +1,39 @@
+"""How the relay hands an event to a route; one Protocol, one class per transport."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import grpc
+
+from poly.events.v1 import event_sink_pb2, event_sink_pb2_grpc
+from poly.events.v1.events_pb2 import EventEnvelope
+from services.kit.clients import Channels
+
+__all__ = ["DeliveryError", "EmbeddedTransport", "Transport"]
+
+
+class DeliveryError(Exception):
+    """The route did not take the event; the relay retries it later."""
+
+
+class Transport(Protocol):
+    def send(self, route: str, envelope: EventEnvelope) -> None:
+        """Deliver `envelope` to `route` or raise `DeliveryError`; must be safe to repeat."""
+
+
+class EmbeddedTransport:
+    """Pushes each event over mTLS gRPC to the subscribing service's EventSink. No broker."""
+
+    def __init__(self, channels: Channels, *, timeout: float = 10.0) -> None:
+        self._channels = channels
+        self._timeout = timeout
+
+    def send(self, route: str, envelope: EventEnvelope) -> None:
+        stub = event_sink_pb2_grpc.EventSinkServiceStub(self._channels.get(route))
+        try:
+            stub.PushEvent(event_sink_pb2.PushEventRequest(event=envelope), timeout=self._timeout)
+        except grpc.RpcError as error:
+            code = error.code().name if isinstance(error, grpc.Call) else "UNKNOWN"
+            details = error.details() if isinstance(error, grpc.Call) else str(error)
+            raise DeliveryError(f"{route}: {code}: {details}") from None

@@ -1,0 +1,135 @@
+"""A real database (SQLite file and PostgreSQL) holding the bus tables plus a test effect table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from google.protobuf.message import Message
+from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, insert, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated
+from services.kit import bus, db
+from services.kit.config import DatabaseSettings
+
+
+@dataclass
+class BusDb:
+    engine: Engine
+    factory: sessionmaker[Session]
+    tables: bus.BusTables
+    effects: Table
+
+    def effect_counts(self) -> dict[str, int]:
+        """How many times each event's effect happened, counted in the database."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(self.effects.c.event_id)).scalars().all()
+        counts: dict[str, int] = {}
+        for event_id in rows:
+            counts[event_id] = counts.get(event_id, 0) + 1
+        return counts
+
+    def effect_order(self, aggregate_id: str) -> list[str]:
+        with self.engine.connect() as connection:
+            return list(
+                connection.execute(
+                    select(self.effects.c.order)
+                    .where(self.effects.c.aggregate_id == aggregate_id)
+                    .order_by(self.effects.c.id)
+                ).scalars()
+            )
+
+
+def record_effect(effects: Table) -> bus.EventHandler:
+    def handler(session: Session, payload: Message, envelope: EventEnvelope) -> None:
+        assert isinstance(payload, OrderCreated)
+        session.execute(
+            insert(effects).values(
+                event_id=envelope.id, aggregate_id=envelope.aggregate_id, order=payload.order
+            )
+        )
+
+    return handler
+
+
+def make_bus_db(url: str) -> BusDb:
+    metadata = MetaData(naming_convention=db.naming_convention)
+    tables = bus.bus_tables(metadata)
+    effects = Table(
+        "test_effect",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("event_id", String(36), nullable=False),  # deliberately not unique: duplicates must show
+        Column("aggregate_id", String(200), nullable=False),
+        Column("order", String(200), nullable=False),
+    )
+    engine = db.engine(DatabaseSettings(url=url))
+    metadata.create_all(engine)
+    return BusDb(engine, db.session_factory(engine), tables, effects)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def bus_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BusDb]:
+    url = (
+        f"sqlite:///{tmp_path / 'bus.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    made = make_bus_db(url)
+    try:
+        yield made
+    finally:
+        made.engine.dispose()
+
+
+@dataclass
+class Clock:
+    now: dt.datetime = field(default_factory=lambda: dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+@dataclass
+class ScriptedTransport:
+    """A transport that records sends and fails the ones a test scripts to fail.
+
+    Unit tests of the relay's own rules use it; the tests of the real transports
+    (gRPC EventSink, RabbitMQ) deliver through them instead.
+    """
+
+    failures: dict[str, int] = field(default_factory=dict)
+    """Event id -> how many more sends of it fail."""
+    always_failing: set[str] = field(default_factory=set)
+    sent: list[tuple[str, EventEnvelope]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def send(self, route: str, envelope: EventEnvelope) -> None:
+        with self.lock:
+            if envelope.id in self.always_failing:
+                raise bus.DeliveryError("scripted: always fails")
+            if self.failures.get(envelope.id, 0) > 0:
+                self.failures[envelope.id] -= 1
+                raise bus.DeliveryError("scripted: fails this time")
+            self.sent.append((route, envelope))
+
+
+def publish(bus_db: BusDb, outbox: bus.Outbox, aggregate: str, order: str) -> EventEnvelope:
+    with db.transaction(bus_db.factory) as session:
+        return outbox.publish(session, OrderCreated(order=order), aggregate_id=aggregate)
+
+
+def subscribe(bus_db: BusDb, subscriber: str, *event_types: str) -> None:
+    with db.transaction(bus_db.factory) as session:
+        session.execute(
+            insert(bus_db.tables.subscription),
+            [{"subscriber": subscriber, "event_type": t} for t in event_types],
+        )

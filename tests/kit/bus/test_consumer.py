@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import threading
+
+import pytest
+from google.protobuf.message import Message
+from sqlalchemy.orm import Session
+
+from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated, OrderPaid
+from services.kit import bus
+from tests.kit.bus.conftest import BusDb, record_effect
+
+
+def _envelope(
+    order: str = "orders/1", event_id: str = "6f1c2f8e-0000-4000-8000-000000000001"
+) -> EventEnvelope:
+    envelope = EventEnvelope(
+        id=event_id, type="poly.events.v1.OrderCreated", aggregate_id=order, source="orders", schema_version=1
+    )
+    envelope.payload.Pack(OrderCreated(order=order))
+    return envelope
+
+
+def test_a_redelivered_event_has_its_effect_once(bus_db: BusDb) -> None:
+    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: record_effect(bus_db.effects)})
+    assert consumer.apply(_envelope()) is bus.Outcome.APPLIED
+    assert consumer.apply(_envelope()) is bus.Outcome.DUPLICATE
+    assert bus_db.effect_counts() == {"6f1c2f8e-0000-4000-8000-000000000001": 1}
+
+
+def test_a_failing_handler_leaves_no_trace_and_the_retry_applies(bus_db: BusDb) -> None:
+    calls: list[str] = []
+    recorder = record_effect(bus_db.effects)
+
+    def flaky(session: Session, payload: Message, envelope: EventEnvelope) -> None:
+        recorder(session, payload, envelope)  # the effect is written, then the handler fails
+        calls.append(envelope.id)
+        if len(calls) == 1:
+            raise RuntimeError("downstream hiccup")
+
+    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: flaky})
+    with pytest.raises(RuntimeError):
+        consumer.apply(_envelope())
+    assert bus_db.effect_counts() == {}, "effect and inbox row rolled back together"
+    assert consumer.apply(_envelope()) is bus.Outcome.APPLIED
+    assert bus_db.effect_counts() == {"6f1c2f8e-0000-4000-8000-000000000001": 1}
+
+
+def test_an_event_without_a_handler_is_ignored(bus_db: BusDb) -> None:
+    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
+    assert consumer.apply(_envelope()) is bus.Outcome.IGNORED
+    assert consumer.event_types == ["poly.events.v1.OrderPaid"]
+
+
+def test_a_handlers_own_integrity_error_is_not_mistaken_for_a_duplicate(bus_db: BusDb) -> None:
+    recorder = record_effect(bus_db.effects)
+
+    def conflicting(session: Session, payload: Message, envelope: EventEnvelope) -> None:
+        recorder(session, payload, envelope)
+        session.execute(
+            bus_db.tables.inbox.insert().values(
+                event_id=envelope.id, event_type=envelope.type, source="again"
+            )
+        )
+
+    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: conflicting})
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+        consumer.apply(_envelope())
+    assert bus_db.effect_counts() == {}
+
+
+def test_concurrent_deliveries_of_one_event_apply_it_once(bus_db: BusDb) -> None:
+    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: record_effect(bus_db.effects)})
+    outcomes: list[bus.Outcome] = []
+    barrier = threading.Barrier(6)
+
+    def deliver() -> None:
+        barrier.wait(10)
+        outcomes.append(consumer.apply(_envelope()))
+
+    threads = [threading.Thread(target=deliver) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(o.value for o in outcomes) == ["applied"] + ["duplicate"] * 5
+    assert bus_db.effect_counts() == {"6f1c2f8e-0000-4000-8000-000000000001": 1}

@@ -1,0 +1,153 @@
+"""The embedded transport end to end: real gRPC servers, real mTLS identities, real databases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from sqlalchemy import select
+
+from poly.events.v1 import event_sink_pb2, event_sink_pb2_grpc
+from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated
+from services.kit import bus, clients, config, server, tls
+from tests.kit.bus.conftest import BusDb, make_bus_db, publish, record_effect
+from tests.support.env import settings_for
+
+ORDER_CREATED = "poly.events.v1.OrderCreated"
+
+
+@dataclass
+class Pair:
+    """`orders` publishes; `payments` consumes OrderCreated. Each has its own database."""
+
+    orders_db: BusDb
+    payments_db: BusDb
+    orders: server.RunningServer
+    payments: server.RunningServer
+    environ: dict[str, str]
+
+    def settings(self, component: str) -> config.Settings:
+        return settings_for(component, self.environ)
+
+
+def _sink_server(settings: config.Settings, bus_db: BusDb, consumer: bus.Consumer) -> server.RunningServer:
+    sink = bus.EventSinkServicer(consumer, bus_db.factory, bus_db.tables, services=config.SERVICES)
+    return server.start(settings, [bus.sink_registration(sink)])
+
+
+@pytest.fixture
+def pair(certs: Path, bus_db: BusDb, tmp_path: Path) -> Iterator[Pair]:
+    orders_db = make_bus_db(f"sqlite:///{tmp_path / 'orders.db'}")
+    base = {"POLY_TLS_DIR": str(certs), "POLY_ORDERS_PORT": "0", "POLY_PAYMENTS_PORT": "0"}
+    orders = _sink_server(
+        settings_for("orders", base), orders_db, bus.Consumer(orders_db.factory, orders_db.tables, {})
+    )
+    payments_consumer = bus.Consumer(
+        bus_db.factory, bus_db.tables, {OrderCreated: record_effect(bus_db.effects)}
+    )
+    payments = _sink_server(settings_for("payments", base), bus_db, payments_consumer)
+    environ = {
+        **base,
+        "POLY_ORDERS_ADDRESS": f"localhost:{orders.port}",
+        "POLY_PAYMENTS_ADDRESS": f"localhost:{payments.port}",
+    }
+    try:
+        yield Pair(orders_db, bus_db, orders, payments, environ)
+    finally:
+        payments.drain()
+        orders.drain()
+        orders_db.engine.dispose()
+
+
+def test_subscribe_then_publish_delivers_the_effect_once(pair: Pair) -> None:
+    payments_channels = clients.Channels(pair.settings("payments"), services={"orders": [bus.EVENT_SINK]})
+    orders_channels = clients.Channels(pair.settings("orders"), services={"payments": [bus.EVENT_SINK]})
+    try:
+        subscriber = bus.Subscriber(payments_channels, ["orders"], [ORDER_CREATED], initial_wait=10)
+        subscriber.start()
+        assert subscriber.pending == set()
+        subscriber.stop()
+        subscriptions = pair.orders_db.tables.subscription
+        with pair.orders_db.engine.connect() as connection:
+            rows = connection.execute(select(subscriptions.c.subscriber, subscriptions.c.event_type)).all()
+        assert rows == [("payments", ORDER_CREATED)], "the subscriber is the caller's certificate identity"
+
+        outbox = bus.Outbox(
+            pair.orders_db.tables, source="orders", routing=bus.subscriber_routing(pair.orders_db.tables)
+        )
+        events = [publish(pair.orders_db, outbox, f"orders/{i}", f"orders/{i}") for i in range(5)]
+        relay = bus.Relay(
+            pair.orders_db.engine, pair.orders_db.tables, bus.EmbeddedTransport(orders_channels)
+        )
+        for _ in range(10):
+            if relay.run_once() == 0:
+                break
+        assert pair.payments_db.effect_counts() == {e.id: 1 for e in events}
+        # A redelivery (say the acknowledgement was lost) changes nothing.
+        transport = bus.EmbeddedTransport(orders_channels)
+        transport.send("payments", events[0])
+        assert pair.payments_db.effect_counts() == {e.id: 1 for e in events}
+    finally:
+        payments_channels.close()
+        orders_channels.close()
+
+
+def _push(
+    pair: Pair, caller: str, envelope: EventEnvelope
+) -> grpc.RpcError | event_sink_pb2.PushEventResponse:
+    settings = pair.settings(caller)
+    with grpc.secure_channel(
+        f"localhost:{pair.payments.port}",
+        tls.channel_credentials(settings.tls),
+        options=[("grpc.ssl_target_name_override", "payments")],
+    ) as channel:
+        stub = event_sink_pb2_grpc.EventSinkServiceStub(channel)
+        try:
+            response: event_sink_pb2.PushEventResponse = stub.PushEvent(
+                event_sink_pb2.PushEventRequest(event=envelope), timeout=5
+            )
+        except grpc.RpcError as error:
+            return error
+    return response
+
+
+def _order_created(event_id: str = "0b9b7c0e-0000-4000-8000-00000000000a") -> EventEnvelope:
+    envelope = EventEnvelope(id=event_id, type=ORDER_CREATED, aggregate_id="orders/9", source="orders")
+    envelope.payload.Pack(OrderCreated(order="orders/9"))
+    return envelope
+
+
+@pytest.mark.parametrize("caller", ["cli", "gateway"])
+def test_a_push_from_a_non_service_identity_is_refused(pair: Pair, caller: str) -> None:
+    answer = _push(pair, caller, _order_created())
+    assert isinstance(answer, grpc.RpcError) and isinstance(answer, grpc.Call)
+    assert answer.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert pair.payments_db.effect_counts() == {}
+
+
+def test_a_push_from_a_service_identity_is_applied(pair: Pair) -> None:
+    answer = _push(pair, "orders", _order_created())
+    assert isinstance(answer, event_sink_pb2.PushEventResponse)
+    assert answer.outcome == event_sink_pb2.PushEventResponse.OUTCOME_APPLIED
+
+
+def test_an_incomplete_envelope_is_invalid(pair: Pair) -> None:
+    answer = _push(pair, "orders", EventEnvelope(id="x", type=ORDER_CREATED))
+    assert isinstance(answer, grpc.RpcError) and isinstance(answer, grpc.Call)
+    assert answer.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_subscribing_from_a_non_service_identity_is_refused(pair: Pair) -> None:
+    settings = pair.settings("cli")
+    with grpc.secure_channel(
+        f"localhost:{pair.orders.port}",
+        tls.channel_credentials(settings.tls),
+        options=[("grpc.ssl_target_name_override", "orders")],
+    ) as channel:
+        stub = event_sink_pb2_grpc.EventSinkServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Subscribe(event_sink_pb2.SubscribeRequest(event_types=[ORDER_CREATED]), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
