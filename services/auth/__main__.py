@@ -3,8 +3,9 @@
 from pathlib import Path
 
 from poly.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from services.auth import events, store
 from services.auth.service import AuthServicer
-from services.kit import config, db, logs, server
+from services.kit import bus, config, db, logs, server
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -14,6 +15,7 @@ def main() -> None:
     logs.setup(settings.service, settings.log_level)
     engine = db.connect_or_exit(settings.db, migrations=MIGRATIONS)
     try:
+        events_node = bus.node(settings, engine, store.BUS, events.HANDLERS)
         servicer = AuthServicer()
         descriptor = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"]
         server.serve(
@@ -22,7 +24,9 @@ def main() -> None:
                 server.registration(
                     descriptor, auth_service_pb2_grpc.add_AuthServiceServicer_to_server, servicer
                 ),
+                events_node.registration,
             ],
+            background=[events_node],
         )
     finally:
         engine.dispose()

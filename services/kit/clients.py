@@ -131,7 +131,7 @@ class Channels:
         self._services = dict(services or {})
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
-        self._stamp = self._read_stamp()
+        self._stamp: tuple[tuple[int, int], ...] | None = None  # read on first use, not at wiring time
         self._checked = time.monotonic()
 
     def _read_stamp(self) -> tuple[tuple[int, int], ...]:
@@ -147,7 +147,9 @@ class Channels:
     def get(self, peer: str) -> grpc.Channel:
         with self._lock:
             now = time.monotonic()
-            if now - self._checked >= self._check_interval:
+            if self._stamp is None:
+                self._stamp = self._read_stamp()
+            elif now - self._checked >= self._check_interval:
                 self._checked = now
                 try:
                     stamp = self._read_stamp()

@@ -21,6 +21,7 @@ from sqlalchemy.exc import ArgumentError
 from services.kit.types import Environ
 
 __all__ = [
+    "BusSettings",
     "ConfigError",
     "COMPONENTS",
     "DEFAULT_PORTS",
@@ -100,6 +101,17 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BusSettings:
+    max_attempts: int = 8
+    """Delivery attempts before an event is dead-lettered (`poly bus redrive` retries it)."""
+    batch_size: int = 100
+    """Deliveries the relay claims per round."""
+    subscribe_wait_seconds: float = 10.0
+    """At start, how long to wait for peers to accept this service's subscriptions before
+    saying SERVING anyway (the rest are retried in the background)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     service: str
     home: Path
@@ -110,6 +122,7 @@ class Settings:
     peers: Mapping[str, str]
     """Address each other component is dialled at, e.g. ``{"orders": "localhost:50053"}``."""
     client_deadline_seconds: float = 5.0
+    bus: BusSettings = BusSettings()
 
 
 class _Reader:
@@ -199,6 +212,11 @@ def load(service: str, environ: Environ | None = None) -> Settings:
         ),
         peers=peers,
         client_deadline_seconds=env.number("POLY_CLIENT_DEADLINE_SECONDS", 5.0, low=0.01, high=3600.0),
+        bus=BusSettings(
+            max_attempts=env.integer("POLY_BUS_MAX_ATTEMPTS", 8, low=1, high=1000),
+            batch_size=env.integer("POLY_BUS_BATCH_SIZE", 100, low=1, high=10000),
+            subscribe_wait_seconds=env.number("POLY_BUS_SUBSCRIBE_WAIT_SECONDS", 10.0, low=0.0, high=600.0),
+        ),
     )
     try:
         make_url(settings.db.url)

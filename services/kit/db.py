@@ -16,9 +16,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from alembic import command, context
+from alembic.autogenerate.api import AutogenContext
 from alembic.config import Config as AlembicConfig
 from alembic.util import CommandError
 from sqlalchemy import BigInteger, DateTime, Engine, MetaData, String, create_engine, event, func
@@ -216,6 +217,14 @@ def _first_line(error: Exception) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
+def _render_item(kind: str, item: Any, autogen_context: AutogenContext) -> str | Literal[False]:
+    # Autogenerate would write `services.kit.db.UtcDateTime(timezone=True)` without importing it.
+    if kind == "type" and isinstance(item, UtcDateTime):
+        autogen_context.imports.add("from services.kit.db import UtcDateTime")
+        return "UtcDateTime()"
+    return False
+
+
 def run_migrations_env(target_metadata: MetaData) -> None:
     """Body of every service's ``migrations/env.py``: run online against the given engine."""
     bound: Engine = context.config.attributes["engine"]
@@ -225,6 +234,7 @@ def run_migrations_env(target_metadata: MetaData) -> None:
             target_metadata=target_metadata,
             version_table=context.config.attributes["version_table"],
             render_as_batch=connection.dialect.name == "sqlite",  # SQLite cannot ALTER most things
+            render_item=_render_item,
             compare_type=True,
         )
         with context.begin_transaction():

@@ -35,7 +35,7 @@ from services.kit import reflection, tls
 from services.kit.config import Settings
 from services.kit.errors import error_middleware
 from services.kit.logs import access_log_middleware
-from services.kit.types import CallInfo, Handler, Middleware
+from services.kit.types import Background, CallInfo, Handler, Middleware
 
 __all__ = [
     "MIN_CLIENT_PING_INTERVAL_MS",
@@ -196,6 +196,11 @@ class RunningServer:
     in_flight: _InFlight
     _stopped: threading.Event = field(default_factory=threading.Event)
 
+    def set_serving(self) -> None:
+        for name in ["", *self.names]:
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        _log.info("serving", extra={"port": self.port, "services": self.names})
+
     def drain(self) -> bool:
         """NOT_SERVING, refuse new calls, let in-flight ones finish within the grace period.
 
@@ -236,8 +241,10 @@ def start(
     *,
     middlewares: Sequence[Middleware] | None = None,
     credentials: grpc.ServerCredentials | None = None,
+    serving: bool = True,
 ) -> RunningServer:
-    """Bind, register and start; health says SERVING once every service is attached."""
+    """Bind, register and start; health says SERVING once every service is attached
+    (or, with ``serving=False``, once the caller calls `RunningServer.set_serving`)."""
     try:
         credentials = credentials or tls.server_credentials(settings.tls)
     except (OSError, ValueError) as error:
@@ -264,10 +271,13 @@ def start(
         server.stop(None)
         raise StartupError(f"cannot listen on {address}: is the port already in use?") from None
     server.start()
+    running = RunningServer(server, port, health_servicer, names, settings.server.grace_seconds, in_flight)
     for name in ["", *names]:
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    _log.info("serving", extra={"address": f"{settings.server.host}:{port}", "services": names})
-    return RunningServer(server, port, health_servicer, names, settings.server.grace_seconds, in_flight)
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    _log.info("listening", extra={"address": f"{settings.server.host}:{port}"})
+    if serving:
+        running.set_serving()
+    return running
 
 
 def serve(
@@ -275,8 +285,12 @@ def serve(
     registrations: Sequence[Registration],
     *,
     middlewares: Sequence[Middleware] | None = None,
+    background: Sequence[Background] = (),
 ) -> None:
     """Start, then block until SIGTERM or SIGINT and drain. Call from the main thread.
+
+    `background` work starts once the server accepts calls and before health says SERVING
+    (subscriptions are registered by then), and stops after the drain, in reverse order.
 
     If handlers outlive the grace period, the process exits 0 at once (their calls are
     already cancelled): waiting for their threads would break the grace-period promise.
@@ -290,13 +304,23 @@ def serve(
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
-            running = start(settings, registrations, middlewares=middlewares)
+            running = start(settings, registrations, middlewares=middlewares, serving=False)
         except StartupError as error:
             _log.error(str(error))
             raise SystemExit(1) from None
-        while not stop.wait(1.0):
-            pass
-        if not running.drain():
+        started: list[Background] = []
+        try:
+            for work in background:
+                work.start()
+                started.append(work)
+            running.set_serving()
+            while not stop.wait(1.0):
+                pass
+        finally:
+            finished = running.drain()
+            for work in reversed(started):
+                work.stop()
+        if not finished:
             logging.shutdown()
             os._exit(0)
     finally:

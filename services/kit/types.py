@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
-__all__ = ["CallInfo", "Handler", "Middleware", "Environ"]
+__all__ = ["Background", "CallInfo", "Handler", "Middleware", "Environ"]
 
 Environ = Mapping[str, str]
 """Where settings come from; `os.environ` in production, a dict in tests."""
@@ -37,3 +37,13 @@ Middleware = Callable[[Any, grpc.ServicerContext, CallInfo, Handler], Any]
 For a server-streaming method the result is an iterator; a middleware that must see the
 end of the stream wraps it. Middlewares are composed once by `kit.server`.
 """
+
+
+class Background(Protocol):
+    """Work a service runs beside its server (the bus relay, subscriptions)."""
+
+    def start(self) -> None:
+        """Begin; may block briefly (the server is already accepting calls, not yet SERVING)."""
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End within `timeout` seconds; called after the server has drained."""

@@ -3,7 +3,8 @@
 from pathlib import Path
 
 from poly.notifications.v1 import notifications_service_pb2, notifications_service_pb2_grpc
-from services.kit import config, db, logs, server
+from services.kit import bus, config, db, logs, server
+from services.notifications import events, store
 from services.notifications.service import NotificationsServicer
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -14,6 +15,7 @@ def main() -> None:
     logs.setup(settings.service, settings.log_level)
     engine = db.connect_or_exit(settings.db, migrations=MIGRATIONS)
     try:
+        events_node = bus.node(settings, engine, store.BUS, events.HANDLERS)
         servicer = NotificationsServicer()
         descriptor = notifications_service_pb2.DESCRIPTOR.services_by_name["NotificationsService"]
         server.serve(
@@ -24,7 +26,9 @@ def main() -> None:
                     notifications_service_pb2_grpc.add_NotificationsServiceServicer_to_server,
                     servicer,
                 ),
+                events_node.registration,
             ],
+            background=[events_node],
         )
     finally:
         engine.dispose()

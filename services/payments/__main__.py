@@ -3,7 +3,8 @@
 from pathlib import Path
 
 from poly.payments.v1 import payments_service_pb2, payments_service_pb2_grpc
-from services.kit import config, db, logs, server
+from services.kit import bus, config, db, logs, server
+from services.payments import events, store
 from services.payments.service import PaymentsServicer
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -14,6 +15,7 @@ def main() -> None:
     logs.setup(settings.service, settings.log_level)
     engine = db.connect_or_exit(settings.db, migrations=MIGRATIONS)
     try:
+        events_node = bus.node(settings, engine, store.BUS, events.HANDLERS)
         servicer = PaymentsServicer()
         descriptor = payments_service_pb2.DESCRIPTOR.services_by_name["PaymentsService"]
         server.serve(
@@ -22,7 +24,9 @@ def main() -> None:
                 server.registration(
                     descriptor, payments_service_pb2_grpc.add_PaymentsServiceServicer_to_server, servicer
                 ),
+                events_node.registration,
             ],
+            background=[events_node],
         )
     finally:
         engine.dispose()

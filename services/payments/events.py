@@ -1,6 +1,12 @@
 """Events the payments service publishes and consumes (payloads in protos/poly/events/v1)."""
 
-__all__ = ["CONSUMES", "PUBLISHES"]
+from collections.abc import Mapping
+
+from google.protobuf.message import Message
+
+from services.kit.bus import EventHandler
+
+__all__ = ["CONSUMES", "HANDLERS", "PUBLISHES"]
 
 PUBLISHES: tuple[str, ...] = (
     "poly.events.v1.PaymentAuthorized",
@@ -14,3 +20,7 @@ CONSUMES: tuple[str, ...] = (
     "poly.events.v1.OrderCreated",
     "poly.events.v1.OrderCancelled",
 )
+
+HANDLERS: Mapping[type[Message], EventHandler] = {}
+"""The handler of each consumed event; the service subscribes to exactly these types.
+Filled in by the domain work: until then the service subscribes to nothing."""

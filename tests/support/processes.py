@@ -88,9 +88,24 @@ class Process:
 
 
 def health_check(settings: Settings, address: str, *, timeout: float = 30.0, service: str = "") -> str:
-    """Health status name of the server at `address`, waiting for it to accept connections."""
+    """SERVING once the server at `address` says so within `timeout`, else its last status.
+
+    Watches health instead of polling: it waits for the server to accept connections,
+    then for its status to change (a service is NOT_SERVING until its start-up is done).
+    """
+    last = "UNKNOWN"
     with grpc.secure_channel(address, tls.channel_credentials(settings.tls)) as channel:
-        response = health_pb2_grpc.HealthStub(channel).Check(
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
             health_pb2.HealthCheckRequest(service=service), timeout=timeout, wait_for_ready=True
         )
-    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+        try:
+            for response in watch:
+                last = str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+                if last == "SERVING":
+                    break
+        except grpc.RpcError as error:
+            if not isinstance(error, grpc.Call) or error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+        finally:
+            watch.cancel()
+    return last

@@ -11,11 +11,13 @@ A service declares what it publishes and consumes and gets the rest from here:
 - Embedded transport: `EmbeddedTransport` pushes to each subscriber's `EventSinkServicer`
   over mTLS; `Subscriber` registers a service's event types with its peers.
 - `admin`: dead letters, redrive, and counts for `poly bus`.
+- `node(settings, engine, tables, handlers)`: all of the above wired for one service.
 """
 
 from services.kit.bus.admin import DeadLetter, dead_letters, redrive, state_counts
 from services.kit.bus.consumer import Consumer, EventHandler, Outcome
 from services.kit.bus.metrics import BusMetrics, backlog
+from services.kit.bus.node import Node, node
 from services.kit.bus.outbox import Outbox, Routing, broker_routing, subscriber_routing
 from services.kit.bus.relay import Relay, RelaySettings, backoff_seconds
 from services.kit.bus.sink import EVENT_SINK, EventSinkServicer, Subscriber, sink_registration
@@ -35,6 +37,7 @@ __all__ = [
     "EmbeddedTransport",
     "EventHandler",
     "EventSinkServicer",
+    "Node",
     "Outbox",
     "Outcome",
     "Relay",
@@ -45,6 +48,7 @@ __all__ = [
     "backlog",
     "backoff_seconds",
     "broker_routing",
+    "node",
     "bus_tables",
     "dead_letters",
     "redrive",

@@ -1,0 +1,93 @@
+"""One service's whole bus, wired: `node(settings, engine, tables, handlers)`.
+
+The embedded transport needs, per service: an `Outbox` that routes to subscribers, a
+`Consumer` for its handlers behind an `EventSinkServicer`, a `Subscriber` that registers
+its event types with every other service, and a `Relay` pushing its outbox to theirs.
+`Node` is the `Background` that starts and stops them with the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+from sqlalchemy import Engine
+
+from services.kit import config, db, server
+from services.kit.bus.consumer import Consumer, EventHandler
+from services.kit.bus.metrics import BusMetrics
+from services.kit.bus.outbox import Outbox, subscriber_routing
+from services.kit.bus.relay import Relay, RelaySettings
+from services.kit.bus.sink import EVENT_SINK, EventSinkServicer, Subscriber, sink_registration
+from services.kit.bus.tables import BusTables
+from services.kit.bus.transport import EmbeddedTransport
+from services.kit.clients import Channels
+
+__all__ = ["Node", "node"]
+
+
+@dataclass
+class Node:
+    outbox: Outbox
+    consumer: Consumer
+    relay: Relay
+    subscriber: Subscriber
+    registration: server.Registration
+    channels: Channels
+    metrics: BusMetrics
+
+    def start(self) -> None:
+        self.subscriber.start()
+        self.relay.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.relay.stop(timeout)
+        self.subscriber.stop(timeout)
+        self.channels.close()
+
+
+def node(
+    settings: config.Settings,
+    engine: Engine,
+    tables: BusTables,
+    handlers: Mapping[type[Message], EventHandler],
+) -> Node:
+    """The embedded-transport bus of `settings.service`, over its own database `engine`."""
+    peers = [name for name in config.SERVICES if name != settings.service]
+    metrics = BusMetrics()
+    channels = Channels(settings, services={peer: [EVENT_SINK] for peer in peers})
+    factory = db.session_factory(engine)
+    consumer = Consumer(factory, tables, handlers, metrics=metrics)
+    relay = Relay(
+        engine,
+        tables,
+        EmbeddedTransport(channels),
+        settings=RelaySettings(max_attempts=settings.bus.max_attempts, batch_size=settings.bus.batch_size),
+        metrics=metrics,
+        owner=settings.service,
+    )
+    outbox = Outbox(
+        tables,
+        source=settings.service,
+        routing=subscriber_routing(tables),
+        metrics=metrics,
+        on_commit=relay.wake,
+    )
+    sink = EventSinkServicer(
+        consumer,
+        factory,
+        tables,
+        services=config.SERVICES,
+        trust_domain=settings.tls.trust_domain,
+        namespace=settings.tls.namespace,
+    )
+    return Node(
+        outbox,
+        consumer,
+        relay,
+        Subscriber(channels, peers, consumer.event_types),
+        sink_registration(sink),
+        channels,
+        metrics,
+    )
