@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,21 +34,31 @@ def postgres_admin_url() -> str:
 
 
 @pytest.fixture
-def postgres_url(postgres_admin_url: str) -> Iterator[str]:
-    """A fresh, empty database on the test PostgreSQL server, dropped afterwards."""
-    name = f"poly_test_{uuid.uuid4().hex[:12]}"
+def postgres_databases(postgres_admin_url: str) -> Iterator[Callable[[], str]]:
+    """Makes fresh, empty databases on the test PostgreSQL server; all dropped afterwards."""
     admin = create_engine(
         make_url(postgres_admin_url).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
     )
-    try:
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"poly_test_{uuid.uuid4().hex[:12]}"
         with admin.connect() as connection:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
-        yield (
-            make_url(postgres_admin_url)
-            .set(drivername="postgresql+psycopg", database=name)
-            .render_as_string(hide_password=False)
-        )
+        made.append(name)
+        url = make_url(postgres_admin_url).set(drivername="postgresql+psycopg", database=name)
+        return url.render_as_string(hide_password=False)
+
+    try:
+        yield make
         with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            for name in made:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_databases: Callable[[], str]) -> str:
+    """A fresh, empty database on the test PostgreSQL server, dropped afterwards."""
+    return postgres_databases()

@@ -11,7 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
 from services.kit import config, tls
+from services.kit.bus import BusTables
 
 __all__ = ["main"]
 
@@ -66,6 +70,53 @@ def _migration(service: str, message: str) -> int:
     return 0
 
 
+def _bus(action: str, service: str, events: list[str] | None) -> int:
+    from sqlalchemy import MetaData
+
+    from services.kit import bus, db
+
+    try:
+        settings = config.load(service)
+        engine = db.connect(settings.db)
+    except (config.ConfigError, db.DatabaseError) as error:
+        print(f"poly bus: {error}", file=sys.stderr)
+        return 2
+    tables = bus.bus_tables(MetaData())
+    try:
+        return _bus_action(action, engine, tables, events)
+    except SQLAlchemyError as error:
+        print(
+            f"poly bus: cannot read the {service} outbox ({type(error).__name__}); "
+            "has the service run its migrations (started once)?",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        engine.dispose()
+
+
+def _bus_action(action: str, engine: Engine, tables: BusTables, events: list[str] | None) -> int:
+    from services.kit import bus
+
+    if action == "status":
+        counts = bus.state_counts(engine, tables)
+        for state in (bus.PENDING, bus.DELIVERED, bus.DEAD):
+            print(f"{state:<10} {counts.get(state, 0)}")
+    elif action == "dead":
+        letters = bus.dead_letters(engine, tables)
+        for letter in letters:
+            print(
+                f"{letter.event_id}  {letter.event_type}  to {letter.route}  "
+                f"aggregate {letter.aggregate_id}  attempts {letter.attempts}  "
+                f"last error: {letter.last_error}"
+            )
+        print(f"{len(letters)} dead letter(s)")
+    else:
+        count = bus.redrive(engine, tables, event_ids=events)
+        print(f"re-driven {count} delivery(ies); the running relay picks them up")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="poly", description="Polyservice operator commands.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     migration = commands.add_parser("migration", help="autogenerate a service's next migration")
     migration.add_argument("service", choices=config.SERVICES)
     migration.add_argument("-m", "--message", required=True, help="what the migration changes")
+    bus_parser = commands.add_parser("bus", help="inspect a service's outbox and re-drive dead letters")
+    bus_parser.add_argument("action", choices=["status", "dead", "redrive"])
+    bus_parser.add_argument("service", choices=config.SERVICES)
+    bus_parser.add_argument(
+        "--event",
+        action="append",
+        dest="events",
+        metavar="ID",
+        help="redrive only this event (repeatable); default: every dead letter",
+    )
     args = parser.parse_args(argv)
     try:
         settings = config.load("cli")
@@ -88,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         return _status(settings)
     if args.command == "migration":
         return _migration(args.service, args.message)
+    if args.command == "bus":
+        return _bus(args.action, args.service, args.events)
     from services.cli.supervisor import Supervisor
 
     return Supervisor(settings).run()

@@ -106,6 +106,8 @@ class BusSettings:
     """Delivery attempts before an event is dead-lettered (`poly bus redrive` retries it)."""
     batch_size: int = 100
     """Deliveries the relay claims per round."""
+    lease_seconds: float = 30.0
+    """How long a relay's claim on a delivery lasts; a relay that dies frees it after this."""
     subscribe_wait_seconds: float = 10.0
     """At start, how long to wait for peers to accept this service's subscriptions before
     saying SERVING anyway (the rest are retried in the background)."""
@@ -215,6 +217,7 @@ def load(service: str, environ: Environ | None = None) -> Settings:
         bus=BusSettings(
             max_attempts=env.integer("POLY_BUS_MAX_ATTEMPTS", 8, low=1, high=1000),
             batch_size=env.integer("POLY_BUS_BATCH_SIZE", 100, low=1, high=10000),
+            lease_seconds=env.number("POLY_BUS_LEASE_SECONDS", 30.0, low=0.5, high=3600.0),
             subscribe_wait_seconds=env.number("POLY_BUS_SUBSCRIBE_WAIT_SECONDS", 10.0, low=0.0, high=600.0),
         ),
     )

@@ -63,7 +63,11 @@ def node(
         engine,
         tables,
         EmbeddedTransport(channels),
-        settings=RelaySettings(max_attempts=settings.bus.max_attempts, batch_size=settings.bus.batch_size),
+        settings=RelaySettings(
+            max_attempts=settings.bus.max_attempts,
+            batch_size=settings.bus.batch_size,
+            lease_seconds=settings.bus.lease_seconds,
+        ),
         metrics=metrics,
         owner=settings.service,
     )

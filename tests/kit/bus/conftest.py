@@ -9,13 +9,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from google.protobuf.message import Message
-from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, insert, select
+from sqlalchemy import Engine, MetaData, Table, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated
 from services.kit import bus, db
 from services.kit.config import DatabaseSettings
+from tests.support.effects import effect_table, record_effect
+
+__all__ = [
+    "BusDb",
+    "Clock",
+    "ScriptedTransport",
+    "effect_table",
+    "make_bus_db",
+    "publish",
+    "record_effect",
+    "subscribe",
+]
 
 
 @dataclass
@@ -45,29 +56,10 @@ class BusDb:
             )
 
 
-def record_effect(effects: Table) -> bus.EventHandler:
-    def handler(session: Session, payload: Message, envelope: EventEnvelope) -> None:
-        assert isinstance(payload, OrderCreated)
-        session.execute(
-            insert(effects).values(
-                event_id=envelope.id, aggregate_id=envelope.aggregate_id, order=payload.order
-            )
-        )
-
-    return handler
-
-
 def make_bus_db(url: str) -> BusDb:
     metadata = MetaData(naming_convention=db.naming_convention)
     tables = bus.bus_tables(metadata)
-    effects = Table(
-        "test_effect",
-        metadata,
-        Column("id", Integer, primary_key=True, autoincrement=True),
-        Column("event_id", String(36), nullable=False),  # deliberately not unique: duplicates must show
-        Column("aggregate_id", String(200), nullable=False),
-        Column("order", String(200), nullable=False),
-    )
+    effects = effect_table(metadata)
     engine = db.engine(DatabaseSettings(url=url))
     metadata.create_all(engine)
     return BusDb(engine, db.session_factory(engine), tables, effects)

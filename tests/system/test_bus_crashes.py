@@ -1,0 +1,154 @@
+"""Exactly-once effects through crashes: real processes, real mTLS, real databases.
+
+A publisher process (`orders`: relay) and a consumer process (`payments`: EventSink and
+a handler recording effects) run from `tests.support.bus_node`. Each kills itself with
+SIGKILL at a random one of its crash points after a random number of passes; the test
+restarts whatever died, publishes 1,000 events meanwhile, waits until every delivery is
+made, and then counts the effects in the consumer's database.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, MetaData, func, select
+
+from poly.events.v1.events_pb2 import OrderCreated
+from services.kit import bus, config, db, tls
+from services.kit.config import DatabaseSettings
+from tests.support.effects import effect_table
+from tests.support.env import free_port
+from tests.support.processes import Process
+
+EVENTS, AGGREGATES, PER_TRANSACTION = 1000, 10, 20
+CRASHING_STARTS = 6
+"""Starts of each role that crash; later ones run clean, so the run always completes."""
+
+
+@dataclass
+class Nodes:
+    environ: dict[str, str]
+    processes: dict[str, Process] = field(default_factory=dict)
+    starts: dict[str, int] = field(default_factory=lambda: {"publisher": 0, "consumer": 0})
+    crashes: dict[str, int] = field(default_factory=lambda: {"publisher": 0, "consumer": 0})
+
+    def start(self, role: str, *, crash_window: str | None) -> None:
+        crashing = crash_window is not None and self.starts[role] < CRASHING_STARTS
+        extra = {"BUS_TEST_CRASH_AFTER": crash_window} if crashing and crash_window else {}
+        self.processes[role] = Process.module("tests.support.bus_node", {**self.environ, **extra}, role)
+        self.starts[role] += 1
+
+    def keep_alive(self, crash_window: str | None) -> None:
+        for role, process in list(self.processes.items()):
+            code = process.popen.poll()
+            if code is not None:
+                assert code == -9, f"{role} died with {code}, not by an injected SIGKILL:\n{process.output()}"
+                self.crashes[role] += 1
+                assert self.starts[role] < 40, "bounded restarts"
+                self.start(role, crash_window=crash_window)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.stop()
+
+
+def _wait(condition: Callable[[], bool], nodes: Nodes, crash_window: str | None, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        nodes.keep_alive(crash_window)
+        assert time.monotonic() < deadline, f"timed out; starts={nodes.starts} crashes={nodes.crashes}"
+        time.sleep(0.05)  # polling another process's database: nothing to wait on instead
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'orders.db'}", f"sqlite:///{tmp_path / 'payments.db'}"
+    make = request.getfixturevalue("postgres_databases")
+    return make(), make()
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, urls: tuple[str, str]) -> Iterator[Nodes]:
+    tls.ensure_certificates(tmp_path / "certs", config.COMPONENTS)
+    environ = {
+        "POLY_HOME": str(tmp_path),
+        "POLY_ORDERS_PORT": str(free_port()),
+        "POLY_PAYMENTS_PORT": str(free_port()),
+        "POLY_ORDERS_DATABASE_URL": urls[0],
+        "POLY_PAYMENTS_DATABASE_URL": urls[1],
+        "POLY_BUS_LEASE_SECONDS": "1",
+        "POLY_BUS_MAX_ATTEMPTS": "1000",
+        "POLY_GRACE_SECONDS": "2",
+    }
+    environ["POLY_ORDERS_ADDRESS"] = f"localhost:{environ['POLY_ORDERS_PORT']}"
+    environ["POLY_PAYMENTS_ADDRESS"] = f"localhost:{environ['POLY_PAYMENTS_PORT']}"
+    started = Nodes(environ)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def _engine(url: str) -> Engine:
+    return db.engine(DatabaseSettings(url=url))
+
+
+def test_a_thousand_events_have_their_effect_exactly_once_in_order_through_sigkills(
+    nodes: Nodes, urls: tuple[str, str]
+) -> None:
+    window = "40,250"
+    nodes.start("publisher", crash_window=window)
+    nodes.start("consumer", crash_window=window)
+    orders_metadata = MetaData(naming_convention=db.naming_convention)
+    tables = bus.bus_tables(orders_metadata)
+    orders_engine, payments_engine = _engine(urls[0]), _engine(urls[1])
+    try:
+
+        def subscribed() -> bool:
+            try:
+                with orders_engine.connect() as connection:
+                    return bool(connection.scalar(select(func.count()).select_from(tables.subscription)))
+            except Exception:  # the publisher has not created its tables yet
+                return False
+
+        _wait(subscribed, nodes, window, timeout=60)
+        outbox = bus.Outbox(tables, source="orders", routing=bus.subscriber_routing(tables))
+        factory = db.session_factory(orders_engine)
+        rng = random.Random(1)
+        published: dict[str, list[str]] = {}
+        for start in range(0, EVENTS, PER_TRANSACTION):
+            with db.transaction(factory) as session:
+                for number in range(start, start + PER_TRANSACTION):
+                    aggregate = f"orders/{rng.randrange(AGGREGATES)}"
+                    envelope = outbox.publish(
+                        session, OrderCreated(order=f"{aggregate}#{number}"), aggregate_id=aggregate
+                    )
+                    published.setdefault(aggregate, []).append(envelope.id)
+            nodes.keep_alive(window)
+
+        def all_delivered() -> bool:
+            counts = bus.state_counts(orders_engine, tables)
+            return counts.get(bus.DELIVERED, 0) == EVENTS
+
+        _wait(all_delivered, nodes, window, timeout=240)
+
+        effects = effect_table(MetaData())
+        with payments_engine.connect() as connection:
+            rows = connection.execute(
+                select(effects.c.event_id, effects.c.aggregate_id).order_by(effects.c.id)
+            ).all()
+        applied = [event_id for event_id, _ in rows]
+        assert len(applied) == EVENTS, f"{len(applied)} effects for {EVENTS} events"
+        assert sorted(applied) == sorted(i for ids in published.values() for i in ids), "each exactly once"
+        for aggregate, ids in published.items():
+            assert [e for e, a in rows if a == aggregate] == ids, f"{aggregate}: effects out of publish order"
+        assert nodes.crashes["publisher"] >= 1 and nodes.crashes["consumer"] >= 1, nodes.crashes
+    finally:
+        orders_engine.dispose()
+        payments_engine.dispose()
