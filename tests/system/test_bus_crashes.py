@@ -10,6 +10,7 @@ made, and then counts the effects in the consumer's database.
 from __future__ import annotations
 
 import random
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from poly.events.v1.events_pb2 import OrderCreated
 from services.kit import bus, config, db, tls
 from services.kit.config import DatabaseSettings
 from tests.support.effects import effect_table
-from tests.support.env import free_port
+from tests.support.env import PYTHON, ROOT, free_port, process_environ
 from tests.support.processes import Process
 
 EVENTS, AGGREGATES, PER_TRANSACTION = 1000, 10, 20
@@ -149,6 +150,75 @@ def test_a_thousand_events_have_their_effect_exactly_once_in_order_through_sigki
         for aggregate, ids in published.items():
             assert [e for e, a in rows if a == aggregate] == ids, f"{aggregate}: effects out of publish order"
         assert nodes.crashes["publisher"] >= 1 and nodes.crashes["consumer"] >= 1, nodes.crashes
+    finally:
+        orders_engine.dispose()
+        payments_engine.dispose()
+
+
+def _poly(environ: dict[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [PYTHON, "-m", "services.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=process_environ(environ),
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_a_poison_event_is_dead_lettered_without_blocking_and_poly_bus_redrive_delivers_it_once_fixed(
+    nodes: Nodes, urls: tuple[str, str]
+) -> None:
+    poison_order = "orders/P#poison"
+    nodes.environ.update({"POLY_BUS_MAX_ATTEMPTS": "3", "BUS_TEST_POISON_ORDER": poison_order})
+    nodes.start("publisher", crash_window=None)
+    nodes.start("consumer", crash_window=None)
+    tables = bus.bus_tables(MetaData())
+    orders_engine, payments_engine = _engine(urls[0]), _engine(urls[1])
+    try:
+
+        def subscribed() -> bool:
+            try:
+                with orders_engine.connect() as connection:
+                    return bool(connection.scalar(select(func.count()).select_from(tables.subscription)))
+            except Exception:  # the publisher has not created its tables yet
+                return False
+
+        _wait(subscribed, nodes, None, timeout=60)
+        outbox = bus.Outbox(tables, source="orders", routing=bus.subscriber_routing(tables))
+        with db.transaction(db.session_factory(orders_engine)) as session:
+            poison = outbox.publish(session, OrderCreated(order=poison_order), aggregate_id="orders/P")
+            later = [
+                outbox.publish(session, OrderCreated(order=f"orders/P#{i}"), aggregate_id="orders/P")
+                for i in range(3)
+            ]
+
+        def settled() -> bool:
+            return bus.state_counts(orders_engine, tables) == {bus.DELIVERED: 3, bus.DEAD: 1}
+
+        _wait(settled, nodes, None, timeout=60)
+        effects = effect_table(MetaData())
+
+        def applied() -> list[str]:
+            with payments_engine.connect() as connection:
+                return list(connection.execute(select(effects.c.event_id).order_by(effects.c.id)).scalars())
+
+        assert applied() == [e.id for e in later], "the later events were not blocked by the poison one"
+        listing = _poly(nodes.environ, "bus", "dead", "orders")
+        assert poison.id in listing and "INTERNAL" in listing and "1 dead letter(s)" in listing
+
+        nodes.processes["consumer"].stop()  # deploy the fix: the consumer without the poison rule
+        del nodes.environ["BUS_TEST_POISON_ORDER"]
+        nodes.start("consumer", crash_window=None)
+        assert "re-driven 1 delivery" in _poly(
+            nodes.environ, "bus", "redrive", "orders", "--event", poison.id
+        )
+        _wait(lambda: bus.state_counts(orders_engine, tables) == {bus.DELIVERED: 4}, nodes, None, timeout=60)
+        assert applied() == [*(e.id for e in later), poison.id], "re-delivered once"
+        assert "dead       0" in _poly(nodes.environ, "bus", "status", "orders")
     finally:
         orders_engine.dispose()
         payments_engine.dispose()
