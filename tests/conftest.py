@@ -62,3 +62,9 @@ def postgres_databases(postgres_admin_url: str) -> Iterator[Callable[[], str]]:
 def postgres_url(postgres_databases: Callable[[], str]) -> str:
     """A fresh, empty database on the test PostgreSQL server, dropped afterwards."""
     return postgres_databases()
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """RabbitMQ URL (POLY_TEST_AMQP_URL); never skipped under CI=true."""
+    return _required_url("POLY_TEST_AMQP_URL")

@@ -102,6 +102,10 @@ class DatabaseSettings:
 
 @dataclass(frozen=True, slots=True)
 class BusSettings:
+    url: str = field(default="", repr=False)
+    """Empty: the embedded transport (gRPC push, no broker). ``amqp://…``: RabbitMQ."""
+    prefix: str = "poly"
+    """Names of the broker's exchanges and queues start with it."""
     max_attempts: int = 8
     """Delivery attempts before an event is dead-lettered (`poly bus redrive` retries it)."""
     batch_size: int = 100
@@ -111,6 +115,13 @@ class BusSettings:
     subscribe_wait_seconds: float = 10.0
     """At start, how long to wait for peers to accept this service's subscriptions before
     saying SERVING anyway (the rest are retried in the background)."""
+
+    def __repr__(self) -> str:
+        transport = redact_url(self.url) if self.url else "embedded"
+        return (
+            f"BusSettings(transport={transport!r}, prefix={self.prefix!r}, max_attempts={self.max_attempts}, "
+            f"batch_size={self.batch_size})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +150,10 @@ class _Reader:
         if not value:
             self.problems.append(f"{name}: must not be empty")
         return value
+
+    def optional(self, name: str) -> str:
+        """The value, or "" when unset: for settings whose absence picks a mode."""
+        return self._environ.get(name, "").strip()
 
     def _parsed(self, name: str, default: _T, parse: Callable[[str], _T], expected: str) -> _T:
         raw = self._environ.get(name)
@@ -215,12 +230,18 @@ def load(service: str, environ: Environ | None = None) -> Settings:
         peers=peers,
         client_deadline_seconds=env.number("POLY_CLIENT_DEADLINE_SECONDS", 5.0, low=0.01, high=3600.0),
         bus=BusSettings(
+            url=env.optional("POLY_BUS_URL"),
+            prefix=env.text("POLY_BUS_PREFIX", "poly"),
             max_attempts=env.integer("POLY_BUS_MAX_ATTEMPTS", 8, low=1, high=1000),
             batch_size=env.integer("POLY_BUS_BATCH_SIZE", 100, low=1, high=10000),
             lease_seconds=env.number("POLY_BUS_LEASE_SECONDS", 30.0, low=0.5, high=3600.0),
             subscribe_wait_seconds=env.number("POLY_BUS_SUBSCRIBE_WAIT_SECONDS", 10.0, low=0.0, high=600.0),
         ),
     )
+    if settings.bus.url and not settings.bus.url.startswith(("amqp://", "amqps://")):
+        env.problems.append(
+            f"POLY_BUS_URL: expected amqp:// or amqps://, got {redact_url(settings.bus.url)!r}"
+        )
     try:
         make_url(settings.db.url)
     except ArgumentError:

@@ -10,11 +10,22 @@ A service declares what it publishes and consumes and gets the rest from here:
   in one transaction: effects happen once even when delivery happens twice.
 - Embedded transport: `EmbeddedTransport` pushes to each subscriber's `EventSinkServicer`
   over mTLS; `Subscriber` registers a service's event types with its peers.
+- RabbitMQ transport (``POLY_BUS_URL=amqp://…``): `BrokerTransport` publishes with
+  confirms, `BrokerConsumer` consumes the service's quorum queue, acknowledging after the
+  commit; `redrive_dead_queue` returns dead-lettered messages to it.
 - `admin`: dead letters, redrive, and counts for `poly bus`.
 - `node(settings, engine, tables, handlers)`: all of the above wired for one service.
 """
 
 from services.kit.bus.admin import DeadLetter, dead_letters, redrive, state_counts
+from services.kit.bus.broker import (
+    BrokerConsumer,
+    BrokerTransport,
+    dead_queue_name,
+    exchange_name,
+    queue_name,
+    redrive_dead_queue,
+)
 from services.kit.bus.consumer import Consumer, EventHandler, Outcome
 from services.kit.bus.metrics import BusMetrics, backlog
 from services.kit.bus.node import Node, node
@@ -29,6 +40,8 @@ __all__ = [
     "DELIVERED",
     "EVENT_SINK",
     "PENDING",
+    "BrokerConsumer",
+    "BrokerTransport",
     "BusMetrics",
     "BusTables",
     "Consumer",
@@ -49,9 +62,13 @@ __all__ = [
     "backoff_seconds",
     "broker_routing",
     "node",
+    "queue_name",
     "bus_tables",
     "dead_letters",
+    "dead_queue_name",
+    "exchange_name",
     "redrive",
+    "redrive_dead_queue",
     "sink_registration",
     "state_counts",
     "subscriber_routing",

@@ -15,9 +15,10 @@ from google.protobuf.message import Message
 from sqlalchemy import Engine
 
 from services.kit import config, db, server
+from services.kit.bus.broker import BrokerConsumer, BrokerTransport
 from services.kit.bus.consumer import Consumer, EventHandler
 from services.kit.bus.metrics import BusMetrics
-from services.kit.bus.outbox import Outbox, subscriber_routing
+from services.kit.bus.outbox import Outbox, broker_routing, subscriber_routing
 from services.kit.bus.relay import Relay, RelaySettings
 from services.kit.bus.sink import EVENT_SINK, EventSinkServicer, Subscriber, sink_registration
 from services.kit.bus.tables import BusTables
@@ -32,19 +33,23 @@ class Node:
     outbox: Outbox
     consumer: Consumer
     relay: Relay
-    subscriber: Subscriber
+    intake: Subscriber | BrokerConsumer
+    """How events reach this service: subscriptions at its peers, or its broker queue."""
     registration: server.Registration
     channels: Channels
     metrics: BusMetrics
+    broker: BrokerTransport | None = None
 
     def start(self) -> None:
-        self.subscriber.start()
+        self.intake.start()
         self.relay.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self.relay.stop(timeout)
-        self.subscriber.stop(timeout)
+        self.intake.stop(timeout)
         self.channels.close()
+        if self.broker is not None:
+            self.broker.close()
 
 
 def node(
@@ -53,16 +58,18 @@ def node(
     tables: BusTables,
     handlers: Mapping[type[Message], EventHandler],
 ) -> Node:
-    """The embedded-transport bus of `settings.service`, over its own database `engine`."""
+    """The bus of `settings.service` over its own database `engine`: embedded transport, or
+    RabbitMQ when ``settings.bus.url`` is set."""
     peers = [name for name in config.SERVICES if name != settings.service]
     metrics = BusMetrics()
     channels = Channels(settings, services={peer: [EVENT_SINK] for peer in peers})
     factory = db.session_factory(engine)
     consumer = Consumer(factory, tables, handlers, metrics=metrics)
+    broker = BrokerTransport(settings.bus.url, prefix=settings.bus.prefix) if settings.bus.url else None
     relay = Relay(
         engine,
         tables,
-        EmbeddedTransport(channels),
+        broker or EmbeddedTransport(channels),
         settings=RelaySettings(
             max_attempts=settings.bus.max_attempts,
             batch_size=settings.bus.batch_size,
@@ -71,13 +78,8 @@ def node(
         metrics=metrics,
         owner=settings.service,
     )
-    outbox = Outbox(
-        tables,
-        source=settings.service,
-        routing=subscriber_routing(tables),
-        metrics=metrics,
-        on_commit=relay.wake,
-    )
+    routing = broker_routing() if broker else subscriber_routing(tables)
+    outbox = Outbox(tables, source=settings.service, routing=routing, metrics=metrics, on_commit=relay.wake)
     sink = EventSinkServicer(
         consumer,
         factory,
@@ -86,12 +88,17 @@ def node(
         trust_domain=settings.tls.trust_domain,
         namespace=settings.tls.namespace,
     )
-    return Node(
-        outbox,
-        consumer,
-        relay,
-        Subscriber(channels, peers, consumer.event_types),
-        sink_registration(sink),
-        channels,
-        metrics,
+    wait = settings.bus.subscribe_wait_seconds
+    intake: Subscriber | BrokerConsumer = (
+        BrokerConsumer(
+            settings.bus.url,
+            settings.service,
+            consumer,
+            prefix=settings.bus.prefix,
+            attempts=settings.bus.max_attempts,
+            connect_wait=wait,
+        )
+        if broker
+        else Subscriber(channels, peers, consumer.event_types, initial_wait=wait)
     )
+    return Node(outbox, consumer, relay, intake, sink_registration(sink), channels, metrics, broker)

@@ -1,0 +1,298 @@
+"""The RabbitMQ transport (aio-pika), for deployments that want a broker between services.
+
+Topology, all durable and declared idempotently by whoever needs it first:
+
+- one topic exchange per event family, ``<prefix>.events.<family>``, where the family is the
+  first word of the event's name (OrderPaid -> ``order``); the routing key is the full type;
+- one quorum queue per consuming service, ``<prefix>.<service>``, bound to the types it
+  handles, with single-active-consumer (replicas keep per-aggregate order) and a
+  dead-letter route to ``<prefix>.<service>.dead`` through the ``<prefix>.dead`` exchange.
+
+`BrokerTransport` is the relay's side: a publish counts only once the broker confirms it.
+`BrokerConsumer` is the consuming side: messages are applied one at a time through the
+`Consumer` (inbox, one transaction), acknowledged after the commit, retried in place a few
+times, then rejected to the dead-letter queue. Both reconnect with backoff on their own
+(``connect_robust``); aio-pika's event loop runs in a thread of its own, so the rest of the
+service stays on the thread-pool model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
+
+from poly.events.v1.events_pb2 import EventEnvelope
+from services.kit.bus.consumer import Consumer
+from services.kit.bus.transport import DeliveryError
+from services.kit.config import redact_url
+
+__all__ = [
+    "BrokerConsumer",
+    "BrokerTransport",
+    "dead_queue_name",
+    "exchange_name",
+    "queue_name",
+    "redrive_dead_queue",
+]
+
+_log = logging.getLogger("poly.bus.broker")
+_T = TypeVar("_T")
+
+
+def exchange_name(event_type: str, prefix: str = "poly") -> str:
+    """``poly.events.v1.PaymentCaptured`` -> ``poly.events.payment``."""
+    name = event_type.rsplit(".", 1)[-1]
+    match = re.match(r"[A-Z][a-z0-9]*", name)
+    family = (match.group(0) if match else name).lower()
+    return f"{prefix}.events.{family}"
+
+
+def queue_name(service: str, prefix: str = "poly") -> str:
+    return f"{prefix}.{service}"
+
+
+def dead_queue_name(service: str, prefix: str = "poly") -> str:
+    return f"{prefix}.{service}.dead"
+
+
+class _LoopThread:
+    """An asyncio loop of its own in a daemon thread, driven from synchronous code."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, _T], timeout: float) -> _T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+class BrokerTransport:
+    """Publishes each event to its family exchange with publisher confirms."""
+
+    def __init__(self, url: str, *, prefix: str = "poly", timeout: float = 10.0) -> None:
+        self._url = url
+        self._prefix = prefix
+        self._timeout = timeout
+        self._loop = _LoopThread("bus-broker-publisher")
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+
+    async def _exchange(self, event_type: str) -> AbstractExchange:
+        if self._connection is None:
+            self._connection = await aio_pika.connect_robust(self._url, timeout=self._timeout)
+        if self._channel is None or self._channel.is_closed:
+            self._channel = await self._connection.channel(publisher_confirms=True)
+            self._exchanges.clear()
+        name = exchange_name(event_type, self._prefix)
+        if name not in self._exchanges:
+            self._exchanges[name] = await self._channel.declare_exchange(
+                name, aio_pika.ExchangeType.TOPIC, durable=True, timeout=self._timeout
+            )
+        return self._exchanges[name]
+
+    async def _publish(self, envelope: EventEnvelope) -> None:
+        exchange = await self._exchange(envelope.type)
+        message = aio_pika.Message(
+            body=envelope.SerializeToString(),
+            message_id=envelope.id,
+            type=envelope.type,
+            content_type="application/x-protobuf",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers={"aggregate_id": envelope.aggregate_id, "source": envelope.source},
+        )
+        await exchange.publish(message, routing_key=envelope.type, mandatory=False, timeout=self._timeout)
+
+    def send(self, route: str, envelope: EventEnvelope) -> None:
+        try:
+            self._loop.run(self._publish(envelope), self._timeout + 1)
+        except Exception as error:  # noqa: BLE001 - any failure means "not confirmed": retry later
+            self._channel = None
+            raise DeliveryError(f"{route} {redact_url(self._url)}: {type(error).__name__}: {error}") from None
+
+    def close(self) -> None:
+        if self._connection is not None:
+            try:
+                self._loop.run(self._connection.close(), 5)
+            except Exception:  # noqa: BLE001 - closing a connection that is already gone
+                _log.debug("broker connection already closed")
+        self._loop.close()
+
+
+class BrokerConsumer:
+    """Consumes the service's queue and applies each event once, in order (a `Background`)."""
+
+    def __init__(
+        self,
+        url: str,
+        service: str,
+        consumer: Consumer,
+        *,
+        prefix: str = "poly",
+        prefetch: int = 32,
+        attempts: int = 5,
+        retry_delay: float = 0.2,
+        connect_wait: float = 10.0,
+    ) -> None:
+        self._url = url
+        self._service = service
+        self._consumer = consumer
+        self._prefix = prefix
+        self._prefetch = prefetch
+        self._attempts = attempts
+        self._retry_delay = retry_delay
+        self._connect_wait = connect_wait
+        self._loop: _LoopThread | None = None
+        self._connection: AbstractRobustConnection | None = None
+        self._work: asyncio.Queue[AbstractIncomingMessage] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.ready = threading.Event()
+        """Set once the queue is declared, bound and being consumed."""
+
+    async def _connect_forever(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self._setup()
+                return
+            except Exception as error:  # noqa: BLE001 - broker not reachable yet: back off and retry
+                _log.warning(
+                    "broker not reachable; retrying",
+                    extra={"url": redact_url(self._url), "error": type(error).__name__},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _setup(self) -> None:
+        connection = await aio_pika.connect_robust(self._url, timeout=10)
+        self._connection = connection
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=self._prefetch)
+        dead_exchange = await channel.declare_exchange(
+            f"{self._prefix}.dead", aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        dead = await channel.declare_queue(
+            dead_queue_name(self._service, self._prefix), durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await dead.bind(dead_exchange, routing_key=self._service)
+        queue = await channel.declare_queue(
+            queue_name(self._service, self._prefix),
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-single-active-consumer": True,
+                "x-dead-letter-exchange": f"{self._prefix}.dead",
+                "x-dead-letter-routing-key": self._service,
+            },
+        )
+        for event_type in self._consumer.event_types:
+            exchange = await channel.declare_exchange(
+                exchange_name(event_type, self._prefix), aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            await queue.bind(exchange, routing_key=event_type)
+        work = self._work
+        assert work is not None
+        # aio-pika runs callbacks as concurrent tasks; one worker keeps the queue's order.
+        await queue.consume(work.put)
+        self.ready.set()
+        _log.info("consuming", extra={"queue": queue.name, "event_types": self._consumer.event_types})
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        envelope = EventEnvelope.FromString(message.body)
+        loop = asyncio.get_running_loop()
+        for attempt in range(1, self._attempts + 1):
+            try:
+                await loop.run_in_executor(None, self._consumer.apply, envelope)
+            except Exception as error:  # noqa: BLE001 - retried here, then dead-lettered below
+                _log.warning(
+                    "event handler failed",
+                    extra={"event_id": envelope.id, "attempt": attempt, "error": type(error).__name__},
+                )
+                if attempt < self._attempts:
+                    await asyncio.sleep(self._retry_delay * 2 ** (attempt - 1))
+                continue
+            await message.ack()
+            return
+        await message.reject(requeue=False)  # to <prefix>.<service>.dead, without blocking later events
+
+    async def _worker(self) -> None:
+        work = self._work
+        assert work is not None
+        while True:
+            message = await work.get()
+            try:
+                await self._handle(message)
+            except Exception:  # noqa: BLE001 - e.g. an ack on a channel lost meanwhile: redelivered later
+                _log.exception("event not acknowledged; the broker will redeliver it")
+
+    def start(self) -> None:
+        self._loop = _LoopThread(f"bus-broker-{self._service}")
+
+        async def begin() -> None:
+            self._work = asyncio.Queue()
+            self._tasks = [asyncio.create_task(self._worker()), asyncio.create_task(self._connect_forever())]
+
+        self._loop.run(begin(), 5)
+        if not self.ready.wait(self._connect_wait):
+            _log.warning("not consuming yet; still connecting in the background")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._loop is None:
+            return
+
+        async def end() -> None:
+            for task in self._tasks:
+                task.cancel()
+            if self._connection is not None:
+                await self._connection.close()
+
+        try:
+            self._loop.run(end(), timeout)
+        except Exception:  # noqa: BLE001 - shutting down: the broker may be gone already
+            _log.debug("broker consumer closed uncleanly")
+        self._loop.close()
+
+
+def redrive_dead_queue(url: str, service: str, *, prefix: str = "poly", limit: int = 10_000) -> int:
+    """Move every message of the service's dead-letter queue back to its queue; returns how many."""
+
+    async def move() -> int:
+        connection = await aio_pika.connect(url, timeout=10)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            dead = await channel.declare_queue(
+                dead_queue_name(service, prefix), durable=True, arguments={"x-queue-type": "quorum"}
+            )
+            moved = 0
+            while moved < limit:
+                message = await dead.get(fail=False, no_ack=False, timeout=10)
+                if message is None:
+                    break
+                await channel.default_exchange.publish(
+                    aio_pika.Message(
+                        body=message.body,
+                        message_id=message.message_id,
+                        type=message.type,
+                        content_type=message.content_type,
+                        headers=dict(message.headers or {}),
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    ),
+                    routing_key=queue_name(service, prefix),
+                )
+                await message.ack()
+                moved += 1
+            return moved
+
+    return asyncio.run(move())
