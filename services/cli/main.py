@@ -83,7 +83,12 @@ def _bus(action: str, service: str, events: list[str] | None) -> int:
         return 2
     tables = bus.bus_tables(MetaData())
     try:
-        return _bus_action(action, engine, tables, events)
+        status = _bus_action(action, engine, tables, events)
+        if action == "redrive" and settings.bus.url and not events:
+            moved = bus.redrive_dead_queue(settings.bus.url, service, prefix=settings.bus.prefix)
+            dead_queue = bus.dead_queue_name(service, settings.bus.prefix)
+            print(f"moved {moved} message(s) from {dead_queue} back to its queue")
+        return status
     except SQLAlchemyError as error:
         print(
             f"poly bus: cannot read the {service} outbox ({type(error).__name__}); "

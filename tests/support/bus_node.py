@@ -88,12 +88,13 @@ def main(role: str) -> None:
     peer = "payments" if role == "publisher" else "orders"
     channels = clients.Channels(settings, services={peer: [bus.EVENT_SINK]})
     background: list[object] = []
+    broker = bus.BrokerTransport(settings.bus.url, prefix=settings.bus.prefix) if settings.bus.url else None
     if role == "publisher":
         consumer = bus.Consumer(factory, tables, {})
         relay = bus.Relay(
             engine,
             tables,
-            _CrashingTransport(bus.EmbeddedTransport(channels)),
+            _CrashingTransport(broker or bus.EmbeddedTransport(channels)),
             settings=bus.RelaySettings(
                 max_attempts=settings.bus.max_attempts,
                 base_delay=0.05,
@@ -106,12 +107,26 @@ def main(role: str) -> None:
         background.append(relay)
     else:
         consumer = _CrashingConsumer(factory, tables, {OrderCreated: _handler(record_effect(effects))})
-        background.append(bus.Subscriber(channels, [peer], consumer.event_types, initial_wait=0))
+        if settings.bus.url:
+            background.append(
+                bus.BrokerConsumer(
+                    settings.bus.url,
+                    service,
+                    consumer,
+                    prefix=settings.bus.prefix,
+                    attempts=settings.bus.max_attempts,
+                    retry_delay=0.05,
+                )
+            )
+        else:
+            background.append(bus.Subscriber(channels, [peer], consumer.event_types, initial_wait=0))
     sink = bus.EventSinkServicer(consumer, factory, tables, services=config.SERVICES)
     try:
         server.serve(settings, [bus.sink_registration(sink)], background=background)  # type: ignore[list-item]
     finally:
         channels.close()
+        if broker is not None:
+            broker.close()
         engine.dispose()
 
 

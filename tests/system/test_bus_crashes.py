@@ -9,13 +9,16 @@ made, and then counts the effects in the consumer's database.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aio_pika
 import pytest
 from sqlalchemy import Engine, MetaData, func, select
 
@@ -74,8 +77,30 @@ def urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
     return make(), make()
 
 
+@pytest.fixture(params=["embedded", "rabbitmq"])
+def transport(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The POLY_BUS_* settings of one transport; a RabbitMQ namespace is deleted afterwards."""
+    if request.param == "embedded":
+        yield {}
+        return
+    url = request.getfixturevalue("amqp_url")
+    prefix = f"polytest-{uuid.uuid4().hex[:10]}"
+    yield {"POLY_BUS_URL": url, "POLY_BUS_PREFIX": prefix}
+
+    async def clean() -> None:
+        connection = await aio_pika.connect(url, timeout=10)
+        async with connection:
+            channel = await connection.channel()
+            for queue in (bus.queue_name("payments", prefix), bus.dead_queue_name("payments", prefix)):
+                await channel.queue_delete(queue)
+            for exchange in (f"{prefix}.events.order", f"{prefix}.dead"):
+                await channel.exchange_delete(exchange)
+
+    asyncio.run(clean())
+
+
 @pytest.fixture
-def nodes(tmp_path: Path, urls: tuple[str, str]) -> Iterator[Nodes]:
+def nodes(tmp_path: Path, urls: tuple[str, str], transport: dict[str, str]) -> Iterator[Nodes]:
     tls.ensure_certificates(tmp_path / "certs", config.COMPONENTS)
     environ = {
         "POLY_HOME": str(tmp_path),
@@ -86,6 +111,7 @@ def nodes(tmp_path: Path, urls: tuple[str, str]) -> Iterator[Nodes]:
         "POLY_BUS_LEASE_SECONDS": "1",
         "POLY_BUS_MAX_ATTEMPTS": "1000",
         "POLY_GRACE_SECONDS": "2",
+        **transport,
     }
     environ["POLY_ORDERS_ADDRESS"] = f"localhost:{environ['POLY_ORDERS_PORT']}"
     environ["POLY_PAYMENTS_ADDRESS"] = f"localhost:{environ['POLY_PAYMENTS_PORT']}"
@@ -100,6 +126,26 @@ def _engine(url: str) -> Engine:
     return db.engine(DatabaseSettings(url=url))
 
 
+def _outbox_when_ready(
+    nodes: Nodes, orders_engine: Engine, tables: bus.BusTables, window: str | None
+) -> bus.Outbox:
+    """An outbox for the test to publish with, once the consumer can receive what it publishes."""
+
+    def subscriptions() -> int | None:
+        try:
+            with orders_engine.connect() as connection:
+                return int(connection.scalar(select(func.count()).select_from(tables.subscription)) or 0)
+        except Exception:  # the publisher has not created its tables yet
+            return None
+
+    if "POLY_BUS_URL" in nodes.environ:
+        consumer = nodes.processes["consumer"]
+        _wait(lambda: subscriptions() is not None and '"consuming"' in consumer.output(), nodes, window, 60)
+        return bus.Outbox(tables, source="orders", routing=bus.broker_routing())
+    _wait(lambda: bool(subscriptions()), nodes, window, timeout=60)
+    return bus.Outbox(tables, source="orders", routing=bus.subscriber_routing(tables))
+
+
 def test_a_thousand_events_have_their_effect_exactly_once_in_order_through_sigkills(
     nodes: Nodes, urls: tuple[str, str]
 ) -> None:
@@ -110,16 +156,7 @@ def test_a_thousand_events_have_their_effect_exactly_once_in_order_through_sigki
     tables = bus.bus_tables(orders_metadata)
     orders_engine, payments_engine = _engine(urls[0]), _engine(urls[1])
     try:
-
-        def subscribed() -> bool:
-            try:
-                with orders_engine.connect() as connection:
-                    return bool(connection.scalar(select(func.count()).select_from(tables.subscription)))
-            except Exception:  # the publisher has not created its tables yet
-                return False
-
-        _wait(subscribed, nodes, window, timeout=60)
-        outbox = bus.Outbox(tables, source="orders", routing=bus.subscriber_routing(tables))
+        outbox = _outbox_when_ready(nodes, orders_engine, tables, window)
         factory = db.session_factory(orders_engine)
         rng = random.Random(1)
         published: dict[str, list[str]] = {}
@@ -169,6 +206,7 @@ def _poly(environ: dict[str, str], *args: str) -> str:
     return result.stdout
 
 
+@pytest.mark.parametrize("transport", ["embedded"], indirect=True)  # the broker's dead letters: test_broker
 def test_a_poison_event_is_dead_lettered_without_blocking_and_poly_bus_redrive_delivers_it_once_fixed(
     nodes: Nodes, urls: tuple[str, str]
 ) -> None:
@@ -179,16 +217,7 @@ def test_a_poison_event_is_dead_lettered_without_blocking_and_poly_bus_redrive_d
     tables = bus.bus_tables(MetaData())
     orders_engine, payments_engine = _engine(urls[0]), _engine(urls[1])
     try:
-
-        def subscribed() -> bool:
-            try:
-                with orders_engine.connect() as connection:
-                    return bool(connection.scalar(select(func.count()).select_from(tables.subscription)))
-            except Exception:  # the publisher has not created its tables yet
-                return False
-
-        _wait(subscribed, nodes, None, timeout=60)
-        outbox = bus.Outbox(tables, source="orders", routing=bus.subscriber_routing(tables))
+        outbox = _outbox_when_ready(nodes, orders_engine, tables, None)
         with db.transaction(db.session_factory(orders_engine)) as session:
             poison = outbox.publish(session, OrderCreated(order=poison_order), aggregate_id="orders/P")
             later = [
