@@ -51,6 +51,7 @@ breaking: install  ## buf breaking against the previous commit
 bench: install  ## bench/kit.py: server-model measurements (numbers, not pass/fail)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(PY) bench/kit.py
+	$(PY) bench/bus.py
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -89,19 +89,23 @@ class BrokerTransport:
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
+        self._setup: asyncio.Lock | None = None
 
     async def _exchange(self, event_type: str) -> AbstractExchange:
-        if self._connection is None:
-            self._connection = await aio_pika.connect_robust(self._url, timeout=self._timeout)
-        if self._channel is None or self._channel.is_closed:
-            self._channel = await self._connection.channel(publisher_confirms=True)
-            self._exchanges.clear()
         name = exchange_name(event_type, self._prefix)
-        if name not in self._exchanges:
-            self._exchanges[name] = await self._channel.declare_exchange(
-                name, aio_pika.ExchangeType.TOPIC, durable=True, timeout=self._timeout
-            )
-        return self._exchanges[name]
+        if self._setup is None:
+            self._setup = asyncio.Lock()  # created on the loop's own thread
+        async with self._setup:  # concurrent sends share one connection, channel and declaration
+            if self._connection is None:
+                self._connection = await aio_pika.connect_robust(self._url, timeout=self._timeout)
+            if self._channel is None or self._channel.is_closed:
+                self._channel = await self._connection.channel(publisher_confirms=True)
+                self._exchanges.clear()
+            if name not in self._exchanges:
+                self._exchanges[name] = await self._channel.declare_exchange(
+                    name, aio_pika.ExchangeType.TOPIC, durable=True, timeout=self._timeout
+                )
+            return self._exchanges[name]
 
     async def _publish(self, envelope: EventEnvelope) -> None:
         exchange = await self._exchange(envelope.type)

@@ -16,10 +16,11 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, and_, exists, or_, select, update
+from sqlalchemy import Connection, Engine, and_, exists, or_, select, update
 from sqlalchemy.orm import aliased
 
 from poly.events.v1.events_pb2 import EventEnvelope
@@ -43,6 +44,23 @@ class RelaySettings:
     """How long a claimed delivery is reserved; a relay that dies frees it when this ends."""
     idle_poll: float = 0.5
     """Longest wait between rounds when there is nothing to do and no wake-up comes."""
+    concurrency: int = 16
+    """Sends in flight at once within a round (each to a different aggregate or route)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    position: int
+    route: str
+    event_type: str
+    error: str | None
+
+
+def _by_route(rows: Iterable[tuple[int, str]]) -> dict[str, list[int]]:
+    grouped: dict[str, list[int]] = {}
+    for position, route in rows:
+        grouped.setdefault(route, []).append(position)
+    return grouped
 
 
 def backoff_seconds(attempts: int, settings: RelaySettings, *, rng: random.Random | None = None) -> float:
@@ -73,6 +91,7 @@ class Relay:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     # -- one round -------------------------------------------------------------------
 
@@ -104,13 +123,13 @@ class Relay:
             if not candidates:
                 return token, []
             lease_until = now + dt.timedelta(seconds=self._settings.lease_seconds)
-            for position, route in candidates:
+            for route, positions in _by_route((int(p), str(r)) for p, r in candidates).items():
                 # The guard re-checks the lease: on SQLite another relay may have won the row.
                 connection.execute(
                     update(d)
                     .where(
-                        d.c.position == position,
                         d.c.route == route,
+                        d.c.position.in_(positions),
                         d.c.state == PENDING,
                         or_(d.c.lease_until.is_(None), d.c.lease_until < now),
                     )
@@ -125,66 +144,76 @@ class Relay:
             ).all()
         return token, [(int(p), str(r), bytes(e)) for p, r, e in claimed]
 
-    def _record(self, token: str, position: int, route: str, error: str | None, event_type: str) -> None:
+    def _record(self, token: str, outcomes: list[_Outcome]) -> None:
+        """Write a round's outcomes in one transaction (only rows this claim still holds)."""
         d = self._tables.delivery
         now = self._clock()
-        mine = and_(d.c.position == position, d.c.route == route, d.c.lease_owner == token)
         with self._engine.begin() as connection:
-            if error is None:
+            delivered = [(o.position, o.route) for o in outcomes if o.error is None]
+            for route, positions in _by_route(delivered).items():
                 connection.execute(
                     update(d)
-                    .where(mine)
+                    .where(d.c.route == route, d.c.position.in_(positions), d.c.lease_owner == token)
                     .values(
                         state=DELIVERED, delivered_at=now, lease_owner=None, lease_until=None, last_error=None
                     )
                 )
-                self.metrics.add("delivered", event_type)
-                return
-            attempts = int(connection.scalar(select(d.c.attempts).where(mine)) or 0) + 1
-            if attempts >= self._settings.max_attempts:
-                connection.execute(
-                    update(d)
-                    .where(mine)
-                    .values(
-                        state=DEAD,
-                        attempts=attempts,
-                        lease_owner=None,
-                        lease_until=None,
-                        last_error=error[:500],
-                    )
-                )
-                self.metrics.add("dead_lettered", event_type)
-                _log.warning(
-                    "event dead-lettered",
-                    extra={"route": route, "position": position, "event_type": event_type, "error": error},
-                )
-                return
-            delay = backoff_seconds(attempts, self._settings)
-            connection.execute(
-                update(d)
-                .where(mine)
-                .values(
-                    attempts=attempts,
-                    next_attempt_at=now + dt.timedelta(seconds=delay),
-                    lease_owner=None,
-                    lease_until=None,
-                    last_error=error[:500],
-                )
+            for outcome in outcomes:
+                if outcome.error is None:
+                    self.metrics.add("delivered", outcome.event_type)
+                else:
+                    self._record_failure(connection, token, outcome, now)
+
+    def _record_failure(
+        self, connection: Connection, token: str, outcome: _Outcome, now: dt.datetime
+    ) -> None:
+        d = self._tables.delivery
+        error = (outcome.error or "")[:500]
+        mine = and_(d.c.position == outcome.position, d.c.route == outcome.route, d.c.lease_owner == token)
+        attempts = int(connection.scalar(select(d.c.attempts).where(mine)) or 0) + 1
+        released = {"attempts": attempts, "lease_owner": None, "lease_until": None, "last_error": error}
+        if attempts >= self._settings.max_attempts:
+            connection.execute(update(d).where(mine).values(state=DEAD, **released))
+            self.metrics.add("dead_lettered", outcome.event_type)
+            _log.warning(
+                "event dead-lettered",
+                extra={
+                    "route": outcome.route,
+                    "position": outcome.position,
+                    "event_type": outcome.event_type,
+                    "error": error,
+                },
             )
-            self.metrics.add("retried", event_type)
+            return
+        delay = dt.timedelta(seconds=backoff_seconds(attempts, self._settings))
+        connection.execute(update(d).where(mine).values(next_attempt_at=now + delay, **released))
+        self.metrics.add("retried", outcome.event_type)
+
+    def _send(self, position: int, route: str, raw: bytes) -> _Outcome:
+        envelope = EventEnvelope.FromString(raw)
+        envelope.sequence = position
+        try:
+            self._transport.send(route, envelope)
+        except DeliveryError as failure:
+            return _Outcome(position, route, envelope.type, str(failure))
+        return _Outcome(position, route, envelope.type, None)
 
     def run_once(self) -> int:
-        """One round: claim, send, record. Returns how many deliveries were attempted."""
+        """One round: claim, send, record. Returns how many deliveries were attempted.
+
+        A claim holds at most one delivery per aggregate and route, so its sends can run
+        concurrently without reordering any aggregate's events.
+        """
         token, claimed = self._claim()
-        for position, route, raw in claimed:
-            envelope = EventEnvelope.FromString(raw)
-            envelope.sequence = position
-            try:
-                self._transport.send(route, envelope)
-            except DeliveryError as failure:
-                self._record(token, position, route, str(failure), envelope.type)
-            else:
-                self._record(token, position, route, None, envelope.type)
+        if not claimed:
+            return 0
+        if len(claimed) == 1 or self._settings.concurrency == 1:
+            outcomes = [self._send(*item) for item in claimed]
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._settings.concurrency, thread_name_prefix="bus-send")
+            outcomes = list(self._pool.map(lambda item: self._send(*item), claimed))
+        self._record(token, outcomes)
         return len(claimed)
 
     # -- the background thread ---------------------------------------------------------
@@ -213,3 +242,5 @@ class Relay:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
