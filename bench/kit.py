@@ -125,8 +125,14 @@ MAX_COMMANDS = 1_000
 MAX_READS = 100_000
 MAX_CALLS_PER_WORKER = 10_000_000
 
-PROBE = {"threadpool_vs_aio_rps": 1.8, "uvloop_gain": 0.15, "async_orm_vs_nodb": 0.30,
-         "async_core_vs_nodb": 0.41, "cpu_us_threadpool": 141.0, "cpu_us_aio": 285.0}
+PROBE = {
+    "threadpool_vs_aio_rps": 1.8,
+    "uvloop_gain": 0.15,
+    "async_orm_vs_nodb": 0.30,
+    "async_core_vs_nodb": 0.41,
+    "cpu_us_threadpool": 141.0,
+    "cpu_us_aio": 285.0,
+}
 
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per channel
 SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
@@ -168,8 +174,13 @@ def create_database(path: Path) -> None:
     epoch = datetime(2024, 1, 1)
     with Session(engine) as session:
         session.add_all(
-            Account(id=i, name=f"user-{i:04d}", email=f"user{i}@example.test",
-                    balance_cents=rng.randint(0, 10**7), created_at=epoch + timedelta(minutes=i))
+            Account(
+                id=i,
+                name=f"user-{i:04d}",
+                email=f"user{i}@example.test",
+                balance_cents=rng.randint(0, 10**7),
+                created_at=epoch + timedelta(minutes=i),
+            )
             for i in range(1, ROWS + 1)
         )
         session.commit()
@@ -256,11 +267,15 @@ def register(server: Any, call: Callable[..., Any], hold: Callable[..., Any]) ->
     """Register handlers as protoc-generated ``add_*Servicer_to_server`` does."""
     handlers = {
         "Call": grpc.unary_unary_rpc_method_handler(
-            call, request_deserializer=StringValue.FromString,
-            response_serializer=StringValue.SerializeToString),
+            call,
+            request_deserializer=StringValue.FromString,
+            response_serializer=StringValue.SerializeToString,
+        ),
         "Hold": grpc.unary_stream_rpc_method_handler(
-            hold, request_deserializer=StringValue.FromString,
-            response_serializer=StringValue.SerializeToString),
+            hold,
+            request_deserializer=StringValue.FromString,
+            response_serializer=StringValue.SerializeToString,
+        ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)
@@ -309,8 +324,12 @@ def sync_call_handler(db: DbMode, engine: sa.Engine | None) -> Callable[..., Str
 def run_threadpool_server(cfg: ServerConfig) -> None:
     engine = None
     if cfg.db != "none":
-        engine = sa.create_engine(f"sqlite+pysqlite:///{cfg.db_path}", pool_size=POOL_SIZE,
-                                  max_overflow=0, connect_args={"check_same_thread": False})
+        engine = sa.create_engine(
+            f"sqlite+pysqlite:///{cfg.db_path}",
+            pool_size=POOL_SIZE,
+            max_overflow=0,
+            connect_args={"check_same_thread": False},
+        )
     held = Gauge()
 
     def hold(request: StringValue, context: grpc.ServicerContext) -> Iterator[StringValue]:
@@ -338,8 +357,9 @@ def run_threadpool_server(cfg: ServerConfig) -> None:
             elif command == "stop":
                 grace, held_at_stop, started = float(arg or 0), held.value, time.monotonic()
                 returned = server.stop(grace).wait(grace + STOP_GRACE_S)
-                emit("stopped", returned=returned, stop_s=time.monotonic() - started,
-                     held_at_stop=held_at_stop)
+                emit(
+                    "stopped", returned=returned, stop_s=time.monotonic() - started, held_at_stop=held_at_stop
+                )
                 return
     finally:
         server.stop(0)
@@ -369,8 +389,9 @@ def async_call_handler(db: DbMode, engine: AsyncEngine | None) -> Callable[..., 
 async def run_aio_server(cfg: ServerConfig) -> None:
     engine = None
     if cfg.db != "none":
-        engine = create_async_engine(f"sqlite+aiosqlite:///{cfg.db_path}",
-                                     pool_size=POOL_SIZE, max_overflow=0)
+        engine = create_async_engine(
+            f"sqlite+aiosqlite:///{cfg.db_path}", pool_size=POOL_SIZE, max_overflow=0
+        )
     held = 0
 
     async def hold(request: StringValue, context: grpc.aio.ServicerContext) -> None:
@@ -401,8 +422,9 @@ async def run_aio_server(cfg: ServerConfig) -> None:
                     returned = True
                 except TimeoutError:
                     returned = False
-                emit("stopped", returned=returned, stop_s=time.monotonic() - started,
-                     held_at_stop=held_at_stop)
+                emit(
+                    "stopped", returned=returned, stop_s=time.monotonic() - started, held_at_stop=held_at_stop
+                )
                 return
     finally:
         await server.stop(0)
@@ -433,10 +455,8 @@ class LoadConfig:
 
 async def run_load(cfg: LoadConfig) -> None:
     rng = random.Random(cfg.seed)
-    payloads = [StringValue(value=str(rng.randint(1, ROWS))).SerializeToString()
-                for _ in range(4096)]
-    channels = [grpc.aio.insecure_channel(cfg.target, options=CHANNEL_OPTIONS)
-                for _ in range(cfg.channels)]
+    payloads = [StringValue(value=str(rng.randint(1, ROWS))).SerializeToString() for _ in range(4096)]
+    channels = [grpc.aio.insecure_channel(cfg.target, options=CHANNEL_OPTIONS) for _ in range(cfg.channels)]
     try:
         for channel in channels:
             await asyncio.wait_for(channel.channel_ready(), STARTUP_TIMEOUT_S)
@@ -459,8 +479,9 @@ async def run_load(cfg: LoadConfig) -> None:
                 if begin >= t_end:
                     return
                 try:
-                    await stub(payloads[(index + n * cfg.concurrency) % len(payloads)],
-                               timeout=CALL_TIMEOUT_S)
+                    await stub(
+                        payloads[(index + n * cfg.concurrency) % len(payloads)], timeout=CALL_TIMEOUT_S
+                    )
                 except grpc.aio.AioRpcError:
                     tally["errors"] += 1
                     continue
@@ -492,8 +513,7 @@ class HoldConfig:
 
 
 async def run_hold(cfg: HoldConfig) -> None:
-    channels = [grpc.aio.insecure_channel(cfg.target, options=CHANNEL_OPTIONS)
-                for _ in range(cfg.channels)]
+    channels = [grpc.aio.insecure_channel(cfg.target, options=CHANNEL_OPTIONS) for _ in range(cfg.channels)]
     try:
         for channel in channels:
             await asyncio.wait_for(channel.channel_ready(), STARTUP_TIMEOUT_S)
@@ -525,7 +545,9 @@ def hold_main(raw: dict[str, Any]) -> None:
 
 
 CHILD_ROLES: dict[str, Callable[[dict[str, Any]], None]] = {
-    "_server": server_main, "_load": load_main, "_hold": hold_main,
+    "_server": server_main,
+    "_load": load_main,
+    "_hold": hold_main,
 }
 PR_SET_PDEATHSIG = 1
 
@@ -542,13 +564,22 @@ def become_child(cpu: int, parent_pid: int) -> None:
 
 # --- orchestrator: processes -------------------------------------------------------------
 
+
 class Child:
     def __init__(self, name: str, role: str, config: Any, cpu: int) -> None:
         self.name = name
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), role, str(cpu), str(os.getpid()),
-             json.dumps(asdict(config))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                role,
+                str(cpu),
+                str(os.getpid()),
+                json.dumps(asdict(config)),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
             start_new_session=True,  # Ctrl-C reaches only the orchestrator, which cleans up
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -565,8 +596,9 @@ class Child:
     def expect(self, event: str, timeout: float) -> dict[str, Any]:
         line = self._out.read_line(time.monotonic() + timeout)
         if line is None:
-            raise BenchError(f"{self.name}: no {event!r} within {timeout:.0f}s "
-                             f"(exit code {self.proc.poll()})")
+            raise BenchError(
+                f"{self.name}: no {event!r} within {timeout:.0f}s (exit code {self.proc.poll()})"
+            )
         message: dict[str, Any] = json.loads(line)
         if message.get("event") != event:
             raise BenchError(f"{self.name}: expected {event!r}, got {line[:200]}")
@@ -699,11 +731,15 @@ def stop_server(server: Child, grace: float) -> dict[str, Any]:
 
 def measure_unary(children: Children, server: Child, target: str, opts: Options) -> Window:
     """Drive CONCURRENCY calls in flight against `target` and measure one window."""
-    shares = [CONCURRENCY // opts.load_procs + (i < CONCURRENCY % opts.load_procs)
-              for i in range(opts.load_procs)]
-    clients = [children.spawn(f"load{i}", "_load",
-                              LoadConfig(target, share, LOAD_CHANNELS, seed=i), children.load_cpu)
-               for i, share in enumerate(shares)]
+    shares = [
+        CONCURRENCY // opts.load_procs + (i < CONCURRENCY % opts.load_procs) for i in range(opts.load_procs)
+    ]
+    clients = [
+        children.spawn(
+            f"load{i}", "_load", LoadConfig(target, share, LOAD_CHANNELS, seed=i), children.load_cpu
+        )
+        for i, share in enumerate(shares)
+    ]
     for client in clients:
         client.expect("ready", STARTUP_TIMEOUT_S)
     t_start = time.monotonic() + opts.warmup
@@ -763,8 +799,9 @@ SCENARIOS = (
 
 def run_scenario(children: Children, sc: Scenario, db_path: str, opts: Options) -> dict[str, Any]:
     workers = THREADPOOL_WORKERS if sc.model == "threadpool" else 0
-    server, target = start_server(children, f"server-{sc.key}",
-                                  ServerConfig(sc.model, sc.db, db_path, workers))
+    server, target = start_server(
+        children, f"server-{sc.key}", ServerConfig(sc.model, sc.db, db_path, workers)
+    )
     window = measure_unary(children, server, target, opts)
     pinned = all_threads_pinned(server.pid, children.server_cpu)
     stop_server(server, grace=0)
@@ -787,8 +824,9 @@ def run_streaming(children: Children, model: ServerModel, opts: Options) -> dict
     server, target = start_server(children, f"stream-{model}", ServerConfig(model, "none", "", workers))
     idle = measure_unary(children, server, target, opts)
     idle_rss, idle_threads = proc_memory(server.pid)  # after unary load, before any stream
-    holder = children.spawn(f"holder-{model}", "_hold",
-                            HoldConfig(target, STREAMS, HOLD_CHANNELS), children.load_cpu)
+    holder = children.spawn(
+        f"holder-{model}", "_hold", HoldConfig(target, STREAMS, HOLD_CHANNELS), children.load_cpu
+    )
     opened = holder.expect("open", OPEN_TIMEOUT_S + STARTUP_TIMEOUT_S)
     server.send("stats")
     held_streams = server.expect("stats", STARTUP_TIMEOUT_S)["held_streams"]
@@ -809,15 +847,25 @@ def run_streaming(children: Children, model: ServerModel, opts: Options) -> dict
     drain_s = time.monotonic() - cancelled_at
     stopped = stop_server(server, grace=STOP_GRACE_S)
     return {
-        "model": model, "workers": workers or None, "streams": STREAMS,
-        "first_messages": opened["first_messages"], "open_s": opened["open_s"],
+        "model": model,
+        "workers": workers or None,
+        "streams": STREAMS,
+        "first_messages": opened["first_messages"],
+        "open_s": opened["open_s"],
         "held_on_server": held_streams,
-        "idle_rps": idle.rps, "held_rps": held.rps, "held_vs_idle": held.rps / idle.rps,
-        "held_p99_ms": held.p99_ms, "held_server_util": held.server_util,
-        "rss_mb_idle": idle_rss, "rss_mb_held": max(held_rss, peak_rss),
-        "threads_idle": idle_threads, "threads_held": max(held_threads, peak_threads),
-        "held_after_cancel": remaining, "drain_s": drain_s,
-        "stop_returned": stopped["returned"], "stop_s": stopped["stop_s"],
+        "idle_rps": idle.rps,
+        "held_rps": held.rps,
+        "held_vs_idle": held.rps / idle.rps,
+        "held_p99_ms": held.p99_ms,
+        "held_server_util": held.server_util,
+        "rss_mb_idle": idle_rss,
+        "rss_mb_held": max(held_rss, peak_rss),
+        "threads_idle": idle_threads,
+        "threads_held": max(held_threads, peak_threads),
+        "held_after_cancel": remaining,
+        "drain_s": drain_s,
+        "stop_returned": stopped["returned"],
+        "stop_s": stopped["stop_s"],
         "exit_code": stopped["exit_code"],
     }
 
@@ -827,21 +875,31 @@ def run_streaming(children: Children, model: ServerModel, opts: Options) -> dict
 
 def scenario_table(rows: list[dict[str, Any]]) -> str:
     base = rows[0]["rps"]
-    lines = [("| scenario | rps | ratio to (a) | p50 ms | p99 ms | server CPU µs/req "
-              "| server CPU util | load-gen CPU util | other load on server core |"),
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        (
+            "| scenario | rps | ratio to (a) | p50 ms | p99 ms | server CPU µs/req "
+            "| server CPU util | load-gen CPU util | other load on server core |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| ({r['key']}) {r['title']} | {r['rps']:,.0f} | {r['rps'] / base:.2f}x "
-                     f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['cpu_us_per_req']:.0f} "
-                     f"| {r['server_util']:.0%} | {r['loadgen_util']:.0%} | {r['other_load']:.0%} |")
+        lines.append(
+            f"| ({r['key']}) {r['title']} | {r['rps']:,.0f} | {r['rps'] / base:.2f}x "
+            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['cpu_us_per_req']:.0f} "
+            f"| {r['server_util']:.0%} | {r['loadgen_util']:.0%} | {r['other_load']:.0%} |"
+        )
     return "\n".join(lines)
 
 
 def streaming_table(rows: list[dict[str, Any]]) -> str:
-    lines = [("| server | first msg / streams | open s | unary rps idle → held (ratio) "
-              "| p99 ms held | RSS MB idle → held | threads idle → held "
-              "| held after cancel | stop(grace=5) |"),
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        (
+            "| server | first msg / streams | open s | unary rps idle → held (ratio) "
+            "| p99 ms held | RSS MB idle → held | threads idle → held "
+            "| held after cancel | stop(grace=5) |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         name = f"thread-pool (max_workers={r['workers']})" if r["model"] == "threadpool" else "grpc.aio"
         stop = f"returned in {r['stop_s']:.2f} s" if r["stop_returned"] else "DID NOT RETURN"
@@ -849,7 +907,8 @@ def streaming_table(rows: list[dict[str, Any]]) -> str:
             f"| {name} | {r['first_messages']:,} / {r['streams']:,} | {r['open_s']:.2f} "
             f"| {r['idle_rps']:,.0f} → {r['held_rps']:,.0f} ({r['held_vs_idle']:.2f}x) "
             f"| {r['held_p99_ms']:.2f} | {r['rss_mb_idle']:.0f} → {r['rss_mb_held']:.0f} "
-            f"| {r['threads_idle']} → {r['threads_held']} | {r['held_after_cancel']} | {stop} |")
+            f"| {r['threads_idle']} → {r['threads_held']} | {r['held_after_cancel']} | {stop} |"
+        )
     return "\n".join(lines)
 
 
@@ -870,8 +929,10 @@ def saturation_check(rows: dict[str, dict[str, Any]]) -> str:
     text = {
         "client": "the load generator was the limit, so compare CPU µs/req there",
         "contended": "other processes took part of the server's core (lowers rps, not CPU µs/req)",
-        "waiting": ("neither the load generator nor other processes explain it: the server was "
-                    "waiting, or the VM was descheduled (lowers rps, not CPU µs/req)"),
+        "waiting": (
+            "neither the load generator nor other processes explain it: the server was "
+            "waiting, or the VM was descheduled (lowers rps, not CPU µs/req)"
+        ),
     }
     parts = [f"in ({', '.join(keys)}) {text[why]}" for why, keys in reasons.items() if keys]
     return "the server core was ≥90% busy in the other scenarios; " + "; ".join(parts)
@@ -896,10 +957,14 @@ def verdict(rows: dict[str, dict[str, Any]], streams: list[dict[str, Any]]) -> s
             f"{'thread-pool' if s['model'] == 'threadpool' else 'grpc.aio'} "
             f"{'held, served and drained' if ok else 'FAILED to hold or drain'} {s['streams']:,} "
             f"streams ({s['threads_held']} threads, {s['rss_mb_held']:.0f} MB RSS, unary rps "
-            f"{s['held_vs_idle']:.2f}x of idle)")
+            f"{s['held_vs_idle']:.2f}x of idle)"
+        )
     conclusion = "CONFIRMS" if cheaper else "does NOT confirm"
-    agreement = ("rps ratios agree" if faster else
-                 "rps ratios do not all agree, so rerun with --rounds 3 before relying on them")
+    agreement = (
+        "rps ratios agree"
+        if faster
+        else "rps ratios do not all agree, so rerun with --rounds 3 before relying on them"
+    )
     return (
         f"Thread-pool serves {rps('a') / rps('b'):.2f}x the unary rps of grpc.aio and "
         f"{rps('a') / rps('c'):.2f}x grpc.aio+uvloop, at {cpu('a'):.0f} vs {cpu('b'):.0f} µs server "
@@ -920,12 +985,23 @@ def verdict(rows: dict[str, dict[str, Any]], streams: list[dict[str, Any]]) -> s
 
 
 def machine_info() -> dict[str, Any]:
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"cpu": model, "cpus": os.cpu_count(), "python": platform.python_version(),
-            "grpcio": grpc.__version__, "sqlalchemy": sa.__version__,
-            "protobuf": protobuf_version, "uvloop": getattr(uvloop, "__version__", "?")}
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "sqlalchemy": sa.__version__,
+        "protobuf": protobuf_version,
+        "uvloop": getattr(uvloop, "__version__", "?"),
+    }
 
 
 # --- main --------------------------------------------------------------------------------
@@ -942,8 +1018,12 @@ def parse_args(argv: Sequence[str]) -> Options:
         return Options(seconds=1.0, warmup=0.5, rounds=1, load_procs=args.load_procs)
     if args.seconds <= 0 or not 1 <= args.rounds <= 10 or not 1 <= args.load_procs <= CONCURRENCY:
         parser.error("need --seconds > 0, 1 <= --rounds <= 10, 1 <= --load-procs <= 32")
-    return Options(seconds=args.seconds, warmup=min(1.5, max(0.5, args.seconds / 4)),
-                   rounds=args.rounds, load_procs=args.load_procs)
+    return Options(
+        seconds=args.seconds,
+        warmup=min(1.5, max(0.5, args.seconds / 4)),
+        rounds=args.rounds,
+        load_procs=args.load_procs,
+    )
 
 
 def run(opts: Options) -> int:
@@ -954,11 +1034,13 @@ def run(opts: Options) -> int:
     server_cpu, load_cpu = cpus[0], cpus[1]
     os.sched_setaffinity(0, {load_cpu})  # keep the orchestrator off the server's core
     began = time.monotonic()
-    print(f"server on CPU {server_cpu}, load generator on CPU {load_cpu}; {opts.seconds:g} s "
-          f"windows after {opts.warmup:g} s warm-up, {CONCURRENCY} calls in flight, "
-          f"{opts.rounds} round(s)", flush=True)
-    with tempfile.TemporaryDirectory(prefix="kit-bench-") as tmp, \
-            Children(server_cpu, load_cpu) as children:
+    print(
+        f"server on CPU {server_cpu}, load generator on CPU {load_cpu}; {opts.seconds:g} s "
+        f"windows after {opts.warmup:g} s warm-up, {CONCURRENCY} calls in flight, "
+        f"{opts.rounds} round(s)",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="kit-bench-") as tmp, Children(server_cpu, load_cpu) as children:
         db_path = Path(tmp) / "bench.sqlite3"
         create_database(db_path)
         runs: dict[str, list[dict[str, Any]]] = {sc.key: [] for sc in SCENARIOS}
@@ -966,9 +1048,11 @@ def run(opts: Options) -> int:
             for sc in SCENARIOS:
                 result = run_scenario(children, sc, str(db_path), opts)
                 runs[sc.key].append(result)
-                print(f"  round {round_no + 1} ({sc.key}) {result['rps']:,.0f} rps, "
-                      f"{result['cpu_us_per_req']:.0f} µs/req, util {result['server_util']:.0%}",
-                      flush=True)
+                print(
+                    f"  round {round_no + 1} ({sc.key}) {result['rps']:,.0f} rps, "
+                    f"{result['cpu_us_per_req']:.0f} µs/req, util {result['server_util']:.0%}",
+                    flush=True,
+                )
         rows = {key: median_of_rounds(results) for key, results in runs.items()}
         streams = []
         for model in ("threadpool", "aio"):
@@ -979,28 +1063,46 @@ def run(opts: Options) -> int:
     max_steal = max(r["steal_pct"] for r in ordered)
     print(f"\n## Unary scenarios ({CONCURRENCY} in flight, plaintext 127.0.0.1)\n")
     print(scenario_table(ordered))
-    print(f"\nServer CPU util = server process CPU time / window (≈100%: its core was saturated, "
-          f"so the load generator kept up). Other load = other processes' CPU on the server's core "
-          f"(this machine is shared: it lowers rps, not CPU µs/req). CPU steal on the server core: "
-          f"max {max_steal:.1f}%. All server threads pinned: "
-          f"{'yes' if all(r['pinned'] for r in ordered) else 'NO'}. mTLS is not included: its cost "
-          f"is a per-connection handshake, not per call.")
+    print(
+        f"\nServer CPU util = server process CPU time / window (≈100%: its core was saturated, "
+        f"so the load generator kept up). Other load = other processes' CPU on the server's core "
+        f"(this machine is shared: it lowers rps, not CPU µs/req). CPU steal on the server core: "
+        f"max {max_steal:.1f}%. All server threads pinned: "
+        f"{'yes' if all(r['pinned'] for r in ordered) else 'NO'}. mTLS is not included: its cost "
+        f"is a per-connection handshake, not per call."
+    )
     print(f"\n## Streaming: {STREAMS:,} held server-streaming calls\n")
     print(streaming_table(streams))
     print(f"\n## Verdict\n\n{text}")
     elapsed = time.monotonic() - began
     print(f"\n(wall time {elapsed:.0f} s; JSON in {RESULTS_PATH})")
     RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps({
-        "generated_at": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine_info(), "options": asdict(opts),
-        "settings": {"concurrency": CONCURRENCY, "load_channels": LOAD_CHANNELS,
-                     "threadpool_workers": THREADPOOL_WORKERS, "pool_size": POOL_SIZE,
-                     "rows": ROWS, "streams": STREAMS, "stream_workers": STREAM_WORKERS,
-                     "transport": "plaintext HTTP/2 on 127.0.0.1; mTLS not included"},
-        "probe": PROBE, "scenarios": ordered, "streaming": streams, "verdict": text,
-        "wall_s": elapsed,
-    }, indent=2) + "\n")
+    RESULTS_PATH.write_text(
+        json.dumps(
+            {
+                "generated_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+                "machine": machine_info(),
+                "options": asdict(opts),
+                "settings": {
+                    "concurrency": CONCURRENCY,
+                    "load_channels": LOAD_CHANNELS,
+                    "threadpool_workers": THREADPOOL_WORKERS,
+                    "pool_size": POOL_SIZE,
+                    "rows": ROWS,
+                    "streams": STREAMS,
+                    "stream_workers": STREAM_WORKERS,
+                    "transport": "plaintext HTTP/2 on 127.0.0.1; mTLS not included",
+                },
+                "probe": PROBE,
+                "scenarios": ordered,
+                "streaming": streams,
+                "verdict": text,
+                "wall_s": elapsed,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return 0
 
 
