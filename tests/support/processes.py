@@ -18,6 +18,19 @@ from services.kit.config import Settings
 from tests.support.env import PYTHON, ROOT, process_environ
 
 
+def run_module(module: str, environ: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m module`` to completion (at most 60 s) with a POLY_* environment."""
+    return subprocess.run(
+        [PYTHON, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=process_environ(environ),
+        cwd=ROOT,
+        check=False,
+    )
+
+
 class Process:
     """A child process whose combined output is collected line by line."""
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,9 +24,10 @@ from sqlalchemy import Engine, MetaData, func, select
 from poly.events.v1.events_pb2 import OrderCreated
 from services.kit import bus, config, db, tls
 from services.kit.config import DatabaseSettings
+from tests.support.broker import delete_namespace
 from tests.support.effects import effect_table
-from tests.support.env import PYTHON, ROOT, free_port, process_environ
-from tests.support.processes import Process
+from tests.support.env import free_port
+from tests.support.processes import Process, run_module
 
 EVENTS, AGGREGATES, PER_TRANSACTION = 1000, 10, 20
 CRASHING_STARTS = 6
@@ -86,17 +86,7 @@ def transport(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     url = request.getfixturevalue("amqp_url")
     prefix = f"polytest-{uuid.uuid4().hex[:10]}"
     yield {"POLY_BUS_URL": url, "POLY_BUS_PREFIX": prefix}
-
-    async def clean() -> None:
-        connection = await aio_pika.connect(url, timeout=10)
-        async with connection:
-            channel = await connection.channel()
-            for queue in (bus.queue_name("payments", prefix), bus.dead_queue_name("payments", prefix)):
-                await channel.queue_delete(queue)
-            for exchange in (f"{prefix}.events.order", f"{prefix}.dead"):
-                await channel.exchange_delete(exchange)
-
-    asyncio.run(clean())
+    delete_namespace(url, prefix)
 
 
 @pytest.fixture
@@ -217,15 +207,7 @@ def test_a_thousand_events_have_their_effect_exactly_once_in_order_through_sigki
 
 
 def _poly(environ: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [PYTHON, "-m", "services.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=process_environ(environ),
-        cwd=ROOT,
-        check=False,
-    )
+    result = run_module("services.cli", environ, *args)
     assert result.returncode == 0, result.stderr
     return result.stdout
 

@@ -6,24 +6,12 @@ import subprocess
 from pathlib import Path
 
 from services.kit import config
-from tests.support.env import PYTHON, ROOT, poly_environ, process_environ
+from tests.support.env import poly_environ
+from tests.support.processes import run_module
 
 
 def _poly(environ: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return _module("services.cli", environ, *args)
-
-
-def _module(module: str, environ: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m module`` to completion (bounded) with a POLY_* environment."""
-    return subprocess.run(
-        [PYTHON, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=process_environ(environ),
-        cwd=ROOT,
-        check=False,
-    )
+    return run_module("services.cli", environ, *args)
 
 
 def test_certs_writes_once_keeps_after_and_force_rotates_the_components(tmp_path: Path) -> None:
@@ -66,14 +54,14 @@ def test_a_bad_environment_is_refused_with_every_problem(tmp_path: Path) -> None
 
 def test_a_service_with_a_bad_environment_exits_2_without_a_traceback(tmp_path: Path) -> None:
     environ = poly_environ(tmp_path, POLY_ORDERS_PORT="http")
-    result = _module("services.orders", environ)
+    result = run_module("services.orders", environ)
     assert result.returncode == 2
     assert "POLY_ORDERS_PORT: expected an integer" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_a_service_without_certificates_exits_1_with_a_hint(tmp_path: Path) -> None:
-    result = _module("services.users", poly_environ(tmp_path))
+    result = run_module("services.users", poly_environ(tmp_path))
     assert result.returncode == 1
     assert "poly certs" in result.stderr
     assert "Traceback" not in result.stderr
@@ -82,7 +70,7 @@ def test_a_service_without_certificates_exits_1_with_a_hint(tmp_path: Path) -> N
 def test_a_service_whose_database_refuses_exits_1_with_one_line(tmp_path: Path) -> None:
     environ = poly_environ(tmp_path, POLY_USERS_DATABASE_URL="postgresql://poly:hunter2@127.0.0.1:1/users")
     assert _poly(environ, "certs").returncode == 0
-    result = _module("services.users", environ)
+    result = run_module("services.users", environ)
     assert result.returncode == 1
     assert "cannot open or migrate database" in result.stderr
     assert "hunter2" not in result.stderr and "Traceback" not in result.stderr

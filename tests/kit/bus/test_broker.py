@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterator
 
-import aio_pika
 import pytest
 from google.protobuf.message import Message
 from sqlalchemy.orm import Session
@@ -15,6 +13,7 @@ from sqlalchemy.orm import Session
 from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated
 from services.kit import bus
 from tests.kit.bus.conftest import BusDb, Clock, publish, record_effect
+from tests.support.broker import delete_namespace
 from tests.support.tcp_proxy import TcpProxy
 
 
@@ -23,17 +22,7 @@ def prefix(amqp_url: str) -> Iterator[str]:
     """A namespace of exchanges and queues of this test alone, deleted afterwards."""
     name = f"polytest-{uuid.uuid4().hex[:10]}"
     yield name
-
-    async def clean() -> None:
-        connection = await aio_pika.connect(amqp_url, timeout=10)
-        async with connection:
-            channel = await connection.channel()
-            for queue in (bus.queue_name("payments", name), bus.dead_queue_name("payments", name)):
-                await channel.queue_delete(queue)
-            for exchange in (f"{name}.events.order", f"{name}.dead"):
-                await channel.exchange_delete(exchange)
-
-    asyncio.run(clean())
+    delete_namespace(amqp_url, name)
 
 
 def _until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
