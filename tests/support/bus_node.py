@@ -88,18 +88,24 @@ def main(role: str) -> None:
     peer = "payments" if role == "publisher" else "orders"
     channels = clients.Channels(settings, services={peer: [bus.EVENT_SINK]})
     background: list[object] = []
-    broker = bus.BrokerTransport(settings.bus.url, prefix=settings.bus.prefix) if settings.bus.url else None
+    send_timeout = settings.bus.lease_seconds / 2
+    broker = (
+        bus.BrokerTransport(settings.bus.url, prefix=settings.bus.prefix, timeout=send_timeout - 0.5)
+        if settings.bus.url
+        else None
+    )
     if role == "publisher":
         consumer = bus.Consumer(factory, tables, {})
         relay = bus.Relay(
             engine,
             tables,
-            _CrashingTransport(broker or bus.EmbeddedTransport(channels)),
+            _CrashingTransport(broker or bus.EmbeddedTransport(channels, timeout=send_timeout)),
             settings=bus.RelaySettings(
                 max_attempts=settings.bus.max_attempts,
                 base_delay=0.05,
                 max_delay=0.5,
                 lease_seconds=settings.bus.lease_seconds,
+                send_timeout=send_timeout,
                 idle_poll=0.05,
             ),
             owner=f"publisher-{os.getpid()}",

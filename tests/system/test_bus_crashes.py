@@ -98,7 +98,7 @@ def nodes(tmp_path: Path, urls: tuple[str, str], transport: dict[str, str]) -> I
         "POLY_PAYMENTS_PORT": str(free_port()),
         "POLY_ORDERS_DATABASE_URL": urls[0],
         "POLY_PAYMENTS_DATABASE_URL": urls[1],
-        "POLY_BUS_LEASE_SECONDS": "1",
+        "POLY_BUS_LEASE_SECONDS": "3",
         "POLY_BUS_MAX_ATTEMPTS": "1000",
         "POLY_GRACE_SECONDS": "2",
         **transport,

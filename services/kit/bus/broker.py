@@ -19,6 +19,7 @@ service stays on the thread-pool model.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import threading
@@ -26,10 +27,12 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import aio_pika
+import aio_pika.exceptions
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
+from google.protobuf.message import DecodeError
 
 from poly.events.v1.events_pb2 import EventEnvelope
-from services.kit.bus.consumer import Consumer
+from services.kit.bus.consumer import Consumer, is_transient_database_error
 from services.kit.bus.transport import DeliveryError
 from services.kit.config import redact_url
 
@@ -99,7 +102,9 @@ class BrokerTransport:
             if self._connection is None:
                 self._connection = await aio_pika.connect_robust(self._url, timeout=self._timeout)
             if self._channel is None or self._channel.is_closed:
-                self._channel = await self._connection.channel(publisher_confirms=True)
+                # Returned (unroutable) messages raise: no queue is bound for the type yet, and
+                # a confirm alone would let the relay mark an event delivered that went nowhere.
+                self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
                 self._exchanges.clear()
             if name not in self._exchanges:
                 self._exchanges[name] = await self._channel.declare_exchange(
@@ -107,7 +112,25 @@ class BrokerTransport:
                 )
             return self._exchanges[name]
 
+    async def _reset(self) -> None:
+        """Drop the channel after a failure (on the loop, under the set-up lock)."""
+        if self._setup is None:
+            return
+        async with self._setup:
+            channel, self._channel = self._channel, None
+            self._exchanges.clear()
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
     async def _publish(self, envelope: EventEnvelope) -> None:
+        try:
+            await self._publish_once(envelope)
+        except BaseException:
+            await self._reset()
+            raise
+
+    async def _publish_once(self, envelope: EventEnvelope) -> None:
         exchange = await self._exchange(envelope.type)
         message = aio_pika.Message(
             body=envelope.SerializeToString(),
@@ -117,14 +140,19 @@ class BrokerTransport:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             headers={"aggregate_id": envelope.aggregate_id, "source": envelope.source},
         )
-        await exchange.publish(message, routing_key=envelope.type, mandatory=False, timeout=self._timeout)
+        await exchange.publish(message, routing_key=envelope.type, mandatory=True, timeout=self._timeout)
 
     def send(self, route: str, envelope: EventEnvelope) -> None:
         try:
             self._loop.run(self._publish(envelope), self._timeout + 1)
-        except Exception as error:  # noqa: BLE001 - any failure means "not confirmed": retry later
-            self._channel = None
-            raise DeliveryError(f"{route} {redact_url(self._url)}: {type(error).__name__}: {error}") from None
+        except aio_pika.exceptions.DeliveryError:
+            # Confirmed but unroutable: nobody consumes the type yet. Not transient: it counts
+            # towards dead-lettering, and `poly bus redrive` sends it once a consumer exists.
+            raise DeliveryError(f"{route}: no queue is bound for {envelope.type}") from None
+        except Exception as error:  # noqa: BLE001 - any other failure: the broker is away or slow
+            raise DeliveryError(
+                f"{route} {redact_url(self._url)}: {type(error).__name__}: {error}", transient=True
+            ) from None
 
     def close(self) -> None:
         if self._connection is not None:
@@ -146,8 +174,8 @@ class BrokerConsumer:
         *,
         prefix: str = "poly",
         prefetch: int = 32,
-        attempts: int = 5,
-        retry_delay: float = 0.2,
+        attempts: int = 3,
+        retry_delay: float = 0.1,
         connect_wait: float = 10.0,
     ) -> None:
         self._url = url
@@ -181,7 +209,14 @@ class BrokerConsumer:
 
     async def _setup(self) -> None:
         connection = await aio_pika.connect_robust(self._url, timeout=10)
+        try:
+            await self._declare_and_consume(connection)
+        except BaseException:
+            await connection.close()  # never leak a robust connection that keeps reconnecting
+            raise
         self._connection = connection
+
+    async def _declare_and_consume(self, connection: AbstractRobustConnection) -> None:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=self._prefetch)
         dead_exchange = await channel.declare_exchange(
@@ -214,22 +249,38 @@ class BrokerConsumer:
         _log.info("consuming", extra={"queue": queue.name, "event_types": self._consumer.event_types})
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
-        envelope = EventEnvelope.FromString(message.body)
+        try:
+            envelope = EventEnvelope.FromString(message.body)
+        except DecodeError:
+            _log.error("undecodable message dead-lettered", extra={"message_id": message.message_id})
+            await message.reject(requeue=False)
+            return
         loop = asyncio.get_running_loop()
-        for attempt in range(1, self._attempts + 1):
+        attempt = 0
+        while True:
             try:
                 await loop.run_in_executor(None, self._consumer.apply, envelope)
             except Exception as error:  # noqa: BLE001 - retried here, then dead-lettered below
+                transient = is_transient_database_error(error)
+                if not transient:
+                    attempt += 1
                 _log.warning(
                     "event handler failed",
-                    extra={"event_id": envelope.id, "attempt": attempt, "error": type(error).__name__},
+                    extra={
+                        "event_id": envelope.id,
+                        "attempt": attempt,
+                        "transient": transient,
+                        "error": type(error).__name__,
+                    },
                 )
-                if attempt < self._attempts:
-                    await asyncio.sleep(self._retry_delay * 2 ** (attempt - 1))
+                if attempt >= self._attempts:
+                    break
+                # Our own database being away is nobody's poison: wait for it, keeping order.
+                await asyncio.sleep(min(self._retry_delay * 2**attempt, 5.0))
                 continue
             await message.ack()
             return
-        await message.reject(requeue=False)  # to <prefix>.<service>.dead, without blocking later events
+        await message.reject(requeue=False)  # to <prefix>.<service>.dead; later events go on
 
     async def _worker(self) -> None:
         work = self._work

@@ -4,7 +4,7 @@
 that also inserts the event id into ``bus_inbox``. A redelivered event finds its id there
 (or collides with a concurrent delivery on the primary key) and is skipped as a duplicate;
 a handler that fails rolls back its effect and its inbox row together, so the event is
-retried later. Types without a handler are acknowledged and ignored.
+retried later. A type without a handler is refused (FAILED_PRECONDITION), not dropped.
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from enum import Enum
 
 from google.protobuf.message import Message
 from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from poly.events.v1.events_pb2 import EventEnvelope
 from services.kit.bus.metrics import BusMetrics
 from services.kit.bus.tables import BusTables
+from services.kit.errors import FailedPrecondition
 
-__all__ = ["Consumer", "EventHandler", "Outcome"]
+__all__ = ["Consumer", "EventHandler", "Outcome", "is_transient_database_error"]
 
 _log = logging.getLogger("poly.bus.consumer")
 
@@ -62,8 +63,12 @@ class Consumer:
     def apply(self, envelope: EventEnvelope) -> Outcome:
         found = self._handlers.get(envelope.type)
         if found is None:
-            self.metrics.add("ignored", envelope.type)
-            return Outcome.IGNORED
+            # Routed here but unknown (say, an old replica during a rolling deploy): refuse it,
+            # so it is retried or dead-lettered and re-drivable, never acknowledged and lost.
+            self.metrics.add("unhandled", envelope.type)
+            raise FailedPrecondition(
+                "EVENT_TYPE_NOT_HANDLED", "no handler for {event_type} here", event_type=envelope.type
+            )
         cls, handler = found
         payload = cls()
         if not envelope.payload.Unpack(payload):
@@ -87,3 +92,10 @@ class Consumer:
             return Outcome.DUPLICATE
         self.metrics.add("applied", envelope.type)
         return Outcome.APPLIED
+
+
+def is_transient_database_error(error: BaseException) -> bool:
+    """The consumer's database is unreachable or restarting, not the event that is at fault."""
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, (OperationalError, InterfaceError))

@@ -65,15 +65,22 @@ def node(
     channels = Channels(settings, services={peer: [EVENT_SINK] for peer in peers})
     factory = db.session_factory(engine)
     consumer = Consumer(factory, tables, handlers, metrics=metrics)
-    broker = BrokerTransport(settings.bus.url, prefix=settings.bus.prefix) if settings.bus.url else None
+    # A send must end well inside its lease, so no two replicas ever have it in flight.
+    send_timeout = min(10.0, settings.bus.lease_seconds / 2)
+    broker = (
+        BrokerTransport(settings.bus.url, prefix=settings.bus.prefix, timeout=max(0.2, send_timeout - 1))
+        if settings.bus.url
+        else None
+    )
     relay = Relay(
         engine,
         tables,
-        broker or EmbeddedTransport(channels),
+        broker or EmbeddedTransport(channels, timeout=send_timeout),
         settings=RelaySettings(
             max_attempts=settings.bus.max_attempts,
             batch_size=settings.bus.batch_size,
             lease_seconds=settings.bus.lease_seconds,
+            send_timeout=send_timeout,
         ),
         metrics=metrics,
         owner=settings.service,

@@ -15,7 +15,7 @@ from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import event as sa_event
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from poly.events.v1.events_pb2 import EventEnvelope
@@ -91,6 +91,11 @@ class Outbox:
             trace_context=dict(trace_context or {}),
             payload=payload,
         )
+        if session.get_bind().dialect.name == "postgresql":
+            # Positions come from a sequence, but transactions commit in any order: hold the
+            # aggregate until this one commits, so its next event gets a later position and
+            # the relay can never see (and deliver) the later event first.
+            session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(aggregate_id, 0))))
         outbox = self._tables.outbox
         position = session.execute(
             insert(outbox)

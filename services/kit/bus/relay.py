@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
 from sqlalchemy import Connection, Engine, and_, exists, or_, select, update
 from sqlalchemy.orm import aliased
 
@@ -46,6 +47,15 @@ class RelaySettings:
     """Longest wait between rounds when there is nothing to do and no wake-up comes."""
     concurrency: int = 16
     """Sends in flight at once within a round (each to a different aggregate or route)."""
+    send_timeout: float = 10.0
+    """Longest a send may take; a delivery is sent only while its lease outlasts this, so two
+    relays never have the same delivery in flight."""
+
+    def __post_init__(self) -> None:
+        if self.lease_seconds <= self.send_timeout:
+            raise ValueError(
+                f"lease_seconds ({self.lease_seconds}) must exceed send_timeout ({self.send_timeout})"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +64,7 @@ class _Outcome:
     route: str
     event_type: str
     error: str | None
+    transient: bool = False
 
 
 def _by_route(rows: Iterable[tuple[int, str]]) -> dict[str, list[int]]:
@@ -95,7 +106,7 @@ class Relay:
 
     # -- one round -------------------------------------------------------------------
 
-    def _claim(self) -> tuple[str, list[tuple[int, str, bytes]]]:
+    def _claim(self) -> tuple[str, dt.datetime, list[tuple[int, str, bytes]]]:
         d, o = self._tables.delivery, self._tables.outbox
         earlier = aliased(d)
         now = self._clock()
@@ -120,9 +131,9 @@ class Relay:
             if connection.dialect.name == "postgresql":
                 due = due.with_for_update(skip_locked=True, of=d)
             candidates = connection.execute(due).all()
-            if not candidates:
-                return token, []
             lease_until = now + dt.timedelta(seconds=self._settings.lease_seconds)
+            if not candidates:
+                return token, lease_until, []
             for route, positions in _by_route((int(p), str(r)) for p, r in candidates).items():
                 # The guard re-checks the lease: on SQLite another relay may have won the row.
                 connection.execute(
@@ -131,6 +142,7 @@ class Relay:
                         d.c.route == route,
                         d.c.position.in_(positions),
                         d.c.state == PENDING,
+                        d.c.next_attempt_at <= now,  # another relay may have failed it meanwhile
                         or_(d.c.lease_until.is_(None), d.c.lease_until < now),
                     )
                     .values(lease_owner=token, lease_until=lease_until)
@@ -142,7 +154,7 @@ class Relay:
                 .where(d.c.lease_owner == token, d.c.state == PENDING)
                 .order_by(d.c.position)
             ).all()
-        return token, [(int(p), str(r), bytes(e)) for p, r, e in claimed]
+        return token, lease_until, [(int(p), str(r), bytes(e)) for p, r, e in claimed]
 
     def _record(self, token: str, outcomes: list[_Outcome]) -> None:
         """Write a round's outcomes in one transaction (only rows this claim still holds)."""
@@ -172,7 +184,7 @@ class Relay:
         mine = and_(d.c.position == outcome.position, d.c.route == outcome.route, d.c.lease_owner == token)
         attempts = int(connection.scalar(select(d.c.attempts).where(mine)) or 0) + 1
         released = {"attempts": attempts, "lease_owner": None, "lease_until": None, "last_error": error}
-        if attempts >= self._settings.max_attempts:
+        if attempts >= self._settings.max_attempts and not outcome.transient:
             connection.execute(update(d).where(mine).values(state=DEAD, **released))
             self.metrics.add("dead_lettered", outcome.event_type)
             _log.warning(
@@ -189,13 +201,22 @@ class Relay:
         connection.execute(update(d).where(mine).values(next_attempt_at=now + delay, **released))
         self.metrics.add("retried", outcome.event_type)
 
-    def _send(self, position: int, route: str, raw: bytes) -> _Outcome:
-        envelope = EventEnvelope.FromString(raw)
+    def _send(self, position: int, route: str, raw: bytes, lease_until: dt.datetime) -> _Outcome | None:
+        """Send one claimed delivery; None when its lease is too short to send it safely."""
+        if self._clock() + dt.timedelta(seconds=self._settings.send_timeout) >= lease_until:
+            return None  # another relay may claim it soon: leave it for a later round
+        try:
+            envelope = EventEnvelope.FromString(raw)
+        except DecodeError:
+            return _Outcome(position, route, "(undecodable)", "the stored envelope does not decode")
         envelope.sequence = position
         try:
             self._transport.send(route, envelope)
         except DeliveryError as failure:
-            return _Outcome(position, route, envelope.type, str(failure))
+            return _Outcome(position, route, envelope.type, str(failure), failure.transient)
+        except Exception as error:  # noqa: BLE001 - any failure is this delivery's, never the round's
+            _log.exception("unexpected error sending an event", extra={"route": route, "position": position})
+            return _Outcome(position, route, envelope.type, f"{type(error).__name__}: {error}")
         return _Outcome(position, route, envelope.type, None)
 
     def run_once(self) -> int:
@@ -204,16 +225,18 @@ class Relay:
         A claim holds at most one delivery per aggregate and route, so its sends can run
         concurrently without reordering any aggregate's events.
         """
-        token, claimed = self._claim()
+        token, lease_until, claimed = self._claim()
         if not claimed:
             return 0
         if len(claimed) == 1 or self._settings.concurrency == 1:
-            outcomes = [self._send(*item) for item in claimed]
+            results = [self._send(p, r, raw, lease_until) for p, r, raw in claimed]
         else:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._settings.concurrency, thread_name_prefix="bus-send")
-            outcomes = list(self._pool.map(lambda item: self._send(*item), claimed))
-        self._record(token, outcomes)
+            results = list(
+                self._pool.map(lambda item: self._send(item[0], item[1], item[2], lease_until), claimed)
+            )
+        self._record(token, [outcome for outcome in results if outcome is not None])
         return len(claimed)
 
     # -- the background thread ---------------------------------------------------------
@@ -237,10 +260,11 @@ class Relay:
         self._thread = threading.Thread(target=self._loop, name=f"bus-relay-{self._owner}", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop claiming; a round in flight may finish its sends (up to `send_timeout`)."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(timeout if timeout is not None else self._settings.send_timeout + 2)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,7 +1,8 @@
 """The embedded transport's receiving end: every consuming service serves EventSinkService.
 
 `EventSinkServicer.PushEvent` accepts events only from Polyservice service identities
-(the SPIFFE ID in the caller's client certificate) and applies them through the `Consumer`.
+(the SPIFFE ID in the caller's client certificate), and only events whose source is that
+caller, and applies them through the `Consumer`.
 `Subscribe` records which event types the calling service wants from this one; `Subscriber`
 is the other side, registering this service's handlers with every peer at start-up.
 """
@@ -13,15 +14,15 @@ import threading
 from collections.abc import Collection, Sequence
 
 import grpc
-from sqlalchemy import delete, insert
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from poly.events.v1 import event_sink_pb2, event_sink_pb2_grpc
 from services.kit import server, tls
-from services.kit.bus.consumer import Consumer, Outcome
+from services.kit.bus.consumer import Consumer, Outcome, is_transient_database_error
 from services.kit.bus.tables import BusTables
 from services.kit.clients import Channels
-from services.kit.errors import FieldViolation, InvalidArgument, PermissionDenied
+from services.kit.errors import FieldViolation, InvalidArgument, PermissionDenied, Unavailable
 
 __all__ = ["EVENT_SINK", "EventSinkServicer", "Subscriber", "sink_registration"]
 
@@ -68,8 +69,15 @@ class EventSinkServicer(event_sink_pb2_grpc.EventSinkServiceServicer):
     def PushEvent(  # noqa: N802 - generated gRPC method name
         self, request: event_sink_pb2.PushEventRequest, context: grpc.ServicerContext
     ) -> event_sink_pb2.PushEventResponse:
-        self._service_caller(context)
+        caller = self._service_caller(context)
         envelope = request.event
+        if envelope.source and envelope.source != caller:
+            raise PermissionDenied(
+                "EVENT_SOURCE_MISMATCH",
+                "{caller} may only push its own events, not those of {source}",
+                caller=caller,
+                source=envelope.source,
+            )
         missing = [f for f in ("id", "type", "aggregate_id", "source") if not getattr(envelope, f)]
         if missing or not envelope.HasField("payload"):
             raise InvalidArgument(
@@ -80,7 +88,16 @@ class EventSinkServicer(event_sink_pb2_grpc.EventSinkServiceServicer):
                     for name in [*missing, *([] if envelope.HasField("payload") else ["payload"])]
                 ],
             )
-        return event_sink_pb2.PushEventResponse(outcome=_OUTCOMES[self._consumer.apply(envelope)])
+        try:
+            outcome = self._consumer.apply(envelope)
+        except Exception as error:
+            if is_transient_database_error(error):
+                # UNAVAILABLE: the relay keeps retrying and never dead-letters for this.
+                raise Unavailable(
+                    "EVENT_STORE_UNAVAILABLE", "the event store is unavailable; retry"
+                ) from None
+            raise
+        return event_sink_pb2.PushEventResponse(outcome=_OUTCOMES[outcome])
 
     def Subscribe(  # noqa: N802 - generated gRPC method name
         self, request: event_sink_pb2.SubscribeRequest, context: grpc.ServicerContext
@@ -89,13 +106,18 @@ class EventSinkServicer(event_sink_pb2_grpc.EventSinkServiceServicer):
         types = sorted(set(request.event_types))
         subscription = self._tables.subscription
         with self._factory.begin() as session:
-            session.execute(delete(subscription).where(subscription.c.subscriber == subscriber))
-            if types:
+            # Subscriptions only grow: a replica of an older version re-subscribing during a
+            # rolling deploy must not take away the types a newer one asked for.
+            query = select(subscription.c.event_type).where(subscription.c.subscriber == subscriber)
+            known = set(session.scalars(query))
+            added = [t for t in types if t not in known]
+            if added:
                 session.execute(
-                    insert(subscription), [{"subscriber": subscriber, "event_type": t} for t in types]
+                    insert(subscription), [{"subscriber": subscriber, "event_type": t} for t in added]
                 )
-        _log.info("subscribed", extra={"subscriber": subscriber, "event_types": types})
-        return event_sink_pb2.SubscribeResponse(subscriber=subscriber, event_types=types)
+            current = sorted(known | set(types))
+        _log.info("subscribed", extra={"subscriber": subscriber, "event_types": current, "added": added})
+        return event_sink_pb2.SubscribeResponse(subscriber=subscriber, event_types=current)
 
 
 def sink_registration(servicer: EventSinkServicer) -> server.Registration:

@@ -14,7 +14,25 @@ __all__ = ["DeliveryError", "EmbeddedTransport", "Transport"]
 
 
 class DeliveryError(Exception):
-    """The route did not take the event; the relay retries it later."""
+    """The route did not take the event; the relay retries it later.
+
+    `transient` failures (the route is down, slow or overloaded) are retried for as long as
+    it takes and never dead-letter an event; the others count towards `max_attempts`.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+_TRANSIENT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
 
 
 class Transport(Protocol):
@@ -34,6 +52,8 @@ class EmbeddedTransport:
         try:
             stub.PushEvent(event_sink_pb2.PushEventRequest(event=envelope), timeout=self._timeout)
         except grpc.RpcError as error:
-            code = error.code().name if isinstance(error, grpc.Call) else "UNKNOWN"
+            code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
             details = error.details() if isinstance(error, grpc.Call) else str(error)
-            raise DeliveryError(f"{route}: {code}: {details}") from None
+            raise DeliveryError(
+                f"{route}: {code.name}: {details}", transient=code in _TRANSIENT_CODES
+            ) from None

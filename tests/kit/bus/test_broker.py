@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterator
 
+import aio_pika
 import pytest
 from google.protobuf.message import Message
 from sqlalchemy.orm import Session
@@ -137,3 +139,49 @@ def test_while_the_broker_is_unreachable_publishes_commit_then_everything_drains
         transport.close()
         intake.stop()
         proxy.down()
+
+
+def test_an_event_nobody_has_bound_a_queue_for_is_not_counted_as_delivered(
+    amqp_url: str, prefix: str
+) -> None:
+    transport = bus.BrokerTransport(amqp_url, prefix=prefix)
+    envelope = EventEnvelope(
+        id="1b2c", type="poly.events.v1.OrderCreated", aggregate_id="orders/1", source="orders"
+    )
+    try:
+        with pytest.raises(bus.DeliveryError, match="no queue is bound") as refused:
+            transport.send("broker", envelope)
+        assert not refused.value.transient, "it counts towards dead-lettering, to be re-driven later"
+    finally:
+        transport.close()
+
+
+def test_an_undecodable_message_goes_to_the_dead_letter_queue(
+    bus_db: BusDb, amqp_url: str, prefix: str
+) -> None:
+    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: record_effect(bus_db.effects)})
+    intake = bus.BrokerConsumer(amqp_url, "payments", consumer, prefix=prefix)
+    intake.start()
+    try:
+
+        async def publish_garbage() -> None:
+            connection = await aio_pika.connect(amqp_url, timeout=10)
+            async with connection:
+                channel = await connection.channel()
+                exchange = await channel.get_exchange(f"{prefix}.events.order")
+                await exchange.publish(
+                    aio_pika.Message(body=b"\xff not a protobuf"), routing_key="poly.events.v1.OrderCreated"
+                )
+
+        asyncio.run(publish_garbage())
+
+        async def dead_count() -> int:
+            connection = await aio_pika.connect(amqp_url, timeout=10)
+            async with connection:
+                channel = await connection.channel()
+                queue = await channel.declare_queue(bus.dead_queue_name("payments", prefix), passive=True)
+                return int(queue.declaration_result.message_count or 0)
+
+        _until(lambda: asyncio.run(dead_count()) == 1)
+    finally:
+        intake.stop()

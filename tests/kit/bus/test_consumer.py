@@ -4,10 +4,12 @@ import threading
 
 import pytest
 from google.protobuf.message import Message
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated, OrderPaid
 from services.kit import bus
+from services.kit.errors import FailedPrecondition
 from tests.kit.bus.conftest import BusDb, record_effect
 
 
@@ -46,10 +48,14 @@ def test_a_failing_handler_leaves_no_trace_and_the_retry_applies(bus_db: BusDb) 
     assert bus_db.effect_counts() == {"6f1c2f8e-0000-4000-8000-000000000001": 1}
 
 
-def test_an_event_without_a_handler_is_ignored(bus_db: BusDb) -> None:
+def test_an_event_without_a_handler_is_refused_not_dropped(bus_db: BusDb) -> None:
     consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
-    assert consumer.apply(_envelope()) is bus.Outcome.IGNORED
+    with pytest.raises(FailedPrecondition) as refused:
+        consumer.apply(_envelope())
+    assert refused.value.reason == "EVENT_TYPE_NOT_HANDLED"
     assert consumer.event_types == ["poly.events.v1.OrderPaid"]
+    with bus_db.engine.connect() as connection:
+        assert connection.execute(select(bus_db.tables.inbox.c.event_id)).all() == [], "so it can come back"
 
 
 def test_a_handlers_own_integrity_error_is_not_mistaken_for_a_duplicate(bus_db: BusDb) -> None:

@@ -6,6 +6,7 @@ import threading
 import pytest
 from sqlalchemy import select
 
+from poly.events.v1.events_pb2 import EventEnvelope
 from services.kit import bus
 from tests.kit.bus.conftest import BusDb, Clock, ScriptedTransport, publish
 
@@ -94,7 +95,7 @@ def test_a_claim_of_a_relay_that_died_is_taken_over_when_its_lease_ends(bus_db: 
     clock, transport = Clock(), ScriptedTransport()
     event = publish(bus_db, _outbox(bus_db, clock), "orders/A", "A1")
     dead_relay = _relay(bus_db, transport, clock, owner="dead")
-    token, claimed = dead_relay._claim()  # claims, then "dies" before sending
+    token, _lease_until, claimed = dead_relay._claim()  # claims, then "dies" before sending
     assert [p for p, _, _ in claimed] and token.startswith("dead:")
     survivor = _relay(bus_db, transport, clock, owner="survivor")
     assert survivor.run_once() == 0, "the lease still holds"
@@ -131,3 +132,64 @@ def test_concurrent_relays_deliver_each_event_once_in_aggregate_order(bus_db: Bu
     d = bus_db.tables.delivery
     with bus_db.engine.connect() as connection:
         assert set(connection.execute(select(d.c.state)).scalars()) == {bus.DELIVERED}
+
+
+class _Exploding(ScriptedTransport):
+    """Raises something other than a DeliveryError for one event."""
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__()
+        self.event_id = event_id
+
+    def send(self, route: str, envelope: EventEnvelope) -> None:
+        if envelope.id == self.event_id:
+            raise KeyError("a bug or a missing peer, not a refusal")
+        super().send(route, envelope)
+
+
+def test_an_unexpected_send_error_fails_that_delivery_only(bus_db: BusDb) -> None:
+    clock = Clock()
+    outbox = _outbox(bus_db, clock)
+    events = [publish(bus_db, outbox, f"orders/{i}", f"orders/{i}") for i in range(5)]
+    transport = _Exploding(events[2].id)
+    relay = _relay(bus_db, transport, clock)
+    relay.run_once()
+    assert sorted(e.id for _, e in transport.sent) == sorted(e.id for i, e in enumerate(events) if i != 2)
+    for _ in range(FAST.max_attempts):
+        clock.advance(FAST.max_delay)
+        relay.run_once()
+    [dead] = bus.dead_letters(bus_db.engine, bus_db.tables)
+    assert dead.event_id == events[2].id and "KeyError" in (dead.last_error or "")
+
+
+def test_transient_failures_are_retried_without_ever_dead_lettering(bus_db: BusDb) -> None:
+    clock = Clock()
+
+    class Down(ScriptedTransport):
+        def send(self, route: str, envelope: EventEnvelope) -> None:
+            raise bus.DeliveryError("payments: UNAVAILABLE", transient=True)
+
+    event = publish(bus_db, _outbox(bus_db, clock), "orders/A", "A1")
+    relay = _relay(bus_db, Down(), clock)
+    for _ in range(FAST.max_attempts * 3):
+        relay.run_once()
+        clock.advance(FAST.max_delay)
+    assert bus.dead_letters(bus_db.engine, bus_db.tables) == []
+    working = ScriptedTransport()
+    _drain(_relay(bus_db, working, clock))
+    assert [e.id for _, e in working.sent] == [event.id]
+
+
+def test_a_delivery_whose_lease_would_run_out_mid_send_is_not_sent(bus_db: BusDb) -> None:
+    clock, transport = Clock(), ScriptedTransport()
+    publish(bus_db, _outbox(bus_db, clock), "orders/A", "A1")
+    relay = _relay(bus_db, transport, clock)
+    _token, lease_until, [(position, route, raw)] = relay._claim()
+    clock.advance(FAST.lease_seconds - FAST.send_timeout + 0.1)  # the round got here late
+    assert relay._send(position, route, raw, lease_until) is None
+    assert transport.sent == [], "another relay may claim it any moment: it must not be sent twice at once"
+
+
+def test_the_lease_must_outlast_a_send() -> None:
+    with pytest.raises(ValueError, match="lease_seconds"):
+        bus.RelaySettings(lease_seconds=5, send_timeout=10)

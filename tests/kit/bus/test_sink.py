@@ -151,3 +151,27 @@ def test_subscribing_from_a_non_service_identity_is_refused(pair: Pair) -> None:
         with pytest.raises(grpc.RpcError) as caught:
             stub.Subscribe(event_sink_pb2.SubscribeRequest(event_types=[ORDER_CREATED]), timeout=5)
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_service_cannot_push_another_services_events(pair: Pair) -> None:
+    forged = _order_created()
+    forged.source = "payments"  # pushed by `orders`, claiming to come from payments
+    answer = _push(pair, "orders", forged)
+    assert isinstance(answer, grpc.RpcError) and isinstance(answer, grpc.Call)
+    assert answer.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert pair.payments_db.effect_counts() == {}
+
+
+def test_subscriptions_only_grow(pair: Pair) -> None:
+    channels = clients.Channels(pair.settings("payments"), services={"orders": [bus.EVENT_SINK]})
+    try:
+        stub = event_sink_pb2_grpc.EventSinkServiceStub(channels.get("orders"))
+        stub.Subscribe(
+            event_sink_pb2.SubscribeRequest(event_types=[ORDER_CREATED, "poly.events.v1.OrderPaid"])
+        )
+        older = stub.Subscribe(event_sink_pb2.SubscribeRequest(event_types=[ORDER_CREATED]), timeout=5)
+        assert list(older.event_types) == [ORDER_CREATED, "poly.events.v1.OrderPaid"], (
+            "an old replica removes nothing"
+        )
+    finally:
+        channels.close()

@@ -132,7 +132,7 @@ class SubscribeResponse(_message.Message):
     """The subscriber as this service identified it from the caller's certificate."""
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The event types now subscribed, sorted."""
+        """Every event type the caller is now subscribed to here, sorted."""
 
     def __init__(
         self,

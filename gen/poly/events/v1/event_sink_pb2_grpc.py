@@ -70,8 +70,9 @@ class EventSinkServiceServicer:
     def Subscribe(self, request, context):
         """Registers the calling service as a subscriber of the listed event types on this
         (publishing) service. From the commit of this call on, every event of those types
-        published here is delivered to the caller; the set replaces the caller's previous
-        one. The subscriber is the caller's mTLS identity, never a field of the request.
+        published here is delivered to the caller. Subscriptions only grow (a replica of an
+        older version must not unsubscribe a newer one's types during a rolling deploy). The
+        subscriber is the caller's mTLS identity, never a field of the request.
         Every consuming service calls it on every other service at start-up, so a consumer
         that is down later still gets its events once it is back (embedded transport).
         """

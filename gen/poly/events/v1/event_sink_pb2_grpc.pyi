@@ -47,8 +47,9 @@ class EventSinkServiceStub:
     Subscribe: _grpc.UnaryUnaryMultiCallable[_event_sink_pb2.SubscribeRequest, _event_sink_pb2.SubscribeResponse]
     """Registers the calling service as a subscriber of the listed event types on this
     (publishing) service. From the commit of this call on, every event of those types
-    published here is delivered to the caller; the set replaces the caller's previous
-    one. The subscriber is the caller's mTLS identity, never a field of the request.
+    published here is delivered to the caller. Subscriptions only grow (a replica of an
+    older version must not unsubscribe a newer one's types during a rolling deploy). The
+    subscriber is the caller's mTLS identity, never a field of the request.
     Every consuming service calls it on every other service at start-up, so a consumer
     that is down later still gets its events once it is back (embedded transport).
     """
@@ -72,8 +73,9 @@ class EventSinkServiceAsyncStub(EventSinkServiceStub):
     Subscribe: _aio.UnaryUnaryMultiCallable[_event_sink_pb2.SubscribeRequest, _event_sink_pb2.SubscribeResponse]  # type: ignore[assignment]
     """Registers the calling service as a subscriber of the listed event types on this
     (publishing) service. From the commit of this call on, every event of those types
-    published here is delivered to the caller; the set replaces the caller's previous
-    one. The subscriber is the caller's mTLS identity, never a field of the request.
+    published here is delivered to the caller. Subscriptions only grow (a replica of an
+    older version must not unsubscribe a newer one's types during a rolling deploy). The
+    subscriber is the caller's mTLS identity, never a field of the request.
     Every consuming service calls it on every other service at start-up, so a consumer
     that is down later still gets its events once it is back (embedded transport).
     """
@@ -106,8 +108,9 @@ class EventSinkServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_event_sink_pb2.SubscribeResponse, _abc.Awaitable[_event_sink_pb2.SubscribeResponse]]:
         """Registers the calling service as a subscriber of the listed event types on this
         (publishing) service. From the commit of this call on, every event of those types
-        published here is delivered to the caller; the set replaces the caller's previous
-        one. The subscriber is the caller's mTLS identity, never a field of the request.
+        published here is delivered to the caller. Subscriptions only grow (a replica of an
+        older version must not unsubscribe a newer one's types during a rolling deploy). The
+        subscriber is the caller's mTLS identity, never a field of the request.
         Every consuming service calls it on every other service at start-up, so a consumer
         that is down later still gets its events once it is back (embedded transport).
         """
