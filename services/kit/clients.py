@@ -4,8 +4,9 @@
 this component's own certificate, checks that the server's certificate names ``orders``,
 balances ``round_robin`` over every address DNS returns (many replicas), and carries a
 service config built from the called services' descriptors: a default deadline for unary
-methods and retries on ``UNAVAILABLE`` for methods marked idempotent. `Channels` rebuilds a channel when the
-certificate files change, so a rotated client certificate is used without a restart.
+methods and retries on ``UNAVAILABLE`` for methods marked idempotent. `Channels` rebuilds a
+channel when the certificate files change, so a rotated client certificate is used without
+a restart.
 """
 
 from __future__ import annotations
@@ -131,13 +132,8 @@ class Channels:
         self._services = dict(services or {})
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
-        self._stamp: tuple[tuple[int, int], ...] | None = None  # read on first use, not at wiring time
+        self._stamp: tls.FilesStamp | None = None  # read on first use, not at wiring time
         self._checked = time.monotonic()
-
-    def _read_stamp(self) -> tuple[tuple[int, int], ...]:
-        tls_settings = self._settings.tls
-        files = (tls_settings.ca_file, tls_settings.cert_file, tls_settings.key_file)
-        return tuple((s.st_mtime_ns, s.st_size) for s in (f.stat() for f in files))
 
     def _retire(self, stale: list[grpc.Channel]) -> None:
         timer = threading.Timer(self._close_delay, lambda: [c.close() for c in stale])
@@ -148,11 +144,11 @@ class Channels:
         with self._lock:
             now = time.monotonic()
             if self._stamp is None:
-                self._stamp = self._read_stamp()
+                self._stamp = tls.files_stamp(self._settings.tls)
             elif now - self._checked >= self._check_interval:
                 self._checked = now
                 try:
-                    stamp = self._read_stamp()
+                    stamp = tls.files_stamp(self._settings.tls)
                 except OSError:
                     stamp = self._stamp  # mid-rotation: keep the current channels
                 if stamp != self._stamp:

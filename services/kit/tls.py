@@ -26,9 +26,11 @@ __all__ = [
     "CLIENT_ONLY",
     "CertificateAuthority",
     "CertificateError",
+    "FilesStamp",
     "IssuedFiles",
     "channel_credentials",
     "dns_names",
+    "files_stamp",
     "ensure_certificates",
     "load_authority",
     "new_authority",
@@ -237,17 +239,22 @@ def ensure_certificates(
     return IssuedFiles(written, kept)
 
 
+FilesStamp = tuple[tuple[int, int], ...]
+
+
+def files_stamp(settings: TlsSettings) -> FilesStamp:
+    """Modification time and size of the CA, certificate and key: changes when they rotate."""
+    files = (settings.ca_file, settings.cert_file, settings.key_file)
+    return tuple((s.st_mtime_ns, s.st_size) for s in (f.stat() for f in files))
+
+
 class _ReloadingFetcher:
     """Hands gRPC a new certificate configuration whenever the files on disk change."""
 
     def __init__(self, settings: TlsSettings) -> None:
         self._settings = settings
         self._lock = threading.Lock()
-        self._stamp = self._read_stamp()
-
-    def _read_stamp(self) -> tuple[tuple[int, int], ...]:
-        files = (self._settings.ca_file, self._settings.cert_file, self._settings.key_file)
-        return tuple((s.st_mtime_ns, s.st_size) for s in (f.stat() for f in files))
+        self._stamp = files_stamp(settings)
 
     def configuration(self) -> grpc.ServerCertificateConfiguration:
         s = self._settings
@@ -259,7 +266,7 @@ class _ReloadingFetcher:
         # Called by gRPC before every new handshake: a stat per connection, a read on change.
         with self._lock:
             try:
-                stamp = self._read_stamp()
+                stamp = files_stamp(self._settings)
                 if stamp == self._stamp:
                     return None
                 configuration = self.configuration()

@@ -135,3 +135,11 @@ def test_a_certificate_with_two_spiffe_ids_has_no_identity(
     chain, key = _two_uri_certificate(tls.load_authority(certs))
     credentials = grpc.ssl_channel_credentials((certs / "ca.crt").read_bytes(), key, chain)
     assert who_am_i(credentials) == "", "an ambiguous certificate names nobody"
+
+
+def test_the_files_stamp_changes_when_a_certificate_is_rotated(issued: Path) -> None:
+    settings = config.load("orders", {"POLY_TLS_DIR": str(issued)}).tls
+    before = tls.files_stamp(settings)
+    assert tls.files_stamp(settings) == before
+    tls.ensure_certificates(issued, ["orders"], force=True)
+    assert tls.files_stamp(settings) != before
