@@ -38,7 +38,6 @@ class _Duplicate(Exception):
 class Outcome(Enum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"
-    IGNORED = "ignored"
 
 
 class Consumer:

@@ -33,7 +33,6 @@ EVENT_SINK = event_sink_pb2.DESCRIPTOR.services_by_name["EventSinkService"]
 _OUTCOMES = {
     Outcome.APPLIED: event_sink_pb2.PushEventResponse.OUTCOME_APPLIED,
     Outcome.DUPLICATE: event_sink_pb2.PushEventResponse.OUTCOME_DUPLICATE,
-    Outcome.IGNORED: event_sink_pb2.PushEventResponse.OUTCOME_IGNORED,
 }
 
 
