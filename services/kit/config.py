@@ -21,6 +21,7 @@ from sqlalchemy.exc import ArgumentError
 from services.kit.types import Environ
 
 __all__ = [
+    "AuthSettings",
     "BusSettings",
     "ConfigError",
     "COMPONENTS",
@@ -125,6 +126,33 @@ class BusSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """Tokens: what the auth service issues and what every service accepts."""
+
+    issuer: str = "http://localhost:8080"
+    """The ``iss`` of every access token, and the base URL of the OIDC discovery document."""
+    audience: str = "poly"
+    """The ``aud`` every access token carries and every service requires."""
+    access_token_seconds: int = 900
+    refresh_token_seconds: int = 30 * 24 * 3600
+    leeway_seconds: float = 30.0
+    """Clock skew tolerated on ``exp``, ``nbf`` and ``iat``."""
+    jwks_max_age_seconds: float = 300.0
+    """How long a service trusts its cached key set before fetching it again."""
+    jwks_min_refresh_seconds: float = 10.0
+    """At most one fetch per this interval for tokens naming an unknown ``kid``."""
+    key_encryption_key_file: Path = Path(".poly/secrets/signing-key-encryption.key")
+    """Auth service only: the 32-byte key (base64url) that encrypts signing keys at rest."""
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+    argon2_parallelism: int = 4
+    login_failures_per_account: int = 5
+    login_failures_per_address: int = 20
+    login_window_seconds: float = 900.0
+    """Failed logins counted per account and per client address within this window."""
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     service: str
     home: Path
@@ -136,6 +164,7 @@ class Settings:
     """Address each other component is dialled at, e.g. ``{"orders": "localhost:50053"}``."""
     client_deadline_seconds: float = 5.0
     bus: BusSettings = BusSettings()
+    auth: AuthSettings = AuthSettings()
 
 
 class _Reader:
@@ -237,11 +266,43 @@ def load(service: str, environ: Environ | None = None) -> Settings:
             lease_seconds=env.number("POLY_BUS_LEASE_SECONDS", 30.0, low=0.5, high=3600.0),
             subscribe_wait_seconds=env.number("POLY_BUS_SUBSCRIBE_WAIT_SECONDS", 10.0, low=0.0, high=600.0),
         ),
+        auth=AuthSettings(
+            issuer=env.text("POLY_AUTH_ISSUER", "http://localhost:8080").rstrip("/"),
+            audience=env.text("POLY_AUTH_AUDIENCE", "poly"),
+            access_token_seconds=env.integer("POLY_AUTH_ACCESS_TOKEN_SECONDS", 900, low=30, high=86400),
+            refresh_token_seconds=env.integer(
+                "POLY_AUTH_REFRESH_TOKEN_SECONDS", 30 * 24 * 3600, low=60, high=365 * 24 * 3600
+            ),
+            leeway_seconds=env.number("POLY_AUTH_LEEWAY_SECONDS", 30.0, low=0.0, high=300.0),
+            jwks_max_age_seconds=env.number("POLY_AUTH_JWKS_MAX_AGE_SECONDS", 300.0, low=0.1, high=86400.0),
+            jwks_min_refresh_seconds=env.number(
+                "POLY_AUTH_JWKS_MIN_REFRESH_SECONDS", 10.0, low=0.0, high=3600.0
+            ),
+            key_encryption_key_file=Path(
+                env.text(
+                    "POLY_AUTH_KEY_ENCRYPTION_KEY_FILE", str(home / "secrets" / "signing-key-encryption.key")
+                )
+            ),
+            argon2_time_cost=env.integer("POLY_AUTH_ARGON2_TIME_COST", 3, low=1, high=100),
+            argon2_memory_kib=env.integer(
+                "POLY_AUTH_ARGON2_MEMORY_KIB", 65536, low=1024, high=4 * 1024 * 1024
+            ),
+            argon2_parallelism=env.integer("POLY_AUTH_ARGON2_PARALLELISM", 4, low=1, high=64),
+            login_failures_per_account=env.integer(
+                "POLY_AUTH_LOGIN_FAILURES_PER_ACCOUNT", 5, low=1, high=1000
+            ),
+            login_failures_per_address=env.integer(
+                "POLY_AUTH_LOGIN_FAILURES_PER_ADDRESS", 20, low=1, high=100000
+            ),
+            login_window_seconds=env.number("POLY_AUTH_LOGIN_WINDOW_SECONDS", 900.0, low=1.0, high=86400.0),
+        ),
     )
     if settings.bus.url and not settings.bus.url.startswith(("amqp://", "amqps://")):
         env.problems.append(
             f"POLY_BUS_URL: expected amqp:// or amqps://, got {redact_url(settings.bus.url)!r}"
         )
+    if not settings.auth.issuer.startswith(("https://", "http://")):
+        env.problems.append(f"POLY_AUTH_ISSUER: expected an http(s) URL, got {settings.auth.issuer!r}")
     try:
         make_url(settings.db.url)
     except ArgumentError:

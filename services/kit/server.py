@@ -76,6 +76,8 @@ class Registration:
 
     name: str
     attach: Callable[[grpc.Server], None]
+    descriptor: ServiceDescriptor | None = None
+    """Where the methods' options (policies) are read from; None for hand-built services."""
 
 
 def registration(
@@ -84,7 +86,7 @@ def registration(
     """A `Registration` from generated code, e.g. ``registration(
     orders_service_pb2.DESCRIPTOR.services_by_name["OrdersService"],
     orders_service_pb2_grpc.add_OrdersServiceServicer_to_server, servicer)``."""
-    return Registration(descriptor.full_name, lambda server: add(servicer, server))
+    return Registration(descriptor.full_name, lambda server: add(servicer, server), descriptor)
 
 
 def default_middlewares(settings: Settings) -> list[Middleware]:

@@ -1,0 +1,199 @@
+"""Who may call what: each method's ``(poly.options.v1.policy)``, enforced before its handler.
+
+`guard(settings, verifier, descriptors)` is the middleware every service runs. It reads the
+policy of each method it serves from the service descriptors and denies by default: a
+method without a policy (or with ACCESS_UNSPECIFIED) is refused before its handler runs.
+
+- PUBLIC: anyone; the method checks the credential in its own request.
+- USER: a valid access token (`kit.authn`). A user token must hold every role in the
+  policy; a machine-client token must hold every scope instead, and is refused when the
+  policy names none.
+- OWNER: as USER, and the caller must own the resource. Only the handler knows the owner,
+  so it calls `require_owner(owner)` before it acts; admins (and machine clients holding
+  the policy's scopes) pass. A handler that never calls it fails closed: its result is
+  dropped and the caller gets INTERNAL.
+- INTERNAL: no token; the caller's SPIFFE ID from its verified mTLS certificate
+  (``context.auth_context()``) must be one of the policy's `callers`.
+
+Handlers read the caller with `principal()`. Errors are `kit.errors` exceptions:
+UNAUTHENTICATED for a missing or bad token, PERMISSION_DENIED for the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+
+from poly.options.v1 import options_pb2
+from services.kit import server, tls
+from services.kit.authn import Principal, Verifier, bearer_token
+from services.kit.config import Settings
+from services.kit.errors import PermissionDenied, Unauthenticated
+from services.kit.types import CallInfo, Handler, Middleware
+
+__all__ = ["OwnerNotChecked", "guard", "policies", "principal", "require_owner", "service_middlewares"]
+
+_log = logging.getLogger("poly.authz")
+
+_Policy = options_pb2.Policy
+_Access = options_pb2.Access
+
+
+class OwnerNotChecked(RuntimeError):
+    """An ACCESS_OWNER handler finished without calling `require_owner`: a bug, failed closed."""
+
+
+@dataclass(slots=True)
+class _Call:
+    principal: Principal | None
+    owner_pending: bool
+
+
+_CURRENT: ContextVar[_Call | None] = ContextVar("poly_authz_call", default=None)
+
+
+def principal() -> Principal:
+    """The authenticated caller of the current call (USER and OWNER methods)."""
+    call = _CURRENT.get()
+    if call is None or call.principal is None:
+        raise Unauthenticated("TOKEN_MISSING", "this call carries no access token")
+    return call.principal
+
+
+def require_owner(owner: str) -> None:
+    """Allow the current call only if its caller is `owner` (``users/{user}``) or may
+    bypass ownership (an admin, or a machine client holding the method's scopes)."""
+    call = _CURRENT.get()
+    if call is None or call.principal is None:
+        raise Unauthenticated("TOKEN_MISSING", "this call carries no access token")
+    if call.owner_pending and call.principal.subject != owner:
+        raise PermissionDenied("NOT_OWNER", "the caller does not own {resource}", resource=owner)
+    call.owner_pending = False
+
+
+def policies(descriptors: Iterable[ServiceDescriptor]) -> dict[str, _Policy]:
+    """``{"/pkg.Service/Method": Policy}`` for every method that declares one."""
+    table: dict[str, _Policy] = {}
+    for service in descriptors:
+        for method in service.methods:
+            options = method.GetOptions()
+            if options.HasExtension(options_pb2.policy):
+                table[f"/{service.full_name}/{method.name}"] = options.Extensions[options_pb2.policy]
+    return table
+
+
+def guard(
+    settings: Settings,
+    verifier: Verifier,
+    descriptors: Sequence[ServiceDescriptor],
+) -> Middleware:
+    """The authorization middleware for the services in `descriptors` (what the server
+    registers): every other method, and every method without a policy, is refused."""
+    table = policies(descriptors)
+    spiffe = {
+        name: tls.spiffe_id(name, trust_domain=settings.tls.trust_domain, namespace=settings.tls.namespace)
+        for policy in table.values()
+        for name in policy.callers
+    }
+
+    def admit(policy: _Policy, context: grpc.ServicerContext, call: CallInfo) -> _Call:
+        if policy.access == _Access.ACCESS_PUBLIC:
+            return _Call(None, owner_pending=False)
+        if policy.access == _Access.ACCESS_INTERNAL:
+            peer = tls.peer_identity(context)
+            if peer is None or peer not in {spiffe[name] for name in policy.callers}:
+                raise PermissionDenied(
+                    "CALLER_NOT_ALLOWED",
+                    "{caller} may not call {method}",
+                    caller=peer or "unknown",
+                    method=call.name,
+                )
+            return _Call(None, owner_pending=False)
+        if policy.access not in (_Access.ACCESS_USER, _Access.ACCESS_OWNER):
+            raise PermissionDenied("METHOD_HAS_NO_POLICY", "{method} admits no caller", method=call.name)
+        token = bearer_token(context.invocation_metadata())
+        if token is None:
+            raise Unauthenticated("TOKEN_MISSING", "this method requires an access token")
+        caller = verifier.verify(token)
+        if caller.is_client:
+            if not policy.scopes or not set(policy.scopes) <= caller.scopes:
+                raise PermissionDenied(
+                    "SCOPE_MISSING",
+                    "{method} requires scopes {scopes}",
+                    method=call.name,
+                    scopes=" ".join(policy.scopes) or "(none: users only)",
+                )
+            return _Call(caller, owner_pending=False)
+        if not set(policy.roles) <= caller.roles:
+            raise PermissionDenied(
+                "ROLE_MISSING",
+                "{method} requires roles {roles}",
+                method=call.name,
+                roles=" ".join(policy.roles),
+            )
+        owner_pending = policy.access == _Access.ACCESS_OWNER and not caller.is_admin
+        return _Call(caller, owner_pending=owner_pending)
+
+    def middleware(request: Any, context: grpc.ServicerContext, call: CallInfo, proceed: Handler) -> Any:
+        policy = table.get(call.method)
+        if policy is None:
+            raise PermissionDenied("METHOD_HAS_NO_POLICY", "{method} admits no caller", method=call.name)
+        state = admit(policy, context, call)
+        if call.response_streaming:
+            return _guarded_stream(state, proceed, request, context, call)
+        entered = _CURRENT.set(state)
+        try:
+            result = proceed(request, context)
+        finally:
+            _CURRENT.reset(entered)
+        _ensure_owner_checked(state, call)
+        return result
+
+    return middleware
+
+
+def _ensure_owner_checked(state: _Call, call: CallInfo) -> None:
+    if state.owner_pending:
+        raise OwnerNotChecked(f"{call.method} is ACCESS_OWNER but its handler never called require_owner")
+
+
+def _guarded_stream(
+    state: _Call, proceed: Handler, request: Any, context: grpc.ServicerContext, call: CallInfo
+) -> Iterator[Any]:
+    # The handler's generator runs only when gRPC pulls from it, after this middleware has
+    # returned: the call state is set around every step, and nothing is sent before the
+    # owner check.
+    entered = _CURRENT.set(state)
+    try:
+        stream = iter(proceed(request, context))
+    finally:
+        _CURRENT.reset(entered)
+    checked = False
+    while True:
+        entered = _CURRENT.set(state)
+        try:
+            item = next(stream)
+        except StopIteration:
+            break
+        finally:
+            _CURRENT.reset(entered)
+        if not checked:
+            _ensure_owner_checked(state, call)
+            checked = True
+        yield item
+    _ensure_owner_checked(state, call)
+
+
+def service_middlewares(
+    settings: Settings, verifier: Verifier, registrations: Sequence[server.Registration]
+) -> list[Middleware]:
+    """What every service runs: the kit's defaults (access log, errors), then `guard` over
+    the registered services' descriptors."""
+    descriptors = [r.descriptor for r in registrations if r.descriptor is not None]
+    return [*server.default_middlewares(settings), guard(settings, verifier, descriptors)]
