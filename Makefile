@@ -38,7 +38,7 @@ lint: install  ## buf lint + format, ruff, mypy --strict on the kit
 	$(BUF) lint
 	$(BUF) format --diff --exit-code protos
 	$(PY) -m ruff check .
-	$(PY) -m mypy services/kit services/cli
+	$(PY) -m mypy services/kit services/cli services/auth
 
 check-gen: gen  ## fail if gen/ differs from what `make gen` writes
 	@git add --intent-to-add gen >/dev/null 2>&1 || true

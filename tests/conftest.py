@@ -33,9 +33,9 @@ def postgres_admin_url() -> str:
     return _required_url("POLY_TEST_POSTGRES_URL")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def postgres_databases(postgres_admin_url: str) -> Iterator[Callable[[], str]]:
-    """Makes fresh, empty databases on the test PostgreSQL server; all dropped afterwards."""
+    """Makes fresh, empty databases on the test PostgreSQL server; dropped after the module."""
     admin = create_engine(
         make_url(postgres_admin_url).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
     )

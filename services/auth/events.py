@@ -1,10 +1,17 @@
 """Events the auth service publishes and consumes (payloads in protos/poly/events/v1)."""
 
+import datetime as dt
 from collections.abc import Mapping
 
 from google.protobuf.message import Message
+from sqlalchemy.orm import Session
 
+from poly.events.v1 import events_pb2
+from poly.events.v1.events_pb2 import EventEnvelope
+from services.auth.domain import disable_identity
+from services.auth.store import SqlRepository
 from services.kit.bus import EventHandler
+from services.kit.names import resource_id
 
 __all__ = ["CONSUMES", "HANDLERS", "PUBLISHES"]
 
@@ -12,6 +19,12 @@ PUBLISHES: tuple[str, ...] = ("poly.events.v1.UserRegistered",)
 
 CONSUMES: tuple[str, ...] = ("poly.events.v1.UserDeleted",)
 
-HANDLERS: Mapping[type[Message], EventHandler] = {}
-"""The handler of each consumed event; the service subscribes to exactly these types.
-Filled in by the domain work: until then the service subscribes to nothing."""
+
+def _user_deleted(session: Session, event: Message, envelope: EventEnvelope) -> None:
+    assert isinstance(event, events_pb2.UserDeleted)
+    user_id = resource_id(event.user, "users", field="user")
+    disable_identity(SqlRepository(session, None), user_id, dt.datetime.now(dt.UTC))
+
+
+HANDLERS: Mapping[type[Message], EventHandler] = {events_pb2.UserDeleted: _user_deleted}
+"""The handler of each consumed event; the service subscribes to exactly these types."""

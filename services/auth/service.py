@@ -1,13 +1,212 @@
-"""gRPC servicer of poly.auth.v1.AuthService: parse, call the domain, map the result.
+"""gRPC servicer of poly.auth.v1.AuthService: parse, call the domain, map the result."""
 
-Methods without domain logic yet are inherited from the generated base class, which
-answers UNIMPLEMENTED: no placeholder data is ever served.
-"""
+from __future__ import annotations
 
-from poly.auth.v1 import auth_service_pb2_grpc
+import grpc
+from google.protobuf import empty_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
 
-__all__ = ["AuthServicer"]
+from poly.auth.v1 import auth_service_pb2 as pb
+from poly.auth.v1 import auth_service_pb2_grpc, resources_pb2
+from services.auth.domain import ACTIVE, SCOPES, Client, Identity, IdentityProvider, TokenSet
+from services.auth.tokens import KeyRing
+from services.kit import authz, tls
+from services.kit.authn import ALGORITHMS, Verifier
+from services.kit.config import Settings
+from services.kit.errors import Unauthenticated
+from services.kit.names import resource_id
+
+__all__ = ["AuthServicer", "client_address"]
+
+_STATES = {ACTIVE: resources_pb2.Identity.STATE_ACTIVE}
+
+
+def _timestamp(value: object) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)  # type: ignore[arg-type]
+    return stamp
+
+
+def _identity(identity: Identity) -> resources_pb2.Identity:
+    return resources_pb2.Identity(
+        name=identity.name,
+        email=identity.email,
+        roles=identity.roles,
+        state=_STATES.get(identity.state, resources_pb2.Identity.STATE_DISABLED),
+        create_time=_timestamp(identity.create_time),
+        update_time=_timestamp(identity.update_time),
+    )
+
+
+def _client(client: Client) -> resources_pb2.Client:
+    return resources_pb2.Client(
+        name=client.name,
+        display_name=client.display_name,
+        scopes=client.scopes,
+        create_time=_timestamp(client.create_time),
+    )
+
+
+def _tokens(tokens: TokenSet) -> pb.TokenSet:
+    return pb.TokenSet(
+        access_token=tokens.access_token,
+        token_type="Bearer",  # noqa: S106 - the OAuth token type, not a secret
+        expires_in=tokens.expires_in,
+        refresh_token=tokens.refresh_token,
+        scope=tokens.scope,
+        refresh_expires_in=tokens.refresh_expires_in,
+    )
+
+
+def client_address(context: grpc.ServicerContext, *, edge: str) -> str:
+    """The address a login came from: the peer's IP, or, when the peer is the HTTP/JSON
+    edge (SPIFFE ID `edge`), the last ``x-forwarded-for`` entry, the one the edge added.
+    Any other caller's ``x-forwarded-for`` is ignored, so it cannot dodge throttling."""
+    if tls.peer_identity(context) == edge:
+        forwarded = [v for k, v in context.invocation_metadata() or () if k == "x-forwarded-for"]
+        if forwarded and isinstance(forwarded[-1], str) and forwarded[-1].strip():
+            return forwarded[-1].split(",")[-1].strip()
+    peer: str = context.peer()  # "ipv4:127.0.0.1:5000", "ipv6:[::1]:5000", "unix:..."
+    kind, _, rest = peer.partition(":")
+    return rest.rsplit(":", 1)[0].strip("[]") if kind in ("ipv4", "ipv6") else peer
 
 
 class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     """Identity provider: credentials, roles, refresh tokens, signing keys, machine clients."""
+
+    def __init__(
+        self, provider: IdentityProvider, ring: KeyRing, verifier: Verifier, settings: Settings
+    ) -> None:
+        self._provider = provider
+        self._ring = ring
+        self._verifier = verifier
+        self._issuer = settings.auth.issuer
+        self._edge = tls.spiffe_id(
+            "gateway", trust_domain=settings.tls.trust_domain, namespace=settings.tls.namespace
+        )
+
+    def Register(self, request: pb.RegisterRequest, context: grpc.ServicerContext) -> pb.RegisterResponse:
+        identity = self._provider.register(request.email, request.password, request.display_name)
+        return pb.RegisterResponse(user=identity.name, identity=_identity(identity))
+
+    def Login(self, request: pb.LoginRequest, context: grpc.ServicerContext) -> pb.TokenSet:
+        address = client_address(context, edge=self._edge)
+        return _tokens(self._provider.login(request.email, request.password, address))
+
+    def RefreshToken(self, request: pb.RefreshTokenRequest, context: grpc.ServicerContext) -> pb.TokenSet:
+        return _tokens(self._provider.refresh(request.refresh_token))
+
+    def Logout(self, request: pb.LogoutRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
+        self._provider.logout(request.refresh_token)
+        return empty_pb2.Empty()
+
+    def CreateClient(
+        self, request: pb.CreateClientRequest, context: grpc.ServicerContext
+    ) -> pb.CreateClientResponse:
+        given = request.client
+        client, secret = self._provider.create_client(
+            request.client_id, given.display_name, list(given.scopes), given.secret
+        )
+        return pb.CreateClientResponse(client=_client(client), client_secret=secret)
+
+    def GetClient(self, request: pb.GetClientRequest, context: grpc.ServicerContext) -> resources_pb2.Client:
+        return _client(self._provider.client(resource_id(request.name, "clients")))
+
+    def ListClients(
+        self, request: pb.ListClientsRequest, context: grpc.ServicerContext
+    ) -> pb.ListClientsResponse:
+        clients, token = self._provider.list_clients(request.page_size, request.page_token)
+        return pb.ListClientsResponse(clients=[_client(c) for c in clients], next_page_token=token)
+
+    def DeleteClient(self, request: pb.DeleteClientRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
+        self._provider.delete_client(resource_id(request.name, "clients"))
+        return empty_pb2.Empty()
+
+    def IssueClientToken(
+        self, request: pb.IssueClientTokenRequest, context: grpc.ServicerContext
+    ) -> pb.TokenSet:
+        address = client_address(context, edge=self._edge)
+        return _tokens(
+            self._provider.client_token(request.client_id, request.client_secret, request.scope, address)
+        )
+
+    def GetIdentity(
+        self, request: pb.GetIdentityRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.Identity:
+        user_id = resource_id(request.name, "users")
+        authz.require_owner(f"users/{user_id}")
+        return _identity(self._provider.identity(user_id))
+
+    def ListIdentities(
+        self, request: pb.ListIdentitiesRequest, context: grpc.ServicerContext
+    ) -> pb.ListIdentitiesResponse:
+        page = self._provider.list_identities(
+            request.page_size, request.page_token, request.filter, request.order_by
+        )
+        return pb.ListIdentitiesResponse(
+            identities=[_identity(i) for i in page.identities], next_page_token=page.next_page_token
+        )
+
+    def GrantRole(
+        self, request: pb.GrantRoleRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.Identity:
+        user_id = resource_id(request.name, "users")
+        return _identity(self._provider.change_role(user_id, request.role, grant=True))
+
+    def RevokeRole(
+        self, request: pb.RevokeRoleRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.Identity:
+        user_id = resource_id(request.name, "users")
+        return _identity(self._provider.change_role(user_id, request.role, grant=False))
+
+    def GetJwks(self, request: pb.GetJwksRequest, context: grpc.ServicerContext) -> pb.Jwks:
+        return pb.Jwks(keys=[pb.Jwk(**key) for key in self._ring.jwks()["keys"]])
+
+    def GetOpenIdConfiguration(
+        self, request: pb.GetOpenIdConfigurationRequest, context: grpc.ServicerContext
+    ) -> pb.OpenIdConfiguration:
+        return pb.OpenIdConfiguration(
+            issuer=self._issuer,
+            jwks_uri=f"{self._issuer}/.well-known/jwks.json",
+            token_endpoint=f"{self._issuer}/v1/auth:clientToken",
+            response_types_supported=["token"],
+            subject_types_supported=["public"],
+            id_token_signing_alg_values_supported=list(ALGORITHMS[:1]),
+            grant_types_supported=["password", "refresh_token", "client_credentials"],
+            scopes_supported=list(SCOPES),
+            token_endpoint_auth_methods_supported=["client_secret_post"],
+            claims_supported=[
+                "iss",
+                "sub",
+                "aud",
+                "exp",
+                "nbf",
+                "iat",
+                "jti",
+                "roles",
+                "scope",
+                "sid",
+                "client_id",
+            ],
+        )
+
+    def IntrospectToken(
+        self, request: pb.IntrospectTokenRequest, context: grpc.ServicerContext
+    ) -> pb.TokenInfo:
+        try:
+            principal = self._verifier.verify(request.token)
+        except Unauthenticated:
+            return pb.TokenInfo(active=False)
+        if principal.session and not self._provider.session_active(principal.session):
+            return pb.TokenInfo(active=False)
+        return pb.TokenInfo(
+            active=True,
+            subject=principal.subject,
+            roles=sorted(principal.roles),
+            scopes=sorted(principal.scopes),
+            audience=[self._verifier.audience],
+            expire_time=_timestamp(principal.expires_at),
+            issue_time=_timestamp(principal.issued_at),
+            token_id=principal.token_id,
+            client_id=principal.client_id,
+        )

@@ -1,12 +1,54 @@
-"""The auth service's own database: SQLAlchemy tables and queries (no other service reads it)."""
+"""The auth service's own database: SQLAlchemy tables and queries (no other service reads it).
 
-from sqlalchemy import MetaData
-from sqlalchemy.orm import DeclarativeBase
+`AuthStore.transaction()` opens one session and one transaction and yields a `SqlRepository`
+(the `domain.Repository` over it); events published inside it join that transaction.
+"""
 
-from services.kit.bus import BusTables, bus_tables
-from services.kit.db import naming_convention
+from __future__ import annotations
 
-__all__ = ["BUS", "Base"]
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import (
+    ForeignKey,
+    Index,
+    LargeBinary,
+    MetaData,
+    String,
+    delete,
+    exists,
+    func,
+    literal,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from poly.events.v1 import events_pb2
+from services.auth import keys
+from services.auth.domain import ACTIVE, Client, Identity, IdentityQuery, RefreshClaim
+from services.kit.bus import BusTables, Outbox, bus_tables
+from services.kit.db import CreatedAt, Id, UtcDateTime, naming_convention
+
+__all__ = [
+    "BUS",
+    "AuthStore",
+    "Base",
+    "ClientRow",
+    "FamilyRow",
+    "IdentityRow",
+    "LoginFailureRow",
+    "RefreshTokenRow",
+    "RoleRow",
+    "SigningKeyRow",
+    "SqlRepository",
+]
+
+_ACTIVE, _ROTATED, _REVOKED = "ACTIVE", "ROTATED", "REVOKED"
 
 
 class Base(DeclarativeBase):
@@ -15,3 +57,343 @@ class Base(DeclarativeBase):
 
 BUS: BusTables = bus_tables(Base.metadata)
 """Outbox, deliveries, inbox and subscriptions of this service's events."""
+
+
+class IdentityRow(Base):
+    __tablename__ = "identity"
+    id: Mapped[Id]
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16))
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    update_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class RoleRow(Base):
+    __tablename__ = "identity_role"
+    identity_id: Mapped[str] = mapped_column(ForeignKey("identity.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(32), primary_key=True, index=True)
+
+
+class FamilyRow(Base):
+    """A login session: the chain of refresh tokens rotated from one login."""
+
+    __tablename__ = "refresh_family"
+    id: Mapped[Id]
+    identity_id: Mapped[str] = mapped_column(ForeignKey("identity.id", ondelete="CASCADE"), index=True)
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    revoke_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+
+
+class RefreshTokenRow(Base):
+    __tablename__ = "refresh_token"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    family_id: Mapped[str] = mapped_column(ForeignKey("refresh_family.id", ondelete="CASCADE"), index=True)
+    identity_id: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    expire_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class LoginFailureRow(Base):
+    __tablename__ = "login_failure"
+    __table_args__ = (Index("ix_login_failure_key_fail_time", "key", "fail_time"),)
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(320))
+    """``account:<email>``, ``client:<id>`` or ``address:<ip>``."""
+    fail_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class ClientRow(Base):
+    __tablename__ = "client"
+    client_id: Mapped[Id]
+    display_name: Mapped[str] = mapped_column(String(63))
+    scopes: Mapped[str] = mapped_column(String(1000))
+    """Space-separated."""
+    secret_hash: Mapped[str] = mapped_column(String(255))
+    create_time: Mapped[CreatedAt]
+
+
+class SigningKeyRow(Base):
+    __tablename__ = "signing_key"
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    algorithm: Mapped[str] = mapped_column(String(16))
+    public_key: Mapped[bytes] = mapped_column(LargeBinary())
+    sealed_private_key: Mapped[bytes] = mapped_column(LargeBinary())
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime(), index=True)
+
+
+def _identity(row: IdentityRow, roles: Sequence[str]) -> Identity:
+    return Identity(row.id, row.email, tuple(sorted(roles)), row.state, row.create_time, row.update_time)
+
+
+def _client(row: ClientRow) -> Client:
+    return Client(row.client_id, row.display_name, tuple(row.scopes.split()), row.create_time)
+
+
+class SqlRepository:
+    """`domain.Repository` over one session (one transaction)."""
+
+    def __init__(self, session: Session, outbox: Outbox | None) -> None:
+        self._session = session
+        self._outbox = outbox
+
+    # -- identities -----------------------------------------------------------------------
+
+    def add_identity(self, identity: Identity, password_hash: str) -> bool:
+        session = self._session
+        if session.scalar(select(IdentityRow.id).where(IdentityRow.email == identity.email)) is not None:
+            return False
+        try:
+            with session.begin_nested():
+                session.add(
+                    IdentityRow(
+                        id=identity.id,
+                        email=identity.email,
+                        password_hash=password_hash,
+                        state=identity.state,
+                        create_time=identity.create_time,
+                        update_time=identity.update_time,
+                    )
+                )
+                session.flush()
+        except IntegrityError:
+            return False  # a concurrent registration of the same email won
+        session.add_all(RoleRow(identity_id=identity.id, role=role) for role in identity.roles)
+        return True
+
+    def _roles(self, user_ids: Sequence[str]) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {user_id: [] for user_id in user_ids}
+        rows = self._session.execute(
+            select(RoleRow.identity_id, RoleRow.role).where(RoleRow.identity_id.in_(user_ids))
+        )
+        for user_id, role in rows:
+            found[user_id].append(role)
+        return found
+
+    def identity(self, user_id: str) -> Identity | None:
+        row = self._session.get(IdentityRow, user_id)
+        return None if row is None else _identity(row, self._roles([user_id])[user_id])
+
+    def credentials(self, email: str) -> tuple[Identity, str] | None:
+        row = self._session.scalar(select(IdentityRow).where(IdentityRow.email == email))
+        return None if row is None else (_identity(row, self._roles([row.id])[row.id]), row.password_hash)
+
+    def set_password_hash(self, user_id: str, password_hash: str) -> None:
+        self._session.execute(
+            update(IdentityRow).where(IdentityRow.id == user_id).values(password_hash=password_hash)
+        )
+
+    def set_roles(self, user_id: str, roles: Sequence[str], now: dt.datetime) -> None:
+        self._session.execute(delete(RoleRow).where(RoleRow.identity_id == user_id))
+        self._session.add_all(RoleRow(identity_id=user_id, role=role) for role in roles)
+        self._session.execute(update(IdentityRow).where(IdentityRow.id == user_id).values(update_time=now))
+
+    def set_state(self, user_id: str, state: str, now: dt.datetime) -> None:
+        self._session.execute(
+            update(IdentityRow).where(IdentityRow.id == user_id).values(state=state, update_time=now)
+        )
+
+    def count_admins(self) -> int:
+        query = (
+            select(func.count())
+            .select_from(RoleRow)
+            .join(IdentityRow, IdentityRow.id == RoleRow.identity_id)
+            .where(RoleRow.role == "admin", IdentityRow.state == ACTIVE)
+        )
+        return int(self._session.scalar(query) or 0)
+
+    def list_identities(
+        self, query: IdentityQuery, after: Sequence[str] | None, limit: int
+    ) -> list[Identity]:
+        statement = select(IdentityRow)
+        if query.email is not None:
+            statement = statement.where(IdentityRow.email == query.email)
+        if query.state is not None:
+            statement = statement.where(IdentityRow.state == query.state)
+        if query.role is not None:
+            statement = statement.where(
+                exists().where(RoleRow.identity_id == IdentityRow.id, RoleRow.role == query.role)
+            )
+        column = IdentityRow.email if query.order_by == "email" else IdentityRow.create_time
+        key = tuple_(column, IdentityRow.id)
+        if after is not None:
+            value: object = after[0] if query.order_by == "email" else dt.datetime.fromisoformat(after[0])
+            position = tuple_(_literal(column, value), _literal(IdentityRow.id, after[1]))
+            statement = statement.where(key < position if query.descending else key > position)
+        ordering = (column.desc(), IdentityRow.id.desc()) if query.descending else (column, IdentityRow.id)
+        rows = list(self._session.scalars(statement.order_by(*ordering).limit(limit)))
+        roles = self._roles([row.id for row in rows])
+        return [_identity(row, roles[row.id]) for row in rows]
+
+    def publish_registered(self, identity: Identity, display_name: str) -> None:
+        if self._outbox is None:
+            raise RuntimeError("this repository was opened without an outbox and cannot publish")
+        event = events_pb2.UserRegistered(user=identity.name, email=identity.email, display_name=display_name)
+        self._outbox.publish(self._session, event, aggregate_id=identity.name)
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def add_refresh_token(
+        self, token_hash: str, family: str, user_id: str, expire_time: dt.datetime, now: dt.datetime
+    ) -> None:
+        if self._session.get(FamilyRow, family) is None:
+            self._session.add(FamilyRow(id=family, identity_id=user_id, create_time=now))
+            self._session.flush()
+        self._session.add(
+            RefreshTokenRow(
+                token_hash=token_hash,
+                family_id=family,
+                identity_id=user_id,
+                state=_ACTIVE,
+                create_time=now,
+                expire_time=expire_time,
+            )
+        )
+
+    def claim_refresh_token(self, token_hash: str, now: dt.datetime) -> RefreshClaim:
+        # One conditional UPDATE: of two concurrent uses of a token exactly one claims it,
+        # and the other is then seen as reuse.
+        claimed = self._session.execute(
+            update(RefreshTokenRow)
+            .where(
+                RefreshTokenRow.token_hash == token_hash,
+                RefreshTokenRow.state == _ACTIVE,
+                RefreshTokenRow.expire_time > now,
+            )
+            .values(state=_ROTATED)
+            .returning(RefreshTokenRow.family_id, RefreshTokenRow.identity_id)
+        ).first()
+        if claimed is not None:
+            return RefreshClaim("claimed", claimed.family_id, claimed.identity_id)
+        row = self._session.get(RefreshTokenRow, token_hash)
+        if row is None:
+            return RefreshClaim("unknown")
+        outcome = {_ROTATED: "reused", _REVOKED: "revoked"}.get(row.state, "expired")
+        return RefreshClaim(outcome, row.family_id, row.identity_id)  # type: ignore[arg-type]
+
+    def revoke_family(self, family: str, now: dt.datetime) -> None:
+        self._session.execute(
+            update(RefreshTokenRow)
+            .where(RefreshTokenRow.family_id == family, RefreshTokenRow.state != _REVOKED)
+            .values(state=_REVOKED)
+        )
+        self._session.execute(
+            update(FamilyRow)
+            .where(FamilyRow.id == family, FamilyRow.revoke_time.is_(None))
+            .values(revoke_time=now)
+        )
+
+    def revoke_families_of(self, user_id: str, now: dt.datetime) -> None:
+        families = self._session.scalars(
+            select(FamilyRow.id).where(FamilyRow.identity_id == user_id, FamilyRow.revoke_time.is_(None))
+        )
+        for family in list(families):
+            self.revoke_family(family, now)
+
+    def family_of(self, token_hash: str) -> str | None:
+        return self._session.scalar(
+            select(RefreshTokenRow.family_id).where(RefreshTokenRow.token_hash == token_hash)
+        )
+
+    def family_active(self, family: str) -> bool:
+        row = self._session.get(FamilyRow, family)
+        return row is not None and row.revoke_time is None
+
+    # -- throttling -----------------------------------------------------------------------
+
+    def failures_since(self, key: str, since: dt.datetime) -> list[dt.datetime]:
+        query = select(LoginFailureRow.fail_time).where(
+            LoginFailureRow.key == key, LoginFailureRow.fail_time > since
+        )
+        return list(self._session.scalars(query))
+
+    def add_failure(self, key: str, now: dt.datetime) -> None:
+        self._session.add(LoginFailureRow(key=key, fail_time=now))
+
+    def clear_failures(self, key: str) -> None:
+        self._session.execute(delete(LoginFailureRow).where(LoginFailureRow.key == key))
+
+    # -- machine clients ------------------------------------------------------------------
+
+    def add_client(self, client: Client, secret_hash: str) -> bool:
+        if self._session.get(ClientRow, client.client_id) is not None:
+            return False
+        try:
+            with self._session.begin_nested():
+                self._session.add(
+                    ClientRow(
+                        client_id=client.client_id,
+                        display_name=client.display_name,
+                        scopes=" ".join(client.scopes),
+                        secret_hash=secret_hash,
+                        create_time=client.create_time,
+                    )
+                )
+                self._session.flush()
+        except IntegrityError:
+            return False
+        return True
+
+    def client(self, client_id: str) -> tuple[Client, str] | None:
+        row = self._session.get(ClientRow, client_id)
+        return None if row is None else (_client(row), row.secret_hash)
+
+    def list_clients(self, after: Sequence[str] | None, limit: int) -> list[Client]:
+        statement = select(ClientRow)
+        if after is not None:
+            statement = statement.where(
+                tuple_(ClientRow.create_time, ClientRow.client_id)
+                < tuple_(
+                    _literal(ClientRow.create_time, dt.datetime.fromisoformat(after[0])),
+                    _literal(ClientRow.client_id, after[1]),
+                )
+            )
+        statement = statement.order_by(ClientRow.create_time.desc(), ClientRow.client_id.desc()).limit(limit)
+        return [_client(row) for row in self._session.scalars(statement)]
+
+    def delete_client(self, client_id: str) -> bool:
+        deleted = self._session.execute(delete(ClientRow).where(ClientRow.client_id == client_id))
+        return bool(getattr(deleted, "rowcount", 0))
+
+    # -- signing keys ---------------------------------------------------------------------
+
+    def signing_keys(self, limit: int = keys.PUBLISHED_KEYS) -> list[keys.SealedKey]:
+        """The newest keys first: the first one signs."""
+        rows = self._session.scalars(
+            select(SigningKeyRow)
+            .order_by(SigningKeyRow.create_time.desc(), SigningKeyRow.kid.desc())
+            .limit(limit)
+        )
+        return [
+            keys.SealedKey(row.kid, row.algorithm, row.public_key, row.sealed_private_key, row.create_time)
+            for row in rows
+        ]
+
+    def add_signing_key(self, sealed: keys.SealedKey) -> None:
+        self._session.add(
+            SigningKeyRow(
+                kid=sealed.kid,
+                algorithm=sealed.algorithm,
+                public_key=sealed.public_key,
+                sealed_private_key=sealed.sealed_private_key,
+                create_time=sealed.create_time,
+            )
+        )
+
+
+def _literal(column: Any, value: object) -> Any:
+    return literal(value, type_=column.type)
+
+
+class AuthStore:
+    """Transactions over the auth database, each yielding a `SqlRepository`."""
+
+    def __init__(self, factory: sessionmaker[Session], outbox: Outbox) -> None:
+        self._factory = factory
+        self._outbox = outbox
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlRepository]:
+        with self._factory.begin() as session:
+            yield SqlRepository(session, self._outbox)

@@ -3,13 +3,17 @@
 poly certs [--force]   development CA and one certificate per component
 poly up                start every service, wait until healthy, supervise
 poly status            each component's health
+poly admin create      the first admin account (or make an account admin)
+poly keys rotate|list  signing keys of the auth service
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -37,6 +41,11 @@ def _certs(settings: config.Settings, force: bool) -> int:
         print(f"wrote {path}")
     for path in issued.kept:
         print(f"kept  {path} (exists; --force re-issues the component certificates)")
+    from services.auth import keys
+
+    encryption_key = settings.auth.key_encryption_key_file
+    if keys.ensure_key_encryption_key(encryption_key):
+        print(f"wrote {encryption_key} (encrypts the auth service's signing keys)")
     return 0
 
 
@@ -122,6 +131,100 @@ def _bus_action(action: str, engine: Engine, tables: BusTables, events: list[str
     return 0
 
 
+def _auth_store() -> tuple[Any, Engine]:
+    """The auth database (migrated), with an outbox routed as the running service routes."""
+    from services.auth import store
+    from services.auth.__main__ import MIGRATIONS
+    from services.kit import bus, db
+
+    settings = config.load("auth")
+    engine = db.connect(settings.db, migrations=MIGRATIONS)
+    routing = bus.broker_routing() if settings.bus.url else bus.subscriber_routing(store.BUS)
+    outbox = bus.Outbox(store.BUS, source="auth", routing=routing)
+    return store.AuthStore(db.session_factory(engine), outbox), engine
+
+
+def _read_password(from_stdin: bool) -> str:
+    import getpass
+
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise ValueError("the two passwords differ")
+    return first
+
+
+def _admin_create(email: str, password_stdin: bool) -> int:
+    from services.auth import domain, passwords
+    from services.kit import db, errors
+
+    try:
+        settings = config.load("auth")
+        auth_store, engine = _auth_store()
+    except (config.ConfigError, db.DatabaseError) as error:
+        print(f"poly admin: {error}", file=sys.stderr)
+        return 2
+    provider = domain.IdentityProvider(
+        auth_store.transaction,
+        passwords.Argon2Hasher(settings.auth),
+        _NoTokens(),
+        settings.auth,
+        passwords.password_problem,
+    )
+    try:
+        with auth_store.transaction() as repo:
+            found = repo.credentials(domain.normalise_email(email))
+        if found is not None:
+            identity = provider.change_role(found[0].id, "admin", grant=True)
+            print(f"{identity.name} ({identity.email}) is an admin")
+        else:
+            identity = provider.register(email, _read_password(password_stdin), roles=["admin"])
+            print(f"created {identity.name} ({identity.email}) with the admin role")
+    except ValueError as error:
+        print(f"poly admin: {error}", file=sys.stderr)
+        return 2
+    except errors.DomainError as error:
+        details = [f"{v.field}: {v.description}" for v in getattr(error, "violations", [])]
+        print(f"poly admin: {error}" + "".join(f"\n  {d}" for d in details), file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    return 0
+
+
+class _NoTokens:
+    """The CLI registers accounts but never issues tokens."""
+
+    def access_token(self, **_: object) -> str:
+        raise RuntimeError("the CLI does not issue tokens")
+
+
+def _keys(action: str) -> int:
+    from services.auth import keys, tokens
+    from services.kit import db
+
+    try:
+        settings = config.load("auth")
+        auth_store, engine = _auth_store()
+        encryption_key = keys.load_key_encryption_key(settings.auth.key_encryption_key_file)
+    except (config.ConfigError, db.DatabaseError, keys.KeyEncryptionError) as error:
+        print(f"poly keys: {error}", file=sys.stderr)
+        return 2
+    try:
+        delay = settings.auth.jwks_min_refresh_seconds
+        ring = tokens.KeyRing(auth_store, encryption_key, activation_delay=delay)
+        if action == "rotate":
+            ring.ensure()
+            created = ring.rotate()
+            print(f"added signing key {created.kid}; published now, signing new tokens in {delay:g} s")
+        for sealed, role in ring.published():
+            print(f"{sealed.kid}  {sealed.create_time:%Y-%m-%d %H:%M:%S}Z  {role}")
+    finally:
+        engine.dispose()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="poly", description="Polyservice operator commands.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -142,20 +245,29 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ID",
         help="redrive only this event (repeatable); default: every dead letter",
     )
+    admin = commands.add_parser("admin", help="create the first admin account")
+    admin_commands = admin.add_subparsers(dest="action", required=True)
+    create = admin_commands.add_parser("create", help="create an admin account, or make an account admin")
+    create.add_argument("--email", required=True)
+    create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    keys_parser = commands.add_parser("keys", help="rotate or list the auth service's signing keys")
+    keys_parser.add_argument("action", choices=["rotate", "list"])
     args = parser.parse_args(argv)
     try:
         settings = config.load("cli")
     except config.ConfigError as error:
         print(error, file=sys.stderr)
         return 2
-    if args.command == "certs":
-        return _certs(settings, args.force)
-    if args.command == "status":
-        return _status(settings)
-    if args.command == "migration":
-        return _migration(args.service, args.message)
-    if args.command == "bus":
-        return _bus(args.action, args.service, args.events)
+    commands_run: dict[str, Callable[[], int]] = {
+        "certs": lambda: _certs(settings, args.force),
+        "status": lambda: _status(settings),
+        "migration": lambda: _migration(args.service, args.message),
+        "bus": lambda: _bus(args.action, args.service, args.events),
+        "admin": lambda: _admin_create(args.email, args.password_stdin),
+        "keys": lambda: _keys(args.action),
+    }
+    if args.command in commands_run:
+        return commands_run[args.command]()
     from services.cli.supervisor import Supervisor
 
     return Supervisor(settings).run()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO, Any
 
+from services.auth import keys
 from services.cli.probe import health_status
 from services.kit import config, tls
 
@@ -172,6 +173,7 @@ class Supervisor:
         except tls.CertificateError as error:
             self._say("poly", str(error))
             return 2
+        keys.ensure_key_encryption_key(self._settings.auth.key_encryption_key_file)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         status = 1
         try:

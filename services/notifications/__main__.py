@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from poly.notifications.v1 import notifications_service_pb2, notifications_service_pb2_grpc
-from services.kit import bus, config, db, logs, server
+from services.kit import authn, authz, bus, clients, config, db, logs, server
 from services.notifications import events, store
 from services.notifications.service import NotificationsServicer
 
@@ -18,16 +18,20 @@ def main() -> None:
         events_node = bus.node(settings, engine, store.BUS, events.HANDLERS)
         servicer = NotificationsServicer()
         descriptor = notifications_service_pb2.DESCRIPTOR.services_by_name["NotificationsService"]
+        registrations = [
+            server.registration(
+                descriptor,
+                notifications_service_pb2_grpc.add_NotificationsServiceServicer_to_server,
+                servicer,
+            ),
+            events_node.registration,
+        ]
+        auth_channels = clients.Channels(settings, services={"auth": [authn.AUTH_SERVICE]})
+        verifier = authn.remote_verifier(settings, auth_channels)
         server.serve(
             settings,
-            [
-                server.registration(
-                    descriptor,
-                    notifications_service_pb2_grpc.add_NotificationsServiceServicer_to_server,
-                    servicer,
-                ),
-                events_node.registration,
-            ],
+            registrations,
+            middlewares=authz.service_middlewares(settings, verifier, registrations),
             background=[events_node],
         )
     finally:

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from poly.payments.v1 import payments_service_pb2, payments_service_pb2_grpc
-from services.kit import bus, config, db, logs, server
+from services.kit import authn, authz, bus, clients, config, db, logs, server
 from services.payments import events, store
 from services.payments.service import PaymentsServicer
 
@@ -18,14 +18,18 @@ def main() -> None:
         events_node = bus.node(settings, engine, store.BUS, events.HANDLERS)
         servicer = PaymentsServicer()
         descriptor = payments_service_pb2.DESCRIPTOR.services_by_name["PaymentsService"]
+        registrations = [
+            server.registration(
+                descriptor, payments_service_pb2_grpc.add_PaymentsServiceServicer_to_server, servicer
+            ),
+            events_node.registration,
+        ]
+        auth_channels = clients.Channels(settings, services={"auth": [authn.AUTH_SERVICE]})
+        verifier = authn.remote_verifier(settings, auth_channels)
         server.serve(
             settings,
-            [
-                server.registration(
-                    descriptor, payments_service_pb2_grpc.add_PaymentsServiceServicer_to_server, servicer
-                ),
-                events_node.registration,
-            ],
+            registrations,
+            middlewares=authz.service_middlewares(settings, verifier, registrations),
             background=[events_node],
         )
     finally:

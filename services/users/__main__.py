@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from poly.users.v1 import users_service_pb2, users_service_pb2_grpc
-from services.kit import bus, config, db, logs, server
+from services.kit import authn, authz, bus, clients, config, db, logs, server
 from services.users import events, store
 from services.users.service import UsersServicer
 
@@ -18,14 +18,18 @@ def main() -> None:
         events_node = bus.node(settings, engine, store.BUS, events.HANDLERS)
         servicer = UsersServicer()
         descriptor = users_service_pb2.DESCRIPTOR.services_by_name["UsersService"]
+        registrations = [
+            server.registration(
+                descriptor, users_service_pb2_grpc.add_UsersServiceServicer_to_server, servicer
+            ),
+            events_node.registration,
+        ]
+        auth_channels = clients.Channels(settings, services={"auth": [authn.AUTH_SERVICE]})
+        verifier = authn.remote_verifier(settings, auth_channels)
         server.serve(
             settings,
-            [
-                server.registration(
-                    descriptor, users_service_pb2_grpc.add_UsersServiceServicer_to_server, servicer
-                ),
-                events_node.registration,
-            ],
+            registrations,
+            middlewares=authz.service_middlewares(settings, verifier, registrations),
             background=[events_node],
         )
     finally:

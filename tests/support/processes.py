@@ -18,10 +18,13 @@ from services.kit.config import Settings
 from tests.support.env import PYTHON, ROOT, process_environ
 
 
-def run_module(module: str, environ: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def run_module(
+    module: str, environ: Mapping[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m module`` to completion (at most 60 s) with a POLY_* environment."""
     return subprocess.run(
         [PYTHON, "-m", module, *args],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,

@@ -19,7 +19,11 @@ def test_certs_writes_once_keeps_after_and_force_rotates_the_components(tmp_path
     first = _poly(environ, "certs")
     assert first.returncode == 0, first.stderr
     written = [line for line in first.stdout.splitlines() if line.startswith("wrote")]
-    assert len(written) == len(config.COMPONENTS) + 1
+    # The CA, one certificate per component, and the auth service's key-encryption key.
+    assert len(written) == len(config.COMPONENTS) + 2
+    encryption_key = tmp_path / "secrets" / "signing-key-encryption.key"
+    assert encryption_key.stat().st_mode & 0o777 == 0o600
+    key_bytes = encryption_key.read_bytes()
     ca = (tmp_path / "certs" / "ca.crt").read_bytes()
     cli = (tmp_path / "certs" / "cli.crt").read_bytes()
 
@@ -32,6 +36,7 @@ def test_certs_writes_once_keeps_after_and_force_rotates_the_components(tmp_path
     forced = _poly(environ, "certs", "--force")
     assert forced.returncode == 0
     assert forced.stdout.count("wrote") == len(config.COMPONENTS)
+    assert encryption_key.read_bytes() == key_bytes, "never replaced: it opens the stored signing keys"
     assert (tmp_path / "certs" / "ca.crt").read_bytes() == ca
     assert (tmp_path / "certs" / "cli.crt").read_bytes() != cli
 
