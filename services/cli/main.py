@@ -139,8 +139,7 @@ def _auth_store() -> tuple[Any, Engine]:
 
     settings = config.load("auth")
     engine = db.connect(settings.db, migrations=MIGRATIONS)
-    routing = bus.broker_routing() if settings.bus.url else bus.subscriber_routing(store.BUS)
-    outbox = bus.Outbox(store.BUS, source="auth", routing=routing)
+    outbox = bus.Outbox(store.BUS, source="auth", routing=bus.routing(settings.bus, store.BUS))
     return store.AuthStore(db.session_factory(engine), outbox), engine
 
 

@@ -29,7 +29,7 @@ from services.kit.bus.broker import (
 from services.kit.bus.consumer import Consumer, EventHandler, Outcome
 from services.kit.bus.metrics import BusMetrics, backlog
 from services.kit.bus.node import Node, node
-from services.kit.bus.outbox import Outbox, Routing, broker_routing, subscriber_routing
+from services.kit.bus.outbox import Outbox, Routing, broker_routing, routing, subscriber_routing
 from services.kit.bus.relay import Relay, RelaySettings, backoff_seconds
 from services.kit.bus.sink import EVENT_SINK, EventSinkServicer, Subscriber, sink_registration
 from services.kit.bus.tables import DEAD, DELIVERED, PENDING, BusTables, bus_tables
@@ -69,6 +69,7 @@ __all__ = [
     "exchange_name",
     "redrive",
     "redrive_dead_queue",
+    "routing",
     "sink_registration",
     "state_counts",
     "subscriber_routing",

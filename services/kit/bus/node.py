@@ -18,7 +18,7 @@ from services.kit import config, db, server
 from services.kit.bus.broker import BrokerConsumer, BrokerTransport
 from services.kit.bus.consumer import Consumer, EventHandler
 from services.kit.bus.metrics import BusMetrics
-from services.kit.bus.outbox import Outbox, broker_routing, subscriber_routing
+from services.kit.bus.outbox import Outbox, routing
 from services.kit.bus.relay import Relay, RelaySettings
 from services.kit.bus.sink import EVENT_SINK, EventSinkServicer, Subscriber, sink_registration
 from services.kit.bus.tables import BusTables
@@ -85,8 +85,13 @@ def node(
         metrics=metrics,
         owner=settings.service,
     )
-    routing = broker_routing() if broker else subscriber_routing(tables)
-    outbox = Outbox(tables, source=settings.service, routing=routing, metrics=metrics, on_commit=relay.wake)
+    outbox = Outbox(
+        tables,
+        source=settings.service,
+        routing=routing(settings.bus, tables),
+        metrics=metrics,
+        on_commit=relay.wake,
+    )
     sink = EventSinkServicer(
         consumer,
         factory,

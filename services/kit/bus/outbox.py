@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session
 from poly.events.v1.events_pb2 import EventEnvelope
 from services.kit.bus.metrics import BusMetrics
 from services.kit.bus.tables import PENDING, BusTables
+from services.kit.config import BusSettings
 
-__all__ = ["Outbox", "Routing", "broker_routing", "subscriber_routing"]
+__all__ = ["Outbox", "Routing", "broker_routing", "routing", "subscriber_routing"]
 
 Routing = Callable[[Session, str], list[str]]
 """Where an event of a type goes: ``(session, event_type) -> routes``."""
@@ -43,6 +44,12 @@ def subscriber_routing(tables: BusTables) -> Routing:
 def broker_routing(route: str = "broker") -> Routing:
     """Broker transport: every event goes to the broker, which fans it out to queues."""
     return lambda _session, _event_type: [route]
+
+
+def routing(settings: BusSettings, tables: BusTables) -> Routing:
+    """The routing of the transport `settings` choose: the broker when ``settings.url`` is
+    set, the embedded subscribers otherwise (the relay and any other publisher must agree)."""
+    return broker_routing() if settings.url else subscriber_routing(tables)
 
 
 class Outbox:

@@ -5,6 +5,7 @@ from sqlalchemy import func, select
 
 from poly.events.v1.events_pb2 import OrderCreated
 from services.kit import bus, db
+from services.kit.config import BusSettings
 from tests.kit.bus.conftest import BusDb, publish, subscribe
 
 ORDER_CREATED = "poly.events.v1.OrderCreated"
@@ -53,6 +54,19 @@ def test_broker_routing_sends_everything_to_the_broker(bus_db: BusDb) -> None:
     publish(bus_db, outbox, "orders/1", "orders/1")
     with bus_db.engine.connect() as connection:
         assert connection.execute(select(bus_db.tables.delivery.c.route)).scalars().all() == ["broker"]
+
+
+@pytest.mark.parametrize(
+    ("url", "routes"),
+    [("", ["payments"]), ("amqp://guest:guest@127.0.0.1:5672/", ["broker"])],
+    ids=["embedded", "broker"],
+)
+def test_routing_follows_the_configured_transport(bus_db: BusDb, url: str, routes: list[str]) -> None:
+    subscribe(bus_db, "payments", ORDER_CREATED)
+    chosen = bus.routing(BusSettings(url=url), bus_db.tables)
+    publish(bus_db, bus.Outbox(bus_db.tables, source="orders", routing=chosen), "orders/1", "orders/1")
+    with bus_db.engine.connect() as connection:
+        assert connection.execute(select(bus_db.tables.delivery.c.route)).scalars().all() == routes
 
 
 def test_the_relay_is_woken_after_commit_only(bus_db: BusDb) -> None:
