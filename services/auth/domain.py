@@ -376,13 +376,11 @@ class IdentityProvider:
         after = paging.decode_token(token, request)
         with self.transactions() as repo:
             found = repo.list_identities(query, after, limit + 1)
-        page, more = found[:limit], len(found) > limit
-        next_token = ""
-        if more:
-            last = page[-1]
-            key = last.email if query.order_by == "email" else last.create_time.isoformat()
-            next_token = paging.encode_token([key, last.id], request)
-        return IdentityPage(page, next_token)
+
+        def position(last: Identity) -> list[str]:
+            return [last.email if query.order_by == "email" else last.create_time.isoformat(), last.id]
+
+        return IdentityPage(*paging.split_page(found, limit, position, request))
 
     # -- machine clients ----------------------------------------------------------------
 
@@ -424,12 +422,9 @@ class IdentityProvider:
         after = paging.decode_token(token, [])
         with self.transactions() as repo:
             found = repo.list_clients(after, limit + 1)
-        page = found[:limit]
-        more = len(found) > limit
-        next_token = (
-            paging.encode_token([page[-1].create_time.isoformat(), page[-1].client_id], []) if more else ""
+        return paging.split_page(
+            found, limit, lambda last: [last.create_time.isoformat(), last.client_id], []
         )
-        return page, next_token
 
     def delete_client(self, client_id: str) -> None:
         with self.transactions() as repo:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import grpc
 from google.protobuf import empty_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -21,9 +23,9 @@ __all__ = ["AuthServicer", "client_address"]
 _STATES = {ACTIVE: resources_pb2.Identity.STATE_ACTIVE}
 
 
-def _timestamp(value: object) -> Timestamp:
+def _timestamp(value: dt.datetime) -> Timestamp:
     stamp = Timestamp()
-    stamp.FromDatetime(value)  # type: ignore[arg-type]
+    stamp.FromDatetime(value)
     return stamp
 
 

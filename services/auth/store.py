@@ -142,8 +142,6 @@ class SqlRepository:
 
     def add_identity(self, identity: Identity, password_hash: str) -> bool:
         session = self._session
-        if session.scalar(select(IdentityRow.id).where(IdentityRow.email == identity.email)) is not None:
-            return False
         try:
             with session.begin_nested():
                 session.add(
@@ -158,7 +156,7 @@ class SqlRepository:
                 )
                 session.flush()
         except IntegrityError:
-            return False  # a concurrent registration of the same email won
+            return False  # the email is taken (the unique constraint decides, races included)
         session.add_all(RoleRow(identity_id=identity.id, role=role) for role in identity.roles)
         return True
 
@@ -317,8 +315,6 @@ class SqlRepository:
     # -- machine clients ------------------------------------------------------------------
 
     def add_client(self, client: Client, secret_hash: str) -> bool:
-        if self._session.get(ClientRow, client.client_id) is not None:
-            return False
         try:
             with self._session.begin_nested():
                 self._session.add(

@@ -67,9 +67,14 @@ class KeyRing:
             newest = repo.signing_keys(keys.PUBLISHED_KEYS + 3)
         if not newest:
             raise keys.KeyEncryptionError("the auth database holds no signing key")
+        return newest, self._signing_index(newest)
+
+    def _signing_index(self, newest_first: list[keys.SealedKey]) -> int:
+        """The newest key old enough to sign, or the oldest one when none is (a fresh ring)."""
         ready = self._clock() - self._activation_delay
-        signing = next((i for i, key in enumerate(newest) if key.create_time <= ready), len(newest) - 1)
-        return newest, signing
+        return next(
+            (i for i, key in enumerate(newest_first) if key.create_time <= ready), len(newest_first) - 1
+        )
 
     def current(self) -> keys.SigningKey:
         newest, signing = self._keys()
@@ -87,7 +92,7 @@ class KeyRing:
             stored = repo.signing_keys(limit=1000)
         if not stored:
             return []
-        _, signing = self._keys()
+        signing = self._signing_index(stored)
         roles = ["next"] * signing + ["signing", "previous"]
         return [(key, roles[i] if i < len(roles) else "withdrawn") for i, key in enumerate(stored)]
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from services.kit.errors import FieldViolation, InvalidArgument
 
-__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "decode_token", "encode_token", "page_size"]
+__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "decode_token", "encode_token", "page_size", "split_page"]
+
+_T = TypeVar("_T")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -68,3 +71,14 @@ def decode_token(token: str, request_fields: Sequence[object]) -> list[str] | No
     if digest != _fingerprint(request_fields):
         raise _invalid("it was issued for a request with other filters or ordering")
     return position
+
+
+def split_page(
+    found: Sequence[_T], limit: int, position: Callable[[_T], Sequence[str]], request_fields: Sequence[object]
+) -> tuple[list[_T], str]:
+    """The page out of `found` (queried with ``limit + 1`` rows) and the token for the next
+    one: empty when the extra row is absent, else the `position` of the page's last item."""
+    page = list(found[:limit])
+    if len(found) <= limit:
+        return page, ""
+    return page, encode_token(position(page[-1]), request_fields)

@@ -314,6 +314,11 @@ def test_machine_clients_get_scoped_tokens(system: Deployment, admin: str) -> No
         grpc.StatusCode.INVALID_ARGUMENT,
         "SCOPE_NOT_ALLOWED",
     )
+    again = pb.CreateClientRequest(client_id=client_id, client=resources_pb2.Client())
+    assert _refused(system.auth().CreateClient, again, metadata=bearer(admin))[:2] == (
+        grpc.StatusCode.ALREADY_EXISTS,
+        "CLIENT_EXISTS",
+    )
     unknown_scope = pb.CreateClientRequest(client=resources_pb2.Client(scopes=["root"]))
     assert _refused(system.auth().CreateClient, unknown_scope, metadata=bearer(admin))[1] == "CLIENT_INVALID"
 

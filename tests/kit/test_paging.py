@@ -7,7 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.kit.errors import InvalidArgument
-from services.kit.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, decode_token, encode_token, page_size
+from services.kit.paging import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    decode_token,
+    encode_token,
+    page_size,
+    split_page,
+)
 
 
 @pytest.mark.parametrize(
@@ -46,3 +53,10 @@ def test_arbitrary_tokens_are_refused_cleanly_or_decoded(token: str) -> None:
         assert refused.reason == "PAGE_TOKEN_INVALID"
     else:
         assert position is None or all(isinstance(p, str) for p in position)
+
+
+def test_split_page_gives_a_token_only_when_more_rows_exist() -> None:
+    request = ["filter"]
+    assert split_page(["a", "b"], 2, lambda last: [last], request) == (["a", "b"], "")
+    page, token = split_page(["a", "b", "c"], 2, lambda last: [last], request)
+    assert page == ["a", "b"] and decode_token(token, request) == ["b"]
