@@ -86,3 +86,48 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
 def test_an_unparsable_database_url_is_a_configuration_problem() -> None:
     with pytest.raises(config.ConfigError, match="POLY_USERS_DATABASE_URL: not a database URL"):
         config.load("users", {"POLY_USERS_DATABASE_URL": "nonsense"})
+
+
+def test_notification_and_payment_settings() -> None:
+    settings = config.load(
+        "notifications",
+        {
+            "POLY_SMTP_HOST": "mail.example.com",
+            "POLY_SMTP_PORT": "587",
+            "POLY_SMTP_SECURITY": "STARTTLS",
+            "POLY_SMTP_USERNAME": "poly",
+            "POLY_SMTP_PASSWORD": "hunter2-but-longer",
+            "POLY_WEBHOOK_ALLOW_PRIVATE": "true",
+            "POLY_PAYMENTS_DEFAULT_CURRENCY": "usd",
+        },
+    )
+    smtp = settings.notifications.smtp
+    assert (smtp.host, smtp.port, smtp.security, smtp.username) == (
+        "mail.example.com",
+        587,
+        "starttls",
+        "poly",
+    )
+    assert "hunter2" not in repr(settings)
+    assert settings.notifications.webhook_allow_private is True
+    assert settings.payments.default_currency == "USD"
+    assert config.load("notifications", {}).notifications.webhook_allow_private is False
+
+
+def test_bad_notification_and_payment_settings_are_listed() -> None:
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(
+            "notifications",
+            {
+                "POLY_SMTP_SECURITY": "ssl3",
+                "POLY_SMTP_USERNAME": "poly",
+                "POLY_PAYMENTS_DEFAULT_CURRENCY": "euro",
+            },
+        )
+    text = str(caught.value)
+    for name in (
+        "POLY_SMTP_SECURITY",
+        "POLY_SMTP_USERNAME and POLY_SMTP_PASSWORD",
+        "POLY_PAYMENTS_DEFAULT_CURRENCY",
+    ):
+        assert name in text

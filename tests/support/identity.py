@@ -22,7 +22,7 @@ from poly.auth.v1 import auth_service_pb2_grpc
 from services.auth import keys
 from services.kit import clients, config, tls
 from tests.support.env import poly_environ, settings_for
-from tests.support.processes import Process, health_check
+from tests.support.processes import Process, health_check, run_module
 
 __all__ = ["CHEAP_ARGON2", "PASSWORD", "Deployment", "bearer", "signed_by_a_new_key", "start"]
 
@@ -67,6 +67,22 @@ class Deployment:
             auth_pb.LoginRequest(email=email, password=password), timeout=10
         )
         return reply
+
+    def create_admin(self, email: str = "root@example.com") -> str:
+        """An admin's access token; the admin is made with ``poly admin create``, as an
+        operator would (repeatable: an existing account just gains the role)."""
+        created = run_module(
+            "services.cli",
+            self.environ,
+            "admin",
+            "create",
+            "--email",
+            email,
+            "--password-stdin",
+            stdin=PASSWORD + "\n",
+        )
+        assert created.returncode == 0, created.stderr
+        return self.login(email).access_token
 
     def start(self, names: Sequence[str]) -> None:
         for name in names:

@@ -28,7 +28,7 @@ from services.kit.bus.broker import (
 )
 from services.kit.bus.consumer import Consumer, EventHandler, Outcome
 from services.kit.bus.metrics import BusMetrics, backlog
-from services.kit.bus.node import Node, node
+from services.kit.bus.node import Handlers, Node, node
 from services.kit.bus.outbox import Outbox, Routing, broker_routing, routing, subscriber_routing
 from services.kit.bus.relay import Relay, RelaySettings, backoff_seconds
 from services.kit.bus.sink import EVENT_SINK, EventSinkServicer, Subscriber, sink_registration
@@ -50,6 +50,7 @@ __all__ = [
     "EmbeddedTransport",
     "EventHandler",
     "EventSinkServicer",
+    "Handlers",
     "Node",
     "Outbox",
     "Outcome",

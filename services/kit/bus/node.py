@@ -8,7 +8,7 @@ its event types with every other service, and a `Relay` pushing its outbox to th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
@@ -25,7 +25,10 @@ from services.kit.bus.tables import BusTables
 from services.kit.bus.transport import EmbeddedTransport
 from services.kit.clients import Channels
 
-__all__ = ["Node", "node"]
+__all__ = ["Handlers", "Node", "node"]
+
+Handlers = Mapping[type[Message], EventHandler]
+"""The handler of each consumed event type."""
 
 
 @dataclass
@@ -56,15 +59,15 @@ def node(
     settings: config.Settings,
     engine: Engine,
     tables: BusTables,
-    handlers: Mapping[type[Message], EventHandler],
+    handlers: Handlers | Callable[[Outbox], Handlers],
 ) -> Node:
     """The bus of `settings.service` over its own database `engine`: embedded transport, or
-    RabbitMQ when ``settings.bus.url`` is set."""
+    RabbitMQ when ``settings.bus.url`` is set. Handlers that publish in their own transaction
+    (a saga step) need the node's outbox: pass a function of it instead of the mapping."""
     peers = [name for name in config.SERVICES if name != settings.service]
     metrics = BusMetrics()
     channels = Channels(settings, services={peer: [EVENT_SINK] for peer in peers})
     factory = db.session_factory(engine)
-    consumer = Consumer(factory, tables, handlers, metrics=metrics)
     # A send must end well inside its lease, so no two replicas ever have it in flight.
     send_timeout = min(10.0, settings.bus.lease_seconds / 2)
     broker = (
@@ -91,6 +94,9 @@ def node(
         routing=routing(settings.bus, tables),
         metrics=metrics,
         on_commit=relay.wake,
+    )
+    consumer = Consumer(
+        factory, tables, handlers(outbox) if callable(handlers) else handlers, metrics=metrics
     )
     sink = EventSinkServicer(
         consumer,

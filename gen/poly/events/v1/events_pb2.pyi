@@ -309,7 +309,7 @@ Global___OrderCancelled: _TypeAlias = OrderCancelled  # noqa: Y015
 
 @_typing.final
 class OrderPaid(_message.Message):
-    """An order's payment was authorized and the order is PAID. Published by
+    """An order's payment was captured and the order is PAID. Published by
     orders.
     """
 
@@ -327,7 +327,7 @@ class OrderPaid(_message.Message):
     """The payment, `payments/{payment}`."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
-        """The amount held for the order."""
+        """The amount captured for the order."""
 
     def __init__(
         self,
@@ -383,7 +383,7 @@ Global___OrderPaymentFailed: _TypeAlias = OrderPaymentFailed  # noqa: Y015
 
 @_typing.final
 class OrderFulfilled(_message.Message):
-    """An order was fulfilled and its payment captured. Published by orders."""
+    """An order was fulfilled. Published by orders."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

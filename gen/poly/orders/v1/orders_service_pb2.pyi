@@ -37,7 +37,7 @@ class CreateOrderRequest(_message.Message):
     request_id: _builtins.str
     """Optional. Idempotency key, a UUID4. A repeat by the same caller within
     24 hours returns the first result; reusing it with a different order is
-    INVALID_ARGUMENT.
+    FAILED_PRECONDITION with reason REQUEST_ID_REUSED.
     """
     @_builtins.property
     def order(self) -> _resources_pb2.Order:

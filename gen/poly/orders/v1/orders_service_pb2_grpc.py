@@ -98,17 +98,18 @@ class OrdersServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelOrder(self, request, context):
-        """Cancels an order that is PENDING, AWAITING_PAYMENT or PAID and voids any
-        held payment. A FULFILLED or PAYMENT_FAILED order is
-        FAILED_PRECONDITION; an order already CANCELLED is returned unchanged
-        without an etag check, so retries are safe.
+        """Cancels an order that is PENDING, AWAITING_PAYMENT or PAID; the payments
+        service then voids a held payment or refunds a captured one. A FULFILLED
+        or PAYMENT_FAILED order is FAILED_PRECONDITION; an order already
+        CANCELLED is returned unchanged without an etag check, so retries are
+        safe.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def FulfillOrder(self, request, context):
-        """Marks a PAID order fulfilled and captures its payment. Other states are
+        """Marks a PAID (captured) order fulfilled. Other states are
         FAILED_PRECONDITION, except FULFILLED, which is returned unchanged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -47,13 +47,14 @@ class OrdersServiceStub:
     "orders.read" see all.
     """
     CancelOrder: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.CancelOrderRequest, _resources_pb2.Order]
-    """Cancels an order that is PENDING, AWAITING_PAYMENT or PAID and voids any
-    held payment. A FULFILLED or PAYMENT_FAILED order is
-    FAILED_PRECONDITION; an order already CANCELLED is returned unchanged
-    without an etag check, so retries are safe.
+    """Cancels an order that is PENDING, AWAITING_PAYMENT or PAID; the payments
+    service then voids a held payment or refunds a captured one. A FULFILLED
+    or PAYMENT_FAILED order is FAILED_PRECONDITION; an order already
+    CANCELLED is returned unchanged without an etag check, so retries are
+    safe.
     """
     FulfillOrder: _grpc.UnaryUnaryMultiCallable[_orders_service_pb2.FulfillOrderRequest, _resources_pb2.Order]
-    """Marks a PAID order fulfilled and captures its payment. Other states are
+    """Marks a PAID (captured) order fulfilled. Other states are
     FAILED_PRECONDITION, except FULFILLED, which is returned unchanged.
     """
     WatchOrder: _grpc.UnaryStreamMultiCallable[_orders_service_pb2.WatchOrderRequest, _orders_service_pb2.WatchOrderResponse]
@@ -80,13 +81,14 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     "orders.read" see all.
     """
     CancelOrder: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.CancelOrderRequest, _resources_pb2.Order]  # type: ignore[assignment]
-    """Cancels an order that is PENDING, AWAITING_PAYMENT or PAID and voids any
-    held payment. A FULFILLED or PAYMENT_FAILED order is
-    FAILED_PRECONDITION; an order already CANCELLED is returned unchanged
-    without an etag check, so retries are safe.
+    """Cancels an order that is PENDING, AWAITING_PAYMENT or PAID; the payments
+    service then voids a held payment or refunds a captured one. A FULFILLED
+    or PAYMENT_FAILED order is FAILED_PRECONDITION; an order already
+    CANCELLED is returned unchanged without an etag check, so retries are
+    safe.
     """
     FulfillOrder: _aio.UnaryUnaryMultiCallable[_orders_service_pb2.FulfillOrderRequest, _resources_pb2.Order]  # type: ignore[assignment]
-    """Marks a PAID order fulfilled and captures its payment. Other states are
+    """Marks a PAID (captured) order fulfilled. Other states are
     FAILED_PRECONDITION, except FULFILLED, which is returned unchanged.
     """
     WatchOrder: _aio.UnaryStreamMultiCallable[_orders_service_pb2.WatchOrderRequest, _orders_service_pb2.WatchOrderResponse]  # type: ignore[assignment]
@@ -134,10 +136,11 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orders_service_pb2.CancelOrderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Order, _abc.Awaitable[_resources_pb2.Order]]:
-        """Cancels an order that is PENDING, AWAITING_PAYMENT or PAID and voids any
-        held payment. A FULFILLED or PAYMENT_FAILED order is
-        FAILED_PRECONDITION; an order already CANCELLED is returned unchanged
-        without an etag check, so retries are safe.
+        """Cancels an order that is PENDING, AWAITING_PAYMENT or PAID; the payments
+        service then voids a held payment or refunds a captured one. A FULFILLED
+        or PAYMENT_FAILED order is FAILED_PRECONDITION; an order already
+        CANCELLED is returned unchanged without an etag check, so retries are
+        safe.
         """
 
     @_abc_1.abstractmethod
@@ -146,7 +149,7 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orders_service_pb2.FulfillOrderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Order, _abc.Awaitable[_resources_pb2.Order]]:
-        """Marks a PAID order fulfilled and captures its payment. Other states are
+        """Marks a PAID (captured) order fulfilled. Other states are
         FAILED_PRECONDITION, except FULFILLED, which is returned unchanged.
         """
 

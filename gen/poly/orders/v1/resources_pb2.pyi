@@ -24,8 +24,9 @@ DESCRIPTOR: _descriptor.FileDescriptor
 @_typing.final
 class Order(_message.Message):
     """A customer's order. Paying for it is a saga with the payments service:
-    the payment is authorized (funds held) when the order is placed, captured
-    when it is fulfilled, and voided when it is cancelled first.
+    the payment is authorized (funds held) when the order is placed, then
+    captured, which makes the order PAID. Cancelling voids a held payment, or
+    refunds a captured one.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -41,13 +42,13 @@ class Order(_message.Message):
         STATE_PENDING: Order._State.ValueType  # 1
         """Accepted; payment not yet requested."""
         STATE_AWAITING_PAYMENT: Order._State.ValueType  # 2
-        """Payment authorization requested; waiting for the payments service."""
+        """Payment authorized (funds held); its capture is under way."""
         STATE_PAID: Order._State.ValueType  # 3
-        """Payment authorized and funds held; ready to fulfil."""
+        """Payment captured; ready to fulfil."""
         STATE_FULFILLED: Order._State.ValueType  # 4
-        """Fulfilled and the payment captured. Terminal."""
+        """Fulfilled. Terminal."""
         STATE_CANCELLED: Order._State.ValueType  # 5
-        """Cancelled; any held payment was voided. Terminal."""
+        """Cancelled; a held payment was voided, a captured one refunded. Terminal."""
         STATE_PAYMENT_FAILED: Order._State.ValueType  # 6
         """The payment was declined; see `failure_reason`. Terminal."""
 
@@ -59,13 +60,13 @@ class Order(_message.Message):
     STATE_PENDING: Order.State.ValueType  # 1
     """Accepted; payment not yet requested."""
     STATE_AWAITING_PAYMENT: Order.State.ValueType  # 2
-    """Payment authorization requested; waiting for the payments service."""
+    """Payment authorized (funds held); its capture is under way."""
     STATE_PAID: Order.State.ValueType  # 3
-    """Payment authorized and funds held; ready to fulfil."""
+    """Payment captured; ready to fulfil."""
     STATE_FULFILLED: Order.State.ValueType  # 4
-    """Fulfilled and the payment captured. Terminal."""
+    """Fulfilled. Terminal."""
     STATE_CANCELLED: Order.State.ValueType  # 5
-    """Cancelled; any held payment was voided. Terminal."""
+    """Cancelled; a held payment was voided, a captured one refunded. Terminal."""
     STATE_PAYMENT_FAILED: Order.State.ValueType  # 6
     """The payment was declined; see `failure_reason`. Terminal."""
 
