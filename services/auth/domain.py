@@ -268,11 +268,13 @@ class IdentityProvider:
         if identity.state != ACTIVE:
             raise PermissionDenied("IDENTITY_DISABLED", "this account is disabled")
         rehashed = self.hasher.hash(password) if self.hasher.needs_rehash(hashed) else None
+        family = str(uuid.uuid4())
         with self.transactions() as repo:
             if rehashed:
                 repo.set_password_hash(identity.id, rehashed)
             repo.clear_failures(keys[0])
-            return self._session_tokens(repo, identity, family=str(uuid.uuid4()))
+            refresh = self._add_refresh_token(repo, identity, family=family)
+        return self._session_tokens(identity, family=family, refresh=refresh)
 
     def _refuse_if_throttled(self, repo: Repository, keys: Sequence[str]) -> None:
         now = self.clock()
@@ -293,16 +295,19 @@ class IdentityProvider:
                     seconds=int(retry_after + 0.999),
                 )
 
-    def _session_tokens(self, repo: Repository, identity: Identity, *, family: str) -> TokenSet:
+    def _add_refresh_token(self, repo: Repository, identity: Identity, *, family: str) -> str:
         now = self.clock()
         refresh = secrets.token_urlsafe(32)
-        lifetime = self.settings.refresh_token_seconds
-        repo.add_refresh_token(
-            hash_token(refresh), family, identity.id, now + dt.timedelta(seconds=lifetime), now
-        )
+        expires = now + dt.timedelta(seconds=self.settings.refresh_token_seconds)
+        repo.add_refresh_token(hash_token(refresh), family, identity.id, expires, now)
+        return refresh
+
+    def _session_tokens(self, identity: Identity, *, family: str, refresh: str) -> TokenSet:
+        # Minted after the refresh token's transaction: the key ring reads its own.
         access = self.minter.access_token(
-            subject=identity.name, roles=identity.roles, scopes=(), now=now, session=family
+            subject=identity.name, roles=identity.roles, scopes=(), now=self.clock(), session=family
         )
+        lifetime = self.settings.refresh_token_seconds
         return TokenSet(access, self.settings.access_token_seconds, "", refresh, lifetime)
 
     def refresh(self, refresh_token: str) -> TokenSet:
@@ -314,8 +319,11 @@ class IdentityProvider:
                 # is a thief. Revoke the family (committed), so both must log in again.
                 repo.revoke_family(claim.family, now)
             identity = repo.identity(claim.user_id) if claim.outcome == "claimed" else None
+            refresh = None
             if identity is not None and identity.state == ACTIVE:
-                return self._session_tokens(repo, identity, family=claim.family)
+                refresh = self._add_refresh_token(repo, identity, family=claim.family)
+        if identity is not None and refresh is not None:
+            return self._session_tokens(identity, family=claim.family, refresh=refresh)
         reasons = {
             "reused": ("REFRESH_TOKEN_REUSED", "this refresh token was already used; its session is revoked"),
             "revoked": ("REFRESH_TOKEN_REVOKED", "this session was revoked (logged out or a token reused)"),

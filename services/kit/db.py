@@ -22,7 +22,7 @@ from alembic import command, context
 from alembic.autogenerate.api import AutogenContext
 from alembic.config import Config as AlembicConfig
 from alembic.util import CommandError
-from sqlalchemy import BigInteger, DateTime, Engine, MetaData, String, create_engine, event, func
+from sqlalchemy import BigInteger, Connection, DateTime, Engine, MetaData, String, create_engine, event, func
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, mapped_column, sessionmaker
@@ -94,12 +94,23 @@ CurrencyCode = Annotated[str, mapped_column(String(3))]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    # pysqlite would BEGIN only before the first INSERT/UPDATE/DELETE: reads ahead of it fall
+    # outside the transaction, and a SAVEPOINT ahead of it opens one that its RELEASE commits.
+    # Take transaction control from the driver; `_sqlite_begin` starts each one instead.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    # IMMEDIATE takes the write lock up front (waiting up to busy_timeout): a transaction that
+    # reads and then writes can never find its snapshot stale, so SQLite transactions are
+    # serializable, as the services' read-check-write code expects.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def engine(settings: DatabaseSettings) -> Engine:
@@ -112,6 +123,7 @@ def engine(settings: DatabaseSettings) -> Engine:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         created = create_engine(url, connect_args={"check_same_thread": False, "timeout": 5})
         event.listen(created, "connect", _sqlite_pragmas)
+        event.listen(created, "begin", _sqlite_begin)
         return created
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 

@@ -108,7 +108,7 @@ def test_migrations_build_exactly_the_models(engine: Engine, service: str) -> No
             connection, opts={"compare_type": True, "version_table": f"alembic_version_{service}"}
         )
         assert compare_metadata(context, store.Base.metadata) == []
-        db.migrate(engine, migrations)  # applying again is a no-op
+    db.migrate(engine, migrations)  # applying again is a no-op
 
 
 def test_an_unreachable_server_is_one_line_without_the_password(tmp_path: Path) -> None:
