@@ -4,7 +4,8 @@ from pathlib import Path
 
 from poly.orders.v1 import orders_service_pb2, orders_service_pb2_grpc
 from services.kit import authn, authz, bus, clients, config, db, logs, server
-from services.orders import events, store
+from services.orders import capture, events, store, watch
+from services.orders.domain import Orders
 from services.orders.service import OrdersServicer
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -15,8 +16,18 @@ def main() -> None:
     logs.setup(settings.service, settings.log_level)
     engine = db.connect_or_exit(settings.db, migrations=MIGRATIONS)
     try:
-        events_node = bus.node(settings, engine, store.BUS, events.HANDLERS)
-        servicer = OrdersServicer()
+        hub = watch.ChangeHub()
+        events_node = bus.node(
+            settings, engine, store.BUS, lambda outbox: events.handlers(outbox, on_change=hub.notify)
+        )
+        orders_store = store.OrdersStore(db.session_factory(engine), events_node.outbox, hub.notify)
+        orders = Orders(orders_store.transaction)
+        channels = clients.Channels(
+            settings, services={"auth": [authn.AUTH_SERVICE], "payments": [capture.PAYMENTS_SERVICE]}
+        )
+        capture_worker = capture.CaptureWorker(orders, capture.grpc_capturer(channels))
+        hub.listen(capture_worker.changed)
+        servicer = OrdersServicer(orders, hub)
         descriptor = orders_service_pb2.DESCRIPTOR.services_by_name["OrdersService"]
         registrations = [
             server.registration(
@@ -24,14 +35,14 @@ def main() -> None:
             ),
             events_node.registration,
         ]
-        auth_channels = clients.Channels(settings, services={"auth": [authn.AUTH_SERVICE]})
-        verifier = authn.remote_verifier(settings, auth_channels)
+        verifier = authn.remote_verifier(settings, channels)
         server.serve(
             settings,
             registrations,
             middlewares=authz.service_middlewares(settings, verifier, registrations),
-            background=[events_node],
+            background=[events_node, capture_worker],
         )
+        channels.close()
     finally:
         engine.dispose()
 

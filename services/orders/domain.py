@@ -1,8 +1,506 @@
-"""Rules of the orders domain: plain dataclasses, no gRPC and no SQL.
+"""Rules of orders: placing one (idempotently), its state machine, its side of the payment saga.
 
-Orders and their lines; the order state machine and its side of the payment saga.
-The rules, state machine and repository Protocol arrive with the orders domain issue; until
-then every RPC of the service answers UNIMPLEMENTED.
+Invariants: an order has 1..100 lines in one currency; line totals and the order total are
+computed here, never taken from the client. (owner, request_id) names at most one order.
+Every change is a conditional write on `version` (optimistic concurrency; the etag derives
+from it), so of two racing changes exactly one wins and publishes its event.
+States (`TRANSITIONS`): PENDING -> AWAITING_PAYMENT -> PAID -> FULFILLED; PENDING ->
+PAYMENT_FAILED; PENDING | AWAITING_PAYMENT | PAID -> CANCELLED. An RPC asking for any other
+move is FAILED_PRECONDITION; a saga event finding the order past the step it reports is a
+no-op (the bus must never retry it forever). Compensation: cancelling emits OrderCancelled
+with the payment, which payments voids (held) or refunds (captured).
 """
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import random
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal, Protocol
+
+from services.kit import filters, paging
+from services.kit.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
+from services.kit.money import MAX_AMOUNT_MINOR, Money, money_problems
+
+__all__ = [
+    "AWAITING_PAYMENT",
+    "CANCELLED",
+    "FILTER_FIELDS",
+    "FULFILLED",
+    "PAID",
+    "PAYMENT_FAILED",
+    "PENDING",
+    "STATES",
+    "TERMINAL",
+    "TRANSITIONS",
+    "CaptureOutcome",
+    "Event",
+    "Line",
+    "NewLine",
+    "Order",
+    "OrderPage",
+    "OrderQuery",
+    "Orders",
+    "Repository",
+    "RequestKey",
+    "capture_request_id",
+    "on_payment_authorized",
+    "on_payment_captured",
+    "on_payment_failed",
+]
+
+_log = logging.getLogger("poly.orders")
+
+PENDING = "PENDING"
+AWAITING_PAYMENT = "AWAITING_PAYMENT"
+PAID = "PAID"
+FULFILLED = "FULFILLED"
+CANCELLED = "CANCELLED"
+PAYMENT_FAILED = "PAYMENT_FAILED"
+STATES = (PENDING, AWAITING_PAYMENT, PAID, FULFILLED, CANCELLED, PAYMENT_FAILED)
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    PENDING: frozenset({AWAITING_PAYMENT, PAYMENT_FAILED, CANCELLED}),
+    AWAITING_PAYMENT: frozenset({PAID, CANCELLED}),
+    PAID: frozenset({FULFILLED, CANCELLED}),
+    FULFILLED: frozenset(),
+    CANCELLED: frozenset(),
+    PAYMENT_FAILED: frozenset(),
+}
+"""The legal moves of the state machine: nothing else ever changes `state`."""
+TERMINAL = frozenset(state for state, moves in TRANSITIONS.items() if not moves)
+
+MAX_LINES = 100
+MAX_QUANTITY = 10_000
+MAX_SKU = 64
+MAX_CANCEL_REASON = 500
+_ORDER_ID = re.compile(r"^[a-z][a-z0-9-]{3,62}$")
+_WRITE_ATTEMPTS = 5
+CAPTURE_BACKOFF_BASE = dt.timedelta(seconds=0.5)
+CAPTURE_BACKOFF_MAX = dt.timedelta(seconds=60)
+CAPTURE_LEASE = dt.timedelta(seconds=30)
+"""A claimed capture is due again after this unless its outcome reschedules it first (a
+replica that died mid-call, or a capture whose PaymentCaptured has not arrived yet)."""
+
+FILTER_FIELDS: filters.Fields = {
+    "state": filters.FieldSpec(filters.enum_value(*STATES)),
+    "owner": filters.FieldSpec(filters.text_value),
+    "create_time": filters.FieldSpec(filters.timestamp_value, filters.ORDERED),
+    "update_time": filters.FieldSpec(filters.timestamp_value, filters.ORDERED),
+}
+_ORDER_BY = ("create_time", "update_time")
+_DEFAULT_ORDER = filters.Ordering("create_time", descending=True)
+
+Event = Literal["created", "cancelled", "paid", "payment_failed", "fulfilled"]
+
+
+@dataclass(frozen=True, slots=True)
+class NewLine:
+    """A line as the client sent it."""
+
+    sku: str
+    quantity: int
+    unit_price: Money
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    sku: str
+    quantity: int
+    unit_price: Money
+    total: Money
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    id: str
+    owner: str
+    lines: tuple[Line, ...]
+    total: Money
+    state: str
+    create_time: dt.datetime
+    update_time: dt.datetime
+    version: int = 1
+    payment: str = ""
+    failure_reason: str = ""
+    cancel_reason: str = ""
+    next_capture_at: dt.datetime | None = None
+    """When the capture worker next tries this order's capture; None when none is due."""
+    capture_attempts: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"orders/{self.id}"
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+    def moved(self, state: str, now: dt.datetime, **changes: object) -> Order:
+        """This order in `state` (which must be a legal move), one version later."""
+        if state not in TRANSITIONS[self.state]:
+            raise ValueError(f"illegal transition {self.state} -> {state}")
+        awaiting = state == AWAITING_PAYMENT
+        return dataclasses.replace(
+            self,
+            state=state,
+            version=self.version + 1,
+            update_time=max(now, self.update_time),
+            next_capture_at=now if awaiting else None,
+            capture_attempts=0,
+            **changes,  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestKey:
+    """An idempotency key: the first order placed by `owner` with `request_id`."""
+
+    owner: str
+    request_id: str
+    digest: str
+    order_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrderQuery:
+    owner: str | None
+    """Only this owner's orders (a plain user); None for every owner (admins, clients)."""
+    terms: tuple[filters.Term, ...] = ()
+    ordering: filters.Ordering = _DEFAULT_ORDER
+
+
+@dataclass(frozen=True, slots=True)
+class OrderPage:
+    orders: list[Order]
+    next_page_token: str
+
+
+class CaptureOutcome(Enum):
+    CAPTURED = "captured"
+    REFUSED = "refused"
+    """The payment can no longer be captured (voided: the order was cancelled meanwhile)."""
+    FAILED = "failed"
+    """Payments could not answer; try again later."""
+
+
+class Repository(Protocol):
+    """The orders database, inside one transaction."""
+
+    def claim_request(self, key: RequestKey) -> RequestKey | None:
+        """Record `key`; the key already recorded for (owner, request_id) if it is taken."""
+
+    def add_order(self, order: Order) -> bool:
+        """False when the order id is taken."""
+
+    def order(self, order_id: str) -> Order | None: ...
+
+    def save(self, order: Order, seen_version: int) -> bool:
+        """Write `order` if its row is still at `seen_version`; False if it moved on."""
+
+    def publish(self, event: Event, order: Order) -> None: ...
+
+    def list_orders(self, query: OrderQuery, after: Sequence[str] | None, limit: int) -> list[Order]: ...
+
+    def claim_captures(self, now: dt.datetime, lease_until: dt.datetime, limit: int) -> list[Order]:
+        """Up to `limit` AWAITING_PAYMENT orders whose capture is due, each now due only at
+        `lease_until` (so no other replica claims it meanwhile)."""
+
+    def schedule_capture(self, order_id: str, at: dt.datetime | None, attempts: int) -> None:
+        """Set the next capture try of an order still AWAITING_PAYMENT (None: no more)."""
+
+
+Transactions = Callable[[], AbstractContextManager[Repository]]
+
+
+def capture_request_id(order: Order) -> str:
+    """The capture's idempotency key: the same for every try of one order, on every replica."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, order.name + "/capture"))
+
+
+def capture_backoff(attempts: int) -> dt.timedelta:
+    """Delay before the next try after `attempts` failed ones: doubling, capped, jittered."""
+    delay = min(CAPTURE_BACKOFF_BASE * (1 << min(attempts, 20)), CAPTURE_BACKOFF_MAX)
+    return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
+
+
+def _line_problems(index: int, line: NewLine) -> list[FieldViolation]:
+    path = f"order.lines[{index}]"
+    problems = []
+    if not 1 <= len(line.sku) <= MAX_SKU or not line.sku.isprintable():
+        problems.append(FieldViolation(f"{path}.sku", f"must be 1 to {MAX_SKU} printable characters"))
+    if not 1 <= line.quantity <= MAX_QUANTITY:
+        problems.append(FieldViolation(f"{path}.quantity", f"must be 1 to {MAX_QUANTITY}"))
+    price = line.unit_price
+    problems += money_problems(f"{path}.unit_price", price.currency, price.amount)
+    return problems
+
+
+def _order_problems(lines: Sequence[NewLine], order_id: str, request_id: str) -> list[FieldViolation]:
+    problems: list[FieldViolation] = []
+    if not 1 <= len(lines) <= MAX_LINES:
+        problems.append(FieldViolation("order.lines", f"must have 1 to {MAX_LINES} lines"))
+    else:
+        currency = lines[0].unit_price.currency
+        for index, line in enumerate(lines):
+            problems += _line_problems(index, line)
+            if line.unit_price.currency != currency:
+                problems.append(
+                    FieldViolation(
+                        f"order.lines[{index}].unit_price.currency_code",
+                        f"must be {currency}, the currency of order.lines[0]",
+                    )
+                )
+        if not problems and sum(line.unit_price.amount * line.quantity for line in lines) > MAX_AMOUNT_MINOR:
+            problems.append(
+                FieldViolation("order.lines", f"the order total must be at most {MAX_AMOUNT_MINOR}")
+            )
+    if order_id and not _ORDER_ID.match(order_id):
+        problems.append(
+            FieldViolation("order_id", "must be 4 to 63 characters of [a-z0-9-], starting with a letter")
+        )
+    if request_id and not _is_uuid4(request_id):
+        problems.append(FieldViolation("request_id", "must be a UUID4"))
+    return problems
+
+
+def _is_uuid4(text: str) -> bool:
+    try:
+        parsed = uuid.UUID(text)
+    except ValueError:
+        return False
+    return parsed.version == 4 and str(parsed) == text.lower()
+
+
+def _digest(lines: Sequence[NewLine], order_id: str) -> str:
+    body = [order_id, [[x.sku, x.quantity, x.unit_price.currency, x.unit_price.amount] for x in lines]]
+    return hashlib.sha256(json.dumps(body).encode()).hexdigest()
+
+
+def _not_found(order_id: str) -> NotFound:
+    return NotFound("ORDER_NOT_FOUND", "orders/{order} does not exist", order=order_id)
+
+
+def _stale(order: Order, etag: str) -> Aborted:
+    return Aborted(
+        "ETAG_MISMATCH",
+        "orders/{order} has changed (etag {current}, given {given}); read it again",
+        order=order.id,
+        current=order.etag,
+        given=etag,
+    )
+
+
+@dataclass
+class Orders:
+    transactions: Transactions
+    clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
+
+    def create(self, owner: str, lines: Sequence[NewLine], order_id: str, request_id: str) -> Order:
+        problems = _order_problems(lines, order_id, request_id)
+        if problems:
+            raise InvalidArgument("ORDER_INVALID", "the order is invalid", violations=problems)
+        now = self.clock()
+        priced = tuple(Line(x.sku, x.quantity, x.unit_price, x.unit_price.times(x.quantity)) for x in lines)
+        total = Money(priced[0].total.currency, sum(line.total.amount for line in priced))
+        order = Order(order_id or f"o{uuid.uuid4().hex}", owner, priced, total, PENDING, now, now)
+        with self.transactions() as repo:
+            if request_id:
+                key = RequestKey(owner, request_id.lower(), _digest(lines, order_id), order.id)
+                first = repo.claim_request(key)
+                if first is not None:
+                    return self._replay(repo, first, key)
+            if not repo.add_order(order):
+                raise AlreadyExists("ORDER_EXISTS", "orders/{order} already exists", order=order.id)
+            repo.publish("created", order)
+        return order
+
+    @staticmethod
+    def _replay(repo: Repository, first: RequestKey, key: RequestKey) -> Order:
+        if first.digest != key.digest:
+            raise FailedPrecondition(
+                "REQUEST_ID_REUSED",
+                "request_id {request_id} was already used for another order",
+                request_id=key.request_id,
+            )
+        order = repo.order(first.order_id)
+        if order is None:
+            raise _not_found(first.order_id)
+        return order
+
+    def get(self, order_id: str) -> Order:
+        with self.transactions() as repo:
+            order = repo.order(order_id)
+        if order is None:
+            raise _not_found(order_id)
+        return order
+
+    def list_orders(
+        self, viewer: str, *, sees_all: bool, size: int, token: str, filter_text: str, order_by: str
+    ) -> OrderPage:
+        limit = paging.page_size(size)
+        terms = tuple(filters.parse_filter(filter_text, FILTER_FIELDS))
+        ordering = filters.parse_order_by(order_by, _ORDER_BY, default=_DEFAULT_ORDER)
+        request_fields = [filter_text.strip(), ordering.field, ordering.descending]
+        after = paging.decode_token(token, request_fields)
+        query = OrderQuery(None if sees_all else viewer, terms, ordering)
+        with self.transactions() as repo:
+            found = repo.list_orders(query, after, limit + 1)
+
+        def position(last: Order) -> list[str]:
+            stamp = last.update_time if ordering.field == "update_time" else last.create_time
+            return [stamp.isoformat(), last.id]
+
+        orders, next_token = paging.split_page(found, limit, position, request_fields)
+        return OrderPage(orders, next_token)
+
+    def cancel(self, order_id: str, etag: str, reason: str) -> Order:
+        if len(reason) > MAX_CANCEL_REASON:
+            raise InvalidArgument(
+                "CANCEL_REASON_INVALID",
+                "reason must be at most {limit} characters",
+                violations=[FieldViolation("reason", f"must be at most {MAX_CANCEL_REASON} characters")],
+                limit=MAX_CANCEL_REASON,
+            )
+
+        def cancelled(order: Order) -> Order:
+            return order.moved(CANCELLED, self.clock(), cancel_reason=reason)
+
+        return self._change(
+            order_id,
+            etag,
+            target=CANCELLED,
+            refusal="ORDER_NOT_CANCELLABLE",
+            change=cancelled,
+            event="cancelled",
+        )
+
+    def fulfill(self, order_id: str, etag: str) -> Order:
+        def fulfilled(order: Order) -> Order:
+            return order.moved(FULFILLED, self.clock())
+
+        return self._change(
+            order_id,
+            etag,
+            target=FULFILLED,
+            refusal="ORDER_NOT_FULFILLABLE",
+            change=fulfilled,
+            event="fulfilled",
+        )
+
+    def _change(
+        self,
+        order_id: str,
+        etag: str,
+        *,
+        target: str,
+        refusal: str,
+        change: Callable[[Order], Order],
+        event: Event,
+    ) -> Order:
+        """Move an order to `target` for a caller: already there is a safe retry (unchanged,
+        no etag check); a stale etag is ABORTED; an illegal move is FAILED_PRECONDITION.
+        A lost race without an etag is retried from a fresh read."""
+        for _ in range(_WRITE_ATTEMPTS):
+            with self.transactions() as repo:
+                order = repo.order(order_id)
+                if order is None:
+                    raise _not_found(order_id)
+                if order.state == target:
+                    return order
+                if etag and etag != order.etag:
+                    raise _stale(order, etag)
+                if target not in TRANSITIONS[order.state]:
+                    raise FailedPrecondition(
+                        refusal,
+                        "orders/{order} is {state}; it cannot become {target}",
+                        order=order_id,
+                        state=order.state,
+                        target=target,
+                    )
+                changed = change(order)
+                if repo.save(changed, order.version):
+                    repo.publish(event, changed)
+                    return changed
+        raise Aborted("ORDER_CHANGED_CONCURRENTLY", "orders/{order} kept changing; retry", order=order_id)
+
+    # -- the capture worker's side ------------------------------------------------------
+
+    def claim_captures(self, limit: int) -> list[Order]:
+        now = self.clock()
+        with self.transactions() as repo:
+            return repo.claim_captures(now, now + CAPTURE_LEASE, limit)
+
+    def capture_attempted(self, order: Order, outcome: CaptureOutcome) -> None:
+        """Reschedule after a try: a success waits for PaymentCaptured (re-checked after the
+        lease), a failure backs off, a refusal stops."""
+        now = self.clock()
+        if outcome is CaptureOutcome.FAILED:
+            at: dt.datetime | None = now + capture_backoff(order.capture_attempts)
+        else:
+            at = now + CAPTURE_LEASE if outcome is CaptureOutcome.CAPTURED else None
+        with self.transactions() as repo:
+            repo.schedule_capture(order.id, at, order.capture_attempts + 1)
+
+
+# -- saga steps (run by the event handlers inside the consumer's transaction) ------------
+
+
+def _saga_step(
+    repo: Repository, order_id: str, source: str, target: str, now: dt.datetime, **changes: object
+) -> Order | None:
+    """Move the order from `source` to `target`; None (a logged no-op) when the event finds
+    it elsewhere (already past that step, or cancelled meanwhile). Losing a race raises, so
+    the consumer rolls back and the bus redelivers: the retry then sees the new state."""
+    order = repo.order(order_id)
+    if order is None or order.state != source:
+        _log.info(
+            "saga event ignored",
+            extra={"order": order_id, "state": order.state if order else None, "target": target},
+        )
+        return None
+    changed = order.moved(target, now, **changes)
+    if not repo.save(changed, order.version):
+        raise Aborted("ORDER_CHANGED_CONCURRENTLY", "orders/{order} changed; retry", order=order_id)
+    return changed
+
+
+def on_payment_authorized(repo: Repository, order_id: str, payment: str, now: dt.datetime) -> Order | None:
+    """PENDING -> AWAITING_PAYMENT; the capture worker then captures the payment."""
+    return _saga_step(repo, order_id, PENDING, AWAITING_PAYMENT, now, payment=payment)
+
+
+def on_payment_captured(repo: Repository, order_id: str, payment: str, now: dt.datetime) -> Order | None:
+    """AWAITING_PAYMENT -> PAID + OrderPaid."""
+    changed = _saga_step(repo, order_id, AWAITING_PAYMENT, PAID, now, payment=payment)
+    if changed is not None:
+        repo.publish("paid", changed)
+    return changed
+
+
+def on_payment_failed(
+    repo: Repository, order_id: str, payment: str, reason: str, now: dt.datetime
+) -> Order | None:
+    """PENDING -> PAYMENT_FAILED + OrderPaymentFailed."""
+    changed = _saga_step(
+        repo, order_id, PENDING, PAYMENT_FAILED, now, payment=payment, failure_reason=reason or "UNKNOWN"
+    )
+    if changed is not None:
+        repo.publish("payment_failed", changed)
+    return changed

@@ -1,12 +1,26 @@
-"""Events the orders service publishes and consumes (payloads in protos/poly/events/v1)."""
+"""Events the orders service publishes and consumes (payloads in protos/poly/events/v1).
 
-from collections.abc import Mapping
+Consumed: the payments side of the saga (steps 4, 6 and 7 of the saga contract). Each
+handler runs inside the consumer's transaction, which also records the inbox row, and
+publishes through the node's outbox in that same transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
 
 from google.protobuf.message import Message
+from sqlalchemy.orm import Session
 
-from services.kit.bus import EventHandler
+from poly.events.v1 import events_pb2
+from poly.events.v1.events_pb2 import EventEnvelope
+from services.kit.bus import EventHandler, Outbox
+from services.kit.names import resource_id
+from services.orders import domain
+from services.orders.store import OnChange, SqlRepository
 
-__all__ = ["CONSUMES", "HANDLERS", "PUBLISHES"]
+__all__ = ["CONSUMES", "PUBLISHES", "handlers"]
 
 PUBLISHES: tuple[str, ...] = (
     "poly.events.v1.OrderCreated",
@@ -18,11 +32,39 @@ PUBLISHES: tuple[str, ...] = (
 
 CONSUMES: tuple[str, ...] = (
     "poly.events.v1.PaymentAuthorized",
-    "poly.events.v1.PaymentFailed",
     "poly.events.v1.PaymentCaptured",
-    "poly.events.v1.PaymentVoided",
+    "poly.events.v1.PaymentFailed",
 )
 
-HANDLERS: Mapping[type[Message], EventHandler] = {}
-"""The handler of each consumed event; the service subscribes to exactly these types.
-Filled in by the domain work: until then the service subscribes to nothing."""
+
+def handlers(
+    outbox: Outbox,
+    *,
+    on_change: OnChange | None = None,
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+) -> Mapping[type[Message], EventHandler]:
+    """The handler of each consumed event; the service subscribes to exactly these types."""
+
+    def repository(session: Session) -> SqlRepository:
+        return SqlRepository(session, outbox, on_change)
+
+    def authorized(session: Session, event: Message, envelope: EventEnvelope) -> None:
+        assert isinstance(event, events_pb2.PaymentAuthorized)
+        order_id = resource_id(event.order, "orders", field="order")
+        domain.on_payment_authorized(repository(session), order_id, event.payment, clock())
+
+    def captured(session: Session, event: Message, envelope: EventEnvelope) -> None:
+        assert isinstance(event, events_pb2.PaymentCaptured)
+        order_id = resource_id(event.order, "orders", field="order")
+        domain.on_payment_captured(repository(session), order_id, event.payment, clock())
+
+    def failed(session: Session, event: Message, envelope: EventEnvelope) -> None:
+        assert isinstance(event, events_pb2.PaymentFailed)
+        order_id = resource_id(event.order, "orders", field="order")
+        domain.on_payment_failed(repository(session), order_id, event.payment, event.reason, clock())
+
+    return {
+        events_pb2.PaymentAuthorized: authorized,
+        events_pb2.PaymentCaptured: captured,
+        events_pb2.PaymentFailed: failed,
+    }

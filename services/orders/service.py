@@ -1,13 +1,137 @@
-"""gRPC servicer of poly.orders.v1.OrdersService: parse, call the domain, map the result.
+"""gRPC servicer of poly.orders.v1.OrdersService: parse, call the domain, map the result."""
 
-Methods without domain logic yet are inherited from the generated base class, which
-answers UNIMPLEMENTED: no placeholder data is ever served.
-"""
+from __future__ import annotations
 
-from poly.orders.v1 import orders_service_pb2_grpc
+import datetime as dt
+from collections.abc import Iterator
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from poly.orders.v1 import orders_service_pb2 as pb
+from poly.orders.v1 import orders_service_pb2_grpc, resources_pb2
+from poly.type.v1 import money_pb2
+from services.kit import authz
+from services.kit.money import Money
+from services.kit.names import resource_id
+from services.orders import watch
+from services.orders.domain import (
+    AWAITING_PAYMENT,
+    CANCELLED,
+    FULFILLED,
+    PAID,
+    PAYMENT_FAILED,
+    PENDING,
+    NewLine,
+    Order,
+    Orders,
+)
 
 __all__ = ["OrdersServicer"]
+
+_STATES = {
+    PENDING: resources_pb2.Order.STATE_PENDING,
+    AWAITING_PAYMENT: resources_pb2.Order.STATE_AWAITING_PAYMENT,
+    PAID: resources_pb2.Order.STATE_PAID,
+    FULFILLED: resources_pb2.Order.STATE_FULFILLED,
+    CANCELLED: resources_pb2.Order.STATE_CANCELLED,
+    PAYMENT_FAILED: resources_pb2.Order.STATE_PAYMENT_FAILED,
+}
+
+
+def _timestamp(value: dt.datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _money(value: Money) -> money_pb2.Money:
+    return money_pb2.Money(currency_code=value.currency, amount_minor=value.amount)
+
+
+def _order(order: Order) -> resources_pb2.Order:
+    return resources_pb2.Order(
+        name=order.name,
+        owner=order.owner,
+        lines=[
+            resources_pb2.OrderLine(
+                sku=line.sku,
+                quantity=line.quantity,
+                unit_price=_money(line.unit_price),
+                total=_money(line.total),
+            )
+            for line in order.lines
+        ],
+        total=_money(order.total),
+        state=_STATES[order.state],
+        payment=order.payment,
+        failure_reason=order.failure_reason,
+        cancel_reason=order.cancel_reason,
+        etag=order.etag,
+        create_time=_timestamp(order.create_time),
+        update_time=_timestamp(order.update_time),
+    )
+
+
+def _new_line(line: resources_pb2.OrderLine) -> NewLine:
+    price = line.unit_price
+    return NewLine(line.sku, line.quantity, Money(price.currency_code, price.amount_minor))
 
 
 class OrdersServicer(orders_service_pb2_grpc.OrdersServiceServicer):
     """Orders and their lines; the order state machine and its side of the payment saga."""
+
+    def __init__(self, orders: Orders, hub: watch.ChangeHub) -> None:
+        self._orders = orders
+        self._hub = hub
+
+    def CreateOrder(
+        self, request: pb.CreateOrderRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.Order:
+        owner = authz.principal().subject
+        lines = [_new_line(line) for line in request.order.lines]
+        return _order(self._orders.create(owner, lines, request.order_id, request.request_id))
+
+    def GetOrder(self, request: pb.GetOrderRequest, context: grpc.ServicerContext) -> resources_pb2.Order:
+        order = self._orders.get(resource_id(request.name, "orders"))
+        authz.require_owner(order.owner)
+        return _order(order)
+
+    def ListOrders(
+        self, request: pb.ListOrdersRequest, context: grpc.ServicerContext
+    ) -> pb.ListOrdersResponse:
+        caller = authz.principal()
+        page = self._orders.list_orders(
+            caller.subject,
+            sees_all=caller.is_admin or caller.is_client,
+            size=request.page_size,
+            token=request.page_token,
+            filter_text=request.filter,
+            order_by=request.order_by,
+        )
+        return pb.ListOrdersResponse(
+            orders=[_order(o) for o in page.orders], next_page_token=page.next_page_token
+        )
+
+    def CancelOrder(
+        self, request: pb.CancelOrderRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.Order:
+        order_id = resource_id(request.name, "orders")
+        authz.require_owner(self._orders.get(order_id).owner)
+        return _order(self._orders.cancel(order_id, request.etag, request.reason))
+
+    def FulfillOrder(
+        self, request: pb.FulfillOrderRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.Order:
+        return _order(self._orders.fulfill(resource_id(request.name, "orders"), request.etag))
+
+    def WatchOrder(
+        self, request: pb.WatchOrderRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.WatchOrderResponse]:
+        first = self._orders.get(resource_id(request.name, "orders"))
+        authz.require_owner(first.owner)
+        changes = watch.snapshots(
+            self._hub, self._orders.get, first, active=context.is_active, on_leave=context.add_callback
+        )
+        for order in changes:
+            yield pb.WatchOrderResponse(order=_order(order), change_time=_timestamp(order.update_time))

@@ -1,12 +1,48 @@
-"""The orders service's own database: SQLAlchemy tables and queries (no other service reads it)."""
+"""The orders service's own database: SQLAlchemy tables and queries (no other service reads it).
 
-from sqlalchemy import MetaData
-from sqlalchemy.orm import DeclarativeBase
+`OrdersStore.transaction()` opens one session and one transaction and yields a
+`SqlRepository` (the `domain.Repository` over it); events published inside it join that
+transaction. Orders saved in a transaction are reported to `on_change` after it commits
+(the change hub wakes watchers and the capture worker with them).
+"""
 
-from services.kit.bus import BusTables, bus_tables
-from services.kit.db import naming_convention
+from __future__ import annotations
 
-__all__ = ["BUS", "Base"]
+import datetime as dt
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, cast
+
+from google.protobuf.message import Message
+from sqlalchemy import (
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Table,
+    and_,
+    insert,
+    literal,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy import event as sa_event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
+
+from poly.events.v1 import events_pb2
+from poly.type.v1 import money_pb2
+from services.kit.bus import BusTables, Outbox, bus_tables
+from services.kit.db import CurrencyCode, Id, MinorUnits, UtcDateTime, naming_convention
+from services.kit.filters import Term
+from services.kit.money import Money
+from services.orders.domain import AWAITING_PAYMENT, Event, Line, Order, OrderQuery, RequestKey
+
+__all__ = ["BUS", "Base", "OrderLineRow", "OrderRequestRow", "OrderRow", "OrdersStore", "SqlRepository"]
+
+OnChange = Callable[[Collection[Order]], None]
 
 
 class Base(DeclarativeBase):
@@ -15,3 +51,323 @@ class Base(DeclarativeBase):
 
 BUS: BusTables = bus_tables(Base.metadata)
 """Outbox, deliveries, inbox and subscriptions of this service's events."""
+
+
+class OrderRow(Base):
+    __tablename__ = "orders"
+    __table_args__ = (
+        Index("ix_orders_owner_create_time", "owner", "create_time", "id"),
+        Index("ix_orders_create_time", "create_time", "id"),
+        Index("ix_orders_update_time", "update_time", "id"),
+        Index("ix_orders_state_next_capture_at", "state", "next_capture_at"),
+    )
+    id: Mapped[Id]
+    owner: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(24))
+    currency: Mapped[CurrencyCode]
+    total_minor: Mapped[MinorUnits]
+    payment: Mapped[str] = mapped_column(String(100))
+    failure_reason: Mapped[str] = mapped_column(String(64))
+    cancel_reason: Mapped[str] = mapped_column(String(500))
+    version: Mapped[int]
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    update_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    next_capture_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    capture_attempts: Mapped[int]
+    lines: Mapped[list[OrderLineRow]] = relationship(order_by="OrderLineRow.position", lazy="selectin")
+
+
+class OrderLineRow(Base):
+    __tablename__ = "order_line"
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(primary_key=True)
+    sku: Mapped[str] = mapped_column(String(64))
+    quantity: Mapped[int]
+    unit_price_minor: Mapped[MinorUnits]
+    total_minor: Mapped[MinorUnits]
+
+
+class OrderRequestRow(Base):
+    """An idempotency key of CreateOrder: unique per (owner, request_id)."""
+
+    __tablename__ = "order_request"
+    owner: Mapped[str] = mapped_column(String(100), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    order_id: Mapped[str] = mapped_column(String(64))
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+def _order(row: OrderRow) -> Order:
+    lines = tuple(
+        Line(
+            line.sku,
+            line.quantity,
+            Money(row.currency, line.unit_price_minor),
+            Money(row.currency, line.total_minor),
+        )
+        for line in row.lines
+    )
+    return Order(
+        id=row.id,
+        owner=row.owner,
+        lines=lines,
+        total=Money(row.currency, row.total_minor),
+        state=row.state,
+        create_time=row.create_time,
+        update_time=row.update_time,
+        version=row.version,
+        payment=row.payment,
+        failure_reason=row.failure_reason,
+        cancel_reason=row.cancel_reason,
+        next_capture_at=row.next_capture_at,
+        capture_attempts=row.capture_attempts,
+    )
+
+
+def _money(value: Money) -> money_pb2.Money:
+    return money_pb2.Money(currency_code=value.currency, amount_minor=value.amount)
+
+
+def _event(kind: Event, order: Order) -> Message:
+    if kind == "created":
+        lines = [
+            events_pb2.OrderLine(
+                sku=x.sku, quantity=x.quantity, unit_price=_money(x.unit_price), total=_money(x.total)
+            )
+            for x in order.lines
+        ]
+        return events_pb2.OrderCreated(
+            order=order.name, owner=order.owner, total=_money(order.total), lines=lines
+        )
+    if kind == "cancelled":
+        return events_pb2.OrderCancelled(
+            order=order.name, owner=order.owner, reason=order.cancel_reason, payment=order.payment
+        )
+    if kind == "paid":
+        return events_pb2.OrderPaid(
+            order=order.name, owner=order.owner, payment=order.payment, amount=_money(order.total)
+        )
+    if kind == "payment_failed":
+        return events_pb2.OrderPaymentFailed(
+            order=order.name, owner=order.owner, payment=order.payment, reason=order.failure_reason
+        )
+    return events_pb2.OrderFulfilled(order=order.name, owner=order.owner, payment=order.payment)
+
+
+_COLUMNS: dict[str, Any] = {
+    "state": OrderRow.state,
+    "owner": OrderRow.owner,
+    "create_time": OrderRow.create_time,
+    "update_time": OrderRow.update_time,
+}
+
+
+def _literal(column: Any, value: object) -> Any:
+    return literal(value, type_=column.type)
+
+
+def _condition(term: Term) -> ColumnElement[bool]:
+    column = _COLUMNS[term.field]
+    value = _literal(column, term.value)
+    comparisons: dict[str, Callable[[], ColumnElement[bool]]] = {
+        "=": lambda: column == value,
+        "!=": lambda: column != value,
+        "<": lambda: column < value,
+        "<=": lambda: column <= value,
+        ">": lambda: column > value,
+        ">=": lambda: column >= value,
+    }
+    return comparisons[term.operator]()
+
+
+class SqlRepository:
+    """`domain.Repository` over one session (one transaction)."""
+
+    def __init__(self, session: Session, outbox: Outbox | None, on_change: OnChange | None = None) -> None:
+        self._session = session
+        self._outbox = outbox
+        self._on_change = on_change
+
+    def _insert_new(self, row: type[Base], values: dict[str, Any]) -> bool:
+        """Insert unless the primary key is taken (the database decides, races included).
+        No savepoint: on SQLite, releasing one that opened the transaction would commit."""
+        table = cast(Table, row.__table__)
+        dialect = self._session.get_bind().dialect.name
+        statement = (
+            postgresql.insert(table).on_conflict_do_nothing()
+            if dialect == "postgresql"
+            else sqlite.insert(table).on_conflict_do_nothing()
+        )
+        # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO NOTHING.
+        first_key = next(iter(table.primary_key.columns))
+        inserted = self._session.execute(statement.values(**values).returning(first_key))
+        return inserted.first() is not None
+
+    def claim_request(self, key: RequestKey) -> RequestKey | None:
+        values = {
+            "owner": key.owner,
+            "request_id": key.request_id,
+            "digest": key.digest,
+            "order_id": key.order_id,
+            "create_time": dt.datetime.now(dt.UTC),
+        }
+        if self._insert_new(OrderRequestRow, values):
+            return None
+        row = self._session.get(OrderRequestRow, (key.owner, key.request_id), populate_existing=True)
+        if row is None:
+            raise RuntimeError("an idempotency key vanished while it was being claimed")
+        return RequestKey(row.owner, row.request_id, row.digest, row.order_id)
+
+    def add_order(self, order: Order) -> bool:
+        added = self._insert_new(
+            OrderRow,
+            {
+                "id": order.id,
+                "owner": order.owner,
+                "state": order.state,
+                "currency": order.total.currency,
+                "total_minor": order.total.amount,
+                "payment": order.payment,
+                "failure_reason": order.failure_reason,
+                "cancel_reason": order.cancel_reason,
+                "version": order.version,
+                "create_time": order.create_time,
+                "update_time": order.update_time,
+                "next_capture_at": order.next_capture_at,
+                "capture_attempts": order.capture_attempts,
+            },
+        )
+        if not added:
+            return False
+        self._session.execute(
+            insert(cast(Table, OrderLineRow.__table__)),
+            [
+                {
+                    "order_id": order.id,
+                    "position": index,
+                    "sku": line.sku,
+                    "quantity": line.quantity,
+                    "unit_price_minor": line.unit_price.amount,
+                    "total_minor": line.total.amount,
+                }
+                for index, line in enumerate(order.lines)
+            ],
+        )
+        self._changed(order)
+        return True
+
+    def order(self, order_id: str) -> Order | None:
+        row = self._session.get(OrderRow, order_id, populate_existing=True)
+        return None if row is None else _order(row)
+
+    def save(self, order: Order, seen_version: int) -> bool:
+        result = self._session.execute(
+            update(OrderRow)
+            .where(OrderRow.id == order.id, OrderRow.version == seen_version)
+            .values(
+                state=order.state,
+                payment=order.payment,
+                failure_reason=order.failure_reason,
+                cancel_reason=order.cancel_reason,
+                version=order.version,
+                update_time=order.update_time,
+                next_capture_at=order.next_capture_at,
+                capture_attempts=order.capture_attempts,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        saved = getattr(result, "rowcount", 0) == 1
+        if saved:
+            self._changed(order)
+        return saved
+
+    def _changed(self, order: Order) -> None:
+        if self._on_change is None:
+            return
+        info = self._session.info
+        if "orders_changed" not in info:
+            info["orders_changed"] = {}
+            on_change = self._on_change
+
+            def committed(session: Session) -> None:
+                on_change(list(session.info.pop("orders_changed", {}).values()))
+
+            def rolled_back(session: Session) -> None:
+                session.info.pop("orders_changed", None)
+
+            sa_event.listen(self._session, "after_commit", committed, once=True)
+            sa_event.listen(self._session, "after_rollback", rolled_back, once=True)
+        info["orders_changed"][order.id] = order
+
+    def publish(self, event: Event, order: Order) -> None:
+        if self._outbox is None:
+            raise RuntimeError("this repository was opened without an outbox and cannot publish")
+        self._outbox.publish(self._session, _event(event, order), aggregate_id=order.name)
+
+    def list_orders(self, query: OrderQuery, after: Sequence[str] | None, limit: int) -> list[Order]:
+        statement = select(OrderRow)
+        if query.owner is not None:
+            statement = statement.where(OrderRow.owner == query.owner)
+        for term in query.terms:
+            statement = statement.where(_condition(term))
+        column = _COLUMNS[query.ordering.field]
+        descending = query.ordering.descending
+        if after is not None:
+            key = tuple_(column, OrderRow.id)
+            position = tuple_(
+                _literal(column, dt.datetime.fromisoformat(after[0])), _literal(OrderRow.id, after[1])
+            )
+            statement = statement.where(key < position if descending else key > position)
+        ordering = (column.desc(), OrderRow.id.desc()) if descending else (column, OrderRow.id)
+        return [_order(row) for row in self._session.scalars(statement.order_by(*ordering).limit(limit))]
+
+    def claim_captures(self, now: dt.datetime, lease_until: dt.datetime, limit: int) -> list[Order]:
+        due = self._session.execute(
+            select(OrderRow.id, OrderRow.next_capture_at)
+            .where(OrderRow.state == AWAITING_PAYMENT, OrderRow.next_capture_at <= now)
+            .order_by(OrderRow.next_capture_at)
+            .limit(limit)
+        ).all()
+        claimed = []
+        for order_id, at in due:
+            # Conditional on the time seen: of two replicas claiming one order, one wins.
+            result = self._session.execute(
+                update(OrderRow)
+                .where(
+                    and_(
+                        OrderRow.id == order_id,
+                        OrderRow.state == AWAITING_PAYMENT,
+                        OrderRow.next_capture_at == _literal(OrderRow.next_capture_at, at),
+                    )
+                )
+                .values(next_capture_at=lease_until)
+                .execution_options(synchronize_session=False)
+            )
+            if getattr(result, "rowcount", 0) == 1:
+                claimed.append(order_id)
+        return [order for order_id in claimed if (order := self.order(order_id)) is not None]
+
+    def schedule_capture(self, order_id: str, at: dt.datetime | None, attempts: int) -> None:
+        self._session.execute(
+            update(OrderRow)
+            .where(OrderRow.id == order_id, OrderRow.state == AWAITING_PAYMENT)
+            .values(next_capture_at=at, capture_attempts=attempts)
+            .execution_options(synchronize_session=False)
+        )
+
+
+class OrdersStore:
+    """Transactions over the orders database, each yielding a `SqlRepository`."""
+
+    def __init__(
+        self, factory: sessionmaker[Session], outbox: Outbox, on_change: OnChange | None = None
+    ) -> None:
+        self._factory = factory
+        self._outbox = outbox
+        self._on_change = on_change
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlRepository]:
+        with self._factory.begin() as session:
+            yield SqlRepository(session, self._outbox, self._on_change)

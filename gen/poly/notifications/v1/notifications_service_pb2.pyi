@@ -129,7 +129,7 @@ class CreateWebhookRequest(_message.Message):
     request_id: _builtins.str
     """Optional. Idempotency key, a UUID4. A repeat by the same caller within
     24 hours returns the first result; reuse with a different webhook is
-    INVALID_ARGUMENT.
+    FAILED_PRECONDITION with reason REQUEST_ID_REUSED.
     """
     @_builtins.property
     def webhook(self) -> _resources_pb2.Webhook:

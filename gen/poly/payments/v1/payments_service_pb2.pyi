@@ -126,7 +126,8 @@ class FundAccountRequest(_message.Message):
     """Required. Name of the account, `accounts/{account}`."""
     request_id: _builtins.str
     """Required. Idempotency key, a UUID4. A repeat by the same caller returns
-    the first result; reuse with different fields is INVALID_ARGUMENT.
+    the first result; reuse with different fields is FAILED_PRECONDITION
+    with reason REQUEST_ID_REUSED.
     """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
@@ -353,15 +354,16 @@ class RefundPaymentRequest(_message.Message):
     """Required. Name of the payment, `payments/{payment}`."""
     request_id: _builtins.str
     """Required. Idempotency key, a UUID4. A repeat by the same caller returns
-    the first result; reuse with different fields is INVALID_ARGUMENT.
+    the first result; reuse with different fields is FAILED_PRECONDITION
+    with reason REQUEST_ID_REUSED.
     """
     reason: _builtins.str
     """Optional. Why the money is returned, at most 500 characters."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """Optional. Amount to refund; positive, in the payment's currency, at most
-        what is still unrefunded (else INVALID_ARGUMENT). Absent refunds the
-        rest.
+        what is still unrefunded (else FAILED_PRECONDITION with reason
+        REFUND_EXCEEDS_CAPTURED). Absent refunds the rest.
         """
 
     def __init__(
@@ -401,7 +403,8 @@ class AuthorizePaymentRequest(_message.Message):
     """
     request_id: _builtins.str
     """Required. Idempotency key, a UUID4. A repeat by the same caller returns
-    the first result; reuse with different fields is INVALID_ARGUMENT.
+    the first result; reuse with different fields is FAILED_PRECONDITION
+    with reason REQUEST_ID_REUSED.
     """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:

@@ -1,0 +1,104 @@
+"""The capture worker: saga step 4, capturing the held payment of AWAITING_PAYMENT orders.
+
+`CaptureWorker` is a `kit.types.Background`: a thread that claims a bounded batch of due
+orders per pass (`Orders.claim_captures`, state kept in the orders table, so a restart
+resumes where it stopped), calls payments `CapturePayment` with a per-order idempotency key,
+and reports each outcome for the domain to reschedule. It runs a pass every `interval`
+seconds, at once when `wake` is called (an order became AWAITING_PAYMENT here), and stops
+promptly on `stop`. `grpc_capturer` is the call over mTLS; gRPC codes are mapped here only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Collection
+
+import grpc
+from sqlalchemy.exc import SQLAlchemyError
+
+from poly.payments.v1 import payments_service_pb2, payments_service_pb2_grpc
+from services.kit.clients import Channels
+from services.orders.domain import AWAITING_PAYMENT, CaptureOutcome, Order, Orders, capture_request_id
+
+__all__ = ["PAYMENTS_SERVICE", "CaptureWorker", "Capturer", "grpc_capturer"]
+
+_log = logging.getLogger("poly.orders.capture")
+
+PAYMENTS_SERVICE = payments_service_pb2.DESCRIPTOR.services_by_name["PaymentsService"]
+
+Capturer = Callable[[str, str], CaptureOutcome]
+"""``(payment name, request_id) -> outcome`` of one CapturePayment call."""
+
+_REFUSED = (grpc.StatusCode.FAILED_PRECONDITION,)
+
+
+def grpc_capturer(channels: Channels, *, timeout: float = 5.0) -> Capturer:
+    """CapturePayment on the ``payments`` peer; FAILED_PRECONDITION (the payment was voided
+    or failed) is final, every other error is retried later."""
+
+    def capture(payment: str, request_id: str) -> CaptureOutcome:
+        stub = payments_service_pb2_grpc.PaymentsServiceStub(channels.get("payments"))
+        request = payments_service_pb2.CapturePaymentRequest(name=payment, request_id=request_id)
+        try:
+            stub.CapturePayment(request, timeout=timeout)
+        except grpc.RpcError as error:
+            code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+            _log.warning("capture failed", extra={"payment": payment, "code": code.name})
+            return CaptureOutcome.REFUSED if code in _REFUSED else CaptureOutcome.FAILED
+        return CaptureOutcome.CAPTURED
+
+    return capture
+
+
+class CaptureWorker:
+    def __init__(
+        self, orders: Orders, capture: Capturer, *, interval: float = 1.0, batch_size: int = 50
+    ) -> None:
+        self._orders = orders
+        self._capture = capture
+        self._interval = interval
+        self._batch_size = batch_size
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def changed(self, orders: Collection[Order]) -> None:
+        """A change-hub listener: wake when an order became AWAITING_PAYMENT here."""
+        if any(order.state == AWAITING_PAYMENT for order in orders):
+            self.wake()
+
+    def run_once(self) -> int:
+        """One pass: capture the due orders of one batch; how many were tried."""
+        claimed = self._orders.claim_captures(self._batch_size)
+        for order in claimed:
+            if self._stop.is_set():
+                break  # the claim's lease makes it due again later
+            outcome = self._capture(order.payment, capture_request_id(order))
+            self._orders.capture_attempted(order, outcome)
+        return len(claimed)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                tried = self.run_once()
+            except SQLAlchemyError:
+                _log.exception("capture pass failed (database); retrying")
+                tried = 0
+            if tried < self._batch_size:
+                self._wake.wait(self._interval)
+                self._wake.clear()
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="orders-capture", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -1,0 +1,370 @@
+"""The orders service as a process: create (idempotent), the state machine, etags, lists, security."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from poly.events.v1 import events_pb2
+from poly.orders.v1 import orders_service_pb2 as pb
+from poly.orders.v1 import resources_pb2
+from tests.orders.conftest import System, create, line, payment_event
+from tests.support.status import refusal
+from tests.support.waiting import eventually
+
+State = resources_pb2.Order
+
+
+def _refused(
+    call: object, request: object, who: list[tuple[str, str]]
+) -> tuple[grpc.StatusCode, str, dict[str, str]]:
+    with pytest.raises(grpc.RpcError) as failed:
+        call(request, metadata=who, timeout=10)  # type: ignore[operator]
+    found = refusal(failed.value)
+    return found.code, found.reason, found.violations
+
+
+def _names(system: System, who: list[tuple[str, str]], **fields: object) -> list[str]:
+    reply = system.stub().ListOrders(pb.ListOrdersRequest(page_size=1000, **fields), metadata=who, timeout=10)  # type: ignore[arg-type]
+    return [order.name for order in reply.orders]
+
+
+def test_create_computes_totals_and_publishes_order_created(system: System) -> None:
+    user, who = system.user()
+    order = create(system, who, line("A-1", 3, 250), line("B 2", 1, 1000), order_id="first-order")
+    assert order.name == "orders/first-order" and order.owner == user
+    assert order.state == State.STATE_PENDING and order.etag
+    assert [(x.total.amount_minor, x.total.currency_code) for x in order.lines] == [
+        (750, "EUR"),
+        (1000, "EUR"),
+    ]
+    assert (order.total.amount_minor, order.total.currency_code) == (1750, "EUR")
+    assert order.create_time == order.update_time
+    assert system.published(order.name) == ["OrderCreated"]
+    generated = create(system, who)
+    assert generated.name.startswith("orders/o") and generated.name != order.name
+
+
+def test_a_taken_order_id_is_already_exists(system: System) -> None:
+    _, who = system.user()
+    _, other = system.user()
+    order_id = f"taken-{uuid.uuid4().hex[:8]}"
+    create(system, who, order_id=order_id)
+    request = pb.CreateOrderRequest(order=resources_pb2.Order(lines=[line()]), order_id=order_id)
+    assert _refused(system.stub().CreateOrder, request, other)[:2] == (
+        grpc.StatusCode.ALREADY_EXISTS,
+        "ORDER_EXISTS",
+    )
+
+
+def test_a_repeated_request_id_returns_the_first_order_even_after_it_moved_on(system: System) -> None:
+    _, who = system.user()
+    key = str(uuid.uuid4())
+    first = create(system, who, line("X", 1, 100), request_id=key)
+    system.push(
+        payment_event(events_pb2.PaymentFailed, first, "payments/p1", reason="INSUFFICIENT_FUNDS"),
+        "payments/p1",
+    )
+    again = create(system, who, line("X", 1, 100), request_id=key)
+    assert again.name == first.name and again.state == State.STATE_PAYMENT_FAILED
+    request = pb.CreateOrderRequest(order=resources_pb2.Order(lines=[line("X", 2, 100)]), request_id=key)
+    assert _refused(system.stub().CreateOrder, request, who)[:2] == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "REQUEST_ID_REUSED",
+    )
+    assert _names(system, who) == [first.name]
+    # The key is the caller's: another user with the same key places their own order.
+    _, other = system.user()
+    assert create(system, other, line("X", 1, 100), request_id=key).name != first.name
+
+
+def test_concurrent_repeats_of_one_key_create_one_order(system: System) -> None:
+    _, who = system.user()
+    key = str(uuid.uuid4())
+    with ThreadPoolExecutor(8) as pool:
+        names = set(pool.map(lambda _: create(system, who, request_id=key).name, range(8)))
+    assert len(names) == 1
+    assert _names(system, who) == list(names)
+    assert system.published(names.pop()) == ["OrderCreated"]
+
+
+_LINE = line()
+
+
+def _lines(count: int) -> list[resources_pb2.OrderLine]:
+    return [line(f"S{i}") for i in range(count)]
+
+
+_BAD = [
+    ("empty-order", {}, {"order.lines"}),
+    ("no-lines", {"order": State()}, {"order.lines"}),
+    ("101-lines", {"order": State(lines=_lines(101))}, {"order.lines"}),
+    ("empty-sku", {"order": State(lines=[line(sku="")])}, {"order.lines[0].sku"}),
+    ("long-sku", {"order": State(lines=[_LINE, line(sku="x" * 65)])}, {"order.lines[1].sku"}),
+    ("control-sku", {"order": State(lines=[line(sku="a\nb")])}, {"order.lines[0].sku"}),
+    ("quantity-0", {"order": State(lines=[line(quantity=0)])}, {"order.lines[0].quantity"}),
+    ("quantity-neg", {"order": State(lines=[line(quantity=-1)])}, {"order.lines[0].quantity"}),
+    ("quantity-10001", {"order": State(lines=[line(quantity=10001)])}, {"order.lines[0].quantity"}),
+    ("negative-price", {"order": State(lines=[line(amount=-1)])}, {"order.lines[0].unit_price.amount_minor"}),
+    (
+        "lower-currency",
+        {"order": State(lines=[line(currency="eur")])},
+        {"order.lines[0].unit_price.currency_code"},
+    ),
+    (
+        "unknown-currency",
+        {"order": State(lines=[line(currency="XXX")])},
+        {"order.lines[0].unit_price.currency_code"},
+    ),
+    (
+        "mixed-currencies",
+        {"order": State(lines=[_LINE, line(currency="USD"), _LINE])},
+        {"order.lines[1].unit_price.currency_code"},
+    ),
+    (
+        "total-too-large",
+        {"order": State(lines=[line(quantity=10000, amount=10**14)])},
+        {"order.lines"},
+    ),
+    ("bad-order-id", {"order": State(lines=[_LINE]), "order_id": "Bad_Id"}, {"order_id"}),
+    ("short-order-id", {"order": State(lines=[_LINE]), "order_id": "abc"}, {"order_id"}),
+    ("digit-order-id", {"order": State(lines=[_LINE]), "order_id": "1abc"}, {"order_id"}),
+    ("request-id-not-uuid", {"order": State(lines=[_LINE]), "request_id": "not-a-uuid"}, {"request_id"}),
+    ("request-id-uuid1", {"order": State(lines=[_LINE]), "request_id": str(uuid.uuid1())}, {"request_id"}),
+    (
+        "every-problem",
+        {"order": State(lines=[line(sku="", quantity=0, amount=-5)]), "order_id": "X", "request_id": "1"},
+        {
+            "order.lines[0].sku",
+            "order.lines[0].quantity",
+            "order.lines[0].unit_price.amount_minor",
+            "order_id",
+            "request_id",
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("fields", "violations"), [b[1:] for b in _BAD], ids=[b[0] for b in _BAD])
+def test_bad_input_is_invalid_argument_and_creates_nothing(
+    system: System, fields: dict[str, object], violations: set[str]
+) -> None:
+    _, who = system.user()
+    code, reason, found = _refused(system.stub().CreateOrder, pb.CreateOrderRequest(**fields), who)  # type: ignore[arg-type]
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "ORDER_INVALID")
+    assert set(found) == violations
+    assert _names(system, who) == []
+
+
+def test_cancel_publishes_and_is_then_a_safe_retry(system: System) -> None:
+    _, who = system.user()
+    order = create(system, who)
+    cancelled = system.stub().CancelOrder(
+        pb.CancelOrderRequest(name=order.name, etag=order.etag, reason="changed my mind"),
+        metadata=who,
+        timeout=10,
+    )
+    assert cancelled.state == State.STATE_CANCELLED and cancelled.cancel_reason == "changed my mind"
+    assert (
+        cancelled.etag != order.etag and cancelled.update_time.ToDatetime() >= order.update_time.ToDatetime()
+    )
+    again = system.stub().CancelOrder(
+        pb.CancelOrderRequest(name=order.name, etag=order.etag), metadata=who, timeout=10
+    )
+    assert again == cancelled
+    assert system.published(order.name) == ["OrderCreated", "OrderCancelled"]
+    # A late saga event finds it cancelled: a no-op, not an error the bus would retry forever.
+    system.push(payment_event(events_pb2.PaymentAuthorized, order, "payments/late"), "payments/late")
+    assert system.stub().GetOrder(pb.GetOrderRequest(name=order.name), metadata=who, timeout=10) == cancelled
+
+
+def test_a_stale_etag_is_aborted_and_changes_nothing(system: System) -> None:
+    _, who = system.user()
+    order = create(system, who)
+    system.push(
+        payment_event(events_pb2.PaymentAuthorized, order, "payments/voided-stale"), "payments/voided-stale"
+    )
+    for etag in (order.etag, "garbage"):
+        request = pb.CancelOrderRequest(name=order.name, etag=etag)
+        assert _refused(system.stub().CancelOrder, request, who)[:2] == (
+            grpc.StatusCode.ABORTED,
+            "ETAG_MISMATCH",
+        )
+    current = system.stub().GetOrder(pb.GetOrderRequest(name=order.name), metadata=who, timeout=10)
+    assert current.state == State.STATE_AWAITING_PAYMENT and current.payment == "payments/voided-stale"
+    cancelled = system.stub().CancelOrder(
+        pb.CancelOrderRequest(name=order.name, etag=current.etag), metadata=who, timeout=10
+    )
+    assert cancelled.state == State.STATE_CANCELLED
+    assert system.published(order.name) == ["OrderCreated", "OrderCancelled"]
+
+
+def test_of_concurrent_cancels_exactly_one_publishes(system: System) -> None:
+    _, who = system.user()
+    orders = [create(system, who) for _ in range(6)]
+    barrier = threading.Barrier(4)
+
+    def cancel(order: resources_pb2.Order) -> resources_pb2.Order:
+        barrier.wait(10)
+        reply: resources_pb2.Order = system.stub().CancelOrder(
+            pb.CancelOrderRequest(name=order.name, etag=order.etag), metadata=who, timeout=10
+        )
+        return reply
+
+    for order in orders:
+        with ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(cancel, [order] * 4))
+        assert {r.state for r in replies} == {State.STATE_CANCELLED}
+        assert len({r.etag for r in replies}) == 1
+        assert system.published(order.name) == ["OrderCreated", "OrderCancelled"]
+
+
+def test_payment_failed_ends_the_order_and_it_cannot_be_cancelled(system: System) -> None:
+    _, who = system.user()
+    order = create(system, who)
+    reply = system.push(
+        payment_event(events_pb2.PaymentFailed, order, "payments/f1", reason="INSUFFICIENT_FUNDS"),
+        "payments/f1",
+    )
+    assert reply.outcome == reply.OUTCOME_APPLIED
+    failed = system.stub().GetOrder(pb.GetOrderRequest(name=order.name), metadata=who, timeout=10)
+    assert failed.state == State.STATE_PAYMENT_FAILED and failed.failure_reason == "INSUFFICIENT_FUNDS"
+    assert system.published(order.name) == ["OrderCreated", "OrderPaymentFailed"]
+    request = pb.CancelOrderRequest(name=order.name)
+    assert _refused(system.stub().CancelOrder, request, who)[:2] == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ORDER_NOT_CANCELLABLE",
+    )
+
+
+def test_the_saga_captures_then_pays_then_fulfils(system: System) -> None:
+    _, who = system.user()
+    order = create(system, who)
+    payment = f"payments/{uuid.uuid4().hex[:12]}"
+    system.push(payment_event(events_pb2.PaymentAuthorized, order, payment), payment)
+    awaiting = system.stub().GetOrder(pb.GetOrderRequest(name=order.name), metadata=who, timeout=10)
+    assert awaiting.state == State.STATE_AWAITING_PAYMENT and awaiting.payment == payment
+    # The worker captures at once, with one idempotency key, and retries after UNAVAILABLE.
+    calls = eventually(
+        lambda: c if len(c := system.payments.calls_for(payment)) >= 2 else None, what="2 captures"
+    )
+    assert set(calls) == {str(uuid.uuid5(uuid.NAMESPACE_URL, order.name + "/capture"))}
+    fulfil = pb.FulfillOrderRequest(name=order.name)
+    assert _refused(system.stub().FulfillOrder, fulfil, system.admin())[:2] == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ORDER_NOT_FULFILLABLE",
+    )
+    system.push(payment_event(events_pb2.PaymentCaptured, order, payment), payment)
+    paid = system.stub().GetOrder(pb.GetOrderRequest(name=order.name), metadata=who, timeout=10)
+    assert paid.state == State.STATE_PAID
+    assert system.sql("SELECT next_capture_at FROM orders WHERE id = :id", id=order.name[7:]) == [(None,)]
+    assert _refused(system.stub().FulfillOrder, fulfil, who)[:2] == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ROLE_MISSING",
+    )
+    fulfilled = system.stub().FulfillOrder(
+        pb.FulfillOrderRequest(name=order.name, etag=paid.etag), metadata=system.admin(), timeout=10
+    )
+    assert fulfilled.state == State.STATE_FULFILLED
+    assert system.stub().FulfillOrder(fulfil, metadata=system.admin(), timeout=10) == fulfilled
+    assert system.published(order.name) == ["OrderCreated", "OrderPaid", "OrderFulfilled"]
+    assert _refused(system.stub().CancelOrder, pb.CancelOrderRequest(name=order.name), who)[:2] == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "ORDER_NOT_CANCELLABLE",
+    )
+
+
+def test_a_capture_refused_as_voided_is_not_retried(system: System) -> None:
+    _, who = system.user()
+    order = create(system, who)
+    payment = f"payments/voided-{uuid.uuid4().hex[:8]}"
+    system.push(payment_event(events_pb2.PaymentAuthorized, order, payment), payment)
+    eventually(lambda: system.payments.calls_for(payment), what="a capture call")
+    query = "SELECT next_capture_at, capture_attempts FROM orders WHERE id = :id"
+    eventually(lambda: system.sql(query, id=order.name[7:]) == [(None, 1)], what="the capture to stop")
+    assert len(system.payments.calls_for(payment)) == 1
+
+
+def test_another_users_order_is_permission_denied(system: System) -> None:
+    _, owner = system.user()
+    _, thief = system.user()
+    order = create(system, owner)
+    get, cancel = pb.GetOrderRequest(name=order.name), pb.CancelOrderRequest(name=order.name)
+    assert _refused(system.stub().GetOrder, get, thief)[:2] == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "NOT_OWNER",
+    )
+    assert _refused(system.stub().CancelOrder, cancel, thief)[:2] == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "NOT_OWNER",
+    )
+    watch = system.stub().WatchOrder(pb.WatchOrderRequest(name=order.name), metadata=thief, timeout=10)
+    with pytest.raises(grpc.RpcError) as failed:
+        next(iter(watch))
+    assert refusal(failed.value).code == grpc.StatusCode.PERMISSION_DENIED
+    fulfil = pb.FulfillOrderRequest(name=order.name)
+    assert _refused(system.stub().FulfillOrder, fulfil, owner)[0] == grpc.StatusCode.PERMISSION_DENIED
+    assert system.stub().GetOrder(get, metadata=owner, timeout=10).state == State.STATE_PENDING
+    # An admin may read it.
+    assert system.stub().GetOrder(get, metadata=system.admin(), timeout=10).name == order.name
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "orders/", "users/abc", "orders/a/b", "orders/" + "x" * 80],
+    ids=["empty", "no-id", "other", "nested", "long"],
+)
+def test_bad_names_are_invalid_argument(system: System, name: str) -> None:
+    _, who = system.user()
+    stub = system.stub()
+    for call, request in (
+        (stub.GetOrder, pb.GetOrderRequest(name=name)),
+        (stub.CancelOrder, pb.CancelOrderRequest(name=name)),
+        (stub.FulfillOrder, pb.FulfillOrderRequest(name=name)),
+    ):
+        caller = system.admin() if call is stub.FulfillOrder else who
+        assert _refused(call, request, caller)[:3] == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "NAME_INVALID",
+            {"name": "must be orders/{id}"},
+        )
+    with pytest.raises(grpc.RpcError) as failed:
+        next(iter(stub.WatchOrder(pb.WatchOrderRequest(name=name), metadata=who, timeout=10)))
+    assert refusal(failed.value).code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_unknown_orders_are_not_found(system: System) -> None:
+    _, who = system.user()
+    request = pb.GetOrderRequest(name="orders/nowhere-to-be-found")
+    assert _refused(system.stub().GetOrder, request, who)[:2] == (
+        grpc.StatusCode.NOT_FOUND,
+        "ORDER_NOT_FOUND",
+    )
+
+
+def test_a_long_cancel_reason_is_invalid(system: System) -> None:
+    _, who = system.user()
+    order = create(system, who)
+    request = pb.CancelOrderRequest(name=order.name, reason="x" * 501)
+    code, _, violations = _refused(system.stub().CancelOrder, request, who)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and set(violations) == {"reason"}
+    assert system.published(order.name) == ["OrderCreated"]
+
+
+def test_the_capture_worker_backs_off_and_resumes_after_a_restart(system: System) -> None:
+    _, who = system.user()
+    order = create(system, who)
+    payment = f"payments/down-{uuid.uuid4().hex[:8]}"
+    system.push(payment_event(events_pb2.PaymentAuthorized, order, payment), payment)
+    query = "SELECT capture_attempts FROM orders WHERE id = :id"
+    eventually(lambda: system.sql(query, id=order.name[7:]) == [(2,)], what="two failed capture tries")
+    system.deployment.restart("orders")
+    system.payments.healed.add(payment)
+    eventually(lambda: payment in system.payments.captured, timeout=30, what="the capture after the restart")
+    assert set(system.payments.calls_for(payment)) == {
+        str(uuid.uuid5(uuid.NAMESPACE_URL, order.name + "/capture"))
+    }
