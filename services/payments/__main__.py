@@ -5,6 +5,7 @@ from pathlib import Path
 from poly.payments.v1 import payments_service_pb2, payments_service_pb2_grpc
 from services.kit import authn, authz, bus, clients, config, db, logs, server
 from services.payments import events, store
+from services.payments.domain import Payments
 from services.payments.service import PaymentsServicer
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -15,8 +16,10 @@ def main() -> None:
     logs.setup(settings.service, settings.log_level)
     engine = db.connect_or_exit(settings.db, migrations=MIGRATIONS)
     try:
-        events_node = bus.node(settings, engine, store.BUS, events.HANDLERS)
-        servicer = PaymentsServicer()
+        currency = settings.payments.default_currency
+        events_node = bus.node(settings, engine, store.BUS, lambda outbox: events.handlers(outbox, currency))
+        payments_store = store.PaymentsStore(db.session_factory(engine), events_node.outbox)
+        servicer = PaymentsServicer(Payments(payments_store.transaction))
         descriptor = payments_service_pb2.DESCRIPTOR.services_by_name["PaymentsService"]
         registrations = [
             server.registration(

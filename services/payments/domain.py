@@ -1,8 +1,738 @@
-"""Rules of the payments domain: plain dataclasses, no gRPC and no SQL.
+"""Rules of payments: accounts, a double-entry ledger, and payments for orders.
 
-Accounts, a double-entry ledger and payments (authorize, capture, void, refund).
-The rules, state machine and repository Protocol arrive with the payments domain issue; until
-then every RPC of the service answers UNIMPLEMENTED.
+Invariants: each ledger transaction's legs share a currency and sum to zero; entries are only
+inserted, so balances are derived sums, never stored. `held` sums the account's AUTHORIZED
+payments; an authorization never exceeds `available = balance - held` and runs with the
+account locked, so racing ones cannot overdraw it. One payment per order; refunds never
+exceed what was captured. States: AUTHORIZED -> CAPTURED | VOIDED; CAPTURED ->
+PARTIALLY_REFUNDED -> REFUNDED; FAILED = declined. VOIDED, REFUNDED, FAILED are terminal.
+Saga compensation (OrderCancelled): void an AUTHORIZED payment, refund the rest of a captured one.
 """
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from services.kit import filters, paging
+from services.kit.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
+from services.kit.filters import Ordering, Term
+from services.kit.money import Money, money_problems
+
+__all__ = [
+    "ACCOUNT_FIELDS",
+    "AUTHORIZED",
+    "CAPTURED",
+    "FAILED",
+    "PARTIALLY_REFUNDED",
+    "REFUNDED",
+    "VOIDED",
+    "CUSTOMER",
+    "ENTRY_FIELDS",
+    "FUNDING",
+    "KINDS",
+    "MERCHANT",
+    "PAYMENT_FIELDS",
+    "STATES",
+    "Account",
+    "AccountPage",
+    "EntryPage",
+    "LedgerEntry",
+    "LedgerImbalance",
+    "LedgerProvider",
+    "ListQuery",
+    "Payment",
+    "PaymentEvent",
+    "PaymentPage",
+    "PaymentProvider",
+    "Payments",
+    "Repository",
+    "Viewer",
+    "balanced_entries",
+    "system_account_id",
+]
+
+# Account kinds: a user's account, and per currency the source of funding and the merchant.
+CUSTOMER, FUNDING, MERCHANT = "CUSTOMER", "FUNDING", "MERCHANT"
+# Ledger entry kinds.
+KINDS = ("FUNDING", "CAPTURE", "REFUND")
+# Payment states.
+AUTHORIZED, CAPTURED, VOIDED = "AUTHORIZED", "CAPTURED", "VOIDED"
+PARTIALLY_REFUNDED, REFUNDED, FAILED = "PARTIALLY_REFUNDED", "REFUNDED", "FAILED"
+STATES = (AUTHORIZED, CAPTURED, VOIDED, PARTIALLY_REFUNDED, REFUNDED, FAILED)
+_TAKEN = (CAPTURED, PARTIALLY_REFUNDED, REFUNDED)
+"""States in which the held amount was captured."""
+
+INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
+ACCOUNT_NOT_FOUND = "ACCOUNT_NOT_FOUND"
+AMOUNT_INVALID = "AMOUNT_INVALID"
+_MAX_REASON = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: str
+    kind: str
+    owner: str
+    """``users/{user}``; empty for the system accounts."""
+    currency: str
+    create_time: dt.datetime
+    update_time: dt.datetime
+    balance: int = 0
+    """Sum of the account's ledger entries (derived by the store, never stored)."""
+    held: int = 0
+    """Sum of the account's AUTHORIZED payments (derived, never stored)."""
+
+    @property
+    def name(self) -> str:
+        return f"accounts/{self.id}"
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    id: str
+    account_id: str
+    transaction: str
+    amount: int
+    """Signed minor units: positive credits, negative debits."""
+    currency: str
+    kind: str
+    payment_id: str
+    """Empty for funding."""
+    create_time: dt.datetime
+
+    @property
+    def name(self) -> str:
+        return f"accounts/{self.account_id}/ledgerEntries/{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    id: str
+    order: str
+    account_id: str
+    """Empty when the owner had no account in the currency."""
+    owner: str
+    currency: str
+    amount: int
+    state: str
+    failure_reason: str
+    create_time: dt.datetime
+    update_time: dt.datetime
+    captured: int = 0
+    """Sum of the CAPTURE entries debiting the account (derived by the store)."""
+    refunded: int = 0
+    """Sum of the REFUND entries crediting the account (derived by the store)."""
+
+    @property
+    def name(self) -> str:
+        return f"payments/{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentEvent:
+    """What happened to a payment, for the store to publish as a ``poly.events.v1`` message."""
+
+    kind: str
+    """AUTHORIZED, FAILED, CAPTURED, VOIDED or REFUNDED."""
+    payment: Payment
+    amount: int
+    """The amount this change moved (held, asked for, taken, released, returned)."""
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    terms: tuple[Term, ...]
+    ordering: Ordering
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Who lists: a plain user sees only their own resources, `sees_all` callers everything."""
+
+    subject: str
+    sees_all: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AccountPage:
+    accounts: list[Account]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class EntryPage:
+    entries: list[LedgerEntry]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentPage:
+    payments: list[Payment]
+    next_page_token: str
+
+
+class Repository(Protocol):
+    """The payments database, inside one transaction."""
+
+    def account(self, account_id: str) -> Account | None:
+        """With `balance` and `held` as committed (lock the account first to rely on them)."""
+
+    def account_of(self, owner: str, currency: str) -> Account | None: ...
+    def add_account(self, account: Account) -> bool:
+        """False when it exists (same id, or same kind, owner and currency)."""
+
+    def lock_account(self, account_id: str) -> bool:
+        """Take the account's write lock for the rest of the transaction; False if none."""
+
+    def add_entries(self, entries: Sequence[LedgerEntry]) -> None: ...
+    def entry(self, account_id: str, entry_id: str) -> LedgerEntry | None: ...
+    def payment(self, payment_id: str) -> Payment | None: ...
+    def payment_for_order(self, order: str) -> Payment | None: ...
+    def add_payment(self, payment: Payment) -> bool:
+        """False when the order already has a payment (the unique constraint decides)."""
+
+    def set_state(self, payment_id: str, before: str, after: str, now: dt.datetime) -> bool:
+        """Move the payment from `before` to `after`; False if it was not in `before`."""
+
+    def recall(self, caller: str, key: str) -> tuple[str, str] | None:
+        """``(fingerprint, result id)`` stored for the caller's idempotency key."""
+
+    def remember(self, caller: str, key: str, fingerprint: str, result: str, now: dt.datetime) -> bool:
+        """False when the key is already stored."""
+
+    def list_accounts(self, query: ListQuery, after: Sequence[str] | None, limit: int) -> list[Account]: ...
+    def list_entries(
+        self, account_id: str, query: ListQuery, after: Sequence[str] | None, limit: int
+    ) -> list[LedgerEntry]: ...
+    def list_payments(self, query: ListQuery, after: Sequence[str] | None, limit: int) -> list[Payment]: ...
+    def publish(self, event: PaymentEvent) -> None: ...
+
+
+Transactions = Callable[[], AbstractContextManager[Repository]]
+OwnerCheck = Callable[[str], None]
+"""Refuses the call unless its caller may act on resources of this owner (`authz.require_owner`)."""
+
+
+class LedgerImbalance(RuntimeError):
+    """A transaction's legs do not sum to zero or mix currencies: a bug, never written."""
+
+
+def balanced_entries(
+    legs: Sequence[tuple[str, int]], currency: str, kind: str, payment_id: str, now: dt.datetime
+) -> list[LedgerEntry]:
+    """The entries of one double-entry transaction; refuses legs that do not sum to zero."""
+    if len(legs) < 2 or sum(amount for _, amount in legs) != 0 or any(a == 0 for _, a in legs):
+        raise LedgerImbalance(f"unbalanced {kind} transaction: {list(legs)}")
+    transaction = str(uuid.uuid4())
+    return [
+        LedgerEntry(str(uuid.uuid4()), account, transaction, amount, currency, kind, payment_id, now)
+        for account, amount in legs
+    ]
+
+
+def system_account_id(kind: str, currency: str) -> str:
+    return f"{kind.lower()}-{currency.lower()}"
+
+
+def _system_account(repo: Repository, kind: str, currency: str, now: dt.datetime) -> str:
+    """The funding or merchant account of `currency`, opened on first use."""
+    account_id = system_account_id(kind, currency)
+    if repo.account(account_id) is None:
+        repo.add_account(Account(account_id, kind, "", currency, now, now))
+    return account_id
+
+
+class PaymentProvider(Protocol):
+    """Moves the money of a payment. Called inside the use case's transaction, with the
+    payment's account locked; state changes and events stay with the use case."""
+
+    def authorize(self, repo: Repository, account: Account, amount: Money) -> str:
+        """Empty to accept the hold, else the decline reason (e.g. INSUFFICIENT_FUNDS)."""
+
+    def capture(self, repo: Repository, payment: Payment, now: dt.datetime) -> None: ...
+    def void(self, repo: Repository, payment: Payment, now: dt.datetime) -> None: ...
+    def refund(self, repo: Repository, payment: Payment, amount: int, now: dt.datetime) -> None: ...
+
+
+class LedgerProvider:
+    """The built-in provider: a hold is the AUTHORIZED payment itself (counted in `held`);
+    capture moves it to the merchant account, a refund moves money back."""
+
+    def authorize(self, repo: Repository, account: Account, amount: Money) -> str:
+        return "" if amount.amount <= account.available else INSUFFICIENT_FUNDS
+
+    def capture(self, repo: Repository, payment: Payment, now: dt.datetime) -> None:
+        merchant = _system_account(repo, MERCHANT, payment.currency, now)
+        legs = [(payment.account_id, -payment.amount), (merchant, payment.amount)]
+        repo.add_entries(balanced_entries(legs, payment.currency, "CAPTURE", payment.id, now))
+
+    def void(self, repo: Repository, payment: Payment, now: dt.datetime) -> None:
+        """Nothing to move: leaving AUTHORIZED releases the hold."""
+
+    def refund(self, repo: Repository, payment: Payment, amount: int, now: dt.datetime) -> None:
+        merchant = _system_account(repo, MERCHANT, payment.currency, now)
+        legs = [(merchant, -amount), (payment.account_id, amount)]
+        repo.add_entries(balanced_entries(legs, payment.currency, "REFUND", payment.id, now))
+
+
+def _id_value(collection: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        prefix, _, found = raw.partition("/")
+        if prefix != collection or not found or "/" in found:
+            raise ValueError(f"must be {collection}/{{id}}")
+        return found
+
+    return parse
+
+
+_TIME = filters.FieldSpec(filters.timestamp_value, filters.ORDERED)
+ACCOUNT_FIELDS: filters.Fields = {
+    "owner": filters.FieldSpec(filters.text_value),
+    "currency_code": filters.FieldSpec(filters.text_value),
+    "create_time": _TIME,
+}
+ENTRY_FIELDS: filters.Fields = {
+    "kind": filters.FieldSpec(filters.enum_value(*KINDS, prefix="KIND_")),
+    "payment": filters.FieldSpec(_id_value("payments")),
+    "create_time": _TIME,
+}
+PAYMENT_FIELDS: filters.Fields = {
+    "state": filters.FieldSpec(filters.enum_value(*STATES)),
+    "order": filters.FieldSpec(filters.text_value),
+    "account": filters.FieldSpec(_id_value("accounts")),
+    "owner": filters.FieldSpec(filters.text_value),
+    "create_time": _TIME,
+}
+_NEWEST_FIRST = Ordering("create_time", descending=True)
+
+
+def _query(filter_text: str, order_by: str, fields: filters.Fields, orderings: Sequence[str]) -> ListQuery:
+    terms = filters.parse_filter(filter_text, fields)
+    return ListQuery(tuple(terms), filters.parse_order_by(order_by, orderings, default=_NEWEST_FIRST))
+
+
+def _request_id_problems(request_id: str) -> list[FieldViolation]:
+    try:
+        parsed = uuid.UUID(request_id)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.version != 4 or str(parsed) != request_id.lower():
+        return [FieldViolation("request_id", "must be a UUID4, e.g. 0b9b7c0e-3f1a-4c2e-8a5d-1e2f3a4b5c6d")]
+    return []
+
+
+def _refuse(problems: list[FieldViolation], what: str) -> None:
+    if problems:
+        raise InvalidArgument(
+            f"{what.upper()}_INVALID", "the {what} request is invalid", violations=problems, what=what
+        )
+
+
+def _fingerprint(*fields: object) -> str:
+    return hashlib.sha256(json.dumps([str(f) for f in fields]).encode()).hexdigest()
+
+
+def _wrong_currency(expected: str) -> InvalidArgument:
+    return InvalidArgument(
+        "CURRENCY_MISMATCH",
+        "amount must be in {currency}",
+        violations=[FieldViolation("amount.currency_code", f"must be {expected}")],
+        currency=expected,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """An authorization asked for: `account_id` empty picks the owner's in the currency."""
+
+    order: str
+    owner: str
+    account_id: str
+    amount: Money
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """An idempotency key of one caller and the fingerprint of what it was sent with."""
+
+    caller: str
+    key: str
+    fingerprint: str
+
+
+@dataclass
+class Payments:
+    transactions: Transactions
+    provider: PaymentProvider = field(default_factory=LedgerProvider)
+    clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
+
+    # -- idempotency --------------------------------------------------------------------
+
+    @staticmethod
+    def _recall(repo: Repository, request: _Request | None) -> str | None:
+        """The result id of an earlier call with this key, or None for a new key."""
+        if request is None:
+            return None
+        found = repo.recall(request.caller, request.key)
+        if found is None:
+            return None
+        if found[0] != request.fingerprint:
+            raise FailedPrecondition(
+                "REQUEST_ID_REUSED",
+                "request_id {request_id} was already used with other fields",
+                request_id=request.key,
+            )
+        return found[1]
+
+    def _remember(self, repo: Repository, request: _Request | None, result: str) -> None:
+        if request is not None and not repo.remember(
+            request.caller, request.key, request.fingerprint, result, self.clock()
+        ):
+            raise Aborted("REQUEST_IN_FLIGHT", "a call with this request_id is in flight; retry")
+
+    # -- accounts -----------------------------------------------------------------------
+
+    def open_account(self, owner: str, currency: str) -> Account:
+        """The owner's account in `currency`, opened if missing (idempotent)."""
+        now = self.clock()
+        with self.transactions() as repo:
+            repo.add_account(Account(str(uuid.uuid4()), CUSTOMER, owner, currency, now, now))
+            opened = repo.account_of(owner, currency)
+        assert opened is not None
+        return opened
+
+    def fund(self, caller: str, request_id: str, account_id: str, amount: Money) -> Account:
+        problems = _request_id_problems(request_id)
+        _refuse(problems + money_problems("amount", amount.currency, amount.amount, positive=True), "fund")
+        request = _Request(caller, request_id, _fingerprint("fund", account_id, amount))
+        now = self.clock()
+        with self.transactions() as repo:
+            if not repo.lock_account(account_id):
+                raise NotFound("ACCOUNT_NOT_FOUND", "accounts/{account} does not exist", account=account_id)
+            if self._recall(repo, request) is None:
+                account = repo.account(account_id)
+                assert account is not None
+                if account.kind != CUSTOMER:
+                    raise FailedPrecondition(
+                        "ACCOUNT_NOT_FUNDABLE", "accounts/{account} is a system account", account=account_id
+                    )
+                if amount.currency != account.currency:
+                    raise _wrong_currency(account.currency)
+                source = _system_account(repo, FUNDING, amount.currency, now)
+                legs = [(source, -amount.amount), (account_id, amount.amount)]
+                repo.add_entries(balanced_entries(legs, amount.currency, "FUNDING", "", now))
+                self._remember(repo, request, account_id)
+            funded = repo.account(account_id)
+        assert funded is not None
+        return funded
+
+    def account(self, account_id: str, check_owner: OwnerCheck) -> Account:
+        """Permission before existence: a missing account is checked as one nobody owns."""
+        with self.transactions() as repo:
+            found = repo.account(account_id)
+        check_owner(found.owner if found else "")
+        if found is None:
+            raise NotFound("ACCOUNT_NOT_FOUND", "accounts/{account} does not exist", account=account_id)
+        return found
+
+    def list_accounts(
+        self, viewer: Viewer, *, size: int, token: str, filter_text: str, order_by: str
+    ) -> AccountPage:
+        limit = paging.page_size(size)
+        query = _visible(_query(filter_text, order_by, ACCOUNT_FIELDS, ["create_time"]), viewer)
+        request = [filter_text, order_by]
+        after = paging.decode_token(token, request)
+        with self.transactions() as repo:
+            found = repo.list_accounts(query, after, limit + 1)
+        return AccountPage(*paging.split_page(found, limit, _position, request))
+
+    def entry(self, account_id: str, entry_id: str, check_owner: OwnerCheck) -> LedgerEntry:
+        self.account(account_id, check_owner)
+        with self.transactions() as repo:
+            found = repo.entry(account_id, entry_id)
+        if found is None:
+            raise NotFound(
+                "LEDGER_ENTRY_NOT_FOUND",
+                "accounts/{account}/ledgerEntries/{entry} does not exist",
+                account=account_id,
+                entry=entry_id,
+            )
+        return found
+
+    def list_entries(
+        self,
+        account_id: str,
+        check_owner: OwnerCheck,
+        *,
+        size: int,
+        token: str,
+        filter_text: str,
+        order_by: str,
+    ) -> EntryPage:
+        limit = paging.page_size(size)
+        query = _query(filter_text, order_by, ENTRY_FIELDS, ["create_time"])
+        request = [account_id, filter_text, order_by]
+        after = paging.decode_token(token, request)
+        self.account(account_id, check_owner)
+        with self.transactions() as repo:
+            found = repo.list_entries(account_id, query, after, limit + 1)
+        return EntryPage(*paging.split_page(found, limit, _position, request))
+
+    # -- payments -----------------------------------------------------------------------
+
+    def payment(self, payment_id: str, check_owner: OwnerCheck) -> Payment:
+        with self.transactions() as repo:
+            found = repo.payment(payment_id)
+        check_owner(found.owner if found else "")
+        if found is None:
+            raise NotFound("PAYMENT_NOT_FOUND", "payments/{payment} does not exist", payment=payment_id)
+        return found
+
+    def list_payments(
+        self, viewer: Viewer, *, size: int, token: str, filter_text: str, order_by: str
+    ) -> PaymentPage:
+        limit = paging.page_size(size)
+        orderings = ["create_time", "update_time"]
+        query = _visible(_query(filter_text, order_by, PAYMENT_FIELDS, orderings), viewer)
+        request = [filter_text, order_by]
+        after = paging.decode_token(token, request)
+        with self.transactions() as repo:
+            found = repo.list_payments(query, after, limit + 1)
+
+        def position(last: Payment) -> list[str]:
+            key = last.update_time if query.ordering.field == "update_time" else last.create_time
+            return [key.isoformat(), last.id]
+
+        return PaymentPage(*paging.split_page(found, limit, position, request))
+
+    def authorize(
+        self, caller: str, request_id: str, *, order: str, owner: str, account_id: str, amount: Money
+    ) -> Payment:
+        """AuthorizePayment: a decline is a FAILED payment, not an error; a second
+        authorization of the order (another request_id) is ALREADY_EXISTS."""
+        problems = _request_id_problems(request_id)
+        _refuse(
+            problems + money_problems("amount", amount.currency, amount.amount, positive=True), "authorize"
+        )
+        ask = _Ask(order, owner, account_id, amount)
+        request = _Request(caller, request_id, _fingerprint("authorize", order, owner, account_id, amount))
+        with self.transactions() as repo:
+            return self._authorize(repo, ask, request)
+
+    def authorize_order(self, order: str, owner: str, amount: Money) -> Payment:
+        """Saga step on OrderCreated: the order's payment, authorized or declined once; an
+        amount no payment could have is declined too, so the order still ends."""
+        ask = _Ask(order, owner, "", amount)
+        with self.transactions() as repo:
+            if money_problems("total", amount.currency, amount.amount, positive=True):
+                return self._decline(repo, ask, "", AMOUNT_INVALID, None)
+            return self._authorize(repo, ask, None)
+
+    def _authorize(self, repo: Repository, ask: _Ask, request: _Request | None) -> Payment:
+        amount = ask.amount
+        found = (
+            repo.account(ask.account_id) if ask.account_id else repo.account_of(ask.owner, amount.currency)
+        )
+        account = None
+        if found is not None and (found.kind, found.owner, found.currency) == (
+            CUSTOMER,
+            ask.owner,
+            amount.currency,
+        ):
+            repo.lock_account(found.id)  # first: balances and replays are then read under the lock
+            account = repo.account(found.id)
+        replayed = self._recall(repo, request)
+        if replayed is not None:
+            return self._payment(repo, replayed)
+        if account is None:
+            return self._decline(repo, ask, "", ACCOUNT_NOT_FOUND, request)
+        decline = self.provider.authorize(repo, account, amount)
+        if decline:
+            return self._decline(repo, ask, account.id, decline, request)
+        held = self._new_payment(ask, account.id, AUTHORIZED, "")
+        return self._add(repo, held, PaymentEvent(AUTHORIZED, held, held.amount), request)
+
+    def _decline(
+        self, repo: Repository, ask: _Ask, account_id: str, reason: str, request: _Request | None
+    ) -> Payment:
+        failed = self._new_payment(ask, account_id, FAILED, reason)
+        return self._add(repo, failed, PaymentEvent(FAILED, failed, failed.amount, reason), request)
+
+    def _new_payment(self, ask: _Ask, account_id: str, state: str, reason: str) -> Payment:
+        now = self.clock()
+        currency, amount = ask.amount.currency, ask.amount.amount
+        return Payment(
+            str(uuid.uuid4()), ask.order, account_id, ask.owner, currency, amount, state, reason, now, now
+        )
+
+    def _add(
+        self, repo: Repository, payment: Payment, event: PaymentEvent, request: _Request | None
+    ) -> Payment:
+        if not repo.add_payment(payment):
+            # The order has its payment already: a repeat of this call (a racing twin that
+            # committed first) gets it; anything else is a second authorization.
+            replayed = self._recall(repo, request)
+            existing = repo.payment_for_order(payment.order)
+            assert existing is not None
+            if request is not None and replayed != existing.id:
+                raise AlreadyExists(
+                    "ORDER_ALREADY_AUTHORIZED",
+                    "{order} already has payments/{payment}",
+                    order=payment.order,
+                    payment=existing.id,
+                )
+            return existing
+        repo.publish(event)
+        self._remember(repo, request, payment.id)
+        return payment
+
+    @staticmethod
+    def _payment(repo: Repository, payment_id: str) -> Payment:
+        found = repo.payment(payment_id)
+        if found is None:
+            raise NotFound("PAYMENT_NOT_FOUND", "payments/{payment} does not exist", payment=payment_id)
+        return found
+
+    def _locked(self, repo: Repository, payment_id: str) -> Payment:
+        """The payment, read again once its account is locked (every change locks it)."""
+        found = self._payment(repo, payment_id)
+        if found.account_id:
+            repo.lock_account(found.account_id)
+        return self._payment(repo, payment_id)
+
+    def capture(self, caller: str, request_id: str, payment_id: str) -> Payment:
+        """AUTHORIZED -> CAPTURED; a payment already captured is returned unchanged."""
+        _refuse(_request_id_problems(request_id), "capture")
+        request = _Request(caller, request_id, _fingerprint("capture", payment_id))
+        with self.transactions() as repo:
+            payment = self._locked(repo, payment_id)
+            if self._recall(repo, request) is None:
+                if payment.state == AUTHORIZED:
+                    self._move(repo, payment, CAPTURED, self.provider.capture)
+                    payment = self._payment(repo, payment_id)
+                    repo.publish(PaymentEvent(CAPTURED, payment, payment.amount))
+                elif payment.state not in _TAKEN:
+                    raise _not_in_state(payment, "PAYMENT_NOT_CAPTURABLE", "captured")
+                self._remember(repo, request, payment_id)
+            return self._payment(repo, payment_id)
+
+    def void(self, caller: str, request_id: str, payment_id: str) -> Payment:
+        """AUTHORIZED -> VOIDED; a VOIDED payment is returned unchanged."""
+        _refuse(_request_id_problems(request_id), "void")
+        request = _Request(caller, request_id, _fingerprint("void", payment_id))
+        with self.transactions() as repo:
+            payment = self._locked(repo, payment_id)
+            if self._recall(repo, request) is None:
+                if payment.state == AUTHORIZED:
+                    self._void(repo, payment)
+                elif payment.state != VOIDED:
+                    raise _not_in_state(payment, "PAYMENT_NOT_VOIDABLE", "voided")
+                self._remember(repo, request, payment_id)
+            return self._payment(repo, payment_id)
+
+    def refund(
+        self, caller: str, request_id: str, payment_id: str, amount: Money | None, reason: str
+    ) -> Payment:
+        """Returns `amount` (absent: the rest) of the captured money, never more."""
+        problems = _request_id_problems(request_id)
+        if amount is not None:
+            problems += money_problems("amount", amount.currency, amount.amount, positive=True)
+        if len(reason) > _MAX_REASON:
+            problems.append(FieldViolation("reason", f"must be at most {_MAX_REASON} characters"))
+        _refuse(problems, "refund")
+        request = _Request(caller, request_id, _fingerprint("refund", payment_id, amount, reason))
+        with self.transactions() as repo:
+            payment = self._locked(repo, payment_id)
+            if self._recall(repo, request) is None:
+                if payment.state not in (CAPTURED, PARTIALLY_REFUNDED):
+                    raise _not_in_state(payment, "PAYMENT_NOT_REFUNDABLE", "refunded")
+                if amount is not None and amount.currency != payment.currency:
+                    raise _wrong_currency(payment.currency)
+                rest = payment.captured - payment.refunded
+                value = rest if amount is None else amount.amount
+                if value > rest:
+                    raise FailedPrecondition(
+                        "REFUND_EXCEEDS_CAPTURED",
+                        "at most {rest} minor units of payments/{payment} can still be refunded",
+                        rest=rest,
+                        payment=payment_id,
+                    )
+                self._refund(repo, payment, value, reason)
+                self._remember(repo, request, payment_id)
+            return self._payment(repo, payment_id)
+
+    def cancel_order(self, order: str, reason: str) -> Payment | None:
+        """Saga compensation on OrderCancelled: void a hold, refund what was captured."""
+        with self.transactions() as repo:
+            found = repo.payment_for_order(order)
+            if found is None:
+                return None
+            payment = self._locked(repo, found.id)
+            if payment.state == AUTHORIZED:
+                self._void(repo, payment)
+            elif payment.state in (CAPTURED, PARTIALLY_REFUNDED):
+                self._refund(repo, payment, payment.captured - payment.refunded, reason)
+            return self._payment(repo, payment.id)
+
+    def _move(
+        self,
+        repo: Repository,
+        payment: Payment,
+        after: str,
+        money: Callable[[Repository, Payment, dt.datetime], None],
+    ) -> None:
+        now = self.clock()
+        if not repo.set_state(payment.id, payment.state, after, now):
+            raise Aborted(
+                "PAYMENT_CHANGED", "payments/{payment} changed meanwhile; retry", payment=payment.id
+            )
+        money(repo, payment, now)
+
+    def _void(self, repo: Repository, payment: Payment) -> None:
+        self._move(repo, payment, VOIDED, self.provider.void)
+        repo.publish(PaymentEvent(VOIDED, replace(payment, state=VOIDED), payment.amount))
+
+    def _refund(self, repo: Repository, payment: Payment, amount: int, reason: str) -> None:
+        after = REFUNDED if payment.refunded + amount == payment.captured else PARTIALLY_REFUNDED
+        self._move(repo, payment, after, lambda r, p, now: self.provider.refund(r, p, amount, now))
+        repo.publish(PaymentEvent(REFUNDED, self._payment(repo, payment.id), amount, reason))
+
+
+def _not_in_state(payment: Payment, reason: str, verb: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        reason,
+        "payments/{payment} is {state} and cannot be {verb}",
+        payment=payment.id,
+        state=payment.state,
+        verb=verb,
+    )
+
+
+def _visible(query: ListQuery, viewer: Viewer) -> ListQuery:
+    """A plain user's list is narrowed to their own resources, whatever the filter says."""
+    if viewer.sees_all:
+        return query
+    return replace(query, terms=(*query.terms, Term("owner", "=", viewer.subject)))
+
+
+def _position(last: Account | LedgerEntry) -> list[str]:
+    return [last.create_time.isoformat(), last.id]

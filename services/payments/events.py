@@ -1,12 +1,23 @@
-"""Events the payments service publishes and consumes (payloads in protos/poly/events/v1)."""
+"""Events the payments service publishes and consumes (payloads in protos/poly/events/v1).
+
+Each handler runs inside the consumer's transaction (which also records the event in the
+inbox), through the same domain use cases as the RPCs, so its effect happens once.
+"""
 
 from collections.abc import Mapping
+from contextlib import nullcontext
 
 from google.protobuf.message import Message
+from sqlalchemy.orm import Session
 
-from services.kit.bus import EventHandler
+from poly.events.v1 import events_pb2
+from poly.events.v1.events_pb2 import EventEnvelope
+from services.kit.bus import EventHandler, Outbox
+from services.kit.money import Money
+from services.payments.domain import Payments
+from services.payments.store import SqlRepository
 
-__all__ = ["CONSUMES", "HANDLERS", "PUBLISHES"]
+__all__ = ["CONSUMES", "PUBLISHES", "handlers"]
 
 PUBLISHES: tuple[str, ...] = (
     "poly.events.v1.PaymentAuthorized",
@@ -17,10 +28,35 @@ PUBLISHES: tuple[str, ...] = (
 )
 
 CONSUMES: tuple[str, ...] = (
+    "poly.events.v1.UserRegistered",
     "poly.events.v1.OrderCreated",
     "poly.events.v1.OrderCancelled",
 )
 
-HANDLERS: Mapping[type[Message], EventHandler] = {}
-"""The handler of each consumed event; the service subscribes to exactly these types.
-Filled in by the domain work: until then the service subscribes to nothing."""
+
+def handlers(outbox: Outbox, default_currency: str) -> Mapping[type[Message], EventHandler]:
+    """The handler of each consumed event; the service subscribes to exactly these types.
+    New users get an account in `default_currency`."""
+
+    def payments(session: Session) -> Payments:
+        repo = SqlRepository(session, outbox)
+        return Payments(lambda: nullcontext(repo))
+
+    def user_registered(session: Session, event: Message, envelope: EventEnvelope) -> None:
+        assert isinstance(event, events_pb2.UserRegistered)
+        payments(session).open_account(event.user, default_currency)
+
+    def order_created(session: Session, event: Message, envelope: EventEnvelope) -> None:
+        assert isinstance(event, events_pb2.OrderCreated)
+        total = Money(event.total.currency_code, event.total.amount_minor)
+        payments(session).authorize_order(event.order, event.owner, total)
+
+    def order_cancelled(session: Session, event: Message, envelope: EventEnvelope) -> None:
+        assert isinstance(event, events_pb2.OrderCancelled)
+        payments(session).cancel_order(event.order, event.reason)
+
+    return {
+        events_pb2.UserRegistered: user_registered,
+        events_pb2.OrderCreated: order_created,
+        events_pb2.OrderCancelled: order_cancelled,
+    }

@@ -1,12 +1,60 @@
-"""The payments service's own database: SQLAlchemy tables and queries (no other service reads it)."""
+"""The payments service's own database: SQLAlchemy tables and queries (no other service reads it).
 
-from sqlalchemy import MetaData
-from sqlalchemy.orm import DeclarativeBase
+Money is never updated in place: ``ledger_entry`` rows are only inserted, and every amount
+derived from them (balances, held, captured, refunded) is summed by the queries here.
+`PaymentsStore.transaction()` opens one session and one transaction and yields a
+`SqlRepository` (the `domain.Repository` over it); events published inside it join it.
+"""
 
-from services.kit.bus import BusTables, bus_tables
-from services.kit.db import naming_convention
+from __future__ import annotations
 
-__all__ = ["BUS", "Base"]
+import datetime as dt
+import operator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import (
+    ForeignKey,
+    Index,
+    MetaData,
+    Select,
+    String,
+    UniqueConstraint,
+    func,
+    insert,
+    literal,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from poly.events.v1 import events_pb2
+from poly.type.v1.money_pb2 import Money as MoneyMessage
+from services.kit.bus import BusTables, Outbox, bus_tables
+from services.kit.db import CurrencyCode, Id, MinorUnits, UtcDateTime, naming_convention
+from services.payments.domain import (
+    AUTHORIZED,
+    REFUNDED,
+    Account,
+    LedgerEntry,
+    ListQuery,
+    Payment,
+    PaymentEvent,
+)
+
+__all__ = [
+    "BUS",
+    "AccountRow",
+    "Base",
+    "LedgerEntryRow",
+    "PaymentRow",
+    "PaymentsStore",
+    "RequestRow",
+    "SqlRepository",
+]
 
 
 class Base(DeclarativeBase):
@@ -15,3 +63,364 @@ class Base(DeclarativeBase):
 
 BUS: BusTables = bus_tables(Base.metadata)
 """Outbox, deliveries, inbox and subscriptions of this service's events."""
+
+
+class AccountRow(Base):
+    """An account; its amounts live in `LedgerEntryRow` and `PaymentRow`, never here."""
+
+    __tablename__ = "account"
+    __table_args__ = (UniqueConstraint("kind", "owner", "currency"),)
+    id: Mapped[Id]
+    kind: Mapped[str] = mapped_column(String(16))
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    """``users/{user}``; empty for system accounts."""
+    currency: Mapped[CurrencyCode]
+    version: Mapped[int]
+    """Bumped by every change: the write that locks the account (`lock_account`)."""
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class LedgerEntryRow(Base):
+    __tablename__ = "ledger_entry"
+    __table_args__ = (Index("ix_ledger_entry_account_time", "account_id", "create_time", "id"),)
+    id: Mapped[Id]
+    transaction_id: Mapped[str] = mapped_column(String(64), index=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("account.id"))
+    amount: Mapped[MinorUnits]
+    currency: Mapped[CurrencyCode]
+    kind: Mapped[str] = mapped_column(String(16))
+    payment_id: Mapped[str | None] = mapped_column(ForeignKey("payment.id"), index=True)
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class PaymentRow(Base):
+    __tablename__ = "payment"
+    __table_args__ = (
+        Index("ix_payment_account_state", "account_id", "state"),
+        Index("ix_payment_owner_time", "owner", "create_time"),
+    )
+    id: Mapped[Id]
+    order_name: Mapped[str] = mapped_column(String(200), unique=True)
+    """The order paid for: one payment per order."""
+    account_id: Mapped[str | None] = mapped_column(ForeignKey("account.id"))
+    owner: Mapped[str] = mapped_column(String(100))
+    currency: Mapped[CurrencyCode]
+    amount: Mapped[MinorUnits]
+    """The authorized amount, fixed at authorization."""
+    state: Mapped[str] = mapped_column(String(24))
+    failure_reason: Mapped[str] = mapped_column(String(64))
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    update_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class RequestRow(Base):
+    """An idempotency key: one caller's `request_id`, what it was sent with, what it made."""
+
+    __tablename__ = "request"
+    caller: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(String(36), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    result: Mapped[str] = mapped_column(String(64))
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+_Entry, _Payment, _Account = LedgerEntryRow, PaymentRow, AccountRow
+
+_BALANCE = (
+    select(func.coalesce(func.sum(_Entry.amount), 0))
+    .where(_Entry.account_id == _Account.id)
+    .scalar_subquery()
+)
+_HELD = (
+    select(func.coalesce(func.sum(_Payment.amount), 0))
+    .where(_Payment.account_id == _Account.id, _Payment.state == AUTHORIZED)
+    .scalar_subquery()
+)
+_LAST_ENTRY = select(func.max(_Entry.create_time)).where(_Entry.account_id == _Account.id).scalar_subquery()
+_LAST_PAYMENT = (
+    select(func.max(_Payment.update_time)).where(_Payment.account_id == _Account.id).scalar_subquery()
+)
+_CAPTURED = (
+    select(func.coalesce(func.sum(-_Entry.amount), 0))
+    .where(
+        _Entry.payment_id == _Payment.id, _Entry.account_id == _Payment.account_id, _Entry.kind == "CAPTURE"
+    )
+    .scalar_subquery()
+)
+_REFUNDED = (
+    select(func.coalesce(func.sum(_Entry.amount), 0))
+    .where(
+        _Entry.payment_id == _Payment.id, _Entry.account_id == _Payment.account_id, _Entry.kind == "REFUND"
+    )
+    .scalar_subquery()
+)
+_ACCOUNTS = select(_Account, _BALANCE, _HELD, _LAST_ENTRY, _LAST_PAYMENT)
+_PAYMENTS = select(_Payment, _CAPTURED, _REFUNDED)
+
+_OPERATORS: Mapping[str, Callable[[Any, Any], Any]] = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+def _account(found: Any) -> Account:
+    row, balance, held, last_entry, last_payment = found
+    changes = [t for t in (row.create_time, last_entry, last_payment) if t is not None]
+    return Account(
+        row.id, row.kind, row.owner, row.currency, row.create_time, max(changes), int(balance), int(held)
+    )
+
+
+def _payment(found: Any) -> Payment:
+    row, captured, refunded = found
+    return Payment(
+        row.id,
+        row.order_name,
+        row.account_id or "",
+        row.owner,
+        row.currency,
+        row.amount,
+        row.state,
+        row.failure_reason,
+        row.create_time,
+        row.update_time,
+        int(captured),
+        int(refunded),
+    )
+
+
+def _entry(row: LedgerEntryRow) -> LedgerEntry:
+    return LedgerEntry(
+        row.id,
+        row.account_id,
+        row.transaction_id,
+        row.amount,
+        row.currency,
+        row.kind,
+        row.payment_id or "",
+        row.create_time,
+    )
+
+
+def _literal(column: Any, value: object) -> Any:
+    return literal(value, type_=column.type)
+
+
+def _listed(
+    statement: Select[Any],
+    columns: Mapping[str, Any],
+    key: Any,
+    query: ListQuery,
+    *,
+    after: Sequence[str] | None,
+    limit: int,
+) -> Select[Any]:
+    """`statement` narrowed by the query's terms, after the keyset position, in its order."""
+    for term in query.terms:
+        statement = statement.where(_OPERATORS[term.operator](columns[term.field], term.value))
+    column = columns[query.ordering.field]
+    descending = query.ordering.descending
+    if after is not None:
+        position = tuple_(_literal(column, dt.datetime.fromisoformat(after[0])), _literal(key, after[1]))
+        keyset = tuple_(column, key)
+        statement = statement.where(keyset < position if descending else keyset > position)
+    ordering = (column.desc(), key.desc()) if descending else (column.asc(), key.asc())
+    return statement.order_by(*ordering).limit(limit)
+
+
+class SqlRepository:
+    """`domain.Repository` over one session (one transaction)."""
+
+    def __init__(self, session: Session, outbox: Outbox | None) -> None:
+        self._session = session
+        self._outbox = outbox
+
+    def _insert_ignoring_conflicts(self, table: Any, values: Mapping[str, object]) -> bool:
+        """Insert unless a unique constraint already holds the row (the constraint decides
+        races; no savepoint, so it can be a transaction's first write on SQLite too)."""
+        dialect = postgresql if self._session.get_bind().dialect.name == "postgresql" else sqlite
+        key = next(iter(table.__table__.primary_key.columns))
+        statement = dialect.insert(table).values(**values).on_conflict_do_nothing().returning(key)
+        return self._session.execute(statement).first() is not None
+
+    # -- accounts -----------------------------------------------------------------------
+
+    def account(self, account_id: str) -> Account | None:
+        found = self._session.execute(_ACCOUNTS.where(_Account.id == account_id)).first()
+        return None if found is None else _account(found)
+
+    def account_of(self, owner: str, currency: str) -> Account | None:
+        statement = _ACCOUNTS.where(
+            _Account.kind == "CUSTOMER", _Account.owner == owner, _Account.currency == currency
+        )
+        found = self._session.execute(statement).first()
+        return None if found is None else _account(found)
+
+    def add_account(self, account: Account) -> bool:
+        values = {
+            "id": account.id,
+            "kind": account.kind,
+            "owner": account.owner,
+            "currency": account.currency,
+            "version": 0,
+            "create_time": account.create_time,
+        }
+        return self._insert_ignoring_conflicts(AccountRow, values)
+
+    def lock_account(self, account_id: str) -> bool:
+        # A write first: a row lock on PostgreSQL, the database write lock on SQLite. Reads
+        # after it see every change committed before it, and none can commit meanwhile.
+        locked = self._session.execute(
+            update(AccountRow).where(AccountRow.id == account_id).values(version=AccountRow.version + 1)
+        )
+        return bool(getattr(locked, "rowcount", 0))
+
+    def list_accounts(self, query: ListQuery, after: Sequence[str] | None, limit: int) -> list[Account]:
+        columns = {
+            "owner": _Account.owner,
+            "currency_code": _Account.currency,
+            "create_time": _Account.create_time,
+        }
+        statement = _listed(_ACCOUNTS, columns, _Account.id, query, after=after, limit=limit)
+        return [_account(found) for found in self._session.execute(statement)]
+
+    # -- ledger -------------------------------------------------------------------------
+
+    def add_entries(self, entries: Sequence[LedgerEntry]) -> None:
+        self._session.execute(
+            insert(LedgerEntryRow),
+            [
+                {
+                    "id": entry.id,
+                    "transaction_id": entry.transaction,
+                    "account_id": entry.account_id,
+                    "amount": entry.amount,
+                    "currency": entry.currency,
+                    "kind": entry.kind,
+                    "payment_id": entry.payment_id or None,
+                    "create_time": entry.create_time,
+                }
+                for entry in entries
+            ],
+        )
+
+    def entry(self, account_id: str, entry_id: str) -> LedgerEntry | None:
+        row = self._session.get(LedgerEntryRow, entry_id)
+        return None if row is None or row.account_id != account_id else _entry(row)
+
+    def list_entries(
+        self, account_id: str, query: ListQuery, after: Sequence[str] | None, limit: int
+    ) -> list[LedgerEntry]:
+        columns = {"kind": _Entry.kind, "payment": _Entry.payment_id, "create_time": _Entry.create_time}
+        statement = select(LedgerEntryRow).where(LedgerEntryRow.account_id == account_id)
+        statement = _listed(statement, columns, _Entry.id, query, after=after, limit=limit)
+        return [_entry(row) for row in self._session.scalars(statement)]
+
+    # -- payments -----------------------------------------------------------------------
+
+    def payment(self, payment_id: str) -> Payment | None:
+        found = self._session.execute(_PAYMENTS.where(_Payment.id == payment_id)).first()
+        return None if found is None else _payment(found)
+
+    def payment_for_order(self, order: str) -> Payment | None:
+        found = self._session.execute(_PAYMENTS.where(_Payment.order_name == order)).first()
+        return None if found is None else _payment(found)
+
+    def add_payment(self, payment: Payment) -> bool:
+        values = {
+            "id": payment.id,
+            "order_name": payment.order,
+            "account_id": payment.account_id or None,
+            "owner": payment.owner,
+            "currency": payment.currency,
+            "amount": payment.amount,
+            "state": payment.state,
+            "failure_reason": payment.failure_reason,
+            "create_time": payment.create_time,
+            "update_time": payment.update_time,
+        }
+        return self._insert_ignoring_conflicts(PaymentRow, values)
+
+    def set_state(self, payment_id: str, before: str, after: str, now: dt.datetime) -> bool:
+        moved = self._session.execute(
+            update(PaymentRow)
+            .where(PaymentRow.id == payment_id, PaymentRow.state == before)
+            .values(state=after, update_time=now)
+        )
+        return bool(getattr(moved, "rowcount", 0))
+
+    def list_payments(self, query: ListQuery, after: Sequence[str] | None, limit: int) -> list[Payment]:
+        columns = {
+            "state": _Payment.state,
+            "order": _Payment.order_name,
+            "account": _Payment.account_id,
+            "owner": _Payment.owner,
+            "create_time": _Payment.create_time,
+            "update_time": _Payment.update_time,
+        }
+        statement = _listed(_PAYMENTS, columns, _Payment.id, query, after=after, limit=limit)
+        return [_payment(found) for found in self._session.execute(statement)]
+
+    # -- idempotency keys ---------------------------------------------------------------
+
+    def recall(self, caller: str, key: str) -> tuple[str, str] | None:
+        row = self._session.get(RequestRow, (caller, key))
+        return None if row is None else (row.fingerprint, row.result)
+
+    def remember(self, caller: str, key: str, fingerprint: str, result: str, now: dt.datetime) -> bool:
+        values = {
+            "caller": caller,
+            "key": key,
+            "fingerprint": fingerprint,
+            "result": result,
+            "create_time": now,
+        }
+        return self._insert_ignoring_conflicts(RequestRow, values)
+
+    # -- events -------------------------------------------------------------------------
+
+    def publish(self, event: PaymentEvent) -> None:
+        if self._outbox is None:
+            raise RuntimeError("this repository was opened without an outbox and cannot publish")
+        payment = event.payment
+        common: dict[str, Any] = {
+            "payment": payment.name,
+            "order": payment.order,
+            "account": f"accounts/{payment.account_id}" if payment.account_id else "",
+            "owner": payment.owner,
+            "amount": MoneyMessage(currency_code=payment.currency, amount_minor=event.amount),
+        }
+        message: Any
+        if event.kind == "AUTHORIZED":
+            message = events_pb2.PaymentAuthorized(**common)
+        elif event.kind == "FAILED":
+            message = events_pb2.PaymentFailed(**common, reason=event.reason)
+        elif event.kind == "CAPTURED":
+            message = events_pb2.PaymentCaptured(**common)
+        elif event.kind == "VOIDED":
+            message = events_pb2.PaymentVoided(**common)
+        else:
+            message = events_pb2.PaymentRefunded(
+                **common,
+                refunded_total=MoneyMessage(currency_code=payment.currency, amount_minor=payment.refunded),
+                fully_refunded=payment.state == REFUNDED,
+                reason=event.reason,
+            )
+        self._outbox.publish(self._session, message, aggregate_id=payment.name)
+
+
+class PaymentsStore:
+    """Transactions over the payments database, each yielding a `SqlRepository`."""
+
+    def __init__(self, factory: sessionmaker[Session], outbox: Outbox) -> None:
+        self._factory = factory
+        self._outbox = outbox
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlRepository]:
+        with self._factory.begin() as session:
+            yield SqlRepository(session, self._outbox)
