@@ -1,12 +1,28 @@
-"""Events the notifications service publishes and consumes (payloads in protos/poly/events/v1)."""
+"""Events the notifications service publishes and consumes (payloads in protos/poly/events/v1).
 
-from collections.abc import Mapping
+Each consumed event records one notification in the consumer's transaction (with the inbox
+row, so once); the dispatcher sends it later. No network call happens in a handler.
+"""
 
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+
+from google.protobuf import json_format
 from google.protobuf.message import Message
+from sqlalchemy import event as sa_event
+from sqlalchemy.orm import Session
 
-from services.kit.bus import EventHandler
+from poly.events.v1 import events_pb2
+from poly.events.v1.events_pb2 import EventEnvelope
+from poly.type.v1 import money_pb2
+from services.kit.bus import EventHandler, Outbox
+from services.kit.money import Money
+from services.notifications.domain import Notification, record_notification
+from services.notifications.store import SqlRepository
 
-__all__ = ["CONSUMES", "HANDLERS", "PUBLISHES"]
+__all__ = ["CONSUMES", "PUBLISHES", "handlers", "template_values"]
 
 PUBLISHES: tuple[str, ...] = (
     "poly.events.v1.NotificationDelivered",
@@ -20,6 +36,61 @@ CONSUMES: tuple[str, ...] = (
     "poly.events.v1.OrderCancelled",
 )
 
-HANDLERS: Mapping[type[Message], EventHandler] = {}
-"""The handler of each consumed event; the service subscribes to exactly these types.
-Filled in by the domain work: until then the service subscribes to nothing."""
+
+def _money(value: money_pb2.Money) -> str:
+    return str(Money(value.currency_code, value.amount_minor))
+
+
+def _order_id(name: str) -> str:
+    return name.removeprefix("orders/")
+
+
+def template_values(payload: Message) -> tuple[str, dict[str, str]]:
+    """The recipient of a consumed event and the template values its payload gives."""
+    if isinstance(payload, events_pb2.UserRegistered):
+        return payload.user, {}
+    if isinstance(payload, events_pb2.OrderPaid):
+        values = {
+            "order": _order_id(payload.order),
+            "payment": payload.payment,
+            "amount": _money(payload.amount),
+        }
+        return payload.owner, values
+    if isinstance(payload, (events_pb2.OrderPaymentFailed, events_pb2.OrderCancelled)):
+        return payload.owner, {
+            "order": _order_id(payload.order),
+            "payment": payload.payment,
+            "reason": payload.reason,
+        }
+    raise TypeError(f"not a notified event: {payload.DESCRIPTOR.full_name}")
+
+
+def handlers(
+    outbox: Outbox, *, on_commit: Callable[[], None] = lambda: None
+) -> Mapping[type[Message], EventHandler]:
+    """The handler of each consumed event; `on_commit` runs after its transaction commits
+    (it wakes the dispatcher)."""
+
+    def record(session: Session, payload: Message, envelope: EventEnvelope) -> None:
+        recipient, values = template_values(payload)
+        notification = Notification(
+            event_id=envelope.id,
+            event_type=envelope.type,
+            recipient=recipient,
+            variables=values,
+            data=json_format.MessageToDict(payload, preserving_proto_field_name=True),
+            occur_time=envelope.occur_time.ToDatetime(dt.UTC) if envelope.HasField("occur_time") else _now(),
+        )
+        record_notification(SqlRepository(session, outbox), notification, _now())
+        sa_event.listen(session, "after_commit", lambda _session: on_commit(), once=True)
+
+    return {
+        events_pb2.UserRegistered: record,
+        events_pb2.OrderPaid: record,
+        events_pb2.OrderPaymentFailed: record,
+        events_pb2.OrderCancelled: record,
+    }
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

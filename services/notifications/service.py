@@ -1,13 +1,153 @@
-"""gRPC servicer of poly.notifications.v1.NotificationsService: parse, call the domain, map the result.
+"""gRPC servicer of poly.notifications.v1.NotificationsService: parse, call the domain, map the result."""
 
-Methods without domain logic yet are inherited from the generated base class, which
-answers UNIMPLEMENTED: no placeholder data is ever served.
-"""
+from __future__ import annotations
 
-from poly.notifications.v1 import notifications_service_pb2_grpc
+import datetime as dt
+
+import grpc
+from google.protobuf import empty_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from poly.notifications.v1 import notifications_service_pb2 as pb
+from poly.notifications.v1 import notifications_service_pb2_grpc, resources_pb2
+from services.kit import authz, fieldmask
+from services.kit.names import resource_id
+from services.notifications.domain import Delivery, Notifications, Template, Webhook
 
 __all__ = ["NotificationsServicer"]
+
+_STATES = {
+    "PENDING": resources_pb2.Delivery.STATE_PENDING,
+    "SENT": resources_pb2.Delivery.STATE_SENT,
+    "FAILED": resources_pb2.Delivery.STATE_FAILED,
+    "SKIPPED": resources_pb2.Delivery.STATE_SKIPPED,
+}
+_CHANNELS = {"EMAIL": resources_pb2.CHANNEL_EMAIL, "WEBHOOK": resources_pb2.CHANNEL_WEBHOOK}
+
+
+def _timestamp(value: dt.datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _delivery(delivery: Delivery) -> resources_pb2.Delivery:
+    return resources_pb2.Delivery(
+        name=delivery.name,
+        recipient=delivery.recipient,
+        channel=_CHANNELS[delivery.channel],
+        template=delivery.template,
+        event_type=delivery.event_type,
+        event_id=delivery.event_id,
+        destination=delivery.destination,
+        webhook=delivery.webhook,
+        state=_STATES[delivery.state],
+        attempts=delivery.attempts,
+        last_error=delivery.last_error,
+        next_attempt_time=_timestamp(delivery.next_attempt_time),
+        create_time=_timestamp(delivery.create_time),
+        update_time=_timestamp(delivery.update_time),
+    )
+
+
+def _webhook(webhook: Webhook) -> resources_pb2.Webhook:
+    return resources_pb2.Webhook(
+        name=webhook.name,
+        owner=webhook.owner,
+        url=webhook.url,
+        event_types=webhook.event_types,
+        create_time=_timestamp(webhook.create_time),
+    )
+
+
+def _template(template: Template) -> resources_pb2.Template:
+    return resources_pb2.Template(
+        name=template.name,
+        event_type=template.event_type,
+        subject=template.subject,
+        body_text=template.body_text,
+        body_html=template.body_html,
+        update_time=_timestamp(template.update_time),
+    )
+
+
+def _scope() -> str | None:
+    """Whose resources a List shows: a user's own; everyone's for admins and scoped clients."""
+    caller = authz.principal()
+    return None if caller.is_admin or caller.is_client else caller.subject
 
 
 class NotificationsServicer(notifications_service_pb2_grpc.NotificationsServiceServicer):
     """Templates, webhooks and the delivery log of emails and webhooks."""
+
+    def __init__(self, notifications: Notifications) -> None:
+        self._notifications = notifications
+
+    def GetDelivery(
+        self, request: pb.GetDeliveryRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.Delivery:
+        delivery_id = resource_id(request.name, "deliveries")
+        return _delivery(self._notifications.delivery(delivery_id, authz.require_owner))
+
+    def ListDeliveries(
+        self, request: pb.ListDeliveriesRequest, context: grpc.ServicerContext
+    ) -> pb.ListDeliveriesResponse:
+        page = self._notifications.list_deliveries(
+            _scope(), request.page_size, request.page_token, request.filter, request.order_by
+        )
+        return pb.ListDeliveriesResponse(
+            deliveries=[_delivery(d) for d in page.deliveries], next_page_token=page.next_page_token
+        )
+
+    def CreateWebhook(
+        self, request: pb.CreateWebhookRequest, context: grpc.ServicerContext
+    ) -> pb.CreateWebhookResponse:
+        given = request.webhook
+        webhook, secret = self._notifications.create_webhook(
+            authz.principal().subject,
+            given.url,
+            list(given.event_types),
+            given.secret,
+            webhook_id=request.webhook_id,
+            request_id=request.request_id,
+        )
+        return pb.CreateWebhookResponse(webhook=_webhook(webhook), signing_secret=secret)
+
+    def GetWebhook(
+        self, request: pb.GetWebhookRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.Webhook:
+        webhook_id = resource_id(request.name, "webhooks")
+        return _webhook(self._notifications.webhook(webhook_id, authz.require_owner))
+
+    def ListWebhooks(
+        self, request: pb.ListWebhooksRequest, context: grpc.ServicerContext
+    ) -> pb.ListWebhooksResponse:
+        webhooks, token = self._notifications.list_webhooks(_scope(), request.page_size, request.page_token)
+        return pb.ListWebhooksResponse(webhooks=[_webhook(w) for w in webhooks], next_page_token=token)
+
+    def DeleteWebhook(
+        self, request: pb.DeleteWebhookRequest, context: grpc.ServicerContext
+    ) -> empty_pb2.Empty:
+        self._notifications.delete_webhook(resource_id(request.name, "webhooks"), authz.require_owner)
+        return empty_pb2.Empty()
+
+    def GetTemplate(
+        self, request: pb.GetTemplateRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.Template:
+        return _template(self._notifications.template(resource_id(request.name, "templates")))
+
+    def ListTemplates(
+        self, request: pb.ListTemplatesRequest, context: grpc.ServicerContext
+    ) -> pb.ListTemplatesResponse:
+        found, token = self._notifications.list_templates(request.page_size, request.page_token)
+        return pb.ListTemplatesResponse(templates=[_template(t) for t in found], next_page_token=token)
+
+    def UpdateTemplate(
+        self, request: pb.UpdateTemplateRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.Template:
+        template_id = resource_id(request.template.name, "templates", field="template.name")
+        paths = fieldmask.update_paths(request.update_mask.paths, request.template)
+        values = {path: getattr(request.template, path) for path in paths}
+        return _template(self._notifications.update_template(template_id, values, paths))

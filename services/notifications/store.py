@@ -1,12 +1,65 @@
-"""The notifications service's own database: SQLAlchemy tables and queries (no other service reads it)."""
+"""The notifications service's own database: SQLAlchemy tables and queries (no other service reads it).
 
-from sqlalchemy import MetaData
-from sqlalchemy.orm import DeclarativeBase
+`NotificationsStore.transaction()` opens one session and one transaction and yields a
+`SqlRepository` (the `domain.Repository` over it); events published inside it join that
+transaction. Work is claimed with conditional UPDATEs (``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL), so two dispatchers never hold the same row.
+"""
 
-from services.kit.bus import BusTables, bus_tables
-from services.kit.db import naming_convention
+from __future__ import annotations
 
-__all__ = ["BUS", "Base"]
+import datetime as dt
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Index,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    and_,
+    delete,
+    literal,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from poly.events.v1 import events_pb2
+from services.kit.bus import BusTables, Outbox, bus_tables
+from services.kit.db import Id, UtcDateTime, naming_convention
+from services.kit.filters import Term
+from services.notifications.domain import (
+    EMAIL,
+    PENDING,
+    SENT,
+    SKIPPED,
+    Delivery,
+    DeliveryQuery,
+    Notification,
+    Outgoing,
+    Template,
+    Webhook,
+)
+
+__all__ = [
+    "BUS",
+    "Base",
+    "DeliveryRow",
+    "NotificationRow",
+    "NotificationsStore",
+    "SqlRepository",
+    "TemplateRow",
+    "WebhookQuotaRow",
+    "WebhookRow",
+]
 
 
 class Base(DeclarativeBase):
@@ -15,3 +68,505 @@ class Base(DeclarativeBase):
 
 BUS: BusTables = bus_tables(Base.metadata)
 """Outbox, deliveries, inbox and subscriptions of this service's events."""
+
+
+class NotificationRow(Base):
+    """One consumed event to notify about, until its deliveries exist."""
+
+    __tablename__ = "notification"
+    __table_args__ = (Index("ix_notification_due", "state", "next_attempt_time"),)
+    event_id: Mapped[Id]
+    event_type: Mapped[str] = mapped_column(String(200))
+    recipient: Mapped[str] = mapped_column(String(200))
+    variables: Mapped[str] = mapped_column(Text())
+    """JSON object of template values."""
+    data: Mapped[str] = mapped_column(Text())
+    """The payload as JSON."""
+    occur_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int]
+    last_error: Mapped[str] = mapped_column(String(500))
+    next_attempt_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    update_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class TemplateRow(Base):
+    __tablename__ = "template"
+    id: Mapped[Id]
+    event_type: Mapped[str] = mapped_column(String(200), unique=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    body_text: Mapped[str] = mapped_column(Text())
+    body_html: Mapped[str] = mapped_column(Text())
+    update_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class WebhookRow(Base):
+    __tablename__ = "webhook"
+    __table_args__ = (
+        UniqueConstraint("owner", "request_id"),
+        Index("ix_webhook_owner_create_time", "owner", "create_time"),
+    )
+    id: Mapped[Id]
+    owner: Mapped[str] = mapped_column(String(200))
+    url: Mapped[str] = mapped_column(String(2048))
+    event_types: Mapped[str] = mapped_column(String(1000))
+    """Space-separated full message names; empty means all."""
+    secret: Mapped[str] = mapped_column(String(256))
+    request_id: Mapped[str | None] = mapped_column(String(36))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime(), index=True)
+
+
+class WebhookQuotaRow(Base):
+    """Webhooks per owner: the conditional increment that enforces the limit under races."""
+
+    __tablename__ = "webhook_quota"
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)
+    used: Mapped[int]
+
+
+class DeliveryRow(Base):
+    __tablename__ = "delivery"
+    __table_args__ = (
+        UniqueConstraint("event_id", "channel", "destination"),
+        Index("ix_delivery_due", "state", "next_attempt_time"),
+        Index("ix_delivery_recipient_create_time", "recipient", "create_time"),
+        Index("ix_delivery_webhook_state", "webhook", "state"),
+    )
+    id: Mapped[Id]
+    recipient: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(16))
+    template: Mapped[str] = mapped_column(String(100))
+    event_type: Mapped[str] = mapped_column(String(200))
+    event_id: Mapped[str] = mapped_column(String(64))
+    destination: Mapped[str] = mapped_column(String(2048))
+    webhook: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int]
+    last_error: Mapped[str] = mapped_column(String(500))
+    next_attempt_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    content: Mapped[str] = mapped_column(Text())
+    """JSON: subject/text/html of an email, or the body of a webhook POST."""
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime(), index=True)
+    update_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+def _notification(row: NotificationRow) -> Notification:
+    return Notification(
+        row.event_id,
+        row.event_type,
+        row.recipient,
+        json.loads(row.variables),
+        json.loads(row.data),
+        row.occur_time,
+        row.attempts,
+    )
+
+
+def _template(row: TemplateRow) -> Template:
+    return Template(row.id, row.event_type, row.subject, row.body_text, row.body_html, row.update_time)
+
+
+def _webhook(row: WebhookRow) -> Webhook:
+    return Webhook(row.id, row.owner, row.url, tuple(row.event_types.split()), row.create_time)
+
+
+def _delivery(row: Any) -> Delivery:
+    return Delivery(
+        id=row.id,
+        recipient=row.recipient,
+        channel=row.channel,
+        template=row.template,
+        event_type=row.event_type,
+        event_id=row.event_id,
+        destination=row.destination,
+        webhook=row.webhook,
+        state=row.state,
+        attempts=row.attempts,
+        last_error=row.last_error,
+        next_attempt_time=row.next_attempt_time if row.state == PENDING else None,
+        create_time=row.create_time,
+        update_time=row.update_time,
+    )
+
+
+def _literal(column: Any, value: object) -> Any:
+    return literal(value, type_=column.type)
+
+
+def _free(model: type[NotificationRow] | type[DeliveryRow], now: dt.datetime) -> ColumnElement[bool]:
+    """Due, pending, and not leased by a live dispatcher."""
+    return and_(
+        model.state == PENDING,
+        model.next_attempt_time <= now,
+        or_(model.lease_until.is_(None), model.lease_until < now),
+    )
+
+
+_DELIVERY_COLUMNS = {
+    "state": DeliveryRow.state,
+    "channel": DeliveryRow.channel,
+    "event_type": DeliveryRow.event_type,
+    "event_id": DeliveryRow.event_id,
+    "recipient": DeliveryRow.recipient,
+    "create_time": DeliveryRow.create_time,
+}
+
+
+def _condition(term: Term) -> ColumnElement[bool]:
+    column: Any = _DELIVERY_COLUMNS[term.field]
+    operations = {
+        "=": column.__eq__,
+        "!=": column.__ne__,
+        "<": column.__lt__,
+        "<=": column.__le__,
+        ">": column.__gt__,
+        ">=": column.__ge__,
+    }
+    result: ColumnElement[bool] = operations[term.operator](term.value)
+    return result
+
+
+class SqlRepository:
+    """`domain.Repository` over one session (one transaction)."""
+
+    def __init__(self, session: Session, outbox: Outbox | None) -> None:
+        self._session = session
+        self._outbox = outbox
+
+    def _insert(self, row: Base) -> bool:
+        """Add `row`; False when a unique constraint refuses it (the transaction goes on)."""
+        try:
+            with self._session.begin_nested():
+                self._session.add(row)
+                self._session.flush()
+        except IntegrityError:
+            return False
+        return True
+
+    # -- notifications --------------------------------------------------------------------
+
+    def add_notification(self, notification: Notification, now: dt.datetime) -> None:
+        self._insert(
+            NotificationRow(
+                event_id=notification.event_id,
+                event_type=notification.event_type,
+                recipient=notification.recipient,
+                variables=json.dumps(dict(notification.variables), sort_keys=True),
+                data=json.dumps(dict(notification.data), sort_keys=True),
+                occur_time=notification.occur_time,
+                state=PENDING,
+                attempts=0,
+                last_error="",
+                next_attempt_time=now,
+                create_time=now,
+                update_time=now,
+            )
+        )
+
+    def claim_notifications(
+        self, now: dt.datetime, lease_until: dt.datetime, owner: str, limit: int
+    ) -> list[Notification]:
+        due = (
+            select(NotificationRow.event_id)
+            .where(_free(NotificationRow, now))
+            .order_by(NotificationRow.next_attempt_time)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        ids = list(self._session.scalars(due))
+        if not ids:
+            return []
+        claimed = self._session.scalars(
+            update(NotificationRow)
+            .where(NotificationRow.event_id.in_(ids), _free(NotificationRow, now))
+            .values(lease_owner=owner, lease_until=lease_until, attempts=NotificationRow.attempts + 1)
+            .returning(NotificationRow)
+        )
+        return [_notification(row) for row in claimed]
+
+    def settle_notification(
+        self,
+        event_id: str,
+        owner: str,
+        *,
+        state: str,
+        error: str,
+        next_time: dt.datetime | None,
+        now: dt.datetime,
+    ) -> bool:
+        settled = self._session.execute(
+            update(NotificationRow)
+            .where(
+                NotificationRow.event_id == event_id,
+                NotificationRow.lease_owner == owner,
+                NotificationRow.state == PENDING,
+            )
+            .values(
+                state=state,
+                last_error=error,
+                next_attempt_time=next_time,
+                lease_owner=None,
+                lease_until=None,
+                update_time=now,
+            )
+        )
+        return bool(getattr(settled, "rowcount", 0))
+
+    # -- templates ------------------------------------------------------------------------
+
+    def ensure_templates(self, defaults: Sequence[Template]) -> None:
+        existing = set(self._session.scalars(select(TemplateRow.id)))
+        for template in (t for t in defaults if t.id not in existing):
+            self._insert(
+                TemplateRow(
+                    id=template.id,
+                    event_type=template.event_type,
+                    subject=template.subject,
+                    body_text=template.body_text,
+                    body_html=template.body_html,
+                    update_time=template.update_time,
+                )
+            )
+
+    def template(self, template_id: str) -> Template | None:
+        row = self._session.get(TemplateRow, template_id)
+        return None if row is None else _template(row)
+
+    def list_templates(self, after: str | None, limit: int) -> list[Template]:
+        statement = select(TemplateRow).order_by(TemplateRow.id).limit(limit)
+        if after is not None:
+            statement = statement.where(TemplateRow.id > after)
+        return [_template(row) for row in self._session.scalars(statement)]
+
+    def save_template(self, template: Template) -> None:
+        self._session.execute(
+            update(TemplateRow)
+            .where(TemplateRow.id == template.id)
+            .values(
+                subject=template.subject,
+                body_text=template.body_text,
+                body_html=template.body_html,
+                update_time=template.update_time,
+            )
+        )
+
+    # -- webhooks -------------------------------------------------------------------------
+
+    def reserve_webhook_slot(self, owner: str, limit: int) -> bool:
+        self._insert(WebhookQuotaRow(owner=owner, used=0))
+        reserved = self._session.execute(
+            update(WebhookQuotaRow)
+            .where(WebhookQuotaRow.owner == owner, WebhookQuotaRow.used < limit)
+            .values(used=WebhookQuotaRow.used + 1)
+        )
+        return bool(getattr(reserved, "rowcount", 0))
+
+    def release_webhook_slot(self, owner: str) -> None:
+        self._session.execute(
+            update(WebhookQuotaRow)
+            .where(WebhookQuotaRow.owner == owner, WebhookQuotaRow.used > 0)
+            .values(used=WebhookQuotaRow.used - 1)
+        )
+
+    def add_webhook(self, webhook: Webhook, secret: str, request_id: str, request_hash: str) -> bool:
+        return self._insert(
+            WebhookRow(
+                id=webhook.id,
+                owner=webhook.owner,
+                url=webhook.url,
+                event_types=" ".join(webhook.event_types),
+                secret=secret,
+                request_id=request_id or None,
+                request_hash=request_hash,
+                create_time=webhook.create_time,
+            )
+        )
+
+    def webhook_by_request(self, owner: str, request_id: str) -> tuple[Webhook, str, str] | None:
+        row = self._session.scalar(
+            select(WebhookRow).where(WebhookRow.owner == owner, WebhookRow.request_id == request_id)
+        )
+        return None if row is None else (_webhook(row), row.secret, row.request_hash)
+
+    def webhook(self, webhook_id: str) -> Webhook | None:
+        row = self._session.get(WebhookRow, webhook_id)
+        return None if row is None else _webhook(row)
+
+    def webhooks_of(self, owner: str) -> list[Webhook]:
+        rows = self._session.scalars(
+            select(WebhookRow)
+            .where(WebhookRow.owner == owner)
+            .order_by(WebhookRow.create_time, WebhookRow.id)
+        )
+        return [_webhook(row) for row in rows]
+
+    def list_webhooks(self, owner: str | None, after: Sequence[str] | None, limit: int) -> list[Webhook]:
+        statement = select(WebhookRow)
+        if owner is not None:
+            statement = statement.where(WebhookRow.owner == owner)
+        if after is not None:
+            position = tuple_(
+                _literal(WebhookRow.create_time, dt.datetime.fromisoformat(after[0])),
+                _literal(WebhookRow.id, after[1]),
+            )
+            statement = statement.where(tuple_(WebhookRow.create_time, WebhookRow.id) < position)
+        statement = statement.order_by(WebhookRow.create_time.desc(), WebhookRow.id.desc()).limit(limit)
+        return [_webhook(row) for row in self._session.scalars(statement)]
+
+    def delete_webhook(self, webhook_id: str, now: dt.datetime) -> bool:
+        deleted = self._session.execute(delete(WebhookRow).where(WebhookRow.id == webhook_id))
+        if not getattr(deleted, "rowcount", 0):
+            return False
+        self._session.execute(
+            update(DeliveryRow)
+            .where(DeliveryRow.webhook == f"webhooks/{webhook_id}", DeliveryRow.state == PENDING)
+            .values(state=SKIPPED, last_error="webhook deleted", lease_owner=None, update_time=now)
+        )
+        return True
+
+    # -- deliveries -----------------------------------------------------------------------
+
+    def add_delivery(self, delivery: Delivery, content: Mapping[str, str]) -> bool:
+        return self._insert(
+            DeliveryRow(
+                id=delivery.id,
+                recipient=delivery.recipient,
+                channel=delivery.channel,
+                template=delivery.template,
+                event_type=delivery.event_type,
+                event_id=delivery.event_id,
+                destination=delivery.destination,
+                webhook=delivery.webhook,
+                state=delivery.state,
+                attempts=delivery.attempts,
+                last_error=delivery.last_error,
+                next_attempt_time=delivery.next_attempt_time,
+                content=json.dumps(dict(content), sort_keys=True),
+                create_time=delivery.create_time,
+                update_time=delivery.update_time,
+            )
+        )
+
+    def delivery(self, delivery_id: str) -> Delivery | None:
+        row = self._session.get(DeliveryRow, delivery_id)
+        return None if row is None else _delivery(row)
+
+    def list_deliveries(
+        self, query: DeliveryQuery, after: Sequence[str] | None, limit: int
+    ) -> list[Delivery]:
+        statement = select(DeliveryRow).where(*(_condition(term) for term in query.terms))
+        if query.recipient is not None:
+            statement = statement.where(DeliveryRow.recipient == query.recipient)
+        column = DeliveryRow.update_time if query.order.field == "update_time" else DeliveryRow.create_time
+        if after is not None:
+            key = tuple_(column, DeliveryRow.id)
+            position = tuple_(
+                _literal(column, dt.datetime.fromisoformat(after[0])), _literal(DeliveryRow.id, after[1])
+            )
+            statement = statement.where(key < position if query.order.descending else key > position)
+        ordering = (
+            (column.desc(), DeliveryRow.id.desc()) if query.order.descending else (column, DeliveryRow.id)
+        )
+        return [_delivery(row) for row in self._session.scalars(statement.order_by(*ordering).limit(limit))]
+
+    def claim_deliveries(
+        self, now: dt.datetime, lease_until: dt.datetime, owner: str, limit: int
+    ) -> list[Outgoing]:
+        due = (
+            select(DeliveryRow.id)
+            .where(_free(DeliveryRow, now))
+            .order_by(DeliveryRow.next_attempt_time)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        ids = list(self._session.scalars(due))
+        if not ids:
+            return []
+        claimed = list(
+            self._session.scalars(
+                update(DeliveryRow)
+                .where(DeliveryRow.id.in_(ids), _free(DeliveryRow, now))
+                .values(lease_owner=owner, lease_until=lease_until, attempts=DeliveryRow.attempts + 1)
+                .returning(DeliveryRow)
+            )
+        )
+        hooks = [row.webhook.removeprefix("webhooks/") for row in claimed if row.channel != EMAIL]
+        found = self._session.execute(
+            select(WebhookRow.id, WebhookRow.secret).where(WebhookRow.id.in_(hooks))
+        )
+        secrets = {hook_id: secret for hook_id, secret in found}
+        return [
+            Outgoing(
+                _delivery(row),
+                json.loads(row.content),
+                secrets.get(row.webhook.removeprefix("webhooks/"), ""),
+            )
+            for row in claimed
+        ]
+
+    def settle_delivery(
+        self,
+        delivery_id: str,
+        owner: str,
+        *,
+        state: str,
+        error: str,
+        next_time: dt.datetime | None,
+        now: dt.datetime,
+    ) -> Delivery | None:
+        values: dict[str, object] = {
+            "state": state,
+            "next_attempt_time": next_time,
+            "lease_owner": None,
+            "lease_until": None,
+            "update_time": now,
+        }
+        if error:
+            values["last_error"] = error
+        settled = self._session.execute(
+            update(DeliveryRow)
+            .where(
+                DeliveryRow.id == delivery_id, DeliveryRow.lease_owner == owner, DeliveryRow.state == PENDING
+            )
+            .values(**values)
+            .returning(DeliveryRow)
+        ).first()
+        return None if settled is None else _delivery(settled[0])
+
+    def publish_outcome(self, delivery: Delivery) -> None:
+        if self._outbox is None:
+            raise RuntimeError("this repository was opened without an outbox and cannot publish")
+        channel = events_pb2.CHANNEL_EMAIL if delivery.channel == EMAIL else events_pb2.CHANNEL_WEBHOOK
+        common: dict[str, Any] = {
+            "delivery": delivery.name,
+            "recipient": delivery.recipient,
+            "channel": channel,
+            "event_type": delivery.event_type,
+            "event_id": delivery.event_id,
+            "attempts": delivery.attempts,
+        }
+        event = (
+            events_pb2.NotificationDelivered(**common)
+            if delivery.state == SENT
+            else events_pb2.NotificationFailed(**common, error=delivery.last_error)
+        )
+        self._outbox.publish(self._session, event, aggregate_id=delivery.name)
+
+
+class NotificationsStore:
+    """Transactions over the notifications database, each yielding a `SqlRepository`."""
+
+    def __init__(self, factory: sessionmaker[Session], outbox: Outbox | None) -> None:
+        self._factory = factory
+        self._outbox = outbox
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlRepository]:
+        with self._factory.begin() as session:
+            yield SqlRepository(session, self._outbox)

@@ -1,0 +1,203 @@
+"""The dispatcher's rules: plan a notification's deliveries, claim work, record outcomes.
+
+A notification becomes one email to the recipient's address and one POST per webhook that wants
+its type, each SKIPPED (with the reason as `last_error`) when the user is deleted, the type is
+muted or the channel disabled. Retries back off exponentially with jitter; a permanent error or
+the last attempt ends in FAILED. Only the holder of a claim's lease records its outcome, and a
+SENT or FAILED outcome publishes its event in the same transaction. Network calls are the
+caller's (`dispatcher.Dispatcher`); this module holds no I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from services.kit.errors import NotFound
+from services.notifications import templates
+from services.notifications.domain import (
+    ABANDONED,
+    EMAIL,
+    FAILED,
+    PENDING,
+    RESOLVED,
+    SENT,
+    SKIPPED,
+    WEBHOOK,
+    Contact,
+    Delivery,
+    Notification,
+    Outgoing,
+    Template,
+    Transactions,
+    Webhook,
+    utcnow,
+)
+
+__all__ = ["Dispatch", "DispatchSettings", "plan_deliveries", "retry_delay"]
+
+
+def retry_delay(attempts: int, base: float, maximum: float, rng: random.Random | None = None) -> float:
+    """Exponential backoff with jitter: uniform in [c/2, c], c = min(maximum, base * 2**(attempts-1))."""
+    ceiling = min(maximum, base * 2 ** max(0, attempts - 1))
+    return (rng or random).uniform(ceiling / 2, ceiling)
+
+
+def plan_deliveries(
+    notification: Notification,
+    contact: Contact,
+    template: Template,
+    webhooks: Sequence[Webhook],
+    *,
+    now: dt.datetime,
+    new_id: Callable[[], str],
+) -> list[tuple[Delivery, dict[str, str]]]:
+    """The deliveries of one notification with what each sends: an email to the contact and
+    a POST to each webhook wanting the type, SKIPPED where preferences or state rule it out."""
+    event_type = notification.event_type
+    blocked = "user deleted" if contact.deleted else "event type muted" if event_type in contact.muted else ""
+
+    def delivery(channel: str, destination: str, webhook: str, skip: str) -> Delivery:
+        return Delivery(
+            id=new_id(),
+            recipient=notification.recipient,
+            channel=channel,
+            template=template.name if channel == EMAIL else "",
+            event_type=event_type,
+            event_id=notification.event_id,
+            destination=destination,
+            webhook=webhook,
+            state=SKIPPED if skip else PENDING,
+            attempts=0,
+            last_error=skip,
+            next_attempt_time=None if skip else now,
+            create_time=now,
+            update_time=now,
+        )
+
+    planned: list[tuple[Delivery, dict[str, str]]] = []
+    if contact.email:
+        values = {
+            **notification.variables,
+            "display_name": contact.display_name or contact.email,
+            "email": contact.email,
+            "user": contact.user,
+        }
+        rendered = templates.render(template.subject, template.body_text, template.body_html, values)
+        skip = blocked or ("email disabled" if not contact.email_enabled else "")
+        content = {"subject": rendered.subject, "text": rendered.text, "html": rendered.html}
+        planned.append((delivery(EMAIL, contact.email, "", skip), content))
+    for hook in (h for h in webhooks if h.wants(event_type)):
+        skip = blocked or ("webhook disabled" if not contact.webhook_enabled else "")
+        made = delivery(WEBHOOK, hook.url, hook.name, skip)
+        body = {
+            "type": event_type,
+            "id": notification.event_id,
+            "timestamp": notification.occur_time.isoformat().replace("+00:00", "Z"),
+            "data": notification.data,
+        }
+        planned.append((made, {"body": json.dumps(body, separators=(",", ":"), sort_keys=True)}))
+    return planned
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchSettings:
+    max_attempts: int = 8
+    retry_base_seconds: float = 2.0
+    retry_max_seconds: float = 600.0
+    lease_seconds: float = 30.0
+
+
+@dataclass
+class Dispatch:
+    """The dispatcher's side of the domain: claim work, turn notifications into deliveries,
+    record outcomes. The network calls in between belong to the caller."""
+
+    transactions: Transactions
+    settings: DispatchSettings
+    owner: str = field(default_factory=lambda: f"dispatcher-{uuid.uuid4().hex[:12]}")
+    clock: Callable[[], dt.datetime] = utcnow
+    new_id: Callable[[], str] = lambda: str(uuid.uuid4())
+    rng: random.Random = field(default_factory=random.Random)
+
+    def _lease(self) -> tuple[dt.datetime, dt.datetime]:
+        now = self.clock()
+        return now, now + dt.timedelta(seconds=self.settings.lease_seconds)
+
+    def claim_notifications(self, limit: int) -> list[Notification]:
+        now, until = self._lease()
+        with self.transactions() as repo:
+            return repo.claim_notifications(now, until, self.owner, limit)
+
+    def resolve(self, notification: Notification, contact: Contact) -> int:
+        """Create the notification's deliveries; the number created (0 if another dispatcher
+        took it over, or it was resolved already)."""
+        now = self.clock()
+        with self.transactions() as repo:
+            # The settling write comes first: it decides who resolves, and locks the row.
+            if not repo.settle_notification(
+                notification.event_id, self.owner, state=RESOLVED, error="", next_time=None, now=now
+            ):
+                return 0
+            template = repo.template(templates.template_id(notification.event_type))
+            if template is None:
+                raise NotFound(
+                    "TEMPLATE_NOT_FOUND", "no template for {event_type}", event_type=notification.event_type
+                )
+            hooks = repo.webhooks_of(notification.recipient)
+            planned = plan_deliveries(notification, contact, template, hooks, now=now, new_id=self.new_id)
+            return sum(repo.add_delivery(delivery, content) for delivery, content in planned)
+
+    def postpone(self, notification: Notification, error: str) -> None:
+        """The contact could not be read: retry later, or give up after the last attempt."""
+        now = self.clock()
+        exhausted = notification.attempts >= self.settings.max_attempts
+        delay = self._delay(notification.attempts)
+        next_time = None if exhausted else now + dt.timedelta(seconds=delay)
+        with self.transactions() as repo:
+            repo.settle_notification(
+                notification.event_id,
+                self.owner,
+                state=ABANDONED if exhausted else PENDING,
+                error=error[:500],
+                next_time=next_time,
+                now=now,
+            )
+
+    def claim_deliveries(self, limit: int) -> list[Outgoing]:
+        now, until = self._lease()
+        with self.transactions() as repo:
+            return repo.claim_deliveries(now, until, self.owner, limit)
+
+    def sent(self, outgoing: Outgoing) -> Delivery | None:
+        return self._settle(outgoing.delivery, SENT, "", None)
+
+    def skipped(self, outgoing: Outgoing, why: str) -> Delivery | None:
+        return self._settle(outgoing.delivery, SKIPPED, why, None)
+
+    def failed(self, outgoing: Outgoing, error: str, *, permanent: bool) -> Delivery | None:
+        attempts = outgoing.delivery.attempts
+        if permanent or attempts >= self.settings.max_attempts:
+            return self._settle(outgoing.delivery, FAILED, error, None)
+        next_time = self.clock() + dt.timedelta(seconds=self._delay(attempts))
+        return self._settle(outgoing.delivery, PENDING, error, next_time)
+
+    def _delay(self, attempts: int) -> float:
+        return retry_delay(
+            attempts, self.settings.retry_base_seconds, self.settings.retry_max_seconds, self.rng
+        )
+
+    def _settle(
+        self, delivery: Delivery, state: str, error: str, next_time: dt.datetime | None
+    ) -> Delivery | None:
+        with self.transactions() as repo:
+            settled = repo.settle_delivery(
+                delivery.id, self.owner, state=state, error=error[:500], next_time=next_time, now=self.clock()
+            )
+            if settled is not None and state in (SENT, FAILED):
+                repo.publish_outcome(settled)
+            return settled

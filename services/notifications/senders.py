@@ -1,0 +1,153 @@
+"""The two ways out: email over SMTP (aiosmtplib) and signed webhook POSTs (aiohttp).
+
+A sender attempts one delivery and says how it went as a `Result`: sent, or failed with a
+short error and whether it is permanent (SMTP 5xx, HTTP 4xx other than 408/429, a refused
+address) or worth retrying (SMTP 4xx, HTTP 5xx/408/429, timeouts, connection errors).
+Webhook requests follow Standard Webhooks: ``webhook-id`` (the delivery id),
+``webhook-timestamp`` (unix seconds) and ``webhook-signature: v1,<base64 HMAC-SHA256 of
+"{id}.{timestamp}.{body}" with the secret>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import ssl
+import time
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate
+
+import aiohttp
+import aiosmtplib
+
+from services.kit.config import NotificationsSettings, SmtpSettings
+from services.notifications.addresses import AddressRefused, GuardedResolver, url_problem
+from services.notifications.domain import Outgoing
+
+__all__ = ["EmailSender", "Result", "WebhookSender", "email_message", "sign"]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    error: str = ""
+    permanent: bool = False
+
+    @property
+    def sent(self) -> bool:
+        return not self.error
+
+
+def email_message(outgoing: Outgoing, sender: str) -> EmailMessage:
+    """The email of a delivery; its Message-ID is derived from the delivery, so a resend
+    after a crash is recognisable as the same message."""
+    delivery, content = outgoing.delivery, outgoing.content
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = delivery.destination
+    message["Subject"] = content["subject"]
+    message["Date"] = formatdate(usegmt=True)
+    message["Message-ID"] = f"<{delivery.id}@poly.local>"
+    message["X-Poly-Event-Type"] = delivery.event_type
+    message["X-Poly-Event-Id"] = delivery.event_id
+    message["X-Poly-Delivery"] = delivery.name
+    message.set_content(content["text"])
+    if content.get("html"):
+        message.add_alternative(content["html"], subtype="html")
+    return message
+
+
+class EmailSender:
+    def __init__(self, settings: SmtpSettings) -> None:
+        self._settings = settings
+        self._tls = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+
+    async def send(self, outgoing: Outgoing) -> Result:
+        smtp = self._settings
+        try:
+            await aiosmtplib.send(
+                email_message(outgoing, smtp.sender),
+                hostname=smtp.host,
+                port=smtp.port,
+                username=smtp.username or None,
+                password=smtp.password or None,
+                use_tls=smtp.security == "tls",
+                start_tls=smtp.security == "starttls",
+                tls_context=self._tls if smtp.security != "none" else None,
+                timeout=smtp.timeout_seconds,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as refused:
+            codes = [r.code for r in refused.recipients]
+            return Result(f"SMTP {codes[0] if codes else 550}", permanent=all(c >= 500 for c in codes))
+        except aiosmtplib.SMTPAuthenticationError as error:
+            return Result(f"SMTP {error.code} authentication failed")  # a setting to fix: keep retrying
+        except aiosmtplib.SMTPResponseException as error:
+            return Result(f"SMTP {error.code}", permanent=error.code >= 500)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+            return Result(f"SMTP {type(error).__name__}")
+        return Result()
+
+
+def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value; a ``whsec_`` secret is base64, any other is used as text."""
+    key = base64.b64decode(secret.removeprefix("whsec_")) if secret.startswith("whsec_") else secret.encode()
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+class WebhookSender:
+    """One shared HTTP client with a bounded pool; open it inside the event loop."""
+
+    def __init__(self, settings: NotificationsSettings) -> None:
+        self._allow_private = settings.webhook_allow_private
+        self._timeout = settings.webhook_timeout_seconds
+        self._limit = settings.concurrency
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self._limit, resolver=GuardedResolver(allow_private=self._allow_private), ttl_dns_cache=None
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout), trust_env=False
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def send(self, outgoing: Outgoing) -> Result:
+        assert self._session is not None, "open() the sender first"
+        delivery = outgoing.delivery
+        problem = await asyncio.to_thread(
+            url_problem, delivery.destination, allow_private=self._allow_private
+        )
+        if problem:
+            return Result(f"address refused: {problem}", permanent=True)
+        body = outgoing.content["body"].encode()
+        timestamp = int(time.time())
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "Polyservice-Webhooks/1",
+            "webhook-id": delivery.id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(outgoing.secret, delivery.id, timestamp, body),
+        }
+        try:
+            async with self._session.post(
+                delivery.destination, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                status = response.status
+        except aiohttp.ClientConnectorError as error:
+            if isinstance(error.os_error, AddressRefused):
+                return Result("address refused: resolves to a refused address", permanent=True)
+            return Result(f"HTTP connection failed: {type(error).__name__}")
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            return Result(f"HTTP {type(error).__name__}")
+        if 200 <= status < 300:
+            return Result()
+        return Result(
+            f"HTTP {status}", permanent=(400 <= status < 500 and status not in (408, 429)) or status < 400
+        )
