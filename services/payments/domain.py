@@ -335,7 +335,9 @@ def _request_id_problems(request_id: str) -> list[FieldViolation]:
         parsed = uuid.UUID(request_id)
     except ValueError:
         parsed = None
-    if parsed is None or parsed.version != 4 or str(parsed) != request_id.lower():
+    # UUID5 too: a service deriving its key from a name (orders' capture of an order) retries
+    # with the same key even after a restart, without storing it first.
+    if parsed is None or parsed.version not in (4, 5) or str(parsed) != request_id.lower():
         return [FieldViolation("request_id", "must be a UUID4, e.g. 0b9b7c0e-3f1a-4c2e-8a5d-1e2f3a4b5c6d")]
     return []
 

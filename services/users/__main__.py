@@ -5,6 +5,7 @@ from pathlib import Path
 from poly.users.v1 import users_service_pb2, users_service_pb2_grpc
 from services.kit import authn, authz, bus, clients, config, db, logs, server
 from services.users import events, store
+from services.users.domain import Users
 from services.users.service import UsersServicer
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -15,8 +16,9 @@ def main() -> None:
     logs.setup(settings.service, settings.log_level)
     engine = db.connect_or_exit(settings.db, migrations=MIGRATIONS)
     try:
-        events_node = bus.node(settings, engine, store.BUS, events.HANDLERS)
-        servicer = UsersServicer()
+        events_node = bus.node(settings, engine, store.BUS, events.handlers)
+        users_store = store.UsersStore(db.session_factory(engine), events_node.outbox)
+        servicer = UsersServicer(Users(users_store.transaction))
         descriptor = users_service_pb2.DESCRIPTOR.services_by_name["UsersService"]
         registrations = [
             server.registration(

@@ -1,17 +1,33 @@
 """Events the users service publishes and consumes (payloads in protos/poly/events/v1)."""
 
+import datetime as dt
 from collections.abc import Mapping
 
 from google.protobuf.message import Message
+from sqlalchemy.orm import Session
 
-from services.kit.bus import EventHandler
+from poly.events.v1 import events_pb2
+from poly.events.v1.events_pb2 import EventEnvelope
+from services.kit.bus import EventHandler, Outbox
+from services.kit.names import resource_id
+from services.users.domain import create_profile
+from services.users.store import SqlRepository
 
-__all__ = ["CONSUMES", "HANDLERS", "PUBLISHES"]
+__all__ = ["CONSUMES", "PUBLISHES", "handlers"]
 
 PUBLISHES: tuple[str, ...] = ("poly.events.v1.UserDeleted",)
 
 CONSUMES: tuple[str, ...] = ("poly.events.v1.UserRegistered",)
 
-HANDLERS: Mapping[type[Message], EventHandler] = {}
-"""The handler of each consumed event; the service subscribes to exactly these types.
-Filled in by the domain work: until then the service subscribes to nothing."""
+
+def handlers(outbox: Outbox) -> Mapping[type[Message], EventHandler]:
+    """The handler of each consumed event; the service subscribes to exactly these types.
+    Each runs in the consumer's transaction (with its inbox row) and publishes through `outbox`."""
+
+    def user_registered(session: Session, event: Message, envelope: EventEnvelope) -> None:
+        assert isinstance(event, events_pb2.UserRegistered)
+        user_id = resource_id(event.user, "users", field="user")
+        repo = SqlRepository(session, outbox)
+        create_profile(repo, user_id, event.email, event.display_name, dt.datetime.now(dt.UTC))
+
+    return {events_pb2.UserRegistered: user_registered}

@@ -1,12 +1,34 @@
-"""The users service's own database: SQLAlchemy tables and queries (no other service reads it)."""
+"""The users service's own database: SQLAlchemy tables and queries (no other service reads it).
 
-from sqlalchemy import MetaData
-from sqlalchemy.orm import DeclarativeBase
+`UsersStore.transaction()` opens one session and one transaction and yields a `SqlRepository`
+(the `domain.Repository` over it); events published inside it join that transaction.
+"""
 
-from services.kit.bus import BusTables, bus_tables
-from services.kit.db import naming_convention
+from __future__ import annotations
 
-__all__ = ["BUS", "Base"]
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import ColumnElement, Index, MetaData, String, Update, literal, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from poly.events.v1 import events_pb2
+from services.kit.bus import BusTables, Outbox, bus_tables
+from services.kit.db import Id, UtcDateTime, naming_convention
+from services.kit.filters import Term
+from services.users.domain import (
+    ACTIVE,
+    DELETED,
+    Preferences,
+    PreferencesChange,
+    User,
+    UserQuery,
+)
+
+__all__ = ["BUS", "Base", "SqlRepository", "UserRow", "UsersStore"]
 
 
 class Base(DeclarativeBase):
@@ -15,3 +37,196 @@ class Base(DeclarativeBase):
 
 BUS: BusTables = bus_tables(Base.metadata)
 """Outbox, deliveries, inbox and subscriptions of this service's events."""
+
+
+class UserRow(Base):
+    """A profile and its preferences (a singleton child, so one row holds both)."""
+
+    __tablename__ = "user_profile"
+    __table_args__ = (
+        Index("ix_user_profile_create_time_id", "create_time", "id"),
+        Index("ix_user_profile_email_id", "email", "id"),
+        Index("ix_user_profile_display_name_id", "display_name", "id"),
+    )
+    id: Mapped[Id]
+    email: Mapped[str] = mapped_column(String(254))
+    display_name: Mapped[str] = mapped_column(String(63))
+    state: Mapped[str] = mapped_column(String(16))
+    version: Mapped[int]
+    """Bumped by every write of the profile; the etag is derived from it."""
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    update_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    delete_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    email_enabled: Mapped[bool]
+    webhook_enabled: Mapped[bool]
+    muted_event_types: Mapped[str] = mapped_column(String(1000))
+    """Space-separated full message names."""
+    locale: Mapped[str] = mapped_column(String(35))
+    preferences_update_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+def _user(row: UserRow) -> User:
+    return User(
+        row.id,
+        row.email,
+        row.display_name,
+        row.state,
+        row.version,
+        row.create_time,
+        row.update_time,
+        row.delete_time,
+    )
+
+
+def _preferences(row: UserRow) -> Preferences:
+    return Preferences(
+        row.id,
+        row.email_enabled,
+        row.webhook_enabled,
+        tuple(row.muted_event_types.split()),
+        row.locale,
+        row.preferences_update_time,
+    )
+
+
+def _literal(column: Any, value: object) -> Any:
+    return literal(value, type_=column.type)
+
+
+_COLUMNS: dict[str, Any] = {
+    "create_time": UserRow.create_time,
+    "email": UserRow.email,
+    "display_name": UserRow.display_name,
+    "state": UserRow.state,
+}
+
+
+def _condition(term: Term) -> ColumnElement[bool]:
+    column = _COLUMNS[term.field]
+    value = _literal(column, term.value)
+    conditions: dict[str, ColumnElement[bool]] = {
+        "=": column == value,
+        "!=": column != value,
+        "<": column < value,
+        "<=": column <= value,
+        ">": column > value,
+        ">=": column >= value,
+    }
+    return conditions[term.operator]
+
+
+class SqlRepository:
+    """`domain.Repository` over one session (one transaction)."""
+
+    def __init__(self, session: Session, outbox: Outbox | None) -> None:
+        self._session = session
+        self._outbox = outbox
+
+    def add_user(self, user: User, preferences: Preferences) -> bool:
+        session = self._session
+        row = UserRow(
+            id=user.id,
+            email=user.email,
+            display_name=user.display_name,
+            state=user.state,
+            version=user.version,
+            create_time=user.create_time,
+            update_time=user.update_time,
+            delete_time=user.delete_time,
+            email_enabled=preferences.email_enabled,
+            webhook_enabled=preferences.webhook_enabled,
+            muted_event_types=" ".join(preferences.muted_event_types),
+            locale=preferences.locale,
+            preferences_update_time=preferences.update_time or user.create_time,
+        )
+        try:
+            with session.begin_nested():
+                session.add(row)
+                session.flush()
+        except IntegrityError:
+            return False  # the profile exists (the primary key decides, races included)
+        return True
+
+    def _row(self, user_id: str) -> UserRow | None:
+        return self._session.scalar(
+            select(UserRow).where(UserRow.id == user_id).execution_options(populate_existing=True)
+        )
+
+    def user(self, user_id: str) -> User | None:
+        row = self._row(user_id)
+        return None if row is None else _user(row)
+
+    def preferences(self, user_id: str) -> Preferences | None:
+        row = self._row(user_id)
+        return None if row is None else _preferences(row)
+
+    def list_users(self, query: UserQuery, after: Sequence[str] | None, limit: int) -> list[User]:
+        statement = select(UserRow).where(*(_condition(term) for term in query.terms))
+        if not query.show_deleted:
+            statement = statement.where(UserRow.state != DELETED)
+        column = _COLUMNS[query.order_by]
+        key = tuple_(column, UserRow.id)
+        if after is not None:
+            value: object = (
+                dt.datetime.fromisoformat(after[0]) if query.order_by == "create_time" else after[0]
+            )
+            position = tuple_(_literal(column, value), _literal(UserRow.id, after[1]))
+            statement = statement.where(key < position if query.descending else key > position)
+        ordering = (column.desc(), UserRow.id.desc()) if query.descending else (column, UserRow.id)
+        return [_user(row) for row in self._session.scalars(statement.order_by(*ordering).limit(limit))]
+
+    def update_user(
+        self, user_id: str, display_name: str | None, expected_version: int | None, now: dt.datetime
+    ) -> bool:
+        values: dict[str, object] = {"version": UserRow.version + 1, "update_time": now}
+        if display_name is not None:
+            values["display_name"] = display_name
+        statement = update(UserRow).where(UserRow.id == user_id, UserRow.state == ACTIVE)
+        if expected_version is not None:
+            statement = statement.where(UserRow.version == expected_version)
+        return self._changed(statement.values(values))
+
+    def delete_user(self, user_id: str, expected_version: int | None, now: dt.datetime) -> bool:
+        statement = update(UserRow).where(UserRow.id == user_id, UserRow.state == ACTIVE)
+        if expected_version is not None:
+            statement = statement.where(UserRow.version == expected_version)
+        return self._changed(
+            statement.values(state=DELETED, delete_time=now, update_time=now, version=UserRow.version + 1)
+        )
+
+    def update_preferences(self, user_id: str, change: PreferencesChange, now: dt.datetime) -> bool:
+        values: dict[str, object] = {"preferences_update_time": now}
+        if change.email_enabled is not None:
+            values["email_enabled"] = change.email_enabled
+        if change.webhook_enabled is not None:
+            values["webhook_enabled"] = change.webhook_enabled
+        if change.muted_event_types is not None:
+            values["muted_event_types"] = " ".join(change.muted_event_types)
+        if change.locale is not None:
+            values["locale"] = change.locale
+        return self._changed(
+            update(UserRow).where(UserRow.id == user_id, UserRow.state == ACTIVE).values(values)
+        )
+
+    def _changed(self, statement: Update) -> bool:
+        """Run a conditional UPDATE: True when it matched a row (the write decides, not a read)."""
+        result = self._session.execute(statement.execution_options(synchronize_session=False))
+        return bool(getattr(result, "rowcount", 0))
+
+    def publish_deleted(self, user: User) -> None:
+        if self._outbox is None:
+            raise RuntimeError("this repository was opened without an outbox and cannot publish")
+        self._outbox.publish(self._session, events_pb2.UserDeleted(user=user.name), aggregate_id=user.name)
+
+
+class UsersStore:
+    """Transactions over the users database, each yielding a `SqlRepository`."""
+
+    def __init__(self, factory: sessionmaker[Session], outbox: Outbox) -> None:
+        self._factory = factory
+        self._outbox = outbox
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlRepository]:
+        with self._factory.begin() as session:
+            yield SqlRepository(session, self._outbox)

@@ -1,9 +1,9 @@
 """Identity across the whole system: every service verifies auth's tokens, through rotations.
 
-All five services run as processes started the way `poly up` starts them. The other
-services' domain logic arrives later, so a call that passes authentication and
-authorization is answered UNIMPLEMENTED by their generated base classes: that answer
-(rather than UNAUTHENTICATED or PERMISSION_DENIED) is the proof that the token was accepted.
+All five services run as processes started the way `poly up` starts them. Each call reads
+the caller's own data; the answer OK, or NOT_FOUND for a profile the users service has not
+created yet (authorization runs first), rather than UNAUTHENTICATED or PERMISSION_DENIED,
+is the proof that the token was accepted.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def _answer(system: Deployment, service: str, user: str, metadata: list[tuple[st
     return grpc.StatusCode.OK
 
 
-ACCEPTED = {grpc.StatusCode.OK, grpc.StatusCode.UNIMPLEMENTED}
+ACCEPTED = {grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND}
 
 
 def _accepted_everywhere(system: Deployment, user: str, metadata: list[tuple[str, str]]) -> dict[str, bool]:

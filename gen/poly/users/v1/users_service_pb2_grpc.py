@@ -93,8 +93,8 @@ class UsersServiceServicer:
 
     def UpdateUser(self, request, context):
         """Updates a user's profile. Without a mask the fields set in `user` are
-        written; `*` replaces every writable field. Output-only paths are ignored.
-        A deleted user is FAILED_PRECONDITION.
+        written; `*` replaces every writable field. Output-only, identifier and
+        unknown paths are INVALID_ARGUMENT. A deleted user is FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,8 +40,8 @@ class UsersServiceStub:
     """Lists users."""
     UpdateUser: _grpc.UnaryUnaryMultiCallable[_users_service_pb2.UpdateUserRequest, _resources_pb2.User]
     """Updates a user's profile. Without a mask the fields set in `user` are
-    written; `*` replaces every writable field. Output-only paths are ignored.
-    A deleted user is FAILED_PRECONDITION.
+    written; `*` replaces every writable field. Output-only, identifier and
+    unknown paths are INVALID_ARGUMENT. A deleted user is FAILED_PRECONDITION.
     """
     DeleteUser: _grpc.UnaryUnaryMultiCallable[_users_service_pb2.DeleteUserRequest, _resources_pb2.User]
     """Soft-deletes a user (AIP-164) and publishes UserDeleted, which disables
@@ -69,8 +69,8 @@ class UsersServiceAsyncStub(UsersServiceStub):
     """Lists users."""
     UpdateUser: _aio.UnaryUnaryMultiCallable[_users_service_pb2.UpdateUserRequest, _resources_pb2.User]  # type: ignore[assignment]
     """Updates a user's profile. Without a mask the fields set in `user` are
-    written; `*` replaces every writable field. Output-only paths are ignored.
-    A deleted user is FAILED_PRECONDITION.
+    written; `*` replaces every writable field. Output-only, identifier and
+    unknown paths are INVALID_ARGUMENT. A deleted user is FAILED_PRECONDITION.
     """
     DeleteUser: _aio.UnaryUnaryMultiCallable[_users_service_pb2.DeleteUserRequest, _resources_pb2.User]  # type: ignore[assignment]
     """Soft-deletes a user (AIP-164) and publishes UserDeleted, which disables
@@ -113,8 +113,8 @@ class UsersServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.User, _abc.Awaitable[_resources_pb2.User]]:
         """Updates a user's profile. Without a mask the fields set in `user` are
-        written; `*` replaces every writable field. Output-only paths are ignored.
-        A deleted user is FAILED_PRECONDITION.
+        written; `*` replaces every writable field. Output-only, identifier and
+        unknown paths are INVALID_ARGUMENT. A deleted user is FAILED_PRECONDITION.
         """
 
     @_abc_1.abstractmethod
