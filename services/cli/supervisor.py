@@ -22,6 +22,7 @@ from types import FrameType
 from typing import IO, Any
 
 from services.auth import keys
+from services.cli import mailbox
 from services.cli.probe import health_status
 from services.kit import config, tls
 
@@ -113,7 +114,8 @@ class Supervisor:
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self._ready_timeout = ready_timeout
-        self._width = max(len(name) for name in components)
+        self._width = max(len(name) for name in (*components, "mail"))
+        self._mailbox: mailbox.DevMailbox | None = None
         self._pre_exec = _die_with_parent_hook()
 
     def _say(self, name: str, text: str) -> None:
@@ -174,6 +176,7 @@ class Supervisor:
             self._say("poly", str(error))
             return 2
         keys.ensure_key_encryption_key(self._settings.auth.key_encryption_key_file)
+        self._open_mailbox()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         status = 1
         try:
@@ -191,7 +194,23 @@ class Supervisor:
                 status = 1
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if self._mailbox is not None:
+                self._mailbox.stop()
         return status
+
+    def _open_mailbox(self) -> None:
+        smtp = self._settings.notifications.smtp
+        if not mailbox.wanted(smtp):
+            return
+        opened = mailbox.DevMailbox(
+            self._settings.home / "mail", smtp.host, smtp.port, lambda text: self._say("mail", text)
+        )
+        try:
+            opened.start()
+        except (OSError, RuntimeError) as error:
+            self._say("poly", f"no development mailbox on {smtp.host}:{smtp.port} ({error}); emails go there")
+            return
+        self._mailbox = opened
 
     def _await_ready(self) -> bool:
         deadline = time.monotonic() + self._ready_timeout
@@ -234,6 +253,8 @@ class Supervisor:
             self._say(
                 "poly", f"ready  {name:<{self._width}}  grpc {self._settings.peers[name]:<16} pid {pid}"
             )
+        if self._mailbox is not None:
+            self._say("poly", f"emails land in {self._mailbox.directory}/ (development mailbox)")
         self._say("poly", "all services SERVING. Try:")
         for line in example_calls(self._settings):
             self._say("poly", "  " + line)

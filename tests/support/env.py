@@ -31,6 +31,7 @@ def poly_environ(home: Path, ports: Mapping[str, int] | None = None, **extra: st
     environ = {
         "POLY_HOME": str(home),
         "POLY_GRACE_SECONDS": "5",
+        "POLY_SMTP_PORT": str(free_port()),  # each system its own (development) mailbox
         **{f"POLY_{name.upper()}_PORT": str(port) for name, port in chosen.items()},
     }
     environ.update(extra)

@@ -7,6 +7,7 @@ import re
 import shlex
 import signal
 import subprocess
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,9 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from services.kit import config
+from poly.auth.v1 import auth_service_pb2 as auth_pb
+from poly.auth.v1 import auth_service_pb2_grpc
+from services.kit import clients, config
 from tests.support.env import PYTHON, ROOT, poly_environ, process_environ, settings_for
+from tests.support.identity import PASSWORD
 from tests.support.processes import Process, health_check
+from tests.support.waiting import eventually
 
 BUF = ROOT / "node_modules" / ".bin" / "buf"
 
@@ -187,3 +192,18 @@ def test_a_killed_service_is_restarted_then_sigterm_drains_every_process(own_sys
     for name in config.SERVICES:
         assert f"{name} exited with code 0" in output, f"{name} did not drain cleanly"
     assert output.rstrip().endswith("| stopped")
+
+
+def test_the_development_mailbox_keeps_the_welcome_email(system: System) -> None:
+    settings = config.load("cli", system.environ)
+    email = f"mailbox-{uuid.uuid4().hex[:8]}@example.com"
+    with clients.channel(settings, "auth") as channel:
+        auth_service_pb2_grpc.AuthServiceStub(channel).Register(
+            auth_pb.RegisterRequest(email=email, password=PASSWORD), timeout=30
+        )
+
+    def kept() -> list[Path]:
+        return [p for p in (system.home / "mail").glob("*.eml") if email in p.read_text(errors="replace")]
+
+    assert len(eventually(kept, timeout=30, what=f"an .eml file for {email}")) == 1
+    system.up.wait_for_line(lambda line: line.startswith("mail") and email in line, timeout=10)
