@@ -33,12 +33,12 @@ test: install  ## the whole suite
 gen: install  ## regenerate gen/ from protos/
 	$(PY) -m services.cli.protogen
 
-lint: install  ## buf lint + format, ruff, mypy --strict on the kit
+lint: install  ## buf lint + format, ruff, mypy --strict on services
 	$(PY) -m services.cli.protogen --deps-only >/dev/null
 	$(BUF) lint
 	$(BUF) format --diff --exit-code protos
 	$(PY) -m ruff check .
-	$(PY) -m mypy services/kit services/cli services/auth
+	$(PY) -m mypy services
 
 check-gen: gen  ## fail if gen/ differs from what `make gen` writes
 	@git add --intent-to-add gen >/dev/null 2>&1 || true

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -207,3 +208,88 @@ def test_the_development_mailbox_keeps_the_welcome_email(system: System) -> None
 
     assert len(eventually(kept, timeout=30, what=f"an .eml file for {email}")) == 1
     system.up.wait_for_line(lambda line: line.startswith("mail") and email in line, timeout=10)
+
+
+def _readme_section(title: str) -> list[str]:
+    """The ``$CURL …`` lines of the README section headed `title`, in order."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+    return [line.strip() for line in section.splitlines() if line.strip().startswith("$CURL")]
+
+
+def _curl(command: str, system: System, values: dict[str, str]) -> list[str]:
+    """A README ``$CURL`` line as argv for this test's system, with ``…`` placeholders and
+    ``$VARIABLES`` filled from `values`."""
+    for placeholder, value in values.items():
+        command = command.replace(placeholder, value)
+    assert "…" not in command and "$" not in command.replace("$CURL", ""), command
+    buf = (
+        "npx buf curl --protocol grpc --cacert .poly/certs/ca.crt --cert .poly/certs/cli.crt "
+        "--key .poly/certs/cli.key"
+    )
+    return _localised(command.replace("$CURL", buf), system)
+
+
+def test_readme_identity_and_order_examples_run_as_written(system: System) -> None:
+    """Every ``$CURL`` line of "Identity and access" and "Orders, payments and email", in order."""
+    created = subprocess.run(
+        [PYTHON, "-m", "services.cli", "admin", "create", "--email", "admin@example.com", "--password-stdin"],
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=process_environ(system.environ),
+        cwd=ROOT,
+        check=False,
+    )
+    assert created.returncode == 0, created.stderr
+    settings = config.load("cli", system.environ)
+    with clients.channel(settings, "auth") as channel:
+        admin = auth_service_pb2_grpc.AuthServiceStub(channel).Login(
+            auth_pb.LoginRequest(email="admin@example.com", password=PASSWORD), timeout=30
+        )
+    values = {"$ADMIN": admin.access_token}
+    for command in _readme_section("Identity and access"):
+        if "GetIdentity" in command and "users/…" not in values:
+            continue  # needs the user's name, which Register printed: filled below
+        result = _run(_curl(command, system, values))
+        assert result.returncode == 0, (command, result.stderr)
+        answer = json.loads(result.stdout)
+        if "Register" in command:
+            values["users/…"] = answer["user"]
+        if "/Login" in command:
+            values["$TOKEN"] = answer.get("accessToken") or answer["access_token"]
+    watch = None
+    for command in _readme_section("Orders, payments and email"):
+        if "WatchOrder" in command:
+            watch = _curl(command, system, values)  # streams until PAID: run below
+            continue
+        if "ListAccounts" in command:
+            answer = eventually(
+                lambda command=command: json.loads(_run(_curl(command, system, values)).stdout).get(
+                    "accounts"
+                ),
+                what="ada's account, opened from UserRegistered",
+            )
+            values["accounts/…"] = answer[0]["name"]
+            continue
+        result = _run(_curl(command, system, values))
+        assert result.returncode == 0, (command, result.stderr)
+        if "CreateOrder" in command:
+            values["orders/…"] = json.loads(result.stdout)["name"]
+    assert watch is not None
+    watch = _curl(
+        next(c for c in _readme_section("Orders, payments and email") if "WatchOrder" in c), system, values
+    )
+    streaming = Process(watch, {})
+    try:
+        streaming.wait_for_line(lambda line: "STATE_PAID" in line, timeout=60)
+    finally:
+        streaming.stop()
+    order_id = values["orders/…"].removeprefix("orders/")
+    eventually(
+        lambda: [
+            p for p in (system.home / "mail").glob("*.eml") if order_id in p.read_text(errors="replace")
+        ],
+        what="the payment email in the development mailbox",
+    )
