@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from services.kit import paging
 from services.kit.config import AuthSettings
@@ -49,6 +49,7 @@ __all__ = [
     "RefreshClaim",
     "Repository",
     "TokenSet",
+    "Verified",
     "disable_identity",
     "hash_token",
     "normalise_email",
@@ -194,6 +195,15 @@ class Minter(Protocol):
         session: str = "",
     ) -> str: ...
 
+
+class Verified(Protocol):
+    """What an access-token check returns (`kit.authn.Principal`): its session, if any."""
+
+    @property
+    def session(self) -> str: ...
+
+
+_V = TypeVar("_V", bound=Verified)
 
 Transactions = Callable[[], AbstractContextManager[Repository]]
 
@@ -343,6 +353,17 @@ class IdentityProvider:
     def session_active(self, family: str) -> bool:
         with self.transactions() as repo:
             return repo.family_active(family)
+
+    def introspect(self, token: str, verify: Callable[[str], _V]) -> _V | None:
+        """What `verify` makes of `token` while the token and its session are live; None for
+        an invalid, expired or logged-out token (RFC 7662 ``active: false``)."""
+        try:
+            verified = verify(token)
+        except Unauthenticated:
+            return None
+        if verified.session and not self.session_active(verified.session):
+            return None
+        return verified
 
     def disable(self, user_id: str) -> None:
         with self.transactions() as repo:

@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import grpc
 from google.protobuf import empty_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from poly.auth.v1 import auth_service_pb2 as pb
 from poly.auth.v1 import auth_service_pb2_grpc, resources_pb2
 from services.auth.domain import ACTIVE, SCOPES, Client, Identity, IdentityProvider, TokenSet
 from services.auth.tokens import KeyRing
 from services.kit import authz, tls
-from services.kit.authn import ALGORITHMS, Verifier
+from services.kit.authn import ALGORITHMS, Principal, Verifier
 from services.kit.config import Settings
-from services.kit.errors import Unauthenticated
 from services.kit.names import resource_id
+from services.kit.wire import timestamp
 
 __all__ = ["AuthServicer", "client_address"]
 
 _STATES = {ACTIVE: resources_pb2.Identity.STATE_ACTIVE}
-
-
-def _timestamp(value: dt.datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def _identity(identity: Identity) -> resources_pb2.Identity:
@@ -35,8 +26,8 @@ def _identity(identity: Identity) -> resources_pb2.Identity:
         email=identity.email,
         roles=identity.roles,
         state=_STATES.get(identity.state, resources_pb2.Identity.STATE_DISABLED),
-        create_time=_timestamp(identity.create_time),
-        update_time=_timestamp(identity.update_time),
+        create_time=timestamp(identity.create_time),
+        update_time=timestamp(identity.update_time),
     )
 
 
@@ -45,7 +36,7 @@ def _client(client: Client) -> resources_pb2.Client:
         name=client.name,
         display_name=client.display_name,
         scopes=client.scopes,
-        create_time=_timestamp(client.create_time),
+        create_time=timestamp(client.create_time),
     )
 
 
@@ -57,6 +48,47 @@ def _tokens(tokens: TokenSet) -> pb.TokenSet:
         refresh_token=tokens.refresh_token,
         scope=tokens.scope,
         refresh_expires_in=tokens.refresh_expires_in,
+    )
+
+
+def _openid_configuration(issuer: str) -> pb.OpenIdConfiguration:
+    return pb.OpenIdConfiguration(
+        issuer=issuer,
+        jwks_uri=f"{issuer}/.well-known/jwks.json",
+        token_endpoint=f"{issuer}/v1/auth:clientToken",
+        response_types_supported=["token"],
+        subject_types_supported=["public"],
+        id_token_signing_alg_values_supported=list(ALGORITHMS[:1]),
+        grant_types_supported=["password", "refresh_token", "client_credentials"],
+        scopes_supported=list(SCOPES),
+        token_endpoint_auth_methods_supported=["client_secret_post"],
+        claims_supported=[
+            "iss",
+            "sub",
+            "aud",
+            "exp",
+            "nbf",
+            "iat",
+            "jti",
+            "roles",
+            "scope",
+            "sid",
+            "client_id",
+        ],
+    )
+
+
+def _token_info(principal: Principal, audience: str) -> pb.TokenInfo:
+    return pb.TokenInfo(
+        active=True,
+        subject=principal.subject,
+        roles=sorted(principal.roles),
+        scopes=sorted(principal.scopes),
+        audience=[audience],
+        expire_time=timestamp(principal.expires_at),
+        issue_time=timestamp(principal.issued_at),
+        token_id=principal.token_id,
+        client_id=principal.client_id,
     )
 
 
@@ -167,48 +199,12 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     def GetOpenIdConfiguration(
         self, request: pb.GetOpenIdConfigurationRequest, context: grpc.ServicerContext
     ) -> pb.OpenIdConfiguration:
-        return pb.OpenIdConfiguration(
-            issuer=self._issuer,
-            jwks_uri=f"{self._issuer}/.well-known/jwks.json",
-            token_endpoint=f"{self._issuer}/v1/auth:clientToken",
-            response_types_supported=["token"],
-            subject_types_supported=["public"],
-            id_token_signing_alg_values_supported=list(ALGORITHMS[:1]),
-            grant_types_supported=["password", "refresh_token", "client_credentials"],
-            scopes_supported=list(SCOPES),
-            token_endpoint_auth_methods_supported=["client_secret_post"],
-            claims_supported=[
-                "iss",
-                "sub",
-                "aud",
-                "exp",
-                "nbf",
-                "iat",
-                "jti",
-                "roles",
-                "scope",
-                "sid",
-                "client_id",
-            ],
-        )
+        return _openid_configuration(self._issuer)
 
     def IntrospectToken(
         self, request: pb.IntrospectTokenRequest, context: grpc.ServicerContext
     ) -> pb.TokenInfo:
-        try:
-            principal = self._verifier.verify(request.token)
-        except Unauthenticated:
+        principal = self._provider.introspect(request.token, self._verifier.verify)
+        if principal is None:
             return pb.TokenInfo(active=False)
-        if principal.session and not self._provider.session_active(principal.session):
-            return pb.TokenInfo(active=False)
-        return pb.TokenInfo(
-            active=True,
-            subject=principal.subject,
-            roles=sorted(principal.roles),
-            scopes=sorted(principal.scopes),
-            audience=[self._verifier.audience],
-            expire_time=_timestamp(principal.expires_at),
-            issue_time=_timestamp(principal.issued_at),
-            token_id=principal.token_id,
-            client_id=principal.client_id,
-        )
+        return _token_info(principal, self._verifier.audience)

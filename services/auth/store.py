@@ -7,8 +7,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -32,7 +31,7 @@ from poly.events.v1 import events_pb2
 from services.auth import keys
 from services.auth.domain import ACTIVE, Client, Identity, IdentityQuery, RefreshClaim
 from services.kit.bus import BusTables, Outbox, bus_tables
-from services.kit.db import CreatedAt, Id, UtcDateTime, naming_convention
+from services.kit.db import CreatedAt, Id, UtcDateTime, naming_convention, transactions
 
 __all__ = [
     "BUS",
@@ -386,10 +385,4 @@ class AuthStore:
     """Transactions over the auth database, each yielding a `SqlRepository`."""
 
     def __init__(self, factory: sessionmaker[Session], outbox: Outbox) -> None:
-        self._factory = factory
-        self._outbox = outbox
-
-    @contextmanager
-    def transaction(self) -> Iterator[SqlRepository]:
-        with self._factory.begin() as session:
-            yield SqlRepository(session, self._outbox)
+        self.transaction = transactions(factory, lambda session: SqlRepository(session, outbox))

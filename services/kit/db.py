@@ -2,7 +2,8 @@
 
 SQLite (a file under the state directory) is the default; any SQLAlchemy URL works, and a
 plain ``postgresql://`` URL is given the psycopg 3 driver. Access is synchronous, to fit the
-thread-pool server: each RPC opens one session and one transaction (`transaction`).
+thread-pool server: each RPC opens one session and one transaction (`transaction`); a
+store hands its domain `transactions(factory, repository)`, each yielding a repository.
 Each service keeps its Alembic scripts in ``services/<name>/migrations``; `migrate` brings
 a database to head, and the scripts' ``env.py`` is one call to `run_migrations_env`.
 """
@@ -13,10 +14,10 @@ import datetime as dt
 import logging
 import re
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from alembic import command, context
 from alembic.autogenerate.api import AutogenContext
@@ -32,6 +33,8 @@ from sqlalchemy.types import TypeDecorator
 from services.kit.config import DatabaseSettings, redact_url
 
 _log = logging.getLogger("poly.db")
+
+_R = TypeVar("_R")
 
 __all__ = [
     "CreatedAt",
@@ -50,6 +53,7 @@ __all__ = [
     "run_migrations_env",
     "session_factory",
     "transaction",
+    "transactions",
 ]
 
 naming_convention: dict[str, str] = {
@@ -137,6 +141,20 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One session, one transaction: committed on success, rolled back on any exception."""
     with factory.begin() as session:
         yield session
+
+
+def transactions(
+    factory: sessionmaker[Session], repository: Callable[[Session], _R]
+) -> Callable[[], AbstractContextManager[_R]]:
+    """What a store hands its domain: each call opens one `transaction` and yields
+    ``repository(session)`` over it (events published through it join that transaction)."""
+
+    @contextmanager
+    def opened() -> Iterator[_R]:
+        with transaction(factory) as session:
+            yield repository(session)
+
+    return opened
 
 
 class DatabaseError(RuntimeError):

@@ -18,7 +18,7 @@ from poly.events.v1 import events_pb2
 from poly.events.v1.events_pb2 import EventEnvelope
 from poly.type.v1 import money_pb2
 from services.kit.bus import EventHandler, Outbox
-from services.kit.money import Money
+from services.kit.wire import money_value
 from services.notifications.domain import Notification, record_notification
 from services.notifications.store import SqlRepository
 
@@ -38,7 +38,7 @@ CONSUMES: tuple[str, ...] = (
 
 
 def _money(value: money_pb2.Money) -> str:
-    return str(Money(value.currency_code, value.amount_minor))
+    return str(money_value(value))
 
 
 def _order_id(name: str) -> str:

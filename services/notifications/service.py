@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import grpc
 from google.protobuf import empty_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from poly.notifications.v1 import notifications_service_pb2 as pb
 from poly.notifications.v1 import notifications_service_pb2_grpc, resources_pb2
 from services.kit import authz, fieldmask
 from services.kit.names import resource_id
+from services.kit.wire import timestamp
 from services.notifications.domain import Delivery, Notifications, Template, Webhook
 
 __all__ = ["NotificationsServicer"]
@@ -23,14 +21,6 @@ _STATES = {
     "SKIPPED": resources_pb2.Delivery.STATE_SKIPPED,
 }
 _CHANNELS = {"EMAIL": resources_pb2.CHANNEL_EMAIL, "WEBHOOK": resources_pb2.CHANNEL_WEBHOOK}
-
-
-def _timestamp(value: dt.datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def _delivery(delivery: Delivery) -> resources_pb2.Delivery:
@@ -46,9 +36,9 @@ def _delivery(delivery: Delivery) -> resources_pb2.Delivery:
         state=_STATES[delivery.state],
         attempts=delivery.attempts,
         last_error=delivery.last_error,
-        next_attempt_time=_timestamp(delivery.next_attempt_time),
-        create_time=_timestamp(delivery.create_time),
-        update_time=_timestamp(delivery.update_time),
+        next_attempt_time=timestamp(delivery.next_attempt_time),
+        create_time=timestamp(delivery.create_time),
+        update_time=timestamp(delivery.update_time),
     )
 
 
@@ -58,7 +48,7 @@ def _webhook(webhook: Webhook) -> resources_pb2.Webhook:
         owner=webhook.owner,
         url=webhook.url,
         event_types=webhook.event_types,
-        create_time=_timestamp(webhook.create_time),
+        create_time=timestamp(webhook.create_time),
     )
 
 
@@ -69,7 +59,7 @@ def _template(template: Template) -> resources_pb2.Template:
         subject=template.subject,
         body_text=template.body_text,
         body_html=template.body_html,
-        update_time=_timestamp(template.update_time),
+        update_time=timestamp(template.update_time),
     )
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -34,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from poly.events.v1 import events_pb2
 from services.kit.bus import BusTables, Outbox, bus_tables
-from services.kit.db import Id, UtcDateTime, naming_convention
+from services.kit.db import Id, UtcDateTime, naming_convention, transactions
 from services.kit.filters import Term
 from services.notifications.domain import (
     EMAIL,
@@ -563,10 +562,4 @@ class NotificationsStore:
     """Transactions over the notifications database, each yielding a `SqlRepository`."""
 
     def __init__(self, factory: sessionmaker[Session], outbox: Outbox | None) -> None:
-        self._factory = factory
-        self._outbox = outbox
-
-    @contextmanager
-    def transaction(self) -> Iterator[SqlRepository]:
-        with self._factory.begin() as session:
-            yield SqlRepository(session, self._outbox)
+        self.transaction = transactions(factory, lambda session: SqlRepository(session, outbox))

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from poly.orders.v1 import orders_service_pb2 as pb
 from poly.orders.v1 import orders_service_pb2_grpc, resources_pb2
-from poly.type.v1 import money_pb2
 from services.kit import authz
-from services.kit.money import Money
 from services.kit.names import resource_id
+from services.kit.wire import money_message, money_value, timestamp
 from services.orders import watch
 from services.orders.domain import (
     AWAITING_PAYMENT,
@@ -39,16 +36,6 @@ _STATES = {
 }
 
 
-def _timestamp(value: dt.datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
-def _money(value: Money) -> money_pb2.Money:
-    return money_pb2.Money(currency_code=value.currency, amount_minor=value.amount)
-
-
 def _order(order: Order) -> resources_pb2.Order:
     return resources_pb2.Order(
         name=order.name,
@@ -57,25 +44,24 @@ def _order(order: Order) -> resources_pb2.Order:
             resources_pb2.OrderLine(
                 sku=line.sku,
                 quantity=line.quantity,
-                unit_price=_money(line.unit_price),
-                total=_money(line.total),
+                unit_price=money_message(line.unit_price),
+                total=money_message(line.total),
             )
             for line in order.lines
         ],
-        total=_money(order.total),
+        total=money_message(order.total),
         state=_STATES[order.state],
         payment=order.payment,
         failure_reason=order.failure_reason,
         cancel_reason=order.cancel_reason,
         etag=order.etag,
-        create_time=_timestamp(order.create_time),
-        update_time=_timestamp(order.update_time),
+        create_time=timestamp(order.create_time),
+        update_time=timestamp(order.update_time),
     )
 
 
 def _new_line(line: resources_pb2.OrderLine) -> NewLine:
-    price = line.unit_price
-    return NewLine(line.sku, line.quantity, Money(price.currency_code, price.amount_minor))
+    return NewLine(line.sku, line.quantity, money_value(line.unit_price))
 
 
 class OrdersServicer(orders_service_pb2_grpc.OrdersServiceServicer):
@@ -134,4 +120,4 @@ class OrdersServicer(orders_service_pb2_grpc.OrdersServiceServicer):
             self._hub, self._orders.get, first, active=context.is_active, on_leave=context.add_callback
         )
         for order in changes:
-            yield pb.WatchOrderResponse(order=_order(order), change_time=_timestamp(order.update_time))
+            yield pb.WatchOrderResponse(order=_order(order), change_time=timestamp(order.update_time))

@@ -9,8 +9,7 @@ transaction. Orders saved in a transaction are reported to `on_change` after it 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, cast
 
 from google.protobuf.message import Message
@@ -33,11 +32,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from sqlalchemy.sql.elements import ColumnElement
 
 from poly.events.v1 import events_pb2
-from poly.type.v1 import money_pb2
 from services.kit.bus import BusTables, Outbox, bus_tables
-from services.kit.db import CurrencyCode, Id, MinorUnits, UtcDateTime, naming_convention
+from services.kit.db import CurrencyCode, Id, MinorUnits, UtcDateTime, naming_convention, transactions
 from services.kit.filters import Term
 from services.kit.money import Money
+from services.kit.wire import money_message
 from services.orders.domain import AWAITING_PAYMENT, Event, Line, Order, OrderQuery, RequestKey
 
 __all__ = ["BUS", "Base", "OrderLineRow", "OrderRequestRow", "OrderRow", "OrdersStore", "SqlRepository"]
@@ -125,20 +124,19 @@ def _order(row: OrderRow) -> Order:
     )
 
 
-def _money(value: Money) -> money_pb2.Money:
-    return money_pb2.Money(currency_code=value.currency, amount_minor=value.amount)
-
-
 def _event(kind: Event, order: Order) -> Message:
     if kind == "created":
         lines = [
             events_pb2.OrderLine(
-                sku=x.sku, quantity=x.quantity, unit_price=_money(x.unit_price), total=_money(x.total)
+                sku=x.sku,
+                quantity=x.quantity,
+                unit_price=money_message(x.unit_price),
+                total=money_message(x.total),
             )
             for x in order.lines
         ]
         return events_pb2.OrderCreated(
-            order=order.name, owner=order.owner, total=_money(order.total), lines=lines
+            order=order.name, owner=order.owner, total=money_message(order.total), lines=lines
         )
     if kind == "cancelled":
         return events_pb2.OrderCancelled(
@@ -146,7 +144,7 @@ def _event(kind: Event, order: Order) -> Message:
         )
     if kind == "paid":
         return events_pb2.OrderPaid(
-            order=order.name, owner=order.owner, payment=order.payment, amount=_money(order.total)
+            order=order.name, owner=order.owner, payment=order.payment, amount=money_message(order.total)
         )
     if kind == "payment_failed":
         return events_pb2.OrderPaymentFailed(
@@ -363,11 +361,4 @@ class OrdersStore:
     def __init__(
         self, factory: sessionmaker[Session], outbox: Outbox, on_change: OnChange | None = None
     ) -> None:
-        self._factory = factory
-        self._outbox = outbox
-        self._on_change = on_change
-
-    @contextmanager
-    def transaction(self) -> Iterator[SqlRepository]:
-        with self._factory.begin() as session:
-            yield SqlRepository(session, self._outbox, self._on_change)
+        self.transaction = transactions(factory, lambda session: SqlRepository(session, outbox, on_change))

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from poly.events.v1 import events_pb2
 from poly.events.v1.events_pb2 import EventEnvelope
 from services.kit.bus import EventHandler, Outbox
-from services.kit.money import Money
+from services.kit.wire import money_value
 from services.payments.domain import Payments
 from services.payments.store import SqlRepository
 
@@ -48,7 +48,7 @@ def handlers(outbox: Outbox, default_currency: str) -> Mapping[type[Message], Ev
 
     def order_created(session: Session, event: Message, envelope: EventEnvelope) -> None:
         assert isinstance(event, events_pb2.OrderCreated)
-        total = Money(event.total.currency_code, event.total.amount_minor)
+        total = money_value(event.total)
         payments(session).authorize_order(event.order, event.owner, total)
 
     def order_cancelled(session: Session, event: Message, envelope: EventEnvelope) -> None:

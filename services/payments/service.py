@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from poly.payments.v1 import payments_service_pb2 as pb
 from poly.payments.v1 import payments_service_pb2_grpc, resources_pb2
-from poly.type.v1.money_pb2 import Money as MoneyMessage
+from poly.type.v1 import money_pb2
 from services.kit import authz, tls
 from services.kit.money import Money
 from services.kit.names import resource_id
+from services.kit.wire import money_message, money_value, timestamp
 from services.payments.domain import Account, LedgerEntry, Payment, Payments, Viewer
 
 __all__ = ["PaymentsServicer"]
@@ -21,18 +20,8 @@ __all__ = ["PaymentsServicer"]
 _ListRequest = pb.ListAccountsRequest | pb.ListLedgerEntriesRequest | pb.ListPaymentsRequest
 
 
-def _timestamp(value: dt.datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
-def _money(currency: str, amount: int) -> MoneyMessage:
-    return MoneyMessage(currency_code=currency, amount_minor=amount)
-
-
-def _amount(message: MoneyMessage) -> Money:
-    return Money(message.currency_code, message.amount_minor)
+def _money(currency: str, amount: int) -> money_pb2.Money:
+    return money_message(Money(currency, amount))
 
 
 def _account(account: Account) -> resources_pb2.Account:
@@ -43,8 +32,8 @@ def _account(account: Account) -> resources_pb2.Account:
         balance=_money(account.currency, account.balance),
         available=_money(account.currency, account.available),
         held=_money(account.currency, account.held),
-        create_time=_timestamp(account.create_time),
-        update_time=_timestamp(account.update_time),
+        create_time=timestamp(account.create_time),
+        update_time=timestamp(account.update_time),
     )
 
 
@@ -55,7 +44,7 @@ def _entry(entry: LedgerEntry) -> resources_pb2.LedgerEntry:
         amount=_money(entry.currency, entry.amount),
         kind=resources_pb2.LedgerEntry.Kind.Value(f"KIND_{entry.kind}"),
         payment=f"payments/{entry.payment_id}" if entry.payment_id else "",
-        create_time=_timestamp(entry.create_time),
+        create_time=timestamp(entry.create_time),
     )
 
 
@@ -70,8 +59,8 @@ def _payment(payment: Payment) -> resources_pb2.Payment:
         refunded_amount=_money(payment.currency, payment.refunded),
         state=resources_pb2.Payment.State.Value(f"STATE_{payment.state}"),
         failure_reason=payment.failure_reason,
-        create_time=_timestamp(payment.create_time),
-        update_time=_timestamp(payment.update_time),
+        create_time=timestamp(payment.create_time),
+        update_time=timestamp(payment.update_time),
     )
 
 
@@ -125,7 +114,9 @@ class PaymentsServicer(payments_service_pb2_grpc.PaymentsServiceServicer):
     ) -> resources_pb2.Account:
         account_id = resource_id(request.name, "accounts")
         caller = authz.principal().subject
-        return _account(self._payments.fund(caller, request.request_id, account_id, _amount(request.amount)))
+        return _account(
+            self._payments.fund(caller, request.request_id, account_id, money_value(request.amount))
+        )
 
     def GetLedgerEntry(
         self, request: pb.GetLedgerEntryRequest, context: grpc.ServicerContext
@@ -160,7 +151,7 @@ class PaymentsServicer(payments_service_pb2_grpc.PaymentsServiceServicer):
         self, request: pb.RefundPaymentRequest, context: grpc.ServicerContext
     ) -> resources_pb2.Payment:
         payment_id = resource_id(request.name, "payments")
-        amount = _amount(request.amount) if request.HasField("amount") else None
+        amount = money_value(request.amount) if request.HasField("amount") else None
         caller = authz.principal().subject
         refunded = self._payments.refund(caller, request.request_id, payment_id, amount, request.reason)
         return _payment(refunded)
@@ -177,7 +168,7 @@ class PaymentsServicer(payments_service_pb2_grpc.PaymentsServiceServicer):
             order=order,
             owner=owner,
             account_id=account_id,
-            amount=_amount(request.amount),
+            amount=money_value(request.amount),
         )
         return _payment(payment)
 

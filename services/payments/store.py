@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import operator
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -32,9 +31,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from poly.events.v1 import events_pb2
-from poly.type.v1.money_pb2 import Money as MoneyMessage
 from services.kit.bus import BusTables, Outbox, bus_tables
-from services.kit.db import CurrencyCode, Id, MinorUnits, UtcDateTime, naming_convention
+from services.kit.db import CurrencyCode, Id, MinorUnits, UtcDateTime, naming_convention, transactions
+from services.kit.money import Money
+from services.kit.wire import money_message
 from services.payments.domain import (
     AUTHORIZED,
     REFUNDED,
@@ -392,7 +392,7 @@ class SqlRepository:
             "order": payment.order,
             "account": f"accounts/{payment.account_id}" if payment.account_id else "",
             "owner": payment.owner,
-            "amount": MoneyMessage(currency_code=payment.currency, amount_minor=event.amount),
+            "amount": money_message(Money(payment.currency, event.amount)),
         }
         message: Any
         if event.kind == "AUTHORIZED":
@@ -406,7 +406,7 @@ class SqlRepository:
         else:
             message = events_pb2.PaymentRefunded(
                 **common,
-                refunded_total=MoneyMessage(currency_code=payment.currency, amount_minor=payment.refunded),
+                refunded_total=money_message(Money(payment.currency, payment.refunded)),
                 fully_refunded=payment.state == REFUNDED,
                 reason=event.reason,
             )
@@ -417,10 +417,4 @@ class PaymentsStore:
     """Transactions over the payments database, each yielding a `SqlRepository`."""
 
     def __init__(self, factory: sessionmaker[Session], outbox: Outbox) -> None:
-        self._factory = factory
-        self._outbox = outbox
-
-    @contextmanager
-    def transaction(self) -> Iterator[SqlRepository]:
-        with self._factory.begin() as session:
-            yield SqlRepository(session, self._outbox)
+        self.transaction = transactions(factory, lambda session: SqlRepository(session, outbox))

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import grpc
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from poly.users.v1 import resources_pb2, users_service_pb2_grpc
 from poly.users.v1 import users_service_pb2 as pb
@@ -15,6 +12,7 @@ from services.kit import authz
 from services.kit.errors import FieldViolation, InvalidArgument
 from services.kit.fieldmask import update_paths
 from services.kit.names import resource_id
+from services.kit.wire import timestamp
 from services.users.domain import ACTIVE, Contact, Preferences, PreferencesChange, User, Users
 
 __all__ = ["UsersServicer"]
@@ -24,23 +22,15 @@ _CHECKED_FIELDS = ("etag",)
 """Fields of a resource an Update reads as a check and never writes (AIP-154)."""
 
 
-def _timestamp(value: dt.datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def _user(user: User) -> resources_pb2.User:
     return resources_pb2.User(
         name=user.name,
         email=user.email,
         display_name=user.display_name,
         state=_STATES.get(user.state, resources_pb2.User.STATE_DELETED),
-        create_time=_timestamp(user.create_time),
-        update_time=_timestamp(user.update_time),
-        delete_time=_timestamp(user.delete_time),
+        create_time=timestamp(user.create_time),
+        update_time=timestamp(user.update_time),
+        delete_time=timestamp(user.delete_time),
         etag=user.etag,
     )
 
@@ -52,7 +42,7 @@ def _preferences(preferences: Preferences) -> resources_pb2.Preferences:
         webhook_enabled=preferences.webhook_enabled,
         muted_event_types=preferences.muted_event_types,
         locale=preferences.locale,
-        update_time=_timestamp(preferences.update_time),
+        update_time=timestamp(preferences.update_time),
     )
 
 

@@ -7,8 +7,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, Index, MetaData, String, Update, literal, select, tuple_, update
@@ -17,7 +16,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from poly.events.v1 import events_pb2
 from services.kit.bus import BusTables, Outbox, bus_tables
-from services.kit.db import Id, UtcDateTime, naming_convention
+from services.kit.db import Id, UtcDateTime, naming_convention, transactions
 from services.kit.filters import Term
 from services.users.domain import (
     ACTIVE,
@@ -223,10 +222,4 @@ class UsersStore:
     """Transactions over the users database, each yielding a `SqlRepository`."""
 
     def __init__(self, factory: sessionmaker[Session], outbox: Outbox) -> None:
-        self._factory = factory
-        self._outbox = outbox
-
-    @contextmanager
-    def transaction(self) -> Iterator[SqlRepository]:
-        with self._factory.begin() as session:
-            yield SqlRepository(session, self._outbox)
+        self.transaction = transactions(factory, lambda session: SqlRepository(session, outbox))

@@ -10,7 +10,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, String, inspect, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from services.kit import config, db
 from services.kit.config import DatabaseSettings
@@ -95,6 +95,26 @@ def test_a_failed_transaction_leaves_nothing(engine: Engine) -> None:
         raise RuntimeError("rolled back")
     with db.transaction(factory) as session:
         assert session.scalars(select(_Event)).all() == []
+
+
+def test_transactions_yield_a_repository_per_transaction(engine: Engine) -> None:
+    _Base.metadata.create_all(engine)
+    opened: list[Session] = []
+
+    def repository(session: Session) -> Session:
+        opened.append(session)
+        return session
+
+    transaction = db.transactions(db.session_factory(engine), repository)
+    with transaction() as session:
+        session.add(_Event(id="e4", kind="k", at=dt.datetime.now(dt.UTC), amount=1, currency="EUR"))
+    with pytest.raises(RuntimeError), transaction() as session:
+        session.add(_Event(id="e5", kind="k", at=dt.datetime.now(dt.UTC), amount=1, currency="EUR"))
+        session.flush()
+        raise RuntimeError("rolled back")
+    with transaction() as session:
+        assert [row.id for row in session.scalars(select(_Event))] == ["e4"]
+    assert len(opened) == len(set(opened)) == 3
 
 
 @pytest.mark.parametrize("service", config.SERVICES)

@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 
 from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import event as sa_event
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
@@ -22,6 +21,7 @@ from poly.events.v1.events_pb2 import EventEnvelope
 from services.kit.bus.metrics import BusMetrics
 from services.kit.bus.tables import PENDING, BusTables
 from services.kit.config import BusSettings
+from services.kit.wire import timestamp
 
 __all__ = ["Outbox", "Routing", "broker_routing", "routing", "subscriber_routing"]
 
@@ -83,8 +83,6 @@ class Outbox:
         if not aggregate_id:
             raise ValueError("aggregate_id is required: it orders the events of one aggregate")
         now = self._clock()
-        occurred = Timestamp()
-        occurred.FromDatetime(now)
         payload = AnyMessage()
         payload.Pack(event)
         event_type = event.DESCRIPTOR.full_name
@@ -92,7 +90,7 @@ class Outbox:
             id=str(uuid.uuid4()),
             type=event_type,
             aggregate_id=aggregate_id,
-            occur_time=occurred,
+            occur_time=timestamp(now),
             source=self._source,
             schema_version=schema_version,
             trace_context=dict(trace_context or {}),
