@@ -50,14 +50,14 @@ def _certs(settings: config.Settings, force: bool) -> int:
 
 
 def _status(settings: config.Settings) -> int:
-    from services.cli.probe import health_status
+    from services.cli.probe import edge_status, health_status
 
     if not settings.tls.cert_file.exists():
         print(f"poly status: no certificate at {settings.tls.cert_file}; run `poly certs`", file=sys.stderr)
         return 2
     healthy = True
-    for name in config.SERVICES:
-        state = health_status(settings, name)
+    for name in (*config.SERVICES, "gateway"):
+        state = edge_status(settings) if name == "gateway" else health_status(settings, name)
         healthy &= state == "SERVING"
         print(f"{name:<14} {settings.peers[name]:<18} {state}")
     return 0 if healthy else 1

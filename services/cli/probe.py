@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.kit import tls
 from services.kit.config import Settings
 
-__all__ = ["health_status"]
+__all__ = ["edge_status", "health_status"]
 
 
 def health_status(settings: Settings, component: str, *, timeout: float = 2.0) -> str:
@@ -23,3 +27,15 @@ def health_status(settings: Settings, component: str, *, timeout: float = 2.0) -
             code = error.code() if isinstance(error, grpc.Call) else None
             return f"UNREACHABLE ({code.name if code else 'error'})"
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+def edge_status(settings: Settings, *, timeout: float = 2.0) -> str:
+    """The HTTP/JSON edge's ``/readyz``: ``SERVING`` once it and every backend are."""
+    url = f"http://{settings.peers['gateway']}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            return str(json.loads(answer.read()).get("status", "UNKNOWN"))
+    except urllib.error.HTTPError as refused:
+        return "NOT_SERVING" if refused.code == 503 else f"UNREACHABLE (HTTP {refused.code})"
+    except (OSError, ValueError) as error:
+        return f"UNREACHABLE ({type(error).__name__})"

@@ -12,10 +12,14 @@ import shutil
 import sys
 from pathlib import Path
 
-__all__ = ["main", "prepare_deps", "proto_files", "generate"]
+__all__ = ["DESCRIPTOR_SET", "generate", "main", "prepare_deps", "proto_files"]
 
 _ROOT = Path(__file__).resolve().parents[2]
 _DEPS_PACKAGES = ("api", "rpc", "type")
+
+
+DESCRIPTOR_SET = "descriptors.binpb"
+"""The FileDescriptorSet `generate` writes beside the Python code, in ``gen/poly/``."""
 
 
 def _googleapis_root() -> Path:
@@ -56,7 +60,7 @@ def generate(out: Path = _ROOT / "gen") -> None:
     well_known = Path(protoc.__file__).parent / "_proto"
     if out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True)
+    (out / "poly").mkdir(parents=True)
     args = [
         "grpc_tools.protoc",
         f"-I{protos}",
@@ -70,6 +74,10 @@ def generate(out: Path = _ROOT / "gen") -> None:
         f"--mypy_out={out}",
         f"--mypy_grpc_out={out}",
         f"--grpc_python_out={out}",
+        # Every file with its imports and comments: the HTTP/JSON edge's routes and OpenAPI text.
+        f"--descriptor_set_out={out / 'poly' / DESCRIPTOR_SET}",
+        "--include_imports",
+        "--include_source_info",
         *[str(p.relative_to(protos)) for p in proto_files(protos)],
     ]
     code = protoc.main(args)

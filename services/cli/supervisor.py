@@ -23,7 +23,7 @@ from typing import IO, Any
 
 from services.auth import keys
 from services.cli import mailbox
-from services.cli.probe import health_status
+from services.cli.probe import edge_status, health_status
 from services.kit import config, tls
 
 __all__ = ["Supervisor", "example_calls"]
@@ -73,6 +73,10 @@ def _is_serving_line(line: str) -> bool:
     return isinstance(record, dict) and record.get("message") == "serving"
 
 
+def _module(component: str) -> str:
+    return "gateway" if component == "gateway" else f"services.{component}"
+
+
 def example_calls(settings: config.Settings) -> list[str]:
     """Copy-paste commands that list services and call health through reflection over mTLS."""
     certs = settings.tls.ca_file.parent
@@ -104,7 +108,7 @@ class Supervisor:
         self,
         settings: config.Settings,
         *,
-        components: tuple[str, ...] = config.SERVICES,
+        components: tuple[str, ...] = (*config.SERVICES, "gateway"),
         out: IO[str] | None = None,
         ready_timeout: float = 60.0,
     ) -> None:
@@ -137,7 +141,7 @@ class Supervisor:
 
     def _spawn(self, child: _Child) -> None:
         process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{child.name}"],
+            [sys.executable, "-m", _module(child.name)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -244,14 +248,20 @@ class Supervisor:
             child.process is not None
             and child.process.poll() is None
             and child.serving.is_set()
-            and health_status(self._settings, child.name, timeout=timeout) == "SERVING"
+            and self._health(child.name, timeout=timeout) == "SERVING"
         )
+
+    def _health(self, name: str, *, timeout: float) -> str:
+        if name == "gateway":
+            return edge_status(self._settings, timeout=timeout)
+        return health_status(self._settings, name, timeout=timeout)
 
     def _announce(self) -> None:
         for name, child in self._children.items():
             pid = child.process.pid if child.process else "-"
+            kind = "http" if name == "gateway" else "grpc"
             self._say(
-                "poly", f"ready  {name:<{self._width}}  grpc {self._settings.peers[name]:<16} pid {pid}"
+                "poly", f"ready  {name:<{self._width}}  {kind} {self._settings.peers[name]:<16} pid {pid}"
             )
         if self._mailbox is not None:
             self._say("poly", f"emails land in {self._mailbox.directory}/ (development mailbox)")

@@ -19,6 +19,7 @@ from typing import TypeVar
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+import poly
 from services.kit.types import Environ
 
 __all__ = [
@@ -28,7 +29,9 @@ __all__ = [
     "COMPONENTS",
     "DEFAULT_PORTS",
     "SERVICES",
+    "Backend",
     "DatabaseSettings",
+    "GatewaySettings",
     "NotificationsSettings",
     "PaymentsSettings",
     "ServerSettings",
@@ -196,6 +199,52 @@ class PaymentsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Backend:
+    """Where the edge sends the calls of one gRPC service."""
+
+    address: str
+    server_name: str = ""
+    """The name the backend's certificate must prove (a Polyservice component name); empty
+    means the host of `address`."""
+
+
+API_SERVICES: Mapping[str, str] = {
+    "auth": "poly.auth.v1.AuthService",
+    "users": "poly.users.v1.UsersService",
+    "orders": "poly.orders.v1.OrdersService",
+    "payments": "poly.payments.v1.PaymentsService",
+    "notifications": "poly.notifications.v1.NotificationsService",
+}
+"""The public API each service serves: the edge's default backends."""
+
+
+def _default_descriptor_set() -> Path:
+    # `make gen` writes it into the generated package, so installs carry it along.
+    return Path(poly.__file__).with_name("descriptors.binpb")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """The HTTP/JSON edge: what it routes, where to, and the limits it enforces."""
+
+    descriptor_set: Path
+    """A FileDescriptorSet (``--include_imports --include_source_info``) holding the services."""
+    backends: Mapping[str, Backend]
+    """Full service name -> backend; only these services are routed."""
+    timeout_seconds: float = 30.0
+    """Deadline of a unary call when the client sends no ``Grpc-Timeout``."""
+    max_body_bytes: int = 1024 * 1024
+    max_json_depth: int = 32
+    ignored_query_parameters: tuple[str, ...] = ("_",)
+    """Query parameters dropped instead of refused (cache busters)."""
+    rate_per_second: float = 0.0
+    """Per client identity (bearer token subject, else address); 0 turns the limit off."""
+    rate_burst: int = 50
+    cors_origins: tuple[str, ...] = ()
+    """Origins allowed to call from a browser; ``*`` allows any."""
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     service: str
     home: Path
@@ -210,6 +259,7 @@ class Settings:
     auth: AuthSettings = AuthSettings()
     notifications: NotificationsSettings = NotificationsSettings()
     payments: PaymentsSettings = PaymentsSettings()
+    gateway: GatewaySettings | None = None
 
 
 class _Reader:
@@ -366,6 +416,7 @@ def load(service: str, environ: Environ | None = None) -> Settings:
         payments=PaymentsSettings(
             default_currency=env.text("POLY_PAYMENTS_DEFAULT_CURRENCY", "EUR").upper(),
         ),
+        gateway=_gateway_settings(env, peers) if service == "gateway" else None,
     )
     smtp = settings.notifications.smtp
     if smtp.security not in ("none", "starttls", "tls"):
@@ -388,6 +439,39 @@ def load(service: str, environ: Environ | None = None) -> Settings:
     if env.problems:
         raise ConfigError(env.problems)
     return settings
+
+
+def _backends(env: _Reader, peers: Mapping[str, str]) -> dict[str, Backend]:
+    text = env.optional("POLY_GATEWAY_BACKENDS")
+    if not text:
+        return {api: Backend(peers[name], name) for name, api in API_SERVICES.items()}
+    found: dict[str, Backend] = {}
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        service, _, address = item.partition("=")
+        if not re.fullmatch(r"[A-Za-z_][\w.]*\.[A-Za-z_]\w*", service) or ":" not in address:
+            env.problems.append(f"POLY_GATEWAY_BACKENDS: expected package.Service=host:port, got {item!r}")
+            continue
+        found[service] = Backend(address.strip())
+    return found
+
+
+def _gateway_settings(env: _Reader, peers: Mapping[str, str]) -> GatewaySettings:
+    descriptor_set = env.optional("POLY_GATEWAY_DESCRIPTOR_SET")
+    return GatewaySettings(
+        descriptor_set=Path(descriptor_set) if descriptor_set else _default_descriptor_set(),
+        backends=_backends(env, peers),
+        timeout_seconds=env.number("POLY_GATEWAY_TIMEOUT_SECONDS", 30.0, low=0.01, high=3600.0),
+        max_body_bytes=env.integer("POLY_GATEWAY_MAX_BODY_BYTES", 1024 * 1024, low=1024, high=1024**3),
+        max_json_depth=env.integer("POLY_GATEWAY_MAX_JSON_DEPTH", 32, low=2, high=1000),
+        ignored_query_parameters=tuple(
+            p.strip() for p in env.text("POLY_GATEWAY_IGNORED_QUERY_PARAMETERS", "_").split(",") if p.strip()
+        ),
+        rate_per_second=env.number("POLY_GATEWAY_RATE_PER_SECOND", 0.0, low=0.0, high=1e6),
+        rate_burst=env.integer("POLY_GATEWAY_RATE_BURST", 50, low=1, high=1_000_000),
+        cors_origins=tuple(
+            o.strip() for o in env.optional("POLY_GATEWAY_CORS_ORIGINS").split(",") if o.strip()
+        ),
+    )
 
 
 def load_or_exit(service: str) -> Settings:

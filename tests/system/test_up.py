@@ -25,6 +25,8 @@ from tests.support.processes import Process, health_check
 from tests.support.waiting import eventually
 
 BUF = ROOT / "node_modules" / ".bin" / "buf"
+COMPONENTS = (*config.SERVICES, "gateway")
+"""What `poly up` runs: the five services and the HTTP/JSON edge."""
 
 
 @dataclass
@@ -91,12 +93,12 @@ def test_poly_status_reports_every_service_serving(system: System) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    for name in config.SERVICES:
+    for name in COMPONENTS:
         assert re.search(rf"^{name}\s+localhost:\d+\s+SERVING$", result.stdout, re.MULTILINE), result.stdout
 
 
 def test_each_component_has_a_ready_line(system: System) -> None:
-    for name in config.SERVICES:
+    for name in COMPONENTS:
         port = system.environ[f"POLY_{name.upper()}_PORT"]
         system.up.wait_for_line(lambda line, n=name, p=port: f"ready  {n} " in line and f":{p} " in line)
 
@@ -184,13 +186,13 @@ def test_a_killed_service_is_restarted_then_sigterm_drains_every_process(own_sys
     assert health_check(cli, cli.peers["orders"], timeout=10) == "SERVING"
 
     children = _children(system.up.popen.pid)
-    assert len(children) == len(config.SERVICES)
+    assert len(children) == len(COMPONENTS)
     system.up.signal(signal.SIGTERM)
     assert system.up.wait(timeout=30) == 0
     for child in children:
         assert not Path(f"/proc/{child}").exists(), f"process {child} outlived poly up"
     output = system.up.output()
-    for name in config.SERVICES:
+    for name in COMPONENTS:
         assert f"{name} exited with code 0" in output, f"{name} did not drain cleanly"
     assert output.rstrip().endswith("| stopped")
 

@@ -1,0 +1,1 @@
+"""The HTTP/JSON edge: a generic google.api.http transcoder."""

@@ -1,0 +1,359 @@
+"""The HTTP side of the edge: one aiohttp handler turns each request into a gRPC call.
+
+Per request: route (404, or 405 with ``Allow``), build the request message from the path
+variables, the body and the query (400 with field violations), forward the headers as
+metadata, call the backend with the client's ``Grpc-Timeout`` or the route's default
+deadline (cancelled if the client goes away), and answer with proto3 JSON, NDJSON or
+Server-Sent Events. Every failure, routing misses included, leaves as one
+``google.rpc.Status`` body rendered by `gateway.errors.render_status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from aiohttp import web
+from google.protobuf import message_factory
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
+from google.rpc import status_pb2
+
+from gateway import errors, headers, jsoncodec, query, streaming
+from gateway.backends import Backends
+from gateway.routes import MethodNotAllowed, Route, RouteNotFound, Router
+from services.kit.config import GatewaySettings
+
+__all__ = ["Edge", "SuccessStatus", "default_success_status"]
+
+_log = logging.getLogger("poly.gateway")
+
+SuccessStatus = Callable[[Route], int]
+"""The HTTP status of a successful call of a route."""
+
+
+def default_success_status(route: Route) -> int:
+    """200, as grpc-gateway answers every success."""
+    return 200
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a route needs per request, worked out once."""
+
+    request_class: type[Message]
+    response_class: type[Message]
+    body_field: str
+    """The JSON name of the field the body fills, "" for the whole request or no body."""
+    body_fields: tuple[str, ...]
+    """Request fields the body binds (and the query may not set)."""
+
+
+def _message_class(descriptor: Descriptor) -> type[Message]:
+    return message_factory.GetMessageClass(descriptor)
+
+
+def _plan(route: Route) -> _Plan:
+    request = route.method.input_type
+    body_field: str = ""
+    bound: tuple[str, ...] = ()
+    if route.body == "*":
+        bound = tuple(f.name for f in request.fields)
+    elif route.body:
+        body_field = request.fields_by_name[route.body].json_name
+        bound = (route.body,)
+    return _Plan(_message_class(request), _message_class(route.method.output_type), body_field, bound)
+
+
+class _TokenBuckets:
+    """Per-identity token buckets: `rate` tokens a second, at most `burst` saved up."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate, self._burst = rate, burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, identity: str) -> float:
+        """0 when a request may go now, else the seconds until one may."""
+        now = time.monotonic()
+        tokens, stamp = self._buckets.get(identity, (float(self._burst), now))
+        tokens = min(float(self._burst), tokens + (now - stamp) * self._rate)
+        if tokens < 1.0:
+            self._buckets[identity] = (tokens, now)
+            return (1.0 - tokens) / self._rate
+        self._buckets[identity] = (tokens - 1.0, now)
+        if len(self._buckets) > 100_000:  # forget the idle ones instead of growing forever
+            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
+        return 0.0
+
+
+class _Refusal(Exception):
+    def __init__(self, status: status_pb2.Status, http: int, extra: dict[str, str] | None = None) -> None:
+        super().__init__(status.message)
+        self.status, self.http, self.extra = status, http, extra or {}
+
+
+def _refusal(
+    code: grpc.StatusCode,
+    message: str,
+    reason: str,
+    *,
+    http: int | None = None,
+    violations: list[tuple[str, str]] | None = None,
+    extra: dict[str, str] | None = None,
+) -> _Refusal:
+    status = errors.status_message(code, message, reason=reason, violations=violations or [])
+    return _Refusal(status, http or errors.http_status(code), extra)
+
+
+class Edge:
+    """The aiohttp application serving `router`'s routes from `backends`."""
+
+    def __init__(
+        self,
+        router: Router,
+        backends: Backends,
+        settings: GatewaySettings,
+        *,
+        document: dict[str, Any],
+        success_status: SuccessStatus = default_success_status,
+    ) -> None:
+        self._router = router
+        self._backends = backends
+        self._settings = settings
+        self._document = json.dumps(document).encode()
+        self._success_status = success_status
+        self._plans: dict[Route, _Plan] = {route: _plan(route) for route in router.routes}
+        self._buckets = (
+            _TokenBuckets(settings.rate_per_second, settings.rate_burst) if settings.rate_per_second else None
+        )
+
+    def application(self) -> web.Application:
+        app = web.Application(client_max_size=self._settings.max_body_bytes, middlewares=[self._cors])
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/openapi.json", self._openapi)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        app.on_cleanup.append(lambda _app: self._backends.close())
+        return app
+
+    # -- fixed endpoints -------------------------------------------------------------------
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "SERVING"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        found = await self._backends.health()
+        ready = all(state == "SERVING" for state in found.values())
+        return web.json_response(
+            {"status": "SERVING" if ready else "NOT_SERVING", "backends": found}, status=200 if ready else 503
+        )
+
+    async def _openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._document, content_type="application/json")
+
+    @web.middleware
+    async def _cors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        origin = request.headers.get("Origin", "")
+        allowed = origin and ("*" in self._settings.cors_origins or origin in self._settings.cors_origins)
+        if request.method == "OPTIONS" and allowed and "Access-Control-Request-Method" in request.headers:
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE"
+            response.headers["Access-Control-Allow-Headers"] = request.headers.get(
+                "Access-Control-Request-Headers", "authorization, content-type"
+            )
+            response.headers["Access-Control-Max-Age"] = "600"
+        else:
+            response = await handler(request)
+        if allowed:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            response.headers["Access-Control-Expose-Headers"] = "X-Request-Id, Grpc-Metadata-*, Retry-After"
+        return response
+
+    # -- transcoding -----------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        request_id = headers.request_id(request.headers.items())
+        try:
+            return await self._transcode(request, request_id)
+        except _Refusal as refused:
+            return self._error(refused.status, refused.http, request_id, refused.extra)
+        except errors.BadRequest as bad:
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            status = errors.status_message(
+                code, str(bad), reason="INVALID_REQUEST", violations=bad.violations
+            )
+            return self._error(status, 400, request_id)
+        except grpc.aio.AioRpcError as failed:
+            status = errors.status_of_rpc_error(failed)
+            extra = {"WWW-Authenticate": "Bearer"} if failed.code() == grpc.StatusCode.UNAUTHENTICATED else {}
+            return self._error(status, errors.http_status(failed.code()), request_id, extra)
+
+    def _error(
+        self, status: status_pb2.Status, http: int, request_id: str, extra: dict[str, str] | None = None
+    ) -> web.Response:
+        response = web.Response(
+            body=errors.render_status(status), status=http, content_type="application/json"
+        )
+        response.headers["X-Request-Id"] = request_id
+        response.headers.update(extra or {})
+        return response
+
+    def _route(self, request: web.Request) -> tuple[Route, dict[str, str]]:
+        try:
+            found = self._router.find(request.method, request.raw_path.split("?", 1)[0])
+        except RouteNotFound:
+            raise _refusal(grpc.StatusCode.NOT_FOUND, "no route for this path", "ROUTE_NOT_FOUND") from None
+        except MethodNotAllowed as wrong:
+            raise _refusal(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"{request.method} is not allowed here",
+                "METHOD_NOT_ALLOWED",
+                http=405,
+                extra={"Allow": ", ".join(wrong.allowed)},
+            ) from None
+        return found.route, found.variables
+
+    def _limit_rate(self, request: web.Request) -> None:
+        if self._buckets is None:
+            return
+        identity = request.headers.get("Authorization", "") or (request.remote or "")
+        wait = self._buckets.take(identity)
+        if wait:
+            raise _refusal(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "too many requests",
+                "RATE_LIMITED",
+                extra={"Retry-After": str(max(1, round(wait + 0.5)))},
+            )
+
+    async def _message(self, request: web.Request, route: Route, variables: dict[str, str]) -> Message:
+        plan = self._plans[route]
+        message = plan.request_class()
+        if route.body:
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise _refusal(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the body is larger than {self._settings.max_body_bytes} bytes",
+                    "BODY_TOO_LARGE",
+                    http=413,
+                ) from None
+            if body.strip():
+                if plan.body_field:
+                    body = b'{"' + plan.body_field.encode() + b'":' + body + b"}"
+                jsoncodec.parse_json(body, message, max_depth=self._settings.max_json_depth + 1)
+        query.apply_variables(message, variables)
+        query.apply_query(
+            message,
+            list(request.query.items()),
+            body_fields=(*plan.body_fields, *route.template.variables),
+            ignore=self._settings.ignored_query_parameters,
+        )
+        return message
+
+    async def _transcode(self, request: web.Request, request_id: str) -> web.StreamResponse:
+        route, variables = self._route(request)
+        self._limit_rate(request)
+        message = await self._message(request, route, variables)
+        timeout_header = request.headers.get("Grpc-Timeout")
+        timeout = (
+            headers.parse_grpc_timeout(timeout_header)
+            if timeout_header is not None
+            else (None if route.server_streaming else self._settings.timeout_seconds)
+        )
+        metadata = headers.outgoing_metadata(
+            request.headers.items(), peer_ip=request.remote or "", host=request.host, request_id=request_id
+        )
+        channel = self._backends.channel(route.method.containing_service.full_name)
+        plan = self._plans[route]
+        if route.server_streaming:
+            return await self._stream(
+                request,
+                route=route,
+                plan=plan,
+                channel=channel,
+                message=message,
+                metadata=metadata,
+                timeout=timeout,
+                request_id=request_id,
+            )
+        call = channel.unary_unary(
+            route.full_method,
+            request_serializer=plan.request_class.SerializeToString,
+            response_deserializer=plan.response_class.FromString,
+        )(message, metadata=metadata, timeout=timeout)
+        reply: Message = await call
+        answer = web.Response(status=self._success_status(route), content_type="application/json")
+        if answer.status != 204:
+            answer.body = jsoncodec.to_json(
+                getattr(reply, route.response_body) if route.response_body else reply
+            )
+        pairs = headers.response_headers(
+            list(await call.initial_metadata() or ()), list(await call.trailing_metadata() or ())
+        )
+        for name, value in pairs:
+            answer.headers.add(name, value)
+        answer.headers["X-Request-Id"] = request_id
+        return answer
+
+    async def _stream(
+        self,
+        request: web.Request,
+        *,
+        route: Route,
+        plan: _Plan,
+        channel: grpc.aio.Channel,
+        message: Message,
+        metadata: list[tuple[str, str | bytes]],
+        timeout: float | None,
+        request_id: str,
+    ) -> web.StreamResponse:
+        sse = streaming.wants_sse(request.headers.get("Accept", ""))
+        call = channel.unary_stream(
+            route.full_method,
+            request_serializer=plan.request_class.SerializeToString,
+            response_deserializer=plan.response_class.FromString,
+        )(message, metadata=metadata, timeout=timeout)
+        # Wait for the backend's headers first: a call refused at once (authentication,
+        # a bad name) is answered with its own HTTP status, not a 200 with an error line.
+        try:
+            initial = await call.initial_metadata()
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        if call.done() and (await call.code()) != grpc.StatusCode.OK:
+            raise grpc.aio.AioRpcError(
+                await call.code(), initial, await call.trailing_metadata(), await call.details()
+            )
+        response = web.StreamResponse(status=200)
+        response.content_type = streaming.SSE if sse else streaming.NDJSON
+        response.headers["X-Request-Id"] = request_id
+        response.headers["Cache-Control"] = "no-cache"
+        for name, value in headers.response_headers(list(initial or ()), []):
+            response.headers.add(name, value)
+        await response.prepare(request)
+        try:
+            async for reply in call:
+                shown = getattr(reply, route.response_body) if route.response_body else reply
+                body = jsoncodec.to_json(shown)
+                await response.write(streaming.sse_event(body) if sse else streaming.ndjson_result(body))
+        except grpc.aio.AioRpcError as failed:
+            status = errors.render_status(errors.status_of_rpc_error(failed))
+            await response.write(
+                streaming.sse_event(status, event="error") if sse else streaming.ndjson_error(status)
+            )
+        except (asyncio.CancelledError, ConnectionResetError):
+            call.cancel()  # the client left: so does the backend call
+            raise
+        await response.write_eof()
+        return response

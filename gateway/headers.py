@@ -1,0 +1,202 @@
+"""HTTP headers to gRPC metadata and back, as grpc-gateway's header matchers do.
+
+Incoming: `Authorization` becomes `authorization`, `Grpc-Metadata-<k>` becomes `<k>` (`-bin` values
+base64-decoded), `traceparent`/`tracestate` pass through, `x-request-id` is the request's id, and
+`x-forwarded-for`/`x-forwarded-host` are added. Nothing else is forwarded: not hop-by-hop headers, not
+reserved `grpc-*` keys, and not keys the gateway sets itself. Outgoing: header metadata becomes
+`Grpc-Metadata-<k>`, trailers `Grpc-Trailer-<k>`, with `-bin` values base64-encoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+
+from gateway.errors import BadRequest
+
+__all__ = [
+    "HeaderMatcher",
+    "METADATA_PREFIX",
+    "TRAILER_PREFIX",
+    "default_header_matcher",
+    "outgoing_metadata",
+    "request_id",
+    "parse_grpc_timeout",
+    "response_headers",
+]
+
+HeaderMatcher = Callable[[str], str | None]
+"""Maps a lower-case HTTP header name to the metadata key it is forwarded as, or None to drop it."""
+
+METADATA_PREFIX = "Grpc-Metadata-"
+TRAILER_PREFIX = "Grpc-Trailer-"
+
+_METADATA_PREFIX_LOWER = METADATA_PREFIX.lower()
+_KEY = re.compile(r"[0-9a-z_.\-]+")
+_ASCII_VALUE = re.compile(r"[\x20-\x7e]*")
+_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_MAX_REQUEST_ID = 128
+# Keys a client may never set through Grpc-Metadata-: connection-level HTTP/2 headers, and the keys
+# the gateway sets itself (a client-supplied copy would spoof them).
+_NEVER_FORWARDED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+        "host",
+        "content-length",
+        "content-type",
+        "user-agent",
+        "authorization",
+        "traceparent",
+        "tracestate",
+        "x-request-id",
+        "x-forwarded-for",
+        "x-forwarded-host",
+    }
+)
+_PASSED_THROUGH = ("traceparent", "tracestate")
+# Response metadata the gateway never turns into HTTP headers (gRPC transport keys).
+_NOT_RETURNED = frozenset({"content-type", "te", "user-agent", "content-length", "connection", "host"})
+
+
+def default_header_matcher(name: str) -> str | None:
+    """`grpc-metadata-<k>` -> `<k>`; every other header is not forwarded."""
+    if name.startswith(_METADATA_PREFIX_LOWER):
+        return name[len(_METADATA_PREFIX_LOWER) :]
+    return None
+
+
+def outgoing_metadata(
+    headers: Iterable[tuple[str, str]],
+    *,
+    peer_ip: str,
+    host: str,
+    request_id: str,
+    header_matcher: HeaderMatcher = default_header_matcher,
+) -> list[tuple[str, str | bytes]]:
+    """The gRPC metadata for a call made on behalf of an HTTP request.
+
+    `headers` are the request's (name, value) pairs, names in any case, repeated names allowed.
+    Raises BadRequest for a metadata key that is not a valid gRPC key, a `-bin` value that is not
+    base64, a text value that is not printable ASCII, or more than one Authorization header.
+    """
+    metadata: list[tuple[str, str | bytes]] = []
+    forwarded_for: list[str] = []
+    authorization_seen = False
+    for raw_name, value in headers:
+        name = raw_name.lower()
+        if name == "authorization":
+            if authorization_seen:
+                raise _bad_request(raw_name, "more than one Authorization header")
+            authorization_seen = True
+            metadata.append(("authorization", _ascii_value(raw_name, value)))
+        elif name in _PASSED_THROUGH:
+            if _ASCII_VALUE.fullmatch(value):
+                metadata.append((name, value))
+        elif name == "x-forwarded-for":
+            forwarded_for.extend(part.strip() for part in value.split(",") if part.strip())
+        else:
+            key = header_matcher(name)
+            if key is None:
+                continue
+            if not _KEY.fullmatch(key):
+                raise _bad_request(raw_name, "not a valid gRPC metadata key (lower-case 0-9 a-z - _ .)")
+            if key.startswith("grpc-") or key in _NEVER_FORWARDED:
+                continue
+            metadata.append((key, _metadata_value(raw_name, key, value)))
+    metadata.append(("x-request-id", request_id))
+    metadata.extend(_forwarded(forwarded_for, peer_ip=peer_ip, host=host))
+    return metadata
+
+
+def request_id(headers: Iterable[tuple[str, str]]) -> str:
+    """The first X-Request-Id if it is 1-128 printable ASCII characters, else a new uuid4 hex."""
+    for name, value in headers:
+        if name.lower() == "x-request-id":
+            candidate = value.strip()
+            if 0 < len(candidate) <= _MAX_REQUEST_ID and _ASCII_VALUE.fullmatch(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+def parse_grpc_timeout(value: str) -> float:
+    """A `Grpc-Timeout` value (1-8 digits then one of H M S m u n) in seconds; else BadRequest."""
+    match = _TIMEOUT.fullmatch(value)
+    if match is None:
+        raise _bad_request(
+            "Grpc-Timeout", "must be 1 to 8 digits followed by a unit H, M, S, m, u or n (e.g. 200m)"
+        )
+    return int(match.group(1)) * _TIMEOUT_UNITS[match.group(2)]
+
+
+def response_headers(
+    initial: Sequence[tuple[str, str | bytes]], trailing: Sequence[tuple[str, str | bytes]]
+) -> list[tuple[str, str]]:
+    """HTTP response headers for a call's header metadata and trailers (grpc-gateway's names).
+
+    Reserved `grpc-*` keys and transport keys are dropped, `-bin` values are base64 (standard,
+    padded), and a text value that could not be sent as an HTTP header is dropped.
+    """
+    out: list[tuple[str, str]] = []
+    for prefix, metadata in ((METADATA_PREFIX, initial), (TRAILER_PREFIX, trailing)):
+        for raw_key, value in metadata:
+            key = raw_key.lower()
+            if key.startswith(("grpc-", ":")) or key in _NOT_RETURNED or not _KEY.fullmatch(key):
+                continue
+            if key.endswith("-bin"):
+                raw = value if isinstance(value, bytes) else value.encode()
+                out.append((prefix + key, base64.b64encode(raw).decode("ascii")))
+            elif isinstance(value, str) and _ASCII_VALUE.fullmatch(value):
+                out.append((prefix + key, value))
+    return out
+
+
+def _forwarded(forwarded_for: list[str], *, peer_ip: str, host: str) -> list[tuple[str, str | bytes]]:
+    """X-Forwarded-For with the peer appended last (only the peer if the incoming list is not
+    printable ASCII), and X-Forwarded-Host."""
+    out: list[tuple[str, str | bytes]] = []
+    chain = [*forwarded_for, peer_ip] if peer_ip else forwarded_for
+    if chain and all(_ASCII_VALUE.fullmatch(part) for part in chain):
+        out.append(("x-forwarded-for", ", ".join(chain)))
+    elif peer_ip and _ASCII_VALUE.fullmatch(peer_ip):
+        out.append(("x-forwarded-for", peer_ip))
+    if host and _ASCII_VALUE.fullmatch(host):
+        out.append(("x-forwarded-host", host))
+    return out
+
+
+def _metadata_value(header: str, key: str, value: str) -> str | bytes:
+    if key.endswith("-bin"):
+        return _decode_base64(header, value)
+    return _ascii_value(header, value)
+
+
+def _ascii_value(header: str, value: str) -> str:
+    if not _ASCII_VALUE.fullmatch(value):
+        raise _bad_request(header, "value must be printable ASCII")
+    return value
+
+
+def _decode_base64(header: str, value: str) -> bytes:
+    """gRPC binary values: standard or URL-safe alphabet, padded or not."""
+    text = value.strip()
+    if not re.fullmatch(r"[A-Za-z0-9+/\-_]*={0,2}", text):
+        raise _bad_request(header, "-bin value must be base64")
+    text = text.rstrip("=").replace("-", "+").replace("_", "/")
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except binascii.Error:
+        raise _bad_request(header, "-bin value must be base64") from None
+
+
+def _bad_request(header: str, description: str) -> BadRequest:
+    return BadRequest(f"invalid header {header}: {description}", [(header, description)])

@@ -1,0 +1,156 @@
+"""Proto3 JSON in and out, as grpc-gateway's default marshaler speaks it.
+
+`parse_json` reads an untrusted request body into a message and turns every problem (malformed
+JSON, nesting too deep, wrong types, unknown fields) into one `BadRequest` whose violations name
+the field; nothing else escapes. `to_json` writes lowerCamel names with unpopulated fields
+emitted, 64-bit integers as strings and enums by name, with compact separators.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from gateway.errors import BadRequest
+
+__all__ = ["parse_json", "to_json"]
+
+# Well-known types whose proto3 JSON form is not an object (a string, number, array...).
+_NON_OBJECT_TYPES = frozenset(
+    {
+        "google.protobuf.Timestamp",
+        "google.protobuf.Duration",
+        "google.protobuf.FieldMask",
+        "google.protobuf.Value",
+        "google.protobuf.ListValue",
+        "google.protobuf.DoubleValue",
+        "google.protobuf.FloatValue",
+        "google.protobuf.Int64Value",
+        "google.protobuf.UInt64Value",
+        "google.protobuf.Int32Value",
+        "google.protobuf.UInt32Value",
+        "google.protobuf.BoolValue",
+        "google.protobuf.StringValue",
+        "google.protobuf.BytesValue",
+    }
+)
+
+# json_format's messages end with "... at Message.field.path" (sometimes quoted).
+_AT_PATH = re.compile(r' at "?([A-Za-z_]\w*((?:\.\w+|\[[^\]]*\])*))"?')
+_NO_FIELD = re.compile(r'has no field named "([^"]*)"')
+_FAILED_FIELD = re.compile(r"Failed to parse (\w+) field: ")
+_PYTHON_TYPE_ERROR = re.compile(r"'\w+' object|expected string or bytes-like|not iterable|has no attribute")
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _too_deep(value: Any, max_depth: int) -> str | None:
+    """The path of the first container nested deeper than `max_depth`, else None."""
+    stack: list[tuple[Any, int, str]] = [(value, 1, "")]
+    while stack:
+        node, depth, path = stack.pop()
+        if depth > max_depth:
+            return path
+        if isinstance(node, dict):
+            for key, child in node.items():
+                if isinstance(child, dict | list):
+                    stack.append((child, depth + 1, f"{path}.{key}" if path else key))
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                if isinstance(child, dict | list):
+                    stack.append((child, depth + 1, f"{path}[{index}]"))
+    return None
+
+
+def _violation_of(error: json_format.ParseError) -> tuple[str, str]:
+    """(field path, description) from json_format's message, best effort."""
+    text = str(error)
+    field = ""
+    at = _AT_PATH.search(text)
+    if at:
+        field = at.group(2).lstrip(".")
+    missing = _NO_FIELD.search(text)
+    if missing:
+        field = f"{field}.{missing.group(1)}" if field else missing.group(1)
+        return field, "unknown field"
+    if not field:
+        field = ".".join(_FAILED_FIELD.findall(text))
+    description = _FAILED_FIELD.sub("", text)
+    description = _AT_PATH.sub("", description)
+    description = description.strip().rstrip(".").strip() or "invalid value"
+    if _PYTHON_TYPE_ERROR.search(description):
+        description = "wrong JSON type for this field"
+    return field, description
+
+
+def _refuse(field: str, description: str) -> BadRequest:
+    return BadRequest(f"invalid JSON body: {description}", [(field, description)])
+
+
+def parse_json(body: bytes, message: Message, *, max_depth: int = 32) -> None:
+    """Merge the proto3 JSON `body` into `message`; any problem raises `BadRequest`.
+
+    Both lowerCamel and proto field names are accepted. An empty body sets nothing (as
+    grpc-gateway ignores EOF). After a `BadRequest` the contents of `message` are unspecified.
+    """
+    if not body.strip():
+        return
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _refuse("", "the body is not valid UTF-8") from None
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except json.JSONDecodeError as error:
+        where = f"line {error.lineno} column {error.colno}"
+        raise _refuse("", f"malformed JSON: {error.msg} at {where}") from None
+    except _DuplicateKey as error:
+        raise _refuse(error.key, "duplicate key") from None
+    except RecursionError:
+        raise _refuse("", f"JSON nested deeper than {max_depth} levels") from None
+    except ValueError as error:  # NaN/Infinity literals, integers beyond the digit limit
+        raise _refuse("", f"malformed JSON: {error}") from None
+    descriptor = message.DESCRIPTOR
+    if not isinstance(value, dict) and descriptor.full_name not in _NON_OBJECT_TYPES:
+        raise _refuse("", "the body must be a JSON object")
+    deep = _too_deep(value, max_depth)
+    if deep is not None:
+        raise _refuse(deep, f"JSON nested deeper than {max_depth} levels")
+    try:
+        json_format.ParseDict(value, message, ignore_unknown_fields=False)
+    except json_format.ParseError as error:
+        field, description = _violation_of(error)
+        raise _refuse(field, description) from None
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError, RecursionError):
+        raise _refuse("", "invalid value") from None
+
+
+def to_json(message: Message) -> bytes:
+    """`message` as compact proto3 JSON: lowerCamel names, unpopulated fields emitted."""
+    value = json_format.MessageToDict(
+        message,
+        always_print_fields_with_no_presence=True,
+        preserving_proto_field_name=False,
+    )
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -1,0 +1,216 @@
+"""The edge end to end: ``python -m gateway`` in front of all five services, over HTTP/JSON.
+
+Every service runs as a process with real certificates; the edge reaches them over mTLS as
+``gateway``. The cases go through real routes compiled from the descriptor set.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from services.kit import config
+from tests.support.identity import PASSWORD, Deployment, start
+from tests.support.processes import Process
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Edge:
+    system: Deployment
+    process: Process
+    port: int
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        *,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> Answer:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            payload = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+            connection.request(method, path, body=payload, headers=headers or {})
+            response = connection.getresponse()
+            return Answer(response.status, response.headers, response.read())
+        finally:
+            connection.close()
+
+    def token(self) -> tuple[str, str]:
+        """A new user's ``(users/{id}, access token)``, through the edge."""
+        email = f"edge-{uuid.uuid4().hex[:10]}@example.com"
+        registered = self.call("POST", "/v1/auth:register", {"email": email, "password": PASSWORD})
+        assert registered.status == 200, registered.body
+        login = self.call("POST", "/v1/auth:login", {"email": email, "password": PASSWORD})
+        assert login.status == 200, login.body
+        return registered.json()["user"], login.json()["access_token"]  # OAuth names, set by json_name
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    system = start(
+        tmp_path_factory.mktemp("edge"),
+        config.SERVICES,
+        {"POLY_GATEWAY_MAX_BODY_BYTES": "4096", "POLY_GATEWAY_IGNORED_QUERY_PARAMETERS": "_,cb"},
+    )
+    process = Process.module("gateway", system.environ)
+    try:
+        process.wait_for_line(lambda line: '"serving"' in line, timeout=30)
+        yield Edge(system, process, int(system.environ["POLY_GATEWAY_PORT"]))
+    finally:
+        process.stop()
+        system.stop()
+
+
+def _detail(answer: Answer, kind: str) -> dict[str, Any]:
+    body = answer.json()
+    assert set(body) >= {"code", "message", "details"}, body
+    return next(d for d in body["details"] if d["@type"].endswith(kind))
+
+
+def test_health_and_readiness(edge: Edge) -> None:
+    assert edge.call("GET", "/healthz").json() == {"status": "SERVING"}
+    ready = edge.call("GET", "/readyz")
+    assert ready.status == 200
+    assert set(ready.json()["backends"].values()) == {"SERVING"}
+
+
+def test_register_login_and_create_an_order(edge: Edge) -> None:
+    user, token = edge.token()
+    bearer = {"Authorization": f"Bearer {token}", "X-Request-Id": "req-123"}
+    order = {
+        "lines": [
+            {"sku": "BOOK-1", "quantity": 2, "unitPrice": {"currencyCode": "EUR", "amountMinor": "1250"}}
+        ]
+    }
+    created = edge.call("POST", "/v1/orders", order, headers=bearer)
+    assert created.status == 200, created.body
+    assert created.headers["X-Request-Id"] == "req-123"
+    body = created.json()
+    assert body["owner"] == user
+    assert body["total"] == {"currencyCode": "EUR", "amountMinor": "2500"}, "int64 as a string"
+    assert body["failureReason"] == "", "unpopulated fields are emitted"
+    got = edge.call("GET", f"/v1/{body['name']}", headers=bearer)
+    assert got.status == 200 and got.json()["name"] == body["name"]
+    listed = edge.call("GET", "/v1/orders?page_size=1&_=123&cb=9", headers=bearer)
+    assert listed.status == 200, listed.body
+    assert len(listed.json()["orders"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "reason"),
+    [
+        ("GET", "/v1/nowhere", 404, "ROUTE_NOT_FOUND"),
+        ("DELETE", "/v1/orders/abc", 405, "METHOD_NOT_ALLOWED"),
+        ("POST", "/v1/tokens:introspect", 404, "ROUTE_NOT_FOUND"),
+        ("GET", "/v1/orders/abc", 401, "TOKEN_MISSING"),
+    ],
+    ids=["unknown-path", "wrong-method", "internal-method-not-routed", "no-token"],
+)
+def test_routing_and_auth_errors_are_statuses(
+    edge: Edge, method: str, path: str, status: int, reason: str
+) -> None:
+    answer = edge.call(method, path, {} if method == "POST" else None)
+    assert answer.status == status, answer.body
+    assert _detail(answer, "ErrorInfo")["reason"] == reason
+    assert answer.headers["X-Request-Id"]
+    if status == 405:
+        assert answer.headers["Allow"] == "GET"
+    if status == 401:
+        assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "headers", "field"),
+    [
+        ("/v1/auth:login", b"{not json", {}, None),
+        ("/v1/auth:login", b'{"email": 5}', {}, "email"),
+        ("/v1/auth:login", b'{"emial": "a@b.c"}', {}, None),
+        ("/v1/orders?colour=red", b"{}", {}, "colour"),
+        ("/v1/auth:login", b"{}", {"Grpc-Timeout": "soon"}, None),
+    ],
+    ids=["malformed-json", "wrong-type", "unknown-field", "unknown-query-parameter", "bad-grpc-timeout"],
+)
+def test_bad_requests_are_400_with_violations(
+    edge: Edge, path: str, raw: bytes, headers: dict[str, str], field: str | None
+) -> None:
+    answer = edge.call("POST", path, raw=raw, headers=headers)
+    assert answer.status == 400, answer.body
+    violations = _detail(answer, "BadRequest")["fieldViolations"]
+    assert violations
+    if field:
+        assert any(field in v["field"] for v in violations), violations
+
+
+def test_a_body_over_the_limit_is_413(edge: Edge) -> None:
+    answer = edge.call("POST", "/v1/auth:login", raw=b'{"email": "' + b"a" * 8000 + b'"}')
+    assert answer.status == 413
+    assert answer.json()["code"] == 8
+
+
+def test_watch_order_streams_ndjson_and_sse(edge: Edge) -> None:
+    _user, token = edge.token()
+    bearer = {"Authorization": f"Bearer {token}"}
+    order = {
+        "lines": [{"sku": "A", "quantity": 1, "unitPrice": {"currencyCode": "EUR", "amountMinor": "100"}}]
+    }
+    name = edge.call("POST", "/v1/orders", order, headers=bearer).json()["name"]
+    cancelled = edge.call("POST", f"/v1/{name}:cancel", {}, headers=bearer)
+    assert cancelled.status == 200, cancelled.body
+    ndjson = edge.call("GET", f"/v1/{name}:watch", headers=bearer)
+    assert ndjson.status == 200
+    assert ndjson.headers["Content-Type"].startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in ndjson.body.splitlines()]
+    assert lines[-1]["result"]["order"]["state"] == "STATE_CANCELLED"
+    sse = edge.call("GET", f"/v1/{name}:watch", headers={**bearer, "Accept": "text/event-stream"})
+    assert sse.headers["Content-Type"].startswith("text/event-stream")
+    events = [
+        json.loads(line[len("data:") :])
+        for line in sse.body.decode().splitlines()
+        if line.startswith("data:")
+    ]
+    assert events[-1]["order"]["state"] == "STATE_CANCELLED"
+
+
+def test_watching_another_users_order_is_refused_before_streaming(edge: Edge) -> None:
+    _alice, alice = edge.token()
+    _bob, bob = edge.token()
+    order = {
+        "lines": [{"sku": "A", "quantity": 1, "unitPrice": {"currencyCode": "EUR", "amountMinor": "100"}}]
+    }
+    name = edge.call("POST", "/v1/orders", order, headers={"Authorization": f"Bearer {alice}"}).json()["name"]
+    answer = edge.call("GET", f"/v1/{name}:watch", headers={"Authorization": f"Bearer {bob}"})
+    assert answer.status == 403
+    assert _detail(answer, "ErrorInfo")["reason"] == "NOT_OWNER"
+
+
+def test_openapi_and_well_known_documents(edge: Edge) -> None:
+    document = edge.call("GET", "/openapi.json").json()
+    assert document["openapi"].startswith("3.1")
+    assert "/v1/orders" in document["paths"]
+    assert not any("introspect" in path for path in document["paths"])
+    jwks = edge.call("GET", "/.well-known/jwks.json")
+    assert jwks.status == 200 and jwks.json()["keys"]
+    discovery = edge.call("GET", "/.well-known/openid-configuration")
+    assert discovery.status == 200
+    assert {"issuer", "jwks_uri"} <= set(discovery.json()), discovery.json()

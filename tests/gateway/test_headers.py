@@ -1,0 +1,240 @@
+"""gateway.headers: HTTP headers to gRPC metadata and back."""
+
+from __future__ import annotations
+
+import re
+import string
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.errors import BadRequest
+from gateway.headers import outgoing_metadata, parse_grpc_timeout, request_id, response_headers
+
+
+def _metadata(headers: list[tuple[str, str]]) -> list[tuple[str, str | bytes]]:
+    return outgoing_metadata(headers, peer_ip="10.0.0.9", host="api.example", request_id="rid")
+
+
+FORWARDED = [
+    ([("Authorization", "Bearer abc")], ("authorization", "Bearer abc")),
+    ([("AUTHORIZATION", "Bearer abc")], ("authorization", "Bearer abc")),
+    ([("Grpc-Metadata-Tenant", "acme")], ("tenant", "acme")),
+    ([("grpc-metadata-x.y_z-1", "v")], ("x.y_z-1", "v")),
+    ([("Grpc-Metadata-Blob-Bin", "AAEC")], ("blob-bin", b"\x00\x01\x02")),
+    ([("Grpc-Metadata-Blob-Bin", "AAECAw")], ("blob-bin", b"\x00\x01\x02\x03")),
+    ([("Grpc-Metadata-Blob-Bin", "_-8=")], ("blob-bin", b"\xff\xef")),
+    (
+        [("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")],
+        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    ),
+    ([("Tracestate", "congo=t61rcWkgMzE")], ("tracestate", "congo=t61rcWkgMzE")),
+]
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    FORWARDED,
+    ids=[
+        "authorization",
+        "authorization-upper",
+        "grpc-metadata",
+        "key-charset",
+        "bin",
+        "bin-unpadded",
+        "bin-urlsafe",
+        "traceparent",
+        "tracestate",
+    ],
+)
+def test_forwarded(headers: list[tuple[str, str]], expected: tuple[str, str | bytes]) -> None:
+    assert expected in _metadata(headers)
+
+
+DROPPED = [
+    ("Grpc-Metadata-Grpc-Timeout", "1S"),
+    ("Grpc-Metadata-Grpc-Status", "0"),
+    ("Grpc-Metadata-Connection", "close"),
+    ("Grpc-Metadata-TE", "trailers"),
+    ("Grpc-Metadata-Host", "evil"),
+    ("Grpc-Metadata-Content-Length", "1"),
+    ("Grpc-Metadata-Content-Type", "application/grpc"),
+    ("Grpc-Metadata-X-Forwarded-For", "1.2.3.4"),
+    ("Grpc-Metadata-Authorization", "Bearer other"),
+    ("Connection", "keep-alive"),
+    ("TE", "trailers"),
+    ("Host", "other.example"),
+    ("Content-Type", "application/json"),
+    ("Content-Length", "10"),
+    ("Cookie", "a=b"),
+    ("Grpc-Timeout", "1S"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), DROPPED, ids=[name for name, _ in DROPPED])
+def test_not_forwarded(name: str, value: str) -> None:
+    metadata = _metadata([(name, value)])
+    assert all(v != value for _, v in metadata)
+    assert {k for k, _ in metadata} == {"x-request-id", "x-forwarded-for", "x-forwarded-host"}
+
+
+REFUSED = [
+    ("Grpc-Metadata-", "v"),
+    ("Grpc-Metadata-bad key", "v"),
+    ("Grpc-Metadata-Caf\u00e9", "v"),
+    ("Grpc-Metadata-a/b", "v"),
+    ("Grpc-Metadata-Blob-Bin", "not base64!"),
+    ("Grpc-Metadata-Blob-Bin", "A"),
+    ("Grpc-Metadata-Note", "caf\u00e9"),
+    ("Grpc-Metadata-Note", "a\x00b"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    REFUSED,
+    ids=[
+        "empty-key",
+        "space",
+        "non-ascii-key",
+        "slash",
+        "bad-base64",
+        "truncated-base64",
+        "non-ascii-value",
+        "nul",
+    ],
+)
+def test_invalid_metadata_is_bad_request(name: str, value: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        _metadata([(name, value)])
+    assert caught.value.violations and caught.value.violations[0][0] == name
+
+
+def test_two_authorization_headers_are_refused() -> None:
+    with pytest.raises(BadRequest):
+        _metadata([("Authorization", "Bearer a"), ("authorization", "Bearer b")])
+
+
+def test_forwarding_headers() -> None:
+    metadata = dict(_metadata([("X-Forwarded-For", "1.1.1.1, 2.2.2.2"), ("x-forwarded-for", "3.3.3.3")]))
+    assert metadata["x-forwarded-for"] == "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9"
+    assert metadata["x-forwarded-host"] == "api.example"
+    assert metadata["x-request-id"] == "rid"
+    assert dict(_metadata([]))["x-forwarded-for"] == "10.0.0.9"
+
+
+def test_client_request_id_is_replaced_by_the_given_one() -> None:
+    metadata = _metadata([("X-Request-Id", "client")])
+    assert [v for k, v in metadata if k == "x-request-id"] == ["rid"]
+
+
+def test_header_matcher_is_replaceable() -> None:
+    metadata = outgoing_metadata(
+        [("X-Tenant", "acme"), ("Grpc-Metadata-Other", "x")],
+        peer_ip="",
+        host="",
+        request_id="r",
+        header_matcher=lambda name: "tenant" if name == "x-tenant" else None,
+    )
+    assert metadata == [("tenant", "acme"), ("x-request-id", "r")]
+
+
+REQUEST_IDS = [
+    ([("X-Request-Id", "abc-123")], "abc-123"),
+    ([("x-request-id", "  spaced  ")], "spaced"),
+    ([("X-Request-Id", "a" * 128)], "a" * 128),
+]
+
+
+@pytest.mark.parametrize(("headers", "expected"), REQUEST_IDS, ids=["plain", "trimmed", "max-length"])
+def test_request_id_kept(headers: list[tuple[str, str]], expected: str) -> None:
+    assert request_id(headers) == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["", "a" * 129, "bad\nid", "caf\u00e9"], ids=["empty", "long", "newline", "non-ascii"]
+)
+def test_request_id_replaced(value: str) -> None:
+    generated = request_id([("X-Request-Id", value)])
+    assert len(generated) == 32 and all(c in string.hexdigits for c in generated)
+    assert request_id([]) != request_id([])
+
+
+TIMEOUTS = [
+    ("1S", 1.0),
+    ("200m", 0.2),
+    ("5H", 18000.0),
+    ("2M", 120.0),
+    ("7u", 7e-6),
+    ("9n", 9e-9),
+    ("0S", 0.0),
+    ("99999999m", 99999.999),
+]
+
+
+@pytest.mark.parametrize(("value", "seconds"), TIMEOUTS, ids=[value for value, _ in TIMEOUTS])
+def test_parse_grpc_timeout(value: str, seconds: float) -> None:
+    assert parse_grpc_timeout(value) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "S", "1", "1s ", "123456789S", "-1S", "1.5S", "1x", "\u0661S", "1SS"],
+    ids=[
+        "empty",
+        "no-digits",
+        "no-unit",
+        "space",
+        "nine-digits",
+        "negative",
+        "fraction",
+        "unit",
+        "arabic-digit",
+        "two-units",
+    ],
+)
+def test_parse_grpc_timeout_invalid(value: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        parse_grpc_timeout(value)
+    assert caught.value.violations[0][0] == "Grpc-Timeout"
+
+
+@given(st.text(max_size=20))
+def test_parse_grpc_timeout_never_fails_otherwise(value: str) -> None:
+    if re.fullmatch(r"[0-9]{1,8}[HMSmun]", value):
+        assert parse_grpc_timeout(value) >= 0
+    else:
+        with pytest.raises(BadRequest):
+            parse_grpc_timeout(value)
+
+
+@given(st.lists(st.tuples(st.text(max_size=30), st.text(max_size=30)), max_size=6))
+def test_outgoing_metadata_only_raises_bad_request(headers: list[tuple[str, str]]) -> None:
+    try:
+        metadata = outgoing_metadata(headers, peer_ip="1.2.3.4", host="h", request_id="r")
+    except BadRequest:
+        return
+    for key, value in metadata:
+        assert key == key.lower() and not key.startswith("grpc-")
+        assert isinstance(value, bytes) == key.endswith("-bin")
+
+
+def test_response_headers() -> None:
+    initial = [
+        ("x-custom", "a"),
+        ("blob-bin", b"\x00\xff"),
+        ("grpc-status", "0"),
+        ("content-type", "application/grpc"),
+    ]
+    trailing = [
+        ("grpc-message", "boom"),
+        ("grpc-status-details-bin", b"\x01"),
+        ("x-done", "yes"),
+        ("bad", "a\r\nX: y"),
+    ]
+    assert response_headers(initial, trailing) == [
+        ("Grpc-Metadata-x-custom", "a"),
+        ("Grpc-Metadata-blob-bin", "AP8="),
+        ("Grpc-Trailer-x-done", "yes"),
+    ]

@@ -1,0 +1,185 @@
+"""Tests of gateway.jsoncodec: proto3 JSON in and out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from google.protobuf import timestamp_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway import jsoncodec
+from gateway.errors import BadRequest
+from gateway.jsoncodec import parse_json, to_json
+from poly.orders.v1 import orders_service_pb2, resources_pb2
+
+
+def test_exports() -> None:
+    assert set(jsoncodec.__all__) == {"parse_json", "to_json"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"order":{"lines":[{"sku":"A","quantity":2,"unitPrice":{"currencyCode":"EUR","amountMinor":"150"}}]},'
+        b'"orderId":"o1"}',
+        b'{"order":{"lines":[{"sku":"A","quantity":2,"unit_price":{"currency_code":"EUR","amount_minor":150}}]},'
+        b'"order_id":"o1"}',
+    ],
+    ids=["lower-camel", "proto-names"],
+)
+def test_parse_names(body: bytes) -> None:
+    request = orders_service_pb2.CreateOrderRequest()
+    parse_json(body, request)
+    assert request.order_id == "o1"
+    assert request.order.lines[0].quantity == 2
+    assert request.order.lines[0].unit_price.amount_minor == 150
+
+
+def test_empty_body_sets_nothing() -> None:
+    request = orders_service_pb2.CreateOrderRequest()
+    parse_json(b"  \n", request)
+    assert request == orders_service_pb2.CreateOrderRequest()
+
+
+def test_non_object_well_known_type_body() -> None:
+    stamp = timestamp_pb2.Timestamp()
+    parse_json(b'"2024-01-02T03:04:05Z"', stamp)
+    assert stamp.seconds == 1704164645
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "fragment"),
+    [
+        (b'{"order":', "", "malformed JSON"),
+        (b"\xff\xfe", "", "UTF-8"),
+        (b"[1]", "", "JSON object"),
+        (b'"x"', "", "JSON object"),
+        (b'{"order":{"lines":[{"quantity":NaN}]}}', "", "NaN"),
+        (b'{"orderId":"a","orderId":"b"}', "orderId", "duplicate"),
+        (b'{"nope":1}', "nope", "unknown field"),
+        (b'{"order":{"lines":[{"quantiti":1}]}}', "order.lines[0].quantiti", "unknown field"),
+        (
+            b'{"order":{"lines":[{"unitPrice":{"units":1}}]}}',
+            "order.lines[0].unitPrice.units",
+            "unknown field",
+        ),
+        (b'{"order":{"lines":[{"quantity":1.5}]}}', "order.lines[0].quantity", "integer"),
+        (b'{"order":{"lines":[{"quantity":"abc"}]}}', "order.lines.quantity", ""),
+        (b'{"order":{"lines":[{"quantity":3000000000}]}}', "order.lines.quantity", "range"),
+        (b'{"order":{"state":"NOPE"}}', "order.state", "enum"),
+        (b'{"order":{"createTime":"x"}}', "order.createTime", "timestamp"),
+        (b'{"order":5}', "order", "wrong JSON type"),
+        (b'{"order":{"name":5}}', "order.name", "wrong JSON type"),
+        (b'{"order":{"lines":{"a":1}}}', "order", "repeated field"),
+        (b'{"order":{"lines":[null]}}', "order.lines[0]", "null"),
+    ],
+    ids=[
+        "truncated",
+        "not-utf8",
+        "array-top",
+        "string-top",
+        "nan-literal",
+        "duplicate-key",
+        "unknown-top",
+        "unknown-nested",
+        "unknown-deep",
+        "int-fraction",
+        "int-string",
+        "int32-overflow",
+        "enum-unknown",
+        "timestamp-bad",
+        "object-expected",
+        "string-expected",
+        "list-expected",
+        "null-in-list",
+    ],
+)
+def test_parse_errors(body: bytes, field: str, fragment: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        parse_json(body, orders_service_pb2.CreateOrderRequest())
+    assert len(caught.value.violations) == 1
+    got_field, description = caught.value.violations[0]
+    assert got_field == field
+    assert fragment.lower() in description.lower()
+
+
+@pytest.mark.parametrize(
+    ("body", "max_depth", "field"),
+    [
+        (b'{"order":{"lines":[{"unitPrice":{}}]}}', 4, "order.lines[0].unitPrice"),
+        (b'{"a":[[[[]]]]}', 3, "a[0][0]"),
+        (b"[" * 100_000 + b"]" * 100_000, 32, ""),
+    ],
+    ids=["message-path", "list-path", "recursion-bomb"],
+)
+def test_depth_limit(body: bytes, max_depth: int, field: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        parse_json(body, orders_service_pb2.CreateOrderRequest(), max_depth=max_depth)
+    assert caught.value.violations[0][0] == field
+    assert "nested deeper" in caught.value.violations[0][1] or "object" in caught.value.violations[0][1]
+
+
+def test_depth_at_limit_accepted() -> None:
+    request = orders_service_pb2.CreateOrderRequest()
+    parse_json(b'{"order":{"lines":[{"unitPrice":{}}]}}', request, max_depth=5)
+    assert request.order.lines[0].HasField("unit_price")
+
+
+def test_to_json_shape() -> None:
+    order = resources_pb2.Order(name="orders/1", state=resources_pb2.Order.STATE_PAID)
+    order.total.amount_minor = 2**40
+    out = to_json(order)
+    assert b" " not in out
+    value = json.loads(out)
+    assert value["name"] == "orders/1"
+    assert value["state"] == "STATE_PAID"
+    assert value["total"]["amountMinor"] == str(2**40)
+    assert value["failureReason"] == ""
+    assert value["lines"] == []
+    assert "failure_reason" not in value
+
+
+def test_round_trip() -> None:
+    request = orders_service_pb2.CreateOrderRequest(order_id="x")
+    request.order.lines.add(sku="é", quantity=3)
+    again = orders_service_pb2.CreateOrderRequest()
+    parse_json(to_json(request), again)
+    assert again == request
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                ["order", "lines", "sku", "quantity", "unitPrice", "amountMinor", "orderId", "state"]
+            )
+            | st.text(max_size=6),
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=_JSON)
+def test_parse_json_values_never_raise_anything_but_bad_request(value: object) -> None:
+    body = json.dumps(value).encode()
+    try:
+        parse_json(body, orders_service_pb2.CreateOrderRequest(), max_depth=6)
+    except BadRequest as error:
+        assert error.violations
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=st.binary(max_size=64) | st.text(max_size=64).map(lambda t: t.encode("utf-8", "surrogatepass")))
+def test_parse_json_bytes_never_raise_anything_but_bad_request(body: bytes) -> None:
+    try:
+        parse_json(body, orders_service_pb2.CreateOrderRequest())
+    except BadRequest as error:
+        assert error.violations

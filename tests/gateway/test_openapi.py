@@ -1,0 +1,256 @@
+"""gateway.openapi: the OpenAPI 3.1 document, generated from Polyservice's real descriptors."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import ServiceDescriptor
+
+from gateway.openapi import default_is_public, openapi_document
+from gateway.routes import Route, Router, compile_routes
+from poly.auth.v1 import auth_service_pb2
+from poly.notifications.v1 import notifications_service_pb2
+from poly.orders.v1 import orders_service_pb2
+from poly.payments.v1 import payments_service_pb2
+from poly.users.v1 import users_service_pb2
+
+_MODULES = (
+    auth_service_pb2,
+    users_service_pb2,
+    orders_service_pb2,
+    payments_service_pb2,
+    notifications_service_pb2,
+)
+
+
+def _services() -> list[ServiceDescriptor]:
+    return [service for module in _MODULES for service in module.DESCRIPTOR.services_by_name.values()]
+
+
+def _success(route: Route) -> int:
+    if route.method.output_type.full_name == "google.protobuf.Empty":
+        return 204
+    return 201 if route.method.name.startswith("Create") else 200
+
+
+@pytest.fixture(scope="module")
+def router() -> Router:
+    return compile_routes(_services())
+
+
+@pytest.fixture(scope="module")
+def document(router: Router) -> dict[str, Any]:
+    return openapi_document(router, title="Polyservice", version="1.0.0", success_status=_success)
+
+
+def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(path, method, op) for path, item in document["paths"].items() for method, op in item.items()]
+
+
+def _operation(document: dict[str, Any], operation_id: str) -> dict[str, Any]:
+    return next(op for _, _, op in _operations(document) if op["operationId"] == operation_id)
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if "$ref" in node else []
+        return own + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in _refs(value)]
+    return []
+
+
+def test_top_level(document: dict[str, Any]) -> None:
+    assert document["openapi"] == "3.1.0"
+    assert document["info"] == {"title": "Polyservice", "version": "1.0.0"}
+    assert document["servers"] == [{"url": "/"}]
+    assert document["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+    }
+    status = document["components"]["schemas"]["google.rpc.Status"]
+    assert status["properties"]["code"] == {"type": "integer", "format": "int32"}
+    assert status["properties"]["details"]["items"]["properties"]["@type"] == {"type": "string"}
+
+
+def test_every_route_is_an_operation(document: dict[str, Any], router: Router) -> None:
+    operations = _operations(document)
+    assert len(operations) == len(router.routes)
+    ids = [op["operationId"] for _, _, op in operations]
+    assert len(ids) == len(set(ids))
+    for _, _, op in operations:
+        assert op["responses"]["default"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/google.rpc.Status"
+        }
+
+
+def test_structure_is_valid(document: dict[str, Any]) -> None:
+    """What openapi-spec-validator would check that matters here (it is not installed)."""
+    schemas = document["components"]["schemas"]
+    for ref in _refs(document):
+        assert (
+            ref.startswith("#/components/schemas/") and ref.removeprefix("#/components/schemas/") in schemas
+        )
+    for path, _, op in _operations(document):
+        in_path = set(re.findall(r"\{([^{}]+)\}", path))
+        declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+        assert in_path == declared, path
+        for parameter in op.get("parameters", []):
+            if parameter["in"] == "path":
+                assert parameter["required"] is True and parameter["schema"] == {"type": "string"}
+        names = [(p["name"], p["in"]) for p in op.get("parameters", [])]
+        assert len(names) == len(set(names)), path
+    for name, schema in schemas.items():
+        assert set(schema.get("required", [])) <= set(schema.get("properties", {})), name
+    methods = [(re.sub(r"\{[^{}]+\}", "{}", path), method) for path, method, _ in _operations(document)]
+    assert len(methods) == len(set(methods)), "two operations on equivalent templated paths"
+
+
+CASES = [
+    ("OrdersService_GetOrder", "get", "/v1/orders/{order}"),
+    ("OrdersService_CancelOrder", "post", "/v1/orders/{order}:cancel"),
+    ("OrdersService_ListOrders", "get", "/v1/orders"),
+    ("OrdersService_WatchOrder", "get", "/v1/orders/{order}:watch"),
+]
+
+
+@pytest.mark.parametrize(("operation_id", "method", "path"), CASES, ids=[c[0] for c in CASES])
+def test_paths(document: dict[str, Any], operation_id: str, method: str, path: str) -> None:
+    assert document["paths"][path][method]["operationId"] == operation_id
+    assert document["paths"][path][method]["tags"] == ["OrdersService"]
+
+
+def test_query_parameters_for_list(document: dict[str, Any]) -> None:
+    op = _operation(document, "OrdersService_ListOrders")
+    assert {p["name"]: p["schema"] for p in op["parameters"]} == {
+        "pageSize": {"type": "integer", "format": "int32"},
+        "pageToken": {"type": "string"},
+        "filter": {"type": "string"},
+        "orderBy": {"type": "string"},
+    }
+    assert all(p["in"] == "query" for p in op["parameters"])
+    assert "requestBody" not in op
+
+
+def test_body_field_and_remaining_query(document: dict[str, Any]) -> None:
+    op = _operation(document, "OrdersService_CreateOrder")
+    assert op["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/poly.orders.v1.Order"
+    }
+    assert {p["name"] for p in op["parameters"]} == {"orderId", "requestId"}
+    assert "201" in op["responses"]
+
+
+def test_body_star_leaves_out_path_fields(document: dict[str, Any]) -> None:
+    op = _operation(document, "OrdersService_CancelOrder")
+    body = op["requestBody"]["content"]["application/json"]["schema"]
+    assert set(body["properties"]) == {"etag", "reason"}
+    assert "required" not in body
+    assert [p["name"] for p in op["parameters"]] == ["order"]
+
+
+def test_message_schema(document: dict[str, Any]) -> None:
+    order = document["components"]["schemas"]["poly.orders.v1.Order"]
+    props = order["properties"]
+    assert order["required"] == ["lines"]
+    assert props["createTime"] == {"type": "string", "format": "date-time", "readOnly": True}
+    assert props["state"] == {"$ref": "#/components/schemas/poly.orders.v1.Order.State", "readOnly": True}
+    assert props["lines"] == {
+        "type": "array",
+        "items": {"$ref": "#/components/schemas/poly.orders.v1.OrderLine"},
+    }
+    state = document["components"]["schemas"]["poly.orders.v1.Order.State"]
+    assert state["type"] == "string" and "STATE_PAID" in state["enum"]
+
+
+def test_streaming_response(document: dict[str, Any]) -> None:
+    content = _operation(document, "OrdersService_WatchOrder")["responses"]["200"]["content"]
+    assert set(content) == {"application/x-ndjson", "text/event-stream"}
+    line = content["application/x-ndjson"]["schema"]["properties"]
+    assert line["result"] == {"$ref": "#/components/schemas/poly.orders.v1.WatchOrderResponse"}
+    assert line["error"] == {"$ref": "#/components/schemas/google.rpc.Status"}
+
+
+def test_security(document: dict[str, Any], router: Router) -> None:
+    public = {
+        f"{r.method.containing_service.name}_{r.method.name}"
+        for r in router.routes
+        if default_is_public(r.method)
+    }
+    assert "AuthService_Login" in public
+    for _, _, op in _operations(document):
+        expected = None if op["operationId"] in public else [{"bearerAuth": []}]
+        assert op.get("security") == expected, op["operationId"]
+
+
+def test_no_comments_without_source_info(document: dict[str, Any]) -> None:
+    assert all("summary" not in op for _, _, op in _operations(document))
+
+
+def test_comments_from_a_comment_source(router: Router) -> None:
+    notes = {
+        "poly.orders.v1.OrdersService.GetOrder": "Gets an order.\nOwners only.",
+        "poly.orders.v1.Order": "An order.",
+    }
+    document = openapi_document(
+        router, title="t", version="1", success_status=_success, comments=lambda n: notes.get(n, "")
+    )
+    op = _operation(document, "OrdersService_GetOrder")
+    assert op["summary"] == "Gets an order." and op["description"] == "Gets an order.\nOwners only."
+    assert document["components"]["schemas"]["poly.orders.v1.Order"]["description"] == "An order."
+
+
+def _stand_in_pool() -> descriptor_pool.DescriptorPool:
+    """A self-referencing message, a map and 64-bit fields, with source comments given."""
+    file = descriptor_pb2.FileDescriptorProto(name="acme/tree.proto", package="acme", syntax="proto3")
+    node = file.message_type.add(name="Node")
+    node.field.add(name="id", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_INT64, label=1)
+    node.field.add(name="children", number=2, type=11, type_name=".acme.Node", label=3)
+    node.field.add(name="labels", number=3, type=11, type_name=".acme.Node.LabelsEntry", label=3)
+    entry = node.nested_type.add(name="LabelsEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=9, label=1)
+    entry.field.add(name="value", number=2, type=9, label=1)
+    service = file.service.add(name="Trees")
+    service.method.add(name="GetNode", input_type=".acme.Node", output_type=".acme.Node")
+    for path, text in (((4, 0), " A node of a tree.\n"), ((6, 0, 2, 0), " Gets a node.\n")):
+        file.source_code_info.location.add(path=path, leading_comments=text)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return pool
+
+
+def test_recursive_message_map_and_int64() -> None:
+    method = _stand_in_pool().FindServiceByName("acme.Trees").methods_by_name["GetNode"]
+    template = type(
+        "T",
+        (),
+        {"text": "/v1/{id}", "verb": "", "variables": ("id",), "openapi_path": lambda self: "/v1/{id}"},
+    )()
+    route = type(
+        "R",
+        (),
+        {
+            "http_method": "GET",
+            "template": template,
+            "method": method,
+            "body": "",
+            "response_body": "",
+            "server_streaming": False,
+        },
+    )()
+    stand_in = type("S", (), {"routes": (route,)})()
+    document = openapi_document(stand_in, title="t", version="1", success_status=lambda _: 200)  # type: ignore[arg-type]
+    node = document["components"]["schemas"]["acme.Node"]
+    assert node["properties"]["children"]["items"] == {"$ref": "#/components/schemas/acme.Node"}
+    assert node["properties"]["labels"] == {"type": "object", "additionalProperties": {"type": "string"}}
+    assert node["properties"]["id"]["type"] == "string"
+    op = document["paths"]["/v1/{id}"]["get"]
+    assert [p["name"] for p in op["parameters"]] == ["id"]  # children and labels are no query parameters
+    # A pool built from a FileDescriptorProto does not keep its source info: no comments, no crash.
+    assert "summary" not in op
+    assert "acme.Node.LabelsEntry" not in document["components"]["schemas"]
