@@ -19,11 +19,13 @@ from gateway import openapi
 from gateway.app import Edge
 from gateway.backends import Backends
 from gateway.descriptors import DescriptorSetError, load_descriptor_set
-from gateway.routes import compile_routes
+from gateway.routes import Route, compile_routes
 from services.kit import config, logs
 
 POLICY_OPTION = "poly.options.v1.policy"
 _ACCESS_PUBLIC, _ACCESS_INTERNAL = 1, 4
+SUCCESS_STATUS_OPTION = "poly.options.v1.http_status"
+"""A method's success status (201 for creates, 204 for Empty); without it, grpc-gateway's 200."""
 """Polyservice's access policy option: methods it marks INTERNAL (service-to-service only)
 get no route. A service without the option is routed whole."""
 
@@ -60,17 +62,21 @@ def main() -> int:
         policy = descriptors.method_option(method, POLICY_OPTION)
         return int(getattr(policy, "access", 0))
 
+    def success_status(route: Route) -> int:
+        declared = descriptors.method_option(route.method, SUCCESS_STATUS_OPTION)
+        return declared if isinstance(declared, int) and 200 <= declared < 300 else 200
+
     router = compile_routes(services, include=lambda method: access(method) != _ACCESS_INTERNAL)
     document = openapi.openapi_document(
         router,
         title="Polyservice",
         version="v1",
-        success_status=lambda route: 200,
+        success_status=success_status,
         comments=descriptors.comment,
         is_public=lambda method: access(method) == _ACCESS_PUBLIC,
     )
     backends = Backends(settings.gateway.backends, settings.tls)
-    edge = Edge(router, backends, settings.gateway, document=document)
+    edge = Edge(router, backends, settings.gateway, document=document, success_status=success_status)
     try:
         asyncio.run(
             _serve(edge.application(), settings.server.host, settings.server.port, len(router.routes))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 
 __all__ = ["DescriptorSet", "DescriptorSetError", "load_descriptor_set"]
 
@@ -45,7 +45,7 @@ class DescriptorSet:
             raise DescriptorSetError(f"not in the descriptor set: {', '.join(sorted(missing))}")
         return found
 
-    def method_option(self, method: MethodDescriptor, extension: str) -> Message | None:
+    def method_option(self, method: MethodDescriptor, extension: str) -> object | None:
         """The value of the custom method option `extension` (e.g. ``acme.v1.policy``), read
         through this set's own pool, so the edge needs no generated code for it."""
         try:
@@ -58,8 +58,8 @@ class DescriptorSet:
         options = options_class.FromString(method.GetOptions().SerializeToString())
         if not options.HasExtension(found):  # type: ignore[arg-type]
             return None
-        value: Message = options.Extensions[found]  # type: ignore[index]
-        return value
+        value: object = options.Extensions[found]  # type: ignore[index]
+        return value  # a message, or a scalar for a scalar option
 
     def comment(self, full_name: str) -> str:
         """The leading comment of a service, method, message, field, enum or enum value."""

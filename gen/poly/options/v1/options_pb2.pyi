@@ -139,6 +139,7 @@ Global___Policy: _TypeAlias = Policy  # noqa: Y015
 
 POLICY_FIELD_NUMBER: _builtins.int
 IDEMPOTENT_FIELD_NUMBER: _builtins.int
+HTTP_STATUS_FIELD_NUMBER: _builtins.int
 policy: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___Policy]
 """The method's authorization policy. Every RPC must set it (deny by default)."""
 idempotent: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _builtins.bool]
@@ -146,4 +147,9 @@ idempotent: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOpti
 retry it after UNAVAILABLE or a lost response. The client channels build
 their gRPC retry policy from it. Creates are idempotent only through their
 `request_id`.
+"""
+http_status: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _builtins.int]
+"""The HTTP status the JSON edge answers a success with, where 200 would
+undersell it: 201 (Created) for methods that create a resource, 204 (No
+Content) for methods returning google.protobuf.Empty. Unset means 200.
 """
