@@ -295,3 +295,37 @@ def test_readme_identity_and_order_examples_run_as_written(system: System) -> No
         ],
         what="the payment email in the development mailbox",
     )
+
+
+def test_readme_json_examples_run_as_written(system: System) -> None:
+    """Every ``curl`` line of "Calling it over HTTP/JSON", in order, against the edge."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Calling it over HTTP/JSON\n", 1)[1].split("\n## ", 1)[0]
+    commands = [line.strip() for line in section.splitlines() if line.strip().startswith("curl ")]
+    edge = f"localhost:{system.environ['POLY_GATEWAY_PORT']}"
+    values: dict[str, str] = {}
+    outputs: dict[str, str] = {}
+    for written in commands:
+        command = written.replace("localhost:8080", edge)
+        for placeholder, value in values.items():
+            command = command.replace(placeholder, value)
+        assert "…" not in command and "$" not in command, command
+        result = subprocess.run(
+            [*shlex.split(command), "--max-time", "30", "--fail-with-body"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, (command, result.stdout, result.stderr)
+        if "auth:login" in command:
+            values["$TOKEN"] = json.loads(result.stdout)["access_token"]
+        if "/v1/orders -H" in command:
+            values["orders/…"] = json.loads(result.stdout)["name"]
+        outputs[command] = result.stdout
+    streams = [out for command, out in outputs.items() if ":watch" in command]
+    ndjson, sse = streams
+    assert json.loads(ndjson.splitlines()[-1])["result"]["order"]["state"] == "STATE_PAYMENT_FAILED"
+    assert sse.startswith("data: ") and "STATE_PAYMENT_FAILED" in sse
+    document = json.loads(next(out for command, out in outputs.items() if "openapi.json" in command))
+    assert document["openapi"].startswith("3.1")
