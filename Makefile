@@ -33,12 +33,12 @@ test: install  ## the whole suite
 gen: install  ## regenerate gen/ from protos/
 	$(PY) -m services.cli.protogen
 
-lint: install  ## buf lint + format, ruff, mypy --strict on services
+lint: install  ## buf lint + format, ruff, mypy --strict on services and gateway
 	$(PY) -m services.cli.protogen --deps-only >/dev/null
 	$(BUF) lint
 	$(BUF) format --diff --exit-code protos
 	$(PY) -m ruff check .
-	$(PY) -m mypy services
+	$(PY) -m mypy services gateway
 
 check-gen: gen  ## fail if gen/ differs from what `make gen` writes
 	@git add --intent-to-add gen >/dev/null 2>&1 || true
