@@ -52,6 +52,7 @@ bench: install  ## bench/kit.py: server-model measurements (numbers, not pass/fa
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(PY) bench/kit.py
 	$(PY) bench/bus.py
+	$(PY) bench/edge.py
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -73,7 +73,10 @@ def main() -> int:
         version="v1",
         success_status=success_status,
         comments=descriptors.comment,
-        is_public=lambda method: access(method) == _ACCESS_PUBLIC,
+        # Without the policy option (a foreign service) nothing says a token is needed.
+        is_public=lambda method: (
+            descriptors.method_option(method, POLICY_OPTION) is None or access(method) == _ACCESS_PUBLIC
+        ),
     )
     backends = Backends(settings.gateway.backends, settings.tls)
     edge = Edge(router, backends, settings.gateway, document=document, success_status=success_status)

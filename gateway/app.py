@@ -53,13 +53,15 @@ class _Plan:
     """The JSON name of the field the body fills, "" for the whole request or no body."""
     body_fields: tuple[str, ...]
     """Request fields the body binds (and the query may not set)."""
+    success: int
+    """The HTTP status of a success."""
 
 
 def _message_class(descriptor: Descriptor) -> type[Message]:
     return message_factory.GetMessageClass(descriptor)
 
 
-def _plan(route: Route) -> _Plan:
+def _plan(route: Route, success_status: SuccessStatus) -> _Plan:
     request = route.method.input_type
     body_field: str = ""
     bound: tuple[str, ...] = ()
@@ -68,7 +70,8 @@ def _plan(route: Route) -> _Plan:
     elif route.body:
         body_field = request.fields_by_name[route.body].json_name
         bound = (route.body,)
-    return _Plan(_message_class(request), _message_class(route.method.output_type), body_field, bound)
+    response = _message_class(route.method.output_type)
+    return _Plan(_message_class(request), response, body_field, bound, success_status(route))
 
 
 class _TokenBuckets:
@@ -127,8 +130,8 @@ class Edge:
         self._backends = backends
         self._settings = settings
         self._document = json.dumps(document).encode()
-        self._success_status = success_status
-        self._plans: dict[Route, _Plan] = {route: _plan(route) for route in router.routes}
+        # Worked out once per route: nothing about a route is looked up again per request.
+        self._plans: dict[Route, _Plan] = {route: _plan(route, success_status) for route in router.routes}
         self._buckets = (
             _TokenBuckets(settings.rate_per_second, settings.rate_burst) if settings.rate_per_second else None
         )
@@ -138,7 +141,9 @@ class Edge:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/openapi.json", self._openapi)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # `[\s\S]`, not `.`: a decoded path may hold a newline (`%0A`), and a path the catch-all
+        # does not match would get aiohttp's own text/plain 404 instead of a Status.
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._handle)
         app.on_cleanup.append(lambda _app: self._backends.close())
         return app
 
@@ -196,6 +201,16 @@ class Edge:
             status = errors.status_of_rpc_error(failed)
             extra = {"WWW-Authenticate": "Bearer"} if failed.code() == grpc.StatusCode.UNAUTHENTICATED else {}
             return self._error(status, errors.http_status(failed.code()), request_id, extra)
+        except Exception:  # noqa: BLE001 - one error shape for every failure, logged with its cause
+            _log.exception("unexpected error", extra={"path": request.path, "request_id": request_id})
+            status = errors.status_message(grpc.StatusCode.INTERNAL, "internal error", reason="INTERNAL")
+            return self._error(status, 500, request_id)
+
+    @staticmethod
+    def _json(reply: Message, route: Route) -> bytes:
+        if route.response_body:
+            return jsoncodec.field_to_json(reply, route.response_body)
+        return jsoncodec.to_json(reply)
 
     def _error(
         self, status: status_pb2.Status, http: int, request_id: str, extra: dict[str, str] | None = None
@@ -293,11 +308,9 @@ class Edge:
             response_deserializer=plan.response_class.FromString,
         )(message, metadata=metadata, timeout=timeout)
         reply: Message = await call
-        answer = web.Response(status=self._success_status(route), content_type="application/json")
+        answer = web.Response(status=plan.success, content_type="application/json")
         if answer.status != 204:
-            answer.body = jsoncodec.to_json(
-                getattr(reply, route.response_body) if route.response_body else reply
-            )
+            answer.body = self._json(reply, route)
         pairs = headers.response_headers(
             list(await call.initial_metadata() or ()), list(await call.trailing_metadata() or ())
         )
@@ -344,8 +357,7 @@ class Edge:
         await response.prepare(request)
         try:
             async for reply in call:
-                shown = getattr(reply, route.response_body) if route.response_body else reply
-                body = jsoncodec.to_json(shown)
+                body = self._json(reply, route)
                 await response.write(streaming.sse_event(body) if sse else streaming.ndjson_result(body))
         except grpc.aio.AioRpcError as failed:
             status = errors.render_status(errors.status_of_rpc_error(failed))

@@ -3,7 +3,9 @@
 `parse_json` reads an untrusted request body into a message and turns every problem (malformed
 JSON, nesting too deep, wrong types, unknown fields) into one `BadRequest` whose violations name
 the field; nothing else escapes. `to_json` writes lowerCamel names with unpopulated fields
-emitted, 64-bit integers as strings and enums by name, with compact separators.
+emitted, 64-bit integers as strings and enums by name, with compact separators; `field_to_json`
+writes one field of a message the same way (a rule's `response_body`, which may be repeated,
+a map or a scalar, not only a message).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from google.protobuf.message import Message
 
 from gateway.errors import BadRequest
 
-__all__ = ["parse_json", "to_json"]
+__all__ = ["parse_json", "to_json", "field_to_json"]
 
 # Well-known types whose proto3 JSON form is not an object (a string, number, array...).
 _NON_OBJECT_TYPES = frozenset(
@@ -154,3 +156,25 @@ def to_json(message: Message) -> bytes:
         preserving_proto_field_name=False,
     )
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def field_to_json(message: Message, name: str) -> bytes:
+    """The proto3 JSON value of the top-level field `name` of `message` (a `response_body`).
+
+    A singular message field is written as `to_json` writes a message (also when unset); a
+    repeated field is an array, a map an object, a scalar or enum its bare JSON value (its
+    default when unset).
+    """
+    field = message.DESCRIPTOR.fields_by_name[name]
+    repeated = bool(field.is_repeated)
+    if field.message_type is not None and not repeated:
+        value: Message = getattr(message, name)
+        return to_json(value)
+    shown = json_format.MessageToDict(
+        message, always_print_fields_with_no_presence=True, preserving_proto_field_name=False
+    )
+    if field.json_name not in shown:  # a scalar with presence (proto3 optional, oneof) that is unset
+        holder = type(message)()
+        setattr(holder, name, field.default_value)
+        shown = json_format.MessageToDict(holder, preserving_proto_field_name=False)
+    return json.dumps(shown[field.json_name], separators=(",", ":"), ensure_ascii=False).encode("utf-8")

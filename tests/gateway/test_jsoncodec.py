@@ -11,12 +11,13 @@ from hypothesis import strategies as st
 
 from gateway import jsoncodec
 from gateway.errors import BadRequest
-from gateway.jsoncodec import parse_json, to_json
+from gateway.jsoncodec import field_to_json, parse_json, to_json
 from poly.orders.v1 import orders_service_pb2, resources_pb2
+from poly.users.v1 import resources_pb2 as users_resources_pb2
 
 
 def test_exports() -> None:
-    assert set(jsoncodec.__all__) == {"parse_json", "to_json"}
+    assert set(jsoncodec.__all__) == {"parse_json", "to_json", "field_to_json"}
 
 
 @pytest.mark.parametrize(
@@ -183,3 +184,47 @@ def test_parse_json_bytes_never_raise_anything_but_bad_request(body: bytes) -> N
         parse_json(body, orders_service_pb2.CreateOrderRequest())
     except BadRequest as error:
         assert error.violations
+
+
+def _order_list() -> orders_service_pb2.ListOrdersResponse:
+    reply = orders_service_pb2.ListOrdersResponse(next_page_token="t")
+    reply.orders.add(name="orders/1").total.amount_minor = 2**53 + 1
+    reply.orders.add(name="orders/2")
+    return reply
+
+
+@pytest.mark.parametrize(
+    ("message", "name", "expected"),
+    [
+        (_order_list(), "orders", [{"name": "orders/1"}, {"name": "orders/2"}]),
+        (orders_service_pb2.ListOrdersResponse(), "orders", []),
+        (_order_list(), "next_page_token", "t"),
+        (resources_pb2.Order(name="orders/9"), "total", {"currencyCode": "", "amountMinor": "0"}),
+        (users_resources_pb2.Preferences(muted_event_types=["a", "b"]), "muted_event_types", ["a", "b"]),
+        (users_resources_pb2.Preferences(email_enabled=False), "email_enabled", False),
+        (users_resources_pb2.Preferences(), "webhook_enabled", False),
+        (users_resources_pb2.Preferences(), "update_time", "1970-01-01T00:00:00Z"),
+    ],
+    ids=[
+        "repeated-message",
+        "repeated-empty",
+        "scalar",
+        "unset-message-unpopulated-emitted",
+        "repeated-scalar",
+        "optional-set",
+        "optional-unset-default",
+        "well-known-type",
+    ],
+)
+def test_field_to_json(message: object, name: str, expected: object) -> None:
+    out = json.loads(field_to_json(message, name))  # type: ignore[arg-type]
+    if isinstance(expected, list) and expected and isinstance(expected[0], dict):
+        assert [{k: item[k] for k in want} for item, want in zip(out, expected, strict=True)] == expected
+    else:
+        assert out == expected
+
+
+def test_field_to_json_int64_inside_a_repeated_field_is_a_string() -> None:
+    out = json.loads(field_to_json(_order_list(), "orders"))
+    assert out[0]["total"]["amountMinor"] == str(2**53 + 1)
+    assert out[1]["failureReason"] == "", "unpopulated fields are emitted"

@@ -1,0 +1,82 @@
+"""The live edge: ``python -m gateway`` in front of all five services, for the end-to-end tests.
+
+Every service runs as a process with real certificates; the edge reaches them over mTLS as
+``gateway``. `edge` is module-scoped: each module using it gets its own system.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from services.kit import config
+from tests.support.identity import PASSWORD, Deployment, start
+from tests.support.processes import Process
+
+__all__ = ["Answer", "Edge", "edge"]
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Edge:
+    system: Deployment
+    process: Process
+    port: int
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        *,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> Answer:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            payload = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+            connection.request(method, path, body=payload, headers=headers or {})
+            response = connection.getresponse()
+            return Answer(response.status, response.headers, response.read())
+        finally:
+            connection.close()
+
+    def token(self) -> tuple[str, str]:
+        """A new user's ``(users/{id}, access token)``, through the edge."""
+        email = f"edge-{uuid.uuid4().hex[:10]}@example.com"
+        registered = self.call("POST", "/v1/auth:register", {"email": email, "password": PASSWORD})
+        assert registered.status == 201, registered.body
+        login = self.call("POST", "/v1/auth:login", {"email": email, "password": PASSWORD})
+        assert login.status == 200, login.body
+        return registered.json()["user"], login.json()["access_token"]  # OAuth names, set by json_name
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    system = start(
+        tmp_path_factory.mktemp("edge"),
+        config.SERVICES,
+        {"POLY_GATEWAY_MAX_BODY_BYTES": "4096", "POLY_GATEWAY_IGNORED_QUERY_PARAMETERS": "_,cb"},
+    )
+    process = Process.module("gateway", system.environ)
+    try:
+        process.wait_for_line(lambda line: '"serving"' in line, timeout=30)
+        yield Edge(system, process, int(system.environ["POLY_GATEWAY_PORT"]))
+    finally:
+        process.stop()
+        system.stop()

@@ -1,0 +1,813 @@
+"""The generic edge in front of a gRPC service that is not Polyservice's.
+
+A proto written here (``acme.library.v1``) carries its own `google.api.http` rules, one of each
+form; it is compiled with grpc_tools into a descriptor set, served by a plain `grpc.server`
+over mTLS with a certificate from the dev CA, and ``python -m gateway`` is started in front of
+it from that set. Every case is a plain HTTP request through the edge.
+"""
+
+# ruff: noqa: N802 - the servicer's methods carry the RPC names of the generated base
+
+from __future__ import annotations
+
+import base64
+import http.client
+import importlib
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc_tools
+import pytest
+from google.protobuf import any_pb2, empty_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from grpc_tools import protoc
+
+from services.kit import config, tls
+from tests.support.env import free_port, poly_environ
+from tests.support.processes import Process
+
+pytestmark = pytest.mark.slow
+
+PROTO = """
+syntax = "proto3";
+
+package acme.library.v1;
+
+import "google/api/annotations.proto";
+import "google/protobuf/duration.proto";
+import "google/protobuf/empty.proto";
+import "google/protobuf/field_mask.proto";
+import "google/protobuf/timestamp.proto";
+import "google/protobuf/wrappers.proto";
+
+// A lending library: nothing to do with Polyservice.
+service LibraryService {
+  rpc GetBook(GetBookRequest) returns (Book) {
+    option (google.api.http) = {
+      get: "/v1/{name=shelves/*/books/*}"
+      additional_bindings { get: "/v2/library/{name=shelves/*/books/*}" }
+    };
+  }
+  rpc CheckBook(GetBookRequest) returns (google.protobuf.Empty) {
+    option (google.api.http) = { custom: { kind: "HEAD" path: "/v1/{name=shelves/*/books/*}" } };
+  }
+  rpc GetFile(GetFileRequest) returns (File) {
+    option (google.api.http) = { get: "/v1/{path=files/**}" };
+  }
+  rpc CreateBook(CreateBookRequest) returns (Book) {
+    option (google.api.http) = {
+      post: "/v1/{parent=shelves/*}/books"
+      body: "book"
+      additional_bindings { put: "/v1/{parent=shelves/*}/books:create" body: "*" }
+    };
+  }
+  rpc UpdateBook(UpdateBookRequest) returns (Book) {
+    option (google.api.http) = { patch: "/v1/{book.name=shelves/*/books/*}" body: "book" };
+  }
+  rpc ArchiveShelf(ArchiveShelfRequest) returns (Shelf) {
+    option (google.api.http) = { post: "/v1/{name=shelves/*}:archive" body: "*" };
+  }
+  rpc ListBooks(ListBooksRequest) returns (ListBooksResponse) {
+    option (google.api.http) = { get: "/v1/{parent=shelves/*}/books" response_body: "books" };
+  }
+  rpc DeleteBook(GetBookRequest) returns (google.protobuf.Empty) {
+    option (google.api.http) = { delete: "/v1/{name=shelves/*/books/*}" };
+  }
+  // Answers with the request it received, to show how the query was mapped.
+  rpc SearchBooks(SearchBooksRequest) returns (SearchBooksRequest) {
+    option (google.api.http) = { get: "/v1/{parent=shelves/*}/books:search" };
+  }
+  // Answers with the metadata it received; sends header metadata and trailers.
+  rpc Echo(EchoRequest) returns (EchoResponse) {
+    option (google.api.http) = { post: "/v1/echo" body: "*" };
+  }
+  rpc Fail(FailRequest) returns (google.protobuf.Empty) {
+    option (google.api.http) = { get: "/v1/errors/{code}" };
+  }
+  rpc Sleep(SleepRequest) returns (google.protobuf.Empty) {
+    option (google.api.http) = { get: "/v1/sleep/{delay}" };
+  }
+  rpc WatchShelf(WatchShelfRequest) returns (stream ShelfEvent) {
+    option (google.api.http) = {
+      get: "/v1/{name=shelves/*}:watch"
+      additional_bindings { get: "/v1/{name=shelves/*}/books:watch" response_body: "book" }
+    };
+  }
+}
+
+enum Genre {
+  GENRE_UNSPECIFIED = 0;
+  FICTION = 1;
+  SCIENCE = 2;
+}
+
+message Book {
+  string name = 1;
+  string title = 2;
+  Genre genre = 3;
+  int64 pages = 4;
+  google.protobuf.Timestamp published_at = 5;
+}
+
+message Shelf {
+  string name = 1;
+  bool archived = 2;
+  string reason = 3;
+}
+
+message File { string path = 1; }
+
+message GetBookRequest { string name = 1; }
+message GetFileRequest { string path = 1; }
+
+message CreateBookRequest {
+  string parent = 1;
+  string book_id = 2;
+  Book book = 3;
+}
+
+message UpdateBookRequest {
+  Book book = 1;
+  google.protobuf.FieldMask update_mask = 2;
+}
+
+message ArchiveShelfRequest {
+  string name = 1;
+  string reason = 2;
+}
+
+message ListBooksRequest {
+  string parent = 1;
+  int32 page_size = 2;
+}
+
+message ListBooksResponse {
+  repeated Book books = 1;
+  string next_page_token = 2;
+}
+
+message Range {
+  int32 min = 1;
+  int32 max = 2;
+}
+
+message Filter {
+  Genre genre = 1;
+  Range pages = 2;
+}
+
+message SearchBooksRequest {
+  string parent = 1;
+  Filter filter = 2;
+  repeated string tags = 3;
+  repeated Genre genres = 4;
+  bytes cursor = 5;
+  google.protobuf.Timestamp after = 6;
+  google.protobuf.Duration max_age = 7;
+  google.protobuf.FieldMask read_mask = 8;
+  google.protobuf.Int32Value min_pages = 9;
+  google.protobuf.BoolValue available = 10;
+  google.protobuf.StringValue author = 11;
+  int64 limit = 12;
+  double score = 13;
+}
+
+message EchoRequest { string text = 1; }
+
+message EchoResponse {
+  string text = 1;
+  map<string, string> metadata = 2;
+}
+
+message FailRequest {
+  string code = 1;
+  bool rich = 2;
+}
+
+message SleepRequest { google.protobuf.Duration delay = 1; }
+
+message WatchShelfRequest {
+  string name = 1;
+  int32 count = 2;
+  int32 fail_after = 3;
+}
+
+message ShelfEvent {
+  int32 sequence = 1;
+  Book book = 2;
+}
+"""
+
+SITE_PACKAGES = Path(grpc.__file__).resolve().parents[1]
+
+
+def _compile(directory: Path) -> Path:
+    """Compile PROTO into `directory`: Python modules and a FileDescriptorSet."""
+    source = directory / "acme" / "library" / "v1" / "library.proto"
+    source.parent.mkdir(parents=True)
+    source.write_text(PROTO)
+    descriptor_set = directory / "library.binpb"
+    args = [
+        "protoc",
+        f"-I{directory}",
+        f"-I{SITE_PACKAGES}",
+        f"-I{Path(grpc_tools.__file__).with_name('_proto')}",
+        f"--python_out={directory}",
+        f"--grpc_python_out={directory}",
+        f"--descriptor_set_out={descriptor_set}",
+        "--include_imports",
+        "--include_source_info",
+        str(source.relative_to(directory)),
+    ]
+    assert protoc.main(args) == 0, "protoc failed"
+    return descriptor_set
+
+
+class Library:
+    """An in-memory servicer for every method of LibraryService; records the metadata it saw."""
+
+    def __init__(self, pb: Any) -> None:
+        self.pb = pb
+        self.lock = threading.Lock()
+        self.books: dict[str, Any] = {}
+        self.shelves: dict[str, Any] = {}
+        self.seen: list[dict[str, str]] = []
+        for shelf in ("shelves/1", "shelves/2", "shelves/3", "shelves/4"):
+            self.shelves[shelf] = pb.Shelf(name=shelf, archived=shelf == "shelves/4")
+        for name, title, genre, pages in [
+            ("shelves/1/books/dune", "Dune", 1, 412),
+            ("shelves/1/books/edit-me", "Draft", 1, 10),
+            ("shelves/1/books/doomed", "Doomed", 2, 1),
+            ("shelves/3/books/a", "Alpha", 2, 9007199254740993),
+            ("shelves/3/books/b", "Beta", 1, 2),
+        ]:
+            book = pb.Book(name=name, title=title, genre=genre, pages=pages)
+            book.published_at.FromJsonString("2020-02-29T12:00:00Z")
+            self.books[name] = book
+
+    def _book(self, name: str, context: grpc.ServicerContext) -> Any:
+        with self.lock:
+            found = self.books.get(name)
+        if found is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no book {name}")
+        return found
+
+    def GetBook(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._book(request.name, context)
+
+    def CheckBook(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._book(request.name, context)
+        return empty_pb2.Empty()
+
+    def GetFile(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self.pb.File(path=request.path)
+
+    def CreateBook(self, request: Any, context: grpc.ServicerContext) -> Any:
+        name = f"{request.parent}/books/{request.book_id}"
+        with self.lock:
+            if name in self.books:
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, f"{name} exists")
+            book = self.pb.Book()
+            book.CopyFrom(request.book)
+            book.name = name
+            self.books[name] = book
+        return book
+
+    def UpdateBook(self, request: Any, context: grpc.ServicerContext) -> Any:
+        book = self._book(request.book.name, context)
+        with self.lock:
+            if request.update_mask.paths:
+                request.update_mask.MergeMessage(request.book, book, replace_message_field=True)
+            else:
+                book.MergeFrom(request.book)
+        return book
+
+    def ArchiveShelf(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self.lock:
+            shelf = self.shelves.get(request.name)
+            if shelf is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"no shelf {request.name}")
+                raise AssertionError("abort raises")
+            if shelf.archived:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{request.name} is already archived")
+            shelf.archived, shelf.reason = True, request.reason
+            return shelf
+
+    def ListBooks(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self.lock:
+            books = [b for n, b in sorted(self.books.items()) if n.startswith(request.parent + "/")]
+        return self.pb.ListBooksResponse(books=books[: request.page_size or None], next_page_token="more")
+
+    def DeleteBook(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self.lock:
+            if self.books.pop(request.name, None) is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"no book {request.name}")
+        return empty_pb2.Empty()
+
+    def SearchBooks(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return request
+
+    def Echo(self, request: Any, context: grpc.ServicerContext) -> Any:
+        seen = {
+            key: base64.b64encode(value).decode() if isinstance(value, bytes) else value
+            for key, value in context.invocation_metadata()
+        }
+        with self.lock:
+            self.seen.append(seen)
+        context.send_initial_metadata((("x-served-by", "library"), ("x-blob-bin", b"\x01\x02\xff")))
+        context.set_trailing_metadata((("x-cost", "3"),))
+        return self.pb.EchoResponse(text=request.text, metadata=seen)
+
+    def Fail(self, request: Any, context: grpc.ServicerContext) -> Any:
+        code = grpc.StatusCode[request.code]
+        if request.rich:
+            details = [
+                error_details_pb2.ErrorInfo(reason="SHELF_LOCKED", domain="library.acme.example"),
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field="shelf", description="locked")
+                    ]
+                ),
+            ]
+            packed = []
+            for detail in details:
+                any_detail = any_pb2.Any()
+                any_detail.Pack(detail)
+                packed.append(any_detail)
+            status = status_pb2.Status(code=code.value[0], message="the shelf is locked", details=packed)
+            context.abort_with_status(rpc_status.to_status(status))
+        context.abort(code, f"failing with {request.code}")
+
+    def Sleep(self, request: Any, context: grpc.ServicerContext) -> Any:
+        end = time.monotonic() + request.delay.ToTimedelta().total_seconds()
+        while time.monotonic() < end and context.is_active():
+            time.sleep(0.01)
+        return empty_pb2.Empty()
+
+    def WatchShelf(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        if request.fail_after < 0:  # refused before anything is sent
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no shelf {request.name}")
+        context.send_initial_metadata((("x-watch", "on"),))
+        for sequence in range(1, request.count + 1):
+            if request.fail_after and sequence > request.fail_after:
+                context.abort(grpc.StatusCode.ABORTED, "the shelf moved")
+            book = self.pb.Book(name=f"{request.name}/books/{sequence}")
+            yield self.pb.ShelfEvent(sequence=sequence, book=book)
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Edge:
+    port: int
+    library: Library
+    process: Process
+
+    def call(
+        self, method: str, path: str, body: object = None, *, headers: dict[str, str] | None = None
+    ) -> Answer:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        try:
+            payload = None if body is None else json.dumps(body).encode()
+            connection.request(method, path, body=payload, headers=headers or {})
+            response = connection.getresponse()
+            return Answer(response.status, response.headers, response.read())
+        finally:
+            connection.close()
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    home = tmp_path_factory.mktemp("foreign")
+    generated = home / "generated"
+    generated.mkdir()
+    descriptor_set = _compile(generated)
+    sys.path.insert(0, str(generated))
+    try:
+        pb = importlib.import_module("acme.library.v1.library_pb2")
+        pb_grpc = importlib.import_module("acme.library.v1.library_pb2_grpc")
+    finally:
+        sys.path.remove(str(generated))
+    certs = home / "certs"
+    tls.ensure_certificates(certs, config.COMPONENTS)
+    server_tls = config.TlsSettings(certs / "ca.crt", certs / "users.crt", certs / "users.key")
+    library = Library(pb)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    pb_grpc.add_LibraryServiceServicer_to_server(library, server)
+    backend_port = server.add_secure_port("127.0.0.1:0", tls.server_credentials(server_tls))
+    server.start()
+    port = free_port()
+    environ = poly_environ(
+        home,
+        POLY_GATEWAY_PORT=str(port),
+        POLY_GATEWAY_DESCRIPTOR_SET=str(descriptor_set),
+        POLY_GATEWAY_BACKENDS=f"acme.library.v1.LibraryService=localhost:{backend_port}",
+    )
+    process = Process.module("gateway", environ)
+    try:
+        process.wait_for_line(lambda line: '"serving"' in line, timeout=30)
+        yield Edge(port, library, process)
+    finally:
+        process.stop()
+        server.stop(grace=None)
+        for name in [m for m in sys.modules if m == "acme" or m.startswith("acme.")]:
+            del sys.modules[name]
+
+
+def _contains(actual: Any, expected: Any, where: str = "$") -> None:
+    """`expected` is a fragment of `actual`: dict keys recursively, lists item by item."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict), f"{where}: expected an object, got {actual!r}"
+        for key, value in expected.items():
+            assert key in actual, f"{where}: no {key!r} in {actual!r}"
+            _contains(actual[key], value, f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), f"{where}: {actual!r}"
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            _contains(a, e, f"{where}[{i}]")
+    else:
+        assert actual == expected, f"{where}: expected {expected!r}, got {actual!r}"
+
+
+# (method, path, query, body, status, JSON fragment of the answer)
+Case = tuple[str, str, str, object, int, Any]
+
+RULE_FORMS: list[Case | Any] = [
+    ("GET", "/v1/shelves/1/books/dune", "", None, 200, {"name": "shelves/1/books/dune", "title": "Dune"}),
+    ("GET", "/v2/library/shelves/1/books/dune", "", None, 200, {"title": "Dune"}),
+    ("GET", "/v1/shelves/1/books/dune", "", None, 200, {"pages": "412", "genre": "FICTION"}),
+    ("GET", "/v1/shelves/1/books/dune", "", None, 200, {"publishedAt": "2020-02-29T12:00:00Z"}),
+    ("GET", "/v1/shelves/1/books/nope", "", None, 404, {"code": 5, "details": []}),
+    ("GET", "/v1/shelves/1/books/caf%C3%A9", "", None, 404, {"message": "no book shelves/1/books/café"}),
+    ("GET", "/v1/files/a/b/c.txt", "", None, 200, {"path": "files/a/b/c.txt"}),
+    ("GET", "/v1/files", "", None, 200, {"path": "files"}),
+    ("GET", "/v1/files/dir%2Fname/x%20y", "", None, 200, {"path": "files/dir%2Fname/x y"}),
+    (
+        "POST",
+        "/v1/shelves/2/books",
+        "bookId=new",
+        {"title": "New", "pages": 7},
+        200,
+        {"name": "shelves/2/books/new", "title": "New", "pages": "7"},
+    ),
+    (
+        "POST",
+        "/v1/shelves/2/books",
+        "book_id=snake",
+        {"title": "Snake", "genre": 2},
+        200,
+        {"name": "shelves/2/books/snake", "genre": "SCIENCE"},
+    ),
+    (
+        "PUT",
+        "/v1/shelves/2/books:create",
+        "",
+        {"bookId": "star", "book": {"title": "Star"}},
+        200,
+        {"name": "shelves/2/books/star", "title": "Star"},
+    ),
+    ("POST", "/v1/shelves/1/books", "bookId=dune", {"title": "Again"}, 409, {"code": 6}),
+    ("POST", "/v1/shelves/2/books", "bookId=typo", {"titel": "x"}, 400, {"code": 3}),
+    ("POST", "/v1/shelves/2/books", "bookId=typo&book.title=x", {}, 400, {"code": 3}),
+    (
+        "PATCH",
+        "/v1/shelves/1/books/edit-me",
+        "updateMask=title",
+        {"title": "Final", "pages": 99},
+        200,
+        {"name": "shelves/1/books/edit-me", "title": "Final", "pages": "10"},
+    ),
+    ("PATCH", "/v1/shelves/1/books/missing", "", {"title": "x"}, 404, {"code": 5}),
+    (
+        "POST",
+        "/v1/shelves/2:archive",
+        "",
+        {"reason": "full"},
+        200,
+        {"name": "shelves/2", "archived": True, "reason": "full"},
+    ),
+    ("POST", "/v1/shelves/4:archive", "", {}, 400, {"code": 9}),
+    pytest.param(
+        "GET",
+        "/v1/shelves/3/books",
+        "",
+        None,
+        200,
+        [{"name": "shelves/3/books/a", "pages": "9007199254740993"}, {"name": "shelves/3/books/b"}],
+    ),
+    pytest.param(
+        "GET",
+        "/v1/shelves/3/books",
+        "pageSize=1",
+        None,
+        200,
+        [{"title": "Alpha"}],
+    ),
+    pytest.param("GET", "/v1/shelves/empty/books", "", None, 200, []),
+    ("DELETE", "/v1/shelves/1/books/doomed", "", None, 200, {}),
+    ("DELETE", "/v1/shelves/1/books/never", "", None, 404, {"code": 5}),
+    ("POST", "/v1/shelves/1/books/dune", "", {}, 405, {"code": 12}),
+    ("GET", "/v1/shelves/1", "", None, 404, {"code": 5}),
+    ("GET", "/v1/sleep/0.01s", "", None, 200, {}),
+    ("GET", "/v1/sleep/soon", "", None, 400, {"code": 3}),
+]
+RULE_IDS = [
+    "get-template",
+    "additional-binding",
+    "int64-string-enum-name",
+    "timestamp-out",
+    "get-not-found",
+    "percent-decoded-variable",
+    "double-star",
+    "double-star-zero-segments",
+    "double-star-keeps-%2F",
+    "post-body-field-query-camel",
+    "post-body-field-query-snake-enum-number",
+    "additional-binding-body-star",
+    "create-already-exists",
+    "unknown-body-field",
+    "query-names-body-field",
+    "patch-nested-variable-field-mask",
+    "patch-not-found",
+    "custom-verb-body-star",
+    "custom-verb-failed-precondition",
+    "response-body-list",
+    "response-body-page-size",
+    "response-body-empty-list",
+    "delete-returns-empty",
+    "delete-not-found",
+    "wrong-method-405",
+    "unknown-path-404",
+    "duration-path-variable",
+    "bad-duration-path-variable",
+]
+
+
+@pytest.mark.parametrize(("method", "path", "query", "body", "status", "fragment"), RULE_FORMS, ids=RULE_IDS)
+def test_rule_forms(
+    edge: Edge, method: str, path: str, query: str, body: object, status: int, fragment: Any
+) -> None:
+    answer = edge.call(method, f"{path}?{query}" if query else path, body)
+    assert answer.status == status, answer.body
+    assert answer.headers["Content-Type"].startswith("application/json")
+    _contains(answer.json(), fragment)
+    if status >= 400:
+        assert set(answer.json()) == {"code", "message", "details"}, answer.body
+
+
+def test_custom_head_rule(edge: Edge) -> None:
+    assert edge.call("HEAD", "/v1/shelves/1/books/dune").status == 200
+    assert edge.call("HEAD", "/v1/shelves/1/books/nope").status == 404
+    wrong = edge.call("PUT", "/v1/shelves/1/books/dune", {})
+    assert wrong.status == 405
+    assert wrong.headers["Allow"] == "DELETE, GET, HEAD, PATCH"
+
+
+QUERY_MAPPING: list[tuple[str, int, Any]] = [
+    ("filter.genre=SCIENCE", 200, {"filter": {"genre": "SCIENCE"}}),
+    ("filter.pages.min=10&filter.pages.max=20", 200, {"filter": {"pages": {"min": 10, "max": 20}}}),
+    ("filter.genre=2", 200, {"filter": {"genre": "SCIENCE"}}),
+    ("tags=a&tags=b&tags=c", 200, {"tags": ["a", "b", "c"]}),
+    ("genres=FICTION&genres=2", 200, {"genres": ["FICTION", "SCIENCE"]}),
+    ("cursor=%2B%2F8%3D", 200, {"cursor": "+/8="}),
+    ("cursor=-_8", 200, {"cursor": "+/8="}),
+    ("after=2024-01-02T03:04:05.5%2B01:00", 200, {"after": "2024-01-02T02:04:05.500Z"}),
+    ("maxAge=1.5s", 200, {"maxAge": "1.500s"}),
+    ("max_age=90s", 200, {"maxAge": "90s"}),
+    ("readMask=title,publishedAt", 200, {"readMask": "title,publishedAt"}),
+    ("minPages=100&available=true&author=Ann", 200, {"minPages": 100, "available": True, "author": "Ann"}),
+    ("available=false", 200, {"available": False}),
+    ("limit=9007199254740993&score=0.25", 200, {"limit": "9007199254740993", "score": 0.25}),
+    ("_=123", 200, {"tags": []}),
+    ("colour=red", 400, {"code": 3}),
+    ("parent=shelves/2", 400, {"code": 3}),
+    ("filter.genre=POETRY", 400, {"code": 3}),
+    ("genres=7", 400, {"code": 3}),
+    ("limit=x", 400, {"code": 3}),
+    ("after=yesterday", 400, {"code": 3}),
+    ("minPages=1&minPages=2", 400, {"code": 3}),
+]
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "fragment"),
+    QUERY_MAPPING,
+    ids=[
+        "nested-enum-name",
+        "nested-two-levels",
+        "nested-enum-number",
+        "repeated-keys",
+        "repeated-enum-name-and-number",
+        "bytes-std-base64",
+        "bytes-url-safe-base64",
+        "timestamp-offset",
+        "duration-camel",
+        "duration-snake",
+        "field-mask",
+        "wrappers",
+        "wrapper-false-and-unset-null",
+        "int64-and-double",
+        "ignored-cache-buster",
+        "unknown-parameter",
+        "path-bound-field",
+        "bad-enum-name",
+        "bad-enum-number",
+        "bad-int64",
+        "bad-timestamp",
+        "repeated-singular-wrapper",
+    ],
+)
+def test_query_mapping(edge: Edge, query: str, status: int, fragment: Any) -> None:
+    answer = edge.call("GET", f"/v1/shelves/1/books:search?{query}")
+    assert answer.status == status, answer.body
+    body = answer.json()
+    _contains(body, fragment)
+    if status == 200:
+        assert body["parent"] == "shelves/1"
+    else:
+        violations = next(d for d in body["details"] if d["@type"].endswith("BadRequest"))["fieldViolations"]
+        name = query.split("=", 1)[0]
+        assert any(v["field"] == name for v in violations), violations
+
+
+ERROR_CODES = [
+    ("CANCELLED", 499),
+    ("UNKNOWN", 500),
+    ("INVALID_ARGUMENT", 400),
+    ("DEADLINE_EXCEEDED", 504),
+    ("NOT_FOUND", 404),
+    ("ALREADY_EXISTS", 409),
+    ("PERMISSION_DENIED", 403),
+    ("RESOURCE_EXHAUSTED", 429),
+    ("FAILED_PRECONDITION", 400),
+    ("ABORTED", 409),
+    ("OUT_OF_RANGE", 400),
+    ("UNIMPLEMENTED", 501),
+    ("INTERNAL", 500),
+    ("UNAVAILABLE", 503),
+    ("DATA_LOSS", 500),
+    ("UNAUTHENTICATED", 401),
+]
+
+
+@pytest.mark.parametrize(("code", "status"), ERROR_CODES, ids=[c for c, _ in ERROR_CODES])
+def test_backend_errors_map_to_http_statuses(edge: Edge, code: str, status: int) -> None:
+    answer = edge.call("GET", f"/v1/errors/{code}")
+    assert answer.status == status, answer.body
+    body = answer.json()
+    assert body == {"code": code_pb2.Code.Value(code), "message": f"failing with {code}", "details": []}
+    assert answer.headers["X-Request-Id"]
+    if code == "UNAUTHENTICATED":
+        assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_rich_error_details_are_passed_through(edge: Edge) -> None:
+    answer = edge.call("GET", "/v1/errors/PERMISSION_DENIED?rich=true")
+    assert answer.status == 403, answer.body
+    body = answer.json()
+    assert body["code"] == 7 and body["message"] == "the shelf is locked"
+    kinds = {d["@type"]: d for d in body["details"]}
+    info = kinds["type.googleapis.com/google.rpc.ErrorInfo"]
+    assert info["reason"] == "SHELF_LOCKED" and info["domain"] == "library.acme.example"
+    bad = kinds["type.googleapis.com/google.rpc.BadRequest"]
+    _contains(bad["fieldViolations"], [{"field": "shelf", "description": "locked"}])
+
+
+def test_headers_both_ways(edge: Edge) -> None:
+    answer = edge.call(
+        "POST",
+        "/v1/echo",
+        {"text": "hi"},
+        headers={
+            "Authorization": "Bearer abc",
+            "Grpc-Metadata-Tenant": "acme",
+            "Grpc-Metadata-Token-Bin": base64.b64encode(b"\x00\x01").decode(),
+            "X-Request-Id": "req-42",
+            "X-Forwarded-For": "203.0.113.9",
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "Cookie": "secret=1",
+        },
+    )
+    assert answer.status == 200, answer.body
+    seen = answer.json()["metadata"]
+    assert seen == edge.library.seen[-1]
+    assert seen["authorization"] == "Bearer abc"
+    assert seen["tenant"] == "acme"
+    assert seen["token-bin"] == base64.b64encode(b"\x00\x01").decode()
+    assert seen["x-request-id"] == "req-42"
+    assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    assert seen["x-forwarded-host"] == f"127.0.0.1:{edge.port}"
+    assert seen["traceparent"].startswith("00-0af7")
+    assert "cookie" not in seen
+    assert answer.headers["Grpc-Metadata-X-Served-By"] == "library"
+    assert answer.headers["Grpc-Metadata-X-Blob-Bin"] == base64.b64encode(b"\x01\x02\xff").decode()
+    assert answer.headers["Grpc-Trailer-X-Cost"] == "3"
+    assert answer.headers["X-Request-Id"] == "req-42"
+
+
+def test_grpc_timeout_on_a_slow_method_is_504(edge: Edge) -> None:
+    started = time.monotonic()
+    answer = edge.call("GET", "/v1/sleep/5s", headers={"Grpc-Timeout": "200m"})
+    assert answer.status == 504, answer.body
+    assert answer.json()["code"] == 4
+    assert time.monotonic() - started < 3
+
+
+def _events(answer: Answer) -> list[tuple[str, Any]]:
+    events: list[tuple[str, Any]] = []
+    for block in answer.body.decode().split("\n\n"):
+        if not block.strip():
+            continue
+        kind, data = "", []
+        for line in block.splitlines():
+            if line.startswith("event:"):
+                kind = line[len("event:") :].strip()
+            elif line.startswith("data:"):
+                data.append(line[len("data:") :].strip())
+        events.append((kind, json.loads("\n".join(data))))
+    return events
+
+
+def test_stream_as_ndjson(edge: Edge) -> None:
+    answer = edge.call("GET", "/v1/shelves/1:watch?count=3")
+    assert answer.status == 200, answer.body
+    assert answer.headers["Content-Type"].startswith("application/x-ndjson")
+    assert answer.headers["Grpc-Metadata-X-Watch"] == "on"
+    lines = [json.loads(line) for line in answer.body.splitlines()]
+    assert [line["result"]["sequence"] for line in lines] == [1, 2, 3]
+    assert lines[0]["result"]["book"]["name"] == "shelves/1/books/1"
+
+
+def test_stream_with_response_body(edge: Edge) -> None:
+    answer = edge.call("GET", "/v1/shelves/7/books:watch?count=2")
+    assert answer.status == 200, answer.body
+    lines = [json.loads(line) for line in answer.body.splitlines()]
+    assert [line["result"]["name"] for line in lines] == ["shelves/7/books/1", "shelves/7/books/2"]
+    assert lines[0]["result"]["pages"] == "0", "unpopulated fields are emitted"
+
+
+def test_stream_as_sse(edge: Edge) -> None:
+    answer = edge.call("GET", "/v1/shelves/1:watch?count=2", headers={"Accept": "text/event-stream"})
+    assert answer.status == 200, answer.body
+    assert answer.headers["Content-Type"].startswith("text/event-stream")
+    assert [(kind, data["sequence"]) for kind, data in _events(answer)] == [("", 1), ("", 2)]
+
+
+def test_a_stream_failing_midway_ends_with_an_error_line(edge: Edge) -> None:
+    answer = edge.call("GET", "/v1/shelves/1:watch?count=5&failAfter=2")
+    assert answer.status == 200, answer.body
+    lines = [json.loads(line) for line in answer.body.splitlines()]
+    assert [line["result"]["sequence"] for line in lines[:-1]] == [1, 2]
+    assert lines[-1] == {"error": {"code": 10, "message": "the shelf moved", "details": []}}
+    sse = edge.call("GET", "/v1/shelves/1:watch?count=5&failAfter=1", headers={"Accept": "text/event-stream"})
+    events = _events(sse)
+    assert events[0][0] == "" and events[0][1]["sequence"] == 1
+    assert events[-1] == ("error", {"code": 10, "message": "the shelf moved", "details": []})
+
+
+def test_a_stream_refused_at_once_gets_its_own_status(edge: Edge) -> None:
+    answer = edge.call("GET", "/v1/shelves/nowhere:watch?count=0&failAfter=-1")
+    assert answer.status == 404, answer.body
+    assert answer.json()["code"] == 5
+
+
+def test_openapi_describes_the_foreign_service(edge: Edge) -> None:
+    paths = edge.call("GET", "/openapi.json").json()["paths"]
+    assert {p: sorted(v) for p, v in paths.items()} == {
+        "/v1/shelves/{shelve}/books/{book}": ["delete", "get", "head", "patch"],
+        "/v2/library/shelves/{shelve}/books/{book}": ["get"],
+        "/v1/files/{file}": ["get"],
+        "/v1/shelves/{shelve}/books": ["get", "post"],
+        "/v1/shelves/{shelve}/books:create": ["put"],
+        "/v1/shelves/{shelve}:archive": ["post"],
+        "/v1/shelves/{shelve}/books:search": ["get"],
+        "/v1/echo": ["post"],
+        "/v1/errors/{code}": ["get"],
+        "/v1/sleep/{delay}": ["get"],
+        "/v1/shelves/{shelve}:watch": ["get"],
+        "/v1/shelves/{shelve}/books:watch": ["get"],
+    }
+    listed = paths["/v1/shelves/{shelve}/books"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert listed["schema"] == {
+        "type": "array",
+        "items": {"$ref": "#/components/schemas/acme.library.v1.Book"},
+    }
+    watched = paths["/v1/shelves/{shelve}:watch"]["get"]["responses"]["200"]["content"]
+    assert set(watched) == {"application/x-ndjson", "text/event-stream"}
