@@ -15,7 +15,9 @@ from gateway.app import Edge
 from gateway.backends import Backends
 from gateway.routes import compile_routes
 from poly.orders.v1 import orders_service_pb2
-from services.kit.config import GatewaySettings
+from services.kit import config
+from services.kit.config import Backend, GatewaySettings
+from tests.support.env import free_port, make_certs
 
 
 class _NoBackends:
@@ -49,3 +51,53 @@ def test_an_unmatched_path_is_a_status_even_with_a_newline_in_it(raw_path: str) 
     assert (status, content_type) == (404, "application/json"), body
     assert body["code"] == 5
     assert body["details"][0]["reason"] == "ROUTE_NOT_FOUND"
+
+
+def _edge(tmp_path: Path, **limits: Any) -> Edge:
+    """An edge whose one backend (orders) is down: a request that passes the edge's own
+    checks gets UNAVAILABLE from the real channel."""
+    certs = make_certs(tmp_path / "certs")
+    tls = config.load("gateway", {"POLY_TLS_DIR": str(certs)}).tls
+    service = "poly.orders.v1.OrdersService"
+    backends = {service: Backend(f"localhost:{free_port()}", "orders")}
+    router = compile_routes(orders_service_pb2.DESCRIPTOR.services_by_name.values())
+    settings = GatewaySettings(descriptor_set=Path("unused.binpb"), backends=backends, **limits)
+    return Edge(router, Backends(backends, tls), settings, document={})
+
+
+def _exchange(edge: Edge, requests: list[tuple[str, dict[str, str]]]) -> list[tuple[int, dict[str, str]]]:
+    async def run() -> list[tuple[int, dict[str, str]]]:
+        answers = []
+        async with TestClient(TestServer(edge.application())) as client:
+            for method, headers in requests:
+                async with client.request(method, "/v1/orders", headers=headers) as response:
+                    await response.read()
+                    answers.append((response.status, dict(response.headers)))
+        return answers
+
+    return asyncio.run(run())
+
+
+def test_past_the_burst_a_client_gets_429_with_retry_after(tmp_path: Path) -> None:
+    edge = _edge(tmp_path, rate_per_second=0.5, rate_burst=2)
+    alice = {"Authorization": "Bearer alice"}
+    answers = _exchange(edge, [("GET", alice)] * 3 + [("GET", {"Authorization": "Bearer bob"})])
+    assert [status for status, _ in answers] == [503, 503, 429, 503], "bob has a bucket of his own"
+    assert int(answers[2][1]["Retry-After"]) >= 1
+
+
+def test_cors_answers_allowed_origins_only(tmp_path: Path) -> None:
+    edge = _edge(tmp_path, cors_origins=("https://shop.example",))
+    preflight = {"Origin": "https://shop.example", "Access-Control-Request-Method": "POST"}
+    stranger = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    answers = _exchange(
+        edge,
+        [("OPTIONS", preflight), ("GET", {"Origin": "https://shop.example"}), ("OPTIONS", stranger)],
+    )
+    (allowed, allowed_headers), (call, call_headers), (refused, refused_headers) = answers
+    assert allowed == 204
+    assert allowed_headers["Access-Control-Allow-Origin"] == "https://shop.example"
+    assert "POST" in allowed_headers["Access-Control-Allow-Methods"]
+    assert call == 503 and call_headers["Access-Control-Allow-Origin"] == "https://shop.example"
+    assert "Access-Control-Allow-Origin" not in refused_headers
+    assert refused != 204
