@@ -14,6 +14,7 @@ import base64
 import http.client
 import importlib
 import json
+import socket
 import sys
 import threading
 import time
@@ -241,6 +242,9 @@ class Library:
         self.books: dict[str, Any] = {}
         self.shelves: dict[str, Any] = {}
         self.seen: list[dict[str, str]] = []
+        self.sleeping = threading.Event()
+        self.abandoned = threading.Event()
+        """Set when a Sleep call ended because its caller cancelled it."""
         for shelf in ("shelves/1", "shelves/2", "shelves/3", "shelves/4"):
             self.shelves[shelf] = pb.Shelf(name=shelf, archived=shelf == "shelves/4")
         for name, title, genre, pages in [
@@ -349,8 +353,11 @@ class Library:
 
     def Sleep(self, request: Any, context: grpc.ServicerContext) -> Any:
         end = time.monotonic() + request.delay.ToTimedelta().total_seconds()
+        self.sleeping.set()
         while time.monotonic() < end and context.is_active():
             time.sleep(0.01)
+        if not context.is_active():
+            self.abandoned.set()
         return empty_pb2.Empty()
 
     def WatchShelf(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
@@ -728,6 +735,15 @@ def test_grpc_timeout_on_a_slow_method_is_504(edge: Edge) -> None:
     assert answer.status == 504, answer.body
     assert answer.json()["code"] == 4
     assert time.monotonic() - started < 3
+
+
+def test_a_client_that_disconnects_cancels_the_backend_call(edge: Edge) -> None:
+    edge.library.sleeping.clear()
+    edge.library.abandoned.clear()
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as client:
+        client.sendall(b"GET /v1/sleep/20s HTTP/1.1\r\nHost: edge\r\n\r\n")
+        assert edge.library.sleeping.wait(10), "the call reached the backend"
+    assert edge.library.abandoned.wait(10), "the backend saw the call cancelled once the client left"
 
 
 def _events(answer: Answer) -> list[tuple[str, Any]]:
