@@ -137,7 +137,9 @@ class Edge:
         )
 
     def application(self) -> web.Application:
-        app = web.Application(client_max_size=self._settings.max_body_bytes, middlewares=[self._cors])
+        # No origins configured, no CORS headers ever: the middleware would only cost time.
+        middlewares = [self._cors] if self._settings.cors_origins else []
+        app = web.Application(client_max_size=self._settings.max_body_bytes, middlewares=middlewares)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/openapi.json", self._openapi)
