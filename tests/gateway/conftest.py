@@ -6,30 +6,18 @@ Every service runs as a process with real certificates; the edge reaches them ov
 
 from __future__ import annotations
 
-import http.client
-import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
 from services.kit import config
+from tests.support.http import Answer, http_call
 from tests.support.identity import PASSWORD, Deployment, start
 from tests.support.processes import Process
 
 __all__ = ["Answer", "Edge", "edge"]
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: http.client.HTTPMessage
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 @dataclass
@@ -47,14 +35,7 @@ class Edge:
         headers: dict[str, str] | None = None,
         raw: bytes | None = None,
     ) -> Answer:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            payload = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-            connection.request(method, path, body=payload, headers=headers or {})
-            response = connection.getresponse()
-            return Answer(response.status, response.headers, response.read())
-        finally:
-            connection.close()
+        return http_call(self.port, method, path, body, headers=headers, raw=raw)
 
     def token(self) -> tuple[str, str]:
         """A new user's ``(users/{id}, access token)``, through the edge."""

@@ -11,7 +11,6 @@ it from that set. Every case is a plain HTTP request through the edge.
 from __future__ import annotations
 
 import base64
-import http.client
 import importlib
 import json
 import socket
@@ -34,6 +33,7 @@ from grpc_tools import protoc
 
 from services.kit import config, tls
 from tests.support.env import free_port, poly_environ
+from tests.support.http import Answer, http_call
 from tests.support.processes import Process
 
 pytestmark = pytest.mark.slow
@@ -372,16 +372,6 @@ class Library:
 
 
 @dataclass
-class Answer:
-    status: int
-    headers: http.client.HTTPMessage
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
 class Edge:
     port: int
     library: Library
@@ -390,14 +380,7 @@ class Edge:
     def call(
         self, method: str, path: str, body: object = None, *, headers: dict[str, str] | None = None
     ) -> Answer:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
-        try:
-            payload = None if body is None else json.dumps(body).encode()
-            connection.request(method, path, body=payload, headers=headers or {})
-            response = connection.getresponse()
-            return Answer(response.status, response.headers, response.read())
-        finally:
-            connection.close()
+        return http_call(self.port, method, path, body, headers=headers, timeout=15)
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import importlib
-import inspect
 import pkgutil
 from types import ModuleType
 
 import pytest
 
 import services.kit
+from tests.support.exports import assert_exports_are_complete, assert_test_file_exists
 
 
 def _modules() -> list[ModuleType]:
@@ -20,19 +20,7 @@ def _modules() -> list[ModuleType]:
 
 @pytest.mark.parametrize("module", _modules(), ids=lambda m: m.__name__)
 def test_all_matches_the_public_names(module: ModuleType) -> None:
-    exported = getattr(module, "__all__", None)
-    assert exported is not None, "every kit module has __all__"
-    assert len(set(exported)) == len(exported)
-    for name in exported:
-        assert hasattr(module, name), f"__all__ names {name}, which does not exist"
-    defined_here = {
-        name
-        for name, value in vars(module).items()
-        if not name.startswith("_")
-        and (inspect.isfunction(value) or inspect.isclass(value))
-        and value.__module__ == module.__name__
-    }
-    assert defined_here <= set(exported), f"public but not exported: {defined_here - set(exported)}"
+    assert_exports_are_complete(module)
 
 
 @pytest.mark.parametrize("module", _modules(), ids=lambda m: m.__name__)
@@ -44,4 +32,4 @@ def test_each_module_has_its_test_file(module: ModuleType) -> None:
         expected = "tests.kit." + ".".join(parts)
     else:
         expected = "tests.kit." + ".".join([*parts[:-1], f"test_{parts[-1]}"])
-    assert importlib.util.find_spec(expected) is not None, expected
+    assert_test_file_exists(expected)
