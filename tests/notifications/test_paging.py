@@ -4,8 +4,6 @@ that existed before skipped), and UpdateTemplate's refusal of bad update masks."
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from typing import Any
 
 import grpc
 import pytest
@@ -22,54 +20,8 @@ from tests.notifications.test_service import (
     _webhook,
     system,  # noqa: F401 - the module's deployment fixture, shared with test_service
 )
+from tests.support import paging
 from tests.support.waiting import eventually
-
-MAX_INSERTS = 40
-"""The writer stops after this many: in ascending order a writer faster than the reader
-would otherwise keep the last page moving forever."""
-
-
-def _names(items: Any) -> list[str]:
-    return [item.name for item in items]
-
-
-def _pages(list_page: Callable[[str], tuple[list[str], str]]) -> tuple[list[str], int]:
-    names: list[str] = []
-    token, pages = "", 0
-    while True:
-        found, token = list_page(token)
-        names += found
-        pages += 1
-        if not token:
-            return names, pages
-
-
-def _at_least(count: int, names: list[str]) -> list[str] | None:
-    return names if len(names) >= count else None
-
-
-def _while_inserting(
-    insert: Callable[[], bool],
-    list_page: Callable[[str], tuple[list[str], str]],
-    limit: int = MAX_INSERTS,
-) -> tuple[list[str], int, int]:
-    """Every page of a listing, read while `insert` runs in a loop on another thread (until it
-    answers False); the names served, the number of pages and the inserts made meanwhile."""
-    stop, inserted = threading.Event(), [0]
-
-    def writer() -> None:
-        while not stop.is_set() and inserted[0] < limit and insert():
-            inserted[0] += 1
-
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
-    try:
-        names, pages = _pages(list_page)
-    finally:
-        stop.set()
-        thread.join(15)
-    assert not thread.is_alive()
-    return names, pages, inserted[0]
 
 
 @pytest.mark.parametrize("order_by", ["", "create_time asc"], ids=["default", "asc"])
@@ -79,22 +31,26 @@ def test_deliveries_page_without_duplicates_or_gaps(system: System, order_by: st
     def page(token: str) -> tuple[list[str], str]:
         request = pb.ListDeliveriesRequest(page_size=3, page_token=token, order_by=order_by)
         reply = system.notifications.ListDeliveries(request, metadata=system.admin, timeout=10)
-        return _names(reply.deliveries), reply.next_page_token
+        return paging.names(reply.deliveries), reply.next_page_token
 
     def insert() -> bool:
         _push(system, _paid(user))
         return True
 
-    existing = len(_pages(page)[0])
+    existing = len(paging.all_pages(page)[0])
     for _ in range(10):
         _push(system, _paid(user))
     # The dispatcher makes a notification's deliveries after the event is recorded.
-    before = set(eventually(lambda: _at_least(existing + 10, _pages(page)[0]), what="10 more deliveries"))
-    names, pages, inserted = _while_inserting(insert, page)
+    before = set(
+        eventually(
+            lambda: paging.at_least(existing + 10, paging.all_pages(page)[0]), what="10 more deliveries"
+        )
+    )
+    names, pages, inserted = paging.while_inserting(insert, page)
     assert pages >= 4 and inserted, (pages, inserted)
     assert len(names) == len(set(names)), "no delivery is served twice"
     assert before <= set(names), "every delivery that existed before the listing is served"
-    assert set(names) <= set(_pages(page)[0])
+    assert set(names) <= set(paging.all_pages(page)[0])
 
 
 def test_webhooks_page_without_duplicates_or_gaps(system: System) -> None:  # noqa: F811
@@ -105,7 +61,7 @@ def test_webhooks_page_without_duplicates_or_gaps(system: System) -> None:  # no
     def page(token: str) -> tuple[list[str], str]:
         request = pb.ListWebhooksRequest(page_size=3, page_token=token)
         reply = system.notifications.ListWebhooks(request, metadata=user.metadata, timeout=10)
-        return _names(reply.webhooks), reply.next_page_token
+        return paging.names(reply.webhooks), reply.next_page_token
 
     # A user may hold 10 webhooks: a paced writer adds one whenever a page has been served,
     # so each of the 6 it may add lands while the listing is under way.
@@ -122,13 +78,13 @@ def test_webhooks_page_without_duplicates_or_gaps(system: System) -> None:  # no
         _webhook(system, user)
         return True
 
-    before = set(_pages(page)[0])
+    before = set(paging.all_pages(page)[0])
     assert len(before) == 4
-    names, pages, inserted = _while_inserting(insert, listed, limit=6)
+    names, pages, inserted = paging.while_inserting(insert, listed, limit=6)
     assert pages >= 2 and inserted, (pages, inserted)
     assert len(names) == len(set(names)), "no webhook is served twice"
     assert before <= set(names), "every webhook that existed before the listing is served"
-    everything = set(_pages(page)[0])
+    everything = set(paging.all_pages(page)[0])
     assert set(names) <= everything and len(everything) == 4 + inserted
 
 
