@@ -21,7 +21,7 @@ from poly.auth.v1 import auth_service_pb2_grpc
 from services.kit import clients, config
 from tests.support.env import PYTHON, ROOT, poly_environ, process_environ, settings_for
 from tests.support.identity import PASSWORD
-from tests.support.processes import Process, health_check
+from tests.support.processes import Process, health_check, run_module
 from tests.support.waiting import eventually
 
 BUF = ROOT / "node_modules" / ".bin" / "buf"
@@ -234,15 +234,11 @@ def _curl(command: str, system: System, values: dict[str, str]) -> list[str]:
 
 def test_readme_identity_and_order_examples_run_as_written(system: System) -> None:
     """Every ``$CURL`` line of "Identity and access" and "Orders, payments and email", in order."""
-    created = subprocess.run(
-        [PYTHON, "-m", "services.cli", "admin", "create", "--email", "admin@example.com", "--password-stdin"],
-        input=PASSWORD + "\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=process_environ(system.environ),
-        cwd=ROOT,
-        check=False,
+    created = run_module(
+        "services.cli",
+        system.environ,
+        *("admin", "create", "--email", "admin@example.com", "--password-stdin"),
+        stdin=PASSWORD + "\n",
     )
     assert created.returncode == 0, created.stderr
     settings = config.load("cli", system.environ)
