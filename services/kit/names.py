@@ -1,12 +1,14 @@
-"""Resource names (AIP-122): ``orders/{order}`` in requests, ids inside a service."""
+"""Resource names (AIP-122): ``orders/{order}`` in requests, ids inside a service; and the
+idempotency keys (AIP-155 ``request_id``) that name a request."""
 
 from __future__ import annotations
 
 import re
+import uuid
 
 from services.kit.errors import FieldViolation, InvalidArgument
 
-__all__ = ["resource_id"]
+__all__ = ["request_id_problems", "resource_id"]
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,63}$")
 
@@ -24,3 +26,19 @@ def resource_id(name: str, collection: str, *, field: str = "name") -> str:
             name=name[:100],
         )
     return resource
+
+
+def request_id_problems(
+    request_id: str, *, required: bool = False, versions: tuple[int, ...] = (4,)
+) -> list[FieldViolation]:
+    """What is wrong with an idempotency key (AIP-155 ``request_id``): it must be a UUID of
+    one of `versions` in its canonical form (either case). Empty is fine unless `required`."""
+    if not request_id and not required:
+        return []
+    try:
+        parsed = uuid.UUID(request_id)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.version not in versions or str(parsed) != request_id.lower():
+        return [FieldViolation("request_id", "must be a UUID4, e.g. 0b9b7c0e-3f1a-4c2e-8a5d-1e2f3a4b5c6d")]
+    return []

@@ -37,6 +37,7 @@ from services.kit.errors import (
     NotFound,
 )
 from services.kit.money import MAX_AMOUNT_MINOR, Money, money_problems
+from services.kit.names import request_id_problems
 
 __all__ = [
     "AWAITING_PAYMENT",
@@ -275,17 +276,8 @@ def _order_problems(lines: Sequence[NewLine], order_id: str, request_id: str) ->
         problems.append(
             FieldViolation("order_id", "must be 4 to 63 characters of [a-z0-9-], starting with a letter")
         )
-    if request_id and not _is_uuid4(request_id):
-        problems.append(FieldViolation("request_id", "must be a UUID4"))
+    problems += request_id_problems(request_id)
     return problems
-
-
-def _is_uuid4(text: str) -> bool:
-    try:
-        parsed = uuid.UUID(text)
-    except ValueError:
-        return False
-    return parsed.version == 4 and str(parsed) == text.lower()
 
 
 def _digest(lines: Sequence[NewLine], order_id: str) -> str:

@@ -31,6 +31,7 @@ from services.kit.errors import (
 )
 from services.kit.filters import Ordering, Term
 from services.kit.money import Money, money_problems
+from services.kit.names import request_id_problems
 
 __all__ = [
     "ACCOUNT_FIELDS",
@@ -331,15 +332,9 @@ def _query(filter_text: str, order_by: str, fields: filters.Fields, orderings: S
 
 
 def _request_id_problems(request_id: str) -> list[FieldViolation]:
-    try:
-        parsed = uuid.UUID(request_id)
-    except ValueError:
-        parsed = None
     # UUID5 too: a service deriving its key from a name (orders' capture of an order) retries
     # with the same key even after a restart, without storing it first.
-    if parsed is None or parsed.version not in (4, 5) or str(parsed) != request_id.lower():
-        return [FieldViolation("request_id", "must be a UUID4, e.g. 0b9b7c0e-3f1a-4c2e-8a5d-1e2f3a4b5c6d")]
-    return []
+    return request_id_problems(request_id, required=True, versions=(4, 5))
 
 
 def _refuse(problems: list[FieldViolation], what: str) -> None:
