@@ -44,16 +44,21 @@ its limit, other load on the server core). Both processes run at POLY_LOG_LEVEL=
 the kit's per-call access line (INFO) is off, as in a quiet production log level; with it on,
 the backend spends more per call and the edge's share looks smaller than it is.
 
-Recorded run (2026-11-26, this project's 2-core machine, one run, other sessions' tests busy)
---------------------------------------------------------------------------------------------
+Recorded run (2026-11-26, this project's 2-core machine, one run, machine otherwise quiet)
+----------------------------------------------------------------------------------------
     path    in flight   rps   p50 ms  p99 ms  server CPU us/req (backend + gateway)
-    direct     32      1297   21.03   96.32    725
-    edge       32       934   32.57   82.91   1050 (688 + 362)
-    direct      1      1084    0.69    5.90    727
-    edge        1       629    1.34    6.08   1368 (836 + 533)
-    Edge efficiency 0.72 (0.69 by CPU per request); the edge adds 0.66 ms p50 at 1 in flight.
-    py-spy of the gateway at load: about half its samples are the grpc.aio client (the call's
-    ``_invoke`` task and the poller thread), proto3 JSON output ~6%, aiohttp the rest.
+    direct     32      1092   26.88   76.34    915
+    edge       32       796   38.83   85.31   1254 (846 + 408)
+    direct      1      1078    0.89    1.28    909
+    edge        1       640    1.53    2.39   1546 (940 + 606)
+    Edge efficiency 0.73 (quick runs the same hour: 0.74, 0.74, 0.75, 0.76, 0.80); the edge
+    adds 0.64 ms p50 at 1 in flight.
+    The floor: a bare grpc.aio client, one channel, 32 in flight, spends 190 us of CPU per
+    call (0.22x the backend's), so the 0.25x goal leaves ~20 us for all the HTTP and JSON
+    work; the gateway's own work above the floor is ~200 us. grpclib's client measured the
+    same floor (~220 us, a throwaway probe), and uvloop, no retries/BDP probes, and the sync
+    client's futures did not lower the gateway's CPU per call. py-spy of the gateway at load:
+    about half its samples are the grpc.aio client (``_invoke`` and the poller thread).
 
 Usage: ``python bench/edge.py [--seconds N] [--quick] [--concurrency C]``. Results are printed
 as markdown and written to ``bench/results/edge.json``.
@@ -307,6 +312,8 @@ class Run:
     duration_s: float
     p50_us: float
     p99_us: float
+    client_cpu_s: float = math.nan
+    """CPU the load generator itself spent in the window (the grpc.aio one only)."""
 
 
 def run_tool(argv: list[str], env: dict[str, str], seconds: float) -> str:
@@ -436,12 +443,21 @@ class PythonGrpcLoad:
 
     name = "grpc.aio client (h2load unavailable)"
 
-    def __init__(self, address: str, load_cpu: int, environ: dict[str, str]) -> None:
+    def __init__(
+        self, address: str, load_cpu: int, environ: dict[str, str], *, connections: int = H2_CONNECTIONS
+    ) -> None:
         self.address, self.load_cpu, self.environ = address, load_cpu, environ
+        self.connections = connections
 
     def run(self, in_flight: int, seconds: float) -> Run:
         spec = json.dumps(
-            {"address": self.address, "in_flight": in_flight, "seconds": seconds, "environ": self.environ}
+            {
+                "address": self.address,
+                "in_flight": in_flight,
+                "seconds": seconds,
+                "environ": self.environ,
+                "connections": self.connections,
+            }
         )
         out = run_tool(
             ["taskset", "-c", str(self.load_cpu), sys.executable, __file__, "_grpcload", spec],
@@ -451,7 +467,7 @@ class PythonGrpcLoad:
         found = json.loads(out.strip().splitlines()[-1])
         if found["errors"]:
             raise BenchError(f"grpc.aio load generator: {found['errors']} calls failed")
-        return Run(found["requests"], found["duration_s"], found["p50_us"], found["p99_us"])
+        return Run(found["requests"], found["duration_s"], found["p50_us"], found["p99_us"], found["cpu_s"])
 
 
 async def _grpc_load(spec: dict[str, Any]) -> dict[str, Any]:
@@ -459,7 +475,7 @@ async def _grpc_load(spec: dict[str, Any]) -> dict[str, Any]:
     credentials = tls.channel_credentials(cli.tls)
     channels = [
         grpc.aio.secure_channel(spec["address"], credentials, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(min(H2_CONNECTIONS, spec["in_flight"]))
+        for _ in range(min(spec["connections"], spec["in_flight"]))
     ]
     calls = [
         c.unary_unary(
@@ -482,9 +498,9 @@ async def _grpc_load(spec: dict[str, Any]) -> dict[str, Any]:
                 errors += 1
             latencies.append((time.perf_counter() - start) * 1e6)
 
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()  # all threads: grpc's poller too
     await asyncio.gather(*(worker(i) for i in range(spec["in_flight"])))
-    duration = time.perf_counter() - began
+    duration, cpu = time.perf_counter() - began, time.process_time() - cpu_began
     for channel in channels:
         await channel.close()
     latencies.sort()
@@ -494,6 +510,7 @@ async def _grpc_load(spec: dict[str, Any]) -> dict[str, Any]:
         "errors": errors,
         "p50_us": percentile(latencies, 0.5),
         "p99_us": percentile(latencies, 0.99),
+        "cpu_s": cpu,
     }
 
 
@@ -572,6 +589,14 @@ def summary(rows: dict[tuple[str, int], Row], concurrency: int) -> dict[str, flo
     }
 
 
+def grpc_client_floor_us(system: System, load_cpu: int, opts: Options) -> float:
+    """CPU per call a grpc.aio client spends on its own: what the gateway's gRPC side cannot go under."""
+    tool = PythonGrpcLoad(f"localhost:{system.auth_port}", load_cpu, system.environ, connections=1)
+    tool.run(opts.concurrency, opts.warmup)
+    run = tool.run(opts.concurrency, opts.seconds)
+    return 1e6 * run.client_cpu_s / max(run.requests, 1)
+
+
 @dataclass(frozen=True)
 class Options:
     seconds: float
@@ -628,8 +653,14 @@ def run(opts: Options) -> int:
                         f"  {path} x{in_flight}: {row.rps:,.0f} rps, {row.cpu_us_per_req:.0f} µs/req",
                         flush=True,
                     )
+            floor_us = grpc_client_floor_us(system, load_cpu, opts)
+            print(f"  bare grpc.aio client x{opts.concurrency}: {floor_us:.0f} µs/req", flush=True)
     ordered = [rows[key] for key in sorted(rows, key=lambda k: (-k[1], k[0]))]
     found = summary(rows, opts.concurrency)
+    edge_row = rows["edge", opts.concurrency]
+    found["grpc_client_floor_us"] = floor_us
+    found["grpc_client_floor_vs_backend_cpu"] = floor_us / edge_row.backend_us_per_req
+    found["gateway_above_floor_us"] = edge_row.gateway_us_per_req - floor_us
     print(f"\n## {SERVICE}.GetJwks: direct mTLS gRPC vs through the HTTP/JSON edge\n")
     print(table(ordered))
     print(
@@ -640,6 +671,12 @@ def run(opts: Options) -> int:
         f"(goal ≤ 0.25). "
         f"At 1 in flight the edge adds {found['low_load_added_p50_ms']:.2f} ms p50 (goal < 1 ms). "
         f"All server threads pinned: {'yes' if all(r.pinned for r in ordered) else 'NO'}."
+    )
+    print(
+        f"\nThe gRPC client's floor: a bare grpc.aio client (one channel, as the gateway has) spends "
+        f"{floor_us:.0f} µs of CPU per call of its own, {found['grpc_client_floor_vs_backend_cpu']:.2f}x "
+        f"the backend's; the gateway's work above that floor (HTTP, routing, JSON, headers) is "
+        f"{found['gateway_above_floor_us']:.0f} µs per call."
     )
     elapsed = time.monotonic() - began
     print(f"\n(wall time {elapsed:.0f} s; JSON in {RESULTS_PATH})")
