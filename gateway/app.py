@@ -27,10 +27,10 @@ from google.rpc import status_pb2
 
 from gateway import errors, headers, jsoncodec, query, streaming
 from gateway.backends import Backends
+from gateway.config import Limits
 from gateway.routes import MethodNotAllowed, Route, RouteNotFound, Router
-from services.kit.config import GatewaySettings
 
-__all__ = ["Edge", "SuccessStatus", "default_success_status"]
+__all__ = ["Edge", "Routing", "SuccessStatus", "default_success_status"]
 
 _log = logging.getLogger("poly.gateway")
 
@@ -41,6 +41,15 @@ SuccessStatus = Callable[[Route], int]
 def default_success_status(route: Route) -> int:
     """200, as grpc-gateway answers every success."""
     return 200
+
+
+@dataclass(frozen=True)
+class Routing:
+    """What the edge routes: the compiled routes, their OpenAPI document, the success statuses."""
+
+    router: Router
+    document: dict[str, Any]
+    success_status: SuccessStatus = default_success_status
 
 
 @dataclass(frozen=True)
@@ -114,27 +123,33 @@ def _refusal(
     return _Refusal(status, http or errors.http_status(code), extra)
 
 
-class Edge:
-    """The aiohttp application serving `router`'s routes from `backends`."""
+@dataclass(frozen=True)
+class _Compiled:
+    router: Router
+    plans: dict[Route, _Plan]
+    document: bytes
 
-    def __init__(
-        self,
-        router: Router,
-        backends: Backends,
-        settings: GatewaySettings,
-        *,
-        document: dict[str, Any],
-        success_status: SuccessStatus = default_success_status,
-    ) -> None:
-        self._router = router
+
+def _compiled(routing: Routing) -> _Compiled:
+    # Worked out once per route: nothing about a route is looked up again per request.
+    plans = {route: _plan(route, routing.success_status) for route in routing.router.routes}
+    return _Compiled(routing.router, plans, json.dumps(routing.document).encode())
+
+
+class Edge:
+    """The aiohttp application serving `routing`'s routes from `backends`."""
+
+    def __init__(self, routing: Routing, backends: Backends, settings: Limits) -> None:
+        self._routes = _compiled(routing)
         self._backends = backends
         self._settings = settings
-        self._document = json.dumps(document).encode()
-        # Worked out once per route: nothing about a route is looked up again per request.
-        self._plans: dict[Route, _Plan] = {route: _plan(route, success_status) for route in router.routes}
         self._buckets = (
             _TokenBuckets(settings.rate_per_second, settings.rate_burst) if settings.rate_per_second else None
         )
+
+    def reroute(self, routing: Routing) -> None:
+        """Serve `routing` from now on; requests already routed finish on the old routes."""
+        self._routes = _compiled(routing)
 
     def application(self) -> web.Application:
         # No origins configured, no CORS headers ever: the middleware would only cost time.
@@ -162,7 +177,7 @@ class Edge:
         )
 
     async def _openapi(self, request: web.Request) -> web.Response:
-        return web.Response(body=self._document, content_type="application/json")
+        return web.Response(body=self._routes.document, content_type="application/json")
 
     @web.middleware
     async def _cors(
@@ -224,9 +239,9 @@ class Edge:
         response.headers.update(extra or {})
         return response
 
-    def _route(self, request: web.Request) -> tuple[Route, dict[str, str]]:
+    def _route(self, request: web.Request, routes: _Compiled) -> tuple[Route, dict[str, str]]:
         try:
-            found = self._router.find(request.method, request.raw_path.split("?", 1)[0])
+            found = routes.router.find(request.method, request.raw_path.split("?", 1)[0])
         except RouteNotFound:
             raise _refusal(grpc.StatusCode.NOT_FOUND, "no route for this path", "ROUTE_NOT_FOUND") from None
         except MethodNotAllowed as wrong:
@@ -252,8 +267,9 @@ class Edge:
                 extra={"Retry-After": str(max(1, round(wait + 0.5)))},
             )
 
-    async def _message(self, request: web.Request, route: Route, variables: dict[str, str]) -> Message:
-        plan = self._plans[route]
+    async def _message(
+        self, request: web.Request, route: Route, plan: _Plan, variables: dict[str, str]
+    ) -> Message:
         message = plan.request_class()
         if route.body:
             try:
@@ -279,9 +295,11 @@ class Edge:
         return message
 
     async def _transcode(self, request: web.Request, request_id: str) -> web.StreamResponse:
-        route, variables = self._route(request)
+        routes = self._routes  # one routing per request, even if a reload swaps it meanwhile
+        route, variables = self._route(request, routes)
+        plan = routes.plans[route]
         self._limit_rate(request)
-        message = await self._message(request, route, variables)
+        message = await self._message(request, route, plan, variables)
         timeout_header = request.headers.get("Grpc-Timeout")
         timeout = (
             headers.parse_grpc_timeout(timeout_header)
@@ -292,7 +310,6 @@ class Edge:
             request.headers.items(), peer_ip=request.remote or "", host=request.host, request_id=request_id
         )
         channel = self._backends.channel(route.method.containing_service.full_name)
-        plan = self._plans[route]
         if route.server_streaming:
             return await self._stream(
                 request,

@@ -1,50 +1,94 @@
-"""The edge's gRPC side: one mTLS `grpc.aio` channel per backend, presenting the edge's own
-certificate, and their health for ``/readyz``."""
+"""The edge's gRPC side: one `grpc.aio` channel per backend target, with that target's
+transport security (plaintext, TLS, or mTLS presenting the edge's certificate), and their
+health for ``/readyz``."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.kit import tls
-from services.kit.config import Backend, TlsSettings
+from gateway.config import Target, Transport
 
-__all__ = ["Backends"]
+__all__ = ["Backends", "credentials"]
 
 _KEEPALIVE_MS = 30_000
+_MAX_RECONNECT_BACKOFF_MS = 3_000
+
+
+def credentials(transport: Transport) -> grpc.ChannelCredentials | None:
+    """The channel credentials of `transport`; None for plaintext. Files are read now, so a
+    rotated certificate is picked up by the next channel built."""
+    if transport.mode == "plaintext":
+        return None
+    mtls = transport.mode == "mtls"
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(transport.ca_file),
+        private_key=_read(transport.key_file) if mtls else None,
+        certificate_chain=_read(transport.cert_file) if mtls else None,
+    )
+
+
+def _read(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path is not None else None
 
 
 class Backends:
-    """Channels by full service name; created on first use, inside the serving loop."""
+    """Channels by full service name; created on first use, inside the serving loop.
 
-    def __init__(self, backends: Mapping[str, Backend], tls_settings: TlsSettings) -> None:
-        self._backends = dict(backends)
-        self._tls = tls_settings
-        self._channels: dict[Backend, grpc.aio.Channel] = {}
+    `targets` maps named services; every other service goes to `default` (when given).
+    """
+
+    def __init__(self, targets: Mapping[str, Target], default: Target | None = None) -> None:
+        self._targets = dict(targets)
+        self._default = default
+        self._channels: dict[Target, grpc.aio.Channel] = {}
+        self._routed: list[str] = sorted(self._targets)
 
     @property
     def services(self) -> list[str]:
-        return sorted(self._backends)
+        """The services whose health ``/readyz`` reports."""
+        return self._routed
 
-    def channel(self, service: str) -> grpc.aio.Channel:
-        backend = self._backends[service]
-        found = self._channels.get(backend)
+    def route(self, services: Iterable[str]) -> None:
+        """Say which services now have routes (after a descriptor reload)."""
+        self._routed = sorted(set(services))
+
+    def target(self, service: str) -> Target:
+        found = self._targets.get(service, self._default)
         if found is None:
-            options: list[tuple[str, str | int]] = [("grpc.keepalive_time_ms", _KEEPALIVE_MS)]
-            if backend.server_name:
-                # The backend must prove it is this component, not just any holder of a
+            raise KeyError(f"no backend for {service}")
+        return found
+
+    def channel_to(self, target: Target) -> grpc.aio.Channel:
+        found = self._channels.get(target)
+        if found is None:
+            options: list[tuple[str, str | int]] = [
+                ("grpc.keepalive_time_ms", _KEEPALIVE_MS),
+                # A backend that comes back is found within seconds, not after minutes of backoff.
+                ("grpc.initial_reconnect_backoff_ms", 250),
+                ("grpc.max_reconnect_backoff_ms", _MAX_RECONNECT_BACKOFF_MS),
+            ]
+            if target.transport.server_name:
+                # The backend must prove it is this name, not just any holder of a
                 # certificate for the dialled host.
-                options.append(("grpc.ssl_target_name_override", backend.server_name))
-            found = self._channels[backend] = grpc.aio.secure_channel(
-                backend.address, tls.channel_credentials(self._tls), options=options
+                options.append(("grpc.ssl_target_name_override", target.transport.server_name))
+            secure = credentials(target.transport)
+            found = self._channels[target] = (
+                grpc.aio.insecure_channel(target.address, options=options)
+                if secure is None
+                else grpc.aio.secure_channel(target.address, secure, options=options)
             )
         return found
 
+    def channel(self, service: str) -> grpc.aio.Channel:
+        return self.channel_to(self.target(service))
+
     async def health(self, *, timeout: float = 2.0) -> dict[str, str]:
-        """Each backend service's gRPC health status (``SERVING``, ``NOT_SERVING``,
+        """Each routed service's gRPC health status (``SERVING``, ``NOT_SERVING``,
         ``UNAVAILABLE`` when it cannot be reached)."""
 
         async def one(service: str) -> tuple[str, str]:

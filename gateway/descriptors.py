@@ -45,6 +45,14 @@ class DescriptorSet:
             raise DescriptorSetError(f"not in the descriptor set: {', '.join(sorted(missing))}")
         return found
 
+    def service_names(self) -> list[str]:
+        """The full name of every service the set's files define."""
+        return sorted(
+            f"{file.package}.{service.name}" if file.package else service.name
+            for file in self.files
+            for service in file.service
+        )
+
     def method_option(self, method: MethodDescriptor, extension: str) -> object | None:
         """The value of the custom method option `extension` (e.g. ``acme.v1.policy``), read
         through this set's own pool, so the edge needs no generated code for it."""

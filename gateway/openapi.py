@@ -27,7 +27,6 @@ __all__ = [
     "CommentSource",
     "PublicPredicate",
     "STATUS_SCHEMA",
-    "default_is_public",
     "openapi_document",
 ]
 
@@ -56,7 +55,6 @@ STATUS_SCHEMA: dict[str, Any] = {
     "required": ["code", "details"],
 }
 
-_POLICY_OPTION = "poly.options.v1.policy"
 _FIELD_BEHAVIOR = "google.api.field_behavior"
 _QUERY_DEPTH = 2
 _PATH_PARAM = re.compile(r"\{([^{}]+)\}")
@@ -113,16 +111,8 @@ _QUERY_WELL_KNOWN = frozenset(_WELL_KNOWN) - {
 _BEARER = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
 
 
-def default_is_public(method: MethodDescriptor) -> bool:
-    """True when the method's `poly.options.v1.policy` option (read generically) has access PUBLIC."""
-    for field, value in method.GetOptions().ListFields():
-        if field.full_name != _POLICY_OPTION or field.message_type is None:
-            continue
-        for inner, inner_value in value.ListFields():
-            if inner.name == "access" and inner.enum_type is not None:
-                access = inner.enum_type.values_by_number.get(inner_value)
-                return access is not None and access.name in {"ACCESS_PUBLIC", "PUBLIC"}
-    return False
+def _no_token_declared(method: MethodDescriptor) -> bool:
+    return True
 
 
 def openapi_document(
@@ -133,7 +123,7 @@ def openapi_document(
     servers: Sequence[str] = ("/",),
     success_status: Callable[[Route], int],
     comments: CommentSource | None = None,
-    is_public: PublicPredicate = default_is_public,
+    is_public: PublicPredicate = _no_token_declared,
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document of `router`'s routes (a JSON-ready dict).
 

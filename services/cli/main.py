@@ -225,12 +225,20 @@ def _keys(action: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["gateway"]:  # its own arguments, and no POLY_* settings needed
+        from gateway.__main__ import main as gateway_main
+
+        return gateway_main(argv[1:])
     parser = argparse.ArgumentParser(prog="poly", description="Polyservice operator commands.")
     commands = parser.add_subparsers(dest="command", required=True)
     certs = commands.add_parser("certs", help="create the development CA and component certificates")
     certs.add_argument("--force", action="store_true", help="re-issue component certificates (rotation)")
     commands.add_parser("up", help="start all services, wait for health, supervise until Ctrl-C")
     commands.add_parser("status", help="print each component's health")
+    commands.add_parser(
+        "gateway", help="serve the HTTP/JSON edge in front of any gRPC backends (poly gateway --help)"
+    )
     migration = commands.add_parser("migration", help="autogenerate a service's next migration")
     migration.add_argument("service", choices=config.SERVICES)
     migration.add_argument("-m", "--message", required=True, help="what the migration changes")

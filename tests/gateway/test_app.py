@@ -11,12 +11,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from gateway.app import Edge
+from gateway.app import Edge, Routing
 from gateway.backends import Backends
+from gateway.config import Limits, Target, Transport
 from gateway.routes import compile_routes
 from poly.orders.v1 import orders_service_pb2
 from services.kit import config
-from services.kit.config import Backend, GatewaySettings
 from tests.support.env import free_port, make_certs
 
 
@@ -29,8 +29,7 @@ class _NoBackends:
 
 def _answer(raw_path: str) -> tuple[int, str, Any]:
     router = compile_routes(orders_service_pb2.DESCRIPTOR.services_by_name.values())
-    settings = GatewaySettings(descriptor_set=Path("unused.binpb"), backends={})
-    edge = Edge(router, cast(Backends, _NoBackends()), settings, document={})
+    edge = Edge(Routing(router, {}), cast(Backends, _NoBackends()), Limits())
 
     async def run() -> tuple[int, str, Any]:
         async with TestClient(TestServer(edge.application())) as client:
@@ -59,10 +58,10 @@ def _edge(tmp_path: Path, **limits: Any) -> Edge:
     certs = make_certs(tmp_path / "certs")
     tls = config.load("gateway", {"POLY_TLS_DIR": str(certs)}).tls
     service = "poly.orders.v1.OrdersService"
-    backends = {service: Backend(f"localhost:{free_port()}", "orders")}
+    transport = Transport("mtls", tls.ca_file, tls.cert_file, tls.key_file, server_name="orders")
+    backends = Backends({service: Target(f"localhost:{free_port()}", transport)})
     router = compile_routes(orders_service_pb2.DESCRIPTOR.services_by_name.values())
-    settings = GatewaySettings(descriptor_set=Path("unused.binpb"), backends=backends, **limits)
-    return Edge(router, Backends(backends, tls), settings, document={})
+    return Edge(Routing(router, {}), backends, Limits(**limits))
 
 
 def _exchange(edge: Edge, requests: list[tuple[str, dict[str, str]]]) -> list[tuple[int, dict[str, str]]]:

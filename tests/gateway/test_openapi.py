@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import ServiceDescriptor
 
-from gateway.openapi import default_is_public, openapi_document
+from gateway.openapi import openapi_document
 from gateway.routes import Route, Router, compile_routes
 from poly.auth.v1 import auth_service_pb2
 from poly.notifications.v1 import notifications_service_pb2
@@ -175,16 +175,17 @@ def test_streaming_response(document: dict[str, Any]) -> None:
     assert line["error"] == {"$ref": "#/components/schemas/google.rpc.Status"}
 
 
-def test_security(document: dict[str, Any], router: Router) -> None:
-    public = {
-        f"{r.method.containing_service.name}_{r.method.name}"
-        for r in router.routes
-        if default_is_public(r.method)
-    }
-    assert "AuthService_Login" in public
+def test_security_comes_from_the_public_predicate(router: Router) -> None:
+    document = openapi_document(
+        router, title="t", version="1", success_status=_success, is_public=lambda m: m.name == "Login"
+    )
     for _, _, op in _operations(document):
-        expected = None if op["operationId"] in public else [{"bearerAuth": []}]
+        expected = None if op["operationId"] == "AuthService_Login" else [{"bearerAuth": []}]
         assert op.get("security") == expected, op["operationId"]
+
+
+def test_without_a_predicate_no_operation_declares_a_token(document: dict[str, Any]) -> None:
+    assert all("security" not in op for _, _, op in _operations(document))
 
 
 def test_no_comments_without_source_info(document: dict[str, Any]) -> None:

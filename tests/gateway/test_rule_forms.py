@@ -3,7 +3,9 @@
 A proto written here (``acme.library.v1``) carries its own `google.api.http` rules, one of each
 form; it is compiled with grpc_tools into a descriptor set, served by a plain `grpc.server`
 over mTLS with a certificate from the dev CA, and ``python -m gateway`` is started in front of
-it from that set. Every case is a plain HTTP request through the edge.
+it as a standalone ``poly gateway`` twice: once with routes from that set
+(``--descriptor-set``), once from the backend's own server reflection (``--reflect``). Every
+case is a plain HTTP request through the edge, and both sources pass the same table.
 """
 
 # ruff: noqa: N802 - the servicer's methods carry the RPC names of the generated base
@@ -29,10 +31,11 @@ import pytest
 from google.protobuf import any_pb2, empty_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from grpc_reflection.v1alpha import reflection
 from grpc_tools import protoc
 
 from services.kit import config, tls
-from tests.support.env import free_port, poly_environ
+from tests.support.env import free_port, process_environ
 from tests.support.http import Answer, http_call
 from tests.support.processes import Process
 
@@ -383,8 +386,8 @@ class Edge:
         return http_call(self.port, method, path, body, headers=headers, timeout=15)
 
 
-@pytest.fixture(scope="module")
-def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+@pytest.fixture(scope="module", params=["descriptor-set", "reflection"])
+def edge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     home = tmp_path_factory.mktemp("foreign")
     generated = home / "generated"
     generated.mkdir()
@@ -401,16 +404,23 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     library = Library(pb)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     pb_grpc.add_LibraryServiceServicer_to_server(library, server)
+    reflection.enable_server_reflection(
+        (pb.DESCRIPTOR.services_by_name["LibraryService"].full_name, reflection.SERVICE_NAME), server
+    )
     backend_port = server.add_secure_port("127.0.0.1:0", tls.server_credentials(server_tls))
     server.start()
     port = free_port()
-    environ = poly_environ(
-        home,
-        POLY_GATEWAY_PORT=str(port),
-        POLY_GATEWAY_DESCRIPTOR_SET=str(descriptor_set),
-        POLY_GATEWAY_BACKENDS=f"acme.library.v1.LibraryService=localhost:{backend_port}",
+    source = ["--descriptor-set", str(descriptor_set)] if request.param == "descriptor-set" else ["--reflect"]
+    process = Process.module(
+        "gateway",
+        process_environ({}),
+        *source,
+        f"--backend=acme.library.v1.LibraryService=localhost:{backend_port}",
+        f"--listen=127.0.0.1:{port}",
+        f"--cacert={certs / 'ca.crt'}",
+        f"--cert={certs / 'gateway.crt'}",
+        f"--key={certs / 'gateway.key'}",
     )
-    process = Process.module("gateway", environ)
     try:
         process.wait_for_line(lambda line: '"serving"' in line, timeout=30)
         yield Edge(port, library, process)

@@ -1,0 +1,122 @@
+"""From descriptors to what the edge serves: the routed services, their routes, each route's
+success status, and the OpenAPI document.
+
+Two method options refine the defaults when a service declares them (Polyservice's own do;
+a foreign service simply does not, and gets grpc-gateway's behaviour):
+
+* ``poly.options.v1.http_status`` - the success status (201 for creates, 204 for Empty);
+  without it, 200.
+* ``poly.options.v1.policy`` - methods whose access is INTERNAL (service-to-service only) get
+  no route; PUBLIC ones need no bearer token in the OpenAPI document. Without it, every
+  method is routed and none declares a token.
+
+Both are read through the descriptor set's own pool (`DescriptorSet.method_option`), so
+the edge needs no generated code for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.descriptor import MethodDescriptor
+
+from gateway import openapi
+from gateway.app import Routing
+from gateway.backends import Backends
+from gateway.config import EdgeConfig
+from gateway.descriptors import DescriptorSet, load_descriptor_set
+from gateway.reflection import reflect
+from gateway.routes import Route, compile_routes
+
+__all__ = ["Catalog", "POLICY_OPTION", "SUCCESS_STATUS_OPTION", "build", "load", "load_routing"]
+
+POLICY_OPTION = "poly.options.v1.policy"
+SUCCESS_STATUS_OPTION = "poly.options.v1.http_status"
+_PUBLIC, _INTERNAL = "ACCESS_PUBLIC", "ACCESS_INTERNAL"
+_INFRASTRUCTURE = ("grpc.reflection.", "grpc.health.")
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Descriptors plus the services to route from them."""
+
+    descriptors: DescriptorSet
+    services: tuple[str, ...]
+
+
+async def load(config: EdgeConfig, backends: Backends) -> Catalog:
+    """Read the descriptors (the file, or each backend's reflection) and pick the services.
+
+    Raises `DescriptorSetError` naming every service asked for that is not there.
+    """
+    named = sorted(config.backends)
+    if config.descriptor_set is not None:
+        descriptors = load_descriptor_set(config.descriptor_set)
+        descriptors.services(named)  # every named one must be in the set
+        if config.default_backend is None:
+            return Catalog(descriptors, tuple(named))
+        everything = [s for s in descriptors.service_names() if not s.startswith(_INFRASTRUCTURE)]
+        return Catalog(descriptors, tuple(sorted(set(everything) | set(named))))
+    channels: dict[str, grpc.aio.Channel] = {}
+    wanted: dict[str, list[str] | None] = {}
+    for service in named:
+        target = config.backends[service]
+        channels.setdefault(target.address, backends.channel_to(target))
+        found = wanted.setdefault(target.address, [])
+        if found is not None:
+            found.append(service)
+    if config.default_backend is not None:
+        channels.setdefault(config.default_backend.address, backends.channel_to(config.default_backend))
+        wanted[config.default_backend.address] = None
+    descriptors, served = await reflect(channels, wanted)
+    return Catalog(descriptors, tuple(sorted({s for found in served.values() for s in found})))
+
+
+def _access(descriptors: DescriptorSet, method: MethodDescriptor) -> str | None:
+    policy = descriptors.method_option(method, POLICY_OPTION)
+    if policy is None:
+        return None
+    message = getattr(policy, "DESCRIPTOR", None)
+    field = message.fields_by_name.get("access") if message is not None else None
+    if field is None or field.enum_type is None:
+        return None
+    value = field.enum_type.values_by_number.get(getattr(policy, "access", 0))
+    return value.name if value is not None else None
+
+
+def build(catalog: Catalog, *, title: str, version: str = "v1") -> Routing:
+    """Compile the routes and the OpenAPI document of `catalog`'s services."""
+    descriptors = catalog.descriptors
+
+    def success_status(route: Route) -> int:
+        declared = descriptors.method_option(route.method, SUCCESS_STATUS_OPTION)
+        return declared if isinstance(declared, int) and 200 <= declared < 300 else 200
+
+    def is_public(method: MethodDescriptor) -> bool:
+        return _access(descriptors, method) in {None, _PUBLIC}
+
+    router = compile_routes(
+        descriptors.services(catalog.services),
+        include=lambda method: _access(descriptors, method) != _INTERNAL,
+    )
+    document = openapi.openapi_document(
+        router,
+        title=title,
+        version=version,
+        success_status=success_status,
+        comments=descriptors.comment,
+        is_public=is_public,
+    )
+    return Routing(router, document, success_status)
+
+
+def _routed_services(routing: Routing) -> list[str]:
+    return sorted({route.method.containing_service.full_name for route in routing.router.routes})
+
+
+async def load_routing(config: EdgeConfig, backends: Backends) -> Routing:
+    """`load` then `build`; raises `DescriptorSetError` or ValueError (a rule that cannot work)."""
+    routing = build(await load(config, backends), title=config.title)
+    backends.route(_routed_services(routing))
+    return routing

@@ -1,0 +1,152 @@
+"""Descriptors from the backends themselves, over gRPC server reflection.
+
+Each backend is asked (``grpc.reflection.v1``, else ``v1alpha``: the messages are the same on
+the wire) which services it serves and for the files that define them, following imports
+until every file is known. The result is a `DescriptorSet` like one read from a file, so the
+rest of the edge cannot tell where its routes came from (reflected files usually carry no
+comments, so the OpenAPI document then has no descriptions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_reflection.v1alpha import reflection_pb2
+
+from gateway.descriptors import DescriptorSet, DescriptorSetError
+
+__all__ = ["ReflectionError", "reflect"]
+
+_METHODS = (
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+)
+_INFRASTRUCTURE = ("grpc.reflection.", "grpc.health.")
+"""Services every gRPC server may carry that are not its API."""
+
+
+class ReflectionError(DescriptorSetError):
+    """A backend could not be reflected: unreachable, without reflection, or inconsistent."""
+
+
+class _Session:
+    """One reflection stream to one backend."""
+
+    def __init__(self, channel: grpc.aio.Channel, address: str, timeout: float) -> None:
+        self._channel, self._address, self._timeout = channel, address, timeout
+
+    async def ask(
+        self, requests: list[reflection_pb2.ServerReflectionRequest]
+    ) -> list[reflection_pb2.ServerReflectionResponse]:
+        for method in _METHODS:
+            call = self._channel.stream_stream(
+                method,
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
+            stream = call(timeout=self._timeout)
+            try:
+                for request in requests:
+                    await stream.write(request)
+                await stream.done_writing()
+                return [reply async for reply in stream]
+            except grpc.aio.AioRpcError:
+                # A write racing the server's immediate UNIMPLEMENTED fails as INTERNAL: the
+                # call's own status says what really happened.
+                code = await stream.code()
+                if code != grpc.StatusCode.UNIMPLEMENTED:
+                    why = f"{code.name} {await stream.details() or ''}".rstrip()
+                    raise ReflectionError(f"cannot reflect {self._address}: {why}") from None
+        raise ReflectionError(f"{self._address} does not serve gRPC server reflection (v1 or v1alpha)")
+
+    async def services(self) -> list[str]:
+        (reply,) = await self.ask([reflection_pb2.ServerReflectionRequest(list_services="")])
+        self._check(reply)
+        return sorted(
+            s.name for s in reply.list_services_response.service if not s.name.startswith(_INFRASTRUCTURE)
+        )
+
+    async def files(self, services: Iterable[str]) -> dict[str, descriptor_pb2.FileDescriptorProto]:
+        """Every file defining `services`, with all the files they import."""
+        found: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+        requests = [reflection_pb2.ServerReflectionRequest(file_containing_symbol=s) for s in services]
+        while requests:
+            for reply in await self.ask(requests):
+                self._check(reply)
+                for raw in reply.file_descriptor_response.file_descriptor_proto:
+                    file = descriptor_pb2.FileDescriptorProto.FromString(raw)
+                    found.setdefault(file.name, file)
+            missing = {d for f in found.values() for d in f.dependency} - set(found)
+            requests = [
+                reflection_pb2.ServerReflectionRequest(file_by_filename=name) for name in sorted(missing)
+            ]
+        return found
+
+    def _check(self, reply: reflection_pb2.ServerReflectionResponse) -> None:
+        if reply.HasField("error_response"):
+            error = reply.error_response
+            raise ReflectionError(f"{self._address} reflection: {error.error_message or error.error_code}")
+
+
+async def reflect(
+    channels: Mapping[str, grpc.aio.Channel],
+    wanted: Mapping[str, Iterable[str] | None],
+    *,
+    timeout: float = 10.0,
+) -> tuple[DescriptorSet, dict[str, list[str]]]:
+    """The descriptors of the services behind each address of `channels`.
+
+    `wanted` names, per address, the services that must be there (each missing one is an
+    error), or None for "every service it serves". Returns the set and the services found per
+    address.
+    """
+    files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+    served: dict[str, list[str]] = {}
+    problems: list[str] = []
+    for address, channel in channels.items():
+        session = _Session(channel, address, timeout)
+        listed = await session.services()
+        names = wanted.get(address)
+        if names is None:
+            chosen = listed
+        else:
+            chosen = sorted(set(names))
+            problems += [
+                f"{address} does not serve {name} (it serves: {', '.join(listed) or 'nothing'})"
+                for name in chosen
+                if name not in listed
+            ]
+        served[address] = chosen
+        for name, file in (await session.files(chosen)).items() if chosen else ():
+            files.setdefault(name, file)
+    if problems:
+        raise ReflectionError("; ".join(problems))
+    return DescriptorSet(_pool(files), list(files.values())), served
+
+
+def _pool(files: Mapping[str, descriptor_pb2.FileDescriptorProto]) -> descriptor_pool.DescriptorPool:
+    """A pool holding `files`, each added after the files it imports."""
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(name: str, trail: tuple[str, ...]) -> None:
+        if name in added:
+            return
+        if name in trail:
+            raise ReflectionError(f"import cycle through {name}")
+        file = files.get(name)
+        if file is None:
+            raise ReflectionError(f"the backends did not provide {name}")
+        for dependency in file.dependency:
+            add(dependency, (*trail, name))
+        try:
+            pool.Add(file)
+        except (TypeError, ValueError) as error:
+            raise ReflectionError(f"{name}: {error}") from None
+        added.add(name)
+
+    for name in sorted(files):
+        add(name, ())
+    return pool
