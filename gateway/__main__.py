@@ -9,7 +9,6 @@ With arguments (or ``--config FILE``), it serves any gRPC backends named there; 
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -34,7 +33,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(serve(edge))
     except StartError as error:
-        logging.getLogger("poly.gateway").error(str(error))
         sys.stderr.write(f"poly gateway: {error}\n")
         return 2
     return 0

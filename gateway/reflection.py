@@ -118,8 +118,10 @@ async def reflect(
                 for name in chosen
                 if name not in listed
             ]
-        served[address] = chosen
-        for name, file in (await session.files(chosen)).items() if chosen else ():
+        served[address] = [name for name in chosen if name in listed]
+        if problems:
+            continue
+        for name, file in (await session.files(served[address])).items() if served[address] else ():
             files.setdefault(name, file)
     if problems:
         raise ReflectionError("; ".join(problems))

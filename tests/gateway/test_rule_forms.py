@@ -30,8 +30,8 @@ import grpc_tools
 import pytest
 from google.protobuf import any_pb2, empty_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
 from grpc_tools import protoc
 
 from services.kit import config, tls

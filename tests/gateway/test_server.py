@@ -1,0 +1,268 @@
+"""gateway.server: ``poly gateway`` as a product on its own, in front of a plain grpcio server.
+
+The backend here is built from a descriptor set alone (generic handlers, reflection over that
+set's pool), so it can be restarted with a new version of its API on the same port: version 2
+adds an RPC. The gateway runs as a process with plaintext transport, so SIGHUP and exit codes
+are real.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc_tools
+import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from grpc_reflection.v1alpha import reflection
+from grpc_tools import protoc
+
+from tests.support.env import PYTHON, free_port, process_environ
+from tests.support.http import Answer, http_call
+from tests.support.processes import Process
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.slow
+
+SERVICE = "acme.greeter.v1.Greeter"
+_V1_METHODS = """
+  rpc Greet(GreetRequest) returns (Greeting) {
+    option (google.api.http) = { get: "/v1/greetings/{name}" };
+  }
+"""
+_V2_METHODS = """
+  rpc Farewell(GreetRequest) returns (Greeting) {
+    option (google.api.http) = { post: "/v1/farewells" body: "*" };
+  }
+"""
+_PROTO = """
+syntax = "proto3";
+package acme.greeter.v1;
+import "google/api/annotations.proto";
+service Greeter {%s}
+message GreetRequest { string name = 1; }
+message Greeting { string text = 1; }
+"""
+SITE_PACKAGES = Path(grpc.__file__).resolve().parents[1]
+
+
+def compile_api(directory: Path, version: int) -> Path:
+    """The greeter API's descriptor set: version 1 greets, version 2 also says farewell."""
+    source = directory / f"v{version}" / "acme" / "greeter" / "v1" / "greeter.proto"
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_text(_PROTO % (_V1_METHODS + (_V2_METHODS if version > 1 else "")))
+    out = directory / f"greeter-v{version}.binpb"
+    root = directory / f"v{version}"
+    args = [
+        "protoc",
+        f"-I{root}",
+        f"-I{SITE_PACKAGES}",
+        f"-I{Path(grpc_tools.__file__).with_name('_proto')}",
+        f"--descriptor_set_out={out}",
+        "--include_imports",
+        "--include_source_info",
+        str(source.relative_to(root)),
+    ]
+    assert protoc.main(args) == 0
+    return out
+
+
+class Greeter:
+    """A grpcio server for the greeter API described by `descriptor_set`."""
+
+    def __init__(self, descriptor_set: Path, port: int, *, with_reflection: bool = True) -> None:
+        pool = descriptor_pool.DescriptorPool()
+        for file in descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes()).file:
+            pool.Add(file)
+        service = pool.FindServiceByName(SERVICE)
+        handlers = {
+            method.name: grpc.unary_unary_rpc_method_handler(
+                self._answer(method.name, message_factory.GetMessageClass(method.output_type)),
+                request_deserializer=message_factory.GetMessageClass(method.input_type).FromString,
+                response_serializer=lambda message: message.SerializeToString(),
+            )
+            for method in service.methods
+        }
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        if with_reflection:
+            reflection.enable_server_reflection((SERVICE, reflection.SERVICE_NAME), self.server, pool=pool)
+        assert self.server.add_insecure_port(f"127.0.0.1:{port}") == port
+        self.server.start()
+
+    @staticmethod
+    def _answer(method: str, reply_class: Any) -> Callable[[Any, grpc.ServicerContext], Any]:
+        word = {"Greet": "Hello", "Farewell": "Goodbye"}[method]
+        return lambda request, context: reply_class(text=f"{word}, {request.name}")
+
+    def stop(self) -> None:
+        self.server.stop(grace=None).wait(10)
+
+
+def gateway_args(port: int, backend_port: int, *source: str, extra: tuple[str, ...] = ()) -> list[str]:
+    return [
+        *source,
+        f"--backend={SERVICE}=127.0.0.1:{backend_port},plaintext",
+        f"--listen=127.0.0.1:{port}",
+        "--log-level=INFO",
+        *extra,
+    ]
+
+
+def start_gateway(args: list[str]) -> Process:
+    process = Process.module("gateway", process_environ({}), *args)
+    process.wait_for_line(lambda line: '"serving"' in line, timeout=30)
+    return process
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> dict[int, Path]:
+    return {1: compile_api(tmp_path, 1), 2: compile_api(tmp_path, 2)}
+
+
+@pytest.fixture
+def stack() -> Iterator[list[Callable[[], None]]]:
+    """Things to stop at the end of a test, last first."""
+    stops: list[Callable[[], None]] = []
+    yield stops
+    for stop in reversed(stops):
+        stop()
+
+
+def _farewell(port: int) -> Answer:
+    return http_call(port, "POST", "/v1/farewells", {"name": "Ada"}, timeout=10)
+
+
+@pytest.mark.parametrize("source", ["descriptor-set", "reflection"])
+def test_sighup_picks_up_an_rpc_added_to_a_restarted_backend(
+    source: str, tmp_path: Path, api: dict[int, Path], stack: list[Callable[[], None]]
+) -> None:
+    backend_port, port = free_port(), free_port()
+    served = tmp_path / "served.binpb"
+    served.write_bytes(api[1].read_bytes())
+    backend = Greeter(api[1], backend_port)
+    stack.append(backend.stop)
+    routes = ["--descriptor-set", str(served)] if source == "descriptor-set" else ["--reflect"]
+    gateway = start_gateway(gateway_args(port, backend_port, *routes))
+    stack.append(gateway.stop)
+    assert http_call(port, "GET", "/v1/greetings/Ada").json() == {"text": "Hello, Ada"}
+    assert _farewell(port).status == 404
+
+    backend.stop()  # redeployed with version 2 of its API, on the same port
+    backend = Greeter(api[2], backend_port)
+    served.write_bytes(api[2].read_bytes())
+    gateway.popen.send_signal(signal.SIGHUP)
+
+    answer = eventually(lambda: (a := _farewell(port)).status == 200 and a, what="the new route")
+    assert answer.json() == {"text": "Goodbye, Ada"}
+    assert http_call(port, "GET", "/v1/greetings/Bo").json() == {"text": "Hello, Bo"}
+    document = http_call(port, "GET", "/openapi.json").json()
+    assert {"/v1/greetings/{name}", "/v1/farewells"} <= set(document["paths"])
+    assert gateway.popen.poll() is None  # the same process all along
+
+
+def test_the_refresh_interval_picks_up_new_rpcs_without_a_signal(
+    api: dict[int, Path], stack: list[Callable[[], None]]
+) -> None:
+    backend_port, port = free_port(), free_port()
+    backend = Greeter(api[1], backend_port)
+    stack.append(backend.stop)
+    gateway = start_gateway(gateway_args(port, backend_port, "--reflect", extra=("--refresh-seconds=0.5",)))
+    stack.append(gateway.stop)
+    assert _farewell(port).status == 404
+    backend.stop()
+    backend = Greeter(api[2], backend_port)
+    answer = eventually(lambda: (a := _farewell(port)).status == 200 and a, what="the refreshed routes")
+    assert answer.json() == {"text": "Goodbye, Ada"}
+
+
+def test_a_failed_reload_keeps_the_routes_it_had(
+    api: dict[int, Path], stack: list[Callable[[], None]]
+) -> None:
+    backend_port, port = free_port(), free_port()
+    backend = Greeter(api[1], backend_port)
+    gateway = start_gateway(gateway_args(port, backend_port, "--reflect"))
+    stack.append(gateway.stop)
+    backend.stop()  # reflection cannot answer now
+    gateway.popen.send_signal(signal.SIGHUP)
+    gateway.wait_for_line(lambda line: "reload failed" in line, timeout=30)
+    answer = http_call(port, "GET", "/v1/greetings/Ada")
+    assert answer.status == 503, "the route is still there; its backend is not"
+    backend = Greeter(api[1], backend_port)
+    stack.append(backend.stop)
+    eventually(lambda: http_call(port, "GET", "/v1/greetings/Ada").status == 200, what="recovery")
+
+
+def test_a_backend_that_goes_away_is_503_unavailable_and_recovers_by_itself(
+    api: dict[int, Path], stack: list[Callable[[], None]]
+) -> None:
+    backend_port, port = free_port(), free_port()
+    backend = Greeter(api[1], backend_port)
+    gateway = start_gateway(gateway_args(port, backend_port, "--descriptor-set", str(api[1])))
+    stack.append(gateway.stop)
+    assert http_call(port, "GET", "/v1/greetings/Ada").status == 200
+    backend.stop()
+
+    gone = http_call(port, "GET", "/v1/greetings/Ada")
+    assert gone.status == 503
+    assert gone.headers["Content-Type"].startswith("application/json")
+    body = gone.json()
+    assert body["code"] == grpc.StatusCode.UNAVAILABLE.value[0] and isinstance(body["details"], list)
+    ready = http_call(port, "GET", "/readyz")
+    assert ready.status == 503 and ready.json()["backends"] == {SERVICE: "UNAVAILABLE"}
+
+    backend = Greeter(api[1], backend_port)
+    stack.append(backend.stop)
+    answer = eventually(
+        lambda: (a := http_call(port, "GET", "/v1/greetings/Ada")).status == 200 and a, what="recovery"
+    )
+    assert answer.json() == {"text": "Hello, Ada"}
+
+
+def _exits(args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "gateway", *args],
+        env=process_environ({}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("unknown-service-in-set", "not in the descriptor set: acme.nope.v1.Nope"),
+        ("unreadable-set", "cannot read descriptor set"),
+        ("not-a-set", "is not a FileDescriptorSet"),
+        ("no-reflection", "does not serve gRPC server reflection"),
+        (
+            "unknown-service-reflected",
+            "does not serve acme.nope.v1.Nope (it serves: acme.greeter.v1.Greeter)",
+        ),
+        ("unreachable", "cannot reflect 127.0.0.1:"),
+    ],
+)
+def test_bad_configuration_fails_fast_with_a_clear_message(
+    case: str, expected: str, tmp_path: Path, api: dict[int, Path], stack: list[Callable[[], None]]
+) -> None:
+    backend_port = free_port()
+    if case not in {"unreachable", "unreadable-set", "not-a-set"}:
+        backend = Greeter(api[1], backend_port, with_reflection=case != "no-reflection")
+        stack.append(backend.stop)
+    service = "acme.nope.v1.Nope" if case.startswith("unknown") else SERVICE
+    source = {
+        "unknown-service-in-set": ["--descriptor-set", str(api[1])],
+        "unreadable-set": ["--descriptor-set", str(tmp_path / "missing.binpb")],
+        "not-a-set": ["--descriptor-set", str(Path(__file__))],
+    }.get(case, ["--reflect"])
+    done = _exits([*source, f"--backend={service}=127.0.0.1:{backend_port},plaintext"])
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
