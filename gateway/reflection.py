@@ -9,6 +9,7 @@ comments, so the OpenAPI document then has no descriptions).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 
 import grpc
@@ -32,38 +33,54 @@ class ReflectionError(DescriptorSetError):
 
 
 class _Session:
-    """One reflection stream to one backend."""
+    """Reflection requests to one backend.
+
+    Each request is its own call of the bidirectional method, made as a unary call: one
+    message and the half-close go out in one batch, so a server without the method answers
+    UNIMPLEMENTED cleanly instead of racing a second write (which grpc reports as INTERNAL).
+    """
 
     def __init__(self, channel: grpc.aio.Channel, address: str, timeout: float) -> None:
         self._channel, self._address, self._timeout = channel, address, timeout
+        self._method: str | None = None
+
+    async def _call(
+        self, method: str, request: reflection_pb2.ServerReflectionRequest
+    ) -> reflection_pb2.ServerReflectionResponse:
+        call = self._channel.unary_unary(
+            method,
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        try:
+            reply: reflection_pb2.ServerReflectionResponse = await call(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNIMPLEMENTED and self._method is None:
+                raise
+            why = f"{error.code().name} {error.details() or ''}".rstrip()
+            raise ReflectionError(f"cannot reflect {self._address}: {why}") from None
+        if reply.HasField("error_response"):
+            error_response = reply.error_response
+            why = error_response.error_message or str(error_response.error_code)
+            raise ReflectionError(f"{self._address} reflection: {why}")
+        return reply
 
     async def ask(
-        self, requests: list[reflection_pb2.ServerReflectionRequest]
-    ) -> list[reflection_pb2.ServerReflectionResponse]:
+        self, request: reflection_pb2.ServerReflectionRequest
+    ) -> reflection_pb2.ServerReflectionResponse:
+        if self._method is not None:
+            return await self._call(self._method, request)
         for method in _METHODS:
-            call = self._channel.stream_stream(
-                method,
-                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
-            )
-            stream = call(timeout=self._timeout)
             try:
-                for request in requests:
-                    await stream.write(request)
-                await stream.done_writing()
-                return [reply async for reply in stream]
-            except grpc.aio.AioRpcError:
-                # A write racing the server's immediate UNIMPLEMENTED fails as INTERNAL: the
-                # call's own status says what really happened.
-                code = await stream.code()
-                if code != grpc.StatusCode.UNIMPLEMENTED:
-                    why = f"{code.name} {await stream.details() or ''}".rstrip()
-                    raise ReflectionError(f"cannot reflect {self._address}: {why}") from None
+                reply = await self._call(method, request)
+            except grpc.aio.AioRpcError:  # UNIMPLEMENTED: try the other version
+                continue
+            self._method = method
+            return reply
         raise ReflectionError(f"{self._address} does not serve gRPC server reflection (v1 or v1alpha)")
 
     async def services(self) -> list[str]:
-        (reply,) = await self.ask([reflection_pb2.ServerReflectionRequest(list_services="")])
-        self._check(reply)
+        reply = await self.ask(reflection_pb2.ServerReflectionRequest(list_services=""))
         return sorted(
             s.name for s in reply.list_services_response.service if not s.name.startswith(_INFRASTRUCTURE)
         )
@@ -73,21 +90,13 @@ class _Session:
         found: dict[str, descriptor_pb2.FileDescriptorProto] = {}
         requests = [reflection_pb2.ServerReflectionRequest(file_containing_symbol=s) for s in services]
         while requests:
-            for reply in await self.ask(requests):
-                self._check(reply)
+            for reply in await asyncio.gather(*(self.ask(request) for request in requests)):
                 for raw in reply.file_descriptor_response.file_descriptor_proto:
                     file = descriptor_pb2.FileDescriptorProto.FromString(raw)
                     found.setdefault(file.name, file)
             missing = {d for f in found.values() for d in f.dependency} - set(found)
-            requests = [
-                reflection_pb2.ServerReflectionRequest(file_by_filename=name) for name in sorted(missing)
-            ]
+            requests = [reflection_pb2.ServerReflectionRequest(file_by_filename=n) for n in sorted(missing)]
         return found
-
-    def _check(self, reply: reflection_pb2.ServerReflectionResponse) -> None:
-        if reply.HasField("error_response"):
-            error = reply.error_response
-            raise ReflectionError(f"{self._address} reflection: {error.error_message or error.error_code}")
 
 
 async def reflect(

@@ -22,22 +22,20 @@ import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
-import grpc_tools
 import pytest
 from google.protobuf import any_pb2, empty_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
-from grpc_tools import protoc
 
 from services.kit import config, tls
 from tests.support.env import free_port, process_environ
 from tests.support.http import Answer, http_call
 from tests.support.processes import Process
+from tests.support.protos import compile_proto
 
 pytestmark = pytest.mark.slow
 
@@ -211,30 +209,6 @@ message ShelfEvent {
 }
 """
 
-SITE_PACKAGES = Path(grpc.__file__).resolve().parents[1]
-
-
-def _compile(directory: Path) -> Path:
-    """Compile PROTO into `directory`: Python modules and a FileDescriptorSet."""
-    source = directory / "acme" / "library" / "v1" / "library.proto"
-    source.parent.mkdir(parents=True)
-    source.write_text(PROTO)
-    descriptor_set = directory / "library.binpb"
-    args = [
-        "protoc",
-        f"-I{directory}",
-        f"-I{SITE_PACKAGES}",
-        f"-I{Path(grpc_tools.__file__).with_name('_proto')}",
-        f"--python_out={directory}",
-        f"--grpc_python_out={directory}",
-        f"--descriptor_set_out={descriptor_set}",
-        "--include_imports",
-        "--include_source_info",
-        str(source.relative_to(directory)),
-    ]
-    assert protoc.main(args) == 0, "protoc failed"
-    return descriptor_set
-
 
 class Library:
     """An in-memory servicer for every method of LibraryService; records the metadata it saw."""
@@ -391,7 +365,7 @@ def edge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     home = tmp_path_factory.mktemp("foreign")
     generated = home / "generated"
     generated.mkdir()
-    descriptor_set = _compile(generated)
+    descriptor_set = compile_proto(generated, "acme/library/v1/library.proto", PROTO, python=True)
     sys.path.insert(0, str(generated))
     try:
         pb = importlib.import_module("acme.library.v1.library_pb2")

@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import grpc_tools
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_reflection.v1alpha import reflection
-from grpc_tools import protoc
 
 from tests.support.env import PYTHON, free_port, process_environ
 from tests.support.http import Answer, http_call
 from tests.support.processes import Process
+from tests.support.protos import compile_proto
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -48,28 +47,12 @@ service Greeter {%s}
 message GreetRequest { string name = 1; }
 message Greeting { string text = 1; }
 """
-SITE_PACKAGES = Path(grpc.__file__).resolve().parents[1]
 
 
 def compile_api(directory: Path, version: int) -> Path:
     """The greeter API's descriptor set: version 1 greets, version 2 also says farewell."""
-    source = directory / f"v{version}" / "acme" / "greeter" / "v1" / "greeter.proto"
-    source.parent.mkdir(parents=True, exist_ok=True)
-    source.write_text(_PROTO % (_V1_METHODS + (_V2_METHODS if version > 1 else "")))
-    out = directory / f"greeter-v{version}.binpb"
-    root = directory / f"v{version}"
-    args = [
-        "protoc",
-        f"-I{root}",
-        f"-I{SITE_PACKAGES}",
-        f"-I{Path(grpc_tools.__file__).with_name('_proto')}",
-        f"--descriptor_set_out={out}",
-        "--include_imports",
-        "--include_source_info",
-        str(source.relative_to(root)),
-    ]
-    assert protoc.main(args) == 0
-    return out
+    text = _PROTO % (_V1_METHODS + (_V2_METHODS if version > 1 else ""))
+    return compile_proto(directory / f"v{version}", "acme/greeter/v1/greeter.proto", text)
 
 
 class Greeter:

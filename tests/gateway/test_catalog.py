@@ -1,0 +1,101 @@
+"""gateway.catalog: descriptors to routes, success statuses and the OpenAPI document, with
+Polyservice's method options where declared and grpc-gateway's defaults where not."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.app import Routing
+from gateway.backends import Backends
+from gateway.catalog import Catalog, build, load
+from gateway.config import EdgeConfig, Target, Transport
+from gateway.descriptors import DescriptorSetError, load_descriptor_set
+from services.kit import config
+from services.kit.config import API_SERVICES
+from tests.support.protos import compile_proto
+
+FOREIGN = """
+syntax = "proto3";
+package acme.shop.v1;
+import "google/api/annotations.proto";
+import "google/protobuf/empty.proto";
+service Shop {
+  rpc CreateItem(Item) returns (Item) { option (google.api.http) = { post: "/v1/items" body: "*" }; }
+  rpc DeleteItem(Item) returns (google.protobuf.Empty) {
+    option (google.api.http) = { delete: "/v1/items/{name}" };
+  }
+  rpc Ping(google.protobuf.Empty) returns (google.protobuf.Empty);
+}
+service Back { rpc GetItem(Item) returns (Item) { option (google.api.http) = { get: "/v1/back/{name}" }; } }
+message Item { string name = 1; }
+"""
+
+
+def _statuses(routing: Routing) -> dict[str, int]:
+    return {r.full_method.rsplit("/", 1)[-1]: routing.success_status(r) for r in routing.router.routes}
+
+
+def _security(document: dict[str, Any]) -> dict[str, Any]:
+    return {
+        op["operationId"]: op.get("security") for item in document["paths"].values() for op in item.values()
+    }
+
+
+@pytest.fixture(scope="module")
+def polyservice() -> Routing:
+    descriptors = load_descriptor_set(config.load("gateway", {}).gateway.descriptor_set)  # type: ignore[union-attr]
+    return build(Catalog(descriptors, tuple(API_SERVICES.values())), title="Polyservice")
+
+
+def test_internal_methods_get_no_route(polyservice: Routing) -> None:
+    methods = {r.full_method for r in polyservice.router.routes}
+    assert "/poly.users.v1.UsersService/GetUser" in methods
+    assert "/poly.users.v1.UsersService/LookupContact" not in methods
+
+
+def test_declared_success_statuses(polyservice: Routing) -> None:
+    found = _statuses(polyservice)
+    assert (found["CreateOrder"], found["DeleteWebhook"], found["GetOrder"]) == (201, 204, 200)
+    assert polyservice.document["paths"]["/v1/orders"]["post"]["responses"].keys() >= {"201"}
+
+
+def test_public_methods_declare_no_token(polyservice: Routing) -> None:
+    security = _security(polyservice.document)
+    assert security["AuthService_Login"] is None
+    assert security["OrdersService_GetOrder"] == [{"bearerAuth": []}]
+    assert polyservice.document["info"]["title"] == "Polyservice"
+
+
+def test_a_foreign_service_gets_grpc_gateway_defaults(tmp_path: Path) -> None:
+    descriptors = load_descriptor_set(compile_proto(tmp_path, "acme/shop/v1/shop.proto", FOREIGN))
+    routing = build(Catalog(descriptors, ("acme.shop.v1.Shop",)), title="Shop")
+    assert _statuses(routing) == {"CreateItem": 200, "DeleteItem": 200}  # Ping has no rule
+    assert set(_security(routing.document).values()) == {None}
+    assert routing.document["info"]["title"] == "Shop"
+
+
+def test_a_default_backend_routes_every_service_of_the_set(tmp_path: Path) -> None:
+    descriptor_set = compile_proto(tmp_path, "acme/shop/v1/shop.proto", FOREIGN)
+    plain = Transport("plaintext")
+
+    async def services(**targets: Any) -> tuple[str, ...]:
+        config = EdgeConfig(descriptor_set=descriptor_set, **targets)
+        backends = Backends(config.backends, config.default_backend)
+        try:
+            return (await load(config, backends)).services
+        finally:
+            await backends.close()
+
+    named = {"acme.shop.v1.Shop": Target("a:1", plain)}
+    assert asyncio.run(services(backends=named)) == ("acme.shop.v1.Shop",)
+    assert asyncio.run(services(backends={}, default_backend=Target("b:2", plain))) == (
+        "acme.shop.v1.Back",
+        "acme.shop.v1.Shop",
+    )
+    with pytest.raises(DescriptorSetError, match=re.escape("not in the descriptor set: acme.shop.v1.Nope")):
+        asyncio.run(services(backends={"acme.shop.v1.Nope": Target("a:1", plain)}))

@@ -1,0 +1,247 @@
+"""gateway.config: arguments, a TOML file and POLY_* settings all become one EdgeConfig."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import (
+    ConfigError,
+    EdgeConfig,
+    Limits,
+    Target,
+    Transport,
+    from_arguments,
+    from_settings,
+    parse_target,
+)
+from services.kit import config
+from tests.support.env import make_certs
+
+SERVICE = "acme.library.v1.LibraryService"
+
+
+@pytest.fixture
+def pem(tmp_path: Path) -> dict[str, Path]:
+    files = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
+    for path in files.values():
+        path.write_text("not checked here: grpc reads it when the channel is built\n")
+    return files
+
+
+def test_the_smallest_command_line(tmp_path: Path) -> None:
+    found = from_arguments(["--reflect", f"--backend={SERVICE}=localhost:50051"])
+    assert found == EdgeConfig(backends={SERVICE: Target("localhost:50051", Transport("tls"))})
+    assert found.reflect and (found.host, found.port) == ("127.0.0.1", 8080)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("h:1", Transport("tls")),
+        ("h:1,plaintext", Transport("plaintext")),
+        ("h:1,cacert={ca}", Transport("tls", Path("{ca}"))),
+        (
+            "h:1,cacert={ca},cert={cert},key={key}",
+            Transport("mtls", Path("{ca}"), Path("{cert}"), Path("{key}")),
+        ),
+        (
+            "h:1,cert={cert},key={key},server-name=api",
+            Transport("mtls", None, Path("{cert}"), Path("{key}"), "api"),
+        ),
+    ],
+    ids=["default", "plaintext", "tls-with-ca", "mtls", "mtls-system-roots-and-name"],
+)
+def test_targets(text: str, expected: Transport, pem: dict[str, Path]) -> None:
+    names = {name: str(path) for name, path in pem.items()}
+    problems: list[str] = []
+    found = parse_target(text.format(**names), Transport("tls"), problems, where="t")
+    assert problems == []
+    assert found == Target(
+        "h:1",
+        Transport(
+            expected.mode,
+            *(
+                Path(str(p).format(**names)) if p else None
+                for p in (expected.ca_file, expected.cert_file, expected.key_file)
+            ),
+            expected.server_name,
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("nohost", "expected an address host:port"),
+        ("h:1,tls", "unknown transport setting 'tls'"),
+        ("h:1,plaintext,cacert={ca}", "plaintext cannot be combined"),
+        ("h:1,cert={cert}", "cert and key go together"),
+        ("h:1,cacert=/nowhere/ca.pem", "cacert file /nowhere/ca.pem cannot be read"),
+    ],
+    ids=["no-port", "unknown-setting", "plaintext-and-ca", "cert-without-key", "missing-file"],
+)
+def test_bad_targets_are_problems(text: str, problem: str, pem: dict[str, Path]) -> None:
+    problems: list[str] = []
+    found = parse_target(text.format(ca=pem["ca"], cert=pem["cert"]), Transport(), problems, where="t")
+    assert found is None
+    assert any(problem in p for p in problems), problems
+
+
+def test_the_default_transport_comes_from_the_tls_flags(pem: dict[str, Path]) -> None:
+    found = from_arguments(
+        [
+            "--reflect",
+            f"--cacert={pem['ca']}",
+            f"--cert={pem['cert']}",
+            f"--key={pem['key']}",
+            f"--backend={SERVICE}=a:1",
+            "--backend=acme.other.v1.Other=b:2,plaintext",
+            "--default-backend=c:3,server-name=c.internal",
+        ]
+    )
+    mtls = Transport("mtls", pem["ca"], pem["cert"], pem["key"])
+    assert found.backends == {
+        SERVICE: Target("a:1", mtls),
+        "acme.other.v1.Other": Target("b:2", Transport("plaintext")),
+    }
+    assert found.default_backend == Target(
+        "c:3", Transport("mtls", pem["ca"], pem["cert"], pem["key"], "c.internal")
+    )
+
+
+def test_a_complete_file_and_arguments_that_override_it(tmp_path: Path, pem: dict[str, Path]) -> None:
+    file = tmp_path / "gateway.toml"
+    file.write_text(
+        f"""
+listen = "0.0.0.0:9090"
+descriptor_set = "api.binpb"
+refresh_seconds = 30
+title = "Library API"
+log_level = "warning"
+
+[tls]
+cacert = "{pem["ca"]}"
+
+[backends."{SERVICE}"]
+address = "library:50051"
+
+[backends."acme.other.v1.Other"]
+address = "other:50051"
+plaintext = true
+
+[default_backend]
+address = "api:443"
+
+[limits]
+timeout_seconds = 10
+max_body_bytes = 65536
+cors_origins = ["https://app.example.com"]
+"""
+    )
+    found = from_arguments(["--config", str(file), "--listen=127.0.0.1:9191", "--rate-per-second=5"])
+    tls = Transport("tls", pem["ca"])
+    assert found == EdgeConfig(
+        backends={
+            SERVICE: Target("library:50051", tls),
+            "acme.other.v1.Other": Target("other:50051", Transport("plaintext")),
+        },
+        default_backend=Target("api:443", tls),
+        descriptor_set=Path("api.binpb"),
+        refresh_seconds=30.0,
+        host="127.0.0.1",
+        port=9191,
+        title="Library API",
+        limits=Limits(
+            timeout_seconds=10.0,
+            max_body_bytes=65536,
+            rate_per_second=5.0,
+            cors_origins=("https://app.example.com",),
+        ),
+        log_level="WARNING",
+    )
+    assert from_arguments(["--config", str(file), "--reflect"]).reflect
+
+
+def test_every_problem_of_a_file_is_listed_at_once(tmp_path: Path) -> None:
+    file = tmp_path / "bad.toml"
+    file.write_text(
+        """
+listen = "nowhere"
+descriptor_set = "a.binpb"
+reflect = true
+refresh_seconds = -1
+colour = "blue"
+
+[backends.NotQualified]
+address = "a:1"
+
+[backends."acme.v1.Library"]
+adress = "typo:1"
+
+[limits]
+max_body_bytes = 10
+timeout_seconds = "soon"
+burst = 3
+"""
+    )
+    with pytest.raises(ConfigError) as raised:
+        from_arguments(["--config", str(file)])
+    problems = "\n".join(raised.value.problems)
+    for expected in [
+        "unknown keys colour",
+        "listen: expected host:port, got 'nowhere'",
+        "descriptor_set and reflect exclude each other",
+        "refresh_seconds: expected a number of seconds >= 0",
+        "backends.NotQualified: not a full service name",
+        "backends.acme.v1.Library: expected an address host:port, got None",
+        "backends.acme.v1.Library: unknown keys adress",
+        "limits.max_body_bytes: must be between 1024",
+        "limits.timeout_seconds: expected a number, got 'soon'",
+        "limits: unknown keys burst",
+    ]:
+        assert expected in problems, problems
+    assert str(raised.value).startswith("invalid gateway configuration:\n  - ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        ([f"--backend={SERVICE}=a:1"], "no route source"),
+        (["--reflect"], "no backend"),
+        (["--reflect", "--backend=Library=a:1"], "expected package.Service=host:port"),
+        (["--config=/nowhere.toml"], "cannot read /nowhere.toml"),
+    ],
+    ids=["no-source", "no-backend", "unqualified-service", "unreadable-file"],
+)
+def test_command_line_problems(argv: list[str], problem: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        from_arguments(argv)
+    assert any(problem in p for p in raised.value.problems), raised.value.problems
+
+
+def test_a_file_that_is_not_toml(tmp_path: Path) -> None:
+    file = tmp_path / "gateway.toml"
+    file.write_text("listen = \n")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        from_arguments(["--config", str(file)])
+
+
+def test_polyservice_settings_become_mtls_targets_proving_each_component(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "certs")
+    settings = config.load(
+        "gateway",
+        {"POLY_HOME": str(tmp_path), "POLY_TLS_DIR": str(certs), "POLY_GATEWAY_RATE_PER_SECOND": "7"},
+    )
+    found = from_settings(settings)
+    assert found.title == "Polyservice" and found.descriptor_set == settings.gateway.descriptor_set  # type: ignore[union-attr]
+    orders = found.backends["poly.orders.v1.OrdersService"]
+    assert orders.transport == Transport(
+        "mtls", certs / "ca.crt", certs / "gateway.crt", certs / "gateway.key", "orders"
+    )
+    assert found.limits.rate_per_second == 7.0 and found.default_backend is None
+
+
+def test_the_key_file_stays_out_of_reprs() -> None:
+    assert "secret.key" not in repr(Transport("mtls", None, Path("c.pem"), Path("secret.key")))
