@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2
 
 from gateway import errors, headers, jsoncodec, query, streaming
-from gateway.backends import Backends
+from gateway.backends import READY_STATES, Backends
 from gateway.config import Limits
 from gateway.routes import MethodNotAllowed, Route, RouteNotFound, Router
 
@@ -171,7 +171,7 @@ class Edge:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         found = await self._backends.health()
-        ready = all(state == "SERVING" for state in found.values())
+        ready = all(state in READY_STATES for state in found.values())
         return web.json_response(
             {"status": "SERVING" if ready else "NOT_SERVING", "backends": found}, status=200 if ready else 503
         )

@@ -13,7 +13,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.config import Target, Transport
 
-__all__ = ["Backends", "credentials"]
+__all__ = ["READY_STATES", "Backends", "credentials"]
+
+READY_STATES = frozenset({"SERVING", "REACHABLE"})
+"""Health states in which a backend counts as ready."""
 
 _KEEPALIVE_MS = 30_000
 _MAX_RECONNECT_BACKOFF_MS = 3_000
@@ -88,16 +91,25 @@ class Backends:
         return self.channel_to(self.target(service))
 
     async def health(self, *, timeout: float = 2.0) -> dict[str, str]:
-        """Each routed service's gRPC health status (``SERVING``, ``NOT_SERVING``,
-        ``UNAVAILABLE`` when it cannot be reached)."""
+        """Each routed service's gRPC health: ``SERVING``, ``NOT_SERVING``, the status code
+        of a failed check (``UNAVAILABLE`` when unreachable), or ``REACHABLE`` for a backend
+        that answers but has no health service (grpc-gateway's users rarely add one)."""
 
-        async def one(service: str) -> tuple[str, str]:
+        async def check(service: str, name: str) -> str:
             stub = health_pb2_grpc.HealthStub(self.channel(service))
             try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=timeout)
             except grpc.aio.AioRpcError as error:
-                return service, error.code().name
-            return service, health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                code: grpc.StatusCode = error.code()
+                if code == grpc.StatusCode.UNIMPLEMENTED:
+                    return "REACHABLE"
+                if code == grpc.StatusCode.NOT_FOUND and name:
+                    return await check(service, "")  # no per-service status: the server's own
+                return str(code.name)
+            return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+        async def one(service: str) -> tuple[str, str]:
+            return service, await check(service, service)
 
         return dict(await asyncio.gather(*(one(s) for s in self.services)))
 

@@ -53,10 +53,15 @@ class _Session:
             response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
         )
         try:
-            reply: reflection_pb2.ServerReflectionResponse = await call(request, timeout=self._timeout)
+            # Waits for a backend still starting (a container beside the edge), up to the timeout.
+            reply: reflection_pb2.ServerReflectionResponse = await call(
+                request, timeout=self._timeout, wait_for_ready=True
+            )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.UNIMPLEMENTED and self._method is None:
                 raise
+            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise ReflectionError(f"cannot reach {self._address} within {self._timeout:g} s") from None
             why = f"{error.code().name} {error.details() or ''}".rstrip()
             raise ReflectionError(f"cannot reflect {self._address}: {why}") from None
         if reply.HasField("error_response"):

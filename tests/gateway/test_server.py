@@ -189,6 +189,8 @@ def test_a_backend_that_goes_away_is_503_unavailable_and_recovers_by_itself(
     gateway = start_gateway(gateway_args(port, backend_port, "--descriptor-set", str(api[1])))
     stack.append(gateway.stop)
     assert http_call(port, "GET", "/v1/greetings/Ada").status == 200
+    ready = http_call(port, "GET", "/readyz")  # no health service there: answering is ready
+    assert (ready.status, ready.json()["backends"]) == (200, {SERVICE: "REACHABLE"})
     backend.stop()
 
     gone = http_call(port, "GET", "/v1/greetings/Ada")
@@ -229,7 +231,7 @@ def _exits(args: list[str]) -> subprocess.CompletedProcess[str]:
             "unknown-service-reflected",
             "does not serve acme.nope.v1.Nope (it serves: acme.greeter.v1.Greeter)",
         ),
-        ("unreachable", "cannot reflect 127.0.0.1:"),
+        ("unreachable", "cannot reach 127.0.0.1:"),
     ],
 )
 def test_bad_configuration_fails_fast_with_a_clear_message(
