@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from services.kit.config import EdgeLimits as Limits
 from services.kit.config import Settings
 
 __all__ = [
@@ -68,23 +69,6 @@ class Target:
 
 
 @dataclass(frozen=True)
-class Limits:
-    """What the edge enforces per request."""
-
-    timeout_seconds: float = 30.0
-    """Deadline of a unary call when the client sends no ``Grpc-Timeout``."""
-    max_body_bytes: int = 1024 * 1024
-    max_json_depth: int = 32
-    ignored_query_parameters: tuple[str, ...] = ("_",)
-    """Query parameters dropped instead of refused (cache busters)."""
-    rate_per_second: float = 0.0
-    """Per client identity (bearer token, else address); 0 turns the limit off."""
-    rate_burst: int = 50
-    cors_origins: tuple[str, ...] = ()
-    """Origins allowed to call from a browser; ``*`` allows any."""
-
-
-@dataclass(frozen=True)
 class EdgeConfig:
     """Everything `gateway.serve` needs."""
 
@@ -100,7 +84,7 @@ class EdgeConfig:
     port: int = 8080
     title: str = "API"
     """The OpenAPI document's title."""
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
     log_level: str = "INFO"
 
     @property
@@ -125,15 +109,7 @@ def from_settings(settings: Settings) -> EdgeConfig:
         host=settings.server.host,
         port=settings.server.port,
         title="Polyservice",
-        limits=Limits(
-            timeout_seconds=gateway.timeout_seconds,
-            max_body_bytes=gateway.max_body_bytes,
-            max_json_depth=gateway.max_json_depth,
-            ignored_query_parameters=gateway.ignored_query_parameters,
-            rate_per_second=gateway.rate_per_second,
-            rate_burst=gateway.rate_burst,
-            cors_origins=gateway.cors_origins,
-        ),
+        limits=gateway.limits,
         log_level=settings.log_level,
     )
 

@@ -31,6 +31,7 @@ __all__ = [
     "SERVICES",
     "Backend",
     "DatabaseSettings",
+    "EdgeLimits",
     "GatewaySettings",
     "NotificationsSettings",
     "PaymentsSettings",
@@ -224,13 +225,9 @@ def _default_descriptor_set() -> Path:
 
 
 @dataclass(frozen=True, slots=True)
-class GatewaySettings:
-    """The HTTP/JSON edge: what it routes, where to, and the limits it enforces."""
+class EdgeLimits:
+    """What the HTTP/JSON edge enforces per request."""
 
-    descriptor_set: Path
-    """A FileDescriptorSet (``--include_imports --include_source_info``) holding the services."""
-    backends: Mapping[str, Backend]
-    """Full service name -> backend; only these services are routed."""
     timeout_seconds: float = 30.0
     """Deadline of a unary call when the client sends no ``Grpc-Timeout``."""
     max_body_bytes: int = 1024 * 1024
@@ -238,10 +235,21 @@ class GatewaySettings:
     ignored_query_parameters: tuple[str, ...] = ("_",)
     """Query parameters dropped instead of refused (cache busters)."""
     rate_per_second: float = 0.0
-    """Per client identity (bearer token subject, else address); 0 turns the limit off."""
+    """Per client identity (bearer token, else address); 0 turns the limit off."""
     rate_burst: int = 50
     cors_origins: tuple[str, ...] = ()
     """Origins allowed to call from a browser; ``*`` allows any."""
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """The HTTP/JSON edge: what it routes, where to, and the limits it enforces."""
+
+    descriptor_set: Path
+    """A FileDescriptorSet (``--include_imports --include_source_info``) holding the services."""
+    backends: Mapping[str, Backend]
+    """Full service name -> backend; only these services are routed."""
+    limits: EdgeLimits = EdgeLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,16 +468,20 @@ def _gateway_settings(env: _Reader, peers: Mapping[str, str]) -> GatewaySettings
     return GatewaySettings(
         descriptor_set=Path(descriptor_set) if descriptor_set else _default_descriptor_set(),
         backends=_backends(env, peers),
-        timeout_seconds=env.number("POLY_GATEWAY_TIMEOUT_SECONDS", 30.0, low=0.01, high=3600.0),
-        max_body_bytes=env.integer("POLY_GATEWAY_MAX_BODY_BYTES", 1024 * 1024, low=1024, high=1024**3),
-        max_json_depth=env.integer("POLY_GATEWAY_MAX_JSON_DEPTH", 32, low=2, high=1000),
-        ignored_query_parameters=tuple(
-            p.strip() for p in env.text("POLY_GATEWAY_IGNORED_QUERY_PARAMETERS", "_").split(",") if p.strip()
-        ),
-        rate_per_second=env.number("POLY_GATEWAY_RATE_PER_SECOND", 0.0, low=0.0, high=1e6),
-        rate_burst=env.integer("POLY_GATEWAY_RATE_BURST", 50, low=1, high=1_000_000),
-        cors_origins=tuple(
-            o.strip() for o in env.optional("POLY_GATEWAY_CORS_ORIGINS").split(",") if o.strip()
+        limits=EdgeLimits(
+            timeout_seconds=env.number("POLY_GATEWAY_TIMEOUT_SECONDS", 30.0, low=0.01, high=3600.0),
+            max_body_bytes=env.integer("POLY_GATEWAY_MAX_BODY_BYTES", 1024 * 1024, low=1024, high=1024**3),
+            max_json_depth=env.integer("POLY_GATEWAY_MAX_JSON_DEPTH", 32, low=2, high=1000),
+            ignored_query_parameters=tuple(
+                p.strip()
+                for p in env.text("POLY_GATEWAY_IGNORED_QUERY_PARAMETERS", "_").split(",")
+                if p.strip()
+            ),
+            rate_per_second=env.number("POLY_GATEWAY_RATE_PER_SECOND", 0.0, low=0.0, high=1e6),
+            rate_burst=env.integer("POLY_GATEWAY_RATE_BURST", 50, low=1, high=1_000_000),
+            cors_origins=tuple(
+                o.strip() for o in env.optional("POLY_GATEWAY_CORS_ORIGINS").split(",") if o.strip()
+            ),
         ),
     )
 
