@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.message import DecodeError
 from grpc_reflection.v1alpha import reflection_pb2
 
 from gateway.descriptors import DescriptorSet, DescriptorSetError
@@ -93,13 +94,22 @@ class _Session:
     async def files(self, services: Iterable[str]) -> dict[str, descriptor_pb2.FileDescriptorProto]:
         """Every file defining `services`, with all the files they import."""
         found: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+        asked: set[str] = set()
         requests = [reflection_pb2.ServerReflectionRequest(file_containing_symbol=s) for s in services]
         while requests:
             for reply in await asyncio.gather(*(self.ask(request) for request in requests)):
                 for raw in reply.file_descriptor_response.file_descriptor_proto:
-                    file = descriptor_pb2.FileDescriptorProto.FromString(raw)
+                    try:
+                        file = descriptor_pb2.FileDescriptorProto.FromString(raw)
+                    except DecodeError:
+                        raise ReflectionError(
+                            f"{self._address} sent a file descriptor that does not parse"
+                        ) from None
                     found.setdefault(file.name, file)
             missing = {d for f in found.values() for d in f.dependency} - set(found)
+            if missing & asked:  # asked for by name already, and still not sent
+                raise ReflectionError(f"{self._address} did not send {', '.join(sorted(missing & asked))}")
+            asked |= missing
             requests = [reflection_pb2.ServerReflectionRequest(file_by_filename=n) for n in sorted(missing)]
         return found
 

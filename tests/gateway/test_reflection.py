@@ -45,9 +45,11 @@ class _OneFileAtATime:
     """A reflection service that, like some servers, answers each request with the one file
     asked for and never its imports: the client has to ask for those by name."""
 
-    def __init__(self, files: list[descriptor_pb2.FileDescriptorProto]) -> None:
+    def __init__(self, files: list[descriptor_pb2.FileDescriptorProto], *, withheld: str = "") -> None:
         self.by_name = {f.name: f for f in files}
         self.asked: list[str] = []
+        self.withheld = withheld
+        """A file this server answers for with no file at all (and no error)."""
 
     def info(
         self, requests: Iterator[reflection_pb2.ServerReflectionRequest], context: grpc.ServicerContext
@@ -62,9 +64,9 @@ class _OneFileAtATime:
                 continue
             name = request.file_by_filename or "acme/clock/v1/clock.proto"
             self.asked.append(name)
-            found = self.by_name[name].SerializeToString()
+            found = [] if name == self.withheld else [self.by_name[name].SerializeToString()]
             yield reflection_pb2.ServerReflectionResponse(
-                file_descriptor_response=reflection_pb2.FileDescriptorResponse(file_descriptor_proto=[found])
+                file_descriptor_response=reflection_pb2.FileDescriptorResponse(file_descriptor_proto=found)
             )
 
 
@@ -142,6 +144,20 @@ def test_imports_are_asked_for_by_name(files: list[descriptor_pb2.FileDescriptor
         server.stop(None)
     assert "google/api/http.proto" in servicer.asked  # imported by annotations.proto, not by clock.proto
     assert {f.name for f in found.files} == {f.name for f in files}
+
+
+def test_a_backend_that_never_sends_an_import_is_refused_not_asked_forever(
+    files: list[descriptor_pb2.FileDescriptorProto],
+) -> None:
+    servicer = _OneFileAtATime(files, withheld="google/api/http.proto")
+    handler = _reflection_handler(reflection.SERVICE_NAME, servicer.info)
+    server, port = _serve(lambda s: s.add_generic_rpc_handlers((handler,)))
+    try:
+        with pytest.raises(ReflectionError, match=re.escape("clock did not send google/api/http.proto")):
+            _reflect(port, [SERVICE])
+    finally:
+        server.stop(None)
+    assert servicer.asked.count("google/api/http.proto") == 1
 
 
 @pytest.mark.parametrize(
