@@ -16,6 +16,8 @@ from gateway import config as edge_config
 from gateway.server import StartError, serve
 from services.kit import config, logs
 
+__all__ = ["main"]
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)

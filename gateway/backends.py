@@ -23,8 +23,9 @@ _MAX_RECONNECT_BACKOFF_MS = 3_000
 
 
 def credentials(transport: Transport) -> grpc.ChannelCredentials | None:
-    """The channel credentials of `transport`; None for plaintext. Files are read now, so a
-    rotated certificate is picked up by the next channel built."""
+    """The channel credentials of `transport`; None for plaintext. The files are read now:
+    one channel per target is built on first use and kept, so a rotated client certificate
+    takes a restart of the edge."""
     if transport.mode == "plaintext":
         return None
     mtls = transport.mode == "mtls"

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import grpc
 from google.protobuf.descriptor import MethodDescriptor
 
 from gateway import openapi
 from gateway.app import Routing
 from gateway.backends import Backends
-from gateway.config import EdgeConfig
+from gateway.config import EdgeConfig, Target
 from gateway.descriptors import DescriptorSet, load_descriptor_set
 from gateway.reflection import reflect
 from gateway.routes import Route, compile_routes
@@ -34,7 +33,9 @@ __all__ = ["Catalog", "POLICY_OPTION", "SUCCESS_STATUS_OPTION", "build", "load",
 POLICY_OPTION = "poly.options.v1.policy"
 SUCCESS_STATUS_OPTION = "poly.options.v1.http_status"
 _PUBLIC, _INTERNAL = "ACCESS_PUBLIC", "ACCESS_INTERNAL"
-_INFRASTRUCTURE = ("grpc.reflection.", "grpc.health.")
+_NOT_THE_API = ("grpc.", "google.")
+"""Services a descriptor set carries for its imports (reflection, health, long-running
+operations...): with a default backend they are routed only when named."""
 
 
 @dataclass(frozen=True)
@@ -56,19 +57,26 @@ async def load(config: EdgeConfig, backends: Backends) -> Catalog:
         descriptors.services(named)  # every named one must be in the set
         if config.default_backend is None:
             return Catalog(descriptors, tuple(named))
-        everything = [s for s in descriptors.service_names() if not s.startswith(_INFRASTRUCTURE)]
+        everything = [s for s in descriptors.service_names() if not s.startswith(_NOT_THE_API)]
         return Catalog(descriptors, tuple(sorted(set(everything) | set(named))))
-    channels: dict[str, grpc.aio.Channel] = {}
-    wanted: dict[str, list[str] | None] = {}
-    for service in named:
-        target = config.backends[service]
-        channels.setdefault(target.address, backends.channel_to(target))
-        found = wanted.setdefault(target.address, [])
-        if found is not None:
-            found.append(service)
+    # One reflection session per target (a named backend and the default one may share an
+    # address with different transports), labelled by address for the messages.
+    targets = [config.backends[service] for service in named]
     if config.default_backend is not None:
-        channels.setdefault(config.default_backend.address, backends.channel_to(config.default_backend))
-        wanted[config.default_backend.address] = None
+        targets.append(config.default_backend)
+    labels: dict[Target, str] = {}
+    for target in targets:
+        if target not in labels:
+            taken = sum(1 for label in labels.values() if label.startswith(target.address))
+            labels[target] = target.address if not taken else f"{target.address} ({target.transport.mode})"
+    channels = {labels[t]: backends.channel_to(t) for t in labels}
+    wanted: dict[str, list[str] | None] = {label: [] for label in channels}
+    for service in named:
+        asked = wanted[labels[config.backends[service]]]
+        if asked is not None:
+            asked.append(service)
+    if config.default_backend is not None:
+        wanted[labels[config.default_backend]] = None  # everything it serves
     descriptors, served = await reflect(channels, wanted)
     return Catalog(descriptors, tuple(sorted({s for found in served.values() for s in found})))
 

@@ -12,6 +12,7 @@ comma-separated transport settings: ``localhost:50051,plaintext`` or
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -35,7 +36,9 @@ __all__ = [
 
 TransportMode = Literal["plaintext", "tls", "mtls"]
 _SERVICE_NAME = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)+")
-_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[\w.-]+):\d{1,5}")
+_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[\w.-]+):(?P<port>\d{1,5})")
+_TRANSPORT_KEYS = frozenset({"plaintext", "cacert", "cert", "key", "server_name"})
+_MIN_REFRESH_SECONDS = 1.0
 _LISTEN = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[\w.-]*):(?P<port>\d{1,5})")
 
 
@@ -136,9 +139,10 @@ def _target(
 ) -> Target | None:
     before = len(problems)
     address = table.get("address")
-    if not isinstance(address, str) or not _ADDRESS.fullmatch(address):
+    match = _ADDRESS.fullmatch(address) if isinstance(address, str) else None
+    if match is None or not 0 < int(match["port"]) < 65536:
         problems.append(f"{where}: expected an address host:port, got {address!r}")
-    unknown = sorted(set(table) - {"address", "plaintext", "cacert", "cert", "key", "server_name"})
+    unknown = sorted(set(table) - {"address"} - _TRANSPORT_KEYS)
     if unknown:
         problems.append(f"{where}: unknown keys {', '.join(unknown)}")
     transport = _transport(table, default, problems, where=where)
@@ -151,10 +155,18 @@ def _transport(
     table: Mapping[str, Any], default: Transport, problems: list[str], *, where: str
 ) -> Transport | None:
     """The transport `table` (plaintext, cacert, cert, key, server_name) describes on top of
-    `default`: a table that names any of them replaces the default's security as a whole."""
-    if not any(key in table for key in ("plaintext", "cacert", "cert", "key")):
-        name = table.get("server_name")
-        return replace(default, server_name=name) if isinstance(name, str) else default
+    `default`: a table that sets plaintext or names a file replaces the default's security as
+    a whole (so ``cacert`` alone means TLS without a client certificate)."""
+    plaintext = table.get("plaintext", False)
+    if not isinstance(plaintext, bool):
+        problems.append(f"{where}: plaintext must be true or false")
+        return None
+    server_name = table.get("server_name", "")
+    if not isinstance(server_name, str):
+        problems.append(f"{where}: server_name must be a string")
+        return None
+    if not plaintext and not any(key in table for key in ("cacert", "cert", "key")):
+        return _inherited(default, server_name, "plaintext" in table, problems, where=where)
     before = len(problems)
     files: dict[str, Path | None] = {}
     for key in ("cacert", "cert", "key"):
@@ -163,20 +175,12 @@ def _transport(
             files[key] = None
         elif not isinstance(value, str) or not value:
             problems.append(f"{where}: {key} must be a file name")
-        elif not Path(value).is_file():
-            problems.append(f"{where}: {key} file {value} cannot be read")
         else:
-            files[key] = Path(value)
-    plaintext = table.get("plaintext", False)
-    if not isinstance(plaintext, bool):
-        problems.append(f"{where}: plaintext must be true or false")
-    if plaintext and any(table.get(k) for k in ("cacert", "cert", "key")):
-        problems.append(f"{where}: plaintext cannot be combined with cacert, cert or key")
+            files[key] = _readable(Path(value), problems, where=f"{where}: {key} file")
+    if plaintext and (any(table.get(k) for k in ("cacert", "cert", "key")) or server_name):
+        problems.append(f"{where}: plaintext cannot be combined with cacert, cert, key or server_name")
     if bool(table.get("cert")) != bool(table.get("key")):
         problems.append(f"{where}: cert and key go together (mTLS needs both)")
-    server_name = table.get("server_name", "")
-    if not isinstance(server_name, str):
-        problems.append(f"{where}: server_name must be a string")
     if len(problems) > before:
         return None
     if plaintext:
@@ -197,6 +201,39 @@ _FILE_KEYS = {
     "default_backend",
     "limits",
 }
+
+
+def _inherited(
+    default: Transport, server_name: str, tls_asked: bool, problems: list[str], *, where: str
+) -> Transport | None:
+    """A table naming no file: the default's security, with its own server name."""
+    if default.mode == "plaintext" and tls_asked:  # plaintext = false over a plaintext default
+        return Transport("tls", server_name=server_name)
+    if default.mode == "plaintext" and server_name:
+        problems.append(f"{where}: server_name needs TLS, and the transport is plaintext")
+        return None
+    return replace(default, server_name=server_name) if server_name else default
+
+
+def _readable(path: Path, problems: list[str], *, where: str) -> Path | None:
+    """`path` when its contents can be read now (grpc reads them when a channel is built)."""
+    try:
+        path.read_bytes()
+    except OSError as error:
+        problems.append(f"{where} {path} cannot be read: {error.strerror or error}")
+        return None
+    return path
+
+
+def _table(file: Mapping[str, Any], key: str, problems: list[str]) -> dict[str, Any]:
+    """The TOML table `key` of the file ({} when absent); a problem when it is not a table."""
+    value = file.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.append(f"{key}: expected a table ([{key}]), got {type(value).__name__}")
+        return {}
+    return value
 
 
 def _read_file(path: Path, problems: list[str]) -> dict[str, Any]:
@@ -251,24 +288,35 @@ def from_arguments(argv: Sequence[str]) -> EdgeConfig:
     args = _parser().parse_args(list(argv))
     problems: list[str] = []
     file = _read_file(args.config, problems) if args.config else {}
-    tls_table = dict(file.get("tls") or {})
-    for key in ("plaintext", "cacert", "cert", "key", "server_name"):
-        if getattr(args, key) is not None:
-            tls_table[key] = getattr(args, key)
+    # Transport flags on the command line replace the file's [tls] table as a whole.
+    flags = {key: getattr(args, key) for key in _TRANSPORT_KEYS if getattr(args, key) is not None}
+    tls_table = flags or _table(file, "tls", problems)
+    unknown_tls = sorted(set(tls_table) - _TRANSPORT_KEYS)
+    if unknown_tls:
+        problems.append(
+            f"tls: unknown keys {', '.join(unknown_tls)} (use {', '.join(sorted(_TRANSPORT_KEYS))})"
+        )
     default_transport = _transport(tls_table, Transport(), problems, where="default transport") or Transport()
     backends, default_backend = _backends_of(args, file, default_transport, problems)
     descriptor_set = _source_of(args, file, problems)
     host, port = _listen_of(args.listen if args.listen is not None else file.get("listen"), problems)
-    limits_table = dict(file.get("limits") or {})
+    limits_table = _table(file, "limits", problems)
     unknown_limits = sorted(set(limits_table) - set(Limits.__dataclass_fields__))
     if unknown_limits:
         problems.append(f"limits: unknown keys {', '.join(unknown_limits)}")
     limits = _limits(args, limits_table, problems)
     refresh = args.refresh_seconds if args.refresh_seconds is not None else file.get("refresh_seconds", 0.0)
-    if isinstance(refresh, bool) or not isinstance(refresh, int | float) or refresh < 0:
-        problems.append(f"refresh_seconds: expected a number of seconds >= 0, got {refresh!r}")
+    if (
+        isinstance(refresh, bool)
+        or not isinstance(refresh, int | float)
+        or not math.isfinite(refresh)
+        or (refresh != 0 and not _MIN_REFRESH_SECONDS <= refresh <= 86400)
+    ):
+        problems.append(f"refresh_seconds: expected 0 (SIGHUP only) or 1 to 86400 seconds, got {refresh!r}")
         refresh = 0.0
-    title = args.title or file.get("title") or "API"
+    title = args.title or file.get("title", "API")
+    if not isinstance(title, str) or not title:
+        problems.append(f"title: expected a string, got {title!r}")
     log_level = str(args.log_level or file.get("log_level") or "INFO").upper()
     if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         problems.append(f"log_level: expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
@@ -291,7 +339,7 @@ def _backends_of(
     args: argparse.Namespace, file: Mapping[str, Any], transport: Transport, problems: list[str]
 ) -> tuple[dict[str, Target], Target | None]:
     backends: dict[str, Target] = {}
-    for service, table in dict(file.get("backends") or {}).items():
+    for service, table in _table(file, "backends", problems).items():
         where = f"backends.{service}"
         if not _SERVICE_NAME.fullmatch(service):
             problems.append(f"{where}: not a full service name (package.Service)")
@@ -325,6 +373,12 @@ def _source_of(args: argparse.Namespace, file: Mapping[str, Any], problems: list
     if args.reflect:
         return None
     named, reflect = file.get("descriptor_set"), file.get("reflect", False)
+    if not isinstance(reflect, bool):
+        problems.append(f"reflect: expected true or false, got {reflect!r}")
+        return None
+    if named is not None and (not isinstance(named, str) or not named):
+        problems.append(f"descriptor_set: expected a file name, got {named!r}")
+        return None
     if named and reflect:
         problems.append("descriptor_set and reflect exclude each other: routes come from one source")
     elif isinstance(named, str) and named:

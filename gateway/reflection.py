@@ -26,6 +26,8 @@ _METHODS = (
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 )
 _INFRASTRUCTURE = ("grpc.reflection.", "grpc.health.")
+_MAX_FILES = 10_000
+"""More files than any real API imports: a backend naming new imports forever is refused."""
 """Services every gRPC server may carry that are not its API."""
 
 
@@ -62,7 +64,10 @@ class _Session:
             if error.code() == grpc.StatusCode.UNIMPLEMENTED and self._method is None:
                 raise
             if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise ReflectionError(f"cannot reach {self._address} within {self._timeout:g} s") from None
+                raise ReflectionError(
+                    f"cannot reach {self._address} within {self._timeout:g} s (is it up, and is its "
+                    "transport the one configured: plaintext, TLS with which CA, mTLS?)"
+                ) from None
             why = f"{error.code().name} {error.details() or ''}".rstrip()
             raise ReflectionError(f"cannot reflect {self._address}: {why}") from None
         if reply.HasField("error_response"):
@@ -97,7 +102,12 @@ class _Session:
         asked: set[str] = set()
         requests = [reflection_pb2.ServerReflectionRequest(file_containing_symbol=s) for s in services]
         while requests:
-            for reply in await asyncio.gather(*(self.ask(request) for request in requests)):
+            try:
+                async with asyncio.TaskGroup() as group:  # one failure cancels the others
+                    asking = [group.create_task(self.ask(request)) for request in requests]
+            except ExceptionGroup as failed:
+                raise failed.exceptions[0] from None
+            for reply in (task.result() for task in asking):
                 for raw in reply.file_descriptor_response.file_descriptor_proto:
                     try:
                         file = descriptor_pb2.FileDescriptorProto.FromString(raw)
@@ -109,6 +119,8 @@ class _Session:
             missing = {d for f in found.values() for d in f.dependency} - set(found)
             if missing & asked:  # asked for by name already, and still not sent
                 raise ReflectionError(f"{self._address} did not send {', '.join(sorted(missing & asked))}")
+            if len(found) + len(missing) > _MAX_FILES:
+                raise ReflectionError(f"{self._address} names more than {_MAX_FILES} files")
             asked |= missing
             requests = [reflection_pb2.ServerReflectionRequest(file_by_filename=n) for n in sorted(missing)]
         return found
@@ -153,26 +165,34 @@ async def reflect(
 
 
 def _pool(files: Mapping[str, descriptor_pb2.FileDescriptorProto]) -> descriptor_pool.DescriptorPool:
-    """A pool holding `files`, each added after the files it imports."""
+    """A pool holding `files`, each added after the files it imports (depth-first, without
+    recursion, so a long import chain cannot exhaust the stack)."""
     pool = descriptor_pool.DescriptorPool()
     added: set[str] = set()
-
-    def add(name: str, trail: tuple[str, ...]) -> None:
-        if name in added:
-            return
-        if name in trail:
-            raise ReflectionError(f"import cycle through {name}")
-        file = files.get(name)
-        if file is None:
-            raise ReflectionError(f"the backends did not provide {name}")
-        for dependency in file.dependency:
-            add(dependency, (*trail, name))
-        try:
-            pool.Add(file)
-        except (TypeError, ValueError) as error:
-            raise ReflectionError(f"{name}: {error}") from None
-        added.add(name)
-
-    for name in sorted(files):
-        add(name, ())
+    for root in sorted(files):
+        stack: list[tuple[str, bool]] = [(root, False)]
+        on_path: set[str] = set()
+        while stack:
+            name, imports_added = stack.pop()
+            if imports_added:
+                on_path.discard(name)
+                _add(pool, files[name])
+                added.add(name)
+                continue
+            if name in added:
+                continue
+            if name in on_path:
+                raise ReflectionError(f"import cycle through {name}")
+            if name not in files:
+                raise ReflectionError(f"the backends did not provide {name}")
+            on_path.add(name)
+            stack.append((name, True))
+            stack.extend((dependency, False) for dependency in reversed(files[name].dependency))
     return pool
+
+
+def _add(pool: descriptor_pool.DescriptorPool, file: descriptor_pb2.FileDescriptorProto) -> None:
+    try:
+        pool.Add(file)
+    except (TypeError, ValueError) as error:
+        raise ReflectionError(f"{file.name}: {error}") from None

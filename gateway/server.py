@@ -1,8 +1,10 @@
 """Running the edge: load the routes, serve HTTP, reload the routes on SIGHUP and on an
 interval, stop on SIGTERM or SIGINT.
 
-A reload builds the new routes beside the old ones and swaps them in one step; if it fails
-(a backend down, a bad file), the edge logs why and keeps serving the routes it had.
+The signals are taken from the first moment, so a SIGHUP while the routes are still being
+loaded is a reload request, and a SIGTERM then stops the start. A reload builds the new
+routes beside the old ones and swaps them in one step; if it fails for any reason (a
+backend down, a bad file), the edge logs why and keeps serving the routes it had.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import signal
 
 from aiohttp import web
 
-from gateway.app import Edge
+from gateway.app import Edge, Routing
 from gateway.backends import Backends
 from gateway.catalog import load_routing
 from gateway.config import EdgeConfig
@@ -29,14 +31,54 @@ class StartError(RuntimeError):
     """The edge cannot start: its routes cannot be loaded, or its port cannot be bound."""
 
 
+class _Signals:
+    def __init__(self) -> None:
+        self.stop, self.reload = asyncio.Event(), asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload.set)
+
+    def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+
+
 async def serve(config: EdgeConfig) -> None:
     """Serve `config` until SIGTERM or SIGINT; raises `StartError` when it cannot start."""
+    signals = _Signals()
     backends = Backends(config.backends, config.default_backend)
+    _log.info("loading routes", extra={"source": _source(config)})
     try:
-        routing = await load_routing(config, backends)
-    except (DescriptorSetError, ValueError) as error:
+        routing = await _first_routing(config, backends, signals)
+        if routing is not None:
+            await _serve(config, routing, backends, signals)
+    finally:
         await backends.close()
+        signals.close()
+
+
+async def _first_routing(config: EdgeConfig, backends: Backends, signals: _Signals) -> Routing | None:
+    """The routes to start with; None when a stop signal came first."""
+    loading = asyncio.create_task(load_routing(config, backends))
+    stopping = asyncio.create_task(signals.stop.wait())
+    await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not loading.done():
+        loading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loading
+        return None
+    try:
+        routing = loading.result()
+    except (DescriptorSetError, ValueError, OSError) as error:
         raise StartError(str(error)) from None
+    signals.reload.clear()  # a SIGHUP during the start is answered by this load
+    return routing
+
+
+async def _serve(config: EdgeConfig, routing: Routing, backends: Backends, signals: _Signals) -> None:
     edge = Edge(routing, backends, config.limits)
     runner = web.AppRunner(edge.application(), handler_cancellation=True, access_log=None)
     await runner.setup()
@@ -45,27 +87,21 @@ async def serve(config: EdgeConfig) -> None:
             await web.TCPSite(runner, config.host, config.port).start()
         except OSError as error:
             raise StartError(f"cannot listen on {config.host}:{config.port}: {error.strerror}") from None
-        source = str(config.descriptor_set) if config.descriptor_set else "reflection"
         routes = len(routing.router.routes)
-        _log.info("serving", extra={"port": config.port, "routes": routes, "source": source})
-        await _until_stopped(config, edge, backends)
+        _log.info("serving", extra={"port": config.port, "routes": routes, "source": _source(config)})
+        reloader = asyncio.create_task(_reloads(config, edge, backends, signals.reload))
+        try:
+            await signals.stop.wait()
+        finally:
+            reloader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reloader
     finally:
         await runner.cleanup()
 
 
-async def _until_stopped(config: EdgeConfig, edge: Edge, backends: Backends) -> None:
-    stop, reload = asyncio.Event(), asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload.set)
-    reloader = asyncio.create_task(_reloads(config, edge, backends, reload))
-    try:
-        await stop.wait()
-    finally:
-        reloader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reloader
+def _source(config: EdgeConfig) -> str:
+    return str(config.descriptor_set) if config.descriptor_set else "reflection"
 
 
 async def _reloads(config: EdgeConfig, edge: Edge, backends: Backends, requested: asyncio.Event) -> None:
@@ -76,8 +112,11 @@ async def _reloads(config: EdgeConfig, edge: Edge, backends: Backends, requested
         requested.clear()
         try:
             routing = await load_routing(config, backends)
-        except (DescriptorSetError, ValueError) as error:
+            edge.reroute(routing)
+        except (DescriptorSetError, ValueError, OSError) as error:
             _log.error("reload failed, still serving the previous routes", extra={"error": str(error)})
             continue
-        edge.reroute(routing)
+        except Exception:  # noqa: BLE001 - an unforeseen failure must not end reloading for good
+            _log.exception("reload failed, still serving the previous routes")
+            continue
         _log.info("reloaded", extra={"routes": len(routing.router.routes)})

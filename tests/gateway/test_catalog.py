@@ -24,6 +24,7 @@ syntax = "proto3";
 package acme.shop.v1;
 import "google/api/annotations.proto";
 import "google/protobuf/empty.proto";
+import "google/longrunning/operations_proto.proto";
 service Shop {
   rpc CreateItem(Item) returns (Item) { option (google.api.http) = { post: "/v1/items" body: "*" }; }
   rpc DeleteItem(Item) returns (google.protobuf.Empty) {
@@ -93,9 +94,14 @@ def test_a_default_backend_routes_every_service_of_the_set(tmp_path: Path) -> No
 
     named = {"acme.shop.v1.Shop": Target("a:1", plain)}
     assert asyncio.run(services(backends=named)) == ("acme.shop.v1.Shop",)
+    # Operations comes with the imports (and has rules of its own): routed only when named.
     assert asyncio.run(services(backends={}, default_backend=Target("b:2", plain))) == (
         "acme.shop.v1.Back",
         "acme.shop.v1.Shop",
+    )
+    operations = {"google.longrunning.Operations": Target("c:3", plain)}
+    assert "google.longrunning.Operations" in asyncio.run(
+        services(backends=operations, default_backend=Target("b:2", plain))
     )
     with pytest.raises(DescriptorSetError, match=re.escape("not in the descriptor set: acme.shop.v1.Nope")):
         asyncio.run(services(backends={"acme.shop.v1.Nope": Target("a:1", plain)}))

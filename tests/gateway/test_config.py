@@ -78,13 +78,26 @@ def test_targets(text: str, expected: Transport, pem: dict[str, Path]) -> None:
         ("h:1,tls", "unknown transport setting 'tls'"),
         ("h:1,plaintext,cacert={ca}", "plaintext cannot be combined"),
         ("h:1,cert={cert}", "cert and key go together"),
-        ("h:1,cacert=/nowhere/ca.pem", "cacert file /nowhere/ca.pem cannot be read"),
+        ("h:1,cacert=/nowhere/ca.pem", "cacert file /nowhere/ca.pem cannot be read: No such file"),
+        ("h:1,cacert={directory}", "cannot be read: Is a directory"),
+        ("h:99999", "expected an address host:port"),
+        ("h:1,plaintext,server-name=api", "plaintext cannot be combined"),
     ],
-    ids=["no-port", "unknown-setting", "plaintext-and-ca", "cert-without-key", "missing-file"],
+    ids=[
+        "no-port",
+        "unknown-setting",
+        "plaintext-and-ca",
+        "cert-without-key",
+        "missing-file",
+        "unreadable-file",
+        "port-out-of-range",
+        "plaintext-with-a-name-to-verify",
+    ],
 )
 def test_bad_targets_are_problems(text: str, problem: str, pem: dict[str, Path]) -> None:
     problems: list[str] = []
-    found = parse_target(text.format(ca=pem["ca"], cert=pem["cert"]), Transport(), problems, where="t")
+    text = text.format(ca=pem["ca"], cert=pem["cert"], directory=pem["ca"].parent)
+    found = parse_target(text, Transport(), problems, where="t")
     assert found is None
     assert any(problem in p for p in problems), problems
 
@@ -193,7 +206,7 @@ burst = 3
         "unknown keys colour",
         "listen: expected host:port, got 'nowhere'",
         "descriptor_set and reflect exclude each other",
-        "refresh_seconds: expected a number of seconds >= 0",
+        "refresh_seconds: expected 0 (SIGHUP only) or 1 to 86400 seconds, got -1",
         "backends.NotQualified: not a full service name",
         "backends.acme.v1.Library: expected an address host:port, got None",
         "backends.acme.v1.Library: unknown keys adress",
@@ -219,6 +232,70 @@ def test_command_line_problems(argv: list[str], problem: str) -> None:
     with pytest.raises(ConfigError) as raised:
         from_arguments(argv)
     assert any(problem in p for p in raised.value.problems), raised.value.problems
+
+
+def test_wrong_types_in_a_file_are_problems_not_crashes(tmp_path: Path) -> None:
+    file = tmp_path / "types.toml"
+    file.write_text(
+        """
+tls = "mtls"
+limits = [1, 2]
+backends = "library:50051"
+reflect = "no"
+title = { text = "x" }
+refresh_seconds = nan
+"""
+    )
+    with pytest.raises(ConfigError) as raised:
+        from_arguments(["--config", str(file)])
+    problems = "\n".join(raised.value.problems)
+    for expected in [
+        "tls: expected a table ([tls]), got str",
+        "limits: expected a table ([limits]), got list",
+        "backends: expected a table ([backends]), got str",
+        "reflect: expected true or false, got 'no'",
+        "title: expected a string",
+        "refresh_seconds: expected 0 (SIGHUP only) or 1 to 86400 seconds, got nan",
+    ]:
+        assert expected in problems, problems
+
+
+@pytest.mark.parametrize("seconds", ["0.0001", "inf", "100000"])
+def test_refresh_intervals_that_would_spin_or_never_come_are_refused(seconds: str) -> None:
+    with pytest.raises(ConfigError, match="refresh_seconds"):
+        from_arguments(["--reflect", f"--backend={SERVICE}=a:1", f"--refresh-seconds={seconds}"])
+
+
+def test_a_misspelt_tls_key_is_a_problem_not_a_silent_downgrade(tmp_path: Path, pem: dict[str, Path]) -> None:
+    file = tmp_path / "gateway.toml"
+    file.write_text(
+        f'reflect = true\n[tls]\nca_file = "{pem["ca"]}"\n[backends."{SERVICE}"]\naddress = "a:1"\n'
+    )
+    with pytest.raises(ConfigError, match="tls: unknown keys ca_file"):
+        from_arguments(["--config", str(file)])
+
+
+def test_transport_flags_replace_the_files_tls_table(tmp_path: Path, pem: dict[str, Path]) -> None:
+    file = tmp_path / "gateway.toml"
+    file.write_text(
+        f'reflect = true\n[tls]\ncacert = "{pem["ca"]}"\n[backends."{SERVICE}"]\naddress = "a:1"\n'
+    )
+    assert from_arguments(["--config", str(file)]).backends[SERVICE].transport == Transport("tls", pem["ca"])
+    found = from_arguments(["--config", str(file), "--plaintext"])
+    assert found.backends[SERVICE].transport == Transport("plaintext")
+
+
+def test_plaintext_false_over_a_plaintext_default_means_tls(tmp_path: Path) -> None:
+    problems: list[str] = []
+    found = parse_target("h:1,server-name=api", Transport("plaintext"), problems, where="t")
+    assert found is None and "server_name needs TLS" in problems[0]
+    file = tmp_path / "gateway.toml"
+    file.write_text(
+        "reflect = true\n[tls]\nplaintext = true\n"
+        '[backends."acme.v1.X"]\naddress = "h:1"\nplaintext = false\nserver_name = "api"\n'
+    )
+    target = from_arguments(["--config", str(file)]).backends["acme.v1.X"]
+    assert target == Target("h:1", Transport("tls", server_name="api"))
 
 
 def test_a_file_that_is_not_toml(tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_reflection.v1alpha import reflection
 
-from tests.support.env import PYTHON, free_port, process_environ
+from services.kit import config, tls
+from tests.support.env import PYTHON, free_port, make_certs, process_environ
 from tests.support.http import Answer, http_call
 from tests.support.processes import Process
 from tests.support.protos import compile_proto
@@ -58,7 +59,15 @@ def compile_api(directory: Path, version: int) -> Path:
 class Greeter:
     """A grpcio server for the greeter API described by `descriptor_set`."""
 
-    def __init__(self, descriptor_set: Path, port: int, *, with_reflection: bool = True) -> None:
+    def __init__(
+        self,
+        descriptor_set: Path,
+        port: int,
+        *,
+        with_reflection: bool = True,
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
+        self.calls = 0
         pool = descriptor_pool.DescriptorPool()
         for file in descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes()).file:
             pool.Add(file)
@@ -75,13 +84,20 @@ class Greeter:
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         if with_reflection:
             reflection.enable_server_reflection((SERVICE, reflection.SERVICE_NAME), self.server, pool=pool)
-        assert self.server.add_insecure_port(f"127.0.0.1:{port}") == port
+        if credentials is None:
+            assert self.server.add_insecure_port(f"127.0.0.1:{port}") == port
+        else:
+            assert self.server.add_secure_port(f"127.0.0.1:{port}", credentials) == port
         self.server.start()
 
-    @staticmethod
-    def _answer(method: str, reply_class: Any) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def _answer(self, method: str, reply_class: Any) -> Callable[[Any, grpc.ServicerContext], Any]:
         word = {"Greet": "Hello", "Farewell": "Goodbye"}[method]
-        return lambda request, context: reply_class(text=f"{word}, {request.name}")
+
+        def answer(request: Any, context: grpc.ServicerContext) -> Any:
+            self.calls += 1
+            return reply_class(text=f"{word}, {request.name}")
+
+        return answer
 
     def stop(self) -> None:
         self.server.stop(grace=None).wait(10)
@@ -155,7 +171,7 @@ def test_the_refresh_interval_picks_up_new_rpcs_without_a_signal(
     backend_port, port = free_port(), free_port()
     backend = Greeter(api[1], backend_port)
     stack.append(backend.stop)
-    gateway = start_gateway(gateway_args(port, backend_port, "--reflect", extra=("--refresh-seconds=0.5",)))
+    gateway = start_gateway(gateway_args(port, backend_port, "--reflect", extra=("--refresh-seconds=1",)))
     stack.append(gateway.stop)
     assert _farewell(port).status == 404
     backend.stop()
@@ -251,3 +267,80 @@ def test_bad_configuration_fails_fast_with_a_clear_message(
     assert done.returncode == 2, done.stderr
     assert expected in done.stderr, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(
+    ("transport", "status"),
+    [
+        (",cacert={a}/ca.crt,cert={a}/gateway.crt,key={a}/gateway.key", 200),
+        (",cacert={a}/ca.crt,cert={a}/gateway.crt,key={a}/gateway.key,server-name=users", 200),
+        (",cacert={a}/ca.crt,cert={a}/gateway.crt,key={a}/gateway.key,server-name=orders", 503),
+        (",cacert={b}/ca.crt,cert={a}/gateway.crt,key={a}/gateway.key", 503),
+        (",cacert={a}/ca.crt,cert={b}/gateway.crt,key={b}/gateway.key", 503),
+        (",cacert={a}/ca.crt", 503),
+        (",plaintext", 503),
+    ],
+    ids=[
+        "mtls",
+        "mtls-proving-the-name-asked-for",
+        "a-certificate-for-another-name",
+        "a-server-from-another-ca",
+        "a-client-certificate-from-another-ca",
+        "no-client-certificate",
+        "plaintext-to-a-tls-backend",
+    ],
+)
+def test_each_backend_is_held_to_its_transport(
+    transport: str, status: int, tmp_path: Path, api: dict[int, Path], stack: list[Callable[[], None]]
+) -> None:
+    """The backend requires mTLS with the first CA's certificates (its own is for `users`);
+    whatever falls short never reaches it."""
+    a, b = make_certs(tmp_path / "a"), make_certs(tmp_path / "b")
+    server_tls = config.TlsSettings(a / "ca.crt", a / "users.crt", a / "users.key")
+    backend_port, port = free_port(), free_port()
+    backend = Greeter(api[1], backend_port, credentials=tls.server_credentials(server_tls))
+    stack.append(backend.stop)
+    target = f"localhost:{backend_port}" + transport.format(a=a, b=b)
+    gateway = start_gateway(
+        ["--descriptor-set", str(api[1]), f"--backend={SERVICE}={target}", f"--listen=127.0.0.1:{port}"]
+    )
+    stack.append(gateway.stop)
+    answer = http_call(port, "GET", "/v1/greetings/Ada")
+    assert answer.status == status, answer.body
+    if status == 503:
+        assert answer.json()["code"] == grpc.StatusCode.UNAVAILABLE.value[0]
+        assert backend.calls == 0
+    else:
+        assert answer.json() == {"text": "Hello, Ada"} and backend.calls == 1
+
+
+def test_a_bad_configuration_file_exits_2_listing_every_problem(tmp_path: Path) -> None:
+    file = tmp_path / "gateway.toml"
+    file.write_text('listen = "nowhere"\ntls = "mtls"\n[limits]\nrate_burst = 0\n')
+    done = _exits(["--config", str(file)])
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("poly gateway: invalid gateway configuration:\n"), done.stderr
+    for problem in [
+        "listen: expected host:port",
+        "tls: expected a table",
+        "limits.rate_burst",
+        "no route source",
+    ]:
+        assert problem in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_sighup_while_the_routes_are_loading_is_not_fatal(
+    api: dict[int, Path], stack: list[Callable[[], None]]
+) -> None:
+    """Under --reflect the edge waits for a backend still starting; a SIGHUP meanwhile is a
+    reload request, not the end of the process."""
+    backend_port, port = free_port(), free_port()
+    gateway = Process.module("gateway", process_environ({}), *gateway_args(port, backend_port, "--reflect"))
+    stack.append(gateway.stop)
+    gateway.wait_for_line(lambda line: '"loading routes"' in line, timeout=30)
+    gateway.popen.send_signal(signal.SIGHUP)
+    backend = Greeter(api[1], backend_port)
+    stack.append(backend.stop)
+    gateway.wait_for_line(lambda line: '"serving"' in line, timeout=30)
+    assert http_call(port, "GET", "/v1/greetings/Ada").json() == {"text": "Hello, Ada"}
