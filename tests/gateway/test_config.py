@@ -177,6 +177,13 @@ cors_origins = ["https://app.example.com"]
     assert from_arguments(["--config", str(file), "--reflect"]).reflect
 
 
+def _problems_of(file: Path) -> str:
+    with pytest.raises(ConfigError) as raised:
+        from_arguments(["--config", str(file)])
+    assert str(raised.value).startswith("invalid gateway configuration:\n  - ")
+    return "\n".join(raised.value.problems)
+
+
 def test_every_problem_of_a_file_is_listed_at_once(tmp_path: Path) -> None:
     file = tmp_path / "bad.toml"
     file.write_text(
@@ -199,9 +206,7 @@ timeout_seconds = "soon"
 burst = 3
 """
     )
-    with pytest.raises(ConfigError) as raised:
-        from_arguments(["--config", str(file)])
-    problems = "\n".join(raised.value.problems)
+    problems = _problems_of(file)
     for expected in [
         "unknown keys colour",
         "listen: expected host:port, got 'nowhere'",
@@ -215,7 +220,6 @@ burst = 3
         "limits: unknown keys burst",
     ]:
         assert expected in problems, problems
-    assert str(raised.value).startswith("invalid gateway configuration:\n  - ")
 
 
 @pytest.mark.parametrize(
@@ -246,9 +250,7 @@ title = { text = "x" }
 refresh_seconds = nan
 """
     )
-    with pytest.raises(ConfigError) as raised:
-        from_arguments(["--config", str(file)])
-    problems = "\n".join(raised.value.problems)
+    problems = _problems_of(file)
     for expected in [
         "tls: expected a table ([tls]), got str",
         "limits: expected a table ([limits]), got list",
