@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway import config as edge_config
+from gateway.arguments import from_arguments
 from gateway.server import StartError, serve
 from services.kit import config, logs
 
@@ -23,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv:
         try:
-            edge = edge_config.from_arguments(argv)
+            edge = from_arguments(argv)
         except edge_config.ConfigError as error:
             sys.stderr.write(f"poly gateway: {error}\n")
             return 2

@@ -1,4 +1,5 @@
-"""gateway.config: arguments, a TOML file and POLY_* settings all become one EdgeConfig."""
+"""gateway.config: backend targets and their transports, and Polyservice's POLY_* settings
+as an EdgeConfig."""
 
 from __future__ import annotations
 
@@ -7,12 +8,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import (
-    ConfigError,
-    EdgeConfig,
-    Limits,
     Target,
     Transport,
-    from_arguments,
     from_settings,
     parse_target,
 )
@@ -28,12 +25,6 @@ def pem(tmp_path: Path) -> dict[str, Path]:
     for path in files.values():
         path.write_text("not checked here: grpc reads it when the channel is built\n")
     return files
-
-
-def test_the_smallest_command_line(tmp_path: Path) -> None:
-    found = from_arguments(["--reflect", f"--backend={SERVICE}=localhost:50051"])
-    assert found == EdgeConfig(backends={SERVICE: Target("localhost:50051", Transport("tls"))})
-    assert found.reflect and (found.host, found.port) == ("127.0.0.1", 8080)
 
 
 @pytest.mark.parametrize(
@@ -100,211 +91,6 @@ def test_bad_targets_are_problems(text: str, problem: str, pem: dict[str, Path])
     found = parse_target(text, Transport(), problems, where="t")
     assert found is None
     assert any(problem in p for p in problems), problems
-
-
-def test_the_default_transport_comes_from_the_tls_flags(pem: dict[str, Path]) -> None:
-    found = from_arguments(
-        [
-            "--reflect",
-            f"--cacert={pem['ca']}",
-            f"--cert={pem['cert']}",
-            f"--key={pem['key']}",
-            f"--backend={SERVICE}=a:1",
-            "--backend=acme.other.v1.Other=b:2,plaintext",
-            "--default-backend=c:3,server-name=c.internal",
-        ]
-    )
-    mtls = Transport("mtls", pem["ca"], pem["cert"], pem["key"])
-    assert found.backends == {
-        SERVICE: Target("a:1", mtls),
-        "acme.other.v1.Other": Target("b:2", Transport("plaintext")),
-    }
-    assert found.default_backend == Target(
-        "c:3", Transport("mtls", pem["ca"], pem["cert"], pem["key"], "c.internal")
-    )
-
-
-def test_a_complete_file_and_arguments_that_override_it(tmp_path: Path, pem: dict[str, Path]) -> None:
-    file = tmp_path / "gateway.toml"
-    file.write_text(
-        f"""
-listen = "0.0.0.0:9090"
-descriptor_set = "api.binpb"
-refresh_seconds = 30
-title = "Library API"
-log_level = "warning"
-
-[tls]
-cacert = "{pem["ca"]}"
-
-[backends."{SERVICE}"]
-address = "library:50051"
-
-[backends."acme.other.v1.Other"]
-address = "other:50051"
-plaintext = true
-
-[default_backend]
-address = "api:443"
-
-[limits]
-timeout_seconds = 10
-max_body_bytes = 65536
-cors_origins = ["https://app.example.com"]
-"""
-    )
-    found = from_arguments(["--config", str(file), "--listen=127.0.0.1:9191", "--rate-per-second=5"])
-    tls = Transport("tls", pem["ca"])
-    assert found == EdgeConfig(
-        backends={
-            SERVICE: Target("library:50051", tls),
-            "acme.other.v1.Other": Target("other:50051", Transport("plaintext")),
-        },
-        default_backend=Target("api:443", tls),
-        descriptor_set=Path("api.binpb"),
-        refresh_seconds=30.0,
-        host="127.0.0.1",
-        port=9191,
-        title="Library API",
-        limits=Limits(
-            timeout_seconds=10.0,
-            max_body_bytes=65536,
-            rate_per_second=5.0,
-            cors_origins=("https://app.example.com",),
-        ),
-        log_level="WARNING",
-    )
-    assert from_arguments(["--config", str(file), "--reflect"]).reflect
-
-
-def _problems_of(file: Path) -> str:
-    with pytest.raises(ConfigError) as raised:
-        from_arguments(["--config", str(file)])
-    assert str(raised.value).startswith("invalid gateway configuration:\n  - ")
-    return "\n".join(raised.value.problems)
-
-
-def test_every_problem_of_a_file_is_listed_at_once(tmp_path: Path) -> None:
-    file = tmp_path / "bad.toml"
-    file.write_text(
-        """
-listen = "nowhere"
-descriptor_set = "a.binpb"
-reflect = true
-refresh_seconds = -1
-colour = "blue"
-
-[backends.NotQualified]
-address = "a:1"
-
-[backends."acme.v1.Library"]
-adress = "typo:1"
-
-[limits]
-max_body_bytes = 10
-timeout_seconds = "soon"
-burst = 3
-"""
-    )
-    problems = _problems_of(file)
-    for expected in [
-        "unknown keys colour",
-        "listen: expected host:port, got 'nowhere'",
-        "descriptor_set and reflect exclude each other",
-        "refresh_seconds: expected 0 (SIGHUP only) or 1 to 86400 seconds, got -1",
-        "backends.NotQualified: not a full service name",
-        "backends.acme.v1.Library: expected an address host:port, got None",
-        "backends.acme.v1.Library: unknown keys adress",
-        "limits.max_body_bytes: must be between 1024",
-        "limits.timeout_seconds: expected a number, got 'soon'",
-        "limits: unknown keys burst",
-    ]:
-        assert expected in problems, problems
-
-
-@pytest.mark.parametrize(
-    ("argv", "problem"),
-    [
-        ([f"--backend={SERVICE}=a:1"], "no route source"),
-        (["--reflect"], "no backend"),
-        (["--reflect", "--backend=Library=a:1"], "expected package.Service=host:port"),
-        (["--config=/nowhere.toml"], "cannot read /nowhere.toml"),
-    ],
-    ids=["no-source", "no-backend", "unqualified-service", "unreadable-file"],
-)
-def test_command_line_problems(argv: list[str], problem: str) -> None:
-    with pytest.raises(ConfigError) as raised:
-        from_arguments(argv)
-    assert any(problem in p for p in raised.value.problems), raised.value.problems
-
-
-def test_wrong_types_in_a_file_are_problems_not_crashes(tmp_path: Path) -> None:
-    file = tmp_path / "types.toml"
-    file.write_text(
-        """
-tls = "mtls"
-limits = [1, 2]
-backends = "library:50051"
-reflect = "no"
-title = { text = "x" }
-refresh_seconds = nan
-"""
-    )
-    problems = _problems_of(file)
-    for expected in [
-        "tls: expected a table ([tls]), got str",
-        "limits: expected a table ([limits]), got list",
-        "backends: expected a table ([backends]), got str",
-        "reflect: expected true or false, got 'no'",
-        "title: expected a string",
-        "refresh_seconds: expected 0 (SIGHUP only) or 1 to 86400 seconds, got nan",
-    ]:
-        assert expected in problems, problems
-
-
-@pytest.mark.parametrize("seconds", ["0.0001", "inf", "100000"])
-def test_refresh_intervals_that_would_spin_or_never_come_are_refused(seconds: str) -> None:
-    with pytest.raises(ConfigError, match="refresh_seconds"):
-        from_arguments(["--reflect", f"--backend={SERVICE}=a:1", f"--refresh-seconds={seconds}"])
-
-
-def test_a_misspelt_tls_key_is_a_problem_not_a_silent_downgrade(tmp_path: Path, pem: dict[str, Path]) -> None:
-    file = tmp_path / "gateway.toml"
-    file.write_text(
-        f'reflect = true\n[tls]\nca_file = "{pem["ca"]}"\n[backends."{SERVICE}"]\naddress = "a:1"\n'
-    )
-    with pytest.raises(ConfigError, match="tls: unknown keys ca_file"):
-        from_arguments(["--config", str(file)])
-
-
-def test_transport_flags_replace_the_files_tls_table(tmp_path: Path, pem: dict[str, Path]) -> None:
-    file = tmp_path / "gateway.toml"
-    file.write_text(
-        f'reflect = true\n[tls]\ncacert = "{pem["ca"]}"\n[backends."{SERVICE}"]\naddress = "a:1"\n'
-    )
-    assert from_arguments(["--config", str(file)]).backends[SERVICE].transport == Transport("tls", pem["ca"])
-    found = from_arguments(["--config", str(file), "--plaintext"])
-    assert found.backends[SERVICE].transport == Transport("plaintext")
-
-
-def test_plaintext_false_over_a_plaintext_default_means_tls(tmp_path: Path) -> None:
-    problems: list[str] = []
-    found = parse_target("h:1,server-name=api", Transport("plaintext"), problems, where="t")
-    assert found is None and "server_name needs TLS" in problems[0]
-    file = tmp_path / "gateway.toml"
-    file.write_text(
-        "reflect = true\n[tls]\nplaintext = true\n"
-        '[backends."acme.v1.X"]\naddress = "h:1"\nplaintext = false\nserver_name = "api"\n'
-    )
-    target = from_arguments(["--config", str(file)]).backends["acme.v1.X"]
-    assert target == Target("h:1", Transport("tls", server_name="api"))
-
-
-def test_a_file_that_is_not_toml(tmp_path: Path) -> None:
-    file = tmp_path / "gateway.toml"
-    file.write_text("listen = \n")
-    with pytest.raises(ConfigError, match="is not valid TOML"):
-        from_arguments(["--config", str(file)])
 
 
 def test_polyservice_settings_become_mtls_targets_proving_each_component(tmp_path: Path) -> None:
