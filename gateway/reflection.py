@@ -65,8 +65,8 @@ class _Session:
                 raise
             if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise ReflectionError(
-                    f"cannot reach {self._address} within {self._timeout:g} s (is it up, and is its "
-                    "transport the one configured: plaintext, TLS with which CA, mTLS?)"
+                    f"cannot reach {self._address} within {self._timeout:g} s: "
+                    f"{await self._last_connection_error(call, request)}"
                 ) from None
             why = f"{error.code().name} {error.details() or ''}".rstrip()
             raise ReflectionError(f"cannot reflect {self._address}: {why}") from None
@@ -75,6 +75,18 @@ class _Session:
             why = error_response.error_message or str(error_response.error_code)
             raise ReflectionError(f"{self._address} reflection: {why}")
         return reply
+
+    async def _last_connection_error(
+        self, call: grpc.aio.UnaryUnaryMultiCallable, request: reflection_pb2.ServerReflectionRequest
+    ) -> str:
+        """Why connecting fails (a refused port, a TLS handshake with the wrong transport...):
+        grpc names it only to a call that does not wait for the connection."""
+        try:
+            await call(request, timeout=min(2.0, self._timeout))
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNAVAILABLE and error.details():
+                return str(error.details())
+        return "is it up, and is its transport the one configured (plaintext, TLS, mTLS)?"
 
     async def ask(
         self, request: reflection_pb2.ServerReflectionRequest

@@ -248,6 +248,7 @@ def _exits(args: list[str]) -> subprocess.CompletedProcess[str]:
             "does not serve acme.nope.v1.Nope (it serves: acme.greeter.v1.Greeter)",
         ),
         ("unreachable", "cannot reach 127.0.0.1:"),
+        ("tls-to-a-plaintext-backend", "handshake failed"),
     ],
 )
 def test_bad_configuration_fails_fast_with_a_clear_message(
@@ -263,7 +264,8 @@ def test_bad_configuration_fails_fast_with_a_clear_message(
         "unreadable-set": ["--descriptor-set", str(tmp_path / "missing.binpb")],
         "not-a-set": ["--descriptor-set", str(Path(__file__))],
     }.get(case, ["--reflect"])
-    done = _exits([*source, f"--backend={service}=127.0.0.1:{backend_port},plaintext"])
+    transport = "" if case == "tls-to-a-plaintext-backend" else ",plaintext"
+    done = _exits([*source, f"--backend={service}=127.0.0.1:{backend_port}{transport}"])
     assert done.returncode == 2, done.stderr
     assert expected in done.stderr, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
