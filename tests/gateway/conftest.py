@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,7 @@ from tests.support.http import Answer, http_call
 from tests.support.identity import PASSWORD, Deployment, start
 from tests.support.processes import Process
 
-__all__ = ["Answer", "Edge", "edge"]
+__all__ = ["Answer", "Edge", "edge", "pem"]
 
 
 @dataclass
@@ -61,3 +62,13 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     finally:
         process.stop()
         system.stop()
+
+
+@pytest.fixture
+def pem(tmp_path: Path) -> dict[str, Path]:
+    """Three readable files standing for a CA, a certificate and a key, for configuration
+    tests (their contents are read by grpc only when a channel is built)."""
+    files = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
+    for path in files.values():
+        path.write_text("not checked here: grpc reads it when the channel is built\n")
+    return files

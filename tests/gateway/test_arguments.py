@@ -20,14 +20,6 @@ from gateway.config import (
 SERVICE = "acme.library.v1.LibraryService"
 
 
-@pytest.fixture
-def pem(tmp_path: Path) -> dict[str, Path]:
-    files = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
-    for path in files.values():
-        path.write_text("not checked here: grpc reads it when the channel is built\n")
-    return files
-
-
 def test_the_smallest_command_line(tmp_path: Path) -> None:
     found = from_arguments(["--reflect", f"--backend={SERVICE}=localhost:50051"])
     assert found == EdgeConfig(backends={SERVICE: Target("localhost:50051", Transport("tls"))})

@@ -16,16 +16,6 @@ from gateway.config import (
 from services.kit import config
 from tests.support.env import make_certs
 
-SERVICE = "acme.library.v1.LibraryService"
-
-
-@pytest.fixture
-def pem(tmp_path: Path) -> dict[str, Path]:
-    files = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
-    for path in files.values():
-        path.write_text("not checked here: grpc reads it when the channel is built\n")
-    return files
-
 
 @pytest.mark.parametrize(
     ("text", "expected"),
