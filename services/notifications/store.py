@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -29,7 +29,14 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    InstrumentedAttribute,
+    Mapped,
+    Session,
+    mapped_column,
+    sessionmaker,
+)
 
 from poly.events.v1 import events_pb2
 from services.kit.bus import BusTables, Outbox, bus_tables
@@ -207,6 +214,43 @@ def _free(model: type[NotificationRow] | type[DeliveryRow], now: dt.datetime) ->
     )
 
 
+_Leased = TypeVar("_Leased", NotificationRow, DeliveryRow)
+
+
+def _claim(
+    session: Session,
+    model: type[_Leased],
+    key: InstrumentedAttribute[str],
+    *,
+    now: dt.datetime,
+    lease_until: dt.datetime,
+    owner: str,
+    limit: int,
+) -> list[_Leased]:
+    """Lease up to `limit` free rows of `model` (oldest due first) to `owner`, attempts + 1.
+
+    Rows another dispatcher is claiming are skipped, not waited for; the conditional UPDATE
+    keeps two claimers apart where SKIP LOCKED does not exist (SQLite).
+    """
+    due = (
+        select(key)
+        .where(_free(model, now))
+        .order_by(model.next_attempt_time)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = list(session.scalars(due))
+    if not ids:
+        return []
+    claimed = session.scalars(
+        update(model)
+        .where(key.in_(ids), _free(model, now))
+        .values(lease_owner=owner, lease_until=lease_until, attempts=model.attempts + 1)
+        .returning(model)
+    )
+    return list(claimed)
+
+
 _DELIVERY_COLUMNS = {
     "state": DeliveryRow.state,
     "channel": DeliveryRow.channel,
@@ -271,21 +315,14 @@ class SqlRepository:
     def claim_notifications(
         self, now: dt.datetime, lease_until: dt.datetime, owner: str, limit: int
     ) -> list[Notification]:
-        due = (
-            select(NotificationRow.event_id)
-            .where(_free(NotificationRow, now))
-            .order_by(NotificationRow.next_attempt_time)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        ids = list(self._session.scalars(due))
-        if not ids:
-            return []
-        claimed = self._session.scalars(
-            update(NotificationRow)
-            .where(NotificationRow.event_id.in_(ids), _free(NotificationRow, now))
-            .values(lease_owner=owner, lease_until=lease_until, attempts=NotificationRow.attempts + 1)
-            .returning(NotificationRow)
+        claimed = _claim(
+            self._session,
+            NotificationRow,
+            NotificationRow.event_id,
+            now=now,
+            lease_until=lease_until,
+            owner=owner,
+            limit=limit,
         )
         return [_notification(row) for row in claimed]
 
@@ -477,23 +514,14 @@ class SqlRepository:
     def claim_deliveries(
         self, now: dt.datetime, lease_until: dt.datetime, owner: str, limit: int
     ) -> list[Outgoing]:
-        due = (
-            select(DeliveryRow.id)
-            .where(_free(DeliveryRow, now))
-            .order_by(DeliveryRow.next_attempt_time)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        ids = list(self._session.scalars(due))
-        if not ids:
-            return []
-        claimed = list(
-            self._session.scalars(
-                update(DeliveryRow)
-                .where(DeliveryRow.id.in_(ids), _free(DeliveryRow, now))
-                .values(lease_owner=owner, lease_until=lease_until, attempts=DeliveryRow.attempts + 1)
-                .returning(DeliveryRow)
-            )
+        claimed = _claim(
+            self._session,
+            DeliveryRow,
+            DeliveryRow.id,
+            now=now,
+            lease_until=lease_until,
+            owner=owner,
+            limit=limit,
         )
         hooks = [row.webhook.removeprefix("webhooks/") for row in claimed if row.channel != EMAIL]
         found = self._session.execute(
