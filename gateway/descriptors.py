@@ -16,7 +16,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError
 
-__all__ = ["DescriptorSet", "DescriptorSetError", "load_descriptor_set"]
+__all__ = ["DescriptorSet", "DescriptorSetError", "load_descriptor_set", "source_comments"]
 
 # FileDescriptorProto field numbers used by SourceCodeInfo paths.
 _MESSAGE, _ENUM, _SERVICE = 4, 5, 6
@@ -74,7 +74,7 @@ class DescriptorSet:
         if self._comments is None:
             self._comments = {}
             for file in self.files:
-                self._comments.update(_comments_of(file))
+                self._comments.update(source_comments(file))
         return self._comments.get(full_name, "")
 
 
@@ -95,7 +95,9 @@ def load_descriptor_set(path: Path) -> DescriptorSet:
     return DescriptorSet(pool, list(files))
 
 
-def _comments_of(file: descriptor_pb2.FileDescriptorProto) -> dict[str, str]:
+def source_comments(file: descriptor_pb2.FileDescriptorProto) -> dict[str, str]:
+    """The leading comments `file`'s source info kept, by full name of what they describe
+    (services, methods, messages, fields, enums, enum values); {} without source info."""
     texts = {
         tuple(location.path): location.leading_comments.strip()
         for location in file.source_code_info.location

@@ -17,10 +17,10 @@ from google.protobuf.descriptor import (
     Descriptor,
     EnumDescriptor,
     FieldDescriptor,
-    FileDescriptor,
     MethodDescriptor,
 )
 
+from gateway.descriptors import source_comments
 from gateway.routes import Route, Router
 
 __all__ = [
@@ -385,45 +385,9 @@ def _source_comments(routes: Sequence[Route]) -> CommentSource:
         if file.name in seen:
             continue
         seen.add(file.name)
-        found.update(_file_comments(file))
+        found.update(source_comments(descriptor_pb2.FileDescriptorProto.FromString(file.serialized_pb)))
         pending.extend(file.dependencies)
     return lambda full_name: found.get(full_name, "")
-
-
-def _file_comments(file: FileDescriptor) -> dict[str, str]:
-    proto = descriptor_pb2.FileDescriptorProto.FromString(file.serialized_pb)
-    texts = {
-        tuple(location.path): location.leading_comments.strip()
-        for location in proto.source_code_info.location
-        if location.leading_comments.strip()
-    }
-    if not texts:
-        return {}
-    found: dict[str, str] = {}
-    prefix = f"{proto.package}." if proto.package else ""
-
-    def note(path: tuple[int, ...], name: str) -> None:
-        if path in texts:
-            found[name] = texts[path]
-
-    def message(path: tuple[int, ...], msg: descriptor_pb2.DescriptorProto, name: str) -> None:
-        note(path, name)
-        for index, field in enumerate(msg.field):
-            note((*path, 2, index), f"{name}.{field.name}")
-        for index, nested in enumerate(msg.nested_type):
-            message((*path, 3, index), nested, f"{name}.{nested.name}")
-        for index, enum in enumerate(msg.enum_type):
-            note((*path, 4, index), f"{name}.{enum.name}")
-
-    for index, msg in enumerate(proto.message_type):
-        message((4, index), msg, prefix + msg.name)
-    for index, enum in enumerate(proto.enum_type):
-        note((5, index), prefix + enum.name)
-    for index, service in enumerate(proto.service):
-        note((6, index), prefix + service.name)
-        for method_index, method in enumerate(service.method):
-            note((6, index, 2, method_index), f"{prefix}{service.name}.{method.name}")
-    return found
 
 
 def _service_names(routes: Sequence[Route]) -> dict[str, str]:
