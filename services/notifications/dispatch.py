@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from services.kit.backoff import backoff_seconds
 from services.kit.errors import NotFound
 from services.notifications import templates
 from services.notifications.domain import (
@@ -38,13 +39,7 @@ from services.notifications.domain import (
     utcnow,
 )
 
-__all__ = ["Dispatch", "DispatchSettings", "plan_deliveries", "retry_delay"]
-
-
-def retry_delay(attempts: int, base: float, maximum: float, rng: random.Random | None = None) -> float:
-    """Exponential backoff with jitter: uniform in [c/2, c], c = min(maximum, base * 2**(attempts-1))."""
-    ceiling = min(maximum, base * 2 ** max(0, attempts - 1))
-    return (rng or random).uniform(ceiling / 2, ceiling)
+__all__ = ["Dispatch", "DispatchSettings", "plan_deliveries"]
 
 
 def plan_deliveries(
@@ -187,8 +182,11 @@ class Dispatch:
         return self._settle(outgoing.delivery, PENDING, error, next_time)
 
     def _delay(self, attempts: int) -> float:
-        return retry_delay(
-            attempts, self.settings.retry_base_seconds, self.settings.retry_max_seconds, self.rng
+        return backoff_seconds(
+            attempts,
+            base=self.settings.retry_base_seconds,
+            maximum=self.settings.retry_max_seconds,
+            rng=self.rng,
         )
 
     def _settle(

@@ -18,7 +18,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import random
 import re
 import uuid
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ from enum import Enum
 from typing import Literal, Protocol
 
 from services.kit import filters, paging
+from services.kit.backoff import backoff_seconds
 from services.kit.errors import (
     Aborted,
     AlreadyExists,
@@ -237,8 +237,12 @@ def capture_request_id(order: Order) -> str:
 
 def capture_backoff(attempts: int) -> dt.timedelta:
     """Delay before the next try after `attempts` failed ones: doubling, capped, jittered."""
-    delay = min(CAPTURE_BACKOFF_BASE * (1 << min(attempts, 20)), CAPTURE_BACKOFF_MAX)
-    return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
+    seconds = backoff_seconds(
+        attempts + 1,
+        base=CAPTURE_BACKOFF_BASE.total_seconds(),
+        maximum=CAPTURE_BACKOFF_MAX.total_seconds(),
+    )
+    return dt.timedelta(seconds=seconds)
 
 
 def _line_problems(index: int, line: NewLine) -> list[FieldViolation]:

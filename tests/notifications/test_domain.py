@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -11,7 +10,7 @@ import pytest
 
 from services.kit.errors import InvalidArgument
 from services.notifications import addresses, senders, templates
-from services.notifications.dispatch import plan_deliveries, retry_delay
+from services.notifications.dispatch import plan_deliveries
 from services.notifications.domain import (
     Contact,
     Notification,
@@ -176,13 +175,6 @@ def test_planning_follows_preferences_and_webhook_event_types(
     contact: Contact, expected: list[tuple[str, str, str]]
 ) -> None:
     assert _plan(contact, HOOKS) == expected
-
-
-def test_backoff_doubles_with_jitter_up_to_the_maximum() -> None:
-    rng = random.Random(7)
-    for attempts, ceiling in [(1, 2.0), (2, 4.0), (3, 8.0), (10, 60.0)]:
-        delay = retry_delay(attempts, 2.0, 60.0, rng)
-        assert ceiling / 2 <= delay <= ceiling
 
 
 def test_a_signature_verifies_as_standard_webhooks_receivers_check_it() -> None:

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine, and_, exists, or_, select, update
 from sqlalchemy.orm import aliased
 
 from poly.events.v1.events_pb2 import EventEnvelope
+from services.kit import backoff
 from services.kit.bus.metrics import BusMetrics
 from services.kit.bus.tables import DEAD, DELIVERED, PENDING, BusTables
 from services.kit.bus.transport import DeliveryError, Transport
@@ -75,9 +76,8 @@ def _by_route(rows: Iterable[tuple[int, str]]) -> dict[str, list[int]]:
 
 
 def backoff_seconds(attempts: int, settings: RelaySettings, *, rng: random.Random | None = None) -> float:
-    """Exponential backoff with jitter: uniform in [c/2, c] for c = min(max, base * 2**(attempts-1))."""
-    ceiling = min(settings.max_delay, settings.base_delay * 2 ** max(0, attempts - 1))
-    return (rng or random).uniform(ceiling / 2, ceiling)
+    """`kit.backoff.backoff_seconds` with the relay's base and maximum delay."""
+    return backoff.backoff_seconds(attempts, base=settings.base_delay, maximum=settings.max_delay, rng=rng)
 
 
 class Relay:
