@@ -65,10 +65,9 @@ async def load(config: EdgeConfig, backends: Backends) -> Catalog:
     if config.default_backend is not None:
         targets.append(config.default_backend)
     labels: dict[Target, str] = {}
-    for target in targets:
-        if target not in labels:
-            taken = sum(1 for label in labels.values() if label.startswith(target.address))
-            labels[target] = target.address if not taken else f"{target.address} ({target.transport.mode})"
+    for target in dict.fromkeys(targets):
+        same_address = sum(1 for seen in labels if seen.address == target.address)
+        labels[target] = f"{target.address} (#{same_address + 1})" if same_address else target.address
     channels = {labels[t]: backends.channel_to(t) for t in labels}
     wanted: dict[str, list[str] | None] = {label: [] for label in channels}
     for service in named:

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_reflection.v1alpha import reflection
 
 from gateway.app import Routing
 from gateway.backends import Backends
@@ -105,3 +109,37 @@ def test_a_default_backend_routes_every_service_of_the_set(tmp_path: Path) -> No
     )
     with pytest.raises(DescriptorSetError, match=re.escape("not in the descriptor set: acme.shop.v1.Nope")):
         asyncio.run(services(backends={"acme.shop.v1.Nope": Target("a:1", plain)}))
+
+
+def test_reflection_asks_each_target_even_when_targets_share_an_address(tmp_path: Path) -> None:
+    """Three targets on one address (transports differing only in the name to verify, which
+    plaintext ignores) are three reflection sessions; their services are routed together."""
+    descriptor_set = compile_proto(tmp_path, "acme/shop/v1/shop.proto", FOREIGN)
+    pool = descriptor_pool.DescriptorPool()
+    for file in descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes()).file:
+        pool.Add(file)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    names = ("acme.shop.v1.Shop", "acme.shop.v1.Back", reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server, pool=pool)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    address = f"127.0.0.1:{port}"
+    config = EdgeConfig(
+        backends={
+            "acme.shop.v1.Shop": Target(address, Transport("plaintext")),
+            "acme.shop.v1.Back": Target(address, Transport("plaintext", server_name="back")),
+        },
+        default_backend=Target(address, Transport("plaintext", server_name="default")),
+    )
+
+    async def services() -> tuple[str, ...]:
+        backends = Backends(config.backends, config.default_backend)
+        try:
+            return (await load(config, backends)).services
+        finally:
+            await backends.close()
+
+    try:
+        assert asyncio.run(services()) == ("acme.shop.v1.Back", "acme.shop.v1.Shop")
+    finally:
+        server.stop(None)
