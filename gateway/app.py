@@ -128,12 +128,15 @@ class _Compiled:
     router: Router
     plans: dict[Route, _Plan]
     document: bytes
+    services: tuple[str, ...]
+    """The services with routes: whose health ``/readyz`` reports."""
 
 
 def _compiled(routing: Routing) -> _Compiled:
     # Worked out once per route: nothing about a route is looked up again per request.
     plans = {route: _plan(route, routing.success_status) for route in routing.router.routes}
-    return _Compiled(routing.router, plans, json.dumps(routing.document).encode())
+    services = sorted({route.method.containing_service.full_name for route in routing.router.routes})
+    return _Compiled(routing.router, plans, json.dumps(routing.document).encode(), tuple(services))
 
 
 class Edge:
@@ -170,7 +173,7 @@ class Edge:
         return web.json_response({"status": "SERVING"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        found = await self._backends.health()
+        found = await self._backends.health(self._routes.services)
         ready = all(state in READY_STATES for state in found.values())
         return web.json_response(
             {"status": "SERVING" if ready else "NOT_SERVING", "backends": found}, status=200 if ready else 503

@@ -50,16 +50,6 @@ class Backends:
         self._targets = dict(targets)
         self._default = default
         self._channels: dict[Target, grpc.aio.Channel] = {}
-        self._routed: list[str] = sorted(self._targets)
-
-    @property
-    def services(self) -> list[str]:
-        """The services whose health ``/readyz`` reports."""
-        return self._routed
-
-    def route(self, services: Iterable[str]) -> None:
-        """Say which services now have routes (after a descriptor reload)."""
-        self._routed = sorted(set(services))
 
     def target(self, service: str) -> Target:
         found = self._targets.get(service, self._default)
@@ -91,8 +81,8 @@ class Backends:
     def channel(self, service: str) -> grpc.aio.Channel:
         return self.channel_to(self.target(service))
 
-    async def health(self, *, timeout: float = 2.0) -> dict[str, str]:
-        """Each routed service's gRPC health: ``SERVING``, ``NOT_SERVING``, the status code
+    async def health(self, services: Iterable[str], *, timeout: float = 2.0) -> dict[str, str]:
+        """Each of `services`' gRPC health: ``SERVING``, ``NOT_SERVING``, the status code
         of a failed check (``UNAVAILABLE`` when unreachable), or ``REACHABLE`` for a backend
         that answers but has no health service (grpc-gateway's users rarely add one)."""
 
@@ -112,7 +102,7 @@ class Backends:
         async def one(service: str) -> tuple[str, str]:
             return service, await check(service, service)
 
-        return dict(await asyncio.gather(*(one(s) for s in self.services)))
+        return dict(await asyncio.gather(*(one(s) for s in services)))
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._channels.values()))

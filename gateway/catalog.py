@@ -118,12 +118,6 @@ def build(catalog: Catalog, *, title: str, version: str = "v1") -> Routing:
     return Routing(router, document, success_status)
 
 
-def _routed_services(routing: Routing) -> list[str]:
-    return sorted({route.method.containing_service.full_name for route in routing.router.routes})
-
-
 async def load_routing(config: EdgeConfig, backends: Backends) -> Routing:
     """`load` then `build`; raises `DescriptorSetError` or ValueError (a rule that cannot work)."""
-    routing = build(await load(config, backends), title=config.title)
-    backends.route(_routed_services(routing))
-    return routing
+    return build(await load(config, backends), title=config.title)

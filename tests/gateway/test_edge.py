@@ -25,7 +25,7 @@ def _detail(answer: Answer, kind: str) -> dict[str, Any]:
 def test_health_and_readiness(edge: Edge) -> None:
     assert edge.call("GET", "/healthz").json() == {"status": "SERVING"}
     ready = edge.call("GET", "/readyz")
-    assert ready.status == 200
+    assert ready.status == 200, ready.body
     assert set(ready.json()["backends"].values()) == {"SERVING"}
 
 
