@@ -48,20 +48,7 @@ def system(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="module")
 def admin(system: Deployment) -> str:
     """An admin's access token; the admin is created with `poly admin create`."""
-    email = "root@example.com"
-    created = run_module(
-        "services.cli",
-        system.environ,
-        "admin",
-        "create",
-        "--email",
-        email,
-        "--password-stdin",
-        stdin=PASSWORD + "\n",
-    )
-    assert created.returncode == 0, created.stderr
-    assert "with the admin role" in created.stdout
-    return system.login(email).access_token
+    return system.create_admin()
 
 
 def _error(error: grpc.RpcError) -> tuple[grpc.StatusCode, str, list[object]]:
