@@ -8,8 +8,10 @@ import pytest
 from google.api import annotations_pb2, field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, MethodDescriptor, ServiceDescriptor
 
+from poly.events.v1 import events_pb2
 from poly.options.v1 import options_pb2
 from services.kit import config
+from services.kit.bus import contract
 
 _MODULES = [f"poly.{name}.v1.{name}_service_pb2" for name in config.SERVICES] + [
     "poly.events.v1.event_sink_pb2"
@@ -110,3 +112,36 @@ def test_get_create_update_return_the_resource(method: MethodDescriptor) -> None
         return  # standard documents (RFC 7517, OIDC Discovery), not resources
     assert not method.output_type.name.endswith("Response")
     assert method.output_type.fields[0].name == "name"
+
+
+_EVENTS = contract.events()
+
+
+def test_events_are_found() -> None:
+    # Not vacuous: the rule (tested in tests/kit/bus/test_contract.py) finds today's events.
+    names = {e.name for e in _EVENTS}
+    assert {"UserRegistered", "OrderPaid", "PaymentCaptured"} <= names
+    assert names.isdisjoint({"EventEnvelope", "OrderLine"})
+
+
+@pytest.mark.parametrize("event", _EVENTS, ids=[e.name for e in _EVENTS])
+def test_every_event_declares_its_one_publisher(event: Descriptor) -> None:
+    options = event.GetOptions()
+    assert options.HasExtension(options_pb2.event), "missing (poly.options.v1.event): nobody may publish it"
+    assert options.Extensions[options_pb2.event].publisher in config.SERVICES
+
+
+def test_only_events_declare_a_publisher() -> None:
+    events = {e.full_name for e in _EVENTS}
+    for message in events_pb2.DESCRIPTOR.message_types_by_name.values():
+        if message.full_name not in events:
+            assert not message.GetOptions().HasExtension(options_pb2.event), message.full_name
+
+
+def test_the_event_option_is_a_message_that_can_grow() -> None:
+    # Consumers will be added to the same option later: it must stay a message, not a scalar.
+    extension = options_pb2.DESCRIPTOR.extensions_by_name["event"]
+    assert extension.containing_type is not None and extension.message_type is not None
+    assert extension.containing_type.full_name == "google.protobuf.MessageOptions"
+    publisher = extension.message_type.fields_by_name["publisher"]
+    assert publisher.type == publisher.TYPE_STRING and not publisher.is_repeated, "one publisher"

@@ -1,4 +1,5 @@
-"""Events the auth service publishes and consumes (payloads in protos/poly/events/v1)."""
+"""Events the auth service consumes (payloads in protos/poly/events/v1; what it publishes
+is declared there, in each event's `(poly.options.v1.event)`)."""
 
 import datetime as dt
 from collections.abc import Mapping
@@ -13,9 +14,7 @@ from services.auth.store import SqlRepository
 from services.kit.bus import EventHandler
 from services.kit.names import resource_id
 
-__all__ = ["CONSUMES", "HANDLERS", "PUBLISHES"]
-
-PUBLISHES: tuple[str, ...] = ("poly.events.v1.UserRegistered",)
+__all__ = ["CONSUMES", "HANDLERS"]
 
 CONSUMES: tuple[str, ...] = ("poly.events.v1.UserDeleted",)
 

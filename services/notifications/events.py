@@ -1,4 +1,5 @@
-"""Events the notifications service publishes and consumes (payloads in protos/poly/events/v1).
+"""Events the notifications service consumes (payloads in protos/poly/events/v1; what it publishes
+is declared there, in each event's `(poly.options.v1.event)`).
 
 Each consumed event records one notification in the consumer's transaction (with the inbox
 row, so once); the dispatcher sends it later. No network call happens in a handler.
@@ -22,12 +23,7 @@ from services.kit.wire import money_value
 from services.notifications.domain import Notification, record_notification
 from services.notifications.store import SqlRepository
 
-__all__ = ["CONSUMES", "PUBLISHES", "handlers", "template_values"]
-
-PUBLISHES: tuple[str, ...] = (
-    "poly.events.v1.NotificationDelivered",
-    "poly.events.v1.NotificationFailed",
-)
+__all__ = ["CONSUMES", "handlers", "template_values"]
 
 CONSUMES: tuple[str, ...] = (
     "poly.events.v1.UserRegistered",

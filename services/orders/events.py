@@ -1,4 +1,5 @@
-"""Events the orders service publishes and consumes (payloads in protos/poly/events/v1).
+"""Events the orders service consumes (payloads in protos/poly/events/v1; what it publishes
+is declared there, in each event's `(poly.options.v1.event)`).
 
 Consumed: the payments side of the saga (steps 4, 6 and 7 of the saga contract). Each
 handler runs inside the consumer's transaction, which also records the inbox row, and
@@ -20,15 +21,7 @@ from services.kit.names import resource_id
 from services.orders import domain
 from services.orders.store import OnChange, SqlRepository
 
-__all__ = ["CONSUMES", "PUBLISHES", "handlers"]
-
-PUBLISHES: tuple[str, ...] = (
-    "poly.events.v1.OrderCreated",
-    "poly.events.v1.OrderCancelled",
-    "poly.events.v1.OrderPaid",
-    "poly.events.v1.OrderPaymentFailed",
-    "poly.events.v1.OrderFulfilled",
-)
+__all__ = ["CONSUMES", "handlers"]
 
 CONSUMES: tuple[str, ...] = (
     "poly.events.v1.PaymentAuthorized",

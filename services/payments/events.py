@@ -1,4 +1,5 @@
-"""Events the payments service publishes and consumes (payloads in protos/poly/events/v1).
+"""Events the payments service consumes (payloads in protos/poly/events/v1; what it publishes
+is declared there, in each event's `(poly.options.v1.event)`).
 
 Each handler runs inside the consumer's transaction (which also records the event in the
 inbox), through the same domain use cases as the RPCs, so its effect happens once.
@@ -17,15 +18,7 @@ from services.kit.wire import money_value
 from services.payments.domain import Payments
 from services.payments.store import SqlRepository
 
-__all__ = ["CONSUMES", "PUBLISHES", "handlers"]
-
-PUBLISHES: tuple[str, ...] = (
-    "poly.events.v1.PaymentAuthorized",
-    "poly.events.v1.PaymentFailed",
-    "poly.events.v1.PaymentCaptured",
-    "poly.events.v1.PaymentVoided",
-    "poly.events.v1.PaymentRefunded",
-)
+__all__ = ["CONSUMES", "handlers"]
 
 CONSUMES: tuple[str, ...] = (
     "poly.events.v1.UserRegistered",

@@ -1,4 +1,5 @@
-"""Events the users service publishes and consumes (payloads in protos/poly/events/v1)."""
+"""Events the users service consumes (payloads in protos/poly/events/v1; what it publishes
+is declared there, in each event's `(poly.options.v1.event)`)."""
 
 import datetime as dt
 from collections.abc import Mapping
@@ -13,9 +14,7 @@ from services.kit.names import resource_id
 from services.users.domain import create_profile
 from services.users.store import SqlRepository
 
-__all__ = ["CONSUMES", "PUBLISHES", "handlers"]
-
-PUBLISHES: tuple[str, ...] = ("poly.events.v1.UserDeleted",)
+__all__ = ["CONSUMES", "handlers"]
 
 CONSUMES: tuple[str, ...] = ("poly.events.v1.UserRegistered",)
 

@@ -13,12 +13,15 @@ A service declares what it publishes and consumes and gets the rest from here:
 - RabbitMQ transport (``POLY_BUS_URL=amqp://…``): `BrokerTransport` publishes with
   confirms, `BrokerConsumer` consumes the service's quorum queue, acknowledging after the
   commit; `redrive_dead_queue` returns dead-lettered messages to it.
+- `contract`: who publishes which event, from ``(poly.options.v1.event)`` in the protos; the
+  sink, both consumers and the outbox refuse an event whose source is not its publisher.
 - `admin`: dead letters, redrive, and counts for `poly bus`.
 - `node(settings, engine, tables, handlers)`: all of the above wired for one service.
 """
 
 from services.kit.bus.admin import DeadLetter, dead_letters, redrive, state_counts
 from services.kit.bus.broker import (
+    REASON_HEADER,
     BrokerConsumer,
     BrokerTransport,
     dead_queue_name,
@@ -27,6 +30,13 @@ from services.kit.bus.broker import (
     redrive_dead_queue,
 )
 from services.kit.bus.consumer import Consumer, EventHandler, Outcome
+from services.kit.bus.contract import (
+    NOT_PUBLISHED_BY_CALLER,
+    EventNotPublishedByCaller,
+    check_publisher,
+    published_by,
+    publisher_of,
+)
 from services.kit.bus.metrics import BusMetrics, backlog
 from services.kit.bus.node import Handlers, Node, node
 from services.kit.bus.outbox import Outbox, Routing, broker_routing, routing, subscriber_routing
@@ -39,7 +49,9 @@ __all__ = [
     "DEAD",
     "DELIVERED",
     "EVENT_SINK",
+    "NOT_PUBLISHED_BY_CALLER",
     "PENDING",
+    "REASON_HEADER",
     "BrokerConsumer",
     "BrokerTransport",
     "BusMetrics",
@@ -49,6 +61,7 @@ __all__ = [
     "DeliveryError",
     "EmbeddedTransport",
     "EventHandler",
+    "EventNotPublishedByCaller",
     "EventSinkServicer",
     "Handlers",
     "Node",
@@ -62,12 +75,15 @@ __all__ = [
     "backlog",
     "backoff_seconds",
     "broker_routing",
+    "check_publisher",
     "node",
     "queue_name",
     "bus_tables",
     "dead_letters",
     "dead_queue_name",
     "exchange_name",
+    "published_by",
+    "publisher_of",
     "redrive",
     "redrive_dead_queue",
     "routing",

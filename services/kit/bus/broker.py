@@ -11,7 +11,11 @@ Topology, all durable and declared idempotently by whoever needs it first:
 `BrokerTransport` is the relay's side: a publish counts only once the broker confirms it.
 `BrokerConsumer` is the consuming side: messages are applied one at a time through the
 `Consumer` (inbox, one transaction), acknowledged after the commit, retried in place a few
-times, then rejected to the dead-letter queue. Both reconnect with backoff on their own
+times, then rejected to the dead-letter queue. A forged message is never applied nor
+retried: one whose envelope `source` is not the declared publisher of its `type`
+(`contract`), or whose ``source`` header disagrees with the envelope, goes straight to the
+dead-letter queue carrying its reason in an ``x-poly-reason`` header, and is logged;
+`redrive_dead_queue` leaves such messages where they are. Both reconnect with backoff on their own
 (``connect_robust``); aio-pika's event loop runs in a thread of its own, so the rest of the
 service stays on the thread-pool model.
 """
@@ -32,11 +36,14 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMess
 from google.protobuf.message import DecodeError
 
 from poly.events.v1.events_pb2 import EventEnvelope
+from services.kit.bus import contract
 from services.kit.bus.consumer import Consumer, is_transient_database_error
 from services.kit.bus.transport import DeliveryError
 from services.kit.config import redact_url
 
 __all__ = [
+    "REASON_HEADER",
+    "SOURCE_MISMATCH",
     "BrokerConsumer",
     "BrokerTransport",
     "dead_queue_name",
@@ -47,6 +54,15 @@ __all__ = [
 
 _log = logging.getLogger("poly.bus.broker")
 _T = TypeVar("_T")
+
+REASON_HEADER = "x-poly-reason"
+"""Header of a message the consumer refused and dead-lettered itself: why (UPPER_SNAKE)."""
+
+SOURCE_MISMATCH = "EVENT_SOURCE_MISMATCH"
+"""Dead-letter reason: the message's ``source`` header is not its envelope's source."""
+
+_REFUSALS = frozenset({contract.NOT_PUBLISHED_BY_CALLER, SOURCE_MISMATCH})
+"""Reasons that will hold on every redelivery: `redrive_dead_queue` leaves these messages."""
 
 
 def exchange_name(event_type: str, prefix: str = "poly") -> str:
@@ -163,6 +179,24 @@ class BrokerTransport:
         self._loop.close()
 
 
+def _header(message: AbstractIncomingMessage, name: str) -> str | None:
+    value = (message.headers or {}).get(name)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return None if value is None else str(value)
+
+
+def _refusal(message: AbstractIncomingMessage, envelope: EventEnvelope) -> str | None:
+    """Why `message` must never be applied, or None. The broker cannot say who published a
+    message, so it is checked for what it claims: the ``source`` header `BrokerTransport`
+    sets must be the envelope's source, and that source the declared publisher of the type."""
+    if _header(message, "source") != envelope.source:
+        return SOURCE_MISMATCH
+    if not contract.may_publish(envelope.source, envelope.type):
+        return contract.NOT_PUBLISHED_BY_CALLER
+    return None
+
+
 class BrokerConsumer:
     """Consumes the service's queue and applies each event once, in order (a `Background`)."""
 
@@ -189,6 +223,7 @@ class BrokerConsumer:
         self._loop: _LoopThread | None = None
         self._connection: AbstractRobustConnection | None = None
         self._work: asyncio.Queue[AbstractIncomingMessage] | None = None
+        self._dead_exchange: AbstractExchange | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = threading.Event()
         """Set once the queue is declared, bound and being consumed."""
@@ -226,6 +261,7 @@ class BrokerConsumer:
             dead_queue_name(self._service, self._prefix), durable=True, arguments={"x-queue-type": "quorum"}
         )
         await dead.bind(dead_exchange, routing_key=self._service)
+        self._dead_exchange = dead_exchange
         queue = await channel.declare_queue(
             queue_name(self._service, self._prefix),
             durable=True,
@@ -255,11 +291,18 @@ class BrokerConsumer:
             _log.error("undecodable message dead-lettered", extra={"message_id": message.message_id})
             await message.reject(requeue=False)
             return
+        refusal = _refusal(message, envelope)
+        if refusal is not None:
+            await self._refuse(message, envelope, refusal)
+            return
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:
             try:
                 await loop.run_in_executor(None, self._consumer.apply, envelope)
+            except contract.EventNotPublishedByCaller:
+                await self._refuse(message, envelope, contract.NOT_PUBLISHED_BY_CALLER)
+                return
             except Exception as error:  # noqa: BLE001 - retried here, then dead-lettered below
                 transient = is_transient_database_error(error)
                 if not transient:
@@ -281,6 +324,38 @@ class BrokerConsumer:
             await message.ack()
             return
         await message.reject(requeue=False)  # to <prefix>.<service>.dead; later events go on
+
+    async def _refuse(self, message: AbstractIncomingMessage, envelope: EventEnvelope, reason: str) -> None:
+        """Dead-letter a forged message at once, with `reason` on it: never applied, never retried."""
+        known = contract.publisher_of(envelope.type) is not None
+        self._consumer.metrics.add("refused", envelope.type if known else "unknown")
+        _log.warning(
+            "event refused and dead-lettered",
+            extra={
+                "event_id": envelope.id,
+                "event_type": envelope.type,
+                "source": envelope.source,
+                "source_header": _header(message, "source"),
+                "reason": reason,
+                "dead_queue": dead_queue_name(self._service, self._prefix),
+            },
+        )
+        dead_exchange = self._dead_exchange
+        assert dead_exchange is not None
+        # Published (with the channel's confirm) before the original is acknowledged: a crash
+        # in between redelivers the message, which is refused again, never lost or applied.
+        await dead_exchange.publish(
+            aio_pika.Message(
+                body=message.body,
+                message_id=message.message_id,
+                type=message.type,
+                content_type=message.content_type,
+                headers={**dict(message.headers or {}), REASON_HEADER: reason},
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=self._service,
+        )
+        await message.ack()
 
     async def _worker(self) -> None:
         work = self._work
@@ -321,7 +396,12 @@ class BrokerConsumer:
 
 
 def redrive_dead_queue(url: str, service: str, *, prefix: str = "poly", limit: int = 10_000) -> int:
-    """Move every message of the service's dead-letter queue back to its queue; returns how many."""
+    """Move the messages of the service's dead-letter queue back to its queue; returns how many.
+
+    Messages the consumer refused as forged (an ``x-poly-reason`` of `contract`'s
+    ``EVENT_TYPE_NOT_PUBLISHED_BY_CALLER`` or ``EVENT_SOURCE_MISMATCH``) would only be refused
+    again: they stay in the dead-letter queue, as evidence. Each message present when the
+    redrive starts is looked at once, so one that comes back meanwhile is not moved twice."""
 
     async def move() -> int:
         connection = await aio_pika.connect(url, timeout=10)
@@ -330,11 +410,13 @@ def redrive_dead_queue(url: str, service: str, *, prefix: str = "poly", limit: i
             dead = await channel.declare_queue(
                 dead_queue_name(service, prefix), durable=True, arguments={"x-queue-type": "quorum"}
             )
+            present = int(dead.declaration_result.message_count or 0)
             moved = 0
-            while moved < limit:
+            for _ in range(min(present, limit)):
                 message = await dead.get(fail=False, no_ack=False, timeout=10)
                 if message is None:
                     break
+                refused = _header(message, REASON_HEADER) in _REFUSALS
                 await channel.default_exchange.publish(
                     aio_pika.Message(
                         body=message.body,
@@ -344,10 +426,11 @@ def redrive_dead_queue(url: str, service: str, *, prefix: str = "poly", limit: i
                         headers=dict(message.headers or {}),
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                     ),
-                    routing_key=queue_name(service, prefix),
+                    # A refused message goes to the back of the dead-letter queue, not home.
+                    routing_key=dead.name if refused else queue_name(service, prefix),
                 )
                 await message.ack()
-                moved += 1
+                moved += 0 if refused else 1
             return moved
 
     return asyncio.run(move())

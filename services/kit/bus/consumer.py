@@ -5,6 +5,11 @@ that also inserts the event id into ``bus_inbox``. A redelivered event finds its
 (or collides with a concurrent delivery on the primary key) and is skipped as a duplicate;
 a handler that fails rolls back its effect and its inbox row together, so the event is
 retried later. A type without a handler is refused (FAILED_PRECONDITION), not dropped.
+
+Before any of that, the envelope's `source` must be the declared publisher of its `type`
+(`contract.may_publish`): whatever transport brought it, a forged event is refused with
+`contract.EventNotPublishedByCaller` (PERMISSION_DENIED) and nothing is written, not even
+its inbox row.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.orm import Session, sessionmaker
 
 from poly.events.v1.events_pb2 import EventEnvelope
+from services.kit.bus import contract
 from services.kit.bus.metrics import BusMetrics
 from services.kit.bus.tables import BusTables
 from services.kit.errors import FailedPrecondition
@@ -60,6 +66,19 @@ class Consumer:
         return sorted(self._handlers)
 
     def apply(self, envelope: EventEnvelope) -> Outcome:
+        if not contract.may_publish(envelope.source, envelope.type):
+            known = contract.publisher_of(envelope.type) is not None
+            self.metrics.add("refused", envelope.type if known else "unknown")
+            _log.warning(
+                "event refused",
+                extra={
+                    "event_id": envelope.id,
+                    "event_type": envelope.type,
+                    "source": envelope.source,
+                    "reason": contract.NOT_PUBLISHED_BY_CALLER,
+                },
+            )
+            raise contract.EventNotPublishedByCaller(envelope.source, envelope.type)
         found = self._handlers.get(envelope.type)
         if found is None:
             # Routed here but unknown (say, an old replica during a rolling deploy): refuse it,

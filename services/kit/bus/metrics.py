@@ -14,7 +14,8 @@ __all__ = ["BusMetrics", "backlog"]
 
 
 class BusMetrics:
-    """Thread-safe counts: published, delivered, retried, dead_lettered, applied, duplicate."""
+    """Thread-safe counts: published, delivered, retried, dead_lettered, applied, duplicate,
+    unhandled, refused (a source that is not the type's declared publisher)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -3,6 +3,9 @@
 `Outbox.publish(session, event, aggregate_id=...)` adds the event to ``bus_outbox`` and one
 ``bus_delivery`` row per route, inside the caller's transaction: if it rolls back, the event
 never existed; once it commits, the relay will deliver it even if the process dies at once.
+An outbox publishes only the events its `source` is the declared publisher of
+(``(poly.options.v1.event)``): anything else is a programming error, refused before a row
+is written, so the code cannot drift from the contract the consumers enforce.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from poly.events.v1.events_pb2 import EventEnvelope
+from services.kit.bus import contract
 from services.kit.bus.metrics import BusMetrics
 from services.kit.bus.tables import PENDING, BusTables
 from services.kit.config import BusSettings
@@ -82,10 +86,15 @@ class Outbox:
         """Record `event` (a ``poly.events.v1`` message) in `session`'s transaction."""
         if not aggregate_id:
             raise ValueError("aggregate_id is required: it orders the events of one aggregate")
+        event_type = event.DESCRIPTOR.full_name
+        if not contract.may_publish(self._source, event_type):
+            raise ValueError(
+                f"{self._source} is not the declared publisher of {event_type} "
+                f"(its (poly.options.v1.event) names {contract.publisher_of(event_type) or 'none'})"
+            )
         now = self._clock()
         payload = AnyMessage()
         payload.Pack(event)
-        event_type = event.DESCRIPTOR.full_name
         envelope = EventEnvelope(
             id=str(uuid.uuid4()),
             type=event_type,

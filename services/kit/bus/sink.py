@@ -1,8 +1,9 @@
 """The embedded transport's receiving end: every consuming service serves EventSinkService.
 
 `EventSinkServicer.PushEvent` accepts events only from Polyservice service identities
-(the SPIFFE ID in the caller's client certificate), and only events whose source is that
-caller, and applies them through the `Consumer`.
+(the SPIFFE ID in the caller's client certificate), only of types that caller is the
+declared publisher of (``(poly.options.v1.event)``, read by `contract`), and only with that
+caller as their source; then it applies them through the `Consumer`.
 `Subscribe` records which event types the calling service wants from this one; `Subscriber`
 is the other side, registering this service's handlers with every peer at start-up.
 """
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from poly.events.v1 import event_sink_pb2, event_sink_pb2_grpc
 from services.kit import server, tls
+from services.kit.bus import contract
 from services.kit.bus.consumer import Consumer, Outcome, is_transient_database_error
 from services.kit.bus.tables import BusTables
 from services.kit.clients import Channels
@@ -70,6 +72,19 @@ class EventSinkServicer(event_sink_pb2_grpc.EventSinkServiceServicer):
     ) -> event_sink_pb2.PushEventResponse:
         caller = self._service_caller(context)
         envelope = request.event
+        # Before anything else: a certificate pushes only the events its service publishes.
+        if not contract.may_publish(caller, envelope.type):
+            _log.warning(
+                "event refused",
+                extra={
+                    "event_id": envelope.id,
+                    "event_type": envelope.type,
+                    "caller": caller,
+                    "source": envelope.source,
+                    "reason": contract.NOT_PUBLISHED_BY_CALLER,
+                },
+            )
+            raise contract.EventNotPublishedByCaller(caller, envelope.type)
         if envelope.source and envelope.source != caller:
             raise PermissionDenied(
                 "EVENT_SOURCE_MISMATCH",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -183,5 +184,91 @@ def test_an_undecodable_message_goes_to_the_dead_letter_queue(
                 return int(queue.declaration_result.message_count or 0)
 
         _until(lambda: asyncio.run(dead_count()) == 1)
+    finally:
+        intake.stop()
+
+
+ORDER_CREATED = "poly.events.v1.OrderCreated"
+
+
+def _publish_raw(amqp_url: str, prefix: str, envelope: EventEnvelope, headers: dict[str, str]) -> None:
+    """Publish straight to the family exchange, as anyone holding broker credentials could."""
+
+    async def go() -> None:
+        connection = await aio_pika.connect(amqp_url, timeout=10)
+        async with connection:
+            channel = await connection.channel()
+            exchange = await channel.get_exchange(bus.exchange_name(envelope.type, prefix))
+            await exchange.publish(
+                aio_pika.Message(body=envelope.SerializeToString(), headers=dict(headers)),
+                routing_key=envelope.type,
+            )
+
+    asyncio.run(go())
+
+
+def _dead(amqp_url: str, prefix: str, *, take: bool = False) -> list[dict[str, object]]:
+    """The headers of the messages in the payments dead-letter queue (removed if `take`)."""
+
+    async def go() -> list[dict[str, object]]:
+        connection = await aio_pika.connect(amqp_url, timeout=10)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(bus.dead_queue_name("payments", prefix), passive=True)
+            found: list[dict[str, object]] = []
+            for _ in range(int(queue.declaration_result.message_count or 0)):
+                message = await queue.get(fail=False, no_ack=take, timeout=10)
+                if message is None:
+                    break
+                found.append(dict(message.headers or {}))
+            return found  # not taken: closing the channel puts them back
+
+    return asyncio.run(go())
+
+
+def test_a_forged_message_is_dead_lettered_with_its_reason_never_applied_nor_redriven(
+    bus_db: BusDb, amqp_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="poly.bus.broker")
+    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: record_effect(bus_db.effects)})
+    intake = bus.BrokerConsumer(amqp_url, "payments", consumer, prefix=prefix, attempts=3, retry_delay=0.01)
+    intake.start()
+    try:
+        forged = [
+            # (envelope source, source header): whoever may publish to the exchange can claim anything.
+            ("notifications", {"source": "notifications"}),  # a type notifications does not publish
+            ("orders", {"source": "notifications"}),  # a header that disagrees with the envelope
+            ("orders", {}),  # no header at all
+        ]
+        for number, (source, headers) in enumerate(forged):
+            envelope = EventEnvelope(
+                id=f"forged-{number}", type=ORDER_CREATED, aggregate_id="orders/F", source=source
+            )
+            envelope.payload.Pack(OrderCreated(order=f"orders/F#{number}"))
+            _publish_raw(amqp_url, prefix, envelope, headers)
+        genuine = EventEnvelope(id="genuine", type=ORDER_CREATED, aggregate_id="orders/F", source="orders")
+        genuine.payload.Pack(OrderCreated(order="orders/F#genuine"))
+        _publish_raw(amqp_url, prefix, genuine, {"source": "orders"})
+
+        _until(lambda: bus_db.effect_counts() == {"genuine": 1}, timeout=30)
+        _until(lambda: len(_dead(amqp_url, prefix)) == 3)
+        assert consumer.metrics.total("refused") == 3
+        assert consumer.metrics.total("applied") == 1, "refused at once: never retried, never applied"
+
+        assert bus.redrive_dead_queue(amqp_url, "payments", prefix=prefix) == 0, "refused again anyway"
+        reasons = sorted(str(headers[bus.REASON_HEADER]) for headers in _dead(amqp_url, prefix, take=True))
+        assert reasons == [
+            "EVENT_SOURCE_MISMATCH",
+            "EVENT_SOURCE_MISMATCH",
+            "EVENT_TYPE_NOT_PUBLISHED_BY_CALLER",
+        ]
+        assert bus_db.effect_counts() == {"genuine": 1}
+        logged = [r for r in caplog.records if r.getMessage() == "event refused and dead-lettered"]
+        seen = sorted((r.event_id, r.event_type, r.source, r.reason) for r in logged)  # type: ignore[attr-defined]
+        assert seen == [
+            ("forged-0", ORDER_CREATED, "notifications", "EVENT_TYPE_NOT_PUBLISHED_BY_CALLER"),
+            ("forged-1", ORDER_CREATED, "orders", "EVENT_SOURCE_MISMATCH"),
+            ("forged-2", ORDER_CREATED, "orders", "EVENT_SOURCE_MISMATCH"),
+        ]
     finally:
         intake.stop()

@@ -91,3 +91,34 @@ def test_concurrent_deliveries_of_one_event_apply_it_once(bus_db: BusDb) -> None
         thread.join(30)
     assert sorted(o.value for o in outcomes) == ["applied"] + ["duplicate"] * 5
     assert bus_db.effect_counts() == {"6f1c2f8e-0000-4000-8000-000000000001": 1}
+
+
+@pytest.mark.parametrize(
+    ("source", "event_type"),
+    [
+        ("payments", "poly.events.v1.OrderCreated"),
+        ("notifications", "poly.events.v1.OrderCreated"),
+        ("", "poly.events.v1.OrderCreated"),
+        ("orders", "poly.events.v1.Nonsense"),
+    ],
+    ids=["another-service", "notifications", "no-source", "unknown-type"],
+)
+def test_an_event_whose_source_does_not_publish_its_type_is_refused_before_anything(
+    bus_db: BusDb, source: str, event_type: str
+) -> None:
+    calls: list[str] = []
+
+    def handler(session: Session, payload: Message, envelope: EventEnvelope) -> None:
+        calls.append(envelope.id)
+
+    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: handler})
+    forged = _envelope()
+    forged.source, forged.type = source, event_type
+    with pytest.raises(bus.EventNotPublishedByCaller) as refused:
+        consumer.apply(forged)
+    assert refused.value.reason == "EVENT_TYPE_NOT_PUBLISHED_BY_CALLER"
+    assert calls == [], "the handler never ran"
+    with bus_db.engine.connect() as connection:
+        assert connection.execute(select(bus_db.tables.inbox.c.event_id)).all() == [], "no inbox row"
+    assert consumer.metrics.total("refused") == 1
+    assert consumer.apply(_envelope()) is bus.Outcome.APPLIED, "the genuine event is still applied"

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from poly.events.v1.events_pb2 import OrderCreated
+from poly.events.v1.events_pb2 import OrderCreated, UserDeleted
 from services.kit import bus, db
 from services.kit.config import BusSettings
 from tests.kit.bus.conftest import BusDb, publish, subscribe
@@ -89,3 +89,13 @@ def test_an_aggregate_id_is_required(bus_db: BusDb) -> None:
     outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.broker_routing())
     with pytest.raises(ValueError, match="aggregate_id"), db.transaction(bus_db.factory) as session:
         outbox.publish(session, OrderCreated(order="orders/1"), aggregate_id="")
+
+
+def test_a_service_cannot_publish_an_event_it_is_not_the_declared_publisher_of(bus_db: BusDb) -> None:
+    subscribe(bus_db, "auth", "poly.events.v1.UserDeleted")
+    outbox = bus.Outbox(bus_db.tables, source="notifications", routing=bus.subscriber_routing(bus_db.tables))
+    refused = pytest.raises(ValueError, match=r"notifications is not the declared publisher.*names users")
+    with refused, db.transaction(bus_db.factory) as session:
+        outbox.publish(session, UserDeleted(user="users/1"), aggregate_id="users/1")
+    assert _count(bus_db, bus_db.tables.outbox) == 0
+    assert _count(bus_db, bus_db.tables.delivery) == 0

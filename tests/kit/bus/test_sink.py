@@ -15,6 +15,7 @@ from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated
 from services.kit import bus, clients, config, server, tls
 from tests.kit.bus.conftest import BusDb, make_bus_db, publish, record_effect
 from tests.support.env import settings_for
+from tests.support.status import refusal
 
 ORDER_CREATED = "poly.events.v1.OrderCreated"
 
@@ -115,7 +116,15 @@ def _push(
 
 
 def _order_created(event_id: str = "0b9b7c0e-0000-4000-8000-00000000000a") -> EventEnvelope:
-    envelope = EventEnvelope(id=event_id, type=ORDER_CREATED, aggregate_id="orders/9", source="orders")
+    envelope = EventEnvelope(
+        id=event_id,
+        type=ORDER_CREATED,
+        aggregate_id="orders/9",
+        sequence=1,
+        source="orders",
+        schema_version=1,
+    )
+    envelope.occur_time.GetCurrentTime()
     envelope.payload.Pack(OrderCreated(order="orders/9"))
     return envelope
 
@@ -160,6 +169,31 @@ def test_a_service_cannot_push_another_services_events(pair: Pair) -> None:
     assert isinstance(answer, grpc.RpcError) and isinstance(answer, grpc.Call)
     assert answer.code() == grpc.StatusCode.PERMISSION_DENIED
     assert pair.payments_db.effect_counts() == {}
+
+
+@pytest.mark.parametrize(
+    ("caller", "event_type"),
+    [
+        ("notifications", ORDER_CREATED),
+        ("payments", ORDER_CREATED),
+        ("users", "poly.events.v1.Nonsense"),
+        ("orders", "poly.events.v1.OrderLine"),
+    ],
+    ids=["another-services-type", "the-consumers-own-identity", "unknown-type", "not-an-event"],
+)
+def test_a_service_cannot_push_a_type_it_does_not_publish(pair: Pair, caller: str, event_type: str) -> None:
+    forged = _order_created()
+    forged.source = caller  # the source check alone would let it through
+    forged.type = event_type
+    answer = _push(pair, caller, forged)
+    assert isinstance(answer, grpc.RpcError)
+    refused = refusal(answer)
+    assert refused.code == grpc.StatusCode.PERMISSION_DENIED
+    assert refused.reason == "EVENT_TYPE_NOT_PUBLISHED_BY_CALLER"
+    assert refused.metadata == {"caller": caller, "event_type": event_type}
+    assert pair.payments_db.effect_counts() == {}
+    with pair.payments_db.engine.connect() as connection:
+        assert connection.execute(select(pair.payments_db.tables.inbox.c.event_id)).all() == []
 
 
 def test_subscriptions_only_grow(pair: Pair) -> None:

@@ -100,7 +100,9 @@ class EventEnvelope(_message.Message):
     """
     source: _builtins.str
     """Required. Publishing service: "auth", "users", "orders", "payments" or
-    "notifications".
+    "notifications". It must be the publisher the payload's type declares in
+    `(poly.options.v1.event)`; an event from any other source is refused and
+    never applied.
     """
     schema_version: _builtins.int
     """Required. Version of the payload's schema; 1 for every type today."""

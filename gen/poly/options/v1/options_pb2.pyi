@@ -137,9 +137,46 @@ class Policy(_message.Message):
 
 Global___Policy: _TypeAlias = Policy  # noqa: Y015
 
+@_typing.final
+class EventContract(_message.Message):
+    """The bus contract of one domain event, attached as `(poly.options.v1.event)`
+    to every event message in poly/events/v1/events.proto. It is the one place
+    that says who publishes an event: the EventSink refuses, and the consumers
+    of both transports never apply, an event whose envelope `source` is not its
+    declared publisher; the outbox refuses to publish it from any other service.
+    A message, not a scalar, so that later fields (say, the consumers) can be
+    added without breaking the option.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUBLISHER_FIELD_NUMBER: _builtins.int
+    publisher: _builtins.str
+    """Required. The one service that publishes the event: "auth", "users",
+    "orders", "payments" or "notifications".
+    """
+    def __init__(
+        self,
+        *,
+        publisher: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["publisher", b"publisher"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventContract: _TypeAlias = EventContract  # noqa: Y015
+
+EVENT_FIELD_NUMBER: _builtins.int
 POLICY_FIELD_NUMBER: _builtins.int
 IDEMPOTENT_FIELD_NUMBER: _builtins.int
 HTTP_STATUS_FIELD_NUMBER: _builtins.int
+event: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, Global___EventContract]
+"""The event's bus contract. Every event in poly/events/v1/events.proto must
+set it; the carrier EventEnvelope and messages used only as field types of
+events (OrderLine) do not.
+"""
 policy: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___Policy]
 """The method's authorization policy. Every RPC must set it (deny by default)."""
 idempotent: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _builtins.bool]
