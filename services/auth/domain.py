@@ -4,8 +4,9 @@ Invariants: an email names at most one identity (lower case); a password is stor
 an argon2id hash, a refresh token and a client secret only as hashes. A refresh token is
 used at most once: using it rotates it (ACTIVE -> ROTATED, a new one in the same family);
 presenting a ROTATED token again is theft, and revokes its whole family, as logout does.
-Failed logins are counted per account and per client address; past the limit within the
-window, logins are refused (even correct ones) until the oldest failure leaves the window.
+Failed logins count per account and client address; an attempt counts from the limit check
+that admits it (one transaction) until it is settled or its lease ends, so a burst cannot
+overshoot. Past the limit, even correct logins are refused until the oldest failure ages out.
 Identity states: ACTIVE -> DISABLED (when the user is deleted); DISABLED refuses login and
 refresh. The last active admin cannot lose the role.
 """
@@ -17,8 +18,8 @@ import hashlib
 import re
 import secrets
 import uuid
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
@@ -33,7 +34,9 @@ from services.kit.errors import (
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
+    Unavailable,
 )
+from services.kit.names import chosen_id_problems
 
 __all__ = [
     "ACTIVE",
@@ -52,6 +55,7 @@ __all__ = [
     "Verified",
     "disable_identity",
     "hash_token",
+    "identity_not_found",
     "normalise_email",
 ]
 
@@ -68,10 +72,13 @@ SCOPES: tuple[str, ...] = (
 )
 """Every scope a machine client may hold (the scopes named in the services' policies)."""
 
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
-_ROLE = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
-_CLIENT_ID = re.compile(r"^[a-z][a-z0-9-]{3,62}$")
+# fullmatch only (`$` also matches before a final newline); no whitespace or control characters.
+_EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+")
+_ROLE = re.compile(r"[a-z][a-z0-9-]{1,31}", re.ASCII)
 _BAD_CREDENTIALS = "email or password is wrong"
+_RESERVATION_SECONDS = 60.0
+"""How long an attempt being verified counts at most: a process that dies before settling
+it (or cannot reach its database to) frees it after this."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,9 +170,26 @@ class Repository(Protocol):
     def family_of(self, token_hash: str) -> str | None: ...
     def family_active(self, family: str) -> bool: ...
 
-    def failures_since(self, key: str, since: dt.datetime) -> list[dt.datetime]: ...
-    def add_failure(self, key: str, now: dt.datetime) -> None: ...
-    def clear_failures(self, key: str) -> None: ...
+    def lock_throttle_keys(self, keys: Sequence[str]) -> None:
+        """Until this transaction ends, no other one decides on any of `keys`."""
+
+    def attempts_since(self, key: str, since: dt.datetime, now: dt.datetime) -> list[dt.datetime]:
+        """When each failure of `key` after `since`, and each reservation live at `now`, began."""
+
+    def forget_attempts(self, keys: Sequence[str], before: dt.datetime, now: dt.datetime) -> None:
+        """Drop what of `keys` began at or before `before` and is no longer pending at `now`."""
+
+    def reserve_attempt(self, keys: Sequence[str], now: dt.datetime, until: dt.datetime) -> str:
+        """Count a pending attempt against each of `keys` until it is settled or `until`; its id."""
+
+    def fail_attempt(self, attempt: str, now: dt.datetime) -> None:
+        """Settle a reserved attempt as a failure at `now`."""
+
+    def release_attempt(self, attempt: str) -> None:
+        """Settle a reserved attempt as not a failure: it no longer counts."""
+
+    def clear_failures(self, key: str) -> None:
+        """Forget the failures of `key` (not attempts still pending)."""
 
     def add_client(self, client: Client, secret_hash: str) -> bool:
         """False when the client id is taken."""
@@ -205,11 +229,25 @@ class Verified(Protocol):
 
 _V = TypeVar("_V", bound=Verified)
 
+
+@dataclass(slots=True)
+class _Attempt:
+    """A login or client-token attempt reserved against its throttling keys."""
+
+    id: str
+    settled: bool = False
+
+
 Transactions = Callable[[], AbstractContextManager[Repository]]
 
 
 def normalise_email(email: str) -> str:
     return email.strip().lower()
+
+
+def identity_not_found(user_id: str) -> NotFound:
+    """What a caller learns about ``users/{user_id}`` when it does not exist, or is another's."""
+    return NotFound("IDENTITY_NOT_FOUND", "users/{user} does not exist", user=user_id)
 
 
 def hash_token(token: str) -> str:
@@ -243,7 +281,7 @@ class IdentityProvider:
     ) -> Identity:
         email = normalise_email(email)
         violations = []
-        if not _EMAIL.match(email) or len(email) > 254:
+        if not _EMAIL.fullmatch(email) or len(email) > 254:
             violations.append(FieldViolation("email", "must be an email address"))
         problem = self.password_problem(password)
         if problem:
@@ -267,43 +305,77 @@ class IdentityProvider:
         email = normalise_email(email)
         keys = [f"account:{email}", f"address:{address}"]
         with self.transactions() as repo:
-            self._refuse_if_throttled(repo, keys)
+            attempt = self._reserve(repo, keys)
             found = repo.credentials(email)
-        identity, hashed = found if found else (None, None)
-        if not self.hasher.verify(hashed, password) or identity is None or hashed is None:
+        with self._settling(attempt):
+            identity, hashed = found if found else (None, None)
+            if not self.hasher.verify(hashed, password) or identity is None or hashed is None:
+                self._fail(attempt)
+                raise Unauthenticated("INVALID_CREDENTIALS", _BAD_CREDENTIALS)
+            if identity.state != ACTIVE:
+                raise PermissionDenied("IDENTITY_DISABLED", "this account is disabled")
+            rehashed = self._rehashed(hashed, password)
+            family = str(uuid.uuid4())
             with self.transactions() as repo:
-                for key in keys:
-                    repo.add_failure(key, self.clock())
-            raise Unauthenticated("INVALID_CREDENTIALS", _BAD_CREDENTIALS)
-        if identity.state != ACTIVE:
-            raise PermissionDenied("IDENTITY_DISABLED", "this account is disabled")
-        rehashed = self.hasher.hash(password) if self.hasher.needs_rehash(hashed) else None
-        family = str(uuid.uuid4())
-        with self.transactions() as repo:
-            if rehashed:
-                repo.set_password_hash(identity.id, rehashed)
-            repo.clear_failures(keys[0])
-            refresh = self._add_refresh_token(repo, identity, family=family)
+                if rehashed:
+                    repo.set_password_hash(identity.id, rehashed)
+                repo.release_attempt(attempt.id)
+                repo.clear_failures(keys[0])
+                refresh = self._add_refresh_token(repo, identity, family=family)
+            attempt.settled = True
         return self._session_tokens(identity, family=family, refresh=refresh)
 
-    def _refuse_if_throttled(self, repo: Repository, keys: Sequence[str]) -> None:
+    def _reserve(self, repo: Repository, keys: Sequence[str]) -> _Attempt:
+        """Refuse if any of `keys` is at its limit, else count this attempt against them all:
+        one decision per key at a time, so concurrent attempts cannot all pass the check."""
+        repo.lock_throttle_keys(keys)
         now = self.clock()
         window = dt.timedelta(seconds=self.settings.login_window_seconds)
+        repo.forget_attempts(keys, now - window, now)
         for key in keys:
             limit = (
                 self.settings.login_failures_per_address
                 if key.startswith("address:")
                 else self.settings.login_failures_per_account
             )
-            failures = repo.failures_since(key, now - window)
-            if len(failures) >= limit:
-                retry_after = max(1.0, (min(failures) + window - now).total_seconds())
+            attempts = repo.attempts_since(key, now - window, now)
+            if len(attempts) >= limit:
+                retry_after = max(1.0, (min(attempts) + window - now).total_seconds())
                 raise ResourceExhausted(
                     "LOGIN_THROTTLED",
                     "too many failed logins; try again in {seconds} seconds",
                     retry_after_seconds=retry_after,
                     seconds=int(retry_after + 0.999),
                 )
+        until = now + dt.timedelta(seconds=_RESERVATION_SECONDS)
+        return _Attempt(repo.reserve_attempt(keys, now, until))
+
+    def _fail(self, attempt: _Attempt) -> None:
+        with self.transactions() as repo:
+            repo.fail_attempt(attempt.id, self.clock())
+        attempt.settled = True
+
+    @contextmanager
+    def _settling(self, attempt: _Attempt) -> Iterator[None]:
+        """Releases `attempt` if the block leaves it unsettled: whatever ended the block (a
+        correct secret, a busy hasher, a disabled account), it was not a wrong secret."""
+        try:
+            yield
+        finally:
+            if not attempt.settled:
+                # A busy database (Unavailable): the reservation's lease frees it instead.
+                with suppress(Unavailable), self.transactions() as repo:
+                    repo.release_attempt(attempt.id)
+
+    def _rehashed(self, hashed: str, password: str) -> str | None:
+        """A hash with the current costs when `hashed` has older ones (None when busy: the
+        next login does it)."""
+        if not self.hasher.needs_rehash(hashed):
+            return None
+        try:
+            return self.hasher.hash(password)
+        except ResourceExhausted:
+            return None
 
     def _add_refresh_token(self, repo: Repository, identity: Identity, *, family: str) -> str:
         now = self.clock()
@@ -375,11 +447,11 @@ class IdentityProvider:
         with self.transactions() as repo:
             found = repo.identity(user_id)
         if found is None:
-            raise NotFound("IDENTITY_NOT_FOUND", "users/{user} does not exist", user=user_id)
+            raise identity_not_found(user_id)
         return found
 
     def change_role(self, user_id: str, role: str, *, grant: bool) -> Identity:
-        if not _ROLE.match(role):
+        if not _ROLE.fullmatch(role):
             raise _invalid(
                 "role",
                 "must be 2 to 32 characters of a-z, 0-9 and '-', starting with a letter",
@@ -417,11 +489,7 @@ class IdentityProvider:
         self, client_id: str, display_name: str, scopes: Sequence[str], secret: str
     ) -> tuple[Client, str]:
         client_id = client_id or f"client-{secrets.token_hex(6)}"
-        violations = []
-        if not _CLIENT_ID.match(client_id):
-            violations.append(
-                FieldViolation("client_id", "must be 4 to 63 characters of [a-z0-9-], starting with a letter")
-            )
+        violations = chosen_id_problems(client_id, field="client_id")
         if len(display_name) > 63:
             violations.append(FieldViolation("client.display_name", "must be at most 63 characters"))
         unknown = sorted(set(scopes) - set(SCOPES))
@@ -462,14 +530,13 @@ class IdentityProvider:
     def client_token(self, client_id: str, secret: str, scope: str, address: str) -> TokenSet:
         keys = [f"client:{client_id}", f"address:{address}"]
         with self.transactions() as repo:
-            self._refuse_if_throttled(repo, keys)
+            attempt = self._reserve(repo, keys)
             found = repo.client(client_id)
-        client, hashed = found if found else (None, None)
-        if not self.hasher.verify(hashed, secret) or client is None:
-            with self.transactions() as repo:
-                for key in keys:
-                    repo.add_failure(key, self.clock())
-            raise Unauthenticated("INVALID_CLIENT", "client id or secret is wrong")
+        with self._settling(attempt):
+            client, hashed = found if found else (None, None)
+            if not self.hasher.verify(hashed, secret) or client is None:
+                self._fail(attempt)
+                raise Unauthenticated("INVALID_CLIENT", "client id or secret is wrong")
         requested = scope.split() or list(client.scopes)
         refused = sorted(set(requested) - set(client.scopes))
         if refused:

@@ -8,12 +8,18 @@ followed by digits or punctuation (``password1234``), nor one of them repeated
 
 Hashes are argon2id (argon2-cffi). The cost parameters come from settings; a hash made with
 weaker parameters is replaced at the next successful login (`Argon2Hasher.needs_rehash`).
+Each hash or verification holds ``argon2_memory_kib`` of memory while it runs, so a process
+runs at most ``argon2_memory_budget_kib // argon2_memory_kib`` at once; a call that finds
+them all taken waits briefly, then is refused with `ResourceExhausted` (a retry delay).
 """
 
 from __future__ import annotations
 
 import gzip
 import string
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -21,6 +27,7 @@ from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from services.kit.config import AuthSettings
+from services.kit.errors import ResourceExhausted
 
 __all__ = ["MAX_LENGTH", "MIN_LENGTH", "Argon2Hasher", "password_problem"]
 
@@ -63,9 +70,19 @@ def _repeats_common(password: str, common: frozenset[str]) -> bool:
 
 
 class Argon2Hasher:
-    """argon2id with the cost parameters of `settings`."""
+    """argon2id with the cost parameters of `settings`, at most `slots` at once.
 
-    def __init__(self, settings: AuthSettings) -> None:
+    `wait_seconds` is how long a call waits for a free slot before `ResourceExhausted`;
+    `retry_after_seconds` is the delay that refusal suggests.
+    """
+
+    def __init__(
+        self, settings: AuthSettings, *, wait_seconds: float = 0.5, retry_after_seconds: float = 1.0
+    ) -> None:
+        self.slots = max(1, settings.argon2_memory_budget_kib // settings.argon2_memory_kib)
+        self._free = threading.BoundedSemaphore(self.slots)
+        self._wait = wait_seconds
+        self._retry_after = retry_after_seconds
         self._hasher = PasswordHasher(
             time_cost=settings.argon2_time_cost,
             memory_cost=settings.argon2_memory_kib,
@@ -76,13 +93,29 @@ class Argon2Hasher:
         # same time as a wrong password.
         self._decoy = self._hasher.hash("decoy password that never matches")
 
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        if not self._free.acquire(timeout=self._wait):
+            raise ResourceExhausted(
+                "CREDENTIAL_CHECKS_BUSY",
+                "too many password checks at once; try again in {seconds} seconds",
+                retry_after_seconds=self._retry_after,
+                seconds=int(self._retry_after + 0.999),
+            )
+        try:
+            yield
+        finally:
+            self._free.release()
+
     def hash(self, secret: str) -> str:
-        return self._hasher.hash(secret)
+        with self._slot():
+            return self._hasher.hash(secret)
 
     def verify(self, hashed: str | None, secret: str) -> bool:
         """Whether `secret` matches `hashed`; with `hashed` None, spends the same time and says no."""
         try:
-            return self._hasher.verify(hashed or self._decoy, secret) and hashed is not None
+            with self._slot():
+                return self._hasher.verify(hashed or self._decoy, secret) and hashed is not None
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 

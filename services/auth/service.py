@@ -7,7 +7,15 @@ from google.protobuf import empty_pb2
 
 from poly.auth.v1 import auth_service_pb2 as pb
 from poly.auth.v1 import auth_service_pb2_grpc, resources_pb2
-from services.auth.domain import ACTIVE, SCOPES, Client, Identity, IdentityProvider, TokenSet
+from services.auth.domain import (
+    ACTIVE,
+    SCOPES,
+    Client,
+    Identity,
+    IdentityProvider,
+    TokenSet,
+    identity_not_found,
+)
 from services.auth.tokens import KeyRing
 from services.kit import authz, tls
 from services.kit.authn import ALGORITHMS, Principal, Verifier
@@ -168,7 +176,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         self, request: pb.GetIdentityRequest, context: grpc.ServicerContext
     ) -> resources_pb2.Identity:
         user_id = resource_id(request.name, "users")
-        authz.require_owner(f"users/{user_id}")
+        authz.require_owner(f"users/{user_id}", identity_not_found(user_id))
         return _identity(self._provider.identity(user_id))
 
     def ListIdentities(

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,10 +17,12 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    and_,
     delete,
     exists,
     func,
     literal,
+    or_,
     select,
     tuple_,
     update,
@@ -48,6 +51,8 @@ __all__ = [
 ]
 
 _ACTIVE, _ROTATED, _REVOKED = "ACTIVE", "ROTATED", "REVOKED"
+_THROTTLE_LOCKS = 0x706F6C79
+"""PostgreSQL advisory-lock class of login throttling ("poly"); the key's hash is the object."""
 
 
 class Base(DeclarativeBase):
@@ -95,12 +100,18 @@ class RefreshTokenRow(Base):
 
 
 class LoginFailureRow(Base):
+    """A failed login, or (while `pending_until` is set) one being verified, which counts as
+    a failure until it is settled or its lease ends."""
+
     __tablename__ = "login_failure"
     __table_args__ = (Index("ix_login_failure_key_fail_time", "key", "fail_time"),)
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(String(320))
     """``account:<email>``, ``client:<id>`` or ``address:<ip>``."""
     fail_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    attempt: Mapped[str | None] = mapped_column(String(36), index=True)
+    """The reserved attempt this row belongs to (one row per key); None once settled."""
+    pending_until: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
 
 
 class ClientRow(Base):
@@ -299,17 +310,56 @@ class SqlRepository:
 
     # -- throttling -----------------------------------------------------------------------
 
-    def failures_since(self, key: str, since: dt.datetime) -> list[dt.datetime]:
+    def lock_throttle_keys(self, keys: Sequence[str]) -> None:
+        # SQLite needs nothing: every transaction holds the database's write lock
+        # (BEGIN IMMEDIATE). PostgreSQL: one transaction-scoped lock per key, taken in one
+        # order so that two logins never wait on each other's second key.
+        if self._session.get_bind().dialect.name == "postgresql":
+            for key in sorted(set(keys)):
+                self._session.execute(
+                    select(func.pg_advisory_xact_lock(literal(_THROTTLE_LOCKS), func.hashtext(key)))
+                )
+
+    def attempts_since(self, key: str, since: dt.datetime, now: dt.datetime) -> list[dt.datetime]:
         query = select(LoginFailureRow.fail_time).where(
-            LoginFailureRow.key == key, LoginFailureRow.fail_time > since
+            LoginFailureRow.key == key,
+            or_(
+                and_(LoginFailureRow.pending_until.is_(None), LoginFailureRow.fail_time > since),
+                LoginFailureRow.pending_until > now,
+            ),
         )
         return list(self._session.scalars(query))
 
-    def add_failure(self, key: str, now: dt.datetime) -> None:
-        self._session.add(LoginFailureRow(key=key, fail_time=now))
+    def forget_attempts(self, keys: Sequence[str], before: dt.datetime, now: dt.datetime) -> None:
+        self._session.execute(
+            delete(LoginFailureRow).where(
+                LoginFailureRow.key.in_(keys),
+                LoginFailureRow.fail_time <= before,
+                or_(LoginFailureRow.pending_until.is_(None), LoginFailureRow.pending_until <= now),
+            )
+        )
+
+    def reserve_attempt(self, keys: Sequence[str], now: dt.datetime, until: dt.datetime) -> str:
+        attempt = str(uuid.uuid4())
+        self._session.add_all(
+            LoginFailureRow(key=key, fail_time=now, attempt=attempt, pending_until=until) for key in keys
+        )
+        return attempt
+
+    def fail_attempt(self, attempt: str, now: dt.datetime) -> None:
+        self._session.execute(
+            update(LoginFailureRow)
+            .where(LoginFailureRow.attempt == attempt)
+            .values(fail_time=now, attempt=None, pending_until=None)
+        )
+
+    def release_attempt(self, attempt: str) -> None:
+        self._session.execute(delete(LoginFailureRow).where(LoginFailureRow.attempt == attempt))
 
     def clear_failures(self, key: str) -> None:
-        self._session.execute(delete(LoginFailureRow).where(LoginFailureRow.key == key))
+        self._session.execute(
+            delete(LoginFailureRow).where(LoginFailureRow.key == key, LoginFailureRow.pending_until.is_(None))
+        )
 
     # -- machine clients ------------------------------------------------------------------
 

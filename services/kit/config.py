@@ -8,6 +8,7 @@ table documents each variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
@@ -154,6 +155,9 @@ class AuthSettings:
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
     argon2_parallelism: int = 4
+    argon2_memory_budget_kib: int = 262144
+    """Memory the auth service may spend on argon2 at once: it runs at most
+    ``argon2_memory_budget_kib // argon2_memory_kib`` hashes or verifications concurrently."""
     login_failures_per_account: int = 5
     login_failures_per_address: int = 20
     login_window_seconds: float = 900.0
@@ -235,10 +239,16 @@ class EdgeLimits:
     ignored_query_parameters: tuple[str, ...] = ("_",)
     """Query parameters dropped instead of refused (cache busters)."""
     rate_per_second: float = 0.0
-    """Per client identity (bearer token, else address); 0 turns the limit off."""
+    """Per client address (never per unverified token); 0 turns the limit off."""
     rate_burst: int = 50
     cors_origins: tuple[str, ...] = ()
     """Origins allowed to call from a browser; ``*`` allows any."""
+    trusted_proxies: tuple[str, ...] = ()
+    """CIDRs of proxies whose ``X-Forwarded-For`` names the client; anyone else's is ignored."""
+    auth_failures_per_address: int = 100
+    """UNAUTHENTICATED answers per client address within the window before that address gets
+    429 until the window ends; 0 turns this off."""
+    auth_failure_window_seconds: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +401,9 @@ def load(service: str, environ: Environ | None = None) -> Settings:
                 "POLY_AUTH_ARGON2_MEMORY_KIB", 65536, low=1024, high=4 * 1024 * 1024
             ),
             argon2_parallelism=env.integer("POLY_AUTH_ARGON2_PARALLELISM", 4, low=1, high=64),
+            argon2_memory_budget_kib=env.integer(
+                "POLY_AUTH_ARGON2_MEMORY_BUDGET_KIB", 262144, low=1024, high=256 * 1024 * 1024
+            ),
             login_failures_per_account=env.integer(
                 "POLY_AUTH_LOGIN_FAILURES_PER_ACCOUNT", 5, low=1, high=1000
             ),
@@ -440,6 +453,11 @@ def load(service: str, environ: Environ | None = None) -> Settings:
         )
     if not settings.auth.issuer.startswith(("https://", "http://")):
         env.problems.append(f"POLY_AUTH_ISSUER: expected an http(s) URL, got {settings.auth.issuer!r}")
+    if settings.auth.argon2_memory_budget_kib < settings.auth.argon2_memory_kib:
+        env.problems.append(
+            "POLY_AUTH_ARGON2_MEMORY_BUDGET_KIB: must be at least POLY_AUTH_ARGON2_MEMORY_KIB "
+            f"({settings.auth.argon2_memory_kib}), got {settings.auth.argon2_memory_budget_kib}"
+        )
     try:
         make_url(settings.db.url)
     except ArgumentError:
@@ -456,7 +474,7 @@ def _backends(env: _Reader, peers: Mapping[str, str]) -> dict[str, Backend]:
     found: dict[str, Backend] = {}
     for item in (i.strip() for i in text.split(",") if i.strip()):
         service, _, address = item.partition("=")
-        if not re.fullmatch(r"[A-Za-z_][\w.]*\.[A-Za-z_]\w*", service) or ":" not in address:
+        if not re.fullmatch(r"[A-Za-z_][\w.]*\.[A-Za-z_]\w*", service, re.ASCII) or ":" not in address:
             env.problems.append(f"POLY_GATEWAY_BACKENDS: expected package.Service=host:port, got {item!r}")
             continue
         found[service] = Backend(address.strip())
@@ -482,8 +500,27 @@ def _gateway_settings(env: _Reader, peers: Mapping[str, str]) -> GatewaySettings
             cors_origins=tuple(
                 o.strip() for o in env.optional("POLY_GATEWAY_CORS_ORIGINS").split(",") if o.strip()
             ),
+            trusted_proxies=_networks(env, "POLY_GATEWAY_TRUSTED_PROXIES"),
+            auth_failures_per_address=env.integer(
+                "POLY_GATEWAY_AUTH_FAILURES_PER_ADDRESS", 100, low=0, high=1_000_000
+            ),
+            auth_failure_window_seconds=env.number(
+                "POLY_GATEWAY_AUTH_FAILURE_WINDOW_SECONDS", 60.0, low=1.0, high=86400.0
+            ),
         ),
     )
+
+
+def _networks(env: _Reader, name: str) -> tuple[str, ...]:
+    """Comma-separated CIDRs (or single addresses), each normalised (``10.0.0.1/8`` ->
+    ``10.0.0.0/8``)."""
+    found: list[str] = []
+    for item in (i.strip() for i in env.optional(name).split(",") if i.strip()):
+        try:
+            found.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            env.problems.append(f"{name}: expected IP addresses or CIDRs, got {item!r}")
+    return tuple(found)
 
 
 def load_or_exit(service: str) -> Settings:

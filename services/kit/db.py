@@ -4,6 +4,11 @@ SQLite (a file under the state directory) is the default; any SQLAlchemy URL wor
 plain ``postgresql://`` URL is given the psycopg 3 driver. Access is synchronous, to fit the
 thread-pool server: each RPC opens one session and one transaction (`transaction`); a
 store hands its domain `transactions(factory, repository)`, each yielding a repository.
+Contention is handled here, once for every service: a transaction that cannot start because
+others hold the database (SQLite's write lock past its busy timeout, a full pool) is started
+again with backoff, a bounded number of times within a bounded time; contention that
+outlasts that, or that strikes inside a transaction (a PostgreSQL deadlock or serialization
+failure), raises `errors.Unavailable` (``DATABASE_BUSY``, UNAVAILABLE), never INTERNAL.
 Each service keeps its Alembic scripts in ``services/<name>/migrations``; `migrate` brings
 a database to head, and the scripts' ``env.py`` is one call to `run_migrations_env`.
 """
@@ -11,9 +16,11 @@ a database to head, and the scripts' ``env.py`` is one call to `run_migrations_e
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import re
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -25,12 +32,15 @@ from alembic.config import Config as AlembicConfig
 from alembic.util import CommandError
 from sqlalchemy import BigInteger, Connection, DateTime, Engine, MetaData, String, create_engine, event, func
 from sqlalchemy.engine import Dialect, make_url
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, mapped_column, sessionmaker
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm import Session, SessionTransaction, mapped_column, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
 
+from services.kit.backoff import backoff_seconds
 from services.kit.config import DatabaseSettings, redact_url
+from services.kit.errors import Unavailable
 
 _log = logging.getLogger("poly.db")
 
@@ -97,7 +107,7 @@ MinorUnits = Annotated[int, mapped_column(BigInteger())]
 CurrencyCode = Annotated[str, mapped_column(String(3))]
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry, *, busy_timeout_ms: int) -> None:
     # pysqlite would BEGIN only before the first INSERT/UPDATE/DELETE: reads ahead of it fall
     # outside the transaction, and a SAVEPOINT ahead of it opens one that its RELEASE commits.
     # Take transaction control from the driver; `_sqlite_begin` starts each one instead.
@@ -106,7 +116,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms:d}")
     cursor.close()
 
 
@@ -117,16 +127,23 @@ def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def engine(settings: DatabaseSettings) -> Engine:
-    """The service's engine; creates the SQLite file's folder when needed."""
+def engine(settings: DatabaseSettings, *, busy_timeout_seconds: float = 5.0) -> Engine:
+    """The service's engine; creates the SQLite file's folder when needed.
+
+    `busy_timeout_seconds`: on SQLite, how long one attempt to start a transaction waits for
+    the write lock (`transaction` makes a few attempts).
+    """
     url = make_url(settings.url)
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        created = create_engine(url, connect_args={"check_same_thread": False, "timeout": 5})
-        event.listen(created, "connect", _sqlite_pragmas)
+        created = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": busy_timeout_seconds}
+        )
+        pragmas = functools.partial(_sqlite_pragmas, busy_timeout_ms=max(0, int(busy_timeout_seconds * 1000)))
+        event.listen(created, "connect", pragmas)
         event.listen(created, "begin", _sqlite_begin)
         return created
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
@@ -136,22 +153,93 @@ def session_factory(bound: Engine) -> sessionmaker[Session]:
     return sessionmaker(bound, expire_on_commit=False)
 
 
+_CONTENDED_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+"""PostgreSQL: serialization failure, deadlock detected, lock not available."""
+_SQLITE_BUSY_CODES = frozenset({5, 6})
+"""SQLITE_BUSY ("database is locked") and SQLITE_LOCKED (primary codes)."""
+_RETRY_BASE_SECONDS = 0.05
+_RETRY_MAX_SECONDS = 1.0
+
+
+def _contended(error: BaseException) -> bool:
+    """Whether `error` says "other transactions are in the way" rather than "this failed"."""
+    if isinstance(error, PoolTimeout):  # every pooled connection is in use
+        return True
+    if not isinstance(error, DBAPIError):
+        return False
+    original = error.orig
+    sqlstate = getattr(original, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate in _CONTENDED_SQLSTATES
+    code = getattr(original, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _SQLITE_BUSY_CODES
+
+
+def _busy(error: Exception) -> Unavailable:
+    _log.warning("database busy: %s", _first_line(error))
+    return Unavailable("DATABASE_BUSY", "the database is busy; try again")
+
+
+def _begin(
+    factory: sessionmaker[Session], *, attempts: int, within_seconds: float
+) -> tuple[Session, SessionTransaction]:
+    """A session whose transaction has started (on SQLite: holds the write lock)."""
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        session = factory()
+        try:
+            begun = session.begin()
+            session.connection()  # BEGIN now, before the caller's code runs, so it can be retried
+            return session, begun
+        except (DBAPIError, PoolTimeout) as error:
+            session.close()
+            if not _contended(error):
+                raise
+            delay = backoff_seconds(attempt, base=_RETRY_BASE_SECONDS, maximum=_RETRY_MAX_SECONDS)
+            if attempt >= attempts or time.monotonic() - started + delay > within_seconds:
+                raise _busy(error) from error
+            time.sleep(delay)
+        except BaseException:
+            session.close()
+            raise
+
+
 @contextmanager
-def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One session, one transaction: committed on success, rolled back on any exception."""
-    with factory.begin() as session:
-        yield session
+def transaction(
+    factory: sessionmaker[Session], *, attempts: int = 3, within_seconds: float = 10.0
+) -> Iterator[Session]:
+    """One session, one transaction: committed on success, rolled back on any exception.
+
+    The transaction starts before the body runs; if the database is contended then, the start
+    is tried up to `attempts` times, a new attempt only within `within_seconds` of the first.
+    Contention past that, or inside the body or its commit (which cannot be re-run from
+    here), raises `Unavailable` (``DATABASE_BUSY``).
+    """
+    session, begun = _begin(factory, attempts=max(1, attempts), within_seconds=within_seconds)
+    try:
+        with session, begun:
+            yield session
+    except (DBAPIError, PoolTimeout) as error:
+        if not _contended(error):
+            raise
+        raise _busy(error) from error
 
 
 def transactions(
-    factory: sessionmaker[Session], repository: Callable[[Session], _R]
+    factory: sessionmaker[Session],
+    repository: Callable[[Session], _R],
+    *,
+    attempts: int = 3,
+    within_seconds: float = 10.0,
 ) -> Callable[[], AbstractContextManager[_R]]:
     """What a store hands its domain: each call opens one `transaction` and yields
     ``repository(session)`` over it (events published through it join that transaction)."""
 
     @contextmanager
     def opened() -> Iterator[_R]:
-        with transaction(factory) as session:
+        with transaction(factory, attempts=attempts, within_seconds=within_seconds) as session:
             yield repository(session)
 
     return opened

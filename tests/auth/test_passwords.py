@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from services.auth.passwords import Argon2Hasher, password_problem
 from services.kit.config import AuthSettings
+from services.kit.errors import ResourceExhausted
 
 CHEAP = AuthSettings(argon2_time_cost=1, argon2_memory_kib=8192, argon2_parallelism=1)
 
@@ -65,3 +69,36 @@ def test_an_unknown_account_costs_a_full_verification_that_never_succeeds() -> N
     # long as verifying a real password; bench-free proof: its parameters are current.
     assert not hasher.needs_rehash(hasher._decoy)
     assert not hasher.verify(None, "decoy password that never matches")
+
+
+@pytest.mark.parametrize(
+    ("budget_kib", "slots"),
+    [(8192, 1), (16383, 1), (16384, 2), (262144, 32)],
+    ids=["one", "under-two", "two", "many"],
+)
+def test_concurrent_hashes_are_the_budget_over_the_memory_cost(budget_kib: int, slots: int) -> None:
+    settings = AuthSettings(
+        argon2_time_cost=1, argon2_memory_kib=8192, argon2_parallelism=1, argon2_memory_budget_kib=budget_kib
+    )
+    assert Argon2Hasher(settings).slots == slots
+
+
+def test_beyond_its_slots_a_check_is_refused_with_a_retry_delay_not_queued() -> None:
+    slow = AuthSettings(
+        argon2_time_cost=30, argon2_memory_kib=8192, argon2_parallelism=1, argon2_memory_budget_kib=8192
+    )
+    hasher = Argon2Hasher(slow, wait_seconds=0.01, retry_after_seconds=2.0)
+    hashed = hasher.hash("violet-harbour-lantern-42")
+    start_line = threading.Barrier(4)
+
+    def check() -> str:
+        start_line.wait()
+        try:
+            return "match" if hasher.verify(hashed, "violet-harbour-lantern-42") else "mismatch"
+        except ResourceExhausted as refused:
+            assert refused.reason == "CREDENTIAL_CHECKS_BUSY" and refused.retry_after_seconds == 2.0
+            return "busy"
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = sorted(pool.map(lambda _: check(), range(4)))
+    assert "match" in outcomes and "busy" in outcomes and "mismatch" not in outcomes, outcomes

@@ -222,8 +222,11 @@ def test_a_user_reads_their_own_identity_but_not_anothers(system: Deployment) ->
     assert (
         system.auth().GetIdentity(pb.GetIdentityRequest(name=alice), metadata=token, timeout=10).name == alice
     )
+    # AIP-211: another's identity answers exactly as a missing one does.
     refused = _refused(system.auth().GetIdentity, pb.GetIdentityRequest(name=bob), metadata=token)
-    assert refused[:2] == (grpc.StatusCode.PERMISSION_DENIED, "NOT_OWNER")
+    assert refused[:2] == (grpc.StatusCode.NOT_FOUND, "IDENTITY_NOT_FOUND")
+    missing = _refused(system.auth().GetIdentity, pb.GetIdentityRequest(name="users/nobody"), metadata=token)
+    assert missing[:2] == refused[:2]
 
 
 def test_a_user_cannot_call_admin_methods(system: Deployment) -> None:

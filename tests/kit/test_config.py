@@ -131,3 +131,14 @@ def test_bad_notification_and_payment_settings_are_listed() -> None:
         "POLY_PAYMENTS_DEFAULT_CURRENCY",
     ):
         assert name in text
+
+
+def test_the_argon2_memory_budget_must_hold_one_hash() -> None:
+    assert config.load("auth", {}).auth.argon2_memory_budget_kib == 262144
+    settings = config.load(
+        "auth", {"POLY_AUTH_ARGON2_MEMORY_KIB": "32768", "POLY_AUTH_ARGON2_MEMORY_BUDGET_KIB": "100000"}
+    )
+    assert settings.auth.argon2_memory_budget_kib == 100000
+    with pytest.raises(config.ConfigError) as caught:
+        config.load("auth", {"POLY_AUTH_ARGON2_MEMORY_BUDGET_KIB": "32768"})  # the cost is 65536
+    assert [p.split(":")[0] for p in caught.value.problems] == ["POLY_AUTH_ARGON2_MEMORY_BUDGET_KIB"]

@@ -1,19 +1,26 @@
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib
 import shutil
 import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, String, inspect, select
+from sqlalchemy import Engine, String, inspect, select, text, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from services.kit import config, db
 from services.kit.config import DatabaseSettings
+from services.kit.errors import Unavailable, to_status
 
 
 class _Base(DeclarativeBase):
@@ -157,3 +164,80 @@ def test_generate_revision_writes_the_next_numbered_script(tmp_path: Path) -> No
         line.strip() for line in upgrade.splitlines() if line.strip() and not line.strip().startswith("#")
     ]
     assert code == ["pass"], "models equal the scripts: nothing to add"
+
+
+@contextlib.contextmanager
+def _write_locked(path: Path) -> Iterator[sqlite3.Connection]:
+    """A second, plain connection holding the SQLite database's write lock until it commits."""
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        yield holder
+    finally:
+        if holder.in_transaction:
+            holder.execute("COMMIT")
+        holder.close()
+
+
+def _locked_sqlite(tmp_path: Path) -> tuple[Engine, Path]:
+    path = tmp_path / "locked.db"
+    created = db.engine(DatabaseSettings(url=f"sqlite:///{path}"), busy_timeout_seconds=0.1)
+    _Base.metadata.create_all(created)
+    return created, path
+
+
+def _event(event_id: str) -> _Event:
+    return _Event(id=event_id, kind="k", at=dt.datetime.now(dt.UTC), amount=1, currency="EUR")
+
+
+def test_a_briefly_locked_sqlite_database_is_retried_until_the_lock_is_free(tmp_path: Path) -> None:
+    engine, path = _locked_sqlite(tmp_path)
+    factory = db.session_factory(engine)
+    try:
+        with _write_locked(path) as holder:
+            threading.Timer(0.5, holder.execute, ["COMMIT"]).start()  # held for 5 busy timeouts
+            started = time.monotonic()
+            with db.transaction(factory, attempts=20, within_seconds=5.0) as session:
+                session.add(_event("r1"))
+            waited = time.monotonic() - started
+        assert waited >= 0.4  # a single attempt gives up after 0.1 s: later ones got through
+        with db.transaction(factory) as session:
+            assert [row.id for row in session.scalars(select(_Event))] == ["r1"]
+    finally:
+        engine.dispose()
+
+
+def test_a_sqlite_lock_held_too_long_is_unavailable_not_internal(tmp_path: Path) -> None:
+    engine, path = _locked_sqlite(tmp_path)
+    transaction = db.transactions(db.session_factory(engine), lambda session: session, attempts=3)
+    try:
+        started = time.monotonic()
+        with _write_locked(path), pytest.raises(Unavailable) as caught, transaction() as session:
+            session.add(_event("r2"))
+        assert time.monotonic() - started < 2.0  # three attempts of 0.1 s and their backoff
+        assert caught.value.reason == "DATABASE_BUSY"
+        assert to_status(caught.value, domain="test.poly.local").code == grpc.StatusCode.UNAVAILABLE
+        with db.transaction(db.session_factory(engine)) as session:
+            assert session.scalars(select(_Event)).all() == []
+    finally:
+        engine.dispose()
+
+
+def test_a_postgresql_serialization_failure_is_unavailable_not_internal(postgres_url: str) -> None:
+    engine = db.engine(DatabaseSettings(url=postgres_url))
+    _Base.metadata.create_all(engine)
+    factory = db.session_factory(engine)
+    try:
+        with db.transaction(factory) as session:
+            session.add(_event("s1"))
+        with pytest.raises(Unavailable) as caught, db.transaction(factory) as session:
+            session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+            assert session.scalars(select(_Event.amount)).all() == [1]  # the snapshot
+            with engine.begin() as other:  # a concurrent writer commits after it
+                other.execute(update(_Event).where(_Event.id == "s1").values(amount=2))
+            session.execute(update(_Event).where(_Event.id == "s1").values(amount=3))
+        assert caught.value.reason == "DATABASE_BUSY"
+        with db.transaction(factory) as session:
+            assert session.scalars(select(_Event.amount)).all() == [2]
+    finally:
+        engine.dispose()

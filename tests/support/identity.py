@@ -105,7 +105,7 @@ class Deployment:
 
 def start(home: Path, services: Sequence[str], extra: Mapping[str, str] | None = None) -> Deployment:
     tls.ensure_certificates(home / "certs", config.COMPONENTS)
-    environ = poly_environ(home, **CHEAP_ARGON2, **dict(extra or {}))
+    environ = poly_environ(home, None, **{**CHEAP_ARGON2, **dict(extra or {})})  # `extra` may override
     deployment = Deployment(home, environ)
     keys.ensure_key_encryption_key(deployment.settings("auth").auth.key_encryption_key_file)
     try:
