@@ -148,8 +148,17 @@ def _read_password(from_stdin: bool) -> str:
 
     if from_stdin:
         return sys.stdin.readline().rstrip("\n")
-    first = getpass.getpass("password: ")
-    if getpass.getpass("again: ") != first:
+    if not sys.stdin.isatty():
+        raise ValueError(
+            "there is no terminal to ask for the password on; "
+            "pass --password-stdin and write the password to standard input"
+        )
+    try:
+        first = getpass.getpass("password: ")
+        again = getpass.getpass("again: ")
+    except EOFError:
+        raise ValueError("no password given") from None
+    if again != first:
         raise ValueError("the two passwords differ")
     return first
 

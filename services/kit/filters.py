@@ -33,7 +33,7 @@ __all__ = [
 EQUALITY = ("=", "!=")
 ORDERED = ("=", "!=", "<", "<=", ">", ">=")
 _MAX_FILTER_CHARS = 1000
-_TERM = re.compile(r'^\s*([a-z_][a-z0-9_.]*)\s*(<=|>=|!=|=|<|>|:)\s*("(?:[^"\\]|\\.)*"|[^\s"]+)\s*$')
+_TERM = re.compile(r'\s*([a-z_][a-z0-9_.]*)\s*(<=|>=|!=|=|<|>|:)\s*("(?:[^"\\]|\\.)*"|[^\s"]+)\s*')
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +101,7 @@ def parse_filter(text: str, fields: Fields) -> list[Term]:
         raise _invalid("filter", f"must be at most {_MAX_FILTER_CHARS} characters")
     terms: list[Term] = []
     for raw in (t for t in re.split(r"\s+AND\s+", text.strip()) if t.strip()):
-        match = _TERM.match(raw)
+        match = _TERM.fullmatch(raw)
         if match is None:
             raise _invalid("filter", f"cannot read {raw.strip()[:80]!r}; use field = value joined by AND")
         name, operator, value = match.groups()

@@ -32,6 +32,7 @@ from services.kit.errors import (
     NotFound,
     ResourceExhausted,
 )
+from services.kit.names import chosen_id_problems
 from services.notifications import templates
 
 __all__ = [
@@ -65,12 +66,12 @@ EMAIL, WEBHOOK = "EMAIL", "WEBHOOK"
 PENDING, SENT, FAILED, SKIPPED = "PENDING", "SENT", "FAILED", "SKIPPED"
 RESOLVED, ABANDONED = "RESOLVED", "ABANDONED"
 MAX_WEBHOOKS = 10
-_WEBHOOK_ID = re.compile(r"^[a-z][a-z0-9-]{3,62}$")
-_UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+_UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", re.ASCII)
 
-OwnerCheck = Callable[[str], None]
+OwnerCheck = Callable[[str, NotFound], None]
 """Admits the current caller for a resource owned by ``users/{id}`` ("" when it does not
-exist: only callers who may see everything pass), or raises PermissionDenied."""
+exist: only callers who may see everything pass), or raises the given NOT_FOUND, so another's
+resource and a missing one look alike (AIP-211)."""
 AddressPolicy = Callable[[str], str | None]
 """Why a webhook URL may not be called (scheme, host, resolved addresses), or None."""
 
@@ -413,13 +414,8 @@ class Notifications:
                 )
         if secret and not 32 <= len(secret) <= 256:
             violations.append(FieldViolation("webhook.secret", "must be 32 to 256 characters"))
-        if webhook_id and not _WEBHOOK_ID.match(webhook_id):
-            violations.append(
-                FieldViolation(
-                    "webhook_id", "must be 4 to 63 characters of [a-z0-9-], starting with a letter"
-                )
-            )
-        if request_id and not _UUID4.match(request_id):
+        violations += chosen_id_problems(webhook_id, field="webhook_id")
+        if request_id and not _UUID4.fullmatch(request_id):
             violations.append(FieldViolation("request_id", "must be a UUID4 in lower case"))
         if violations:
             raise InvalidArgument("WEBHOOK_INVALID", "the webhook is invalid", violations=violations)
@@ -427,9 +423,10 @@ class Notifications:
     def webhook(self, webhook_id: str, check_owner: OwnerCheck) -> Webhook:
         with self.transactions() as repo:
             found = repo.webhook(webhook_id)
-        check_owner(found.owner if found else "")
+        missing = NotFound("WEBHOOK_NOT_FOUND", "webhooks/{webhook} does not exist", webhook=webhook_id)
+        check_owner(found.owner if found else "", missing)
         if found is None:
-            raise NotFound("WEBHOOK_NOT_FOUND", "webhooks/{webhook} does not exist", webhook=webhook_id)
+            raise missing
         return found
 
     def list_webhooks(self, owner: str | None, size: int, token: str) -> tuple[list[Webhook], str]:
@@ -452,9 +449,10 @@ class Notifications:
     def delivery(self, delivery_id: str, check_owner: OwnerCheck) -> Delivery:
         with self.transactions() as repo:
             found = repo.delivery(delivery_id)
-        check_owner(found.recipient if found else "")
+        missing = NotFound("DELIVERY_NOT_FOUND", "deliveries/{delivery} does not exist", delivery=delivery_id)
+        check_owner(found.recipient if found else "", missing)
         if found is None:
-            raise NotFound("DELIVERY_NOT_FOUND", "deliveries/{delivery} does not exist", delivery=delivery_id)
+            raise missing
         return found
 
     def list_deliveries(

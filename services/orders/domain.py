@@ -18,7 +18,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import re
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -37,7 +36,7 @@ from services.kit.errors import (
     NotFound,
 )
 from services.kit.money import MAX_AMOUNT_MINOR, Money, money_problems
-from services.kit.names import request_id_problems
+from services.kit.names import chosen_id_problems, request_id_problems
 
 __all__ = [
     "AWAITING_PAYMENT",
@@ -61,6 +60,7 @@ __all__ = [
     "Repository",
     "RequestKey",
     "capture_request_id",
+    "not_found",
     "on_payment_authorized",
     "on_payment_captured",
     "on_payment_failed",
@@ -91,7 +91,6 @@ MAX_LINES = 100
 MAX_QUANTITY = 10_000
 MAX_SKU = 64
 MAX_CANCEL_REASON = 500
-_ORDER_ID = re.compile(r"^[a-z][a-z0-9-]{3,62}$")
 _WRITE_ATTEMPTS = 5
 CAPTURE_BACKOFF_BASE = dt.timedelta(seconds=0.5)
 CAPTURE_BACKOFF_MAX = dt.timedelta(seconds=60)
@@ -276,10 +275,7 @@ def _order_problems(lines: Sequence[NewLine], order_id: str, request_id: str) ->
             problems.append(
                 FieldViolation("order.lines", f"the order total must be at most {MAX_AMOUNT_MINOR}")
             )
-    if order_id and not _ORDER_ID.match(order_id):
-        problems.append(
-            FieldViolation("order_id", "must be 4 to 63 characters of [a-z0-9-], starting with a letter")
-        )
+    problems += chosen_id_problems(order_id, field="order_id")
     problems += request_id_problems(request_id)
     return problems
 
@@ -289,7 +285,8 @@ def _digest(lines: Sequence[NewLine], order_id: str) -> str:
     return hashlib.sha256(json.dumps(body).encode()).hexdigest()
 
 
-def _not_found(order_id: str) -> NotFound:
+def not_found(order_id: str) -> NotFound:
+    """What a caller learns about ``orders/{order_id}`` when it does not exist, or is another's."""
     return NotFound("ORDER_NOT_FOUND", "orders/{order} does not exist", order=order_id)
 
 
@@ -337,14 +334,14 @@ class Orders:
             )
         order = repo.order(first.order_id)
         if order is None:
-            raise _not_found(first.order_id)
+            raise not_found(first.order_id)
         return order
 
     def get(self, order_id: str) -> Order:
         with self.transactions() as repo:
             order = repo.order(order_id)
         if order is None:
-            raise _not_found(order_id)
+            raise not_found(order_id)
         return order
 
     def list_orders(
@@ -417,7 +414,7 @@ class Orders:
             with self.transactions() as repo:
                 order = repo.order(order_id)
                 if order is None:
-                    raise _not_found(order_id)
+                    raise not_found(order_id)
                 if order.state == target:
                     return order
                 if etag and etag != order.etag:

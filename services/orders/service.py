@@ -22,6 +22,7 @@ from services.orders.domain import (
     NewLine,
     Order,
     Orders,
+    not_found,
 )
 
 __all__ = ["OrdersServicer"]
@@ -78,10 +79,14 @@ class OrdersServicer(orders_service_pb2_grpc.OrdersServiceServicer):
         lines = [_new_line(line) for line in request.order.lines]
         return _order(self._orders.create(owner, lines, request.order_id, request.request_id))
 
+    def _owned(self, order_id: str) -> Order:
+        """The order, if the caller may see it: another's answers as a missing one does."""
+        order = self._orders.get(order_id)
+        authz.require_owner(order.owner, not_found(order_id))
+        return order
+
     def GetOrder(self, request: pb.GetOrderRequest, context: grpc.ServicerContext) -> resources_pb2.Order:
-        order = self._orders.get(resource_id(request.name, "orders"))
-        authz.require_owner(order.owner)
-        return _order(order)
+        return _order(self._owned(resource_id(request.name, "orders")))
 
     def ListOrders(
         self, request: pb.ListOrdersRequest, context: grpc.ServicerContext
@@ -103,7 +108,7 @@ class OrdersServicer(orders_service_pb2_grpc.OrdersServiceServicer):
         self, request: pb.CancelOrderRequest, context: grpc.ServicerContext
     ) -> resources_pb2.Order:
         order_id = resource_id(request.name, "orders")
-        authz.require_owner(self._orders.get(order_id).owner)
+        self._owned(order_id)
         return _order(self._orders.cancel(order_id, request.etag, request.reason))
 
     def FulfillOrder(
@@ -114,8 +119,7 @@ class OrdersServicer(orders_service_pb2_grpc.OrdersServiceServicer):
     def WatchOrder(
         self, request: pb.WatchOrderRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.WatchOrderResponse]:
-        first = self._orders.get(resource_id(request.name, "orders"))
-        authz.require_owner(first.owner)
+        first = self._owned(resource_id(request.name, "orders"))
         changes = watch.snapshots(
             self._hub, self._orders.get, first, active=context.is_active, on_leave=context.add_callback
         )

@@ -229,8 +229,10 @@ class Repository(Protocol):
 
 
 Transactions = Callable[[], AbstractContextManager[Repository]]
-OwnerCheck = Callable[[str], None]
-"""Refuses the call unless its caller may act on resources of this owner (`authz.require_owner`)."""
+OwnerCheck = Callable[[str, NotFound], None]
+"""Refuses the call unless its caller may act on resources of this owner (`authz.require_owner`;
+empty for a resource that does not exist), answering the given NOT_FOUND, so another's
+resource and a missing one look alike (AIP-211)."""
 
 
 class LedgerImbalance(RuntimeError):
@@ -446,9 +448,10 @@ class Payments:
         """Permission before existence: a missing account is checked as one nobody owns."""
         with self.transactions() as repo:
             found = repo.account(account_id)
-        check_owner(found.owner if found else "")
+        missing = NotFound("ACCOUNT_NOT_FOUND", "accounts/{account} does not exist", account=account_id)
+        check_owner(found.owner if found else "", missing)
         if found is None:
-            raise NotFound("ACCOUNT_NOT_FOUND", "accounts/{account} does not exist", account=account_id)
+            raise missing
         return found
 
     def list_accounts(
@@ -499,9 +502,10 @@ class Payments:
     def payment(self, payment_id: str, check_owner: OwnerCheck) -> Payment:
         with self.transactions() as repo:
             found = repo.payment(payment_id)
-        check_owner(found.owner if found else "")
+        missing = NotFound("PAYMENT_NOT_FOUND", "payments/{payment} does not exist", payment=payment_id)
+        check_owner(found.owner if found else "", missing)
         if found is None:
-            raise NotFound("PAYMENT_NOT_FOUND", "payments/{payment} does not exist", payment=payment_id)
+            raise missing
         return found
 
     def list_payments(

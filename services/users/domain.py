@@ -40,6 +40,7 @@ __all__ = [
     "create_profile",
     "display_name_problem",
     "etag_of",
+    "not_found",
 ]
 
 ACTIVE = "ACTIVE"
@@ -59,9 +60,10 @@ MUTABLE_EVENT_TYPES: tuple[str, ...] = (
 # BCP 47 language tags in their common shape: language, optional script, optional region,
 # optional variants ("en", "en-GB", "pt-BR", "zh-Hant-TW", "de-CH-1996").
 _LOCALE = re.compile(
-    r"^[A-Za-z]{2,3}(-[A-Za-z]{4})?(-(?:[A-Za-z]{2}|[0-9]{3}))?(-(?:[A-Za-z0-9]{5,8}|[0-9][A-Za-z0-9]{3}))*$"
+    r"[A-Za-z]{2,3}(-[A-Za-z]{4})?(-(?:[A-Za-z]{2}|[0-9]{3}))?(-(?:[A-Za-z0-9]{5,8}|[0-9][A-Za-z0-9]{3}))*",
+    re.ASCII,
 )
-_ETAG = re.compile(r"^v([0-9]{1,18})$")
+_ETAG = re.compile(r"v([0-9]{1,18})", re.ASCII)
 _USER_FILTER: filters.Fields = {
     "state": filters.FieldSpec(filters.enum_value(ACTIVE, DELETED)),
     "email": filters.FieldSpec(lambda raw: filters.text_value(raw).strip().lower()),
@@ -179,7 +181,7 @@ def _expected_version(etag: str) -> int | None:
     """The version an etag names; None for no etag, -1 (never current) for a foreign one."""
     if not etag:
         return None
-    match = _ETAG.match(etag)
+    match = _ETAG.fullmatch(etag)
     return int(match.group(1)) if match else -1
 
 
@@ -192,7 +194,7 @@ def display_name_problem(display_name: str) -> str | None:
 
 
 def _locale_problem(locale: str) -> str | None:
-    if locale and (len(locale) > LOCALE_MAX or not _LOCALE.match(locale)):
+    if locale and (len(locale) > LOCALE_MAX or not _LOCALE.fullmatch(locale)):
         return f'must be a BCP 47 language tag of at most {LOCALE_MAX} characters, e.g. "en-GB"'
     return None
 
@@ -215,7 +217,8 @@ def _refuse(reason: str, message: str, violations: list[FieldViolation]) -> None
         raise InvalidArgument(reason, message, violations=violations)
 
 
-def _not_found(user_id: str) -> NotFound:
+def not_found(user_id: str) -> NotFound:
+    """What a caller learns about ``users/{user_id}`` when it does not exist, or is another's."""
     return NotFound("USER_NOT_FOUND", "users/{user} does not exist", user=user_id)
 
 
@@ -260,7 +263,7 @@ class Users:
         with self.transactions() as repo:
             found = repo.user(user_id)
         if found is None:
-            raise _not_found(user_id)
+            raise not_found(user_id)
         return found
 
     def list(self, size: int, token: str, filter_text: str, order_by: str, show_deleted: bool) -> UserPage:
@@ -293,7 +296,7 @@ class Users:
                 return updated
             found = repo.user(user_id)
         if found is None:
-            raise _not_found(user_id)
+            raise not_found(user_id)
         if found.state == DELETED:
             raise _deleted(user_id)
         raise _stale(found, etag)
@@ -308,7 +311,7 @@ class Users:
                 return deleted
             found = repo.user(user_id)
         if found is None:
-            raise _not_found(user_id)
+            raise not_found(user_id)
         if found.state == DELETED:
             return found
         raise _stale(found, etag)
@@ -317,7 +320,7 @@ class Users:
         with self.transactions() as repo:
             found = repo.preferences(user_id)
         if found is None:
-            raise _not_found(user_id)
+            raise not_found(user_id)
         return found
 
     def update_preferences(self, user_id: str, paths: Sequence[str], given: PreferencesChange) -> Preferences:
@@ -341,12 +344,12 @@ class Users:
                 return updated
             found = repo.user(user_id)
         if found is None:
-            raise _not_found(user_id)
+            raise not_found(user_id)
         raise _deleted(user_id)
 
     def contact(self, user_id: str) -> Contact:
         with self.transactions() as repo:
             user, preferences = repo.user(user_id), repo.preferences(user_id)
         if user is None or preferences is None:
-            raise _not_found(user_id)
+            raise not_found(user_id)
         return Contact(user, preferences)

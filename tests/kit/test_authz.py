@@ -24,12 +24,13 @@ from poly.orders.v1 import orders_service_pb2_grpc, resources_pb2
 from poly.payments.v1 import payments_service_pb2 as payments_pb
 from poly.payments.v1 import payments_service_pb2_grpc
 from poly.payments.v1 import resources_pb2 as payments_resources
+from poly.type.v1.money_pb2 import Money
 from poly.users.v1 import users_service_pb2 as users_pb
 from poly.users.v1 import users_service_pb2_grpc
 from services.kit import authz, clients, server
 from services.kit.authn import KeySet, Verifier
 from services.kit.config import Settings
-from services.kit.errors import Unauthenticated
+from services.kit.errors import NotFound, Unauthenticated
 from tests.kit.test_authn import Signer
 from tests.support.env import settings_for
 
@@ -38,17 +39,21 @@ ORDERS = {"orders/a1": ALICE, "orders/b1": BOB}
 PAYMENTS = {"payments/pb1": BOB}
 
 
+def _missing(kind: str, name: str) -> NotFound:
+    return NotFound(f"{kind}_NOT_FOUND", "{name} does not exist", name=name)
+
+
 class Orders(orders_service_pb2_grpc.OrdersServiceServicer):
     def GetOrder(
         self, request: orders_pb.GetOrderRequest, context: grpc.ServicerContext
     ) -> resources_pb2.Order:
-        authz.require_owner(ORDERS.get(request.name, ""))
+        authz.require_owner(ORDERS.get(request.name, ""), _missing("ORDER", request.name))
         return resources_pb2.Order(name=request.name, owner=ORDERS[request.name])
 
     def CancelOrder(
         self, request: orders_pb.CancelOrderRequest, context: grpc.ServicerContext
     ) -> resources_pb2.Order:
-        authz.require_owner(ORDERS.get(request.name, ""))
+        authz.require_owner(ORDERS.get(request.name, ""), _missing("ORDER", request.name))
         return resources_pb2.Order(name=request.name, state=resources_pb2.Order.STATE_CANCELLED)
 
     def ListOrders(self, request: orders_pb.ListOrdersRequest, context: grpc.ServicerContext) -> Any:
@@ -62,7 +67,7 @@ class Orders(orders_service_pb2_grpc.OrdersServiceServicer):
     def WatchOrder(
         self, request: orders_pb.WatchOrderRequest, context: grpc.ServicerContext
     ) -> Iterator[Any]:
-        authz.require_owner(ORDERS.get(request.name, ""))
+        authz.require_owner(ORDERS.get(request.name, ""), _missing("ORDER", request.name))
         yield orders_pb.WatchOrderResponse(order=resources_pb2.Order(name=request.name))
 
 
@@ -82,7 +87,7 @@ class Payments(payments_service_pb2_grpc.PaymentsServiceServicer):
         return payments_resources.Payment(name="payments/p1")
 
     def GetPayment(self, request: payments_pb.GetPaymentRequest, context: grpc.ServicerContext) -> Any:
-        authz.require_owner(PAYMENTS.get(request.name, ""))
+        authz.require_owner(PAYMENTS.get(request.name, ""), _missing("PAYMENT", request.name))
         return payments_resources.Payment(name=request.name, owner=PAYMENTS[request.name])
 
 
@@ -194,26 +199,22 @@ def test_the_owner_reads_their_order(as_cli: grpc.Channel, signer: Signer) -> No
 
 
 def test_user_a_cannot_read_or_cancel_user_bs_order(as_cli: grpc.Channel, signer: Signer) -> None:
+    # AIP-211: another's order answers as a missing one, so ids cannot be enumerated.
     stub = orders_service_pb2_grpc.OrdersServiceStub(as_cli)
     alice = _token(signer, ALICE)
-    assert _fails(stub.GetOrder, orders_pb.GetOrderRequest(name="orders/b1"), alice) == (
-        grpc.StatusCode.PERMISSION_DENIED,
-        "NOT_OWNER",
-    )
-    assert _fails(stub.CancelOrder, orders_pb.CancelOrderRequest(name="orders/b1"), alice)[1] == "NOT_OWNER"
-    assert _fails(stub.WatchOrder, orders_pb.WatchOrderRequest(name="orders/b1"), alice)[1] == "NOT_OWNER"
+    hidden = (grpc.StatusCode.NOT_FOUND, "ORDER_NOT_FOUND")
+    assert _fails(stub.GetOrder, orders_pb.GetOrderRequest(name="orders/b1"), alice) == hidden
+    assert _fails(stub.CancelOrder, orders_pb.CancelOrderRequest(name="orders/b1"), alice) == hidden
+    assert _fails(stub.WatchOrder, orders_pb.WatchOrderRequest(name="orders/b1"), alice) == hidden
 
 
 def test_user_a_cannot_read_user_bs_payment_or_a_missing_one(as_cli: grpc.Channel, signer: Signer) -> None:
     stub = payments_service_pb2_grpc.PaymentsServiceStub(as_cli)
     alice, bob = _token(signer, ALICE), _token(signer, BOB)
-    assert (
-        _fails(stub.GetPayment, payments_pb.GetPaymentRequest(name="payments/pb1"), alice)[1] == "NOT_OWNER"
-    )
-    # Permission is checked before existence: a missing payment tells nothing more.
-    assert (
-        _fails(stub.GetPayment, payments_pb.GetPaymentRequest(name="payments/none"), alice)[1] == "NOT_OWNER"
-    )
+    hidden = (grpc.StatusCode.NOT_FOUND, "PAYMENT_NOT_FOUND")
+    assert _fails(stub.GetPayment, payments_pb.GetPaymentRequest(name="payments/pb1"), alice) == hidden
+    # Permission is checked before existence: a missing payment answers the same.
+    assert _fails(stub.GetPayment, payments_pb.GetPaymentRequest(name="payments/none"), alice) == hidden
     assert stub.GetPayment(payments_pb.GetPaymentRequest(name="payments/pb1"), metadata=bob).owner == BOB
 
 
@@ -293,7 +294,13 @@ def test_internal_methods_refuse_every_identity_not_listed(
 def test_internal_methods_admit_the_listed_services(environ: dict[str, str], running: int) -> None:
     with _channel(environ, running, "orders") as channel:
         reply = payments_service_pb2_grpc.PaymentsServiceStub(channel).AuthorizePayment(
-            payments_pb.AuthorizePaymentRequest(), timeout=10
+            payments_pb.AuthorizePaymentRequest(
+                order="orders/a1",
+                owner=ALICE,
+                amount=Money(currency_code="EUR", amount_minor=100),
+                request_id="0b9b7c0e-3f1a-4c2e-8a5d-1e2f3a4b5c6d",
+            ),
+            timeout=10,
         )
         assert reply.name == "payments/p1"
     with _channel(environ, running, "notifications") as channel:
@@ -326,4 +333,4 @@ def test_principal_outside_a_call_is_unauthenticated() -> None:
     with pytest.raises(Unauthenticated):
         authz.principal()
     with pytest.raises(Unauthenticated):
-        authz.require_owner(ALICE)
+        authz.require_owner(ALICE, _missing("ORDER", "orders/a1"))

@@ -86,8 +86,11 @@ class System:
             id=str(uuid.uuid4()),
             type=event.DESCRIPTOR.full_name,
             aggregate_id=aggregate_id,
+            sequence=1,
             source="payments",
+            schema_version=1,
         )
+        envelope.occur_time.GetCurrentTime()
         envelope.payload.Pack(event)
         stub = event_sink_pb2_grpc.EventSinkServiceStub(self.deployment.channel("orders", as_="payments"))
         reply: event_sink_pb2.PushEventResponse = stub.PushEvent(

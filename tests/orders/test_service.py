@@ -99,14 +99,23 @@ def _lines(count: int) -> list[resources_pb2.OrderLine]:
     return [line(f"S{i}") for i in range(count)]
 
 
-_BAD = [
-    ("empty-order", {}, {"order.lines"}),
+# Fields the contract marks REQUIRED are refused by the kit before the domain sees them.
+_MISSING = [
+    ("empty-order", {}, {"order"}),
     ("no-lines", {"order": State()}, {"order.lines"}),
-    ("101-lines", {"order": State(lines=_lines(101))}, {"order.lines"}),
     ("empty-sku", {"order": State(lines=[line(sku="")])}, {"order.lines[0].sku"}),
+    ("quantity-0", {"order": State(lines=[line(quantity=0)])}, {"order.lines[0].quantity"}),
+    (
+        "missing-and-bad",
+        {"order": State(lines=[line(sku="", quantity=0, amount=-5)]), "order_id": "X", "request_id": "1"},
+        {"order.lines[0].sku", "order.lines[0].quantity"},
+    ),
+]
+
+_BAD = [
+    ("101-lines", {"order": State(lines=_lines(101))}, {"order.lines"}),
     ("long-sku", {"order": State(lines=[_LINE, line(sku="x" * 65)])}, {"order.lines[1].sku"}),
     ("control-sku", {"order": State(lines=[line(sku="a\nb")])}, {"order.lines[0].sku"}),
-    ("quantity-0", {"order": State(lines=[line(quantity=0)])}, {"order.lines[0].quantity"}),
     ("quantity-neg", {"order": State(lines=[line(quantity=-1)])}, {"order.lines[0].quantity"}),
     ("quantity-10001", {"order": State(lines=[line(quantity=10001)])}, {"order.lines[0].quantity"}),
     ("negative-price", {"order": State(lines=[line(amount=-1)])}, {"order.lines[0].unit_price.amount_minor"}),
@@ -137,7 +146,11 @@ _BAD = [
     ("request-id-uuid1", {"order": State(lines=[_LINE]), "request_id": str(uuid.uuid1())}, {"request_id"}),
     (
         "every-problem",
-        {"order": State(lines=[line(sku="", quantity=0, amount=-5)]), "order_id": "X", "request_id": "1"},
+        {
+            "order": State(lines=[line(sku="a\tb", quantity=-1, amount=-5)]),
+            "order_id": "X",
+            "request_id": "1",
+        },
         {
             "order.lines[0].sku",
             "order.lines[0].quantity",
@@ -156,6 +169,17 @@ def test_bad_input_is_invalid_argument_and_creates_nothing(
     _, who = system.user()
     code, reason, found = _refused(system.stub().CreateOrder, pb.CreateOrderRequest(**fields), who)  # type: ignore[arg-type]
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "ORDER_INVALID")
+    assert set(found) == violations
+    assert _names(system, who) == []
+
+
+@pytest.mark.parametrize(("fields", "violations"), [b[1:] for b in _MISSING], ids=[b[0] for b in _MISSING])
+def test_missing_required_fields_are_named_and_create_nothing(
+    system: System, fields: dict[str, object], violations: set[str]
+) -> None:
+    _, who = system.user()
+    code, reason, found = _refused(system.stub().CreateOrder, pb.CreateOrderRequest(**fields), who)  # type: ignore[arg-type]
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUIRED_FIELD_MISSING")
     assert set(found) == violations
     assert _names(system, who) == []
 
@@ -289,23 +313,21 @@ def test_a_capture_refused_as_voided_is_not_retried(system: System) -> None:
     assert len(system.payments.calls_for(payment)) == 1
 
 
-def test_another_users_order_is_permission_denied(system: System) -> None:
+def test_another_users_order_answers_as_a_missing_one(system: System) -> None:
+    # AIP-211: "not yours" and "not there" look alike, so order ids cannot be enumerated.
     _, owner = system.user()
     _, thief = system.user()
     order = create(system, owner)
     get, cancel = pb.GetOrderRequest(name=order.name), pb.CancelOrderRequest(name=order.name)
-    assert _refused(system.stub().GetOrder, get, thief)[:2] == (
-        grpc.StatusCode.PERMISSION_DENIED,
-        "NOT_OWNER",
-    )
-    assert _refused(system.stub().CancelOrder, cancel, thief)[:2] == (
-        grpc.StatusCode.PERMISSION_DENIED,
-        "NOT_OWNER",
-    )
+    hidden = (grpc.StatusCode.NOT_FOUND, "ORDER_NOT_FOUND")
+    assert _refused(system.stub().GetOrder, get, thief)[:2] == hidden
+    assert _refused(system.stub().CancelOrder, cancel, thief)[:2] == hidden
+    missing = pb.GetOrderRequest(name="orders/does-not-exist")
+    assert _refused(system.stub().GetOrder, missing, thief)[:2] == hidden
     watch = system.stub().WatchOrder(pb.WatchOrderRequest(name=order.name), metadata=thief, timeout=10)
     with pytest.raises(grpc.RpcError) as failed:
         next(iter(watch))
-    assert refusal(failed.value).code == grpc.StatusCode.PERMISSION_DENIED
+    assert refusal(failed.value).code == grpc.StatusCode.NOT_FOUND
     fulfil = pb.FulfillOrderRequest(name=order.name)
     assert _refused(system.stub().FulfillOrder, fulfil, owner)[0] == grpc.StatusCode.PERMISSION_DENIED
     assert system.stub().GetOrder(get, metadata=owner, timeout=10).state == State.STATE_PENDING
@@ -321,17 +343,22 @@ def test_another_users_order_is_permission_denied(system: System) -> None:
 def test_bad_names_are_invalid_argument(system: System, name: str) -> None:
     _, who = system.user()
     stub = system.stub()
+    # An empty name breaks the contract's REQUIRED rule (kit); any other bad one, the name's shape.
+    expected = (
+        ("REQUIRED_FIELD_MISSING", {"name": "is required"})
+        if not name
+        else (
+            "NAME_INVALID",
+            {"name": "must be orders/{id}"},
+        )
+    )
     for call, request in (
         (stub.GetOrder, pb.GetOrderRequest(name=name)),
         (stub.CancelOrder, pb.CancelOrderRequest(name=name)),
         (stub.FulfillOrder, pb.FulfillOrderRequest(name=name)),
     ):
         caller = system.admin() if call is stub.FulfillOrder else who
-        assert _refused(call, request, caller)[:3] == (
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "NAME_INVALID",
-            {"name": "must be orders/{id}"},
-        )
+        assert _refused(call, request, caller)[:3] == (grpc.StatusCode.INVALID_ARGUMENT, *expected)
     with pytest.raises(grpc.RpcError) as failed:
         next(iter(stub.WatchOrder(pb.WatchOrderRequest(name=name), metadata=who, timeout=10)))
     assert refusal(failed.value).code == grpc.StatusCode.INVALID_ARGUMENT

@@ -117,7 +117,12 @@ class System:
 
     def push(self, event: Message, aggregate_id: str, *, source: str = "orders") -> int:
         envelope = EventEnvelope(
-            id=new_key(), type=event.DESCRIPTOR.full_name, aggregate_id=aggregate_id, source=source
+            id=new_key(),
+            type=event.DESCRIPTOR.full_name,
+            aggregate_id=aggregate_id,
+            sequence=1,
+            source=source,
+            schema_version=1,
         )
         envelope.occur_time.GetCurrentTime()
         envelope.payload.Pack(event)

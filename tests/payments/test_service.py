@@ -387,7 +387,7 @@ BAD_INPUT: list[tuple[Build, set[str]]] = [
     (_fund(amount=eur(100, "eur")), {"amount.currency_code"}),
     (_fund(amount=eur(100, "USD")), {"amount.currency_code"}),
     (
-        _fund(amount=eur(-1, "XXX"), request_id=""),
+        _fund(amount=eur(-1, "XXX"), request_id="not-a-uuid"),  # present: the domain names all three
         {"request_id", "amount.currency_code", "amount.amount_minor"},
     ),
     (_fund(name="accounts"), {"name"}),
@@ -480,9 +480,11 @@ def test_a_user_cannot_read_another_users_account_payment_or_ledger(
         (stub.GetPayment, pb.GetPaymentRequest(name=payment)),
         (stub.GetPayment, pb.GetPaymentRequest(name="payments/does-not-exist")),
     ]
-    for call, request in attempts:
+    for call, request in attempts:  # AIP-211: another's resource answers as a missing one
         found = refusal(refused(call, request, metadata=intruder.metadata))
-        assert (found.code, found.reason) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_OWNER"), request
+        assert found.code == grpc.StatusCode.NOT_FOUND, request
+        assert found.reason in ("ACCOUNT_NOT_FOUND", "PAYMENT_NOT_FOUND"), request
+        assert owner.user not in found.message, request
     missing = refusal(
         refused(stub.GetPayment, pb.GetPaymentRequest(name="payments/nope"), metadata=system.admin)
     )

@@ -85,3 +85,13 @@ def test_status_without_certificates_says_how_to_make_them(tmp_path: Path) -> No
     result = _poly(poly_environ(tmp_path), "status")
     assert result.returncode == 2
     assert "poly certs" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_admin_create_without_a_terminal_or_password_stdin_says_what_to_pass(tmp_path: Path) -> None:
+    environ = poly_environ(tmp_path)
+    assert _poly(environ, "certs").returncode == 0
+    # stdin is a pipe, not a terminal; the process has no controlling terminal either.
+    result = run_module("services.cli", environ, "admin", "create", "--email", "root@example.com", stdin="")
+    assert result.returncode == 2, result.stderr
+    assert "--password-stdin" in result.stderr
+    assert "Traceback" not in result.stderr

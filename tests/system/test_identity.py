@@ -122,7 +122,9 @@ def test_one_user_cannot_read_anothers_identity_or_profile(system: Deployment) -
     _alice, alice_email = system.register()
     bob, _ = system.register()
     token = bearer(system.login(alice_email).access_token)
-    assert _answer(system, "auth", bob, token) == grpc.StatusCode.PERMISSION_DENIED
+    # AIP-211: another's identity and profile answer as missing ones.
+    assert _answer(system, "auth", bob, token) == grpc.StatusCode.NOT_FOUND
+    assert _answer(system, "users", bob, token) == grpc.StatusCode.NOT_FOUND
 
 
 def test_rotation_keeps_old_tokens_valid_everywhere_until_their_key_is_withdrawn(system: Deployment) -> None:

@@ -1,0 +1,411 @@
+"""Rules every method keeps, walked from the descriptors against the five real services.
+
+All five run as processes started the way `poly up` starts them, with real mTLS. Every
+method of every service each process serves (as its reflection lists them) is checked:
+
+- field behaviour: an empty request from a caller the method admits is INVALID_ARGUMENT
+  naming exactly the method's REQUIRED top-level fields;
+- ownership (AIP-211): every ACCESS_OWNER method answers user B the same NOT_FOUND, with a
+  message of the same shape naming no owner, for user A's real resource and for one that
+  does not exist; the mutating ones change nothing, and A and an admin still see A's;
+- the access log: a WatchOrder the client cancels is logged CANCELLED, not OK.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from google.api import field_behavior_pb2, resource_pb2
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from poly.auth.v1 import auth_service_pb2 as auth_pb
+from poly.events.v1 import event_sink_pb2  # noqa: F401 - registers EventSinkService in the pool
+from poly.notifications.v1 import notifications_service_pb2 as notifications_pb
+from poly.notifications.v1 import notifications_service_pb2_grpc
+from poly.notifications.v1 import resources_pb2 as notifications_resources
+from poly.options.v1 import options_pb2
+from poly.orders.v1 import orders_service_pb2 as orders_pb
+from poly.orders.v1 import orders_service_pb2_grpc, resources_pb2
+from poly.payments.v1 import payments_service_pb2 as payments_pb
+from poly.payments.v1 import payments_service_pb2_grpc
+from poly.type.v1.money_pb2 import Money
+from poly.users.v1 import resources_pb2 as users_resources
+from poly.users.v1 import users_service_pb2 as users_pb
+from poly.users.v1 import users_service_pb2_grpc
+from services.kit import config
+from tests.support.identity import PASSWORD, Deployment, bearer, start
+from tests.support.status import refusal
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.slow
+
+Access = options_pb2.Access
+_POOL = descriptor_pool.Default()
+_READS = ("Get", "List", "Watch")
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    deployment = start(
+        tmp_path_factory.mktemp("rules"), config.SERVICES, {"POLY_WEBHOOK_ALLOW_PRIVATE": "true"}
+    )
+    try:
+        yield deployment
+    finally:
+        deployment.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(system: Deployment) -> list[tuple[str, str]]:
+    return bearer(system.create_admin())
+
+
+def _served(system: Deployment) -> list[tuple[str, ServiceDescriptor]]:
+    """(process, service) for every application service each process serves, from reflection."""
+    found = []
+    for process in config.SERVICES:
+        names = ProtoReflectionDescriptorDatabase(system.channel(process)).get_services()
+        found += [(process, _POOL.FindServiceByName(n)) for n in names if n.startswith("poly.")]
+    return found
+
+
+def _policy(method: MethodDescriptor) -> options_pb2.Policy:
+    policy: options_pb2.Policy = method.GetOptions().Extensions[options_pb2.policy]
+    return policy
+
+
+def _behaviours(field: FieldDescriptor) -> list[int]:
+    return list(field.GetOptions().Extensions[field_behavior_pb2.field_behavior])
+
+
+def _call(system: Deployment, process: str, method: MethodDescriptor, request: Message, **kwargs: Any) -> Any:
+    """Calls `method` on `process` (as the CLI, or `as_`), returning the response or its first
+    stream message; a failed call raises grpc.RpcError."""
+    channel = system.channel(process, as_=kwargs.pop("as_", "cli"))
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    output = message_factory.GetMessageClass(method.output_type)
+    if method.server_streaming:
+        stream = channel.unary_stream(path, lambda m: m.SerializeToString(), output.FromString)
+        call = stream(request, timeout=10, **kwargs)
+        try:
+            return next(iter(call))
+        finally:
+            call.cancel()
+    return channel.unary_unary(path, lambda m: m.SerializeToString(), output.FromString)(
+        request, timeout=10, **kwargs
+    )
+
+
+def _empty(method: MethodDescriptor) -> Message:
+    return message_factory.GetMessageClass(method.input_type)()
+
+
+# -- field behaviour ----------------------------------------------------------------------
+
+
+def test_every_method_refuses_an_empty_request_naming_its_required_fields(
+    system: Deployment, admin: list[tuple[str, str]]
+) -> None:
+    checked, wrong = [], {}
+    for process, service in _served(system):
+        for method in service.methods:
+            required = [
+                f.name for f in method.input_type.fields if field_behavior_pb2.REQUIRED in _behaviours(f)
+            ]
+            if not required:
+                continue
+            policy = _policy(method)
+            caller: dict[str, Any] = {}
+            if policy.access == Access.ACCESS_INTERNAL:
+                caller["as_"] = policy.callers[0]
+            elif policy.access in (Access.ACCESS_USER, Access.ACCESS_OWNER):
+                caller["metadata"] = admin
+            try:
+                _call(system, process, method, _empty(method), **caller)
+                answer: tuple[Any, ...] = ("OK",)
+            except grpc.RpcError as error:
+                refused = refusal(error)
+                answer = (refused.code, refused.reason, sorted(refused.violations))
+            checked.append(f"{process}:{method.full_name}")
+            expected = (grpc.StatusCode.INVALID_ARGUMENT, "REQUIRED_FIELD_MISSING", sorted(required))
+            if answer != expected:
+                wrong[f"{process}:{method.full_name}"] = answer
+    assert not wrong, wrong
+    assert len(checked) >= 40, checked  # every service's methods, the event sink's on each process
+
+
+def test_an_unauthorized_empty_request_learns_nothing_of_the_fields(system: Deployment) -> None:
+    # Authorization runs first: no token is UNAUTHENTICATED, the wrong service is PERMISSION_DENIED.
+    create_client = _POOL.FindMethodByName("poly.auth.v1.AuthService.CreateClient")
+    with pytest.raises(grpc.RpcError) as anonymous:
+        _call(system, "auth", create_client, _empty(create_client))
+    assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    capture = _POOL.FindMethodByName("poly.payments.v1.PaymentsService.CapturePayment")
+    with pytest.raises(grpc.RpcError) as foreign:
+        _call(system, "payments", capture, _empty(capture), as_="users")
+    assert foreign.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert not refusal(foreign.value).violations
+
+
+# -- ownership ----------------------------------------------------------------------------
+
+
+def _resource_patterns() -> dict[str, str]:
+    """``{resource type: pattern}`` for every resource message of the served protos."""
+    patterns: dict[str, str] = {}
+    for service in ("auth", "users", "orders", "payments", "notifications"):
+        file = _POOL.FindFileByName(f"poly/{service}/v1/resources.proto")
+        for message in file.message_types_by_name.values():
+            resource = message.GetOptions().Extensions[resource_pb2.resource]
+            if resource.type:
+                patterns[resource.type] = resource.pattern[0]
+    return patterns
+
+
+@dataclass
+class Target:
+    """Where a method takes its resource name, and which resource type that is."""
+
+    path: list[str]
+    """Field path of the name in the request, e.g. ``["user", "name"]``."""
+    resource_type: str
+
+
+def _target(method: MethodDescriptor, patterns: dict[str, str]) -> Target:
+    fields = method.input_type.fields_by_name
+    for name in ("name", "parent"):
+        if name in fields:
+            reference = fields[name].GetOptions().Extensions[resource_pb2.resource_reference]
+            if reference.type:
+                return Target([name], reference.type)
+            child = patterns[reference.child_type]
+            parent = child.rsplit("/", 2)[0]
+            return Target([name], next(t for t, p in patterns.items() if p == parent))
+    for field in method.input_type.fields:
+        resource = (
+            field.message_type.GetOptions().Extensions[resource_pb2.resource] if field.message_type else None
+        )
+        if resource is not None and resource.type:
+            return Target([field.name, "name"], resource.type)
+    raise AssertionError(f"{method.full_name}: no resource name field")
+
+
+def _request(method: MethodDescriptor, target: Target, name: str) -> Message:
+    request = _empty(method)
+    holder: Any = request
+    for part in target.path[:-1]:
+        holder = getattr(holder, part)
+    setattr(holder, target.path[-1], name)
+    if "update_mask" in method.input_type.fields_by_name:
+        getattr(request, "update_mask").paths[:] = ["*"]  # noqa: B009 - full replacement: would wipe it
+    return request
+
+
+def _missing_name(pattern: str) -> str:
+    return re.sub(r"\{[^}]+\}", lambda _: f"nx{uuid.uuid4().hex[:12]}", pattern)
+
+
+def _shape(error: grpc.RpcError, name: str) -> tuple[Any, ...]:
+    """The answer with the ids of `name` replaced, so two names' answers compare."""
+    refused = refusal(error)
+    ids = [part for index, part in enumerate(name.split("/")) if index % 2]
+
+    def plain(text: str) -> str:
+        for value in ids:
+            text = text.replace(value, "{id}")
+        return text
+
+    metadata = {key: plain(value) for key, value in refused.metadata.items()}
+    return refused.code, refused.reason, plain(refused.message), metadata
+
+
+def _get_method(
+    resource_type: str, owned: list[tuple[str, MethodDescriptor]]
+) -> tuple[str, MethodDescriptor]:
+    patterns = _resource_patterns()
+    for process, method in owned:
+        if method.name.startswith("Get") and _target(method, patterns).resource_type == resource_type:
+            return process, method
+    raise AssertionError(f"no Get method for {resource_type}")
+
+
+def _owned_by(system: Deployment, admin: list[tuple[str, str]]) -> tuple[str, str, dict[str, str]]:
+    """A customer (``users/{id}``), their email, and the name of one real resource of theirs per type."""
+    email = f"alice-{uuid.uuid4().hex[:8]}@example.com"
+    registered = system.auth().Register(
+        auth_pb.RegisterRequest(email=email, password=PASSWORD, display_name="Alice"), timeout=10
+    )
+    alice, token = registered.user, bearer(system.login(email).access_token)
+    users = users_service_pb2_grpc.UsersServiceStub(system.channel("users"))
+    eventually(
+        lambda: _found(lambda: users.GetUser(users_pb.GetUserRequest(name=alice), metadata=token, timeout=10))
+    )
+    preferences = f"{alice}/preferences"
+    users.UpdatePreferences(
+        users_pb.UpdatePreferencesRequest(
+            preferences=users_resources.Preferences(name=preferences, locale="en-GB"),
+        ),
+        metadata=token,
+        timeout=10,
+    )
+    payments = payments_service_pb2_grpc.PaymentsServiceStub(system.channel("payments"))
+
+    def account() -> str | None:
+        found = payments.ListAccounts(payments_pb.ListAccountsRequest(), metadata=token, timeout=10)
+        return found.accounts[0].name if found.accounts else None
+
+    account_name = eventually(account, what="alice's account")
+    payments.FundAccount(
+        payments_pb.FundAccountRequest(
+            name=account_name,
+            amount=Money(currency_code="EUR", amount_minor=5000),
+            request_id=str(uuid.uuid4()),
+        ),
+        metadata=admin,
+        timeout=10,
+    )
+    entries = payments.ListLedgerEntries(
+        payments_pb.ListLedgerEntriesRequest(parent=account_name), metadata=admin, timeout=10
+    )
+    orders = orders_service_pb2_grpc.OrdersServiceStub(system.channel("orders"))
+    line = resources_pb2.OrderLine(
+        sku="SKU-1", quantity=1, unit_price=Money(currency_code="EUR", amount_minor=700)
+    )
+    order = orders.CreateOrder(
+        orders_pb.CreateOrderRequest(order=resources_pb2.Order(lines=[line])), metadata=token, timeout=10
+    )
+
+    def paid() -> resources_pb2.Order | None:
+        found = orders.GetOrder(orders_pb.GetOrderRequest(name=order.name), metadata=token, timeout=10)
+        return found if found.state == resources_pb2.Order.STATE_PAID and found.payment else None
+
+    payment = eventually(paid, timeout=60, what="alice's order to be paid").payment
+    notifications = notifications_service_pb2_grpc.NotificationsServiceStub(system.channel("notifications"))
+    webhook = notifications.CreateWebhook(
+        notifications_pb.CreateWebhookRequest(
+            webhook=notifications_resources.Webhook(url="http://127.0.0.1:9/hook")
+        ),
+        metadata=token,
+        timeout=10,
+    ).webhook.name
+
+    def delivery() -> str | None:
+        found = notifications.ListDeliveries(
+            notifications_pb.ListDeliveriesRequest(), metadata=token, timeout=10
+        )
+        return found.deliveries[0].name if found.deliveries else None
+
+    return (
+        alice,
+        email,
+        {
+            "auth.poly.local/Identity": alice,
+            "users.poly.local/User": alice,
+            "users.poly.local/Preferences": preferences,
+            "orders.poly.local/Order": order.name,
+            "payments.poly.local/Account": account_name,
+            "payments.poly.local/LedgerEntry": entries.ledger_entries[0].name,
+            "payments.poly.local/Payment": payment,
+            "notifications.poly.local/Webhook": webhook,
+            "notifications.poly.local/Delivery": eventually(delivery, timeout=30, what="a delivery to alice"),
+        },
+    )
+
+
+def _found(call: Any) -> bool:
+    try:
+        call()
+    except grpc.RpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
+
+
+def test_every_owner_checked_method_answers_anothers_resource_as_a_missing_one(
+    system: Deployment, admin: list[tuple[str, str]]
+) -> None:
+    owned = [
+        (process, method)
+        for process, service in _served(system)
+        for method in service.methods
+        if _policy(method).access == Access.ACCESS_OWNER
+    ]
+    assert len(owned) >= 15, owned
+    patterns = _resource_patterns()
+    alice, email, names = _owned_by(system, admin)
+    _bob, bob_email = system.register()
+    bob = bearer(system.login(bob_email).access_token)
+    alice_token = bearer(system.login(email).access_token)
+    mutated = {_target(m, patterns).resource_type for _, m in owned if not m.name.startswith(_READS)}
+
+    def snapshot() -> dict[str, bytes]:
+        taken = {}
+        for resource_type in sorted(mutated):
+            process, get = _get_method(resource_type, owned)
+            request = _request(get, _target(get, patterns), names[resource_type])
+            taken[resource_type] = _call(system, process, get, request, metadata=admin).SerializeToString(
+                deterministic=True
+            )
+        return taken
+
+    before = snapshot()
+    different = {}
+    for process, method in owned:
+        target = _target(method, patterns)
+        real, missing = names[target.resource_type], _missing_name(patterns[target.resource_type])
+        answers = []
+        for name in (real, missing):
+            with pytest.raises(grpc.RpcError) as refused:
+                _call(system, process, method, _request(method, target, name), metadata=bob)
+            answers.append(_shape(refused.value, name))
+            assert alice not in refusal(refused.value).message or alice in name, method.full_name
+        if answers[0] != answers[1] or answers[0][0] != grpc.StatusCode.NOT_FOUND:
+            different[method.full_name] = answers
+        if method.name.startswith(_READS):  # the owner and an admin still see it
+            for caller in (alice_token, admin):
+                assert _call(system, process, method, _request(method, target, real), metadata=caller)
+    assert not different, different
+    assert snapshot() == before, "a refused call changed the resource"
+
+
+# -- access log ---------------------------------------------------------------------------
+
+
+def test_a_watch_the_client_cancels_is_logged_cancelled(
+    system: Deployment, admin: list[tuple[str, str]]
+) -> None:
+    orders = orders_service_pb2_grpc.OrdersServiceStub(system.channel("orders"))
+    line = resources_pb2.OrderLine(
+        sku="SKU-1", quantity=1, unit_price=Money(currency_code="EUR", amount_minor=100)
+    )
+    order = orders.CreateOrder(
+        orders_pb.CreateOrderRequest(order=resources_pb2.Order(lines=[line])), metadata=admin, timeout=10
+    )
+    process = system.processes["orders"]
+    seen = len(process.lines)
+    watch = orders.WatchOrder(orders_pb.WatchOrderRequest(name=order.name), metadata=admin, timeout=30)
+    assert next(watch).order.name == order.name
+    watch.cancel()
+
+    def logged() -> dict[str, Any] | None:
+        for text in process.lines[seen:]:
+            if text.startswith("{"):
+                entry = json.loads(text)
+                if entry.get("logger") == "poly.access" and str(entry.get("method", "")).endswith(
+                    "/WatchOrder"
+                ):
+                    return dict(entry)
+        return None
+
+    assert eventually(logged, what="the WatchOrder access line")["code"] == "CANCELLED"
