@@ -55,7 +55,6 @@ __all__ = [
     "Verified",
     "disable_identity",
     "hash_token",
-    "identity_not_found",
     "normalise_email",
 ]
 
@@ -245,8 +244,7 @@ def normalise_email(email: str) -> str:
     return email.strip().lower()
 
 
-def identity_not_found(user_id: str) -> NotFound:
-    """What a caller learns about ``users/{user_id}`` when it does not exist, or is another's."""
+def _identity_not_found(user_id: str) -> NotFound:
     return NotFound("IDENTITY_NOT_FOUND", "users/{user} does not exist", user=user_id)
 
 
@@ -447,7 +445,7 @@ class IdentityProvider:
         with self.transactions() as repo:
             found = repo.identity(user_id)
         if found is None:
-            raise identity_not_found(user_id)
+            raise _identity_not_found(user_id)
         return found
 
     def change_role(self, user_id: str, role: str, *, grant: bool) -> Identity:
@@ -460,7 +458,7 @@ class IdentityProvider:
         with self.transactions() as repo:
             found = repo.identity(user_id)
             if found is None:
-                raise NotFound("IDENTITY_NOT_FOUND", "users/{user} does not exist", user=user_id)
+                raise _identity_not_found(user_id)
             roles = set(found.roles) | {role} if grant else set(found.roles) - {role}
             if role == "admin" and not grant and "admin" in found.roles and repo.count_admins() <= 1:
                 raise FailedPrecondition("LAST_ADMIN", "the last admin cannot lose the admin role")

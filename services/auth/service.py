@@ -14,7 +14,6 @@ from services.auth.domain import (
     Identity,
     IdentityProvider,
     TokenSet,
-    identity_not_found,
 )
 from services.auth.tokens import KeyRing
 from services.kit import authz, tls
@@ -176,7 +175,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         self, request: pb.GetIdentityRequest, context: grpc.ServicerContext
     ) -> resources_pb2.Identity:
         user_id = resource_id(request.name, "users")
-        authz.require_owner(f"users/{user_id}", identity_not_found(user_id))
+        authz.require_owner(f"users/{user_id}", f"users/{user_id}")
         return _identity(self._provider.identity(user_id))
 
     def ListIdentities(

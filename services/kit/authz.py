@@ -9,18 +9,19 @@ method without a policy (or with ACCESS_UNSPECIFIED) is refused before its handl
   policy; a machine-client token must hold every scope instead, and is refused when the
   policy names none.
 - OWNER: as USER, and the caller must own the resource. Only the handler knows the owner,
-  so it calls `require_owner(owner, missing)` before it acts; admins (and machine clients
-  holding the policy's scopes) pass. Anyone else gets `missing`, the very NOT_FOUND the
-  method answers for a resource that does not exist (AIP-211): "not yours" and "not there"
-  look alike, so ids cannot be enumerated and no owner is named. A resource that does not
-  exist is checked as one nobody owns. A handler that never calls it fails closed: its
-  result is dropped and the caller gets INTERNAL.
+  so it calls `require_owner(owner, resource)` before it acts or answers anything else;
+  admins (and machine clients holding the policy's scopes) pass. Permission is checked
+  before existence (AIP-211): a resource that does not exist is checked as one nobody
+  owns, so anyone else gets the same PERMISSION_DENIED NOT_OWNER for another's resource
+  and for a missing one, naming only the `resource` they asked for, never its owner, and
+  ids cannot be enumerated. Only the owner and those who bypass ownership go on to learn
+  NOT_FOUND for a missing one. A handler that never calls it fails closed: its result is
+  dropped and the caller gets INTERNAL.
 - INTERNAL: no token; the caller's SPIFFE ID from its verified mTLS certificate
   (``context.auth_context()``) must be one of the policy's `callers`.
 
 Handlers read the caller with `principal()`. Errors are `kit.errors` exceptions:
-UNAUTHENTICATED for a missing or bad token, NOT_FOUND for another's resource (above),
-PERMISSION_DENIED for the rest.
+UNAUTHENTICATED for a missing or bad token, PERMISSION_DENIED for the rest.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from poly.options.v1 import options_pb2
 from services.kit import fieldbehavior, server, tls
 from services.kit.authn import Principal, Verifier, bearer_token
 from services.kit.config import Settings
-from services.kit.errors import NotFound, PermissionDenied, Unauthenticated
+from services.kit.errors import PermissionDenied, Unauthenticated
 from services.kit.types import CallInfo, Handler, Middleware
 
 __all__ = ["OwnerNotChecked", "guard", "policies", "principal", "require_owner", "service_middlewares"]
@@ -70,16 +71,18 @@ def principal() -> Principal:
     return call.principal
 
 
-def require_owner(owner: str, missing: NotFound) -> None:
-    """Allow the current call only if its caller is `owner` (``users/{user}``; empty for a
-    resource that does not exist) or may bypass ownership (an admin, or a machine client
-    holding the method's scopes). Anyone else gets `missing`: the error the method gives
-    for a resource that does not exist, so the two answers cannot be told apart."""
+def require_owner(owner: str, resource: str) -> None:
+    """Allow the current call only if its caller is `owner`, the owner (``users/{user}``) of
+    `resource`, or may bypass ownership (an admin, or a machine client holding the method's
+    scopes). `owner` is empty when the resource does not exist, so only the latter pass.
+
+    Anyone else gets PERMISSION_DENIED NOT_OWNER naming only `resource`, the name the caller
+    asked for: the same answer for another's resource and a missing one (AIP-211)."""
     call = _CURRENT.get()
     if call is None or call.principal is None:
         raise Unauthenticated("TOKEN_MISSING", "this call carries no access token")
     if call.owner_pending and (not owner or call.principal.subject != owner):
-        raise missing
+        raise PermissionDenied("NOT_OWNER", "the caller may not access {resource}", resource=resource)
     call.owner_pending = False
 
 

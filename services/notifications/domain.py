@@ -68,10 +68,12 @@ RESOLVED, ABANDONED = "RESOLVED", "ABANDONED"
 MAX_WEBHOOKS = 10
 _UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", re.ASCII)
 
-OwnerCheck = Callable[[str, NotFound], None]
-"""Admits the current caller for a resource owned by ``users/{id}`` ("" when it does not
-exist: only callers who may see everything pass), or raises the given NOT_FOUND, so another's
-resource and a missing one look alike (AIP-211)."""
+OwnerCheck = Callable[[str, str], None]
+"""``check(owner, resource)`` (`authz.require_owner`): admits the current caller for a
+resource owned by ``users/{id}`` ("" when it does not exist: only callers who may see
+everything pass), or refuses with PERMISSION_DENIED naming only `resource`, the name asked
+for. It runs before existence is checked, so another's resource and a missing one answer
+alike (AIP-211)."""
 AddressPolicy = Callable[[str], str | None]
 """Why a webhook URL may not be called (scheme, host, resolved addresses), or None."""
 
@@ -423,10 +425,9 @@ class Notifications:
     def webhook(self, webhook_id: str, check_owner: OwnerCheck) -> Webhook:
         with self.transactions() as repo:
             found = repo.webhook(webhook_id)
-        missing = NotFound("WEBHOOK_NOT_FOUND", "webhooks/{webhook} does not exist", webhook=webhook_id)
-        check_owner(found.owner if found else "", missing)
+        check_owner(found.owner if found else "", f"webhooks/{webhook_id}")
         if found is None:
-            raise missing
+            raise NotFound("WEBHOOK_NOT_FOUND", "webhooks/{webhook} does not exist", webhook=webhook_id)
         return found
 
     def list_webhooks(self, owner: str | None, size: int, token: str) -> tuple[list[Webhook], str]:
@@ -449,10 +450,9 @@ class Notifications:
     def delivery(self, delivery_id: str, check_owner: OwnerCheck) -> Delivery:
         with self.transactions() as repo:
             found = repo.delivery(delivery_id)
-        missing = NotFound("DELIVERY_NOT_FOUND", "deliveries/{delivery} does not exist", delivery=delivery_id)
-        check_owner(found.recipient if found else "", missing)
+        check_owner(found.recipient if found else "", f"deliveries/{delivery_id}")
         if found is None:
-            raise missing
+            raise NotFound("DELIVERY_NOT_FOUND", "deliveries/{delivery} does not exist", delivery=delivery_id)
         return found
 
     def list_deliveries(

@@ -286,7 +286,7 @@ def _digest(lines: Sequence[NewLine], order_id: str) -> str:
 
 
 def not_found(order_id: str) -> NotFound:
-    """What a caller learns about ``orders/{order_id}`` when it does not exist, or is another's."""
+    """What the owner of ``orders/{order_id}`` (or an admin) learns when it does not exist."""
     return NotFound("ORDER_NOT_FOUND", "orders/{order} does not exist", order=order_id)
 
 
@@ -337,9 +337,13 @@ class Orders:
             raise not_found(first.order_id)
         return order
 
-    def get(self, order_id: str) -> Order:
+    def find(self, order_id: str) -> Order | None:
+        """The order, or None: for an owner check, which comes before existence."""
         with self.transactions() as repo:
-            order = repo.order(order_id)
+            return repo.order(order_id)
+
+    def get(self, order_id: str) -> Order:
+        order = self.find(order_id)
         if order is None:
             raise not_found(order_id)
         return order

@@ -80,9 +80,13 @@ class OrdersServicer(orders_service_pb2_grpc.OrdersServiceServicer):
         return _order(self._orders.create(owner, lines, request.order_id, request.request_id))
 
     def _owned(self, order_id: str) -> Order:
-        """The order, if the caller may see it: another's answers as a missing one does."""
-        order = self._orders.get(order_id)
-        authz.require_owner(order.owner, not_found(order_id))
+        """The order, if the caller may see it. Permission comes before existence (AIP-211):
+        a missing order is checked as one nobody owns, so another's and a missing one answer
+        the same PERMISSION_DENIED; only its owner or an admin learns it does not exist."""
+        order = self._orders.find(order_id)
+        authz.require_owner(order.owner if order else "", f"orders/{order_id}")
+        if order is None:
+            raise not_found(order_id)
         return order
 
     def GetOrder(self, request: pb.GetOrderRequest, context: grpc.ServicerContext) -> resources_pb2.Order:

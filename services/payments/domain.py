@@ -229,10 +229,12 @@ class Repository(Protocol):
 
 
 Transactions = Callable[[], AbstractContextManager[Repository]]
-OwnerCheck = Callable[[str, NotFound], None]
-"""Refuses the call unless its caller may act on resources of this owner (`authz.require_owner`;
-empty for a resource that does not exist), answering the given NOT_FOUND, so another's
-resource and a missing one look alike (AIP-211)."""
+OwnerCheck = Callable[[str, str], None]
+"""``check(owner, resource)`` (`authz.require_owner`): refuses the call unless its caller may
+act on resources of `owner` (``users/{id}``; "" when the resource does not exist, so only
+callers who may see everything pass), with PERMISSION_DENIED naming only `resource`, the
+name asked for. It runs before existence is checked, so another's resource and a missing
+one answer alike (AIP-211)."""
 
 
 class LedgerImbalance(RuntimeError):
@@ -444,14 +446,15 @@ class Payments:
         assert funded is not None
         return funded
 
-    def account(self, account_id: str, check_owner: OwnerCheck) -> Account:
-        """Permission before existence: a missing account is checked as one nobody owns."""
+    def account(self, account_id: str, check_owner: OwnerCheck, *, asked: str = "") -> Account:
+        """Permission before existence: a missing account is checked as one nobody owns.
+        `asked` is the name a refusal gives (a resource under the account); by default the
+        account's own."""
         with self.transactions() as repo:
             found = repo.account(account_id)
-        missing = NotFound("ACCOUNT_NOT_FOUND", "accounts/{account} does not exist", account=account_id)
-        check_owner(found.owner if found else "", missing)
+        check_owner(found.owner if found else "", asked or f"accounts/{account_id}")
         if found is None:
-            raise missing
+            raise NotFound("ACCOUNT_NOT_FOUND", "accounts/{account} does not exist", account=account_id)
         return found
 
     def list_accounts(
@@ -466,7 +469,7 @@ class Payments:
         return AccountPage(*paging.split_page(found, limit, _position, request))
 
     def entry(self, account_id: str, entry_id: str, check_owner: OwnerCheck) -> LedgerEntry:
-        self.account(account_id, check_owner)
+        self.account(account_id, check_owner, asked=f"accounts/{account_id}/ledgerEntries/{entry_id}")
         with self.transactions() as repo:
             found = repo.entry(account_id, entry_id)
         if found is None:
@@ -502,10 +505,9 @@ class Payments:
     def payment(self, payment_id: str, check_owner: OwnerCheck) -> Payment:
         with self.transactions() as repo:
             found = repo.payment(payment_id)
-        missing = NotFound("PAYMENT_NOT_FOUND", "payments/{payment} does not exist", payment=payment_id)
-        check_owner(found.owner if found else "", missing)
+        check_owner(found.owner if found else "", f"payments/{payment_id}")
         if found is None:
-            raise missing
+            raise NotFound("PAYMENT_NOT_FOUND", "payments/{payment} does not exist", payment=payment_id)
         return found
 
     def list_payments(

@@ -40,7 +40,6 @@ __all__ = [
     "create_profile",
     "display_name_problem",
     "etag_of",
-    "not_found",
 ]
 
 ACTIVE = "ACTIVE"
@@ -217,8 +216,7 @@ def _refuse(reason: str, message: str, violations: list[FieldViolation]) -> None
         raise InvalidArgument(reason, message, violations=violations)
 
 
-def not_found(user_id: str) -> NotFound:
-    """What a caller learns about ``users/{user_id}`` when it does not exist, or is another's."""
+def _not_found(user_id: str) -> NotFound:
     return NotFound("USER_NOT_FOUND", "users/{user} does not exist", user=user_id)
 
 
@@ -263,7 +261,7 @@ class Users:
         with self.transactions() as repo:
             found = repo.user(user_id)
         if found is None:
-            raise not_found(user_id)
+            raise _not_found(user_id)
         return found
 
     def list(self, size: int, token: str, filter_text: str, order_by: str, show_deleted: bool) -> UserPage:
@@ -296,7 +294,7 @@ class Users:
                 return updated
             found = repo.user(user_id)
         if found is None:
-            raise not_found(user_id)
+            raise _not_found(user_id)
         if found.state == DELETED:
             raise _deleted(user_id)
         raise _stale(found, etag)
@@ -311,7 +309,7 @@ class Users:
                 return deleted
             found = repo.user(user_id)
         if found is None:
-            raise not_found(user_id)
+            raise _not_found(user_id)
         if found.state == DELETED:
             return found
         raise _stale(found, etag)
@@ -320,7 +318,7 @@ class Users:
         with self.transactions() as repo:
             found = repo.preferences(user_id)
         if found is None:
-            raise not_found(user_id)
+            raise _not_found(user_id)
         return found
 
     def update_preferences(self, user_id: str, paths: Sequence[str], given: PreferencesChange) -> Preferences:
@@ -344,12 +342,12 @@ class Users:
                 return updated
             found = repo.user(user_id)
         if found is None:
-            raise not_found(user_id)
+            raise _not_found(user_id)
         raise _deleted(user_id)
 
     def contact(self, user_id: str) -> Contact:
         with self.transactions() as repo:
             user, preferences = repo.user(user_id), repo.preferences(user_id)
         if user is None or preferences is None:
-            raise not_found(user_id)
+            raise _not_found(user_id)
         return Contact(user, preferences)

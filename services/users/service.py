@@ -13,7 +13,7 @@ from services.kit.errors import FieldViolation, InvalidArgument
 from services.kit.fieldmask import update_paths
 from services.kit.names import resource_id
 from services.kit.wire import timestamp
-from services.users.domain import ACTIVE, Contact, Preferences, PreferencesChange, User, Users, not_found
+from services.users.domain import ACTIVE, Contact, Preferences, PreferencesChange, User, Users
 
 __all__ = ["UsersServicer"]
 
@@ -99,7 +99,7 @@ class UsersServicer(users_service_pb2_grpc.UsersServiceServicer):
 
     def GetUser(self, request: pb.GetUserRequest, context: grpc.ServicerContext) -> resources_pb2.User:
         user_id = resource_id(request.name, "users")
-        authz.require_owner(f"users/{user_id}", not_found(user_id))
+        authz.require_owner(f"users/{user_id}", f"users/{user_id}")
         return _user(self._users.get(user_id))
 
     def ListUsers(self, request: pb.ListUsersRequest, context: grpc.ServicerContext) -> pb.ListUsersResponse:
@@ -113,20 +113,20 @@ class UsersServicer(users_service_pb2_grpc.UsersServiceServicer):
     def UpdateUser(self, request: pb.UpdateUserRequest, context: grpc.ServicerContext) -> resources_pb2.User:
         given = request.user
         user_id = resource_id(given.name, "users", field="user.name")
-        authz.require_owner(f"users/{user_id}", not_found(user_id))
+        authz.require_owner(f"users/{user_id}", f"users/{user_id}")
         paths = _paths(request.update_mask, given)
         return _user(self._users.update(user_id, paths, given.display_name, given.etag))
 
     def DeleteUser(self, request: pb.DeleteUserRequest, context: grpc.ServicerContext) -> resources_pb2.User:
         user_id = resource_id(request.name, "users")
-        authz.require_owner(f"users/{user_id}", not_found(user_id))
+        authz.require_owner(f"users/{user_id}", f"users/{user_id}")
         return _user(self._users.delete(user_id, request.etag))
 
     def GetPreferences(
         self, request: pb.GetPreferencesRequest, context: grpc.ServicerContext
     ) -> resources_pb2.Preferences:
         user_id = _preferences_owner(request.name, field="name")
-        authz.require_owner(f"users/{user_id}", not_found(user_id))
+        authz.require_owner(f"users/{user_id}", f"users/{user_id}/preferences")
         return _preferences(self._users.preferences(user_id))
 
     def UpdatePreferences(
@@ -134,7 +134,7 @@ class UsersServicer(users_service_pb2_grpc.UsersServiceServicer):
     ) -> resources_pb2.Preferences:
         given = request.preferences
         user_id = _preferences_owner(given.name, field="preferences.name")
-        authz.require_owner(f"users/{user_id}", not_found(user_id))
+        authz.require_owner(f"users/{user_id}", f"users/{user_id}/preferences")
         change = PreferencesChange(
             email_enabled=given.email_enabled if given.HasField("email_enabled") else None,
             webhook_enabled=given.webhook_enabled if given.HasField("webhook_enabled") else None,

@@ -215,18 +215,23 @@ def test_introspection_is_internal(system: Deployment) -> None:
     assert refused[:2] == (grpc.StatusCode.PERMISSION_DENIED, "CALLER_NOT_ALLOWED")
 
 
-def test_a_user_reads_their_own_identity_but_not_anothers(system: Deployment) -> None:
+def test_a_user_reads_their_own_identity_but_not_anothers(system: Deployment, admin: str) -> None:
     alice, alice_email = system.register()
     bob, _ = system.register()
     token = bearer(system.login(alice_email).access_token)
     assert (
         system.auth().GetIdentity(pb.GetIdentityRequest(name=alice), metadata=token, timeout=10).name == alice
     )
-    # AIP-211: another's identity answers exactly as a missing one does.
+    # AIP-211: permission before existence, so another's identity and a missing one get the
+    # same PERMISSION_DENIED; only an admin learns that users/nobody does not exist.
     refused = _refused(system.auth().GetIdentity, pb.GetIdentityRequest(name=bob), metadata=token)
-    assert refused[:2] == (grpc.StatusCode.NOT_FOUND, "IDENTITY_NOT_FOUND")
+    assert refused[:2] == (grpc.StatusCode.PERMISSION_DENIED, "NOT_OWNER")
     missing = _refused(system.auth().GetIdentity, pb.GetIdentityRequest(name="users/nobody"), metadata=token)
     assert missing[:2] == refused[:2]
+    as_admin = _refused(
+        system.auth().GetIdentity, pb.GetIdentityRequest(name="users/nobody"), metadata=bearer(admin)
+    )
+    assert as_admin[:2] == (grpc.StatusCode.NOT_FOUND, "IDENTITY_NOT_FOUND")
 
 
 def test_a_user_cannot_call_admin_methods(system: Deployment) -> None:

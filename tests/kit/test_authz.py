@@ -39,21 +39,25 @@ ORDERS = {"orders/a1": ALICE, "orders/b1": BOB}
 PAYMENTS = {"payments/pb1": BOB}
 
 
-def _missing(kind: str, name: str) -> NotFound:
-    return NotFound(f"{kind}_NOT_FOUND", "{name} does not exist", name=name)
+def _existing(table: dict[str, str], name: str) -> str:
+    """A handler's existence check, after the owner check (AIP-211)."""
+    if name not in table:
+        raise NotFound("NOT_THERE", "{name} does not exist", name=name)
+    return table[name]
 
 
 class Orders(orders_service_pb2_grpc.OrdersServiceServicer):
     def GetOrder(
         self, request: orders_pb.GetOrderRequest, context: grpc.ServicerContext
     ) -> resources_pb2.Order:
-        authz.require_owner(ORDERS.get(request.name, ""), _missing("ORDER", request.name))
-        return resources_pb2.Order(name=request.name, owner=ORDERS[request.name])
+        authz.require_owner(ORDERS.get(request.name, ""), request.name)
+        return resources_pb2.Order(name=request.name, owner=_existing(ORDERS, request.name))
 
     def CancelOrder(
         self, request: orders_pb.CancelOrderRequest, context: grpc.ServicerContext
     ) -> resources_pb2.Order:
-        authz.require_owner(ORDERS.get(request.name, ""), _missing("ORDER", request.name))
+        authz.require_owner(ORDERS.get(request.name, ""), request.name)
+        _existing(ORDERS, request.name)
         return resources_pb2.Order(name=request.name, state=resources_pb2.Order.STATE_CANCELLED)
 
     def ListOrders(self, request: orders_pb.ListOrdersRequest, context: grpc.ServicerContext) -> Any:
@@ -67,7 +71,8 @@ class Orders(orders_service_pb2_grpc.OrdersServiceServicer):
     def WatchOrder(
         self, request: orders_pb.WatchOrderRequest, context: grpc.ServicerContext
     ) -> Iterator[Any]:
-        authz.require_owner(ORDERS.get(request.name, ""), _missing("ORDER", request.name))
+        authz.require_owner(ORDERS.get(request.name, ""), request.name)
+        _existing(ORDERS, request.name)
         yield orders_pb.WatchOrderResponse(order=resources_pb2.Order(name=request.name))
 
 
@@ -87,8 +92,8 @@ class Payments(payments_service_pb2_grpc.PaymentsServiceServicer):
         return payments_resources.Payment(name="payments/p1")
 
     def GetPayment(self, request: payments_pb.GetPaymentRequest, context: grpc.ServicerContext) -> Any:
-        authz.require_owner(PAYMENTS.get(request.name, ""), _missing("PAYMENT", request.name))
-        return payments_resources.Payment(name=request.name, owner=PAYMENTS[request.name])
+        authz.require_owner(PAYMENTS.get(request.name, ""), request.name)
+        return payments_resources.Payment(name=request.name, owner=_existing(PAYMENTS, request.name))
 
 
 def _unpoliced_registration() -> server.Registration:
@@ -173,21 +178,29 @@ def _token(
     return [("authorization", f"Bearer {token}")]
 
 
-def _fails(
+def _refusal(
     call: Any, request: Any, metadata: list[tuple[str, str]] | None = None
-) -> tuple[grpc.StatusCode, str]:
+) -> tuple[grpc.StatusCode, str, str, dict[str, str]]:
+    """Code, reason, message and ErrorInfo metadata of a refused call."""
     with pytest.raises(grpc.RpcError) as failed:
         result = call(request, metadata=metadata, timeout=10)
         if hasattr(result, "__next__"):
             list(result)
     status = rpc_status.from_call(failed.value)
-    reason = ""
+    reason, metadata_seen = "", {}
     if status is not None:
         for detail in status.details:
             info = error_details_pb2.ErrorInfo()
             if detail.Unpack(info):
-                reason = info.reason
-    return failed.value.code(), reason
+                reason, metadata_seen = info.reason, dict(info.metadata)
+    return failed.value.code(), reason, failed.value.details() or "", metadata_seen
+
+
+def _fails(
+    call: Any, request: Any, metadata: list[tuple[str, str]] | None = None
+) -> tuple[grpc.StatusCode, str]:
+    code, reason, _, _ = _refusal(call, request, metadata)
+    return code, reason
 
 
 def test_the_owner_reads_their_order(as_cli: grpc.Channel, signer: Signer) -> None:
@@ -198,24 +211,47 @@ def test_the_owner_reads_their_order(as_cli: grpc.Channel, signer: Signer) -> No
     )
 
 
-def test_user_a_cannot_read_or_cancel_user_bs_order(as_cli: grpc.Channel, signer: Signer) -> None:
-    # AIP-211: another's order answers as a missing one, so ids cannot be enumerated.
+def _not_owner(name: str) -> tuple[grpc.StatusCode, str, str, dict[str, str]]:
+    return (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "NOT_OWNER",
+        f"the caller may not access {name}",
+        {"resource": name},
+    )
+
+
+def test_user_a_cannot_read_or_cancel_user_bs_order_or_a_missing_one(
+    as_cli: grpc.Channel, signer: Signer
+) -> None:
+    # AIP-211: permission before existence. Another's order and a missing one get the same
+    # PERMISSION_DENIED, naming only what was asked for (never the owner), so ids cannot be
+    # enumerated.
     stub = orders_service_pb2_grpc.OrdersServiceStub(as_cli)
     alice = _token(signer, ALICE)
-    hidden = (grpc.StatusCode.NOT_FOUND, "ORDER_NOT_FOUND")
-    assert _fails(stub.GetOrder, orders_pb.GetOrderRequest(name="orders/b1"), alice) == hidden
-    assert _fails(stub.CancelOrder, orders_pb.CancelOrderRequest(name="orders/b1"), alice) == hidden
-    assert _fails(stub.WatchOrder, orders_pb.WatchOrderRequest(name="orders/b1"), alice) == hidden
+    for name in ("orders/b1", "orders/none"):
+        assert _refusal(stub.GetOrder, orders_pb.GetOrderRequest(name=name), alice) == _not_owner(name)
+        assert _refusal(stub.CancelOrder, orders_pb.CancelOrderRequest(name=name), alice) == _not_owner(name)
+        assert _refusal(stub.WatchOrder, orders_pb.WatchOrderRequest(name=name), alice) == _not_owner(name)
 
 
 def test_user_a_cannot_read_user_bs_payment_or_a_missing_one(as_cli: grpc.Channel, signer: Signer) -> None:
     stub = payments_service_pb2_grpc.PaymentsServiceStub(as_cli)
     alice, bob = _token(signer, ALICE), _token(signer, BOB)
-    hidden = (grpc.StatusCode.NOT_FOUND, "PAYMENT_NOT_FOUND")
-    assert _fails(stub.GetPayment, payments_pb.GetPaymentRequest(name="payments/pb1"), alice) == hidden
-    # Permission is checked before existence: a missing payment answers the same.
-    assert _fails(stub.GetPayment, payments_pb.GetPaymentRequest(name="payments/none"), alice) == hidden
+    theirs = _refusal(stub.GetPayment, payments_pb.GetPaymentRequest(name="payments/pb1"), alice)
+    missing = _refusal(stub.GetPayment, payments_pb.GetPaymentRequest(name="payments/pb2"), alice)
+    assert theirs == _not_owner("payments/pb1")
+    assert missing == _not_owner("payments/pb2")
+    assert BOB not in str(theirs)
     assert stub.GetPayment(payments_pb.GetPaymentRequest(name="payments/pb1"), metadata=bob).owner == BOB
+
+
+def test_an_admin_learns_that_a_resource_does_not_exist(as_cli: grpc.Channel, signer: Signer) -> None:
+    stub = orders_service_pb2_grpc.OrdersServiceStub(as_cli)
+    admin = _token(signer, ALICE, ["admin"])
+    assert _fails(stub.GetOrder, orders_pb.GetOrderRequest(name="orders/none"), admin) == (
+        grpc.StatusCode.NOT_FOUND,
+        "NOT_THERE",
+    )
 
 
 def test_an_admin_passes_the_owner_check(as_cli: grpc.Channel, signer: Signer) -> None:
@@ -333,4 +369,4 @@ def test_principal_outside_a_call_is_unauthenticated() -> None:
     with pytest.raises(Unauthenticated):
         authz.principal()
     with pytest.raises(Unauthenticated):
-        authz.require_owner(ALICE, _missing("ORDER", "orders/a1"))
+        authz.require_owner(ALICE, "orders/a1")

@@ -424,13 +424,27 @@ def test_another_users_delivery_and_webhook_are_refused(system: System) -> None:
     event_id, _ = _push(system, _paid(owner))
     deliveries = _deliveries(system, owner, event_id, 2)
     webhook = deliveries[1].webhook
+    # AIP-211: permission before existence, so another's resource and a missing one get the
+    # same PERMISSION_DENIED, naming only the name asked for.
     for call, request in [
         (system.notifications.GetDelivery, pb.GetDeliveryRequest(name=deliveries[0].name)),
         (system.notifications.GetWebhook, pb.GetWebhookRequest(name=webhook)),
         (system.notifications.DeleteWebhook, pb.DeleteWebhookRequest(name=webhook)),
         (system.notifications.GetDelivery, pb.GetDeliveryRequest(name="deliveries/does-not-exist")),
+        (system.notifications.GetWebhook, pb.GetWebhookRequest(name="webhooks/does-not-exist")),
+        (system.notifications.DeleteWebhook, pb.DeleteWebhookRequest(name="webhooks/does-not-exist")),
     ]:
-        assert _refused(call, request, intruder.metadata)[0] == grpc.StatusCode.NOT_FOUND  # AIP-211
+        with pytest.raises(grpc.RpcError) as failed:
+            call(request, metadata=intruder.metadata, timeout=10)
+        found = refusal(failed.value)
+        assert (found.code, found.reason) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_OWNER"), request
+        assert found.message == f"the caller may not access {request.name}", request
+        assert found.metadata == {"resource": request.name} and owner.name not in found.message, request
+    for call, request in [
+        (system.notifications.GetDelivery, pb.GetDeliveryRequest(name="deliveries/does-not-exist")),
+        (system.notifications.GetWebhook, pb.GetWebhookRequest(name="webhooks/does-not-exist")),
+    ]:
+        assert _refused(call, request, system.admin)[0] == grpc.StatusCode.NOT_FOUND, request
     found = system.notifications.GetWebhook(pb.GetWebhookRequest(name=webhook), metadata=owner.metadata)
     assert found.url.endswith(path)
     seen = system.notifications.ListDeliveries(

@@ -313,21 +313,28 @@ def test_a_capture_refused_as_voided_is_not_retried(system: System) -> None:
     assert len(system.payments.calls_for(payment)) == 1
 
 
-def test_another_users_order_answers_as_a_missing_one(system: System) -> None:
-    # AIP-211: "not yours" and "not there" look alike, so order ids cannot be enumerated.
-    _, owner = system.user()
+def test_another_users_order_and_a_missing_one_are_permission_denied_alike(system: System) -> None:
+    # AIP-211: permission before existence, so "not yours" and "not there" get the same
+    # PERMISSION_DENIED naming only the order asked for, and order ids cannot be enumerated.
+    owner_name, owner = system.user()
     _, thief = system.user()
     order = create(system, owner)
-    get, cancel = pb.GetOrderRequest(name=order.name), pb.CancelOrderRequest(name=order.name)
-    hidden = (grpc.StatusCode.NOT_FOUND, "ORDER_NOT_FOUND")
-    assert _refused(system.stub().GetOrder, get, thief)[:2] == hidden
-    assert _refused(system.stub().CancelOrder, cancel, thief)[:2] == hidden
-    missing = pb.GetOrderRequest(name="orders/does-not-exist")
-    assert _refused(system.stub().GetOrder, missing, thief)[:2] == hidden
-    watch = system.stub().WatchOrder(pb.WatchOrderRequest(name=order.name), metadata=thief, timeout=10)
-    with pytest.raises(grpc.RpcError) as failed:
-        next(iter(watch))
-    assert refusal(failed.value).code == grpc.StatusCode.NOT_FOUND
+    stub = system.stub()
+    for name in (order.name, "orders/does-not-exist"):
+        for call, request in (
+            (stub.GetOrder, pb.GetOrderRequest(name=name)),
+            (stub.CancelOrder, pb.CancelOrderRequest(name=name)),
+            (stub.WatchOrder, pb.WatchOrderRequest(name=name)),
+        ):
+            with pytest.raises(grpc.RpcError) as failed:
+                answer = call(request, metadata=thief, timeout=10)  # type: ignore[operator]
+                if hasattr(answer, "__next__"):
+                    next(answer)  # a stream fails on its first message
+            found = refusal(failed.value)
+            assert (found.code, found.reason) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_OWNER"), request
+            assert found.message == f"the caller may not access {name}"
+            assert found.metadata == {"resource": name} and owner_name not in found.message
+    get = pb.GetOrderRequest(name=order.name)
     fulfil = pb.FulfillOrderRequest(name=order.name)
     assert _refused(system.stub().FulfillOrder, fulfil, owner)[0] == grpc.StatusCode.PERMISSION_DENIED
     assert system.stub().GetOrder(get, metadata=owner, timeout=10).state == State.STATE_PENDING
@@ -364,12 +371,16 @@ def test_bad_names_are_invalid_argument(system: System, name: str) -> None:
     assert refusal(failed.value).code == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_unknown_orders_are_not_found(system: System) -> None:
+def test_unknown_orders_are_not_found_for_an_admin_only(system: System) -> None:
     _, who = system.user()
     request = pb.GetOrderRequest(name="orders/nowhere-to-be-found")
-    assert _refused(system.stub().GetOrder, request, who)[:2] == (
+    assert _refused(system.stub().GetOrder, request, system.admin())[:2] == (
         grpc.StatusCode.NOT_FOUND,
         "ORDER_NOT_FOUND",
+    )
+    assert _refused(system.stub().GetOrder, request, who)[:2] == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "NOT_OWNER",
     )
 
 

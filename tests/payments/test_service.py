@@ -480,15 +480,27 @@ def test_a_user_cannot_read_another_users_account_payment_or_ledger(
         (stub.GetPayment, pb.GetPaymentRequest(name=payment)),
         (stub.GetPayment, pb.GetPaymentRequest(name="payments/does-not-exist")),
     ]
-    for call, request in attempts:  # AIP-211: another's resource answers as a missing one
+    # AIP-211: permission before existence, so another's resource and a missing one get the
+    # same PERMISSION_DENIED, naming only the name asked for, never the owner.
+    for call, request in attempts:
+        asked = getattr(request, "name", "") or getattr(request, "parent", "")
         found = refusal(refused(call, request, metadata=intruder.metadata))
-        assert found.code == grpc.StatusCode.NOT_FOUND, request
-        assert found.reason in ("ACCOUNT_NOT_FOUND", "PAYMENT_NOT_FOUND"), request
+        assert (found.code, found.reason) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_OWNER"), request
+        assert found.message == f"the caller may not access {asked}", request
+        assert found.metadata == {"resource": asked}, request
         assert owner.user not in found.message, request
-    missing = refusal(
-        refused(stub.GetPayment, pb.GetPaymentRequest(name="payments/nope"), metadata=system.admin)
-    )
-    assert missing.code == grpc.StatusCode.NOT_FOUND
+    # Only an admin (who may see everything) learns that a resource does not exist.
+    for call, request, reason in (
+        (stub.GetPayment, pb.GetPaymentRequest(name="payments/nope"), "PAYMENT_NOT_FOUND"),
+        (stub.GetAccount, pb.GetAccountRequest(name="accounts/nope"), "ACCOUNT_NOT_FOUND"),
+        (
+            stub.GetLedgerEntry,
+            pb.GetLedgerEntryRequest(name=f"{owner.account}/ledgerEntries/nope"),
+            "LEDGER_ENTRY_NOT_FOUND",
+        ),
+    ):
+        missing = refusal(refused(call, request, metadata=system.admin))
+        assert (missing.code, missing.reason) == (grpc.StatusCode.NOT_FOUND, reason), request
     listed = stub.ListAccounts(pb.ListAccountsRequest(), metadata=intruder.metadata, timeout=10)
     assert [a.name for a in listed.accounts] == [intruder.account]
 

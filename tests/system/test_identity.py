@@ -122,9 +122,11 @@ def test_one_user_cannot_read_anothers_identity_or_profile(system: Deployment) -
     _alice, alice_email = system.register()
     bob, _ = system.register()
     token = bearer(system.login(alice_email).access_token)
-    # AIP-211: another's identity and profile answer as missing ones.
-    assert _answer(system, "auth", bob, token) == grpc.StatusCode.NOT_FOUND
-    assert _answer(system, "users", bob, token) == grpc.StatusCode.NOT_FOUND
+    # AIP-211: permission before existence, so another's identity and profile, and missing
+    # ones, are all PERMISSION_DENIED.
+    for name in (bob, "users/nobody"):
+        assert _answer(system, "auth", name, token) == grpc.StatusCode.PERMISSION_DENIED, name
+        assert _answer(system, "users", name, token) == grpc.StatusCode.PERMISSION_DENIED, name
 
 
 def test_rotation_keeps_old_tokens_valid_everywhere_until_their_key_is_withdrawn(system: Deployment) -> None:

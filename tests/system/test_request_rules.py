@@ -5,9 +5,11 @@ method of every service each process serves (as its reflection lists them) is ch
 
 - field behaviour: an empty request from a caller the method admits is INVALID_ARGUMENT
   naming exactly the method's REQUIRED top-level fields;
-- ownership (AIP-211): every ACCESS_OWNER method answers user B the same NOT_FOUND, with a
-  message of the same shape naming no owner, for user A's real resource and for one that
-  does not exist; the mutating ones change nothing, and A and an admin still see A's;
+- ownership (AIP-211, permission before existence): every ACCESS_OWNER method answers
+  user B the same PERMISSION_DENIED NOT_OWNER, naming only the resource asked for (never
+  its owner), for user A's real resource and for one that does not exist; the mutating
+  ones change nothing, A and an admin still see A's, and only an admin learns NOT_FOUND
+  for the one that does not exist;
 - the access log: a WatchOrder the client cancels is logged CANCELLED, not OK.
 """
 
@@ -332,7 +334,28 @@ def _found(call: Any) -> bool:
     return True
 
 
-def test_every_owner_checked_method_answers_anothers_resource_as_a_missing_one(
+def _as_admin(
+    system: Deployment,
+    admin: list[tuple[str, str]],
+    method: MethodDescriptor,
+    owned: list[tuple[str, MethodDescriptor]],
+    name: str,
+    real: str,
+) -> Message:
+    """The request an admin sends to `method` for `name`: a resource in the request (an
+    update) is a copy of the real one, so only its name can make the call fail."""
+    patterns = _resource_patterns()
+    target = _target(method, patterns)
+    request = _request(method, target, name)
+    if len(target.path) == 2:
+        process, get = _get_method(target.resource_type, owned)
+        current = _call(system, process, get, _request(get, _target(get, patterns), real), metadata=admin)
+        getattr(request, target.path[0]).CopyFrom(current)
+        setattr(getattr(request, target.path[0]), "name", name)  # noqa: B010 - a field of any resource
+    return request
+
+
+def test_every_owner_checked_method_refuses_anothers_resource_and_a_missing_one_alike(
     system: Deployment, admin: list[tuple[str, str]]
 ) -> None:
     owned = [
@@ -360,7 +383,7 @@ def test_every_owner_checked_method_answers_anothers_resource_as_a_missing_one(
         return taken
 
     before = snapshot()
-    different = {}
+    different, not_found = {}, {}
     for process, method in owned:
         target = _target(method, patterns)
         real, missing = names[target.resource_type], _missing_name(patterns[target.resource_type])
@@ -368,14 +391,28 @@ def test_every_owner_checked_method_answers_anothers_resource_as_a_missing_one(
         for name in (real, missing):
             with pytest.raises(grpc.RpcError) as refused:
                 _call(system, process, method, _request(method, target, name), metadata=bob)
+            found = refusal(refused.value)
             answers.append(_shape(refused.value, name))
-            assert alice not in refusal(refused.value).message or alice in name, method.full_name
-        if answers[0] != answers[1] or answers[0][0] != grpc.StatusCode.NOT_FOUND:
+            # Only the name asked for: never the owner, unless the name itself is alice's.
+            assert found.message == f"the caller may not access {name}", (method.full_name, found)
+            assert found.metadata == {"resource": name}, (method.full_name, found)
+            assert alice not in found.message or name.startswith(alice), method.full_name
+        expected = (grpc.StatusCode.PERMISSION_DENIED, "NOT_OWNER")
+        if answers[0] != answers[1] or answers[0][:2] != expected:
             different[method.full_name] = answers
         if method.name.startswith(_READS):  # the owner and an admin still see it
             for caller in (alice_token, admin):
                 assert _call(system, process, method, _request(method, target, real), metadata=caller)
+        # Permission passed, existence is checked: an admin learns the made-up one is missing.
+        request = _as_admin(system, admin, method, owned, missing, real)
+        try:
+            answer: Any = _call(system, process, method, request, metadata=admin)
+        except grpc.RpcError as error:
+            answer = refusal(error)
+        if getattr(answer, "code", None) != grpc.StatusCode.NOT_FOUND:
+            not_found[method.full_name] = answer
     assert not different, different
+    assert not not_found, not_found
     assert snapshot() == before, "a refused call changed the resource"
 
 

@@ -136,14 +136,17 @@ def test_registration_creates_the_profile_with_default_preferences(
     assert (list(preferences.muted_event_types), preferences.locale) == ([], "en")
 
 
-def test_a_missing_user_is_not_found_for_an_admin_and_for_a_user(
+def test_a_missing_user_is_not_found_for_an_admin_and_refused_to_a_user(
     users: users_service_pb2_grpc.UsersServiceStub, admin: list[tuple[str, str]], person: Person
 ) -> None:
-    missing = pb.GetUserRequest(name=f"users/{uuid.uuid4()}")
+    name = f"users/{uuid.uuid4()}"
+    missing = pb.GetUserRequest(name=name)
     found = _refused(users.GetUser, missing, metadata=admin)
     assert (found.code, found.reason) == (grpc.StatusCode.NOT_FOUND, "USER_NOT_FOUND")
-    hidden = _refused(users.GetUser, missing, metadata=person.auth)
-    assert (hidden.code, hidden.reason, hidden.message) == (found.code, found.reason, found.message)
+    # AIP-211: permission before existence; a user is refused whether or not it exists.
+    refused = _refused(users.GetUser, missing, metadata=person.auth)
+    assert (refused.code, refused.reason) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_OWNER")
+    assert (refused.message, refused.metadata) == (f"the caller may not access {name}", {"resource": name})
     assert _refused(users.GetUser, missing).code == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -584,9 +587,11 @@ def test_a_user_cannot_touch_another_users_profile_or_preferences(
     before_prefs = users.GetPreferences(prefs, metadata=victim.auth, timeout=10)
     with pytest.raises(grpc.RpcError) as failed:
         attack(users, victim, person.auth)
-    found = refusal(failed.value)  # AIP-211: answered as if the victim did not exist
-    assert (found.code, found.reason) == (grpc.StatusCode.NOT_FOUND, "USER_NOT_FOUND")
-    assert victim.name.split("/")[1] in found.message and person.name not in found.message
+    found = refusal(failed.value)  # AIP-211: the same answer as for a user that does not exist
+    assert (found.code, found.reason) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_OWNER")
+    assert found.metadata["resource"] in (victim.name, victim.preferences)
+    assert found.message == f"the caller may not access {found.metadata['resource']}"
+    assert person.name not in found.message
     assert users.GetUser(pb.GetUserRequest(name=victim.name), metadata=victim.auth, timeout=10) == before
     assert users.GetPreferences(prefs, metadata=victim.auth, timeout=10) == before_prefs
 
