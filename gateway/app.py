@@ -1,19 +1,29 @@
 """The HTTP side of the edge: one aiohttp handler turns each request into a gRPC call.
 
-Per request: route (404, or 405 with ``Allow``), build the request message from the path
-variables, the body and the query (400 with field violations), forward the headers as
-metadata, call the backend with the client's ``Grpc-Timeout`` or the route's default
-deadline (cancelled if the client goes away), and answer with proto3 JSON, NDJSON or
-Server-Sent Events. Every failure, routing misses included, leaves as one
-``google.rpc.Status`` body rendered by `gateway.errors.render_status`.
+Per request: route (404, or 405 with ``Allow``), hold the client to its limits (429 with
+``Retry-After``), build the request message from the path variables, the body and the query (400
+with field violations), forward the headers as metadata, call the backend with the client's
+``Grpc-Timeout`` or the route's default deadline (cancelled if the client goes away), and answer
+with proto3 JSON, NDJSON or Server-Sent Events. Every failure, routing misses included, leaves
+as one ``google.rpc.Status`` body rendered by `gateway.errors.render_status`.
+
+The client's address is the TCP peer, or, when the peer is a configured trusted proxy, the
+rightmost ``X-Forwarded-For`` entry that is not one (`gateway.headers.client_address`). The
+rate limit is a token bucket per key: ``principal:<sub>`` when the edge has a token verifier
+(`gateway.tokens`) and the request's bearer token verifies, else ``address:<address>``, so
+a token the edge cannot vouch for never earns its own bucket. A token the verifier refuses
+counts at once as a failed authentication of the address, as does every UNAUTHENTICATED
+answer of a backend (once per request); past ``auth_failures_per_address`` in a window, the
+address gets 429 until the window ends, whatever credential it sends. The verifier only
+picks the bucket: the backends verify every token again and decide.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +38,9 @@ from google.rpc import status_pb2
 from gateway import errors, headers, jsoncodec, query, streaming
 from gateway.backends import READY_STATES, Backends
 from gateway.config import Limits
+from gateway.limits import FailureWindows, TokenBuckets
 from gateway.routes import MethodNotAllowed, Route, RouteNotFound, Router
+from gateway.tokens import CannotVerify, TokenVerifier, bearer_token
 
 __all__ = ["Edge", "Routing", "SuccessStatus", "default_success_status"]
 
@@ -83,27 +95,6 @@ def _plan(route: Route, success_status: SuccessStatus) -> _Plan:
     return _Plan(_message_class(request), response, body_field, bound, success_status(route))
 
 
-class _TokenBuckets:
-    """Per-identity token buckets: `rate` tokens a second, at most `burst` saved up."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate, self._burst = rate, burst
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, identity: str) -> float:
-        """0 when a request may go now, else the seconds until one may."""
-        now = time.monotonic()
-        tokens, stamp = self._buckets.get(identity, (float(self._burst), now))
-        tokens = min(float(self._burst), tokens + (now - stamp) * self._rate)
-        if tokens < 1.0:
-            self._buckets[identity] = (tokens, now)
-            return (1.0 - tokens) / self._rate
-        self._buckets[identity] = (tokens - 1.0, now)
-        if len(self._buckets) > 100_000:  # forget the idle ones instead of growing forever
-            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
-        return 0.0
-
-
 class _Refusal(Exception):
     def __init__(self, status: status_pb2.Status, http: int, extra: dict[str, str] | None = None) -> None:
         super().__init__(status.message)
@@ -123,6 +114,17 @@ def _refusal(
     return _Refusal(status, http or errors.http_status(code), extra)
 
 
+@dataclass(slots=True)
+class _Client:
+    """Who sent a request, as far as the limits are concerned."""
+
+    address: str
+    key: str = ""
+    """The rate limit's bucket: ``principal:<sub>`` or ``address:<address>``."""
+    failure_counted: bool = False
+    """A failed authentication of this request was counted already."""
+
+
 @dataclass(frozen=True)
 class _Compiled:
     router: Router
@@ -140,15 +142,35 @@ def _compiled(routing: Routing) -> _Compiled:
 
 
 class Edge:
-    """The aiohttp application serving `routing`'s routes from `backends`."""
+    """The aiohttp application serving `routing`'s routes from `backends`.
 
-    def __init__(self, routing: Routing, backends: Backends, settings: Limits) -> None:
+    `verify_token` names the principal of a bearer token, to limit per principal; without
+    one (the default), every request is limited by its client's address.
+    """
+
+    def __init__(
+        self,
+        routing: Routing,
+        backends: Backends,
+        settings: Limits,
+        *,
+        verify_token: TokenVerifier | None = None,
+    ) -> None:
         self._routes = _compiled(routing)
         self._backends = backends
         self._settings = settings
         self._buckets = (
-            _TokenBuckets(settings.rate_per_second, settings.rate_burst) if settings.rate_per_second else None
+            TokenBuckets(settings.rate_per_second, settings.rate_burst) if settings.rate_per_second else None
         )
+        self._failures = (
+            FailureWindows(settings.auth_failures_per_address, settings.auth_failure_window_seconds)
+            if settings.auth_failures_per_address
+            else None
+        )
+        self._trusted = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in settings.trusted_proxies)
+        # Verified only when a limit would use the answer.
+        limited = self._buckets is not None or self._failures is not None
+        self._verify_token = verify_token if limited else None
 
     def reroute(self, routing: Routing) -> None:
         """Serve `routing` from now on; requests already routed finish on the old routes."""
@@ -207,8 +229,13 @@ class Edge:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         request_id = headers.request_id(request.headers.items())
+        client = _Client(
+            headers.client_address(
+                request.remote or "", request.headers.getall("X-Forwarded-For", []), self._trusted
+            )
+        )
         try:
-            return await self._transcode(request, request_id)
+            return await self._transcode(request, request_id, client)
         except _Refusal as refused:
             return self._error(refused.status, refused.http, request_id, refused.extra)
         except errors.BadRequest as bad:
@@ -219,7 +246,11 @@ class Edge:
             return self._error(status, 400, request_id)
         except grpc.aio.AioRpcError as failed:
             status = errors.status_of_rpc_error(failed)
-            extra = {"WWW-Authenticate": "Bearer"} if failed.code() == grpc.StatusCode.UNAUTHENTICATED else {}
+            extra: dict[str, str] = {}
+            if failed.code() == grpc.StatusCode.UNAUTHENTICATED:
+                extra["WWW-Authenticate"] = "Bearer"
+                if self._failures is not None and not client.failure_counted:
+                    self._failures.record(client.address)
             return self._error(status, errors.http_status(failed.code()), request_id, extra)
         except Exception:  # noqa: BLE001 - one error shape for every failure, logged with its cause
             _log.exception("unexpected error", extra={"path": request.path, "request_id": request_id})
@@ -257,12 +288,34 @@ class Edge:
             ) from None
         return found.route, found.variables
 
-    def _limit_rate(self, request: web.Request) -> None:
-        if self._buckets is None:
+    def _identify(self, request: web.Request, client: _Client) -> None:
+        """Set `client`'s bucket, and count a token the verifier refuses as a failure."""
+        client.key = f"address:{client.address}"
+        if self._verify_token is None:
             return
-        identity = request.headers.get("Authorization", "") or (request.remote or "")
-        wait = self._buckets.take(identity)
-        if wait:
+        token = bearer_token(request.headers.getall("Authorization", []))
+        if token is None:
+            return
+        try:
+            principal = self._verify_token(token)
+        except CannotVerify:
+            return  # the backend decides; its UNAUTHENTICATED is counted then
+        if principal is not None:
+            client.key = f"principal:{principal}"
+        elif self._failures is not None:
+            self._failures.record(client.address)
+            client.failure_counted = True
+
+    def _limit_rate(self, request: web.Request, client: _Client) -> None:
+        if self._failures is not None and (wait := self._failures.wait(client.address)):
+            raise _refusal(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "too many failed authentications from this address",
+                "AUTHENTICATION_THROTTLED",
+                extra={"Retry-After": str(max(1, round(wait + 0.5)))},
+            )
+        self._identify(request, client)
+        if self._buckets is not None and (wait := self._buckets.take(client.key)):
             raise _refusal(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "too many requests",
@@ -284,10 +337,9 @@ class Edge:
                     "BODY_TOO_LARGE",
                     http=413,
                 ) from None
-            if body.strip():
-                if plan.body_field:
-                    body = b'{"' + plan.body_field.encode() + b'":' + body + b"}"
-                jsoncodec.parse_json(body, message, max_depth=self._settings.max_json_depth + 1)
+            jsoncodec.parse_json(
+                body, message, max_depth=self._settings.max_json_depth, field=plan.body_field
+            )
         query.apply_variables(message, variables)
         query.apply_query(
             message,
@@ -297,11 +349,11 @@ class Edge:
         )
         return message
 
-    async def _transcode(self, request: web.Request, request_id: str) -> web.StreamResponse:
+    async def _transcode(self, request: web.Request, request_id: str, client: _Client) -> web.StreamResponse:
         routes = self._routes  # one routing per request, even if a reload swaps it meanwhile
         route, variables = self._route(request, routes)
         plan = routes.plans[route]
-        self._limit_rate(request)
+        self._limit_rate(request, client)
         message = await self._message(request, route, plan, variables)
         timeout_header = request.headers.get("Grpc-Timeout")
         timeout = (
@@ -310,7 +362,7 @@ class Edge:
             else (None if route.server_streaming else self._settings.timeout_seconds)
         )
         metadata = headers.outgoing_metadata(
-            request.headers.items(), peer_ip=request.remote or "", host=request.host, request_id=request_id
+            request.headers.items(), client_ip=client.address, host=request.host, request_id=request_id
         )
         channel = self._backends.channel(route.method.containing_service.full_name)
         if route.server_streaming:

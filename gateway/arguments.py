@@ -6,6 +6,7 @@ either is collected into one `ConfigError`.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import re
 import tomllib
@@ -28,8 +29,8 @@ from gateway.config import (
 
 __all__ = ["from_arguments"]
 
-_SERVICE_NAME = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)+")
-_LISTEN = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[\w.-]*):(?P<port>\d{1,5})")
+_SERVICE_NAME = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)+", re.ASCII)
+_LISTEN = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[\w.-]*):(?P<port>\d{1,5})", re.ASCII)
 _MIN_REFRESH_SECONDS = 1.0
 
 
@@ -100,6 +101,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate-per-second", type=float, metavar="N", help="per client; 0 is off")
     parser.add_argument("--rate-burst", type=int, metavar="N")
     parser.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="repeatable")
+    parser.add_argument(
+        "--trusted-proxy",
+        action="append",
+        metavar="CIDR",
+        help="a proxy whose X-Forwarded-For names the client; repeatable (default: none)",
+    )
+    parser.add_argument(
+        "--auth-failures-per-address",
+        type=int,
+        metavar="N",
+        help="UNAUTHENTICATED answers per client in the window before 429; 0 is off",
+    )
+    parser.add_argument("--auth-failure-window-seconds", type=float, metavar="N")
     parser.add_argument("--ignore-query-parameter", action="append", metavar="NAME", help="repeatable")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -230,6 +244,8 @@ def _limits(args: argparse.Namespace, table: Mapping[str, Any], problems: list[s
         "max_json_depth": (int, 2, 1000),
         "rate_per_second": (float, 0.0, 1e6),
         "rate_burst": (int, 1, 1_000_000),
+        "auth_failures_per_address": (int, 0, 1_000_000),
+        "auth_failure_window_seconds": (float, 1.0, 86400.0),
     }
     values: dict[str, Any] = {}
     for name, (kind, low, high) in numbers.items():
@@ -251,6 +267,7 @@ def _limits(args: argparse.Namespace, table: Mapping[str, Any], problems: list[s
     for name, argument in (
         ("cors_origins", args.cors_origin),
         ("ignored_query_parameters", args.ignore_query_parameter),
+        ("trusted_proxies", args.trusted_proxy),
     ):
         value = argument if argument is not None else table.get(name)
         if value is None:
@@ -259,4 +276,17 @@ def _limits(args: argparse.Namespace, table: Mapping[str, Any], problems: list[s
             problems.append(f"limits.{name}: expected a list of strings")
         else:
             values[name] = tuple(value)
+    if "trusted_proxies" in values:
+        values["trusted_proxies"] = _networks(values["trusted_proxies"], problems)
     return replace(defaults, **values)
+
+
+def _networks(items: Sequence[str], problems: list[str]) -> tuple[str, ...]:
+    """CIDRs (or single addresses), each normalised; a problem for each that is neither."""
+    found: list[str] = []
+    for item in items:
+        try:
+            found.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError:
+            problems.append(f"limits.trusted_proxies: expected IP addresses or CIDRs, got {item!r}")
+    return tuple(found)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from services.kit.config import AuthSettings, Settings
 from services.kit.config import EdgeLimits as Limits
-from services.kit.config import Settings
 
 __all__ = [
     "TRANSPORT_KEYS",
@@ -27,6 +27,7 @@ __all__ = [
     "EdgeConfig",
     "Limits",
     "Target",
+    "TokenCheck",
     "Transport",
     "from_settings",
     "parse_target",
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 TransportMode = Literal["plaintext", "tls", "mtls"]
-_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[\w.-]+):(?P<port>\d{1,5})")
+_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[\w.-]+):(?P<port>\d{1,5})", re.ASCII)
 TRANSPORT_KEYS = frozenset({"plaintext", "cacert", "cert", "key", "server_name"})
 
 
@@ -69,6 +70,19 @@ class Target:
 
 
 @dataclass(frozen=True)
+class TokenCheck:
+    """Bearer tokens the edge verifies itself, only to key its rate limit on who is calling
+    (the backends still verify and decide): the signing keys come from Polyservice's auth
+    service at `keys_from` (its ``GetJwks``), and a token must match `auth`'s issuer,
+    audience and leeway."""
+
+    keys_from: Target
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    timeout_seconds: float = 5.0
+    """Deadline of one key-set fetch."""
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     """Everything `gateway.serve` needs."""
 
@@ -85,6 +99,8 @@ class EdgeConfig:
     title: str = "API"
     """The OpenAPI document's title."""
     limits: Limits = field(default_factory=Limits)
+    tokens: TokenCheck | None = None
+    """How to verify bearer tokens to limit per principal; None limits every client by address."""
     log_level: str = "INFO"
 
     @property
@@ -94,7 +110,8 @@ class EdgeConfig:
 
 def from_settings(settings: Settings) -> EdgeConfig:
     """Polyservice's own edge (`poly up`): its APIs over mTLS with the gateway's certificate,
-    each backend proving the component it is."""
+    each backend proving the component it is, and bearer tokens verified against the auth
+    service's keys (to limit per principal)."""
     gateway = settings.gateway
     if gateway is None:
         raise ConfigError(["these settings are not the gateway's"])
@@ -110,6 +127,9 @@ def from_settings(settings: Settings) -> EdgeConfig:
         port=settings.server.port,
         title="Polyservice",
         limits=gateway.limits,
+        tokens=TokenCheck(
+            target(settings.peers["auth"], "auth"), settings.auth, settings.client_deadline_seconds
+        ),
         log_level=settings.log_level,
     )
 

@@ -1,16 +1,20 @@
 """HTTP headers to gRPC metadata and back, as grpc-gateway's header matchers do.
 
-Incoming: `Authorization` becomes `authorization`, `Grpc-Metadata-<k>` becomes `<k>` (`-bin` values
-base64-decoded), `traceparent`/`tracestate` pass through, `x-request-id` is the request's id, and
-`x-forwarded-for`/`x-forwarded-host` are added. Nothing else is forwarded: not hop-by-hop headers, not
-reserved `grpc-*` keys, and not keys the gateway sets itself. Outgoing: header metadata becomes
-`Grpc-Metadata-<k>`, trailers `Grpc-Trailer-<k>`, with `-bin` values base64-encoded.
+Incoming: `Authorization` becomes `authorization` (a Bearer credential's scheme, matched in any
+case as RFC 7235 has it, written `Bearer`), `Grpc-Metadata-<k>` becomes `<k>` (`-bin` values
+base64-decoded), `traceparent`/`tracestate` pass through, `x-request-id` is the request's id,
+and `x-forwarded-for` (one address: the client, see `client_address`) and `x-forwarded-host` are
+added. Nothing else is forwarded: not hop-by-hop headers, not the client's own
+`X-Forwarded-For`, not reserved `grpc-*` keys, and not keys the gateway sets itself. Outgoing:
+header metadata becomes `Grpc-Metadata-<k>`, trailers `Grpc-Trailer-<k>`, with `-bin` values
+base64-encoded.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -19,6 +23,9 @@ from gateway.errors import BadRequest
 
 __all__ = [
     "HeaderMatcher",
+    "Network",
+    "client_address",
+    "normalized_authorization",
     "METADATA_PREFIX",
     "TRAILER_PREFIX",
     "default_header_matcher",
@@ -27,6 +34,9 @@ __all__ = [
     "parse_grpc_timeout",
     "response_headers",
 ]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+"""A trusted proxy's address range."""
 
 HeaderMatcher = Callable[[str], str | None]
 """Maps a lower-case HTTP header name to the metadata key it is forwarded as, or None to drop it."""
@@ -77,7 +87,7 @@ def default_header_matcher(name: str) -> str | None:
 def outgoing_metadata(
     headers: Iterable[tuple[str, str]],
     *,
-    peer_ip: str,
+    client_ip: str,
     host: str,
     request_id: str,
     header_matcher: HeaderMatcher = default_header_matcher,
@@ -85,11 +95,12 @@ def outgoing_metadata(
     """The gRPC metadata for a call made on behalf of an HTTP request.
 
     `headers` are the request's (name, value) pairs, names in any case, repeated names allowed.
+    `client_ip` is the client's address as the edge determined it (`client_address`): it is the
+    one ``x-forwarded-for`` entry sent, so a backend can trust the last entry it sees.
     Raises BadRequest for a metadata key that is not a valid gRPC key, a `-bin` value that is not
     base64, a text value that is not printable ASCII, or more than one Authorization header.
     """
     metadata: list[tuple[str, str | bytes]] = []
-    forwarded_for: list[str] = []
     authorization_seen = False
     for raw_name, value in headers:
         name = raw_name.lower()
@@ -97,12 +108,12 @@ def outgoing_metadata(
             if authorization_seen:
                 raise _bad_request(raw_name, "more than one Authorization header")
             authorization_seen = True
-            metadata.append(("authorization", _ascii_value(raw_name, value)))
+            metadata.append(("authorization", normalized_authorization(_ascii_value(raw_name, value))))
         elif name in _PASSED_THROUGH:
             if _ASCII_VALUE.fullmatch(value):
                 metadata.append((name, value))
         elif name == "x-forwarded-for":
-            forwarded_for.extend(part.strip() for part in value.split(",") if part.strip())
+            continue  # replaced by the address the edge vouches for
         else:
             key = header_matcher(name)
             if key is None:
@@ -113,8 +124,48 @@ def outgoing_metadata(
                 continue
             metadata.append((key, _metadata_value(raw_name, key, value)))
     metadata.append(("x-request-id", request_id))
-    metadata.extend(_forwarded(forwarded_for, peer_ip=peer_ip, host=host))
+    metadata.extend(_forwarded(client_ip=client_ip, host=host))
     return metadata
+
+
+def normalized_authorization(value: str) -> str:
+    """An Authorization value with a Bearer scheme written in any case (RFC 7235: schemes
+    are case-insensitive) as ``Bearer <token>``; any other value unchanged but trimmed."""
+    parts = value.split(None, 1)
+    if len(parts) == 2 and parts[0].lower() == "bearer":
+        return f"Bearer {parts[1].strip()}"
+    return value.strip()
+
+
+def client_address(peer: str, forwarded_for: Sequence[str], trusted: Sequence[Network]) -> str:
+    """The client behind a request from `peer` carrying the X-Forwarded-For values `forwarded_for`.
+
+    A peer that is not in `trusted` is the client, whatever it claims. A trusted proxy's list is
+    read from the right (each proxy appends the address it got the request from), skipping the
+    trusted proxies: the first address that is not one is the client. An entry that is not an
+    IP address ends the walk at the hop to its right, since nothing left of it can be believed.
+    """
+    if not trusted or not _is_trusted(peer, trusted):
+        return peer
+    hops = [hop.strip() for value in forwarded_for for hop in value.split(",")]
+    client = peer
+    for hop in reversed(hops):
+        try:
+            address = ipaddress.ip_address(hop)
+        except ValueError:
+            break
+        client = str(address)
+        if not any(address in network for network in trusted):
+            break
+    return client
+
+
+def _is_trusted(peer: str, trusted: Sequence[Network]) -> bool:
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in network for network in trusted)
 
 
 def request_id(headers: Iterable[tuple[str, str]]) -> str:
@@ -160,15 +211,11 @@ def response_headers(
     return out
 
 
-def _forwarded(forwarded_for: list[str], *, peer_ip: str, host: str) -> list[tuple[str, str | bytes]]:
-    """X-Forwarded-For with the peer appended last (only the peer if the incoming list is not
-    printable ASCII), and X-Forwarded-Host."""
+def _forwarded(*, client_ip: str, host: str) -> list[tuple[str, str | bytes]]:
+    """X-Forwarded-For (the client's address only) and X-Forwarded-Host."""
     out: list[tuple[str, str | bytes]] = []
-    chain = [*forwarded_for, peer_ip] if peer_ip else forwarded_for
-    if chain and all(_ASCII_VALUE.fullmatch(part) for part in chain):
-        out.append(("x-forwarded-for", ", ".join(chain)))
-    elif peer_ip and _ASCII_VALUE.fullmatch(peer_ip):
-        out.append(("x-forwarded-for", peer_ip))
+    if client_ip and _ASCII_VALUE.fullmatch(client_ip):
+        out.append(("x-forwarded-for", client_ip))
     if host and _ASCII_VALUE.fullmatch(host):
         out.append(("x-forwarded-host", host))
     return out

@@ -1,20 +1,22 @@
 """Proto3 JSON in and out, as grpc-gateway's default marshaler speaks it.
 
 `parse_json` reads an untrusted request body into a message and turns every problem (malformed
-JSON, nesting too deep, wrong types, unknown fields) into one `BadRequest` whose violations name
-the field; nothing else escapes. `to_json` writes lowerCamel names with unpopulated fields
-emitted, 64-bit integers as strings and enums by name, with compact separators; `field_to_json`
-writes one field of a message the same way (a rule's `response_body`, which may be repeated,
-a map or a scalar, not only a message).
+JSON, nesting too deep, wrong types, unknown fields, one field given by both its JSON and its
+proto name) into one `BadRequest` whose violations name the field; nothing else escapes.
+`to_json` writes lowerCamel names with unpopulated fields emitted, 64-bit integers as strings
+and enums by name, with compact separators; `field_to_json` writes one field of a message the
+same way (a rule's `response_body`, which may be repeated, a map or a scalar, not only a
+message).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from gateway.errors import BadRequest
@@ -40,6 +42,9 @@ _NON_OBJECT_TYPES = frozenset(
         "google.protobuf.BytesValue",
     }
 )
+
+# Types an Any holds under "value" instead of inline (json_format's special JSON forms).
+_PACKED_AS_VALUE = _NON_OBJECT_TYPES | {"google.protobuf.Any", "google.protobuf.Struct"}
 
 # json_format's messages end with "... at Message.field.path" (sometimes quoted).
 _AT_PATH = re.compile(r' at "?([A-Za-z_]\w*((?:\.\w+|\[[^\]]*\])*))"?')
@@ -85,6 +90,71 @@ def _too_deep(value: Any, max_depth: int) -> str | None:
     return None
 
 
+def _field_by_key(descriptor: Descriptor, key: str) -> FieldDescriptor | None:
+    """The field a JSON object key names, as json_format reads keys: JSON name first, then
+    proto name."""
+    by_json = next((f for f in descriptor.fields if f.json_name == key), None)
+    if by_json is not None:
+        return by_json
+    found: FieldDescriptor | None = descriptor.fields_by_name.get(key)
+    return found
+
+
+def _any_type(value: dict[str, Any], descriptor: Descriptor) -> Descriptor | None:
+    type_url = value.get("@type")
+    if not isinstance(type_url, str):
+        return None
+    try:
+        found: Descriptor = descriptor.file.pool.FindMessageTypeByName(type_url.rpartition("/")[2])
+    except KeyError:
+        return None  # json_format refuses it with its own message
+    return found
+
+
+def _named_twice(value: Any, descriptor: Descriptor, path: str) -> tuple[str, str] | None:
+    """(field path, description) of the first field given twice in `value`, by its JSON name
+    and by its proto name (``{"display_name": .., "displayName": ..}``), at any depth."""
+    if isinstance(value, dict) and descriptor.full_name == "google.protobuf.Any":
+        packed = _any_type(value, descriptor)
+        # A well-known type is packed as {"@type": .., "value": ..}, checked by json_format.
+        if packed is not None and packed.full_name not in _PACKED_AS_VALUE:
+            return _named_twice({k: v for k, v in value.items() if k != "@type"}, packed, path)
+        return None
+    if not isinstance(value, dict) or descriptor.full_name in _PACKED_AS_VALUE:
+        return None  # not an object, or free-form JSON: no fields to name twice
+    seen: dict[str, str] = {}
+    for key, child in value.items():
+        field = _field_by_key(descriptor, key)
+        if field is None:
+            continue  # unknown: json_format names it
+        where = f"{path}.{field.name}" if path else field.name
+        if field.name in seen:
+            return where, f"the field is given twice, as {seen[field.name]!r} and {key!r}"
+        seen[field.name] = key
+        found = _named_twice_in_field(child, field, where)
+        if found is not None:
+            return found
+    return None
+
+
+def _named_twice_in_field(value: Any, field: FieldDescriptor, where: str) -> tuple[str, str] | None:
+    """`_named_twice` over the JSON value of one field: a message, a list of them or a map."""
+    message: Descriptor | None = field.message_type
+    if message is None:
+        return None
+    items: list[tuple[str, Any]]
+    if message.GetOptions().map_entry:
+        message = message.fields_by_name["value"].message_type
+        items = [(f"{where}[{k}]", v) for k, v in value.items()] if isinstance(value, dict) else []
+    elif isinstance(value, list):
+        items = [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+    else:
+        items = [(where, value)]
+    if message is None:
+        return None
+    return next((found for at, item in items if (found := _named_twice(item, message, at)) is not None), None)
+
+
 def _violation_of(error: json_format.ParseError) -> tuple[str, str]:
     """(field path, description) from json_format's message, best effort."""
     text = str(error)
@@ -110,11 +180,15 @@ def _refuse(field: str, description: str) -> BadRequest:
     return BadRequest(f"invalid JSON body: {description}", [(field, description)])
 
 
-def parse_json(body: bytes, message: Message, *, max_depth: int = 32) -> None:
+def parse_json(body: bytes, message: Message, *, max_depth: int = 32, field: str = "") -> None:
     """Merge the proto3 JSON `body` into `message`; any problem raises `BadRequest`.
 
-    Both lowerCamel and proto field names are accepted. An empty body sets nothing (as
-    grpc-gateway ignores EOF). After a `BadRequest` the contents of `message` are unspecified.
+    With `field` (the JSON or proto name of a field of `message`), the body is that field's
+    value (a rule's ``body: "<field>"``), not the whole message. `max_depth` counts the
+    nesting of the body itself: a top-level object or array is level 1. Both lowerCamel and
+    proto field names are accepted, but not both for one field. An empty body sets nothing
+    (as grpc-gateway ignores EOF). After a `BadRequest` the contents of `message` are
+    unspecified.
     """
     if not body.strip():
         return
@@ -134,16 +208,22 @@ def parse_json(body: bytes, message: Message, *, max_depth: int = 32) -> None:
     except ValueError as error:  # NaN/Infinity literals, integers beyond the digit limit
         raise _refuse("", f"malformed JSON: {error}") from None
     descriptor = message.DESCRIPTOR
-    if not isinstance(value, dict) and descriptor.full_name not in _NON_OBJECT_TYPES:
-        raise _refuse("", "the body must be a JSON object")
     deep = _too_deep(value, max_depth)
     if deep is not None:
+        deep = f"{field}.{deep}" if field and deep else (field or deep)
         raise _refuse(deep, f"JSON nested deeper than {max_depth} levels")
+    if field:
+        value = {field: value}
+    elif not isinstance(value, dict) and descriptor.full_name not in _NON_OBJECT_TYPES:
+        raise _refuse("", "the body must be a JSON object")
+    twice = _named_twice(value, cast(Descriptor, descriptor), "")
+    if twice is not None:
+        raise _refuse(*twice)
     try:
         json_format.ParseDict(value, message, ignore_unknown_fields=False)
     except json_format.ParseError as error:
-        field, description = _violation_of(error)
-        raise _refuse(field, description) from None
+        found, description = _violation_of(error)
+        raise _refuse(found, description) from None
     except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError, RecursionError):
         raise _refuse("", "invalid value") from None
 

@@ -297,8 +297,8 @@ def apply_query(
 
     `body_fields` holds the proto field paths bound elsewhere: the body field (`"*"` for the
     whole body) and the path variables; a parameter naming one of them, or a field inside one,
-    is refused. Names in `ignore` are skipped. Unknown names and bad values are all reported in
-    one `BadRequest`.
+    is refused, and so is one field named twice (``page_size`` and ``pageSize``). Names in
+    `ignore` are skipped. Unknown names and bad values are all reported in one `BadRequest`.
     """
     grouped: dict[str, list[str]] = {}
     for name, value in query:
@@ -307,6 +307,7 @@ def apply_query(
         grouped.setdefault(name, []).append(value)
     violations: list[tuple[str, str]] = []
     settable: list[tuple[str, list[str]]] = []
+    named: dict[str, str] = {}  # proto path -> the parameter name that set it
     for name, values in grouped.items():
         resolved = _resolve(message, name)
         if isinstance(resolved, str):
@@ -314,7 +315,10 @@ def apply_query(
             violations.append((name, description))
         elif _overlaps(resolved[2], body_fields):
             violations.append((name, "the field is bound by the request body or path"))
+        elif (other := next((n for p, n in named.items() if _overlaps(resolved[2], (p,))), None)) is not None:
+            violations.append((resolved[2], f"the field is given twice, as {other!r} and {name!r}"))
         else:
+            named[resolved[2]] = name
             settable.append((name, values))
     _apply(message, settable, violations)
     if violations:

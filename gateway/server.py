@@ -4,7 +4,9 @@ interval, stop on SIGTERM or SIGINT.
 The signals are taken from the first moment, so a SIGHUP while the routes are still being
 loaded is a reload request, and a SIGTERM then stops the start. A reload builds the new
 routes beside the old ones and swaps them in one step; if it fails for any reason (a
-backend down, a bad file), the edge logs why and keeps serving the routes it had.
+backend down, a bad file), the edge logs why and keeps serving the routes it had. With
+``config.tokens`` (Polyservice's own edge), the signing keys that verify bearer tokens for
+the rate limit are fetched in the background while the edge serves (`gateway.tokens`).
 """
 
 from __future__ import annotations
@@ -12,19 +14,52 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
+from typing import Any
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 from gateway.app import Edge, Routing
 from gateway.backends import Backends
 from gateway.catalog import load_routing
 from gateway.config import EdgeConfig
 from gateway.descriptors import DescriptorSetError
+from gateway.tokens import verifying
 
 __all__ = ["StartError", "serve"]
 
 _log = logging.getLogger("poly.gateway")
+
+
+class _ConnectionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The logger aiohttp's connection handler reports to.
+
+    aiohttp logs a request it cannot parse (a CR or LF inside a header, a bad request line, a
+    header over the size limit, broken chunking) with a traceback whose message quotes the
+    raw bytes, credentials included (and a bad method only at debug level). Each such request
+    becomes one warning line naming the peer, the status and the kind of problem, with no
+    traceback and no byte of the request. Anything else is logged as aiohttp asked (and
+    redacted on the way out by `services.kit.logs`).
+    """
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info")
+        if not isinstance(error, http_exceptions.HttpProcessingError):
+            super().log(level, msg, *args, **kwargs)
+            return
+        # The words before the first colon or quote: aiohttp's description, never the bytes.
+        problem = re.split(r"[:'\"]", str(error.message), maxsplit=1)[0].strip()[:120]
+        peer = args[0] if args else ""
+        self.logger.warning(
+            "malformed HTTP request refused",
+            extra={
+                "peer": str(peer or ""),
+                "status": error.code,
+                "error": type(error).__name__,
+                "problem": problem,
+            },
+        )
 
 
 class StartError(RuntimeError):
@@ -79,25 +114,31 @@ async def _first_routing(config: EdgeConfig, backends: Backends, signals: _Signa
 
 
 async def _serve(config: EdgeConfig, routing: Routing, backends: Backends, signals: _Signals) -> None:
-    edge = Edge(routing, backends, config.limits)
-    runner = web.AppRunner(edge.application(), handler_cancellation=True, access_log=None)
-    await runner.setup()
-    try:
+    async with verifying(config.tokens) as verify_token:
+        edge = Edge(routing, backends, config.limits, verify_token=verify_token)
+        runner = web.AppRunner(
+            edge.application(),
+            handler_cancellation=True,
+            access_log=None,
+            logger=_ConnectionLog(logging.getLogger("poly.gateway.http")),
+        )
+        await runner.setup()
         try:
-            await web.TCPSite(runner, config.host, config.port).start()
-        except OSError as error:
-            raise StartError(f"cannot listen on {config.host}:{config.port}: {error.strerror}") from None
-        routes = len(routing.router.routes)
-        _log.info("serving", extra={"port": config.port, "routes": routes, "source": _source(config)})
-        reloader = asyncio.create_task(_reloads(config, edge, backends, signals.reload))
-        try:
-            await signals.stop.wait()
+            try:
+                await web.TCPSite(runner, config.host, config.port).start()
+            except OSError as error:
+                raise StartError(f"cannot listen on {config.host}:{config.port}: {error.strerror}") from None
+            routes = len(routing.router.routes)
+            _log.info("serving", extra={"port": config.port, "routes": routes, "source": _source(config)})
+            reloader = asyncio.create_task(_reloads(config, edge, backends, signals.reload))
+            try:
+                await signals.stop.wait()
+            finally:
+                reloader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reloader
         finally:
-            reloader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reloader
-    finally:
-        await runner.cleanup()
+            await runner.cleanup()
 
 
 def _source(config: EdgeConfig) -> str:

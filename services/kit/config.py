@@ -239,15 +239,17 @@ class EdgeLimits:
     ignored_query_parameters: tuple[str, ...] = ("_",)
     """Query parameters dropped instead of refused (cache busters)."""
     rate_per_second: float = 0.0
-    """Per client address (never per unverified token); 0 turns the limit off."""
+    """Per principal of a token the edge verifies, else per client address (never per
+    unverified token); 0 turns the limit off."""
     rate_burst: int = 50
     cors_origins: tuple[str, ...] = ()
     """Origins allowed to call from a browser; ``*`` allows any."""
     trusted_proxies: tuple[str, ...] = ()
     """CIDRs of proxies whose ``X-Forwarded-For`` names the client; anyone else's is ignored."""
     auth_failures_per_address: int = 100
-    """UNAUTHENTICATED answers per client address within the window before that address gets
-    429 until the window ends; 0 turns this off."""
+    """Failed authentications (UNAUTHENTICATED answers, tokens the edge refuses) per client
+    address within the window before that address gets 429 until the window ends; 0 turns
+    this off."""
     auth_failure_window_seconds: float = 60.0
 
 

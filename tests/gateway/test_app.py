@@ -15,6 +15,7 @@ from gateway.app import Edge, Routing
 from gateway.backends import Backends
 from gateway.config import Limits, Target, Transport
 from gateway.routes import compile_routes
+from gateway.tokens import CannotVerify, TokenVerifier
 from poly.orders.v1 import orders_service_pb2
 from services.kit import config
 from tests.support.env import free_port, make_certs
@@ -52,7 +53,7 @@ def test_an_unmatched_path_is_a_status_even_with_a_newline_in_it(raw_path: str) 
     assert body["details"][0]["reason"] == "ROUTE_NOT_FOUND"
 
 
-def _edge(tmp_path: Path, **limits: Any) -> Edge:
+def _edge(tmp_path: Path, verify_token: TokenVerifier | None = None, **limits: Any) -> Edge:
     """An edge whose one backend (orders) is down: a request that passes the edge's own
     checks gets UNAVAILABLE from the real channel."""
     certs = make_certs(tmp_path / "certs")
@@ -61,7 +62,7 @@ def _edge(tmp_path: Path, **limits: Any) -> Edge:
     transport = Transport("mtls", tls.ca_file, tls.cert_file, tls.key_file, server_name="orders")
     backends = Backends({service: Target(f"localhost:{free_port()}", transport)})
     router = compile_routes(orders_service_pb2.DESCRIPTOR.services_by_name.values())
-    return Edge(Routing(router, {}), backends, Limits(**limits))
+    return Edge(Routing(router, {}), backends, Limits(**limits), verify_token=verify_token)
 
 
 def _exchange(edge: Edge, requests: list[tuple[str, dict[str, str]]]) -> list[tuple[int, dict[str, str]]]:
@@ -81,7 +82,8 @@ def test_past_the_burst_a_client_gets_429_with_retry_after(tmp_path: Path) -> No
     edge = _edge(tmp_path, rate_per_second=0.5, rate_burst=2)
     alice = {"Authorization": "Bearer alice"}
     answers = _exchange(edge, [("GET", alice)] * 3 + [("GET", {"Authorization": "Bearer bob"})])
-    assert [status for status, _ in answers] == [503, 503, 429, 503], "bob has a bucket of his own"
+    # The edge cannot vouch for a token: the client is its address, whatever it sends.
+    assert [status for status, _ in answers] == [503, 503, 429, 429], "another token earns no bucket"
     assert int(answers[2][1]["Retry-After"]) >= 1
 
 
@@ -100,3 +102,64 @@ def test_cors_answers_allowed_origins_only(tmp_path: Path) -> None:
     assert call == 503 and call_headers["Access-Control-Allow-Origin"] == "https://shop.example"
     assert "Access-Control-Allow-Origin" not in refused_headers
     assert refused != 204
+
+
+class _Verifier:
+    """A `TokenVerifier` knowing two good tokens; ``later-*`` cannot be told yet. Its calls
+    are recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __call__(self, token: str) -> str | None:
+        self.calls.append(token)
+        if token.startswith("later-"):
+            raise CannotVerify(token)
+        return {"alice-token": "users/alice", "bob-token": "users/bob"}.get(token)
+
+
+def test_a_verified_token_has_its_principals_bucket_and_anything_else_the_address(tmp_path: Path) -> None:
+    verifier = _Verifier()
+    edge = _edge(tmp_path, verifier, rate_per_second=0.01, rate_burst=2, auth_failures_per_address=0)
+    alice, bob = {"Authorization": "Bearer alice-token"}, {"Authorization": "bearer bob-token"}
+    answers = _exchange(
+        edge,
+        [("GET", alice)] * 3
+        + [("GET", bob)] * 2
+        + [
+            ("GET", {}),
+            ("GET", {"Authorization": "Bearer later-1"}),
+            ("GET", {"Authorization": "Bearer junk-1"}),
+            ("GET", {"Authorization": "Bearer later-2"}),
+        ],
+    )
+    statuses = [status for status, _ in answers]
+    # alice: 2 then 429; bob: his own 2; the address: no token, later-1, then 429 for the rest.
+    assert statuses == [503, 503, 429, 503, 503, 503, 503, 429, 429], statuses
+    assert verifier.calls.count("alice-token") == 3, "the scheme's case does not matter"
+    assert verifier.calls.count("bob-token") == 2
+
+
+def test_a_refused_token_counts_as_a_failed_authentication_at_once(tmp_path: Path) -> None:
+    edge = _edge(tmp_path, _Verifier(), auth_failures_per_address=2)
+    answers = _exchange(
+        edge,
+        [
+            ("GET", {"Authorization": "Bearer junk-1"}),
+            ("GET", {"Authorization": "Bearer later-1"}),  # cannot be told: not a failure
+            ("GET", {"Authorization": "Bearer junk-2"}),
+            ("GET", {"Authorization": "Bearer alice-token"}),
+        ],
+    )
+    statuses = [status for status, _ in answers]
+    # The backend is down (503): the failures were counted by the edge, not by an answer.
+    assert statuses == [503, 503, 503, 429], statuses
+    assert int(answers[3][1]["Retry-After"]) >= 1
+
+
+def test_without_a_limit_no_token_is_verified(tmp_path: Path) -> None:
+    verifier = _Verifier()
+    edge = _edge(tmp_path, verifier, rate_per_second=0.0, auth_failures_per_address=0)
+    answers = _exchange(edge, [("GET", {"Authorization": "Bearer junk-1"})] * 3)
+    assert [status for status, _ in answers] == [503, 503, 503]
+    assert verifier.calls == []

@@ -24,6 +24,7 @@ def test_the_smallest_command_line(tmp_path: Path) -> None:
     found = from_arguments(["--reflect", f"--backend={SERVICE}=localhost:50051"])
     assert found == EdgeConfig(backends={SERVICE: Target("localhost:50051", Transport("tls"))})
     assert found.reflect and (found.host, found.port) == ("127.0.0.1", 8080)
+    assert found.tokens is None, "no key set to verify tokens against: limited by address"
 
 
 def test_the_default_transport_comes_from_the_tls_flags(pem: dict[str, Path]) -> None:
@@ -75,9 +76,19 @@ address = "api:443"
 timeout_seconds = 10
 max_body_bytes = 65536
 cors_origins = ["https://app.example.com"]
+trusted_proxies = ["10.1.2.3/8", "fd00::1"]
+auth_failures_per_address = 7
 """
     )
-    found = from_arguments(["--config", str(file), "--listen=127.0.0.1:9191", "--rate-per-second=5"])
+    found = from_arguments(
+        [
+            "--config",
+            str(file),
+            "--listen=127.0.0.1:9191",
+            "--rate-per-second=5",
+            "--auth-failure-window-seconds=30",
+        ]
+    )
     tls = Transport("tls", pem["ca"])
     assert found == EdgeConfig(
         backends={
@@ -95,6 +106,9 @@ cors_origins = ["https://app.example.com"]
             max_body_bytes=65536,
             rate_per_second=5.0,
             cors_origins=("https://app.example.com",),
+            trusted_proxies=("10.0.0.0/8", "fd00::1/128"),
+            auth_failures_per_address=7,
+            auth_failure_window_seconds=30.0,
         ),
         log_level="WARNING",
     )
@@ -128,6 +142,8 @@ adress = "typo:1"
 max_body_bytes = 10
 timeout_seconds = "soon"
 burst = 3
+trusted_proxies = ["10.0.0.0/8", "proxy.internal"]
+auth_failures_per_address = -1
 """
     )
     problems = _problems_of(file)
@@ -142,6 +158,8 @@ burst = 3
         "limits.max_body_bytes: must be between 1024",
         "limits.timeout_seconds: expected a number, got 'soon'",
         "limits: unknown keys burst",
+        "limits.trusted_proxies: expected IP addresses or CIDRs, got 'proxy.internal'",
+        "limits.auth_failures_per_address: must be between 0",
     ]:
         assert expected in problems, problems
 

@@ -87,7 +87,13 @@ def test_polyservice_settings_become_mtls_targets_proving_each_component(tmp_pat
     certs = make_certs(tmp_path / "certs")
     settings = config.load(
         "gateway",
-        {"POLY_HOME": str(tmp_path), "POLY_TLS_DIR": str(certs), "POLY_GATEWAY_RATE_PER_SECOND": "7"},
+        {
+            "POLY_HOME": str(tmp_path),
+            "POLY_TLS_DIR": str(certs),
+            "POLY_GATEWAY_RATE_PER_SECOND": "7",
+            "POLY_GATEWAY_TRUSTED_PROXIES": "10.0.0.1/8, 192.0.2.7",
+            "POLY_GATEWAY_AUTH_FAILURES_PER_ADDRESS": "0",
+        },
     )
     found = from_settings(settings)
     assert found.title == "Polyservice" and found.descriptor_set == settings.gateway.descriptor_set  # type: ignore[union-attr]
@@ -96,6 +102,36 @@ def test_polyservice_settings_become_mtls_targets_proving_each_component(tmp_pat
         "mtls", certs / "ca.crt", certs / "gateway.crt", certs / "gateway.key", "orders"
     )
     assert found.limits.rate_per_second == 7.0 and found.default_backend is None
+    assert found.limits.trusted_proxies == ("10.0.0.0/8", "192.0.2.7/32")
+    assert found.limits.auth_failures_per_address == 0
+
+
+def test_polyservice_settings_verify_tokens_against_the_auth_services_keys(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "certs")
+    environ = {
+        "POLY_HOME": str(tmp_path),
+        "POLY_TLS_DIR": str(certs),
+        "POLY_AUTH_ADDRESS": "auth.internal:6001",
+        "POLY_AUTH_ISSUER": "https://id.example",
+        "POLY_AUTH_AUDIENCE": "shop",
+        "POLY_AUTH_JWKS_MIN_REFRESH_SECONDS": "3",
+        "POLY_CLIENT_DEADLINE_SECONDS": "2",
+    }
+    found = from_settings(config.load("gateway", environ))
+    assert found.tokens is not None
+    assert found.tokens.keys_from == Target(
+        "auth.internal:6001",
+        Transport("mtls", certs / "ca.crt", certs / "gateway.crt", certs / "gateway.key", "auth"),
+    )
+    auth = found.tokens.auth
+    assert (auth.issuer, auth.audience, auth.jwks_min_refresh_seconds) == ("https://id.example", "shop", 3.0)
+    assert found.tokens.timeout_seconds == 2.0
+
+
+def test_a_trusted_proxy_that_is_not_an_address_fails_start_up(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError) as raised:
+        config.load("gateway", {"POLY_HOME": str(tmp_path), "POLY_GATEWAY_TRUSTED_PROXIES": "proxy.internal"})
+    assert any("POLY_GATEWAY_TRUSTED_PROXIES" in p for p in raised.value.problems), raised.value.problems
 
 
 def test_the_key_file_stays_out_of_reprs() -> None:

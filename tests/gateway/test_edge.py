@@ -135,9 +135,23 @@ def test_watching_another_users_order_is_refused_before_streaming(edge: Edge) ->
         "lines": [{"sku": "A", "quantity": 1, "unitPrice": {"currencyCode": "EUR", "amountMinor": "100"}}]
     }
     name = edge.call("POST", "/v1/orders", order, headers={"Authorization": f"Bearer {alice}"}).json()["name"]
-    answer = edge.call("GET", f"/v1/{name}:watch", headers={"Authorization": f"Bearer {bob}"})
-    assert answer.status == 403
-    assert _detail(answer, "ErrorInfo")["reason"] == "NOT_OWNER"
+    # AIP-211: permission before existence, so another's order and a missing one are both 403.
+    for asked in (name, "orders/does-not-exist"):
+        answer = edge.call("GET", f"/v1/{asked}:watch", headers={"Authorization": f"Bearer {bob}"})
+        assert answer.status == 403, answer.body
+        assert _detail(answer, "ErrorInfo")["reason"] == "NOT_OWNER"
+        assert _detail(answer, "ErrorInfo")["metadata"] == {"resource": asked}
+
+
+def test_required_fields_are_enforced_through_the_edge(edge: Edge) -> None:
+    logout = edge.call("POST", "/v1/auth:logout", {})
+    assert logout.status == 400, logout.body
+    assert [v["field"] for v in _detail(logout, "BadRequest")["fieldViolations"]] == ["refresh_token"]
+    admin = {"Authorization": f"Bearer {edge.system.create_admin()}"}
+    created = edge.call("POST", "/v1/clients", headers=admin)
+    assert created.status == 400, created.body
+    assert _detail(created, "ErrorInfo")["reason"] == "REQUIRED_FIELD_MISSING"
+    assert edge.call("GET", "/v1/clients", headers=admin).json().get("clients", []) == []
 
 
 def test_openapi_and_well_known_documents(edge: Edge) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import string
 
@@ -10,16 +11,26 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.errors import BadRequest
-from gateway.headers import outgoing_metadata, parse_grpc_timeout, request_id, response_headers
+from gateway.headers import (
+    Network,
+    client_address,
+    outgoing_metadata,
+    parse_grpc_timeout,
+    request_id,
+    response_headers,
+)
 
 
 def _metadata(headers: list[tuple[str, str]]) -> list[tuple[str, str | bytes]]:
-    return outgoing_metadata(headers, peer_ip="10.0.0.9", host="api.example", request_id="rid")
+    return outgoing_metadata(headers, client_ip="10.0.0.9", host="api.example", request_id="rid")
 
 
 FORWARDED = [
     ([("Authorization", "Bearer abc")], ("authorization", "Bearer abc")),
     ([("AUTHORIZATION", "Bearer abc")], ("authorization", "Bearer abc")),
+    ([("Authorization", "bearer abc")], ("authorization", "Bearer abc")),
+    ([("Authorization", "BEARER  abc ")], ("authorization", "Bearer abc")),
+    ([("Authorization", "Basic dTpw")], ("authorization", "Basic dTpw")),
     ([("Grpc-Metadata-Tenant", "acme")], ("tenant", "acme")),
     ([("grpc-metadata-x.y_z-1", "v")], ("x.y_z-1", "v")),
     ([("Grpc-Metadata-Blob-Bin", "AAEC")], ("blob-bin", b"\x00\x01\x02")),
@@ -39,6 +50,9 @@ FORWARDED = [
     ids=[
         "authorization",
         "authorization-upper",
+        "bearer-scheme-lower-case",
+        "bearer-scheme-upper-case-extra-space",
+        "other-scheme-unchanged",
         "grpc-metadata",
         "key-charset",
         "bin",
@@ -116,12 +130,51 @@ def test_two_authorization_headers_are_refused() -> None:
         _metadata([("Authorization", "Bearer a"), ("authorization", "Bearer b")])
 
 
-def test_forwarding_headers() -> None:
-    metadata = dict(_metadata([("X-Forwarded-For", "1.1.1.1, 2.2.2.2"), ("x-forwarded-for", "3.3.3.3")]))
-    assert metadata["x-forwarded-for"] == "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9"
-    assert metadata["x-forwarded-host"] == "api.example"
-    assert metadata["x-request-id"] == "rid"
+def test_forwarding_headers_carry_the_client_the_edge_vouches_for() -> None:
+    metadata = _metadata([("X-Forwarded-For", "1.1.1.1, 2.2.2.2"), ("x-forwarded-for", "3.3.3.3")])
+    assert [v for k, v in metadata if k == "x-forwarded-for"] == ["10.0.0.9"], (
+        "the client's own list is dropped"
+    )
+    assert dict(metadata)["x-forwarded-host"] == "api.example"
+    assert dict(metadata)["x-request-id"] == "rid"
     assert dict(_metadata([]))["x-forwarded-for"] == "10.0.0.9"
+
+
+PROXIES = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")]
+CLIENTS = [
+    ("203.0.113.5", ["198.51.100.1"], PROXIES, "203.0.113.5"),
+    ("203.0.113.5", [], [], "203.0.113.5"),
+    ("10.0.0.2", ["198.51.100.1"], PROXIES, "198.51.100.1"),
+    ("10.0.0.2", ["6.6.6.6, 198.51.100.1, 10.0.0.7"], PROXIES, "198.51.100.1"),
+    ("10.0.0.2", ["6.6.6.6", "198.51.100.1"], PROXIES, "198.51.100.1"),
+    ("10.0.0.2", ["junk, 198.51.100.1"], PROXIES, "198.51.100.1"),
+    ("10.0.0.2", ["198.51.100.1, junk"], PROXIES, "10.0.0.2"),
+    ("10.0.0.2", [], PROXIES, "10.0.0.2"),
+    ("10.0.0.2", ["10.1.1.1"], PROXIES, "10.1.1.1"),
+    ("fd00::1", ["2001:db8::5"], PROXIES, "2001:db8::5"),
+    ("not-an-ip", ["198.51.100.1"], PROXIES, "not-an-ip"),
+]
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "trusted", "client"),
+    CLIENTS,
+    ids=[
+        "untrusted-peer-ignores-the-list",
+        "no-trusted-proxies",
+        "trusted-proxy",
+        "rightmost-untrusted-hop",
+        "several-headers",
+        "junk-left-of-the-client",
+        "junk-right-of-the-client",
+        "trusted-proxy-without-a-list",
+        "only-trusted-hops",
+        "ipv6",
+        "peer-not-an-address",
+    ],
+)
+def test_client_address(peer: str, forwarded: list[str], trusted: list[Network], client: str) -> None:
+    assert client_address(peer, forwarded, trusted) == client
 
 
 def test_client_request_id_is_replaced_by_the_given_one() -> None:
@@ -132,7 +185,7 @@ def test_client_request_id_is_replaced_by_the_given_one() -> None:
 def test_header_matcher_is_replaceable() -> None:
     metadata = outgoing_metadata(
         [("X-Tenant", "acme"), ("Grpc-Metadata-Other", "x")],
-        peer_ip="",
+        client_ip="",
         host="",
         request_id="r",
         header_matcher=lambda name: "tenant" if name == "x-tenant" else None,
@@ -212,7 +265,7 @@ def test_parse_grpc_timeout_never_fails_otherwise(value: str) -> None:
 @given(st.lists(st.tuples(st.text(max_size=30), st.text(max_size=30)), max_size=6))
 def test_outgoing_metadata_only_raises_bad_request(headers: list[tuple[str, str]]) -> None:
     try:
-        metadata = outgoing_metadata(headers, peer_ip="1.2.3.4", host="h", request_id="r")
+        metadata = outgoing_metadata(headers, client_ip="1.2.3.4", host="h", request_id="r")
     except BadRequest:
         return
     for key, value in metadata:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -228,3 +229,43 @@ def test_field_to_json_int64_inside_a_repeated_field_is_a_string() -> None:
     out = json.loads(field_to_json(_order_list(), "orders"))
     assert out[0]["total"]["amountMinor"] == str(2**53 + 1)
     assert out[1]["failureReason"] == "", "unpopulated fields are emitted"
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "violation"),
+    [
+        (b'{"order_id":"a","orderId":"b"}', "", "order_id"),
+        (
+            b'{"order":{"lines":[{"sku":"a"},{"unit_price":{},"unitPrice":{}}]}}',
+            "",
+            "order.lines[1].unit_price",
+        ),
+        (b'{"lines":[],"lines":[]}', "order", "lines"),
+        (b'{"failure_reason":"a","failureReason":"b"}', "order", "order.failure_reason"),
+        (b'[{"sku":"a","unit_price":{"currency_code":"EUR","currencyCode":"USD"}}]', "lines", ""),
+    ],
+    ids=["top", "in-a-list", "same-name-twice", "body-field", "body-field-list"],
+)
+def test_one_field_by_two_names_is_refused(body: bytes, field: str, violation: str) -> None:
+    message: Message = orders_service_pb2.CreateOrderRequest()
+    if field == "lines":
+        message, violation = resources_pb2.Order(), "lines[0].unit_price.currency_code"
+    with pytest.raises(BadRequest) as caught:
+        parse_json(body, message, field=field)
+    assert caught.value.violations[0][0] == violation, caught.value.violations
+
+
+def test_a_body_field_is_parsed_as_that_fields_value_only() -> None:
+    request = orders_service_pb2.CreateOrderRequest()
+    parse_json(b'{"lines":[{"sku":"a"}]}', request, field="order", max_depth=3)
+    assert request.order.lines[0].sku == "a"
+    with pytest.raises(BadRequest):  # the bytes cannot close the field and set another
+        parse_json(b'{}, "orderId": "x"', orders_service_pb2.CreateOrderRequest(), field="order")
+    with pytest.raises(BadRequest) as caught:  # the wrapper is no level of the body's own
+        parse_json(
+            b'{"lines":[{"unitPrice":{}}]}',
+            orders_service_pb2.CreateOrderRequest(),
+            field="order",
+            max_depth=3,
+        )
+    assert caught.value.violations[0][0] == "order.lines[0].unitPrice"

@@ -422,3 +422,19 @@ def test_apply_variables_never_raises_anything_but_bad_request(variables: dict[s
         apply_variables(Probe(), variables)
     except BadRequest as error:
         assert error.violations
+
+
+@pytest.mark.parametrize(
+    ("pairs", "violation"),
+    [
+        ([("inner_part.page_size", "1"), ("innerPart.pageSize", "2")], "inner_part.page_size"),
+        ([("inner_part.page_size", "1"), ("inner_part.pageSize", "2")], "inner_part.page_size"),
+        ([("by_email", "a"), ("byEmail", "b")], "by_email"),
+    ],
+    ids=["nested-both-names", "leaf-both-names", "top-level"],
+)
+def test_one_field_by_two_names_is_refused(pairs: list[tuple[str, str]], violation: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        _query(pairs)
+    assert [field for field, _ in caught.value.violations] == [violation]
+    assert "twice" in caught.value.violations[0][1]
