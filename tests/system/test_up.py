@@ -224,12 +224,19 @@ def _curl(command: str, system: System, values: dict[str, str]) -> list[str]:
     ``$VARIABLES`` filled from `values`."""
     for placeholder, value in values.items():
         command = command.replace(placeholder, value)
+    while "$(new_key)" in command:  # the README's shell function: a fresh key each time
+        command = command.replace("$(new_key)", str(uuid.uuid4()), 1)
     assert "…" not in command and "$" not in command.replace("$CURL", ""), command
     buf = (
         "npx buf curl --protocol grpc --cacert .poly/certs/ca.crt --cert .poly/certs/cli.crt "
         "--key .poly/certs/cli.key"
     )
     return _localised(command.replace("$CURL", buf), system)
+
+
+def _balance(account_json: str) -> int:
+    balance = json.loads(account_json)["balance"]
+    return int(balance.get("amountMinor", balance.get("amount_minor")))
 
 
 def test_readme_identity_and_order_examples_run_as_written(system: System) -> None:
@@ -273,6 +280,11 @@ def test_readme_identity_and_order_examples_run_as_written(system: System) -> No
             continue
         result = _run(_curl(command, system, values))
         assert result.returncode == 0, (command, result.stderr)
+        if "FundAccount" in command:
+            # Run as written again: a new key, so a second funding, not a replay of the first.
+            again = _run(_curl(command, system, values))
+            assert again.returncode == 0, (command, again.stderr)
+            assert _balance(again.stdout) == 2 * _balance(result.stdout)
         if "CreateOrder" in command:
             values["orders/…"] = json.loads(result.stdout)["name"]
     assert watch is not None
