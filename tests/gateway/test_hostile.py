@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import http.client
 import json
 import re
 import socket
@@ -32,7 +31,7 @@ from google.protobuf.message import Message
 
 from services.kit import config, tls
 from tests.support.env import free_port, process_environ
-from tests.support.http import Answer
+from tests.support.http import Answer, http_call
 from tests.support.processes import Process
 from tests.support.protos import compile_proto
 
@@ -193,16 +192,7 @@ class Edge:
         source: str = "127.0.0.1",
     ) -> Answer:
         """One HTTP/1.1 request from the address `source`."""
-        connection = http.client.HTTPConnection(
-            "127.0.0.1", self.port, timeout=15, source_address=(source, 0)
-        )
-        try:
-            payload = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-            connection.request(method, path, body=payload, headers=headers or {})
-            response = connection.getresponse()
-            return Answer(response.status, response.headers, response.read())
-        finally:
-            connection.close()
+        return http_call(self.port, method, path, body, headers=headers, raw=raw, timeout=15, source=source)
 
 
 def start_edge(backend: Backend, *extra: str) -> Edge:

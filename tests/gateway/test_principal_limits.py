@@ -12,13 +12,12 @@ few per test, so the tests share one edge without sharing buckets.
 
 from __future__ import annotations
 
-import http.client
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from tests.support.http import Answer
+from tests.support.http import Answer, http_call
 from tests.support.identity import Deployment, start
 from tests.support.processes import Process
 
@@ -39,15 +38,7 @@ class Edge:
     def call(self, path: str, *, token: str | None = None, source: str, scheme: str = "Bearer") -> Answer:
         """``GET path`` from the address `source`, with `token` as its bearer credential."""
         headers = {"Authorization": f"{scheme} {token}"} if token is not None else {}
-        connection = http.client.HTTPConnection(
-            "127.0.0.1", self.port, timeout=30, source_address=(source, 0)
-        )
-        try:
-            connection.request("GET", path, headers=headers)
-            response = connection.getresponse()
-            return Answer(response.status, response.headers, response.read())
-        finally:
-            connection.close()
+        return http_call(self.port, "GET", path, headers=headers, source=source)
 
     def user(self) -> tuple[str, str]:
         """A new user's ``(users/{id}, access token)``, from the auth service directly."""

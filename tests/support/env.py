@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
+
+import pytest
 
 from services.kit import config, tls
 
@@ -49,3 +52,14 @@ def settings_for(component: str, environ: Mapping[str, str]) -> config.Settings:
 
 
 PYTHON = sys.executable
+
+
+def production_shape(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The production shape's settings: a PostgreSQL database per service (fixture
+    ``postgres_databases``) and events through RabbitMQ (fixture ``amqp_url``) under a prefix
+    of this test's own."""
+    make: Callable[[], str] = request.getfixturevalue("postgres_databases")
+    production = {f"POLY_{name.upper()}_DATABASE_URL": make() for name in config.SERVICES}
+    production["POLY_BUS_URL"] = request.getfixturevalue("amqp_url")
+    production["POLY_BUS_PREFIX"] = f"polytest-{uuid.uuid4().hex[:10]}"
+    return production

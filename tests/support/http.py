@@ -29,9 +29,10 @@ def http_call(
     headers: dict[str, str] | None = None,
     raw: bytes | None = None,
     timeout: float = 30.0,
+    source: str = "127.0.0.1",
 ) -> Answer:
-    """One request: `body` sent as JSON, or `raw` bytes as they are."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    """One request from the address `source`: `body` sent as JSON, or `raw` bytes as they are."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(source, 0))
     try:
         payload = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         connection.request(method, path, body=payload, headers=headers or {})

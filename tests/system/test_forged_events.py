@@ -35,6 +35,7 @@ from poly.type.v1.money_pb2 import Money
 from services.kit import bus, config
 from services.kit.bus import contract
 from tests.support.broker import delete_namespace
+from tests.support.env import production_shape
 from tests.support.identity import Deployment, bearer, start
 from tests.support.status import refusal
 from tests.support.waiting import eventually
@@ -227,10 +228,7 @@ class System:
 def system(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     production: dict[str, str] = {}
     if request.param == "postgresql-rabbitmq":
-        make: Callable[[], str] = request.getfixturevalue("postgres_databases")
-        production = {f"POLY_{name.upper()}_DATABASE_URL": make() for name in config.SERVICES}
-        production["POLY_BUS_URL"] = request.getfixturevalue("amqp_url")
-        production["POLY_BUS_PREFIX"] = f"polytest-{uuid.uuid4().hex[:10]}"
+        production = production_shape(request)
     deployment = start(
         tmp_path_factory.mktemp("forged"),
         config.SERVICES,

@@ -31,6 +31,7 @@ from poly.payments.v1 import resources_pb2 as payments_resources
 from poly.type.v1.money_pb2 import Money
 from services.kit import config
 from tests.support.broker import delete_namespace
+from tests.support.env import production_shape
 from tests.support.identity import Deployment, bearer, start
 from tests.support.mailbox import Mailbox, mailbox
 from tests.support.waiting import eventually
@@ -217,10 +218,7 @@ def shop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     production shape (a PostgreSQL database per service, events through RabbitMQ)."""
     production: dict[str, str] = {}
     if request.param == "postgresql-rabbitmq":
-        make: Callable[[], str] = request.getfixturevalue("postgres_databases")
-        production = {f"POLY_{name.upper()}_DATABASE_URL": make() for name in config.SERVICES}
-        production["POLY_BUS_URL"] = request.getfixturevalue("amqp_url")
-        production["POLY_BUS_PREFIX"] = f"polytest-{uuid.uuid4().hex[:10]}"
+        production = production_shape(request)
     with mailbox() as mail:
         system = start(
             tmp_path_factory.mktemp("saga"),
