@@ -7,6 +7,10 @@ presenting a ROTATED token again is theft, and revokes its whole family, as logo
 Failed logins count per account and client address; an attempt counts from the limit check
 that admits it (one transaction) until it is settled or its lease ends, so a burst cannot
 overshoot. Past the limit, even correct logins are refused until the oldest failure ages out.
+Registrations count per client address the same way (taken emails included), and a taken
+email is answered before any password is hashed. Email addresses are ASCII only (a domain
+in its IDNA ``xn--`` form), so none can look like another's through look-alike or invisible
+characters; display names carry no control, format or line-break characters (`kit.text`).
 Identity states: ACTIVE -> DISABLED (when the user is deleted); DISABLED refuses login and
 refresh. The last active admin cannot lose the role.
 """
@@ -37,6 +41,7 @@ from services.kit.errors import (
     Unavailable,
 )
 from services.kit.names import chosen_id_problems
+from services.kit.text import visible_text_problem
 
 __all__ = [
     "ACTIVE",
@@ -71,10 +76,24 @@ SCOPES: tuple[str, ...] = (
 )
 """Every scope a machine client may hold (the scopes named in the services' policies)."""
 
-# fullmatch only (`$` also matches before a final newline); no whitespace or control characters.
-_EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+")
+# fullmatch only (`$` also matches before a final newline), on the lower-cased address.
+# ASCII only: the local part is an RFC 5322 dot-atom, the domain two or more LDH labels
+# (an internationalised domain in its IDNA A-label form, ``xn--...``). No control, invisible
+# or look-alike character (U+200B, U+202E, fullwidth or Cyrillic letters, dotless i) passes.
+_EMAIL = re.compile(
+    r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?",
+    re.ASCII,
+)
+_EMAIL_RULE = "must be an email address of ASCII characters (an internationalised domain as xn--)"
+_DISPLAY_NAME_MAX = 63
 _ROLE = re.compile(r"[a-z][a-z0-9-]{1,31}", re.ASCII)
 _BAD_CREDENTIALS = "email or password is wrong"
+_LOGIN_THROTTLED = ("LOGIN_THROTTLED", "too many failed logins; try again in {seconds} seconds")
+_REGISTRATION_THROTTLED = (
+    "REGISTRATION_THROTTLED",
+    "too many registrations from this address; try again in {seconds} seconds",
+)
 _RESERVATION_SECONDS = 60.0
 """How long an attempt being verified counts at most: a process that dies before settling
 it (or cannot reach its database to) frees it after this."""
@@ -145,6 +164,8 @@ class Repository(Protocol):
     def add_identity(self, identity: Identity, password_hash: str) -> bool:
         """False when the email is taken."""
 
+    def email_taken(self, email: str) -> bool: ...
+
     def identity(self, user_id: str) -> Identity | None: ...
     def credentials(self, email: str) -> tuple[Identity, str] | None:
         """The identity with `email` and its password hash."""
@@ -181,11 +202,12 @@ class Repository(Protocol):
     def reserve_attempt(self, keys: Sequence[str], now: dt.datetime, until: dt.datetime) -> str:
         """Count a pending attempt against each of `keys` until it is settled or `until`; its id."""
 
-    def fail_attempt(self, attempt: str, now: dt.datetime) -> None:
-        """Settle a reserved attempt as a failure at `now`."""
+    def count_attempt(self, attempt: str, now: dt.datetime) -> None:
+        """Settle a reserved attempt as one that counts (a failed login, a registration) from
+        `now` until it ages out of the window."""
 
     def release_attempt(self, attempt: str) -> None:
-        """Settle a reserved attempt as not a failure: it no longer counts."""
+        """Settle a reserved attempt as one that does not count (a successful login)."""
 
     def clear_failures(self, key: str) -> None:
         """Forget the failures of `key` (not attempts still pending)."""
@@ -231,7 +253,7 @@ _V = TypeVar("_V", bound=Verified)
 
 @dataclass(slots=True)
 class _Attempt:
-    """A login or client-token attempt reserved against its throttling keys."""
+    """A login, client-token or registration attempt reserved against its throttling keys."""
 
     id: str
     settled: bool = False
@@ -242,6 +264,10 @@ Transactions = Callable[[], AbstractContextManager[Repository]]
 
 def normalise_email(email: str) -> str:
     return email.strip().lower()
+
+
+def _email_taken() -> AlreadyExists:
+    return AlreadyExists("EMAIL_TAKEN", "an account with this email already exists")
 
 
 def _identity_not_found(user_id: str) -> NotFound:
@@ -275,28 +301,52 @@ class IdentityProvider:
     # -- accounts -----------------------------------------------------------------------
 
     def register(
-        self, email: str, password: str, display_name: str = "", *, roles: Sequence[str] = ()
+        self,
+        email: str,
+        password: str,
+        display_name: str = "",
+        *,
+        address: str | None,
+        roles: Sequence[str] = (),
     ) -> Identity:
+        """A new account. Each call from `address` that gets past validation counts against
+        its registration limit, a taken email too; None (an operator's ``poly admin create``)
+        counts against nothing. A taken email is answered before the password is hashed
+        (Register says so anyway); the unique email column still decides a race."""
         email = normalise_email(email)
         violations = []
-        if not _EMAIL.fullmatch(email) or len(email) > 254:
-            violations.append(FieldViolation("email", "must be an email address"))
+        if not _EMAIL.fullmatch(email) or len(email) > 254 or email.index("@") > 64:
+            violations.append(FieldViolation("email", _EMAIL_RULE))
         problem = self.password_problem(password)
         if problem:
             violations.append(FieldViolation("password", problem))
-        if len(display_name) > 63:
-            violations.append(FieldViolation("display_name", "must be at most 63 characters"))
+        name_problem = visible_text_problem(display_name, max_length=_DISPLAY_NAME_MAX)
+        if name_problem:
+            violations.append(FieldViolation("display_name", name_problem))
         if violations:
             raise InvalidArgument(
                 "REGISTRATION_INVALID", "the registration is invalid", violations=violations
             )
-        now = self.clock()
-        identity = Identity(str(uuid.uuid4()), email, tuple(sorted(set(roles))), ACTIVE, now, now)
-        password_hash = self.hasher.hash(password)
+        keys = [] if address is None else [f"registration:{address}"]
         with self.transactions() as repo:
-            if not repo.add_identity(identity, password_hash):
-                raise AlreadyExists("EMAIL_TAKEN", "an account with this email already exists")
-            repo.publish_registered(identity, display_name)
+            attempt = self._reserve(repo, keys, throttled=_REGISTRATION_THROTTLED)
+            taken = repo.email_taken(email)
+            if taken:
+                repo.count_attempt(attempt.id, self.clock())
+        if taken:
+            raise _email_taken()
+        with self._settling(attempt):  # a busy hasher: the attempt does not count
+            password_hash = self.hasher.hash(password)
+            now = self.clock()
+            identity = Identity(str(uuid.uuid4()), email, tuple(sorted(set(roles))), ACTIVE, now, now)
+            with self.transactions() as repo:
+                created = repo.add_identity(identity, password_hash)
+                if created:
+                    repo.publish_registered(identity, display_name)
+                repo.count_attempt(attempt.id, now)
+            attempt.settled = True
+        if not created:
+            raise _email_taken()
         return identity
 
     def login(self, email: str, password: str, address: str) -> TokenSet:
@@ -323,34 +373,39 @@ class IdentityProvider:
             attempt.settled = True
         return self._session_tokens(identity, family=family, refresh=refresh)
 
-    def _reserve(self, repo: Repository, keys: Sequence[str]) -> _Attempt:
-        """Refuse if any of `keys` is at its limit, else count this attempt against them all:
-        one decision per key at a time, so concurrent attempts cannot all pass the check."""
+    def _reserve(
+        self, repo: Repository, keys: Sequence[str], *, throttled: tuple[str, str] = _LOGIN_THROTTLED
+    ) -> _Attempt:
+        """Refuse (`throttled`: reason and message) if any of `keys` is at its limit, else count
+        this attempt against them all: one decision per key at a time, so concurrent attempts
+        cannot all pass the check."""
         repo.lock_throttle_keys(keys)
         now = self.clock()
         window = dt.timedelta(seconds=self.settings.login_window_seconds)
         repo.forget_attempts(keys, now - window, now)
         for key in keys:
-            limit = (
-                self.settings.login_failures_per_address
-                if key.startswith("address:")
-                else self.settings.login_failures_per_account
-            )
             attempts = repo.attempts_since(key, now - window, now)
-            if len(attempts) >= limit:
+            if len(attempts) >= self._limit(key):
                 retry_after = max(1.0, (min(attempts) + window - now).total_seconds())
                 raise ResourceExhausted(
-                    "LOGIN_THROTTLED",
-                    "too many failed logins; try again in {seconds} seconds",
+                    *throttled,
                     retry_after_seconds=retry_after,
                     seconds=int(retry_after + 0.999),
                 )
         until = now + dt.timedelta(seconds=_RESERVATION_SECONDS)
         return _Attempt(repo.reserve_attempt(keys, now, until))
 
+    def _limit(self, key: str) -> int:
+        kind = key.partition(":")[0]
+        if kind == "registration":
+            return self.settings.registrations_per_address
+        if kind == "address":
+            return self.settings.login_failures_per_address
+        return self.settings.login_failures_per_account  # account: or client:
+
     def _fail(self, attempt: _Attempt) -> None:
         with self.transactions() as repo:
-            repo.fail_attempt(attempt.id, self.clock())
+            repo.count_attempt(attempt.id, self.clock())
         attempt.settled = True
 
     @contextmanager
@@ -488,8 +543,9 @@ class IdentityProvider:
     ) -> tuple[Client, str]:
         client_id = client_id or f"client-{secrets.token_hex(6)}"
         violations = chosen_id_problems(client_id, field="client_id")
-        if len(display_name) > 63:
-            violations.append(FieldViolation("client.display_name", "must be at most 63 characters"))
+        name_problem = visible_text_problem(display_name, max_length=_DISPLAY_NAME_MAX)
+        if name_problem:
+            violations.append(FieldViolation("client.display_name", name_problem))
         unknown = sorted(set(scopes) - set(SCOPES))
         if unknown:
             violations.append(FieldViolation("client.scopes", f"unknown scopes: {' '.join(unknown)}"))

@@ -11,6 +11,10 @@ weaker parameters is replaced at the next successful login (`Argon2Hasher.needs_
 Each hash or verification holds ``argon2_memory_kib`` of memory while it runs, so a process
 runs at most ``argon2_memory_budget_kib // argon2_memory_kib`` at once; a call that finds
 them all taken waits briefly, then is refused with `ResourceExhausted` (a retry delay).
+Hashing (a registration, a new client secret, a rehash at login) may hold at most half of
+those slots (at least one) and never waits for that share, so a flood of registrations
+cannot take the slots that logins verify with: with two slots or more, at least half are
+always left to verification.
 """
 
 from __future__ import annotations
@@ -73,14 +77,17 @@ class Argon2Hasher:
     """argon2id with the cost parameters of `settings`, at most `slots` at once.
 
     `wait_seconds` is how long a call waits for a free slot before `ResourceExhausted`;
-    `retry_after_seconds` is the delay that refusal suggests.
+    `retry_after_seconds` is the delay that refusal suggests. At most `hash_slots` of the
+    slots hash at once; a hash finding that share taken is refused at once.
     """
 
     def __init__(
         self, settings: AuthSettings, *, wait_seconds: float = 0.5, retry_after_seconds: float = 1.0
     ) -> None:
         self.slots = max(1, settings.argon2_memory_budget_kib // settings.argon2_memory_kib)
+        self.hash_slots = max(1, self.slots // 2)
         self._free = threading.BoundedSemaphore(self.slots)
+        self._hashing = threading.BoundedSemaphore(self.hash_slots)
         self._wait = wait_seconds
         self._retry_after = retry_after_seconds
         self._hasher = PasswordHasher(
@@ -94,8 +101,8 @@ class Argon2Hasher:
         self._decoy = self._hasher.hash("decoy password that never matches")
 
     @contextmanager
-    def _slot(self) -> Iterator[None]:
-        if not self._free.acquire(timeout=self._wait):
+    def _slot(self, slots: threading.Semaphore, wait: float) -> Iterator[None]:
+        if not slots.acquire(timeout=wait):
             raise ResourceExhausted(
                 "CREDENTIAL_CHECKS_BUSY",
                 "too many password checks at once; try again in {seconds} seconds",
@@ -105,16 +112,18 @@ class Argon2Hasher:
         try:
             yield
         finally:
-            self._free.release()
+            slots.release()
 
     def hash(self, secret: str) -> str:
-        with self._slot():
+        # Its share first, without waiting: past it, a flood of registrations is answered at
+        # once (with a retry delay) instead of holding server threads in a queue.
+        with self._slot(self._hashing, 0.0), self._slot(self._free, self._wait):
             return self._hasher.hash(secret)
 
     def verify(self, hashed: str | None, secret: str) -> bool:
         """Whether `secret` matches `hashed`; with `hashed` None, spends the same time and says no."""
         try:
-            with self._slot():
+            with self._slot(self._free, self._wait):
                 return self._hasher.verify(hashed or self._decoy, secret) and hashed is not None
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False

@@ -100,7 +100,7 @@ def _token_info(principal: Principal, audience: str) -> pb.TokenInfo:
 
 
 def client_address(context: grpc.ServicerContext, *, edge: str) -> str:
-    """The address a login came from: the peer's IP, or, when the peer is the HTTP/JSON
+    """The address a login or registration came from: the peer's IP, or, when the peer is the HTTP/JSON
     edge (SPIFFE ID `edge`), the last ``x-forwarded-for`` entry, the one the edge added.
     Any other caller's ``x-forwarded-for`` is ignored, so it cannot dodge throttling."""
     if tls.peer_identity(context) == edge:
@@ -127,7 +127,10 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         )
 
     def Register(self, request: pb.RegisterRequest, context: grpc.ServicerContext) -> pb.RegisterResponse:
-        identity = self._provider.register(request.email, request.password, request.display_name)
+        address = client_address(context, edge=self._edge)
+        identity = self._provider.register(
+            request.email, request.password, request.display_name, address=address
+        )
         return pb.RegisterResponse(user=identity.name, identity=_identity(identity))
 
     def Login(self, request: pb.LoginRequest, context: grpc.ServicerContext) -> pb.TokenSet:

@@ -100,14 +100,16 @@ class RefreshTokenRow(Base):
 
 
 class LoginFailureRow(Base):
-    """A failed login, or (while `pending_until` is set) one being verified, which counts as
-    a failure until it is settled or its lease ends."""
+    """An attempt that counts against a throttling key: a failed login or a registration,
+    or (while `pending_until` is set) one being verified or registered, which counts until
+    it is settled or its lease ends."""
 
     __tablename__ = "login_failure"
     __table_args__ = (Index("ix_login_failure_key_fail_time", "key", "fail_time"),)
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(String(320))
-    """``account:<email>``, ``client:<id>`` or ``address:<ip>``."""
+    """``account:<email>``, ``client:<id>``, ``address:<ip>`` (logins and client tokens) or
+    ``registration:<ip>``."""
     fail_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
     attempt: Mapped[str | None] = mapped_column(String(36), index=True)
     """The reserved attempt this row belongs to (one row per key); None once settled."""
@@ -169,6 +171,9 @@ class SqlRepository:
             return False  # the email is taken (the unique constraint decides, races included)
         session.add_all(RoleRow(identity_id=identity.id, role=role) for role in identity.roles)
         return True
+
+    def email_taken(self, email: str) -> bool:
+        return bool(self._session.scalar(select(exists().where(IdentityRow.email == email))))
 
     def _roles(self, user_ids: Sequence[str]) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {user_id: [] for user_id in user_ids}
@@ -346,7 +351,7 @@ class SqlRepository:
         )
         return attempt
 
-    def fail_attempt(self, attempt: str, now: dt.datetime) -> None:
+    def count_attempt(self, attempt: str, now: dt.datetime) -> None:
         self._session.execute(
             update(LoginFailureRow)
             .where(LoginFailureRow.attempt == attempt)

@@ -187,7 +187,7 @@ def _admin_create(email: str, password_stdin: bool) -> int:
             identity = provider.change_role(found[0].id, "admin", grant=True)
             print(f"{identity.name} ({identity.email}) is an admin")
         else:
-            identity = provider.register(email, _read_password(password_stdin), roles=["admin"])
+            identity = provider.register(email, _read_password(password_stdin), address=None, roles=["admin"])
             print(f"created {identity.name} ({identity.email}) with the admin role")
     except ValueError as error:
         print(f"poly admin: {error}", file=sys.stderr)

@@ -162,6 +162,8 @@ class AuthSettings:
     login_failures_per_address: int = 20
     login_window_seconds: float = 900.0
     """Failed logins counted per account and per client address within this window."""
+    registrations_per_address: int = 20
+    """Registrations (taken emails included) allowed per client address within the login window."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,6 +415,9 @@ def load(service: str, environ: Environ | None = None) -> Settings:
                 "POLY_AUTH_LOGIN_FAILURES_PER_ADDRESS", 20, low=1, high=100000
             ),
             login_window_seconds=env.number("POLY_AUTH_LOGIN_WINDOW_SECONDS", 900.0, low=1.0, high=86400.0),
+            registrations_per_address=env.integer(
+                "POLY_AUTH_REGISTRATIONS_PER_ADDRESS", 20, low=1, high=1_000_000
+            ),
         ),
         notifications=NotificationsSettings(
             smtp=SmtpSettings(

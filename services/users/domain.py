@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import unicodedata
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Literal, Protocol
 
 from services.kit import filters, paging
 from services.kit.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from services.kit.text import visible_text, visible_text_problem
 
 __all__ = [
     "ACTIVE",
@@ -185,11 +185,7 @@ def _expected_version(etag: str) -> int | None:
 
 
 def display_name_problem(display_name: str) -> str | None:
-    if len(display_name) > DISPLAY_NAME_MAX:
-        return f"must be at most {DISPLAY_NAME_MAX} characters"
-    if any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in display_name):
-        return "must not contain control characters or line breaks"
-    return None
+    return visible_text_problem(display_name, max_length=DISPLAY_NAME_MAX)
 
 
 def _locale_problem(locale: str) -> str | None:
@@ -237,7 +233,7 @@ def create_profile(repo: Repository, user_id: str, email: str, display_name: str
     """The profile of a newly registered user (a repeat is a no-op). The registration was
     already accepted by auth: a display name this service would refuse is cleaned, never
     refused, so the event is never retried forever."""
-    cleaned = "".join(c for c in display_name if unicodedata.category(c) not in ("Cc", "Cs", "Zl", "Zp"))
+    cleaned = visible_text(display_name)
     user = User(user_id, email, cleaned[:DISPLAY_NAME_MAX], ACTIVE, 1, now, now)
     repo.add_user(user, Preferences(user_id, update_time=now))
 

@@ -102,3 +102,41 @@ def test_beyond_its_slots_a_check_is_refused_with_a_retry_delay_not_queued() -> 
     with ThreadPoolExecutor(4) as pool:
         outcomes = sorted(pool.map(lambda _: check(), range(4)))
     assert "match" in outcomes and "busy" in outcomes and "mismatch" not in outcomes, outcomes
+
+
+@pytest.mark.parametrize(("budget_kib", "hash_slots"), [(8192, 1), (16384, 1), (24576, 1), (32768, 2)])
+def test_hashes_may_hold_at_most_half_of_the_slots(budget_kib: int, hash_slots: int) -> None:
+    settings = AuthSettings(
+        argon2_time_cost=1, argon2_memory_kib=8192, argon2_parallelism=1, argon2_memory_budget_kib=budget_kib
+    )
+    assert Argon2Hasher(settings).hash_slots == hash_slots
+
+
+def test_a_flood_of_hashes_leaves_verification_its_slots() -> None:
+    """Registrations hash; logins verify. Four hashes at once on two slots: one hashes, the
+    others are refused at once, and a verification still finds a slot."""
+    slow = AuthSettings(
+        argon2_time_cost=30, argon2_memory_kib=8192, argon2_parallelism=1, argon2_memory_budget_kib=16384
+    )
+    hasher = Argon2Hasher(slow, wait_seconds=0.01)
+    hashed = hasher.hash("violet-harbour-lantern-42")
+    start_line = threading.Barrier(4)
+    hashing = threading.Event()
+
+    def register() -> str:
+        start_line.wait()
+        try:
+            hasher.hash("violet-harbour-lantern-42")
+        except ResourceExhausted as refused:
+            assert refused.reason == "CREDENTIAL_CHECKS_BUSY" and refused.retry_after_seconds == 1.0
+            return "busy"
+        finally:
+            hashing.set()
+        return "hashed"
+
+    with ThreadPoolExecutor(4) as pool:
+        registrations = [pool.submit(register) for _ in range(4)]
+        assert hashing.wait(5)
+        assert hasher.verify(hashed, "violet-harbour-lantern-42")  # not CREDENTIAL_CHECKS_BUSY
+        outcomes = sorted(r.result() for r in registrations)
+    assert outcomes == ["busy", "busy", "busy", "hashed"], outcomes

@@ -35,6 +35,8 @@ def poly_environ(home: Path, ports: Mapping[str, int] | None = None, **extra: st
         "POLY_HOME": str(home),
         "POLY_GRACE_SECONDS": "5",
         "POLY_SMTP_PORT": str(free_port()),  # each system its own (development) mailbox
+        # Tests register many accounts from 127.0.0.1; the registration limit's tests set their own.
+        "POLY_AUTH_REGISTRATIONS_PER_ADDRESS": "100000",
         **{f"POLY_{name.upper()}_PORT": str(port) for name, port in chosen.items()},
     }
     environ.update(extra)
