@@ -55,6 +55,7 @@ def _corrupted(draw: st.DrawFn, valid: st.SearchStrategy[str]) -> str:
 
 
 _IDS = st.from_regex(r"[a-z][a-z0-9-]{3,40}", fullmatch=True)
+_SKUS = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9-]{0,40}", fullmatch=True)
 _REQUEST_IDS = st.uuids(version=4).map(str)
 
 
@@ -66,6 +67,10 @@ class _Reached(Exception):
 def _storage() -> Iterator[Any]:
     raise _Reached
     yield  # pragma: no cover - never reached
+
+
+def _anyone(_owner: str, _resource: str) -> None:
+    """An owner check that admits every caller: the validators run before it matters."""
 
 
 _LINE = NewLine("SKU-1", 1, Money("EUR", 100))
@@ -101,9 +106,9 @@ def _id_validators(value: str) -> dict[str, Callable[[], object]]:
     return {
         **_resource_names(value),
         "chosen-id": lambda: chosen_id_problems(value, field="id"),
-        "order_id": lambda: _ORDERS.create("users/u", [_LINE], value, ""),
+        "order_id": lambda: _ORDERS.create("users/u", [_LINE], value, "", _anyone),
         "webhook_id": lambda: _NOTIFICATIONS.create_webhook(
-            "users/u", "https://example.com/hook", [], "", webhook_id=value
+            "users/u", "https://example.com/hook", [], "", webhook_id=value, check_owner=_anyone
         ),
     }
 
@@ -111,9 +116,9 @@ def _id_validators(value: str) -> dict[str, Callable[[], object]]:
 def _request_id_validators(value: str) -> dict[str, Callable[[], object]]:
     return {
         "kit": lambda: request_id_problems(value),
-        "orders": lambda: _ORDERS.create("users/u", [_LINE], "", value),
+        "orders": lambda: _ORDERS.create("users/u", [_LINE], "", value, _anyone),
         "notifications": lambda: _NOTIFICATIONS.create_webhook(
-            "users/u", "https://example.com/hook", [], "", request_id=value
+            "users/u", "https://example.com/hook", [], "", request_id=value, check_owner=_anyone
         ),
     }
 
@@ -132,3 +137,21 @@ def test_every_request_id_validator_refuses_newlines_nuls_and_look_alikes(valid:
     assert all(_accepts(check) for check in _request_id_validators(valid).values())
     accepted = [name for name, check in _request_id_validators(corrupted).items() if _accepts(check)]
     assert accepted == [], f"{corrupted!r} accepted by {accepted}"
+
+
+@st.composite
+def _padded_or_corrupted(draw: st.DrawFn, valid: st.SearchStrategy[str]) -> str:
+    if draw(st.booleans()):
+        return draw(_corrupted(valid))
+    text, pad = draw(valid), draw(st.sampled_from([" ", "\t", "\u00a0", "\u3000"]))
+    return draw(st.sampled_from([pad + text, text + pad, pad]))
+
+
+def _sku_accepted(sku: str) -> bool:
+    return _accepts(lambda: _ORDERS.create("users/u", [NewLine(sku, 1, Money("EUR", 100))], "", "", _anyone))
+
+
+@given(valid=_SKUS, corrupted=_padded_or_corrupted(_SKUS))
+def test_the_sku_validator_refuses_padding_newlines_nuls_and_look_alikes(valid: str, corrupted: str) -> None:
+    assert _sku_accepted(valid)
+    assert not _sku_accepted(corrupted), f"SKU {corrupted!r} accepted"

@@ -17,6 +17,9 @@ method without a policy (or with ACCESS_UNSPECIFIED) is refused before its handl
   ids cannot be enumerated. Only the owner and those who bypass ownership go on to learn
   NOT_FOUND for a missing one. A handler that never calls it fails closed: its result is
   dropped and the caller gets INTERNAL.
+- USER methods that meet someone's existing resource (a create whose client-chosen id is
+  taken, AIP-133) call `require_owner` too, with the same test and the same answer: only
+  the owner or a caller who bypasses ownership may learn ALREADY_EXISTS.
 - INTERNAL: no token; the caller's SPIFFE ID from its verified mTLS certificate
   (``context.auth_context()``) must be one of the policy's `callers`.
 
@@ -58,6 +61,10 @@ class OwnerNotChecked(RuntimeError):
 class _Call:
     principal: Principal | None
     owner_pending: bool
+    """An ACCESS_OWNER call whose handler has not called `require_owner` yet."""
+    bypass: bool = False
+    """The caller may see every owner's resources: an admin, or a machine client holding
+    the method's scopes."""
 
 
 _CURRENT: ContextVar[_Call | None] = ContextVar("poly_authz_call", default=None)
@@ -77,11 +84,13 @@ def require_owner(owner: str, resource: str) -> None:
     scopes). `owner` is empty when the resource does not exist, so only the latter pass.
 
     Anyone else gets PERMISSION_DENIED NOT_OWNER naming only `resource`, the name the caller
-    asked for: the same answer for another's resource and a missing one (AIP-211)."""
+    asked for: the same answer for another's resource and a missing one (AIP-211). The test
+    is the same on an ACCESS_USER method (a create meeting a taken id), so such a method
+    answers another's resource exactly as the owner-checked Get of that name does."""
     call = _CURRENT.get()
     if call is None or call.principal is None:
         raise Unauthenticated("TOKEN_MISSING", "this call carries no access token")
-    if call.owner_pending and (not owner or call.principal.subject != owner):
+    if not call.bypass and (not owner or call.principal.subject != owner):
         raise PermissionDenied("NOT_OWNER", "the caller may not access {resource}", resource=resource)
     call.owner_pending = False
 
@@ -141,7 +150,7 @@ def guard(
                     method=call.name,
                     scopes=" ".join(policy.scopes) or "(none: users only)",
                 )
-            return _Call(caller, owner_pending=False)
+            return _Call(caller, owner_pending=False, bypass=True)
         if not set(policy.roles) <= caller.roles:
             raise PermissionDenied(
                 "ROLE_MISSING",
@@ -150,7 +159,7 @@ def guard(
                 roles=" ".join(policy.roles),
             )
         owner_pending = policy.access == _Access.ACCESS_OWNER and not caller.is_admin
-        return _Call(caller, owner_pending=owner_pending)
+        return _Call(caller, owner_pending=owner_pending, bypass=caller.is_admin)
 
     def middleware(request: Any, context: grpc.ServicerContext, call: CallInfo, proceed: Handler) -> Any:
         policy = table.get(call.method)

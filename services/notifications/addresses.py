@@ -11,6 +11,7 @@ HTTP client actually connects to, so a DNS answer that changes in between cannot
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,10 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
 __all__ = ["AddressRefused", "GuardedResolver", "address_allowed", "url_policy", "url_problem"]
+
+_URL_CHARACTERS = re.compile(r"[!-~]+", re.ASCII)
+"""Visible ASCII only: `urlsplit` silently drops tabs and newlines and strips leading
+spaces and controls, so such a URL would be checked as one text and stored as another."""
 
 Resolve = Callable[[str], list[str]]
 """A host name to the IP addresses it resolves to."""
@@ -44,6 +49,8 @@ def address_allowed(address: str, *, allow_private: bool) -> bool:
 
 
 def _syntax_problem(url: str, *, allow_private: bool) -> str | None:
+    if not _URL_CHARACTERS.fullmatch(url):
+        return "must be visible ASCII without spaces (an international host name in punycode)"
     try:
         parts = urlsplit(url)
         port = parts.port

@@ -66,6 +66,7 @@ EMAIL, WEBHOOK = "EMAIL", "WEBHOOK"
 PENDING, SENT, FAILED, SKIPPED = "PENDING", "SENT", "FAILED", "SKIPPED"
 RESOLVED, ABANDONED = "RESOLVED", "ABANDONED"
 MAX_WEBHOOKS = 10
+_SECRET = re.compile(r"[!-~]{32,256}", re.ASCII)
 _UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", re.ASCII)
 
 OwnerCheck = Callable[[str, str], None]
@@ -361,8 +362,11 @@ class Notifications:
         *,
         webhook_id: str = "",
         request_id: str = "",
+        check_owner: OwnerCheck,
     ) -> tuple[Webhook, str]:
-        """Register a webhook for `owner`; the webhook and its signing secret."""
+        """Register a webhook for `owner`; the webhook and its signing secret. A chosen
+        `webhook_id` that is taken is ALREADY_EXISTS only for a caller `check_owner` admits
+        for the existing webhook; anyone else gets the answer GetWebhook gives them (AIP-133)."""
         self._check_webhook(url, event_types, secret, webhook_id, request_id)
         request_hash = _request_hash(url, sorted(set(event_types)), secret, webhook_id)
         if request_id:
@@ -391,8 +395,10 @@ class Notifications:
         except _Collision:
             with self.transactions() as repo:
                 replayed = repo.webhook_by_request(owner, request_id) if request_id else None
+                taken = None if replayed is not None else repo.webhook(hook.id)
             if replayed is not None:
                 return _replay(replayed, request_hash)
+            check_owner(taken.owner if taken else "", hook.name)
             raise AlreadyExists(
                 "WEBHOOK_EXISTS", "webhooks/{webhook} already exists", webhook=hook.id
             ) from None
@@ -414,8 +420,10 @@ class Notifications:
                         f"must be one of {', '.join(templates.NOTIFIED_TYPES)}",
                     )
                 )
-        if secret and not 32 <= len(secret) <= 256:
-            violations.append(FieldViolation("webhook.secret", "must be 32 to 256 characters"))
+        if secret and not _SECRET.fullmatch(secret):
+            violations.append(
+                FieldViolation("webhook.secret", "must be 32 to 256 visible ASCII characters, no spaces")
+            )
         violations += chosen_id_problems(webhook_id, field="webhook_id")
         if request_id and not _UUID4.fullmatch(request_id):
             violations.append(FieldViolation("request_id", "must be a UUID4 in lower case"))

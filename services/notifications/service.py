@@ -102,6 +102,7 @@ class NotificationsServicer(notifications_service_pb2_grpc.NotificationsServiceS
             given.secret,
             webhook_id=request.webhook_id,
             request_id=request.request_id,
+            check_owner=authz.require_owner,
         )
         return pb.CreateWebhookResponse(webhook=_webhook(webhook), signing_secret=secret)
 

@@ -9,9 +9,12 @@ line in the subject, so no value can inject markup or a header.
 from __future__ import annotations
 
 import html
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from string import Template as _Text
+
+from services.kit.text import HIDDEN_CATEGORIES, VISIBLE_TEXT_RULE
 
 __all__ = [
     "COMMON_VARIABLES",
@@ -122,6 +125,17 @@ DEFAULTS: Mapping[str, tuple[str, str, str]] = {
 """(subject, body_text, body_html) each template starts with."""
 
 
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_BODY_RULE = "must not contain control characters (other than tab and line breaks) or bidi controls"
+
+
+def _hidden_in_body(char: str) -> bool:
+    """A character a body may not hold: a control other than tab and line breaks, or a bidi
+    control (which can make text read differently from what it is). Other format characters
+    stay allowed: emoji sequences need the zero-width joiner."""
+    return (unicodedata.category(char) == "Cc" and char not in "\t\n\r") or char in _BIDI_CONTROLS
+
+
 def text_problems(event_type: str, text: str, *, subject: bool = False) -> list[str]:
     """What is wrong with one template text for `event_type` (empty if it renders)."""
     problems: list[str] = []
@@ -130,6 +144,10 @@ def text_problems(event_type: str, text: str, *, subject: bool = False) -> list[
         problems.append(f"must be at most {limit} characters")
     if subject and ("\n" in text or "\r" in text):
         problems.append("must be a single line")
+    elif subject and any(unicodedata.category(c) in HIDDEN_CATEGORIES for c in text):
+        problems.append(VISIBLE_TEXT_RULE)
+    elif not subject and any(_hidden_in_body(c) for c in text):
+        problems.append(_BODY_RULE)
     parsed = _Text(text)
     if not parsed.is_valid():
         problems.append("has a '$' that starts no placeholder; write $$ for a dollar sign")

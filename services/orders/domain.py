@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -37,6 +38,7 @@ from services.kit.errors import (
 )
 from services.kit.money import MAX_AMOUNT_MINOR, Money, money_problems
 from services.kit.names import chosen_id_problems, request_id_problems
+from services.kit.text import visible_text_problem
 
 __all__ = [
     "AWAITING_PAYMENT",
@@ -46,6 +48,7 @@ __all__ = [
     "PAID",
     "PAYMENT_FAILED",
     "PENDING",
+    "SKU_RULE",
     "STATES",
     "TERMINAL",
     "TRANSITIONS",
@@ -57,6 +60,7 @@ __all__ = [
     "OrderPage",
     "OrderQuery",
     "Orders",
+    "OwnerCheck",
     "Repository",
     "RequestKey",
     "capture_request_id",
@@ -90,6 +94,9 @@ TERMINAL = frozenset(state for state, moves in TRANSITIONS.items() if not moves)
 MAX_LINES = 100
 MAX_QUANTITY = 10_000
 MAX_SKU = 64
+_SKU = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_SKU - 1}}}", re.ASCII)
+SKU_RULE = f"must be 1 to {MAX_SKU} characters of [A-Za-z0-9._-], starting with a letter or digit"
+"""What a SKU must look like (ASCII only, applied with fullmatch), as its field violation says."""
 MAX_CANCEL_REASON = 500
 _WRITE_ATTEMPTS = 5
 CAPTURE_BACKOFF_BASE = dt.timedelta(seconds=0.5)
@@ -108,6 +115,11 @@ _ORDER_BY = ("create_time", "update_time")
 _DEFAULT_ORDER = filters.Ordering("create_time", descending=True)
 
 Event = Literal["created", "cancelled", "paid", "payment_failed", "fulfilled"]
+
+OwnerCheck = Callable[[str, str], None]
+"""``check(owner, resource)`` (`authz.require_owner`): admits the current caller for a
+resource owned by `owner` ("" when none exists: only callers who may see every order pass),
+or refuses with PERMISSION_DENIED naming only `resource`, the same answer GetOrder gives."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,13 +259,19 @@ def capture_backoff(attempts: int) -> dt.timedelta:
 def _line_problems(index: int, line: NewLine) -> list[FieldViolation]:
     path = f"order.lines[{index}]"
     problems = []
-    if not 1 <= len(line.sku) <= MAX_SKU or not line.sku.isprintable():
-        problems.append(FieldViolation(f"{path}.sku", f"must be 1 to {MAX_SKU} printable characters"))
+    if not _SKU.fullmatch(line.sku):
+        problems.append(FieldViolation(f"{path}.sku", SKU_RULE))
     if not 1 <= line.quantity <= MAX_QUANTITY:
         problems.append(FieldViolation(f"{path}.quantity", f"must be 1 to {MAX_QUANTITY}"))
     price = line.unit_price
     problems += money_problems(f"{path}.unit_price", price.currency, price.amount)
     return problems
+
+
+def _reason_problem(reason: str) -> str | None:
+    """Why a cancel reason (free text, spaces included: shown to the owner, sent on to
+    payments) is refused: too long, or control, bidi or other invisible characters."""
+    return visible_text_problem(reason, max_length=MAX_CANCEL_REASON)
 
 
 def _order_problems(lines: Sequence[NewLine], order_id: str, request_id: str) -> list[FieldViolation]:
@@ -305,7 +323,13 @@ class Orders:
     transactions: Transactions
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
 
-    def create(self, owner: str, lines: Sequence[NewLine], order_id: str, request_id: str) -> Order:
+    def create(
+        self, owner: str, lines: Sequence[NewLine], order_id: str, request_id: str, check_owner: OwnerCheck
+    ) -> Order:
+        """Place an order for `owner`. A chosen `order_id` that is taken is ALREADY_EXISTS only
+        for a caller `check_owner` admits for the existing order; anyone else gets the answer
+        GetOrder gives them for it (AIP-133), so ids cannot be probed. A repeat of `request_id`
+        by the same owner returns the first order."""
         problems = _order_problems(lines, order_id, request_id)
         if problems:
             raise InvalidArgument("ORDER_INVALID", "the order is invalid", violations=problems)
@@ -320,6 +344,8 @@ class Orders:
                 if first is not None:
                     return self._replay(repo, first, key)
             if not repo.add_order(order):
+                existing = repo.order(order.id)
+                check_owner(existing.owner if existing else "", order.name)
                 raise AlreadyExists("ORDER_EXISTS", "orders/{order} already exists", order=order.id)
             repo.publish("created", order)
         return order
@@ -368,11 +394,12 @@ class Orders:
         return OrderPage(orders, next_token)
 
     def cancel(self, order_id: str, etag: str, reason: str) -> Order:
-        if len(reason) > MAX_CANCEL_REASON:
+        problem = _reason_problem(reason)
+        if problem:
             raise InvalidArgument(
                 "CANCEL_REASON_INVALID",
-                "reason must be at most {limit} characters",
-                violations=[FieldViolation("reason", f"must be at most {MAX_CANCEL_REASON} characters")],
+                "reason must be at most {limit} characters of visible text",
+                violations=[FieldViolation("reason", problem)],
                 limit=MAX_CANCEL_REASON,
             )
 

@@ -77,7 +77,9 @@ class OrdersServicer(orders_service_pb2_grpc.OrdersServiceServicer):
     ) -> resources_pb2.Order:
         owner = authz.principal().subject
         lines = [_new_line(line) for line in request.order.lines]
-        return _order(self._orders.create(owner, lines, request.order_id, request.request_id))
+        return _order(
+            self._orders.create(owner, lines, request.order_id, request.request_id, authz.require_owner)
+        )
 
     def _owned(self, order_id: str) -> Order:
         """The order, if the caller may see it. Permission comes before existence (AIP-211):

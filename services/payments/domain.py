@@ -32,6 +32,7 @@ from services.kit.errors import (
 from services.kit.filters import Ordering, Term
 from services.kit.money import Money, money_problems
 from services.kit.names import request_id_problems
+from services.kit.text import visible_text_problem
 
 __all__ = [
     "ACCOUNT_FIELDS",
@@ -659,8 +660,9 @@ class Payments:
         problems = _request_id_problems(request_id)
         if amount is not None:
             problems += money_problems("amount", amount.currency, amount.amount, positive=True)
-        if len(reason) > _MAX_REASON:
-            problems.append(FieldViolation("reason", f"must be at most {_MAX_REASON} characters"))
+        reason_problem = visible_text_problem(reason, max_length=_MAX_REASON)
+        if reason_problem:
+            problems.append(FieldViolation("reason", reason_problem))
         _refuse(problems, "refund")
         request = _Request(caller, request_id, _fingerprint("refund", payment_id, amount, reason))
         with self.transactions() as repo:

@@ -31,6 +31,10 @@ def _no_database() -> Iterator[Repository]:
     yield  # pragma: no cover
 
 
+def _anyone(_owner: str, _resource: str) -> None:
+    """An owner check that admits every caller: validation refuses before it matters."""
+
+
 def _public(_host: str) -> list[str]:
     return ["93.184.215.14"]
 
@@ -50,6 +54,11 @@ def _public(_host: str) -> list[str]:
         "https://user:pw@example.com/hook",
         "ftp://example.com/hook",
         "not a url",
+        " https://example.com/hook",
+        "https://example.com/hook\n",
+        "https://exa\tmple.com/hook",
+        "https://\u00e9xample.com/hook",
+        "https://example.com/h\u202eook",
     ],
     ids=[
         "loopback",
@@ -64,6 +73,11 @@ def _public(_host: str) -> list[str]:
         "credentials",
         "ftp",
         "garbage",
+        "leading-space",
+        "trailing-newline",
+        "inner-tab",
+        "non-ascii-host",
+        "bidi-path",
     ],
 )
 def test_unsafe_webhook_urls_are_refused(url: str) -> None:
@@ -87,7 +101,7 @@ def test_a_name_resolving_to_a_private_address_is_refused() -> None:
 def test_create_webhook_refuses_unsafe_urls_with_a_violation(url: str) -> None:
     notifications = Notifications(_no_database, addresses.url_policy(allow_private=False))
     with pytest.raises(InvalidArgument) as refused:
-        notifications.create_webhook("users/u1", url, [], "")
+        notifications.create_webhook("users/u1", url, [], "", check_owner=_anyone)
     assert [v.field for v in refused.value.violations] == ["webhook.url"]
 
 
@@ -101,6 +115,10 @@ def test_create_webhook_refuses_unsafe_urls_with_a_violation(url: str) -> None:
         ("two\nlines", True, False),
         ("x" * 201, True, False),
         ("lone $", False, False),
+        ("Paid \u202e$order", True, False),
+        ("Paid\x1b[2J $order", True, False),
+        ("Paid \u2067$order\u2069", False, False),
+        ("Paid $order\x00", False, False),
     ],
     ids=[
         "known",
@@ -110,6 +128,10 @@ def test_create_webhook_refuses_unsafe_urls_with_a_violation(url: str) -> None:
         "multi-line-subject",
         "long-subject",
         "bare-dollar",
+        "bidi-subject",
+        "escape-subject",
+        "bidi-body",
+        "nul-body",
     ],
 )
 def test_template_text_problems(text: str, subject: bool, fine: bool) -> None:

@@ -27,7 +27,7 @@ from poly.users.v1 import users_service_pb2 as users_pb
 from poly.users.v1 import users_service_pb2_grpc
 from tests.support.identity import Deployment, bearer, start
 from tests.support.notifications import Mailbox, WebhookReceiver, subscribed
-from tests.support.status import refusal
+from tests.support.status import Refusal, refusal
 from tests.support.waiting import eventually
 
 Delivery = resources_pb2.Delivery
@@ -358,8 +358,22 @@ def test_webhook_event_types_filter_what_it_receives(system: System) -> None:
             "webhook.event_types[0]",
         ),
         (resources_pb2.Webhook(url="http://127.0.0.1:9/x", secret="too-short"), "webhook.secret"),
+        (resources_pb2.Webhook(url="http://127.0.0.1:9/x", secret=" " + "s" * 40), "webhook.secret"),
+        (resources_pb2.Webhook(url="http://127.0.0.1:9/x", secret="s" * 40 + "\n"), "webhook.secret"),
+        (resources_pb2.Webhook(url=" http://127.0.0.1:9/x"), "webhook.url"),
+        (resources_pb2.Webhook(url="http://127.0.0.1:9/x\r\n"), "webhook.url"),
     ],
-    ids=["empty-url", "ftp", "oversized-url", "unknown-event-type", "short-secret"],
+    ids=[
+        "empty-url",
+        "ftp",
+        "oversized-url",
+        "unknown-event-type",
+        "short-secret",
+        "padded-secret",
+        "secret-with-newline",
+        "padded-url",
+        "url-with-line-break",
+    ],
 )
 def test_bad_webhooks_are_refused_with_a_violation(
     system: System, webhook: resources_pb2.Webhook, field: str
@@ -413,6 +427,34 @@ def test_create_webhook_is_idempotent_and_limited(system: System) -> None:
         metadata=user.metadata,
         timeout=10,
     )
+
+
+def test_a_taken_webhook_id_is_already_exists_only_for_its_owner(system: System) -> None:
+    # AIP-133: a caller who may not see the webhook learns what GetWebhook tells them.
+    owner, intruder = _user(system), _user(system)
+    webhook_id = f"taken-{uuid.uuid4().hex[:8]}"
+    create = pb.CreateWebhookRequest(
+        webhook=resources_pb2.Webhook(url=system.receiver.url("taken")), webhook_id=webhook_id
+    )
+    first = system.notifications.CreateWebhook(create, metadata=owner.metadata, timeout=10).webhook
+    get = pb.GetWebhookRequest(name=first.name)
+
+    def answer(call: Callable[..., object], request: object, metadata: list[tuple[str, str]]) -> Refusal:
+        with pytest.raises(grpc.RpcError) as failed:
+            call(request, metadata=metadata, timeout=10)
+        return refusal(failed.value)
+
+    expected = answer(system.notifications.GetWebhook, get, intruder.metadata)
+    assert (expected.code, expected.reason) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_OWNER")
+    assert answer(system.notifications.CreateWebhook, create, intruder.metadata) == expected
+    for caller in (owner.metadata, system.admin):
+        assert _refused(system.notifications.CreateWebhook, create, caller)[:2] == (
+            grpc.StatusCode.ALREADY_EXISTS,
+            "WEBHOOK_EXISTS",
+        )
+    assert system.notifications.GetWebhook(get, metadata=owner.metadata, timeout=10) == first
+    listed = system.notifications.ListWebhooks(pb.ListWebhooksRequest(), metadata=intruder.metadata)
+    assert list(listed.webhooks) == []
 
 
 # -- access --------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def _names(system: System, who: list[tuple[str, str]], **fields: object) -> list
 
 def test_create_computes_totals_and_publishes_order_created(system: System) -> None:
     user, who = system.user()
-    order = create(system, who, line("A-1", 3, 250), line("B 2", 1, 1000), order_id="first-order")
+    order = create(system, who, line("A-1", 3, 250), line("B_2.x", 1, 1000), order_id="first-order")
     assert order.name == "orders/first-order" and order.owner == user
     assert order.state == State.STATE_PENDING and order.etag
     assert [(x.total.amount_minor, x.total.currency_code) for x in order.lines] == [
@@ -49,16 +49,41 @@ def test_create_computes_totals_and_publishes_order_created(system: System) -> N
     assert generated.name.startswith("orders/o") and generated.name != order.name
 
 
-def test_a_taken_order_id_is_already_exists(system: System) -> None:
+def _answer(call: object, request: object, who: list[tuple[str, str]]) -> tuple[object, ...]:
+    """The whole refusal: code, reason, message, metadata and violations."""
+    with pytest.raises(grpc.RpcError) as failed:
+        call(request, metadata=who, timeout=10)  # type: ignore[operator]
+    found = refusal(failed.value)
+    return found.code, found.reason, found.message, found.metadata, found.violations
+
+
+def test_a_taken_order_id_is_already_exists_only_for_its_owner(system: System) -> None:
+    # AIP-133: a caller who may not see the order learns what GetOrder tells them, not that
+    # the id is taken; the owner and an admin learn ALREADY_EXISTS.
     _, who = system.user()
     _, other = system.user()
     order_id = f"taken-{uuid.uuid4().hex[:8]}"
-    create(system, who, order_id=order_id)
-    request = pb.CreateOrderRequest(order=resources_pb2.Order(lines=[line()]), order_id=order_id)
-    assert _refused(system.stub().CreateOrder, request, other)[:2] == (
-        grpc.StatusCode.ALREADY_EXISTS,
-        "ORDER_EXISTS",
-    )
+    key = str(uuid.uuid4())
+    first = create(system, who, order_id=order_id, request_id=key)
+    stub = system.stub()
+    get = pb.GetOrderRequest(name=first.name)
+    again = pb.CreateOrderRequest(order=resources_pb2.Order(lines=[line()]), order_id=order_id)
+    replayed = pb.CreateOrderRequest(order=again.order, order_id=order_id, request_id=key)
+    expected = _answer(stub.GetOrder, get, other)
+    assert expected[:2] == (grpc.StatusCode.PERMISSION_DENIED, "NOT_OWNER")
+    assert _answer(stub.CreateOrder, again, other) == expected
+    assert _answer(stub.CreateOrder, replayed, other) == expected, "another's request_id is no way in"
+    for caller in (who, system.admin()):
+        assert _refused(stub.CreateOrder, again, caller)[:2] == (
+            grpc.StatusCode.ALREADY_EXISTS,
+            "ORDER_EXISTS",
+        )
+    # Nothing changed: the order, its events, and the refused caller's orders and keys.
+    assert stub.GetOrder(get, metadata=who, timeout=10) == first
+    assert system.published(first.name) == ["OrderCreated"]
+    assert _names(system, other) == []
+    assert create(system, other, request_id=key).name != first.name, "the refused key was not kept"
+    assert create(system, who, order_id=order_id, request_id=key) == first, "the owner's replay"
 
 
 def test_a_repeated_request_id_returns_the_first_order_even_after_it_moved_on(system: System) -> None:
@@ -116,6 +141,12 @@ _BAD = [
     ("101-lines", {"order": State(lines=_lines(101))}, {"order.lines"}),
     ("long-sku", {"order": State(lines=[_LINE, line(sku="x" * 65)])}, {"order.lines[1].sku"}),
     ("control-sku", {"order": State(lines=[line(sku="a\nb")])}, {"order.lines[0].sku"}),
+    ("blank-sku", {"order": State(lines=[line(sku=" ")])}, {"order.lines[0].sku"}),
+    ("padded-sku", {"order": State(lines=[_LINE, line(sku=" SKU-1 ")])}, {"order.lines[1].sku"}),
+    ("inner-space-sku", {"order": State(lines=[line(sku="B 2")])}, {"order.lines[0].sku"}),
+    ("lookalike-sku", {"order": State(lines=[line(sku="SKU\u20101")])}, {"order.lines[0].sku"}),
+    ("fullwidth-sku", {"order": State(lines=[line(sku="\uff33KU-1")])}, {"order.lines[0].sku"}),
+    ("punctuation-first-sku", {"order": State(lines=[line(sku="-SKU")])}, {"order.lines[0].sku"}),
     ("quantity-neg", {"order": State(lines=[line(quantity=-1)])}, {"order.lines[0].quantity"}),
     ("quantity-10001", {"order": State(lines=[line(quantity=10001)])}, {"order.lines[0].quantity"}),
     ("negative-price", {"order": State(lines=[line(amount=-1)])}, {"order.lines[0].unit_price.amount_minor"}),
@@ -384,12 +415,18 @@ def test_unknown_orders_are_not_found_for_an_admin_only(system: System) -> None:
     )
 
 
-def test_a_long_cancel_reason_is_invalid(system: System) -> None:
+@pytest.mark.parametrize(
+    "reason",
+    ["x" * 501, "late\x00", "changed my mind\r\nX-Injected: 1", "\u202eevil", "zero\u200bwidth"],
+    ids=["long", "nul", "line-break", "bidi", "zero-width"],
+)
+def test_a_bad_cancel_reason_is_invalid(system: System, reason: str) -> None:
     _, who = system.user()
     order = create(system, who)
-    request = pb.CancelOrderRequest(name=order.name, reason="x" * 501)
-    code, _, violations = _refused(system.stub().CancelOrder, request, who)
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and set(violations) == {"reason"}
+    request = pb.CancelOrderRequest(name=order.name, reason=reason)
+    code, found, violations = _refused(system.stub().CancelOrder, request, who)
+    assert (code, found) == (grpc.StatusCode.INVALID_ARGUMENT, "CANCEL_REASON_INVALID")
+    assert set(violations) == {"reason"}
     assert system.published(order.name) == ["OrderCreated"]
 
 

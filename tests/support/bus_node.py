@@ -126,7 +126,7 @@ def main(role: str) -> None:
             )
         else:
             background.append(bus.Subscriber(channels, [peer], consumer.event_types, initial_wait=0))
-    sink = bus.EventSinkServicer(consumer, factory, tables, services=config.SERVICES)
+    sink = bus.EventSinkServicer(consumer, factory, tables, service=service, services=config.SERVICES)
     try:
         server.serve(settings, [bus.sink_registration(sink)], background=background)  # type: ignore[list-item]
     finally:

@@ -8,6 +8,8 @@ may be applied: every push is PERMISSION_DENIED with EVENT_TYPE_NOT_PUBLISHED_BY
 every forged message ends in a dead-letter queue, no inbox holds a forged id, the victim's
 identity still logs in (a forged UserDeleted) and the victim's order is never PAID (a forged
 PaymentAuthorized + PaymentCaptured, sent while payments is down so the order stays PENDING).
+A forged Subscribe (junk, a name that is no event, another publisher's type, too many
+entries) is INVALID_ARGUMENT at every service and stores nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from poly.orders.v1 import orders_service_pb2_grpc, resources_pb2
 from poly.type.v1.money_pb2 import Money
 from services.kit import bus, config
 from services.kit.bus import contract
+from services.kit.bus.sink import MAX_SUBSCRIBED_TYPES
 from tests.support.broker import delete_namespace
 from tests.support.env import production_shape
 from tests.support.identity import Deployment, bearer, start
@@ -213,6 +216,15 @@ class System:
         finally:
             engine.dispose()
 
+    def subscriptions(self, service: str) -> set[tuple[str, str]]:
+        engine = create_engine(self.deployment.settings(service).db.url)
+        try:
+            with engine.connect() as connection:
+                rows = connection.execute(text("SELECT subscriber, event_type FROM bus_subscription"))
+                return {(str(subscriber), str(event_type)) for subscriber, event_type in rows}
+        finally:
+            engine.dispose()
+
     def orders(self) -> orders_service_pb2_grpc.OrdersServiceStub:
         return orders_service_pb2_grpc.OrdersServiceStub(self.deployment.channel("orders"))
 
@@ -299,3 +311,22 @@ def test_no_service_can_forge_another_services_events(system: System) -> None:
         lambda: system.order_state(victim) == Order.STATE_PAYMENT_FAILED, what="the order to settle genuinely"
     )
     assert failed
+
+
+def test_a_forged_subscription_is_refused_and_stores_nothing(system: System) -> None:
+    junk = "junk\n\u202e" + "x" * 5000
+    for target in config.SERVICES:
+        forger = next(s for s in config.SERVICES if s != target)
+        before = system.subscriptions(target)
+        elsewhere = next(t for t in EVENT_TYPES if contract.publisher_of(t) not in (target, None))
+        stub = event_sink_pb2_grpc.EventSinkServiceStub(system.deployment.channel(target, as_=forger))
+        for event_types in (
+            [junk, "poly.events.v1.NotAnEvent", elsewhere],
+            [elsewhere] * (MAX_SUBSCRIBED_TYPES + 1),
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Subscribe(event_sink_pb2.SubscribeRequest(event_types=event_types), timeout=10)
+            found = refusal(refused.value)
+            assert found.code == grpc.StatusCode.INVALID_ARGUMENT, (target, found)
+            assert found.violations, (target, found)
+        assert system.subscriptions(target) == before, f"{target} stored a forged subscription"

@@ -10,6 +10,9 @@ method of every service each process serves (as its reflection lists them) is ch
   its owner), for user A's real resource and for one that does not exist; the mutating
   ones change nothing, A and an admin still see A's, and only an admin learns NOT_FOUND
   for the one that does not exist;
+- chosen ids (AIP-133): every Create taking a client-chosen id answers user B, creating
+  with the id of A's resource, exactly what that resource's Get answers B, and changes
+  nothing; only A and an admin learn ALREADY_EXISTS;
 - the access log: a WatchOrder the client cancels is logged CANCELLED, not OK.
 """
 
@@ -324,6 +327,11 @@ def _owned_by(system: Deployment, admin: list[tuple[str, str]]) -> tuple[str, st
     )
 
 
+@pytest.fixture(scope="module")
+def owned_by_alice(system: Deployment, admin: list[tuple[str, str]]) -> tuple[str, str, dict[str, str]]:
+    return _owned_by(system, admin)
+
+
 def _found(call: Any) -> bool:
     try:
         call()
@@ -355,18 +363,22 @@ def _as_admin(
     return request
 
 
-def test_every_owner_checked_method_refuses_anothers_resource_and_a_missing_one_alike(
-    system: Deployment, admin: list[tuple[str, str]]
-) -> None:
-    owned = [
+def _owner_checked(system: Deployment) -> list[tuple[str, MethodDescriptor]]:
+    return [
         (process, method)
         for process, service in _served(system)
         for method in service.methods
         if _policy(method).access == Access.ACCESS_OWNER
     ]
+
+
+def test_every_owner_checked_method_refuses_anothers_resource_and_a_missing_one_alike(
+    system: Deployment, admin: list[tuple[str, str]], owned_by_alice: tuple[str, str, dict[str, str]]
+) -> None:
+    owned = _owner_checked(system)
     assert len(owned) >= 15, owned
     patterns = _resource_patterns()
-    alice, email, names = _owned_by(system, admin)
+    alice, email, names = owned_by_alice
     _bob, bob_email = system.register()
     bob = bearer(system.login(bob_email).access_token)
     alice_token = bearer(system.login(email).access_token)
@@ -414,6 +426,87 @@ def test_every_owner_checked_method_refuses_anothers_resource_and_a_missing_one_
     assert not different, different
     assert not not_found, not_found
     assert snapshot() == before, "a refused call changed the resource"
+
+
+def _chosen_id_creates(system: Deployment) -> list[tuple[str, MethodDescriptor, str, str]]:
+    """(process, method, resource field, resource type) of every Create taking a client-chosen
+    id: a resource field ``<x>`` beside an ``<x>_id`` field (AIP-133)."""
+    found = []
+    for process, service in _served(system):
+        for method in service.methods:
+            fields = method.input_type.fields_by_name
+            for field in method.input_type.fields:
+                resource = (
+                    field.message_type.GetOptions().Extensions[resource_pb2.resource]
+                    if field.message_type
+                    else None
+                )
+                if (
+                    method.name.startswith("Create")
+                    and resource
+                    and resource.type
+                    and f"{field.name}_id" in fields
+                ):
+                    found.append((process, method, field.name, resource.type))
+    return found
+
+
+def _list_of(process: str, resource_type: str, system: Deployment) -> MethodDescriptor | None:
+    """The List method of `process` whose response holds resources of `resource_type`."""
+    for served_process, service in _served(system):
+        for method in service.methods if served_process == process else ():
+            held = [f.message_type for f in method.output_type.fields if f.is_repeated and f.message_type]
+            types = {m.GetOptions().Extensions[resource_pb2.resource].type for m in held}
+            if method.name.startswith("List") and resource_type in types:
+                return method
+    return None
+
+
+def test_creating_with_anothers_id_answers_what_get_answers_and_changes_nothing(
+    system: Deployment, admin: list[tuple[str, str]], owned_by_alice: tuple[str, str, dict[str, str]]
+) -> None:
+    owned, patterns = _owner_checked(system), _resource_patterns()
+    _alice, email, names = owned_by_alice
+    _bob, bob_email = system.register()
+    bob, alice = bearer(system.login(bob_email).access_token), bearer(system.login(email).access_token)
+    checked, wrong = [], {}
+    for process, create, field, resource_type in _chosen_id_creates(system):
+        if resource_type not in names:
+            continue  # no resource of this type belongs to alice (e.g. auth clients)
+        name = names[resource_type]
+        get_process, get = _get_method(resource_type, owned)
+        get_request = _request(get, _target(get, patterns), name)
+        before = _call(system, get_process, get, get_request, metadata=admin)
+        request = _empty(create)
+        getattr(request, field).CopyFrom(before)  # a valid resource: only the id can make it fail
+        getattr(request, field).ClearField("name")
+        setattr(request, f"{field}_id", name.rsplit("/", 1)[1])
+        answers = {}
+        for who, caller, at, method, sent in (
+            ("bob-get", bob, get_process, get, get_request),
+            ("bob-create", bob, process, create, request),
+            ("alice-create", alice, process, create, request),
+            ("admin-create", admin, process, create, request),
+        ):
+            try:
+                answers[who] = ("OK", _call(system, at, method, sent, metadata=caller))
+            except grpc.RpcError as error:
+                answers[who] = ("refused", refusal(error))
+        assert answers["bob-get"][0] == "refused", (create.full_name, answers["bob-get"])
+        if answers["bob-create"] != answers["bob-get"]:
+            wrong[create.full_name] = (answers["bob-create"], answers["bob-get"])
+        for who in ("alice-create", "admin-create"):
+            outcome, found = answers[who]
+            if outcome != "refused" or found.code != grpc.StatusCode.ALREADY_EXISTS:
+                wrong[f"{create.full_name} as {who}"] = answers[who]
+        assert _call(system, get_process, get, get_request, metadata=admin) == before, create.full_name
+        listing = _list_of(process, resource_type, system)
+        if listing is not None:
+            listed = _call(system, process, listing, _empty(listing), metadata=bob)
+            assert not any(f.is_repeated and len(getattr(listed, f.name)) for f in listing.output_type.fields)
+        checked.append(resource_type)
+    assert not wrong, wrong
+    assert {"orders.poly.local/Order", "notifications.poly.local/Webhook"} <= set(checked), checked
 
 
 # -- access log ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ A service declares what it publishes and consumes and gets the rest from here:
 - `Consumer.apply(envelope)` runs the handler and records the event id in ``bus_inbox``
   in one transaction: effects happen once even when delivery happens twice.
 - Embedded transport: `EmbeddedTransport` pushes to each subscriber's `EventSinkServicer`
-  over mTLS; `Subscriber` registers a service's event types with its peers.
+  over mTLS; `Subscriber` registers a service's event types with the peers that publish them.
 - RabbitMQ transport (``POLY_BUS_URL=amqp://…``): `BrokerTransport` publishes with
   confirms, `BrokerConsumer` consumes the service's quorum queue, acknowledging after the
   commit; `redrive_dead_queue` returns dead-lettered messages to it.

@@ -2,7 +2,7 @@
 
 The embedded transport needs, per service: an `Outbox` that routes to subscribers, a
 `Consumer` for its handlers behind an `EventSinkServicer`, a `Subscriber` that registers
-its event types with every other service, and a `Relay` pushing its outbox to theirs.
+its event types with the services that publish them, and a `Relay` pushing its outbox to theirs.
 `Node` is the `Background` that starts and stops them with the server.
 """
 
@@ -102,6 +102,7 @@ def node(
         consumer,
         factory,
         tables,
+        service=settings.service,
         services=config.SERVICES,
         trust_domain=settings.tls.trust_domain,
         namespace=settings.tls.namespace,

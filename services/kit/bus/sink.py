@@ -4,8 +4,12 @@
 (the SPIFFE ID in the caller's client certificate), only of types that caller is the
 declared publisher of (``(poly.options.v1.event)``, read by `contract`), and only with that
 caller as their source; then it applies them through the `Consumer`.
-`Subscribe` records which event types the calling service wants from this one; `Subscriber`
-is the other side, registering this service's handlers with every peer at start-up.
+`Subscribe` records which event types the calling service wants from this one: only types
+this service is the declared publisher of (at most `MAX_SUBSCRIBED_TYPES`); any other entry
+is INVALID_ARGUMENT with a field violation each, and nothing is stored. Who may consume
+which type is not declared anywhere yet, so any service identity may subscribe to any type
+published here. `Subscriber` is the other side: at start-up it asks each peer for the
+consumed types that peer publishes (from the contract), and skips peers that publish none.
 """
 
 from __future__ import annotations
@@ -26,11 +30,14 @@ from services.kit.bus.tables import BusTables
 from services.kit.clients import Channels
 from services.kit.errors import FieldViolation, InvalidArgument, PermissionDenied, Unavailable
 
-__all__ = ["EVENT_SINK", "EventSinkServicer", "Subscriber", "sink_registration"]
+__all__ = ["EVENT_SINK", "MAX_SUBSCRIBED_TYPES", "EventSinkServicer", "Subscriber", "sink_registration"]
 
 _log = logging.getLogger("poly.bus.sink")
 
 EVENT_SINK = event_sink_pb2.DESCRIPTOR.services_by_name["EventSinkService"]
+
+MAX_SUBSCRIBED_TYPES = 100
+"""Most entries one Subscribe may list (each must be a type published here, so far fewer)."""
 
 _OUTCOMES = {
     Outcome.APPLIED: event_sink_pb2.PushEventResponse.OUTCOME_APPLIED,
@@ -45,10 +52,14 @@ class EventSinkServicer(event_sink_pb2_grpc.EventSinkServiceServicer):
         factory: sessionmaker[Session],
         tables: BusTables,
         *,
+        service: str,
         services: Collection[str],
         trust_domain: str = "poly.local",
         namespace: str = "default",
     ) -> None:
+        """`service` is this (publishing) service: Subscribe accepts only types it publishes."""
+        self._service = service
+        self._published = contract.published_by(service)
         self._consumer = consumer
         self._factory = factory
         self._tables = tables
@@ -117,6 +128,7 @@ class EventSinkServicer(event_sink_pb2_grpc.EventSinkServiceServicer):
         self, request: event_sink_pb2.SubscribeRequest, context: grpc.ServicerContext
     ) -> event_sink_pb2.SubscribeResponse:
         subscriber = self._service_caller(context)
+        self._check_subscription(subscriber, request.event_types)
         types = sorted(set(request.event_types))
         subscription = self._tables.subscription
         with self._factory.begin() as session:
@@ -133,6 +145,30 @@ class EventSinkServicer(event_sink_pb2_grpc.EventSinkServiceServicer):
         _log.info("subscribed", extra={"subscriber": subscriber, "event_types": current, "added": added})
         return event_sink_pb2.SubscribeResponse(subscriber=subscriber, event_types=current)
 
+    def _check_subscription(self, subscriber: str, requested: Sequence[str]) -> None:
+        """Refuse the whole request unless every entry is a type this service publishes."""
+        if len(requested) > MAX_SUBSCRIBED_TYPES:
+            violations = [FieldViolation("event_types", f"must have at most {MAX_SUBSCRIBED_TYPES} entries")]
+        else:
+            violations = [
+                FieldViolation(f"event_types[{index}]", "is no event type published here")
+                for index, event_type in enumerate(requested)
+                if event_type not in self._published
+            ]
+        if violations:
+            # Never the requested strings themselves: they are the caller's, of any length.
+            _log.warning(
+                "subscription refused",
+                extra={"subscriber": subscriber, "requested": len(requested), "refused": len(violations)},
+            )
+            raise InvalidArgument(
+                "EVENT_TYPE_NOT_PUBLISHED_HERE",
+                "{service} accepts subscriptions only to the event types it publishes: {published}",
+                violations=violations,
+                service=self._service,
+                published=" ".join(sorted(self._published)) or "none",
+            )
+
 
 def sink_registration(servicer: EventSinkServicer) -> server.Registration:
     return server.registration(
@@ -141,10 +177,13 @@ def sink_registration(servicer: EventSinkServicer) -> server.Registration:
 
 
 class Subscriber:
-    """Registers this service's event types with each peer, retrying until every one accepts.
+    """Registers this service's event types with their publishers, retrying until every one
+    accepts.
 
-    `start` returns once all peers have answered or `initial_wait` has passed; peers still
-    unreachable then (a publisher that is down) keep being retried in the background.
+    Each peer is asked only for the consumed types the contract names it the publisher of
+    (a peer refuses any other), and a peer that publishes none of them is not asked at all.
+    `start` returns once all those peers have answered or `initial_wait` has passed; peers
+    still unreachable then (a publisher that is down) keep being retried in the background.
     """
 
     def __init__(
@@ -157,9 +196,17 @@ class Subscriber:
         retry_interval: float = 1.0,
     ) -> None:
         self._channels = channels
-        self._pending = set(peers)
+        self._requests = {
+            peer: event_sink_pb2.SubscribeRequest(event_types=wanted)
+            for peer in peers
+            if (wanted := sorted({t for t in event_types if contract.publisher_of(t) == peer}))
+        }
+        orphans = sorted({t for t in event_types if contract.publisher_of(t) not in peers})
+        if orphans:
+            _log.warning("no peer publishes these consumed event types", extra={"event_types": orphans})
+        self._pending = set(self._requests)
+        self._refused_by: set[str] = set()
         self._lock = threading.Lock()
-        self._request = event_sink_pb2.SubscribeRequest(event_types=sorted(event_types))
         self._initial_wait = initial_wait
         self._retry_interval = retry_interval
         self._stop = threading.Event()
@@ -169,10 +216,19 @@ class Subscriber:
     def _try(self, peer: str) -> bool:
         stub = event_sink_pb2_grpc.EventSinkServiceStub(self._channels.get(peer))
         try:
-            stub.Subscribe(self._request, timeout=5)
+            stub.Subscribe(self._requests[peer], timeout=5)
         except grpc.RpcError as error:
-            code = error.code().name if isinstance(error, grpc.Call) else "UNKNOWN"
-            _log.debug("subscription not yet accepted", extra={"peer": peer, "code": code})
+            code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+            # A refusal (not an outage) will not go away by itself: say so once, keep trying.
+            refused = code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED)
+            first_refusal = refused and peer not in self._refused_by
+            if refused:
+                self._refused_by.add(peer)
+            _log.log(
+                logging.WARNING if first_refusal else logging.DEBUG,
+                "subscription not yet accepted",
+                extra={"peer": peer, "code": code.name},
+            )
             return False
         return True
 

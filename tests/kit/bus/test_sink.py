@@ -13,11 +13,14 @@ from sqlalchemy import select
 from poly.events.v1 import event_sink_pb2, event_sink_pb2_grpc
 from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated
 from services.kit import bus, clients, config, server, tls
+from services.kit.bus.sink import MAX_SUBSCRIBED_TYPES
 from tests.kit.bus.conftest import BusDb, make_bus_db, publish, record_effect
 from tests.support.env import settings_for
-from tests.support.status import refusal
+from tests.support.status import Refusal, refusal
 
 ORDER_CREATED = "poly.events.v1.OrderCreated"
+ORDER_PAID = "poly.events.v1.OrderPaid"
+USER_DELETED = "poly.events.v1.UserDeleted"
 
 
 @dataclass
@@ -35,7 +38,9 @@ class Pair:
 
 
 def _sink_server(settings: config.Settings, bus_db: BusDb, consumer: bus.Consumer) -> server.RunningServer:
-    sink = bus.EventSinkServicer(consumer, bus_db.factory, bus_db.tables, services=config.SERVICES)
+    sink = bus.EventSinkServicer(
+        consumer, bus_db.factory, bus_db.tables, service=settings.service, services=config.SERVICES
+    )
     return server.start(settings, [bus.sink_registration(sink)])
 
 
@@ -209,3 +214,69 @@ def test_subscriptions_only_grow(pair: Pair) -> None:
         )
     finally:
         channels.close()
+
+
+def _subscriptions(bus_db: BusDb) -> list[tuple[str, str]]:
+    table = bus_db.tables.subscription
+    with bus_db.engine.connect() as connection:
+        rows = connection.execute(select(table.c.subscriber, table.c.event_type).order_by(table.c.event_type))
+        return [(str(subscriber), str(event_type)) for subscriber, event_type in rows]
+
+
+def _subscribe_at_orders(pair: Pair, caller: str, event_types: list[str]) -> Refusal:
+    channels = clients.Channels(pair.settings(caller), services={"orders": [bus.EVENT_SINK]})
+    try:
+        stub = event_sink_pb2_grpc.EventSinkServiceStub(channels.get("orders"))
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Subscribe(event_sink_pb2.SubscribeRequest(event_types=event_types), timeout=5)
+    finally:
+        channels.close()
+    return refusal(caught.value)
+
+
+def test_subscribe_accepts_only_types_the_service_publishes(pair: Pair) -> None:
+    # What a live system stored: junk, a name that is no event, another service's event.
+    requested = [
+        "junk\n\u202e" + "x" * 5000,
+        "poly.events.v1.NotAnEvent",
+        USER_DELETED,
+        ORDER_CREATED,
+        "poly.events.v1.OrderLine",
+    ]
+    refused = _subscribe_at_orders(pair, "payments", requested)
+    assert (refused.code, refused.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "EVENT_TYPE_NOT_PUBLISHED_HERE",
+    )
+    assert set(refused.violations) == {"event_types[0]", "event_types[1]", "event_types[2]", "event_types[4]"}
+    assert "xxxxx" not in refused.message + "".join(refused.violations.values())
+    assert refused.metadata["service"] == "orders" and ORDER_CREATED in refused.metadata["published"]
+    assert _subscriptions(pair.orders_db) == [], (
+        "a refused subscription stores nothing, not even its valid part"
+    )
+
+
+def test_subscribe_is_bounded(pair: Pair) -> None:
+    refused = _subscribe_at_orders(pair, "payments", [ORDER_CREATED] * (MAX_SUBSCRIBED_TYPES + 1))
+    assert (refused.code, set(refused.violations)) == (grpc.StatusCode.INVALID_ARGUMENT, {"event_types"})
+    many = _subscribe_at_orders(
+        pair, "payments", [f"poly.events.v1.No{i}" for i in range(MAX_SUBSCRIBED_TYPES)]
+    )
+    assert len(many.violations) == MAX_SUBSCRIBED_TYPES, "every bad entry is named, and the answer still fits"
+    assert _subscriptions(pair.orders_db) == []
+
+
+def test_the_subscriber_asks_each_peer_only_for_what_it_publishes(pair: Pair) -> None:
+    # payments consumes an orders event and a users event; users is not even running, and
+    # notifications publishes neither: only orders is asked, and only for its own type.
+    channels = clients.Channels(pair.settings("payments"), services={"orders": [bus.EVENT_SINK]})
+    try:
+        subscriber = bus.Subscriber(
+            channels, ["orders", "notifications"], [ORDER_CREATED, ORDER_PAID, USER_DELETED], initial_wait=5
+        )
+        subscriber.start()
+        assert subscriber.pending == set()
+        subscriber.stop()
+    finally:
+        channels.close()
+    assert _subscriptions(pair.orders_db) == [("payments", ORDER_CREATED), ("payments", ORDER_PAID)]

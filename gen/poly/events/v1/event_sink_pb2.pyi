@@ -102,9 +102,11 @@ class SubscribeRequest(_message.Message):
     EVENT_TYPES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Required. Full names of the event messages the caller consumes, e.g.
-        "poly.events.v1.OrderCreated". Types this service never publishes are kept
-        and simply never match.
+        """Required. Full names of event messages this service publishes that the
+        caller consumes, e.g. "poly.events.v1.OrderCreated"; at most 100. Any
+        other entry (another service's type, a name that is no event) is
+        INVALID_ARGUMENT with reason EVENT_TYPE_NOT_PUBLISHED_HERE and a field
+        violation per entry, and nothing is stored.
         """
 
     def __init__(

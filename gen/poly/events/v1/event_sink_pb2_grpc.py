@@ -73,8 +73,9 @@ class EventSinkServiceServicer:
         published here is delivered to the caller. Subscriptions only grow (a replica of an
         older version must not unsubscribe a newer one's types during a rolling deploy). The
         subscriber is the caller's mTLS identity, never a field of the request.
-        Every consuming service calls it on every other service at start-up, so a consumer
-        that is down later still gets its events once it is back (embedded transport).
+        Every consuming service calls it at start-up on each service that publishes a type
+        it consumes, listing only that service's types, so a consumer that is down later
+        still gets its events once it is back (embedded transport).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

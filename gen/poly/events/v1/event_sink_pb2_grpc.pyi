@@ -50,8 +50,9 @@ class EventSinkServiceStub:
     published here is delivered to the caller. Subscriptions only grow (a replica of an
     older version must not unsubscribe a newer one's types during a rolling deploy). The
     subscriber is the caller's mTLS identity, never a field of the request.
-    Every consuming service calls it on every other service at start-up, so a consumer
-    that is down later still gets its events once it is back (embedded transport).
+    Every consuming service calls it at start-up on each service that publishes a type
+    it consumes, listing only that service's types, so a consumer that is down later
+    still gets its events once it is back (embedded transport).
     """
 
 @_typing.type_check_only
@@ -76,8 +77,9 @@ class EventSinkServiceAsyncStub(EventSinkServiceStub):
     published here is delivered to the caller. Subscriptions only grow (a replica of an
     older version must not unsubscribe a newer one's types during a rolling deploy). The
     subscriber is the caller's mTLS identity, never a field of the request.
-    Every consuming service calls it on every other service at start-up, so a consumer
-    that is down later still gets its events once it is back (embedded transport).
+    Every consuming service calls it at start-up on each service that publishes a type
+    it consumes, listing only that service's types, so a consumer that is down later
+    still gets its events once it is back (embedded transport).
     """
 
 class EventSinkServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -111,8 +113,9 @@ class EventSinkServiceServicer(metaclass=_abc_1.ABCMeta):
         published here is delivered to the caller. Subscriptions only grow (a replica of an
         older version must not unsubscribe a newer one's types during a rolling deploy). The
         subscriber is the caller's mTLS identity, never a field of the request.
-        Every consuming service calls it on every other service at start-up, so a consumer
-        that is down later still gets its events once it is back (embedded transport).
+        Every consuming service calls it at start-up on each service that publishes a type
+        it consumes, listing only that service's types, so a consumer that is down later
+        still gets its events once it is back (embedded transport).
         """
 
 def add_EventSinkServiceServicer_to_server(servicer: EventSinkServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

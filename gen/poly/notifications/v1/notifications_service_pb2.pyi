@@ -124,7 +124,9 @@ class CreateWebhookRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     webhook_id: _builtins.str
     """Optional. The `{webhook}` segment of the name: 4 to 63 characters of
-    [a-z0-9-], starting with a letter. Generated when empty.
+    [a-z0-9-], starting with a letter. Generated when empty. Taken is
+    ALREADY_EXISTS for the webhook's owner or an admin; anyone else gets the
+    PERMISSION_DENIED that GetWebhook answers for that name.
     """
     request_id: _builtins.str
     """Optional. Idempotency key, a UUID4. A repeat by the same caller within

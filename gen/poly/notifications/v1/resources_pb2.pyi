@@ -189,10 +189,11 @@ class Webhook(_message.Message):
     """Output only. The user who registered it, `users/{user}`."""
     url: _builtins.str
     """Required. Absolute https URL events are POSTed to, at most 2048
-    characters. Addresses in private or loopback ranges are refused.
+    characters, ASCII without spaces (an international host name in
+    punycode). Addresses in private or loopback ranges are refused.
     """
     secret: _builtins.str
-    """Input only. Signing secret, at least 32 characters. When empty the
+    """Input only. Signing secret, 32 to 256 visible ASCII characters. When empty the
     server generates one. Never returned in a Webhook; the create response
     carries it.
     """

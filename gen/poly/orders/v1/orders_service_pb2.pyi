@@ -31,8 +31,9 @@ class CreateOrderRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     """Optional. The `{order}` segment of the name: 4 to 63 characters of
-    [a-z0-9-], starting with a letter. Generated when empty; taken is
-    ALREADY_EXISTS.
+    [a-z0-9-], starting with a letter. Generated when empty. Taken is
+    ALREADY_EXISTS for the order's owner or an admin; anyone else gets the
+    PERMISSION_DENIED that GetOrder answers for that name.
     """
     request_id: _builtins.str
     """Optional. Idempotency key, a UUID4. A repeat by the same caller within
@@ -169,7 +170,9 @@ class CancelOrderRequest(_message.Message):
     ABORTED.
     """
     reason: _builtins.str
-    """Optional. Why the order is cancelled, at most 500 characters."""
+    """Optional. Why the order is cancelled, at most 500 characters, without
+    control, bidi or other invisible characters.
+    """
     def __init__(
         self,
         *,

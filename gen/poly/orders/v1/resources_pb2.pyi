@@ -151,7 +151,9 @@ class OrderLine(_message.Message):
     UNIT_PRICE_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
     sku: _builtins.str
-    """Required. Stock-keeping unit, 1 to 64 characters."""
+    """Required. Stock-keeping unit: 1 to 64 ASCII letters, digits, '.', '_' or
+    '-', starting with a letter or digit, e.g. "BOOK-1".
+    """
     quantity: _builtins.int
     """Required. Number of units, 1 to 10000."""
     @_builtins.property

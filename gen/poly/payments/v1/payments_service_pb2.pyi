@@ -358,7 +358,9 @@ class RefundPaymentRequest(_message.Message):
     with reason REQUEST_ID_REUSED.
     """
     reason: _builtins.str
-    """Optional. Why the money is returned, at most 500 characters."""
+    """Optional. Why the money is returned, at most 500 characters, without
+    control, bidi or other invisible characters.
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """Optional. Amount to refund; positive, in the payment's currency, at most
