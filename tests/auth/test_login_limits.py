@@ -29,7 +29,7 @@ from sqlalchemy import create_engine, text
 
 from poly.auth.v1 import auth_service_pb2 as pb
 from poly.auth.v1 import resources_pb2
-from tests.support.identity import PASSWORD, Deployment, bearer, start
+from tests.support.identity import PASSWORD, Deployment, auth_alone, bearer
 from tests.support.status import Refusal, refusal
 
 BURST = 50
@@ -56,17 +56,8 @@ past the budget); without the bound it peaked at 2.0 GiB."""
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def system(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    database = {}
-    if request.param == "postgresql":
-        make: Callable[[], str] = request.getfixturevalue("postgres_databases")
-        database = {"POLY_AUTH_DATABASE_URL": make()}
-    deployment = start(
-        tmp_path_factory.mktemp("auth-limits"), ["auth"], {**LIMITS, **REAL_ARGON2, **database}
-    )
-    try:
+    with auth_alone(request, tmp_path_factory.mktemp("auth-limits"), {**LIMITS, **REAL_ARGON2}) as deployment:
         yield deployment
-    finally:
-        deployment.stop()
 
 
 def _address() -> str:

@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from poly.auth.v1 import auth_service_pb2 as pb
-from tests.support.identity import PASSWORD, Deployment, start
+from tests.support.identity import PASSWORD, Deployment, auth_alone
 from tests.support.status import Refusal, refusal
 
 FLOOD = 40
@@ -43,15 +43,8 @@ SETTINGS = {
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def system(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    database = {}
-    if request.param == "postgresql":
-        make: Callable[[], str] = request.getfixturevalue("postgres_databases")
-        database = {"POLY_AUTH_DATABASE_URL": make()}
-    deployment = start(tmp_path_factory.mktemp("auth-registration"), ["auth"], {**SETTINGS, **database})
-    try:
+    with auth_alone(request, tmp_path_factory.mktemp("auth-registration"), SETTINGS) as deployment:
         yield deployment
-    finally:
-        deployment.stop()
 
 
 def _from(address: str | None = None) -> list[tuple[str, str]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 from poly.auth.v1 import auth_service_pb2 as pb
 from poly.auth.v1 import resources_pb2
 from services.auth import keys
-from tests.support.identity import PASSWORD, Deployment, bearer, signed_by_a_new_key, start
+from tests.support.identity import PASSWORD, Deployment, auth_alone, bearer, signed_by_a_new_key
 from tests.support.processes import run_module
 
 LIMITS = {
@@ -34,15 +34,8 @@ LIMITS = {
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def system(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    database = {}
-    if request.param == "postgresql":
-        make: Callable[[], str] = request.getfixturevalue("postgres_databases")
-        database = {"POLY_AUTH_DATABASE_URL": make()}
-    deployment = start(tmp_path_factory.mktemp("auth"), ["auth"], {**LIMITS, **database})
-    try:
+    with auth_alone(request, tmp_path_factory.mktemp("auth"), LIMITS) as deployment:
         yield deployment
-    finally:
-        deployment.stop()
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import jwt
+import pytest
 
 from poly.auth.v1 import auth_service_pb2 as auth_pb
 from poly.auth.v1 import auth_service_pb2_grpc
@@ -126,3 +128,20 @@ def signed_by_a_new_key(system: Deployment, email: str, before: list[tuple[str, 
             return token
         time.sleep(0.1)
     raise AssertionError("the rotated-in key never began signing")
+
+
+@contextmanager
+def auth_alone(
+    request: pytest.FixtureRequest, home: Path, settings: Mapping[str, str]
+) -> Iterator[Deployment]:
+    """The auth service by itself with `settings`, on SQLite, or on a fresh PostgreSQL
+    database when the fixture's parameter is ``"postgresql"``."""
+    database = {}
+    if request.param == "postgresql":
+        make: Callable[[], str] = request.getfixturevalue("postgres_databases")
+        database = {"POLY_AUTH_DATABASE_URL": make()}
+    deployment = start(home, ["auth"], {**settings, **database})
+    try:
+        yield deployment
+    finally:
+        deployment.stop()
