@@ -23,6 +23,7 @@ from gateway.errors import BadRequest
 
 __all__ = [
     "HeaderMatcher",
+    "bearer_credential",
     "Network",
     "client_address",
     "normalized_authorization",
@@ -128,13 +129,18 @@ def outgoing_metadata(
     return metadata
 
 
-def normalized_authorization(value: str) -> str:
-    """An Authorization value with a Bearer scheme written in any case (RFC 7235: schemes
-    are case-insensitive) as ``Bearer <token>``; any other value unchanged but trimmed."""
+def bearer_credential(value: str) -> str | None:
+    """The token of an Authorization value ``Bearer <token>``, the scheme written in any case
+    (RFC 7235: schemes are case-insensitive); None for any other value."""
     parts = value.split(None, 1)
-    if len(parts) == 2 and parts[0].lower() == "bearer":
-        return f"Bearer {parts[1].strip()}"
-    return value.strip()
+    return parts[1].strip() if len(parts) == 2 and parts[0].lower() == "bearer" else None
+
+
+def normalized_authorization(value: str) -> str:
+    """An Authorization value with a Bearer scheme written in any case as ``Bearer <token>``;
+    any other value unchanged but trimmed."""
+    token = bearer_credential(value)
+    return f"Bearer {token}" if token is not None else value.strip()
 
 
 def client_address(peer: str, forwarded_for: Sequence[str], trusted: Sequence[Network]) -> str:

@@ -33,6 +33,7 @@ from typing import Any
 
 import grpc
 
+from gateway import headers
 from gateway.backends import credentials
 from gateway.config import TokenCheck
 from services.kit.authn import KeySet, KeySource, Verifier, jwks_from_auth
@@ -62,9 +63,8 @@ class CannotVerify(Exception):
 def bearer_token(values: Sequence[str]) -> str | None:
     """The token of the one ``Authorization`` value `values` holds when it is ``Bearer <token>``
     (the scheme in any case, RFC 7235); None for no header, several, or another scheme."""
-    parts = values[0].split(None, 1) if len(values) == 1 else []
     # Read as `gateway.headers.normalized_authorization` forwards it, so both agree on the token.
-    return parts[1].strip() if len(parts) == 2 and parts[0].lower() == "bearer" else None
+    return headers.bearer_credential(values[0]) if len(values) == 1 else None
 
 
 class JwksVerifier:

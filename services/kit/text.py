@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import unicodedata
 
-__all__ = ["HIDDEN_CATEGORIES", "VISIBLE_TEXT_RULE", "visible_text", "visible_text_problem"]
+__all__ = ["HIDDEN_CATEGORIES", "VISIBLE_TEXT_RULE", "has_hidden", "visible_text", "visible_text_problem"]
 
 HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"})
 """Unicode general categories refused in displayed text."""
@@ -22,11 +22,16 @@ VISIBLE_TEXT_RULE = (
 """What a field checked by `visible_text_problem` must not contain, as its field violation says."""
 
 
+def has_hidden(text: str) -> bool:
+    """Whether `text` holds a character of one of the `HIDDEN_CATEGORIES`."""
+    return any(unicodedata.category(c) in HIDDEN_CATEGORIES for c in text)
+
+
 def visible_text_problem(text: str, *, max_length: int) -> str | None:
     """Why `text` may not be displayed to others, or None when it may."""
     if len(text) > max_length:
         return f"must be at most {max_length} characters"
-    if any(unicodedata.category(c) in HIDDEN_CATEGORIES for c in text):
+    if has_hidden(text):
         return VISIBLE_TEXT_RULE
     return None
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from string import Template as _Text
 
-from services.kit.text import HIDDEN_CATEGORIES, VISIBLE_TEXT_RULE
+from services.kit.text import VISIBLE_TEXT_RULE, has_hidden
 
 __all__ = [
     "COMMON_VARIABLES",
@@ -144,7 +144,7 @@ def text_problems(event_type: str, text: str, *, subject: bool = False) -> list[
         problems.append(f"must be at most {limit} characters")
     if subject and ("\n" in text or "\r" in text):
         problems.append("must be a single line")
-    elif subject and any(unicodedata.category(c) in HIDDEN_CATEGORIES for c in text):
+    elif subject and has_hidden(text):
         problems.append(VISIBLE_TEXT_RULE)
     elif not subject and any(_hidden_in_body(c) for c in text):
         problems.append(_BODY_RULE)
