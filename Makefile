@@ -4,28 +4,65 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 BUF    := node_modules/.bin/buf
 
-.PHONY: install up test gen lint check-gen breaking bench status certs clean
+# The installer: uv (PyPI's fast installer: parallel downloads, progress bars), taken from
+# PATH or fetched once into build/uv at the version constraints.txt pins; plain pip when uv
+# cannot be had, or with POLY_INSTALLER=pip.
+POLY_INSTALLER ?= uv
+UV_LOCAL := build/uv/bin/uv
+UV        = $(or $(shell command -v uv 2>/dev/null),$(UV_LOCAL))
+USE_UV    = [ "$(POLY_INSTALLER)" = uv ] && [ -x "$(UV)" ]
 
-$(VENV)/.installed: pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
-	touch $@
+# $(call install,<what>,<pip arguments>): into the venv, with the installer's progress shown.
+define install
+	@if $(USE_UV); then \
+	  echo "== installing $(1) with uv"; \
+	  $(UV) pip install --python $(PY) --compile-bytecode -c constraints.txt $(2); \
+	else \
+	  echo "== installing $(1) with pip (POLY_INSTALLER=uv is several times faster)"; \
+	  $(PY) -m pip install --disable-pip-version-check --progress-bar on -c constraints.txt $(2); \
+	fi
+endef
+
+.PHONY: install runtime up test gen lint check-gen breaking bench status certs clean
+
+$(UV_LOCAL):
+	@if [ "$(POLY_INSTALLER)" = uv ] && ! command -v uv >/dev/null; then \
+	  echo "== fetching uv into build/uv (once)"; \
+	  $(PYTHON) -m pip install -qq --disable-pip-version-check --root-user-action=ignore --target build/uv \
+	    "uv==$$(sed -n 's/^uv==//p' constraints.txt)" \
+	  || echo "   could not fetch uv; installing with pip instead"; \
+	fi
+
+$(PY): | $(UV_LOCAL)
+	@echo "== creating $(VENV) with $$($(PYTHON) --version)"
+	@if $(USE_UV); then $(UV) venv --quiet --seed --python $(PYTHON) $(VENV); \
+	else $(PYTHON) -m venv $(VENV) && $(PY) -m pip install --quiet --upgrade pip; fi
+
+$(VENV)/.runtime: pyproject.toml constraints.txt | $(PY)
+	$(call install,the runtime dependencies,-e .)
+	@touch $@
+
+$(VENV)/.installed: $(VENV)/.runtime
+	$(call install,the development tools,-e '.[dev]')
+	@touch $@
 
 node_modules/.installed: package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
-	touch $@
+	@echo "== installing buf (npm ci)"
+	@npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 install: $(VENV)/.installed node_modules/.installed  ## venv with the project and dev tools, plus buf
 
-up: install  ## start every service on localhost (Ctrl-C stops them)
-	$(VENV)/bin/poly up
+runtime: $(VENV)/.runtime node_modules/.installed  ## what `make up` needs: the project's runtime dependencies, plus buf for the examples
 
-status: $(VENV)/.installed
-	$(VENV)/bin/poly status
+up: runtime  ## start every service on localhost (Ctrl-C stops them)
+	@$(VENV)/bin/poly up
 
-certs: $(VENV)/.installed
-	$(VENV)/bin/poly certs
+status: $(VENV)/.runtime
+	@$(VENV)/bin/poly status
+
+certs: $(VENV)/.runtime
+	@$(VENV)/bin/poly certs
 
 test: install  ## the whole suite
 	$(PY) -m pytest
@@ -49,7 +86,7 @@ breaking: install  ## buf breaking against the previous commit
 	$(PY) -m services.cli.breaking
 
 bench: install  ## bench/kit.py: server-model measurements (numbers, not pass/fail)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	$(call install,the benchmark dependencies,-e '.[dev,bench]')
 	$(PY) bench/kit.py
 	$(PY) bench/bus.py
 	$(PY) bench/edge.py
