@@ -68,6 +68,7 @@ __all__ = [
     "on_payment_authorized",
     "on_payment_captured",
     "on_payment_failed",
+    "watch_until",
 ]
 
 _log = logging.getLogger("poly.orders")
@@ -98,6 +99,7 @@ _SKU = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_SKU - 1}}}", re.ASCII)
 SKU_RULE = f"must be 1 to {MAX_SKU} characters of [A-Za-z0-9._-], starting with a letter or digit"
 """What a SKU must look like (ASCII only, applied with fullmatch), as its field violation says."""
 MAX_CANCEL_REASON = 500
+MAX_UNTIL_STATES = len(STATES)
 _WRITE_ATTEMPTS = 5
 CAPTURE_BACKOFF_BASE = dt.timedelta(seconds=0.5)
 CAPTURE_BACKOFF_MAX = dt.timedelta(seconds=60)
@@ -301,6 +303,24 @@ def _order_problems(lines: Sequence[NewLine], order_id: str, request_id: str) ->
 def _digest(lines: Sequence[NewLine], order_id: str) -> str:
     body = [order_id, [[x.sku, x.quantity, x.unit_price.currency, x.unit_price.amount] for x in lines]]
     return hashlib.sha256(json.dumps(body).encode()).hexdigest()
+
+
+def watch_until(states: Sequence[str]) -> frozenset[str]:
+    """The states that end a watch besides the terminal ones, as WatchOrder's `until_states`
+    lists them; an entry that is no state ("" for STATE_UNSPECIFIED) is INVALID_ARGUMENT."""
+    if len(states) > MAX_UNTIL_STATES:
+        problems = [FieldViolation("until_states", f"must have at most {MAX_UNTIL_STATES} entries")]
+    else:
+        problems = [
+            FieldViolation(f"until_states[{index}]", "must be an order state, not STATE_UNSPECIFIED")
+            for index, state in enumerate(states)
+            if state not in STATES
+        ]
+    if problems:
+        raise InvalidArgument(
+            "UNTIL_STATES_INVALID", "until_states must list order states", violations=problems
+        )
+    return frozenset(states)
 
 
 def not_found(order_id: str) -> NotFound:

@@ -23,6 +23,7 @@ from services.orders.domain import (
     Order,
     Orders,
     not_found,
+    watch_until,
 )
 
 __all__ = ["OrdersServicer"]
@@ -35,6 +36,8 @@ _STATES = {
     CANCELLED: resources_pb2.Order.STATE_CANCELLED,
     PAYMENT_FAILED: resources_pb2.Order.STATE_PAYMENT_FAILED,
 }
+_DOMAIN_STATES = {number: state for state, number in _STATES.items()}
+"""Wire state to domain state; STATE_UNSPECIFIED and unknown numbers are absent."""
 
 
 def _order(order: Order) -> resources_pb2.Order:
@@ -126,8 +129,14 @@ class OrdersServicer(orders_service_pb2_grpc.OrdersServiceServicer):
         self, request: pb.WatchOrderRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.WatchOrderResponse]:
         first = self._owned(resource_id(request.name, "orders"))
+        until = watch_until([_DOMAIN_STATES.get(state, "") for state in request.until_states])
         changes = watch.snapshots(
-            self._hub, self._orders.get, first, active=context.is_active, on_leave=context.add_callback
+            self._hub,
+            self._orders.get,
+            first,
+            active=context.is_active,
+            on_leave=context.add_callback,
+            until=until,
         )
         for order in changes:
             yield pb.WatchOrderResponse(order=_order(order), change_time=timestamp(order.update_time))

@@ -66,15 +66,18 @@ def snapshots(
     *,
     active: Callable[[], bool],
     on_leave: Callable[[Callable[[], None]], object],
+    until: Collection[str] = frozenset(),
     poll_seconds: float = POLL_SECONDS,
 ) -> Iterator[Order]:
-    """`first`, then the order each time its version moves on, until a terminal state or
-    until the client leaves (`active` turns false; `on_leave` registers a wake-up for then)."""
+    """`first`, then the order each time its version moves on, until a terminal state or a
+    state in `until` (`first` included), or until the client leaves (`active` turns false;
+    `on_leave` registers a wake-up for then)."""
+    ends = TERMINAL | frozenset(until)
     yield first
     seen = first
     with hub.subscribe(first.id) as changed:
         on_leave(changed.set)
-        while seen.state not in TERMINAL and active():
+        while seen.state not in ends and active():
             changed.wait(poll_seconds)
             changed.clear()
             if not active():

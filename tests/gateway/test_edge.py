@@ -7,11 +7,13 @@ Every service runs as a process with real certificates; the edge reaches them ov
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
 
 from tests.gateway.conftest import Answer, Edge
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -126,6 +128,81 @@ def test_watch_order_streams_ndjson_and_sse(edge: Edge) -> None:
         if line.startswith("data:")
     ]
     assert events[-1]["order"]["state"] in terminal
+
+
+def _states(answer: Answer) -> list[str]:
+    """The order states of a finished watch, framed as NDJSON or as SSE."""
+    lines = answer.body.decode().splitlines()
+    if answer.headers["Content-Type"].startswith("text/event-stream"):
+        return [
+            json.loads(line[len("data:") :])["order"]["state"] for line in lines if line.startswith("data:")
+        ]
+    return [json.loads(line)["result"]["order"]["state"] for line in lines]
+
+
+@pytest.fixture(scope="module")
+def shopper(edge: Edge) -> dict[str, str]:
+    """The headers of a customer whose account an admin funded through the edge."""
+    _user, token = edge.token()
+    bearer = {"Authorization": f"Bearer {token}"}
+    accounts = eventually(
+        lambda: edge.call("GET", "/v1/accounts", headers=bearer).json().get("accounts"),
+        what="the customer's account, opened from UserRegistered",
+    )
+    admin = {"Authorization": f"Bearer {edge.system.create_admin('funder@example.com')}"}
+    funds = {"amount": {"currencyCode": "EUR", "amountMinor": "100000"}, "requestId": str(uuid.uuid4())}
+    funded = edge.call("POST", f"/v1/{accounts[0]['name']}:fund", funds, headers=admin)
+    assert funded.status == 200, funded.body
+    return bearer
+
+
+@pytest.mark.parametrize(
+    ("parameter", "accept"),
+    [
+        ("untilStates", None),
+        ("until_states", None),
+        ("untilStates", "text/event-stream"),
+        ("until_states", "text/event-stream"),
+    ],
+    ids=["json-name-ndjson", "proto-name-ndjson", "json-name-sse", "proto-name-sse"],
+)
+def test_a_watch_until_paid_ends_after_the_paid_snapshot(
+    edge: Edge, shopper: dict[str, str], parameter: str, accept: str | None
+) -> None:
+    order = {
+        "lines": [{"sku": "A", "quantity": 1, "unitPrice": {"currencyCode": "EUR", "amountMinor": "100"}}]
+    }
+    name = edge.call("POST", "/v1/orders", order, headers=shopper).json()["name"]
+    headers = {**shopper, "Accept": accept} if accept else shopper  # NDJSON by default
+    watched = edge.call("GET", f"/v1/{name}:watch?{parameter}=STATE_PAID", headers=headers)
+    assert watched.status == 200, watched.body
+    assert watched.headers["Content-Type"].startswith(accept or "application/x-ndjson")
+    states = _states(watched)
+    assert states[-1] == "STATE_PAID", "the server ends the stream at PAID, before fulfilment"
+    assert set(states) <= {"STATE_PENDING", "STATE_AWAITING_PAYMENT", "STATE_PAID"}
+    again = edge.call("GET", f"/v1/{name}:watch?{parameter}=STATE_PAID", headers=headers)
+    assert _states(again) == ["STATE_PAID"], "an order already PAID: the first snapshot is the last"
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("untilStates=STATE_UNSPECIFIED", "until_states[0]"),
+        ("until_states=STATE_PAID&until_states=0", "until_states[1]"),
+    ],
+    ids=["unspecified", "unspecified-by-number"],
+)
+def test_until_states_unspecified_is_400_before_streaming(edge: Edge, query: str, field: str) -> None:
+    _user, token = edge.token()
+    bearer = {"Authorization": f"Bearer {token}"}
+    order = {
+        "lines": [{"sku": "A", "quantity": 1, "unitPrice": {"currencyCode": "EUR", "amountMinor": "100"}}]
+    }
+    name = edge.call("POST", "/v1/orders", order, headers=bearer).json()["name"]
+    answer = edge.call("GET", f"/v1/{name}:watch?{query}", headers=bearer)
+    assert answer.status == 400, answer.body
+    assert _detail(answer, "ErrorInfo")["reason"] == "UNTIL_STATES_INVALID"
+    assert [v["field"] for v in _detail(answer, "BadRequest")["fieldViolations"]] == [field]
 
 
 def test_watching_another_users_order_is_refused_before_streaming(edge: Edge) -> None:

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from services.kit.errors import InvalidArgument
 from services.kit.money import Money
 from services.orders import domain
 from services.orders.watch import ChangeHub, snapshots
@@ -110,3 +111,77 @@ def test_a_watch_stops_when_the_client_leaves() -> None:
     active.clear()
     wake[0]()  # type: ignore[operator]  # what gRPC's add_callback runs when the client leaves
     assert finished.wait(5) and hub.watching == 0
+
+
+@pytest.mark.parametrize(
+    ("start", "until", "moves", "expected"),
+    [
+        (domain.PENDING, {domain.PAID}, [domain.AWAITING_PAYMENT, domain.PAID], ["AWAITING_PAYMENT", "PAID"]),
+        (domain.PAID, {domain.PAID}, [], []),
+        (domain.PENDING, {domain.PAID}, [domain.CANCELLED], ["CANCELLED"]),
+        (domain.PAID, {domain.AWAITING_PAYMENT}, [domain.FULFILLED], ["FULFILLED"]),
+        (
+            domain.PENDING,
+            {domain.AWAITING_PAYMENT, domain.PAID},
+            [domain.AWAITING_PAYMENT],
+            ["AWAITING_PAYMENT"],
+        ),
+        (
+            domain.PENDING,
+            set(),
+            [domain.AWAITING_PAYMENT, domain.PAID, domain.FULFILLED],
+            ["AWAITING_PAYMENT", "PAID", "FULFILLED"],
+        ),
+    ],
+    ids=["ends-at-paid", "already-paid", "terminal-first", "terminal-past-until", "first-of-two", "no-until"],
+)
+def test_a_watch_ends_after_a_terminal_state_or_one_it_was_asked_for(
+    start: str, until: set[str], moves: list[str], expected: list[str]
+) -> None:
+    current = [_order(start)]
+    reads: list[domain.Order] = []
+
+    def read(_id: str) -> domain.Order:
+        reads.append(current[0])
+        return current[0]
+
+    deadline = time.monotonic() + 5  # a watch that failed to end still stops, and the test fails
+    watch = snapshots(
+        ChangeHub(),
+        read,
+        current[0],
+        active=lambda: time.monotonic() < deadline,
+        on_leave=lambda _wake: None,
+        until=until,
+        poll_seconds=0.001,
+    )
+    seen = [next(watch).state]
+    for state in moves:
+        current[0] = current[0].moved(state, NOW)
+        seen.append(next(watch).state)
+    reads_at_end = len(reads)
+    assert next(watch, None) is None
+    assert seen == [start, *expected]
+    assert len(reads) == reads_at_end, "the watch ends at once, without reading the order again"
+
+
+def test_watch_until_keeps_the_states_it_is_given() -> None:
+    assert domain.watch_until([]) == frozenset()
+    assert domain.watch_until([domain.PAID, domain.PAID]) == {domain.PAID}
+    assert domain.watch_until(domain.STATES) == set(domain.STATES)
+
+
+@pytest.mark.parametrize(
+    ("states", "fields"),
+    [
+        ([""], {"until_states[0]"}),
+        ([domain.PAID, "", "SHIPPED"], {"until_states[1]", "until_states[2]"}),
+        ([domain.PAID] * (len(domain.STATES) + 1), {"until_states"}),
+    ],
+    ids=["unspecified", "two-of-three", "too-many"],
+)
+def test_watch_until_refuses_what_is_no_state(states: list[str], fields: set[str]) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        domain.watch_until(states)
+    assert refused.value.reason == "UNTIL_STATES_INVALID"
+    assert {v.field for v in refused.value.violations} == fields

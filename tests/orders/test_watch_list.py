@@ -54,6 +54,67 @@ def test_watching_a_terminal_order_sends_one_snapshot(system: System) -> None:
     assert [r.order for r in replies] == [cancelled]
 
 
+def _watching(
+    system: System, name: str, who: list[tuple[str, str]], *until: State.State.ValueType
+) -> tuple[threading.Thread, list[int]]:
+    """A reader of WatchOrder(name, until_states) in a thread, and the states it has seen."""
+    request = pb.WatchOrderRequest(name=name, until_states=until)
+    stream = system.stub().WatchOrder(request, metadata=who, timeout=30)
+    seen: list[int] = []
+    reader = threading.Thread(target=lambda: seen.extend(r.order.state for r in stream), daemon=True)
+    reader.start()
+    eventually(lambda: seen, what="the first snapshot")
+    return reader, seen
+
+
+def test_a_watch_until_paid_ends_after_the_paid_snapshot(system: System) -> None:
+    _, who = system.user()
+    order = create(system, who)
+    reader, seen = _watching(system, order.name, who, State.STATE_PAID)
+    payment = f"payments/{uuid.uuid4().hex[:10]}"
+    system.push(payment_event(events_pb2.PaymentAuthorized, order, payment), payment)
+    system.push(payment_event(events_pb2.PaymentCaptured, order, payment), payment)
+    reader.join(10)
+    assert not reader.is_alive(), "the stream ends after the PAID snapshot"
+    assert seen[0] == State.STATE_PENDING and seen[-1] == State.STATE_PAID
+    assert set(seen) <= {State.STATE_PENDING, State.STATE_AWAITING_PAYMENT, State.STATE_PAID}
+    # Already PAID: the first snapshot is the last.
+    request = pb.WatchOrderRequest(name=order.name, until_states=[State.STATE_FULFILLED, State.STATE_PAID])
+    again = list(system.stub().WatchOrder(request, metadata=who, timeout=10))
+    assert [r.order.state for r in again] == [State.STATE_PAID]
+
+
+def test_a_watch_until_paid_still_ends_at_a_terminal_state(system: System) -> None:
+    _, who = system.user()
+    order = create(system, who)
+    reader, seen = _watching(system, order.name, who, State.STATE_PAID)
+    system.stub().CancelOrder(pb.CancelOrderRequest(name=order.name), metadata=who, timeout=10)
+    reader.join(10)
+    assert not reader.is_alive(), "the stream ends after a terminal state"
+    assert seen == [State.STATE_PENDING, State.STATE_CANCELLED]
+
+
+@pytest.mark.parametrize(
+    ("until", "fields"),
+    [
+        ([State.STATE_UNSPECIFIED], {"until_states[0]"}),
+        ([State.STATE_PAID, State.STATE_UNSPECIFIED], {"until_states[1]"}),
+        ([42], {"until_states[0]"}),
+        ([State.STATE_PAID] * 7, {"until_states"}),
+    ],
+    ids=["unspecified", "unspecified-second", "unknown-number", "too-many"],
+)
+def test_until_states_must_be_states(system: System, until: list[int], fields: set[str]) -> None:
+    _, who = system.user()
+    order = create(system, who)
+    request = pb.WatchOrderRequest(name=order.name, until_states=until)  # type: ignore[arg-type]
+    with pytest.raises(grpc.RpcError) as failed:
+        list(system.stub().WatchOrder(request, metadata=who, timeout=10))
+    found = refusal(failed.value)
+    assert (found.code, found.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "UNTIL_STATES_INVALID")
+    assert set(found.violations) == fields
+
+
 def test_the_clients_deadline_ends_a_watch_promptly(system: System) -> None:
     _, who = system.user()
     order = create(system, who)

@@ -235,16 +235,9 @@ def shop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 def _watch(shop: Shop, customer: Customer, name: str) -> list[int]:
     """The states WatchOrder streams for `name` until the server ends the stream at PAID."""
-    seen: list[int] = []
-    stream = shop.orders().WatchOrder(
-        orders_pb.WatchOrderRequest(name=name), metadata=customer.metadata, timeout=60
-    )
-    for change in stream:
-        seen.append(change.order.state)
-        if change.order.state == Order.STATE_PAID:
-            stream.cancel()
-            break
-    return seen
+    request = orders_pb.WatchOrderRequest(name=name, until_states=[Order.STATE_PAID])
+    stream = shop.orders().WatchOrder(request, metadata=customer.metadata, timeout=60)
+    return [change.order.state for change in stream]
 
 
 def test_an_order_is_paid_captured_once_and_emailed_once(shop: Shop) -> None:

@@ -223,16 +223,30 @@ class WatchOrderRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    UNTIL_STATES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. Name of the order, `orders/{order}`."""
+    @_builtins.property
+    def until_states(self) -> _containers.RepeatedScalarFieldContainer[_resources_pb2.Order.State.ValueType]:
+        """Optional. States that also end the stream, at most 6 entries. The
+        stream always ends after a terminal state (STATE_FULFILLED,
+        STATE_CANCELLED, STATE_PAYMENT_FAILED); it also ends after the first
+        snapshot whose state is one of these, e.g. STATE_PAID to wait until the
+        order is paid. That includes the first snapshot if the order already is
+        in one. STATE_UNSPECIFIED, or a number that is no state, is
+        INVALID_ARGUMENT. Over HTTP, one query parameter per state:
+        `?untilStates=STATE_PAID`.
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        until_states: _abc.Iterable[_resources_pb2.Order.State.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "until_states", b"until_states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -118,8 +118,10 @@ class OrdersServiceServicer:
 
     def WatchOrder(self, request, context):
         """Streams an order's snapshots: the current one first, then one per
-        change. The server ends the stream after a terminal state (FULFILLED,
-        CANCELLED, PAYMENT_FAILED); the client's deadline ends it otherwise.
+        change. The server ends the stream after a snapshot in a terminal state
+        (FULFILLED, CANCELLED, PAYMENT_FAILED), and after the first snapshot in
+        one of `until_states` (e.g. PAID, which otherwise waits for
+        FulfillOrder); the client's deadline or cancellation ends it otherwise.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -59,8 +59,10 @@ class OrdersServiceStub:
     """
     WatchOrder: _grpc.UnaryStreamMultiCallable[_orders_service_pb2.WatchOrderRequest, _orders_service_pb2.WatchOrderResponse]
     """Streams an order's snapshots: the current one first, then one per
-    change. The server ends the stream after a terminal state (FULFILLED,
-    CANCELLED, PAYMENT_FAILED); the client's deadline ends it otherwise.
+    change. The server ends the stream after a snapshot in a terminal state
+    (FULFILLED, CANCELLED, PAYMENT_FAILED), and after the first snapshot in
+    one of `until_states` (e.g. PAID, which otherwise waits for
+    FulfillOrder); the client's deadline or cancellation ends it otherwise.
     """
 
 @_typing.type_check_only
@@ -93,8 +95,10 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     """
     WatchOrder: _aio.UnaryStreamMultiCallable[_orders_service_pb2.WatchOrderRequest, _orders_service_pb2.WatchOrderResponse]  # type: ignore[assignment]
     """Streams an order's snapshots: the current one first, then one per
-    change. The server ends the stream after a terminal state (FULFILLED,
-    CANCELLED, PAYMENT_FAILED); the client's deadline ends it otherwise.
+    change. The server ends the stream after a snapshot in a terminal state
+    (FULFILLED, CANCELLED, PAYMENT_FAILED), and after the first snapshot in
+    one of `until_states` (e.g. PAID, which otherwise waits for
+    FulfillOrder); the client's deadline or cancellation ends it otherwise.
     """
 
 class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -160,8 +164,10 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_orders_service_pb2.WatchOrderResponse], _abc.AsyncIterator[_orders_service_pb2.WatchOrderResponse]]:
         """Streams an order's snapshots: the current one first, then one per
-        change. The server ends the stream after a terminal state (FULFILLED,
-        CANCELLED, PAYMENT_FAILED); the client's deadline ends it otherwise.
+        change. The server ends the stream after a snapshot in a terminal state
+        (FULFILLED, CANCELLED, PAYMENT_FAILED), and after the first snapshot in
+        one of `until_states` (e.g. PAID, which otherwise waits for
+        FulfillOrder); the client's deadline or cancellation ends it otherwise.
         """
 
 def add_OrdersServiceServicer_to_server(servicer: OrdersServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -44,7 +44,9 @@ class Order(_message.Message):
         STATE_AWAITING_PAYMENT: Order._State.ValueType  # 2
         """Payment authorized (funds held); its capture is under way."""
         STATE_PAID: Order._State.ValueType  # 3
-        """Payment captured; ready to fulfil."""
+        """Payment captured; ready to fulfil. Not terminal: FulfillOrder or
+        CancelOrder moves it on.
+        """
         STATE_FULFILLED: Order._State.ValueType  # 4
         """Fulfilled. Terminal."""
         STATE_CANCELLED: Order._State.ValueType  # 5
@@ -53,7 +55,9 @@ class Order(_message.Message):
         """The payment was declined; see `failure_reason`. Terminal."""
 
     class State(_State, metaclass=_StateEnumTypeWrapper):
-        """Lifecycle of an order."""
+        """Lifecycle of an order. FULFILLED, CANCELLED and PAYMENT_FAILED are
+        terminal: an order in one never changes again.
+        """
 
     STATE_UNSPECIFIED: Order.State.ValueType  # 0
     """Not used."""
@@ -62,7 +66,9 @@ class Order(_message.Message):
     STATE_AWAITING_PAYMENT: Order.State.ValueType  # 2
     """Payment authorized (funds held); its capture is under way."""
     STATE_PAID: Order.State.ValueType  # 3
-    """Payment captured; ready to fulfil."""
+    """Payment captured; ready to fulfil. Not terminal: FulfillOrder or
+    CancelOrder moves it on.
+    """
     STATE_FULFILLED: Order.State.ValueType  # 4
     """Fulfilled. Terminal."""
     STATE_CANCELLED: Order.State.ValueType  # 5
