@@ -1,10 +1,14 @@
-"""Ask a component's standard gRPC health service how it is, over mTLS as the `cli` identity."""
+"""Ask a component's standard gRPC health service how it is, over mTLS as the `cli` identity,
+or whether its port is already taken."""
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
 import urllib.error
 import urllib.request
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -12,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.kit import tls
 from services.kit.config import Settings
 
-__all__ = ["edge_status", "health_status"]
+__all__ = ["edge_status", "health_status", "port_in_use"]
 
 
 def health_status(settings: Settings, component: str, *, timeout: float = 2.0) -> str:
@@ -39,3 +43,25 @@ def edge_status(settings: Settings, *, timeout: float = 2.0) -> str:
         return "NOT_SERVING" if refused.code == 503 else f"UNREACHABLE (HTTP {refused.code})"
     except (OSError, ValueError) as error:
         return f"UNREACHABLE ({type(error).__name__})"
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something already listens on `host`:`port` (any address `host` names), so a
+    component could not."""
+    if port == 0:
+        return False
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return False  # the component itself will say what is wrong with the address
+    return any(_taken(family, address) for family, _, _, _, address in addresses)
+
+
+def _taken(family: socket.AddressFamily, address: tuple[Any, ...]) -> bool:
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            return error.errno == errno.EADDRINUSE
+    return False

@@ -1,10 +1,12 @@
 """`poly up`: run every service as its own process and keep them running.
 
-Creates certificates on first run, starts ``python -m services.<name>`` per service (each
-creates and migrates its own database), prefixes every log line with the component's name,
-waits until each health check says SERVING, prints a ready line per component and
-example calls, restarts a crashed process with exponential backoff, and on Ctrl-C or
-SIGTERM drains every service (SIGTERM), killing only what outlives the grace period.
+Creates certificates on first run, refuses to start when a component's port is taken,
+starts ``python -m services.<name>`` per service (each creates and migrates its own
+database), shows every output line prefixed with the component's name in the readable
+form of `services.cli.logview`, says what it is waiting for until each health check says
+SERVING, prints a ready line per component and example calls, restarts a crashed process
+with exponential backoff, and on Ctrl-C or SIGTERM drains every service (SIGTERM), killing
+only what outlives the grace period. Each failure it reports says what to do next.
 """
 
 from __future__ import annotations
@@ -18,19 +20,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO
 
 from services.auth import keys
 from services.cli import mailbox
-from services.cli.probe import edge_status, health_status
+from services.cli.logview import readable
+from services.cli.probe import edge_status, health_status, port_in_use
 from services.kit import config, tls
 
 __all__ = ["Supervisor", "example_calls"]
 
 _PR_SET_PDEATHSIG = 1
 _BACKOFF_FIRST, _BACKOFF_MAX, _HEALTHY_RESET = 1.0, 30.0, 30.0
-_SKIPPED_FIELDS = {"time", "level", "service", "logger", "message", "traceback"}
+_WAIT_NOTICE_FIRST, _WAIT_NOTICE_EVERY = 1.0, 15.0
 
 
 def _die_with_parent_hook() -> Callable[[], None] | None:
@@ -49,22 +53,6 @@ def _die_with_parent_hook() -> Callable[[], None] | None:
     return hook
 
 
-def _readable(line: str) -> str:
-    """A JSON log line as ``12:00:01 info  message key=value``; other lines unchanged."""
-    try:
-        record: dict[str, Any] = json.loads(line)
-    except ValueError:
-        return line
-    if not isinstance(record, dict) or "message" not in record:
-        return line
-    clock = str(record.get("time", ""))[11:19]
-    fields = " ".join(f"{k}={v}" for k, v in record.items() if k not in _SKIPPED_FIELDS)
-    text = f"{clock} {record.get('level', ''):<5} {record['message']}" + (f"  {fields}" if fields else "")
-    if "traceback" in record:
-        text += "\n" + "\n".join("    " + t for t in str(record["traceback"]).splitlines())
-    return text
-
-
 def _is_serving_line(line: str) -> bool:
     try:
         record = json.loads(line)
@@ -75,6 +63,26 @@ def _is_serving_line(line: str) -> bool:
 
 def _module(component: str) -> str:
     return "gateway" if component == "gateway" else f"services.{component}"
+
+
+def _alone(component: str) -> str:
+    """The command that runs `component` by itself, as `poly up` does."""
+    python = Path(sys.executable)
+    if python.is_relative_to(Path.cwd()):
+        python = python.relative_to(Path.cwd())
+    return f"{python} -m {_module(component)}"
+
+
+def _move_port(component: str) -> str:
+    return f"stop what holds it (another `poly up`?) or set POLY_{component.upper()}_PORT to a free port"
+
+
+def _signal_name(code: int) -> str:
+    """`` (SIGKILL)`` for an exit code of -9: a process ended by a signal."""
+    try:
+        return f" ({signal.Signals(-code).name})" if code < 0 else ""
+    except ValueError:
+        return ""
 
 
 def example_calls(settings: config.Settings) -> list[str]:
@@ -137,7 +145,7 @@ class Supervisor:
             text = line.rstrip("\n")
             if not serving.is_set() and _is_serving_line(text):
                 serving.set()
-            self._say(name, _readable(text))
+            self._say(name, readable(text, received=time.time()))
 
     def _spawn(self, child: _Child) -> None:
         process = subprocess.Popen(
@@ -169,17 +177,13 @@ class Supervisor:
 
     def run(self) -> int:
         """Run until Ctrl-C or SIGTERM. 0 when every service started and stopped cleanly."""
-        try:
-            tls.ensure_certificates(
-                self._settings.tls.ca_file.parent,
-                config.COMPONENTS,
-                trust_domain=self._settings.tls.trust_domain,
-                namespace=self._settings.tls.namespace,
-            )
-        except tls.CertificateError as error:
-            self._say("poly", str(error))
+        if not self._prepare_files():
             return 2
-        keys.ensure_key_encryption_key(self._settings.auth.key_encryption_key_file)
+        host = self._settings.server.host
+        taken = [name for name in self._children if port_in_use(host, self._port(name))]
+        if taken:
+            self._say("poly", self._ports_taken(taken))
+            return 1
         self._open_mailbox()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         status = 1
@@ -202,6 +206,44 @@ class Supervisor:
                 self._mailbox.stop()
         return status
 
+    def _prepare_files(self) -> bool:
+        """Certificates (created on the first run) and the auth service's key-encryption key."""
+        directory = self._settings.tls.ca_file.parent
+        if not all((directory / f"{name}.crt").exists() for name in ("ca", *config.COMPONENTS)):
+            self._say("poly", f"creating certificates in {directory}…")
+        try:
+            tls.ensure_certificates(
+                directory,
+                config.COMPONENTS,
+                trust_domain=self._settings.tls.trust_domain,
+                namespace=self._settings.tls.namespace,
+            )
+            keys.ensure_key_encryption_key(self._settings.auth.key_encryption_key_file)
+        except tls.CertificateError as error:
+            self._say("poly", str(error))
+            return False
+        except OSError as error:
+            where = error.filename or directory
+            self._say("poly", f"cannot write {where} ({error.strerror}); POLY_HOME moves the state directory")
+            return False
+        return True
+
+    def _port(self, name: str) -> int:
+        try:
+            return int(self._settings.peers[name].rpartition(":")[2])
+        except ValueError:
+            return 0
+
+    def _ports_taken(self, taken: list[str]) -> str:
+        if len(taken) == 1:
+            [name] = taken
+            return f"port {self._port(name)} is in use, so {name} cannot listen there: {_move_port(name)}"
+        listed = ", ".join(f"{name} {self._port(name)}" for name in taken)
+        return (
+            f"ports in use: {listed}; stop what holds them (another `poly up`?) or move each with "
+            f"POLY_<NAME>_PORT (e.g. POLY_{taken[0].upper()}_PORT)"
+        )
+
     def _open_mailbox(self) -> None:
         smtp = self._settings.notifications.smtp
         if not mailbox.wanted(smtp):
@@ -212,31 +254,64 @@ class Supervisor:
         try:
             opened.start()
         except (OSError, RuntimeError) as error:
-            self._say("poly", f"no development mailbox on {smtp.host}:{smtp.port} ({error}); emails go there")
+            self._say(
+                "poly",
+                f"no development mailbox: cannot listen on {smtp.host}:{smtp.port} ({error}); emails go to "
+                "whatever listens there. POLY_SMTP_PORT moves both",
+            )
             return
         self._mailbox = opened
 
     def _await_ready(self) -> bool:
-        deadline = time.monotonic() + self._ready_timeout
-        pending = set(self._children)
+        started = time.monotonic()
+        deadline = started + self._ready_timeout
+        notice = first_notice = started + _WAIT_NOTICE_FIRST
+        pending = list(self._children)
         while pending and not self._stop.is_set():
-            for name in sorted(pending):
+            for name in list(pending):
                 child = self._children[name]
                 if child.process is not None and child.process.poll() is not None:
-                    self._say(
-                        "poly", f"{name} exited with code {child.process.returncode} before it was ready"
-                    )
+                    if child.pump is not None:
+                        child.pump.join(1.0)  # its last lines first: the message points at them
+                    self._say("poly", self._exited_early(name, child.process.returncode))
                     return False
                 if self._is_ready(child, timeout=1.0):
                     child.ready = True
-                    pending.discard(name)
-            if time.monotonic() > deadline:
-                self._say(
-                    "poly", f"not healthy after {self._ready_timeout:.0f}s: {', '.join(sorted(pending))}"
-                )
+                    pending.remove(name)
+            now = time.monotonic()
+            if pending and now > deadline:
+                for name in pending:
+                    self._say("poly", self._not_healthy(name))
                 return False
+            if pending and now >= notice:
+                self._say("poly", self._waiting(pending, now - started, again=notice > first_notice))
+                notice = now + _WAIT_NOTICE_EVERY
             self._stop.wait(0.2)
         return not pending
+
+    def _waiting(self, pending: list[str], waited: float, *, again: bool) -> str:
+        if not again:
+            return f"waiting for {', '.join(pending)} to be healthy…"
+        return f"still waiting for {', '.join(pending)} ({waited:.0f}s of {self._ready_timeout:.0f}s)…"
+
+    def _exited_early(self, name: str, code: int) -> str:
+        text = f"{name} exited with code {code}{_signal_name(code)} before it was ready"
+        port = self._port(name)
+        if port_in_use(self._settings.server.host, port):
+            return f"{text}: port {port} is in use; {_move_port(name)}"
+        return f"{text}; its last lines are above, or run `{_alone(name)}` to see it fail on its own"
+
+    def _not_healthy(self, name: str) -> str:
+        child = self._children[name]
+        if not child.serving.is_set():
+            state = "it has not said `serving` yet (its last lines above show how far it got)"
+        else:
+            answer, peer = self._health(name, timeout=1.0), self._settings.peers[name]
+            state = f"it said `serving`, but its health check on {peer} answers {answer}"
+        return (
+            f"{name} is not healthy after {self._ready_timeout:.0f}s: {state}; "
+            f"run `{_alone(name)}` to watch it start on its own"
+        )
 
     def _is_ready(self, child: _Child, *, timeout: float) -> bool:
         """This very process says it is serving, and the port's health check agrees.
@@ -278,9 +353,14 @@ class Supervisor:
                 if now - child.started_at > _HEALTHY_RESET:
                     child.backoff = _BACKOFF_FIRST
                 child.restart_at = now + child.backoff
+                code = process.returncode
+                if child.pump is not None:
+                    child.pump.join(1.0)  # its last lines first: the message points at them
+                why = "; its last lines above say why" if code > 0 else ""
                 self._say(
                     "poly",
-                    f"{child.name} exited with code {process.returncode}; restarting in {child.backoff:.0f}s",
+                    f"{child.name} exited with code {code}{_signal_name(code)}; "
+                    f"restarting in {child.backoff:.0f}s{why}",
                 )
                 child.backoff = min(child.backoff * 2, _BACKOFF_MAX)
             elif child.restart_at is not None and now >= child.restart_at:
@@ -294,7 +374,7 @@ class Supervisor:
         """SIGTERM every child, SIGKILL what outlives the grace period; True if all exited 0."""
         running = [c for c in self._children.values() if c.process and c.process.poll() is None]
         if running:
-            self._say("poly", f"stopping {len(running)} services")
+            self._say("poly", f"stopping {len(running)} services…")
         for child in running:
             assert child.process is not None
             child.process.send_signal(signal.SIGTERM)
@@ -307,14 +387,18 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 child.process.kill()
                 child.process.wait()
-                self._say("poly", f"{child.name} did not stop within the grace period; killed")
+                self._say(
+                    "poly",
+                    f"{child.name} did not stop within the grace period; killed it "
+                    "(POLY_GRACE_SECONDS sets the period)",
+                )
                 clean = False
                 continue
-            self._say("poly", f"{child.name} exited with code {code}")
+            self._say("poly", f"{child.name} exited with code {code}{_signal_name(code)}")
             clean &= code == 0
         for child in self._children.values():
             if child.pump is not None:
                 child.pump.join(2.0)  # the last log lines of each child are printed before we go
         if running:
-            self._say("poly", "stopped" if clean else "stopped, not cleanly")
+            self._say("poly", "stopped" if clean else "stopped, not cleanly (exit codes above)")
         return clean

@@ -260,7 +260,8 @@ def _alembic_config(directory: Path, bound: Engine) -> AlembicConfig:
 
 def migrate(bound: Engine, directory: Path, revision: str = "head") -> None:
     """Apply the Alembic scripts in ``services/<name>/migrations`` to `bound` up to `revision`."""
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line of ours instead of Alembic's chatter
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # two lines of ours instead of Alembic's chatter
+    _log.info("migrating %s database…", directory.parent.name)
     command.upgrade(_alembic_config(directory, bound), revision)
     _log.info(
         "database migrated",

@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import importlib
+import logging
 import shutil
 import socket
 import sqlite3
@@ -136,6 +137,20 @@ def test_migrations_build_exactly_the_models(engine: Engine, service: str) -> No
         )
         assert compare_metadata(context, store.Base.metadata) == []
     db.migrate(engine, migrations)  # applying again is a no-op
+
+
+def test_migrating_is_announced_before_it_starts_and_after_it_ends(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    migrations = Path(importlib.import_module("services.users").__file__ or "").with_name("migrations")
+    bound = db.engine(DatabaseSettings(url=f"sqlite:///{tmp_path / 'users.db'}"))
+    try:
+        with caplog.at_level(logging.INFO, logger="poly.db"):
+            db.migrate(bound, migrations)
+    finally:
+        bound.dispose()
+    said = [r.getMessage() for r in caplog.records if r.name == "poly.db"]
+    assert said == ["migrating users database…", "database migrated"]
 
 
 def test_an_unreachable_server_is_one_line_without_the_password(tmp_path: Path) -> None:
