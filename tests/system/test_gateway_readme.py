@@ -16,17 +16,15 @@ from pathlib import Path
 import pytest
 
 from tests.support.env import ROOT, free_port
+from tests.support.readme import shell_blocks
 
 pytestmark = pytest.mark.slow
 
-SECTION = "## Use the gateway in front of your own gRPC service"
+SECTION = "Use the gateway in front of your own gRPC service"
 
 
 def _blocks() -> list[str]:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    start = readme.index(SECTION)
-    section = readme[start : readme.index("\n## ", start + len(SECTION))]
-    return re.findall(r"```sh\n(.*?)```", section, re.S)
+    return [block.text for block in shell_blocks() if block.section == SECTION]
 
 
 @pytest.fixture(scope="module")
