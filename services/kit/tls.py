@@ -4,6 +4,10 @@ Every certificate carries exactly one URI SAN, ``spiffe://<trust-domain>/ns/<ns>
 which is the caller identity that authorization checks, plus DNS SANs for the names the
 component is dialled by. Servers require a client certificate signed by the same CA and
 pick up rotated certificate files on the next handshake, without a restart.
+
+`cryptography` is imported only by what makes or reads certificates (`ensure_certificates`,
+`new_authority`, `load_authority`): credentials come from the PEM files alone, so a client
+such as `poly status` never loads it.
 """
 
 from __future__ import annotations
@@ -13,14 +17,15 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.kit.config import TlsSettings
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = [
     "CLIENT_ONLY",
@@ -77,6 +82,11 @@ class CertificateAuthority:
         server: bool = True,
     ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         """A leaf certificate for `name`: client authentication, and server too unless `server=False`."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         sans: list[x509.GeneralName] = [
@@ -125,6 +135,11 @@ class CertificateAuthority:
 
 
 def new_authority(common_name: str = "Polyservice development CA") -> CertificateAuthority:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = dt.datetime.now(dt.UTC)
@@ -158,6 +173,10 @@ def new_authority(common_name: str = "Polyservice development CA") -> Certificat
 
 
 def load_authority(directory: Path) -> CertificateAuthority:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     certificate = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
     key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -182,6 +201,8 @@ def _write_public(path: Path, data: bytes) -> None:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -206,6 +227,8 @@ def ensure_certificates(
     `force` re-issues the leaf certificates from the existing CA (a rotation); it never
     replaces the CA, since every peer trusts it.
     """
+    from cryptography.hazmat.primitives import serialization
+
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     written: list[Path] = []

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import grpc
+if TYPE_CHECKING:  # annotations only: settings (`kit.config`) and the CLI import this without grpc
+    import grpc
 
 __all__ = ["Background", "CallInfo", "Handler", "Middleware", "Environ"]
 
@@ -28,10 +29,10 @@ class CallInfo:
     response_streaming: bool
 
 
-Handler = Callable[[Any, grpc.ServicerContext], Any]
+Handler = Callable[[Any, "grpc.ServicerContext"], Any]
 """A gRPC behaviour: (request or request iterator, context) -> response or iterator."""
 
-Middleware = Callable[[Any, grpc.ServicerContext, CallInfo, Handler], Any]
+Middleware = Callable[[Any, "grpc.ServicerContext", CallInfo, Handler], Any]
 """One link of the server chain: ``(request, context, call, proceed) -> response``.
 
 For a server-streaming method the result is an iterator; a middleware that must see the
