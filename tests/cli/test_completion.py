@@ -5,25 +5,17 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from services.cli.main import build_parser
-from tests.support.env import ROOT, poly_environ, process_environ
+from tests.support.env import poly_environ
+from tests.support.processes import run_module
 
 
 def _script(tmp_path: Path, shell: str) -> Path:
-    done = subprocess.run(
-        [sys.executable, "-m", "services.cli", "completion", shell],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=process_environ(poly_environ(tmp_path)),
-        cwd=ROOT,
-        check=False,
-    )
+    done = run_module("services.cli", poly_environ(tmp_path), "completion", shell)
     assert done.returncode == 0, done.stderr
     script = tmp_path / f"poly.{shell}"
     script.write_text(done.stdout)

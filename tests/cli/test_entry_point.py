@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.env import ROOT, poly_environ, process_environ
+from tests.support.processes import run_module
 
 HEAVY = ("sqlalchemy", "alembic", "grpc", "cryptography")
 
@@ -75,13 +76,5 @@ def test_status_loads_grpc_but_no_database_or_certificate_library(tmp_path: Path
 
 
 def test_version_prints_the_installed_version(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "services.cli", "--version"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=process_environ(poly_environ(tmp_path)),
-        cwd=ROOT,
-        check=False,
-    )
+    done = run_module("services.cli", poly_environ(tmp_path), "--version")
     assert (done.returncode, done.stdout) == (0, f"poly {version('polyservice')}\n")

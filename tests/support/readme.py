@@ -7,7 +7,12 @@ refused carries a comment starting ``# refused:`` on its line.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
+import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,3 +57,27 @@ def shell_blocks(readme: Path = README) -> list[ShellBlock]:
             )
         )
     return blocks
+
+
+@contextlib.contextmanager
+def shell_session(
+    script: str, cwd: Path, environ: dict[str, str], *, options: tuple[str, ...] = ()
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`script` running in bash in `cwd`, its output in ``cwd/session.log``; on leaving, the
+    whole process group (what the script started in the background too) gets SIGTERM."""
+    # Output to a file, not a pipe: a process the script puts in the background keeps it open.
+    with (cwd / "session.log").open("wb") as log:
+        process = subprocess.Popen(
+            ["bash", *options, "-c", script],
+            cwd=cwd,
+            env=environ,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)

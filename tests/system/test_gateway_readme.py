@@ -4,19 +4,16 @@ for a foreign service with no Polyservice service running."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.env import ROOT, free_port
-from tests.support.readme import shell_blocks
+from tests.support.readme import shell_blocks, shell_session
 
 pytestmark = pytest.mark.slow
 
@@ -48,26 +45,6 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
-@contextlib.contextmanager
-def _session(script: str, cwd: Path, environ: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    # Output to a file, not a pipe: the backgrounded server and gateway keep it open.
-    with (cwd / "session.log").open("wb") as log:
-        process = subprocess.Popen(
-            ["bash", "-euo", "pipefail", "-c", script],
-            cwd=cwd,
-            env=environ,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # the background server and gateway go with it
-        )
-    try:
-        yield process
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
-
-
 def test_the_readme_example_runs_as_written_from_an_installed_wheel(installed: Path, tmp_path: Path) -> None:
     blocks = _blocks()
     assert len(blocks) == 2, "the section's two shell blocks: reflection, then a configuration file"
@@ -83,7 +60,7 @@ def test_the_readme_example_runs_as_written_from_an_installed_wheel(installed: P
         "PYTHONPATH": str(installed),  # the installed copy, not this checkout
         "TMPDIR": str(tmp_path),
     }
-    with _session(script, tmp_path, environ) as session:
+    with shell_session(script, tmp_path, environ, options=("-euo", "pipefail")) as session:
         returncode = session.wait(180)
     output = (tmp_path / "session.log").read_text()
     assert returncode == 0, output

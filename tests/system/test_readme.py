@@ -10,12 +10,8 @@ does not run says why in the README itself.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +19,7 @@ import pytest
 from services.kit import config
 from tests.support.env import ROOT, free_port, poly_environ, process_environ
 from tests.support.processes import Process
-from tests.support.readme import ShellBlock, shell_blocks
+from tests.support.readme import ShellBlock, shell_blocks, shell_session
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -66,26 +62,6 @@ def _checkout_like(folder: Path) -> Path:
     return folder
 
 
-@contextlib.contextmanager
-def _bash(script: str, cwd: Path, environ: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    # Output to a file, not a pipe: a background process of the script may keep a pipe open.
-    with (cwd / "session.log").open("wb") as log:
-        process = subprocess.Popen(
-            ["bash", "-c", script],
-            cwd=cwd,
-            env=environ,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield process
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
-
-
 def test_every_shell_example_in_the_readme_runs_as_written(tmp_path: Path) -> None:
     blocks = _runnable()
     assert len(blocks) >= 5, "the README's examples: JSON, gRPC, identity, orders, bus"
@@ -96,7 +72,7 @@ def test_every_shell_example_in_the_readme_runs_as_written(tmp_path: Path) -> No
     up = Process.module("services.cli", environ, "up")
     try:
         up.wait_for_line(lambda line: "all services SERVING" in line, timeout=120)
-        with _bash(script, folder, environ) as session:
+        with shell_session(script, folder, environ) as session:
             try:
                 returncode = session.wait(SCRIPT_TIMEOUT)
             except subprocess.TimeoutExpired:
