@@ -244,7 +244,6 @@ def running_system(home: Path, server_cpu: int) -> Iterator[System]:
         "POLY_HOME": str(home),
         "POLY_GRACE_SECONDS": "2",
         "POLY_LOG_LEVEL": "WARNING",  # no per-call access line from the kit
-        "POLY_BUS_SUBSCRIBE_WAIT_SECONDS": "0",  # no users service here: don't wait for it
         "POLY_SMTP_PORT": str(free_port()),
         **{f"POLY_{name.upper()}_PORT": str(port) for name, port in ports.items()},
         "POLY_GATEWAY_BACKENDS": f"{SERVICE}=localhost:{ports['auth']}",

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 
 import pytest
 from google.api import annotations_pb2, field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
 
 from poly.events.v1 import events_pb2
 from poly.options.v1 import options_pb2
-from services.kit import config
+from services.auth import events as auth_events
+from services.kit import bus, config
 from services.kit.bus import contract
+from services.notifications import events as notifications_events
+from services.notifications import store as notifications_store
+from services.orders import events as orders_events
+from services.orders import store as orders_store
+from services.payments import events as payments_events
+from services.payments import store as payments_store
+from services.users import events as users_events
+from services.users import store as users_store
 
 _MODULES = [f"poly.{name}.v1.{name}_service_pb2" for name in config.SERVICES] + [
     "poly.events.v1.event_sink_pb2"
@@ -139,9 +150,56 @@ def test_only_events_declare_a_publisher() -> None:
 
 
 def test_the_event_option_is_a_message_that_can_grow() -> None:
-    # Consumers will be added to the same option later: it must stay a message, not a scalar.
+    # A message, not a scalar: the consumers were added to it without breaking it.
     extension = options_pb2.DESCRIPTOR.extensions_by_name["event"]
     assert extension.containing_type is not None and extension.message_type is not None
     assert extension.containing_type.full_name == "google.protobuf.MessageOptions"
     publisher = extension.message_type.fields_by_name["publisher"]
     assert publisher.type == publisher.TYPE_STRING and not publisher.is_repeated, "one publisher"
+    consumers = extension.message_type.fields_by_name["consumers"]
+    assert consumers.type == consumers.TYPE_STRING and consumers.is_repeated, "any number of consumers"
+
+
+@pytest.mark.parametrize("event", _EVENTS, ids=[e.name for e in _EVENTS])
+def test_every_declared_consumer_is_a_service_other_than_the_publisher(event: Descriptor) -> None:
+    declared = contract.declared_consumers(event)
+    assert len(set(declared)) == len(declared), "a consumer named twice"
+    assert set(declared) <= set(config.SERVICES), "a consumer that is no service"
+    assert contract.declared_publisher(event) not in declared, "a service consuming its own event"
+
+
+def test_some_events_are_consumed_and_some_are_not() -> None:
+    # Not vacuous: the rules above and below see today's consumers.
+    assert contract.consumers_of("poly.events.v1.UserRegistered") == {"users", "payments", "notifications"}
+    assert contract.consumers_of("poly.events.v1.PaymentVoided") == frozenset()
+    assert contract.consumed_by("orders") == {
+        "poly.events.v1.PaymentAuthorized",
+        "poly.events.v1.PaymentCaptured",
+        "poly.events.v1.PaymentFailed",
+    }
+
+
+def _outbox(service: str, tables: bus.BusTables) -> bus.Outbox:
+    return bus.Outbox(tables, source=service, routing=bus.consumer_routing())
+
+
+# Each service's handlers, built as its __main__.py builds them (over a real outbox on its
+# store's bus tables; auth's need none); the node refuses to start with a handler the
+# contract does not list.
+_HANDLERS: dict[str, Callable[[], Mapping[type[Message], bus.EventHandler]]] = {
+    "auth": lambda: auth_events.HANDLERS,
+    "users": lambda: users_events.handlers(_outbox("users", users_store.BUS)),
+    "orders": lambda: orders_events.handlers(_outbox("orders", orders_store.BUS)),
+    "payments": lambda: payments_events.handlers(_outbox("payments", payments_store.BUS), "EUR"),
+    "notifications": lambda: notifications_events.handlers(_outbox("notifications", notifications_store.BUS)),
+}
+
+
+def test_every_service_has_its_handlers_here() -> None:
+    assert set(_HANDLERS) == set(config.SERVICES)
+
+
+@pytest.mark.parametrize("service", config.SERVICES)
+def test_each_service_handles_exactly_the_events_it_is_a_declared_consumer_of(service: str) -> None:
+    handled = {event.DESCRIPTOR.full_name for event in _HANDLERS[service]()}
+    assert handled == contract.consumed_by(service)

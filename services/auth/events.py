@@ -14,9 +14,7 @@ from services.auth.store import SqlRepository
 from services.kit.bus import EventHandler
 from services.kit.names import resource_id
 
-__all__ = ["CONSUMES", "HANDLERS"]
-
-CONSUMES: tuple[str, ...] = ("poly.events.v1.UserDeleted",)
+__all__ = ["HANDLERS"]
 
 
 def _user_deleted(session: Session, event: Message, envelope: EventEnvelope) -> None:
@@ -26,4 +24,5 @@ def _user_deleted(session: Session, event: Message, envelope: EventEnvelope) -> 
 
 
 HANDLERS: Mapping[type[Message], EventHandler] = {events_pb2.UserDeleted: _user_deleted}
-"""The handler of each consumed event; the service subscribes to exactly these types."""
+"""The handler of each consumed event: exactly the types the contract names auth a consumer
+of (the node checks it at start)."""

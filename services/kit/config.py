@@ -120,8 +120,9 @@ class BusSettings:
     lease_seconds: float = 30.0
     """How long a relay's claim on a delivery lasts; a relay that dies frees it after this."""
     subscribe_wait_seconds: float = 10.0
-    """At start, how long to wait for peers to accept this service's subscriptions before
-    saying SERVING anyway (the rest are retried in the background)."""
+    """RabbitMQ only: at start, how long to wait until this service consumes its queue before
+    saying SERVING anyway (the connection is retried in the background). The embedded
+    transport waits for nothing: its routes come from the contract. The name predates that."""
 
     def __repr__(self) -> str:
         transport = redact_url(self.url) if self.url else "embedded"
@@ -381,7 +382,8 @@ def load(service: str, environ: Environ | None = None) -> Settings:
             subscribe_wait_seconds=env.number("POLY_BUS_SUBSCRIBE_WAIT_SECONDS", 10.0, low=0.0, high=600.0),
         ),
         auth=AuthSettings(
-            issuer=env.text("POLY_AUTH_ISSUER", "http://localhost:8080").rstrip("/"),
+            # The public edge: where poly up's gateway listens, unless a deployment says otherwise.
+            issuer=env.text("POLY_AUTH_ISSUER", f"http://localhost:{ports['gateway']}").rstrip("/"),
             audience=env.text("POLY_AUTH_AUDIENCE", "poly"),
             access_token_seconds=env.integer("POLY_AUTH_ACCESS_TOKEN_SECONDS", 900, low=30, high=86400),
             refresh_token_seconds=env.integer(

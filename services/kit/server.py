@@ -292,7 +292,7 @@ def serve(
     """Start, then block until SIGTERM or SIGINT and drain. Call from the main thread.
 
     `background` work starts once the server accepts calls and before health says SERVING
-    (subscriptions are registered by then), and stops after the drain, in reverse order.
+    (a broker consumer is consuming by then), and stops after the drain, in reverse order.
 
     If handlers outlive the grace period, the process exits 0 at once (their calls are
     already cancelled): waiting for their threads would break the grace-period promise.

@@ -41,7 +41,7 @@ end of the stream wraps it. Middlewares are composed once by `kit.server`.
 
 
 class Background(Protocol):
-    """Work a service runs beside its server (the bus relay, subscriptions)."""
+    """Work a service runs beside its server (the bus relay, a broker consumer)."""
 
     def start(self) -> None:
         """Begin; may block briefly (the server is already accepting calls, not yet SERVING)."""

@@ -23,14 +23,7 @@ from services.kit.wire import money_value
 from services.notifications.domain import Notification, record_notification
 from services.notifications.store import SqlRepository
 
-__all__ = ["CONSUMES", "handlers", "template_values"]
-
-CONSUMES: tuple[str, ...] = (
-    "poly.events.v1.UserRegistered",
-    "poly.events.v1.OrderPaid",
-    "poly.events.v1.OrderPaymentFailed",
-    "poly.events.v1.OrderCancelled",
-)
+__all__ = ["handlers", "template_values"]
 
 
 def _money(value: money_pb2.Money) -> str:
@@ -64,8 +57,9 @@ def template_values(payload: Message) -> tuple[str, dict[str, str]]:
 def handlers(
     outbox: Outbox, *, on_commit: Callable[[], None] = lambda: None
 ) -> Mapping[type[Message], EventHandler]:
-    """The handler of each consumed event; `on_commit` runs after its transaction commits
-    (it wakes the dispatcher)."""
+    """The handler of each consumed event (exactly the types the contract names this service
+    a consumer of; the node checks it at start); `on_commit` runs after its transaction
+    commits (it wakes the dispatcher)."""
 
     def record(session: Session, payload: Message, envelope: EventEnvelope) -> None:
         recipient, values = template_values(payload)

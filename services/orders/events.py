@@ -21,13 +21,7 @@ from services.kit.names import resource_id
 from services.orders import domain
 from services.orders.store import OnChange, SqlRepository
 
-__all__ = ["CONSUMES", "handlers"]
-
-CONSUMES: tuple[str, ...] = (
-    "poly.events.v1.PaymentAuthorized",
-    "poly.events.v1.PaymentCaptured",
-    "poly.events.v1.PaymentFailed",
-)
+__all__ = ["handlers"]
 
 
 def handlers(
@@ -36,7 +30,8 @@ def handlers(
     on_change: OnChange | None = None,
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
 ) -> Mapping[type[Message], EventHandler]:
-    """The handler of each consumed event; the service subscribes to exactly these types."""
+    """The handler of each consumed event; exactly the types the contract names this
+    service a consumer of (the node checks it at start)."""
 
     def repository(session: Session) -> SqlRepository:
         return SqlRepository(session, outbox, on_change)

@@ -18,17 +18,12 @@ from services.kit.wire import money_value
 from services.payments.domain import Payments
 from services.payments.store import SqlRepository
 
-__all__ = ["CONSUMES", "handlers"]
-
-CONSUMES: tuple[str, ...] = (
-    "poly.events.v1.UserRegistered",
-    "poly.events.v1.OrderCreated",
-    "poly.events.v1.OrderCancelled",
-)
+__all__ = ["handlers"]
 
 
 def handlers(outbox: Outbox, default_currency: str) -> Mapping[type[Message], EventHandler]:
-    """The handler of each consumed event; the service subscribes to exactly these types.
+    """The handler of each consumed event; exactly the types the contract names this
+    service a consumer of (the node checks it at start).
     New users get an account in `default_currency`."""
 
     def payments(session: Session) -> Payments:

@@ -14,13 +14,12 @@ from services.kit.names import resource_id
 from services.users.domain import create_profile
 from services.users.store import SqlRepository
 
-__all__ = ["CONSUMES", "handlers"]
-
-CONSUMES: tuple[str, ...] = ("poly.events.v1.UserRegistered",)
+__all__ = ["handlers"]
 
 
 def handlers(outbox: Outbox) -> Mapping[type[Message], EventHandler]:
-    """The handler of each consumed event; the service subscribes to exactly these types.
+    """The handler of each consumed event; exactly the types the contract names this
+    service a consumer of (the node checks it at start).
     Each runs in the consumer's transaction (with its inbox row) and publishes through `outbox`."""
 
     def user_registered(session: Session, event: Message, envelope: EventEnvelope) -> None:

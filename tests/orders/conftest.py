@@ -161,7 +161,6 @@ def system(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     extra = {
         **database,
         "POLY_PAYMENTS_ADDRESS": f"localhost:{payments.port}",
-        "POLY_BUS_SUBSCRIBE_WAIT_SECONDS": "0",
     }
     try:
         deployment = start(home, ["auth", "orders"], extra)

@@ -23,7 +23,7 @@ from poly.type.v1.money_pb2 import Money
 from tests.support.identity import Deployment, bearer
 from tests.support.waiting import eventually
 
-__all__ = ["Customer", "System", "eur", "new_key", "subscribed"]
+__all__ = ["Customer", "System", "eur", "new_key"]
 
 
 def eur(amount: int, currency: str = "EUR") -> Money:
@@ -41,18 +41,6 @@ def _query(url: str, sql: str, **params: object) -> list[tuple[object, ...]]:
             return [tuple(row) for row in connection.execute(text(sql), params)]
     finally:
         engine.dispose()
-
-
-def subscribed(deployment: Deployment) -> None:
-    """Wait until payments' subscription to UserRegistered is recorded at auth: a user
-    registered before that would never reach payments."""
-    url = deployment.settings("auth").db.url
-    sql = "SELECT 1 FROM bus_subscription WHERE subscriber = 'payments' AND event_type = :type"
-    eventually(
-        lambda: _query(url, sql, type="poly.events.v1.UserRegistered"),
-        timeout=30,
-        what="payments to subscribe to UserRegistered at auth",
-    )
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ def main(role: str) -> None:
         background.append(relay)
     else:
         consumer = _CrashingConsumer(factory, tables, {OrderCreated: _handler(record_effect(effects))})
-        if settings.bus.url:
+        if settings.bus.url:  # embedded: nothing to start, the publisher's routes come from the contract
             background.append(
                 bus.BrokerConsumer(
                     settings.bus.url,
@@ -124,8 +124,6 @@ def main(role: str) -> None:
                     retry_delay=0.05,
                 )
             )
-        else:
-            background.append(bus.Subscriber(channels, [peer], consumer.event_types, initial_wait=0))
     sink = bus.EventSinkServicer(consumer, factory, tables, service=service, services=config.SERVICES)
     try:
         server.serve(settings, [bus.sink_registration(sink)], background=background)  # type: ignore[list-item]

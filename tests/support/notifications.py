@@ -22,13 +22,10 @@ from typing import Any
 
 from aiohttp import web
 from aiosmtpd.controller import Controller
-from sqlalchemy import text
 
-from services.kit import db
-from services.kit.config import DatabaseSettings
 from tests.support.env import free_port
 
-__all__ = ["Mailbox", "WebhookCall", "WebhookReceiver", "subscribed", "verify"]
+__all__ = ["Mailbox", "WebhookCall", "WebhookReceiver", "verify"]
 
 
 class _Handler:
@@ -180,18 +177,3 @@ class WebhookReceiver:
         self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(10)
-
-
-def subscribed(publisher_database: str, subscriber: str, event_type: str) -> bool:
-    """Whether `subscriber` has subscribed to `event_type` at the publisher whose database is
-    at `publisher_database`: events published before that are never routed to it."""
-    engine = db.engine(DatabaseSettings(url=publisher_database))
-    try:
-        with engine.connect() as connection:
-            found = connection.execute(
-                text("SELECT 1 FROM bus_subscription WHERE subscriber = :s AND event_type = :t"),
-                {"s": subscriber, "t": event_type},
-            ).first()
-    finally:
-        engine.dispose()
-    return found is not None

@@ -136,21 +136,24 @@ def _queue_drained(environ: dict[str, str]) -> bool:
 def _outbox_when_ready(
     nodes: Nodes, orders_engine: Engine, tables: bus.BusTables, window: str | None
 ) -> bus.Outbox:
-    """An outbox for the test to publish with, once the consumer can receive what it publishes."""
+    """An outbox for the test to publish with, once the publisher has created its tables (and,
+    on RabbitMQ, the consumer consumes its queue). On the embedded transport the consumer may
+    still be starting: routes come from the contract, so its events wait in the outbox."""
 
-    def subscriptions() -> int | None:
+    def tables_created() -> bool:
         try:
             with orders_engine.connect() as connection:
-                return int(connection.scalar(select(func.count()).select_from(tables.subscription)) or 0)
+                connection.scalar(select(func.count()).select_from(tables.outbox))
         except Exception:  # the publisher has not created its tables yet
-            return None
+            return False
+        return True
 
     if "POLY_BUS_URL" in nodes.environ:
         consumer = nodes.processes["consumer"]
-        _wait(lambda: subscriptions() is not None and '"consuming"' in consumer.output(), nodes, window, 60)
+        _wait(lambda: tables_created() and '"consuming"' in consumer.output(), nodes, window, 60)
         return bus.Outbox(tables, source="orders", routing=bus.broker_routing())
-    _wait(lambda: bool(subscriptions()), nodes, window, timeout=60)
-    return bus.Outbox(tables, source="orders", routing=bus.subscriber_routing(tables))
+    _wait(tables_created, nodes, window, timeout=60)
+    return bus.Outbox(tables, source="orders", routing=bus.consumer_routing())
 
 
 def test_a_thousand_events_have_their_effect_exactly_once_in_order_through_sigkills(

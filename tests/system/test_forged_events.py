@@ -9,13 +9,13 @@ every forged message ends in a dead-letter queue, no inbox holds a forged id, th
 identity still logs in (a forged UserDeleted) and the victim's order is never PAID (a forged
 PaymentAuthorized + PaymentCaptured, sent while payments is down so the order stays PENDING).
 A forged Subscribe (junk, a name that is no event, another publisher's type, too many
-entries) is INVALID_ARGUMENT at every service and stores nothing.
+entries) is INVALID_ARGUMENT at every service, one for a type published there whose declared
+consumers do not include the caller is PERMISSION_DENIED, and neither stores anything.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,6 +47,7 @@ pytestmark = pytest.mark.slow
 
 Order = resources_pb2.Order
 REASON = "EVENT_TYPE_NOT_PUBLISHED_BY_CALLER"
+NOT_CONSUMED = "EVENT_TYPE_NOT_CONSUMED_BY_CALLER"
 EVENT_TYPES = sorted(m.full_name for m in contract.events())
 
 
@@ -70,13 +71,8 @@ class Forgery:
 
 
 def _consumers(event_type: str) -> list[str]:
-    """The services whose queue the broker binds to `event_type` (what each one handles)."""
-    found = []
-    for service in config.SERVICES:
-        consumed: tuple[str, ...] = importlib.import_module(f"services.{service}.events").CONSUMES
-        if event_type in consumed:
-            found.append(service)
-    return found
+    """The services whose queue the broker binds to `event_type`: its declared consumers."""
+    return sorted(contract.consumers_of(event_type))
 
 
 def _value(field_: FieldDescriptor, victim: Victim) -> object:
@@ -329,4 +325,15 @@ def test_a_forged_subscription_is_refused_and_stores_nothing(system: System) -> 
             found = refusal(refused.value)
             assert found.code == grpc.StatusCode.INVALID_ARGUMENT, (target, found)
             assert found.violations, (target, found)
+        # A type published here, asked for by a service the contract does not name its consumer.
+        for published in sorted(contract.published_by(target)):
+            outsider = next(
+                s for s in config.SERVICES if s != target and s not in contract.consumers_of(published)
+            )
+            stub = event_sink_pb2_grpc.EventSinkServiceStub(system.deployment.channel(target, as_=outsider))
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Subscribe(event_sink_pb2.SubscribeRequest(event_types=[published]), timeout=10)
+            found = refusal(refused.value)
+            denied = (grpc.StatusCode.PERMISSION_DENIED, NOT_CONSUMED)
+            assert (found.code, found.reason) == denied, (target, published, found)
         assert system.subscriptions(target) == before, f"{target} stored a forged subscription"

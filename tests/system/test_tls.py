@@ -22,8 +22,7 @@ from tests.support.processes import Process, health_check
 def users_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[config.Settings, int, Process]]:
     home = tmp_path_factory.mktemp("home")
     tls.ensure_certificates(home / "certs", config.COMPONENTS)
-    # Alone, users would wait for peers to take its subscriptions before saying SERVING.
-    environ = poly_environ(home, POLY_BUS_SUBSCRIBE_WAIT_SECONDS="0.5")
+    environ = poly_environ(home)
     process = Process.module("services.users", environ)
     cli = settings_for("cli", environ)
     try:

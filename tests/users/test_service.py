@@ -33,32 +33,13 @@ def system(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     if request.param == "postgresql":
         make: Callable[[], str] = request.getfixturevalue("postgres_databases")
         database = {"POLY_USERS_DATABASE_URL": make()}
-    # Only auth and users run: rather than wait 10 s at each start for the absent services'
-    # answers, wait here until auth and users have subscribed to each other's events.
-    quick = {"POLY_BUS_SUBSCRIBE_WAIT_SECONDS": "1"}
-    deployment = start(tmp_path_factory.mktemp("users"), ["auth", "users"], {**quick, **database})
+    # Only auth and users run. Routes come from the contract: nothing to wait for, and the
+    # events for the absent consumers simply wait in the outboxes.
+    deployment = start(tmp_path_factory.mktemp("users"), ["auth", "users"], database)
     try:
-        eventually(
-            lambda: _subscribed(deployment, "auth", "users") and _subscribed(deployment, "users", "auth"),
-            timeout=20,
-            what="auth and users to subscribe to each other",
-        )
         yield deployment
     finally:
         deployment.stop()
-
-
-def _subscribed(system: Deployment, publisher: str, subscriber: str) -> bool:
-    engine = create_engine(system.settings(publisher).db.url)
-    try:
-        with engine.connect() as connection:
-            found = connection.execute(
-                text("SELECT count(*) FROM bus_subscription WHERE subscriber = :subscriber"),
-                {"subscriber": subscriber},
-            ).scalar()
-    finally:
-        engine.dispose()
-    return bool(found)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from services.kit import db
-from services.kit.bus import Outbox, subscriber_routing
+from services.kit.bus import Outbox, consumer_routing
 from services.kit.config import DatabaseSettings
 from services.kit.errors import Aborted, DomainError
 from services.users import store
@@ -40,7 +40,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 
 @pytest.fixture
 def users_store(engine: Engine) -> store.UsersStore:
-    outbox = Outbox(store.BUS, source="users", routing=subscriber_routing(store.BUS))
+    outbox = Outbox(store.BUS, source="users", routing=consumer_routing())
     return store.UsersStore(db.session_factory(engine), outbox)
 
 

@@ -1,12 +1,15 @@
-"""Who publishes which event, read from the contract: ``(poly.options.v1.event)``.
+"""Who publishes and who consumes which event, read from the contract: ``(poly.options.v1.event)``.
 
-Every event message in ``poly/events/v1/events.proto`` declares its one publisher, e.g.
-``option (poly.options.v1.event) = {publisher: "orders"};``. This module is the only reader
-of that option in the kit: `publisher_of(event_type)` and `published_by(service)` answer
-from the compiled descriptors, and `check_publisher(source, event_type)` is the rule the
-EventSink, both consumers (embedded and RabbitMQ) and the outbox enforce. Nothing here is
-kept by hand: a new event is published by whoever its option names, and an event without
-the option (or a type that is no event) is published by nobody, so it is refused everywhere.
+Every event message in ``poly/events/v1/events.proto`` declares its one publisher and its
+consumers, e.g. ``option (poly.options.v1.event) = {publisher: "orders" consumers:
+["payments"]};``. This module is the only reader of that option in the kit:
+`publisher_of(event_type)`, `published_by(service)`, `consumers_of(event_type)` and
+`consumed_by(service)` answer from the compiled descriptors; `check_publisher(source,
+event_type)` is the rule the EventSink, both consumers (embedded and RabbitMQ) and the outbox
+enforce, and the bus's routes and broker topology are derived from the consumers. Nothing
+here is kept by hand: a new event is published by whoever its option names and delivered to
+whoever it lists, and an event without the option (or a type that is no event) is published
+by nobody, so it is refused everywhere.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ __all__ = [
     "NOT_PUBLISHED_BY_CALLER",
     "EventNotPublishedByCaller",
     "check_publisher",
+    "consumed_by",
+    "consumers_of",
+    "declared_consumers",
     "declared_publisher",
     "events",
     "may_publish",
@@ -75,6 +81,36 @@ def declared_publisher(message: Descriptor) -> str:
         return ""
     contract: options_pb2.EventContract = options.Extensions[options_pb2.event]
     return contract.publisher
+
+
+def declared_consumers(message: Descriptor) -> tuple[str, ...]:
+    """The consumers `message`'s ``(poly.options.v1.event)`` names, in order; empty if none."""
+    options = message.GetOptions()
+    if not options.HasExtension(options_pb2.event):
+        return ()
+    contract: options_pb2.EventContract = options.Extensions[options_pb2.event]
+    return tuple(contract.consumers)
+
+
+@functools.cache
+def _consumers() -> Mapping[str, frozenset[str]]:
+    """Declared events (those with a publisher) and their consumers."""
+    return {
+        message.full_name: frozenset(declared_consumers(message))
+        for message in events()
+        if declared_publisher(message)
+    }
+
+
+def consumers_of(event_type: str) -> frozenset[str]:
+    """The services that consume `event_type`; empty for an event nobody consumes or a
+    type that is no declared event."""
+    return _consumers().get(event_type, frozenset())
+
+
+def consumed_by(service: str) -> frozenset[str]:
+    """Full names of the event types `service` is a declared consumer of."""
+    return frozenset(t for t, consumers in _consumers().items() if service in consumers)
 
 
 @functools.cache

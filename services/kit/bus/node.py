@@ -1,31 +1,40 @@
 """One service's whole bus, wired: `node(settings, engine, tables, handlers)`.
 
-The embedded transport needs, per service: an `Outbox` that routes to subscribers, a
-`Consumer` for its handlers behind an `EventSinkServicer`, a `Subscriber` that registers
-its event types with the services that publish them, and a `Relay` pushing its outbox to theirs.
-`Node` is the `Background` that starts and stops them with the server.
+The embedded transport needs, per service: an `Outbox` that routes each event to the
+consumers the contract declares for it (``(poly.options.v1.event)``), a `Consumer` for its
+handlers behind an `EventSinkServicer`, and a `Relay` pushing its outbox to theirs. Routes
+come from the contract, so nothing is registered with peers and a service says SERVING
+without waiting for them; an event for a consumer that is not up yet waits in the outbox.
+The handlers are checked against the contract when the node is built: a handler for a type
+the service does not consume is a programming error (ValueError), a consumed type without
+a handler is logged. `Node` is the `Background` that starts and stops them with the server.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
 from sqlalchemy import Engine
 
 from services.kit import config, db, server
-from services.kit.bus.broker import BrokerConsumer, BrokerTransport
+from services.kit.bus import contract
+from services.kit.bus.broker import BrokerTransport
+from services.kit.bus.broker_consumer import BrokerConsumer
 from services.kit.bus.consumer import Consumer, EventHandler
 from services.kit.bus.metrics import BusMetrics
 from services.kit.bus.outbox import Outbox, routing
 from services.kit.bus.relay import Relay, RelaySettings
-from services.kit.bus.sink import EVENT_SINK, EventSinkServicer, Subscriber, sink_registration
+from services.kit.bus.sink import EVENT_SINK, EventSinkServicer, sink_registration
 from services.kit.bus.tables import BusTables
 from services.kit.bus.transport import EmbeddedTransport
 from services.kit.clients import Channels
 
 __all__ = ["Handlers", "Node", "node"]
+
+_log = logging.getLogger("poly.bus.node")
 
 Handlers = Mapping[type[Message], EventHandler]
 """The handler of each consumed event type."""
@@ -36,20 +45,23 @@ class Node:
     outbox: Outbox
     consumer: Consumer
     relay: Relay
-    intake: Subscriber | BrokerConsumer
-    """How events reach this service: subscriptions at its peers, or its broker queue."""
+    intake: BrokerConsumer | None
+    """Its broker queue; None on the embedded transport (the publishers' relays push to its
+    EventSink, at the routes the contract gives)."""
     registration: server.Registration
     channels: Channels
     metrics: BusMetrics
     broker: BrokerTransport | None = None
 
     def start(self) -> None:
-        self.intake.start()
+        if self.intake is not None:
+            self.intake.start()
         self.relay.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self.relay.stop(timeout)
-        self.intake.stop(timeout)
+        if self.intake is not None:
+            self.intake.stop(timeout)
         self.channels.close()
         if self.broker is not None:
             self.broker.close()
@@ -71,7 +83,13 @@ def node(
     # A send must end well inside its lease, so no two replicas ever have it in flight.
     send_timeout = min(10.0, settings.bus.lease_seconds / 2)
     broker = (
-        BrokerTransport(settings.bus.url, prefix=settings.bus.prefix, timeout=max(0.2, send_timeout - 1))
+        BrokerTransport(
+            settings.bus.url,
+            prefix=settings.bus.prefix,
+            timeout=max(0.2, send_timeout - 1),
+            metrics=metrics,
+            name=f"{settings.bus.prefix} {settings.service} publisher",
+        )
         if settings.bus.url
         else None
     )
@@ -91,13 +109,14 @@ def node(
     outbox = Outbox(
         tables,
         source=settings.service,
-        routing=routing(settings.bus, tables),
+        routing=routing(settings.bus),
         metrics=metrics,
         on_commit=relay.wake,
     )
     consumer = Consumer(
         factory, tables, handlers(outbox) if callable(handlers) else handlers, metrics=metrics
     )
+    _check_handlers(settings.service, consumer.event_types)
     sink = EventSinkServicer(
         consumer,
         factory,
@@ -107,17 +126,37 @@ def node(
         trust_domain=settings.tls.trust_domain,
         namespace=settings.tls.namespace,
     )
-    wait = settings.bus.subscribe_wait_seconds
-    intake: Subscriber | BrokerConsumer = (
+    intake = (
         BrokerConsumer(
             settings.bus.url,
             settings.service,
             consumer,
             prefix=settings.bus.prefix,
             attempts=settings.bus.max_attempts,
-            connect_wait=wait,
+            connect_wait=settings.bus.subscribe_wait_seconds,
         )
         if broker
-        else Subscriber(channels, peers, consumer.event_types, initial_wait=wait)
+        else None
     )
     return Node(outbox, consumer, relay, intake, sink_registration(sink), channels, metrics, broker)
+
+
+def _check_handlers(service: str, handled: Collection[str]) -> None:
+    """`handled` (full type names) against the types the contract names `service` a consumer of."""
+    consumed = contract.consumed_by(service)
+    stray = sorted(set(handled) - consumed)
+    if stray:
+        declared = "; ".join(
+            f"{t} is consumed by {', '.join(sorted(contract.consumers_of(t))) or 'nobody'}" for t in stray
+        )
+        raise ValueError(
+            f"{service} has a handler for {', '.join(stray)}, but the contract does not name it a "
+            f"consumer ((poly.options.v1.event) in poly/events/v1/events.proto: {declared})"
+        )
+    unhandled = sorted(consumed - set(handled))
+    if unhandled:
+        # Delivered here all the same; each is refused (FAILED_PRECONDITION) until handled.
+        _log.warning(
+            "declared consumer of event types it has no handler for",
+            extra={"service": service, "event_types": unhandled},
+        )

@@ -1,8 +1,9 @@
 """Publishing: an event is a row written in the same transaction as the change it reports.
 
 `Outbox.publish(session, event, aggregate_id=...)` adds the event to ``bus_outbox`` and one
-``bus_delivery`` row per route, inside the caller's transaction: if it rolls back, the event
-never existed; once it commits, the relay will deliver it even if the process dies at once.
+``bus_delivery`` row per route (from the contract's consumers), inside the caller's
+transaction: if it rolls back, the event never existed; once it commits, the relay will
+deliver it even if the process dies at once.
 An outbox publishes only the events its `source` is the declared publisher of
 (``(poly.options.v1.event)``): anything else is a programming error, refused before a row
 is written, so the code cannot drift from the contract the consumers enforce.
@@ -27,33 +28,28 @@ from services.kit.bus.tables import PENDING, BusTables
 from services.kit.config import BusSettings
 from services.kit.wire import timestamp
 
-__all__ = ["Outbox", "Routing", "broker_routing", "routing", "subscriber_routing"]
+__all__ = ["Outbox", "Routing", "broker_routing", "consumer_routing", "routing"]
 
 Routing = Callable[[Session, str], list[str]]
 """Where an event of a type goes: ``(session, event_type) -> routes``."""
 
 
-def subscriber_routing(tables: BusTables) -> Routing:
-    """Embedded transport: one route per service subscribed to the type here, read in the
-    publishing transaction (a subscription committed before the event sees it)."""
-
-    def routes(session: Session, event_type: str) -> list[str]:
-        subscription = tables.subscription
-        query = select(subscription.c.subscriber).where(subscription.c.event_type == event_type)
-        return sorted(session.scalars(query))
-
-    return routes
+def consumer_routing() -> Routing:
+    """Embedded transport: one route per declared consumer of the type (the contract's
+    ``consumers``), so an event waits in the outbox for a consumer that has not started yet."""
+    return lambda _session, event_type: sorted(contract.consumers_of(event_type))
 
 
 def broker_routing(route: str = "broker") -> Routing:
-    """Broker transport: every event goes to the broker, which fans it out to queues."""
-    return lambda _session, _event_type: [route]
+    """Broker transport: an event some service consumes goes to the broker, which fans it
+    out to the consumers' queues; an event nobody consumes is recorded and goes nowhere."""
+    return lambda _session, event_type: [route] if contract.consumers_of(event_type) else []
 
 
-def routing(settings: BusSettings, tables: BusTables) -> Routing:
+def routing(settings: BusSettings) -> Routing:
     """The routing of the transport `settings` choose: the broker when ``settings.url`` is
-    set, the embedded subscribers otherwise (the relay and any other publisher must agree)."""
-    return broker_routing() if settings.url else subscriber_routing(tables)
+    set, the declared consumers otherwise (the relay and any other publisher must agree)."""
+    return broker_routing() if settings.url else consumer_routing()
 
 
 class Outbox:

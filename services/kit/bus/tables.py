@@ -1,11 +1,12 @@
 """The bus's tables, added to each service's own metadata (and so to its migrations).
 
 - ``bus_outbox``: one row per published event, written in the publisher's transaction.
-- ``bus_delivery``: one row per event and route (a subscribing service, or the broker),
+- ``bus_delivery``: one row per event and route (a declared consumer, or the broker),
   with its state (pending, delivered, dead), attempts, backoff and claim lease.
 - ``bus_inbox``: the id of every event this service has applied, written in the same
   transaction as the effect, so a redelivered event is recognised and skipped.
-- ``bus_subscription``: which services subscribed to which event types here.
+- ``bus_subscription``: which services called the deprecated ``Subscribe`` here, for which
+  event types: a record only, routes come from the contract.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, MetaData, Table, insert, select
+from sqlalchemy import Engine, MetaData, Table, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated
@@ -25,7 +25,6 @@ __all__ = [
     "make_bus_db",
     "publish",
     "record_effect",
-    "subscribe",
 ]
 
 
@@ -117,11 +116,3 @@ class ScriptedTransport:
 def publish(bus_db: BusDb, outbox: bus.Outbox, aggregate: str, order: str) -> EventEnvelope:
     with db.transaction(bus_db.factory) as session:
         return outbox.publish(session, OrderCreated(order=order), aggregate_id=aggregate)
-
-
-def subscribe(bus_db: BusDb, subscriber: str, *event_types: str) -> None:
-    with db.transaction(bus_db.factory) as session:
-        session.execute(
-            insert(bus_db.tables.subscription),
-            [{"subscriber": subscriber, "event_type": t} for t in event_types],
-        )

@@ -1,12 +1,21 @@
 from __future__ import annotations
 
 import pytest
+from google.protobuf.message import Message
 from sqlalchemy import func, select
 
-from poly.events.v1.events_pb2 import OrderCreated, UserDeleted
+from poly.events.v1.events_pb2 import (
+    OrderCancelled,
+    OrderCreated,
+    OrderFulfilled,
+    PaymentVoided,
+    UserDeleted,
+    UserRegistered,
+)
 from services.kit import bus, db
+from services.kit.bus import contract
 from services.kit.config import BusSettings
-from tests.kit.bus.conftest import BusDb, publish, subscribe
+from tests.kit.bus.conftest import BusDb, publish
 
 ORDER_CREATED = "poly.events.v1.OrderCreated"
 
@@ -16,9 +25,19 @@ def _count(bus_db: BusDb, table: object) -> int:
         return int(connection.scalar(select(func.count()).select_from(table)) or 0)  # type: ignore[arg-type]
 
 
+def _routes(bus_db: BusDb) -> list[tuple[str, str]]:
+    d = bus_db.tables.delivery
+    with bus_db.engine.connect() as connection:
+        rows = connection.execute(select(d.c.route, d.c.state).order_by(d.c.route)).all()
+    return [(str(route), str(state)) for route, state in rows]
+
+
+def _published(metrics: bus.BusMetrics, event_type: str) -> int:
+    return metrics.snapshot().get(("published", event_type), 0)
+
+
 def test_a_rolled_back_transaction_leaves_no_event(bus_db: BusDb) -> None:
-    subscribe(bus_db, "payments", ORDER_CREATED)
-    outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.subscriber_routing(bus_db.tables))
+    outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.consumer_routing())
     with pytest.raises(RuntimeError), db.transaction(bus_db.factory) as session:
         outbox.publish(session, OrderCreated(order="orders/1"), aggregate_id="orders/1")
         raise RuntimeError("the state change failed")
@@ -26,34 +45,68 @@ def test_a_rolled_back_transaction_leaves_no_event(bus_db: BusDb) -> None:
     assert _count(bus_db, bus_db.tables.delivery) == 0
 
 
-def test_a_committed_event_has_one_delivery_per_subscriber(bus_db: BusDb) -> None:
-    subscribe(bus_db, "payments", ORDER_CREATED)
-    subscribe(bus_db, "notifications", ORDER_CREATED, "poly.events.v1.OrderPaid")
-    subscribe(bus_db, "users", "poly.events.v1.UserRegistered")
-    outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.subscriber_routing(bus_db.tables))
+def test_a_committed_event_is_a_well_formed_envelope(bus_db: BusDb) -> None:
+    outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.consumer_routing())
     envelope = publish(bus_db, outbox, "orders/1", "orders/1")
     assert (envelope.type, envelope.source, envelope.aggregate_id) == (ORDER_CREATED, "orders", "orders/1")
     assert envelope.schema_version == 1 and envelope.occur_time.seconds > 0
     payload = OrderCreated()
     assert envelope.payload.Unpack(payload) and payload.order == "orders/1"
-    d = bus_db.tables.delivery
-    with bus_db.engine.connect() as connection:
-        routes = connection.execute(select(d.c.route, d.c.state).order_by(d.c.route)).all()
-    assert routes == [("notifications", bus.PENDING), ("payments", bus.PENDING)]
 
 
-def test_an_event_nobody_subscribed_to_is_kept_but_not_routed(bus_db: BusDb) -> None:
-    outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.subscriber_routing(bus_db.tables))
-    publish(bus_db, outbox, "orders/1", "orders/1")
-    assert _count(bus_db, bus_db.tables.outbox) == 1
-    assert _count(bus_db, bus_db.tables.delivery) == 0
+# Each event's consumers as the contract declares them (poly/events/v1/events.proto); nobody
+# subscribes anything in these tests: the routes come from the contract alone.
+@pytest.mark.parametrize(
+    ("source", "event", "consumers"),
+    [
+        ("auth", UserRegistered(user="users/1"), ["notifications", "payments", "users"]),
+        ("orders", OrderCancelled(order="orders/1"), ["notifications", "payments"]),
+        ("orders", OrderCreated(order="orders/1"), ["payments"]),
+        ("users", UserDeleted(user="users/1"), ["auth"]),
+    ],
+    ids=["three-consumers", "two-consumers", "one-consumer", "users-to-auth"],
+)
+def test_an_event_gets_one_delivery_per_declared_consumer(
+    bus_db: BusDb, source: str, event: Message, consumers: list[str]
+) -> None:
+    assert sorted(contract.consumers_of(event.DESCRIPTOR.full_name)) == consumers
+    outbox = bus.Outbox(bus_db.tables, source=source, routing=bus.consumer_routing())
+    with db.transaction(bus_db.factory) as session:
+        outbox.publish(session, event, aggregate_id="a/1")
+    assert _routes(bus_db) == [(consumer, bus.PENDING) for consumer in consumers]
 
 
-def test_broker_routing_sends_everything_to_the_broker(bus_db: BusDb) -> None:
-    outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.broker_routing())
-    publish(bus_db, outbox, "orders/1", "orders/1")
-    with bus_db.engine.connect() as connection:
-        assert connection.execute(select(bus_db.tables.delivery.c.route)).scalars().all() == ["broker"]
+@pytest.mark.parametrize(
+    ("source", "event"),
+    [("payments", PaymentVoided(payment="payments/1")), ("orders", OrderFulfilled(order="orders/1"))],
+    ids=["PaymentVoided", "OrderFulfilled"],
+)
+@pytest.mark.parametrize(
+    "routing", [bus.consumer_routing(), bus.broker_routing()], ids=["embedded", "broker"]
+)
+def test_an_event_nobody_consumes_is_recorded_and_counted_but_not_routed(
+    bus_db: BusDb, source: str, event: Message, routing: bus.Routing
+) -> None:
+    event_type = event.DESCRIPTOR.full_name
+    assert contract.consumers_of(event_type) == frozenset()
+    metrics = bus.BusMetrics()
+    outbox = bus.Outbox(bus_db.tables, source=source, routing=routing, metrics=metrics)
+    with db.transaction(bus_db.factory) as session:
+        envelope = outbox.publish(session, event, aggregate_id="a/1")
+    assert envelope.type == event_type and envelope.source == source
+    assert _count(bus_db, bus_db.tables.outbox) == 1, "kept in the outbox, as published"
+    assert _count(bus_db, bus_db.tables.delivery) == 0, "no route: nothing to deliver or dead-letter"
+    assert _published(metrics, event_type) == 1
+
+
+def test_broker_routing_sends_a_consumed_event_once_to_the_broker(bus_db: BusDb) -> None:
+    metrics = bus.BusMetrics()
+    outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.broker_routing(), metrics=metrics)
+    with db.transaction(bus_db.factory) as session:
+        # Two consumers: the broker fans it out, so still one delivery.
+        outbox.publish(session, OrderCancelled(order="orders/1"), aggregate_id="orders/1")
+    assert _routes(bus_db) == [("broker", bus.PENDING)]
+    assert _published(metrics, "poly.events.v1.OrderCancelled") == 1
 
 
 @pytest.mark.parametrize(
@@ -62,8 +115,7 @@ def test_broker_routing_sends_everything_to_the_broker(bus_db: BusDb) -> None:
     ids=["embedded", "broker"],
 )
 def test_routing_follows_the_configured_transport(bus_db: BusDb, url: str, routes: list[str]) -> None:
-    subscribe(bus_db, "payments", ORDER_CREATED)
-    chosen = bus.routing(BusSettings(url=url), bus_db.tables)
+    chosen = bus.routing(BusSettings(url=url))
     publish(bus_db, bus.Outbox(bus_db.tables, source="orders", routing=chosen), "orders/1", "orders/1")
     with bus_db.engine.connect() as connection:
         assert connection.execute(select(bus_db.tables.delivery.c.route)).scalars().all() == routes
@@ -92,8 +144,7 @@ def test_an_aggregate_id_is_required(bus_db: BusDb) -> None:
 
 
 def test_a_service_cannot_publish_an_event_it_is_not_the_declared_publisher_of(bus_db: BusDb) -> None:
-    subscribe(bus_db, "auth", "poly.events.v1.UserDeleted")
-    outbox = bus.Outbox(bus_db.tables, source="notifications", routing=bus.subscriber_routing(bus_db.tables))
+    outbox = bus.Outbox(bus_db.tables, source="notifications", routing=bus.consumer_routing())
     refused = pytest.raises(ValueError, match=r"notifications is not the declared publisher.*names users")
     with refused, db.transaction(bus_db.factory) as session:
         outbox.publish(session, UserDeleted(user="users/1"), aggregate_id="users/1")

@@ -1,4 +1,9 @@
-"""The embedded transport end to end: real gRPC servers, real mTLS identities, real databases."""
+"""The embedded transport end to end: real gRPC servers, real mTLS identities, real databases.
+
+Routes come from the contract: nothing in these tests subscribes before publishing. The
+deprecated Subscribe only checks (service identity, types published here, declared
+consumer) and records.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from tests.support.env import settings_for
 from tests.support.status import Refusal, refusal
 
 ORDER_CREATED = "poly.events.v1.OrderCreated"
+ORDER_CANCELLED = "poly.events.v1.OrderCancelled"
 ORDER_PAID = "poly.events.v1.OrderPaid"
 USER_DELETED = "poly.events.v1.UserDeleted"
 
@@ -68,22 +74,10 @@ def pair(certs: Path, bus_db: BusDb, tmp_path: Path) -> Iterator[Pair]:
         orders_db.engine.dispose()
 
 
-def test_subscribe_then_publish_delivers_the_effect_once(pair: Pair) -> None:
-    payments_channels = clients.Channels(pair.settings("payments"), services={"orders": [bus.EVENT_SINK]})
+def test_a_published_event_reaches_its_declared_consumer_once_without_any_subscription(pair: Pair) -> None:
     orders_channels = clients.Channels(pair.settings("orders"), services={"payments": [bus.EVENT_SINK]})
     try:
-        subscriber = bus.Subscriber(payments_channels, ["orders"], [ORDER_CREATED], initial_wait=10)
-        subscriber.start()
-        assert subscriber.pending == set()
-        subscriber.stop()
-        subscriptions = pair.orders_db.tables.subscription
-        with pair.orders_db.engine.connect() as connection:
-            rows = connection.execute(select(subscriptions.c.subscriber, subscriptions.c.event_type)).all()
-        assert rows == [("payments", ORDER_CREATED)], "the subscriber is the caller's certificate identity"
-
-        outbox = bus.Outbox(
-            pair.orders_db.tables, source="orders", routing=bus.subscriber_routing(pair.orders_db.tables)
-        )
+        outbox = bus.Outbox(pair.orders_db.tables, source="orders", routing=bus.consumer_routing())
         events = [publish(pair.orders_db, outbox, f"orders/{i}", f"orders/{i}") for i in range(5)]
         relay = bus.Relay(
             pair.orders_db.engine, pair.orders_db.tables, bus.EmbeddedTransport(orders_channels)
@@ -96,8 +90,8 @@ def test_subscribe_then_publish_delivers_the_effect_once(pair: Pair) -> None:
         transport = bus.EmbeddedTransport(orders_channels)
         transport.send("payments", events[0])
         assert pair.payments_db.effect_counts() == {e.id: 1 for e in events}
+        assert _subscriptions(pair.orders_db) == [], "nothing was registered, nor needed"
     finally:
-        payments_channels.close()
         orders_channels.close()
 
 
@@ -201,19 +195,19 @@ def test_a_service_cannot_push_a_type_it_does_not_publish(pair: Pair, caller: st
         assert connection.execute(select(pair.payments_db.tables.inbox.c.event_id)).all() == []
 
 
-def test_subscriptions_only_grow(pair: Pair) -> None:
+def test_a_declared_consumers_subscription_is_recorded_and_only_grows(pair: Pair) -> None:
     channels = clients.Channels(pair.settings("payments"), services={"orders": [bus.EVENT_SINK]})
     try:
         stub = event_sink_pb2_grpc.EventSinkServiceStub(channels.get("orders"))
-        stub.Subscribe(
-            event_sink_pb2.SubscribeRequest(event_types=[ORDER_CREATED, "poly.events.v1.OrderPaid"])
+        first = stub.Subscribe(
+            event_sink_pb2.SubscribeRequest(event_types=[ORDER_CREATED, ORDER_CANCELLED]), timeout=5
         )
+        assert first.subscriber == "payments", "the subscriber is the caller's certificate identity"
         older = stub.Subscribe(event_sink_pb2.SubscribeRequest(event_types=[ORDER_CREATED]), timeout=5)
-        assert list(older.event_types) == [ORDER_CREATED, "poly.events.v1.OrderPaid"], (
-            "an old replica removes nothing"
-        )
+        assert list(older.event_types) == [ORDER_CANCELLED, ORDER_CREATED], "an old replica removes nothing"
     finally:
         channels.close()
+    assert _subscriptions(pair.orders_db) == [("payments", ORDER_CANCELLED), ("payments", ORDER_CREATED)]
 
 
 def _subscriptions(bus_db: BusDb) -> list[tuple[str, str]]:
@@ -266,17 +260,22 @@ def test_subscribe_is_bounded(pair: Pair) -> None:
     assert _subscriptions(pair.orders_db) == []
 
 
-def test_the_subscriber_asks_each_peer_only_for_what_it_publishes(pair: Pair) -> None:
-    # payments consumes an orders event and a users event; users is not even running, and
-    # notifications publishes neither: only orders is asked, and only for its own type.
-    channels = clients.Channels(pair.settings("payments"), services={"orders": [bus.EVENT_SINK]})
-    try:
-        subscriber = bus.Subscriber(
-            channels, ["orders", "notifications"], [ORDER_CREATED, ORDER_PAID, USER_DELETED], initial_wait=5
-        )
-        subscriber.start()
-        assert subscriber.pending == set()
-        subscriber.stop()
-    finally:
-        channels.close()
-    assert _subscriptions(pair.orders_db) == [("payments", ORDER_CREATED), ("payments", ORDER_PAID)]
+@pytest.mark.parametrize(
+    ("caller", "requested", "refused"),
+    [
+        ("notifications", [ORDER_CREATED], ORDER_CREATED),
+        ("notifications", [ORDER_PAID, ORDER_CREATED, ORDER_CANCELLED], ORDER_CREATED),
+        ("payments", [ORDER_CREATED, ORDER_PAID], ORDER_PAID),
+        ("users", [ORDER_CANCELLED, ORDER_PAID], f"{ORDER_CANCELLED} {ORDER_PAID}"),
+    ],
+    ids=["not-a-consumer", "one-of-three-not-consumed", "another-consumers-type", "consumes-none-here"],
+)
+def test_subscribe_refuses_a_caller_that_is_not_a_declared_consumer(
+    pair: Pair, caller: str, requested: list[str], refused: str
+) -> None:
+    # Every entry is published here (so it passes the argument check); the contract does not
+    # name the caller a consumer of `refused`: the whole request is refused, nothing stored.
+    answer = _subscribe_at_orders(pair, caller, requested)
+    assert (answer.code, answer.reason) == (grpc.StatusCode.PERMISSION_DENIED, bus.NOT_CONSUMED_BY_CALLER)
+    assert answer.metadata == {"caller": caller, "event_types": refused}
+    assert _subscriptions(pair.orders_db) == [], "nothing stored, not even the part it consumes"

@@ -28,7 +28,7 @@ from poly.events.v1 import events_pb2 as poly_dot_events_dot_v1_dot_events__pb2
 from poly.options.v1 import options_pb2 as poly_dot_options_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpoly/events/v1/event_sink.proto\x12\x0epoly.events.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bpoly/events/v1/events.proto\x1a\x1dpoly/options/v1/options.proto\"F\n\x10PushEventRequest\x12\x32\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1d.poly.events.v1.EventEnvelopeB\x04\xe2\x41\x01\x02\"\xb4\x01\n\x11PushEventResponse\x12:\n\x07outcome\x18\x01 \x01(\x0e\x32).poly.events.v1.PushEventResponse.Outcome\"c\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_APPLIED\x10\x01\x12\x15\n\x11OUTCOME_DUPLICATE\x10\x02\x12\x13\n\x0fOUTCOME_IGNORED\x10\x03\"-\n\x10SubscribeRequest\x12\x19\n\x0b\x65vent_types\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\"<\n\x11SubscribeResponse\x12\x12\n\nsubscriber\x18\x01 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x02 \x03(\t2\xe5\x02\n\x10\x45ventSinkService\x12\xa4\x01\n\tPushEvent\x12 .poly.events.v1.PushEventRequest\x1a!.poly.events.v1.PushEventResponse\"R\x8a\xb5\x18\x30\x08\x04\x1a\x04\x61uth\x1a\x05users\x1a\x06orders\x1a\x08payments\x1a\rnotifications\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/events:push:\x01*\x12\xa9\x01\n\tSubscribe\x12 .poly.events.v1.SubscribeRequest\x1a!.poly.events.v1.SubscribeResponse\"W\x8a\xb5\x18\x30\x08\x04\x1a\x04\x61uth\x1a\x05users\x1a\x06orders\x1a\x08payments\x1a\rnotifications\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x19\"\x14/v1/events:subscribe:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpoly/events/v1/event_sink.proto\x12\x0epoly.events.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bpoly/events/v1/events.proto\x1a\x1dpoly/options/v1/options.proto\"F\n\x10PushEventRequest\x12\x32\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1d.poly.events.v1.EventEnvelopeB\x04\xe2\x41\x01\x02\"\xb4\x01\n\x11PushEventResponse\x12:\n\x07outcome\x18\x01 \x01(\x0e\x32).poly.events.v1.PushEventResponse.Outcome\"c\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_APPLIED\x10\x01\x12\x15\n\x11OUTCOME_DUPLICATE\x10\x02\x12\x13\n\x0fOUTCOME_IGNORED\x10\x03\"-\n\x10SubscribeRequest\x12\x19\n\x0b\x65vent_types\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\"<\n\x11SubscribeResponse\x12\x12\n\nsubscriber\x18\x01 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x02 \x03(\t2\xe8\x02\n\x10\x45ventSinkService\x12\xa4\x01\n\tPushEvent\x12 .poly.events.v1.PushEventRequest\x1a!.poly.events.v1.PushEventResponse\"R\x8a\xb5\x18\x30\x08\x04\x1a\x04\x61uth\x1a\x05users\x1a\x06orders\x1a\x08payments\x1a\rnotifications\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/events:push:\x01*\x12\xac\x01\n\tSubscribe\x12 .poly.events.v1.SubscribeRequest\x1a!.poly.events.v1.SubscribeResponse\"Z\x88\x02\x01\x8a\xb5\x18\x30\x08\x04\x1a\x04\x61uth\x1a\x05users\x1a\x06orders\x1a\x08payments\x1a\rnotifications\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x19\"\x14/v1/events:subscribe:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,7 +42,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENTSINKSERVICE'].methods_by_name['PushEvent']._loaded_options = None
   _globals['_EVENTSINKSERVICE'].methods_by_name['PushEvent']._serialized_options = b'\212\265\0300\010\004\032\004auth\032\005users\032\006orders\032\010payments\032\rnotifications\220\265\030\001\202\323\344\223\002\024\"\017/v1/events:push:\001*'
   _globals['_EVENTSINKSERVICE'].methods_by_name['Subscribe']._loaded_options = None
-  _globals['_EVENTSINKSERVICE'].methods_by_name['Subscribe']._serialized_options = b'\212\265\0300\010\004\032\004auth\032\005users\032\006orders\032\010payments\032\rnotifications\220\265\030\001\202\323\344\223\002\031\"\024/v1/events:subscribe:\001*'
+  _globals['_EVENTSINKSERVICE'].methods_by_name['Subscribe']._serialized_options = b'\210\002\001\212\265\0300\010\004\032\004auth\032\005users\032\006orders\032\010payments\032\rnotifications\220\265\030\001\202\323\344\223\002\031\"\024/v1/events:subscribe:\001*'
   _globals['_PUSHEVENTREQUEST']._serialized_start=174
   _globals['_PUSHEVENTREQUEST']._serialized_end=244
   _globals['_PUSHEVENTRESPONSE']._serialized_start=247
@@ -54,5 +54,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBSCRIBERESPONSE']._serialized_start=476
   _globals['_SUBSCRIBERESPONSE']._serialized_end=536
   _globals['_EVENTSINKSERVICE']._serialized_start=539
-  _globals['_EVENTSINKSERVICE']._serialized_end=896
+  _globals['_EVENTSINKSERVICE']._serialized_end=899
 # @@protoc_insertion_point(module_scope)

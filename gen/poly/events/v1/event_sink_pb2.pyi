@@ -95,7 +95,7 @@ Global___PushEventResponse: _TypeAlias = PushEventResponse  # noqa: Y015
 
 @_typing.final
 class SubscribeRequest(_message.Message):
-    """Request of EventSinkService.Subscribe."""
+    """Request of EventSinkService.Subscribe (deprecated)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -106,7 +106,9 @@ class SubscribeRequest(_message.Message):
         caller consumes, e.g. "poly.events.v1.OrderCreated"; at most 100. Any
         other entry (another service's type, a name that is no event) is
         INVALID_ARGUMENT with reason EVENT_TYPE_NOT_PUBLISHED_HERE and a field
-        violation per entry, and nothing is stored.
+        violation per entry; a type published here whose declared consumers do
+        not include the caller is PERMISSION_DENIED with reason
+        EVENT_TYPE_NOT_CONSUMED_BY_CALLER. Either way nothing is stored.
         """
 
     def __init__(
@@ -124,7 +126,7 @@ Global___SubscribeRequest: _TypeAlias = SubscribeRequest  # noqa: Y015
 
 @_typing.final
 class SubscribeResponse(_message.Message):
-    """Response of EventSinkService.Subscribe."""
+    """Response of EventSinkService.Subscribe (deprecated)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -134,7 +136,7 @@ class SubscribeResponse(_message.Message):
     """The subscriber as this service identified it from the caller's certificate."""
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Every event type the caller is now subscribed to here, sorted."""
+        """Every event type recorded for the caller here, sorted."""
 
     def __init__(
         self,

@@ -28,7 +28,8 @@ if _version_not_supported:
 class EventSinkServiceStub:
     """Receives domain events. Every consuming service implements it; the
     embedded bus relay of the publishing service pushes each envelope to each
-    subscriber over mTLS and retries with backoff until it gets a response.
+    consumer the event's `(poly.options.v1.event)` declares, over mTLS, and
+    retries with backoff until it gets a response.
     """
 
     def __init__(self, channel):
@@ -52,7 +53,8 @@ class EventSinkServiceStub:
 class EventSinkServiceServicer:
     """Receives domain events. Every consuming service implements it; the
     embedded bus relay of the publishing service pushes each envelope to each
-    subscriber over mTLS and retries with backoff until it gets a response.
+    consumer the event's `(poly.options.v1.event)` declares, over mTLS, and
+    retries with backoff until it gets a response.
     """
 
     def PushEvent(self, request, context):
@@ -68,14 +70,13 @@ class EventSinkServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Subscribe(self, request, context):
-        """Registers the calling service as a subscriber of the listed event types on this
-        (publishing) service. From the commit of this call on, every event of those types
-        published here is delivered to the caller. Subscriptions only grow (a replica of an
-        older version must not unsubscribe a newer one's types during a rolling deploy). The
-        subscriber is the caller's mTLS identity, never a field of the request.
-        Every consuming service calls it at start-up on each service that publishes a type
-        it consumes, listing only that service's types, so a consumer that is down later
-        still gets its events once it is back (embedded transport).
+        """Deprecated: routes come from the contract (each event's declared
+        `consumers` in `(poly.options.v1.event)`), so no service needs to call
+        it; it is kept for peers of the previous version during a rolling deploy.
+        It only checks and records: the caller (its mTLS identity, never a field
+        of the request) must be a declared consumer of every listed type, each a
+        type this service publishes; the accepted types are recorded (records
+        only grow) and change no route.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,7 +106,8 @@ def add_EventSinkServiceServicer_to_server(servicer, server):
 class EventSinkService:
     """Receives domain events. Every consuming service implements it; the
     embedded bus relay of the publishing service pushes each envelope to each
-    subscriber over mTLS and retries with backoff until it gets a response.
+    consumer the event's `(poly.options.v1.event)` declares, over mTLS, and
+    retries with backoff until it gets a response.
     """
 
     @staticmethod

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from grpc import aio as _aio
 from poly.events.v1 import event_sink_pb2 as _event_sink_pb2
 import abc as _abc_1
+import builtins as _builtins
 import grpc as _grpc
 import sys
 import typing as _typing
@@ -15,6 +16,11 @@ if sys.version_info >= (3, 11):
     from typing import Self as _Self
 else:
     from typing_extensions import Self as _Self
+
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
 
 _T = _typing.TypeVar("_T")
 
@@ -29,7 +35,8 @@ GRPC_VERSION: str
 class EventSinkServiceStub:
     """Receives domain events. Every consuming service implements it; the
     embedded bus relay of the publishing service pushes each envelope to each
-    subscriber over mTLS and retries with backoff until it gets a response.
+    consumer the event's `(poly.options.v1.event)` declares, over mTLS, and
+    retries with backoff until it gets a response.
     """
 
     @_typing.overload
@@ -44,22 +51,24 @@ class EventSinkServiceStub:
     never routes this method, since the gateway identity is not an allowed
     caller.
     """
-    Subscribe: _grpc.UnaryUnaryMultiCallable[_event_sink_pb2.SubscribeRequest, _event_sink_pb2.SubscribeResponse]
-    """Registers the calling service as a subscriber of the listed event types on this
-    (publishing) service. From the commit of this call on, every event of those types
-    published here is delivered to the caller. Subscriptions only grow (a replica of an
-    older version must not unsubscribe a newer one's types during a rolling deploy). The
-    subscriber is the caller's mTLS identity, never a field of the request.
-    Every consuming service calls it at start-up on each service that publishes a type
-    it consumes, listing only that service's types, so a consumer that is down later
-    still gets its events once it is back (embedded transport).
-    """
+    @_builtins.property
+    @_deprecated("""This method has been marked as deprecated using proto method options.""")
+    def Subscribe(self) -> _grpc.UnaryUnaryMultiCallable[_event_sink_pb2.SubscribeRequest, _event_sink_pb2.SubscribeResponse]:
+        """Deprecated: routes come from the contract (each event's declared
+        `consumers` in `(poly.options.v1.event)`), so no service needs to call
+        it; it is kept for peers of the previous version during a rolling deploy.
+        It only checks and records: the caller (its mTLS identity, never a field
+        of the request) must be a declared consumer of every listed type, each a
+        type this service publishes; the accepted types are recorded (records
+        only grow) and change no route.
+        """
 
 @_typing.type_check_only
 class EventSinkServiceAsyncStub(EventSinkServiceStub):
     """Receives domain events. Every consuming service implements it; the
     embedded bus relay of the publishing service pushes each envelope to each
-    subscriber over mTLS and retries with backoff until it gets a response.
+    consumer the event's `(poly.options.v1.event)` declares, over mTLS, and
+    retries with backoff until it gets a response.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -71,21 +80,23 @@ class EventSinkServiceAsyncStub(EventSinkServiceStub):
     never routes this method, since the gateway identity is not an allowed
     caller.
     """
-    Subscribe: _aio.UnaryUnaryMultiCallable[_event_sink_pb2.SubscribeRequest, _event_sink_pb2.SubscribeResponse]  # type: ignore[assignment]
-    """Registers the calling service as a subscriber of the listed event types on this
-    (publishing) service. From the commit of this call on, every event of those types
-    published here is delivered to the caller. Subscriptions only grow (a replica of an
-    older version must not unsubscribe a newer one's types during a rolling deploy). The
-    subscriber is the caller's mTLS identity, never a field of the request.
-    Every consuming service calls it at start-up on each service that publishes a type
-    it consumes, listing only that service's types, so a consumer that is down later
-    still gets its events once it is back (embedded transport).
-    """
+    @_builtins.property
+    @_deprecated("""This method has been marked as deprecated using proto method options.""")
+    def Subscribe(self) -> _aio.UnaryUnaryMultiCallable[_event_sink_pb2.SubscribeRequest, _event_sink_pb2.SubscribeResponse]:  # type: ignore[override]
+        """Deprecated: routes come from the contract (each event's declared
+        `consumers` in `(poly.options.v1.event)`), so no service needs to call
+        it; it is kept for peers of the previous version during a rolling deploy.
+        It only checks and records: the caller (its mTLS identity, never a field
+        of the request) must be a declared consumer of every listed type, each a
+        type this service publishes; the accepted types are recorded (records
+        only grow) and change no route.
+        """
 
 class EventSinkServiceServicer(metaclass=_abc_1.ABCMeta):
     """Receives domain events. Every consuming service implements it; the
     embedded bus relay of the publishing service pushes each envelope to each
-    subscriber over mTLS and retries with backoff until it gets a response.
+    consumer the event's `(poly.options.v1.event)` declares, over mTLS, and
+    retries with backoff until it gets a response.
     """
 
     @_abc_1.abstractmethod
@@ -102,20 +113,20 @@ class EventSinkServiceServicer(metaclass=_abc_1.ABCMeta):
         caller.
         """
 
+    @_deprecated("""Deprecated: routes come from the contract (each event's declared\n`consumers` in `(poly.options.v1.event)`), so no service needs to call\nit; it is kept for peers of the previous version during a rolling deploy.\nIt only checks and records: the caller (its mTLS identity, never a field\nof the request) must be a declared consumer of every listed type, each a\ntype this service publishes; the accepted types are recorded (records\nonly grow) and change no route.""")
     @_abc_1.abstractmethod
     def Subscribe(
         self,
         request: _event_sink_pb2.SubscribeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_event_sink_pb2.SubscribeResponse, _abc.Awaitable[_event_sink_pb2.SubscribeResponse]]:
-        """Registers the calling service as a subscriber of the listed event types on this
-        (publishing) service. From the commit of this call on, every event of those types
-        published here is delivered to the caller. Subscriptions only grow (a replica of an
-        older version must not unsubscribe a newer one's types during a rolling deploy). The
-        subscriber is the caller's mTLS identity, never a field of the request.
-        Every consuming service calls it at start-up on each service that publishes a type
-        it consumes, listing only that service's types, so a consumer that is down later
-        still gets its events once it is back (embedded transport).
+        """Deprecated: routes come from the contract (each event's declared
+        `consumers` in `(poly.options.v1.event)`), so no service needs to call
+        it; it is kept for peers of the previous version during a rolling deploy.
+        It only checks and records: the caller (its mTLS identity, never a field
+        of the request) must be a declared consumer of every listed type, each a
+        type this service publishes; the accepted types are recorded (records
+        only grow) and change no route.
         """
 
 def add_EventSinkServiceServicer_to_server(servicer: EventSinkServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -30,7 +30,7 @@ from poly.options.v1 import options_pb2 as poly_dot_options_dot_v1_dot_options__
 from poly.type.v1 import money_pb2 as poly_dot_type_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpoly/events/v1/events.proto\x12\x0epoly.events.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dpoly/options/v1/options.proto\x1a\x18poly/type/v1/money.proto\"\x83\x03\n\rEventEnvelope\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04type\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x61ggregate_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08sequence\x18\x04 \x01(\x04\x42\x04\xe2\x41\x01\x02\x12\x34\n\noccur_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x14\n\x06source\x18\x06 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x0eschema_version\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12L\n\rtrace_context\x18\x08 \x03(\x0b\x32/.poly.events.v1.EventEnvelope.TraceContextEntryB\x04\xe2\x41\x01\x01\x12+\n\x07payload\x18\t \x01(\x0b\x32\x14.google.protobuf.AnyB\x04\xe2\x41\x01\x02\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"w\n\tOrderLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\'\n\nunit_price\x18\x03 \x01(\x0b\x32\x13.poly.type.v1.Money\x12\"\n\x05total\x18\x04 \x01(\x0b\x32\x13.poly.type.v1.Money\"k\n\x0eUserRegistered\x12(\n\x04user\x18\x01 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t:\n\xaa\xbb\x18\x06\n\x04\x61uth\"D\n\x0bUserDeleted\x12(\n\x04user\x18\x01 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User:\x0b\xaa\xbb\x18\x07\n\x05users\"\xc2\x01\n\x0cOrderCreated\x12+\n\x05order\x18\x01 \x01(\tB\x1c\xfa\x41\x19\n\x17orders.poly.local/Order\x12)\n\x05owner\x18\x02 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12\"\n\x05total\x18\x03 \x01(\x0b\x32\x13.poly.type.v1.Money\x12(\n\x05lines\x18\x04 \x03(\x0b\x32\x19.poly.events.v1.OrderLine:\x0c\xaa\xbb\x18\x08\n\x06orders\"\xb9\x01\n\x0eOrderCancelled\x12+\n\x05order\x18\x01 \x01(\tB\x1c\xfa\x41\x19\n\x17orders.poly.local/Order\x12)\n\x05owner\x18\x02 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x31\n\x07payment\x18\x04 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Payment:\x0c\xaa\xbb\x18\x08\n\x06orders\"\xc9\x01\n\tOrderPaid\x12+\n\x05order\x18\x01 \x01(\tB\x1c\xfa\x41\x19\n\x17orders.poly.local/Order\x12)\n\x05owner\x18\x02 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12\x31\n\x07payment\x18\x03 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Payment\x12#\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x13.poly.type.v1.Money:\x0c\xaa\xbb\x18\x08\n\x06orders\"\xbd\x01\n\x12OrderPaymentFailed\x12+\n\x05order\x18\x01 \x01(\tB\x1c\xfa\x41\x19\n\x17orders.poly.local/Order\x12)\n\x05owner\x18\x02 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12\x31\n\x07payment\x18\x03 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Payment\x12\x0e\n\x06reason\x18\x04 \x01(\t:\x0c\xaa\xbb\x18\x08\n\x06orders\"\xa9\x01\n\x0eOrderFulfilled\x12+\n\x05order\x18\x01 \x01(\tB\x1c\xfa\x41\x19\n\x17orders.poly.local/Order\x12)\n\x05owner\x18\x02 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12\x31\n\x07payment\x18\x03 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Payment:\x0c\xaa\xbb\x18\x08\n\x06orders\"\x86\x02\n\x11PaymentAuthorized\x12\x31\n\x07payment\x18\x01 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Payment\x12+\n\x05order\x18\x02 \x01(\tB\x1c\xfa\x41\x19\n\x17orders.poly.local/Order\x12\x31\n\x07\x61\x63\x63ount\x18\x03 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Account\x12)\n\x05owner\x18\x04 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12#\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x13.poly.type.v1.Money:\x0e\xaa\xbb\x18\n\n\x08payments\"\x92\x02\n\rPaymentFailed\x12\x31\n\x07payment\x18\x01 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Payment\x12+\n\x05order\x18\x02 \x01(\tB\x1c\xfa\x41\x19\n\x17orders.poly.local/Order\x12\x31\n\x07\x61\x63\x63ount\x18\x03 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Account\x12)\n\x05owner\x18\x04 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12#\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x13.poly.type.v1.Money\x12\x0e\n\x06reason\x18\x06 \x01(\t:\x0e\xaa\xbb\x18\n\n\x08payments\"\x84\x02\n\x0fPaymentCaptured\x12\x31\n\x07payment\x18\x01 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Payment\x12+\n\x05order\x18\x02 \x01(\tB\x1c\xfa\x41\x19\n\x17orders.poly.local/Order\x12\x31\n\x07\x61\x63\x63ount\x18\x03 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Account\x12)\n\x05owner\x18\x04 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12#\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x13.poly.type.v1.Money:\x0e\xaa\xbb\x18\n\n\x08payments\"\x82\x02\n\rPaymentVoided\x12\x31\n\x07payment\x18\x01 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Payment\x12+\n\x05order\x18\x02 \x01(\tB\x1c\xfa\x41\x19\n\x17orders.poly.local/Order\x12\x31\n\x07\x61\x63\x63ount\x18\x03 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Account\x12)\n\x05owner\x18\x04 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12#\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x13.poly.type.v1.Money:\x0e\xaa\xbb\x18\n\n\x08payments\"\xd9\x02\n\x0fPaymentRefunded\x12\x31\n\x07payment\x18\x01 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Payment\x12+\n\x05order\x18\x02 \x01(\tB\x1c\xfa\x41\x19\n\x17orders.poly.local/Order\x12\x31\n\x07\x61\x63\x63ount\x18\x03 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Account\x12)\n\x05owner\x18\x04 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12#\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x13.poly.type.v1.Money\x12+\n\x0erefunded_total\x18\x06 \x01(\x0b\x32\x13.poly.type.v1.Money\x12\x16\n\x0e\x66ully_refunded\x18\x07 \x01(\x08\x12\x0e\n\x06reason\x18\x08 \x01(\t:\x0e\xaa\xbb\x18\n\n\x08payments\"\xf7\x01\n\x15NotificationDelivered\x12\x38\n\x08\x64\x65livery\x18\x01 \x01(\tB&\xfa\x41#\n!notifications.poly.local/Delivery\x12-\n\trecipient\x18\x02 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12(\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x17.poly.events.v1.Channel\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05:\x13\xaa\xbb\x18\x0f\n\rnotifications\"\x83\x02\n\x12NotificationFailed\x12\x38\n\x08\x64\x65livery\x18\x01 \x01(\tB&\xfa\x41#\n!notifications.poly.local/Delivery\x12-\n\trecipient\x18\x02 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12(\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x17.poly.events.v1.Channel\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\r\n\x05\x65rror\x18\x07 \x01(\t:\x13\xaa\xbb\x18\x0f\n\rnotifications*J\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x11\n\rCHANNEL_EMAIL\x10\x01\x12\x13\n\x0f\x43HANNEL_WEBHOOK\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpoly/events/v1/events.proto\x12\x0epoly.events.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dpoly/options/v1/options.proto\x1a\x18poly/type/v1/money.proto\"\x83\x03\n\rEventEnvelope\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04type\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x61ggregate_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08sequence\x18\x04 \x01(\x04\x42\x04\xe2\x41\x01\x02\x12\x34\n\noccur_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x14\n\x06source\x18\x06 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x0eschema_version\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12L\n\rtrace_context\x18\x08 \x03(\x0b\x32/.poly.events.v1.EventEnvelope.TraceContextEntryB\x04\xe2\x41\x01\x01\x12+\n\x07payload\x18\t \x01(\x0b\x32\x14.google.protobuf.AnyB\x04\xe2\x41\x01\x02\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"w\n\tOrderLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\'\n\nunit_price\x18\x03 \x01(\x0b\x32\x13.poly.type.v1.Money\x12\"\n\x05total\x18\x04 \x01(\x0b\x32\x13.poly.type.v1.Money\"\x8b\x01\n\x0eUserRegistered\x12(\n\x04user\x18\x01 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t:*\xaa\xbb\x18&\n\x04\x61uth\x12\x05users\x12\x08payments\x12\rnotifications\"J\n\x0bUserDeleted\x12(\n\x04user\x18\x01 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User:\x11\xaa\xbb\x18\r\n\x05users\x12\x04\x61uth\"\xcc\x01\n\x0cOrderCreated\x12+\n\x05order\x18\x01 \x01(\tB\x1c\xfa\x41\x19\n\x17orders.poly.local/Order\x12)\n\x05owner\x18\x02 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12\"\n\x05total\x18\x03 \x01(\x0b\x32\x13.poly.type.v1.Money\x12(\n\x05lines\x18\x04 \x03(\x0b\x32\x19.poly.events.v1.OrderLine:\x16\xaa\xbb\x18\x12\n\x06orders\x12\x08payments\"\xd2\x01\n\x0eOrderCancelled\x12+\n\x05order\x18\x01 \x01(\tB\x1c\xfa\x41\x19\n\x17orders.poly.local/Order\x12)\n\x05owner\x18\x02 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x31\n\x07payment\x18\x04 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Payment:%\xaa\xbb\x18!\n\x06orders\x12\x08payments\x12\rnotifications\"\xd8\x01\n\tOrderPaid\x12+\n\x05order\x18\x01 \x01(\tB\x1c\xfa\x41\x19\n\x17orders.poly.local/Order\x12)\n\x05owner\x18\x02 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12\x31\n\x07payment\x18\x03 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Payment\x12#\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x13.poly.type.v1.Money:\x1b\xaa\xbb\x18\x17\n\x06orders\x12\rnotifications\"\xcc\x01\n\x12OrderPaymentFailed\x12+\n\x05order\x18\x01 \x01(\tB\x1c\xfa\x41\x19\n\x17orders.poly.local/Order\x12)\n\x05owner\x18\x02 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12\x31\n\x07payment\x18\x03 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Payment\x12\x0e\n\x06reason\x18\x04 \x01(\t:\x1b\xaa\xbb\x18\x17\n\x06orders\x12\rnotifications\"\xa9\x01\n\x0eOrderFulfilled\x12+\n\x05order\x18\x01 \x01(\tB\x1c\xfa\x41\x19\n\x17orders.poly.local/Order\x12)\n\x05owner\x18\x02 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12\x31\n\x07payment\x18\x03 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Payment:\x0c\xaa\xbb\x18\x08\n\x06orders\"\x8e\x02\n\x11PaymentAuthorized\x12\x31\n\x07payment\x18\x01 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Payment\x12+\n\x05order\x18\x02 \x01(\tB\x1c\xfa\x41\x19\n\x17orders.poly.local/Order\x12\x31\n\x07\x61\x63\x63ount\x18\x03 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Account\x12)\n\x05owner\x18\x04 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12#\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x13.poly.type.v1.Money:\x16\xaa\xbb\x18\x12\n\x08payments\x12\x06orders\"\x9a\x02\n\rPaymentFailed\x12\x31\n\x07payment\x18\x01 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Payment\x12+\n\x05order\x18\x02 \x01(\tB\x1c\xfa\x41\x19\n\x17orders.poly.local/Order\x12\x31\n\x07\x61\x63\x63ount\x18\x03 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Account\x12)\n\x05owner\x18\x04 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12#\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x13.poly.type.v1.Money\x12\x0e\n\x06reason\x18\x06 \x01(\t:\x16\xaa\xbb\x18\x12\n\x08payments\x12\x06orders\"\x8c\x02\n\x0fPaymentCaptured\x12\x31\n\x07payment\x18\x01 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Payment\x12+\n\x05order\x18\x02 \x01(\tB\x1c\xfa\x41\x19\n\x17orders.poly.local/Order\x12\x31\n\x07\x61\x63\x63ount\x18\x03 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Account\x12)\n\x05owner\x18\x04 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12#\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x13.poly.type.v1.Money:\x16\xaa\xbb\x18\x12\n\x08payments\x12\x06orders\"\x82\x02\n\rPaymentVoided\x12\x31\n\x07payment\x18\x01 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Payment\x12+\n\x05order\x18\x02 \x01(\tB\x1c\xfa\x41\x19\n\x17orders.poly.local/Order\x12\x31\n\x07\x61\x63\x63ount\x18\x03 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Account\x12)\n\x05owner\x18\x04 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12#\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x13.poly.type.v1.Money:\x0e\xaa\xbb\x18\n\n\x08payments\"\xd9\x02\n\x0fPaymentRefunded\x12\x31\n\x07payment\x18\x01 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Payment\x12+\n\x05order\x18\x02 \x01(\tB\x1c\xfa\x41\x19\n\x17orders.poly.local/Order\x12\x31\n\x07\x61\x63\x63ount\x18\x03 \x01(\tB \xfa\x41\x1d\n\x1bpayments.poly.local/Account\x12)\n\x05owner\x18\x04 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12#\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x13.poly.type.v1.Money\x12+\n\x0erefunded_total\x18\x06 \x01(\x0b\x32\x13.poly.type.v1.Money\x12\x16\n\x0e\x66ully_refunded\x18\x07 \x01(\x08\x12\x0e\n\x06reason\x18\x08 \x01(\t:\x0e\xaa\xbb\x18\n\n\x08payments\"\xf7\x01\n\x15NotificationDelivered\x12\x38\n\x08\x64\x65livery\x18\x01 \x01(\tB&\xfa\x41#\n!notifications.poly.local/Delivery\x12-\n\trecipient\x18\x02 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12(\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x17.poly.events.v1.Channel\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05:\x13\xaa\xbb\x18\x0f\n\rnotifications\"\x83\x02\n\x12NotificationFailed\x12\x38\n\x08\x64\x65livery\x18\x01 \x01(\tB&\xfa\x41#\n!notifications.poly.local/Delivery\x12-\n\trecipient\x18\x02 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12(\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x17.poly.events.v1.Channel\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\r\n\x05\x65rror\x18\x07 \x01(\t:\x13\xaa\xbb\x18\x0f\n\rnotifications*J\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x11\n\rCHANNEL_EMAIL\x10\x01\x12\x13\n\x0f\x43HANNEL_WEBHOOK\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -60,17 +60,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USERREGISTERED'].fields_by_name['user']._loaded_options = None
   _globals['_USERREGISTERED'].fields_by_name['user']._serialized_options = b'\372A\027\n\025users.poly.local/User'
   _globals['_USERREGISTERED']._loaded_options = None
-  _globals['_USERREGISTERED']._serialized_options = b'\252\273\030\006\n\004auth'
+  _globals['_USERREGISTERED']._serialized_options = b'\252\273\030&\n\004auth\022\005users\022\010payments\022\rnotifications'
   _globals['_USERDELETED'].fields_by_name['user']._loaded_options = None
   _globals['_USERDELETED'].fields_by_name['user']._serialized_options = b'\372A\027\n\025users.poly.local/User'
   _globals['_USERDELETED']._loaded_options = None
-  _globals['_USERDELETED']._serialized_options = b'\252\273\030\007\n\005users'
+  _globals['_USERDELETED']._serialized_options = b'\252\273\030\r\n\005users\022\004auth'
   _globals['_ORDERCREATED'].fields_by_name['order']._loaded_options = None
   _globals['_ORDERCREATED'].fields_by_name['order']._serialized_options = b'\372A\031\n\027orders.poly.local/Order'
   _globals['_ORDERCREATED'].fields_by_name['owner']._loaded_options = None
   _globals['_ORDERCREATED'].fields_by_name['owner']._serialized_options = b'\372A\027\n\025users.poly.local/User'
   _globals['_ORDERCREATED']._loaded_options = None
-  _globals['_ORDERCREATED']._serialized_options = b'\252\273\030\010\n\006orders'
+  _globals['_ORDERCREATED']._serialized_options = b'\252\273\030\022\n\006orders\022\010payments'
   _globals['_ORDERCANCELLED'].fields_by_name['order']._loaded_options = None
   _globals['_ORDERCANCELLED'].fields_by_name['order']._serialized_options = b'\372A\031\n\027orders.poly.local/Order'
   _globals['_ORDERCANCELLED'].fields_by_name['owner']._loaded_options = None
@@ -78,7 +78,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERCANCELLED'].fields_by_name['payment']._loaded_options = None
   _globals['_ORDERCANCELLED'].fields_by_name['payment']._serialized_options = b'\372A\035\n\033payments.poly.local/Payment'
   _globals['_ORDERCANCELLED']._loaded_options = None
-  _globals['_ORDERCANCELLED']._serialized_options = b'\252\273\030\010\n\006orders'
+  _globals['_ORDERCANCELLED']._serialized_options = b'\252\273\030!\n\006orders\022\010payments\022\rnotifications'
   _globals['_ORDERPAID'].fields_by_name['order']._loaded_options = None
   _globals['_ORDERPAID'].fields_by_name['order']._serialized_options = b'\372A\031\n\027orders.poly.local/Order'
   _globals['_ORDERPAID'].fields_by_name['owner']._loaded_options = None
@@ -86,7 +86,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERPAID'].fields_by_name['payment']._loaded_options = None
   _globals['_ORDERPAID'].fields_by_name['payment']._serialized_options = b'\372A\035\n\033payments.poly.local/Payment'
   _globals['_ORDERPAID']._loaded_options = None
-  _globals['_ORDERPAID']._serialized_options = b'\252\273\030\010\n\006orders'
+  _globals['_ORDERPAID']._serialized_options = b'\252\273\030\027\n\006orders\022\rnotifications'
   _globals['_ORDERPAYMENTFAILED'].fields_by_name['order']._loaded_options = None
   _globals['_ORDERPAYMENTFAILED'].fields_by_name['order']._serialized_options = b'\372A\031\n\027orders.poly.local/Order'
   _globals['_ORDERPAYMENTFAILED'].fields_by_name['owner']._loaded_options = None
@@ -94,7 +94,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERPAYMENTFAILED'].fields_by_name['payment']._loaded_options = None
   _globals['_ORDERPAYMENTFAILED'].fields_by_name['payment']._serialized_options = b'\372A\035\n\033payments.poly.local/Payment'
   _globals['_ORDERPAYMENTFAILED']._loaded_options = None
-  _globals['_ORDERPAYMENTFAILED']._serialized_options = b'\252\273\030\010\n\006orders'
+  _globals['_ORDERPAYMENTFAILED']._serialized_options = b'\252\273\030\027\n\006orders\022\rnotifications'
   _globals['_ORDERFULFILLED'].fields_by_name['order']._loaded_options = None
   _globals['_ORDERFULFILLED'].fields_by_name['order']._serialized_options = b'\372A\031\n\027orders.poly.local/Order'
   _globals['_ORDERFULFILLED'].fields_by_name['owner']._loaded_options = None
@@ -112,7 +112,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAYMENTAUTHORIZED'].fields_by_name['owner']._loaded_options = None
   _globals['_PAYMENTAUTHORIZED'].fields_by_name['owner']._serialized_options = b'\372A\027\n\025users.poly.local/User'
   _globals['_PAYMENTAUTHORIZED']._loaded_options = None
-  _globals['_PAYMENTAUTHORIZED']._serialized_options = b'\252\273\030\n\n\010payments'
+  _globals['_PAYMENTAUTHORIZED']._serialized_options = b'\252\273\030\022\n\010payments\022\006orders'
   _globals['_PAYMENTFAILED'].fields_by_name['payment']._loaded_options = None
   _globals['_PAYMENTFAILED'].fields_by_name['payment']._serialized_options = b'\372A\035\n\033payments.poly.local/Payment'
   _globals['_PAYMENTFAILED'].fields_by_name['order']._loaded_options = None
@@ -122,7 +122,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAYMENTFAILED'].fields_by_name['owner']._loaded_options = None
   _globals['_PAYMENTFAILED'].fields_by_name['owner']._serialized_options = b'\372A\027\n\025users.poly.local/User'
   _globals['_PAYMENTFAILED']._loaded_options = None
-  _globals['_PAYMENTFAILED']._serialized_options = b'\252\273\030\n\n\010payments'
+  _globals['_PAYMENTFAILED']._serialized_options = b'\252\273\030\022\n\010payments\022\006orders'
   _globals['_PAYMENTCAPTURED'].fields_by_name['payment']._loaded_options = None
   _globals['_PAYMENTCAPTURED'].fields_by_name['payment']._serialized_options = b'\372A\035\n\033payments.poly.local/Payment'
   _globals['_PAYMENTCAPTURED'].fields_by_name['order']._loaded_options = None
@@ -132,7 +132,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAYMENTCAPTURED'].fields_by_name['owner']._loaded_options = None
   _globals['_PAYMENTCAPTURED'].fields_by_name['owner']._serialized_options = b'\372A\027\n\025users.poly.local/User'
   _globals['_PAYMENTCAPTURED']._loaded_options = None
-  _globals['_PAYMENTCAPTURED']._serialized_options = b'\252\273\030\n\n\010payments'
+  _globals['_PAYMENTCAPTURED']._serialized_options = b'\252\273\030\022\n\010payments\022\006orders'
   _globals['_PAYMENTVOIDED'].fields_by_name['payment']._loaded_options = None
   _globals['_PAYMENTVOIDED'].fields_by_name['payment']._serialized_options = b'\372A\035\n\033payments.poly.local/Payment'
   _globals['_PAYMENTVOIDED'].fields_by_name['order']._loaded_options = None
@@ -165,40 +165,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NOTIFICATIONFAILED'].fields_by_name['recipient']._serialized_options = b'\372A\027\n\025users.poly.local/User'
   _globals['_NOTIFICATIONFAILED']._loaded_options = None
   _globals['_NOTIFICATIONFAILED']._serialized_options = b'\252\273\030\017\n\rnotifications'
-  _globals['_CHANNEL']._serialized_start=3793
-  _globals['_CHANNEL']._serialized_end=3867
+  _globals['_CHANNEL']._serialized_start=3921
+  _globals['_CHANNEL']._serialized_end=3995
   _globals['_EVENTENVELOPE']._serialized_start=225
   _globals['_EVENTENVELOPE']._serialized_end=612
   _globals['_EVENTENVELOPE_TRACECONTEXTENTRY']._serialized_start=561
   _globals['_EVENTENVELOPE_TRACECONTEXTENTRY']._serialized_end=612
   _globals['_ORDERLINE']._serialized_start=614
   _globals['_ORDERLINE']._serialized_end=733
-  _globals['_USERREGISTERED']._serialized_start=735
-  _globals['_USERREGISTERED']._serialized_end=842
-  _globals['_USERDELETED']._serialized_start=844
-  _globals['_USERDELETED']._serialized_end=912
-  _globals['_ORDERCREATED']._serialized_start=915
-  _globals['_ORDERCREATED']._serialized_end=1109
-  _globals['_ORDERCANCELLED']._serialized_start=1112
-  _globals['_ORDERCANCELLED']._serialized_end=1297
-  _globals['_ORDERPAID']._serialized_start=1300
-  _globals['_ORDERPAID']._serialized_end=1501
-  _globals['_ORDERPAYMENTFAILED']._serialized_start=1504
-  _globals['_ORDERPAYMENTFAILED']._serialized_end=1693
-  _globals['_ORDERFULFILLED']._serialized_start=1696
-  _globals['_ORDERFULFILLED']._serialized_end=1865
-  _globals['_PAYMENTAUTHORIZED']._serialized_start=1868
-  _globals['_PAYMENTAUTHORIZED']._serialized_end=2130
-  _globals['_PAYMENTFAILED']._serialized_start=2133
-  _globals['_PAYMENTFAILED']._serialized_end=2407
-  _globals['_PAYMENTCAPTURED']._serialized_start=2410
-  _globals['_PAYMENTCAPTURED']._serialized_end=2670
-  _globals['_PAYMENTVOIDED']._serialized_start=2673
-  _globals['_PAYMENTVOIDED']._serialized_end=2931
-  _globals['_PAYMENTREFUNDED']._serialized_start=2934
-  _globals['_PAYMENTREFUNDED']._serialized_end=3279
-  _globals['_NOTIFICATIONDELIVERED']._serialized_start=3282
-  _globals['_NOTIFICATIONDELIVERED']._serialized_end=3529
-  _globals['_NOTIFICATIONFAILED']._serialized_start=3532
-  _globals['_NOTIFICATIONFAILED']._serialized_end=3791
+  _globals['_USERREGISTERED']._serialized_start=736
+  _globals['_USERREGISTERED']._serialized_end=875
+  _globals['_USERDELETED']._serialized_start=877
+  _globals['_USERDELETED']._serialized_end=951
+  _globals['_ORDERCREATED']._serialized_start=954
+  _globals['_ORDERCREATED']._serialized_end=1158
+  _globals['_ORDERCANCELLED']._serialized_start=1161
+  _globals['_ORDERCANCELLED']._serialized_end=1371
+  _globals['_ORDERPAID']._serialized_start=1374
+  _globals['_ORDERPAID']._serialized_end=1590
+  _globals['_ORDERPAYMENTFAILED']._serialized_start=1593
+  _globals['_ORDERPAYMENTFAILED']._serialized_end=1797
+  _globals['_ORDERFULFILLED']._serialized_start=1800
+  _globals['_ORDERFULFILLED']._serialized_end=1969
+  _globals['_PAYMENTAUTHORIZED']._serialized_start=1972
+  _globals['_PAYMENTAUTHORIZED']._serialized_end=2242
+  _globals['_PAYMENTFAILED']._serialized_start=2245
+  _globals['_PAYMENTFAILED']._serialized_end=2527
+  _globals['_PAYMENTCAPTURED']._serialized_start=2530
+  _globals['_PAYMENTCAPTURED']._serialized_end=2798
+  _globals['_PAYMENTVOIDED']._serialized_start=2801
+  _globals['_PAYMENTVOIDED']._serialized_end=3059
+  _globals['_PAYMENTREFUNDED']._serialized_start=3062
+  _globals['_PAYMENTREFUNDED']._serialized_end=3407
+  _globals['_NOTIFICATIONDELIVERED']._serialized_start=3410
+  _globals['_NOTIFICATIONDELIVERED']._serialized_end=3657
+  _globals['_NOTIFICATIONFAILED']._serialized_start=3660
+  _globals['_NOTIFICATIONFAILED']._serialized_end=3919
 # @@protoc_insertion_point(module_scope)

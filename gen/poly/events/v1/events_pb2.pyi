@@ -182,7 +182,8 @@ Global___OrderLine: _TypeAlias = OrderLine  # noqa: Y015
 @_typing.final
 class UserRegistered(_message.Message):
     """A user registered with the auth service. Published by auth; the users
-    service creates the profile and payments opens an account from it.
+    service creates the profile, payments opens an account and notifications
+    sends the welcome email from it.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -213,8 +214,9 @@ Global___UserRegistered: _TypeAlias = UserRegistered  # noqa: Y015
 
 @_typing.final
 class UserDeleted(_message.Message):
-    """A user was deleted (soft). Published by users; auth disables the identity
-    and notifications stops sending to the user.
+    """A user was deleted (soft). Published by users; auth disables the identity.
+    (Notifications stops sending to the user because users' LookupContact says
+    the user is deleted, not through this event.)
     """
 
     DESCRIPTOR: _descriptor.Descriptor

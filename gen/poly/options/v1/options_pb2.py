@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpoly/options/v1/options.proto\x12\x0fpoly.options.v1\x1a google/protobuf/descriptor.proto\"a\n\x06Policy\x12\'\n\x06\x61\x63\x63\x65ss\x18\x01 \x01(\x0e\x32\x17.poly.options.v1.Access\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x0f\n\x07\x63\x61llers\x18\x03 \x03(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\"\"\n\rEventContract\x12\x11\n\tpublisher\x18\x01 \x01(\t*k\n\x06\x41\x63\x63\x65ss\x12\x16\n\x12\x41\x43\x43\x45SS_UNSPECIFIED\x10\x00\x12\x11\n\rACCESS_PUBLIC\x10\x01\x12\x0f\n\x0b\x41\x43\x43\x45SS_USER\x10\x02\x12\x10\n\x0c\x41\x43\x43\x45SS_OWNER\x10\x03\x12\x13\n\x0f\x41\x43\x43\x45SS_INTERNAL\x10\x04:P\n\x05\x65vent\x12\x1f.google.protobuf.MessageOptions\x18\xb5\x87\x03 \x01(\x0b\x32\x1e.poly.options.v1.EventContract:I\n\x06policy\x12\x1e.google.protobuf.MethodOptions\x18\xd1\x86\x03 \x01(\x0b\x32\x17.poly.options.v1.Policy:4\n\nidempotent\x12\x1e.google.protobuf.MethodOptions\x18\xd2\x86\x03 \x01(\x08:5\n\x0bhttp_status\x12\x1e.google.protobuf.MethodOptions\x18\xd3\x86\x03 \x01(\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpoly/options/v1/options.proto\x12\x0fpoly.options.v1\x1a google/protobuf/descriptor.proto\"a\n\x06Policy\x12\'\n\x06\x61\x63\x63\x65ss\x18\x01 \x01(\x0e\x32\x17.poly.options.v1.Access\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x0f\n\x07\x63\x61llers\x18\x03 \x03(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\"5\n\rEventContract\x12\x11\n\tpublisher\x18\x01 \x01(\t\x12\x11\n\tconsumers\x18\x02 \x03(\t*k\n\x06\x41\x63\x63\x65ss\x12\x16\n\x12\x41\x43\x43\x45SS_UNSPECIFIED\x10\x00\x12\x11\n\rACCESS_PUBLIC\x10\x01\x12\x0f\n\x0b\x41\x43\x43\x45SS_USER\x10\x02\x12\x10\n\x0c\x41\x43\x43\x45SS_OWNER\x10\x03\x12\x13\n\x0f\x41\x43\x43\x45SS_INTERNAL\x10\x04:P\n\x05\x65vent\x12\x1f.google.protobuf.MessageOptions\x18\xb5\x87\x03 \x01(\x0b\x32\x1e.poly.options.v1.EventContract:I\n\x06policy\x12\x1e.google.protobuf.MethodOptions\x18\xd1\x86\x03 \x01(\x0b\x32\x17.poly.options.v1.Policy:4\n\nidempotent\x12\x1e.google.protobuf.MethodOptions\x18\xd2\x86\x03 \x01(\x08:5\n\x0bhttp_status\x12\x1e.google.protobuf.MethodOptions\x18\xd3\x86\x03 \x01(\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'poly.options.v1.options_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACCESS']._serialized_start=219
-  _globals['_ACCESS']._serialized_end=326
+  _globals['_ACCESS']._serialized_start=238
+  _globals['_ACCESS']._serialized_end=345
   _globals['_POLICY']._serialized_start=84
   _globals['_POLICY']._serialized_end=181
   _globals['_EVENTCONTRACT']._serialized_start=183
-  _globals['_EVENTCONTRACT']._serialized_end=217
+  _globals['_EVENTCONTRACT']._serialized_end=236
 # @@protoc_insertion_point(module_scope)

@@ -144,25 +144,38 @@ class EventContract(_message.Message):
     that says who publishes an event: the EventSink refuses, and the consumers
     of both transports never apply, an event whose envelope `source` is not its
     declared publisher; the outbox refuses to publish it from any other service.
-    A message, not a scalar, so that later fields (say, the consumers) can be
-    added without breaking the option.
+    It also says who consumes it, and the bus is derived from that: the
+    embedded transport routes each event to every consumer named here, and the
+    RabbitMQ topology (one queue per consuming service, bound to the types it
+    consumes) is declared from it by every service at start and by
+    `poly bus declare`, so no event waits on a consumer having started first.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PUBLISHER_FIELD_NUMBER: _builtins.int
+    CONSUMERS_FIELD_NUMBER: _builtins.int
     publisher: _builtins.str
     """Required. The one service that publishes the event: "auth", "users",
     "orders", "payments" or "notifications".
     """
+    @_builtins.property
+    def consumers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The services that consume the event, each applying it once. Empty: the
+        event is recorded in its publisher's outbox and goes nowhere. A service
+        handles exactly the events that name it here; the sink refuses to
+        subscribe any other.
+        """
+
     def __init__(
         self,
         *,
         publisher: _builtins.str = ...,
+        consumers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["publisher", b"publisher"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumers", b"consumers", "publisher", b"publisher"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
