@@ -12,7 +12,7 @@ Each scenario wires, in this one process as the kit's tests do: a publisher data
 (``bus_outbox``/``bus_delivery``), a consumer database (``bus_inbox`` plus an effect table,
 one row per applied event), a `Relay` thread (``idle_poll`` 0.01 s, woken after every
 publishing commit by ``Outbox(on_commit=relay.wake)``) and the consumer side (two kit gRPC
-servers with real certificates and a `Subscriber` registration, or a `BrokerConsumer`).
+servers with real certificates, the routes coming from the contract, or a `BrokerConsumer`).
 Then three phases:
 
 1. burst: N events (default 2000, ``--events N``, ``--quick`` 200) over 20 aggregates,
@@ -97,6 +97,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated
 from services.kit import bus, clients, config, db, server, tls
+from services.kit.bus import contract, topology
 from services.kit.config import DatabaseSettings, redact_url
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "bus.json"
@@ -359,8 +360,8 @@ def wire_embedded(
     home: Path,
     cleanup: contextlib.ExitStack,
 ) -> tuple[bus.Transport, bus.Routing]:
-    """Two kit servers (publisher and consumer EventSinks), the consumer's subscription
-    registered at the publisher, and the publisher's channels for the relay."""
+    """Two kit servers (publisher and consumer EventSinks) and the publisher's channels for
+    the relay; routes come from the contract (the consumer declared for OrderCreated)."""
     base = {
         "POLY_HOME": str(home),
         "POLY_TLS_DIR": str(certs),
@@ -370,7 +371,9 @@ def wire_embedded(
     }
 
     def sink_server(component: str, side: Side, sink_consumer: bus.Consumer) -> server.RunningServer:
-        sink = bus.EventSinkServicer(sink_consumer, side.factory, side.tables, services=config.SERVICES)
+        sink = bus.EventSinkServicer(
+            sink_consumer, side.factory, side.tables, service=component, services=config.SERVICES
+        )
         running = server.start(config.load(component, base), [bus.sink_registration(sink)])
         cleanup.callback(safely, f"drain the {component} server", running.drain)
         return running
@@ -382,20 +385,13 @@ def wire_embedded(
         f"POLY_{PUBLISHER.upper()}_ADDRESS": f"127.0.0.1:{publishing.port}",
         f"POLY_{CONSUMER.upper()}_ADDRESS": f"127.0.0.1:{consuming.port}",
     }
-    consumer_channels = clients.Channels(
-        config.load(CONSUMER, environ), services={PUBLISHER: [bus.EVENT_SINK]}
-    )
-    cleanup.callback(safely, "close the consumer's channels", consumer_channels.close)
-    subscriber = bus.Subscriber(consumer_channels, [PUBLISHER], [ORDER_CREATED], initial_wait=SETUP_WAIT)
-    cleanup.callback(safely, "stop the subscriber", subscriber.stop)
-    subscriber.start()
-    if subscriber.pending:
-        raise ScenarioFailed(f"the publisher did not accept the subscription within {SETUP_WAIT:.0f} s")
+    if contract.consumers_of(ORDER_CREATED) != {CONSUMER}:
+        raise ScenarioFailed(f"the contract no longer names {CONSUMER} the one consumer of {ORDER_CREATED}")
     publisher_channels = clients.Channels(
         config.load(PUBLISHER, environ), services={CONSUMER: [bus.EVENT_SINK]}
     )
     cleanup.callback(safely, "close the publisher's channels", publisher_channels.close)
-    return bus.EmbeddedTransport(publisher_channels), bus.subscriber_routing(publisher.tables)
+    return bus.EmbeddedTransport(publisher_channels), bus.consumer_routing()
 
 
 def delete_broker_objects(url: str, prefix: str) -> None:
@@ -403,9 +399,10 @@ def delete_broker_objects(url: str, prefix: str) -> None:
         connection = await aio_pika.connect(url, timeout=10)
         async with connection:
             channel = await connection.channel()
-            for queue in (bus.queue_name(CONSUMER, prefix), bus.dead_queue_name(CONSUMER, prefix)):
-                await channel.queue_delete(queue)
-            for exchange in (bus.exchange_name(ORDER_CREATED, prefix), f"{prefix}.dead"):
+            declared = topology.topology(prefix)  # every service declares all of it
+            for queue in declared.queues:
+                await channel.queue_delete(queue.name)
+            for exchange in (*declared.exchanges, declared.dead_exchange):
                 await channel.exchange_delete(exchange)
 
     asyncio.run(asyncio.wait_for(delete(), 30))

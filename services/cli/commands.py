@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "run_admin_create",
     "run_bus",
+    "run_bus_declare",
     "run_certs",
     "run_completion",
     "run_keys",
@@ -108,9 +109,12 @@ def run_status(settings: config.Settings) -> int:
             f"no certificate at {missing}; run `poly certs` (or `poly up`, which creates them), "
             "or point POLY_TLS_DIR at the directory that holds them",
         )
+    import os
     from concurrent.futures import ThreadPoolExecutor
 
-    from services.cli.probe import edge_status, health_status
+    # grpc-core would print its own line for each refused handshake; the table says it in words.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    from services.cli.probe import UNTRUSTED, edge_status, health_status
 
     def check(name: str) -> str:
         return edge_status(settings) if name == "gateway" else health_status(settings, name)
@@ -121,6 +125,12 @@ def run_status(settings: config.Settings) -> int:
     down = [name for name, state in zip(names, states, strict=True) if state != "SERVING"]
     for name, state in zip(names, states, strict=True):
         print(f"{name:<14} {settings.peers[name]:<18} {state}")
+    if UNTRUSTED in states:
+        return _fail(
+            "status",
+            "something with another CA's certificate answers on these ports (another `poly up`, with "
+            "another POLY_HOME?): stop it, or point POLY_HOME or POLY_TLS_DIR at that system's certificates",
+        )
     if down:
         return _fail(
             "status",
@@ -206,8 +216,67 @@ def _bus_action(action: str, engine: Engine, tables: BusTables, events: list[str
             )
         print(f"{len(letters)} dead letter(s)")
     else:
-        count = bus.redrive(engine, tables, event_ids=events)
+        counts = {event_id: bus.redrive(engine, tables, event_ids=[event_id]) for event_id in events or ()}
+        count = sum(counts.values()) if events else bus.redrive(engine, tables)
         print(f"re-driven {count} delivery(ies); the running relay picks them up")
+        unknown = [event_id for event_id, found in counts.items() if not found]
+        if unknown:
+            return _fail(
+                "bus", f"no dead letter with id {', '.join(unknown)}; `poly bus dead <service>` lists them"
+            )
+    return OK
+
+
+def run_bus_declare(settings: config.Settings) -> int:
+    """Declare the broker topology the contract implies (as every service does at start)."""
+    if not settings.bus.url:
+        return _fail(
+            "bus declare",
+            "POLY_BUS_URL is not set: set it to the RabbitMQ URL the services use (amqp://…), "
+            f"and POLY_BUS_PREFIX if they use one; {CONFIGURATION_HINT}",
+            USAGE,
+        )
+    import asyncio
+
+    import aio_pika
+    import aio_pika.exceptions
+
+    from services.kit.bus import topology
+
+    async def declare() -> topology.Declared:
+        connection = await aio_pika.connect(
+            settings.bus.url, timeout=10, client_properties={"connection_name": "poly bus declare"}
+        )
+        async with connection:
+            channel = await connection.channel()
+            return await topology.declare(channel, settings.bus.prefix, timeout=10)
+
+    broker = config.redact_url(settings.bus.url)
+    try:
+        declared = asyncio.run(asyncio.wait_for(declare(), 60)).topology
+    except aio_pika.exceptions.ChannelPreconditionFailed as error:
+        return _fail(
+            "bus declare",
+            f"the broker at {broker} holds an exchange or queue of the same name with other "
+            f"arguments ({error}); delete it (after draining a queue) or choose another POLY_BUS_PREFIX",
+        )
+    except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as error:
+        return _fail(
+            "bus declare",
+            f"cannot reach the broker at {broker} ({type(error).__name__}: {error}); start RabbitMQ "
+            "or fix POLY_BUS_URL, then run this again",
+        )
+    for name in declared.exchanges:
+        print(f"exchange {name} (topic)")
+    print(f"exchange {declared.dead_exchange} (direct)")
+    for queue in declared.queues:
+        print(f"queue    {queue.name} ({', '.join(f'{k}={v}' for k, v in queue.arguments.items())})")
+    for binding in declared.bindings:
+        print(f"binding  {binding.exchange} -> {binding.queue} ({binding.routing_key})")
+    print(
+        f"declared {len(declared.exchanges) + 1} exchanges, {len(declared.queues)} queues and "
+        f"{len(declared.bindings)} bindings on {broker}"
+    )
     return OK
 
 
@@ -218,7 +287,7 @@ def _auth_store(settings: config.Settings) -> tuple[Any, Engine]:
     from services.kit import bus, db
 
     engine = db.connect(settings.db, migrations=MIGRATIONS)
-    outbox = bus.Outbox(store.BUS, source="auth", routing=bus.routing(settings.bus, store.BUS))
+    outbox = bus.Outbox(store.BUS, source="auth", routing=bus.routing(settings.bus))
     return store.AuthStore(db.session_factory(engine), outbox), engine
 
 
@@ -241,11 +310,24 @@ class _UsageError(Exception):
     """What the operator gave (or did not give) cannot be used; the message says what to do."""
 
 
+def _text(value: str, what: str) -> str:
+    """`value`, if it is text: bytes that are not UTF-8 arrive as lone surrogates."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _UsageError(f"{what} is not UTF-8 text; give it as UTF-8") from None
+    return value
+
+
 def _read_password(from_stdin: bool) -> str:
     import getpass
 
     if from_stdin:
-        return sys.stdin.readline().rstrip("\n")
+        try:
+            line = sys.stdin.readline()
+        except UnicodeDecodeError:
+            raise _UsageError("the password is not UTF-8 text; give it as UTF-8") from None
+        return _text(line.rstrip("\r\n"), "the password")  # a CRLF line ends the same
     if not sys.stdin.isatty():
         raise _UsageError(
             "there is no terminal to ask for the password on; "
@@ -280,10 +362,10 @@ def run_admin_create(email: str, password_stdin: bool) -> int:
     )
     try:
         with auth_store.transaction() as repo:
-            found = repo.credentials(domain.normalise_email(email))
+            found = repo.credentials(domain.normalise_email(_text(email, "the email")))
         if found is not None:
             identity = provider.change_role(found[0].id, "admin", grant=True)
-            print(f"{identity.name} ({identity.email}) is an admin")
+            print(f"{identity.name} ({identity.email}) is an admin (an existing account: password unchanged)")
         else:
             identity = provider.register(email, _read_password(password_stdin), address=None, roles=["admin"])
             print(f"created {identity.name} ({identity.email}) with the admin role")

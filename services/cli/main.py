@@ -3,6 +3,7 @@
 poly certs [--force]   development CA and one certificate per component
 poly up                start every service, wait until healthy, supervise
 poly status            each component's health
+poly bus ACTION        a service's outbox and dead letters; declare the broker's topology
 poly admin create      the first admin account (or make an account admin)
 poly keys rotate|list  signing keys of the auth service
 poly completion SHELL  a bash or zsh completion script
@@ -84,9 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     migration = commands.add_parser("migration", help="autogenerate a service's next migration")
     migration.add_argument("service", choices=config.SERVICES)
     migration.add_argument("-m", "--message", required=True, help="what the migration changes")
-    bus = commands.add_parser("bus", help="inspect a service's outbox and re-drive dead letters")
-    bus.add_argument("action", choices=["status", "dead", "redrive"])
-    bus.add_argument("service", choices=config.SERVICES)
+    bus = commands.add_parser(
+        "bus",
+        help="inspect a service's outbox, re-drive dead letters, declare the broker's topology",
+        description="status|dead|redrive SERVICE: a service's outbox and its dead letters.\n"
+        "declare: declare, idempotently, the whole RabbitMQ topology the event contract implies\n"
+        "(exchanges, queues, bindings) on the broker at POLY_BUS_URL, as every service does at\n"
+        "start; for a deploy job.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bus.add_argument("action", choices=["status", "dead", "redrive", "declare"])
+    bus.add_argument("service", nargs="?", choices=config.SERVICES, help="every action but declare")
     bus.add_argument(
         "--event",
         action="append",
@@ -97,10 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     admin = commands.add_parser("admin", help="create the first admin account")
     admin_commands = admin.add_subparsers(dest="action", required=True)
     create = admin_commands.add_parser("create", help="create an admin account, or make an account admin")
-    create.add_argument("--email", required=True)
+    create.add_argument("--email", required=True, help="the account's email; created if it does not exist")
     create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     keys = commands.add_parser("keys", help="rotate or list the auth service's signing keys")
-    keys.add_argument("action", choices=["rotate", "list"])
+    keys.add_argument(
+        "action",
+        choices=["rotate", "list"],
+        help="rotate: add a key (published now, signing after POLY_AUTH_JWKS_MIN_REFRESH_SECONDS); "
+        "list: the published keys and their roles",
+    )
     completion = commands.add_parser(
         "completion",
         help="print a shell completion script (see the end of poly --help)",
@@ -121,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         return gateway_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "bus" and args.events and args.action != "redrive":
+        parser.error(f"--event goes with `poly bus redrive`, not `poly bus {args.action}`")
+    if args.command == "bus" and (args.action == "declare") == (args.service is not None):
+        parser.error(
+            "`poly bus declare` takes no SERVICE: it declares every service's queues"
+            if args.service
+            else f"`poly bus {args.action}` needs a SERVICE: one of {', '.join(config.SERVICES)}"
+        )
     from services.cli import commands
 
     if args.command == "completion":  # needs no settings: works whatever the environment
@@ -134,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         "certs": lambda: commands.run_certs(settings, args.force),
         "status": lambda: commands.run_status(settings),
         "migration": lambda: commands.run_migration(args.service, args.message),
-        "bus": lambda: commands.run_bus(args.action, args.service, args.events),
+        "bus": lambda: (
+            commands.run_bus_declare(settings)
+            if args.action == "declare"
+            else commands.run_bus(args.action, args.service, args.events)
+        ),
         "admin": lambda: commands.run_admin_create(args.email, args.password_stdin),
         "keys": lambda: commands.run_keys(args.action),
     }

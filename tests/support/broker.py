@@ -1,31 +1,67 @@
-"""RabbitMQ housekeeping for tests: each test uses its own name prefix and deletes it after."""
+"""RabbitMQ housekeeping for tests: each test uses its own name prefix and deletes it after,
+and the broker's own view of a connection (how many channels it has), by connection name."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import subprocess
 
 import aio_pika
+import pytest
 
 from services.kit import bus
+from services.kit.bus import topology
 
 
 def delete_namespace(
     url: str,
     prefix: str,
     *,
-    consumers: tuple[str, ...] = ("payments",),
-    families: tuple[str, ...] = ("order",),
+    consumers: tuple[str, ...] = (),
+    families: tuple[str, ...] = (),
 ) -> None:
-    """Delete the queues and exchanges a test created under `prefix`."""
+    """Delete the queues and exchanges of the contract's topology under `prefix` (whoever
+    declared them), and those of any other `consumers` and event `families` named."""
+    declared = topology.topology(prefix)
+    queues = [queue.name for queue in declared.queues]
+    queues += [
+        name
+        for service in consumers
+        for name in (bus.queue_name(service, prefix), bus.dead_queue_name(service, prefix))
+    ]
+    exchanges = [*declared.exchanges, declared.dead_exchange]
+    exchanges += [f"{prefix}.events.{family}" for family in families]
 
     async def clean() -> None:
         connection = await aio_pika.connect(url, timeout=10)
         async with connection:
             channel = await connection.channel()
-            for service in consumers:
-                await channel.queue_delete(bus.queue_name(service, prefix))
-                await channel.queue_delete(bus.dead_queue_name(service, prefix))
-            for exchange in [f"{prefix}.events.{family}" for family in families] + [f"{prefix}.dead"]:
+            for queue in dict.fromkeys(queues):
+                await channel.queue_delete(queue)
+            for exchange in dict.fromkeys(exchanges):
                 await channel.exchange_delete(exchange)
 
     asyncio.run(clean())
+
+
+def channels_of(connection_name: str) -> list[int]:
+    """The channel count of each open connection named `connection_name` (its client-provided
+    name), as the broker reports it (``rabbitmqctl list_connections``). Needs rabbitmqctl on
+    this machine, talking to the test broker (.ci/run starts it locally); under CI=true a
+    missing rabbitmqctl fails the test rather than skipping it."""
+    rabbitmqctl = shutil.which("rabbitmqctl")
+    if rabbitmqctl is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("rabbitmqctl is needed to count a connection's channels on the broker")
+        pytest.skip("rabbitmqctl is not installed")
+    listed = subprocess.run(
+        [rabbitmqctl, "-q", "list_connections", "client_properties", "channels"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    marker = f'{{"connection_name","{connection_name}"}}'
+    return [int(line.rsplit("\t", 1)[-1]) for line in listed.stdout.splitlines() if marker in line]

@@ -51,6 +51,7 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
+            upstream.settimeout(None)  # the timeout bounds connecting only: an idle link stays up
             with self._lock:
                 self._connections += [client, upstream]
             for source, sink in ((client, upstream), (upstream, client)):

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import aio_pika
 import pytest
+from aio_pika.abc import AbstractChannel
 from google.protobuf.message import Message
 from sqlalchemy.orm import Session
 
 from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated
 from services.kit import bus
+from services.kit.bus import topology
+from services.kit.bus.broker import LoopThread
 from tests.kit.bus.conftest import BusDb, Clock, publish, record_effect
-from tests.support.broker import delete_namespace
+from tests.support.broker import channels_of, delete_namespace
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -28,17 +32,11 @@ def prefix(amqp_url: str) -> Iterator[str]:
     delete_namespace(amqp_url, name)
 
 
+ORDER_CREATED = "poly.events.v1.OrderCreated"
+
+
 def _until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)  # waiting on another thread's broker traffic: nothing to block on
-
-
-def test_exchange_per_event_family() -> None:
-    assert bus.exchange_name("poly.events.v1.OrderPaid") == "poly.events.order"
-    assert bus.exchange_name("poly.events.v1.PaymentCaptured", "x") == "x.events.payment"
-    assert bus.exchange_name("poly.events.v1.UserRegistered") == "poly.events.user"
+    eventually(lambda: condition() or None, timeout=timeout)
 
 
 def test_published_events_are_applied_once_each_even_when_published_twice(
@@ -101,9 +99,18 @@ def test_a_poison_event_goes_to_the_dead_letter_queue_and_is_redriven(
         intake.stop()
 
 
-def test_while_the_broker_is_unreachable_publishes_commit_then_everything_drains_once(
-    bus_db: BusDb, amqp_url: str, prefix: str
+def _expected_during_an_outage(record: logging.LogRecord) -> bool:
+    """aiormq's own line for each refused connection attempt while the broker is away (at
+    most one per back-off interval of the transport, not one per publish)."""
+    return record.name == "aiormq.connection" and record.getMessage().startswith(
+        "error when creating transport"
+    )
+
+
+def test_across_a_broker_outage_publishes_commit_drain_once_and_leave_one_channel(
+    bus_db: BusDb, amqp_url: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING)
     host_port = amqp_url.rsplit("@", 1)[-1].split("/", 1)[0]
     host, _, port = host_port.partition(":")
     proxy = TcpProxy((host, int(port or 5672)))
@@ -111,7 +118,8 @@ def test_while_the_broker_is_unreachable_publishes_commit_then_everything_drains
     through_proxy = amqp_url.replace(host_port, f"127.0.0.1:{proxy.port}")
     consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: record_effect(bus_db.effects)})
     intake = bus.BrokerConsumer(amqp_url, "payments", consumer, prefix=prefix)  # the consumer's own link
-    transport = bus.BrokerTransport(through_proxy, prefix=prefix, timeout=2)
+    publisher = f"{prefix} publisher"
+    transport = bus.BrokerTransport(through_proxy, prefix=prefix, timeout=2, name=publisher)
     intake.start()
     relay = bus.Relay(
         bus_db.engine,
@@ -126,15 +134,26 @@ def test_while_the_broker_is_unreachable_publishes_commit_then_everything_drains
         )
         first = [publish(bus_db, outbox, "orders/A", f"orders/A#{i}") for i in range(5)]
         _until(lambda: len(bus_db.effect_counts()) == 5)
+        assert channels_of(publisher) == [1]
         proxy.down()
         during = [publish(bus_db, outbox, "orders/A", f"orders/A#{i}") for i in range(5, 25)]
-        _until(lambda: relay.metrics.total("retried") >= 3)
+        _until(lambda: relay.metrics.total("retried") >= 10)  # many publish attempts while it is down
         assert bus.backlog(bus_db.engine, bus_db.tables) >= 15, "publishes kept committing while it was down"
+        _until(lambda: channels_of(publisher) == [])  # the broker no longer sees the publisher
         proxy.up()
         _until(lambda: bus.backlog(bus_db.engine, bus_db.tables) == 0, timeout=60)
         _until(lambda: len(bus_db.effect_counts()) == 25)
         assert bus_db.effect_counts() == {e.id: 1 for e in first + during}, "nothing lost, nothing twice"
         assert bus_db.effect_order("orders/A") == [f"orders/A#{i}" for i in range(25)]
+        assert channels_of(publisher) == [1], "one connection with one channel, as before the outage"
+        errors = [
+            r for r in caplog.records if r.levelno >= logging.ERROR and not _expected_during_an_outage(r)
+        ]
+        assert errors == [], "an expected reconnect logs no error"
+        refused = [r for r in caplog.records if _expected_during_an_outage(r)]
+        assert len(refused) < relay.metrics.total("retried"), (
+            "connection attempts are spaced, not one per send"
+        )
     finally:
         relay.stop()
         transport.close()
@@ -142,133 +161,101 @@ def test_while_the_broker_is_unreachable_publishes_commit_then_everything_drains
         proxy.down()
 
 
-def test_an_event_nobody_has_bound_a_queue_for_is_not_counted_as_delivered(
-    amqp_url: str, prefix: str
-) -> None:
-    transport = bus.BrokerTransport(amqp_url, prefix=prefix)
-    envelope = EventEnvelope(
-        id="1b2c", type="poly.events.v1.OrderCreated", aggregate_id="orders/1", source="orders"
-    )
-    try:
-        with pytest.raises(bus.DeliveryError, match="no queue is bound") as refused:
-            transport.send("broker", envelope)
-        assert not refused.value.transient, "it counts towards dead-lettering, to be re-driven later"
-    finally:
-        transport.close()
+def _envelope(event_id: str) -> EventEnvelope:
+    envelope = EventEnvelope(id=event_id, type=ORDER_CREATED, aggregate_id="orders/U", source="orders")
+    envelope.payload.Pack(OrderCreated(order=f"orders/U#{event_id}"))
+    return envelope
 
 
-def test_an_undecodable_message_goes_to_the_dead_letter_queue(
-    bus_db: BusDb, amqp_url: str, prefix: str
-) -> None:
-    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: record_effect(bus_db.effects)})
-    intake = bus.BrokerConsumer(amqp_url, "payments", consumer, prefix=prefix)
-    intake.start()
-    try:
-
-        async def publish_garbage() -> None:
-            connection = await aio_pika.connect(amqp_url, timeout=10)
-            async with connection:
-                channel = await connection.channel()
-                exchange = await channel.get_exchange(f"{prefix}.events.order")
-                await exchange.publish(
-                    aio_pika.Message(body=b"\xff not a protobuf"), routing_key="poly.events.v1.OrderCreated"
-                )
-
-        asyncio.run(publish_garbage())
-
-        async def dead_count() -> int:
-            connection = await aio_pika.connect(amqp_url, timeout=10)
-            async with connection:
-                channel = await connection.channel()
-                queue = await channel.declare_queue(bus.dead_queue_name("payments", prefix), passive=True)
-                return int(queue.declaration_result.message_count or 0)
-
-        _until(lambda: asyncio.run(dead_count()) == 1)
-    finally:
-        intake.stop()
-
-
-ORDER_CREATED = "poly.events.v1.OrderCreated"
-
-
-def _publish_raw(amqp_url: str, prefix: str, envelope: EventEnvelope, headers: dict[str, str]) -> None:
-    """Publish straight to the family exchange, as anyone holding broker credentials could."""
-
+def _delete_queue(amqp_url: str, name: str) -> None:
     async def go() -> None:
         connection = await aio_pika.connect(amqp_url, timeout=10)
         async with connection:
-            channel = await connection.channel()
-            exchange = await channel.get_exchange(bus.exchange_name(envelope.type, prefix))
-            await exchange.publish(
-                aio_pika.Message(body=envelope.SerializeToString(), headers=dict(headers)),
-                routing_key=envelope.type,
-            )
+            await (await connection.channel()).queue_delete(name)
 
     asyncio.run(go())
 
 
-def _dead(amqp_url: str, prefix: str, *, take: bool = False) -> list[dict[str, object]]:
-    """The headers of the messages in the payments dead-letter queue (removed if `take`)."""
+def _ready(amqp_url: str, name: str) -> int:
+    """Messages waiting in queue `name`."""
 
-    async def go() -> list[dict[str, object]]:
+    async def go() -> int:
         connection = await aio_pika.connect(amqp_url, timeout=10)
         async with connection:
-            channel = await connection.channel()
-            queue = await channel.declare_queue(bus.dead_queue_name("payments", prefix), passive=True)
-            found: list[dict[str, object]] = []
-            for _ in range(int(queue.declaration_result.message_count or 0)):
-                message = await queue.get(fail=False, no_ack=take, timeout=10)
-                if message is None:
-                    break
-                found.append(dict(message.headers or {}))
-            return found  # not taken: closing the channel puts them back
+            queue = await (await connection.channel()).declare_queue(name, passive=True)
+            return int(queue.declaration_result.message_count or 0)
 
     return asyncio.run(go())
 
 
-def test_a_forged_message_is_dead_lettered_with_its_reason_never_applied_nor_redriven(
-    bus_db: BusDb, amqp_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+def test_an_event_whose_consumers_queues_vanished_raises_the_alarm_and_is_delivered(
+    amqp_url: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="poly.bus.broker")
-    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: record_effect(bus_db.effects)})
-    intake = bus.BrokerConsumer(amqp_url, "payments", consumer, prefix=prefix, attempts=3, retry_delay=0.01)
-    intake.start()
+    transport = bus.BrokerTransport(amqp_url, prefix=prefix)
     try:
-        forged = [
-            # (envelope source, source header): whoever may publish to the exchange can claim anything.
-            ("notifications", {"source": "notifications"}),  # a type notifications does not publish
-            ("orders", {"source": "notifications"}),  # a header that disagrees with the envelope
-            ("orders", {}),  # no header at all
+        transport.send("broker", _envelope("before"))  # connects and declares the topology
+        _delete_queue(amqp_url, bus.queue_name("payments", prefix))  # an operator's mistake
+        transport.send("broker", _envelope("after"))  # returned, declared again, published again
+        assert transport.metrics.total("unroutable") == 1
+        alarms = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert [(r.event_type, r.missing_consumers) for r in alarms] == [  # type: ignore[attr-defined]
+            (ORDER_CREATED, ["payments"])
         ]
-        for number, (source, headers) in enumerate(forged):
-            envelope = EventEnvelope(
-                id=f"forged-{number}", type=ORDER_CREATED, aggregate_id="orders/F", source=source
-            )
-            envelope.payload.Pack(OrderCreated(order=f"orders/F#{number}"))
-            _publish_raw(amqp_url, prefix, envelope, headers)
-        genuine = EventEnvelope(id="genuine", type=ORDER_CREATED, aggregate_id="orders/F", source="orders")
-        genuine.payload.Pack(OrderCreated(order="orders/F#genuine"))
-        _publish_raw(amqp_url, prefix, genuine, {"source": "orders"})
-
-        _until(lambda: bus_db.effect_counts() == {"genuine": 1}, timeout=30)
-        _until(lambda: len(_dead(amqp_url, prefix)) == 3)
-        assert consumer.metrics.total("refused") == 3
-        assert consumer.metrics.total("applied") == 1, "refused at once: never retried, never applied"
-
-        assert bus.redrive_dead_queue(amqp_url, "payments", prefix=prefix) == 0, "refused again anyway"
-        reasons = sorted(str(headers[bus.REASON_HEADER]) for headers in _dead(amqp_url, prefix, take=True))
-        assert reasons == [
-            "EVENT_SOURCE_MISMATCH",
-            "EVENT_SOURCE_MISMATCH",
-            "EVENT_TYPE_NOT_PUBLISHED_BY_CALLER",
-        ]
-        assert bus_db.effect_counts() == {"genuine": 1}
-        logged = [r for r in caplog.records if r.getMessage() == "event refused and dead-lettered"]
-        seen = sorted((r.event_id, r.event_type, r.source, r.reason) for r in logged)  # type: ignore[attr-defined]
-        assert seen == [
-            ("forged-0", ORDER_CREATED, "notifications", "EVENT_TYPE_NOT_PUBLISHED_BY_CALLER"),
-            ("forged-1", ORDER_CREATED, "orders", "EVENT_SOURCE_MISMATCH"),
-            ("forged-2", ORDER_CREATED, "orders", "EVENT_SOURCE_MISMATCH"),
-        ]
+        assert _ready(amqp_url, bus.queue_name("payments", prefix)) == 1, "the queue is back, with the event"
     finally:
-        intake.stop()
+        transport.close()
+
+
+def test_an_event_still_unroutable_after_declaring_again_stays_pending_never_dead(
+    bus_db: BusDb, amqp_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    declare = topology.declare
+
+    async def declare_then_lose(channel: AbstractChannel, prefix: str, **options: Any) -> topology.Declared:
+        declared = await declare(channel, prefix, **options)
+        await channel.queue_delete(bus.queue_name("payments", prefix))  # someone keeps deleting it
+        return declared
+
+    monkeypatch.setattr(topology, "declare", declare_then_lose)
+    transport = bus.BrokerTransport(amqp_url, prefix=prefix)
+    clock = Clock()
+    relay = bus.Relay(
+        bus_db.engine, bus_db.tables, transport, settings=bus.RelaySettings(max_attempts=2), clock=clock
+    )
+    try:
+        with pytest.raises(bus.DeliveryError, match="no queue of payments is bound") as refused:
+            transport.send("broker", _envelope("lost-queue"))
+        assert refused.value.transient, "retried until the topology is back, never dead-lettered"
+        outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.broker_routing(), clock=clock)
+        publish(bus_db, outbox, "orders/U", "orders/U#0")
+        for _ in range(3):  # past max_attempts
+            assert relay.run_once() == 1
+            clock.advance(120)  # past any back-off
+        assert bus.state_counts(bus_db.engine, bus_db.tables) == {bus.PENDING: 1}
+        assert transport.metrics.total("unroutable") == 4
+        monkeypatch.setattr(topology, "declare", declare)  # the deleting stopped
+        assert relay.run_once() == 1
+        assert bus.state_counts(bus_db.engine, bus_db.tables) == {bus.DELIVERED: 1}
+        assert _ready(amqp_url, bus.queue_name("payments", prefix)) == 1, "delivered once the queue stayed"
+    finally:
+        transport.close()
+
+
+def test_a_loop_thread_cancels_what_outlives_its_timeout() -> None:
+    thread = LoopThread("test-loop")
+    ended: list[str] = []
+
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            ended.append("cancelled")
+
+    try:
+        with pytest.raises(TimeoutError):
+            thread.run(slow(), 0.1)
+        eventually(lambda: ended, timeout=5, what="the coroutine cancelled on its loop")
+        assert thread.run(asyncio.sleep(0, result="done"), 1) == "done"
+    finally:
+        thread.close()

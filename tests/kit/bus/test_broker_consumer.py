@@ -1,0 +1,210 @@
+"""The RabbitMQ consumer against the real broker on 127.0.0.1 (POLY_TEST_AMQP_URL): what it
+refuses, and how it comes back after an outage."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Iterator
+
+import aio_pika
+import pytest
+
+from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated
+from services.kit import bus
+from tests.kit.bus.conftest import BusDb, publish, record_effect
+from tests.support.broker import channels_of, delete_namespace
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import eventually
+
+ORDER_CREATED = "poly.events.v1.OrderCreated"
+
+
+@pytest.fixture
+def prefix(amqp_url: str) -> Iterator[str]:
+    """A namespace of exchanges and queues of this test alone, deleted afterwards."""
+    name = f"polytest-{uuid.uuid4().hex[:10]}"
+    yield name
+    delete_namespace(amqp_url, name)
+
+
+def test_the_consumer_declares_the_whole_topology_before_it_consumes(
+    bus_db: BusDb, amqp_url: str, prefix: str
+) -> None:
+    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: record_effect(bus_db.effects)})
+    intake = bus.BrokerConsumer(amqp_url, "payments", consumer, prefix=prefix)
+    intake.start()
+    try:
+        assert intake.ready.is_set()
+
+        async def queues() -> dict[str, int]:
+            connection = await aio_pika.connect(amqp_url, timeout=10)
+            async with connection:
+                channel = await connection.channel()
+                found = {}
+                for service in ("auth", "users", "orders", "payments", "notifications"):
+                    queue = await channel.declare_queue(bus.queue_name(service, prefix), passive=True)
+                    found[service] = int(queue.declaration_result.consumer_count or 0)
+                return found
+
+        # Every consumer's queue exists, though only payments consumes yet.
+        assert asyncio.run(queues()) == {
+            "auth": 0,
+            "users": 0,
+            "orders": 0,
+            "payments": 1,
+            "notifications": 0,
+        }
+    finally:
+        intake.stop()
+
+
+def test_after_an_outage_the_consumer_is_back_on_one_channel_without_error_logs(
+    bus_db: BusDb, amqp_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    host_port = amqp_url.rsplit("@", 1)[-1].split("/", 1)[0]
+    host, _, port = host_port.partition(":")
+    proxy = TcpProxy((host, int(port or 5672)))
+    proxy.up()
+    through_proxy = amqp_url.replace(host_port, f"127.0.0.1:{proxy.port}")
+    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: record_effect(bus_db.effects)})
+    name = f"{prefix} payments consumer"
+    intake = bus.BrokerConsumer(through_proxy, "payments", consumer, prefix=prefix)
+    transport = bus.BrokerTransport(amqp_url, prefix=prefix)  # the publisher's own link
+    outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.broker_routing())
+    relay = bus.Relay(bus_db.engine, bus_db.tables, transport)
+    intake.start()
+    try:
+        assert channels_of(name) == [1]
+        proxy.down()
+        eventually(lambda: channels_of(name) == [], what="the broker to see the consumer gone")
+        events = [publish(bus_db, outbox, "orders/C", f"orders/C#{i}") for i in range(5)]
+        for _ in events:  # one per round: one aggregate
+            relay.run_once()
+        assert bus.backlog(bus_db.engine, bus_db.tables) == 0, "published while the consumer is away"
+        proxy.up()
+        eventually(
+            lambda: bus_db.effect_counts() == {e.id: 1 for e in events}, what="every event applied once"
+        )
+        assert channels_of(name) == [1]
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    finally:
+        transport.close()
+        intake.stop()
+        proxy.down()
+
+
+def test_an_undecodable_message_goes_to_the_dead_letter_queue(
+    bus_db: BusDb, amqp_url: str, prefix: str
+) -> None:
+    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: record_effect(bus_db.effects)})
+    intake = bus.BrokerConsumer(amqp_url, "payments", consumer, prefix=prefix)
+    intake.start()
+    try:
+
+        async def publish_garbage() -> None:
+            connection = await aio_pika.connect(amqp_url, timeout=10)
+            async with connection:
+                channel = await connection.channel()
+                exchange = await channel.get_exchange(f"{prefix}.events.order")
+                await exchange.publish(
+                    aio_pika.Message(body=b"\xff not a protobuf"), routing_key="poly.events.v1.OrderCreated"
+                )
+
+        asyncio.run(publish_garbage())
+
+        async def dead_count() -> int:
+            connection = await aio_pika.connect(amqp_url, timeout=10)
+            async with connection:
+                channel = await connection.channel()
+                queue = await channel.declare_queue(bus.dead_queue_name("payments", prefix), passive=True)
+                return int(queue.declaration_result.message_count or 0)
+
+        eventually(lambda: asyncio.run(dead_count()) == 1, what="the message in the dead-letter queue")
+    finally:
+        intake.stop()
+
+
+def _publish_raw(amqp_url: str, prefix: str, envelope: EventEnvelope, headers: dict[str, str]) -> None:
+    """Publish straight to the family exchange, as anyone holding broker credentials could."""
+
+    async def go() -> None:
+        connection = await aio_pika.connect(amqp_url, timeout=10)
+        async with connection:
+            channel = await connection.channel()
+            exchange = await channel.get_exchange(bus.exchange_name(envelope.type, prefix))
+            await exchange.publish(
+                aio_pika.Message(body=envelope.SerializeToString(), headers=dict(headers)),
+                routing_key=envelope.type,
+            )
+
+    asyncio.run(go())
+
+
+def _dead(amqp_url: str, prefix: str, *, take: bool = False) -> list[dict[str, object]]:
+    """The headers of the messages in the payments dead-letter queue (removed if `take`)."""
+
+    async def go() -> list[dict[str, object]]:
+        connection = await aio_pika.connect(amqp_url, timeout=10)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(bus.dead_queue_name("payments", prefix), passive=True)
+            found: list[dict[str, object]] = []
+            for _ in range(int(queue.declaration_result.message_count or 0)):
+                message = await queue.get(fail=False, no_ack=take, timeout=10)
+                if message is None:
+                    break
+                found.append(dict(message.headers or {}))
+            return found  # not taken: closing the channel puts them back
+
+    return asyncio.run(go())
+
+
+def test_a_forged_message_is_dead_lettered_with_its_reason_never_applied_nor_redriven(
+    bus_db: BusDb, amqp_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="poly.bus.broker")
+    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: record_effect(bus_db.effects)})
+    intake = bus.BrokerConsumer(amqp_url, "payments", consumer, prefix=prefix, attempts=3, retry_delay=0.01)
+    intake.start()
+    try:
+        forged = [
+            # (envelope source, source header): whoever may publish to the exchange can claim anything.
+            ("notifications", {"source": "notifications"}),  # a type notifications does not publish
+            ("orders", {"source": "notifications"}),  # a header that disagrees with the envelope
+            ("orders", {}),  # no header at all
+        ]
+        for number, (source, headers) in enumerate(forged):
+            envelope = EventEnvelope(
+                id=f"forged-{number}", type=ORDER_CREATED, aggregate_id="orders/F", source=source
+            )
+            envelope.payload.Pack(OrderCreated(order=f"orders/F#{number}"))
+            _publish_raw(amqp_url, prefix, envelope, headers)
+        genuine = EventEnvelope(id="genuine", type=ORDER_CREATED, aggregate_id="orders/F", source="orders")
+        genuine.payload.Pack(OrderCreated(order="orders/F#genuine"))
+        _publish_raw(amqp_url, prefix, genuine, {"source": "orders"})
+
+        eventually(lambda: bus_db.effect_counts() == {"genuine": 1}, what="the genuine event applied")
+        eventually(lambda: len(_dead(amqp_url, prefix)) == 3, what="three dead letters")
+        assert consumer.metrics.total("refused") == 3
+        assert consumer.metrics.total("applied") == 1, "refused at once: never retried, never applied"
+
+        assert bus.redrive_dead_queue(amqp_url, "payments", prefix=prefix) == 0, "refused again anyway"
+        reasons = sorted(str(headers[bus.REASON_HEADER]) for headers in _dead(amqp_url, prefix, take=True))
+        assert reasons == [
+            "EVENT_SOURCE_MISMATCH",
+            "EVENT_SOURCE_MISMATCH",
+            "EVENT_TYPE_NOT_PUBLISHED_BY_CALLER",
+        ]
+        assert bus_db.effect_counts() == {"genuine": 1}
+        logged = [r for r in caplog.records if r.getMessage() == "event refused and dead-lettered"]
+        seen = sorted((r.event_id, r.event_type, r.source, r.reason) for r in logged)  # type: ignore[attr-defined]
+        assert seen == [
+            ("forged-0", ORDER_CREATED, "notifications", "EVENT_TYPE_NOT_PUBLISHED_BY_CALLER"),
+            ("forged-1", ORDER_CREATED, "orders", "EVENT_SOURCE_MISMATCH"),
+            ("forged-2", ORDER_CREATED, "orders", "EVENT_SOURCE_MISMATCH"),
+        ]
+    finally:
+        intake.stop()
