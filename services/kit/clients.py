@@ -24,7 +24,14 @@ from poly.options.v1 import options_pb2
 from services.kit import tls
 from services.kit.config import Settings, TlsSettings
 
-__all__ = ["KEEPALIVE_MS", "Channels", "channel", "idempotent_methods", "service_config"]
+__all__ = [
+    "KEEPALIVE_MS",
+    "MAX_RECONNECT_BACKOFF_MS",
+    "Channels",
+    "channel",
+    "idempotent_methods",
+    "service_config",
+]
 
 
 def service_config(
@@ -68,6 +75,12 @@ _RETRY_POLICY: dict[str, Any] = {
 KEEPALIVE_MS = 30_000
 """Ping interval on connections with calls in flight (servers accept down to 10 s)."""
 
+MAX_RECONNECT_BACKOFF_MS = 2_000
+"""Longest wait between connection attempts to a peer that is down. gRPC's default (120 s,
+growing 1.6-fold from 1 s) failed calls fast for 14.6 s after a peer that had been down for
+29 s came back; at 2 s a peer's callers (the bus relay among them) reach it within about 2 s
+of its return, for one connection attempt every 2 s while it is away."""
+
 
 def idempotent_methods(*services: ServiceDescriptor) -> list[tuple[str, str]]:
     """The ``(service, method)`` pairs marked ``(poly.options.v1.idempotent) = true``."""
@@ -107,6 +120,7 @@ def channel(
             ("grpc.service_config", json.dumps(config)),
             ("grpc.enable_retries", 1),
             ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+            ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ],
     )
 

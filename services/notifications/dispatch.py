@@ -4,20 +4,24 @@ A notification becomes one email to the recipient's address and one POST per web
 its type, each SKIPPED (with the reason as `last_error`) when the user is deleted, the type is
 muted or the channel disabled. Retries back off exponentially with jitter; a permanent error or
 the last attempt ends in FAILED. Only the holder of a claim's lease records its outcome, and a
-SENT or FAILED outcome publishes its event in the same transaction. Network calls are the
-caller's (`dispatcher.Dispatcher`); this module holds no I/O.
+SENT or FAILED outcome publishes its event in the same transaction. A delivery claimed again
+after its lease expired with no outcome recorded (its dispatcher died mid-send) is counted
+(``metrics``, "reclaimed") and logged: it may be sent twice. Network calls are the caller's
+(`dispatcher.Dispatcher`); this module holds no I/O.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import random
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from services.kit.backoff import backoff_seconds
+from services.kit.counters import Counters
 from services.kit.errors import NotFound
 from services.notifications import templates
 from services.notifications.domain import (
@@ -40,6 +44,8 @@ from services.notifications.domain import (
 )
 
 __all__ = ["Dispatch", "DispatchSettings", "plan_deliveries"]
+
+_log = logging.getLogger("poly.notifications.dispatch")
 
 
 def plan_deliveries(
@@ -118,6 +124,9 @@ class Dispatch:
     clock: Callable[[], dt.datetime] = utcnow
     new_id: Callable[[], str] = lambda: str(uuid.uuid4())
     rng: random.Random = field(default_factory=random.Random)
+    metrics: Counters = field(default_factory=Counters)
+    """Per channel: reclaimed (a delivery claimed again after its lease expired with no
+    outcome recorded, so it may be sent twice)."""
 
     def _lease(self) -> tuple[dt.datetime, dt.datetime]:
         now = self.clock()
@@ -166,7 +175,24 @@ class Dispatch:
     def claim_deliveries(self, limit: int) -> list[Outgoing]:
         now, until = self._lease()
         with self.transactions() as repo:
-            return repo.claim_deliveries(now, until, self.owner, limit)
+            claimed = repo.claim_deliveries(now, until, self.owner, limit)
+        for outgoing in claimed:
+            if outgoing.reclaimed:
+                self._reclaimed(outgoing.delivery)
+        return claimed
+
+    def _reclaimed(self, delivery: Delivery) -> None:
+        self.metrics.add("reclaimed", delivery.channel)
+        _log.warning(
+            "delivery claimed again after its lease expired with no outcome recorded; it may be "
+            "sent twice (with the same Message-ID or webhook-id)",
+            extra={
+                "delivery": delivery.name,
+                "channel": delivery.channel,
+                "event_id": delivery.event_id,
+                "attempt": delivery.attempts,
+            },
+        )
 
     def sent(self, outgoing: Outgoing) -> Delivery | None:
         return self._settle(outgoing.delivery, SENT, "", None)

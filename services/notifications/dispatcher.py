@@ -7,7 +7,8 @@ work runs in worker threads (`asyncio.to_thread`); the network calls never hold 
 A round runs when woken (an event was recorded, a send finished) or every `poll_seconds`.
 A delivery whose lease outlived its dispatcher (kill -9) is claimed again once the lease
 expires; one accepted by the SMTP server just before such a crash is sent again with the same
-Message-ID (at-least-once, deduplicable by receivers).
+Message-ID (at-least-once, deduplicable by receivers). Each such claim is counted
+(`Dispatcher.metrics`, "reclaimed") and logged at warning level.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import threading
 from collections.abc import Callable
 
 from services.kit.config import Settings
+from services.kit.counters import Counters
 from services.notifications.contacts import ContactUnavailable
 from services.notifications.dispatch import Dispatch, DispatchSettings
 from services.notifications.domain import EMAIL, Contact, Notification, Outgoing
@@ -82,6 +84,11 @@ class Dispatcher:
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+
+    @property
+    def metrics(self) -> Counters:
+        """The dispatch counters (`Dispatch.metrics`)."""
+        return self._dispatch.metrics
 
     def wake(self) -> None:
         """Run a round soon (safe from any thread)."""

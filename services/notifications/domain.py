@@ -167,6 +167,9 @@ class Outgoing:
     delivery: Delivery
     content: Mapping[str, str]
     secret: str = ""
+    reclaimed: bool = False
+    """Its previous lease ran out with no outcome recorded (the dispatcher holding it died):
+    that attempt may have been sent, so this one may send it twice."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +249,8 @@ class Repository(Protocol):
     def claim_deliveries(
         self, now: dt.datetime, lease_until: dt.datetime, owner: str, limit: int
     ) -> list[Outgoing]:
-        """Due PENDING deliveries whose lease is free, now leased to `owner` (attempts + 1)."""
+        """Due PENDING deliveries whose lease is free, now leased to `owner` (attempts + 1);
+        `reclaimed` on those whose previous lease expired with no outcome recorded."""
 
     def settle_delivery(
         self,

@@ -226,29 +226,30 @@ def _claim(
     lease_until: dt.datetime,
     owner: str,
     limit: int,
-) -> list[_Leased]:
-    """Lease up to `limit` free rows of `model` (oldest due first) to `owner`, attempts + 1.
+) -> tuple[list[_Leased], set[str]]:
+    """Lease up to `limit` free rows of `model` (oldest due first) to `owner`, attempts + 1;
+    with the keys of those whose previous lease expired (an outcome always clears the lease).
 
     Rows another dispatcher is claiming are skipped, not waited for; the conditional UPDATE
     keeps two claimers apart where SKIP LOCKED does not exist (SQLite).
     """
     due = (
-        select(key)
+        select(key, model.lease_until)
         .where(_free(model, now))
         .order_by(model.next_attempt_time)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    ids = list(session.scalars(due))
-    if not ids:
-        return []
+    found = session.execute(due).all()
+    if not found:
+        return [], set()
     claimed = session.scalars(
         update(model)
-        .where(key.in_(ids), _free(model, now))
+        .where(key.in_([row[0] for row in found]), _free(model, now))
         .values(lease_owner=owner, lease_until=lease_until, attempts=model.attempts + 1)
         .returning(model)
     )
-    return list(claimed)
+    return list(claimed), {row[0] for row in found if row[1] is not None}
 
 
 _DELIVERY_COLUMNS = {
@@ -315,7 +316,7 @@ class SqlRepository:
     def claim_notifications(
         self, now: dt.datetime, lease_until: dt.datetime, owner: str, limit: int
     ) -> list[Notification]:
-        claimed = _claim(
+        claimed, _ = _claim(
             self._session,
             NotificationRow,
             NotificationRow.event_id,
@@ -514,7 +515,7 @@ class SqlRepository:
     def claim_deliveries(
         self, now: dt.datetime, lease_until: dt.datetime, owner: str, limit: int
     ) -> list[Outgoing]:
-        claimed = _claim(
+        claimed, expired = _claim(
             self._session,
             DeliveryRow,
             DeliveryRow.id,
@@ -533,6 +534,7 @@ class SqlRepository:
                 _delivery(row),
                 json.loads(row.content),
                 secrets.get(row.webhook.removeprefix("webhooks/"), ""),
+                reclaimed=row.id in expired,
             )
             for row in claimed
         ]

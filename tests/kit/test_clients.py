@@ -11,7 +11,7 @@ from google.protobuf import wrappers_pb2
 
 from poly.auth.v1 import auth_service_pb2
 from poly.orders.v1 import orders_service_pb2
-from services.kit import clients, server, tls
+from services.kit import bus, clients, server, tls
 from tests.support import probe_service
 from tests.support.env import settings_for
 
@@ -36,6 +36,10 @@ def test_config_from_descriptors_times_unary_calls_and_retries_idempotent_ones()
 
 def test_client_keepalive_is_within_what_servers_accept() -> None:
     assert clients.KEEPALIVE_MS >= server.MIN_CLIENT_PING_INTERVAL_MS
+
+
+def test_a_peer_back_from_an_outage_is_reconnected_within_the_relays_retry_delay() -> None:
+    assert bus.RelaySettings().transient_max_delay * 1000 >= clients.MAX_RECONNECT_BACKOFF_MS
 
 
 def test_idempotent_methods_come_from_the_proto_option() -> None:

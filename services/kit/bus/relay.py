@@ -6,7 +6,18 @@ passed, no live lease holds it, and no earlier delivery of the same aggregate to
 route is still pending: so one aggregate's events reach a route in publish order, while a
 dead-lettered event no longer blocks those after it. Leases make several relays of one
 service (replicas) safe on SQLite and PostgreSQL alike; PostgreSQL also skips rows another
-relay is claiming (``FOR UPDATE SKIP LOCKED``).
+relay is claiming (``FOR UPDATE SKIP LOCKED``). A delivery claimed again after its lease ran
+out with no outcome recorded (its relay died mid-round) may reach its route twice: it is
+counted (``reclaimed``) and logged.
+
+Two kinds of failure back off differently. A refusal (the route took the event and said no)
+counts towards `max_attempts`, backing off up to `max_delay`. A route that is down (a
+transient `DeliveryError`: UNAVAILABLE, a deadline, the broker away) costs no attempt and is
+tried again within `transient_max_delay`, so a backlog drains within seconds of its recovery.
+Meanwhile the relay spares it: once a send to a route fails transiently, the rest of that
+round's deliveries to it are deferred unsent to one retry time; until then the relay claims
+nothing for that route; then one delivery goes alone (a probe), and the others follow only if
+it gets through. A route that stays down costs one send per retry delay, whatever the backlog.
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 from sqlalchemy import Connection, Engine, and_, exists, or_, select, update
@@ -42,6 +53,10 @@ class RelaySettings:
     """Attempts before a delivery is dead-lettered (`poly bus redrive` sends it again)."""
     base_delay: float = 0.2
     max_delay: float = 60.0
+    """Longest backoff after a refusal (a non-transient failure)."""
+    transient_max_delay: float = 2.0
+    """Longest wait before trying a route that is down again (never more than `max_delay`):
+    a backlog held up by an outage is delivered within about this long of its end."""
     lease_seconds: float = 30.0
     """How long a claimed delivery is reserved; a relay that dies frees it when this ends."""
     idle_poll: float = 0.5
@@ -53,10 +68,28 @@ class RelaySettings:
     relays never have the same delivery in flight."""
 
     def __post_init__(self) -> None:
+        if self.transient_max_delay <= 0:
+            raise ValueError(f"transient_max_delay ({self.transient_max_delay}) must be positive")
         if self.lease_seconds <= self.send_timeout:
             raise ValueError(
                 f"lease_seconds ({self.lease_seconds}) must exceed send_timeout ({self.send_timeout})"
             )
+
+
+_DELIVERED, _REFUSED, _DOWN, _DEFERRED, _UNSENT = "delivered", "refused", "down", "deferred", "unsent"
+"""A send's outcome: taken; refused (counts towards `max_attempts`); the route was down (a
+transient failure); not sent because its route failed earlier in the round; not sent because
+the lease is too short."""
+
+_COUNTERS = {_DELIVERED: "delivered", _DOWN: "retried", _DEFERRED: "deferred"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    position: int
+    route: str
+    event_type: str
+    envelope: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +97,44 @@ class _Outcome:
     position: int
     route: str
     event_type: str
-    error: str | None
-    transient: bool = False
+    kind: str
+    error: str = ""
+
+
+def _outcome(claimed: _Claimed, kind: str, error: str = "") -> _Outcome:
+    return _Outcome(claimed.position, claimed.route, claimed.event_type, kind, error)
+
+
+@dataclass(slots=True)
+class _Down:
+    """A route whose last round with a send to it failed transiently."""
+
+    rounds: int
+    """Consecutive such rounds: the exponent of its backoff."""
+    retry_at: dt.datetime
+    error: str
+
+
+@dataclass
+class _Round:
+    """What one round's sending threads learn about routes."""
+
+    failed: dict[str, str] = field(default_factory=dict)
+    """Route -> the first transient failure of a send to it in this round."""
+    reached: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def failure(self, route: str) -> str | None:
+        with self.lock:
+            return self.failed.get(route)
+
+    def failed_on(self, route: str, error: str) -> None:
+        with self.lock:
+            self.failed.setdefault(route, error)
+
+    def reached_route(self, route: str) -> None:
+        with self.lock:
+            self.reached.add(route)
 
 
 def _by_route(rows: Iterable[tuple[int, str]]) -> dict[str, list[int]]:
@@ -78,6 +147,12 @@ def _by_route(rows: Iterable[tuple[int, str]]) -> dict[str, list[int]]:
 def backoff_seconds(attempts: int, settings: RelaySettings, *, rng: random.Random | None = None) -> float:
     """`kit.backoff.backoff_seconds` with the relay's base and maximum delay."""
     return backoff.backoff_seconds(attempts, base=settings.base_delay, maximum=settings.max_delay, rng=rng)
+
+
+def _transient_backoff_seconds(rounds: int, settings: RelaySettings) -> float:
+    """The wait before trying a route again after `rounds` consecutive rounds found it down."""
+    ceiling = min(settings.transient_max_delay, settings.max_delay)
+    return backoff.backoff_seconds(rounds, base=min(settings.base_delay, ceiling), maximum=ceiling)
 
 
 class Relay:
@@ -99,6 +174,8 @@ class Relay:
         self.metrics = metrics or BusMetrics()
         self._owner = owner or f"relay-{uuid.uuid4().hex[:8]}"
         self._clock = clock
+        self._down: dict[str, _Down] = {}
+        """Routes found down, read and written by the round's own thread only."""
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -106,13 +183,13 @@ class Relay:
 
     # -- one round -------------------------------------------------------------------
 
-    def _claim(self) -> tuple[str, dt.datetime, list[tuple[int, str, bytes]]]:
+    def _claim(self) -> tuple[str, dt.datetime, list[_Claimed]]:
         d, o = self._tables.delivery, self._tables.outbox
         earlier = aliased(d)
         now = self._clock()
         token = f"{self._owner}:{uuid.uuid4().hex[:12]}"
         due = (
-            select(d.c.position, d.c.route)
+            select(d.c.position, d.c.route, d.c.lease_owner)
             .where(
                 d.c.state == PENDING,
                 d.c.next_attempt_at <= now,
@@ -127,6 +204,9 @@ class Relay:
             .order_by(d.c.position)
             .limit(self._settings.batch_size)
         )
+        waiting = sorted(route for route, down in self._down.items() if down.retry_at > now)
+        if waiting:  # a route that is down is tried again at its retry time, not before
+            due = due.where(d.c.route.not_in(waiting))
         with self._engine.begin() as connection:
             if connection.dialect.name == "postgresql":
                 due = due.with_for_update(skip_locked=True, of=d)
@@ -134,7 +214,7 @@ class Relay:
             lease_until = now + dt.timedelta(seconds=self._settings.lease_seconds)
             if not candidates:
                 return token, lease_until, []
-            for route, positions in _by_route((int(p), str(r)) for p, r in candidates).items():
+            for route, positions in _by_route((int(p), str(r)) for p, r, _ in candidates).items():
                 # The guard re-checks the lease: on SQLite another relay may have won the row.
                 connection.execute(
                     update(d)
@@ -149,42 +229,73 @@ class Relay:
                 )
         with self._engine.connect() as connection:
             claimed = connection.execute(
-                select(d.c.position, d.c.route, o.c.envelope)
+                select(d.c.position, d.c.route, d.c.event_type, o.c.envelope, o.c.event_id)
                 .join(o, o.c.position == d.c.position)
                 .where(d.c.lease_owner == token, d.c.state == PENDING)
                 .order_by(d.c.position)
             ).all()
-        return token, lease_until, [(int(p), str(r), bytes(e)) for p, r, e in claimed]
+        # An outcome always clears the lease: one still set ran out with its claim unrecorded.
+        expired = {(int(p), str(r)): owner for p, r, owner in candidates if owner is not None}
+        for position, route, event_type, _, event_id in claimed:
+            previous = expired.get((int(position), str(route)))
+            if previous is not None:
+                self._reclaimed(int(position), str(route), str(event_type), str(event_id), previous)
+        return token, lease_until, [_Claimed(int(p), str(r), str(t), bytes(e)) for p, r, t, e, _ in claimed]
+
+    def _reclaimed(self, position: int, route: str, event_type: str, event_id: str, previous: str) -> None:
+        self.metrics.add("reclaimed", event_type)
+        _log.warning(
+            "delivery claimed again after its lease expired with no outcome recorded; "
+            "it may reach the route twice (the consumer's inbox applies it once)",
+            extra={
+                "route": route,
+                "position": position,
+                "event_id": event_id,
+                "event_type": event_type,
+                "previous_owner": previous,
+            },
+        )
 
     def _record(self, token: str, outcomes: list[_Outcome]) -> None:
         """Write a round's outcomes in one transaction (only rows this claim still holds)."""
         d = self._tables.delivery
         now = self._clock()
+
+        def of(*kinds: str) -> dict[str, list[int]]:
+            return _by_route((o.position, o.route) for o in outcomes if o.kind in kinds)
+
         with self._engine.begin() as connection:
-            delivered = [(o.position, o.route) for o in outcomes if o.error is None]
-            for route, positions in _by_route(delivered).items():
+
+            def release(route: str, positions: list[int], **values: object) -> None:
                 connection.execute(
                     update(d)
                     .where(d.c.route == route, d.c.position.in_(positions), d.c.lease_owner == token)
-                    .values(
-                        state=DELIVERED, delivered_at=now, lease_owner=None, lease_until=None, last_error=None
-                    )
+                    .values(lease_owner=None, lease_until=None, **values)
                 )
+
+            for route, positions in of(_DELIVERED).items():
+                release(route, positions, state=DELIVERED, delivered_at=now, last_error=None)
+            for route, positions in of(_DOWN, _DEFERRED).items():
+                # A route that is down costs no attempt: its deliveries wait for its retry time.
+                down = self._down[route]
+                release(route, positions, next_attempt_at=down.retry_at, last_error=down.error[:500])
+            for route, positions in of(_UNSENT).items():
+                release(route, positions)  # not sent: free at once for the next round
             for outcome in outcomes:
-                if outcome.error is None:
-                    self.metrics.add("delivered", outcome.event_type)
-                else:
+                if outcome.kind == _REFUSED:
                     self._record_failure(connection, token, outcome, now)
+                elif outcome.kind != _UNSENT:
+                    self.metrics.add(_COUNTERS[outcome.kind], outcome.event_type)
 
     def _record_failure(
         self, connection: Connection, token: str, outcome: _Outcome, now: dt.datetime
     ) -> None:
         d = self._tables.delivery
-        error = (outcome.error or "")[:500]
+        error = outcome.error[:500]
         mine = and_(d.c.position == outcome.position, d.c.route == outcome.route, d.c.lease_owner == token)
         attempts = int(connection.scalar(select(d.c.attempts).where(mine)) or 0) + 1
         released = {"attempts": attempts, "lease_owner": None, "lease_until": None, "last_error": error}
-        if attempts >= self._settings.max_attempts and not outcome.transient:
+        if attempts >= self._settings.max_attempts:
             connection.execute(update(d).where(mine).values(state=DEAD, **released))
             self.metrics.add("dead_lettered", outcome.event_type)
             _log.warning(
@@ -201,42 +312,82 @@ class Relay:
         connection.execute(update(d).where(mine).values(next_attempt_at=now + delay, **released))
         self.metrics.add("retried", outcome.event_type)
 
-    def _send(self, position: int, route: str, raw: bytes, lease_until: dt.datetime) -> _Outcome | None:
-        """Send one claimed delivery; None when its lease is too short to send it safely."""
+    def _send(self, claimed: _Claimed, lease_until: dt.datetime, round_: _Round) -> _Outcome:
+        """Send one claimed delivery, unless its lease is too short to send it safely or its
+        route already failed in this round."""
         if self._clock() + dt.timedelta(seconds=self._settings.send_timeout) >= lease_until:
-            return None  # another relay may claim it soon: leave it for a later round
+            return _outcome(claimed, _UNSENT)  # another relay may claim it soon: not now
+        failure = round_.failure(claimed.route)
+        if failure is not None:
+            return _outcome(claimed, _DEFERRED, failure)
+        outcome = self._transmit(claimed)
+        if outcome.kind == _DOWN:
+            round_.failed_on(claimed.route, outcome.error)
+        elif outcome.kind == _DELIVERED:
+            round_.reached_route(claimed.route)
+        return outcome
+
+    def _transmit(self, claimed: _Claimed) -> _Outcome:
         try:
-            envelope = EventEnvelope.FromString(raw)
+            envelope = EventEnvelope.FromString(claimed.envelope)
         except DecodeError:
-            return _Outcome(position, route, "(undecodable)", "the stored envelope does not decode")
-        envelope.sequence = position
+            return _outcome(claimed, _REFUSED, "the stored envelope does not decode")
+        envelope.sequence = claimed.position
         try:
-            self._transport.send(route, envelope)
-        except DeliveryError as failure:
-            return _Outcome(position, route, envelope.type, str(failure), failure.transient)
+            self._transport.send(claimed.route, envelope)
+        except DeliveryError as error:
+            return _outcome(claimed, _DOWN if error.transient else _REFUSED, str(error))
         except Exception as error:  # noqa: BLE001 - any failure is this delivery's, never the round's
-            _log.exception("unexpected error sending an event", extra={"route": route, "position": position})
-            return _Outcome(position, route, envelope.type, f"{type(error).__name__}: {error}")
-        return _Outcome(position, route, envelope.type, None)
+            where = {"route": claimed.route, "position": claimed.position}
+            _log.exception("unexpected error sending an event", extra=where)
+            return _outcome(claimed, _REFUSED, f"{type(error).__name__}: {error}")
+        return _outcome(claimed, _DELIVERED)
+
+    def _send_all(self, claimed: list[_Claimed], lease_until: dt.datetime, round_: _Round) -> list[_Outcome]:
+        if len(claimed) <= 1 or self._settings.concurrency == 1:
+            return [self._send(item, lease_until, round_) for item in claimed]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._settings.concurrency, thread_name_prefix="bus-send")
+        return list(self._pool.map(lambda item: self._send(item, lease_until, round_), claimed))
+
+    def _note_routes(self, round_: _Round) -> None:
+        """Carry what the round learnt about its routes to the next ones."""
+        for route, error in round_.failed.items():
+            previous = self._down.get(route)
+            rounds = 1 if previous is None else previous.rounds + 1
+            delay = dt.timedelta(seconds=_transient_backoff_seconds(rounds, self._settings))
+            self._down[route] = _Down(rounds, self._clock() + delay, error)
+            if previous is None:
+                _log.warning(
+                    "route down: its deliveries wait, and one is tried again within the retry delay",
+                    extra={"route": route, "error": error, "retry_seconds": round(delay.total_seconds(), 3)},
+                )
+        for route in round_.reached - round_.failed.keys():
+            if self._down.pop(route, None) is not None:
+                _log.info("route reached again: its backlog follows", extra={"route": route})
 
     def run_once(self) -> int:
         """One round: claim, send, record. Returns how many deliveries were attempted.
 
         A claim holds at most one delivery per aggregate and route, so its sends can run
-        concurrently without reordering any aggregate's events.
+        concurrently without reordering any aggregate's events. A route known to be down is
+        not claimed before its retry time, and then one send to it (a probe) goes before the others.
         """
         token, lease_until, claimed = self._claim()
         if not claimed:
             return 0
-        if len(claimed) == 1 or self._settings.concurrency == 1:
-            results = [self._send(p, r, raw, lease_until) for p, r, raw in claimed]
-        else:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._settings.concurrency, thread_name_prefix="bus-send")
-            results = list(
-                self._pool.map(lambda item: self._send(item[0], item[1], item[2], lease_until), claimed)
-            )
-        self._record(token, [outcome for outcome in results if outcome is not None])
+        round_ = _Round()
+        probes: dict[str, _Claimed] = {}
+        rest: list[_Claimed] = []
+        for item in claimed:
+            if item.route in self._down and item.route not in probes:
+                probes[item.route] = item
+            else:
+                rest.append(item)
+        sent = self._send_all(list(probes.values()), lease_until, round_)
+        sent += self._send_all(rest, lease_until, round_)
+        self._note_routes(round_)
+        self._record(token, sent)
         return len(claimed)
 
     # -- the background thread ---------------------------------------------------------

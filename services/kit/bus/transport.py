@@ -16,8 +16,9 @@ __all__ = ["DeliveryError", "EmbeddedTransport", "Transport"]
 class DeliveryError(Exception):
     """The route did not take the event; the relay retries it later.
 
-    `transient` failures (the route is down, slow or overloaded) are retried for as long as
-    it takes and never dead-letter an event; the others count towards `max_attempts`.
+    `transient` failures (the route is down, slow or overloaded) cost no attempt: they are
+    retried within the relay's `transient_max_delay` for as long as it takes and never
+    dead-letter an event. The others (refusals) count towards `max_attempts`.
     """
 
     def __init__(self, message: str, *, transient: bool = False) -> None:
