@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(serve(edge))
     except StartError as error:
         sys.stderr.write(f"poly gateway: {error}\n")
-        return 2
+        return 2 if error.usage else 1
     return 0
 
 

@@ -63,7 +63,14 @@ class _ConnectionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 class StartError(RuntimeError):
-    """The edge cannot start: its routes cannot be loaded, or its port cannot be bound."""
+    """The edge cannot start: its routes cannot be loaded, or its port cannot be bound.
+
+    `usage` tells the two apart: True for what the configuration says (exit status 2), False
+    for what the machine refuses, such as a port in use (exit status 1)."""
+
+    def __init__(self, message: str, *, usage: bool = True) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 class _Signals:
@@ -127,7 +134,11 @@ async def _serve(config: EdgeConfig, routing: Routing, backends: Backends, signa
             try:
                 await web.TCPSite(runner, config.host, config.port).start()
             except OSError as error:
-                raise StartError(f"cannot listen on {config.host}:{config.port}: {error.strerror}") from None
+                raise StartError(
+                    f"cannot listen on {config.host}:{config.port}: {error.strerror}; stop what holds it, "
+                    "or listen elsewhere (--listen HOST:PORT, or POLY_GATEWAY_PORT under poly up)",
+                    usage=False,
+                ) from None
             routes = len(routing.router.routes)
             _log.info("serving", extra={"port": config.port, "routes": routes, "source": _source(config)})
             reloader = asyncio.create_task(_reloads(config, edge, backends, signals.reload))

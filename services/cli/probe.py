@@ -16,7 +16,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.kit import tls
 from services.kit.config import Settings
 
-__all__ = ["edge_status", "health_status", "port_in_use"]
+__all__ = ["NOTHING_LISTENS", "UNTRUSTED", "edge_status", "health_status", "port_in_use"]
+
+NOTHING_LISTENS = "DOWN (nothing listens there)"
+UNTRUSTED = "UNTRUSTED (its certificate is not from this CA: another system's?)"
 
 
 def health_status(settings: Settings, component: str, *, timeout: float = 2.0) -> str:
@@ -28,9 +31,21 @@ def health_status(settings: Settings, component: str, *, timeout: float = 2.0) -
         try:
             response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
         except grpc.RpcError as error:
-            code = error.code() if isinstance(error, grpc.Call) else None
-            return f"UNREACHABLE ({code.name if code else 'error'})"
+            if not isinstance(error, grpc.Call):
+                return "UNREACHABLE (error)"
+            return _failed_call(error.code(), error.details() or "", timeout)
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+def _failed_call(code: grpc.StatusCode, details: str, timeout: float) -> str:
+    """What a failed health check means, in words an operator can act on."""
+    if "CERTIFICATE_VERIFY_FAILED" in details or "certificate verify failed" in details:
+        return UNTRUSTED
+    if "Connection refused" in details:
+        return NOTHING_LISTENS
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"UNREACHABLE (no answer within {timeout:g} s)"
+    return f"UNREACHABLE ({code.name})"
 
 
 def edge_status(settings: Settings, *, timeout: float = 2.0) -> str:
@@ -42,7 +57,12 @@ def edge_status(settings: Settings, *, timeout: float = 2.0) -> str:
     except urllib.error.HTTPError as refused:
         return "NOT_SERVING" if refused.code == 503 else f"UNREACHABLE (HTTP {refused.code})"
     except (OSError, ValueError) as error:
-        return f"UNREACHABLE ({type(error).__name__})"
+        reason = error.reason if isinstance(error, urllib.error.URLError) else error
+        if isinstance(reason, ConnectionRefusedError):
+            return NOTHING_LISTENS
+        if isinstance(reason, TimeoutError):
+            return f"UNREACHABLE (no answer within {timeout:g} s)"
+        return f"UNREACHABLE ({reason})"
 
 
 def port_in_use(host: str, port: int) -> bool:

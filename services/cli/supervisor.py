@@ -73,6 +73,10 @@ def _alone(component: str) -> str:
     return f"{python} -m {_module(component)}"
 
 
+_MAILBOX = "smtp"
+"""The development mailbox, in port checks: it listens on POLY_SMTP_PORT."""
+
+
 def _move_port(component: str) -> str:
     return f"stop what holds it (another `poly up`?) or set POLY_{component.upper()}_PORT to a free port"
 
@@ -181,6 +185,9 @@ class Supervisor:
             return 2
         host = self._settings.server.host
         taken = [name for name in self._children if port_in_use(host, self._port(name))]
+        smtp = self._settings.notifications.smtp
+        if mailbox.wanted(smtp) and port_in_use(smtp.host, smtp.port):
+            taken.append(_MAILBOX)  # else this system's emails would land in another's mailbox
         if taken:
             self._say("poly", self._ports_taken(taken))
             return 1
@@ -229,6 +236,8 @@ class Supervisor:
         return True
 
     def _port(self, name: str) -> int:
+        if name == _MAILBOX:
+            return self._settings.notifications.smtp.port
         try:
             return int(self._settings.peers[name].rpartition(":")[2])
         except ValueError:
@@ -373,6 +382,9 @@ class Supervisor:
     def _shutdown(self) -> bool:
         """SIGTERM every child, SIGKILL what outlives the grace period; True if all exited 0."""
         running = [c for c in self._children.values() if c.process and c.process.poll() is None]
+        # Stopped while starting (Ctrl-C before ready): a service that had not yet installed its
+        # own SIGTERM handler ends by the signal, which is what was asked, not a failure.
+        cancelled = not all(c.ready for c in self._children.values())
         if running:
             self._say("poly", f"stopping {len(running)} services…")
         for child in running:
@@ -395,10 +407,11 @@ class Supervisor:
                 clean = False
                 continue
             self._say("poly", f"{child.name} exited with code {code}{_signal_name(code)}")
-            clean &= code == 0
+            clean &= code == 0 or (cancelled and code == -signal.SIGTERM)
         for child in self._children.values():
             if child.pump is not None:
                 child.pump.join(2.0)  # the last log lines of each child are printed before we go
         if running:
-            self._say("poly", "stopped" if clean else "stopped, not cleanly (exit codes above)")
+            done = "start-up cancelled; stopped" if cancelled else "stopped"
+            self._say("poly", done if clean else f"{done}, not cleanly (exit codes above)")
         return clean

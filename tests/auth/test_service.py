@@ -118,7 +118,8 @@ def test_login_issues_an_eddsa_jwt_with_the_promised_claims(system: Deployment) 
     header = jwt.get_unverified_header(tokens.access_token)
     assert header["alg"] == "EdDSA" and header["kid"]
     claims = jwt.decode(tokens.access_token, options={"verify_signature": False})
-    assert claims["sub"] == user and claims["aud"] == "poly" and claims["iss"] == "http://localhost:8080"
+    edge = f"http://localhost:{system.environ['POLY_GATEWAY_PORT']}"  # the issuer follows the edge's port
+    assert claims["sub"] == user and claims["aud"] == "poly" and claims["iss"] == edge
     assert claims["exp"] - claims["iat"] == 900 and claims["jti"] and claims["roles"] == []
     assert "scope" in claims and claims["sid"]
 
@@ -341,8 +342,9 @@ def test_jwks_and_discovery_document(system: Deployment) -> None:
         k.kty == "OKP" and k.crv == "Ed25519" and k.alg == "EdDSA" and k.x for k in jwks.keys
     )
     document = system.auth().GetOpenIdConfiguration(pb.GetOpenIdConfigurationRequest(), timeout=10)
-    assert document.issuer == "http://localhost:8080"
-    assert document.jwks_uri == "http://localhost:8080/.well-known/jwks.json"
+    edge = f"http://localhost:{system.environ['POLY_GATEWAY_PORT']}"
+    assert document.issuer == edge
+    assert document.jwks_uri == f"{edge}/.well-known/jwks.json"
     assert "client_credentials" in document.grant_types_supported
     assert list(document.id_token_signing_alg_values_supported) == ["EdDSA"]
 

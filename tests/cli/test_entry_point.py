@@ -70,7 +70,7 @@ def test_the_light_paths_import_no_heavy_library(tmp_path: Path, args: list[str]
 
 
 def test_status_loads_grpc_but_no_database_or_certificate_library(tmp_path: Path, certs: Path) -> None:
-    # Nothing runs on the chosen ports: every component is UNREACHABLE, hence status 1.
+    # Nothing runs on the chosen ports: every component is DOWN, hence status 1.
     environ = poly_environ(tmp_path, POLY_TLS_DIR=str(certs))
     assert _loaded(environ, "status") == (1, ["grpc"])
 

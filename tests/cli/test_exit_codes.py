@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.env import poly_environ
+from services.kit import config, db
+from services.orders.__main__ import MIGRATIONS
+from tests.support.env import PYTHON, ROOT, poly_environ, process_environ
 from tests.support.processes import run_module
 
 
@@ -50,7 +52,7 @@ def test_status_without_certificates_exits_1_saying_how_to_make_them(tmp_path: P
 def test_status_with_nothing_running_exits_1_saying_how_to_start_it(tmp_path: Path, certs: Path) -> None:
     result = _poly(poly_environ(tmp_path, POLY_TLS_DIR=str(certs)), "status")
     assert result.returncode == 1
-    assert result.stdout.count("UNREACHABLE") == 6
+    assert result.stdout.count("DOWN (nothing listens there)") == 6
     assert "not SERVING: auth, users, orders, payments, notifications, gateway" in result.stderr
     assert "start the system with `poly up`" in result.stderr
 
@@ -96,3 +98,71 @@ def test_certs_over_half_a_ca_exits_1_saying_how_to_repair_it(tmp_path: Path) ->
     result = _poly(environ, "certs")
     assert result.returncode == 1
     assert "restore the other, or remove the whole directory to start a new CA" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("email", "stdin"),
+    [
+        (b"ada@example.com", b"\xff\xfe-not-utf-8-password\n"),
+        (b"\xffada@example.com", b"violet-harbour-lantern-42\n"),
+    ],
+    ids=["password", "email"],
+)
+@pytest.mark.parametrize("encoding", ["utf-8", "ascii"], ids=["utf8-locale", "c-locale"])
+def test_admin_input_that_is_not_utf8_exits_2_without_a_traceback(
+    tmp_path: Path, email: bytes, stdin: bytes, encoding: str
+) -> None:
+    environ = {**process_environ(poly_environ(tmp_path)), "PYTHONIOENCODING": f"{encoding}:surrogateescape"}
+    if encoding == "utf-8":
+        environ["PYTHONIOENCODING"] = "utf-8"
+    result = subprocess.run(
+        [PYTHON, "-m", "services.cli", "admin", "create", "--email", email, "--password-stdin"],
+        input=stdin,
+        capture_output=True,
+        env=environ,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    stderr = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 2, stderr
+    assert "is not UTF-8 text" in stderr and "Traceback" not in stderr
+
+
+def test_a_crlf_password_line_is_the_password_without_its_line_ending(tmp_path: Path) -> None:
+    environ = poly_environ(tmp_path)
+    created = run_module(
+        "services.cli",
+        environ,
+        "admin",
+        "create",
+        "--email",
+        "crlf@example.com",
+        "--password-stdin",
+        stdin="violet-harbour-lantern-42\r\n",
+    )
+    assert created.returncode == 0, created.stderr
+    again = run_module(
+        "services.cli",
+        environ,
+        "admin",
+        "create",
+        "--email",
+        "crlf@example.com",
+        "--password-stdin",
+        stdin="",
+    )
+    assert again.returncode == 0 and "password unchanged" in again.stdout, again.stdout + again.stderr
+
+
+def test_event_goes_only_with_redrive(tmp_path: Path) -> None:
+    result = _poly(poly_environ(tmp_path), "bus", "status", "orders", "--event", "x")
+    assert result.returncode == 2 and "--event goes with `poly bus redrive`" in result.stderr
+
+
+def test_redrive_of_an_event_that_is_no_dead_letter_exits_1(tmp_path: Path) -> None:
+    environ = poly_environ(tmp_path)
+    db.connect(config.load("orders", environ).db, migrations=MIGRATIONS).dispose()
+    result = _poly(environ, "bus", "redrive", "orders", "--event", "no-such-event")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "no dead letter with id no-such-event; `poly bus dead <service>` lists them" in result.stderr

@@ -9,6 +9,7 @@ are real.
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -268,6 +269,25 @@ def test_bad_configuration_fails_fast_with_a_clear_message(
     done = _exits([*source, f"--backend={service}=127.0.0.1:{backend_port}{transport}"])
     assert done.returncode == 2, done.stderr
     assert expected in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_a_port_in_use_exits_1_saying_how_to_listen_elsewhere(api: dict[int, Path]) -> None:
+    """Not a usage error (2): the configuration is right, the machine refuses."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = _exits(
+            [
+                "--descriptor-set",
+                str(api[1]),
+                f"--backend={SERVICE}=127.0.0.1:1,plaintext",
+                f"--listen=127.0.0.1:{port}",
+            ]
+        )
+    assert done.returncode == 1, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "--listen HOST:PORT" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
 
 

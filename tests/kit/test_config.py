@@ -142,3 +142,19 @@ def test_the_argon2_memory_budget_must_hold_one_hash() -> None:
     with pytest.raises(config.ConfigError) as caught:
         config.load("auth", {"POLY_AUTH_ARGON2_MEMORY_BUDGET_KIB": "32768"})  # the cost is 65536
     assert [p.split(":")[0] for p in caught.value.problems] == ["POLY_AUTH_ARGON2_MEMORY_BUDGET_KIB"]
+
+
+@pytest.mark.parametrize(
+    ("environ", "issuer"),
+    [
+        ({}, "http://localhost:8080"),
+        ({"POLY_GATEWAY_PORT": "8180"}, "http://localhost:8180"),
+        (
+            {"POLY_GATEWAY_PORT": "8180", "POLY_AUTH_ISSUER": "https://id.example.com/"},
+            "https://id.example.com",
+        ),
+    ],
+    ids=["default", "follows-the-edge-port", "explicit-wins"],
+)
+def test_the_token_issuer_is_the_public_edge(environ: dict[str, str], issuer: str) -> None:
+    assert config.load("auth", environ).auth.issuer == issuer

@@ -46,7 +46,7 @@ def test_status_of_a_stopped_system_is_unreachable_and_fails(tmp_path: Path) -> 
     assert _poly(environ, "certs").returncode == 0
     result = _poly(environ, "status")
     assert result.returncode == 1
-    assert result.stdout.count("UNREACHABLE") == len(config.SERVICES) + 1  # and the edge
+    assert result.stdout.count("DOWN (nothing listens there)") == len(config.SERVICES) + 1  # and the edge
 
 
 def test_a_bad_environment_is_refused_with_every_problem(tmp_path: Path) -> None:

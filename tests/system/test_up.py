@@ -21,9 +21,9 @@ import pytest
 from poly.auth.v1 import auth_service_pb2 as auth_pb
 from poly.auth.v1 import auth_service_pb2_grpc
 from services.kit import clients, config
-from tests.support.env import PYTHON, ROOT, poly_environ, process_environ, settings_for
+from tests.support.env import PYTHON, ROOT, free_port, poly_environ, process_environ, settings_for
 from tests.support.identity import PASSWORD
-from tests.support.processes import Process, health_check
+from tests.support.processes import Process, health_check, run_module
 from tests.support.waiting import eventually
 
 BUF = ROOT / "node_modules" / ".bin" / "buf"
@@ -172,7 +172,8 @@ def test_a_second_poly_up_on_the_same_ports_fails_instead_of_claiming_ready(syst
     finally:
         second.stop()
     output = second.output()
-    ports = ", ".join(f"{name} {system.environ[f'POLY_{name.upper()}_PORT']}" for name in COMPONENTS)
+    listening = (*COMPONENTS, "smtp")  # smtp: the development mailbox
+    ports = ", ".join(f"{name} {system.environ[f'POLY_{name.upper()}_PORT']}" for name in listening)
     assert f"poly          | ports in use: {ports}; stop what holds them (another `poly up`?)" in output
     assert "POLY_AUTH_PORT" in output
     assert "all services SERVING" not in output
@@ -222,3 +223,43 @@ def test_the_development_mailbox_keeps_the_welcome_email(system: System) -> None
 
     assert len(eventually(kept, timeout=30, what=f"an .eml file for {email}")) == 1
     system.up.wait_for_line(lambda line: line.startswith("mail") and email in line, timeout=10)
+
+
+def test_a_second_system_on_other_ports_but_the_same_mailbox_port_is_refused(
+    system: System, tmp_path: Path
+) -> None:
+    """Else its emails would land in the first system's mailbox, and its own stay empty."""
+    moved = {f"POLY_{name.upper()}_PORT": str(free_port()) for name in COMPONENTS}
+    environ = {**system.environ, **moved, "POLY_HOME": str(tmp_path)}
+    second = Process.module("services.cli", environ, "up")
+    try:
+        assert second.wait(timeout=60) == 1
+    finally:
+        second.stop()
+    smtp_port = system.environ["POLY_SMTP_PORT"]
+    assert f"port {smtp_port} is in use, so smtp cannot listen there" in second.output()
+    assert "POLY_SMTP_PORT" in second.output()
+
+
+def test_status_with_another_systems_certificates_says_so_in_words(system: System, tmp_path: Path) -> None:
+    """A second checkout's `poly status` while the first system holds the ports."""
+    environ = {**system.environ, "POLY_HOME": str(tmp_path)}
+    assert run_module("services.cli", environ, "certs").returncode == 0
+    result = run_module("services.cli", environ, "status")
+    assert result.returncode == 1
+    assert result.stdout.count("UNTRUSTED (its certificate is not from this CA") == len(config.SERVICES)
+    assert "another CA's certificate answers on these ports" in result.stderr
+    assert "ssl_transport_security" not in result.stdout + result.stderr, "grpc-core's raw line"
+
+
+def test_ctrl_c_during_start_up_stops_everything_without_calling_it_a_failure(tmp_path: Path) -> None:
+    up = Process.module("services.cli", poly_environ(tmp_path), "up")
+    try:
+        up.wait_for_line(lambda line: "migrating" in line, timeout=60)  # services are starting
+        up.signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0, up.output()
+    finally:
+        up.stop()
+    output = up.output()
+    assert "start-up cancelled; stopped" in output, output
+    assert "not cleanly" not in output and "all services SERVING" not in output, output
