@@ -4,11 +4,9 @@ and logged, since the first attempt may already have been sent."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -18,21 +16,11 @@ from services.kit.config import DatabaseSettings
 from services.notifications import store
 from services.notifications.dispatch import Dispatch, DispatchSettings
 from services.notifications.domain import EMAIL, PENDING, SENT, WEBHOOK, Delivery
+from tests.support.clock import Clock
 
 SETTINGS = DispatchSettings(
     max_attempts=4, retry_base_seconds=2.0, retry_max_seconds=60.0, lease_seconds=30.0
 )
-
-
-@dataclass
-class Clock:
-    now: dt.datetime = field(default_factory=lambda: dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += dt.timedelta(seconds=seconds)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

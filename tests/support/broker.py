@@ -13,6 +13,7 @@ import pytest
 
 from services.kit import bus
 from services.kit.bus import topology
+from tests.support.tcp_proxy import TcpProxy
 
 
 def delete_namespace(
@@ -65,3 +66,13 @@ def channels_of(connection_name: str) -> list[int]:
     )
     marker = f'{{"connection_name","{connection_name}"}}'
     return [int(line.rsplit("\t", 1)[-1]) for line in listed.stdout.splitlines() if marker in line]
+
+
+def through_proxy(amqp_url: str) -> tuple[TcpProxy, str]:
+    """A TCP proxy (up) in front of the broker of `amqp_url`, and the URL that goes through it:
+    cutting the proxy is a broker outage as the client sees one."""
+    host_port = amqp_url.rsplit("@", 1)[-1].split("/", 1)[0]
+    host, _, port = host_port.partition(":")
+    proxy = TcpProxy((host, int(port or 5672)))
+    proxy.up()
+    return proxy, amqp_url.replace(host_port, f"127.0.0.1:{proxy.port}")

@@ -22,12 +22,16 @@ def effect_table(metadata: MetaData) -> Table:
     )
 
 
-def record_effect(effects: Table) -> bus.EventHandler:
+def record_effect(
+    effects: Table, event: type[Message] = OrderCreated, *, subject: str = "order"
+) -> bus.EventHandler:
+    """A handler of `event` that records one effect row, keyed by the payload's `subject` field."""
+
     def handler(session: Session, payload: Message, envelope: EventEnvelope) -> None:
-        assert isinstance(payload, OrderCreated)
+        assert isinstance(payload, event)
         session.execute(
             insert(effects).values(
-                event_id=envelope.id, aggregate_id=envelope.aggregate_id, order=payload.order
+                event_id=envelope.id, aggregate_id=envelope.aggregate_id, order=getattr(payload, subject)
             )
         )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated
 from services.kit import bus, db
 from services.kit.config import DatabaseSettings
+from tests.support.clock import Clock
 from tests.support.effects import effect_table, record_effect
 
 __all__ = [
@@ -76,17 +76,6 @@ def bus_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BusDb]:
         yield made
     finally:
         made.engine.dispose()
-
-
-@dataclass
-class Clock:
-    now: dt.datetime = field(default_factory=lambda: dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += dt.timedelta(seconds=seconds)
 
 
 @dataclass

@@ -19,8 +19,7 @@ from services.kit import bus
 from services.kit.bus import topology
 from services.kit.bus.broker import LoopThread
 from tests.kit.bus.conftest import BusDb, Clock, publish, record_effect
-from tests.support.broker import channels_of, delete_namespace
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.broker import channels_of, delete_namespace, through_proxy
 from tests.support.waiting import eventually
 
 
@@ -111,15 +110,11 @@ def test_across_a_broker_outage_publishes_commit_drain_once_and_leave_one_channe
     bus_db: BusDb, amqp_url: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
-    host_port = amqp_url.rsplit("@", 1)[-1].split("/", 1)[0]
-    host, _, port = host_port.partition(":")
-    proxy = TcpProxy((host, int(port or 5672)))
-    proxy.up()
-    through_proxy = amqp_url.replace(host_port, f"127.0.0.1:{proxy.port}")
+    proxy, proxied_url = through_proxy(amqp_url)
     consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: record_effect(bus_db.effects)})
     intake = bus.BrokerConsumer(amqp_url, "payments", consumer, prefix=prefix)  # the consumer's own link
     publisher = f"{prefix} publisher"
-    transport = bus.BrokerTransport(through_proxy, prefix=prefix, timeout=2, name=publisher)
+    transport = bus.BrokerTransport(proxied_url, prefix=prefix, timeout=2, name=publisher)
     intake.start()
     relay = bus.Relay(
         bus_db.engine,

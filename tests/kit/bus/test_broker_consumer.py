@@ -14,8 +14,7 @@ import pytest
 from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated
 from services.kit import bus
 from tests.kit.bus.conftest import BusDb, publish, record_effect
-from tests.support.broker import channels_of, delete_namespace
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.broker import channels_of, delete_namespace, through_proxy
 from tests.support.waiting import eventually
 
 ORDER_CREATED = "poly.events.v1.OrderCreated"
@@ -64,14 +63,10 @@ def test_after_an_outage_the_consumer_is_back_on_one_channel_without_error_logs(
     bus_db: BusDb, amqp_url: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
-    host_port = amqp_url.rsplit("@", 1)[-1].split("/", 1)[0]
-    host, _, port = host_port.partition(":")
-    proxy = TcpProxy((host, int(port or 5672)))
-    proxy.up()
-    through_proxy = amqp_url.replace(host_port, f"127.0.0.1:{proxy.port}")
+    proxy, proxied_url = through_proxy(amqp_url)
     consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: record_effect(bus_db.effects)})
     name = f"{prefix} payments consumer"
-    intake = bus.BrokerConsumer(through_proxy, "payments", consumer, prefix=prefix)
+    intake = bus.BrokerConsumer(proxied_url, "payments", consumer, prefix=prefix)
     transport = bus.BrokerTransport(amqp_url, prefix=prefix)  # the publisher's own link
     outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.broker_routing())
     relay = bus.Relay(bus_db.engine, bus_db.tables, transport)

@@ -19,15 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from google.protobuf.message import Message
-from sqlalchemy import Table, insert
-from sqlalchemy.orm import Session
 
 from poly.events.v1.events_pb2 import EventEnvelope, UserRegistered
 from services.kit import bus, db
 from services.kit.bus import contract
 from tests.kit.bus.conftest import BusDb, make_bus_db
 from tests.support.broker import delete_namespace
+from tests.support.effects import record_effect
 from tests.support.waiting import eventually
 
 USER_REGISTERED = "poly.events.v1.UserRegistered"
@@ -40,18 +38,6 @@ def prefix(amqp_url: str) -> Iterator[str]:
     name = f"polytest-{uuid.uuid4().hex[:10]}"
     yield name
     delete_namespace(amqp_url, name)
-
-
-def _record_registration(effects: Table) -> bus.EventHandler:
-    def handle(session: Session, payload: Message, envelope: EventEnvelope) -> None:
-        assert isinstance(payload, UserRegistered)
-        session.execute(
-            insert(effects).values(
-                event_id=envelope.id, aggregate_id=envelope.aggregate_id, order=payload.user
-            )
-        )
-
-    return handle
 
 
 def test_the_contract_names_three_consumers_of_user_registered() -> None:
@@ -91,9 +77,8 @@ def test_consumers_started_late_in_any_order_each_apply_every_event_once(
         for batch, service in enumerate(order, start=1):
             consumers[service] = make_bus_db(f"sqlite:///{tmp_path / f'{service}.db'}")
             side = consumers[service]
-            consumer = bus.Consumer(
-                side.factory, side.tables, {UserRegistered: _record_registration(side.effects)}
-            )
+            handler = record_effect(side.effects, UserRegistered, subject="user")
+            consumer = bus.Consumer(side.factory, side.tables, {UserRegistered: handler})
             started.append(bus.BrokerConsumer(amqp_url, service, consumer, prefix=prefix))
             started[-1].start()
             assert started[-1].ready.is_set()

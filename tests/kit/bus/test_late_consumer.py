@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from google.protobuf.message import Message
-from sqlalchemy import Table, func, insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
 
-from poly.events.v1.events_pb2 import EventEnvelope, OrderCancelled
+from poly.events.v1.events_pb2 import OrderCancelled
 from services.kit import bus, clients, config, db, server
 from services.kit.bus import contract
 from tests.kit.bus.conftest import BusDb, make_bus_db
+from tests.support.effects import record_effect
 from tests.support.env import free_port, settings_for
 from tests.support.waiting import eventually
 
@@ -32,18 +31,6 @@ CONSUMERS = ("notifications", "payments")
 EVENTS, AGGREGATES, PER_TRANSACTION = 30, 3, 5
 MAX_ATTEMPTS = 3
 """Deliveries to the late consumer are retried well past this: UNAVAILABLE never dead-letters."""
-
-
-def _record_cancellation(effects: Table) -> bus.EventHandler:
-    def handle(session: Session, payload: Message, envelope: EventEnvelope) -> None:
-        assert isinstance(payload, OrderCancelled)
-        session.execute(
-            insert(effects).values(
-                event_id=envelope.id, aggregate_id=envelope.aggregate_id, order=payload.order
-            )
-        )
-
-    return handle
 
 
 @dataclass
@@ -62,7 +49,7 @@ class Bus:
         consumer = bus.Consumer(
             consumer_db.factory,
             consumer_db.tables,
-            {OrderCancelled: _record_cancellation(consumer_db.effects)},
+            {OrderCancelled: record_effect(consumer_db.effects, OrderCancelled)},
         )
         sink = bus.EventSinkServicer(
             consumer, consumer_db.factory, consumer_db.tables, service=name, services=config.SERVICES
