@@ -4,6 +4,7 @@ and the broker's own view of a connection (how many channels it has), by connect
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import subprocess
@@ -76,3 +77,12 @@ def through_proxy(amqp_url: str) -> tuple[TcpProxy, str]:
     proxy = TcpProxy((host, int(port or 5672)))
     proxy.up()
     return proxy, amqp_url.replace(host_port, f"127.0.0.1:{proxy.port}")
+
+
+def expected_during_an_outage(record: logging.LogRecord) -> bool:
+    """aiormq's own error line for each refused connection attempt while the broker is away
+    (at most one per reconnect back-off, not one per publish): the one error-level line an
+    outage may leave."""
+    return record.name == "aiormq.connection" and record.getMessage().startswith(
+        "error when creating transport"
+    )

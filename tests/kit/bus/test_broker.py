@@ -19,7 +19,7 @@ from services.kit import bus
 from services.kit.bus import topology
 from services.kit.bus.broker import LoopThread
 from tests.kit.bus.conftest import BusDb, Clock, publish, record_effect
-from tests.support.broker import channels_of, delete_namespace, through_proxy
+from tests.support.broker import channels_of, delete_namespace, expected_during_an_outage, through_proxy
 from tests.support.waiting import eventually
 
 
@@ -98,14 +98,6 @@ def test_a_poison_event_goes_to_the_dead_letter_queue_and_is_redriven(
         intake.stop()
 
 
-def _expected_during_an_outage(record: logging.LogRecord) -> bool:
-    """aiormq's own line for each refused connection attempt while the broker is away (at
-    most one per back-off interval of the transport, not one per publish)."""
-    return record.name == "aiormq.connection" and record.getMessage().startswith(
-        "error when creating transport"
-    )
-
-
 def test_across_a_broker_outage_publishes_commit_drain_once_and_leave_one_channel(
     bus_db: BusDb, amqp_url: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -142,10 +134,10 @@ def test_across_a_broker_outage_publishes_commit_drain_once_and_leave_one_channe
         assert bus_db.effect_order("orders/A") == [f"orders/A#{i}" for i in range(25)]
         assert channels_of(publisher) == [1], "one connection with one channel, as before the outage"
         errors = [
-            r for r in caplog.records if r.levelno >= logging.ERROR and not _expected_during_an_outage(r)
+            r for r in caplog.records if r.levelno >= logging.ERROR and not expected_during_an_outage(r)
         ]
         assert errors == [], "an expected reconnect logs no error"
-        refused = [r for r in caplog.records if _expected_during_an_outage(r)]
+        refused = [r for r in caplog.records if expected_during_an_outage(r)]
         assert len(refused) < relay.metrics.total("retried"), (
             "connection attempts are spaced, not one per send"
         )
