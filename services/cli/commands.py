@@ -194,6 +194,12 @@ def run_bus(action: str, service: str, events: list[str] | None) -> int:
                 "was re-driven, the broker's dead-letter queue was not: start RabbitMQ or fix "
                 "POLY_BUS_URL, then run this again",
             )
+        except Exception as error:  # noqa: BLE001 - the broker answered but refused a move: say so
+            return _fail(
+                "bus",
+                f"the broker refused to move a dead letter ({type(error).__name__}: {error}); what was "
+                "not moved stays in the dead-letter queue: check `poly bus declare`, then run this again",
+            )
         dead_queue = bus.dead_queue_name(service, settings.bus.prefix)
         print(f"moved {moved} message(s) from {dead_queue} back to its queue")
     return status

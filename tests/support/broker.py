@@ -86,3 +86,26 @@ def expected_during_an_outage(record: logging.LogRecord) -> bool:
     return record.name == "aiormq.connection" and record.getMessage().startswith(
         "error when creating transport"
     )
+
+
+def delete_queue(amqp_url: str, name: str) -> None:
+    """Delete queue `name`, as an operator's mistake would."""
+
+    async def go() -> None:
+        connection = await aio_pika.connect(amqp_url, timeout=10)
+        async with connection:
+            await (await connection.channel()).queue_delete(name)
+
+    asyncio.run(go())
+
+
+def ready_count(amqp_url: str, name: str) -> int:
+    """Messages waiting in queue `name`."""
+
+    async def go() -> int:
+        connection = await aio_pika.connect(amqp_url, timeout=10)
+        async with connection:
+            queue = await (await connection.channel()).declare_queue(name, passive=True)
+            return int(queue.declaration_result.message_count or 0)
+
+    return asyncio.run(go())

@@ -8,6 +8,10 @@ consumes, and ``poly bus declare`` from a deploy job. So a consumer's queue exis
 collects its events from the moment any service has run, however late that consumer starts.
 
 `BrokerTransport` is the relay's side: a publish counts only once the broker confirms it.
+Each delivery is one consumer's (the outbox routes an event to each of its consumers, as on
+the embedded transport) and is published straight to that consumer's queue, so a queue that
+is missing is noticed for exactly the consumer it belongs to, even while the event's other
+consumers still receive it; a fan-out through the family exchange would drop it silently.
 It owns one plain (not robust) connection with one channel, and rebuilds both after a
 failure, trying at most once per short back-off while the broker is away: aio-pika's robust
 connection would keep every channel opened during an outage and reopen them all on
@@ -40,10 +44,14 @@ from services.kit.bus.topology import exchange_name
 from services.kit.bus.transport import DeliveryError
 from services.kit.config import redact_url
 
-__all__ = ["BrokerTransport", "LoopThread"]
+__all__ = ["LEGACY_ROUTE", "BrokerTransport", "LoopThread"]
 
 _log = logging.getLogger("poly.bus.broker")
 _T = TypeVar("_T")
+
+LEGACY_ROUTE = "broker"
+"""The one route every broker delivery had before routes named consumers: still sent, through
+the family exchange (fan-out by binding), so an outbox of the previous version drains."""
 
 _RECONNECT_BASE = 0.25
 _RECONNECT_MAX = 2.0
@@ -92,7 +100,7 @@ class _Unroutable(Exception):
 
 
 class BrokerTransport:
-    """Publishes each event to its family exchange with publisher confirms.
+    """Publishes each delivery to its consumer's queue with publisher confirms.
 
     Every failure is transient (`DeliveryError.transient`): the relay retries it until it
     goes through and never dead-letters it. That includes an event the broker still returns
@@ -175,20 +183,20 @@ class BrokerTransport:
                 self._link = None
         await _close_quietly(link.connection)
 
-    async def _publish(self, envelope: EventEnvelope) -> None:
+    async def _publish(self, route: str, envelope: EventEnvelope) -> None:
         link = await self._current()
         try:
             try:
-                await self._publish_on(link, envelope)
-            except aio_pika.exceptions.PublishError:  # returned: no queue is bound for the type
-                await self._unroutable(link, envelope)
+                await self._publish_on(link, route, envelope)
+            except aio_pika.exceptions.PublishError:  # returned: the consumer's queue is missing
+                await self._unroutable(link, route, envelope)
         except (aio_pika.exceptions.DeliveryError, _Unroutable):
             raise  # the broker answered: the link is sound
         except BaseException:
             await self._drop(link)
             raise
 
-    async def _publish_on(self, link: _Link, envelope: EventEnvelope) -> None:
+    async def _publish_on(self, link: _Link, route: str, envelope: EventEnvelope) -> None:
         message = aio_pika.Message(
             body=envelope.SerializeToString(),
             message_id=envelope.id,
@@ -197,33 +205,40 @@ class BrokerTransport:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             headers={"aggregate_id": envelope.aggregate_id, "source": envelope.source},
         )
-        exchange = link.exchanges[exchange_name(envelope.type, self._prefix)]
-        await exchange.publish(message, routing_key=envelope.type, mandatory=True, timeout=self._timeout)
+        if route == LEGACY_ROUTE:  # a delivery recorded before routes named consumers: fan out
+            exchange = link.exchanges[exchange_name(envelope.type, self._prefix)]
+            await exchange.publish(message, routing_key=envelope.type, mandatory=True, timeout=self._timeout)
+            return
+        # The default exchange routes by queue name: this consumer's queue, or returned.
+        queue = topology.queue_name(route, self._prefix)
+        await link.channel.default_exchange.publish(
+            message, routing_key=queue, mandatory=True, timeout=self._timeout
+        )
 
-    async def _unroutable(self, link: _Link, envelope: EventEnvelope) -> None:
-        """The broker returned an event its consumers' queues should have taken: raise the
+    async def _unroutable(self, link: _Link, route: str, envelope: EventEnvelope) -> None:
+        """The broker returned an event a consumer's queue should have taken: raise the
         alarm, declare the topology again and publish once more at once."""
-        consumers = sorted(contract.consumers_of(envelope.type))
+        consumers = sorted(contract.consumers_of(envelope.type)) if route == LEGACY_ROUTE else [route]
         self.metrics.add("unroutable", envelope.type)
         facts = {"event_id": envelope.id, "event_type": envelope.type, "missing_consumers": consumers}
         _log.error(
-            "event unroutable: no queue of its consumers is bound; declaring the topology again", extra=facts
+            "event unroutable: its consumer's queue is missing; declaring the topology again", extra=facts
         )
         declared = await topology.declare(link.channel, self._prefix, timeout=self._timeout)
         link.exchanges = declared.exchanges
         try:
-            await self._publish_on(link, envelope)
+            await self._publish_on(link, route, envelope)
         except aio_pika.exceptions.PublishError:
             _log.error("event still unroutable after declaring the topology again", extra=facts)
             raise _Unroutable(
-                f"{envelope.type} is unroutable: no queue of {', '.join(consumers)} is bound to "
-                f"{exchange_name(envelope.type, self._prefix)}, even after declaring the topology again"
+                f"{envelope.type} is unroutable: no queue of {', '.join(consumers)} takes it, "
+                "even after declaring the topology again"
             ) from None
         _log.warning("event routed after declaring the topology again", extra=facts)
 
     def send(self, route: str, envelope: EventEnvelope) -> None:
         try:
-            self._loop.run(self._publish(envelope), self._timeout)
+            self._loop.run(self._publish(route, envelope), self._timeout)
         except _Unroutable as error:
             raise DeliveryError(f"{route}: {error}", transient=True) from None
         except aio_pika.exceptions.DeliveryError:  # a nack: the broker did not take it

@@ -21,7 +21,12 @@ import threading
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+)
 from google.protobuf.message import DecodeError
 
 from poly.events.v1.events_pb2 import EventEnvelope
@@ -34,6 +39,9 @@ from services.kit.config import redact_url
 __all__ = ["REASON_HEADER", "SOURCE_MISMATCH", "BrokerConsumer", "redrive_dead_queue"]
 
 _log = logging.getLogger("poly.bus.broker")
+
+_RECONNECT_MAX = 2.0
+"""Longest wait between the consumer's connection attempts while the broker is away (seconds)."""
 
 REASON_HEADER = "x-poly-reason"
 """Header of a message the consumer refused and dead-lettered itself: why (UPPER_SNAKE)."""
@@ -131,7 +139,7 @@ class BrokerConsumer:
                     extra={"url": redact_url(self._url), "error": type(error).__name__},
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, _RECONNECT_MAX)
 
     async def _setup(self) -> None:
         connection = await aio_pika.connect_robust(
@@ -139,6 +147,9 @@ class BrokerConsumer:
             timeout=10,
             client_properties={"connection_name": self._name},
             connection_class=_RobustConnection,
+            # Back within a second of the broker: the relays retry within 2 s, so a backlog
+            # drains as soon as both ends are back (aio-pika's default waits 5 s).
+            reconnect_interval=_RECONNECT_MAX / 2,
         )
         try:
             await self._declare_and_consume(connection)
@@ -290,7 +301,9 @@ def redrive_dead_queue(url: str, service: str, *, prefix: str = "poly", limit: i
     async def move() -> int:
         connection = await aio_pika.connect(url, timeout=10)
         async with connection:
-            channel = await connection.channel(publisher_confirms=True)
+            # A returned message raises, so one is never acknowledged here unless it landed.
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            await topology.declare(channel, prefix)  # the service's queue exists to move them to
             dead = await channel.declare_queue(
                 dead_queue_name(service, prefix), durable=True, arguments=topology.dead_queue_arguments()
             )
@@ -301,20 +314,31 @@ def redrive_dead_queue(url: str, service: str, *, prefix: str = "poly", limit: i
                 if message is None:
                     break
                 refused = _header(message, REASON_HEADER) in _REFUSALS
-                await channel.default_exchange.publish(
-                    aio_pika.Message(
-                        body=message.body,
-                        message_id=message.message_id,
-                        type=message.type,
-                        content_type=message.content_type,
-                        headers=dict(message.headers or {}),
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    ),
-                    # A refused message goes to the back of the dead-letter queue, not home.
-                    routing_key=dead.name if refused else queue_name(service, prefix),
-                )
+                try:
+                    await _move(channel, message, dead.name if refused else queue_name(service, prefix))
+                except BaseException:
+                    await message.nack(requeue=True)  # stays dead, for the next redrive
+                    raise
                 await message.ack()
                 moved += 0 if refused else 1
             return moved
 
     return asyncio.run(move())
+
+
+async def _move(channel: AbstractChannel, message: AbstractIncomingMessage, queue: str) -> None:
+    """Publish a copy of `message` to `queue` through the default exchange; raises if the
+    broker returns it (no such queue) or does not confirm it."""
+    await channel.default_exchange.publish(
+        aio_pika.Message(
+            body=message.body,
+            message_id=message.message_id,
+            type=message.type,
+            content_type=message.content_type,
+            headers=dict(message.headers or {}),
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        ),
+        # A refused message goes to the back of the dead-letter queue, not home.
+        routing_key=queue,
+        mandatory=True,
+    )

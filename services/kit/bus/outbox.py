@@ -41,15 +41,17 @@ def consumer_routing() -> Routing:
 
 
 def broker_routing(route: str = "broker") -> Routing:
-    """Broker transport: an event some service consumes goes to the broker, which fans it
-    out to the consumers' queues; an event nobody consumes is recorded and goes nowhere."""
+    """One route named `route` for every consumed type: how broker deliveries were routed
+    before routes named consumers (the broker fanned each out); kept for tests of the relay
+    that need a single route. An event nobody consumes goes nowhere."""
     return lambda _session, event_type: [route] if contract.consumers_of(event_type) else []
 
 
 def routing(settings: BusSettings) -> Routing:
-    """The routing of the transport `settings` choose: the broker when ``settings.url`` is
-    set, the declared consumers otherwise (the relay and any other publisher must agree)."""
-    return broker_routing() if settings.url else consumer_routing()
+    """One route per declared consumer, on both transports: the embedded relay pushes to the
+    consumer's EventSink, the broker transport publishes to the consumer's queue, so either
+    way a consumer that is missing holds back its own deliveries and nobody else's."""
+    return consumer_routing()
 
 
 class Outbox:

@@ -8,18 +8,24 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
 from google.protobuf.message import Message
 from sqlalchemy.orm import Session
 
-from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated
+from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated, UserRegistered
 from services.kit import bus
 from services.kit.bus import topology
 from services.kit.bus.broker import LoopThread
 from tests.kit.bus.conftest import BusDb, Clock, publish, record_effect
-from tests.support.broker import channels_of, delete_namespace, expected_during_an_outage, through_proxy
+from tests.support.broker import (
+    channels_of,
+    delete_namespace,
+    delete_queue,
+    expected_during_an_outage,
+    ready_count,
+    through_proxy,
+)
 from tests.support.waiting import eventually
 
 
@@ -32,6 +38,7 @@ def prefix(amqp_url: str) -> Iterator[str]:
 
 
 ORDER_CREATED = "poly.events.v1.OrderCreated"
+USER_REGISTERED = "poly.events.v1.UserRegistered"
 
 
 def _until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -154,27 +161,6 @@ def _envelope(event_id: str) -> EventEnvelope:
     return envelope
 
 
-def _delete_queue(amqp_url: str, name: str) -> None:
-    async def go() -> None:
-        connection = await aio_pika.connect(amqp_url, timeout=10)
-        async with connection:
-            await (await connection.channel()).queue_delete(name)
-
-    asyncio.run(go())
-
-
-def _ready(amqp_url: str, name: str) -> int:
-    """Messages waiting in queue `name`."""
-
-    async def go() -> int:
-        connection = await aio_pika.connect(amqp_url, timeout=10)
-        async with connection:
-            queue = await (await connection.channel()).declare_queue(name, passive=True)
-            return int(queue.declaration_result.message_count or 0)
-
-    return asyncio.run(go())
-
-
 def test_an_event_whose_consumers_queues_vanished_raises_the_alarm_and_is_delivered(
     amqp_url: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -182,14 +168,47 @@ def test_an_event_whose_consumers_queues_vanished_raises_the_alarm_and_is_delive
     transport = bus.BrokerTransport(amqp_url, prefix=prefix)
     try:
         transport.send("broker", _envelope("before"))  # connects and declares the topology
-        _delete_queue(amqp_url, bus.queue_name("payments", prefix))  # an operator's mistake
+        delete_queue(amqp_url, bus.queue_name("payments", prefix))  # an operator's mistake
         transport.send("broker", _envelope("after"))  # returned, declared again, published again
         assert transport.metrics.total("unroutable") == 1
         alarms = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert [(r.event_type, r.missing_consumers) for r in alarms] == [  # type: ignore[attr-defined]
             (ORDER_CREATED, ["payments"])
         ]
-        assert _ready(amqp_url, bus.queue_name("payments", prefix)) == 1, "the queue is back, with the event"
+        payments = bus.queue_name("payments", prefix)
+        assert ready_count(amqp_url, payments) == 1, "the queue is back, with the event"
+    finally:
+        transport.close()
+
+
+def test_one_consumers_missing_queue_is_noticed_while_the_others_still_receive(
+    amqp_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """UserRegistered has three consumers and each gets its own delivery, published to its own
+    queue: with notifications' queue gone, users and payments still receive, and the delivery
+    to notifications raises the alarm instead of vanishing (a fan-out would have dropped it)."""
+    caplog.set_level(logging.WARNING, logger="poly.bus.broker")
+    transport = bus.BrokerTransport(amqp_url, prefix=prefix)
+
+    def registered(event_id: str) -> EventEnvelope:
+        envelope = EventEnvelope(id=event_id, type=USER_REGISTERED, aggregate_id="users/U", source="auth")
+        envelope.payload.Pack(UserRegistered(user="users/U", email="u@example.com"))
+        return envelope
+
+    consumers = ("users", "payments", "notifications")
+    try:
+        for consumer in consumers:
+            transport.send(consumer, registered("first"))
+        delete_queue(amqp_url, bus.queue_name("notifications", prefix))  # an operator's mistake
+        for consumer in consumers:
+            transport.send(consumer, registered("second"))
+        assert transport.metrics.total("unroutable") == 1
+        alarms = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert [(r.event_type, r.missing_consumers) for r in alarms] == [  # type: ignore[attr-defined]
+            (USER_REGISTERED, ["notifications"])
+        ]
+        waiting = {name: ready_count(amqp_url, bus.queue_name(name, prefix)) for name in consumers}
+        assert waiting == {"users": 2, "payments": 2, "notifications": 1}, "its second, once re-declared"
     finally:
         transport.close()
 
@@ -211,7 +230,7 @@ def test_an_event_still_unroutable_after_declaring_again_stays_pending_never_dea
         bus_db.engine, bus_db.tables, transport, settings=bus.RelaySettings(max_attempts=2), clock=clock
     )
     try:
-        with pytest.raises(bus.DeliveryError, match="no queue of payments is bound") as refused:
+        with pytest.raises(bus.DeliveryError, match="no queue of payments takes it") as refused:
             transport.send("broker", _envelope("lost-queue"))
         assert refused.value.transient, "retried until the topology is back, never dead-lettered"
         outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.broker_routing(), clock=clock)
@@ -224,7 +243,8 @@ def test_an_event_still_unroutable_after_declaring_again_stays_pending_never_dea
         monkeypatch.setattr(topology, "declare", declare)  # the deleting stopped
         assert relay.run_once() == 1
         assert bus.state_counts(bus_db.engine, bus_db.tables) == {bus.DELIVERED: 1}
-        assert _ready(amqp_url, bus.queue_name("payments", prefix)) == 1, "delivered once the queue stayed"
+        payments = bus.queue_name("payments", prefix)
+        assert ready_count(amqp_url, payments) == 1, "delivered once the queue stayed"
     finally:
         transport.close()
 

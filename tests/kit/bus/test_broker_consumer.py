@@ -14,7 +14,14 @@ import pytest
 from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated
 from services.kit import bus
 from tests.kit.bus.conftest import BusDb, publish, record_effect
-from tests.support.broker import channels_of, delete_namespace, expected_during_an_outage, through_proxy
+from tests.support.broker import (
+    channels_of,
+    delete_namespace,
+    delete_queue,
+    expected_during_an_outage,
+    ready_count,
+    through_proxy,
+)
 from tests.support.waiting import eventually
 
 ORDER_CREATED = "poly.events.v1.OrderCreated"
@@ -121,6 +128,12 @@ def test_an_undecodable_message_goes_to_the_dead_letter_queue(
         eventually(lambda: asyncio.run(dead_count()) == 1, what="the message in the dead-letter queue")
     finally:
         intake.stop()
+    # With the consumer gone and its queue deleted by hand, a redrive re-creates the queue and
+    # moves the message into it: never acknowledged into nowhere.
+    delete_queue(amqp_url, bus.queue_name("payments", prefix))
+    assert bus.redrive_dead_queue(amqp_url, "payments", prefix=prefix) == 1
+    assert ready_count(amqp_url, bus.queue_name("payments", prefix)) == 1
+    assert asyncio.run(dead_count()) == 0
 
 
 def _publish_raw(amqp_url: str, prefix: str, envelope: EventEnvelope, headers: dict[str, str]) -> None:
