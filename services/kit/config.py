@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import poly
 from services.kit.types import Environ
@@ -332,6 +333,16 @@ class _Reader:
         return self._parsed(name, default, parse, "true or false")
 
 
+def _is_broker_url(url: str) -> bool:
+    """An AMQP URL a client can dial: the scheme, a host, and a port if one is given."""
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or 0 < parts.port < 65536  # .port raises on junk
+    except ValueError:
+        return False
+    return parts.scheme in {"amqp", "amqps"} and bool(parts.hostname) and port_ok
+
+
 def load(service: str, environ: Environ | None = None) -> Settings:
     """Build the settings of `service` (a name from `COMPONENTS`) from the environment."""
     env = _Reader(os.environ if environ is None else environ)
@@ -453,9 +464,10 @@ def load(service: str, environ: Environ | None = None) -> Settings:
     currency = settings.payments.default_currency
     if not re.fullmatch(r"[A-Z]{3}", currency):
         env.problems.append(f"POLY_PAYMENTS_DEFAULT_CURRENCY: expected an ISO 4217 code, got {currency!r}")
-    if settings.bus.url and not settings.bus.url.startswith(("amqp://", "amqps://")):
+    if settings.bus.url and not _is_broker_url(settings.bus.url):
         env.problems.append(
-            f"POLY_BUS_URL: expected amqp:// or amqps://, got {redact_url(settings.bus.url)!r}"
+            "POLY_BUS_URL: expected amqp://[user:password@]host[:port][/vhost] (or amqps://), "
+            f"got {redact_url(settings.bus.url)!r}"
         )
     if not settings.auth.issuer.startswith(("https://", "http://")):
         env.problems.append(f"POLY_AUTH_ISSUER: expected an http(s) URL, got {settings.auth.issuer!r}")

@@ -158,3 +158,20 @@ def test_the_argon2_memory_budget_must_hold_one_hash() -> None:
 )
 def test_the_token_issuer_is_the_public_edge(environ: dict[str, str], issuer: str) -> None:
     assert config.load("auth", environ).auth.issuer == issuer
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["amqp://h:abc/", "amqp://", "amqp://guest:guest@[::1:5672/", "http://rabbit:5672/", "amqp://h:70000/"],
+    ids=["port-not-a-number", "no-host", "broken-ipv6", "not-amqp", "port-out-of-range"],
+)
+def test_a_broker_url_no_client_can_dial_is_a_configuration_problem(url: str) -> None:
+    with pytest.raises(config.ConfigError, match="POLY_BUS_URL: expected amqp://"):
+        config.load("orders", {"POLY_BUS_URL": url})
+
+
+@pytest.mark.parametrize(
+    "url", ["amqp://guest:guest@127.0.0.1:5672/", "amqps://rabbit.internal/prod", "amqp://[::1]:5672/"]
+)
+def test_broker_urls_clients_can_dial_are_taken(url: str) -> None:
+    assert config.load("orders", {"POLY_BUS_URL": url}).bus.url == url
