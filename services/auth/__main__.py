@@ -7,14 +7,14 @@ from poly.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from services.auth import events, keys, passwords, store, tokens
 from services.auth.domain import IdentityProvider
 from services.auth.service import AuthServicer
-from services.kit import authn, authz, bus, config, db, logs, server
+from services.kit import authn, authz, bus, config, db, server, telemetry
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 def main() -> None:
     settings = config.load_or_exit("auth")
-    logs.setup(settings.service, settings.log_level)
+    telemetry.setup_or_exit(settings)
     engine = db.connect_or_exit(settings.db, migrations=MIGRATIONS)
     try:
         events_node = bus.node(settings, engine, store.BUS, events.HANDLERS)

@@ -21,7 +21,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from poly.options.v1 import options_pb2
-from services.kit import tls
+from services.kit import telemetry, tls
 from services.kit.config import Settings, TlsSettings
 
 __all__ = [
@@ -110,7 +110,7 @@ def channel(
     default deadlines and which methods retry (`service_config`).
     """
     config = service_config(deadline_seconds=settings.client_deadline_seconds, services=services)
-    return grpc.secure_channel(
+    raw = grpc.secure_channel(
         _target(settings.peers[peer]),
         tls.channel_credentials(tls_settings or settings.tls),
         options=[
@@ -123,6 +123,8 @@ def channel(
             ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ],
     )
+    observed = telemetry.installed()
+    return observed.instrument(raw) if observed is not None else raw
 
 
 class Channels:

@@ -19,6 +19,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 import poly
+from services.kit.telemetry_settings import DEFAULT_METRICS_PORTS, TelemetrySettings, read_telemetry
 from services.kit.types import Environ
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "BusSettings",
     "ConfigError",
     "COMPONENTS",
+    "DEFAULT_METRICS_PORTS",
     "DEFAULT_PORTS",
     "SERVICES",
     "Backend",
@@ -37,6 +39,7 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "SmtpSettings",
+    "TelemetrySettings",
     "TlsSettings",
     "load",
     "load_or_exit",
@@ -281,6 +284,7 @@ class Settings:
     notifications: NotificationsSettings = NotificationsSettings()
     payments: PaymentsSettings = PaymentsSettings()
     gateway: GatewaySettings | None = None
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
 
 class _Reader:
@@ -455,6 +459,7 @@ def load(service: str, environ: Environ | None = None) -> Settings:
             default_currency=env.text("POLY_PAYMENTS_DEFAULT_CURRENCY", "EUR").upper(),
         ),
         gateway=_gateway_settings(env, peers) if service == "gateway" else None,
+        telemetry=read_telemetry(env, service, home, DEFAULT_METRICS_PORTS.get(service, 0)),
     )
     smtp = settings.notifications.smtp
     if smtp.security not in ("none", "starttls", "tls"):

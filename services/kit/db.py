@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session, SessionTransaction, mapped_column, sessionma
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
 
+from services.kit import telemetry
 from services.kit.backoff import backoff_seconds
 from services.kit.config import DatabaseSettings, redact_url
 from services.kit.errors import Unavailable
@@ -48,6 +49,7 @@ _R = TypeVar("_R")
 
 __all__ = [
     "CreatedAt",
+    "pool_gauges",
     "DatabaseError",
     "CurrencyCode",
     "Id",
@@ -322,12 +324,32 @@ def connect(settings: DatabaseSettings, *, migrations: Path | None = None) -> En
 
 
 def connect_or_exit(settings: DatabaseSettings, *, migrations: Path | None = None) -> Engine:
-    """`connect`, or log the one-line reason and exit with status 1 (for entry points)."""
+    """`connect`, or log the one-line reason and exit with status 1 (for entry points).
+    The engine's pool is reported in the process's metrics (``poly_db_pool_*``)."""
     try:
-        return connect(settings, migrations=migrations)
+        bound = connect(settings, migrations=migrations)
     except DatabaseError as error:
         _log.error(str(error))
         raise SystemExit(1) from None
+    observed = telemetry.installed()
+    if observed is not None:
+        observed.add_gauges(pool_gauges(bound))
+    return bound
+
+
+def pool_gauges(bound: Engine) -> dict[str, tuple[str, Callable[[], float | None]]]:
+    """The pool's state, read at scrape time (pools without a size, e.g. SQLite's in-memory
+    StaticPool, report nothing)."""
+    pool: Any = bound.pool
+
+    def read(method: str, low: float | None = None) -> Callable[[], float | None]:
+        return lambda: max(low, getattr(pool, method)()) if low is not None else getattr(pool, method)()
+
+    return {
+        "poly_db_pool_checked_out": ("Connections in use by a transaction.", read("checkedout")),
+        "poly_db_pool_overflow": ("Connections open beyond the pool's size.", read("overflow", 0)),
+        "poly_db_pool_size": ("Connections the pool keeps open.", read("size")),
+    }
 
 
 def _first_line(error: Exception) -> str:

@@ -1,7 +1,11 @@
-"""Structured logs: one JSON object per line on stderr, and the per-call access log.
+"""Structured logs on stderr, and the per-call access log.
 
-Each line has ``time``, ``level``, ``service``, ``logger`` and ``message``; access lines add
-``method``, ``code`` and ``duration_ms``. Anything passed in ``extra=`` is included.
+Each record has ``time``, ``level``, ``service``, ``logger`` and ``message``, then the fields
+of the running call (``trace_id``, ``span_id``) and anything passed in ``extra=``. Access
+lines have the message ``finished call`` and the call in their fields: ``method``, ``code``,
+``duration_ms`` and the caller's ``request_id``. Two formats show them: ``json``, one object
+per line (`JsonFormatter`, for machines and containers), and ``console``, one short readable
+line (`ConsoleFormatter`, rendered by `kit.console` as `poly up` shows it).
 
 Credentials never reach a line. `RedactingFilter`, on every handler `setup` installs, and
 `JsonFormatter` itself replace with ``[REDACTED]`` the values of ``Authorization``,
@@ -11,6 +15,11 @@ JWT-shaped string and ``access_token``/``refresh_token``/``id_token``/``client_s
 values, wherever they appear: the message, its arguments, ``extra=`` fields (nested ones too)
 and formatted tracebacks, a library's included. Uncaught exceptions, in any thread, are
 logged through the same path instead of printed raw.
+
+A few libraries' lines about an expected, self-healing condition are rewritten where they
+are logged: aiormq's error-level "error when creating transport" for each refused attempt
+while the broker is away, and its closed-connection lines, become warnings that say so in
+words, without a traceback (whoever reconnects, aio-pika or `kit.bus`, logs that too).
 """
 
 from __future__ import annotations
@@ -21,15 +30,27 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
 import grpc
 
+from services.kit import console
+from services.kit.calls import final_code, metadata_value, observe_stream
+from services.kit.telemetry_settings import LOG_FORMATS
 from services.kit.types import CallInfo, Handler, Middleware
 
-__all__ = ["REDACTED", "JsonFormatter", "RedactingFilter", "access_log_middleware", "redact", "setup"]
+__all__ = [
+    "REDACTED",
+    "ConsoleFormatter",
+    "ContextFields",
+    "JsonFormatter",
+    "RedactingFilter",
+    "access_log_middleware",
+    "redact",
+    "setup",
+]
 
 REDACTED = "[REDACTED]"
 """What a credential is replaced with."""
@@ -59,8 +80,21 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+ContextFields = Callable[[], Mapping[str, str]]
+"""Fields of whatever is running when a line is written (e.g. ``trace_id``, ``span_id``)."""
+
+
+# Every pattern above needs one of these words: most text has none and is returned at once
+# (one search instead of four substitutions on each field of each line).
+_MAYBE_SECRET = re.compile(
+    r"(?i)authorization|cookie|access_token|refresh_token|id_token|client_secret|bearer|eyJ"
+)
+
+
 def redact(text: str) -> str:
     """`text` with every credential it shows replaced by `REDACTED`."""
+    if not _MAYBE_SECRET.search(text):
+        return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
@@ -124,19 +158,22 @@ class RedactingFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, redacted (also without `RedactingFilter` in front)."""
 
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, *, context_fields: ContextFields | None = None) -> None:
         super().__init__()
         self._service = service
+        self._context_fields = context_fields
 
-    def format(self, record: logging.LogRecord) -> str:
+    def fields(self, record: logging.LogRecord) -> dict[str, Any]:
+        """What a line of `record` holds, redacted, as JSON-ready data."""
         line: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": console.timestamp(record.created),
             "level": record.levelname.lower(),
             "service": self._service,
             "logger": record.name,
             "message": redact(record.getMessage()),
         }
+        if self._context_fields is not None:
+            line.update(self._context_fields())
         line.update({k: _scrubbed(v) for k, v in vars(record).items() if k not in _STANDARD_ATTRS})
         if record.exc_info and record.exc_info[0] is not None:
             line["error"] = record.exc_info[0].__name__
@@ -145,7 +182,63 @@ class JsonFormatter(logging.Formatter):
             line["traceback"] = redact(record.exc_text)
         if record.stack_info:
             line["stack"] = redact(record.stack_info)
-        return json.dumps(line, default=lambda value: redact(str(value)))
+        return line
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(self.fields(record), default=lambda value: redact(str(value)))
+
+
+class ConsoleFormatter(JsonFormatter):
+    """One short readable line per record (`kit.console.render`), redacted as the JSON is."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return console.render(self.fields(record))
+
+
+def _broker_unreachable(record: logging.LogRecord) -> str:
+    error = record.args[0] if isinstance(record.args, tuple) and record.args else "unknown error"
+    return f"cannot connect to the message broker ({_reason(error)})"
+
+
+def _broker_lost(record: logging.LogRecord) -> str:
+    error = record.exc_info[1] if record.exc_info else None
+    return f"connection to the message broker lost ({_reason(error)})"
+
+
+def _broker_closed(record: logging.LogRecord) -> str:
+    args = record.args if isinstance(record.args, tuple) else ()
+    code, text = (args[1], args[2]) if len(args) >= 3 else ("?", "")
+    return f"the message broker closed the connection ({code} {text})"
+
+
+def _reason(error: object) -> str:
+    if isinstance(error, BaseException):
+        detail = str(error.args[-1] if len(error.args) > 1 else error) or type(error).__name__
+        return f"{type(error).__name__}: {detail}"
+    return str(error)
+
+
+# (logger, how the message starts, its new level, its new message): expected while a broker restarts.
+_REWRITES: tuple[tuple[str, str, int, Callable[[logging.LogRecord], str]], ...] = (
+    ("aiormq.connection", "error when creating transport", logging.WARNING, _broker_unreachable),
+    ("aiormq.connection", "Cancelling cause reader exited abnormally", logging.WARNING, _broker_lost),
+    ("aiormq.connection", "Unexpected connection close from remote", logging.WARNING, _broker_closed),
+)
+
+
+class _LibraryRewrite(logging.Filter):
+    """On a library's logger: its records about an expected condition, at a fitting level and
+    in words (the original message's arguments are kept in the new text)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, start, level, message in _REWRITES:
+            if record.name == name and isinstance(record.msg, str) and record.msg.startswith(start):
+                record.msg, record.args = message(record), None
+                record.exc_info, record.exc_text = None, None
+                record.levelno, record.levelname = level, logging.getLevelName(level)
+                # The logger's own level was checked at the old level: check the new one too.
+                return logging.getLogger(name).isEnabledFor(level)
+        return True
 
 
 def _log_uncaught(
@@ -163,13 +256,24 @@ def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
     _log_uncaught(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback, name)
 
 
-def setup(service: str, level: str = "INFO") -> None:
-    """Route every logger to one JSON handler on stderr, redacting credentials on it and on
-    every handler already installed elsewhere; uncaught exceptions are logged the same way
-    (called once, by `__main__`)."""
+def setup(
+    service: str,
+    level: str = "INFO",
+    *,
+    context_fields: ContextFields | None = None,
+    log_format: str = "json",
+) -> None:
+    """Route every logger to one handler on stderr writing `log_format` (``json`` or
+    ``console``), redacting credentials on it and on every handler already installed
+    elsewhere; uncaught exceptions are logged the same way (called once, at start-up).
+    `context_fields` adds fields of the running call to every line (`kit.telemetry` passes the
+    current trace and span ids)."""
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log_format: expected one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+    formatter = ConsoleFormatter if log_format == "console" else JsonFormatter
     redacting = RedactingFilter()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(service))
+    handler.setFormatter(formatter(service, context_fields=context_fields))
     handler.addFilter(redacting)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -177,49 +281,30 @@ def setup(service: str, level: str = "INFO") -> None:
     for logger in list(logging.root.manager.loggerDict.values()):
         for other in getattr(logger, "handlers", ()):
             other.addFilter(redacting)
+    for name in {name for name, *_ in _REWRITES}:
+        library = logging.getLogger(name)
+        if not any(isinstance(f, _LibraryRewrite) for f in library.filters):
+            library.addFilter(_LibraryRewrite())
     sys.excepthook = _log_uncaught
     threading.excepthook = _log_uncaught_in_thread
 
 
 def access_log_middleware(logger: logging.Logger | None = None) -> Middleware:
-    """Logs one line per call with its method, final status code and duration."""
+    """Logs one line per call: method, final status code, duration, and the caller's
+    ``x-request-id`` when it sent one (the edge always does)."""
     log = logger or logging.getLogger("poly.access")
-
-    def final_code(context: grpc.ServicerContext, failed: bool) -> grpc.StatusCode:
-        code: grpc.StatusCode | None = context.code()
-        if code is not None:
-            return code
-        if not context.is_active():
-            # The call ended before the handler did: the client cancelled it (a stream that
-            # stopped because the watcher left) or its deadline passed. No status is sent.
-            remaining = context.time_remaining()
-            if remaining is not None and remaining <= 0:
-                return grpc.StatusCode.DEADLINE_EXCEEDED
-            return grpc.StatusCode.CANCELLED
-        return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
 
     def emit(context: grpc.ServicerContext, call: CallInfo, started: float, failed: bool) -> None:
         code = final_code(context, failed)
-        log.info(
-            "%s %s",
-            call.method,
-            code.name,
-            extra={
-                "method": call.method,
-                "code": code.name,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-            },
-        )
-
-    def stream(
-        result: Iterator[Any], context: grpc.ServicerContext, call: CallInfo, started: float
-    ) -> Iterator[Any]:
-        failed = True
-        try:
-            yield from result
-            failed = False
-        finally:
-            emit(context, call, started, failed)
+        fields: dict[str, Any] = {
+            "method": call.method,
+            "code": code.name,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+        request_id = metadata_value(context, "x-request-id")
+        if request_id:
+            fields["request_id"] = request_id
+        log.info(console.CALL_FINISHED, extra=fields)
 
     def middleware(request: Any, context: grpc.ServicerContext, call: CallInfo, proceed: Handler) -> Any:
         started = time.perf_counter()
@@ -230,6 +315,8 @@ def access_log_middleware(logger: logging.Logger | None = None) -> Middleware:
         finally:
             if failed or not call.response_streaming:
                 emit(context, call, started, failed)
-        return stream(result, context, call, started) if call.response_streaming else result
+        if call.response_streaming:
+            return observe_stream(result, lambda failed: emit(context, call, started, failed))
+        return result
 
     return middleware

@@ -6,8 +6,8 @@ service, reflection (v1 and v1alpha), then blocking until SIGTERM or SIGINT, whe
 drains: health goes NOT_SERVING, new calls are refused, in-flight calls get up to
 ``settings.server.grace_seconds`` to finish, and `serve` returns so the process exits 0.
 
-Middleware order (outermost first): access log, errors, then whatever the caller adds
-(authn, authz, telemetry in later layers), then the servicer. Health and reflection are
+Middleware order (outermost first): telemetry (span and metrics), access log, errors, then
+whatever the caller adds (authn, authz, field behaviour), then the servicer. Health and reflection are
 infrastructure and bypass the chain.
 
 Model: the thread-pool ``grpc.server`` (bench/kit.py has the measurements). Every in-flight
@@ -31,7 +31,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.kit import reflection, tls
+from services.kit import reflection, telemetry, tls
 from services.kit.config import Settings
 from services.kit.errors import error_middleware
 from services.kit.logs import access_log_middleware
@@ -90,7 +90,11 @@ def registration(
 
 
 def default_middlewares(settings: Settings) -> list[Middleware]:
-    return [access_log_middleware(), error_middleware(f"{settings.service}.poly.local")]
+    """Telemetry (when `kit.telemetry.setup` ran: outermost, so the access line and
+    everything after it run inside the call's span), the access log, errors."""
+    observed = telemetry.installed()
+    first = [observed.server_middleware()] if observed is not None else []
+    return [*first, access_log_middleware(), error_middleware(f"{settings.service}.poly.local")]
 
 
 def _compose(middlewares: Sequence[Middleware], call: CallInfo, behaviour: Handler) -> Handler:
@@ -322,6 +326,9 @@ def serve(
             finished = running.drain()
             for work in reversed(started):
                 work.stop()
+        observed = telemetry.installed()
+        if observed is not None:
+            observed.close()  # bounded: queued spans are exported, /metrics stops
         if not finished:
             logging.shutdown()
             os._exit(0)

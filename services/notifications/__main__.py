@@ -4,7 +4,7 @@ from functools import partial
 from pathlib import Path
 
 from poly.notifications.v1 import notifications_service_pb2, notifications_service_pb2_grpc
-from services.kit import authn, authz, bus, clients, config, db, logs, server
+from services.kit import authn, authz, bus, clients, config, db, server, telemetry
 from services.notifications import addresses, contacts, dispatch, domain, events, senders, store
 from services.notifications.dispatcher import Dispatcher, Doorbell, dispatch_settings
 from services.notifications.service import NotificationsServicer
@@ -14,7 +14,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 def main() -> None:
     settings = config.load_or_exit("notifications")
-    logs.setup(settings.service, settings.log_level)
+    telemetry.setup_or_exit(settings)
     engine = db.connect_or_exit(settings.db, migrations=MIGRATIONS)
     try:
         wake = Doorbell()

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from poly.orders.v1 import orders_service_pb2, orders_service_pb2_grpc
-from services.kit import authn, authz, bus, clients, config, db, logs, server
+from services.kit import authn, authz, bus, clients, config, db, server, telemetry
 from services.orders import capture, events, store, watch
 from services.orders.domain import Orders
 from services.orders.service import OrdersServicer
@@ -13,7 +13,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 def main() -> None:
     settings = config.load_or_exit("orders")
-    logs.setup(settings.service, settings.log_level)
+    telemetry.setup_or_exit(settings)
     engine = db.connect_or_exit(settings.db, migrations=MIGRATIONS)
     try:
         hub = watch.ChangeHub()

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from poly.payments.v1 import payments_service_pb2, payments_service_pb2_grpc
-from services.kit import authn, authz, bus, clients, config, db, logs, server
+from services.kit import authn, authz, bus, clients, config, db, server, telemetry
 from services.payments import events, store
 from services.payments.domain import Payments
 from services.payments.service import PaymentsServicer
@@ -13,7 +13,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 def main() -> None:
     settings = config.load_or_exit("payments")
-    logs.setup(settings.service, settings.log_level)
+    telemetry.setup_or_exit(settings)
     engine = db.connect_or_exit(settings.db, migrations=MIGRATIONS)
     try:
         currency = settings.payments.default_currency

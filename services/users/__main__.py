@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from poly.users.v1 import users_service_pb2, users_service_pb2_grpc
-from services.kit import authn, authz, bus, clients, config, db, logs, server
+from services.kit import authn, authz, bus, clients, config, db, server, telemetry
 from services.users import events, store
 from services.users.domain import Users
 from services.users.service import UsersServicer
@@ -13,7 +13,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 def main() -> None:
     settings = config.load_or_exit("users")
-    logs.setup(settings.service, settings.log_level)
+    telemetry.setup_or_exit(settings)
     engine = db.connect_or_exit(settings.db, migrations=MIGRATIONS)
     try:
         events_node = bus.node(settings, engine, store.BUS, events.handlers)

@@ -384,7 +384,12 @@ def test_tokens_survive_one_rotation_and_not_two(system: Deployment) -> None:
 def test_the_key_encryption_key_must_open_the_stored_keys(system: Deployment, tmp_path: Path) -> None:
     wrong = tmp_path / "other.key"
     keys.ensure_key_encryption_key(wrong)
-    environ = {**system.environ, "POLY_AUTH_KEY_ENCRYPTION_KEY_FILE": str(wrong), "POLY_AUTH_PORT": "0"}
+    environ = {
+        **system.environ,
+        "POLY_AUTH_KEY_ENCRYPTION_KEY_FILE": str(wrong),
+        "POLY_AUTH_PORT": "0",
+        "POLY_AUTH_METRICS_PORT": "0",  # beside the running auth: neither of its ports
+    }
     result = run_module("services.auth", environ)
     assert result.returncode == 1
     assert "does not open with the configured key-encryption key" in result.stderr

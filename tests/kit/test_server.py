@@ -117,6 +117,7 @@ def test_access_log_has_method_code_and_duration(
         ("/poly.test.v1.ProbeService/Missing", "NOT_FOUND"),
     ]
     assert all(line["service"] == "orders" and line["duration_ms"] >= 0 for line in lines)
+    assert {line["message"] for line in lines} == {"finished call"}, "the call is in the fields, once"
 
 
 def test_health_reports_serving_for_server_and_each_service(channel: grpc.Channel) -> None:

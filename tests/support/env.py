@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import sys
 import uuid
@@ -16,8 +17,22 @@ from services.kit import config, tls
 ROOT = Path(__file__).resolve().parents[2]
 
 
+_LISTEN_PORTS = range(20_000, 32_000)
+"""Below Linux's ephemeral range (32768-60999), from which outgoing connections take their
+local ports: a port found free here stays free until a test's server binds it, where a port
+the kernel hands out for binding may meanwhile become some connection's local end."""
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
+    for _ in range(200):
+        candidate = random.choice(_LISTEN_PORTS)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return candidate
+    with socket.socket() as probe:  # the range is full: any port the kernel gives
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
@@ -38,6 +53,8 @@ def poly_environ(home: Path, ports: Mapping[str, int] | None = None, **extra: st
         # Tests register many accounts from 127.0.0.1; the registration limit's tests set their own.
         "POLY_AUTH_REGISTRATIONS_PER_ADDRESS": "100000",
         **{f"POLY_{name.upper()}_PORT": str(port) for name, port in chosen.items()},
+        # Each system its own /metrics ports (the defaults are fixed, like the gRPC ports').
+        **{f"POLY_{name.upper()}_METRICS_PORT": str(free_port()) for name in config.DEFAULT_METRICS_PORTS},
     }
     environ.update(extra)
     return environ

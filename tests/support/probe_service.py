@@ -16,7 +16,7 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, wrappers_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 
-from services.kit import config, logs, server, tls
+from services.kit import config, server, telemetry, tls
 from services.kit.errors import FieldViolation, InvalidArgument, NotFound
 
 SERVICE = "poly.test.v1.ProbeService"
@@ -163,5 +163,5 @@ def stub(channel: grpc.Channel, method: str, *, streaming: bool = False) -> grpc
 
 if __name__ == "__main__":
     settings = config.load_or_exit("orders")
-    logs.setup(settings.service, settings.log_level)
+    telemetry.setup_or_exit(settings)
     server.serve(settings, [registration()])

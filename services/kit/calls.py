@@ -1,0 +1,45 @@
+"""How a served call ended, as the middlewares that observe it (access log, metrics, traces)
+all need to know it the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+__all__ = ["final_code", "metadata_value", "observe_stream"]
+
+
+def final_code(context: grpc.ServicerContext, failed: bool) -> grpc.StatusCode:
+    """The status the client gets: what the handler set, else CANCELLED or DEADLINE_EXCEEDED
+    when the call ended before the handler did, else UNKNOWN for an exception, else OK."""
+    code: grpc.StatusCode | None = context.code()
+    if code is not None:
+        return code
+    if not context.is_active():
+        # The call ended before the handler did: the client cancelled it (a stream that
+        # stopped because the watcher left) or its deadline passed. No status is sent.
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+
+
+def observe_stream(result: Iterator[Any], on_end: Callable[[bool], None]) -> Iterator[Any]:
+    """`result`, calling ``on_end(failed)`` once the stream has ended, however it ends."""
+    failed = True
+    try:
+        yield from result
+        failed = False
+    finally:
+        on_end(failed)
+
+
+def metadata_value(context: grpc.ServicerContext, key: str) -> str:
+    """The first value of invocation metadata `key` (lower case), or ""."""
+    for item in context.invocation_metadata() or ():
+        if item.key == key:
+            return item.value if isinstance(item.value, str) else ""
+    return ""

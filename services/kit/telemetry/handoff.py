@@ -1,0 +1,68 @@
+"""Carrying a trace across a hand-off to a worker thread, without the service touching
+OpenTelemetry: the code that asks for a job `remember`s the trace it runs in, under the job's
+key; the worker that does the job later runs it `resumed` under that trace.
+
+The orders capture worker and the notifications dispatcher use it, so a saga step done by a
+background worker stays in the trace of the event that asked for it. Memory is bounded (the
+oldest keys are forgotten first) and it is best effort: after a restart, a job that is picked
+up again starts a new trace.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+__all__ = ["Handoff"]
+
+
+class Handoff:
+    """``key -> trace context`` of the work that asked for the job `key`."""
+
+    def __init__(
+        self, name: str, *, capacity: int = 10_000, tracer_provider: trace.TracerProvider | None = None
+    ) -> None:
+        self._tracer = trace.get_tracer(f"poly.{name}", tracer_provider=tracer_provider)
+        self._capacity = capacity
+        self._remembered: OrderedDict[str, trace.SpanContext] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, *keys: str) -> None:
+        """Note the trace running now as the origin of the jobs `keys` (no-op outside one)."""
+        context = trace.get_current_span().get_span_context()
+        if not context.is_valid:
+            return
+        with self._lock:
+            for key in keys:
+                self._remembered[key] = context
+                self._remembered.move_to_end(key)
+            while len(self._remembered) > self._capacity:
+                self._remembered.popitem(last=False)
+
+    @contextmanager
+    def resumed(
+        self, key: str, name: str, *, attributes: Mapping[str, Any] | None = None, forget: bool = False
+    ) -> Iterator[None]:
+        """Run the job `key` in an INTERNAL span `name`, a child of the remembered trace (a new
+        trace when none was remembered); `forget` drops the key once it is done."""
+        with self._lock:
+            origin = self._remembered.pop(key, None) if forget else self._remembered.get(key)
+        parent = trace.set_span_in_context(trace.NonRecordingSpan(origin)) if origin is not None else None
+        # A fresh context: whatever the worker thread had current is not this job's parent.
+        token = otel_context.attach(parent if parent is not None else otel_context.Context())
+        try:
+            with self._tracer.start_as_current_span(
+                name,
+                kind=SpanKind.INTERNAL,
+                attributes=dict(attributes or {}),
+            ):
+                yield
+        finally:
+            otel_context.detach(token)

@@ -1,0 +1,214 @@
+"""Served and outgoing calls, observed: server spans and metrics in one middleware, client
+metrics in one interceptor (client spans come from opentelemetry-instrumentation-grpc).
+
+The server side is the kit's own middleware, built on the OpenTelemetry RPC semantic
+conventions, rather than the instrumentation's server interceptor: that interceptor sits
+outside the kit's chain and learns the status only through ``context.abort``/``set_code``,
+so every error the kit sends with ``abort_with_status`` (all of them: they carry
+``google.rpc`` details) would be recorded as OK, and it would also trace health checks.
+Here the status is the one the access log reports (`kit.calls.final_code`), the span is
+current while the handler runs (so log lines and outgoing calls join it), and the parent
+comes from the caller's ``traceparent`` metadata.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from services.kit.calls import final_code, observe_stream
+from services.kit.telemetry.metrics import Metrics, grpc_type
+from services.kit.types import CallInfo, Handler, Middleware
+
+__all__ = ["SERVER_ERROR_CODES", "instrument_channel", "server_middleware"]
+
+SERVER_ERROR_CODES = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+"""Codes that make a server span an error (RPC semconv); the others are the caller's doing."""
+
+_PROPAGATED = ("traceparent", "tracestate", "baggage")
+_MAX_MESSAGE = 200
+
+
+def _carrier(context: grpc.ServicerContext) -> tuple[dict[str, str], str]:
+    carrier: dict[str, str] = {}
+    request_id = ""
+    for item in context.invocation_metadata() or ():
+        if item.key in _PROPAGATED and isinstance(item.value, str):
+            carrier[item.key] = item.value
+        elif item.key == "x-request-id" and isinstance(item.value, str):
+            request_id = item.value
+    return carrier, request_id
+
+
+def _peer(context: grpc.ServicerContext) -> dict[str, Any]:
+    # "ipv4:127.0.0.1:5123" / "ipv6:[::1]:5123"
+    kind, _, rest = context.peer().partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return {}
+    host, _, port = rest.rpartition(":")
+    return {"network.peer.address": host.strip("[]"), "network.peer.port": int(port) if port.isdigit() else 0}
+
+
+def _resource_name(message: Any) -> str:
+    name = getattr(message, "name", None)
+    return name if isinstance(name, str) else ""
+
+
+class _Observed:
+    """One served call: its start, its span (None when tracing is off), and how it ends."""
+
+    __slots__ = ("call", "context", "metrics", "series", "span", "started")
+
+    def __init__(
+        self, call: CallInfo, context: grpc.ServicerContext, metrics: Metrics | None, span: trace.Span | None
+    ) -> None:
+        self.call, self.context, self.metrics, self.span = call, context, metrics, span
+        self.started = time.perf_counter()
+        self.series: tuple[Any, tuple[str, str, str]] | None = None
+        if metrics is not None:
+            key = (grpc_type(call.request_streaming, call.response_streaming), call.service, call.name)
+            self.series = (metrics.server.method(*key), key)
+            metrics.server.started(self.series[0])
+            metrics.in_flight.inc()
+
+    def finish(self, failed: bool, response: Any = None) -> None:
+        code = final_code(self.context, failed)
+        if self.metrics is not None and self.series is not None:
+            self.metrics.server.handled(*self.series, code, time.perf_counter() - self.started)
+            self.metrics.in_flight.dec()
+        span = self.span
+        if span is None:
+            return
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code is not grpc.StatusCode.OK:
+            span.set_attribute("error.type", code.name)
+            details = self.context.details() if hasattr(self.context, "details") else ""
+            if isinstance(details, bytes):
+                details = details.decode("utf-8", "replace")
+            details = (details or "")[:_MAX_MESSAGE]
+            if details:
+                span.set_attribute("poly.status_message", details)
+            if code in SERVER_ERROR_CODES:
+                span.set_status(Status(StatusCode.ERROR, details or code.name))
+        if name := _resource_name(response):
+            span.set_attribute("poly.resource.name", name)
+        span.end()
+
+    def stream(self, result: Iterator[Any]) -> Iterator[Any]:
+        # The handler's body runs as the stream is consumed: keep its span current meanwhile.
+        token = otel_context.attach(trace.set_span_in_context(self.span)) if self.span is not None else None
+        try:
+            yield from observe_stream(result, self.finish)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+
+
+def _start_span(
+    tracer: trace.Tracer, request: Any, context: grpc.ServicerContext, call: CallInfo
+) -> trace.Span:
+    carrier, request_id = _carrier(context)
+    parent = propagate.extract(carrier) if carrier else None
+    attributes: dict[str, Any] = {
+        "rpc.system": "grpc",
+        "rpc.service": call.service,
+        "rpc.method": call.name,
+        **_peer(context),
+    }
+    if request_id:
+        attributes["poly.request_id"] = request_id
+    if not call.request_streaming and (name := _resource_name(request)):
+        attributes["poly.resource.name"] = name
+    return tracer.start_span(
+        call.method.lstrip("/"), context=parent, kind=SpanKind.SERVER, attributes=attributes
+    )
+
+
+def server_middleware(metrics: Metrics | None, tracer: trace.Tracer | None) -> Middleware:
+    """Counts and times every call (`metrics`) and runs it in a SERVER span (`tracer`);
+    either may be None to leave that part out."""
+
+    def middleware(request: Any, context: grpc.ServicerContext, call: CallInfo, proceed: Handler) -> Any:
+        span = _start_span(tracer, request, context, call) if tracer is not None else None
+        observed = _Observed(call, context, metrics, span)
+        token = otel_context.attach(trace.set_span_in_context(span)) if span is not None else None
+        failed, response = True, None
+        try:
+            response = proceed(request, context)
+            failed = False
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+            if failed or not call.response_streaming:
+                observed.finish(failed, response)
+        return observed.stream(response) if call.response_streaming else response
+
+    return middleware
+
+
+class _ClientMetrics(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+):
+    """``grpc_client_*`` for unary and server-streaming calls (the kinds the kit makes)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics.client
+
+    def _begin(self, details: Any, kind: str) -> tuple[Any, tuple[str, str, str], float]:
+        service, _, method = str(details.method).lstrip("/").partition("/")
+        key = (kind, service, method)
+        series = self._metrics.method(*key)
+        self._metrics.started(series)
+        return series, key, time.perf_counter()
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        series, key, started = self._begin(details, "unary")
+        outcome = continuation(details, request)
+
+        def done(future: Any) -> None:
+            code = future.code() if hasattr(future, "code") else None
+            self._metrics.handled(series, key, code or grpc.StatusCode.UNKNOWN, time.perf_counter() - started)
+
+        outcome.add_done_callback(done)
+        return outcome
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        series, key, started = self._begin(details, "server_stream")
+        outcome = continuation(details, request)
+
+        def done() -> None:
+            code = outcome.code() if hasattr(outcome, "code") else None
+            self._metrics.handled(series, key, code or grpc.StatusCode.UNKNOWN, time.perf_counter() - started)
+
+        outcome.add_callback(done)
+        return outcome
+
+
+def instrument_channel(
+    channel: grpc.Channel, metrics: Metrics | None, tracer_provider: trace.TracerProvider | None
+) -> grpc.Channel:
+    """`channel` with the client metrics and, outermost, a CLIENT span per call that sends
+    the current trace context as ``traceparent`` metadata."""
+    if metrics is not None:
+        channel = grpc.intercept_channel(channel, _ClientMetrics(metrics))
+    if tracer_provider is not None:
+        interceptor = client_interceptor(tracer_provider=tracer_provider)  # type: ignore[no-untyped-call]
+        channel = grpcext.intercept_channel(channel, interceptor)  # type: ignore[no-untyped-call]
+    return channel
