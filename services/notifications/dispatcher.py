@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from services.kit.config import Settings
 from services.kit.counters import Counters
+from services.kit.telemetry.handoff import Handoff
 from services.notifications.contacts import ContactUnavailable
 from services.notifications.dispatch import Dispatch, DispatchSettings
 from services.notifications.domain import EMAIL, Contact, Notification, Outgoing
@@ -51,14 +52,14 @@ class Doorbell:
     """Wakes the dispatcher from the event consumer, which is wired before the dispatcher exists."""
 
     def __init__(self) -> None:
-        self._targets: list[Callable[[], None]] = []
+        self._targets: list[Callable[[str], None]] = []
 
-    def connect(self, target: Callable[[], None]) -> None:
+    def connect(self, target: Callable[[str], None]) -> None:
         self._targets.append(target)
 
-    def ring(self) -> None:
+    def ring(self, event_id: str = "") -> None:
         for target in self._targets:
-            target()
+            target(event_id)
 
 
 class Dispatcher:
@@ -84,14 +85,18 @@ class Dispatcher:
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._traces = Handoff("notifications.dispatch")
 
     @property
     def metrics(self) -> Counters:
         """The dispatch counters (`Dispatch.metrics`)."""
         return self._dispatch.metrics
 
-    def wake(self) -> None:
-        """Run a round soon (safe from any thread)."""
+    def wake(self, event_id: str = "") -> None:
+        """Run a round soon (safe from any thread); what is sent for `event_id` joins the
+        trace running now (the event's consumer)."""
+        if event_id:
+            self._traces.remember(event_id)
         loop, wakeup = self._loop, self._wakeup
         if loop is not None and wakeup is not None and not loop.is_closed():
             loop.call_soon_threadsafe(wakeup.set)
@@ -149,6 +154,10 @@ class Dispatcher:
             self._wakeup.set()
 
     async def _resolve(self, notification: Notification) -> None:
+        with self._traces.resumed(notification.event_id, "resolve notification"):
+            await self._resolve_traced(notification)
+
+    async def _resolve_traced(self, notification: Notification) -> None:
         try:
             contact = await asyncio.to_thread(self._lookup, notification.recipient)
         except ContactUnavailable as unavailable:
@@ -162,21 +171,35 @@ class Dispatcher:
 
     async def _deliver(self, outgoing: Outgoing) -> None:
         delivery = outgoing.delivery
+        attributes = {
+            "poly.resource.name": delivery.name,
+            "poly.channel": delivery.channel,
+            "poly.event.type": delivery.event_type,
+        }
+        with self._traces.resumed(
+            delivery.event_id, f"send {delivery.channel.lower()}", attributes=attributes
+        ):
+            await self._deliver_traced(outgoing)
+
+    async def _deliver_traced(self, outgoing: Outgoing) -> None:
+        delivery = outgoing.delivery
         try:
             if delivery.channel != EMAIL and not outgoing.secret:
                 await asyncio.to_thread(self._dispatch.skipped, outgoing, "webhook deleted")
                 return
             result = await self._send(outgoing)
+            facts = {"delivery": delivery.name, "channel": delivery.channel, "attempt": delivery.attempts}
             if result.sent:
                 await asyncio.to_thread(self._dispatch.sent, outgoing)
+                _log.info("delivery sent", extra=facts)
             else:
                 await asyncio.to_thread(
                     self._dispatch.failed, outgoing, result.error, permanent=result.permanent
                 )
-            _log.info(
-                "delivery attempted",
-                extra={"delivery": delivery.name, "attempt": delivery.attempts, "error": result.error},
-            )
+                # Only a failure has an error to show (retried later unless permanent).
+                _log.warning(
+                    "delivery failed", extra={**facts, "error": result.error, "permanent": result.permanent}
+                )
         except Exception:  # noqa: BLE001 - one delivery's failure; its lease expires and it is retried
             _log.exception("delivery failed unexpectedly", extra={"delivery": delivery.name})
 

@@ -55,11 +55,11 @@ def template_values(payload: Message) -> tuple[str, dict[str, str]]:
 
 
 def handlers(
-    outbox: Outbox, *, on_commit: Callable[[], None] = lambda: None
+    outbox: Outbox, *, on_commit: Callable[[str], None] = lambda event_id: None
 ) -> Mapping[type[Message], EventHandler]:
     """The handler of each consumed event (exactly the types the contract names this service
     a consumer of; the node checks it at start); `on_commit` runs after its transaction
-    commits (it wakes the dispatcher)."""
+    commits, with the event's id (it wakes the dispatcher, which sends in the event's trace)."""
 
     def record(session: Session, payload: Message, envelope: EventEnvelope) -> None:
         recipient, values = template_values(payload)
@@ -72,7 +72,7 @@ def handlers(
             occur_time=envelope.occur_time.ToDatetime(dt.UTC) if envelope.HasField("occur_time") else _now(),
         )
         record_notification(SqlRepository(session, outbox), notification, _now())
-        sa_event.listen(session, "after_commit", lambda _session: on_commit(), once=True)
+        sa_event.listen(session, "after_commit", lambda _session: on_commit(envelope.id), once=True)
 
     return {
         events_pb2.UserRegistered: record,

@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from poly.payments.v1 import payments_service_pb2, payments_service_pb2_grpc
 from services.kit.clients import Channels
+from services.kit.telemetry.handoff import Handoff
 from services.orders.domain import AWAITING_PAYMENT, CaptureOutcome, Order, Orders, capture_request_id
 
 __all__ = ["PAYMENTS_SERVICE", "CaptureWorker", "Capturer", "grpc_capturer"]
@@ -62,13 +63,17 @@ class CaptureWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._traces = Handoff("orders.capture")
 
     def wake(self) -> None:
         self._wake.set()
 
     def changed(self, orders: Collection[Order]) -> None:
-        """A change-hub listener: wake when an order became AWAITING_PAYMENT here."""
-        if any(order.state == AWAITING_PAYMENT for order in orders):
+        """A change-hub listener: wake when an order became AWAITING_PAYMENT here (the capture
+        then runs in the trace of the change that asked for it)."""
+        due = [order.name for order in orders if order.state == AWAITING_PAYMENT]
+        if due:
+            self._traces.remember(*due)
             self.wake()
 
     def run_once(self) -> int:
@@ -77,8 +82,10 @@ class CaptureWorker:
         for order in claimed:
             if self._stop.is_set():
                 break  # the claim's lease makes it due again later
-            outcome = self._capture(order.payment, capture_request_id(order))
-            self._orders.capture_attempted(order, outcome)
+            attributes = {"poly.resource.name": order.name}
+            with self._traces.resumed(order.name, "capture payment", attributes=attributes, forget=True):
+                outcome = self._capture(order.payment, capture_request_id(order))
+                self._orders.capture_attempted(order, outcome)
         return len(claimed)
 
     def _loop(self) -> None:

@@ -21,13 +21,15 @@ A service declares what it publishes and consumes and gets the rest from here:
   in the protos; the sink, both consumers and the outbox refuse an event whose source is not
   its publisher, routes follow its consumers, and a node refuses handlers it does not list.
 - `admin`: dead letters, redrive, and counts for `poly bus`.
+- `tracing`: the W3C trace context rides in each envelope, so a request, the relay's send
+  span and each consumer's process span are one trace, on both transports.
 - `node(settings, engine, tables, handlers)`: all of the above wired for one service.
 """
 
 from services.kit.bus.admin import DeadLetter, dead_letters, redrive, state_counts
 from services.kit.bus.broker import BrokerTransport
 from services.kit.bus.broker_consumer import REASON_HEADER, BrokerConsumer, redrive_dead_queue
-from services.kit.bus.consumer import Consumer, EventHandler, Outcome
+from services.kit.bus.consumer import Consumer, EventHandler, EventNotHandled, Outcome
 from services.kit.bus.contract import (
     NOT_PUBLISHED_BY_CALLER,
     EventNotPublishedByCaller,
@@ -35,13 +37,14 @@ from services.kit.bus.contract import (
     published_by,
     publisher_of,
 )
-from services.kit.bus.metrics import BusMetrics, backlog
+from services.kit.bus.metrics import ApplyDelayObserver, BusMetrics, backlog
 from services.kit.bus.node import Handlers, Node, node
 from services.kit.bus.outbox import Outbox, Routing, broker_routing, consumer_routing, routing
 from services.kit.bus.relay import Relay, RelaySettings, backoff_seconds
 from services.kit.bus.sink import EVENT_SINK, NOT_CONSUMED_BY_CALLER, EventSinkServicer, sink_registration
 from services.kit.bus.tables import DEAD, DELIVERED, PENDING, BusTables, bus_tables
 from services.kit.bus.topology import dead_queue_name, exchange_name, queue_name
+from services.kit.bus.tracing import BusTracer, Destination, current_trace_context
 from services.kit.bus.transport import DeliveryError, EmbeddedTransport, Transport
 
 __all__ = [
@@ -52,15 +55,19 @@ __all__ = [
     "NOT_PUBLISHED_BY_CALLER",
     "PENDING",
     "REASON_HEADER",
+    "ApplyDelayObserver",
     "BrokerConsumer",
     "BrokerTransport",
     "BusMetrics",
+    "BusTracer",
     "BusTables",
     "Consumer",
     "DeadLetter",
     "DeliveryError",
+    "Destination",
     "EmbeddedTransport",
     "EventHandler",
+    "EventNotHandled",
     "EventNotPublishedByCaller",
     "EventSinkServicer",
     "Handlers",
@@ -75,6 +82,7 @@ __all__ = [
     "backoff_seconds",
     "broker_routing",
     "consumer_routing",
+    "current_trace_context",
     "check_publisher",
     "node",
     "queue_name",

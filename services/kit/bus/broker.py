@@ -19,7 +19,9 @@ reconnect, logging errors from the channels' close callbacks meanwhile. An event
 has consumers but which the broker returns as unroutable (their queues were deleted) is an
 alarm: an error log and the ``unroutable`` metric, the topology declared again, one retry
 at once. Both sides run aio-pika in an event loop of their own thread (`LoopThread`), so the
-rest of the service stays on the thread-pool model.
+rest of the service stays on the thread-pool model. A message carries its envelope's W3C
+trace context (the relay's send span, see `tracing`) in its ``traceparent``/``tracestate``
+headers too, for tools that read the broker's messages.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from services.kit import backoff
 from services.kit.bus import contract, topology
 from services.kit.bus.metrics import BusMetrics
 from services.kit.bus.topology import exchange_name
+from services.kit.bus.tracing import RABBITMQ, Destination
 from services.kit.bus.transport import DeliveryError
 from services.kit.config import redact_url
 
@@ -52,6 +55,8 @@ _T = TypeVar("_T")
 LEGACY_ROUTE = "broker"
 """The one route every broker delivery had before routes named consumers: still sent, through
 the family exchange (fan-out by binding), so an outbox of the previous version drains."""
+
+_TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 
 _RECONNECT_BASE = 0.25
 _RECONNECT_MAX = 2.0
@@ -196,14 +201,27 @@ class BrokerTransport:
             await self._drop(link)
             raise
 
+    def destination(self, route: str, envelope: EventEnvelope) -> Destination:
+        if route == LEGACY_ROUTE:
+            exchange, routing_key = exchange_name(envelope.type, self._prefix), envelope.type
+        else:
+            exchange, routing_key = "", topology.queue_name(route, self._prefix)
+        return Destination(
+            RABBITMQ,
+            exchange or routing_key,  # the default exchange routes by queue name: name the queue
+            {"messaging.rabbitmq.destination.routing_key": routing_key},
+        )
+
     async def _publish_on(self, link: _Link, route: str, envelope: EventEnvelope) -> None:
+        headers: dict[str, Any] = {"aggregate_id": envelope.aggregate_id, "source": envelope.source}
+        headers.update((key, value) for key, value in envelope.trace_context.items() if key in _TRACE_HEADERS)
         message = aio_pika.Message(
             body=envelope.SerializeToString(),
             message_id=envelope.id,
             type=envelope.type,
             content_type="application/x-protobuf",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers={"aggregate_id": envelope.aggregate_id, "source": envelope.source},
+            headers=headers,
         )
         if route == LEGACY_ROUTE:  # a delivery recorded before routes named consumers: fan out
             exchange = link.exchanges[exchange_name(envelope.type, self._prefix)]

@@ -10,7 +10,9 @@ reason in an ``x-poly-reason`` header, and is logged; `redrive_dead_queue` leave
 messages where they are. It reconnects on its own: a robust connection declares the
 topology again on reconnect and its queue again if someone deletes it while it consumes,
 and (`_RobustChannel`) logs no error for an expected reconnect. It runs in an event loop of
-its own thread (`broker.LoopThread`).
+its own thread (`broker.LoopThread`). Each attempt runs under a CONSUMER span whose parent is the
+trace context the envelope carries, as the EventSink's does (`tracing`); a refused message
+gets one too, ended at once with its reason.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from google.protobuf.message import DecodeError
+from opentelemetry.trace import TracerProvider
 
 from poly.events.v1.events_pb2 import EventEnvelope
 from services.kit.bus import contract, topology
 from services.kit.bus.broker import LoopThread
-from services.kit.bus.consumer import Consumer, is_transient_database_error
+from services.kit.bus.consumer import Consumer, Outcome, is_transient_database_error
 from services.kit.bus.topology import dead_exchange_name, dead_queue_name, queue_name
+from services.kit.bus.tracing import RABBITMQ, BusTracer, Destination
 from services.kit.config import redact_url
 
 __all__ = ["REASON_HEADER", "SOURCE_MISMATCH", "BrokerConsumer", "redrive_dead_queue"]
@@ -108,7 +112,9 @@ class BrokerConsumer:
         retry_delay: float = 0.1,
         connect_wait: float = 10.0,
         name: str | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
+        """`tracer_provider` makes the consumer spans (the global one by default)."""
         self._url = url
         self._service = service
         self._consumer = consumer
@@ -119,6 +125,8 @@ class BrokerConsumer:
         self._connect_wait = connect_wait
         self._name = name or f"{prefix} {service} consumer"
         """The connection's name on the broker (``client_properties.connection_name``)."""
+        self._tracer = BusTracer(tracer_provider)
+        self._destination = Destination(RABBITMQ, queue_name(service, prefix))
         self._loop: LoopThread | None = None
         self._connection: AbstractRobustConnection | None = None
         self._work: asyncio.Queue[AbstractIncomingMessage] | None = None
@@ -187,13 +195,14 @@ class BrokerConsumer:
             return
         refusal = _refusal(message, envelope)
         if refusal is not None:
+            self._tracer.refused(envelope, self._destination, refusal)
             await self._refuse(message, envelope, refusal)
             return
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:
             try:
-                await loop.run_in_executor(None, self._consumer.apply, envelope)
+                await loop.run_in_executor(None, self._apply, envelope)
             except contract.EventNotPublishedByCaller:
                 await self._refuse(message, envelope, contract.NOT_PUBLISHED_BY_CALLER)
                 return
@@ -218,6 +227,13 @@ class BrokerConsumer:
             await message.ack()
             return
         await message.reject(requeue=False)  # to <prefix>.<service>.dead; later events go on
+
+    def _apply(self, envelope: EventEnvelope) -> Outcome:
+        """One attempt, in a worker thread, under its own span (current while the handler runs)."""
+        with self._tracer.processing(envelope, self._destination) as span:
+            outcome = self._consumer.apply(envelope)
+            self._tracer.processed(span, outcome.value)
+        return outcome
 
     async def _refuse(self, message: AbstractIncomingMessage, envelope: EventEnvelope, reason: str) -> None:
         """Dead-letter a forged message at once, with `reason` on it: never applied, never retried."""

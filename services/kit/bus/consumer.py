@@ -4,7 +4,9 @@
 that also inserts the event id into ``bus_inbox``. A redelivered event finds its id there
 (or collides with a concurrent delivery on the primary key) and is skipped as a duplicate;
 a handler that fails rolls back its effect and its inbox row together, so the event is
-retried later. A type without a handler is refused (FAILED_PRECONDITION), not dropped.
+retried later. A type without a handler is refused (`EventNotHandled`, FAILED_PRECONDITION),
+not dropped. Each applied event's delay (its commit time less its ``occur_time``) goes to
+`BusMetrics.observe_apply_delay`.
 
 Before any of that, the envelope's `source` must be the declared publisher of its `type`
 (`contract.may_publish`): whatever transport brought it, a forged event is refused with
@@ -15,6 +17,7 @@ its inbox row.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from enum import Enum
 
@@ -29,12 +32,31 @@ from services.kit.bus.metrics import BusMetrics
 from services.kit.bus.tables import BusTables
 from services.kit.errors import FailedPrecondition
 
-__all__ = ["Consumer", "EventHandler", "Outcome", "is_transient_database_error"]
+__all__ = [
+    "NOT_HANDLED",
+    "Consumer",
+    "EventHandler",
+    "EventNotHandled",
+    "Outcome",
+    "is_transient_database_error",
+]
 
 _log = logging.getLogger("poly.bus.consumer")
 
 EventHandler = Callable[[Session, Message, EventEnvelope], None]
 """``(session, payload, envelope) -> None``: make the event's effect inside `session`."""
+
+
+NOT_HANDLED = "EVENT_TYPE_NOT_HANDLED"
+"""The ErrorInfo reason of an event whose type has no handler here."""
+
+
+class EventNotHandled(FailedPrecondition):
+    """No handler for `event_type` here (say, an old replica during a rolling deploy)."""
+
+    def __init__(self, event_type: str) -> None:
+        super().__init__(NOT_HANDLED, "no handler for {event_type} here", event_type=event_type)
+        self.event_type = event_type
 
 
 class _Duplicate(Exception):
@@ -54,11 +76,14 @@ class Consumer:
         handlers: Mapping[type[Message], EventHandler],
         *,
         metrics: BusMetrics | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """`clock` gives the current time in seconds since the epoch (for the apply delay)."""
         self._factory = factory
         self._tables = tables
         self._handlers = {cls.DESCRIPTOR.full_name: (cls, handler) for cls, handler in handlers.items()}
         self.metrics = metrics or BusMetrics()
+        self._clock = clock
 
     @property
     def event_types(self) -> list[str]:
@@ -84,9 +109,7 @@ class Consumer:
             # Routed here but unknown (say, an old replica during a rolling deploy): refuse it,
             # so it is retried or dead-lettered and re-drivable, never acknowledged and lost.
             self.metrics.add("unhandled", envelope.type)
-            raise FailedPrecondition(
-                "EVENT_TYPE_NOT_HANDLED", "no handler for {event_type} here", event_type=envelope.type
-            )
+            raise EventNotHandled(envelope.type)
         cls, handler = found
         payload = cls()
         if not envelope.payload.Unpack(payload):
@@ -109,6 +132,11 @@ class Consumer:
             self.metrics.add("duplicate", envelope.type)
             return Outcome.DUPLICATE
         self.metrics.add("applied", envelope.type)
+        occurred = envelope.occur_time
+        if occurred.seconds or occurred.nanos:  # an envelope without a time has no delay to tell
+            # Hosts' clocks differ: an event from a publisher whose clock runs ahead counts as 0.
+            delay = self._clock() - (occurred.seconds + occurred.nanos / 1e9)
+            self.metrics.observe_apply_delay(envelope.type, max(0.0, delay))
         return Outcome.APPLIED
 
 

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from google.protobuf.message import Message
 from sqlalchemy import Engine
 
-from services.kit import config, db, server
+from services.kit import config, db, server, telemetry
 from services.kit.bus import contract
 from services.kit.bus.broker import BrokerTransport
 from services.kit.bus.broker_consumer import BrokerConsumer
 from services.kit.bus.consumer import Consumer, EventHandler
 from services.kit.bus.metrics import BusMetrics
+from services.kit.bus.observed import export_bus_metrics
 from services.kit.bus.outbox import Outbox, routing
 from services.kit.bus.relay import Relay, RelaySettings
 from services.kit.bus.sink import EVENT_SINK, EventSinkServicer, sink_registration
@@ -72,12 +73,16 @@ def node(
     engine: Engine,
     tables: BusTables,
     handlers: Handlers | Callable[[Outbox], Handlers],
+    *,
+    metrics: BusMetrics | None = None,
 ) -> Node:
     """The bus of `settings.service` over its own database `engine`: embedded transport, or
     RabbitMQ when ``settings.bus.url`` is set. Handlers that publish in their own transaction
-    (a saga step) need the node's outbox: pass a function of it instead of the mapping."""
+    (a saga step) need the node's outbox: pass a function of it instead of the mapping.
+    `metrics` (a new `BusMetrics` by default) is what every part of the node counts into.
+    Spans go to the global tracer provider (`tracing`)."""
     peers = [name for name in config.SERVICES if name != settings.service]
-    metrics = BusMetrics()
+    metrics = metrics or BusMetrics()
     channels = Channels(settings, services={peer: [EVENT_SINK] for peer in peers})
     factory = db.session_factory(engine)
     # A send must end well inside its lease, so no two replicas ever have it in flight.
@@ -138,6 +143,9 @@ def node(
         if broker
         else None
     )
+    observed = telemetry.installed()
+    if observed is not None:
+        export_bus_metrics(observed, metrics, engine, tables)
     return Node(outbox, consumer, relay, intake, sink_registration(sink), channels, metrics, broker)
 
 

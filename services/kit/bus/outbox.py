@@ -7,6 +7,8 @@ deliver it even if the process dies at once.
 An outbox publishes only the events its `source` is the declared publisher of
 (``(poly.options.v1.event)``): anything else is a programming error, refused before a row
 is written, so the code cannot drift from the contract the consumers enforce.
+The envelope carries the publishing request's W3C trace context (the current span's, see
+`tracing`), so the consumers' spans join the request's trace.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from poly.events.v1.events_pb2 import EventEnvelope
 from services.kit.bus import contract
 from services.kit.bus.metrics import BusMetrics
 from services.kit.bus.tables import PENDING, BusTables
+from services.kit.bus.tracing import current_trace_context
 from services.kit.config import BusSettings
 from services.kit.wire import timestamp
 
@@ -81,7 +84,9 @@ class Outbox:
         trace_context: Mapping[str, str] | None = None,
         schema_version: int = 1,
     ) -> EventEnvelope:
-        """Record `event` (a ``poly.events.v1`` message) in `session`'s transaction."""
+        """Record `event` (a ``poly.events.v1`` message) in `session`'s transaction.
+
+        `trace_context` (W3C ``traceparent``/``tracestate``) is the current span's unless given."""
         if not aggregate_id:
             raise ValueError("aggregate_id is required: it orders the events of one aggregate")
         event_type = event.DESCRIPTOR.full_name
@@ -100,7 +105,7 @@ class Outbox:
             occur_time=timestamp(now),
             source=self._source,
             schema_version=schema_version,
-            trace_context=dict(trace_context or {}),
+            trace_context=current_trace_context() if trace_context is None else dict(trace_context),
             payload=payload,
         )
         if session.get_bind().dialect.name == "postgresql":

@@ -18,6 +18,9 @@ Meanwhile the relay spares it: once a send to a route fails transiently, the res
 round's deliveries to it are deferred unsent to one retry time; until then the relay claims
 nothing for that route; then one delivery goes alone (a probe), and the others follow only if
 it gets through. A route that stays down costs one send per retry delay, whatever the backlog.
+
+Each send runs under a PRODUCER span, a child of the event's stored trace context, and a round
+that covers several traces gets one span linking them all (`tracing`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
+from opentelemetry.trace import TracerProvider
 from sqlalchemy import Connection, Engine, and_, exists, or_, select, update
 from sqlalchemy.orm import aliased
 
@@ -39,7 +43,8 @@ from poly.events.v1.events_pb2 import EventEnvelope
 from services.kit import backoff
 from services.kit.bus.metrics import BusMetrics
 from services.kit.bus.tables import DEAD, DELIVERED, PENDING, BusTables
-from services.kit.bus.transport import DeliveryError, Transport
+from services.kit.bus.tracing import EMBEDDED, BusTracer, Destination
+from services.kit.bus.transport import DeliveryError, Described, Transport
 
 __all__ = ["Relay", "RelaySettings", "backoff_seconds"]
 
@@ -89,7 +94,15 @@ class _Claimed:
     position: int
     route: str
     event_type: str
-    envelope: bytes
+    envelope: EventEnvelope | None
+    """None when the stored bytes do not decode."""
+
+
+def _decoded(stored: bytes) -> EventEnvelope | None:
+    try:
+        return EventEnvelope.FromString(stored)
+    except DecodeError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,10 +179,14 @@ class Relay:
         metrics: BusMetrics | None = None,
         owner: str | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
+        """`tracer_provider` makes the send spans (the global one by default)."""
         self._engine = engine
         self._tables = tables
         self._transport = transport
+        self._described = transport if isinstance(transport, Described) else None
+        self._tracer = BusTracer(tracer_provider)
         self._settings = settings or RelaySettings()
         self.metrics = metrics or BusMetrics()
         self._owner = owner or f"relay-{uuid.uuid4().hex[:8]}"
@@ -240,7 +257,11 @@ class Relay:
             previous = expired.get((int(position), str(route)))
             if previous is not None:
                 self._reclaimed(int(position), str(route), str(event_type), str(event_id), previous)
-        return token, lease_until, [_Claimed(int(p), str(r), str(t), bytes(e)) for p, r, t, e, _ in claimed]
+        return (
+            token,
+            lease_until,
+            [_Claimed(int(p), str(r), str(t), _decoded(bytes(e))) for p, r, t, e, _ in claimed],
+        )
 
     def _reclaimed(self, position: int, route: str, event_type: str, event_id: str, previous: str) -> None:
         self.metrics.add("reclaimed", event_type)
@@ -327,12 +348,22 @@ class Relay:
             round_.reached_route(claimed.route)
         return outcome
 
+    def _destination(self, route: str, envelope: EventEnvelope) -> Destination:
+        if self._described is None:
+            return Destination(EMBEDDED, route)
+        return self._described.destination(route, envelope)
+
     def _transmit(self, claimed: _Claimed) -> _Outcome:
-        try:
-            envelope = EventEnvelope.FromString(claimed.envelope)
-        except DecodeError:
+        envelope = claimed.envelope
+        if envelope is None:
             return _outcome(claimed, _REFUSED, "the stored envelope does not decode")
         envelope.sequence = claimed.position
+        with self._tracer.sending(envelope, self._destination(claimed.route, envelope)) as span:
+            outcome = self._deliver(claimed, envelope)
+            self._tracer.sent(span, outcome.kind, outcome.error)
+        return outcome
+
+    def _deliver(self, claimed: _Claimed, envelope: EventEnvelope) -> _Outcome:
         try:
             self._transport.send(claimed.route, envelope)
         except DeliveryError as error:
@@ -384,8 +415,11 @@ class Relay:
                 probes[item.route] = item
             else:
                 rest.append(item)
-        sent = self._send_all(list(probes.values()), lease_until, round_)
-        sent += self._send_all(rest, lease_until, round_)
+        decoded = [(item.route, item.envelope) for item in claimed if item.envelope is not None]
+        system = self._destination(*decoded[0]).system if decoded else EMBEDDED
+        with self._tracer.batch([envelope for _, envelope in decoded], system):
+            sent = self._send_all(list(probes.values()), lease_until, round_)
+            sent += self._send_all(rest, lease_until, round_)
         self._note_routes(round_)
         self._record(token, sent)
         return len(claimed)

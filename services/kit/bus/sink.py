@@ -8,7 +8,8 @@ that has not started yet.
 `EventSinkServicer.PushEvent` accepts events only from Polyservice service identities
 (the SPIFFE ID in the caller's client certificate), only of types that caller is the
 declared publisher of (read by `contract`), and only with that caller as their source; then
-it applies them through the `Consumer`.
+it applies them through the `Consumer`, under a CONSUMER span whose parent is the trace
+context the envelope carries (`tracing`).
 `Subscribe` is deprecated and kept only for peers of the previous version during a rolling
 deploy: it checks and records, and changes no route. Every entry must be a type this service
 publishes (at most `MAX_SUBSCRIBED_TYPES`; any other is INVALID_ARGUMENT with a field
@@ -22,14 +23,17 @@ import logging
 from collections.abc import Collection, Sequence
 
 import grpc
+from opentelemetry.trace import TracerProvider
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from poly.events.v1 import event_sink_pb2, event_sink_pb2_grpc
+from poly.events.v1.events_pb2 import EventEnvelope
 from services.kit import server, tls
 from services.kit.bus import contract
 from services.kit.bus.consumer import Consumer, Outcome, is_transient_database_error
 from services.kit.bus.tables import BusTables
+from services.kit.bus.tracing import EMBEDDED, BusTracer, Destination
 from services.kit.errors import FieldViolation, InvalidArgument, PermissionDenied, Unavailable
 
 __all__ = [
@@ -67,14 +71,18 @@ class EventSinkServicer(event_sink_pb2_grpc.EventSinkServiceServicer):
         services: Collection[str],
         trust_domain: str = "poly.local",
         namespace: str = "default",
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
-        """`service` is this (publishing) service: Subscribe accepts only types it publishes,
-        each from one of its declared consumers."""
+        """`service` is this service: PushEvent applies the events it consumes, Subscribe
+        accepts only types it publishes, each from one of its declared consumers.
+        `tracer_provider` makes the consumer spans (the global one by default)."""
         self._service = service
         self._published = contract.published_by(service)
         self._consumer = consumer
         self._factory = factory
         self._tables = tables
+        self._tracer = BusTracer(tracer_provider)
+        self._destination = Destination(EMBEDDED, service)
         self._callers = {
             tls.spiffe_id(name, trust_domain=trust_domain, namespace=namespace): name for name in services
         }
@@ -95,6 +103,12 @@ class EventSinkServicer(event_sink_pb2_grpc.EventSinkServiceServicer):
     ) -> event_sink_pb2.PushEventResponse:
         caller = self._service_caller(context)
         envelope = request.event
+        with self._tracer.processing(envelope, self._destination) as span:
+            outcome = self._apply(caller, envelope)
+            self._tracer.processed(span, outcome.value)
+        return event_sink_pb2.PushEventResponse(outcome=_OUTCOMES[outcome])
+
+    def _apply(self, caller: str, envelope: EventEnvelope) -> Outcome:
         # Before anything else: a certificate pushes only the events its service publishes.
         if not contract.may_publish(caller, envelope.type):
             _log.warning(
@@ -126,7 +140,7 @@ class EventSinkServicer(event_sink_pb2_grpc.EventSinkServiceServicer):
                 ],
             )
         try:
-            outcome = self._consumer.apply(envelope)
+            return self._consumer.apply(envelope)
         except Exception as error:
             if is_transient_database_error(error):
                 # UNAVAILABLE: the relay keeps retrying and never dead-letters for this.
@@ -134,7 +148,6 @@ class EventSinkServicer(event_sink_pb2_grpc.EventSinkServiceServicer):
                     "EVENT_STORE_UNAVAILABLE", "the event store is unavailable; retry"
                 ) from None
             raise
-        return event_sink_pb2.PushEventResponse(outcome=_OUTCOMES[outcome])
 
     def Subscribe(  # noqa: N802 - generated gRPC method name
         self, request: event_sink_pb2.SubscribeRequest, context: grpc.ServicerContext

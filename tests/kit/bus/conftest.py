@@ -1,4 +1,5 @@
-"""A real database (SQLite file and PostgreSQL) holding the bus tables plus a test effect table."""
+"""A real database (SQLite file and PostgreSQL) holding the bus tables plus a test effect table,
+and a tracer provider of a test's own that keeps its spans in memory."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import Engine, MetaData, Table, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,6 +25,7 @@ __all__ = [
     "BusDb",
     "Clock",
     "ScriptedTransport",
+    "Spans",
     "effect_table",
     "make_bus_db",
     "publish",
@@ -76,6 +81,37 @@ def bus_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BusDb]:
         yield made
     finally:
         made.engine.dispose()
+
+
+@dataclass
+class Spans:
+    """A test's own tracer provider (passed to the bus's parts, never installed globally, so
+    tests do not share it) and the spans it has ended so far."""
+
+    provider: TracerProvider
+    exporter: InMemorySpanExporter
+
+    def ended(self) -> list[ReadableSpan]:
+        return list(self.exporter.get_finished_spans())
+
+    def named(self, name: str) -> list[ReadableSpan]:
+        return [span for span in self.ended() if span.name == name]
+
+    def one(self, name: str) -> ReadableSpan:
+        found = self.named(name)
+        assert len(found) == 1, f"expected one span {name!r}, found {[s.name for s in self.ended()]}"
+        return found[0]
+
+
+@pytest.fixture
+def spans() -> Iterator[Spans]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))  # exported as each span ends
+    try:
+        yield Spans(provider, exporter)
+    finally:
+        provider.shutdown()
 
 
 @dataclass
