@@ -4,6 +4,10 @@ With arguments (or ``--config FILE``), it serves any gRPC backends named there; 
 ``--help``. Without any, it serves Polyservice's own APIs from the ``POLY_*`` settings, as
 ``poly up`` runs it: routes from ``POLY_GATEWAY_DESCRIPTOR_SET`` (by default the set
 ``make gen`` writes) for the services of ``POLY_GATEWAY_BACKENDS``, over mTLS.
+
+Either way telemetry is the kit's (`services.kit.telemetry`): JSON logs carrying trace ids,
+traces from the standard ``OTEL_*`` environment, and ``/metrics`` on
+``POLY_GATEWAY_METRICS_PORT`` (Polyservice's edge) or ``--metrics-listen`` (standalone).
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 from gateway import config as edge_config
 from gateway.arguments import from_arguments
+from gateway.observe import Observer
 from gateway.server import StartError, serve
-from services.kit import config, logs
+from services.kit import config, telemetry
 
 __all__ = ["main"]
 
@@ -28,16 +34,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         except edge_config.ConfigError as error:
             sys.stderr.write(f"poly gateway: {error}\n")
             return 2
-        logs.setup("gateway", edge.log_level)
+        # The OTEL_* environment as Polyservice reads it; the metrics address is the edge's own.
+        settings = replace(
+            config.load_or_exit("gateway").telemetry,
+            metrics_host=edge.metrics_host,
+            metrics_port=edge.metrics_port,
+        )
+        try:
+            observed = telemetry.setup_component(
+                "gateway",
+                edge.log_level,
+                settings,
+                port_hint="--metrics-listen moves it; without it, none is served",
+            )
+        except telemetry.StartupError as error:
+            sys.stderr.write(f"poly gateway: {error}\n")
+            return 1
     else:
-        settings = config.load_or_exit("gateway")
-        logs.setup(settings.service, settings.log_level)
-        edge = edge_config.from_settings(settings)
+        poly = config.load_or_exit("gateway")
+        observed = telemetry.setup_or_exit(poly)
+        edge = edge_config.from_settings(poly)
     try:
-        asyncio.run(serve(edge))
+        asyncio.run(serve(edge, observer=Observer.of(observed)))
     except StartError as error:
         sys.stderr.write(f"poly gateway: {error}\n")
         return 2 if error.usage else 1
+    finally:
+        observed.close()  # bounded: queued spans are exported, /metrics stops
     return 0
 
 

@@ -16,6 +16,11 @@ counts at once as a failed authentication of the address, as does every UNAUTHEN
 answer of a backend (once per request); past ``auth_failures_per_address`` in a window, the
 address gets 429 until the window ends, whatever credential it sends. The verifier only
 picks the bucket: the backends verify every token again and decide.
+
+Every request passes `gateway.observe` first (outermost middleware): it picks the request's
+``X-Request-Id``, works out the client's address, runs the request in its span, counts it and
+writes its access line. The handler tells it the matched route and observes each backend call
+through it.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from gateway import errors, headers, jsoncodec, query, streaming
 from gateway.backends import READY_STATES, Backends
 from gateway.config import Limits
 from gateway.limits import FailureWindows, TokenBuckets
+from gateway.observe import EXCHANGE, BackendCall, Exchange, Observer
 from gateway.routes import MethodNotAllowed, Route, RouteNotFound, Router
 from gateway.tokens import CannotVerify, TokenVerifier, bearer_token
 
@@ -145,7 +151,8 @@ class Edge:
     """The aiohttp application serving `routing`'s routes from `backends`.
 
     `verify_token` names the principal of a bearer token, to limit per principal; without
-    one (the default), every request is limited by its client's address.
+    one (the default), every request is limited by its client's address. `observer` records
+    spans, metrics and access lines (`gateway.observe`; by default access lines only).
     """
 
     def __init__(
@@ -155,8 +162,10 @@ class Edge:
         settings: Limits,
         *,
         verify_token: TokenVerifier | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self._routes = _compiled(routing)
+        self._observer = observer or Observer()
         self._backends = backends
         self._settings = settings
         self._buckets = (
@@ -178,7 +187,9 @@ class Edge:
 
     def application(self) -> web.Application:
         # No origins configured, no CORS headers ever: the middleware would only cost time.
-        middlewares = [self._cors] if self._settings.cors_origins else []
+        middlewares = [self._observer.middleware(self._client_address)]
+        if self._settings.cors_origins:
+            middlewares.append(self._cors)
         app = web.Application(client_max_size=self._settings.max_body_bytes, middlewares=middlewares)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -202,6 +213,7 @@ class Edge:
         )
 
     async def _openapi(self, request: web.Request) -> web.Response:
+        request[EXCHANGE].routed("/openapi.json")
         return web.Response(body=self._routes.document, content_type="application/json")
 
     @web.middleware
@@ -227,23 +239,27 @@ class Edge:
 
     # -- transcoding -----------------------------------------------------------------------
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        request_id = headers.request_id(request.headers.items())
-        client = _Client(
-            headers.client_address(
-                request.remote or "", request.headers.getall("X-Forwarded-For", []), self._trusted
-            )
+    def _client_address(self, request: web.Request) -> str:
+        if not self._trusted:  # no proxy to believe: the peer is the client
+            return request.remote or ""
+        return headers.client_address(
+            request.remote or "", request.headers.getall("X-Forwarded-For", []), self._trusted
         )
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        exchange = request[EXCHANGE]
+        request_id = exchange.request_id
+        client = _Client(exchange.client)
         try:
-            return await self._transcode(request, request_id, client)
+            return await self._transcode(request, exchange, client)
         except _Refusal as refused:
-            return self._error(refused.status, refused.http, request_id, refused.extra)
+            return self._error(refused.status, refused.http, refused.extra)
         except errors.BadRequest as bad:
             code = grpc.StatusCode.INVALID_ARGUMENT
             status = errors.status_message(
                 code, str(bad), reason="INVALID_REQUEST", violations=bad.violations
             )
-            return self._error(status, 400, request_id)
+            return self._error(status, 400)
         except grpc.aio.AioRpcError as failed:
             status = errors.status_of_rpc_error(failed)
             extra: dict[str, str] = {}
@@ -251,11 +267,11 @@ class Edge:
                 extra["WWW-Authenticate"] = "Bearer"
                 if self._failures is not None and not client.failure_counted:
                     self._failures.record(client.address)
-            return self._error(status, errors.http_status(failed.code()), request_id, extra)
+            return self._error(status, errors.http_status(failed.code()), extra)
         except Exception:  # noqa: BLE001 - one error shape for every failure, logged with its cause
             _log.exception("unexpected error", extra={"path": request.path, "request_id": request_id})
             status = errors.status_message(grpc.StatusCode.INTERNAL, "internal error", reason="INTERNAL")
-            return self._error(status, 500, request_id)
+            return self._error(status, 500)
 
     @staticmethod
     def _json(reply: Message, route: Route) -> bytes:
@@ -264,13 +280,14 @@ class Edge:
         return jsoncodec.to_json(reply)
 
     def _error(
-        self, status: status_pb2.Status, http: int, request_id: str, extra: dict[str, str] | None = None
+        self, status: status_pb2.Status, http: int, extra: dict[str, str] | None = None
     ) -> web.Response:
+        # X-Request-Id is added by the observing middleware, as on every answer.
         response = web.Response(
             body=errors.render_status(status), status=http, content_type="application/json"
         )
-        response.headers["X-Request-Id"] = request_id
-        response.headers.update(extra or {})
+        if extra:
+            response.headers.update(extra)
         return response
 
     def _route(self, request: web.Request, routes: _Compiled) -> tuple[Route, dict[str, str]]:
@@ -349,9 +366,12 @@ class Edge:
         )
         return message
 
-    async def _transcode(self, request: web.Request, request_id: str, client: _Client) -> web.StreamResponse:
+    async def _transcode(
+        self, request: web.Request, exchange: Exchange, client: _Client
+    ) -> web.StreamResponse:
         routes = self._routes  # one routing per request, even if a reload swaps it meanwhile
         route, variables = self._route(request, routes)
+        exchange.routed(route.template.text)
         plan = routes.plans[route]
         self._limit_rate(request, client)
         message = await self._message(request, route, plan, variables)
@@ -361,10 +381,24 @@ class Edge:
             if timeout_header is not None
             else (None if route.server_streaming else self._settings.timeout_seconds)
         )
+        observer = self._observer
         metadata = headers.outgoing_metadata(
-            request.headers.items(), client_ip=client.address, host=request.host, request_id=request_id
+            request.headers.items(),
+            client_ip=client.address,
+            host=request.host,
+            request_id=exchange.request_id,
+            forward_trace_context=not observer.tracing,
         )
-        channel = self._backends.channel(route.method.containing_service.full_name)
+        service = route.method.containing_service.full_name
+        target = self._backends.target(service)
+        channel = self._backends.channel_to(target)
+        backend = observer.call(
+            service,
+            route.method.name,
+            streaming=route.server_streaming,
+            target=target.address,
+            metadata=metadata,
+        )
         if route.server_streaming:
             return await self._stream(
                 request,
@@ -374,14 +408,20 @@ class Edge:
                 message=message,
                 metadata=metadata,
                 timeout=timeout,
-                request_id=request_id,
+                exchange=exchange,
+                backend=backend,
             )
-        call = channel.unary_unary(
-            route.full_method,
-            request_serializer=plan.request_class.SerializeToString,
-            response_deserializer=plan.response_class.FromString,
-        )(message, metadata=metadata, timeout=timeout)
-        reply: Message = await call
+        try:
+            call = channel.unary_unary(
+                route.full_method,
+                request_serializer=plan.request_class.SerializeToString,
+                response_deserializer=plan.response_class.FromString,
+            )(message, metadata=metadata, timeout=timeout)
+            reply: Message = await call
+        except BaseException as error:
+            backend.fail(error)
+            raise
+        backend.end(grpc.StatusCode.OK)
         answer = web.Response(status=plan.success, content_type="application/json")
         if answer.status != 204:
             answer.body = self._json(reply, route)
@@ -390,7 +430,6 @@ class Edge:
         )
         for name, value in pairs:
             answer.headers.add(name, value)
-        answer.headers["X-Request-Id"] = request_id
         return answer
 
     async def _stream(
@@ -403,43 +442,60 @@ class Edge:
         message: Message,
         metadata: list[tuple[str, str | bytes]],
         timeout: float | None,
-        request_id: str,
+        exchange: Exchange,
+        backend: BackendCall,
     ) -> web.StreamResponse:
         sse = streaming.wants_sse(request.headers.get("Accept", ""))
-        call = channel.unary_stream(
-            route.full_method,
-            request_serializer=plan.request_class.SerializeToString,
-            response_deserializer=plan.response_class.FromString,
-        )(message, metadata=metadata, timeout=timeout)
-        # Wait for the backend's headers first: a call refused at once (authentication,
-        # a bad name) is answered with its own HTTP status, not a 200 with an error line.
         try:
-            initial = await call.initial_metadata()
-        except asyncio.CancelledError:
-            call.cancel()
+            call = channel.unary_stream(
+                route.full_method,
+                request_serializer=plan.request_class.SerializeToString,
+                response_deserializer=plan.response_class.FromString,
+            )(message, metadata=metadata, timeout=timeout)
+            # Wait for the backend's headers first: a call refused at once (authentication,
+            # a bad name) is answered with its own HTTP status, not a 200 with an error line.
+            try:
+                initial = await call.initial_metadata()
+            except asyncio.CancelledError:
+                call.cancel()
+                raise
+            if call.done() and (await call.code()) != grpc.StatusCode.OK:
+                raise grpc.aio.AioRpcError(
+                    await call.code(), initial, await call.trailing_metadata(), await call.details()
+                )
+        except BaseException as error:
+            backend.fail(error)
             raise
-        if call.done() and (await call.code()) != grpc.StatusCode.OK:
-            raise grpc.aio.AioRpcError(
-                await call.code(), initial, await call.trailing_metadata(), await call.details()
-            )
         response = web.StreamResponse(status=200)
         response.content_type = streaming.SSE if sse else streaming.NDJSON
-        response.headers["X-Request-Id"] = request_id
+        response.headers["X-Request-Id"] = exchange.request_id
         response.headers["Cache-Control"] = "no-cache"
         for name, value in headers.response_headers(list(initial or ()), []):
             response.headers.add(name, value)
-        await response.prepare(request)
         try:
+            await response.prepare(request)
+            # The stream's span and access line end with the stream: from here on, they report
+            # this answer's status (and the bytes counted) even when the client leaves.
+            exchange.response = response
             async for reply in call:
                 body = self._json(reply, route)
-                await response.write(streaming.sse_event(body) if sse else streaming.ndjson_result(body))
+                chunk = streaming.sse_event(body) if sse else streaming.ndjson_result(body)
+                exchange.body_bytes += len(chunk)
+                await response.write(chunk)
+            backend.end(grpc.StatusCode.OK)
         except grpc.aio.AioRpcError as failed:
+            backend.end(failed.code())
             status = errors.render_status(errors.status_of_rpc_error(failed))
-            await response.write(
-                streaming.sse_event(status, event="error") if sse else streaming.ndjson_error(status)
-            )
-        except (asyncio.CancelledError, ConnectionResetError):
+            chunk = streaming.sse_event(status, event="error") if sse else streaming.ndjson_error(status)
+            exchange.body_bytes += len(chunk)
+            await response.write(chunk)
+        except ConnectionResetError:
             call.cancel()  # the client left: so does the backend call
+            backend.end(grpc.StatusCode.CANCELLED)
+            return response  # nothing more can be sent
+        except BaseException as error:
+            call.cancel()  # the client left (cancelled), or the edge failed: so does the backend call
+            backend.fail(error)
             raise
         await response.write_eof()
         return response

@@ -41,6 +41,7 @@ _FILE_KEYS = {
     "refresh_seconds",
     "title",
     "log_level",
+    "metrics_listen",
     "tls",
     "backends",
     "default_backend",
@@ -116,6 +117,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--auth-failure-window-seconds", type=float, metavar="N")
     parser.add_argument("--ignore-query-parameter", action="append", metavar="NAME", help="repeatable")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics here (plain HTTP); default: none",
+    )
     return parser
 
 
@@ -138,6 +144,9 @@ def from_arguments(argv: Sequence[str]) -> EdgeConfig:
     backends, default_backend = _backends_of(args, file, default_transport, problems)
     descriptor_set = _source_of(args, file, problems)
     host, port = _listen_of(args.listen if args.listen is not None else file.get("listen"), problems)
+    metrics = args.metrics_listen if args.metrics_listen is not None else file.get("metrics_listen")
+    # No metrics endpoint unless asked: several standalone edges may share a machine.
+    metrics_host, metrics_port = _listen_of(metrics, problems, key="metrics_listen", default=("127.0.0.1", 0))
     limits_table = _table(file, "limits", problems)
     unknown_limits = sorted(set(limits_table) - set(Limits.__dataclass_fields__))
     if unknown_limits:
@@ -170,6 +179,8 @@ def from_arguments(argv: Sequence[str]) -> EdgeConfig:
         title=str(title),
         limits=limits,
         log_level=log_level,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
     )
 
 
@@ -226,13 +237,19 @@ def _source_of(args: argparse.Namespace, file: Mapping[str, Any], problems: list
     return None
 
 
-def _listen_of(listen: object, problems: list[str]) -> tuple[str, int]:
+def _listen_of(
+    listen: object,
+    problems: list[str],
+    *,
+    key: str = "listen",
+    default: tuple[str, int] = ("127.0.0.1", 8080),
+) -> tuple[str, int]:
     if listen is None:
-        return "127.0.0.1", 8080
+        return default
     match = _LISTEN.fullmatch(str(listen))
     if match is None or not 0 < int(match["port"]) < 65536:
-        problems.append(f"listen: expected host:port, got {listen!r}")
-        return "127.0.0.1", 8080
+        problems.append(f"{key}: expected host:port, got {listen!r}")
+        return default
     return match["host"].strip("[]") or "0.0.0.0", int(match["port"])
 
 

@@ -102,6 +102,10 @@ class EdgeConfig:
     tokens: TokenCheck | None = None
     """How to verify bearer tokens to limit per principal; None limits every client by address."""
     log_level: str = "INFO"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    """Where ``/metrics`` is served (plain HTTP); 0 serves none. Standalone, ``--metrics-listen``;
+    Polyservice's edge, ``POLY_GATEWAY_METRICS_PORT`` (`services.kit.telemetry` serves it)."""
 
     @property
     def reflect(self) -> bool:
@@ -131,6 +135,8 @@ def from_settings(settings: Settings) -> EdgeConfig:
             target(settings.peers["auth"], "auth"), settings.auth, settings.client_deadline_seconds
         ),
         log_level=settings.log_level,
+        metrics_host=settings.telemetry.metrics_host,
+        metrics_port=settings.telemetry.metrics_port,
     )
 
 

@@ -2,10 +2,12 @@
 
 Incoming: `Authorization` becomes `authorization` (a Bearer credential's scheme, matched in any
 case as RFC 7235 has it, written `Bearer`), `Grpc-Metadata-<k>` becomes `<k>` (`-bin` values
-base64-decoded), `traceparent`/`tracestate` pass through, `x-request-id` is the request's id,
-and `x-forwarded-for` (one address: the client, see `client_address`) and `x-forwarded-host` are
-added. Nothing else is forwarded: not hop-by-hop headers, not the client's own
-`X-Forwarded-For`, not reserved `grpc-*` keys, and not keys the gateway sets itself. Outgoing:
+base64-decoded), `x-request-id` is the request's id (`choose_request_id`), and `x-forwarded-for`
+(one address: the client, see `client_address`) and `x-forwarded-host` are added. The client's
+`traceparent`/`tracestate` pass through only when asked (an edge that does not trace); an edge
+that traces sends its own, continuing the client's trace (`gateway.observe`). Nothing else is
+forwarded: not hop-by-hop headers, not the client's own `X-Forwarded-For`, not reserved
+`grpc-*` keys, and not keys the gateway sets itself. Outgoing:
 header metadata becomes `Grpc-Metadata-<k>`, trailers `Grpc-Trailer-<k>`, with `-bin` values
 base64-encoded.
 """
@@ -24,6 +26,7 @@ from gateway.errors import BadRequest
 __all__ = [
     "HeaderMatcher",
     "bearer_credential",
+    "choose_request_id",
     "Network",
     "client_address",
     "normalized_authorization",
@@ -48,9 +51,9 @@ TRAILER_PREFIX = "Grpc-Trailer-"
 _METADATA_PREFIX_LOWER = METADATA_PREFIX.lower()
 _KEY = re.compile(r"[0-9a-z_.\-]+")
 _ASCII_VALUE = re.compile(r"[\x20-\x7e]*")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-_MAX_REQUEST_ID = 128
 # Keys a client may never set through Grpc-Metadata-: connection-level HTTP/2 headers, and the keys
 # the gateway sets itself (a client-supplied copy would spoof them).
 _NEVER_FORWARDED = frozenset(
@@ -92,12 +95,15 @@ def outgoing_metadata(
     host: str,
     request_id: str,
     header_matcher: HeaderMatcher = default_header_matcher,
+    forward_trace_context: bool = True,
 ) -> list[tuple[str, str | bytes]]:
     """The gRPC metadata for a call made on behalf of an HTTP request.
 
     `headers` are the request's (name, value) pairs, names in any case, repeated names allowed.
     `client_ip` is the client's address as the edge determined it (`client_address`): it is the
     one ``x-forwarded-for`` entry sent, so a backend can trust the last entry it sees.
+    `forward_trace_context` passes the client's ``traceparent``/``tracestate`` through; an edge
+    that traces sets it False and adds its own (the client's then parents the edge's span).
     Raises BadRequest for a metadata key that is not a valid gRPC key, a `-bin` value that is not
     base64, a text value that is not printable ASCII, or more than one Authorization header.
     """
@@ -111,7 +117,7 @@ def outgoing_metadata(
             authorization_seen = True
             metadata.append(("authorization", normalized_authorization(_ascii_value(raw_name, value))))
         elif name in _PASSED_THROUGH:
-            if _ASCII_VALUE.fullmatch(value):
+            if forward_trace_context and _ASCII_VALUE.fullmatch(value):
                 metadata.append((name, value))
         elif name == "x-forwarded-for":
             continue  # replaced by the address the edge vouches for
@@ -175,13 +181,21 @@ def _is_trusted(peer: str, trusted: Sequence[Network]) -> bool:
 
 
 def request_id(headers: Iterable[tuple[str, str]]) -> str:
-    """The first X-Request-Id if it is 1-128 printable ASCII characters, else a new uuid4 hex."""
+    """`choose_request_id` of the first X-Request-Id among `headers` (name, value) pairs."""
     for name, value in headers:
         if name.lower() == "x-request-id":
-            candidate = value.strip()
-            if 0 < len(candidate) <= _MAX_REQUEST_ID and _ASCII_VALUE.fullmatch(candidate):
-                return candidate
-            break
+            return choose_request_id(value)
+    return choose_request_id(None)
+
+
+def choose_request_id(value: str | None) -> str:
+    """`value` (a client's X-Request-Id) when it is 1-128 characters of ``A-Z a-z 0-9 . _ : -``,
+    else a new uuid4 hex: an id that lands in log lines, span attributes and metadata is never
+    one the client could shape into something else (quotes, spaces, control characters)."""
+    if value is not None:
+        candidate = value.strip()
+        if _REQUEST_ID.fullmatch(candidate):
+            return candidate
     return uuid.uuid4().hex
 
 

@@ -25,7 +25,9 @@ from gateway.backends import Backends
 from gateway.catalog import load_routing
 from gateway.config import EdgeConfig
 from gateway.descriptors import DescriptorSetError
+from gateway.observe import Observer
 from gateway.tokens import verifying
+from services.kit import telemetry
 
 __all__ = ["StartError", "serve"]
 
@@ -39,15 +41,21 @@ class _ConnectionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     header over the size limit, broken chunking) with a traceback whose message quotes the
     raw bytes, credentials included (and a bad method only at debug level). Each such request
     becomes one warning line naming the peer, the status and the kind of problem, with no
-    traceback and no byte of the request. Anything else is logged as aiohttp asked (and
-    redacted on the way out by `services.kit.logs`).
+    traceback and no byte of the request, and is counted in the edge's HTTP metrics (method
+    ``_OTHER``, no route). Anything else is logged as aiohttp asked (and redacted on the way
+    out by `services.kit.logs`).
     """
+
+    def __init__(self, logger: logging.Logger, observer: Observer) -> None:
+        super().__init__(logger)
+        self._observer = observer
 
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
         error = kwargs.get("exc_info")
         if not isinstance(error, http_exceptions.HttpProcessingError):
             super().log(level, msg, *args, **kwargs)
             return
+        self._observer.refused(error.code)
         # The words before the first colon or quote: aiohttp's description, never the bytes.
         problem = re.split(r"[:'\"]", str(error.message), maxsplit=1)[0].strip()[:120]
         peer = args[0] if args else ""
@@ -87,15 +95,20 @@ class _Signals:
             loop.remove_signal_handler(signum)
 
 
-async def serve(config: EdgeConfig) -> None:
-    """Serve `config` until SIGTERM or SIGINT; raises `StartError` when it cannot start."""
+async def serve(config: EdgeConfig, *, observer: Observer | None = None) -> None:
+    """Serve `config` until SIGTERM or SIGINT; raises `StartError` when it cannot start.
+
+    `observer` records spans, metrics and access lines; by default, as the process's
+    telemetry (`services.kit.telemetry.setup`) has them, or access lines alone without it.
+    """
+    observer = observer or Observer.of(telemetry.installed())
     signals = _Signals()
     backends = Backends(config.backends, config.default_backend)
     _log.info("loading routes", extra={"source": _source(config)})
     try:
         routing = await _first_routing(config, backends, signals)
         if routing is not None:
-            await _serve(config, routing, backends, signals)
+            await _serve(config, routing, backends, signals, observer)
     finally:
         await backends.close()
         signals.close()
@@ -120,14 +133,16 @@ async def _first_routing(config: EdgeConfig, backends: Backends, signals: _Signa
     return routing
 
 
-async def _serve(config: EdgeConfig, routing: Routing, backends: Backends, signals: _Signals) -> None:
+async def _serve(
+    config: EdgeConfig, routing: Routing, backends: Backends, signals: _Signals, observer: Observer
+) -> None:
     async with verifying(config.tokens) as verify_token:
-        edge = Edge(routing, backends, config.limits, verify_token=verify_token)
+        edge = Edge(routing, backends, config.limits, verify_token=verify_token, observer=observer)
         runner = web.AppRunner(
             edge.application(),
             handler_cancellation=True,
-            access_log=None,
-            logger=_ConnectionLog(logging.getLogger("poly.gateway.http")),
+            access_log=None,  # gateway.observe writes the access lines
+            logger=_ConnectionLog(logging.getLogger("poly.gateway.http"), observer),
         )
         await runner.setup()
         try:

@@ -18,7 +18,11 @@ from tests.support.http import Answer, http_call
 from tests.support.identity import PASSWORD, Deployment, start
 from tests.support.processes import Process
 
-__all__ = ["Answer", "Edge", "edge", "pem"]
+__all__ = ["STANDALONE", "Answer", "Edge", "edge", "pem"]
+
+STANDALONE = {"OTEL_TRACES_EXPORTER": "none"}
+"""The environment of a standalone ``python -m gateway`` in tests not about its spans: by
+default it keeps them under ``./.poly/traces`` (the checkout's own home)."""
 
 
 @dataclass

@@ -171,8 +171,23 @@ auth_failures_per_address = -1
         (["--reflect"], "no backend"),
         (["--reflect", "--backend=Library=a:1"], "expected package.Service=host:port"),
         (["--config=/nowhere.toml"], "cannot read /nowhere.toml"),
+        (
+            ["--reflect", f"--backend={SERVICE}=a:1", "--metrics-listen=9460"],
+            "metrics_listen: expected host:port",
+        ),
+        (
+            ["--reflect", f"--backend={SERVICE}=a:1", "--metrics-listen=:0"],
+            "metrics_listen: expected host:port",
+        ),
     ],
-    ids=["no-source", "no-backend", "unqualified-service", "unreadable-file"],
+    ids=[
+        "no-source",
+        "no-backend",
+        "unqualified-service",
+        "unreadable-file",
+        "metrics-port-only",
+        "metrics-port-0",
+    ],
 )
 def test_command_line_problems(argv: list[str], problem: str) -> None:
     with pytest.raises(ConfigError) as raised:
@@ -247,3 +262,16 @@ def test_a_file_that_is_not_toml(tmp_path: Path) -> None:
     file.write_text("listen = \n")
     with pytest.raises(ConfigError, match="is not valid TOML"):
         from_arguments(["--config", str(file)])
+
+
+def test_metrics_are_served_only_where_asked(tmp_path: Path) -> None:
+    base = ["--reflect", f"--backend={SERVICE}=localhost:50051"]
+    assert from_arguments(base).metrics_port == 0, "no endpoint by default: edges may share a machine"
+    found = from_arguments([*base, "--metrics-listen=127.0.0.1:9470"])
+    assert (found.metrics_host, found.metrics_port) == ("127.0.0.1", 9470)
+    file = tmp_path / "gateway.toml"
+    file.write_text('reflect = true\nmetrics_listen = "[::1]:9471"\n[default_backend]\naddress = "a:1"\n')
+    from_file = from_arguments([f"--config={file}"])
+    assert (from_file.metrics_host, from_file.metrics_port) == ("::1", 9471)
+    overridden = from_arguments([f"--config={file}", "--metrics-listen=:9472"])
+    assert (overridden.metrics_host, overridden.metrics_port) == ("0.0.0.0", 9472)

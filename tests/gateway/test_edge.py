@@ -7,12 +7,16 @@ Every service runs as a process with real certificates; the edge reaches them ov
 from __future__ import annotations
 
 import json
+import re
+import urllib.request
 import uuid
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.gateway.conftest import Answer, Edge
+from tests.support.identity import PASSWORD
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -256,3 +260,40 @@ def test_the_document_declares_the_success_statuses(edge: Edge) -> None:
     assert "201" in paths["/v1/orders"]["post"]["responses"]
     assert "204" in paths["/v1/auth:logout"]["post"]["responses"]
     assert "200" in paths["/v1/orders"]["get"]["responses"]
+
+
+def test_one_trace_and_one_request_id_from_the_edge_to_the_service(edge: Edge) -> None:
+    """The client's trace continues through the edge into the auth service; both access lines
+    carry the request id and the trace id, and the edge's /metrics counted the call."""
+    request_id, trace_id = f"e2e-{uuid.uuid4().hex[:12]}", uuid.uuid4().hex
+    headers = {"X-Request-Id": request_id, "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+    email = f"traced-{uuid.uuid4().hex[:10]}@example.com"
+    answer = edge.call("POST", "/v1/auth:register", {"email": email, "password": PASSWORD}, headers=headers)
+    assert answer.status == 201, answer.body
+    assert answer.headers["X-Request-Id"] == request_id
+
+    line = json.loads(edge.process.wait_for_line(lambda text: f'"request_id": "{request_id}"' in text))
+    assert (line["logger"], line["route"], line["status"], line["trace_id"]) == (
+        "poly.access",
+        "/v1/auth:register",
+        201,
+        trace_id,
+    )
+    auth = edge.system.processes["auth"]
+    served = json.loads(auth.wait_for_line(lambda text: f'"request_id": "{request_id}"' in text))
+    assert served["trace_id"] == trace_id, "the service's access line is in the client's trace"
+
+    port = int(edge.system.environ["POLY_GATEWAY_METRICS_PORT"])
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    routes = {s.labels["http_route"] for s in families["http_server_request_duration_seconds"].samples}
+    assert "/v1/auth:register" in routes
+    # Templates only: outside their {variables}, no id (hex run) and no e-mail address.
+    literals = [re.sub(r"\{[^}]*\}", "", route) for route in routes]
+    assert not any(re.search(r"[0-9a-f]{12}|@", literal) for literal in literals), routes
+    handled = [
+        s
+        for s in families["grpc_client_handled"].samples
+        if s.labels["grpc_method"] == "Register" and s.labels["grpc_code"] == "OK"
+    ]
+    assert handled and handled[0].labels["grpc_service"] == "poly.auth.v1.AuthService"

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from gateway.errors import BadRequest
 from gateway.headers import (
     Network,
+    choose_request_id,
     client_address,
     outgoing_metadata,
     parse_grpc_timeout,
@@ -197,21 +198,46 @@ REQUEST_IDS = [
     ([("X-Request-Id", "abc-123")], "abc-123"),
     ([("x-request-id", "  spaced  ")], "spaced"),
     ([("X-Request-Id", "a" * 128)], "a" * 128),
+    ([("X-Request-Id", "Req_1.2:3-4")], "Req_1.2:3-4"),
+    ([("X-Request-Id", "first"), ("X-Request-Id", "second")], "first"),
 ]
 
 
-@pytest.mark.parametrize(("headers", "expected"), REQUEST_IDS, ids=["plain", "trimmed", "max-length"])
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    REQUEST_IDS,
+    ids=["plain", "trimmed", "max-length", "every-allowed-kind", "first-of-two"],
+)
 def test_request_id_kept(headers: list[tuple[str, str]], expected: str) -> None:
     assert request_id(headers) == expected
 
 
 @pytest.mark.parametrize(
-    "value", ["", "a" * 129, "bad\nid", "caf\u00e9"], ids=["empty", "long", "newline", "non-ascii"]
+    "value",
+    ["", "a" * 129, "bad\nid", "caf\u00e9", "has space", 'quote"d', "a=b", "<script>", "x/y", "[REDACTED]"],
+    ids=["empty", "long", "newline", "non-ascii", "space", "quote", "equals", "markup", "slash", "brackets"],
 )
 def test_request_id_replaced(value: str) -> None:
     generated = request_id([("X-Request-Id", value)])
     assert len(generated) == 32 and all(c in string.hexdigits for c in generated)
     assert request_id([]) != request_id([])
+
+
+@given(st.text(max_size=200))
+def test_a_chosen_request_id_is_always_a_short_token(value: str) -> None:
+    chosen = choose_request_id(value)
+    assert re.fullmatch(r"[A-Za-z0-9._:\-]{1,128}", chosen), chosen
+    assert chosen == value.strip() or len(chosen) == 32
+
+
+def test_an_edge_that_traces_drops_the_clients_trace_context() -> None:
+    headers = [
+        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ("tracestate", "congo=t61rcWkgMzE"),
+        ("Grpc-Metadata-Traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    ]
+    metadata = outgoing_metadata(headers, client_ip="", host="", request_id="r", forward_trace_context=False)
+    assert metadata == [("x-request-id", "r")]
 
 
 TIMEOUTS = [

@@ -30,7 +30,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
 from services.kit import config, tls
-from tests.support.env import free_port, process_environ
+from tests.gateway.conftest import STANDALONE
+from tests.support.env import free_port
 from tests.support.http import Answer, http_call
 from tests.support.processes import Process
 from tests.support.protos import compile_proto
@@ -201,7 +202,7 @@ def start_edge(backend: Backend, *extra: str) -> Edge:
     certs = backend.certs
     process = Process.module(
         "gateway",
-        process_environ({}),
+        STANDALONE,
         f"--descriptor-set={backend.descriptor_set}",
         f"--backend={SERVICE}=localhost:{backend.port}",
         f"--listen=127.0.0.1:{port}",

@@ -32,7 +32,8 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from services.kit import config, tls
-from tests.support.env import free_port, process_environ
+from tests.gateway.conftest import STANDALONE
+from tests.support.env import free_port
 from tests.support.http import Answer, http_call
 from tests.support.processes import Process
 from tests.support.protos import compile_proto
@@ -387,7 +388,7 @@ def edge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     source = ["--descriptor-set", str(descriptor_set)] if request.param == "descriptor-set" else ["--reflect"]
     process = Process.module(
         "gateway",
-        process_environ({}),
+        STANDALONE,
         *source,
         f"--backend=acme.library.v1.LibraryService=localhost:{backend_port}",
         f"--listen=127.0.0.1:{port}",

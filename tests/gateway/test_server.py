@@ -8,9 +8,11 @@ are real.
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
@@ -20,8 +22,10 @@ import grpc
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_reflection.v1alpha import reflection
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.kit import config, tls
+from tests.gateway.conftest import STANDALONE
 from tests.support.env import PYTHON, free_port, make_certs, process_environ
 from tests.support.http import Answer, http_call
 from tests.support.processes import Process
@@ -115,7 +119,7 @@ def gateway_args(port: int, backend_port: int, *source: str, extra: tuple[str, .
 
 
 def start_gateway(args: list[str]) -> Process:
-    process = Process.module("gateway", process_environ({}), *args)
+    process = Process.module("gateway", STANDALONE, *args)
     process.wait_for_line(lambda line: '"serving"' in line, timeout=30)
     return process
 
@@ -229,7 +233,7 @@ def test_a_backend_that_goes_away_is_503_unavailable_and_recovers_by_itself(
 def _exits(args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [PYTHON, "-m", "gateway", *args],
-        env=process_environ({}),
+        env=process_environ(STANDALONE),
         capture_output=True,
         text=True,
         timeout=60,
@@ -358,7 +362,7 @@ def test_sighup_while_the_routes_are_loading_is_not_fatal(
     """Under --reflect the edge waits for a backend still starting; a SIGHUP meanwhile is a
     reload request, not the end of the process."""
     backend_port, port = free_port(), free_port()
-    gateway = Process.module("gateway", process_environ({}), *gateway_args(port, backend_port, "--reflect"))
+    gateway = Process.module("gateway", STANDALONE, *gateway_args(port, backend_port, "--reflect"))
     stack.append(gateway.stop)
     gateway.wait_for_line(lambda line: '"loading routes"' in line, timeout=30)
     gateway.popen.send_signal(signal.SIGHUP)
@@ -366,3 +370,86 @@ def test_sighup_while_the_routes_are_loading_is_not_fatal(
     stack.append(backend.stop)
     gateway.wait_for_line(lambda line: '"serving"' in line, timeout=30)
     assert http_call(port, "GET", "/v1/greetings/Ada").json() == {"text": "Hello, Ada"}
+
+
+def _metric_counts(port: int, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """The samples `name` on the ``/metrics`` endpoint at `port`, by their sorted labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
+def test_the_standalone_edge_serves_metrics_writes_access_lines_and_keeps_spans(
+    tmp_path: Path, api: dict[int, Path], stack: list[Callable[[], None]]
+) -> None:
+    backend_port, port, metrics_port = free_port(), free_port(), free_port()
+    backend = Greeter(api[1], backend_port)
+    stack.append(backend.stop)
+    args = gateway_args(
+        port,
+        backend_port,
+        "--descriptor-set",
+        str(api[1]),
+        extra=(f"--metrics-listen=127.0.0.1:{metrics_port}",),
+    )
+    # No OTEL_* set: spans are kept in POLY_HOME's trace file, as under `poly up`.
+    gateway = Process.module("gateway", {"POLY_HOME": str(tmp_path)}, *args)
+    stack.append(gateway.stop)
+    gateway.wait_for_line(lambda line: '"serving"' in line, timeout=30)
+    for name in ("Ada", "Bob", "Cy"):
+        answer = http_call(port, "GET", f"/v1/greetings/{name}", headers={"X-Request-Id": f"greet-{name}"})
+        assert (answer.status, answer.headers["X-Request-Id"]) == (200, f"greet-{name}")
+    assert http_call(port, "GET", "/v1/nowhere/Ada?token=secret-value").status == 404
+
+    assert _metric_counts(metrics_port, "http_server_request_duration_seconds_count") == {
+        (
+            ("http_request_method", "GET"),
+            ("http_response_status_code", "200"),
+            ("http_route", "/v1/greetings/{name}"),
+        ): 3,
+        (("http_request_method", "GET"), ("http_response_status_code", "404"), ("http_route", "")): 1,
+    }
+    assert _metric_counts(metrics_port, "grpc_client_handled_total") == {
+        (("grpc_code", "OK"), ("grpc_method", "Greet"), ("grpc_service", SERVICE), ("grpc_type", "unary")): 3
+    }
+    access = [json.loads(line) for line in gateway.lines if '"poly.access"' in line]
+    assert [(a["route"], a["status"], a["request_id"][:6]) for a in access][:3] == [
+        ("/v1/greetings/{name}", 200, "greet-")
+    ] * 3
+    assert (access[3]["route"], access[3]["status"]) == ("", 404)
+    assert all(len(a["trace_id"]) == 32 and a["peer"] == "127.0.0.1" for a in access)
+    assert "secret-value" not in gateway.output() and "nowhere" not in gateway.output()
+
+    gateway.stop()  # exports what is queued on the way out
+    spans = (tmp_path / "traces" / "gateway.jsonl").read_text()
+    assert "GET /v1/greetings/{name}" in spans and f"{SERVICE}/Greet" in spans
+    assert access[0]["trace_id"] in spans
+
+
+def test_metrics_listen_must_be_an_address() -> None:
+    done = _exits(["--reflect", f"--backend={SERVICE}=127.0.0.1:1,plaintext", "--metrics-listen=9460"])
+    assert done.returncode == 2
+    assert "metrics_listen: expected host:port, got '9460'" in done.stderr
+
+
+def test_a_taken_metrics_port_stops_the_start(api: dict[int, Path]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        metrics_port = taken.getsockname()[1]
+        args = gateway_args(
+            free_port(),
+            free_port(),
+            "--descriptor-set",
+            str(api[1]),
+            extra=(f"--metrics-listen=127.0.0.1:{metrics_port}",),
+        )
+        done = _exits(args)
+    assert done.returncode == 1, done.stderr
+    assert f"poly gateway: cannot serve metrics on 127.0.0.1:{metrics_port}" in done.stderr
+    assert "--metrics-listen moves it" in done.stderr

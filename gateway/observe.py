@@ -1,0 +1,408 @@
+"""The edge observed: per request an HTTP SERVER span, the ``http_server_*`` metrics and one
+access line; per backend call a CLIENT span and the ``grpc_client_*`` metrics.
+
+The span follows the OpenTelemetry HTTP semantic conventions: named ``{METHOD} {route
+template}`` (``GET /v1/{name=orders/*}``; ``{METHOD}`` alone when no route matched, ``HTTP``
+for a method outside the standard set), with the path but never the query string (it may
+carry a token). A W3C ``traceparent`` from the client parents it; the backend call is a CLIENT
+span under it whose context (``traceparent`` plus the client's ``tracestate``) replaces the
+client's in the metadata, so the services' spans join the same trace. Baggage from the client
+is not taken: the Internet does not get to set it.
+
+Metrics carry the route template, never the raw path, so a client sending a million paths
+adds no series; a method outside the standard set is ``_OTHER`` and an unrouted request has
+``http_route=""``. Series children are looked up once per (method, route, status) and kept.
+
+The access line (logger ``poly.access``, written while the span is current, so the kit's
+log setup adds ``trace_id`` and ``span_id``) has method, route template, status, body bytes,
+duration, request id and the client's address: no query string, no header value. The probes
+(``/healthz``, ``/readyz``) are only counted: no span, no line.
+
+`Observer()` alone writes access lines; `Observer.of(telemetry)` adds the spans and metrics
+that `services.kit.telemetry.setup` configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Callable, MutableSequence
+from typing import Any
+
+import grpc
+from aiohttp import web
+from aiohttp.http import HttpVersion10, HttpVersion11
+from aiohttp.typedefs import Handler, Middleware
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagators.textmap import Setter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+
+from gateway import headers
+from services.kit.telemetry import Telemetry
+from services.kit.telemetry.metrics import LATENCY_BUCKETS, RpcMetrics
+
+__all__ = [
+    "CLIENT_CLOSED",
+    "EXCHANGE",
+    "OTHER_METHOD",
+    "BackendCall",
+    "ClientAddress",
+    "Exchange",
+    "HttpMetrics",
+    "Observer",
+    "http_method",
+    "http_metrics",
+]
+
+OTHER_METHOD = "_OTHER"
+"""The method label of anything outside the standard HTTP methods (semantic conventions)."""
+
+CLIENT_CLOSED = 499
+"""The status logged and counted for a request whose client left before any answer (nginx's)."""
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+_PROBES = frozenset({"/healthz", "/readyz"})
+_PROBE_METHODS = frozenset({"GET", "HEAD"})
+_VERSIONS = {HttpVersion11: "1.1", HttpVersion10: "1.0"}
+# Client-chosen text kept on a span is capped: it is stored and exported for every request.
+_MAX_ATTRIBUTE = 256
+_ACCESS_MESSAGE = "http request"
+
+Metadata = MutableSequence[tuple[str, str | bytes]]
+ClientAddress = Callable[[web.Request], str]
+"""The client behind a request, as the rate limiter sees it (`gateway.headers.client_address`)."""
+
+
+def http_method(method: str) -> str:
+    """`method` when it is a standard HTTP method, else ``_OTHER`` (a bounded label)."""
+    return method if method in _METHODS else OTHER_METHOD
+
+
+class HttpMetrics:
+    """``http_server_request_duration_seconds{http_request_method, http_route,
+    http_response_status_code}`` and ``http_server_active_requests`` on `registry`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._duration = Histogram(
+            "http_server_request_duration_seconds",
+            "Time from a request's arrival at the edge to its answer (a stream's end).",
+            ("http_request_method", "http_route", "http_response_status_code"),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.active = Gauge(
+            "http_server_active_requests", "Requests the edge is handling now.", registry=registry
+        )
+        self._series: dict[tuple[str, str, int], Histogram] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One request: `method` a `http_method` label, `route` a template or ""."""
+        key = (method, route, status)
+        child = self._series.get(key)
+        if child is None:  # the edge runs on one event loop: no lock needed
+            child = self._series[key] = self._duration.labels(method, route, str(status))
+        child.observe(seconds)
+
+
+_SHARED: weakref.WeakKeyDictionary[CollectorRegistry, HttpMetrics] = weakref.WeakKeyDictionary()
+
+
+def http_metrics(registry: CollectorRegistry) -> HttpMetrics:
+    """The `HttpMetrics` of `registry`, registered on first use (a registry refuses a name twice)."""
+    found = _SHARED.get(registry)
+    if found is None:
+        found = _SHARED[registry] = HttpMetrics(registry)
+    return found
+
+
+class Exchange:
+    """One request as the observer follows it; the handler fills in what it learns."""
+
+    __slots__ = ("body_bytes", "client", "method", "request_id", "response", "route", "span")
+
+    def __init__(self, method: str, request_id: str, client: str) -> None:
+        self.method = method
+        """The `http_method` label."""
+        self.request_id = request_id
+        self.client = client
+        """The client's address (the rate limiter's), the access line's ``peer``."""
+        self.route = ""
+        """The matched route's template; "" until (unless) one matched."""
+        self.span: trace.Span | None = None
+        self.response: web.StreamResponse | None = None
+        """A streamed answer, once its headers are sent (its status is then the one logged)."""
+        self.body_bytes = 0
+        """Body bytes of a streamed answer written so far."""
+
+    def routed(self, template: str) -> None:
+        """The request matched the route with `template`: the span is named after it."""
+        self.route = template
+        span = self.span
+        if span is not None:
+            span.update_name(f"{'HTTP' if self.method == OTHER_METHOD else self.method} {template}")
+            span.set_attribute("http.route", template)
+
+
+EXCHANGE = web.RequestKey("poly.exchange", Exchange)
+"""Where the middleware leaves a request's `Exchange` for the handler."""
+
+
+class BackendCall:
+    """One gRPC call to a backend, ended exactly once with its status code."""
+
+    __slots__ = ("_ended", "_key", "_metrics", "_series", "_span", "_started")
+
+    def __init__(
+        self, metrics: RpcMetrics | None, key: tuple[str, str, str], span: trace.Span | None
+    ) -> None:
+        self._metrics, self._key, self._span = metrics, key, span
+        self._series: Any = None
+        if metrics is not None:
+            self._series = metrics.method(*key)
+            metrics.started(self._series)
+        self._started = time.perf_counter()
+        self._ended = False
+
+    def end(self, code: grpc.StatusCode) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if self._metrics is not None:
+            self._metrics.handled(self._series, self._key, code, time.perf_counter() - self._started)
+        span = self._span
+        if span is not None:
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code is not grpc.StatusCode.OK:
+                # Client spans: every code but OK is an error (RPC semantic conventions).
+                span.set_attribute("error.type", code.name)
+                span.set_status(Status(StatusCode.ERROR, code.name))
+            span.end()
+
+    def fail(self, error: BaseException) -> None:
+        """End with the status `error` stands for: its own, CANCELLED, or UNKNOWN."""
+        if isinstance(error, grpc.aio.AioRpcError):
+            self.end(error.code())
+        elif isinstance(error, asyncio.CancelledError | ConnectionResetError):
+            self.end(grpc.StatusCode.CANCELLED)
+        else:
+            self.end(grpc.StatusCode.UNKNOWN)
+
+
+class _Append(Setter[Metadata]):
+    def set(self, carrier: Metadata, key: str, value: str) -> None:
+        carrier.append((key, value))
+
+
+_APPEND = _Append()
+
+
+def _host_and_port(host: str) -> tuple[str, int | None]:
+    """``example.com:8080`` -> (``example.com``, 8080); ``[::1]`` -> (``::1``, None)."""
+    if host.startswith("["):
+        address, _, rest = host[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        address, colon, port = host.rpartition(":")
+        if not colon:
+            address, port = host, ""
+    return address[:_MAX_ATTRIBUTE], int(port) if port.isdigit() and len(port) <= 5 else None
+
+
+class Observer:
+    """What the edge records. Each part is optional: `tracer` (spans), `metrics` (the HTTP
+    side), `client_metrics` (``grpc_client_*``), `access_log` (``poly.access`` by default;
+    its level decides whether lines are written)."""
+
+    def __init__(
+        self,
+        *,
+        tracer: trace.Tracer | None = None,
+        metrics: HttpMetrics | None = None,
+        client_metrics: RpcMetrics | None = None,
+        access_log: logging.Logger | None = None,
+    ) -> None:
+        self._tracer = tracer
+        self._metrics = metrics
+        self._client_metrics = client_metrics
+        self._log = access_log or logging.getLogger("poly.access")
+        self._propagator = TraceContextTextMapPropagator()
+        self._calls: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def of(cls, telemetry: Telemetry | None) -> Observer:
+        """Spans and metrics as `telemetry` (the process's, from `kit.telemetry.setup`) has
+        them; access lines only without it."""
+        if telemetry is None:
+            return cls()
+        return cls(
+            tracer=telemetry.tracer("poly.gateway"),
+            metrics=http_metrics(telemetry.metrics.registry),
+            client_metrics=telemetry.metrics.client,
+        )
+
+    @property
+    def tracing(self) -> bool:
+        """Whether the edge makes spans (and so sends its own trace context to backends)."""
+        return self._tracer is not None
+
+    # -- HTTP side -------------------------------------------------------------------------
+
+    def middleware(self, client_address: ClientAddress) -> Middleware:
+        """The aiohttp middleware (put it outermost): request id, span, metrics, access line.
+        The request's `Exchange` is at ``request[EXCHANGE]``; the answer gets ``X-Request-Id``
+        unless the handler sent its headers already (a stream sets it itself)."""
+
+        @web.middleware
+        async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+            started = time.perf_counter()
+            raw_path = request.raw_path
+            if raw_path in _PROBES and request.method in _PROBE_METHODS:
+                return await self._probe(request, handler, raw_path, started)
+            exchange = Exchange(
+                http_method(request.method),
+                headers.choose_request_id(request.headers.get("X-Request-Id")),
+                client_address(request),
+            )
+            request[EXCHANGE] = exchange
+            metrics = self._metrics
+            if metrics is not None:
+                metrics.active.inc()
+            token = None
+            if self._tracer is not None:
+                span = exchange.span = self._server_span(self._tracer, request, exchange, raw_path)
+                token = otel_context.attach(trace.set_span_in_context(span))
+            status, body_bytes = 500, 0
+            try:
+                response = await handler(request)
+                status = response.status
+                if response.prepared:
+                    body_bytes = exchange.body_bytes
+                else:
+                    response.headers["X-Request-Id"] = exchange.request_id
+                    body_bytes = response.content_length or 0
+                return response
+            except asyncio.CancelledError:
+                stream = exchange.response  # a stream ends this way when its client leaves
+                status = stream.status if stream is not None else CLIENT_CLOSED
+                body_bytes = exchange.body_bytes
+                raise
+            finally:
+                try:
+                    self._finish(request, exchange, status, body_bytes, time.perf_counter() - started)
+                finally:
+                    if token is not None:
+                        otel_context.detach(token)
+                    if metrics is not None:
+                        metrics.active.dec()
+
+        return observe
+
+    async def _probe(
+        self, request: web.Request, handler: Handler, path: str, started: float
+    ) -> web.StreamResponse:
+        response = await handler(request)
+        if self._metrics is not None:
+            self._metrics.observe(
+                http_method(request.method), path, response.status, time.perf_counter() - started
+            )
+        return response
+
+    def _server_span(
+        self, tracer: trace.Tracer, request: web.Request, exchange: Exchange, raw_path: str
+    ) -> trace.Span:
+        found = request.headers
+        parent = self._propagator.extract(found) if "traceparent" in found else None
+        version = request.version
+        attributes: dict[str, Any] = {
+            "http.request.method": exchange.method,
+            "url.path": raw_path.partition("?")[0],
+            "url.scheme": request.scheme,
+            "client.address": exchange.client,
+            "network.peer.address": request.remote or "",
+            "network.protocol.version": _VERSIONS.get(version) or f"{version.major}.{version.minor}",
+            "poly.request_id": exchange.request_id,
+        }
+        if exchange.method == OTHER_METHOD:
+            attributes["http.request.method_original"] = request.method[:_MAX_ATTRIBUTE]
+        host = found.get("Host")
+        if host:
+            address, port = _host_and_port(host)
+            attributes["server.address"] = address
+            if port is not None:
+                attributes["server.port"] = port
+        agent = found.get("User-Agent")
+        if agent:
+            attributes["user_agent.original"] = agent[:_MAX_ATTRIBUTE]
+        name = "HTTP" if exchange.method == OTHER_METHOD else exchange.method
+        return tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+
+    def _finish(
+        self, request: web.Request, exchange: Exchange, status: int, body_bytes: int, seconds: float
+    ) -> None:
+        if self._metrics is not None:
+            self._metrics.observe(exchange.method, exchange.route, status, seconds)
+        span = exchange.span
+        if span is not None:
+            if status != CLIENT_CLOSED:  # nothing was sent: no status to report
+                span.set_attribute("http.response.status_code", status)
+            if status >= 500:  # 4xx are the client's doing (HTTP semantic conventions)
+                span.set_attribute("error.type", str(status))
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
+        log = self._log
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                _ACCESS_MESSAGE,
+                extra={
+                    "method": request.method[:32],
+                    "route": exchange.route,
+                    "status": status,
+                    "bytes": body_bytes,
+                    "duration_ms": round(seconds * 1000, 3),
+                    "request_id": exchange.request_id,
+                    "peer": exchange.client,
+                },
+            )
+
+    def refused(self, status: int) -> None:
+        """Count a request the HTTP parser refused before any handler saw it (a malformed
+        request line or header): no method, no route."""
+        if self._metrics is not None:
+            self._metrics.observe(OTHER_METHOD, "", status, 0.0)
+
+    # -- gRPC side -------------------------------------------------------------------------
+
+    def call(
+        self, service: str, method: str, *, streaming: bool, target: str, metadata: Metadata
+    ) -> BackendCall:
+        """Start observing a call of ``/service/method`` at `target` (``host:port``), made on
+        behalf of the current request; with tracing, its trace context goes into `metadata`."""
+        span = None
+        tracer = self._tracer
+        if tracer is not None:
+            name, attributes = self._call_shape(service, method, target)
+            span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+            self._propagator.inject(metadata, trace.set_span_in_context(span), _APPEND)
+        key = ("server_stream" if streaming else "unary", service, method)
+        return BackendCall(self._client_metrics, key, span)
+
+    def _call_shape(self, service: str, method: str, target: str) -> tuple[str, dict[str, Any]]:
+        key = (service, method, target)
+        shape = self._calls.get(key)
+        if shape is None:
+            address, port = _host_and_port(target)
+            attributes: dict[str, Any] = {
+                "rpc.system": "grpc",
+                "rpc.service": service,
+                "rpc.method": method,
+                "server.address": address,
+            }
+            if port is not None:
+                attributes["server.port"] = port
+            shape = self._calls[key] = (f"{service}/{method}", attributes)
+        return shape
