@@ -28,6 +28,7 @@ __all__ = [
     "run_keys",
     "run_migration",
     "run_status",
+    "run_trace",
 ]
 
 
@@ -425,3 +426,9 @@ def run_keys(action: str) -> int:
     finally:
         engine.dispose()
     return OK
+
+
+def run_trace(home: Path, what: str | None, *, listing: bool, limit: int, as_json: bool) -> int:
+    from services.cli import trace
+
+    return trace.run(home, what, listing=listing, limit=limit, as_json=as_json)

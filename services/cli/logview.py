@@ -1,35 +1,34 @@
-"""How `poly up` shows a component's output: one short readable line per event.
+"""How `poly up` shows a component's output: one short readable line per event, or JSON.
 
-A JSON log line becomes ``12:00:01 info  message key=value``: fields that are empty, or
-whose text the message already shows, are left out, lists read ``a, b``, and a per-call
-line reads ``AuthService/Login OK 2.8 ms``. A traceback or stack follows, indented.
+A JSON log line reads as the kit's console format (`services.kit.console`), e.g.
+``12:00:01 info  message key=value`` or, for a call, ``AuthService/Login OK 2.8 ms``.
 
 A grpc-core line (C-core's absl format, ``I1203 13:22:45.240260  7721 file.cc:2563] text``,
-or ``E0000 00:00:1733240000.123456 ...`` before absl knows the time) gets the same shape,
-at its own level; a failed TLS handshake reads e.g. ``TLS handshake refused: the client
-sent no certificate``. Any other line (a raw traceback, a crash) is shown unchanged.
+or ``E0000 00:00:1733240000.123456 ...`` before absl knows the time) becomes a record of the
+same shape, at its own level; a failed TLS handshake reads e.g. ``TLS handshake refused: the
+client sent no certificate``. Any other line (a raw traceback, a crash) is shown unchanged.
 
-This is only the terminal's view: the JSON the services write keeps every field.
+`as_json` is the ``--log-format json`` view: a JSON line unchanged, any other line made a
+JSON record of the component's. `Output` writes either view, with `poly up`'s own lines.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import threading
 import time
-from typing import Any
+from typing import IO, Any
 
-__all__ = ["readable"]
+from services.kit.console import render, timestamp
+from services.kit.telemetry_settings import LOG_FORMATS
 
-_NOT_FIELDS = frozenset({"time", "level", "service", "logger", "message", "traceback", "stack"})
-_MULTILINE = ("traceback", "stack")
-_LEVELS = {"warning": "warn", "critical": "crit"}
-_CALL_FIELDS = ("method", "code", "duration_ms")
+__all__ = ["Output", "as_json", "readable"]
 
 _GRPC_CORE = re.compile(
     r"^(?P<level>[DIWEF])\d{4} [\d:.]+\s+\d+ (?P<source>[^\s\]]+:\d+)\] ?(?P<message>.*)$"
 )
-_GRPC_LEVELS = {"D": "debug", "I": "info", "W": "warn", "E": "error", "F": "fatal"}
+_GRPC_LEVELS = {"D": "debug", "I": "info", "W": "warning", "E": "error", "F": "fatal"}
 _HANDSHAKE = re.compile(r"^Handshake failed with error (?P<kind>\w+)(?::\s*(?P<rest>.*))?$")
 # BoringSSL: `error:100000c0:SSL routines:OPENSSL_internal:PEER_DID_NOT_RETURN_A_CERTIFICATE: detail`
 _OPENSSL_REASON = re.compile(r"error:[0-9a-fA-F]+:[^:]*:[^:]*:(?P<reason>[A-Z0-9_]+)(?::\s*(?P<detail>.*))?$")
@@ -48,90 +47,99 @@ _TLS_REASONS = {
 }
 
 
+class Output:
+    """Where `poly up` writes, in `log_format`: ``console``, each line prefixed with its
+    component's name, padded to `width`; or ``json``, one object per line. Safe from any
+    thread; a stdout that is gone (``poly up | head``) is ignored, so the children's output
+    is still drained."""
+
+    def __init__(self, out: IO[str], *, log_format: str = "console", width: int = 0) -> None:
+        if log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format: expected one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+        self._out = out
+        self._json = log_format == "json"
+        self._width = width
+        self._lock = threading.Lock()
+
+    def say(self, name: str, text: str, *, level: str = "info") -> None:
+        """A message of `poly up` itself (`name` ``poly``), or of its mailbox (``mail``)."""
+        if self._json:
+            logger = "poly.mailbox" if name == "mail" else "poly.up"
+            record = {"time": timestamp(time.time()), "level": level, "service": "poly", "logger": logger}
+            self._write([json.dumps({**record, "message": text})])
+        else:
+            self._write(self._prefixed(name, text))
+
+    def relay(self, name: str, line: str, *, received: float) -> None:
+        """One line of component `name`'s output."""
+        if not self._json:
+            self._write(self._prefixed(name, readable(line, received=received)))
+        elif (record := as_json(line, name, received=received)) is not None:
+            self._write([record])
+
+    def _prefixed(self, name: str, text: str) -> list[str]:
+        return [f"{name:<{self._width}} | {line}" for line in text.splitlines() or [""]]
+
+    def _write(self, lines: list[str]) -> None:
+        with self._lock:
+            try:
+                for line in lines:
+                    self._out.write(line + "\n")
+                self._out.flush()
+            except (OSError, ValueError):
+                pass  # our stdout is gone (e.g. `poly up | head`); keep draining the children
+
+
 def readable(line: str, *, received: float | None = None) -> str:
     """`line` (one line of a component's output) as `poly up` shows it.
 
     `received` (seconds since the epoch, default now) is the clock shown for a grpc-core
     line, whose own timestamp may be local time or unknown; JSON lines show their own.
     """
-    try:
-        record = json.loads(line)
-    except ValueError:
-        record = None
-    if isinstance(record, dict) and "message" in record:
-        return _from_record(record)
+    record = _record(line)
+    if record is not None:
+        return render(record)
     core = _GRPC_CORE.match(line)
     if core is not None:
-        return _from_grpc_core(core, time.time() if received is None else received)
+        return render(_from_grpc_core(core, time.time() if received is None else received))
     return line
 
 
-def _from_record(record: dict[str, Any]) -> str:
-    clock = str(record.get("time", ""))[11:19]
-    level = str(record.get("level", ""))
-    message = str(record["message"])
-    fields = {k: v for k, v in record.items() if k not in _NOT_FIELDS}
-    message, fields = _call_line(message, fields)
-    shown = [
-        f"{key}={_value(value)}"
-        for key, value in fields.items()
-        if not _is_empty(value) and not _in_message(value, message)
-    ]
-    text = f"{clock} {_LEVELS.get(level, level):<5} {message}" + ("  " + " ".join(shown) if shown else "")
-    for key in _MULTILINE:
-        if not _is_empty(record.get(key)):
-            text += "\n" + "\n".join("    " + t for t in str(record[key]).splitlines())
-    return text
+def as_json(line: str, component: str, *, received: float | None = None) -> str | None:
+    """`line` as one JSON object: a log line as it is, a grpc-core line or any other output
+    (a raw traceback) as a record of `component`'s (logger ``grpc`` or ``stderr``). None for
+    an empty line."""
+    if _record(line) is not None:
+        return line
+    if not line.strip():
+        return None
+    received = time.time() if received is None else received
+    core = _GRPC_CORE.match(line)
+    if core is not None:
+        made = {**_from_grpc_core(core, received), "service": component, "logger": "grpc"}
+    else:
+        # Not written through the kit's logging: output it never expected (a crash, a library's print).
+        made = {"time": timestamp(received), "level": "error", "service": component, "logger": "stderr"}
+        made["message"] = line
+    return json.dumps(made)
 
 
-def _call_line(message: str, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """An access-log line (``/pkg.Service/Method CODE`` with its three fields) made short."""
-    if not all(key in fields for key in _CALL_FIELDS):
-        return message, fields
-    method, code, duration = (fields[key] for key in _CALL_FIELDS)
-    if message != f"{method} {code}" or not isinstance(duration, int | float):
-        return message, fields
-    service, _, name = str(method).strip("/").rpartition("/")
-    short = f"{service.rsplit('.', 1)[-1]}/{name}" if service else str(method)
-    rest = {k: v for k, v in fields.items() if k not in _CALL_FIELDS}
-    return f"{short} {code} {_duration(float(duration))}", rest
+def _record(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "message" in record else None
 
 
-def _duration(ms: float) -> str:
-    if ms < 10:
-        return f"{ms:.1f} ms"
-    if ms < 1000:
-        return f"{ms:.0f} ms"
-    return f"{ms / 1000:.1f} s"
-
-
-def _is_empty(value: Any) -> bool:
-    return value is None or (isinstance(value, str | list | dict) and not value)
-
-
-def _in_message(value: Any, message: str) -> bool:
-    """True when the message already shows this text value as a whole word (numbers are
-    never dropped: a count equal to a number in the message is a coincidence)."""
-    if not isinstance(value, str) or len(value) < 2:
-        return False
-    return re.search(r"(?<![\w./:-])" + re.escape(value) + r"(?![\w./:-])", message) is not None
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return ", ".join(_value(item) for item in value)
-    if isinstance(value, dict):
-        return ", ".join(f"{key}={_value(item)}" for key, item in value.items())
-    return str(value).replace("\r", "\\r").replace("\n", "\\n")
-
-
-def _from_grpc_core(core: re.Match[str], received: float) -> str:
-    clock = time.strftime("%H:%M:%S", time.gmtime(received))  # JSON lines show UTC too
-    level = _GRPC_LEVELS[core["level"]]
-    message = _tls_handshake(core["message"]) or f"{core['message']}  grpc={core['source']}"
-    return f"{clock} {level:<5} {message}"
+def _from_grpc_core(core: re.Match[str], received: float) -> dict[str, Any]:
+    record: dict[str, Any] = {"time": timestamp(received), "level": _GRPC_LEVELS[core["level"]]}
+    handshake = _tls_handshake(core["message"])
+    if handshake is not None:
+        record["message"] = handshake
+    else:
+        record.update(message=core["message"], grpc=core["source"])
+    return record
 
 
 def _tls_handshake(message: str) -> str | None:

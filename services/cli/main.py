@@ -6,6 +6,7 @@ poly status            each component's health
 poly bus ACTION        a service's outbox and dead letters; declare the broker's topology
 poly admin create      the first admin account (or make an account admin)
 poly keys rotate|list  signing keys of the auth service
+poly trace WHAT        one trace as a waterfall, from the spans `poly up` keeps
 poly completion SHELL  a bash or zsh completion script
 
 Only argparse and `kit.config` load up front; each command imports what it needs when it
@@ -18,10 +19,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from services.cli.exits import CONFIGURATION_HINT, USAGE
 from services.kit import config
+from services.kit.telemetry_settings import LOG_FORMATS
 
 __all__ = ["EPILOG", "build_parser", "main"]
 
@@ -77,7 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     certs = commands.add_parser("certs", help="create the development CA and component certificates")
     certs.add_argument("--force", action="store_true", help="re-issue component certificates (rotation)")
-    commands.add_parser("up", help="start all services, wait for health, supervise until Ctrl-C")
+    up = commands.add_parser(
+        "up",
+        help="start all services, wait for health, supervise until Ctrl-C",
+        description="Start all services, wait for health, supervise until Ctrl-C. The services always\n"
+        "log JSON to poly up, which shows it in the --log-format you choose.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    up.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="console: one readable line per event, prefixed with its component; json: each "
+        "component's JSON lines unchanged, one object per line, `poly up`'s own with service "
+        "poly (default: POLY_LOG_FORMAT, else console on a terminal and json otherwise)",
+    )
     commands.add_parser("status", help="print each component's health; exit 0 only if all are SERVING")
     commands.add_parser(
         "gateway", help="serve the HTTP/JSON edge in front of any gRPC backends (poly gateway --help)"
@@ -115,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="rotate: add a key (published now, signing after POLY_AUTH_JWKS_MIN_REFRESH_SECONDS); "
         "list: the published keys and their roles",
     )
+    _add_trace(commands)
     completion = commands.add_parser(
         "completion",
         help="print a shell completion script (see the end of poly --help)",
@@ -125,6 +142,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     completion.add_argument("shell", choices=["bash", "zsh"], metavar="SHELL", help="bash or zsh")
     return parser
+
+
+def _add_trace(commands: Any) -> None:
+    trace = commands.add_parser(
+        "trace",
+        help="show one trace as a waterfall, found by trace id, X-Request-Id or resource name",
+        description="Show one trace as a waterfall, found by trace id, X-Request-Id or resource name.\n\n"
+        "Reads the spans `poly up` keeps in POLY_HOME/traces/ (OTLP JSON lines, written about a\n"
+        "second after a call ends): one row per span, each under its parent, with service, start,\n"
+        "duration, a bar on the trace's time scale, status and error message.\n\n"
+        "WHAT is a trace id (32 hex digits, the trace_id of a log line), an X-Request-Id (a\n"
+        "response header of the edge), or a resource name such as orders/abc; when several\n"
+        "traces match, the most recent is shown.",
+        epilog="examples:\n  poly trace 4bf92f3577b34da6a3ce929d0e0e4736\n  poly trace orders/abc\n"
+        "  poly trace --list -n 5\n\nexit status: 0 found, 1 nothing matches, 2 usage",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    trace.add_argument("what", nargs="?", metavar="WHAT", help="trace id, X-Request-Id or resource name")
+    home = trace.add_argument(
+        "--home", type=Path, metavar="DIR", help="read DIR/traces (default: POLY_HOME, else .poly)"
+    )
+    home.complete = {"bash": "_shtab_compgen_dirs", "zsh": "_files -/"}  # shtab.DIRECTORY, unimported
+    trace.add_argument(
+        "--list", dest="listing", action="store_true", help="list recent traces (WHAT's, if given)"
+    )
+    trace.add_argument("-n", "--limit", type=int, default=20, metavar="N", help="traces --list shows (20)")
+    trace.add_argument("--json", dest="as_json", action="store_true", help="print the spans as JSON")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.service
             else f"`poly bus {args.action}` needs a SERVICE: one of {', '.join(config.SERVICES)}"
         )
+    if args.command == "trace" and (args.limit < 1 or not (args.what or args.listing)):
+        parser.error("--limit must be at least 1" if args.limit < 1 else "`poly trace` needs WHAT, or --list")
     from services.cli import commands
 
     if args.command == "completion":  # needs no settings: works whatever the environment
@@ -163,12 +209,19 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "admin": lambda: commands.run_admin_create(args.email, args.password_stdin),
         "keys": lambda: commands.run_keys(args.action),
+        "trace": lambda: commands.run_trace(
+            args.home or settings.home,
+            args.what,
+            listing=args.listing,
+            limit=args.limit,
+            as_json=args.as_json,
+        ),
     }
     if args.command in run:
         return run[args.command]()
     from services.cli.supervisor import Supervisor
 
-    return Supervisor(settings).run()
+    return Supervisor(settings, log_format=args.log_format or settings.telemetry.log_format).run()
 
 
 if __name__ == "__main__":

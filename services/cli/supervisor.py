@@ -2,17 +2,22 @@
 
 Creates certificates on first run, refuses to start when a component's port is taken,
 starts ``python -m services.<name>`` per service (each creates and migrates its own
-database), shows every output line prefixed with the component's name in the readable
-form of `services.cli.logview`, says what it is waiting for until each health check says
-SERVING, prints a ready line per component and example calls, restarts a crashed process
-with exponential backoff, and on Ctrl-C or SIGTERM drains every service (SIGTERM), killing
-only what outlives the grace period. Each failure it reports says what to do next.
+database), says what it is waiting for until each health check says SERVING, prints a
+ready line per component and example calls, restarts a crashed process with exponential
+backoff, and on Ctrl-C or SIGTERM drains every service (SIGTERM), killing only what
+outlives the grace period. Each failure it reports says what to do next.
+
+Every component logs JSON, whatever POLY_LOG_FORMAT says (the supervisor reads its lines);
+`services.cli.logview.Output` shows them in the chosen format: ``console``, each line in
+its readable form prefixed with the component's name, or ``json``, the components' own
+lines unchanged and the supervisor's as records of service ``poly``.
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -26,7 +31,7 @@ from typing import IO
 
 from services.auth import keys
 from services.cli import mailbox
-from services.cli.logview import readable
+from services.cli.logview import Output
 from services.cli.probe import edge_status, health_status, port_in_use
 from services.kit import config, tls
 
@@ -59,6 +64,12 @@ def _is_serving_line(line: str) -> bool:
     except ValueError:
         return False
     return isinstance(record, dict) and record.get("message") == "serving"
+
+
+def _child_environ() -> dict[str, str]:
+    """The environment of a component: ours (each child reads its own settings through
+    `kit.config`), with JSON logs, which the supervisor parses whatever the user's format."""
+    return {**os.environ, "POLY_LOG_FORMAT": "json"}
 
 
 def _module(component: str) -> str:
@@ -123,25 +134,21 @@ class Supervisor:
         components: tuple[str, ...] = (*config.SERVICES, "gateway"),
         out: IO[str] | None = None,
         ready_timeout: float = 60.0,
+        log_format: str = "console",
     ) -> None:
         self._settings = settings
         self._children = {name: _Child(name) for name in components}
-        self._out = out or sys.stdout
-        self._write_lock = threading.Lock()
+        width = max(len(name) for name in (*components, "mail"))
+        self._output = Output(out or sys.stdout, log_format=log_format, width=width)
         self._stop = threading.Event()
         self._ready_timeout = ready_timeout
-        self._width = max(len(name) for name in (*components, "mail"))
+        self._width = width
         self._mailbox: mailbox.DevMailbox | None = None
         self._pre_exec = _die_with_parent_hook()
 
-    def _say(self, name: str, text: str) -> None:
-        with self._write_lock:
-            try:
-                for line in text.splitlines() or [""]:
-                    self._out.write(f"{name:<{self._width}} | {line}\n")
-                self._out.flush()
-            except (OSError, ValueError):
-                pass  # our stdout is gone (e.g. `poly up | head`); keep draining the children
+    def _say(self, name: str, text: str, *, level: str = "info") -> None:
+        """A line of the supervisor's own (`name` is ``poly``, or ``mail`` for the mailbox)."""
+        self._output.say(name, text, level=level)
 
     def _pump(self, name: str, stream: IO[str], serving: threading.Event) -> None:
         # Always read to the end: a child whose pipe fills up would block on its next log line.
@@ -149,7 +156,7 @@ class Supervisor:
             text = line.rstrip("\n")
             if not serving.is_set() and _is_serving_line(text):
                 serving.set()
-            self._say(name, readable(text, received=time.time()))
+            self._output.relay(name, text, received=time.time())
 
     def _spawn(self, child: _Child) -> None:
         process = subprocess.Popen(
@@ -161,6 +168,7 @@ class Supervisor:
             bufsize=1,
             # Own session: Ctrl-C reaches only the supervisor, which then drains each child.
             start_new_session=True,
+            env=_child_environ(),
             preexec_fn=self._pre_exec,  # noqa: PLW1509 - only calls a pre-resolved prctl
         )
         child.process, child.started_at, child.ready, child.restart_at = (
@@ -189,7 +197,20 @@ class Supervisor:
         if mailbox.wanted(smtp) and port_in_use(smtp.host, smtp.port):
             taken.append(_MAILBOX)  # else this system's emails would land in another's mailbox
         if taken:
-            self._say("poly", self._ports_taken(taken))
+            self._say("poly", self._ports_taken(taken), level="error")
+            return 1
+        metrics_taken = [
+            f"{name} {port} (POLY_{name.upper()}_METRICS_PORT)"
+            for name, port in self._metrics_ports().items()
+            if port and port_in_use(self._settings.telemetry.metrics_host, port)
+        ]
+        if metrics_taken:
+            self._say(
+                "poly",
+                f"metrics ports in use: {', '.join(metrics_taken)}; stop what holds them (another "
+                "`poly up`?) or move each with its variable (0 turns a metrics endpoint off)",
+                level="error",
+            )
             return 1
         self._open_mailbox()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -227,13 +248,21 @@ class Supervisor:
             )
             keys.ensure_key_encryption_key(self._settings.auth.key_encryption_key_file)
         except tls.CertificateError as error:
-            self._say("poly", str(error))
+            self._say("poly", str(error), level="error")
             return False
         except OSError as error:
             where = error.filename or directory
-            self._say("poly", f"cannot write {where} ({error.strerror}); POLY_HOME moves the state directory")
+            self._say(
+                "poly",
+                f"cannot write {where} ({error.strerror}); POLY_HOME moves the state directory",
+                level="error",
+            )
             return False
         return True
+
+    def _metrics_ports(self) -> dict[str, int]:
+        """Each component's /metrics port, as the component itself will read it."""
+        return {name: config.load(name).telemetry.metrics_port for name in self._children}
 
     def _port(self, name: str) -> int:
         if name == _MAILBOX:
@@ -267,6 +296,7 @@ class Supervisor:
                 "poly",
                 f"no development mailbox: cannot listen on {smtp.host}:{smtp.port} ({error}); emails go to "
                 "whatever listens there. POLY_SMTP_PORT moves both",
+                level="warning",
             )
             return
         self._mailbox = opened
@@ -282,7 +312,7 @@ class Supervisor:
                 if child.process is not None and child.process.poll() is not None:
                     if child.pump is not None:
                         child.pump.join(1.0)  # its last lines first: the message points at them
-                    self._say("poly", self._exited_early(name, child.process.returncode))
+                    self._say("poly", self._exited_early(name, child.process.returncode), level="error")
                     return False
                 if self._is_ready(child, timeout=1.0):
                     child.ready = True
@@ -290,7 +320,7 @@ class Supervisor:
             now = time.monotonic()
             if pending and now > deadline:
                 for name in pending:
-                    self._say("poly", self._not_healthy(name))
+                    self._say("poly", self._not_healthy(name), level="error")
                 return False
             if pending and now >= notice:
                 self._say("poly", self._waiting(pending, now - started, again=notice > first_notice))
@@ -341,11 +371,14 @@ class Supervisor:
         return health_status(self._settings, name, timeout=timeout)
 
     def _announce(self) -> None:
+        metrics = self._metrics_ports()
         for name, child in self._children.items():
             pid = child.process.pid if child.process else "-"
             kind = "http" if name == "gateway" else "grpc"
+            scrape = f"metrics :{metrics[name]:<5}" if metrics.get(name) else "metrics off  "
             self._say(
-                "poly", f"ready  {name:<{self._width}}  {kind} {self._settings.peers[name]:<16} pid {pid}"
+                "poly",
+                f"ready  {name:<{self._width}}  {kind} {self._settings.peers[name]:<16} {scrape}  pid {pid}",
             )
         if self._mailbox is not None:
             self._say("poly", f"emails land in {self._mailbox.directory}/ (development mailbox)")
@@ -370,6 +403,7 @@ class Supervisor:
                     "poly",
                     f"{child.name} exited with code {code}{_signal_name(code)}; "
                     f"restarting in {child.backoff:.0f}s{why}",
+                    level="error",
                 )
                 child.backoff = min(child.backoff * 2, _BACKOFF_MAX)
             elif child.restart_at is not None and now >= child.restart_at:
@@ -403,15 +437,23 @@ class Supervisor:
                     "poly",
                     f"{child.name} did not stop within the grace period; killed it "
                     "(POLY_GRACE_SECONDS sets the period)",
+                    level="warning",
                 )
                 clean = False
                 continue
-            self._say("poly", f"{child.name} exited with code {code}{_signal_name(code)}")
+            self._say(
+                "poly",
+                f"{child.name} exited with code {code}{_signal_name(code)}",
+                level="info" if code == 0 else "warning",
+            )
             clean &= code == 0 or (cancelled and code == -signal.SIGTERM)
         for child in self._children.values():
             if child.pump is not None:
                 child.pump.join(2.0)  # the last log lines of each child are printed before we go
         if running:
             done = "start-up cancelled; stopped" if cancelled else "stopped"
-            self._say("poly", done if clean else f"{done}, not cleanly (exit codes above)")
+            if clean:
+                self._say("poly", done)
+            else:
+                self._say("poly", f"{done}, not cleanly (exit codes above)", level="warning")
         return clean

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import calendar
+import io
 import json
 from typing import Any
 
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.cli.logview import readable
+from services.cli.logview import Output, as_json, readable
 
 TIME = "2024-12-03T13:22:45.240Z"
 RECEIVED = float(calendar.timegm((2024, 12, 3, 13, 22, 46, 0, 0, 0)))
@@ -26,21 +27,23 @@ JSON_LINES = [
     (_json("serving", port=50051), "13:22:45 info  serving  port=50051"),
     (_json("stopped"), "13:22:45 info  stopped"),
     (
-        _json(f"{SUBSCRIBE} OK", method=SUBSCRIBE, code="OK", duration_ms=2.779),
+        _json("finished call", method=SUBSCRIBE, code="OK", duration_ms=2.779),
         "13:22:45 info  EventSinkService/Subscribe OK 2.8 ms",
     ),
     (
         _json(
-            "/poly.orders.v1.OrdersService/ListOrders UNAUTHENTICATED",
+            "finished call",
+            trace_id="abc123",
+            span_id="def456",
             method="/poly.orders.v1.OrdersService/ListOrders",
             code="UNAUTHENTICATED",
             duration_ms=153.4,
-            trace_id="abc123",
+            request_id="r-1",
         ),
-        "13:22:45 info  OrdersService/ListOrders UNAUTHENTICATED 153 ms  trace_id=abc123",
+        "13:22:45 info  OrdersService/ListOrders UNAUTHENTICATED 153 ms  trace_id=abc123 request_id=r-1",
     ),
     (
-        _json("/x.Y/Slow ABORTED", method="/x.Y/Slow", code="ABORTED", duration_ms=5012.0),
+        _json("finished call", method="/x.Y/Slow", code="ABORTED", duration_ms=5012.0),
         "13:22:45 info  Y/Slow ABORTED 5.0 s",
     ),
     (
@@ -79,7 +82,7 @@ JSON_LINES = [
         "fields",
         "message-only",
         "call-short",
-        "call-ms-and-extra-field",
+        "call-ms-extra-fields-no-span-id",
         "call-seconds",
         "not-a-call-line-keeps-its-fields",
         "empty-and-none-omitted",
@@ -224,3 +227,96 @@ _ONE_LINE = st.text(st.characters(blacklist_categories=("Cc", "Zl", "Zp")))
 def test_a_json_record_starts_with_its_clock_level_and_message(message: str, fields: dict[str, Any]) -> None:
     shown = readable(json.dumps({**fields, "message": message, "time": TIME, "level": "info"}))
     assert shown.startswith(f"13:22:45 info  {message}")
+
+
+def test_a_json_line_passes_through_unchanged_in_the_json_view() -> None:
+    line = _json("finished call", method="/x.Y/Z", code="OK", duration_ms=1.5)
+    assert as_json(line, "auth", received=RECEIVED) == line
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (
+            GRPC_CORE_LINES[0][0],
+            {
+                "level": "info",
+                "logger": "grpc",
+                "message": "TLS handshake refused: the client sent no certificate",
+            },
+        ),
+        (
+            GRPC_CORE_LINES[7][0],
+            {
+                "level": "warning",
+                "logger": "grpc",
+                "message": "ipv4:127.0.0.1:50512: Keepalive watchdog fired",
+                "grpc": "chttp2_transport.cc:1234",
+            },
+        ),
+        (UNCHANGED[2], {"level": "error", "logger": "stderr", "message": UNCHANGED[2]}),
+        ('{"level": "info"}', {"level": "error", "logger": "stderr", "message": '{"level": "info"}'}),
+    ],
+    ids=["grpc-core-handshake", "grpc-core-other", "raw-traceback-line", "json-without-message"],
+)
+def test_any_other_line_becomes_a_json_record_of_its_component(line: str, expected: dict[str, str]) -> None:
+    made = as_json(line, "auth", received=RECEIVED)
+    assert made is not None and "\n" not in made
+    assert json.loads(made) == {"time": "2024-12-03T13:22:46.000Z", "service": "auth", **expected}
+
+
+def test_an_empty_line_is_left_out_of_the_json_view() -> None:
+    assert as_json("", "auth", received=RECEIVED) is None
+    assert as_json("   ", "auth", received=RECEIVED) is None
+
+
+@given(st.text().filter(lambda text: "\n" not in text))
+def test_any_line_is_one_json_object_or_nothing_in_the_json_view(line: str) -> None:
+    made = as_json(line, "auth", received=RECEIVED)
+    assert made is None or isinstance(json.loads(made), dict)
+
+
+def test_the_console_output_prefixes_each_line_with_its_component() -> None:
+    out = io.StringIO()
+    output = Output(out, width=6)
+    output.say("poly", "ready  auth\nsecond line")
+    output.relay("auth", _json("serving", port=1), received=RECEIVED)
+    output.relay("auth", "raw text", received=RECEIVED)
+    assert out.getvalue().splitlines() == [
+        "poly   | ready  auth",
+        "poly   | second line",
+        "auth   | 13:22:45 info  serving  port=1",
+        "auth   | raw text",
+    ]
+
+
+def test_the_json_output_is_one_object_per_line_with_its_service() -> None:
+    out = io.StringIO()
+    output = Output(out, log_format="json", width=6)
+    child = _json("finished call", method="/x.Y/Z", code="OK", duration_ms=1.5)
+    output.relay("auth", child, received=RECEIVED)
+    output.relay("auth", "", received=RECEIVED)
+    output.relay("auth", GRPC_CORE_LINES[0][0], received=RECEIVED)
+    output.say("poly", "port 1 is in use\nsecond line", level="error")
+    output.say("mail", "to a@example.com")
+    lines = out.getvalue().splitlines()
+    assert lines[0] == child, "the component's own line, byte for byte"
+    records = [json.loads(line) for line in lines]
+    assert [(r["service"], r["logger"], r["level"]) for r in records] == [
+        ("auth", "poly.test", "info"),
+        ("auth", "grpc", "info"),
+        ("poly", "poly.up", "error"),
+        ("poly", "poly.mailbox", "info"),
+    ]
+    assert records[2]["message"] == "port 1 is in use\nsecond line"
+
+
+def test_an_output_whose_stream_is_gone_keeps_quiet() -> None:
+    closed = io.StringIO()
+    closed.close()
+    Output(closed).say("poly", "nobody reads this")  # no error: the children are still drained
+
+
+def test_an_unknown_output_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="json, console"):
+        Output(io.StringIO(), log_format="yaml")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.cli.supervisor import Supervisor, _alone, _signal_name
+from services.cli.supervisor import Supervisor, _alone, _child_environ, _signal_name
 from services.kit import config
 from tests.support.env import poly_environ
 
@@ -64,3 +64,11 @@ def test_waiting_names_the_components_then_how_long_it_has_waited(tmp_path: Path
         "waiting for auth, gateway to be healthy…"
     )
     assert supervisor._waiting(["gateway"], 16.3, again=True) == "still waiting for gateway (16s of 60s)…"
+
+
+def test_children_log_json_whatever_the_users_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POLY_LOG_FORMAT", "console")
+    monkeypatch.setenv("GRPC_VERBOSITY", "DEBUG")
+    environ = _child_environ()
+    assert environ["POLY_LOG_FORMAT"] == "json", "poly up parses its children's lines"
+    assert environ["GRPC_VERBOSITY"] == "DEBUG", "everything else is the user's"

@@ -69,7 +69,7 @@ def test_every_shell_example_in_the_readme_runs_as_written(tmp_path: Path) -> No
     ports = {name: free_port() for name in config.DEFAULT_PORTS}
     environ = process_environ(poly_environ(folder / ".poly", ports))
     script, readme_line = _script(blocks, ports)
-    up = Process.module("services.cli", environ, "up")
+    up = Process.module("services.cli", environ, "up", "--log-format", "console")
     try:
         up.wait_for_line(lambda line: "all services SERVING" in line, timeout=120)
         with shell_session(script, folder, environ) as session:
@@ -100,6 +100,8 @@ def test_every_shell_example_in_the_readme_runs_as_written(tmp_path: Path) -> No
         assert output.count('"STATE_PAYMENT_FAILED"') >= 2, output
         assert '"STATE_PAID"' in output, output
         assert "data: " in output, "the Server-Sent Events watch"
+        # (the edge's own span may reach its file a moment after the services' under load)
+        assert "OrdersService/CreateOrder" in output, "poly trace $ORDER"
 
         def paid_emails() -> list[Path]:
             return [p for p in (folder / ".poly" / "mail").iterdir() if "Payment received" in p.read_text()]

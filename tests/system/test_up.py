@@ -41,7 +41,7 @@ class System:
 @contextmanager
 def _running_system(home: Path) -> Iterator[System]:
     environ = poly_environ(home)
-    up = Process.module("services.cli", environ, "up")
+    up = Process.module("services.cli", environ, "up", "--log-format", "console")
     try:
         up.wait_for_line(lambda line: "all services SERVING" in line, timeout=120)
         yield System(home, environ, up)
@@ -166,7 +166,7 @@ def _children(pid: int) -> list[int]:
 
 
 def test_a_second_poly_up_on_the_same_ports_fails_instead_of_claiming_ready(system: System) -> None:
-    second = Process.module("services.cli", system.environ, "up")
+    second = Process.module("services.cli", system.environ, "up", "--log-format", "console")
     try:
         assert second.wait(timeout=60) == 1
     finally:
@@ -231,7 +231,7 @@ def test_a_second_system_on_other_ports_but_the_same_mailbox_port_is_refused(
     """Else its emails would land in the first system's mailbox, and its own stay empty."""
     moved = {f"POLY_{name.upper()}_PORT": str(free_port()) for name in COMPONENTS}
     environ = {**system.environ, **moved, "POLY_HOME": str(tmp_path)}
-    second = Process.module("services.cli", environ, "up")
+    second = Process.module("services.cli", environ, "up", "--log-format", "console")
     try:
         assert second.wait(timeout=60) == 1
     finally:
@@ -253,7 +253,7 @@ def test_status_with_another_systems_certificates_says_so_in_words(system: Syste
 
 
 def test_ctrl_c_during_start_up_stops_everything_without_calling_it_a_failure(tmp_path: Path) -> None:
-    up = Process.module("services.cli", poly_environ(tmp_path), "up")
+    up = Process.module("services.cli", poly_environ(tmp_path), "up", "--log-format", "console")
     try:
         up.wait_for_line(lambda line: "migrating" in line, timeout=60)  # services are starting
         up.signal(signal.SIGINT)
