@@ -1,0 +1,256 @@
+"""What an operator sees of a running system, on both transports (SQLite + embedded push,
+PostgreSQL + RabbitMQ):
+
+- one trace per user action, across every hop: an order placed through the edge is followed
+  by a real OTLP receiver through orders, the event bus, payments, the capture call, the
+  notifications consumer and the email it sends;
+- the real Prometheus server scraping every component's /metrics, with the shipped rules
+  loaded: every target is up and the counters of the calls just made moved.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from poly.payments.v1 import payments_service_pb2 as payments_pb
+from poly.payments.v1 import payments_service_pb2_grpc
+from poly.type.v1.money_pb2 import Money
+from services.kit import config
+from tests.support.broker import delete_namespace
+from tests.support.env import production_shape
+from tests.support.identity import Deployment, bearer, start
+from tests.support.mailbox import Mailbox, mailbox
+from tests.support.otlp import ReceivedSpan, Receiver, otlp_receiver
+from tests.support.processes import Process
+from tests.support.prometheus import running_prometheus
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Traced:
+    system: Deployment
+    edge: Process
+    receiver: Receiver
+    mail: Mailbox
+
+    @property
+    def edge_url(self) -> str:
+        return f"http://127.0.0.1:{self.system.settings('gateway').server.port}"
+
+
+def _edge_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/.well-known/jwks.json", timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module", params=["sqlite-embedded", "postgresql-rabbitmq"])
+def traced(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traced]:
+    production: dict[str, str] = {}
+    if request.param == "postgresql-rabbitmq":
+        production = production_shape(request)
+    with otlp_receiver() as receiver, mailbox() as mail:
+        system = start(
+            tmp_path_factory.mktemp("traces"),
+            config.SERVICES,
+            {
+                **production,
+                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                "OTEL_BSP_SCHEDULE_DELAY": "100",
+                "POLY_SMTP_HOST": "127.0.0.1",
+                "POLY_SMTP_PORT": str(mail.port),
+                "POLY_BUS_SUBSCRIBE_WAIT_SECONDS": "20",
+            },
+        )
+        edge = Process.module("gateway", system.environ)
+        try:
+            url = f"http://127.0.0.1:{system.settings('gateway').server.port}"
+            eventually(lambda: _edge_ready(url), timeout=30, what="the edge to answer")
+            yield Traced(system, edge, receiver, mail)
+        finally:
+            edge.stop()
+            system.stop()
+            if "POLY_BUS_URL" in production:
+                delete_namespace(production["POLY_BUS_URL"], production["POLY_BUS_PREFIX"])
+
+
+def _customer(traced: Traced) -> str:
+    """A funded customer's access token (set up over gRPC: not part of the traced action)."""
+    admin = bearer(traced.system.create_admin())
+    _, email = traced.system.register()
+    token = traced.system.login(email).access_token
+    payments = payments_service_pb2_grpc.PaymentsServiceStub(traced.system.channel("payments"))
+
+    def account() -> str | None:
+        found = payments.ListAccounts(payments_pb.ListAccountsRequest(), metadata=bearer(token), timeout=10)
+        return found.accounts[0].name if found.accounts else None
+
+    payments.FundAccount(
+        payments_pb.FundAccountRequest(
+            name=eventually(account, what="the customer's account"),
+            amount=Money(currency_code="EUR", amount_minor=10_000),
+            request_id=str(uuid.uuid4()),
+        ),
+        metadata=admin,
+        timeout=10,
+    )
+    return token
+
+
+def _place_through_the_edge(traced: Traced, token: str, request_id: str) -> str:
+    body = {
+        "lines": [
+            {"sku": "BOOK-1", "quantity": 2, "unitPrice": {"currencyCode": "EUR", "amountMinor": "1250"}}
+        ]
+    }
+    placed = urllib.request.Request(
+        f"{traced.edge_url}/v1/orders",
+        data=json.dumps(body).encode(),
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "X-Request-Id": request_id,
+        },
+        method="POST",
+    )
+    with urllib.request.urlopen(placed, timeout=10) as answer:
+        assert answer.headers["X-Request-Id"] == request_id
+        return str(json.loads(answer.read())["name"])
+
+
+def _by(spans: list[ReceivedSpan], service: str, kind: str, name_part: str) -> list[ReceivedSpan]:
+    return [s for s in spans if s.service == service and s.kind == kind and name_part in s.name]
+
+
+def test_an_order_is_one_trace_from_the_edge_to_the_notification(traced: Traced) -> None:
+    token = _customer(traced)
+    request_id = f"trace-{uuid.uuid4().hex[:12]}"
+    order = _place_through_the_edge(traced, token, request_id)
+
+    def root() -> ReceivedSpan | None:
+        found = [
+            s
+            for s in traced.receiver.spans()
+            if s.service == "gateway"
+            and s.kind == "SERVER"
+            and s.attributes.get("poly.request_id") == request_id
+        ]
+        return found[0] if found else None
+
+    edge_span = eventually(root, timeout=30, what="the edge's span of the request")
+    assert edge_span.parent_id == ""
+    assert edge_span.name == "POST /v1/orders"
+    assert edge_span.attributes["http.route"] == "/v1/orders"
+
+    def complete() -> list[ReceivedSpan] | None:
+        # Every hop has arrived, and every span's parent too (processes export independently).
+        spans = traced.receiver.trace(edge_span.trace_id)
+        consumed = {s.service for s in spans if s.kind == "CONSUMER"}
+        ids = {s.span_id for s in spans}
+        orphans = [s for s in spans if s.parent_id and s.parent_id not in ids]
+        sent = _by(spans, "notifications", "INTERNAL", "send email")
+        done = (
+            {"payments", "notifications"} <= consumed and _by(spans, "payments", "SERVER", "Capture") and sent
+        )
+        seen[:] = [f"consumed by {sorted(consumed)}", f"email sent: {bool(sent)}", f"orphans: {orphans}"]
+        return spans if done and not orphans else None
+
+    seen: list[str] = []
+    try:
+        spans = eventually(complete, timeout=60, what=f"the saga of {order} in one trace")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; {seen}") from None
+    by_id = {s.span_id: s for s in spans}
+
+    def parent(span: ReceivedSpan) -> ReceivedSpan:
+        return by_id[span.parent_id]
+
+    def ancestors(span: ReceivedSpan) -> list[tuple[str, str]]:
+        found = []
+        while span.parent_id:
+            span = parent(span)
+            found.append((span.service, span.kind))
+        return found
+
+    [create] = _by(spans, "orders", "SERVER", "OrdersService/CreateOrder")
+    assert create.attributes["poly.request_id"] == request_id
+    assert create.attributes["poly.resource.name"] == order
+    edge_call = parent(create)
+    assert (edge_call.service, edge_call.kind) == ("gateway", "CLIENT")
+    assert parent(edge_call) == edge_span
+
+    # orders -> bus -> payments: a send span under the order's request, a process span under it
+    # (through the push call's client and server spans on the embedded transport).
+    [authorize] = [s for s in _by(spans, "payments", "CONSUMER", "") if "OrderCreated" in s.name]
+    assert ("orders", "PRODUCER") in ancestors(authorize)
+    assert ancestors(authorize)[-1] == ("gateway", "SERVER")
+    # the capture: orders calls payments over mTLS gRPC, inside the same trace.
+    [capture] = _by(spans, "payments", "SERVER", "Capture")
+    assert parent(capture).kind == "CLIENT" and parent(capture).service == "orders"
+    # and the notification about it.
+    notified = _by(spans, "notifications", "CONSUMER", "")
+    assert notified and all(("orders", "PRODUCER") in ancestors(s) for s in notified)
+    # the email itself, sent later by the dispatcher, is still in the order's trace.
+    [email] = [
+        s for s in _by(spans, "notifications", "INTERNAL", "send email") if "OrderPaid" in str(s.attributes)
+    ]
+    assert email.attributes["poly.channel"] == "EMAIL"
+    assert ("notifications", "CONSUMER") in ancestors(email)
+    assert {s.service for s in spans} >= {"gateway", "orders", "payments", "notifications"}
+
+
+RULES = Path(__file__).resolve().parents[2] / "deploy" / "observability" / "prometheus-rules.yml"
+
+
+def test_prometheus_scrapes_every_component_and_sees_the_calls_move(traced: Traced, tmp_path: Path) -> None:
+    components = [*config.SERVICES, "gateway"]
+    targets = {
+        name: f"127.0.0.1:{traced.system.settings(name).telemetry.metrics_port}" for name in components
+    }
+    with running_prometheus(targets, tmp_path / "prometheus", rule_files=[RULES]) as prometheus:
+        up = prometheus.wait_for_targets_up(timeout=60)
+        assert {target.job for target in up} == set(components)
+        token = _customer(traced)
+        order = _place_through_the_edge(traced, token, f"metrics-{uuid.uuid4().hex[:8]}")
+        created = prometheus.wait_for(
+            'sum(grpc_server_handled_total{job="orders",grpc_method="CreateOrder",grpc_code="OK"})',
+            lambda samples: bool(samples) and samples[0].value >= 1,
+            timeout=60,
+        )
+        assert created[0].value >= 1
+        prometheus.wait_for(
+            'sum(http_server_request_duration_seconds_count{job="gateway",http_route="/v1/orders"})',
+            lambda samples: bool(samples) and samples[0].value >= 1,
+            timeout=60,
+        )
+        prometheus.wait_for(
+            'sum(poly_bus_events_total{job="orders",outcome="published",event_type="poly.events.v1.OrderCreated"})',
+            lambda samples: bool(samples) and samples[0].value >= 1,
+            timeout=60,
+        )
+        prometheus.wait_for(
+            'sum(grpc_client_handled_total{job="orders",grpc_method="CapturePayment"})',
+            lambda samples: bool(samples) and samples[0].value >= 1,
+            timeout=60,
+        )
+        expiry = prometheus.query("min(poly_tls_certificate_expiry_seconds)")
+        assert expiry and expiry[0].value > 7 * 86400
+        # No label carries an id or a raw path: nothing names the order just placed.
+        order_id = order.split("/")[-1]
+        series = prometheus.query('{__name__=~"grpc_.+|http_.+|poly_.+"}')
+        assert series
+        leaked = [
+            sample.labels for sample in series if any(order_id in value for value in sample.labels.values())
+        ]
+        assert not leaked
