@@ -13,7 +13,6 @@ import json
 import re
 import subprocess
 import sys
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,8 +35,9 @@ from services.cli.exits import FAILURE, OK, USAGE
 from services.cli.trace import run, waterfall
 from services.kit import config
 from services.kit.telemetry.spanfile import SpanFileExporter
+from tests.support.edge import edge_answers, place_order
 from tests.support.env import ROOT, poly_environ, process_environ
-from tests.support.identity import Deployment, start
+from tests.support.identity import start
 from tests.support.processes import Process, run_module
 from tests.support.waiting import eventually
 
@@ -452,35 +452,6 @@ def test_protobuf_json_with_base64_ids_and_enum_names_is_read_too(tmp_path: Path
     assert found.spans[1].span_id == f"{root.get_span_context().span_id:016x}"
 
 
-def _place_through_the_edge(system: Deployment, request_id: str) -> str:
-    """An order placed over HTTP/JSON with our X-Request-Id; its name (``orders/…``)."""
-    _, email = system.register()
-    token = system.login(email).access_token
-    edge = f"http://127.0.0.1:{system.settings('gateway').server.port}"
-    line = {"sku": "BOOK-1", "quantity": 1, "unitPrice": {"currencyCode": "EUR", "amountMinor": "1250"}}
-    placed = urllib.request.Request(
-        f"{edge}/v1/orders",
-        data=json.dumps({"lines": [line]}).encode(),
-        headers={
-            "Authorization": f"Bearer {token}",
-            "Content-Type": "application/json",
-            "X-Request-Id": request_id,
-        },
-        method="POST",
-    )
-    with urllib.request.urlopen(placed, timeout=10) as answer:
-        return str(json.loads(answer.read())["name"])
-
-
-def _edge_answers(system: Deployment) -> bool:
-    try:
-        port = system.settings("gateway").server.port
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/.well-known/jwks.json", timeout=2) as answer:
-            return bool(answer.status == 200)
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
 def test_poly_trace_renders_an_order_placed_on_a_running_system(tmp_path: Path) -> None:
     """The whole path: services and edge as `poly up` runs them (the default file exporter,
@@ -488,9 +459,11 @@ def test_poly_trace_renders_an_order_placed_on_a_running_system(tmp_path: Path) 
     system = start(tmp_path / "home", config.SERVICES, {"OTEL_BSP_SCHEDULE_DELAY": "100"})
     edge = Process.module("gateway", system.environ)
     try:
-        eventually(lambda: _edge_answers(system), timeout=30, what="the edge to answer")
+        url = f"http://127.0.0.1:{system.settings('gateway').server.port}"
+        eventually(lambda: edge_answers(url), timeout=30, what="the edge to answer")
         request_id = f"trace-{uuid.uuid4().hex[:12]}"
-        order = _place_through_the_edge(system, request_id)
+        _, email = system.register()
+        order = place_order(url, system.login(email).access_token, request_id)
 
         def spans() -> list[dict[str, object]] | None:
             done = run_module("services.cli", system.environ, "trace", "--json", request_id)

@@ -10,8 +10,6 @@ PostgreSQL + RabbitMQ):
 
 from __future__ import annotations
 
-import json
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ from poly.payments.v1 import payments_service_pb2_grpc
 from poly.type.v1.money_pb2 import Money
 from services.kit import config
 from tests.support.broker import delete_namespace
+from tests.support.edge import edge_answers, place_order
 from tests.support.env import production_shape
 from tests.support.identity import Deployment, bearer, start
 from tests.support.mailbox import Mailbox, mailbox
@@ -47,14 +46,6 @@ class Traced:
         return f"http://127.0.0.1:{self.system.settings('gateway').server.port}"
 
 
-def _edge_ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/.well-known/jwks.json", timeout=2) as answer:
-            return bool(answer.status == 200)
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module", params=["sqlite-embedded", "postgresql-rabbitmq"])
 def traced(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traced]:
     production: dict[str, str] = {}
@@ -76,7 +67,7 @@ def traced(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         edge = Process.module("gateway", system.environ)
         try:
             url = f"http://127.0.0.1:{system.settings('gateway').server.port}"
-            eventually(lambda: _edge_ready(url), timeout=30, what="the edge to answer")
+            eventually(lambda: edge_answers(url), timeout=30, what="the edge to answer")
             yield Traced(system, edge, receiver, mail)
         finally:
             edge.stop()
@@ -108,27 +99,6 @@ def _customer(traced: Traced) -> str:
     return token
 
 
-def _place_through_the_edge(traced: Traced, token: str, request_id: str) -> str:
-    body = {
-        "lines": [
-            {"sku": "BOOK-1", "quantity": 2, "unitPrice": {"currencyCode": "EUR", "amountMinor": "1250"}}
-        ]
-    }
-    placed = urllib.request.Request(
-        f"{traced.edge_url}/v1/orders",
-        data=json.dumps(body).encode(),
-        headers={
-            "Authorization": f"Bearer {token}",
-            "Content-Type": "application/json",
-            "X-Request-Id": request_id,
-        },
-        method="POST",
-    )
-    with urllib.request.urlopen(placed, timeout=10) as answer:
-        assert answer.headers["X-Request-Id"] == request_id
-        return str(json.loads(answer.read())["name"])
-
-
 def _by(spans: list[ReceivedSpan], service: str, kind: str, name_part: str) -> list[ReceivedSpan]:
     return [s for s in spans if s.service == service and s.kind == kind and name_part in s.name]
 
@@ -136,7 +106,7 @@ def _by(spans: list[ReceivedSpan], service: str, kind: str, name_part: str) -> l
 def test_an_order_is_one_trace_from_the_edge_to_the_notification(traced: Traced) -> None:
     token = _customer(traced)
     request_id = f"trace-{uuid.uuid4().hex[:12]}"
-    order = _place_through_the_edge(traced, token, request_id)
+    order = place_order(traced.edge_url, token, request_id)
 
     def root() -> ReceivedSpan | None:
         found = [
@@ -222,7 +192,7 @@ def test_prometheus_scrapes_every_component_and_sees_the_calls_move(traced: Trac
         up = prometheus.wait_for_targets_up(timeout=60)
         assert {target.job for target in up} == set(components)
         token = _customer(traced)
-        order = _place_through_the_edge(traced, token, f"metrics-{uuid.uuid4().hex[:8]}")
+        order = place_order(traced.edge_url, token, f"metrics-{uuid.uuid4().hex[:8]}")
         created = prometheus.wait_for(
             'sum(grpc_server_handled_total{job="orders",grpc_method="CreateOrder",grpc_code="OK"})',
             lambda samples: bool(samples) and samples[0].value >= 1,
