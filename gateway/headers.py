@@ -71,6 +71,7 @@ _NEVER_FORWARDED = frozenset(
         "authorization",
         "traceparent",
         "tracestate",
+        "baggage",  # the Internet does not get to set it (as Grpc-Metadata-Baggage either)
         "x-request-id",
         "x-forwarded-for",
         "x-forwarded-host",

@@ -60,6 +60,10 @@ __all__ = [
 ]
 
 OTHER_METHOD = "_OTHER"
+_MAX_TRACEPARENT = 128
+_MAX_TRACESTATE = 512
+_MAX_PATH = 256
+"""Client text kept on a span: enough to read, too little to flood the span files."""
 """The method label of anything outside the standard HTTP methods (semantic conventions)."""
 
 CLIENT_CLOSED = 499
@@ -316,11 +320,18 @@ class Observer:
         self, tracer: trace.Tracer, request: web.Request, exchange: Exchange, raw_path: str
     ) -> trace.Span:
         found = request.headers
-        parent = self._propagator.extract(found) if "traceparent" in found else None
+        parent = None
+        if "traceparent" in found:
+            # A client's tracestate rides on every span and internal call of the trace: cap it.
+            carrier = {"traceparent": found["traceparent"][:_MAX_TRACEPARENT]}
+            state = found.get("tracestate", "")
+            if state and len(state) <= _MAX_TRACESTATE:
+                carrier["tracestate"] = state
+            parent = self._propagator.extract(carrier)
         version = request.version
         attributes: dict[str, Any] = {
             "http.request.method": exchange.method,
-            "url.path": raw_path.partition("?")[0],
+            "url.path": raw_path.partition("?")[0][:_MAX_PATH],
             "url.scheme": request.scheme,
             "client.address": exchange.client,
             "network.peer.address": request.remote or "",

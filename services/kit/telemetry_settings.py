@@ -97,7 +97,8 @@ def _pairs(env: _Reader, name: str) -> dict[str, str]:
     for item in (i.strip() for i in env.optional(name).split(",") if i.strip()):
         key, equals, value = item.partition("=")
         if not equals or not key.strip():
-            env.problems.append(f"{name}: expected key=value pairs separated by commas, got {item!r}")
+            # Never echo the item: a header given as "api-key: SECRET" is a credential.
+            env.problems.append(f"{name}: expected key=value pairs separated by commas (an item has no '=')")
             continue
         found[key.strip()] = unquote(value.strip())
     return found
@@ -108,13 +109,17 @@ def _endpoint(env: _Reader) -> str:
         value = env.optional(name)
         if not value:
             continue
+        scheme, host, port_ok = "", "", False
         try:
             parts = urlsplit(value)
+            scheme, host = parts.scheme, parts.hostname or ""
             port_ok = parts.port is None or 0 < parts.port < 65536
         except ValueError:
-            port_ok = False
-        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-            env.problems.append(f"{name}: expected http(s)://host:port (OTLP over gRPC), got {value!r}")
+            pass
+        if scheme not in ("http", "https") or not host or not port_ok:
+            # Only the scheme and host are shown: the value may carry user:password@.
+            shown = f"{scheme}://{host or '?'}" if scheme else "a value without a scheme"
+            env.problems.append(f"{name}: expected http(s)://host:port (OTLP over gRPC), got {shown}")
             return ""
         return value
     return ""
@@ -154,7 +159,7 @@ def read_telemetry(env: _Reader, component: str, home: Path, metrics_port_defaul
             f"OTEL_BSP_MAX_EXPORT_BATCH_SIZE: must not exceed OTEL_BSP_MAX_QUEUE_SIZE ({queue})"
         )
     return TelemetrySettings(
-        service_name=env.text("OTEL_SERVICE_NAME", component),
+        service_name=env.optional("OTEL_SERVICE_NAME") or resource.pop("service.name", "") or component,
         trace_file=home / "traces" / f"{component}.jsonl",
         metrics_port=env.integer(
             f"POLY_{component.upper()}_METRICS_PORT", metrics_port_default, low=0, high=65535

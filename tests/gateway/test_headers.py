@@ -317,3 +317,8 @@ def test_response_headers() -> None:
         ("Grpc-Metadata-blob-bin", "AP8="),
         ("Grpc-Trailer-x-done", "yes"),
     ]
+
+
+def test_clients_cannot_set_baggage_for_the_services() -> None:
+    sent = dict(_metadata([("baggage", "role=admin"), ("Grpc-Metadata-Baggage", "userId=root")]))
+    assert "baggage" not in sent

@@ -72,3 +72,25 @@ def test_a_bad_value_is_named_at_start_up(environ: dict[str, str], named: str) -
     with pytest.raises(config.ConfigError) as caught:
         config.load("orders", environ)
     assert named in str(caught.value)
+
+
+def test_a_malformed_otlp_setting_is_named_without_echoing_a_credential() -> None:
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(
+            "orders",
+            {
+                "OTEL_EXPORTER_OTLP_HEADERS": "api-key: SECRET-HEADER-VALUE",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "grpc://user:SECRET-PASSWORD@collector:4317",
+            },
+        )
+    text = str(caught.value)
+    assert "OTEL_EXPORTER_OTLP_HEADERS" in text and "OTEL_EXPORTER_OTLP_ENDPOINT" in text
+    assert "SECRET" not in text
+
+
+def test_the_service_name_follows_the_specs_precedence() -> None:
+    resource_only = {"OTEL_RESOURCE_ATTRIBUTES": "service.name=shop-orders"}
+    assert config.load("orders", resource_only).telemetry.service_name == "shop-orders"
+    both = {**resource_only, "OTEL_SERVICE_NAME": "orders-eu"}
+    assert config.load("orders", both).telemetry.service_name == "orders-eu"
+    assert config.load("orders", {}).telemetry.service_name == "orders"

@@ -10,6 +10,8 @@ take to apply, and the outbox's depth and age, read from the database at scrape 
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from collections.abc import Iterable
 
 from prometheus_client import Histogram
@@ -44,20 +46,42 @@ class _EventCounts(Collector):
         yield family
 
 
-def _outbox_state(engine: Engine, tables: BusTables) -> tuple[int, float]:
-    delivery, outbox = tables.delivery, tables.outbox
-    query = (
-        select(func.count(), func.min(outbox.c.occur_time))
-        .select_from(delivery.join(outbox, delivery.c.position == outbox.c.position))
-        .where(delivery.c.state == PENDING)
-    )
-    with engine.connect() as connection:
-        count, oldest = connection.execute(query).one()
-    if oldest is None:
-        return int(count or 0), 0.0
-    if oldest.tzinfo is None:  # SQLite hands back naive UTC
-        oldest = oldest.replace(tzinfo=dt.UTC)
-    return int(count or 0), max(0.0, (dt.datetime.now(dt.UTC) - oldest).total_seconds())
+class _OutboxState:
+    """The outbox's depth and oldest age, read from the database at most every `ttl` seconds
+    and by one scrape at a time: a slow or busy database makes /metrics show the last values,
+    never hang or pile up threads waiting for connections."""
+
+    def __init__(self, engine: Engine, tables: BusTables, *, ttl: float = 5.0) -> None:
+        self._engine, self._tables, self._ttl = engine, tables, ttl
+        self._lock = threading.Lock()
+        self._read_at = -ttl
+        self._value: tuple[int, float] | None = None
+
+    def _query(self) -> tuple[int, float]:
+        delivery, outbox = self._tables.delivery, self._tables.outbox
+        query = (
+            select(func.count(), func.min(outbox.c.occur_time))
+            .select_from(delivery.join(outbox, delivery.c.position == outbox.c.position))
+            .where(delivery.c.state == PENDING)
+        )
+        with self._engine.connect() as connection:
+            count, oldest = connection.execute(query).one()
+        if oldest is None:
+            return int(count or 0), 0.0
+        if oldest.tzinfo is None:  # SQLite hands back naive UTC
+            oldest = oldest.replace(tzinfo=dt.UTC)
+        return int(count or 0), max(0.0, (dt.datetime.now(dt.UTC) - oldest).total_seconds())
+
+    def read(self) -> tuple[int, float] | None:
+        if self._lock.acquire(blocking=False):
+            try:
+                if time.monotonic() - self._read_at >= self._ttl:
+                    self._value = None  # a failed read leaves the gauges out, not stale
+                    self._read_at = time.monotonic()
+                    self._value = self._query()
+            finally:
+                self._lock.release()
+        return self._value
 
 
 def export_bus_metrics(telemetry: Telemetry, counts: BusMetrics, engine: Engine, tables: BusTables) -> None:
@@ -72,15 +96,16 @@ def export_bus_metrics(telemetry: Telemetry, counts: BusMetrics, engine: Engine,
         registry=registry,
     )
     counts.add_apply_delay_observer(lambda event_type, seconds: delay.labels(event_type).observe(seconds))
+    state = _OutboxState(engine, tables)
     telemetry.add_gauges(
         {
             "poly_bus_outbox_pending_deliveries": (
                 "Deliveries of published events not yet made (including those waiting to retry).",
-                lambda: _outbox_state(engine, tables)[0],
+                lambda: None if (value := state.read()) is None else value[0],
             ),
             "poly_bus_outbox_oldest_pending_age_seconds": (
                 "Age of the oldest event with a delivery not yet made; 0 when none is pending.",
-                lambda: _outbox_state(engine, tables)[1],
+                lambda: None if (value := state.read()) is None else value[1],
             ),
         }
     )

@@ -40,6 +40,7 @@ from poly.events.v1.events_pb2 import EventEnvelope
 from services.kit.bus import contract
 from services.kit.bus.consumer import EventNotHandled
 from services.kit.errors import InvalidArgument, PermissionDenied
+from services.kit.logs import redact
 
 __all__ = [
     "EMBEDDED",
@@ -137,9 +138,9 @@ def _failed(span: Span, outcome: str, error: BaseException | str) -> None:
     span.set_attribute(OUTCOME, outcome)
     if isinstance(error, BaseException):
         span.set_attribute("error.type", getattr(error, "reason", None) or type(error).__qualname__)
-        if outcome == "error":  # an unexpected failure: its traceback helps; a refusal's would not
-            span.record_exception(error)
-    span.set_status(Status(StatusCode.ERROR, str(error)))
+        if outcome == "error":  # an unexpected failure: which kind helps; its text may hold SQL
+            span.add_event("exception", {"exception.type": type(error).__qualname__})
+    span.set_status(Status(StatusCode.ERROR, redact(str(error))[:_LONGEST_TEXT]))
 
 
 def _outcome_of(error: BaseException) -> str:

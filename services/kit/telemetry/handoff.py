@@ -62,6 +62,7 @@ class Handoff:
                 name,
                 kind=SpanKind.INTERNAL,
                 attributes=dict(attributes or {}),
+                record_exception=False,  # exception text may carry SQL or URLs: the logs redact it
             ):
                 yield
         finally:

@@ -19,11 +19,13 @@ from typing import Any
 
 import grpc
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from services.kit.calls import final_code, observe_stream
+from services.kit.logs import redact
 from services.kit.telemetry.metrics import Metrics, grpc_type
 from services.kit.types import CallInfo, Handler, Middleware
 
@@ -41,7 +43,10 @@ SERVER_ERROR_CODES = frozenset(
 )
 """Codes that make a server span an error (RPC semconv); the others are the caller's doing."""
 
-_PROPAGATED = ("traceparent", "tracestate", "baggage")
+_PROPAGATED = ("traceparent", "tracestate")
+_W3C = TraceContextTextMapPropagator()
+"""W3C trace context only: baggage is never taken from a caller (nothing here reads it)."""
+_MAX_TRACESTATE = 512
 _MAX_MESSAGE = 200
 
 
@@ -49,7 +54,7 @@ def _carrier(context: grpc.ServicerContext) -> tuple[dict[str, str], str]:
     carrier: dict[str, str] = {}
     request_id = ""
     for item in context.invocation_metadata() or ():
-        if item.key in _PROPAGATED and isinstance(item.value, str):
+        if item.key in _PROPAGATED and isinstance(item.value, str) and len(item.value) <= _MAX_TRACESTATE:
             carrier[item.key] = item.value
         elif item.key == "x-request-id" and isinstance(item.value, str):
             request_id = item.value
@@ -101,7 +106,7 @@ class _Observed:
             details = self.context.details() if hasattr(self.context, "details") else ""
             if isinstance(details, bytes):
                 details = details.decode("utf-8", "replace")
-            details = (details or "")[:_MAX_MESSAGE]
+            details = redact(details or "")[:_MAX_MESSAGE]
             if details:
                 span.set_attribute("poly.status_message", details)
             if code in SERVER_ERROR_CODES:
@@ -124,7 +129,7 @@ def _start_span(
     tracer: trace.Tracer, request: Any, context: grpc.ServicerContext, call: CallInfo
 ) -> trace.Span:
     carrier, request_id = _carrier(context)
-    parent = propagate.extract(carrier) if carrier else None
+    parent = _W3C.extract(carrier) if carrier else None
     attributes: dict[str, Any] = {
         "rpc.system": "grpc",
         "rpc.service": call.service,
@@ -197,7 +202,8 @@ class _ClientMetrics(
             code = outcome.code() if hasattr(outcome, "code") else None
             self._metrics.handled(series, key, code or grpc.StatusCode.UNKNOWN, time.perf_counter() - started)
 
-        outcome.add_callback(done)
+        if not outcome.add_callback(done):  # already over: gRPC will not call back
+            done()
         return outcome
 
 
