@@ -28,7 +28,8 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Callable, MutableSequence
+from collections.abc import Callable, Mapping, MutableSequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -159,12 +160,19 @@ EXCHANGE = web.RequestKey("poly.exchange", Exchange)
 class BackendCall:
     """One gRPC call to a backend, ended exactly once with its status code."""
 
-    __slots__ = ("_ended", "_key", "_metrics", "_series", "_span", "_started")
+    __slots__ = ("_ended", "_ends_span", "_key", "_metrics", "_series", "_span", "_started")
 
     def __init__(
-        self, metrics: RpcMetrics | None, key: tuple[str, str, str], span: trace.Span | None
+        self,
+        metrics: RpcMetrics | None,
+        key: tuple[str, str, str],
+        span: trace.Span | None,
+        *,
+        ends_span: bool = True,
     ) -> None:
-        self._metrics, self._key, self._span = metrics, key, span
+        """`span` is the call's own CLIENT span (`ends_span`), or the request's span, which
+        only learns the call's status code here."""
+        self._metrics, self._key, self._span, self._ends_span = metrics, key, span, ends_span
         self._series: Any = None
         if metrics is not None:
             self._series = metrics.method(*key)
@@ -179,13 +187,16 @@ class BackendCall:
         if self._metrics is not None:
             self._metrics.handled(self._series, self._key, code, time.perf_counter() - self._started)
         span = self._span
-        if span is not None:
-            span.set_attribute("rpc.grpc.status_code", code.value[0])
-            if code is not grpc.StatusCode.OK:
-                # Client spans: every code but OK is an error (RPC semantic conventions).
-                span.set_attribute("error.type", code.name)
-                span.set_status(Status(StatusCode.ERROR, code.name))
-            span.end()
+        if span is None:
+            return
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if not self._ends_span:  # the request's span: its HTTP status decides whether it failed
+            return
+        if code is not grpc.StatusCode.OK:
+            # Client spans: every code but OK is an error (RPC semantic conventions).
+            span.set_attribute("error.type", code.name)
+            span.set_status(Status(StatusCode.ERROR, code.name))
+        span.end()
 
     def fail(self, error: BaseException) -> None:
         """End with the status `error` stands for: its own, CANCELLED, or UNKNOWN."""
@@ -195,6 +206,18 @@ class BackendCall:
             self.end(grpc.StatusCode.CANCELLED)
         else:
             self.end(grpc.StatusCode.UNKNOWN)
+
+
+@dataclass(frozen=True, slots=True)
+class _CallShape:
+    """What a backend call's span says, worked out once per (service, method, target)."""
+
+    name: str
+    client_attributes: Mapping[str, Any]
+    """A CLIENT span's: rpc.* and server.address/port."""
+    rpc_attributes: Mapping[str, Any]
+    """Added to the request's SERVER span when it stands for the call: rpc.* only (its
+    server.* attributes describe the edge itself)."""
 
 
 class _Append(Setter[Metadata]):
@@ -220,7 +243,14 @@ def _host_and_port(host: str) -> tuple[str, int | None]:
 class Observer:
     """What the edge records. Each part is optional: `tracer` (spans), `metrics` (the HTTP
     side), `client_metrics` (``grpc_client_*``), `access_log` (``poly.access`` by default;
-    its level decides whether lines are written)."""
+    its level decides whether lines are written).
+
+    By default a request is one span: the HTTP SERVER span also describes the backend call
+    (``rpc.*`` attributes, ``rpc.grpc.status_code``) and is the parent the backend sees, as
+    Envoy's transcoder does; the edge makes exactly one call per request, so a CLIENT span
+    under it would add a third of the spans of a call through the edge and no information
+    but the network time, which the gap to the backend's span shows. `client_spans` makes
+    that CLIENT span anyway (grpc-gateway with otelhttp and otelgrpc does)."""
 
     def __init__(
         self,
@@ -229,24 +259,28 @@ class Observer:
         metrics: HttpMetrics | None = None,
         client_metrics: RpcMetrics | None = None,
         access_log: logging.Logger | None = None,
+        client_spans: bool = False,
     ) -> None:
         self._tracer = tracer
+        self._client_spans = client_spans
         self._metrics = metrics
         self._client_metrics = client_metrics
         self._log = access_log or logging.getLogger("poly.access")
         self._propagator = TraceContextTextMapPropagator()
-        self._calls: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
+        self._calls: dict[tuple[str, str, str], _CallShape] = {}
 
     @classmethod
-    def of(cls, telemetry: Telemetry | None) -> Observer:
+    def of(cls, telemetry: Telemetry | None, *, client_spans: bool = False) -> Observer:
         """Spans and metrics as `telemetry` (the process's, from `kit.telemetry.setup`) has
         them; access lines only without it."""
         if telemetry is None:
             return cls()
+        recorded = telemetry.recorded_metrics  # None with the metrics port at 0: no per-request work
         return cls(
             tracer=telemetry.tracer("poly.gateway"),
-            metrics=http_metrics(telemetry.metrics.registry),
-            client_metrics=telemetry.metrics.client,
+            metrics=http_metrics(recorded.registry) if recorded is not None else None,
+            client_metrics=recorded.client if recorded is not None else None,
+            client_spans=client_spans,
         )
 
     @property
@@ -328,6 +362,15 @@ class Observer:
             if state and len(state) <= _MAX_TRACESTATE:
                 carrier["tracestate"] = state
             parent = self._propagator.extract(carrier)
+        name = "HTTP" if exchange.method == OTHER_METHOD else exchange.method
+        span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
+        if span.is_recording():  # unsampled requests skip the attributes' cost
+            span.set_attributes(self._server_attributes(request, exchange, raw_path))
+        return span
+
+    @staticmethod
+    def _server_attributes(request: web.Request, exchange: Exchange, raw_path: str) -> dict[str, Any]:
+        found = request.headers
         version = request.version
         attributes: dict[str, Any] = {
             "http.request.method": exchange.method,
@@ -349,8 +392,7 @@ class Observer:
         agent = found.get("User-Agent")
         if agent:
             attributes["user_agent.original"] = agent[:_MAX_ATTRIBUTE]
-        name = "HTTP" if exchange.method == OTHER_METHOD else exchange.method
-        return tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+        return attributes
 
     def _finish(
         self, request: web.Request, exchange: Exchange, status: int, body_bytes: int, seconds: float
@@ -396,24 +438,28 @@ class Observer:
         span = None
         tracer = self._tracer
         if tracer is not None:
-            name, attributes = self._call_shape(service, method, target)
-            span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
-            self._propagator.inject(metadata, trace.set_span_in_context(span), _APPEND)
+            shape = self._call_shape(service, method, target)
+            if self._client_spans:
+                span = tracer.start_span(shape.name, kind=SpanKind.CLIENT)
+                if span.is_recording():
+                    span.set_attributes(shape.client_attributes)
+                self._propagator.inject(metadata, trace.set_span_in_context(span), _APPEND)
+            else:  # the request's span stands for the call and is the backend's parent
+                span = trace.get_current_span()
+                if span.is_recording():
+                    span.set_attributes(shape.rpc_attributes)
+                self._propagator.inject(metadata, None, _APPEND)
         key = ("server_stream" if streaming else "unary", service, method)
-        return BackendCall(self._client_metrics, key, span)
+        return BackendCall(self._client_metrics, key, span, ends_span=self._client_spans)
 
-    def _call_shape(self, service: str, method: str, target: str) -> tuple[str, dict[str, Any]]:
+    def _call_shape(self, service: str, method: str, target: str) -> _CallShape:
         key = (service, method, target)
         shape = self._calls.get(key)
         if shape is None:
+            rpc: dict[str, Any] = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
             address, port = _host_and_port(target)
-            attributes: dict[str, Any] = {
-                "rpc.system": "grpc",
-                "rpc.service": service,
-                "rpc.method": method,
-                "server.address": address,
-            }
+            client: dict[str, Any] = {**rpc, "server.address": address}
             if port is not None:
-                attributes["server.port"] = port
-            shape = self._calls[key] = (f"{service}/{method}", attributes)
+                client["server.port"] = port
+            shape = self._calls[key] = _CallShape(f"{service}/{method}", client, rpc)
         return shape

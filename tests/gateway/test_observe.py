@@ -214,7 +214,7 @@ class Seen:
         }
 
 
-def _observer(*, tracing: bool = True) -> tuple[Observer, Seen]:
+def _observer(*, tracing: bool = True, client_spans: bool = False) -> tuple[Observer, Seen]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -229,6 +229,7 @@ def _observer(*, tracing: bool = True) -> tuple[Observer, Seen]:
         metrics=HttpMetrics(registry),
         client_metrics=RpcMetrics(registry, "client"),
         access_log=log,
+        client_spans=client_spans,
     )
     return observer, Seen(exporter, registry, lines, log)
 
@@ -299,8 +300,7 @@ def _strings(span: ReadableSpan) -> str:
 # -- spans -----------------------------------------------------------------------------------
 
 
-def test_the_span_is_named_after_the_route_and_the_clients_trace_is_its_parent(backend: Backend) -> None:
-    observer, seen = _observer()
+def _traced_get(backend: Backend, observer: Observer) -> tuple[str, Answer]:
     name = f"things/{uuid.uuid4().hex}"
     sent = {
         "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01",
@@ -313,14 +313,11 @@ def test_the_span_is_named_after_the_route_and_the_clients_trace_is_its_parent(b
     assert answer.status == 200, answer.body
     assert answer.headers["X-Request-Id"] == "req-1"
     assert "traceparent" not in {k.lower() for k in answer.headers}
+    return name, answer
 
-    server = seen.span(f"GET {GET_ROUTE}")
-    assert server.kind is SpanKind.SERVER
-    assert server.parent is not None and server.parent.is_remote
-    assert (server.context.trace_id, server.parent.span_id) == (int(TRACE_ID, 16), int(PARENT_ID, 16))
-    attributes = dict(server.attributes or {})
-    assert isinstance(attributes.pop("server.port"), int)
-    assert attributes == {
+
+def _http_attributes(name: str) -> dict[str, Any]:
+    return {
         "http.request.method": "GET",
         "http.route": GET_ROUTE,
         "url.path": f"/v1/{name}",
@@ -333,8 +330,45 @@ def test_the_span_is_named_after_the_route_and_the_clients_trace_is_its_parent(b
         "poly.request_id": "req-1",
         "http.response.status_code": 200,
     }
-    assert server.status.status_code is StatusCode.UNSET
 
+
+def test_one_span_per_request_named_after_the_route_is_the_backends_parent(backend: Backend) -> None:
+    observer, seen = _observer()
+    name, _ = _traced_get(backend, observer)
+
+    [server] = seen.spans()
+    assert server.name == f"GET {GET_ROUTE}"
+    assert server.kind is SpanKind.SERVER
+    assert server.parent is not None and server.parent.is_remote
+    assert (server.context.trace_id, server.parent.span_id) == (int(TRACE_ID, 16), int(PARENT_ID, 16))
+    attributes = dict(server.attributes or {})
+    assert isinstance(attributes.pop("server.port"), int)
+    assert attributes == {
+        **_http_attributes(name),
+        # The backend call it stands for (no server.* of the backend: those name the edge here).
+        "rpc.system": "grpc",
+        "rpc.service": SERVICE,
+        "rpc.method": "GetThing",
+        "rpc.grpc.status_code": 0,
+    }
+    assert server.status.status_code is StatusCode.UNSET
+    assert SECRET not in _strings(server)
+
+    # The backend continues the same trace under the edge's span, not the client's span.
+    metadata = backend.metadata_of(name)
+    assert metadata["traceparent"] == f"00-{TRACE_ID}-{server.context.span_id:016x}-01"
+    assert metadata["tracestate"] == "vendor=opaque"
+    assert metadata["x-request-id"] == "req-1"
+
+
+def test_with_client_spans_the_backend_call_is_a_client_span_under_the_request(backend: Backend) -> None:
+    observer, seen = _observer(client_spans=True)
+    name, _ = _traced_get(backend, observer)
+
+    server = seen.span(f"GET {GET_ROUTE}")
+    attributes = dict(server.attributes or {})
+    assert isinstance(attributes.pop("server.port"), int)
+    assert attributes == _http_attributes(name)
     client = seen.span(f"{SERVICE}/GetThing")
     assert client.kind is SpanKind.CLIENT
     assert client.parent is not None and client.parent.span_id == server.context.span_id
@@ -347,27 +381,38 @@ def test_the_span_is_named_after_the_route_and_the_clients_trace_is_its_parent(b
         "rpc.grpc.status_code": 0,
     }
     assert SECRET not in _strings(server) + _strings(client)
-
-    # The backend continues the same trace under the edge's CLIENT span, not the client's span.
     metadata = backend.metadata_of(name)
     assert metadata["traceparent"] == f"00-{TRACE_ID}-{client.context.span_id:016x}-01"
     assert metadata["tracestate"] == "vendor=opaque"
-    assert metadata["x-request-id"] == "req-1"
 
 
-def test_without_a_traceparent_the_edge_starts_the_trace(backend: Backend) -> None:
+def test_an_unsampled_request_is_propagated_as_unsampled(backend: Backend) -> None:
     observer, seen = _observer()
+    name = f"things/{uuid.uuid4().hex}"
+    unsampled = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00"}
+    [answer] = _run(backend, observer, _calls(("GET", f"/v1/{name}", unsampled, None)))
+    assert answer.status == 200
+    assert seen.spans() == []
+    # The backend joins the client's trace and is told not to sample either.
+    version, trace_id, _, flags = backend.metadata_of(name)["traceparent"].split("-")
+    assert (version, trace_id) == ("00", TRACE_ID)
+    assert not int(flags, 16) & 1
+
+
+@pytest.mark.parametrize("client_spans", [False, True], ids=["one-span", "client-spans"])
+def test_without_a_traceparent_the_edge_starts_the_trace(backend: Backend, client_spans: bool) -> None:
+    observer, seen = _observer(client_spans=client_spans)
     name = f"things/{uuid.uuid4().hex}"
     [answer] = _run(backend, observer, _calls(("GET", f"/v1/{name}", {}, None)))
     assert answer.status == 200
     server = seen.span(f"GET {GET_ROUTE}")
-    client = seen.span(f"{SERVICE}/GetThing")
+    parent = seen.span(f"{SERVICE}/GetThing") if client_spans else server
     assert server.parent is None
     version, trace_id, parent_id, flags = backend.metadata_of(name)["traceparent"].split("-")
     assert (version, trace_id, parent_id) == (
         "00",
         f"{server.context.trace_id:032x}",
-        f"{client.context.span_id:016x}",
+        f"{parent.context.span_id:016x}",
     )
     assert int(flags, 16) & 1, "sampled (the SDK may also set W3C's random-trace-id flag)"
     assert "tracestate" not in backend.metadata_of(name)
@@ -395,8 +440,10 @@ def test_an_invalid_traceparent_is_ignored_not_forwarded(backend: Backend) -> No
     ],
     ids=["backend-not-found", "backend-internal", "no-route", "wrong-method", "non-standard-method"],
 )
+@pytest.mark.parametrize("client_spans", [False, True], ids=["one-span", "client-spans"])
 def test_span_status_follows_the_http_conventions(
     backend: Backend,
+    client_spans: bool,
     method: str,
     path: str,
     status: int,
@@ -404,7 +451,7 @@ def test_span_status_follows_the_http_conventions(
     server_error: bool,
     backend_code: int | None,
 ) -> None:
-    observer, seen = _observer()
+    observer, seen = _observer(client_spans=client_spans)
     body = b"{}" if method == "POST" else None
     [answer] = _run(backend, observer, _calls((method, path, {}, body)))
     assert answer.status == status, answer.body
@@ -418,7 +465,10 @@ def test_span_status_follows_the_http_conventions(
     assert (server.status.status_code is StatusCode.ERROR) == server_error
     assert (attributes.get("error.type") == "500") == server_error
     clients = [s for s in seen.spans() if s.kind is SpanKind.CLIENT]
-    if backend_code is None:
+    if not client_spans:
+        assert clients == []
+        assert attributes.get("rpc.grpc.status_code") == backend_code
+    elif backend_code is None:
         assert clients == []
     else:
         [client] = clients
@@ -427,7 +477,7 @@ def test_span_status_follows_the_http_conventions(
 
 
 def test_a_streams_span_ends_with_the_stream(backend: Backend) -> None:
-    observer, seen = _observer()
+    observer, seen = _observer(client_spans=True)
     name = f"things/{uuid.uuid4().hex}"
     [answer] = _run(backend, observer, _calls(("GET", f"/v1/{name}:watch", {}, None)))
     assert answer.status == 200
@@ -445,20 +495,35 @@ def test_a_streams_span_ends_with_the_stream(backend: Backend) -> None:
     )
 
 
-def test_a_stream_the_client_leaves_ends_its_spans_and_is_logged(backend: Backend) -> None:
+def test_a_streams_one_span_learns_the_streams_status(backend: Backend) -> None:
     observer, seen = _observer()
+    name = f"things/{uuid.uuid4().hex}"
+    [answer] = _run(backend, observer, _calls(("GET", f"/v1/{name}:watch", {}, None)))
+    assert answer.status == 200
+    [server] = seen.spans()
+    assert server.name == "GET /v1/{name=things/*}:watch"
+    assert (server.attributes or {})["rpc.grpc.status_code"] == 0
+    assert (server.attributes or {})["rpc.method"] == "WatchThing"
+
+
+@pytest.mark.parametrize("client_spans", [False, True], ids=["one-span", "client-spans"])
+def test_a_stream_the_client_leaves_ends_its_spans_and_is_logged(
+    backend: Backend, client_spans: bool
+) -> None:
+    observer, seen = _observer(client_spans=client_spans)
     name = f"things/endless-{uuid.uuid4().hex}"
+    spans = 2 if client_spans else 1
 
     async def leave_after_the_first_line(client: TestClient[Any, Any]) -> None:
         response = await client.get(f"/v1/{name}:watch")
         assert response.status == 200
         assert (await response.content.readline()).startswith(b'{"result":')
         response.close()  # drops the connection mid-stream
-        await _until(lambda: len(seen.spans()) == 2, "the stream's spans to end")
+        await _until(lambda: len(seen.spans()) == spans, "the stream's spans to end")
 
     _run(backend, observer, leave_after_the_first_line)
     server = seen.span("GET /v1/{name=things/*}:watch")
-    client = seen.span(f"{SERVICE}/WatchThing")
+    client = seen.span(f"{SERVICE}/WatchThing") if client_spans else server
     assert (server.attributes or {})["http.response.status_code"] == 200, "what was sent"
     assert server.status.status_code is StatusCode.UNSET, "a client leaving is not a server error"
     assert (client.attributes or {})["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]
@@ -475,16 +540,20 @@ def test_a_stream_the_client_leaves_ends_its_spans_and_is_logged(backend: Backen
     }
 
 
-def test_a_client_that_leaves_before_the_answer_is_logged_as_499(backend: Backend) -> None:
-    observer, seen = _observer()
+@pytest.mark.parametrize("client_spans", [False, True], ids=["one-span", "client-spans"])
+def test_a_client_that_leaves_before_the_answer_is_logged_as_499(
+    backend: Backend, client_spans: bool
+) -> None:
+    observer, seen = _observer(client_spans=client_spans)
     name = f"things/slow-{uuid.uuid4().hex}"
+    spans = 2 if client_spans else 1
 
     async def leave_mid_call(client: TestClient[Any, Any]) -> None:
         request = asyncio.ensure_future(client.get(f"/v1/{name}", headers={"X-Request-Id": "gone"}))
         await _until(lambda: any(called == name for _, called, _ in list(backend.calls)), "the backend call")
         request.cancel()  # drops the connection while the edge waits for the backend
         await asyncio.gather(request, return_exceptions=True)
-        await _until(lambda: len(seen.spans()) == 2, "the request's spans to end")
+        await _until(lambda: len(seen.spans()) == spans, "the request's spans to end")
 
     _run(backend, observer, leave_mid_call)
     [line] = seen.access.lines
@@ -492,7 +561,7 @@ def test_a_client_that_leaves_before_the_answer_is_logged_as_499(backend: Backen
     server = seen.span(f"GET {GET_ROUTE}")
     assert "http.response.status_code" not in (server.attributes or {}), "nothing was sent"
     assert server.status.status_code is StatusCode.UNSET
-    client = seen.span(f"{SERVICE}/GetThing")
+    client = seen.span(f"{SERVICE}/GetThing") if client_spans else server
     assert (client.attributes or {})["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]
     assert seen.samples("http_server_active_requests") == {(): 0.0}
 
@@ -605,7 +674,7 @@ def test_access_lines_follow_the_loggers_level(backend: Backend) -> None:
     [answer] = _run(backend, observer, _calls(("GET", "/v1/things/quiet", {}, None)))
     assert answer.status == 200
     assert seen.access.lines == []
-    assert len(seen.spans()) == 2, "spans and metrics do not depend on the access log"
+    assert len(seen.spans()) == 1, "spans and metrics do not depend on the access log"
 
 
 # -- metrics ---------------------------------------------------------------------------------
@@ -676,7 +745,7 @@ def test_observer_of_no_telemetry_writes_access_lines_only() -> None:
 
 def test_observer_of_the_kits_telemetry_records_on_its_registry_and_can_be_made_twice() -> None:
     metrics = Metrics(version="test")
-    settings = TelemetrySettings(traces_exporter="none")
+    settings = TelemetrySettings(traces_exporter="none", metrics_port=9999)
     telemetry = Telemetry(settings, metrics, Tracing(None), None)
     first, second = Observer.of(telemetry), Observer.of(telemetry)
     assert not first.tracing and not second.tracing, "the kit's tracing is off"
@@ -690,3 +759,16 @@ def test_observer_of_the_kits_telemetry_records_on_its_registry_and_can_be_made_
         if sample.name == "http_server_request_duration_seconds_count"
     ]
     assert found == [2.0]
+
+
+def test_observer_of_the_kits_telemetry_records_no_metrics_without_a_metrics_port() -> None:
+    metrics = Metrics(version="test")
+    telemetry = Telemetry(TelemetrySettings(traces_exporter="none"), metrics, Tracing(None), None)
+    Observer.of(telemetry).refused(400)
+    found = [
+        sample
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name.startswith("http_server_")
+    ]
+    assert found == [], "nothing serves them: no per-request metric work"

@@ -98,7 +98,7 @@ class _Observed:
             self.metrics.server.handled(*self.series, code, time.perf_counter() - self.started)
             self.metrics.in_flight.dec()
         span = self.span
-        if span is None:
+        if span is None or not span.is_recording():
             return
         span.set_attribute("rpc.grpc.status_code", code.value[0])
         if code is not grpc.StatusCode.OK:
@@ -125,24 +125,34 @@ class _Observed:
                 otel_context.detach(token)
 
 
+_SHAPES: dict[str, tuple[str, dict[str, Any]]] = {}
+"""Per method: the span name and the attributes every call of it has (a few dozen methods)."""
+
+
+def _shape(call: CallInfo) -> tuple[str, dict[str, Any]]:
+    shape = _SHAPES.get(call.method)
+    if shape is None:
+        attributes = {"rpc.system": "grpc", "rpc.service": call.service, "rpc.method": call.name}
+        shape = _SHAPES[call.method] = (call.method.lstrip("/"), attributes)
+    return shape
+
+
 def _start_span(
     tracer: trace.Tracer, request: Any, context: grpc.ServicerContext, call: CallInfo
 ) -> trace.Span:
     carrier, request_id = _carrier(context)
     parent = _W3C.extract(carrier) if carrier else None
-    attributes: dict[str, Any] = {
-        "rpc.system": "grpc",
-        "rpc.service": call.service,
-        "rpc.method": call.name,
-        **_peer(context),
-    }
+    name, fixed = _shape(call)
+    span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
+    if not span.is_recording():  # unsampled: none of the attribute work
+        return span
+    attributes = {**fixed, **_peer(context)}
     if request_id:
         attributes["poly.request_id"] = request_id
-    if not call.request_streaming and (name := _resource_name(request)):
-        attributes["poly.resource.name"] = name
-    return tracer.start_span(
-        call.method.lstrip("/"), context=parent, kind=SpanKind.SERVER, attributes=attributes
-    )
+    if not call.request_streaming and (resource := _resource_name(request)):
+        attributes["poly.resource.name"] = resource
+    span.set_attributes(attributes)
+    return span
 
 
 def server_middleware(metrics: Metrics | None, tracer: trace.Tracer | None) -> Middleware:

@@ -159,22 +159,30 @@ def _scope_spans(scope: InstrumentationScope | None, spans: list[dict[str, Any]]
 
 
 def _span(span: ReadableSpan) -> dict[str, Any]:
+    # Written for the common span (a few scalar attributes, no events or links): every key is
+    # added only when proto3 JSON would show it, rather than built and then filtered.
     context = span.get_span_context()
     assert context is not None  # a recorded span always has one
-    status = span.status
     encoded: dict[str, Any] = {
         "traceId": f"{context.trace_id:032x}",
         "spanId": f"{context.span_id:016x}",
-        "traceState": ",".join(f"{key}={value}" for key, value in context.trace_state.items()),
-        "parentSpanId": f"{span.parent.span_id:016x}" if span.parent else "",
-        "flags": _flags(span.parent),
-        "name": span.name,
-        "kind": _KINDS[span.kind],
-        "startTimeUnixNano": str(span.start_time or 0),
-        "endTimeUnixNano": str(span.end_time or 0),
-        "attributes": _attributes(span.attributes),
-        "droppedAttributesCount": span.dropped_attributes,
-        "events": [
+    }
+    if context.trace_state:
+        encoded["traceState"] = ",".join(f"{key}={value}" for key, value in context.trace_state.items())
+    parent = span.parent
+    if parent:
+        encoded["parentSpanId"] = f"{parent.span_id:016x}"
+    encoded["flags"] = _flags(parent)
+    encoded["name"] = span.name
+    encoded["kind"] = _KINDS[span.kind]
+    encoded["startTimeUnixNano"] = str(span.start_time or 0)
+    encoded["endTimeUnixNano"] = str(span.end_time or 0)
+    if span.attributes:
+        encoded["attributes"] = _attributes(span.attributes)
+    if span.dropped_attributes:
+        encoded["droppedAttributesCount"] = span.dropped_attributes
+    if span.events:
+        encoded["events"] = [
             _omit_empty(
                 {
                     "timeUnixNano": str(event.timestamp),
@@ -184,9 +192,11 @@ def _span(span: ReadableSpan) -> dict[str, Any]:
                 }
             )
             for event in span.events
-        ],
-        "droppedEventsCount": span.dropped_events,
-        "links": [
+        ]
+    if span.dropped_events:
+        encoded["droppedEventsCount"] = span.dropped_events
+    if span.links:
+        encoded["links"] = [
             _omit_empty(
                 {
                     "traceId": f"{link.context.trace_id:032x}",
@@ -197,12 +207,12 @@ def _span(span: ReadableSpan) -> dict[str, Any]:
                 }
             )
             for link in span.links
-        ],
-        "droppedLinksCount": span.dropped_links,
-        "status": _omit_empty({"message": status.description or "", "code": status.status_code.value}),
-    }
-    encoded = _omit_empty(encoded)
-    encoded.setdefault("status", {})  # present even when unset, as the protobuf encoder leaves it
+        ]
+    if span.dropped_links:
+        encoded["droppedLinksCount"] = span.dropped_links
+    status = span.status
+    # Present even when unset, as the protobuf encoder leaves it.
+    encoded["status"] = _omit_empty({"message": status.description or "", "code": status.status_code.value})
     return encoded
 
 
@@ -218,6 +228,10 @@ def _omit_empty(fields: dict[str, Any]) -> dict[str, Any]:
 def _attributes(attributes: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     encoded = []
     for key, value in (attributes or {}).items():
+        kind = type(value)
+        if kind is str:  # most attributes: no checks needed
+            encoded.append({"key": key, "value": {"stringValue": value}})
+            continue
         try:
             encoded.append({"key": key, "value": _value(value)})
         except (TypeError, ValueError) as error:  # the protobuf encoder drops such an attribute too
