@@ -73,10 +73,8 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -94,6 +92,15 @@ if str(ROOT) not in sys.path:
 
 import grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from machine import (  # noqa: E402
+    BenchError,
+    all_threads_pinned,
+    children_cpu_s,
+    core_busy_s,
+    free_port,
+    percentile,
+    proc_cpu_s,
+)
 
 from poly.auth.v1 import auth_service_pb2 as auth_pb  # noqa: E402
 from services.auth import keys  # noqa: E402
@@ -108,7 +115,6 @@ STARTUP_TIMEOUT_S = 60.0
 TOOL_SLACK_S = 30.0  # a load-generator run is killed this long after its window should end
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "edge.json"
 PROBE = {"efficiency": 0.64, "edge_cpu_us": 160.0, "backend_cpu_us": 285.0, "goal_efficiency": 0.80}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 SHIM_C = r"""
 #define _GNU_SOURCE
@@ -140,54 +146,6 @@ done = function(summary, latency, requests)
     e.connect + e.read + e.write + e.timeout, e.status))
 end
 """
-
-
-class BenchError(RuntimeError):
-    """Something could not be started, checked or measured; the message says what."""
-
-
-# --- /proc -------------------------------------------------------------------------------
-
-
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a whole process (all threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def core_busy_s(cpu: int) -> float:
-    """user + nice + system time of one CPU (every process that ran there), in seconds."""
-    for line in Path("/proc/stat").read_text().splitlines():
-        label, *values = line.split()
-        if label == f"cpu{cpu}":
-            return sum(int(v) for v in values[:3]) / CLK_TCK
-    return 0.0
-
-
-def children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def all_threads_pinned(pid: int, cpu: int) -> bool:
-    pinned = True
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
-            pinned &= os.sched_getaffinity(int(tid)) == {cpu}
-    return pinned
-
-
-def percentile(ordered: Sequence[float], q: float) -> float:
-    if not ordered:
-        return math.nan
-    return float(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))])
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 # --- the system under test ---------------------------------------------------------------

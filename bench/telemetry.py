@@ -128,11 +128,8 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -154,6 +151,17 @@ for _path in (ROOT, ROOT / "gen"):
 
 import grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from machine import (  # noqa: E402
+    BenchError,
+    all_threads_pinned,
+    children_cpu_s,
+    core_busy_s,
+    free_port,
+    listening_ports,
+    median,
+    pin_all_threads,
+    proc_cpu_s,
+)
 
 from services.kit import config, tls  # noqa: E402
 
@@ -164,7 +172,6 @@ FLUSH_TIMEOUT_S = 20.0
 TOOL_SLACK_S = 30.0
 CHECK_CALLS = 200
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "telemetry.json"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 COUNTED = ("orders", "auth", "gateway")
 OTHERS = ("users", "payments", "notifications")
 TARGETS = {"metrics": 1.05, "metrics+traces": 1.20, "metrics+traces (otlp)": 1.20}
@@ -186,20 +193,6 @@ done = function(summary, latency, requests)
     e.connect + e.read + e.write + e.timeout, e.status))
 end
 """
-
-
-class BenchError(RuntimeError):
-    """Something could not be started, checked or measured; the message says what."""
-
-
-def percentile(ordered: Sequence[float], q: float) -> float:
-    if not ordered:
-        return math.nan
-    return float(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))])
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else math.nan
 
 
 # =========================================================================================
@@ -551,68 +544,6 @@ def part_a_tables(found: dict[str, Any]) -> str:
 # =========================================================================================
 
 
-def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def core_busy_s(cpu: int) -> float:
-    for line in Path("/proc/stat").read_text().splitlines():
-        label, *values = line.split()
-        if label == f"cpu{cpu}":
-            return sum(int(v) for v in values[:3]) / CLK_TCK
-    return 0.0
-
-
-def children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def pin_all_threads(pid: int, cpu: int) -> bool:
-    """Pin every thread of `pid` to `cpu` (threads started later inherit it); True if all are."""
-    pinned = True
-    with contextlib.suppress(FileNotFoundError):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(ProcessLookupError, FileNotFoundError, PermissionError):
-                os.sched_setaffinity(int(tid), {cpu})
-                pinned &= os.sched_getaffinity(int(tid)) == {cpu}
-    return pinned
-
-
-def all_threads_pinned(pid: int, cpu: int) -> bool:
-    pinned = True
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
-            pinned &= os.sched_getaffinity(int(tid)) == {cpu}
-    return pinned
-
-
-def listening_ports(pid: int) -> set[int]:
-    """TCP ports `pid` listens on (its socket inodes matched against /proc/net/tcp*)."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            if link.startswith("socket:["):
-                inodes.add(link[8:-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError):
-            for row in Path(table).read_text().splitlines()[1:]:
-                cols = row.split()
-                if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
-                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @dataclass(frozen=True)
 class Setup:
     name: str
@@ -738,6 +669,9 @@ def make_system(
         **{f"POLY_{name.upper()}_PORT": str(port) for name, port in ports.items()},
         **{f"POLY_{name.upper()}_METRICS_PORT": str(port) for name, port in metrics_ports.items()},
     }
+    site = home.parent / "site"
+    if (site / "sitecustomize.py").exists():  # part_b's what-ifs
+        environ["PYTHONPATH"] = str(site)
     if databases is not None:
         environ.update({f"POLY_{name.upper()}_DATABASE_URL": databases() for name in config.SERVICES})
     if setup.traces:

@@ -1,0 +1,112 @@
+"""What the benchmarks read from this machine: CPU time of processes and cores from /proc,
+thread pinning, listening ports, free ports, and the order statistics every table uses.
+
+Shared by the benchmarks so that every one of them measures CPU the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import resource
+import socket
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = [
+    "CLK_TCK",
+    "BenchError",
+    "all_threads_pinned",
+    "children_cpu_s",
+    "core_busy_s",
+    "free_port",
+    "listening_ports",
+    "median",
+    "percentile",
+    "pin_all_threads",
+    "proc_cpu_s",
+]
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(RuntimeError):
+    """Something could not be started, checked or measured; the message says what."""
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of a whole process (all threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def core_busy_s(cpu: int) -> float:
+    """user + nice + system time of one CPU (every process that ran there), in seconds."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        label, *values = line.split()
+        if label == f"cpu{cpu}":
+            return sum(int(v) for v in values[:3]) / CLK_TCK
+    return 0.0
+
+
+def children_cpu_s() -> float:
+    """CPU time of this process's finished children (load tools run as children)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def pin_all_threads(pid: int, cpu: int) -> bool:
+    """Pin every thread of `pid` to `cpu` (threads started later inherit it); True if all are."""
+    pinned = True
+    with contextlib.suppress(FileNotFoundError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(ProcessLookupError, FileNotFoundError, PermissionError):
+                os.sched_setaffinity(int(tid), {cpu})
+                pinned &= os.sched_getaffinity(int(tid)) == {cpu}
+    return pinned
+
+
+def all_threads_pinned(pid: int, cpu: int) -> bool:
+    pinned = True
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+            pinned &= os.sched_getaffinity(int(tid)) == {cpu}
+    return pinned
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports `pid` listens on (its socket inodes matched against /proc/net/tcp*)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                cols = row.split()
+                if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
+                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """The nearest-rank `q` percentile of already sorted values (nan when there are none)."""
+    if not ordered:
+        return math.nan
+    return float(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))])
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
