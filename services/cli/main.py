@@ -153,8 +153,9 @@ def _add_trace(commands: Any) -> None:
         "second after a call ends): one row per span, each under its parent, with service, start,\n"
         "duration, a bar on the trace's time scale, status and error message.\n\n"
         "WHAT is a trace id (32 hex digits, the trace_id of a log line), an X-Request-Id (a\n"
-        "response header of the edge), or a resource name such as orders/abc; when several\n"
-        "traces match, the most recent is shown.",
+        "response header of the edge), or a resource name such as orders/abc. When several\n"
+        "traces match, a resource name shows the one that created it (else the earliest), an\n"
+        "X-Request-Id the most recent; --list WHAT lists them, newest first.",
         epilog="examples:\n  poly trace 4bf92f3577b34da6a3ce929d0e0e4736\n  poly trace orders/abc\n"
         "  poly trace --list -n 5\n\nexit status: 0 found, 1 nothing matches, 2 usage",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -4,8 +4,13 @@ The files are ``<POLY_HOME>/traces/<component>.jsonl`` and, after rotation, ``â€
 OTLP/JSON lines written by `kit.telemetry.spanfile`, one export per line. A line cut short
 (a process killed while writing) is skipped. WHAT is a trace id (32 hex digits, or a whole
 ``traceparent``), an X-Request-Id (span attribute ``poly.request_id``) or a resource name
-such as ``orders/abc`` (``poly.resource.name``); when several traces match, the most recent
-is shown. Lines are searched as bytes for WHAT first, so only matching ones are parsed.
+such as ``orders/abc`` (``poly.resource.name``). When several traces match, a resource name
+shows the trace that created it (one with the server span of a successful standard Create
+method, ``â€¦/CreateOrder``, naming it: the kit names a call's resource from its request and,
+once it answers, from its response, and a Create request names none), else the earliest
+naming it (its creation rotated out of the files, or it was created by an event); an
+X-Request-Id shows the most recent. Lines are searched as bytes for WHAT first, so only
+matching ones are parsed.
 
 Standard library only (no OpenTelemetry): the command answers at once.
 """
@@ -22,9 +27,13 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CREATED",
+    "EARLIEST",
     "ERROR",
+    "MOST_RECENT",
     "REQUEST_ID",
     "RESOURCE_NAME",
+    "TRACE_ID",
     "SpanEvent",
     "SpanRecord",
     "Found",
@@ -41,11 +50,22 @@ RESOURCE_NAME = "poly.resource.name"
 ERROR = 2
 """OTLP ``STATUS_CODE_ERROR``."""
 
+# Why `find` chose the trace it shows (`Found.chosen`).
+TRACE_ID = "trace id"
+"""WHAT is its id."""
+CREATED = "created"
+"""WHAT is a resource name, and this trace created the resource."""
+EARLIEST = "earliest"
+"""WHAT is a resource name, no trace in the files created it, and this is the first to name it."""
+MOST_RECENT = "most recent"
+"""WHAT is an X-Request-Id: the most recent trace carrying it."""
+
 _HEX = re.compile(r"[0-9a-fA-F]+")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 _KINDS = ("unspecified", "internal", "server", "client", "producer", "consumer")
 _STATUS_CODES = ("unset", "ok", "error")
 _MANY_NEEDLES = 64  # searching for more trace ids than this, parsing every line is as quick
+_CREATE = re.compile(r"Create[A-Z]\w*")  # AIP-133's standard method: CreateOrder, CreateWebhook
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +103,8 @@ class Found:
     """Other traces that matched too, most recent first."""
     linked_from: tuple[SpanRecord, ...] = ()
     """Spans of other traces with a link to one of `spans` (a batch that joined several traces)."""
+    chosen: str = MOST_RECENT
+    """Why this trace of those that matched: `TRACE_ID`, `CREATED`, `EARLIEST` or `MOST_RECENT`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +116,10 @@ class TraceSummary:
     services: tuple[str, ...]
     root: str
     error: bool
+    created: bool = False
+    """A span of it created the resource the listing asked for."""
+    chosen: str = ""
+    """Why `find` shows it for what the listing asked for (`Found.chosen`); "" if it does not."""
 
 
 def read_spans(folder: Path, needles: Collection[bytes] = ()) -> Iterator[SpanRecord]:
@@ -212,56 +238,112 @@ def _id_needles(trace_id: str) -> set[bytes]:
     return {trace_id.encode(), base64.b64encode(bytes.fromhex(trace_id))}
 
 
-def _matching(folder: Path, what: str) -> dict[str, int]:
-    """Trace id -> the latest start (ns) of a span that matches `what`."""
+@dataclass(slots=True)
+class _Match:
+    """What one trace has of WHAT: the starts of its matching spans, and how they matched."""
+
+    first_ns: int
+    last_ns: int
+    named: bool = False
+    """A span names WHAT as its resource."""
+    created_ns: int | None = None
+    """The start of the earliest span that created WHAT's resource."""
+
+    def add(self, span: SpanRecord, what: str) -> None:
+        self.first_ns, self.last_ns = min(self.first_ns, span.start_ns), max(self.last_ns, span.start_ns)
+        if span.attributes.get(RESOURCE_NAME) == what:
+            self.named = True
+            if _created(span) and (self.created_ns is None or span.start_ns < self.created_ns):
+                self.created_ns = span.start_ns
+
+
+def _created(span: SpanRecord) -> bool:
+    """Whether `span` (which names a resource) served a standard Create method that succeeded:
+    its resource is the one the response named (a Create request has no ``name``)."""
+    method = span.attributes.get("rpc.method") or span.name.rpartition("/")[2]
+    code = span.attributes.get("rpc.grpc.status_code", 0)
+    return span.kind == "server" and bool(_CREATE.fullmatch(str(method))) and code == 0
+
+
+def _matching(folder: Path, what: str) -> tuple[dict[str, _Match], str | None]:
+    """Each trace with a span that matches `what`, and the trace id `what` names (if any)."""
     trace_id = _trace_id_in(what)
     needles = _needles(what) | (_id_needles(trace_id) if trace_id else set())
-    latest: dict[str, int] = {}
+    matches: dict[str, _Match] = {}
     for span in read_spans(folder, needles):
         if span.trace_id == trace_id or what in (
             span.attributes.get(REQUEST_ID),
             span.attributes.get(RESOURCE_NAME),
         ):
-            latest[span.trace_id] = max(latest.get(span.trace_id, 0), span.start_ns)
-    if trace_id in latest:  # an exact trace id beats a request id that happens to look like one
-        latest[trace_id] = max(latest.values()) + 1
-    return latest
+            matches.setdefault(span.trace_id, _Match(span.start_ns, span.start_ns)).add(span, what)
+    return matches, trace_id
+
+
+def _choose(matches: Mapping[str, _Match], trace_id: str | None) -> tuple[str, str]:
+    """The trace to show of `matches` (not empty), and why (`Found.chosen`)."""
+    if trace_id is not None and trace_id in matches:  # an exact trace id beats a look-alike request id
+        return trace_id, TRACE_ID
+    # A resource name holds a "/" and an X-Request-Id never does (the edge allows [A-Za-z0-9._:-]).
+    named = {trace: match for trace, match in matches.items() if match.named}
+    created = {trace: match.created_ns for trace, match in named.items() if match.created_ns is not None}
+    if created:  # a retried idempotent create names it again: the first one made it
+        return min(created, key=lambda trace: (created[trace], trace)), CREATED
+    if named:
+        return min(named, key=lambda trace: (named[trace].first_ns, trace)), EARLIEST
+    return max(matches, key=lambda trace: (matches[trace].last_ns, trace)), MOST_RECENT
 
 
 def find(folder: Path, what: str) -> Found | None:
-    """The trace `what` names (the most recent of those it matches), or None."""
-    latest = _matching(folder, what.strip())
-    ranked = sorted(latest, key=lambda trace: (latest[trace], trace), reverse=True)
-    if not ranked:
+    """The trace `what` names (see the module's docstring for which of several), or None."""
+    matches, trace_id = _matching(folder, what.strip())
+    if not matches:
         return None
-    chosen = ranked[0]
+    chosen, why = _choose(matches, trace_id)
+    others = sorted(
+        (trace for trace in matches if trace != chosen),
+        key=lambda trace: (matches[trace].last_ns, trace),
+        reverse=True,
+    )
     spans, linked_from = [], []
     for span in read_spans(folder, _id_needles(chosen)):  # a link names the trace too: those lines come along
         if span.trace_id == chosen:
             spans.append(span)
         elif any(trace_id == chosen for trace_id, _ in span.links):
             linked_from.append(span)
-    return Found(chosen, tuple(spans), tuple(ranked[1:]), tuple(linked_from)) if spans else None
+    return Found(chosen, tuple(spans), tuple(others), tuple(linked_from), why) if spans else None
 
 
-def recent(folder: Path, limit: int, what: str | None = None) -> list[TraceSummary]:
-    """The `limit` most recent traces (of those matching `what`, if given), newest first."""
-    wanted: set[str] | None = None
+def recent(folder: Path, limit: int | None, what: str | None = None) -> list[TraceSummary]:
+    """The `limit` (None: all) most recent traces, or of those matching `what` if given,
+    newest first; with `what`, each says whether it created what `what` names and whether
+    it is the one `find` shows."""
+    matches: dict[str, _Match] = {}
+    chosen: tuple[str, str] | None = None
     needles: set[bytes] = set()
     if what:
-        wanted = set(_matching(folder, what.strip()))
-        if not wanted:
+        matches, trace_id = _matching(folder, what.strip())
+        if not matches:
             return []
-        needles = set().union(*map(_id_needles, wanted)) if len(wanted) <= _MANY_NEEDLES else set()
+        chosen = _choose(matches, trace_id)
+        needles = set().union(*map(_id_needles, matches)) if len(matches) <= _MANY_NEEDLES else set()
     traces: dict[str, list[SpanRecord]] = {}
     for span in read_spans(folder, needles):
-        if wanted is None or span.trace_id in wanted:
+        if not what or span.trace_id in matches:
             traces.setdefault(span.trace_id, []).append(span)
-    summaries = [_summary(trace, spans) for trace, spans in traces.items()]
-    return sorted(summaries, key=lambda s: (s.start_ns, s.trace_id), reverse=True)[:limit]
+    summaries = [
+        _summary(
+            trace,
+            spans,
+            created=trace in matches and matches[trace].created_ns is not None,
+            chosen=chosen[1] if chosen is not None and trace == chosen[0] else "",
+        )
+        for trace, spans in traces.items()
+    ]
+    newest_first = sorted(summaries, key=lambda s: (s.start_ns, s.trace_id), reverse=True)
+    return newest_first if limit is None else newest_first[:limit]
 
 
-def _summary(trace_id: str, spans: list[SpanRecord]) -> TraceSummary:
+def _summary(trace_id: str, spans: list[SpanRecord], *, created: bool, chosen: str) -> TraceSummary:
     rows = tree(spans)
     return TraceSummary(
         trace_id=trace_id,
@@ -271,6 +353,8 @@ def _summary(trace_id: str, spans: list[SpanRecord]) -> TraceSummary:
         services=tuple(sorted({span.service for span in spans})),
         root=rows[0][1].name,
         error=any(span.status_code == ERROR for span in spans),
+        created=created,
+        chosen=chosen,
     )
 
 

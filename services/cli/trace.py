@@ -4,8 +4,9 @@
 prints one row per span in tree order: service, span, start offset and duration in ms, a
 bar on the trace's time scale, and status (``OK``, ``ERROR`` with its gRPC or HTTP code, or
 a failure code the span did not mark as an error), with an errored span's message and a
-span's links beneath it. ``--list`` shows the recent traces, ``--json`` the spans
-themselves. Colour only on a terminal; the width is $COLUMNS, else the terminal's, else 100.
+span's links beneath it. ``--list`` shows the recent traces (or every trace WHAT matches,
+newest first, saying which one ``poly trace WHAT`` shows), ``--json`` the spans themselves.
+Colour only on a terminal; the width is $COLUMNS, else the terminal's, else 100.
 """
 
 from __future__ import annotations
@@ -23,7 +24,19 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from services.cli.exits import FAILURE, OK
-from services.cli.spanfiles import ERROR, REQUEST_ID, SpanRecord, TraceSummary, find, recent, tree
+from services.cli.spanfiles import (
+    CREATED,
+    EARLIEST,
+    ERROR,
+    REQUEST_ID,
+    TRACE_ID,
+    Found,
+    SpanRecord,
+    TraceSummary,
+    find,
+    recent,
+    tree,
+)
 
 __all__ = ["run", "waterfall"]
 
@@ -336,12 +349,34 @@ def run(
 
 
 def _listing(folder: Path, what: str | None, limit: int, as_json: bool) -> str | None:
-    summaries = recent(folder, limit, what)
-    if not summaries:
+    if not what:
+        summaries = recent(folder, limit)
+        if not summaries:
+            return None
+        return json.dumps(list(map(_summary_json, summaries)), indent=2) if as_json else _table(summaries)
+    matched = recent(folder, None, what)  # all of them: the one shown may be the oldest
+    if not matched:
         return None
     if as_json:
-        return json.dumps([_summary_json(summary) for summary in summaries], indent=2)
-    return _table(summaries)
+        return json.dumps([_summary_json(s) | _choice_json(s) for s in matched[:limit]], indent=2)
+    notes = []
+    quoted = shlex.quote(what.strip())
+    if len(matched) > limit:
+        notes.append(
+            f"{len(matched) - limit} older trace(s) match too "
+            f"(`poly trace --list -n {len(matched)} {quoted}` lists them all)"
+        )
+    chosen = next((s for s in matched if s.chosen), None)  # None only if rotated away meanwhile
+    if chosen is not None:
+        why = {
+            TRACE_ID: "the one with that id",
+            CREATED: "the one that created it",
+            EARLIEST: "the earliest (none here created it)",
+        }.get(chosen.chosen, "the most recent")
+        notes.append(
+            f"`poly trace {quoted}` shows {chosen.trace_id}, {why}; `poly trace <TRACE>` shows another"
+        )
+    return "\n".join([_table(matched[:limit]), "", *map(_printable, notes)])
 
 
 def _trace(folder: Path, what: str, as_json: bool, out: TextIO) -> str | None:
@@ -354,6 +389,7 @@ def _trace(folder: Path, what: str, as_json: bool, out: TextIO) -> str | None:
             "other_traces": list(found.others),
             "spans": [_span_json(depth, span) for depth, span in tree(found.spans)],
             "linked_from": [_span_json(0, span) for span in found.linked_from],
+            "chosen": found.chosen,
         }
         return json.dumps(document, indent=2)
     text = waterfall(
@@ -364,11 +400,21 @@ def _trace(folder: Path, what: str, as_json: bool, out: TextIO) -> str | None:
         unicode=_can_show(out, "█…↪↩"),
     )
     if found.others:
-        text += (
-            f"\n\n{len(found.others)} other trace(s) match {_printable(what)}; this is the most recent "
-            f"(`poly trace --list {shlex.quote(what)}` lists them all)"
-        )
+        text += "\n\n" + _others(found, what.strip())
     return text
+
+
+def _others(found: Found, what: str) -> str:
+    """The note under a trace that is one of several `what` matches: which one it is."""
+    this = {
+        TRACE_ID: "this is the one with that trace id",
+        CREATED: "this is the one that created it",
+        EARLIEST: "this is the earliest (none in the files created it)",
+    }.get(found.chosen, "this is the most recent")
+    return _printable(
+        f"{len(found.others)} other trace(s) match {what}; {this} "
+        f"(`poly trace --list {shlex.quote(what)}` lists them all, newest first)"
+    )
 
 
 def _summary_json(summary: TraceSummary) -> dict[str, Any]:
@@ -381,6 +427,11 @@ def _summary_json(summary: TraceSummary) -> dict[str, Any]:
         "root": summary.root,
         "error": summary.error,
     }
+
+
+def _choice_json(summary: TraceSummary) -> dict[str, Any]:
+    """Of a trace WHAT matched: did it create WHAT's resource, and is it the one shown (why)."""
+    return {"created": summary.created, "chosen": summary.chosen or None}
 
 
 def _not_found(folder: Path, what: str | None) -> str:

@@ -98,7 +98,9 @@ class ServerSettings:
     host: str
     port: int
     workers: int = 1200
-    """Thread-pool size; every in-flight call (a watch stream too) holds one thread."""
+    """Most application calls handled at once (a watch stream holds one while open); more are
+    refused at once with RESOURCE_EXHAUSTED (SERVER_BUSY). The pool has a few spare threads
+    beyond it for health checks and those refusals."""
     grace_seconds: float = 10.0
 
 
@@ -266,6 +268,11 @@ class GatewaySettings:
     backends: Mapping[str, Backend]
     """Full service name -> backend; only these services are routed."""
     limits: EdgeLimits = EdgeLimits()
+    client_spans: bool = False
+    """Each backend call gets a CLIENT span of its own under the request's span."""
+    public_endpoint: bool = False
+    """A client's ``traceparent`` is only linked from a new trace, never continued, unless it
+    comes from one of ``limits.trusted_proxies``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -542,6 +549,8 @@ def _gateway_settings(env: _Reader, peers: Mapping[str, str]) -> GatewaySettings
                 "POLY_GATEWAY_AUTH_FAILURE_WINDOW_SECONDS", 60.0, low=1.0, high=86400.0
             ),
         ),
+        client_spans=env.flag("POLY_GATEWAY_CLIENT_SPANS", False),
+        public_endpoint=env.flag("POLY_GATEWAY_PUBLIC_ENDPOINT", False),
     )
 
 

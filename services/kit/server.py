@@ -6,13 +6,18 @@ service, reflection (v1 and v1alpha), then blocking until SIGTERM or SIGINT, whe
 drains: health goes NOT_SERVING, new calls are refused, in-flight calls get up to
 ``settings.server.grace_seconds`` to finish, and `serve` returns so the process exits 0.
 
-Middleware order (outermost first): telemetry (span and metrics), access log, errors, then
-whatever the caller adds (authn, authz, field behaviour), then the servicer. Health and reflection are
+Middleware order (outermost first): admission (counts the calls in flight, refuses those
+beyond the limit), telemetry (span and metrics), access log, errors, then whatever the caller
+adds (authn, authz, field behaviour), then the servicer. Health and reflection are
 infrastructure and bypass the chain.
 
 Model: the thread-pool ``grpc.server`` (bench/kit.py has the measurements). Every in-flight
-call holds one thread; `ServerSettings.workers` bounds them, and calls beyond it are
-refused with RESOURCE_EXHAUSTED rather than queued without limit.
+call holds one thread. `ServerSettings.workers` application calls run at once; a call beyond
+them is refused at once with RESOURCE_EXHAUSTED (reason ``SERVER_BUSY``), never queued. The
+pool has a few spare threads beyond `workers`, so that those refusals are made (and counted)
+here and health checks are answered while every worker is busy; grpcio itself refuses, before
+any of this code runs and so uncounted, only what arrives while the spare threads are taken
+too.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -33,8 +39,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.kit import reflection, telemetry, tls
 from services.kit.config import Settings
-from services.kit.errors import error_middleware
+from services.kit.errors import ResourceExhausted, error_middleware, to_status
 from services.kit.logs import access_log_middleware
+from services.kit.telemetry.metrics import Metrics, grpc_type
 from services.kit.types import Background, CallInfo, Handler, Middleware
 
 __all__ = [
@@ -145,17 +152,44 @@ class _Chain(grpc.ServerInterceptor):  # type: ignore[misc]
         )
 
 
-class _InFlight:
-    """Counts application calls until their handler (or stream) has really finished."""
+_BUSY_WARNING_EVERY_SECONDS = 10.0
 
-    def __init__(self) -> None:
+
+def _spare_threads(workers: int) -> int:
+    """Threads beyond `workers` for health checks and refusals (both take microseconds)."""
+    return max(2, workers // 8)
+
+
+class _InFlight:
+    """Admits at most `limit` application calls at once and counts them until their handler
+    (or stream) has really finished.
+
+    A call beyond the limit is refused at once, on a spare thread, with RESOURCE_EXHAUSTED
+    (reason ``SERVER_BUSY``): queued, it would only wait behind calls that may each take
+    seconds, and then fail its deadline anyway. A refused call never counts as in flight.
+    """
+
+    def __init__(self, limit: int, *, domain: str, metrics: Metrics | None = None) -> None:
+        self.limit = limit
         self._count = 0
         self._changed = threading.Condition()
+        self._metrics = metrics
+        self._busy = to_status(
+            ResourceExhausted(
+                "SERVER_BUSY",
+                "the server is at its limit of concurrent calls; retry later",
+                retry_after_seconds=1.0,
+            ),
+            domain=domain,
+        )
+        self._refused_unreported = 0
+        self._quiet_until = 0.0
 
-    def _add(self, delta: int) -> None:
+    def _done(self) -> None:
         with self._changed:
-            self._count += delta
-            self._changed.notify_all()
+            self._count -= 1
+            if self._count == 0:
+                self._changed.notify_all()
 
     @property
     def count(self) -> int:
@@ -170,19 +204,51 @@ class _InFlight:
         try:
             yield from result
         finally:
-            self._add(-1)
+            self._done()
 
     def __call__(self, request: Any, context: grpc.ServicerContext, call: CallInfo, proceed: Handler) -> Any:
-        self._add(1)
+        with self._changed:
+            admitted = self._count < self.limit
+            if admitted:
+                self._count += 1
+            else:
+                report = self._note_refusal()
+        if not admitted:
+            self._refuse(context, call, report)
         try:
             result = proceed(request, context)
         except BaseException:
-            self._add(-1)
+            self._done()
             raise
         if call.response_streaming:
             return self._stream(result)
-        self._add(-1)
+        self._done()
         return result
+
+    def _note_refusal(self) -> int:
+        """Called holding the lock: how many refusals to log now (0: stay quiet). One warning
+        per period at most, however many calls a flood brings."""
+        self._refused_unreported += 1
+        now = time.monotonic()
+        if now < self._quiet_until:
+            return 0
+        self._quiet_until = now + _BUSY_WARNING_EVERY_SECONDS
+        report, self._refused_unreported = self._refused_unreported, 0
+        return report
+
+    def _refuse(self, context: grpc.ServicerContext, call: CallInfo, report: int) -> NoReturn:
+        # Counted here: the telemetry middleware sits inside, so a refusal costs no span, no
+        # access line and no in-flight gauge movement (cheap refusals keep the spare threads free).
+        if self._metrics is not None:
+            kind = grpc_type(call.request_streaming, call.response_streaming)
+            self._metrics.refused_call(kind, call.service, call.name)
+        if report:
+            _log.warning(
+                "refusing calls: every worker is busy",
+                extra={"limit": self.limit, "refused": report, "method": call.method},
+            )
+        context.abort_with_status(self._busy)
+        raise AssertionError("context.abort_with_status returned")  # it always raises
 
 
 def chain(middlewares: Sequence[Middleware]) -> grpc.ServerInterceptor:
@@ -231,6 +297,18 @@ class RunningServer:
         return finished
 
 
+def _methods(registrations: Iterable[Registration]) -> Iterator[tuple[str, str]]:
+    for item in registrations:
+        if item.descriptor is not None:
+            for method in item.descriptor.methods:
+                yield item.descriptor.full_name, method.name
+
+
+def _installed_metrics() -> Metrics | None:
+    observed = telemetry.installed()
+    return observed.recorded_metrics if observed is not None else None
+
+
 def _close_health_watches(servicer: health.HealthServicer) -> None:
     # Open Watch streams would otherwise hold the drain for the whole grace period; they
     # have already been sent NOT_SERVING. A None response closes a watcher (grpcio-health).
@@ -248,20 +326,28 @@ def start(
     middlewares: Sequence[Middleware] | None = None,
     credentials: grpc.ServerCredentials | None = None,
     serving: bool = True,
+    metrics: Metrics | None = None,
 ) -> RunningServer:
     """Bind, register and start; health says SERVING once every service is attached
-    (or, with ``serving=False``, once the caller calls `RunningServer.set_serving`)."""
+    (or, with ``serving=False``, once the caller calls `RunningServer.set_serving`).
+
+    `metrics` counts refused calls and exports the limit; by default, the installed
+    telemetry's (none when metrics are off: then a refusal records nothing)."""
     try:
         credentials = credentials or tls.server_credentials(settings.tls)
     except (OSError, ValueError) as error:
         raise StartupError(f"cannot load the TLS files ({error}); `poly certs` creates them") from None
     workers = settings.server.workers
-    in_flight = _InFlight()
+    metrics = metrics if metrics is not None else _installed_metrics()
+    in_flight = _InFlight(workers, domain=f"{settings.service}.poly.local", metrics=metrics)
     chosen = default_middlewares(settings) if middlewares is None else list(middlewares)
+    # One thread per call grpcio lets in, so nothing waits in the executor's queue: workers
+    # for application calls, the spare ones for health checks and the kit's own refusals.
+    threads = workers + _spare_threads(workers)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{settings.service}-rpc"),
+        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{settings.service}-rpc"),
         interceptors=[chain([in_flight, *chosen])],
-        maximum_concurrent_rpcs=workers,
+        maximum_concurrent_rpcs=threads,
         options=_SERVER_OPTIONS,
     )
     for item in registrations:
@@ -276,6 +362,8 @@ def start(
     except RuntimeError:
         server.stop(None)
         raise StartupError(f"cannot listen on {address}: is the port already in use?") from None
+    if metrics is not None:
+        metrics.limit_calls(workers, _methods(registrations))
     server.start()
     running = RunningServer(server, port, health_servicer, names, settings.server.grace_seconds, in_flight)
     for name in ["", *names]:

@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -235,29 +236,137 @@ def test_a_trace_is_found_by_id_request_id_or_resource_name(
     assert [(s.service, s.name) for s in found.linked_from] == [("notifications", "bus apply OrderPlaced")]
 
 
-def test_the_most_recent_matching_trace_is_shown_and_the_others_counted(system: _System) -> None:
-    first = _place_order(system, T0)
-    second = _place_order(system, T0 + 1_000 * MS)
-    third = _place_order(system, T0 + 2_000 * MS, order="orders/other", request="req-other")
+def _read(system: _System, at: int, method: str, order: str, *, code: int = 0, request: str = "") -> str:
+    """A call through the edge that names `order` in its request (GetOrder, WatchOrder): the
+    service's span names it as the kit names it, from the request; its trace id."""
+    edge, orders = system.tracer("gateway"), system.tracer("orders")
+    route = "GET /v1/{name=orders/*}" + (":watch" if method == "WatchOrder" else "")
+    request = request or f"req-{method.lower()}-{at}"
+    root = edge.start_span(
+        route,
+        context=Context(),
+        kind=SpanKind.SERVER,
+        start_time=at,
+        attributes={spanfiles.REQUEST_ID: request},
+    )
+    full = f"poly.orders.v1.OrdersService/{method}"
+    call = edge.start_span(
+        full, context=trace.set_span_in_context(root), kind=SpanKind.CLIENT, start_time=at + MS
+    )
+    served = orders.start_span(
+        full,
+        context=_hop(call),
+        kind=SpanKind.SERVER,
+        start_time=at + 2 * MS,
+        attributes={
+            "rpc.method": method,
+            "rpc.grpc.status_code": code,
+            spanfiles.REQUEST_ID: request,
+            spanfiles.RESOURCE_NAME: order,
+        },
+    )
+    served.end(end_time=at + 8 * MS)
+    call.end(end_time=at + 9 * MS)
+    root.end(end_time=at + 10 * MS)
+    system.flush()
+    return f"{root.get_span_context().trace_id:032x}"
+
+
+def _first_line(trace_id: str, at: str, spans: int, duration: str = "40.0") -> str:
+    return f"trace {trace_id}  2026-01-01 {at} UTC  {duration} ms  {spans} spans\n"
+
+
+def test_a_resource_name_shows_the_trace_that_created_it_not_the_latest_watch(system: _System) -> None:
+    # Asked for before it existed (a client that chooses its ids), created, then watched and read.
+    too_soon = _read(system, T0 - 1_000 * MS, "GetOrder", "orders/abc", code=5)
+    created = _place_order(system, T0)
+    watched = _read(system, T0 + 1_000 * MS, "WatchOrder", "orders/abc")
+    read = _read(system, T0 + 2_000 * MS, "GetOrder", "orders/abc")
     status, shown = _shown(system, "orders/abc")
     assert status == OK
-    assert shown.startswith(f"trace {second.trace_id}  2026-01-01 00:00:01.000 UTC  40.0 ms  6 spans\n")
+    assert shown.startswith(_first_line(created.trace_id, "00:00:00.000", 6))
     assert shown.endswith(
-        "\n\n1 other trace(s) match orders/abc; this is the most recent "
-        "(`poly trace --list orders/abc` lists them all)\n"
+        "\n\n3 other trace(s) match orders/abc; this is the one that created it "
+        "(`poly trace --list orders/abc` lists them all, newest first)\n"
     )
+    found = spanfiles.find(system.home / "traces", "orders/abc")
+    assert found is not None
+    assert (found.chosen, found.others) == (spanfiles.CREATED, (read, watched, too_soon))
+    document = json.loads(_shown(system, "orders/abc", as_json=True)[1])
+    assert (document["trace_id"], document["chosen"]) == (created.trace_id, "created")
+
+
+def test_a_repeated_idempotent_create_does_not_hide_the_first_one(system: _System) -> None:
+    first = _place_order(system, T0)
+    _place_order(system, T0 + 1_000 * MS)  # the same request again: the answer names the same order
+    found = spanfiles.find(system.home / "traces", "orders/abc")
+    assert found is not None and (found.trace_id, found.chosen) == (first.trace_id, spanfiles.CREATED)
+
+
+def test_without_its_creation_in_the_files_the_earliest_trace_naming_it_is_shown(system: _System) -> None:
+    # A failed read is no creation, nor is a watch: its creation rotated out of the files.
+    refused = _read(system, T0, "GetOrder", "orders/abc", code=7)
+    _read(system, T0 + 1_000 * MS, "WatchOrder", "orders/abc")
+    status, shown = _shown(system, "orders/abc")
+    assert status == OK
+    assert shown.startswith(_first_line(refused, "00:00:00.000", 3, "10.0"))
+    assert (
+        "\n\n1 other trace(s) match orders/abc; this is the earliest (none in the files created it) ("
+        in shown
+    )
+
+
+def test_a_request_id_shows_its_most_recent_trace(system: _System) -> None:
+    _place_order(system, T0)
+    second = _place_order(system, T0 + 1_000 * MS)  # the client sent the same X-Request-Id again
+    status, shown = _shown(system, "req-7f3a")
+    assert status == OK
+    assert shown.startswith(_first_line(second.trace_id, "00:00:01.000", 6))
+    assert shown.endswith(
+        "; this is the most recent (`poly trace --list req-7f3a` lists them all, newest first)\n"
+    )
+
+
+def test_list_gives_every_trace_naming_a_resource_and_says_which_one_is_shown(system: _System) -> None:
+    created = _place_order(system, T0)
+    watched = _read(system, T0 + 1_000 * MS, "WatchOrder", "orders/abc")
+    read = _read(system, T0 + 2_000 * MS, "GetOrder", "orders/abc")
+    other = _place_order(system, T0 + 3_000 * MS, order="orders/other", request="req-other")
     status, listed = _shown(system, "orders/abc", listing=True)
     assert status == OK
-    assert [line.split()[6] for line in listed.splitlines()[1:]] == [second.trace_id, first.trace_id]
+    assert listed.splitlines() == [
+        "START                           DUR ms  SPANS  STATUS  TRACE                             ROOT (SERVICES)",
+        f"2026-01-01 00:00:02.000 UTC       10.0      3  OK      {read}  GET /v1/{{name=orders/*}} (gateway, orders)",
+        f"2026-01-01 00:00:01.000 UTC       10.0      3  OK      {watched}  "
+        "GET /v1/{name=orders/*}:watch (gateway, orders)",
+        f"2026-01-01 00:00:00.000 UTC       40.0      6  ERROR   {created.trace_id}  "
+        "POST /v1/orders (gateway, orders, payments)",
+        "",
+        f"`poly trace orders/abc` shows {created.trace_id}, the one that created it; "
+        "`poly trace <TRACE>` shows another",
+    ]
+    status, listed = _shown(system, "orders/abc", listing=True, limit=2)
+    assert [line.split()[6] for line in listed.splitlines()[1:3]] == [read, watched]
+    assert listed.splitlines()[3:] == [
+        "",
+        "1 older trace(s) match too (`poly trace --list -n 3 orders/abc` lists them all)",
+        f"`poly trace orders/abc` shows {created.trace_id}, the one that created it; "
+        "`poly trace <TRACE>` shows another",
+    ]
+    status, listed = _shown(system, "orders/abc", listing=True, as_json=True)
+    assert [(t["trace_id"], t["root"], t["created"], t["chosen"]) for t in json.loads(listed)] == [
+        (read, "GET /v1/{name=orders/*}", False, None),
+        (watched, "GET /v1/{name=orders/*}:watch", False, None),
+        (created.trace_id, "POST /v1/orders", True, "created"),
+    ]
     status, listed = _shown(system, "", listing=True, limit=3)
     assert listed.splitlines() == [
         "START                           DUR ms  SPANS  STATUS  TRACE                             ROOT (SERVICES)",
-        f"2026-01-01 00:00:02.045 UTC        3.0      1  OK      {third.follow_up}  "
+        f"2026-01-01 00:00:03.045 UTC        3.0      1  OK      {other.follow_up}  "
         "bus apply OrderPlaced (notifications)",
-        f"2026-01-01 00:00:02.000 UTC       40.0      6  ERROR   {third.trace_id}  "
+        f"2026-01-01 00:00:03.000 UTC       40.0      6  ERROR   {other.trace_id}  "
         "POST /v1/orders (gateway, orders, payments)",
-        f"2026-01-01 00:00:01.045 UTC        3.0      1  OK      {second.follow_up}  "
-        "bus apply OrderPlaced (notifications)",
+        f"2026-01-01 00:00:02.000 UTC       10.0      3  OK      {read}  GET /v1/{{name=orders/*}} (gateway, orders)",
     ]
 
 
@@ -452,10 +561,19 @@ def test_protobuf_json_with_base64_ids_and_enum_names_is_read_too(tmp_path: Path
     assert found.spans[1].span_id == f"{root.get_span_context().span_id:016x}"
 
 
+def _watch_to_the_end(url: str, token: str, order: str) -> str:
+    """The order's watch over HTTP, read until the stream ends (an unfunded account's order
+    fails its payment at once)."""
+    watch = urllib.request.Request(f"{url}/v1/{order}:watch", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(watch, timeout=30) as answer:
+        return str(answer.read().decode())
+
+
 @pytest.mark.slow
 def test_poly_trace_renders_an_order_placed_on_a_running_system(tmp_path: Path) -> None:
     """The whole path: services and edge as `poly up` runs them (the default file exporter,
-    batches every 100 ms), an order over HTTP, then `poly trace` from the command line."""
+    batches every 100 ms), an order over HTTP and a watch of it, then `poly trace ORDER` from
+    the command line: the trace that created the order, not the later watch."""
     system = start(tmp_path / "home", config.SERVICES, {"OTEL_BSP_SCHEDULE_DELAY": "100"})
     edge = Process.module("gateway", system.environ)
     try:
@@ -463,7 +581,9 @@ def test_poly_trace_renders_an_order_placed_on_a_running_system(tmp_path: Path) 
         eventually(lambda: edge_answers(url), timeout=30, what="the edge to answer")
         request_id = f"trace-{uuid.uuid4().hex[:12]}"
         _, email = system.register()
-        order = place_order(url, system.login(email).access_token, request_id)
+        token = system.login(email).access_token
+        order = place_order(url, token, request_id)
+        assert "STATE_PAYMENT_FAILED" in _watch_to_the_end(url, token, order)
 
         def spans() -> list[dict[str, object]] | None:
             done = run_module("services.cli", system.environ, "trace", "--json", request_id)
@@ -472,6 +592,13 @@ def test_poly_trace_renders_an_order_placed_on_a_running_system(tmp_path: Path) 
             return found if {("gateway", "server"), ("orders", "server")} <= written else None
 
         found = eventually(spans, timeout=30, what=f"the spans of request {request_id}")
+
+        def roots() -> list[str] | None:
+            done = run_module("services.cli", system.environ, "trace", "--list", "--json", order)
+            listed = json.loads(done.stdout) if done.returncode == OK else []
+            return [t["root"] for t in listed] if len(listed) >= 2 else None
+
+        traces = eventually(roots, timeout=30, what=f"the creation and the watch of {order}")
     finally:
         edge.stop()
         system.stop()
@@ -484,12 +611,14 @@ def test_poly_trace_renders_an_order_placed_on_a_running_system(tmp_path: Path) 
         "POST /v1/orders",
         "server",
     )
+    # The edge's request span is the service's parent, or its CLIENT span under it when it makes one.
     edge_call = by_id[served["parent_span_id"]]
-    assert (edge_call["service"], edge_call["kind"], edge_call["parent_span_id"]) == (
-        "gateway",
+    assert edge_call["service"] == "gateway"
+    assert edge_call is root or (edge_call["kind"], edge_call["parent_span_id"]) == (
         "client",
         root["span_id"],
     )
+    assert traces == ["GET /v1/{name=orders/*}:watch", "POST /v1/orders"]  # newest first
     environ = {**system.environ, "COLUMNS": "120"}
     shown = run_module("services.cli", environ, "trace", order)
     assert shown.returncode == OK, shown.stderr
@@ -499,3 +628,4 @@ def test_poly_trace_renders_an_order_placed_on_a_running_system(tmp_path: Path) 
     rows = lines[4:]
     assert re.match(r"gateway +POST /v1/orders +0\.0 ", rows[0]), shown.stdout
     assert any(re.match(r"orders +OrdersService/CreateOrder ", row) for row in rows), shown.stdout
+    assert "1 other trace(s) match" in shown.stdout and "this is the one that created it" in shown.stdout

@@ -31,6 +31,8 @@ EXPORTED = frozenset(
         "grpc_server_handled_total",
         "grpc_server_handling_seconds",
         "poly_grpc_server_in_flight_calls",
+        "poly_grpc_server_max_concurrent_calls",
+        "poly_grpc_server_refused_calls_total",
         "grpc_client_started_total",
         "grpc_client_handled_total",
         "grpc_client_handling_seconds",

@@ -145,7 +145,7 @@ def node(
     )
     observed = telemetry.installed()
     if observed is not None:
-        export_bus_metrics(observed, metrics, engine, tables)
+        export_bus_metrics(observed, metrics, engine, tables, source=settings.service)
     return Node(outbox, consumer, relay, intake, sink_registration(sink), channels, metrics, broker)
 
 

@@ -146,6 +146,24 @@ class Metrics:
         self.in_flight = Gauge(
             "poly_grpc_server_in_flight_calls", "Calls being handled now.", registry=self.registry
         )
+        self.refused = Counter(
+            "poly_grpc_server_refused_calls",
+            "Calls refused with RESOURCE_EXHAUSTED (SERVER_BUSY): the server was handling as many as it may.",
+            ("grpc_service", "grpc_method"),
+            registry=self.registry,
+        )
+        self._refused: dict[tuple[str, str], Counter] = {}
+        self._call_limit: int | None = None
+        # Read at scrape time, and left out until a gRPC server has set it: a process that
+        # serves no gRPC (the edge) has no limit, rather than a limit of 0.
+        self.add_gauges(
+            {
+                "poly_grpc_server_max_concurrent_calls": (
+                    "Most calls the gRPC server handles at once (POLY_GRPC_WORKERS); more are refused.",
+                    lambda: self._call_limit,
+                )
+            }
+        )
         self.spans_dropped = Counter(
             "poly_otel_spans_dropped",
             "Spans never exported: the queue was full (collector slow or down) or the export failed.",
@@ -156,6 +174,28 @@ class Metrics:
             "poly_build_info", "Always 1; the running version.", ("version",), registry=self.registry
         ).labels(version or "unknown").set(1)
         self._started = time.time()
+
+    def limit_calls(self, limit: int, methods: Iterable[tuple[str, str]] = ()) -> None:
+        """The gRPC server handles at most `limit` calls at once. Each of `methods` (service,
+        method) gets its refusal count at 0 now, so that ``rate()`` sees the first refusal."""
+        self._call_limit = limit
+        for service, method in methods:
+            self._refused_series(service, method)
+
+    def refused_call(self, kind: str, service: str, method: str) -> None:
+        """A call the server refused because it was at its limit: counted as refused and, like
+        every call, as started and handled (``ResourceExhausted``, in no time)."""
+        key = (kind, service, method)
+        series = self.server.method(*key)
+        self.server.started(series)
+        self.server.handled(series, key, grpc.StatusCode.RESOURCE_EXHAUSTED, 0.0)
+        self._refused_series(service, method).inc()
+
+    def _refused_series(self, service: str, method: str) -> Counter:
+        counter = self._refused.get((service, method))
+        if counter is None:
+            counter = self._refused.setdefault((service, method), self.refused.labels(service, method))
+        return counter
 
     def drop_spans(self, reason: str, count: int) -> None:
         self.spans_dropped.labels(reason).inc(count)
