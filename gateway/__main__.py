@@ -19,8 +19,7 @@ from dataclasses import replace
 
 from gateway import config as edge_config
 from gateway.arguments import from_arguments
-from gateway.observe import Observer
-from gateway.server import StartError, serve
+from gateway.server import StartError, observer_for, serve
 from services.kit import config, telemetry
 
 __all__ = ["main"]
@@ -55,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         observed = telemetry.setup_or_exit(poly)
         edge = edge_config.from_settings(poly)
     try:
-        asyncio.run(serve(edge, observer=Observer.of(observed)))
+        asyncio.run(serve(edge, observer=observer_for(edge, observed)))
     except StartError as error:
         sys.stderr.write(f"poly gateway: {error}\n")
         return 2 if error.usage else 1

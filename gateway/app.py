@@ -31,7 +31,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from aiohttp import web
@@ -51,6 +51,8 @@ from gateway.tokens import CannotVerify, TokenVerifier, bearer_token
 __all__ = ["Edge", "Routing", "SuccessStatus", "default_success_status"]
 
 _log = logging.getLogger("poly.gateway")
+
+_MultiCallable = TypeVar("_MultiCallable")
 
 SuccessStatus = Callable[[Route], int]
 """The HTTP status of a successful call of a route."""
@@ -86,6 +88,16 @@ class _Plan:
 
 def _message_class(descriptor: Descriptor) -> type[Message]:
     return message_factory.GetMessageClass(descriptor)
+
+
+def _backend_method(make: Callable[..., _MultiCallable], route: Route, plan: _Plan) -> _MultiCallable:
+    """`route`'s gRPC method from `make` (a channel's ``unary_unary`` or ``unary_stream``),
+    its messages encoded with the plan's classes."""
+    return make(
+        route.full_method,
+        request_serializer=plan.request_class.SerializeToString,
+        response_deserializer=plan.response_class.FromString,
+    )
 
 
 def _plan(route: Route, success_status: SuccessStatus) -> _Plan:
@@ -387,7 +399,7 @@ class Edge:
             client_ip=client.address,
             host=request.host,
             request_id=exchange.request_id,
-            forward_trace_context=not observer.tracing,
+            forward_trace_context=observer.passes_trace_context(request),
         )
         service = route.method.containing_service.full_name
         target = self._backends.target(service)
@@ -412,11 +424,9 @@ class Edge:
                 backend=backend,
             )
         try:
-            call = channel.unary_unary(
-                route.full_method,
-                request_serializer=plan.request_class.SerializeToString,
-                response_deserializer=plan.response_class.FromString,
-            )(message, metadata=metadata, timeout=timeout)
+            call = _backend_method(channel.unary_unary, route, plan)(
+                message, metadata=metadata, timeout=timeout
+            )
             reply: Message = await call
         except BaseException as error:
             backend.fail(error)
@@ -447,11 +457,9 @@ class Edge:
     ) -> web.StreamResponse:
         sse = streaming.wants_sse(request.headers.get("Accept", ""))
         try:
-            call = channel.unary_stream(
-                route.full_method,
-                request_serializer=plan.request_class.SerializeToString,
-                response_deserializer=plan.response_class.FromString,
-            )(message, metadata=metadata, timeout=timeout)
+            call = _backend_method(channel.unary_stream, route, plan)(
+                message, metadata=metadata, timeout=timeout
+            )
             # Wait for the backend's headers first: a call refused at once (authentication,
             # a bad name) is answered with its own HTTP status, not a 200 with an error line.
             try:

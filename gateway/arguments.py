@@ -42,6 +42,8 @@ _FILE_KEYS = {
     "title",
     "log_level",
     "metrics_listen",
+    "client_spans",
+    "public_endpoint",
     "tls",
     "backends",
     "default_backend",
@@ -122,6 +124,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve Prometheus /metrics here (plain HTTP); default: none",
     )
+    parser.add_argument(
+        "--client-spans",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a CLIENT span per backend call (default: the request's span stands for the call)",
+    )
+    parser.add_argument(
+        "--public-endpoint",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="start a new trace per request, linking a client's traceparent instead of continuing it "
+        "(a --trusted-proxy's is continued); default: continued",
+    )
     return parser
 
 
@@ -167,6 +182,8 @@ def from_arguments(argv: Sequence[str]) -> EdgeConfig:
     log_level = str(args.log_level or file.get("log_level") or "INFO").upper()
     if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         problems.append(f"log_level: expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+    client_spans = _switch(args.client_spans, file, "client_spans", problems)
+    public_endpoint = _switch(args.public_endpoint, file, "public_endpoint", problems)
     if problems:
         raise ConfigError(problems)
     return EdgeConfig(
@@ -181,7 +198,18 @@ def from_arguments(argv: Sequence[str]) -> EdgeConfig:
         log_level=log_level,
         metrics_host=metrics_host,
         metrics_port=metrics_port,
+        client_spans=client_spans,
+        public_endpoint=public_endpoint,
     )
+
+
+def _switch(argument: bool | None, file: Mapping[str, Any], key: str, problems: list[str]) -> bool:
+    """An on/off setting: the flag's value when given, else the file's (off when absent)."""
+    value = argument if argument is not None else file.get(key, False)
+    if not isinstance(value, bool):
+        problems.append(f"{key}: expected true or false, got {value!r}")
+        return False
+    return value
 
 
 def _backends_of(

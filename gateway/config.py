@@ -106,6 +106,13 @@ class EdgeConfig:
     metrics_port: int = 0
     """Where ``/metrics`` is served (plain HTTP); 0 serves none. Standalone, ``--metrics-listen``;
     Polyservice's edge, ``POLY_GATEWAY_METRICS_PORT`` (`services.kit.telemetry` serves it)."""
+    client_spans: bool = False
+    """Each backend call gets a CLIENT span of its own under the request's span (by default
+    the request's span stands for the call)."""
+    public_endpoint: bool = False
+    """Clients are on the Internet: their ``traceparent`` is linked from a new trace the edge
+    starts and samples itself, never continued, except from a peer in
+    ``limits.trusted_proxies`` (`gateway.observe.Observer`)."""
 
     @property
     def reflect(self) -> bool:
@@ -137,6 +144,8 @@ def from_settings(settings: Settings) -> EdgeConfig:
         log_level=settings.log_level,
         metrics_host=settings.telemetry.metrics_host,
         metrics_port=settings.telemetry.metrics_port,
+        client_spans=gateway.client_spans,
+        public_endpoint=gateway.public_endpoint,
     )
 
 

@@ -1,13 +1,21 @@
 """The edge observed: per request an HTTP SERVER span, the ``http_server_*`` metrics and one
-access line; per backend call a CLIENT span and the ``grpc_client_*`` metrics.
+access line; per backend call the ``grpc_client_*`` metrics (and, when asked, a CLIENT span).
 
 The span follows the OpenTelemetry HTTP semantic conventions: named ``{METHOD} {route
 template}`` (``GET /v1/{name=orders/*}``; ``{METHOD}`` alone when no route matched, ``HTTP``
 for a method outside the standard set), with the path but never the query string (it may
-carry a token). A W3C ``traceparent`` from the client parents it; the backend call is a CLIENT
-span under it whose context (``traceparent`` plus the client's ``tracestate``) replaces the
-client's in the metadata, so the services' spans join the same trace. Baggage from the client
-is not taken: the Internet does not get to set it.
+carry a token). A W3C ``traceparent`` from the client parents it; the edge's own context
+(``traceparent`` plus the client's ``tracestate``) replaces the client's in the backend's
+metadata, so the services' spans join the same trace. Baggage from the client is not taken:
+the Internet does not get to set it.
+
+A public endpoint (``public_endpoint``, otelhttp's ``WithPublicEndpoint``) does not let the
+Internet pick the trace either: a client's ``traceparent`` would decide sampling (with a
+parent-based sampler, ``sampled=1`` forces a recorded trace and ``sampled=0`` hides one) and
+could join the request to anyone's trace. There each request starts a new trace, sampled by
+the edge's own sampler, with a span link to the client's context so its trace can still be
+found; only a trusted proxy's (``trusted_peer``, the proxies whose ``X-Forwarded-For`` is
+believed) is continued. The backend gets the edge's context, never the client's.
 
 Metrics carry the route template, never the raw path, so a client sending a million paths
 adds no series; a method outside the standard set is ``_OTHER`` and an unrouted request has
@@ -25,10 +33,12 @@ that `services.kit.telemetry.setup` configured.
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import logging
 import time
 import weakref
-from collections.abc import Callable, Mapping, MutableSequence
+from collections.abc import Callable, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +66,10 @@ __all__ = [
     "Exchange",
     "HttpMetrics",
     "Observer",
+    "TrustedPeer",
     "http_method",
     "http_metrics",
+    "trusted_peer",
 ]
 
 OTHER_METHOD = "_OTHER"
@@ -81,6 +93,31 @@ _ACCESS_MESSAGE = "http request"
 Metadata = MutableSequence[tuple[str, str | bytes]]
 ClientAddress = Callable[[web.Request], str]
 """The client behind a request, as the rate limiter sees it (`gateway.headers.client_address`)."""
+TrustedPeer = Callable[[str], bool]
+"""Whether the TCP peer at an address is a trusted proxy, whose trace context is believed."""
+_NEW_TRACE = otel_context.Context()
+"""An empty context: a span started in it is a new trace's root."""
+_PEERS_REMEMBERED = 1024
+
+
+def trusted_peer(proxies: Sequence[str]) -> TrustedPeer | None:
+    """Whether a peer is in one of `proxies` (addresses or CIDRs, as
+    `gateway.config.Limits.trusted_proxies`; the same test as `gateway.headers.client_address`);
+    None when there are none, so nobody is. Answers are remembered per address: a proxy's
+    requests cost a dictionary look-up."""
+    if not proxies:
+        return None
+    networks = tuple(ipaddress.ip_network(proxy, strict=False) for proxy in proxies)
+
+    @functools.lru_cache(maxsize=_PEERS_REMEMBERED)
+    def trusted(peer: str) -> bool:
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in networks)
+
+    return trusted
 
 
 def http_method(method: str) -> str:
@@ -250,7 +287,11 @@ class Observer:
     Envoy's transcoder does; the edge makes exactly one call per request, so a CLIENT span
     under it would add a third of the spans of a call through the edge and no information
     but the network time, which the gap to the backend's span shows. `client_spans` makes
-    that CLIENT span anyway (grpc-gateway with otelhttp and otelgrpc does)."""
+    that CLIENT span anyway (grpc-gateway with otelhttp and otelgrpc does).
+
+    `public_endpoint` starts a new trace per request, linked to (not continuing) the client's
+    ``traceparent``, unless `trusted_peer` says the TCP peer is a trusted proxy; without
+    tracing, it keeps an untrusted client's trace context from the backend."""
 
     def __init__(
         self,
@@ -260,9 +301,13 @@ class Observer:
         client_metrics: RpcMetrics | None = None,
         access_log: logging.Logger | None = None,
         client_spans: bool = False,
+        public_endpoint: bool = False,
+        trusted_peer: TrustedPeer | None = None,
     ) -> None:
         self._tracer = tracer
         self._client_spans = client_spans
+        self._public_endpoint = public_endpoint
+        self._trusted_peer = trusted_peer
         self._metrics = metrics
         self._client_metrics = client_metrics
         self._log = access_log or logging.getLogger("poly.access")
@@ -270,23 +315,45 @@ class Observer:
         self._calls: dict[tuple[str, str, str], _CallShape] = {}
 
     @classmethod
-    def of(cls, telemetry: Telemetry | None, *, client_spans: bool = False) -> Observer:
+    def of(
+        cls,
+        telemetry: Telemetry | None,
+        *,
+        client_spans: bool = False,
+        public_endpoint: bool = False,
+        trusted_peer: TrustedPeer | None = None,
+    ) -> Observer:
         """Spans and metrics as `telemetry` (the process's, from `kit.telemetry.setup`) has
-        them; access lines only without it."""
+        them; access lines only without it. The keywords are the constructor's."""
         if telemetry is None:
-            return cls()
+            return cls(public_endpoint=public_endpoint, trusted_peer=trusted_peer)
         recorded = telemetry.recorded_metrics  # None with the metrics port at 0: no per-request work
         return cls(
             tracer=telemetry.tracer("poly.gateway"),
             metrics=http_metrics(recorded.registry) if recorded is not None else None,
             client_metrics=recorded.client if recorded is not None else None,
             client_spans=client_spans,
+            public_endpoint=public_endpoint,
+            trusted_peer=trusted_peer,
         )
 
     @property
     def tracing(self) -> bool:
         """Whether the edge makes spans (and so sends its own trace context to backends)."""
         return self._tracer is not None
+
+    def passes_trace_context(self, request: web.Request) -> bool:
+        """Whether the client's ``traceparent``/``tracestate`` go on to the backend as sent:
+        only from an edge that makes no spans (one that does sends its own context) and that
+        believes `request`'s client (a public endpoint believes only its trusted proxies)."""
+        return self._tracer is None and self._believes(request)
+
+    def _believes(self, request: web.Request) -> bool:
+        """Whether `request`'s trace context may be continued."""
+        if not self._public_endpoint:
+            return True
+        trusted = self._trusted_peer
+        return trusted is not None and trusted(request.remote or "")
 
     # -- HTTP side -------------------------------------------------------------------------
 
@@ -355,6 +422,7 @@ class Observer:
     ) -> trace.Span:
         found = request.headers
         parent = None
+        links: tuple[trace.Link, ...] = ()
         if "traceparent" in found:
             # A client's tracestate rides on every span and internal call of the trace: cap it.
             carrier = {"traceparent": found["traceparent"][:_MAX_TRACEPARENT]}
@@ -362,8 +430,13 @@ class Observer:
             if state and len(state) <= _MAX_TRACESTATE:
                 carrier["tracestate"] = state
             parent = self._propagator.extract(carrier)
+            if not self._believes(request):
+                # A new trace that the edge's sampler decides, pointing at the client's.
+                client = trace.get_current_span(parent).get_span_context()
+                links = (trace.Link(client),) if client.is_valid else ()
+                parent = _NEW_TRACE
         name = "HTTP" if exchange.method == OTHER_METHOD else exchange.method
-        span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
+        span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER, links=links)
         if span.is_recording():  # unsampled requests skip the attributes' cost
             span.set_attributes(self._server_attributes(request, exchange, raw_path))
         return span

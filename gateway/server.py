@@ -25,11 +25,12 @@ from gateway.backends import Backends
 from gateway.catalog import load_routing
 from gateway.config import EdgeConfig
 from gateway.descriptors import DescriptorSetError
-from gateway.observe import Observer
+from gateway.observe import Observer, trusted_peer
 from gateway.tokens import verifying
 from services.kit import telemetry
+from services.kit.telemetry import Telemetry
 
-__all__ = ["StartError", "serve"]
+__all__ = ["StartError", "observer_for", "serve"]
 
 _log = logging.getLogger("poly.gateway")
 
@@ -95,13 +96,27 @@ class _Signals:
             loop.remove_signal_handler(signum)
 
 
+def observer_for(config: EdgeConfig, observed: Telemetry | None) -> Observer:
+    """What `config`'s edge records: spans and metrics as `observed` (the process's telemetry)
+    has them (`Observer.of`), with CLIENT spans if `config.client_spans`, and as a public
+    endpoint if `config.public_endpoint` (trusting the trace context of `config.limits`'
+    trusted proxies only)."""
+    return Observer.of(
+        observed,
+        client_spans=config.client_spans,
+        public_endpoint=config.public_endpoint,
+        trusted_peer=trusted_peer(config.limits.trusted_proxies) if config.public_endpoint else None,
+    )
+
+
 async def serve(config: EdgeConfig, *, observer: Observer | None = None) -> None:
     """Serve `config` until SIGTERM or SIGINT; raises `StartError` when it cannot start.
 
-    `observer` records spans, metrics and access lines; by default, as the process's
-    telemetry (`services.kit.telemetry.setup`) has them, or access lines alone without it.
+    `observer` records spans, metrics and access lines; by default, the one `observer_for`
+    builds from `config` and the process's telemetry (`services.kit.telemetry.setup`), or
+    access lines alone without it.
     """
-    observer = observer or Observer.of(telemetry.installed())
+    observer = observer or observer_for(config, telemetry.installed())
     signals = _Signals()
     backends = Backends(config.backends, config.default_backend)
     _log.info("loading routes", extra={"source": _source(config)})

@@ -275,3 +275,37 @@ def test_metrics_are_served_only_where_asked(tmp_path: Path) -> None:
     assert (from_file.metrics_host, from_file.metrics_port) == ("::1", 9471)
     overridden = from_arguments([f"--config={file}", "--metrics-listen=:9472"])
     assert (overridden.metrics_host, overridden.metrics_port) == ("0.0.0.0", 9472)
+
+
+def test_client_spans_and_the_public_endpoint_come_from_flags_or_the_file(tmp_path: Path) -> None:
+    base = ["--reflect", f"--backend={SERVICE}=localhost:50051"]
+    found = from_arguments(base)
+    assert (found.client_spans, found.public_endpoint) == (False, False), "off, as otelhttp's"
+    found = from_arguments([*base, "--client-spans", "--public-endpoint"])
+    assert (found.client_spans, found.public_endpoint) == (True, True)
+    file = tmp_path / "gateway.toml"
+    file.write_text(
+        'reflect = true\nclient_spans = true\npublic_endpoint = true\n[default_backend]\naddress = "a:1"\n'
+    )
+    from_file = from_arguments([f"--config={file}"])
+    assert (from_file.client_spans, from_file.public_endpoint) == (True, True)
+    overridden = from_arguments([f"--config={file}", "--no-client-spans", "--no-public-endpoint"])
+    assert (overridden.client_spans, overridden.public_endpoint) == (False, False)
+
+
+def test_client_spans_and_the_public_endpoint_must_be_true_or_false(tmp_path: Path) -> None:
+    file = tmp_path / "gateway.toml"
+    file.write_text(
+        'reflect = true\nclient_spans = "yes"\npublic_endpoint = 1\n[default_backend]\naddress = "a:1"\n'
+    )
+    problems = _problems_of(file)
+    assert "client_spans: expected true or false, got 'yes'" in problems
+    assert "public_endpoint: expected true or false, got 1" in problems
+
+
+@pytest.mark.parametrize("flag", ["--public-endpoint=yes", "--client-spans=1"])
+def test_the_switch_flags_take_no_value(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        from_arguments(["--reflect", f"--backend={SERVICE}=a:1", flag])
+    assert raised.value.code == 2
+    assert "ignored explicit argument" in capsys.readouterr().err

@@ -136,3 +136,31 @@ def test_a_trusted_proxy_that_is_not_an_address_fails_start_up(tmp_path: Path) -
 
 def test_the_key_file_stays_out_of_reprs() -> None:
     assert "secret.key" not in repr(Transport("mtls", None, Path("c.pem"), Path("secret.key")))
+
+
+def test_polyservice_settings_turn_on_client_spans_and_the_public_endpoint(tmp_path: Path) -> None:
+    defaults = from_settings(config.load("gateway", {"POLY_HOME": str(tmp_path)}))
+    assert (defaults.client_spans, defaults.public_endpoint) == (False, False), "a development edge"
+    environ = {
+        "POLY_HOME": str(tmp_path),
+        "POLY_GATEWAY_CLIENT_SPANS": "true",
+        "POLY_GATEWAY_PUBLIC_ENDPOINT": "1",
+        "POLY_GATEWAY_TRUSTED_PROXIES": "10.0.0.1/8",
+    }
+    found = from_settings(config.load("gateway", environ))
+    assert (found.client_spans, found.public_endpoint) == (True, True)
+    assert found.limits.trusted_proxies == ("10.0.0.0/8",), "whose trace context it continues"
+
+
+def test_client_spans_and_the_public_endpoint_settings_must_be_true_or_false(tmp_path: Path) -> None:
+    environ = {
+        "POLY_HOME": str(tmp_path),
+        "POLY_GATEWAY_CLIENT_SPANS": "2",
+        "POLY_GATEWAY_PUBLIC_ENDPOINT": "maybe",
+    }
+    with pytest.raises(config.ConfigError) as raised:
+        config.load("gateway", environ)
+    assert raised.value.problems == [
+        "POLY_GATEWAY_CLIENT_SPANS: expected true or false, got '2'",
+        "POLY_GATEWAY_PUBLIC_ENDPOINT: expected true or false, got 'maybe'",
+    ]

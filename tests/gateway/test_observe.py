@@ -11,6 +11,7 @@ kit's JSON formatter with its trace fields, as `services.kit.telemetry.setup` in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -149,7 +150,13 @@ def _serialize(message: Message) -> bytes:
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    home = tmp_path_factory.mktemp("observe")
+    with serving_backend(tmp_path_factory.mktemp("observe")) as found:
+        yield found
+
+
+@contextlib.contextmanager
+def serving_backend(home: Path) -> Iterator[Backend]:
+    """The recording backend on a free port, its descriptor set compiled into `home`."""
     descriptor_set = compile_proto(home, "acme/things/v1/things.proto", PROTO)
     pool = descriptor_pool.DescriptorPool()
     for file in descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes()).file:

@@ -426,9 +426,98 @@ def test_the_standalone_edge_serves_metrics_writes_access_lines_and_keeps_spans(
     assert "secret-value" not in gateway.output() and "nowhere" not in gateway.output()
 
     gateway.stop()  # exports what is queued on the way out
-    spans = (tmp_path / "traces" / "gateway.jsonl").read_text()
-    assert "GET /v1/greetings/{name}" in spans and f"{SERVICE}/Greet" in spans
-    assert access[0]["trace_id"] in spans
+    spans = _spans_in(tmp_path / "traces" / "gateway.jsonl")
+    greetings = [span for span in spans if span["name"] == "GET /v1/greetings/{name}"]
+    assert len(greetings) == 3 and all(span["kind"] == _SERVER for span in greetings)
+    assert [span for span in spans if span["kind"] == _CLIENT] == [], "the request's span stands for the call"
+    attributes = greetings[0]["attributes"]
+    for key, value in (("rpc.service", SERVICE), ("rpc.method", "Greet")):
+        assert {"key": key, "value": {"stringValue": value}} in attributes, attributes
+    assert access[0]["trace_id"] in {span["traceId"] for span in greetings}
+
+
+_SERVER, _CLIENT = 2, 3
+"""OTLP's span kinds."""
+_CLIENT_TRACE, _CLIENT_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+
+def _spans_in(path: Path) -> list[dict[str, Any]]:
+    """Every span of a span file (OTLP/JSON lines)."""
+    return [
+        span
+        for line in path.read_text().splitlines()
+        for resource in json.loads(line)["resourceSpans"]
+        for scope in resource["scopeSpans"]
+        for span in scope["spans"]
+    ]
+
+
+def _traced_greeting(port: int, name: str, *, source: str) -> None:
+    """A greeting from `source` carrying a client's sampled traceparent; the name is its request id."""
+    headers = {"traceparent": f"00-{_CLIENT_TRACE}-{_CLIENT_SPAN}-01", "X-Request-Id": name}
+    answer = http_call(port, "GET", f"/v1/greetings/{name}", headers=headers, source=source)
+    assert answer.status == 200, answer.body
+
+
+def _server_span(spans: list[dict[str, Any]], request_id: str) -> dict[str, Any]:
+    [found] = [
+        span
+        for span in spans
+        if span["kind"] == _SERVER
+        and {"key": "poly.request_id", "value": {"stringValue": request_id}} in span["attributes"]
+    ]
+    return found
+
+
+def test_the_config_file_and_flags_make_client_spans_at_a_public_endpoint(
+    tmp_path: Path, api: dict[int, Path], stack: list[Callable[[], None]]
+) -> None:
+    backend_port, port = free_port(), free_port()
+    stack.append(Greeter(api[1], backend_port).stop)
+    file = tmp_path / "gateway.toml"
+    file.write_text("public_endpoint = true\n")
+    args = gateway_args(port, backend_port, "--descriptor-set", str(api[1]), extra=("--config", str(file)))
+    gateway = Process.module("gateway", {"POLY_HOME": str(tmp_path)}, *args, "--client-spans")
+    stack.append(gateway.stop)
+    gateway.wait_for_line(lambda line: '"serving"' in line, timeout=30)
+    _traced_greeting(port, "Ada", source="127.0.0.1")
+    gateway.stop()  # exports what is queued on the way out
+
+    spans = _spans_in(tmp_path / "traces" / "gateway.jsonl")
+    server = _server_span(spans, "Ada")
+    assert "parentSpanId" not in server and server["traceId"] != _CLIENT_TRACE, "a trace of the edge's own"
+    assert [(link["traceId"], link["spanId"]) for link in server["links"]] == [(_CLIENT_TRACE, _CLIENT_SPAN)]
+    [client] = [span for span in spans if span["kind"] == _CLIENT]
+    assert client["name"] == f"{SERVICE}/Greet"
+    assert (client["traceId"], client["parentSpanId"]) == (server["traceId"], server["spanId"])
+
+
+def test_a_public_endpoint_continues_the_trace_of_its_trusted_proxies_only(
+    tmp_path: Path, api: dict[int, Path], stack: list[Callable[[], None]]
+) -> None:
+    backend_port, port = free_port(), free_port()
+    stack.append(Greeter(api[1], backend_port).stop)
+    args = gateway_args(
+        port,
+        backend_port,
+        "--descriptor-set",
+        str(api[1]),
+        extra=("--public-endpoint", "--trusted-proxy=127.0.0.2"),
+    )
+    gateway = Process.module("gateway", {"POLY_HOME": str(tmp_path)}, *args)
+    stack.append(gateway.stop)
+    gateway.wait_for_line(lambda line: '"serving"' in line, timeout=30)
+    _traced_greeting(port, "Proxied", source="127.0.0.2")
+    _traced_greeting(port, "Direct", source="127.0.0.1")
+    gateway.stop()
+
+    spans = _spans_in(tmp_path / "traces" / "gateway.jsonl")
+    assert len(spans) == 2, "one span per request: no CLIENT spans unless asked"
+    proxied, direct = _server_span(spans, "Proxied"), _server_span(spans, "Direct")
+    assert (proxied["traceId"], proxied["parentSpanId"]) == (_CLIENT_TRACE, _CLIENT_SPAN)
+    assert "links" not in proxied
+    assert "parentSpanId" not in direct and direct["traceId"] != _CLIENT_TRACE
+    assert [link["traceId"] for link in direct["links"]] == [_CLIENT_TRACE]
 
 
 def test_metrics_listen_must_be_an_address() -> None:
