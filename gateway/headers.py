@@ -4,8 +4,9 @@ Incoming: `Authorization` becomes `authorization` (a Bearer credential's scheme,
 case as RFC 7235 has it, written `Bearer`), `Grpc-Metadata-<k>` becomes `<k>` (`-bin` values
 base64-decoded), `x-request-id` is the request's id (`choose_request_id`), and `x-forwarded-for`
 (one address: the client, see `client_address`) and `x-forwarded-host` are added. The client's
-`traceparent`/`tracestate` pass through only when asked (an edge that does not trace); an edge
-that traces sends its own, continuing the client's trace (`gateway.observe`). Nothing else is
+`traceparent`/`tracestate` pass through only when asked (an edge that does not trace, and
+believes the client); an edge that traces sends its own (`gateway.observe`: it continues the
+client's trace, or at a public endpoint only a trusted proxy's). Nothing else is
 forwarded: not hop-by-hop headers, not the client's own `X-Forwarded-For`, not reserved
 `grpc-*` keys, and not keys the gateway sets itself. Outgoing:
 header metadata becomes `Grpc-Metadata-<k>`, trailers `Grpc-Trailer-<k>`, with `-bin` values
@@ -104,7 +105,7 @@ def outgoing_metadata(
     `client_ip` is the client's address as the edge determined it (`client_address`): it is the
     one ``x-forwarded-for`` entry sent, so a backend can trust the last entry it sees.
     `forward_trace_context` passes the client's ``traceparent``/``tracestate`` through; an edge
-    that traces sets it False and adds its own (the client's then parents the edge's span).
+    that traces sets it False and adds its own (`gateway.observe.Observer.passes_trace_context`).
     Raises BadRequest for a metadata key that is not a valid gRPC key, a `-bin` value that is not
     base64, a text value that is not printable ASCII, or more than one Authorization header.
     """
