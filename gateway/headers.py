@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 
 from gateway.errors import BadRequest
+from services.kit.request_id import is_valid as is_valid_request_id
 
 __all__ = [
     "HeaderMatcher",
@@ -52,7 +53,6 @@ TRAILER_PREFIX = "Grpc-Trailer-"
 _METADATA_PREFIX_LOWER = METADATA_PREFIX.lower()
 _KEY = re.compile(r"[0-9a-z_.\-]+")
 _ASCII_VALUE = re.compile(r"[\x20-\x7e]*")
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 # Keys a client may never set through Grpc-Metadata-: connection-level HTTP/2 headers, and the keys
@@ -196,7 +196,7 @@ def choose_request_id(value: str | None) -> str:
     one the client could shape into something else (quotes, spaces, control characters)."""
     if value is not None:
         candidate = value.strip()
-        if _REQUEST_ID.fullmatch(candidate):
+        if is_valid_request_id(candidate):  # the kit's rule: every service applies the same one
             return candidate
     return uuid.uuid4().hex
 

@@ -6,7 +6,9 @@ balances ``round_robin`` over every address DNS returns (many replicas), and car
 service config built from the called services' descriptors: a default deadline for unary
 methods and retries on ``UNAVAILABLE`` for methods marked idempotent. `Channels` rebuilds a
 channel when the certificate files change, so a rotated client certificate is used without
-a restart.
+a restart. Every call on a channel sends the current request id (`kit.request_id`) as
+``x-request-id`` metadata, unless the caller set its own: one id across every service a
+request reaches.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ import json
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from poly.options.v1 import options_pb2
-from services.kit import telemetry, tls
+from services.kit import request_id, telemetry, tls
 from services.kit.config import Settings, TlsSettings
 
 __all__ = [
@@ -92,6 +94,52 @@ def idempotent_methods(*services: ServiceDescriptor) -> list[tuple[str, str]]:
     ]
 
 
+class _CallDetails(NamedTuple):
+    """A call about to be sent (``grpc.ClientCallDetails``'s fields; gRPC exports no class)."""
+
+    method: str
+    timeout: float | None
+    metadata: Sequence[tuple[str, str | bytes]] | None
+    credentials: grpc.CallCredentials | None
+    wait_for_ready: bool | None
+    compression: grpc.Compression | None
+
+
+def _with_request_id(details: Any) -> Any:
+    """`details` plus ``x-request-id`` when an id is current and the caller set none."""
+    current = request_id.current()
+    if current is None:  # the common case outside a request: nothing is copied
+        return details
+    metadata = list(details.metadata or ())
+    if any(str(key).lower() == request_id.METADATA_KEY for key, _ in metadata):
+        return details
+    metadata.append((request_id.METADATA_KEY, current))
+    return _CallDetails(
+        details.method,
+        details.timeout,
+        metadata,
+        details.credentials,
+        getattr(details, "wait_for_ready", None),
+        getattr(details, "compression", None),
+    )
+
+
+class _SendRequestId(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+):
+    """The current request id on unary and server-streaming calls (the kinds the kit makes)."""
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(_with_request_id(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(_with_request_id(details), request)
+
+
+_SEND_REQUEST_ID = _SendRequestId()
+
+
 def _target(address: str) -> str:
     return address if "://" in address or address.startswith("dns:") else f"dns:///{address}"
 
@@ -123,8 +171,9 @@ def channel(
             ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ],
     )
+    carrying = grpc.intercept_channel(raw, _SEND_REQUEST_ID)
     observed = telemetry.installed()
-    return observed.instrument(raw) if observed is not None else raw
+    return observed.instrument(carrying) if observed is not None else carrying
 
 
 class Channels:

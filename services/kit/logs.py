@@ -1,20 +1,24 @@
 """Structured logs on stderr, and the per-call access log.
 
 Each record has ``time``, ``level``, ``service``, ``logger`` and ``message``, then the fields
-of the running call (``trace_id``, ``span_id``) and anything passed in ``extra=``. Access
-lines have the message ``finished call`` and the call in their fields: ``method``, ``code``,
-``duration_ms`` and the caller's ``request_id``. Two formats show them: ``json``, one object
-per line (`JsonFormatter`, for machines and containers), and ``console``, one short readable
-line (`ConsoleFormatter`, rendered by `kit.console` as `poly up` shows it).
+of the running call (``trace_id``, ``span_id``, and ``request_id`` while one is current, see
+`kit.request_id`) and anything passed in ``extra=``. Access lines have the message
+``finished call`` and the call in their fields: ``method``, ``code``, ``duration_ms`` and the
+caller's ``request_id``; the access middleware is also what makes that id current for the
+call. Two formats show them: ``json``, one object per line (`JsonFormatter`, for machines and
+containers), and ``console``, one short readable line (`ConsoleFormatter`, rendered by
+`kit.console` as `poly up` shows it).
 
-Credentials never reach a line. `RedactingFilter`, on every handler `setup` installs, and
-`JsonFormatter` itself replace with ``[REDACTED]`` the values of ``Authorization``,
+Credentials never reach a line. `RedactingFilter`, on every handler `setup` installs or
+finds, and `JsonFormatter` itself replace with ``[REDACTED]`` the values of ``Authorization``,
 ``Proxy-Authorization``, ``Cookie`` and ``Set-Cookie`` (as HTTP header lines, reprs of gRPC
 metadata pairs, dict entries, ``key=value`` text), any ``Bearer`` credential, any
 JWT-shaped string and ``access_token``/``refresh_token``/``id_token``/``client_secret``
 values, wherever they appear: the message, its arguments, ``extra=`` fields (nested ones too)
-and formatted tracebacks, a library's included. Uncaught exceptions, in any thread, are
-logged through the same path instead of printed raw.
+and formatted tracebacks, a library's included. Each record is redacted once: the filter
+rewrites it and marks it done, and the formatter redacts only a record no filter has seen (a
+formatter used on its own). Uncaught exceptions, in any thread, are logged through the same
+path instead of printed raw.
 
 A few libraries' lines about an expected, self-healing condition are rewritten where they
 are logged: aiormq's error-level "error when creating transport" for each refused attempt
@@ -37,7 +41,8 @@ from typing import Any
 import grpc
 
 from services.kit import console
-from services.kit.calls import final_code, metadata_value, observe_stream
+from services.kit import request_id as request_ids
+from services.kit.calls import final_code, observe_stream
 from services.kit.telemetry_settings import LOG_FORMATS
 from services.kit.types import CallInfo, Handler, Middleware
 
@@ -55,7 +60,15 @@ __all__ = [
 REDACTED = "[REDACTED]"
 """What a credential is replaced with."""
 
-_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_REDACTED_MARK = "poly_redacted"
+"""The record attribute `RedactingFilter` sets once it has rewritten a record."""
+_DONE = object()
+"""Its value: an object no ``extra=`` field can be, so a caller cannot mark a record done."""
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    _REDACTED_MARK,
+}
 _SECRET_KEYS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 _SECRET_PARAMETERS = frozenset({"access_token", "refresh_token", "id_token", "client_secret"})
 # A value runs to a quote or backquote, a line end, or an escaped line end in a repr (`\r`, `\n`).
@@ -129,15 +142,23 @@ def _traceback_text(formatter: logging.Formatter, record: logging.LogRecord) -> 
     return redact(formatter.formatException(record.exc_info))
 
 
+def _is_redacted(record: logging.LogRecord) -> bool:
+    return getattr(record, _REDACTED_MARK, None) is _DONE
+
+
 class RedactingFilter(logging.Filter):
     """Rewrites a record in place so that no credential survives in it: the rendered
-    message (its arguments merged in), every ``extra=`` field, the formatted traceback
-    (stored as ``exc_text``, which every `logging.Formatter` prints instead of formatting
-    the exception again) and the stack. Never drops a record."""
+    message (its arguments merged in), every ``extra=`` field (as JSON-ready data), the
+    formatted traceback (stored as ``exc_text``, which every `logging.Formatter` prints
+    instead of formatting the exception again) and the stack. Never drops a record. A record
+    already rewritten (by the filter of a library's handler, before it reached the root's)
+    is marked and passes untouched."""
 
     _formatter = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if _is_redacted(record):
+            return True
         try:
             message = record.getMessage()
         except (TypeError, ValueError):  # arguments that do not fit the format: keep both, redacted
@@ -152,11 +173,16 @@ class RedactingFilter(logging.Filter):
             record.exc_text = redact(record.exc_text)
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
+        setattr(record, _REDACTED_MARK, _DONE)
         return True
 
 
+_redacting = RedactingFilter()
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record, redacted (also without `RedactingFilter` in front)."""
+    """One JSON object per record, redacted: by the `RedactingFilter` in front (`setup`
+    installs one), or here when no such filter has rewritten it."""
 
     def __init__(self, service: str, *, context_fields: ContextFields | None = None) -> None:
         super().__init__()
@@ -165,23 +191,27 @@ class JsonFormatter(logging.Formatter):
 
     def fields(self, record: logging.LogRecord) -> dict[str, Any]:
         """What a line of `record` holds, redacted, as JSON-ready data."""
+        if not _is_redacted(record):
+            _redacting.filter(record)
         line: dict[str, Any] = {
             "time": console.timestamp(record.created),
             "level": record.levelname.lower(),
             "service": self._service,
             "logger": record.name,
-            "message": redact(record.getMessage()),
+            "message": record.getMessage(),
         }
         if self._context_fields is not None:
             line.update(self._context_fields())
-        line.update({k: _scrubbed(v) for k, v in vars(record).items() if k not in _STANDARD_ATTRS})
+        # Checked where it is made current (`kit.request_id`): no redaction needed.
+        if (request_id := request_ids.current()) is not None:
+            line["request_id"] = request_id
+        line.update({k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS})
         if record.exc_info and record.exc_info[0] is not None:
             line["error"] = record.exc_info[0].__name__
-            line["traceback"] = _traceback_text(self, record)
-        elif record.exc_text:
-            line["traceback"] = redact(record.exc_text)
+        if record.exc_text:  # the filter formatted any exception into it, redacted
+            line["traceback"] = record.exc_text
         if record.stack_info:
-            line["stack"] = redact(record.stack_info)
+            line["stack"] = record.stack_info
         return line
 
     def format(self, record: logging.LogRecord) -> str:
@@ -291,32 +321,38 @@ def setup(
 
 def access_log_middleware(logger: logging.Logger | None = None) -> Middleware:
     """Logs one line per call: method, final status code, duration, and the caller's
-    ``x-request-id`` when it sent one (the edge always does)."""
+    ``x-request-id`` when it sent a valid one (the edge always does). That id is current
+    (`kit.request_id`) while the handler runs, a streaming handler's iteration included, so
+    the handler's own lines and calls carry it; an invalid one is ignored."""
     log = logger or logging.getLogger("poly.access")
 
-    def emit(context: grpc.ServicerContext, call: CallInfo, started: float, failed: bool) -> None:
+    def emit(
+        context: grpc.ServicerContext, call: CallInfo, started: float, failed: bool, request_id: str | None
+    ) -> None:
         code = final_code(context, failed)
         fields: dict[str, Any] = {
             "method": call.method,
             "code": code.name,
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
         }
-        request_id = metadata_value(context, "x-request-id")
-        if request_id:
+        if request_id is not None:
             fields["request_id"] = request_id
         log.info(console.CALL_FINISHED, extra=fields)
 
     def middleware(request: Any, context: grpc.ServicerContext, call: CallInfo, proceed: Handler) -> Any:
         started = time.perf_counter()
+        request_id = request_ids.from_metadata(context.invocation_metadata())
         failed = True
         try:
-            result = proceed(request, context)
+            result = request_ids.run_bound(request_id, proceed, request, context)
             failed = False
         finally:
             if failed or not call.response_streaming:
-                emit(context, call, started, failed)
+                emit(context, call, started, failed, request_id)
         if call.response_streaming:
-            return observe_stream(result, lambda failed: emit(context, call, started, failed))
+            # The handler's body runs as the stream is consumed: the id is current meanwhile.
+            ended = observe_stream(result, lambda failed: emit(context, call, started, failed, request_id))
+            return request_ids.iterate_bound(request_id, ended)
         return result
 
     return middleware

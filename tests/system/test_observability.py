@@ -10,6 +10,7 @@ PostgreSQL + RabbitMQ):
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -179,6 +180,39 @@ def test_an_order_is_one_trace_from_the_edge_to_the_notification(traced: Traced)
     assert email.attributes["poly.channel"] == "EMAIL"
     assert ("notifications", "CONSUMER") in ancestors(email)
     assert {s.service for s in spans} >= {"gateway", "orders", "payments", "notifications"}
+
+    # One request id in every service's logs, tracing aside: the edge's, through the bus,
+    # the capture worker's call to payments and the dispatcher's lookup in users.
+    def lines_of(service: str) -> list[dict[str, str]]:
+        written = list(traced.system.processes[service].lines)
+        return [json.loads(line) for line in written if line.startswith("{") and request_id in line]
+
+    def carried(service: str, message: str, method: str = "") -> list[dict[str, str]]:
+        return [
+            line
+            for line in lines_of(service)
+            if line["message"] == message and line.get("method", "").endswith(method)
+        ]
+
+    expected = [
+        ("payments", "finished call", "/CapturePayment"),
+        ("orders", "finished call", "/CreateOrder"),
+        ("notifications", "delivery sent", ""),  # the email, sent by a background worker
+        ("users", "finished call", "/LookupContact"),  # the dispatcher's call for the address
+    ]
+    if "POLY_BUS_URL" not in traced.system.environ:  # embedded: orders pushed OrderCreated to payments
+        expected.append(("payments", "finished call", "/PushEvent"))
+
+    def missing() -> list[tuple[str, str, str]]:
+        return [where for where in expected if not carried(*where)]
+
+    try:
+        eventually(lambda: not missing(), what="the edge's request id in every service's lines")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; none in {missing()}") from None
+    captures = carried("payments", "finished call", "/CapturePayment")
+    assert all(line["request_id"] == request_id for line in captures)
+    assert any(line["code"] == "OK" for line in captures)
 
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "observability" / "prometheus-rules.yml"

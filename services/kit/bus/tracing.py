@@ -15,6 +15,14 @@
   unhandled, refused, error) is the ``poly.bus.outcome`` attribute; anything but applied or
   duplicate sets status ERROR with the message.
 
+The same map carries the publishing request's id (`kit.request_id`) as ``x-request-id``, so
+an operator can follow one request id through the services its events reach, with tracing
+on or off: `current_trace_context` adds it, `sending` keeps it when it replaces the trace
+context and makes it current during the send (an embedded push sends it as metadata), and
+`processing` makes it current while the consumer applies the event (its log lines and its
+calls carry it, and whatever it publishes carries it onwards). It is read with
+`restore_request_id`: a value that is not a valid request id is ignored.
+
 The context comes from another service, so it is read defensively (`restore`): only the two
 W3C keys, a traceparent of at most `MAX_TRACEPARENT_LENGTH` characters that the W3C propagator
 accepts, and a tracestate of at most `MAX_TRACESTATE_LENGTH` (dropped otherwise). It can set a
@@ -37,6 +45,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from poly.events.v1.events_pb2 import EventEnvelope
+from services.kit import request_id
 from services.kit.bus import contract
 from services.kit.bus.consumer import EventNotHandled
 from services.kit.errors import InvalidArgument, PermissionDenied
@@ -52,6 +61,7 @@ __all__ = [
     "Destination",
     "current_trace_context",
     "restore",
+    "restore_request_id",
 ]
 
 EMBEDDED, RABBITMQ = "poly", "rabbitmq"
@@ -88,11 +98,20 @@ class Destination:
 
 
 def current_trace_context() -> dict[str, str]:
-    """The current span's W3C context as envelope entries; empty when no span is current
-    (or no tracer provider is installed)."""
+    """The current span's W3C context as envelope entries (none when no span is current, or
+    no tracer provider is installed), and the current request id, when there is one."""
     carrier: dict[str, str] = {}
     _W3C.inject(carrier)
+    current = request_id.current()
+    if current is not None:
+        carrier[request_id.METADATA_KEY] = current
     return carrier
+
+
+def restore_request_id(trace_context: Mapping[str, str]) -> str | None:
+    """The request id an envelope's ``trace_context`` carries; None when it carries none that
+    is valid (a forged or oversized one is ignored)."""
+    return request_id.valid_or_none(trace_context.get(request_id.METADATA_KEY))
 
 
 def restore(trace_context: Mapping[str, str]) -> Context | None:
@@ -164,6 +183,7 @@ class BusTracer:
         on, so the consumer's span is this one's child. Record the result with `sent`."""
         short_name, _ = _event_type(envelope)
         parent = restore(envelope.trace_context)
+        origin = restore_request_id(envelope.trace_context)
         span = self._tracer.start_span(
             f"send {short_name}", context=parent or Context(), kind=SpanKind.PRODUCER
         )
@@ -174,9 +194,13 @@ class BusTracer:
         if mine.is_valid and (parent is None or mine != trace.get_current_span(parent).get_span_context()):
             carrier: dict[str, str] = {}
             _W3C.inject(carrier, context=trace.set_span_in_context(span, Context()))
+            if origin is not None:
+                carrier[request_id.METADATA_KEY] = origin
             envelope.trace_context.clear()
             envelope.trace_context.update(carrier)
-        with trace.use_span(span, end_on_exit=True):
+        elif origin is None:  # an invalid id (stored only by `Outbox.publish(trace_context=...)`) stops here
+            envelope.trace_context.pop(request_id.METADATA_KEY, None)
+        with request_id.bound(origin), trace.use_span(span, end_on_exit=True):
             yield span
 
     @staticmethod
@@ -230,7 +254,10 @@ class BusTracer:
         )
         if span.is_recording():
             span.set_attributes(_attributes(envelope, destination, "process"))
-        with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
+        with (
+            request_id.bound(restore_request_id(envelope.trace_context)),
+            trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False),
+        ):
             try:
                 yield span
             except BaseException as error:

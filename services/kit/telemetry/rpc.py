@@ -26,6 +26,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from services.kit.calls import final_code, observe_stream
 from services.kit.logs import redact
+from services.kit.request_id import valid_or_none
 from services.kit.telemetry.metrics import Metrics, grpc_type
 from services.kit.types import CallInfo, Handler, Middleware
 
@@ -52,13 +53,16 @@ _MAX_MESSAGE = 200
 
 def _carrier(context: grpc.ServicerContext) -> tuple[dict[str, str], str]:
     carrier: dict[str, str] = {}
-    request_id = ""
+    request_id: str | None = None
+    seen_request_id = False
     for item in context.invocation_metadata() or ():
         if item.key in _PROPAGATED and isinstance(item.value, str) and len(item.value) <= _MAX_TRACESTATE:
             carrier[item.key] = item.value
-        elif item.key == "x-request-id" and isinstance(item.value, str):
-            request_id = item.value
-    return carrier, request_id
+        elif item.key == "x-request-id" and not seen_request_id:
+            # The first decides and must follow the kit's rule, as for the access line's.
+            seen_request_id = True
+            request_id = valid_or_none(item.value)
+    return carrier, request_id or ""
 
 
 def _peer(context: grpc.ServicerContext) -> dict[str, Any]:

@@ -92,6 +92,20 @@ def test_a_call_is_one_trace_from_the_callers_span_through_the_server(observed: 
     assert attributes["network.peer.address"] in {"127.0.0.1", "::1"}
 
 
+@pytest.mark.parametrize(
+    "sent",
+    [["x" * 129], ['"},{"injected":1'], ["has space"]],
+    ids=["too-long", "json-breakout", "space"],
+)
+def test_a_request_id_breaking_the_rule_is_kept_off_the_span(observed: _Observed, sent: list[str]) -> None:
+    reply = probe_service.stub(observed.channel, "Echo")(
+        _S(value="hi"), metadata=[("x-request-id", value) for value in sent], timeout=5
+    )
+    assert reply.value == "hi"
+    served: object = eventually(lambda: _maybe_server_span(observed, "Echo"), what="the server span")
+    assert "poly.request_id" not in dict(served.attributes)  # type: ignore[attr-defined]
+
+
 def _maybe_server_span(observed: _Observed, method: str) -> object | None:
     spans = [
         s
