@@ -18,6 +18,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Mapping
 from typing import IO, Any
 
 from services.kit.console import render, timestamp
@@ -61,12 +62,15 @@ class Output:
         self._width = width
         self._lock = threading.Lock()
 
-    def say(self, name: str, text: str, *, level: str = "info") -> None:
-        """A message of `poly up` itself (`name` ``poly``), or of its mailbox (``mail``)."""
+    def say(
+        self, name: str, text: str, *, level: str = "info", fields: Mapping[str, str] | None = None
+    ) -> None:
+        """A message of `poly up` itself (`name` ``poly``), or of its mailbox (``mail``);
+        `fields` (e.g. a ``trace_id`` the message names) follow it in the JSON record."""
         if self._json:
             logger = "poly.mailbox" if name == "mail" else "poly.up"
             record = {"time": timestamp(time.time()), "level": level, "service": "poly", "logger": logger}
-            self._write([json.dumps({**record, "message": text})])
+            self._write([json.dumps({**record, "message": text, **(fields or {})})])
         else:
             self._write(self._prefixed(name, text))
 

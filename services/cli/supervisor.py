@@ -5,7 +5,9 @@ starts ``python -m services.<name>`` per service (each creates and migrates its 
 database), says what it is waiting for until each health check says SERVING, prints a
 ready line per component and example calls, restarts a crashed process with exponential
 backoff, and on Ctrl-C or SIGTERM drains every service (SIGTERM), killing only what
-outlives the grace period. Each failure it reports says what to do next.
+outlives the grace period. Each failure it reports says what to do next. After the first
+order is placed (a successful CreateOrder, whoever called it), it prints once the command that
+shows that order's trace, when every trace lands in the span files `poly trace` reads.
 
 Every component logs JSON, whatever POLY_LOG_FORMAT says (the supervisor reads its lines);
 `services.cli.logview.Output` shows them in the chosen format: ``console``, each line in
@@ -18,12 +20,14 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -34,12 +38,17 @@ from services.cli import mailbox
 from services.cli.logview import Output
 from services.cli.probe import edge_status, health_status, port_in_use
 from services.kit import config, tls
+from services.kit.console import CALL_FINISHED
+from services.kit.telemetry_settings import TelemetrySettings
 
 __all__ = ["Supervisor", "example_calls"]
 
 _PR_SET_PDEATHSIG = 1
 _BACKOFF_FIRST, _BACKOFF_MAX, _HEALTHY_RESET = 1.0, 30.0, 30.0
 _WAIT_NOTICE_FIRST, _WAIT_NOTICE_EVERY = 1.0, 15.0
+_CREATE_ORDER = "/poly.orders.v1.OrdersService/CreateOrder"
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+_KEEPS_EVERY_TRACE = ("always_on", "parentbased_always_on")
 
 
 def _die_with_parent_hook() -> Callable[[], None] | None:
@@ -66,6 +75,36 @@ def _is_serving_line(line: str) -> bool:
     return isinstance(record, dict) and record.get("message") == "serving"
 
 
+def _placed_order_trace(line: str) -> str | None:
+    """The trace id in the access line of a successful CreateOrder; None for any other line."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not (
+        isinstance(record, dict)
+        and record.get("message") == CALL_FINISHED
+        and record.get("logger") == "poly.access"
+        and record.get("method") == _CREATE_ORDER
+        and record.get("code") == "OK"
+    ):
+        return None
+    trace_id = record.get("trace_id")
+    # Checked, not trusted: it is printed inside a command the user copies.
+    if isinstance(trace_id, str) and _TRACE_ID.fullmatch(trace_id):
+        return trace_id
+    return None
+
+
+def _traces_in_span_files(telemetry: TelemetrySettings) -> bool:
+    """Whether every trace is written to the span files `poly trace` reads: the file exporter
+    (the default without an OTLP endpoint) and a sampler that keeps them all."""
+    keeps_all = telemetry.sampler in _KEEPS_EVERY_TRACE or (
+        "traceidratio" in telemetry.sampler and telemetry.sampler_arg >= 1.0
+    )
+    return telemetry.tracing and telemetry.traces_exporter == "file" and keeps_all
+
+
 def _child_environ() -> dict[str, str]:
     """The environment of a component: ours (each child reads its own settings through
     `kit.config`), with JSON logs, which the supervisor parses whatever the user's format."""
@@ -76,12 +115,30 @@ def _module(component: str) -> str:
     return "gateway" if component == "gateway" else f"services.{component}"
 
 
+def _shown(path: Path) -> str:
+    """`path` as a command line shows it: relative to the working directory when inside it."""
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def _alone(component: str) -> str:
     """The command that runs `component` by itself, as `poly up` does."""
-    python = Path(sys.executable)
-    if python.is_relative_to(Path.cwd()):
-        python = python.relative_to(Path.cwd())
-    return f"{python} -m {_module(component)}"
+    return f"{_shown(Path(sys.executable))} -m {_module(component)}"
+
+
+def _poly() -> str:
+    """The command that runs `poly` from here: the script installed beside our Python
+    (``.venv/bin/poly`` after `make up`), else that Python running the CLI's module."""
+    script = Path(sys.executable).with_name("poly")
+    if script.is_file():
+        return shlex.quote(_shown(script))
+    return f"{shlex.quote(_shown(Path(sys.executable)))} -m services.cli"
+
+
+def _trace_command(trace_id: str, home: Path) -> str:
+    """The `poly trace` command that shows `trace_id` from the span files under `home`
+    (``--home`` only when `home` is not the ``.poly`` it reads by default from here)."""
+    where = "" if home == Path(".poly").absolute() else f" --home {shlex.quote(_shown(home))}"
+    return f"{_poly()} trace{where} {trace_id}"
 
 
 _MAILBOX = "smtp"
@@ -145,10 +202,17 @@ class Supervisor:
         self._width = width
         self._mailbox: mailbox.DevMailbox | None = None
         self._pre_exec = _die_with_parent_hook()
+        # Until the first order's hint is printed, each line is searched for CreateOrder (a
+        # substring test); after it, or when its trace would not be in the files, not even that.
+        self._order_hint_pending = _traces_in_span_files(settings.telemetry)
+        self._order_hint_lock = threading.Lock()
 
-    def _say(self, name: str, text: str, *, level: str = "info") -> None:
-        """A line of the supervisor's own (`name` is ``poly``, or ``mail`` for the mailbox)."""
-        self._output.say(name, text, level=level)
+    def _say(
+        self, name: str, text: str, *, level: str = "info", fields: Mapping[str, str] | None = None
+    ) -> None:
+        """A line of the supervisor's own (`name` is ``poly``, or ``mail`` for the mailbox);
+        `fields` go into its JSON record (the console line shows `text` only)."""
+        self._output.say(name, text, level=level, fields=fields)
 
     def _pump(self, name: str, stream: IO[str], serving: threading.Event) -> None:
         # Always read to the end: a child whose pipe fills up would block on its next log line.
@@ -157,6 +221,20 @@ class Supervisor:
             if not serving.is_set() and _is_serving_line(text):
                 serving.set()
             self._output.relay(name, text, received=time.time())
+            if self._order_hint_pending and _CREATE_ORDER in text:
+                self._hint_placed_order(text)
+
+    def _hint_placed_order(self, line: str) -> None:
+        """Once per run, after the first successful CreateOrder: how to see its trace."""
+        trace_id = _placed_order_trace(line)
+        if trace_id is None:
+            return
+        with self._order_hint_lock:  # a restarted orders' pump may run beside its predecessor's
+            if not self._order_hint_pending:
+                return
+            self._order_hint_pending = False
+        command = _trace_command(trace_id, self._settings.home)
+        self._say("poly", f"order placed: see its trace with `{command}`", fields={"trace_id": trace_id})
 
     def _spawn(self, child: _Child) -> None:
         process = subprocess.Popen(

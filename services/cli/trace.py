@@ -317,17 +317,22 @@ def run(
     traces, those `what` matches if given); exit status 0 found, 1 not found."""
     out = out or sys.stdout
     folder = home / "traces"
-    # Spans reach the files about a second after a call ends: a trace asked for right after
-    # its call is waited for briefly rather than reported missing.
+    # Spans reach the files about a second after a call ends, each process on its own clock:
+    # a trace asked for right after its call is waited for briefly rather than reported
+    # missing, or shown with the spans of a process that has not written them yet.
     deadline = time.monotonic() + wait
     try:
         while True:
-            text = (
-                _listing(folder, what, limit, as_json)
-                if listing
-                else _trace(folder, what or "", as_json, out)
-            )
-            if text is not None or listing or time.monotonic() >= deadline:
+            if listing:
+                text = _listing(folder, what, limit, as_json)
+                break
+            found = find(folder, what or "")
+            late = time.monotonic() >= deadline
+            if found is not None and (late or not _still_arriving(found)):
+                text = _trace(found, what or "", as_json, out)
+                break
+            if late:
+                text = None
                 break
             time.sleep(0.25)  # polling files another process writes: nothing to block on
     except OSError as error:
@@ -379,10 +384,20 @@ def _listing(folder: Path, what: str | None, limit: int, as_json: bool) -> str |
     return "\n".join([_table(matched[:limit]), "", *map(_printable, notes)])
 
 
-def _trace(folder: Path, what: str, as_json: bool, out: TextIO) -> str | None:
-    found = find(folder, what)
-    if found is None:
-        return None
+_RECENT_NS = 10 * 1_000_000_000
+"""A trace whose last span ended this recently may still have spans on their way to the files."""
+
+
+def _still_arriving(found: Found) -> bool:
+    """Whether `found` is a recent trace with spans whose parent is not in the files yet. An
+    old one stays as it is: its missing parents are elsewhere (a client's, another home)."""
+    ids = {span.span_id for span in found.spans}
+    orphaned = any(span.parent_id and span.parent_id not in ids for span in found.spans)
+    newest = max((span.end_ns for span in found.spans), default=0)
+    return orphaned and time.time_ns() - newest < _RECENT_NS
+
+
+def _trace(found: Found, what: str, as_json: bool, out: TextIO) -> str:
     if as_json:
         document = {
             "trace_id": found.trace_id,

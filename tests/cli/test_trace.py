@@ -13,6 +13,8 @@ import json
 import re
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -408,6 +410,26 @@ def test_a_span_whose_parent_is_missing_is_shown_at_top_level(system: _System, p
         "… 1 span(s) whose parent is not in the files: not written yet (spans are written about a second "
         "after a call ends), sampled out, or kept under another POLY_HOME",
     ]
+
+
+def test_a_fresh_trace_missing_a_parent_is_waited_for_until_its_spans_arrive(system: _System) -> None:
+    placed = _place_order(system, time.time_ns() - 50 * MS)  # the edge's batch is still queued
+
+    def edge_writes_its_batch() -> None:
+        time.sleep(0.5)
+        system.providers["gateway"].force_flush(10_000)
+
+    writer = threading.Thread(target=edge_writes_its_batch)
+    writer.start()
+    try:
+        out = io.StringIO()
+        status = run(system.home, placed.trace_id, out=out, wait=20.0)
+    finally:
+        writer.join(10)
+    assert status == OK
+    shown = out.getvalue()
+    assert "POST /v1/orders" in shown, "shown only once the edge's spans were in the files"
+    assert "parent is not in the files" not in shown
 
 
 def test_the_linked_trace_points_back_to_the_trace_it_continues(system: _System, placed: _Placed) -> None:

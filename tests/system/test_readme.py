@@ -107,5 +107,14 @@ def test_every_shell_example_in_the_readme_runs_as_written(tmp_path: Path) -> No
             return [p for p in (folder / ".poly" / "mail").iterdir() if "Payment received" in p.read_text()]
 
         eventually(paid_emails, timeout=30, what="the 'Payment received' email")
+        # Once, after the first order: how to see its trace, the one `poly trace "$ORDER"` drew.
+        hints = re.findall(
+            r"\| order placed: see its trace with `\.venv/bin/poly trace --home \S+ (\w{32})`$",
+            up.output(),
+            re.M,
+        )
+        assert len(hints) == up.output().count("order placed") == 1 and f"trace {hints[0]}  " in output, (
+            up.output()
+        )
     finally:
         up.stop()
