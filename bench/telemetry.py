@@ -671,7 +671,7 @@ def make_system(
     }
     site = home.parent / "site"
     if (site / "sitecustomize.py").exists():  # part_b's what-ifs
-        environ["PYTHONPATH"] = str(site)
+        environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
     if databases is not None:
         environ.update({f"POLY_{name.upper()}_DATABASE_URL": databases() for name in config.SERVICES})
     if setup.traces:

@@ -56,6 +56,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from gateway import headers
 from services.kit.telemetry import Telemetry
 from services.kit.telemetry.metrics import LATENCY_BUCKETS, RpcMetrics
+from services.kit.telemetry.rpc import SERVER_ERROR_CODES
 
 __all__ = [
     "CLIENT_CLOSED",
@@ -227,7 +228,12 @@ class BackendCall:
         if span is None:
             return
         span.set_attribute("rpc.grpc.status_code", code.value[0])
-        if not self._ends_span:  # the request's span: its HTTP status decides whether it failed
+        if not self._ends_span:
+            # The request's span: its HTTP status decides whether it failed, except for a stream
+            # that broke after its 200 was sent, which only the backend's code can tell.
+            if code in SERVER_ERROR_CODES:
+                span.set_attribute("error.type", code.name)
+                span.set_status(Status(StatusCode.ERROR, code.name))
             return
         if code is not grpc.StatusCode.OK:
             # Client spans: every code but OK is an error (RPC semantic conventions).

@@ -122,6 +122,8 @@ def _handlers(backend: Backend, pool: descriptor_pool.DescriptorPool) -> dict[st
         record("WatchThing", request, context)
         for version in range(1, 4):
             yield thing(name=request.name, version=version)
+        if request.name.startswith("things/broken"):
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the backend went away mid-stream")
         if request.name.startswith("things/endless"):
             gone = threading.Event()
             context.add_callback(gone.set)
@@ -511,6 +513,19 @@ def test_a_streams_one_span_learns_the_streams_status(backend: Backend) -> None:
     assert server.name == "GET /v1/{name=things/*}:watch"
     assert (server.attributes or {})["rpc.grpc.status_code"] == 0
     assert (server.attributes or {})["rpc.method"] == "WatchThing"
+
+
+def test_a_stream_that_breaks_after_its_200_marks_the_requests_span_an_error(backend: Backend) -> None:
+    observer, seen = _observer()
+    name = f"things/broken-{uuid.uuid4().hex}"
+    [answer] = _run(backend, observer, _calls(("GET", f"/v1/{name}:watch", {}, None)))
+    assert answer.status == 200, "the headers went out with the first message"
+    [server] = seen.spans()
+    attributes = server.attributes or {}
+    assert attributes["http.response.status_code"] == 200
+    assert attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert attributes["error.type"] == "UNAVAILABLE"
+    assert server.status.status_code is StatusCode.ERROR
 
 
 @pytest.mark.parametrize("client_spans", [False, True], ids=["one-span", "client-spans"])

@@ -123,10 +123,11 @@ class _OutboxState:
         if self._lock.acquire(blocking=False):
             try:
                 if time.monotonic() - self._read_at >= self._ttl:
-                    self._value = None
+                    # A scrape arriving meanwhile (an HA Prometheus pair) still sees the last value.
                     self._read_at = time.monotonic()
                     self._value = self._query()
             except Exception:  # noqa: BLE001 - a scrape must not fail because the database does
+                self._value = None
                 _log.debug("outbox state unreadable", exc_info=True)
             finally:
                 self._lock.release()

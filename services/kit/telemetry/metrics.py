@@ -107,13 +107,15 @@ class RpcMetrics:
         series.started.inc()
 
     def handled(
-        self, series: _MethodSeries, key: tuple[str, str, str], code: grpc.StatusCode, seconds: float
+        self, series: _MethodSeries, key: tuple[str, str, str], code: grpc.StatusCode, seconds: float | None
     ) -> None:
+        """One call ended with `code` after `seconds` (None: counted, not timed)."""
         counter = series.handled.get(code)
         if counter is None:
             counter = series.handled[code] = self._handled.labels(*key, GO_CODE_NAMES[code])
         counter.inc()
-        series.seconds.observe(seconds)
+        if seconds is not None:
+            series.seconds.observe(seconds)
 
 
 class GaugeCollector(Collector):
@@ -184,11 +186,13 @@ class Metrics:
 
     def refused_call(self, kind: str, service: str, method: str) -> None:
         """A call the server refused because it was at its limit: counted as refused and, like
-        every call, as started and handled (``ResourceExhausted``, in no time)."""
+        every call, as started and handled (``ResourceExhausted``), but kept out of the latency
+        histogram: a flood of instant refusals would pull the method's p99 down just when the
+        calls it admits are slowest."""
         key = (kind, service, method)
         series = self.server.method(*key)
         self.server.started(series)
-        self.server.handled(series, key, grpc.StatusCode.RESOURCE_EXHAUSTED, 0.0)
+        self.server.handled(series, key, grpc.StatusCode.RESOURCE_EXHAUSTED, None)
         self._refused_series(service, method).inc()
 
     def _refused_series(self, service: str, method: str) -> Counter:

@@ -173,7 +173,8 @@ def _span(span: ReadableSpan) -> dict[str, Any]:
     if parent:
         encoded["parentSpanId"] = f"{parent.span_id:016x}"
     encoded["flags"] = _flags(parent)
-    encoded["name"] = span.name
+    if span.name:
+        encoded["name"] = span.name
     encoded["kind"] = _KINDS[span.kind]
     encoded["startTimeUnixNano"] = str(span.start_time or 0)
     encoded["endTimeUnixNano"] = str(span.end_time or 0)

@@ -64,7 +64,7 @@ def test_a_refused_call_is_counted_as_refused_started_and_handled_resource_exhau
     unary = {"grpc_type": "unary", "grpc_service": _SERVICE, "grpc_method": "GetOrder"}
     assert sample("grpc_server_started_total", unary) == 3
     assert sample("grpc_server_handled_total", {**unary, "grpc_code": "ResourceExhausted"}) == 3
-    assert sample("grpc_server_handling_seconds_count", unary) == 3
+    assert not sample("grpc_server_handling_seconds_count", unary), "instant refusals would pull p99 down"
     assert sample("poly_grpc_server_in_flight_calls") == 0, "a refused call was never in flight"
 
 
