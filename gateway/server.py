@@ -27,7 +27,7 @@ from gateway.config import EdgeConfig
 from gateway.descriptors import DescriptorSetError
 from gateway.observe import Observer, trusted_peer
 from gateway.tokens import verifying
-from services.kit import telemetry
+from services.kit import heap, telemetry
 from services.kit.telemetry import Telemetry
 
 __all__ = ["StartError", "observer_for", "serve"]
@@ -172,6 +172,7 @@ async def _serve(
             routes = len(routing.router.routes)
             _log.info("serving", extra={"port": config.port, "routes": routes, "source": _source(config)})
             reloader = asyncio.create_task(_reloads(config, edge, backends, signals.reload))
+            heap.freeze_startup_heap()
             try:
                 await signals.stop.wait()
             finally:

@@ -37,7 +37,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.kit import reflection, telemetry, tls
+from services.kit import heap, reflection, telemetry, tls
 from services.kit.config import Settings
 from services.kit.errors import ResourceExhausted, error_middleware, to_status
 from services.kit.logs import access_log_middleware
@@ -408,6 +408,7 @@ def serve(
                 work.start()
                 started.append(work)
             running.set_serving()
+            heap.freeze_startup_heap()
             while not stop.wait(1.0):
                 pass
         finally:
