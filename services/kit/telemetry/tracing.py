@@ -147,12 +147,12 @@ def _exporter(settings: TelemetrySettings) -> SpanExporter:
     if settings.traces_exporter == "file":
         return SpanFileExporter(settings.trace_file)
     # Imported only when used: the OTLP exporter's import takes a third of a second.
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
+    from services.kit.telemetry.otlp import LeanOTLPSpanExporter  # noqa: PLC0415
 
     credentials = None
     if settings.otlp_certificate is not None:
         credentials = grpc.ssl_channel_credentials(settings.otlp_certificate.read_bytes())
-    exporter: SpanExporter = OTLPSpanExporter(
+    exporter: SpanExporter = LeanOTLPSpanExporter(
         endpoint=settings.otlp_endpoint,
         insecure=settings.otlp_insecure,
         credentials=credentials,
