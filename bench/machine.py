@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import random
 import resource
 import socket
 import statistics
@@ -94,11 +95,27 @@ def listening_ports(pid: int) -> set[int]:
     return ports
 
 
+_LISTEN_PORTS = range(20_000, 32_000)
+"""Below Linux's ephemeral range (32768-60999), so no outgoing connection of the system under
+test can be holding a port when its server binds it (a kernel-chosen port could be)."""
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A port nothing listens on now, outside the ephemeral range, and not handed out before
+    in this run (a bench starts dozens of servers before any of them binds)."""
+    for _ in range(1000):
+        candidate = random.choice(_LISTEN_PORTS)
+        if candidate in _HANDED_OUT:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+        _HANDED_OUT.add(candidate)
+        return candidate
+    raise BenchError("no free port between 20000 and 32000")
 
 
 def percentile(ordered: Sequence[float], q: float) -> float:
