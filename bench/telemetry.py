@@ -85,8 +85,8 @@ included, starts with ``BEGIN IMMEDIATE`` (kit.db), so GetOrders take SQLite's w
 at a time; CPU per call is hardly affected, p99 is. The part A rows are per call on one core:
 with the GIL, 8 threads cost about the same CPU per call as one.
 
-Recorded run (2026-12-03, this project's 2-core VM, shared with other sessions' test runs)
---------------------------------------------------------------------------------------
+Recorded runs (this project's 2-core VM; part A on 2026-12-03)
+--------------------------------------------------------------
 A (CPU per served call, net of the baseline; medians of 7 interleaved rounds):
 
     prometheus-client                   7.2 µs (8 threads: 5.7 µs)
@@ -95,23 +95,31 @@ A (CPU per served call, net of the baseline; medians of 7 interleaved rounds):
     kit middleware: nothing 1.2 µs, metrics 10.4 µs, metrics + a sampled, exported span 186 µs
 
 B (GET /v1/orders/{id} through the edge; CPU µs per request of orders + auth + gateway, all
-setups driven at once, ratio vs off = median of 8 windows):
+setups driven at once, ratio vs off = median of 8 windows). First run of 2026-12-03, then
+three runs of 2026-12-04 as the tracing path changed: the edge's one span per request (no
+CLIENT span), span attributes only on sampled spans, the cheaper span-file encoding; then
+the start-up heap frozen; then the lean OTLP encoder (run 3):
 
-    setup                  32 in flight       1 in flight     target
-    off                    15348  1.000        9715  1.000
-    metrics                15689  1.023        9821  1.012      <= 1.05  met
-    metrics+traces         19268  1.243       11764  1.220      <= 1.20  missed
-    metrics+traces (otlp)  18986  1.242       11846  1.226
-    metrics+traces 10%     16268  1.082       10711  1.095
+    setup                  32 in flight                    1 in flight                target
+                           12-03   run 1  run 2  run 3     12-03   run 1  run 2  run 3
+    metrics                1.023   1.001  1.023  1.014     1.012   1.029  0.992  1.032   <= 1.05
+    metrics+traces         1.243   1.174  1.165  1.162     1.220   1.149  1.149  1.214   <= 1.20
+    metrics+traces (otlp)  1.242   1.194  1.213  1.177     1.226   1.137  1.182  1.221
+    metrics+traces 10%     1.082   1.081  1.077  1.073     1.095   1.078  1.084  1.092
 
-    Alone, off: 139 rps, p50 168 ms, p99 2.0 s at 32 in flight (queueing on SQLite's write
-    lock); 107 rps, p50 7.8 ms, p99 48 ms at 1. Every check passed; no span was dropped.
-    py-spy, share of GIL samples in telemetry code (orders / gateway): off 0.1% / 4.2% (the
-    edge records its metrics even with its port at 0), metrics 0.5% / 4.1%, metrics+traces
-    7.9% / 23.9% (span export 2.6% / 9.5%), otlp 9.6% / 26.8% (protobuf encoding 4.4% / 14.1%),
-    10% sampling 3.2% / 11.3%. Those shares explain ~1.12x of tracing's 1.24x; the rest is
-    work they do not see (allocation and collection: in a throwaway probe of part A's span row,
-    gc.disable() took 41 of ~180 µs off; thread hand-offs; application code slowed by it).
+    Run 3 alone (3 rounds each): metrics+traces 1.206 / 1.130, otlp 1.204 / 1.117 (32 / 1 in
+    flight); off 490 rps, p50 59 ms, p99 356 ms at 32 in flight (queueing on SQLite's write
+    lock), 425 rps, p50 2.3 ms, p99 4.4 ms at 1. Every check passed; no span was dropped.
+    Tracing costs about 150 µs of CPU per span in the live processes (run 3 alone, 1 in
+    flight: orders +137 µs for its one span, the edge +155 µs), against ~60 µs for the kit's
+    middleware and a span in a tight loop; the rest is allocation and collection (the traced
+    edge ran 412 young collections in a window where the untraced one ran 16), the export
+    thread's turns on the GIL, and colder caches. Freezing the start-up heap took full
+    collections of orders from ~0.3 s to 1-28 ms and lowered every setup's CPU, off's too,
+    so it did not move the ratios. py-spy before the last two steps (run 1's code; orders /
+    gateway): metrics+traces 10.8% / 20.9% of GIL samples in telemetry code (span export
+    3.1% / 7.2%), otlp 11.3% / 22.4% (the SDK's protobuf encoding 4.3% / 11.1%: the lean
+    encoder takes 14 µs a span where it took 26).
 
 Usage: ``python bench/telemetry.py [--part a|b|all] [--seconds N] [--rounds R] [--alone-rounds R]
 [--quick] [--setups A,B] [--no-otlp] [--postgres ADMIN_URL] [--profile [--py-spy PATH]]
