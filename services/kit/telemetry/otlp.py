@@ -156,12 +156,31 @@ def _key_value(key: str, value: Any) -> bytearray:
     return out
 
 
+_SEEN_LIMIT = 4096
+_seen_strings: dict[tuple[str, str], bytes] = {}
+"""Encoded string attributes (``KeyValue``) by (key, value): most repeat from span to span
+(rpc.method, http.route, peer addresses), a few never do (request ids), so the table is
+emptied when full."""
+
+
 def _attributes(out: bytearray, tag: bytes, attributes: Mapping[str, Any] | None) -> None:
+    seen = _seen_strings
     for key, value in (attributes or {}).items():
-        try:  # a header decoded with surrogate escapes is no UTF-8: that attribute is left out
-            _nested(out, tag, _key_value(key, value))
-        except (TypeError, ValueError, UnicodeError) as error:  # as the SDK's encoder leaves it out
+        if type(value) is str and (pair := seen.get((key, value))) is not None:
+            _nested(out, tag, pair)
+            continue
+        # A header decoded with surrogate escapes is no UTF-8, an int may not fit in an int64:
+        # that attribute is left out, as the SDK's encoder leaves it out.
+        try:
+            pair = bytes(_key_value(key, value))
+        except (TypeError, ValueError, UnicodeError) as error:
             _log.debug("span attribute %s not encoded: %s", key, error)
+            continue
+        if type(value) is str:
+            if len(seen) >= _SEEN_LIMIT:
+                seen.clear()
+            seen[key, value] = pair
+        _nested(out, tag, pair)
 
 
 def _flags(context: SpanContext | None) -> bytes:

@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind
 
-__all__ = ["DEFAULT_MAX_BYTES", "SpanFileExporter", "otlp_json"]
+__all__ = ["DEFAULT_MAX_BYTES", "SpanFileExporter", "otlp_json", "otlp_json_text"]
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 """Past this size a file moves to ``<name>.1`` (replacing the one there) and a new one starts."""
@@ -75,7 +75,7 @@ class SpanFileExporter(SpanExporter):
             return SpanExportResult.FAILURE
         if not spans:
             return SpanExportResult.SUCCESS
-        line = json.dumps(otlp_json(spans), separators=(",", ":")).encode() + b"\n"
+        line = otlp_json_text(spans).encode() + b"\n"
         with self._lock:
             try:
                 self._append(b"\n" + line if self._torn else line)
@@ -127,63 +127,86 @@ class SpanFileExporter(SpanExporter):
 def otlp_json(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
     """`spans` as the OTLP/JSON form of an ``ExportTraceServiceRequest``, grouped by resource
     and instrumentation scope as the OTLP exporter groups them."""
-    grouped: dict[int, tuple[Any, dict[InstrumentationScope | None, list[dict[str, Any]]]]] = {}
+    document: dict[str, Any] = json.loads(otlp_json_text(spans))
+    return document
+
+
+def otlp_json_text(spans: Sequence[ReadableSpan]) -> str:
+    """`otlp_json` as compact JSON text, written directly: building the dictionaries and then
+    serialising them cost twice as much, on the thread that shares the GIL with the calls."""
+    grouped: dict[int, tuple[Any, dict[InstrumentationScope | None, list[str]]]] = {}
     for span in spans:
         # By identity: a provider has one Resource, and hashing one serialises its attributes.
         _, scopes = grouped.setdefault(id(span.resource), (span.resource, {}))
         scopes.setdefault(span.instrumentation_scope or None, []).append(_span(span))
     resource_spans = []
     for resource, scopes in grouped.values():
-        entry: dict[str, Any] = {
-            "resource": _omit_empty({"attributes": _attributes(resource.attributes)}),
-            "scopeSpans": [_scope_spans(scope, encoded) for scope, encoded in scopes.items()],
-        }
+        entry = (
+            '{"resource":'
+            + _dumps(_omit_empty({"attributes": _attributes(resource.attributes)}))
+            + ',"scopeSpans":['
+            + ",".join(_scope_spans(scope, encoded) for scope, encoded in scopes.items())
+            + "]"
+        )
         if resource.schema_url:
-            entry["schemaUrl"] = resource.schema_url
-        resource_spans.append(entry)
-    return {"resourceSpans": resource_spans}
+            entry += ',"schemaUrl":' + _string(resource.schema_url)
+        resource_spans.append(entry + "}")
+    return '{"resourceSpans":[' + ",".join(resource_spans) + "]}"
 
 
-def _scope_spans(scope: InstrumentationScope | None, spans: list[dict[str, Any]]) -> dict[str, Any]:
+_string = json.encoder.encode_basestring_ascii
+"""A JSON string literal (C), escaped as ``json.dumps`` escapes it."""
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _scope_spans(scope: InstrumentationScope | None, spans: list[str]) -> str:
+    joined = ",".join(spans)
     if scope is None:
-        return {"scope": {}, "spans": spans}
-    encoded = {
-        "scope": _omit_empty(
-            {"name": scope.name, "version": scope.version, "attributes": _attributes(scope.attributes)}
-        ),
-        "spans": spans,
-    }
+        return '{"scope":{},"spans":[' + joined + "]}"
+    encoded = (
+        '{"scope":'
+        + _dumps(
+            _omit_empty(
+                {"name": scope.name, "version": scope.version, "attributes": _attributes(scope.attributes)}
+            )
+        )
+        + ',"spans":['
+        + joined
+        + "]"
+    )
     if scope.schema_url:
-        encoded["schemaUrl"] = scope.schema_url
-    return encoded
+        encoded += ',"schemaUrl":' + _string(scope.schema_url)
+    return encoded + "}"
 
 
-def _span(span: ReadableSpan) -> dict[str, Any]:
-    # Written for the common span (a few scalar attributes, no events or links): every key is
-    # added only when proto3 JSON would show it, rather than built and then filtered.
+def _span(span: ReadableSpan) -> str:
+    # Written for the common span (a few scalar attributes, no events or links): each field
+    # only when proto3 JSON shows it, no dictionary in between.
     context = span.get_span_context()
     assert context is not None  # a recorded span always has one
-    encoded: dict[str, Any] = {
-        "traceId": f"{context.trace_id:032x}",
-        "spanId": f"{context.span_id:016x}",
-    }
+    parts = [f'{{"traceId":"{context.trace_id:032x}","spanId":"{context.span_id:016x}"']
     if context.trace_state:
-        encoded["traceState"] = ",".join(f"{key}={value}" for key, value in context.trace_state.items())
+        state = ",".join(f"{key}={value}" for key, value in context.trace_state.items())
+        parts.append(',"traceState":' + _string(state))
     parent = span.parent
     if parent:
-        encoded["parentSpanId"] = f"{parent.span_id:016x}"
-    encoded["flags"] = _flags(parent)
+        parts.append(f',"parentSpanId":"{parent.span_id:016x}"')
+    parts.append(f',"flags":{_flags(parent)}')
     if span.name:
-        encoded["name"] = span.name
-    encoded["kind"] = _KINDS[span.kind]
-    encoded["startTimeUnixNano"] = str(span.start_time or 0)
-    encoded["endTimeUnixNano"] = str(span.end_time or 0)
+        parts.append(',"name":' + _string(span.name))
+    parts.append(
+        f',"kind":{_KINDS[span.kind]},"startTimeUnixNano":"{span.start_time or 0}"'
+        f',"endTimeUnixNano":"{span.end_time or 0}"'
+    )
     if span.attributes:
-        encoded["attributes"] = _attributes(span.attributes)
+        parts.append(',"attributes":[' + _attributes_text(span.attributes) + "]")
     if span.dropped_attributes:
-        encoded["droppedAttributesCount"] = span.dropped_attributes
+        parts.append(f',"droppedAttributesCount":{span.dropped_attributes}')
     if span.events:
-        encoded["events"] = [
+        events = [
             _omit_empty(
                 {
                     "timeUnixNano": str(event.timestamp),
@@ -194,10 +217,11 @@ def _span(span: ReadableSpan) -> dict[str, Any]:
             )
             for event in span.events
         ]
+        parts.append(',"events":' + _dumps(events))
     if span.dropped_events:
-        encoded["droppedEventsCount"] = span.dropped_events
+        parts.append(f',"droppedEventsCount":{span.dropped_events}')
     if span.links:
-        encoded["links"] = [
+        links = [
             _omit_empty(
                 {
                     "traceId": f"{link.context.trace_id:032x}",
@@ -209,12 +233,48 @@ def _span(span: ReadableSpan) -> dict[str, Any]:
             )
             for link in span.links
         ]
+        parts.append(',"links":' + _dumps(links))
     if span.dropped_links:
-        encoded["droppedLinksCount"] = span.dropped_links
+        parts.append(f',"droppedLinksCount":{span.dropped_links}')
     status = span.status
     # Present even when unset, as the protobuf encoder leaves it.
-    encoded["status"] = _omit_empty({"message": status.description or "", "code": status.status_code.value})
-    return encoded
+    message, code = status.description, status.status_code.value
+    if message:
+        parts.append(',"status":{"message":' + _string(message) + (f',"code":{code}}}' if code else "}"))
+    else:
+        parts.append(f',"status":{{"code":{code}}}' if code else ',"status":{}')
+    parts.append("}")
+    return "".join(parts)
+
+
+_SEEN_LIMIT = 4096
+_seen_strings: dict[tuple[str, str], str] = {}
+"""Encoded string attributes by (key, value): most repeat from span to span (rpc.method,
+http.route, peer addresses), a few never do (request ids), so the table is emptied when full."""
+
+
+def _attributes_text(attributes: Mapping[str, Any]) -> str:
+    encoded = []
+    seen = _seen_strings
+    for key, value in attributes.items():
+        if type(value) is str:  # most attributes: no checks needed
+            text = seen.get((key, value))
+            if text is None:
+                if len(seen) >= _SEEN_LIMIT:
+                    seen.clear()
+                text = seen[key, value] = (
+                    '{"key":' + _string(key) + ',"value":{"stringValue":' + _string(value) + "}}"
+                )
+            encoded.append(text)
+            continue
+        if type(value) is int and value in _INT64:  # status codes, ports: as _value writes them
+            encoded.append('{"key":' + _string(key) + f',"value":{{"intValue":"{value}"}}}}')
+            continue
+        try:
+            encoded.append('{"key":' + _string(key) + ',"value":' + _dumps(_value(value)) + "}")
+        except (TypeError, ValueError) as error:  # the protobuf encoder drops such an attribute too
+            _log.debug("span attribute %s not encoded: %s", key, error)
+    return ",".join(encoded)
 
 
 def _flags(context: SpanContext | None) -> int:

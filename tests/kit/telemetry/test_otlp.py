@@ -163,3 +163,21 @@ def test_the_kit_exports_otlp_with_it() -> None:
         assert isinstance(exporter, LeanOTLPSpanExporter)
     finally:
         exporter.shutdown()
+
+
+def test_repeated_attributes_are_encoded_once_and_the_table_stays_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.kit.telemetry import otlp  # noqa: PLC0415 - its table is what is checked
+
+    monkeypatch.setattr(otlp, "_SEEN_LIMIT", 3)
+    monkeypatch.setattr(otlp, "_seen_strings", {})
+    provider, memory = _provider("orders")
+    for n in range(10):  # one attribute repeats, one never does
+        provider.get_tracer("t").start_span(
+            "s", attributes={"rpc.method": "GetOrder", "id": f"req-{n}"}
+        ).end()
+    spans = list(memory.get_finished_spans())
+    assert _decoded(spans) == encode_spans(spans)
+    assert len(otlp._seen_strings) <= 3
+    provider.shutdown()

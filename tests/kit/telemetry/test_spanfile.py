@@ -255,3 +255,21 @@ def test_under_a_batch_processor_spans_arrive_on_flush(tmp_path: Path) -> None:
     assert [span["name"] for span in _spans(document)] == ["inner", "outer"]
     provider.shutdown()
     assert trace.get_current_span() is trace.INVALID_SPAN  # nothing leaked into the global context
+
+
+def test_repeated_attributes_are_encoded_once_and_the_table_stays_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.kit.telemetry import spanfile  # noqa: PLC0415 - its table is what is checked
+
+    monkeypatch.setattr(spanfile, "_SEEN_LIMIT", 3)
+    monkeypatch.setattr(spanfile, "_seen_strings", {})
+    provider, memory = _provider("orders")
+    for n in range(10):  # one attribute repeats, one never does
+        provider.get_tracer("t").start_span(
+            "s", attributes={"rpc.method": "GetOrder", "id": f"req-{n}"}
+        ).end()
+    spans = memory.get_finished_spans()
+    assert otlp_json(spans) == _reference(spans)
+    assert len(spanfile._seen_strings) <= 3
+    provider.shutdown()
