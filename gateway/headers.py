@@ -159,7 +159,7 @@ def client_address(peer: str, forwarded_for: Sequence[str], trusted: Sequence[Ne
     trusted proxies: the first address that is not one is the client. An entry that is not an
     IP address ends the walk at the hop to its right, since nothing left of it can be believed.
     """
-    if not trusted or not _is_trusted(peer, trusted):
+    if not trusted or not is_trusted_peer(peer, trusted):
         return peer
     hops = [hop.strip() for value in forwarded_for for hop in value.split(",")]
     client = peer
@@ -174,7 +174,8 @@ def client_address(peer: str, forwarded_for: Sequence[str], trusted: Sequence[Ne
     return client
 
 
-def _is_trusted(peer: str, trusted: Sequence[Network]) -> bool:
+def is_trusted_peer(peer: str, trusted: Sequence[Network]) -> bool:
+    """Whether `peer` (an IP address) is in one of the `trusted` proxy networks."""
     try:
         address = ipaddress.ip_address(peer)
     except ValueError:

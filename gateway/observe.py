@@ -112,11 +112,7 @@ def trusted_peer(proxies: Sequence[str]) -> TrustedPeer | None:
 
     @functools.lru_cache(maxsize=_PEERS_REMEMBERED)
     def trusted(peer: str) -> bool:
-        try:
-            address = ipaddress.ip_address(peer)
-        except ValueError:
-            return False
-        return any(address in network for network in networks)
+        return headers.is_trusted_peer(peer, networks)
 
     return trusted
 

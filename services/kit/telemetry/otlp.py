@@ -23,23 +23,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind
+from opentelemetry.trace import SpanContext
+
+from services.kit.telemetry.spanfile import INT64, SPAN_KINDS, span_flags
 
 __all__ = ["LeanOTLPSpanExporter", "encode_request"]
 
 _log = logging.getLogger("poly.telemetry")
 
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
-_KINDS = {
-    SpanKind.INTERNAL: 1,
-    SpanKind.SERVER: 2,
-    SpanKind.CLIENT: 3,
-    SpanKind.PRODUCER: 4,
-    SpanKind.CONSUMER: 5,
-}
-# opentelemetry.proto.trace.v1.SpanFlags: whether the parent (or link) is remote is known / true.
-_HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
-_INT64 = range(-(2**63), 2**63)
 _UINT64_MASK = 2**64 - 1
 
 
@@ -122,7 +114,7 @@ def _value(value: Any) -> bytearray:  # noqa: PLR0911 - one return per type
         _nested(out, _ANY_STRING, value.encode("utf-8"))
         return out
     if isinstance(value, int):
-        if value not in _INT64:
+        if value not in INT64:
             raise ValueError(f"{value} does not fit in an int64")
         out += _ANY_INT
         _varint(out, value)
@@ -184,9 +176,7 @@ def _attributes(out: bytearray, tag: bytes, attributes: Mapping[str, Any] | None
 
 
 def _flags(context: SpanContext | None) -> bytes:
-    return struct.pack(
-        "<I", _HAS_IS_REMOTE | (_IS_REMOTE if context is not None and context.is_remote else 0)
-    )
+    return struct.pack("<I", span_flags(context))
 
 
 def _span(span: ReadableSpan) -> bytearray:
@@ -204,7 +194,7 @@ def _span(span: ReadableSpan) -> bytearray:
         _nested(out, _SPAN_PARENT_SPAN_ID, parent.span_id.to_bytes(8, "big"))
     _text(out, _SPAN_NAME, span.name, "replace")
     out += _SPAN_KIND
-    _varint(out, _KINDS[span.kind])
+    _varint(out, SPAN_KINDS[span.kind])
     if span.start_time:
         out += _SPAN_START + struct.pack("<Q", span.start_time)
     if span.end_time:

@@ -28,23 +28,33 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind
 
-__all__ = ["DEFAULT_MAX_BYTES", "SpanFileExporter", "otlp_json", "otlp_json_text"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "INT64",
+    "SPAN_KINDS",
+    "SpanFileExporter",
+    "otlp_json",
+    "otlp_json_text",
+    "span_flags",
+]
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 """Past this size a file moves to ``<name>.1`` (replacing the one there) and a new one starts."""
 
 _log = logging.getLogger("poly.telemetry")
 
-_KINDS = {
+SPAN_KINDS = {
     SpanKind.INTERNAL: 1,
     SpanKind.SERVER: 2,
     SpanKind.CLIENT: 3,
     SpanKind.PRODUCER: 4,
     SpanKind.CONSUMER: 5,
 }
+"""OTLP's ``SpanKind`` numbers (the span file's and `kit.telemetry.otlp`'s)."""
 # opentelemetry.proto.trace.v1.SpanFlags: whether the parent (or link) is remote is known / true.
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
-_INT64 = range(-(2**63), 2**63)
+INT64 = range(-(2**63), 2**63)
+"""What an OTLP ``intValue`` holds; the encoders leave out an int attribute outside it."""
 
 
 class SpanFileExporter(SpanExporter):
@@ -194,11 +204,11 @@ def _span(span: ReadableSpan) -> str:
     parent = span.parent
     if parent:
         parts.append(f',"parentSpanId":"{parent.span_id:016x}"')
-    parts.append(f',"flags":{_flags(parent)}')
+    parts.append(f',"flags":{span_flags(parent)}')
     if span.name:
         parts.append(',"name":' + _string(span.name))
     parts.append(
-        f',"kind":{_KINDS[span.kind]},"startTimeUnixNano":"{span.start_time or 0}"'
+        f',"kind":{SPAN_KINDS[span.kind]},"startTimeUnixNano":"{span.start_time or 0}"'
         f',"endTimeUnixNano":"{span.end_time or 0}"'
     )
     if span.attributes:
@@ -228,7 +238,7 @@ def _span(span: ReadableSpan) -> str:
                     "spanId": f"{link.context.span_id:016x}",
                     "attributes": _attributes(link.attributes),
                     "droppedAttributesCount": link.dropped_attributes,
-                    "flags": _flags(link.context),
+                    "flags": span_flags(link.context),
                 }
             )
             for link in span.links
@@ -267,7 +277,7 @@ def _attributes_text(attributes: Mapping[str, Any]) -> str:
                 )
             encoded.append(text)
             continue
-        if type(value) is int and value in _INT64:  # status codes, ports: as _value writes them
+        if type(value) is int and value in INT64:  # status codes, ports: as _value writes them
             encoded.append('{"key":' + _string(key) + f',"value":{{"intValue":"{value}"}}}}')
             continue
         try:
@@ -277,7 +287,8 @@ def _attributes_text(attributes: Mapping[str, Any]) -> str:
     return ",".join(encoded)
 
 
-def _flags(context: SpanContext | None) -> int:
+def span_flags(context: SpanContext | None) -> int:
+    """OTLP ``SpanFlags`` for a span's parent or a link: whether it is remote is known, and is it."""
     return _HAS_IS_REMOTE | (_IS_REMOTE if context is not None and context.is_remote else 0)
 
 
@@ -309,7 +320,7 @@ def _value(value: Any) -> dict[str, Any]:  # noqa: PLR0911 - one return per type
     if isinstance(value, str):
         return {"stringValue": value}
     if isinstance(value, int):
-        if value not in _INT64:
+        if value not in INT64:
             raise ValueError(f"{value} does not fit in an int64")
         return {"intValue": str(value)}
     if isinstance(value, float):
