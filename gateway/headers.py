@@ -31,6 +31,7 @@ __all__ = [
     "choose_request_id",
     "Network",
     "client_address",
+    "is_trusted_peer",
     "normalized_authorization",
     "METADATA_PREFIX",
     "TRAILER_PREFIX",
