@@ -23,15 +23,28 @@ local ports: a port found free here stays free until a test's server binds it, w
 the kernel hands out for binding may meanwhile become some connection's local end."""
 
 
+_RECENTLY_HANDED_OUT: dict[int, None] = {}
+"""Ports handed out lately, oldest first: a fixture takes several ports before its servers
+bind any, so a probe alone could hand the same port out twice."""
+_REMEMBERED = 4_000
+
+
 def free_port() -> int:
-    for _ in range(200):
+    """A port nothing listens on now, outside the ephemeral range, and not among the last
+    few thousand handed out in this session."""
+    for _ in range(1_000):
         candidate = random.choice(_LISTEN_PORTS)
+        if candidate in _RECENTLY_HANDED_OUT:
+            continue
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", candidate))
             except OSError:
                 continue
-            return candidate
+        _RECENTLY_HANDED_OUT[candidate] = None
+        if len(_RECENTLY_HANDED_OUT) > _REMEMBERED:
+            del _RECENTLY_HANDED_OUT[next(iter(_RECENTLY_HANDED_OUT))]
+        return candidate
     with socket.socket() as probe:  # the range is full: any port the kernel gives
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
