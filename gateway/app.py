@@ -405,6 +405,7 @@ class Edge:
         target = self._backends.target(service)
         channel = self._backends.channel_to(target)
         backend = observer.call(
+            exchange,
             service,
             route.method.name,
             streaming=route.server_streaming,

@@ -162,7 +162,7 @@ def http_metrics(registry: CollectorRegistry) -> HttpMetrics:
 class Exchange:
     """One request as the observer follows it; the handler fills in what it learns."""
 
-    __slots__ = ("body_bytes", "client", "method", "request_id", "response", "route", "span")
+    __slots__ = ("attributes", "body_bytes", "client", "method", "request_id", "response", "route", "span")
 
     def __init__(self, method: str, request_id: str, client: str) -> None:
         self.method = method
@@ -173,6 +173,9 @@ class Exchange:
         self.route = ""
         """The matched route's template; "" until (unless) one matched."""
         self.span: trace.Span | None = None
+        self.attributes: dict[str, Any] | None = None
+        """A sampled span's attributes, gathered as the request goes and set on the span in
+        one call as it ends (each call takes the span's lock and validates every value)."""
         self.response: web.StreamResponse | None = None
         """A streamed answer, once its headers are sent (its status is then the one logged)."""
         self.body_bytes = 0
@@ -184,7 +187,8 @@ class Exchange:
         span = self.span
         if span is not None:
             span.update_name(f"{'HTTP' if self.method == OTHER_METHOD else self.method} {template}")
-            span.set_attribute("http.route", template)
+        if self.attributes is not None:
+            self.attributes["http.route"] = template
 
 
 EXCHANGE = web.RequestKey("poly.exchange", Exchange)
@@ -194,7 +198,7 @@ EXCHANGE = web.RequestKey("poly.exchange", Exchange)
 class BackendCall:
     """One gRPC call to a backend, ended exactly once with its status code."""
 
-    __slots__ = ("_ended", "_ends_span", "_key", "_metrics", "_series", "_span", "_started")
+    __slots__ = ("_attributes", "_ended", "_ends_span", "_key", "_metrics", "_series", "_span", "_started")
 
     def __init__(
         self,
@@ -203,10 +207,12 @@ class BackendCall:
         span: trace.Span | None,
         *,
         ends_span: bool = True,
+        attributes: dict[str, Any] | None = None,
     ) -> None:
         """`span` is the call's own CLIENT span (`ends_span`), or the request's span, which
-        only learns the call's status code here."""
+        only learns the call's status code here, into its pending `attributes`."""
         self._metrics, self._key, self._span, self._ends_span = metrics, key, span, ends_span
+        self._attributes = attributes
         self._series: Any = None
         if metrics is not None:
             self._series = metrics.method(*key)
@@ -223,14 +229,18 @@ class BackendCall:
         span = self._span
         if span is None:
             return
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
         if not self._ends_span:
             # The request's span: its HTTP status decides whether it failed, except for a stream
             # that broke after its 200 was sent, which only the backend's code can tell.
+            attributes = self._attributes
+            if attributes is not None:
+                attributes["rpc.grpc.status_code"] = code.value[0]
+                if code in SERVER_ERROR_CODES:
+                    attributes["error.type"] = code.name
             if code in SERVER_ERROR_CODES:
-                span.set_attribute("error.type", code.name)
                 span.set_status(Status(StatusCode.ERROR, code.name))
             return
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
         if code is not grpc.StatusCode.OK:
             # Client spans: every code but OK is an error (RPC semantic conventions).
             span.set_attribute("error.type", code.name)
@@ -440,7 +450,7 @@ class Observer:
         name = "HTTP" if exchange.method == OTHER_METHOD else exchange.method
         span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER, links=links)
         if span.is_recording():  # unsampled requests skip the attributes' cost
-            span.set_attributes(self._server_attributes(request, exchange, raw_path))
+            exchange.attributes = self._server_attributes(request, exchange, raw_path)
         return span
 
     @staticmethod
@@ -476,10 +486,15 @@ class Observer:
             self._metrics.observe(exchange.method, exchange.route, status, seconds)
         span = exchange.span
         if span is not None:
-            if status != CLIENT_CLOSED:  # nothing was sent: no status to report
-                span.set_attribute("http.response.status_code", status)
-            if status >= 500:  # 4xx are the client's doing (HTTP semantic conventions)
-                span.set_attribute("error.type", str(status))
+            failed = status >= 500  # 4xx are the client's doing (HTTP semantic conventions)
+            attributes = exchange.attributes
+            if attributes is not None:
+                if status != CLIENT_CLOSED:  # nothing was sent: no status to report
+                    attributes["http.response.status_code"] = status
+                if failed:
+                    attributes["error.type"] = str(status)
+                span.set_attributes(attributes)
+            if failed:
                 span.set_status(Status(StatusCode.ERROR))
             span.end()
         log = self._log
@@ -506,11 +521,19 @@ class Observer:
     # -- gRPC side -------------------------------------------------------------------------
 
     def call(
-        self, service: str, method: str, *, streaming: bool, target: str, metadata: Metadata
+        self,
+        exchange: Exchange,
+        service: str,
+        method: str,
+        *,
+        streaming: bool,
+        target: str,
+        metadata: Metadata,
     ) -> BackendCall:
         """Start observing a call of ``/service/method`` at `target` (``host:port``), made on
-        behalf of the current request; with tracing, its trace context goes into `metadata`."""
+        behalf of `exchange`'s request; with tracing, its trace context goes into `metadata`."""
         span = None
+        attributes = None
         tracer = self._tracer
         if tracer is not None:
             shape = self._call_shape(service, method, target)
@@ -520,12 +543,15 @@ class Observer:
                     span.set_attributes(shape.client_attributes)
                 self._propagator.inject(metadata, trace.set_span_in_context(span), _APPEND)
             else:  # the request's span stands for the call and is the backend's parent
-                span = trace.get_current_span()
-                if span.is_recording():
-                    span.set_attributes(shape.rpc_attributes)
+                span = exchange.span
+                attributes = exchange.attributes
+                if attributes is not None:
+                    attributes.update(shape.rpc_attributes)
                 self._propagator.inject(metadata, None, _APPEND)
         key = ("server_stream" if streaming else "unary", service, method)
-        return BackendCall(self._client_metrics, key, span, ends_span=self._client_spans)
+        return BackendCall(
+            self._client_metrics, key, span, ends_span=self._client_spans, attributes=attributes
+        )
 
     def _call_shape(self, service: str, method: str, target: str) -> _CallShape:
         key = (service, method, target)

@@ -215,7 +215,8 @@ def _span(span: ReadableSpan) -> str:
         parts.append(',"attributes":[' + _attributes_text(span.attributes) + "]")
     if span.dropped_attributes:
         parts.append(f',"droppedAttributesCount":{span.dropped_attributes}')
-    if span.events:
+    # Each read of events or links copies them: read once.
+    if found_events := span.events:
         events = [
             _omit_empty(
                 {
@@ -225,12 +226,12 @@ def _span(span: ReadableSpan) -> str:
                     "droppedAttributesCount": event.dropped_attributes,
                 }
             )
-            for event in span.events
+            for event in found_events
         ]
         parts.append(',"events":' + _dumps(events))
     if span.dropped_events:
         parts.append(f',"droppedEventsCount":{span.dropped_events}')
-    if span.links:
+    if found_links := span.links:
         links = [
             _omit_empty(
                 {
@@ -241,7 +242,7 @@ def _span(span: ReadableSpan) -> str:
                     "flags": span_flags(link.context),
                 }
             )
-            for link in span.links
+            for link in found_links
         ]
         parts.append(',"links":' + _dumps(links))
     if span.dropped_links:
