@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,9 @@ __all__ = [
     "run_certs",
     "run_completion",
     "run_keys",
+    "run_migrate",
     "run_migration",
+    "run_serve",
     "run_status",
     "run_trace",
 ]
@@ -141,16 +144,46 @@ def run_status(settings: config.Settings) -> int:
     return OK
 
 
-def run_migration(service: str, message: str) -> int:
+def _migrations(service: str) -> Path:
     import importlib
 
+    package = importlib.import_module(f"services.{service}")
+    return Path(package.__file__ or "").with_name("migrations")
+
+
+def run_serve(service: str) -> int:
+    import importlib
+
+    importlib.import_module(f"services.{service}.__main__").main()
+    return OK
+
+
+def run_migrate(services: Sequence[str]) -> int:
+    import dataclasses
+
+    from services.kit import db
+
+    for service in services:
+        try:
+            settings = config.load(service)
+        except config.ConfigError as error:
+            return _fail("migrate", f"{error}\nfix or unset these variables; {CONFIGURATION_HINT}", USAGE)
+        wanted = dataclasses.replace(settings.db, migrate_on_start=True)
+        try:
+            db.connect(wanted, migrations=_migrations(service)).dispose()
+        except db.DatabaseError as error:
+            return _fail("migrate", f"{service}: {error}; {_database_hint(service)}")
+        print(f"{service}: migrated", flush=True)
+    return OK
+
+
+def run_migration(service: str, message: str) -> int:
     from alembic.util import CommandError
     from sqlalchemy.exc import SQLAlchemyError
 
     from services.kit import db
 
-    package = importlib.import_module(f"services.{service}")
-    directory = Path(package.__file__ or "").with_name("migrations")
+    directory = _migrations(service)
     try:
         created = db.generate_revision(directory, message)
     except (db.DatabaseError, CommandError, SQLAlchemyError) as error:

@@ -2,6 +2,8 @@
 
 poly certs [--force]   development CA and one certificate per component
 poly up                start every service, wait until healthy, supervise
+poly serve SERVICE     run one service in this process (a container's command)
+poly migrate SERVICE…  apply services' database migrations, then exit (a deploy job)
 poly status            each component's health
 poly bus ACTION        a service's outbox and dead letters; declare the broker's topology
 poly admin create      the first admin account (or make an account admin)
@@ -95,6 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
         "poly (default: POLY_LOG_FORMAT, else console on a terminal and json otherwise)",
     )
     commands.add_parser("status", help="print each component's health; exit 0 only if all are SERVING")
+    serve = commands.add_parser(
+        "serve",
+        help="run one service in this process until SIGTERM (a container's command)",
+        description="Run one service in this process, as `python -m services.SERVICE` does: it\n"
+        "serves until SIGTERM or Ctrl-C, then drains in-flight calls for POLY_GRACE_SECONDS.\n"
+        "The edge is `poly gateway`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("service", choices=config.SERVICES)
+    migrate = commands.add_parser(
+        "migrate",
+        help="apply services' database migrations, then exit (a deploy job)",
+        description="Apply each SERVICE's Alembic migrations to its database\n"
+        "(POLY_<SERVICE>_DATABASE_URL) up to the newest, then exit: the one-shot job that runs\n"
+        "before services that start with POLY_DB_MIGRATE=false. Applying them again changes nothing.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    migrate.add_argument("services", nargs="+", choices=[*config.SERVICES, "all"], metavar="SERVICE")
     commands.add_parser(
         "gateway", help="serve the HTTP/JSON edge in front of any gRPC backends (poly gateway --help)"
     )
@@ -180,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         return gateway_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "serve":  # the service reads its own settings and reports its own errors
+        from services.cli import commands
+
+        return commands.run_serve(args.service)
     if args.command == "bus" and args.events and args.action != "redrive":
         parser.error(f"--event goes with `poly bus redrive`, not `poly bus {args.action}`")
     if args.command == "bus" and (args.action == "declare") == (args.service is not None):
@@ -203,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         "certs": lambda: commands.run_certs(settings, args.force),
         "status": lambda: commands.run_status(settings),
         "migration": lambda: commands.run_migration(args.service, args.message),
+        "migrate": lambda: commands.run_migrate(
+            config.SERVICES if "all" in args.services else list(dict.fromkeys(args.services))
+        ),
         "bus": lambda: (
             commands.run_bus_declare(settings)
             if args.action == "declare"

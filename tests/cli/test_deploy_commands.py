@@ -1,0 +1,85 @@
+"""`poly migrate` and `poly serve`: the commands a container runs (deploy/Dockerfile)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, inspect
+
+from services.kit import config
+from tests.support.env import make_certs, poly_environ, settings_for
+from tests.support.identity import CHEAP_ARGON2
+from tests.support.processes import Process, health_check, run_module
+
+
+def _poly(environ: dict[str, str], *args: str) -> tuple[int, str, str]:
+    done = run_module("services.cli", environ, *args, stdin="")
+    return done.returncode, done.stdout, done.stderr
+
+
+def _tables(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_migrate_all_brings_every_database_to_its_newest_revision_and_again_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    environ = poly_environ(tmp_path)
+    for _ in range(2):
+        status, out, err = _poly(environ, "migrate", "all")
+        assert status == 0, err
+        assert out.splitlines() == [f"{service}: migrated" for service in config.SERVICES]
+    for service in config.SERVICES:
+        tables = _tables(settings_for(service, environ).db.url)
+        assert f"alembic_version_{service}" in tables and "bus_outbox" in tables, tables
+
+
+@pytest.mark.postgres
+def test_migrate_one_service_on_postgresql_leaves_the_others_alone(tmp_path: Path, postgres_url: str) -> None:
+    environ = poly_environ(
+        tmp_path, POLY_ORDERS_DATABASE_URL=postgres_url, POLY_USERS_DATABASE_URL=postgres_url
+    )
+    status, out, err = _poly(environ, "migrate", "orders", "orders")  # named twice: migrated once
+    assert (status, out) == (0, "orders: migrated\n"), err
+    tables = _tables(postgres_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    assert "alembic_version_orders" in tables and "alembic_version_users" not in tables
+
+
+def test_migrate_names_the_database_it_cannot_reach_and_keeps_its_password_out(tmp_path: Path) -> None:
+    url = "postgresql://poly:s3cret-pass@127.0.0.1:1/orders"
+    status, _, err = _poly(poly_environ(tmp_path, POLY_ORDERS_DATABASE_URL=url), "migrate", "orders")
+    assert status == 1
+    assert (
+        "poly migrate: orders: cannot open or migrate database" in err and "POLY_ORDERS_DATABASE_URL" in err
+    )
+    assert "s3cret-pass" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [(["migrate"], "required: SERVICE"), (["migrate", "billing"], "invalid choice"), (["serve"], "required")],
+    ids=["migrate-nothing", "migrate-unknown", "serve-nothing"],
+)
+def test_a_bad_deploy_command_exits_2(tmp_path: Path, args: list[str], said: str) -> None:
+    status, _, err = _poly(poly_environ(tmp_path), *args)
+    assert status == 2 and said in err, err
+
+
+def test_serve_runs_a_service_until_sigterm_then_drains_and_exits_0(tmp_path: Path) -> None:
+    make_certs(tmp_path / "certs")
+    environ = poly_environ(tmp_path, **CHEAP_ARGON2)
+    served = Process.module("services.cli", environ, "serve", "users")
+    try:
+        cli = settings_for("cli", environ)
+        assert health_check(cli, cli.peers["users"]) == "SERVING", served.output()
+        served.signal(signal.SIGTERM)
+        assert served.wait(30) == 0, served.output()
+        assert '"message": "stopped"' in served.output() or "stopped" in served.output()
+    finally:
+        served.stop()
