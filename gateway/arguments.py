@@ -39,6 +39,7 @@ _FILE_KEYS = {
     "descriptor_set",
     "reflect",
     "refresh_seconds",
+    "grace_seconds",
     "title",
     "log_level",
     "metrics_listen",
@@ -97,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--key", metavar="FILE", help="default transport: its private key")
     parser.add_argument("--server-name", metavar="NAME", help="default transport: name to verify")
     parser.add_argument("--refresh-seconds", type=float, metavar="N", help="reload routes every N s")
+    parser.add_argument(
+        "--grace-seconds", type=float, metavar="N", help="on SIGTERM, how long requests may finish (10)"
+    )
     parser.add_argument("--title", help="the OpenAPI document's title")
     parser.add_argument("--timeout-seconds", type=float, metavar="N", help="default unary deadline")
     parser.add_argument("--max-body-bytes", type=int, metavar="N")
@@ -176,6 +180,15 @@ def from_arguments(argv: Sequence[str]) -> EdgeConfig:
     ):
         problems.append(f"refresh_seconds: expected 0 (SIGHUP only) or 1 to 86400 seconds, got {refresh!r}")
         refresh = 0.0
+    grace = args.grace_seconds if args.grace_seconds is not None else file.get("grace_seconds", 10.0)
+    if (
+        isinstance(grace, bool)
+        or not isinstance(grace, int | float)
+        or not math.isfinite(grace)
+        or not 0 <= grace <= 600
+    ):
+        problems.append(f"grace_seconds: expected 0 to 600 seconds, got {grace!r}")
+        grace = 10.0
     title = args.title or file.get("title", "API")
     if not isinstance(title, str) or not title:
         problems.append(f"title: expected a string, got {title!r}")
@@ -191,6 +204,7 @@ def from_arguments(argv: Sequence[str]) -> EdgeConfig:
         default_backend=default_backend,
         descriptor_set=descriptor_set,
         refresh_seconds=float(refresh),
+        grace_seconds=float(grace),
         host=host,
         port=port,
         title=str(title),

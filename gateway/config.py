@@ -94,6 +94,9 @@ class EdgeConfig:
     """Routes from this FileDescriptorSet; None means from the backends' server reflection."""
     refresh_seconds: float = 0.0
     """Reload the descriptors this often (0: only on SIGHUP)."""
+    grace_seconds: float = 10.0
+    """On SIGTERM, how long requests in flight (streams included) may finish after the edge
+    stops accepting connections."""
     host: str = "127.0.0.1"
     port: int = 8080
     title: str = "API"
@@ -146,6 +149,7 @@ def from_settings(settings: Settings) -> EdgeConfig:
         metrics_port=settings.telemetry.metrics_port,
         client_spans=gateway.client_spans,
         public_endpoint=gateway.public_endpoint,
+        grace_seconds=settings.server.grace_seconds,
     )
 
 

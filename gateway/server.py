@@ -157,9 +157,11 @@ async def _serve(
             edge.application(),
             handler_cancellation=True,
             access_log=None,  # gateway.observe writes the access lines
+            shutdown_timeout=config.grace_seconds,
             logger=_ConnectionLog(logging.getLogger("poly.gateway.http"), observer),
         )
         await runner.setup()
+        drained = False
         try:
             try:
                 await web.TCPSite(runner, config.host, config.port).start()
@@ -179,8 +181,13 @@ async def _serve(
                 reloader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reloader
+            # Listening stops at once; requests in flight get the grace period, then are cancelled.
+            _log.info("draining", extra={"grace_seconds": config.grace_seconds})
+            drained = True
         finally:
             await runner.cleanup()
+        if drained:
+            _log.info("stopped")
 
 
 def _source(config: EdgeConfig) -> str:

@@ -56,6 +56,7 @@ def test_a_complete_file_and_arguments_that_override_it(tmp_path: Path, pem: dic
 listen = "0.0.0.0:9090"
 descriptor_set = "api.binpb"
 refresh_seconds = 30
+grace_seconds = 25
 title = "Library API"
 log_level = "warning"
 
@@ -98,6 +99,7 @@ auth_failures_per_address = 7
         default_backend=Target("api:443", tls),
         descriptor_set=Path("api.binpb"),
         refresh_seconds=30.0,
+        grace_seconds=25.0,
         host="127.0.0.1",
         port=9191,
         title="Library API",
@@ -130,6 +132,7 @@ listen = "nowhere"
 descriptor_set = "a.binpb"
 reflect = true
 refresh_seconds = -1
+grace_seconds = 601
 colour = "blue"
 
 [backends.NotQualified]
@@ -152,6 +155,7 @@ auth_failures_per_address = -1
         "listen: expected host:port, got 'nowhere'",
         "descriptor_set and reflect exclude each other",
         "refresh_seconds: expected 0 (SIGHUP only) or 1 to 86400 seconds, got -1",
+        "grace_seconds: expected 0 to 600 seconds, got 601",
         "backends.NotQualified: not a full service name",
         "backends.acme.v1.Library: expected an address host:port, got None",
         "backends.acme.v1.Library: unknown keys adress",

@@ -12,6 +12,8 @@ import json
 import signal
 import socket
 import subprocess
+import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -100,6 +102,8 @@ class Greeter:
 
         def answer(request: Any, context: grpc.ServicerContext) -> Any:
             self.calls += 1
+            if request.name.startswith("slow-"):  # slow-<seconds>: a call still in flight later
+                time.sleep(float(request.name.removeprefix("slow-")))
             return reply_class(text=f"{word}, {request.name}")
 
         return answer
@@ -542,3 +546,46 @@ def test_a_taken_metrics_port_stops_the_start(api: dict[int, Path]) -> None:
     assert done.returncode == 1, done.stderr
     assert f"poly gateway: cannot serve metrics on 127.0.0.1:{metrics_port}" in done.stderr
     assert "--metrics-listen moves it" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("grace", "call_seconds", "answered"),
+    [("5", 1.5, True), ("0.5", 4.0, False)],
+    ids=["finishes-within-grace", "cut-at-grace"],
+)
+def test_sigterm_stops_listening_lets_requests_in_flight_finish_within_the_grace_and_exits_0(
+    api: dict[int, Path], stack: list[Callable[[], None]], grace: str, call_seconds: float, answered: bool
+) -> None:
+    backend_port, port = free_port(), free_port()
+    backend = Greeter(api[1], backend_port)
+    stack.append(backend.stop)
+    edge = start_gateway(
+        gateway_args(port, backend_port, f"--descriptor-set={api[1]}", extra=(f"--grace-seconds={grace}",))
+    )
+    stack.append(edge.stop)
+    outcome: list[object] = []
+
+    def call() -> None:
+        try:
+            outcome.append(http_call(port, "GET", f"/v1/greetings/slow-{call_seconds}", timeout=15).status)
+        except OSError as error:  # the connection closed under it
+            outcome.append(error)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    eventually(lambda: backend.calls == 1, timeout=10, what="the call to reach the backend")
+    signalled = time.monotonic()
+    edge.signal(signal.SIGTERM)
+    assert edge.wait(20) == 0, edge.output()
+    stopped_after = time.monotonic() - signalled
+    caller.join(20)
+    with pytest.raises(OSError):  # no longer listening
+        http_call(port, "GET", "/v1/greetings/late", timeout=5)
+    if answered:
+        assert outcome == [200], edge.output()
+    else:
+        assert outcome != [200] and stopped_after < call_seconds, (outcome, stopped_after)
+    messages = [
+        json.loads(line).get("message") for line in edge.output().splitlines() if line.startswith("{")
+    ]
+    assert messages.index("draining") < messages.index("stopped"), messages
