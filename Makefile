@@ -23,7 +23,7 @@ define install
 	fi
 endef
 
-.PHONY: install runtime up test gen lint check-gen breaking bench status certs clean
+.PHONY: install runtime up test test-container image gen lint check-gen breaking bench status certs clean
 
 $(UV_LOCAL):
 	@if [ "$(POLY_INSTALLER)" = uv ] && ! command -v uv >/dev/null; then \
@@ -66,6 +66,14 @@ certs: $(VENV)/.runtime
 
 test: install  ## the whole suite
 	$(PY) -m pytest
+
+test-container: install  ## only the container test: build deploy/Dockerfile with Podman, run the system from it
+	$(PY) -m pytest -m container
+
+image:  ## build the image (deploy/Dockerfile) with Docker, else Podman
+	@engine=$$(command -v docker >/dev/null && docker info >/dev/null 2>&1 && echo docker || echo podman); \
+	  echo "== $$engine build -f deploy/Dockerfile -t polyservice ."; \
+	  $$engine build -f deploy/Dockerfile -t polyservice .
 
 gen: install  ## regenerate gen/ from protos/
 	$(PY) -m services.cli.protogen
