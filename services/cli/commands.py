@@ -104,7 +104,7 @@ def run_certs(settings: config.Settings, force: bool) -> int:
     return OK
 
 
-def run_status(settings: config.Settings) -> int:
+def run_status(settings: config.Settings, components: Sequence[str] = ()) -> int:
     tls_files = (settings.tls.cert_file, settings.tls.key_file, settings.tls.ca_file)
     missing = next((path for path in tls_files if not path.exists()), None)
     if missing is not None:
@@ -123,7 +123,7 @@ def run_status(settings: config.Settings) -> int:
     def check(name: str) -> str:
         return edge_status(settings) if name == "gateway" else health_status(settings, name)
 
-    names = (*config.SERVICES, "gateway")
+    names = tuple(dict.fromkeys(components)) or (*config.SERVICES, "gateway")
     with ThreadPoolExecutor(max_workers=len(names)) as pool:  # all at once: a hung one costs 2 s, not 12
         states = list(pool.map(check, names))
     down = [name for name, state in zip(names, states, strict=True) if state != "SERVING"]

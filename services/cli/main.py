@@ -47,6 +47,9 @@ configuration: POLY_* environment variables; README.md, section Configuration, l
 {_ENABLE_COMPLETION}"""
 
 
+_STATUS_COMPONENTS = (*config.SERVICES, "gateway")
+
+
 class _Version(argparse.Action):
     """``--version``: looks the installed version up only when asked."""
 
@@ -96,7 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
         "component's JSON lines unchanged, one object per line, `poly up`'s own with service "
         "poly (default: POLY_LOG_FORMAT, else console on a terminal and json otherwise)",
     )
-    commands.add_parser("status", help="print each component's health; exit 0 only if all are SERVING")
+    status = commands.add_parser(
+        "status",
+        help="print each component's health; exit 0 only if all are SERVING",
+        description="Ask each component (or only those named) for its health, services over the gRPC\n"
+        "health protocol with mTLS as the cli identity, the edge by /readyz; exit 0 only if every\n"
+        "one asked is SERVING (a container's health check: poly status orders).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # Checked in main: argparse refuses an empty list when `choices` is given with nargs="*".
+    status.add_argument(
+        "components", nargs="*", metavar="COMPONENT", help=f"{', '.join(_STATUS_COMPONENTS)} (default: all)"
+    )
     serve = commands.add_parser(
         "serve",
         help="run one service in this process until SIGTERM (a container's command)",
@@ -212,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.service
             else f"`poly bus {args.action}` needs a SERVICE: one of {', '.join(config.SERVICES)}"
         )
+    if args.command == "status" and (unknown := sorted(set(args.components) - set(_STATUS_COMPONENTS))):
+        parser.error(f"unknown component {unknown[0]!r} (choose from {', '.join(_STATUS_COMPONENTS)})")
     if args.command == "trace" and (args.limit < 1 or not (args.what or args.listing)):
         parser.error("--limit must be at least 1" if args.limit < 1 else "`poly trace` needs WHAT, or --list")
     from services.cli import commands
@@ -225,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         return USAGE
     run: dict[str, Callable[[], int]] = {
         "certs": lambda: commands.run_certs(settings, args.force),
-        "status": lambda: commands.run_status(settings),
+        "status": lambda: commands.run_status(settings, args.components),
         "migration": lambda: commands.run_migration(args.service, args.message),
         "migrate": lambda: commands.run_migrate(
             config.SERVICES if "all" in args.services else list(dict.fromkeys(args.services))

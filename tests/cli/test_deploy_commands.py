@@ -63,21 +63,33 @@ def test_migrate_names_the_database_it_cannot_reach_and_keeps_its_password_out(t
 
 @pytest.mark.parametrize(
     ("args", "said"),
-    [(["migrate"], "required: SERVICE"), (["migrate", "billing"], "invalid choice"), (["serve"], "required")],
-    ids=["migrate-nothing", "migrate-unknown", "serve-nothing"],
+    [
+        (["migrate"], "required: SERVICE"),
+        (["migrate", "billing"], "invalid choice"),
+        (["serve"], "required"),
+        (["status", "billing"], "unknown component 'billing'"),
+    ],
+    ids=["migrate-nothing", "migrate-unknown", "serve-nothing", "status-unknown"],
 )
 def test_a_bad_deploy_command_exits_2(tmp_path: Path, args: list[str], said: str) -> None:
     status, _, err = _poly(poly_environ(tmp_path), *args)
     assert status == 2 and said in err, err
 
 
-def test_serve_runs_a_service_until_sigterm_then_drains_and_exits_0(tmp_path: Path) -> None:
+def test_serve_runs_a_service_that_status_reports_until_sigterm_then_drains_and_exits_0(
+    tmp_path: Path,
+) -> None:
     make_certs(tmp_path / "certs")
     environ = poly_environ(tmp_path, **CHEAP_ARGON2)
     served = Process.module("services.cli", environ, "serve", "users")
     try:
         cli = settings_for("cli", environ)
         assert health_check(cli, cli.peers["users"]) == "SERVING", served.output()
+        # A container's health check asks for its own component only.
+        status, out, err = _poly(environ, "status", "users")
+        assert status == 0 and out.split()[::2] == ["users", "SERVING"], out + err
+        status, out, err = _poly(environ, "status", "users", "orders")
+        assert status == 1 and "not SERVING: orders" in err and len(out.splitlines()) == 2, out + err
         served.signal(signal.SIGTERM)
         assert served.wait(30) == 0, served.output()
         assert '"message": "stopped"' in served.output() or "stopped" in served.output()
