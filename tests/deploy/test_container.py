@@ -155,6 +155,8 @@ def test_the_image_runs_the_system_until_an_order_is_paid_and_drains_on_sigterm(
         for service in config.SERVICES:
             assert health_check(cli, cli.peers[service], timeout=90) == "SERVING", deployed.logs()
         eventually(lambda: _ready(deployed), timeout=60, what="the edge to be ready")
+        for component in (*config.SERVICES, "gateway"):  # compose's health check, run inside
+            podman("exec", f"{deployed.prefix}-{component}", "poly", "status", component, timeout=60)
 
         email, bearer = _customer(deployed)
         token = bearer["Authorization"].removeprefix("Bearer ")
