@@ -102,6 +102,9 @@ class ServerSettings:
     refused at once with RESOURCE_EXHAUSTED (SERVER_BUSY). The pool has a few spare threads
     beyond it for health checks and those refusals."""
     grace_seconds: float = 10.0
+    health_port: int = 0
+    """A plaintext port answering only the health protocol's Check, for probes that cannot
+    present a client certificate (Kubernetes' grpc probes); 0: none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +384,7 @@ def load(service: str, environ: Environ | None = None) -> Settings:
             port=ports.get(service, 0),
             workers=env.integer("POLY_GRPC_WORKERS", 1200, low=4, high=20000),
             grace_seconds=env.number("POLY_GRACE_SECONDS", 10.0, low=0.0, high=600.0),
+            health_port=env.integer(f"POLY_{upper}_HEALTH_PORT", 0, low=0, high=65535),
         ),
         tls=TlsSettings(
             ca_file=Path(env.text("POLY_TLS_CA_FILE", str(tls_dir / "ca.crt"))),

@@ -266,6 +266,8 @@ class RunningServer:
     names: list[str]
     grace_seconds: float
     in_flight: _InFlight
+    probe: grpc.Server | None = None
+    """The plaintext health port's server (`ServerSettings.health_port`), if any."""
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def set_serving(self) -> None:
@@ -288,6 +290,8 @@ class RunningServer:
         stopped = self.server.stop(self.grace_seconds)
         finished = self.in_flight.wait_idle(self.grace_seconds + 0.5)
         stopped.wait(1.0)
+        if self.probe is not None:  # answered NOT_SERVING throughout the drain
+            self.probe.stop(None)
         if not finished:
             _log.warning(
                 "calls still running after the grace period are abandoned",
@@ -307,6 +311,37 @@ def _methods(registrations: Iterable[Registration]) -> Iterator[tuple[str, str]]
 def _installed_metrics() -> Metrics | None:
     observed = telemetry.installed()
     return observed.recorded_metrics if observed is not None else None
+
+
+class _CheckOnly(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """Check, answered by the server's own health servicer; Watch is UNIMPLEMENTED, so no one
+    on the plaintext port can hold its few threads with open streams."""
+
+    def __init__(self, inner: health.HealthServicer) -> None:
+        self._inner = inner
+
+    def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return self._inner.Check(request, context)
+
+
+def _probe_server(host: str, port: int, servicer: health.HealthServicer) -> tuple[grpc.Server, int]:
+    """Plaintext and health-only: it tells whether the service serves, nothing else (no
+    application method, no reflection), with a few threads and calls beyond them refused."""
+    probe = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="health-probe"),
+        maximum_concurrent_rpcs=4,
+        options=_SERVER_OPTIONS,
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(_CheckOnly(servicer), probe)
+    try:
+        bound = probe.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        probe.stop(None)
+        raise StartupError(
+            f"cannot listen on {host}:{port} for health probes: is the port already in use?"
+        ) from None
+    probe.start()
+    return probe, bound
 
 
 def _close_health_watches(servicer: health.HealthServicer) -> None:
@@ -364,10 +399,22 @@ def start(
         raise StartupError(f"cannot listen on {address}: is the port already in use?") from None
     if metrics is not None:
         metrics.limit_calls(workers, _methods(registrations))
-    server.start()
-    running = RunningServer(server, port, health_servicer, names, settings.server.grace_seconds, in_flight)
     for name in ["", *names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    probe = None
+    if settings.server.health_port:
+        try:
+            probe, probe_port = _probe_server(
+                settings.server.host, settings.server.health_port, health_servicer
+            )
+        except StartupError:
+            server.stop(None)
+            raise
+        _log.info("answering health probes", extra={"address": f"{settings.server.host}:{probe_port}"})
+    server.start()
+    running = RunningServer(
+        server, port, health_servicer, names, settings.server.grace_seconds, in_flight, probe
+    )
     _log.info("listening", extra={"address": f"{settings.server.host}:{port}"})
     if serving:
         running.set_serving()
