@@ -21,6 +21,7 @@ import logging
 import re
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -30,7 +31,18 @@ from alembic import command, context
 from alembic.autogenerate.api import AutogenContext
 from alembic.config import Config as AlembicConfig
 from alembic.util import CommandError
-from sqlalchemy import BigInteger, Connection, DateTime, Engine, MetaData, String, create_engine, event, func
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    DateTime,
+    Engine,
+    MetaData,
+    String,
+    create_engine,
+    event,
+    func,
+    text,
+)
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -379,5 +391,10 @@ def run_migrations_env(target_metadata: MetaData) -> None:
             compare_type=True,
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Replicas (or migrate jobs) starting together take turns: the next one reads
+                # the version the first committed and has nothing left to do.
+                key = zlib.crc32(context.config.attributes["version_table"].encode())
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
             context.run_migrations()
         connection.commit()

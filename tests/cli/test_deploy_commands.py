@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from services.kit import config
-from tests.support.env import make_certs, poly_environ, settings_for
+from tests.support.env import PYTHON, ROOT, make_certs, poly_environ, process_environ, settings_for
 from tests.support.identity import CHEAP_ARGON2
 from tests.support.processes import Process, health_check, run_module
 
@@ -95,3 +96,29 @@ def test_serve_runs_a_service_that_status_reports_until_sigterm_then_drains_and_
         assert '"message": "stopped"' in served.output() or "stopped" in served.output()
     finally:
         served.stop()
+
+
+@pytest.mark.postgres
+def test_replicas_migrating_one_database_at_once_take_turns(tmp_path: Path, postgres_url: str) -> None:
+    # Init containers of several replicas run `poly migrate` together against one database.
+    environ = process_environ(poly_environ(tmp_path, POLY_ORDERS_DATABASE_URL=postgres_url))
+    racing = [
+        subprocess.Popen(
+            [PYTHON, "-m", "services.cli", "migrate", "orders"],
+            env=environ,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outcomes = [(process.wait(120), *process.communicate()) for process in racing]
+    assert all(status == 0 for status, _, _ in outcomes), outcomes
+    engine = create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as connection:
+            versions = connection.execute(text("SELECT version_num FROM alembic_version_orders")).all()
+    finally:
+        engine.dispose()
+    assert len(versions) == 1
