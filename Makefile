@@ -23,7 +23,7 @@ define install
 	fi
 endef
 
-.PHONY: install runtime up test test-container image gen lint check-gen breaking bench status certs clean
+.PHONY: install runtime up test test-container image deploy-tools deploy-manifests gen lint check-gen breaking bench status certs clean
 
 $(UV_LOCAL):
 	@if [ "$(POLY_INSTALLER)" = uv ] && ! command -v uv >/dev/null; then \
@@ -64,8 +64,26 @@ status: $(VENV)/.runtime
 certs: $(VENV)/.runtime
 	@$(VENV)/bin/poly certs
 
-test: install  ## the whole suite
+test: install deploy-tools  ## the whole suite
 	$(PY) -m pytest
+
+DEPLOY_TOOLS := build/deploy-tools
+
+$(DEPLOY_TOOLS)/.installed: deploy/k8s/tools.txt | $(UV_LOCAL)
+	@echo "== installing the deploy checks' tools (checkov, kubernetes-validate) into $(DEPLOY_TOOLS)"
+	@if $(USE_UV); then \
+	  $(UV) venv --quiet --allow-existing --python $(PYTHON) $(DEPLOY_TOOLS) && \
+	  $(UV) pip install --quiet --python $(DEPLOY_TOOLS)/bin/python -r deploy/k8s/tools.txt; \
+	else \
+	  $(PYTHON) -m venv $(DEPLOY_TOOLS) && \
+	  $(DEPLOY_TOOLS)/bin/pip install --quiet --disable-pip-version-check -r deploy/k8s/tools.txt; \
+	fi
+	@touch $@
+
+deploy-tools: $(DEPLOY_TOOLS)/.installed  ## checkov and kubernetes-validate, for tests/deploy/test_k8s.py
+
+deploy-manifests: install  ## regenerate deploy/k8s/base's component manifests and network policies
+	$(PY) deploy/k8s/generate.py
 
 test-container: install  ## only the container test: build deploy/Dockerfile with Podman, run the system from it
 	$(PY) -m pytest -m container

@@ -65,6 +65,9 @@ class Backends:
                 # A backend that comes back is found within seconds, not after minutes of backoff.
                 ("grpc.initial_reconnect_backoff_ms", 250),
                 ("grpc.max_reconnect_backoff_ms", _MAX_RECONNECT_BACKOFF_MS),
+                # Every address the name resolves to (a headless Service: every ready pod),
+                # not the first one alone: long-lived HTTP/2 connections never rebalance.
+                ("grpc.lb_policy_name", "round_robin"),
             ]
             if target.transport.server_name:
                 # The backend must prove it is this name, not just any holder of a
