@@ -57,7 +57,8 @@ _CHECKOV_SKIPS = {
 }
 _ENV_SECRETS_SKIP = (
     "CKV_K8S_35",
-    "the kit reads the database and broker URLs from the environment only (POLY_*_DATABASE_URL, POLY_BUS_URL)",
+    "the kit reads the database and broker URLs from the environment only "
+    "(POLY_*_DATABASE_URL, POLY_BUS_URL)",
 )
 
 
@@ -82,7 +83,9 @@ def call_graph() -> dict[str, set[str]]:
                 policy = options.Extensions[options_pb2.policy]
                 if policy.access == options_pb2.ACCESS_INTERNAL:
                     callers[name].update(policy.callers)
-                elif policy.access != options_pb2.ACCESS_UNSPECIFIED and options.HasExtension(annotations_pb2.http):
+                elif policy.access != options_pb2.ACCESS_UNSPECIFIED and options.HasExtension(
+                    annotations_pb2.http
+                ):
                     callers[name].add("gateway")
     for name in SERVICES:
         callers[name].discard(name)  # a pod calling itself needs no policy
@@ -120,11 +123,16 @@ def _env(component: str) -> list[dict[str, Any]]:
         ]
     if component == "auth":
         env.append(
-            {"name": "POLY_AUTH_KEY_ENCRYPTION_KEY_FILE", "value": "/var/run/poly/secrets/signing-key-encryption.key"}
+            {
+                "name": "POLY_AUTH_KEY_ENCRYPTION_KEY_FILE",
+                "value": "/var/run/poly/secrets/signing-key-encryption.key",
+            }
         )
     if component == "notifications":
         for name, key in (("POLY_SMTP_USERNAME", "username"), ("POLY_SMTP_PASSWORD", "password")):
-            env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": "smtp", "key": key, "optional": True}}})
+            env.append(
+                {"name": name, "valueFrom": {"secretKeyRef": {"name": "smtp", "key": key, "optional": True}}}
+            )
     return downward + env
 
 
@@ -144,7 +152,7 @@ def _mounts(component: str) -> list[dict[str, Any]]:
     mounts = [
         {"name": "tls", "mountPath": "/var/run/poly/tls", "readOnly": True},
         {"name": "home", "mountPath": "/var/lib/poly"},
-        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - the container's own emptyDir
     ]
     if component == "auth":
         mounts.append({"name": "key-encryption", "mountPath": "/var/run/poly/secrets", "readOnly": True})
@@ -188,6 +196,7 @@ def _volumes(component: str) -> list[dict[str, Any]]:
 
 def _probes(component: str) -> dict[str, Any]:
     if component == "gateway":
+
         def http(path: str) -> dict[str, Any]:
             return {"httpGet": {"path": path, "port": "http"}}
 
@@ -356,7 +365,13 @@ def component_manifests(component: str) -> list[dict[str, Any]]:
         "metadata": {"name": component, "labels": labels(component)},
         "automountServiceAccountToken": False,
     }
-    return [account, certificate(component), deployment(component), *services(component), *availability(component)]
+    return [
+        account,
+        certificate(component),
+        deployment(component),
+        *services(component),
+        *availability(component),
+    ]
 
 
 def _peers(components: set[str]) -> list[dict[str, Any]]:
@@ -391,7 +406,9 @@ def network_policies() -> list[dict[str, Any]]:
                     {
                         "to": [
                             {
-                                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                                "namespaceSelector": {
+                                    "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                                },
                                 "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
                             }
                         ],
@@ -456,7 +473,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.check:
             path.write_text(text)
     if args.check and stale:
-        print(f"deploy/k8s/base is out of date ({', '.join(stale)}): run make deploy-manifests", file=sys.stderr)
+        print(
+            f"deploy/k8s/base is out of date ({', '.join(stale)}): run make deploy-manifests", file=sys.stderr
+        )
         return 1
     return 0
 
