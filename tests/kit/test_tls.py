@@ -143,3 +143,40 @@ def test_the_files_stamp_changes_when_a_certificate_is_rotated(issued: Path) -> 
     assert tls.files_stamp(settings) == before
     tls.ensure_certificates(issued, ["orders"], force=True)
     assert tls.files_stamp(settings) != before
+
+
+def _kubelet_writes(volume: Path, source: Path, generation: str) -> None:
+    """What the kubelet does to a Secret or projected volume (its AtomicWriter): the files in a
+    new timestamped folder, then the ``..data`` link swapped to it in one rename; the names
+    the pod reads are links through ``..data``."""
+    folder = volume / f"..{generation}"
+    folder.mkdir()
+    for name in ("ca.crt", "tls.crt", "tls.key"):
+        original = {"ca.crt": "ca.crt", "tls.crt": "orders.crt", "tls.key": "orders.key"}[name]
+        (folder / name).write_bytes((source / original).read_bytes())
+    (volume / "..data_tmp").symlink_to(folder.name)
+    (volume / "..data_tmp").replace(volume / "..data")
+    for name in ("ca.crt", "tls.crt", "tls.key"):
+        if not (volume / name).is_symlink():
+            (volume / name).symlink_to(f"..data/{name}")
+
+
+def test_a_certificate_renewed_in_a_kubernetes_volume_is_picked_up(issued: Path, tmp_path: Path) -> None:
+    # cert-manager renews the Secret; the kubelet swaps the volume's ..data link (README, Kubernetes).
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    _kubelet_writes(volume, issued, "2026_12_04_first")
+    settings = config.load(
+        "orders",
+        {
+            "POLY_TLS_CA_FILE": str(volume / "ca.crt"),
+            "POLY_TLS_CERT_FILE": str(volume / "tls.crt"),
+            "POLY_TLS_KEY_FILE": str(volume / "tls.key"),
+        },
+    ).tls
+    before = tls.files_stamp(settings)  # what the server's reload compares before each handshake
+    tls.ensure_certificates(issued, ["orders"], force=True)
+    _kubelet_writes(volume, issued, "2026_12_05_renewed")
+    assert tls.files_stamp(settings) != before
+    assert (volume / "tls.crt").read_bytes() == (issued / "orders.crt").read_bytes()
+    tls.server_credentials(settings)  # the renewed files load
