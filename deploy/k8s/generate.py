@@ -250,7 +250,7 @@ def deployment(component: str) -> dict[str, Any]:
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         # More than POLY_GRACE_SECONDS: the drain finishes before the kubelet's SIGKILL.
-        "terminationGracePeriodSeconds": GRACE_SECONDS + 20,
+        "terminationGracePeriodSeconds": GRACE_SECONDS + 20,  # preStop 5 s + drain 10 s, with room
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": 10001,
@@ -258,7 +258,14 @@ def deployment(component: str) -> dict[str, Any]:
             "fsGroup": 10001,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_container(component, component, args, main=True)],
+        "containers": [
+            {
+                **_container(component, component, args, main=True),
+                # Endpoints are removed while the pod still serves: callers stop sending before
+                # the drain begins (the drain itself then refuses new calls).
+                "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+            }
+        ],
         "volumes": _volumes(component),
         "topologySpreadConstraints": [
             {
@@ -282,8 +289,7 @@ def deployment(component: str) -> dict[str, Any]:
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": component, "labels": labels(component), "annotations": annotations},
-        "spec": {
-            "replicas": 2,
+        "spec": {  # no replicas: the HorizontalPodAutoscaler owns the count (apply must not reset it)
             "revisionHistoryLimit": 5,
             "selector": {"matchLabels": _selector(component)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
@@ -424,17 +430,18 @@ def network_policies() -> list[dict[str, Any]]:
         if component == "gateway":
             ingress.append({"ports": _any_port(_port(component))})  # the public edge
         else:
+            # The health port needs no rule: the kubelet probes from the pod's own node, which a
+            # NetworkPolicy always lets through; nobody else should reach it.
             ingress.append({"from": _peers(callers[component]), "ports": _any_port(_port(component))})
-            ingress.append({"ports": _any_port(HEALTH_PORT)})  # the kubelet's probes: Check only
         ingress.append({"from": [monitoring], "ports": _any_port(DEFAULT_METRICS_PORTS[component])})
         egress: list[dict[str, Any]] = []
         for callee in sorted(callees[component]):
             egress.append({"to": _peers({callee}), "ports": _any_port(_port(callee))})
         egress.append({"ports": _any_port(4317)})  # the OpenTelemetry collector, wherever it runs
         if component in SERVICES:
-            egress.append({"ports": _any_port(5432, 5672)})  # its database and the broker
+            egress.append({"ports": _any_port(5432, 5672, 5671)})  # its database, the broker (AMQP, AMQPS)
         if component == "notifications":
-            egress.append({"ports": _any_port(25, 465, 587, 80, 443)})  # email and webhooks
+            egress.append({"ports": _any_port(25, 465, 587, 2525, 80, 443)})  # email and webhooks
         policies.append(
             {
                 "apiVersion": "networking.k8s.io/v1",

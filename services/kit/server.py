@@ -70,6 +70,11 @@ _SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
     ("grpc.http2.max_ping_strikes", 2),
+    # Clients reconnect every few minutes, and so re-resolve their peers' names: replicas
+    # added since (a scale-out) get their share of calls. Streams open at that moment, such
+    # as watches, keep their old connection for up to an hour.
+    ("grpc.max_connection_age_ms", 300_000),
+    ("grpc.max_connection_age_grace_ms", 3_600_000),
 ]
 
 

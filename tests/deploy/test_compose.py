@@ -65,7 +65,6 @@ def test_each_component_gets_an_environment_the_kit_accepts(component: str) -> N
     settings = config.load(component, _environment(service))  # raises ConfigError listing problems
     assert settings.server.host == "0.0.0.0" and settings.telemetry.metrics_host == "0.0.0.0"
     assert not settings.db.migrate_on_start, "migrate runs first, once: replicas never race"
-    assert urlsplit(settings.bus.url).hostname == "rabbitmq"
     assert settings.telemetry.otlp_endpoint == "http://otel-collector:4317"
     for peer in config.SERVICES:  # each peer by its compose name, on the port it listens on
         host, _, port = settings.peers[peer].rpartition(":")
@@ -73,6 +72,18 @@ def test_each_component_gets_an_environment_the_kit_accepts(component: str) -> N
     if component in config.SERVICES:
         database = urlsplit(settings.db.url)
         assert (database.hostname, database.path) == ("postgres", f"/{component}")
+        assert urlsplit(settings.bus.url).hostname == "rabbitmq"
+
+
+@pytest.mark.parametrize("name", ["certs", "migrate", *COMPONENTS])
+def test_each_container_gets_only_the_credentials_it_uses(name: str) -> None:
+    credentials = {key for key in _services()[name].get("environment", {}) if key.endswith("_URL")}
+    if name in config.SERVICES:
+        assert credentials == {f"POLY_{name.upper()}_DATABASE_URL", "POLY_BUS_URL"}
+    elif name == "migrate":
+        assert credentials == {f"POLY_{service.upper()}_DATABASE_URL" for service in config.SERVICES}
+    else:
+        assert credentials == set()
 
 
 def test_postgres_makes_every_database_the_services_use() -> None:
