@@ -102,6 +102,7 @@ lint: install  ## buf lint + format, ruff, mypy --strict on services and gateway
 	$(BUF) format --diff --exit-code protos
 	$(PY) -m ruff check .
 	$(PY) -m mypy services gateway
+	$(VENV)/bin/lint-imports
 
 check-gen: gen  ## fail if gen/ differs from what `make gen` writes
 	@git add --intent-to-add gen >/dev/null 2>&1 || true

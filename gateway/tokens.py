@@ -38,7 +38,7 @@ from gateway.backends import credentials
 from gateway.config import TokenCheck
 from services.kit.authn import KeySet, KeySource, Verifier, jwks_from_auth
 from services.kit.config import AuthSettings
-from services.kit.errors import Unauthenticated, Unavailable
+from services.kit.domain_errors import Unauthenticated, Unavailable
 
 __all__ = ["CannotVerify", "JwksVerifier", "TokenVerifier", "bearer_token", "verifying"]
 

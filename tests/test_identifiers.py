@@ -16,7 +16,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.kit.errors import InvalidArgument
+from services.kit.domain_errors import InvalidArgument
 from services.kit.money import Money
 from services.kit.names import chosen_id_problems, request_id_problems, resource_id
 from services.notifications.domain import Notifications

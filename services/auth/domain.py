@@ -29,7 +29,7 @@ from typing import Literal, Protocol, TypeVar
 
 from services.kit import paging
 from services.kit.config import AuthSettings
-from services.kit.errors import (
+from services.kit.domain_errors import (
     AlreadyExists,
     FailedPrecondition,
     FieldViolation,

@@ -31,7 +31,7 @@ from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from services.kit.config import AuthSettings
-from services.kit.errors import ResourceExhausted
+from services.kit.domain_errors import ResourceExhausted
 
 __all__ = ["MAX_LENGTH", "MIN_LENGTH", "Argon2Hasher", "password_problem"]
 

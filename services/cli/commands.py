@@ -387,7 +387,7 @@ def run_admin_create(email: str, password_stdin: bool) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from services.auth import domain, passwords
-    from services.kit import errors
+    from services.kit import domain_errors
 
     opened = _open_auth("admin")
     if isinstance(opened, int):
@@ -411,7 +411,7 @@ def run_admin_create(email: str, password_stdin: bool) -> int:
             print(f"created {identity.name} ({identity.email}) with the admin role")
     except _UsageError as error:
         return _fail("admin", str(error), USAGE)
-    except errors.DomainError as error:
+    except domain_errors.DomainError as error:
         details = [f"{v.field}: {v.description}" for v in getattr(error, "violations", [])]
         advice = "\nfix the above and run the command again" if details else ""
         return _fail("admin", f"{error}" + "".join(f"\n  {d}" for d in details) + advice)

@@ -34,7 +34,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from poly.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from services.kit.clients import Channels
 from services.kit.config import AuthSettings, Settings
-from services.kit.errors import Unauthenticated, Unavailable
+from services.kit.domain_errors import Unauthenticated, Unavailable
 
 __all__ = [
     "ALGORITHMS",

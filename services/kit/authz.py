@@ -42,7 +42,7 @@ from poly.options.v1 import options_pb2
 from services.kit import fieldbehavior, server, tls
 from services.kit.authn import Principal, Verifier, bearer_token
 from services.kit.config import Settings
-from services.kit.errors import PermissionDenied, Unauthenticated
+from services.kit.domain_errors import PermissionDenied, Unauthenticated
 from services.kit.types import CallInfo, Handler, Middleware
 
 __all__ = ["OwnerNotChecked", "guard", "policies", "principal", "require_owner", "service_middlewares"]

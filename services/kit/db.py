@@ -53,7 +53,7 @@ from sqlalchemy.types import TypeDecorator
 from services.kit import telemetry
 from services.kit.backoff import backoff_seconds
 from services.kit.config import DatabaseSettings, redact_url
-from services.kit.errors import Unavailable
+from services.kit.domain_errors import Unavailable
 
 _log = logging.getLogger("poly.db")
 

@@ -1,133 +1,32 @@
-"""Domain errors and their gRPC statuses.
+"""Domain errors (`services.kit.domain_errors`) as gRPC statuses.
 
-Domain code raises plain exceptions that carry a `reason` (``ORDER_NOT_CANCELLABLE``);
-only this module knows gRPC codes. Every status carries exactly one ``google.rpc.ErrorInfo``
-(reason, domain ``<service>.poly.local``, and every value of the message in its metadata),
-plus ``BadRequest`` field violations or ``RetryInfo`` where they apply.
-
-Exception tree::
-
-    DomainError
-     ├── InvalidArgument      INVALID_ARGUMENT (field violations)
-     ├── NotFound             NOT_FOUND
-     ├── AlreadyExists        ALREADY_EXISTS
-     ├── FailedPrecondition   FAILED_PRECONDITION
-     ├── Aborted              ABORTED (lost an optimistic-concurrency race; retry)
-     ├── PermissionDenied     PERMISSION_DENIED
-     ├── Unauthenticated      UNAUTHENTICATED
-     ├── ResourceExhausted    RESOURCE_EXHAUSTED (optional retry delay)
-     └── Unavailable          UNAVAILABLE
+Domain code raises plain exceptions that carry a `reason` (``ORDER_NOT_CANCELLABLE``) and
+an `ErrorKind`; only this module knows gRPC codes. Every status carries exactly one
+``google.rpc.ErrorInfo`` (reason, domain ``<service>.poly.local``, and every value of the
+message in its metadata), plus ``BadRequest`` field violations or ``RetryInfo`` where they
+apply.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from services.kit.domain_errors import DomainError, ErrorKind, InvalidArgument, ResourceExhausted
 from services.kit.types import CallInfo, Handler, Middleware
 
-__all__ = [
-    "Aborted",
-    "AlreadyExists",
-    "DomainError",
-    "FailedPrecondition",
-    "FieldViolation",
-    "InvalidArgument",
-    "NotFound",
-    "PermissionDenied",
-    "ResourceExhausted",
-    "Unauthenticated",
-    "Unavailable",
-    "error_middleware",
-    "internal_status",
-    "to_status",
-]
+__all__ = ["GRPC_CODES", "error_middleware", "internal_status", "to_status"]
+
+GRPC_CODES: Mapping[ErrorKind, grpc.StatusCode] = {kind: grpc.StatusCode[kind.name] for kind in ErrorKind}
+"""Each kind of domain error as the canonical status code of the same name."""
 
 _log = logging.getLogger("poly.errors")
-
-
-@dataclass(frozen=True, slots=True)
-class FieldViolation:
-    field: str
-    """Path of the offending field, e.g. ``order.lines[2].quantity``."""
-    description: str
-
-
-class _KeepUnknown(dict[str, str]):
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"
-
-
-class DomainError(Exception):
-    """A rule of the domain refused the request. `message` may use ``{name}`` from `metadata`."""
-
-    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
-
-    def __init__(self, reason: str, message: str, **metadata: object) -> None:
-        if not reason.isupper() or len(reason) > 63:
-            raise ValueError(f"reason must be UPPER_SNAKE and at most 63 characters: {reason!r}")
-        self.reason = reason
-        self.metadata = {key: str(value) for key, value in metadata.items()}
-        try:
-            self.message = message.format_map(_KeepUnknown(self.metadata))
-        except (ValueError, IndexError, AttributeError, KeyError):
-            self.message = message  # braces that are not placeholders: keep the text as written
-        super().__init__(self.message)
-
-
-class InvalidArgument(DomainError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
-    def __init__(
-        self, reason: str, message: str, *, violations: list[FieldViolation] | None = None, **metadata: object
-    ) -> None:
-        super().__init__(reason, message, **metadata)
-        self.violations = list(violations or [])
-
-
-class NotFound(DomainError):
-    code = grpc.StatusCode.NOT_FOUND
-
-
-class AlreadyExists(DomainError):
-    code = grpc.StatusCode.ALREADY_EXISTS
-
-
-class FailedPrecondition(DomainError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-class Aborted(DomainError):
-    code = grpc.StatusCode.ABORTED
-
-
-class PermissionDenied(DomainError):
-    code = grpc.StatusCode.PERMISSION_DENIED
-
-
-class Unauthenticated(DomainError):
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
-class ResourceExhausted(DomainError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-    def __init__(
-        self, reason: str, message: str, *, retry_after_seconds: float | None = None, **metadata: object
-    ) -> None:
-        super().__init__(reason, message, **metadata)
-        self.retry_after_seconds = retry_after_seconds
-
-
-class Unavailable(DomainError):
-    code = grpc.StatusCode.UNAVAILABLE
 
 
 def _packed(message: Any) -> any_pb2.Any:
@@ -169,7 +68,12 @@ def to_status(error: DomainError, *, domain: str) -> grpc.Status:
         delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
         extra.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
     return _status(
-        error.code, error.message, reason=error.reason, domain=domain, metadata=error.metadata, extra=extra
+        GRPC_CODES[error.kind],
+        error.message,
+        reason=error.reason,
+        domain=domain,
+        metadata=error.metadata,
+        extra=extra,
     )
 
 

@@ -31,7 +31,7 @@ from google.api import field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
-from services.kit.errors import FieldViolation, InvalidArgument
+from services.kit.domain_errors import FieldViolation, InvalidArgument
 from services.kit.types import CallInfo, Handler, Middleware
 
 __all__ = ["Rules", "middleware"]

@@ -16,7 +16,7 @@ from google.api import field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from services.kit.errors import FieldViolation, InvalidArgument
+from services.kit.domain_errors import FieldViolation, InvalidArgument
 
 __all__ = ["read_only_fields", "update_paths", "writable_fields"]
 

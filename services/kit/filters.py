@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from services.kit.errors import FieldViolation, InvalidArgument
+from services.kit.domain_errors import FieldViolation, InvalidArgument
 
 __all__ = [
     "EQUALITY",

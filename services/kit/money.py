@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.kit.errors import FieldViolation
+from services.kit.domain_errors import FieldViolation
 
 __all__ = ["CURRENCIES", "MAX_AMOUNT_MINOR", "Money", "minor_unit_digits", "money_problems"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from services.kit.errors import FieldViolation, InvalidArgument
+from services.kit.domain_errors import FieldViolation, InvalidArgument
 
 __all__ = ["CHOSEN_ID_RULE", "chosen_id_problems", "request_id_problems", "resource_id"]
 

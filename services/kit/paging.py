@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from services.kit.errors import FieldViolation, InvalidArgument
+from services.kit.domain_errors import FieldViolation, InvalidArgument
 
 __all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "decode_token", "encode_token", "page_size", "split_page"]
 

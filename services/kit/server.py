@@ -39,7 +39,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.kit import heap, reflection, telemetry, tls
 from services.kit.config import Settings
-from services.kit.errors import ResourceExhausted, error_middleware, to_status
+from services.kit.domain_errors import ResourceExhausted
+from services.kit.errors import error_middleware, to_status
 from services.kit.logs import access_log_middleware
 from services.kit.telemetry.metrics import Metrics, grpc_type
 from services.kit.types import Background, CallInfo, Handler, Middleware

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from services.kit.backoff import backoff_seconds
 from services.kit.counters import Counters
-from services.kit.errors import NotFound
+from services.kit.domain_errors import NotFound
 from services.notifications import templates
 from services.notifications.domain import (
     ABANDONED,

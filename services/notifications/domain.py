@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from services.kit import filters, paging
-from services.kit.errors import (
+from services.kit.domain_errors import (
     AlreadyExists,
     FailedPrecondition,
     FieldViolation,

@@ -28,7 +28,7 @@ from typing import Literal, Protocol
 
 from services.kit import filters, paging
 from services.kit.backoff import backoff_seconds
-from services.kit.errors import (
+from services.kit.domain_errors import (
     Aborted,
     AlreadyExists,
     FailedPrecondition,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from services.kit import filters, paging
-from services.kit.errors import (
+from services.kit.domain_errors import (
     Aborted,
     AlreadyExists,
     FailedPrecondition,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from services.kit import filters, paging
-from services.kit.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from services.kit.domain_errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from services.kit.text import visible_text, visible_text_problem
 
 __all__ = [

@@ -9,7 +9,7 @@ from google.protobuf.message import Message
 from poly.users.v1 import resources_pb2, users_service_pb2_grpc
 from poly.users.v1 import users_service_pb2 as pb
 from services.kit import authz
-from services.kit.errors import FieldViolation, InvalidArgument
+from services.kit.domain_errors import FieldViolation, InvalidArgument
 from services.kit.fieldmask import update_paths
 from services.kit.names import resource_id
 from services.kit.wire import timestamp

@@ -9,7 +9,7 @@ import pytest
 
 from services.auth.passwords import Argon2Hasher, password_problem
 from services.kit.config import AuthSettings
-from services.kit.errors import ResourceExhausted
+from services.kit.domain_errors import ResourceExhausted
 
 CHEAP = AuthSettings(argon2_time_cost=1, argon2_memory_kib=8192, argon2_parallelism=1)
 

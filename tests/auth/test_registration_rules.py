@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from services.auth.domain import IdentityProvider
 from services.kit.config import AuthSettings
-from services.kit.errors import InvalidArgument
+from services.kit.domain_errors import InvalidArgument
 
 PASSWORD = "violet-harbour-lantern-42"
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import generate_private_key
 
 from services.kit.authn import KeySet, Principal, Verifier, bearer_token
 from services.kit.config import AuthSettings
-from services.kit.errors import Unauthenticated, Unavailable
+from services.kit.domain_errors import Unauthenticated, Unavailable
 
 SETTINGS = AuthSettings(issuer="https://auth.test", audience="poly", leeway_seconds=5)
 

@@ -30,7 +30,7 @@ from poly.users.v1 import users_service_pb2_grpc
 from services.kit import authz, clients, server
 from services.kit.authn import KeySet, Verifier
 from services.kit.config import Settings
-from services.kit.errors import NotFound, Unauthenticated
+from services.kit.domain_errors import NotFound, Unauthenticated
 from tests.kit.test_authn import Signer
 from tests.support.env import settings_for
 

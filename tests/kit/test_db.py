@@ -21,7 +21,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from services.kit import config, db
 from services.kit.config import DatabaseSettings
-from services.kit.errors import Unavailable, to_status
+from services.kit.domain_errors import Unavailable
+from services.kit.errors import to_status
 
 
 class _Base(DeclarativeBase):

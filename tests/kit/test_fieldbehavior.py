@@ -21,7 +21,7 @@ from poly.orders.v1 import resources_pb2 as orders_resources
 from poly.type.v1.money_pb2 import Money
 from poly.users.v1 import resources_pb2 as users_resources
 from poly.users.v1 import users_service_pb2 as users_pb
-from services.kit.errors import InvalidArgument
+from services.kit.domain_errors import InvalidArgument
 from services.kit.fieldbehavior import Rules
 from tests.support.protos import compile_proto
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from poly.users.v1 import resources_pb2
-from services.kit.errors import InvalidArgument
+from services.kit.domain_errors import InvalidArgument
 from services.kit.fieldmask import read_only_fields, update_paths, writable_fields
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.kit.errors import InvalidArgument
+from services.kit.domain_errors import InvalidArgument
 from services.kit.filters import (
     ORDERED,
     FieldSpec,

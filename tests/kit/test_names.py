@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.kit.errors import InvalidArgument
+from services.kit.domain_errors import InvalidArgument
 from services.kit.names import request_id_problems, resource_id
 
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from services.kit.errors import InvalidArgument
+from services.kit.domain_errors import InvalidArgument
 from services.notifications import addresses, senders, templates
 from services.notifications.dispatch import plan_deliveries
 from services.notifications.domain import (

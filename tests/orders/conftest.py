@@ -25,7 +25,7 @@ from poly.payments.v1 import payments_service_pb2, payments_service_pb2_grpc
 from poly.payments.v1 import resources_pb2 as pay_pb
 from poly.type.v1 import money_pb2
 from services.kit import config, server, tls
-from services.kit.errors import FailedPrecondition, Unavailable
+from services.kit.domain_errors import FailedPrecondition, Unavailable
 from tests.support.env import settings_for
 from tests.support.identity import Deployment, bearer, start
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from services.kit.errors import InvalidArgument
+from services.kit.domain_errors import InvalidArgument
 from services.kit.money import Money
 from services.orders import domain
 from services.orders.watch import ChangeHub, snapshots

@@ -17,7 +17,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, wrappers_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 
 from services.kit import config, server, telemetry, tls
-from services.kit.errors import FieldViolation, InvalidArgument, NotFound
+from services.kit.domain_errors import FieldViolation, InvalidArgument, NotFound
 
 SERVICE = "poly.test.v1.ProbeService"
 _S = wrappers_pb2.StringValue

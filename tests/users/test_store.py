@@ -18,7 +18,7 @@ from sqlalchemy import Engine, func, select
 from services.kit import db
 from services.kit.bus import Outbox, consumer_routing
 from services.kit.config import DatabaseSettings
-from services.kit.errors import Aborted, DomainError
+from services.kit.domain_errors import Aborted, DomainError
 from services.users import store
 from services.users.domain import ACTIVE, DELETED, PreferencesChange, Users, create_profile
 

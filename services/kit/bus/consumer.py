@@ -30,7 +30,7 @@ from poly.events.v1.events_pb2 import EventEnvelope
 from services.kit.bus import contract
 from services.kit.bus.metrics import BusMetrics
 from services.kit.bus.tables import BusTables
-from services.kit.errors import FailedPrecondition
+from services.kit.domain_errors import FailedPrecondition
 
 __all__ = [
     "NOT_HANDLED",

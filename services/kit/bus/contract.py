@@ -21,7 +21,7 @@ from google.protobuf.descriptor import Descriptor, FileDescriptor
 
 from poly.events.v1 import events_pb2
 from poly.options.v1 import options_pb2
-from services.kit.errors import PermissionDenied
+from services.kit.domain_errors import PermissionDenied
 
 __all__ = [
     "NOT_PUBLISHED_BY_CALLER",

@@ -34,7 +34,7 @@ from services.kit.bus import contract
 from services.kit.bus.consumer import Consumer, Outcome, is_transient_database_error
 from services.kit.bus.tables import BusTables
 from services.kit.bus.tracing import EMBEDDED, BusTracer, Destination
-from services.kit.errors import FieldViolation, InvalidArgument, PermissionDenied, Unavailable
+from services.kit.domain_errors import FieldViolation, InvalidArgument, PermissionDenied, Unavailable
 
 __all__ = [
     "EVENT_SINK",

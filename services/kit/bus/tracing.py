@@ -48,7 +48,7 @@ from poly.events.v1.events_pb2 import EventEnvelope
 from services.kit import request_id
 from services.kit.bus import contract
 from services.kit.bus.consumer import EventNotHandled
-from services.kit.errors import InvalidArgument, PermissionDenied
+from services.kit.domain_errors import InvalidArgument, PermissionDenied
 from services.kit.logs import redact
 
 __all__ = [

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated, OrderPaid
 from services.kit import bus
-from services.kit.errors import FailedPrecondition
+from services.kit.domain_errors import FailedPrecondition
 from tests.kit.bus.conftest import BusDb, record_effect
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import grpc
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 
 from poly.options.v1 import options_pb2
 from services.kit.bus import contract
+from services.kit.domain_errors import ErrorKind
 
 ORDERS_EVENTS = {
     "poly.events.v1.OrderCreated",
@@ -101,6 +101,6 @@ def test_check_publisher(caller: str, event_type: str, allowed: bool) -> None:
         return
     with pytest.raises(contract.EventNotPublishedByCaller) as refused:
         contract.check_publisher(caller, event_type)
-    assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert refused.value.kind is ErrorKind.PERMISSION_DENIED
     assert refused.value.reason == "EVENT_TYPE_NOT_PUBLISHED_BY_CALLER"
     assert refused.value.metadata["event_type"] == (event_type or "an unnamed type")
