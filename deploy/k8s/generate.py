@@ -57,8 +57,8 @@ _CHECKOV_SKIPS = {
 }
 _ENV_SECRETS_SKIP = (
     "CKV_K8S_35",
-    "the kit reads the database and broker URLs from the environment only "
-    "(POLY_*_DATABASE_URL, POLY_BUS_URL)",
+    "only the optional SMTP login comes from the environment (an optional Secret may be absent); "
+    "the database and broker URLs are files",
 )
 
 
@@ -115,11 +115,9 @@ def _env(component: str) -> list[dict[str, Any]]:
     if component in SERVICES:
         env += [
             {"name": f"POLY_{upper}_HEALTH_PORT", "value": str(HEALTH_PORT)},
-            {
-                "name": f"POLY_{upper}_DATABASE_URL",
-                "valueFrom": {"secretKeyRef": {"name": f"{component}-database", "key": "url"}},
-            },
-            {"name": "POLY_BUS_URL", "valueFrom": {"secretKeyRef": {"name": "poly-bus", "key": "url"}}},
+            # Read from the mounted Secrets (the kit's *_FILE variables), not the environment.
+            {"name": f"POLY_{upper}_DATABASE_URL_FILE", "value": "/var/run/poly/credentials/database-url"},
+            {"name": "POLY_BUS_URL_FILE", "value": "/var/run/poly/credentials/bus-url"},
         ]
     if component == "auth":
         env.append(
@@ -156,6 +154,8 @@ def _mounts(component: str) -> list[dict[str, Any]]:
     ]
     if component == "auth":
         mounts.append({"name": "key-encryption", "mountPath": "/var/run/poly/secrets", "readOnly": True})
+    if component in SERVICES:
+        mounts.append({"name": "credentials", "mountPath": "/var/run/poly/credentials", "readOnly": True})
     return mounts
 
 
@@ -180,6 +180,24 @@ def _volumes(component: str) -> list[dict[str, Any]]:
         {"name": "home", "emptyDir": {"sizeLimit": "64Mi"}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
     ]
+    if component in SERVICES:
+        volumes.append(
+            {
+                "name": "credentials",
+                "projected": {
+                    "defaultMode": 0o440,
+                    "sources": [
+                        {
+                            "secret": {
+                                "name": f"{component}-database",
+                                "items": [{"key": "url", "path": "database-url"}],
+                            }
+                        },
+                        {"secret": {"name": "poly-bus", "items": [{"key": "url", "path": "bus-url"}]}},
+                    ],
+                },
+            }
+        )
     if component == "auth":
         volumes.append(
             {
@@ -282,7 +300,7 @@ def deployment(component: str) -> dict[str, Any]:
         # replicas take turns, and the later ones find nothing to do.
         spec["initContainers"] = [_container(component, "migrate", ["migrate", component], main=False)]
     skips = dict(_CHECKOV_SKIPS)
-    if component in SERVICES:
+    if component == "notifications":
         skips[_ENV_SECRETS_SKIP[0]] = _ENV_SECRETS_SKIP[1]
     annotations = {f"checkov.io/skip{n}": f"{check}={why}" for n, (check, why) in enumerate(skips.items(), 1)}
     return {

@@ -314,6 +314,26 @@ class _Reader:
         """The value, or "" when unset: for settings whose absence picks a mode."""
         return self._environ.get(name, "").strip()
 
+    def secret(self, name: str, default: str = "") -> str:
+        """A value that carries a credential: `name`, or the content of the file `name`_FILE
+        names (a mounted secret, kept out of the environment), never both. A problem never
+        shows the value."""
+        file_variable = f"{name}_FILE"
+        path = self._environ.get(file_variable, "").strip()
+        if not path:
+            return self._environ.get(name, default).strip()
+        if self._environ.get(name, "").strip():
+            self.problems.append(f"{name} and {file_variable}: set one of them, not both")
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or type(error).__name__
+            self.problems.append(f"{file_variable}: cannot read {path} ({reason})")
+            return default
+        if not value:
+            self.problems.append(f"{file_variable}: {path} is empty")
+        return value
+
     def _parsed(self, name: str, default: _T, parse: Callable[[str], _T], expected: str) -> _T:
         raw = self._environ.get(name)
         if raw is None:
@@ -394,13 +414,13 @@ def load(service: str, environ: Environ | None = None) -> Settings:
             namespace=env.text("POLY_NAMESPACE", "default"),
         ),
         db=DatabaseSettings(
-            url=env.text(f"POLY_{upper}_DATABASE_URL", f"sqlite:///{home / 'data' / f'{service}.db'}"),
+            url=env.secret(f"POLY_{upper}_DATABASE_URL", f"sqlite:///{home / 'data' / f'{service}.db'}"),
             migrate_on_start=env.flag("POLY_DB_MIGRATE", True),
         ),
         peers=peers,
         client_deadline_seconds=env.number("POLY_CLIENT_DEADLINE_SECONDS", 5.0, low=0.01, high=3600.0),
         bus=BusSettings(
-            url=env.optional("POLY_BUS_URL"),
+            url=env.secret("POLY_BUS_URL"),
             prefix=env.text("POLY_BUS_PREFIX", "poly"),
             max_attempts=env.integer("POLY_BUS_MAX_ATTEMPTS", 8, low=1, high=1000),
             batch_size=env.integer("POLY_BUS_BATCH_SIZE", 100, low=1, high=10000),
@@ -449,8 +469,8 @@ def load(service: str, environ: Environ | None = None) -> Settings:
                 host=env.text("POLY_SMTP_HOST", "localhost"),
                 port=env.integer("POLY_SMTP_PORT", 1025, low=1, high=65535),
                 security=env.text("POLY_SMTP_SECURITY", "none").lower(),
-                username=env.optional("POLY_SMTP_USERNAME"),
-                password=env.optional("POLY_SMTP_PASSWORD"),
+                username=env.secret("POLY_SMTP_USERNAME"),
+                password=env.secret("POLY_SMTP_PASSWORD"),
                 sender=env.text("POLY_SMTP_FROM", "Polyservice <no-reply@poly.local>"),
                 timeout_seconds=env.number("POLY_SMTP_TIMEOUT_SECONDS", 10.0, low=0.1, high=300.0),
                 ca_file=Path(ca) if (ca := env.optional("POLY_SMTP_CA_FILE")) else None,

@@ -149,34 +149,53 @@ def test_every_pod_runs_locked_down(overlay: str) -> None:
         assert account["automountServiceAccountToken"] is False, name
 
 
-def _environment(overlay: str, component: str) -> dict[str, str]:
-    """What the component's container starts with: the image's ENV, the ConfigMap, its own
-    values (Secrets stand in as URLs of the right shape; downward-API values as names)."""
+def _projected_files(pod: dict[str, Any], container: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """``{path in the container: (Secret, key)}`` for every file a projected volume mounts."""
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    files = {}
+    for mount in container["volumeMounts"]:
+        for source in volumes[mount["name"]].get("projected", {}).get("sources", []):
+            secret = source["secret"]
+            for item in secret["items"]:
+                files[f"{mount['mountPath']}/{item['path']}"] = (secret["name"], item["key"])
+    return files
+
+
+def _environment(overlay: str, component: str, scratch: Path) -> dict[str, str]:
+    """What the component's container starts with: the image's ENV, the ConfigMap and its own
+    values; each credential file it names must be one its volumes mount, and a stand-in of
+    the right shape is written for it under `scratch`."""
     deployment = _objects(overlay, "Deployment")[component]
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
     environ = {"POLY_HOME": "/var/lib/poly", "POLY_LISTEN_HOST": "0.0.0.0", "POLY_METRICS_HOST": "0.0.0.0"}
     environ.update(_objects(overlay, "ConfigMap")["poly-config"]["data"])
     stand_ins = {
-        f"{service}-database": f"postgresql://poly:secret@postgres:5432/{service}"
+        (f"{service}-database", "url"): f"postgresql://poly:secret@postgres:5432/{service}"
         for service in config.SERVICES
     }
-    stand_ins["poly-bus"] = "amqp://poly:secret@rabbitmq:5672/"
+    stand_ins[("poly-bus", "url")] = "amqp://poly:secret@rabbitmq:5672/"
+    mounted = _projected_files(pod, container)
     for item in container["env"]:
-        if "value" in item:
-            environ[item["name"]] = item["value"]
-        elif "secretKeyRef" in item["valueFrom"]:
-            reference = item["valueFrom"]["secretKeyRef"]
-            if reference["name"] in stand_ins:
-                environ[item["name"]] = stand_ins[reference["name"]]
+        if "value" not in item:
+            continue
+        value = item["value"]
+        if item["name"].endswith("_FILE") and mounted.get(value) in stand_ins:  # not the TLS files
+            written = scratch / value.strip("/").replace("/", "_")
+            written.write_text(stand_ins[mounted[value]] + "\n")
+            value = str(written)
+        environ[item["name"]] = value
     return environ
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_each_component_gets_an_environment_the_kit_accepts_and_its_probes_and_files_agree(
-    overlay: str, component: str
+    overlay: str, component: str, tmp_path: Path
 ) -> None:
-    settings = config.load(component, _environment(overlay, component))  # raises, listing every problem
+    settings = config.load(
+        component, _environment(overlay, component, tmp_path)
+    )  # raises, listing every problem
     deployment = _objects(overlay, "Deployment")[component]
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -203,6 +222,12 @@ def test_each_component_gets_an_environment_the_kit_accepts_and_its_probes_and_f
     assert migrate["args"] == ["migrate", component] and migrate["image"] == container["image"]
     if component == "auth":
         assert settings.auth.key_encryption_key_file.parent == Path("/var/run/poly/secrets")
+    # Database and broker URLs come from mounted Secrets, never from the environment.
+    assert settings.db.url == f"postgresql://poly:secret@postgres:5432/{component}"
+    assert settings.bus.url == "amqp://poly:secret@rabbitmq:5672/"
+    assert not any("secretKeyRef" in item.get("valueFrom", {}) for item in container["env"]) or (
+        component == "notifications"  # the optional SMTP login only
+    )
 
 
 @pytest.mark.parametrize("component", COMPONENTS)

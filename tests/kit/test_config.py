@@ -175,3 +175,40 @@ def test_a_broker_url_no_client_can_dial_is_a_configuration_problem(url: str) ->
 )
 def test_broker_urls_clients_can_dial_are_taken(url: str) -> None:
     assert config.load("orders", {"POLY_BUS_URL": url}).bus.url == url
+
+
+def test_credentials_can_come_from_files_named_by_file_variables(tmp_path: Path) -> None:
+    # A mounted Secret: the value stays out of the process's environment.
+    (tmp_path / "database-url").write_text("postgresql://orders:s3cret@db:5432/orders\n")
+    (tmp_path / "bus-url").write_text("amqps://orders:s3cret@broker:5671/\n")
+    settings = config.load(
+        "orders",
+        {
+            "POLY_ORDERS_DATABASE_URL_FILE": str(tmp_path / "database-url"),
+            "POLY_BUS_URL_FILE": str(tmp_path / "bus-url"),
+        },
+    )
+    assert settings.db.url.endswith("@db:5432/orders") and settings.bus.url.endswith("@broker:5671/")
+
+
+@pytest.mark.parametrize(
+    ("environ", "problem"),
+    [
+        (
+            {"POLY_BUS_URL": "amqp://x:s3cret@a/", "POLY_BUS_URL_FILE": "{dir}/bus-url"},
+            "POLY_BUS_URL and POLY_BUS_URL_FILE: set one of them, not both",
+        ),
+        ({"POLY_BUS_URL_FILE": "{dir}/missing"}, "POLY_BUS_URL_FILE: cannot read {dir}/missing"),
+        ({"POLY_BUS_URL_FILE": "{dir}/empty"}, "POLY_BUS_URL_FILE: {dir}/empty is empty"),
+    ],
+    ids=["both", "missing-file", "empty-file"],
+)
+def test_a_credential_file_that_cannot_be_used_is_a_problem_that_never_shows_a_value(
+    tmp_path: Path, environ: dict[str, str], problem: str
+) -> None:
+    (tmp_path / "bus-url").write_text("amqp://x:s3cret@b/")
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(config.ConfigError) as raised:
+        config.load("orders", {key: value.format(dir=tmp_path) for key, value in environ.items()})
+    assert problem.format(dir=tmp_path) in raised.value.problems[0]
+    assert "s3cret" not in str(raised.value)
