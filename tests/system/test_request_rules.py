@@ -515,12 +515,37 @@ def test_creating_with_anothers_id_answers_what_get_answers_and_changes_nothing(
 def test_a_watch_the_client_cancels_is_logged_cancelled(
     system: Deployment, admin: list[tuple[str, str]]
 ) -> None:
+    # A PAID order: its watch stays open (PAID is not terminal), so only the client ends it.
+    # An unfunded order fails payment and ends its watch by itself, OK, sometimes first.
+    payments = payments_service_pb2_grpc.PaymentsServiceStub(system.channel("payments"))
+
+    def account() -> str | None:
+        found = payments.ListAccounts(payments_pb.ListAccountsRequest(), metadata=admin, timeout=10)
+        return found.accounts[0].name if found.accounts else None
+
+    payments.FundAccount(
+        payments_pb.FundAccountRequest(
+            name=eventually(account, what="the admin's account"),
+            amount=Money(currency_code="EUR", amount_minor=100),
+            request_id=str(uuid.uuid4()),
+        ),
+        metadata=admin,
+        timeout=10,
+    )
     orders = orders_service_pb2_grpc.OrdersServiceStub(system.channel("orders"))
     line = resources_pb2.OrderLine(
         sku="SKU-1", quantity=1, unit_price=Money(currency_code="EUR", amount_minor=100)
     )
     order = orders.CreateOrder(
         orders_pb.CreateOrderRequest(order=resources_pb2.Order(lines=[line])), metadata=admin, timeout=10
+    )
+    eventually(
+        lambda: (
+            orders.GetOrder(orders_pb.GetOrderRequest(name=order.name), metadata=admin, timeout=10).state
+            == resources_pb2.Order.STATE_PAID
+        ),
+        timeout=60,
+        what="the order to be paid",
     )
     process = system.processes["orders"]
     seen = len(process.lines)
