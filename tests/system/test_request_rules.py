@@ -517,15 +517,17 @@ def test_a_watch_the_client_cancels_is_logged_cancelled(
 ) -> None:
     # A PAID order: its watch stays open (PAID is not terminal), so only the client ends it.
     # An unfunded order fails payment and ends its watch by itself, OK, sometimes first.
+    _, email = system.register()
+    buyer = bearer(system.login(email).access_token)
     payments = payments_service_pb2_grpc.PaymentsServiceStub(system.channel("payments"))
 
-    def account() -> str | None:
-        found = payments.ListAccounts(payments_pb.ListAccountsRequest(), metadata=admin, timeout=10)
+    def account() -> str | None:  # the buyer sees only their own (an admin would see all)
+        found = payments.ListAccounts(payments_pb.ListAccountsRequest(), metadata=buyer, timeout=10)
         return found.accounts[0].name if found.accounts else None
 
     payments.FundAccount(
         payments_pb.FundAccountRequest(
-            name=eventually(account, what="the admin's account"),
+            name=eventually(account, what="the buyer's account"),
             amount=Money(currency_code="EUR", amount_minor=100),
             request_id=str(uuid.uuid4()),
         ),
@@ -537,16 +539,14 @@ def test_a_watch_the_client_cancels_is_logged_cancelled(
         sku="SKU-1", quantity=1, unit_price=Money(currency_code="EUR", amount_minor=100)
     )
     order = orders.CreateOrder(
-        orders_pb.CreateOrderRequest(order=resources_pb2.Order(lines=[line])), metadata=admin, timeout=10
+        orders_pb.CreateOrderRequest(order=resources_pb2.Order(lines=[line])), metadata=buyer, timeout=10
     )
-    eventually(
-        lambda: (
-            orders.GetOrder(orders_pb.GetOrderRequest(name=order.name), metadata=admin, timeout=10).state
-            == resources_pb2.Order.STATE_PAID
-        ),
-        timeout=60,
-        what="the order to be paid",
-    )
+
+    def paid() -> resources_pb2.Order | None:
+        found = orders.GetOrder(orders_pb.GetOrderRequest(name=order.name), metadata=buyer, timeout=10)
+        return found if found.state == resources_pb2.Order.STATE_PAID else None
+
+    eventually(paid, timeout=60, what="the order to be paid")
     process = system.processes["orders"]
     seen = len(process.lines)
     watch = orders.WatchOrder(orders_pb.WatchOrderRequest(name=order.name), metadata=admin, timeout=30)
