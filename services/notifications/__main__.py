@@ -16,6 +16,9 @@ def main() -> None:
     settings = config.load_or_exit("notifications")
     telemetry.setup_or_exit(settings)
     engine = db.connect_or_exit(settings.db, migrations=MIGRATIONS)
+    channels = clients.Channels(
+        settings, services={"users": [contacts.USERS_SERVICE], "auth": [authn.AUTH_SERVICE]}
+    )
     try:
         wake = Doorbell()
         events_node = bus.node(settings, engine, store.BUS, partial(events.handlers, on_commit=wake.ring))
@@ -25,10 +28,9 @@ def main() -> None:
             notifications_store.transaction, addresses.url_policy(allow_private=notify.webhook_allow_private)
         )
         use_cases.ensure_templates()
-        users_channels = clients.Channels(settings, services={"users": [contacts.USERS_SERVICE]})
         dispatcher = Dispatcher(
             dispatch.Dispatch(notifications_store.transaction, dispatch_settings(settings)),
-            contacts.UsersDirectory(users_channels).lookup,
+            contacts.UsersDirectory(channels).lookup,
             senders.EmailSender(notify.smtp),
             senders.WebhookSender(notify),
             concurrency=notify.concurrency,
@@ -43,17 +45,16 @@ def main() -> None:
             ),
             events_node.registration,
         ]
-        auth_channels = clients.Channels(settings, services={"auth": [authn.AUTH_SERVICE]})
         server.serve(
             settings,
             registrations,
             middlewares=authz.service_middlewares(
-                settings, authn.remote_verifier(settings, auth_channels), registrations
+                settings, authn.remote_verifier(settings, channels), registrations
             ),
             background=[events_node, dispatcher],
         )
-        users_channels.close()
     finally:
+        channels.close()
         engine.dispose()
 
 

@@ -15,6 +15,9 @@ def main() -> None:
     settings = config.load_or_exit("orders")
     telemetry.setup_or_exit(settings)
     engine = db.connect_or_exit(settings.db, migrations=MIGRATIONS)
+    channels = clients.Channels(
+        settings, services={"auth": [authn.AUTH_SERVICE], "payments": [capture.PAYMENTS_SERVICE]}
+    )
     try:
         hub = watch.ChangeHub()
         events_node = bus.node(
@@ -22,9 +25,6 @@ def main() -> None:
         )
         orders_store = store.OrdersStore(db.session_factory(engine), events_node.outbox, hub.notify)
         orders = Orders(orders_store.transaction)
-        channels = clients.Channels(
-            settings, services={"auth": [authn.AUTH_SERVICE], "payments": [capture.PAYMENTS_SERVICE]}
-        )
         capture_worker = capture.CaptureWorker(orders, capture.grpc_capturer(channels))
         hub.listen(capture_worker.changed)
         servicer = OrdersServicer(orders, hub)
@@ -42,8 +42,8 @@ def main() -> None:
             middlewares=authz.service_middlewares(settings, verifier, registrations),
             background=[events_node, capture_worker],
         )
-        channels.close()
     finally:
+        channels.close()
         engine.dispose()
 
 

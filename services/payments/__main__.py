@@ -15,6 +15,7 @@ def main() -> None:
     settings = config.load_or_exit("payments")
     telemetry.setup_or_exit(settings)
     engine = db.connect_or_exit(settings.db, migrations=MIGRATIONS)
+    channels = clients.Channels(settings, services={"auth": [authn.AUTH_SERVICE]})
     try:
         currency = settings.payments.default_currency
         events_node = bus.node(settings, engine, store.BUS, lambda outbox: events.handlers(outbox, currency))
@@ -27,8 +28,7 @@ def main() -> None:
             ),
             events_node.registration,
         ]
-        auth_channels = clients.Channels(settings, services={"auth": [authn.AUTH_SERVICE]})
-        verifier = authn.remote_verifier(settings, auth_channels)
+        verifier = authn.remote_verifier(settings, channels)
         server.serve(
             settings,
             registrations,
@@ -36,6 +36,7 @@ def main() -> None:
             background=[events_node],
         )
     finally:
+        channels.close()
         engine.dispose()
 
 

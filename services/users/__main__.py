@@ -15,6 +15,7 @@ def main() -> None:
     settings = config.load_or_exit("users")
     telemetry.setup_or_exit(settings)
     engine = db.connect_or_exit(settings.db, migrations=MIGRATIONS)
+    channels = clients.Channels(settings, services={"auth": [authn.AUTH_SERVICE]})
     try:
         events_node = bus.node(settings, engine, store.BUS, events.handlers)
         users_store = store.UsersStore(db.session_factory(engine), events_node.outbox)
@@ -26,8 +27,7 @@ def main() -> None:
             ),
             events_node.registration,
         ]
-        auth_channels = clients.Channels(settings, services={"auth": [authn.AUTH_SERVICE]})
-        verifier = authn.remote_verifier(settings, auth_channels)
+        verifier = authn.remote_verifier(settings, channels)
         server.serve(
             settings,
             registrations,
@@ -35,6 +35,7 @@ def main() -> None:
             background=[events_node],
         )
     finally:
+        channels.close()
         engine.dispose()
 
 
