@@ -39,17 +39,6 @@ class _Event(_Base):
     created: Mapped[db.CreatedAt]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'nested' / 'service.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    created = db.engine(DatabaseSettings(url=url))
-    request.addfinalizer(created.dispose)
-    return created
-
-
 def test_sqlite_file_and_folder_are_created_with_wal(tmp_path: Path) -> None:
     engine = db.engine(DatabaseSettings(url=f"sqlite:///{tmp_path / 'a' / 'b' / 'x.db'}"))
     try:

@@ -21,10 +21,14 @@ import pytest
 
 from poly.auth.v1 import auth_service_pb2 as auth_pb
 from poly.auth.v1 import auth_service_pb2_grpc
+from poly.payments.v1 import payments_service_pb2 as payments_pb
+from poly.payments.v1 import payments_service_pb2_grpc
+from poly.type.v1.money_pb2 import Money
 from services.auth import keys
 from services.kit import clients, config, tls
 from tests.support.env import poly_environ, settings_for
 from tests.support.processes import Process, health_check, run_module
+from tests.support.waiting import eventually
 
 __all__ = ["CHEAP_ARGON2", "PASSWORD", "Deployment", "bearer", "signed_by_a_new_key", "start"]
 
@@ -69,6 +73,31 @@ class Deployment:
             auth_pb.LoginRequest(email=email, password=password), timeout=10
         )
         return reply
+
+    def own_account(self, token: str) -> str:
+        """The name of the account opened for `token`'s user (from UserRegistered), once it
+        exists. Asked as that user, who sees only their own (an admin would see everyone's)."""
+        payments = payments_service_pb2_grpc.PaymentsServiceStub(self.channel("payments"))
+
+        def opened() -> str | None:
+            found = payments.ListAccounts(
+                payments_pb.ListAccountsRequest(), metadata=bearer(token), timeout=10
+            )
+            return found.accounts[0].name if found.accounts else None
+
+        return eventually(opened, what="the user's account")
+
+    def fund(self, account: str, admin: list[tuple[str, str]], amount_minor: int) -> None:
+        """An admin's FundAccount of `amount_minor` euro cents into `account`."""
+        payments_service_pb2_grpc.PaymentsServiceStub(self.channel("payments")).FundAccount(
+            payments_pb.FundAccountRequest(
+                name=account,
+                amount=Money(currency_code="EUR", amount_minor=amount_minor),
+                request_id=str(uuid.uuid4()),
+            ),
+            metadata=admin,
+            timeout=10,
+        )
 
     def create_admin(self, email: str = "root@example.com") -> str:
         """An admin's access token; the admin is made with ``poly admin create``, as an

@@ -18,9 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from poly.payments.v1 import payments_service_pb2 as payments_pb
-from poly.payments.v1 import payments_service_pb2_grpc
-from poly.type.v1.money_pb2 import Money
 from services.kit import config
 from tests.support.broker import delete_namespace
 from tests.support.edge import edge_answers, place_order
@@ -82,21 +79,7 @@ def _customer(traced: Traced) -> str:
     admin = bearer(traced.system.create_admin())
     _, email = traced.system.register()
     token = traced.system.login(email).access_token
-    payments = payments_service_pb2_grpc.PaymentsServiceStub(traced.system.channel("payments"))
-
-    def account() -> str | None:
-        found = payments.ListAccounts(payments_pb.ListAccountsRequest(), metadata=bearer(token), timeout=10)
-        return found.accounts[0].name if found.accounts else None
-
-    payments.FundAccount(
-        payments_pb.FundAccountRequest(
-            name=eventually(account, what="the customer's account"),
-            amount=Money(currency_code="EUR", amount_minor=10_000),
-            request_id=str(uuid.uuid4()),
-        ),
-        metadata=admin,
-        timeout=10,
-    )
+    traced.system.fund(traced.system.own_account(token), admin, 10_000)
     return token
 
 

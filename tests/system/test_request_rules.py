@@ -250,7 +250,8 @@ def _owned_by(system: Deployment, admin: list[tuple[str, str]]) -> tuple[str, st
     registered = system.auth().Register(
         auth_pb.RegisterRequest(email=email, password=PASSWORD, display_name="Alice"), timeout=10
     )
-    alice, token = registered.user, bearer(system.login(email).access_token)
+    access_token = system.login(email).access_token
+    alice, token = registered.user, bearer(access_token)
     users = users_service_pb2_grpc.UsersServiceStub(system.channel("users"))
     eventually(
         lambda: _found(lambda: users.GetUser(users_pb.GetUserRequest(name=alice), metadata=token, timeout=10))
@@ -264,21 +265,8 @@ def _owned_by(system: Deployment, admin: list[tuple[str, str]]) -> tuple[str, st
         timeout=10,
     )
     payments = payments_service_pb2_grpc.PaymentsServiceStub(system.channel("payments"))
-
-    def account() -> str | None:
-        found = payments.ListAccounts(payments_pb.ListAccountsRequest(), metadata=token, timeout=10)
-        return found.accounts[0].name if found.accounts else None
-
-    account_name = eventually(account, what="alice's account")
-    payments.FundAccount(
-        payments_pb.FundAccountRequest(
-            name=account_name,
-            amount=Money(currency_code="EUR", amount_minor=5000),
-            request_id=str(uuid.uuid4()),
-        ),
-        metadata=admin,
-        timeout=10,
-    )
+    account_name = system.own_account(access_token)
+    system.fund(account_name, admin, 5000)
     entries = payments.ListLedgerEntries(
         payments_pb.ListLedgerEntriesRequest(parent=account_name), metadata=admin, timeout=10
     )
@@ -518,22 +506,9 @@ def test_a_watch_the_client_cancels_is_logged_cancelled(
     # A PAID order: its watch stays open (PAID is not terminal), so only the client ends it.
     # An unfunded order fails payment and ends its watch by itself, OK, sometimes first.
     _, email = system.register()
-    buyer = bearer(system.login(email).access_token)
-    payments = payments_service_pb2_grpc.PaymentsServiceStub(system.channel("payments"))
-
-    def account() -> str | None:  # the buyer sees only their own (an admin would see all)
-        found = payments.ListAccounts(payments_pb.ListAccountsRequest(), metadata=buyer, timeout=10)
-        return found.accounts[0].name if found.accounts else None
-
-    payments.FundAccount(
-        payments_pb.FundAccountRequest(
-            name=eventually(account, what="the buyer's account"),
-            amount=Money(currency_code="EUR", amount_minor=100),
-            request_id=str(uuid.uuid4()),
-        ),
-        metadata=admin,
-        timeout=10,
-    )
+    buyer_token = system.login(email).access_token
+    buyer = bearer(buyer_token)
+    system.fund(system.own_account(buyer_token), admin, 100)  # the buyer's own, not an admin's first
     orders = orders_service_pb2_grpc.OrdersServiceStub(system.channel("orders"))
     line = resources_pb2.OrderLine(
         sku="SKU-1", quantity=1, unit_price=Money(currency_code="EUR", amount_minor=100)

@@ -104,25 +104,9 @@ class Shop:
         """A newly registered customer whose account an admin funded with `funds` cents."""
         user, email = self.system.register()
         token = self.system.login(email).access_token
-        payments = self.payments()
-
-        def opened() -> str | None:
-            found = payments.ListAccounts(
-                payments_pb.ListAccountsRequest(), metadata=bearer(token), timeout=10
-            )
-            return found.accounts[0].name if found.accounts else None
-
-        account = eventually(opened, what=f"the account of {user}")
+        account = self.system.own_account(token)
         if funds:
-            payments.FundAccount(
-                payments_pb.FundAccountRequest(
-                    name=account,
-                    amount=Money(currency_code="EUR", amount_minor=funds),
-                    request_id=str(uuid.uuid4()),
-                ),
-                metadata=self.admin,
-                timeout=10,
-            )
+            self.system.fund(account, self.admin, funds)
         return Customer(user, email, token, account)
 
     def place(self, customer: Customer, amount: int, *, stub: Any = None) -> Order:

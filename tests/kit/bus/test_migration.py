@@ -9,20 +9,8 @@ import pytest
 from sqlalchemy import Engine, inspect
 
 from services.kit import config, db
-from services.kit.config import DatabaseSettings
 
 _BUS_TABLES = {"bus_outbox", "bus_delivery", "bus_inbox", "bus_subscription"}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'bus.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    made = db.engine(DatabaseSettings(url=url))
-    request.addfinalizer(made.dispose)
-    return made
 
 
 def _migrations(service: str) -> Path:
