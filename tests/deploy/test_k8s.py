@@ -71,7 +71,8 @@ def test_the_generated_manifests_match_the_protos_and_the_settings() -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_object_of_an_overlay_validates_strictly_against_the_kubernetes_schemas(overlay: str) -> None:
-    _tool("kubernetes-validate")  # the tool's own interpreter holds the library, apart from the project's
+    # The interpreter beside the tool holds its library, apart from the project's venv.
+    python = Path(_tool("kubernetes-validate")).with_name("python")
     documents = [doc for doc in _rendered(overlay) if (doc["apiVersion"], doc["kind"]) not in _CRD_KINDS]
     script = (
         "import json, sys, kubernetes_validate\n"
@@ -84,7 +85,7 @@ def test_every_object_of_an_overlay_validates_strictly_against_the_kubernetes_sc
         "print(json.dumps(failures))\n"
     )
     validated = subprocess.run(
-        [str(TOOLS / "python"), "-c", script],
+        [str(python), "-c", script],
         input=json.dumps(documents),
         capture_output=True,
         text=True,
