@@ -144,17 +144,21 @@ def run_status(settings: config.Settings, components: Sequence[str] = ()) -> int
     return OK
 
 
-def _migrations(service: str) -> Path:
+def _declaration(service: str) -> Any:
+    """The `kit.app.Service` a service's ``__main__`` declares."""
     import importlib
 
-    package = importlib.import_module(f"services.{service}")
-    return Path(package.__file__ or "").with_name("migrations")
+    return importlib.import_module(f"services.{service}.__main__").SERVICE
+
+
+def _migrations(service: str) -> Path:
+    return Path(_declaration(service).migrations)
 
 
 def run_serve(service: str) -> int:
-    import importlib
+    from services.kit import app
 
-    importlib.import_module(f"services.{service}.__main__").main()
+    app.run(_declaration(service))
     return OK
 
 
@@ -323,10 +327,9 @@ def run_bus_declare(settings: config.Settings) -> int:
 def _auth_store(settings: config.Settings) -> tuple[Any, Engine]:
     """The auth database (migrated), with an outbox routed as the running service routes."""
     from services.auth import store
-    from services.auth.__main__ import MIGRATIONS
     from services.kit import bus, db
 
-    engine = db.connect(settings.db, migrations=MIGRATIONS)
+    engine = db.connect(settings.db, migrations=_migrations("auth"))
     outbox = bus.Outbox(store.BUS, source="auth", routing=bus.routing(settings.bus))
     return store.AuthStore(db.session_factory(engine), outbox), engine
 

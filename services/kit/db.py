@@ -68,6 +68,7 @@ __all__ = [
     "MinorUnits",
     "UpdatedAt",
     "UtcDateTime",
+    "after_commit",
     "connect",
     "connect_or_exit",
     "engine",
@@ -257,6 +258,14 @@ def transactions(
             yield repository(session)
 
     return opened
+
+
+def after_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run `callback` once the transaction of `session` commits; never if it rolls back.
+
+    For work that must only follow a durable change: waking a worker for a row just written,
+    telling watchers of a changed resource."""
+    event.listen(session, "after_commit", lambda _session: callback(), once=True)
 
 
 class DatabaseError(RuntimeError):

@@ -27,7 +27,7 @@ from services.notifications.dispatch import Dispatch, DispatchSettings
 from services.notifications.domain import EMAIL, Contact, Notification, Outgoing
 from services.notifications.senders import EmailSender, Result, WebhookSender
 
-__all__ = ["Dispatcher", "Doorbell", "dispatch_settings"]
+__all__ = ["Dispatcher", "dispatch_settings"]
 
 _log = logging.getLogger("poly.notifications.dispatcher")
 
@@ -46,20 +46,6 @@ def dispatch_settings(settings: Settings) -> DispatchSettings:
         retry_max_seconds=notify.retry_max_seconds,
         lease_seconds=3 * max(notify.smtp.timeout_seconds, notify.webhook_timeout_seconds),
     )
-
-
-class Doorbell:
-    """Wakes the dispatcher from the event consumer, which is wired before the dispatcher exists."""
-
-    def __init__(self) -> None:
-        self._targets: list[Callable[[str], None]] = []
-
-    def connect(self, target: Callable[[str], None]) -> None:
-        self._targets.append(target)
-
-    def ring(self, event_id: str = "") -> None:
-        for target in self._targets:
-            target(event_id)
 
 
 class Dispatcher:

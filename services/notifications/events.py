@@ -12,13 +12,13 @@ from collections.abc import Callable, Mapping
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
 from poly.events.v1 import events_pb2
 from poly.events.v1.events_pb2 import EventEnvelope
 from poly.type.v1 import money_pb2
 from services.kit.bus import EventHandler, Outbox
+from services.kit.db import after_commit
 from services.kit.wire import money_value
 from services.notifications.domain import Notification, record_notification
 from services.notifications.store import SqlRepository
@@ -72,7 +72,7 @@ def handlers(
             occur_time=envelope.occur_time.ToDatetime(dt.UTC) if envelope.HasField("occur_time") else _now(),
         )
         record_notification(SqlRepository(session, outbox), notification, _now())
-        sa_event.listen(session, "after_commit", lambda _session: on_commit(envelope.id), once=True)
+        after_commit(session, lambda: on_commit(envelope.id))
 
     return {
         events_pb2.UserRegistered: record,

@@ -1,10 +1,10 @@
-"""The capture worker: saga step 4, capturing the held payment of AWAITING_PAYMENT orders.
+"""The capture worker: the saga step capturing the held payment of AWAITING_PAYMENT orders.
 
 `CaptureWorker` is a `kit.types.Background`: a thread that claims a bounded batch of due
 orders per pass (`Orders.claim_captures`, state kept in the orders table, so a restart
 resumes where it stopped), calls payments `CapturePayment` with a per-order idempotency key,
 and reports each outcome for the domain to reschedule. It runs a pass every `interval`
-seconds, at once when `wake` is called (an order became AWAITING_PAYMENT here), and stops
+seconds, at once when `due` is called (an order became AWAITING_PAYMENT here), and stops
 promptly on `stop`. `grpc_capturer` is the call over mTLS; gRPC codes are mapped here only.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 
 import grpc
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from poly.payments.v1 import payments_service_pb2, payments_service_pb2_grpc
 from services.kit.clients import Channels
 from services.kit.telemetry.handoff import Handoff
-from services.orders.domain import AWAITING_PAYMENT, CaptureOutcome, Order, Orders, capture_request_id
+from services.orders.domain import CaptureOutcome, Orders, capture_request_id
 
 __all__ = ["PAYMENTS_SERVICE", "CaptureWorker", "Capturer", "grpc_capturer"]
 
@@ -68,13 +68,11 @@ class CaptureWorker:
     def wake(self) -> None:
         self._wake.set()
 
-    def changed(self, orders: Collection[Order]) -> None:
-        """A change-hub listener: wake when an order became AWAITING_PAYMENT here (the capture
-        then runs in the trace of the change that asked for it)."""
-        due = [order.name for order in orders if order.state == AWAITING_PAYMENT]
-        if due:
-            self._traces.remember(*due)
-            self.wake()
+    def due(self, order_name: str) -> None:
+        """`order_name` became AWAITING_PAYMENT here: capture it now, in the trace of the
+        change that asked for it (`events.handlers` calls this after that change commits)."""
+        self._traces.remember(order_name)
+        self.wake()
 
     def run_once(self) -> int:
         """One pass: capture the due orders of one batch; how many were tried."""

@@ -1,9 +1,9 @@
-"""In-process change notification for WatchOrder and the capture worker.
+"""In-process change notification for WatchOrder.
 
 `ChangeHub.notify(orders)` runs after a transaction of this process commits changes to
-`orders` (see `store.OrdersStore`): it wakes every watcher of those orders and calls the
-listeners. Changes committed by other replicas are found by each watcher's bounded
-fallback poll, so a watch never misses the final state, and never busy-loops.
+`orders` (see `store.OrdersStore`): it wakes every watcher of those orders. Changes
+committed by other replicas are found by each watcher's bounded fallback poll, so a watch
+never misses the final state, and never busy-loops.
 """
 
 from __future__ import annotations
@@ -23,19 +23,12 @@ class ChangeHub:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._watchers: dict[str, set[threading.Event]] = {}
-        self._listeners: list[Callable[[Collection[Order]], None]] = []
-
-    def listen(self, listener: Callable[[Collection[Order]], None]) -> None:
-        """Call `listener` with the orders of every committed change."""
-        self._listeners.append(listener)
 
     def notify(self, orders: Collection[Order]) -> None:
         with self._lock:
             woken = [event for order in orders for event in self._watchers.get(order.id, ())]
         for event in woken:
             event.set()
-        for listener in self._listeners:
-            listener(orders)
 
     @contextmanager
     def subscribe(self, order_id: str) -> Iterator[threading.Event]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from services.kit import config, db
-from services.orders.__main__ import MIGRATIONS
+from services.orders.__main__ import SERVICE as ORDERS
 from tests.support.env import PYTHON, ROOT, poly_environ, process_environ
 from tests.support.processes import run_module
 
@@ -162,7 +162,7 @@ def test_event_goes_only_with_redrive(tmp_path: Path) -> None:
 
 def test_redrive_of_an_event_that_is_no_dead_letter_exits_1(tmp_path: Path) -> None:
     environ = poly_environ(tmp_path)
-    db.connect(config.load("orders", environ).db, migrations=MIGRATIONS).dispose()
+    db.connect(config.load("orders", environ).db, migrations=ORDERS.migrations).dispose()
     result = _poly(environ, "bus", "redrive", "orders", "--event", "no-such-event")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "no dead letter with id no-such-event; `poly bus dead <service>` lists them" in result.stderr

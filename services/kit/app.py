@@ -1,0 +1,106 @@
+"""A service is a declaration; `run` lives its whole life.
+
+Each ``services/<name>/__main__.py`` declares one `Service`: its name, the gRPC API it
+serves, its migrations and bus tables, the peers it calls, and `wire`, which builds the
+service's parts (servicer, event handlers, background workers) from a `Context`. `run`
+then does what every service does, in one order: settings, telemetry, database and
+migrations, channels to peers, the bus node, the server with the kit's middleware chain,
+the workers beside it, and the drain on SIGTERM. Nothing else wires a service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.kit import authn, authz, bus, clients, config, db, server, telemetry
+from services.kit.bus import BusTables, EventHandler, Outbox
+from services.kit.types import Background
+
+__all__ = ["Context", "Parts", "Service", "run"]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a service's `wire` builds its parts from."""
+
+    settings: config.Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    outbox: Outbox
+    """Where the service publishes: a row in the transaction of the change that publishes."""
+    channels: clients.Channels
+    """Channels to the peers the service declared in `Service.calls` (and to auth)."""
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What `wire` returns: the pieces `run` serves."""
+
+    servicer: object
+    handlers: Mapping[type[Message], EventHandler] = field(default_factory=dict)
+    """The handler of each event the service consumes: its saga steps and projections.
+    Exactly the types the event contract names it a consumer of (checked at start)."""
+    workers: Sequence[Background] = ()
+    """Started once the server accepts calls, stopped after the drain, in reverse order."""
+    verifier: authn.Verifier | None = None
+    """How access tokens are checked; None means against the auth service's JWKS."""
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    api: ServiceDescriptor
+    """The public gRPC service, e.g. ``orders_service_pb2.DESCRIPTOR.services_by_name[...]``."""
+    add_servicer: Callable[[Any, grpc.Server], None]
+    """The generated ``add_<Api>Servicer_to_server``."""
+    migrations: Path
+    bus_tables: BusTables
+    wire: Callable[[Context], Parts]
+    calls: Mapping[str, Sequence[ServiceDescriptor]] = field(default_factory=dict)
+    """Peer name -> the services called on it (their retry policy comes from their methods'
+    idempotency options)."""
+
+
+def run(service: Service) -> None:
+    """Serve `service` until SIGTERM or SIGINT, then drain and return (exit status 0).
+
+    A configuration, database or start-up problem ends the process with a clear message
+    (status 2 for configuration, 1 otherwise), never a traceback."""
+    settings = config.load_or_exit(service.name)
+    telemetry.setup_or_exit(settings)
+    engine = db.connect_or_exit(settings.db, migrations=service.migrations)
+    channels = clients.Channels(settings, services={"auth": [authn.AUTH_SERVICE], **service.calls})
+    try:
+        wired: list[Parts] = []
+
+        def handlers(outbox: Outbox) -> Mapping[type[Message], EventHandler]:
+            # The node makes the outbox; the parts publish through it, so they are built here.
+            context = Context(settings, engine, db.session_factory(engine), outbox, channels)
+            wired.append(service.wire(context))
+            return wired[0].handlers
+
+        events_node = bus.node(settings, engine, service.bus_tables, handlers)
+        parts = wired[0]
+        registrations = [
+            server.registration(service.api, service.add_servicer, parts.servicer),
+            events_node.registration,
+        ]
+        verifier = parts.verifier or authn.remote_verifier(settings, channels)
+        server.serve(
+            settings,
+            registrations,
+            middlewares=authz.service_middlewares(settings, verifier, registrations),
+            background=[events_node, *parts.workers],
+        )
+    finally:
+        channels.close()
+        engine.dispose()
