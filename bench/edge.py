@@ -104,6 +104,7 @@ from machine import (  # noqa: E402
 
 from poly.auth.v1 import auth_service_pb2 as auth_pb  # noqa: E402
 from services.auth import keys  # noqa: E402
+from services.cli import system_settings  # noqa: E402
 from services.kit import config, tls  # noqa: E402
 
 SERVICE = "poly.auth.v1.AuthService"
@@ -207,7 +208,7 @@ def running_system(home: Path, server_cpu: int) -> Iterator[System]:
         "POLY_GATEWAY_BACKENDS": f"{SERVICE}=localhost:{ports['auth']}",
     }
     system = System(home, environ, ports["auth"], ports["gateway"], server_cpu, {})
-    keys.ensure_key_encryption_key(system.settings("auth").auth.key_encryption_key_file)
+    keys.ensure_key_encryption_key(system_settings.load(system.environ).key_encryption_key_file)
     try:
         auth = system.start("auth", "services.auth")
         wait_for_health(system, auth)

@@ -188,6 +188,7 @@ from machine import (  # noqa: E402
     proc_cpu_s,
 )
 
+from services.cli import system_settings  # noqa: E402
 from services.kit import config, tls  # noqa: E402
 
 CONCURRENCY = 32
@@ -708,14 +709,14 @@ def make_system(
     else:
         environ["OTEL_SDK_DISABLED"] = "true"
     system = System(setup, home, environ, ports, metrics_ports, server_cpu)
-    keys.ensure_key_encryption_key(system.settings("auth").auth.key_encryption_key_file)
+    keys.ensure_key_encryption_key(system_settings.load(system.environ).key_encryption_key_file)
     return system
 
 
 def start_system(system: System) -> None:
     from services.cli.mailbox import DevMailbox  # noqa: PLC0415
 
-    smtp = system.settings("notifications").notifications.smtp
+    smtp = system_settings.load(system.environ).smtp
     system.mailbox = DevMailbox(system.home / "mail", smtp.host, smtp.port, lambda line: None)
     system.mailbox.start()
     for name in (*config.SERVICES, "gateway"):

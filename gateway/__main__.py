@@ -50,9 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(f"poly gateway: {error}\n")
             return 1
     else:
-        poly = config.load_or_exit("gateway")
+        poly, gateway = config.load_with_or_exit("gateway", edge_config.read_settings)
         observed = telemetry.setup_or_exit(poly)
-        edge = edge_config.from_settings(poly)
+        edge = edge_config.from_settings(poly, gateway)
     try:
         asyncio.run(serve(edge, observer=observer_for(edge, observed)))
     except StartError as error:

@@ -12,17 +12,26 @@ comma-separated transport settings: ``localhost:50051,plaintext`` or
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from services.kit.config import AuthSettings, Settings
-from services.kit.config import EdgeLimits as Limits
+import poly
+from services.kit import config
+from services.kit.config import AuthSettings, Reader, Settings
+from services.kit.types import Environ
 
 __all__ = [
+    "API_SERVICES",
     "TRANSPORT_KEYS",
+    "Backend",
+    "GatewaySettings",
+    "default_descriptor_set",
+    "from_environment",
+    "read_settings",
     "ConfigError",
     "EdgeConfig",
     "Limits",
@@ -67,6 +76,72 @@ class Target:
 
     address: str
     transport: Transport = Transport()
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """Where the edge sends the calls of one gRPC service."""
+
+    address: str
+    server_name: str = ""
+    """The name the backend's certificate must prove (a Polyservice component name); empty
+    means the host of `address`."""
+
+
+API_SERVICES: Mapping[str, str] = {
+    "auth": "poly.auth.v1.AuthService",
+    "users": "poly.users.v1.UsersService",
+    "orders": "poly.orders.v1.OrdersService",
+    "payments": "poly.payments.v1.PaymentsService",
+    "notifications": "poly.notifications.v1.NotificationsService",
+}
+"""The public API each service serves: the edge's default backends."""
+
+
+def default_descriptor_set() -> Path:
+    # `make gen` writes it into the generated package, so installs carry it along.
+    return Path(poly.__file__).with_name("descriptors.binpb")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What the HTTP/JSON edge enforces per request."""
+
+    timeout_seconds: float = 30.0
+    """Deadline of a unary call when the client sends no ``Grpc-Timeout``."""
+    max_body_bytes: int = 1024 * 1024
+    max_json_depth: int = 32
+    ignored_query_parameters: tuple[str, ...] = ("_",)
+    """Query parameters dropped instead of refused (cache busters)."""
+    rate_per_second: float = 0.0
+    """Per principal of a token the edge verifies, else per client address (never per
+    unverified token); 0 turns the limit off."""
+    rate_burst: int = 50
+    cors_origins: tuple[str, ...] = ()
+    """Origins allowed to call from a browser; ``*`` allows any."""
+    trusted_proxies: tuple[str, ...] = ()
+    """CIDRs of proxies whose ``X-Forwarded-For`` names the client; anyone else's is ignored."""
+    auth_failures_per_address: int = 100
+    """Failed authentications (UNAUTHENTICATED answers, tokens the edge refuses) per client
+    address within the window before that address gets 429 until the window ends; 0 turns
+    this off."""
+    auth_failure_window_seconds: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """The HTTP/JSON edge: what it routes, where to, and the limits it enforces."""
+
+    descriptor_set: Path
+    """A FileDescriptorSet (``--include_imports --include_source_info``) holding the services."""
+    backends: Mapping[str, Backend]
+    """Full service name -> backend; only these services are routed."""
+    limits: Limits = Limits()
+    client_spans: bool = False
+    """Each backend call gets a CLIENT span of its own under the request's span."""
+    public_endpoint: bool = False
+    """A client's ``traceparent`` is only linked from a new trace, never continued, unless it
+    comes from one of ``limits.trusted_proxies``."""
 
 
 @dataclass(frozen=True)
@@ -122,13 +197,17 @@ class EdgeConfig:
         return self.descriptor_set is None
 
 
-def from_settings(settings: Settings) -> EdgeConfig:
+def from_environment(environ: Environ | None = None) -> tuple[Settings, EdgeConfig]:
+    """Polyservice's own edge from its ``POLY_*`` environment (`from_settings`); raises
+    `services.kit.config.ConfigError` listing every problem."""
+    settings, gateway = config.load_with("gateway", read_settings, environ)
+    return settings, from_settings(settings, gateway)
+
+
+def from_settings(settings: Settings, gateway: GatewaySettings) -> EdgeConfig:
     """Polyservice's own edge (`poly up`): its APIs over mTLS with the gateway's certificate,
     each backend proving the component it is, and bearer tokens verified against the auth
     service's keys (to limit per principal)."""
-    gateway = settings.gateway
-    if gateway is None:
-        raise ConfigError(["these settings are not the gateway's"])
     tls = settings.tls
 
     def target(address: str, server_name: str) -> Target:
@@ -247,3 +326,63 @@ def _readable(path: Path, problems: list[str], *, where: str) -> Path | None:
         problems.append(f"{where} {path} cannot be read: {error.strerror or error}")
         return None
     return path
+
+
+def _backends(env: Reader, peers: Mapping[str, str]) -> dict[str, Backend]:
+    text = env.optional("POLY_GATEWAY_BACKENDS")
+    if not text:
+        return {api: Backend(peers[name], name) for name, api in API_SERVICES.items()}
+    found: dict[str, Backend] = {}
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        service, _, address = item.partition("=")
+        if not re.fullmatch(r"[A-Za-z_][\w.]*\.[A-Za-z_]\w*", service, re.ASCII) or ":" not in address:
+            env.problems.append(f"POLY_GATEWAY_BACKENDS: expected package.Service=host:port, got {item!r}")
+            continue
+        found[service] = Backend(address.strip())
+    return found
+
+
+def read_settings(env: Reader, settings: Settings) -> GatewaySettings:
+    """The edge's own ``POLY_GATEWAY_*`` settings, read beside the kit's (`config.load_with`)."""
+    peers = settings.peers
+    descriptor_set = env.optional("POLY_GATEWAY_DESCRIPTOR_SET")
+    return GatewaySettings(
+        descriptor_set=Path(descriptor_set) if descriptor_set else default_descriptor_set(),
+        backends=_backends(env, peers),
+        limits=Limits(
+            timeout_seconds=env.number("POLY_GATEWAY_TIMEOUT_SECONDS", 30.0, low=0.01, high=3600.0),
+            max_body_bytes=env.integer("POLY_GATEWAY_MAX_BODY_BYTES", 1024 * 1024, low=1024, high=1024**3),
+            max_json_depth=env.integer("POLY_GATEWAY_MAX_JSON_DEPTH", 32, low=2, high=1000),
+            ignored_query_parameters=tuple(
+                p.strip()
+                for p in env.text("POLY_GATEWAY_IGNORED_QUERY_PARAMETERS", "_").split(",")
+                if p.strip()
+            ),
+            rate_per_second=env.number("POLY_GATEWAY_RATE_PER_SECOND", 0.0, low=0.0, high=1e6),
+            rate_burst=env.integer("POLY_GATEWAY_RATE_BURST", 50, low=1, high=1_000_000),
+            cors_origins=tuple(
+                o.strip() for o in env.optional("POLY_GATEWAY_CORS_ORIGINS").split(",") if o.strip()
+            ),
+            trusted_proxies=_networks(env, "POLY_GATEWAY_TRUSTED_PROXIES"),
+            auth_failures_per_address=env.integer(
+                "POLY_GATEWAY_AUTH_FAILURES_PER_ADDRESS", 100, low=0, high=1_000_000
+            ),
+            auth_failure_window_seconds=env.number(
+                "POLY_GATEWAY_AUTH_FAILURE_WINDOW_SECONDS", 60.0, low=1.0, high=86400.0
+            ),
+        ),
+        client_spans=env.flag("POLY_GATEWAY_CLIENT_SPANS", False),
+        public_endpoint=env.flag("POLY_GATEWAY_PUBLIC_ENDPOINT", False),
+    )
+
+
+def _networks(env: Reader, name: str) -> tuple[str, ...]:
+    """Comma-separated CIDRs (or single addresses), each normalised (``10.0.0.1/8`` ->
+    ``10.0.0.0/8``)."""
+    found: list[str] = []
+    for item in (i.strip() for i in env.optional(name).split(",") if i.strip()):
+        try:
+            found.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            env.problems.append(f"{name}: expected IP addresses or CIDRs, got {item!r}")
+    return tuple(found)

@@ -7,14 +7,15 @@ from poly.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from services.auth import events, keys, passwords, store, tokens
 from services.auth.domain import IdentityProvider
 from services.auth.service import AuthServicer
+from services.auth.settings import IdentitySettings, read
 from services.kit import app, authn
 
 
-def wire(context: app.Context) -> app.Parts:
-    settings = context.settings
+def wire(context: app.Context[IdentitySettings]) -> app.Parts:
+    settings, own = context.settings, context.service_settings
     auth_store = store.AuthStore(context.sessions, context.outbox)
     try:
-        encryption_key = keys.load_key_encryption_key(settings.auth.key_encryption_key_file)
+        encryption_key = keys.load_key_encryption_key(own.key_encryption_key_file)
         ring = tokens.KeyRing(
             auth_store, encryption_key, activation_delay=settings.auth.jwks_min_refresh_seconds
         )
@@ -27,9 +28,9 @@ def wire(context: app.Context) -> app.Parts:
     verifier = authn.Verifier(authn.KeySet(ring.jwks, max_age=1.0, min_refresh=0.0), settings.auth)
     provider = IdentityProvider(
         auth_store.transaction,
-        passwords.Argon2Hasher(settings.auth),
-        tokens.JwtMinter(ring, settings.auth),
-        settings.auth,
+        passwords.Argon2Hasher(own),
+        tokens.JwtMinter(ring, settings.auth, own.access_token_seconds),
+        own,
         passwords.password_problem,
     )
     return app.Parts(
@@ -45,6 +46,7 @@ SERVICE = app.Service(
     add_servicer=auth_service_pb2_grpc.add_AuthServiceServicer_to_server,
     migrations=Path(__file__).with_name("migrations"),
     bus_tables=store.BUS,
+    settings=read,
     wire=wire,
 )
 

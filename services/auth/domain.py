@@ -27,8 +27,8 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
+from services.auth.settings import IdentitySettings
 from services.kit import paging
-from services.kit.config import AuthSettings
 from services.kit.domain_errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -294,7 +294,7 @@ class IdentityProvider:
     transactions: Transactions
     hasher: Hasher
     minter: Minter
-    settings: AuthSettings
+    settings: IdentitySettings
     password_problem: Callable[[str], str | None]
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from services.kit.config import AuthSettings
+from services.auth.settings import IdentitySettings
 from services.kit.domain_errors import ResourceExhausted
 
 __all__ = ["MAX_LENGTH", "MIN_LENGTH", "Argon2Hasher", "password_problem"]
@@ -82,7 +82,7 @@ class Argon2Hasher:
     """
 
     def __init__(
-        self, settings: AuthSettings, *, wait_seconds: float = 0.5, retry_after_seconds: float = 1.0
+        self, settings: IdentitySettings, *, wait_seconds: float = 0.5, retry_after_seconds: float = 1.0
     ) -> None:
         self.slots = max(1, settings.argon2_memory_budget_kib // settings.argon2_memory_kib)
         self.hash_slots = max(1, self.slots // 2)

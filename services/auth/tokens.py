@@ -105,9 +105,10 @@ class KeyRing:
 class JwtMinter:
     """`domain.Minter`: access tokens signed by the ring's current key."""
 
-    def __init__(self, ring: KeyRing, settings: AuthSettings) -> None:
+    def __init__(self, ring: KeyRing, settings: AuthSettings, lifetime_seconds: int = 900) -> None:
         self._ring = ring
         self._settings = settings
+        self._lifetime_seconds = lifetime_seconds
 
     def access_token(
         self,
@@ -127,7 +128,7 @@ class JwtMinter:
             "aud": self._settings.audience,
             "iat": issued,
             "nbf": issued,
-            "exp": issued + self._settings.access_token_seconds,
+            "exp": issued + self._lifetime_seconds,
             "jti": str(uuid.uuid4()),
             "roles": sorted(roles),
             "scope": " ".join(sorted(scopes)),

@@ -18,6 +18,8 @@ from services.kit import config
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from services.auth.settings import IdentitySettings
+    from services.cli.system_settings import SystemSettings
     from services.kit.bus import BusTables
 
 __all__ = [
@@ -66,12 +68,13 @@ def run_completion(parser: argparse.ArgumentParser, shell: str) -> int:
     return OK
 
 
-def run_certs(settings: config.Settings, force: bool) -> int:
+def run_certs(system: SystemSettings, force: bool) -> int:
     from services.auth import keys
     from services.kit import tls
 
+    settings = system.settings
     directory = settings.tls.ca_file.parent
-    encryption_key = settings.auth.key_encryption_key_file
+    encryption_key = system.key_encryption_key_file
     try:
         issued = tls.ensure_certificates(
             directory,
@@ -334,19 +337,21 @@ def _auth_store(settings: config.Settings) -> tuple[Any, Engine]:
     return store.AuthStore(db.session_factory(engine), outbox), engine
 
 
-def _open_auth(command: str) -> tuple[config.Settings, Any, Engine] | int:
-    """The auth settings, store and engine, or the exit status after saying what went wrong."""
+def _open_auth(command: str) -> tuple[config.Settings, IdentitySettings, Any, Engine] | int:
+    """The auth service's settings (the kit's and its own), store and engine, or the exit
+    status after saying what went wrong."""
+    from services.auth import settings as auth_settings
     from services.kit import db
 
     try:
-        settings = config.load("auth")
+        settings, own = config.load_with("auth", auth_settings.read)
     except config.ConfigError as error:
         return _fail(command, f"{error}\n{CONFIGURATION_HINT}", USAGE)
     try:
         auth_store, engine = _auth_store(settings)
     except db.DatabaseError as error:
         return _fail(command, f"{error}; {_database_hint('auth')}")
-    return settings, auth_store, engine
+    return settings, own, auth_store, engine
 
 
 class _UsageError(Exception):
@@ -395,12 +400,12 @@ def run_admin_create(email: str, password_stdin: bool) -> int:
     opened = _open_auth("admin")
     if isinstance(opened, int):
         return opened
-    settings, auth_store, engine = opened
+    settings, own, auth_store, engine = opened
     provider = domain.IdentityProvider(
         auth_store.transaction,
-        passwords.Argon2Hasher(settings.auth),
+        passwords.Argon2Hasher(own),
         _NoTokens(),
-        settings.auth,
+        own,
         passwords.password_problem,
     )
     try:
@@ -440,9 +445,9 @@ def run_keys(action: str) -> int:
     opened = _open_auth("keys")
     if isinstance(opened, int):
         return opened
-    settings, auth_store, engine = opened
+    settings, own, auth_store, engine = opened
     try:
-        encryption_key = keys.load_key_encryption_key(settings.auth.key_encryption_key_file)
+        encryption_key = keys.load_key_encryption_key(own.key_encryption_key_file)
         delay = settings.auth.jwks_min_refresh_seconds
         ring = tokens.KeyRing(auth_store, encryption_key, activation_delay=delay)
         if action == "rotate":
@@ -454,7 +459,7 @@ def run_keys(action: str) -> int:
     except keys.KeyEncryptionError as error:
         return _fail(
             "keys",
-            f"{error} (POLY_AUTH_KEY_ENCRYPTION_KEY_FILE={settings.auth.key_encryption_key_file} "
+            f"{error} (POLY_AUTH_KEY_ENCRYPTION_KEY_FILE={own.key_encryption_key_file} "
             "must name the key the auth service uses)",
         )
     except SQLAlchemyError as error:

@@ -17,7 +17,7 @@ from pathlib import Path
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from services.kit.config import SmtpSettings
+from services.notifications.settings import SmtpSettings
 
 __all__ = ["DevMailbox", "wanted"]
 

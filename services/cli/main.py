@@ -234,13 +234,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "completion":  # needs no settings: works whatever the environment
         return commands.run_completion(parser, args.shell)
+    from services.cli import system_settings
+
     try:
-        settings = config.load("cli")
+        system = system_settings.load()
     except config.ConfigError as error:
         print(f"poly: {error}\nfix or unset these variables; {CONFIGURATION_HINT}", file=sys.stderr)
         return USAGE
+    settings = system.settings
     run: dict[str, Callable[[], int]] = {
-        "certs": lambda: commands.run_certs(settings, args.force),
+        "certs": lambda: commands.run_certs(system, args.force),
         "status": lambda: commands.run_status(settings, args.components),
         "migration": lambda: commands.run_migration(args.service, args.message),
         "migrate": lambda: commands.run_migrate(
@@ -265,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         return run[args.command]()
     from services.cli.supervisor import Supervisor
 
-    return Supervisor(settings, log_format=args.log_format or settings.telemetry.log_format).run()
+    return Supervisor(system, log_format=args.log_format or settings.telemetry.log_format).run()
 
 
 if __name__ == "__main__":

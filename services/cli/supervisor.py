@@ -37,6 +37,7 @@ from services.auth import keys
 from services.cli import mailbox
 from services.cli.logview import Output
 from services.cli.probe import edge_status, health_status, port_in_use
+from services.cli.system_settings import SystemSettings
 from services.kit import config, tls
 from services.kit.console import CALL_FINISHED
 from services.kit.telemetry_settings import TelemetrySettings
@@ -186,14 +187,16 @@ class _Child:
 class Supervisor:
     def __init__(
         self,
-        settings: config.Settings,
+        system: SystemSettings,
         *,
         components: tuple[str, ...] = (*config.SERVICES, "gateway"),
         out: IO[str] | None = None,
         ready_timeout: float = 60.0,
         log_format: str = "console",
     ) -> None:
-        self._settings = settings
+        self._settings = system.settings
+        self._smtp = system.smtp
+        self._key_encryption_key_file = system.key_encryption_key_file
         self._children = {name: _Child(name) for name in components}
         width = max(len(name) for name in (*components, "mail"))
         self._output = Output(out or sys.stdout, log_format=log_format, width=width)
@@ -204,7 +207,7 @@ class Supervisor:
         self._pre_exec = _die_with_parent_hook()
         # Until the first order's hint is printed, each line is searched for CreateOrder (a
         # substring test); after it, or when its trace would not be in the files, not even that.
-        self._order_hint_pending = _traces_in_span_files(settings.telemetry)
+        self._order_hint_pending = _traces_in_span_files(system.settings.telemetry)
         self._order_hint_lock = threading.Lock()
 
     def _say(
@@ -271,7 +274,7 @@ class Supervisor:
             return 2
         host = self._settings.server.host
         taken = [name for name in self._children if port_in_use(host, self._port(name))]
-        smtp = self._settings.notifications.smtp
+        smtp = self._smtp
         if mailbox.wanted(smtp) and port_in_use(smtp.host, smtp.port):
             taken.append(_MAILBOX)  # else this system's emails would land in another's mailbox
         if taken:
@@ -324,7 +327,7 @@ class Supervisor:
                 trust_domain=self._settings.tls.trust_domain,
                 namespace=self._settings.tls.namespace,
             )
-            keys.ensure_key_encryption_key(self._settings.auth.key_encryption_key_file)
+            keys.ensure_key_encryption_key(self._key_encryption_key_file)
         except tls.CertificateError as error:
             self._say("poly", str(error), level="error")
             return False
@@ -344,7 +347,7 @@ class Supervisor:
 
     def _port(self, name: str) -> int:
         if name == _MAILBOX:
-            return self._settings.notifications.smtp.port
+            return self._smtp.port
         try:
             return int(self._settings.peers[name].rpartition(":")[2])
         except ValueError:
@@ -361,7 +364,7 @@ class Supervisor:
         )
 
     def _open_mailbox(self) -> None:
-        smtp = self._settings.notifications.smtp
+        smtp = self._smtp
         if not mailbox.wanted(smtp):
             return
         opened = mailbox.DevMailbox(

@@ -1,8 +1,9 @@
 """A service is a declaration; `run` lives its whole life.
 
 Each ``services/<name>/__main__.py`` declares one `Service`: its name, the gRPC API it
-serves, its migrations and bus tables, the peers it calls, and `wire`, which builds the
-service's parts (servicer, event handlers, background workers) from a `Context`. `run`
+serves, its migrations and bus tables, the peers it calls, how its own settings are read
+(its ``settings.py``), and `wire`, which builds the service's parts (servicer, event
+handlers, background workers) from a `Context`. `run`
 then does what every service does, in one order: settings, telemetry, database and
 migrations, channels to peers, the bus node, the server with the kit's middleware chain,
 the workers beside it, and the drain on SIGTERM. Nothing else wires a service.
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -25,14 +26,19 @@ from services.kit import authn, authz, bus, clients, config, db, server, telemet
 from services.kit.bus import BusTables, EventHandler, Outbox
 from services.kit.types import Background
 
-__all__ = ["Context", "Parts", "Service", "run"]
+__all__ = ["Context", "Parts", "Service", "no_settings", "run"]
+
+_S = TypeVar("_S")
 
 
 @dataclass(frozen=True)
-class Context:
+class Context(Generic[_S]):
     """What a service's `wire` builds its parts from."""
 
     settings: config.Settings
+    """The kit's settings: server, TLS, database, bus, accepted tokens, telemetry."""
+    service_settings: _S
+    """The service's own, as its `Service.settings` read them."""
     engine: Engine
     sessions: sessionmaker[Session]
     outbox: Outbox
@@ -55,8 +61,13 @@ class Parts:
     """How access tokens are checked; None means against the auth service's JWKS."""
 
 
+def no_settings(env: config.Reader, settings: config.Settings) -> None:
+    """For a service with no settings of its own."""
+    return None
+
+
 @dataclass(frozen=True)
-class Service:
+class Service(Generic[_S]):
     name: str
     api: ServiceDescriptor
     """The public gRPC service, e.g. ``orders_service_pb2.DESCRIPTOR.services_by_name[...]``."""
@@ -64,18 +75,20 @@ class Service:
     """The generated ``add_<Api>Servicer_to_server``."""
     migrations: Path
     bus_tables: BusTables
-    wire: Callable[[Context], Parts]
+    settings: Callable[[config.Reader, config.Settings], _S]
+    """Reads the service's own settings (its ``settings.py``'s `read`), or `no_settings`."""
+    wire: Callable[[Context[_S]], Parts]
     calls: Mapping[str, Sequence[ServiceDescriptor]] = field(default_factory=dict)
     """Peer name -> the services called on it (their retry policy comes from their methods'
     idempotency options)."""
 
 
-def run(service: Service) -> None:
+def run(service: Service[_S]) -> None:
     """Serve `service` until SIGTERM or SIGINT, then drain and return (exit status 0).
 
     A configuration, database or start-up problem ends the process with a clear message
     (status 2 for configuration, 1 otherwise), never a traceback."""
-    settings = config.load_or_exit(service.name)
+    settings, own = config.load_with_or_exit(service.name, service.settings)
     telemetry.setup_or_exit(settings)
     engine = db.connect_or_exit(settings.db, migrations=service.migrations)
     channels = clients.Channels(settings, services={"auth": [authn.AUTH_SERVICE], **service.calls})
@@ -84,7 +97,7 @@ def run(service: Service) -> None:
 
         def handlers(outbox: Outbox) -> Mapping[type[Message], EventHandler]:
             # The node makes the outbox; the parts publish through it, so they are built here.
-            context = Context(settings, engine, db.session_factory(engine), outbox, channels)
+            context = Context(settings, own, engine, db.session_factory(engine), outbox, channels)
             wired.append(service.wire(context))
             return wired[0].handlers
 

@@ -6,19 +6,20 @@ from pathlib import Path
 from poly.notifications.v1 import notifications_service_pb2, notifications_service_pb2_grpc
 from services.kit import app
 from services.notifications import addresses, contacts, dispatch, domain, events, senders, store
+from services.notifications import settings as notifications_settings
 from services.notifications.dispatcher import Dispatcher, dispatch_settings
 from services.notifications.service import NotificationsServicer
 
 
-def wire(context: app.Context) -> app.Parts:
-    settings = context.settings.notifications
+def wire(context: app.Context[notifications_settings.NotificationsSettings]) -> app.Parts:
+    settings = context.service_settings
     transaction = store.NotificationsStore(context.sessions, context.outbox).transaction
     use_cases = domain.Notifications(
         transaction, addresses.url_policy(allow_private=settings.webhook_allow_private)
     )
     use_cases.ensure_templates()
     dispatcher = Dispatcher(
-        dispatch.Dispatch(transaction, dispatch_settings(context.settings)),
+        dispatch.Dispatch(transaction, dispatch_settings(settings)),
         contacts.UsersDirectory(context.channels).lookup,
         senders.EmailSender(settings.smtp),
         senders.WebhookSender(settings),
@@ -39,6 +40,7 @@ SERVICE = app.Service(
     migrations=Path(__file__).with_name("migrations"),
     bus_tables=store.BUS,
     calls={"users": [contacts.USERS_SERVICE]},
+    settings=notifications_settings.read,
     wire=wire,
 )
 

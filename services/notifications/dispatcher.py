@@ -19,13 +19,13 @@ import logging
 import threading
 from collections.abc import Callable
 
-from services.kit.config import Settings
 from services.kit.counters import Counters
 from services.kit.telemetry.handoff import Handoff
 from services.notifications.contacts import ContactUnavailable
 from services.notifications.dispatch import Dispatch, DispatchSettings
 from services.notifications.domain import EMAIL, Contact, Notification, Outgoing
 from services.notifications.senders import EmailSender, Result, WebhookSender
+from services.notifications.settings import NotificationsSettings
 
 __all__ = ["Dispatcher", "dispatch_settings"]
 
@@ -35,11 +35,10 @@ Lookup = Callable[[str], Contact]
 """``users/{id}`` -> its contact (blocking), or `ContactUnavailable`."""
 
 
-def dispatch_settings(settings: Settings) -> DispatchSettings:
-    """Retries from ``settings.notifications``; a lease three times the longest send (SMTP or
+def dispatch_settings(notify: NotificationsSettings) -> DispatchSettings:
+    """Retries from the service's settings; a lease three times the longest send (SMTP or
     webhook), so a live dispatcher never loses a delivery it is sending. (A notification whose
     contact lookup outlives the lease may be taken over; only the lease holder's result counts.)"""
-    notify = settings.notifications
     return DispatchSettings(
         max_attempts=notify.max_attempts,
         retry_base_seconds=notify.retry_base_seconds,

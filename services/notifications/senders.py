@@ -23,9 +23,9 @@ from email.utils import formatdate
 import aiohttp
 import aiosmtplib
 
-from services.kit.config import NotificationsSettings, SmtpSettings
 from services.notifications.addresses import AddressRefused, GuardedResolver, url_problem
 from services.notifications.domain import Outgoing
+from services.notifications.settings import NotificationsSettings, SmtpSettings
 
 __all__ = ["EmailSender", "Result", "WebhookSender", "email_message", "sign"]
 

@@ -9,7 +9,7 @@ from services.orders.domain import Orders
 from services.orders.service import OrdersServicer
 
 
-def wire(context: app.Context) -> app.Parts:
+def wire(context: app.Context[None]) -> app.Parts:
     hub = watch.ChangeHub()
     orders = Orders(store.OrdersStore(context.sessions, context.outbox, hub.notify).transaction)
     capture_worker = capture.CaptureWorker(orders, capture.grpc_capturer(context.channels))
@@ -28,6 +28,7 @@ SERVICE = app.Service(
     migrations=Path(__file__).with_name("migrations"),
     bus_tables=store.BUS,
     calls={"payments": [capture.PAYMENTS_SERVICE]},
+    settings=app.no_settings,
     wire=wire,
 )
 

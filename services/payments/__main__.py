@@ -5,13 +5,14 @@ from pathlib import Path
 from poly.payments.v1 import payments_service_pb2, payments_service_pb2_grpc
 from services.kit import app
 from services.payments import events, store
+from services.payments import settings as payments_settings
 from services.payments.domain import Payments
 from services.payments.service import PaymentsServicer
 
 
-def wire(context: app.Context) -> app.Parts:
+def wire(context: app.Context[payments_settings.PaymentsSettings]) -> app.Parts:
     payments = Payments(store.PaymentsStore(context.sessions, context.outbox).transaction)
-    currency = context.settings.payments.default_currency
+    currency = context.service_settings.default_currency
     return app.Parts(servicer=PaymentsServicer(payments), handlers=events.handlers(context.outbox, currency))
 
 
@@ -21,6 +22,7 @@ SERVICE = app.Service(
     add_servicer=payments_service_pb2_grpc.add_PaymentsServiceServicer_to_server,
     migrations=Path(__file__).with_name("migrations"),
     bus_tables=store.BUS,
+    settings=payments_settings.read,
     wire=wire,
 )
 

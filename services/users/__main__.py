@@ -9,7 +9,7 @@ from services.users.domain import Users
 from services.users.service import UsersServicer
 
 
-def wire(context: app.Context) -> app.Parts:
+def wire(context: app.Context[None]) -> app.Parts:
     users = Users(store.UsersStore(context.sessions, context.outbox).transaction)
     return app.Parts(servicer=UsersServicer(users), handlers=events.handlers(context.outbox))
 
@@ -20,6 +20,7 @@ SERVICE = app.Service(
     add_servicer=users_service_pb2_grpc.add_UsersServiceServicer_to_server,
     migrations=Path(__file__).with_name("migrations"),
     bus_tables=store.BUS,
+    settings=app.no_settings,
     wire=wire,
 )
 

@@ -8,10 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from services.auth.passwords import Argon2Hasher, password_problem
-from services.kit.config import AuthSettings
+from services.auth.settings import IdentitySettings
 from services.kit.domain_errors import ResourceExhausted
 
-CHEAP = AuthSettings(argon2_time_cost=1, argon2_memory_kib=8192, argon2_parallelism=1)
+CHEAP = IdentitySettings(argon2_time_cost=1, argon2_memory_kib=8192, argon2_parallelism=1)
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,9 @@ def test_hash_verify_and_rehash_when_the_cost_rises() -> None:
     assert not hasher.verify(hashed, "violet-harbour-lantern-43")
     assert not hasher.verify("not a hash", "anything")
     assert not hasher.needs_rehash(hashed)
-    stronger = Argon2Hasher(AuthSettings(argon2_time_cost=2, argon2_memory_kib=8192, argon2_parallelism=1))
+    stronger = Argon2Hasher(
+        IdentitySettings(argon2_time_cost=2, argon2_memory_kib=8192, argon2_parallelism=1)
+    )
     assert stronger.needs_rehash(hashed)
 
 
@@ -77,14 +79,14 @@ def test_an_unknown_account_costs_a_full_verification_that_never_succeeds() -> N
     ids=["one", "under-two", "two", "many"],
 )
 def test_concurrent_hashes_are_the_budget_over_the_memory_cost(budget_kib: int, slots: int) -> None:
-    settings = AuthSettings(
+    settings = IdentitySettings(
         argon2_time_cost=1, argon2_memory_kib=8192, argon2_parallelism=1, argon2_memory_budget_kib=budget_kib
     )
     assert Argon2Hasher(settings).slots == slots
 
 
 def test_beyond_its_slots_a_check_is_refused_with_a_retry_delay_not_queued() -> None:
-    slow = AuthSettings(
+    slow = IdentitySettings(
         argon2_time_cost=30, argon2_memory_kib=8192, argon2_parallelism=1, argon2_memory_budget_kib=8192
     )
     hasher = Argon2Hasher(slow, wait_seconds=0.01, retry_after_seconds=2.0)
@@ -106,7 +108,7 @@ def test_beyond_its_slots_a_check_is_refused_with_a_retry_delay_not_queued() -> 
 
 @pytest.mark.parametrize(("budget_kib", "hash_slots"), [(8192, 1), (16384, 1), (24576, 1), (32768, 2)])
 def test_hashes_may_hold_at_most_half_of_the_slots(budget_kib: int, hash_slots: int) -> None:
-    settings = AuthSettings(
+    settings = IdentitySettings(
         argon2_time_cost=1, argon2_memory_kib=8192, argon2_parallelism=1, argon2_memory_budget_kib=budget_kib
     )
     assert Argon2Hasher(settings).hash_slots == hash_slots
@@ -115,7 +117,7 @@ def test_hashes_may_hold_at_most_half_of_the_slots(budget_kib: int, hash_slots: 
 def test_a_flood_of_hashes_leaves_verification_its_slots() -> None:
     """Registrations hash; logins verify. Four hashes at once on two slots: one hashes, the
     others are refused at once, and a verification still finds a slot."""
-    slow = AuthSettings(
+    slow = IdentitySettings(
         argon2_time_cost=30, argon2_memory_kib=8192, argon2_parallelism=1, argon2_memory_budget_kib=16384
     )
     hasher = Argon2Hasher(slow, wait_seconds=0.01)

@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.auth.domain import IdentityProvider
-from services.kit.config import AuthSettings
+from services.auth.settings import IdentitySettings
 from services.kit.domain_errors import InvalidArgument
 
 PASSWORD = "violet-harbour-lantern-42"
@@ -45,7 +45,7 @@ class _Hasher:
         raise _Reached
 
 
-_PROVIDER = IdentityProvider(_storage, _Hasher(), None, AuthSettings(), lambda password: None)  # type: ignore[arg-type]
+_PROVIDER = IdentityProvider(_storage, _Hasher(), None, IdentitySettings(), lambda password: None)  # type: ignore[arg-type]
 
 
 def _refused_fields(email: str, display_name: str = "") -> list[str]:

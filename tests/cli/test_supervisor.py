@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from services.cli import system_settings
 from services.cli.supervisor import Supervisor
 from services.kit import config
 from tests.support.env import poly_environ
@@ -37,7 +38,7 @@ def _up(home: Path, log_format: str = "console", **ports: int) -> tuple[int, str
     environ = poly_environ(home)
     environ.update({f"POLY_{name.upper()}_PORT": str(port) for name, port in ports.items()})
     out = io.StringIO()
-    status = Supervisor(config.load("cli", environ), out=out, log_format=log_format).run()
+    status = Supervisor(system_settings.load(environ), out=out, log_format=log_format).run()
     return status, out.getvalue()
 
 

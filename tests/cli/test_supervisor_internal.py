@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from services.cli import system_settings
 from services.cli.supervisor import Supervisor, _alone, _child_environ, _signal_name
-from services.kit import config
 from tests.support.env import poly_environ
 
 
 def _supervisor(home: Path, **ports: int) -> Supervisor:
     environ = poly_environ(home)
     environ.update({f"POLY_{name.upper()}_PORT": str(port) for name, port in ports.items()})
-    return Supervisor(config.load("cli", environ), out=io.StringIO(), ready_timeout=60)
+    return Supervisor(system_settings.load(environ), out=io.StringIO(), ready_timeout=60)
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from services.cli import system_settings
 from services.cli.supervisor import Supervisor, _trace_command
-from services.kit import config
 from tests.support.env import ROOT, poly_environ
 
 TRACE = "7b255a871d3a9b197572992efd607712"
@@ -54,7 +54,7 @@ WIDTH = len("notifications")
 
 def _up(home: Path, log_format: str = "json", **environ: str) -> tuple[Supervisor, io.StringIO]:
     out = io.StringIO()
-    settings = config.load("cli", poly_environ(home, None, **environ))
+    settings = system_settings.load(poly_environ(home, None, **environ))
     return Supervisor(settings, out=out, log_format=log_format), out
 
 

@@ -6,11 +6,13 @@ one the kit's configuration accepts."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway import config as edge_config
 from services.kit import config
 from tests.support.env import ROOT
 
@@ -189,14 +192,22 @@ def _environment(overlay: str, component: str, scratch: Path) -> dict[str, str]:
     return environ
 
 
+def _own_settings(component: str) -> Callable[[config.Reader, config.Settings], Any]:
+    """How `component` reads its own settings beside the kit's, as it does at start."""
+    if component == "gateway":
+        return edge_config.read_settings
+    return importlib.import_module(f"services.{component}.__main__").SERVICE.settings  # type: ignore[no-any-return]
+
+
 @pytest.mark.parametrize("component", COMPONENTS)
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_each_component_gets_an_environment_the_kit_accepts_and_its_probes_and_files_agree(
     overlay: str, component: str, tmp_path: Path
 ) -> None:
-    settings = config.load(
-        component, _environment(overlay, component, tmp_path)
-    )  # raises, listing every problem
+    # The kit's settings and the component's own; raises, listing every problem.
+    settings, own = config.load_with(
+        component, _own_settings(component), _environment(overlay, component, tmp_path)
+    )
     deployment = _objects(overlay, "Deployment")[component]
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -222,7 +233,7 @@ def test_each_component_gets_an_environment_the_kit_accepts_and_its_probes_and_f
     (migrate,) = pod["initContainers"]
     assert migrate["args"] == ["migrate", component] and migrate["image"] == container["image"]
     if component == "auth":
-        assert settings.auth.key_encryption_key_file.parent == Path("/var/run/poly/secrets")
+        assert own.key_encryption_key_file.parent == Path("/var/run/poly/secrets")
     # Database and broker URLs come from mounted Secrets, never from the environment.
     assert settings.db.url == f"postgresql://poly:secret@postgres:5432/{component}"
     assert settings.bus.url == "amqp://poly:secret@rabbitmq:5672/"

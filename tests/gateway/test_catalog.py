@@ -17,10 +17,8 @@ from grpc_reflection.v1alpha import reflection
 from gateway.app import Routing
 from gateway.backends import Backends
 from gateway.catalog import Catalog, build, load
-from gateway.config import EdgeConfig, Target, Transport
+from gateway.config import API_SERVICES, EdgeConfig, Target, Transport, default_descriptor_set
 from gateway.descriptors import DescriptorSetError, load_descriptor_set
-from services.kit import config
-from services.kit.config import API_SERVICES
 from tests.support.protos import compile_proto
 
 FOREIGN = """
@@ -53,7 +51,7 @@ def _security(document: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def polyservice() -> Routing:
-    descriptors = load_descriptor_set(config.load("gateway", {}).gateway.descriptor_set)  # type: ignore[union-attr]
+    descriptors = load_descriptor_set(default_descriptor_set())
     return build(Catalog(descriptors, tuple(API_SERVICES.values())), title="Polyservice")
 
 

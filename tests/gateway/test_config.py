@@ -10,7 +10,8 @@ import pytest
 from gateway.config import (
     Target,
     Transport,
-    from_settings,
+    default_descriptor_set,
+    from_environment,
     parse_target,
 )
 from services.kit import config
@@ -85,8 +86,7 @@ def test_bad_targets_are_problems(text: str, problem: str, pem: dict[str, Path])
 
 def test_polyservice_settings_become_mtls_targets_proving_each_component(tmp_path: Path) -> None:
     certs = make_certs(tmp_path / "certs")
-    settings = config.load(
-        "gateway",
+    _, found = from_environment(
         {
             "POLY_HOME": str(tmp_path),
             "POLY_TLS_DIR": str(certs),
@@ -95,8 +95,7 @@ def test_polyservice_settings_become_mtls_targets_proving_each_component(tmp_pat
             "POLY_GATEWAY_AUTH_FAILURES_PER_ADDRESS": "0",
         },
     )
-    found = from_settings(settings)
-    assert found.title == "Polyservice" and found.descriptor_set == settings.gateway.descriptor_set  # type: ignore[union-attr]
+    assert found.title == "Polyservice" and found.descriptor_set == default_descriptor_set()
     orders = found.backends["poly.orders.v1.OrdersService"]
     assert orders.transport == Transport(
         "mtls", certs / "ca.crt", certs / "gateway.crt", certs / "gateway.key", "orders"
@@ -117,7 +116,7 @@ def test_polyservice_settings_verify_tokens_against_the_auth_services_keys(tmp_p
         "POLY_AUTH_JWKS_MIN_REFRESH_SECONDS": "3",
         "POLY_CLIENT_DEADLINE_SECONDS": "2",
     }
-    found = from_settings(config.load("gateway", environ))
+    _, found = from_environment(environ)
     assert found.tokens is not None
     assert found.tokens.keys_from == Target(
         "auth.internal:6001",
@@ -130,7 +129,7 @@ def test_polyservice_settings_verify_tokens_against_the_auth_services_keys(tmp_p
 
 def test_a_trusted_proxy_that_is_not_an_address_fails_start_up(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError) as raised:
-        config.load("gateway", {"POLY_HOME": str(tmp_path), "POLY_GATEWAY_TRUSTED_PROXIES": "proxy.internal"})
+        from_environment({"POLY_HOME": str(tmp_path), "POLY_GATEWAY_TRUSTED_PROXIES": "proxy.internal"})
     assert any("POLY_GATEWAY_TRUSTED_PROXIES" in p for p in raised.value.problems), raised.value.problems
 
 
@@ -139,7 +138,7 @@ def test_the_key_file_stays_out_of_reprs() -> None:
 
 
 def test_polyservice_settings_turn_on_client_spans_and_the_public_endpoint(tmp_path: Path) -> None:
-    defaults = from_settings(config.load("gateway", {"POLY_HOME": str(tmp_path)}))
+    _, defaults = from_environment({"POLY_HOME": str(tmp_path)})
     assert (defaults.client_spans, defaults.public_endpoint) == (False, False), "a development edge"
     environ = {
         "POLY_HOME": str(tmp_path),
@@ -147,7 +146,7 @@ def test_polyservice_settings_turn_on_client_spans_and_the_public_endpoint(tmp_p
         "POLY_GATEWAY_PUBLIC_ENDPOINT": "1",
         "POLY_GATEWAY_TRUSTED_PROXIES": "10.0.0.1/8",
     }
-    found = from_settings(config.load("gateway", environ))
+    _, found = from_environment(environ)
     assert (found.client_spans, found.public_endpoint) == (True, True)
     assert found.limits.trusted_proxies == ("10.0.0.0/8",), "whose trace context it continues"
 
@@ -159,7 +158,7 @@ def test_client_spans_and_the_public_endpoint_settings_must_be_true_or_false(tmp
         "POLY_GATEWAY_PUBLIC_ENDPOINT": "maybe",
     }
     with pytest.raises(config.ConfigError) as raised:
-        config.load("gateway", environ)
+        from_environment(environ)
     assert raised.value.problems == [
         "POLY_GATEWAY_CLIENT_SPANS: expected true or false, got '2'",
         "POLY_GATEWAY_PUBLIC_ENDPOINT: expected true or false, got 'maybe'",

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config import default_descriptor_set
 from gateway.descriptors import DescriptorSetError, load_descriptor_set
-from services.kit import config
 
-SET = config.load("gateway", {}).gateway.descriptor_set  # type: ignore[union-attr]
+SET = default_descriptor_set()
 
 
 def test_the_services_and_their_options_come_from_the_set() -> None:

@@ -29,6 +29,7 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
+from gateway.config import Limits
 from services.kit import config, tls
 from tests.gateway.conftest import STANDALONE
 from tests.support.env import free_port
@@ -410,7 +411,7 @@ def _depth(value: Any) -> int:
 
 @pytest.mark.parametrize("path", ["/v1/entries", "/v1/entries/deep:replace"], ids=["body-field", "body-star"])
 def test_the_json_depth_limit_is_the_configured_one(backend: Backend, edge: Edge, path: str) -> None:
-    limit = config.EdgeLimits().max_json_depth
+    limit = Limits().max_json_depth
     at_limit, over = _nested(limit), _nested(limit + 1)
     assert (_depth(at_limit), _depth(over)) == (limit, limit + 1)
     assert edge.call("POST", path, at_limit).status == 200

@@ -23,10 +23,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from gateway.arguments import from_arguments
-from gateway.config import EdgeConfig, Limits, from_settings
+from gateway.config import EdgeConfig, Limits, from_environment
 from gateway.observe import Observer, trusted_peer
 from gateway.server import observer_for
-from services.kit import config
 from services.kit.telemetry import Telemetry
 from services.kit.telemetry.metrics import Metrics
 from services.kit.telemetry.tracing import Tracing, sampler
@@ -261,8 +260,7 @@ def test_poly_gateway_flags_build_an_observer_with_client_spans_at_a_public_endp
 def test_poly_ups_settings_build_an_observer_with_client_spans_at_a_public_endpoint(
     backend: Backend, tmp_path: Path
 ) -> None:
-    settings = config.load(
-        "gateway",
+    _, edge = from_environment(
         {
             "POLY_HOME": str(tmp_path),
             "POLY_GATEWAY_CLIENT_SPANS": "true",
@@ -271,7 +269,7 @@ def test_poly_ups_settings_build_an_observer_with_client_spans_at_a_public_endpo
         },
     )
     traced = Traced()
-    observer = observer_for(from_settings(settings), traced.telemetry)
+    observer = observer_for(edge, traced.telemetry)
     # From 127.0.0.1, not the trusted 127.0.0.2: a new trace.
     _get(backend, observer, {"traceparent": SAMPLED}, trusted_proxies=("127.0.0.2/32",))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.auth import keys
+from services.cli import system_settings
 from services.kit import app, bus, clients, config, db
 from services.kit.bus import contract
 
@@ -22,14 +23,15 @@ def _declaration(service: str) -> app.Service:
 @pytest.fixture(params=config.SERVICES)
 def wired(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[app.Service, app.Parts]:
     service = _declaration(request.param)
-    settings = config.load(service.name, {"POLY_HOME": str(tmp_path)})
-    keys.ensure_key_encryption_key(settings.auth.key_encryption_key_file)  # as `poly up` does
+    environ = {"POLY_HOME": str(tmp_path)}
+    settings, own = config.load_with(service.name, service.settings, environ)
+    keys.ensure_key_encryption_key(system_settings.load(environ).key_encryption_key_file)  # as `poly up` does
     engine = db.connect(settings.db, migrations=service.migrations)
     request.addfinalizer(engine.dispose)
     channels = clients.Channels(settings)
     request.addfinalizer(channels.close)
     outbox = bus.Outbox(service.bus_tables, source=service.name, routing=bus.routing(settings.bus))
-    context = app.Context(settings, engine, db.session_factory(engine), outbox, channels)
+    context = app.Context(settings, own, engine, db.session_factory(engine), outbox, channels)
     return service, service.wire(context)
 
 

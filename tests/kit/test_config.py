@@ -88,62 +88,6 @@ def test_an_unparsable_database_url_is_a_configuration_problem() -> None:
         config.load("users", {"POLY_USERS_DATABASE_URL": "nonsense"})
 
 
-def test_notification_and_payment_settings() -> None:
-    settings = config.load(
-        "notifications",
-        {
-            "POLY_SMTP_HOST": "mail.example.com",
-            "POLY_SMTP_PORT": "587",
-            "POLY_SMTP_SECURITY": "STARTTLS",
-            "POLY_SMTP_USERNAME": "poly",
-            "POLY_SMTP_PASSWORD": "hunter2-but-longer",
-            "POLY_WEBHOOK_ALLOW_PRIVATE": "true",
-            "POLY_PAYMENTS_DEFAULT_CURRENCY": "usd",
-        },
-    )
-    smtp = settings.notifications.smtp
-    assert (smtp.host, smtp.port, smtp.security, smtp.username) == (
-        "mail.example.com",
-        587,
-        "starttls",
-        "poly",
-    )
-    assert "hunter2" not in repr(settings)
-    assert settings.notifications.webhook_allow_private is True
-    assert settings.payments.default_currency == "USD"
-    assert config.load("notifications", {}).notifications.webhook_allow_private is False
-
-
-def test_bad_notification_and_payment_settings_are_listed() -> None:
-    with pytest.raises(config.ConfigError) as caught:
-        config.load(
-            "notifications",
-            {
-                "POLY_SMTP_SECURITY": "ssl3",
-                "POLY_SMTP_USERNAME": "poly",
-                "POLY_PAYMENTS_DEFAULT_CURRENCY": "euro",
-            },
-        )
-    text = str(caught.value)
-    for name in (
-        "POLY_SMTP_SECURITY",
-        "POLY_SMTP_USERNAME and POLY_SMTP_PASSWORD",
-        "POLY_PAYMENTS_DEFAULT_CURRENCY",
-    ):
-        assert name in text
-
-
-def test_the_argon2_memory_budget_must_hold_one_hash() -> None:
-    assert config.load("auth", {}).auth.argon2_memory_budget_kib == 262144
-    settings = config.load(
-        "auth", {"POLY_AUTH_ARGON2_MEMORY_KIB": "32768", "POLY_AUTH_ARGON2_MEMORY_BUDGET_KIB": "100000"}
-    )
-    assert settings.auth.argon2_memory_budget_kib == 100000
-    with pytest.raises(config.ConfigError) as caught:
-        config.load("auth", {"POLY_AUTH_ARGON2_MEMORY_BUDGET_KIB": "32768"})  # the cost is 65536
-    assert [p.split(":")[0] for p in caught.value.problems] == ["POLY_AUTH_ARGON2_MEMORY_BUDGET_KIB"]
-
-
 @pytest.mark.parametrize(
     ("environ", "issuer"),
     [
@@ -212,3 +156,14 @@ def test_a_credential_file_that_cannot_be_used_is_a_problem_that_never_shows_a_v
         config.load("orders", {key: value.format(dir=tmp_path) for key, value in environ.items()})
     assert problem.format(dir=tmp_path) in raised.value.problems[0]
     assert "s3cret" not in str(raised.value)
+
+
+def test_a_service_reads_its_own_settings_with_the_kits_and_both_problems_are_listed() -> None:
+    def read(env: config.Reader, settings: config.Settings) -> str:
+        return env.text("POLY_EXAMPLE_COLOUR", "blue")
+
+    settings, colour = config.load_with("users", read, {"POLY_EXAMPLE_COLOUR": "green"})
+    assert (settings.service, colour) == ("users", "green")
+    with pytest.raises(config.ConfigError) as caught:
+        config.load_with("users", read, {"POLY_EXAMPLE_COLOUR": " ", "POLY_LOG_LEVEL": "LOUD"})
+    assert [p.split(":")[0] for p in caught.value.problems] == ["POLY_LOG_LEVEL", "POLY_EXAMPLE_COLOUR"]

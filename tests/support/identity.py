@@ -25,6 +25,7 @@ from poly.payments.v1 import payments_service_pb2 as payments_pb
 from poly.payments.v1 import payments_service_pb2_grpc
 from poly.type.v1.money_pb2 import Money
 from services.auth import keys
+from services.cli import system_settings
 from services.kit import clients, config, tls
 from tests.support.env import poly_environ, settings_for
 from tests.support.processes import Process, health_check, run_module
@@ -138,7 +139,7 @@ def start(home: Path, services: Sequence[str], extra: Mapping[str, str] | None =
     tls.ensure_certificates(home / "certs", config.COMPONENTS)
     environ = poly_environ(home, None, **{**CHEAP_ARGON2, **dict(extra or {})})  # `extra` may override
     deployment = Deployment(home, environ)
-    keys.ensure_key_encryption_key(deployment.settings("auth").auth.key_encryption_key_file)
+    keys.ensure_key_encryption_key(system_settings.load(deployment.environ).key_encryption_key_file)
     try:
         deployment.start(services)
     except BaseException:

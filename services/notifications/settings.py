@@ -1,0 +1,77 @@
+"""The notifications service's own settings: where email goes, how deliveries are retried.
+
+`read` takes them from the environment with the kit's `config.Reader` (so their problems are
+reported with the kit's, together); `kit.app.run` calls it and hands the result to the
+service's `wire` as ``context.service_settings``. The README's configuration table documents
+each variable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # types only: the domain imports these settings, and knows no kit config
+    from services.kit.config import Reader, Settings
+
+__all__ = ["NotificationsSettings", "SmtpSettings", "read"]
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    """Where the notifications service sends email."""
+
+    host: str = "localhost"
+    port: int = 1025
+    security: str = "none"
+    """``none`` (plain SMTP), ``starttls`` (upgrade after connecting) or ``tls`` (implicit TLS)."""
+    username: str = ""
+    password: str = field(default="", repr=False)
+    sender: str = "Polyservice <no-reply@poly.local>"
+    timeout_seconds: float = 10.0
+    ca_file: Path | None = None
+    """CA bundle that verifies the SMTP server's certificate; None means the system store."""
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationsSettings:
+    """How notifications are delivered and retried."""
+
+    smtp: SmtpSettings = SmtpSettings()
+    max_attempts: int = 8
+    retry_base_seconds: float = 2.0
+    """Delay before the second attempt; it doubles per attempt (with jitter) up to the maximum."""
+    retry_max_seconds: float = 600.0
+    webhook_timeout_seconds: float = 5.0
+    webhook_allow_private: bool = False
+    """Allow webhook URLs on loopback and private networks, and plain http (development only:
+    otherwise any user could make the service call internal addresses)."""
+    concurrency: int = 32
+    """Deliveries in flight at once."""
+
+
+def read(env: Reader, settings: Settings | None = None) -> NotificationsSettings:
+    smtp = SmtpSettings(
+        host=env.text("POLY_SMTP_HOST", "localhost"),
+        port=env.integer("POLY_SMTP_PORT", 1025, low=1, high=65535),
+        security=env.text("POLY_SMTP_SECURITY", "none").lower(),
+        username=env.secret("POLY_SMTP_USERNAME"),
+        password=env.secret("POLY_SMTP_PASSWORD"),
+        sender=env.text("POLY_SMTP_FROM", "Polyservice <no-reply@poly.local>"),
+        timeout_seconds=env.number("POLY_SMTP_TIMEOUT_SECONDS", 10.0, low=0.1, high=300.0),
+        ca_file=Path(ca) if (ca := env.optional("POLY_SMTP_CA_FILE")) else None,
+    )
+    if smtp.security not in ("none", "starttls", "tls"):
+        env.problems.append(f"POLY_SMTP_SECURITY: expected none, starttls or tls, got {smtp.security!r}")
+    if bool(smtp.username) != bool(smtp.password):
+        env.problems.append("POLY_SMTP_USERNAME and POLY_SMTP_PASSWORD: set both or neither")
+    return NotificationsSettings(
+        smtp=smtp,
+        max_attempts=env.integer("POLY_NOTIFICATIONS_MAX_ATTEMPTS", 8, low=1, high=100),
+        retry_base_seconds=env.number("POLY_NOTIFICATIONS_RETRY_BASE_SECONDS", 2.0, low=0.01, high=3600.0),
+        retry_max_seconds=env.number("POLY_NOTIFICATIONS_RETRY_MAX_SECONDS", 600.0, low=0.01, high=86400.0),
+        webhook_timeout_seconds=env.number("POLY_WEBHOOK_TIMEOUT_SECONDS", 5.0, low=0.1, high=120.0),
+        webhook_allow_private=env.flag("POLY_WEBHOOK_ALLOW_PRIVATE", False),
+        concurrency=env.integer("POLY_NOTIFICATIONS_CONCURRENCY", 32, low=1, high=1000),
+    )

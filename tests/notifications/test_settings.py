@@ -1,0 +1,59 @@
+"""The notifications service's own settings (services/notifications/settings.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.kit import config
+from services.notifications import settings as notifications_settings
+
+
+def _load(environ: dict[str, str]) -> notifications_settings.NotificationsSettings:
+    return config.load_with("notifications", notifications_settings.read, environ)[1]
+
+
+def test_smtp_and_delivery_settings_come_from_the_environment_with_the_password_kept_out_of_reprs() -> None:
+    own = _load(
+        {
+            "POLY_SMTP_HOST": "mail.example.com",
+            "POLY_SMTP_PORT": "587",
+            "POLY_SMTP_SECURITY": "STARTTLS",
+            "POLY_SMTP_USERNAME": "poly",
+            "POLY_SMTP_PASSWORD": "hunter2-but-longer",
+            "POLY_WEBHOOK_ALLOW_PRIVATE": "true",
+        }
+    )
+    smtp = own.smtp
+    assert (smtp.host, smtp.port, smtp.security, smtp.username) == (
+        "mail.example.com",
+        587,
+        "starttls",
+        "poly",
+    )
+    assert "hunter2" not in repr(own)
+    assert own.webhook_allow_private is True
+    assert _load({}).webhook_allow_private is False, "private webhook targets are refused by default"
+
+
+def test_bad_smtp_settings_are_listed_together() -> None:
+    with pytest.raises(config.ConfigError) as caught:
+        _load({"POLY_SMTP_SECURITY": "ssl3", "POLY_SMTP_USERNAME": "poly", "POLY_SMTP_PORT": "0"})
+    assert [p.split(":")[0] for p in caught.value.problems] == [
+        "POLY_SMTP_PORT",
+        "POLY_SMTP_SECURITY",
+        "POLY_SMTP_USERNAME and POLY_SMTP_PASSWORD",
+    ]
+
+
+def test_the_password_can_come_from_a_mounted_file(tmp_path: Path) -> None:
+    secret = tmp_path / "smtp-password"
+    secret.write_text("from-a-file\n")
+    own = _load({"POLY_SMTP_USERNAME": "poly", "POLY_SMTP_PASSWORD_FILE": str(secret)})
+    assert own.smtp.password == "from-a-file"
+
+
+def test_other_services_do_not_read_the_notifications_settings() -> None:
+    # A bad SMTP setting is the notifications service's problem only.
+    assert config.load("orders", {"POLY_SMTP_SECURITY": "ssl3"}).service == "orders"
