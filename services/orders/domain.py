@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal, Protocol
 
-from services.kit import filters, paging
+from services.kit import etags, filters, paging
 from services.kit.backoff import backoff_seconds
 from services.kit.domain_errors import (
     Aborted,
@@ -164,7 +164,7 @@ class Order:
 
     @property
     def etag(self) -> str:
-        return f'W/"{self.version}"'
+        return etags.etag(self.version)
 
     def moved(self, state: str, now: dt.datetime, **changes: object) -> Order:
         """This order in `state` (which must be a legal move), one version later."""
@@ -468,7 +468,7 @@ class Orders:
                     raise not_found(order_id)
                 if order.state == target:
                     return order
-                if etag and etag != order.etag:
+                if not etags.matches(etag, order.version):
                     raise _stale(order, etag)
                 if target not in TRANSITIONS[order.state]:
                     raise FailedPrecondition(

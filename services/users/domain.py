@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from services.kit import filters, paging
+from services.kit import etags, filters, paging
 from services.kit.domain_errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from services.kit.text import visible_text, visible_text_problem
 
@@ -39,7 +39,6 @@ __all__ = [
     "Users",
     "create_profile",
     "display_name_problem",
-    "etag_of",
 ]
 
 ACTIVE = "ACTIVE"
@@ -62,7 +61,6 @@ _LOCALE = re.compile(
     r"[A-Za-z]{2,3}(-[A-Za-z]{4})?(-(?:[A-Za-z]{2}|[0-9]{3}))?(-(?:[A-Za-z0-9]{5,8}|[0-9][A-Za-z0-9]{3}))*",
     re.ASCII,
 )
-_ETAG = re.compile(r"v([0-9]{1,18})", re.ASCII)
 _USER_FILTER: filters.Fields = {
     "state": filters.FieldSpec(filters.enum_value(ACTIVE, DELETED)),
     "email": filters.FieldSpec(lambda raw: filters.text_value(raw).strip().lower()),
@@ -94,7 +92,7 @@ class User:
 
     @property
     def etag(self) -> str:
-        return etag_of(self.version)
+        return etags.etag(self.version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,18 +168,6 @@ class Repository(Protocol):
 
 
 Transactions = Callable[[], AbstractContextManager[Repository]]
-
-
-def etag_of(version: int) -> str:
-    return f"v{version}"
-
-
-def _expected_version(etag: str) -> int | None:
-    """The version an etag names; None for no etag, -1 (never current) for a foreign one."""
-    if not etag:
-        return None
-    match = _ETAG.fullmatch(etag)
-    return int(match.group(1)) if match else -1
 
 
 def display_name_problem(display_name: str) -> str | None:
@@ -284,7 +270,7 @@ class Users:
         )
         written = display_name if "display_name" in paths else None
         with self.transactions() as repo:
-            if repo.update_user(user_id, written, _expected_version(etag), self.clock()):
+            if repo.update_user(user_id, written, etags.version_of(etag), self.clock()):
                 updated = repo.user(user_id)
                 assert updated is not None
                 return updated
@@ -298,7 +284,7 @@ class Users:
     def delete(self, user_id: str, etag: str) -> User:
         """Soft delete and UserDeleted in one transaction; a deleted user is returned as is."""
         with self.transactions() as repo:
-            if repo.delete_user(user_id, _expected_version(etag), self.clock()):
+            if repo.delete_user(user_id, etags.version_of(etag), self.clock()):
                 deleted = repo.user(user_id)
                 assert deleted is not None
                 repo.publish_deleted(deleted)

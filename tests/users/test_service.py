@@ -23,6 +23,8 @@ from tests.support.identity import PASSWORD, Deployment, bearer, start
 from tests.support.status import Refusal, refusal
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.slow
+
 User = resources_pb2.User
 Preferences = resources_pb2.Preferences
 
@@ -373,7 +375,7 @@ def test_delete_is_soft_once_and_disables_the_login(
 ) -> None:
     current = users.GetUser(pb.GetUserRequest(name=person.name), metadata=person.auth, timeout=10)
     stale = _refused(
-        users.DeleteUser, pb.DeleteUserRequest(name=person.name, etag="v999"), metadata=person.auth
+        users.DeleteUser, pb.DeleteUserRequest(name=person.name, etag='W/"999"'), metadata=person.auth
     )
     assert (stale.code, stale.reason) == (grpc.StatusCode.ABORTED, "ETAG_MISMATCH")
     deleted = users.DeleteUser(
