@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import (
     ForeignKey,
@@ -24,10 +23,8 @@ from sqlalchemy import (
     literal,
     or_,
     select,
-    tuple_,
     update,
 )
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from poly.events.v1 import events_pb2
@@ -35,6 +32,7 @@ from services.auth import keys
 from services.auth.domain import ACTIVE, Client, Identity, IdentityQuery, RefreshClaim
 from services.kit.bus import BusTables, Outbox, bus_tables
 from services.kit.db import CreatedAt, Id, UtcDateTime, naming_convention, transactions
+from services.kit.sql import insert_if_absent, keyset_page
 
 __all__ = [
     "BUS",
@@ -153,23 +151,17 @@ class SqlRepository:
     # -- identities -----------------------------------------------------------------------
 
     def add_identity(self, identity: Identity, password_hash: str) -> bool:
-        session = self._session
-        try:
-            with session.begin_nested():
-                session.add(
-                    IdentityRow(
-                        id=identity.id,
-                        email=identity.email,
-                        password_hash=password_hash,
-                        state=identity.state,
-                        create_time=identity.create_time,
-                        update_time=identity.update_time,
-                    )
-                )
-                session.flush()
-        except IntegrityError:
+        values = {
+            "id": identity.id,
+            "email": identity.email,
+            "password_hash": password_hash,
+            "state": identity.state,
+            "create_time": identity.create_time,
+            "update_time": identity.update_time,
+        }
+        if not insert_if_absent(self._session, IdentityRow, values):
             return False  # the email is taken (the unique constraint decides, races included)
-        session.add_all(RoleRow(identity_id=identity.id, role=role) for role in identity.roles)
+        self._session.add_all(RoleRow(identity_id=identity.id, role=role) for role in identity.roles)
         return True
 
     def email_taken(self, email: str) -> bool:
@@ -229,13 +221,10 @@ class SqlRepository:
                 exists().where(RoleRow.identity_id == IdentityRow.id, RoleRow.role == query.role)
             )
         column = IdentityRow.email if query.order_by == "email" else IdentityRow.create_time
-        key = tuple_(column, IdentityRow.id)
-        if after is not None:
-            value: object = after[0] if query.order_by == "email" else dt.datetime.fromisoformat(after[0])
-            position = tuple_(_literal(column, value), _literal(IdentityRow.id, after[1]))
-            statement = statement.where(key < position if query.descending else key > position)
-        ordering = (column.desc(), IdentityRow.id.desc()) if query.descending else (column, IdentityRow.id)
-        rows = list(self._session.scalars(statement.order_by(*ordering).limit(limit)))
+        statement = keyset_page(
+            statement, (column, IdentityRow.id), after=after, descending=query.descending, limit=limit
+        )
+        rows = list(self._session.scalars(statement))
         roles = self._roles([row.id for row in rows])
         return [_identity(row, roles[row.id]) for row in rows]
 
@@ -369,37 +358,27 @@ class SqlRepository:
     # -- machine clients ------------------------------------------------------------------
 
     def add_client(self, client: Client, secret_hash: str) -> bool:
-        try:
-            with self._session.begin_nested():
-                self._session.add(
-                    ClientRow(
-                        client_id=client.client_id,
-                        display_name=client.display_name,
-                        scopes=" ".join(client.scopes),
-                        secret_hash=secret_hash,
-                        create_time=client.create_time,
-                    )
-                )
-                self._session.flush()
-        except IntegrityError:
-            return False
-        return True
+        values = {
+            "client_id": client.client_id,
+            "display_name": client.display_name,
+            "scopes": " ".join(client.scopes),
+            "secret_hash": secret_hash,
+            "create_time": client.create_time,
+        }
+        return insert_if_absent(self._session, ClientRow, values)
 
     def client(self, client_id: str) -> tuple[Client, str] | None:
         row = self._session.get(ClientRow, client_id)
         return None if row is None else (_client(row), row.secret_hash)
 
     def list_clients(self, after: Sequence[str] | None, limit: int) -> list[Client]:
-        statement = select(ClientRow)
-        if after is not None:
-            statement = statement.where(
-                tuple_(ClientRow.create_time, ClientRow.client_id)
-                < tuple_(
-                    _literal(ClientRow.create_time, dt.datetime.fromisoformat(after[0])),
-                    _literal(ClientRow.client_id, after[1]),
-                )
-            )
-        statement = statement.order_by(ClientRow.create_time.desc(), ClientRow.client_id.desc()).limit(limit)
+        statement = keyset_page(
+            select(ClientRow),
+            (ClientRow.create_time, ClientRow.client_id),
+            after=after,
+            descending=True,
+            limit=limit,
+        )
         return [_client(row) for row in self._session.scalars(statement)]
 
     def delete_client(self, client_id: str) -> bool:
@@ -430,10 +409,6 @@ class SqlRepository:
                 create_time=sealed.create_time,
             )
         )
-
-
-def _literal(column: Any, value: object) -> Any:
-    return literal(value, type_=column.type)
 
 
 class AuthStore:

@@ -4,7 +4,8 @@ A filter is comparisons joined by ``AND``: ``state = PAID AND create_time > "202
 Each service declares its filterable fields as a `Fields` mapping (name -> `FieldSpec`);
 a term naming another field, an operator the field does not allow, or a value its parser
 refuses is INVALID_ARGUMENT with a violation on ``filter``. The result is a list of typed
-`Term`s the store turns into ``WHERE`` clauses; user text never reaches SQL.
+`Term`s the store turns into ``WHERE`` clauses with `kit.sql.filter_conditions`; user text
+never reaches SQL.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ A page token is opaque to clients: URL-safe base64 of a small JSON document hold
 keyset position after the last item served (e.g. ``[create_time, id]``) and a hash of the
 request's other fields. A token reused with different filters, or altered, is
 INVALID_ARGUMENT. A token holds no authority: the server filters by the caller as always.
+The store reads a position back into SQL with `kit.sql.keyset_page`.
 """
 
 from __future__ import annotations

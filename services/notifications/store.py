@@ -22,13 +22,10 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     delete,
-    literal,
     or_,
     select,
-    tuple_,
     update,
 )
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import (
     DeclarativeBase,
     InstrumentedAttribute,
@@ -41,7 +38,7 @@ from sqlalchemy.orm import (
 from poly.events.v1 import events_pb2
 from services.kit.bus import BusTables, Outbox, bus_tables
 from services.kit.db import Id, UtcDateTime, naming_convention, transactions
-from services.kit.filters import Term
+from services.kit.sql import filter_conditions, insert_if_absent, keyset_page
 from services.notifications.domain import (
     EMAIL,
     PENDING,
@@ -201,10 +198,6 @@ def _delivery(row: Any) -> Delivery:
     )
 
 
-def _literal(column: Any, value: object) -> Any:
-    return literal(value, type_=column.type)
-
-
 def _free(model: type[NotificationRow] | type[DeliveryRow], now: dt.datetime) -> ColumnElement[bool]:
     """Due, pending, and not leased by a live dispatcher."""
     return and_(
@@ -262,20 +255,6 @@ _DELIVERY_COLUMNS = {
 }
 
 
-def _condition(term: Term) -> ColumnElement[bool]:
-    column: Any = _DELIVERY_COLUMNS[term.field]
-    operations = {
-        "=": column.__eq__,
-        "!=": column.__ne__,
-        "<": column.__lt__,
-        "<=": column.__le__,
-        ">": column.__gt__,
-        ">=": column.__ge__,
-    }
-    result: ColumnElement[bool] = operations[term.operator](term.value)
-    return result
-
-
 class SqlRepository:
     """`domain.Repository` over one session (one transaction)."""
 
@@ -283,35 +262,24 @@ class SqlRepository:
         self._session = session
         self._outbox = outbox
 
-    def _insert(self, row: Base) -> bool:
-        """Add `row`; False when a unique constraint refuses it (the transaction goes on)."""
-        try:
-            with self._session.begin_nested():
-                self._session.add(row)
-                self._session.flush()
-        except IntegrityError:
-            return False
-        return True
-
     # -- notifications --------------------------------------------------------------------
 
     def add_notification(self, notification: Notification, now: dt.datetime) -> None:
-        self._insert(
-            NotificationRow(
-                event_id=notification.event_id,
-                event_type=notification.event_type,
-                recipient=notification.recipient,
-                variables=json.dumps(dict(notification.variables), sort_keys=True),
-                data=json.dumps(dict(notification.data), sort_keys=True),
-                occur_time=notification.occur_time,
-                state=PENDING,
-                attempts=0,
-                last_error="",
-                next_attempt_time=now,
-                create_time=now,
-                update_time=now,
-            )
-        )
+        values = {
+            "event_id": notification.event_id,
+            "event_type": notification.event_type,
+            "recipient": notification.recipient,
+            "variables": json.dumps(dict(notification.variables), sort_keys=True),
+            "data": json.dumps(dict(notification.data), sort_keys=True),
+            "occur_time": notification.occur_time,
+            "state": PENDING,
+            "attempts": 0,
+            "last_error": "",
+            "next_attempt_time": now,
+            "create_time": now,
+            "update_time": now,
+        }
+        insert_if_absent(self._session, NotificationRow, values)
 
     def claim_notifications(
         self, now: dt.datetime, lease_until: dt.datetime, owner: str, limit: int
@@ -360,25 +328,23 @@ class SqlRepository:
     def ensure_templates(self, defaults: Sequence[Template]) -> None:
         existing = set(self._session.scalars(select(TemplateRow.id)))
         for template in (t for t in defaults if t.id not in existing):
-            self._insert(
-                TemplateRow(
-                    id=template.id,
-                    event_type=template.event_type,
-                    subject=template.subject,
-                    body_text=template.body_text,
-                    body_html=template.body_html,
-                    update_time=template.update_time,
-                )
-            )
+            values = {
+                "id": template.id,
+                "event_type": template.event_type,
+                "subject": template.subject,
+                "body_text": template.body_text,
+                "body_html": template.body_html,
+                "update_time": template.update_time,
+            }
+            insert_if_absent(self._session, TemplateRow, values)
 
     def template(self, template_id: str) -> Template | None:
         row = self._session.get(TemplateRow, template_id)
         return None if row is None else _template(row)
 
     def list_templates(self, after: str | None, limit: int) -> list[Template]:
-        statement = select(TemplateRow).order_by(TemplateRow.id).limit(limit)
-        if after is not None:
-            statement = statement.where(TemplateRow.id > after)
+        position = None if after is None else [after]
+        statement = keyset_page(select(TemplateRow), (TemplateRow.id,), after=position, limit=limit)
         return [_template(row) for row in self._session.scalars(statement)]
 
     def save_template(self, template: Template) -> None:
@@ -396,7 +362,7 @@ class SqlRepository:
     # -- webhooks -------------------------------------------------------------------------
 
     def reserve_webhook_slot(self, owner: str, limit: int) -> bool:
-        self._insert(WebhookQuotaRow(owner=owner, used=0))
+        insert_if_absent(self._session, WebhookQuotaRow, {"owner": owner, "used": 0})
         reserved = self._session.execute(
             update(WebhookQuotaRow)
             .where(WebhookQuotaRow.owner == owner, WebhookQuotaRow.used < limit)
@@ -412,18 +378,17 @@ class SqlRepository:
         )
 
     def add_webhook(self, webhook: Webhook, secret: str, request_id: str, request_hash: str) -> bool:
-        return self._insert(
-            WebhookRow(
-                id=webhook.id,
-                owner=webhook.owner,
-                url=webhook.url,
-                event_types=" ".join(webhook.event_types),
-                secret=secret,
-                request_id=request_id or None,
-                request_hash=request_hash,
-                create_time=webhook.create_time,
-            )
-        )
+        values = {
+            "id": webhook.id,
+            "owner": webhook.owner,
+            "url": webhook.url,
+            "event_types": " ".join(webhook.event_types),
+            "secret": secret,
+            "request_id": request_id or None,
+            "request_hash": request_hash,
+            "create_time": webhook.create_time,
+        }
+        return insert_if_absent(self._session, WebhookRow, values)
 
     def webhook_by_request(self, owner: str, request_id: str) -> tuple[Webhook, str, str] | None:
         row = self._session.scalar(
@@ -447,13 +412,9 @@ class SqlRepository:
         statement = select(WebhookRow)
         if owner is not None:
             statement = statement.where(WebhookRow.owner == owner)
-        if after is not None:
-            position = tuple_(
-                _literal(WebhookRow.create_time, dt.datetime.fromisoformat(after[0])),
-                _literal(WebhookRow.id, after[1]),
-            )
-            statement = statement.where(tuple_(WebhookRow.create_time, WebhookRow.id) < position)
-        statement = statement.order_by(WebhookRow.create_time.desc(), WebhookRow.id.desc()).limit(limit)
+        statement = keyset_page(
+            statement, (WebhookRow.create_time, WebhookRow.id), after=after, descending=True, limit=limit
+        )
         return [_webhook(row) for row in self._session.scalars(statement)]
 
     def delete_webhook(self, webhook_id: str, now: dt.datetime) -> bool:
@@ -470,25 +431,24 @@ class SqlRepository:
     # -- deliveries -----------------------------------------------------------------------
 
     def add_delivery(self, delivery: Delivery, content: Mapping[str, str]) -> bool:
-        return self._insert(
-            DeliveryRow(
-                id=delivery.id,
-                recipient=delivery.recipient,
-                channel=delivery.channel,
-                template=delivery.template,
-                event_type=delivery.event_type,
-                event_id=delivery.event_id,
-                destination=delivery.destination,
-                webhook=delivery.webhook,
-                state=delivery.state,
-                attempts=delivery.attempts,
-                last_error=delivery.last_error,
-                next_attempt_time=delivery.next_attempt_time,
-                content=json.dumps(dict(content), sort_keys=True),
-                create_time=delivery.create_time,
-                update_time=delivery.update_time,
-            )
-        )
+        values = {
+            "id": delivery.id,
+            "recipient": delivery.recipient,
+            "channel": delivery.channel,
+            "template": delivery.template,
+            "event_type": delivery.event_type,
+            "event_id": delivery.event_id,
+            "destination": delivery.destination,
+            "webhook": delivery.webhook,
+            "state": delivery.state,
+            "attempts": delivery.attempts,
+            "last_error": delivery.last_error,
+            "next_attempt_time": delivery.next_attempt_time,
+            "content": json.dumps(dict(content), sort_keys=True),
+            "create_time": delivery.create_time,
+            "update_time": delivery.update_time,
+        }
+        return insert_if_absent(self._session, DeliveryRow, values)
 
     def delivery(self, delivery_id: str) -> Delivery | None:
         row = self._session.get(DeliveryRow, delivery_id)
@@ -497,20 +457,14 @@ class SqlRepository:
     def list_deliveries(
         self, query: DeliveryQuery, after: Sequence[str] | None, limit: int
     ) -> list[Delivery]:
-        statement = select(DeliveryRow).where(*(_condition(term) for term in query.terms))
+        statement = select(DeliveryRow).where(*filter_conditions(query.terms, _DELIVERY_COLUMNS))
         if query.recipient is not None:
             statement = statement.where(DeliveryRow.recipient == query.recipient)
         column = DeliveryRow.update_time if query.order.field == "update_time" else DeliveryRow.create_time
-        if after is not None:
-            key = tuple_(column, DeliveryRow.id)
-            position = tuple_(
-                _literal(column, dt.datetime.fromisoformat(after[0])), _literal(DeliveryRow.id, after[1])
-            )
-            statement = statement.where(key < position if query.order.descending else key > position)
-        ordering = (
-            (column.desc(), DeliveryRow.id.desc()) if query.order.descending else (column, DeliveryRow.id)
+        statement = keyset_page(
+            statement, (column, DeliveryRow.id), after=after, descending=query.order.descending, limit=limit
         )
-        return [_delivery(row) for row in self._session.scalars(statement.order_by(*ordering).limit(limit))]
+        return [_delivery(row) for row in self._session.scalars(statement)]
 
     def claim_deliveries(
         self, now: dt.datetime, lease_until: dt.datetime, owner: str, limit: int

@@ -13,29 +13,15 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, cast
 
 from google.protobuf.message import Message
-from sqlalchemy import (
-    ForeignKey,
-    Index,
-    MetaData,
-    String,
-    Table,
-    and_,
-    insert,
-    literal,
-    select,
-    tuple_,
-    update,
-)
+from sqlalchemy import ForeignKey, Index, MetaData, String, Table, and_, insert, select, update
 from sqlalchemy import event as sa_event
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
-from sqlalchemy.sql.elements import ColumnElement
 
 from poly.events.v1 import events_pb2
 from services.kit.bus import BusTables, Outbox, bus_tables
 from services.kit.db import CurrencyCode, Id, MinorUnits, UtcDateTime, naming_convention, transactions
-from services.kit.filters import Term
 from services.kit.money import Money
+from services.kit.sql import filter_conditions, insert_if_absent, keyset_page, typed_literal
 from services.kit.wire import money_message
 from services.orders.domain import AWAITING_PAYMENT, Event, Line, Order, OrderQuery, RequestKey
 
@@ -161,24 +147,6 @@ _COLUMNS: dict[str, Any] = {
 }
 
 
-def _literal(column: Any, value: object) -> Any:
-    return literal(value, type_=column.type)
-
-
-def _condition(term: Term) -> ColumnElement[bool]:
-    column = _COLUMNS[term.field]
-    value = _literal(column, term.value)
-    comparisons: dict[str, Callable[[], ColumnElement[bool]]] = {
-        "=": lambda: column == value,
-        "!=": lambda: column != value,
-        "<": lambda: column < value,
-        "<=": lambda: column <= value,
-        ">": lambda: column > value,
-        ">=": lambda: column >= value,
-    }
-    return comparisons[term.operator]()
-
-
 class SqlRepository:
     """`domain.Repository` over one session (one transaction)."""
 
@@ -186,21 +154,6 @@ class SqlRepository:
         self._session = session
         self._outbox = outbox
         self._on_change = on_change
-
-    def _insert_new(self, row: type[Base], values: dict[str, Any]) -> bool:
-        """Insert unless the primary key is taken (the database decides, races included).
-        No savepoint: on SQLite, releasing one that opened the transaction would commit."""
-        table = cast(Table, row.__table__)
-        dialect = self._session.get_bind().dialect.name
-        statement = (
-            postgresql.insert(table).on_conflict_do_nothing()
-            if dialect == "postgresql"
-            else sqlite.insert(table).on_conflict_do_nothing()
-        )
-        # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO NOTHING.
-        first_key = next(iter(table.primary_key.columns))
-        inserted = self._session.execute(statement.values(**values).returning(first_key))
-        return inserted.first() is not None
 
     def claim_request(self, key: RequestKey) -> RequestKey | None:
         values = {
@@ -210,7 +163,7 @@ class SqlRepository:
             "order_id": key.order_id,
             "create_time": dt.datetime.now(dt.UTC),
         }
-        if self._insert_new(OrderRequestRow, values):
+        if insert_if_absent(self._session, OrderRequestRow, values):
             return None
         row = self._session.get(OrderRequestRow, (key.owner, key.request_id), populate_existing=True)
         if row is None:
@@ -218,7 +171,8 @@ class SqlRepository:
         return RequestKey(row.owner, row.request_id, row.digest, row.order_id)
 
     def add_order(self, order: Order) -> bool:
-        added = self._insert_new(
+        added = insert_if_absent(
+            self._session,
             OrderRow,
             {
                 "id": order.id,
@@ -307,18 +261,12 @@ class SqlRepository:
         statement = select(OrderRow)
         if query.owner is not None:
             statement = statement.where(OrderRow.owner == query.owner)
-        for term in query.terms:
-            statement = statement.where(_condition(term))
-        column = _COLUMNS[query.ordering.field]
-        descending = query.ordering.descending
-        if after is not None:
-            key = tuple_(column, OrderRow.id)
-            position = tuple_(
-                _literal(column, dt.datetime.fromisoformat(after[0])), _literal(OrderRow.id, after[1])
-            )
-            statement = statement.where(key < position if descending else key > position)
-        ordering = (column.desc(), OrderRow.id.desc()) if descending else (column, OrderRow.id)
-        return [_order(row) for row in self._session.scalars(statement.order_by(*ordering).limit(limit))]
+        statement = statement.where(*filter_conditions(query.terms, _COLUMNS))
+        keys = (_COLUMNS[query.ordering.field], OrderRow.id)
+        statement = keyset_page(
+            statement, keys, after=after, descending=query.ordering.descending, limit=limit
+        )
+        return [_order(row) for row in self._session.scalars(statement)]
 
     def claim_captures(self, now: dt.datetime, lease_until: dt.datetime, limit: int) -> list[Order]:
         due = self._session.execute(
@@ -336,7 +284,7 @@ class SqlRepository:
                     and_(
                         OrderRow.id == order_id,
                         OrderRow.state == AWAITING_PAYMENT,
-                        OrderRow.next_capture_at == _literal(OrderRow.next_capture_at, at),
+                        OrderRow.next_capture_at == typed_literal(OrderRow.next_capture_at, at),
                     )
                 )
                 .values(next_capture_at=lease_until)

@@ -10,14 +10,13 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Index, MetaData, String, Update, literal, select, tuple_, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Index, MetaData, String, Update, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from poly.events.v1 import events_pb2
 from services.kit.bus import BusTables, Outbox, bus_tables
 from services.kit.db import Id, UtcDateTime, naming_convention, transactions
-from services.kit.filters import Term
+from services.kit.sql import filter_conditions, insert_if_absent, keyset_page
 from services.users.domain import (
     ACTIVE,
     DELETED,
@@ -88,30 +87,12 @@ def _preferences(row: UserRow) -> Preferences:
     )
 
 
-def _literal(column: Any, value: object) -> Any:
-    return literal(value, type_=column.type)
-
-
 _COLUMNS: dict[str, Any] = {
     "create_time": UserRow.create_time,
     "email": UserRow.email,
     "display_name": UserRow.display_name,
     "state": UserRow.state,
 }
-
-
-def _condition(term: Term) -> ColumnElement[bool]:
-    column = _COLUMNS[term.field]
-    value = _literal(column, term.value)
-    conditions: dict[str, ColumnElement[bool]] = {
-        "=": column == value,
-        "!=": column != value,
-        "<": column < value,
-        "<=": column <= value,
-        ">": column > value,
-        ">=": column >= value,
-    }
-    return conditions[term.operator]
 
 
 class SqlRepository:
@@ -122,29 +103,23 @@ class SqlRepository:
         self._outbox = outbox
 
     def add_user(self, user: User, preferences: Preferences) -> bool:
-        session = self._session
-        row = UserRow(
-            id=user.id,
-            email=user.email,
-            display_name=user.display_name,
-            state=user.state,
-            version=user.version,
-            create_time=user.create_time,
-            update_time=user.update_time,
-            delete_time=user.delete_time,
-            email_enabled=preferences.email_enabled,
-            webhook_enabled=preferences.webhook_enabled,
-            muted_event_types=" ".join(preferences.muted_event_types),
-            locale=preferences.locale,
-            preferences_update_time=preferences.update_time or user.create_time,
-        )
-        try:
-            with session.begin_nested():
-                session.add(row)
-                session.flush()
-        except IntegrityError:
-            return False  # the profile exists (the primary key decides, races included)
-        return True
+        values = {
+            "id": user.id,
+            "email": user.email,
+            "display_name": user.display_name,
+            "state": user.state,
+            "version": user.version,
+            "create_time": user.create_time,
+            "update_time": user.update_time,
+            "delete_time": user.delete_time,
+            "email_enabled": preferences.email_enabled,
+            "webhook_enabled": preferences.webhook_enabled,
+            "muted_event_types": " ".join(preferences.muted_event_types),
+            "locale": preferences.locale,
+            "preferences_update_time": preferences.update_time or user.create_time,
+        }
+        # False when the profile exists (the primary key decides, races included).
+        return insert_if_absent(self._session, UserRow, values)
 
     def _row(self, user_id: str) -> UserRow | None:
         return self._session.scalar(
@@ -160,19 +135,17 @@ class SqlRepository:
         return None if row is None else _preferences(row)
 
     def list_users(self, query: UserQuery, after: Sequence[str] | None, limit: int) -> list[User]:
-        statement = select(UserRow).where(*(_condition(term) for term in query.terms))
+        statement = select(UserRow).where(*filter_conditions(query.terms, _COLUMNS))
         if not query.show_deleted:
             statement = statement.where(UserRow.state != DELETED)
-        column = _COLUMNS[query.order_by]
-        key = tuple_(column, UserRow.id)
-        if after is not None:
-            value: object = (
-                dt.datetime.fromisoformat(after[0]) if query.order_by == "create_time" else after[0]
-            )
-            position = tuple_(_literal(column, value), _literal(UserRow.id, after[1]))
-            statement = statement.where(key < position if query.descending else key > position)
-        ordering = (column.desc(), UserRow.id.desc()) if query.descending else (column, UserRow.id)
-        return [_user(row) for row in self._session.scalars(statement.order_by(*ordering).limit(limit))]
+        statement = keyset_page(
+            statement,
+            (_COLUMNS[query.order_by], UserRow.id),
+            after=after,
+            descending=query.descending,
+            limit=limit,
+        )
+        return [_user(row) for row in self._session.scalars(statement)]
 
     def update_user(
         self, user_id: str, display_name: str | None, expected_version: int | None, now: dt.datetime

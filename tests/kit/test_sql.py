@@ -1,0 +1,291 @@
+"""The stores' shared SQL, run against real SQLite and real PostgreSQL (the `engine` fixture)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import operator
+import random
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, ForeignKey, String, create_mock_engine, delete, func, select, tuple_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from services.kit import db
+from services.kit.filters import ORDERED, FieldSpec, Term, parse_filter, text_value, timestamp_value
+from services.kit.sql import filter_conditions, insert_if_absent, keyset_page, typed_literal
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _Item(_Base):
+    __tablename__ = "item"
+    id: Mapped[db.Id]
+    kind: Mapped[str] = mapped_column(String(32))
+    at: Mapped[dt.datetime] = mapped_column(db.UtcDateTime())
+    code: Mapped[str | None] = mapped_column(String(16), unique=True)
+
+
+class _Tag(_Base):
+    __tablename__ = "tag"
+    id: Mapped[db.Id]
+    item_id: Mapped[str] = mapped_column(ForeignKey("item.id"))
+
+
+_START = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+_PLUS_TWO = dt.timezone(dt.timedelta(hours=2))
+_COLUMNS: dict[str, Any] = {"kind": _Item.kind, "at": _Item.at}
+
+# Twelve rows: each time is shared by three of them and each kind by four, so every sort
+# key has ties that only the id breaks.
+_ROWS = [(f"i{n:02d}", "abc"[n % 3], _START + dt.timedelta(hours=n % 4)) for n in range(12)]
+
+
+@pytest.fixture
+def factory(engine: Engine) -> sessionmaker[Session]:
+    _Base.metadata.create_all(engine)
+    return db.session_factory(engine)
+
+
+def _seed(factory: sessionmaker[Session], rows: Sequence[tuple[str, str, dt.datetime]]) -> None:
+    shuffled = list(rows)
+    random.Random(7).shuffle(shuffled)  # insertion order must not be what orders the pages
+    with db.transaction(factory) as session:
+        session.execute(delete(_Item))
+        session.add_all(_Item(id=i, kind=kind, at=at) for i, kind, at in shuffled)
+
+
+def _ids(factory: sessionmaker[Session], statement: Any) -> list[str]:
+    with db.transaction(factory) as session:
+        return [row.id for row in session.scalars(statement)]
+
+
+# -- typed_literal ------------------------------------------------------------------------
+
+
+def test_typed_literal_binds_a_value_as_its_column_does(factory: sessionmaker[Session]) -> None:
+    _seed(factory, _ROWS)
+    moment = _ROWS[1][2].astimezone(_PLUS_TWO)  # the same instant, written in another zone
+    position = tuple_(typed_literal(_Item.at, moment), typed_literal(_Item.id, "i01"))
+    found = _ids(factory, select(_Item).where(tuple_(_Item.at, _Item.id) == position))
+    assert found == ["i01"]
+    assert isinstance(typed_literal(_Item.at, moment).type, db.UtcDateTime)
+
+
+# -- filter_conditions --------------------------------------------------------------------
+
+_LATER = (_START + dt.timedelta(hours=1)).astimezone(_PLUS_TWO)
+
+
+@pytest.mark.parametrize(
+    "terms",
+    [
+        [],
+        [Term("kind", "=", "a")],
+        [Term("kind", "!=", "a")],
+        [Term("at", "<", _LATER)],
+        [Term("at", "<=", _LATER)],
+        [Term("at", ">", _LATER)],
+        [Term("at", ">=", _LATER)],
+        [Term("at", "=", _LATER)],
+        [Term("at", "!=", _LATER)],
+        [Term("kind", "=", "b"), Term("at", ">=", _LATER)],
+    ],
+    ids=["none", "text =", "text !=", "time <", "time <=", "time >", "time >=", "time =", "time !=", "and"],
+)
+def test_filter_conditions_select_the_rows_the_terms_describe(
+    factory: sessionmaker[Session], terms: list[Term]
+) -> None:
+    _seed(factory, _ROWS)
+    comparisons: dict[str, Callable[[Any, Any], bool]] = {
+        "=": operator.eq,
+        "!=": operator.ne,
+        "<": operator.lt,
+        "<=": operator.le,
+        ">": operator.gt,
+        ">=": operator.ge,
+    }
+    values = {"kind": 1, "at": 2}
+    expected = [
+        row[0] for row in _ROWS if all(comparisons[t.operator](row[values[t.field]], t.value) for t in terms)
+    ]
+    statement = select(_Item).where(*filter_conditions(terms, _COLUMNS)).order_by(_Item.id)
+    assert _ids(factory, statement) == expected
+
+
+def test_filter_conditions_take_what_parse_filter_returns(factory: sessionmaker[Session]) -> None:
+    _seed(factory, _ROWS)
+    fields = {"kind": FieldSpec(text_value), "at": FieldSpec(timestamp_value, ORDERED)}
+    terms = parse_filter('kind = c AND at > "2026-03-01T14:30:00+02:00"', fields)
+    statement = select(_Item).where(*filter_conditions(terms, _COLUMNS)).order_by(_Item.id)
+    assert _ids(factory, statement) == ["i02", "i05", "i11"]  # not i08, at 12:00
+
+
+@pytest.mark.parametrize(
+    "term",
+    [Term("code", "=", "x"), Term("kind", ":", "x")],
+    ids=["field without a column", "operator without a comparison"],
+)
+def test_filter_conditions_refuse_what_they_cannot_compare(term: Term) -> None:
+    with pytest.raises(KeyError):
+        filter_conditions([term], _COLUMNS)
+
+
+# -- keyset_page --------------------------------------------------------------------------
+
+_KEYS: dict[str, tuple[Sequence[Any], Callable[[_Item], list[str]], Callable[[Any], Any]]] = {
+    "time then id": ((_Item.at, _Item.id), lambda r: [r.at.isoformat(), r.id], lambda r: (r[2], r[0])),
+    "text then id": ((_Item.kind, _Item.id), lambda r: [r.kind, r.id], lambda r: (r[1], r[0])),
+    "id alone": ((_Item.id,), lambda r: [r.id], lambda r: r[0]),
+}
+
+
+def _walk(
+    factory: sessionmaker[Session],
+    keys: Sequence[Any],
+    position: Callable[[_Item], list[str]],
+    *,
+    size: int,
+    descending: bool,
+) -> list[str]:
+    """Every page in turn, each starting after the last row of the one before (at most 50
+    pages, so that pages which never end fail the test instead of hanging it)."""
+    served: list[str] = []
+    after: list[str] | None = None
+    for _ in range(50):
+        with db.transaction(factory) as session:
+            statement = keyset_page(select(_Item), keys, after=after, descending=descending, limit=size)
+            page = list(session.scalars(statement))
+        assert len(page) <= size
+        served += [row.id for row in page]
+        if len(page) < size:
+            return served
+        after = position(page[-1])
+    pytest.fail(f"the pages never ended; served {served[:20]}...")
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 12, 13], ids=lambda n: f"size {n}")
+@pytest.mark.parametrize("descending", [False, True], ids=["ascending", "descending"])
+@pytest.mark.parametrize("keys", list(_KEYS), ids=list(_KEYS))
+def test_keyset_pages_over_ties_serve_every_row_once_in_order(
+    factory: sessionmaker[Session], keys: str, descending: bool, size: int
+) -> None:
+    _seed(factory, _ROWS)
+    columns, position, sort_key = _KEYS[keys]
+    expected = [row[0] for row in sorted(_ROWS, key=sort_key, reverse=descending)]
+    assert _walk(factory, columns, position, size=size, descending=descending) == expected
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from("ab"), st.integers(min_value=0, max_value=2)), min_size=0, max_size=15
+    ),
+    size=st.integers(min_value=1, max_value=6),
+    descending=st.booleans(),
+)
+def test_keyset_pages_match_a_sort_in_python(
+    factory: sessionmaker[Session], rows: list[tuple[str, int]], size: int, descending: bool
+) -> None:
+    seeded = [(f"r{n:02d}", kind, _START + dt.timedelta(minutes=m)) for n, (kind, m) in enumerate(rows)]
+    _seed(factory, seeded)
+    columns, position, sort_key = _KEYS["time then id"]
+    expected = [row[0] for row in sorted(seeded, key=sort_key, reverse=descending)]
+    assert _walk(factory, columns, position, size=size, descending=descending) == expected
+
+
+def test_a_position_that_is_not_a_timestamp_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="isoformat"):
+        keyset_page(select(_Item), (_Item.at, _Item.id), after=["yesterday", "i01"], limit=5)
+
+
+# -- insert_if_absent ---------------------------------------------------------------------
+
+
+def _item(item_id: str, *, kind: str = "a", code: str | None = None) -> dict[str, object]:
+    return {"id": item_id, "kind": kind, "at": _START, "code": code}
+
+
+def _stored(factory: sessionmaker[Session]) -> list[tuple[str, str, str | None]]:
+    with db.transaction(factory) as session:
+        return [(row.id, row.kind, row.code) for row in session.scalars(select(_Item).order_by(_Item.id))]
+
+
+def test_insert_if_absent_inserts_once_and_keeps_the_first_row(factory: sessionmaker[Session]) -> None:
+    with db.transaction(factory) as session:
+        assert insert_if_absent(session, _Item, _item("x", kind="first")) is True
+        assert insert_if_absent(session, _Item, _item("x", kind="same transaction")) is False
+    with db.transaction(factory) as session:
+        assert insert_if_absent(session, _Item, _item("x", kind="later transaction")) is False
+    assert _stored(factory) == [("x", "first", None)]
+
+
+def test_insert_if_absent_yields_to_any_unique_constraint(factory: sessionmaker[Session]) -> None:
+    with db.transaction(factory) as session:
+        assert insert_if_absent(session, _Item, _item("x", code="c1")) is True
+        assert insert_if_absent(session, _Item, _item("y", code="c1")) is False
+        assert insert_if_absent(session, _Item, _item("z", code=None)) is True
+        assert insert_if_absent(session, _Item, _item("w", code=None)) is True  # NULLs never conflict
+    assert [row[0] for row in _stored(factory)] == ["w", "x", "z"]
+
+
+def test_a_conflict_leaves_the_transaction_usable(factory: sessionmaker[Session]) -> None:
+    with db.transaction(factory) as session:
+        assert insert_if_absent(session, _Item, _item("x")) is True
+    with db.transaction(factory) as session:
+        assert insert_if_absent(session, _Item, _item("x")) is False  # the transaction's first write
+        session.add(_Item(id="y", kind="a", at=_START))
+    assert [row[0] for row in _stored(factory)] == ["x", "y"]
+
+
+def test_insert_if_absent_commits_nothing_by_itself(factory: sessionmaker[Session]) -> None:
+    with pytest.raises(RuntimeError), db.transaction(factory) as session:
+        assert insert_if_absent(session, _Item, _item("x")) is True  # the transaction's first write
+        raise RuntimeError("rolled back")
+    assert _stored(factory) == []
+
+
+def test_other_integrity_errors_still_raise(factory: sessionmaker[Session]) -> None:
+    with pytest.raises(IntegrityError), db.transaction(factory) as session:
+        insert_if_absent(session, _Tag, {"id": "t", "item_id": "no such item"})
+
+
+def test_pending_objects_are_written_first(factory: sessionmaker[Session]) -> None:
+    with db.transaction(factory) as session:
+        session.add(_Item(id="x", kind="a", at=_START))
+        assert insert_if_absent(session, _Tag, {"id": "t", "item_id": "x"}) is True
+    with db.transaction(factory) as session:
+        assert session.scalar(select(func.count()).select_from(_Tag)) == 1
+
+
+def test_racing_inserts_of_one_row_insert_it_once(factory: sessionmaker[Session]) -> None:
+    racers = 4
+    start = threading.Barrier(racers)
+    results: list[bool] = []
+
+    def race(kind: str) -> None:
+        start.wait(timeout=30)
+        with db.transaction(factory) as session:
+            inserted = insert_if_absent(session, _Item, _item("x", kind=kind))
+        results.append(inserted)
+
+    threads = [threading.Thread(target=race, args=(f"racer {n}",)) for n in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False] * (racers - 1) + [True]
+    assert len(_stored(factory)) == 1
+
+
+def test_insert_if_absent_refuses_other_dialects() -> None:
+    other = create_mock_engine("mysql://", executor=lambda *_args, **_kwargs: None)
+    with pytest.raises(ValueError, match="mysql"):
+        insert_if_absent(Session(bind=other), _Item, _item("x"))  # type: ignore[arg-type]
