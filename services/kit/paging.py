@@ -17,7 +17,15 @@ from typing import TypeVar
 
 from services.kit.domain_errors import FieldViolation, InvalidArgument
 
-__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "decode_token", "encode_token", "page_size", "split_page"]
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "decode_token",
+    "encode_token",
+    "invalid_token",
+    "page_size",
+    "split_page",
+]
 
 _T = TypeVar("_T")
 
@@ -47,7 +55,7 @@ def encode_token(position: Sequence[str], request_fields: Sequence[object]) -> s
     return base64.urlsafe_b64encode(document.encode()).decode().rstrip("=")
 
 
-def _invalid(why: str) -> InvalidArgument:
+def invalid_token(why: str) -> InvalidArgument:
     return InvalidArgument(
         "PAGE_TOKEN_INVALID",
         "page_token is invalid: {why}",
@@ -61,16 +69,16 @@ def decode_token(token: str, request_fields: Sequence[object]) -> list[str] | No
     if not token:
         return None
     if len(token) > _MAX_TOKEN_CHARS:
-        raise _invalid("too long")
+        raise invalid_token("too long")
     try:
         document = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         position, digest = document["p"], document["h"]
     except (ValueError, TypeError, KeyError):
-        raise _invalid("not a token this method issued") from None
+        raise invalid_token("not a token this method issued") from None
     if not isinstance(position, list) or not all(isinstance(p, str) for p in position):
-        raise _invalid("not a token this method issued")
+        raise invalid_token("not a token this method issued")
     if digest != _fingerprint(request_fields):
-        raise _invalid("it was issued for a request with other filters or ordering")
+        raise invalid_token("it was issued for a request with other filters or ordering")
     return position
 
 

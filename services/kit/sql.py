@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, QueryableAttribute, Session
 from sqlalchemy.types import TypeDecorator
 
+from services.kit import paging
 from services.kit.filters import Term
 
 __all__ = ["SqlColumn", "filter_conditions", "insert_if_absent", "keyset_page", "typed_literal"]
@@ -75,8 +76,23 @@ def _position_value(column: SqlColumn, text: str) -> object:
     if isinstance(sql_type, TypeDecorator):  # e.g. kit.db.UtcDateTime
         sql_type = sql_type.impl_instance
     if isinstance(sql_type, DateTime):
-        return dt.datetime.fromisoformat(text)
+        stamp = dt.datetime.fromisoformat(text)
+        if stamp.tzinfo is None:  # the kit writes aware timestamps only
+            raise ValueError(f"naive timestamp {text!r}")
+        return stamp
     return text
+
+
+def _position(keys: Sequence[SqlColumn], after: Sequence[str]) -> list[object]:
+    """The values of a page token's position, or INVALID_ARGUMENT: a token's integrity hash
+    holds no secret, so a client can forge one, and what it holds must not reach SQL as
+    something the database refuses (a server error)."""
+    if len(after) != len(keys) or any("\x00" in text for text in after):
+        raise paging.invalid_token("not a token this method issued")
+    try:
+        return [_position_value(key, text) for key, text in zip(keys, after, strict=True)]
+    except ValueError:
+        raise paging.invalid_token("not a token this method issued") from None
 
 
 def keyset_page(
@@ -97,7 +113,9 @@ def keyset_page(
     both the order and the comparison.
     """
     if after is not None:
-        position = [typed_literal(key, _position_value(key, after[i])) for i, key in enumerate(keys)]
+        position = [
+            typed_literal(key, value) for key, value in zip(keys, _position(keys, after), strict=True)
+        ]
         left: SqlColumn = keys[0] if len(keys) == 1 else tuple_(*keys)
         right: ColumnElement[Any] = position[0] if len(keys) == 1 else tuple_(*position)
         statement = statement.where(left < right if descending else left > right)

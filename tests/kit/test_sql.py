@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from services.kit import db
+from services.kit.domain_errors import InvalidArgument
 from services.kit.filters import ORDERED, FieldSpec, Term, parse_filter, text_value, timestamp_value
 from services.kit.sql import filter_conditions, insert_if_absent, keyset_page, typed_literal
 
@@ -201,9 +202,22 @@ def test_keyset_pages_match_a_sort_in_python(
     assert _walk(factory, columns, position, size=size, descending=descending) == expected
 
 
-def test_a_position_that_is_not_a_timestamp_is_a_value_error() -> None:
-    with pytest.raises(ValueError, match="isoformat"):
-        keyset_page(select(_Item), (_Item.at, _Item.id), after=["yesterday", "i01"], limit=5)
+# A page token's hash holds no secret: a client can forge one holding any position. Whatever
+# it holds is INVALID_ARGUMENT before any SQL runs, never a database error (INTERNAL).
+_FORGED = {
+    "not a timestamp": ["yesterday", "i01"],
+    "a naive timestamp": ["2026-03-01T12:00:00", "i01"],
+    "too few values": ["2026-03-01T12:00:00+00:00"],
+    "too many values": ["2026-03-01T12:00:00+00:00", "i01", "extra"],
+    "a NUL character": ["2026-03-01T12:00:00+00:00", "i\x0001"],
+}
+
+
+@pytest.mark.parametrize("after", list(_FORGED.values()), ids=list(_FORGED))
+def test_a_forged_position_is_an_invalid_page_token(after: list[str]) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        keyset_page(select(_Item), (_Item.at, _Item.id), after=after, limit=5)
+    assert refused.value.reason == "PAGE_TOKEN_INVALID"
 
 
 # -- insert_if_absent ---------------------------------------------------------------------

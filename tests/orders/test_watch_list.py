@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 import uuid
@@ -15,6 +17,8 @@ from poly.orders.v1 import resources_pb2
 from tests.orders.conftest import System, create, payment_event
 from tests.support.status import refusal
 from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.slow
 
 State = resources_pb2.Order
 
@@ -249,3 +253,28 @@ def test_a_page_token_is_bound_to_its_filter(system: System) -> None:
     with pytest.raises(grpc.RpcError) as failed:
         system.stub().ListOrders(request, metadata=who, timeout=10)
     assert refusal(failed.value).reason == "PAGE_TOKEN_INVALID"
+
+
+@pytest.mark.parametrize(
+    "position",
+    [["yesterday", "o1"], ["2026-03-01T12:00:00", "o1"], ["2026-03-01T12:00:00+00:00"], ["x\u0000", "o1"]],
+    ids=["not-a-time", "naive-time", "too-short", "nul"],
+)
+def test_a_forged_page_token_is_invalid_argument_not_a_server_error(
+    system: System, position: list[str]
+) -> None:
+    # The token's hash binds it to the request, but holds no secret: a client can re-encode
+    # any position under the hash of a real token.
+    _, who = system.user()
+    for _ in range(2):
+        create(system, who)
+    first = system.stub().ListOrders(pb.ListOrdersRequest(page_size=1), metadata=who, timeout=10)
+    real = json.loads(
+        base64.urlsafe_b64decode(first.next_page_token + "=" * (-len(first.next_page_token) % 4))
+    )
+    forged = base64.urlsafe_b64encode(json.dumps({"p": position, "h": real["h"]}).encode()).decode()
+    request = pb.ListOrdersRequest(page_size=1, page_token=forged)
+    with pytest.raises(grpc.RpcError) as failed:
+        system.stub().ListOrders(request, metadata=who, timeout=10)
+    found = refusal(failed.value)
+    assert (found.code, found.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_INVALID")
