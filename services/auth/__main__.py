@@ -5,9 +5,13 @@ from pathlib import Path
 
 from poly.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from services.auth import events, keys, passwords, store, tokens
-from services.auth.domain import IdentityProvider
+from services.auth.accounts import Accounts
+from services.auth.clients import Clients
 from services.auth.service import AuthServicer
+from services.auth.sessions import Sessions
 from services.auth.settings import IdentitySettings, read
+from services.auth.signin import SignIn
+from services.auth.throttle import Throttle
 from services.kit import app, authn
 
 
@@ -26,15 +30,22 @@ def wire(context: app.Context[IdentitySettings]) -> app.Parts:
         raise SystemExit(1) from None
     # Its own keys come straight from its database (a cheap read): auth never calls itself.
     verifier = authn.Verifier(authn.KeySet(ring.jwks, max_age=1.0, min_refresh=0.0), settings.auth)
-    provider = IdentityProvider(
-        auth_store.transaction,
-        passwords.Argon2Hasher(own),
-        tokens.JwtMinter(ring, settings.auth, own.access_token_seconds),
-        own,
-        passwords.password_problem,
+    transactions = auth_store.transaction
+    hasher = passwords.Argon2Hasher(own)  # one for every part: its slots bound argon2's memory
+    minter = tokens.JwtMinter(ring, settings.auth, own.access_token_seconds)
+    throttle = Throttle(transactions, own)
+    sessions = Sessions(transactions, minter, own)
+    servicer = AuthServicer(
+        accounts=Accounts(transactions, hasher, throttle, passwords.password_problem),
+        signin=SignIn(transactions, hasher, throttle, sessions),
+        sessions=sessions,
+        clients=Clients(transactions, hasher, minter, throttle, own),
+        ring=ring,
+        verifier=verifier,
+        settings=settings,
     )
     return app.Parts(
-        servicer=AuthServicer(provider, ring, verifier, settings),
+        servicer=servicer,
         handlers=events.HANDLERS,
         verifier=verifier,
     )

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from poly.events.v1 import events_pb2
 from poly.events.v1.events_pb2 import EventEnvelope
-from services.auth.domain import disable_identity
+from services.auth.accounts import disable_identity
 from services.auth.store import SqlRepository
 from services.kit.bus import EventHandler
 from services.kit.names import resource_id

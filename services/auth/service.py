@@ -7,14 +7,11 @@ from google.protobuf import empty_pb2
 
 from poly.auth.v1 import auth_service_pb2 as pb
 from poly.auth.v1 import auth_service_pb2_grpc, resources_pb2
-from services.auth.domain import (
-    ACTIVE,
-    SCOPES,
-    Client,
-    Identity,
-    IdentityProvider,
-    TokenSet,
-)
+from services.auth.accounts import Accounts
+from services.auth.clients import SCOPES, Clients
+from services.auth.domain import ACTIVE, Client, Identity, TokenSet
+from services.auth.sessions import Sessions
+from services.auth.signin import SignIn
 from services.auth.tokens import KeyRing
 from services.kit import authz, tls
 from services.kit.authn import ALGORITHMS, Principal, Verifier
@@ -101,8 +98,9 @@ def _token_info(principal: Principal, audience: str) -> pb.TokenInfo:
 
 def client_address(context: grpc.ServicerContext, *, edge: str) -> str:
     """The address a login or registration came from: the peer's IP, or, when the peer is the HTTP/JSON
-    edge (SPIFFE ID `edge`), the last ``x-forwarded-for`` entry, the one the edge added.
-    Any other caller's ``x-forwarded-for`` is ignored, so it cannot dodge throttling."""
+    edge (SPIFFE ID `edge`), the last ``x-forwarded-for`` entry (the edge sends one: the client's
+    address as it determined it). Any other caller's ``x-forwarded-for`` is ignored, so it cannot
+    dodge throttling."""
     if tls.peer_identity(context) == edge:
         forwarded = [v for k, v in context.invocation_metadata() or () if k == "x-forwarded-for"]
         if forwarded and isinstance(forwarded[-1], str) and forwarded[-1].strip():
@@ -113,12 +111,24 @@ def client_address(context: grpc.ServicerContext, *, edge: str) -> str:
 
 
 class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
-    """Identity provider: credentials, roles, refresh tokens, signing keys, machine clients."""
+    """Identity provider: accounts and roles, sign-in, sessions, machine clients, signing keys.
+    Each RPC calls the one domain part that does its job."""
 
     def __init__(
-        self, provider: IdentityProvider, ring: KeyRing, verifier: Verifier, settings: Settings
+        self,
+        *,
+        accounts: Accounts,
+        signin: SignIn,
+        sessions: Sessions,
+        clients: Clients,
+        ring: KeyRing,
+        verifier: Verifier,
+        settings: Settings,
     ) -> None:
-        self._provider = provider
+        self._accounts = accounts
+        self._signin = signin
+        self._sessions = sessions
+        self._clients = clients
         self._ring = ring
         self._verifier = verifier
         self._issuer = settings.auth.issuer
@@ -128,42 +138,42 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
 
     def Register(self, request: pb.RegisterRequest, context: grpc.ServicerContext) -> pb.RegisterResponse:
         address = client_address(context, edge=self._edge)
-        identity = self._provider.register(
+        identity = self._accounts.register(
             request.email, request.password, request.display_name, address=address
         )
         return pb.RegisterResponse(user=identity.name, identity=_identity(identity))
 
     def Login(self, request: pb.LoginRequest, context: grpc.ServicerContext) -> pb.TokenSet:
         address = client_address(context, edge=self._edge)
-        return _tokens(self._provider.login(request.email, request.password, address))
+        return _tokens(self._signin.login(request.email, request.password, address))
 
     def RefreshToken(self, request: pb.RefreshTokenRequest, context: grpc.ServicerContext) -> pb.TokenSet:
-        return _tokens(self._provider.refresh(request.refresh_token))
+        return _tokens(self._sessions.refresh(request.refresh_token))
 
     def Logout(self, request: pb.LogoutRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
-        self._provider.logout(request.refresh_token)
+        self._sessions.logout(request.refresh_token)
         return empty_pb2.Empty()
 
     def CreateClient(
         self, request: pb.CreateClientRequest, context: grpc.ServicerContext
     ) -> pb.CreateClientResponse:
         given = request.client
-        client, secret = self._provider.create_client(
+        client, secret = self._clients.create_client(
             request.client_id, given.display_name, list(given.scopes), given.secret
         )
         return pb.CreateClientResponse(client=_client(client), client_secret=secret)
 
     def GetClient(self, request: pb.GetClientRequest, context: grpc.ServicerContext) -> resources_pb2.Client:
-        return _client(self._provider.client(resource_id(request.name, "clients")))
+        return _client(self._clients.client(resource_id(request.name, "clients")))
 
     def ListClients(
         self, request: pb.ListClientsRequest, context: grpc.ServicerContext
     ) -> pb.ListClientsResponse:
-        clients, token = self._provider.list_clients(request.page_size, request.page_token)
+        clients, token = self._clients.list_clients(request.page_size, request.page_token)
         return pb.ListClientsResponse(clients=[_client(c) for c in clients], next_page_token=token)
 
     def DeleteClient(self, request: pb.DeleteClientRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
-        self._provider.delete_client(resource_id(request.name, "clients"))
+        self._clients.delete_client(resource_id(request.name, "clients"))
         return empty_pb2.Empty()
 
     def IssueClientToken(
@@ -171,7 +181,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     ) -> pb.TokenSet:
         address = client_address(context, edge=self._edge)
         return _tokens(
-            self._provider.client_token(request.client_id, request.client_secret, request.scope, address)
+            self._clients.client_token(request.client_id, request.client_secret, request.scope, address)
         )
 
     def GetIdentity(
@@ -179,12 +189,12 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     ) -> resources_pb2.Identity:
         user_id = resource_id(request.name, "users")
         authz.require_owner(f"users/{user_id}", f"users/{user_id}")
-        return _identity(self._provider.identity(user_id))
+        return _identity(self._accounts.identity(user_id))
 
     def ListIdentities(
         self, request: pb.ListIdentitiesRequest, context: grpc.ServicerContext
     ) -> pb.ListIdentitiesResponse:
-        page = self._provider.list_identities(
+        page = self._accounts.list_identities(
             request.page_size, request.page_token, request.filter, request.order_by
         )
         return pb.ListIdentitiesResponse(
@@ -195,13 +205,13 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         self, request: pb.GrantRoleRequest, context: grpc.ServicerContext
     ) -> resources_pb2.Identity:
         user_id = resource_id(request.name, "users")
-        return _identity(self._provider.change_role(user_id, request.role, grant=True))
+        return _identity(self._accounts.change_role(user_id, request.role, grant=True))
 
     def RevokeRole(
         self, request: pb.RevokeRoleRequest, context: grpc.ServicerContext
     ) -> resources_pb2.Identity:
         user_id = resource_id(request.name, "users")
-        return _identity(self._provider.change_role(user_id, request.role, grant=False))
+        return _identity(self._accounts.change_role(user_id, request.role, grant=False))
 
     def GetJwks(self, request: pb.GetJwksRequest, context: grpc.ServicerContext) -> pb.Jwks:
         return pb.Jwks(keys=[pb.Jwk(**key) for key in self._ring.jwks()["keys"]])
@@ -214,7 +224,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     def IntrospectToken(
         self, request: pb.IntrospectTokenRequest, context: grpc.ServicerContext
     ) -> pb.TokenInfo:
-        principal = self._provider.introspect(request.token, self._verifier.verify)
+        principal = self._sessions.introspect(request.token, self._verifier.verify)
         if principal is None:
             return pb.TokenInfo(active=False)
         return _token_info(principal, self._verifier.audience)

@@ -394,28 +394,29 @@ def _read_password(from_stdin: bool) -> str:
 def run_admin_create(email: str, password_stdin: bool) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from services.auth import domain, passwords
+    from services.auth import accounts, domain, passwords, throttle
     from services.kit import domain_errors
 
     opened = _open_auth("admin")
     if isinstance(opened, int):
         return opened
     settings, own, auth_store, engine = opened
-    provider = domain.IdentityProvider(
+    identities = accounts.Accounts(
         auth_store.transaction,
         passwords.Argon2Hasher(own),
-        _NoTokens(),
-        own,
+        throttle.Throttle(auth_store.transaction, own),
         passwords.password_problem,
     )
     try:
         with auth_store.transaction() as repo:
             found = repo.credentials(domain.normalise_email(_text(email, "the email")))
         if found is not None:
-            identity = provider.change_role(found[0].id, "admin", grant=True)
+            identity = identities.change_role(found[0].id, "admin", grant=True)
             print(f"{identity.name} ({identity.email}) is an admin (an existing account: password unchanged)")
         else:
-            identity = provider.register(email, _read_password(password_stdin), address=None, roles=["admin"])
+            identity = identities.register(
+                email, _read_password(password_stdin), address=None, roles=["admin"]
+            )
             print(f"created {identity.name} ({identity.email}) with the admin role")
     except _UsageError as error:
         return _fail("admin", str(error), USAGE)
@@ -428,13 +429,6 @@ def run_admin_create(email: str, password_stdin: bool) -> int:
     finally:
         engine.dispose()
     return OK
-
-
-class _NoTokens:
-    """The CLI registers accounts but never issues tokens."""
-
-    def access_token(self, **_: object) -> str:
-        raise RuntimeError("the CLI does not issue tokens")
 
 
 def run_keys(action: str) -> int:

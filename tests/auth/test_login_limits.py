@@ -32,6 +32,8 @@ from poly.auth.v1 import resources_pb2
 from tests.support.identity import PASSWORD, Deployment, auth_alone, bearer
 from tests.support.status import Refusal, refusal
 
+pytestmark = pytest.mark.slow
+
 BURST = 50
 LIMIT = 3
 LIMITS = {

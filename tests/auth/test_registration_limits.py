@@ -25,6 +25,8 @@ from poly.auth.v1 import auth_service_pb2 as pb
 from tests.support.identity import PASSWORD, Deployment, auth_alone
 from tests.support.status import Refusal, refusal
 
+pytestmark = pytest.mark.slow
+
 FLOOD = 40
 FLOOD_SECONDS = 3.0
 LOGINS = 10

@@ -3,8 +3,8 @@
 Email addresses are ASCII only (an internationalised domain in its ``xn--`` form), so no
 address can look like another through invisible, bidi, control or look-alike characters.
 Display names refuse control, format, private-use, unassigned and line-break characters.
-The rules are reached through `IdentityProvider.register`, with storage and a hasher that
-stop the test as soon as the registration gets past validation.
+The rules are reached through `Accounts.register`, with storage and a hasher that stop
+the test as soon as the registration gets past validation.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.auth.domain import IdentityProvider
+from services.auth.accounts import Accounts
 from services.auth.settings import IdentitySettings
+from services.auth.throttle import Throttle
 from services.kit.domain_errors import InvalidArgument
 
 PASSWORD = "violet-harbour-lantern-42"
@@ -45,13 +46,13 @@ class _Hasher:
         raise _Reached
 
 
-_PROVIDER = IdentityProvider(_storage, _Hasher(), None, IdentitySettings(), lambda password: None)  # type: ignore[arg-type]
+_ACCOUNTS = Accounts(_storage, _Hasher(), Throttle(_storage, IdentitySettings()), lambda password: None)
 
 
 def _refused_fields(email: str, display_name: str = "") -> list[str]:
     """The fields Register refuses; [] when it went on past validation."""
     try:
-        _PROVIDER.register(email, PASSWORD, display_name, address="192.0.2.1")
+        _ACCOUNTS.register(email, PASSWORD, display_name, address="192.0.2.1")
     except InvalidArgument as refused:
         return [v.field for v in refused.violations]
     except _Reached:

@@ -24,6 +24,8 @@ from services.auth import keys
 from tests.support.identity import PASSWORD, Deployment, auth_alone, bearer, signed_by_a_new_key
 from tests.support.processes import run_module
 
+pytestmark = pytest.mark.slow
+
 LIMITS = {
     "POLY_AUTH_LOGIN_FAILURES_PER_ACCOUNT": "3",
     "POLY_AUTH_LOGIN_FAILURES_PER_ADDRESS": "5",

@@ -1,0 +1,113 @@
+"""Sessions: the refresh-token family a login starts, rotated by each refresh, ended by logout.
+
+A refresh token is 256 random bits, stored only as its SHA-256, and used at most once: using
+it rotates it (ACTIVE -> ROTATED, a new token in the same family). Presenting a ROTATED token
+again means one of its two holders is a thief, so the whole family is revoked, as logout
+revokes it; a DISABLED identity gets no new token. Access tokens name their family (``sid``),
+so introspection reports them inactive as soon as it is revoked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from services.auth.domain import ACTIVE, Clock, Identity, Minter, Repository, TokenSet, Transactions, utc_now
+from services.auth.settings import IdentitySettings
+from services.kit.domain_errors import Unauthenticated
+
+__all__ = ["Sessions", "Verified", "hash_token"]
+
+
+class Verified(Protocol):
+    """What an access-token check returns (`kit.authn.Principal`): its session, if any."""
+
+    @property
+    def session(self) -> str: ...
+
+
+_V = TypeVar("_V", bound=Verified)
+
+_REFUSALS = {
+    "reused": ("REFRESH_TOKEN_REUSED", "this refresh token was already used; its session is revoked"),
+    "revoked": ("REFRESH_TOKEN_REVOKED", "this session was revoked (logged out or a token reused)"),
+    "expired": ("REFRESH_TOKEN_EXPIRED", "this refresh token has expired"),
+}
+"""The refusal (reason and message) of each claim outcome; any other is REFRESH_TOKEN_INVALID."""
+_INVALID = ("REFRESH_TOKEN_INVALID", "this refresh token is not valid")
+
+
+def hash_token(token: str) -> str:
+    """Refresh tokens are stored as SHA-256: they are 256-bit random, so no slow hash is needed."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass
+class Sessions:
+    transactions: Transactions
+    minter: Minter
+    settings: IdentitySettings
+    clock: Clock = utc_now
+
+    def open(self, repo: Repository, identity: Identity) -> tuple[str, str]:
+        """A new session of `identity`, in `repo`'s transaction: its family and first refresh token."""
+        family = str(uuid.uuid4())
+        return family, self._add_refresh_token(repo, identity, family=family)
+
+    def tokens(self, identity: Identity, *, family: str, refresh: str) -> TokenSet:
+        """The access token of `family` beside its newest refresh token `refresh`. Minted after
+        the refresh token's transaction: the key ring reads in a transaction of its own."""
+        access = self.minter.access_token(
+            subject=identity.name, roles=identity.roles, scopes=(), now=self.clock(), session=family
+        )
+        lifetime = self.settings.refresh_token_seconds
+        return TokenSet(access, self.settings.access_token_seconds, "", refresh, lifetime)
+
+    def _add_refresh_token(self, repo: Repository, identity: Identity, *, family: str) -> str:
+        now = self.clock()
+        refresh = secrets.token_urlsafe(32)
+        expires = now + dt.timedelta(seconds=self.settings.refresh_token_seconds)
+        repo.add_refresh_token(hash_token(refresh), family, identity.id, expires, now)
+        return refresh
+
+    def refresh(self, refresh_token: str) -> TokenSet:
+        now = self.clock()
+        with self.transactions() as repo:
+            claim = repo.claim_refresh_token(hash_token(refresh_token), now)
+            if claim.outcome == "reused":
+                # Someone used a token that was already exchanged: one of the two holders
+                # is a thief. Revoke the family (committed), so both must log in again.
+                repo.revoke_family(claim.family, now)
+            identity = repo.identity(claim.user_id) if claim.outcome == "claimed" else None
+            refresh = None
+            if identity is not None and identity.state == ACTIVE:
+                refresh = self._add_refresh_token(repo, identity, family=claim.family)
+        if identity is not None and refresh is not None:
+            return self.tokens(identity, family=claim.family, refresh=refresh)
+        raise Unauthenticated(*_REFUSALS.get(claim.outcome, _INVALID))
+
+    def logout(self, refresh_token: str) -> None:
+        with self.transactions() as repo:
+            family = repo.family_of(hash_token(refresh_token))
+            if family is not None:
+                repo.revoke_family(family, self.clock())
+
+    def session_active(self, family: str) -> bool:
+        with self.transactions() as repo:
+            return repo.family_active(family)
+
+    def introspect(self, token: str, verify: Callable[[str], _V]) -> _V | None:
+        """What `verify` makes of `token` while the token and its session are live; None for
+        an invalid, expired or logged-out token (RFC 7662 ``active: false``)."""
+        try:
+            verified = verify(token)
+        except Unauthenticated:
+            return None
+        if verified.session and not self.session_active(verified.session):
+            return None
+        return verified

@@ -1,0 +1,60 @@
+"""Sign-in: a person's email and password exchanged for a new session's tokens.
+
+Each login is throttled per account and per client address (`throttle`), its attempt
+reserved before the password is verified. A wrong password and an unknown email get the same
+answer after the same argon2 work, and count; a DISABLED identity is refused once its password
+is verified, and does not count. A success forgets the account's failures (not the address's)
+and replaces a hash made with argon2 costs other than the current ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.auth.domain import ACTIVE, Hasher, TokenSet, Transactions, normalise_email
+from services.auth.sessions import Sessions
+from services.auth.throttle import Throttle
+from services.kit.domain_errors import PermissionDenied, ResourceExhausted, Unauthenticated
+
+__all__ = ["SignIn"]
+
+
+@dataclass
+class SignIn:
+    transactions: Transactions
+    hasher: Hasher
+    throttle: Throttle
+    sessions: Sessions
+
+    def login(self, email: str, password: str, address: str) -> TokenSet:
+        email = normalise_email(email)
+        keys = [f"account:{email}", f"address:{address}"]
+        with self.transactions() as repo:
+            attempt = self.throttle.reserve(repo, keys)
+            found = repo.credentials(email)
+        with self.throttle.settling(attempt):
+            identity, hashed = found if found else (None, None)
+            if not self.hasher.verify(hashed, password) or identity is None or hashed is None:
+                self.throttle.fail(attempt)
+                raise Unauthenticated("INVALID_CREDENTIALS", "email or password is wrong")
+            if identity.state != ACTIVE:
+                raise PermissionDenied("IDENTITY_DISABLED", "this account is disabled")
+            rehashed = self._rehashed(hashed, password)
+            with self.transactions() as repo:
+                if rehashed:
+                    repo.set_password_hash(identity.id, rehashed)
+                repo.release_attempt(attempt.id)
+                repo.clear_failures(keys[0])
+                family, refresh = self.sessions.open(repo, identity)
+            attempt.settled = True
+        return self.sessions.tokens(identity, family=family, refresh=refresh)
+
+    def _rehashed(self, hashed: str, password: str) -> str | None:
+        """A hash with the current costs when `hashed` has older ones (None when busy: the
+        next login does it)."""
+        if not self.hasher.needs_rehash(hashed):
+            return None
+        try:
+            return self.hasher.hash(password)
+        except ResourceExhausted:
+            return None

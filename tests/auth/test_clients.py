@@ -1,0 +1,127 @@
+"""Machine clients over the real store, without a server: what a client may be created with,
+its secret stored hashed, and the client-credentials grant (scopes, never roles; the same
+answer for a wrong secret and an unknown client; throttled like logins)."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.kit.domain_errors import (
+    AlreadyExists,
+    DomainError,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unauthenticated,
+)
+from tests.auth.local import ADDRESS, SETTINGS, LocalAuth
+
+SECRET = "s" * 32
+
+
+def test_a_client_gets_an_id_and_a_secret_when_it_names_neither(local: LocalAuth) -> None:
+    client, secret = local.clients.create_client("", "Reports", ["orders.read", "orders.read"], "")
+    assert client.client_id.startswith("client-") and len(secret) >= 32
+    assert client.scopes == ("orders.read",)
+    assert local.clients.client(client.client_id) == client
+    with local.auth_store.transaction() as repo:
+        stored = repo.client(client.client_id)
+    assert stored is not None and secret not in stored[1]
+    assert local.clients.hasher.verify(stored[1], secret)
+
+
+INVALID = {
+    "id-upper-case": ("Reports", "", ["orders.read"], "", ["client_id"]),
+    "unknown-scope": ("reports", "", ["orders.write"], "", ["client.scopes"]),
+    "short-secret": ("reports", "", [], "s" * 31, ["client.secret"]),
+    "long-secret": ("reports", "", [], "s" * 257, ["client.secret"]),
+    "bidi-name": ("reports", "Rep\u202eorts", [], "", ["client.display_name"]),
+    "all-at-once": (
+        "Reports",
+        "\x00",
+        ["root"],
+        "short",
+        ["client_id", "client.display_name", "client.scopes", "client.secret"],
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("client_id", "name", "scopes", "secret", "fields"), INVALID.values(), ids=INVALID.keys()
+)
+def test_an_invalid_client_is_refused_naming_each_field(
+    local: LocalAuth, client_id: str, name: str, scopes: list[str], secret: str, fields: list[str]
+) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        local.clients.create_client(client_id, name, scopes, secret)
+    assert refused.value.reason == "CLIENT_INVALID"
+    assert [v.field for v in refused.value.violations] == fields
+
+
+def test_a_client_id_is_taken_once_and_free_again_after_delete(local: LocalAuth) -> None:
+    local.clients.create_client("reports", "", [], SECRET)
+    with pytest.raises(AlreadyExists) as taken:
+        local.clients.create_client("reports", "", [], "")
+    assert (taken.value.reason, taken.value.metadata) == ("CLIENT_EXISTS", {"client": "reports"})
+    local.clients.delete_client("reports")
+    local.clients.delete_client("reports")  # deleting what is gone is no error
+    with pytest.raises(NotFound) as missing:
+        local.clients.client("reports")
+    assert missing.value.reason == "CLIENT_NOT_FOUND"
+    assert local.clients.create_client("reports", "", [], "")[0].client_id == "reports"
+
+
+def test_clients_are_listed_newest_first_in_pages(local: LocalAuth) -> None:
+    for name in ("first", "second", "third"):
+        local.clients.create_client(name, "", [], "")
+        local.clock.advance(1)
+    page, token = local.clients.list_clients(2, "")
+    rest, end = local.clients.list_clients(2, token)
+    assert [c.client_id for c in page + rest] == ["third", "second", "first"]
+    assert end == ""
+
+
+def test_a_client_token_carries_the_scopes_asked_for_and_no_role(local: LocalAuth) -> None:
+    local.clients.create_client("reports", "", ["orders.read", "payments.read"], SECRET)
+    every = local.clients.client_token("reports", SECRET, "", ADDRESS)
+    assert every.scope == "orders.read payments.read" and every.refresh_token == ""
+    assert every.expires_in == SETTINGS.access_token_seconds
+    narrowed = local.clients.client_token("reports", SECRET, "payments.read payments.read", ADDRESS)
+    principal = local.verifier.verify(narrowed.access_token)
+    assert (principal.subject, principal.client_id) == ("clients/reports", "reports")
+    assert (principal.scopes, principal.roles) == (frozenset({"payments.read"}), frozenset())
+    with pytest.raises(InvalidArgument) as refused:
+        local.clients.client_token("reports", SECRET, "orders.read orders.fulfill", ADDRESS)
+    assert refused.value.reason == "SCOPE_NOT_ALLOWED"
+    assert refused.value.metadata["problem"] == "not granted to this client: orders.fulfill"
+
+
+def test_a_wrong_secret_and_an_unknown_client_get_the_same_answer(local: LocalAuth) -> None:
+    local.clients.create_client("reports", "", [], SECRET)
+    with pytest.raises(Unauthenticated) as wrong:
+        local.clients.client_token("reports", "w" * 32, "", ADDRESS)
+    with pytest.raises(Unauthenticated) as unknown:
+        local.clients.client_token("nobody", SECRET, "", ADDRESS)
+    assert (wrong.value.reason, wrong.value.message) == (unknown.value.reason, unknown.value.message)
+    assert wrong.value.reason == "INVALID_CLIENT"
+
+
+def test_client_tokens_are_throttled_per_client_like_logins(local: LocalAuth) -> None:
+    local.clients.create_client("reports", "", [], SECRET)
+    limit = SETTINGS.login_failures_per_account
+
+    def answer(secret: str, address: str) -> str:
+        try:
+            local.clients.client_token("reports", secret, "", address)
+        except DomainError as refused:
+            return refused.reason
+        return "OK"
+
+    assert answer(SECRET, ADDRESS) == "OK"  # a success does not count
+    assert [answer("w" * 32, f"198.51.100.{n}") for n in range(limit)] == ["INVALID_CLIENT"] * limit
+    assert answer(SECRET, ADDRESS) == "LOGIN_THROTTLED"
+    with pytest.raises(ResourceExhausted) as locked:
+        local.clients.client_token("reports", SECRET, "", "203.0.113.1")
+    assert locked.value.retry_after_seconds == SETTINGS.login_window_seconds
+    local.clock.advance(SETTINGS.login_window_seconds)
+    assert answer(SECRET, ADDRESS) == "OK"
