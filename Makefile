@@ -23,7 +23,7 @@ define install
 	fi
 endef
 
-.PHONY: install runtime up test test-container image deploy-tools deploy-manifests gen lint check-gen breaking bench status certs clean
+.PHONY: install runtime up test test-fast test-container image deploy-tools deploy-manifests gen lint check-gen breaking bench status certs clean
 
 $(UV_LOCAL):
 	@if [ "$(POLY_INSTALLER)" = uv ] && ! command -v uv >/dev/null; then \
@@ -66,6 +66,9 @@ certs: $(VENV)/.runtime
 
 test: install deploy-tools  ## the whole suite
 	$(PY) -m pytest
+
+test-fast: install  ## the unit tests, in under a minute: everything not marked slow or container
+	$(PY) -m pytest -m "not slow and not container"
 
 DEPLOY_TOOLS := build/deploy-tools
 

@@ -44,6 +44,7 @@ def _queues(url: str, prefix: str) -> dict[str, int]:
     return asyncio.run(go())
 
 
+@pytest.mark.slow
 def test_declare_creates_every_queue_and_binding_and_can_run_again(
     tmp_path: Path, amqp_url: str, prefix: str
 ) -> None:
@@ -71,6 +72,7 @@ def test_declare_without_a_broker_url_exits_2_naming_the_variable(tmp_path: Path
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_declare_with_no_broker_there_exits_1_saying_what_to_do(tmp_path: Path) -> None:
     environ = poly_environ(tmp_path, POLY_BUS_URL="amqp://poly:hunter2@127.0.0.1:1/")
     result = _poly(environ, "bus", "declare")

@@ -28,6 +28,7 @@ def _tables(url: str) -> set[str]:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_migrate_all_brings_every_database_to_its_newest_revision_and_again_changes_nothing(
     tmp_path: Path,
 ) -> None:
@@ -41,6 +42,7 @@ def test_migrate_all_brings_every_database_to_its_newest_revision_and_again_chan
         assert f"alembic_version_{service}" in tables and "bus_outbox" in tables, tables
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_migrate_one_service_on_postgresql_leaves_the_others_alone(tmp_path: Path, postgres_url: str) -> None:
     environ = poly_environ(
@@ -52,6 +54,7 @@ def test_migrate_one_service_on_postgresql_leaves_the_others_alone(tmp_path: Pat
     assert "alembic_version_orders" in tables and "alembic_version_users" not in tables
 
 
+@pytest.mark.slow
 def test_migrate_names_the_database_it_cannot_reach_and_keeps_its_password_out(tmp_path: Path) -> None:
     url = "postgresql://poly:s3cret-pass@127.0.0.1:1/orders"
     status, _, err = _poly(poly_environ(tmp_path, POLY_ORDERS_DATABASE_URL=url), "migrate", "orders")
@@ -77,6 +80,7 @@ def test_a_bad_deploy_command_exits_2(tmp_path: Path, args: list[str], said: str
     assert status == 2 and said in err, err
 
 
+@pytest.mark.slow
 def test_serve_runs_a_service_that_status_reports_until_sigterm_then_drains_and_exits_0(
     tmp_path: Path,
 ) -> None:
@@ -98,6 +102,7 @@ def test_serve_runs_a_service_that_status_reports_until_sigterm_then_drains_and_
         served.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_replicas_migrating_one_database_at_once_take_turns(tmp_path: Path, postgres_url: str) -> None:
     # Init containers of several replicas run `poly migrate` together against one database.

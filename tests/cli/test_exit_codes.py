@@ -57,6 +57,7 @@ def test_status_with_nothing_running_exits_1_saying_how_to_start_it(tmp_path: Pa
     assert "start the system with `poly up`" in result.stderr
 
 
+@pytest.mark.slow
 def test_the_outbox_of_a_service_never_started_exits_1_saying_to_start_it(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()  # an empty SQLite database: the orders service never migrated it
     result = _poly(poly_environ(tmp_path), "bus", "status", "orders")
@@ -66,6 +67,7 @@ def test_the_outbox_of_a_service_never_started_exits_1_saying_to_start_it(tmp_pa
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_admin_over_a_database_never_migrated_names_poly_db_migrate(tmp_path: Path) -> None:
     environ = poly_environ(tmp_path, POLY_DB_MIGRATE="false")  # this command would migrate it otherwise
     result = _poly(environ, "admin", "create", "--email", "root@example.com", "--password-stdin")
@@ -74,6 +76,7 @@ def test_admin_over_a_database_never_migrated_names_poly_db_migrate(tmp_path: Pa
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_database_that_refuses_exits_1_naming_its_variable(tmp_path: Path) -> None:
     url = "postgresql://poly:hunter2@127.0.0.1:1/orders"
     result = _poly(poly_environ(tmp_path, POLY_ORDERS_DATABASE_URL=url), "bus", "dead", "orders")
@@ -83,6 +86,7 @@ def test_a_database_that_refuses_exits_1_naming_its_variable(tmp_path: Path) -> 
     assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_keys_without_the_key_encryption_key_exits_1_saying_how_to_make_it(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     result = _poly(poly_environ(tmp_path), "keys", "list")
@@ -100,6 +104,7 @@ def test_certs_over_half_a_ca_exits_1_saying_how_to_repair_it(tmp_path: Path) ->
     assert "restore the other, or remove the whole directory to start a new CA" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("email", "stdin"),
     [
@@ -129,6 +134,7 @@ def test_admin_input_that_is_not_utf8_exits_2_without_a_traceback(
     assert "is not UTF-8 text" in stderr and "Traceback" not in stderr
 
 
+@pytest.mark.slow
 def test_a_crlf_password_line_is_the_password_without_its_line_ending(tmp_path: Path) -> None:
     environ = poly_environ(tmp_path)
     created = run_module(
@@ -160,6 +166,7 @@ def test_event_goes_only_with_redrive(tmp_path: Path) -> None:
     assert result.returncode == 2 and "--event goes with `poly bus redrive`" in result.stderr
 
 
+@pytest.mark.slow
 def test_redrive_of_an_event_that_is_no_dead_letter_exits_1(tmp_path: Path) -> None:
     environ = poly_environ(tmp_path)
     db.connect(config.load("orders", environ).db, migrations=ORDERS.migrations).dispose()

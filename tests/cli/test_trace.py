@@ -412,6 +412,7 @@ def test_a_span_whose_parent_is_missing_is_shown_at_top_level(system: _System, p
     ]
 
 
+@pytest.mark.slow
 def test_a_fresh_trace_missing_a_parent_is_waited_for_until_its_spans_arrive(system: _System) -> None:
     placed = _place_order(system, time.time_ns() - 50 * MS)  # the edge's batch is still queued
 
@@ -485,6 +486,7 @@ def test_rotated_files_are_read_too(tmp_path: Path) -> None:
     assert len(found.spans) == 6
 
 
+@pytest.mark.slow
 def test_nothing_found_says_why_and_exits_1(
     system: _System, placed: _Placed, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -496,6 +498,7 @@ def test_nothing_found_says_why_and_exits_1(
     assert "elsewhere/traces does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_poly_trace_through_the_entry_point(tmp_path: Path, system: _System, placed: _Placed) -> None:
     environ = poly_environ(system.home, COLUMNS="100")
     done = run_module("services.cli", environ, "trace", placed.trace_id)

@@ -10,6 +10,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import pytest
+
 from services.cli.exits import OK
 from tests.support.edge import edge_answers, place_order
 from tests.support.env import ROOT, poly_environ, process_environ
@@ -17,6 +19,8 @@ from tests.support.http import http_call
 from tests.support.identity import PASSWORD
 from tests.support.processes import Process
 from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.slow
 
 HINT = re.compile(r"^poly +\| order placed: see its trace with `(?P<command>[^`]+ (?P<trace>[0-9a-f]{32}))`$")
 CREATE_ORDER_SHOWN = "OrdersService/CreateOrder"

@@ -72,6 +72,7 @@ def test_the_generated_manifests_match_the_protos_and_the_settings() -> None:
     assert checked.returncode == 0, checked.stderr + " (make deploy-manifests rewrites them)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_object_of_an_overlay_validates_strictly_against_the_kubernetes_schemas(overlay: str) -> None:
     # The interpreter beside the tool holds its library, apart from the project's venv.
@@ -101,6 +102,7 @@ def test_every_object_of_an_overlay_validates_strictly_against_the_kubernetes_sc
     assert kinds == _CRD_KINDS  # the only objects left to cert-manager's own validation
 
 
+@pytest.mark.slow
 def test_checkov_finds_nothing_unexplained_in_deploy() -> None:
     scanned = subprocess.run(
         [

@@ -14,6 +14,8 @@ from tests.support import prometheus as prometheus_support
 from tests.support.env import free_port
 from tests.support.prometheus import running_prometheus
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def exposition() -> Iterator[tuple[int, Counter]]:

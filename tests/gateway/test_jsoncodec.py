@@ -168,6 +168,7 @@ _JSON = st.recursive(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(value=_JSON)
 def test_parse_json_values_never_raise_anything_but_bad_request(value: object) -> None:

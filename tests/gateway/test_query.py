@@ -400,6 +400,7 @@ _VALUES = (
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(
     pairs=st.lists(st.tuples(_NAMES, _VALUES), max_size=6),

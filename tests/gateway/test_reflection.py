@@ -195,6 +195,7 @@ def _port_nothing_listens_on() -> Iterator[int]:
         yield bound.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_an_unreachable_backend() -> None:
     with (
         _port_nothing_listens_on() as port,

@@ -189,6 +189,7 @@ def test_a_failed_fetch_keeps_the_keys_there_were() -> None:
     assert verifier(key.token("users/ada")) == "users/ada"
 
 
+@pytest.mark.slow
 def test_an_unknown_key_cannot_be_told_and_fetches_the_keys_again(loaded: asyncio.Queue[str]) -> None:
     first, rotated_in = _Key(), _Key()
     published = _Published(first)
@@ -220,6 +221,7 @@ def test_an_unknown_key_cannot_be_told_and_fetches_the_keys_again(loaded: asynci
     asyncio.run(scenario())
 
 
+@pytest.mark.slow
 def test_a_first_key_set_is_awaited_quietly_while_auth_starts(
     loaded: asyncio.Queue[str], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -278,6 +280,7 @@ def _signed(header: dict[str, Any], claims: dict[str, Any]) -> str:
     return f"{signing_input}.{signature}"
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     header=st.fixed_dictionaries(

@@ -11,7 +11,7 @@ from services.kit import db
 from services.kit.config import DatabaseSettings
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
     """An empty database of each kind: a SQLite file in a folder not made yet, and a fresh
     PostgreSQL database (``postgres_url``)."""

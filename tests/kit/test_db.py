@@ -50,6 +50,7 @@ def test_sqlite_file_and_folder_are_created_with_wal(tmp_path: Path) -> None:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_plain_postgresql_urls_get_the_psycopg_driver(postgres_url: str) -> None:
     plain = postgres_url.replace("postgresql+psycopg://", "postgresql://")
     engine = db.engine(DatabaseSettings(url=plain))
@@ -195,6 +196,7 @@ def _event(event_id: str) -> _Event:
     return _Event(id=event_id, kind="k", at=dt.datetime.now(dt.UTC), amount=1, currency="EUR")
 
 
+@pytest.mark.slow
 def test_a_briefly_locked_sqlite_database_is_retried_until_the_lock_is_free(tmp_path: Path) -> None:
     engine, path = _locked_sqlite(tmp_path)
     factory = db.session_factory(engine)
@@ -212,6 +214,7 @@ def test_a_briefly_locked_sqlite_database_is_retried_until_the_lock_is_free(tmp_
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_a_sqlite_lock_held_too_long_is_unavailable_not_internal(tmp_path: Path) -> None:
     engine, path = _locked_sqlite(tmp_path)
     transaction = db.transactions(db.session_factory(engine), lambda session: session, attempts=3)
@@ -228,6 +231,7 @@ def test_a_sqlite_lock_held_too_long_is_unavailable_not_internal(tmp_path: Path)
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_a_postgresql_serialization_failure_is_unavailable_not_internal(postgres_url: str) -> None:
     engine = db.engine(DatabaseSettings(url=postgres_url))
     _Base.metadata.create_all(engine)

@@ -80,6 +80,7 @@ def test_the_plaintext_port_answers_nothing_but_check(
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+@pytest.mark.slow
 def test_the_probe_reads_not_serving_throughout_the_drain_then_the_port_closes(
     probed: tuple[server.RunningServer, int], certs: Path
 ) -> None:

@@ -130,6 +130,7 @@ def test_health_reports_serving_for_server_and_each_service(channel: grpc.Channe
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+@pytest.mark.slow
 def test_drain_flips_health_and_lets_the_in_flight_call_finish(
     certs: Path, running: server.RunningServer, channel: grpc.Channel
 ) -> None:
@@ -149,6 +150,7 @@ def test_drain_flips_health_and_lets_the_in_flight_call_finish(
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+@pytest.mark.slow
 def test_a_thousand_open_streams_are_held_while_unary_calls_still_succeed(
     running: server.RunningServer, channel: grpc.Channel
 ) -> None:

@@ -18,6 +18,8 @@ from services.notifications.dispatch import Dispatch, DispatchSettings
 from services.notifications.domain import EMAIL, PENDING, SENT, WEBHOOK, Delivery
 from tests.support.clock import Clock
 
+pytestmark = pytest.mark.slow
+
 SETTINGS = DispatchSettings(
     max_attempts=4, retry_base_seconds=2.0, retry_max_seconds=60.0, lease_seconds=30.0
 )

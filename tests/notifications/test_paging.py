@@ -23,6 +23,8 @@ from tests.notifications.test_service import (
 from tests.support import paging
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("order_by", ["", "create_time asc"], ids=["default", "asc"])
 def test_deliveries_page_without_duplicates_or_gaps(system: System, order_by: str) -> None:  # noqa: F811

@@ -30,6 +30,8 @@ from tests.support.notifications import Mailbox, WebhookReceiver
 from tests.support.status import Refusal, refusal
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.slow
+
 Delivery = resources_pb2.Delivery
 ORDER_PAID = "poly.events.v1.OrderPaid"
 ORDER_CANCELLED = "poly.events.v1.OrderCancelled"

@@ -16,6 +16,8 @@ from tests.orders.conftest import System, create, line, payment_event
 from tests.support.status import refusal
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.slow
+
 State = resources_pb2.Order
 
 

@@ -29,6 +29,8 @@ from tests.support.effects import effect_table
 from tests.support.env import free_port
 from tests.support.processes import Process, run_module
 
+pytestmark = pytest.mark.slow
+
 EVENTS, AGGREGATES, PER_TRANSACTION = 1000, 10, 20
 CRASHING_STARTS = 6
 """Starts of each role that crash; later ones run clean, so the run always completes."""

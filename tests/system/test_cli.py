@@ -5,9 +5,13 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from services.kit import config
 from tests.support.env import poly_environ
 from tests.support.processes import run_module
+
+pytestmark = pytest.mark.slow
 
 
 def _poly(environ: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 from google.protobuf import wrappers_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -14,6 +15,8 @@ from services.kit import config, tls
 from tests.support import probe_service
 from tests.support.env import poly_environ, settings_for
 from tests.support.processes import Process, health_check
+
+pytestmark = pytest.mark.slow
 
 
 def test_sigterm_flips_health_drains_the_in_flight_call_and_exits_zero(tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ from services.kit import config, tls
 from tests.support.env import poly_environ, settings_for
 from tests.support.processes import Process, health_check
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def users_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[config.Settings, int, Process]]:

@@ -26,6 +26,8 @@ from tests.support.identity import PASSWORD
 from tests.support.processes import Process, health_check, run_module
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.slow
+
 BUF = ROOT / "node_modules" / ".bin" / "buf"
 COMPONENTS = (*config.SERVICES, "gateway")
 """What `poly up` runs: the five services and the HTTP/JSON edge."""

@@ -69,7 +69,7 @@ def make_bus_db(url: str) -> BusDb:
     return BusDb(engine, db.session_factory(engine), tables, effects)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def bus_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BusDb]:
     url = (
         f"sqlite:///{tmp_path / 'bus.db'}"

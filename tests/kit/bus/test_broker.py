@@ -28,6 +28,8 @@ from tests.support.broker import (
 )
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def prefix(amqp_url: str) -> Iterator[str]:

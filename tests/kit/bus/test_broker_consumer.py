@@ -24,6 +24,8 @@ from tests.support.broker import (
 )
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.slow
+
 ORDER_CREATED = "poly.events.v1.OrderCreated"
 
 

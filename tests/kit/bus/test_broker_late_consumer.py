@@ -28,6 +28,8 @@ from tests.support.broker import delete_namespace
 from tests.support.effects import record_effect
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.slow
+
 USER_REGISTERED = "poly.events.v1.UserRegistered"
 CONSUMERS = ("users", "payments", "notifications")
 PER_BATCH = 5

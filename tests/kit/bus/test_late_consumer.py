@@ -26,6 +26,8 @@ from tests.support.effects import record_effect
 from tests.support.env import free_port, settings_for
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.slow
+
 ORDER_CANCELLED = "poly.events.v1.OrderCancelled"
 CONSUMERS = ("notifications", "payments")
 EVENTS, AGGREGATES, PER_TRANSACTION = 30, 3, 5

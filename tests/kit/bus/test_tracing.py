@@ -96,6 +96,7 @@ def test_a_stored_context_is_read_defensively(
     assert (f"{parent.trace_id:032x}", f"{parent.span_id:016x}", parent.trace_state.to_header()) == restored
 
 
+@pytest.mark.slow
 @given(st.dictionaries(st.sampled_from(["traceparent", "tracestate", "baggage"]) | st.text(), st.text()))
 def test_reading_any_stored_context_never_raises_and_keeps_at_most_a_short_tracestate(
     trace_context: dict[str, str],

@@ -346,6 +346,7 @@ def _peek(amqp_url: str, queue: str) -> tuple[dict[str, object], EventEnvelope]:
     return asyncio.run(asyncio.wait_for(go(), 20))
 
 
+@pytest.mark.slow
 def test_rabbitmq_a_published_event_is_applied_in_its_request_s_trace_and_the_saga_goes_on_in_it(
     bus_db: BusDb, amqp_url: str, prefix: str, spans: Spans, tmp_path: Path
 ) -> None:
@@ -392,6 +393,7 @@ def test_rabbitmq_a_published_event_is_applied_in_its_request_s_trace_and_the_sa
         orders_db.engine.dispose()
 
 
+@pytest.mark.slow
 def test_rabbitmq_a_refused_message_has_a_process_span_with_its_reason(
     bus_db: BusDb, amqp_url: str, prefix: str, spans: Spans
 ) -> None:

@@ -81,6 +81,7 @@ def _value(text: str, series: str) -> float | None:
     return None
 
 
+@pytest.mark.slow
 def test_a_kit_served_process_counts_its_refusals_on_its_metrics_endpoint(tmp_path: Path) -> None:
     """The default wiring: `serve` with the process's telemetry, default middlewares."""
     environ = poly_environ(tmp_path, POLY_GRPC_WORKERS="4")

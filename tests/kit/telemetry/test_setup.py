@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import pytest
 from google.protobuf import wrappers_pb2
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -47,6 +48,7 @@ def _scrape(port: int) -> str:
         return str(response.read().decode())
 
 
+@pytest.mark.slow
 def test_a_kit_served_process_serves_metrics_and_writes_its_spans(tmp_path: Path) -> None:
     environ = poly_environ(tmp_path)
     settings = settings_for("orders", environ)
@@ -81,6 +83,7 @@ def test_a_kit_served_process_serves_metrics_and_writes_its_spans(tmp_path: Path
         process.stop()
 
 
+@pytest.mark.slow
 def test_a_taken_metrics_port_stops_start_up_naming_the_setting(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -35,6 +35,7 @@ class _StalledCollector(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
+@pytest.mark.slow
 def test_a_stalled_collector_drops_and_counts_spans_instead_of_holding_calls() -> None:
     collector = _StalledCollector()
     receiver = grpc.server(futures.ThreadPoolExecutor(4))
