@@ -46,7 +46,7 @@ def wire(context: app.Context[IdentitySettings]) -> app.Parts:
     )
     return app.Parts(
         servicer=servicer,
-        handlers=events.HANDLERS,
+        handlers=events.handlers(lambda session: store.SqlRepository(session, None)),
         verifier=verifier,
     )
 

@@ -1,8 +1,9 @@
-"""Events the auth service consumes (payloads in protos/poly/events/v1; what it publishes
-is declared there, in each event's `(poly.options.v1.event)`)."""
+"""The auth service's events: the payload of each event it publishes, built from the
+domain's records, and the handler of each it consumes (types in protos/poly/events/v1; who
+publishes and consumes each is declared there, in its `(poly.options.v1.event)`)."""
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from google.protobuf.message import Message
 from sqlalchemy.orm import Session
@@ -10,19 +11,24 @@ from sqlalchemy.orm import Session
 from poly.events.v1 import events_pb2
 from poly.events.v1.events_pb2 import EventEnvelope
 from services.auth.accounts import disable_identity
-from services.auth.store import SqlRepository
+from services.auth.domain import Identity, Repository
 from services.kit.bus import EventHandler
 from services.kit.names import resource_id
 
-__all__ = ["HANDLERS"]
+__all__ = ["handlers", "user_registered"]
 
 
-def _user_deleted(session: Session, event: Message, envelope: EventEnvelope) -> None:
-    assert isinstance(event, events_pb2.UserDeleted)
-    user_id = resource_id(event.user, "users", field="user")
-    disable_identity(SqlRepository(session, None), user_id, dt.datetime.now(dt.UTC))
+def user_registered(identity: Identity, display_name: str) -> Message:
+    return events_pb2.UserRegistered(user=identity.name, email=identity.email, display_name=display_name)
 
 
-HANDLERS: Mapping[type[Message], EventHandler] = {events_pb2.UserDeleted: _user_deleted}
-"""The handler of each consumed event: exactly the types the contract names auth a consumer
-of (the node checks it at start)."""
+def handlers(repository: Callable[[Session], Repository]) -> Mapping[type[Message], EventHandler]:
+    """The handler of each consumed event: exactly the types the contract names auth a
+    consumer of (the node checks it at start), each over the `repository` of its session."""
+
+    def user_deleted(session: Session, event: Message, envelope: EventEnvelope) -> None:
+        assert isinstance(event, events_pb2.UserDeleted)
+        user_id = resource_id(event.user, "users", field="user")
+        disable_identity(repository(session), user_id, dt.datetime.now(dt.UTC))
+
+    return {events_pb2.UserDeleted: user_deleted}

@@ -27,8 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from poly.events.v1 import events_pb2
-from services.auth import keys
+from services.auth import events, keys
 from services.auth.domain import ACTIVE, Client, Identity, IdentityQuery, RefreshClaim
 from services.kit.bus import BusTables, Outbox, bus_tables
 from services.kit.db import CreatedAt, Id, UtcDateTime, naming_convention, transactions
@@ -231,8 +230,9 @@ class SqlRepository:
     def publish_registered(self, identity: Identity, display_name: str) -> None:
         if self._outbox is None:
             raise RuntimeError("this repository was opened without an outbox and cannot publish")
-        event = events_pb2.UserRegistered(user=identity.name, email=identity.email, display_name=display_name)
-        self._outbox.publish(self._session, event, aggregate_id=identity.name)
+        self._outbox.publish(
+            self._session, events.user_registered(identity, display_name), aggregate_id=identity.name
+        )
 
     # -- sessions -------------------------------------------------------------------------
 

@@ -28,7 +28,9 @@ def wire(context: app.Context[notifications_settings.NotificationsSettings]) -> 
     return app.Parts(
         servicer=NotificationsServicer(use_cases),
         # Each recorded event wakes the dispatcher, which delivers it in the event's trace.
-        handlers=events.handlers(context.outbox, on_commit=dispatcher.wake),
+        handlers=events.handlers(
+            lambda session: store.SqlRepository(session, context.outbox), on_commit=dispatcher.wake
+        ),
         workers=[dispatcher],
     )
 

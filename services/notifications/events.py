@@ -1,5 +1,7 @@
-"""Events the notifications service consumes (payloads in protos/poly/events/v1; what it publishes
-is declared there, in each event's `(poly.options.v1.event)`).
+"""The notifications service's events: the payload of each event it publishes (a
+delivery's outcome), built from the domain's `Delivery`, and the handler of each it
+consumes (types in protos/poly/events/v1; who publishes and consumes each is declared
+there, in its `(poly.options.v1.event)`).
 
 Each consumed event records one notification in the consumer's transaction (with the inbox
 row, so once); the dispatcher sends it later. No network call happens in a handler.
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -17,13 +20,28 @@ from sqlalchemy.orm import Session
 from poly.events.v1 import events_pb2
 from poly.events.v1.events_pb2 import EventEnvelope
 from poly.type.v1 import money_pb2
-from services.kit.bus import EventHandler, Outbox
+from services.kit.bus import EventHandler
 from services.kit.db import after_commit
 from services.kit.wire import money_value
-from services.notifications.domain import Notification, record_notification
-from services.notifications.store import SqlRepository
+from services.notifications.domain import EMAIL, SENT, Delivery, Notification, Repository, record_notification
 
-__all__ = ["handlers", "template_values"]
+__all__ = ["delivery_outcome", "handlers", "template_values"]
+
+
+def delivery_outcome(delivery: Delivery) -> Message:
+    """NotificationDelivered or NotificationFailed, once a delivery is settled."""
+    channel = events_pb2.CHANNEL_EMAIL if delivery.channel == EMAIL else events_pb2.CHANNEL_WEBHOOK
+    common: dict[str, Any] = {
+        "delivery": delivery.name,
+        "recipient": delivery.recipient,
+        "channel": channel,
+        "event_type": delivery.event_type,
+        "event_id": delivery.event_id,
+        "attempts": delivery.attempts,
+    }
+    if delivery.state == SENT:
+        return events_pb2.NotificationDelivered(**common)
+    return events_pb2.NotificationFailed(**common, error=delivery.last_error)
 
 
 def _money(value: money_pb2.Money) -> str:
@@ -55,7 +73,7 @@ def template_values(payload: Message) -> tuple[str, dict[str, str]]:
 
 
 def handlers(
-    outbox: Outbox, *, on_commit: Callable[[str], None] = lambda event_id: None
+    repository: Callable[[Session], Repository], *, on_commit: Callable[[str], None] = lambda event_id: None
 ) -> Mapping[type[Message], EventHandler]:
     """The handler of each consumed event (exactly the types the contract names this service
     a consumer of; the node checks it at start); `on_commit` runs after its transaction
@@ -71,7 +89,7 @@ def handlers(
             data=json_format.MessageToDict(payload, preserving_proto_field_name=True),
             occur_time=envelope.occur_time.ToDatetime(dt.UTC) if envelope.HasField("occur_time") else _now(),
         )
-        record_notification(SqlRepository(session, outbox), notification, _now())
+        record_notification(repository(session), notification, _now())
         after_commit(session, lambda: on_commit(envelope.id))
 
     return {

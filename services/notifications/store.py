@@ -35,14 +35,13 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
-from poly.events.v1 import events_pb2
 from services.kit.bus import BusTables, Outbox, bus_tables
 from services.kit.db import Id, UtcDateTime, naming_convention, transactions
 from services.kit.sql import filter_conditions, insert_if_absent, keyset_page
+from services.notifications import events
 from services.notifications.domain import (
     EMAIL,
     PENDING,
-    SENT,
     SKIPPED,
     Delivery,
     DeliveryQuery,
@@ -525,21 +524,7 @@ class SqlRepository:
     def publish_outcome(self, delivery: Delivery) -> None:
         if self._outbox is None:
             raise RuntimeError("this repository was opened without an outbox and cannot publish")
-        channel = events_pb2.CHANNEL_EMAIL if delivery.channel == EMAIL else events_pb2.CHANNEL_WEBHOOK
-        common: dict[str, Any] = {
-            "delivery": delivery.name,
-            "recipient": delivery.recipient,
-            "channel": channel,
-            "event_type": delivery.event_type,
-            "event_id": delivery.event_id,
-            "attempts": delivery.attempts,
-        }
-        event = (
-            events_pb2.NotificationDelivered(**common)
-            if delivery.state == SENT
-            else events_pb2.NotificationFailed(**common, error=delivery.last_error)
-        )
-        self._outbox.publish(self._session, event, aggregate_id=delivery.name)
+        self._outbox.publish(self._session, events.delivery_outcome(delivery), aggregate_id=delivery.name)
 
 
 class NotificationsStore:

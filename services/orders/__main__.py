@@ -16,7 +16,10 @@ def wire(context: app.Context[None]) -> app.Parts:
     return app.Parts(
         servicer=OrdersServicer(orders, hub),
         # The saga: payments' events move orders; an authorized payment is then captured.
-        handlers=events.handlers(context.outbox, on_change=hub.notify, capture_due=capture_worker.due),
+        handlers=events.handlers(
+            lambda session: store.SqlRepository(session, context.outbox, hub.notify),
+            capture_due=capture_worker.due,
+        ),
         workers=[capture_worker],
     )
 

@@ -1,5 +1,6 @@
-"""Events the orders service consumes (payloads in protos/poly/events/v1; what it publishes
-is declared there, in each event's `(poly.options.v1.event)`).
+"""The orders service's events: the payload of each event it publishes, built from the
+domain's `Order`, and the handler of each it consumes (types in protos/poly/events/v1; who
+publishes and consumes each is declared there, in its `(poly.options.v1.event)`).
 
 Consumed: the payments side of the saga (the README's "The saga" lists its steps). Each
 handler runs inside the consumer's transaction, which also records the inbox row, and
@@ -18,27 +19,55 @@ from sqlalchemy.orm import Session
 
 from poly.events.v1 import events_pb2
 from poly.events.v1.events_pb2 import EventEnvelope
-from services.kit.bus import EventHandler, Outbox
+from services.kit.bus import EventHandler
 from services.kit.db import after_commit
 from services.kit.names import resource_id
+from services.kit.wire import money_message
 from services.orders import domain
-from services.orders.store import OnChange, SqlRepository
+from services.orders.domain import Event, Order, Repository
 
-__all__ = ["handlers"]
+__all__ = ["handlers", "message"]
+
+
+def message(kind: Event, order: Order) -> Message:
+    """The payload of the event the domain publishes as `kind` about `order`."""
+    if kind == "created":
+        lines = [
+            events_pb2.OrderLine(
+                sku=x.sku,
+                quantity=x.quantity,
+                unit_price=money_message(x.unit_price),
+                total=money_message(x.total),
+            )
+            for x in order.lines
+        ]
+        return events_pb2.OrderCreated(
+            order=order.name, owner=order.owner, total=money_message(order.total), lines=lines
+        )
+    if kind == "cancelled":
+        return events_pb2.OrderCancelled(
+            order=order.name, owner=order.owner, reason=order.cancel_reason, payment=order.payment
+        )
+    if kind == "paid":
+        return events_pb2.OrderPaid(
+            order=order.name, owner=order.owner, payment=order.payment, amount=money_message(order.total)
+        )
+    if kind == "payment_failed":
+        return events_pb2.OrderPaymentFailed(
+            order=order.name, owner=order.owner, payment=order.payment, reason=order.failure_reason
+        )
+    return events_pb2.OrderFulfilled(order=order.name, owner=order.owner, payment=order.payment)
 
 
 def handlers(
-    outbox: Outbox,
+    repository: Callable[[Session], Repository],
     *,
-    on_change: OnChange | None = None,
     capture_due: Callable[[str], None] = lambda order_name: None,
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
 ) -> Mapping[type[Message], EventHandler]:
-    """The handler of each consumed event; exactly the types the contract names this
-    service a consumer of (the node checks it at start)."""
-
-    def repository(session: Session) -> SqlRepository:
-        return SqlRepository(session, outbox, on_change)
+    """The handler of each consumed event, each over the `repository` of its session;
+    exactly the types the contract names this service a consumer of (the node checks it at
+    start)."""
 
     def authorized(session: Session, event: Message, envelope: EventEnvelope) -> None:
         assert isinstance(event, events_pb2.PaymentAuthorized)

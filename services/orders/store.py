@@ -12,17 +12,15 @@ import datetime as dt
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, cast
 
-from google.protobuf.message import Message
 from sqlalchemy import ForeignKey, Index, MetaData, String, Table, and_, insert, select, update
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-from poly.events.v1 import events_pb2
 from services.kit.bus import BusTables, Outbox, bus_tables
 from services.kit.db import CurrencyCode, Id, MinorUnits, UtcDateTime, naming_convention, transactions
 from services.kit.money import Money
 from services.kit.sql import filter_conditions, insert_if_absent, keyset_page, typed_literal
-from services.kit.wire import money_message
+from services.orders import events
 from services.orders.domain import AWAITING_PAYMENT, Event, Line, Order, OrderQuery, RequestKey
 
 __all__ = ["BUS", "Base", "OrderLineRow", "OrderRequestRow", "OrderRow", "OrdersStore", "SqlRepository"]
@@ -108,35 +106,6 @@ def _order(row: OrderRow) -> Order:
         next_capture_at=row.next_capture_at,
         capture_attempts=row.capture_attempts,
     )
-
-
-def _event(kind: Event, order: Order) -> Message:
-    if kind == "created":
-        lines = [
-            events_pb2.OrderLine(
-                sku=x.sku,
-                quantity=x.quantity,
-                unit_price=money_message(x.unit_price),
-                total=money_message(x.total),
-            )
-            for x in order.lines
-        ]
-        return events_pb2.OrderCreated(
-            order=order.name, owner=order.owner, total=money_message(order.total), lines=lines
-        )
-    if kind == "cancelled":
-        return events_pb2.OrderCancelled(
-            order=order.name, owner=order.owner, reason=order.cancel_reason, payment=order.payment
-        )
-    if kind == "paid":
-        return events_pb2.OrderPaid(
-            order=order.name, owner=order.owner, payment=order.payment, amount=money_message(order.total)
-        )
-    if kind == "payment_failed":
-        return events_pb2.OrderPaymentFailed(
-            order=order.name, owner=order.owner, payment=order.payment, reason=order.failure_reason
-        )
-    return events_pb2.OrderFulfilled(order=order.name, owner=order.owner, payment=order.payment)
 
 
 _COLUMNS: dict[str, Any] = {
@@ -255,7 +224,7 @@ class SqlRepository:
     def publish(self, event: Event, order: Order) -> None:
         if self._outbox is None:
             raise RuntimeError("this repository was opened without an outbox and cannot publish")
-        self._outbox.publish(self._session, _event(event, order), aggregate_id=order.name)
+        self._outbox.publish(self._session, events.message(event, order), aggregate_id=order.name)
 
     def list_orders(self, query: OrderQuery, after: Sequence[str] | None, limit: int) -> list[Order]:
         statement = select(OrderRow)

@@ -11,7 +11,10 @@ from services.users.service import UsersServicer
 
 def wire(context: app.Context[None]) -> app.Parts:
     users = Users(store.UsersStore(context.sessions, context.outbox).transaction)
-    return app.Parts(servicer=UsersServicer(users), handlers=events.handlers(context.outbox))
+    return app.Parts(
+        servicer=UsersServicer(users),
+        handlers=events.handlers(lambda session: store.SqlRepository(session, context.outbox)),
+    )
 
 
 SERVICE = app.Service(

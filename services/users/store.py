@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy import Index, MetaData, String, Update, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from poly.events.v1 import events_pb2
 from services.kit.bus import BusTables, Outbox, bus_tables
 from services.kit.db import Id, UtcDateTime, naming_convention, transactions
 from services.kit.sql import filter_conditions, insert_if_absent, keyset_page
+from services.users import events
 from services.users.domain import (
     ACTIVE,
     DELETED,
@@ -188,7 +188,7 @@ class SqlRepository:
     def publish_deleted(self, user: User) -> None:
         if self._outbox is None:
             raise RuntimeError("this repository was opened without an outbox and cannot publish")
-        self._outbox.publish(self._session, events_pb2.UserDeleted(user=user.name), aggregate_id=user.name)
+        self._outbox.publish(self._session, events.user_deleted(user), aggregate_id=user.name)
 
 
 class UsersStore:
