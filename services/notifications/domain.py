@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
-import json
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -23,10 +21,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.kit import filters, paging
+from services.kit import filters, idempotency, paging
 from services.kit.domain_errors import (
     AlreadyExists,
-    FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
@@ -67,7 +64,6 @@ PENDING, SENT, FAILED, SKIPPED = "PENDING", "SENT", "FAILED", "SKIPPED"
 RESOLVED, ABANDONED = "RESOLVED", "ABANDONED"
 MAX_WEBHOOKS = 10
 _SECRET = re.compile(r"[!-~]{32,256}", re.ASCII)
-_UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", re.ASCII)
 
 OwnerCheck = Callable[[str, str], None]
 """``check(owner, resource)`` (`authz.require_owner`): admits the current caller for a
@@ -287,10 +283,6 @@ def default_templates(now: dt.datetime) -> list[Template]:
     ]
 
 
-def _request_hash(*parts: object) -> str:
-    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()
-
-
 class _Collision(Exception):
     """The webhook id or the request id was taken by a concurrent create."""
 
@@ -372,12 +364,13 @@ class Notifications:
         `webhook_id` that is taken is ALREADY_EXISTS only for a caller `check_owner` admits
         for the existing webhook; anyone else gets the answer GetWebhook gives them (AIP-133)."""
         self._check_webhook(url, event_types, secret, webhook_id, request_id)
-        request_hash = _request_hash(url, sorted(set(event_types)), secret, webhook_id)
+        request_id = request_id.lower()  # canonical: either case names the same request
+        request_hash = idempotency.fingerprint(url, sorted(set(event_types)), secret, webhook_id)
         if request_id:
             with self.transactions() as repo:
                 replayed = repo.webhook_by_request(owner, request_id)
             if replayed is not None:
-                return _replay(replayed, request_hash)
+                return _replay(replayed, idempotency.Request(owner, request_id, request_hash))
         hook = Webhook(
             webhook_id or f"wh-{secrets.token_hex(8)}",
             owner,
@@ -401,7 +394,7 @@ class Notifications:
                 replayed = repo.webhook_by_request(owner, request_id) if request_id else None
                 taken = None if replayed is not None else repo.webhook(hook.id)
             if replayed is not None:
-                return _replay(replayed, request_hash)
+                return _replay(replayed, idempotency.Request(owner, request_id, request_hash))
             check_owner(taken.owner if taken else "", hook.name)
             raise AlreadyExists(
                 "WEBHOOK_EXISTS", "webhooks/{webhook} already exists", webhook=hook.id
@@ -429,8 +422,7 @@ class Notifications:
                 FieldViolation("webhook.secret", "must be 32 to 256 visible ASCII characters, no spaces")
             )
         violations += chosen_id_problems(webhook_id, field="webhook_id")
-        if request_id and not _UUID4.fullmatch(request_id):
-            violations.append(FieldViolation("request_id", "must be a UUID4 in lower case"))
+        violations += idempotency.key_problems(request_id)
         if violations:
             raise InvalidArgument("WEBHOOK_INVALID", "the webhook is invalid", violations=violations)
 
@@ -488,12 +480,7 @@ class Notifications:
         return DeliveryPage(*paging.split_page(found, limit, position, request))
 
 
-def _replay(found: tuple[Webhook, str, str], request_hash: str) -> tuple[Webhook, str]:
-    webhook, secret, first_hash = found
-    if first_hash != request_hash:
-        raise FailedPrecondition(
-            "REQUEST_ID_REUSED",
-            "request_id was used for a different webhook ({webhook})",
-            webhook=webhook.name,
-        )
+def _replay(found: tuple[Webhook, str, str], request: idempotency.Request) -> tuple[Webhook, str]:
+    webhook, secret, first_fingerprint = found
+    idempotency.replay(first_fingerprint, request)
     return webhook, secret

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal, Protocol
 
-from services.kit import etags, filters, paging
+from services.kit import etags, filters, idempotency, paging
 from services.kit.backoff import backoff_seconds
 from services.kit.domain_errors import (
     Aborted,
@@ -37,7 +37,7 @@ from services.kit.domain_errors import (
     NotFound,
 )
 from services.kit.money import MAX_AMOUNT_MINOR, Money, money_problems
-from services.kit.names import chosen_id_problems, request_id_problems
+from services.kit.names import chosen_id_problems
 from services.kit.text import visible_text_problem
 
 __all__ = [
@@ -296,11 +296,13 @@ def _order_problems(lines: Sequence[NewLine], order_id: str, request_id: str) ->
                 FieldViolation("order.lines", f"the order total must be at most {MAX_AMOUNT_MINOR}")
             )
     problems += chosen_id_problems(order_id, field="order_id")
-    problems += request_id_problems(request_id)
+    problems += idempotency.key_problems(request_id)
     return problems
 
 
 def _digest(lines: Sequence[NewLine], order_id: str) -> str:
+    # The fingerprint of a CreateOrder (kit.idempotency); computed as the stored ones were,
+    # so a retry that spans an upgrade still replays.
     body = [order_id, [[x.sku, x.quantity, x.unit_price.currency, x.unit_price.amount] for x in lines]]
     return hashlib.sha256(json.dumps(body).encode()).hexdigest()
 
@@ -372,12 +374,7 @@ class Orders:
 
     @staticmethod
     def _replay(repo: Repository, first: RequestKey, key: RequestKey) -> Order:
-        if first.digest != key.digest:
-            raise FailedPrecondition(
-                "REQUEST_ID_REUSED",
-                "request_id {request_id} was already used for another order",
-                request_id=key.request_id,
-            )
+        idempotency.replay(first.digest, idempotency.Request(key.owner, key.request_id, key.digest))
         order = repo.order(first.order_id)
         if order is None:
             raise not_found(first.order_id)

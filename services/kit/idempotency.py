@@ -1,0 +1,56 @@
+"""Request ids (AIP-155): one design for every service.
+
+A client names a request with a ``request_id`` (a UUID). The first call with it stores,
+next to its effect and in the same transaction, the request's scope (the caller), the
+id, a fingerprint of the request's fields and what it produced. A repeat with the same
+fields gets what the first produced, however often it comes; a repeat with other fields
+is FAILED_PRECONDITION ``REQUEST_ID_REUSED`` and changes nothing. Where the pair is stored
+is the service's: a table of request ids (orders, payments) or the created resource's own
+row (a webhook).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from services.kit.domain_errors import FailedPrecondition, FieldViolation
+from services.kit.names import request_id_problems
+
+__all__ = ["Request", "fingerprint", "key_problems", "replay"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One caller's request id and the fingerprint of the fields it came with."""
+
+    scope: str
+    """Whose id it is (a caller's name): two callers' ids never meet."""
+    key: str
+    fingerprint: str
+
+
+def fingerprint(*fields: object) -> str:
+    """A digest of a request's fields, each as its text, in order."""
+    return hashlib.sha256(json.dumps([str(field) for field in fields]).encode()).hexdigest()
+
+
+def key_problems(
+    request_id: str, *, required: bool = False, versions: tuple[int, ...] = (4,)
+) -> list[FieldViolation]:
+    """What is wrong with a ``request_id``: a UUID of one of `versions` in canonical form
+    (UUID5 lets a service derive a stable id from a name and retry with it after a restart)."""
+    return request_id_problems(request_id, required=required, versions=versions)
+
+
+def replay(first_fingerprint: str, request: Request) -> None:
+    """Check a repeat of `request` against the fingerprint its id was first stored with: the
+    same is a replay (the caller answers with what the first call produced); another is
+    REQUEST_ID_REUSED."""
+    if first_fingerprint != request.fingerprint:
+        raise FailedPrecondition(
+            "REQUEST_ID_REUSED",
+            "request_id {request_id} was already used with other fields",
+            request_id=request.key,
+        )
