@@ -35,6 +35,7 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
+from services.kit import leases
 from services.kit.bus import BusTables, Outbox, bus_tables
 from services.kit.db import Id, UtcDateTime, naming_convention, transactions
 from services.kit.sql import filter_conditions, insert_if_absent, keyset_page
@@ -220,28 +221,19 @@ def _claim(
     limit: int,
 ) -> tuple[list[_Leased], set[str]]:
     """Lease up to `limit` free rows of `model` (oldest due first) to `owner`, attempts + 1;
-    with the keys of those whose previous lease expired (an outcome always clears the lease).
-
-    Rows another dispatcher is claiming are skipped, not waited for; the conditional UPDATE
-    keeps two claimers apart where SKIP LOCKED does not exist (SQLite).
-    """
-    due = (
-        select(key, model.lease_until)
-        .where(_free(model, now))
-        .order_by(model.next_attempt_time)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+    with the keys of those whose previous lease expired (an outcome always clears the lease)."""
+    claimed = leases.claim(
+        session,
+        model,
+        [key],
+        free=_free(model, now),
+        order_by=[model.next_attempt_time],
+        values={model.lease_owner: owner, model.lease_until: lease_until, model.attempts: model.attempts + 1},
+        limit=limit,
+        seen=[model.lease_until],
+        returning=[model],
     )
-    found = session.execute(due).all()
-    if not found:
-        return [], set()
-    claimed = session.scalars(
-        update(model)
-        .where(key.in_([row[0] for row in found]), _free(model, now))
-        .values(lease_owner=owner, lease_until=lease_until, attempts=model.attempts + 1)
-        .returning(model)
-    )
-    return list(claimed), {row[0] for row in found if row[1] is not None}
+    return [row[0] for row in claimed.taken], {row[0] for row in claimed.found if row[1] is not None}
 
 
 _DELIVERY_COLUMNS = {

@@ -16,10 +16,11 @@ from sqlalchemy import ForeignKey, Index, MetaData, String, Table, and_, insert,
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
+from services.kit import leases
 from services.kit.bus import BusTables, Outbox, bus_tables
 from services.kit.db import CurrencyCode, Id, MinorUnits, UtcDateTime, naming_convention, transactions
 from services.kit.money import Money
-from services.kit.sql import filter_conditions, insert_if_absent, keyset_page, typed_literal
+from services.kit.sql import filter_conditions, insert_if_absent, keyset_page
 from services.orders import events
 from services.orders.domain import AWAITING_PAYMENT, Event, Line, Order, OrderQuery, RequestKey
 
@@ -238,30 +239,20 @@ class SqlRepository:
         return [_order(row) for row in self._session.scalars(statement)]
 
     def claim_captures(self, now: dt.datetime, lease_until: dt.datetime, limit: int) -> list[Order]:
-        due = self._session.execute(
-            select(OrderRow.id, OrderRow.next_capture_at)
-            .where(OrderRow.state == AWAITING_PAYMENT, OrderRow.next_capture_at <= now)
-            .order_by(OrderRow.next_capture_at)
-            .limit(limit)
-        ).all()
-        claimed = []
-        for order_id, at in due:
-            # Conditional on the time seen: of two replicas claiming one order, one wins.
-            result = self._session.execute(
-                update(OrderRow)
-                .where(
-                    and_(
-                        OrderRow.id == order_id,
-                        OrderRow.state == AWAITING_PAYMENT,
-                        OrderRow.next_capture_at == typed_literal(OrderRow.next_capture_at, at),
-                    )
-                )
-                .values(next_capture_at=lease_until)
-                .execution_options(synchronize_session=False)
-            )
-            if getattr(result, "rowcount", 0) == 1:
-                claimed.append(order_id)
-        return [order for order_id in claimed if (order := self.order(order_id)) is not None]
+        # The lease is the next try's time itself: a claimed capture is not due until it ends.
+        claimed = leases.claim(
+            self._session,
+            OrderRow,
+            [OrderRow.id],
+            free=and_(OrderRow.state == AWAITING_PAYMENT, OrderRow.next_capture_at <= now),
+            order_by=[OrderRow.next_capture_at],
+            values={OrderRow.next_capture_at: lease_until},
+            limit=limit,
+            returning=[OrderRow.id],
+        )
+        taken = {row[0] for row in claimed.taken}
+        due = [row[0] for row in claimed.found if row[0] in taken]
+        return [order for order_id in due if (order := self.order(order_id)) is not None]
 
     def schedule_capture(self, order_id: str, at: dt.datetime | None, attempts: int) -> None:
         self._session.execute(

@@ -40,7 +40,7 @@ from sqlalchemy import Connection, Engine, and_, exists, or_, select, update
 from sqlalchemy.orm import aliased
 
 from poly.events.v1.events_pb2 import EventEnvelope
-from services.kit import backoff
+from services.kit import backoff, leases
 from services.kit.bus.metrics import BusMetrics
 from services.kit.bus.tables import DEAD, DELIVERED, PENDING, BusTables
 from services.kit.bus.tracing import EMBEDDED, BusTracer, Destination
@@ -205,45 +205,36 @@ class Relay:
         earlier = aliased(d)
         now = self._clock()
         token = f"{self._owner}:{uuid.uuid4().hex[:12]}"
-        due = (
-            select(d.c.position, d.c.route, d.c.lease_owner)
-            .where(
-                d.c.state == PENDING,
-                d.c.next_attempt_at <= now,
-                or_(d.c.lease_until.is_(None), d.c.lease_until < now),
-                ~exists().where(
-                    earlier.c.route == d.c.route,
-                    earlier.c.aggregate_id == d.c.aggregate_id,
-                    earlier.c.state == PENDING,
-                    earlier.c.position < d.c.position,
-                ),
-            )
-            .order_by(d.c.position)
-            .limit(self._settings.batch_size)
+        free = and_(
+            d.c.state == PENDING,
+            d.c.next_attempt_at <= now,
+            or_(d.c.lease_until.is_(None), d.c.lease_until < now),
+            # In order per aggregate and route: never past an earlier delivery still pending.
+            ~exists().where(
+                earlier.c.route == d.c.route,
+                earlier.c.aggregate_id == d.c.aggregate_id,
+                earlier.c.state == PENDING,
+                earlier.c.position < d.c.position,
+            ),
         )
         waiting = sorted(route for route, down in self._down.items() if down.retry_at > now)
         if waiting:  # a route that is down is tried again at its retry time, not before
-            due = due.where(d.c.route.not_in(waiting))
+            free = and_(free, d.c.route.not_in(waiting))
+        lease_until = now + dt.timedelta(seconds=self._settings.lease_seconds)
         with self._engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                due = due.with_for_update(skip_locked=True, of=d)
-            candidates = connection.execute(due).all()
-            lease_until = now + dt.timedelta(seconds=self._settings.lease_seconds)
-            if not candidates:
-                return token, lease_until, []
-            for route, positions in _by_route((int(p), str(r)) for p, r, _ in candidates).items():
-                # The guard re-checks the lease: on SQLite another relay may have won the row.
-                connection.execute(
-                    update(d)
-                    .where(
-                        d.c.route == route,
-                        d.c.position.in_(positions),
-                        d.c.state == PENDING,
-                        d.c.next_attempt_at <= now,  # another relay may have failed it meanwhile
-                        or_(d.c.lease_until.is_(None), d.c.lease_until < now),
-                    )
-                    .values(lease_owner=token, lease_until=lease_until)
-                )
+            taken = leases.claim(
+                connection,
+                d,
+                [d.c.position, d.c.route],
+                free=free,
+                order_by=[d.c.position],
+                values={d.c.lease_owner: token, d.c.lease_until: lease_until},
+                limit=self._settings.batch_size,
+                seen=[d.c.lease_owner],
+            )
+        candidates = taken.found
+        if not candidates:
+            return token, lease_until, []
         with self._engine.connect() as connection:
             claimed = connection.execute(
                 select(d.c.position, d.c.route, d.c.event_type, o.c.envelope, o.c.event_id)
@@ -252,7 +243,7 @@ class Relay:
                 .order_by(d.c.position)
             ).all()
         # An outcome always clears the lease: one still set ran out with its claim unrecorded.
-        expired = {(int(p), str(r)): owner for p, r, owner in candidates if owner is not None}
+        expired = {(int(row[0]), str(row[1])): row[2] for row in candidates if row[2] is not None}
         for position, route, event_type, _, event_id in claimed:
             previous = expired.get((int(position), str(route)))
             if previous is not None:
