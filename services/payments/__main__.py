@@ -13,7 +13,10 @@ from services.payments.service import PaymentsServicer
 def wire(context: app.Context[payments_settings.PaymentsSettings]) -> app.Parts:
     payments = Payments(store.PaymentsStore(context.sessions, context.outbox).transaction)
     currency = context.service_settings.default_currency
-    return app.Parts(servicer=PaymentsServicer(payments), handlers=events.handlers(context.outbox, currency))
+    return app.Parts(
+        servicer=PaymentsServicer(payments),
+        handlers=events.handlers(lambda session: store.SqlRepository(session, context.outbox), currency),
+    )
 
 
 SERVICE = app.Service(

@@ -1,4 +1,5 @@
-"""Rules of payments: accounts, a double-entry ledger, and payments for orders.
+"""The payments use cases (`Payments`): accounts, funding and payments for orders, built on
+`records` (what is stored), `ledger` (how money moves) and `idempotency` (request ids).
 
 Invariants: each ledger transaction's legs share a currency and sum to zero; entries are only
 inserted, so balances are derived sums, never stored. `held` sums the account's AUTHORIZED
@@ -12,15 +13,13 @@ Saga compensation (OrderCancelled): void an AUTHORIZED payment, refund the rest 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from services.kit import filters, paging
+from services.kit import paging
 from services.kit.domain_errors import (
     Aborted,
     AlreadyExists,
@@ -29,204 +28,44 @@ from services.kit.domain_errors import (
     InvalidArgument,
     NotFound,
 )
-from services.kit.filters import Ordering, Term
+from services.kit.filters import Term
 from services.kit.money import Money, money_problems
-from services.kit.names import request_id_problems
 from services.kit.text import visible_text_problem
+from services.payments.idempotency import Request, fingerprint, key_problems, recall, remember
+from services.payments.ledger import LedgerProvider, balanced_entries, system_account
+from services.payments.records import (
+    ACCOUNT_FIELDS,
+    AUTHORIZED,
+    CAPTURED,
+    CUSTOMER,
+    ENTRY_FIELDS,
+    FAILED,
+    FUNDING,
+    PARTIALLY_REFUNDED,
+    PAYMENT_FIELDS,
+    REFUNDED,
+    VOIDED,
+    Account,
+    AccountPage,
+    EntryPage,
+    LedgerEntry,
+    ListQuery,
+    Payment,
+    PaymentEvent,
+    PaymentPage,
+    Repository,
+    Viewer,
+    list_query,
+)
 
-__all__ = [
-    "ACCOUNT_FIELDS",
-    "AUTHORIZED",
-    "CAPTURED",
-    "FAILED",
-    "PARTIALLY_REFUNDED",
-    "REFUNDED",
-    "VOIDED",
-    "CUSTOMER",
-    "ENTRY_FIELDS",
-    "FUNDING",
-    "KINDS",
-    "MERCHANT",
-    "PAYMENT_FIELDS",
-    "STATES",
-    "Account",
-    "AccountPage",
-    "EntryPage",
-    "LedgerEntry",
-    "LedgerImbalance",
-    "LedgerProvider",
-    "ListQuery",
-    "Payment",
-    "PaymentEvent",
-    "PaymentPage",
-    "PaymentProvider",
-    "Payments",
-    "Repository",
-    "Viewer",
-    "balanced_entries",
-    "system_account_id",
-]
+__all__ = ["ACCOUNT_NOT_FOUND", "AMOUNT_INVALID", "OwnerCheck", "PaymentProvider", "Payments", "Transactions"]
 
-# Account kinds: a user's account, and per currency the source of funding and the merchant.
-CUSTOMER, FUNDING, MERCHANT = "CUSTOMER", "FUNDING", "MERCHANT"
-# Ledger entry kinds.
-KINDS = ("FUNDING", "CAPTURE", "REFUND")
-# Payment states.
-AUTHORIZED, CAPTURED, VOIDED = "AUTHORIZED", "CAPTURED", "VOIDED"
-PARTIALLY_REFUNDED, REFUNDED, FAILED = "PARTIALLY_REFUNDED", "REFUNDED", "FAILED"
-STATES = (AUTHORIZED, CAPTURED, VOIDED, PARTIALLY_REFUNDED, REFUNDED, FAILED)
 _TAKEN = (CAPTURED, PARTIALLY_REFUNDED, REFUNDED)
 """States in which the held amount was captured."""
 
-INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
 ACCOUNT_NOT_FOUND = "ACCOUNT_NOT_FOUND"
 AMOUNT_INVALID = "AMOUNT_INVALID"
 _MAX_REASON = 500
-
-
-@dataclass(frozen=True, slots=True)
-class Account:
-    id: str
-    kind: str
-    owner: str
-    """``users/{user}``; empty for the system accounts."""
-    currency: str
-    create_time: dt.datetime
-    update_time: dt.datetime
-    balance: int = 0
-    """Sum of the account's ledger entries (derived by the store, never stored)."""
-    held: int = 0
-    """Sum of the account's AUTHORIZED payments (derived, never stored)."""
-
-    @property
-    def name(self) -> str:
-        return f"accounts/{self.id}"
-
-    @property
-    def available(self) -> int:
-        return self.balance - self.held
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerEntry:
-    id: str
-    account_id: str
-    transaction: str
-    amount: int
-    """Signed minor units: positive credits, negative debits."""
-    currency: str
-    kind: str
-    payment_id: str
-    """Empty for funding."""
-    create_time: dt.datetime
-
-    @property
-    def name(self) -> str:
-        return f"accounts/{self.account_id}/ledgerEntries/{self.id}"
-
-
-@dataclass(frozen=True, slots=True)
-class Payment:
-    id: str
-    order: str
-    account_id: str
-    """Empty when the owner had no account in the currency."""
-    owner: str
-    currency: str
-    amount: int
-    state: str
-    failure_reason: str
-    create_time: dt.datetime
-    update_time: dt.datetime
-    captured: int = 0
-    """Sum of the CAPTURE entries debiting the account (derived by the store)."""
-    refunded: int = 0
-    """Sum of the REFUND entries crediting the account (derived by the store)."""
-
-    @property
-    def name(self) -> str:
-        return f"payments/{self.id}"
-
-
-@dataclass(frozen=True, slots=True)
-class PaymentEvent:
-    """What happened to a payment, for the store to publish as a ``poly.events.v1`` message."""
-
-    kind: str
-    """AUTHORIZED, FAILED, CAPTURED, VOIDED or REFUNDED."""
-    payment: Payment
-    amount: int
-    """The amount this change moved (held, asked for, taken, released, returned)."""
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ListQuery:
-    terms: tuple[Term, ...]
-    ordering: Ordering
-
-
-@dataclass(frozen=True, slots=True)
-class Viewer:
-    """Who lists: a plain user sees only their own resources, `sees_all` callers everything."""
-
-    subject: str
-    sees_all: bool
-
-
-@dataclass(frozen=True, slots=True)
-class AccountPage:
-    accounts: list[Account]
-    next_page_token: str
-
-
-@dataclass(frozen=True, slots=True)
-class EntryPage:
-    entries: list[LedgerEntry]
-    next_page_token: str
-
-
-@dataclass(frozen=True, slots=True)
-class PaymentPage:
-    payments: list[Payment]
-    next_page_token: str
-
-
-class Repository(Protocol):
-    """The payments database, inside one transaction."""
-
-    def account(self, account_id: str) -> Account | None:
-        """With `balance` and `held` as committed (lock the account first to rely on them)."""
-
-    def account_of(self, owner: str, currency: str) -> Account | None: ...
-    def add_account(self, account: Account) -> bool:
-        """False when it exists (same id, or same kind, owner and currency)."""
-
-    def lock_account(self, account_id: str) -> bool:
-        """Take the account's write lock for the rest of the transaction; False if none."""
-
-    def add_entries(self, entries: Sequence[LedgerEntry]) -> None: ...
-    def entry(self, account_id: str, entry_id: str) -> LedgerEntry | None: ...
-    def payment(self, payment_id: str) -> Payment | None: ...
-    def payment_for_order(self, order: str) -> Payment | None: ...
-    def add_payment(self, payment: Payment) -> bool:
-        """False when the order already has a payment (the unique constraint decides)."""
-
-    def set_state(self, payment_id: str, before: str, after: str, now: dt.datetime) -> bool:
-        """Move the payment from `before` to `after`; False if it was not in `before`."""
-
-    def recall(self, caller: str, key: str) -> tuple[str, str] | None:
-        """``(fingerprint, result id)`` stored for the caller's idempotency key."""
-
-    def remember(self, caller: str, key: str, fingerprint: str, result: str, now: dt.datetime) -> bool:
-        """False when the key is already stored."""
-
-    def list_accounts(self, query: ListQuery, after: Sequence[str] | None, limit: int) -> list[Account]: ...
-    def list_entries(
-        self, account_id: str, query: ListQuery, after: Sequence[str] | None, limit: int
-    ) -> list[LedgerEntry]: ...
-    def list_payments(self, query: ListQuery, after: Sequence[str] | None, limit: int) -> list[Payment]: ...
-    def publish(self, event: PaymentEvent) -> None: ...
 
 
 Transactions = Callable[[], AbstractContextManager[Repository]]
@@ -236,35 +75,6 @@ act on resources of `owner` (``users/{id}``; "" when the resource does not exist
 callers who may see everything pass), with PERMISSION_DENIED naming only `resource`, the
 name asked for. It runs before existence is checked, so another's resource and a missing
 one answer alike (AIP-211)."""
-
-
-class LedgerImbalance(RuntimeError):
-    """A transaction's legs do not sum to zero or mix currencies: a bug, never written."""
-
-
-def balanced_entries(
-    legs: Sequence[tuple[str, int]], currency: str, kind: str, payment_id: str, now: dt.datetime
-) -> list[LedgerEntry]:
-    """The entries of one double-entry transaction; refuses legs that do not sum to zero."""
-    if len(legs) < 2 or sum(amount for _, amount in legs) != 0 or any(a == 0 for _, a in legs):
-        raise LedgerImbalance(f"unbalanced {kind} transaction: {list(legs)}")
-    transaction = str(uuid.uuid4())
-    return [
-        LedgerEntry(str(uuid.uuid4()), account, transaction, amount, currency, kind, payment_id, now)
-        for account, amount in legs
-    ]
-
-
-def system_account_id(kind: str, currency: str) -> str:
-    return f"{kind.lower()}-{currency.lower()}"
-
-
-def _system_account(repo: Repository, kind: str, currency: str, now: dt.datetime) -> str:
-    """The funding or merchant account of `currency`, opened on first use."""
-    account_id = system_account_id(kind, currency)
-    if repo.account(account_id) is None:
-        repo.add_account(Account(account_id, kind, "", currency, now, now))
-    return account_id
 
 
 class PaymentProvider(Protocol):
@@ -279,78 +89,11 @@ class PaymentProvider(Protocol):
     def refund(self, repo: Repository, payment: Payment, amount: int, now: dt.datetime) -> None: ...
 
 
-class LedgerProvider:
-    """The built-in provider: a hold is the AUTHORIZED payment itself (counted in `held`);
-    capture moves it to the merchant account, a refund moves money back."""
-
-    def authorize(self, repo: Repository, account: Account, amount: Money) -> str:
-        return "" if amount.amount <= account.available else INSUFFICIENT_FUNDS
-
-    def capture(self, repo: Repository, payment: Payment, now: dt.datetime) -> None:
-        merchant = _system_account(repo, MERCHANT, payment.currency, now)
-        legs = [(payment.account_id, -payment.amount), (merchant, payment.amount)]
-        repo.add_entries(balanced_entries(legs, payment.currency, "CAPTURE", payment.id, now))
-
-    def void(self, repo: Repository, payment: Payment, now: dt.datetime) -> None:
-        """Nothing to move: leaving AUTHORIZED releases the hold."""
-
-    def refund(self, repo: Repository, payment: Payment, amount: int, now: dt.datetime) -> None:
-        merchant = _system_account(repo, MERCHANT, payment.currency, now)
-        legs = [(merchant, -amount), (payment.account_id, amount)]
-        repo.add_entries(balanced_entries(legs, payment.currency, "REFUND", payment.id, now))
-
-
-def _id_value(collection: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        prefix, _, found = raw.partition("/")
-        if prefix != collection or not found or "/" in found:
-            raise ValueError(f"must be {collection}/{{id}}")
-        return found
-
-    return parse
-
-
-_TIME = filters.FieldSpec(filters.timestamp_value, filters.ORDERED)
-ACCOUNT_FIELDS: filters.Fields = {
-    "owner": filters.FieldSpec(filters.text_value),
-    "currency_code": filters.FieldSpec(filters.text_value),
-    "create_time": _TIME,
-}
-ENTRY_FIELDS: filters.Fields = {
-    "kind": filters.FieldSpec(filters.enum_value(*KINDS, prefix="KIND_")),
-    "payment": filters.FieldSpec(_id_value("payments")),
-    "create_time": _TIME,
-}
-PAYMENT_FIELDS: filters.Fields = {
-    "state": filters.FieldSpec(filters.enum_value(*STATES)),
-    "order": filters.FieldSpec(filters.text_value),
-    "account": filters.FieldSpec(_id_value("accounts")),
-    "owner": filters.FieldSpec(filters.text_value),
-    "create_time": _TIME,
-}
-_NEWEST_FIRST = Ordering("create_time", descending=True)
-
-
-def _query(filter_text: str, order_by: str, fields: filters.Fields, orderings: Sequence[str]) -> ListQuery:
-    terms = filters.parse_filter(filter_text, fields)
-    return ListQuery(tuple(terms), filters.parse_order_by(order_by, orderings, default=_NEWEST_FIRST))
-
-
-def _request_id_problems(request_id: str) -> list[FieldViolation]:
-    # UUID5 too: a service deriving its key from a name (orders' capture of an order) retries
-    # with the same key even after a restart, without storing it first.
-    return request_id_problems(request_id, required=True, versions=(4, 5))
-
-
 def _refuse(problems: list[FieldViolation], what: str) -> None:
     if problems:
         raise InvalidArgument(
             f"{what.upper()}_INVALID", "the {what} request is invalid", violations=problems, what=what
         )
-
-
-def _fingerprint(*fields: object) -> str:
-    return hashlib.sha256(json.dumps([str(f) for f in fields]).encode()).hexdigest()
 
 
 def _wrong_currency(expected: str) -> InvalidArgument:
@@ -372,44 +115,11 @@ class _Ask:
     amount: Money
 
 
-@dataclass(frozen=True, slots=True)
-class _Request:
-    """An idempotency key of one caller and the fingerprint of what it was sent with."""
-
-    caller: str
-    key: str
-    fingerprint: str
-
-
 @dataclass
 class Payments:
     transactions: Transactions
     provider: PaymentProvider = field(default_factory=LedgerProvider)
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
-
-    # -- idempotency --------------------------------------------------------------------
-
-    @staticmethod
-    def _recall(repo: Repository, request: _Request | None) -> str | None:
-        """The result id of an earlier call with this key, or None for a new key."""
-        if request is None:
-            return None
-        found = repo.recall(request.caller, request.key)
-        if found is None:
-            return None
-        if found[0] != request.fingerprint:
-            raise FailedPrecondition(
-                "REQUEST_ID_REUSED",
-                "request_id {request_id} was already used with other fields",
-                request_id=request.key,
-            )
-        return found[1]
-
-    def _remember(self, repo: Repository, request: _Request | None, result: str) -> None:
-        if request is not None and not repo.remember(
-            request.caller, request.key, request.fingerprint, result, self.clock()
-        ):
-            raise Aborted("REQUEST_IN_FLIGHT", "a call with this request_id is in flight; retry")
 
     # -- accounts -----------------------------------------------------------------------
 
@@ -423,14 +133,14 @@ class Payments:
         return opened
 
     def fund(self, caller: str, request_id: str, account_id: str, amount: Money) -> Account:
-        problems = _request_id_problems(request_id)
+        problems = key_problems(request_id)
         _refuse(problems + money_problems("amount", amount.currency, amount.amount, positive=True), "fund")
-        request = _Request(caller, request_id, _fingerprint("fund", account_id, amount))
+        request = Request(caller, request_id, fingerprint("fund", account_id, amount))
         now = self.clock()
         with self.transactions() as repo:
             if not repo.lock_account(account_id):
                 raise NotFound("ACCOUNT_NOT_FOUND", "accounts/{account} does not exist", account=account_id)
-            if self._recall(repo, request) is None:
+            if recall(repo, request) is None:
                 account = repo.account(account_id)
                 assert account is not None
                 if account.kind != CUSTOMER:
@@ -439,10 +149,10 @@ class Payments:
                     )
                 if amount.currency != account.currency:
                     raise _wrong_currency(account.currency)
-                source = _system_account(repo, FUNDING, amount.currency, now)
+                source = system_account(repo, FUNDING, amount.currency, now)
                 legs = [(source, -amount.amount), (account_id, amount.amount)]
                 repo.add_entries(balanced_entries(legs, amount.currency, "FUNDING", "", now))
-                self._remember(repo, request, account_id)
+                remember(repo, request, account_id, self.clock())
             funded = repo.account(account_id)
         assert funded is not None
         return funded
@@ -462,7 +172,7 @@ class Payments:
         self, viewer: Viewer, *, size: int, token: str, filter_text: str, order_by: str
     ) -> AccountPage:
         limit = paging.page_size(size)
-        query = _visible(_query(filter_text, order_by, ACCOUNT_FIELDS, ["create_time"]), viewer)
+        query = _visible(list_query(filter_text, order_by, ACCOUNT_FIELDS, ["create_time"]), viewer)
         request = [filter_text, order_by]
         after = paging.decode_token(token, request)
         with self.transactions() as repo:
@@ -493,7 +203,7 @@ class Payments:
         order_by: str,
     ) -> EntryPage:
         limit = paging.page_size(size)
-        query = _query(filter_text, order_by, ENTRY_FIELDS, ["create_time"])
+        query = list_query(filter_text, order_by, ENTRY_FIELDS, ["create_time"])
         request = [account_id, filter_text, order_by]
         after = paging.decode_token(token, request)
         self.account(account_id, check_owner)
@@ -516,7 +226,7 @@ class Payments:
     ) -> PaymentPage:
         limit = paging.page_size(size)
         orderings = ["create_time", "update_time"]
-        query = _visible(_query(filter_text, order_by, PAYMENT_FIELDS, orderings), viewer)
+        query = _visible(list_query(filter_text, order_by, PAYMENT_FIELDS, orderings), viewer)
         request = [filter_text, order_by]
         after = paging.decode_token(token, request)
         with self.transactions() as repo:
@@ -533,12 +243,12 @@ class Payments:
     ) -> Payment:
         """AuthorizePayment: a decline is a FAILED payment, not an error; a second
         authorization of the order (another request_id) is ALREADY_EXISTS."""
-        problems = _request_id_problems(request_id)
+        problems = key_problems(request_id)
         _refuse(
             problems + money_problems("amount", amount.currency, amount.amount, positive=True), "authorize"
         )
         ask = _Ask(order, owner, account_id, amount)
-        request = _Request(caller, request_id, _fingerprint("authorize", order, owner, account_id, amount))
+        request = Request(caller, request_id, fingerprint("authorize", order, owner, account_id, amount))
         with self.transactions() as repo:
             return self._authorize(repo, ask, request)
 
@@ -551,7 +261,7 @@ class Payments:
                 return self._decline(repo, ask, "", AMOUNT_INVALID, None)
             return self._authorize(repo, ask, None)
 
-    def _authorize(self, repo: Repository, ask: _Ask, request: _Request | None) -> Payment:
+    def _authorize(self, repo: Repository, ask: _Ask, request: Request | None) -> Payment:
         amount = ask.amount
         found = (
             repo.account(ask.account_id) if ask.account_id else repo.account_of(ask.owner, amount.currency)
@@ -564,7 +274,7 @@ class Payments:
         ):
             repo.lock_account(found.id)  # first: balances and replays are then read under the lock
             account = repo.account(found.id)
-        replayed = self._recall(repo, request)
+        replayed = recall(repo, request)
         if replayed is not None:
             return self._payment(repo, replayed)
         if account is None:
@@ -576,7 +286,7 @@ class Payments:
         return self._add(repo, held, PaymentEvent(AUTHORIZED, held, held.amount), request)
 
     def _decline(
-        self, repo: Repository, ask: _Ask, account_id: str, reason: str, request: _Request | None
+        self, repo: Repository, ask: _Ask, account_id: str, reason: str, request: Request | None
     ) -> Payment:
         failed = self._new_payment(ask, account_id, FAILED, reason)
         return self._add(repo, failed, PaymentEvent(FAILED, failed, failed.amount, reason), request)
@@ -589,12 +299,12 @@ class Payments:
         )
 
     def _add(
-        self, repo: Repository, payment: Payment, event: PaymentEvent, request: _Request | None
+        self, repo: Repository, payment: Payment, event: PaymentEvent, request: Request | None
     ) -> Payment:
         if not repo.add_payment(payment):
             # The order has its payment already: a repeat of this call (a racing twin that
             # committed first) gets it; anything else is a second authorization.
-            replayed = self._recall(repo, request)
+            replayed = recall(repo, request)
             existing = repo.payment_for_order(payment.order)
             assert existing is not None
             if request is not None and replayed != existing.id:
@@ -606,7 +316,7 @@ class Payments:
                 )
             return existing
         repo.publish(event)
-        self._remember(repo, request, payment.id)
+        remember(repo, request, payment.id, self.clock())
         return payment
 
     @staticmethod
@@ -625,49 +335,49 @@ class Payments:
 
     def capture(self, caller: str, request_id: str, payment_id: str) -> Payment:
         """AUTHORIZED -> CAPTURED; a payment already captured is returned unchanged."""
-        _refuse(_request_id_problems(request_id), "capture")
-        request = _Request(caller, request_id, _fingerprint("capture", payment_id))
+        _refuse(key_problems(request_id), "capture")
+        request = Request(caller, request_id, fingerprint("capture", payment_id))
         with self.transactions() as repo:
             payment = self._locked(repo, payment_id)
-            if self._recall(repo, request) is None:
+            if recall(repo, request) is None:
                 if payment.state == AUTHORIZED:
                     self._move(repo, payment, CAPTURED, self.provider.capture)
                     payment = self._payment(repo, payment_id)
                     repo.publish(PaymentEvent(CAPTURED, payment, payment.amount))
                 elif payment.state not in _TAKEN:
                     raise _not_in_state(payment, "PAYMENT_NOT_CAPTURABLE", "captured")
-                self._remember(repo, request, payment_id)
+                remember(repo, request, payment_id, self.clock())
             return self._payment(repo, payment_id)
 
     def void(self, caller: str, request_id: str, payment_id: str) -> Payment:
         """AUTHORIZED -> VOIDED; a VOIDED payment is returned unchanged."""
-        _refuse(_request_id_problems(request_id), "void")
-        request = _Request(caller, request_id, _fingerprint("void", payment_id))
+        _refuse(key_problems(request_id), "void")
+        request = Request(caller, request_id, fingerprint("void", payment_id))
         with self.transactions() as repo:
             payment = self._locked(repo, payment_id)
-            if self._recall(repo, request) is None:
+            if recall(repo, request) is None:
                 if payment.state == AUTHORIZED:
                     self._void(repo, payment)
                 elif payment.state != VOIDED:
                     raise _not_in_state(payment, "PAYMENT_NOT_VOIDABLE", "voided")
-                self._remember(repo, request, payment_id)
+                remember(repo, request, payment_id, self.clock())
             return self._payment(repo, payment_id)
 
     def refund(
         self, caller: str, request_id: str, payment_id: str, amount: Money | None, reason: str
     ) -> Payment:
         """Returns `amount` (absent: the rest) of the captured money, never more."""
-        problems = _request_id_problems(request_id)
+        problems = key_problems(request_id)
         if amount is not None:
             problems += money_problems("amount", amount.currency, amount.amount, positive=True)
         reason_problem = visible_text_problem(reason, max_length=_MAX_REASON)
         if reason_problem:
             problems.append(FieldViolation("reason", reason_problem))
         _refuse(problems, "refund")
-        request = _Request(caller, request_id, _fingerprint("refund", payment_id, amount, reason))
+        request = Request(caller, request_id, fingerprint("refund", payment_id, amount, reason))
         with self.transactions() as repo:
             payment = self._locked(repo, payment_id)
-            if self._recall(repo, request) is None:
+            if recall(repo, request) is None:
                 if payment.state not in (CAPTURED, PARTIALLY_REFUNDED):
                     raise _not_in_state(payment, "PAYMENT_NOT_REFUNDABLE", "refunded")
                 if amount is not None and amount.currency != payment.currency:
@@ -682,7 +392,7 @@ class Payments:
                         payment=payment_id,
                     )
                 self._refund(repo, payment, value, reason)
-                self._remember(repo, request, payment_id)
+                remember(repo, request, payment_id, self.clock())
             return self._payment(repo, payment_id)
 
     def cancel_order(self, order: str, reason: str) -> Payment | None:

@@ -13,7 +13,8 @@ from services.kit import authz, tls
 from services.kit.money import Money
 from services.kit.names import resource_id
 from services.kit.wire import money_message, money_value, timestamp
-from services.payments.domain import Account, LedgerEntry, Payment, Payments, Viewer
+from services.payments.domain import Payments
+from services.payments.records import Account, LedgerEntry, Payment, Viewer
 
 __all__ = ["PaymentsServicer"]
 

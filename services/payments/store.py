@@ -3,14 +3,13 @@
 Money is never updated in place: ``ledger_entry`` rows are only inserted, and every amount
 derived from them (balances, held, captured, refunded) is summed by the queries here.
 `PaymentsStore.transaction()` opens one session and one transaction and yields a
-`SqlRepository` (the `domain.Repository` over it); events published inside it join it.
+`SqlRepository` (the `records.Repository` over it); events published inside it join it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -22,22 +21,17 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
     insert,
-    literal,
     select,
-    tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from poly.events.v1 import events_pb2
 from services.kit.bus import BusTables, Outbox, bus_tables
 from services.kit.db import CurrencyCode, Id, MinorUnits, UtcDateTime, naming_convention, transactions
-from services.kit.money import Money
-from services.kit.wire import money_message
-from services.payments.domain import (
+from services.kit.sql import filter_conditions, insert_if_absent, keyset_page
+from services.payments import events
+from services.payments.records import (
     AUTHORIZED,
-    REFUNDED,
     Account,
     LedgerEntry,
     ListQuery,
@@ -157,15 +151,6 @@ _REFUNDED = (
 _ACCOUNTS = select(_Account, _BALANCE, _HELD, _LAST_ENTRY, _LAST_PAYMENT)
 _PAYMENTS = select(_Payment, _CAPTURED, _REFUNDED)
 
-_OPERATORS: Mapping[str, Callable[[Any, Any], Any]] = {
-    "=": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
-
 
 def _account(found: Any) -> Account:
     row, balance, held, last_entry, last_payment = found
@@ -206,10 +191,6 @@ def _entry(row: LedgerEntryRow) -> LedgerEntry:
     )
 
 
-def _literal(column: Any, value: object) -> Any:
-    return literal(value, type_=column.type)
-
-
 def _listed(
     statement: Select[Any],
     columns: Mapping[str, Any],
@@ -220,32 +201,19 @@ def _listed(
     limit: int,
 ) -> Select[Any]:
     """`statement` narrowed by the query's terms, after the keyset position, in its order."""
-    for term in query.terms:
-        statement = statement.where(_OPERATORS[term.operator](columns[term.field], term.value))
-    column = columns[query.ordering.field]
-    descending = query.ordering.descending
-    if after is not None:
-        position = tuple_(_literal(column, dt.datetime.fromisoformat(after[0])), _literal(key, after[1]))
-        keyset = tuple_(column, key)
-        statement = statement.where(keyset < position if descending else keyset > position)
-    ordering = (column.desc(), key.desc()) if descending else (column.asc(), key.asc())
-    return statement.order_by(*ordering).limit(limit)
+    statement = statement.where(*filter_conditions(query.terms, columns))
+    ordering = query.ordering
+    return keyset_page(
+        statement, (columns[ordering.field], key), after=after, descending=ordering.descending, limit=limit
+    )
 
 
 class SqlRepository:
-    """`domain.Repository` over one session (one transaction)."""
+    """`records.Repository` over one session (one transaction)."""
 
     def __init__(self, session: Session, outbox: Outbox | None) -> None:
         self._session = session
         self._outbox = outbox
-
-    def _insert_ignoring_conflicts(self, table: Any, values: Mapping[str, object]) -> bool:
-        """Insert unless a unique constraint already holds the row (the constraint decides
-        races; no savepoint, so it can be a transaction's first write on SQLite too)."""
-        dialect = postgresql if self._session.get_bind().dialect.name == "postgresql" else sqlite
-        key = next(iter(table.__table__.primary_key.columns))
-        statement = dialect.insert(table).values(**values).on_conflict_do_nothing().returning(key)
-        return self._session.execute(statement).first() is not None
 
     # -- accounts -----------------------------------------------------------------------
 
@@ -269,7 +237,7 @@ class SqlRepository:
             "version": 0,
             "create_time": account.create_time,
         }
-        return self._insert_ignoring_conflicts(AccountRow, values)
+        return insert_if_absent(self._session, AccountRow, values)
 
     def lock_account(self, account_id: str) -> bool:
         # A write first: a row lock on PostgreSQL, the database write lock on SQLite. Reads
@@ -343,7 +311,7 @@ class SqlRepository:
             "create_time": payment.create_time,
             "update_time": payment.update_time,
         }
-        return self._insert_ignoring_conflicts(PaymentRow, values)
+        return insert_if_absent(self._session, PaymentRow, values)
 
     def set_state(self, payment_id: str, before: str, after: str, now: dt.datetime) -> bool:
         moved = self._session.execute(
@@ -379,38 +347,14 @@ class SqlRepository:
             "result": result,
             "create_time": now,
         }
-        return self._insert_ignoring_conflicts(RequestRow, values)
+        return insert_if_absent(self._session, RequestRow, values)
 
     # -- events -------------------------------------------------------------------------
 
     def publish(self, event: PaymentEvent) -> None:
         if self._outbox is None:
             raise RuntimeError("this repository was opened without an outbox and cannot publish")
-        payment = event.payment
-        common: dict[str, Any] = {
-            "payment": payment.name,
-            "order": payment.order,
-            "account": f"accounts/{payment.account_id}" if payment.account_id else "",
-            "owner": payment.owner,
-            "amount": money_message(Money(payment.currency, event.amount)),
-        }
-        message: Any
-        if event.kind == "AUTHORIZED":
-            message = events_pb2.PaymentAuthorized(**common)
-        elif event.kind == "FAILED":
-            message = events_pb2.PaymentFailed(**common, reason=event.reason)
-        elif event.kind == "CAPTURED":
-            message = events_pb2.PaymentCaptured(**common)
-        elif event.kind == "VOIDED":
-            message = events_pb2.PaymentVoided(**common)
-        else:
-            message = events_pb2.PaymentRefunded(
-                **common,
-                refunded_total=money_message(Money(payment.currency, payment.refunded)),
-                fully_refunded=payment.state == REFUNDED,
-                reason=event.reason,
-            )
-        self._outbox.publish(self._session, message, aggregate_id=payment.name)
+        self._outbox.publish(self._session, events.message(event), aggregate_id=event.payment.name)
 
 
 class PaymentsStore:

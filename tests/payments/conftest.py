@@ -1,4 +1,5 @@
-"""One auth + payments deployment per database backend, shared by a module's tests."""
+"""Payments for a module's tests: one auth + payments deployment per database backend
+(`system`), or the use cases over a migrated SQLite file and no server (`local`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.payments.helpers import System
+from tests.payments.local import LocalPayments, open_local
 from tests.support.identity import start
 
 
@@ -24,3 +26,23 @@ def system(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         yield System(deployment, deployment.create_admin())
     finally:
         deployment.stop()
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[LocalPayments]:
+    """A fresh database for one test."""
+    opened = open_local(tmp_path / "payments.db")
+    try:
+        yield opened
+    finally:
+        opened.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def shared_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPayments]:
+    """One database for a module's tests (property tests: each example opens new accounts)."""
+    opened = open_local(tmp_path_factory.mktemp("payments-local") / "payments.db")
+    try:
+        yield opened
+    finally:
+        opened.engine.dispose()

@@ -1,41 +1,457 @@
-"""Pure rules of the payments domain: balanced transactions and the ledger provider's decision."""
+"""The `Payments` use cases over the real store (SQLite, no server): funding, holds, capture,
+void, refund, the saga's steps, idempotency keys, permission before existence, and listing."""
 
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
 import pytest
 
+from services.kit.domain_errors import (
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from services.kit.money import Money
-from services.payments.domain import CUSTOMER, Account, LedgerImbalance, LedgerProvider, balanced_entries
+from services.payments.domain import ACCOUNT_NOT_FOUND, AMOUNT_INVALID, OwnerCheck, Payments
+from services.payments.ledger import INSUFFICIENT_FUNDS, LedgerProvider
+from services.payments.records import (
+    AUTHORIZED,
+    CAPTURED,
+    CUSTOMER,
+    FAILED,
+    PARTIALLY_REFUNDED,
+    REFUNDED,
+    VOIDED,
+    Account,
+    Payment,
+    Repository,
+    Viewer,
+)
+from tests.payments.local import ADMIN, ORDERS, LocalPayments, new_key
 
-NOW = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+EUR = "EUR"
+
+
+def _eur(amount: int) -> Money:
+    return Money(EUR, amount)
+
+
+def _reason(error: pytest.ExceptionInfo[DomainError]) -> str:
+    return error.value.reason
+
+
+def _anyone(owner: str, name: str) -> None:
+    """An owner check that lets every caller through (an admin's)."""
+
+
+# -- accounts and funding ---------------------------------------------------------------
+
+
+def test_opening_an_account_twice_returns_the_first(local: LocalPayments) -> None:
+    owner = f"users/{uuid.uuid4()}"
+    first = local.payments.open_account(owner, EUR)
+    assert local.payments.open_account(owner, EUR) == first
+    other = local.payments.open_account(owner, "JPY")
+    assert other.id != first.id
+    assert (first.kind, first.owner, first.balance, first.held, first.available) == (CUSTOMER, owner, 0, 0, 0)
+
+
+def test_funding_credits_the_account_once_per_request_id(local: LocalPayments) -> None:
+    account = local.customer()
+    key = new_key()
+    assert local.payments.fund(ADMIN, key, account.id, _eur(500)).balance == 500
+    assert local.payments.fund(ADMIN, key, account.id, _eur(500)).balance == 500, "a repeat funds nothing"
+    assert local.payments.fund(ADMIN, new_key(), account.id, _eur(250)).balance == 750
+    assert local.balances("funding-eur") == {"funding-eur": -750}
+
+
+def test_a_request_id_reused_with_other_fields_is_refused(local: LocalPayments) -> None:
+    account = local.customer()
+    key = new_key()
+    local.payments.fund(ADMIN, key, account.id, _eur(500))
+    with pytest.raises(FailedPrecondition) as refused:
+        local.payments.fund(ADMIN, key, account.id, _eur(501))
+    assert _reason(refused) == "REQUEST_ID_REUSED"
+    assert local.account(account.id).balance == 500
+
+
+def test_request_ids_belong_to_their_caller(local: LocalPayments) -> None:
+    account = local.customer()
+    key = new_key()
+    local.payments.fund(ADMIN, key, account.id, _eur(500))
+    assert local.payments.fund("users/another-admin", key, account.id, _eur(500)).balance == 1000
 
 
 @pytest.mark.parametrize(
-    "legs",
-    [[("a", -100), ("b", 99)], [("a", 100)], [("a", 0), ("b", 0)], []],
-    ids=["off-by-one", "one-leg", "zero-legs", "empty"],
+    ("key", "amount", "field"),
+    [
+        ("not-a-uuid", _eur(1), "request_id"),
+        ("", _eur(1), "request_id"),
+        (None, _eur(0), "amount.amount_minor"),
+    ],
+    ids=["bad-key", "no-key", "zero-amount"],
 )
-def test_an_unbalanced_transaction_is_never_built(legs: list[tuple[str, int]]) -> None:
-    with pytest.raises(LedgerImbalance):
-        balanced_entries(legs, "EUR", "FUNDING", "", NOW)
-
-
-def test_a_balanced_transaction_shares_one_id_currency_and_kind() -> None:
-    entries = balanced_entries([("a", -250), ("b", 100), ("c", 150)], "EUR", "CAPTURE", "p", NOW)
-    assert sum(e.amount for e in entries) == 0
-    assert len({e.transaction for e in entries}) == 1 and len({e.id for e in entries}) == 3
-    assert {(e.currency, e.kind, e.payment_id) for e in entries} == {("EUR", "CAPTURE", "p")}
-
-
-@pytest.mark.parametrize(
-    ("balance", "held", "amount", "decline"),
-    [(1000, 0, 1000, ""), (1000, 1, 1000, "INSUFFICIENT_FUNDS"), (0, 0, 1, "INSUFFICIENT_FUNDS")],
-    ids=["exactly-available", "held-counts", "empty"],
-)
-def test_the_ledger_authorizes_only_what_is_available(
-    balance: int, held: int, amount: int, decline: str
+def test_an_invalid_funding_names_the_field(
+    local: LocalPayments, key: str | None, amount: Money, field: str
 ) -> None:
-    account = Account("a", CUSTOMER, "users/u", "EUR", NOW, NOW, balance=balance, held=held)
-    assert LedgerProvider().authorize(None, account, Money("EUR", amount)) == decline  # type: ignore[arg-type]
+    account = local.customer()
+    with pytest.raises(InvalidArgument) as refused:
+        local.payments.fund(ADMIN, new_key() if key is None else key, account.id, amount)
+    assert _reason(refused) == "FUND_INVALID"
+    assert [v.field for v in refused.value.violations] == [field]
+
+
+def test_funding_is_refused_where_money_cannot_go(local: LocalPayments) -> None:
+    account = local.customer(funds=100)  # opens funding-eur
+    with pytest.raises(NotFound) as missing:
+        local.payments.fund(ADMIN, new_key(), "no-such-account", _eur(1))
+    with pytest.raises(FailedPrecondition) as system:
+        local.payments.fund(ADMIN, new_key(), "funding-eur", _eur(1))
+    with pytest.raises(InvalidArgument) as currency:
+        local.payments.fund(ADMIN, new_key(), account.id, Money("JPY", 1))
+    assert (_reason(missing), _reason(system), _reason(currency)) == (
+        "ACCOUNT_NOT_FOUND",
+        "ACCOUNT_NOT_FUNDABLE",
+        "CURRENCY_MISMATCH",
+    )
+    assert local.account(account.id).balance == 100
+
+
+# -- authorization ------------------------------------------------------------------------
+
+
+def test_a_hold_takes_exactly_the_available_balance_and_no_more(local: LocalPayments) -> None:
+    account = local.customer(funds=1000)
+    held = local.authorize(account, 1000)
+    declined = local.authorize(account, 1)
+    assert (held.state, held.failure_reason, held.account_id) == (AUTHORIZED, "", account.id)
+    assert (declined.state, declined.failure_reason) == (FAILED, INSUFFICIENT_FUNDS)
+    after = local.account(account.id)
+    assert (after.balance, after.held, after.available) == (1000, 1000, 0)
+    assert local.published(held.name) == ["PaymentAuthorized"]
+    assert local.published(declined.name) == ["PaymentFailed"]
+
+
+def test_an_owner_without_an_account_in_the_currency_is_declined(local: LocalPayments) -> None:
+    account = local.customer(funds=1000)
+    jpy = local.payments.authorize(
+        ORDERS, new_key(), order="orders/jpy", owner=account.owner, account_id="", amount=Money("JPY", 5)
+    )
+    others = local.payments.authorize(
+        ORDERS, new_key(), order="orders/other", owner="users/other", account_id=account.id, amount=_eur(5)
+    )
+    assert [(p.state, p.failure_reason, p.account_id) for p in (jpy, others)] == [
+        (FAILED, ACCOUNT_NOT_FOUND, ""),
+        (FAILED, ACCOUNT_NOT_FOUND, ""),
+    ]
+    assert local.account(account.id).held == 0
+
+
+def test_an_order_is_authorized_once(local: LocalPayments) -> None:
+    account = local.customer(funds=1000)
+    key = new_key()
+
+    def authorize(key: str, amount: int = 300) -> Payment:
+        return local.payments.authorize(
+            ORDERS, key, order="orders/1", owner=account.owner, account_id="", amount=_eur(amount)
+        )
+
+    first = authorize(key)
+    assert authorize(key) == first, "a repeat of the call gets the first payment"
+    with pytest.raises(AlreadyExists) as second:
+        authorize(new_key())
+    with pytest.raises(FailedPrecondition) as reused:
+        authorize(key, 301)
+    assert (_reason(second), _reason(reused)) == ("ORDER_ALREADY_AUTHORIZED", "REQUEST_ID_REUSED")
+    assert local.account(account.id).held == 300
+
+
+def test_the_saga_authorizes_an_order_once_however_often_it_is_delivered(local: LocalPayments) -> None:
+    account = local.customer(funds=1000)
+    first = local.payments.authorize_order("orders/7", account.owner, _eur(400))
+    again = local.payments.authorize_order("orders/7", account.owner, _eur(400))
+    assert again == first and first.state == AUTHORIZED
+    assert local.account(account.id).held == 400
+    assert local.published(first.name) == ["PaymentAuthorized"]
+
+
+@pytest.mark.parametrize("amount", [_eur(0), _eur(-5), Money("XXX", 5)], ids=["zero", "negative", "currency"])
+def test_the_saga_declines_an_amount_no_payment_could_have(local: LocalPayments, amount: Money) -> None:
+    account = local.customer(funds=1000)
+    declined = local.payments.authorize_order(f"orders/{uuid.uuid4()}", account.owner, amount)
+    assert (declined.state, declined.failure_reason, declined.account_id) == (FAILED, AMOUNT_INVALID, "")
+    assert local.published(declined.name) == ["PaymentFailed"]
+
+
+# -- capture and void ---------------------------------------------------------------------
+
+
+def test_capture_takes_the_hold_once(local: LocalPayments) -> None:
+    account = local.customer(funds=1000)
+    held = local.authorize(account, 600)
+    captured = local.payments.capture(ORDERS, new_key(), held.id)
+    assert local.payments.capture(ORDERS, new_key(), held.id) == captured, "a capture again changes nothing"
+    assert (captured.state, captured.captured, captured.refunded) == (CAPTURED, 600, 0)
+    after = local.account(account.id)
+    assert (after.balance, after.held, after.available) == (400, 0, 400)
+    assert local.published(held.name) == ["PaymentAuthorized", "PaymentCaptured"]
+
+
+def test_void_releases_the_hold_and_moves_no_money(local: LocalPayments) -> None:
+    account = local.customer(funds=1000)
+    held = local.authorize(account, 600)
+    voided = local.payments.void(ORDERS, new_key(), held.id)
+    assert local.payments.void(ORDERS, new_key(), held.id) == voided
+    assert (voided.state, voided.captured) == (VOIDED, 0)
+    after = local.account(account.id)
+    assert (after.balance, after.held, after.available) == (1000, 0, 1000)
+    assert local.published(held.name) == ["PaymentAuthorized", "PaymentVoided"]
+
+
+def _act(local: LocalPayments, action: str, payment_id: str) -> Payment:
+    """Capture, void or refund (all of the rest) the payment, as its callers do."""
+    if action == "capture":
+        return local.payments.capture(ORDERS, new_key(), payment_id)
+    if action == "void":
+        return local.payments.void(ORDERS, new_key(), payment_id)
+    return local.payments.refund(ADMIN, new_key(), payment_id, None, "")
+
+
+@pytest.mark.parametrize(
+    ("settle", "action", "reason"),
+    [
+        ("void", "capture", "PAYMENT_NOT_CAPTURABLE"),
+        ("capture", "void", "PAYMENT_NOT_VOIDABLE"),
+        ("", "refund", "PAYMENT_NOT_REFUNDABLE"),
+        ("void", "refund", "PAYMENT_NOT_REFUNDABLE"),
+        ("refund", "refund", "PAYMENT_NOT_REFUNDABLE"),
+        ("refund", "void", "PAYMENT_NOT_VOIDABLE"),
+    ],
+    ids=[
+        "capture-voided",
+        "void-captured",
+        "refund-held",
+        "refund-voided",
+        "refund-refunded",
+        "void-refunded",
+    ],
+)
+def test_a_payment_moves_only_along_its_state_machine(
+    local: LocalPayments, settle: str, action: str, reason: str
+) -> None:
+    account = local.customer(funds=1000)
+    payment = local.authorize(account, 600)
+    if settle == "refund":
+        _act(local, "capture", payment.id)
+    if settle:
+        _act(local, settle, payment.id)
+    before = local.account(account.id)
+    with pytest.raises(FailedPrecondition) as refused:
+        _act(local, action, payment.id)
+    assert _reason(refused) == reason
+    assert local.account(account.id) == before
+
+
+@pytest.mark.parametrize(
+    ("action", "reason"),
+    [
+        ("capture", "PAYMENT_NOT_CAPTURABLE"),
+        ("void", "PAYMENT_NOT_VOIDABLE"),
+        ("refund", "PAYMENT_NOT_REFUNDABLE"),
+    ],
+    ids=["capture", "void", "refund"],
+)
+def test_a_declined_payment_stays_declined(local: LocalPayments, action: str, reason: str) -> None:
+    declined = local.authorize(local.customer(), 1)
+    with pytest.raises(FailedPrecondition) as refused:
+        _act(local, action, declined.id)
+    assert _reason(refused) == reason
+    assert local.payments.payment(declined.id, _anyone) == declined
+
+
+def test_a_missing_payment_is_not_found(local: LocalPayments) -> None:
+    with pytest.raises(NotFound) as missing:
+        local.payments.capture(ORDERS, new_key(), "no-such-payment")
+    assert _reason(missing) == "PAYMENT_NOT_FOUND"
+
+
+# -- refunds ------------------------------------------------------------------------------
+
+
+def _captured(local: LocalPayments, amount: int = 600) -> tuple[Account, Payment]:
+    account = local.customer(funds=1000)
+    payment = local.authorize(account, amount)
+    return account, local.payments.capture(ORDERS, new_key(), payment.id)
+
+
+def test_refunds_return_at_most_what_was_captured(local: LocalPayments) -> None:
+    account, payment = _captured(local, 600)
+    part = local.payments.refund(ADMIN, new_key(), payment.id, _eur(200), "one broken")
+    assert (part.state, part.refunded) == (PARTIALLY_REFUNDED, 200)
+    with pytest.raises(FailedPrecondition) as over:
+        local.payments.refund(ADMIN, new_key(), payment.id, _eur(401), "")
+    assert _reason(over) == "REFUND_EXCEEDS_CAPTURED" and over.value.metadata["rest"] == "400"
+    rest = local.payments.refund(ADMIN, new_key(), payment.id, None, "")
+    assert (rest.state, rest.captured, rest.refunded) == (REFUNDED, 600, 600)
+    assert local.account(account.id).balance == 1000
+    assert local.balances("merchant-eur") == {"merchant-eur": 0}
+    assert local.published(payment.name)[-2:] == ["PaymentRefunded", "PaymentRefunded"]
+
+
+def test_a_refund_repeated_with_its_request_id_returns_money_once(local: LocalPayments) -> None:
+    account, payment = _captured(local, 600)
+    key = new_key()
+    first = local.payments.refund(ADMIN, key, payment.id, _eur(100), "late")
+    assert local.payments.refund(ADMIN, key, payment.id, _eur(100), "late") == first
+    assert first.refunded == 100
+    assert local.account(account.id).balance == 500
+
+
+@pytest.mark.parametrize(
+    ("amount", "reason", "error", "code"),
+    [
+        (Money("JPY", 100), "", InvalidArgument, "CURRENCY_MISMATCH"),
+        (_eur(0), "", InvalidArgument, "REFUND_INVALID"),
+        (_eur(100), "bad\x00reason", InvalidArgument, "REFUND_INVALID"),
+        (_eur(100), "x" * 501, InvalidArgument, "REFUND_INVALID"),
+    ],
+    ids=["other-currency", "zero", "control-character", "long-reason"],
+)
+def test_an_invalid_refund_is_refused_and_moves_nothing(
+    local: LocalPayments, amount: Money, reason: str, error: type[DomainError], code: str
+) -> None:
+    account, payment = _captured(local)
+    with pytest.raises(error) as refused:
+        local.payments.refund(ADMIN, new_key(), payment.id, amount, reason)
+    assert _reason(refused) == code
+    assert local.account(account.id).balance == 400
+
+
+# -- saga compensation --------------------------------------------------------------------
+
+
+def test_cancelling_an_order_voids_a_hold(local: LocalPayments) -> None:
+    account = local.customer(funds=1000)
+    held = local.authorize(account, 300, order="orders/c1")
+    cancelled = local.payments.cancel_order("orders/c1", "changed my mind")
+    assert cancelled is not None and (cancelled.id, cancelled.state) == (held.id, VOIDED)
+    assert local.account(account.id).available == 1000
+
+
+def test_cancelling_an_order_refunds_the_rest_of_a_capture(local: LocalPayments) -> None:
+    account = local.customer(funds=1000)
+    held = local.authorize(account, 600, order="orders/c2")
+    local.payments.capture(ORDERS, new_key(), held.id)
+    local.payments.refund(ADMIN, new_key(), held.id, _eur(100), "")
+    cancelled = local.payments.cancel_order("orders/c2", "changed my mind")
+    assert cancelled is not None and (cancelled.state, cancelled.refunded) == (REFUNDED, 600)
+    assert local.account(account.id).balance == 1000
+    assert local.payments.cancel_order("orders/c2", "again") == cancelled, "a redelivery changes nothing"
+
+
+def test_cancelling_leaves_declined_payments_and_unknown_orders_alone(local: LocalPayments) -> None:
+    declined = local.authorize(local.customer(), 5, order="orders/c3")
+    assert local.payments.cancel_order("orders/c3", "") == declined
+    assert local.payments.cancel_order("orders/none", "") is None
+
+
+# -- reads: permission before existence, lists --------------------------------------------
+
+
+class _Denied(PermissionDenied):
+    pass
+
+
+def _deny_all_but(owner: str) -> tuple[list[tuple[str, str]], OwnerCheck]:
+    """An owner check refusing all but `owner`'s resources, and the (owner, name) it was asked."""
+    asked: list[tuple[str, str]] = []
+
+    def check(resource_owner: str, name: str) -> None:
+        asked.append((resource_owner, name))
+        if resource_owner != owner:
+            raise _Denied("PERMISSION_DENIED", "no access to {name}", name=name)
+
+    return asked, check
+
+
+def test_permission_is_checked_before_existence(local: LocalPayments) -> None:
+    account = local.customer()
+    asked, check = _deny_all_but(account.owner)
+    for read in (
+        lambda: local.payments.account("missing", check),
+        lambda: local.payments.payment("missing", check),
+        lambda: local.payments.entry("missing", "e1", check),
+    ):
+        with pytest.raises(_Denied):
+            read()
+    assert asked == [
+        ("", "accounts/missing"),
+        ("", "payments/missing"),
+        ("", "accounts/missing/ledgerEntries/e1"),
+    ]
+    assert local.payments.account(account.id, check) == local.account(account.id)
+
+
+def test_a_plain_user_lists_only_their_own(local: LocalPayments) -> None:
+    mine, theirs = local.customer(funds=100), local.customer(funds=100)
+    local.authorize(mine, 10)
+    local.authorize(theirs, 10)
+    me = Viewer(mine.owner, sees_all=False)
+    everything = Viewer(ADMIN, sees_all=True)
+    theirs_only = f'owner = "{theirs.owner}"'
+    accounts = local.payments.list_accounts(me, size=0, token="", filter_text=theirs_only, order_by="")
+    payments = local.payments.list_payments(me, size=0, token="", filter_text="", order_by="")
+    assert accounts.accounts == [], "a filter cannot widen a plain user's list"
+    assert {p.owner for p in payments.payments} == {mine.owner}
+    listed = local.payments.list_accounts(everything, size=0, token="", filter_text="", order_by="").accounts
+    assert {mine.id, theirs.id, "funding-eur"} <= {a.id for a in listed}
+
+
+def test_pages_cover_the_entries_once_and_a_token_keeps_its_filter(local: LocalPayments) -> None:
+    account = local.customer()
+    for _ in range(5):
+        local.payments.fund(ADMIN, new_key(), account.id, _eur(10))
+    seen, token = [], ""
+    while True:
+        page = local.payments.list_entries(
+            account.id, _anyone, size=2, token=token, filter_text="kind = FUNDING", order_by=""
+        )
+        seen += [e.id for e in page.entries]
+        token = page.next_page_token
+        if not token:
+            break
+        with pytest.raises(InvalidArgument) as changed:
+            local.payments.list_entries(account.id, _anyone, size=2, token=token, filter_text="", order_by="")
+        assert _reason(changed) == "PAGE_TOKEN_INVALID"
+    assert len(seen) == len(set(seen)) == 5
+
+
+# -- the provider is replaceable ------------------------------------------------------------
+
+
+class _Declining(LedgerProvider):
+    """A provider that declines every hold (a card network saying no)."""
+
+    def authorize(self, repo: Repository, account: Account, amount: Money) -> str:
+        return "CARD_DECLINED"
+
+
+def test_a_provider_decides_holds_and_its_decline_reason_is_kept(local: LocalPayments) -> None:
+    account = local.customer(funds=1000)
+    declining = Payments(local.payments.transactions, provider=_Declining())
+    declined = declining.authorize_order("orders/p1", account.owner, _eur(5))
+    assert (declined.state, declined.failure_reason) == (FAILED, "CARD_DECLINED")
+    assert isinstance(Payments(local.payments.transactions).provider, LedgerProvider)
+
+
+def test_the_clock_stamps_payments(local: LocalPayments) -> None:
+    at = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    account = local.customer(funds=1000)
+    stamped = Payments(local.payments.transactions, clock=lambda: at)
+    held = stamped.authorize_order("orders/t1", account.owner, _eur(5))
+    assert (held.create_time, held.update_time) == (at, at)

@@ -10,6 +10,8 @@ from tests.payments.helpers import System
 from tests.support import paging
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.slow  # starts the payments service
+
 ORDERINGS = pytest.mark.parametrize("order_by", ["", "create_time asc"], ids=["default", "asc"])
 
 

@@ -21,6 +21,8 @@ from services.kit.money import MAX_AMOUNT_MINOR
 from tests.payments.helpers import Customer, System, eur, new_key, refused
 from tests.support.status import refusal
 
+pytestmark = pytest.mark.slow  # starts the payments service
+
 State = resources_pb2.Payment.State
 Kind = resources_pb2.LedgerEntry.Kind
 

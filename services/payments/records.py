@@ -1,0 +1,244 @@
+"""What payments keeps and how it is asked for: account, ledger-entry and payment records, the
+list queries and pages over them, and the `Repository` a store implements in one transaction.
+
+Records are plain values. Their derived amounts (an account's balance and held, a payment's
+captured and refunded) are summed by the store as it reads them, never stored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from services.kit import filters
+from services.kit.filters import Ordering, Term
+
+__all__ = [
+    "ACCOUNT_FIELDS",
+    "AUTHORIZED",
+    "CAPTURED",
+    "FAILED",
+    "PARTIALLY_REFUNDED",
+    "REFUNDED",
+    "VOIDED",
+    "CUSTOMER",
+    "ENTRY_FIELDS",
+    "FUNDING",
+    "KINDS",
+    "MERCHANT",
+    "PAYMENT_FIELDS",
+    "STATES",
+    "Account",
+    "AccountPage",
+    "EntryPage",
+    "LedgerEntry",
+    "ListQuery",
+    "Payment",
+    "PaymentEvent",
+    "PaymentPage",
+    "Repository",
+    "Viewer",
+    "list_query",
+]
+
+# Account kinds: a user's account, and per currency the source of funding and the merchant.
+CUSTOMER, FUNDING, MERCHANT = "CUSTOMER", "FUNDING", "MERCHANT"
+# Ledger entry kinds.
+KINDS = ("FUNDING", "CAPTURE", "REFUND")
+# Payment states.
+AUTHORIZED, CAPTURED, VOIDED = "AUTHORIZED", "CAPTURED", "VOIDED"
+PARTIALLY_REFUNDED, REFUNDED, FAILED = "PARTIALLY_REFUNDED", "REFUNDED", "FAILED"
+STATES = (AUTHORIZED, CAPTURED, VOIDED, PARTIALLY_REFUNDED, REFUNDED, FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: str
+    kind: str
+    owner: str
+    """``users/{user}``; empty for the system accounts."""
+    currency: str
+    create_time: dt.datetime
+    update_time: dt.datetime
+    balance: int = 0
+    """Sum of the account's ledger entries (derived by the store, never stored)."""
+    held: int = 0
+    """Sum of the account's AUTHORIZED payments (derived, never stored)."""
+
+    @property
+    def name(self) -> str:
+        return f"accounts/{self.id}"
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    id: str
+    account_id: str
+    transaction: str
+    amount: int
+    """Signed minor units: positive credits, negative debits."""
+    currency: str
+    kind: str
+    payment_id: str
+    """Empty for funding."""
+    create_time: dt.datetime
+
+    @property
+    def name(self) -> str:
+        return f"accounts/{self.account_id}/ledgerEntries/{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    id: str
+    order: str
+    account_id: str
+    """Empty when the owner had no account in the currency."""
+    owner: str
+    currency: str
+    amount: int
+    state: str
+    failure_reason: str
+    create_time: dt.datetime
+    update_time: dt.datetime
+    captured: int = 0
+    """Sum of the CAPTURE entries debiting the account (derived by the store)."""
+    refunded: int = 0
+    """Sum of the REFUND entries crediting the account (derived by the store)."""
+
+    @property
+    def name(self) -> str:
+        return f"payments/{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentEvent:
+    """What happened to a payment, for the store to publish as a ``poly.events.v1`` message."""
+
+    kind: str
+    """AUTHORIZED, FAILED, CAPTURED, VOIDED or REFUNDED."""
+    payment: Payment
+    amount: int
+    """The amount this change moved (held, asked for, taken, released, returned)."""
+    reason: str = ""
+
+
+# -- list queries and pages ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    terms: tuple[Term, ...]
+    ordering: Ordering
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Who lists: a plain user sees only their own resources, `sees_all` callers everything."""
+
+    subject: str
+    sees_all: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AccountPage:
+    accounts: list[Account]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class EntryPage:
+    entries: list[LedgerEntry]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentPage:
+    payments: list[Payment]
+    next_page_token: str
+
+
+def _id_value(collection: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        prefix, _, found = raw.partition("/")
+        if prefix != collection or not found or "/" in found:
+            raise ValueError(f"must be {collection}/{{id}}")
+        return found
+
+    return parse
+
+
+_TIME = filters.FieldSpec(filters.timestamp_value, filters.ORDERED)
+ACCOUNT_FIELDS: filters.Fields = {
+    "owner": filters.FieldSpec(filters.text_value),
+    "currency_code": filters.FieldSpec(filters.text_value),
+    "create_time": _TIME,
+}
+ENTRY_FIELDS: filters.Fields = {
+    "kind": filters.FieldSpec(filters.enum_value(*KINDS, prefix="KIND_")),
+    "payment": filters.FieldSpec(_id_value("payments")),
+    "create_time": _TIME,
+}
+PAYMENT_FIELDS: filters.Fields = {
+    "state": filters.FieldSpec(filters.enum_value(*STATES)),
+    "order": filters.FieldSpec(filters.text_value),
+    "account": filters.FieldSpec(_id_value("accounts")),
+    "owner": filters.FieldSpec(filters.text_value),
+    "create_time": _TIME,
+}
+_NEWEST_FIRST = Ordering("create_time", descending=True)
+
+
+def list_query(
+    filter_text: str, order_by: str, fields: filters.Fields, orderings: Sequence[str]
+) -> ListQuery:
+    """A List request's AIP-160 `filter_text` over `fields` and its `order_by` among
+    `orderings` (newest first by default)."""
+    terms = filters.parse_filter(filter_text, fields)
+    return ListQuery(tuple(terms), filters.parse_order_by(order_by, orderings, default=_NEWEST_FIRST))
+
+
+# -- storage ---------------------------------------------------------------------------
+
+
+class Repository(Protocol):
+    """The payments database, inside one transaction."""
+
+    def account(self, account_id: str) -> Account | None:
+        """With `balance` and `held` as committed (lock the account first to rely on them)."""
+
+    def account_of(self, owner: str, currency: str) -> Account | None: ...
+    def add_account(self, account: Account) -> bool:
+        """False when it exists (same id, or same kind, owner and currency)."""
+
+    def lock_account(self, account_id: str) -> bool:
+        """Take the account's write lock for the rest of the transaction; False if none."""
+
+    def add_entries(self, entries: Sequence[LedgerEntry]) -> None: ...
+    def entry(self, account_id: str, entry_id: str) -> LedgerEntry | None: ...
+    def payment(self, payment_id: str) -> Payment | None: ...
+    def payment_for_order(self, order: str) -> Payment | None: ...
+    def add_payment(self, payment: Payment) -> bool:
+        """False when the order already has a payment (the unique constraint decides)."""
+
+    def set_state(self, payment_id: str, before: str, after: str, now: dt.datetime) -> bool:
+        """Move the payment from `before` to `after`; False if it was not in `before`."""
+
+    def recall(self, caller: str, key: str) -> tuple[str, str] | None:
+        """``(fingerprint, result id)`` stored for the caller's idempotency key."""
+
+    def remember(self, caller: str, key: str, fingerprint: str, result: str, now: dt.datetime) -> bool:
+        """False when the key is already stored."""
+
+    def list_accounts(self, query: ListQuery, after: Sequence[str] | None, limit: int) -> list[Account]: ...
+    def list_entries(
+        self, account_id: str, query: ListQuery, after: Sequence[str] | None, limit: int
+    ) -> list[LedgerEntry]: ...
+    def list_payments(self, query: ListQuery, after: Sequence[str] | None, limit: int) -> list[Payment]: ...
+    def publish(self, event: PaymentEvent) -> None: ...

@@ -1,0 +1,112 @@
+"""The payments use cases over their real store in a migrated SQLite file, with no server;
+and reads of the ledger as a whole, straight from that database."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine, func, select
+
+from services.kit import db
+from services.kit.bus import Outbox, consumer_routing
+from services.kit.config import DatabaseSettings
+from services.kit.money import Money
+from services.payments import store
+from services.payments.domain import Payments
+from services.payments.records import Account, Payment
+
+__all__ = ["ADMIN", "ORDERS", "LocalPayments", "new_key", "open_local"]
+
+_MIGRATIONS = Path(store.__file__).with_name("migrations")
+ADMIN = "users/admin"
+"""The caller whose idempotency keys funding and refunds use."""
+ORDERS = "spiffe://poly.local/orders"
+"""The caller of the INTERNAL calls (authorize, capture, void): the orders service."""
+
+
+def new_key() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class LocalPayments:
+    engine: Engine
+    payments: Payments
+
+    def customer(self, currency: str = "EUR", funds: int = 0) -> Account:
+        """A new user's account in `currency`, funded if asked."""
+        account = self.payments.open_account(f"users/{uuid.uuid4()}", currency)
+        if funds:
+            account = self.payments.fund(ADMIN, new_key(), account.id, Money(currency, funds))
+        return account
+
+    def authorize(self, account: Account, amount: int, *, order: str = "") -> Payment:
+        """AuthorizePayment of `amount` from `account` (in its currency), as orders calls it."""
+        return self.payments.authorize(
+            ORDERS,
+            new_key(),
+            order=order or f"orders/{uuid.uuid4()}",
+            owner=account.owner,
+            account_id="",
+            amount=Money(account.currency, amount),
+        )
+
+    def account(self, account_id: str) -> Account:
+        """The account as an admin reads it (balance, held and available derived by the store)."""
+        return self.payments.account(account_id, lambda owner, name: None)
+
+    def unbalanced_transactions(self) -> list[tuple[str, int, int, int]]:
+        """``(transaction, currencies, entries, sum)`` of every transaction that mixes
+        currencies, has fewer than two entries, or whose entries do not sum to zero."""
+        entry = store.LedgerEntryRow
+        currencies, total = func.count(func.distinct(entry.currency)), func.sum(entry.amount)
+        statement = (
+            select(entry.transaction_id, currencies, func.count(), total)
+            .group_by(entry.transaction_id)
+            .having((currencies != 1) | (func.count() < 2) | (total != 0))
+        )
+        with self.engine.connect() as connection:
+            return [(str(t), int(c), int(n), int(s)) for t, c, n, s in connection.execute(statement)]
+
+    def balances(self, *account_ids: str) -> dict[str, int]:
+        """The sum of the entries of each of `account_ids` (0 for an account without any)."""
+        entry = store.LedgerEntryRow
+        statement = (
+            select(entry.account_id, func.sum(entry.amount))
+            .where(entry.account_id.in_(account_ids))
+            .group_by(entry.account_id)
+        )
+        with self.engine.connect() as connection:
+            found = {str(a): int(s) for a, s in connection.execute(statement)}
+        return {account_id: found.get(account_id, 0) for account_id in account_ids}
+
+    def overdrawn(self) -> dict[str, int]:
+        """The balance of every account whose entries sum below zero, by account id."""
+        entry = store.LedgerEntryRow
+        statement = (
+            select(entry.account_id, func.sum(entry.amount))
+            .group_by(entry.account_id)
+            .having(func.sum(entry.amount) < 0)
+        )
+        with self.engine.connect() as connection:
+            return {str(a): int(s) for a, s in connection.execute(statement)}
+
+    def published(self, payment: str) -> list[str]:
+        """Types of the events published for `payment` (``payments/{id}``), in order."""
+        outbox = store.BUS.outbox
+        statement = (
+            select(outbox.c.event_type).where(outbox.c.aggregate_id == payment).order_by(outbox.c.position)
+        )
+        with self.engine.connect() as connection:
+            return [str(t).rsplit(".", 1)[-1] for t in connection.execute(statement).scalars()]
+
+
+def open_local(path: Path) -> LocalPayments:
+    """Payments over a new SQLite database at `path`, migrated by the service's migrations."""
+    engine = db.connect(DatabaseSettings(url=f"sqlite:///{path}"), migrations=_MIGRATIONS)
+    outbox = Outbox(store.BUS, source="payments", routing=consumer_routing())
+    return LocalPayments(
+        engine, Payments(store.PaymentsStore(db.session_factory(engine), outbox).transaction)
+    )
