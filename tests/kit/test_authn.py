@@ -119,8 +119,9 @@ def _claims(signer: Signer) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("overrides", "reason"),
     [
-        ({"exp": int(time.time()) - 60}, "TOKEN_EXPIRED"),
-        ({"nbf": int(time.time()) + 600}, "TOKEN_NOT_YET_VALID"),
+        # Times relative to when the test runs (as callables), not to when it was collected.
+        ({"exp": lambda: int(time.time()) - 60}, "TOKEN_EXPIRED"),
+        ({"nbf": lambda: int(time.time()) + 600}, "TOKEN_NOT_YET_VALID"),
         ({"aud": "someone-else"}, "TOKEN_AUDIENCE_INVALID"),
         ({"iss": "https://evil.test"}, "TOKEN_ISSUER_INVALID"),
         ({"exp": None}, "TOKEN_CLAIMS_INVALID"),
@@ -142,7 +143,8 @@ def _claims(signer: Signer) -> dict[str, Any]:
 def test_bad_claims_are_refused(
     signer: Signer, verifier: Verifier, overrides: dict[str, Any], reason: str
 ) -> None:
-    assert _refusal(verifier, signer.token(**overrides)) == reason
+    claims = {name: value() if callable(value) else value for name, value in overrides.items()}
+    assert _refusal(verifier, signer.token(**claims)) == reason
 
 
 def test_expiry_within_the_leeway_still_verifies(signer: Signer, verifier: Verifier) -> None:
