@@ -35,6 +35,7 @@ __all__ = [
     "may_publish",
     "published_by",
     "publisher_of",
+    "services",
 ]
 
 NOT_PUBLISHED_BY_CALLER = "EVENT_TYPE_NOT_PUBLISHED_BY_CALLER"
@@ -128,6 +129,11 @@ def publisher_of(event_type: str) -> str | None:
 def published_by(service: str) -> frozenset[str]:
     """Full names of the event types `service` is the declared publisher of."""
     return frozenset(t for t, publisher in _publishers().items() if publisher == service)
+
+
+def services() -> frozenset[str]:
+    """Every service the contract names, as publisher or consumer: the bus's participants."""
+    return frozenset(_publishers().values()) | frozenset().union(*_consumers().values())
 
 
 def may_publish(service: str, event_type: str) -> bool:

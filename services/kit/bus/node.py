@@ -81,7 +81,8 @@ def node(
     (a saga step) need the node's outbox: pass a function of it instead of the mapping.
     `metrics` (a new `BusMetrics` by default) is what every part of the node counts into.
     Spans go to the global tracer provider (`tracing`)."""
-    peers = [name for name in config.SERVICES if name != settings.service]
+    # Who takes part is the event contract's to say (the protos), not a list in the kit.
+    peers = sorted(contract.services() - {settings.service})
     metrics = metrics or BusMetrics()
     channels = Channels(settings, services={peer: [EVENT_SINK] for peer in peers})
     factory = db.session_factory(engine)
@@ -127,7 +128,7 @@ def node(
         factory,
         tables,
         service=settings.service,
-        services=config.SERVICES,
+        services=contract.services(),
         trust_domain=settings.tls.trust_domain,
         namespace=settings.tls.namespace,
     )

@@ -104,3 +104,8 @@ def test_check_publisher(caller: str, event_type: str, allowed: bool) -> None:
     assert refused.value.kind is ErrorKind.PERMISSION_DENIED
     assert refused.value.reason == "EVENT_TYPE_NOT_PUBLISHED_BY_CALLER"
     assert refused.value.metadata["event_type"] == (event_type or "an unnamed type")
+
+
+def test_the_bus_participants_are_the_services_the_contract_names() -> None:
+    # The embedded transport dials them and the event sink accepts calls from them only.
+    assert contract.services() == {"auth", "users", "orders", "payments", "notifications"}
