@@ -19,6 +19,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, select, tuple_, update
 from sqlalchemy.orm import Session
 
+from services.kit.sql import SqlColumn
+
 __all__ = ["Claim", "claim"]
 
 
@@ -34,13 +36,13 @@ class Claim:
 def claim(
     executor: Session | Connection,
     target: Any,
-    keys: Sequence[ColumnElement[Any]],
+    keys: Sequence[SqlColumn],
     *,
     free: ColumnElement[bool],
-    order_by: Sequence[ColumnElement[Any]],
+    order_by: Sequence[SqlColumn],
     values: Mapping[Any, object],
     limit: int,
-    seen: Sequence[ColumnElement[Any]] = (),
+    seen: Sequence[SqlColumn] = (),
     returning: Sequence[Any] = (),
 ) -> Claim:
     """Take up to `limit` rows of `target` (an ORM class or a table) that are `free`, first by
