@@ -11,6 +11,7 @@ the workers beside it, and the drain on SIGTERM. Nothing else wires a service.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.kit import authn, authz, bus, clients, config, db, server, telemetry
@@ -27,6 +29,8 @@ from services.kit.bus import BusTables, EventHandler, Outbox
 from services.kit.types import Background
 
 __all__ = ["Context", "Parts", "Service", "no_settings", "run"]
+
+_log = logging.getLogger("poly.app")
 
 _S = TypeVar("_S")
 
@@ -101,7 +105,13 @@ def run(service: Service[_S]) -> None:
             wired.append(service.wire(context))
             return wired[0].handlers
 
-        events_node = bus.node(settings, engine, service.bus_tables, handlers)
+        try:
+            events_node = bus.node(settings, engine, service.bus_tables, handlers)
+        except (ValueError, SQLAlchemyError) as error:
+            # Handlers the event contract does not list, or a database that fails while the
+            # parts are built (templates, signing keys): say what, and stop.
+            _log.error("cannot start %s: %s", service.name, error)
+            raise SystemExit(1) from None
         parts = wired[0]
         registrations = [
             server.registration(service.api, service.add_servicer, parts.servicer),

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from services.kit.domain_errors import FailedPrecondition, FieldViolation
 from services.kit.names import request_id_problems
 
-__all__ = ["Request", "fingerprint", "key_problems", "replay"]
+__all__ = ["Request", "canonical", "fingerprint", "key_problems", "replay"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +36,12 @@ def fingerprint(*fields: object) -> str:
     return hashlib.sha256(json.dumps([str(field) for field in fields]).encode()).hexdigest()
 
 
+def canonical(request_id: str) -> str:
+    """The form a request id is stored and looked up in: a UUID is valid in either case, and
+    either case names the same request (else a retry in the other case would act twice)."""
+    return request_id.lower()
+
+
 def key_problems(
     request_id: str, *, required: bool = False, versions: tuple[int, ...] = (4,)
 ) -> list[FieldViolation]:
@@ -44,13 +50,14 @@ def key_problems(
     return request_id_problems(request_id, required=required, versions=versions)
 
 
-def replay(first_fingerprint: str, request: Request) -> None:
+def replay(first_fingerprint: str, request: Request, **metadata: str) -> None:
     """Check a repeat of `request` against the fingerprint its id was first stored with: the
     same is a replay (the caller answers with what the first call produced); another is
-    REQUEST_ID_REUSED."""
+    REQUEST_ID_REUSED, whose details carry the id and `metadata` (what the id made)."""
     if first_fingerprint != request.fingerprint:
         raise FailedPrecondition(
             "REQUEST_ID_REUSED",
             "request_id {request_id} was already used with other fields",
             request_id=request.key,
+            **metadata,
         )

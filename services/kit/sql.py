@@ -79,7 +79,8 @@ def _position_value(column: SqlColumn, text: str) -> object:
         stamp = dt.datetime.fromisoformat(text)
         if stamp.tzinfo is None:  # the kit writes aware timestamps only
             raise ValueError(f"naive timestamp {text!r}")
-        return stamp
+        return stamp.astimezone(dt.UTC)  # as the column binds it; out of range raises here
+    text.encode("utf-8")  # a lone surrogate (JSON can carry one) no driver can send
     return text
 
 
@@ -91,7 +92,7 @@ def _position(keys: Sequence[SqlColumn], after: Sequence[str]) -> list[object]:
         raise paging.invalid_token("not a token this method issued")
     try:
         return [_position_value(key, text) for key, text in zip(keys, after, strict=True)]
-    except ValueError:
+    except (ValueError, OverflowError):  # UnicodeEncodeError is a ValueError
         raise paging.invalid_token("not a token this method issued") from None
 
 

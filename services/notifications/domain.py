@@ -364,7 +364,7 @@ class Notifications:
         `webhook_id` that is taken is ALREADY_EXISTS only for a caller `check_owner` admits
         for the existing webhook; anyone else gets the answer GetWebhook gives them (AIP-133)."""
         self._check_webhook(url, event_types, secret, webhook_id, request_id)
-        request_id = request_id.lower()  # canonical: either case names the same request
+        request_id = idempotency.canonical(request_id)
         request_hash = idempotency.fingerprint(url, sorted(set(event_types)), secret, webhook_id)
         if request_id:
             with self.transactions() as repo:
@@ -482,5 +482,5 @@ class Notifications:
 
 def _replay(found: tuple[Webhook, str, str], request: idempotency.Request) -> tuple[Webhook, str]:
     webhook, secret, first_fingerprint = found
-    idempotency.replay(first_fingerprint, request)
+    idempotency.replay(first_fingerprint, request, webhook=webhook.name)
     return webhook, secret

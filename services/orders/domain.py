@@ -361,7 +361,7 @@ class Orders:
         order = Order(order_id or f"o{uuid.uuid4().hex}", owner, priced, total, PENDING, now, now)
         with self.transactions() as repo:
             if request_id:
-                key = RequestKey(owner, request_id.lower(), _digest(lines, order_id), order.id)
+                key = RequestKey(owner, idempotency.canonical(request_id), _digest(lines, order_id), order.id)
                 first = repo.claim_request(key)
                 if first is not None:
                     return self._replay(repo, first, key)

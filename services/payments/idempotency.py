@@ -24,7 +24,10 @@ def recall(repo: Repository, request: Request | None) -> str | None:
     """The result id of an earlier call with this id, or None for a new id (or no id)."""
     if request is None:
         return None
-    found = repo.recall(request.scope, request.key)
+    key = idempotency.canonical(request.key)
+    found = repo.recall(request.scope, key)
+    if found is None and key != request.key:  # stored as given, before ids were canonical
+        found = repo.recall(request.scope, request.key)
     if found is None:
         return None
     idempotency.replay(found[0], request)
@@ -34,6 +37,6 @@ def recall(repo: Repository, request: Request | None) -> str | None:
 def remember(repo: Repository, request: Request | None, result: str, now: dt.datetime) -> None:
     """Store the id's result; an id stored meanwhile (by a racing twin) is ABORTED."""
     if request is not None and not repo.remember(
-        request.scope, request.key, request.fingerprint, result, now
+        request.scope, idempotency.canonical(request.key), request.fingerprint, result, now
     ):
         raise Aborted("REQUEST_IN_FLIGHT", "a call with this request_id is in flight; retry")

@@ -210,6 +210,9 @@ _FORGED = {
     "too few values": ["2026-03-01T12:00:00+00:00"],
     "too many values": ["2026-03-01T12:00:00+00:00", "i01", "extra"],
     "a NUL character": ["2026-03-01T12:00:00+00:00", "i\x0001"],
+    "a time before year 1 in UTC": ["0001-01-01T00:00:00+01:00", "i01"],
+    "a time after year 9999 in UTC": ["9999-12-31T23:59:59-01:00", "i01"],
+    "a lone surrogate": ["2026-03-01T12:00:00+00:00", "i\ud800"],
 }
 
 

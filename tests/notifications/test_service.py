@@ -397,8 +397,11 @@ def test_create_webhook_is_idempotent_and_limited(system: System) -> None:
     other = pb.CreateWebhookRequest(
         webhook=resources_pb2.Webhook(url=system.receiver.url("other")), request_id=key
     )
-    code, reason, _ = _refused(system.notifications.CreateWebhook, other, user.metadata)
-    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "REQUEST_ID_REUSED")
+    with pytest.raises(grpc.RpcError) as failed:
+        system.notifications.CreateWebhook(other, metadata=user.metadata, timeout=10)
+    reused = refusal(failed.value)
+    assert (reused.code, reused.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "REQUEST_ID_REUSED")
+    assert reused.metadata == {"request_id": key, "webhook": first.webhook.name}, "names what the id made"
     for _ in range(9):
         _webhook(system, user)
     code, reason, _ = _refused(

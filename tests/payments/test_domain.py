@@ -16,6 +16,7 @@ from services.kit.domain_errors import (
     NotFound,
     PermissionDenied,
 )
+from services.kit.idempotency import fingerprint
 from services.kit.money import Money
 from services.payments.domain import ACCOUNT_NOT_FOUND, AMOUNT_INVALID, OwnerCheck, Payments
 from services.payments.ledger import INSUFFICIENT_FUNDS, LedgerProvider
@@ -68,6 +69,26 @@ def test_funding_credits_the_account_once_per_request_id(local: LocalPayments) -
     assert local.payments.fund(ADMIN, key, account.id, _eur(500)).balance == 500, "a repeat funds nothing"
     assert local.payments.fund(ADMIN, new_key(), account.id, _eur(250)).balance == 750
     assert local.balances("funding-eur") == {"funding-eur": -750}
+
+
+def test_a_request_id_in_the_other_case_is_the_same_request(local: LocalPayments) -> None:
+    # A UUID is valid in either case: a retry that changes the case must not fund twice.
+    account = local.customer()
+    key = new_key()
+    assert local.payments.fund(ADMIN, key.upper(), account.id, _eur(500)).balance == 500
+    assert local.payments.fund(ADMIN, key.lower(), account.id, _eur(500)).balance == 500
+    assert local.payments.fund(ADMIN, key.upper(), account.id, _eur(500)).balance == 500
+
+
+def test_a_request_id_stored_as_given_before_ids_were_canonical_still_replays(local: LocalPayments) -> None:
+    account = local.customer()
+    key = new_key().upper()
+    first = local.payments.fund(ADMIN, new_key(), account.id, _eur(500))
+    with local.payments.transactions() as repo:  # what an earlier version stored: the id as sent
+        assert repo.remember(
+            ADMIN, key, fingerprint("fund", account.id, _eur(700)), account.id, first.create_time
+        )
+    assert local.payments.fund(ADMIN, key, account.id, _eur(700)).balance == 500, "a replay, not a new credit"
 
 
 def test_a_request_id_reused_with_other_fields_is_refused(local: LocalPayments) -> None:
