@@ -121,7 +121,10 @@ def run(service: Service[_S]) -> None:
         server.serve(
             settings,
             registrations,
-            middlewares=authz.service_middlewares(settings, verifier, registrations),
+            middlewares=[
+                *authz.service_middlewares(settings, verifier, registrations),
+                db.reads_middleware(),
+            ],
             background=[events_node, *parts.workers],
         )
     finally:

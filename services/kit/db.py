@@ -4,6 +4,8 @@ SQLite (a file under the state directory) is the default; any SQLAlchemy URL wor
 plain ``postgresql://`` URL is given the psycopg 3 driver. Access is synchronous, to fit the
 thread-pool server: each RPC opens one session and one transaction (`transaction`); a
 store hands its domain `transactions(factory, repository)`, each yielding a repository.
+Calls to read methods (Get, List, Watch: `reads_middleware`, declared once by the method's
+AIP kind) run read-only transactions: no write lock on SQLite, ``READ ONLY`` on PostgreSQL.
 Contention is handled here, once for every service: a transaction that cannot start because
 others hold the database (SQLite's write lock past its busy timeout, a full pool) is started
 again with backoff, a bounded number of times within a bounded time; contention that
@@ -24,6 +26,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -54,6 +57,7 @@ from services.kit import telemetry
 from services.kit.backoff import backoff_seconds
 from services.kit.config import DatabaseSettings, redact_url
 from services.kit.domain_errors import Unavailable
+from services.kit.types import CallInfo, Handler, Middleware
 
 _log = logging.getLogger("poly.db")
 
@@ -67,6 +71,7 @@ __all__ = [
     "Id",
     "MinorUnits",
     "UpdatedAt",
+    "READ_METHOD_PREFIXES",
     "UtcDateTime",
     "after_commit",
     "connect",
@@ -75,6 +80,8 @@ __all__ = [
     "generate_revision",
     "migrate",
     "naming_convention",
+    "reading",
+    "reads_middleware",
     "run_migrations_env",
     "session_factory",
     "transaction",
@@ -138,8 +145,51 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry, *, busy
 def _sqlite_begin(connection: Connection) -> None:
     # IMMEDIATE takes the write lock up front (waiting up to busy_timeout): a transaction that
     # reads and then writes can never find its snapshot stale, so SQLite transactions are
-    # serializable, as the services' read-check-write code expects.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # serializable, as the services' read-check-write code expects. A read-only transaction
+    # (`reading`) begins DEFERRED and takes no write lock: reads never queue behind writes or
+    # each other (WAL), and query_only makes a write in one an error, as on PostgreSQL.
+    read_only = bool(connection.get_execution_options().get(_READ_ONLY))
+    if connection.info.get(_READ_ONLY) != read_only:
+        connection.exec_driver_sql(f"PRAGMA query_only = {int(read_only)}")
+        connection.info[_READ_ONLY] = read_only
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+_READ_ONLY = "poly_read_only"
+_READING: ContextVar[bool] = ContextVar("poly_db_reading", default=False)
+
+READ_METHOD_PREFIXES = ("Get", "List", "BatchGet", "Search", "Watch")
+"""The AIP standard methods that only read (AIP-131, 132, 231, and watches): a call to one
+runs its transactions read-only (`reads_middleware`)."""
+
+
+@contextmanager
+def reading() -> Iterator[None]:
+    """Transactions begun in this block only read: DEFERRED and query_only on SQLite,
+    ``READ ONLY`` on PostgreSQL. A write in one is an error, never a silent lock."""
+    token = _READING.set(True)
+    try:
+        yield
+    finally:
+        _READING.reset(token)
+
+
+def reads_middleware() -> Middleware:
+    """The server middleware that runs each read method (`READ_METHOD_PREFIXES`) inside
+    `reading`, streams included, so no handler has to remember which kind it is."""
+
+    def read_only_stream(responses: Iterator[Any]) -> Iterator[Any]:
+        with reading():
+            yield from responses
+
+    def middleware(request: Any, context: Any, call: CallInfo, proceed: Handler) -> Any:
+        if not call.name.startswith(READ_METHOD_PREFIXES):
+            return proceed(request, context)
+        with reading():
+            result = proceed(request, context)
+        return read_only_stream(result) if call.response_streaming else result
+
+    return middleware
 
 
 def engine(settings: DatabaseSettings, *, busy_timeout_seconds: float = 5.0) -> Engine:
@@ -167,6 +217,8 @@ def engine(settings: DatabaseSettings, *, busy_timeout_seconds: float = 5.0) -> 
 def session_factory(bound: Engine) -> sessionmaker[Session]:
     return sessionmaker(bound, expire_on_commit=False)
 
+
+_READ_ONLY_OPTIONS = {_READ_ONLY: True, "postgresql_readonly": True}
 
 _CONTENDED_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
 """PostgreSQL: serialization failure, deadlock detected, lock not available."""
@@ -206,7 +258,8 @@ def _begin(
         session = factory()
         try:
             begun = session.begin()
-            session.connection()  # BEGIN now, before the caller's code runs, so it can be retried
+            # BEGIN now, before the caller's code runs, so it can be retried.
+            session.connection(execution_options=_READ_ONLY_OPTIONS if _READING.get() else None)
             return session, begun
         except (DBAPIError, PoolTimeout) as error:
             session.close()
