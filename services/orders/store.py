@@ -14,7 +14,15 @@ from typing import Any, cast
 
 from sqlalchemy import ForeignKey, Index, MetaData, String, Table, and_, insert, select, update
 from sqlalchemy import event as sa_event
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    joinedload,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
 
 from services.kit import leases
 from services.kit.bus import BusTables, Outbox, bus_tables
@@ -180,7 +188,10 @@ class SqlRepository:
         return True
 
     def order(self, order_id: str) -> Order | None:
-        row = self._session.get(OrderRow, order_id, populate_existing=True)
+        # The order and its lines in one round trip (a join), not a second SELECT for the lines.
+        row = self._session.get(
+            OrderRow, order_id, populate_existing=True, options=[joinedload(OrderRow.lines)]
+        )
         return None if row is None else _order(row)
 
     def save(self, order: Order, seen_version: int) -> bool:
