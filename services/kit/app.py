@@ -123,7 +123,7 @@ def run(service: Service[_S]) -> None:
             registrations,
             middlewares=[
                 *authz.service_middlewares(settings, verifier, registrations),
-                db.reads_middleware(),
+                db.call_middleware(),
             ],
             background=[events_node, *parts.workers],
         )

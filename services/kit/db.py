@@ -4,8 +4,10 @@ SQLite (a file under the state directory) is the default; any SQLAlchemy URL wor
 plain ``postgresql://`` URL is given the psycopg 3 driver. Access is synchronous, to fit the
 thread-pool server: each RPC opens one session and one transaction (`transaction`); a
 store hands its domain `transactions(factory, repository)`, each yielding a repository.
-Calls to read methods (Get, List, Watch: `reads_middleware`, declared once by the method's
-AIP kind) run read-only transactions: no write lock on SQLite, ``READ ONLY`` on PostgreSQL.
+Calls to read methods (Get, List, Watch: `call_middleware`, declared once by the method's
+AIP kind) run read-only transactions: no write lock on SQLite, ``READ ONLY`` on PostgreSQL;
+a call's deadline bounds the retries of a transaction that cannot start, and what cannot
+start in time is UNAVAILABLE with a RetryInfo.
 Contention is handled here, once for every service: a transaction that cannot start because
 others hold the database (SQLite's write lock past its busy timeout, a full pool) is started
 again with backoff, a bounded number of times within a bounded time; contention that
@@ -80,8 +82,8 @@ __all__ = [
     "generate_revision",
     "migrate",
     "naming_convention",
+    "call_middleware",
     "reading",
-    "reads_middleware",
     "run_migrations_env",
     "session_factory",
     "transaction",
@@ -157,6 +159,10 @@ def _sqlite_begin(connection: Connection) -> None:
 
 _READ_ONLY = "poly_read_only"
 _READING: ContextVar[bool] = ContextVar("poly_db_reading", default=False)
+_DEADLINE: ContextVar[float | None] = ContextVar("poly_db_deadline", default=None)
+"""When the call running now must be answered (``time.monotonic()``); None: no deadline."""
+_ANSWER_SECONDS = 0.05
+"""Kept of a call's deadline to answer UNAVAILABLE in, rather than let the deadline pass."""
 
 READ_METHOD_PREFIXES = ("Get", "List", "BatchGet", "Search", "Watch")
 """The AIP standard methods that only read (AIP-131, 132, 231, and watches): a call to one
@@ -174,20 +180,27 @@ def reading() -> Iterator[None]:
         _READING.reset(token)
 
 
-def reads_middleware() -> Middleware:
-    """The server middleware that runs each read method (`READ_METHOD_PREFIXES`) inside
-    `reading`, streams included, so no handler has to remember which kind it is."""
+def call_middleware() -> Middleware:
+    """The server middleware that tells the database of the call: its deadline (transactions
+    that cannot start are retried only while it leaves time to answer) and whether it reads
+    (a read method, `READ_METHOD_PREFIXES`, runs inside `reading`, streams included), so no
+    handler has to remember either."""
 
     def read_only_stream(responses: Iterator[Any]) -> Iterator[Any]:
         with reading():
             yield from responses
 
     def middleware(request: Any, context: Any, call: CallInfo, proceed: Handler) -> Any:
-        if not call.name.startswith(READ_METHOD_PREFIXES):
-            return proceed(request, context)
-        with reading():
-            result = proceed(request, context)
-        return read_only_stream(result) if call.response_streaming else result
+        remaining = context.time_remaining() if context is not None else None
+        token = _DEADLINE.set(None if remaining is None else time.monotonic() + remaining)
+        try:
+            if not call.name.startswith(READ_METHOD_PREFIXES):
+                return proceed(request, context)
+            with reading():
+                result = proceed(request, context)
+            return read_only_stream(result) if call.response_streaming else result
+        finally:
+            _DEADLINE.reset(token)
 
     return middleware
 
@@ -244,7 +257,7 @@ def _contended(error: BaseException) -> bool:
 
 def _busy(error: Exception) -> Unavailable:
     _log.warning("database busy: %s", _first_line(error))
-    return Unavailable("DATABASE_BUSY", "the database is busy; try again")
+    return Unavailable("DATABASE_BUSY", "the database is busy; try again", retry_after_seconds=1.0)
 
 
 def _begin(
@@ -252,6 +265,9 @@ def _begin(
 ) -> tuple[Session, SessionTransaction]:
     """A session whose transaction has started (on SQLite: holds the write lock)."""
     started = time.monotonic()
+    deadline = _DEADLINE.get()
+    if deadline is not None:  # the call's deadline bounds the retries too
+        within_seconds = min(within_seconds, deadline - started - _ANSWER_SECONDS)
     attempt = 0
     while True:
         attempt += 1

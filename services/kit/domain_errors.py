@@ -130,3 +130,9 @@ class ResourceExhausted(DomainError):
 
 class Unavailable(DomainError):
     kind = ErrorKind.UNAVAILABLE
+
+    def __init__(
+        self, reason: str, message: str, *, retry_after_seconds: float | None = None, **metadata: object
+    ) -> None:
+        super().__init__(reason, message, **metadata)
+        self.retry_after_seconds = retry_after_seconds

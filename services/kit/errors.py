@@ -18,7 +18,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from services.kit.domain_errors import DomainError, ErrorKind, InvalidArgument, ResourceExhausted
+from services.kit.domain_errors import DomainError, ErrorKind, InvalidArgument, ResourceExhausted, Unavailable
 from services.kit.types import CallInfo, Handler, Middleware
 
 __all__ = ["GRPC_CODES", "error_middleware", "internal_status", "to_status"]
@@ -63,7 +63,7 @@ def to_status(error: DomainError, *, domain: str) -> grpc.Status:
                 )
             )
         )
-    if isinstance(error, ResourceExhausted) and error.retry_after_seconds is not None:
+    if isinstance(error, ResourceExhausted | Unavailable) and error.retry_after_seconds is not None:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
         extra.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))

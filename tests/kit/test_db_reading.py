@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from sqlalchemy import Engine, String, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from services.kit import db
+from services.kit.config import DatabaseSettings
+from services.kit.domain_errors import Unavailable
+from services.kit.errors import to_status
 from services.kit.types import CallInfo
 
 
@@ -104,7 +112,7 @@ def _observed(request: object, context: object) -> bool:
     ],
 )
 def test_the_method_kind_decides_whether_a_call_reads(method: str, reads: bool) -> None:
-    middleware = db.reads_middleware()
+    middleware = db.call_middleware()
     assert middleware(None, None, _call(method), _observed) is reads
     assert db._READING.get() is False, "nothing leaks past the call"
 
@@ -114,6 +122,45 @@ def test_a_watch_stream_reads_while_it_streams() -> None:
         for _ in range(3):
             yield db._READING.get()
 
-    responses = db.reads_middleware()(None, None, _call("WatchThing", streaming=True), stream)
+    responses = db.call_middleware()(None, None, _call("WatchThing", streaming=True), stream)
     assert list(responses) == [True, True, True]
     assert db._READING.get() is False
+
+
+class _Context:
+    """What the middleware asks of a ``grpc.ServicerContext``: the time the call has left."""
+
+    def __init__(self, remaining: float | None) -> None:
+        self._remaining = remaining
+
+    def time_remaining(self) -> float | None:
+        return self._remaining
+
+
+def test_a_call_deadline_bounds_the_retries_of_a_transaction_that_cannot_start(tmp_path: Path) -> None:
+    # A writer outside holds SQLite's write lock for longer than the call may wait.
+    path = tmp_path / "locked.db"
+    engine = db.engine(DatabaseSettings(url=f"sqlite:///{path}"), busy_timeout_seconds=0.05)
+    _Base.metadata.create_all(engine)
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+
+    def handler(request: object, context: object) -> None:
+        with db.transaction(db.session_factory(engine), attempts=50, within_seconds=30.0) as session:
+            session.add(_Note(id="late", text="never"))
+
+    try:
+        started = time.monotonic()
+        with pytest.raises(Unavailable) as refused:
+            db.call_middleware()(None, _Context(0.4), _call("CreateThing"), handler)
+        assert time.monotonic() - started < 0.4, "answered before the call's deadline, not after 50 tries"
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+        engine.dispose()
+    assert refused.value.reason == "DATABASE_BUSY"
+    status = to_status(refused.value, domain="test.poly.local")
+    assert status.code == grpc.StatusCode.UNAVAILABLE
+    found = status_pb2.Status.FromString(dict(status.trailing_metadata)["grpc-status-details-bin"])
+    delays = [d for d in found.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+    assert len(delays) == 1, "the client is told when to try again"
