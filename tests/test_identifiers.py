@@ -17,8 +17,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.kit.domain_errors import InvalidArgument
+from services.kit.idempotency import key_problems
 from services.kit.money import Money
-from services.kit.names import chosen_id_problems, request_id_problems, resource_id
+from services.kit.names import chosen_id_problems, resource_id
 from services.notifications.domain import Notifications
 from services.orders.domain import NewLine, Orders
 
@@ -115,7 +116,7 @@ def _id_validators(value: str) -> dict[str, Callable[[], object]]:
 
 def _request_id_validators(value: str) -> dict[str, Callable[[], object]]:
     return {
-        "kit": lambda: request_id_problems(value),
+        "kit": lambda: key_problems(value),
         "orders": lambda: _ORDERS.create("users/u", [_LINE], "", value, _anyone),
         "notifications": lambda: _NOTIFICATIONS.create_webhook(
             "users/u", "https://example.com/hook", [], "", request_id=value, check_owner=_anyone

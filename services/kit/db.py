@@ -166,7 +166,7 @@ _ANSWER_SECONDS = 0.05
 
 READ_METHOD_PREFIXES = ("Get", "List", "BatchGet", "Search", "Watch")
 """The AIP standard methods that only read (AIP-131, 132, 231, and watches): a call to one
-runs its transactions read-only (`reads_middleware`)."""
+runs its transactions read-only (`call_middleware`)."""
 
 
 @contextmanager

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from dataclasses import dataclass
 
 from services.kit.domain_errors import FailedPrecondition, FieldViolation
-from services.kit.names import request_id_problems
 
 __all__ = ["Request", "canonical", "fingerprint", "key_problems", "replay"]
 
@@ -45,9 +45,18 @@ def canonical(request_id: str) -> str:
 def key_problems(
     request_id: str, *, required: bool = False, versions: tuple[int, ...] = (4,)
 ) -> list[FieldViolation]:
-    """What is wrong with a ``request_id``: a UUID of one of `versions` in canonical form
-    (UUID5 lets a service derive a stable id from a name and retry with it after a restart)."""
-    return request_id_problems(request_id, required=required, versions=versions)
+    """What is wrong with a ``request_id``: it must be a UUID of one of `versions` in its
+    canonical form (either case; UUID5 lets a service derive a stable id from a name and retry
+    with it after a restart). Empty is fine unless `required`."""
+    if not request_id and not required:
+        return []
+    try:
+        parsed = uuid.UUID(request_id)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.version not in versions or str(parsed) != canonical(request_id):
+        return [FieldViolation("request_id", "must be a UUID4, e.g. 0b9b7c0e-3f1a-4c2e-8a5d-1e2f3a4b5c6d")]
+    return []
 
 
 def replay(first_fingerprint: str, request: Request, **metadata: str) -> None:

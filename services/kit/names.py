@@ -1,5 +1,5 @@
-"""Resource names (AIP-122): ``orders/{order}`` in requests, ids inside a service; and the
-idempotency keys (AIP-155 ``request_id``) that name a request.
+"""Resource names (AIP-122): ``orders/{order}`` in requests, ids inside a service, and the
+ids clients choose for new resources (AIP-133). Request ids (AIP-155) are `kit.idempotency`'s.
 
 Every pattern here is ASCII only (``[0-9]``, never ``\\d``, which also matches U+0660 and
 fullwidth digits) and is applied with ``fullmatch`` (``$`` also matches before a final
@@ -9,11 +9,10 @@ newline, so ``re.match(r"^...$")`` accepts ``"order-1\\n"``).
 from __future__ import annotations
 
 import re
-import uuid
 
 from services.kit.domain_errors import FieldViolation, InvalidArgument
 
-__all__ = ["CHOSEN_ID_RULE", "chosen_id_problems", "request_id_problems", "resource_id"]
+__all__ = ["CHOSEN_ID_RULE", "chosen_id_problems", "resource_id"]
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,63}", re.ASCII)
 _CHOSEN_ID = re.compile(r"[a-z][a-z0-9-]{3,62}", re.ASCII)
@@ -41,20 +40,4 @@ def chosen_id_problems(chosen: str, *, field: str) -> list[FieldViolation]:
     ``webhook_id``, ``client_id``). Empty is fine: the service picks one."""
     if chosen and not _CHOSEN_ID.fullmatch(chosen):
         return [FieldViolation(field, CHOSEN_ID_RULE)]
-    return []
-
-
-def request_id_problems(
-    request_id: str, *, required: bool = False, versions: tuple[int, ...] = (4,)
-) -> list[FieldViolation]:
-    """What is wrong with an idempotency key (AIP-155 ``request_id``): it must be a UUID of
-    one of `versions` in its canonical form (either case). Empty is fine unless `required`."""
-    if not request_id and not required:
-        return []
-    try:
-        parsed = uuid.UUID(request_id)
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.version not in versions or str(parsed) != request_id.lower():
-        return [FieldViolation("request_id", "must be a UUID4, e.g. 0b9b7c0e-3f1a-4c2e-8a5d-1e2f3a4b5c6d")]
     return []

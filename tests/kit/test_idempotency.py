@@ -53,3 +53,26 @@ def test_request_ids_are_canonical_uuids_of_the_allowed_versions(
 
 def test_a_required_request_id_must_be_given() -> None:
     assert [v.field for v in idempotency.key_problems("", required=True)] == ["request_id"]
+
+
+@pytest.mark.parametrize(
+    ("request_id", "required", "versions", "fine"),
+    [
+        ("", False, (4,), True),
+        ("", True, (4,), False),
+        ("0b9b7c0e-3f1a-4c2e-8a5d-1e2f3a4b5c6d", False, (4,), True),
+        ("0B9B7C0E-3F1A-4C2E-8A5D-1E2F3A4B5C6D", False, (4,), True),
+        ("0b9b7c0e3f1a4c2e8a5d1e2f3a4b5c6d", False, (4,), False),
+        ("{0b9b7c0e-3f1a-4c2e-8a5d-1e2f3a4b5c6d}", False, (4,), False),
+        ("74738ff5-5367-5958-9aee-98fffdcd1876", False, (4,), False),
+        ("74738ff5-5367-5958-9aee-98fffdcd1876", False, (4, 5), True),
+        ("not-a-uuid", True, (4, 5), False),
+    ],
+    ids=["empty", "empty-required", "v4", "upper-case", "no-dashes", "braces", "v5", "v5-allowed", "garbage"],
+)
+def test_request_ids_are_canonical_uuids_of_the_given_versions(
+    request_id: str, required: bool, versions: tuple[int, ...], fine: bool
+) -> None:
+    problems = idempotency.key_problems(request_id, required=required, versions=versions)
+    assert (problems == []) is fine
+    assert all(p.field == "request_id" for p in problems)
