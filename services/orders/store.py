@@ -26,7 +26,15 @@ from sqlalchemy.orm import (
 
 from services.kit import leases
 from services.kit.bus import BusTables, Outbox, bus_tables
-from services.kit.db import CurrencyCode, Id, MinorUnits, UtcDateTime, naming_convention, transactions
+from services.kit.db import (
+    CurrencyCode,
+    Id,
+    MinorUnits,
+    UtcDateTime,
+    after_commit,
+    naming_convention,
+    transactions,
+)
 from services.kit.money import Money
 from services.kit.sql import filter_conditions, insert_if_absent, keyset_page
 from services.orders import events
@@ -223,13 +231,11 @@ class SqlRepository:
             info["orders_changed"] = {}
             on_change = self._on_change
 
-            def committed(session: Session) -> None:
-                on_change(list(session.info.pop("orders_changed", {}).values()))
-
             def rolled_back(session: Session) -> None:
                 session.info.pop("orders_changed", None)
 
-            sa_event.listen(self._session, "after_commit", committed, once=True)
+            # One notice per transaction, with every order it changed, once it is durable.
+            after_commit(self._session, lambda: on_change(list(info.pop("orders_changed", {}).values())))
             sa_event.listen(self._session, "after_rollback", rolled_back, once=True)
         info["orders_changed"][order.id] = order
 
