@@ -20,7 +20,6 @@ from typing import Any, Generic, TypeVar
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
-from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,7 +42,6 @@ class Context(Generic[_S]):
     """The kit's settings: server, TLS, database, bus, accepted tokens, telemetry."""
     service_settings: _S
     """The service's own, as its `Service.settings` read them."""
-    engine: Engine
     sessions: sessionmaker[Session]
     outbox: Outbox
     """Where the service publishes: a row in the transaction of the change that publishes."""
@@ -101,7 +99,7 @@ def run(service: Service[_S]) -> None:
 
         def handlers(outbox: Outbox) -> Mapping[type[Message], EventHandler]:
             # The node makes the outbox; the parts publish through it, so they are built here.
-            context = Context(settings, own, engine, db.session_factory(engine), outbox, channels)
+            context = Context(settings, own, db.session_factory(engine), outbox, channels)
             wired.append(service.wire(context))
             return wired[0].handlers
 
