@@ -20,7 +20,7 @@ def wire(context: app.Context[None]) -> app.Parts:
             lambda session: store.SqlRepository(session, context.outbox, hub.notify),
             capture_due=capture_worker.due,
         ),
-        workers=[capture_worker],
+        workers=[capture_worker, watch.Recheck(hub, orders.versions, orders.find)],
     )
 
 

@@ -20,7 +20,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -224,6 +224,9 @@ class Repository(Protocol):
         """False when the order id is taken."""
 
     def order(self, order_id: str) -> Order | None: ...
+
+    def versions(self, order_ids: Collection[str]) -> dict[str, int]:
+        """The version of each of `order_ids` that exists."""
 
     def save(self, order: Order, seen_version: int) -> bool:
         """Write `order` if its row is still at `seen_version`; False if it moved on."""

@@ -132,7 +132,6 @@ class OrdersServicer(orders_service_pb2_grpc.OrdersServiceServicer):
         until = watch_until([_DOMAIN_STATES.get(state, "") for state in request.until_states])
         changes = watch.snapshots(
             self._hub,
-            self._orders.get,
             first,
             active=context.is_active,
             on_leave=context.add_callback,

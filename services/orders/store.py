@@ -42,6 +42,9 @@ from services.orders.domain import AWAITING_PAYMENT, Event, Line, Order, OrderQu
 
 __all__ = ["BUS", "Base", "OrderLineRow", "OrderRequestRow", "OrderRow", "OrdersStore", "SqlRepository"]
 
+_IN_LIST = 500
+"""Ids per `IN (...)` list: well under SQLite's bound-parameter limit."""
+
 OnChange = Callable[[Collection[Order]], None]
 
 
@@ -201,6 +204,15 @@ class SqlRepository:
             OrderRow, order_id, populate_existing=True, options=[joinedload(OrderRow.lines)]
         )
         return None if row is None else _order(row)
+
+    def versions(self, order_ids: Collection[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        ids = list(order_ids)
+        for start in range(0, len(ids), _IN_LIST):
+            chunk = ids[start : start + _IN_LIST]
+            query = select(OrderRow.id, OrderRow.version).where(OrderRow.id.in_(chunk))
+            found.update((order_id, version) for order_id, version in self._session.execute(query))
+        return found
 
     def save(self, order: Order, seen_version: int) -> bool:
         result = self._session.execute(
