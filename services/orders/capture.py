@@ -2,10 +2,11 @@
 
 `CaptureWorker` is a `kit.types.Background`: a thread that claims a bounded batch of due
 orders per pass (`Orders.claim_captures`, state kept in the orders table, so a restart
-resumes where it stopped), calls payments `CapturePayment` with a per-order idempotency key,
-and reports each outcome for the domain to reschedule. It runs a pass every `interval`
-seconds, at once when `due` is called (an order became AWAITING_PAYMENT here), and stops
-promptly on `stop`. `grpc_capturer` is the call over mTLS; gRPC codes are mapped here only.
+resumes where it stopped), calls payments `CapturePayment` for the batch with at most
+`concurrency` calls in flight, each with a per-order idempotency key, and reports the
+batch's outcomes in one transaction for the domain to reschedule. It runs a pass every
+`interval` seconds, at once when `due` is called (an order became AWAITING_PAYMENT here),
+and stops promptly on `stop`. `grpc_capturer` is the call over mTLS; gRPC codes are mapped here only.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from poly.payments.v1 import payments_service_pb2, payments_service_pb2_grpc
 from services.kit.clients import Channels
 from services.kit.telemetry.handoff import Handoff
-from services.orders.domain import CaptureOutcome, Orders, capture_request_id
+from services.orders.domain import CaptureOutcome, Order, Orders, capture_request_id
 
 __all__ = ["PAYMENTS_SERVICE", "CaptureWorker", "Capturer", "grpc_capturer"]
 
@@ -54,12 +56,20 @@ def grpc_capturer(channels: Channels, *, timeout: float = 5.0) -> Capturer:
 
 class CaptureWorker:
     def __init__(
-        self, orders: Orders, capture: Capturer, *, interval: float = 1.0, batch_size: int = 50
+        self,
+        orders: Orders,
+        capture: Capturer,
+        *,
+        interval: float = 1.0,
+        batch_size: int = 50,
+        concurrency: int = 8,
     ) -> None:
         self._orders = orders
         self._capture = capture
         self._interval = interval
         self._batch_size = batch_size
+        # A batch's calls overlap, so one slow capture does not hold up the orders behind it.
+        self._calls = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="orders-capture-call")
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -74,16 +84,20 @@ class CaptureWorker:
         self._traces.remember(order_name)
         self.wake()
 
+    def _attempt(self, order: Order) -> CaptureOutcome | None:
+        if self._stop.is_set():
+            return None  # the claim's lease makes it due again later
+        attributes = {"poly.resource.name": order.name}
+        with self._traces.resumed(order.name, "capture payment", attributes=attributes, forget=True):
+            return self._capture(order.payment, capture_request_id(order))
+
     def run_once(self) -> int:
-        """One pass: capture the due orders of one batch; how many were tried."""
+        """One pass: capture the due orders of one batch; how many were claimed."""
         claimed = self._orders.claim_captures(self._batch_size)
-        for order in claimed:
-            if self._stop.is_set():
-                break  # the claim's lease makes it due again later
-            attributes = {"poly.resource.name": order.name}
-            with self._traces.resumed(order.name, "capture payment", attributes=attributes, forget=True):
-                outcome = self._capture(order.payment, capture_request_id(order))
-                self._orders.capture_attempted(order, outcome)
+        if not claimed:
+            return 0
+        outcomes = zip(claimed, self._calls.map(self._attempt, claimed), strict=True)
+        self._orders.captures_attempted([(order, done) for order, done in outcomes if done is not None])
         return len(claimed)
 
     def _loop(self) -> None:
@@ -107,3 +121,4 @@ class CaptureWorker:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self._calls.shutdown(wait=False, cancel_futures=True)

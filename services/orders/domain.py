@@ -388,6 +388,11 @@ class Orders:
         with self.transactions() as repo:
             return repo.order(order_id)
 
+    def versions(self, order_ids: Collection[str]) -> dict[str, int]:
+        """The current version of each existing order of `order_ids` (watches' re-check)."""
+        with self.transactions() as repo:
+            return repo.versions(order_ids)
+
     def get(self, order_id: str) -> Order:
         order = self.find(order_id)
         if order is None:
@@ -491,16 +496,17 @@ class Orders:
         with self.transactions() as repo:
             return repo.claim_captures(now, now + CAPTURE_LEASE, limit)
 
-    def capture_attempted(self, order: Order, outcome: CaptureOutcome) -> None:
-        """Reschedule after a try: a success waits for PaymentCaptured (re-checked after the
-        lease), a failure backs off, a refusal stops."""
+    def captures_attempted(self, outcomes: Sequence[tuple[Order, CaptureOutcome]]) -> None:
+        """Reschedule after a batch of tries, in one transaction: a success waits for
+        PaymentCaptured (re-checked after the lease), a failure backs off, a refusal stops."""
         now = self.clock()
-        if outcome is CaptureOutcome.FAILED:
-            at: dt.datetime | None = now + capture_backoff(order.capture_attempts)
-        else:
-            at = now + CAPTURE_LEASE if outcome is CaptureOutcome.CAPTURED else None
         with self.transactions() as repo:
-            repo.schedule_capture(order.id, at, order.capture_attempts + 1)
+            for order, outcome in outcomes:
+                if outcome is CaptureOutcome.FAILED:
+                    at: dt.datetime | None = now + capture_backoff(order.capture_attempts)
+                else:
+                    at = now + CAPTURE_LEASE if outcome is CaptureOutcome.CAPTURED else None
+                repo.schedule_capture(order.id, at, order.capture_attempts + 1)
 
 
 # -- saga steps (run by the event handlers inside the consumer's transaction) ------------
