@@ -12,13 +12,24 @@ import datetime as dt
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, cast
 
-from sqlalchemy import ForeignKey, Index, MetaData, String, Table, and_, insert, select, update
+from sqlalchemy import (
+    ForeignKey,
+    Index,
+    MetaData,
+    Row,
+    String,
+    Table,
+    and_,
+    bindparam,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
     Session,
-    joinedload,
     mapped_column,
     relationship,
     sessionmaker,
@@ -128,6 +139,55 @@ def _order(row: OrderRow) -> Order:
     )
 
 
+_ORDERS, _LINES = OrderRow.__table__, OrderLineRow.__table__
+_ORDER_WITH_LINES = (
+    select(
+        _ORDERS,
+        _LINES.c.sku,
+        _LINES.c.quantity,
+        _LINES.c.unit_price_minor,
+        _LINES.c.total_minor.label("line_total_minor"),
+    )
+    .outerjoin(_LINES, _LINES.c.order_id == _ORDERS.c.id)
+    .where(_ORDERS.c.id == bindparam("order_id"))
+    .order_by(_LINES.c.position)
+)
+
+
+def _order_of_rows(rows: Sequence[Row[Any]]) -> Order | None:
+    """The order read by `_ORDER_WITH_LINES`: one row per line (one with no line data for an
+    order without lines); None for no rows."""
+    if not rows:
+        return None
+    head = rows[0]
+    currency = head.currency
+    lines = tuple(
+        Line(
+            row.sku,
+            row.quantity,
+            Money(currency, row.unit_price_minor),
+            Money(currency, row.line_total_minor),
+        )
+        for row in rows
+        if row.sku is not None
+    )
+    return Order(
+        id=head.id,
+        owner=head.owner,
+        lines=lines,
+        total=Money(currency, head.total_minor),
+        state=head.state,
+        create_time=head.create_time,
+        update_time=head.update_time,
+        version=head.version,
+        payment=head.payment,
+        failure_reason=head.failure_reason,
+        cancel_reason=head.cancel_reason,
+        next_capture_at=head.next_capture_at,
+        capture_attempts=head.capture_attempts,
+    )
+
+
 _COLUMNS: dict[str, Any] = {
     "state": OrderRow.state,
     "owner": OrderRow.owner,
@@ -199,11 +259,9 @@ class SqlRepository:
         return True
 
     def order(self, order_id: str) -> Order | None:
-        # The order and its lines in one round trip (a join), not a second SELECT for the lines.
-        row = self._session.get(
-            OrderRow, order_id, populate_existing=True, options=[joinedload(OrderRow.lines)]
-        )
-        return None if row is None else _order(row)
+        # The order and its lines in one round trip (a join), read as plain rows: the ORM's
+        # identity map and relationship loading cost more than the query (issue 20).
+        return _order_of_rows(self._session.execute(_ORDER_WITH_LINES, {"order_id": order_id}).all())
 
     def versions(self, order_ids: Collection[str]) -> dict[str, int]:
         found: dict[str, int] = {}
