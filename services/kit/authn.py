@@ -12,6 +12,11 @@ forged, stale or misdirected token could get wrong:
 - ``iss`` and ``aud`` are ours; ``exp``, ``nbf`` and ``iat`` hold within a small leeway;
   ``sub``, ``jti``, ``iat`` and ``exp`` are present.
 
+A token that verified is remembered (bounded, by its exact text) until it expires: the same
+token on the next call costs a lookup, not a signature check. A remembered token is still
+refused once it expires, and re-verified in full when its signing key is no longer the one it
+was verified with (rotated out of, or withdrawn from, the key set).
+
 Every refusal is `kit.errors.Unauthenticated` with a reason (``TOKEN_EXPIRED``, ...); an
 unreachable auth service with no usable cached key is `Unavailable` (retryable), never a
 false "your token is bad".
@@ -23,6 +28,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -171,14 +177,39 @@ def _parse_jwks(document: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
     return keys
 
 
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    principal: Principal
+    kid: str
+    key: Any
+    """The key object it verified with: a refetched key set holds new objects."""
+    expires: float
+    """``exp`` plus the leeway, in seconds since the epoch."""
+
+
+VERIFIED_TOKENS = 4096
+"""Verified tokens remembered per process (least recently used dropped first)."""
+
+
 class Verifier:
     """Checks access tokens against a `KeySet` and the issuer, audience and leeway in `settings`."""
 
-    def __init__(self, keys: KeySet, settings: AuthSettings) -> None:
+    def __init__(
+        self,
+        keys: KeySet,
+        settings: AuthSettings,
+        *,
+        remember: int = VERIFIED_TOKENS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._keys = keys
         self._issuer = settings.issuer
         self._audience = settings.audience
         self._leeway = settings.leeway_seconds
+        self._remember = remember
+        self._clock = clock
+        self._verified: OrderedDict[str, _Verified] = OrderedDict()
+        self._verified_lock = threading.Lock()
 
     @property
     def audience(self) -> str:
@@ -187,6 +218,40 @@ class Verifier:
     def verify(self, token: str) -> Principal:
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthenticated("TOKEN_MALFORMED", "the access token is too long")
+        known = self._recall(token)
+        if known is not None:
+            return known
+        kid, key, principal = self._check(token)
+        if self._remember > 0:
+            expires = principal.expires_at.timestamp() + self._leeway
+            with self._verified_lock:
+                self._verified[token] = _Verified(principal, kid, key, expires)
+                while len(self._verified) > self._remember:
+                    self._verified.popitem(last=False)
+        return principal
+
+    def _recall(self, token: str) -> Principal | None:
+        """The principal of `token` if it verified before and nothing since makes it doubtful;
+        None sends it through the full check (which then gives the right refusal)."""
+        with self._verified_lock:
+            known = self._verified.get(token)
+            if known is None:
+                return None
+            self._verified.move_to_end(token)
+        current: Any = None
+        if self._clock() < known.expires:
+            try:
+                current = self._keys.key(known.kid)[1]
+            except (Unauthenticated, Unavailable):
+                current = None
+        if current is not known.key:
+            with self._verified_lock:
+                self._verified.pop(token, None)
+            return None
+        return known.principal
+
+    def _check(self, token: str) -> tuple[str, Any, Principal]:
+        """Everything about `token`: ``(kid, key, principal)`` or a refusal."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -227,7 +292,7 @@ class Verifier:
             ) from None
         except jwt.PyJWTError:
             raise Unauthenticated("TOKEN_CLAIMS_INVALID", "the access token's claims are invalid") from None
-        return _principal(claims)
+        return kid, key, _principal(claims)
 
 
 def _principal(claims: Mapping[str, Any]) -> Principal:

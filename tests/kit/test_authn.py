@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -274,3 +275,50 @@ def test_a_malformed_authorization_header_is_refused(metadata: list[tuple[str, s
     with pytest.raises(Unauthenticated) as refused:
         bearer_token(metadata)
     assert refused.value.reason == "TOKEN_MALFORMED"
+
+
+def test_a_token_that_verified_is_not_checked_again(signer: Signer, monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier = Verifier(KeySet(Source(signer), min_refresh=0), SETTINGS)
+    token = signer.token()
+    decoded: list[str] = []
+    real_decode = jwt.decode
+    monkeypatch.setattr(jwt, "decode", lambda *a, **k: decoded.append("decode") or real_decode(*a, **k))
+    assert [verifier.verify(token).subject for _ in range(5)] == ["users/alice"] * 5
+    assert decoded == ["decode"]
+    tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    assert _refusal(verifier, tampered) == "TOKEN_SIGNATURE_INVALID", "another text is checked in full"
+
+
+def test_a_remembered_token_is_refused_once_it_expires(signer: Signer) -> None:
+    strict = dataclasses.replace(SETTINGS, leeway_seconds=0)
+    verifier = Verifier(KeySet(Source(signer), min_refresh=0), strict)
+    expiry = int(time.time()) + 1
+    token = signer.token(exp=expiry)
+    assert verifier.verify(token).subject == "users/alice"
+    while time.time() <= expiry + 0.05:  # bounded: about a second
+        time.sleep(0.05)
+    assert _refusal(verifier, token) == "TOKEN_EXPIRED"
+
+
+def test_a_remembered_token_fails_once_its_kid_names_another_key(signer: Signer) -> None:
+    now = [0.0]
+    source = Source(signer)
+    verifier = Verifier(KeySet(source, max_age=60, min_refresh=1, clock=lambda: now[0]), SETTINGS)
+    token = signer.token()
+    verifier.verify(token)
+    source.keys = [Signer(signer.kid).jwk]  # the same kid, now another key
+    now[0] += 61
+    assert _refusal(verifier, token) == "TOKEN_SIGNATURE_INVALID"
+
+
+def test_remembered_tokens_are_bounded(signer: Signer, monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier = Verifier(KeySet(Source(signer), min_refresh=0), SETTINGS, remember=2)
+    tokens = [signer.token(jti=f"t-{n}") for n in range(3)]
+    for token in tokens:
+        verifier.verify(token)
+    decoded: list[str] = []
+    real_decode = jwt.decode
+    monkeypatch.setattr(jwt, "decode", lambda *a, **k: decoded.append("decode") or real_decode(*a, **k))
+    verifier.verify(tokens[2])
+    verifier.verify(tokens[0])  # the least recently used was dropped: checked in full again
+    assert decoded == ["decode"]
