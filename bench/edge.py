@@ -322,10 +322,22 @@ class Wrk:
 class H2load:
     name = "h2load (mTLS via LD_PRELOAD shim)"
 
-    def __init__(self, url: str, tmp: Path, load_cpu: int, cli: config.Settings, reply_bytes: int) -> None:
-        self.url, self.tmp, self.load_cpu = url, tmp, load_cpu
+    def __init__(
+        self,
+        url: str,
+        tmp: Path,
+        load_cpu: int,
+        cli: config.Settings,
+        reply_bytes: int,
+        *,
+        request: bytes = b"",
+        headers: Sequence[str] = (),
+    ) -> None:
+        """`request`: the serialized request message (GetJwks's is empty); `headers`: more
+        request headers, ``name: value`` (e.g. an authorization header)."""
+        self.url, self.tmp, self.load_cpu, self.headers = url, tmp, load_cpu, tuple(headers)
         self.body = tmp / "request.bin"
-        self.body.write_bytes(b"\x00\x00\x00\x00\x00")  # gRPC frame: not compressed, 0 bytes
+        self.body.write_bytes(b"\x00" + len(request).to_bytes(4, "big") + request)  # not compressed
         self.frame_bytes = 5 + reply_bytes
         shim = tmp / "clientcert.so"
         source = tmp / "clientcert.c"
@@ -365,6 +377,7 @@ class H2load:
                 "content-type: application/grpc",
                 "-H",
                 "te: trailers",
+                *(argument for header in self.headers for argument in ("-H", header)),
                 f"--log-file={log}",
                 self.url,
             ],

@@ -170,7 +170,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT, ROOT / "gen"):
+for _path in (ROOT, ROOT / "gen", ROOT / "bench"):  # bench/: `python -m bench.telemetry` finds machine
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
@@ -751,9 +751,9 @@ def wait_ready(system: System) -> None:
         time.sleep(0.2)
 
 
-def prepare_order(system: System) -> None:
-    """Register, log in and create one order through the edge (as the README does), then let
-    the saga finish so nothing but the measured calls runs afterwards."""
+def prepare_order(system: System, lines: int = 1) -> None:
+    """Register, log in and create one order of `lines` lines through the edge (as the README
+    does), then let the saga finish so nothing but the measured calls runs afterwards."""
     email = f"bench-{uuid.uuid4().hex[:12]}@example.com"
     credentials = {"email": email, "password": PASSWORD}
     status, body = _http("POST", f"{system.base}/v1/auth:register", credentials)
@@ -764,8 +764,13 @@ def prepare_order(system: System) -> None:
     if status != 200 or not token:
         raise BenchError(f"[{system.setup.name}] login answered {status}: {body}")
     system.token = token
-    line = {"sku": "BOOK-1", "quantity": 2, "unitPrice": {"currencyCode": "EUR", "amountMinor": "1250"}}
-    status, body = _http("POST", f"{system.base}/v1/orders", {"lines": [line]}, system.token)
+    order = {
+        "lines": [
+            {"sku": f"BOOK-{n}", "quantity": 2, "unitPrice": {"currencyCode": "EUR", "amountMinor": "1250"}}
+            for n in range(1, lines + 1)
+        ]
+    }
+    status, body = _http("POST", f"{system.base}/v1/orders", order, system.token)
     if status not in (200, 201) or not isinstance(body, dict) or "name" not in body:
         raise BenchError(f"[{system.setup.name}] create order answered {status}: {body}")
     system.order = body["name"]
@@ -1128,7 +1133,8 @@ class Wrk:
         self.script = tmp / "report.lua"
         self.script.write_text(WRK_LUA)
 
-    def start(self, system: System, in_flight: int, seconds: float) -> subprocess.Popen[str]:
+    def start(self, system: System, in_flight: int, seconds: float, url: str = "") -> subprocess.Popen[str]:
+        """wrk on `url` (default: the system's order through its edge) with the system's token."""
         argv = [
             "taskset",
             "-c",
@@ -1143,7 +1149,7 @@ class Wrk:
             f"Authorization: Bearer {system.token}",
             "-s",
             str(self.script),
-            system.url,
+            url or system.url,
         ]
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -1167,8 +1173,8 @@ class Wrk:
         system.sent += found["requests"]
         return Run(found["requests"], found["duration_us"] / 1e6, found["p50_us"], found["p99_us"])
 
-    def run(self, system: System, in_flight: int, seconds: float) -> Run:
-        return self.finish(system, self.start(system, in_flight, seconds), seconds)
+    def run(self, system: System, in_flight: int, seconds: float, url: str = "") -> Run:
+        return self.finish(system, self.start(system, in_flight, seconds, url), seconds)
 
 
 @dataclass
