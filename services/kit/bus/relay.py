@@ -64,8 +64,11 @@ class RelaySettings:
     a backlog held up by an outage is delivered within about this long of its end."""
     lease_seconds: float = 30.0
     """How long a claimed delivery is reserved; a relay that dies frees it when this ends."""
-    idle_poll: float = 0.5
-    """Longest wait between rounds when there is nothing to do and no wake-up comes."""
+    idle_poll: float = 5.0
+    """Longest wait between rounds when there is nothing to do and no wake-up comes: for work
+    no wake-up announces (a lease another relay left to run out, a redriven delivery). A
+    retry this relay scheduled, and a publish committed in this process, start a round on
+    time without it."""
     concurrency: int = 16
     """Sends in flight at once within a round (each to a different aggregate or route)."""
     send_timeout: float = 10.0
@@ -85,6 +88,9 @@ _DELIVERED, _REFUSED, _DOWN, _DEFERRED, _UNSENT = "delivered", "refused", "down"
 """A send's outcome: taken; refused (counts towards `max_attempts`); the route was down (a
 transient failure); not sent because its route failed earlier in the round; not sent because
 the lease is too short."""
+
+_RETRY_ROUND_SECONDS = 0.5
+"""After a round that failed (the database was away), the next one runs this soon."""
 
 _COUNTERS = {_DELIVERED: "delivered", _DOWN: "retried", _DEFERRED: "deferred"}
 
@@ -192,6 +198,7 @@ class Relay:
         self._owner = owner or f"relay-{uuid.uuid4().hex[:8]}"
         self._clock = clock
         self._down: dict[str, _Down] = {}
+        self._next_due: dt.datetime | None = None
         """Routes found down, read and written by the round's own thread only."""
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -322,6 +329,7 @@ class Relay:
             return
         delay = dt.timedelta(seconds=backoff_seconds(attempts, self._settings))
         connection.execute(update(d).where(mine).values(next_attempt_at=now + delay, **released))
+        self._due_by(now + delay)
         self.metrics.add("retried", outcome.event_type)
 
     def _send(self, claimed: _Claimed, lease_until: dt.datetime, round_: _Round) -> _Outcome:
@@ -379,6 +387,7 @@ class Relay:
             rounds = 1 if previous is None else previous.rounds + 1
             delay = dt.timedelta(seconds=_transient_backoff_seconds(rounds, self._settings))
             self._down[route] = _Down(rounds, self._clock() + delay, error)
+            self._due_by(self._down[route].retry_at)
             if previous is None:
                 _log.warning(
                     "route down: its deliveries wait, and one is tried again within the retry delay",
@@ -421,15 +430,32 @@ class Relay:
         """Called after a publishing transaction commits, so delivery starts at once."""
         self._wake.set()
 
+    def _due_by(self, moment: dt.datetime) -> None:
+        """A delivery this relay put off falls due at `moment`: a round must run by then."""
+        if self._next_due is None or moment < self._next_due:
+            self._next_due = moment
+
+    def _idle_seconds(self) -> float:
+        """How long to wait for a wake-up: until the earliest retry this relay scheduled, at
+        most `idle_poll`."""
+        if self._next_due is None:
+            return self._settings.idle_poll
+        seconds = (self._next_due - self._clock()).total_seconds()
+        if seconds <= 0:
+            self._next_due = None  # due now: the next round claims it
+            return 0.0
+        return min(seconds + 0.01, self._settings.idle_poll)
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 busy = self.run_once() > 0
             except Exception:  # noqa: BLE001 - a database hiccup must not kill the relay
                 _log.exception("relay round failed; retrying")
+                self._due_by(self._clock() + dt.timedelta(seconds=_RETRY_ROUND_SECONDS))
                 busy = False
             if not busy:
-                self._wake.wait(self._settings.idle_poll)
+                self._wake.wait(self._idle_seconds())
                 self._wake.clear()
 
     def start(self) -> None:

@@ -388,3 +388,26 @@ def test_the_retry_delay_of_a_route_that_is_down_is_positive_and_at_most_max_del
         [row] = _rows(bus_db)
         assert row.next_attempt_at <= clock() + dt.timedelta(seconds=settings.max_delay)
         clock.advance(settings.max_delay)
+
+
+def test_a_running_relay_retries_at_the_time_it_scheduled_not_at_its_idle_poll(bus_db: BusDb) -> None:
+    """Idle, the relay waits up to `idle_poll` (long, so it costs little); a retry it put off
+    runs when due, with no wake-up and no publish to start it."""
+    transport = ScriptedTransport()
+    outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.broker_routing())
+    event = publish(bus_db, outbox, "orders/A", "A1")
+    transport.failures[event.id] = 1
+    settings = dataclasses.replace(FAST, base_delay=0.2, max_delay=0.2, idle_poll=600.0)
+    relay = bus.Relay(bus_db.engine, bus_db.tables, transport, settings=settings)
+    relay.start()
+    try:
+        delivered = threading.Event()
+        for _ in range(200):  # bounded: 10 s
+            if bus.state_counts(bus_db.engine, bus_db.tables) == {bus.DELIVERED: 1}:
+                delivered.set()
+                break
+            threading.Event().wait(0.05)
+    finally:
+        relay.stop(5)
+    assert delivered.is_set(), "the retry ran well before the 600 s idle poll"
+    assert [e.id for _, e in transport.sent] == [event.id] and relay.metrics.total("retried") == 1
