@@ -120,6 +120,7 @@ class Dispatcher:
                 await asyncio.wait(self._in_flight, timeout=4.0)
         finally:
             await self._webhooks.close()
+            await self._email.close()
 
     async def _round(self) -> None:
         notifications = await asyncio.to_thread(self._dispatch.claim_notifications, self._concurrency)

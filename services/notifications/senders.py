@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import ssl
@@ -60,34 +61,90 @@ def email_message(outgoing: Outgoing, sender: str) -> EmailMessage:
 
 
 class EmailSender:
-    def __init__(self, settings: SmtpSettings) -> None:
+    """SMTP with connections kept open between messages (at most `pool` idle ones, each for
+    `idle_seconds`): a message on an open connection costs MAIL, RCPT and DATA, not a new TCP
+    and TLS handshake, EHLO and login. Use it inside one event loop; `close` at the end."""
+
+    def __init__(self, settings: SmtpSettings, *, pool: int = 4, idle_seconds: float = 30.0) -> None:
         self._settings = settings
         self._tls = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+        self._pool = pool
+        self._idle_seconds = idle_seconds
+        self._idle: list[tuple[float, aiosmtplib.SMTP]] = []
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        smtp = self._settings
+        client = aiosmtplib.SMTP(
+            hostname=smtp.host,
+            port=smtp.port,
+            username=smtp.username or None,
+            password=smtp.password or None,
+            use_tls=smtp.security == "tls",
+            start_tls=smtp.security == "starttls",
+            tls_context=self._tls if smtp.security != "none" else None,
+            timeout=smtp.timeout_seconds,
+        )
+        await client.connect()
+        return client
+
+    def _reusable(self) -> aiosmtplib.SMTP | None:
+        now = time.monotonic()
+        while self._idle:
+            since, client = self._idle.pop()
+            if now - since < self._idle_seconds and client.is_connected:
+                return client
+            client.close()
+        return None
 
     async def send(self, outgoing: Outgoing) -> Result:
-        smtp = self._settings
+        message = email_message(outgoing, self._settings.sender)
+        reused = self._reusable()
+        if reused is not None:
+            try:
+                return await self._send_on(reused, message)
+            except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
+                pass  # the server closed it while it was idle: one try on a fresh connection
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
+                return _smtp_result(error)
         try:
-            await aiosmtplib.send(
-                email_message(outgoing, smtp.sender),
-                hostname=smtp.host,
-                port=smtp.port,
-                username=smtp.username or None,
-                password=smtp.password or None,
-                use_tls=smtp.security == "tls",
-                start_tls=smtp.security == "starttls",
-                tls_context=self._tls if smtp.security != "none" else None,
-                timeout=smtp.timeout_seconds,
-            )
-        except aiosmtplib.SMTPRecipientsRefused as refused:
-            codes = [r.code for r in refused.recipients]
-            return Result(f"SMTP {codes[0] if codes else 550}", permanent=all(c >= 500 for c in codes))
-        except aiosmtplib.SMTPAuthenticationError as error:
-            return Result(f"SMTP {error.code} authentication failed")  # a setting to fix: keep retrying
-        except aiosmtplib.SMTPResponseException as error:
-            return Result(f"SMTP {error.code}", permanent=error.code >= 500)
+            return await self._send_on(await self._connect(), message)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
-            return Result(f"SMTP {type(error).__name__}")
+            return _smtp_result(error)
+
+    async def _send_on(self, client: aiosmtplib.SMTP, message: EmailMessage) -> Result:
+        """Send on `client`; kept for the next message if that worked, closed otherwise
+        (an error or a cancellation can leave the SMTP session mid-transaction)."""
+        try:
+            await client.send_message(message)
+        except BaseException:
+            client.close()
+            raise
+        self._keep(client)
         return Result()
+
+    def _keep(self, client: aiosmtplib.SMTP) -> None:
+        if len(self._idle) < self._pool:
+            self._idle.append((time.monotonic(), client))
+        else:
+            client.close()
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for _, client in idle:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+                await client.quit()
+            client.close()
+
+
+def _smtp_result(error: BaseException) -> Result:
+    if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
+        codes = [r.code for r in error.recipients]
+        return Result(f"SMTP {codes[0] if codes else 550}", permanent=all(c >= 500 for c in codes))
+    if isinstance(error, aiosmtplib.SMTPAuthenticationError):
+        return Result(f"SMTP {error.code} authentication failed")  # a setting to fix: keep retrying
+    if isinstance(error, aiosmtplib.SMTPResponseException):
+        return Result(f"SMTP {error.code}", permanent=error.code >= 500)
+    return Result(f"SMTP {type(error).__name__}")
 
 
 def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:

@@ -23,6 +23,8 @@ class Mailbox:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._messages: list[EmailMessage] = []
+        self.peers: list[object] = []
+        """The client address of each accepted message (one per connection it came on)."""
         self.port = 0
         self.reply = "250 Message accepted for delivery"
 
@@ -34,6 +36,7 @@ class Mailbox:
         assert isinstance(parsed, EmailMessage)
         with self._lock:
             self._messages.append(parsed)
+            self.peers.append(session.peer)
         return self.reply
 
     @property
@@ -47,10 +50,11 @@ class Mailbox:
 
 
 @contextmanager
-def mailbox() -> Iterator[Mailbox]:
+def mailbox(*, idle_timeout: float = 300.0) -> Iterator[Mailbox]:
+    """A running mailbox; it drops a client connection idle for `idle_timeout` seconds."""
     box = Mailbox()
     box.port = free_port()
-    controller = Controller(box, hostname="127.0.0.1", port=box.port)
+    controller = Controller(box, hostname="127.0.0.1", port=box.port, timeout=idle_timeout)
     controller.start()
     try:
         yield box
