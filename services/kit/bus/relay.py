@@ -102,6 +102,8 @@ class _Claimed:
     event_type: str
     envelope: EventEnvelope | None
     """None when the stored bytes do not decode."""
+    followed: bool = False
+    """A later delivery of its aggregate to its route is pending (due once this one is done)."""
 
 
 def _decoded(stored: bytes) -> EventEnvelope | None:
@@ -199,6 +201,7 @@ class Relay:
         self._clock = clock
         self._down: dict[str, _Down] = {}
         self._next_due: dt.datetime | None = None
+        self._more = False
         """Routes found down, read and written by the round's own thread only."""
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -242,23 +245,34 @@ class Relay:
         candidates = taken.found
         if not candidates:
             return token, lease_until, []
+        later = aliased(d)
+        followed = (
+            exists()
+            .where(
+                later.c.route == d.c.route,
+                later.c.aggregate_id == d.c.aggregate_id,
+                later.c.state == PENDING,
+                later.c.position > d.c.position,
+            )
+            .label("followed")
+        )
         with self._engine.connect() as connection:
             claimed = connection.execute(
-                select(d.c.position, d.c.route, d.c.event_type, o.c.envelope, o.c.event_id)
+                select(d.c.position, d.c.route, d.c.event_type, o.c.envelope, o.c.event_id, followed)
                 .join(o, o.c.position == d.c.position)
                 .where(d.c.lease_owner == token, d.c.state == PENDING)
                 .order_by(d.c.position)
             ).all()
         # An outcome always clears the lease: one still set ran out with its claim unrecorded.
         expired = {(int(row[0]), str(row[1])): row[2] for row in candidates if row[2] is not None}
-        for position, route, event_type, _, event_id in claimed:
+        for position, route, event_type, _, event_id, _ in claimed:
             previous = expired.get((int(position), str(route)))
             if previous is not None:
                 self._reclaimed(int(position), str(route), str(event_type), str(event_id), previous)
         return (
             token,
             lease_until,
-            [_Claimed(int(p), str(r), str(t), _decoded(bytes(e))) for p, r, t, e, _ in claimed],
+            [_Claimed(int(p), str(r), str(t), _decoded(bytes(e)), bool(f)) for p, r, t, e, _, f in claimed],
         )
 
     def _reclaimed(self, position: int, route: str, event_type: str, event_id: str, previous: str) -> None:
@@ -422,6 +436,13 @@ class Relay:
             sent += self._send_all(rest, lease_until, round_)
         self._note_routes(round_)
         self._record(token, sent)
+        # Another round at once only if one can find something: a full batch may have left
+        # more, and a delivery done may have freed the next of its aggregate.
+        self._more = (
+            len(claimed) >= self._settings.batch_size
+            or any(item.followed for item in claimed)
+            or any(outcome.kind == _UNSENT for outcome in sent)
+        )
         return len(claimed)
 
     # -- the background thread ---------------------------------------------------------
@@ -449,7 +470,7 @@ class Relay:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                busy = self.run_once() > 0
+                busy = self.run_once() > 0 and self._more
             except Exception:  # noqa: BLE001 - a database hiccup must not kill the relay
                 _log.exception("relay round failed; retrying")
                 self._due_by(self._clock() + dt.timedelta(seconds=_RETRY_ROUND_SECONDS))

@@ -411,3 +411,28 @@ def test_a_running_relay_retries_at_the_time_it_scheduled_not_at_its_idle_poll(b
         relay.stop(5)
     assert delivered.is_set(), "the retry ran well before the 600 s idle poll"
     assert [e.id for _, e in transport.sent] == [event.id] and relay.metrics.total("retried") == 1
+
+
+def test_a_running_relay_drains_one_aggregates_backlog_in_order_without_waiting_to_poll(
+    bus_db: BusDb,
+) -> None:
+    """A round holds one delivery per aggregate; the next follows in the next round at once
+    (the relay knows one is pending), not at the idle poll."""
+    transport = ScriptedTransport()
+    outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.broker_routing())
+    published = [publish(bus_db, outbox, "orders/A", f"A{n}") for n in range(5)]
+    published += [publish(bus_db, outbox, "orders/B", "B0")]
+    relay = bus.Relay(
+        bus_db.engine, bus_db.tables, transport, settings=dataclasses.replace(FAST, idle_poll=600.0)
+    )
+    relay.start()
+    try:
+        for _ in range(200):  # bounded: 10 s
+            if bus.state_counts(bus_db.engine, bus_db.tables) == {bus.DELIVERED: 6}:
+                break
+            threading.Event().wait(0.05)
+    finally:
+        relay.stop(5)
+    assert bus.state_counts(bus_db.engine, bus_db.tables) == {bus.DELIVERED: 6}
+    sent_a = [e.id for _, e in transport.sent if e.aggregate_id == "orders/A"]
+    assert sent_a == [e.id for e in published[:5]]
