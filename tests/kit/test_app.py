@@ -58,7 +58,10 @@ def test_background_work_and_peers_are_declared_where_the_service_is(
     # The saga's capture step (orders calls payments) and the dispatcher (notifications reads
     # contacts from users) are workers of their declarations; the others run only the bus.
     service, parts = wired
-    expected = {"orders": (["CaptureWorker", "Recheck"], {"payments"}), "notifications": (["Dispatcher"], {"users"})}
+    expected = {
+        "orders": (["CaptureWorker", "Recheck"], {"payments"}),
+        "notifications": (["Dispatcher"], {"users"}),
+    }
     workers, peers = expected.get(service.name, ([], set()))
     assert [type(worker).__name__ for worker in parts.workers] == workers
     assert set(service.calls) == peers
