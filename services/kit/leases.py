@@ -44,18 +44,20 @@ def claim(
     limit: int,
     seen: Sequence[SqlColumn] = (),
     returning: Sequence[Any] = (),
+    params: Mapping[str, object] | None = None,
 ) -> Claim:
     """Take up to `limit` rows of `target` (an ORM class or a table) that are `free`, first by
     `order_by`, setting `values` (the lease) on them; inside the caller's transaction.
 
     `keys` name one row (the primary key, or a unique pair). Why two statements and a
     re-check rather than one UPDATE ... LIMIT: neither database limits an UPDATE, and the
-    re-check in the UPDATE's WHERE decides between racing claimers on either."""
+    re-check in the UPDATE's WHERE decides between racing claimers on either. `params` binds
+    the bind parameters of a `free` built once (e.g. the claim's current time)."""
     due = select(*keys, *seen).where(free).order_by(*order_by).limit(limit)
     bind = executor.get_bind() if isinstance(executor, Session) else executor
     if bind.dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True, of=target)
-    found = executor.execute(due).all()
+    found = executor.execute(due, params).all()
     if not found:
         return Claim([], [])
     width = len(keys)
@@ -65,7 +67,9 @@ def claim(
         match = tuple_(*keys).in_([tuple(row[:width]) for row in found])
     statement = update(target).where(match, free).values(values)
     if not returning:
-        executor.execute(statement.execution_options(synchronize_session=False))
+        executor.execute(statement.execution_options(synchronize_session=False), params)
         return Claim(found, [])
-    taken = executor.execute(statement.returning(*returning).execution_options(synchronize_session=False))
+    taken = executor.execute(
+        statement.returning(*returning).execution_options(synchronize_session=False), params
+    )
     return Claim(found, taken.all())
