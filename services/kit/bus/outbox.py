@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping
 
 from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.message import Message
+from sqlalchemy import String, bindparam, func, insert, select
 from sqlalchemy import event as sa_event
-from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from poly.events.v1.events_pb2 import EventEnvelope
@@ -74,6 +74,12 @@ class Outbox:
         self._metrics = metrics or BusMetrics()
         self._on_commit = on_commit
         self._clock = clock
+        # Built once: a statement costs more to build than to run from the compiled cache.
+        self._insert_event = insert(tables.outbox).returning(tables.outbox.c.position)
+        self._insert_deliveries = insert(tables.delivery)
+        self._hold_aggregate = select(
+            func.pg_advisory_xact_lock(func.hashtextextended(bindparam("aggregate_id", type_=String()), 0))
+        )
 
     def publish(
         self,
@@ -112,23 +118,21 @@ class Outbox:
             # Positions come from a sequence, but transactions commit in any order: hold the
             # aggregate until this one commits, so its next event gets a later position and
             # the relay can never see (and deliver) the later event first.
-            session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(aggregate_id, 0))))
-        outbox = self._tables.outbox
+            session.execute(self._hold_aggregate, {"aggregate_id": aggregate_id})
         position = session.execute(
-            insert(outbox)
-            .values(
-                event_id=envelope.id,
-                event_type=event_type,
-                aggregate_id=aggregate_id,
-                occur_time=now,
-                envelope=envelope.SerializeToString(),
-            )
-            .returning(outbox.c.position)
+            self._insert_event,
+            {
+                "event_id": envelope.id,
+                "event_type": event_type,
+                "aggregate_id": aggregate_id,
+                "occur_time": now,
+                "envelope": envelope.SerializeToString(),
+            },
         ).scalar_one()
         routes = self._routing(session, event_type)
         if routes:
             session.execute(
-                insert(self._tables.delivery),
+                self._insert_deliveries,
                 [
                     {
                         "position": position,
