@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from enum import Enum
 
 from google.protobuf.message import Message
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -84,6 +84,10 @@ class Consumer:
         self._handlers = {cls.DESCRIPTOR.full_name: (cls, handler) for cls, handler in handlers.items()}
         self.metrics = metrics or BusMetrics()
         self._clock = clock
+        inbox = tables.inbox
+        # Built once, run with parameters: building them cost more than running them.
+        self._seen = select(inbox.c.event_id).where(inbox.c.event_id == bindparam("seen_id"))
+        self._record = insert(inbox)
 
     @property
     def event_types(self) -> list[str]:
@@ -114,16 +118,14 @@ class Consumer:
         payload = cls()
         if not envelope.payload.Unpack(payload):
             raise ValueError(f"event {envelope.id}: payload is not a {envelope.type}")
-        inbox = self._tables.inbox
         try:
             with self._factory.begin() as session:
-                if session.scalar(select(inbox.c.event_id).where(inbox.c.event_id == envelope.id)):
+                if session.scalar(self._seen, {"seen_id": envelope.id}):
                     raise _Duplicate
                 try:
                     session.execute(
-                        insert(inbox).values(
-                            event_id=envelope.id, event_type=envelope.type, source=envelope.source
-                        )
+                        self._record,
+                        {"event_id": envelope.id, "event_type": envelope.type, "source": envelope.source},
                     )
                 except IntegrityError as collision:
                     raise _Duplicate from collision  # a concurrent delivery committed first
