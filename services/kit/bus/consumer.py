@@ -80,7 +80,6 @@ class Consumer:
     ) -> None:
         """`clock` gives the current time in seconds since the epoch (for the apply delay)."""
         self._factory = factory
-        self._tables = tables
         self._handlers = {cls.DESCRIPTOR.full_name: (cls, handler) for cls, handler in handlers.items()}
         self.metrics = metrics or BusMetrics()
         self._clock = clock

@@ -200,11 +200,13 @@ class Relay:
         self._owner = owner or f"relay-{uuid.uuid4().hex[:8]}"
         self._clock = clock
         self._down: dict[str, _Down] = {}
+        """Routes found down, read and written by the round's own thread only."""
         self._next_due: dt.datetime | None = None
-        # Made once: an alias's column collection costs more to build than the query it is in.
-        self._earlier = aliased(tables.delivery, name="earlier")
-        self._later = aliased(tables.delivery, name="later")
-        d, earlier = tables.delivery, self._earlier
+        self._more = False
+        # Built once: an alias's column collection costs more to build than the query it is in.
+        d, o = tables.delivery, tables.outbox
+        earlier = aliased(d, name="earlier")
+        later = aliased(d, name="later")
         self._free = and_(
             d.c.state == PENDING,
             d.c.next_attempt_at <= bindparam("claim_now"),
@@ -217,8 +219,7 @@ class Relay:
                 earlier.c.position < d.c.position,
             ),
         )
-        """What a claim may take (at ``claim_now``); built once, as the aliases are."""
-        later, o = self._later, tables.outbox
+        """What a claim may take (at ``claim_now``)."""
         followed = exists().where(
             later.c.route == d.c.route,
             later.c.aggregate_id == d.c.aggregate_id,
@@ -239,8 +240,6 @@ class Relay:
             .order_by(d.c.position)
         )
         """The deliveries a claim (``claim_token``) took, with their envelopes."""
-        self._more = False
-        """Routes found down, read and written by the round's own thread only."""
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
