@@ -208,8 +208,28 @@ def _free(model: type[NotificationRow] | type[DeliveryRow]) -> ColumnElement[boo
     )
 
 
-_FREE = {NotificationRow: _free(NotificationRow), DeliveryRow: _free(DeliveryRow)}
-"""Built once: the condition costs more to build than to run (the claim binds ``claim_now``)."""
+def _queue(model: type[NotificationRow] | type[DeliveryRow], key: InstrumentedAttribute[str]) -> leases.Queue:
+    """Free rows of `model`, oldest due first; a claim leases them and counts an attempt."""
+    return leases.Queue(
+        model,
+        [key],
+        free=_free(model),
+        order_by=[model.next_attempt_time],
+        lease={
+            model.lease_owner: bindparam("claim_owner"),
+            model.lease_until: bindparam("claim_until"),
+            model.attempts: model.attempts + 1,
+        },
+        seen=[model.lease_until],
+        returning=[model],
+    )
+
+
+_QUEUES = {
+    NotificationRow: _queue(NotificationRow, NotificationRow.event_id),
+    DeliveryRow: _queue(DeliveryRow, DeliveryRow.id),
+}
+"""Built once: the statements cost more to build than to run (a claim binds its time and lease)."""
 
 
 _Leased = TypeVar("_Leased", NotificationRow, DeliveryRow)
@@ -218,7 +238,6 @@ _Leased = TypeVar("_Leased", NotificationRow, DeliveryRow)
 def _claim(
     session: Session,
     model: type[_Leased],
-    key: InstrumentedAttribute[str],
     *,
     now: dt.datetime,
     lease_until: dt.datetime,
@@ -227,17 +246,8 @@ def _claim(
 ) -> tuple[list[_Leased], set[str]]:
     """Lease up to `limit` free rows of `model` (oldest due first) to `owner`, attempts + 1;
     with the keys of those whose previous lease expired (an outcome always clears the lease)."""
-    claimed = leases.claim(
-        session,
-        model,
-        [key],
-        free=_FREE[model],
-        order_by=[model.next_attempt_time],
-        values={model.lease_owner: owner, model.lease_until: lease_until, model.attempts: model.attempts + 1},
-        limit=limit,
-        seen=[model.lease_until],
-        returning=[model],
-        params={"claim_now": now},
+    claimed = _QUEUES[model].claim(
+        session, limit, {"claim_now": now, "claim_until": lease_until, "claim_owner": owner}
     )
     return [row[0] for row in claimed.taken], {row[0] for row in claimed.found if row[1] is not None}
 
@@ -284,7 +294,6 @@ class SqlRepository:
         claimed, _ = _claim(
             self._session,
             NotificationRow,
-            NotificationRow.event_id,
             now=now,
             lease_until=lease_until,
             owner=owner,
@@ -469,7 +478,6 @@ class SqlRepository:
         claimed, expired = _claim(
             self._session,
             DeliveryRow,
-            DeliveryRow.id,
             now=now,
             lease_until=lease_until,
             owner=owner,

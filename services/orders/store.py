@@ -215,6 +215,18 @@ _COLUMNS: dict[str, Any] = {
 }
 
 
+_CAPTURES = leases.Queue(
+    OrderRow,
+    [OrderRow.id],
+    free=and_(OrderRow.state == AWAITING_PAYMENT, OrderRow.next_capture_at <= bindparam("claim_now")),
+    order_by=[OrderRow.next_capture_at],
+    # The lease is the next try's time itself: a claimed capture is not due until it ends.
+    lease={OrderRow.next_capture_at: bindparam("claim_until")},
+    returning=[OrderRow.id],
+)
+"""Orders waiting for their capture (built once, as every claim is)."""
+
+
 class SqlRepository:
     """`domain.Repository` over one session (one transaction)."""
 
@@ -338,17 +350,7 @@ class SqlRepository:
         return [_order(row) for row in self._session.scalars(statement)]
 
     def claim_captures(self, now: dt.datetime, lease_until: dt.datetime, limit: int) -> list[Order]:
-        # The lease is the next try's time itself: a claimed capture is not due until it ends.
-        claimed = leases.claim(
-            self._session,
-            OrderRow,
-            [OrderRow.id],
-            free=and_(OrderRow.state == AWAITING_PAYMENT, OrderRow.next_capture_at <= now),
-            order_by=[OrderRow.next_capture_at],
-            values={OrderRow.next_capture_at: lease_until},
-            limit=limit,
-            returning=[OrderRow.id],
-        )
+        claimed = _CAPTURES.claim(self._session, limit, {"claim_now": now, "claim_until": lease_until})
         taken = {row[0] for row in claimed.taken}
         due = [row[0] for row in claimed.found if row[0] in taken]
         return [order for order_id in due if (order := self.order(order_id)) is not None]

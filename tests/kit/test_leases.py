@@ -5,7 +5,19 @@ from __future__ import annotations
 import datetime as dt
 import threading
 
-from sqlalchemy import Column, DateTime, Engine, Integer, MetaData, String, Table, and_, or_, select
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    and_,
+    bindparam,
+    or_,
+    select,
+)
 
 from services.kit import leases
 
@@ -38,18 +50,17 @@ def _free(jobs: Table) -> object:
 
 
 def _claim(engine: Engine, jobs: Table, owner: str, limit: int) -> leases.Claim:
+    queue = leases.Queue(
+        jobs,
+        [jobs.c.id, jobs.c.kind],
+        free=_free(jobs),  # type: ignore[arg-type]
+        order_by=[jobs.c.due_at, jobs.c.id],
+        lease={jobs.c.lease_owner: bindparam("owner"), jobs.c.lease_until: _LATER},
+        seen=[jobs.c.lease_owner],
+        returning=[jobs.c.id],
+    )
     with engine.begin() as connection:
-        return leases.claim(
-            connection,
-            jobs,
-            [jobs.c.id, jobs.c.kind],
-            free=_free(jobs),  # type: ignore[arg-type]
-            order_by=[jobs.c.due_at, jobs.c.id],
-            values={jobs.c.lease_owner: owner, jobs.c.lease_until: _LATER},
-            limit=limit,
-            seen=[jobs.c.lease_owner],
-            returning=[jobs.c.id],
-        )
+        return queue.claim(connection, limit, {"owner": owner})
 
 
 def _owners(engine: Engine, jobs: Table) -> dict[tuple[int, str], str | None]:

@@ -203,14 +203,16 @@ class Relay:
         """Routes found down, read and written by the round's own thread only."""
         self._next_due: dt.datetime | None = None
         self._more = False
-        # Built once: an alias's column collection costs more to build than the query it is in.
+        # Built once (`leases.Queue`): a statement costs more to build than to run.
         d, o = tables.delivery, tables.outbox
         earlier = aliased(d, name="earlier")
         later = aliased(d, name="later")
-        self._free = and_(
+        free = and_(
             d.c.state == PENDING,
             d.c.next_attempt_at <= bindparam("claim_now"),
             or_(d.c.lease_until.is_(None), d.c.lease_until < bindparam("claim_now")),
+            # A route that is down is tried again at its retry time, not before.
+            d.c.route.not_in(bindparam("claim_waiting", expanding=True)),
             # In order per aggregate and route: never past an earlier delivery still pending.
             ~exists().where(
                 earlier.c.route == d.c.route,
@@ -219,27 +221,38 @@ class Relay:
                 earlier.c.position < d.c.position,
             ),
         )
-        """What a claim may take (at ``claim_now``)."""
         followed = exists().where(
             later.c.route == d.c.route,
             later.c.aggregate_id == d.c.aggregate_id,
             later.c.state == PENDING,
             later.c.position > d.c.position,
         )
-        self._claimed = (
-            select(
-                d.c.position,
-                d.c.route,
-                d.c.event_type,
-                o.c.envelope,
-                o.c.event_id,
-                followed.label("followed"),
-            )
-            .join(o, o.c.position == d.c.position)
-            .where(d.c.lease_owner == bindparam("claim_token"), d.c.state == PENDING)
-            .order_by(d.c.position)
+        self._queue = leases.Queue(
+            d,
+            [d.c.position, d.c.route],
+            free=free,
+            order_by=[d.c.position],
+            lease={d.c.lease_owner: bindparam("claim_token"), d.c.lease_until: bindparam("claim_until")},
+            # Read with the keys, so a claim needs no second query for what it sends.
+            seen=[d.c.lease_owner, d.c.event_type, o.c.envelope, o.c.event_id, followed.label("followed")],
+            returning=[d.c.position, d.c.route],
+            source=d.join(o, o.c.position == d.c.position),
         )
-        """The deliveries a claim (``claim_token``) took, with their envelopes."""
+        mine = and_(
+            d.c.route == bindparam("held_route"),
+            d.c.position.in_(bindparam("held_positions", expanding=True)),
+            d.c.lease_owner == bindparam("held_token"),
+        )
+        release = update(d).where(mine).values(lease_owner=None, lease_until=None)
+        self._release = {
+            _DELIVERED: release.values(state=DELIVERED, delivered_at=bindparam("held_now"), last_error=None),
+            # A route that is down costs no attempt: its deliveries wait for its retry time.
+            _DOWN: release.values(
+                next_attempt_at=bindparam("held_retry"), last_error=bindparam("held_error")
+            ),
+            _UNSENT: release,  # not sent: free at once for the next round
+        }
+        """How a claim's rows are let go, by outcome (a refusal counts an attempt: `_record_failure`)."""
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -248,42 +261,33 @@ class Relay:
     # -- one round -------------------------------------------------------------------
 
     def _claim(self) -> tuple[str, dt.datetime, list[_Claimed]]:
-        d = self._tables.delivery
         now = self._clock()
         token = f"{self._owner}:{uuid.uuid4().hex[:12]}"
-        free = self._free
         waiting = sorted(route for route, down in self._down.items() if down.retry_at > now)
-        if waiting:  # a route that is down is tried again at its retry time, not before
-            free = and_(free, d.c.route.not_in(waiting))
         lease_until = now + dt.timedelta(seconds=self._settings.lease_seconds)
+        params = {
+            "claim_now": now,
+            "claim_waiting": waiting,
+            "claim_token": token,
+            "claim_until": lease_until,
+        }
         with self._engine.begin() as connection:
-            taken = leases.claim(
-                connection,
-                d,
-                [d.c.position, d.c.route],
-                free=free,
-                order_by=[d.c.position],
-                values={d.c.lease_owner: token, d.c.lease_until: lease_until},
-                limit=self._settings.batch_size,
-                seen=[d.c.lease_owner],
-                params={"claim_now": now},
-            )
-        candidates = taken.found
-        if not candidates:
+            taken = self._queue.claim(connection, self._settings.batch_size, params)
+        if not taken.found:
             return token, lease_until, []
-        with self._engine.connect() as connection:
-            claimed = connection.execute(self._claimed, {"claim_token": token}).all()
-        # An outcome always clears the lease: one still set ran out with its claim unrecorded.
-        expired = {(int(row[0]), str(row[1])): row[2] for row in candidates if row[2] is not None}
-        for position, route, event_type, _, event_id, _ in claimed:
-            previous = expired.get((int(position), str(route)))
-            if previous is not None:
+        mine = {(int(position), str(route)) for position, route in taken.taken}
+        claimed: list[_Claimed] = []
+        for position, route, previous, event_type, envelope, event_id, followed in taken.found:
+            if (int(position), str(route)) not in mine:
+                continue  # another relay took it between the two statements
+            if previous is not None:  # an outcome always clears the lease: this one ran out
                 self._reclaimed(int(position), str(route), str(event_type), str(event_id), previous)
-        return (
-            token,
-            lease_until,
-            [_Claimed(int(p), str(r), str(t), _decoded(bytes(e)), bool(f)) for p, r, t, e, _, f in claimed],
-        )
+            claimed.append(
+                _Claimed(
+                    int(position), str(route), str(event_type), _decoded(bytes(envelope)), bool(followed)
+                )
+            )
+        return token, lease_until, claimed
 
     def _reclaimed(self, position: int, route: str, event_type: str, event_id: str, previous: str) -> None:
         self.metrics.add("reclaimed", event_type)
@@ -301,7 +305,6 @@ class Relay:
 
     def _record(self, token: str, outcomes: list[_Outcome]) -> None:
         """Write a round's outcomes in one transaction (only rows this claim still holds)."""
-        d = self._tables.delivery
         now = self._clock()
 
         def of(*kinds: str) -> dict[str, list[int]]:
@@ -309,21 +312,17 @@ class Relay:
 
         with self._engine.begin() as connection:
 
-            def release(route: str, positions: list[int], **values: object) -> None:
-                connection.execute(
-                    update(d)
-                    .where(d.c.route == route, d.c.position.in_(positions), d.c.lease_owner == token)
-                    .values(lease_owner=None, lease_until=None, **values)
-                )
+            def release(kind: str, route: str, positions: list[int], **values: object) -> None:
+                held = {"held_route": route, "held_positions": positions, "held_token": token}
+                connection.execute(self._release[kind], {**held, **values})
 
             for route, positions in of(_DELIVERED).items():
-                release(route, positions, state=DELIVERED, delivered_at=now, last_error=None)
+                release(_DELIVERED, route, positions, held_now=now)
             for route, positions in of(_DOWN, _DEFERRED).items():
-                # A route that is down costs no attempt: its deliveries wait for its retry time.
                 down = self._down[route]
-                release(route, positions, next_attempt_at=down.retry_at, last_error=down.error[:500])
+                release(_DOWN, route, positions, held_retry=down.retry_at, held_error=down.error[:500])
             for route, positions in of(_UNSENT).items():
-                release(route, positions)  # not sent: free at once for the next round
+                release(_UNSENT, route, positions)
             for outcome in outcomes:
                 if outcome.kind == _REFUSED:
                     self._record_failure(connection, token, outcome, now)
