@@ -151,6 +151,9 @@ class Repository(Protocol):
 
     def user(self, user_id: str) -> User | None: ...
     def preferences(self, user_id: str) -> Preferences | None: ...
+    def profile(self, user_id: str) -> tuple[User, Preferences] | None:
+        """The user and their preferences, read once."""
+
     def list_users(self, query: UserQuery, after: Sequence[str] | None, limit: int) -> list[User]: ...
     def update_user(
         self, user_id: str, display_name: str | None, expected_version: int | None, now: dt.datetime
@@ -329,7 +332,7 @@ class Users:
 
     def contact(self, user_id: str) -> Contact:
         with self.transactions() as repo:
-            user, preferences = repo.user(user_id), repo.preferences(user_id)
-        if user is None or preferences is None:
+            found = repo.profile(user_id)
+        if found is None:
             raise _not_found(user_id)
-        return Contact(user, preferences)
+        return Contact(*found)
