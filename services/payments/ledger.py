@@ -47,10 +47,12 @@ def system_account_id(kind: str, currency: str) -> str:
 
 
 def system_account(repo: Repository, kind: str, currency: str, now: dt.datetime) -> str:
-    """The funding or merchant account of `currency`, opened on first use."""
+    """The funding or merchant account of `currency`, opened on first use.
+
+    Opened by an insert that does nothing when it exists, not by reading it first: reading
+    an account sums its entries, and these two take an entry for every payment ever made."""
     account_id = system_account_id(kind, currency)
-    if repo.account(account_id) is None:
-        repo.add_account(Account(account_id, kind, "", currency, now, now))
+    repo.add_account(Account(account_id, kind, "", currency, now, now))
     return account_id
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     ForeignKey,
@@ -18,7 +18,9 @@ from sqlalchemy import (
     MetaData,
     Select,
     String,
+    Table,
     UniqueConstraint,
+    bindparam,
     func,
     insert,
     select,
@@ -151,6 +153,29 @@ _REFUNDED = (
 _ACCOUNTS = select(_Account, _BALANCE, _HELD, _LAST_ENTRY, _LAST_PAYMENT)
 _PAYMENTS = select(_Payment, _CAPTURED, _REFUNDED)
 
+# What every saga step runs, built once with bind parameters: SQLAlchemy memoizes a built
+# statement's cache key, so these skip the building and hashing that cost more than the query.
+_ACCOUNT = _ACCOUNTS.where(_Account.id == bindparam("account_id"))
+_CUSTOMER_ACCOUNT = _ACCOUNTS.where(
+    _Account.kind == "CUSTOMER",
+    _Account.owner == bindparam("account_owner"),
+    _Account.currency == bindparam("account_currency"),
+)
+_LOCK_ACCOUNT = (
+    update(AccountRow).where(AccountRow.id == bindparam("account_id")).values(version=AccountRow.version + 1)
+)
+_PAYMENT = _PAYMENTS.where(_Payment.id == bindparam("payment_id"))
+_ORDER_PAYMENT = _PAYMENTS.where(_Payment.order_name == bindparam("order_name"))
+_MOVE_PAYMENT = (
+    update(PaymentRow)
+    .where(PaymentRow.id == bindparam("payment_id"), PaymentRow.state == bindparam("state_before"))
+    .values(state=bindparam("state_after"), update_time=bindparam("moved_at"))
+)
+_ADD_ENTRIES = insert(cast(Table, LedgerEntryRow.__table__))
+_REQUEST = select(RequestRow.fingerprint, RequestRow.result).where(
+    RequestRow.caller == bindparam("caller"), RequestRow.key == bindparam("request_key")
+)
+
 
 def _account(found: Any) -> Account:
     row, balance, held, last_entry, last_payment = found
@@ -218,14 +243,13 @@ class SqlRepository:
     # -- accounts -----------------------------------------------------------------------
 
     def account(self, account_id: str) -> Account | None:
-        found = self._session.execute(_ACCOUNTS.where(_Account.id == account_id)).first()
+        found = self._session.execute(_ACCOUNT, {"account_id": account_id}).first()
         return None if found is None else _account(found)
 
     def account_of(self, owner: str, currency: str) -> Account | None:
-        statement = _ACCOUNTS.where(
-            _Account.kind == "CUSTOMER", _Account.owner == owner, _Account.currency == currency
-        )
-        found = self._session.execute(statement).first()
+        found = self._session.execute(
+            _CUSTOMER_ACCOUNT, {"account_owner": owner, "account_currency": currency}
+        ).first()
         return None if found is None else _account(found)
 
     def add_account(self, account: Account) -> bool:
@@ -242,9 +266,7 @@ class SqlRepository:
     def lock_account(self, account_id: str) -> bool:
         # A write first: a row lock on PostgreSQL, the database write lock on SQLite. Reads
         # after it see every change committed before it, and none can commit meanwhile.
-        locked = self._session.execute(
-            update(AccountRow).where(AccountRow.id == account_id).values(version=AccountRow.version + 1)
-        )
+        locked = self._session.execute(_LOCK_ACCOUNT, {"account_id": account_id})
         return bool(getattr(locked, "rowcount", 0))
 
     def list_accounts(self, query: ListQuery, after: Sequence[str] | None, limit: int) -> list[Account]:
@@ -260,7 +282,7 @@ class SqlRepository:
 
     def add_entries(self, entries: Sequence[LedgerEntry]) -> None:
         self._session.execute(
-            insert(LedgerEntryRow),
+            _ADD_ENTRIES,
             [
                 {
                     "id": entry.id,
@@ -291,11 +313,11 @@ class SqlRepository:
     # -- payments -----------------------------------------------------------------------
 
     def payment(self, payment_id: str) -> Payment | None:
-        found = self._session.execute(_PAYMENTS.where(_Payment.id == payment_id)).first()
+        found = self._session.execute(_PAYMENT, {"payment_id": payment_id}).first()
         return None if found is None else _payment(found)
 
     def payment_for_order(self, order: str) -> Payment | None:
-        found = self._session.execute(_PAYMENTS.where(_Payment.order_name == order)).first()
+        found = self._session.execute(_ORDER_PAYMENT, {"order_name": order}).first()
         return None if found is None else _payment(found)
 
     def add_payment(self, payment: Payment) -> bool:
@@ -315,9 +337,8 @@ class SqlRepository:
 
     def set_state(self, payment_id: str, before: str, after: str, now: dt.datetime) -> bool:
         moved = self._session.execute(
-            update(PaymentRow)
-            .where(PaymentRow.id == payment_id, PaymentRow.state == before)
-            .values(state=after, update_time=now)
+            _MOVE_PAYMENT,
+            {"payment_id": payment_id, "state_before": before, "state_after": after, "moved_at": now},
         )
         return bool(getattr(moved, "rowcount", 0))
 
@@ -336,8 +357,8 @@ class SqlRepository:
     # -- idempotency keys ---------------------------------------------------------------
 
     def recall(self, caller: str, key: str) -> tuple[str, str] | None:
-        row = self._session.get(RequestRow, (caller, key))
-        return None if row is None else (row.fingerprint, row.result)
+        found = self._session.execute(_REQUEST, {"caller": caller, "request_key": key}).first()
+        return None if found is None else (found.fingerprint, found.result)
 
     def remember(self, caller: str, key: str, fingerprint: str, result: str, now: dt.datetime) -> bool:
         values = {

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Index, MetaData, Row, String, Update, bindparam, select, update
+from sqlalchemy import Index, MetaData, Row, String, Table, Update, bindparam, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from services.kit.bus import BusTables, Outbox, bus_tables
@@ -87,7 +87,8 @@ def _preferences(row: UserRow | Row[Any]) -> Preferences:
     )
 
 
-_PROFILE = select(UserRow.__table__).where(UserRow.__table__.c.id == bindparam("user_id"))
+_USERS = cast(Table, UserRow.__table__)
+_PROFILE = select(_USERS).where(_USERS.c.id == bindparam("user_id"))
 """One profile with its preferences, as a plain row (built once: a statement costs more to
 build than to run, and a row costs less to read than an ORM object)."""
 
