@@ -27,9 +27,12 @@ def wire(context: app.Context[notifications_settings.NotificationsSettings]) -> 
     )
     return app.Parts(
         servicer=NotificationsServicer(use_cases),
-        # Each recorded event wakes the dispatcher, which delivers it in the event's trace.
+        # Each recorded event is taken by this dispatcher and handed to it on commit: it
+        # delivers it in the event's trace, with no claim.
         handlers=events.handlers(
-            lambda session: store.SqlRepository(session, context.outbox), on_commit=dispatcher.wake
+            lambda session: store.SqlRepository(session, context.outbox),
+            lease=dispatcher.lease,
+            on_commit=dispatcher.take,
         ),
         workers=[dispatcher],
     )

@@ -18,7 +18,7 @@ import logging
 import random
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from services.kit.backoff import backoff_seconds
 from services.kit.counters import Counters
@@ -35,6 +35,7 @@ from services.notifications.domain import (
     WEBHOOK,
     Contact,
     Delivery,
+    Lease,
     Notification,
     Outgoing,
     Template,
@@ -43,7 +44,7 @@ from services.notifications.domain import (
     utcnow,
 )
 
-__all__ = ["Dispatch", "DispatchSettings", "plan_deliveries"]
+__all__ = ["Dispatch", "DispatchSettings", "Resolved", "plan_deliveries"]
 
 _log = logging.getLogger("poly.notifications.dispatch")
 
@@ -106,6 +107,16 @@ def plan_deliveries(
 
 
 @dataclass(frozen=True, slots=True)
+class Resolved:
+    """A notification's deliveries, once resolved."""
+
+    taken: list[Outgoing]
+    """Written taken by this dispatcher: to send now."""
+    waiting: int
+    """Pending for a claim (webhooks, or all when nothing was taken)."""
+
+
+@dataclass(frozen=True, slots=True)
 class DispatchSettings:
     max_attempts: int = 8
     retry_base_seconds: float = 2.0
@@ -132,21 +143,26 @@ class Dispatch:
         now = self.clock()
         return now, now + dt.timedelta(seconds=self.settings.lease_seconds)
 
+    def lease(self) -> Lease:
+        """A lease of this dispatcher's from now, for work written already taken."""
+        return Lease(self.owner, self._lease()[1])
+
     def claim_notifications(self, limit: int) -> list[Notification]:
         now, until = self._lease()
         with self.transactions() as repo:
             return repo.claim_notifications(now, until, self.owner, limit)
 
-    def resolve(self, notification: Notification, contact: Contact) -> int:
-        """Create the notification's deliveries; the number created (0 if another dispatcher
-        took it over, or it was resolved already)."""
+    def resolve(self, notification: Notification, contact: Contact, *, take: bool = False) -> Resolved:
+        """Create the notification's deliveries (none if another dispatcher took it over, or it
+        was resolved already). With `take`, the emails among them are written taken by this
+        dispatcher and returned to be sent now; the others wait for a claim."""
         now = self.clock()
         with self.transactions() as repo:
             # The settling write comes first: it decides who resolves, and locks the row.
             if not repo.settle_notification(
                 notification.event_id, self.owner, state=RESOLVED, error="", next_time=None, now=now
             ):
-                return 0
+                return Resolved([], 0)
             template = repo.template(templates.template_id(notification.event_type))
             if template is None:
                 raise NotFound(
@@ -154,7 +170,17 @@ class Dispatch:
                 )
             hooks = repo.webhooks_of(notification.recipient)
             planned = plan_deliveries(notification, contact, template, hooks, now=now, new_id=self.new_id)
-            return sum(repo.add_delivery(delivery, content) for delivery, content in planned)
+            lease = Lease(self.owner, now + dt.timedelta(seconds=self.settings.lease_seconds))
+            taken: list[Outgoing] = []
+            waiting = 0
+            for planned_delivery, content in planned:
+                if take and planned_delivery.channel == EMAIL and planned_delivery.state == PENDING:
+                    first = replace(planned_delivery, attempts=1)  # taken: this is its first attempt
+                    if repo.add_delivery(first, content, lease):
+                        taken.append(Outgoing(first, content))
+                elif repo.add_delivery(planned_delivery, content) and planned_delivery.state == PENDING:
+                    waiting += 1
+            return Resolved(taken, waiting)
 
     def postpone(self, notification: Notification, error: str) -> None:
         """The contact could not be read: retry later, or give up after the last attempt."""

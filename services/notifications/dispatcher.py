@@ -1,14 +1,18 @@
 """The dispatcher: a `Background` thread running an asyncio loop that sends what events asked for.
 
-Each round it claims due notifications (leased), reads each recipient's contact from the
-users service and turns the notification into deliveries; then it claims due deliveries, up
-to `concurrency` in flight, and sends them (SMTP or webhook), recording each outcome. Database
-work runs in worker threads (`asyncio.to_thread`); the network calls never hold a transaction.
-A round runs when woken (an event was recorded, a send finished) or every `poll_seconds`.
-A delivery whose lease outlived its dispatcher (kill -9) is claimed again once the lease
-expires; one accepted by the SMTP server just before such a crash is sent again with the same
-Message-ID (at-least-once, deduplicable by receivers). Each such claim is counted
-(`Dispatcher.metrics`, "reclaimed") and logged at warning level.
+A consumed event's notification is written already taken by this dispatcher (`lease`) and
+handed to it once the consumer's transaction commits (`take`): the next round reads the
+recipient's contact from the users service and turns the notification into deliveries, the
+email among them again written taken and sent at once, up to `concurrency` sends in flight.
+No query looks for that work. What is not handed over this way (a retry falling due, a
+webhook delivery, work whose dispatcher died, a backlog beyond one round) is claimed (leased)
+by a round at most every `poll_seconds`, and at once after a claim that came back full.
+Database work runs in worker threads (`asyncio.to_thread`); the network calls never hold a
+transaction. A dispatcher that dies with work taken leaves it to its lease: the work is
+claimed again once the lease runs out. A delivery whose lease outlived its dispatcher
+(kill -9) may have been accepted by the SMTP server just before the crash: it is sent again
+with the same Message-ID (at-least-once, deduplicable by receivers). Each such claim is
+counted (`Dispatcher.metrics`, "reclaimed") and logged at warning level.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 
 from services.kit.counters import Counters
 from services.kit.telemetry.handoff import Handoff
 from services.notifications.contacts import ContactUnavailable
 from services.notifications.dispatch import Dispatch, DispatchSettings
-from services.notifications.domain import EMAIL, Contact, Notification, Outgoing
+from services.notifications.domain import EMAIL, Contact, Lease, Notification, Outgoing
 from services.notifications.senders import EmailSender, Result, WebhookSender
 from services.notifications.settings import NotificationsSettings
 
@@ -70,6 +75,16 @@ class Dispatcher:
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._taken: deque[Notification] = deque()
+        """Handed over by `take` (any thread), resolved by the loop."""
+        self._sendable: deque[Outgoing] = deque()
+        """Deliveries written taken by a resolve, waiting for a free send (the loop's own)."""
+        self._promised = 0
+        """Resolves under way that may each add one to `_sendable`: with it, taken work never
+        exceeds `concurrency`."""
+        self._next_claim = 0.0
+        self._claim_again = True
+        self._deliveries_waiting = True
         self._traces = Handoff("notifications.dispatch")
 
     @property
@@ -77,11 +92,18 @@ class Dispatcher:
         """The dispatch counters (`Dispatch.metrics`)."""
         return self._dispatch.metrics
 
-    def wake(self, event_id: str = "") -> None:
-        """Run a round soon (safe from any thread); what is sent for `event_id` joins the
-        trace running now (the event's consumer)."""
-        if event_id:
-            self._traces.remember(event_id)
+    def lease(self) -> Lease:
+        """A lease for a notification written taken by this dispatcher (the consumer's)."""
+        return self._dispatch.lease()
+
+    def take(self, notification: Notification) -> None:
+        """Resolve `notification`, committed taken by this dispatcher (`lease`), in the next
+        round and in its event's trace (safe from any thread)."""
+        self._traces.remember(notification.event_id)
+        self._taken.append(notification)
+        self._wake()
+
+    def _wake(self) -> None:
         loop, wakeup = self._loop, self._wakeup
         if loop is not None and wakeup is not None and not loop.is_closed():
             loop.call_soon_threadsafe(wakeup.set)
@@ -93,7 +115,7 @@ class Dispatcher:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
-        self.wake()
+        self._wake()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -112,8 +134,9 @@ class Dispatcher:
                     await self._round()
                 except Exception:  # noqa: BLE001 - a database hiccup must not kill the dispatcher
                     _log.exception("dispatch round failed; retrying")
+                until_claim = max(0.0, self._next_claim - self._loop.time())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self._poll_seconds)
+                    await asyncio.wait_for(self._wakeup.wait(), until_claim)
             if self._in_flight:
                 # Sends already started finish and record their outcome; their leases would
                 # otherwise hold them until expiry.
@@ -123,20 +146,41 @@ class Dispatcher:
             await self._email.close()
 
     async def _round(self) -> None:
-        notifications = await asyncio.to_thread(self._dispatch.claim_notifications, self._concurrency)
+        loop = asyncio.get_running_loop()
+        claiming = self._claim_again or loop.time() >= self._next_claim
+        if claiming:
+            self._next_claim = loop.time() + self._poll_seconds
+            self._claim_again = False
+        notifications = [self._taken.popleft() for _ in range(min(len(self._taken), self._concurrency))]
+        if claiming:
+            claimed = await asyncio.to_thread(self._dispatch.claim_notifications, self._concurrency)
+            self._claim_again = len(claimed) >= self._concurrency  # a full batch may have left more
+            notifications += claimed
         if notifications:
             await asyncio.gather(*(self._resolve(n) for n in notifications))
+        self._start_sendable()
         free = self._concurrency - len(self._in_flight)
-        if free <= 0:
-            return
-        for outgoing in await asyncio.to_thread(self._dispatch.claim_deliveries, free):
-            task = asyncio.create_task(self._deliver(outgoing))
-            self._in_flight.add(task)
-            task.add_done_callback(self._finished)
+        if free > 0 and (claiming or self._deliveries_waiting):
+            claimed_deliveries = await asyncio.to_thread(self._dispatch.claim_deliveries, free)
+            self._deliveries_waiting = len(claimed_deliveries) >= free
+            for outgoing in claimed_deliveries:
+                self._start(outgoing)
+        if self._taken and self._wakeup is not None:
+            self._wakeup.set()  # more was handed over than one round resolves
+
+    def _start_sendable(self) -> None:
+        while self._sendable and len(self._in_flight) < self._concurrency:
+            self._start(self._sendable.popleft())
+
+    def _start(self, outgoing: Outgoing) -> None:
+        task = asyncio.create_task(self._deliver(outgoing))
+        self._in_flight.add(task)
+        task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
-        if self._wakeup is not None:
+        # A free send matters only to work waiting for one; the rest waits for its claim.
+        if (self._sendable or self._deliveries_waiting) and self._wakeup is not None:
             self._wakeup.set()
 
     async def _resolve(self, notification: Notification) -> None:
@@ -153,7 +197,17 @@ class Dispatcher:
             )
             await asyncio.to_thread(self._dispatch.postpone, notification, str(unavailable))
             return
-        await asyncio.to_thread(self._dispatch.resolve, notification, contact)
+        # Its email is taken and sent at once only if a send is free for it.
+        take = len(self._in_flight) + len(self._sendable) + self._promised < self._concurrency
+        self._promised += take
+        try:
+            resolved = await asyncio.to_thread(self._dispatch.resolve, notification, contact, take=take)
+        finally:
+            self._promised -= take
+        self._sendable.extend(resolved.taken)
+        if resolved.waiting:
+            self._deliveries_waiting = True
+        self._start_sendable()
 
     async def _deliver(self, outgoing: Outgoing) -> None:
         delivery = outgoing.delivery

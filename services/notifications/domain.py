@@ -18,7 +18,7 @@ import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from services.kit import filters, idempotency, paging
@@ -47,6 +47,7 @@ __all__ = [
     "Delivery",
     "DeliveryPage",
     "DeliveryQuery",
+    "Lease",
     "Notification",
     "Notifications",
     "Outgoing",
@@ -88,6 +89,16 @@ class Notification:
     """The payload as JSON, the ``data`` of a webhook body."""
     occur_time: dt.datetime
     attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Work written already taken by a dispatcher (`owner`) until `until`: it is handed to
+    that dispatcher in memory after the commit, not claimed by a query. If the dispatcher dies
+    first, the lease runs out and any dispatcher claims the row."""
+
+    owner: str
+    until: dt.datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +206,11 @@ DELIVERY_FIELDS: filters.Fields = {
 class Repository(Protocol):
     """The notifications database, inside one transaction."""
 
-    def add_notification(self, notification: Notification, now: dt.datetime) -> None: ...
+    def add_notification(
+        self, notification: Notification, now: dt.datetime, lease: Lease | None = None
+    ) -> bool:
+        """False when the event has its notification already; `lease`: taken (attempts 1)."""
+
     def claim_notifications(
         self, now: dt.datetime, lease_until: dt.datetime, owner: str, limit: int
     ) -> list[Notification]:
@@ -235,8 +250,11 @@ class Repository(Protocol):
     def delete_webhook(self, webhook_id: str, now: dt.datetime) -> bool:
         """Remove it and skip its pending deliveries; False when it did not exist."""
 
-    def add_delivery(self, delivery: Delivery, content: Mapping[str, str]) -> bool:
-        """False when (event, channel, destination) already has one."""
+    def add_delivery(
+        self, delivery: Delivery, content: Mapping[str, str], lease: Lease | None = None
+    ) -> bool:
+        """False when (event, channel, destination) already has one; `lease`: written taken
+        (the delivery's `attempts` count this one)."""
 
     def delivery(self, delivery_id: str) -> Delivery | None: ...
     def list_deliveries(
@@ -271,9 +289,14 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def record_notification(repo: Repository, notification: Notification, now: dt.datetime) -> None:
-    """The consumer's effect: remember what to send; nothing leaves the process here."""
-    repo.add_notification(notification, now)
+def record_notification(
+    repo: Repository, notification: Notification, now: dt.datetime, lease: Lease | None = None
+) -> Notification | None:
+    """The consumer's effect: remember what to send; nothing leaves the process here. With a
+    `lease`, the notification is recorded taken (its first attempt); returns it as recorded,
+    or None when the event had it already."""
+    recorded = replace(notification, attempts=1) if lease is not None else notification
+    return recorded if repo.add_notification(recorded, now, lease) else None
 
 
 def default_templates(now: dt.datetime) -> list[Template]:

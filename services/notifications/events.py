@@ -23,7 +23,15 @@ from poly.type.v1 import money_pb2
 from services.kit.bus import EventHandler
 from services.kit.db import after_commit
 from services.kit.wire import money_value
-from services.notifications.domain import EMAIL, SENT, Delivery, Notification, Repository, record_notification
+from services.notifications.domain import (
+    EMAIL,
+    SENT,
+    Delivery,
+    Lease,
+    Notification,
+    Repository,
+    record_notification,
+)
 
 __all__ = ["delivery_outcome", "handlers", "template_values"]
 
@@ -73,11 +81,16 @@ def template_values(payload: Message) -> tuple[str, dict[str, str]]:
 
 
 def handlers(
-    repository: Callable[[Session], Repository], *, on_commit: Callable[[str], None] = lambda event_id: None
+    repository: Callable[[Session], Repository],
+    *,
+    lease: Callable[[], Lease] | None = None,
+    on_commit: Callable[[Notification], None] = lambda notification: None,
 ) -> Mapping[type[Message], EventHandler]:
     """The handler of each consumed event (exactly the types the contract names this service
-    a consumer of; the node checks it at start); `on_commit` runs after its transaction
-    commits, with the event's id (it wakes the dispatcher, which sends in the event's trace)."""
+    a consumer of; the node checks it at start). With `lease` (the dispatcher's), each
+    notification is recorded already taken by that dispatcher; `on_commit` gets it once its
+    transaction commits (the dispatcher resolves it at once, in the event's trace, with no
+    claim)."""
 
     def record(session: Session, payload: Message, envelope: EventEnvelope) -> None:
         recipient, values = template_values(payload)
@@ -89,8 +102,11 @@ def handlers(
             data=json_format.MessageToDict(payload, preserving_proto_field_name=True),
             occur_time=envelope.occur_time.ToDatetime(dt.UTC) if envelope.HasField("occur_time") else _now(),
         )
-        record_notification(repository(session), notification, _now())
-        after_commit(session, lambda: on_commit(envelope.id))
+        recorded = record_notification(
+            repository(session), notification, _now(), lease() if lease is not None else None
+        )
+        if recorded is not None:
+            after_commit(session, lambda: on_commit(recorded))
 
     return {
         events_pb2.UserRegistered: record,

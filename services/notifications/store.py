@@ -47,6 +47,7 @@ from services.notifications.domain import (
     SKIPPED,
     Delivery,
     DeliveryQuery,
+    Lease,
     Notification,
     Outgoing,
     Template,
@@ -252,6 +253,10 @@ def _claim(
     return [row[0] for row in claimed.taken], {row[0] for row in claimed.found if row[1] is not None}
 
 
+def _leased(lease: Lease | None) -> dict[str, object]:
+    return {} if lease is None else {"lease_owner": lease.owner, "lease_until": lease.until}
+
+
 _DELIVERY_COLUMNS = {
     "state": DeliveryRow.state,
     "channel": DeliveryRow.channel,
@@ -271,7 +276,9 @@ class SqlRepository:
 
     # -- notifications --------------------------------------------------------------------
 
-    def add_notification(self, notification: Notification, now: dt.datetime) -> None:
+    def add_notification(
+        self, notification: Notification, now: dt.datetime, lease: Lease | None = None
+    ) -> bool:
         values = {
             "event_id": notification.event_id,
             "event_type": notification.event_type,
@@ -280,13 +287,14 @@ class SqlRepository:
             "data": json.dumps(dict(notification.data), sort_keys=True),
             "occur_time": notification.occur_time,
             "state": PENDING,
-            "attempts": 0,
+            "attempts": notification.attempts,
             "last_error": "",
             "next_attempt_time": now,
             "create_time": now,
             "update_time": now,
+            **_leased(lease),
         }
-        insert_if_absent(self._session, NotificationRow, values)
+        return insert_if_absent(self._session, NotificationRow, values)
 
     def claim_notifications(
         self, now: dt.datetime, lease_until: dt.datetime, owner: str, limit: int
@@ -436,7 +444,9 @@ class SqlRepository:
 
     # -- deliveries -----------------------------------------------------------------------
 
-    def add_delivery(self, delivery: Delivery, content: Mapping[str, str]) -> bool:
+    def add_delivery(
+        self, delivery: Delivery, content: Mapping[str, str], lease: Lease | None = None
+    ) -> bool:
         values = {
             "id": delivery.id,
             "recipient": delivery.recipient,
@@ -453,6 +463,7 @@ class SqlRepository:
             "content": json.dumps(dict(content), sort_keys=True),
             "create_time": delivery.create_time,
             "update_time": delivery.update_time,
+            **_leased(lease),
         }
         return insert_if_absent(self._session, DeliveryRow, values)
 

@@ -147,7 +147,8 @@ class Outbox:
                 ],
             )
         self._metrics.add("published", event_type)
-        if self._on_commit is not None and not session.info.get("_bus_wake"):
+        # No route, nothing to deliver: the relay is not woken for it.
+        if routes and self._on_commit is not None and not session.info.get("_bus_wake"):
             session.info["_bus_wake"] = True
             on_commit = self._on_commit
 

@@ -137,6 +137,18 @@ def test_the_relay_is_woken_after_commit_only(bus_db: BusDb) -> None:
     assert woken == [1], "once per transaction"
 
 
+def test_an_event_no_one_consumes_wakes_no_relay(bus_db: BusDb) -> None:
+    woken: list[int] = []
+    outbox = bus.Outbox(
+        bus_db.tables, source="orders", routing=lambda _session, _type: [], on_commit=lambda: woken.append(1)
+    )
+    with db.transaction(bus_db.factory) as session:
+        outbox.publish(session, OrderCreated(order="orders/1"), aggregate_id="orders/1")
+    assert woken == [], "nothing to deliver, so no relay round"
+    with bus_db.engine.connect() as connection:
+        assert connection.execute(select(bus_db.tables.delivery.c.route)).scalars().all() == []
+
+
 def test_an_aggregate_id_is_required(bus_db: BusDb) -> None:
     outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.broker_routing())
     with pytest.raises(ValueError, match="aggregate_id"), db.transaction(bus_db.factory) as session:

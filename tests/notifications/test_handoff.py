@@ -1,0 +1,189 @@
+"""Work handed over, not claimed (services/notifications/dispatcher.py), on a real database
+(SQLite file and PostgreSQL) and a real SMTP server: a consumed event's notification is
+written taken by the dispatcher and sent with no claim query; work a dead dispatcher had taken
+is claimed by another once its lease runs out."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import event, select
+
+from poly.events.v1 import events_pb2
+from poly.events.v1.events_pb2 import EventEnvelope
+from poly.type.v1.money_pb2 import Money
+from services.kit import bus, db
+from services.kit.config import DatabaseSettings
+from services.notifications import domain, events, store
+from services.notifications.dispatch import Dispatch, DispatchSettings
+from services.notifications.dispatcher import Dispatcher
+from services.notifications.domain import EMAIL, RESOLVED, SENT, Contact, Lease, Notification
+from services.notifications.senders import EmailSender, WebhookSender
+from services.notifications.settings import NotificationsSettings, SmtpSettings
+from tests.support.clock import Clock
+from tests.support.mailbox import Mailbox, mailbox
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = DispatchSettings(
+    max_attempts=4, retry_base_seconds=2.0, retry_max_seconds=60.0, lease_seconds=30.0
+)
+
+
+class _Notifications:
+    def __init__(self, url: str) -> None:
+        self.engine = db.engine(DatabaseSettings(url=url))
+        store.Base.metadata.create_all(self.engine)
+        self.factory = db.session_factory(self.engine)
+        self.outbox = bus.Outbox(store.BUS, source="notifications", routing=lambda _session, _type: [])
+        self.store = store.NotificationsStore(self.factory, self.outbox)
+        domain.Notifications(self.store.transaction, lambda url: None).ensure_templates()
+        self.claims: list[str] = []
+        """Claim queries seen (their free condition is the only SQL comparing lease_until)."""
+        event.listen(self.engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, _conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if "lease_until <" in statement:
+            self.claims.append(statement)
+
+    def record(self, handlers: Any, user: str) -> str:
+        """Consume one OrderPaid for `user` as the bus consumer would; its event id."""
+        envelope = EventEnvelope(
+            id=str(uuid.uuid4()), type="poly.events.v1.OrderPaid", aggregate_id="orders/o"
+        )
+        envelope.occur_time.CopyFrom(Timestamp(seconds=int(time.time())))
+        paid = events_pb2.OrderPaid(
+            order=f"orders/{uuid.uuid4()}",
+            owner=user,
+            payment="p1",
+            amount=Money(currency_code="EUR", amount_minor=990),
+        )
+        with db.transaction(self.factory) as session:
+            handlers[events_pb2.OrderPaid](session, paid, envelope)
+        return envelope.id
+
+    def rows(self, model: Any) -> list[Any]:
+        with self.engine.connect() as connection:
+            return list(connection.execute(select(model.__table__)))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def notifications(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[_Notifications]:
+    url = (
+        f"sqlite:///{tmp_path / 'notifications.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    made = _Notifications(url)
+    try:
+        yield made
+    finally:
+        made.engine.dispose()
+
+
+def _contact(user: str) -> Contact:
+    return Contact(user, f"{user.removeprefix('users/')}@example.com", "Ada", deleted=False)
+
+
+def _dispatcher(notifications: _Notifications, box: Mailbox, *, concurrency: int) -> Dispatcher:
+    return Dispatcher(
+        Dispatch(notifications.store.transaction, SETTINGS),
+        _contact,
+        EmailSender(SmtpSettings(host="127.0.0.1", port=box.port)),
+        WebhookSender(NotificationsSettings()),
+        concurrency=concurrency,
+        poll_seconds=3600,  # no periodic claim in the test's time: only handed work can be sent
+    )
+
+
+def _wait_for(condition: Any, seconds: float = 15.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+@pytest.mark.parametrize("concurrency", [16, 3])
+def test_consumed_notifications_are_sent_with_no_claim_query_while_sends_are_free(
+    notifications: _Notifications, concurrency: int
+) -> None:
+    """10 events at once: with 16 sends free, each email is handed over; with 3, those beyond
+    the free sends wait for a claim (taken work never exceeds the concurrency), and all go."""
+    with mailbox() as box:
+        dispatcher = _dispatcher(notifications, box, concurrency=concurrency)
+        dispatcher.start()
+        try:
+            assert _wait_for(lambda: len(notifications.claims) >= 2), "the first round claims once"
+            started_claims = len(notifications.claims)
+            handlers = events.handlers(
+                lambda session: store.SqlRepository(session, notifications.outbox),
+                lease=dispatcher.lease,
+                on_commit=dispatcher.take,
+            )
+            users = [f"users/u{n}" for n in range(10)]
+            recorders = [threading.Thread(target=notifications.record, args=(handlers, u)) for u in users]
+            for recorder in recorders:
+                recorder.start()
+            for recorder in recorders:
+                recorder.join(30)
+            assert _wait_for(lambda: len(box.messages) == len(users)), (
+                f"{len(box.messages)} of {len(users)} sent"
+            )
+        finally:
+            dispatcher.stop()
+    assert sorted(str(m["To"]).split("<")[-1].rstrip(">") for m in box.messages) == sorted(
+        f"{u.removeprefix('users/')}@example.com" for u in users
+    )
+    if concurrency > len(users):
+        assert notifications.claims[started_claims:] == [], "handed-over work needs no claim"
+    recorded = notifications.rows(store.NotificationRow)
+    assert [(r.state, r.attempts, r.lease_owner) for r in recorded] == [(RESOLVED, 1, None)] * len(users)
+    deliveries = notifications.rows(store.DeliveryRow)
+    assert [(d.channel, d.state, d.attempts, d.lease_owner) for d in deliveries] == [
+        (EMAIL, SENT, 1, None)
+    ] * len(users)
+
+
+def test_work_a_dead_dispatcher_had_taken_is_claimed_once_its_lease_runs_out(
+    notifications: _Notifications,
+) -> None:
+    clock = Clock(dt.datetime.now(dt.UTC))  # the consumer records with the real time
+    dead = Dispatch(notifications.store.transaction, SETTINGS, owner="dead", clock=clock)
+    survivor = Dispatch(notifications.store.transaction, SETTINGS, owner="survivor", clock=clock)
+    handlers = events.handlers(
+        lambda session: store.SqlRepository(session, notifications.outbox), lease=dead.lease
+    )
+    event_id = notifications.record(handlers, "users/u1")  # taken by `dead`, which never resolves it
+    assert survivor.claim_notifications(10) == [], "the lease holds"
+    clock.advance(SETTINGS.lease_seconds + 1)
+    [claimed] = survivor.claim_notifications(10)
+    assert (claimed.event_id, claimed.attempts) == (event_id, 2)
+    resolved = survivor.resolve(claimed, _contact("users/u1"), take=True)
+    [outgoing] = resolved.taken
+    assert (outgoing.delivery.channel, outgoing.delivery.attempts, resolved.waiting) == (EMAIL, 1, 0)
+    assert dead.resolve(claimed, _contact("users/u1"), take=True).taken == [], (
+        "only the lease holder resolves"
+    )
+    assert survivor.sent(outgoing) is not None
+    assert dead.sent(outgoing) is None, "only the lease holder records an outcome"
+
+
+def test_a_notification_recorded_twice_is_handed_over_once(notifications: _Notifications) -> None:
+    handed: list[Notification] = []
+    lease = Lease("d1", dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30))
+    with notifications.store.transaction() as repo:
+        first = Notification("e1", "poly.events.v1.OrderPaid", "users/u1", {}, {}, dt.datetime.now(dt.UTC))
+        recorded = domain.record_notification(repo, first, dt.datetime.now(dt.UTC), lease)
+        again = domain.record_notification(repo, first, dt.datetime.now(dt.UTC), lease)
+        handed += [n for n in (recorded, again) if n is not None]
+    assert [(n.event_id, n.attempts) for n in handed] == [("e1", 1)]
