@@ -1,18 +1,22 @@
 """The capture worker: the saga step capturing the held payment of AWAITING_PAYMENT orders.
 
-`CaptureWorker` is a `kit.types.Background`: a thread that claims a bounded batch of due
-orders per pass (`Orders.claim_captures`, state kept in the orders table, so a restart
-resumes where it stopped), calls payments `CapturePayment` for the batch with at most
-`concurrency` calls in flight, each with a per-order idempotency key, and reports the
-batch's outcomes in one transaction for the domain to reschedule. It runs a pass every
-`interval` seconds, at once when `due` is called (an order became AWAITING_PAYMENT here),
-and stops promptly on `stop`. `grpc_capturer` is the call over mTLS; gRPC codes are mapped here only.
+`CaptureWorker` is a `kit.types.Background`: a thread that captures batches of orders: those
+handed to it by `due` (an order became AWAITING_PAYMENT here, its capture written taken by
+this worker: no query looks for it) and, at most every `interval` seconds or at once after a
+full claim, those it claims (`Orders.claim_captures`: retries falling due, work a dead
+worker had taken; state kept in the orders table, so a restart resumes where it stopped).
+It calls payments `CapturePayment` for a batch with at most `concurrency` calls in flight,
+each with a per-order idempotency key, reports the batch's outcomes in one transaction for
+the domain to reschedule, and stops promptly on `stop`. `grpc_capturer` is the call over
+mTLS; gRPC codes are mapped here only.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -74,14 +78,19 @@ class CaptureWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._traces = Handoff("orders.capture")
+        self._taken: deque[Order] = deque()
+        self._next_claim = 0.0
+        self._claim_again = True
 
     def wake(self) -> None:
         self._wake.set()
 
-    def due(self, order_name: str) -> None:
-        """`order_name` became AWAITING_PAYMENT here: capture it now, in the trace of the
-        change that asked for it (`events.handlers` calls this after that change commits)."""
-        self._traces.remember(order_name)
+    def due(self, order: Order) -> None:
+        """`order` became AWAITING_PAYMENT here, its capture written taken by this worker:
+        capture it now, in the trace of the change that asked for it (`events.handlers` calls
+        this after that change commits; safe from any thread)."""
+        self._traces.remember(order.name)
+        self._taken.append(order)
         self.wake()
 
     def _attempt(self, order: Order) -> CaptureOutcome | None:
@@ -92,23 +101,30 @@ class CaptureWorker:
             return self._capture(order.payment, capture_request_id(order))
 
     def run_once(self) -> int:
-        """One pass: capture the due orders of one batch; how many were claimed."""
-        claimed = self._orders.claim_captures(self._batch_size)
-        if not claimed:
+        """One pass: capture one batch (handed over first, then claimed if a claim is due);
+        how many orders it held."""
+        batch = [self._taken.popleft() for _ in range(min(len(self._taken), self._batch_size))]
+        room = self._batch_size - len(batch)
+        if room > 0 and (self._claim_again or time.monotonic() >= self._next_claim):
+            self._next_claim = time.monotonic() + self._interval
+            claimed = self._orders.claim_captures(room)
+            self._claim_again = len(claimed) >= room  # a full claim may have left more
+            batch += claimed
+        if not batch:
             return 0
-        outcomes = zip(claimed, self._calls.map(self._attempt, claimed), strict=True)
+        outcomes = zip(batch, self._calls.map(self._attempt, batch), strict=True)
         self._orders.captures_attempted([(order, done) for order, done in outcomes if done is not None])
-        return len(claimed)
+        return len(batch)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                tried = self.run_once()
+                self.run_once()
             except SQLAlchemyError:
                 _log.exception("capture pass failed (database); retrying")
-                tried = 0
-            if tried < self._batch_size:
-                self._wake.wait(self._interval)
+                self._claim_again = False  # the next claim waits for its time
+            if not (self._taken or self._claim_again):
+                self._wake.wait(max(0.0, self._next_claim - time.monotonic()))
                 self._wake.clear()
 
     def start(self) -> None:

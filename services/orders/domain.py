@@ -171,15 +171,14 @@ class Order:
         if state not in TRANSITIONS[self.state]:
             raise ValueError(f"illegal transition {self.state} -> {state}")
         awaiting = state == AWAITING_PAYMENT
-        return dataclasses.replace(
-            self,
-            state=state,
-            version=self.version + 1,
-            update_time=max(now, self.update_time),
-            next_capture_at=now if awaiting else None,
-            capture_attempts=0,
-            **changes,  # type: ignore[arg-type]
-        )
+        fields: dict[str, object] = {
+            "state": state,
+            "version": self.version + 1,
+            "update_time": max(now, self.update_time),
+            "next_capture_at": now if awaiting else None,
+            "capture_attempts": 0,
+        }
+        return dataclasses.replace(self, **{**fields, **changes})  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,9 +530,17 @@ def _saga_step(
     return changed
 
 
-def on_payment_authorized(repo: Repository, order_id: str, payment: str, now: dt.datetime) -> Order | None:
-    """PENDING -> AWAITING_PAYMENT; the capture worker then captures the payment."""
-    return _saga_step(repo, order_id, PENDING, AWAITING_PAYMENT, now, payment=payment)
+def on_payment_authorized(
+    repo: Repository, order_id: str, payment: str, now: dt.datetime, *, taken: bool = False
+) -> Order | None:
+    """PENDING -> AWAITING_PAYMENT; the capture worker then captures the payment. `taken`:
+    the capture is written taken by the worker this is handed to (its lease, as a claim
+    would set), so no claim looks for it; if that worker dies, the lease runs out and any
+    worker claims it."""
+    changes: dict[str, object] = {"payment": payment}
+    if taken:
+        changes["next_capture_at"] = now + CAPTURE_LEASE
+    return _saga_step(repo, order_id, PENDING, AWAITING_PAYMENT, now, **changes)
 
 
 def on_payment_captured(repo: Repository, order_id: str, payment: str, now: dt.datetime) -> Order | None:

@@ -5,8 +5,8 @@ publishes and consumes each is declared there, in its `(poly.options.v1.event)`)
 Consumed: the payments side of the saga (the README's "The saga" lists its steps). Each
 handler runs inside the consumer's transaction, which also records the inbox row, and
 publishes through the node's outbox in that same transaction. An authorized payment moves
-its order to AWAITING_PAYMENT and, once that commits, hands the order to `capture_due`
-(the capture worker).
+its order to AWAITING_PAYMENT, its capture written taken by the capture worker, and once
+that commits hands the order to `capture_due` (the worker), which captures it with no claim.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def message(kind: Event, order: Order) -> Message:
 def handlers(
     repository: Callable[[Session], Repository],
     *,
-    capture_due: Callable[[str], None] = lambda order_name: None,
+    capture_due: Callable[[Order], None] | None = None,
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
 ) -> Mapping[type[Message], EventHandler]:
     """The handler of each consumed event, each over the `repository` of its session;
@@ -72,9 +72,13 @@ def handlers(
     def authorized(session: Session, event: Message, envelope: EventEnvelope) -> None:
         assert isinstance(event, events_pb2.PaymentAuthorized)
         order_id = resource_id(event.order, "orders", field="order")
-        changed = domain.on_payment_authorized(repository(session), order_id, event.payment, clock())
-        if changed is not None:
-            after_commit(session, lambda: capture_due(changed.name))
+        taken = capture_due is not None
+        changed = domain.on_payment_authorized(
+            repository(session), order_id, event.payment, clock(), taken=taken
+        )
+        if changed is not None and capture_due is not None:
+            hand_over = capture_due
+            after_commit(session, lambda: hand_over(changed))
 
     def captured(session: Session, event: Message, envelope: EventEnvelope) -> None:
         assert isinstance(event, events_pb2.PaymentCaptured)

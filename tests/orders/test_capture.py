@@ -1,0 +1,134 @@
+"""The capture worker over a real migrated database (SQLite file and PostgreSQL): an order
+whose payment was authorized is handed to the worker and captured with no claim query; one a
+dead worker had taken is claimed by another once its lease runs out. (The capture call over
+mTLS to a payments server, retries and restarts are tested with the service, test_service.py.)"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event, text
+
+from poly.events.v1 import events_pb2
+from poly.events.v1.events_pb2 import EventEnvelope
+from services.kit import bus, config, db
+from services.kit.money import Money
+from services.orders import events, store
+from services.orders.__main__ import SERVICE
+from services.orders.capture import CaptureWorker
+from services.orders.domain import AWAITING_PAYMENT, CAPTURE_LEASE, CaptureOutcome, NewLine, Order, Orders
+from tests.support.clock import Clock
+
+pytestmark = pytest.mark.slow
+
+
+class _Orders:
+    def __init__(self, engine: Engine, clock: Clock) -> None:
+        self.engine = engine
+        self.factory = db.session_factory(engine)
+        self.outbox = bus.Outbox(store.BUS, source="orders", routing=lambda _session, _type: [])
+        self.orders = Orders(store.OrdersStore(self.factory, self.outbox).transaction, clock=clock)
+        self.claims: list[str] = []
+        """Claim queries seen (their free condition is the only SQL comparing next_capture_at)."""
+        event.listen(engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, _conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if "next_capture_at <=" in statement:
+            self.claims.append(statement)
+
+    def placed(self) -> Order:
+        return self.orders.create("users/u1", [NewLine("sku-1", 1, Money("EUR", 250))], "", "", _allow)
+
+    def authorized(self, handlers: Any, order: Order) -> str:
+        """Apply PaymentAuthorized for `order` as the bus consumer would; the payment's name."""
+        payment = f"payments/{uuid.uuid4()}"
+        envelope = EventEnvelope(id=str(uuid.uuid4()), type="poly.events.v1.PaymentAuthorized")
+        authorized = events_pb2.PaymentAuthorized(order=order.name, payment=payment)
+        with db.transaction(self.factory) as session:
+            handlers[events_pb2.PaymentAuthorized](session, authorized, envelope)
+        return payment
+
+    def capture_state(self, order: Order) -> tuple[Any, ...]:
+        with self.engine.connect() as connection:
+            query = "SELECT state, next_capture_at IS NOT NULL, capture_attempts FROM orders WHERE id = :id"
+            return tuple(connection.execute(text(query), {"id": order.id}).one())
+
+
+def _allow(owner: str, resource: str) -> None:
+    """An ownership check that admits everyone (the servicer's is tested with the service)."""
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    url = (
+        f"sqlite:///{tmp_path / 'orders.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    made = db.connect(config.DatabaseSettings(url=url), migrations=SERVICE.migrations)
+    try:
+        yield made
+    finally:
+        made.dispose()
+
+
+class _Payments:
+    """The capture calls the worker makes (what payments would be asked), each a success."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: list[tuple[str, str]] = []
+
+    def capture(self, payment: str, request_id: str) -> CaptureOutcome:
+        with self.lock:
+            self.calls.append((payment, request_id))
+        return CaptureOutcome.CAPTURED
+
+
+def test_an_authorized_order_is_captured_with_no_claim_query(engine: Engine) -> None:
+    orders = _Orders(engine, Clock(dt.datetime.now(dt.UTC)))
+    payments = _Payments()
+    worker = CaptureWorker(orders.orders, payments.capture, interval=3600)  # one claim, at start
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not orders.claims and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(orders.claims) == 1, "the first pass claims once"
+        handlers = events.handlers(
+            lambda session: store.SqlRepository(session, orders.outbox), capture_due=worker.due
+        )
+        placed = [orders.placed() for _ in range(5)]
+        paid = [orders.authorized(handlers, order) for order in placed]
+        while len(payments.calls) < len(paid) and time.monotonic() < deadline + 10:
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+    assert sorted(name for name, _ in payments.calls) == sorted(paid)
+    assert len(orders.claims) == 1, "handed-over captures need no claim"
+    # Captured: it waits for PaymentCaptured, re-checked after the lease; one attempt made.
+    assert {orders.capture_state(order) for order in placed} == {(AWAITING_PAYMENT, True, 1)}
+
+
+def test_a_capture_a_dead_worker_had_taken_is_claimed_once_its_lease_runs_out(engine: Engine) -> None:
+    clock = Clock(dt.datetime.now(dt.UTC))
+    orders = _Orders(engine, clock)
+    handed: list[Order] = []
+    handlers = events.handlers(
+        lambda session: store.SqlRepository(session, orders.outbox), capture_due=handed.append, clock=clock
+    )
+    order = orders.placed()
+    orders.authorized(handlers, order)  # taken by a worker that dies before capturing it
+    assert [o.id for o in handed] == [order.id]
+    assert orders.orders.claim_captures(10) == [], "the lease holds"
+    clock.advance(CAPTURE_LEASE.total_seconds() + 1)
+    [claimed] = orders.orders.claim_captures(10)
+    assert (claimed.id, claimed.state) == (order.id, AWAITING_PAYMENT)
+    assert orders.orders.claim_captures(10) == [], "claimed once"
