@@ -11,13 +11,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     ColumnElement,
     Index,
     MetaData,
+    Row,
     String,
+    Table,
     Text,
     UniqueConstraint,
     and_,
@@ -173,7 +175,7 @@ def _notification(row: NotificationRow) -> Notification:
     )
 
 
-def _template(row: TemplateRow) -> Template:
+def _template(row: TemplateRow | Row[Any]) -> Template:
     return Template(row.id, row.event_type, row.subject, row.body_text, row.body_html, row.update_time)
 
 
@@ -257,6 +259,41 @@ def _leased(lease: Lease | None) -> dict[str, object]:
     return {} if lease is None else {"lease_owner": lease.owner, "lease_until": lease.until}
 
 
+# What every notification runs, built once with bind parameters, on the tables (plain rows):
+# a statement costs more to build than to run, and an ORM object more to read than a row.
+_NOTIFICATIONS, _DELIVERIES = cast(Table, NotificationRow.__table__), cast(Table, DeliveryRow.__table__)
+_TEMPLATES = cast(Table, TemplateRow.__table__)
+_SETTLED: dict[str, Any] = {
+    "state": bindparam("settled_state"),
+    "next_attempt_time": bindparam("settled_next"),
+    "lease_owner": None,
+    "lease_until": None,
+    "update_time": bindparam("settled_at"),
+}
+"""An outcome: its state, when to try again (None: never), and the lease let go."""
+_SETTLE_NOTIFICATION = (
+    update(_NOTIFICATIONS)
+    .where(
+        _NOTIFICATIONS.c.event_id == bindparam("settled_id"),
+        _NOTIFICATIONS.c.lease_owner == bindparam("settled_owner"),
+        _NOTIFICATIONS.c.state == PENDING,
+    )
+    .values({**_SETTLED, "last_error": bindparam("settled_error")})
+)
+_SETTLE_DELIVERY = (
+    update(_DELIVERIES)
+    .where(
+        _DELIVERIES.c.id == bindparam("settled_id"),
+        _DELIVERIES.c.lease_owner == bindparam("settled_owner"),
+        _DELIVERIES.c.state == PENDING,
+    )
+    .values(_SETTLED)
+    .returning(*_DELIVERIES.c)
+)
+_SETTLE_DELIVERY_WITH_ERROR = _SETTLE_DELIVERY.values(last_error=bindparam("settled_error"))
+_TEMPLATE = select(_TEMPLATES).where(_TEMPLATES.c.id == bindparam("template_id"))
+
+
 _DELIVERY_COLUMNS = {
     "state": DeliveryRow.state,
     "channel": DeliveryRow.channel,
@@ -320,20 +357,15 @@ class SqlRepository:
         now: dt.datetime,
     ) -> bool:
         settled = self._session.execute(
-            update(NotificationRow)
-            .where(
-                NotificationRow.event_id == event_id,
-                NotificationRow.lease_owner == owner,
-                NotificationRow.state == PENDING,
-            )
-            .values(
-                state=state,
-                last_error=error,
-                next_attempt_time=next_time,
-                lease_owner=None,
-                lease_until=None,
-                update_time=now,
-            )
+            _SETTLE_NOTIFICATION,
+            {
+                "settled_id": event_id,
+                "settled_owner": owner,
+                "settled_state": state,
+                "settled_error": error,
+                "settled_next": next_time,
+                "settled_at": now,
+            },
         )
         return bool(getattr(settled, "rowcount", 0))
 
@@ -353,7 +385,7 @@ class SqlRepository:
             insert_if_absent(self._session, TemplateRow, values)
 
     def template(self, template_id: str) -> Template | None:
-        row = self._session.get(TemplateRow, template_id)
+        row = self._session.execute(_TEMPLATE, {"template_id": template_id}).first()
         return None if row is None else _template(row)
 
     def list_templates(self, after: str | None, limit: int) -> list[Template]:
@@ -519,24 +551,18 @@ class SqlRepository:
         next_time: dt.datetime | None,
         now: dt.datetime,
     ) -> Delivery | None:
-        values: dict[str, object] = {
-            "state": state,
-            "next_attempt_time": next_time,
-            "lease_owner": None,
-            "lease_until": None,
-            "update_time": now,
+        params = {
+            "settled_id": delivery_id,
+            "settled_owner": owner,
+            "settled_state": state,
+            "settled_error": error,
+            "settled_next": next_time,
+            "settled_at": now,
         }
-        if error:
-            values["last_error"] = error
-        settled = self._session.execute(
-            update(DeliveryRow)
-            .where(
-                DeliveryRow.id == delivery_id, DeliveryRow.lease_owner == owner, DeliveryRow.state == PENDING
-            )
-            .values(**values)
-            .returning(DeliveryRow)
-        ).first()
-        return None if settled is None else _delivery(settled[0])
+        # A success keeps the last failure's error: it says what the earlier attempts met.
+        statement = _SETTLE_DELIVERY_WITH_ERROR if error else _SETTLE_DELIVERY
+        settled = self._session.execute(statement, params).first()
+        return None if settled is None else _delivery(settled)
 
     def publish_outcome(self, delivery: Delivery) -> None:
         if self._outbox is None:
