@@ -215,6 +215,13 @@ _COLUMNS: dict[str, Any] = {
 }
 
 
+_SCHEDULE_CAPTURE = (
+    update(_ORDERS)
+    .where(_ORDERS.c.id == bindparam("order_id"), _ORDERS.c.state == AWAITING_PAYMENT)
+    .values(next_capture_at=bindparam("capture_at"), capture_attempts=bindparam("attempts"))
+)
+"""When to try the capture next (None: never), after how many tries."""
+
 _CAPTURES = leases.Queue(
     OrderRow,
     [OrderRow.id],
@@ -357,10 +364,7 @@ class SqlRepository:
 
     def schedule_capture(self, order_id: str, at: dt.datetime | None, attempts: int) -> None:
         self._session.execute(
-            update(OrderRow)
-            .where(OrderRow.id == order_id, OrderRow.state == AWAITING_PAYMENT)
-            .values(next_capture_at=at, capture_attempts=attempts)
-            .execution_options(synchronize_session=False)
+            _SCHEDULE_CAPTURE, {"order_id": order_id, "capture_at": at, "attempts": attempts}
         )
 
 
