@@ -1,10 +1,14 @@
 """The email sender against a real SMTP server (aiosmtpd on 127.0.0.1): connections are
-reused between messages, and a connection the server dropped is replaced, not a failure."""
+reused between messages, a connection the server dropped is replaced, not a failure, what
+arrives reads back as sent (non-ASCII text included), and a header injection is refused."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+
+import pytest
 
 from services.notifications.domain import EMAIL, Delivery, Outgoing
 from services.notifications.senders import EmailSender
@@ -82,3 +86,76 @@ def test_a_refused_recipient_is_a_permanent_failure_and_the_next_message_still_g
 
         assert asyncio.run(refused_then_accepted()) == [(False, True), (True, False)]
         assert [m["Subject"] for m in box.messages] == ["Order 2 paid"]
+
+
+def _send(
+    box_port: int, outgoing: Outgoing, sender: str = "Polyservice <no-reply@poly.local>"
+) -> tuple[bool, bool, str]:
+    email = EmailSender(SmtpSettings(host="127.0.0.1", port=box_port, sender=sender))
+
+    async def once() -> tuple[bool, bool, str]:
+        try:
+            result = await email.send(outgoing)
+            return result.sent, result.permanent, result.error
+        finally:
+            await email.close()
+
+    return asyncio.run(once())
+
+
+def test_what_arrives_reads_back_as_sent_non_ascii_included() -> None:
+    content = {
+        "subject": "Bestellung 7 bezahlt \u2013 danke, Zoë",
+        "text": "Hallo Zoë,\nbezahlt: 9,90 €\n",
+        "html": "<p>Hallo Zoë, bezahlt: 9,90 €</p>",
+    }
+    with mailbox() as box:
+        assert _send(
+            box.port, Outgoing(_outgoing(7).delivery, content), "Pölyservice <no-reply@poly.local>"
+        ) == (
+            True,
+            False,
+            "",
+        )
+    [mail] = box.messages
+    assert (mail["From"], mail["To"], mail["Subject"]) == (
+        "Pölyservice <no-reply@poly.local>",
+        "ada@example.com",
+        content["subject"],
+    )
+    assert (mail["Message-ID"], mail["X-Poly-Delivery"], mail["X-Poly-Event-Id"]) == (
+        "<d7@poly.local>",
+        "deliveries/d7",
+        "e7",
+    )
+    assert mail.get_body(("plain",)).get_content() == content["text"]  # type: ignore[union-attr]
+    assert mail.get_body(("html",)).get_content().strip() == content["html"]  # type: ignore[union-attr]
+
+
+def test_a_text_only_email_is_one_plain_part() -> None:
+    with mailbox() as box:
+        assert _send(box.port, _outgoing(3))[0]
+    [mail] = box.messages
+    assert (mail.get_content_type(), mail.get_content().strip()) == ("text/plain", "Thank you.")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("subject", "Paid\r\nBcc: victim@example.com"),
+        ("destination", "ada@example.com\nBcc: victim@example.com"),
+        ("sender", "Poly <no-reply@poly.local>\r\nBcc: victim@example.com"),
+    ],
+)
+def test_a_header_injection_is_refused_for_good_and_nothing_is_sent(field: str, value: str) -> None:
+    outgoing, sender = _outgoing(4), "Polyservice <no-reply@poly.local>"
+    if field == "subject":
+        outgoing = Outgoing(outgoing.delivery, {**outgoing.content, "subject": value})
+    elif field == "destination":
+        outgoing = Outgoing(dataclasses.replace(outgoing.delivery, destination=value), outgoing.content)
+    else:
+        sender = value
+    with mailbox() as box:
+        sent, permanent, error = _send(box.port, outgoing, sender)
+    assert (sent, permanent) == (False, True) and "line break" in error
+    assert box.messages == []
