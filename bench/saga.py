@@ -80,20 +80,24 @@ and relays, the capture call, the watch's wake-up; the email adds OrderPaid and 
 notifications dispatcher); beyond them it is queueing, and grows with the window. Access
 lines are on (INFO, as ``poly up`` runs); ``--log-level WARNING`` shows what they cost.
 
-Recorded runs (this project's 2-core VM, 2026-12-05, shared with another engineer's tests)
+Recorded runs (this project's 2-core VM, 2026-12-05)
 ---------------------------------------------------------------------------------------------
-Two full runs (``--profile``, 20 s windows, rates 2, 4, 8, 12, 16, ...), no order failed:
+The first full runs (``--profile``, 20 s windows, rates 2, 4, 8, 12, 16, ...), no order failed:
 
     max sustainable   half of it: p50 / p99 to PAID   CPU ms/order, services (net of idle)
     embedded  12 / 8   6/s: 46 / 77 ms; 4/s: 85 / 256   80.3 (75.8); 84.1 (74.9)
     postgres  12 / 8   6/s: 65 / 82 ms; 4/s: 64 / 79    80.5 (73.8); 85.4 (75.3) + PostgreSQL
                                                          19.0-19.3 + RabbitMQ 4.5-4.8
 
-The second run's embedded windows had 35-84% of the services' core taken by other work
-(the first: 0% from 8/s on), which is most of the difference between them. Targets: p99
-<= 100 ms met except embedded under that load; CPU per order (<= 25 / <= 40 ms) not met,
-by 3x and 2x. The README's Performance section has the second run's table and where the
-CPU goes.
+The last, on the final code of issue 20's steps so far:
+
+    embedded  32 (the highest rate tried)   16/s: 20 / 54 ms   31.8 (31.2)
+    postgres  16                             8/s: 44 / 54 ms   45.9 (44.3) + PostgreSQL 13.6
+                                                               + RabbitMQ 4.7
+
+Targets: p99 <= 100 ms met; CPU per order (<= 25 / <= 40 ms) not met. The README's
+Performance section has the last run's table, the steps between the two, and where the CPU
+goes.
 
 Usage: ``python bench/saga.py [--config embedded|postgres|both] [--rates 2,4,8] [--seconds S]
 [--quick] [--json PATH] [--postgres ADMIN_URL] [--amqp URL] [--log-level INFO|WARNING]
