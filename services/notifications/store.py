@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
+    Column,
     ColumnElement,
     Index,
     MetaData,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    Update,
     and_,
     bindparam,
     delete,
@@ -271,25 +273,22 @@ _SETTLED: dict[str, Any] = {
     "update_time": bindparam("settled_at"),
 }
 """An outcome: its state, when to try again (None: never), and the lease let go."""
-_SETTLE_NOTIFICATION = (
-    update(_NOTIFICATIONS)
-    .where(
-        _NOTIFICATIONS.c.event_id == bindparam("settled_id"),
-        _NOTIFICATIONS.c.lease_owner == bindparam("settled_owner"),
-        _NOTIFICATIONS.c.state == PENDING,
+
+
+def _settle(table: Table, key: Column[str]) -> Update:
+    """An outcome, written only by the holder of the lease on a row still pending."""
+    return (
+        update(table)
+        .where(key == bindparam("settled_id"), table.c.lease_owner == bindparam("settled_owner"))
+        .where(table.c.state == PENDING)
+        .values(_SETTLED)
     )
-    .values({**_SETTLED, "last_error": bindparam("settled_error")})
+
+
+_SETTLE_NOTIFICATION = _settle(_NOTIFICATIONS, _NOTIFICATIONS.c.event_id).values(
+    last_error=bindparam("settled_error")
 )
-_SETTLE_DELIVERY = (
-    update(_DELIVERIES)
-    .where(
-        _DELIVERIES.c.id == bindparam("settled_id"),
-        _DELIVERIES.c.lease_owner == bindparam("settled_owner"),
-        _DELIVERIES.c.state == PENDING,
-    )
-    .values(_SETTLED)
-    .returning(*_DELIVERIES.c)
-)
+_SETTLE_DELIVERY = _settle(_DELIVERIES, _DELIVERIES.c.id).returning(*_DELIVERIES.c)
 _SETTLE_DELIVERY_WITH_ERROR = _SETTLE_DELIVERY.values(last_error=bindparam("settled_error"))
 _TEMPLATE = select(_TEMPLATES).where(_TEMPLATES.c.id == bindparam("template_id"))
 
