@@ -5,8 +5,9 @@ handed to it once the consumer's transaction commits (`take`): the next round re
 recipient's contact from the users service and turns the notification into deliveries, the
 email among them again written taken and sent at once, up to `concurrency` sends in flight.
 No query looks for that work. What is not handed over this way (a retry falling due, a
-webhook delivery, work whose dispatcher died, a backlog beyond one round) is claimed (leased)
-by a round at most every `poll_seconds`, and at once after a claim that came back full.
+webhook delivery, work whose dispatcher died or that waited here until its lease nearly ran
+out, what is recorded while the dispatcher stops, a backlog beyond the free sends) is claimed
+(leased) by a round at most every `poll_seconds`, and at once after a claim that came back full.
 Database work runs in worker threads (`asyncio.to_thread`); the network calls never hold a
 transaction. A dispatcher that dies with work taken leaves it to its lease: the work is
 claimed again once the lease runs out. A delivery whose lease outlived its dispatcher
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -75,8 +77,9 @@ class Dispatcher:
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._taken: deque[Notification] = deque()
-        """Handed over by `take` (any thread), resolved by the loop."""
+        self._taken: deque[tuple[Notification, float]] = deque()
+        """Handed over by `take` (any thread), resolved by the loop; with the `time.monotonic()`
+        after which the loop leaves one to a claim (its lease is about to run out)."""
         self._sendable: deque[Outgoing] = deque()
         """Deliveries written taken by a resolve, waiting for a free send (the loop's own)."""
         self._promised = 0
@@ -92,21 +95,25 @@ class Dispatcher:
         """The dispatch counters (`Dispatch.metrics`)."""
         return self._dispatch.metrics
 
-    def lease(self) -> Lease:
-        """A lease for a notification written taken by this dispatcher (the consumer's)."""
-        return self._dispatch.lease()
+    def lease(self) -> Lease | None:
+        """A lease for a notification written taken by this dispatcher (the consumer's); None
+        once it is stopping: what is recorded then is left to a claim, not to a lease."""
+        return None if self._stopping.is_set() else self._dispatch.lease()
 
     def take(self, notification: Notification) -> None:
         """Resolve `notification`, committed taken by this dispatcher (`lease`), in the next
         round and in its event's trace (safe from any thread)."""
         self._traces.remember(notification.event_id)
-        self._taken.append(notification)
+        # A copy that waited until its lease nearly ran out is left to whoever claims it then.
+        usable_until = time.monotonic() + self._dispatch.settings.lease_seconds / 2
+        self._taken.append((notification, usable_until))
         self._wake()
 
     def _wake(self) -> None:
         loop, wakeup = self._loop, self._wakeup
         if loop is not None and wakeup is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(wakeup.set)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing to wake
+                loop.call_soon_threadsafe(wakeup.set)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="notifications-dispatcher", daemon=True)
@@ -134,7 +141,7 @@ class Dispatcher:
                     await self._round()
                 except Exception:  # noqa: BLE001 - a database hiccup must not kill the dispatcher
                     _log.exception("dispatch round failed; retrying")
-                until_claim = max(0.0, self._next_claim - self._loop.time())
+                until_claim = 0.0 if self._claim_again else max(0.0, self._next_claim - self._loop.time())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), until_claim)
             if self._in_flight:
@@ -151,13 +158,23 @@ class Dispatcher:
         if claiming:
             self._next_claim = loop.time() + self._poll_seconds
             self._claim_again = False
-        notifications = [self._taken.popleft() for _ in range(min(len(self._taken), self._concurrency))]
+        now = time.monotonic()
+        handed = [self._taken.popleft() for _ in range(min(len(self._taken), self._concurrency))]
+        notifications = [notification for notification, usable_until in handed if usable_until > now]
         if claiming:
-            claimed = await asyncio.to_thread(self._dispatch.claim_notifications, self._concurrency)
+            try:
+                claimed = await asyncio.to_thread(self._dispatch.claim_notifications, self._concurrency)
+            except Exception:  # noqa: BLE001 - what was handed over still goes; the claim runs again
+                _log.exception("claiming notifications failed; retrying")
+                claimed = []
             self._claim_again = len(claimed) >= self._concurrency  # a full batch may have left more
             notifications += claimed
         if notifications:
-            await asyncio.gather(*(self._resolve(n) for n in notifications))
+            resolved = await asyncio.gather(
+                *(self._resolve(n) for n in notifications), return_exceptions=True
+            )
+            for failure in (r for r in resolved if isinstance(r, BaseException)):
+                _log.error("resolving a notification failed; it is retried", exc_info=failure)
         self._start_sendable()
         free = self._concurrency - len(self._in_flight)
         if free > 0 and (claiming or self._deliveries_waiting):

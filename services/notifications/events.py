@@ -83,14 +83,14 @@ def template_values(payload: Message) -> tuple[str, dict[str, str]]:
 def handlers(
     repository: Callable[[Session], Repository],
     *,
-    lease: Callable[[], Lease] | None = None,
+    lease: Callable[[], Lease | None] | None = None,
     on_commit: Callable[[Notification], None] = lambda notification: None,
 ) -> Mapping[type[Message], EventHandler]:
     """The handler of each consumed event (exactly the types the contract names this service
     a consumer of; the node checks it at start). With `lease` (the dispatcher's), each
-    notification is recorded already taken by that dispatcher; `on_commit` gets it once its
+    notification is recorded already taken by that dispatcher and `on_commit` gets it once its
     transaction commits (the dispatcher resolves it at once, in the event's trace, with no
-    claim)."""
+    claim); when `lease` gives None, it is recorded free, for a claim."""
 
     def record(session: Session, payload: Message, envelope: EventEnvelope) -> None:
         recipient, values = template_values(payload)
@@ -102,10 +102,9 @@ def handlers(
             data=json_format.MessageToDict(payload, preserving_proto_field_name=True),
             occur_time=envelope.occur_time.ToDatetime(dt.UTC) if envelope.HasField("occur_time") else _now(),
         )
-        recorded = record_notification(
-            repository(session), notification, _now(), lease() if lease is not None else None
-        )
-        if recorded is not None:
+        taken = lease() if lease is not None else None
+        recorded = record_notification(repository(session), notification, _now(), taken)
+        if recorded is not None and taken is not None:  # untaken, it waits for a claim
             after_commit(session, lambda: on_commit(recorded))
 
     return {

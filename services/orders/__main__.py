@@ -19,6 +19,7 @@ def wire(context: app.Context[None]) -> app.Parts:
         handlers=events.handlers(
             lambda session: store.SqlRepository(session, context.outbox, hub.notify),
             capture_due=capture_worker.due,
+            capture_accepting=capture_worker.accepting,
         ),
         workers=[capture_worker, watch.Recheck(hub, orders.versions, orders.find)],
     )

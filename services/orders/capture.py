@@ -4,7 +4,9 @@
 handed to it by `due` (an order became AWAITING_PAYMENT here, its capture written taken by
 this worker: no query looks for it) and, at most every `interval` seconds or at once after a
 full claim, those it claims (`Orders.claim_captures`: retries falling due, work a dead
-worker had taken; state kept in the orders table, so a restart resumes where it stopped).
+worker had taken, a handed order that waited here past half its lease, an order authorized
+while the worker stops; state kept in the orders table, so a restart resumes where it
+stopped). A pass with a claim due keeps a quarter of its batch for the claim.
 It calls payments `CapturePayment` for a batch with at most `concurrency` calls in flight,
 each with a per-order idempotency key, reports the batch's outcomes in one transaction for
 the domain to reschedule, and stops promptly on `stop`. `grpc_capturer` is the call over
@@ -26,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from poly.payments.v1 import payments_service_pb2, payments_service_pb2_grpc
 from services.kit.clients import Channels
 from services.kit.telemetry.handoff import Handoff
-from services.orders.domain import CaptureOutcome, Order, Orders, capture_request_id
+from services.orders.domain import CAPTURE_LEASE, CaptureOutcome, Order, Orders, capture_request_id
 
 __all__ = ["PAYMENTS_SERVICE", "CaptureWorker", "Capturer", "grpc_capturer"]
 
@@ -78,7 +80,9 @@ class CaptureWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._traces = Handoff("orders.capture")
-        self._taken: deque[Order] = deque()
+        self._taken: deque[tuple[Order, float]] = deque()
+        """Handed over by `due`, with the `time.monotonic()` after which a pass leaves one to a
+        claim (its lease is about to run out: another worker may claim it)."""
         self._next_claim = 0.0
         self._claim_again = True
 
@@ -89,9 +93,15 @@ class CaptureWorker:
         """`order` became AWAITING_PAYMENT here, its capture written taken by this worker:
         capture it now, in the trace of the change that asked for it (`events.handlers` calls
         this after that change commits; safe from any thread)."""
+        if self._stop.is_set():
+            return  # stopping: its lease runs out and a worker claims it
         self._traces.remember(order.name)
-        self._taken.append(order)
+        self._taken.append((order, time.monotonic() + CAPTURE_LEASE.total_seconds() / 2))
         self.wake()
+
+    def accepting(self) -> bool:
+        """Whether an order's capture may be written taken by this worker (not once stopping)."""
+        return not self._stop.is_set()
 
     def _attempt(self, order: Order) -> CaptureOutcome | None:
         if self._stop.is_set():
@@ -103,11 +113,20 @@ class CaptureWorker:
     def run_once(self) -> int:
         """One pass: capture one batch (handed over first, then claimed if a claim is due);
         how many orders it held."""
-        batch = [self._taken.popleft() for _ in range(min(len(self._taken), self._batch_size))]
+        now = time.monotonic()
+        claiming = self._claim_again or now >= self._next_claim
+        # A claim due keeps a quarter of the batch, so handed work never starves retries.
+        handed_limit = self._batch_size - (max(1, self._batch_size // 4) if claiming else 0)
+        handed = [self._taken.popleft() for _ in range(min(len(self._taken), handed_limit))]
+        batch = [order for order, usable_until in handed if usable_until > now]
         room = self._batch_size - len(batch)
-        if room > 0 and (self._claim_again or time.monotonic() >= self._next_claim):
-            self._next_claim = time.monotonic() + self._interval
-            claimed = self._orders.claim_captures(room)
+        if room > 0 and claiming:
+            self._next_claim = now + self._interval
+            try:
+                claimed = self._orders.claim_captures(room)
+            except SQLAlchemyError:  # what was handed over still goes; the claim runs again
+                _log.exception("claiming captures failed (database); retrying")
+                claimed = []
             self._claim_again = len(claimed) >= room  # a full claim may have left more
             batch += claimed
         if not batch:

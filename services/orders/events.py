@@ -63,6 +63,7 @@ def handlers(
     repository: Callable[[Session], Repository],
     *,
     capture_due: Callable[[Order], None] | None = None,
+    capture_accepting: Callable[[], bool] = lambda: True,
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
 ) -> Mapping[type[Message], EventHandler]:
     """The handler of each consumed event, each over the `repository` of its session;
@@ -72,11 +73,11 @@ def handlers(
     def authorized(session: Session, event: Message, envelope: EventEnvelope) -> None:
         assert isinstance(event, events_pb2.PaymentAuthorized)
         order_id = resource_id(event.order, "orders", field="order")
-        taken = capture_due is not None
+        taken = capture_due is not None and capture_accepting()  # else it waits for a claim
         changed = domain.on_payment_authorized(
             repository(session), order_id, event.payment, clock(), taken=taken
         )
-        if changed is not None and capture_due is not None:
+        if changed is not None and capture_due is not None and taken:
             hand_over = capture_due
             after_commit(session, lambda: hand_over(changed))
 

@@ -187,3 +187,19 @@ def test_a_notification_recorded_twice_is_handed_over_once(notifications: _Notif
         again = domain.record_notification(repo, first, dt.datetime.now(dt.UTC), lease)
         handed += [n for n in (recorded, again) if n is not None]
     assert [(n.event_id, n.attempts) for n in handed] == [("e1", 1)]
+
+
+def test_a_stopping_dispatcher_takes_no_notification(notifications: _Notifications) -> None:
+    with mailbox() as box:
+        dispatcher = _dispatcher(notifications, box, concurrency=4)
+        dispatcher.stop()  # never started: stopping from the start
+    handed: list[Notification] = []
+    handlers = events.handlers(
+        lambda session: store.SqlRepository(session, notifications.outbox),
+        lease=dispatcher.lease,
+        on_commit=handed.append,
+    )
+    event_id = notifications.record(handlers, "users/u1")
+    assert handed == [], "not handed to a dispatcher that stops"
+    survivor = Dispatch(notifications.store.transaction, SETTINGS)
+    assert [(n.event_id, n.attempts) for n in survivor.claim_notifications(10)] == [(event_id, 1)]

@@ -145,6 +145,8 @@ def test_a_text_only_email_is_one_plain_part() -> None:
         ("subject", "Paid\r\nBcc: victim@example.com"),
         ("destination", "ada@example.com\nBcc: victim@example.com"),
         ("sender", "Poly <no-reply@poly.local>\r\nBcc: victim@example.com"),
+        ("subject", "Paid\x0cnow"),
+        ("subject", "Paid\u2028Bcc: victim@example.com"),
     ],
 )
 def test_a_header_injection_is_refused_for_good_and_nothing_is_sent(field: str, value: str) -> None:

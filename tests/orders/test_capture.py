@@ -20,6 +20,7 @@ from poly.events.v1 import events_pb2
 from poly.events.v1.events_pb2 import EventEnvelope
 from services.kit import bus, config, db
 from services.kit.money import Money
+from services.orders import capture as capture_module
 from services.orders import events, store
 from services.orders.__main__ import SERVICE
 from services.orders.capture import CaptureWorker
@@ -132,3 +133,42 @@ def test_a_capture_a_dead_worker_had_taken_is_claimed_once_its_lease_runs_out(en
     [claimed] = orders.orders.claim_captures(10)
     assert (claimed.id, claimed.state) == (order.id, AWAITING_PAYMENT)
     assert orders.orders.claim_captures(10) == [], "claimed once"
+
+
+def test_a_handed_capture_that_waited_until_its_lease_nearly_ran_out_is_left_to_the_claim(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock(dt.datetime.now(dt.UTC))
+    orders = _Orders(engine, clock)
+    payments = _Payments()
+    worker = CaptureWorker(orders.orders, payments.capture, interval=3600)  # never started: passes by hand
+    handlers = events.handlers(
+        lambda session: store.SqlRepository(session, orders.outbox), capture_due=worker.due, clock=clock
+    )
+    order = orders.placed()
+    payment = orders.authorized(handlers, order)
+    # The handed copy waited past half its lease (a slow batch ahead of it); by now the lease
+    # itself ran out, so a claim (this worker's or another's) takes the order.
+    later = time.monotonic() + CAPTURE_LEASE.total_seconds()
+    monkeypatch.setattr(capture_module.time, "monotonic", lambda: later)
+    clock.advance(CAPTURE_LEASE.total_seconds() + 1)
+    assert worker.run_once() == 1
+    assert [name for name, _ in payments.calls] == [payment], "captured once, by the claim's copy only"
+
+
+def test_a_stopping_worker_takes_no_capture(engine: Engine) -> None:
+    clock = Clock(dt.datetime.now(dt.UTC))
+    orders = _Orders(engine, clock)
+    worker = CaptureWorker(orders.orders, _Payments().capture)
+    worker.stop()
+    handed: list[Order] = []
+    handlers = events.handlers(
+        lambda session: store.SqlRepository(session, orders.outbox),
+        capture_due=handed.append,
+        capture_accepting=worker.accepting,
+        clock=clock,
+    )
+    order = orders.placed()
+    orders.authorized(handlers, order)
+    assert handed == [], "not handed to a worker that stops"
+    assert [claimed.id for claimed in orders.orders.claim_captures(10)] == [order.id], "free for a claim now"
