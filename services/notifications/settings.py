@@ -9,6 +9,7 @@ each variable.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from email.utils import getaddresses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,6 +67,8 @@ def read(env: Reader, settings: Settings | None = None) -> NotificationsSettings
         env.problems.append(f"POLY_SMTP_SECURITY: expected none, starttls or tls, got {smtp.security!r}")
     if bool(smtp.username) != bool(smtp.password):
         env.problems.append("POLY_SMTP_USERNAME and POLY_SMTP_PASSWORD: set both or neither")
+    if (problem := _sender_problem(smtp.sender)) is not None:
+        env.problems.append(f"POLY_SMTP_FROM: {problem}")
     return NotificationsSettings(
         smtp=smtp,
         max_attempts=env.integer("POLY_NOTIFICATIONS_MAX_ATTEMPTS", 8, low=1, high=100),
@@ -75,3 +78,15 @@ def read(env: Reader, settings: Settings | None = None) -> NotificationsSettings
         webhook_allow_private=env.flag("POLY_WEBHOOK_ALLOW_PRIVATE", False),
         concurrency=env.integer("POLY_NOTIFICATIONS_CONCURRENCY", 32, low=1, high=1000),
     )
+
+
+def _sender_problem(sender: str) -> str | None:
+    """Why `sender` is not one From address (``Name <user@example.com>`` or a bare address):
+    a display name with an unquoted comma would otherwise lose the address at send time."""
+    found = getaddresses([sender])
+    shown = repr(sender)
+    if any(ord(c) < 32 or c == "\x7f" for c in sender):
+        return f"a control character or line break in {shown}"
+    if len(found) != 1 or "@" not in found[0][1] or " " in found[0][1]:
+        return f"expected one address like 'Name <user@example.com>' (quote a name with a comma), got {shown}"
+    return None

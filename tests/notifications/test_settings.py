@@ -57,3 +57,25 @@ def test_the_password_can_come_from_a_mounted_file(tmp_path: Path) -> None:
 def test_other_services_do_not_read_the_notifications_settings() -> None:
     # A bad SMTP setting is the notifications service's problem only.
     assert config.load("orders", {"POLY_SMTP_SECURITY": "ssl3"}).service == "orders"
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "Poly, Inc <no-reply@poly.local>",
+        "no address",
+        "a@b.example, c@d.example",
+        "Poly <a@b.example>\r\nBcc: x@y",
+    ],
+)
+def test_a_from_setting_that_is_not_one_address_is_refused(sender: str) -> None:
+    with pytest.raises(config.ConfigError) as caught:
+        _load({"POLY_SMTP_FROM": sender})
+    assert [p.split(":")[0] for p in caught.value.problems] == ["POLY_SMTP_FROM"]
+
+
+@pytest.mark.parametrize(
+    "sender", ['"Poly, Inc" <no-reply@poly.local>', "no-reply@poly.local", "Pölyservice <a@b.example>"]
+)
+def test_a_from_setting_that_is_one_address_is_kept(sender: str) -> None:
+    assert _load({"POLY_SMTP_FROM": sender}).smtp.sender == sender
