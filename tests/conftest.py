@@ -64,6 +64,15 @@ def postgres_url(postgres_databases: Callable[[], str]) -> str:
     return postgres_databases()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database of each kind a service runs on: a SQLite file, then a PostgreSQL
+    database (``postgres_url``)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'service.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
 @pytest.fixture(scope="session")
 def amqp_url() -> str:
     """RabbitMQ URL (POLY_TEST_AMQP_URL); never skipped under CI=true."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -25,14 +24,9 @@ SETTINGS = DispatchSettings(
 )
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def notifications(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[store.NotificationsStore]:
-    url = (
-        f"sqlite:///{tmp_path / 'notifications.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
-    engine = db.engine(DatabaseSettings(url=url))
+@pytest.fixture
+def notifications(database_url: str) -> Iterator[store.NotificationsStore]:
+    engine = db.engine(DatabaseSettings(url=database_url))
     store.Base.metadata.create_all(engine)
     outbox = bus.Outbox(store.BUS, source="notifications", routing=lambda _session, _type: [])
     try:

@@ -10,7 +10,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -75,14 +74,9 @@ class _Notifications:
             return list(connection.execute(select(model.__table__)))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def notifications(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[_Notifications]:
-    url = (
-        f"sqlite:///{tmp_path / 'notifications.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
-    made = _Notifications(url)
+@pytest.fixture
+def notifications(database_url: str) -> Iterator[_Notifications]:
+    made = _Notifications(database_url)
     try:
         yield made
     finally:

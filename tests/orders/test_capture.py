@@ -10,7 +10,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -66,14 +65,9 @@ def _allow(owner: str, resource: str) -> None:
     """An ownership check that admits everyone (the servicer's is tested with the service)."""
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    url = (
-        f"sqlite:///{tmp_path / 'orders.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
-    made = db.connect(config.DatabaseSettings(url=url), migrations=SERVICE.migrations)
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    made = db.connect(config.DatabaseSettings(url=database_url), migrations=SERVICE.migrations)
     try:
         yield made
     finally:
