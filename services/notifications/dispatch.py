@@ -170,7 +170,7 @@ class Dispatch:
                 )
             hooks = repo.webhooks_of(notification.recipient)
             planned = plan_deliveries(notification, contact, template, hooks, now=now, new_id=self.new_id)
-            lease = Lease(self.owner, now + dt.timedelta(seconds=self.settings.lease_seconds))
+            lease = self.lease()
             taken: list[Outgoing] = []
             waiting = 0
             for planned_delivery, content in planned:

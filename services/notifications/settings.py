@@ -8,6 +8,7 @@ each variable.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from email.utils import getaddresses
 from pathlib import Path
@@ -80,12 +81,16 @@ def read(env: Reader, settings: Settings | None = None) -> NotificationsSettings
     )
 
 
+HEADER_BREAKS = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+"""Control characters and line breaks (Unicode's too): none belongs in an email header."""
+
+
 def _sender_problem(sender: str) -> str | None:
     """Why `sender` is not one From address (``Name <user@example.com>`` or a bare address):
     a display name with an unquoted comma would otherwise lose the address at send time."""
     found = getaddresses([sender])
     shown = repr(sender)
-    if any(ord(c) < 32 or c == "\x7f" for c in sender):
+    if HEADER_BREAKS.search(sender):
         return f"a control character or line break in {shown}"
     if len(found) != 1 or "@" not in found[0][1] or " " in found[0][1]:
         return f"expected one address like 'Name <user@example.com>' (quote a name with a comma), got {shown}"
