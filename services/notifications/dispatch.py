@@ -152,12 +152,29 @@ class Dispatch:
         with self.transactions() as repo:
             return repo.claim_notifications(now, until, self.owner, limit)
 
+    def resolve_recorded(self, notification: Notification, *, take: bool = False) -> Resolved | None:
+        """`resolve` for the recipient's contact as recorded here (from ContactChanged); None
+        when none is: read it from the users service and `resolve` with it."""
+        return self._resolve(notification, None, take)
+
     def resolve(self, notification: Notification, contact: Contact, *, take: bool = False) -> Resolved:
         """Create the notification's deliveries (none if another dispatcher took it over, or it
         was resolved already). With `take`, the emails among them are written taken by this
-        dispatcher and returned to be sent now; the others wait for a claim."""
+        dispatcher and returned to be sent now; the others wait for a claim. `contact` (read
+        from the users service) is recorded unless an event's copy is."""
+        resolved = self._resolve(notification, contact, take)
+        assert resolved is not None  # only a missing recorded contact gives None
+        return resolved
+
+    def _resolve(self, notification: Notification, contact: Contact | None, take: bool) -> Resolved | None:
         now = self.clock()
         with self.transactions() as repo:
+            if contact is None:
+                contact = repo.contact(notification.recipient)
+                if contact is None:
+                    return None
+            else:
+                repo.record_contact(contact, 0, now)
             # The settling write comes first: it decides who resolves, and locks the row.
             if not repo.settle_notification(
                 notification.event_id, self.owner, state=RESOLVED, error="", next_time=None, now=now

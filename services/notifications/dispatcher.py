@@ -1,8 +1,9 @@
 """The dispatcher: a `Background` thread running an asyncio loop that sends what events asked for.
 
 A consumed event's notification is written already taken by this dispatcher (`lease`) and
-handed to it once the consumer's transaction commits (`take`): the next round reads the
-recipient's contact from the users service and turns the notification into deliveries, the
+handed to it once the consumer's transaction commits (`take`): the next round turns the
+notification into deliveries for the recipient's contact as recorded here from users'
+ContactChanged events (asking the users service only for a user it has no event of yet), the
 email among them again written taken and sent at once, up to `concurrency` sends in flight.
 No query looks for that work. What is not handed over this way (a retry falling due, a
 webhook delivery, work whose dispatcher died or that waited here until its lease nearly ran
@@ -205,20 +206,22 @@ class Dispatcher:
             await self._resolve_traced(notification)
 
     async def _resolve_traced(self, notification: Notification) -> None:
-        try:
-            contact = await asyncio.to_thread(self._lookup, notification.recipient)
-        except ContactUnavailable as unavailable:
-            _log.info(
-                "contact not available yet",
-                extra={"event_id": notification.event_id, "error": str(unavailable)},
-            )
-            await asyncio.to_thread(self._dispatch.postpone, notification, str(unavailable))
-            return
         # Its email is taken and sent at once only if a send is free for it.
         take = len(self._in_flight) + len(self._sendable) + self._promised < self._concurrency
         self._promised += take
         try:
-            resolved = await asyncio.to_thread(self._dispatch.resolve, notification, contact, take=take)
+            resolved = await asyncio.to_thread(self._dispatch.resolve_recorded, notification, take=take)
+            if resolved is None:  # no contact recorded here yet: the users service has it
+                try:
+                    contact = await asyncio.to_thread(self._lookup, notification.recipient)
+                except ContactUnavailable as unavailable:
+                    _log.info(
+                        "contact not available yet",
+                        extra={"event_id": notification.event_id, "error": str(unavailable)},
+                    )
+                    await asyncio.to_thread(self._dispatch.postpone, notification, str(unavailable))
+                    return
+                resolved = await asyncio.to_thread(self._dispatch.resolve, notification, contact, take=take)
         finally:
             self._promised -= take
         self._sendable.extend(resolved.taken)

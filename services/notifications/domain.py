@@ -229,6 +229,13 @@ class Repository(Protocol):
         """Write the outcome if `owner` still holds the lease; state PENDING means retry at
         `next_time`. False when the lease was lost."""
 
+    def contact(self, recipient: str) -> Contact | None:
+        """The recipient's contact as last recorded here, if any."""
+
+    def record_contact(self, contact: Contact, version: int, now: dt.datetime) -> bool:
+        """Record `contact` unless one from a `version` as late or later is recorded (0: read
+        from the users service, recorded only where none is); True when written."""
+
     def ensure_templates(self, defaults: Sequence[Template]) -> None: ...
     def template(self, template_id: str) -> Template | None: ...
     def list_templates(self, after: str | None, limit: int) -> list[Template]: ...

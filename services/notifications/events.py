@@ -4,7 +4,9 @@ consumes (types in protos/poly/events/v1; who publishes and consumes each is dec
 there, in its `(poly.options.v1.event)`).
 
 Each consumed event records one notification in the consumer's transaction (with the inbox
-row, so once); the dispatcher sends it later. No network call happens in a handler.
+row, so once); the dispatcher sends it later. ContactChanged instead updates this service's
+copy of the user's contact, which the dispatcher reads (so sending asks no other service). No
+network call happens in a handler.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from services.kit.wire import money_value
 from services.notifications.domain import (
     EMAIL,
     SENT,
+    Contact,
     Delivery,
     Lease,
     Notification,
@@ -33,7 +36,7 @@ from services.notifications.domain import (
     record_notification,
 )
 
-__all__ = ["delivery_outcome", "handlers", "template_values"]
+__all__ = ["contact", "delivery_outcome", "handlers", "template_values"]
 
 
 def delivery_outcome(delivery: Delivery) -> Message:
@@ -80,6 +83,18 @@ def template_values(payload: Message) -> tuple[str, dict[str, str]]:
     raise TypeError(f"not a notified event: {payload.DESCRIPTOR.full_name}")
 
 
+def contact(changed: events_pb2.ContactChanged) -> Contact:
+    return Contact(
+        user=changed.user,
+        email=changed.email,
+        display_name=changed.display_name,
+        deleted=changed.deleted,
+        email_enabled=changed.email_enabled,
+        webhook_enabled=changed.webhook_enabled,
+        muted=tuple(changed.muted_event_types),
+    )
+
+
 def handlers(
     repository: Callable[[Session], Repository],
     *,
@@ -107,7 +122,13 @@ def handlers(
         if recorded is not None and taken is not None:  # untaken, it waits for a claim
             after_commit(session, lambda: on_commit(recorded))
 
+    def contact_changed(session: Session, payload: Message, envelope: EventEnvelope) -> None:
+        assert isinstance(payload, events_pb2.ContactChanged)
+        # The event's position orders the user's changes: an older one delivered late loses.
+        repository(session).record_contact(contact(payload), envelope.sequence, _now())
+
     return {
+        events_pb2.ContactChanged: contact_changed,
         events_pb2.UserRegistered: record,
         events_pb2.OrderPaid: record,
         events_pb2.OrderPaymentFailed: record,

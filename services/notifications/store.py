@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     ColumnElement,
     Index,
@@ -49,6 +50,7 @@ from services.notifications.domain import (
     EMAIL,
     PENDING,
     SKIPPED,
+    Contact,
     Delivery,
     DeliveryQuery,
     Lease,
@@ -61,6 +63,7 @@ from services.notifications.domain import (
 __all__ = [
     "BUS",
     "Base",
+    "ContactRow",
     "DeliveryRow",
     "NotificationRow",
     "NotificationsStore",
@@ -99,6 +102,24 @@ class NotificationRow(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
     create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    update_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class ContactRow(Base):
+    """How to reach a user, as the users service last published it (ContactChanged)."""
+
+    __tablename__ = "contact"
+    recipient: Mapped[str] = mapped_column(String(200), primary_key=True)
+    """The user, ``users/{id}``."""
+    email: Mapped[str] = mapped_column(String(254))
+    display_name: Mapped[str] = mapped_column(String(63))
+    deleted: Mapped[bool]
+    email_enabled: Mapped[bool]
+    webhook_enabled: Mapped[bool]
+    muted_event_types: Mapped[str] = mapped_column(String(1000))
+    """Space-separated full message names."""
+    version: Mapped[int] = mapped_column(BigInteger())
+    """The sequence of the event it came from; 0 when read from the users service itself."""
     update_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
 
 
@@ -177,11 +198,23 @@ def _notification(row: NotificationRow) -> Notification:
     )
 
 
+def _contact(row: Row[Any]) -> Contact:
+    return Contact(
+        row.recipient,
+        row.email,
+        row.display_name,
+        row.deleted,
+        row.email_enabled,
+        row.webhook_enabled,
+        tuple(row.muted_event_types.split()),
+    )
+
+
 def _template(row: TemplateRow | Row[Any]) -> Template:
     return Template(row.id, row.event_type, row.subject, row.body_text, row.body_html, row.update_time)
 
 
-def _webhook(row: WebhookRow) -> Webhook:
+def _webhook(row: WebhookRow | Row[Any]) -> Webhook:
     return Webhook(row.id, row.owner, row.url, tuple(row.event_types.split()), row.create_time)
 
 
@@ -291,6 +324,22 @@ _SETTLE_NOTIFICATION = _settle(_NOTIFICATIONS, _NOTIFICATIONS.c.event_id).values
 _SETTLE_DELIVERY = _settle(_DELIVERIES, _DELIVERIES.c.id).returning(*_DELIVERIES.c)
 _SETTLE_DELIVERY_WITH_ERROR = _SETTLE_DELIVERY.values(last_error=bindparam("settled_error"))
 _TEMPLATE = select(_TEMPLATES).where(_TEMPLATES.c.id == bindparam("template_id"))
+_WEBHOOKS = cast(Table, WebhookRow.__table__)
+_WEBHOOKS_OF = (
+    select(_WEBHOOKS)
+    .where(_WEBHOOKS.c.owner == bindparam("webhook_owner"))
+    .order_by(_WEBHOOKS.c.create_time, _WEBHOOKS.c.id)
+)
+_CONTACTS = cast(Table, ContactRow.__table__)
+_CONTACT = select(_CONTACTS).where(_CONTACTS.c.recipient == bindparam("contact_recipient"))
+_NEWER_CONTACT = (
+    update(_CONTACTS)
+    .where(
+        _CONTACTS.c.recipient == bindparam("new_recipient"), _CONTACTS.c.version < bindparam("new_version")
+    )
+    .values({c.name: bindparam(f"new_{c.name}") for c in _CONTACTS.c if c.name != "recipient"})
+)
+"""A contact replaced only by one from a later event (events may be delivered again, late)."""
 
 
 _DELIVERY_COLUMNS = {
@@ -367,6 +416,36 @@ class SqlRepository:
             },
         )
         return bool(getattr(settled, "rowcount", 0))
+
+    # -- contacts -------------------------------------------------------------------------
+
+    def contact(self, recipient: str) -> Contact | None:
+        row = self._session.execute(_CONTACT, {"contact_recipient": recipient}).first()
+        return None if row is None else _contact(row)
+
+    def record_contact(self, contact: Contact, version: int, now: dt.datetime) -> bool:
+        values = {
+            "recipient": contact.user,
+            "email": contact.email,
+            "display_name": contact.display_name,
+            "deleted": contact.deleted,
+            "email_enabled": contact.email_enabled,
+            "webhook_enabled": contact.webhook_enabled,
+            "muted_event_types": " ".join(contact.muted),
+            "version": version,
+            "update_time": now,
+        }
+        newer = {f"new_{name}": value for name, value in values.items()}
+        if version and self._replaced(newer):
+            return True
+        if insert_if_absent(self._session, ContactRow, values):
+            return True
+        # Another transaction inserted it between the two statements (PostgreSQL): this one
+        # still wins if it is the later version.
+        return bool(version) and self._replaced(newer)
+
+    def _replaced(self, newer: Mapping[str, object]) -> bool:
+        return bool(getattr(self._session.execute(_NEWER_CONTACT, newer), "rowcount", 0))
 
     # -- templates ------------------------------------------------------------------------
 
@@ -446,12 +525,7 @@ class SqlRepository:
         return None if row is None else _webhook(row)
 
     def webhooks_of(self, owner: str) -> list[Webhook]:
-        rows = self._session.scalars(
-            select(WebhookRow)
-            .where(WebhookRow.owner == owner)
-            .order_by(WebhookRow.create_time, WebhookRow.id)
-        )
-        return [_webhook(row) for row in rows]
+        return [_webhook(row) for row in self._session.execute(_WEBHOOKS_OF, {"webhook_owner": owner})]
 
     def list_webhooks(self, owner: str | None, after: Sequence[str] | None, limit: int) -> list[Webhook]:
         statement = select(WebhookRow)

@@ -2,11 +2,11 @@
 
 Invariants: a profile has the id of its auth identity and is created once, from
 UserRegistered (a repeat changes nothing); its email is copied from registration, never
-written here. Every write bumps the profile's `version`, and the etag is derived from it,
-so a stale etag is ABORTED. States: ACTIVE -> DELETED (soft delete, AIP-164, which publishes
-UserDeleted exactly once). DELETED is terminal: still readable, refuses updates, and a
-repeated delete returns it unchanged. Every profile has preferences: email and webhook on
-and locale "en" unless changed; muted event types come from a fixed list.
+written here. Every write bumps the profile's `version` (the etag derives from it: a stale
+one is ABORTED) and publishes ContactChanged, the whole contact, in its transaction. States:
+ACTIVE -> DELETED (soft delete, AIP-164, which publishes UserDeleted exactly once). DELETED
+is terminal: readable, refuses updates, a repeated delete returns it unchanged. Preferences:
+email and webhook on and locale "en" unless changed; muted event types from a fixed list.
 Writes are single conditional UPDATEs (never read-check-write); a miss is then explained.
 """
 
@@ -168,6 +168,8 @@ class Repository(Protocol):
         """Write the preferences of an ACTIVE user; False when no row matched."""
 
     def publish_deleted(self, user: User) -> None: ...
+    def publish_contact(self, user: User, preferences: Preferences) -> None:
+        """ContactChanged: the contact as of this transaction's write."""
 
 
 Transactions = Callable[[], AbstractContextManager[Repository]]
@@ -224,7 +226,17 @@ def create_profile(repo: Repository, user_id: str, email: str, display_name: str
     refused, so the event is never retried forever."""
     cleaned = visible_text(display_name)
     user = User(user_id, email, cleaned[:DISPLAY_NAME_MAX], ACTIVE, 1, now, now)
-    repo.add_user(user, Preferences(user_id, update_time=now))
+    preferences = Preferences(user_id, update_time=now)
+    if repo.add_user(user, preferences):
+        repo.publish_contact(user, preferences)
+
+
+def _published(repo: Repository, user_id: str) -> tuple[User, Preferences]:
+    """The profile just written, its ContactChanged published."""
+    found = repo.profile(user_id)
+    assert found is not None  # the write that matched it is in this transaction
+    repo.publish_contact(*found)
+    return found
 
 
 def _user_query(filter_text: str, order_by: str, show_deleted: bool) -> UserQuery:
@@ -274,9 +286,7 @@ class Users:
         written = display_name if "display_name" in paths else None
         with self.transactions() as repo:
             if repo.update_user(user_id, written, etags.version_of(etag), self.clock()):
-                updated = repo.user(user_id)
-                assert updated is not None
-                return updated
+                return _published(repo, user_id)[0]
             found = repo.user(user_id)
         if found is None:
             raise _not_found(user_id)
@@ -285,11 +295,11 @@ class Users:
         raise _stale(found, etag)
 
     def delete(self, user_id: str, etag: str) -> User:
-        """Soft delete and UserDeleted in one transaction; a deleted user is returned as is."""
+        """Soft delete, UserDeleted and ContactChanged in one transaction; a deleted user is
+        returned as is."""
         with self.transactions() as repo:
             if repo.delete_user(user_id, etags.version_of(etag), self.clock()):
-                deleted = repo.user(user_id)
-                assert deleted is not None
+                deleted = _published(repo, user_id)[0]
                 repo.publish_deleted(deleted)
                 return deleted
             found = repo.user(user_id)
@@ -322,9 +332,7 @@ class Users:
         )
         with self.transactions() as repo:
             if repo.update_preferences(user_id, change, self.clock()):
-                updated = repo.preferences(user_id)
-                assert updated is not None
-                return updated
+                return _published(repo, user_id)[1]
             found = repo.user(user_id)
         if found is None:
             raise _not_found(user_id)

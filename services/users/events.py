@@ -12,13 +12,26 @@ from poly.events.v1 import events_pb2
 from poly.events.v1.events_pb2 import EventEnvelope
 from services.kit.bus import EventHandler
 from services.kit.names import resource_id
-from services.users.domain import Repository, User, create_profile
+from services.users.domain import DELETED, Preferences, Repository, User, create_profile
 
-__all__ = ["handlers", "user_deleted"]
+__all__ = ["contact_changed", "handlers", "user_deleted"]
 
 
 def user_deleted(user: User) -> Message:
     return events_pb2.UserDeleted(user=user.name)
+
+
+def contact_changed(user: User, preferences: Preferences) -> Message:
+    return events_pb2.ContactChanged(
+        user=user.name,
+        email=user.email,
+        display_name=user.display_name,
+        locale=preferences.locale,
+        email_enabled=preferences.email_enabled,
+        webhook_enabled=preferences.webhook_enabled,
+        muted_event_types=preferences.muted_event_types,
+        deleted=user.state == DELETED,
+    )
 
 
 def handlers(repository: Callable[[Session], Repository]) -> Mapping[type[Message], EventHandler]:

@@ -10,6 +10,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any, cast
 
+from google.protobuf.message import Message
 from sqlalchemy import Index, MetaData, Row, String, Table, Update, bindparam, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -194,9 +195,15 @@ class SqlRepository:
         return bool(getattr(result, "rowcount", 0))
 
     def publish_deleted(self, user: User) -> None:
+        self._publish(events.user_deleted(user), user)
+
+    def publish_contact(self, user: User, preferences: Preferences) -> None:
+        self._publish(events.contact_changed(user, preferences), user)
+
+    def _publish(self, event: Message, user: User) -> None:
         if self._outbox is None:
             raise RuntimeError("this repository was opened without an outbox and cannot publish")
-        self._outbox.publish(self._session, events.user_deleted(user), aggregate_id=user.name)
+        self._outbox.publish(self._session, event, aggregate_id=user.name)
 
 
 class UsersStore:

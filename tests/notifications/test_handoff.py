@@ -8,19 +8,11 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import event, select
 
-from poly.events.v1 import events_pb2
-from poly.events.v1.events_pb2 import EventEnvelope
-from poly.type.v1.money_pb2 import Money
-from services.kit import bus, db
-from services.kit.config import DatabaseSettings
 from services.notifications import domain, events, store
 from services.notifications.dispatch import Dispatch, DispatchSettings
 from services.notifications.dispatcher import Dispatcher
@@ -29,6 +21,7 @@ from services.notifications.senders import EmailSender, WebhookSender
 from services.notifications.settings import NotificationsSettings, SmtpSettings
 from tests.support.clock import Clock
 from tests.support.mailbox import Mailbox, mailbox
+from tests.support.notifications_db import NotificationsDatabase
 
 pytestmark = pytest.mark.slow
 
@@ -37,46 +30,9 @@ SETTINGS = DispatchSettings(
 )
 
 
-class _Notifications:
-    def __init__(self, url: str) -> None:
-        self.engine = db.engine(DatabaseSettings(url=url))
-        store.Base.metadata.create_all(self.engine)
-        self.factory = db.session_factory(self.engine)
-        self.outbox = bus.Outbox(store.BUS, source="notifications", routing=lambda _session, _type: [])
-        self.store = store.NotificationsStore(self.factory, self.outbox)
-        domain.Notifications(self.store.transaction, lambda url: None).ensure_templates()
-        self.claims: list[str] = []
-        """Claim queries seen (their free condition is the only SQL comparing lease_until)."""
-        event.listen(self.engine, "before_cursor_execute", self._seen)
-
-    def _seen(self, _conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
-        if "lease_until <" in statement:
-            self.claims.append(statement)
-
-    def record(self, handlers: Any, user: str) -> str:
-        """Consume one OrderPaid for `user` as the bus consumer would; its event id."""
-        envelope = EventEnvelope(
-            id=str(uuid.uuid4()), type="poly.events.v1.OrderPaid", aggregate_id="orders/o"
-        )
-        envelope.occur_time.CopyFrom(Timestamp(seconds=int(time.time())))
-        paid = events_pb2.OrderPaid(
-            order=f"orders/{uuid.uuid4()}",
-            owner=user,
-            payment="p1",
-            amount=Money(currency_code="EUR", amount_minor=990),
-        )
-        with db.transaction(self.factory) as session:
-            handlers[events_pb2.OrderPaid](session, paid, envelope)
-        return envelope.id
-
-    def rows(self, model: Any) -> list[Any]:
-        with self.engine.connect() as connection:
-            return list(connection.execute(select(model.__table__)))
-
-
 @pytest.fixture
-def notifications(database_url: str) -> Iterator[_Notifications]:
-    made = _Notifications(database_url)
+def notifications(database_url: str) -> Iterator[NotificationsDatabase]:
+    made = NotificationsDatabase(database_url)
     try:
         yield made
     finally:
@@ -87,7 +43,7 @@ def _contact(user: str) -> Contact:
     return Contact(user, f"{user.removeprefix('users/')}@example.com", "Ada", deleted=False)
 
 
-def _dispatcher(notifications: _Notifications, box: Mailbox, *, concurrency: int) -> Dispatcher:
+def _dispatcher(notifications: NotificationsDatabase, box: Mailbox, *, concurrency: int) -> Dispatcher:
     return Dispatcher(
         Dispatch(notifications.store.transaction, SETTINGS),
         _contact,
@@ -109,7 +65,7 @@ def _wait_for(condition: Any, seconds: float = 15.0) -> bool:
 
 @pytest.mark.parametrize("concurrency", [16, 3])
 def test_consumed_notifications_are_sent_with_no_claim_query_while_sends_are_free(
-    notifications: _Notifications, concurrency: int
+    notifications: NotificationsDatabase, concurrency: int
 ) -> None:
     """10 events at once: with 16 sends free, each email is handed over; with 3, those beyond
     the free sends wait for a claim (taken work never exceeds the concurrency), and all go."""
@@ -149,7 +105,7 @@ def test_consumed_notifications_are_sent_with_no_claim_query_while_sends_are_fre
 
 
 def test_work_a_dead_dispatcher_had_taken_is_claimed_once_its_lease_runs_out(
-    notifications: _Notifications,
+    notifications: NotificationsDatabase,
 ) -> None:
     clock = Clock(dt.datetime.now(dt.UTC))  # the consumer records with the real time
     dead = Dispatch(notifications.store.transaction, SETTINGS, owner="dead", clock=clock)
@@ -172,7 +128,7 @@ def test_work_a_dead_dispatcher_had_taken_is_claimed_once_its_lease_runs_out(
     assert dead.sent(outgoing) is None, "only the lease holder records an outcome"
 
 
-def test_a_notification_recorded_twice_is_handed_over_once(notifications: _Notifications) -> None:
+def test_a_notification_recorded_twice_is_handed_over_once(notifications: NotificationsDatabase) -> None:
     handed: list[Notification] = []
     lease = Lease("d1", dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30))
     with notifications.store.transaction() as repo:
@@ -183,7 +139,7 @@ def test_a_notification_recorded_twice_is_handed_over_once(notifications: _Notif
     assert [(n.event_id, n.attempts) for n in handed] == [("e1", 1)]
 
 
-def test_a_stopping_dispatcher_takes_no_notification(notifications: _Notifications) -> None:
+def test_a_stopping_dispatcher_takes_no_notification(notifications: NotificationsDatabase) -> None:
     with mailbox() as box:
         dispatcher = _dispatcher(notifications, box, concurrency=4)
         dispatcher.stop()  # never started: stopping from the start

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
+from sqlalchemy import create_engine, text
 
 from poly.events.v1 import event_sink_pb2, event_sink_pb2_grpc, events_pb2
 from poly.events.v1.events_pb2 import EventEnvelope
@@ -294,16 +295,37 @@ def test_retries_end_after_max_attempts(system: System) -> None:
     assert not hook.HasField("next_attempt_time")
 
 
+def _contact_version(system: System, user: User) -> int:
+    """The version of `user`'s contact as notifications recorded it (0: none, or read from
+    users directly); each ContactChanged it applies raises it."""
+    engine = create_engine(system.deployment.settings("notifications").db.url)
+    try:
+        with engine.connect() as connection:
+            found = connection.execute(
+                text("SELECT version FROM contact WHERE recipient = :user"), {"user": user.name}
+            ).scalar()
+    finally:
+        engine.dispose()
+    return int(found or 0)
+
+
+def _changing_contact(system: System, user: User, change: Callable[[], object]) -> None:
+    """Run `change` (a write at the users service) and wait until notifications has applied
+    the ContactChanged it publishes: preferences reach notifications as events."""
+    before = _contact_version(system, user)
+    change()
+    eventually(lambda: _contact_version(system, user) > before or None, what="the contact change")
+
+
 def _set_preferences(
     system: System, user: User, preferences: users_resources.Preferences, paths: list[str]
 ) -> None:
     preferences.name = f"{user.name}/preferences"
-    system.users.UpdatePreferences(
-        users_pb.UpdatePreferencesRequest(
-            preferences=preferences, update_mask=field_mask_pb2.FieldMask(paths=paths)
-        ),
-        metadata=user.metadata,
-        timeout=10,
+    request = users_pb.UpdatePreferencesRequest(
+        preferences=preferences, update_mask=field_mask_pb2.FieldMask(paths=paths)
+    )
+    _changing_contact(
+        system, user, lambda: system.users.UpdatePreferences(request, metadata=user.metadata, timeout=10)
     )
 
 
@@ -315,6 +337,23 @@ def test_a_muted_event_type_is_skipped_and_nothing_is_sent(system: System) -> No
     event_id, _ = _push(system, events_pb2.OrderCancelled(order="orders/m", owner=user.name))
     email, hook = _deliveries(system, user, event_id, 2)
     assert {(d.state, d.last_error) for d in (email, hook)} == {(Delivery.STATE_SKIPPED, "event type muted")}
+    assert system.receiver.on(path) == []
+    assert _mails(system, user, event_id) == []
+
+
+def test_a_deleted_user_is_sent_nothing(system: System) -> None:
+    user = _user(system)
+    path = _webhook(system, user)
+    profile = system.users.GetUser(
+        users_pb.GetUserRequest(name=user.name), metadata=user.metadata, timeout=10
+    )
+    request = users_pb.DeleteUserRequest(name=user.name, etag=profile.etag)
+    _changing_contact(
+        system, user, lambda: system.users.DeleteUser(request, metadata=user.metadata, timeout=10)
+    )
+    event_id, _ = _push(system, _paid(user))
+    email, hook = _deliveries(system, user, event_id, 2)
+    assert {(d.state, d.last_error) for d in (email, hook)} == {(Delivery.STATE_SKIPPED, "user deleted")}
     assert system.receiver.on(path) == []
     assert _mails(system, user, event_id) == []
 

@@ -221,6 +221,19 @@ class System:
         finally:
             engine.dispose()
 
+    def contact(self, victim: Victim) -> tuple[str, bool] | None:
+        """Display name and deleted flag of the victim's contact as notifications records it."""
+        engine = create_engine(self.deployment.settings("notifications").db.url)
+        try:
+            with engine.connect() as connection:
+                row = connection.execute(
+                    text("SELECT display_name, deleted FROM contact WHERE recipient = :user"),
+                    {"user": victim.user},
+                ).first()
+                return None if row is None else (str(row[0]), bool(row[1]))
+        finally:
+            engine.dispose()
+
     def orders(self) -> orders_service_pb2_grpc.OrdersServiceStub:
         return orders_service_pb2_grpc.OrdersServiceStub(self.deployment.channel("orders"))
 
@@ -302,6 +315,7 @@ def test_no_service_can_forge_another_services_events(system: System) -> None:
     for service in config.SERVICES:
         assert system.inbox(service).isdisjoint(forgery.ids), f"{service} applied a forged event"
     assert deployment.login(email).access_token, "a forged UserDeleted disabled the identity"
+    assert system.contact(victim) in (None, ("", False)), "a forged ContactChanged rewrote the contact"
     # Genuine events still flow: payments now settles the order (no funds: the payment fails).
     failed = eventually(
         lambda: system.order_state(victim) == Order.STATE_PAYMENT_FAILED, what="the order to settle genuinely"

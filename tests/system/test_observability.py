@@ -165,7 +165,7 @@ def test_an_order_is_one_trace_from_the_edge_to_the_notification(traced: Traced)
     assert {s.service for s in spans} >= {"gateway", "orders", "payments", "notifications"}
 
     # One request id in every service's logs, tracing aside: the edge's, through the bus,
-    # the capture worker's call to payments and the dispatcher's lookup in users.
+    # the capture worker's call to payments and the dispatcher's email.
     def lines_of(service: str) -> list[dict[str, str]]:
         written = list(traced.system.processes[service].lines)
         return [json.loads(line) for line in written if line.startswith("{") and request_id in line]
@@ -181,7 +181,6 @@ def test_an_order_is_one_trace_from_the_edge_to_the_notification(traced: Traced)
         ("payments", "finished call", "/CapturePayment"),
         ("orders", "finished call", "/CreateOrder"),
         ("notifications", "delivery sent", ""),  # the email, sent by a background worker
-        ("users", "finished call", "/LookupContact"),  # the dispatcher's call for the address
     ]
     if "POLY_BUS_URL" not in traced.system.environ:  # embedded: orders pushed OrderCreated to payments
         expected.append(("payments", "finished call", "/PushEvent"))

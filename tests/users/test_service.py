@@ -17,6 +17,8 @@ from sqlalchemy import create_engine, text
 
 from poly.auth.v1 import auth_service_pb2 as auth_pb
 from poly.auth.v1 import resources_pb2 as auth_resources_pb2
+from poly.events.v1 import events_pb2
+from poly.events.v1.events_pb2 import EventEnvelope
 from poly.users.v1 import resources_pb2, users_service_pb2_grpc
 from poly.users.v1 import users_service_pb2 as pb
 from tests.support.identity import PASSWORD, Deployment, bearer, start
@@ -354,17 +356,95 @@ def test_preferences_follow_the_mask(users: users_service_pb2_grpc.UsersServiceS
 # -- delete --------------------------------------------------------------------------------
 
 
-def _published(system: Deployment, user: str) -> list[str]:
+DELETED_EVENTS = [
+    "poly.events.v1.ContactChanged",  # the profile's creation
+    "poly.events.v1.ContactChanged",  # its deletion: notifications sends nothing more
+    "poly.events.v1.UserDeleted",
+]
+
+
+def _published(system: Deployment, user: str) -> list[EventEnvelope]:
+    """The events users published about `user`, in the order they were published."""
     engine = create_engine(system.settings("users").db.url)
     try:
         with engine.connect() as connection:
-            return list(
-                connection.execute(
-                    text("SELECT event_type FROM bus_outbox WHERE aggregate_id = :user"), {"user": user}
-                ).scalars()
-            )
+            rows = connection.execute(
+                text("SELECT envelope FROM bus_outbox WHERE aggregate_id = :user ORDER BY position"),
+                {"user": user},
+            ).scalars()
+            return [EventEnvelope.FromString(row) for row in rows]
     finally:
         engine.dispose()
+
+
+def _types(system: Deployment, user: str) -> list[str]:
+    return [envelope.type for envelope in _published(system, user)]
+
+
+def _contacts(system: Deployment, user: str) -> list[events_pb2.ContactChanged]:
+    found = []
+    for envelope in _published(system, user):
+        if envelope.type == "poly.events.v1.ContactChanged":
+            changed = events_pb2.ContactChanged()
+            assert envelope.payload.Unpack(changed)
+            found.append(changed)
+    return found
+
+
+def test_every_write_publishes_the_whole_contact_for_notifications(
+    system: Deployment, users: users_service_pb2_grpc.UsersServiceStub, person: Person
+) -> None:
+    """Creation, a rename, a preferences change and the delete each publish ContactChanged
+    with everything notifications needs, as of that write; a refused write publishes none."""
+    current = users.GetUser(pb.GetUserRequest(name=person.name), metadata=person.auth, timeout=10)
+    renamed = users.UpdateUser(
+        pb.UpdateUserRequest(
+            user=User(name=person.name, display_name="Ada King", etag=current.etag),
+            update_mask=FieldMask(paths=["display_name"]),
+        ),
+        metadata=person.auth,
+        timeout=10,
+    )
+    users.UpdatePreferences(
+        pb.UpdatePreferencesRequest(
+            preferences=Preferences(
+                name=person.preferences,
+                email_enabled=False,
+                muted_event_types=["poly.events.v1.OrderCancelled"],
+                locale="en-GB",
+            ),
+            update_mask=FieldMask(paths=["email_enabled", "muted_event_types", "locale"]),
+        ),
+        metadata=person.auth,
+        timeout=10,
+    )
+    stale = _refused(
+        users.DeleteUser, pb.DeleteUserRequest(name=person.name, etag=current.etag), metadata=person.auth
+    )
+    assert stale.code == grpc.StatusCode.ABORTED
+    users.DeleteUser(
+        pb.DeleteUserRequest(name=person.name, etag=renamed.etag), metadata=person.auth, timeout=10
+    )
+
+    def seen(changed: events_pb2.ContactChanged) -> tuple[object, ...]:
+        return (
+            changed.display_name,
+            changed.email_enabled,
+            changed.webhook_enabled,
+            tuple(changed.muted_event_types),
+            changed.locale,
+            changed.deleted,
+        )
+
+    contacts = _contacts(system, person.name)
+    assert {(c.user, c.email) for c in contacts} == {(person.name, person.email)}
+    muted = ("poly.events.v1.OrderCancelled",)
+    assert [seen(c) for c in contacts] == [
+        ("Ada Lovelace", True, True, (), "en", False),
+        ("Ada King", True, True, (), "en", False),
+        ("Ada King", False, True, muted, "en-GB", False),
+        ("Ada King", False, True, muted, "en-GB", True),
+    ]
 
 
 def test_delete_is_soft_once_and_disables_the_login(
@@ -383,7 +463,7 @@ def test_delete_is_soft_once_and_disables_the_login(
     )
     assert deleted.state == User.STATE_DELETED and deleted.HasField("delete_time")
     assert deleted.etag != current.etag
-    assert _published(system, person.name) == ["poly.events.v1.UserDeleted"]
+    assert _types(system, person.name) == DELETED_EVENTS
 
     def login_refused() -> str:
         try:
@@ -400,7 +480,7 @@ def test_delete_is_soft_once_and_disables_the_login(
         timeout=10,
     )
     assert admin_view == deleted == again
-    assert _published(system, person.name) == ["poly.events.v1.UserDeleted"]
+    assert _types(system, person.name) == DELETED_EVENTS  # the repeat published nothing
     gone = _refused(
         users.UpdateUser,
         pb.UpdateUserRequest(user=User(name=person.name, display_name="Back")),

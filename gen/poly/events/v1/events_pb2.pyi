@@ -215,8 +215,8 @@ Global___UserRegistered: _TypeAlias = UserRegistered  # noqa: Y015
 @_typing.final
 class UserDeleted(_message.Message):
     """A user was deleted (soft). Published by users; auth disables the identity.
-    (Notifications stops sending to the user because users' LookupContact says
-    the user is deleted, not through this event.)
+    (Notifications stops sending to the user through ContactChanged, published
+    with it.)
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -236,6 +236,64 @@ class UserDeleted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UserDeleted: _TypeAlias = UserDeleted  # noqa: Y015
+
+@_typing.final
+class ContactChanged(_message.Message):
+    """What notifications needs to reach a user changed: the profile was created,
+    renamed or deleted, or its notification preferences changed. Published by
+    users with every such write; notifications keeps its own copy, so sending a
+    notification asks no other service. Each event carries the whole contact as
+    of that write (not a difference): a consumer keeps the one with the highest
+    envelope `sequence`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    LOCALE_FIELD_NUMBER: _builtins.int
+    EMAIL_ENABLED_FIELD_NUMBER: _builtins.int
+    WEBHOOK_ENABLED_FIELD_NUMBER: _builtins.int
+    MUTED_EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    """The user, `users/{user}`."""
+    email: _builtins.str
+    """Email address to send to, lower case."""
+    display_name: _builtins.str
+    """Display name for salutations; may be empty."""
+    locale: _builtins.str
+    """BCP 47 language tag from the preferences; empty means the service default."""
+    email_enabled: _builtins.bool
+    """Whether notifications may be sent by email."""
+    webhook_enabled: _builtins.bool
+    """Whether notifications may be sent to the user's webhooks."""
+    deleted: _builtins.bool
+    """The user is deleted: send them nothing."""
+    @_builtins.property
+    def muted_event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Event types (full message names) the user wants no notifications for."""
+
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+        email: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        locale: _builtins.str = ...,
+        email_enabled: _builtins.bool = ...,
+        webhook_enabled: _builtins.bool = ...,
+        muted_event_types: _abc.Iterable[_builtins.str] | None = ...,
+        deleted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "display_name", b"display_name", "email", b"email", "email_enabled", b"email_enabled", "locale", b"locale", "muted_event_types", b"muted_event_types", "user", b"user", "webhook_enabled", b"webhook_enabled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContactChanged: _TypeAlias = ContactChanged  # noqa: Y015
 
 @_typing.final
 class OrderCreated(_message.Message):
