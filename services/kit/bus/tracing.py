@@ -9,8 +9,9 @@
   deliveries belong to several traces also gets one ``relay batch`` span linking each event's
   context (`BusTracer.batch`), rather than pretending to have one parent.
 - Each consumer applies an event under a CONSUMER span ``process <Type>`` (`BusTracer.processing`),
-  a child of the context restored from the envelope (or of the current span when that is in
-  the same trace: the push's own server span), current while the handler runs, so whatever
+  a child of the context restored from the envelope, which is the relay's send span (or of
+  the current span when that is in the same trace; an embedded push has no RPC span of its
+  own, `kit.telemetry.rpc.TRACED_BY_THE_BUS`), current while the handler runs, so whatever
   the handler publishes carries the same trace onwards. Its outcome (applied, duplicate,
   unhandled, refused, error) is the ``poly.bus.outcome`` attribute; anything but applied or
   duplicate sets status ERROR with the message.
@@ -277,8 +278,8 @@ class BusTracer:
 
 
 def _parent(restored: Context | None) -> Context:
-    """The consumer span's parent: the envelope's context, unless the current span (the
-    push's server span, itself under the relay's send span) is in the same trace; the current
+    """The consumer span's parent: the envelope's context, unless the current span is in the
+    same trace (a span of the caller's, itself under the relay's send span); the current
     context when the envelope has none (a new root when that is empty too)."""
     current = context_api.get_current()
     if restored is None:

@@ -9,6 +9,11 @@ so every error the kit sends with ``abort_with_status`` (all of them: they carry
 Here the status is the one the access log reports (`kit.calls.final_code`), the span is
 current while the handler runs (so log lines and outgoing calls join it), and the parent
 comes from the caller's ``traceparent`` metadata.
+
+The bus's pushes (`TRACED_BY_THE_BUS`) get neither span: the relay's send span (PRODUCER) and
+the consumer's process span (CONSUMER, its child through the envelope's trace context) already
+stand for the two sides of the call, and a CLIENT and a SERVER span between them would be two
+more spans in every delivery for a reader to skip. Their metrics are recorded as for any call.
 """
 
 from __future__ import annotations
@@ -24,13 +29,14 @@ from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from poly.events.v1 import event_sink_pb2
 from services.kit.calls import final_code, observe_stream
 from services.kit.logs import redact
 from services.kit.request_id import valid_or_none
 from services.kit.telemetry.metrics import Metrics, grpc_type
 from services.kit.types import CallInfo, Handler, Middleware
 
-__all__ = ["SERVER_ERROR_CODES", "instrument_channel", "server_middleware"]
+__all__ = ["SERVER_ERROR_CODES", "TRACED_BY_THE_BUS", "instrument_channel", "server_middleware"]
 
 SERVER_ERROR_CODES = frozenset(
     {
@@ -43,6 +49,10 @@ SERVER_ERROR_CODES = frozenset(
     }
 )
 """Codes that make a server span an error (RPC semconv); the others are the caller's doing."""
+
+_SINK = event_sink_pb2.DESCRIPTOR.services_by_name["EventSinkService"]
+TRACED_BY_THE_BUS = frozenset({f"/{_SINK.full_name}/{_SINK.methods_by_name['PushEvent'].name}"})
+"""Methods whose calls the bus's own spans stand for (an event's push): no RPC span."""
 
 _PROPAGATED = ("traceparent", "tracestate")
 _W3C = TraceContextTextMapPropagator()
@@ -187,11 +197,15 @@ def _start_span(
 
 
 def server_middleware(metrics: Metrics | None, tracer: trace.Tracer | None) -> Middleware:
-    """Counts and times every call (`metrics`) and runs it in a SERVER span (`tracer`);
-    either may be None to leave that part out."""
+    """Counts and times every call (`metrics`) and runs it in a SERVER span (`tracer`; none
+    for `TRACED_BY_THE_BUS`); either may be None to leave that part out."""
 
     def middleware(request: Any, context: grpc.ServicerContext, call: CallInfo, proceed: Handler) -> Any:
-        span, attributes = _start_span(tracer, request, context, call) if tracer is not None else (None, None)
+        span, attributes = (
+            _start_span(tracer, request, context, call)
+            if tracer is not None and call.method not in TRACED_BY_THE_BUS
+            else (None, None)
+        )
         observed = _Observed(call, context, metrics, span, attributes)
         token = otel_context.attach(trace.set_span_in_context(span)) if span is not None else None
         failed, response = True, None
@@ -248,14 +262,21 @@ class _ClientMetrics(
         return outcome
 
 
+def _traced(client_info: Any) -> bool:
+    return client_info.full_method not in TRACED_BY_THE_BUS
+
+
 def instrument_channel(
     channel: grpc.Channel, metrics: Metrics | None, tracer_provider: trace.TracerProvider | None
 ) -> grpc.Channel:
     """`channel` with the client metrics and, outermost, a CLIENT span per call that sends
-    the current trace context as ``traceparent`` metadata."""
+    the current trace context as ``traceparent`` metadata (none for `TRACED_BY_THE_BUS`: the
+    event carries its trace context itself)."""
     if metrics is not None:
         channel = grpc.intercept_channel(channel, _ClientMetrics(metrics))
     if tracer_provider is not None:
-        interceptor = client_interceptor(tracer_provider=tracer_provider)  # type: ignore[no-untyped-call]
+        interceptor = client_interceptor(  # type: ignore[no-untyped-call]
+            tracer_provider=tracer_provider, filter_=_traced
+        )
         channel = grpcext.intercept_channel(channel, interceptor)  # type: ignore[no-untyped-call]
     return channel

@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from poly.events.v1 import event_sink_pb2, event_sink_pb2_grpc
 from poly.orders.v1 import orders_service_pb2
 from services.kit import server, tls
 from services.kit.errors import error_middleware
@@ -31,6 +32,16 @@ _S = wrappers_pb2.StringValue
 _ECHO = "poly.test.v1.ProbeService"
 
 
+_SINK_SERVICE = event_sink_pb2.DESCRIPTOR.services_by_name["EventSinkService"]
+
+
+class _Sink(event_sink_pb2_grpc.EventSinkServiceServicer):
+    def PushEvent(  # noqa: N802 - generated gRPC method name
+        self, request: event_sink_pb2.PushEventRequest, context: grpc.ServicerContext
+    ) -> event_sink_pb2.PushEventResponse:
+        return event_sink_pb2.PushEventResponse(outcome=event_sink_pb2.PushEventResponse.OUTCOME_APPLIED)
+
+
 class _Observed:
     def __init__(self, certs: Path) -> None:
         self.spans = InMemorySpanExporter()
@@ -39,9 +50,12 @@ class _Observed:
         self.server_metrics = Metrics(version="test")
         self.client_metrics = Metrics(version="test")
         settings = settings_for("orders", {"POLY_TLS_DIR": str(certs), "POLY_ORDERS_PORT": "0"})
+        sink = server.registration(
+            _SINK_SERVICE, event_sink_pb2_grpc.add_EventSinkServiceServicer_to_server, _Sink()
+        )
         self.running = server.start(
             settings,
-            [probe_service.registration()],
+            [probe_service.registration(), sink],
             middlewares=[
                 server_middleware(self.server_metrics, self.provider.get_tracer("test")),
                 access_log_middleware(),
@@ -170,6 +184,38 @@ def test_metrics_count_every_call_by_method_and_code_on_both_sides(observed: _Ob
         missing = {**method, "grpc_method": "Missing", "grpc_code": "NotFound"}
         assert registry.get_sample_value(f"grpc_{side}_handled_total", missing) == 1
     assert observed.server_metrics.registry.get_sample_value("poly_grpc_server_in_flight_calls") == 0
+
+
+def test_an_event_push_makes_no_rpc_span_and_is_still_counted(observed: _Observed) -> None:
+    """The bus traces a push itself (the relay's send span, the consumer's process span): the
+    push makes neither a CLIENT nor a SERVER span, and both sides still count it."""
+    tracer = observed.provider.get_tracer("test")
+    with tracer.start_as_current_span("send poly.events.v1.OrderCreated", kind=SpanKind.PRODUCER):
+        pushed = event_sink_pb2_grpc.EventSinkServiceStub(observed.channel).PushEvent(
+            event_sink_pb2.PushEventRequest(), timeout=5
+        )
+        probe_service.stub(observed.channel, "Echo")(_S(value="after"), timeout=5)
+    assert pushed.outcome == event_sink_pb2.PushEventResponse.OUTCOME_APPLIED
+    eventually(lambda: _maybe_server_span(observed, "Echo"), what="the next call's server span")
+    names = sorted((span.kind.name, span.name) for span in observed.spans.get_finished_spans())
+    assert names == [
+        ("CLIENT", f"/{_ECHO}/Echo"),
+        ("PRODUCER", "send poly.events.v1.OrderCreated"),
+        ("SERVER", f"{_ECHO}/Echo"),
+    ]
+    counted = {
+        "grpc_type": "unary",
+        "grpc_service": _SINK_SERVICE.full_name,
+        "grpc_method": "PushEvent",
+        "grpc_code": "OK",
+    }
+    for side, metrics in (("server", observed.server_metrics), ("client", observed.client_metrics)):
+        eventually(
+            lambda metrics=metrics, side=side: (
+                metrics.registry.get_sample_value(f"grpc_{side}_handled_total", counted) == 1
+            ),
+            what=f"the push counted on the {side} side",
+        )
 
 
 def test_log_lines_written_during_a_call_carry_its_trace_and_span(observed: _Observed) -> None:
