@@ -163,6 +163,5 @@ def test_some_events_are_consumed_and_some_are_not() -> None:
     assert contract.consumers_of("poly.events.v1.PaymentVoided") == frozenset()
     assert contract.consumed_by("orders") == {
         "poly.events.v1.PaymentAuthorized",
-        "poly.events.v1.PaymentCaptured",
         "poly.events.v1.PaymentFailed",
     }

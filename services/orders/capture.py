@@ -8,9 +8,10 @@ worker had taken, a handed order that waited here past half its lease, an order 
 while the worker stops; state kept in the orders table, so a restart resumes where it
 stopped). A pass with a claim due keeps a quarter of its batch for the claim.
 It calls payments `CapturePayment` for a batch with at most `concurrency` calls in flight,
-each with a per-order idempotency key, reports the batch's outcomes in one transaction for
-the domain to reschedule, and stops promptly on `stop`. `grpc_capturer` is the call over
-mTLS; gRPC codes are mapped here only.
+each with a per-order idempotency key; an order whose capture is answered is made PAID at
+once (`Orders.captured`, publishing OrderPaid in the capture's trace), the others' outcomes
+are reported in one transaction for the domain to reschedule, and it stops promptly on
+`stop`. `grpc_capturer` is the call over mTLS; gRPC codes are mapped here only.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from poly.payments.v1 import payments_service_pb2, payments_service_pb2_grpc
 from services.kit.clients import Channels
+from services.kit.domain_errors import DomainError
 from services.kit.telemetry.handoff import Handoff
 from services.orders.domain import CAPTURE_LEASE, CaptureOutcome, Order, Orders, capture_request_id
 
@@ -108,7 +110,16 @@ class CaptureWorker:
             return None  # the claim's lease makes it due again later
         attributes = {"poly.resource.name": order.name}
         with self._traces.resumed(order.name, "capture payment", attributes=attributes, forget=True):
-            return self._capture(order.payment, capture_request_id(order))
+            outcome = self._capture(order.payment, capture_request_id(order))
+            if outcome is CaptureOutcome.CAPTURED:
+                # PAID at once, in this trace (OrderPaid carries it). If that cannot be written,
+                # the lease brings the capture back and payments answers it again as captured.
+                try:
+                    self._orders.captured(order)
+                except (SQLAlchemyError, DomainError):
+                    _log.exception("recording a capture failed; it is asked again after its lease")
+                    return None
+            return outcome
 
     def run_once(self) -> int:
         """One pass: capture one batch (handed over first, then claimed if a claim is due);

@@ -104,8 +104,9 @@ _WRITE_ATTEMPTS = 5
 CAPTURE_BACKOFF_BASE = dt.timedelta(seconds=0.5)
 CAPTURE_BACKOFF_MAX = dt.timedelta(seconds=60)
 CAPTURE_LEASE = dt.timedelta(seconds=30)
-"""A claimed capture is due again after this unless its outcome reschedules it first (a
-replica that died mid-call, or a capture whose PaymentCaptured has not arrived yet)."""
+"""A claimed capture is due again after this unless its outcome is recorded first (a replica
+that died mid-call or before recording the answer: the capture is asked again with the same
+idempotency key, and payments answers as the first time)."""
 
 FILTER_FIELDS: filters.Fields = {
     "state": filters.FieldSpec(filters.enum_value(*STATES)),
@@ -495,17 +496,24 @@ class Orders:
         with self.transactions() as repo:
             return repo.claim_captures(now, now + CAPTURE_LEASE, limit)
 
+    def captured(self, order: Order) -> Order | None:
+        """Payments answered that `order`'s payment is captured: AWAITING_PAYMENT -> PAID and
+        OrderPaid, in one transaction (None: the order had moved on, e.g. cancelled)."""
+        with self.transactions() as repo:
+            return on_payment_captured(repo, order.id, order.payment, self.clock())
+
     def captures_attempted(self, outcomes: Sequence[tuple[Order, CaptureOutcome]]) -> None:
-        """Reschedule after a batch of tries, in one transaction: a success waits for
-        PaymentCaptured (re-checked after the lease), a failure backs off, a refusal stops."""
+        """Reschedule after a batch of tries that did not capture, in one transaction: a
+        failure backs off, a refusal stops (a success is `captured`, at once)."""
         now = self.clock()
         with self.transactions() as repo:
             for order, outcome in outcomes:
                 if outcome is CaptureOutcome.FAILED:
-                    at: dt.datetime | None = now + capture_backoff(order.capture_attempts)
-                else:
-                    at = now + CAPTURE_LEASE if outcome is CaptureOutcome.CAPTURED else None
-                repo.schedule_capture(order.id, at, order.capture_attempts + 1)
+                    repo.schedule_capture(
+                        order.id, now + capture_backoff(order.capture_attempts), order.capture_attempts + 1
+                    )
+                elif outcome is CaptureOutcome.REFUSED:
+                    repo.schedule_capture(order.id, None, order.capture_attempts + 1)
 
 
 # -- saga steps (run by the event handlers inside the consumer's transaction) ------------
@@ -544,7 +552,7 @@ def on_payment_authorized(
 
 
 def on_payment_captured(repo: Repository, order_id: str, payment: str, now: dt.datetime) -> Order | None:
-    """AWAITING_PAYMENT -> PAID + OrderPaid."""
+    """AWAITING_PAYMENT -> PAID + OrderPaid (the capture worker's, on CapturePayment's answer)."""
     changed = _saga_step(repo, order_id, AWAITING_PAYMENT, PAID, now, payment=payment)
     if changed is not None:
         repo.publish("paid", changed)

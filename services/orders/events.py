@@ -6,7 +6,8 @@ Consumed: the payments side of the saga (the README's "The saga" lists its steps
 handler runs inside the consumer's transaction, which also records the inbox row, and
 publishes through the node's outbox in that same transaction. An authorized payment moves
 its order to AWAITING_PAYMENT, its capture written taken by the capture worker, and once
-that commits hands the order to `capture_due` (the worker), which captures it with no claim.
+that commits hands the order to `capture_due` (the worker), which captures it with no claim
+and makes it PAID on CapturePayment's answer (no event is needed for that step).
 """
 
 from __future__ import annotations
@@ -81,11 +82,6 @@ def handlers(
             hand_over = capture_due
             after_commit(session, lambda: hand_over(changed))
 
-    def captured(session: Session, event: Message, envelope: EventEnvelope) -> None:
-        assert isinstance(event, events_pb2.PaymentCaptured)
-        order_id = resource_id(event.order, "orders", field="order")
-        domain.on_payment_captured(repository(session), order_id, event.payment, clock())
-
     def failed(session: Session, event: Message, envelope: EventEnvelope) -> None:
         assert isinstance(event, events_pb2.PaymentFailed)
         order_id = resource_id(event.order, "orders", field="order")
@@ -93,6 +89,5 @@ def handlers(
 
     return {
         events_pb2.PaymentAuthorized: authorized,
-        events_pb2.PaymentCaptured: captured,
         events_pb2.PaymentFailed: failed,
     }

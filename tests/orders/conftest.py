@@ -1,8 +1,9 @@
 """auth + orders as real processes, a recording PaymentsService, and payments' side of the bus.
 
-Payments is being built elsewhere, so the saga's payments steps are played by the tests:
-events are pushed into the orders EventSink over mTLS with the payments certificate, and
-CapturePayment is answered by a small real gRPC server holding the payments certificate.
+The saga's payments steps are played by the tests, so each of orders' reactions can be driven
+and checked alone (tests/system/test_saga.py runs the real payments service): events are
+pushed into the orders EventSink over mTLS with the payments certificate, and CapturePayment
+is answered by a small real gRPC server holding the payments certificate.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from tests.support.identity import Deployment, bearer, start
 
 
 class RecordingPayments(payments_service_pb2_grpc.PaymentsServiceServicer):
-    """CapturePayment only: a payment's first call is UNAVAILABLE, later ones succeed;
-    payments named ``payments/voided-*`` are FAILED_PRECONDITION (voided), and those named
+    """CapturePayment only: captured at the first call, except that payments named
+    ``payments/voided-*`` are FAILED_PRECONDITION (voided) and those named
     ``payments/down-*`` are UNAVAILABLE until listed in `healed`."""
 
     def __init__(self) -> None:
@@ -45,11 +46,10 @@ class RecordingPayments(payments_service_pb2_grpc.PaymentsServiceServicer):
         self, request: payments_service_pb2.CapturePaymentRequest, context: grpc.ServicerContext
     ) -> pay_pb.Payment:
         with self.lock:
-            first = all(name != request.name for name, _ in self.calls)
             self.calls.append((request.name, request.request_id))
         if request.name.startswith("payments/voided-"):
             raise FailedPrecondition("PAYMENT_NOT_CAPTURABLE", "the payment was voided")
-        if first or (request.name.startswith("payments/down-") and request.name not in self.healed):
+        if request.name.startswith("payments/down-") and request.name not in self.healed:
             raise Unavailable("PROVIDER_UNAVAILABLE", "try again")
         with self.lock:
             self.captured.add(request.name)

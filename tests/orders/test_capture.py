@@ -1,6 +1,7 @@
 """The capture worker over a real migrated database (SQLite file and PostgreSQL): an order
-whose payment was authorized is handed to the worker and captured with no claim query; one a
-dead worker had taken is claimed by another once its lease runs out. (The capture call over
+whose payment was authorized is handed to the worker, captured with no claim query and made
+PAID on the capture's answer (OrderPaid published with it); one a dead worker had taken is
+claimed by another once its lease runs out. (The capture call over
 mTLS to a payments server, retries and restarts are tested with the service, test_service.py.)"""
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ from services.orders import capture as capture_module
 from services.orders import events, store
 from services.orders.__main__ import SERVICE
 from services.orders.capture import CaptureWorker
-from services.orders.domain import AWAITING_PAYMENT, CAPTURE_LEASE, CaptureOutcome, NewLine, Order, Orders
+from services.orders.domain import (
+    AWAITING_PAYMENT,
+    CAPTURE_LEASE,
+    PAID,
+    CaptureOutcome,
+    NewLine,
+    Order,
+    Orders,
+)
 from tests.support.clock import Clock
 
 pytestmark = pytest.mark.slow
@@ -54,6 +63,11 @@ class _Orders:
         with db.transaction(self.factory) as session:
             handlers[events_pb2.PaymentAuthorized](session, authorized, envelope)
         return payment
+
+    def published(self, order: Order) -> list[str]:
+        with self.engine.connect() as connection:
+            query = "SELECT event_type FROM bus_outbox WHERE aggregate_id = :name ORDER BY position"
+            return list(connection.execute(text(query), {"name": order.name}).scalars())
 
     def capture_state(self, order: Order) -> tuple[Any, ...]:
         with self.engine.connect() as connection:
@@ -108,8 +122,11 @@ def test_an_authorized_order_is_captured_with_no_claim_query(engine: Engine) -> 
         worker.stop()
     assert sorted(name for name, _ in payments.calls) == sorted(paid)
     assert len(orders.claims) == 1, "handed-over captures need no claim"
-    # Captured: it waits for PaymentCaptured, re-checked after the lease; one attempt made.
-    assert {orders.capture_state(order) for order in placed} == {(AWAITING_PAYMENT, True, 1)}
+    # Captured: PAID on the answer, nothing left to capture, OrderPaid published with it.
+    assert {orders.capture_state(order) for order in placed} == {(PAID, False, 0)}
+    assert {order.name: orders.published(order) for order in placed} == {
+        order.name: ["poly.events.v1.OrderCreated", "poly.events.v1.OrderPaid"] for order in placed
+    }
 
 
 def test_a_capture_a_dead_worker_had_taken_is_claimed_once_its_lease_runs_out(engine: Engine) -> None:

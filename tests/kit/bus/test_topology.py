@@ -32,7 +32,7 @@ def test_exchange_per_event_family() -> None:
     [
         ("poly.events.v1.UserRegistered", ["p.notifications", "p.payments", "p.users"]),
         ("poly.events.v1.OrderCancelled", ["p.notifications", "p.payments"]),
-        ("poly.events.v1.PaymentCaptured", ["p.orders"]),
+        ("poly.events.v1.PaymentFailed", ["p.orders"]),
         ("poly.events.v1.UserDeleted", ["p.auth"]),
         ("poly.events.v1.PaymentVoided", []),
         ("poly.events.v1.NotificationDelivered", []),

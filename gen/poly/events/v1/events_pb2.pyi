@@ -561,7 +561,10 @@ Global___PaymentFailed: _TypeAlias = PaymentFailed  # noqa: Y015
 
 @_typing.final
 class PaymentCaptured(_message.Message):
-    """Held funds were taken. Published by payments."""
+    """Held funds were taken. Published by payments. Orders, the only service that
+    captures, learns it from CapturePayment's answer and needs no event; this
+    one is recorded for any later consumer and sent nowhere today.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
