@@ -1,17 +1,23 @@
 """The email sender against a real SMTP server (aiosmtpd on 127.0.0.1): connections are
 reused between messages, a connection the server dropped is replaced, not a failure, what
-arrives reads back as sent (non-ASCII text included), and a header injection is refused."""
+arrives reads back as sent (non-ASCII text included), a header injection is refused, a body
+cannot smuggle a second message, and STARTTLS, TLS and login work with the development CA
+(a wrong password or an untrusted certificate sends nothing)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import datetime as dt
+import ssl
+from pathlib import Path
+from typing import Any
 
 import pytest
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from services.notifications.domain import EMAIL, Delivery, Outgoing
-from services.notifications.senders import EmailSender
+from services.notifications.senders import EmailSender, Result
 from services.notifications.settings import SmtpSettings
 from tests.support.mailbox import mailbox
 
@@ -161,3 +167,114 @@ def test_a_header_injection_is_refused_for_good_and_nothing_is_sent(field: str, 
         sent, permanent, error = _send(box.port, outgoing, sender)
     assert (sent, permanent) == (False, True) and "line break" in error
     assert box.messages == []
+
+
+# -- TLS and authentication ----------------------------------------------------------------
+
+USER, PASSWORD = "poly-mailer", "s3cret-Passw0rd"
+
+
+def _server_tls(certs: Path) -> ssl.SSLContext:
+    """The server side: the development CA's certificate for ``localhost``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certs / "notifications.crt", certs / "notifications.key")
+    return context
+
+
+def _authenticator(
+    server: object, session: object, envelope: object, mechanism: str, auth_data: object
+) -> AuthResult:
+    good = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
+        USER.encode(),
+        PASSWORD.encode(),
+    )
+    return AuthResult(success=good, handled=False)
+
+
+def _secured_send(port: int, certs: Path | None, security: str, password: str = PASSWORD) -> Result:
+    settings = SmtpSettings(
+        host="localhost",
+        port=port,
+        security=security,
+        username=USER,
+        password=password,
+        ca_file=certs / "ca.crt" if certs else None,
+        timeout_seconds=5.0,
+    )
+    email = EmailSender(settings)
+
+    async def once() -> Result:
+        try:
+            return await email.send(_outgoing(9))
+        finally:
+            await email.close()
+
+    return asyncio.run(once())
+
+
+def _starttls_box(certs: Path) -> Any:
+    return mailbox(
+        tls_context=_server_tls(certs),
+        require_starttls=True,
+        authenticator=_authenticator,
+        auth_require_tls=True,
+    )
+
+
+def test_starttls_then_login_delivers_over_an_encrypted_authenticated_session(certs: Path) -> None:
+    with _starttls_box(certs) as box:
+        assert _secured_send(box.port, certs, "starttls") == Result()
+    assert box.secured == [(True, True)]
+    assert [m["Message-ID"] for m in box.messages] == ["<d9@poly.local>"]
+
+
+def test_tls_from_the_start_delivers_over_an_encrypted_session(certs: Path) -> None:
+    # aiosmtpd counts only STARTTLS as TLS for AUTH: the whole session is TLS here anyway.
+    with mailbox(ssl_context=_server_tls(certs), authenticator=_authenticator, auth_require_tls=False) as box:
+        assert _secured_send(box.port, certs, "tls") == Result()
+    assert box.secured == [(True, True)]
+
+
+def test_a_wrong_password_is_a_retried_failure_and_nothing_is_sent(certs: Path) -> None:
+    with _starttls_box(certs) as box:
+        result = _secured_send(box.port, certs, "starttls", password="wrong")
+    assert (result.sent, result.permanent, result.error) == (False, False, "SMTP 535 authentication failed")
+    assert PASSWORD not in result.error and "wrong" not in result.error
+    assert box.messages == []
+
+
+def test_a_server_certificate_the_ca_file_does_not_trust_is_refused(certs: Path) -> None:
+    """Without POLY_SMTP_CA_FILE the system's CAs decide, and none of them issued the
+    development certificate: the client refuses the server before it sends the password."""
+    with _starttls_box(certs) as box:
+        result = _secured_send(box.port, None, "starttls")
+    assert (result.sent, result.permanent) == (False, False) and result.error.startswith("SMTP SSL")
+    assert box.messages == []
+
+
+def test_a_body_cannot_smuggle_a_second_message() -> None:
+    """SMTP smuggling: a body holding an end-of-data sequence (with bare LF or CR too) and
+    a new transaction arrives as one message with that text intact."""
+    smuggled = (
+        "Thanks.\r\n.\r\nMAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\n"
+        "Subject: forged\r\n\r\nforged\r\n.\r\n\n.\n\r.\r"
+    )
+    with mailbox() as box:
+        sent = _send(box.port, Outgoing(_outgoing(5).delivery, {"subject": "Paid", "text": smuggled}))
+    assert sent == (True, False, "")
+    [mail] = box.messages
+    assert mail["Subject"] == "Paid" and "MAIL FROM:<evil@example.com>" in mail.get_content()
+    [raw] = box.raw
+    bare = raw.replace(b"\r\n", b"")
+    assert b"\r" not in bare and b"\n" not in bare, "a line ending other than CRLF went out"
+
+
+def test_a_long_html_line_is_sent() -> None:
+    """Templates render HTML on one line: every line still ends in CRLF, so none exceeds
+    SMTP's limit of 1,000 characters unless the template's own line does."""
+    html = "<p>" + "word " * 150 + "</p>"
+    content = {"subject": "Paid", "text": "Thanks.\nMore.\n", "html": html}
+    with mailbox() as box:
+        assert _send(box.port, Outgoing(_outgoing(6).delivery, content)) == (True, False, "")
+    [mail] = box.messages
+    assert mail.get_body(("html",)).get_content().strip() == html  # type: ignore[union-attr]

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email.message import EmailMessage
+from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -25,6 +26,10 @@ class Mailbox:
         self._messages: list[EmailMessage] = []
         self.peers: list[object] = []
         """The client address of each accepted message (one per connection it came on)."""
+        self.raw: list[bytes] = []
+        """The DATA of each accepted message as it came (line endings included)."""
+        self.secured: list[tuple[bool, bool]] = []
+        """Per accepted message: whether it came over TLS, and on an authenticated session."""
         self.port = 0
         self.reply = "250 Message accepted for delivery"
 
@@ -37,6 +42,13 @@ class Mailbox:
         with self._lock:
             self._messages.append(parsed)
             self.peers.append(session.peer)
+            raw = envelope.original_content
+            self.raw.append(raw if isinstance(raw, bytes) else b"")
+            # session.ssl is set by STARTTLS only; a session over TLS from the start shows on its transport.
+            transport = server.transport
+            over_tls = transport is not None and transport.get_extra_info("ssl_object") is not None
+            tls = session.ssl is not None or over_tls
+            self.secured.append((tls, bool(session.authenticated)))
         return self.reply
 
     @property
@@ -50,11 +62,13 @@ class Mailbox:
 
 
 @contextmanager
-def mailbox(*, idle_timeout: float = 300.0) -> Iterator[Mailbox]:
-    """A running mailbox; it drops a client connection idle for `idle_timeout` seconds."""
+def mailbox(*, idle_timeout: float = 300.0, **server: Any) -> Iterator[Mailbox]:
+    """A running mailbox; it drops a client connection idle for `idle_timeout` seconds.
+    `server`: aiosmtpd's options (``ssl_context`` for TLS from the start; ``tls_context``,
+    ``require_starttls``, ``authenticator``, ``auth_require_tls`` for STARTTLS and AUTH)."""
     box = Mailbox()
     box.port = free_port()
-    controller = Controller(box, hostname="127.0.0.1", port=box.port, timeout=idle_timeout)
+    controller = Controller(box, hostname="127.0.0.1", port=box.port, timeout=idle_timeout, **server)
     controller.start()
     try:
         yield box
