@@ -505,6 +505,8 @@ class Orders:
     def captures_attempted(self, outcomes: Sequence[tuple[Order, CaptureOutcome]]) -> None:
         """Reschedule after a batch of tries that did not capture, in one transaction: a
         failure backs off, a refusal stops (a success is `captured`, at once)."""
+        if all(outcome is CaptureOutcome.CAPTURED for _, outcome in outcomes):
+            return  # the usual pass: nothing to reschedule, no transaction
         now = self.clock()
         with self.transactions() as repo:
             for order, outcome in outcomes:
