@@ -158,7 +158,7 @@ from services.kit.bus.tables import PENDING
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_PATH = ROOT / "bench" / "results" / "saga.json"
 CONFIGS = ("embedded", "postgres")
-DEFAULT_RATES = (2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0)
+DEFAULT_RATES = (2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0)
 TELEMETRY = "metrics+traces"
 """``bench/telemetry.py``'s setup that is what ``poly up`` runs: metrics, spans to files."""
 CUSTOMERS = 8
