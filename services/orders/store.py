@@ -25,7 +25,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy import event as sa_event
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -43,6 +42,7 @@ from services.kit.db import (
     MinorUnits,
     UtcDateTime,
     after_commit,
+    after_rollback,
     naming_convention,
     transactions,
 )
@@ -331,13 +331,9 @@ class SqlRepository:
         if "orders_changed" not in info:
             info["orders_changed"] = {}
             on_change = self._on_change
-
-            def rolled_back(session: Session) -> None:
-                session.info.pop("orders_changed", None)
-
             # One notice per transaction, with every order it changed, once it is durable.
             after_commit(self._session, lambda: on_change(list(info.pop("orders_changed", {}).values())))
-            sa_event.listen(self._session, "after_rollback", rolled_back, once=True)
+            after_rollback(self._session, lambda: info.pop("orders_changed", None))
         info["orders_changed"][order.id] = order
 
     def publish(self, event: Event, order: Order) -> None:

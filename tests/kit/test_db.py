@@ -116,6 +116,26 @@ def test_transactions_yield_a_repository_per_transaction(engine: Engine) -> None
     assert len(opened) == len(set(opened)) == 3
 
 
+def test_after_commit_runs_once_in_order_after_a_commit_and_never_after_a_rollback(engine: Engine) -> None:
+    _Base.metadata.create_all(engine)
+    factory = db.session_factory(engine)
+    ran: list[str] = []
+    with db.transaction(factory) as session:
+        db.after_commit(session, lambda: ran.append("first"))
+        db.after_commit(session, lambda: ran.append("second"))
+        db.after_rollback(session, lambda: ran.append("not after a commit"))
+        session.add(_Event(id="e6", kind="k", at=dt.datetime.now(dt.UTC), amount=1, currency="EUR"))
+        assert ran == [], "nothing before the commit"
+    assert ran == ["first", "second"]
+    with pytest.raises(RuntimeError), db.transaction(factory) as session:
+        db.after_commit(session, lambda: ran.append("not after a rollback"))
+        db.after_rollback(session, lambda: ran.append("rolled back"))
+        raise RuntimeError("rolled back")
+    with db.transaction(factory) as session:
+        pass  # a later transaction runs nothing left over
+    assert ran == ["first", "second", "rolled back"]
+
+
 @pytest.mark.parametrize("service", config.SERVICES)
 def test_migrations_build_exactly_the_models(engine: Engine, service: str) -> None:
     store = importlib.import_module(f"services.{service}.store")

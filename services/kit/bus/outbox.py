@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping
 from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.message import Message
 from sqlalchemy import String, bindparam, func, insert, select
-from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
 from poly.events.v1.events_pb2 import EventEnvelope
@@ -29,6 +28,7 @@ from services.kit.bus.metrics import BusMetrics
 from services.kit.bus.tables import PENDING, BusTables
 from services.kit.bus.tracing import current_trace_context
 from services.kit.config import BusSettings
+from services.kit.db import after_commit, after_rollback
 from services.kit.wire import timestamp
 
 __all__ = ["Outbox", "Routing", "broker_routing", "consumer_routing", "routing"]
@@ -149,12 +149,13 @@ class Outbox:
         self._metrics.add("published", event_type)
         # No route, nothing to deliver: the relay is not woken for it.
         if routes and self._on_commit is not None and not session.info.get("_bus_wake"):
-            session.info["_bus_wake"] = True
-            on_commit = self._on_commit
+            info, on_commit = session.info, self._on_commit
+            info["_bus_wake"] = True
 
-            def wake(committed: Session) -> None:
-                committed.info.pop("_bus_wake", None)
+            def wake() -> None:
+                info.pop("_bus_wake", None)
                 on_commit()
 
-            sa_event.listen(session, "after_commit", wake, once=True)
+            after_commit(session, wake)
+            after_rollback(session, lambda: info.pop("_bus_wake", None))
         return envelope
