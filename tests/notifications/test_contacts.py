@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,15 +28,6 @@ SETTINGS = DispatchSettings(
     max_attempts=4, retry_base_seconds=2.0, retry_max_seconds=60.0, lease_seconds=30.0
 )
 ORDER_PAID = "poly.events.v1.OrderPaid"
-
-
-@pytest.fixture
-def notifications(database_url: str) -> Iterator[NotificationsDatabase]:
-    made = NotificationsDatabase(database_url)
-    try:
-        yield made
-    finally:
-        made.engine.dispose()
 
 
 def _handlers(notifications: NotificationsDatabase, **options: Any) -> Any:
