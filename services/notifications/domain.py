@@ -232,9 +232,9 @@ class Repository(Protocol):
     def contact(self, recipient: str) -> Contact | None:
         """The recipient's contact as last recorded here, if any."""
 
-    def record_contact(self, contact: Contact, version: int, now: dt.datetime) -> bool:
+    def record_contact(self, contact: Contact, version: int, now: dt.datetime) -> None:
         """Record `contact` unless one from a `version` as late or later is recorded (0: read
-        from the users service, recorded only where none is); True when written."""
+        from the users service, recorded only where none is)."""
 
     def ensure_templates(self, defaults: Sequence[Template]) -> None: ...
     def template(self, template_id: str) -> Template | None: ...

@@ -108,6 +108,7 @@ class EmailSender:
         self._idle: list[tuple[float, smtplib.SMTP]] = []
         self._lock = threading.Lock()
         self._hostname = ""
+        self._envelope_sender = parseaddr(settings.sender)[1]  # one address, checked at start
 
     def _connect(self) -> smtplib.SMTP:
         smtp = self._settings
@@ -155,7 +156,7 @@ class EmailSender:
         except ValueError as refused:  # no retry can mend it
             return Result(f"invalid message: {refused}", permanent=True)
         envelope = _Envelope(
-            parseaddr(self._settings.sender)[1], outgoing.delivery.destination, message.as_bytes(policy=_CRLF)
+            self._envelope_sender, outgoing.delivery.destination, message.as_bytes(policy=_CRLF)
         )
         reused = self._reusable()
         if reused is not None:

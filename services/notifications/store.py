@@ -423,7 +423,7 @@ class SqlRepository:
         row = self._session.execute(_CONTACT, {"contact_recipient": recipient}).first()
         return None if row is None else _contact(row)
 
-    def record_contact(self, contact: Contact, version: int, now: dt.datetime) -> bool:
+    def record_contact(self, contact: Contact, version: int, now: dt.datetime) -> None:
         values = {
             "recipient": contact.user,
             "email": contact.email,
@@ -437,12 +437,13 @@ class SqlRepository:
         }
         newer = {f"new_{name}": value for name, value in values.items()}
         if version and self._replaced(newer):
-            return True
+            return
         if insert_if_absent(self._session, ContactRow, values):
-            return True
+            return
         # Another transaction inserted it between the two statements (PostgreSQL): this one
         # still wins if it is the later version.
-        return bool(version) and self._replaced(newer)
+        if version:
+            self._replaced(newer)
 
     def _replaced(self, newer: Mapping[str, object]) -> bool:
         return bool(getattr(self._session.execute(_NEWER_CONTACT, newer), "rowcount", 0))
