@@ -25,7 +25,7 @@ from email.header import Header
 from email.message import Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from email.policy import compat32
+from email.policy import Compat32
 from email.utils import formataddr, formatdate, parseaddr
 
 import aiohttp
@@ -156,7 +156,7 @@ class EmailSender:
         except ValueError as refused:  # no retry can mend it
             return Result(f"invalid message: {refused}", permanent=True)
         envelope = _Envelope(
-            self._envelope_sender, outgoing.delivery.destination, message.as_bytes(policy=_CRLF)
+            self._envelope_sender, outgoing.delivery.destination, message.as_bytes(policy=_SMTP_LINES)
         )
         reused = self._reusable()
         if reused is not None:
@@ -195,9 +195,30 @@ class EmailSender:
         await asyncio.to_thread(_quit_all, [client for _, client in idle])
 
 
-_CRLF = compat32.clone(linesep="\r\n")
-"""SMTP's line ending for every line (smtplib sends bytes as they are): a CR or LF alone in a
-text, which a server might read as the end of the data (SMTP smuggling), becomes CRLF."""
+class _SmtpLines(Compat32):
+    """The classic policy, ending every line with CRLF (smtplib sends bytes as they are: a CR
+    or LF alone in a text, which a server might read as the end of the data, is SMTP
+    smuggling), and writing a header that fits on one line as it is.
+
+    Folding runs every header through `email.header.Header`, two thirds of serialising an
+    email (0.3 ms of 0.45 here); for a short value of printable ASCII it returns the value
+    unchanged, which tests/notifications/test_senders_internal.py checks over generated
+    values. Anything else (long, non-ASCII or holding a tab) is folded by the classic code."""
+
+    def _one_line(self, name: str, value: object) -> str | None:
+        short = isinstance(value, str) and len(name) + 2 + len(value) <= (self.max_line_length or 0)
+        plain = short and str(value).isascii() and str(value).isprintable()
+        return f"{name}: {value}{self.linesep}" if plain else None
+
+    def fold(self, name: str, value: str) -> str:
+        return self._one_line(name, value) or super().fold(name, value)
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        line = self._one_line(name, value)
+        return line.encode("ascii") if line is not None else super().fold_binary(name, value)
+
+
+_SMTP_LINES = _SmtpLines(linesep="\r\n")
 
 
 @dataclass(frozen=True, slots=True)
