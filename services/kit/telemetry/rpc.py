@@ -1,5 +1,5 @@
 """Served and outgoing calls, observed: server spans and metrics in one middleware, client
-metrics in one interceptor (client spans come from opentelemetry-instrumentation-grpc).
+spans and metrics in one interceptor.
 
 The server side is the kit's own middleware, built on the OpenTelemetry RPC semantic
 conventions, rather than the instrumentation's server interceptor: that interceptor sits
@@ -19,13 +19,12 @@ more spans in every delivery for a reader to skip. Their metrics are recorded as
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -222,61 +221,118 @@ def server_middleware(metrics: Metrics | None, tracer: trace.Tracer | None) -> M
     return middleware
 
 
-class _ClientMetrics(
+class _OutgoingCall:
+    """One outgoing call: its metrics series and start, and its CLIENT span (None when not
+    traced); `done` records how it ended."""
+
+    __slots__ = ("key", "metrics", "series", "span", "started")
+
+    def __init__(self, metrics: Any, series: Any, key: tuple[str, str, str], span: trace.Span | None) -> None:
+        self.metrics, self.series, self.key, self.span = metrics, series, key, span
+        self.started = time.perf_counter()
+
+    def done(self, code: grpc.StatusCode | None) -> None:
+        code = code or grpc.StatusCode.UNKNOWN
+        if self.metrics is not None:
+            self.metrics.handled(self.series, self.key, code, time.perf_counter() - self.started)
+        span = self.span
+        if span is not None:
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code is not grpc.StatusCode.OK:  # RPC semconv: any other code fails a client span
+                span.set_status(Status(StatusCode.ERROR, code.name))
+            span.end()
+
+
+class _ClientObserved(
     grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
     grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
 ):
-    """``grpc_client_*`` for unary and server-streaming calls (the kinds the kit makes)."""
+    """Unary and server-streaming calls (the kinds the kit makes), observed in one layer:
+    ``grpc_client_*`` metrics and, except for `TRACED_BY_THE_BUS`, a CLIENT span (child of the
+    current one) whose context goes out as ``traceparent``/``tracestate`` metadata.
 
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics.client
+    The kit's own rather than opentelemetry-instrumentation-grpc's client interceptor, which
+    cost 150 µs of CPU per traced call here and still wrapped every untraced push in its own
+    interceptor channel; the span and attributes follow the same RPC conventions."""
 
-    def _begin(self, details: Any, kind: str) -> tuple[Any, tuple[str, str, str], float]:
-        service, _, method = str(details.method).lstrip("/").partition("/")
-        key = (kind, service, method)
-        series = self._metrics.method(*key)
-        self._metrics.started(series)
-        return series, key, time.perf_counter()
+    def __init__(self, metrics: Metrics | None, tracer: trace.Tracer | None) -> None:
+        self._metrics = metrics.client if metrics is not None else None
+        self._tracer = tracer
+        self._shapes: dict[str, tuple[str, dict[str, Any], tuple[str, str, str]]] = {}
+
+    def _begin(self, details: Any, kind: str) -> tuple[Any, _OutgoingCall]:
+        method = str(details.method)
+        shape = self._shapes.get(kind + method)
+        if shape is None:
+            service, _, name = method.lstrip("/").partition("/")
+            attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+            shape = self._shapes[kind + method] = (method.lstrip("/"), attributes, (kind, service, name))
+        span_name, attributes, key = shape
+        series = None
+        if self._metrics is not None:
+            series = self._metrics.method(*key)
+            self._metrics.started(series)
+        span = None
+        if self._tracer is not None and method not in TRACED_BY_THE_BUS:
+            span = self._tracer.start_span(span_name, kind=SpanKind.CLIENT, attributes=attributes)
+            if span.get_span_context().is_valid:  # sampled or not: the decision travels too
+                details = _with_trace_context(details, span.get_span_context())
+        return details, _OutgoingCall(self._metrics, series, key, span)
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        series, key, started = self._begin(details, "unary")
+        details, call = self._begin(details, "unary")
         outcome = continuation(details, request)
-
-        def done(future: Any) -> None:
-            code = future.code() if hasattr(future, "code") else None
-            self._metrics.handled(series, key, code or grpc.StatusCode.UNKNOWN, time.perf_counter() - started)
-
-        outcome.add_done_callback(done)
+        outcome.add_done_callback(
+            lambda future: call.done(future.code() if hasattr(future, "code") else None)
+        )
         return outcome
 
     def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        series, key, started = self._begin(details, "server_stream")
+        details, call = self._begin(details, "server_stream")
         outcome = continuation(details, request)
 
         def done() -> None:
-            code = outcome.code() if hasattr(outcome, "code") else None
-            self._metrics.handled(series, key, code or grpc.StatusCode.UNKNOWN, time.perf_counter() - started)
+            call.done(outcome.code() if hasattr(outcome, "code") else None)
 
         if not outcome.add_callback(done):  # already over: gRPC will not call back
             done()
         return outcome
 
 
-def _traced(client_info: Any) -> bool:
-    return client_info.full_method not in TRACED_BY_THE_BUS
+class _CallDetails(NamedTuple):
+    """A call about to be sent (``grpc.ClientCallDetails``'s fields; gRPC exports no class)."""
+
+    method: str
+    timeout: float | None
+    metadata: Sequence[tuple[str, str | bytes]] | None
+    credentials: grpc.CallCredentials | None
+    wait_for_ready: bool | None
+    compression: grpc.Compression | None
+
+
+def _with_trace_context(details: Any, sent: SpanContext) -> Any:
+    """`details` with the W3C trace context of `sent` (replacing any the caller put there)."""
+    metadata = [(k, v) for k, v in details.metadata or () if str(k).lower() not in _PROPAGATED]
+    metadata.append(("traceparent", f"00-{sent.trace_id:032x}-{sent.span_id:016x}-{sent.trace_flags:02x}"))
+    if sent.trace_state:
+        metadata.append(("tracestate", sent.trace_state.to_header()))
+    return _CallDetails(
+        details.method,
+        details.timeout,
+        metadata,
+        details.credentials,
+        getattr(details, "wait_for_ready", None),
+        getattr(details, "compression", None),
+    )
 
 
 def instrument_channel(
     channel: grpc.Channel, metrics: Metrics | None, tracer_provider: trace.TracerProvider | None
 ) -> grpc.Channel:
-    """`channel` with the client metrics and, outermost, a CLIENT span per call that sends
-    the current trace context as ``traceparent`` metadata (none for `TRACED_BY_THE_BUS`: the
-    event carries its trace context itself)."""
-    if metrics is not None:
-        channel = grpc.intercept_channel(channel, _ClientMetrics(metrics))
-    if tracer_provider is not None:
-        interceptor = client_interceptor(  # type: ignore[no-untyped-call]
-            tracer_provider=tracer_provider, filter_=_traced
-        )
-        channel = grpcext.intercept_channel(channel, interceptor)  # type: ignore[no-untyped-call]
-    return channel
+    """`channel` with the client metrics and a CLIENT span per call that sends its trace
+    context as ``traceparent`` metadata (none for `TRACED_BY_THE_BUS`: the event carries its
+    trace context itself); unchanged when both are off."""
+    if metrics is None and tracer_provider is None:
+        return channel
+    tracer = tracer_provider.get_tracer(__name__) if tracer_provider is not None else None
+    return grpc.intercept_channel(channel, _ClientObserved(metrics, tracer))

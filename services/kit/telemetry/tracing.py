@@ -123,24 +123,6 @@ class _BoundedProcessor(SpanProcessor):
         return bool(self._batch.force_flush(timeout_millis))
 
 
-class _RpcSpanNames(SpanProcessor):
-    """Client spans from opentelemetry-instrumentation-grpc are named after the method path
-    (``/pkg.Service/Method``); the RPC conventions, and our server spans, drop the slash."""
-
-    def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
-        if span.name.startswith("/"):
-            span.update_name(span.name[1:])
-
-    def on_end(self, span: ReadableSpan) -> None:
-        return None
-
-    def shutdown(self) -> None:
-        return None
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
-
-
 def _exporter(settings: TelemetrySettings) -> SpanExporter:
     if settings.traces_exporter == "console":
         return ConsoleSpanExporter()
@@ -205,7 +187,6 @@ def start_tracing(settings: TelemetrySettings, *, version: str, dropped: DropCou
     except (OSError, ValueError) as error:
         _log.error("tracing is off: cannot create the span exporter (%s)", error)
         return Tracing(None)
-    provider.add_span_processor(_RpcSpanNames())
     provider.add_span_processor(_BoundedProcessor(exporter, settings, dropped))
     trace.set_tracer_provider(provider)
     return Tracing(provider)

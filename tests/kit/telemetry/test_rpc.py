@@ -164,6 +164,60 @@ def test_a_stream_is_one_span_that_ends_with_the_stream(observed: _Observed) -> 
     assert observed.server_metrics.registry.get_sample_value("grpc_server_handled_total", labels) == 1
 
 
+def _client_span(observed: _Observed, method: str) -> object:
+    def found() -> object | None:
+        spans = [
+            s
+            for s in observed.spans.get_finished_spans()
+            if s.kind is SpanKind.CLIENT and s.name == f"{_ECHO}/{method}"
+        ]
+        return spans[0] if spans else None
+
+    return eventually(found, what=f"the CLIENT span of {method}")
+
+
+@pytest.mark.parametrize(
+    ("method", "code"),
+    [("Missing", grpc.StatusCode.NOT_FOUND), ("Crash", grpc.StatusCode.INTERNAL)],
+    ids=["caller-error", "server-error"],
+)
+def test_a_failed_call_fails_its_client_span_with_the_code(
+    observed: _Observed, method: str, code: grpc.StatusCode
+) -> None:
+    with pytest.raises(grpc.RpcError):
+        probe_service.stub(observed.channel, method)(_S(value="orders/42"), timeout=5)
+    span = _client_span(observed, method)
+    attributes = dict(span.attributes)  # type: ignore[attr-defined]
+    assert (attributes["rpc.system"], attributes["rpc.service"], attributes["rpc.method"]) == (
+        "grpc",
+        _ECHO,
+        method,
+    )
+    assert attributes["rpc.grpc.status_code"] == code.value[0]
+    assert span.status.status_code is StatusCode.ERROR  # type: ignore[attr-defined]
+
+
+def test_a_client_stream_span_ends_with_the_stream(observed: _Observed) -> None:
+    with pytest.raises(grpc.RpcError):
+        list(probe_service.stub(observed.channel, "Count", streaming=True)(_S(value="3"), timeout=5))
+    span = _client_span(observed, "Count")
+    served = eventually(lambda: _maybe_server_span(observed, "Count"), what="the stream's span")
+    assert served.parent.span_id == span.context.span_id  # type: ignore[attr-defined]
+    assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]  # type: ignore[attr-defined]
+
+
+def test_a_trace_context_the_caller_put_in_metadata_is_replaced_by_the_calls_own(observed: _Observed) -> None:
+    forged = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    reply = probe_service.stub(observed.channel, "Echo")(
+        _S(value="hi"), metadata=[("traceparent", forged), ("tracestate", "x=1")], timeout=5
+    )
+    assert reply.value == "hi"
+    client = _client_span(observed, "Echo")
+    served = eventually(lambda: _maybe_server_span(observed, "Echo"), what="the server span")
+    assert served.parent.span_id == client.context.span_id  # type: ignore[attr-defined]
+    assert f"{served.context.trace_id:032x}" != "0af7651916cd43dd8448eb211c80319c"  # type: ignore[attr-defined]
+
+
 def test_metrics_count_every_call_by_method_and_code_on_both_sides(observed: _Observed) -> None:
     echo = probe_service.stub(observed.channel, "Echo")
     for _ in range(3):
@@ -199,7 +253,7 @@ def test_an_event_push_makes_no_rpc_span_and_is_still_counted(observed: _Observe
     eventually(lambda: _maybe_server_span(observed, "Echo"), what="the next call's server span")
     names = sorted((span.kind.name, span.name) for span in observed.spans.get_finished_spans())
     assert names == [
-        ("CLIENT", f"/{_ECHO}/Echo"),
+        ("CLIENT", f"{_ECHO}/Echo"),
         ("PRODUCER", "send poly.events.v1.OrderCreated"),
         ("SERVER", f"{_ECHO}/Echo"),
     ]

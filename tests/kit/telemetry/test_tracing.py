@@ -11,11 +11,9 @@ from google.protobuf import wrappers_pb2
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.kit.telemetry.metrics import Metrics
-from services.kit.telemetry.tracing import Tracing, _BoundedProcessor, _RpcSpanNames, sampler
+from services.kit.telemetry.tracing import Tracing, _BoundedProcessor, sampler
 from services.kit.telemetry_settings import TelemetrySettings
 from tests.support.env import free_port
 from tests.support.waiting import eventually
@@ -77,16 +75,6 @@ def test_a_collector_that_is_down_counts_failed_exports() -> None:
         what="the failed export to be counted",
     )
     Tracing(provider).shutdown(timeout=0.5)
-
-
-def test_client_spans_are_named_without_the_leading_slash() -> None:
-    spans = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(_RpcSpanNames())
-    provider.add_span_processor(SimpleSpanProcessor(spans))
-    with provider.get_tracer("t").start_as_current_span("/poly.orders.v1.OrdersService/GetOrder"):
-        pass
-    assert [span.name for span in spans.get_finished_spans()] == ["poly.orders.v1.OrdersService/GetOrder"]
 
 
 @pytest.mark.parametrize(
