@@ -794,6 +794,7 @@ class Options:
     json_path: Path
     profile: bool = False
     py_spy: str = ""
+    mixed_only: bool = False
 
 
 def make_servers(tmp: Path, server_cpu: int) -> Servers:
@@ -859,30 +860,32 @@ def run(opts: Options) -> int:
             start(servers)
             answers = check_answers(servers.system, servers.uvicorns)
             results["order"] = answers["bodies"]["edge"]
-            paths = routes(servers.system, servers.uvicorns, tmp, load_cpu, answers["reply"].ByteSize())
-            print("  the four paths answer the same order; measuring", flush=True)
-            windows: list[Window] = []
-            for round_index in range(opts.rounds):
-                shift = round_index % len(paths)
-                for in_flight in (CONCURRENCY, 1):
-                    for route in paths[shift:] + paths[:shift]:
-                        window = measure(route, servers, in_flight, opts, round_index)
-                        windows.append(window)
-                        print(
-                            f"  round {round_index + 1} {route.key:>13} x{in_flight:<2}: "
-                            f"{window.calls_per_cpu_s:,.0f} calls/CPU-s, {window.rps:,.0f} rps, "
-                            f"p99 {window.p99_ms:.1f} ms, other load {window.other_load:.0%}",
-                            flush=True,
-                        )
-            results["windows"] = [asdict(w) for w in windows]
-            results["rows"] = summarise(windows, paths)
+            if not opts.mixed_only:
+                paths = routes(servers.system, servers.uvicorns, tmp, load_cpu, answers["reply"].ByteSize())
+                print("  the four paths answer the same order; measuring", flush=True)
+                windows: list[Window] = []
+                for round_index in range(opts.rounds):
+                    shift = round_index % len(paths)
+                    for in_flight in (CONCURRENCY, 1):
+                        for route in paths[shift:] + paths[:shift]:
+                            window = measure(route, servers, in_flight, opts, round_index)
+                            windows.append(window)
+                            print(
+                                f"  round {round_index + 1} {route.key:>13} x{in_flight:<2}: "
+                                f"{window.calls_per_cpu_s:,.0f} calls/CPU-s, {window.rps:,.0f} rps, "
+                                f"p99 {window.p99_ms:.1f} ms, other load {window.other_load:.0%}",
+                                flush=True,
+                            )
+                results["windows"] = [asdict(w) for w in windows]
+                results["rows"] = summarise(windows, paths)
             results["mixed"] = mixed_run(servers, load_cpu, opts)
             if opts.profile:
                 results["profile"] = profile(paths[0], servers, opts, tmp, load_cpu)
         finally:
             stop(servers)
-    print(f"\n## GetOrder of a {LINES}-line order by its owner: the kit vs FastAPI (one core)\n")
-    print(table(results["rows"]))
+    if "rows" in results:
+        print(f"\n## GetOrder of a {LINES}-line order by its owner: the kit vs FastAPI (one core)\n")
+        print(table(results["rows"]))
     print(f"\n## Reads while orders are placed (direct gRPC, {opts.rounds} windows each, medians)\n")
     print(mixed_table(results["mixed"]))
     if "profile" in results:
@@ -910,11 +913,16 @@ def main(argv: Sequence[str]) -> int:
         "--profile", action="store_true", help="a py-spy window on orders (direct, 32 in flight)"
     )
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "", help="py-spy binary")
+    parser.add_argument(
+        "--mixed-only", action="store_true", help="only the mixed run (reads while orders are placed)"
+    )
     args = parser.parse_args(argv)
     if args.seconds < 1 or not 1 <= args.rounds <= 20:
         parser.error("need --seconds >= 1 and --rounds in 1..20")
     if args.profile and not args.py_spy:
         parser.error("--profile needs py-spy: pip install py-spy, or pass --py-spy PATH")
+    if args.profile and args.mixed_only:
+        parser.error("--profile profiles a read path: it cannot go with --mixed-only")
     opts = Options(
         seconds=2.0 if args.quick else args.seconds,
         warmup=1.0,
@@ -923,6 +931,7 @@ def main(argv: Sequence[str]) -> int:
         json_path=args.json,
         profile=args.profile,
         py_spy=args.py_spy,
+        mixed_only=args.mixed_only,
     )
     signal.signal(signal.SIGTERM, telemetry._terminate)  # `kill` unwinds through the cleanup too
     try:
