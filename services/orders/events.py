@@ -47,7 +47,11 @@ def message(kind: Event, order: Order) -> Message:
         )
     if kind == "cancelled":
         return events_pb2.OrderCancelled(
-            order=order.name, owner=order.owner, reason=order.cancel_reason, payment=order.payment
+            order=order.name,
+            owner=order.owner,
+            reason=order.cancel_reason,
+            payment=order.payment,
+            total=money_message(order.total),
         )
     if kind == "paid":
         return events_pb2.OrderPaid(

@@ -58,13 +58,23 @@ from services.payments.records import (
     list_query,
 )
 
-__all__ = ["ACCOUNT_NOT_FOUND", "AMOUNT_INVALID", "OwnerCheck", "PaymentProvider", "Payments", "Transactions"]
+__all__ = [
+    "ACCOUNT_NOT_FOUND",
+    "AMOUNT_INVALID",
+    "ORDER_CANCELLED",
+    "OwnerCheck",
+    "PaymentProvider",
+    "Payments",
+    "Transactions",
+]
 
 _TAKEN = (CAPTURED, PARTIALLY_REFUNDED, REFUNDED)
 """States in which the held amount was captured."""
 
 ACCOUNT_NOT_FOUND = "ACCOUNT_NOT_FOUND"
 AMOUNT_INVALID = "AMOUNT_INVALID"
+ORDER_CANCELLED = "ORDER_CANCELLED"
+"""Why an order cancelled before its payment was asked for has a FAILED payment."""
 _MAX_REASON = 500
 
 
@@ -303,11 +313,13 @@ class Payments:
     ) -> Payment:
         if not repo.add_payment(payment):
             # The order has its payment already: a repeat of this call (a racing twin that
-            # committed first) gets it; anything else is a second authorization.
+            # committed first) gets it, and so does any authorization of an order cancelled
+            # before it (`cancel_order`); anything else is a second authorization.
             replayed = recall(repo, request)
             existing = repo.payment_for_order(payment.order)
             assert existing is not None
-            if request is not None and replayed != existing.id:
+            cancelled_first = (existing.state, existing.failure_reason) == (FAILED, ORDER_CANCELLED)
+            if request is not None and replayed != existing.id and not cancelled_first:
                 raise AlreadyExists(
                     "ORDER_ALREADY_AUTHORIZED",
                     "{order} already has payments/{payment}",
@@ -395,10 +407,23 @@ class Payments:
                 remember(repo, request, payment_id, self.clock())
             return self._payment(repo, payment_id)
 
-    def cancel_order(self, order: str, reason: str) -> Payment | None:
-        """Saga compensation on OrderCancelled: void a hold, refund what was captured."""
+    def cancel_order(
+        self, order: str, reason: str, *, owner: str = "", total: Money | None = None
+    ) -> Payment | None:
+        """Saga compensation on OrderCancelled: void a hold, refund what was captured.
+
+        An order cancelled before its payment was asked for (its OrderCreated is still to
+        come: redriven from the dead letters after the cancellation) gets a FAILED payment
+        of its `total` with reason ORDER_CANCELLED, which takes the order's one payment, so
+        an authorization arriving later finds it and holds nothing. Without a `total` (an
+        event from before it carried one) nothing is recorded."""
         with self.transactions() as repo:
             found = repo.payment_for_order(order)
+            if found is None and total is not None:
+                cancelled = self._new_payment(_Ask(order, owner, "", total), "", FAILED, ORDER_CANCELLED)
+                if repo.add_payment(cancelled):
+                    return cancelled
+                found = repo.payment_for_order(order)  # an authorization committed just before
             if found is None:
                 return None
             payment = self._locked(repo, found.id)

@@ -72,7 +72,8 @@ def handlers(
 
     def order_cancelled(session: Session, event: Message, envelope: EventEnvelope) -> None:
         assert isinstance(event, events_pb2.OrderCancelled)
-        payments(session).cancel_order(event.order, event.reason)
+        total = money_value(event.total) if event.HasField("total") else None
+        payments(session).cancel_order(event.order, event.reason, owner=event.owner, total=total)
 
     return {
         events_pb2.UserRegistered: user_registered,

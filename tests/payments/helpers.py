@@ -128,10 +128,12 @@ class System:
         self.push(event, order)
         return order
 
-    def order_cancelled(self, customer: Customer, order: str) -> None:
-        self.push(
-            events_pb2.OrderCancelled(order=order, owner=customer.user, reason="changed my mind"), order
-        )
+    def order_cancelled(self, customer: Customer, order: str, *, total: int | None = None) -> None:
+        """OrderCancelled; without `total`, as orders published it before the event had one."""
+        event = events_pb2.OrderCancelled(order=order, owner=customer.user, reason="changed my mind")
+        if total is not None:
+            event.total.CopyFrom(eur(total))
+        self.push(event, order)
 
     def payment(self, name: str) -> resources_pb2.Payment:
         reply: resources_pb2.Payment = self.payments().GetPayment(

@@ -18,7 +18,7 @@ from services.kit.domain_errors import (
 )
 from services.kit.idempotency import fingerprint
 from services.kit.money import Money
-from services.payments.domain import ACCOUNT_NOT_FOUND, AMOUNT_INVALID, OwnerCheck, Payments
+from services.payments.domain import ACCOUNT_NOT_FOUND, AMOUNT_INVALID, ORDER_CANCELLED, OwnerCheck, Payments
 from services.payments.ledger import INSUFFICIENT_FUNDS, LedgerProvider
 from services.payments.records import (
     AUTHORIZED,
@@ -377,8 +377,26 @@ def test_cancelling_an_order_refunds_the_rest_of_a_capture(local: LocalPayments)
 
 def test_cancelling_leaves_declined_payments_and_unknown_orders_alone(local: LocalPayments) -> None:
     declined = local.authorize(local.customer(), 5, order="orders/c3")
-    assert local.payments.cancel_order("orders/c3", "") == declined
-    assert local.payments.cancel_order("orders/none", "") is None
+    assert local.payments.cancel_order("orders/c3", "", total=_eur(5)) == declined
+    assert local.payments.cancel_order("orders/none", "") is None, "an event without a total records nothing"
+
+
+def test_an_order_cancelled_before_its_authorization_never_holds_funds(local: LocalPayments) -> None:
+    """OrderCancelled applied before OrderCreated (the latter redriven from the dead letters):
+    the order's one payment is a FAILED one, so the late authorization holds nothing."""
+    account = local.customer(funds=1000)
+    owner = local.account(account.id).owner
+    cancelled = local.payments.cancel_order("orders/c4", "changed my mind", owner=owner, total=_eur(300))
+    assert cancelled is not None
+    assert (cancelled.state, cancelled.failure_reason, cancelled.amount) == (FAILED, ORDER_CANCELLED, 300)
+    assert local.payments.authorize_order("orders/c4", owner, _eur(300)) == cancelled
+    asked = local.payments.authorize(
+        ORDERS, new_key(), order="orders/c4", owner=owner, account_id=account.id, amount=_eur(300)
+    )
+    assert asked == cancelled, "the RPC gets the same answer, not ALREADY_EXISTS"
+    assert local.account(account.id).available == 1000
+    again = local.payments.cancel_order("orders/c4", "again", owner=owner, total=_eur(300))
+    assert again == cancelled, "a redelivery changes nothing"
 
 
 # -- reads: permission before existence, lists --------------------------------------------

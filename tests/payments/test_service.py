@@ -221,6 +221,25 @@ def test_cancelling_voids_a_hold_and_refunds_a_capture(system: System) -> None:
     assert system.ledger_total() == 0
 
 
+def test_an_order_cancelled_before_its_created_event_holds_no_funds(system: System) -> None:
+    """OrderCreated redriven from the dead letters after OrderCancelled was applied: the
+    order's payment is FAILED (ORDER_CANCELLED) and nothing is held or published for it."""
+    customer = system.customer(funds=900)
+    order = f"orders/{uuid.uuid4()}"
+    system.order_cancelled(customer, order, total=900)
+    system.order_created(customer, 900, order=order)
+    payment = system.payment_of(order)
+    assert (payment.state, payment.failure_reason) == (State.STATE_FAILED, "ORDER_CANCELLED")
+    assert payment.amount.amount_minor == 900
+    account = system.account(customer.account)
+    assert (account.balance.amount_minor, account.held.amount_minor) == (900, 0)
+    assert system.outbox(payment.name) == [], "no PaymentAuthorized or PaymentFailed for orders"
+    request = pb.AuthorizePaymentRequest(
+        order=order, owner=customer.user, amount=eur(900), request_id=new_key()
+    )
+    assert system.orders.AuthorizePayment(request, timeout=10) == payment
+
+
 def test_void_rpc_releases_the_hold(system: System) -> None:
     customer = system.customer(funds=700)
     payment = system.payment_of(system.order_created(customer, 700))

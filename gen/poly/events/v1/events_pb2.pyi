@@ -343,6 +343,7 @@ class OrderCancelled(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     PAYMENT_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
     order: _builtins.str
     """The order, `orders/{order}`."""
     owner: _builtins.str
@@ -353,6 +354,12 @@ class OrderCancelled(_message.Message):
     """The payment voided by the cancellation, `payments/{payment}`; empty if
     none was held.
     """
+    @_builtins.property
+    def total(self) -> _money_pb2.Money:
+        """Sum of the line totals. Payments records an order cancelled before its
+        payment was asked for as a FAILED payment of this amount.
+        """
+
     def __init__(
         self,
         *,
@@ -360,10 +367,11 @@ class OrderCancelled(_message.Message):
         owner: _builtins.str = ...,
         reason: _builtins.str = ...,
         payment: _builtins.str = ...,
+        total: _money_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["order", b"order", "owner", b"owner", "payment", b"payment", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order", b"order", "owner", b"owner", "payment", b"payment", "reason", b"reason", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
