@@ -1,14 +1,15 @@
 """How a served call ended, as the middlewares that observe it (access log, metrics, traces)
-all need to know it the same way."""
+all need to know it the same way; and an outgoing call's metadata, as the client
+interceptors that add to it (request id, trace context) rewrite it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import grpc
 
-__all__ = ["final_code", "metadata_value", "observe_stream"]
+__all__ = ["final_code", "metadata_value", "observe_stream", "with_metadata"]
 
 
 def final_code(context: grpc.ServicerContext, failed: bool) -> grpc.StatusCode:
@@ -43,3 +44,26 @@ def metadata_value(context: grpc.ServicerContext, key: str) -> str:
         if item.key == key:
             return item.value if isinstance(item.value, str) else ""
     return ""
+
+
+class _CallDetails(NamedTuple):
+    """A call about to be sent (``grpc.ClientCallDetails``'s fields; gRPC exports no class)."""
+
+    method: str
+    timeout: float | None
+    metadata: Sequence[tuple[str, str | bytes]] | None
+    credentials: grpc.CallCredentials | None
+    wait_for_ready: bool | None
+    compression: grpc.Compression | None
+
+
+def with_metadata(details: Any, metadata: Sequence[tuple[str, str | bytes]]) -> Any:
+    """An outgoing call's `details` (a ``grpc.ClientCallDetails``) with `metadata` instead of its own."""
+    return _CallDetails(
+        details.method,
+        details.timeout,
+        metadata,
+        details.credentials,
+        getattr(details, "wait_for_ready", None),
+        getattr(details, "compression", None),
+    )

@@ -17,13 +17,14 @@ import json
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from poly.options.v1 import options_pb2
 from services.kit import request_id, telemetry, tls
+from services.kit.calls import with_metadata
 from services.kit.config import Settings, TlsSettings
 
 __all__ = [
@@ -94,17 +95,6 @@ def idempotent_methods(*services: ServiceDescriptor) -> list[tuple[str, str]]:
     ]
 
 
-class _CallDetails(NamedTuple):
-    """A call about to be sent (``grpc.ClientCallDetails``'s fields; gRPC exports no class)."""
-
-    method: str
-    timeout: float | None
-    metadata: Sequence[tuple[str, str | bytes]] | None
-    credentials: grpc.CallCredentials | None
-    wait_for_ready: bool | None
-    compression: grpc.Compression | None
-
-
 def _with_request_id(details: Any) -> Any:
     """`details` plus ``x-request-id`` when an id is current and the caller set none."""
     current = request_id.current()
@@ -114,14 +104,7 @@ def _with_request_id(details: Any) -> Any:
     if any(str(key).lower() == request_id.METADATA_KEY for key, _ in metadata):
         return details
     metadata.append((request_id.METADATA_KEY, current))
-    return _CallDetails(
-        details.method,
-        details.timeout,
-        metadata,
-        details.credentials,
-        getattr(details, "wait_for_ready", None),
-        getattr(details, "compression", None),
-    )
+    return with_metadata(details, metadata)
 
 
 class _SendRequestId(

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import grpc
 import pytest
 
-from services.kit.calls import final_code, metadata_value, observe_stream
+from services.kit.calls import final_code, metadata_value, observe_stream, with_metadata
 
 
 class _Pair(NamedTuple):
@@ -75,3 +75,24 @@ def test_observe_stream_reports_the_end_once_however_it_ends() -> None:
     next(abandoned)
     abandoned.close()  # the client went away mid-stream
     assert ends == [False, True, True]
+
+
+class _Sent(NamedTuple):
+    """What gRPC hands a client interceptor: a ``grpc.ClientCallDetails`` (older grpcio
+    versions' had no `wait_for_ready` or `compression`)."""
+
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+
+
+def test_an_outgoing_call_keeps_everything_but_the_metadata_it_is_given() -> None:
+    sent = _Sent("/poly.orders.v1.OrdersService/GetOrder", 2.5, [("x-request-id", "a")], None)
+    rewritten = with_metadata(
+        sent, [("x-request-id", "a"), ("traceparent", "00-" + "1" * 32 + "-" + "2" * 16 + "-01")]
+    )
+    assert (rewritten.method, rewritten.timeout, rewritten.credentials) == (sent.method, 2.5, None)
+    assert [key for key, _ in rewritten.metadata] == ["x-request-id", "traceparent"]
+    assert (rewritten.wait_for_ready, rewritten.compression) == (None, None)
+    assert sent.metadata == [("x-request-id", "a")], "the caller's details are not changed"

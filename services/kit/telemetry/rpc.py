@@ -19,8 +19,8 @@ more spans in every delivery for a reader to skip. Their metrics are recorded as
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterator
+from typing import Any
 
 import grpc
 from opentelemetry import context as otel_context
@@ -29,7 +29,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status,
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from poly.events.v1 import event_sink_pb2
-from services.kit.calls import final_code, observe_stream
+from services.kit.calls import final_code, observe_stream, with_metadata
 from services.kit.logs import redact
 from services.kit.request_id import valid_or_none
 from services.kit.telemetry.metrics import Metrics, grpc_type
@@ -299,31 +299,13 @@ class _ClientObserved(
         return outcome
 
 
-class _CallDetails(NamedTuple):
-    """A call about to be sent (``grpc.ClientCallDetails``'s fields; gRPC exports no class)."""
-
-    method: str
-    timeout: float | None
-    metadata: Sequence[tuple[str, str | bytes]] | None
-    credentials: grpc.CallCredentials | None
-    wait_for_ready: bool | None
-    compression: grpc.Compression | None
-
-
 def _with_trace_context(details: Any, sent: SpanContext) -> Any:
     """`details` with the W3C trace context of `sent` (replacing any the caller put there)."""
     metadata = [(k, v) for k, v in details.metadata or () if str(k).lower() not in _PROPAGATED]
     metadata.append(("traceparent", f"00-{sent.trace_id:032x}-{sent.span_id:016x}-{sent.trace_flags:02x}"))
     if sent.trace_state:
         metadata.append(("tracestate", sent.trace_state.to_header()))
-    return _CallDetails(
-        details.method,
-        details.timeout,
-        metadata,
-        details.credentials,
-        getattr(details, "wait_for_ready", None),
-        getattr(details, "compression", None),
-    )
+    return with_metadata(details, metadata)
 
 
 def instrument_channel(
