@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import threading
+
 import pytest
 from google.protobuf.message import Message
 from sqlalchemy import func, select
 
 from poly.events.v1.events_pb2 import (
+    EventEnvelope,
     OrderCancelled,
     OrderCreated,
     OrderFulfilled,
@@ -15,7 +18,8 @@ from poly.events.v1.events_pb2 import (
 from services.kit import bus, db
 from services.kit.bus import contract
 from services.kit.config import BusSettings
-from tests.kit.bus.conftest import BusDb, publish
+from tests.kit.bus.conftest import BusDb, make_bus_db, publish
+from tests.support.waiting import eventually
 
 ORDER_CREATED = "poly.events.v1.OrderCreated"
 
@@ -162,3 +166,42 @@ def test_a_service_cannot_publish_an_event_it_is_not_the_declared_publisher_of(b
         outbox.publish(session, UserDeleted(user="users/1"), aggregate_id="users/1")
     assert _count(bus_db, bus_db.tables.outbox) == 0
     assert _count(bus_db, bus_db.tables.delivery) == 0
+
+
+def test_on_postgresql_an_aggregates_next_event_waits_for_the_one_before_to_commit(postgres_url: str) -> None:
+    """Positions come from a sequence but transactions commit in any order: a second publish
+    for the same aggregate waits (on the aggregate's lock, taken before its position is
+    drawn) until the first commits, so the relay can never see the later event alone."""
+    pg = make_bus_db(postgres_url)
+    outbox = bus.Outbox(pg.tables, source="orders", routing=bus.consumer_routing())
+    outcome: dict[str, object] = {}
+    try:
+        with db.transaction(pg.factory) as first:
+            earlier = outbox.publish(first, OrderCreated(order="orders/1"), aggregate_id="orders/1")
+
+            def second() -> None:
+                try:
+                    outcome["later"] = publish(pg, outbox, "orders/1", "orders/1")
+                except Exception as error:
+                    outcome["error"] = error
+
+            racer = threading.Thread(target=second)
+            racer.start()
+            eventually(lambda: _waiting_for_an_advisory_lock(pg) or None, what="the second publish to wait")
+        racer.join(10)
+        assert not racer.is_alive() and "error" not in outcome, outcome
+        o = pg.tables.outbox
+        with pg.engine.connect() as connection:
+            positions = dict(connection.execute(select(o.c.event_id, o.c.position)).all())
+        later = outcome["later"]
+        assert isinstance(later, EventEnvelope)
+        assert positions[earlier.id] < positions[later.id]
+        assert _routes(pg) == [("payments", bus.PENDING), ("payments", bus.PENDING)]
+    finally:
+        pg.engine.dispose()
+
+
+def _waiting_for_an_advisory_lock(pg: BusDb) -> bool:
+    with pg.engine.connect() as connection:
+        query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        return bool(connection.exec_driver_sql(query).scalar())
