@@ -21,7 +21,7 @@ from sqlalchemy.types import TypeDecorator
 from services.kit import paging
 from services.kit.filters import Term
 
-__all__ = ["SqlColumn", "filter_conditions", "insert_if_absent", "keyset_page", "typed_literal"]
+__all__ = ["SqlColumn", "filter_conditions", "if_absent", "insert_if_absent", "keyset_page", "typed_literal"]
 
 SqlColumn: TypeAlias = ColumnElement[Any] | QueryableAttribute[Any]
 """A table column or a mapped attribute (``OrderRow.create_time``)."""
@@ -137,10 +137,21 @@ def insert_if_absent(session: Session, entity: type[DeclarativeBase], values: Ma
     rowcount, tells what happened: psycopg reports -1 for a DO NOTHING insert. Works on the
     two databases the kit runs on, SQLite and PostgreSQL; any other dialect is a ValueError.
     """
-    dialect = session.get_bind().dialect.name
     table = entity.__table__
     if not isinstance(table, Table):
         raise TypeError(f"{entity.__name__} is not mapped to one table")
+    statement = if_absent(table, session.get_bind().dialect.name)
+    if session.new or session.dirty or session.deleted:
+        session.flush()  # what an ORM statement would do; a Core one does not
+    # A Core insert on the table with the values as parameters: four times cheaper than the
+    # ORM's bulk-insert path for one row, and the statement is compiled once.
+    return session.execute(statement, dict(values)).first() is not None
+
+
+def if_absent(table: Table, dialect: str) -> Executable:
+    """`insert_if_absent`'s statement for `table` on `dialect` (built once): run it with one
+    row's values; it returns the row's first primary-key column when it inserted the row,
+    nothing when a unique constraint already holds one like it."""
     statement = _IF_ABSENT.get((dialect, table))
     if statement is None:
         insert = _INSERTS.get(dialect)
@@ -150,8 +161,4 @@ def insert_if_absent(session: Session, entity: type[DeclarativeBase], values: Ma
         statement = _IF_ABSENT.setdefault(
             (dialect, table), insert(table).on_conflict_do_nothing().returning(key)
         )
-    if session.new or session.dirty or session.deleted:
-        session.flush()  # what an ORM statement would do; a Core one does not
-    # A Core insert on the table with the values as parameters: four times cheaper than the
-    # ORM's bulk-insert path for one row, and the statement is compiled once.
-    return session.execute(statement, dict(values)).first() is not None
+    return statement

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, ForeignKey, String, create_mock_engine, delete, func, select, tuple_
+from sqlalchemy import Engine, ForeignKey, String, Table, create_mock_engine, delete, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from services.kit import db
 from services.kit.domain_errors import InvalidArgument
 from services.kit.filters import ORDERED, FieldSpec, Term, parse_filter, text_value, timestamp_value
-from services.kit.sql import filter_conditions, insert_if_absent, keyset_page, typed_literal
+from services.kit.sql import filter_conditions, if_absent, insert_if_absent, keyset_page, typed_literal
 
 
 class _Base(DeclarativeBase):
@@ -306,3 +306,19 @@ def test_insert_if_absent_refuses_other_dialects() -> None:
     other = create_mock_engine("mysql://", executor=lambda *_args, **_kwargs: None)
     with pytest.raises(ValueError, match="mysql"):
         insert_if_absent(Session(bind=other), _Item, _item("x"))  # type: ignore[arg-type]
+
+
+def test_if_absent_is_one_statement_per_table_and_database_for_core_tables(
+    factory: sessionmaker[Session],
+) -> None:
+    table = _Item.__table__
+    assert isinstance(table, Table)
+    with db.transaction(factory) as session:
+        dialect = session.get_bind().dialect.name
+        statement = if_absent(table, dialect)
+        assert if_absent(table, dialect) is statement, "built once"
+        assert session.execute(statement, _item("x")).first() == ("x",)
+        assert session.execute(statement, _item("x", kind="again")).first() is None
+    assert _stored(factory) == [("x", "a", None)]
+    with pytest.raises(ValueError, match="not mysql"):
+        if_absent(table, "mysql")

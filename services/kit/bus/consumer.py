@@ -22,8 +22,7 @@ from collections.abc import Callable, Mapping
 from enum import Enum
 
 from google.protobuf.message import Message
-from sqlalchemy import bindparam, insert, select
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from poly.events.v1.events_pb2 import EventEnvelope
@@ -31,6 +30,7 @@ from services.kit.bus import contract
 from services.kit.bus.metrics import BusMetrics
 from services.kit.bus.tables import BusTables
 from services.kit.domain_errors import FailedPrecondition
+from services.kit.sql import if_absent
 
 __all__ = [
     "NOT_HANDLED",
@@ -83,10 +83,7 @@ class Consumer:
         self._handlers = {cls.DESCRIPTOR.full_name: (cls, handler) for cls, handler in handlers.items()}
         self.metrics = metrics or BusMetrics()
         self._clock = clock
-        inbox = tables.inbox
-        # Built once, run with parameters: building them cost more than running them.
-        self._seen = select(inbox.c.event_id).where(inbox.c.event_id == bindparam("seen_id"))
-        self._record = insert(inbox)
+        self._inbox = tables.inbox
 
     @property
     def event_types(self) -> list[str]:
@@ -119,15 +116,12 @@ class Consumer:
             raise ValueError(f"event {envelope.id}: payload is not a {envelope.type}")
         try:
             with self._factory.begin() as session:
-                if session.scalar(self._seen, {"seen_id": envelope.id}):
+                # Recorded first, in one statement: an event already in the inbox (or being
+                # recorded by a concurrent delivery, which this waits for) inserts nothing.
+                record = if_absent(self._inbox, session.get_bind().dialect.name)
+                inbox_row = {"event_id": envelope.id, "event_type": envelope.type, "source": envelope.source}
+                if session.execute(record, inbox_row).first() is None:
                     raise _Duplicate
-                try:
-                    session.execute(
-                        self._record,
-                        {"event_id": envelope.id, "event_type": envelope.type, "source": envelope.source},
-                    )
-                except IntegrityError as collision:
-                    raise _Duplicate from collision  # a concurrent delivery committed first
                 handler(session, payload, envelope)
         except _Duplicate:
             self.metrics.add("duplicate", envelope.type)
