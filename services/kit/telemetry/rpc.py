@@ -281,7 +281,7 @@ class _ClientObserved(
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         details, call = self._begin(details, "unary")
-        outcome = continuation(details, request)
+        outcome = _sent(continuation, details, request, call)
         outcome.add_done_callback(
             lambda future: call.done(future.code() if hasattr(future, "code") else None)
         )
@@ -289,7 +289,7 @@ class _ClientObserved(
 
     def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         details, call = self._begin(details, "server_stream")
-        outcome = continuation(details, request)
+        outcome = _sent(continuation, details, request, call)
 
         def done() -> None:
             call.done(outcome.code() if hasattr(outcome, "code") else None)
@@ -297,6 +297,17 @@ class _ClientObserved(
         if not outcome.add_callback(done):  # already over: gRPC will not call back
             done()
         return outcome
+
+
+def _sent(continuation: Any, details: Any, request: Any, call: _OutgoingCall) -> Any:
+    """`continuation`'s outcome; if it raises instead (a closed channel, a request that does
+    not serialise), the call is recorded as ended before the error goes on."""
+    try:
+        return continuation(details, request)
+    except BaseException as error:
+        coded = isinstance(error, grpc.RpcError) and isinstance(error, grpc.Call)
+        call.done(error.code() if coded else grpc.StatusCode.INTERNAL)  # what gRPC then reports
+        raise
 
 
 def _with_trace_context(details: Any, sent: SpanContext) -> Any:

@@ -44,6 +44,7 @@ class _Sink(event_sink_pb2_grpc.EventSinkServiceServicer):
 
 class _Observed:
     def __init__(self, certs: Path) -> None:
+        self.certs = certs
         self.spans = InMemorySpanExporter()
         self.provider = TracerProvider()
         self.provider.add_span_processor(SimpleSpanProcessor(self.spans))
@@ -216,6 +217,27 @@ def test_a_trace_context_the_caller_put_in_metadata_is_replaced_by_the_calls_own
     served = eventually(lambda: _maybe_server_span(observed, "Echo"), what="the server span")
     assert served.parent.span_id == client.context.span_id  # type: ignore[attr-defined]
     assert f"{served.context.trace_id:032x}" != "0af7651916cd43dd8448eb211c80319c"  # type: ignore[attr-defined]
+
+
+def test_a_call_that_cannot_start_still_ends_its_span_and_its_count(observed: _Observed) -> None:
+    """On a closed channel (what a rotated certificate's old channel becomes) gRPC fails the
+    call before it is sent: the CLIENT span ends and the call is counted as handled."""
+    client = settings_for("cli", {"POLY_TLS_DIR": str(observed.certs)})
+    raw = grpc.secure_channel(f"localhost:{observed.running.port}", tls.channel_credentials(client.tls))
+    channel = instrument_channel(raw, observed.client_metrics, observed.provider)
+    raw.close()
+    unary = probe_service.stub(channel, "Echo").future(_S(value="hi"), timeout=5)
+    assert unary.code() is not grpc.StatusCode.OK
+    with pytest.raises(ValueError, match="closed"):  # what grpcio raises for a stream then
+        list(probe_service.stub(channel, "Count", streaming=True)(_S(value="3"), timeout=5))
+    ended = [s.name for s in observed.spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert sorted(ended) == [f"{_ECHO}/Count", f"{_ECHO}/Echo"]
+    registry = observed.client_metrics.registry
+    for kind, method in (("unary", "Echo"), ("server_stream", "Count")):
+        labels = {"grpc_type": kind, "grpc_service": _ECHO, "grpc_method": method}
+        started = registry.get_sample_value("grpc_client_started_total", labels)
+        handled = registry.get_sample_value("grpc_client_handled_total", {**labels, "grpc_code": "Internal"})
+        assert started == handled == 1, (method, started, handled)
 
 
 def test_metrics_count_every_call_by_method_and_code_on_both_sides(observed: _Observed) -> None:
