@@ -318,8 +318,9 @@ class Payments:
             replayed = recall(repo, request)
             existing = repo.payment_for_order(payment.order)
             assert existing is not None
-            cancelled_first = (existing.state, existing.failure_reason) == (FAILED, ORDER_CANCELLED)
-            if request is not None and replayed != existing.id and not cancelled_first:
+            if (existing.state, existing.failure_reason) == (FAILED, ORDER_CANCELLED):
+                return self._cancelled_first(repo, existing, payment, request, replayed)
+            if request is not None and replayed != existing.id:
                 raise AlreadyExists(
                     "ORDER_ALREADY_AUTHORIZED",
                     "{order} already has payments/{payment}",
@@ -330,6 +331,31 @@ class Payments:
         repo.publish(event)
         remember(repo, request, payment.id, self.clock())
         return payment
+
+    def _cancelled_first(
+        self,
+        repo: Repository,
+        cancelled: Payment,
+        asked: Payment,
+        request: Request | None,
+        replayed: str | None,
+    ) -> Payment:
+        """An authorization of an order cancelled before it: the cancelled order's FAILED
+        payment, if the authorization is for that order as it was (same owner and total)."""
+        same = (cancelled.owner, cancelled.currency, cancelled.amount) == (
+            asked.owner,
+            asked.currency,
+            asked.amount,
+        )
+        if not same:
+            raise FailedPrecondition(
+                ORDER_CANCELLED,
+                "{order} was cancelled for another owner or total; nothing is authorized",
+                order=asked.order,
+            )
+        if replayed is None:
+            remember(repo, request, cancelled.id, self.clock())  # a reused request_id is then told
+        return cancelled
 
     @staticmethod
     def _payment(repo: Repository, payment_id: str) -> Payment:
@@ -417,6 +443,8 @@ class Payments:
         of its `total` with reason ORDER_CANCELLED, which takes the order's one payment, so
         an authorization arriving later finds it and holds nothing. Without a `total` (an
         event from before it carried one) nothing is recorded."""
+        if total is not None and money_problems("total", total.currency, total.amount, positive=True):
+            total = None  # no payment could have it: recorded as an event without one
         with self.transactions() as repo:
             found = repo.payment_for_order(order)
             if found is None and total is not None:

@@ -399,6 +399,52 @@ def test_an_order_cancelled_before_its_authorization_never_holds_funds(local: Lo
     assert again == cancelled, "a redelivery changes nothing"
 
 
+def test_an_authorization_of_a_cancelled_order_for_another_owner_or_total_is_refused(
+    local: LocalPayments,
+) -> None:
+    account = local.customer(funds=1000)
+    owner = local.account(account.id).owner
+    local.payments.cancel_order("orders/c5", "", owner=owner, total=_eur(300))
+    other = local.customer(funds=1000)
+    for asked_owner, asked_account, amount in (
+        (owner, account.id, 299),
+        (local.account(other.id).owner, other.id, 300),
+    ):
+        with pytest.raises(FailedPrecondition) as refused:
+            local.payments.authorize(
+                ORDERS,
+                new_key(),
+                order="orders/c5",
+                owner=asked_owner,
+                account_id=asked_account,
+                amount=_eur(amount),
+            )
+        assert refused.value.reason == ORDER_CANCELLED
+    assert local.account(account.id).available == local.account(other.id).available == 1000
+
+
+def test_a_request_id_answered_with_a_cancelled_orders_payment_is_remembered(local: LocalPayments) -> None:
+    account = local.customer(funds=1000)
+    owner = local.account(account.id).owner
+    cancelled = local.payments.cancel_order("orders/c6", "", owner=owner, total=_eur(300))
+    key = new_key()
+    asked = {"order": "orders/c6", "owner": owner, "account_id": account.id, "amount": _eur(300)}
+    assert local.payments.authorize(ORDERS, key, **asked) == cancelled
+    assert local.payments.authorize(ORDERS, key, **asked) == cancelled, "a repeat gets the same answer"
+    with pytest.raises(FailedPrecondition) as reused:
+        local.payments.authorize(ORDERS, key, **{**asked, "order": "orders/c7"})
+    assert reused.value.reason == "REQUEST_ID_REUSED"
+
+
+@pytest.mark.parametrize(
+    "total", [_eur(0), Money("EURO", 300), _eur(-5)], ids=["zero", "bad-currency", "negative"]
+)
+def test_a_cancellation_with_a_total_no_payment_could_have_records_nothing(
+    local: LocalPayments, total: Money
+) -> None:
+    assert local.payments.cancel_order("orders/c8", "", owner="users/u1", total=total) is None
+
+
 # -- reads: permission before existence, lists --------------------------------------------
 
 

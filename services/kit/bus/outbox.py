@@ -135,7 +135,7 @@ class Outbox:
         routes = self._routing(session, event_type)
         if session.get_bind().dialect.name == "postgresql":
             # One round trip for the lock, the event and its deliveries (three otherwise).
-            session.execute(self._publish_postgresql, {**row, "routes": routes})
+            session.execute(self._publish_postgresql, {**row, "routes": routes}).scalar_one()
         else:
             position = session.execute(self._insert_event, row).scalar_one()
             if routes:

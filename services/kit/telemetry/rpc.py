@@ -305,8 +305,7 @@ def _sent(continuation: Any, details: Any, request: Any, call: _OutgoingCall) ->
     try:
         return continuation(details, request)
     except BaseException as error:
-        coded = isinstance(error, grpc.RpcError) and isinstance(error, grpc.Call)
-        call.done(error.code() if coded else grpc.StatusCode.INTERNAL)  # what gRPC then reports
+        call.done(error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.INTERNAL)
         raise
 
 
