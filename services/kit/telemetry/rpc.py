@@ -252,8 +252,8 @@ class _ClientObserved(
     current one) whose context goes out as ``traceparent``/``tracestate`` metadata.
 
     The kit's own rather than opentelemetry-instrumentation-grpc's client interceptor, which
-    cost 150 µs of CPU per traced call here and still wrapped every untraced push in its own
-    interceptor channel; the span and attributes follow the same RPC conventions."""
+    cost about 30 µs more per traced call here and wrapped every untraced push in its own
+    interceptor channel as well; the span and attributes follow the same RPC conventions."""
 
     def __init__(self, metrics: Metrics | None, tracer: trace.Tracer | None) -> None:
         self._metrics = metrics.client if metrics is not None else None
