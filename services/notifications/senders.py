@@ -206,9 +206,9 @@ class _SmtpLines(Compat32):
     values. Anything else (long, non-ASCII or holding a tab) is folded by the classic code."""
 
     def _one_line(self, name: str, value: object) -> str | None:
-        short = isinstance(value, str) and len(name) + 2 + len(value) <= (self.max_line_length or 0)
-        plain = short and str(value).isascii() and str(value).isprintable()
-        return f"{name}: {value}{self.linesep}" if plain else None
+        if not isinstance(value, str) or len(name) + 2 + len(value) > (self.max_line_length or 0):
+            return None
+        return f"{name}: {value}{self.linesep}" if value.isascii() and value.isprintable() else None
 
     def fold(self, name: str, value: str) -> str:
         return self._one_line(name, value) or super().fold(name, value)

@@ -93,7 +93,7 @@ def test_a_call_is_one_trace_from_the_callers_span_through_the_server(observed: 
             _S(value="hi"), metadata=[("x-request-id", "req-1")], timeout=5
         )
     assert reply.value == "hi"
-    served: object = eventually(lambda: _maybe_server_span(observed, "Echo"), what="the server span")
+    served: object = eventually(lambda: _maybe_span(observed, "Echo"), what="the server span")
     [client] = [s for s in observed.spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
     trace_id = caller.get_span_context().trace_id
     assert client.context.trace_id == served.context.trace_id == trace_id  # type: ignore[attr-defined]
@@ -117,16 +117,14 @@ def test_a_request_id_breaking_the_rule_is_kept_off_the_span(observed: _Observed
         _S(value="hi"), metadata=[("x-request-id", value) for value in sent], timeout=5
     )
     assert reply.value == "hi"
-    served: object = eventually(lambda: _maybe_server_span(observed, "Echo"), what="the server span")
+    served: object = eventually(lambda: _maybe_span(observed, "Echo"), what="the server span")
     assert "poly.request_id" not in dict(served.attributes)  # type: ignore[attr-defined]
 
 
-def _maybe_server_span(observed: _Observed, method: str) -> object | None:
-    spans = [
-        s
-        for s in observed.spans.get_finished_spans()
-        if s.kind is SpanKind.SERVER and s.name.endswith(method)
-    ]
+def _maybe_span(observed: _Observed, method: str, kind: SpanKind = SpanKind.SERVER) -> object | None:
+    """The first finished span of `kind` for the probe service's `method`, if any yet."""
+    name = f"{_ECHO}/{method}"
+    spans = [s for s in observed.spans.get_finished_spans() if s.kind is kind and s.name == name]
     return spans[0] if spans else None
 
 
@@ -141,7 +139,7 @@ def test_errors_sent_with_details_are_recorded_with_their_code(
     with pytest.raises(grpc.RpcError) as caught:
         probe_service.stub(observed.channel, method)(_S(value="orders/42"), timeout=5)
     assert caught.value.code() is code
-    span = eventually(lambda: _maybe_server_span(observed, method), what="the server span")
+    span = eventually(lambda: _maybe_span(observed, method), what="the server span")
     attributes = dict(span.attributes)  # type: ignore[attr-defined]
     assert attributes["rpc.grpc.status_code"] == code.value[0]
     assert attributes["error.type"] == code.name
@@ -154,7 +152,7 @@ def test_errors_sent_with_details_are_recorded_with_their_code(
 def test_a_stream_is_one_span_that_ends_with_the_stream(observed: _Observed) -> None:
     with pytest.raises(grpc.RpcError):
         list(probe_service.stub(observed.channel, "Count", streaming=True)(_S(value="3"), timeout=5))
-    span = eventually(lambda: _maybe_server_span(observed, "Count"), what="the stream's span")
+    span = eventually(lambda: _maybe_span(observed, "Count"), what="the stream's span")
     assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]  # type: ignore[attr-defined]
     labels = {
         "grpc_type": "server_stream",
@@ -166,15 +164,8 @@ def test_a_stream_is_one_span_that_ends_with_the_stream(observed: _Observed) -> 
 
 
 def _client_span(observed: _Observed, method: str) -> object:
-    def found() -> object | None:
-        spans = [
-            s
-            for s in observed.spans.get_finished_spans()
-            if s.kind is SpanKind.CLIENT and s.name == f"{_ECHO}/{method}"
-        ]
-        return spans[0] if spans else None
-
-    return eventually(found, what=f"the CLIENT span of {method}")
+    what = f"the CLIENT span of {method}"
+    return eventually(lambda: _maybe_span(observed, method, SpanKind.CLIENT), what=what)
 
 
 @pytest.mark.parametrize(
@@ -202,7 +193,7 @@ def test_a_client_stream_span_ends_with_the_stream(observed: _Observed) -> None:
     with pytest.raises(grpc.RpcError):
         list(probe_service.stub(observed.channel, "Count", streaming=True)(_S(value="3"), timeout=5))
     span = _client_span(observed, "Count")
-    served = eventually(lambda: _maybe_server_span(observed, "Count"), what="the stream's span")
+    served = eventually(lambda: _maybe_span(observed, "Count"), what="the stream's span")
     assert served.parent.span_id == span.context.span_id  # type: ignore[attr-defined]
     assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]  # type: ignore[attr-defined]
 
@@ -214,7 +205,7 @@ def test_a_trace_context_the_caller_put_in_metadata_is_replaced_by_the_calls_own
     )
     assert reply.value == "hi"
     client = _client_span(observed, "Echo")
-    served = eventually(lambda: _maybe_server_span(observed, "Echo"), what="the server span")
+    served = eventually(lambda: _maybe_span(observed, "Echo"), what="the server span")
     assert served.parent.span_id == client.context.span_id  # type: ignore[attr-defined]
     assert f"{served.context.trace_id:032x}" != "0af7651916cd43dd8448eb211c80319c"  # type: ignore[attr-defined]
 
@@ -272,7 +263,7 @@ def test_an_event_push_makes_no_rpc_span_and_is_still_counted(observed: _Observe
         )
         probe_service.stub(observed.channel, "Echo")(_S(value="after"), timeout=5)
     assert pushed.outcome == event_sink_pb2.PushEventResponse.OUTCOME_APPLIED
-    eventually(lambda: _maybe_server_span(observed, "Echo"), what="the next call's server span")
+    eventually(lambda: _maybe_span(observed, "Echo"), what="the next call's server span")
     names = sorted((span.kind.name, span.name) for span in observed.spans.get_finished_spans())
     assert names == [
         ("CLIENT", f"{_ECHO}/Echo"),
@@ -307,7 +298,7 @@ def test_log_lines_written_during_a_call_carry_its_trace_and_span(observed: _Obs
     finally:
         probe_logger.removeHandler(handler)
         probe_logger.setLevel(previous)
-    span = eventually(lambda: _maybe_server_span(observed, "Sleep"), what="the server span")
+    span = eventually(lambda: _maybe_span(observed, "Sleep"), what="the server span")
     [line] = [json.loads(text) for text in written.getvalue().splitlines()]
     context = span.get_span_context()  # type: ignore[attr-defined]
     assert line["message"] == "sleep started"
