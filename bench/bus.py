@@ -95,7 +95,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated
+from poly.events.v1.events_pb2 import EventEnvelope, OrderPaid
 from services.kit import bus, clients, config, db, server, tls
 from services.kit.bus import contract, topology
 from services.kit.config import DatabaseSettings, redact_url
@@ -103,8 +103,8 @@ from services.kit.config import DatabaseSettings, redact_url
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "bus.json"
 TRANSPORTS = ("embedded", "rabbitmq")
 DATABASES = ("sqlite", "postgresql")
-ORDER_CREATED = OrderCreated.DESCRIPTOR.full_name
-PUBLISHER, CONSUMER = "orders", "payments"
+ORDER_PAID = OrderPaid.DESCRIPTOR.full_name
+PUBLISHER, CONSUMER = "orders", "notifications"
 AGGREGATES = 20
 BATCH = 10
 LOW_LOAD_EVENTS = 100
@@ -297,8 +297,8 @@ def effect_table(metadata: MetaData) -> Table:
 
 def effect_handler(effects: Table, clock: EffectClock) -> bus.EventHandler:
     def handler(session: Session, payload: Message, envelope: EventEnvelope) -> None:
-        if not isinstance(payload, OrderCreated):
-            raise TypeError(f"expected OrderCreated, got {type(payload).__name__}")
+        if not isinstance(payload, OrderPaid):
+            raise TypeError(f"expected OrderPaid, got {type(payload).__name__}")
         session.execute(
             insert(effects).values(
                 event_id=envelope.id, aggregate_id=envelope.aggregate_id, order=payload.order
@@ -361,7 +361,7 @@ def wire_embedded(
     cleanup: contextlib.ExitStack,
 ) -> tuple[bus.Transport, bus.Routing]:
     """Two kit servers (publisher and consumer EventSinks) and the publisher's channels for
-    the relay; routes come from the contract (the consumer declared for OrderCreated)."""
+    the relay; routes come from the contract (the consumer declared for OrderPaid)."""
     base = {
         "POLY_HOME": str(home),
         "POLY_TLS_DIR": str(certs),
@@ -385,8 +385,8 @@ def wire_embedded(
         f"POLY_{PUBLISHER.upper()}_ADDRESS": f"127.0.0.1:{publishing.port}",
         f"POLY_{CONSUMER.upper()}_ADDRESS": f"127.0.0.1:{consuming.port}",
     }
-    if contract.consumers_of(ORDER_CREATED) != {CONSUMER}:
-        raise ScenarioFailed(f"the contract no longer names {CONSUMER} the one consumer of {ORDER_CREATED}")
+    if contract.consumers_of(ORDER_PAID) != {CONSUMER}:
+        raise ScenarioFailed(f"the contract no longer names {CONSUMER} the one consumer of {ORDER_PAID}")
     publisher_channels = clients.Channels(
         config.load(PUBLISHER, environ), services={CONSUMER: [bus.EVENT_SINK]}
     )
@@ -443,7 +443,7 @@ def publish_transaction(
         for number in numbers:
             aggregate = f"{PUBLISHER}/{number % AGGREGATES}"
             envelope = outbox.publish(
-                session, OrderCreated(order=f"{aggregate}#{number}"), aggregate_id=aggregate
+                session, OrderPaid(order=f"{aggregate}#{number}"), aggregate_id=aggregate
             )
             ids.append(envelope.id)
     watch.add("publish_tx", time.perf_counter() - started)
@@ -511,7 +511,7 @@ def run_scenario(transport: str, database: str, opts: Options, certs: Path, work
         urls = database_urls(database, directory, opts.postgres_url, cleanup)
         publisher, consumer_side = open_side(urls[0], cleanup), open_side(urls[1], cleanup)
         handlers: dict[type[Message], bus.EventHandler] = {
-            OrderCreated: effect_handler(consumer_side.effects, clock)
+            OrderPaid: effect_handler(consumer_side.effects, clock)
         }
         consumer = TimedConsumer(consumer_side.factory, consumer_side.tables, handlers, watch=watch)
         if transport == "embedded":

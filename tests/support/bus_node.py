@@ -1,7 +1,7 @@
 """A bus node process for the crash tests: a kit server with the real embedded transport.
 
     python -m tests.support.bus_node publisher   # identity `orders`: relay + EventSink
-    python -m tests.support.bus_node consumer    # identity `payments`: EventSink + effects
+    python -m tests.support.bus_node consumer    # identity `notifications`: EventSink + effects
 
 Settings come from POLY_* as for a service. For fault injection, BUS_TEST_CRASH_AFTER=LO,HI
 makes the process SIGKILL itself after a random number (in [LO, HI)) of passes through its
@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 from sqlalchemy import MetaData
 from sqlalchemy.orm import Session
 
-from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated
+from poly.events.v1.events_pb2 import EventEnvelope, OrderPaid
 from services.kit import bus, clients, config, db, logs, server
 from tests.support.effects import effect_table, record_effect
 
@@ -65,7 +65,7 @@ class _CrashingConsumer(bus.Consumer):
 
 def _handler(recorder: bus.EventHandler) -> bus.EventHandler:
     def handle(session: Session, payload: Message, envelope: EventEnvelope) -> None:
-        assert isinstance(payload, OrderCreated)
+        assert isinstance(payload, OrderPaid)
         if _POISON and payload.order == _POISON:
             raise RuntimeError(f"poison order {payload.order}")
         recorder(session, payload, envelope)
@@ -76,7 +76,7 @@ def _handler(recorder: bus.EventHandler) -> bus.EventHandler:
 
 
 def main(role: str) -> None:
-    service = {"publisher": "orders", "consumer": "payments"}[role]
+    service = {"publisher": "orders", "consumer": "notifications"}[role]
     settings = config.load_or_exit(service)
     logs.setup(f"{role}-{service}", settings.log_level)
     metadata = MetaData(naming_convention=db.naming_convention)
@@ -85,7 +85,7 @@ def main(role: str) -> None:
     engine = db.connect_or_exit(settings.db)
     metadata.create_all(engine)
     factory = db.session_factory(engine)
-    peer = "payments" if role == "publisher" else "orders"
+    peer = "notifications" if role == "publisher" else "orders"
     channels = clients.Channels(settings, services={peer: [bus.EVENT_SINK]})
     background: list[object] = []
     send_timeout = settings.bus.lease_seconds / 2
@@ -112,7 +112,7 @@ def main(role: str) -> None:
         )
         background.append(relay)
     else:
-        consumer = _CrashingConsumer(factory, tables, {OrderCreated: _handler(record_effect(effects))})
+        consumer = _CrashingConsumer(factory, tables, {OrderPaid: _handler(record_effect(effects))})
         if settings.bus.url:  # embedded: nothing to start, the publisher's routes come from the contract
             background.append(
                 bus.BrokerConsumer(

@@ -6,7 +6,7 @@ from google.protobuf.message import Message
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert
 from sqlalchemy.orm import Session
 
-from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated
+from poly.events.v1.events_pb2 import EventEnvelope, OrderPaid
 from services.kit import bus
 
 
@@ -23,7 +23,7 @@ def effect_table(metadata: MetaData) -> Table:
 
 
 def record_effect(
-    effects: Table, event: type[Message] = OrderCreated, *, subject: str = "order"
+    effects: Table, event: type[Message] = OrderPaid, *, subject: str = "order"
 ) -> bus.EventHandler:
     """A handler of `event` that records one effect row, keyed by the payload's `subject` field."""
 

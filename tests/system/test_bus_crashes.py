@@ -1,7 +1,7 @@
 """Exactly-once effects through crashes: real processes, real mTLS, real databases.
 
-A publisher process (`orders`: relay) and a consumer process (`payments`: EventSink and
-a handler recording effects) run from `tests.support.bus_node`. Each kills itself with
+A publisher process (`orders`: relay) and a consumer process (`notifications`: EventSink
+and a handler recording effects) run from `tests.support.bus_node`. Each kills itself with
 SIGKILL at a random one of its crash points after a random number of passes; the test
 restarts whatever died, publishes 1,000 events meanwhile, waits until every delivery is
 made, and then counts the effects in the consumer's database.
@@ -21,7 +21,7 @@ import aio_pika
 import pytest
 from sqlalchemy import Engine, MetaData, func, select
 
-from poly.events.v1.events_pb2 import OrderCreated
+from poly.events.v1.events_pb2 import OrderPaid
 from services.kit import bus, config, db, tls
 from services.kit.config import DatabaseSettings
 from tests.support.broker import delete_namespace
@@ -74,7 +74,7 @@ def _wait(condition: Callable[[], bool], nodes: Nodes, crash_window: str | None,
 @pytest.fixture(params=["sqlite", "postgresql"])
 def urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'orders.db'}", f"sqlite:///{tmp_path / 'payments.db'}"
+        return f"sqlite:///{tmp_path / 'orders.db'}", f"sqlite:///{tmp_path / 'notifications.db'}"
     make = request.getfixturevalue("postgres_databases")
     return make(), make()
 
@@ -97,16 +97,16 @@ def nodes(tmp_path: Path, urls: tuple[str, str], transport: dict[str, str]) -> I
     environ = {
         "POLY_HOME": str(tmp_path),
         "POLY_ORDERS_PORT": str(free_port()),
-        "POLY_PAYMENTS_PORT": str(free_port()),
+        "POLY_NOTIFICATIONS_PORT": str(free_port()),
         "POLY_ORDERS_DATABASE_URL": urls[0],
-        "POLY_PAYMENTS_DATABASE_URL": urls[1],
+        "POLY_NOTIFICATIONS_DATABASE_URL": urls[1],
         "POLY_BUS_LEASE_SECONDS": "3",
         "POLY_BUS_MAX_ATTEMPTS": "1000",
         "POLY_GRACE_SECONDS": "2",
         **transport,
     }
     environ["POLY_ORDERS_ADDRESS"] = f"localhost:{environ['POLY_ORDERS_PORT']}"
-    environ["POLY_PAYMENTS_ADDRESS"] = f"localhost:{environ['POLY_PAYMENTS_PORT']}"
+    environ["POLY_NOTIFICATIONS_ADDRESS"] = f"localhost:{environ['POLY_NOTIFICATIONS_PORT']}"
     started = Nodes(environ)
     try:
         yield started
@@ -128,7 +128,7 @@ def _queue_drained(environ: dict[str, str]) -> bool:
         async with connection:
             channel = await connection.channel()
             queue = await channel.declare_queue(
-                bus.queue_name("payments", environ["POLY_BUS_PREFIX"]), passive=True
+                bus.queue_name("notifications", environ["POLY_BUS_PREFIX"]), passive=True
             )
             return int(queue.declaration_result.message_count or 0)
 
@@ -166,7 +166,7 @@ def test_a_thousand_events_have_their_effect_exactly_once_in_order_through_sigki
     nodes.start("consumer", crash_window=window)
     orders_metadata = MetaData(naming_convention=db.naming_convention)
     tables = bus.bus_tables(orders_metadata)
-    orders_engine, payments_engine = _engine(urls[0]), _engine(urls[1])
+    orders_engine, notifications_engine = _engine(urls[0]), _engine(urls[1])
     try:
         outbox = _outbox_when_ready(nodes, orders_engine, tables, window)
         factory = db.session_factory(orders_engine)
@@ -177,7 +177,7 @@ def test_a_thousand_events_have_their_effect_exactly_once_in_order_through_sigki
                 for number in range(start, start + PER_TRANSACTION):
                     aggregate = f"orders/{rng.randrange(AGGREGATES)}"
                     envelope = outbox.publish(
-                        session, OrderCreated(order=f"{aggregate}#{number}"), aggregate_id=aggregate
+                        session, OrderPaid(order=f"{aggregate}#{number}"), aggregate_id=aggregate
                     )
                     published.setdefault(aggregate, []).append(envelope.id)
             nodes.keep_alive(window)
@@ -191,12 +191,12 @@ def test_a_thousand_events_have_their_effect_exactly_once_in_order_through_sigki
 
         def all_applied() -> bool:
             # With a broker, "delivered" means the broker confirmed it; the consumer may lag.
-            with payments_engine.connect() as connection:
+            with notifications_engine.connect() as connection:
                 applied = int(connection.scalar(select(func.count()).select_from(effects)) or 0)
             return applied >= EVENTS and _queue_drained(nodes.environ)
 
         _wait(all_applied, nodes, window, timeout=240)
-        with payments_engine.connect() as connection:
+        with notifications_engine.connect() as connection:
             rows = connection.execute(
                 select(effects.c.event_id, effects.c.aggregate_id).order_by(effects.c.id)
             ).all()
@@ -208,7 +208,7 @@ def test_a_thousand_events_have_their_effect_exactly_once_in_order_through_sigki
         assert nodes.crashes["publisher"] >= 1 and nodes.crashes["consumer"] >= 1, nodes.crashes
     finally:
         orders_engine.dispose()
-        payments_engine.dispose()
+        notifications_engine.dispose()
 
 
 def _poly(environ: dict[str, str], *args: str) -> str:
@@ -226,13 +226,13 @@ def test_a_poison_event_is_dead_lettered_without_blocking_and_poly_bus_redrive_d
     nodes.start("publisher", crash_window=None)
     nodes.start("consumer", crash_window=None)
     tables = bus.bus_tables(MetaData())
-    orders_engine, payments_engine = _engine(urls[0]), _engine(urls[1])
+    orders_engine, notifications_engine = _engine(urls[0]), _engine(urls[1])
     try:
         outbox = _outbox_when_ready(nodes, orders_engine, tables, None)
         with db.transaction(db.session_factory(orders_engine)) as session:
-            poison = outbox.publish(session, OrderCreated(order=poison_order), aggregate_id="orders/P")
+            poison = outbox.publish(session, OrderPaid(order=poison_order), aggregate_id="orders/P")
             later = [
-                outbox.publish(session, OrderCreated(order=f"orders/P#{i}"), aggregate_id="orders/P")
+                outbox.publish(session, OrderPaid(order=f"orders/P#{i}"), aggregate_id="orders/P")
                 for i in range(3)
             ]
 
@@ -243,7 +243,7 @@ def test_a_poison_event_is_dead_lettered_without_blocking_and_poly_bus_redrive_d
         effects = effect_table(MetaData())
 
         def applied() -> list[str]:
-            with payments_engine.connect() as connection:
+            with notifications_engine.connect() as connection:
                 return list(connection.execute(select(effects.c.event_id).order_by(effects.c.id)).scalars())
 
         assert applied() == [e.id for e in later], "the later events were not blocked by the poison one"
@@ -261,4 +261,4 @@ def test_a_poison_event_is_dead_lettered_without_blocking_and_poly_bus_redrive_d
         assert "dead       0" in _poly(nodes.environ, "bus", "status", "orders")
     finally:
         orders_engine.dispose()
-        payments_engine.dispose()
+        notifications_engine.dispose()

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy import Engine, MetaData, Table, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated
+from poly.events.v1.events_pb2 import EventEnvelope, OrderPaid
 from services.kit import bus, db
 from services.kit.config import DatabaseSettings
 from tests.support.clock import Clock
@@ -140,4 +140,4 @@ class ScriptedTransport:
 
 def publish(bus_db: BusDb, outbox: bus.Outbox, aggregate: str, order: str) -> EventEnvelope:
     with db.transaction(bus_db.factory) as session:
-        return outbox.publish(session, OrderCreated(order=order), aggregate_id=aggregate)
+        return outbox.publish(session, OrderPaid(order=order), aggregate_id=aggregate)

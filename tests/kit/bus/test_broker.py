@@ -13,7 +13,7 @@ from aio_pika.abc import AbstractChannel
 from google.protobuf.message import Message
 from sqlalchemy.orm import Session
 
-from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated, UserRegistered
+from poly.events.v1.events_pb2 import EventEnvelope, OrderPaid, UserRegistered
 from services.kit import bus
 from services.kit.bus import topology
 from services.kit.bus.broker import LoopThread
@@ -39,7 +39,7 @@ def prefix(amqp_url: str) -> Iterator[str]:
     delete_namespace(amqp_url, name)
 
 
-ORDER_CREATED = "poly.events.v1.OrderCreated"
+ORDER_PAID = "poly.events.v1.OrderPaid"
 USER_REGISTERED = "poly.events.v1.UserRegistered"
 
 
@@ -50,8 +50,8 @@ def _until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
 def test_published_events_are_applied_once_each_even_when_published_twice(
     bus_db: BusDb, amqp_url: str, prefix: str
 ) -> None:
-    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: record_effect(bus_db.effects)})
-    intake = bus.BrokerConsumer(amqp_url, "payments", consumer, prefix=prefix)
+    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
+    intake = bus.BrokerConsumer(amqp_url, "notifications", consumer, prefix=prefix)
     transport = bus.BrokerTransport(amqp_url, prefix=prefix)
     intake.start()
     try:
@@ -82,13 +82,15 @@ def test_a_poison_event_goes_to_the_dead_letter_queue_and_is_redriven(
     broken = {"orders/P#0"}
 
     def handler(session: Session, payload: Message, envelope: EventEnvelope) -> None:
-        assert isinstance(payload, OrderCreated)
+        assert isinstance(payload, OrderPaid)
         if payload.order in broken:
             raise RuntimeError("cannot handle this one")
         recorder(session, payload, envelope)
 
-    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: handler})
-    intake = bus.BrokerConsumer(amqp_url, "payments", consumer, prefix=prefix, attempts=3, retry_delay=0.01)
+    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderPaid: handler})
+    intake = bus.BrokerConsumer(
+        amqp_url, "notifications", consumer, prefix=prefix, attempts=3, retry_delay=0.01
+    )
     transport = bus.BrokerTransport(amqp_url, prefix=prefix)
     intake.start()
     try:
@@ -100,7 +102,7 @@ def test_a_poison_event_goes_to_the_dead_letter_queue_and_is_redriven(
             pass
         _until(lambda: bus_db.effect_counts() == {later.id: 1})
         broken.clear()  # the handler was fixed
-        assert bus.redrive_dead_queue(amqp_url, "payments", prefix=prefix) == 1
+        assert bus.redrive_dead_queue(amqp_url, "notifications", prefix=prefix) == 1
         _until(lambda: bus_db.effect_counts() == {later.id: 1, poison.id: 1})
     finally:
         transport.close()
@@ -112,8 +114,8 @@ def test_across_a_broker_outage_publishes_commit_drain_once_and_leave_one_channe
 ) -> None:
     caplog.set_level(logging.WARNING)
     proxy, proxied_url = through_proxy(amqp_url)
-    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: record_effect(bus_db.effects)})
-    intake = bus.BrokerConsumer(amqp_url, "payments", consumer, prefix=prefix)  # the consumer's own link
+    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
+    intake = bus.BrokerConsumer(amqp_url, "notifications", consumer, prefix=prefix)  # the consumer's own link
     publisher = f"{prefix} publisher"
     transport = bus.BrokerTransport(proxied_url, prefix=prefix, timeout=2, name=publisher)
     intake.start()
@@ -158,8 +160,8 @@ def test_across_a_broker_outage_publishes_commit_drain_once_and_leave_one_channe
 
 
 def _envelope(event_id: str) -> EventEnvelope:
-    envelope = EventEnvelope(id=event_id, type=ORDER_CREATED, aggregate_id="orders/U", source="orders")
-    envelope.payload.Pack(OrderCreated(order=f"orders/U#{event_id}"))
+    envelope = EventEnvelope(id=event_id, type=ORDER_PAID, aggregate_id="orders/U", source="orders")
+    envelope.payload.Pack(OrderPaid(order=f"orders/U#{event_id}"))
     return envelope
 
 
@@ -170,15 +172,15 @@ def test_an_event_whose_consumers_queues_vanished_raises_the_alarm_and_is_delive
     transport = bus.BrokerTransport(amqp_url, prefix=prefix)
     try:
         transport.send("broker", _envelope("before"))  # connects and declares the topology
-        delete_queue(amqp_url, bus.queue_name("payments", prefix))  # an operator's mistake
+        delete_queue(amqp_url, bus.queue_name("notifications", prefix))  # an operator's mistake
         transport.send("broker", _envelope("after"))  # returned, declared again, published again
         assert transport.metrics.total("unroutable") == 1
         alarms = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert [(r.event_type, r.missing_consumers) for r in alarms] == [  # type: ignore[attr-defined]
-            (ORDER_CREATED, ["payments"])
+            (ORDER_PAID, ["notifications"])
         ]
-        payments = bus.queue_name("payments", prefix)
-        assert ready_count(amqp_url, payments) == 1, "the queue is back, with the event"
+        notifications = bus.queue_name("notifications", prefix)
+        assert ready_count(amqp_url, notifications) == 1, "the queue is back, with the event"
     finally:
         transport.close()
 
@@ -222,7 +224,7 @@ def test_an_event_still_unroutable_after_declaring_again_stays_pending_never_dea
 
     async def declare_then_lose(channel: AbstractChannel, prefix: str, **options: Any) -> topology.Declared:
         declared = await declare(channel, prefix, **options)
-        await channel.queue_delete(bus.queue_name("payments", prefix))  # someone keeps deleting it
+        await channel.queue_delete(bus.queue_name("notifications", prefix))  # someone keeps deleting it
         return declared
 
     monkeypatch.setattr(topology, "declare", declare_then_lose)
@@ -232,7 +234,7 @@ def test_an_event_still_unroutable_after_declaring_again_stays_pending_never_dea
         bus_db.engine, bus_db.tables, transport, settings=bus.RelaySettings(max_attempts=2), clock=clock
     )
     try:
-        with pytest.raises(bus.DeliveryError, match="no queue of payments takes it") as refused:
+        with pytest.raises(bus.DeliveryError, match="no queue of notifications takes it") as refused:
             transport.send("broker", _envelope("lost-queue"))
         assert refused.value.transient, "retried until the topology is back, never dead-lettered"
         outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.broker_routing(), clock=clock)
@@ -245,8 +247,8 @@ def test_an_event_still_unroutable_after_declaring_again_stays_pending_never_dea
         monkeypatch.setattr(topology, "declare", declare)  # the deleting stopped
         assert relay.run_once() == 1
         assert bus.state_counts(bus_db.engine, bus_db.tables) == {bus.DELIVERED: 1}
-        payments = bus.queue_name("payments", prefix)
-        assert ready_count(amqp_url, payments) == 1, "delivered once the queue stayed"
+        notifications = bus.queue_name("notifications", prefix)
+        assert ready_count(amqp_url, notifications) == 1, "delivered once the queue stayed"
     finally:
         transport.close()
 

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 import aio_pika
 import pytest
 
-from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated
+from poly.events.v1.events_pb2 import EventEnvelope, OrderPaid
 from services.kit import bus
+from services.kit.bus import contract
 from tests.kit.bus.conftest import BusDb, publish, record_effect
 from tests.support.broker import (
     channels_of,
@@ -26,7 +27,7 @@ from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
-ORDER_CREATED = "poly.events.v1.OrderCreated"
+ORDER_PAID = "poly.events.v1.OrderPaid"
 
 
 @pytest.fixture
@@ -40,8 +41,11 @@ def prefix(amqp_url: str) -> Iterator[str]:
 def test_the_consumer_declares_the_whole_topology_before_it_consumes(
     bus_db: BusDb, amqp_url: str, prefix: str
 ) -> None:
-    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: record_effect(bus_db.effects)})
-    intake = bus.BrokerConsumer(amqp_url, "payments", consumer, prefix=prefix)
+    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
+    intake = bus.BrokerConsumer(amqp_url, "notifications", consumer, prefix=prefix)
+    # The services the contract names a consumer of some event: each has a queue.
+    consumers = sorted(service for service in contract.services() if contract.consumed_by(service))
+    assert {"auth", "users", "payments", "notifications"} <= set(consumers)
     intake.start()
     try:
         assert intake.ready.is_set()
@@ -51,19 +55,13 @@ def test_the_consumer_declares_the_whole_topology_before_it_consumes(
             async with connection:
                 channel = await connection.channel()
                 found = {}
-                for service in ("auth", "users", "orders", "payments", "notifications"):
+                for service in consumers:
                     queue = await channel.declare_queue(bus.queue_name(service, prefix), passive=True)
                     found[service] = int(queue.declaration_result.consumer_count or 0)
                 return found
 
-        # Every consumer's queue exists, though only payments consumes yet.
-        assert asyncio.run(queues()) == {
-            "auth": 0,
-            "users": 0,
-            "orders": 0,
-            "payments": 1,
-            "notifications": 0,
-        }
+        # Every consumer's queue exists, though only notifications consumes yet.
+        assert asyncio.run(queues()) == {service: int(service == "notifications") for service in consumers}
     finally:
         intake.stop()
 
@@ -73,9 +71,9 @@ def test_after_an_outage_the_consumer_is_back_on_one_channel_without_error_logs(
 ) -> None:
     caplog.set_level(logging.WARNING)
     proxy, proxied_url = through_proxy(amqp_url)
-    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: record_effect(bus_db.effects)})
-    name = f"{prefix} payments consumer"
-    intake = bus.BrokerConsumer(proxied_url, "payments", consumer, prefix=prefix)
+    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
+    name = f"{prefix} notifications consumer"
+    intake = bus.BrokerConsumer(proxied_url, "notifications", consumer, prefix=prefix)
     transport = bus.BrokerTransport(amqp_url, prefix=prefix)  # the publisher's own link
     outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.broker_routing())
     relay = bus.Relay(bus_db.engine, bus_db.tables, transport)
@@ -104,8 +102,8 @@ def test_after_an_outage_the_consumer_is_back_on_one_channel_without_error_logs(
 def test_an_undecodable_message_goes_to_the_dead_letter_queue(
     bus_db: BusDb, amqp_url: str, prefix: str
 ) -> None:
-    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: record_effect(bus_db.effects)})
-    intake = bus.BrokerConsumer(amqp_url, "payments", consumer, prefix=prefix)
+    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
+    intake = bus.BrokerConsumer(amqp_url, "notifications", consumer, prefix=prefix)
     intake.start()
     try:
 
@@ -114,9 +112,7 @@ def test_an_undecodable_message_goes_to_the_dead_letter_queue(
             async with connection:
                 channel = await connection.channel()
                 exchange = await channel.get_exchange(f"{prefix}.events.order")
-                await exchange.publish(
-                    aio_pika.Message(body=b"\xff not a protobuf"), routing_key="poly.events.v1.OrderCreated"
-                )
+                await exchange.publish(aio_pika.Message(body=b"\xff not a protobuf"), routing_key=ORDER_PAID)
 
         asyncio.run(publish_garbage())
 
@@ -124,7 +120,9 @@ def test_an_undecodable_message_goes_to_the_dead_letter_queue(
             connection = await aio_pika.connect(amqp_url, timeout=10)
             async with connection:
                 channel = await connection.channel()
-                queue = await channel.declare_queue(bus.dead_queue_name("payments", prefix), passive=True)
+                queue = await channel.declare_queue(
+                    bus.dead_queue_name("notifications", prefix), passive=True
+                )
                 return int(queue.declaration_result.message_count or 0)
 
         eventually(lambda: asyncio.run(dead_count()) == 1, what="the message in the dead-letter queue")
@@ -132,9 +130,9 @@ def test_an_undecodable_message_goes_to_the_dead_letter_queue(
         intake.stop()
     # With the consumer gone and its queue deleted by hand, a redrive re-creates the queue and
     # moves the message into it: never acknowledged into nowhere.
-    delete_queue(amqp_url, bus.queue_name("payments", prefix))
-    assert bus.redrive_dead_queue(amqp_url, "payments", prefix=prefix) == 1
-    assert ready_count(amqp_url, bus.queue_name("payments", prefix)) == 1
+    delete_queue(amqp_url, bus.queue_name("notifications", prefix))
+    assert bus.redrive_dead_queue(amqp_url, "notifications", prefix=prefix) == 1
+    assert ready_count(amqp_url, bus.queue_name("notifications", prefix)) == 1
     assert asyncio.run(dead_count()) == 0
 
 
@@ -155,13 +153,13 @@ def _publish_raw(amqp_url: str, prefix: str, envelope: EventEnvelope, headers: d
 
 
 def _dead(amqp_url: str, prefix: str, *, take: bool = False) -> list[dict[str, object]]:
-    """The headers of the messages in the payments dead-letter queue (removed if `take`)."""
+    """The headers of the messages in the notifications dead-letter queue (removed if `take`)."""
 
     async def go() -> list[dict[str, object]]:
         connection = await aio_pika.connect(amqp_url, timeout=10)
         async with connection:
             channel = await connection.channel()
-            queue = await channel.declare_queue(bus.dead_queue_name("payments", prefix), passive=True)
+            queue = await channel.declare_queue(bus.dead_queue_name("notifications", prefix), passive=True)
             found: list[dict[str, object]] = []
             for _ in range(int(queue.declaration_result.message_count or 0)):
                 message = await queue.get(fail=False, no_ack=take, timeout=10)
@@ -177,8 +175,10 @@ def test_a_forged_message_is_dead_lettered_with_its_reason_never_applied_nor_red
     bus_db: BusDb, amqp_url: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="poly.bus.broker")
-    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderCreated: record_effect(bus_db.effects)})
-    intake = bus.BrokerConsumer(amqp_url, "payments", consumer, prefix=prefix, attempts=3, retry_delay=0.01)
+    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
+    intake = bus.BrokerConsumer(
+        amqp_url, "notifications", consumer, prefix=prefix, attempts=3, retry_delay=0.01
+    )
     intake.start()
     try:
         forged = [
@@ -189,12 +189,12 @@ def test_a_forged_message_is_dead_lettered_with_its_reason_never_applied_nor_red
         ]
         for number, (source, headers) in enumerate(forged):
             envelope = EventEnvelope(
-                id=f"forged-{number}", type=ORDER_CREATED, aggregate_id="orders/F", source=source
+                id=f"forged-{number}", type=ORDER_PAID, aggregate_id="orders/F", source=source
             )
-            envelope.payload.Pack(OrderCreated(order=f"orders/F#{number}"))
+            envelope.payload.Pack(OrderPaid(order=f"orders/F#{number}"))
             _publish_raw(amqp_url, prefix, envelope, headers)
-        genuine = EventEnvelope(id="genuine", type=ORDER_CREATED, aggregate_id="orders/F", source="orders")
-        genuine.payload.Pack(OrderCreated(order="orders/F#genuine"))
+        genuine = EventEnvelope(id="genuine", type=ORDER_PAID, aggregate_id="orders/F", source="orders")
+        genuine.payload.Pack(OrderPaid(order="orders/F#genuine"))
         _publish_raw(amqp_url, prefix, genuine, {"source": "orders"})
 
         eventually(lambda: bus_db.effect_counts() == {"genuine": 1}, what="the genuine event applied")
@@ -202,7 +202,7 @@ def test_a_forged_message_is_dead_lettered_with_its_reason_never_applied_nor_red
         assert consumer.metrics.total("refused") == 3
         assert consumer.metrics.total("applied") == 1, "refused at once: never retried, never applied"
 
-        assert bus.redrive_dead_queue(amqp_url, "payments", prefix=prefix) == 0, "refused again anyway"
+        assert bus.redrive_dead_queue(amqp_url, "notifications", prefix=prefix) == 0, "refused again anyway"
         reasons = sorted(str(headers[bus.REASON_HEADER]) for headers in _dead(amqp_url, prefix, take=True))
         assert reasons == [
             "EVENT_SOURCE_MISMATCH",
@@ -213,9 +213,9 @@ def test_a_forged_message_is_dead_lettered_with_its_reason_never_applied_nor_red
         logged = [r for r in caplog.records if r.getMessage() == "event refused and dead-lettered"]
         seen = sorted((r.event_id, r.event_type, r.source, r.reason) for r in logged)  # type: ignore[attr-defined]
         assert seen == [
-            ("forged-0", ORDER_CREATED, "notifications", "EVENT_TYPE_NOT_PUBLISHED_BY_CALLER"),
-            ("forged-1", ORDER_CREATED, "orders", "EVENT_SOURCE_MISMATCH"),
-            ("forged-2", ORDER_CREATED, "orders", "EVENT_SOURCE_MISMATCH"),
+            ("forged-0", ORDER_PAID, "notifications", "EVENT_TYPE_NOT_PUBLISHED_BY_CALLER"),
+            ("forged-1", ORDER_PAID, "orders", "EVENT_SOURCE_MISMATCH"),
+            ("forged-2", ORDER_PAID, "orders", "EVENT_SOURCE_MISMATCH"),
         ]
     finally:
         intake.stop()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import threading
 
-from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated
+from poly.events.v1.events_pb2 import EventEnvelope, OrderPaid
 from services.kit import bus
 from tests.kit.bus.conftest import BusDb, Clock, publish, record_effect
 
@@ -19,10 +19,10 @@ def test_counts_are_per_event_type_and_thread_safe() -> None:
         thread.start()
     for thread in threads:
         thread.join(30)
-    metrics.add("published", "poly.events.v1.OrderCreated", 3)
+    metrics.add("published", "poly.events.v1.OrderCancelled", 3)
     assert metrics.snapshot() == {
         ("delivered", "poly.events.v1.OrderPaid"): 4000,
-        ("published", "poly.events.v1.OrderCreated"): 3,
+        ("published", "poly.events.v1.OrderCancelled"): 3,
     }
     assert metrics.total("delivered") == 4000
 
@@ -37,14 +37,14 @@ def test_backlog_counts_deliveries_not_yet_made(bus_db: BusDb) -> None:
 def _occurred_at(seconds: float, event_id: str = "6f1c2f8e-0000-4000-8000-00000000000d") -> EventEnvelope:
     envelope = EventEnvelope(
         id=event_id,
-        type="poly.events.v1.OrderCreated",
+        type="poly.events.v1.OrderPaid",
         aggregate_id="orders/1",
         source="orders",
         schema_version=1,
     )
     if seconds:
         envelope.occur_time.FromNanoseconds(int(seconds * 1e9))
-    envelope.payload.Pack(OrderCreated(order="orders/1"))
+    envelope.payload.Pack(OrderPaid(order="orders/1"))
     return envelope
 
 
@@ -55,7 +55,7 @@ def test_each_applied_event_s_delay_goes_to_the_observers_once(bus_db: BusDb) ->
     consumer = bus.Consumer(
         bus_db.factory,
         bus_db.tables,
-        {OrderCreated: record_effect(bus_db.effects)},
+        {OrderPaid: record_effect(bus_db.effects)},
         metrics=metrics,
         clock=lambda: 1_000_002.5,
     )
@@ -69,9 +69,9 @@ def test_each_applied_event_s_delay_goes_to_the_observers_once(bus_db: BusDb) ->
     )
     # No occur_time at all: nothing to measure.
     assert consumer.apply(_occurred_at(0, "6f1c2f8e-0000-4000-8000-00000000000f")) is bus.Outcome.APPLIED
-    assert seen == [("poly.events.v1.OrderCreated", 2.5), ("poly.events.v1.OrderCreated", 0.0)]
-    assert later == [("poly.events.v1.OrderCreated", 0.0)]
+    assert seen == [("poly.events.v1.OrderPaid", 2.5), ("poly.events.v1.OrderPaid", 0.0)]
+    assert later == [("poly.events.v1.OrderPaid", 0.0)]
 
 
 def test_apply_delays_go_nowhere_by_default() -> None:
-    bus.BusMetrics().observe_apply_delay("poly.events.v1.OrderCreated", 1.0)  # no observer, no error
+    bus.BusMetrics().observe_apply_delay("poly.events.v1.OrderPaid", 1.0)  # no observer, no error

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from sqlalchemy import update
 
-from poly.events.v1.events_pb2 import OrderPaid
+from poly.events.v1.events_pb2 import OrderCancelled
 from services.kit import bus, db
 from services.kit.bus.observed import export_bus_metrics
 from services.kit.telemetry import Telemetry
@@ -49,48 +49,50 @@ def test_counts_delays_and_the_outbox_are_exported(bus_db: BusDb) -> None:
     telemetry, counts = _telemetry(), bus.BusMetrics()
     export_bus_metrics(telemetry, counts, bus_db.engine, bus_db.tables, source="orders")
     registry = telemetry.metrics.registry
-    counts.add("published", "poly.events.v1.OrderCreated", 3)
-    counts.add("dead_lettered", "poly.events.v1.OrderCreated")
-    counts.observe_apply_delay("poly.events.v1.OrderCreated", 0.02)
+    counts.add("published", "poly.events.v1.OrderPaid", 3)
+    counts.add("dead_lettered", "poly.events.v1.OrderPaid")
+    counts.observe_apply_delay("poly.events.v1.OrderPaid", 0.02)
     outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.consumer_routing(), clock=_ago(hours=1))
-    publish(bus_db, outbox, "orders/1", "orders/1")  # OrderCreated: payments consumes it
+    publish(bus_db, outbox, "orders/1", "orders/1")  # OrderPaid: notifications consumes it
 
-    created = {"event_type": "poly.events.v1.OrderCreated"}
-    assert registry.get_sample_value("poly_bus_events_total", {**created, "outcome": "published"}) == 3
-    assert registry.get_sample_value("poly_bus_events_total", {**created, "outcome": "dead_lettered"}) == 1
-    assert registry.get_sample_value("poly_bus_apply_delay_seconds_count", created) == 1
-    assert registry.get_sample_value(PENDING, {"consumer": "payments"}) == 1
-    age = registry.get_sample_value(AGE, {"consumer": "payments"})
+    paid = {"event_type": "poly.events.v1.OrderPaid"}
+    assert registry.get_sample_value("poly_bus_events_total", {**paid, "outcome": "published"}) == 3
+    assert registry.get_sample_value("poly_bus_events_total", {**paid, "outcome": "dead_lettered"}) == 1
+    assert registry.get_sample_value("poly_bus_apply_delay_seconds_count", paid) == 1
+    assert registry.get_sample_value(PENDING, {"consumer": "notifications"}) == 1
+    age = registry.get_sample_value(AGE, {"consumer": "notifications"})
     assert age is not None and 3500 < age < 3700
 
 
 def test_the_outbox_says_which_consumer_is_behind(bus_db: BusDb) -> None:
     outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.consumer_routing(), clock=_ago(hours=1))
     for order in ("orders/1", "orders/2"):
-        publish(bus_db, outbox, order, order)  # OrderCreated, for payments, an hour ago
+        publish(bus_db, outbox, order, order)  # OrderPaid, for notifications, an hour ago
     recent = bus.Outbox(
         bus_db.tables, source="orders", routing=bus.consumer_routing(), clock=_ago(seconds=30)
     )
-    with db.transaction(bus_db.factory) as session:  # OrderPaid, for notifications, 30 s ago
-        recent.publish(session, OrderPaid(order="orders/3"), aggregate_id="orders/3")
+    with db.transaction(bus_db.factory) as session:  # OrderCancelled, for both, 30 s ago
+        recent.publish(session, OrderCancelled(order="orders/3"), aggregate_id="orders/3")
 
     registry = _scrape(bus_db)
-    assert _by_consumer(registry, PENDING) == {"payments": 2, "notifications": 1}
+    assert _by_consumer(registry, PENDING) == {"notifications": 3, "payments": 1}
     ages = _by_consumer(registry, AGE)
-    assert 3500 < ages["payments"] < 3700
-    assert 25 < ages["notifications"] < 300
+    assert 3500 < ages["notifications"] < 3700
+    assert 25 < ages["payments"] < 300
 
-    # payments catches up: its deliveries are made, notifications' is still waiting.
+    # notifications catches up: its deliveries are made, payments' is still waiting.
     delivery = bus_db.tables.delivery
     with bus_db.engine.begin() as connection:
-        connection.execute(update(delivery).where(delivery.c.route == "payments").values(state=bus.DELIVERED))
+        connection.execute(
+            update(delivery).where(delivery.c.route == "notifications").values(state=bus.DELIVERED)
+        )
     registry = _scrape(bus_db)
-    assert _by_consumer(registry, PENDING) == {"payments": 0, "notifications": 1}
-    assert _by_consumer(registry, AGE)["payments"] == 0
+    assert _by_consumer(registry, PENDING) == {"notifications": 0, "payments": 1}
+    assert _by_consumer(registry, AGE)["notifications"] == 0
 
 
 def test_every_consumer_of_the_nodes_events_has_a_series_even_with_nothing_pending(bus_db: BusDb) -> None:
-    # orders publishes OrderCreated (payments), OrderCancelled (payments, notifications), ...
+    # orders publishes OrderCancelled (payments, notifications), OrderPaid (notifications), ...
     registry = _scrape(bus_db, source="orders")
     assert _by_consumer(registry, PENDING) == {"payments": 0, "notifications": 0}
     assert _by_consumer(registry, AGE) == {"payments": 0, "notifications": 0}

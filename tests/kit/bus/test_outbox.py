@@ -9,8 +9,8 @@ from sqlalchemy import func, select
 from poly.events.v1.events_pb2 import (
     EventEnvelope,
     OrderCancelled,
-    OrderCreated,
     OrderFulfilled,
+    OrderPaid,
     PaymentVoided,
     UserDeleted,
     UserRegistered,
@@ -21,7 +21,7 @@ from services.kit.config import BusSettings
 from tests.kit.bus.conftest import BusDb, make_bus_db, publish
 from tests.support.waiting import eventually
 
-ORDER_CREATED = "poly.events.v1.OrderCreated"
+ORDER_PAID = "poly.events.v1.OrderPaid"
 
 
 def _count(bus_db: BusDb, table: object) -> int:
@@ -43,7 +43,7 @@ def _published(metrics: bus.BusMetrics, event_type: str) -> int:
 def test_a_rolled_back_transaction_leaves_no_event(bus_db: BusDb) -> None:
     outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.consumer_routing())
     with pytest.raises(RuntimeError), db.transaction(bus_db.factory) as session:
-        outbox.publish(session, OrderCreated(order="orders/1"), aggregate_id="orders/1")
+        outbox.publish(session, OrderPaid(order="orders/1"), aggregate_id="orders/1")
         raise RuntimeError("the state change failed")
     assert _count(bus_db, bus_db.tables.outbox) == 0
     assert _count(bus_db, bus_db.tables.delivery) == 0
@@ -52,9 +52,9 @@ def test_a_rolled_back_transaction_leaves_no_event(bus_db: BusDb) -> None:
 def test_a_committed_event_is_a_well_formed_envelope(bus_db: BusDb) -> None:
     outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.consumer_routing())
     envelope = publish(bus_db, outbox, "orders/1", "orders/1")
-    assert (envelope.type, envelope.source, envelope.aggregate_id) == (ORDER_CREATED, "orders", "orders/1")
+    assert (envelope.type, envelope.source, envelope.aggregate_id) == (ORDER_PAID, "orders", "orders/1")
     assert envelope.schema_version == 1 and envelope.occur_time.seconds > 0
-    payload = OrderCreated()
+    payload = OrderPaid()
     assert envelope.payload.Unpack(payload) and payload.order == "orders/1"
 
 
@@ -65,7 +65,7 @@ def test_a_committed_event_is_a_well_formed_envelope(bus_db: BusDb) -> None:
     [
         ("auth", UserRegistered(user="users/1"), ["notifications", "payments", "users"]),
         ("orders", OrderCancelled(order="orders/1"), ["notifications", "payments"]),
-        ("orders", OrderCreated(order="orders/1"), ["payments"]),
+        ("orders", OrderPaid(order="orders/1"), ["notifications"]),
         ("users", UserDeleted(user="users/1"), ["auth"]),
     ],
     ids=["three-consumers", "two-consumers", "one-consumer", "users-to-auth"],
@@ -115,7 +115,7 @@ def test_broker_routing_sends_a_consumed_event_once_to_the_broker(bus_db: BusDb)
 
 @pytest.mark.parametrize(
     ("url", "routes"),
-    [("", ["payments"]), ("amqp://guest:guest@127.0.0.1:5672/", ["payments"])],
+    [("", ["notifications"]), ("amqp://guest:guest@127.0.0.1:5672/", ["notifications"])],
     ids=["embedded", "broker"],
 )
 def test_both_transports_route_one_delivery_per_consumer(bus_db: BusDb, url: str, routes: list[str]) -> None:
@@ -131,12 +131,12 @@ def test_the_relay_is_woken_after_commit_only(bus_db: BusDb) -> None:
         bus_db.tables, source="orders", routing=bus.broker_routing(), on_commit=lambda: woken.append(1)
     )
     with pytest.raises(RuntimeError), db.transaction(bus_db.factory) as session:
-        outbox.publish(session, OrderCreated(order="orders/1"), aggregate_id="orders/1")
+        outbox.publish(session, OrderPaid(order="orders/1"), aggregate_id="orders/1")
         raise RuntimeError("rolled back")
     assert woken == []
     with db.transaction(bus_db.factory) as session:
-        outbox.publish(session, OrderCreated(order="orders/2"), aggregate_id="orders/2")
-        outbox.publish(session, OrderCreated(order="orders/3"), aggregate_id="orders/3")
+        outbox.publish(session, OrderPaid(order="orders/2"), aggregate_id="orders/2")
+        outbox.publish(session, OrderPaid(order="orders/3"), aggregate_id="orders/3")
         assert woken == [], "not before the commit"
     assert woken == [1], "once per transaction"
 
@@ -147,7 +147,7 @@ def test_an_event_no_one_consumes_wakes_no_relay(bus_db: BusDb) -> None:
         bus_db.tables, source="orders", routing=lambda _session, _type: [], on_commit=lambda: woken.append(1)
     )
     with db.transaction(bus_db.factory) as session:
-        outbox.publish(session, OrderCreated(order="orders/1"), aggregate_id="orders/1")
+        outbox.publish(session, OrderPaid(order="orders/1"), aggregate_id="orders/1")
     assert woken == [], "nothing to deliver, so no relay round"
     with bus_db.engine.connect() as connection:
         assert connection.execute(select(bus_db.tables.delivery.c.route)).scalars().all() == []
@@ -156,7 +156,7 @@ def test_an_event_no_one_consumes_wakes_no_relay(bus_db: BusDb) -> None:
 def test_an_aggregate_id_is_required(bus_db: BusDb) -> None:
     outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.broker_routing())
     with pytest.raises(ValueError, match="aggregate_id"), db.transaction(bus_db.factory) as session:
-        outbox.publish(session, OrderCreated(order="orders/1"), aggregate_id="")
+        outbox.publish(session, OrderPaid(order="orders/1"), aggregate_id="")
 
 
 def test_a_service_cannot_publish_an_event_it_is_not_the_declared_publisher_of(bus_db: BusDb) -> None:
@@ -177,7 +177,7 @@ def test_on_postgresql_an_aggregates_next_event_waits_for_the_one_before_to_comm
     outcome: dict[str, object] = {}
     try:
         with db.transaction(pg.factory) as first:
-            earlier = outbox.publish(first, OrderCreated(order="orders/1"), aggregate_id="orders/1")
+            earlier = outbox.publish(first, OrderPaid(order="orders/1"), aggregate_id="orders/1")
 
             def second() -> None:
                 try:
@@ -196,7 +196,7 @@ def test_on_postgresql_an_aggregates_next_event_waits_for_the_one_before_to_comm
         later = outcome["later"]
         assert isinstance(later, EventEnvelope)
         assert positions[earlier.id] < positions[later.id]
-        assert _routes(pg) == [("payments", bus.PENDING), ("payments", bus.PENDING)]
+        assert _routes(pg) == [("notifications", bus.PENDING), ("notifications", bus.PENDING)]
     finally:
         pg.engine.dispose()
 

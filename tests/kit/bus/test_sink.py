@@ -16,27 +16,27 @@ import pytest
 from sqlalchemy import select
 
 from poly.events.v1 import event_sink_pb2, event_sink_pb2_grpc
-from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated
+from poly.events.v1.events_pb2 import EventEnvelope, OrderPaid
 from services.kit import bus, clients, config, server, tls
 from services.kit.bus.sink import MAX_SUBSCRIBED_TYPES
 from tests.kit.bus.conftest import BusDb, make_bus_db, publish, record_effect
 from tests.support.env import settings_for
 from tests.support.status import Refusal, refusal
 
-ORDER_CREATED = "poly.events.v1.OrderCreated"
 ORDER_CANCELLED = "poly.events.v1.OrderCancelled"
+ORDER_FULFILLED = "poly.events.v1.OrderFulfilled"
 ORDER_PAID = "poly.events.v1.OrderPaid"
 USER_DELETED = "poly.events.v1.UserDeleted"
 
 
 @dataclass
 class Pair:
-    """`orders` publishes; `payments` consumes OrderCreated. Each has its own database."""
+    """`orders` publishes; `notifications` consumes OrderPaid. Each has its own database."""
 
     orders_db: BusDb
-    payments_db: BusDb
+    notifications_db: BusDb
     orders: server.RunningServer
-    payments: server.RunningServer
+    notifications: server.RunningServer
     environ: dict[str, str]
 
     def settings(self, component: str) -> config.Settings:
@@ -53,29 +53,29 @@ def _sink_server(settings: config.Settings, bus_db: BusDb, consumer: bus.Consume
 @pytest.fixture
 def pair(certs: Path, bus_db: BusDb, tmp_path: Path) -> Iterator[Pair]:
     orders_db = make_bus_db(f"sqlite:///{tmp_path / 'orders.db'}")
-    base = {"POLY_TLS_DIR": str(certs), "POLY_ORDERS_PORT": "0", "POLY_PAYMENTS_PORT": "0"}
+    base = {"POLY_TLS_DIR": str(certs), "POLY_ORDERS_PORT": "0", "POLY_NOTIFICATIONS_PORT": "0"}
     orders = _sink_server(
         settings_for("orders", base), orders_db, bus.Consumer(orders_db.factory, orders_db.tables, {})
     )
-    payments_consumer = bus.Consumer(
-        bus_db.factory, bus_db.tables, {OrderCreated: record_effect(bus_db.effects)}
+    notifications_consumer = bus.Consumer(
+        bus_db.factory, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)}
     )
-    payments = _sink_server(settings_for("payments", base), bus_db, payments_consumer)
+    notifications = _sink_server(settings_for("notifications", base), bus_db, notifications_consumer)
     environ = {
         **base,
         "POLY_ORDERS_ADDRESS": f"localhost:{orders.port}",
-        "POLY_PAYMENTS_ADDRESS": f"localhost:{payments.port}",
+        "POLY_NOTIFICATIONS_ADDRESS": f"localhost:{notifications.port}",
     }
     try:
-        yield Pair(orders_db, bus_db, orders, payments, environ)
+        yield Pair(orders_db, bus_db, orders, notifications, environ)
     finally:
-        payments.drain()
+        notifications.drain()
         orders.drain()
         orders_db.engine.dispose()
 
 
 def test_a_published_event_reaches_its_declared_consumer_once_without_any_subscription(pair: Pair) -> None:
-    orders_channels = clients.Channels(pair.settings("orders"), services={"payments": [bus.EVENT_SINK]})
+    orders_channels = clients.Channels(pair.settings("orders"), services={"notifications": [bus.EVENT_SINK]})
     try:
         outbox = bus.Outbox(pair.orders_db.tables, source="orders", routing=bus.consumer_routing())
         events = [publish(pair.orders_db, outbox, f"orders/{i}", f"orders/{i}") for i in range(5)]
@@ -85,11 +85,11 @@ def test_a_published_event_reaches_its_declared_consumer_once_without_any_subscr
         for _ in range(10):
             if relay.run_once() == 0:
                 break
-        assert pair.payments_db.effect_counts() == {e.id: 1 for e in events}
+        assert pair.notifications_db.effect_counts() == {e.id: 1 for e in events}
         # A redelivery (say the acknowledgement was lost) changes nothing.
         transport = bus.EmbeddedTransport(orders_channels)
-        transport.send("payments", events[0])
-        assert pair.payments_db.effect_counts() == {e.id: 1 for e in events}
+        transport.send("notifications", events[0])
+        assert pair.notifications_db.effect_counts() == {e.id: 1 for e in events}
         assert _subscriptions(pair.orders_db) == [], "nothing was registered, nor needed"
     finally:
         orders_channels.close()
@@ -100,9 +100,9 @@ def _push(
 ) -> grpc.RpcError | event_sink_pb2.PushEventResponse:
     settings = pair.settings(caller)
     with grpc.secure_channel(
-        f"localhost:{pair.payments.port}",
+        f"localhost:{pair.notifications.port}",
         tls.channel_credentials(settings.tls),
-        options=[("grpc.ssl_target_name_override", "payments")],
+        options=[("grpc.ssl_target_name_override", "notifications")],
     ) as channel:
         stub = event_sink_pb2_grpc.EventSinkServiceStub(channel)
         try:
@@ -114,36 +114,36 @@ def _push(
     return response
 
 
-def _order_created(event_id: str = "0b9b7c0e-0000-4000-8000-00000000000a") -> EventEnvelope:
+def _order_paid(event_id: str = "0b9b7c0e-0000-4000-8000-00000000000a") -> EventEnvelope:
     envelope = EventEnvelope(
         id=event_id,
-        type=ORDER_CREATED,
+        type=ORDER_PAID,
         aggregate_id="orders/9",
         sequence=1,
         source="orders",
         schema_version=1,
     )
     envelope.occur_time.GetCurrentTime()
-    envelope.payload.Pack(OrderCreated(order="orders/9"))
+    envelope.payload.Pack(OrderPaid(order="orders/9"))
     return envelope
 
 
 @pytest.mark.parametrize("caller", ["cli", "gateway"])
 def test_a_push_from_a_non_service_identity_is_refused(pair: Pair, caller: str) -> None:
-    answer = _push(pair, caller, _order_created())
+    answer = _push(pair, caller, _order_paid())
     assert isinstance(answer, grpc.RpcError) and isinstance(answer, grpc.Call)
     assert answer.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert pair.payments_db.effect_counts() == {}
+    assert pair.notifications_db.effect_counts() == {}
 
 
 def test_a_push_from_a_service_identity_is_applied(pair: Pair) -> None:
-    answer = _push(pair, "orders", _order_created())
+    answer = _push(pair, "orders", _order_paid())
     assert isinstance(answer, event_sink_pb2.PushEventResponse)
     assert answer.outcome == event_sink_pb2.PushEventResponse.OUTCOME_APPLIED
 
 
 def test_an_incomplete_envelope_is_invalid(pair: Pair) -> None:
-    answer = _push(pair, "orders", EventEnvelope(id="x", type=ORDER_CREATED))
+    answer = _push(pair, "orders", EventEnvelope(id="x", type=ORDER_PAID))
     assert isinstance(answer, grpc.RpcError) and isinstance(answer, grpc.Call)
     assert answer.code() == grpc.StatusCode.INVALID_ARGUMENT
 
@@ -157,31 +157,31 @@ def test_subscribing_from_a_non_service_identity_is_refused(pair: Pair) -> None:
     ) as channel:
         stub = event_sink_pb2_grpc.EventSinkServiceStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
-            stub.Subscribe(event_sink_pb2.SubscribeRequest(event_types=[ORDER_CREATED]), timeout=5)
+            stub.Subscribe(event_sink_pb2.SubscribeRequest(event_types=[ORDER_PAID]), timeout=5)
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_a_service_cannot_push_another_services_events(pair: Pair) -> None:
-    forged = _order_created()
+    forged = _order_paid()
     forged.source = "payments"  # pushed by `orders`, claiming to come from payments
     answer = _push(pair, "orders", forged)
     assert isinstance(answer, grpc.RpcError) and isinstance(answer, grpc.Call)
     assert answer.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert pair.payments_db.effect_counts() == {}
+    assert pair.notifications_db.effect_counts() == {}
 
 
 @pytest.mark.parametrize(
     ("caller", "event_type"),
     [
-        ("notifications", ORDER_CREATED),
-        ("payments", ORDER_CREATED),
+        ("payments", ORDER_PAID),
+        ("notifications", ORDER_PAID),
         ("users", "poly.events.v1.Nonsense"),
         ("orders", "poly.events.v1.OrderLine"),
     ],
     ids=["another-services-type", "the-consumers-own-identity", "unknown-type", "not-an-event"],
 )
 def test_a_service_cannot_push_a_type_it_does_not_publish(pair: Pair, caller: str, event_type: str) -> None:
-    forged = _order_created()
+    forged = _order_paid()
     forged.source = caller  # the source check alone would let it through
     forged.type = event_type
     answer = _push(pair, caller, forged)
@@ -190,24 +190,27 @@ def test_a_service_cannot_push_a_type_it_does_not_publish(pair: Pair, caller: st
     assert refused.code == grpc.StatusCode.PERMISSION_DENIED
     assert refused.reason == "EVENT_TYPE_NOT_PUBLISHED_BY_CALLER"
     assert refused.metadata == {"caller": caller, "event_type": event_type}
-    assert pair.payments_db.effect_counts() == {}
-    with pair.payments_db.engine.connect() as connection:
-        assert connection.execute(select(pair.payments_db.tables.inbox.c.event_id)).all() == []
+    assert pair.notifications_db.effect_counts() == {}
+    with pair.notifications_db.engine.connect() as connection:
+        assert connection.execute(select(pair.notifications_db.tables.inbox.c.event_id)).all() == []
 
 
 def test_a_declared_consumers_subscription_is_recorded_and_only_grows(pair: Pair) -> None:
-    channels = clients.Channels(pair.settings("payments"), services={"orders": [bus.EVENT_SINK]})
+    channels = clients.Channels(pair.settings("notifications"), services={"orders": [bus.EVENT_SINK]})
     try:
         stub = event_sink_pb2_grpc.EventSinkServiceStub(channels.get("orders"))
         first = stub.Subscribe(
-            event_sink_pb2.SubscribeRequest(event_types=[ORDER_CREATED, ORDER_CANCELLED]), timeout=5
+            event_sink_pb2.SubscribeRequest(event_types=[ORDER_PAID, ORDER_CANCELLED]), timeout=5
         )
-        assert first.subscriber == "payments", "the subscriber is the caller's certificate identity"
-        older = stub.Subscribe(event_sink_pb2.SubscribeRequest(event_types=[ORDER_CREATED]), timeout=5)
-        assert list(older.event_types) == [ORDER_CANCELLED, ORDER_CREATED], "an old replica removes nothing"
+        assert first.subscriber == "notifications", "the subscriber is the caller's certificate identity"
+        older = stub.Subscribe(event_sink_pb2.SubscribeRequest(event_types=[ORDER_PAID]), timeout=5)
+        assert list(older.event_types) == [ORDER_CANCELLED, ORDER_PAID], "an old replica removes nothing"
     finally:
         channels.close()
-    assert _subscriptions(pair.orders_db) == [("payments", ORDER_CANCELLED), ("payments", ORDER_CREATED)]
+    assert _subscriptions(pair.orders_db) == [
+        ("notifications", ORDER_CANCELLED),
+        ("notifications", ORDER_PAID),
+    ]
 
 
 def _subscriptions(bus_db: BusDb) -> list[tuple[str, str]]:
@@ -234,27 +237,27 @@ def test_subscribe_accepts_only_types_the_service_publishes(pair: Pair) -> None:
         "junk\n\u202e" + "x" * 5000,
         "poly.events.v1.NotAnEvent",
         USER_DELETED,
-        ORDER_CREATED,
+        ORDER_PAID,
         "poly.events.v1.OrderLine",
     ]
-    refused = _subscribe_at_orders(pair, "payments", requested)
+    refused = _subscribe_at_orders(pair, "notifications", requested)
     assert (refused.code, refused.reason) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         "EVENT_TYPE_NOT_PUBLISHED_HERE",
     )
     assert set(refused.violations) == {"event_types[0]", "event_types[1]", "event_types[2]", "event_types[4]"}
     assert "xxxxx" not in refused.message + "".join(refused.violations.values())
-    assert refused.metadata["service"] == "orders" and ORDER_CREATED in refused.metadata["published"]
+    assert refused.metadata["service"] == "orders" and ORDER_PAID in refused.metadata["published"]
     assert _subscriptions(pair.orders_db) == [], (
         "a refused subscription stores nothing, not even its valid part"
     )
 
 
 def test_subscribe_is_bounded(pair: Pair) -> None:
-    refused = _subscribe_at_orders(pair, "payments", [ORDER_CREATED] * (MAX_SUBSCRIBED_TYPES + 1))
+    refused = _subscribe_at_orders(pair, "notifications", [ORDER_PAID] * (MAX_SUBSCRIBED_TYPES + 1))
     assert (refused.code, set(refused.violations)) == (grpc.StatusCode.INVALID_ARGUMENT, {"event_types"})
     many = _subscribe_at_orders(
-        pair, "payments", [f"poly.events.v1.No{i}" for i in range(MAX_SUBSCRIBED_TYPES)]
+        pair, "notifications", [f"poly.events.v1.No{i}" for i in range(MAX_SUBSCRIBED_TYPES)]
     )
     assert len(many.violations) == MAX_SUBSCRIBED_TYPES, "every bad entry is named, and the answer still fits"
     assert _subscriptions(pair.orders_db) == []
@@ -263,9 +266,9 @@ def test_subscribe_is_bounded(pair: Pair) -> None:
 @pytest.mark.parametrize(
     ("caller", "requested", "refused"),
     [
-        ("notifications", [ORDER_CREATED], ORDER_CREATED),
-        ("notifications", [ORDER_PAID, ORDER_CREATED, ORDER_CANCELLED], ORDER_CREATED),
-        ("payments", [ORDER_CREATED, ORDER_PAID], ORDER_PAID),
+        ("payments", [ORDER_PAID], ORDER_PAID),
+        ("notifications", [ORDER_PAID, ORDER_FULFILLED, ORDER_CANCELLED], ORDER_FULFILLED),
+        ("payments", [ORDER_CANCELLED, ORDER_PAID], ORDER_PAID),
         ("users", [ORDER_CANCELLED, ORDER_PAID], f"{ORDER_CANCELLED} {ORDER_PAID}"),
     ],
     ids=["not-a-consumer", "one-of-three-not-consumed", "another-consumers-type", "consumes-none-here"],

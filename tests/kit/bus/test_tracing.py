@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind, StatusCode
 from sqlalchemy import select
 
-from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated
+from poly.events.v1.events_pb2 import EventEnvelope, OrderPaid
 from services.kit import bus, db
 from services.kit.bus import tracing
 from tests.kit.bus.conftest import BusDb, Clock, ScriptedTransport, Spans, publish
@@ -148,7 +148,7 @@ def test_the_outbox_stores_the_publishing_span_s_context(bus_db: BusDb, spans: S
     with db.transaction(bus_db.factory) as session:
         given_context = outbox.publish(
             session,
-            OrderCreated(order="orders/3"),
+            OrderPaid(order="orders/3"),
             aggregate_id="orders/3",
             trace_context={"traceparent": TRACEPARENT},
         )
@@ -194,7 +194,7 @@ def test_each_send_is_a_producer_span_under_its_event_s_context_and_current_whil
     with spans.provider.get_tracer("test").start_as_current_span("CreateOrder") as request:
         event = publish(bus_db, outbox, "orders/1", "orders/1")
     assert _relay(bus_db, transport, spans, clock).run_once() == 1
-    send = spans.one("send OrderCreated")
+    send = spans.one("send OrderPaid")
     assert send.kind is SpanKind.PRODUCER
     assert send.parent is not None and send.parent.span_id == request.get_span_context().span_id
     assert _context(send).trace_id == request.get_span_context().trace_id
@@ -213,7 +213,7 @@ def test_each_send_is_a_producer_span_under_its_event_s_context_and_current_whil
         "messaging.operation.name": "send",
         "messaging.destination.name": "broker",
         "messaging.message.id": event.id,
-        "poly.event.type": "poly.events.v1.OrderCreated",
+        "poly.event.type": "poly.events.v1.OrderPaid",
         "poly.resource.name": "orders/1",
         "poly.bus.outcome": "delivered",
     }
@@ -245,7 +245,7 @@ def test_a_round_covering_several_traces_gets_one_span_linking_each_event_s_cont
     assert batch.attributes is not None and batch.attributes["messaging.batch.message_count"] == 4
     sends = {
         span.attributes["messaging.message.id"]: span
-        for span in spans.named("send OrderCreated")
+        for span in spans.named("send OrderPaid")
         if span.attributes
     }
     for request, event in zip(requests, events, strict=True):
@@ -261,7 +261,7 @@ def test_a_round_within_one_trace_gets_no_batch_span(bus_db: BusDb, spans: Spans
         for i in range(3):
             publish(bus_db, outbox, f"orders/{i}", f"orders/{i}")
     assert _relay(bus_db, ScriptedTransport(), spans, clock).run_once() == 3
-    assert len(spans.named("send OrderCreated")) == 3
+    assert len(spans.named("send OrderPaid")) == 3
     assert spans.named("relay batch") == []
 
 
@@ -270,18 +270,18 @@ def test_a_failed_send_is_an_error_span_saying_why(bus_db: BusDb, spans: Spans) 
     outbox = _outbox(bus_db, clock)
     refused = publish(bus_db, outbox, "orders/1", "orders/1")
     _relay(bus_db, ScriptedTransport(always_failing={refused.id}), spans, clock).run_once()
-    send = spans.one("send OrderCreated")
+    send = spans.one("send OrderPaid")
     assert (send.status.status_code, send.status.description) == (StatusCode.ERROR, "scripted: always fails")
     assert send.attributes is not None and send.attributes["poly.bus.outcome"] == "refused"
 
     class Down(ScriptedTransport):
         def send(self, route: str, envelope: EventEnvelope) -> None:
-            raise bus.DeliveryError("payments: UNAVAILABLE: connection refused", transient=True)
+            raise bus.DeliveryError("notifications: UNAVAILABLE: connection refused", transient=True)
 
     spans.exporter.clear()
     publish(bus_db, outbox, "orders/2", "orders/2")  # the refused one waits for its backoff
     assert _relay(bus_db, Down(), spans, clock).run_once() == 1
-    send = spans.one("send OrderCreated")
+    send = spans.one("send OrderPaid")
     assert send.status.status_code is StatusCode.ERROR
     assert send.attributes is not None and send.attributes["poly.bus.outcome"] == "down"
 
@@ -299,9 +299,9 @@ def test_without_a_tracer_provider_the_stored_context_travels_unchanged(bus_db: 
 
 def test_the_consumer_span_nests_under_the_current_span_of_the_same_trace_only(spans: Spans) -> None:
     tracer, bus_tracer = spans.provider.get_tracer("test"), bus.BusTracer(spans.provider)
-    destination = bus.Destination("poly", "payments")
+    destination = bus.Destination("poly", "notifications")
     with tracer.start_as_current_span("send") as send:
-        envelope = EventEnvelope(id="e1", type="poly.events.v1.OrderCreated", aggregate_id="orders/1")
+        envelope = EventEnvelope(id="e1", type="poly.events.v1.OrderPaid", aggregate_id="orders/1")
         envelope.trace_context.update(bus.current_trace_context())
     pushed = trace.set_span_in_context(send)
     # The push's server span (same trace) is current, then a span of another trace.
@@ -312,7 +312,7 @@ def test_the_consumer_span_nests_under_the_current_span_of_the_same_trace_only(s
         pass
     with tracer.start_as_current_span("elsewhere") as other, bus_tracer.processing(envelope, destination):
         pass
-    first, second = spans.named("process OrderCreated")
+    first, second = spans.named("process OrderPaid")
     assert first.parent is not None and first.parent.span_id == server.get_span_context().span_id
     assert second.parent is not None and second.parent.span_id == send.get_span_context().span_id
     assert _context(second).trace_id != other.get_span_context().trace_id

@@ -28,7 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from poly.events.v1 import event_sink_pb2, event_sink_pb2_grpc
-from poly.events.v1.events_pb2 import EventEnvelope, OrderCreated, PaymentAuthorized
+from poly.events.v1.events_pb2 import EventEnvelope, NotificationDelivered, OrderPaid
 from services.kit import bus, clients, config, db, request_id, server, tls
 from tests.kit.bus.conftest import BusDb, ScriptedTransport, Spans, make_bus_db, publish, record_effect
 from tests.support.broker import delete_namespace
@@ -49,19 +49,21 @@ FORGED_IDS = ["too-long", "crlf", "space", "json-breakout"]
 
 
 def _consumer(consumer_db: BusDb) -> bus.Consumer:
-    """payments' side: records the effect, logs a line, publishes the saga's next event."""
-    onward = bus.Outbox(consumer_db.tables, source="payments", routing=bus.consumer_routing())
+    """notifications' side: records the effect, logs a line, publishes its next event."""
+    onward = bus.Outbox(consumer_db.tables, source="notifications", routing=bus.consumer_routing())
     record = record_effect(consumer_db.effects)
 
     def handle(session: Session, payload: Message, envelope: EventEnvelope) -> None:
-        assert isinstance(payload, OrderCreated)
+        assert isinstance(payload, OrderPaid)
         record(session, payload, envelope)
         logging.getLogger("poly.test.consumer").info(APPLIED, extra={"event_id": envelope.id})
         onward.publish(
-            session, PaymentAuthorized(order=payload.order), aggregate_id=f"payments/{envelope.id}"
+            session,
+            NotificationDelivered(event_type=envelope.type, event_id=envelope.id),
+            aggregate_id=f"notifications/{envelope.id}",
         )
 
-    return bus.Consumer(consumer_db.factory, consumer_db.tables, {OrderCreated: handle})
+    return bus.Consumer(consumer_db.factory, consumer_db.tables, {OrderPaid: handle})
 
 
 def _stored(bus_db: BusDb, aggregate_id: str) -> dict[str, str]:
@@ -96,16 +98,16 @@ def _nowhere_in(lines: LogLines, forged: str) -> bool:
 @pytest.fixture
 def dbs(tmp_path: Path) -> Iterator[tuple[BusDb, BusDb]]:
     orders_db = make_bus_db(f"sqlite:///{tmp_path / 'orders.db'}")
-    payments_db = make_bus_db(f"sqlite:///{tmp_path / 'payments.db'}")
+    notifications_db = make_bus_db(f"sqlite:///{tmp_path / 'notifications.db'}")
     try:
-        yield orders_db, payments_db
+        yield orders_db, notifications_db
     finally:
         orders_db.engine.dispose()
-        payments_db.engine.dispose()
+        notifications_db.engine.dispose()
 
 
 def _publish_in_request(orders_db: BusDb, tracing: Tracing) -> EventEnvelope:
-    """OrderCreated, published as orders' CreateOrder does: in the call's span, with the
+    """OrderPaid, published as orders publishes in a served call: in the call's span, with the
     edge's request id current (the access middleware makes it so in a served call)."""
     outbox = bus.Outbox(orders_db.tables, source="orders", routing=bus.consumer_routing())
     tracer = tracing.provider.get_tracer("test")
@@ -113,11 +115,11 @@ def _publish_in_request(orders_db: BusDb, tracing: Tracing) -> EventEnvelope:
         return publish(orders_db, outbox, "orders/1", "orders/1")
 
 
-def _assert_applied_with_the_id(lines: LogLines, payments_db: BusDb, event: EventEnvelope) -> None:
+def _assert_applied_with_the_id(lines: LogLines, notifications_db: BusDb, event: EventEnvelope) -> None:
     [applied] = lines.where(message=APPLIED, event_id=event.id)
     assert applied["request_id"] == REQUEST_ID, applied
-    onward = _stored(payments_db, f"payments/{event.id}")
-    assert onward["x-request-id"] == REQUEST_ID, "the saga's next event carries it on"
+    onward = _stored(notifications_db, f"notifications/{event.id}")
+    assert onward["x-request-id"] == REQUEST_ID, "the next event carries it on"
 
 
 @pytest.mark.parametrize("forged", FORGED, ids=FORGED_IDS)
@@ -130,7 +132,7 @@ def test_the_relay_never_sends_an_invalid_id_on(
     with db.transaction(orders_db.factory) as session:
         event = outbox.publish(
             session,
-            OrderCreated(order="orders/5"),
+            OrderPaid(order="orders/5"),
             aggregate_id="orders/5",
             trace_context={"x-request-id": forged},
         )
@@ -150,19 +152,20 @@ def test_the_relay_never_sends_an_invalid_id_on(
 def sink(
     certs: Path, dbs: tuple[BusDb, BusDb], tracing: Tracing
 ) -> Iterator[tuple[config.Settings, server.RunningServer]]:
-    _, payments_db = dbs
-    base = {"POLY_TLS_DIR": str(certs), "POLY_PAYMENTS_PORT": "0"}
+    _, notifications_db = dbs
+    base = {"POLY_TLS_DIR": str(certs), "POLY_NOTIFICATIONS_PORT": "0"}
     servicer = bus.EventSinkServicer(
-        _consumer(payments_db),
-        payments_db.factory,
-        payments_db.tables,
-        service="payments",
+        _consumer(notifications_db),
+        notifications_db.factory,
+        notifications_db.tables,
+        service="notifications",
         services=config.SERVICES,
         tracer_provider=tracing.provider,
     )
-    running = server.start(settings_for("payments", base), [bus.sink_registration(servicer)])
+    running = server.start(settings_for("notifications", base), [bus.sink_registration(servicer)])
     try:
-        yield settings_for("orders", {**base, "POLY_PAYMENTS_ADDRESS": f"localhost:{running.port}"}), running
+        address = {"POLY_NOTIFICATIONS_ADDRESS": f"localhost:{running.port}"}
+        yield settings_for("orders", {**base, **address}), running
     finally:
         running.drain()
 
@@ -170,11 +173,11 @@ def sink(
 def test_embedded_the_consumer_applies_the_event_with_the_publishing_request_s_id(
     dbs: tuple[BusDb, BusDb], sink: tuple[config.Settings, server.RunningServer], tracing: Tracing
 ) -> None:
-    orders_db, payments_db = dbs
+    orders_db, notifications_db = dbs
     orders, _ = sink
     event = _publish_in_request(orders_db, tracing)
     assert _stored(orders_db, "orders/1")["x-request-id"] == REQUEST_ID
-    channels = clients.Channels(orders, services={"payments": [bus.EVENT_SINK]})
+    channels = clients.Channels(orders, services={"notifications": [bus.EVENT_SINK]})
     try:
         relay = bus.Relay(
             orders_db.engine,
@@ -186,8 +189,8 @@ def test_embedded_the_consumer_applies_the_event_with_the_publishing_request_s_i
             assert relay.run_once() == 1
     finally:
         channels.close()
-    assert payments_db.effect_counts() == {event.id: 1}
-    _assert_applied_with_the_id(lines, payments_db, event)
+    assert notifications_db.effect_counts() == {event.id: 1}
+    _assert_applied_with_the_id(lines, notifications_db, event)
     # The push itself carried it (the relay's send has it current; a kit channel sends it).
     [push] = lines.access(PUSH)
     assert push["request_id"] == REQUEST_ID
@@ -196,7 +199,7 @@ def test_embedded_the_consumer_applies_the_event_with_the_publishing_request_s_i
 def _forged_envelope(trace_context: dict[str, str]) -> EventEnvelope:
     envelope = EventEnvelope(
         id=str(uuid.uuid4()),
-        type=OrderCreated.DESCRIPTOR.full_name,
+        type=OrderPaid.DESCRIPTOR.full_name,
         aggregate_id="orders/9",
         sequence=1,
         source="orders",
@@ -204,7 +207,7 @@ def _forged_envelope(trace_context: dict[str, str]) -> EventEnvelope:
         trace_context=trace_context,
     )
     envelope.occur_time.GetCurrentTime()
-    envelope.payload.Pack(OrderCreated(order="orders/9"))
+    envelope.payload.Pack(OrderPaid(order="orders/9"))
     return envelope
 
 
@@ -212,7 +215,7 @@ def _forged_envelope(trace_context: dict[str, str]) -> EventEnvelope:
 def test_embedded_a_forged_id_in_an_envelope_is_ignored(
     dbs: tuple[BusDb, BusDb], sink: tuple[config.Settings, server.RunningServer], forged: str
 ) -> None:
-    _, payments_db = dbs
+    _, notifications_db = dbs
     orders, running = sink
     envelope = _forged_envelope({"x-request-id": forged})
     with (
@@ -220,17 +223,17 @@ def test_embedded_a_forged_id_in_an_envelope_is_ignored(
         grpc.secure_channel(
             f"localhost:{running.port}",
             tls.channel_credentials(orders.tls),
-            options=[("grpc.ssl_target_name_override", "payments")],
+            options=[("grpc.ssl_target_name_override", "notifications")],
         ) as channel,
     ):
         event_sink_pb2_grpc.EventSinkServiceStub(channel).PushEvent(
             event_sink_pb2.PushEventRequest(event=envelope), timeout=10
         )
-    assert payments_db.effect_counts() == {envelope.id: 1}, "the event itself is applied"
+    assert notifications_db.effect_counts() == {envelope.id: 1}, "the event itself is applied"
     [applied] = lines.where(message=APPLIED, event_id=envelope.id)
     assert "request_id" not in applied
     assert _nowhere_in(lines, forged)
-    assert "x-request-id" not in _stored(payments_db, f"payments/{envelope.id}"), "never passed on"
+    assert "x-request-id" not in _stored(notifications_db, f"notifications/{envelope.id}"), "never passed on"
 
 
 # -- RabbitMQ: the relay publishes to the consumer's queue; BrokerConsumer applies ------------
@@ -263,16 +266,20 @@ def _peek(amqp_url: str, queue: str) -> EventEnvelope:
 def test_rabbitmq_the_consumer_applies_the_event_with_the_publishing_request_s_id(
     dbs: tuple[BusDb, BusDb], amqp_url: str, prefix: str, tracing: Tracing
 ) -> None:
-    orders_db, payments_db = dbs
+    orders_db, notifications_db = dbs
     transport = bus.BrokerTransport(amqp_url, prefix=prefix)
     intake = bus.BrokerConsumer(
-        amqp_url, "payments", _consumer(payments_db), prefix=prefix, tracer_provider=tracing.provider
+        amqp_url,
+        "notifications",
+        _consumer(notifications_db),
+        prefix=prefix,
+        tracer_provider=tracing.provider,
     )
     try:
         event = _publish_in_request(orders_db, tracing)
         relay = bus.Relay(orders_db.engine, orders_db.tables, transport, tracer_provider=tracing.provider)
         assert relay.run_once() == 1
-        on_the_queue = dict(_peek(amqp_url, bus.queue_name("payments", prefix)).trace_context)
+        on_the_queue = dict(_peek(amqp_url, bus.queue_name("notifications", prefix)).trace_context)
         # With tracing on, the relay replaced the context with its send span's: the id stays.
         assert on_the_queue == (
             {"x-request-id": REQUEST_ID, "traceparent": on_the_queue.get("traceparent", "missing")}
@@ -281,9 +288,9 @@ def test_rabbitmq_the_consumer_applies_the_event_with_the_publishing_request_s_i
         )
         with captured() as lines:
             intake.start()
-            eventually(lambda: payments_db.effect_counts() == {event.id: 1}, what="the event applied")
+            eventually(lambda: notifications_db.effect_counts() == {event.id: 1}, what="the event applied")
             eventually(lambda: lines.where(message=APPLIED), what="the consumer's line")
-        _assert_applied_with_the_id(lines, payments_db, event)
+        _assert_applied_with_the_id(lines, notifications_db, event)
     finally:
         intake.stop()
         transport.close()
@@ -293,8 +300,8 @@ def test_rabbitmq_the_consumer_applies_the_event_with_the_publishing_request_s_i
 def test_rabbitmq_a_forged_id_in_an_envelope_is_ignored(
     dbs: tuple[BusDb, BusDb], amqp_url: str, prefix: str, forged: str
 ) -> None:
-    _, payments_db = dbs
-    intake = bus.BrokerConsumer(amqp_url, "payments", _consumer(payments_db), prefix=prefix)
+    _, notifications_db = dbs
+    intake = bus.BrokerConsumer(amqp_url, "notifications", _consumer(notifications_db), prefix=prefix)
     envelope = _forged_envelope({"x-request-id": forged})
 
     async def publish_forged() -> None:
@@ -303,7 +310,7 @@ def test_rabbitmq_a_forged_id_in_an_envelope_is_ignored(
             channel = await connection.channel()
             await channel.default_exchange.publish(
                 aio_pika.Message(body=envelope.SerializeToString(), headers={"source": "orders"}),
-                routing_key=bus.queue_name("payments", prefix),
+                routing_key=bus.queue_name("notifications", prefix),
             )
 
     with captured() as lines:
@@ -316,4 +323,4 @@ def test_rabbitmq_a_forged_id_in_an_envelope_is_ignored(
     [applied] = lines.where(message=APPLIED, event_id=envelope.id)
     assert "request_id" not in applied
     assert _nowhere_in(lines, forged)
-    assert "x-request-id" not in _stored(payments_db, f"payments/{envelope.id}")
+    assert "x-request-id" not in _stored(notifications_db, f"notifications/{envelope.id}")

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from poly.events.v1 import event_sink_pb2, event_sink_pb2_grpc
-from poly.events.v1.events_pb2 import EventEnvelope, OrderCancelled, OrderCreated, PaymentAuthorized
+from poly.events.v1.events_pb2 import EventEnvelope, NotificationDelivered, OrderCancelled, OrderPaid
 from services.kit import bus, clients, config, server, tls
 from tests.kit.bus.conftest import BusDb, Spans, make_bus_db, publish, record_effect
 from tests.support.broker import delete_namespace
@@ -38,26 +38,28 @@ POISON = "orders/poison"
 
 
 def _continuing(consumer_db: BusDb, onward: bus.Outbox) -> bus.EventHandler:
-    """The consumer's handler: records its effect and publishes the saga's next event (as
-    payments does), in the same transaction; fails for the poison order."""
+    """The consumer's handler: records its effect and publishes its next event (as
+    notifications does), in the same transaction; fails for the poison order."""
     record = record_effect(consumer_db.effects)
 
     def handle(session: Session, payload: Message, envelope: EventEnvelope) -> None:
-        assert isinstance(payload, OrderCreated)
+        assert isinstance(payload, OrderPaid)
         if payload.order == POISON:
             raise RuntimeError(f"cannot take {payload.order}")
         record(session, payload, envelope)
         onward.publish(
-            session, PaymentAuthorized(order=payload.order), aggregate_id=f"payments/{envelope.id}"
+            session,
+            NotificationDelivered(event_type=envelope.type, event_id=envelope.id),
+            aggregate_id=f"notifications/{envelope.id}",
         )
 
     return handle
 
 
 def _consumer(consumer_db: BusDb) -> bus.Consumer:
-    onward = bus.Outbox(consumer_db.tables, source="payments", routing=bus.consumer_routing())
+    onward = bus.Outbox(consumer_db.tables, source="notifications", routing=bus.consumer_routing())
     return bus.Consumer(
-        consumer_db.factory, consumer_db.tables, {OrderCreated: _continuing(consumer_db, onward)}
+        consumer_db.factory, consumer_db.tables, {OrderPaid: _continuing(consumer_db, onward)}
     )
 
 
@@ -66,7 +68,7 @@ def _onward(consumer_db: BusDb, event_id: str) -> dict[str, str]:
     outbox = consumer_db.tables.outbox
     with consumer_db.engine.connect() as connection:
         stored = connection.scalar(
-            select(outbox.c.envelope).where(outbox.c.aggregate_id == f"payments/{event_id}")
+            select(outbox.c.envelope).where(outbox.c.aggregate_id == f"notifications/{event_id}")
         )
     assert stored is not None, f"nothing published onwards for {event_id}"
     return dict(EventEnvelope.FromString(stored).trace_context)
@@ -98,9 +100,9 @@ def _assert_one_trace(request: SpanContext, send: ReadableSpan, process: Readabl
 class Embedded:
     orders_db: BusDb
     """The publisher's database (SQLite)."""
-    payments_db: BusDb
+    notifications_db: BusDb
     """The consumer's (SQLite and PostgreSQL)."""
-    payments: server.RunningServer
+    notifications: server.RunningServer
     environ: dict[str, str]
 
     def settings(self, component: str) -> config.Settings:
@@ -110,26 +112,25 @@ class Embedded:
 @pytest.fixture
 def embedded(certs: Path, bus_db: BusDb, tmp_path: Path, spans: Spans) -> Iterator[Embedded]:
     orders_db = make_bus_db(f"sqlite:///{tmp_path / 'orders.db'}")
-    base = {"POLY_TLS_DIR": str(certs), "POLY_PAYMENTS_PORT": "0"}
+    base = {"POLY_TLS_DIR": str(certs), "POLY_NOTIFICATIONS_PORT": "0"}
     sink = bus.EventSinkServicer(
         _consumer(bus_db),
         bus_db.factory,
         bus_db.tables,
-        service="payments",
+        service="notifications",
         services=config.SERVICES,
         tracer_provider=spans.provider,
     )
-    payments = server.start(settings_for("payments", base), [bus.sink_registration(sink)])
+    notifications = server.start(settings_for("notifications", base), [bus.sink_registration(sink)])
     try:
-        yield Embedded(
-            orders_db, bus_db, payments, {**base, "POLY_PAYMENTS_ADDRESS": f"localhost:{payments.port}"}
-        )
+        address = {"POLY_NOTIFICATIONS_ADDRESS": f"localhost:{notifications.port}"}
+        yield Embedded(orders_db, bus_db, notifications, {**base, **address})
     finally:
-        payments.drain()
+        notifications.drain()
         orders_db.engine.dispose()
 
 
-def test_embedded_a_published_event_is_applied_in_its_request_s_trace_and_the_saga_goes_on_in_it(
+def test_embedded_a_published_event_is_applied_in_its_request_s_trace_and_the_next_event_goes_on_in_it(
     embedded: Embedded, spans: Spans
 ) -> None:
     outbox = bus.Outbox(embedded.orders_db.tables, source="orders", routing=bus.consumer_routing())
@@ -137,7 +138,7 @@ def test_embedded_a_published_event_is_applied_in_its_request_s_trace_and_the_sa
         "CreateOrder", kind=SpanKind.SERVER
     ) as request:
         event = publish(embedded.orders_db, outbox, "orders/1", "orders/1")
-    channels = clients.Channels(embedded.settings("orders"), services={"payments": [bus.EVENT_SINK]})
+    channels = clients.Channels(embedded.settings("orders"), services={"notifications": [bus.EVENT_SINK]})
     try:
         relay = bus.Relay(
             embedded.orders_db.engine,
@@ -148,26 +149,26 @@ def test_embedded_a_published_event_is_applied_in_its_request_s_trace_and_the_sa
         assert relay.run_once() == 1
     finally:
         channels.close()
-    assert embedded.payments_db.effect_counts() == {event.id: 1}
-    send, process = spans.one("send OrderCreated"), spans.one("process OrderCreated")
+    assert embedded.notifications_db.effect_counts() == {event.id: 1}
+    send, process = spans.one("send OrderPaid"), spans.one("process OrderPaid")
     _assert_one_trace(request.get_span_context(), send, process)
     assert send.attributes is not None and process.attributes is not None
     assert (send.attributes["messaging.system"], send.attributes["messaging.destination.name"]) == (
         "poly",
-        "payments",
+        "notifications",
     )
     assert {key: process.attributes[key] for key in ("messaging.system", "messaging.destination.name")} == {
         "messaging.system": "poly",
-        "messaging.destination.name": "payments",
+        "messaging.destination.name": "notifications",
     }
     assert process.attributes["messaging.message.id"] == event.id
     assert process.attributes["messaging.operation.type"] == "process"
-    # The handler ran with the process span current: the saga's next event continues the trace.
-    assert _onward(embedded.payments_db, event.id) == {"traceparent": _traceparent(process)}
+    # The handler ran with the process span current: the event it publishes next continues the trace.
+    assert _onward(embedded.notifications_db, event.id) == {"traceparent": _traceparent(process)}
 
 
 def _envelope(
-    trace_context: dict[str, str], *, order: str = "orders/9", kind: type[Message] = OrderCreated
+    trace_context: dict[str, str], *, order: str = "orders/9", kind: type[Message] = OrderPaid
 ) -> EventEnvelope:
     envelope = EventEnvelope(
         id=str(uuid.uuid4()),
@@ -187,9 +188,9 @@ def _push(embedded: Embedded, envelope: EventEnvelope) -> grpc.StatusCode:
     """Push as `orders` does (its certificate), not through a relay: whatever the envelope says."""
     settings = embedded.settings("orders")
     with grpc.secure_channel(
-        f"localhost:{embedded.payments.port}",
+        f"localhost:{embedded.notifications.port}",
         tls.channel_credentials(settings.tls),
-        options=[("grpc.ssl_target_name_override", "payments")],
+        options=[("grpc.ssl_target_name_override", "notifications")],
     ) as channel:
         try:
             event_sink_pb2_grpc.EventSinkServiceStub(channel).PushEvent(
@@ -218,11 +219,11 @@ def test_an_event_without_a_usable_context_is_still_applied_under_a_new_root(
 ) -> None:
     envelope = _envelope(trace_context)
     assert _push(embedded, envelope) == grpc.StatusCode.OK
-    assert embedded.payments_db.effect_counts() == {envelope.id: 1}
-    process = spans.one("process OrderCreated")
+    assert embedded.notifications_db.effect_counts() == {envelope.id: 1}
+    process = spans.one("process OrderPaid")
     assert process.parent is None, "a new root"
     assert process.attributes is not None and process.attributes["poly.bus.outcome"] == "applied"
-    assert _onward(embedded.payments_db, envelope.id) == {"traceparent": _traceparent(process)}
+    assert _onward(embedded.notifications_db, envelope.id) == {"traceparent": _traceparent(process)}
 
 
 def test_a_hostile_context_sets_the_parent_and_nothing_more(embedded: Embedded, spans: Spans) -> None:
@@ -234,20 +235,20 @@ def test_a_hostile_context_sets_the_parent_and_nothing_more(embedded: Embedded, 
     }
     envelope = _envelope(hostile)
     assert _push(embedded, envelope) == grpc.StatusCode.OK
-    process = spans.one("process OrderCreated")
+    process = spans.one("process OrderPaid")
     assert _ids(process.parent) == (int(TRACE_ID, 16), int(SPAN_ID, 16))
     context = process.get_span_context()
     assert context is not None and len(context.trace_state) == 0, "the oversized tracestate is dropped"
-    assert process.name == "process OrderCreated" and process.kind is SpanKind.CONSUMER
-    assert _onward(embedded.payments_db, envelope.id) == {"traceparent": _traceparent(process)}, (
+    assert process.name == "process OrderPaid" and process.kind is SpanKind.CONSUMER
+    assert _onward(embedded.notifications_db, envelope.id) == {"traceparent": _traceparent(process)}, (
         "only the W3C context goes onwards: no tracestate over the cap, no baggage, no other keys"
     )
     # A tracestate within the cap is the trace's own business: it goes on with it.
     spans.exporter.clear()
     modest = _envelope({"traceparent": TRACEPARENT, "tracestate": "vendor=abc"}, order="orders/10")
     assert _push(embedded, modest) == grpc.StatusCode.OK
-    process = spans.one("process OrderCreated")
-    assert _onward(embedded.payments_db, modest.id) == {
+    process = spans.one("process OrderPaid")
+    assert _onward(embedded.notifications_db, modest.id) == {
         "traceparent": _traceparent(process),
         "tracestate": "vendor=abc",
     }
@@ -259,7 +260,7 @@ class _Case:
     code: grpc.StatusCode
     outcome: str
     error_type: str | None
-    span: str = "process OrderCreated"
+    span: str = "process OrderPaid"
 
 
 def _forged_source() -> EventEnvelope:
@@ -304,7 +305,7 @@ def test_the_process_span_records_the_outcome(embedded: Embedded, spans: Spans, 
     if case.outcome == "error":
         assert process.status.description == f"cannot take {POISON}"
         assert [event.name for event in process.events] == ["exception"]
-    assert embedded.payments_db.effect_counts() == {}
+    assert embedded.notifications_db.effect_counts() == {}
 
 
 def test_a_redelivered_event_is_a_duplicate_in_its_span(embedded: Embedded, spans: Spans) -> None:
@@ -312,7 +313,7 @@ def test_a_redelivered_event_is_a_duplicate_in_its_span(embedded: Embedded, span
     assert _push(embedded, envelope) == grpc.StatusCode.OK
     assert _push(embedded, envelope) == grpc.StatusCode.OK
     outcomes = [
-        span.attributes["poly.bus.outcome"] for span in spans.named("process OrderCreated") if span.attributes
+        span.attributes["poly.bus.outcome"] for span in spans.named("process OrderPaid") if span.attributes
     ]
     assert outcomes == ["applied", "duplicate"]
 
@@ -347,13 +348,13 @@ def _peek(amqp_url: str, queue: str) -> tuple[dict[str, object], EventEnvelope]:
 
 
 @pytest.mark.slow
-def test_rabbitmq_a_published_event_is_applied_in_its_request_s_trace_and_the_saga_goes_on_in_it(
+def test_rabbitmq_a_published_event_is_applied_in_its_request_s_trace_and_the_next_event_goes_on_in_it(
     bus_db: BusDb, amqp_url: str, prefix: str, spans: Spans, tmp_path: Path
 ) -> None:
     orders_db = make_bus_db(f"sqlite:///{tmp_path / 'orders.db'}")
     transport = bus.BrokerTransport(amqp_url, prefix=prefix)
     intake = bus.BrokerConsumer(
-        amqp_url, "payments", _consumer(bus_db), prefix=prefix, tracer_provider=spans.provider
+        amqp_url, "notifications", _consumer(bus_db), prefix=prefix, tracer_provider=spans.provider
     )
     try:
         outbox = bus.Outbox(orders_db.tables, source="orders", routing=bus.consumer_routing())
@@ -363,9 +364,9 @@ def test_rabbitmq_a_published_event_is_applied_in_its_request_s_trace_and_the_sa
             event = publish(orders_db, outbox, "orders/1", "orders/1")
         relay = bus.Relay(orders_db.engine, orders_db.tables, transport, tracer_provider=spans.provider)
         assert relay.run_once() == 1
-        send = spans.one("send OrderCreated")
+        send = spans.one("send OrderPaid")
         assert send.attributes is not None
-        queue = bus.queue_name("payments", prefix)
+        queue = bus.queue_name("notifications", prefix)
         assert {key: send.attributes[key] for key in ("messaging.system", "messaging.destination.name")} == {
             "messaging.system": "rabbitmq",
             "messaging.destination.name": queue,
@@ -377,7 +378,7 @@ def test_rabbitmq_a_published_event_is_applied_in_its_request_s_trace_and_the_sa
         assert dict(envelope.trace_context) == {"traceparent": _traceparent(send)}
 
         intake.start()
-        process = eventually(lambda: spans.named("process OrderCreated"), what="the event applied")[0]
+        process = eventually(lambda: spans.named("process OrderPaid"), what="the event applied")[0]
         assert bus_db.effect_counts() == {event.id: 1}
         _assert_one_trace(request.get_span_context(), send, process)
         assert process.attributes is not None
@@ -398,7 +399,7 @@ def test_rabbitmq_a_refused_message_has_a_process_span_with_its_reason(
     bus_db: BusDb, amqp_url: str, prefix: str, spans: Spans
 ) -> None:
     intake = bus.BrokerConsumer(
-        amqp_url, "payments", _consumer(bus_db), prefix=prefix, tracer_provider=spans.provider
+        amqp_url, "notifications", _consumer(bus_db), prefix=prefix, tracer_provider=spans.provider
     )
     intake.start()
     try:
@@ -410,11 +411,11 @@ def test_rabbitmq_a_refused_message_has_a_process_span_with_its_reason(
                 channel = await connection.channel()
                 await channel.default_exchange.publish(
                     aio_pika.Message(body=envelope.SerializeToString(), headers={"source": "notifications"}),
-                    routing_key=bus.queue_name("payments", prefix),
+                    routing_key=bus.queue_name("notifications", prefix),
                 )
 
         asyncio.run(publish_forged())
-        process = eventually(lambda: spans.named("process OrderCreated"), what="the refusal's span")[0]
+        process = eventually(lambda: spans.named("process OrderPaid"), what="the refusal's span")[0]
         assert _ids(process.parent) == (int(TRACE_ID, 16), int(SPAN_ID, 16))
         assert process.status.status_code is StatusCode.ERROR
         assert process.attributes is not None

@@ -74,7 +74,7 @@ def recorded() -> Iterator[list[ReadableSpan]]:
     server.add_event("")
     server.set_status(Status(StatusCode.ERROR, "database unavailable"))
     server.end()
-    orders.get_tracer("poly.bus").start_span("process OrderCreated", kind=SpanKind.CONSUMER).end()
+    orders.get_tracer("poly.bus").start_span("process OrderPaid", kind=SpanKind.CONSUMER).end()
     root.end()
     yield [*orders_spans.get_finished_spans(), *edge_spans.get_finished_spans()]
     edge.shutdown()

@@ -257,7 +257,7 @@ def test_an_event_push_makes_no_rpc_span_and_is_still_counted(observed: _Observe
     """The bus traces a push itself (the relay's send span, the consumer's process span): the
     push makes neither a CLIENT nor a SERVER span, and both sides still count it."""
     tracer = observed.provider.get_tracer("test")
-    with tracer.start_as_current_span("send poly.events.v1.OrderCreated", kind=SpanKind.PRODUCER):
+    with tracer.start_as_current_span("send poly.events.v1.OrderPaid", kind=SpanKind.PRODUCER):
         pushed = event_sink_pb2_grpc.EventSinkServiceStub(observed.channel).PushEvent(
             event_sink_pb2.PushEventRequest(), timeout=5
         )
@@ -267,7 +267,7 @@ def test_an_event_push_makes_no_rpc_span_and_is_still_counted(observed: _Observe
     names = sorted((span.kind.name, span.name) for span in observed.spans.get_finished_spans())
     assert names == [
         ("CLIENT", f"{_ECHO}/Echo"),
-        ("PRODUCER", "send poly.events.v1.OrderCreated"),
+        ("PRODUCER", "send poly.events.v1.OrderPaid"),
         ("SERVER", f"{_ECHO}/Echo"),
     ]
     counted = {
