@@ -75,10 +75,11 @@ CPU includes what the services spend idle over its few seconds of settling (rela
 dispatcher and the exporters polling; the idle row says how much per second). PostgreSQL and
 RabbitMQ are shared servers here, not pinned, and may run on either core; "all" includes
 whatever else used them in the window. At rates the system sustains, time to PAID is the
-saga's own latency (OrderCreated and PaymentAuthorized through outboxes and relays, the
-capture call, whose answer makes the order PAID, the watch's wake-up; the email adds OrderPaid and the
-notifications dispatcher); beyond them it is queueing, and grows with the window. Access
-lines are on (INFO, as ``poly up`` runs); ``--log-level WARNING`` shows what they cost.
+saga's own latency (the payment worker's AuthorizePayment and CapturePayment calls, the
+capture's answer making the order PAID, the watch's wake-up; the email adds OrderPaid through
+the outbox and relay, and the notifications dispatcher); beyond them it is queueing, and
+grows with the window. Access lines are on (INFO, as ``poly up`` runs); ``--log-level
+WARNING`` shows what they cost.
 
 Recorded runs (this project's 2-core VM, 2026-12-05)
 ---------------------------------------------------------------------------------------------

@@ -161,7 +161,8 @@ def test_some_events_are_consumed_and_some_are_not() -> None:
     # Not vacuous: the rules above and below see today's consumers.
     assert contract.consumers_of("poly.events.v1.UserRegistered") == {"users", "payments", "notifications"}
     assert contract.consumers_of("poly.events.v1.PaymentVoided") == frozenset()
-    assert contract.consumed_by("orders") == {
-        "poly.events.v1.PaymentAuthorized",
-        "poly.events.v1.PaymentFailed",
+    assert contract.consumed_by("payments") == {
+        "poly.events.v1.UserRegistered",
+        "poly.events.v1.OrderCancelled",
     }
+    assert contract.consumed_by("orders") == frozenset(), "orders asks payments; it consumes nothing"

@@ -1,5 +1,5 @@
 """Retry delays: exponential backoff with jitter, one formula for every retry loop (the bus
-relay, the notifications dispatcher, the orders capture worker)."""
+relay, the notifications dispatcher, the orders payment worker)."""
 
 from __future__ import annotations
 

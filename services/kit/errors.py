@@ -4,7 +4,7 @@ Domain code raises plain exceptions that carry a `reason` (``ORDER_NOT_CANCELLAB
 an `ErrorKind`; only this module knows gRPC codes. Every status carries exactly one
 ``google.rpc.ErrorInfo`` (reason, domain ``<service>.poly.local``, and every value of the
 message in its metadata), plus ``BadRequest`` field violations or ``RetryInfo`` where they
-apply.
+apply; a caller reads it back with `error_info`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from grpc_status import rpc_status
 from services.kit.domain_errors import DomainError, ErrorKind, InvalidArgument, ResourceExhausted, Unavailable
 from services.kit.types import CallInfo, Handler, Middleware
 
-__all__ = ["GRPC_CODES", "error_middleware", "internal_status", "to_status"]
+__all__ = ["GRPC_CODES", "error_info", "error_middleware", "internal_status", "to_status"]
 
 GRPC_CODES: Mapping[ErrorKind, grpc.StatusCode] = {kind: grpc.StatusCode[kind.name] for kind in ErrorKind}
 """Each kind of domain error as the canonical status code of the same name."""
@@ -98,6 +98,22 @@ def _answer_as_set(context: grpc.ServicerContext) -> NoReturn:
 
 
 _DETAILS_KEY = "grpc-status-details-bin"
+
+
+def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo of a failed call's status (what a Polyservice server sends with every
+    error); None when it has none (a transport failure, another server)."""
+    if not isinstance(error, grpc.Call):
+        return None
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:  # details that contradict the call's code: not to be trusted
+        return None
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info
+    return None
 
 
 def error_middleware(domain: str) -> Middleware:

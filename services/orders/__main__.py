@@ -4,7 +4,7 @@ from pathlib import Path
 
 from poly.orders.v1 import orders_service_pb2, orders_service_pb2_grpc
 from services.kit import app
-from services.orders import capture, events, store, watch
+from services.orders import payment, store, watch
 from services.orders.domain import Orders
 from services.orders.service import OrdersServicer
 
@@ -12,16 +12,12 @@ from services.orders.service import OrdersServicer
 def wire(context: app.Context[None]) -> app.Parts:
     hub = watch.ChangeHub()
     orders = Orders(store.OrdersStore(context.sessions, context.outbox, hub.notify).transaction)
-    capture_worker = capture.CaptureWorker(orders, capture.grpc_capturer(context.channels))
+    # The saga's payment step: each new order is handed to the worker, which asks payments.
+    payment_worker = payment.PaymentWorker(orders, payment.GrpcPayments(context.channels))
+    orders.hand_over = payment_worker
     return app.Parts(
         servicer=OrdersServicer(orders, hub),
-        # The saga: payments' events move orders; an authorized payment is then captured.
-        handlers=events.handlers(
-            lambda session: store.SqlRepository(session, context.outbox, hub.notify),
-            capture_due=capture_worker.due,
-            capture_accepting=capture_worker.accepting,
-        ),
-        workers=[capture_worker, watch.Recheck(hub, orders.versions, orders.find)],
+        workers=[payment_worker, watch.Recheck(hub, orders.versions, orders.find)],
     )
 
 
@@ -31,7 +27,7 @@ SERVICE = app.Service(
     add_servicer=orders_service_pb2_grpc.add_OrdersServiceServicer_to_server,
     migrations=Path(__file__).with_name("migrations"),
     bus_tables=store.BUS,
-    calls={"payments": [capture.PAYMENTS_SERVICE]},
+    calls={"payments": [payment.PAYMENTS_SERVICE]},
     settings=app.no_settings,
     wire=wire,
 )

@@ -6,9 +6,11 @@ Every change is a conditional write on `version` (optimistic concurrency; the et
 from it), so of two racing changes exactly one wins and publishes its event.
 States (`TRANSITIONS`): PENDING -> AWAITING_PAYMENT -> PAID -> FULFILLED; PENDING ->
 PAYMENT_FAILED; PENDING | AWAITING_PAYMENT | PAID -> CANCELLED. An RPC asking for any other
-move is FAILED_PRECONDITION; a saga event finding the order past the step it reports is a
-no-op (the bus must never retry it forever). Compensation: cancelling emits OrderCancelled
-with the payment, which payments voids (held) or refunds (captured).
+move is FAILED_PRECONDITION. The payment step (the payment worker, `payment.py`, calling
+payments) moves a PENDING order on by payments' answers: held -> AWAITING_PAYMENT, then
+captured -> PAID, or declined -> PAYMENT_FAILED; an answer finding the order elsewhere (it
+was cancelled meanwhile) is a no-op. Compensation: cancelling emits OrderCancelled with the
+total and the payment, which payments voids (held) or refunds (captured).
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ __all__ = [
     "STATES",
     "TERMINAL",
     "TRANSITIONS",
+    "Authorization",
     "CaptureOutcome",
     "Event",
+    "HandOver",
     "Line",
     "NewLine",
     "Order",
@@ -63,11 +67,10 @@ __all__ = [
     "OwnerCheck",
     "Repository",
     "RequestKey",
+    "StepOutcome",
+    "authorize_request_id",
     "capture_request_id",
     "not_found",
-    "on_payment_authorized",
-    "on_payment_captured",
-    "on_payment_failed",
     "watch_until",
 ]
 
@@ -101,12 +104,12 @@ SKU_RULE = f"must be 1 to {MAX_SKU} characters of [A-Za-z0-9._-], starting with 
 MAX_CANCEL_REASON = 500
 MAX_UNTIL_STATES = len(STATES)
 _WRITE_ATTEMPTS = 5
-CAPTURE_BACKOFF_BASE = dt.timedelta(seconds=0.5)
-CAPTURE_BACKOFF_MAX = dt.timedelta(seconds=60)
-CAPTURE_LEASE = dt.timedelta(seconds=30)
-"""A claimed capture is due again after this unless its outcome is recorded first (a replica
-that died mid-call or before recording the answer: the capture is asked again with the same
-idempotency key, and payments answers as the first time)."""
+PAYMENT_BACKOFF_BASE = dt.timedelta(seconds=0.5)
+PAYMENT_BACKOFF_MAX = dt.timedelta(seconds=60)
+PAYMENT_LEASE = dt.timedelta(seconds=30)
+"""An order whose payment step a worker holds is due again after this unless its outcome is
+recorded first (a replica that died mid-call or before recording the answer: the call is
+made again with the same idempotency key, and payments answers as the first time)."""
 
 FILTER_FIELDS: filters.Fields = {
     "state": filters.FieldSpec(filters.enum_value(*STATES)),
@@ -155,9 +158,11 @@ class Order:
     payment: str = ""
     failure_reason: str = ""
     cancel_reason: str = ""
-    next_capture_at: dt.datetime | None = None
-    """When the capture worker next tries this order's capture; None when none is due."""
-    capture_attempts: int = 0
+    next_payment_at: dt.datetime | None = None
+    """When a payment worker next asks payments for this order (to authorize a PENDING one,
+    to capture an AWAITING_PAYMENT one); None when nothing is to be asked."""
+    payment_attempts: int = 0
+    """Tries of the current payment step that got no answer (the backoff grows with them)."""
 
     @property
     def name(self) -> str:
@@ -176,8 +181,8 @@ class Order:
             "state": state,
             "version": self.version + 1,
             "update_time": max(now, self.update_time),
-            "next_capture_at": now if awaiting else None,
-            "capture_attempts": 0,
+            "next_payment_at": now if awaiting else None,
+            "payment_attempts": 0,
         }
         return dataclasses.replace(self, **{**fields, **changes})  # type: ignore[arg-type]
 
@@ -206,12 +211,44 @@ class OrderPage:
     next_page_token: str
 
 
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    """Payments' answer to an authorization: the order's payment, held or declined."""
+
+    payment: str
+    """`payments/{payment}`; may be empty for a decline."""
+    decline_reason: str = ""
+    """Why it was declined, UPPER_SNAKE (e.g. INSUFFICIENT_FUNDS); empty: the funds are held."""
+
+
 class CaptureOutcome(Enum):
     CAPTURED = "captured"
     REFUSED = "refused"
     """The payment can no longer be captured (voided: the order was cancelled meanwhile)."""
     FAILED = "failed"
     """Payments could not answer; try again later."""
+
+
+class StepOutcome(Enum):
+    """How one try of an order's payment step ended, for `Orders.payments_attempted`."""
+
+    DONE = "done"
+    """Its outcome is recorded: PAID, PAYMENT_FAILED, or the order had moved on."""
+    REFUSED = "refused"
+    """The held payment can no longer be captured (voided: the order was cancelled
+    meanwhile): nothing more is asked."""
+    FAILED = "failed"
+    """Payments could not answer; ask again after a backoff."""
+
+
+class HandOver(Protocol):
+    """A payment worker of this process, to which `Orders.create` hands each new order."""
+
+    def accepting(self) -> bool:
+        """Whether an order may be written taken by this worker (not once it stops)."""
+
+    def due(self, order: Order) -> None:
+        """`order` is committed and taken by this worker: ask for its payment now."""
 
 
 class Repository(Protocol):
@@ -235,15 +272,22 @@ class Repository(Protocol):
 
     def list_orders(self, query: OrderQuery, after: Sequence[str] | None, limit: int) -> list[Order]: ...
 
-    def claim_captures(self, now: dt.datetime, lease_until: dt.datetime, limit: int) -> list[Order]:
-        """Up to `limit` AWAITING_PAYMENT orders whose capture is due, each now due only at
-        `lease_until` (so no other replica claims it meanwhile)."""
+    def claim_payments(self, now: dt.datetime, lease_until: dt.datetime, limit: int) -> list[Order]:
+        """Up to `limit` PENDING or AWAITING_PAYMENT orders whose payment step is due, each
+        now due only at `lease_until` (so no other replica claims it meanwhile)."""
 
-    def schedule_capture(self, order_id: str, at: dt.datetime | None, attempts: int) -> None:
-        """Set the next capture try of an order still AWAITING_PAYMENT (None: no more)."""
+    def schedule_payment(self, order_id: str, at: dt.datetime | None, attempts: int) -> None:
+        """Set the next payment try of an order still PENDING or AWAITING_PAYMENT (None: no
+        more)."""
 
 
 Transactions = Callable[[], AbstractContextManager[Repository]]
+
+
+def authorize_request_id(order: Order) -> str:
+    """The authorization's idempotency key: the same for every try of one order, on every
+    replica, so payments holds the order's total once however often it is asked."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, order.name + "/authorize"))
 
 
 def capture_request_id(order: Order) -> str:
@@ -251,12 +295,12 @@ def capture_request_id(order: Order) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, order.name + "/capture"))
 
 
-def capture_backoff(attempts: int) -> dt.timedelta:
+def payment_backoff(attempts: int) -> dt.timedelta:
     """Delay before the next try after `attempts` failed ones: doubling, capped, jittered."""
     seconds = backoff_seconds(
         attempts + 1,
-        base=CAPTURE_BACKOFF_BASE.total_seconds(),
-        maximum=CAPTURE_BACKOFF_MAX.total_seconds(),
+        base=PAYMENT_BACKOFF_BASE.total_seconds(),
+        maximum=PAYMENT_BACKOFF_MAX.total_seconds(),
     )
     return dt.timedelta(seconds=seconds)
 
@@ -347,6 +391,9 @@ def _stale(order: Order, etag: str) -> Aborted:
 class Orders:
     transactions: Transactions
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
+    hand_over: HandOver | None = None
+    """The payment worker new orders are handed to once committed; None: a worker's claim
+    finds them (at most its interval later)."""
 
     def create(
         self, owner: str, lines: Sequence[NewLine], order_id: str, request_id: str, check_owner: OwnerCheck
@@ -354,14 +401,27 @@ class Orders:
         """Place an order for `owner`. A chosen `order_id` that is taken is ALREADY_EXISTS only
         for a caller `check_owner` admits for the existing order; anyone else gets the answer
         GetOrder gives them for it (AIP-133), so ids cannot be probed. A repeat of `request_id`
-        by the same owner returns the first order."""
+        by the same owner returns the first order.
+
+        The new order's payment is due at once: written taken by `hand_over` (its lease, as
+        a claim would set) and handed to it after the commit, or left for any worker's claim."""
         problems = _order_problems(lines, order_id, request_id)
         if problems:
             raise InvalidArgument("ORDER_INVALID", "the order is invalid", violations=problems)
         now = self.clock()
         priced = tuple(Line(x.sku, x.quantity, x.unit_price, x.unit_price.times(x.quantity)) for x in lines)
         total = Money(priced[0].total.currency, sum(line.total.amount for line in priced))
-        order = Order(order_id or f"o{uuid.uuid4().hex}", owner, priced, total, PENDING, now, now)
+        hand_over = self.hand_over if self.hand_over is not None and self.hand_over.accepting() else None
+        order = Order(
+            order_id or f"o{uuid.uuid4().hex}",
+            owner,
+            priced,
+            total,
+            PENDING,
+            now,
+            now,
+            next_payment_at=now if hand_over is None else now + PAYMENT_LEASE,
+        )
         with self.transactions() as repo:
             if request_id:
                 key = RequestKey(owner, idempotency.canonical(request_id), _digest(lines, order_id), order.id)
@@ -373,6 +433,8 @@ class Orders:
                 check_owner(existing.owner if existing else "", order.name)
                 raise AlreadyExists("ORDER_EXISTS", "orders/{order} already exists", order=order.id)
             repo.publish("created", order)
+        if hand_over is not None:
+            hand_over.due(order)
         return order
 
     @staticmethod
@@ -489,85 +551,88 @@ class Orders:
                     return changed
         raise Aborted("ORDER_CHANGED_CONCURRENTLY", "orders/{order} kept changing; retry", order=order_id)
 
-    # -- the capture worker's side ------------------------------------------------------
+    # -- the payment worker's side ------------------------------------------------------
 
-    def claim_captures(self, limit: int) -> list[Order]:
+    def claim_payments(self, limit: int) -> list[Order]:
         now = self.clock()
         with self.transactions() as repo:
-            return repo.claim_captures(now, now + CAPTURE_LEASE, limit)
+            return repo.claim_payments(now, now + PAYMENT_LEASE, limit)
+
+    def authorized(self, order: Order, payment: str) -> Order | None:
+        """Payments holds `order`'s total as `payment`: PENDING -> AWAITING_PAYMENT, its
+        capture still held by the worker that asked (its lease), which captures it next
+        (None: the order had moved on, e.g. cancelled; payments voids the hold on its
+        OrderCancelled)."""
+        now = self.clock()
+        with self.transactions() as repo:
+            return _saga_step(
+                repo,
+                order.id,
+                PENDING,
+                AWAITING_PAYMENT,
+                now,
+                payment=payment,
+                next_payment_at=now + PAYMENT_LEASE,
+            )
+
+    def declined(self, order: Order, answer: Authorization) -> Order | None:
+        """Payments declined `order`'s authorization: PENDING -> PAYMENT_FAILED and
+        OrderPaymentFailed, in one transaction (None: the order had moved on)."""
+        with self.transactions() as repo:
+            changed = _saga_step(
+                repo,
+                order.id,
+                PENDING,
+                PAYMENT_FAILED,
+                self.clock(),
+                payment=answer.payment,
+                failure_reason=answer.decline_reason or "UNKNOWN",
+            )
+            if changed is not None:
+                repo.publish("payment_failed", changed)
+            return changed
 
     def captured(self, order: Order) -> Order | None:
         """Payments answered that `order`'s payment is captured: AWAITING_PAYMENT -> PAID and
         OrderPaid, in one transaction (None: the order had moved on, e.g. cancelled)."""
         with self.transactions() as repo:
-            return on_payment_captured(repo, order.id, order.payment, self.clock())
+            changed = _saga_step(repo, order.id, AWAITING_PAYMENT, PAID, self.clock(), payment=order.payment)
+            if changed is not None:
+                repo.publish("paid", changed)
+            return changed
 
-    def captures_attempted(self, outcomes: Sequence[tuple[Order, CaptureOutcome]]) -> None:
-        """Reschedule after a batch of tries that did not capture, in one transaction: a
-        failure backs off, a refusal stops (a success is `captured`, at once)."""
-        if all(outcome is CaptureOutcome.CAPTURED for _, outcome in outcomes):
+    def payments_attempted(self, outcomes: Sequence[tuple[Order, StepOutcome]]) -> None:
+        """Reschedule after a batch of tries that did not end their step, in one transaction: a
+        failure backs off, a refusal stops (an outcome is recorded at once, by `authorized`,
+        `declined` or `captured`). Each order is as the try last saw it."""
+        if all(outcome is StepOutcome.DONE for _, outcome in outcomes):
             return  # the usual pass: nothing to reschedule, no transaction
         now = self.clock()
         with self.transactions() as repo:
             for order, outcome in outcomes:
-                if outcome is CaptureOutcome.FAILED:
-                    repo.schedule_capture(
-                        order.id, now + capture_backoff(order.capture_attempts), order.capture_attempts + 1
+                if outcome is StepOutcome.FAILED:
+                    repo.schedule_payment(
+                        order.id, now + payment_backoff(order.payment_attempts), order.payment_attempts + 1
                     )
-                elif outcome is CaptureOutcome.REFUSED:
-                    repo.schedule_capture(order.id, None, order.capture_attempts + 1)
-
-
-# -- saga steps (run by the event handlers inside the consumer's transaction) ------------
+                elif outcome is StepOutcome.REFUSED:
+                    repo.schedule_payment(order.id, None, order.payment_attempts + 1)
 
 
 def _saga_step(
     repo: Repository, order_id: str, source: str, target: str, now: dt.datetime, **changes: object
 ) -> Order | None:
-    """Move the order from `source` to `target`; None (a logged no-op) when the event finds
-    it elsewhere (already past that step, or cancelled meanwhile). Losing a race raises, so
-    the consumer rolls back and the bus redelivers: the retry then sees the new state."""
+    """Move the order from `source` to `target` by payments' answer; None (a logged no-op)
+    when the answer finds it elsewhere (cancelled meanwhile, or moved by another worker's
+    try). Losing a race raises ABORTED: the worker leaves the order to its lease, and the
+    next try sees the new state."""
     order = repo.order(order_id)
     if order is None or order.state != source:
         _log.info(
-            "saga event ignored",
+            "payment answer ignored",
             extra={"order": order_id, "state": order.state if order else None, "target": target},
         )
         return None
     changed = order.moved(target, now, **changes)
     if not repo.save(changed, order.version):
         raise Aborted("ORDER_CHANGED_CONCURRENTLY", "orders/{order} changed; retry", order=order_id)
-    return changed
-
-
-def on_payment_authorized(
-    repo: Repository, order_id: str, payment: str, now: dt.datetime, *, taken: bool = False
-) -> Order | None:
-    """PENDING -> AWAITING_PAYMENT; the capture worker then captures the payment. `taken`:
-    the capture is written taken by the worker this is handed to (its lease, as a claim
-    would set), so no claim looks for it; if that worker dies, the lease runs out and any
-    worker claims it."""
-    changes: dict[str, object] = {"payment": payment}
-    if taken:
-        changes["next_capture_at"] = now + CAPTURE_LEASE
-    return _saga_step(repo, order_id, PENDING, AWAITING_PAYMENT, now, **changes)
-
-
-def on_payment_captured(repo: Repository, order_id: str, payment: str, now: dt.datetime) -> Order | None:
-    """AWAITING_PAYMENT -> PAID + OrderPaid (the capture worker's, on CapturePayment's answer)."""
-    changed = _saga_step(repo, order_id, AWAITING_PAYMENT, PAID, now, payment=payment)
-    if changed is not None:
-        repo.publish("paid", changed)
-    return changed
-
-
-def on_payment_failed(
-    repo: Repository, order_id: str, payment: str, reason: str, now: dt.datetime
-) -> Order | None:
-    """PENDING -> PAYMENT_FAILED + OrderPaymentFailed."""
-    changed = _saga_step(
-        repo, order_id, PENDING, PAYMENT_FAILED, now, payment=payment, failure_reason=reason or "UNKNOWN"
-    )
-    if changed is not None:
-        repo.publish("payment_failed", changed)
     return changed

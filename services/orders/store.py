@@ -3,7 +3,7 @@
 `OrdersStore.transaction()` opens one session and one transaction and yields a
 `SqlRepository` (the `domain.Repository` over it); events published inside it join that
 transaction. Orders saved in a transaction are reported to `on_change` after it commits
-(the change hub wakes watchers and the capture worker with them).
+(the change hub hands them to the order's watchers).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from services.kit.db import (
 from services.kit.money import Money
 from services.kit.sql import filter_conditions, insert_if_absent, keyset_page
 from services.orders import events
-from services.orders.domain import AWAITING_PAYMENT, Event, Line, Order, OrderQuery, RequestKey
+from services.orders.domain import AWAITING_PAYMENT, PENDING, Event, Line, Order, OrderQuery, RequestKey
 
 __all__ = ["BUS", "Base", "OrderLineRow", "OrderRequestRow", "OrderRow", "OrdersStore", "SqlRepository"]
 
@@ -73,7 +73,7 @@ class OrderRow(Base):
         Index("ix_orders_owner_create_time", "owner", "create_time", "id"),
         Index("ix_orders_create_time", "create_time", "id"),
         Index("ix_orders_update_time", "update_time", "id"),
-        Index("ix_orders_state_next_capture_at", "state", "next_capture_at"),
+        Index("ix_orders_state_next_payment_at", "state", "next_payment_at"),
     )
     id: Mapped[Id]
     owner: Mapped[str] = mapped_column(String(100))
@@ -86,8 +86,8 @@ class OrderRow(Base):
     version: Mapped[int]
     create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
     update_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
-    next_capture_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
-    capture_attempts: Mapped[int]
+    next_payment_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    payment_attempts: Mapped[int]
     lines: Mapped[list[OrderLineRow]] = relationship(order_by="OrderLineRow.position", lazy="selectin")
 
 
@@ -134,8 +134,8 @@ def _order(row: OrderRow) -> Order:
         payment=row.payment,
         failure_reason=row.failure_reason,
         cancel_reason=row.cancel_reason,
-        next_capture_at=row.next_capture_at,
-        capture_attempts=row.capture_attempts,
+        next_payment_at=row.next_payment_at,
+        payment_attempts=row.payment_attempts,
     )
 
 
@@ -161,8 +161,8 @@ _SAVED = (
     "cancel_reason",
     "version",
     "update_time",
-    "next_capture_at",
-    "capture_attempts",
+    "next_payment_at",
+    "payment_attempts",
 )
 """What a saved order may change; the rest is fixed when it is created."""
 _SAVE = (
@@ -202,8 +202,8 @@ def _order_of_rows(rows: Sequence[Row[Any]]) -> Order | None:
         payment=head.payment,
         failure_reason=head.failure_reason,
         cancel_reason=head.cancel_reason,
-        next_capture_at=head.next_capture_at,
-        capture_attempts=head.capture_attempts,
+        next_payment_at=head.next_payment_at,
+        payment_attempts=head.payment_attempts,
     )
 
 
@@ -215,23 +215,26 @@ _COLUMNS: dict[str, Any] = {
 }
 
 
-_SCHEDULE_CAPTURE = (
-    update(_ORDERS)
-    .where(_ORDERS.c.id == bindparam("order_id"), _ORDERS.c.state == AWAITING_PAYMENT)
-    .values(next_capture_at=bindparam("capture_at"), capture_attempts=bindparam("attempts"))
-)
-"""When to try the capture next (None: never), after how many tries."""
+_PAYING = (PENDING, AWAITING_PAYMENT)
+"""The states in which an order's payment step is under way (authorize, then capture)."""
 
-_CAPTURES = leases.Queue(
+_SCHEDULE_PAYMENT = (
+    update(_ORDERS)
+    .where(_ORDERS.c.id == bindparam("order_id"), _ORDERS.c.state.in_(_PAYING))
+    .values(next_payment_at=bindparam("payment_at"), payment_attempts=bindparam("attempts"))
+)
+"""When to try the payment step next (None: never), after how many tries."""
+
+_PAYMENTS_DUE = leases.Queue(
     OrderRow,
     [OrderRow.id],
-    free=and_(OrderRow.state == AWAITING_PAYMENT, OrderRow.next_capture_at <= bindparam("claim_now")),
-    order_by=[OrderRow.next_capture_at],
-    # The lease is the next try's time itself: a claimed capture is not due until it ends.
-    lease={OrderRow.next_capture_at: bindparam("claim_until")},
+    free=and_(OrderRow.state.in_(_PAYING), OrderRow.next_payment_at <= bindparam("claim_now")),
+    order_by=[OrderRow.next_payment_at],
+    # The lease is the next try's time itself: a claimed order is not due until it ends.
+    lease={OrderRow.next_payment_at: bindparam("claim_until")},
     returning=[OrderRow.id],
 )
-"""Orders waiting for their capture (built once, as every claim is)."""
+"""Orders waiting for their payment step (built once, as every claim is)."""
 
 
 class SqlRepository:
@@ -273,8 +276,8 @@ class SqlRepository:
                 "version": order.version,
                 "create_time": order.create_time,
                 "update_time": order.update_time,
-                "next_capture_at": order.next_capture_at,
-                "capture_attempts": order.capture_attempts,
+                "next_payment_at": order.next_payment_at,
+                "payment_attempts": order.payment_attempts,
             },
         )
         if not added:
@@ -352,15 +355,15 @@ class SqlRepository:
         )
         return [_order(row) for row in self._session.scalars(statement)]
 
-    def claim_captures(self, now: dt.datetime, lease_until: dt.datetime, limit: int) -> list[Order]:
-        claimed = _CAPTURES.claim(self._session, limit, {"claim_now": now, "claim_until": lease_until})
+    def claim_payments(self, now: dt.datetime, lease_until: dt.datetime, limit: int) -> list[Order]:
+        claimed = _PAYMENTS_DUE.claim(self._session, limit, {"claim_now": now, "claim_until": lease_until})
         taken = {row[0] for row in claimed.taken}
         due = [row[0] for row in claimed.found if row[0] in taken]
         return [order for order_id in due if (order := self.order(order_id)) is not None]
 
-    def schedule_capture(self, order_id: str, at: dt.datetime | None, attempts: int) -> None:
+    def schedule_payment(self, order_id: str, at: dt.datetime | None, attempts: int) -> None:
         self._session.execute(
-            _SCHEDULE_CAPTURE, {"order_id": order_id, "capture_at": at, "attempts": attempts}
+            _SCHEDULE_PAYMENT, {"order_id": order_id, "payment_at": at, "attempts": attempts}
         )
 
 

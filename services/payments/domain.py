@@ -60,7 +60,6 @@ from services.payments.records import (
 
 __all__ = [
     "ACCOUNT_NOT_FOUND",
-    "AMOUNT_INVALID",
     "ORDER_CANCELLED",
     "OwnerCheck",
     "PaymentProvider",
@@ -72,7 +71,6 @@ _TAKEN = (CAPTURED, PARTIALLY_REFUNDED, REFUNDED)
 """States in which the held amount was captured."""
 
 ACCOUNT_NOT_FOUND = "ACCOUNT_NOT_FOUND"
-AMOUNT_INVALID = "AMOUNT_INVALID"
 ORDER_CANCELLED = "ORDER_CANCELLED"
 """Why an order cancelled before its payment was asked for has a FAILED payment."""
 _MAX_REASON = 500
@@ -262,16 +260,7 @@ class Payments:
         with self.transactions() as repo:
             return self._authorize(repo, ask, request)
 
-    def authorize_order(self, order: str, owner: str, amount: Money) -> Payment:
-        """Saga step on OrderCreated: the order's payment, authorized or declined once; an
-        amount no payment could have is declined too, so the order still ends."""
-        ask = _Ask(order, owner, "", amount)
-        with self.transactions() as repo:
-            if money_problems("total", amount.currency, amount.amount, positive=True):
-                return self._decline(repo, ask, "", AMOUNT_INVALID, None)
-            return self._authorize(repo, ask, None)
-
-    def _authorize(self, repo: Repository, ask: _Ask, request: Request | None) -> Payment:
+    def _authorize(self, repo: Repository, ask: _Ask, request: Request) -> Payment:
         amount = ask.amount
         found = (
             repo.account(ask.account_id) if ask.account_id else repo.account_of(ask.owner, amount.currency)
@@ -296,7 +285,7 @@ class Payments:
         return self._add(repo, held, PaymentEvent(AUTHORIZED, held, held.amount), request)
 
     def _decline(
-        self, repo: Repository, ask: _Ask, account_id: str, reason: str, request: Request | None
+        self, repo: Repository, ask: _Ask, account_id: str, reason: str, request: Request
     ) -> Payment:
         failed = self._new_payment(ask, account_id, FAILED, reason)
         return self._add(repo, failed, PaymentEvent(FAILED, failed, failed.amount, reason), request)
@@ -308,9 +297,7 @@ class Payments:
             str(uuid.uuid4()), ask.order, account_id, ask.owner, currency, amount, state, reason, now, now
         )
 
-    def _add(
-        self, repo: Repository, payment: Payment, event: PaymentEvent, request: Request | None
-    ) -> Payment:
+    def _add(self, repo: Repository, payment: Payment, event: PaymentEvent, request: Request) -> Payment:
         if not repo.add_payment(payment):
             # The order has its payment already: a repeat of this call (a racing twin that
             # committed first) gets it, and so does any authorization of an order cancelled
@@ -320,7 +307,7 @@ class Payments:
             assert existing is not None
             if (existing.state, existing.failure_reason) == (FAILED, ORDER_CANCELLED):
                 return self._cancelled_first(repo, existing, payment, request, replayed)
-            if request is not None and replayed != existing.id:
+            if replayed != existing.id:
                 raise AlreadyExists(
                     "ORDER_ALREADY_AUTHORIZED",
                     "{order} already has payments/{payment}",
@@ -337,7 +324,7 @@ class Payments:
         repo: Repository,
         cancelled: Payment,
         asked: Payment,
-        request: Request | None,
+        request: Request,
         replayed: str | None,
     ) -> Payment:
         """An authorization of an order cancelled before it: the cancelled order's FAILED
@@ -438,10 +425,10 @@ class Payments:
     ) -> Payment | None:
         """Saga compensation on OrderCancelled: void a hold, refund what was captured.
 
-        An order cancelled before its payment was asked for (its OrderCreated is still to
-        come: redriven from the dead letters after the cancellation) gets a FAILED payment
-        of its `total` with reason ORDER_CANCELLED, which takes the order's one payment, so
-        an authorization arriving later finds it and holds nothing. Without a `total` (an
+        An order cancelled before its payment was asked for (orders' AuthorizePayment for it
+        is still to come, or in flight) gets a FAILED payment of its `total` with reason
+        ORDER_CANCELLED, which takes the order's one payment, so an authorization arriving
+        later finds it and holds nothing. Without a `total` (an
         event from before it carried one) nothing is recorded."""
         if total is not None and money_problems("total", total.currency, total.amount, positive=True):
             total = None  # no payment could have it: recorded as an event without one

@@ -65,11 +65,6 @@ def handlers(
         assert isinstance(event, events_pb2.UserRegistered)
         payments(session).open_account(event.user, default_currency)
 
-    def order_created(session: Session, event: Message, envelope: EventEnvelope) -> None:
-        assert isinstance(event, events_pb2.OrderCreated)
-        total = money_value(event.total)
-        payments(session).authorize_order(event.order, event.owner, total)
-
     def order_cancelled(session: Session, event: Message, envelope: EventEnvelope) -> None:
         assert isinstance(event, events_pb2.OrderCancelled)
         total = money_value(event.total) if event.HasField("total") else None
@@ -77,6 +72,5 @@ def handlers(
 
     return {
         events_pb2.UserRegistered: user_registered,
-        events_pb2.OrderCreated: order_created,
         events_pb2.OrderCancelled: order_cancelled,
     }

@@ -55,11 +55,11 @@ def test_a_service_handles_exactly_the_events_it_is_a_declared_consumer_of(
 def test_background_work_and_peers_are_declared_where_the_service_is(
     wired: tuple[app.Service, app.Parts],
 ) -> None:
-    # The saga's capture step (orders calls payments) and the dispatcher (notifications reads
+    # The saga's payment step (orders calls payments) and the dispatcher (notifications reads
     # contacts from users) are workers of their declarations; the others run only the bus.
     service, parts = wired
     expected = {
-        "orders": (["CaptureWorker", "Recheck"], {"payments"}),
+        "orders": (["PaymentWorker", "Recheck"], {"payments"}),
         "notifications": (["Dispatcher"], {"users"}),
     }
     workers, peers = expected.get(service.name, ([], set()))

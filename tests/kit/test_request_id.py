@@ -287,7 +287,7 @@ def test_a_streaming_handler_has_the_id_while_its_stream_is_iterated(services: S
     assert services.call("Stream", value="2") == []
 
 
-# -- a hand-off to a worker (the capture worker, the notifications dispatcher) ---------------
+# -- a hand-off to a worker (the payment worker, the notifications dispatcher) ---------------
 
 
 def test_a_job_handed_to_a_worker_thread_runs_with_the_id_that_asked_for_it() -> None:

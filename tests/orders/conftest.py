@@ -1,9 +1,9 @@
-"""auth + orders as real processes, a recording PaymentsService, and payments' side of the bus.
+"""auth + orders as real processes, and a recording PaymentsService.
 
-The saga's payments steps are played by the tests, so each of orders' reactions can be driven
-and checked alone (tests/system/test_saga.py runs the real payments service): events are
-pushed into the orders EventSink over mTLS with the payments certificate, and CapturePayment
-is answered by a small real gRPC server holding the payments certificate.
+The saga's payments side is played by the tests, so each of orders' reactions can be driven
+and checked alone (tests/system/test_saga.py runs the real payments service): orders'
+payment worker calls AuthorizePayment and CapturePayment on a small real gRPC server holding
+the payments certificate, which answers each order as the test planned.
 """
 
 from __future__ import annotations
@@ -16,31 +16,78 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf.message import Message
 from sqlalchemy import create_engine, text
 
-from poly.events.v1 import event_sink_pb2, event_sink_pb2_grpc, events_pb2
 from poly.orders.v1 import orders_service_pb2 as pb
 from poly.orders.v1 import orders_service_pb2_grpc, resources_pb2
 from poly.payments.v1 import payments_service_pb2, payments_service_pb2_grpc
 from poly.payments.v1 import resources_pb2 as pay_pb
 from poly.type.v1 import money_pb2
 from services.kit import config, server, tls
-from services.kit.domain_errors import FailedPrecondition, Unavailable
+from services.kit.domain_errors import DomainError, FailedPrecondition, Unavailable
 from tests.support.env import settings_for
 from tests.support.identity import Deployment, bearer, start
+from tests.support.waiting import eventually
+
+
+@dataclass(frozen=True)
+class Answer:
+    """How the recording payments answers one order's AuthorizePayment."""
+
+    payment: str = ""
+    """The hold's name (a capture rule below may apply to it); empty with `error`."""
+    decline: str = ""
+    """A decline's reason: a FAILED payment instead of a hold."""
+    error: DomainError | None = None
+    """Refuse the call with this error's status instead."""
+    gate: threading.Event | None = None
+    """Answer only once this is set (an authorization in flight)."""
 
 
 class RecordingPayments(payments_service_pb2_grpc.PaymentsServiceServicer):
-    """CapturePayment only: captured at the first call, except that payments named
+    """AuthorizePayment and CapturePayment, recorded, as a test plans them.
+
+    AuthorizePayment answers an order as `plan`ned; an order without a plan is UNAVAILABLE
+    (payments down), so an order nobody plans stays PENDING, its version unchanged.
+    CapturePayment captures at the first call, except that payments named
     ``payments/voided-*`` are FAILED_PRECONDITION (voided) and those named
     ``payments/down-*`` are UNAVAILABLE until listed in `healed`."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.answers: dict[str, Answer] = {}
+        self.authorizations: list[payments_service_pb2.AuthorizePaymentRequest] = []
+        self.answered: set[str] = set()
         self.calls: list[tuple[str, str]] = []
         self.healed: set[str] = set()
         self.captured: set[str] = set()
+
+    def plan(self, order: str, answer: Answer) -> None:
+        with self.lock:
+            self.answers[order] = answer
+
+    def AuthorizePayment(  # noqa: N802 - generated gRPC method name
+        self, request: payments_service_pb2.AuthorizePaymentRequest, context: grpc.ServicerContext
+    ) -> pay_pb.Payment:
+        with self.lock:
+            self.authorizations.append(request)
+            answer = self.answers.get(request.order)
+        if answer is None:
+            raise Unavailable("PROVIDER_UNAVAILABLE", "try again")
+        if answer.gate is not None:
+            answer.gate.wait(30)
+        with self.lock:
+            self.answered.add(request.order)
+        if answer.error is not None:
+            raise answer.error
+        state = pay_pb.Payment.STATE_FAILED if answer.decline else pay_pb.Payment.STATE_AUTHORIZED
+        return pay_pb.Payment(
+            name=answer.payment, order=request.order, state=state, failure_reason=answer.decline
+        )
+
+    def authorizations_of(self, order: str) -> list[payments_service_pb2.AuthorizePaymentRequest]:
+        with self.lock:
+            return [request for request in self.authorizations if request.order == order]
 
     def CapturePayment(  # noqa: N802 - generated gRPC method name
         self, request: payments_service_pb2.CapturePaymentRequest, context: grpc.ServicerContext
@@ -80,23 +127,32 @@ class System:
             self.tokens["admin"] = self.deployment.create_admin()
         return bearer(self.tokens["admin"])
 
-    def push(self, event: Message, aggregate_id: str) -> event_sink_pb2.PushEventResponse:
-        """Deliver `event` to orders as payments' relay would (payments certificate, mTLS)."""
-        envelope = events_pb2.EventEnvelope(
-            id=str(uuid.uuid4()),
-            type=event.DESCRIPTOR.full_name,
-            aggregate_id=aggregate_id,
-            sequence=1,
-            source="payments",
-            schema_version=1,
+    def placed(
+        self, who: list[tuple[str, str]], answer: Answer | None = None, *lines: resources_pb2.OrderLine
+    ) -> resources_pb2.Order:
+        """An order placed by `who`, its authorization answered as `answer` plans (none:
+        payments is down for it)."""
+        order_id = f"o-{uuid.uuid4().hex[:16]}"
+        if answer is not None:
+            self.payments.plan(f"orders/{order_id}", answer)
+        return create(self, who, *lines, order_id=order_id)
+
+    def order(self, order: resources_pb2.Order, who: list[tuple[str, str]]) -> resources_pb2.Order:
+        found: resources_pb2.Order = self.stub().GetOrder(
+            pb.GetOrderRequest(name=order.name), metadata=who, timeout=10
         )
-        envelope.occur_time.GetCurrentTime()
-        envelope.payload.Pack(event)
-        stub = event_sink_pb2_grpc.EventSinkServiceStub(self.deployment.channel("orders", as_="payments"))
-        reply: event_sink_pb2.PushEventResponse = stub.PushEvent(
-            event_sink_pb2.PushEventRequest(event=envelope), timeout=10
-        )
-        return reply
+        return found
+
+    def reaches(
+        self, order: resources_pb2.Order, who: list[tuple[str, str]], state: int
+    ) -> resources_pb2.Order:
+        """The order once it is in `state` (waiting for the payment worker)."""
+
+        def found() -> resources_pb2.Order | None:
+            current = self.order(order, who)
+            return current if current.state == state else None
+
+        return eventually(found, timeout=30, what=f"{order.name} in state {state}")
 
     def sql(self, query: str, **params: object) -> list[tuple[object, ...]]:
         engine = create_engine(self.deployment.settings("orders").db.url)
@@ -133,16 +189,12 @@ def create(
     return created
 
 
-def payment_event(kind: type[Message], order: resources_pb2.Order, payment: str, **extra: object) -> Message:
-    return kind(payment=payment, order=order.name, owner=order.owner, amount=order.total, **extra)
-
-
 def _payments_server(home: Path) -> tuple[server.RunningServer, RecordingPayments]:
     tls.ensure_certificates(home / "certs", config.COMPONENTS)
     settings = settings_for(
         "payments", {"POLY_HOME": str(home), "POLY_PAYMENTS_PORT": "0", "POLY_GRACE_SECONDS": "1"}
     )
-    servicer = RecordingPayments()  # type: ignore[abstract]  # serves CapturePayment only
+    servicer = RecordingPayments()  # type: ignore[abstract]  # serves the saga's two calls only
     descriptor = payments_service_pb2.DESCRIPTOR.services_by_name["PaymentsService"]
     registration = server.registration(
         descriptor, payments_service_pb2_grpc.add_PaymentsServiceServicer_to_server, servicer

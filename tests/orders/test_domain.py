@@ -40,7 +40,7 @@ def test_only_the_contracts_transitions_are_legal(source: str, target: str) -> N
         moved = order.moved(target, NOW + dt.timedelta(seconds=1))
         assert (moved.state, moved.version) == (target, order.version + 1)
         assert moved.etag != order.etag
-        assert (moved.next_capture_at is not None) == (target == domain.AWAITING_PAYMENT)
+        assert (moved.next_payment_at is not None) == (target == domain.AWAITING_PAYMENT)
     else:
         with pytest.raises(ValueError, match="illegal transition"):
             order.moved(target, NOW)
@@ -50,10 +50,10 @@ def test_terminal_states_are_the_ones_without_moves() -> None:
     assert {domain.FULFILLED, domain.CANCELLED, domain.PAYMENT_FAILED} == domain.TERMINAL
 
 
-def test_capture_backoff_doubles_and_is_capped() -> None:
-    assert dt.timedelta(seconds=0.25) <= domain.capture_backoff(0) <= dt.timedelta(seconds=0.5)
-    assert dt.timedelta(seconds=2) <= domain.capture_backoff(3) <= dt.timedelta(seconds=4)
-    assert domain.capture_backoff(500) <= domain.CAPTURE_BACKOFF_MAX
+def test_payment_backoff_doubles_and_is_capped() -> None:
+    assert dt.timedelta(seconds=0.25) <= domain.payment_backoff(0) <= dt.timedelta(seconds=0.5)
+    assert dt.timedelta(seconds=2) <= domain.payment_backoff(3) <= dt.timedelta(seconds=4)
+    assert domain.payment_backoff(500) <= domain.PAYMENT_BACKOFF_MAX
 
 
 def test_the_capture_request_id_is_stable_per_order() -> None:

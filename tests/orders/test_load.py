@@ -13,10 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from poly.events.v1 import events_pb2
 from poly.orders.v1 import orders_service_pb2 as pb
 from poly.orders.v1 import resources_pb2
-from tests.orders.conftest import System, create, line, payment_event
+from tests.orders.conftest import Answer, System, create, line
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -72,7 +71,8 @@ def test_reads_do_not_fail_while_orders_are_placed(system: System) -> None:
 
 def test_many_open_watches_each_see_every_change(system: System) -> None:
     _, who = system.user()
-    order = create(system, who)
+    asked = threading.Event()  # its authorization is answered once every watch has begun
+    order = system.placed(who, Answer(f"payments/{uuid.uuid4().hex[:10]}", gate=asked))
     until = [State.STATE_PAID]
     seen: list[list[int]] = [[] for _ in range(WATCHES)]
     errors: Counter[str] = Counter()
@@ -94,8 +94,7 @@ def test_many_open_watches_each_see_every_change(system: System) -> None:
     for reader in readers:
         reader.start()
     eventually(lambda: all(seen), what="every watch's first snapshot", timeout=60)
-    payment = f"payments/{uuid.uuid4().hex[:10]}"
-    system.push(payment_event(events_pb2.PaymentAuthorized, order, payment), payment)
+    asked.set()
     for reader in readers:
         reader.join(30)
     assert not [reader for reader in readers if reader.is_alive()]

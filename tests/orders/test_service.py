@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from poly.events.v1 import events_pb2
 from poly.orders.v1 import orders_service_pb2 as pb
 from poly.orders.v1 import resources_pb2
-from tests.orders.conftest import System, create, line, payment_event
+from services.kit.domain_errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from tests.orders.conftest import Answer, System, create, line
 from tests.support.status import refusal
 from tests.support.waiting import eventually
 
@@ -90,15 +90,15 @@ def test_a_taken_order_id_is_already_exists_only_for_its_owner(system: System) -
 
 def test_a_repeated_request_id_returns_the_first_order_even_after_it_moved_on(system: System) -> None:
     _, who = system.user()
-    key = str(uuid.uuid4())
-    first = create(system, who, line("X", 1, 100), request_id=key)
-    system.push(
-        payment_event(events_pb2.PaymentFailed, first, "payments/p1", reason="INSUFFICIENT_FUNDS"),
-        "payments/p1",
-    )
-    again = create(system, who, line("X", 1, 100), request_id=key)
+    key, order_id = str(uuid.uuid4()), f"declined-{uuid.uuid4().hex[:8]}"
+    system.payments.plan(f"orders/{order_id}", Answer("payments/p1", decline="INSUFFICIENT_FUNDS"))
+    first = create(system, who, line("X", 1, 100), order_id=order_id, request_id=key)
+    system.reaches(first, who, State.STATE_PAYMENT_FAILED)
+    again = create(system, who, line("X", 1, 100), order_id=order_id, request_id=key)
     assert again.name == first.name and again.state == State.STATE_PAYMENT_FAILED
-    request = pb.CreateOrderRequest(order=resources_pb2.Order(lines=[line("X", 2, 100)]), request_id=key)
+    request = pb.CreateOrderRequest(
+        order=resources_pb2.Order(lines=[line("X", 2, 100)]), order_id=order_id, request_id=key
+    )
     assert _refused(system.stub().CreateOrder, request, who)[:2] == (
         grpc.StatusCode.FAILED_PRECONDITION,
         "REQUEST_ID_REUSED",
@@ -234,17 +234,32 @@ def test_cancel_publishes_and_is_then_a_safe_retry(system: System) -> None:
     )
     assert again == cancelled
     assert system.published(order.name) == ["OrderCreated", "OrderCancelled"]
-    # A late saga event finds it cancelled: a no-op, not an error the bus would retry forever.
-    system.push(payment_event(events_pb2.PaymentAuthorized, order, "payments/late"), "payments/late")
-    assert system.stub().GetOrder(pb.GetOrderRequest(name=order.name), metadata=who, timeout=10) == cancelled
+
+
+def test_a_hold_answered_after_the_cancel_changes_nothing(system: System) -> None:
+    # The authorization was in flight when the order was cancelled: its answer is a no-op
+    # (payments voids the hold on OrderCancelled), and nothing is captured.
+    _, who = system.user()
+    gate = threading.Event()
+    payment = f"payments/late-{uuid.uuid4().hex[:8]}"
+    order = system.placed(who, Answer(payment, gate=gate))
+    eventually(lambda: system.payments.authorizations_of(order.name), what="the authorization in flight")
+    cancelled = system.stub().CancelOrder(
+        pb.CancelOrderRequest(name=order.name, etag=order.etag), metadata=who, timeout=10
+    )
+    gate.set()
+    eventually(lambda: order.name in system.payments.answered, what="the late answer")
+    query = "SELECT next_payment_at FROM orders WHERE id = :id"
+    eventually(lambda: system.sql(query, id=order.name[7:]) == [(None,)], what="nothing more to ask")
+    assert system.order(order, who) == cancelled
+    assert system.published(order.name) == ["OrderCreated", "OrderCancelled"]
+    assert system.payments.calls_for(payment) == [], "a cancelled order's hold is never captured"
 
 
 def test_a_stale_etag_is_aborted_and_changes_nothing(system: System) -> None:
     _, who = system.user()
-    order = create(system, who)
-    system.push(
-        payment_event(events_pb2.PaymentAuthorized, order, "payments/voided-stale"), "payments/voided-stale"
-    )
+    order = system.placed(who, Answer("payments/voided-stale"))
+    system.reaches(order, who, State.STATE_AWAITING_PAYMENT)
     for etag in (order.etag, "garbage"):
         request = pb.CancelOrderRequest(name=order.name, etag=etag)
         assert _refused(system.stub().CancelOrder, request, who)[:2] == (
@@ -282,14 +297,9 @@ def test_of_concurrent_cancels_exactly_one_publishes(system: System) -> None:
 
 def test_payment_failed_ends_the_order_and_it_cannot_be_cancelled(system: System) -> None:
     _, who = system.user()
-    order = create(system, who)
-    reply = system.push(
-        payment_event(events_pb2.PaymentFailed, order, "payments/f1", reason="INSUFFICIENT_FUNDS"),
-        "payments/f1",
-    )
-    assert reply.outcome == reply.OUTCOME_APPLIED
-    failed = system.stub().GetOrder(pb.GetOrderRequest(name=order.name), metadata=who, timeout=10)
-    assert failed.state == State.STATE_PAYMENT_FAILED and failed.failure_reason == "INSUFFICIENT_FUNDS"
+    order = system.placed(who, Answer("payments/f1", decline="INSUFFICIENT_FUNDS"))
+    failed = system.reaches(order, who, State.STATE_PAYMENT_FAILED)
+    assert (failed.failure_reason, failed.payment) == ("INSUFFICIENT_FUNDS", "payments/f1")
     assert system.published(order.name) == ["OrderCreated", "OrderPaymentFailed"]
     request = pb.CancelOrderRequest(name=order.name)
     assert _refused(system.stub().CancelOrder, request, who)[:2] == (
@@ -298,13 +308,16 @@ def test_payment_failed_ends_the_order_and_it_cannot_be_cancelled(system: System
     )
 
 
-def test_the_saga_captures_then_pays_then_fulfils(system: System) -> None:
+def test_the_saga_authorizes_captures_then_pays_then_fulfils(system: System) -> None:
     _, who = system.user()
-    order = create(system, who)
     payment = f"payments/down-{uuid.uuid4().hex[:12]}"
-    system.push(payment_event(events_pb2.PaymentAuthorized, order, payment), payment)
-    awaiting = system.stub().GetOrder(pb.GetOrderRequest(name=order.name), metadata=who, timeout=10)
-    assert awaiting.state == State.STATE_AWAITING_PAYMENT and awaiting.payment == payment
+    order = system.placed(who, Answer(payment), line("A", 3, 250))
+    awaiting = system.reaches(order, who, State.STATE_AWAITING_PAYMENT)
+    assert awaiting.payment == payment
+    # Asked once, for the owner and the total, with the order's own idempotency key.
+    [asked] = system.payments.authorizations_of(order.name)
+    assert (asked.owner, asked.amount, asked.account) == (order.owner, order.total, "")
+    assert asked.request_id == str(uuid.uuid5(uuid.NAMESPACE_URL, order.name + "/authorize"))
     # The worker captures at once, with one idempotency key, and retries after UNAVAILABLE.
     calls = eventually(
         lambda: c if len(c := system.payments.calls_for(payment)) >= 2 else None, what="2 captures"
@@ -323,7 +336,7 @@ def test_the_saga_captures_then_pays_then_fulfils(system: System) -> None:
         return found if found.state == State.STATE_PAID else None
 
     paid = eventually(paid_order, timeout=30, what="the order PAID on the capture's answer")
-    assert system.sql("SELECT next_capture_at FROM orders WHERE id = :id", id=order.name[7:]) == [(None,)]
+    assert system.sql("SELECT next_payment_at FROM orders WHERE id = :id", id=order.name[7:]) == [(None,)]
     assert _refused(system.stub().FulfillOrder, fulfil, who)[:2] == (
         grpc.StatusCode.PERMISSION_DENIED,
         "ROLE_MISSING",
@@ -342,11 +355,10 @@ def test_the_saga_captures_then_pays_then_fulfils(system: System) -> None:
 
 def test_a_capture_refused_as_voided_is_not_retried(system: System) -> None:
     _, who = system.user()
-    order = create(system, who)
     payment = f"payments/voided-{uuid.uuid4().hex[:8]}"
-    system.push(payment_event(events_pb2.PaymentAuthorized, order, payment), payment)
+    order = system.placed(who, Answer(payment))
     eventually(lambda: system.payments.calls_for(payment), what="a capture call")
-    query = "SELECT next_capture_at, capture_attempts FROM orders WHERE id = :id"
+    query = "SELECT next_payment_at, payment_attempts FROM orders WHERE id = :id"
     eventually(lambda: system.sql(query, id=order.name[7:]) == [(None, 1)], what="the capture to stop")
     assert len(system.payments.calls_for(payment)) == 1
 
@@ -437,12 +449,58 @@ def test_a_bad_cancel_reason_is_invalid(system: System, reason: str) -> None:
     assert system.published(order.name) == ["OrderCreated"]
 
 
-def test_the_capture_worker_backs_off_and_resumes_after_a_restart(system: System) -> None:
+@pytest.mark.parametrize(
+    ("refusal", "reason"),
+    [
+        (InvalidArgument("AUTHORIZE_INVALID", "the authorize request is invalid"), "AUTHORIZE_INVALID"),
+        (FailedPrecondition("ORDER_CANCELLED", "the order was cancelled"), "ORDER_CANCELLED"),
+    ],
+    ids=["invalid-argument", "failed-precondition"],
+)
+def test_an_authorization_refused_for_good_fails_the_order_with_its_reason(
+    system: System, refusal: Exception, reason: str
+) -> None:
     _, who = system.user()
-    order = create(system, who)
+    order = system.placed(who, Answer(error=refusal))  # type: ignore[arg-type]
+    failed = system.reaches(order, who, State.STATE_PAYMENT_FAILED)
+    assert (failed.failure_reason, failed.payment) == (reason, "")
+    assert len(system.payments.authorizations_of(order.name)) == 1, "not asked again"
+    assert system.published(order.name) == ["OrderCreated", "OrderPaymentFailed"]
+
+
+def test_a_hold_made_before_the_upgrade_is_the_orders_payment(system: System) -> None:
+    # An order placed by an earlier release had its payment authorized from OrderCreated,
+    # without this key: payments answers ALREADY_EXISTS naming it, and that is the hold.
+    _, who = system.user()
+    refusal = AlreadyExists(
+        "ORDER_ALREADY_AUTHORIZED", "{order} already has payments/{payment}", payment="old-1"
+    )
+    order = system.placed(who, Answer(error=refusal))
+    paid = system.reaches(order, who, State.STATE_PAID)
+    assert paid.payment == "payments/old-1"
+    assert system.payments.calls_for("payments/old-1") == [
+        str(uuid.uuid5(uuid.NAMESPACE_URL, order.name + "/capture"))
+    ]
+
+
+def test_an_authorization_payments_cannot_answer_is_asked_again_with_one_key(system: System) -> None:
+    _, who = system.user()
+    order = system.placed(who)  # no plan: payments is down for it
+    query = "SELECT state, payment_attempts FROM orders WHERE id = :id"
+    eventually(lambda: system.sql(query, id=order.name[7:]) == [("PENDING", 2)], what="two failed tries")
+    assert system.order(order, who).etag == order.etag, "a retry is no change of the order"
+    system.payments.plan(order.name, Answer(f"payments/p-{uuid.uuid4().hex[:8]}"))
+    system.reaches(order, who, State.STATE_PAID)
+    keys = {asked.request_id for asked in system.payments.authorizations_of(order.name)}
+    assert keys == {str(uuid.uuid5(uuid.NAMESPACE_URL, order.name + "/authorize"))}
+    assert system.published(order.name) == ["OrderCreated", "OrderPaid"]
+
+
+def test_the_payment_worker_backs_off_and_resumes_after_a_restart(system: System) -> None:
+    _, who = system.user()
     payment = f"payments/down-{uuid.uuid4().hex[:8]}"
-    system.push(payment_event(events_pb2.PaymentAuthorized, order, payment), payment)
-    query = "SELECT capture_attempts FROM orders WHERE id = :id"
+    order = system.placed(who, Answer(payment))
+    query = "SELECT payment_attempts FROM orders WHERE id = :id"
     eventually(lambda: system.sql(query, id=order.name[7:]) == [(2,)], what="two failed capture tries")
     system.deployment.restart("orders")
     system.payments.healed.add(payment)

@@ -193,8 +193,7 @@ def _replica(engine: Engine, hub: ChangeHub | None) -> domain.Orders:
 
 
 def _authorize(orders: domain.Orders, order: domain.Order) -> None:
-    with orders.transactions() as repo:
-        assert domain.on_payment_authorized(repo, order.id, f"payments/p-{order.id}", NOW) is not None
+    assert orders.authorized(order, f"payments/p-{order.id}") is not None
 
 
 def test_many_watchers_cost_one_query_per_recheck_and_each_sees_every_change(engine: Engine) -> None:

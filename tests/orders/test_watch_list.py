@@ -11,10 +11,9 @@ import uuid
 import grpc
 import pytest
 
-from poly.events.v1 import events_pb2
 from poly.orders.v1 import orders_service_pb2 as pb
 from poly.orders.v1 import resources_pb2
-from tests.orders.conftest import System, create, payment_event
+from tests.orders.conftest import Answer, System, create
 from tests.support.status import refusal
 from tests.support.waiting import eventually
 
@@ -25,14 +24,14 @@ State = resources_pb2.Order
 
 def test_watch_streams_each_change_and_ends_at_a_terminal_state(system: System) -> None:
     _, who = system.user()
-    order = create(system, who)
+    asked = threading.Event()  # the authorization is answered once the watch has begun
+    order = system.placed(who, Answer(f"payments/{uuid.uuid4().hex[:10]}", gate=asked))
     stream = system.stub().WatchOrder(pb.WatchOrderRequest(name=order.name), metadata=who, timeout=30)
     seen: list[pb.WatchOrderResponse] = []
     reader = threading.Thread(target=lambda: seen.extend(stream), daemon=True)
     reader.start()
     eventually(lambda: len(seen) == 1, what="the first snapshot")
-    payment = f"payments/{uuid.uuid4().hex[:10]}"
-    system.push(payment_event(events_pb2.PaymentAuthorized, order, payment), payment)
+    asked.set()
     # The capture is answered at once: PAID follows AWAITING_PAYMENT.
     eventually(lambda: len(seen) == 3, what="the AWAITING_PAYMENT and PAID snapshots")
     system.stub().FulfillOrder(pb.FulfillOrderRequest(name=order.name), metadata=system.admin(), timeout=10)
@@ -72,10 +71,10 @@ def _watching(
 
 def test_a_watch_until_paid_ends_after_the_paid_snapshot(system: System) -> None:
     _, who = system.user()
-    order = create(system, who)
+    asked = threading.Event()
+    order = system.placed(who, Answer(f"payments/{uuid.uuid4().hex[:10]}", gate=asked))
     reader, seen = _watching(system, order.name, who, State.STATE_PAID)
-    payment = f"payments/{uuid.uuid4().hex[:10]}"
-    system.push(payment_event(events_pb2.PaymentAuthorized, order, payment), payment)
+    asked.set()
     reader.join(10)
     assert not reader.is_alive(), "the stream ends after the PAID snapshot"
     assert seen[0] == State.STATE_PENDING and seen[-1] == State.STATE_PAID

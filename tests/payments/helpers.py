@@ -1,8 +1,10 @@
-"""Driving a running payments service: customers, funding, saga events, ledger checks.
+"""Driving a running payments service: customers, funding, the saga's calls and events,
+ledger checks.
 
-The orders service is not part of these tests: its events (`OrderCreated`, `OrderCancelled`)
-are pushed into the payments EventSink over mTLS with the orders certificate, exactly as
-its relay would, and its INTERNAL calls use the orders certificate too.
+The orders service is not part of these tests: its INTERNAL calls (AuthorizePayment as its
+payment worker makes it, CapturePayment, VoidPayment) are made with the orders certificate,
+and its events (`OrderCancelled`) are pushed into the payments EventSink over mTLS with that
+certificate too, exactly as its relay would.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ class System:
         )
         return reply
 
-    # -- saga events, as the orders service publishes them ------------------------------
+    # -- the saga, as the orders service drives it ---------------------------------------
 
     def push(self, event: Message, aggregate_id: str, *, source: str = "orders") -> int:
         envelope = EventEnvelope(
@@ -122,10 +124,17 @@ class System:
         outcome: int = reply.outcome
         return outcome
 
-    def order_created(self, customer: Customer, total: int, currency: str = "EUR", order: str = "") -> str:
+    def authorized(self, customer: Customer, total: int, currency: str = "EUR", order: str = "") -> str:
+        """AuthorizePayment of an order's `total`, as orders' payment worker asks it (the
+        order's own key); the order's name."""
         order = order or f"orders/{uuid.uuid4()}"
-        event = events_pb2.OrderCreated(order=order, owner=customer.user, total=eur(total, currency))
-        self.push(event, order)
+        request = pb.AuthorizePaymentRequest(
+            order=order,
+            owner=customer.user,
+            amount=eur(total, currency),
+            request_id=str(uuid.uuid5(uuid.NAMESPACE_URL, order + "/authorize")),
+        )
+        self.orders.AuthorizePayment(request, timeout=10)
         return order
 
     def order_cancelled(self, customer: Customer, order: str, *, total: int | None = None) -> None:

@@ -42,11 +42,11 @@ class LocalPayments:
             account = self.payments.fund(ADMIN, new_key(), account.id, Money(currency, funds))
         return account
 
-    def authorize(self, account: Account, amount: int, *, order: str = "") -> Payment:
+    def authorize(self, account: Account, amount: int, *, order: str = "", request_id: str = "") -> Payment:
         """AuthorizePayment of `amount` from `account` (in its currency), as orders calls it."""
         return self.payments.authorize(
             ORDERS,
-            new_key(),
+            request_id or new_key(),
             order=order or f"orders/{uuid.uuid4()}",
             owner=account.owner,
             account_id="",

@@ -18,7 +18,7 @@ from services.kit.domain_errors import (
 )
 from services.kit.idempotency import fingerprint
 from services.kit.money import Money
-from services.payments.domain import ACCOUNT_NOT_FOUND, AMOUNT_INVALID, ORDER_CANCELLED, OwnerCheck, Payments
+from services.payments.domain import ACCOUNT_NOT_FOUND, ORDER_CANCELLED, OwnerCheck, Payments
 from services.payments.ledger import INSUFFICIENT_FUNDS, LedgerProvider
 from services.payments.records import (
     AUTHORIZED,
@@ -192,21 +192,31 @@ def test_an_order_is_authorized_once(local: LocalPayments) -> None:
     assert local.account(account.id).held == 300
 
 
-def test_the_saga_authorizes_an_order_once_however_often_it_is_delivered(local: LocalPayments) -> None:
+def test_the_saga_authorizes_an_order_once_however_often_it_asks(local: LocalPayments) -> None:
+    # Orders' payment worker asks again with the order's one key after a lost answer.
     account = local.customer(funds=1000)
-    first = local.payments.authorize_order("orders/7", account.owner, _eur(400))
-    again = local.payments.authorize_order("orders/7", account.owner, _eur(400))
+    key = str(uuid.uuid5(uuid.NAMESPACE_URL, "orders/7/authorize"))
+    first = local.authorize(account, 400, order="orders/7", request_id=key)
+    again = local.authorize(account, 400, order="orders/7", request_id=key)
     assert again == first and first.state == AUTHORIZED
     assert local.account(account.id).held == 400
     assert local.published(first.name) == ["PaymentAuthorized"]
 
 
 @pytest.mark.parametrize("amount", [_eur(0), _eur(-5), Money("XXX", 5)], ids=["zero", "negative", "currency"])
-def test_the_saga_declines_an_amount_no_payment_could_have(local: LocalPayments, amount: Money) -> None:
+def test_an_amount_no_payment_could_have_is_invalid_and_records_nothing(
+    local: LocalPayments, amount: Money
+) -> None:
     account = local.customer(funds=1000)
-    declined = local.payments.authorize_order(f"orders/{uuid.uuid4()}", account.owner, amount)
-    assert (declined.state, declined.failure_reason, declined.account_id) == (FAILED, AMOUNT_INVALID, "")
-    assert local.published(declined.name) == ["PaymentFailed"]
+    order = f"orders/{uuid.uuid4()}"
+    with pytest.raises(InvalidArgument) as invalid:
+        local.payments.authorize(
+            ORDERS, new_key(), order=order, owner=account.owner, account_id="", amount=amount
+        )
+    assert _reason(invalid) == "AUTHORIZE_INVALID"
+    with local.payments.transactions() as repo:
+        assert repo.payment_for_order(order) is None, "no payment recorded"
+    assert local.account(account.id).held == 0
 
 
 # -- capture and void ---------------------------------------------------------------------
@@ -382,18 +392,19 @@ def test_cancelling_leaves_declined_payments_and_unknown_orders_alone(local: Loc
 
 
 def test_an_order_cancelled_before_its_authorization_never_holds_funds(local: LocalPayments) -> None:
-    """OrderCancelled applied before OrderCreated (the latter redriven from the dead letters):
-    the order's one payment is a FAILED one, so the late authorization holds nothing."""
+    """OrderCancelled applied before orders' AuthorizePayment for the order (in flight when
+    the order was cancelled): the order's one payment is a FAILED one, so the late
+    authorization holds nothing."""
     account = local.customer(funds=1000)
     owner = local.account(account.id).owner
     cancelled = local.payments.cancel_order("orders/c4", "changed my mind", owner=owner, total=_eur(300))
     assert cancelled is not None
     assert (cancelled.state, cancelled.failure_reason, cancelled.amount) == (FAILED, ORDER_CANCELLED, 300)
-    assert local.payments.authorize_order("orders/c4", owner, _eur(300)) == cancelled
+    assert local.authorize(account, 300, order="orders/c4") == cancelled, "not ALREADY_EXISTS"
     asked = local.payments.authorize(
         ORDERS, new_key(), order="orders/c4", owner=owner, account_id=account.id, amount=_eur(300)
     )
-    assert asked == cancelled, "the RPC gets the same answer, not ALREADY_EXISTS"
+    assert asked == cancelled, "with the account named, the same answer"
     assert local.account(account.id).available == 1000
     again = local.payments.cancel_order("orders/c4", "again", owner=owner, total=_eur(300))
     assert again == cancelled, "a redelivery changes nothing"
@@ -529,7 +540,9 @@ class _Declining(LedgerProvider):
 def test_a_provider_decides_holds_and_its_decline_reason_is_kept(local: LocalPayments) -> None:
     account = local.customer(funds=1000)
     declining = Payments(local.payments.transactions, provider=_Declining())
-    declined = declining.authorize_order("orders/p1", account.owner, _eur(5))
+    declined = declining.authorize(
+        ORDERS, new_key(), order="orders/p1", owner=account.owner, account_id="", amount=_eur(5)
+    )
     assert (declined.state, declined.failure_reason) == (FAILED, "CARD_DECLINED")
     assert isinstance(Payments(local.payments.transactions).provider, LedgerProvider)
 
@@ -538,5 +551,7 @@ def test_the_clock_stamps_payments(local: LocalPayments) -> None:
     at = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     account = local.customer(funds=1000)
     stamped = Payments(local.payments.transactions, clock=lambda: at)
-    held = stamped.authorize_order("orders/t1", account.owner, _eur(5))
+    held = stamped.authorize(
+        ORDERS, new_key(), order="orders/t1", owner=account.owner, account_id="", amount=_eur(5)
+    )
     assert (held.create_time, held.update_time) == (at, at)

@@ -107,7 +107,7 @@ class LedgerMachine(RuleBasedStateMachine):
             if amount:
                 self.fund(currency, amount)
         for currency, amount, stage in orders:
-            payment = self._authorize(currency, amount, "saga")
+            payment = self._authorize(currency, amount, "owner's account")
             if stage != "held" and self.expected[payment].state == AUTHORIZED:
                 self._capture(payment)
                 if stage == "partly refunded" and amount > 1:
@@ -133,7 +133,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(
         data=st.data(),
         currency=st.sampled_from(CURRENCIES),
-        how=st.sampled_from(["saga", "owner's account", "named account"]),
+        how=st.sampled_from(["owner's account", "named account"]),
     )
     def authorize(self, data: st.DataObject, currency: str, how: str) -> None:
         """Any amount, or one just around what is available."""
@@ -202,13 +202,10 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def _authorize(self, currency: str, amount: int, how: str) -> str:
         order, money = f"orders/{uuid.uuid4()}", Money(currency, amount)
-        if how == "saga":
-            payment = self.local.payments.authorize_order(order, self.owner, money)
-        else:
-            account_id = self.accounts[currency] if how == "named account" else ""
-            payment = self.local.payments.authorize(
-                ORDERS, new_key(), order=order, owner=self.owner, account_id=account_id, amount=money
-            )
+        account_id = self.accounts[currency] if how == "named account" else ""
+        payment = self.local.payments.authorize(
+            ORDERS, new_key(), order=order, owner=self.owner, account_id=account_id, amount=money
+        )
         enough = amount <= self.balance[currency] - self._held(currency)
         assert (payment.state, payment.failure_reason) == (
             (AUTHORIZED, "") if enough else (FAILED, INSUFFICIENT_FUNDS)

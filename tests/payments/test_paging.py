@@ -46,7 +46,7 @@ def test_ledger_entries_page_without_duplicates_or_gaps(system: System, order_by
 def test_payments_page_without_duplicates_or_gaps(system: System, order_by: str) -> None:
     customer = system.customer(funds=1_000_000)
     for _ in range(10):
-        system.order_created(customer, 10)
+        system.authorized(customer, 10)
     stub = system.payments()
 
     def page(token: str) -> tuple[list[str], str]:
@@ -56,7 +56,7 @@ def test_payments_page_without_duplicates_or_gaps(system: System, order_by: str)
 
     before = set(paging.all_pages(page)[0])
     assert len(before) >= 10
-    names, pages, inserted = paging.while_inserting(lambda: system.order_created(customer, 10), page)
+    names, pages, inserted = paging.while_inserting(lambda: system.authorized(customer, 10), page)
     _check(before, names, pages, inserted)
     assert set(names) <= set(paging.all_pages(page)[0])
 

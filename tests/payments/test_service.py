@@ -1,5 +1,5 @@
 """The payments service as a process, on SQLite and PostgreSQL: accounts, funding, the saga
-steps (authorize on OrderCreated, capture, void/refund on OrderCancelled), refunds, reads,
+steps (authorize and capture as orders calls them, void/refund on OrderCancelled), refunds, reads,
 bad input and who may call what. Every test that moves money checks the ledger sums to zero.
 """
 
@@ -99,9 +99,9 @@ def test_funding_books_a_balanced_transaction_once_per_request_id(system: System
 # -- the saga: authorize, capture, refund, void ---------------------------------------------
 
 
-def test_order_created_holds_funds_then_capture_and_refunds_move_them(system: System) -> None:
+def test_an_authorization_holds_funds_then_capture_and_refunds_move_them(system: System) -> None:
     customer = system.customer(funds=10_000)
-    order = system.order_created(customer, 2500)
+    order = system.authorized(customer, 2500)
     payment = system.payment_of(order)
     assert (payment.state, payment.owner, payment.account) == (
         State.STATE_AUTHORIZED,
@@ -167,7 +167,7 @@ def _refund_request(payment: str, amount: int, key: str = "") -> pb.RefundPaymen
 
 def test_insufficient_funds_fail_the_payment_and_it_cannot_be_captured(system: System) -> None:
     customer = system.customer(funds=1000)
-    payment = system.payment_of(system.order_created(customer, 1001))
+    payment = system.payment_of(system.authorized(customer, 1001))
     assert (payment.state, payment.failure_reason) == (State.STATE_FAILED, "INSUFFICIENT_FUNDS")
     assert system.account(customer.account).held.amount_minor == 0
     refused_capture = refusal(
@@ -185,7 +185,7 @@ def test_insufficient_funds_fail_the_payment_and_it_cannot_be_captured(system: S
 
 def test_an_order_in_a_currency_without_an_account_fails_with_account_not_found(system: System) -> None:
     customer = system.customer(funds=1000)
-    payment = system.payment_of(system.order_created(customer, 100, currency="USD"))
+    payment = system.payment_of(system.authorized(customer, 100, currency="USD"))
     assert (payment.state, payment.failure_reason, payment.account) == (
         State.STATE_FAILED,
         "ACCOUNT_NOT_FOUND",
@@ -195,8 +195,8 @@ def test_an_order_in_a_currency_without_an_account_fails_with_account_not_found(
 
 def test_cancelling_voids_a_hold_and_refunds_a_capture(system: System) -> None:
     customer = system.customer(funds=5000)
-    held = system.order_created(customer, 1200)
-    taken = system.order_created(customer, 800)
+    held = system.authorized(customer, 1200)
+    taken = system.authorized(customer, 800)
     _capture(system, system.payment_of(taken).name)
     system.order_cancelled(customer, held)
     system.order_cancelled(customer, taken)
@@ -214,20 +214,21 @@ def test_cancelling_voids_a_hold_and_refunds_a_capture(system: System) -> None:
         )
     )
     assert capture.reason == "PAYMENT_NOT_CAPTURABLE"
-    failed = system.order_created(customer, 1_000_000)
+    failed = system.authorized(customer, 1_000_000)
     system.order_cancelled(customer, failed)
     system.order_cancelled(customer, f"orders/{uuid.uuid4()}")  # never had a payment: nothing
     assert system.payment_of(failed).state == State.STATE_FAILED
     assert system.ledger_total() == 0
 
 
-def test_an_order_cancelled_before_its_created_event_holds_no_funds(system: System) -> None:
-    """OrderCreated redriven from the dead letters after OrderCancelled was applied: the
-    order's payment is FAILED (ORDER_CANCELLED) and nothing is held or published for it."""
+def test_an_order_cancelled_before_its_authorization_holds_no_funds(system: System) -> None:
+    """Orders' AuthorizePayment arriving after OrderCancelled was applied (it was in flight
+    when the order was cancelled): the order's payment is FAILED (ORDER_CANCELLED) and
+    nothing is held or published for it."""
     customer = system.customer(funds=900)
     order = f"orders/{uuid.uuid4()}"
     system.order_cancelled(customer, order, total=900)
-    system.order_created(customer, 900, order=order)
+    system.authorized(customer, 900, order=order)
     payment = system.payment_of(order)
     assert (payment.state, payment.failure_reason) == (State.STATE_FAILED, "ORDER_CANCELLED")
     assert payment.amount.amount_minor == 900
@@ -242,7 +243,7 @@ def test_an_order_cancelled_before_its_created_event_holds_no_funds(system: Syst
 
 def test_void_rpc_releases_the_hold(system: System) -> None:
     customer = system.customer(funds=700)
-    payment = system.payment_of(system.order_created(customer, 700))
+    payment = system.payment_of(system.authorized(customer, 700))
     voided = system.orders.VoidPayment(
         pb.VoidPaymentRequest(name=payment.name, request_id=new_key()), timeout=10
     )
@@ -252,9 +253,10 @@ def test_void_rpc_releases_the_hold(system: System) -> None:
 
 def test_an_order_has_one_payment(system: System) -> None:
     customer = system.customer(funds=3000)
-    order = system.order_created(customer, 1000)
-    system.order_created(customer, 1000, order=order)  # OrderCreated again, another event id
+    order = system.authorized(customer, 1000)
     first = system.payment_of(order)
+    system.authorized(customer, 1000, order=order)  # asked again with the order's key: the same
+    assert system.payment_of(order) == first
     request = pb.AuthorizePaymentRequest(
         order=order, owner=customer.user, amount=eur(1000), request_id=new_key()
     )
@@ -272,8 +274,7 @@ def test_an_order_has_one_payment(system: System) -> None:
     assert system.ledger_total() == 0
 
 
-@pytest.mark.parametrize("via", ["rpc", "event"])
-def test_racing_authorizations_never_overdraw_the_account(system: System, via: str) -> None:
+def test_racing_authorizations_never_overdraw_the_account(system: System) -> None:
     customer = system.customer(funds=3000)
     orders = [f"orders/{uuid.uuid4()}" for _ in range(10)]
     start = threading.Barrier(len(orders))
@@ -283,10 +284,7 @@ def test_racing_authorizations_never_overdraw_the_account(system: System, via: s
             order=order, owner=customer.user, amount=eur(1000), request_id=new_key()
         )
         start.wait()
-        if via == "rpc":
-            system.orders.AuthorizePayment(request, timeout=30)
-        else:
-            system.order_created(customer, 1000, order=order)
+        system.orders.AuthorizePayment(request, timeout=30)
 
     threads = [threading.Thread(target=authorize, args=(order,)) for order in orders]
     for thread in threads:
@@ -309,7 +307,7 @@ def test_lists_page_without_gaps_and_users_see_only_their_own(system: System) ->
     customer = system.customer()
     for amount in (100, 200, 300, 400, 500):
         system.fund(customer.account, amount)
-    orders = [system.order_created(customer, 10) for _ in range(3)]
+    orders = [system.authorized(customer, 10) for _ in range(3)]
     seen: list[str] = []
     token = ""
     while True:
@@ -326,7 +324,7 @@ def test_lists_page_without_gaps_and_users_see_only_their_own(system: System) ->
     assert [e.amount.amount_minor for e in ascending.ledger_entries] == [100, 200, 300, 400, 500]
 
     other = system.customer(funds=100)
-    system.order_created(other, 10)
+    system.authorized(other, 10)
     mine = system.payments().ListPayments(
         pb.ListPaymentsRequest(page_size=1000), metadata=customer.metadata, timeout=10
     )
@@ -465,7 +463,7 @@ BAD_INPUT_IDS = [
 def captured(system: System) -> tuple[Customer, str]:
     """A customer with a captured payment of 1000 (of 5000 funded)."""
     customer = system.customer(funds=5000)
-    payment = system.payment_of(system.order_created(customer, 1000)).name
+    payment = system.payment_of(system.authorized(customer, 1000)).name
     _capture(system, payment)
     return customer, payment
 

@@ -4,8 +4,8 @@ touching OpenTelemetry: the code that asks for a job `remember`s the trace and t
 `resumed` under that trace, with that request id current (its log lines and calls carry it,
 tracing on or off).
 
-The orders capture worker and the notifications dispatcher use it, so a saga step done by a
-background worker stays in the trace of the event that asked for it. Memory is bounded (the
+The orders payment worker and the notifications dispatcher use it, so a saga step done by a
+background worker stays in the trace of the call or event that asked for it. Memory is bounded (the
 oldest keys are forgotten first) and it is best effort: after a restart, a job that is picked
 up again starts a new trace.
 """

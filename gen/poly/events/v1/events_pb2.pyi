@@ -297,7 +297,10 @@ Global___ContactChanged: _TypeAlias = ContactChanged  # noqa: Y015
 
 @_typing.final
 class OrderCreated(_message.Message):
-    """An order was placed. Published by orders."""
+    """An order was placed. Published by orders. (Its payment is asked for by
+    orders itself, with AuthorizePayment: no service needs this event for the
+    saga.)
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -483,7 +486,9 @@ Global___OrderFulfilled: _TypeAlias = OrderFulfilled  # noqa: Y015
 
 @_typing.final
 class PaymentAuthorized(_message.Message):
-    """Funds were held for an order. Published by payments."""
+    """Funds were held for an order. Published by payments. (Orders, which asked
+    for the hold with AuthorizePayment, learns it from the call's answer.)
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -523,7 +528,9 @@ Global___PaymentAuthorized: _TypeAlias = PaymentAuthorized  # noqa: Y015
 
 @_typing.final
 class PaymentFailed(_message.Message):
-    """An authorization was declined. Published by payments."""
+    """An authorization was declined. Published by payments. (Orders learns it
+    from AuthorizePayment's answer.)
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

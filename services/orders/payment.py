@@ -1,0 +1,248 @@
+"""The payment worker: the saga step asking payments to hold, then take, each order's total.
+
+`PaymentWorker` is a `kit.types.Background`: a thread that works through batches of orders
+whose payment step is due: those handed to it by `due` (`Orders.create` wrote the new order
+taken by this worker and hands it over once committed: no query looks for it) and, at most
+every `interval` seconds or at once after a full claim, those it claims
+(`Orders.claim_payments`: retries falling due, work a dead worker had taken, a handed order
+that waited here past half its lease, an order placed while the worker stops; state kept in
+the orders table, so a restart resumes where it stopped). A pass with a claim due keeps a
+quarter of its batch for the claim.
+For each order, with at most `concurrency` orders in flight, it calls payments: a PENDING
+order is authorized (AuthorizePayment, with the order's idempotency key): a hold moves it to
+AWAITING_PAYMENT and it is captured at once (CapturePayment) and made PAID; a decline makes
+it PAYMENT_FAILED. Each answer is recorded as it comes, in the trace of the CreateOrder that
+placed the order; calls that got no answer are rescheduled in one transaction, with backoff.
+`GrpcPayments` is the pair of calls over mTLS; gRPC codes are mapped here only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+import grpc
+from sqlalchemy.exc import SQLAlchemyError
+
+from poly.payments.v1 import payments_service_pb2, payments_service_pb2_grpc, resources_pb2
+from services.kit.clients import Channels
+from services.kit.domain_errors import DomainError
+from services.kit.errors import error_info
+from services.kit.telemetry.handoff import Handoff
+from services.kit.wire import money_message
+from services.orders.domain import (
+    PAYMENT_LEASE,
+    PENDING,
+    Authorization,
+    CaptureOutcome,
+    Order,
+    Orders,
+    StepOutcome,
+    authorize_request_id,
+    capture_request_id,
+)
+
+__all__ = ["PAYMENTS_SERVICE", "GrpcPayments", "PaymentCalls", "PaymentWorker"]
+
+_log = logging.getLogger("poly.orders.payment")
+
+PAYMENTS_SERVICE = payments_service_pb2.DESCRIPTOR.services_by_name["PaymentsService"]
+
+_DECLINES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
+"""Authorization refusals that asking again cannot change: the order's payment fails."""
+_ALREADY_AUTHORIZED = "ORDER_ALREADY_AUTHORIZED"
+
+
+class PaymentCalls(Protocol):
+    """The two calls of the payment step."""
+
+    def authorize(self, order: Order, request_id: str) -> Authorization | None:
+        """Hold `order`'s total for its owner; None: payments could not answer (ask again)."""
+
+    def capture(self, payment: str, request_id: str) -> CaptureOutcome:
+        """Take the held `payment`."""
+
+
+class GrpcPayments:
+    """AuthorizePayment and CapturePayment on the ``payments`` peer, over mTLS.
+
+    AuthorizePayment: a payment in state FAILED is a decline with its reason, any other a
+    hold (a repeat gets the first answer); INVALID_ARGUMENT and FAILED_PRECONDITION are
+    declines too (an amount payments cannot hold, an order cancelled for another total);
+    ALREADY_EXISTS names the order's payment made by an earlier release (from the
+    OrderCreated event), which is the order's hold. CapturePayment: FAILED_PRECONDITION (the
+    payment was voided or failed) is final. Every other error is asked again later."""
+
+    def __init__(self, channels: Channels, *, timeout: float = 5.0) -> None:
+        self._channels = channels
+        self._timeout = timeout
+
+    def _stub(self) -> payments_service_pb2_grpc.PaymentsServiceStub:
+        return payments_service_pb2_grpc.PaymentsServiceStub(self._channels.get("payments"))
+
+    def authorize(self, order: Order, request_id: str) -> Authorization | None:
+        request = payments_service_pb2.AuthorizePaymentRequest(
+            order=order.name, owner=order.owner, amount=money_message(order.total), request_id=request_id
+        )
+        try:
+            payment = self._stub().AuthorizePayment(request, timeout=self._timeout)
+        except grpc.RpcError as error:
+            code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+            info = error_info(error)
+            reason = info.reason if info is not None else ""
+            _log.warning(
+                "authorization failed", extra={"order": order.name, "code": code.name, "reason": reason}
+            )
+            if code is grpc.StatusCode.ALREADY_EXISTS and reason == _ALREADY_AUTHORIZED and info is not None:
+                held = info.metadata.get("payment", "")
+                return Authorization(f"payments/{held}") if held else None
+            if code in _DECLINES:
+                return Authorization("", reason or code.name)
+            return None
+        if payment.state == resources_pb2.Payment.STATE_FAILED:
+            return Authorization(payment.name, payment.failure_reason or "UNKNOWN")
+        return Authorization(payment.name)
+
+    def capture(self, payment: str, request_id: str) -> CaptureOutcome:
+        request = payments_service_pb2.CapturePaymentRequest(name=payment, request_id=request_id)
+        try:
+            self._stub().CapturePayment(request, timeout=self._timeout)
+        except grpc.RpcError as error:
+            code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+            _log.warning("capture failed", extra={"payment": payment, "code": code.name})
+            return (
+                CaptureOutcome.REFUSED
+                if code is grpc.StatusCode.FAILED_PRECONDITION
+                else CaptureOutcome.FAILED
+            )
+        return CaptureOutcome.CAPTURED
+
+
+class PaymentWorker:
+    def __init__(
+        self,
+        orders: Orders,
+        payments: PaymentCalls,
+        *,
+        interval: float = 1.0,
+        batch_size: int = 50,
+        concurrency: int = 8,
+    ) -> None:
+        self._orders = orders
+        self._payments = payments
+        self._interval = interval
+        self._batch_size = batch_size
+        # A batch's orders overlap, so one slow call does not hold up the orders behind it.
+        self._calls = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="orders-payment-call")
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._traces = Handoff("orders.payment")
+        self._taken: deque[tuple[Order, float]] = deque()
+        """Handed over by `due`, with the `time.monotonic()` after which a pass leaves one to a
+        claim (its lease is about to run out: another worker may claim it)."""
+        self._next_claim = 0.0
+        self._claim_again = True
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def due(self, order: Order) -> None:
+        """`order` was placed here, taken by this worker: ask for its payment now, in the
+        trace of the call that placed it (`Orders.create` calls this after its commit; safe
+        from any thread)."""
+        if self._stop.is_set():
+            return  # stopping: its lease runs out and a worker claims it
+        self._traces.remember(order.name)
+        self._taken.append((order, time.monotonic() + PAYMENT_LEASE.total_seconds() / 2))
+        self.wake()
+
+    def accepting(self) -> bool:
+        """Whether an order may be written taken by this worker (not once stopping)."""
+        return not self._stop.is_set()
+
+    def _attempt(self, order: Order) -> tuple[Order, StepOutcome] | None:
+        """One try of `order`'s payment step: the order as last seen and how the try ended;
+        None when its outcome could not be recorded (its lease brings it back)."""
+        if self._stop.is_set():
+            return None  # the claim's lease makes it due again later
+        attributes = {"poly.resource.name": order.name}
+        with self._traces.resumed(order.name, "take payment", attributes=attributes, forget=True):
+            try:
+                return self._step(order)
+            except (SQLAlchemyError, DomainError):
+                # Payments answers the same again to the same keys: asked again after the lease.
+                _log.exception("recording a payment answer failed; it is asked again after its lease")
+                return None
+
+    def _step(self, order: Order) -> tuple[Order, StepOutcome]:
+        if order.state == PENDING:
+            answer = self._payments.authorize(order, authorize_request_id(order))
+            if answer is None:
+                return order, StepOutcome.FAILED
+            if answer.decline_reason:
+                self._orders.declined(order, answer)
+                return order, StepOutcome.DONE
+            held = self._orders.authorized(order, answer.payment)
+            if held is None:
+                return order, StepOutcome.DONE  # moved on (cancelled): payments voids the hold
+            order = held
+        outcome = self._payments.capture(order.payment, capture_request_id(order))
+        if outcome is CaptureOutcome.CAPTURED:
+            # PAID at once, in this trace (OrderPaid carries it). If that cannot be written,
+            # the lease brings the capture back and payments answers it again as captured.
+            self._orders.captured(order)
+            return order, StepOutcome.DONE
+        return order, StepOutcome.REFUSED if outcome is CaptureOutcome.REFUSED else StepOutcome.FAILED
+
+    def run_once(self) -> int:
+        """One pass: one batch (handed over first, then claimed if a claim is due); how many
+        orders it held."""
+        now = time.monotonic()
+        claiming = self._claim_again or now >= self._next_claim
+        # A claim due keeps a quarter of the batch, so handed work never starves retries.
+        handed_limit = self._batch_size - (max(1, self._batch_size // 4) if claiming else 0)
+        handed = [self._taken.popleft() for _ in range(min(len(self._taken), handed_limit))]
+        batch = [order for order, usable_until in handed if usable_until > now]
+        room = self._batch_size - len(batch)
+        if room > 0 and claiming:
+            self._next_claim = now + self._interval
+            try:
+                claimed = self._orders.claim_payments(room)
+            except SQLAlchemyError:  # what was handed over still goes; the claim runs again
+                _log.exception("claiming payments failed (database); retrying")
+                claimed = []
+            self._claim_again = len(claimed) >= room  # a full claim may have left more
+            batch += claimed
+        if not batch:
+            return 0
+        tries = self._calls.map(self._attempt, batch)
+        self._orders.payments_attempted([done for done in tries if done is not None])
+        return len(batch)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except SQLAlchemyError:
+                _log.exception("payment pass failed (database); retrying")
+                self._claim_again = False  # the next claim waits for its time
+            if not (self._taken or self._claim_again):
+                self._wake.wait(max(0.0, self._next_claim - time.monotonic()))
+                self._wake.clear()
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="orders-payment", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._calls.shutdown(wait=False, cancel_futures=True)

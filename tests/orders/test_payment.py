@@ -1,0 +1,256 @@
+"""The payment worker over a real migrated database (SQLite file and PostgreSQL): a new order
+is handed to the worker, authorized and captured with no claim query and made PAID on the
+capture's answer (OrderPaid published with it); a decline fails it; an answer that finds the
+order cancelled changes nothing; a capture payments cannot answer is retried after a backoff
+without asking for the hold again; an order a dead worker had taken is claimed by another once
+its lease runs out. (The calls over mTLS to a payments server, retries and restarts are
+tested with the service, test_service.py.)"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event, text
+
+from services.kit import bus, config, db
+from services.kit.money import Money
+from services.orders import payment as payment_module
+from services.orders import store
+from services.orders.__main__ import SERVICE
+from services.orders.domain import (
+    AWAITING_PAYMENT,
+    CANCELLED,
+    PAID,
+    PAYMENT_FAILED,
+    PAYMENT_LEASE,
+    PENDING,
+    Authorization,
+    CaptureOutcome,
+    NewLine,
+    Order,
+    Orders,
+    authorize_request_id,
+    capture_request_id,
+)
+from services.orders.payment import PaymentWorker
+from tests.support.clock import Clock
+
+pytestmark = pytest.mark.slow
+
+
+class _Orders:
+    def __init__(self, engine: Engine, clock: Clock) -> None:
+        self.engine = engine
+        self.factory = db.session_factory(engine)
+        self.outbox = bus.Outbox(store.BUS, source="orders", routing=lambda _session, _type: [])
+        self.orders = Orders(store.OrdersStore(self.factory, self.outbox).transaction, clock=clock)
+        self.claims: list[str] = []
+        """Claim queries seen (their free condition is the only SQL comparing next_payment_at)."""
+        event.listen(engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, _conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if "next_payment_at <=" in statement:
+            self.claims.append(statement)
+
+    def placed(self) -> Order:
+        return self.orders.create("users/u1", [NewLine("sku-1", 1, Money("EUR", 250))], "", "", _allow)
+
+    def published(self, order: Order) -> list[str]:
+        with self.engine.connect() as connection:
+            query = "SELECT event_type FROM bus_outbox WHERE aggregate_id = :name ORDER BY position"
+            return [
+                str(found).removeprefix("poly.events.v1.")
+                for found in connection.execute(text(query), {"name": order.name}).scalars()
+            ]
+
+    def payment_state(self, order: Order) -> tuple[Any, ...]:
+        with self.engine.connect() as connection:
+            query = "SELECT state, next_payment_at IS NOT NULL, payment_attempts FROM orders WHERE id = :id"
+            return tuple(connection.execute(text(query), {"id": order.id}).one())
+
+
+def _allow(owner: str, resource: str) -> None:
+    """An ownership check that admits everyone (the servicer's is tested with the service)."""
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    made = db.connect(config.DatabaseSettings(url=database_url), migrations=SERVICE.migrations)
+    try:
+        yield made
+    finally:
+        made.dispose()
+
+
+class _Payments:
+    """The calls the worker makes (what payments would be asked): each order held as
+    ``payments/p-{order id}`` and captured, unless a test sets other answers."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.authorizations: list[tuple[str, str]] = []
+        self.captures: list[tuple[str, str]] = []
+        self.answer: Callable[[Order], Authorization | None] = lambda order: Authorization(
+            f"payments/p-{order.id}"
+        )
+        self.capture_outcome = CaptureOutcome.CAPTURED
+
+    def authorize(self, order: Order, request_id: str) -> Authorization | None:
+        with self.lock:
+            self.authorizations.append((order.name, request_id))
+        return self.answer(order)
+
+    def capture(self, payment: str, request_id: str) -> CaptureOutcome:
+        with self.lock:
+            self.captures.append((payment, request_id))
+        return self.capture_outcome
+
+
+class _HandedOver:
+    """A worker that takes what it is handed and never runs (a worker that died)."""
+
+    def __init__(self) -> None:
+        self.handed: list[Order] = []
+
+    def accepting(self) -> bool:
+        return True
+
+    def due(self, order: Order) -> None:
+        self.handed.append(order)
+
+
+def test_a_new_order_is_paid_with_no_claim_query(engine: Engine) -> None:
+    orders = _Orders(engine, Clock(dt.datetime.now(dt.UTC)))
+    payments = _Payments()
+    worker = PaymentWorker(orders.orders, payments, interval=3600)  # one claim, at start
+    orders.orders.hand_over = worker
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not orders.claims and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(orders.claims) == 1, "the first pass claims once"
+        placed = [orders.placed() for _ in range(5)]
+        while len(payments.captures) < len(placed) and time.monotonic() < deadline + 10:
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+    assert sorted(payments.authorizations) == sorted((o.name, authorize_request_id(o)) for o in placed)
+    assert sorted(payments.captures) == sorted((f"payments/p-{o.id}", capture_request_id(o)) for o in placed)
+    assert len(orders.claims) == 1, "handed-over orders need no claim"
+    # Captured: PAID on the answer, nothing left to ask, OrderPaid published with it.
+    assert {orders.payment_state(order) for order in placed} == {(PAID, False, 0)}
+    assert {order.name: orders.published(order) for order in placed} == {
+        order.name: ["OrderCreated", "OrderPaid"] for order in placed
+    }
+
+
+def _one_pass(orders: _Orders, payments: _Payments) -> Order:
+    """An order placed and handed to a worker that runs one pass by hand; the order as placed."""
+    worker = PaymentWorker(orders.orders, payments, interval=3600)
+    orders.orders.hand_over = worker
+    order = orders.placed()
+    assert worker.run_once() == 1
+    return order
+
+
+def test_a_declined_order_fails_with_the_reason(engine: Engine) -> None:
+    orders, payments = _Orders(engine, Clock(dt.datetime.now(dt.UTC))), _Payments()
+    payments.answer = lambda order: Authorization("payments/declined", "INSUFFICIENT_FUNDS")
+    order = _one_pass(orders, payments)
+    failed = orders.orders.get(order.id)
+    assert (failed.state, failed.payment, failed.failure_reason) == (
+        PAYMENT_FAILED,
+        "payments/declined",
+        "INSUFFICIENT_FUNDS",
+    )
+    assert orders.payment_state(order) == (PAYMENT_FAILED, False, 0)
+    assert orders.published(order) == ["OrderCreated", "OrderPaymentFailed"]
+    assert payments.captures == []
+
+
+def test_a_hold_answered_after_the_order_was_cancelled_changes_nothing(engine: Engine) -> None:
+    orders, payments = _Orders(engine, Clock(dt.datetime.now(dt.UTC))), _Payments()
+
+    def cancelled_meanwhile(order: Order) -> Authorization:
+        orders.orders.cancel(order.id, "", "changed my mind")  # while the call is in flight
+        return Authorization(f"payments/p-{order.id}")
+
+    payments.answer = cancelled_meanwhile
+    order = _one_pass(orders, payments)
+    assert orders.orders.get(order.id).state == CANCELLED
+    assert orders.payment_state(order) == (CANCELLED, False, 0)
+    assert payments.captures == [], "payments voids the hold on OrderCancelled; nothing is captured"
+    assert orders.published(order) == ["OrderCreated", "OrderCancelled"]
+
+
+def test_a_capture_without_answer_is_retried_after_a_backoff_without_a_second_hold(engine: Engine) -> None:
+    clock = Clock(dt.datetime.now(dt.UTC))
+    orders, payments = _Orders(engine, clock), _Payments()
+    payments.capture_outcome = CaptureOutcome.FAILED
+    order = _one_pass(orders, payments)
+    held = orders.orders.get(order.id)
+    assert (held.state, held.payment, held.payment_attempts) == (
+        AWAITING_PAYMENT,
+        f"payments/p-{order.id}",
+        1,
+    )
+    assert held.next_payment_at is not None and held.next_payment_at > clock()
+    worker = PaymentWorker(orders.orders, payments, interval=0)
+    assert worker.run_once() == 0, "not due before its backoff ends"
+    clock.advance(120)
+    payments.capture_outcome = CaptureOutcome.CAPTURED
+    assert worker.run_once() == 1
+    assert orders.orders.get(order.id).state == PAID
+    assert len(payments.authorizations) == 1, "the hold is asked for once"
+    assert [name for name, _ in payments.captures] == [f"payments/p-{order.id}"] * 2
+
+
+def test_an_order_a_dead_worker_had_taken_is_claimed_once_its_lease_runs_out(engine: Engine) -> None:
+    clock = Clock(dt.datetime.now(dt.UTC))
+    orders = _Orders(engine, clock)
+    dead = _HandedOver()
+    orders.orders.hand_over = dead
+    order = orders.placed()  # taken by a worker that dies before asking payments
+    assert [o.id for o in dead.handed] == [order.id]
+    assert orders.orders.claim_payments(10) == [], "the lease holds"
+    clock.advance(PAYMENT_LEASE.total_seconds() + 1)
+    [claimed] = orders.orders.claim_payments(10)
+    assert (claimed.id, claimed.state) == (order.id, PENDING)
+    assert orders.orders.claim_payments(10) == [], "claimed once"
+
+
+def test_a_handed_order_that_waited_until_its_lease_nearly_ran_out_is_left_to_the_claim(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock(dt.datetime.now(dt.UTC))
+    orders = _Orders(engine, clock)
+    payments = _Payments()
+    worker = PaymentWorker(orders.orders, payments, interval=3600)  # never started: passes by hand
+    orders.orders.hand_over = worker
+    order = orders.placed()
+    # The handed copy waited past half its lease (a slow batch ahead of it); by now the lease
+    # itself ran out, so a claim (this worker's or another's) takes the order.
+    later = time.monotonic() + PAYMENT_LEASE.total_seconds()
+    monkeypatch.setattr(payment_module.time, "monotonic", lambda: later)
+    clock.advance(PAYMENT_LEASE.total_seconds() + 1)
+    assert worker.run_once() == 1
+    assert [name for name, _ in payments.authorizations] == [order.name], (
+        "asked once, by the claim's copy only"
+    )
+
+
+def test_a_stopping_worker_takes_no_order(engine: Engine) -> None:
+    clock = Clock(dt.datetime.now(dt.UTC))
+    orders = _Orders(engine, clock)
+    worker = PaymentWorker(orders.orders, _Payments())
+    worker.stop()
+    orders.orders.hand_over = worker
+    order = orders.placed()
+    assert orders.payment_state(order) == (PENDING, True, 0)
+    assert [claimed.id for claimed in orders.orders.claim_payments(10)] == [order.id], "free for a claim now"
