@@ -338,10 +338,13 @@ def _order_problems(lines: Sequence[NewLine], order_id: str, request_id: str) ->
                         f"must be {currency}, the currency of order.lines[0]",
                     )
                 )
-        if not problems and sum(line.unit_price.amount * line.quantity for line in lines) > MAX_AMOUNT_MINOR:
+        total = sum(line.unit_price.amount * line.quantity for line in lines)
+        if not problems and total > MAX_AMOUNT_MINOR:
             problems.append(
                 FieldViolation("order.lines", f"the order total must be at most {MAX_AMOUNT_MINOR}")
             )
+        elif not problems and total == 0:  # nothing payments could hold: it would only fail
+            problems.append(FieldViolation("order.lines", "the order total must be positive"))
     problems += chosen_id_problems(order_id, field="order_id")
     problems += idempotency.key_problems(request_id)
     return problems

@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -73,9 +74,10 @@ class GrpcPayments:
     AuthorizePayment: a payment in state FAILED is a decline with its reason, any other a
     hold (a repeat gets the first answer); INVALID_ARGUMENT and FAILED_PRECONDITION are
     declines too (an amount payments cannot hold, an order cancelled for another total);
-    ALREADY_EXISTS names the order's payment made by an earlier release (from the
-    OrderCreated event), which is the order's hold. CapturePayment: FAILED_PRECONDITION (the
-    payment was voided or failed) is final. Every other error is asked again later."""
+    ALREADY_EXISTS names the order's payment made without this key (by an earlier release,
+    from the OrderCreated event) with its state: the order's hold, or its decline.
+    CapturePayment: FAILED_PRECONDITION (the payment was voided or failed) is final. Every
+    other error is asked again later."""
 
     def __init__(self, channels: Channels, *, timeout: float = 5.0) -> None:
         self._channels = channels
@@ -98,8 +100,7 @@ class GrpcPayments:
                 "authorization failed", extra={"order": order.name, "code": code.name, "reason": reason}
             )
             if code is grpc.StatusCode.ALREADY_EXISTS and reason == _ALREADY_AUTHORIZED and info is not None:
-                held = info.metadata.get("payment", "")
-                return Authorization(f"payments/{held}") if held else None
+                return _existing(info.metadata)
             if code in _DECLINES:
                 return Authorization("", reason or code.name)
             return None
@@ -120,6 +121,16 @@ class GrpcPayments:
                 else CaptureOutcome.FAILED
             )
         return CaptureOutcome.CAPTURED
+
+
+def _existing(metadata: Mapping[str, str]) -> Authorization | None:
+    """The order's payment an ALREADY_EXISTS names: declined if it FAILED, else held."""
+    payment = metadata.get("payment", "")
+    if not payment:
+        return None  # not what payments sends: ask again later rather than guess
+    if metadata.get("state") == "FAILED":
+        return Authorization(f"payments/{payment}", metadata.get("failure_reason") or "UNKNOWN")
+    return Authorization(f"payments/{payment}")
 
 
 class PaymentWorker:
@@ -165,11 +176,14 @@ class PaymentWorker:
         """Whether an order may be written taken by this worker (not once stopping)."""
         return not self._stop.is_set()
 
-    def _attempt(self, order: Order) -> tuple[Order, StepOutcome] | None:
+    def _attempt(self, order: Order, start_by: float) -> tuple[Order, StepOutcome] | None:
         """One try of `order`'s payment step: the order as last seen and how the try ended;
-        None when its outcome could not be recorded (its lease brings it back)."""
-        if self._stop.is_set():
-            return None  # the claim's lease makes it due again later
+        None when it was not made or its outcome could not be recorded (its lease brings it
+        back). A try not started by `start_by` (`time.monotonic()`: half its lease left, for
+        the calls and their answers) is not made: the lease may run out while it runs, and
+        another worker's claim take the order."""
+        if self._stop.is_set() or time.monotonic() > start_by:
+            return None
         attributes = {"poly.resource.name": order.name}
         with self._traces.resumed(order.name, "take payment", attributes=attributes, forget=True):
             try:
@@ -207,7 +221,7 @@ class PaymentWorker:
         # A claim due keeps a quarter of the batch, so handed work never starves retries.
         handed_limit = self._batch_size - (max(1, self._batch_size // 4) if claiming else 0)
         handed = [self._taken.popleft() for _ in range(min(len(self._taken), handed_limit))]
-        batch = [order for order, usable_until in handed if usable_until > now]
+        batch = [(order, usable_until) for order, usable_until in handed if usable_until > now]
         room = self._batch_size - len(batch)
         if room > 0 and claiming:
             self._next_claim = now + self._interval
@@ -217,10 +231,11 @@ class PaymentWorker:
                 _log.exception("claiming payments failed (database); retrying")
                 claimed = []
             self._claim_again = len(claimed) >= room  # a full claim may have left more
-            batch += claimed
+            start_by = now + PAYMENT_LEASE.total_seconds() / 2
+            batch += [(order, start_by) for order in claimed]
         if not batch:
             return 0
-        tries = self._calls.map(self._attempt, batch)
+        tries = self._calls.map(self._attempt, *zip(*batch, strict=True))
         self._orders.payments_attempted([done for done in tries if done is not None])
         return len(batch)
 
@@ -231,6 +246,9 @@ class PaymentWorker:
             except SQLAlchemyError:
                 _log.exception("payment pass failed (database); retrying")
                 self._claim_again = False  # the next claim waits for its time
+            except Exception:  # noqa: BLE001 - a bug must not stop every order's payment
+                _log.exception("payment pass failed; its orders come back after their lease")
+                self._claim_again = False
             if not (self._taken or self._claim_again):
                 self._wake.wait(max(0.0, self._next_claim - time.monotonic()))
                 self._wake.clear()

@@ -308,11 +308,15 @@ class Payments:
             if (existing.state, existing.failure_reason) == (FAILED, ORDER_CANCELLED):
                 return self._cancelled_first(repo, existing, payment, request, replayed)
             if replayed != existing.id:
+                # The payment's state and reason go with it: a caller that lost the first
+                # answer (orders, after an upgrade) learns whether funds are held.
                 raise AlreadyExists(
                     "ORDER_ALREADY_AUTHORIZED",
                     "{order} already has payments/{payment}",
                     order=payment.order,
                     payment=existing.id,
+                    state=existing.state,
+                    failure_reason=existing.failure_reason,
                 )
             return existing
         repo.publish(event)

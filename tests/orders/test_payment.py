@@ -254,3 +254,29 @@ def test_a_stopping_worker_takes_no_order(engine: Engine) -> None:
     order = orders.placed()
     assert orders.payment_state(order) == (PENDING, True, 0)
     assert [claimed.id for claimed in orders.orders.claim_payments(10)] == [order.id], "free for a claim now"
+
+
+def test_a_try_that_would_start_past_half_its_lease_is_left_to_the_lease(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One call at a time, and the first takes longer than half a lease: by the time the
+    # second order's turn comes, another worker may claim it soon, so this one leaves it.
+    clock = Clock(dt.datetime.now(dt.UTC))
+    orders, payments = _Orders(engine, clock), _Payments()
+    worker = PaymentWorker(orders.orders, payments, interval=3600, concurrency=1)
+    orders.orders.hand_over = worker
+    first, second = orders.placed(), orders.placed()
+    late = time.monotonic() + PAYMENT_LEASE.total_seconds()
+
+    def slow(order: Order) -> Authorization:
+        monkeypatch.setattr(payment_module.time, "monotonic", lambda: late)
+        return Authorization(f"payments/p-{order.id}")
+
+    payments.answer = slow
+    assert worker.run_once() == 2
+    assert [name for name, _ in payments.authorizations] == [first.name]
+    assert orders.orders.get(first.id).state == PAID
+    assert orders.payment_state(second) == (PENDING, True, 0), "untouched: still leased"
+    assert orders.orders.claim_payments(10) == []
+    clock.advance(PAYMENT_LEASE.total_seconds() + 1)
+    assert [claimed.id for claimed in orders.orders.claim_payments(10)] == [second.id]

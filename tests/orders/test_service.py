@@ -167,6 +167,7 @@ _BAD = [
         {"order": State(lines=[_LINE, line(currency="USD"), _LINE])},
         {"order.lines[1].unit_price.currency_code"},
     ),
+    ("free", {"order": State(lines=[line(amount=0), line(amount=0)])}, {"order.lines"}),
     (
         "total-too-large",
         {"order": State(lines=[line(quantity=10000, amount=10**14)])},
@@ -248,9 +249,11 @@ def test_a_hold_answered_after_the_cancel_changes_nothing(system: System) -> Non
         pb.CancelOrderRequest(name=order.name, etag=order.etag), metadata=who, timeout=10
     )
     gate.set()
-    eventually(lambda: order.name in system.payments.answered, what="the late answer")
-    query = "SELECT next_payment_at FROM orders WHERE id = :id"
-    eventually(lambda: system.sql(query, id=order.name[7:]) == [(None,)], what="nothing more to ask")
+    # The worker's next pass starts once this one (with the late answer) has ended: an order
+    # placed now and PAID proves the late answer was handled.
+    after = system.placed(who, Answer(f"payments/p-{uuid.uuid4().hex[:8]}"))
+    system.reaches(after, who, State.STATE_PAID)
+    assert order.name in system.payments.answered
     assert system.order(order, who) == cancelled
     assert system.published(order.name) == ["OrderCreated", "OrderCancelled"]
     assert system.payments.calls_for(payment) == [], "a cancelled order's hold is never captured"
@@ -472,15 +475,39 @@ def test_a_hold_made_before_the_upgrade_is_the_orders_payment(system: System) ->
     # An order placed by an earlier release had its payment authorized from OrderCreated,
     # without this key: payments answers ALREADY_EXISTS naming it, and that is the hold.
     _, who = system.user()
+    payment = f"old-{uuid.uuid4().hex[:8]}"
     refusal = AlreadyExists(
-        "ORDER_ALREADY_AUTHORIZED", "{order} already has payments/{payment}", payment="old-1"
+        "ORDER_ALREADY_AUTHORIZED",
+        "{order} already has payments/{payment}",
+        payment=payment,
+        state="AUTHORIZED",
+        failure_reason="",
     )
     order = system.placed(who, Answer(error=refusal))
     paid = system.reaches(order, who, State.STATE_PAID)
-    assert paid.payment == "payments/old-1"
-    assert system.payments.calls_for("payments/old-1") == [
+    assert paid.payment == f"payments/{payment}"
+    assert system.payments.calls_for(f"payments/{payment}") == [
         str(uuid.uuid5(uuid.NAMESPACE_URL, order.name + "/capture"))
     ]
+
+
+def test_a_decline_made_before_the_upgrade_fails_the_order_with_its_reason(system: System) -> None:
+    # Payments declined the order from OrderCreated, and its PaymentFailed went to the earlier
+    # release: ALREADY_EXISTS says the payment FAILED, so nothing is captured.
+    _, who = system.user()
+    payment = f"old-{uuid.uuid4().hex[:8]}"
+    refusal = AlreadyExists(
+        "ORDER_ALREADY_AUTHORIZED",
+        "{order} already has payments/{payment}",
+        payment=payment,
+        state="FAILED",
+        failure_reason="INSUFFICIENT_FUNDS",
+    )
+    order = system.placed(who, Answer(error=refusal))
+    failed = system.reaches(order, who, State.STATE_PAYMENT_FAILED)
+    assert (failed.payment, failed.failure_reason) == (f"payments/{payment}", "INSUFFICIENT_FUNDS")
+    assert system.payments.calls_for(f"payments/{payment}") == []
+    assert system.published(order.name) == ["OrderCreated", "OrderPaymentFailed"]
 
 
 def test_an_authorization_payments_cannot_answer_is_asked_again_with_one_key(system: System) -> None:

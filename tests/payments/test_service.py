@@ -262,6 +262,19 @@ def test_an_order_has_one_payment(system: System) -> None:
     )
     second = refusal(refused(system.orders.AuthorizePayment, request))
     assert (second.code, second.reason) == (grpc.StatusCode.ALREADY_EXISTS, "ORDER_ALREADY_AUTHORIZED")
+    # It names the payment and says whether funds are held (a caller that lost the answer).
+    named = {key: second.metadata[key] for key in ("payment", "state", "failure_reason")}
+    assert named == {
+        "payment": first.name.removeprefix("payments/"),
+        "state": "AUTHORIZED",
+        "failure_reason": "",
+    }
+    declined = system.authorized(customer, 5000)  # more than the account has
+    request = pb.AuthorizePaymentRequest(
+        order=declined, owner=customer.user, amount=eur(5000), request_id=new_key()
+    )
+    again = refusal(refused(system.orders.AuthorizePayment, request))
+    assert (again.metadata["state"], again.metadata["failure_reason"]) == ("FAILED", "INSUFFICIENT_FUNDS")
 
     other = f"orders/{uuid.uuid4()}"
     request = pb.AuthorizePaymentRequest(

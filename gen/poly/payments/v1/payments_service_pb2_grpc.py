@@ -164,9 +164,13 @@ class PaymentsServiceServicer:
     def AuthorizePayment(self, request, context):
         """Holds funds for an order. A decline (insufficient funds, no account in
         the currency) is not an error: it returns a Payment in state FAILED with
-        a `failure_reason` and publishes PaymentFailed. An order has at most one
-        AUTHORIZED or CAPTURED payment; another authorization for it is
-        ALREADY_EXISTS.
+        a `failure_reason` and publishes PaymentFailed. An order has one payment,
+        whatever its state: a repeat with the same `request_id` returns it, and
+        another authorization for the order is ALREADY_EXISTS with reason
+        ORDER_ALREADY_AUTHORIZED, whose metadata names the payment (`payment`,
+        its id), its `state` and its `failure_reason`. An order cancelled before
+        it was authorized has a FAILED payment with reason ORDER_CANCELLED, which
+        an authorization of the same owner and amount gets back.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

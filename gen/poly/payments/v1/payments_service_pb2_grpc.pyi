@@ -63,9 +63,13 @@ class PaymentsServiceStub:
     AuthorizePayment: _grpc.UnaryUnaryMultiCallable[_payments_service_pb2.AuthorizePaymentRequest, _resources_pb2.Payment]
     """Holds funds for an order. A decline (insufficient funds, no account in
     the currency) is not an error: it returns a Payment in state FAILED with
-    a `failure_reason` and publishes PaymentFailed. An order has at most one
-    AUTHORIZED or CAPTURED payment; another authorization for it is
-    ALREADY_EXISTS.
+    a `failure_reason` and publishes PaymentFailed. An order has one payment,
+    whatever its state: a repeat with the same `request_id` returns it, and
+    another authorization for the order is ALREADY_EXISTS with reason
+    ORDER_ALREADY_AUTHORIZED, whose metadata names the payment (`payment`,
+    its id), its `state` and its `failure_reason`. An order cancelled before
+    it was authorized has a FAILED payment with reason ORDER_CANCELLED, which
+    an authorization of the same owner and amount gets back.
     """
     CapturePayment: _grpc.UnaryUnaryMultiCallable[_payments_service_pb2.CapturePaymentRequest, _resources_pb2.Payment]
     """Takes the whole held amount (a KIND_CAPTURE ledger entry). A CAPTURED
@@ -110,9 +114,13 @@ class PaymentsServiceAsyncStub(PaymentsServiceStub):
     AuthorizePayment: _aio.UnaryUnaryMultiCallable[_payments_service_pb2.AuthorizePaymentRequest, _resources_pb2.Payment]  # type: ignore[assignment]
     """Holds funds for an order. A decline (insufficient funds, no account in
     the currency) is not an error: it returns a Payment in state FAILED with
-    a `failure_reason` and publishes PaymentFailed. An order has at most one
-    AUTHORIZED or CAPTURED payment; another authorization for it is
-    ALREADY_EXISTS.
+    a `failure_reason` and publishes PaymentFailed. An order has one payment,
+    whatever its state: a repeat with the same `request_id` returns it, and
+    another authorization for the order is ALREADY_EXISTS with reason
+    ORDER_ALREADY_AUTHORIZED, whose metadata names the payment (`payment`,
+    its id), its `state` and its `failure_reason`. An order cancelled before
+    it was authorized has a FAILED payment with reason ORDER_CANCELLED, which
+    an authorization of the same owner and amount gets back.
     """
     CapturePayment: _aio.UnaryUnaryMultiCallable[_payments_service_pb2.CapturePaymentRequest, _resources_pb2.Payment]  # type: ignore[assignment]
     """Takes the whole held amount (a KIND_CAPTURE ledger entry). A CAPTURED
@@ -208,9 +216,13 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_resources_pb2.Payment, _abc.Awaitable[_resources_pb2.Payment]]:
         """Holds funds for an order. A decline (insufficient funds, no account in
         the currency) is not an error: it returns a Payment in state FAILED with
-        a `failure_reason` and publishes PaymentFailed. An order has at most one
-        AUTHORIZED or CAPTURED payment; another authorization for it is
-        ALREADY_EXISTS.
+        a `failure_reason` and publishes PaymentFailed. An order has one payment,
+        whatever its state: a repeat with the same `request_id` returns it, and
+        another authorization for the order is ALREADY_EXISTS with reason
+        ORDER_ALREADY_AUTHORIZED, whose metadata names the payment (`payment`,
+        its id), its `state` and its `failure_reason`. An order cancelled before
+        it was authorized has a FAILED payment with reason ORDER_CANCELLED, which
+        an authorization of the same owner and amount gets back.
         """
 
     @_abc_1.abstractmethod

@@ -7,6 +7,12 @@ asked for by an OrderCreated event until now) are due at once: the worker asks p
 with the order's authorization key, and payments answers with the order's payment if the
 event made one.
 
+Upgrade orders and payments together, with no replica of the earlier orders release running:
+it reads and writes the renamed columns, and it waits for PaymentAuthorized events that this
+release's payments no longer sends to orders. After a downgrade, the orders placed while
+this release ran stay PENDING (their OrderCreated was sent to no one) until it is upgraded
+again.
+
 Revision ID: 0004
 Revises: 0003
 Created: 2026-12-06 07:30:00.000000
@@ -25,13 +31,17 @@ branch_labels = None
 depends_on = None
 
 
+def _rename(old: str, new: str) -> None:
+    # A plain RENAME COLUMN (SQLite 3.25+, PostgreSQL): batch mode would rebuild the table on
+    # SQLite, and dropping `orders` with foreign keys on deletes every order's lines.
+    op.execute(f"ALTER TABLE orders RENAME COLUMN {old} TO {new}")
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("orders", schema=None) as batch_op:
-        batch_op.drop_index("ix_orders_state_next_capture_at")
-        batch_op.alter_column("next_capture_at", new_column_name="next_payment_at")
-        batch_op.alter_column("capture_attempts", new_column_name="payment_attempts")
-    with op.batch_alter_table("orders", schema=None) as batch_op:  # on the renamed column
-        batch_op.create_index("ix_orders_state_next_payment_at", ["state", "next_payment_at"], unique=False)
+    op.drop_index("ix_orders_state_next_capture_at", table_name="orders")
+    _rename("next_capture_at", "next_payment_at")
+    _rename("capture_attempts", "payment_attempts")
+    op.create_index("ix_orders_state_next_payment_at", "orders", ["state", "next_payment_at"], unique=False)
     orders = sa.table("orders", sa.column("state", sa.String()), sa.column("next_payment_at", UtcDateTime()))
     op.execute(
         orders.update()
@@ -43,9 +53,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     orders = sa.table("orders", sa.column("state", sa.String()), sa.column("next_payment_at", UtcDateTime()))
     op.execute(orders.update().where(orders.c.state == "PENDING").values(next_payment_at=None))
-    with op.batch_alter_table("orders", schema=None) as batch_op:
-        batch_op.drop_index("ix_orders_state_next_payment_at")
-        batch_op.alter_column("payment_attempts", new_column_name="capture_attempts")
-        batch_op.alter_column("next_payment_at", new_column_name="next_capture_at")
-    with op.batch_alter_table("orders", schema=None) as batch_op:
-        batch_op.create_index("ix_orders_state_next_capture_at", ["state", "next_capture_at"], unique=False)
+    op.drop_index("ix_orders_state_next_payment_at", table_name="orders")
+    _rename("payment_attempts", "capture_attempts")
+    _rename("next_payment_at", "next_capture_at")
+    op.create_index("ix_orders_state_next_capture_at", "orders", ["state", "next_capture_at"], unique=False)
