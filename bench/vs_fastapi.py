@@ -44,7 +44,10 @@ GetOrder at 32 in flight over 4 channels, first alone, then while CreateOrder (a
 ``request_id`` each, three lines, so each starts a saga) runs at 4 in flight over its own
 channel for the same window; ``--rounds`` windows each, the unloaded ones first. Reported:
 reads that did not end OK (by status code; target 0), read p50/p99 and the loaded p99 /
-the unloaded p99 (target <= 2x), writes and their failures.
+the unloaded p99 (target <= 2x), writes and their failures. Twice: with all five services and
+the edge on the server core (the saga each write starts, in payments and notifications too,
+takes CPU from the reads), then with orders alone there and the rest of the system moved to
+the load CPU, as a deployment runs orders' replicas apart from the other services.
 
 ``--profile`` adds a 10 s py-spy window (``--gil``: where the GIL is held) on orders during
 the direct path at 32 in flight: per part (the kit, orders, grpc, SQLAlchemy, protobuf, ...)
@@ -581,8 +584,25 @@ def _pooled(windows: Sequence[dict[str, Any]], kind: str) -> dict[str, Any]:
     }
 
 
-def mixed_run(servers: Servers, load_cpu: int, opts: Options) -> dict[str, Any]:
+def mixed_run(
+    servers: Servers, load_cpu: int, opts: Options, *, orders_alone: bool = False
+) -> dict[str, Any]:
+    """The mixed run's windows and medians. `orders_alone`: the rest of the system (auth,
+    users, payments, notifications, the edge) moves to the load CPU for it, so the server core
+    holds only what a deployment's orders replica would run; else all of it shares the core."""
     servers.awake(KIT)
+    others = [pid for name, pid in servers.system.pids().items() if name != "orders"]
+    if orders_alone:
+        for pid in others:
+            pin_all_threads(pid, load_cpu)
+    try:
+        return _mixed_windows(servers, load_cpu, opts)
+    finally:
+        for pid in others:
+            pin_all_threads(pid, servers.cpu)
+
+
+def _mixed_windows(servers: Servers, load_cpu: int, opts: Options) -> dict[str, Any]:
     windows: dict[str, list[dict[str, Any]]] = {"unloaded": [], "mixed": []}
     for kind, writes in (("unloaded", 0), ("mixed", WRITERS)):  # the writes' sagas would linger
         for index in range(opts.rounds):
@@ -640,7 +660,8 @@ def mixed_table(mixed: dict[str, Any]) -> str:
     for kind, row in mixed["rows"].items():
         shares = sorted(row["core"].items(), key=lambda item: -item[1])
         lines.append(
-            f"Server core, reads {'alone' if kind == 'unloaded' else 'with writes'} (warm-up included): "
+            f"CPU by process as a share of one core, reads {'alone' if kind == 'unloaded' else 'with writes'}"
+            " (warm-up included): "
             + ", ".join(f"{name} {share:.0%}" for name, share in shares if share >= 0.005)
             + "."
         )
@@ -879,6 +900,8 @@ def run(opts: Options) -> int:
                 results["windows"] = [asdict(w) for w in windows]
                 results["rows"] = summarise(windows, paths)
             results["mixed"] = mixed_run(servers, load_cpu, opts)
+            print("  the mixed run again, orders alone on the server core", flush=True)
+            results["mixed_orders_alone"] = mixed_run(servers, load_cpu, opts, orders_alone=True)
             if opts.profile:
                 results["profile"] = profile(paths[0], servers, opts, tmp, load_cpu)
         finally:
@@ -887,7 +910,10 @@ def run(opts: Options) -> int:
         print(f"\n## GetOrder of a {LINES}-line order by its owner: the kit vs FastAPI (one core)\n")
         print(table(results["rows"]))
     print(f"\n## Reads while orders are placed (direct gRPC, {opts.rounds} windows each, medians)\n")
+    print("All five services and the edge on the server core:\n")
     print(mixed_table(results["mixed"]))
+    print("\nOrders alone on the server core (the rest of the system on the load CPU, as in a deployment):\n")
+    print(mixed_table(results["mixed_orders_alone"]))
     if "profile" in results:
         print("\n## Where orders' time goes (py-spy --gil)\n")
         print(profile_table(results["profile"]))
