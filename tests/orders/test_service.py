@@ -471,19 +471,25 @@ def test_an_authorization_refused_for_good_fails_the_order_with_its_reason(
     assert system.published(order.name) == ["OrderCreated", "OrderPaymentFailed"]
 
 
+def _made_before(payment: str, state: str, failure_reason: str = "") -> Answer:
+    """ALREADY_EXISTS, as payments answers for an order whose payment an earlier release made
+    from OrderCreated (without the order's authorization key)."""
+    refusal = AlreadyExists(
+        "ORDER_ALREADY_AUTHORIZED",
+        "{order} already has payments/{payment}",
+        payment=payment,
+        state=state,
+        failure_reason=failure_reason,
+    )
+    return Answer(error=refusal)
+
+
 def test_a_hold_made_before_the_upgrade_is_the_orders_payment(system: System) -> None:
     # An order placed by an earlier release had its payment authorized from OrderCreated,
     # without this key: payments answers ALREADY_EXISTS naming it, and that is the hold.
     _, who = system.user()
     payment = f"old-{uuid.uuid4().hex[:8]}"
-    refusal = AlreadyExists(
-        "ORDER_ALREADY_AUTHORIZED",
-        "{order} already has payments/{payment}",
-        payment=payment,
-        state="AUTHORIZED",
-        failure_reason="",
-    )
-    order = system.placed(who, Answer(error=refusal))
+    order = system.placed(who, _made_before(payment, "AUTHORIZED"))
     paid = system.reaches(order, who, State.STATE_PAID)
     assert paid.payment == f"payments/{payment}"
     assert system.payments.calls_for(f"payments/{payment}") == [
@@ -496,14 +502,7 @@ def test_a_decline_made_before_the_upgrade_fails_the_order_with_its_reason(syste
     # release: ALREADY_EXISTS says the payment FAILED, so nothing is captured.
     _, who = system.user()
     payment = f"old-{uuid.uuid4().hex[:8]}"
-    refusal = AlreadyExists(
-        "ORDER_ALREADY_AUTHORIZED",
-        "{order} already has payments/{payment}",
-        payment=payment,
-        state="FAILED",
-        failure_reason="INSUFFICIENT_FUNDS",
-    )
-    order = system.placed(who, Answer(error=refusal))
+    order = system.placed(who, _made_before(payment, "FAILED", "INSUFFICIENT_FUNDS"))
     failed = system.reaches(order, who, State.STATE_PAYMENT_FAILED)
     assert (failed.payment, failed.failure_reason) == (f"payments/{payment}", "INSUFFICIENT_FUNDS")
     assert system.payments.calls_for(f"payments/{payment}") == []
