@@ -21,7 +21,7 @@ from grpc_status import rpc_status
 from services.kit.domain_errors import DomainError, ErrorKind, InvalidArgument, ResourceExhausted, Unavailable
 from services.kit.types import CallInfo, Handler, Middleware
 
-__all__ = ["GRPC_CODES", "error_info", "error_middleware", "internal_status", "to_status"]
+__all__ = ["GRPC_CODES", "call_code", "error_info", "error_middleware", "internal_status", "to_status"]
 
 GRPC_CODES: Mapping[ErrorKind, grpc.StatusCode] = {kind: grpc.StatusCode[kind.name] for kind in ErrorKind}
 """Each kind of domain error as the canonical status code of the same name."""
@@ -98,6 +98,11 @@ def _answer_as_set(context: grpc.ServicerContext) -> NoReturn:
 
 
 _DETAILS_KEY = "grpc-status-details-bin"
+
+
+def call_code(error: grpc.RpcError) -> grpc.StatusCode:
+    """The status code of a failed call; UNKNOWN for an error that carries none."""
+    return error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
 
 
 def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:

@@ -12,6 +12,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from poly.users.v1 import resources_pb2, users_service_pb2, users_service_pb2_grpc
 from services.kit.clients import Channels
+from services.kit.errors import call_code
 from services.notifications.domain import Contact
 
 __all__ = ["USERS_SERVICE", "ContactUnavailable", "UsersDirectory"]
@@ -36,8 +37,7 @@ class UsersDirectory:
                 users_service_pb2.LookupContactRequest(name=user)
             )
         except grpc.RpcError as error:
-            code = error.code().name if isinstance(error, grpc.Call) else "UNKNOWN"
-            raise ContactUnavailable(f"users {code}") from None
+            raise ContactUnavailable(f"users {call_code(error).name}") from None
         preferences = found.preferences
         return Contact(
             user=found.user or user,

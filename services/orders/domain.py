@@ -566,42 +566,33 @@ class Orders:
         capture still held by the worker that asked (its lease), which captures it next
         (None: the order had moved on, e.g. cancelled; payments voids the hold on its
         OrderCancelled)."""
-        now = self.clock()
-        with self.transactions() as repo:
-            return _saga_step(
-                repo,
-                order.id,
-                PENDING,
-                AWAITING_PAYMENT,
-                now,
-                payment=payment,
-                next_payment_at=now + PAYMENT_LEASE,
-            )
+        lease_until = self.clock() + PAYMENT_LEASE
+        return self._answered(
+            order, PENDING, AWAITING_PAYMENT, None, payment=payment, next_payment_at=lease_until
+        )
 
     def declined(self, order: Order, answer: Authorization) -> Order | None:
         """Payments declined `order`'s authorization: PENDING -> PAYMENT_FAILED and
         OrderPaymentFailed, in one transaction (None: the order had moved on)."""
-        with self.transactions() as repo:
-            changed = _saga_step(
-                repo,
-                order.id,
-                PENDING,
-                PAYMENT_FAILED,
-                self.clock(),
-                payment=answer.payment,
-                failure_reason=answer.decline_reason or "UNKNOWN",
-            )
-            if changed is not None:
-                repo.publish("payment_failed", changed)
-            return changed
+        reason = answer.decline_reason or "UNKNOWN"
+        return self._answered(
+            order, PENDING, PAYMENT_FAILED, "payment_failed", payment=answer.payment, failure_reason=reason
+        )
 
     def captured(self, order: Order) -> Order | None:
         """Payments answered that `order`'s payment is captured: AWAITING_PAYMENT -> PAID and
         OrderPaid, in one transaction (None: the order had moved on, e.g. cancelled)."""
+        return self._answered(order, AWAITING_PAYMENT, PAID, "paid", payment=order.payment)
+
+    def _answered(
+        self, order: Order, source: str, target: str, event: Event | None, **changes: object
+    ) -> Order | None:
+        """Payments' answer recorded: `order` from `source` to `target`, and `event` published
+        with the change, in one transaction (None: the order had moved on)."""
         with self.transactions() as repo:
-            changed = _saga_step(repo, order.id, AWAITING_PAYMENT, PAID, self.clock(), payment=order.payment)
-            if changed is not None:
-                repo.publish("paid", changed)
+            changed = _saga_step(repo, order.id, source, target, self.clock(), **changes)
+            if changed is not None and event is not None:
+                repo.publish(event, changed)
             return changed
 
     def payments_attempted(self, outcomes: Sequence[tuple[Order, StepOutcome]]) -> None:

@@ -32,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from poly.payments.v1 import payments_service_pb2, payments_service_pb2_grpc, resources_pb2
 from services.kit.clients import Channels
 from services.kit.domain_errors import DomainError
-from services.kit.errors import error_info
+from services.kit.errors import call_code, error_info
 from services.kit.telemetry.handoff import Handoff
 from services.kit.wire import money_message
 from services.orders.domain import (
@@ -93,7 +93,7 @@ class GrpcPayments:
         try:
             payment = self._stub().AuthorizePayment(request, timeout=self._timeout)
         except grpc.RpcError as error:
-            code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+            code = call_code(error)
             info = error_info(error)
             reason = info.reason if info is not None else ""
             _log.warning(
@@ -113,7 +113,7 @@ class GrpcPayments:
         try:
             self._stub().CapturePayment(request, timeout=self._timeout)
         except grpc.RpcError as error:
-            code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+            code = call_code(error)
             _log.warning("capture failed", extra={"payment": payment, "code": code.name})
             return (
                 CaptureOutcome.REFUSED

@@ -14,6 +14,7 @@ from poly.events.v1 import event_sink_pb2, event_sink_pb2_grpc
 from poly.events.v1.events_pb2 import EventEnvelope
 from services.kit.bus.tracing import EMBEDDED, Destination
 from services.kit.clients import Channels
+from services.kit.errors import call_code
 
 __all__ = ["Described", "DeliveryError", "EmbeddedTransport", "Transport"]
 
@@ -70,7 +71,7 @@ class EmbeddedTransport:
         try:
             stub.PushEvent(event_sink_pb2.PushEventRequest(event=envelope), timeout=self._timeout)
         except grpc.RpcError as error:
-            code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+            code = call_code(error)
             details = error.details() if isinstance(error, grpc.Call) else str(error)
             raise DeliveryError(
                 f"{route}: {code.name}: {details}", transient=code in _TRANSIENT_CODES
