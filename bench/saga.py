@@ -183,7 +183,7 @@ SERVER_NAMES = {
     "postgres": {"postgres"},
     "rabbitmq": {"beam.smp", "erl_child_setup", "inet_gethost", "epmd"},
 }
-PROFILED = ("orders", "notifications")
+PROFILED = ("orders", "payments", "notifications")
 PROFILE_GROUPS = {
     "services/": (f"{ROOT}/services/",),
     "services/kit": (f"{ROOT}/services/kit/",),
@@ -721,7 +721,7 @@ def idle_ms_per_s(rig: Rig, seconds: float) -> float:
 def profile_during(
     rig: Rig, opts: Options, seconds: float, into: dict[str, Any]
 ) -> Callable[[float], Callable[[], None]]:
-    """A `window` hook: py-spy on orders and notifications for `seconds` from a second into the
+    """A `window` hook: py-spy on orders, payments and notifications for `seconds` from a second into the
     window; the raw profiles are kept beside the JSON, their summaries go into `into`."""
 
     def start(t0: float) -> Callable[[], None]:
@@ -1001,9 +1001,8 @@ def run(opts: Options) -> int:
         print(f"\nCPU per PAID order, ms (services idle: {found['idle_services_ms_per_s']:.0f} ms per s)\n")
         print(cpu_table(rows, found["config"] == "postgres"))
         if found["profiles"]:
-            print(
-                f"\nWhere orders and notifications spend it (py-spy at {found['max_sustainable_rate']:g}/s)\n"
-            )
+            rate = found["max_sustainable_rate"]
+            print(f"\nWhere orders, payments and notifications spend it (py-spy at {rate:g}/s)\n")
             print(profile_tables(found["profiles"]))
     print("\n## Max sustainable rate, and half of it (the issue's targets; reported, not asserted)\n")
     print(summary_table(results["configs"]))
@@ -1037,7 +1036,7 @@ def main(argv: Sequence[str]) -> int:
         "--log-level", choices=("INFO", "WARNING"), default="INFO", help="the services' (INFO: as poly up)"
     )
     parser.add_argument(
-        "--profile", action="store_true", help="py-spy on orders and notifications at the max rate"
+        "--profile", action="store_true", help="py-spy on orders, payments and notifications at the max rate"
     )
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "", help="py-spy binary")
     args = parser.parse_args(argv)
