@@ -460,7 +460,7 @@ class Payments:
         money: Callable[[Repository, Payment, dt.datetime], None],
     ) -> None:
         now = self.clock()
-        if not repo.set_state(payment.id, payment.state, after, now):
+        if not repo.set_state(payment, after, now):
             raise Aborted(
                 "PAYMENT_CHANGED", "payments/{payment} changed meanwhile; retry", payment=payment.id
             )

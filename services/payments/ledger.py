@@ -50,7 +50,9 @@ def system_account(repo: Repository, kind: str, currency: str, now: dt.datetime)
     """The funding or merchant account of `currency`, opened on first use.
 
     Opened by an insert that does nothing when it exists, not by reading it first: reading
-    an account sums its entries, and these two take an entry for every payment ever made."""
+    a system account sums its entries, and these two take an entry for every payment ever
+    made (which is also why they keep no running totals: each payment would wait for the
+    one before it to commit to update the same row)."""
     account_id = system_account_id(kind, currency)
     repo.add_account(Account(account_id, kind, "", currency, now, now))
     return account_id

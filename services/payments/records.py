@@ -2,7 +2,8 @@
 list queries and pages over them, and the `Repository` a store implements in one transaction.
 
 Records are plain values. Their derived amounts (an account's balance and held, a payment's
-captured and refunded) are summed by the store as it reads them, never stored.
+captured and refunded) come from the ledger: the store sums them, or (a customer account's
+balance and held) keeps them as running totals beside it, written with every change.
 """
 
 from __future__ import annotations
@@ -227,8 +228,9 @@ class Repository(Protocol):
     def add_payment(self, payment: Payment) -> bool:
         """False when the order already has a payment (the unique constraint decides)."""
 
-    def set_state(self, payment_id: str, before: str, after: str, now: dt.datetime) -> bool:
-        """Move the payment from `before` to `after`; False if it was not in `before`."""
+    def set_state(self, payment: Payment, after: str, now: dt.datetime) -> bool:
+        """Move the payment from its state as read (`payment.state`) to `after`; False if it
+        was no longer in it."""
 
     def recall(self, caller: str, key: str) -> tuple[str, str] | None:
         """``(fingerprint, result id)`` stored for the caller's idempotency key."""

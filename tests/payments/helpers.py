@@ -177,9 +177,17 @@ class System:
 
     def ledger_total(self) -> int:
         """The sum of every ledger entry of every account, read as an admin; also checks
-        each transaction sums to zero and each balance is the sum of its entries."""
+        each transaction sums to zero, each balance is the sum of its entries and each
+        account's held amount the sum of its AUTHORIZED payments (a customer account keeps
+        both as running totals: this proves they never drift from the ledger)."""
         stub = self.payments()
         accounts = self._all(stub.ListAccounts, pb.ListAccountsRequest(page_size=1000), "accounts")
+        payments = self._all(stub.ListPayments, pb.ListPaymentsRequest(page_size=1000), "payments")
+        held = defaultdict[str, int](int)
+        for payment in payments:
+            assert isinstance(payment, resources_pb2.Payment)
+            if payment.state == resources_pb2.Payment.State.STATE_AUTHORIZED:
+                held[payment.account] += payment.amount.amount_minor
         total, transactions = 0, defaultdict[str, int](int)
         for account in accounts:
             assert isinstance(account, resources_pb2.Account)
@@ -187,6 +195,7 @@ class System:
             entries = self._all(stub.ListLedgerEntries, request, "ledger_entries")
             balance = sum(e.amount.amount_minor for e in entries)  # type: ignore[attr-defined]
             assert account.balance.amount_minor == balance, account.name
+            assert account.held.amount_minor == held[account.name], account.name
             assert account.available.amount_minor == balance - account.held.amount_minor
             for entry in entries:
                 transactions[entry.transaction] += entry.amount.amount_minor  # type: ignore[attr-defined]

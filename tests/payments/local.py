@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, case, func, select
 
 from services.kit import db
 from services.kit.bus import Outbox, consumer_routing
@@ -15,7 +15,7 @@ from services.kit.config import DatabaseSettings
 from services.kit.money import Money
 from services.payments import store
 from services.payments.domain import Payments
-from services.payments.records import Account, Payment
+from services.payments.records import AUTHORIZED, CUSTOMER, Account, Payment
 
 __all__ = ["ADMIN", "ORDERS", "LocalPayments", "new_key", "open_local"]
 
@@ -81,6 +81,48 @@ class LocalPayments:
         with self.engine.connect() as connection:
             found = {str(a): int(s) for a, s in connection.execute(statement)}
         return {account_id: found.get(account_id, 0) for account_id in account_ids}
+
+    def drifted_totals(self) -> dict[str, tuple[tuple[int, int, object], tuple[int, int, object]]]:
+        """Every customer account whose stored running totals (balance, held, update time)
+        differ from what its entries and payments sum to: ``{id: (stored, summed)}``."""
+        account, entry, payment = store.AccountRow, store.LedgerEntryRow, store.PaymentRow
+        with self.engine.connect() as connection:
+            stored = {
+                str(row.id): (int(row.balance), int(row.held), row.update_time)
+                for row in connection.execute(
+                    select(account.id, account.balance, account.held, account.update_time).where(
+                        account.kind == CUSTOMER
+                    )
+                )
+            }
+            sums = {
+                str(a): (int(total), last)
+                for a, total, last in connection.execute(
+                    select(entry.account_id, func.sum(entry.amount), func.max(entry.create_time)).group_by(
+                        entry.account_id
+                    )
+                )
+            }
+            holds = {
+                str(a): (int(total), last)
+                for a, total, last in connection.execute(
+                    select(
+                        payment.account_id,
+                        func.sum(case((payment.state == AUTHORIZED, payment.amount), else_=0)),
+                        func.max(payment.update_time),
+                    ).group_by(payment.account_id)
+                )
+            }
+            opened = {str(a): t for a, t in connection.execute(select(account.id, account.create_time))}
+        drifted = {}
+        for account_id, kept in stored.items():
+            balance, last_entry = sums.get(account_id, (0, None))
+            held, last_payment = holds.get(account_id, (0, None))
+            changes = [t for t in (opened[account_id], last_entry, last_payment) if t is not None]
+            summed = (balance, held, max(changes))
+            if kept != summed:
+                drifted[account_id] = (kept, summed)
+        return drifted
 
     def overdrawn(self) -> dict[str, int]:
         """The balance of every account whose entries sum below zero, by account id."""

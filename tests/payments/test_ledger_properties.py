@@ -2,7 +2,8 @@
 driven through the real `Payments` use cases over the real store (SQLite, no server).
 
 After every step: each transaction's entries sum to zero in its one currency; a customer's
-balance and holds are exactly what the steps imply, and its available balance never goes
+balance and holds are exactly what the steps imply (and the running totals its account row
+keeps are exactly what its entries and payments sum to), and its available balance never goes
 below zero; no payment refunds more than it captured; only a FUNDING account goes negative,
 and the MERCHANT account holds exactly what was captured minus what was refunded.
 """
@@ -313,6 +314,10 @@ class LedgerMachine(RuleBasedStateMachine):
             assert now[funding] - self.system_before[funding] == -self.funded[currency]
             assert now[merchant] - self.system_before[merchant] == self.merchant[currency]
             assert self.merchant[currency] >= 0
+
+    @invariant()
+    def the_running_totals_are_what_the_ledger_sums_to(self) -> None:
+        assert self.local.drifted_totals() == {}
 
     @invariant()
     def the_customer_never_goes_below_zero_nor_refunds_past_a_capture(self) -> None:

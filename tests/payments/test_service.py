@@ -313,6 +313,49 @@ def test_racing_authorizations_never_overdraw_the_account(system: System) -> Non
     assert system.ledger_total() == 0
 
 
+def test_racing_changes_of_one_account_keep_its_totals_equal_to_its_ledger(system: System) -> None:
+    """Funding, holds, captures, voids and refunds of one account at once: the balance and
+    held amount its row keeps as running totals end as its entries and payments sum to."""
+    customer = system.customer(funds=2000)
+    orders = [system.authorized(customer, 100) for _ in range(6)]
+    payments = [system.payment_of(order).name for order in orders]
+    start = threading.Barrier(12)
+    errors: list[BaseException] = []
+
+    def run(step: Callable[[], object]) -> None:
+        start.wait()
+        try:
+            step()
+        except Exception as error:  # reported by the assertion below
+            errors.append(error)
+
+    def void(payment: str) -> None:
+        request = pb.VoidPaymentRequest(name=payment, request_id=new_key())
+        system.orders.VoidPayment(request, timeout=30)
+
+    def capture_and_refund(payment: str) -> None:
+        _capture(system, payment)
+        _refund(system, payment, 40)
+
+    steps: list[Callable[[], object]] = [
+        *(lambda p=p: _capture(system, p) for p in payments[:2]),
+        *(lambda p=p: void(p) for p in payments[2:4]),
+        *(lambda p=p: capture_and_refund(p) for p in payments[4:]),
+        *(lambda: system.fund(customer.account, 500) for _ in range(2)),
+        *(lambda: system.authorized(customer, 300) for _ in range(4)),
+    ]
+    threads = [threading.Thread(target=run, args=(step,)) for step in steps]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    account = system.account(customer.account)
+    # 2000 + 1000 funded - 4 x 100 captured + 2 x 40 refunded; 4 new holds of 300 (all fit).
+    assert (account.balance.amount_minor, account.held.amount_minor) == (2680, 1200)
+    assert system.ledger_total() == 0  # and every account's totals are what its ledger sums to
+
+
 # -- reads ----------------------------------------------------------------------------------
 
 
