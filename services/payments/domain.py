@@ -356,10 +356,8 @@ class Payments:
         return found
 
     def _locked(self, repo: Repository, payment_id: str) -> Payment:
-        """The payment, read again once its account is locked (every change locks it)."""
-        found = self._payment(repo, payment_id)
-        if found.account_id:
-            repo.lock_account(found.account_id)
+        """The payment, read once its account is locked (every change locks it)."""
+        repo.lock_account_of(payment_id)
         return self._payment(repo, payment_id)
 
     def capture(self, caller: str, request_id: str, payment_id: str) -> Payment:
@@ -376,7 +374,7 @@ class Payments:
                 elif payment.state not in _TAKEN:
                     raise _not_in_state(payment, "PAYMENT_NOT_CAPTURABLE", "captured")
                 remember(repo, request, payment_id, self.clock())
-            return self._payment(repo, payment_id)
+            return payment  # as read under the lock, or after the capture
 
     def void(self, caller: str, request_id: str, payment_id: str) -> Payment:
         """AUTHORIZED -> VOIDED; a VOIDED payment is returned unchanged."""

@@ -221,6 +221,10 @@ class Repository(Protocol):
     def lock_account(self, account_id: str) -> bool:
         """Take the account's write lock for the rest of the transaction; False if none."""
 
+    def lock_account_of(self, payment_id: str) -> bool:
+        """`lock_account` of the payment's account; False if there is no such payment, or it
+        has no account (a decline before one was found, an order cancelled first)."""
+
     def add_entries(self, entries: Sequence[LedgerEntry]) -> None: ...
     def entry(self, account_id: str, entry_id: str) -> LedgerEntry | None: ...
     def payment(self, payment_id: str) -> Payment | None: ...

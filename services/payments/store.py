@@ -209,6 +209,14 @@ _ADD_TO_TOTALS = (
         update_time=_LATER_UPDATE_TIME,
     )
 )
+_LOCK_ACCOUNT_OF_PAYMENT = (
+    update(_ACCOUNT_ROWS)
+    .where(
+        _ACCOUNT_ROWS.c.id
+        == select(_Payment.account_id).where(_Payment.id == bindparam("locked_payment")).scalar_subquery()
+    )
+    .values(version=_ACCOUNT_ROWS.c.version + 1)
+)
 _PAYMENT = _PAYMENTS.where(_Payment.id == bindparam("payment_id"))
 _ORDER_PAYMENT = _PAYMENTS.where(_Payment.order_name == bindparam("order_name"))
 _MOVE_PAYMENT = (
@@ -325,6 +333,11 @@ class SqlRepository:
         # A write first: a row lock on PostgreSQL, the database write lock on SQLite. Reads
         # after it see every change committed before it, and none can commit meanwhile.
         locked = self._session.execute(_LOCK_ACCOUNT, {"account_id": account_id})
+        return bool(getattr(locked, "rowcount", 0))
+
+    def lock_account_of(self, payment_id: str) -> bool:
+        # One statement, not a read of the payment first: its account never changes.
+        locked = self._session.execute(_LOCK_ACCOUNT_OF_PAYMENT, {"locked_payment": payment_id})
         return bool(getattr(locked, "rowcount", 0))
 
     def list_accounts(self, query: ListQuery, after: Sequence[str] | None, limit: int) -> list[Account]:
