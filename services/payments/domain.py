@@ -262,17 +262,10 @@ class Payments:
 
     def _authorize(self, repo: Repository, ask: _Ask, request: Request) -> Payment:
         amount = ask.amount
-        found = (
-            repo.account(ask.account_id) if ask.account_id else repo.account_of(ask.owner, amount.currency)
-        )
-        account = None
-        if found is not None and (found.kind, found.owner, found.currency) == (
-            CUSTOMER,
-            ask.owner,
-            amount.currency,
-        ):
-            repo.lock_account(found.id)  # first: balances and replays are then read under the lock
-            account = repo.account(found.id)
+        # Locked first: balances and replays are then read under the lock. Only the asker's own
+        # account in the order's currency is locked; any other is an account not found.
+        locked = repo.lock_customer_account(ask.owner, amount.currency, ask.account_id)
+        account = repo.account(locked) if locked else None
         replayed = recall(repo, request)
         if replayed is not None:
             return self._payment(repo, replayed)

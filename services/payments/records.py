@@ -221,6 +221,10 @@ class Repository(Protocol):
     def lock_account(self, account_id: str) -> bool:
         """Take the account's write lock for the rest of the transaction; False if none."""
 
+    def lock_customer_account(self, owner: str, currency: str, account_id: str = "") -> str:
+        """`lock_account` of `owner`'s CUSTOMER account in `currency` (and only if its id is
+        `account_id`, when given); its id, or "" when there is no such account."""
+
     def lock_account_of(self, payment_id: str) -> bool:
         """`lock_account` of the payment's account; False if there is no such payment, or it
         has no account (a decline before one was found, an order cancelled first)."""

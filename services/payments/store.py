@@ -209,6 +209,17 @@ _ADD_TO_TOTALS = (
         update_time=_LATER_UPDATE_TIME,
     )
 )
+_LOCK_CUSTOMER_ACCOUNT = (
+    update(_ACCOUNT_ROWS)
+    .where(
+        _ACCOUNT_ROWS.c.kind == CUSTOMER,
+        _ACCOUNT_ROWS.c.owner == bindparam("locked_owner"),
+        _ACCOUNT_ROWS.c.currency == bindparam("locked_currency"),
+        (bindparam("locked_id") == "") | (_ACCOUNT_ROWS.c.id == bindparam("locked_id")),
+    )
+    .values(version=_ACCOUNT_ROWS.c.version + 1)
+    .returning(_ACCOUNT_ROWS.c.id)
+)
 _LOCK_ACCOUNT_OF_PAYMENT = (
     update(_ACCOUNT_ROWS)
     .where(
@@ -334,6 +345,12 @@ class SqlRepository:
         # after it see every change committed before it, and none can commit meanwhile.
         locked = self._session.execute(_LOCK_ACCOUNT, {"account_id": account_id})
         return bool(getattr(locked, "rowcount", 0))
+
+    def lock_customer_account(self, owner: str, currency: str, account_id: str = "") -> str:
+        # One statement, not a read of the account first (kind, owner and currency are unique).
+        params = {"locked_owner": owner, "locked_currency": currency, "locked_id": account_id}
+        locked = self._session.execute(_LOCK_CUSTOMER_ACCOUNT, params).scalar()
+        return str(locked) if locked is not None else ""
 
     def lock_account_of(self, payment_id: str) -> bool:
         # One statement, not a read of the payment first: its account never changes.
