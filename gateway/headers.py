@@ -16,12 +16,12 @@ base64-encoded.
 from __future__ import annotations
 
 import base64
-import binascii
 import ipaddress
 import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 
+from gateway import base64text
 from gateway.errors import BadRequest
 from services.kit.request_id import is_valid as is_valid_request_id
 
@@ -258,14 +258,10 @@ def _ascii_value(header: str, value: str) -> str:
 
 
 def _decode_base64(header: str, value: str) -> bytes:
-    """gRPC binary values: standard or URL-safe alphabet, padded or not."""
-    text = value.strip()
-    if not re.fullmatch(r"[A-Za-z0-9+/\-_]*={0,2}", text):
-        raise _bad_request(header, "-bin value must be base64")
-    text = text.rstrip("=").replace("-", "+").replace("_", "/")
+    """gRPC binary values: standard or URL-safe alphabet, padded or not (`base64text`)."""
     try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except binascii.Error:
+        return base64text.decode(value.strip())
+    except ValueError:
         raise _bad_request(header, "-bin value must be base64") from None
 
 

@@ -2,7 +2,8 @@
 
 `parse_json` reads an untrusted request body into a message and turns every problem (malformed
 JSON, nesting too deep, wrong types, unknown fields, one field given by both its JSON and its
-proto name) into one `BadRequest` whose violations name the field; nothing else escapes.
+proto name, bytes that are not valid base64) into one `BadRequest` whose violations name the
+field; nothing else escapes.
 `to_json` writes lowerCamel names with unpopulated fields emitted, 64-bit integers as strings
 and enums by name, with compact separators; `field_to_json` writes one field of a message the
 same way (a rule's `response_body`, which may be repeated, a map or a scalar, not only a
@@ -19,6 +20,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from gateway import base64text
 from gateway.errors import BadRequest
 
 __all__ = ["parse_json", "to_json", "field_to_json"]
@@ -111,15 +113,15 @@ def _any_type(value: dict[str, Any], descriptor: Descriptor) -> Descriptor | Non
     return found
 
 
-def _named_twice(value: Any, descriptor: Descriptor, path: str) -> tuple[str, str] | None:
-    """(field path, description) of the first field given twice in `value`, by its JSON name
-    and by its proto name (``{"display_name": .., "displayName": ..}``), at any depth."""
-    if isinstance(value, dict) and descriptor.full_name == "google.protobuf.Any":
-        packed = _any_type(value, descriptor)
-        # A well-known type is packed as {"@type": .., "value": ..}, checked by json_format.
-        if packed is not None and packed.full_name not in _PACKED_AS_VALUE:
-            return _named_twice({k: v for k, v in value.items() if k != "@type"}, packed, path)
-        return None
+def _first_problem(value: Any, descriptor: Descriptor, path: str) -> tuple[str, str] | None:
+    """(field path, description) of the first problem in `value` that json_format would not
+    report: a field given twice, by its JSON name and by its proto name (``{"display_name":
+    .., "displayName": ..}``), or a bytes value that is not valid base64 (json_format decodes
+    what it can of it and drops the rest), at any depth."""
+    if descriptor.full_name == "google.protobuf.Any":
+        return _first_problem_in_any(value, descriptor, path)
+    if descriptor.full_name == "google.protobuf.BytesValue":
+        return _bad_base64([(path, value)])
     if not isinstance(value, dict) or descriptor.full_name in _PACKED_AS_VALUE:
         return None  # not an object, or free-form JSON: no fields to name twice
     seen: dict[str, str] = {}
@@ -131,28 +133,52 @@ def _named_twice(value: Any, descriptor: Descriptor, path: str) -> tuple[str, st
         if field.name in seen:
             return where, f"the field is given twice, as {seen[field.name]!r} and {key!r}"
         seen[field.name] = key
-        found = _named_twice_in_field(child, field, where)
+        found = _first_problem_in_field(child, field, where)
         if found is not None:
             return found
     return None
 
 
-def _named_twice_in_field(value: Any, field: FieldDescriptor, where: str) -> tuple[str, str] | None:
-    """`_named_twice` over the JSON value of one field: a message, a list of them or a map."""
-    message: Descriptor | None = field.message_type
-    if message is None:
-        return None
+def _first_problem_in_any(value: Any, descriptor: Descriptor, path: str) -> tuple[str, str] | None:
+    packed = _any_type(value, descriptor) if isinstance(value, dict) else None
+    if packed is None:
+        return None  # json_format refuses what is not an Any it can resolve
+    if packed.full_name in _PACKED_AS_VALUE:
+        # A well-known type is packed as {"@type": .., "value": ..}, checked by json_format.
+        return _first_problem(value.get("value"), packed, f"{path}.value" if path else "value")
+    return _first_problem({k: v for k, v in value.items() if k != "@type"}, packed, path)
+
+
+def _first_problem_in_field(value: Any, field: FieldDescriptor, where: str) -> tuple[str, str] | None:
+    """`_first_problem` over the JSON value of one field: a message, a list of them or a map;
+    or bytes (one value, a list of them, or a map's values)."""
     items: list[tuple[str, Any]]
-    if message.GetOptions().map_entry:
-        message = message.fields_by_name["value"].message_type
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
         items = [(f"{where}[{k}]", v) for k, v in value.items()] if isinstance(value, dict) else []
-    elif isinstance(value, list):
+        field = field.message_type.fields_by_name["value"]
+    elif field.is_repeated and isinstance(value, list):
         items = [(f"{where}[{i}]", v) for i, v in enumerate(value)]
     else:
         items = [(where, value)]
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return _bad_base64(items)
+    message: Descriptor | None = field.message_type
     if message is None:
         return None
-    return next((found for at, item in items if (found := _named_twice(item, message, at)) is not None), None)
+    found = (_first_problem(item, message, at) for at, item in items)
+    return next((problem for problem in found if problem is not None), None)
+
+
+def _bad_base64(items: list[tuple[str, Any]]) -> tuple[str, str] | None:
+    """The first of the (path, JSON value) of bytes that is a string but not valid base64 (a
+    value of another JSON type is json_format's to refuse)."""
+    for at, item in items:
+        if isinstance(item, str):
+            try:
+                base64text.decode(item)
+            except ValueError as error:
+                return at, f"not valid base64: the value {error}"
+    return None
 
 
 def _violation_of(error: json_format.ParseError) -> tuple[str, str]:
@@ -216,9 +242,9 @@ def parse_json(body: bytes, message: Message, *, max_depth: int = 32, field: str
         value = {field: value}
     elif not isinstance(value, dict) and descriptor.full_name not in _NON_OBJECT_TYPES:
         raise _refuse("", "the body must be a JSON object")
-    twice = _named_twice(value, cast(Descriptor, descriptor), "")
-    if twice is not None:
-        raise _refuse(*twice)
+    problem = _first_problem(value, cast(Descriptor, descriptor), "")
+    if problem is not None:
+        raise _refuse(*problem)
     try:
         json_format.ParseDict(value, message, ignore_unknown_fields=False)
     except json_format.ParseError as error:

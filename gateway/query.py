@@ -2,17 +2,15 @@
 
 Names are dotted field paths through singular message fields, each segment the proto name or
 the lowerCamel JSON name. Values are parsed by field type: bools `true`/`false`/`1`/`0`,
-integers range-checked, enums by name or defined number, bytes as base64 (standard or
-URL-safe, padding optional), and the well-known types Timestamp (RFC 3339), Duration
-(`"1.5s"`), the wrappers (the value itself) and FieldMask (a comma list, lowerCamel or snake
-paths). Repeated scalars take one value per key. Every problem is collected and raised as one
-`BadRequest`.
+integers range-checked, enums by name or defined number, bytes as validated base64
+(`base64text`: standard or URL-safe, padding optional), and the well-known types Timestamp
+(RFC 3339), Duration (`"1.5s"`), the wrappers (the value itself) and FieldMask (a comma list,
+lowerCamel or snake paths). Repeated scalars take one value per key. Every problem is
+collected and raised as one `BadRequest`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import math
 import re
@@ -23,6 +21,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from gateway import base64text
 from gateway.errors import BadRequest
 
 __all__ = ["apply_variables", "apply_query"]
@@ -108,13 +107,10 @@ def _parse_bool(text: str) -> bool:
 
 def _parse_bytes(text: str) -> bytes:
     # A '+' decoded from a form-encoded query arrives as a space: put it back.
-    data = text.strip().replace(" ", "+").replace("-", "+").replace("_", "/").rstrip("=")
-    if len(data) % 4 == 1:
-        raise _Invalid("not valid base64")
     try:
-        return base64.b64decode(data + "=" * (-len(data) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise _Invalid("not valid base64") from None
+        return base64text.decode(text.replace(" ", "+"))
+    except ValueError as error:
+        raise _Invalid(f"not valid base64: the value {error}") from None
 
 
 def _parse_enum(enum: EnumDescriptor, text: str) -> int:

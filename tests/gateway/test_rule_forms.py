@@ -99,6 +99,10 @@ service LibraryService {
   rpc Sleep(SleepRequest) returns (google.protobuf.Empty) {
     option (google.api.http) = { get: "/v1/sleep/{delay}" };
   }
+  // Answers with the request it received: bytes in a path variable.
+  rpc GetChunk(GetChunkRequest) returns (GetChunkRequest) {
+    option (google.api.http) = { get: "/v1/chunks/{id}" };
+  }
   rpc WatchShelf(WatchShelfRequest) returns (stream ShelfEvent) {
     option (google.api.http) = {
       get: "/v1/{name=shelves/*}:watch"
@@ -119,6 +123,7 @@ message Book {
   Genre genre = 3;
   int64 pages = 4;
   google.protobuf.Timestamp published_at = 5;
+  bytes cover = 6;
 }
 
 message Shelf {
@@ -197,6 +202,8 @@ message FailRequest {
 }
 
 message SleepRequest { google.protobuf.Duration delay = 1; }
+
+message GetChunkRequest { bytes id = 1; }
 
 message WatchShelfRequest {
   string name = 1;
@@ -337,6 +344,9 @@ class Library:
         if not context.is_active():
             self.abandoned.set()
         return empty_pb2.Empty()
+
+    def GetChunk(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return request
 
     def WatchShelf(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         if request.fail_after < 0:  # refused before anything is sent
@@ -622,6 +632,56 @@ def test_query_mapping(edge: Edge, query: str, status: int, fragment: Any) -> No
         assert any(v["field"] == name for v in violations), violations
 
 
+BASE64 = [
+    ("POST", "/v1/shelves/2/books?bookId=covered", {"cover": "aGk_Pz4-"}, 200, "book.cover"),
+    ("GET", "/v1/chunks/aGk%2FPz4%2B", None, 200, "id"),
+    ("GET", "/v1/chunks/aGk", None, 200, "id"),
+    ("GET", "/v1/shelves/1/books:search?cursor=aGk", None, 200, "cursor"),
+    ("POST", "/v1/shelves/2/books?bookId=bad1", {"cover": "a$b="}, 400, "book.cover"),
+    ("POST", "/v1/shelves/2/books?bookId=bad2", {"cover": "aGk=="}, 400, "book.cover"),
+    ("PUT", "/v1/shelves/2/books:create", {"bookId": "bad3", "book": {"cover": "a+b_"}}, 400, "book.cover"),
+    ("GET", "/v1/chunks/a%24b%3D", None, 400, "id"),
+    ("GET", "/v1/chunks/aGk%3D%3D", None, 400, "id"),
+    ("GET", "/v1/shelves/1/books:search?cursor=aG%3Dk", None, 400, "cursor"),
+    ("GET", "/v1/shelves/1/books:search?cursor=a%2Bb_", None, 400, "cursor"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "field"),
+    BASE64,
+    ids=[
+        "body-url-safe",
+        "path-standard",
+        "path-unpadded",
+        "query-unpadded",
+        "body-stray-character",
+        "body-bad-padding",
+        "body-mixed-alphabets",
+        "path-stray-character",
+        "path-bad-padding",
+        "query-padding-inside",
+        "query-mixed-alphabets",
+    ],
+)
+def test_bytes_fields_take_valid_base64_only(
+    edge: Edge, method: str, path: str, body: object, status: int, field: str
+) -> None:
+    """Standard or URL-safe, padded or not, in bodies, path variables and queries; anything
+    else is a 400 naming the field, never bytes other than the client sent."""
+    answer = edge.call(method, path, body)
+    assert answer.status == status, answer.body
+    if status == 200:
+        found = answer.json()
+        for part in field.split(".")[1:] if field.startswith("book.") else [field]:
+            found = found[part]
+        assert base64.b64decode(found) == (b"hi??>>" if "Pz4" in path or body else b"hi")
+    else:
+        violations = next(d for d in answer.json()["details"] if d["@type"].endswith("BadRequest"))
+        assert [v["field"] for v in violations["fieldViolations"]] == [field]
+        assert "base64" in violations["fieldViolations"][0]["description"]
+
+
 ERROR_CODES = [
     ("CANCELLED", 499),
     ("UNKNOWN", 500),
@@ -785,6 +845,7 @@ def test_openapi_describes_the_foreign_service(edge: Edge) -> None:
         "/v1/echo": ["post"],
         "/v1/errors/{code}": ["get"],
         "/v1/sleep/{delay}": ["get"],
+        "/v1/chunks/{id}": ["get"],
         "/v1/shelves/{shelve}:watch": ["get"],
         "/v1/shelves/{shelve}/books:watch": ["get"],
     }
