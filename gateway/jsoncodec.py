@@ -12,11 +12,13 @@ message).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from dataclasses import dataclass
 from typing import Any, cast
 
-from google.protobuf import json_format
+from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
@@ -255,13 +257,110 @@ def parse_json(body: bytes, message: Message, *, max_depth: int = 32, field: str
 
 
 def to_json(message: Message) -> bytes:
-    """`message` as compact proto3 JSON: lowerCamel names, unpopulated fields emitted."""
+    """`message` as compact proto3 JSON: lowerCamel names, unpopulated fields emitted (an
+    unset message field as null, as protojson's EmitUnpopulated writes it)."""
     value = json_format.MessageToDict(
         message,
         always_print_fields_with_no_presence=True,
         preserving_proto_field_name=False,
     )
+    _emit_unset_messages(message, value)
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class _Unset:
+    """Where a message type's JSON can hold an unset message field, found once per type."""
+
+    singular: tuple[tuple[FieldDescriptor, Descriptor, bool], ...]
+    """Singular message fields, their type, and whether they are null when unset (not when in
+    a oneof: an unset member is left out, as protojson does); descended into when set."""
+    repeated: tuple[tuple[FieldDescriptor, bool], ...]
+    """Lists of messages and maps with message values (True: a map), each item descended into."""
+
+
+@functools.cache
+def _unset_plan(descriptor: Descriptor) -> _Unset:
+    singular: list[tuple[FieldDescriptor, Descriptor, bool]] = []
+    repeated: list[tuple[FieldDescriptor, bool]] = []
+    for field in descriptor.fields:
+        message: Descriptor | None = field.message_type
+        if message is None:
+            continue
+        # Items are walked whatever their type holds: asking would recurse into a type that
+        # lists itself (a tree of nodes) before its plan exists.
+        if message.GetOptions().map_entry:
+            value: Descriptor | None = message.fields_by_name["value"].message_type
+            if value is not None and _written_as_fields(value):
+                repeated.append((field, True))
+        elif field.is_repeated:
+            if _written_as_fields(message):
+                repeated.append((field, False))
+        else:
+            singular.append((field, message, field.containing_oneof is None))
+    return _Unset(tuple(singular), tuple(repeated))
+
+
+def _written_as_fields(descriptor: Descriptor) -> bool:
+    """A message type whose JSON is its fields (an Any's are its packed message's)."""
+    return descriptor.full_name == "google.protobuf.Any" or descriptor.full_name not in _PACKED_AS_VALUE
+
+
+def _may_hold_unset(descriptor: Descriptor) -> bool:
+    """Whether a message of this type may be written with a null inside (so is walked)."""
+    if descriptor.full_name == "google.protobuf.Any":
+        return True  # whatever it packs
+    if descriptor.full_name in _PACKED_AS_VALUE:
+        return False  # written as a JSON value, not as its fields
+    plan = _unset_plan(descriptor)
+    return bool(plan.singular or plan.repeated)
+
+
+def _emit_unset_messages(message: Message, rendered: dict[str, Any]) -> None:
+    """Add null for each unset message field of `message` to its JSON `rendered`, at any depth
+    (json_format leaves them out; grpc-gateway's default marshaler writes null)."""
+    descriptor = cast(Descriptor, message.DESCRIPTOR)
+    if descriptor.full_name == "google.protobuf.Any":
+        _emit_unset_in_any(message, rendered)
+        return
+    plan = _unset_plan(descriptor)
+    for field, field_type, null_when_unset in plan.singular:
+        if not message.HasField(field.name):
+            if null_when_unset:
+                rendered[field.json_name] = None
+        elif _may_hold_unset(field_type):
+            _emit_unset_messages(getattr(message, field.name), rendered[field.json_name])
+    for field, is_map in plan.repeated:
+        values = getattr(message, field.name)
+        shown = rendered.get(field.json_name)
+        if not values or not shown:
+            continue
+        if is_map:
+            for key, item in values.items():
+                _emit_unset_messages(item, shown[_map_key(key)])
+        else:
+            for item, item_shown in zip(values, shown, strict=True):
+                _emit_unset_messages(item, item_shown)
+
+
+def _emit_unset_in_any(packed: Message, rendered: dict[str, Any]) -> None:
+    type_name = packed.type_url.rpartition("/")[2]  # type: ignore[attr-defined]
+    try:
+        descriptor = cast(Descriptor, packed.DESCRIPTOR.file.pool.FindMessageTypeByName(type_name))
+    except KeyError:
+        return  # json_format could not have written it either
+    if descriptor.full_name in _PACKED_AS_VALUE or not _may_hold_unset(descriptor):
+        return
+    inner = message_factory.GetMessageClass(descriptor)()
+    inner.ParseFromString(packed.value)  # type: ignore[attr-defined]
+    _emit_unset_messages(inner, rendered)
+
+
+def _map_key(key: object) -> str:
+    """A map key as proto3 JSON writes it (an object key is a string)."""
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    return str(key)
 
 
 def field_to_json(message: Message, name: str) -> bytes:

@@ -346,6 +346,8 @@ class _Builder:
         required: list[str] = []
         for field in message.fields:
             schema = self.field_schema(field)
+            if field.message_type is not None and not _is_repeated(field):
+                schema = _nullable(schema)  # an unset message field is written as null
             behaviors = _field_behaviors(field)
             if "OUTPUT_ONLY" in behaviors:
                 schema["readOnly"] = True
@@ -480,6 +482,17 @@ def _is_map(field: FieldDescriptor) -> bool:
     return bool(
         _is_repeated(field) and field.message_type is not None and field.message_type.GetOptions().map_entry
     )
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema`, or null."""
+    if "$ref" in schema:
+        return {"anyOf": [schema, {"type": "null"}]}
+    kind = schema.get("type")
+    if kind is None:
+        return schema  # any JSON value already
+    kinds = kind if isinstance(kind, list) else [kind]
+    return schema if "null" in kinds else {**schema, "type": [*kinds, "null"]}
 
 
 def _ref(name: str) -> dict[str, Any]:

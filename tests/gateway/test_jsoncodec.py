@@ -416,3 +416,98 @@ def test_invalid_base64_in_bytes_is_refused_naming_the_field(
     got_field, description = caught.value.violations[0]
     assert got_field == field
     assert "base64" in description
+
+
+# -- unset message fields: null ---------------------------------------------------------------
+
+
+def _node_class() -> Any:
+    """A test-only tree: a message that holds itself singly, in a list, in a map, in a oneof
+    and in an Any, beside a wrapper (added once to the default pool)."""
+    pool = descriptor_pool.Default()
+    try:
+        return message_factory.GetMessageClass(pool.FindMessageTypeByName("gatewaytest.tree.v1.Node"))
+    except KeyError:
+        pass
+    file = descriptor_pb2.FileDescriptorProto(
+        name="gatewaytest/tree.proto", package="gatewaytest.tree.v1", syntax="proto3"
+    )
+    file.dependency.extend([wrappers_pb2.DESCRIPTOR.name, any_pb2.DESCRIPTOR.name])
+    node = file.message_type.add(name="Node")
+    entry = node.nested_type.add(name="ByNameEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL, json_name="key")
+    entry.field.add(
+        name="value",
+        number=2,
+        type=_F.TYPE_MESSAGE,
+        type_name=".gatewaytest.tree.v1.Node",
+        label=_F.LABEL_OPTIONAL,
+        json_name="value",
+    )
+    node.oneof_decl.add(name="pick")
+    self_type = ".gatewaytest.tree.v1.Node"
+    for number, (name, json_name, kind, label, type_name) in enumerate(
+        [
+            ("name", "name", _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
+            ("parent", "parent", _F.TYPE_MESSAGE, _F.LABEL_OPTIONAL, self_type),
+            ("children", "children", _F.TYPE_MESSAGE, _F.LABEL_REPEATED, self_type),
+            (
+                "by_name",
+                "byName",
+                _F.TYPE_MESSAGE,
+                _F.LABEL_REPEATED,
+                ".gatewaytest.tree.v1.Node.ByNameEntry",
+            ),
+            ("chosen", "chosen", _F.TYPE_MESSAGE, _F.LABEL_OPTIONAL, self_type),
+            ("label", "label", _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
+            ("limit", "limit", _F.TYPE_MESSAGE, _F.LABEL_OPTIONAL, ".google.protobuf.Int32Value"),
+            ("packed", "packed", _F.TYPE_MESSAGE, _F.LABEL_OPTIONAL, ".google.protobuf.Any"),
+        ],
+        start=1,
+    ):
+        field = node.field.add(name=name, number=number, type=kind, label=label, json_name=json_name)
+        if type_name:
+            field.type_name = type_name
+        if name in ("chosen", "label"):
+            field.oneof_index = 0
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("gatewaytest.tree.v1.Node"))
+
+
+Node = _node_class()
+_EMPTY_NODE = {"name": "", "parent": None, "children": [], "byName": {}, "limit": None, "packed": None}
+
+
+def test_an_unset_message_field_is_null_as_grpc_gateway_writes_it() -> None:
+    """protojson's EmitUnpopulated: null for a message (wrappers included), [] and {} for
+    lists and maps; a oneof's unset members are left out."""
+    assert json.loads(to_json(Node())) == _EMPTY_NODE
+
+
+def test_nulls_at_any_depth() -> None:
+    tree = Node(name="root", parent=Node(name="up"), children=[Node(name="kid")], by_name={"k": Node()})
+    tree.packed.Pack(Node(name="inside"))
+    tree.limit.value = 0
+    written = json.loads(to_json(tree))
+    assert written["parent"] == {**_EMPTY_NODE, "name": "up"}
+    assert written["children"] == [{**_EMPTY_NODE, "name": "kid"}]
+    assert written["byName"] == {"k": _EMPTY_NODE}
+    assert written["packed"] == {
+        "@type": "type.googleapis.com/gatewaytest.tree.v1.Node",
+        **_EMPTY_NODE,
+        "name": "inside",
+    }
+    assert written["limit"] == 0, "a set wrapper is its value"
+
+
+def test_a_set_oneof_member_is_written_and_its_own_unset_fields_are_null() -> None:
+    written = json.loads(to_json(Node(chosen=Node(name="c"))))
+    assert written["chosen"] == {**_EMPTY_NODE, "name": "c"}
+    assert "label" not in written
+
+
+def test_a_resource_with_unset_times_writes_them_as_null() -> None:
+    written = json.loads(to_json(resources_pb2.Order(name="orders/9")))
+    assert written["createTime"] is None and written["total"] is None
+    assert written["lines"] == []

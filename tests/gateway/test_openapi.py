@@ -157,7 +157,9 @@ def test_message_schema(document: dict[str, Any]) -> None:
     order = document["components"]["schemas"]["poly.orders.v1.Order"]
     props = order["properties"]
     assert order["required"] == ["lines"]
-    assert props["createTime"] == {"type": "string", "format": "date-time", "readOnly": True}
+    # An unset message field is written as null (grpc-gateway's EmitUnpopulated).
+    assert props["createTime"] == {"type": ["string", "null"], "format": "date-time", "readOnly": True}
+    assert props["total"]["anyOf"] == [{"$ref": "#/components/schemas/poly.type.v1.Money"}, {"type": "null"}]
     assert props["state"] == {"$ref": "#/components/schemas/poly.orders.v1.Order.State", "readOnly": True}
     assert props["lines"] == {
         "type": "array",
