@@ -40,7 +40,7 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
-from gateway import errors, headers, jsoncodec, query, streaming
+from gateway import errors, fieldmask, headers, jsoncodec, query, streaming
 from gateway.backends import READY_STATES, Backends
 from gateway.config import Limits
 from gateway.limits import FailureWindows, TokenBuckets
@@ -84,6 +84,8 @@ class _Plan:
     """Request fields the body binds (and the query may not set)."""
     success: int
     """The HTTP status of a success."""
+    patch_mask: fieldmask.PatchMask | None = None
+    """How a PATCH without a field mask gets one from its body's keys."""
 
 
 def _message_class(descriptor: Descriptor) -> type[Message]:
@@ -110,7 +112,8 @@ def _plan(route: Route, success_status: SuccessStatus) -> _Plan:
         body_field = request.fields_by_name[route.body].json_name
         bound = (route.body,)
     response = _message_class(route.method.output_type)
-    return _Plan(_message_class(request), response, body_field, bound, success_status(route))
+    patch_mask = fieldmask.patch_mask_field(route.http_method, route.body, request)
+    return _Plan(_message_class(request), response, body_field, bound, success_status(route), patch_mask)
 
 
 class _Refusal(Exception):
@@ -356,6 +359,7 @@ class Edge:
         self, request: web.Request, route: Route, plan: _Plan, variables: dict[str, str]
     ) -> Message:
         message = plan.request_class()
+        parsed = None
         if route.body:
             try:
                 body = await request.read()
@@ -366,7 +370,7 @@ class Edge:
                     "BODY_TOO_LARGE",
                     http=413,
                 ) from None
-            jsoncodec.parse_json(
+            parsed = jsoncodec.parse_json(
                 body, message, max_depth=self._settings.max_json_depth, field=plan.body_field
             )
         query.apply_variables(message, variables)
@@ -376,6 +380,8 @@ class Edge:
             body_fields=(*plan.body_fields, *route.template.variables),
             ignore=self._settings.ignored_query_parameters,
         )
+        if plan.patch_mask is not None:
+            plan.patch_mask.fill(message, parsed)
         return message
 
     async def _transcode(

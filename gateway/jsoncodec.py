@@ -208,7 +208,7 @@ def _refuse(field: str, description: str) -> BadRequest:
     return BadRequest(f"invalid JSON body: {description}", [(field, description)])
 
 
-def parse_json(body: bytes, message: Message, *, max_depth: int = 32, field: str = "") -> None:
+def parse_json(body: bytes, message: Message, *, max_depth: int = 32, field: str = "") -> Any:
     """Merge the proto3 JSON `body` into `message`; any problem raises `BadRequest`.
 
     With `field` (the JSON or proto name of a field of `message`), the body is that field's
@@ -216,10 +216,10 @@ def parse_json(body: bytes, message: Message, *, max_depth: int = 32, field: str
     nesting of the body itself: a top-level object or array is level 1. Both lowerCamel and
     proto field names are accepted, but not both for one field. An empty body sets nothing
     (as grpc-gateway ignores EOF). After a `BadRequest` the contents of `message` are
-    unspecified.
+    unspecified. Returns the parsed JSON value (of `field` when given; None for an empty body).
     """
     if not body.strip():
-        return
+        return None
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -240,6 +240,7 @@ def parse_json(body: bytes, message: Message, *, max_depth: int = 32, field: str
     if deep is not None:
         deep = f"{field}.{deep}" if field and deep else (field or deep)
         raise _refuse(deep, f"JSON nested deeper than {max_depth} levels")
+    parsed = value
     if field:
         value = {field: value}
     elif not isinstance(value, dict) and descriptor.full_name not in _NON_OBJECT_TYPES:
@@ -254,6 +255,7 @@ def parse_json(body: bytes, message: Message, *, max_depth: int = 32, field: str
         raise _refuse(found, description) from None
     except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError, RecursionError):
         raise _refuse("", "invalid value") from None
+    return parsed
 
 
 def to_json(message: Message) -> bytes:

@@ -2,9 +2,12 @@
 
 `update_paths(mask, resource)` turns a request's ``update_mask`` into the list of top-level
 field names to write. No mask means "the fields that are set"; ``*`` means every writable
-field. A path that names no field, a nested path, or a field the resource marks
-``OUTPUT_ONLY`` or ``IDENTIFIER`` is INVALID_ARGUMENT with one field violation per bad path,
-so a client learns every mistake at once and nothing is written.
+field. A field the resource marks ``OUTPUT_ONLY`` or ``IDENTIFIER`` is ignored, in the mask
+as in the resource (AIP-203: services must ignore output only fields in update masks), so a
+resource read, changed and sent back whole updates what changed; a mask derived from a JSON
+body's keys (the edge's PATCH) names them too. A path that names no field, a nested path, or
+a ``*`` beside other paths is INVALID_ARGUMENT with one field violation per bad path, so a
+client learns every mistake at once and nothing is written.
 """
 
 from __future__ import annotations
@@ -54,9 +57,7 @@ def update_paths(paths: Sequence[str], resource: Message, *, field: str = "updat
             violations.append(FieldViolation(where, "'*' must be the only path"))
         elif known is None:
             violations.append(FieldViolation(where, f"{path!r} is not a field of {descriptor.name}"))
-        elif path not in writable:
-            violations.append(FieldViolation(where, f"{path!r} is output only and cannot be updated"))
-        elif path not in chosen:
+        elif path in writable and path not in chosen:  # an output-only field: ignored
             chosen.append(path)
     if violations:
         raise InvalidArgument(

@@ -72,23 +72,9 @@ def _preferences_owner(name: str, *, field: str) -> str:
 
 
 def _paths(mask: FieldMask, resource: Message) -> list[str]:
-    """`update_paths`, with every violation at once: a checked field (the etag) in the mask
-    is refused, and it is never among the fields written."""
-    refused = [
-        FieldViolation(f"update_mask.paths[{i}]", f"{path!r} is checked on update, never written")
-        for i, path in enumerate(mask.paths)
-        if path in _CHECKED_FIELDS
-    ]
-    try:
-        paths = update_paths(mask.paths, resource)
-    except InvalidArgument as error:
-        refused = sorted([*refused, *error.violations], key=lambda v: int(v.field.split("[")[1][:-1]))
-        paths = []
-    if refused:
-        raise InvalidArgument(
-            "UPDATE_MASK_INVALID", "update_mask names fields that cannot be updated", violations=refused
-        )
-    return [path for path in paths if path not in _CHECKED_FIELDS]
+    """`update_paths`, less the checked fields (the etag): one in the mask is ignored as an
+    output-only one is, since it is read as the check and never written."""
+    return [path for path in update_paths(mask.paths, resource) if path not in _CHECKED_FIELDS]
 
 
 class UsersServicer(users_service_pb2_grpc.UsersServiceServicer):

@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -124,6 +125,9 @@ message Book {
   int64 pages = 4;
   google.protobuf.Timestamp published_at = 5;
   bytes cover = 6;
+  Range size = 7;
+  repeated string tags = 8;
+  map<string, string> labels = 9;
 }
 
 message Shelf {
@@ -227,6 +231,8 @@ class Library:
         self.books: dict[str, Any] = {}
         self.shelves: dict[str, Any] = {}
         self.seen: list[dict[str, str]] = []
+        self.masks: dict[str, list[str]] = {}
+        """The update_mask each UpdateBook call got, by book name."""
         self.sleeping = threading.Event()
         self.abandoned = threading.Event()
         """Set when a Sleep call ended because its caller cancelled it."""
@@ -274,6 +280,7 @@ class Library:
     def UpdateBook(self, request: Any, context: grpc.ServicerContext) -> Any:
         book = self._book(request.book.name, context)
         with self.lock:
+            self.masks[request.book.name] = list(request.update_mask.paths)
             if request.update_mask.paths:
                 request.update_mask.MergeMessage(request.book, book, replace_message_field=True)
             else:
@@ -630,6 +637,58 @@ def test_query_mapping(edge: Edge, query: str, status: int, fragment: Any) -> No
         violations = next(d for d in body["details"] if d["@type"].endswith("BadRequest"))["fieldViolations"]
         name = query.split("=", 1)[0]
         assert any(v["field"] == name for v in violations), violations
+
+
+_PUBLISHED = "2020-01-01T00:00:00Z"
+PATCHES = [
+    ("", {"title": "Renamed"}, ["title"], {"title": "Renamed", "pages": "10"}),
+    ("", {"pages": 0}, ["pages"], {"title": "Draft", "pages": "0"}),
+    ("", {"size": {"max": 3}}, ["size.max"], {"size": {"min": 1, "max": 3}}),
+    ("", {"size": {}}, ["size"], {"size": {"min": 0, "max": 0}}),
+    (
+        "",
+        {"tags": ["a"], "labels": {"k": "v"}, "publishedAt": "2021-01-01T00:00:00Z", "genre": "SCIENCE"},
+        ["genre", "labels", "published_at", "tags"],
+        {"tags": ["a"], "labels": {"k": "v"}, "genre": "SCIENCE", "title": "Draft"},
+    ),
+    ("", {"published_at": None}, ["published_at"], {"publishedAt": None}),
+    ("updateMask=title", {"title": "Mine", "pages": 5}, ["title"], {"title": "Mine", "pages": "10"}),
+    ("", {}, [], {"title": "Draft"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("query", "body", "mask", "fragment"),
+    PATCHES,
+    ids=[
+        "one-field",
+        "a-zero-value-is-written",
+        "nested-message-dotted",
+        "empty-object-is-a-path",
+        "lists-maps-and-times-are-leaves",
+        "null-clears",
+        "explicit-mask-wins",
+        "empty-body-no-mask",
+    ],
+)
+def test_patch_without_update_mask_derives_it_from_the_body(
+    edge: Edge, query: str, body: dict[str, Any], mask: list[str], fragment: Any
+) -> None:
+    """grpc-gateway v2's PATCH feature: the keys the client sent are the fields it updates,
+    so what it left out is kept, and a zero or null it sent is written."""
+    name = f"shelves/2/books/patch-{len(edge.library.masks)}-{uuid.uuid4().hex[:6]}"
+    original = {
+        "title": "Draft",
+        "pages": 10,
+        "size": {"min": 1, "max": 2},
+        "publishedAt": "2020-01-01T00:00:00Z",
+    }
+    created = edge.call("POST", f"/v1/shelves/2/books?bookId={name.rsplit('/', 1)[1]}", original)
+    assert created.status == 200, created.body
+    answer = edge.call("PATCH", f"/v1/{name}?{query}" if query else f"/v1/{name}", body)
+    assert answer.status == 200, answer.body
+    assert edge.library.masks[name] == mask
+    _contains(answer.json(), fragment)
 
 
 BASE64 = [

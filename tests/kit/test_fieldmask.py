@@ -41,9 +41,16 @@ def test_every_bad_path_gets_its_own_violation() -> None:
         update_paths(["display_name", "email", "nickname", "display_name.first", "*"], resources_pb2.User())
     assert refused.value.reason == "UPDATE_MASK_INVALID"
     assert [v.field for v in refused.value.violations] == [
-        "update_mask.paths[1]",
         "update_mask.paths[2]",
         "update_mask.paths[3]",
         "update_mask.paths[4]",
-    ]
-    assert "output only" in refused.value.violations[0].description
+    ], "email is output only: ignored, not refused"
+    assert "not a field" in refused.value.violations[0].description
+
+
+def test_output_only_and_identifier_paths_are_ignored() -> None:
+    """AIP-203: a resource read and sent back whole, with a mask naming every field it
+    holds (as the edge derives one from a PATCH body), updates the writable ones."""
+    paths = ["name", "email", "display_name", "state", "create_time", "etag"]
+    assert update_paths(paths, resources_pb2.User()) == ["display_name", "etag"]
+    assert update_paths(["email", "state"], resources_pb2.User()) == []
