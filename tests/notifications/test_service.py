@@ -568,7 +568,7 @@ def test_templates_are_for_admins_only(system: System) -> None:
         (resources_pb2.Template(subject="two\nlines"), [], "template.subject"),
         (resources_pb2.Template(subject="costs $5"), [], "template.subject"),
         (resources_pb2.Template(), ["body_text"], "template.body_text"),
-        (resources_pb2.Template(subject="ok"), ["event_type"], "update_mask.paths[0]"),
+        (resources_pb2.Template(subject="ok"), ["event_type", "colour"], "update_mask.paths[1]"),
     ],
     ids=[
         "unknown-placeholder",
@@ -577,7 +577,7 @@ def test_templates_are_for_admins_only(system: System) -> None:
         "multi-line-subject",
         "bare-dollar",
         "empty-body",
-        "output-only-path",
+        "output-only-ignored-unknown-named",
     ],
 )
 def test_template_updates_that_do_not_render_are_refused(
