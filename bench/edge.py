@@ -100,6 +100,7 @@ from machine import (  # noqa: E402
     free_port,
     percentile,
     proc_cpu_s,
+    run_to_the_end,
 )
 
 from poly.auth.v1 import auth_service_pb2 as auth_pb  # noqa: E402
@@ -675,10 +676,6 @@ def run(opts: Options) -> int:
     return 0
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # so `kill <pid>` also unwinds through the cleanup in run()
-
-
 def main(argv: Sequence[str]) -> int:
     if len(argv) == 2 and argv[0] == "_grpcload":
         print(json.dumps(asyncio.run(_grpc_load(json.loads(argv[1])))))
@@ -692,15 +689,7 @@ def main(argv: Sequence[str]) -> int:
         parser.error(f"need --seconds >= 1 and --concurrency a multiple of {H2_CONNECTIONS} in 4..1024")
     seconds = 2.0 if args.quick else args.seconds
     opts = Options(seconds=seconds, warmup=1.0 if args.quick else 2.0, concurrency=args.concurrency)
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return run(opts)
-    except KeyboardInterrupt:
-        print("\ninterrupted; the servers were stopped", file=sys.stderr)
-        return 130
-    except (BenchError, subprocess.TimeoutExpired) as error:
-        print(f"bench failed: {error}", file=sys.stderr)
-        return 1
+    return run_to_the_end(run, opts)
 
 
 if __name__ == "__main__":

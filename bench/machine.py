@@ -11,10 +11,14 @@ import math
 import os
 import random
 import resource
+import signal
 import socket
 import statistics
-from collections.abc import Sequence
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 __all__ = [
     "CLK_TCK",
@@ -28,7 +32,10 @@ __all__ = [
     "percentile",
     "pin_all_threads",
     "proc_cpu_s",
+    "run_to_the_end",
 ]
+
+_O = TypeVar("_O")
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -127,3 +134,22 @@ def percentile(ordered: Sequence[float], q: float) -> float:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else math.nan
+
+
+def run_to_the_end(run: Callable[[_O], int], opts: _O) -> int:
+    """`run(opts)` as a bench's exit code: Ctrl-C and ``kill`` (SIGTERM) unwind through the
+    cleanup the run holds (its servers are stopped) and exit 130; a `BenchError` or a
+    subprocess that timed out is one line on stderr and exit 1."""
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        return run(opts)
+    except KeyboardInterrupt:
+        print("\ninterrupted; the servers were stopped", file=sys.stderr)
+        return 130
+    except (BenchError, subprocess.TimeoutExpired) as error:
+        print(f"bench failed: {error}", file=sys.stderr)
+        return 1

@@ -186,6 +186,7 @@ from machine import (  # noqa: E402
     median,
     pin_all_threads,
     proc_cpu_s,
+    run_to_the_end,
 )
 
 from services.cli import system_settings  # noqa: E402
@@ -1715,10 +1716,6 @@ def run(opts: Options) -> int:
     return 0
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str]) -> int:
     if len(argv) == 2 and argv[0] == "_micro":
         print(json.dumps(micro(json.loads(argv[1]))))
@@ -1787,15 +1784,7 @@ def main(argv: Sequence[str]) -> int:
         setups=tuple(name.strip() for name in args.setups.split(",") if name.strip()),
         gc_threshold=args.gc_threshold,
     )
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return run(opts)
-    except KeyboardInterrupt:
-        print("\ninterrupted; the servers were stopped", file=sys.stderr)
-        return 130
-    except (BenchError, subprocess.TimeoutExpired) as error:
-        print(f"bench failed: {error}", file=sys.stderr)
-        return 1
+    return run_to_the_end(run, opts)
 
 
 if __name__ == "__main__":

@@ -132,6 +132,7 @@ from machine import (  # noqa: E402
     percentile,
     pin_all_threads,
     proc_cpu_s,
+    run_to_the_end,
 )
 
 from poly.orders.v1 import orders_service_pb2 as orders_pb  # noqa: E402
@@ -959,15 +960,7 @@ def main(argv: Sequence[str]) -> int:
         py_spy=args.py_spy,
         mixed_only=args.mixed_only,
     )
-    signal.signal(signal.SIGTERM, telemetry._terminate)  # `kill` unwinds through the cleanup too
-    try:
-        return run(opts)
-    except KeyboardInterrupt:
-        print("\ninterrupted; the servers were stopped", file=sys.stderr)
-        return 130
-    except (BenchError, subprocess.TimeoutExpired) as error:
-        print(f"bench failed: {error}", file=sys.stderr)
-        return 1
+    return run_to_the_end(run, opts)
 
 
 if __name__ == "__main__":

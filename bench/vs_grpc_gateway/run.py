@@ -109,6 +109,7 @@ from machine import (  # noqa: E402
     free_port,
     median,
     proc_cpu_s,
+    run_to_the_end,
 )
 
 RESULTS_PATH = edge.RESULTS_PATH.parent / "vs_grpc_gateway.json"
@@ -454,15 +455,7 @@ def main(argv: list[str]) -> int:
     if not 4 <= args.concurrency <= 1024 or args.concurrency % edge.H2_CONNECTIONS:
         parser.error(f"need --concurrency a multiple of {edge.H2_CONNECTIONS} in 4..1024")
     opts = Options(args.rounds, args.seconds, args.warmup, args.concurrency, traces=not args.no_traces)
-    signal.signal(signal.SIGTERM, edge._terminate)
-    try:
-        return run(opts)
-    except KeyboardInterrupt:
-        print("\ninterrupted; the servers were stopped", file=sys.stderr)
-        return 130
-    except (BenchError, subprocess.TimeoutExpired) as error:
-        print(f"bench failed: {error}", file=sys.stderr)
-        return 1
+    return run_to_the_end(run, opts)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ __all__ = [
     "after_rollback",
     "connect",
     "connect_or_exit",
+    "downgrade",
     "engine",
     "generate_revision",
     "migrate",
@@ -396,6 +397,17 @@ def migrate(bound: Engine, directory: Path, revision: str = "head") -> None:
     command.upgrade(_alembic_config(directory, bound), revision)
     _log.info(
         "database migrated",
+        extra={"database": redact_url(bound.url.render_as_string(False)), "revision": revision},
+    )
+
+
+def downgrade(bound: Engine, directory: Path, revision: str) -> None:
+    """Undo the scripts `migrate` applied to `bound` down to `revision` (an operator's way back
+    after a release is rolled back; each script's downgrade says what it cannot restore)."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    command.downgrade(_alembic_config(directory, bound), revision)
+    _log.info(
+        "database downgraded",
         extra={"database": redact_url(bound.url.render_as_string(False)), "revision": revision},
     )
 

@@ -9,8 +9,6 @@ import pytest
 from google.protobuf import (
     any_pb2,
     descriptor_pb2,
-    descriptor_pool,
-    message_factory,
     timestamp_pb2,
     wrappers_pb2,
 )
@@ -23,6 +21,7 @@ from gateway.errors import BadRequest
 from gateway.jsoncodec import field_to_json, parse_json, to_json
 from poly.orders.v1 import orders_service_pb2, resources_pb2
 from poly.users.v1 import resources_pb2 as users_resources_pb2
+from tests.support.protos import pooled_message
 
 _F = descriptor_pb2.FieldDescriptorProto
 
@@ -285,14 +284,9 @@ def test_a_body_field_is_parsed_as_that_fields_value_only() -> None:
 # -- bytes: validated base64 ------------------------------------------------------------------
 
 
-def _blobs_class() -> Any:
+def _blobs_file() -> descriptor_pb2.FileDescriptorProto:
     """A test-only message with bytes in every position: a field, a list, a map's values, a
     wrapper, a nested message and an Any (added once to the default pool)."""
-    pool = descriptor_pool.Default()
-    try:
-        return message_factory.GetMessageClass(pool.FindMessageTypeByName("gatewaytest.blobs.v1.Blobs"))
-    except KeyError:
-        pass
     file = descriptor_pb2.FileDescriptorProto(
         name="gatewaytest/blobs.proto", package="gatewaytest.blobs.v1", syntax="proto3"
     )
@@ -316,11 +310,10 @@ def _blobs_class() -> Any:
         field = blobs.field.add(name=name, number=number, type=kind, label=label, json_name=json_name)
         if type_name:
             field.type_name = type_name
-    pool.Add(file)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("gatewaytest.blobs.v1.Blobs"))
+    return file
 
 
-Blobs = _blobs_class()
+Blobs = pooled_message("gatewaytest.blobs.v1.Blobs", _blobs_file)
 _ANY_BLOBS = "type.googleapis.com/gatewaytest.blobs.v1.Blobs"
 _ANY_BYTES = "type.googleapis.com/google.protobuf.BytesValue"
 
@@ -421,14 +414,9 @@ def test_invalid_base64_in_bytes_is_refused_naming_the_field(
 # -- unset message fields: null ---------------------------------------------------------------
 
 
-def _node_class() -> Any:
+def _node_file() -> descriptor_pb2.FileDescriptorProto:
     """A test-only tree: a message that holds itself singly, in a list, in a map, in a oneof
     and in an Any, beside a wrapper (added once to the default pool)."""
-    pool = descriptor_pool.Default()
-    try:
-        return message_factory.GetMessageClass(pool.FindMessageTypeByName("gatewaytest.tree.v1.Node"))
-    except KeyError:
-        pass
     file = descriptor_pb2.FileDescriptorProto(
         name="gatewaytest/tree.proto", package="gatewaytest.tree.v1", syntax="proto3"
     )
@@ -471,11 +459,10 @@ def _node_class() -> Any:
             field.type_name = type_name
         if name in ("chosen", "label"):
             field.oneof_index = 0
-    pool.Add(file)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("gatewaytest.tree.v1.Node"))
+    return file
 
 
-Node = _node_class()
+Node = pooled_message("gatewaytest.tree.v1.Node", _node_file)
 _EMPTY_NODE = {"name": "", "parent": None, "children": [], "byName": {}, "limit": None, "packed": None}
 
 

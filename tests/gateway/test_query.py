@@ -7,10 +7,8 @@ from typing import Any
 import pytest
 from google.protobuf import (
     descriptor_pb2,
-    descriptor_pool,
     duration_pb2,
     field_mask_pb2,
-    message_factory,
     struct_pb2,
     timestamp_pb2,
     wrappers_pb2,
@@ -22,18 +20,18 @@ from hypothesis import strategies as st
 from gateway import query
 from gateway.errors import BadRequest
 from gateway.query import apply_query, apply_variables
+from tests.support.protos import pooled_message
 
 _F = descriptor_pb2.FieldDescriptorProto
 
 
 def _fixture_class() -> Any:
     """A test-only message with every kind of field, added once to the default pool."""
+    return pooled_message("gatewaytest.query.v1.Probe", _fixture_file)
+
+
+def _fixture_file() -> descriptor_pb2.FileDescriptorProto:
     name = "gatewaytest/query_fixture.proto"
-    pool = descriptor_pool.Default()
-    try:
-        return message_factory.GetMessageClass(pool.FindMessageTypeByName("gatewaytest.query.v1.Probe"))
-    except KeyError:
-        pass
     file = descriptor_pb2.FileDescriptorProto(name=name, package="gatewaytest.query.v1", syntax="proto3")
     for dep in (timestamp_pb2, duration_pb2, wrappers_pb2, field_mask_pb2, struct_pb2):
         file.dependency.append(dep.DESCRIPTOR.name)
@@ -104,8 +102,7 @@ def _fixture_class() -> Any:
     add("extra", "extra", _F.TYPE_MESSAGE, ".google.protobuf.Struct")
     add("by_id", "byId", _F.TYPE_STRING).oneof_index = 0
     add("by_email", "byEmail", _F.TYPE_STRING).oneof_index = 0
-    pool.Add(file)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("gatewaytest.query.v1.Probe"))
+    return file
 
 
 Probe = _fixture_class()

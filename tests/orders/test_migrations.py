@@ -6,8 +6,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, text
 
 from services.kit import config, db
@@ -53,15 +51,6 @@ def _read(engine: Engine, schedule: str, attempts: str) -> tuple[dict[str, tuple
     return orders, int(lines)
 
 
-def _alembic(engine: Engine) -> Config:
-    """The configuration `kit.db.migrate` runs the scripts with, for a downgrade."""
-    alembic = Config()
-    alembic.set_main_option("script_location", str(SERVICE.migrations))
-    alembic.attributes["engine"] = engine
-    alembic.attributes["version_table"] = "alembic_version_orders"
-    return alembic
-
-
 def test_0004_keeps_orders_and_lines_and_makes_pending_orders_due(database_url: str) -> None:
     engine = db.engine(config.DatabaseSettings(url=database_url))
     try:
@@ -78,7 +67,7 @@ def test_0004_keeps_orders_and_lines_and_makes_pending_orders_due(database_url: 
         assert upgraded["awaiting"] == ("AWAITING_PAYMENT", _RETRY_AT.replace(tzinfo=dt.UTC), 3)
         assert upgraded["paid"] == ("PAID", None, 0)
 
-        command.downgrade(_alembic(engine), "0003")
+        db.downgrade(engine, SERVICE.migrations, "0003")
         downgraded, lines = _read(engine, "next_capture_at", "capture_attempts")
         assert lines == 6
         assert downgraded["pending"] == ("PENDING", None, 0), "waiting for payments' event again"

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, text
 
 from services.kit import config, db
@@ -82,15 +80,6 @@ def _columns(engine: Engine) -> set[str]:
         return set(connection.execute(text("SELECT * FROM account")).keys())
 
 
-def _alembic(engine: Engine) -> Config:
-    """The configuration `kit.db.migrate` runs the scripts with, for a downgrade."""
-    alembic = Config()
-    alembic.set_main_option("script_location", str(SERVICE.migrations))
-    alembic.attributes["engine"] = engine
-    alembic.attributes["version_table"] = "alembic_version_payments"
-    return alembic
-
-
 def test_0004_gives_customer_accounts_the_totals_their_ledger_sums_to(database_url: str) -> None:
     engine = db.engine(config.DatabaseSettings(url=database_url))
     try:
@@ -106,7 +95,7 @@ def test_0004_gives_customer_accounts_the_totals_their_ledger_sums_to(database_u
             "merchant-eur": (0, 0, None),
         }
 
-        command.downgrade(_alembic(engine), "0003")
+        db.downgrade(engine, SERVICE.migrations, "0003")
         assert not _columns(engine) & {"balance", "held", "update_time"}
         db.migrate(engine, SERVICE.migrations)
         assert _totals(engine)["rich"] == (700, 200, _at(9))

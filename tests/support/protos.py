@@ -1,12 +1,16 @@
 """Compiling a proto written in a test, the way users of the gateway do (protoc with
-``--include_imports --include_source_info``), with googleapis from the installed package."""
+``--include_imports --include_source_info``), with googleapis from the installed package;
+and test-only message types built from descriptors in the default pool."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc_tools
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_tools import protoc
 
 SITE_PACKAGES = Path(grpc.__file__).resolve().parents[1]
@@ -33,3 +37,14 @@ def compile_proto(root: Path, relative: str, text: str, *, python: bool = False)
     ]
     assert protoc.main(args) == 0, f"protoc failed on {relative}"
     return descriptor_set
+
+
+def pooled_message(full_name: str, file: Callable[[], descriptor_pb2.FileDescriptorProto]) -> Any:
+    """The class of the message `full_name`, whose `file` (built only the first time) is added
+    to the default pool once per process, whichever test module asks first."""
+    pool = descriptor_pool.Default()
+    try:
+        return message_factory.GetMessageClass(pool.FindMessageTypeByName(full_name))
+    except KeyError:
+        pool.Add(file())
+        return message_factory.GetMessageClass(pool.FindMessageTypeByName(full_name))
