@@ -380,6 +380,7 @@ def field_to_json(message: Message, name: str) -> bytes:
     shown = json_format.MessageToDict(
         message, always_print_fields_with_no_presence=True, preserving_proto_field_name=False
     )
+    _emit_unset_messages(message, shown)  # a list's or map's messages, as `to_json` writes them
     if field.json_name not in shown:  # a scalar with presence (proto3 optional, oneof) that is unset
         holder = type(message)()
         setattr(holder, name, field.default_value)

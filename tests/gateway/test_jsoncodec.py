@@ -498,3 +498,10 @@ def test_a_resource_with_unset_times_writes_them_as_null() -> None:
     written = json.loads(to_json(resources_pb2.Order(name="orders/9")))
     assert written["createTime"] is None and written["total"] is None
     assert written["lines"] == []
+
+
+def test_a_response_body_list_writes_its_items_unset_messages_as_null() -> None:
+    """A rule's ``response_body`` naming a list or a map writes its messages as `to_json` does."""
+    tree = Node(children=[Node(name="kid")], by_name={"k": Node()})
+    assert json.loads(field_to_json(tree, "children")) == [{**_EMPTY_NODE, "name": "kid"}]
+    assert json.loads(field_to_json(tree, "by_name")) == {"k": _EMPTY_NODE}
