@@ -21,7 +21,7 @@ from gateway.errors import BadRequest
 from gateway.jsoncodec import field_to_json, parse_json, to_json
 from poly.orders.v1 import orders_service_pb2, resources_pb2
 from poly.users.v1 import resources_pb2 as users_resources_pb2
-from tests.support.protos import pooled_message
+from tests.support.protos import add_fields, add_map_entry, pooled_message
 
 _F = descriptor_pb2.FieldDescriptorProto
 
@@ -292,11 +292,9 @@ def _blobs_file() -> descriptor_pb2.FileDescriptorProto:
     )
     file.dependency.extend([wrappers_pb2.DESCRIPTOR.name, any_pb2.DESCRIPTOR.name])
     blobs = file.message_type.add(name="Blobs")
-    entry = blobs.nested_type.add(name="ByKeyEntry")
-    entry.options.map_entry = True
-    entry.field.add(name="key", number=1, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL, json_name="key")
-    entry.field.add(name="value", number=2, type=_F.TYPE_BYTES, label=_F.LABEL_OPTIONAL, json_name="value")
-    for number, (name, json_name, kind, label, type_name) in enumerate(
+    add_map_entry(blobs, "ByKeyEntry", _F.TYPE_BYTES)
+    add_fields(
+        blobs,
         [
             ("blob", "blob", _F.TYPE_BYTES, _F.LABEL_OPTIONAL, ""),
             ("blobs", "blobs", _F.TYPE_BYTES, _F.LABEL_REPEATED, ""),
@@ -305,11 +303,7 @@ def _blobs_file() -> descriptor_pb2.FileDescriptorProto:
             ("inner", "inner", _F.TYPE_MESSAGE, _F.LABEL_OPTIONAL, ".gatewaytest.blobs.v1.Blobs"),
             ("packed", "packed", _F.TYPE_MESSAGE, _F.LABEL_OPTIONAL, ".google.protobuf.Any"),
         ],
-        start=1,
-    ):
-        field = blobs.field.add(name=name, number=number, type=kind, label=label, json_name=json_name)
-        if type_name:
-            field.type_name = type_name
+    )
     return file
 
 
@@ -422,43 +416,23 @@ def _node_file() -> descriptor_pb2.FileDescriptorProto:
     )
     file.dependency.extend([wrappers_pb2.DESCRIPTOR.name, any_pb2.DESCRIPTOR.name])
     node = file.message_type.add(name="Node")
-    entry = node.nested_type.add(name="ByNameEntry")
-    entry.options.map_entry = True
-    entry.field.add(name="key", number=1, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL, json_name="key")
-    entry.field.add(
-        name="value",
-        number=2,
-        type=_F.TYPE_MESSAGE,
-        type_name=".gatewaytest.tree.v1.Node",
-        label=_F.LABEL_OPTIONAL,
-        json_name="value",
-    )
-    node.oneof_decl.add(name="pick")
     self_type = ".gatewaytest.tree.v1.Node"
-    for number, (name, json_name, kind, label, type_name) in enumerate(
+    add_map_entry(node, "ByNameEntry", _F.TYPE_MESSAGE, self_type)
+    node.oneof_decl.add(name="pick")
+    added = add_fields(
+        node,
         [
             ("name", "name", _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
             ("parent", "parent", _F.TYPE_MESSAGE, _F.LABEL_OPTIONAL, self_type),
             ("children", "children", _F.TYPE_MESSAGE, _F.LABEL_REPEATED, self_type),
-            (
-                "by_name",
-                "byName",
-                _F.TYPE_MESSAGE,
-                _F.LABEL_REPEATED,
-                ".gatewaytest.tree.v1.Node.ByNameEntry",
-            ),
+            ("by_name", "byName", _F.TYPE_MESSAGE, _F.LABEL_REPEATED, f"{self_type}.ByNameEntry"),
             ("chosen", "chosen", _F.TYPE_MESSAGE, _F.LABEL_OPTIONAL, self_type),
             ("label", "label", _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
             ("limit", "limit", _F.TYPE_MESSAGE, _F.LABEL_OPTIONAL, ".google.protobuf.Int32Value"),
             ("packed", "packed", _F.TYPE_MESSAGE, _F.LABEL_OPTIONAL, ".google.protobuf.Any"),
         ],
-        start=1,
-    ):
-        field = node.field.add(name=name, number=number, type=kind, label=label, json_name=json_name)
-        if type_name:
-            field.type_name = type_name
-        if name in ("chosen", "label"):
-            field.oneof_index = 0
+    )
+    added["chosen"].oneof_index = added["label"].oneof_index = 0
     return file
 
 

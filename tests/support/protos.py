@@ -48,3 +48,38 @@ def pooled_message(full_name: str, file: Callable[[], descriptor_pb2.FileDescrip
     except KeyError:
         pool.Add(file())
         return message_factory.GetMessageClass(pool.FindMessageTypeByName(full_name))
+
+
+Field = tuple[str, str, int, int, str]
+"""A field to add: name, JSON name, type, label and (for a message or enum) type name."""
+
+
+def add_fields(
+    message: descriptor_pb2.DescriptorProto, fields: list[Field]
+) -> dict[str, descriptor_pb2.FieldDescriptorProto]:
+    """Add `fields` to `message`, numbered after those it has; the added ones by name."""
+    added = {}
+    for name, json_name, kind, label, type_name in fields:
+        field = message.field.add(
+            name=name, number=len(message.field) + 1, type=kind, label=label, json_name=json_name
+        )
+        if type_name:
+            field.type_name = type_name
+        added[name] = field
+    return added
+
+
+def add_map_entry(
+    message: descriptor_pb2.DescriptorProto, name: str, value_type: int, value_type_name: str = ""
+) -> None:
+    """The nested ``<Name>Entry`` message of a ``map<string, value>`` field of `message`."""
+    entry = message.nested_type.add(name=name)
+    entry.options.map_entry = True
+    optional = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
+    add_fields(
+        entry,
+        [
+            ("key", "key", descriptor_pb2.FieldDescriptorProto.TYPE_STRING, optional, ""),
+            ("value", "value", value_type, optional, value_type_name),
+        ],
+    )
