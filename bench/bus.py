@@ -80,6 +80,7 @@ import sqlalchemy
 from google.protobuf.message import Message
 from sqlalchemy import (
     Column,
+    Connection,
     Engine,
     Integer,
     MetaData,
@@ -91,9 +92,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy import event as sa_event
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
 
 from poly.events.v1.events_pb2 import EventEnvelope, OrderPaid
 from services.kit import bus, clients, config, db, server, tls
@@ -188,13 +187,13 @@ class TimedConsumer(bus.Consumer):
 
     def __init__(
         self,
-        factory: sessionmaker[Session],
+        engine: Engine,
         tables: bus.BusTables,
         handlers: dict[type[Message], bus.EventHandler],
         *,
         watch: Stopwatch,
     ) -> None:
-        super().__init__(factory, tables, handlers)
+        super().__init__(engine, tables, handlers)
         self._watch = watch
 
     def apply(self, envelope: EventEnvelope) -> bus.Outcome:
@@ -278,7 +277,6 @@ class Side:
     """One service's database: the bus tables and the bench's effect table."""
 
     engine: Engine
-    factory: sessionmaker[Session]
     tables: bus.BusTables
     effects: Table
 
@@ -296,16 +294,16 @@ def effect_table(metadata: MetaData) -> Table:
 
 
 def effect_handler(effects: Table, clock: EffectClock) -> bus.EventHandler:
-    def handler(session: Session, payload: Message, envelope: EventEnvelope) -> None:
+    def handler(connection: Connection, payload: Message, envelope: EventEnvelope) -> None:
         if not isinstance(payload, OrderPaid):
             raise TypeError(f"expected OrderPaid, got {type(payload).__name__}")
-        session.execute(
+        connection.execute(
             insert(effects).values(
                 event_id=envelope.id, aggregate_id=envelope.aggregate_id, order=payload.order
             )
         )
         event_id = envelope.id
-        sa_event.listen(session, "after_commit", lambda _committed: clock.mark(event_id), once=True)
+        db.after_commit(connection, lambda: clock.mark(event_id))
 
     return handler
 
@@ -325,7 +323,7 @@ def open_side(url: str, cleanup: contextlib.ExitStack) -> Side:
     engine = db.engine(DatabaseSettings(url=url))
     cleanup.callback(safely, "dispose an engine", engine.dispose)
     metadata.create_all(engine)
-    return Side(engine, db.session_factory(engine), tables, effects)
+    return Side(engine, tables, effects)
 
 
 def _drop_database(admin: Engine, name: str) -> None:
@@ -372,13 +370,13 @@ def wire_embedded(
 
     def sink_server(component: str, side: Side, sink_consumer: bus.Consumer) -> server.RunningServer:
         sink = bus.EventSinkServicer(
-            sink_consumer, side.factory, side.tables, service=component, services=config.SERVICES
+            sink_consumer, side.engine, side.tables, service=component, services=config.SERVICES
         )
         running = server.start(config.load(component, base), [bus.sink_registration(sink)])
         cleanup.callback(safely, f"drain the {component} server", running.drain)
         return running
 
-    publishing = sink_server(PUBLISHER, publisher, bus.Consumer(publisher.factory, publisher.tables, {}))
+    publishing = sink_server(PUBLISHER, publisher, bus.Consumer(publisher.engine, publisher.tables, {}))
     consuming = sink_server(CONSUMER, consumer_side, consumer)
     environ = {
         **base,
@@ -432,18 +430,18 @@ def publish_transaction(
     """Publish one event per number in one transaction; `marks` gets each id's commit time."""
     ids: list[str] = []
 
-    def committed(_session: Session) -> None:
+    def committed() -> None:
         now = time.perf_counter()
         for event_id in ids:
             marks[event_id] = now
 
     started = time.perf_counter()
-    with publisher.factory.begin() as session:
-        sa_event.listen(session, "after_commit", committed, once=True)  # before the outbox's wake-up
+    with db.transaction(publisher.engine) as connection:
+        db.after_commit(connection, committed)  # before the outbox's wake-up
         for number in numbers:
             aggregate = f"{PUBLISHER}/{number % AGGREGATES}"
             envelope = outbox.publish(
-                session, OrderPaid(order=f"{aggregate}#{number}"), aggregate_id=aggregate
+                connection, OrderPaid(order=f"{aggregate}#{number}"), aggregate_id=aggregate
             )
             ids.append(envelope.id)
     watch.add("publish_tx", time.perf_counter() - started)
@@ -513,7 +511,7 @@ def run_scenario(transport: str, database: str, opts: Options, certs: Path, work
         handlers: dict[type[Message], bus.EventHandler] = {
             OrderPaid: effect_handler(consumer_side.effects, clock)
         }
-        consumer = TimedConsumer(consumer_side.factory, consumer_side.tables, handlers, watch=watch)
+        consumer = TimedConsumer(consumer_side.engine, consumer_side.tables, handlers, watch=watch)
         if transport == "embedded":
             sender, routing = wire_embedded(publisher, consumer_side, consumer, certs, directory, cleanup)
         else:

@@ -61,7 +61,7 @@ def _payments(url: str) -> tuple[Payments, Engine]:
     migrations = Path(store.__file__).with_name("migrations")
     engine = db.connect(DatabaseSettings(url=url), migrations=migrations)
     outbox = Outbox(store.BUS, source="payments", routing=consumer_routing())
-    return Payments(store.PaymentsStore(db.session_factory(engine), outbox).transaction), engine
+    return Payments(store.PaymentsStore(engine, outbox).transaction), engine
 
 
 def measure(url: str, histories: list[int], sample: int) -> list[dict[str, float]]:

@@ -17,7 +17,7 @@ from services.kit import app, authn
 
 def wire(context: app.Context[IdentitySettings]) -> app.Parts:
     settings, own = context.settings, context.service_settings
-    auth_store = store.AuthStore(context.sessions, context.outbox)
+    auth_store = store.AuthStore(context.engine, context.outbox)
     try:
         encryption_key = keys.load_key_encryption_key(own.key_encryption_key_file)
         ring = tokens.KeyRing(
@@ -46,7 +46,7 @@ def wire(context: app.Context[IdentitySettings]) -> app.Parts:
     )
     return app.Parts(
         servicer=servicer,
-        handlers=events.handlers(lambda session: store.SqlRepository(session, None)),
+        handlers=events.handlers(lambda connection: store.SqlRepository(connection, None)),
         verifier=verifier,
     )
 

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Callable, Mapping
 
 from google.protobuf.message import Message
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from poly.events.v1 import events_pb2
 from poly.events.v1.events_pb2 import EventEnvelope
@@ -22,13 +22,13 @@ def user_registered(identity: Identity, display_name: str) -> Message:
     return events_pb2.UserRegistered(user=identity.name, email=identity.email, display_name=display_name)
 
 
-def handlers(repository: Callable[[Session], Repository]) -> Mapping[type[Message], EventHandler]:
+def handlers(repository: Callable[[Connection], Repository]) -> Mapping[type[Message], EventHandler]:
     """The handler of each consumed event: exactly the types the contract names auth a
-    consumer of (the node checks it at start), each over the `repository` of its session."""
+    consumer of (the node checks it at start), each over the `repository` of its connection."""
 
-    def user_deleted(session: Session, event: Message, envelope: EventEnvelope) -> None:
+    def user_deleted(connection: Connection, event: Message, envelope: EventEnvelope) -> None:
         assert isinstance(event, events_pb2.UserDeleted)
         user_id = resource_id(event.user, "users", field="user")
-        disable_identity(repository(session), user_id, dt.datetime.now(dt.UTC))
+        disable_identity(repository(connection), user_id, dt.datetime.now(dt.UTC))
 
     return {events_pb2.UserDeleted: user_deleted}

@@ -1,7 +1,8 @@
 """The auth service's own database: SQLAlchemy tables and queries (no other service reads it).
 
-`AuthStore.transaction()` opens one session and one transaction and yields a `SqlRepository`
-(the `domain.Repository` over it); events published inside it join that transaction.
+`AuthStore.transaction()` opens one transaction, with an ORM session over it, and yields a
+`SqlRepository` (the `domain.Repository` over it); events published inside it join that
+transaction.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import uuid
 from collections.abc import Sequence
 
 from sqlalchemy import (
+    Connection,
+    Engine,
     ForeignKey,
     Index,
     LargeBinary,
@@ -25,12 +28,12 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.auth import events, keys
 from services.auth.domain import ACTIVE, Client, Identity, IdentityQuery, RefreshClaim
 from services.kit.bus import BusTables, Outbox, bus_tables
-from services.kit.db import CreatedAt, Id, UtcDateTime, naming_convention, transactions
+from services.kit.db import CreatedAt, Id, UtcDateTime, naming_convention, orm_session, transactions
 from services.kit.sql import insert_if_absent, keyset_page
 
 __all__ = [
@@ -141,10 +144,10 @@ def _client(row: ClientRow) -> Client:
 
 
 class SqlRepository:
-    """`domain.Repository` over one session (one transaction)."""
+    """`domain.Repository` over an ORM session over one transaction's connection."""
 
-    def __init__(self, session: Session, outbox: Outbox | None) -> None:
-        self._session = session
+    def __init__(self, connection: Connection, outbox: Outbox | None) -> None:
+        self._session = orm_session(connection)
         self._outbox = outbox
 
     # -- identities -----------------------------------------------------------------------
@@ -414,5 +417,5 @@ class SqlRepository:
 class AuthStore:
     """Transactions over the auth database, each yielding a `SqlRepository`."""
 
-    def __init__(self, factory: sessionmaker[Session], outbox: Outbox) -> None:
-        self.transaction = transactions(factory, lambda session: SqlRepository(session, outbox))
+    def __init__(self, engine: Engine, outbox: Outbox) -> None:
+        self.transaction = transactions(engine, lambda connection: SqlRepository(connection, outbox))

@@ -334,7 +334,7 @@ def _auth_store(settings: config.Settings) -> tuple[Any, Engine]:
 
     engine = db.connect(settings.db, migrations=_migrations("auth"))
     outbox = bus.Outbox(store.BUS, source="auth", routing=bus.routing(settings.bus))
-    return store.AuthStore(db.session_factory(engine), outbox), engine
+    return store.AuthStore(engine, outbox), engine
 
 
 def _open_auth(command: str) -> tuple[config.Settings, IdentitySettings, Any, Engine] | int:

@@ -20,8 +20,8 @@ from typing import Any, Generic, TypeVar
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 
 from services.kit import authn, authz, bus, clients, config, db, server, telemetry
 from services.kit.bus import BusTables, EventHandler, Outbox
@@ -42,7 +42,8 @@ class Context(Generic[_S]):
     """The kit's settings: server, TLS, database, bus, accepted tokens, telemetry."""
     service_settings: _S
     """The service's own, as its `Service.settings` read them."""
-    sessions: sessionmaker[Session]
+    engine: Engine
+    """The service's database (`kit.db.transactions` opens the transactions of its store)."""
     outbox: Outbox
     """Where the service publishes: a row in the transaction of the change that publishes."""
     channels: clients.Channels
@@ -99,7 +100,7 @@ def run(service: Service[_S]) -> None:
 
         def handlers(outbox: Outbox) -> Mapping[type[Message], EventHandler]:
             # The node makes the outbox; the parts publish through it, so they are built here.
-            context = Context(settings, own, db.session_factory(engine), outbox, channels)
+            context = Context(settings, own, engine, outbox, channels)
             wired.append(service.wire(context))
             return wired[0].handlers
 

@@ -2,8 +2,9 @@
 
 SQLite (a file under the state directory) is the default; any SQLAlchemy URL works, and a
 plain ``postgresql://`` URL is given the psycopg 3 driver. Access is synchronous, to fit the
-thread-pool server: each RPC opens one session and one transaction (`transaction`); a
-store hands its domain `transactions(factory, repository)`, each yielding a repository.
+thread-pool server: each RPC opens one connection and one transaction (`transaction`; an
+`orm_session` over it where a store maps rows to objects); a store hands its domain
+`transactions(engine, repository)`, each yielding a repository.
 Calls to read methods (Get, List, Watch: `call_middleware`, declared once by the method's
 AIP kind) run read-only transactions: no write lock on SQLite, ``READ ONLY`` on PostgreSQL;
 a call's deadline bounds the retries of a transaction that cannot start, and what cannot
@@ -51,7 +52,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.orm import Session, SessionTransaction, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
 
@@ -69,6 +70,7 @@ __all__ = [
     "CreatedAt",
     "pool_gauges",
     "DatabaseError",
+    "Executor",
     "CurrencyCode",
     "Id",
     "MinorUnits",
@@ -79,15 +81,16 @@ __all__ = [
     "after_rollback",
     "connect",
     "connect_or_exit",
+    "connection_of",
     "downgrade",
     "engine",
     "generate_revision",
     "migrate",
     "naming_convention",
+    "orm_session",
     "call_middleware",
     "reading",
     "run_migrations_env",
-    "session_factory",
     "transaction",
     "transactions",
 ]
@@ -229,10 +232,6 @@ def engine(settings: DatabaseSettings, *, busy_timeout_seconds: float = 5.0) -> 
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
-def session_factory(bound: Engine) -> sessionmaker[Session]:
-    return sessionmaker(bound, expire_on_commit=False)
-
-
 _READ_ONLY_OPTIONS = {_READ_ONLY: True, "postgresql_readonly": True}
 
 _CONTENDED_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
@@ -262,10 +261,8 @@ def _busy(error: Exception) -> Unavailable:
     return Unavailable("DATABASE_BUSY", "the database is busy; try again", retry_after_seconds=1.0)
 
 
-def _begin(
-    factory: sessionmaker[Session], *, attempts: int, within_seconds: float
-) -> tuple[Session, SessionTransaction]:
-    """A session whose transaction has started (on SQLite: holds the write lock)."""
+def _begin(bound: Engine, *, attempts: int, within_seconds: float) -> Connection:
+    """A connection whose transaction has started (on SQLite: holds the write lock)."""
     started = time.monotonic()
     deadline = _DEADLINE.get()
     if deadline is not None:  # the call's deadline bounds the retries too
@@ -273,14 +270,17 @@ def _begin(
     attempt = 0
     while True:
         attempt += 1
-        session = factory()
+        connection: Connection | None = None
         try:
-            begun = session.begin()
+            connection = bound.connect()
+            if _READING.get():
+                connection.execution_options(**_READ_ONLY_OPTIONS)
             # BEGIN now, before the caller's code runs, so it can be retried.
-            session.connection(execution_options=_READ_ONLY_OPTIONS if _READING.get() else None)
-            return session, begun
+            connection.begin()
+            return connection
         except (DBAPIError, PoolTimeout) as error:
-            session.close()
+            if connection is not None:
+                connection.close()
             if not _contended(error):
                 raise
             delay = backoff_seconds(attempt, base=_RETRY_BASE_SECONDS, maximum=_RETRY_MAX_SECONDS)
@@ -288,93 +288,128 @@ def _begin(
                 raise _busy(error) from error
             time.sleep(delay)
         except BaseException:
-            session.close()
+            if connection is not None:
+                connection.close()
             raise
 
 
-@contextmanager
-def transaction(
-    factory: sessionmaker[Session], *, attempts: int = 3, within_seconds: float = 10.0
-) -> Iterator[Session]:
-    """One session, one transaction: committed on success, rolled back on any exception.
+class _Noted:
+    """What the code of one transaction asked to run around its end (`after_commit`,
+    `after_rollback`, and the flush of each `orm_session` over it)."""
 
-    The transaction starts before the body runs; if the database is contended then, the start
-    is tried up to `attempts` times, a new attempt only within `within_seconds` of the first.
-    Contention past that, or inside the body or its commit (which cannot be re-run from
-    here), raises `Unavailable` (``DATABASE_BUSY``).
+    __slots__ = ("before_commit", "on_commit", "on_rollback")
+
+    def __init__(self) -> None:
+        self.before_commit: list[Callable[[], None]] = []
+        self.on_commit: list[Callable[[], None]] = []
+        self.on_rollback: list[Callable[[], None]] = []
+
+
+_NOTED = "poly_noted"
+
+
+@contextmanager
+def transaction(bound: Engine, *, attempts: int = 3, within_seconds: float = 10.0) -> Iterator[Connection]:
+    """One connection, one transaction: committed on success, rolled back on any exception.
+
+    The unit of work is a Core `Connection`, not an ORM `Session`: statements run on it
+    directly, at about three quarters of the Session's cost per call; a store that maps rows
+    to objects opens an `orm_session` over it. The transaction starts before the body runs;
+    if the database is contended then, the start is tried up to `attempts` times, a new
+    attempt only within `within_seconds` of the first. Contention past that, or inside the
+    body or its commit (which cannot be re-run from here), raises `Unavailable`
+    (``DATABASE_BUSY``).
     """
-    session, begun = _begin(factory, attempts=max(1, attempts), within_seconds=within_seconds)
+    connection = _begin(bound, attempts=max(1, attempts), within_seconds=within_seconds)
+    # Kept in the connection's info for `after_commit` to find, and always taken out again:
+    # that info outlives this checkout of the pooled connection.
+    noted = connection.info[_NOTED] = _Noted()
     try:
-        with session, begun:
-            yield session
+        try:
+            yield connection
+            for flush in noted.before_commit:
+                flush()
+            connection.commit()
+        except BaseException:
+            try:
+                connection.rollback()
+            finally:
+                for callback in noted.on_rollback:
+                    callback()
+            raise
     except (DBAPIError, PoolTimeout) as error:
         if not _contended(error):
             raise
         raise _busy(error) from error
+    finally:
+        del connection.info[_NOTED]
+        connection.close()
+    for callback in noted.on_commit:
+        callback()
 
 
 def transactions(
-    factory: sessionmaker[Session],
-    repository: Callable[[Session], _R],
+    bound: Engine,
+    repository: Callable[[Connection], _R],
     *,
     attempts: int = 3,
     within_seconds: float = 10.0,
 ) -> Callable[[], AbstractContextManager[_R]]:
     """What a store hands its domain: each call opens one `transaction` and yields
-    ``repository(session)`` over it (events published through it join that transaction)."""
+    ``repository(connection)`` over it (events published through it join that transaction)."""
 
     @contextmanager
     def opened() -> Iterator[_R]:
-        with transaction(factory, attempts=attempts, within_seconds=within_seconds) as session:
-            yield repository(session)
+        with transaction(bound, attempts=attempts, within_seconds=within_seconds) as connection:
+            yield repository(connection)
 
     return opened
 
 
-_ON_COMMIT, _ON_ROLLBACK = "poly_on_commit", "poly_on_rollback"
+def orm_session(connection: Connection) -> Session:
+    """An ORM session over the `transaction` `connection` is in, for a store that maps rows to
+    objects: what it holds is flushed before that transaction commits, and it never commits
+    or ends the transaction itself."""
+    noted = _noted(connection)
+    session = Session(bind=connection, expire_on_commit=False, join_transaction_mode="rollback_only")
+    noted.before_commit.append(session.flush)
+    noted.on_commit.append(session.close)
+    noted.on_rollback.append(session.close)
+    return session
 
 
-def after_commit(session: Session, callback: Callable[[], None]) -> None:
-    """Run `callback` once the transaction of `session` commits; never if it rolls back.
+Executor = Session | Connection
+"""What the code of a transaction runs statements on: its `Connection`, or an `orm_session`."""
+
+
+def connection_of(executor: Executor) -> Connection:
+    """The connection `executor`'s statements run on (pending ORM changes flushed first, as
+    an ORM statement would, so a Core statement after them sees them)."""
+    if isinstance(executor, Connection):
+        return executor
+    if executor.new or executor.dirty or executor.deleted:
+        executor.flush()
+    return executor.connection()
+
+
+def after_commit(executor: Executor, callback: Callable[[], None]) -> None:
+    """Run `callback` once the `transaction` `executor` is in commits; never if it rolls back.
 
     For work that must only follow a durable change: waking a worker for a row just written,
     telling watchers of a changed resource. Callbacks run in the order they were given."""
-    _queue(session, _ON_COMMIT, callback)
+    _noted(connection_of(executor)).on_commit.append(callback)
 
 
-def after_rollback(session: Session, callback: Callable[[], None]) -> None:
-    """Run `callback` if the transaction of `session` rolls back (forgetting what it noted)."""
-    _queue(session, _ON_ROLLBACK, callback)
+def after_rollback(executor: Executor, callback: Callable[[], None]) -> None:
+    """Run `callback` if the `transaction` `executor` is in rolls back (forgetting what it noted)."""
+    _noted(connection_of(executor)).on_rollback.append(callback)
 
 
-def _queue(session: Session, key: str, callback: Callable[[], None]) -> None:
-    # Queued in the session's info and run by one listener on every Session: a listener of
-    # its own per callback cost 23 µs to register, a third of an empty transaction.
-    _listening()
-    queued = session.info.get(key)
-    if queued is None:
-        session.info[key] = [callback]
-    else:
-        queued.append(callback)
-
-
-@functools.cache
-def _listening() -> None:
-    """Listen for every Session's commits and rollbacks (once per process, when first needed)."""
-    event.listen(Session, "after_commit", _committed)
-    event.listen(Session, "after_rollback", _rolled_back)
-
-
-def _committed(session: Session) -> None:
-    session.info.pop(_ON_ROLLBACK, None)
-    for callback in session.info.pop(_ON_COMMIT, ()):
-        callback()
-
-
-def _rolled_back(session: Session) -> None:
-    session.info.pop(_ON_COMMIT, None)
-    for callback in session.info.pop(_ON_ROLLBACK, ()):
-        callback()
+def _noted(connection: Connection) -> _Noted:
+    noted: _Noted | None = connection.info.get(_NOTED)
+    if noted is None:
+        raise RuntimeError("not inside a kit.db transaction: open one with kit.db.transaction")
+    return noted
 
 
 class DatabaseError(RuntimeError):

@@ -23,7 +23,6 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Connection,
     FromClause,
     Integer,
     Select,
@@ -32,8 +31,8 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.orm import Session
 
+from services.kit.db import Executor, connection_of
 from services.kit.sql import SqlColumn
 
 __all__ = ["Claim", "Queue"]
@@ -87,27 +86,20 @@ class Queue:
         """By whether the database skips locked rows (PostgreSQL)."""
         self._width = len(keys)
         chosen = keys[0] if self._width == 1 else tuple_(*keys)
-        take = (
-            update(target)
-            .where(chosen.in_(bindparam("claim_keys", expanding=True)), free)
-            .values(lease)
-            .execution_options(synchronize_session=False)
-        )
+        take = update(target).where(chosen.in_(bindparam("claim_keys", expanding=True)), free).values(lease)
         self._take = take.returning(*returning) if returning else take
         self._returning = bool(returning)
 
-    def claim(
-        self, executor: Session | Connection, limit: int, params: Mapping[str, object] | None = None
-    ) -> Claim:
+    def claim(self, executor: Executor, limit: int, params: Mapping[str, object] | None = None) -> Claim:
         """Take up to `limit` free rows, inside the caller's transaction."""
-        bind = executor.get_bind() if isinstance(executor, Session) else executor
+        connection = connection_of(executor)
         bound = {**(params or {}), "claim_limit": limit}
-        found = executor.execute(self._due[bind.dialect.name == "postgresql"], bound).all()
+        found = connection.execute(self._due[connection.dialect.name == "postgresql"], bound).all()
         if not found:
             return Claim([], [])
         width = self._width
         bound["claim_keys"] = (
             [row[0] for row in found] if width == 1 else [tuple(row[:width]) for row in found]
         )
-        taken = executor.execute(self._take, bound)
+        taken = connection.execute(self._take, bound)
         return Claim(found, taken.all() if self._returning else [])

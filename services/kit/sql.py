@@ -15,10 +15,11 @@ from typing import Any, TypeAlias, TypeVar
 
 from sqlalchemy import BindParameter, ColumnElement, DateTime, Executable, Select, Table, literal, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import DeclarativeBase, QueryableAttribute, Session
+from sqlalchemy.orm import DeclarativeBase, QueryableAttribute
 from sqlalchemy.types import TypeDecorator
 
 from services.kit import paging
+from services.kit.db import Executor, connection_of
 from services.kit.filters import Term
 
 __all__ = ["SqlColumn", "filter_conditions", "if_absent", "insert_if_absent", "keyset_page", "typed_literal"]
@@ -126,7 +127,7 @@ def keyset_page(
     return statement.order_by(*ordering).limit(limit)
 
 
-def insert_if_absent(session: Session, entity: type[DeclarativeBase], values: Mapping[str, object]) -> bool:
+def insert_if_absent(executor: Executor, entity: type[DeclarativeBase], values: Mapping[str, object]) -> bool:
     """Insert one row of `entity` from `values`, unless a unique constraint (the primary key
     included) already holds a row like it; True when this call inserted it.
 
@@ -140,12 +141,11 @@ def insert_if_absent(session: Session, entity: type[DeclarativeBase], values: Ma
     table = entity.__table__
     if not isinstance(table, Table):
         raise TypeError(f"{entity.__name__} is not mapped to one table")
-    statement = if_absent(table, session.get_bind().dialect.name)
-    if session.new or session.dirty or session.deleted:
-        session.flush()  # what an ORM statement would do; a Core one does not
+    connection = connection_of(executor)  # pending ORM objects flushed first
+    statement = if_absent(table, connection.dialect.name)
     # A Core insert on the table with the values as parameters: four times cheaper than the
     # ORM's bulk-insert path for one row, and the statement is compiled once.
-    return session.execute(statement, dict(values)).first() is not None
+    return connection.execute(statement, dict(values)).first() is not None
 
 
 def if_absent(table: Table, dialect: str) -> Executable:

@@ -13,7 +13,7 @@ from services.notifications.service import NotificationsServicer
 
 def wire(context: app.Context[notifications_settings.NotificationsSettings]) -> app.Parts:
     settings = context.service_settings
-    transaction = store.NotificationsStore(context.sessions, context.outbox).transaction
+    transaction = store.NotificationsStore(context.engine, context.outbox).transaction
     use_cases = domain.Notifications(
         transaction, addresses.url_policy(allow_private=settings.webhook_allow_private)
     )
@@ -30,7 +30,7 @@ def wire(context: app.Context[notifications_settings.NotificationsSettings]) -> 
         # Each recorded event is taken by this dispatcher and handed to it on commit: it
         # delivers it in the event's trace, with no claim.
         handlers=events.handlers(
-            lambda session: store.SqlRepository(session, context.outbox),
+            lambda connection: store.SqlRepository(connection, context.outbox),
             lease=dispatcher.lease,
             on_commit=dispatcher.take,
         ),

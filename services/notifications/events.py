@@ -17,7 +17,7 @@ from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from poly.events.v1 import events_pb2
 from poly.events.v1.events_pb2 import EventEnvelope
@@ -96,7 +96,7 @@ def contact(changed: events_pb2.ContactChanged) -> Contact:
 
 
 def handlers(
-    repository: Callable[[Session], Repository],
+    repository: Callable[[Connection], Repository],
     *,
     lease: Callable[[], Lease | None] | None = None,
     on_commit: Callable[[Notification], None] = lambda notification: None,
@@ -107,7 +107,7 @@ def handlers(
     transaction commits (the dispatcher resolves it at once, in the event's trace, with no
     claim); when `lease` gives None, it is recorded free, for a claim."""
 
-    def record(session: Session, payload: Message, envelope: EventEnvelope) -> None:
+    def record(connection: Connection, payload: Message, envelope: EventEnvelope) -> None:
         recipient, values = template_values(payload)
         notification = Notification(
             event_id=envelope.id,
@@ -118,14 +118,14 @@ def handlers(
             occur_time=envelope.occur_time.ToDatetime(dt.UTC) if envelope.HasField("occur_time") else _now(),
         )
         taken = lease() if lease is not None else None
-        recorded = record_notification(repository(session), notification, _now(), taken)
+        recorded = record_notification(repository(connection), notification, _now(), taken)
         if recorded is not None and taken is not None:  # untaken, it waits for a claim
-            after_commit(session, lambda: on_commit(recorded))
+            after_commit(connection, lambda: on_commit(recorded))
 
-    def contact_changed(session: Session, payload: Message, envelope: EventEnvelope) -> None:
+    def contact_changed(connection: Connection, payload: Message, envelope: EventEnvelope) -> None:
         assert isinstance(payload, events_pb2.ContactChanged)
         # The event's position orders the user's changes: an older one delivered late loses.
-        repository(session).record_contact(contact(payload), envelope.sequence, _now())
+        repository(connection).record_contact(contact(payload), envelope.sequence, _now())
 
     return {
         events_pb2.ContactChanged: contact_changed,

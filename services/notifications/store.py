@@ -1,6 +1,6 @@
 """The notifications service's own database: SQLAlchemy tables and queries (no other service reads it).
 
-`NotificationsStore.transaction()` opens one session and one transaction and yields a
+`NotificationsStore.transaction()` opens one connection and one transaction and yields a
 `SqlRepository` (the `domain.Repository` over it); events published inside it join that
 transaction. Work is claimed with conditional UPDATEs (``FOR UPDATE SKIP LOCKED`` on
 PostgreSQL), so two dispatchers never hold the same row.
@@ -11,12 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
     Column,
     ColumnElement,
+    Connection,
+    Engine,
     Index,
     MetaData,
     Row,
@@ -36,9 +38,7 @@ from sqlalchemy.orm import (
     DeclarativeBase,
     InstrumentedAttribute,
     Mapped,
-    Session,
     mapped_column,
-    sessionmaker,
 )
 
 from services.kit import leases
@@ -186,7 +186,7 @@ class DeliveryRow(Base):
     update_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
 
 
-def _notification(row: NotificationRow) -> Notification:
+def _notification(row: Any) -> Notification:
     return Notification(
         row.event_id,
         row.event_type,
@@ -210,11 +210,11 @@ def _contact(row: Row[Any]) -> Contact:
     )
 
 
-def _template(row: TemplateRow | Row[Any]) -> Template:
+def _template(row: Row[Any]) -> Template:
     return Template(row.id, row.event_type, row.subject, row.body_text, row.body_html, row.update_time)
 
 
-def _webhook(row: WebhookRow | Row[Any]) -> Webhook:
+def _webhook(row: Row[Any]) -> Webhook:
     return Webhook(row.id, row.owner, row.url, tuple(row.event_types.split()), row.create_time)
 
 
@@ -259,7 +259,7 @@ def _queue(model: type[NotificationRow] | type[DeliveryRow], key: InstrumentedAt
             model.attempts: model.attempts + 1,
         },
         seen=[model.lease_until],
-        returning=[model],
+        returning=list(cast(Table, model.__table__).c),
     )
 
 
@@ -270,24 +270,21 @@ _QUEUES = {
 """Built once: the statements cost more to build than to run (a claim binds its time and lease)."""
 
 
-_Leased = TypeVar("_Leased", NotificationRow, DeliveryRow)
-
-
 def _claim(
-    session: Session,
-    model: type[_Leased],
+    connection: Connection,
+    model: type[NotificationRow] | type[DeliveryRow],
     *,
     now: dt.datetime,
     lease_until: dt.datetime,
     owner: str,
     limit: int,
-) -> tuple[list[_Leased], set[str]]:
+) -> tuple[Sequence[Any], set[str]]:
     """Lease up to `limit` free rows of `model` (oldest due first) to `owner`, attempts + 1;
     with the keys of those whose previous lease expired (an outcome always clears the lease)."""
     claimed = _QUEUES[model].claim(
-        session, limit, {"claim_now": now, "claim_until": lease_until, "claim_owner": owner}
+        connection, limit, {"claim_now": now, "claim_until": lease_until, "claim_owner": owner}
     )
-    return [row[0] for row in claimed.taken], {row[0] for row in claimed.found if row[1] is not None}
+    return claimed.taken, {row[0] for row in claimed.found if row[1] is not None}
 
 
 def _leased(lease: Lease | None) -> dict[str, object]:
@@ -353,10 +350,10 @@ _DELIVERY_COLUMNS = {
 
 
 class SqlRepository:
-    """`domain.Repository` over one session (one transaction)."""
+    """`domain.Repository` over one connection (one transaction)."""
 
-    def __init__(self, session: Session, outbox: Outbox | None) -> None:
-        self._session = session
+    def __init__(self, connection: Connection, outbox: Outbox | None) -> None:
+        self._connection = connection
         self._outbox = outbox
 
     # -- notifications --------------------------------------------------------------------
@@ -379,13 +376,13 @@ class SqlRepository:
             "update_time": now,
             **_leased(lease),
         }
-        return insert_if_absent(self._session, NotificationRow, values)
+        return insert_if_absent(self._connection, NotificationRow, values)
 
     def claim_notifications(
         self, now: dt.datetime, lease_until: dt.datetime, owner: str, limit: int
     ) -> list[Notification]:
         claimed, _ = _claim(
-            self._session,
+            self._connection,
             NotificationRow,
             now=now,
             lease_until=lease_until,
@@ -404,7 +401,7 @@ class SqlRepository:
         next_time: dt.datetime | None,
         now: dt.datetime,
     ) -> bool:
-        settled = self._session.execute(
+        settled = self._connection.execute(
             _SETTLE_NOTIFICATION,
             {
                 "settled_id": event_id,
@@ -420,7 +417,7 @@ class SqlRepository:
     # -- contacts -------------------------------------------------------------------------
 
     def contact(self, recipient: str) -> Contact | None:
-        row = self._session.execute(_CONTACT, {"contact_recipient": recipient}).first()
+        row = self._connection.execute(_CONTACT, {"contact_recipient": recipient}).first()
         return None if row is None else _contact(row)
 
     def record_contact(self, contact: Contact, version: int, now: dt.datetime) -> None:
@@ -438,7 +435,7 @@ class SqlRepository:
         newer = {f"new_{name}": value for name, value in values.items()}
         if version and self._replaced(newer):
             return
-        if insert_if_absent(self._session, ContactRow, values):
+        if insert_if_absent(self._connection, ContactRow, values):
             return
         # Another transaction inserted it between the two statements (PostgreSQL): this one
         # still wins if it is the later version.
@@ -446,12 +443,12 @@ class SqlRepository:
             self._replaced(newer)
 
     def _replaced(self, newer: Mapping[str, object]) -> bool:
-        return bool(getattr(self._session.execute(_NEWER_CONTACT, newer), "rowcount", 0))
+        return bool(getattr(self._connection.execute(_NEWER_CONTACT, newer), "rowcount", 0))
 
     # -- templates ------------------------------------------------------------------------
 
     def ensure_templates(self, defaults: Sequence[Template]) -> None:
-        existing = set(self._session.scalars(select(TemplateRow.id)))
+        existing = set(self._connection.scalars(select(TemplateRow.id)))
         for template in (t for t in defaults if t.id not in existing):
             values = {
                 "id": template.id,
@@ -461,19 +458,19 @@ class SqlRepository:
                 "body_html": template.body_html,
                 "update_time": template.update_time,
             }
-            insert_if_absent(self._session, TemplateRow, values)
+            insert_if_absent(self._connection, TemplateRow, values)
 
     def template(self, template_id: str) -> Template | None:
-        row = self._session.execute(_TEMPLATE, {"template_id": template_id}).first()
+        row = self._connection.execute(_TEMPLATE, {"template_id": template_id}).first()
         return None if row is None else _template(row)
 
     def list_templates(self, after: str | None, limit: int) -> list[Template]:
         position = None if after is None else [after]
-        statement = keyset_page(select(TemplateRow), (TemplateRow.id,), after=position, limit=limit)
-        return [_template(row) for row in self._session.scalars(statement)]
+        statement = keyset_page(select(_TEMPLATES), (TemplateRow.id,), after=position, limit=limit)
+        return [_template(row) for row in self._connection.execute(statement)]
 
     def save_template(self, template: Template) -> None:
-        self._session.execute(
+        self._connection.execute(
             update(TemplateRow)
             .where(TemplateRow.id == template.id)
             .values(
@@ -487,8 +484,8 @@ class SqlRepository:
     # -- webhooks -------------------------------------------------------------------------
 
     def reserve_webhook_slot(self, owner: str, limit: int) -> bool:
-        insert_if_absent(self._session, WebhookQuotaRow, {"owner": owner, "used": 0})
-        reserved = self._session.execute(
+        insert_if_absent(self._connection, WebhookQuotaRow, {"owner": owner, "used": 0})
+        reserved = self._connection.execute(
             update(WebhookQuotaRow)
             .where(WebhookQuotaRow.owner == owner, WebhookQuotaRow.used < limit)
             .values(used=WebhookQuotaRow.used + 1)
@@ -496,7 +493,7 @@ class SqlRepository:
         return bool(getattr(reserved, "rowcount", 0))
 
     def release_webhook_slot(self, owner: str) -> None:
-        self._session.execute(
+        self._connection.execute(
             update(WebhookQuotaRow)
             .where(WebhookQuotaRow.owner == owner, WebhookQuotaRow.used > 0)
             .values(used=WebhookQuotaRow.used - 1)
@@ -513,35 +510,35 @@ class SqlRepository:
             "request_hash": request_hash,
             "create_time": webhook.create_time,
         }
-        return insert_if_absent(self._session, WebhookRow, values)
+        return insert_if_absent(self._connection, WebhookRow, values)
 
     def webhook_by_request(self, owner: str, request_id: str) -> tuple[Webhook, str, str] | None:
-        row = self._session.scalar(
-            select(WebhookRow).where(WebhookRow.owner == owner, WebhookRow.request_id == request_id)
-        )
+        row = self._connection.execute(
+            select(_WEBHOOKS).where(WebhookRow.owner == owner, WebhookRow.request_id == request_id)
+        ).first()
         return None if row is None else (_webhook(row), row.secret, row.request_hash)
 
     def webhook(self, webhook_id: str) -> Webhook | None:
-        row = self._session.get(WebhookRow, webhook_id)
+        row = self._connection.execute(select(_WEBHOOKS).where(WebhookRow.id == webhook_id)).first()
         return None if row is None else _webhook(row)
 
     def webhooks_of(self, owner: str) -> list[Webhook]:
-        return [_webhook(row) for row in self._session.execute(_WEBHOOKS_OF, {"webhook_owner": owner})]
+        return [_webhook(row) for row in self._connection.execute(_WEBHOOKS_OF, {"webhook_owner": owner})]
 
     def list_webhooks(self, owner: str | None, after: Sequence[str] | None, limit: int) -> list[Webhook]:
-        statement = select(WebhookRow)
+        statement = select(_WEBHOOKS)
         if owner is not None:
             statement = statement.where(WebhookRow.owner == owner)
         statement = keyset_page(
             statement, (WebhookRow.create_time, WebhookRow.id), after=after, descending=True, limit=limit
         )
-        return [_webhook(row) for row in self._session.scalars(statement)]
+        return [_webhook(row) for row in self._connection.execute(statement)]
 
     def delete_webhook(self, webhook_id: str, now: dt.datetime) -> bool:
-        deleted = self._session.execute(delete(WebhookRow).where(WebhookRow.id == webhook_id))
+        deleted = self._connection.execute(delete(WebhookRow).where(WebhookRow.id == webhook_id))
         if not getattr(deleted, "rowcount", 0):
             return False
-        self._session.execute(
+        self._connection.execute(
             update(DeliveryRow)
             .where(DeliveryRow.webhook == f"webhooks/{webhook_id}", DeliveryRow.state == PENDING)
             .values(state=SKIPPED, last_error="webhook deleted", lease_owner=None, update_time=now)
@@ -571,29 +568,29 @@ class SqlRepository:
             "update_time": delivery.update_time,
             **_leased(lease),
         }
-        return insert_if_absent(self._session, DeliveryRow, values)
+        return insert_if_absent(self._connection, DeliveryRow, values)
 
     def delivery(self, delivery_id: str) -> Delivery | None:
-        row = self._session.get(DeliveryRow, delivery_id)
+        row = self._connection.execute(select(_DELIVERIES).where(DeliveryRow.id == delivery_id)).first()
         return None if row is None else _delivery(row)
 
     def list_deliveries(
         self, query: DeliveryQuery, after: Sequence[str] | None, limit: int
     ) -> list[Delivery]:
-        statement = select(DeliveryRow).where(*filter_conditions(query.terms, _DELIVERY_COLUMNS))
+        statement = select(_DELIVERIES).where(*filter_conditions(query.terms, _DELIVERY_COLUMNS))
         if query.recipient is not None:
             statement = statement.where(DeliveryRow.recipient == query.recipient)
         column = DeliveryRow.update_time if query.order.field == "update_time" else DeliveryRow.create_time
         statement = keyset_page(
             statement, (column, DeliveryRow.id), after=after, descending=query.order.descending, limit=limit
         )
-        return [_delivery(row) for row in self._session.scalars(statement)]
+        return [_delivery(row) for row in self._connection.execute(statement)]
 
     def claim_deliveries(
         self, now: dt.datetime, lease_until: dt.datetime, owner: str, limit: int
     ) -> list[Outgoing]:
         claimed, expired = _claim(
-            self._session,
+            self._connection,
             DeliveryRow,
             now=now,
             lease_until=lease_until,
@@ -601,7 +598,7 @@ class SqlRepository:
             limit=limit,
         )
         hooks = [row.webhook.removeprefix("webhooks/") for row in claimed if row.channel != EMAIL]
-        found = self._session.execute(
+        found = self._connection.execute(
             select(WebhookRow.id, WebhookRow.secret).where(WebhookRow.id.in_(hooks))
         )
         secrets = {hook_id: secret for hook_id, secret in found}
@@ -635,17 +632,17 @@ class SqlRepository:
         }
         # A success keeps the last failure's error: it says what the earlier attempts met.
         statement = _SETTLE_DELIVERY_WITH_ERROR if error else _SETTLE_DELIVERY
-        settled = self._session.execute(statement, params).first()
+        settled = self._connection.execute(statement, params).first()
         return None if settled is None else _delivery(settled)
 
     def publish_outcome(self, delivery: Delivery) -> None:
         if self._outbox is None:
             raise RuntimeError("this repository was opened without an outbox and cannot publish")
-        self._outbox.publish(self._session, events.delivery_outcome(delivery), aggregate_id=delivery.name)
+        self._outbox.publish(self._connection, events.delivery_outcome(delivery), aggregate_id=delivery.name)
 
 
 class NotificationsStore:
     """Transactions over the notifications database, each yielding a `SqlRepository`."""
 
-    def __init__(self, factory: sessionmaker[Session], outbox: Outbox | None) -> None:
-        self.transaction = transactions(factory, lambda session: SqlRepository(session, outbox))
+    def __init__(self, engine: Engine, outbox: Outbox | None) -> None:
+        self.transaction = transactions(engine, lambda connection: SqlRepository(connection, outbox))

@@ -11,7 +11,7 @@ from services.orders.service import OrdersServicer
 
 def wire(context: app.Context[None]) -> app.Parts:
     hub = watch.ChangeHub()
-    orders = Orders(store.OrdersStore(context.sessions, context.outbox, hub.notify).transaction)
+    orders = Orders(store.OrdersStore(context.engine, context.outbox, hub.notify).transaction)
     # The saga's payment step: each new order is handed to the worker, which asks payments.
     payment_worker = payment.PaymentWorker(orders, payment.GrpcPayments(context.channels))
     orders.hand_over = payment_worker

@@ -1,6 +1,6 @@
 """The orders service's own database: SQLAlchemy tables and queries (no other service reads it).
 
-`OrdersStore.transaction()` opens one session and one transaction and yields a
+`OrdersStore.transaction()` opens one connection and one transaction and yields a
 `SqlRepository` (the `domain.Repository` over it); events published inside it join that
 transaction. Orders saved in a transaction are reported to `on_change` after it commits
 (the change hub hands them to the order's watchers).
@@ -9,10 +9,12 @@ transaction. Orders saved in a transaction are reported to `on_change` after it 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, cast
 
 from sqlalchemy import (
+    Connection,
+    Engine,
     ForeignKey,
     Index,
     MetaData,
@@ -28,10 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
-    Session,
     mapped_column,
     relationship,
-    sessionmaker,
 )
 
 from services.kit import leases
@@ -112,33 +112,6 @@ class OrderRequestRow(Base):
     create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
 
 
-def _order(row: OrderRow) -> Order:
-    lines = tuple(
-        Line(
-            line.sku,
-            line.quantity,
-            Money(row.currency, line.unit_price_minor),
-            Money(row.currency, line.total_minor),
-        )
-        for line in row.lines
-    )
-    return Order(
-        id=row.id,
-        owner=row.owner,
-        lines=lines,
-        total=Money(row.currency, row.total_minor),
-        state=row.state,
-        create_time=row.create_time,
-        update_time=row.update_time,
-        version=row.version,
-        payment=row.payment,
-        failure_reason=row.failure_reason,
-        cancel_reason=row.cancel_reason,
-        next_payment_at=row.next_payment_at,
-        payment_attempts=row.payment_attempts,
-    )
-
-
 _ORDERS, _LINES = cast(Table, OrderRow.__table__), cast(Table, OrderLineRow.__table__)
 _ORDER_WITH_LINES = (
     select(
@@ -151,6 +124,21 @@ _ORDER_WITH_LINES = (
     .outerjoin(_LINES, _LINES.c.order_id == _ORDERS.c.id)
     .where(_ORDERS.c.id == bindparam("order_id"))
     .order_by(_LINES.c.position)
+)
+_LINES_OF = (
+    select(
+        _LINES.c.order_id,
+        _LINES.c.sku,
+        _LINES.c.quantity,
+        _LINES.c.unit_price_minor,
+        _LINES.c.total_minor.label("line_total_minor"),
+    )
+    .where(_LINES.c.order_id.in_(bindparam("order_ids", expanding=True)))
+    .order_by(_LINES.c.order_id, _LINES.c.position)
+)
+"""The lines of a page of orders, in one query (as `_ORDER_WITH_LINES` has them)."""
+_REQUEST = select(cast(Table, OrderRequestRow.__table__)).where(
+    OrderRequestRow.owner == bindparam("request_owner"), OrderRequestRow.request_id == bindparam("request_id")
 )
 
 
@@ -176,9 +164,12 @@ _SAVE = (
 def _order_of_rows(rows: Sequence[Row[Any]]) -> Order | None:
     """The order read by `_ORDER_WITH_LINES`: one row per line (one with no line data for an
     order without lines); None for no rows."""
-    if not rows:
-        return None
-    head = rows[0]
+    return _order(rows[0], rows) if rows else None
+
+
+def _order(head: Any, rows: Iterable[Any]) -> Order:
+    """An order from its row and its lines' rows (``sku``, ``quantity``, ``unit_price_minor``,
+    ``line_total_minor``; a row without a ``sku`` is no line)."""
     currency = head.currency
     lines = tuple(
         Line(
@@ -238,10 +229,12 @@ _PAYMENTS_DUE = leases.Queue(
 
 
 class SqlRepository:
-    """`domain.Repository` over one session (one transaction)."""
+    """`domain.Repository` over one connection (one transaction)."""
 
-    def __init__(self, session: Session, outbox: Outbox | None, on_change: OnChange | None = None) -> None:
-        self._session = session
+    def __init__(
+        self, connection: Connection, outbox: Outbox | None, on_change: OnChange | None = None
+    ) -> None:
+        self._connection = connection
         self._outbox = outbox
         self._on_change = on_change
 
@@ -253,16 +246,17 @@ class SqlRepository:
             "order_id": key.order_id,
             "create_time": dt.datetime.now(dt.UTC),
         }
-        if insert_if_absent(self._session, OrderRequestRow, values):
+        if insert_if_absent(self._connection, OrderRequestRow, values):
             return None
-        row = self._session.get(OrderRequestRow, (key.owner, key.request_id), populate_existing=True)
+        found = {"request_owner": key.owner, "request_id": key.request_id}
+        row = self._connection.execute(_REQUEST, found).first()
         if row is None:
             raise RuntimeError("an idempotency key vanished while it was being claimed")
         return RequestKey(row.owner, row.request_id, row.digest, row.order_id)
 
     def add_order(self, order: Order) -> bool:
         added = insert_if_absent(
-            self._session,
+            self._connection,
             OrderRow,
             {
                 "id": order.id,
@@ -282,7 +276,7 @@ class SqlRepository:
         )
         if not added:
             return False
-        self._session.execute(
+        self._connection.execute(
             insert(cast(Table, OrderLineRow.__table__)),
             [
                 {
@@ -302,7 +296,7 @@ class SqlRepository:
     def order(self, order_id: str) -> Order | None:
         # The order and its lines in one round trip (a join), read as plain rows: the ORM's
         # identity map and relationship loading cost more than the query (issue 20).
-        return _order_of_rows(self._session.execute(_ORDER_WITH_LINES, {"order_id": order_id}).all())
+        return _order_of_rows(self._connection.execute(_ORDER_WITH_LINES, {"order_id": order_id}).all())
 
     def versions(self, order_ids: Collection[str]) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -310,11 +304,11 @@ class SqlRepository:
         for start in range(0, len(ids), _IN_LIST):
             chunk = ids[start : start + _IN_LIST]
             query = select(OrderRow.id, OrderRow.version).where(OrderRow.id.in_(chunk))
-            found.update((order_id, version) for order_id, version in self._session.execute(query))
+            found.update((order_id, version) for order_id, version in self._connection.execute(query))
         return found
 
     def save(self, order: Order, seen_version: int) -> bool:
-        result = self._session.execute(
+        result = self._connection.execute(
             _SAVE,
             {
                 "order_id": order.id,
@@ -330,22 +324,22 @@ class SqlRepository:
     def _changed(self, order: Order) -> None:
         if self._on_change is None:
             return
-        info = self._session.info
+        info = self._connection.info
         if "orders_changed" not in info:
             info["orders_changed"] = {}
             on_change = self._on_change
             # One notice per transaction, with every order it changed, once it is durable.
-            after_commit(self._session, lambda: on_change(list(info.pop("orders_changed", {}).values())))
-            after_rollback(self._session, lambda: info.pop("orders_changed", None))
+            after_commit(self._connection, lambda: on_change(list(info.pop("orders_changed", {}).values())))
+            after_rollback(self._connection, lambda: info.pop("orders_changed", None))
         info["orders_changed"][order.id] = order
 
     def publish(self, event: Event, order: Order) -> None:
         if self._outbox is None:
             raise RuntimeError("this repository was opened without an outbox and cannot publish")
-        self._outbox.publish(self._session, events.message(event, order), aggregate_id=order.name)
+        self._outbox.publish(self._connection, events.message(event, order), aggregate_id=order.name)
 
     def list_orders(self, query: OrderQuery, after: Sequence[str] | None, limit: int) -> list[Order]:
-        statement = select(OrderRow)
+        statement = select(_ORDERS)
         if query.owner is not None:
             statement = statement.where(OrderRow.owner == query.owner)
         statement = statement.where(*filter_conditions(query.terms, _COLUMNS))
@@ -353,16 +347,23 @@ class SqlRepository:
         statement = keyset_page(
             statement, keys, after=after, descending=query.ordering.descending, limit=limit
         )
-        return [_order(row) for row in self._session.scalars(statement)]
+        heads = self._connection.execute(statement).all()
+        lines: dict[str, list[Any]] = {head.id: [] for head in heads}
+        ids = list(lines)
+        for start in range(0, len(ids), _IN_LIST):
+            found = self._connection.execute(_LINES_OF, {"order_ids": ids[start : start + _IN_LIST]})
+            for line in found:
+                lines[line.order_id].append(line)
+        return [_order(head, lines[head.id]) for head in heads]
 
     def claim_payments(self, now: dt.datetime, lease_until: dt.datetime, limit: int) -> list[Order]:
-        claimed = _PAYMENTS_DUE.claim(self._session, limit, {"claim_now": now, "claim_until": lease_until})
+        claimed = _PAYMENTS_DUE.claim(self._connection, limit, {"claim_now": now, "claim_until": lease_until})
         taken = {row[0] for row in claimed.taken}
         due = [row[0] for row in claimed.found if row[0] in taken]
         return [order for order_id in due if (order := self.order(order_id)) is not None]
 
     def schedule_payment(self, order_id: str, at: dt.datetime | None, attempts: int) -> None:
-        self._session.execute(
+        self._connection.execute(
             _SCHEDULE_PAYMENT, {"order_id": order_id, "payment_at": at, "attempts": attempts}
         )
 
@@ -370,7 +371,7 @@ class SqlRepository:
 class OrdersStore:
     """Transactions over the orders database, each yielding a `SqlRepository`."""
 
-    def __init__(
-        self, factory: sessionmaker[Session], outbox: Outbox, on_change: OnChange | None = None
-    ) -> None:
-        self.transaction = transactions(factory, lambda session: SqlRepository(session, outbox, on_change))
+    def __init__(self, engine: Engine, outbox: Outbox, on_change: OnChange | None = None) -> None:
+        self.transaction = transactions(
+            engine, lambda connection: SqlRepository(connection, outbox, on_change)
+        )

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from sqlalchemy import Connection
+
 from poly.payments.v1 import payments_service_pb2, payments_service_pb2_grpc
 from services.kit import app
 from services.payments import events, store
@@ -11,11 +13,15 @@ from services.payments.service import PaymentsServicer
 
 
 def wire(context: app.Context[payments_settings.PaymentsSettings]) -> app.Parts:
-    payments = Payments(store.PaymentsStore(context.sessions, context.outbox).transaction)
+    payments = Payments(store.PaymentsStore(context.engine, context.outbox).transaction)
     currency = context.service_settings.default_currency
+
+    def repository(connection: Connection) -> store.SqlRepository:
+        return store.SqlRepository(connection, context.outbox)
+
     return app.Parts(
         servicer=PaymentsServicer(payments),
-        handlers=events.handlers(lambda session: store.SqlRepository(session, context.outbox), currency),
+        handlers=events.handlers(repository, currency),
     )
 
 

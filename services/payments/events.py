@@ -11,7 +11,7 @@ from contextlib import nullcontext
 from typing import Any
 
 from google.protobuf.message import Message
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from poly.events.v1 import events_pb2
 from poly.events.v1.events_pb2 import EventEnvelope
@@ -51,24 +51,24 @@ def message(event: PaymentEvent) -> Message:
 
 
 def handlers(
-    repository: Callable[[Session], Repository], default_currency: str
+    repository: Callable[[Connection], Repository], default_currency: str
 ) -> Mapping[type[Message], EventHandler]:
-    """The handler of each consumed event, each over the `repository` of its session;
+    """The handler of each consumed event, each over the `repository` of its connection;
     exactly the types the contract names this service a consumer of (the node checks it at
     start). New users get an account in `default_currency`."""
 
-    def payments(session: Session) -> Payments:
-        repo = repository(session)
+    def payments(connection: Connection) -> Payments:
+        repo = repository(connection)
         return Payments(lambda: nullcontext(repo))
 
-    def user_registered(session: Session, event: Message, envelope: EventEnvelope) -> None:
+    def user_registered(connection: Connection, event: Message, envelope: EventEnvelope) -> None:
         assert isinstance(event, events_pb2.UserRegistered)
-        payments(session).open_account(event.user, default_currency)
+        payments(connection).open_account(event.user, default_currency)
 
-    def order_cancelled(session: Session, event: Message, envelope: EventEnvelope) -> None:
+    def order_cancelled(connection: Connection, event: Message, envelope: EventEnvelope) -> None:
         assert isinstance(event, events_pb2.OrderCancelled)
         total = money_value(event.total) if event.HasField("total") else None
-        payments(session).cancel_order(event.order, event.reason, owner=event.owner, total=total)
+        payments(connection).cancel_order(event.order, event.reason, owner=event.owner, total=total)
 
     return {
         events_pb2.UserRegistered: user_registered,

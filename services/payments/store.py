@@ -6,7 +6,7 @@ written in the same transaction as each entry or payment change, so reading an a
 costs the same after ten payments as after ten thousand; a system account (FUNDING, MERCHANT:
 an entry for every payment, a hot row if it kept totals) is summed from its entries on the
 rare read. Captured and refunded amounts are summed from the payment's own entries.
-`PaymentsStore.transaction()` opens one session and one transaction and yields a
+`PaymentsStore.transaction()` opens one connection and one transaction and yields a
 `SqlRepository` (the `records.Repository` over it); events published inside it join it.
 """
 
@@ -18,6 +18,8 @@ from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
+    Connection,
+    Engine,
     ForeignKey,
     Index,
     MetaData,
@@ -32,7 +34,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.kit.bus import BusTables, Outbox, bus_tables
 from services.kit.db import CurrencyCode, Id, MinorUnits, UtcDateTime, naming_convention, transactions
@@ -235,7 +237,9 @@ _MOVE_PAYMENT = (
     .where(_PAYMENT_ROWS.c.id == bindparam("payment_id"), _PAYMENT_ROWS.c.state == bindparam("state_before"))
     .values(state=bindparam("state_after"), update_time=bindparam("moved_at"))
 )
-_ADD_ENTRIES = insert(cast(Table, LedgerEntryRow.__table__))
+_ENTRY_ROWS = cast(Table, LedgerEntryRow.__table__)
+_ENTRIES = select(_ENTRY_ROWS)
+_ADD_ENTRIES = insert(_ENTRY_ROWS)
 _REQUEST = select(RequestRow.fingerprint, RequestRow.result).where(
     RequestRow.caller == bindparam("caller"), RequestRow.key == bindparam("request_key")
 )
@@ -277,7 +281,7 @@ def _payment(found: Any) -> Payment:
     )
 
 
-def _entry(row: LedgerEntryRow) -> LedgerEntry:
+def _entry(row: Any) -> LedgerEntry:
     return LedgerEntry(
         row.id,
         row.account_id,
@@ -308,20 +312,20 @@ def _listed(
 
 
 class SqlRepository:
-    """`records.Repository` over one session (one transaction)."""
+    """`records.Repository` over one connection (one transaction)."""
 
-    def __init__(self, session: Session, outbox: Outbox | None) -> None:
-        self._session = session
+    def __init__(self, connection: Connection, outbox: Outbox | None) -> None:
+        self._connection = connection
         self._outbox = outbox
 
     # -- accounts -----------------------------------------------------------------------
 
     def account(self, account_id: str) -> Account | None:
-        found = self._session.execute(_ACCOUNT, {"account_id": account_id}).first()
+        found = self._connection.execute(_ACCOUNT, {"account_id": account_id}).first()
         return None if found is None else _account(found)
 
     def account_of(self, owner: str, currency: str) -> Account | None:
-        found = self._session.execute(
+        found = self._connection.execute(
             _CUSTOMER_ACCOUNT, {"account_owner": owner, "account_currency": currency}
         ).first()
         return None if found is None else _account(found)
@@ -338,23 +342,23 @@ class SqlRepository:
             "held": 0,
             "update_time": account.create_time if account.kind == CUSTOMER else None,
         }
-        return insert_if_absent(self._session, AccountRow, values)
+        return insert_if_absent(self._connection, AccountRow, values)
 
     def lock_account(self, account_id: str) -> bool:
         # A write first: a row lock on PostgreSQL, the database write lock on SQLite. Reads
         # after it see every change committed before it, and none can commit meanwhile.
-        locked = self._session.execute(_LOCK_ACCOUNT, {"account_id": account_id})
+        locked = self._connection.execute(_LOCK_ACCOUNT, {"account_id": account_id})
         return bool(getattr(locked, "rowcount", 0))
 
     def lock_customer_account(self, owner: str, currency: str, account_id: str = "") -> str:
         # One statement, not a read of the account first (kind, owner and currency are unique).
         params = {"locked_owner": owner, "locked_currency": currency, "locked_id": account_id}
-        locked = self._session.execute(_LOCK_CUSTOMER_ACCOUNT, params).scalar()
+        locked = self._connection.execute(_LOCK_CUSTOMER_ACCOUNT, params).scalar()
         return str(locked) if locked is not None else ""
 
     def lock_account_of(self, payment_id: str) -> bool:
         # One statement, not a read of the payment first: its account never changes.
-        locked = self._session.execute(_LOCK_ACCOUNT_OF_PAYMENT, {"locked_payment": payment_id})
+        locked = self._connection.execute(_LOCK_ACCOUNT_OF_PAYMENT, {"locked_payment": payment_id})
         return bool(getattr(locked, "rowcount", 0))
 
     def list_accounts(self, query: ListQuery, after: Sequence[str] | None, limit: int) -> list[Account]:
@@ -364,12 +368,12 @@ class SqlRepository:
             "create_time": _Account.create_time,
         }
         statement = _listed(_ACCOUNTS, columns, _Account.id, query, after=after, limit=limit)
-        return [_account(found) for found in self._session.execute(statement)]
+        return [_account(found) for found in self._connection.execute(statement)]
 
     # -- ledger -------------------------------------------------------------------------
 
     def add_entries(self, entries: Sequence[LedgerEntry]) -> None:
-        self._session.execute(
+        self._connection.execute(
             _ADD_ENTRIES,
             [
                 {
@@ -385,7 +389,7 @@ class SqlRepository:
                 for entry in entries
             ],
         )
-        self._session.execute(
+        self._connection.execute(
             _ADD_TO_TOTALS,
             [
                 {
@@ -399,25 +403,27 @@ class SqlRepository:
         )
 
     def entry(self, account_id: str, entry_id: str) -> LedgerEntry | None:
-        row = self._session.get(LedgerEntryRow, entry_id)
-        return None if row is None or row.account_id != account_id else _entry(row)
+        found = self._connection.execute(
+            _ENTRIES.where(_ENTRY_ROWS.c.id == entry_id, _ENTRY_ROWS.c.account_id == account_id)
+        ).first()
+        return None if found is None else _entry(found)
 
     def list_entries(
         self, account_id: str, query: ListQuery, after: Sequence[str] | None, limit: int
     ) -> list[LedgerEntry]:
         columns = {"kind": _Entry.kind, "payment": _Entry.payment_id, "create_time": _Entry.create_time}
-        statement = select(LedgerEntryRow).where(LedgerEntryRow.account_id == account_id)
+        statement = _ENTRIES.where(_ENTRY_ROWS.c.account_id == account_id)
         statement = _listed(statement, columns, _Entry.id, query, after=after, limit=limit)
-        return [_entry(row) for row in self._session.scalars(statement)]
+        return [_entry(found) for found in self._connection.execute(statement)]
 
     # -- payments -----------------------------------------------------------------------
 
     def payment(self, payment_id: str) -> Payment | None:
-        found = self._session.execute(_PAYMENT, {"payment_id": payment_id}).first()
+        found = self._connection.execute(_PAYMENT, {"payment_id": payment_id}).first()
         return None if found is None else _payment(found)
 
     def payment_for_order(self, order: str) -> Payment | None:
-        found = self._session.execute(_ORDER_PAYMENT, {"order_name": order}).first()
+        found = self._connection.execute(_ORDER_PAYMENT, {"order_name": order}).first()
         return None if found is None else _payment(found)
 
     def add_payment(self, payment: Payment) -> bool:
@@ -433,13 +439,13 @@ class SqlRepository:
             "create_time": payment.create_time,
             "update_time": payment.update_time,
         }
-        if not insert_if_absent(self._session, PaymentRow, values):
+        if not insert_if_absent(self._connection, PaymentRow, values):
             return False
         self._held(payment, 0, _held(payment.state, payment.amount), payment.update_time)
         return True
 
     def set_state(self, payment: Payment, after: str, now: dt.datetime) -> bool:
-        moved = self._session.execute(
+        moved = self._connection.execute(
             _MOVE_PAYMENT,
             {"payment_id": payment.id, "state_before": payment.state, "state_after": after, "moved_at": now},
         )
@@ -452,7 +458,7 @@ class SqlRepository:
         """The payment's account's `held` moved from `before` to `after` (a decline, which
         holds nothing, still counts as a change of the account)."""
         if payment.account_id:
-            self._session.execute(
+            self._connection.execute(
                 _ADD_TO_TOTALS,
                 {
                     "totals_account": payment.account_id,
@@ -472,12 +478,12 @@ class SqlRepository:
             "update_time": _Payment.update_time,
         }
         statement = _listed(_PAYMENTS, columns, _Payment.id, query, after=after, limit=limit)
-        return [_payment(found) for found in self._session.execute(statement)]
+        return [_payment(found) for found in self._connection.execute(statement)]
 
     # -- idempotency keys ---------------------------------------------------------------
 
     def recall(self, caller: str, key: str) -> tuple[str, str] | None:
-        found = self._session.execute(_REQUEST, {"caller": caller, "request_key": key}).first()
+        found = self._connection.execute(_REQUEST, {"caller": caller, "request_key": key}).first()
         return None if found is None else (found.fingerprint, found.result)
 
     def remember(self, caller: str, key: str, fingerprint: str, result: str, now: dt.datetime) -> bool:
@@ -488,18 +494,18 @@ class SqlRepository:
             "result": result,
             "create_time": now,
         }
-        return insert_if_absent(self._session, RequestRow, values)
+        return insert_if_absent(self._connection, RequestRow, values)
 
     # -- events -------------------------------------------------------------------------
 
     def publish(self, event: PaymentEvent) -> None:
         if self._outbox is None:
             raise RuntimeError("this repository was opened without an outbox and cannot publish")
-        self._outbox.publish(self._session, events.message(event), aggregate_id=event.payment.name)
+        self._outbox.publish(self._connection, events.message(event), aggregate_id=event.payment.name)
 
 
 class PaymentsStore:
     """Transactions over the payments database, each yielding a `SqlRepository`."""
 
-    def __init__(self, factory: sessionmaker[Session], outbox: Outbox) -> None:
-        self.transaction = transactions(factory, lambda session: SqlRepository(session, outbox))
+    def __init__(self, engine: Engine, outbox: Outbox) -> None:
+        self.transaction = transactions(engine, lambda connection: SqlRepository(connection, outbox))

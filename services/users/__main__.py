@@ -10,10 +10,10 @@ from services.users.service import UsersServicer
 
 
 def wire(context: app.Context[None]) -> app.Parts:
-    users = Users(store.UsersStore(context.sessions, context.outbox).transaction)
+    users = Users(store.UsersStore(context.engine, context.outbox).transaction)
     return app.Parts(
         servicer=UsersServicer(users),
-        handlers=events.handlers(lambda session: store.SqlRepository(session, context.outbox)),
+        handlers=events.handlers(lambda connection: store.SqlRepository(connection, context.outbox)),
     )
 
 

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Callable, Mapping
 
 from google.protobuf.message import Message
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from poly.events.v1 import events_pb2
 from poly.events.v1.events_pb2 import EventEnvelope
@@ -34,14 +34,15 @@ def contact_changed(user: User, preferences: Preferences) -> Message:
     )
 
 
-def handlers(repository: Callable[[Session], Repository]) -> Mapping[type[Message], EventHandler]:
+def handlers(repository: Callable[[Connection], Repository]) -> Mapping[type[Message], EventHandler]:
     """The handler of each consumed event; exactly the types the contract names this
     service a consumer of (the node checks it at start). Each runs in the consumer's
-    transaction (with its inbox row), over the `repository` of that session."""
+    transaction (with its inbox row), over the `repository` of that connection."""
 
-    def user_registered(session: Session, event: Message, envelope: EventEnvelope) -> None:
+    def user_registered(connection: Connection, event: Message, envelope: EventEnvelope) -> None:
         assert isinstance(event, events_pb2.UserRegistered)
         user_id = resource_id(event.user, "users", field="user")
-        create_profile(repository(session), user_id, event.email, event.display_name, dt.datetime.now(dt.UTC))
+        now = dt.datetime.now(dt.UTC)
+        create_profile(repository(connection), user_id, event.email, event.display_name, now)
 
     return {events_pb2.UserRegistered: user_registered}

@@ -1,7 +1,7 @@
 """The users service's own database: SQLAlchemy tables and queries (no other service reads it).
 
-`UsersStore.transaction()` opens one session and one transaction and yields a `SqlRepository`
-(the `domain.Repository` over it); events published inside it join that transaction.
+`UsersStore.transaction()` opens one connection and one transaction and yields a
+`SqlRepository` (the `domain.Repository` over it); events published inside it join that transaction.
 """
 
 from __future__ import annotations
@@ -11,8 +11,20 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from google.protobuf.message import Message
-from sqlalchemy import Index, MetaData, Row, String, Table, Update, bindparam, select, update
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Index,
+    MetaData,
+    Row,
+    String,
+    Table,
+    Update,
+    bindparam,
+    select,
+    update,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.kit.bus import BusTables, Outbox, bus_tables
 from services.kit.db import Id, UtcDateTime, naming_convention, transactions
@@ -64,7 +76,7 @@ class UserRow(Base):
     preferences_update_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
 
 
-def _user(row: UserRow | Row[Any]) -> User:
+def _user(row: Row[Any]) -> User:
     return User(
         row.id,
         row.email,
@@ -77,7 +89,7 @@ def _user(row: UserRow | Row[Any]) -> User:
     )
 
 
-def _preferences(row: UserRow | Row[Any]) -> Preferences:
+def _preferences(row: Row[Any]) -> Preferences:
     return Preferences(
         row.id,
         row.email_enabled,
@@ -103,10 +115,10 @@ _COLUMNS: dict[str, Any] = {
 
 
 class SqlRepository:
-    """`domain.Repository` over one session (one transaction)."""
+    """`domain.Repository` over one connection (one transaction)."""
 
-    def __init__(self, session: Session, outbox: Outbox | None) -> None:
-        self._session = session
+    def __init__(self, connection: Connection, outbox: Outbox | None) -> None:
+        self._connection = connection
         self._outbox = outbox
 
     def add_user(self, user: User, preferences: Preferences) -> bool:
@@ -126,10 +138,10 @@ class SqlRepository:
             "preferences_update_time": preferences.update_time or user.create_time,
         }
         # False when the profile exists (the primary key decides, races included).
-        return insert_if_absent(self._session, UserRow, values)
+        return insert_if_absent(self._connection, UserRow, values)
 
     def _row(self, user_id: str) -> Row[Any] | None:
-        return self._session.execute(_PROFILE, {"user_id": user_id}).first()
+        return self._connection.execute(_PROFILE, {"user_id": user_id}).first()
 
     def user(self, user_id: str) -> User | None:
         row = self._row(user_id)
@@ -144,7 +156,7 @@ class SqlRepository:
         return None if row is None else (_user(row), _preferences(row))
 
     def list_users(self, query: UserQuery, after: Sequence[str] | None, limit: int) -> list[User]:
-        statement = select(UserRow).where(*filter_conditions(query.terms, _COLUMNS))
+        statement = select(_USERS).where(*filter_conditions(query.terms, _COLUMNS))
         if not query.show_deleted:
             statement = statement.where(UserRow.state != DELETED)
         statement = keyset_page(
@@ -154,7 +166,7 @@ class SqlRepository:
             descending=query.descending,
             limit=limit,
         )
-        return [_user(row) for row in self._session.scalars(statement)]
+        return [_user(row) for row in self._connection.execute(statement)]
 
     def update_user(
         self, user_id: str, display_name: str | None, expected_version: int | None, now: dt.datetime
@@ -191,7 +203,7 @@ class SqlRepository:
 
     def _changed(self, statement: Update) -> bool:
         """Run a conditional UPDATE: True when it matched a row (the write decides, not a read)."""
-        result = self._session.execute(statement.execution_options(synchronize_session=False))
+        result = self._connection.execute(statement)
         return bool(getattr(result, "rowcount", 0))
 
     def publish_deleted(self, user: User) -> None:
@@ -203,11 +215,11 @@ class SqlRepository:
     def _publish(self, event: Message, user: User) -> None:
         if self._outbox is None:
             raise RuntimeError("this repository was opened without an outbox and cannot publish")
-        self._outbox.publish(self._session, event, aggregate_id=user.name)
+        self._outbox.publish(self._connection, event, aggregate_id=user.name)
 
 
 class UsersStore:
     """Transactions over the users database, each yielding a `SqlRepository`."""
 
-    def __init__(self, factory: sessionmaker[Session], outbox: Outbox) -> None:
-        self.transaction = transactions(factory, lambda session: SqlRepository(session, outbox))
+    def __init__(self, engine: Engine, outbox: Outbox) -> None:
+        self.transaction = transactions(engine, lambda connection: SqlRepository(connection, outbox))

@@ -90,9 +90,7 @@ def open_local(path: Path, settings: IdentitySettings = SETTINGS) -> LocalAuth:
     ``services/auth/__main__.py`` wires them, with one clock starting now (tokens it mints
     verify against the real time)."""
     engine = db.connect(DatabaseSettings(url=f"sqlite:///{path}"), migrations=MIGRATIONS)
-    auth_store = store.AuthStore(
-        db.session_factory(engine), Outbox(store.BUS, source="auth", routing=consumer_routing())
-    )
+    auth_store = store.AuthStore(engine, Outbox(store.BUS, source="auth", routing=consumer_routing()))
     clock = Clock(now=dt.datetime.now(dt.UTC))
     ring = tokens.KeyRing(auth_store, secrets.token_bytes(32), clock=clock)
     ring.ensure()

@@ -31,7 +31,7 @@ def wired(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[app.Service, 
     channels = clients.Channels(settings)
     request.addfinalizer(channels.close)
     outbox = bus.Outbox(service.bus_tables, source=service.name, routing=bus.routing(settings.bus))
-    context = app.Context(settings, own, db.session_factory(engine), outbox, channels)
+    context = app.Context(settings, own, engine, outbox, channels)
     return service, service.wire(context)
 
 

@@ -16,13 +16,14 @@ import grpc
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, String, inspect, select, text, update
+from sqlalchemy import Connection, Engine, String, inspect, select, text, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from services.kit import config, db
 from services.kit.config import DatabaseSettings
 from services.kit.domain_errors import Unavailable
 from services.kit.errors import to_status
+from tests.support.db import orm_transaction
 
 
 class _Base(DeclarativeBase):
@@ -65,10 +66,9 @@ def test_plain_postgresql_urls_get_the_psycopg_driver(postgres_url: str) -> None
 def test_datetimes_come_back_timezone_aware_in_utc(engine: Engine) -> None:
     _Base.metadata.create_all(engine)
     moment = dt.datetime(2026, 3, 1, 12, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))
-    factory = db.session_factory(engine)
-    with db.transaction(factory) as session:
+    with orm_transaction(engine) as session:
         session.add(_Event(id="e1", kind="k", at=moment, amount=2**40, currency="EUR"))
-    with db.transaction(factory) as session:
+    with orm_transaction(engine) as session:
         row = session.scalars(select(_Event)).one()
     assert row.at == moment and row.at.tzinfo == dt.UTC
     assert row.created.tzinfo == dt.UTC
@@ -79,7 +79,7 @@ def test_naive_datetimes_are_refused(engine: Engine) -> None:
     _Base.metadata.create_all(engine)
     with (
         pytest.raises(Exception, match="naive datetime"),
-        db.transaction(db.session_factory(engine)) as session,
+        orm_transaction(engine) as session,
     ):
         session.add(_Event(id="e2", kind="k", at=dt.datetime(2026, 1, 1), amount=1, currency="EUR"))
         session.flush()
@@ -87,12 +87,11 @@ def test_naive_datetimes_are_refused(engine: Engine) -> None:
 
 def test_a_failed_transaction_leaves_nothing(engine: Engine) -> None:
     _Base.metadata.create_all(engine)
-    factory = db.session_factory(engine)
-    with pytest.raises(RuntimeError), db.transaction(factory) as session:
+    with pytest.raises(RuntimeError), orm_transaction(engine) as session:
         session.add(_Event(id="e3", kind="k", at=dt.datetime.now(dt.UTC), amount=1, currency="EUR"))
         session.flush()
         raise RuntimeError("rolled back")
-    with db.transaction(factory) as session:
+    with orm_transaction(engine) as session:
         assert session.scalars(select(_Event)).all() == []
 
 
@@ -100,11 +99,12 @@ def test_transactions_yield_a_repository_per_transaction(engine: Engine) -> None
     _Base.metadata.create_all(engine)
     opened: list[Session] = []
 
-    def repository(session: Session) -> Session:
+    def repository(connection: Connection) -> Session:
+        session = db.orm_session(connection)
         opened.append(session)
         return session
 
-    transaction = db.transactions(db.session_factory(engine), repository)
+    transaction = db.transactions(engine, repository)
     with transaction() as session:
         session.add(_Event(id="e4", kind="k", at=dt.datetime.now(dt.UTC), amount=1, currency="EUR"))
     with pytest.raises(RuntimeError), transaction() as session:
@@ -118,22 +118,69 @@ def test_transactions_yield_a_repository_per_transaction(engine: Engine) -> None
 
 def test_after_commit_runs_once_in_order_after_a_commit_and_never_after_a_rollback(engine: Engine) -> None:
     _Base.metadata.create_all(engine)
-    factory = db.session_factory(engine)
     ran: list[str] = []
-    with db.transaction(factory) as session:
+    with orm_transaction(engine) as session:
         db.after_commit(session, lambda: ran.append("first"))
         db.after_commit(session, lambda: ran.append("second"))
         db.after_rollback(session, lambda: ran.append("not after a commit"))
         session.add(_Event(id="e6", kind="k", at=dt.datetime.now(dt.UTC), amount=1, currency="EUR"))
         assert ran == [], "nothing before the commit"
     assert ran == ["first", "second"]
-    with pytest.raises(RuntimeError), db.transaction(factory) as session:
+    with pytest.raises(RuntimeError), orm_transaction(engine) as session:
         db.after_commit(session, lambda: ran.append("not after a rollback"))
         db.after_rollback(session, lambda: ran.append("rolled back"))
         raise RuntimeError("rolled back")
-    with db.transaction(factory) as session:
+    with orm_transaction(engine) as session:
         pass  # a later transaction runs nothing left over
     assert ran == ["first", "second", "rolled back"]
+
+
+def test_a_connection_runs_its_callbacks_and_an_orm_session_over_it_is_written_at_commit(
+    engine: Engine,
+) -> None:
+    _Base.metadata.create_all(engine)
+    ran: list[str] = []
+    with db.transaction(engine) as connection:
+        session = db.orm_session(connection)
+        session.add(_event("c1"))  # never flushed by hand: the commit writes it
+        db.after_commit(connection, lambda: ran.append("connection"))
+        db.after_commit(session, lambda: ran.append("session"))
+    assert ran == ["connection", "session"]
+    with db.transaction(engine) as connection:
+        assert connection.scalars(select(_Event.id)).all() == ["c1"]
+
+
+def test_an_orm_session_sees_core_writes_and_core_statements_see_its_pending_objects(engine: Engine) -> None:
+    _Base.metadata.create_all(engine)
+    with db.transaction(engine) as connection:
+        session = db.orm_session(connection)
+        session.add(_event("c2"))
+        # `connection_of` flushes first, as an ORM statement would: the Core read sees it.
+        assert db.connection_of(session).scalars(select(_Event.id)).all() == ["c2"]
+        connection.execute(update(_Event).where(_Event.id == "c2").values(kind="core"))
+        assert session.scalars(select(_Event.kind)).all() == ["core"]
+
+
+def test_callbacks_outside_a_kit_transaction_are_refused(engine: Engine) -> None:
+    # A callback that no transaction of the kit would ever run must not be dropped silently.
+    with engine.begin() as connection, pytest.raises(RuntimeError, match=r"not inside a kit\.db transaction"):
+        db.after_commit(connection, lambda: None)
+
+
+def test_a_pooled_connection_carries_nothing_into_its_next_transaction(tmp_path: Path) -> None:
+    engine = db.engine(DatabaseSettings(url=f"sqlite:///{tmp_path / 'pooled.db'}"))
+    _Base.metadata.create_all(engine)
+    ran: list[str] = []
+    try:
+        for n in range(3):  # the pool hands the same connection back each time
+            with contextlib.suppress(RuntimeError), db.transaction(engine) as connection:
+                db.after_commit(connection, lambda n=n: ran.append(f"commit {n}"))
+                db.after_rollback(connection, lambda n=n: ran.append(f"rollback {n}"))
+                if n == 1:
+                    raise RuntimeError("rolled back")
+        assert ran == ["commit 0", "rollback 1", "commit 2"]
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.parametrize("service", config.SERVICES)
@@ -219,16 +266,15 @@ def _event(event_id: str) -> _Event:
 @pytest.mark.slow
 def test_a_briefly_locked_sqlite_database_is_retried_until_the_lock_is_free(tmp_path: Path) -> None:
     engine, path = _locked_sqlite(tmp_path)
-    factory = db.session_factory(engine)
     try:
         with _write_locked(path) as holder:
             threading.Timer(0.5, holder.execute, ["COMMIT"]).start()  # held for 5 busy timeouts
             started = time.monotonic()
-            with db.transaction(factory, attempts=20, within_seconds=5.0) as session:
+            with orm_transaction(engine, attempts=20, within_seconds=5.0) as session:
                 session.add(_event("r1"))
             waited = time.monotonic() - started
         assert waited >= 0.4  # a single attempt gives up after 0.1 s: later ones got through
-        with db.transaction(factory) as session:
+        with orm_transaction(engine) as session:
             assert [row.id for row in session.scalars(select(_Event))] == ["r1"]
     finally:
         engine.dispose()
@@ -237,7 +283,7 @@ def test_a_briefly_locked_sqlite_database_is_retried_until_the_lock_is_free(tmp_
 @pytest.mark.slow
 def test_a_sqlite_lock_held_too_long_is_unavailable_not_internal(tmp_path: Path) -> None:
     engine, path = _locked_sqlite(tmp_path)
-    transaction = db.transactions(db.session_factory(engine), lambda session: session, attempts=3)
+    transaction = db.transactions(engine, db.orm_session, attempts=3)
     try:
         started = time.monotonic()
         with _write_locked(path), pytest.raises(Unavailable) as caught, transaction() as session:
@@ -245,7 +291,7 @@ def test_a_sqlite_lock_held_too_long_is_unavailable_not_internal(tmp_path: Path)
         assert time.monotonic() - started < 2.0  # three attempts of 0.1 s and their backoff
         assert caught.value.reason == "DATABASE_BUSY"
         assert to_status(caught.value, domain="test.poly.local").code == grpc.StatusCode.UNAVAILABLE
-        with db.transaction(db.session_factory(engine)) as session:
+        with orm_transaction(engine) as session:
             assert session.scalars(select(_Event)).all() == []
     finally:
         engine.dispose()
@@ -255,18 +301,17 @@ def test_a_sqlite_lock_held_too_long_is_unavailable_not_internal(tmp_path: Path)
 def test_a_postgresql_serialization_failure_is_unavailable_not_internal(postgres_url: str) -> None:
     engine = db.engine(DatabaseSettings(url=postgres_url))
     _Base.metadata.create_all(engine)
-    factory = db.session_factory(engine)
     try:
-        with db.transaction(factory) as session:
+        with orm_transaction(engine) as session:
             session.add(_event("s1"))
-        with pytest.raises(Unavailable) as caught, db.transaction(factory) as session:
+        with pytest.raises(Unavailable) as caught, orm_transaction(engine) as session:
             session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
             assert session.scalars(select(_Event.amount)).all() == [1]  # the snapshot
             with engine.begin() as other:  # a concurrent writer commits after it
                 other.execute(update(_Event).where(_Event.id == "s1").values(amount=2))
             session.execute(update(_Event).where(_Event.id == "s1").values(amount=3))
         assert caught.value.reason == "DATABASE_BUSY"
-        with db.transaction(factory) as session:
+        with orm_transaction(engine) as session:
             assert session.scalars(select(_Event.amount)).all() == [2]
     finally:
         engine.dispose()

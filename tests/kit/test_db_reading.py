@@ -13,13 +13,14 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from sqlalchemy import Engine, String, select
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.kit import db
 from services.kit.config import DatabaseSettings
 from services.kit.domain_errors import Unavailable
 from services.kit.errors import to_status
 from services.kit.types import CallInfo
+from tests.support.db import orm_transaction
 
 
 class _Base(DeclarativeBase):
@@ -33,48 +34,48 @@ class _Note(_Base):
 
 
 @pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
+def sessions(engine: Engine) -> Engine:
     _Base.metadata.create_all(engine)
-    factory = db.session_factory(engine)
-    with db.transaction(factory) as session:
+    factory = engine
+    with orm_transaction(factory) as session:
         session.add(_Note(id="n1", text="first"))
     return factory
 
 
-def test_a_read_only_transaction_reads(sessions: sessionmaker[Session]) -> None:
-    with db.reading(), db.transaction(sessions) as session:
+def test_a_read_only_transaction_reads(sessions: Engine) -> None:
+    with db.reading(), orm_transaction(sessions) as session:
         assert session.scalars(select(_Note.text)).all() == ["first"]
 
 
 def test_a_write_in_a_read_only_transaction_is_an_error_and_changes_nothing(
-    sessions: sessionmaker[Session],
+    sessions: Engine,
 ) -> None:
-    with pytest.raises(DBAPIError), db.reading(), db.transaction(sessions) as session:
+    with pytest.raises(DBAPIError), db.reading(), orm_transaction(sessions) as session:
         session.add(_Note(id="n2", text="sneaky"))
         session.flush()
-    with db.transaction(sessions) as session:
+    with orm_transaction(sessions) as session:
         assert session.scalars(select(_Note.id)).all() == ["n1"]
 
 
 def test_a_connection_used_for_reading_writes_again_afterwards(
-    sessions: sessionmaker[Session],
+    sessions: Engine,
 ) -> None:
     for n in range(3):  # the pool hands the same connections back and forth
-        with db.reading(), db.transaction(sessions) as session:
+        with db.reading(), orm_transaction(sessions) as session:
             session.scalars(select(_Note.id)).all()
-        with db.transaction(sessions) as session:
+        with orm_transaction(sessions) as session:
             session.add(_Note(id=f"w{n}", text="written"))
-    with db.transaction(sessions) as session:
+    with orm_transaction(sessions) as session:
         assert len(session.scalars(select(_Note.id)).all()) == 4
 
 
-def test_reads_do_not_wait_for_a_writer(sessions: sessionmaker[Session]) -> None:
+def test_reads_do_not_wait_for_a_writer(sessions: Engine) -> None:
     # A writer holds its transaction (on SQLite: the database's write lock) while a reader
     # reads; before, every transaction took the write lock and the reader queued behind it.
     writing, read_done = threading.Event(), threading.Event()
 
     def writer() -> None:
-        with db.transaction(sessions) as session:
+        with orm_transaction(sessions) as session:
             session.add(_Note(id="held", text="uncommitted"))
             session.flush()
             writing.set()
@@ -84,7 +85,7 @@ def test_reads_do_not_wait_for_a_writer(sessions: sessionmaker[Session]) -> None
     thread.start()
     assert writing.wait(10)
     try:
-        with db.reading(), db.transaction(sessions, attempts=1, within_seconds=0.5) as session:
+        with db.reading(), orm_transaction(sessions, attempts=1, within_seconds=0.5) as session:
             assert session.scalars(select(_Note.id)).all() == ["n1"], "the writer's row is not committed"
     finally:
         read_done.set()
@@ -146,7 +147,7 @@ def test_a_call_deadline_bounds_the_retries_of_a_transaction_that_cannot_start(t
     holder.execute("BEGIN IMMEDIATE")
 
     def handler(request: object, context: object) -> None:
-        with db.transaction(db.session_factory(engine), attempts=50, within_seconds=30.0) as session:
+        with orm_transaction(engine, attempts=50, within_seconds=30.0) as session:
             session.add(_Note(id="late", text="never"))
 
     try:

@@ -30,7 +30,7 @@ def notifications(database_url: str) -> Iterator[store.NotificationsStore]:
     store.Base.metadata.create_all(engine)
     outbox = bus.Outbox(store.BUS, source="notifications", routing=lambda _session, _type: [])
     try:
-        yield store.NotificationsStore(db.session_factory(engine), outbox)
+        yield store.NotificationsStore(engine, outbox)
     finally:
         engine.dispose()
 

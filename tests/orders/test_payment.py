@@ -46,9 +46,8 @@ pytestmark = pytest.mark.slow
 class _Orders:
     def __init__(self, engine: Engine, clock: Clock) -> None:
         self.engine = engine
-        self.factory = db.session_factory(engine)
-        self.outbox = bus.Outbox(store.BUS, source="orders", routing=lambda _session, _type: [])
-        self.orders = Orders(store.OrdersStore(self.factory, self.outbox).transaction, clock=clock)
+        self.outbox = bus.Outbox(store.BUS, source="orders", routing=lambda _connection, _type: [])
+        self.orders = Orders(store.OrdersStore(engine, self.outbox).transaction, clock=clock)
         self.claims: list[str] = []
         """Claim queries seen (their free condition is the only SQL comparing next_payment_at)."""
         event.listen(engine, "before_cursor_execute", self._seen)

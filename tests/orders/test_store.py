@@ -22,7 +22,7 @@ def test_an_order_and_its_lines_are_read_in_one_statement(tmp_path: Path) -> Non
         config.DatabaseSettings(url=f"sqlite:///{tmp_path / 'orders.db'}"), migrations=SERVICE.migrations
     )
     outbox = bus.Outbox(store.BUS, source="orders", routing=bus.consumer_routing())
-    orders_store = store.OrdersStore(db.session_factory(engine), outbox)
+    orders_store = store.OrdersStore(engine, outbox)
     lines = [NewLine(f"sku-{n}", n + 1, Money("EUR", 250)) for n in range(3)]
     placed = Orders(orders_store.transaction).create("users/u1", lines, "", "", _allow)
     statements: list[str] = []

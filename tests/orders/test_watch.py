@@ -189,7 +189,7 @@ def _replica(engine: Engine, hub: ChangeHub | None) -> domain.Orders:
     """The orders domain as one replica runs it: its own store, and its own hub if it has one."""
     outbox = bus.Outbox(store.BUS, source="orders", routing=bus.consumer_routing())
     on_change = hub.notify if hub is not None else None
-    return domain.Orders(store.OrdersStore(db.session_factory(engine), outbox, on_change).transaction)
+    return domain.Orders(store.OrdersStore(engine, outbox, on_change).transaction)
 
 
 def _authorize(orders: domain.Orders, order: domain.Order) -> None:

@@ -149,6 +149,4 @@ def open_local(path: Path) -> LocalPayments:
     """Payments over a new SQLite database at `path`, migrated by the service's migrations."""
     engine = db.connect(DatabaseSettings(url=f"sqlite:///{path}"), migrations=_MIGRATIONS)
     outbox = Outbox(store.BUS, source="payments", routing=consumer_routing())
-    return LocalPayments(
-        engine, Payments(store.PaymentsStore(db.session_factory(engine), outbox).transaction)
-    )
+    return LocalPayments(engine, Payments(store.PaymentsStore(engine, outbox).transaction))

@@ -18,8 +18,7 @@ import signal
 import sys
 
 from google.protobuf.message import Message
-from sqlalchemy import MetaData
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, MetaData
 
 from poly.events.v1.events_pb2 import EventEnvelope, OrderPaid
 from services.kit import bus, clients, config, db, logs, server
@@ -64,12 +63,11 @@ class _CrashingConsumer(bus.Consumer):
 
 
 def _handler(recorder: bus.EventHandler) -> bus.EventHandler:
-    def handle(session: Session, payload: Message, envelope: EventEnvelope) -> None:
+    def handle(connection: Connection, payload: Message, envelope: EventEnvelope) -> None:
         assert isinstance(payload, OrderPaid)
         if _POISON and payload.order == _POISON:
             raise RuntimeError(f"poison order {payload.order}")
-        recorder(session, payload, envelope)
-        session.flush()
+        recorder(connection, payload, envelope)
         _maybe_crash()  # the effect is written but not committed
 
     return handle
@@ -84,7 +82,6 @@ def main(role: str) -> None:
     effects = effect_table(metadata)
     engine = db.connect_or_exit(settings.db)
     metadata.create_all(engine)
-    factory = db.session_factory(engine)
     peer = "notifications" if role == "publisher" else "orders"
     channels = clients.Channels(settings, services={peer: [bus.EVENT_SINK]})
     background: list[object] = []
@@ -95,7 +92,7 @@ def main(role: str) -> None:
         else None
     )
     if role == "publisher":
-        consumer = bus.Consumer(factory, tables, {})
+        consumer = bus.Consumer(engine, tables, {})
         relay = bus.Relay(
             engine,
             tables,
@@ -112,7 +109,7 @@ def main(role: str) -> None:
         )
         background.append(relay)
     else:
-        consumer = _CrashingConsumer(factory, tables, {OrderPaid: _handler(record_effect(effects))})
+        consumer = _CrashingConsumer(engine, tables, {OrderPaid: _handler(record_effect(effects))})
         if settings.bus.url:  # embedded: nothing to start, the publisher's routes come from the contract
             background.append(
                 bus.BrokerConsumer(
@@ -124,7 +121,7 @@ def main(role: str) -> None:
                     retry_delay=0.05,
                 )
             )
-    sink = bus.EventSinkServicer(consumer, factory, tables, service=service, services=config.SERVICES)
+    sink = bus.EventSinkServicer(consumer, engine, tables, service=service, services=config.SERVICES)
     try:
         server.serve(settings, [bus.sink_registration(sink)], background=background)  # type: ignore[list-item]
     finally:

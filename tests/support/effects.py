@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from google.protobuf.message import Message
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert
-from sqlalchemy.orm import Session
+from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, insert
 
 from poly.events.v1.events_pb2 import EventEnvelope, OrderPaid
 from services.kit import bus
@@ -27,9 +26,9 @@ def record_effect(
 ) -> bus.EventHandler:
     """A handler of `event` that records one effect row, keyed by the payload's `subject` field."""
 
-    def handler(session: Session, payload: Message, envelope: EventEnvelope) -> None:
+    def handler(connection: Connection, payload: Message, envelope: EventEnvelope) -> None:
         assert isinstance(payload, event)
-        session.execute(
+        connection.execute(
             insert(effects).values(
                 event_id=envelope.id, aggregate_id=envelope.aggregate_id, order=getattr(payload, subject)
             )

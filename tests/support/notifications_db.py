@@ -28,9 +28,8 @@ class NotificationsDatabase:
     def __init__(self, url: str) -> None:
         self.engine = db.engine(DatabaseSettings(url=url))
         store.Base.metadata.create_all(self.engine)
-        self.factory = db.session_factory(self.engine)
-        self.outbox = bus.Outbox(store.BUS, source="notifications", routing=lambda _session, _type: [])
-        self.store = store.NotificationsStore(self.factory, self.outbox)
+        self.outbox = bus.Outbox(store.BUS, source="notifications", routing=lambda _connection, _type: [])
+        self.store = store.NotificationsStore(self.engine, self.outbox)
         domain.Notifications(self.store.transaction, lambda url: None).ensure_templates()
         self.claims: list[str] = []
         """Claim queries seen (their free condition is the only SQL comparing lease_until)."""
@@ -49,8 +48,8 @@ class NotificationsDatabase:
             sequence=sequence,
         )
         envelope.occur_time.CopyFrom(Timestamp(seconds=int(time.time())))
-        with db.transaction(self.factory) as session:
-            handlers[type(payload)](session, payload, envelope)
+        with db.transaction(self.engine) as connection:
+            handlers[type(payload)](connection, payload, envelope)
         return envelope.id
 
     def record(self, handlers: Any, user: str) -> str:

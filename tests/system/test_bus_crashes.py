@@ -169,11 +169,10 @@ def test_a_thousand_events_have_their_effect_exactly_once_in_order_through_sigki
     orders_engine, notifications_engine = _engine(urls[0]), _engine(urls[1])
     try:
         outbox = _outbox_when_ready(nodes, orders_engine, tables, window)
-        factory = db.session_factory(orders_engine)
         rng = random.Random(1)
         published: dict[str, list[str]] = {}
         for start in range(0, EVENTS, PER_TRANSACTION):
-            with db.transaction(factory) as session:
+            with db.transaction(orders_engine) as session:
                 for number in range(start, start + PER_TRANSACTION):
                     aggregate = f"orders/{rng.randrange(AGGREGATES)}"
                     envelope = outbox.publish(
@@ -229,7 +228,7 @@ def test_a_poison_event_is_dead_lettered_without_blocking_and_poly_bus_redrive_d
     orders_engine, notifications_engine = _engine(urls[0]), _engine(urls[1])
     try:
         outbox = _outbox_when_ready(nodes, orders_engine, tables, None)
-        with db.transaction(db.session_factory(orders_engine)) as session:
+        with db.transaction(orders_engine) as session:
             poison = outbox.publish(session, OrderPaid(order=poison_order), aggregate_id="orders/P")
             later = [
                 outbox.publish(session, OrderPaid(order=f"orders/P#{i}"), aggregate_id="orders/P")

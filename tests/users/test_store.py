@@ -43,7 +43,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 @pytest.fixture
 def users_store(engine: Engine) -> store.UsersStore:
     outbox = Outbox(store.BUS, source="users", routing=consumer_routing())
-    return store.UsersStore(db.session_factory(engine), outbox)
+    return store.UsersStore(engine, outbox)
 
 
 def _profile(users_store: store.UsersStore, display_name: str = "Ada") -> str:

@@ -2,7 +2,7 @@
 
 A service declares what it publishes and consumes and gets the rest from here:
 
-- `Outbox.publish(session, event, aggregate_id=...)` writes the event in the caller's
+- `Outbox.publish(connection, event, aggregate_id=...)` writes the event in the caller's
   transaction (``bus_outbox``) with one ``bus_delivery`` row per route: per declared
   consumer (embedded), or one to the broker; none for an event nobody consumes.
 - `Relay` (a background thread) delivers due rows in order per aggregate and route, with

@@ -22,14 +22,15 @@ from collections.abc import Callable, Mapping
 from enum import Enum
 
 from google.protobuf.message import Message
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 
 from poly.events.v1.events_pb2 import EventEnvelope
+from services.kit import db
 from services.kit.bus import contract
 from services.kit.bus.metrics import BusMetrics
 from services.kit.bus.tables import BusTables
-from services.kit.domain_errors import FailedPrecondition
+from services.kit.domain_errors import FailedPrecondition, Unavailable
 from services.kit.sql import if_absent
 
 __all__ = [
@@ -43,8 +44,9 @@ __all__ = [
 
 _log = logging.getLogger("poly.bus.consumer")
 
-EventHandler = Callable[[Session, Message, EventEnvelope], None]
-"""``(session, payload, envelope) -> None``: make the event's effect inside `session`."""
+EventHandler = Callable[[Connection, Message, EventEnvelope], None]
+"""``(connection, payload, envelope) -> None``: make the event's effect in the transaction
+`connection` is in."""
 
 
 NOT_HANDLED = "EVENT_TYPE_NOT_HANDLED"
@@ -71,7 +73,7 @@ class Outcome(Enum):
 class Consumer:
     def __init__(
         self,
-        factory: sessionmaker[Session],
+        engine: Engine,
         tables: BusTables,
         handlers: Mapping[type[Message], EventHandler],
         *,
@@ -79,7 +81,7 @@ class Consumer:
         clock: Callable[[], float] = time.time,
     ) -> None:
         """`clock` gives the current time in seconds since the epoch (for the apply delay)."""
-        self._factory = factory
+        self._engine = engine
         self._handlers = {cls.DESCRIPTOR.full_name: (cls, handler) for cls, handler in handlers.items()}
         self.metrics = metrics or BusMetrics()
         self._clock = clock
@@ -115,14 +117,14 @@ class Consumer:
         if not envelope.payload.Unpack(payload):
             raise ValueError(f"event {envelope.id}: payload is not a {envelope.type}")
         try:
-            with self._factory.begin() as session:
+            with db.transaction(self._engine) as connection:
                 # Recorded first, in one statement: an event already in the inbox (or being
                 # recorded by a concurrent delivery, which this waits for) inserts nothing.
-                record = if_absent(self._inbox, session.get_bind().dialect.name)
+                record = if_absent(self._inbox, connection.dialect.name)
                 inbox_row = {"event_id": envelope.id, "event_type": envelope.type, "source": envelope.source}
-                if session.execute(record, inbox_row).first() is None:
+                if connection.execute(record, inbox_row).first() is None:
                     raise _Duplicate
-                handler(session, payload, envelope)
+                handler(connection, payload, envelope)
         except _Duplicate:
             self.metrics.add("duplicate", envelope.type)
             return Outcome.DUPLICATE
@@ -136,7 +138,10 @@ class Consumer:
 
 
 def is_transient_database_error(error: BaseException) -> bool:
-    """The consumer's database is unreachable or restarting, not the event that is at fault."""
+    """The consumer's database is unreachable, restarting or busy (`kit.db`'s
+    ``DATABASE_BUSY``), not the event that is at fault."""
+    if isinstance(error, Unavailable):
+        return True
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
     return isinstance(error, (OperationalError, InterfaceError))

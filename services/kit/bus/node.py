@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from google.protobuf.message import Message
 from sqlalchemy import Engine
 
-from services.kit import config, db, server, telemetry
+from services.kit import config, server, telemetry
 from services.kit.bus import contract
 from services.kit.bus.broker import BrokerTransport
 from services.kit.bus.broker_consumer import BrokerConsumer
@@ -85,7 +85,6 @@ def node(
     peers = sorted(contract.services() - {settings.service})
     metrics = metrics or BusMetrics()
     channels = Channels(settings, services={peer: [EVENT_SINK] for peer in peers})
-    factory = db.session_factory(engine)
     # A send must end well inside its lease, so no two replicas ever have it in flight.
     send_timeout = min(10.0, settings.bus.lease_seconds / 2)
     broker = (
@@ -119,13 +118,11 @@ def node(
         metrics=metrics,
         on_commit=relay.wake,
     )
-    consumer = Consumer(
-        factory, tables, handlers(outbox) if callable(handlers) else handlers, metrics=metrics
-    )
+    consumer = Consumer(engine, tables, handlers(outbox) if callable(handlers) else handlers, metrics=metrics)
     _check_handlers(settings.service, consumer.event_types)
     sink = EventSinkServicer(
         consumer,
-        factory,
+        engine,
         tables,
         service=settings.service,
         services=contract.services(),

@@ -1,6 +1,6 @@
 """Publishing: an event is a row written in the same transaction as the change it reports.
 
-`Outbox.publish(session, event, aggregate_id=...)` adds the event to ``bus_outbox`` and one
+`Outbox.publish(connection, event, aggregate_id=...)` adds the event to ``bus_outbox`` and one
 ``bus_delivery`` row per route (from the contract's consumers), inside the caller's
 transaction: if it rolls back, the event never existed; once it commits, the relay will
 deliver it even if the process dies at once.
@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.message import Message
 from sqlalchemy import (
+    Connection,
     Insert,
     Integer,
     LargeBinary,
@@ -33,7 +34,6 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.orm import Session
 
 from poly.events.v1.events_pb2 import EventEnvelope
 from services.kit.bus import contract
@@ -41,26 +41,26 @@ from services.kit.bus.metrics import BusMetrics
 from services.kit.bus.tables import PENDING, BusTables
 from services.kit.bus.tracing import current_trace_context
 from services.kit.config import BusSettings
-from services.kit.db import UtcDateTime, after_commit, after_rollback
+from services.kit.db import Executor, UtcDateTime, after_commit, after_rollback, connection_of
 from services.kit.wire import timestamp
 
 __all__ = ["Outbox", "Routing", "broker_routing", "consumer_routing", "routing"]
 
-Routing = Callable[[Session, str], list[str]]
-"""Where an event of a type goes: ``(session, event_type) -> routes``."""
+Routing = Callable[[Connection, str], list[str]]
+"""Where an event of a type goes: ``(connection, event_type) -> routes``."""
 
 
 def consumer_routing() -> Routing:
     """Embedded transport: one route per declared consumer of the type (the contract's
     ``consumers``), so an event waits in the outbox for a consumer that has not started yet."""
-    return lambda _session, event_type: sorted(contract.consumers_of(event_type))
+    return lambda _connection, event_type: sorted(contract.consumers_of(event_type))
 
 
 def broker_routing(route: str = "broker") -> Routing:
     """One route named `route` for every consumed type: how broker deliveries were routed
     before routes named consumers (the broker fanned each out); kept for tests of the relay
     that need a single route. An event nobody consumes goes nowhere."""
-    return lambda _session, event_type: [route] if contract.consumers_of(event_type) else []
+    return lambda _connection, event_type: [route] if contract.consumers_of(event_type) else []
 
 
 def routing(settings: BusSettings) -> Routing:
@@ -94,14 +94,14 @@ class Outbox:
 
     def publish(
         self,
-        session: Session,
+        executor: Executor,
         event: Message,
         *,
         aggregate_id: str,
         trace_context: Mapping[str, str] | None = None,
         schema_version: int = 1,
     ) -> EventEnvelope:
-        """Record `event` (a ``poly.events.v1`` message) in `session`'s transaction.
+        """Record `event` (a ``poly.events.v1`` message) in the transaction `executor` is in.
 
         `trace_context` (W3C ``traceparent``/``tracestate``) is the current span's unless given."""
         if not aggregate_id:
@@ -132,12 +132,13 @@ class Outbox:
             "occur_time": now,
             "envelope": envelope.SerializeToString(),
         }
-        routes = self._routing(session, event_type)
-        if session.get_bind().dialect.name == "postgresql":
+        connection = connection_of(executor)
+        routes = self._routing(connection, event_type)
+        if connection.dialect.name == "postgresql":
             # One round trip for the lock, the event and its deliveries (three otherwise).
-            session.execute(self._publish_postgresql, {**row, "routes": routes}).scalar_one()
+            connection.execute(self._publish_postgresql, {**row, "routes": routes}).scalar_one()
         else:
-            position = session.execute(self._insert_event, row).scalar_one()
+            position = connection.execute(self._insert_event, row).scalar_one()
             if routes:
                 deliveries = [
                     {
@@ -151,19 +152,19 @@ class Outbox:
                     }
                     for route in routes
                 ]
-                session.execute(self._insert_deliveries, deliveries)
+                connection.execute(self._insert_deliveries, deliveries)
         self._metrics.add("published", event_type)
         # No route, nothing to deliver: the relay is not woken for it.
-        if routes and self._on_commit is not None and not session.info.get("_bus_wake"):
-            info, on_commit = session.info, self._on_commit
+        if routes and self._on_commit is not None and not connection.info.get("_bus_wake"):
+            info, on_commit = connection.info, self._on_commit
             info["_bus_wake"] = True
 
             def wake() -> None:
                 info.pop("_bus_wake", None)
                 on_commit()
 
-            after_commit(session, wake)
-            after_rollback(session, lambda: info.pop("_bus_wake", None))
+            after_commit(connection, wake)
+            after_rollback(connection, lambda: info.pop("_bus_wake", None))
         return envelope
 
 

@@ -24,12 +24,11 @@ from collections.abc import Collection, Sequence
 
 import grpc
 from opentelemetry.trace import TracerProvider
-from sqlalchemy import insert, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine, insert, select
 
 from poly.events.v1 import event_sink_pb2, event_sink_pb2_grpc
 from poly.events.v1.events_pb2 import EventEnvelope
-from services.kit import server, tls
+from services.kit import db, server, tls
 from services.kit.bus import contract
 from services.kit.bus.consumer import Consumer, Outcome, is_transient_database_error
 from services.kit.bus.tables import BusTables
@@ -64,7 +63,7 @@ class EventSinkServicer(event_sink_pb2_grpc.EventSinkServiceServicer):
     def __init__(
         self,
         consumer: Consumer,
-        factory: sessionmaker[Session],
+        engine: Engine,
         tables: BusTables,
         *,
         service: str,
@@ -79,7 +78,7 @@ class EventSinkServicer(event_sink_pb2_grpc.EventSinkServiceServicer):
         self._service = service
         self._published = contract.published_by(service)
         self._consumer = consumer
-        self._factory = factory
+        self._engine = engine
         self._tables = tables
         self._tracer = BusTracer(tracer_provider)
         self._destination = Destination(EMBEDDED, service)
@@ -158,14 +157,14 @@ class EventSinkServicer(event_sink_pb2_grpc.EventSinkServiceServicer):
         types = sorted(set(request.event_types))
         self._check_consumer(subscriber, types)
         subscription = self._tables.subscription
-        with self._factory.begin() as session:
+        with db.transaction(self._engine) as connection:
             # Records only grow: a replica of an older version re-subscribing during a
             # rolling deploy must not take away the types a newer one asked for.
             query = select(subscription.c.event_type).where(subscription.c.subscriber == subscriber)
-            known = set(session.scalars(query))
+            known = set(connection.scalars(query))
             added = [t for t in types if t not in known]
             if added:
-                session.execute(
+                connection.execute(
                     insert(subscription), [{"subscriber": subscriber, "event_type": t} for t in added]
                 )
             current = sorted(known | set(types))

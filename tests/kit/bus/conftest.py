@@ -13,7 +13,6 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import Engine, MetaData, Table, select
-from sqlalchemy.orm import Session, sessionmaker
 
 from poly.events.v1.events_pb2 import EventEnvelope, OrderPaid
 from services.kit import bus, db
@@ -36,7 +35,6 @@ __all__ = [
 @dataclass
 class BusDb:
     engine: Engine
-    factory: sessionmaker[Session]
     tables: bus.BusTables
     effects: Table
 
@@ -66,7 +64,7 @@ def make_bus_db(url: str) -> BusDb:
     effects = effect_table(metadata)
     engine = db.engine(DatabaseSettings(url=url))
     metadata.create_all(engine)
-    return BusDb(engine, db.session_factory(engine), tables, effects)
+    return BusDb(engine, tables, effects)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
@@ -139,5 +137,5 @@ class ScriptedTransport:
 
 
 def publish(bus_db: BusDb, outbox: bus.Outbox, aggregate: str, order: str) -> EventEnvelope:
-    with db.transaction(bus_db.factory) as session:
+    with db.transaction(bus_db.engine) as session:
         return outbox.publish(session, OrderPaid(order=order), aggregate_id=aggregate)

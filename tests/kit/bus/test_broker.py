@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aio_pika.abc import AbstractChannel
 from google.protobuf.message import Message
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from poly.events.v1.events_pb2 import EventEnvelope, OrderPaid, UserRegistered
 from services.kit import bus
@@ -50,7 +50,7 @@ def _until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
 def test_published_events_are_applied_once_each_even_when_published_twice(
     bus_db: BusDb, amqp_url: str, prefix: str
 ) -> None:
-    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
+    consumer = bus.Consumer(bus_db.engine, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
     intake = bus.BrokerConsumer(amqp_url, "notifications", consumer, prefix=prefix)
     transport = bus.BrokerTransport(amqp_url, prefix=prefix)
     intake.start()
@@ -81,13 +81,13 @@ def test_a_poison_event_goes_to_the_dead_letter_queue_and_is_redriven(
     recorder = record_effect(bus_db.effects)
     broken = {"orders/P#0"}
 
-    def handler(session: Session, payload: Message, envelope: EventEnvelope) -> None:
+    def handler(connection: Connection, payload: Message, envelope: EventEnvelope) -> None:
         assert isinstance(payload, OrderPaid)
         if payload.order in broken:
             raise RuntimeError("cannot handle this one")
-        recorder(session, payload, envelope)
+        recorder(connection, payload, envelope)
 
-    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderPaid: handler})
+    consumer = bus.Consumer(bus_db.engine, bus_db.tables, {OrderPaid: handler})
     intake = bus.BrokerConsumer(
         amqp_url, "notifications", consumer, prefix=prefix, attempts=3, retry_delay=0.01
     )
@@ -114,7 +114,7 @@ def test_across_a_broker_outage_publishes_commit_drain_once_and_leave_one_channe
 ) -> None:
     caplog.set_level(logging.WARNING)
     proxy, proxied_url = through_proxy(amqp_url)
-    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
+    consumer = bus.Consumer(bus_db.engine, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
     intake = bus.BrokerConsumer(amqp_url, "notifications", consumer, prefix=prefix)  # the consumer's own link
     publisher = f"{prefix} publisher"
     transport = bus.BrokerTransport(proxied_url, prefix=prefix, timeout=2, name=publisher)

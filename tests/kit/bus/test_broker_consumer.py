@@ -41,7 +41,7 @@ def prefix(amqp_url: str) -> Iterator[str]:
 def test_the_consumer_declares_the_whole_topology_before_it_consumes(
     bus_db: BusDb, amqp_url: str, prefix: str
 ) -> None:
-    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
+    consumer = bus.Consumer(bus_db.engine, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
     intake = bus.BrokerConsumer(amqp_url, "notifications", consumer, prefix=prefix)
     # The services the contract names a consumer of some event: each has a queue.
     consumers = sorted(service for service in contract.services() if contract.consumed_by(service))
@@ -71,7 +71,7 @@ def test_after_an_outage_the_consumer_is_back_on_one_channel_without_error_logs(
 ) -> None:
     caplog.set_level(logging.WARNING)
     proxy, proxied_url = through_proxy(amqp_url)
-    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
+    consumer = bus.Consumer(bus_db.engine, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
     name = f"{prefix} notifications consumer"
     intake = bus.BrokerConsumer(proxied_url, "notifications", consumer, prefix=prefix)
     transport = bus.BrokerTransport(amqp_url, prefix=prefix)  # the publisher's own link
@@ -102,7 +102,7 @@ def test_after_an_outage_the_consumer_is_back_on_one_channel_without_error_logs(
 def test_an_undecodable_message_goes_to_the_dead_letter_queue(
     bus_db: BusDb, amqp_url: str, prefix: str
 ) -> None:
-    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
+    consumer = bus.Consumer(bus_db.engine, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
     intake = bus.BrokerConsumer(amqp_url, "notifications", consumer, prefix=prefix)
     intake.start()
     try:
@@ -175,7 +175,7 @@ def test_a_forged_message_is_dead_lettered_with_its_reason_never_applied_nor_red
     bus_db: BusDb, amqp_url: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="poly.bus.broker")
-    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
+    consumer = bus.Consumer(bus_db.engine, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
     intake = bus.BrokerConsumer(
         amqp_url, "notifications", consumer, prefix=prefix, attempts=3, retry_delay=0.01
     )

@@ -66,7 +66,7 @@ def test_consumers_started_late_in_any_order_each_apply_every_event_once(
     def register(batch: int) -> None:
         for number in range(PER_BATCH):
             user = f"users/{batch}-{number}"
-            with db.transaction(auth.factory) as session:
+            with db.transaction(auth.engine) as session:
                 published.append(outbox.publish(session, UserRegistered(user=user), aggregate_id=user))
         eventually(
             lambda: bus.state_counts(auth.engine, auth.tables).get(bus.PENDING, 0) == 0,
@@ -80,7 +80,7 @@ def test_consumers_started_late_in_any_order_each_apply_every_event_once(
             consumers[service] = make_bus_db(f"sqlite:///{tmp_path / f'{service}.db'}")
             side = consumers[service]
             handler = record_effect(side.effects, UserRegistered, subject="user")
-            consumer = bus.Consumer(side.factory, side.tables, {UserRegistered: handler})
+            consumer = bus.Consumer(side.engine, side.tables, {UserRegistered: handler})
             started.append(bus.BrokerConsumer(amqp_url, service, consumer, prefix=prefix))
             started[-1].start()
             assert started[-1].ready.is_set()

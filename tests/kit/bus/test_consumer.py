@@ -4,8 +4,7 @@ import threading
 
 import pytest
 from google.protobuf.message import Message
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, select
 
 from poly.events.v1.events_pb2 import EventEnvelope, OrderCancelled, OrderPaid
 from services.kit import bus
@@ -24,7 +23,7 @@ def _envelope(
 
 
 def test_a_redelivered_event_has_its_effect_once(bus_db: BusDb) -> None:
-    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
+    consumer = bus.Consumer(bus_db.engine, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
     assert consumer.apply(_envelope()) is bus.Outcome.APPLIED
     assert consumer.apply(_envelope()) is bus.Outcome.DUPLICATE
     assert bus_db.effect_counts() == {"6f1c2f8e-0000-4000-8000-000000000001": 1}
@@ -34,13 +33,13 @@ def test_a_failing_handler_leaves_no_trace_and_the_retry_applies(bus_db: BusDb) 
     calls: list[str] = []
     recorder = record_effect(bus_db.effects)
 
-    def flaky(session: Session, payload: Message, envelope: EventEnvelope) -> None:
-        recorder(session, payload, envelope)  # the effect is written, then the handler fails
+    def flaky(connection: Connection, payload: Message, envelope: EventEnvelope) -> None:
+        recorder(connection, payload, envelope)  # the effect is written, then the handler fails
         calls.append(envelope.id)
         if len(calls) == 1:
             raise RuntimeError("downstream hiccup")
 
-    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderPaid: flaky})
+    consumer = bus.Consumer(bus_db.engine, bus_db.tables, {OrderPaid: flaky})
     with pytest.raises(RuntimeError):
         consumer.apply(_envelope())
     assert bus_db.effect_counts() == {}, "effect and inbox row rolled back together"
@@ -50,7 +49,7 @@ def test_a_failing_handler_leaves_no_trace_and_the_retry_applies(bus_db: BusDb) 
 
 def test_an_event_without_a_handler_is_refused_not_dropped(bus_db: BusDb) -> None:
     consumer = bus.Consumer(
-        bus_db.factory, bus_db.tables, {OrderCancelled: record_effect(bus_db.effects, OrderCancelled)}
+        bus_db.engine, bus_db.tables, {OrderCancelled: record_effect(bus_db.effects, OrderCancelled)}
     )
     with pytest.raises(FailedPrecondition) as refused:
         consumer.apply(_envelope())
@@ -63,22 +62,22 @@ def test_an_event_without_a_handler_is_refused_not_dropped(bus_db: BusDb) -> Non
 def test_a_handlers_own_integrity_error_is_not_mistaken_for_a_duplicate(bus_db: BusDb) -> None:
     recorder = record_effect(bus_db.effects)
 
-    def conflicting(session: Session, payload: Message, envelope: EventEnvelope) -> None:
-        recorder(session, payload, envelope)
-        session.execute(
+    def conflicting(connection: Connection, payload: Message, envelope: EventEnvelope) -> None:
+        recorder(connection, payload, envelope)
+        connection.execute(
             bus_db.tables.inbox.insert().values(
                 event_id=envelope.id, event_type=envelope.type, source="again"
             )
         )
 
-    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderPaid: conflicting})
+    consumer = bus.Consumer(bus_db.engine, bus_db.tables, {OrderPaid: conflicting})
     with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
         consumer.apply(_envelope())
     assert bus_db.effect_counts() == {}
 
 
 def test_concurrent_deliveries_of_one_event_apply_it_once(bus_db: BusDb) -> None:
-    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
+    consumer = bus.Consumer(bus_db.engine, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)})
     outcomes: list[bus.Outcome] = []
     barrier = threading.Barrier(6)
 
@@ -110,10 +109,10 @@ def test_an_event_whose_source_does_not_publish_its_type_is_refused_before_anyth
 ) -> None:
     calls: list[str] = []
 
-    def handler(session: Session, payload: Message, envelope: EventEnvelope) -> None:
+    def handler(connection: Connection, payload: Message, envelope: EventEnvelope) -> None:
         calls.append(envelope.id)
 
-    consumer = bus.Consumer(bus_db.factory, bus_db.tables, {OrderPaid: handler})
+    consumer = bus.Consumer(bus_db.engine, bus_db.tables, {OrderPaid: handler})
     forged = _envelope()
     forged.source, forged.type = source, event_type
     with pytest.raises(bus.EventNotPublishedByCaller) as refused:

@@ -49,12 +49,12 @@ class Bus:
     def start_consumer(self, name: str) -> None:
         consumer_db = self.consumer_dbs[name]
         consumer = bus.Consumer(
-            consumer_db.factory,
+            consumer_db.engine,
             consumer_db.tables,
             {OrderCancelled: record_effect(consumer_db.effects, OrderCancelled)},
         )
         sink = bus.EventSinkServicer(
-            consumer, consumer_db.factory, consumer_db.tables, service=name, services=config.SERVICES
+            consumer, consumer_db.engine, consumer_db.tables, service=name, services=config.SERVICES
         )
         self.servers[name] = server.start(settings_for(name, self.environ), [bus.sink_registration(sink)])
 
@@ -119,7 +119,7 @@ def test_a_consumer_started_late_still_applies_every_event_once_in_order(event_b
     published: dict[str, list[str]] = {}
     ids: list[str] = []
     for start in range(0, EVENTS, PER_TRANSACTION):
-        with db.transaction(event_bus.orders_db.factory) as session:
+        with db.transaction(event_bus.orders_db.engine) as session:
             for number in range(start, start + PER_TRANSACTION):
                 aggregate = f"orders/{number % AGGREGATES}"
                 order = f"{aggregate}#{number}"

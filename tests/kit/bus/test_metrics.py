@@ -53,7 +53,7 @@ def test_each_applied_event_s_delay_goes_to_the_observers_once(bus_db: BusDb) ->
     later: list[tuple[str, float]] = []
     metrics = bus.BusMetrics(on_apply_delay=lambda event_type, seconds: seen.append((event_type, seconds)))
     consumer = bus.Consumer(
-        bus_db.factory,
+        bus_db.engine,
         bus_db.tables,
         {OrderPaid: record_effect(bus_db.effects)},
         metrics=metrics,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf.message import Message
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from poly.events.v1.events_pb2 import (
     ContactChanged,
@@ -25,7 +25,7 @@ from tests.kit.bus.conftest import BusDb
 from tests.support.env import free_port, settings_for
 
 
-def _ignore(session: Session, payload: Message, envelope: EventEnvelope) -> None:
+def _ignore(connection: Connection, payload: Message, envelope: EventEnvelope) -> None:
     """A handler whose effect does not matter here."""
 
 

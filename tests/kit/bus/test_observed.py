@@ -71,7 +71,7 @@ def test_the_outbox_says_which_consumer_is_behind(bus_db: BusDb) -> None:
     recent = bus.Outbox(
         bus_db.tables, source="orders", routing=bus.consumer_routing(), clock=_ago(seconds=30)
     )
-    with db.transaction(bus_db.factory) as session:  # OrderCancelled, for both, 30 s ago
+    with db.transaction(bus_db.engine) as session:  # OrderCancelled, for both, 30 s ago
         recent.publish(session, OrderCancelled(order="orders/3"), aggregate_id="orders/3")
 
     registry = _scrape(bus_db)

@@ -42,7 +42,7 @@ def _published(metrics: bus.BusMetrics, event_type: str) -> int:
 
 def test_a_rolled_back_transaction_leaves_no_event(bus_db: BusDb) -> None:
     outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.consumer_routing())
-    with pytest.raises(RuntimeError), db.transaction(bus_db.factory) as session:
+    with pytest.raises(RuntimeError), db.transaction(bus_db.engine) as session:
         outbox.publish(session, OrderPaid(order="orders/1"), aggregate_id="orders/1")
         raise RuntimeError("the state change failed")
     assert _count(bus_db, bus_db.tables.outbox) == 0
@@ -75,7 +75,7 @@ def test_an_event_gets_one_delivery_per_declared_consumer(
 ) -> None:
     assert sorted(contract.consumers_of(event.DESCRIPTOR.full_name)) == consumers
     outbox = bus.Outbox(bus_db.tables, source=source, routing=bus.consumer_routing())
-    with db.transaction(bus_db.factory) as session:
+    with db.transaction(bus_db.engine) as session:
         outbox.publish(session, event, aggregate_id="a/1")
     assert _routes(bus_db) == [(consumer, bus.PENDING) for consumer in consumers]
 
@@ -95,7 +95,7 @@ def test_an_event_nobody_consumes_is_recorded_and_counted_but_not_routed(
     assert contract.consumers_of(event_type) == frozenset()
     metrics = bus.BusMetrics()
     outbox = bus.Outbox(bus_db.tables, source=source, routing=routing, metrics=metrics)
-    with db.transaction(bus_db.factory) as session:
+    with db.transaction(bus_db.engine) as session:
         envelope = outbox.publish(session, event, aggregate_id="a/1")
     assert envelope.type == event_type and envelope.source == source
     assert _count(bus_db, bus_db.tables.outbox) == 1, "kept in the outbox, as published"
@@ -106,7 +106,7 @@ def test_an_event_nobody_consumes_is_recorded_and_counted_but_not_routed(
 def test_broker_routing_sends_a_consumed_event_once_to_the_broker(bus_db: BusDb) -> None:
     metrics = bus.BusMetrics()
     outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.broker_routing(), metrics=metrics)
-    with db.transaction(bus_db.factory) as session:
+    with db.transaction(bus_db.engine) as session:
         # Two consumers: the broker fans it out, so still one delivery.
         outbox.publish(session, OrderCancelled(order="orders/1"), aggregate_id="orders/1")
     assert _routes(bus_db) == [("broker", bus.PENDING)]
@@ -130,11 +130,11 @@ def test_the_relay_is_woken_after_commit_only(bus_db: BusDb) -> None:
     outbox = bus.Outbox(
         bus_db.tables, source="orders", routing=bus.broker_routing(), on_commit=lambda: woken.append(1)
     )
-    with pytest.raises(RuntimeError), db.transaction(bus_db.factory) as session:
+    with pytest.raises(RuntimeError), db.transaction(bus_db.engine) as session:
         outbox.publish(session, OrderPaid(order="orders/1"), aggregate_id="orders/1")
         raise RuntimeError("rolled back")
     assert woken == []
-    with db.transaction(bus_db.factory) as session:
+    with db.transaction(bus_db.engine) as session:
         outbox.publish(session, OrderPaid(order="orders/2"), aggregate_id="orders/2")
         outbox.publish(session, OrderPaid(order="orders/3"), aggregate_id="orders/3")
         assert woken == [], "not before the commit"
@@ -146,7 +146,7 @@ def test_an_event_no_one_consumes_wakes_no_relay(bus_db: BusDb) -> None:
     outbox = bus.Outbox(
         bus_db.tables, source="orders", routing=lambda _session, _type: [], on_commit=lambda: woken.append(1)
     )
-    with db.transaction(bus_db.factory) as session:
+    with db.transaction(bus_db.engine) as session:
         outbox.publish(session, OrderPaid(order="orders/1"), aggregate_id="orders/1")
     assert woken == [], "nothing to deliver, so no relay round"
     with bus_db.engine.connect() as connection:
@@ -155,14 +155,14 @@ def test_an_event_no_one_consumes_wakes_no_relay(bus_db: BusDb) -> None:
 
 def test_an_aggregate_id_is_required(bus_db: BusDb) -> None:
     outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.broker_routing())
-    with pytest.raises(ValueError, match="aggregate_id"), db.transaction(bus_db.factory) as session:
+    with pytest.raises(ValueError, match="aggregate_id"), db.transaction(bus_db.engine) as session:
         outbox.publish(session, OrderPaid(order="orders/1"), aggregate_id="")
 
 
 def test_a_service_cannot_publish_an_event_it_is_not_the_declared_publisher_of(bus_db: BusDb) -> None:
     outbox = bus.Outbox(bus_db.tables, source="notifications", routing=bus.consumer_routing())
     refused = pytest.raises(ValueError, match=r"notifications is not the declared publisher.*names users")
-    with refused, db.transaction(bus_db.factory) as session:
+    with refused, db.transaction(bus_db.engine) as session:
         outbox.publish(session, UserDeleted(user="users/1"), aggregate_id="users/1")
     assert _count(bus_db, bus_db.tables.outbox) == 0
     assert _count(bus_db, bus_db.tables.delivery) == 0
@@ -176,7 +176,7 @@ def test_on_postgresql_an_aggregates_next_event_waits_for_the_one_before_to_comm
     outbox = bus.Outbox(pg.tables, source="orders", routing=bus.consumer_routing())
     outcome: dict[str, object] = {}
     try:
-        with db.transaction(pg.factory) as first:
+        with db.transaction(pg.engine) as first:
             earlier = outbox.publish(first, OrderPaid(order="orders/1"), aggregate_id="orders/1")
 
             def second() -> None:

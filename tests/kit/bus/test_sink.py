@@ -45,7 +45,7 @@ class Pair:
 
 def _sink_server(settings: config.Settings, bus_db: BusDb, consumer: bus.Consumer) -> server.RunningServer:
     sink = bus.EventSinkServicer(
-        consumer, bus_db.factory, bus_db.tables, service=settings.service, services=config.SERVICES
+        consumer, bus_db.engine, bus_db.tables, service=settings.service, services=config.SERVICES
     )
     return server.start(settings, [bus.sink_registration(sink)])
 
@@ -55,10 +55,10 @@ def pair(certs: Path, bus_db: BusDb, tmp_path: Path) -> Iterator[Pair]:
     orders_db = make_bus_db(f"sqlite:///{tmp_path / 'orders.db'}")
     base = {"POLY_TLS_DIR": str(certs), "POLY_ORDERS_PORT": "0", "POLY_NOTIFICATIONS_PORT": "0"}
     orders = _sink_server(
-        settings_for("orders", base), orders_db, bus.Consumer(orders_db.factory, orders_db.tables, {})
+        settings_for("orders", base), orders_db, bus.Consumer(orders_db.engine, orders_db.tables, {})
     )
     notifications_consumer = bus.Consumer(
-        bus_db.factory, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)}
+        bus_db.engine, bus_db.tables, {OrderPaid: record_effect(bus_db.effects)}
     )
     notifications = _sink_server(settings_for("notifications", base), bus_db, notifications_consumer)
     environ = {

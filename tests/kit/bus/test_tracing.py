@@ -145,7 +145,7 @@ def test_the_outbox_stores_the_publishing_span_s_context(bus_db: BusDb, spans: S
     assert dict(_stored(bus_db, event.id).trace_context) == expected
     untraced = publish(bus_db, outbox, "orders/2", "orders/2")
     assert dict(_stored(bus_db, untraced.id).trace_context) == {}, "no span, no context"
-    with db.transaction(bus_db.factory) as session:
+    with db.transaction(bus_db.engine) as session:
         given_context = outbox.publish(
             session,
             OrderPaid(order="orders/3"),

@@ -24,8 +24,7 @@ import pytest
 from google.protobuf.message import Message
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, select
 
 from poly.events.v1 import event_sink_pb2, event_sink_pb2_grpc
 from poly.events.v1.events_pb2 import EventEnvelope, NotificationDelivered, OrderPaid
@@ -53,17 +52,17 @@ def _consumer(consumer_db: BusDb) -> bus.Consumer:
     onward = bus.Outbox(consumer_db.tables, source="notifications", routing=bus.consumer_routing())
     record = record_effect(consumer_db.effects)
 
-    def handle(session: Session, payload: Message, envelope: EventEnvelope) -> None:
+    def handle(connection: Connection, payload: Message, envelope: EventEnvelope) -> None:
         assert isinstance(payload, OrderPaid)
-        record(session, payload, envelope)
+        record(connection, payload, envelope)
         logging.getLogger("poly.test.consumer").info(APPLIED, extra={"event_id": envelope.id})
         onward.publish(
-            session,
+            connection,
             NotificationDelivered(event_type=envelope.type, event_id=envelope.id),
             aggregate_id=f"notifications/{envelope.id}",
         )
 
-    return bus.Consumer(consumer_db.factory, consumer_db.tables, {OrderPaid: handle})
+    return bus.Consumer(consumer_db.engine, consumer_db.tables, {OrderPaid: handle})
 
 
 def _stored(bus_db: BusDb, aggregate_id: str) -> dict[str, str]:
@@ -129,9 +128,9 @@ def test_the_relay_never_sends_an_invalid_id_on(
     """Only an explicit ``trace_context=`` can store one; it goes no further than the outbox."""
     orders_db, _ = dbs
     outbox = bus.Outbox(orders_db.tables, source="orders", routing=bus.consumer_routing())
-    with db.transaction(orders_db.factory) as session:
+    with db.transaction(orders_db.engine) as connection:
         event = outbox.publish(
-            session,
+            connection,
             OrderPaid(order="orders/5"),
             aggregate_id="orders/5",
             trace_context={"x-request-id": forged},
@@ -156,7 +155,7 @@ def sink(
     base = {"POLY_TLS_DIR": str(certs), "POLY_NOTIFICATIONS_PORT": "0"}
     servicer = bus.EventSinkServicer(
         _consumer(notifications_db),
-        notifications_db.factory,
+        notifications_db.engine,
         notifications_db.tables,
         service="notifications",
         services=config.SERVICES,

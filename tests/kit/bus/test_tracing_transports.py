@@ -20,8 +20,7 @@ import pytest
 from google.protobuf.message import Message
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind, StatusCode
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, select
 
 from poly.events.v1 import event_sink_pb2, event_sink_pb2_grpc
 from poly.events.v1.events_pb2 import EventEnvelope, NotificationDelivered, OrderCancelled, OrderPaid
@@ -42,13 +41,13 @@ def _continuing(consumer_db: BusDb, onward: bus.Outbox) -> bus.EventHandler:
     notifications does), in the same transaction; fails for the poison order."""
     record = record_effect(consumer_db.effects)
 
-    def handle(session: Session, payload: Message, envelope: EventEnvelope) -> None:
+    def handle(connection: Connection, payload: Message, envelope: EventEnvelope) -> None:
         assert isinstance(payload, OrderPaid)
         if payload.order == POISON:
             raise RuntimeError(f"cannot take {payload.order}")
-        record(session, payload, envelope)
+        record(connection, payload, envelope)
         onward.publish(
-            session,
+            connection,
             NotificationDelivered(event_type=envelope.type, event_id=envelope.id),
             aggregate_id=f"notifications/{envelope.id}",
         )
@@ -58,9 +57,7 @@ def _continuing(consumer_db: BusDb, onward: bus.Outbox) -> bus.EventHandler:
 
 def _consumer(consumer_db: BusDb) -> bus.Consumer:
     onward = bus.Outbox(consumer_db.tables, source="notifications", routing=bus.consumer_routing())
-    return bus.Consumer(
-        consumer_db.factory, consumer_db.tables, {OrderPaid: _continuing(consumer_db, onward)}
-    )
+    return bus.Consumer(consumer_db.engine, consumer_db.tables, {OrderPaid: _continuing(consumer_db, onward)})
 
 
 def _onward(consumer_db: BusDb, event_id: str) -> dict[str, str]:
@@ -115,7 +112,7 @@ def embedded(certs: Path, bus_db: BusDb, tmp_path: Path, spans: Spans) -> Iterat
     base = {"POLY_TLS_DIR": str(certs), "POLY_NOTIFICATIONS_PORT": "0"}
     sink = bus.EventSinkServicer(
         _consumer(bus_db),
-        bus_db.factory,
+        bus_db.engine,
         bus_db.tables,
         service="notifications",
         services=config.SERVICES,
