@@ -40,7 +40,7 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
-from gateway import errors, fieldmask, headers, jsoncodec, query, streaming
+from gateway import errors, fieldmask, headers, jsoncodec, query, streaming, trailers
 from gateway.backends import READY_STATES, Backends
 from gateway.config import Limits
 from gateway.limits import FailureWindows, TokenBuckets
@@ -114,6 +114,32 @@ def _plan(route: Route, success_status: SuccessStatus) -> _Plan:
     response = _message_class(route.method.output_type)
     patch_mask = fieldmask.patch_mask_field(route.http_method, route.body, request)
     return _Plan(_message_class(request), response, body_field, bound, success_status(route), patch_mask)
+
+
+_Metadata = tuple[str, str | bytes]
+
+
+def _answer(
+    request: web.Request, http: int, body: bytes, initial: list[_Metadata], trailing: list[_Metadata]
+) -> web.StreamResponse:
+    """A JSON answer with the call's metadata: ``Grpc-Metadata-*`` headers, and its trailers
+    as HTTP trailers for a client that accepts them (`trailers`), else as ``Grpc-Trailer-*``
+    headers."""
+    sent_after = headers.response_headers([], trailing) if http != 204 else []
+    if sent_after and trailers.accepts_trailers(request):
+        answer: web.StreamResponse = trailers.TrailedResponse(
+            status=http, body=body, content_type="application/json", trailers=sent_after
+        )
+        request[EXCHANGE].body_bytes = len(body)
+        pairs = headers.response_headers(initial, [])
+    else:
+        answer = web.Response(status=http, content_type="application/json")
+        if http != 204:
+            answer.body = body
+        pairs = headers.response_headers(initial, trailing)
+    for name, value in pairs:
+        answer.headers.add(name, value)
+    return answer
 
 
 class _Refusal(Exception):
@@ -268,13 +294,13 @@ class Edge:
         try:
             return await self._transcode(request, exchange, client)
         except _Refusal as refused:
-            return self._error(refused.status, refused.http, refused.extra)
+            return self._error(request, refused.status, refused.http, refused.extra)
         except errors.BadRequest as bad:
             code = grpc.StatusCode.INVALID_ARGUMENT
             status = errors.status_message(
                 code, str(bad), reason="INVALID_REQUEST", violations=bad.violations
             )
-            return self._error(status, 400)
+            return self._error(request, status, 400)
         except grpc.aio.AioRpcError as failed:
             status = errors.status_of_rpc_error(failed)
             extra: dict[str, str] = {}
@@ -282,11 +308,12 @@ class Edge:
                 extra["WWW-Authenticate"] = "Bearer"
                 if self._failures is not None and not client.failure_counted:
                     self._failures.record(client.address)
-            return self._error(status, errors.http_status(failed.code()), extra)
+            metadata = (list(failed.initial_metadata() or ()), list(failed.trailing_metadata() or ()))
+            return self._error(request, status, errors.http_status(failed.code()), extra, metadata)
         except Exception:  # noqa: BLE001 - one error shape for every failure, logged with its cause
             _log.exception("unexpected error", extra={"path": request.path, "request_id": request_id})
             status = errors.status_message(grpc.StatusCode.INTERNAL, "internal error", reason="INTERNAL")
-            return self._error(status, 500)
+            return self._error(request, status, 500)
 
     @staticmethod
     def _json(reply: Message, route: Route) -> bytes:
@@ -295,12 +322,15 @@ class Edge:
         return jsoncodec.to_json(reply)
 
     def _error(
-        self, status: status_pb2.Status, http: int, extra: dict[str, str] | None = None
-    ) -> web.Response:
+        self,
+        request: web.Request,
+        status: status_pb2.Status,
+        http: int,
+        extra: dict[str, str] | None = None,
+        metadata: tuple[list[_Metadata], list[_Metadata]] = ([], []),
+    ) -> web.StreamResponse:
         # X-Request-Id is added by the observing middleware, as on every answer.
-        response = web.Response(
-            body=errors.render_status(status), status=http, content_type="application/json"
-        )
+        response = _answer(request, http, errors.render_status(status), *metadata)
         if extra:
             response.headers.update(extra)
         return response
@@ -439,15 +469,9 @@ class Edge:
             backend.fail(error)
             raise
         backend.end(grpc.StatusCode.OK)
-        answer = web.Response(status=plan.success, content_type="application/json")
-        if answer.status != 204:
-            answer.body = self._json(reply, route)
-        pairs = headers.response_headers(
-            list(await call.initial_metadata() or ()), list(await call.trailing_metadata() or ())
-        )
-        for name, value in pairs:
-            answer.headers.add(name, value)
-        return answer
+        body = b"" if plan.success == 204 else self._json(reply, route)
+        initial, trailing = await call.initial_metadata(), await call.trailing_metadata()
+        return _answer(request, plan.success, body, list(initial or ()), list(trailing or ()))
 
     async def _stream(
         self,

@@ -401,7 +401,7 @@ class Observer:
                     body_bytes = exchange.body_bytes
                 else:
                     response.headers["X-Request-Id"] = exchange.request_id
-                    body_bytes = response.content_length or 0
+                    body_bytes = response.content_length or exchange.body_bytes
                 return response
             except asyncio.CancelledError:
                 stream = exchange.response  # a stream ends this way when its client leaves

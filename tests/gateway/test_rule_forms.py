@@ -35,7 +35,7 @@ from grpc_status import rpc_status
 from services.kit import config, tls
 from tests.gateway.conftest import STANDALONE
 from tests.support.env import free_port
-from tests.support.http import Answer, http_call
+from tests.support.http import Answer, http_call, http_calls_with_trailers
 from tests.support.processes import Process
 from tests.support.protos import compile_proto
 
@@ -341,6 +341,8 @@ class Library:
                 packed.append(any_detail)
             status = status_pb2.Status(code=code.value[0], message="the shelf is locked", details=packed)
             context.abort_with_status(rpc_status.to_status(status))
+        context.send_initial_metadata((("x-served-by", "library"),))
+        context.set_trailing_metadata((("x-cost", "1"), ("x-trace-bin", b"\x00\xff")))
         context.abort(code, f"failing with {request.code}")
 
     def Sleep(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -814,6 +816,37 @@ def test_headers_both_ways(edge: Edge) -> None:
     assert answer.headers["Grpc-Metadata-X-Blob-Bin"] == base64.b64encode(b"\x01\x02\xff").decode()
     assert answer.headers["Grpc-Trailer-X-Cost"] == "3"
     assert answer.headers["X-Request-Id"] == "req-42"
+
+
+def test_trailers_are_sent_as_http_trailers_to_a_client_that_accepts_them(edge: Edge) -> None:
+    echoed, failed, empty = http_calls_with_trailers(
+        edge.port,
+        [
+            ("POST", "/v1/echo", json.dumps({"text": "hi"}).encode()),
+            ("GET", "/v1/errors/FAILED_PRECONDITION", b""),
+            ("GET", "/v1/shelves/1/books:search", b""),  # a method that sets no trailing metadata
+        ],
+        headers={"TE": "trailers"},
+    )
+    assert echoed.status == 200 and json.loads(echoed.body)["text"] == "hi"
+    assert echoed.header("Transfer-Encoding") == "chunked" and echoed.header("Content-Length") is None
+    assert echoed.header("Trailer") == "Grpc-Trailer-x-cost"
+    assert echoed.trailers == [("grpc-trailer-x-cost", "3")]
+    assert echoed.header("Grpc-Metadata-x-served-by") == "library", "header metadata stays in the headers"
+    assert echoed.header("Grpc-Trailer-x-cost") is None, "sent once, as a trailer"
+    assert failed.status == 400 and json.loads(failed.body)["message"] == "failing with FAILED_PRECONDITION"
+    assert failed.header("Grpc-Metadata-x-served-by") == "library"
+    assert failed.trailers == [("grpc-trailer-x-cost", "1"), ("grpc-trailer-x-trace-bin", "AP8=")]
+    assert not any(name.startswith("grpc-trailer-grpc-") for name, _ in failed.trailers), "no grpc-* keys"
+    assert empty.status == 200 and empty.trailers == [] and empty.header("Trailer") is None
+
+
+def test_without_te_trailers_the_trailers_are_headers(edge: Edge) -> None:
+    failed = edge.call("GET", "/v1/errors/NOT_FOUND")
+    assert failed.status == 404
+    assert failed.headers["Grpc-Trailer-X-Cost"] == "1" and failed.headers["Content-Length"]
+    old = http_call(edge.port, "POST", "/v1/echo", {"text": "hi"}, headers={"TE": "trailers"}, http10=True)
+    assert old.status == 200 and old.headers["Grpc-Trailer-X-Cost"] == "3", "HTTP/1.0 has no chunks to end"
 
 
 def test_grpc_timeout_on_a_slow_method_is_504(edge: Edge) -> None:
