@@ -46,6 +46,15 @@ Results are printed as markdown and written to ``bench/results/vs_grpc_gateway.j
 ``--no-traces`` sets OTEL_SDK_DISABLED=true for auth and the Python edge (no spans; the Go
 edge never has any).
 
+``--variant LABEL=SPEC`` (repeatable) adds a path ``python-LABEL``: one more Python edge in
+front of the same auth, measured in the same rounds as the others, for a change measured as a
+ratio in one run. SPEC is comma-separated: a directory is a checkout to run the edge from (a
+``git worktree`` of another commit), ``NAME=VALUE`` an environment variable for it::
+
+    git worktree add /tmp/edge-before HEAD~1
+    python bench/vs_grpc_gateway/run.py --variant before=/tmp/edge-before \
+        --variant unsampled=OTEL_TRACES_SAMPLER=always_off
+
 Recorded run (2026-12-06, this project's 2-core machine; 3 rounds of 5 s after 2 s warm-ups)
 ------------------------------------------------------------------------------------------
 The Python edge as the working tree had it at 10:44 (commit b8c3bdc's edge; another engineer
@@ -71,6 +80,20 @@ gateway / backend 0.56 and 0.60, Go 0.17 and 0.20; the Python gateway's 612 us p
 against 731 with traces suggests (across two runs) that tracing is about a sixth of its CPU.
 Absolute microseconds were 15-50% above ``bench/edge.py``'s recorded run (other load on the
 shared machine): compare within a run.
+
+Variants in one run (2026-12-06 afternoon, 2 rounds of 4 s; gateway CPU per call at 32 in
+flight, then its ratio to the default edge's in the same rounds)::
+
+    default edge                         564 us   3.60x Go
+    a second default edge (control)      554 us   0.99
+    OTEL_TRACES_SAMPLER=always_off       449 us   0.80
+    OTEL_SDK_DISABLED=true               421 us   0.75
+    Go grpc-gateway                      156 us
+
+A throwaway probe run as a variant from a scratch directory (httptools on an asyncio.Protocol,
+the same grpc.aio call and json_format, nothing else) spent 213 us, 1.54x Go and 0.41x the
+default edge, in another run that day. BSP batch sizes (64 every 100 ms, 2048 every 5 s)
+changed nothing (0.95 each, within the control's spread).
 """
 
 from __future__ import annotations
@@ -113,9 +136,41 @@ from machine import (  # noqa: E402
 )
 
 RESULTS_PATH = edge.RESULTS_PATH.parent / "vs_grpc_gateway.json"
-PATHS = ("direct", "python", "go")
-GATEWAY_OF = {"direct": None, "python": "gateway", "go": "go-gateway"}
-"""The process (a key of System.processes) that is the path's gateway."""
+BASE_PATHS = ("direct", "python", "go")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Another Python edge: from `checkout` (None: this one), with `environ` added."""
+
+    label: str
+    checkout: Path | None
+    environ: dict[str, str]
+
+    @property
+    def path(self) -> str:
+        return f"python-{self.label}"
+
+
+def parse_variant(text: str) -> Variant:
+    label, _, spec = text.partition("=")
+    if not label.replace("-", "").isalnum() or not spec:
+        raise ValueError(f"--variant {text!r}: want LABEL=SPEC (LABEL letters, digits, dashes)")
+    checkout, environ = None, {}
+    for item in spec.split(","):
+        name, equals, value = item.partition("=")
+        if equals and name.isidentifier():
+            environ[name] = value
+        elif Path(item).is_dir():
+            checkout = Path(item).resolve()
+        else:
+            raise ValueError(f"--variant {text!r}: {item!r} is neither NAME=VALUE nor a directory")
+    return Variant(label, checkout, environ)
+
+
+def gateway_of(path: str) -> str | None:
+    """The process (a key of System.processes) that is the path's gateway."""
+    return {"direct": None, "python": "gateway", "go": "go-gateway"}.get(path, f"gateway-{path}")
 
 
 # --- the Go edge -------------------------------------------------------------------------
@@ -156,6 +211,40 @@ def start_go_gateway(system: edge.System) -> int:
     )
 
 
+def start_variant(system: edge.System, variant: Variant) -> int:
+    """Start `variant`'s edge in front of the same auth; returns its HTTP port."""
+    port = free_port()
+    tree = variant.checkout or edge.ROOT
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLY_")}
+    log = (system.home / f"{variant.path}.log").open("wb")
+    popen = subprocess.Popen(
+        ["taskset", "-c", str(system.server_cpu), sys.executable, "-m", "gateway"],
+        cwd=tree,
+        env={
+            **env,
+            **system.environ,
+            "POLY_GATEWAY_PORT": str(port),
+            "POLY_GATEWAY_METRICS_PORT": str(free_port()),  # its own scrape port, as a replica has
+            "PYTHONPATH": f"{tree}:{tree / 'gen'}",
+            "PYTHONUNBUFFERED": "1",
+            **variant.environ,
+        },
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    system.processes[f"gateway-{variant.path}"] = popen
+    deadline = time.monotonic() + edge.STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline and popen.poll() is None:
+        with contextlib.suppress(OSError), urllib.request.urlopen(url(port), timeout=2) as reply:
+            if reply.status == 200:
+                return port
+        time.sleep(0.1)
+    raise BenchError(
+        f"{variant.path} did not answer {edge.HTTP_PATH}; its output:\n{system.log(variant.path)}"
+    )
+
+
 def url(port: int) -> str:
     return f"http://127.0.0.1:{port}{edge.HTTP_PATH}"
 
@@ -169,20 +258,22 @@ def key_paths(value: Any, prefix: str = "") -> set[str]:
     return set()
 
 
-def check_edges(system: edge.System, go_port: int) -> dict[str, Any]:
-    """Both edges answer 200 with the same JSON key set; returns what was compared."""
+def check_edges(system: edge.System, ports: dict[str, int]) -> dict[str, Any]:
+    """Every edge (`ports`: path -> HTTP port) answers 200 with the same JSON key set as the Go
+    edge; returns what was compared."""
     reply_bytes = edge.check_paths(system)  # gRPC and the Python edge agree on the key IDs
     bodies: dict[str, Any] = {}
     sizes: dict[str, int] = {}
-    for name, port in (("python", system.gateway_port), ("go", go_port)):
+    for name, port in ports.items():
         with urllib.request.urlopen(url(port), timeout=10) as reply:
             raw = reply.read()
             if reply.status != 200:
                 raise BenchError(f"the {name} edge answered {reply.status}: {raw[:500]!r}")
         bodies[name], sizes[name] = json.loads(raw), len(raw)
     keys = {name: sorted(key_paths(body)) for name, body in bodies.items()}
-    if keys["python"] != keys["go"]:
-        raise BenchError(f"the edges' JSON keys differ: Python {keys['python']}, Go {keys['go']}")
+    for name, found in keys.items():
+        if found != keys["go"]:
+            raise BenchError(f"the edges' JSON keys differ: {name} {found}, Go {keys['go']}")
     return {
         "keys": keys["go"],
         "same_values": bodies["python"] == bodies["go"],
@@ -227,10 +318,17 @@ class Row:
 
 
 def measure(
-    system: edge.System, path: str, tool: Any, in_flight: int, seconds: float, warmup: float, round_: int
+    system: edge.System,
+    paths: list[str],
+    path: str,
+    tool: Any,
+    in_flight: int,
+    seconds: float,
+    warmup: float,
+    round_: int,
 ) -> Row:
-    gateway = GATEWAY_OF[path]
-    idle = [g for g in GATEWAY_OF.values() if g is not None and g != gateway]
+    gateway = gateway_of(path)
+    idle = [g for p in paths if (g := gateway_of(p)) is not None and g != gateway]
     counted = ["auth"] + ([gateway] if gateway else [])
     pids = {name: system.processes[name].pid for name in counted}
     with frozen(system, idle):
@@ -259,11 +357,12 @@ def measure(
     )
 
 
-def summarize(rows: list[Row], in_flights: tuple[int, ...]) -> dict[str, Any]:
+def summarize(rows: list[Row], paths: list[str], in_flights: tuple[int, ...]) -> dict[str, Any]:
     """Medians over rounds per (path, in flight), and the per-round ratios with their median."""
     per_path: dict[str, dict[str, float]] = {}
+    variants = [p for p in paths if p not in BASE_PATHS]
     for in_flight in in_flights:
-        for path in PATHS:
+        for path in paths:
             mine = [r for r in rows if r.path == path and r.in_flight == in_flight]
             per_path[f"{path}@{in_flight}"] = {
                 field: median([getattr(r, field) for r in mine])
@@ -272,11 +371,16 @@ def summarize(rows: list[Row], in_flights: tuple[int, ...]) -> dict[str, Any]:
     ratios: dict[str, dict[str, Any]] = {}
     for in_flight in in_flights:
         by_round: dict[str, list[float]] = {"python_vs_go": [], "python_vs_backend": [], "go_vs_backend": []}
+        for variant in variants:
+            by_round[f"{variant}_vs_go"], by_round[f"{variant}_vs_python"] = [], []
         for round_ in sorted({r.round for r in rows}):
             got = {r.path: r for r in rows if r.round == round_ and r.in_flight == in_flight}
             by_round["python_vs_go"].append(got["python"].gateway_us / got["go"].gateway_us)
             by_round["python_vs_backend"].append(got["python"].gateway_us / got["python"].backend_us)
             by_round["go_vs_backend"].append(got["go"].gateway_us / got["go"].backend_us)
+            for variant in variants:
+                by_round[f"{variant}_vs_go"].append(got[variant].gateway_us / got["go"].gateway_us)
+                by_round[f"{variant}_vs_python"].append(got[variant].gateway_us / got["python"].gateway_us)
         ratios[str(in_flight)] = {
             **{f"{k}_median": median(v) for k, v in by_round.items()},
             **{f"{k}_rounds": v for k, v in by_round.items()},
@@ -300,13 +404,13 @@ def rounds_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def summary_table(found: dict[str, Any], in_flights: tuple[int, ...]) -> str:
+def summary_table(found: dict[str, Any], paths: list[str], in_flights: tuple[int, ...]) -> str:
     lines = [
         "| path | in flight | rps | p50 ms | p99 ms | backend µs/call | gateway µs/call |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for in_flight in in_flights:
-        for path in PATHS:
+        for path in paths:
             s = found["paths"][f"{path}@{in_flight}"]
             gateway = f"{s['gateway_us']:.0f}" if path != "direct" else "-"
             lines.append(
@@ -328,6 +432,18 @@ def summary_table(found: dict[str, Any], in_flights: tuple[int, ...]) -> str:
 
         cells = " | ".join(cell(k) for k in ("python_vs_go", "python_vs_backend", "go_vs_backend"))
         lines.append(f"| {in_flight} | {cells} |")
+    variants = [p for p in paths if p not in BASE_PATHS]
+    if variants:
+        lines += [
+            "",
+            "| variant | in flight | gateway CPU per call ÷ Go's | ÷ the python path's |",
+            "|---|---:|---|---|",
+        ]
+        for variant in variants:
+            for in_flight in in_flights:
+                r = found["ratios"][str(in_flight)]
+                cells = " | ".join(cell(f"{variant}_{k}", r) for k in ("vs_go", "vs_python"))
+                lines.append(f"| {variant} | {in_flight} | {cells} |")
     return "\n".join(lines)
 
 
@@ -341,6 +457,7 @@ class Options:
     warmup: float
     concurrency: int
     traces: bool
+    variants: tuple[Variant, ...] = ()
 
 
 def run(opts: Options) -> int:
@@ -367,13 +484,16 @@ def run(opts: Options) -> int:
     with tempfile.TemporaryDirectory(prefix="vs-grpc-gateway-") as tmp_name:
         tmp = Path(tmp_name)
         with edge.running_system(tmp / "home", server_cpu) as system:
-            go_port = start_go_gateway(system)
-            checked = check_edges(system, go_port)
+            ports = {"python": system.gateway_port, "go": start_go_gateway(system)}
+            for variant in opts.variants:
+                ports[variant.path] = start_variant(system, variant)
+            checked = check_edges(system, ports)
             print(
-                f"both edges answer 200 with the same keys ({', '.join(checked['keys'])}); same values: "
+                f"the edges answer 200 with the same keys ({', '.join(checked['keys'])}); same values: "
                 f"{checked['same_values']}; body bytes {checked['body_bytes']}",
                 flush=True,
             )
+            paths = [*BASE_PATHS, *(variant.path for variant in opts.variants)]
             direct = edge.H2load(
                 f"https://127.0.0.1:{system.auth_port}{edge.GRPC_PATH}",
                 tmp,
@@ -383,8 +503,7 @@ def run(opts: Options) -> int:
             )
             tools = {
                 "direct": direct,
-                "python": edge.Wrk(url(system.gateway_port), tmp, load_cpu),
-                "go": edge.Wrk(url(go_port), tmp, load_cpu),
+                **{path: edge.Wrk(url(port), tmp, load_cpu) for path, port in ports.items()},
             }
             print(
                 f"servers (auth, Python edge, Go edge) on CPU {server_cpu}, load generators on CPU "
@@ -394,21 +513,24 @@ def run(opts: Options) -> int:
             )
             rows: list[Row] = []
             for round_ in range(1, opts.rounds + 1):
-                order = PATHS[(round_ - 1) % 3 :] + PATHS[: (round_ - 1) % 3]
+                turn = (round_ - 1) % len(paths)
+                order = paths[turn:] + paths[:turn]
                 for in_flight in in_flights:
                     for path in order:
-                        row = measure(system, path, tools[path], in_flight, opts.seconds, opts.warmup, round_)
+                        row = measure(
+                            system, paths, path, tools[path], in_flight, opts.seconds, opts.warmup, round_
+                        )
                         rows.append(row)
                         print(
                             f"  round {round_} {path} x{in_flight}: {row.rps:,.0f} rps, backend "
                             f"{row.backend_us:.0f} µs/call, gateway {row.gateway_us:.0f} µs/call",
                             flush=True,
                         )
-    found = summarize(rows, in_flights)
+    found = summarize(rows, paths, in_flights)
     print(f"\n## {edge.SERVICE}.GetJwks: direct gRPC, the Python edge, the Go grpc-gateway 1.6.4\n")
     print(rounds_table(rows))
     print(f"\nMedians over {opts.rounds} rounds:\n")
-    print(summary_table(found, in_flights))
+    print(summary_table(found, paths, in_flights))
     pinned = all(r.pinned for r in rows)
     elapsed = time.monotonic() - began
     print(
@@ -426,7 +548,10 @@ def run(opts: Options) -> int:
                     "grpcio": grpc.__version__,
                 },
                 "go_gateway": {"binary": str(build.BINARY), "grpc_gateway": "1.6.4", "grpc_go": "1.33.3"},
-                "options": asdict(opts),
+                "options": {
+                    **asdict(opts),
+                    "variants": [asdict(v) | {"checkout": str(v.checkout)} for v in opts.variants],
+                },
                 "checked": checked,
                 "rows": [asdict(r) for r in rows],
                 "summary": found,
@@ -449,12 +574,25 @@ def main(argv: list[str]) -> int:
         "--concurrency", type=int, default=edge.CONCURRENCY, help="requests in flight at load"
     )
     parser.add_argument("--no-traces", action="store_true", help="OTEL_SDK_DISABLED=true for the Python side")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL=SPEC",
+        help="another Python edge: SPEC is a checkout and/or NAME=VALUE variables, comma-separated",
+    )
     args = parser.parse_args(argv)
+    try:
+        variants = tuple(parse_variant(text) for text in args.variant)
+    except ValueError as error:
+        parser.error(str(error))
     if not 1 <= args.rounds <= 20 or not 1 <= args.seconds <= 120 or not 1 <= args.warmup <= 60:
         parser.error("need --rounds in 1..20, --seconds in 1..120, --warmup in 1..60")
     if not 4 <= args.concurrency <= 1024 or args.concurrency % edge.H2_CONNECTIONS:
         parser.error(f"need --concurrency a multiple of {edge.H2_CONNECTIONS} in 4..1024")
-    opts = Options(args.rounds, args.seconds, args.warmup, args.concurrency, traces=not args.no_traces)
+    opts = Options(
+        args.rounds, args.seconds, args.warmup, args.concurrency, traces=not args.no_traces, variants=variants
+    )
     return run_to_the_end(run, opts)
 
 
