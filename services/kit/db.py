@@ -26,6 +26,7 @@ import logging
 import re
 import tempfile
 import time
+import weakref
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -92,6 +93,7 @@ __all__ = [
     "reading",
     "run_migrations_env",
     "transaction",
+    "transaction_state",
     "transactions",
 ]
 
@@ -297,15 +299,19 @@ class _Noted:
     """What the code of one transaction asked to run around its end (`after_commit`,
     `after_rollback`, and the flush of each `orm_session` over it)."""
 
-    __slots__ = ("before_commit", "on_commit", "on_rollback")
+    __slots__ = ("before_commit", "on_commit", "on_rollback", "state")
 
     def __init__(self) -> None:
         self.before_commit: list[Callable[[], None]] = []
         self.on_commit: list[Callable[[], None]] = []
         self.on_rollback: list[Callable[[], None]] = []
+        self.state: dict[str, Any] = {}
 
 
-_NOTED = "poly_noted"
+_NOTED: weakref.WeakKeyDictionary[Connection, _Noted] = weakref.WeakKeyDictionary()
+"""The notes of each connection's transaction while it is open (`transaction` takes them out).
+Not in the connection's ``info``: that is the pooled DBAPI connection's, and reading it after
+the connection was invalidated (the database restarted) would open a new one."""
 
 
 @contextmanager
@@ -321,9 +327,7 @@ def transaction(bound: Engine, *, attempts: int = 3, within_seconds: float = 10.
     (``DATABASE_BUSY``).
     """
     connection = _begin(bound, attempts=max(1, attempts), within_seconds=within_seconds)
-    # Kept in the connection's info for `after_commit` to find, and always taken out again:
-    # that info outlives this checkout of the pooled connection.
-    noted = connection.info[_NOTED] = _Noted()
+    noted = _NOTED[connection] = _Noted()
     try:
         try:
             yield connection
@@ -342,7 +346,7 @@ def transaction(bound: Engine, *, attempts: int = 3, within_seconds: float = 10.
             raise
         raise _busy(error) from error
     finally:
-        del connection.info[_NOTED]
+        _NOTED.pop(connection, None)
         connection.close()
     for callback in noted.on_commit:
         callback()
@@ -405,8 +409,14 @@ def after_rollback(executor: Executor, callback: Callable[[], None]) -> None:
     _noted(connection_of(executor)).on_rollback.append(callback)
 
 
+def transaction_state(executor: Executor) -> dict[str, Any]:
+    """A dict that lives exactly as long as the `transaction` `executor` is in: for what its
+    code gathers once per transaction (one wake-up, one notice of every row it changed)."""
+    return _noted(connection_of(executor)).state
+
+
 def _noted(connection: Connection) -> _Noted:
-    noted: _Noted | None = connection.info.get(_NOTED)
+    noted = _NOTED.get(connection)
     if noted is None:
         raise RuntimeError("not inside a kit.db transaction: open one with kit.db.transaction")
     return noted

@@ -42,8 +42,8 @@ from services.kit.db import (
     MinorUnits,
     UtcDateTime,
     after_commit,
-    after_rollback,
     naming_convention,
+    transaction_state,
     transactions,
 )
 from services.kit.money import Money
@@ -324,14 +324,14 @@ class SqlRepository:
     def _changed(self, order: Order) -> None:
         if self._on_change is None:
             return
-        info = self._connection.info
-        if "orders_changed" not in info:
-            info["orders_changed"] = {}
-            on_change = self._on_change
+        state = transaction_state(self._connection)
+        changed: dict[str, Order] | None = state.get("orders_changed")
+        if changed is None:
+            changed = state["orders_changed"] = {}
+            on_change, noticed = self._on_change, changed
             # One notice per transaction, with every order it changed, once it is durable.
-            after_commit(self._connection, lambda: on_change(list(info.pop("orders_changed", {}).values())))
-            after_rollback(self._connection, lambda: info.pop("orders_changed", None))
-        info["orders_changed"][order.id] = order
+            after_commit(self._connection, lambda: on_change(list(noticed.values())))
+        changed[order.id] = order
 
     def publish(self, event: Event, order: Order) -> None:
         if self._outbox is None:

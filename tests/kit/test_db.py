@@ -161,6 +161,23 @@ def test_an_orm_session_sees_core_writes_and_core_statements_see_its_pending_obj
         assert session.scalars(select(_Event.kind)).all() == ["core"]
 
 
+def test_transaction_state_lives_exactly_as_long_as_its_transaction(tmp_path: Path) -> None:
+    engine = db.engine(DatabaseSettings(url=f"sqlite:///{tmp_path / 'state.db'}"))
+    seen: list[dict[str, object]] = []
+    try:
+        for n in range(3):  # the pool hands the same connection back each time
+            with contextlib.suppress(RuntimeError), db.transaction(engine) as connection:
+                state = db.transaction_state(connection)
+                seen.append(dict(state))
+                state["mark"] = n
+                assert db.transaction_state(db.orm_session(connection)) is state, "one per transaction"
+                if n == 1:
+                    raise RuntimeError("rolled back")
+        assert seen == [{}, {}, {}], "nothing carried over, after a commit or a rollback"
+    finally:
+        engine.dispose()
+
+
 def test_callbacks_outside_a_kit_transaction_are_refused(engine: Engine) -> None:
     # A callback that no transaction of the kit would ever run must not be dropped silently.
     with engine.begin() as connection, pytest.raises(RuntimeError, match=r"not inside a kit\.db transaction"):

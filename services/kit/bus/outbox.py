@@ -41,7 +41,7 @@ from services.kit.bus.metrics import BusMetrics
 from services.kit.bus.tables import PENDING, BusTables
 from services.kit.bus.tracing import current_trace_context
 from services.kit.config import BusSettings
-from services.kit.db import Executor, UtcDateTime, after_commit, after_rollback, connection_of
+from services.kit.db import Executor, UtcDateTime, after_commit, connection_of, transaction_state
 from services.kit.wire import timestamp
 
 __all__ = ["Outbox", "Routing", "broker_routing", "consumer_routing", "routing"]
@@ -155,16 +155,11 @@ class Outbox:
                 connection.execute(self._insert_deliveries, deliveries)
         self._metrics.add("published", event_type)
         # No route, nothing to deliver: the relay is not woken for it.
-        if routes and self._on_commit is not None and not connection.info.get("_bus_wake"):
-            info, on_commit = connection.info, self._on_commit
-            info["_bus_wake"] = True
-
-            def wake() -> None:
-                info.pop("_bus_wake", None)
-                on_commit()
-
-            after_commit(connection, wake)
-            after_rollback(connection, lambda: info.pop("_bus_wake", None))
+        if routes and self._on_commit is not None:
+            state = transaction_state(connection)
+            if not state.get("bus_wake"):  # one wake-up per transaction, however many events
+                state["bus_wake"] = True
+                after_commit(connection, self._on_commit)
         return envelope
 
 
