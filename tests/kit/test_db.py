@@ -17,6 +17,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, Engine, String, inspect, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from services.kit import config, db
@@ -330,5 +331,27 @@ def test_a_postgresql_serialization_failure_is_unavailable_not_internal(postgres
         assert caught.value.reason == "DATABASE_BUSY"
         with orm_transaction(engine) as session:
             assert session.scalars(select(_Event.amount)).all() == [2]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+def test_a_connection_the_server_drops_mid_transaction_fails_cleanly_and_the_next_one_works(
+    postgres_url: str,
+) -> None:
+    engine = db.engine(DatabaseSettings(url=postgres_url))
+    ran: list[str] = []
+    try:
+        with pytest.raises(DBAPIError) as caught, db.transaction(engine) as connection:
+            db.after_rollback(connection, lambda: ran.append("rolled back"))
+            db.after_commit(connection, lambda: ran.append("committed"))
+            pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            with engine.connect() as other:  # as a database restart would
+                other.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid or 0)})")
+            connection.exec_driver_sql("SELECT 1")
+        assert caught.value.connection_invalidated
+        assert ran == ["rolled back"]
+        with db.transaction(engine) as connection:  # the pool hands out a live connection
+            assert connection.exec_driver_sql("SELECT 1").scalar() == 1
     finally:
         engine.dispose()
