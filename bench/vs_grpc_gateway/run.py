@@ -207,15 +207,18 @@ def start_go_gateway(system: edge.System) -> int:
         start_new_session=True,
     )
     system.processes["go-gateway"] = popen  # so System.stop() stops it too
+    return answering(system, popen, port, "go-gateway")
+
+
+def answering(system: edge.System, popen: subprocess.Popen[bytes], port: int, name: str) -> int:
+    """`port`, once the edge `popen` (logging to ``<name>.log``) answers 200 there."""
     deadline = time.monotonic() + edge.STARTUP_TIMEOUT_S
     while time.monotonic() < deadline and popen.poll() is None:
         with contextlib.suppress(OSError), urllib.request.urlopen(url(port), timeout=2) as reply:
             if reply.status == 200:
                 return port
         time.sleep(0.1)
-    raise BenchError(
-        f"the Go gateway did not answer {edge.HTTP_PATH}; its output:\n{system.log('go-gateway')}"
-    )
+    raise BenchError(f"{name} did not answer {edge.HTTP_PATH}; its output:\n{system.log(name)}")
 
 
 def start_variant(system: edge.System, variant: Variant) -> int:
@@ -241,15 +244,7 @@ def start_variant(system: edge.System, variant: Variant) -> int:
         start_new_session=True,
     )
     system.processes[f"gateway-{variant.path}"] = popen
-    deadline = time.monotonic() + edge.STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline and popen.poll() is None:
-        with contextlib.suppress(OSError), urllib.request.urlopen(url(port), timeout=2) as reply:
-            if reply.status == 200:
-                return port
-        time.sleep(0.1)
-    raise BenchError(
-        f"{variant.path} did not answer {edge.HTTP_PATH}; its output:\n{system.log(variant.path)}"
-    )
+    return answering(system, popen, port, variant.path)
 
 
 def url(port: int) -> str:
