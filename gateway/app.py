@@ -125,18 +125,18 @@ def _answer(
     """A JSON answer with the call's metadata: ``Grpc-Metadata-*`` headers, and its trailers
     as HTTP trailers for a client that accepts them (`trailers`), else as ``Grpc-Trailer-*``
     headers."""
-    sent_after = headers.response_headers([], trailing) if http != 204 else []
-    if sent_after and trailers.accepts_trailers(request):
+    pairs = headers.response_headers(initial, [])
+    after = headers.response_headers([], trailing)
+    if after and http != 204 and trailers.accepts_trailers(request):
         answer: web.StreamResponse = trailers.TrailedResponse(
-            status=http, body=body, content_type="application/json", trailers=sent_after
+            status=http, body=body, content_type="application/json", trailers=after
         )
         request[EXCHANGE].body_bytes = len(body)
-        pairs = headers.response_headers(initial, [])
     else:
         answer = web.Response(status=http, content_type="application/json")
         if http != 204:
             answer.body = body
-        pairs = headers.response_headers(initial, trailing)
+        pairs += after
     for name, value in pairs:
         answer.headers.add(name, value)
     return answer
