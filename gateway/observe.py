@@ -38,14 +38,13 @@ import ipaddress
 import logging
 import time
 import weakref
-from collections.abc import Callable, Mapping, MutableSequence, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from aiohttp import web
 from aiohttp.http import HttpVersion10, HttpVersion11
-from aiohttp.typedefs import Handler, Middleware
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagators.textmap import Setter
@@ -65,6 +64,7 @@ __all__ = [
     "BackendCall",
     "ClientAddress",
     "Exchange",
+    "Handler",
     "HttpMetrics",
     "Observer",
     "TrustedPeer",
@@ -92,7 +92,9 @@ _MAX_ATTRIBUTE = 256
 _ACCESS_MESSAGE = "http request"
 
 Metadata = MutableSequence[tuple[str, str | bytes]]
-ClientAddress = Callable[[web.Request], str]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+"""An edge's request handler, as aiohttp's low-level server (`aiohttp.web.Server`) calls it."""
+ClientAddress = Callable[[web.BaseRequest], str]
 """The client behind a request, as the rate limiter sees it (`gateway.headers.client_address`)."""
 TrustedPeer = Callable[[str], bool]
 """Whether the TCP peer at an address is a trusted proxy, whose trace context is believed."""
@@ -192,7 +194,7 @@ class Exchange:
 
 
 EXCHANGE = web.RequestKey("poly.exchange", Exchange)
-"""Where the middleware leaves a request's `Exchange` for the handler."""
+"""Where `Observer.observing` leaves a request's `Exchange` for the handler."""
 
 
 class BackendCall:
@@ -354,13 +356,13 @@ class Observer:
         """Whether the edge makes spans (and so sends its own trace context to backends)."""
         return self._tracer is not None
 
-    def passes_trace_context(self, request: web.Request) -> bool:
+    def passes_trace_context(self, request: web.BaseRequest) -> bool:
         """Whether the client's ``traceparent``/``tracestate`` go on to the backend as sent:
         only from an edge that makes no spans (one that does sends its own context) and that
         believes `request`'s client (a public endpoint believes only its trusted proxies)."""
         return self._tracer is None and self._believes(request)
 
-    def _believes(self, request: web.Request) -> bool:
+    def _believes(self, request: web.BaseRequest) -> bool:
         """Whether `request`'s trace context may be continued."""
         if not self._public_endpoint:
             return True
@@ -369,13 +371,12 @@ class Observer:
 
     # -- HTTP side -------------------------------------------------------------------------
 
-    def middleware(self, client_address: ClientAddress) -> Middleware:
-        """The aiohttp middleware (put it outermost): request id, span, metrics, access line.
+    def observing(self, handler: Handler, client_address: ClientAddress) -> Handler:
+        """`handler` observed (wrap it outermost): request id, span, metrics, access line.
         The request's `Exchange` is at ``request[EXCHANGE]``; the answer gets ``X-Request-Id``
         unless the handler sent its headers already (a stream sets it itself)."""
 
-        @web.middleware
-        async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        async def observe(request: web.BaseRequest) -> web.StreamResponse:
             started = time.perf_counter()
             raw_path = request.raw_path
             if raw_path in _PROBES and request.method in _PROBE_METHODS:
@@ -420,7 +421,7 @@ class Observer:
         return observe
 
     async def _probe(
-        self, request: web.Request, handler: Handler, path: str, started: float
+        self, request: web.BaseRequest, handler: Handler, path: str, started: float
     ) -> web.StreamResponse:
         response = await handler(request)
         if self._metrics is not None:
@@ -430,7 +431,7 @@ class Observer:
         return response
 
     def _server_span(
-        self, tracer: trace.Tracer, request: web.Request, exchange: Exchange, raw_path: str
+        self, tracer: trace.Tracer, request: web.BaseRequest, exchange: Exchange, raw_path: str
     ) -> trace.Span:
         found = request.headers
         parent = None
@@ -454,7 +455,7 @@ class Observer:
         return span
 
     @staticmethod
-    def _server_attributes(request: web.Request, exchange: Exchange, raw_path: str) -> dict[str, Any]:
+    def _server_attributes(request: web.BaseRequest, exchange: Exchange, raw_path: str) -> dict[str, Any]:
         found = request.headers
         version = request.version
         attributes: dict[str, Any] = {
@@ -480,7 +481,7 @@ class Observer:
         return attributes
 
     def _finish(
-        self, request: web.Request, exchange: Exchange, status: int, body_bytes: int, seconds: float
+        self, request: web.BaseRequest, exchange: Exchange, status: int, body_bytes: int, seconds: float
     ) -> None:
         if self._metrics is not None:
             self._metrics.observe(exchange.method, exchange.route, status, seconds)

@@ -153,12 +153,12 @@ async def _serve(
 ) -> None:
     async with verifying(config.tokens) as verify_token:
         edge = Edge(routing, backends, config.limits, verify_token=verify_token, observer=observer)
-        runner = web.AppRunner(
-            edge.application(),
-            handler_cancellation=True,
-            access_log=None,  # gateway.observe writes the access lines
+        runner = web.ServerRunner(
+            edge.server(
+                access_log=None,  # gateway.observe writes the access lines
+                logger=_ConnectionLog(logging.getLogger("poly.gateway.http"), observer),
+            ),
             shutdown_timeout=config.grace_seconds,
-            logger=_ConnectionLog(logging.getLogger("poly.gateway.http"), observer),
         )
         await runner.setup()
         drained = False

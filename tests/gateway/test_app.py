@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from yarl import URL
 
 from gateway.app import Edge, Routing
@@ -18,6 +19,7 @@ from gateway.routes import compile_routes
 from gateway.tokens import CannotVerify, TokenVerifier
 from poly.orders.v1 import orders_service_pb2
 from services.kit import config
+from tests.support.edge_server import EdgeTestServer
 from tests.support.env import free_port, make_certs
 
 
@@ -33,7 +35,7 @@ def _answer(raw_path: str) -> tuple[int, str, Any]:
     edge = Edge(Routing(router, {}), cast(Backends, _NoBackends()), Limits())
 
     async def run() -> tuple[int, str, Any]:
-        async with TestClient(TestServer(edge.application())) as client:
+        async with TestClient(EdgeTestServer(edge)) as client:
             url = URL(str(client.make_url("/")).rstrip("/") + raw_path, encoded=True)
             async with client.session.get(url) as response:
                 return response.status, response.content_type, json.loads(await response.read())
@@ -68,7 +70,7 @@ def _edge(tmp_path: Path, verify_token: TokenVerifier | None = None, **limits: A
 def _exchange(edge: Edge, requests: list[tuple[str, dict[str, str]]]) -> list[tuple[int, dict[str, str]]]:
     async def run() -> list[tuple[int, dict[str, str]]]:
         answers = []
-        async with TestClient(TestServer(edge.application())) as client:
+        async with TestClient(EdgeTestServer(edge)) as client:
             for method, headers in requests:
                 async with client.request(method, "/v1/orders", headers=headers) as response:
                     await response.read()
@@ -163,3 +165,82 @@ def test_without_a_limit_no_token_is_verified(tmp_path: Path) -> None:
     answers = _exchange(edge, [("GET", {"Authorization": "Bearer junk-1"})] * 3)
     assert [status for status, _ in answers] == [503, 503, 503]
     assert verifier.calls == []
+
+
+async def _raw_exchange(edge: Edge, steps: list[bytes | None]) -> list[bytes]:
+    """Send each step's bytes on one connection; for a None step, read what arrived (until
+    the server pauses) and keep it."""
+    got: list[bytes] = []
+    async with EdgeTestServer(edge) as server:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        try:
+            for step in steps:
+                if step is not None:
+                    writer.write(step)
+                    await writer.drain()
+                    continue
+                chunk = b""
+                with contextlib.suppress(TimeoutError):
+                    while True:
+                        part = await asyncio.wait_for(reader.read(65536), timeout=0.5)
+                        if not part:
+                            break
+                        chunk += part
+                got.append(chunk)
+        finally:
+            writer.close()
+    return got
+
+
+_BODY = b'{"lines": [{"sku": "sku-1", "quantity": 1}]}'
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent(tmp_path: Path) -> None:
+    edge = _edge(tmp_path)
+    head = (
+        b"POST /v1/orders HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(_BODY)
+    )
+    interim, final = asyncio.run(_raw_exchange(edge, [head, None, _BODY, None]))
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n", "curl waits a second for this on bodies over 1 KB"
+    assert final.startswith(b"HTTP/1.1 503 "), final[:80]  # the body was read and the call made
+
+
+def test_an_expectation_other_than_100_continue_gets_417_and_the_body_is_never_awaited(
+    tmp_path: Path,
+) -> None:
+    edge = _edge(tmp_path)
+    head = (
+        b"POST /v1/orders HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+        b"Expect: 200-ok\r\nContent-Length: %d\r\n\r\n" % len(_BODY)
+    )
+    [answer] = asyncio.run(_raw_exchange(edge, [head, None]))
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 417 Expectation Failed"
+    body = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert body["details"][0]["reason"] == "EXPECTATION_FAILED"
+
+
+def test_the_fixed_endpoints_answer_get_and_head_only(tmp_path: Path) -> None:
+    edge = _edge(tmp_path)
+
+    async def run() -> list[tuple[int, str, bytes]]:
+        answers = []
+        async with TestClient(EdgeTestServer(edge)) as client:
+            for method, path in [
+                ("GET", "/healthz"),
+                ("HEAD", "/healthz"),
+                ("GET", "/healthz?probe=1"),
+                ("POST", "/healthz"),
+                ("GET", "/openapi.json"),
+            ]:
+                async with client.request(method, path) as response:
+                    answers.append((response.status, response.content_type, await response.read()))
+        return answers
+
+    healthz, head, with_query, post, openapi = asyncio.run(run())
+    assert healthz == (200, "application/json", b'{"status": "SERVING"}')
+    assert head == (200, "application/json", b""), "HEAD: the headers of a GET, no body"
+    assert with_query[0] == 200, "the query string is not part of the path"
+    assert post[0] == 404 and json.loads(post[2])["details"][0]["reason"] == "ROUTE_NOT_FOUND"
+    assert openapi[:2] == (200, "application/json") and json.loads(openapi[2]) == {}

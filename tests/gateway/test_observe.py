@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 from aiohttp import ClientResponse
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 from multidict import CIMultiDict
@@ -47,6 +47,7 @@ from services.kit.telemetry import Telemetry, trace_fields
 from services.kit.telemetry.metrics import Metrics, RpcMetrics
 from services.kit.telemetry.tracing import Tracing
 from services.kit.telemetry_settings import TelemetrySettings
+from tests.support.edge_server import EdgeTestServer
 from tests.support.protos import compile_proto
 
 SERVICE = "acme.things.v1.ThingService"
@@ -270,7 +271,7 @@ def _run(
         )
         limits.setdefault("ignored_query_parameters", ("access_token", "x"))
         edge = Edge(routing, backends, Limits(**limits), observer=observer)
-        async with TestClient(TestServer(edge.application())) as client:
+        async with TestClient(EdgeTestServer(edge)) as client:
             return await scenario(client)
 
     return asyncio.run(run())
