@@ -4,7 +4,7 @@ into a gRPC call.
 The edge routes by its own compiled rules, so it runs on `aiohttp.web.Server` and dispatches
 itself: ``/healthz``, ``/readyz`` and ``/openapi.json`` by exact path, everything else to the
 transcoder. aiohttp's `web.Application` would add its URL dispatcher and middleware chain to
-every request for nothing (bench/vs_grpc_gateway measured it).
+every request for nothing.
 
 Per request: route (404, or 405 with ``Allow``), hold the client to its limits (429 with
 ``Retry-After``), build the request message from the path variables, the body and the query (400
@@ -199,7 +199,7 @@ def _compiled(routing: Routing) -> _Compiled:
 
 
 class Edge:
-    """The aiohttp application serving `routing`'s routes from `backends`.
+    """The HTTP/JSON edge serving `routing`'s routes from `backends` (`server` runs it).
 
     `verify_token` names the principal of a bearer token, to limit per principal; without
     one (the default), every request is limited by its client's address. `observer` records
