@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from pathlib import Path
 from typing import Any, cast
@@ -167,26 +166,30 @@ def test_without_a_limit_no_token_is_verified(tmp_path: Path) -> None:
     assert verifier.calls == []
 
 
+async def _read_answer(reader: asyncio.StreamReader) -> bytes:
+    """One HTTP/1.1 answer: its head, and its body by Content-Length (none for a 1xx)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    body = await asyncio.wait_for(reader.readexactly(length), timeout=10) if length else b""
+    return head + body
+
+
 async def _raw_exchange(edge: Edge, steps: list[bytes | None]) -> list[bytes]:
-    """Send each step's bytes on one connection; for a None step, read what arrived (until
-    the server pauses) and keep it."""
+    """Send each step's bytes on one connection; for a None step, read the next answer."""
     got: list[bytes] = []
     async with EdgeTestServer(edge) as server:
         reader, writer = await asyncio.open_connection(server.host, server.port)
         try:
             for step in steps:
-                if step is not None:
+                if step is None:
+                    got.append(await _read_answer(reader))
+                else:
                     writer.write(step)
                     await writer.drain()
-                    continue
-                chunk = b""
-                with contextlib.suppress(TimeoutError):
-                    while True:
-                        part = await asyncio.wait_for(reader.read(65536), timeout=0.5)
-                        if not part:
-                            break
-                        chunk += part
-                got.append(chunk)
         finally:
             writer.close()
     return got
