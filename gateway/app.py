@@ -1,10 +1,9 @@
-"""The HTTP side of the edge: one handler on aiohttp's low-level server turns each request
+"""The HTTP side of the edge: one handler on the edge's HTTP/1.1 server turns each request
 into a gRPC call.
 
-The edge routes by its own compiled rules, so it runs on `aiohttp.web.Server` and dispatches
-itself: ``/healthz``, ``/readyz`` and ``/openapi.json`` by exact path, everything else to the
-transcoder. aiohttp's `web.Application` would add its URL dispatcher and middleware chain to
-every request for nothing.
+The edge routes by its own compiled rules, so it runs on its own HTTP/1.1 server
+(`gateway.http1`) and dispatches itself: ``/healthz``, ``/readyz`` and ``/openapi.json`` by
+exact path, everything else to the transcoder.
 
 Per request: route (404, or 405 with ``Allow``), hold the client to its limits (429 with
 ``Retry-After``), build the request message from the path variables, the body and the query (400
@@ -41,18 +40,17 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from aiohttp import web
-from aiohttp.http import HttpVersion11
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
-from gateway import errors, fieldmask, headers, jsoncodec, query, streaming, trailers
+from gateway import errors, fieldmask, headers, http1, jsoncodec, query, streaming, trailers
 from gateway.backends import READY_STATES, Backends
 from gateway.config import Limits
+from gateway.http1 import HTTP_11, Request, Response, Stream
 from gateway.limits import FailureWindows, TokenBuckets
-from gateway.observe import EXCHANGE, BackendCall, Exchange, Handler, Observer
+from gateway.observe import BackendCall, Exchange, Handler, Observer
 from gateway.routes import MethodNotAllowed, Route, RouteNotFound, Router
 from gateway.tokens import CannotVerify, TokenVerifier, bearer_token
 
@@ -130,22 +128,19 @@ _FIXED_METHODS = frozenset({"GET", "HEAD"})
 
 
 def _answer(
-    request: web.BaseRequest, http: int, body: bytes, initial: list[_Metadata], trailing: list[_Metadata]
-) -> web.StreamResponse:
+    request: Request, http: int, body: bytes, initial: list[_Metadata], trailing: list[_Metadata]
+) -> Response:
     """A JSON answer with the call's metadata: ``Grpc-Metadata-*`` headers, and its trailers
     as HTTP trailers for a client that accepts them (`trailers`), else as ``Grpc-Trailer-*``
     headers."""
     pairs = headers.response_headers(initial, [])
     after = headers.response_headers([], trailing)
+    if http == 204:
+        body = b""
     if after and http != 204 and trailers.accepts_trailers(request):
-        answer: web.StreamResponse = trailers.TrailedResponse(
-            status=http, body=body, content_type="application/json", trailers=after
-        )
-        request[EXCHANGE].body_bytes = len(body)
+        answer = Response(http, body, trailers=after)
     else:
-        answer = web.Response(status=http, content_type="application/json")
-        if http != 204:
-            answer.body = body
+        answer = Response(http, body)
         pairs += after
     for name, value in pairs:
         answer.headers.add(name, value)
@@ -245,27 +240,17 @@ class Edge:
         """Serve `routing` from now on; requests already routed finish on the old routes."""
         self._routes = _compiled(routing)
 
-    def server(self, **kwargs: Any) -> web.Server:
-        """The aiohttp low-level server of this edge (for `aiohttp.web.ServerRunner`), created
-        in the loop that will serve it; `kwargs` go to aiohttp's connection handler."""
-        loop = asyncio.get_running_loop()
-        max_body = self._settings.max_body_bytes
-
-        def request(
-            message: Any, payload: Any, protocol: Any, writer: Any, task: asyncio.Task[None]
-        ) -> web.BaseRequest:
-            # aiohttp refuses a body past `client_max_size` as it reads it (our 413).
-            return web.BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=max_body)
-
+    def server(self, *, on_refused: http1.Refused | None = None) -> http1.Server:
+        """The HTTP/1.1 server of this edge (`http1.Server.start` listens); `on_refused` is
+        told of each request refused before the edge saw it (malformed, or over a limit)."""
         handler: Handler = self._dispatch
         # No origins configured, no CORS headers ever: the wrapper would only cost time.
         if self._settings.cors_origins:
             handler = functools.partial(self._cors, handler=handler)
         observed = self._observer.observing(handler, self._client_address)
-        # A client that leaves cancels its handler, and so its backend call.
-        return web.Server(observed, request_factory=request, handler_cancellation=True, loop=loop, **kwargs)
+        return http1.Server(observed, max_body_bytes=self._settings.max_body_bytes, on_refused=on_refused)
 
-    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _dispatch(self, request: Request) -> Response | Stream:
         if request.method in _FIXED_METHODS:
             fixed = self._fixed.get(request.raw_path.partition("?")[0])
             if fixed is not None:
@@ -274,25 +259,25 @@ class Edge:
 
     # -- fixed endpoints -------------------------------------------------------------------
 
-    async def _healthz(self, request: web.BaseRequest) -> web.Response:
-        return web.json_response({"status": "SERVING"})
+    async def _healthz(self, request: Request) -> Response:
+        return http1.json_response({"status": "SERVING"})
 
-    async def _readyz(self, request: web.BaseRequest) -> web.Response:
+    async def _readyz(self, request: Request) -> Response:
         found = await self._backends.health(self._routes.services)
         ready = all(state in READY_STATES for state in found.values())
-        return web.json_response(
+        return http1.json_response(
             {"status": "SERVING" if ready else "NOT_SERVING", "backends": found}, status=200 if ready else 503
         )
 
-    async def _openapi(self, request: web.BaseRequest) -> web.Response:
-        request[EXCHANGE].routed("/openapi.json")
-        return web.Response(body=self._routes.document, content_type="application/json")
+    async def _openapi(self, request: Request) -> Response:
+        request.exchange.routed("/openapi.json")
+        return Response(200, self._routes.document)
 
-    async def _cors(self, request: web.BaseRequest, *, handler: Handler) -> web.StreamResponse:
+    async def _cors(self, request: Request, *, handler: Handler) -> Response | Stream:
         origin = request.headers.get("Origin", "")
         allowed = origin and ("*" in self._settings.cors_origins or origin in self._settings.cors_origins)
         if request.method == "OPTIONS" and allowed and "Access-Control-Request-Method" in request.headers:
-            response: web.StreamResponse = web.Response(status=204)
+            response: Response | Stream = Response(204, content_type=None)
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE"
             response.headers["Access-Control-Allow-Headers"] = request.headers.get(
                 "Access-Control-Request-Headers", "authorization, content-type"
@@ -308,15 +293,15 @@ class Edge:
 
     # -- transcoding -----------------------------------------------------------------------
 
-    def _client_address(self, request: web.BaseRequest) -> str:
+    def _client_address(self, request: Request) -> str:
         if not self._trusted:  # no proxy to believe: the peer is the client
             return request.remote or ""
         return headers.client_address(
             request.remote or "", request.headers.getall("X-Forwarded-For", []), self._trusted
         )
 
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        exchange = request[EXCHANGE]
+    async def _handle(self, request: Request) -> Response | Stream:
+        exchange: Exchange = request.exchange
         request_id = exchange.request_id
         client = _Client(exchange.client)
         try:
@@ -351,19 +336,19 @@ class Edge:
 
     def _error(
         self,
-        request: web.BaseRequest,
+        request: Request,
         status: status_pb2.Status,
         http: int,
         extra: dict[str, str] | None = None,
         metadata: tuple[list[_Metadata], list[_Metadata]] = ([], []),
-    ) -> web.StreamResponse:
+    ) -> Response:
         # X-Request-Id is added by the observing wrapper, as on every answer.
         response = _answer(request, http, errors.render_status(status), *metadata)
         if extra:
             response.headers.update(extra)
         return response
 
-    def _route(self, request: web.BaseRequest, routes: _Compiled) -> tuple[Route, dict[str, str]]:
+    def _route(self, request: Request, routes: _Compiled) -> tuple[Route, dict[str, str]]:
         try:
             found = routes.router.find(request.method, request.raw_path.split("?", 1)[0])
         except RouteNotFound:
@@ -378,7 +363,7 @@ class Edge:
             ) from None
         return found.route, found.variables
 
-    def _identify(self, request: web.BaseRequest, client: _Client) -> None:
+    def _identify(self, request: Request, client: _Client) -> None:
         """Set `client`'s bucket, and count a token the verifier refuses as a failure."""
         client.key = f"address:{client.address}"
         if self._verify_token is None:
@@ -396,7 +381,7 @@ class Edge:
             self._failures.record(client.address)
             client.failure_counted = True
 
-    def _limit_rate(self, request: web.BaseRequest, client: _Client) -> None:
+    def _limit_rate(self, request: Request, client: _Client) -> None:
         if self._failures is not None and (wait := self._failures.wait(client.address)):
             raise _refusal(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -414,7 +399,7 @@ class Edge:
             )
 
     async def _message(
-        self, request: web.BaseRequest, route: Route, plan: _Plan, variables: dict[str, str]
+        self, request: Request, route: Route, plan: _Plan, variables: dict[str, str]
     ) -> Message:
         message = plan.request_class()
         parsed = None
@@ -422,7 +407,7 @@ class Edge:
             await self._expect(request)
             try:
                 body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
+            except http1.BodyTooLarge:
                 raise _refusal(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"the body is larger than {self._settings.max_body_bytes} bytes",
@@ -444,11 +429,11 @@ class Edge:
         return message
 
     @staticmethod
-    async def _expect(request: web.BaseRequest) -> None:
+    async def _expect(request: Request) -> None:
         """Answer an ``Expect: 100-continue`` before reading the body (curl waits a second for
         it on bodies over 1 KB); refuse any other expectation with 417 (RFC 9110, 10.1.1)."""
         expect = request.headers.get("Expect")
-        if expect is None or request.version != HttpVersion11:
+        if expect is None or request.version != HTTP_11:
             return
         if expect.lower() != "100-continue":
             raise _refusal(
@@ -457,12 +442,9 @@ class Edge:
                 "EXPECTATION_FAILED",
                 http=417,
             )
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0  # the interim answer is not the body's bytes
+        await request.send_continue()
 
-    async def _transcode(
-        self, request: web.BaseRequest, exchange: Exchange, client: _Client
-    ) -> web.StreamResponse:
+    async def _transcode(self, request: Request, exchange: Exchange, client: _Client) -> Response | Stream:
         routes = self._routes  # one routing per request, even if a reload swaps it meanwhile
         route, variables = self._route(request, routes)
         exchange.routed(route.template.text)
@@ -521,7 +503,7 @@ class Edge:
 
     async def _stream(
         self,
-        request: web.BaseRequest,
+        request: Request,
         *,
         route: Route,
         plan: _Plan,
@@ -531,7 +513,7 @@ class Edge:
         timeout: float | None,
         exchange: Exchange,
         backend: BackendCall,
-    ) -> web.StreamResponse:
+    ) -> Stream:
         sse = streaming.wants_sse(request.headers.get("Accept", ""))
         try:
             call = _backend_method(channel.unary_stream, route, plan)(
@@ -551,8 +533,7 @@ class Edge:
         except BaseException as error:
             backend.fail(error)
             raise
-        response = web.StreamResponse(status=200)
-        response.content_type = streaming.SSE if sse else streaming.NDJSON
+        response = Stream(200, content_type=streaming.SSE if sse else streaming.NDJSON)
         response.headers["X-Request-Id"] = exchange.request_id
         response.headers["Cache-Control"] = "no-cache"
         for name, value in headers.response_headers(list(initial or ()), []):

@@ -43,8 +43,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from aiohttp import web
-from aiohttp.http import HttpVersion10, HttpVersion11
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagators.textmap import Setter
@@ -53,13 +51,13 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from gateway import headers
+from gateway.http1 import HTTP_10, HTTP_11, Request, Response, Stream
 from services.kit.telemetry import Telemetry
 from services.kit.telemetry.metrics import LATENCY_BUCKETS, RpcMetrics
 from services.kit.telemetry.rpc import SERVER_ERROR_CODES
 
 __all__ = [
     "CLIENT_CLOSED",
-    "EXCHANGE",
     "OTHER_METHOD",
     "BackendCall",
     "ClientAddress",
@@ -86,15 +84,15 @@ CLIENT_CLOSED = 499
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 _PROBES = frozenset({"/healthz", "/readyz"})
 _PROBE_METHODS = frozenset({"GET", "HEAD"})
-_VERSIONS = {HttpVersion11: "1.1", HttpVersion10: "1.0"}
+_VERSIONS = {HTTP_11: "1.1", HTTP_10: "1.0"}
 # Client-chosen text kept on a span is capped: it is stored and exported for every request.
 _MAX_ATTRIBUTE = 256
 _ACCESS_MESSAGE = "http request"
 
 Metadata = MutableSequence[tuple[str, str | bytes]]
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-"""An edge's request handler, as aiohttp's low-level server (`aiohttp.web.Server`) calls it."""
-ClientAddress = Callable[[web.BaseRequest], str]
+Handler = Callable[[Request], Awaitable[Response | Stream]]
+"""An edge's request handler, as its HTTP/1.1 server (`gateway.http1.Server`) calls it."""
+ClientAddress = Callable[[Request], str]
 """The client behind a request, as the rate limiter sees it (`gateway.headers.client_address`)."""
 TrustedPeer = Callable[[str], bool]
 """Whether the TCP peer at an address is a trusted proxy, whose trace context is believed."""
@@ -178,7 +176,7 @@ class Exchange:
         self.attributes: dict[str, Any] | None = None
         """A sampled span's attributes, gathered as the request goes and set on the span in
         one call as it ends (each call takes the span's lock and validates every value)."""
-        self.response: web.StreamResponse | None = None
+        self.response: Stream | None = None
         """A streamed answer, once its headers are sent (its status is then the one logged)."""
         self.body_bytes = 0
         """Body bytes of a streamed answer written so far."""
@@ -191,10 +189,6 @@ class Exchange:
             span.update_name(f"{'HTTP' if self.method == OTHER_METHOD else self.method} {template}")
         if self.attributes is not None:
             self.attributes["http.route"] = template
-
-
-EXCHANGE = web.RequestKey("poly.exchange", Exchange)
-"""Where `Observer.observing` leaves a request's `Exchange` for the handler."""
 
 
 class BackendCall:
@@ -356,13 +350,13 @@ class Observer:
         """Whether the edge makes spans (and so sends its own trace context to backends)."""
         return self._tracer is not None
 
-    def passes_trace_context(self, request: web.BaseRequest) -> bool:
+    def passes_trace_context(self, request: Request) -> bool:
         """Whether the client's ``traceparent``/``tracestate`` go on to the backend as sent:
         only from an edge that makes no spans (one that does sends its own context) and that
         believes `request`'s client (a public endpoint believes only its trusted proxies)."""
         return self._tracer is None and self._believes(request)
 
-    def _believes(self, request: web.BaseRequest) -> bool:
+    def _believes(self, request: Request) -> bool:
         """Whether `request`'s trace context may be continued."""
         if not self._public_endpoint:
             return True
@@ -373,10 +367,10 @@ class Observer:
 
     def observing(self, handler: Handler, client_address: ClientAddress) -> Handler:
         """`handler` observed (wrap it outermost): request id, span, metrics, access line.
-        The request's `Exchange` is at ``request[EXCHANGE]``; the answer gets ``X-Request-Id``
+        The request's `Exchange` is ``request.exchange``; the answer gets ``X-Request-Id``
         unless the handler sent its headers already (a stream sets it itself)."""
 
-        async def observe(request: web.BaseRequest) -> web.StreamResponse:
+        async def observe(request: Request) -> Response | Stream:
             started = time.perf_counter()
             raw_path = request.raw_path
             if raw_path in _PROBES and request.method in _PROBE_METHODS:
@@ -386,7 +380,7 @@ class Observer:
                 headers.choose_request_id(request.headers.get("X-Request-Id")),
                 client_address(request),
             )
-            request[EXCHANGE] = exchange
+            request.exchange = exchange
             metrics = self._metrics
             if metrics is not None:
                 metrics.active.inc()
@@ -421,8 +415,8 @@ class Observer:
         return observe
 
     async def _probe(
-        self, request: web.BaseRequest, handler: Handler, path: str, started: float
-    ) -> web.StreamResponse:
+        self, request: Request, handler: Handler, path: str, started: float
+    ) -> Response | Stream:
         response = await handler(request)
         if self._metrics is not None:
             self._metrics.observe(
@@ -431,7 +425,7 @@ class Observer:
         return response
 
     def _server_span(
-        self, tracer: trace.Tracer, request: web.BaseRequest, exchange: Exchange, raw_path: str
+        self, tracer: trace.Tracer, request: Request, exchange: Exchange, raw_path: str
     ) -> trace.Span:
         found = request.headers
         parent = None
@@ -455,7 +449,7 @@ class Observer:
         return span
 
     @staticmethod
-    def _server_attributes(request: web.BaseRequest, exchange: Exchange, raw_path: str) -> dict[str, Any]:
+    def _server_attributes(request: Request, exchange: Exchange, raw_path: str) -> dict[str, Any]:
         found = request.headers
         version = request.version
         attributes: dict[str, Any] = {
@@ -464,7 +458,7 @@ class Observer:
             "url.scheme": request.scheme,
             "client.address": exchange.client,
             "network.peer.address": request.remote or "",
-            "network.protocol.version": _VERSIONS.get(version) or f"{version.major}.{version.minor}",
+            "network.protocol.version": _VERSIONS.get(version) or f"{version[0]}.{version[1]}",
             "poly.request_id": exchange.request_id,
         }
         if exchange.method == OTHER_METHOD:
@@ -481,7 +475,7 @@ class Observer:
         return attributes
 
     def _finish(
-        self, request: web.BaseRequest, exchange: Exchange, status: int, body_bytes: int, seconds: float
+        self, request: Request, exchange: Exchange, status: int, body_bytes: int, seconds: float
     ) -> None:
         if self._metrics is not None:
             self._metrics.observe(exchange.method, exchange.route, status, seconds)

@@ -14,11 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import signal
-from typing import Any
-
-from aiohttp import http_exceptions, web
 
 from gateway.app import Edge, Routing
 from gateway.backends import Backends
@@ -35,39 +31,22 @@ __all__ = ["StartError", "observer_for", "serve"]
 _log = logging.getLogger("poly.gateway")
 
 
-class _ConnectionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """The logger aiohttp's connection handler reports to.
-
-    aiohttp logs a request it cannot parse (a CR or LF inside a header, a bad request line, a
-    header over the size limit, broken chunking) with a traceback whose message quotes the
-    raw bytes, credentials included (and a bad method only at debug level). Each such request
-    becomes one warning line naming the peer, the status and the kind of problem, with no
-    traceback and no byte of the request, and is counted in the edge's HTTP metrics (method
-    ``_OTHER``, no route). Anything else is logged as aiohttp asked (and redacted on the way
-    out by `services.kit.logs`).
-    """
+class _Refusals:
+    """Each request the edge's HTTP server refuses before any handler saw it (a CR or LF
+    inside a header, a bad request line, a header section over the limit, broken chunking, a
+    body over the limit, a request too slow to arrive) becomes one warning line naming the
+    peer, the status and the kind of problem, never a byte of the request (a header line may
+    hold a credential), and is counted in the edge's HTTP metrics (method ``_OTHER``, no
+    route)."""
 
     def __init__(self, logger: logging.Logger, observer: Observer) -> None:
-        super().__init__(logger)
+        self._log = logger
         self._observer = observer
 
-    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
-        error = kwargs.get("exc_info")
-        if not isinstance(error, http_exceptions.HttpProcessingError):
-            super().log(level, msg, *args, **kwargs)
-            return
-        self._observer.refused(error.code)
-        # The words before the first colon or quote: aiohttp's description, never the bytes.
-        problem = re.split(r"[:'\"]", str(error.message), maxsplit=1)[0].strip()[:120]
-        peer = args[0] if args else ""
-        self.logger.warning(
-            "malformed HTTP request refused",
-            extra={
-                "peer": str(peer or ""),
-                "status": error.code,
-                "error": type(error).__name__,
-                "problem": problem,
-            },
+    def __call__(self, peer: str, status: int, problem: str) -> None:
+        self._observer.refused(status)
+        self._log.warning(
+            "malformed HTTP request refused", extra={"peer": peer, "status": status, "problem": problem}
         )
 
 
@@ -153,18 +132,11 @@ async def _serve(
 ) -> None:
     async with verifying(config.tokens) as verify_token:
         edge = Edge(routing, backends, config.limits, verify_token=verify_token, observer=observer)
-        runner = web.ServerRunner(
-            edge.server(
-                access_log=None,  # gateway.observe writes the access lines
-                logger=_ConnectionLog(logging.getLogger("poly.gateway.http"), observer),
-            ),
-            shutdown_timeout=config.grace_seconds,
-        )
-        await runner.setup()
+        server = edge.server(on_refused=_Refusals(logging.getLogger("poly.gateway.http"), observer))
         drained = False
         try:
             try:
-                await web.TCPSite(runner, config.host, config.port).start()
+                await server.start(config.host, config.port)
             except OSError as error:
                 raise StartError(
                     f"cannot listen on {config.host}:{config.port}: {error.strerror}; stop what holds it, "
@@ -185,7 +157,7 @@ async def _serve(
             _log.info("draining", extra={"grace_seconds": config.grace_seconds})
             drained = True
         finally:
-            await runner.cleanup()
+            await server.shutdown(config.grace_seconds if drained else 0.0)
         if drained:
             _log.info("stopped")
 

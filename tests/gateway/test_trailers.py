@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 from collections.abc import Awaitable, Callable
 
 import pytest
-from aiohttp import web
-from aiohttp.http import HttpVersion
-from aiohttp.test_utils import make_mocked_request
-from multidict import CIMultiDict
 
-from gateway.trailers import TrailedResponse, accepts_trailers
+from gateway.http1 import Request, Response, Server, Stream
+from gateway.trailers import accepts_trailers
 from tests.support.http import TrailedAnswer, http_calls_with_trailers
 
 ACCEPTS = [
@@ -26,6 +25,34 @@ ACCEPTS = [
     ("trailers", "HEAD", "1.1", False),  # no body to end with trailers
 ]
 
+Handler = Callable[[Request], Awaitable[Response | Stream]]
+
+
+async def _served(handler: Handler, call: Callable[[int], object]) -> object:
+    """Serve `handler` (behind a wrapper that adds a header after it returns, as the edge's
+    observer does) and run the blocking `call` against its port."""
+
+    async def stamped(request: Request) -> Response | Stream:
+        response = await handler(request)
+        response.headers["X-Request-Id"] = "r-1"
+        return response
+
+    server = Server(stamped, max_body_bytes=1024)
+    await server.start("127.0.0.1", 0)
+    try:
+        return await asyncio.to_thread(call, server.port)
+    finally:
+        await server.shutdown(0.0)
+
+
+def _raw(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
 
 @pytest.mark.parametrize(
     ("te", "method", "version", "expected"),
@@ -33,60 +60,39 @@ ACCEPTS = [
     ids=["plain", "case", "listed", "weighted", "other", "empty", "lookalike", "http10", "head"],
 )
 def test_accepts_trailers(te: str, method: str, version: str, expected: bool) -> None:
-    major, minor = (int(part) for part in version.split("."))
-    headers = CIMultiDict({"TE": te} if te else {})
-    request = make_mocked_request(method, "/", headers=headers, version=HttpVersion(major, minor))
-    assert accepts_trailers(request) is expected
+    seen: list[bool] = []
 
+    async def handler(request: Request) -> Response:
+        seen.append(accepts_trailers(request))
+        return Response(200, b"{}")
 
-@pytest.mark.parametrize("status", [204, 304, 101])
-def test_an_answer_without_a_body_cannot_carry_trailers(status: int) -> None:
-    with pytest.raises(ValueError, match="no body"):
-        TrailedResponse(status=status, body=b"", content_type="application/json", trailers=[])
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+    te_line = f"TE: {te}\r\n" if te else ""
+    data = f"{method} / HTTP/{version}\r\nHost: edge\r\n{te_line}Connection: close\r\n\r\n".encode()
+    asyncio.run(_served(handler, lambda port: _raw(port, data)))
+    assert seen == [expected]
 
 
 async def _exchange(handler: Handler, paths: list[str]) -> list[TrailedAnswer]:
-    """Serve `handler` (behind a middleware that adds a header after it returns, as the edge's
-    do) and GET `paths` with ``TE: trailers``, one after another on one connection."""
-
-    @web.middleware
-    async def stamped(request: web.Request, handler: Handler) -> web.StreamResponse:
-        response = await handler(request)
-        response.headers["X-Request-Id"] = "r-1"
-        return response
-
-    app = web.Application(middlewares=[stamped])
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = runner.addresses[0][1]
-        requests = [("GET", path, b"") for path in paths]
-        return await asyncio.to_thread(http_calls_with_trailers, port, requests, headers={"TE": "trailers"})
-    finally:
-        await runner.cleanup()
+    """GET `paths` with ``TE: trailers``, one after another on one connection."""
+    requests = [("GET", path, b"") for path in paths]
+    answers = await _served(
+        handler, lambda port: http_calls_with_trailers(port, requests, headers={"TE": "trailers"})
+    )
+    assert isinstance(answers, list)
+    return answers
 
 
 def test_the_body_is_chunked_and_the_trailers_follow_its_last_chunk() -> None:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return TrailedResponse(
-            status=200,
-            body=b'{"text":"hi"}',
-            content_type="application/json",
-            trailers=[("Grpc-Trailer-x-cost", "3"), ("Grpc-Trailer-x-cost", "4"), ("Grpc-Trailer-x-id", "a")],
-        )
+    async def handler(request: Request) -> Response:
+        trailers = [("Grpc-Trailer-x-cost", "3"), ("Grpc-Trailer-x-cost", "4"), ("Grpc-Trailer-x-id", "a")]
+        return Response(200, b'{"text":"hi"}', trailers=trailers)
 
     [answer] = asyncio.run(_exchange(handler, ["/"]))
     assert answer.status == 200
     assert answer.header("Transfer-Encoding") == "chunked" and answer.header("Content-Length") is None
     assert answer.header("Trailer") == "Grpc-Trailer-x-cost, Grpc-Trailer-x-id", "each name announced once"
     assert answer.header("Content-Type") == "application/json"
-    assert answer.header("X-Request-Id") == "r-1", "middlewares still add headers after the handler"
+    assert answer.header("X-Request-Id") == "r-1", "wrappers still add headers after the handler"
     assert answer.body == b'{"text":"hi"}'
     assert answer.trailers == [
         ("grpc-trailer-x-cost", "3"),
@@ -98,14 +104,12 @@ def test_the_body_is_chunked_and_the_trailers_follow_its_last_chunk() -> None:
 def test_the_connection_stays_usable_after_a_trailed_answer() -> None:
     seen: list[str] = []
 
-    async def handler(request: web.Request) -> web.StreamResponse:
+    async def handler(request: Request) -> Response:
         seen.append(request.path)
         if request.path == "/plain":
-            return web.json_response({"plain": True})
+            return Response(200, json.dumps({"plain": True}).encode())
         body = b"" if request.path == "/empty" else b'{"n":1}'
-        return TrailedResponse(
-            status=404, body=body, content_type="application/json", trailers=[("Grpc-Trailer-k", "v")]
-        )
+        return Response(404, body, trailers=[("Grpc-Trailer-k", "v")])
 
     answers = asyncio.run(_exchange(handler, ["/first", "/empty", "/plain"]))
     assert seen == ["/first", "/empty", "/plain"]
@@ -114,3 +118,17 @@ def test_the_connection_stays_usable_after_a_trailed_answer() -> None:
         (404, b"", [("grpc-trailer-k", "v")]),
         (200, b'{"plain": true}', []),
     ]
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_an_answer_without_a_body_carries_no_trailers(status: int) -> None:
+    async def handler(request: Request) -> Response:
+        return Response(status, b"", trailers=[("Grpc-Trailer-k", "v")])
+
+    data = b"GET / HTTP/1.1\r\nHost: edge\r\nTE: trailers\r\nConnection: close\r\n\r\n"
+    answer = asyncio.run(_served(handler, lambda port: _raw(port, data)))
+    assert isinstance(answer, bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status)
+    assert b"Trailer" not in head and b"chunked" not in head and b"Content-Length" not in head
+    assert body == b""
