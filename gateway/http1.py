@@ -432,8 +432,12 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
         self._closing_after_answer = False
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._read_timer: asyncio.TimerHandle | None = None
+        # One timer per connection, re-armed only when it fires: per request, a deadline is a
+        # float set and cleared, not a timer scheduled and cancelled.
+        self._deadline: float | None = None
+        """When the wait in progress ends: a request's arrival (`read_timeout_seconds` after
+        its first byte) or an idle connection's next request (`keepalive_seconds`)."""
+        self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -448,7 +452,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server._connections.discard(self)
-        self._cancel_timers()
+        self._stop_timer()
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the client left: so does its handler
         for request in (self._reading, *self._waiting):
@@ -461,9 +465,6 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed or (self._closing_after_answer and self._reading is None):
             return  # the connection ends after the answer in progress: nothing more is read
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -485,9 +486,6 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as error:
             # llhttp's description names the rule broken, never the bytes.
             self._refuse(400, str(error).split(":", 1)[0][:120])
-        else:
-            if not (self._in_message or self._serving or self.closed):
-                self._idle()  # bytes between requests (blank lines) do not make a request
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -504,8 +502,7 @@ class _Connection(asyncio.Protocol):
         self._headers = []
         self._head_bytes = 0
         self._in_message = True
-        if self._read_timer is None:
-            self._read_timer = self._loop.call_later(self.server.read_timeout_seconds, self._read_timeout)
+        self._wait(self.server.read_timeout_seconds)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -555,9 +552,7 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         request, self._reading = self._reading, None
         self._in_message = False
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
+        self._deadline = None
         if request is not None:
             request._end()
 
@@ -641,23 +636,39 @@ class _Connection(asyncio.Protocol):
             self._closing_after_answer = True
             self.pause_reading()
 
-    def _read_timeout(self) -> None:
-        """A request still incomplete `read_timeout_seconds` after its first byte: 408."""
-        self._read_timer = None
-        if not self.closed and self._in_message:
-            self._refuse(408, "the request did not arrive in time")
-
     def _idle(self) -> None:
         if self.server.closing:
             self._close()
-            return
-        self._idle_timer = self._loop.call_later(self.server.keepalive_seconds, self._close)
+        elif not self._in_message:  # a request already arriving keeps its own deadline
+            self._wait(self.server.keepalive_seconds)
 
-    def _cancel_timers(self) -> None:
-        for timer in (self._idle_timer, self._read_timer):
-            if timer is not None:
-                timer.cancel()
-        self._idle_timer = self._read_timer = None
+    def _wait(self, seconds: float) -> None:
+        now = self._loop.time()
+        self._deadline = now + seconds
+        if self._timer is None:
+            self._timer = self._loop.call_at(now + self.server._tick, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None or self.closed:
+            return
+        now = self._loop.time()
+        if now < deadline:
+            # Never later than one tick ahead: a deadline set meanwhile is at least that far.
+            self._timer = self._loop.call_at(min(deadline, now + self.server._tick), self._deadline_passed)
+            return
+        self._deadline = None
+        if self._in_message:
+            self._refuse(408, "the request did not arrive in time")
+        elif self._serving is None and not self._waiting:
+            self._close()  # idle for the whole keep-alive period
+
+    def _stop_timer(self) -> None:
+        self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     # -- for requests, streams and the server ------------------------------------------------
 
@@ -693,7 +704,7 @@ class _Connection(asyncio.Protocol):
     def _close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
-        self._cancel_timers()
+        self._stop_timer()
 
 
 class Server:
@@ -721,6 +732,7 @@ class Server:
         self.max_headers = max_headers
         self.read_timeout_seconds = read_timeout_seconds
         self.keepalive_seconds = keepalive_seconds
+        self._tick = min(read_timeout_seconds, keepalive_seconds)
         self.closing = False
         self._on_refused = on_refused
         self._connections: set[_Connection] = set()
