@@ -90,6 +90,12 @@ class _Plan:
     """Request fields the body binds (and the query may not set)."""
     success: int
     """The HTTP status of a success."""
+    service: str
+    """The full name of the route's gRPC service."""
+    full_method: str
+    """The gRPC method path, ``/pkg.Service/Method``."""
+    streaming: bool
+    """Whether the method streams its answers."""
     patch_mask: fieldmask.PatchMask | None = None
     """How a PATCH without a field mask gets one from its body's keys."""
 
@@ -102,7 +108,7 @@ def _backend_method(make: Callable[..., _MultiCallable], route: Route, plan: _Pl
     """`route`'s gRPC method from `make` (a channel's ``unary_unary`` or ``unary_stream``),
     its messages encoded with the plan's classes."""
     return make(
-        route.full_method,
+        plan.full_method,
         request_serializer=plan.request_class.SerializeToString,
         response_deserializer=plan.response_class.FromString,
     )
@@ -119,7 +125,17 @@ def _plan(route: Route, success_status: SuccessStatus) -> _Plan:
         bound = (route.body,)
     response = _message_class(route.method.output_type)
     patch_mask = fieldmask.patch_mask_field(route.http_method, route.body, request)
-    return _Plan(_message_class(request), response, body_field, bound, success_status(route), patch_mask)
+    return _Plan(
+        _message_class(request),
+        response,
+        body_field,
+        bound,
+        success_status(route),
+        route.method.containing_service.full_name,
+        route.full_method,
+        route.server_streaming,
+        patch_mask,
+    )
 
 
 _Metadata = tuple[str, str | bytes]
@@ -180,7 +196,9 @@ class _Client:
 @dataclass(frozen=True)
 class _Compiled:
     router: Router
-    plans: dict[Route, _Plan]
+    plans: dict[int, _Plan]
+    """By the route's identity (hashing a route hashes its whole template): the router
+    holds the routes, so their ids stay theirs while this routing is in use."""
     document: bytes
     services: tuple[str, ...]
     """The services with routes: whose health ``/readyz`` reports."""
@@ -188,7 +206,7 @@ class _Compiled:
 
 def _compiled(routing: Routing) -> _Compiled:
     # Worked out once per route: nothing about a route is looked up again per request.
-    plans = {route: _plan(route, routing.success_status) for route in routing.router.routes}
+    plans = {id(route): _plan(route, routing.success_status) for route in routing.router.routes}
     services = sorted({route.method.containing_service.full_name for route in routing.router.routes})
     return _Compiled(routing.router, plans, json.dumps(routing.document).encode(), tuple(services))
 
@@ -448,14 +466,14 @@ class Edge:
         routes = self._routes  # one routing per request, even if a reload swaps it meanwhile
         route, variables = self._route(request, routes)
         exchange.routed(route.template.text)
-        plan = routes.plans[route]
+        plan = routes.plans[id(route)]
         self._limit_rate(request, client)
         message = await self._message(request, route, plan, variables)
         timeout_header = request.headers.get("Grpc-Timeout")
         timeout = (
             headers.parse_grpc_timeout(timeout_header)
             if timeout_header is not None
-            else (None if route.server_streaming else self._settings.timeout_seconds)
+            else (None if plan.streaming else self._settings.timeout_seconds)
         )
         observer = self._observer
         metadata = headers.outgoing_metadata(
@@ -465,18 +483,18 @@ class Edge:
             request_id=exchange.request_id,
             forward_trace_context=observer.passes_trace_context(request),
         )
-        service = route.method.containing_service.full_name
+        service = plan.service
         target = self._backends.target(service)
         channel = self._backends.channel_to(target)
         backend = observer.call(
             exchange,
             service,
             route.method.name,
-            streaming=route.server_streaming,
+            streaming=plan.streaming,
             target=target.address,
             metadata=metadata,
         )
-        if route.server_streaming:
+        if plan.streaming:
             return await self._stream(
                 request,
                 route=route,
