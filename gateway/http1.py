@@ -68,6 +68,7 @@ _log = logging.getLogger("poly.gateway.http")
 HttpVersion = tuple[int, int]
 HTTP_10: HttpVersion = (1, 0)
 HTTP_11: HttpVersion = (1, 1)
+_VERSIONS = {"1.1": HTTP_11, "1.0": HTTP_10}
 
 Refused = Callable[[str, int, str], None]
 """Told of a request refused before any handler saw it: (peer address, status, problem)."""
@@ -75,8 +76,6 @@ Refused = Callable[[str, int, str], None]
 _STATUS_LINES = {int(status): f"HTTP/1.1 {int(status)} {status.phrase}\r\n".encode() for status in HTTPStatus}
 _NO_BODY_STATUSES = frozenset({204, 304})
 _FORBIDDEN_IN_HEADERS = str.maketrans("", "", "\r\n\x00")
-_HIGH_WATER = 64 * 1024
-"""Bytes a paused client's pipelined requests may hold before reading stops (one read's worth)."""
 # The bodies of refusals the server writes itself, before any handler: `google.rpc.Status`
 # JSON as every edge error (gateway.errors renders the handler's; these never vary).
 _REFUSALS = {
@@ -84,6 +83,7 @@ _REFUSALS = {
     408: (4, "the request did not arrive in time"),
     413: (8, "the body is too large"),
     431: (8, "the request's header section is too large"),
+    505: (12, "only HTTP/1.0 and HTTP/1.1 are served here"),
     500: (13, "internal error"),
 }
 
@@ -113,6 +113,7 @@ class Request:
         "_complete",
         "_connection",
         "_continue_sent",
+        "_head_sent",
         "_query",
         "_too_large",
         "_waiter",
@@ -153,6 +154,7 @@ class Request:
         self._waiter: asyncio.Future[None] | None = None
         self._query: MultiDictProxy[str] | None = None
         self._continue_sent = False
+        self._head_sent = False
 
     @property
     def path(self) -> str:
@@ -201,7 +203,9 @@ class Request:
 
     async def send_continue(self) -> None:
         """Answer ``Expect: 100-continue`` (once, and only while the body has not arrived)."""
-        if self._continue_sent or self._complete or self._connection.closed:
+        if self._continue_sent or self._complete or self._too_large or self.version != HTTP_11:
+            return  # nothing to wait for, or a 413 coming, or a client that cannot expect 100
+        if self._connection.closed:
             return
         self._continue_sent = True
         self._connection.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -264,7 +268,7 @@ class Stream:
     """An answer the handler writes as it goes: `prepare` sends the head, `write` one chunk
     (waiting while the client reads slower than the edge writes), `write_eof` the end."""
 
-    __slots__ = ("_chunked", "_connection", "_ended", "headers", "prepared", "status")
+    __slots__ = ("_chunked", "_connection", "_ended", "_head_only", "headers", "prepared", "status")
 
     def __init__(self, status: int = 200, *, content_type: str) -> None:
         self.status = status
@@ -273,6 +277,7 @@ class Stream:
         self._connection: _Connection | None = None
         self._chunked = True
         self._ended = False
+        self._head_only = False
 
     @property
     def content_length(self) -> None:
@@ -294,7 +299,8 @@ class Stream:
             version=request.version,
             framing=b"Transfer-Encoding: chunked\r\n" if self._chunked else b"",
         )
-        self.prepared = True
+        self.prepared = request._head_sent = True
+        self._head_only = request.method == "HEAD"  # what a GET would get, without its body
         connection.write(head)
 
     async def write(self, data: bytes) -> None:
@@ -303,7 +309,7 @@ class Stream:
             raise RuntimeError("write before prepare or after write_eof")
         if connection.closed:
             raise ConnectionResetError("the client closed the connection")
-        if data:
+        if data and not self._head_only:
             connection.write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
         await connection.drain()
 
@@ -312,7 +318,7 @@ class Stream:
         if connection is None or self._ended:
             return
         self._ended = True
-        if self._chunked and not connection.closed:
+        if self._chunked and not connection.closed and not self._head_only:
             connection.write(b"0\r\n\r\n")
 
     @property
@@ -421,8 +427,14 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self._head_bytes = 0
+        self._head_wire = 0
+        """Bytes of reads that began and ended inside the head being read."""
+        self._body_wire = 0
+        """Bytes of reads that began and ended inside the body being read (framing included)."""
         self._in_message = False
         """Between a request's first byte and its last."""
+        self._messages = 0
+        """Requests begun on this connection."""
         self._reading: Request | None = None
         # Requests read, waiting for their turn; the one being answered and its task.
         self._waiting: deque[Request] = deque()
@@ -465,8 +477,15 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed or (self._closing_after_answer and self._reading is None):
             return  # the connection ends after the answer in progress: nothing more is read
+        # llhttp holds an unfinished header field itself and hands it over only once it ends,
+        # so a head or trailer that never ends is measured here: a read that begins and ends
+        # inside a head is all head, one that begins and ends inside a body all body framing.
+        in_head, in_body = self._in_message and self._reading is None, self._reading is not None
+        message = self._messages
         try:
             self._parser.feed_data(data)
+            if message == self._messages:  # else another request began: its callbacks measure it
+                self._measure(len(data), in_head=in_head, in_body=in_body)
         except httptools.HttpParserUpgrade:
             # Upgrade ignored (RFC 9110 §7.8): the request is answered, then the connection
             # ends, since what follows its head is not HTTP/1.1 any more.
@@ -487,6 +506,16 @@ class _Connection(asyncio.Protocol):
             # llhttp's description names the rule broken, never the bytes.
             self._refuse(400, str(error).split(":", 1)[0][:120])
 
+    def _measure(self, size: int, *, in_head: bool, in_body: bool) -> None:
+        if in_head and self._in_message and self._reading is None:
+            self._head_wire += size
+            if self._head_wire > self.server.max_head_bytes:
+                raise _Refusal(431, "the request line and headers are too large")
+        elif in_body and self._reading is not None:
+            self._body_wire += size
+            if self._body_wire > self.server._max_body_wire:
+                raise _Refusal(413, "the body and its framing are too large")
+
     def pause_writing(self) -> None:
         self._write_paused = True
 
@@ -500,8 +529,9 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
-        self._head_bytes = 0
+        self._head_bytes = self._head_wire = self._body_wire = 0
         self._in_message = True
+        self._messages += 1
         self._wait(self.server.read_timeout_seconds)
 
     def on_url(self, url: bytes) -> None:
@@ -519,22 +549,33 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        version = HTTP_11 if parser.get_http_version() == "1.1" else HTTP_10
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            raise _Refusal(505, "an HTTP version other than 1.0 and 1.1")
         headers = CIMultiDictProxy(CIMultiDict(self._headers))
         if version == HTTP_11 and len(headers.getall("Host", ())) != 1:
             raise _Refusal(400, "an HTTP/1.1 request needs exactly one Host header")
         length = headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > self.server.max_body_bytes:
-            too_large = True
-        else:
-            too_large = False
+        too_large = length is not None and length.isdigit() and int(length) > self.server.max_body_bytes
+        chunked = "Transfer-Encoding" in headers
+        if parser.should_upgrade() and (chunked or (length is not None and length != "0")):
+            # llhttp would skip the body of a request it takes to be upgrading.
+            raise _Refusal(400, "a body on an upgrade request")
+        target = self._url
+        if not target.startswith(b"/") and target.startswith((b"http://", b"https://")):
+            # The absolute form (RFC 9112 §3.2.2): the path and query are the target.
+            url = httptools.parse_url(target)
+            target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
         request = Request(
             self,
             method=parser.get_method().decode("ascii"),
-            raw_path=self._url.decode("ascii", "surrogateescape"),
+            raw_path=target.decode("ascii", "surrogateescape"),
             version=version,
             headers=headers,
-            keep_alive=parser.should_keep_alive() and not self.server.closing,
+            # Transfer-Encoding in HTTP/1.0 is faulty framing: close after it (RFC 9112 §6.1).
+            keep_alive=parser.should_keep_alive()
+            and not self.server.closing
+            and not (chunked and version == HTTP_10),
         )
         if too_large:
             request._too_large = True
@@ -576,7 +617,8 @@ class _Connection(asyncio.Protocol):
             raise
         except Exception:  # noqa: BLE001 - the handler answers its own errors; this is a last resort
             _log.exception("the request handler failed")
-            self.write(_refusal_bytes(500))
+            if not request._head_sent:  # else a stream's head is out: ending it is all that is left
+                self.write(_refusal_bytes(500))
             self._close()
             return
         if self.closed:
@@ -594,14 +636,17 @@ class _Connection(asyncio.Protocol):
             )
             try:
                 data = _whole(response, request, keep_alive)
-            except ValueError:
+            except Exception:  # noqa: BLE001 - whatever the handler built, the client gets an answer
                 _log.exception("an answer could not be framed")
                 data, keep_alive = _refusal_bytes(500), False
             self.write(data)
             if not keep_alive:
                 self._close()
                 return
-        self._next()
+        # A client that does not read its answers stops being answered (and read from).
+        await self.drain()
+        if not self.closed:
+            self._next()
 
     def _next(self) -> None:
         self._serving = self._task = None
@@ -609,7 +654,8 @@ class _Connection(asyncio.Protocol):
             self._close()
         elif self._waiting:
             self._start(self._waiting.popleft())
-            self.resume_reading()
+            if not self._waiting:
+                self.resume_reading()
         else:
             self.resume_reading()
             self._idle()
@@ -689,11 +735,15 @@ class _Connection(asyncio.Protocol):
         if not self._paused and self._transport is not None and not self.closed:
             self._paused = True
             self._transport.pause_reading()
+            if self._in_message:
+                self._deadline = None  # the server keeps the client waiting, not the reverse
 
     def resume_reading(self) -> None:
         if self._paused and self._transport is not None and not self.closed:
             self._paused = False
             self._transport.resume_reading()
+            if self._in_message:
+                self._wait(self.server.read_timeout_seconds)
 
     def cancel(self) -> None:
         """Cancel the request being answered (the server's grace period is over)."""
@@ -733,6 +783,9 @@ class Server:
         self.read_timeout_seconds = read_timeout_seconds
         self.keepalive_seconds = keepalive_seconds
         self._tick = min(read_timeout_seconds, keepalive_seconds)
+        # A body's bytes on the wire, chunk framing and trailers included: room for framing
+        # of chunks down to a few bytes each, never an unbounded trailer.
+        self._max_body_wire = 2 * max_body_bytes + max_head_bytes
         self.closing = False
         self._on_refused = on_refused
         self._connections: set[_Connection] = set()

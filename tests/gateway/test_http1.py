@@ -519,3 +519,174 @@ def test_http_client_reads_a_plain_exchange() -> None:
     port, status, date, body = _serve(_echo, call)
     assert status == 200 and date.endswith(" GMT")
     assert json.loads(body) == {"method": "POST", "path": "/x", "body": "hey", "host": f"127.0.0.1:{port}"}
+
+
+# -- found by attacking it ---------------------------------------------------------------------
+
+
+def _trickle(port: int, head: bytes, piece: bytes, count: int) -> bytes:
+    """Send `head`, then `piece` `count` times as separate reads, until the server answers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for _ in range(count):
+                time.sleep(0.005)
+                sock.sendall(piece)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    return received
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: e\r\nX-Big: ", 431),
+        (b"GET / HTTP/1.1\r\nHost: e\r\nX-", 431),
+        (
+            b"POST / HTTP/1.1\r\nHost: e\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Trailer: ",
+            413,
+        ),
+    ],
+    ids=["header-value", "header-name", "trailer"],
+)
+def test_a_field_that_never_ends_is_cut_at_the_limit_not_the_timeout(head: bytes, status: int) -> None:
+    started = time.monotonic()
+    answer = _serve(
+        _limited,
+        lambda port: _trickle(port, head, b"a" * 1024, 400),
+        max_head_bytes=4096,
+        read_timeout_seconds=30,
+    )
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:40]
+    assert time.monotonic() - started < 20
+
+
+def test_a_client_that_pipelines_without_reading_is_not_answered_ahead() -> None:
+    answered = 0
+
+    async def handler(request: Request) -> Response:
+        nonlocal answered
+        answered += 1
+        return Response(200, b"x" * 262144)
+
+    def call(port: int) -> tuple[int, int]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: e\r\n\r\n" * 60)
+            time.sleep(1.0)
+            ahead = answered
+            sock.sendall(b"GET /last HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n")
+            received = 0
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+            return ahead, received
+
+    ahead, received = _serve(handler, call)
+    assert ahead < 30, "the server waits for the client to read before answering on"
+    assert received > 61 * 262144, "every request is answered once the client reads"
+
+
+def test_transfer_encoding_in_http10_ends_the_connection_after_the_message() -> None:
+    data = (
+        b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\n\r\n"
+        b"GET /smuggled HTTP/1.1\r\nHost: e\r\n\r\n"
+    )
+    answer = _serve(_echo, lambda port: _raw(port, data))
+    assert answer.count(b"HTTP/1.1 ") == 1 and b"/smuggled" not in answer
+    assert b"Connection: close" in answer
+
+
+def test_an_upgrade_request_with_a_body_is_refused() -> None:
+    seen: list[str] = []
+
+    async def handler(request: Request) -> Response:
+        seen.append(request.raw_path)
+        return await _echo(request)
+
+    data = (
+        b"POST / HTTP/1.1\r\nHost: e\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Content-Length: 3\r\n\r\nabc"
+    )
+    answer = _serve(handler, lambda port: _raw(port, data))
+    assert answer.startswith(b"HTTP/1.1 400 ") and seen == []
+
+
+def test_a_stream_that_fails_after_its_head_is_cut_not_given_a_second_head() -> None:
+    async def handler(request: Request) -> Stream:
+        stream = Stream(200, content_type="application/x-ndjson")
+        await stream.prepare(request)
+        await stream.write(b'{"a":1}\n')
+        raise RuntimeError("the backend went away")
+
+    answer = _serve(handler, lambda port: _raw(port, b"GET / HTTP/1.1\r\nHost: e\r\n\r\n"))
+    assert answer.count(b"HTTP/1.1 ") == 1
+    assert answer.endswith(b'{"a":1}\n\r\n'), "no last chunk: the client can tell the stream was cut"
+
+
+def test_a_pipelined_request_waiting_on_the_server_gets_no_408() -> None:
+    async def handler(request: Request) -> Response:
+        if request.raw_path == "/slow":
+            await asyncio.sleep(1.0)
+        return await _echo(request)
+
+    first = (
+        b"GET /slow HTTP/1.1\r\nHost: e\r\n\r\n"
+        b"POST / HTTP/1.1\r\nHost: e\r\nConnection: close\r\nContent-Length: 10\r\n\r\nabc"
+    )
+    answer = _serve(
+        handler, lambda port: _raw(port, first, pause=0.2, rest=b"defghij"), read_timeout_seconds=0.5
+    )
+    assert [status for status, _, _ in _answers(answer)] == [200, 200], answer
+
+
+def test_an_answer_that_cannot_be_framed_gets_500() -> None:
+    async def handler(request: Request) -> Response:
+        return Response(200, "not bytes")  # type: ignore[arg-type]
+
+    answer = _serve(handler, lambda port: _raw(port, b"GET / HTTP/1.1\r\nHost: e\r\n\r\n", timeout=5))
+    assert answer.startswith(b"HTTP/1.1 500 ")
+
+
+def test_a_stream_answering_head_sends_only_its_head() -> None:
+    async def handler(request: Request) -> Stream:
+        stream = Stream(200, content_type="application/x-ndjson")
+        await stream.prepare(request)
+        await stream.write(b'{"a":1}\n')
+        await stream.write_eof()
+        return stream
+
+    data = b"HEAD / HTTP/1.1\r\nHost: e\r\n\r\nGET /next HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n"
+    answer = _serve(handler, lambda port: _raw(port, data))
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and rest.startswith(b"HTTP/1.1 200 ")
+
+
+def test_100_continue_is_not_promised_for_a_body_over_the_limit() -> None:
+    async def handler(request: Request) -> Response:
+        await request.send_continue()
+        return await _limited(request)
+
+    data = b"POST / HTTP/1.1\r\nHost: e\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n"
+    answer = _serve(handler, lambda port: _raw(port, data))
+    assert answer.startswith(b"HTTP/1.1 413 ")
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            b"GET http://edge.example/p?q=1 HTTP/1.1\r\nHost: edge.example\r\nConnection: close\r\n\r\n",
+            b"200",
+        ),
+        (b"GET / HTTP/2.0\r\nHost: e\r\n\r\n", b"505"),
+    ],
+    ids=["absolute-form", "http2-request-line"],
+)
+def test_request_targets_and_versions(data: bytes, expected: bytes) -> None:
+    answer = _serve(_echo, lambda port: _raw(port, data))
+    assert answer.split(b" ", 2)[1] == expected, answer[:60]
+    if expected == b"200":
+        assert json.loads(answer.partition(b"\r\n\r\n")[2])["path"] == "/p?q=1"
