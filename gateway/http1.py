@@ -75,6 +75,8 @@ Refused = Callable[[str, int, str], None]
 
 _STATUS_LINES = {int(status): f"HTTP/1.1 {int(status)} {status.phrase}\r\n".encode() for status in HTTPStatus}
 _NO_BODY_STATUSES = frozenset({204, 304})
+_LINGER_SECONDS = 2.0
+"""How long a closing connection still reads (and drops) what its client sends."""
 _FORBIDDEN_IN_HEADERS = str.maketrans("", "", "\r\n\x00")
 # The bodies of refusals the server writes itself, before any handler: `google.rpc.Status`
 # JSON as every edge error (gateway.errors renders the handler's; these never vary).
@@ -441,6 +443,7 @@ class _Connection(asyncio.Protocol):
         self._serving: Request | None = None
         self._task: asyncio.Task[None] | None = None
         self._paused = False
+        self._lingering = False
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
         self._closing_after_answer = False
@@ -475,8 +478,8 @@ class _Connection(asyncio.Protocol):
             self._drained.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        if self.closed or (self._closing_after_answer and self._reading is None):
-            return  # the connection ends after the answer in progress: nothing more is read
+        if self.closed or self._lingering or (self._closing_after_answer and self._reading is None):
+            return  # the connection ends (after the answer in progress): nothing more is read
         # llhttp holds an unfinished header field itself and hands it over only once it ends,
         # so a head or trailer that never ends is measured here: a read that begins and ends
         # inside a head is all head, one that begins and ends inside a body all body framing.
@@ -613,19 +616,19 @@ class _Connection(asyncio.Protocol):
         try:
             response = await server.handler(request)
         except asyncio.CancelledError:
-            self._close()
+            self._close(linger=True)  # a refusal answered for it, or the client is gone
             raise
         except Exception:  # noqa: BLE001 - the handler answers its own errors; this is a last resort
             _log.exception("the request handler failed")
             if not request._head_sent:  # else a stream's head is out: ending it is all that is left
                 self.write(_refusal_bytes(500))
-            self._close()
+            self._close(linger=True)
             return
         if self.closed:
             return
         if isinstance(response, Stream):
             if not response.ended or not request.keep_alive or not request._leaves_connection_usable:
-                self._close()
+                self._close(linger=True)
                 return
         else:
             # Keep the connection only if the next request can be read after this one.
@@ -641,7 +644,7 @@ class _Connection(asyncio.Protocol):
                 data, keep_alive = _refusal_bytes(500), False
             self.write(data)
             if not keep_alive:
-                self._close()
+                self._close(linger=True)
                 return
         # A client that does not read its answers stops being answered (and read from).
         await self.drain()
@@ -651,7 +654,7 @@ class _Connection(asyncio.Protocol):
     def _next(self) -> None:
         self._serving = self._task = None
         if self._closing_after_answer or self.server.closing:
-            self._close()
+            self._close(linger=True)
         elif self._waiting:
             self._start(self._waiting.popleft())
             if not self._waiting:
@@ -676,7 +679,7 @@ class _Connection(asyncio.Protocol):
             if task is not None and not task.done():
                 task.cancel()
             self.write(_refusal_bytes(status))
-            self._close()
+            self._close(linger=True)
         else:
             # The answer in progress goes out first; then the connection ends.
             self._closing_after_answer = True
@@ -723,7 +726,7 @@ class _Connection(asyncio.Protocol):
         return self._serving is not None
 
     def write(self, data: bytes) -> None:
-        if self._transport is not None and not self.closed:
+        if self._transport is not None and not self.closed and not self._lingering:
             self._transport.write(data)
 
     async def drain(self) -> None:
@@ -751,10 +754,24 @@ class _Connection(asyncio.Protocol):
             self._task.cancel()
         self._close()
 
-    def _close(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
-        self._stop_timer()
+    def _close(self, *, linger: bool = False) -> None:
+        """Close now, or with `linger` after an answer: send FIN, then read and drop what the
+        client still sends for a moment, so a reset cannot destroy the answer on its way
+        (RFC 9112 §9.6); the client's own FIN ends it sooner."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            self._stop_timer()
+        elif linger and self._lingering:
+            pass
+        elif linger and transport.can_write_eof():
+            self._lingering = True
+            self._stop_timer()
+            transport.write_eof()
+            self._timer = self._loop.call_later(_LINGER_SECONDS, transport.close)
+            self.resume_reading()
+        else:
+            transport.close()
+            self._stop_timer()
 
 
 class Server:

@@ -690,3 +690,19 @@ def test_request_targets_and_versions(data: bytes, expected: bytes) -> None:
     assert answer.split(b" ", 2)[1] == expected, answer[:60]
     if expected == b"200":
         assert json.loads(answer.partition(b"\r\n\r\n")[2])["path"] == "/p?q=1"
+
+
+def test_an_early_refusal_reaches_a_client_still_sending_its_body() -> None:
+    def call(port: int) -> tuple[str, bytes]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: e\r\nContent-Length: 4000000\r\n\r\n")
+            sent = "whole"
+            try:
+                sock.sendall(b"a" * 4_000_000)  # the server answers 413 long before this ends
+            except (BrokenPipeError, ConnectionResetError) as error:
+                sent = type(error).__name__
+            return sent, sock.recv(65536)
+
+    sent, answer = _serve(_limited, call)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert sent == "whole", "the server read and dropped the rest instead of resetting the connection"
