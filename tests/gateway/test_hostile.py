@@ -12,10 +12,8 @@ a second client or a proxy, from 127.0.0.2 (Linux routes all of 127/8 to loopbac
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import re
-import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,7 +31,7 @@ from gateway.config import Limits
 from services.kit import config, tls
 from tests.gateway.conftest import STANDALONE
 from tests.support.env import free_port
-from tests.support.http import Answer, http_call
+from tests.support.http import Answer, http_call, raw_exchange
 from tests.support.processes import Process
 from tests.support.protos import compile_proto
 
@@ -458,19 +456,6 @@ MALFORMED = {
 }
 
 
-def _exchange_raw(port: int, data: bytes) -> bytes:
-    """Send `data` on a fresh connection and read until the edge closes it."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        # Refused before all of it was read: the answer is there all the same.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            sock.sendall(data)
-        received = b""
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := sock.recv(65536):
-                received += chunk
-    return received
-
-
 def test_malformed_requests_get_400_and_leave_no_credential_in_the_logs(
     backend: Backend, edges: Callable[..., Edge]
 ) -> None:
@@ -478,7 +463,7 @@ def test_malformed_requests_get_400_and_leave_no_credential_in_the_logs(
     before = backend.vault.snapshot()
     statuses = {}
     for name, data in MALFORMED.items():
-        answer = _exchange_raw(edge.port, data)
+        answer = raw_exchange(edge.port, data)
         statuses[name] = answer.split(b" ", 2)[1] if answer.startswith(b"HTTP/1.") else answer[:40]
     assert statuses == {**dict.fromkeys(MALFORMED, b"400"), "huge-header": b"431"}, statuses
     assert backend.vault.snapshot() == before, "no malformed request reached the backend"

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.http1 import BodyTooLarge, Request, Response, Server, Stream
+from tests.support.http import raw_exchange
 
 Handler = Callable[[Request], Awaitable[Response | Stream]]
 
@@ -39,21 +40,6 @@ def _serve(handler: Handler, call: Callable[[int], Any], **limits: Any) -> Any:
             return await asyncio.to_thread(call, server.port)
 
     return asyncio.run(run())
-
-
-def _raw(port: int, data: bytes, *, pause: float = 0.0, rest: bytes = b"", timeout: float = 10.0) -> bytes:
-    """Send `data` (then `rest` after `pause` seconds) and read until the server closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            sock.sendall(data)
-            if rest:
-                time.sleep(pause)
-                sock.sendall(rest)
-        received = b""
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := sock.recv(65536):
-                received += chunk
-    return received
 
 
 def _answers(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
@@ -83,6 +69,21 @@ def _answers(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
         elif event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
             break
     return found
+
+
+def _sleeping(entered: asyncio.Event, cancelled: asyncio.Event) -> Handler:
+    """A handler that sets `entered`, then waits until it is cancelled (and sets `cancelled`)."""
+
+    async def handler(request: Request) -> Response:
+        entered.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return Response(200, b"{}")
+
+    return handler
 
 
 async def _echo(request: Request) -> Response:
@@ -115,7 +116,7 @@ def test_pipelined_requests_are_answered_one_at_a_time_in_order() -> None:
         b"".join(b"POST /%d HTTP/1.1\r\nHost: edge\r\nContent-Length: 1\r\n\r\n%d" % (n, n) for n in range(5))
         + b"GET /last HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n"
     )
-    answers = _answers(_serve(handler, lambda port: _raw(port, data)))
+    answers = _answers(_serve(handler, lambda port: raw_exchange(port, data)))
     assert [json.loads(body)["path"] for _, _, body in answers] == ["/0", "/1", "/2", "/3", "/4", "/last"]
     assert [json.loads(body)["body"] for _, _, body in answers[:5]] == ["0", "1", "2", "3", "4"]
     assert most == 1, "one handler at a time per connection"
@@ -167,7 +168,7 @@ def test_an_http11_request_needs_exactly_one_host(data: bytes) -> None:
         seen.append(request.raw_path)
         return Response(200, b"{}")
 
-    answer = _serve(handler, lambda port: _raw(port, data))
+    answer = _serve(handler, lambda port: raw_exchange(port, data))
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert seen == []
 
@@ -199,7 +200,7 @@ def test_ambiguous_framing_is_refused_and_the_connection_closed(data: bytes) -> 
         seen.append(request.raw_path)
         return await _echo(request)
 
-    answer = _serve(handler, lambda port: _raw(port, data), on_refused=lambda *r: refusals.append(r))
+    answer = _serve(handler, lambda port: raw_exchange(port, data), on_refused=lambda *r: refusals.append(r))
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:60]
     assert answer.count(b"HTTP/1.1 ") == 1, "nothing after the refusal is answered"
     assert b"/smuggled" not in answer and "/smuggled" not in seen
@@ -217,7 +218,7 @@ def test_ambiguous_framing_is_refused_and_the_connection_closed(data: bytes) -> 
     ids=["long-target", "long-header", "many-headers"],
 )
 def test_a_head_over_the_limits_gets_431(data: bytes, status: int) -> None:
-    answer = _serve(_echo, lambda port: _raw(port, data), max_head_bytes=2048, max_headers=10)
+    answer = _serve(_echo, lambda port: raw_exchange(port, data), max_head_bytes=2048, max_headers=10)
     assert answer.startswith(b"HTTP/1.1 %d " % status)
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["code"] == 8
 
@@ -241,7 +242,7 @@ async def _limited(request: Request) -> Response:
     ids=["declared", "chunked"],
 )
 def test_a_body_over_the_limit_is_refused_and_not_kept(data: bytes) -> None:
-    answer = _serve(_limited, lambda port: _raw(port, data))
+    answer = _serve(_limited, lambda port: raw_exchange(port, data))
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert b"Connection: close" in answer, "the rest of the body is never read"
 
@@ -249,7 +250,7 @@ def test_a_body_over_the_limit_is_refused_and_not_kept(data: bytes) -> None:
 def test_a_body_within_the_limit_arrives_whole_across_chunks() -> None:
     data = b"POST / HTTP/1.1\r\nHost: e\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     data += b"".join(b"10\r\n" + b"b" * 16 + b"\r\n" for _ in range(64)) + b"0\r\n\r\n"
-    answer = _serve(_limited, lambda port: _raw(port, data))
+    answer = _serve(_limited, lambda port: raw_exchange(port, data))
     assert answer.endswith(b'{"length":1024}')
 
 
@@ -269,7 +270,7 @@ def test_a_request_that_trickles_in_gets_408(data: bytes, rest: bytes) -> None:
     started = time.monotonic()
     answer = _serve(
         _echo,
-        lambda port: _raw(port, data, pause=1.0, rest=rest),
+        lambda port: raw_exchange(port, data, pause=1.0, rest=rest),
         read_timeout_seconds=0.3,
         on_refused=lambda *r: refusals.append(r),
     )
@@ -294,15 +295,7 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_period() -> None:
 
 def test_a_client_that_leaves_cancels_its_handler() -> None:
     entered, cancelled = asyncio.Event(), asyncio.Event()
-
-    async def handler(request: Request) -> Response:
-        entered.set()
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return Response(200, b"{}")
+    handler = _sleeping(entered, cancelled)
 
     async def run() -> None:
         async with _serving(handler) as server:
@@ -340,7 +333,7 @@ def test_head_gets_the_length_and_no_body_and_204_gets_neither() -> None:
         return Response(204 if request.raw_path == "/none" else 200, b'{"a":1}')
 
     data = b"HEAD / HTTP/1.1\r\nHost: e\r\n\r\nGET /none HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n"
-    answer = _serve(handler, lambda port: _raw(port, data))
+    answer = _serve(handler, lambda port: raw_exchange(port, data))
     head, rest = answer.split(b"\r\n\r\n", 1)
     assert b"Content-Length: 7" in head
     assert rest.startswith(b"HTTP/1.1 204 "), "no body bytes after HEAD's head"
@@ -352,7 +345,7 @@ def test_an_upgrade_is_ignored_and_the_connection_closed_after_the_answer() -> N
         b"GET / HTTP/1.1\r\nHost: e\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
         b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
     )
-    answer = _serve(_echo, lambda port: _raw(port, data))
+    answer = _serve(_echo, lambda port: raw_exchange(port, data))
     assert answer.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in answer
     assert answer.count(b"HTTP/1.1 ") == 1
 
@@ -364,7 +357,7 @@ def test_a_header_that_would_split_the_answer_is_never_written(value: str) -> No
         response.headers["X-Echo"] = value
         return response
 
-    answer = _serve(handler, lambda port: _raw(port, b"GET / HTTP/1.1\r\nHost: e\r\n\r\n"))
+    answer = _serve(handler, lambda port: raw_exchange(port, b"GET / HTTP/1.1\r\nHost: e\r\n\r\n"))
     assert answer.startswith(b"HTTP/1.1 500 ")
     assert b"Set-Cookie" not in answer and b"X-Echo" not in answer
 
@@ -382,7 +375,7 @@ def test_a_stream_is_chunked_over_http11_and_ends_with_the_connection_over_http1
         return stream
 
     data = f"GET / HTTP/{version}\r\nHost: e\r\nConnection: close\r\n\r\n".encode()
-    answer = _serve(handler, lambda port: _raw(port, data))
+    answer = _serve(handler, lambda port: raw_exchange(port, data))
     head, body = answer.split(b"\r\n\r\n", 1)
     assert (b"Transfer-Encoding: chunked" in head) is chunked
     if chunked:
@@ -402,7 +395,9 @@ def test_the_query_keeps_order_repeats_and_blanks() -> None:
     target = "/p?a=1&a=2&b=&c=x+y&d=%7E%zz&e"
     _serve(
         handler,
-        lambda port: _raw(port, f"GET {target} HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n".encode()),
+        lambda port: raw_exchange(
+            port, f"GET {target} HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n".encode()
+        ),
     )
     assert found == [[("a", "1"), ("a", "2"), ("b", ""), ("c", "x y"), ("d", "~%zz"), ("e", "")]]
 
@@ -440,14 +435,7 @@ def test_shutdown_lets_a_request_in_flight_finish_and_closes_idle_connections() 
 
 def test_shutdown_cancels_what_outlasts_the_grace_period() -> None:
     cancelled = asyncio.Event()
-
-    async def handler(request: Request) -> Response:
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return Response(200, b"{}")
+    handler = _sleeping(asyncio.Event(), cancelled)
 
     async def run() -> float:
         server = Server(handler, max_body_bytes=1024)
@@ -498,7 +486,7 @@ def test_shutdown_cancels_what_outlasts_the_grace_period() -> None:
 def test_any_bytes_get_an_answer_or_a_close_never_a_hang(data: bytes) -> None:
     answer = _serve(
         _echo,
-        lambda port: _raw(port, data + b"\r\n\r\n", timeout=5),
+        lambda port: raw_exchange(port, data + b"\r\n\r\n", timeout=5),
         read_timeout_seconds=0.5,
         keepalive_seconds=0.5,
     )
@@ -594,7 +582,7 @@ def test_transfer_encoding_in_http10_ends_the_connection_after_the_message() -> 
         b"3\r\nabc\r\n0\r\n\r\n"
         b"GET /smuggled HTTP/1.1\r\nHost: e\r\n\r\n"
     )
-    answer = _serve(_echo, lambda port: _raw(port, data))
+    answer = _serve(_echo, lambda port: raw_exchange(port, data))
     assert answer.count(b"HTTP/1.1 ") == 1 and b"/smuggled" not in answer
     assert b"Connection: close" in answer
 
@@ -610,7 +598,7 @@ def test_an_upgrade_request_with_a_body_is_refused() -> None:
         b"POST / HTTP/1.1\r\nHost: e\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
         b"Content-Length: 3\r\n\r\nabc"
     )
-    answer = _serve(handler, lambda port: _raw(port, data))
+    answer = _serve(handler, lambda port: raw_exchange(port, data))
     assert answer.startswith(b"HTTP/1.1 400 ") and seen == []
 
 
@@ -621,7 +609,7 @@ def test_a_stream_that_fails_after_its_head_is_cut_not_given_a_second_head() -> 
         await stream.write(b'{"a":1}\n')
         raise RuntimeError("the backend went away")
 
-    answer = _serve(handler, lambda port: _raw(port, b"GET / HTTP/1.1\r\nHost: e\r\n\r\n"))
+    answer = _serve(handler, lambda port: raw_exchange(port, b"GET / HTTP/1.1\r\nHost: e\r\n\r\n"))
     assert answer.count(b"HTTP/1.1 ") == 1
     assert answer.endswith(b'{"a":1}\n\r\n'), "no last chunk: the client can tell the stream was cut"
 
@@ -637,7 +625,7 @@ def test_a_pipelined_request_waiting_on_the_server_gets_no_408() -> None:
         b"POST / HTTP/1.1\r\nHost: e\r\nConnection: close\r\nContent-Length: 10\r\n\r\nabc"
     )
     answer = _serve(
-        handler, lambda port: _raw(port, first, pause=0.2, rest=b"defghij"), read_timeout_seconds=0.5
+        handler, lambda port: raw_exchange(port, first, pause=0.2, rest=b"defghij"), read_timeout_seconds=0.5
     )
     assert [status for status, _, _ in _answers(answer)] == [200, 200], answer
 
@@ -646,7 +634,7 @@ def test_an_answer_that_cannot_be_framed_gets_500() -> None:
     async def handler(request: Request) -> Response:
         return Response(200, "not bytes")  # type: ignore[arg-type]
 
-    answer = _serve(handler, lambda port: _raw(port, b"GET / HTTP/1.1\r\nHost: e\r\n\r\n", timeout=5))
+    answer = _serve(handler, lambda port: raw_exchange(port, b"GET / HTTP/1.1\r\nHost: e\r\n\r\n", timeout=5))
     assert answer.startswith(b"HTTP/1.1 500 ")
 
 
@@ -659,7 +647,7 @@ def test_a_stream_answering_head_sends_only_its_head() -> None:
         return stream
 
     data = b"HEAD / HTTP/1.1\r\nHost: e\r\n\r\nGET /next HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n"
-    answer = _serve(handler, lambda port: _raw(port, data))
+    answer = _serve(handler, lambda port: raw_exchange(port, data))
     head, _, rest = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ") and rest.startswith(b"HTTP/1.1 200 ")
 
@@ -670,7 +658,7 @@ def test_100_continue_is_not_promised_for_a_body_over_the_limit() -> None:
         return await _limited(request)
 
     data = b"POST / HTTP/1.1\r\nHost: e\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n"
-    answer = _serve(handler, lambda port: _raw(port, data))
+    answer = _serve(handler, lambda port: raw_exchange(port, data))
     assert answer.startswith(b"HTTP/1.1 413 ")
 
 
@@ -686,7 +674,7 @@ def test_100_continue_is_not_promised_for_a_body_over_the_limit() -> None:
     ids=["absolute-form", "http2-request-line"],
 )
 def test_request_targets_and_versions(data: bytes, expected: bytes) -> None:
-    answer = _serve(_echo, lambda port: _raw(port, data))
+    answer = _serve(_echo, lambda port: raw_exchange(port, data))
     assert answer.split(b" ", 2)[1] == expected, answer[:60]
     if expected == b"200":
         assert json.loads(answer.partition(b"\r\n\r\n")[2])["path"] == "/p?q=1"

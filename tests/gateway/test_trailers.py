@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import Awaitable, Callable
 
 import pytest
 
 from gateway.http1 import Request, Response, Server, Stream
 from gateway.trailers import accepts_trailers
-from tests.support.http import TrailedAnswer, http_calls_with_trailers
+from tests.support.http import TrailedAnswer, http_calls_with_trailers, raw_exchange
 
 ACCEPTS = [
     ("trailers", "GET", "1.1", True),
@@ -45,15 +44,6 @@ async def _served(handler: Handler, call: Callable[[int], object]) -> object:
         await server.shutdown(0.0)
 
 
-def _raw(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received
-
-
 @pytest.mark.parametrize(
     ("te", "method", "version", "expected"),
     ACCEPTS,
@@ -68,7 +58,7 @@ def test_accepts_trailers(te: str, method: str, version: str, expected: bool) ->
 
     te_line = f"TE: {te}\r\n" if te else ""
     data = f"{method} / HTTP/{version}\r\nHost: edge\r\n{te_line}Connection: close\r\n\r\n".encode()
-    asyncio.run(_served(handler, lambda port: _raw(port, data)))
+    asyncio.run(_served(handler, lambda port: raw_exchange(port, data)))
     assert seen == [expected]
 
 
@@ -126,7 +116,7 @@ def test_an_answer_without_a_body_carries_no_trailers(status: int) -> None:
         return Response(status, b"", trailers=[("Grpc-Trailer-k", "v")])
 
     data = b"GET / HTTP/1.1\r\nHost: edge\r\nTE: trailers\r\nConnection: close\r\n\r\n"
-    answer = asyncio.run(_served(handler, lambda port: _raw(port, data)))
+    answer = asyncio.run(_served(handler, lambda port: raw_exchange(port, data)))
     assert isinstance(answer, bytes)
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 %d " % status)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import h11
 
-__all__ = ["Answer", "TrailedAnswer", "http_call", "http_calls_with_trailers"]
+__all__ = ["Answer", "TrailedAnswer", "http_call", "http_calls_with_trailers", "raw_exchange"]
 
 
 @dataclass
@@ -100,3 +102,21 @@ def _answer_of(client: h11.Connection, connection: socket.socket) -> TrailedAnsw
         elif isinstance(event, h11.EndOfMessage):
             answer.trailers = [(name.decode(), value.decode()) for name, value in event.headers]
             return answer
+
+
+def raw_exchange(
+    port: int, data: bytes, *, pause: float = 0.0, rest: bytes = b"", timeout: float = 10.0
+) -> bytes:
+    """Send `data` (then `rest` after `pause` seconds) on a fresh connection to 127.0.0.1 and
+    read until the server closes it; a refusal before all was sent is read all the same."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(data)
+            if rest:
+                time.sleep(pause)
+                sock.sendall(rest)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    return received
