@@ -123,6 +123,7 @@ class Request:
         "headers",
         "keep_alive",
         "method",
+        "on_head",
         "raw_path",
         "remote",
         "scheme",
@@ -157,6 +158,9 @@ class Request:
         self._query: MultiDictProxy[str] | None = None
         self._continue_sent = False
         self._head_sent = False
+        self.on_head: Callable[[CIMultiDict[str]], None] | None = None
+        """Given the answer's headers just before they are written, whatever the answer (a
+        stream's when it is prepared): the last word on them (CORS uses it)."""
 
     @property
     def path(self) -> str:
@@ -289,6 +293,8 @@ class Stream:
         connection = request._connection
         if connection.closed:
             raise ConnectionResetError("the client closed the connection")
+        if request.on_head is not None:
+            request.on_head(self.headers)
         self._connection = connection
         # HTTP/1.0 has no chunks: the body ends when the connection does.
         self._chunked = request.version == HTTP_11
@@ -382,6 +388,8 @@ def _whole(response: Response, request: Request, keep_alive: bool) -> bytes:
     """`response` framed for `request`: with its trailers after a chunked body when both
     sides can carry them, else with a ``Content-Length`` (and no body for HEAD)."""
     status, body = response.status, response.body
+    if request.on_head is not None:
+        request.on_head(response.headers)
     no_body = status in _NO_BODY_STATUSES or status < 200
     if response.trailers and not no_body and request.version == HTTP_11 and request.method != "HEAD":
         names = ", ".join(dict.fromkeys(name for name, _ in response.trailers))

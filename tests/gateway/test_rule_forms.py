@@ -380,6 +380,10 @@ class Edge:
         return http_call(self.port, method, path, body, headers=headers, timeout=15)
 
 
+SHOP = "https://shop.example"
+"""The one origin the edge allows cross-origin calls from."""
+
+
 @pytest.fixture(scope="module", params=["descriptor-set", "reflection"])
 def edge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     home = tmp_path_factory.mktemp("foreign")
@@ -414,6 +418,7 @@ def edge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         f"--cacert={certs / 'ca.crt'}",
         f"--cert={certs / 'gateway.crt'}",
         f"--key={certs / 'gateway.key'}",
+        f"--cors-origin={SHOP}",
     )
     try:
         process.wait_for_line(lambda line: '"serving"' in line, timeout=30)
@@ -948,3 +953,33 @@ def test_openapi_describes_the_foreign_service(edge: Edge) -> None:
     }
     watched = paths["/v1/shelves/{shelve}:watch"]["get"]["responses"]["200"]["content"]
     assert set(watched) == {"application/x-ndjson", "text/event-stream"}
+
+
+def _exposed(answer: Answer) -> set[str]:
+    value = answer.headers.get("Access-Control-Expose-Headers", "")
+    return {name.strip().lower() for name in value.split(",") if name.strip()}
+
+
+@pytest.mark.parametrize("accept", ["application/x-ndjson", "text/event-stream"], ids=["ndjson", "sse"])
+def test_a_browser_on_an_allowed_origin_can_read_a_stream(edge: Edge, accept: str) -> None:
+    answer = edge.call("GET", "/v1/shelves/1:watch?count=2", headers={"Origin": SHOP, "Accept": accept})
+    assert answer.status == 200, answer.body
+    assert answer.headers["Access-Control-Allow-Origin"] == SHOP, "a stream's head carries CORS too"
+    assert "Origin" in answer.headers.get_all("Vary", [])
+    assert {"x-request-id", "grpc-metadata-x-watch"} <= _exposed(answer)
+
+
+def test_expose_headers_names_the_answers_own_headers_never_a_pattern(edge: Edge) -> None:
+    answer = edge.call("GET", "/v1/shelves/1:watch?count=1", headers={"Origin": SHOP})
+    unary = edge.call("GET", "/v1/shelves/1/books/dune", headers={"Origin": SHOP})
+    for exposed in (_exposed(answer), _exposed(unary)):
+        assert "x-request-id" in exposed
+        assert not any("*" in name for name in exposed), exposed
+        assert "content-type" not in exposed, "safelisted headers need no exposing"
+
+
+def test_a_stream_for_another_origin_carries_no_cors_headers(edge: Edge) -> None:
+    answer = edge.call("GET", "/v1/shelves/1:watch?count=1", headers={"Origin": "https://evil.example"})
+    assert answer.status == 200
+    assert "Access-Control-Allow-Origin" not in answer.headers
+    assert "Access-Control-Expose-Headers" not in answer.headers
