@@ -192,6 +192,39 @@ def _cors_headers(origin: str, headers: CIMultiDict[str]) -> None:
         headers["Access-Control-Expose-Headers"] = ", ".join(exposed)
 
 
+def _is_json(content_type: str) -> bool:
+    """Whether a ``Content-Type`` names JSON: ``application/json`` or ``application/*+json``,
+    in UTF-8 (RFC 8259) if it names a charset at all."""
+    media_type, *parameters = (part.strip().lower() for part in content_type.split(";"))
+    if media_type != "application/json" and not (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        return False
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        if name.strip() == "charset" and value.strip().strip('"') not in {"utf-8", "utf8"}:
+            return False
+    return True
+
+
+def _require_json(request: Request) -> None:
+    """A body must say it is JSON, else 415. A cross-origin page can send ``text/plain`` or a
+    form without a preflight; refusing them keeps every browser call with a body behind CORS."""
+    if request.headers.get("Content-Length", "0") == "0" and "Transfer-Encoding" not in request.headers:
+        return  # no body: nothing to be JSON
+    sent = request.headers.get("Content-Type", "")
+    if _is_json(sent):
+        return
+    accepted = "application/json"
+    raise _refusal(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"send the body as {accepted} (or a +json type) in UTF-8, not {sent[:64] or 'without a type'}",
+        "UNSUPPORTED_MEDIA_TYPE",
+        http=415,
+        extra={"Accept-Patch" if request.method == "PATCH" else "Accept-Post": accepted},
+    )
+
+
 class _Refusal(Exception):
     def __init__(self, status: status_pb2.Status, http: int, extra: dict[str, str] | None = None) -> None:
         super().__init__(status.message)
@@ -451,6 +484,7 @@ class Edge:
         message = plan.request_class()
         parsed = None
         if route.body:
+            _require_json(request)
             await self._expect(request)
             try:
                 body = await request.read()

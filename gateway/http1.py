@@ -1,37 +1,43 @@
 """The edge's HTTP/1.1 server: llhttp's parser (httptools) on an `asyncio.Protocol`.
 
 The edge routes, answers errors and observes requests itself, so what it needs of an HTTP
-server is framing: parse a request, hand it to one handler, write the answer. aiohttp's
-low-level server spent about a sixth of the edge's CPU per call on request and response
-objects the edge does not use (`bench/vs_grpc_gateway`, README "The edge against Go
-grpc-gateway"); this one keeps only what the edge reads.
+server is framing: parse a request, hand it to one handler, write the answer. The edge on
+aiohttp's low-level server spent 1.05 times the CPU per call it spends on this one
+(`bench/vs_grpc_gateway`, README "The edge against Go grpc-gateway"): this one keeps only
+what the edge reads.
 
 What it does (RFC 9112, RFC 9110):
 
 - **Parsing** is llhttp's, strict: a bare CR or LF, a NUL, an obsolete line fold, bad chunking
   or ``Content-Length`` beside ``Transfer-Encoding`` is a 400; so is an HTTP/1.1 request with
-  no ``Host`` or two (RFC 9112 §3.2). Request smuggling needs a parser that guesses, and
-  this one refuses instead.
+  no ``Host`` or two (RFC 9112 §3.2), and an ``Upgrade`` request with a body; a version other
+  than 1.0 and 1.1 is a 505. ``Transfer-Encoding`` in HTTP/1.0 ends the connection after the
+  message. Request smuggling needs a parser that guesses, and this one refuses instead.
 - **Limits**: the request line and header section together at most `max_head_bytes` and
-  `max_headers` fields (else 431), a body at most `max_body_bytes` (413, as soon as its
-  ``Content-Length`` or the bytes received say so), a whole request within
-  `read_timeout_seconds` of its first byte (else 408: a slow client cannot hold a
+  `max_headers` fields (else 431; measured on the wire too, since llhttp holds a field until
+  it ends), a body at most `max_body_bytes` (413, as soon as its ``Content-Length`` or the
+  bytes received say so; its framing and trailers at most twice that), a whole request
+  within `read_timeout_seconds` of its first byte (else 408: a slow client cannot hold a
   connection open by trickling), an idle connection closed after `keepalive_seconds`.
 - **Keep-alive and pipelining**: requests on a connection are answered one at a time, in
-  order; while one is being answered, reading pauses once the next has arrived.
+  order; while one is being answered, reading pauses once the next has arrived, and the
+  next starts only once the answer before it has drained (a client that does not read is
+  not answered ahead).
 - A refused request is answered with a ``google.rpc.Status`` JSON body and the connection
   closes; `on_refused` hears the peer, the status and the kind of problem, never a byte of
-  the request (a header line may hold a credential).
+  the request (a header line may hold a credential). A connection closing after an answer
+  lingers: FIN, then what the client still sends is read and dropped for a moment, so a
+  reset cannot destroy the answer (RFC 9112 §9.6).
 - ``Expect: 100-continue`` is the handler's to answer (`Request.send_continue`): it knows
   whether it will read the body.
 - A client that leaves cancels its request's handler (and so its backend call).
-- ``Upgrade`` (h2c, WebSocket) is ignored, as RFC 9110 §7.8 allows: the request is
+- ``Upgrade`` (h2c, WebSocket) is otherwise ignored, as RFC 9110 §7.8 allows: the request is
   answered over HTTP/1.1 and the connection then closes.
 - `Server.shutdown` stops listening, closes idle connections, lets requests in flight
   finish for a grace period, then cancels them.
 
 A handler returns a `Response` (written whole, with trailers when it has them) or a `Stream`
-it has prepared and written itself.
+it has prepared and written itself; `Request.on_head` has the last word on either's headers.
 """
 
 from __future__ import annotations

@@ -286,7 +286,8 @@ def _calls(
         answers = []
         for method, path, headers, body in requests:
             url = URL(str(client.make_url("/")).rstrip("/") + path, encoded=True)
-            async with client.session.request(method, url, headers=headers, data=body) as response:
+            sent = {"Content-Type": "application/json", **headers} if body is not None else headers
+            async with client.session.request(method, url, headers=sent, data=body) as response:
                 answers.append(await _answer(response))
         return answers
 

@@ -13,7 +13,9 @@ case is a plain HTTP request through the edge, and both sources pass the same ta
 from __future__ import annotations
 
 import base64
+import http.client
 import importlib
+import io
 import json
 import socket
 import sys
@@ -35,7 +37,7 @@ from grpc_status import rpc_status
 from services.kit import config, tls
 from tests.gateway.conftest import STANDALONE
 from tests.support.env import free_port
-from tests.support.http import Answer, http_call, http_calls_with_trailers
+from tests.support.http import Answer, http_call, http_calls_with_trailers, raw_exchange
 from tests.support.processes import Process
 from tests.support.protos import compile_proto
 
@@ -983,3 +985,48 @@ def test_a_stream_for_another_origin_carries_no_cors_headers(edge: Edge) -> None
     assert answer.status == 200
     assert "Access-Control-Allow-Origin" not in answer.headers
     assert "Access-Control-Expose-Headers" not in answer.headers
+
+
+@pytest.mark.parametrize(
+    ("method", "content_type", "status"),
+    [
+        ("POST", "text/plain", 415),
+        ("POST", "application/x-www-form-urlencoded", 415),
+        ("POST", "multipart/form-data; boundary=x", 415),
+        ("POST", "", 415),
+        ("POST", "application/json; charset=latin-1", 415),
+        ("PATCH", "text/plain;charset=UTF-8", 415),
+        ("POST", "application/json", 409),
+        ("POST", "Application/JSON; charset=UTF-8", 409),
+        ("POST", "application/vnd.acme+json", 409),
+    ],
+    ids=["text", "form", "multipart", "no-type", "latin-1", "patch-text", "json", "json-cased", "plus-json"],
+)
+def test_a_body_must_be_sent_as_json(edge: Edge, method: str, content_type: str, status: int) -> None:
+    # A POST of an existing book is 409 once its body is read; a PATCH of a missing one 404.
+    path = "/v1/shelves/1/books?bookId=dune" if method == "POST" else "/v1/shelves/1/books/missing"
+    raw = json.dumps({"title": "Again"}).encode()
+    if not content_type:  # the test client would add one
+        answer = _without_type(edge.port, method, path, raw)
+    else:
+        answer = http_call(edge.port, method, path, raw=raw, headers={"Content-Type": content_type})
+    assert answer.status == status, answer.body
+    if status == 415:
+        body = answer.json()
+        assert body["code"] == 3 and body["details"][0]["reason"] == "UNSUPPORTED_MEDIA_TYPE"
+        accept = "Accept-Patch" if method == "PATCH" else "Accept-Post"
+        assert answer.headers[accept] == "application/json"
+
+
+def _without_type(port: int, method: str, path: str, body: bytes) -> Answer:
+    data = f"{method} {path} HTTP/1.1\r\nHost: e\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    raw = raw_exchange(port, data.encode() + body)
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    fields = http.client.parse_headers(io.BytesIO(head.partition(b"\r\n")[2] + b"\r\n\r\n"))
+    return Answer(status, fields, rest)
+
+
+def test_a_call_without_a_body_needs_no_type(edge: Edge) -> None:
+    answer = _without_type(edge.port, "POST", "/v1/shelves/4:archive", b"")
+    assert answer.status != 415, answer.body

@@ -46,7 +46,10 @@ def http_call(
         connection._http_vsn, connection._http_vsn_str = 10, "HTTP/1.0"  # type: ignore[attr-defined]
     try:
         payload = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        connection.request(method, path, body=payload, headers=headers or {})
+        headers = dict(headers or {})
+        if payload is not None and not any(name.lower() == "content-type" for name in headers):
+            headers["Content-Type"] = "application/json"  # the edge refuses a body of another type
+        connection.request(method, path, body=payload, headers=headers)
         response = connection.getresponse()
         return Answer(response.status, response.headers, response.read())
     finally:
