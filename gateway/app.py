@@ -429,17 +429,25 @@ class Edge:
         return response
 
     def _route(self, request: Request, routes: _Compiled) -> tuple[Route, dict[str, str]]:
+        path = request.raw_path.split("?", 1)[0]
         try:
-            found = routes.router.find(request.method, request.raw_path.split("?", 1)[0])
+            try:
+                found = routes.router.find(request.method, path)
+            except (RouteNotFound, MethodNotAllowed):
+                if request.method != "HEAD":
+                    raise
+                # HEAD is GET without the body (RFC 9110 §9.3.2): the server drops the body.
+                found = routes.router.find("GET", path)
         except RouteNotFound:
             raise _refusal(grpc.StatusCode.NOT_FOUND, "no route for this path", "ROUTE_NOT_FOUND") from None
         except MethodNotAllowed as wrong:
+            allowed = [*wrong.allowed, "HEAD"] if "GET" in wrong.allowed else wrong.allowed
             raise _refusal(
                 grpc.StatusCode.UNIMPLEMENTED,
                 f"{request.method} is not allowed here",
                 "METHOD_NOT_ALLOWED",
                 http=405,
-                extra={"Allow": ", ".join(wrong.allowed)},
+                extra={"Allow": ", ".join(sorted(set(allowed)))},
             ) from None
         return found.route, found.variables
 
@@ -624,6 +632,11 @@ class Edge:
             # The stream's span and access line end with the stream: from here on, they report
             # this answer's status (and the bytes counted) even when the client leaves.
             exchange.response = response
+            if request.method == "HEAD":  # the head is the whole answer: the stream ends here
+                call.cancel()
+                backend.end(grpc.StatusCode.CANCELLED)
+                await response.write_eof()
+                return response
             async for reply in call:
                 body = self._json(reply, route)
                 chunk = streaming.sse_event(body) if sse else streaming.ndjson_result(body)

@@ -75,7 +75,7 @@ def test_routing_and_auth_errors_are_statuses(
     assert _detail(answer, "ErrorInfo")["reason"] == reason
     assert answer.headers["X-Request-Id"]
     if status == 405:
-        assert answer.headers["Allow"] == "GET"
+        assert answer.headers["Allow"] == "GET, HEAD"
     if status == 401:
         assert answer.headers["WWW-Authenticate"].startswith("Bearer")
 

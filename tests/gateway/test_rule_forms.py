@@ -1030,3 +1030,27 @@ def _without_type(port: int, method: str, path: str, body: bytes) -> Answer:
 def test_a_call_without_a_body_needs_no_type(edge: Edge) -> None:
     answer = _without_type(edge.port, "POST", "/v1/shelves/4:archive", b"")
     assert answer.status != 415, answer.body
+
+
+def test_head_answers_every_get_route_without_the_body(edge: Edge) -> None:
+    got = edge.call("GET", "/v1/shelves/1/books")
+    head = edge.call("HEAD", "/v1/shelves/1/books")
+    assert (got.status, head.status) == (200, 200)
+    assert head.body == b"" and int(head.headers["Content-Length"]) == len(got.body)
+    assert head.headers["Content-Type"] == got.headers["Content-Type"]
+    missing = edge.call("HEAD", "/v1/errors/NOT_FOUND")
+    assert missing.status == 404 and missing.body == b""
+
+
+def test_head_on_a_stream_is_its_head_alone(edge: Edge) -> None:
+    started = time.monotonic()
+    head = edge.call("HEAD", "/v1/shelves/1:watch?count=1000000")
+    assert head.status == 200 and head.body == b""
+    assert head.headers["Content-Type"].startswith("application/x-ndjson")
+    assert time.monotonic() - started < 5, "the stream is not played out for a HEAD"
+
+
+def test_head_is_allowed_wherever_get_is(edge: Edge) -> None:
+    wrong = edge.call("DELETE", "/v1/shelves/1/books")
+    assert wrong.status == 405
+    assert set(wrong.headers["Allow"].split(", ")) >= {"GET", "HEAD"}
