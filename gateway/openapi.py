@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, message_factory
 from google.protobuf.descriptor import (
     Descriptor,
     EnumDescriptor,
@@ -446,15 +446,26 @@ def _unique(name: str, taken: set[str] | dict[str, str]) -> str:
 
 
 def _field_behaviors(field: FieldDescriptor) -> set[str]:
-    for option, value in field.GetOptions().ListFields():
-        if option.full_name == _FIELD_BEHAVIOR and option.enum_type is not None:
-            values = value if isinstance(value, Sequence) else [value]
-            return {
-                option.enum_type.values_by_number[number].name
-                for number in values
-                if number in option.enum_type.values_by_number
-            }
-    return set()
+    """`field`'s ``google.api.field_behavior`` values, read through the pool its file was
+    loaded into (a descriptor set's, or reflection's): the process may never have imported
+    the generated module that would teach the default pool that option."""
+    message = field.containing_type
+    if message is None:
+        return set()
+    pool = message.file.pool
+    try:
+        extension = pool.FindExtensionByName(_FIELD_BEHAVIOR)
+        options_class = message_factory.GetMessageClass(
+            pool.FindMessageTypeByName("google.protobuf.FieldOptions")
+        )
+    except KeyError:  # the field's files never import field_behavior.proto: no behaviour
+        return set()
+    if extension.enum_type is None:
+        return set()
+    options = options_class.FromString(field.GetOptions().SerializeToString())
+    names = extension.enum_type.values_by_number
+    values: list[int] = list(options.Extensions[extension])  # type: ignore[index]
+    return {names[number].name for number in values if number in names}
 
 
 def _json_path(prefix: str, field: FieldDescriptor) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -257,3 +260,30 @@ def test_recursive_message_map_and_int64() -> None:
     # A pool built from a FileDescriptorProto does not keep its source info: no comments, no crash.
     assert "summary" not in op
     assert "acme.Node.LabelsEntry" not in document["components"]["schemas"]
+
+
+_FRESH_DOCUMENT = """
+import json, sys
+from gateway.config import default_descriptor_set
+from gateway.descriptors import load_descriptor_set
+from gateway.openapi import openapi_document
+from gateway.routes import compile_routes
+
+loaded = load_descriptor_set(default_descriptor_set())
+router = compile_routes(loaded.services(["poly.orders.v1.OrdersService"]))
+document = openapi_document(router, title="t", version="v1", success_status=lambda route: 200)
+print(json.dumps({"imported": "google.api.field_behavior_pb2" in sys.modules, "document": document}))
+"""
+
+
+def test_field_behaviors_come_from_the_loaded_descriptors_not_generated_code() -> None:
+    # A process that never imported the generated field_behavior module (as a standalone
+    # edge serving a descriptor set need not) still reads the option from the set's own pool.
+    run = subprocess.run([sys.executable, "-c", _FRESH_DOCUMENT], capture_output=True, text=True, check=True)
+    found = json.loads(run.stdout)
+    assert found["imported"] is False, "the check needs a process without the generated module"
+    schemas = found["document"]["components"]["schemas"]
+    order = next(schema for name, schema in schemas.items() if name.endswith("orders.v1.Order"))
+    assert order["properties"]["state"].get("readOnly") is True
+    assert order["properties"]["createTime"].get("readOnly") is True
+    assert "lines" in order.get("required", [])
