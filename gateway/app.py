@@ -46,7 +46,7 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2
 from multidict import CIMultiDict
 
-from gateway import errors, fieldmask, headers, http1, jsoncodec, query, streaming, trailers
+from gateway import compression, errors, fieldmask, headers, http1, jsoncodec, query, streaming, trailers
 from gateway.backends import READY_STATES, Backends
 from gateway.config import Limits
 from gateway.http1 import HTTP_11, Request, Response, Stream
@@ -328,7 +328,12 @@ class Edge:
         if self._settings.cors_origins:
             handler = functools.partial(self._cors, handler=handler)
         observed = self._observer.observing(handler, self._client_address)
-        return http1.Server(observed, max_body_bytes=self._settings.max_body_bytes, on_refused=on_refused)
+        return http1.Server(
+            observed,
+            max_body_bytes=self._settings.max_body_bytes,
+            on_refused=on_refused,
+            encode=compression.compress_reads,
+        )
 
     async def _dispatch(self, request: Request) -> Response | Stream:
         if request.method in _FIXED_METHODS:

@@ -60,6 +60,7 @@ __all__ = [
     "HTTP_10",
     "HTTP_11",
     "BodyTooLarge",
+    "Encode",
     "Handler",
     "Refused",
     "Request",
@@ -78,6 +79,8 @@ _VERSIONS = {"1.1": HTTP_11, "1.0": HTTP_10}
 
 Refused = Callable[[str, int, str], None]
 """Told of a request refused before any handler saw it: (peer address, status, problem)."""
+Encode = Callable[["Request", "Response"], None]
+"""Given each whole answer before it is framed, to change its body's encoding (compression)."""
 
 _STATUS_LINES = {int(status): f"HTTP/1.1 {int(status)} {status.phrase}\r\n".encode() for status in HTTPStatus}
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -652,6 +655,8 @@ class _Connection(asyncio.Protocol):
                 and not (self._closing_after_answer or server.closing)
             )
             try:
+                if server.encode is not None:
+                    server.encode(request, response)
                 data = _whole(response, request, keep_alive)
             except Exception:  # noqa: BLE001 - whatever the handler built, the client gets an answer
                 _log.exception("an answer could not be framed")
@@ -793,7 +798,8 @@ class Server:
 
     The limits are per request (`max_body_bytes`, `max_head_bytes`, `max_headers`,
     `read_timeout_seconds`) and per idle connection (`keepalive_seconds`); `on_refused` is told
-    of every request refused before the handler saw it.
+    of every request refused before the handler saw it; `encode` may re-encode each whole
+    answer before it is framed (`gateway.compression.compress_reads`).
     """
 
     def __init__(
@@ -806,8 +812,10 @@ class Server:
         read_timeout_seconds: float = 60.0,
         keepalive_seconds: float = 75.0,
         on_refused: Refused | None = None,
+        encode: Encode | None = None,
     ) -> None:
         self.handler = handler
+        self.encode = encode
         self.max_body_bytes = max_body_bytes
         self.max_head_bytes = max_head_bytes
         self.max_headers = max_headers

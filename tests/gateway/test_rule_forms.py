@@ -13,6 +13,7 @@ case is a plain HTTP request through the edge, and both sources pass the same ta
 from __future__ import annotations
 
 import base64
+import gzip
 import http.client
 import importlib
 import io
@@ -1054,3 +1055,17 @@ def test_head_is_allowed_wherever_get_is(edge: Edge) -> None:
     wrong = edge.call("DELETE", "/v1/shelves/1/books")
     assert wrong.status == 405
     assert set(wrong.headers["Allow"].split(", ")) >= {"GET", "HEAD"}
+
+
+def test_the_document_is_gzipped_for_a_client_that_accepts_it(edge: Edge) -> None:
+    plain = edge.call("GET", "/openapi.json")
+    zipped = edge.call("GET", "/openapi.json", headers={"Accept-Encoding": "gzip"})
+    assert plain.headers.get("Content-Encoding") is None
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    assert "Accept-Encoding" in zipped.headers["Vary"] and "Accept-Encoding" in plain.headers["Vary"]
+    assert json.loads(gzip.decompress(zipped.body)) == plain.json()
+    assert len(zipped.body) * 4 < len(plain.body)
+    written = edge.call(
+        "POST", "/v1/shelves/1/books?bookId=dune", {"title": "x"}, headers={"Accept-Encoding": "gzip"}
+    )
+    assert written.headers.get("Content-Encoding") is None, "answers to writes are never compressed"

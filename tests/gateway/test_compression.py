@@ -1,0 +1,109 @@
+"""gateway.compression: gzip for answers to reads, as negotiated by Accept-Encoding."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway import compression
+from gateway.compression import accepts_gzip, compress_reads
+from gateway.http1 import Request, Response, Server
+from tests.support.http import raw_exchange
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("gzip", True),
+        ("gzip, deflate, br", True),
+        ("GZIP;q=0.5", True),
+        ("x-gzip", True),
+        ("*", True),
+        ("br;q=1, *;q=0.1", True),
+        ("", False),
+        ("identity", False),
+        ("br", False),
+        ("gzip;q=0", False),
+        ("*;q=1, gzip;q=0", False),
+        ("gzip;q=zero", False),
+        ("gzipped", False),
+    ],
+    ids=lambda v: str(v) or "empty",
+)
+def test_accepts_gzip(value: str, expected: bool) -> None:
+    assert accepts_gzip(value) is expected
+
+
+def _request(method: str, accept_encoding: str | None) -> Request:
+    """A request as the server builds one, from a connection that is never used."""
+
+    class _Connection:
+        peer = "127.0.0.1"
+
+    headers = CIMultiDict({"Host": "e"})
+    if accept_encoding is not None:
+        headers["Accept-Encoding"] = accept_encoding
+    return Request(
+        _Connection(),  # type: ignore[arg-type]
+        method=method,
+        raw_path="/",
+        version=(1, 1),
+        headers=CIMultiDictProxy(headers),
+        keep_alive=True,
+    )
+
+
+BIG = b'{"items":[' + b",".join(b'{"n":%d}' % n for n in range(400)) + b"]}"
+
+
+@pytest.mark.parametrize(
+    ("method", "accept", "status", "body", "gzipped", "vary"),
+    [
+        ("GET", "gzip", 200, BIG, True, True),
+        ("HEAD", "gzip", 200, BIG, True, True),
+        ("GET", None, 200, BIG, False, True),
+        ("GET", "gzip", 200, b'{"small":true}', False, False),
+        ("POST", "gzip", 200, BIG, False, False),
+        ("GET", "gzip", 204, b"", False, False),
+    ],
+    ids=["get", "head", "not-accepted", "small", "write", "no-content"],
+)
+def test_compress_reads(
+    method: str, accept: str | None, status: int, body: bytes, gzipped: bool, vary: bool
+) -> None:
+    response = Response(status, body)
+    compress_reads(_request(method, accept), response)
+    assert (response.headers.get("Content-Encoding") == "gzip") is gzipped
+    assert ("Accept-Encoding" in response.headers.getall("Vary", [])) is vary
+    assert (gzip.decompress(response.body) if gzipped else response.body) == body
+    if gzipped:
+        assert len(response.body) < len(body) / 4
+
+
+def test_an_answer_already_encoded_is_left_alone() -> None:
+    response = Response(200, BIG)
+    response.headers["Content-Encoding"] = "br"
+    compress_reads(_request("GET", "gzip"), response)
+    assert response.body == BIG and response.headers["Content-Encoding"] == "br"
+
+
+def test_the_server_frames_the_compressed_length() -> None:
+    async def handler(request: Request) -> Response:
+        return Response(200, BIG)
+
+    async def run() -> bytes:
+        server = Server(handler, max_body_bytes=1024, encode=compression.compress_reads)
+        await server.start("127.0.0.1", 0)
+        try:
+            data = b"GET / HTTP/1.1\r\nHost: e\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n"
+            return await asyncio.to_thread(raw_exchange, server.port, data)
+        finally:
+            await server.shutdown(0.0)
+
+    head, _, body = asyncio.run(run()).partition(b"\r\n\r\n")
+    assert b"Content-Encoding: gzip" in head
+    assert b"Content-Length: %d" % len(body) in head
+    assert gzip.decompress(body) == BIG
