@@ -31,7 +31,6 @@ through it.
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import json
 import logging
@@ -44,9 +43,19 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from google.rpc import status_pb2
-from multidict import CIMultiDict
 
-from gateway import compression, errors, fieldmask, headers, http1, jsoncodec, query, streaming, trailers
+from gateway import (
+    compression,
+    cors,
+    errors,
+    fieldmask,
+    headers,
+    http1,
+    jsoncodec,
+    query,
+    streaming,
+    trailers,
+)
 from gateway.backends import READY_STATES, Backends
 from gateway.config import Limits
 from gateway.http1 import HTTP_11, Request, Response, Stream
@@ -162,34 +171,6 @@ def _answer(
     for name, value in pairs:
         answer.headers.add(name, value)
     return answer
-
-
-_CORS_SAFELISTED = frozenset(
-    {
-        "cache-control",
-        "content-language",
-        "content-length",
-        "content-type",
-        "expires",
-        "last-modified",
-        "pragma",
-    }
-)
-"""Response headers a browser shows a cross-origin page without being told (Fetch standard)."""
-
-
-def _cors_headers(origin: str, headers: CIMultiDict[str]) -> None:
-    """An allowed origin's headers on an answer: ``Access-Control-Expose-Headers`` names each
-    header this answer has (the Fetch standard takes names or a lone ``*``, never a pattern)."""
-    exposed = [
-        name
-        for name in dict.fromkeys(headers.keys())
-        if name.lower() not in _CORS_SAFELISTED and not name.lower().startswith("access-control-")
-    ]
-    headers["Access-Control-Allow-Origin"] = origin
-    headers.add("Vary", "Origin")
-    if exposed:
-        headers["Access-Control-Expose-Headers"] = ", ".join(exposed)
 
 
 def _is_json(content_type: str) -> bool:
@@ -326,7 +307,7 @@ class Edge:
         handler: Handler = self._dispatch
         # No origins configured, no CORS headers ever: the wrapper would only cost time.
         if self._settings.cors_origins:
-            handler = functools.partial(self._cors, handler=handler)
+            handler = cors.allowing(self._settings.cors_origins, handler)
         observed = self._observer.observing(handler, self._client_address)
         return http1.Server(
             observed,
@@ -357,24 +338,6 @@ class Edge:
     async def _openapi(self, request: Request) -> Response:
         request.exchange.routed("/openapi.json")
         return Response(200, self._routes.document)
-
-    async def _cors(self, request: Request, *, handler: Handler) -> Response | Stream:
-        origin = request.headers.get("Origin", "")
-        allowed = origin and ("*" in self._settings.cors_origins or origin in self._settings.cors_origins)
-        if not allowed:
-            return await handler(request)
-        # Set as the head is written, so a stream (whose head goes out before the handler
-        # returns) carries them as a unary answer does.
-        request.on_head = functools.partial(_cors_headers, origin)
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            preflight = Response(204, content_type=None)
-            preflight.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE"
-            preflight.headers["Access-Control-Allow-Headers"] = request.headers.get(
-                "Access-Control-Request-Headers", "authorization, content-type"
-            )
-            preflight.headers["Access-Control-Max-Age"] = "600"
-            return preflight
-        return await handler(request)
 
     # -- transcoding -----------------------------------------------------------------------
 

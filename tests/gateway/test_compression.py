@@ -6,11 +6,11 @@ import asyncio
 import gzip
 
 import pytest
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway import compression
 from gateway.compression import accepts_gzip, compress_reads
 from gateway.http1 import Request, Response, Server
+from tests.support.edge_server import parsed_request
 from tests.support.http import raw_exchange
 
 
@@ -38,22 +38,7 @@ def test_accepts_gzip(value: str, expected: bool) -> None:
 
 
 def _request(method: str, accept_encoding: str | None) -> Request:
-    """A request as the server builds one, from a connection that is never used."""
-
-    class _Connection:
-        peer = "127.0.0.1"
-
-    headers = CIMultiDict({"Host": "e"})
-    if accept_encoding is not None:
-        headers["Accept-Encoding"] = accept_encoding
-    return Request(
-        _Connection(),  # type: ignore[arg-type]
-        method=method,
-        raw_path="/",
-        version=(1, 1),
-        headers=CIMultiDictProxy(headers),
-        keep_alive=True,
-    )
+    return parsed_request(method, {} if accept_encoding is None else {"Accept-Encoding": accept_encoding})
 
 
 BIG = b'{"items":[' + b",".join(b'{"n":%d}' % n for n in range(400)) + b"]}"

@@ -7,12 +7,32 @@ from typing import Any
 
 from aiohttp.test_utils import BaseTestServer
 from aiohttp.web import BaseRunner
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.app import Edge
-from gateway.http1 import Server
+from gateway.http1 import HTTP_11, Request, Server
 
-__all__ = ["EdgeTestServer"]
+__all__ = ["EdgeTestServer", "parsed_request"]
+
+
+class _Unconnected:
+    """Where a request made by `parsed_request` came from: nowhere it could write to."""
+
+    peer = "127.0.0.1"
+
+
+def parsed_request(method: str, headers: dict[str, str], path: str = "/") -> Request:
+    """A request as the edge's server hands one over, for unit tests of what reads it (its
+    body and 100-continue need a connection: only headers and the request line are here)."""
+    return Request(
+        _Unconnected(),  # type: ignore[arg-type]
+        method=method,
+        raw_path=path,
+        version=HTTP_11,
+        headers=CIMultiDictProxy(CIMultiDict({"Host": "edge", **headers})),
+        keep_alive=True,
+    )
 
 
 class EdgeTestServer(BaseTestServer):
