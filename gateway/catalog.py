@@ -100,8 +100,9 @@ def build(catalog: Catalog, *, title: str, version: str = "v1") -> Routing:
         declared = descriptors.method_option(route.method, SUCCESS_STATUS_OPTION)
         return declared if isinstance(declared, int) and 200 <= declared < 300 else 200
 
-    def is_public(method: MethodDescriptor) -> bool:
-        return _access(descriptors, method) in {None, _PUBLIC}
+    def is_public(method: MethodDescriptor) -> bool | None:
+        access = _access(descriptors, method)
+        return None if access is None else access == _PUBLIC
 
     router = compile_routes(
         descriptors.services(catalog.services),

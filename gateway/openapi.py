@@ -32,8 +32,9 @@ __all__ = [
 
 CommentSource = Callable[[str], str]
 """The leading comment of a descriptor by full name ("pkg.Msg.field"), or "" when unknown."""
-PublicPredicate = Callable[[MethodDescriptor], bool]
-"""True when a method needs no bearer token (its operation then has no `security`)."""
+PublicPredicate = Callable[[MethodDescriptor], "bool | None"]
+"""True when a method needs no bearer token (its operation says ``security: []``), False when
+it needs one, None when nobody said (no ``security`` at all: a foreign service's methods)."""
 
 STATUS_NAME = "google.rpc.Status"
 STATUS_SCHEMA: dict[str, Any] = {
@@ -111,8 +112,8 @@ _QUERY_WELL_KNOWN = frozenset(_WELL_KNOWN) - {
 _BEARER = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
 
 
-def _no_token_declared(method: MethodDescriptor) -> bool:
-    return True
+def _no_token_declared(method: MethodDescriptor) -> bool | None:
+    return None
 
 
 def openapi_document(
@@ -165,7 +166,7 @@ class _Builder:
             tag = service_names[service.full_name]
             if tag not in tags:
                 tags[tag] = {"name": tag, **self._described(service.full_name)}
-            operation = self.operation(route, tag, success_status(route), is_public(route.method))
+            operation = self.operation(route, tag, success_status(route), public=is_public(route.method))
             operation["operationId"] = _unique(f"{tag}_{route.method.name}", operation_ids)
             path, parameters = self.path_of(route, paths)
             operation["parameters"] = parameters + operation["parameters"]
@@ -181,6 +182,7 @@ class _Builder:
             "components": {
                 "schemas": dict(sorted(self.schemas.items())),
                 "securitySchemes": {"bearerAuth": dict(_BEARER)},
+                "responses": {name: dict(answer) for name, answer in _ERROR_RESPONSES.items()},
             },
         }
 
@@ -212,7 +214,7 @@ class _Builder:
             parameters.append(parameter)
         return path, parameters
 
-    def operation(self, route: Route, tag: str, success: int, public: bool) -> dict[str, Any]:
+    def operation(self, route: Route, tag: str, success: int, *, public: bool | None) -> dict[str, Any]:
         method = route.method
         operation: dict[str, Any] = {"tags": [tag]}
         comment = self.comment(method.full_name)
@@ -236,14 +238,10 @@ class _Builder:
                 response["description"] = "A stream of messages, one per line or event."
             else:
                 response["content"] = {"application/json": {"schema": schema}}
-        operation["responses"] = {
-            str(success): response,
-            "default": {
-                "description": "An error.",
-                "content": {"application/json": {"schema": _ref(STATUS_NAME)}},
-            },
-        }
-        if not public:
+        operation["responses"] = {str(success): response, **_errors(route, public=public)}
+        if public is True:
+            operation["security"] = []
+        elif public is False:
             operation["security"] = [{"bearerAuth": []}]
         return operation
 
@@ -504,6 +502,36 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
         return schema  # any JSON value already
     kinds = kind if isinstance(kind, list) else [kind]
     return schema if "null" in kinds else {**schema, "type": [*kinds, "null"]}
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    schema = {"$ref": f"#/components/schemas/{STATUS_NAME}"}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERROR_RESPONSES: dict[str, dict[str, Any]] = {
+    "BadRequest": _error_response("The request is malformed: JSON, a field, a query parameter."),
+    "Unauthenticated": _error_response("No valid bearer token."),
+    "PermissionDenied": _error_response("The token's principal may not do this."),
+    "NotFound": _error_response("No route for the path, or no such resource."),
+    "TooLarge": _error_response("The body is over the edge's limit."),
+    "UnsupportedMediaType": _error_response("The body was not sent as application/json."),
+    "RateLimited": _error_response("Too many requests: wait as Retry-After says."),
+    "Unavailable": _error_response("The service is unavailable: retry later."),
+    "Error": _error_response("Any other error, as a google.rpc.Status."),
+}
+"""Shared in ``components.responses``: every error has the `google.rpc.Status` body."""
+
+
+def _errors(route: Route, *, public: bool | None) -> dict[str, Any]:
+    """The error answers an operation can give, by HTTP status (``default`` for the rest)."""
+    refs = {"400": "BadRequest", "404": "NotFound", "429": "RateLimited", "503": "Unavailable"}
+    if public is not True:
+        refs |= {"401": "Unauthenticated", "403": "PermissionDenied"}
+    if route.body:
+        refs |= {"413": "TooLarge", "415": "UnsupportedMediaType"}
+    answers = {status: {"$ref": f"#/components/responses/{name}"} for status, name in sorted(refs.items())}
+    return {**answers, "default": {"$ref": "#/components/responses/Error"}}
 
 
 def _ref(name: str) -> dict[str, Any]:

@@ -85,19 +85,23 @@ def test_every_route_is_an_operation(document: dict[str, Any], router: Router) -
     assert len(operations) == len(router.routes)
     ids = [op["operationId"] for _, _, op in operations]
     assert len(ids) == len(set(ids))
+    answers = document["components"]["responses"]
     for _, _, op in operations:
-        assert op["responses"]["default"]["content"]["application/json"]["schema"] == {
-            "$ref": "#/components/schemas/google.rpc.Status"
-        }
+        errors = {status: ref for status, ref in op["responses"].items() if not status.startswith("2")}
+        assert {"400", "404", "429", "503", "default"} <= set(errors), op["operationId"]
+        for ref in errors.values():
+            shared = answers[ref["$ref"].removeprefix("#/components/responses/")]
+            assert shared["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/google.rpc.Status"
+            }
 
 
 def test_structure_is_valid(document: dict[str, Any]) -> None:
     """What openapi-spec-validator would check that matters here (it is not installed)."""
     schemas = document["components"]["schemas"]
     for ref in _refs(document):
-        assert (
-            ref.startswith("#/components/schemas/") and ref.removeprefix("#/components/schemas/") in schemas
-        )
+        kind, _, name = ref.removeprefix("#/components/").partition("/")
+        assert kind in {"schemas", "responses"} and name in document["components"][kind], ref
     for path, _, op in _operations(document):
         in_path = set(re.findall(r"\{([^{}]+)\}", path))
         declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
@@ -185,7 +189,7 @@ def test_security_comes_from_the_public_predicate(router: Router) -> None:
         router, title="t", version="1", success_status=_success, is_public=lambda m: m.name == "Login"
     )
     for _, _, op in _operations(document):
-        expected = None if op["operationId"] == "AuthService_Login" else [{"bearerAuth": []}]
+        expected = [] if op["operationId"] == "AuthService_Login" else [{"bearerAuth": []}]
         assert op.get("security") == expected, op["operationId"]
 
 
@@ -287,3 +291,14 @@ def test_field_behaviors_come_from_the_loaded_descriptors_not_generated_code() -
     assert order["properties"]["state"].get("readOnly") is True
     assert order["properties"]["createTime"].get("readOnly") is True
     assert "lines" in order.get("required", [])
+
+
+def test_errors_follow_what_an_operation_takes(router: Router) -> None:
+    document = openapi_document(
+        router, title="t", version="1", success_status=_success, is_public=lambda m: m.name == "Login"
+    )
+    login = _operation(document, "AuthService_Login")["responses"]
+    assert {"413", "415"} <= set(login) and not {"401", "403"} & set(login), "public, with a body"
+    reads = [op["responses"] for _, method, op in _operations(document) if method == "get"]
+    assert reads and all(not {"413", "415"} & set(read) for read in reads), "no body, no body errors"
+    assert all({"401", "403"} <= set(read) for read in reads), "token-bearing reads can be refused"
