@@ -99,13 +99,16 @@ image:  ## build the image (deploy/Dockerfile) with Docker, else Podman
 gen: install  ## regenerate gen/ from protos/
 	$(PY) -m services.cli.protogen
 
-lint: install  ## buf lint + format, ruff, mypy --strict on services and gateway
+lint: install  ## buf lint + format, ruff, mypy --strict on services and gateway, import contracts, /openapi.json
 	$(PY) -m services.cli.protogen --deps-only >/dev/null
 	$(BUF) lint
 	$(BUF) format --diff --exit-code protos
 	$(PY) -m ruff check .
 	$(PY) -m mypy services gateway
 	$(VENV)/bin/lint-imports
+	$(PY) -m services.cli.openapi build/openapi.json
+	$(VENV)/bin/openapi-spec-validator build/openapi.json
+	REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true node_modules/.bin/redocly lint build/openapi.json
 
 check-gen: gen  ## fail if gen/ differs from what `make gen` writes
 	@git add --intent-to-add gen >/dev/null 2>&1 || true

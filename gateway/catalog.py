@@ -16,6 +16,7 @@ the edge needs no generated code for them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from google.protobuf.descriptor import MethodDescriptor
@@ -92,8 +93,11 @@ def _access(descriptors: DescriptorSet, method: MethodDescriptor) -> str | None:
     return value.name if value is not None else None
 
 
-def build(catalog: Catalog, *, title: str, version: str = "v1") -> Routing:
-    """Compile the routes and the OpenAPI document of `catalog`'s services."""
+def build(
+    catalog: Catalog, *, title: str, version: str = "v1", license: Mapping[str, str] | None = None
+) -> Routing:
+    """Compile the routes and the OpenAPI document (whose ``info.license`` is `license`) of
+    `catalog`'s services."""
     descriptors = catalog.descriptors
 
     def success_status(route: Route) -> int:
@@ -115,10 +119,11 @@ def build(catalog: Catalog, *, title: str, version: str = "v1") -> Routing:
         success_status=success_status,
         comments=descriptors.comment,
         is_public=is_public,
+        license=license,
     )
     return Routing(router, document, success_status)
 
 
 async def load_routing(config: EdgeConfig, backends: Backends) -> Routing:
     """`load` then `build`; raises `DescriptorSetError` or ValueError (a rule that cannot work)."""
-    return build(await load(config, backends), title=config.title)
+    return build(await load(config, backends), title=config.title, license=config.openapi_license)

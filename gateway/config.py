@@ -16,6 +16,7 @@ import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from importlib.metadata import PackageNotFoundError, metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +48,8 @@ __all__ = [
 TransportMode = Literal["plaintext", "tls", "mtls"]
 _ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[\w.-]+):(?P<port>\d{1,5})", re.ASCII)
 TRANSPORT_KEYS = frozenset({"plaintext", "cacert", "cert", "key", "server_name"})
+_LICENSE = "Apache-2.0"
+"""pyproject.toml's ``license``, for when the package metadata cannot be read."""
 
 
 class ConfigError(ValueError):
@@ -176,6 +179,9 @@ class EdgeConfig:
     port: int = 8080
     title: str = "API"
     """The OpenAPI document's title."""
+    openapi_license: Mapping[str, str] | None = None
+    """The OpenAPI document's ``info.license``; None claims none, as a standalone edge in front of
+    other people's APIs must. Polyservice's own edge states its own (`from_settings`)."""
     limits: Limits = field(default_factory=Limits)
     tokens: TokenCheck | None = None
     """How to verify bearer tokens to limit per principal; None limits every client by address."""
@@ -219,6 +225,7 @@ def from_settings(settings: Settings, gateway: GatewaySettings) -> EdgeConfig:
         host=settings.server.host,
         port=settings.server.port,
         title="Polyservice",
+        openapi_license=_own_license(),
         limits=gateway.limits,
         tokens=TokenCheck(
             target(settings.peers["auth"], "auth"), settings.auth, settings.client_deadline_seconds
@@ -230,6 +237,15 @@ def from_settings(settings: Settings, gateway: GatewaySettings) -> EdgeConfig:
         public_endpoint=gateway.public_endpoint,
         grace_seconds=settings.server.grace_seconds,
     )
+
+
+def _own_license() -> dict[str, str]:
+    """Polyservice's licence as its installed metadata declares it (SPDX), else Apache-2.0."""
+    try:
+        declared = metadata("polyservice").get_all("License-Expression") or [_LICENSE]
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        declared = [_LICENSE]
+    return {"name": str(declared[0]), "identifier": str(declared[0])}
 
 
 def parse_target(text: str, default: Transport, problems: list[str], *, where: str) -> Target | None:

@@ -9,7 +9,7 @@ proto comments when the descriptors carry them. Errors are `google.rpc.Status`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from google.protobuf import descriptor_pb2, message_factory
@@ -125,11 +125,14 @@ def openapi_document(
     success_status: Callable[[Route], int],
     comments: CommentSource | None = None,
     is_public: PublicPredicate = _no_token_declared,
+    license: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document of `router`'s routes (a JSON-ready dict).
 
     `comments` gives descriptions by full name; without it, comments are read from the descriptors'
     own source info when their files kept it (generated `_pb2` modules usually do not).
+    `license` is ``info.license`` (``{"name": ..., "identifier": <SPDX>}``); without it the
+    document claims none, as it should for APIs whose licence the edge cannot know.
     """
     builder = _Builder(comments or _source_comments(router.routes))
     return builder.document(
@@ -139,6 +142,7 @@ def openapi_document(
         servers=servers,
         success_status=success_status,
         is_public=is_public,
+        license=license,
     )
 
 
@@ -156,6 +160,7 @@ class _Builder:
         servers: Sequence[str],
         success_status: Callable[[Route], int],
         is_public: PublicPredicate,
+        license: Mapping[str, str] | None,
     ) -> dict[str, Any]:
         paths: dict[str, dict[str, Any]] = {}
         tags: dict[str, dict[str, Any]] = {}
@@ -173,9 +178,12 @@ class _Builder:
             if not operation["parameters"]:
                 del operation["parameters"]
             paths.setdefault(path, {})[route.http_method.lower()] = operation
+        info: dict[str, Any] = {"title": title, "version": version}
+        if license:
+            info["license"] = dict(license)
         return {
             "openapi": "3.1.0",
-            "info": {"title": title, "version": version},
+            "info": info,
             "servers": [{"url": url} for url in servers],
             "tags": list(tags.values()),
             "paths": paths,

@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 import pytest
+from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.gateway.conftest import Answer, Edge
@@ -238,8 +239,10 @@ def test_required_fields_are_enforced_through_the_edge(edge: Edge) -> None:
 def test_openapi_and_well_known_documents(edge: Edge) -> None:
     document = edge.call("GET", "/openapi.json").json()
     assert document["openapi"].startswith("3.1")
+    assert document["info"]["license"] == {"name": "Apache-2.0", "identifier": "Apache-2.0"}
     assert "/v1/orders" in document["paths"]
     assert not any("introspect" in path for path in document["paths"])
+    validate(document)  # openapi-spec-validator, on the document as the edge serves it
     jwks = edge.call("GET", "/.well-known/jwks.json")
     assert jwks.status == 200 and jwks.json()["keys"]
     discovery = edge.call("GET", "/.well-known/openid-configuration")

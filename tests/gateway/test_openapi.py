@@ -6,11 +6,13 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import ServiceDescriptor
+from openapi_spec_validator import validate
 
 from gateway.openapi import openapi_document
 from gateway.routes import Route, Router, compile_routes
@@ -19,6 +21,12 @@ from poly.notifications.v1 import notifications_service_pb2
 from poly.orders.v1 import orders_service_pb2
 from poly.payments.v1 import payments_service_pb2
 from poly.users.v1 import users_service_pb2
+from services.cli import openapi as openapi_cli
+from tests.gateway.conftest import STANDALONE
+from tests.support.env import free_port
+from tests.support.http import http_call
+from tests.support.processes import Process
+from tests.support.protos import compile_proto
 
 _MODULES = (
     auth_service_pb2,
@@ -97,7 +105,7 @@ def test_every_route_is_an_operation(document: dict[str, Any], router: Router) -
 
 
 def test_structure_is_valid(document: dict[str, Any]) -> None:
-    """What openapi-spec-validator would check that matters here (it is not installed)."""
+    """What matters here beyond the OpenAPI schema (`test_the_document_is_valid_openapi`)."""
     schemas = document["components"]["schemas"]
     for ref in _refs(document):
         kind, _, name = ref.removeprefix("#/components/").partition("/")
@@ -302,3 +310,71 @@ def test_errors_follow_what_an_operation_takes(router: Router) -> None:
     reads = [op["responses"] for _, method, op in _operations(document) if method == "get"]
     assert reads and all(not {"413", "415"} & set(read) for read in reads), "no body, no body errors"
     assert all({"401", "403"} <= set(read) for read in reads), "token-bearing reads can be refused"
+
+
+def test_the_document_is_valid_openapi(document: dict[str, Any]) -> None:
+    validate(document)  # openapi-spec-validator: raises on the first violation
+
+
+def test_a_license_is_stated_only_when_given(router: Router, document: dict[str, Any]) -> None:
+    given = {"name": "MIT", "identifier": "MIT"}
+    licensed = openapi_document(router, title="t", version="1", success_status=_success, license=given)
+    assert licensed["info"] == {"title": "t", "version": "1", "license": given}
+    assert "license" not in document["info"]
+
+
+def test_polyservice_own_edge_states_its_license(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What `make lint` writes and lints: the edge's own routes and document from POLY_* settings.
+    monkeypatch.setenv("POLY_HOME", str(tmp_path))
+    out = tmp_path / "build" / "openapi.json"
+    assert openapi_cli.main([str(out)]) == 0
+    document = json.loads(out.read_text())
+    assert document["info"]["title"] == "Polyservice"
+    assert document["info"]["license"] == {"name": "Apache-2.0", "identifier": "Apache-2.0"}
+    assert "/v1/orders" in document["paths"]
+    validate(document)
+    assert openapi_cli.main([]) == 2, "OUT is required"
+
+
+_FOREIGN_PROTO = """
+syntax = "proto3";
+package acme.greeter.v1;
+import "google/api/annotations.proto";
+// Greets people.
+service Greeter {
+  // Greets one person.
+  rpc Greet(GreetRequest) returns (Greeting) {
+    option (google.api.http) = { get: "/v1/{name=friends/*}/greeting" };
+  }
+  // Says farewell.
+  rpc Farewell(GreetRequest) returns (Greeting) {
+    option (google.api.http) = { post: "/v1/farewells" body: "*" };
+  }
+}
+message GreetRequest { string name = 1; }
+message Greeting { string text = 1; }
+"""
+
+
+@pytest.mark.slow
+def test_a_standalone_edge_serves_a_valid_document_claiming_no_license(tmp_path: Path) -> None:
+    # Someone else's API behind `poly gateway --descriptor-set`: its licence is not the edge's to state.
+    descriptor_set = compile_proto(tmp_path, "acme/greeter/v1/greeter.proto", _FOREIGN_PROTO)
+    port = free_port()
+    gateway = Process.module(
+        "services.cli",
+        STANDALONE,
+        "gateway",
+        f"--descriptor-set={descriptor_set}",
+        f"--backend=acme.greeter.v1.Greeter=127.0.0.1:{free_port()},plaintext",
+        f"--listen=127.0.0.1:{port}",
+        "--title=Greeter API",
+    )
+    try:
+        gateway.wait_for_line(lambda line: '"serving"' in line, timeout=30)
+        document = http_call(port, "GET", "/openapi.json").json()
+    finally:
+        gateway.stop()
+    assert document["info"] == {"title": "Greeter API", "version": "v1"}
+    assert {"/v1/friends/{friend}/greeting", "/v1/farewells"} <= set(document["paths"])
+    validate(document)
