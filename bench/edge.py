@@ -385,29 +385,46 @@ class H2load:
             self.env,
             seconds,
         )
-        stats: dict[str, str] = {}
-        for line in out.splitlines():
-            key, sep, value = line.partition(":")
-            if sep:
-                stats.setdefault(key.strip(), value.strip())
-        done = int(stats["requests"].split("started, ")[1].split()[0])  # "... N done, ..."
-        succeeded = int(stats["requests"].split("done, ")[1].split()[0])
-        data_bytes = int(stats["traffic"].split("headers")[1].split("(")[-1].split(")")[0])
-        finished = out.split("finished in ")[1].split(",")[0]
-        duration = float(finished[:-2]) / 1000 if finished.endswith("ms") else float(finished[:-1])
+        report = h2load_report(out, log)
         # A gRPC error carries no message, so every succeeded reply must have brought one
         # (a reply still arriving when the window closed may add a few bytes more).
-        if succeeded != done or data_bytes // self.frame_bytes < done:
+        if (
+            report.succeeded != report.run.requests
+            or report.data_bytes // self.frame_bytes < report.run.requests
+        ):
             raise BenchError(
-                f"h2load: {succeeded}/{done} succeeded, {data_bytes} data bytes for {done} replies of "
-                f"{self.frame_bytes}: {out[-1500:]}"
+                f"h2load: {report.succeeded}/{report.run.requests} succeeded, {report.data_bytes} data bytes "
+                f"for {report.run.requests} replies of {self.frame_bytes}: {out[-1500:]}"
             )
-        latencies = sorted(
-            int(cols[2])
-            for cols in (row.split("\t") for row in log.read_text().splitlines())
-            if len(cols) >= 3
-        )
-        return Run(done, duration, percentile(latencies, 0.50), percentile(latencies, 0.99))
+        return report.run
+
+
+@dataclass(frozen=True)
+class H2loadReport:
+    run: Run
+    succeeded: int
+    data_bytes: int
+    statuses_2xx: int
+
+
+def h2load_report(out: str, log: Path) -> H2loadReport:
+    """What one h2load run printed (`out`) and logged per request (`log`, ``--log-file``)."""
+    stats: dict[str, str] = {}
+    for line in out.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            stats.setdefault(key.strip(), value.strip())
+    done = int(stats["requests"].split("started, ")[1].split()[0])  # "... N done, ..."
+    succeeded = int(stats["requests"].split("done, ")[1].split()[0])
+    data_bytes = int(stats["traffic"].split("headers")[1].split("(")[-1].split(")")[0])
+    ok = int(stats["status codes"].split()[0])  # "N 2xx, ..."
+    finished = out.split("finished in ")[1].split(",", maxsplit=1)[0]
+    duration = float(finished[:-2]) / 1000 if finished.endswith("ms") else float(finished[:-1])
+    latencies = sorted(
+        int(cols[2]) for cols in (row.split("\t") for row in log.read_text().splitlines()) if len(cols) >= 3
+    )
+    run = Run(done, duration, percentile(latencies, 0.50), percentile(latencies, 0.99))
+    return H2loadReport(run, succeeded, data_bytes, ok)
 
 
 class PythonGrpcLoad:

@@ -1,8 +1,8 @@
-"""The HTTP side of the edge: one handler on the edge's HTTP/1.1 server turns each request
-into a gRPC call.
+"""The HTTP side of the edge: one handler on the edge's HTTP server turns each request into a
+gRPC call.
 
-The edge routes by its own compiled rules, so it runs on its own HTTP/1.1 server
-(`gateway.http1`) and dispatches itself: ``/healthz``, ``/readyz`` and ``/openapi.json`` by
+The edge routes by its own compiled rules, so it runs on its own HTTP/1.1 and HTTP/2 server
+(`gateway.httpserver`) and dispatches itself: ``/healthz``, ``/readyz`` and ``/openapi.json`` by
 exact path, everything else to the transcoder.
 
 Per request: route (404, or 405 with ``Allow``), hold the client to its limits (429 with
@@ -34,6 +34,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -50,19 +51,20 @@ from gateway import (
     errors,
     fieldmask,
     headers,
-    http1,
     jsoncodec,
     query,
     streaming,
     trailers,
+    wire,
 )
 from gateway.backends import READY_STATES, Backends
 from gateway.config import Limits
-from gateway.http1 import HTTP_11, Request, Response, Stream
+from gateway.httpserver import Server
 from gateway.limits import FailureWindows, TokenBuckets
 from gateway.observe import BackendCall, Exchange, Handler, Observer
 from gateway.routes import MethodNotAllowed, Route, RouteNotFound, Router
 from gateway.tokens import CannotVerify, TokenVerifier, bearer_token
+from gateway.wire import HTTP_11, Request, Response, Stream
 
 __all__ = ["Edge", "Routing", "SuccessStatus", "default_success_status"]
 
@@ -301,19 +303,24 @@ class Edge:
         """Serve `routing` from now on; requests already routed finish on the old routes."""
         self._routes = _compiled(routing)
 
-    def server(self, *, on_refused: http1.Refused | None = None) -> http1.Server:
-        """The HTTP/1.1 server of this edge (`http1.Server.start` listens); `on_refused` is
-        told of each request refused before the edge saw it (malformed, or over a limit)."""
+    def server(
+        self, *, on_refused: wire.Refused | None = None, tls: ssl.SSLContext | None = None, http2: bool = True
+    ) -> Server:
+        """The HTTP server of this edge (`Server.start` listens): HTTP/1.1, and HTTP/2 unless
+        `http2` is False; HTTPS with `tls`. `on_refused` is told of each request refused
+        before the edge saw it (malformed, or over a limit)."""
         handler: Handler = self._dispatch
         # No origins configured, no CORS headers ever: the wrapper would only cost time.
         if self._settings.cors_origins:
             handler = cors.allowing(self._settings.cors_origins, handler)
         observed = self._observer.observing(handler, self._client_address)
-        return http1.Server(
+        return Server(
             observed,
             max_body_bytes=self._settings.max_body_bytes,
             on_refused=on_refused,
             encode=compression.compress_reads,
+            tls=tls,
+            http2=http2,
         )
 
     async def _dispatch(self, request: Request) -> Response | Stream:
@@ -326,12 +333,12 @@ class Edge:
     # -- fixed endpoints -------------------------------------------------------------------
 
     async def _healthz(self, request: Request) -> Response:
-        return http1.json_response({"status": "SERVING"})
+        return wire.json_response({"status": "SERVING"})
 
     async def _readyz(self, request: Request) -> Response:
         found = await self._backends.health(self._routes.services)
         ready = all(state in READY_STATES for state in found.values())
-        return http1.json_response(
+        return wire.json_response(
             {"status": "SERVING" if ready else "NOT_SERVING", "backends": found}, status=200 if ready else 503
         )
 
@@ -464,7 +471,7 @@ class Edge:
             await self._expect(request)
             try:
                 body = await request.read()
-            except http1.BodyTooLarge:
+            except wire.BodyTooLarge:
                 raise _refusal(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"the body is larger than {self._settings.max_body_bytes} bytes",

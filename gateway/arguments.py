@@ -23,6 +23,7 @@ from gateway.config import (
     Target,
     Transport,
     parse_target,
+    serving_tls,
     target_from_table,
     transport_from_table,
 )
@@ -46,6 +47,8 @@ _FILE_KEYS = {
     "client_spans",
     "public_endpoint",
     "tls",
+    "https",
+    "http2",
     "backends",
     "default_backend",
     "limits",
@@ -92,6 +95,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", action="append", default=[], metavar="SERVICE=TARGET", help="repeatable")
     parser.add_argument("--default-backend", metavar="TARGET", help="for every service not named")
     parser.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8080")
+    parser.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM chain)")
+    parser.add_argument("--tls-key", metavar="FILE", help="the serving certificate's private key")
+    parser.add_argument(
+        "--http2",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve HTTP/2 beside HTTP/1.1 (default: on)",
+    )
     parser.add_argument("--plaintext", action="store_true", default=None, help="default transport: no TLS")
     parser.add_argument("--cacert", metavar="FILE", help="default transport: verify backends with this CA")
     parser.add_argument("--cert", metavar="FILE", help="default transport: client certificate (mTLS)")
@@ -195,6 +206,19 @@ def from_arguments(argv: Sequence[str]) -> EdgeConfig:
     log_level = str(args.log_level or file.get("log_level") or "INFO").upper()
     if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         problems.append(f"log_level: expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+    https = _table(file, "https", problems)
+    unknown_https = sorted(set(https) - {"cert", "key"})
+    if unknown_https:
+        problems.append(f"https: unknown keys {', '.join(unknown_https)} (use cert, key)")
+    serving = serving_tls(
+        args.tls_cert or https.get("cert"),
+        args.tls_key or https.get("key"),
+        problems,
+        names=("--tls-cert", "--tls-key"),
+    )
+    http2 = args.http2 if args.http2 is not None else file.get("http2", True)
+    if not isinstance(http2, bool):
+        problems.append(f"http2: expected true or false, got {http2!r}")
     client_spans = _switch(args.client_spans, file, "client_spans", problems)
     public_endpoint = _switch(args.public_endpoint, file, "public_endpoint", problems)
     if problems:
@@ -214,6 +238,8 @@ def from_arguments(argv: Sequence[str]) -> EdgeConfig:
         metrics_port=metrics_port,
         client_spans=client_spans,
         public_endpoint=public_endpoint,
+        serving_tls=serving,
+        http2=http2 is not False,
     )
 
 

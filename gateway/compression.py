@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gzip
 
-from gateway.http1 import Request, Response
+from gateway.wire import Request, Response
 
 __all__ = ["MIN_BYTES", "accepts_gzip", "compress_reads"]
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import poly
+from gateway.tls import CertificateFiles
 from services.kit import config
 from services.kit.config import AuthSettings, Reader, Settings
 from services.kit.types import Environ
@@ -41,6 +42,7 @@ __all__ = [
     "Transport",
     "from_settings",
     "parse_target",
+    "serving_tls",
     "target_from_table",
     "transport_from_table",
 ]
@@ -145,6 +147,10 @@ class GatewaySettings:
     public_endpoint: bool = False
     """A client's ``traceparent`` is only linked from a new trace, never continued, unless it
     comes from one of ``limits.trusted_proxies``."""
+    serving_tls: CertificateFiles | None = None
+    """HTTPS for the edge's clients with this certificate; None serves plain HTTP."""
+    http2: bool = True
+    """Serve HTTP/2 beside HTTP/1.1 (ALPN over TLS; prior knowledge or ``Upgrade: h2c`` in the clear)."""
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,12 @@ class EdgeConfig:
     """The OpenAPI document's ``info.license``; None claims none, as a standalone edge in front of
     other people's APIs must. Polyservice's own edge states its own (`from_settings`)."""
     limits: Limits = field(default_factory=Limits)
+    serving_tls: CertificateFiles | None = None
+    """HTTPS for the edge's clients with this certificate (reloaded when its files change);
+    None serves plain HTTP. Standalone, ``--tls-cert``/``--tls-key``; Polyservice's edge,
+    ``POLY_GATEWAY_TLS_CERT``/``POLY_GATEWAY_TLS_KEY``."""
+    http2: bool = True
+    """Serve HTTP/2 beside HTTP/1.1."""
     tokens: TokenCheck | None = None
     """How to verify bearer tokens to limit per principal; None limits every client by address."""
     log_level: str = "INFO"
@@ -236,6 +248,8 @@ def from_settings(settings: Settings, gateway: GatewaySettings) -> EdgeConfig:
         client_spans=gateway.client_spans,
         public_endpoint=gateway.public_endpoint,
         grace_seconds=settings.server.grace_seconds,
+        serving_tls=gateway.serving_tls,
+        http2=gateway.http2,
     )
 
 
@@ -334,6 +348,21 @@ def _inherited(
     return replace(default, server_name=server_name) if server_name else default
 
 
+def serving_tls(
+    cert: str | None, key: str | None, problems: list[str], *, names: tuple[str, str]
+) -> CertificateFiles | None:
+    """The edge's own certificate from its two settings (`names`, for problems): both or
+    neither, each readable."""
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        problems.append(f"{names[0]} and {names[1]}: give both (a certificate and its key) or neither")
+        return None
+    cert_file = _readable(Path(cert), problems, where=names[0])
+    key_file = _readable(Path(key), problems, where=names[1])
+    return CertificateFiles(cert_file, key_file) if cert_file and key_file else None
+
+
 def _readable(path: Path, problems: list[str], *, where: str) -> Path | None:
     """`path` when its contents can be read now (grpc reads them when a channel is built)."""
     try:
@@ -389,6 +418,13 @@ def read_settings(env: Reader, settings: Settings) -> GatewaySettings:
         ),
         client_spans=env.flag("POLY_GATEWAY_CLIENT_SPANS", False),
         public_endpoint=env.flag("POLY_GATEWAY_PUBLIC_ENDPOINT", False),
+        serving_tls=serving_tls(
+            env.optional("POLY_GATEWAY_TLS_CERT"),
+            env.optional("POLY_GATEWAY_TLS_KEY"),
+            env.problems,
+            names=("POLY_GATEWAY_TLS_CERT", "POLY_GATEWAY_TLS_KEY"),
+        ),
+        http2=env.flag("POLY_GATEWAY_HTTP2", True),
     )
 
 

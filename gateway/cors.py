@@ -6,7 +6,7 @@ asked for and a ten-minute ``Max-Age``; every answer to that origin, streams inc
 ``Access-Control-Allow-Origin``, ``Vary: Origin`` and an ``Access-Control-Expose-Headers``
 naming the headers that answer has, so ``fetch`` can read ``X-Request-Id`` or
 ``Grpc-Metadata-<key>`` (the standard takes names or a lone ``*``, never a pattern). They are
-set as the head is written (`gateway.http1.Request.on_head`): a stream sends its head before
+set as the head is written (`gateway.wire.Request.on_head`): a stream sends its head before
 its handler returns. Any other origin gets no CORS header, and its browser refuses the answer.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Collection
 
 from multidict import CIMultiDict
 
-from gateway.http1 import Request, Response, Stream
+from gateway.wire import Request, Response, Stream
 
 __all__ = ["allowing", "cors_headers"]
 

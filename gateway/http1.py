@@ -11,8 +11,9 @@ What it does (RFC 9112, RFC 9110):
 - **Parsing** is llhttp's, strict: a bare CR or LF, a NUL, an obsolete line fold, bad chunking
   or ``Content-Length`` beside ``Transfer-Encoding`` is a 400; so is an HTTP/1.1 request with
   no ``Host`` or two (RFC 9112 §3.2), and an ``Upgrade`` request with a body; a version other
-  than 1.0 and 1.1 is a 505. ``Transfer-Encoding`` in HTTP/1.0 ends the connection after the
-  message. Request smuggling needs a parser that guesses, and this one refuses instead.
+  than 1.0 and 1.1 is a 505 (HTTP/2 comes by its preface, never a request line).
+  ``Transfer-Encoding`` in HTTP/1.0 ends the connection after the message. Request
+  smuggling needs a parser that guesses, and this one refuses instead.
 - **Limits**: the request line and header section together at most `max_head_bytes` and
   `max_headers` fields (else 431; measured on the wire too, since llhttp holds a field until
   it ends), a body at most `max_body_bytes` (413, as soon as its ``Content-Length`` or the
@@ -31,76 +32,55 @@ What it does (RFC 9112, RFC 9110):
 - ``Expect: 100-continue`` is the handler's to answer (`Request.send_continue`): it knows
   whether it will read the body.
 - A client that leaves cancels its request's handler (and so its backend call).
-- ``Upgrade`` (h2c, WebSocket) is otherwise ignored, as RFC 9110 §7.8 allows: the request is
-  answered over HTTP/1.1 and the connection then closes.
-- `Server.shutdown` stops listening, closes idle connections, lets requests in flight
-  finish for a grace period, then cancels them.
+- **HTTP/2**: a connection that negotiated ``h2`` by ALPN, or opens with HTTP/2's preface,
+  or whose request asks for ``Upgrade: h2c`` (with nothing else on the connection, and a
+  body of a known length, read first) is handed to `gateway.http2`. Any other ``Upgrade``
+  (WebSocket) is ignored, as RFC 9110 §7.8 allows: the request is answered over HTTP/1.1
+  and the connection then closes.
+- `stop_accepting` (the server's shutdown) closes an idle connection at once and a busy one
+  after its answer.
 
 A handler returns a `Response` (written whole, with trailers when it has them) or a `Stream`
-it has prepared and written itself; `Request.on_head` has the last word on either's headers.
+it has prepared and written itself (`gateway.wire`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import json
 import logging
-import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
-from typing import Any
-from urllib.parse import parse_qsl, unquote
+from typing import TYPE_CHECKING
 
 import httptools
-from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = [
-    "HTTP_10",
-    "HTTP_11",
-    "BodyTooLarge",
-    "Encode",
-    "Handler",
-    "Refused",
-    "Request",
-    "Response",
-    "Server",
-    "Stream",
-    "json_response",
-]
+from gateway import http2
+from gateway.wire import (
+    HTTP_10,
+    HTTP_11,
+    NO_BODY_STATUSES,
+    HttpVersion,
+    Request,
+    Response,
+    Stream,
+    field_lines,
+    http_date,
+    refusal_body,
+)
+
+if TYPE_CHECKING:
+    from gateway.httpserver import Server
+
+__all__ = ["Http1Connection"]
 
 _log = logging.getLogger("poly.gateway.http")
 
-HttpVersion = tuple[int, int]
-HTTP_10: HttpVersion = (1, 0)
-HTTP_11: HttpVersion = (1, 1)
 _VERSIONS = {"1.1": HTTP_11, "1.0": HTTP_10}
-
-Refused = Callable[[str, int, str], None]
-"""Told of a request refused before any handler saw it: (peer address, status, problem)."""
-Encode = Callable[["Request", "Response"], None]
-"""Given each whole answer before it is framed, to change its body's encoding (compression)."""
-
 _STATUS_LINES = {int(status): f"HTTP/1.1 {int(status)} {status.phrase}\r\n".encode() for status in HTTPStatus}
-_NO_BODY_STATUSES = frozenset({204, 304})
+_SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
 _LINGER_SECONDS = 2.0
 """How long a closing connection still reads (and drops) what its client sends."""
-_FORBIDDEN_IN_HEADERS = str.maketrans("", "", "\r\n\x00")
-# The bodies of refusals the server writes itself, before any handler: `google.rpc.Status`
-# JSON as every edge error (gateway.errors renders the handler's; these never vary).
-_REFUSALS = {
-    400: (3, "malformed HTTP request"),
-    408: (4, "the request did not arrive in time"),
-    413: (8, "the body is too large"),
-    431: (8, "the request's header section is too large"),
-    505: (12, "only HTTP/1.0 and HTTP/1.1 are served here"),
-    500: (13, "internal error"),
-}
-
-
-class BodyTooLarge(Exception):
-    """The request's body is over the server's `max_body_bytes`."""
 
 
 class _Refusal(Exception):
@@ -111,262 +91,25 @@ class _Refusal(Exception):
         self.status, self.problem = status, problem
 
 
-class Request:
-    """One parsed request: what the edge reads of it, and its body as it arrives.
-
-    `exchange` is the edge's per-request record (`gateway.observe.Exchange`), set by the
-    observer. Header values are decoded as aiohttp decodes them (UTF-8, undecodable bytes kept
-    as surrogates) so they can be re-encoded unchanged.
-    """
-
-    __slots__ = (
-        "_body",
-        "_complete",
-        "_connection",
-        "_continue_sent",
-        "_head_sent",
-        "_query",
-        "_too_large",
-        "_waiter",
-        "exchange",
-        "headers",
-        "keep_alive",
-        "method",
-        "on_head",
-        "raw_path",
-        "remote",
-        "scheme",
-        "version",
-    )
-
-    def __init__(
-        self,
-        connection: _Connection,
-        *,
-        method: str,
-        raw_path: str,
-        version: HttpVersion,
-        headers: CIMultiDictProxy[str],
-        keep_alive: bool,
-    ) -> None:
-        self.method = method
-        self.raw_path = raw_path
-        """The request target as sent: path and query, not decoded."""
-        self.version = version
-        self.headers = headers
-        self.remote = connection.peer
-        """The TCP peer's address."""
-        self.scheme = "http"
-        self.keep_alive = keep_alive
-        self.exchange: Any = None
-        self._connection = connection
-        self._body = bytearray()
-        self._complete = False
-        self._too_large = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._query: MultiDictProxy[str] | None = None
-        self._continue_sent = False
-        self._head_sent = False
-        self.on_head: Callable[[CIMultiDict[str]], None] | None = None
-        """Given the answer's headers just before they are written, whatever the answer (a
-        stream's when it is prepared): the last word on them (CORS uses it)."""
-
-    @property
-    def path(self) -> str:
-        """The path, percent-decoded (for logs; routing reads `raw_path`)."""
-        return unquote(self.raw_path.partition("?")[0])
-
-    @property
-    def query(self) -> MultiDictProxy[str]:
-        """The query string's parameters in order, ``+`` and percent escapes decoded."""
-        if self._query is None:
-            text = self.raw_path.partition("?")[2]
-            pairs = parse_qsl(text, keep_blank_values=True) if text else []
-            self._query = MultiDictProxy(MultiDict(pairs))
-        return self._query
-
-    @property
-    def host(self) -> str:
-        """The ``Host`` header (always present: a request without one is refused)."""
-        return self.headers.get("Host", "")
-
-    @property
-    def complete(self) -> bool:
-        """Whether the whole request, body included, has arrived."""
-        return self._complete
-
-    @property
-    def _leaves_connection_usable(self) -> bool:
-        # A body over the limit is dropped as it arrives; rather than keep reading one, the
-        # connection ends with its answer.
-        return self._complete and not self._too_large
-
-    async def read(self) -> bytes:
-        """The whole body, once it has arrived; `BodyTooLarge` past the server's limit."""
-        while not self._complete and not self._too_large:
-            if self._connection.closed:
-                raise ConnectionResetError("the client closed the connection")
-            self._connection.resume_reading()
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        if self._too_large:
-            raise BodyTooLarge(f"the body is larger than {self._connection.server.max_body_bytes} bytes")
-        return bytes(self._body)
-
-    async def send_continue(self) -> None:
-        """Answer ``Expect: 100-continue`` (once, and only while the body has not arrived)."""
-        if self._continue_sent or self._complete or self._too_large or self.version != HTTP_11:
-            return  # nothing to wait for, or a 413 coming, or a client that cannot expect 100
-        if self._connection.closed:
-            return
-        self._continue_sent = True
-        self._connection.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    # -- fed by the connection -------------------------------------------------------------
-
-    def _add_body(self, data: bytes, limit: int) -> None:
-        if self._too_large:
-            return
-        if len(self._body) + len(data) > limit:
-            self._too_large = True
-            self._body = bytearray()
-        else:
-            self._body += data
-        self._wake()
-
-    def _end(self) -> None:
-        self._complete = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-
-class Response:
-    """An answer written whole: status, headers, body, and `trailers` sent after a chunked
-    body (only when the request is HTTP/1.1 and the answer has a body)."""
-
-    __slots__ = ("body", "headers", "status", "trailers")
-    prepared = False
-    """Never: a `Response` is written by the server after the handler returns."""
-
-    def __init__(
-        self,
-        status: int = 200,
-        body: bytes = b"",
-        *,
-        content_type: str | None = "application/json",
-        trailers: Iterable[tuple[str, str]] = (),
-    ) -> None:
-        self.status = status
-        self.headers: CIMultiDict[str] = CIMultiDict()
-        if content_type is not None and status not in _NO_BODY_STATUSES:
-            self.headers["Content-Type"] = content_type
-        self.body = body
-        self.trailers = list(trailers)
-
-    @property
-    def content_length(self) -> int:
-        return len(self.body)
-
-
-def json_response(document: Any, status: int = 200) -> Response:
-    """`document` as a JSON answer."""
-    return Response(status, json.dumps(document).encode())
-
-
-class Stream:
-    """An answer the handler writes as it goes: `prepare` sends the head, `write` one chunk
-    (waiting while the client reads slower than the edge writes), `write_eof` the end."""
-
-    __slots__ = ("_chunked", "_connection", "_ended", "_head_only", "headers", "prepared", "status")
-
-    def __init__(self, status: int = 200, *, content_type: str) -> None:
-        self.status = status
-        self.headers: CIMultiDict[str] = CIMultiDict({"Content-Type": content_type})
-        self.prepared = False
-        self._connection: _Connection | None = None
-        self._chunked = True
-        self._ended = False
-        self._head_only = False
-
-    @property
-    def content_length(self) -> None:
-        return None
-
-    async def prepare(self, request: Request) -> None:
-        connection = request._connection
-        if connection.closed:
-            raise ConnectionResetError("the client closed the connection")
-        if request.on_head is not None:
-            request.on_head(self.headers)
-        self._connection = connection
-        # HTTP/1.0 has no chunks: the body ends when the connection does.
-        self._chunked = request.version == HTTP_11
-        if not self._chunked:
-            request.keep_alive = False
-        head = _head(
-            self.status,
-            self.headers,
-            keep_alive=request.keep_alive and request._leaves_connection_usable,
-            version=request.version,
-            framing=b"Transfer-Encoding: chunked\r\n" if self._chunked else b"",
-        )
-        self.prepared = request._head_sent = True
-        self._head_only = request.method == "HEAD"  # what a GET would get, without its body
-        connection.write(head)
-
-    async def write(self, data: bytes) -> None:
-        connection = self._connection
-        if connection is None or self._ended:
-            raise RuntimeError("write before prepare or after write_eof")
-        if connection.closed:
-            raise ConnectionResetError("the client closed the connection")
-        if data and not self._head_only:
-            connection.write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
-        await connection.drain()
-
-    async def write_eof(self) -> None:
-        connection = self._connection
-        if connection is None or self._ended:
-            return
-        self._ended = True
-        if self._chunked and not connection.closed and not self._head_only:
-            connection.write(b"0\r\n\r\n")
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
-
-
-Handler = Callable[[Request], Awaitable[Response | Stream]]
-"""The edge's one request handler."""
-
-
-class _DateHeader:
-    """The ``Date`` header line, formatted once a second (RFC 9110 §6.6.1)."""
+class _DateLine:
+    """The ``Date`` header line, built once a second."""
 
     def __init__(self) -> None:
-        self._second, self._line = 0, b""
+        self._text, self._line = "", b""
 
     def __call__(self) -> bytes:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._line = b"Date: " + email.utils.formatdate(now, usegmt=True).encode() + b"\r\n"
+        text = http_date()
+        if text is not self._text:
+            self._text, self._line = text, b"Date: " + text.encode() + b"\r\n"
         return self._line
 
 
-_date = _DateHeader()
+_date = _DateLine()
 
 
-def _breaks(text: str) -> bool:
-    """Whether `text` holds a CR, LF or NUL: in a header it would split the answer."""
-    return text.translate(_FORBIDDEN_IN_HEADERS) != text
+def _tokens(values: list[str]) -> set[str]:
+    """The comma-separated tokens of a header's values, lowercased."""
+    return {token.strip().lower() for value in values for token in value.split(",")}
 
 
 def _head(
@@ -380,11 +123,7 @@ def _head(
     """The status line and header section; a CR, LF or NUL in a header is an error (it would
     split the answer), never written."""
     line = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n".encode()
-    fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
-    # Each field adds exactly one CRLF: any other CR, LF or NUL came from a name or value.
-    if fields.count("\n") != len(headers) or fields.count("\r") != len(headers) or "\x00" in fields:
-        raise ValueError("a header holds a CR, LF or NUL")
-    parts = [line, _date(), framing, fields.encode("utf-8", "surrogateescape")]
+    parts = [line, _date(), framing, field_lines(headers.items()).encode("utf-8", "surrogateescape")]
     if not keep_alive:
         parts.append(b"Connection: close\r\n")
     elif version == HTTP_10:
@@ -399,7 +138,7 @@ def _whole(response: Response, request: Request, keep_alive: bool) -> bytes:
     status, body = response.status, response.body
     if request.on_head is not None:
         request.on_head(response.headers)
-    no_body = status in _NO_BODY_STATUSES or status < 200
+    no_body = status in NO_BODY_STATUSES or status < 200
     if response.trailers and not no_body and request.version == HTTP_11 and request.method != "HEAD":
         names = ", ".join(dict.fromkeys(name for name, _ in response.trailers))
         head = _head(
@@ -409,10 +148,7 @@ def _whole(response: Response, request: Request, keep_alive: bool) -> bytes:
             version=request.version,
             framing=b"Transfer-Encoding: chunked\r\nTrailer: %s\r\n" % names.encode("ascii"),
         )
-        for name, value in response.trailers:
-            if _breaks(name) or _breaks(value):
-                raise ValueError(f"trailer {name!r} holds a CR, LF or NUL")
-        fields = "".join(f"{name}: {value}\r\n" for name, value in response.trailers)
+        fields = field_lines(response.trailers)
         chunk = b"%x\r\n%s\r\n" % (len(body), body) if body else b""
         return head + chunk + b"0\r\n" + fields.encode("ascii") + b"\r\n"
     framing = b"" if no_body else b"Content-Length: %d\r\n" % len(body)
@@ -422,9 +158,8 @@ def _whole(response: Response, request: Request, keep_alive: bool) -> bytes:
     return head + body
 
 
-def _refusal_bytes(status: int, message: str | None = None) -> bytes:
-    code, text = _REFUSALS.get(status, (2, "refused"))
-    body = b'{"code":%d,"message":"%s","details":[]}' % (code, (message or text).encode("ascii"))
+def _refusal_bytes(status: int) -> bytes:
+    body = refusal_body(status)
     headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
     head = _head(
         status, headers, keep_alive=False, version=HTTP_11, framing=b"Content-Length: %d\r\n" % len(body)
@@ -432,13 +167,25 @@ def _refusal_bytes(status: int, message: str | None = None) -> bytes:
     return head + body
 
 
-class _Connection(asyncio.Protocol):
-    """One client connection: parse, queue, answer in order."""
+class Http1Connection(asyncio.Protocol):
+    """One client connection: parse, queue, answer in order; handed to `gateway.http2` when
+    the client speaks HTTP/2 (`gateway.httpserver`)."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
         self.peer = ""
         self.closed = False
+        self.max_body_bytes = server.max_body_bytes
+        self._scheme = "https" if server.tls is not None else "http"
+        self._early = b""
+        """The first bytes of a connection, while they may still be HTTP/2's preface."""
+        self._upgrading: Request | None = None
+        """An ``Upgrade: h2c`` request, answered over HTTP/2 once its head (and body) arrived."""
+        self._upgrade_body = bytearray()
+        self._upgrade_left = 0
+        """Bytes of the upgrade request's body still to come (llhttp leaves them to us)."""
+        self._chunked = True
+        """Whether the stream being answered is sent in chunks (HTTP/1.1) or until the end (1.0)."""
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
@@ -478,18 +225,22 @@ class _Connection(asyncio.Protocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else ""
-        self.server._connections.add(self)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            http2.Http2Connection(self.server, scheme=self._scheme).take_over(transport)
+            return
+        self.server.connections.add(self)
         self._idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.server._connections.discard(self)
+        self.server.connections.discard(self)
         self._stop_timer()
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the client left: so does its handler
         for request in (self._reading, *self._waiting):
             if request is not None:
-                request._wake()
+                request.wake()
         self._waiting.clear()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
@@ -497,6 +248,11 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed or self._lingering or (self._closing_after_answer and self._reading is None):
             return  # the connection ends (after the answer in progress): nothing more is read
+        if self._upgrade_left or (self._messages == 0 and not self._in_message and self.server.http2):
+            parse = self._before_http1(data)
+            if parse is None:
+                return
+            data = parse
         # llhttp holds an unfinished header field itself and hands it over only once it ends,
         # so a head or trailer that never ends is measured here: a read that begins and ends
         # inside a head is all head, one that begins and ends inside a body all body framing.
@@ -506,12 +262,15 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
             if message == self._messages:  # else another request began: its callbacks measure it
                 self._measure(len(data), in_head=in_head, in_body=in_body)
-        except httptools.HttpParserUpgrade:
-            # Upgrade ignored (RFC 9110 §7.8): the request is answered, then the connection
-            # ends, since what follows its head is not HTTP/1.1 any more.
+        except httptools.HttpParserUpgrade as upgrade:
+            if self._upgrading is not None:
+                self._collect_upgrade_body(data[upgrade.args[0] :])
+                return
+            # Any other upgrade is ignored (RFC 9110 §7.8): the request is answered, then the
+            # connection ends, since what follows its head is not HTTP/1.1 any more.
             self._closing_after_answer = True
             if self._reading is not None:
-                self._reading._end()
+                self._reading.end()
                 self._reading = None
         except _Refusal as refused:
             self._refuse(refused.status, refused.problem)
@@ -533,7 +292,7 @@ class _Connection(asyncio.Protocol):
                 raise _Refusal(431, "the request line and headers are too large")
         elif in_body and self._reading is not None:
             self._body_wire += size
-            if self._body_wire > self.server._max_body_wire:
+            if self._body_wire > self.server.max_body_wire:
                 raise _Refusal(413, "the body and its framing are too large")
 
     def pause_writing(self) -> None:
@@ -578,8 +337,16 @@ class _Connection(asyncio.Protocol):
         length = headers.get("Content-Length")
         too_large = length is not None and length.isdigit() and int(length) > self.server.max_body_bytes
         chunked = "Transfer-Encoding" in headers
-        if parser.should_upgrade() and (chunked or (length is not None and length != "0")):
-            # llhttp would skip the body of a request it takes to be upgrading.
+        h2c = parser.should_upgrade() and self._may_upgrade(headers)
+        if h2c and too_large:
+            raise _Refusal(413, "the body is too large")
+        if (
+            parser.should_upgrade()
+            and (chunked or (length is not None and length != "0"))
+            and not (h2c and not chunked)
+        ):
+            # llhttp skips the body of a request it takes to be upgrading: only h2c's body,
+            # of a known length, is read (by `_collect_upgrade_body`).
             raise _Refusal(400, "a body on an upgrade request")
         target = self._url
         if not target.startswith(b"/") and target.startswith((b"http://", b"https://")):
@@ -598,8 +365,12 @@ class _Connection(asyncio.Protocol):
             and not (chunked and version == HTTP_10),
         )
         if too_large:
-            request._too_large = True
+            request.mark_too_large()
         self._reading = request
+        if h2c:
+            self._upgrading = request  # answered over HTTP/2, once llhttp stops at the upgrade
+            self._upgrade_left = int(length) if length and length.isdigit() else 0
+            return
         if self._serving is None:
             self._start(request)
         else:
@@ -608,14 +379,91 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self._reading is not None:
-            self._reading._add_body(body, self.server.max_body_bytes)
+            self._reading.add_body(body)
 
     def on_message_complete(self) -> None:
         request, self._reading = self._reading, None
         self._in_message = False
         self._deadline = None
         if request is not None:
-            request._end()
+            request.end()
+
+    # -- to HTTP/2 --------------------------------------------------------------------------
+
+    def _may_upgrade(self, headers: CIMultiDictProxy[str]) -> bool:
+        """Whether a request asks for ``Upgrade: h2c`` as RFC 7540 §3.2 says, and can have it:
+        in the clear (h2c over TLS is forbidden), with nothing else on the connection."""
+        if not self.server.http2 or self._scheme != "http" or self.server.closing:
+            return False
+        if self._serving is not None or self._waiting or len(headers.getall("HTTP2-Settings", ())) != 1:
+            return False
+        upgrade = _tokens(headers.getall("Upgrade", []))
+        connection = _tokens(headers.getall("Connection", []))
+        return "h2c" in upgrade and {"upgrade", "http2-settings"} <= connection
+
+    def _collect_upgrade_body(self, data: bytes) -> None:
+        """Keep what of `data` is the upgrade request's body; once it is whole, upgrade."""
+        body = data[: self._upgrade_left]
+        self._upgrade_body += body
+        self._upgrade_left -= len(body)
+        if self._upgrade_left:
+            if not self._in_message:  # the whole body within the read timeout, as any request's
+                self._in_message = True
+                self._wait(self.server.read_timeout_seconds)
+            return
+        self._in_message = False
+        self._upgrade(data[len(body) :])
+
+    def _upgrade(self, rest: bytes) -> None:
+        """Answer the ``Upgrade: h2c`` request over HTTP/2, as its stream 1; `rest` is what
+        followed its head and body (the client's preface, perhaps more)."""
+        request, self._upgrading = self._upgrading, None
+        transport = self._transport
+        assert request is not None and transport is not None
+        upgraded = http2.Upgraded(
+            method=request.method,
+            raw_path=request.raw_path,
+            headers=request.headers.items(),
+            settings=request.headers["HTTP2-Settings"],
+            body=bytes(self._upgrade_body),
+        )
+        self._leave()
+        try:
+            http2.Http2Connection(self.server, scheme=self._scheme).take_over(
+                transport, rest, upgraded=upgraded, switching=_SWITCHING
+            )
+        except ValueError:
+            self.server.connections.add(self)
+            self._refuse(400, "a malformed HTTP2-Settings header")
+
+    def _before_http1(self, data: bytes) -> bytes | None:
+        """What to parse as HTTP/1.1 of `data`; None when it is (or may yet be) HTTP/2's
+        preface, handed over or kept until the rest arrives, or an h2c upgrade's body."""
+        if self._upgrade_left:
+            self._collect_upgrade_body(data)
+            return None
+        data = self._early + data
+        self._early = b""
+        if not http2.PREFACE.startswith(data[: len(http2.PREFACE)]):
+            return data
+        if len(data) < len(http2.PREFACE):
+            self._early = data
+        else:
+            self._hand_over(data)
+        return None
+
+    def _hand_over(self, data: bytes) -> None:
+        """The client speaks HTTP/2 from its first byte (prior knowledge)."""
+        transport = self._transport
+        assert transport is not None
+        self._leave()
+        http2.Http2Connection(self.server, scheme=self._scheme).take_over(transport, data)
+
+    def _leave(self) -> None:
+        self._stop_timer()
+        self._reading = None
+        self._in_message = False
+        self.server.connections.discard(self)
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -637,21 +485,21 @@ class _Connection(asyncio.Protocol):
             raise
         except Exception:  # noqa: BLE001 - the handler answers its own errors; this is a last resort
             _log.exception("the request handler failed")
-            if not request._head_sent:  # else a stream's head is out: ending it is all that is left
+            if not request.head_sent:  # else a stream's head is out: ending it is all that is left
                 self.write(_refusal_bytes(500))
             self._close(linger=True)
             return
         if self.closed:
             return
         if isinstance(response, Stream):
-            if not response.ended or not request.keep_alive or not request._leaves_connection_usable:
+            if not response.ended or not request.keep_alive or not request.leaves_connection_usable:
                 self._close(linger=True)
                 return
         else:
             # Keep the connection only if the next request can be read after this one.
             keep_alive = (
                 request.keep_alive
-                and request._leaves_connection_usable
+                and request.leaves_connection_usable
                 and not (self._closing_after_answer or server.closing)
             )
             try:
@@ -687,7 +535,7 @@ class _Connection(asyncio.Protocol):
         this connection can be trusted to be framed as the client meant."""
         if self.closed:
             return
-        self.server._refused(self.peer, status, problem)
+        self.server.refused(self.peer, status, problem)
         reading, self._reading = self._reading, None
         self._in_message = False
         self._waiting.clear()
@@ -714,7 +562,7 @@ class _Connection(asyncio.Protocol):
         now = self._loop.time()
         self._deadline = now + seconds
         if self._timer is None:
-            self._timer = self._loop.call_at(now + self.server._tick, self._deadline_passed)
+            self._timer = self._loop.call_at(now + self.server.tick, self._deadline_passed)
 
     def _deadline_passed(self) -> None:
         self._timer = None
@@ -724,7 +572,7 @@ class _Connection(asyncio.Protocol):
         now = self._loop.time()
         if now < deadline:
             # Never later than one tick ahead: a deadline set meanwhile is at least that far.
-            self._timer = self._loop.call_at(min(deadline, now + self.server._tick), self._deadline_passed)
+            self._timer = self._loop.call_at(min(deadline, now + self.server.tick), self._deadline_passed)
             return
         self._deadline = None
         if self._in_message:
@@ -743,6 +591,35 @@ class _Connection(asyncio.Protocol):
     @property
     def busy(self) -> bool:
         return self._serving is not None
+
+    def stop_accepting(self) -> None:
+        """Close now if idle; a connection answering closes after the answer (`server.closing`)."""
+        if not self.busy:
+            self._close()
+
+    def send_continue(self, request: Request) -> None:
+        self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def open_stream(self, request: Request, stream: Stream) -> None:
+        # HTTP/1.0 has no chunks: the body ends when the connection does.
+        self._chunked = request.version == HTTP_11
+        if not self._chunked:
+            request.keep_alive = False
+        head = _head(
+            stream.status,
+            stream.headers,
+            keep_alive=request.keep_alive and request.leaves_connection_usable,
+            version=request.version,
+            framing=b"Transfer-Encoding: chunked\r\n" if self._chunked else b"",
+        )
+        self.write(head)
+
+    def stream_data(self, stream: Stream, data: bytes) -> None:
+        self.write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
+
+    def stream_end(self, stream: Stream) -> None:
+        if self._chunked and not stream.head_only:
+            self.write(b"0\r\n\r\n")
 
     def write(self, data: bytes) -> None:
         if self._transport is not None and not self.closed and not self._lingering:
@@ -791,76 +668,3 @@ class _Connection(asyncio.Protocol):
         else:
             transport.close()
             self._stop_timer()
-
-
-class Server:
-    """Serve `handler` over HTTP/1.1 on a TCP port (`start`, then `shutdown`).
-
-    The limits are per request (`max_body_bytes`, `max_head_bytes`, `max_headers`,
-    `read_timeout_seconds`) and per idle connection (`keepalive_seconds`); `on_refused` is told
-    of every request refused before the handler saw it; `encode` may re-encode each whole
-    answer before it is framed (`gateway.compression.compress_reads`).
-    """
-
-    def __init__(
-        self,
-        handler: Handler,
-        *,
-        max_body_bytes: int,
-        max_head_bytes: int = 16 * 1024,
-        max_headers: int = 100,
-        read_timeout_seconds: float = 60.0,
-        keepalive_seconds: float = 75.0,
-        on_refused: Refused | None = None,
-        encode: Encode | None = None,
-    ) -> None:
-        self.handler = handler
-        self.encode = encode
-        self.max_body_bytes = max_body_bytes
-        self.max_head_bytes = max_head_bytes
-        self.max_headers = max_headers
-        self.read_timeout_seconds = read_timeout_seconds
-        self.keepalive_seconds = keepalive_seconds
-        self._tick = min(read_timeout_seconds, keepalive_seconds)
-        # A body's bytes on the wire, chunk framing and trailers included: room for framing
-        # of chunks down to a few bytes each, never an unbounded trailer.
-        self._max_body_wire = 2 * max_body_bytes + max_head_bytes
-        self.closing = False
-        self._on_refused = on_refused
-        self._connections: set[_Connection] = set()
-        self._listener: asyncio.Server | None = None
-
-    @property
-    def port(self) -> int:
-        """The port listened on (the one the system picked, for port 0)."""
-        assert self._listener is not None, "not started"
-        return int(self._listener.sockets[0].getsockname()[1])
-
-    async def start(self, host: str, port: int, *, backlog: int = 128) -> None:
-        """Listen on `host`:`port` (OSError when it cannot)."""
-        loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(
-            lambda: _Connection(self), host, port, backlog=backlog, reuse_address=True
-        )
-
-    async def shutdown(self, grace_seconds: float) -> None:
-        """Stop listening, close idle connections, give requests in flight `grace_seconds`
-        to finish, then cancel them and close every connection."""
-        self.closing = True
-        if self._listener is not None:
-            self._listener.close()
-        for connection in list(self._connections):
-            if not connection.busy:
-                connection._close()
-        deadline = time.monotonic() + grace_seconds
-        while any(c.busy for c in self._connections) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        for connection in list(self._connections):
-            connection.cancel()
-        if self._listener is not None:
-            await self._listener.wait_closed()
-        await asyncio.sleep(0)  # let cancelled handlers run their ends
-
-    def _refused(self, peer: str, status: int, problem: str) -> None:
-        if self._on_refused is not None:
-            self._on_refused(peer, status, problem)

@@ -51,7 +51,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from gateway import headers
-from gateway.http1 import HTTP_10, HTTP_11, Request, Response, Stream
+from gateway.wire import HTTP_2, HTTP_10, HTTP_11, Request, Response, Stream
 from services.kit.telemetry import Telemetry
 from services.kit.telemetry.metrics import LATENCY_BUCKETS, RpcMetrics
 from services.kit.telemetry.rpc import SERVER_ERROR_CODES
@@ -84,14 +84,14 @@ CLIENT_CLOSED = 499
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 _PROBES = frozenset({"/healthz", "/readyz"})
 _PROBE_METHODS = frozenset({"GET", "HEAD"})
-_VERSIONS = {HTTP_11: "1.1", HTTP_10: "1.0"}
+_VERSIONS = {HTTP_11: "1.1", HTTP_10: "1.0", HTTP_2: "2"}
 # Client-chosen text kept on a span is capped: it is stored and exported for every request.
 _MAX_ATTRIBUTE = 256
 _ACCESS_MESSAGE = "http request"
 
 Metadata = MutableSequence[tuple[str, str | bytes]]
 Handler = Callable[[Request], Awaitable[Response | Stream]]
-"""An edge's request handler, as its HTTP/1.1 server (`gateway.http1.Server`) calls it."""
+"""An edge's request handler, as its HTTP server (`gateway.httpserver.Server`) calls it."""
 ClientAddress = Callable[[Request], str]
 """The client behind a request, as the rate limiter sees it (`gateway.headers.client_address`)."""
 TrustedPeer = Callable[[str], bool]

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 
 from gateway.app import Edge, Routing
 from gateway.backends import Backends
@@ -22,6 +23,7 @@ from gateway.catalog import load_routing
 from gateway.config import EdgeConfig
 from gateway.descriptors import DescriptorSetError
 from gateway.observe import Observer, trusted_peer
+from gateway.tls import ReloadingContext
 from gateway.tokens import verifying
 from services.kit import heap, telemetry
 from services.kit.telemetry import Telemetry
@@ -132,7 +134,11 @@ async def _serve(
 ) -> None:
     async with verifying(config.tokens) as verify_token:
         edge = Edge(routing, backends, config.limits, verify_token=verify_token, observer=observer)
-        server = edge.server(on_refused=_Refusals(logging.getLogger("poly.gateway.http"), observer))
+        server = edge.server(
+            on_refused=_Refusals(logging.getLogger("poly.gateway.http"), observer),
+            tls=_serving_context(config),
+            http2=config.http2,
+        )
         drained = False
         try:
             try:
@@ -144,7 +150,11 @@ async def _serve(
                     usage=False,
                 ) from None
             routes = len(routing.router.routes)
-            _log.info("serving", extra={"port": config.port, "routes": routes, "source": _source(config)})
+            scheme = "https" if config.serving_tls else "http"
+            _log.info(
+                "serving",
+                extra={"port": config.port, "routes": routes, "source": _source(config), "scheme": scheme},
+            )
             reloader = asyncio.create_task(_reloads(config, edge, backends, signals.reload))
             heap.freeze_startup_heap()
             try:
@@ -160,6 +170,16 @@ async def _serve(
             await server.shutdown(config.grace_seconds if drained else 0.0)
         if drained:
             _log.info("stopped")
+
+
+def _serving_context(config: EdgeConfig) -> ssl.SSLContext | None:
+    """The TLS context of `config`'s HTTPS (reloading its certificate), or None for HTTP."""
+    if config.serving_tls is None:
+        return None
+    try:
+        return ReloadingContext(config.serving_tls, http2=config.http2).context
+    except (OSError, ssl.SSLError) as error:
+        raise StartError(f"cannot serve HTTPS with {config.serving_tls.cert_file}: {error}") from None
 
 
 def _source(config: EdgeConfig) -> str:

@@ -176,9 +176,55 @@ def parse_variant(text: str) -> Variant:
     return Variant(label, checkout, environ)
 
 
+PROTOCOL_PATHS = ("python-h1", "python-h2")
+"""``--protocols``: the default Python edge loaded by h2load over HTTP/1.1 and over HTTP/2."""
+
+
 def gateway_of(path: str) -> str | None:
     """The process (a key of System.processes) that is the path's gateway."""
-    return {"direct": None, "python": "gateway", "go": "go-gateway"}.get(path, f"gateway-{path}")
+    fixed = {
+        "direct": None,
+        "python": "gateway",
+        "go": "go-gateway",
+        **dict.fromkeys(PROTOCOL_PATHS, "gateway"),
+    }
+    return fixed.get(path, f"gateway-{path}")
+
+
+class JsonH2load:
+    """h2load as an HTTP/JSON client of an edge: HTTP/2 in the clear (prior knowledge, the
+    calls in flight multiplexed on ``edge.H2_CONNECTIONS`` connections, as an HTTP/2 client
+    does), or with `http1` HTTP/1.1 (one call per connection at a time, no pipelining, as
+    wrk and browsers do). One tool for both, so the protocol is the only difference."""
+
+    def __init__(self, url: str, tmp: Path, load_cpu: int, *, http1: bool) -> None:
+        self.url, self.load_cpu, self.http1 = url, load_cpu, http1
+        self.log = tmp / f"h2load-json-{'h1' if http1 else 'h2'}.log"
+        self.name = f"h2load {'--h1' if http1 else 'h2c'}"
+
+    def run(self, in_flight: int, seconds: float) -> edge.Run:
+        connections = in_flight if self.http1 else min(edge.H2_CONNECTIONS, in_flight)
+        self.log.unlink(missing_ok=True)  # h2load appends to it
+        out = edge.run_tool(
+            [
+                "taskset",
+                "-c",
+                str(self.load_cpu),
+                "h2load",
+                *(["--h1"] if self.http1 else []),
+                f"-c{connections}",
+                f"-m{in_flight // connections}",
+                f"-D{max(1, round(seconds))}",
+                f"--log-file={self.log}",
+                self.url,
+            ],
+            dict(os.environ),
+            seconds,
+        )
+        report = edge.h2load_report(out, self.log)
+        if report.succeeded != report.run.requests or report.statuses_2xx != report.run.requests:
+            raise BenchError(f"h2load: not every call answered 2xx: {out[-1500:]}")
+        return report.run
 
 
 # --- the Go edge -------------------------------------------------------------------------
@@ -391,8 +437,12 @@ def summarize(rows: list[Row], paths: list[str], in_flights: tuple[int, ...]) ->
             got = {r.path: r for r in rows if r.round == round_ and r.in_flight == in_flight}
             by_round["python_vs_backend"].append(per_backend(got["python"]))
             by_round["go_vs_backend"].append(per_backend(got["go"]))
+            protocols = [("python-h2", "python-h1")] if set(PROTOCOL_PATHS) <= set(paths) else []
             for path, against in (
-                [("python", "go")] + [(v, "go") for v in variants] + [(v, "python") for v in variants]
+                [("python", "go")]
+                + [(v, "go") for v in variants]
+                + [(v, "python") for v in variants]
+                + protocols
             ):
                 this, that = got[path], got[against]
                 by_round[f"{path}_vs_{against}"].append(this.gateway_us / that.gateway_us)
@@ -463,6 +513,17 @@ def summary_table(found: dict[str, Any], paths: list[str], in_flights: tuple[int
                 keys = ("vs_go", "vs_python", "vs_go_per_backend", "vs_python_per_backend")
                 cells = " | ".join(cell(f"{variant}_{k}", r) for k in keys)
                 lines.append(f"| {variant} | {in_flight} | {cells} |")
+    if set(PROTOCOL_PATHS) <= set(paths):
+        lines += [
+            "",
+            "| in flight | Python gateway CPU per call over HTTP/2 ÷ over HTTP/1.1 (both h2load) "
+            "| the same, each per its backend's CPU |",
+            "|---:|---|---|",
+        ]
+        for in_flight in in_flights:
+            r = found["ratios"][str(in_flight)]
+            cells = " | ".join(cell(f"python-h2_vs_python-h1{k}", r) for k in ("", "_per_backend"))
+            lines.append(f"| {in_flight} | {cells} |")
     return "\n".join(lines)
 
 
@@ -477,6 +538,7 @@ class Options:
     concurrency: int
     traces: bool
     variants: tuple[Variant, ...] = ()
+    protocols: bool = False
 
 
 def run(opts: Options) -> int:
@@ -512,7 +574,11 @@ def run(opts: Options) -> int:
                 f"{checked['same_values']}; body bytes {checked['body_bytes']}",
                 flush=True,
             )
-            paths = [*BASE_PATHS, *(variant.path for variant in opts.variants)]
+            paths = [
+                *BASE_PATHS,
+                *(PROTOCOL_PATHS if opts.protocols else ()),
+                *(variant.path for variant in opts.variants),
+            ]
             direct = edge.H2load(
                 f"https://127.0.0.1:{system.auth_port}{edge.GRPC_PATH}",
                 tmp,
@@ -523,6 +589,8 @@ def run(opts: Options) -> int:
             tools = {
                 "direct": direct,
                 **{path: edge.Wrk(url(port), tmp, load_cpu) for path, port in ports.items()},
+                "python-h1": JsonH2load(url(system.gateway_port), tmp, load_cpu, http1=True),
+                "python-h2": JsonH2load(url(system.gateway_port), tmp, load_cpu, http1=False),
             }
             print(
                 f"servers (auth, Python edge, Go edge) on CPU {server_cpu}, load generators on CPU "
@@ -594,6 +662,11 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--no-traces", action="store_true", help="OTEL_SDK_DISABLED=true for the Python side")
     parser.add_argument(
+        "--protocols",
+        action="store_true",
+        help="also load the Python edge with h2load over HTTP/1.1 and over HTTP/2 (python-h1, python-h2)",
+    )
+    parser.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -610,7 +683,13 @@ def main(argv: list[str]) -> int:
     if not 4 <= args.concurrency <= 1024 or args.concurrency % edge.H2_CONNECTIONS:
         parser.error(f"need --concurrency a multiple of {edge.H2_CONNECTIONS} in 4..1024")
     opts = Options(
-        args.rounds, args.seconds, args.warmup, args.concurrency, traces=not args.no_traces, variants=variants
+        args.rounds,
+        args.seconds,
+        args.warmup,
+        args.concurrency,
+        traces=not args.no_traces,
+        variants=variants,
+        protocols=args.protocols,
     )
     return run_to_the_end(run, opts)
 

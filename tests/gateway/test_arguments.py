@@ -16,6 +16,7 @@ from gateway.config import (
     Transport,
     parse_target,
 )
+from gateway.tls import CertificateFiles
 
 SERVICE = "acme.library.v1.LibraryService"
 
@@ -313,3 +314,55 @@ def test_the_switch_flags_take_no_value(flag: str, capsys: pytest.CaptureFixture
         from_arguments(["--reflect", f"--backend={SERVICE}=a:1", flag])
     assert raised.value.code == 2
     assert "ignored explicit argument" in capsys.readouterr().err
+
+
+def test_https_and_http2_come_from_flags_or_the_file(tmp_path: Path, pem: dict[str, Path]) -> None:
+    base = ["--reflect", f"--backend={SERVICE}=localhost:50051"]
+    found = from_arguments(base)
+    assert found.serving_tls is None and found.http2, "plain HTTP, HTTP/2 on"
+    found = from_arguments([*base, f"--tls-cert={pem['cert']}", f"--tls-key={pem['key']}", "--no-http2"])
+    assert found.serving_tls == CertificateFiles(pem["cert"], pem["key"]) and not found.http2
+    file = tmp_path / "gateway.toml"
+    file.write_text(
+        f'reflect = true\nhttp2 = false\n[https]\ncert = "{pem["cert"]}"\nkey = "{pem["key"]}"\n'
+        '[default_backend]\naddress = "a:1"\n'
+    )
+    from_file = from_arguments([f"--config={file}"])
+    assert from_file.serving_tls == CertificateFiles(pem["cert"], pem["key"]) and not from_file.http2
+    assert from_arguments([f"--config={file}", "--http2"]).http2
+
+
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        (["--tls-cert={cert}"], "--tls-cert and --tls-key: give both"),
+        (["--tls-key={key}"], "--tls-cert and --tls-key: give both"),
+        (
+            ["--tls-cert={cert}", "--tls-key=/nonexistent/edge.key"],
+            "--tls-key /nonexistent/edge.key cannot be read",
+        ),
+    ],
+    ids=["cert-alone", "key-alone", "unreadable-key"],
+)
+def test_half_a_serving_certificate_is_a_problem(
+    flags: list[str], problem: str, pem: dict[str, Path]
+) -> None:
+    argv = [
+        "--reflect",
+        f"--backend={SERVICE}=a:1",
+        *(f.format(cert=pem["cert"], key=pem["key"]) for f in flags),
+    ]
+    with pytest.raises(ConfigError) as raised:
+        from_arguments(argv)
+    assert any(problem in p for p in raised.value.problems), raised.value.problems
+
+
+def test_the_https_table_knows_only_cert_and_key(tmp_path: Path) -> None:
+    file = tmp_path / "gateway.toml"
+    file.write_text(
+        'reflect = true\nhttp2 = "yes"\n[https]\npassword = "x"\n[default_backend]\naddress = "a:1"\n'
+    )
+    problems = _problems_of(file)
+    assert "https: unknown keys password (use cert, key)" in problems
+    assert "http2: expected true or false, got 'yes'" in problems
+

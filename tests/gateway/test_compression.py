@@ -9,7 +9,8 @@ import pytest
 
 from gateway import compression
 from gateway.compression import accepts_gzip, compress_reads
-from gateway.http1 import Request, Response, Server
+from gateway.httpserver import Server
+from gateway.wire import Request, Response
 from tests.support.edge_server import parsed_request
 from tests.support.http import raw_exchange
 

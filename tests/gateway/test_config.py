@@ -14,6 +14,7 @@ from gateway.config import (
     from_environment,
     parse_target,
 )
+from gateway.tls import CertificateFiles
 from services.kit import config
 from tests.support.env import make_certs
 
@@ -163,3 +164,25 @@ def test_client_spans_and_the_public_endpoint_settings_must_be_true_or_false(tmp
         "POLY_GATEWAY_CLIENT_SPANS: expected true or false, got '2'",
         "POLY_GATEWAY_PUBLIC_ENDPOINT: expected true or false, got 'maybe'",
     ]
+
+
+def test_polyservice_settings_serve_https_from_the_gateways_certificate_settings(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path)
+    environ = {
+        "POLY_HOME": str(tmp_path),
+        "POLY_GATEWAY_TLS_CERT": str(certs / "gateway.crt"),
+        "POLY_GATEWAY_TLS_KEY": str(certs / "gateway.key"),
+        "POLY_GATEWAY_HTTP2": "false",
+    }
+    _, found = from_environment(environ)
+    assert found.serving_tls == CertificateFiles(certs / "gateway.crt", certs / "gateway.key")
+    assert not found.http2
+    _, defaults = from_environment({"POLY_HOME": str(tmp_path)})
+    assert defaults.serving_tls is None and defaults.http2, "plain HTTP and HTTP/2 by default"
+
+
+def test_a_serving_certificate_without_its_key_fails_start_up(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path)
+    with pytest.raises(config.ConfigError) as raised:
+        from_environment({"POLY_HOME": str(tmp_path), "POLY_GATEWAY_TLS_CERT": str(certs / "gateway.crt")})
+    assert any("POLY_GATEWAY_TLS_KEY" in p for p in raised.value.problems), raised.value.problems

@@ -8,7 +8,7 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.cors import allowing, cors_headers
-from gateway.http1 import Request, Response, Stream
+from gateway.wire import Request, Response, Stream
 from tests.support.edge_server import parsed_request
 
 SHOP = "https://shop.example"

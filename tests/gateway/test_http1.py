@@ -8,38 +8,16 @@ import http.client
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import h11
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.http1 import BodyTooLarge, Request, Response, Server, Stream
+from gateway.httpserver import Server
+from gateway.wire import BodyTooLarge, Request, Response, Stream
 from tests.support.http import raw_exchange
-
-Handler = Callable[[Request], Awaitable[Response | Stream]]
-
-
-@contextlib.asynccontextmanager
-async def _serving(handler: Handler, **limits: Any) -> AsyncIterator[Server]:
-    server = Server(handler, **{"max_body_bytes": 1024, **limits})
-    await server.start("127.0.0.1", 0)
-    try:
-        yield server
-    finally:
-        await server.shutdown(0.0)
-
-
-def _serve(handler: Handler, call: Callable[[int], Any], **limits: Any) -> Any:
-    """Serve `handler` and run the blocking `call(port)` against it."""
-
-    async def run() -> Any:
-        async with _serving(handler, **limits) as server:
-            return await asyncio.to_thread(call, server.port)
-
-    return asyncio.run(run())
+from tests.support.http_server import Handler, serve, serving
 
 
 def _answers(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
@@ -116,7 +94,7 @@ def test_pipelined_requests_are_answered_one_at_a_time_in_order() -> None:
         b"".join(b"POST /%d HTTP/1.1\r\nHost: edge\r\nContent-Length: 1\r\n\r\n%d" % (n, n) for n in range(5))
         + b"GET /last HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n"
     )
-    answers = _answers(_serve(handler, lambda port: raw_exchange(port, data)))
+    answers = _answers(serve(handler, lambda port: raw_exchange(port, data)))
     assert [json.loads(body)["path"] for _, _, body in answers] == ["/0", "/1", "/2", "/3", "/4", "/last"]
     assert [json.loads(body)["body"] for _, _, body in answers[:5]] == ["0", "1", "2", "3", "4"]
     assert most == 1, "one handler at a time per connection"
@@ -146,7 +124,7 @@ def test_keep_alive_follows_the_version_and_connection_header(request_head: byte
                     rest += chunk
             return first, rest
 
-    first, rest = _serve(_echo, call)
+    first, rest = serve(_echo, call)
     assert first.startswith(b"HTTP/1.1 200 ")
     assert (b"/again" in rest) is kept
     if request_head.startswith(b"GET / HTTP/1.0") and kept:
@@ -168,7 +146,7 @@ def test_an_http11_request_needs_exactly_one_host(data: bytes) -> None:
         seen.append(request.raw_path)
         return Response(200, b"{}")
 
-    answer = _serve(handler, lambda port: raw_exchange(port, data))
+    answer = serve(handler, lambda port: raw_exchange(port, data))
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert seen == []
 
@@ -200,7 +178,7 @@ def test_ambiguous_framing_is_refused_and_the_connection_closed(data: bytes) -> 
         seen.append(request.raw_path)
         return await _echo(request)
 
-    answer = _serve(handler, lambda port: raw_exchange(port, data), on_refused=lambda *r: refusals.append(r))
+    answer = serve(handler, lambda port: raw_exchange(port, data), on_refused=lambda *r: refusals.append(r))
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:60]
     assert answer.count(b"HTTP/1.1 ") == 1, "nothing after the refusal is answered"
     assert b"/smuggled" not in answer and "/smuggled" not in seen
@@ -218,7 +196,7 @@ def test_ambiguous_framing_is_refused_and_the_connection_closed(data: bytes) -> 
     ids=["long-target", "long-header", "many-headers"],
 )
 def test_a_head_over_the_limits_gets_431(data: bytes, status: int) -> None:
-    answer = _serve(_echo, lambda port: raw_exchange(port, data), max_head_bytes=2048, max_headers=10)
+    answer = serve(_echo, lambda port: raw_exchange(port, data), max_head_bytes=2048, max_headers=10)
     assert answer.startswith(b"HTTP/1.1 %d " % status)
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["code"] == 8
 
@@ -242,7 +220,7 @@ async def _limited(request: Request) -> Response:
     ids=["declared", "chunked"],
 )
 def test_a_body_over_the_limit_is_refused_and_not_kept(data: bytes) -> None:
-    answer = _serve(_limited, lambda port: raw_exchange(port, data))
+    answer = serve(_limited, lambda port: raw_exchange(port, data))
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert b"Connection: close" in answer, "the rest of the body is never read"
 
@@ -250,7 +228,7 @@ def test_a_body_over_the_limit_is_refused_and_not_kept(data: bytes) -> None:
 def test_a_body_within_the_limit_arrives_whole_across_chunks() -> None:
     data = b"POST / HTTP/1.1\r\nHost: e\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     data += b"".join(b"10\r\n" + b"b" * 16 + b"\r\n" for _ in range(64)) + b"0\r\n\r\n"
-    answer = _serve(_limited, lambda port: raw_exchange(port, data))
+    answer = serve(_limited, lambda port: raw_exchange(port, data))
     assert answer.endswith(b'{"length":1024}')
 
 
@@ -268,7 +246,7 @@ def test_a_body_within_the_limit_arrives_whole_across_chunks() -> None:
 def test_a_request_that_trickles_in_gets_408(data: bytes, rest: bytes) -> None:
     refusals: list[tuple[str, int, str]] = []
     started = time.monotonic()
-    answer = _serve(
+    answer = serve(
         _echo,
         lambda port: raw_exchange(port, data, pause=1.0, rest=rest),
         read_timeout_seconds=0.3,
@@ -289,7 +267,7 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_period() -> None:
                 received += chunk
             return received
 
-    answer = _serve(_echo, call, keepalive_seconds=0.2)
+    answer = serve(_echo, call, keepalive_seconds=0.2)
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1 ") == 1
 
 
@@ -298,7 +276,7 @@ def test_a_client_that_leaves_cancels_its_handler() -> None:
     handler = _sleeping(entered, cancelled)
 
     async def run() -> None:
-        async with _serving(handler) as server:
+        async with serving(handler) as server:
             _, writer = await asyncio.open_connection("127.0.0.1", server.port)
             writer.write(b"GET / HTTP/1.1\r\nHost: e\r\n\r\n")
             await asyncio.wait_for(entered.wait(), 5)
@@ -320,7 +298,7 @@ def test_100_continue_is_sent_before_the_body_is() -> None:
             sock.sendall(b"hi")
             return interim, sock.recv(65536)
 
-    interim, final = _serve(handler, call)
+    interim, final = serve(handler, call)
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
     assert json.loads(final.partition(b"\r\n\r\n")[2])["body"] == "hi"
 
@@ -333,19 +311,19 @@ def test_head_gets_the_length_and_no_body_and_204_gets_neither() -> None:
         return Response(204 if request.raw_path == "/none" else 200, b'{"a":1}')
 
     data = b"HEAD / HTTP/1.1\r\nHost: e\r\n\r\nGET /none HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n"
-    answer = _serve(handler, lambda port: raw_exchange(port, data))
+    answer = serve(handler, lambda port: raw_exchange(port, data))
     head, rest = answer.split(b"\r\n\r\n", 1)
     assert b"Content-Length: 7" in head
     assert rest.startswith(b"HTTP/1.1 204 "), "no body bytes after HEAD's head"
     assert b"Content-Length" not in rest and rest.endswith(b"\r\n\r\n")
 
 
-def test_an_upgrade_is_ignored_and_the_connection_closed_after_the_answer() -> None:
+def test_an_upgrade_other_than_h2c_is_ignored_and_the_connection_closed_after_the_answer() -> None:
     data = (
-        b"GET / HTTP/1.1\r\nHost: e\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
-        b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        b"GET / HTTP/1.1\r\nHost: e\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n\x81\x85junk"
     )
-    answer = _serve(_echo, lambda port: raw_exchange(port, data))
+    answer = serve(_echo, lambda port: raw_exchange(port, data))
     assert answer.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in answer
     assert answer.count(b"HTTP/1.1 ") == 1
 
@@ -357,7 +335,7 @@ def test_a_header_that_would_split_the_answer_is_never_written(value: str) -> No
         response.headers["X-Echo"] = value
         return response
 
-    answer = _serve(handler, lambda port: raw_exchange(port, b"GET / HTTP/1.1\r\nHost: e\r\n\r\n"))
+    answer = serve(handler, lambda port: raw_exchange(port, b"GET / HTTP/1.1\r\nHost: e\r\n\r\n"))
     assert answer.startswith(b"HTTP/1.1 500 ")
     assert b"Set-Cookie" not in answer and b"X-Echo" not in answer
 
@@ -375,7 +353,7 @@ def test_a_stream_is_chunked_over_http11_and_ends_with_the_connection_over_http1
         return stream
 
     data = f"GET / HTTP/{version}\r\nHost: e\r\nConnection: close\r\n\r\n".encode()
-    answer = _serve(handler, lambda port: raw_exchange(port, data))
+    answer = serve(handler, lambda port: raw_exchange(port, data))
     head, body = answer.split(b"\r\n\r\n", 1)
     assert (b"Transfer-Encoding: chunked" in head) is chunked
     if chunked:
@@ -393,7 +371,7 @@ def test_the_query_keeps_order_repeats_and_blanks() -> None:
         return Response(200, b"{}")
 
     target = "/p?a=1&a=2&b=&c=x+y&d=%7E%zz&e"
-    _serve(
+    serve(
         handler,
         lambda port: raw_exchange(
             port, f"GET {target} HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n".encode()
@@ -484,7 +462,7 @@ def test_shutdown_cancels_what_outlasts_the_grace_period() -> None:
     )
 )
 def test_any_bytes_get_an_answer_or_a_close_never_a_hang(data: bytes) -> None:
-    answer = _serve(
+    answer = serve(
         _echo,
         lambda port: raw_exchange(port, data + b"\r\n\r\n", timeout=5),
         read_timeout_seconds=0.5,
@@ -504,7 +482,7 @@ def test_http_client_reads_a_plain_exchange() -> None:
         connection.close()
         return result
 
-    port, status, date, body = _serve(_echo, call)
+    port, status, date, body = serve(_echo, call)
     assert status == 200 and date.endswith(" GMT")
     assert json.loads(body) == {"method": "POST", "path": "/x", "body": "hey", "host": f"127.0.0.1:{port}"}
 
@@ -541,7 +519,7 @@ def _trickle(port: int, head: bytes, piece: bytes, count: int) -> bytes:
 )
 def test_a_field_that_never_ends_is_cut_at_the_limit_not_the_timeout(head: bytes, status: int) -> None:
     started = time.monotonic()
-    answer = _serve(
+    answer = serve(
         _limited,
         lambda port: _trickle(port, head, b"a" * 1024, 400),
         max_head_bytes=4096,
@@ -571,7 +549,7 @@ def test_a_client_that_pipelines_without_reading_is_not_answered_ahead() -> None
                 received += len(chunk)
             return ahead, received
 
-    ahead, received = _serve(handler, call)
+    ahead, received = serve(handler, call)
     assert ahead < 30, "the server waits for the client to read before answering on"
     assert received > 61 * 262144, "every request is answered once the client reads"
 
@@ -582,7 +560,7 @@ def test_transfer_encoding_in_http10_ends_the_connection_after_the_message() -> 
         b"3\r\nabc\r\n0\r\n\r\n"
         b"GET /smuggled HTTP/1.1\r\nHost: e\r\n\r\n"
     )
-    answer = _serve(_echo, lambda port: raw_exchange(port, data))
+    answer = serve(_echo, lambda port: raw_exchange(port, data))
     assert answer.count(b"HTTP/1.1 ") == 1 and b"/smuggled" not in answer
     assert b"Connection: close" in answer
 
@@ -598,7 +576,7 @@ def test_an_upgrade_request_with_a_body_is_refused() -> None:
         b"POST / HTTP/1.1\r\nHost: e\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
         b"Content-Length: 3\r\n\r\nabc"
     )
-    answer = _serve(handler, lambda port: raw_exchange(port, data))
+    answer = serve(handler, lambda port: raw_exchange(port, data))
     assert answer.startswith(b"HTTP/1.1 400 ") and seen == []
 
 
@@ -609,7 +587,7 @@ def test_a_stream_that_fails_after_its_head_is_cut_not_given_a_second_head() -> 
         await stream.write(b'{"a":1}\n')
         raise RuntimeError("the backend went away")
 
-    answer = _serve(handler, lambda port: raw_exchange(port, b"GET / HTTP/1.1\r\nHost: e\r\n\r\n"))
+    answer = serve(handler, lambda port: raw_exchange(port, b"GET / HTTP/1.1\r\nHost: e\r\n\r\n"))
     assert answer.count(b"HTTP/1.1 ") == 1
     assert answer.endswith(b'{"a":1}\n\r\n'), "no last chunk: the client can tell the stream was cut"
 
@@ -624,7 +602,7 @@ def test_a_pipelined_request_waiting_on_the_server_gets_no_408() -> None:
         b"GET /slow HTTP/1.1\r\nHost: e\r\n\r\n"
         b"POST / HTTP/1.1\r\nHost: e\r\nConnection: close\r\nContent-Length: 10\r\n\r\nabc"
     )
-    answer = _serve(
+    answer = serve(
         handler, lambda port: raw_exchange(port, first, pause=0.2, rest=b"defghij"), read_timeout_seconds=0.5
     )
     assert [status for status, _, _ in _answers(answer)] == [200, 200], answer
@@ -634,7 +612,7 @@ def test_an_answer_that_cannot_be_framed_gets_500() -> None:
     async def handler(request: Request) -> Response:
         return Response(200, "not bytes")  # type: ignore[arg-type]
 
-    answer = _serve(handler, lambda port: raw_exchange(port, b"GET / HTTP/1.1\r\nHost: e\r\n\r\n", timeout=5))
+    answer = serve(handler, lambda port: raw_exchange(port, b"GET / HTTP/1.1\r\nHost: e\r\n\r\n", timeout=5))
     assert answer.startswith(b"HTTP/1.1 500 ")
 
 
@@ -647,7 +625,7 @@ def test_a_stream_answering_head_sends_only_its_head() -> None:
         return stream
 
     data = b"HEAD / HTTP/1.1\r\nHost: e\r\n\r\nGET /next HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n"
-    answer = _serve(handler, lambda port: raw_exchange(port, data))
+    answer = serve(handler, lambda port: raw_exchange(port, data))
     head, _, rest = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ") and rest.startswith(b"HTTP/1.1 200 ")
 
@@ -658,7 +636,7 @@ def test_100_continue_is_not_promised_for_a_body_over_the_limit() -> None:
         return await _limited(request)
 
     data = b"POST / HTTP/1.1\r\nHost: e\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n"
-    answer = _serve(handler, lambda port: raw_exchange(port, data))
+    answer = serve(handler, lambda port: raw_exchange(port, data))
     assert answer.startswith(b"HTTP/1.1 413 ")
 
 
@@ -674,7 +652,7 @@ def test_100_continue_is_not_promised_for_a_body_over_the_limit() -> None:
     ids=["absolute-form", "http2-request-line"],
 )
 def test_request_targets_and_versions(data: bytes, expected: bytes) -> None:
-    answer = _serve(_echo, lambda port: raw_exchange(port, data))
+    answer = serve(_echo, lambda port: raw_exchange(port, data))
     assert answer.split(b" ", 2)[1] == expected, answer[:60]
     if expected == b"200":
         assert json.loads(answer.partition(b"\r\n\r\n")[2])["path"] == "/p?q=1"
@@ -691,6 +669,6 @@ def test_an_early_refusal_reaches_a_client_still_sending_its_body() -> None:
                 sent = type(error).__name__
             return sent, sock.recv(65536)
 
-    sent, answer = _serve(_limited, call)
+    sent, answer = serve(_limited, call)
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert sent == "whole", "the server read and dropped the rest instead of resetting the connection"

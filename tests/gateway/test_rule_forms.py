@@ -18,7 +18,9 @@ import http.client
 import importlib
 import io
 import json
+import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -26,10 +28,12 @@ import uuid
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives import serialization
 from google.protobuf import any_pb2, empty_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_reflection.v1alpha import reflection
@@ -38,7 +42,9 @@ from grpc_status import rpc_status
 from services.kit import config, tls
 from tests.gateway.conftest import STANDALONE
 from tests.support.env import free_port
+from tests.support.h2client import H2Client, h2_call
 from tests.support.http import Answer, http_call, http_calls_with_trailers, raw_exchange
+from tests.support.http_server import curl
 from tests.support.processes import Process
 from tests.support.protos import compile_proto
 
@@ -376,6 +382,10 @@ class Edge:
     port: int
     library: Library
     process: Process
+    backend_port: int
+    certs: Path
+    source: list[str]
+    """The flags naming the edge's route source."""
 
     def call(
         self, method: str, path: str, body: object = None, *, headers: dict[str, str] | None = None
@@ -425,7 +435,7 @@ def edge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     )
     try:
         process.wait_for_line(lambda line: '"serving"' in line, timeout=30)
-        yield Edge(port, library, process)
+        yield Edge(port, library, process, backend_port, certs, source)
     finally:
         process.stop()
         server.stop(grace=None)
@@ -1069,3 +1079,116 @@ def test_the_document_is_gzipped_for_a_client_that_accepts_it(edge: Edge) -> Non
         "POST", "/v1/shelves/1/books?bookId=dune", {"title": "x"}, headers={"Accept-Encoding": "gzip"}
     )
     assert written.headers.get("Content-Encoding") is None, "answers to writes are never compressed"
+
+
+# -- HTTP/2 and HTTPS at the edge ---------------------------------------------------------------
+
+
+def test_a_call_over_http2_gets_what_http11_gets(edge: Edge) -> None:
+    over_h1 = edge.call("GET", "/v1/shelves/1/books/dune", headers={"Origin": SHOP})
+    over_h2 = h2_call(edge.port, "GET", "/v1/shelves/1/books/dune", headers=[("origin", SHOP)])
+    assert over_h2.status == over_h1.status == 200
+    assert json.loads(over_h2.body) == over_h1.json()
+    assert over_h2.header("access-control-allow-origin") == SHOP
+    assert over_h2.header("x-request-id")
+    missing = h2_call(edge.port, "GET", "/v1/shelves/1/books/nope")
+    assert missing.status == 404 and json.loads(missing.body)["code"] == 5
+
+
+def test_calls_multiplexed_on_one_http2_connection_each_get_their_own_answer(edge: Edge) -> None:
+    with H2Client(edge.port) as client:
+        streams = {
+            client.request(
+                "POST",
+                "/v1/echo",
+                headers=[("content-type", "application/json")],
+                body=json.dumps({"text": f"call {i}"}).encode(),
+            ): f"call {i}"
+            for i in range(16)
+        }
+        watch = client.request(
+            "GET", "/v1/shelves/1:watch?count=3", headers=[("accept", "text/event-stream")]
+        )
+        client.read(until=[*streams, watch])
+    for stream, text in streams.items():
+        answer = client.answers[stream]
+        assert answer.status == 200 and json.loads(answer.body)["text"] == text
+    events = [line for line in client.answers[watch].body.decode().split("\n") if line.startswith("data:")]
+    assert len(events) == 3, client.answers[watch].body
+
+
+def test_trailers_and_gzip_over_http2(edge: Edge) -> None:
+    echoed = h2_call(
+        edge.port,
+        "POST",
+        "/v1/echo",
+        headers=[("content-type", "application/json"), ("te", "trailers")],
+        body=b'{"text": "hi"}',
+    )
+    assert echoed.status == 200 and echoed.trailers == [("grpc-trailer-x-cost", "3")]
+    assert echoed.header("grpc-metadata-x-served-by") == "library", "header metadata stays in the headers"
+    document = h2_call(edge.port, "GET", "/openapi.json", headers=[("accept-encoding", "gzip")])
+    assert document.header("content-encoding") == "gzip" and json.loads(gzip.decompress(document.body))
+
+
+def test_curl_upgrades_to_http2_at_the_edge(edge: Edge) -> None:
+    answer = curl("--http2", "-i", f"http://127.0.0.1:{edge.port}/v1/shelves/1/books/dune")
+    assert answer.stdout.startswith("HTTP/1.1 101"), answer.stderr
+    assert "HTTP/2 200" in answer.stdout and '"title":"Dune"' in answer.stdout.replace(" ", "")
+
+
+def _serving_certificate(edge: Edge, directory: Path) -> tuple[Path, Path, Path]:
+    """A certificate for localhost from the test CA, written for ``--tls-cert``/``--tls-key``."""
+    authority = tls.load_authority(edge.certs)
+    certificate, key = authority.issue("edge", dns=["localhost"])
+    cert_file, key_file = directory / "edge.crt", directory / "edge.key"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return cert_file, key_file, edge.certs / "ca.crt"
+
+
+def test_the_edge_terminates_tls_with_http2_by_alpn(edge: Edge, tmp_path: Path) -> None:
+    cert_file, key_file, ca = _serving_certificate(edge, tmp_path)
+    port = free_port()
+    process = Process.module(
+        "gateway",
+        STANDALONE,
+        *edge.source,
+        f"--backend=acme.library.v1.LibraryService=localhost:{edge.backend_port}",
+        f"--listen=127.0.0.1:{port}",
+        f"--cacert={ca}",
+        f"--cert={edge.certs / 'gateway.crt'}",
+        f"--key={edge.certs / 'gateway.key'}",
+        f"--tls-cert={cert_file}",
+        f"--tls-key={key_file}",
+    )
+    try:
+        process.wait_for_line(lambda line: '"serving"' in line and '"https"' in line, timeout=30)
+        url = f"https://localhost:{port}/v1/shelves/1/books/dune"
+        over_h2 = curl("--http2", "--cacert", str(ca), "-i", url)
+        over_h1 = curl("--http1.1", "--cacert", str(ca), "-i", url)
+        plain = curl("-i", f"http://127.0.0.1:{port}/v1/shelves/1/books/dune")
+    finally:
+        process.stop()
+    assert over_h2.stdout.startswith("HTTP/2 200"), over_h2.stderr
+    assert over_h1.stdout.startswith("HTTP/1.1 200"), over_h1.stderr
+    assert '"title":"Dune"' in over_h2.stdout.replace(" ", "")
+    assert not plain.stdout.startswith("HTTP/1.1 200"), "plain HTTP is not served on an HTTPS port"
+
+
+def test_the_edge_refuses_to_start_with_half_a_certificate(edge: Edge, tmp_path: Path) -> None:
+    cert_file, _, _ = _serving_certificate(edge, tmp_path)
+    command = [sys.executable, "-m", "gateway", *edge.source, "--default-backend=localhost:1,plaintext"]
+    result = subprocess.run(
+        [*command, f"--tls-cert={cert_file}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **STANDALONE},
+        check=False,
+    )
+    assert result.returncode == 2 and "--tls-key" in result.stderr, result.stderr

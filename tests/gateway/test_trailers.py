@@ -8,8 +8,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from gateway.http1 import Request, Response, Server, Stream
+from gateway.httpserver import Server
 from gateway.trailers import accepts_trailers
+from gateway.wire import Request, Response, Stream
 from tests.support.http import TrailedAnswer, http_calls_with_trailers, raw_exchange
 
 ACCEPTS = [

@@ -11,7 +11,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.app import Edge
-from gateway.http1 import HTTP_11, Request, Server
+from gateway.httpserver import Server
+from gateway.wire import HTTP_11, Request
 
 __all__ = ["EdgeTestServer", "parsed_request"]
 
