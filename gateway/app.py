@@ -3,7 +3,9 @@ gRPC call.
 
 The edge routes by its own compiled rules, so it runs on its own HTTP/1.1 and HTTP/2 server
 (`gateway.httpserver`) and dispatches itself: ``/healthz``, ``/readyz`` and ``/openapi.json`` by
-exact path, everything else to the transcoder.
+exact path, ``POST /stream-tickets`` (`gateway.tickets`: a bearer token traded for a
+single-use ticket an ``EventSource`` opens one stream with, ``?access_ticket=``), everything
+else to the transcoder.
 
 Per request: route (404, or 405 with ``Allow``), hold the client to its limits (429 with
 ``Retry-After``), build the request message from the path variables, the body and the query (400
@@ -35,7 +37,7 @@ import ipaddress
 import json
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -54,6 +56,7 @@ from gateway import (
     jsoncodec,
     query,
     streaming,
+    tickets,
     trailers,
     wire,
 )
@@ -63,6 +66,7 @@ from gateway.httpserver import Server
 from gateway.limits import FailureWindows, TokenBuckets
 from gateway.observe import BackendCall, Exchange, Handler, Observer
 from gateway.routes import MethodNotAllowed, Route, RouteNotFound, Router
+from gateway.tickets import StreamTickets
 from gateway.tokens import CannotVerify, TokenVerifier, bearer_token
 from gateway.wire import HTTP_11, Request, Response, Stream
 
@@ -227,6 +231,24 @@ def _refusal(
     return _Refusal(status, http or errors.http_status(code), extra)
 
 
+def _retry_after(wait: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, round(wait + 0.5)))}
+
+
+def _ticket_refusal(error: tickets.TicketError) -> _Refusal:
+    if isinstance(error, tickets.TooManyTickets):
+        return _refusal(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            str(error),
+            "STREAM_TICKETS_EXHAUSTED",
+            extra=_retry_after(error.retry_after),
+        )
+    if isinstance(error, tickets.MisplacedTicket):
+        return _refusal(grpc.StatusCode.INVALID_ARGUMENT, str(error), "STREAM_TICKET_MISPLACED")
+    reason = "TOKEN_EXPIRED" if isinstance(error, tickets.TokenExpired) else "STREAM_TICKET_INVALID"
+    return _refusal(grpc.StatusCode.UNAUTHENTICATED, str(error), reason, extra={"WWW-Authenticate": "Bearer"})
+
+
 @dataclass(slots=True)
 class _Client:
     """Who sent a request, as far as the limits are concerned."""
@@ -236,6 +258,9 @@ class _Client:
     """The rate limit's bucket: ``principal:<sub>`` or ``address:<address>``."""
     failure_counted: bool = False
     """A failed authentication of this request was counted already."""
+
+
+_Serve = Callable[[Request, Exchange, _Client], Awaitable[Response | Stream]]
 
 
 @dataclass(frozen=True)
@@ -260,8 +285,11 @@ class Edge:
     """The HTTP/JSON edge serving `routing`'s routes from `backends` (`server` runs it).
 
     `verify_token` names the principal of a bearer token, to limit per principal; without
-    one (the default), every request is limited by its client's address. `observer` records
-    spans, metrics and access lines (`gateway.observe`; by default access lines only).
+    one (the default), every request is limited by its client's address; with one, a stream
+    ticket is issued only for a token it does not refuse. `observer` records spans, metrics
+    and access lines (`gateway.observe`; by default access lines only). `stream_tickets`
+    replaces the store of stream tickets `settings.stream_ticket_seconds` describes (none,
+    and no ``/stream-tickets``, when that is 0).
     """
 
     def __init__(
@@ -272,6 +300,7 @@ class Edge:
         *,
         verify_token: TokenVerifier | None = None,
         observer: Observer | None = None,
+        stream_tickets: StreamTickets | None = None,
     ) -> None:
         self._routes = _compiled(routing)
         self._fixed: dict[str, Handler] = {
@@ -294,6 +323,11 @@ class Edge:
         # Verified only when a limit would use the answer.
         limited = self._buckets is not None or self._failures is not None
         self._verify_token = verify_token if limited else None
+        self._vouch_for = verify_token  # a ticket needs a token the edge does not refuse
+        lifetime = settings.stream_ticket_seconds
+        if stream_tickets is None and lifetime:
+            stream_tickets = StreamTickets(lifetime=lifetime)
+        self._tickets = stream_tickets
 
     async def close(self) -> None:
         """Close the channels to the backends, once the edge's server has stopped."""
@@ -324,10 +358,13 @@ class Edge:
         )
 
     async def _dispatch(self, request: Request) -> Response | Stream:
+        path = request.raw_path.partition("?")[0]
         if request.method in _FIXED_METHODS:
-            fixed = self._fixed.get(request.raw_path.partition("?")[0])
+            fixed = self._fixed.get(path)
             if fixed is not None:
                 return await fixed(request)
+        elif request.method == "POST" and path == tickets.ENDPOINT and self._tickets is not None:
+            return await self._handle(request, self._issue_ticket)
         return await self._handle(request)
 
     # -- fixed endpoints -------------------------------------------------------------------
@@ -346,6 +383,84 @@ class Edge:
         request.exchange.routed("/openapi.json")
         return Response(200, self._routes.document)
 
+    # -- stream tickets (gateway.tickets) -------------------------------------------------
+
+    async def _issue_ticket(self, request: Request, exchange: Exchange, client: _Client) -> Response:
+        """``POST /stream-tickets`` ``{"path": ...}``: a ticket for the caller's bearer token
+        that opens the server stream at that path once."""
+        exchange.routed(tickets.ENDPOINT)
+        store = self._tickets
+        if store is None:  # not dispatched here then: no store, no endpoint
+            raise _refusal(grpc.StatusCode.NOT_FOUND, "no route for this path", "ROUTE_NOT_FOUND")
+        self._limit_rate(request, client)
+        token = bearer_token(request.headers.getall("Authorization", []))
+        if token is None:
+            raise _refusal(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "send the access token as Authorization: Bearer <token>",
+                "TOKEN_MISSING",
+                extra={"WWW-Authenticate": "Bearer"},
+            )
+        self._vouch(token, client)
+        path = tickets.requested_path(await self._body(request))
+        try:
+            found = self._routes.router.find("GET", path)
+        except RouteNotFound:
+            raise _refusal(
+                grpc.StatusCode.NOT_FOUND, "no stream at this path", "STREAM_TICKET_PATH"
+            ) from None
+        except MethodNotAllowed:
+            found = None
+        if found is None or not found.route.server_streaming:
+            raise _refusal(
+                grpc.StatusCode.INVALID_ARGUMENT, "this path is not a GET stream", "STREAM_TICKET_PATH"
+            )
+        issued = store.issue(token, path)
+        answer = Response(201, json.dumps({"ticket": issued.ticket, "expiresIn": issued.expires_in}).encode())
+        answer.headers["Cache-Control"] = "no-store"
+        return answer
+
+    def _vouch(self, token: str, client: _Client) -> None:
+        """Refuse (401) a token the edge's verifier refuses; one it cannot tell about now goes
+        through: the backend verifies the token when the ticket is used, and decides."""
+        if self._vouch_for is None or client.key.startswith("principal:"):
+            return  # no verifier, or the rate limit's look-up vouched for it already
+        try:
+            principal = self._vouch_for(token)
+        except CannotVerify:
+            return
+        if principal is None:
+            self._failed_authentication(client)
+            raise _refusal(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the access token is not valid",
+                "TOKEN_INVALID",
+                extra={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+
+    def _failed_authentication(self, client: _Client) -> None:
+        if self._failures is not None and not client.failure_counted:
+            self._failures.record(client.address)
+            client.failure_counted = True
+
+    def _take_ticket(self, request: Request) -> tickets.Claim:
+        """The query's parameters, any stream ticket among them spent now: a ticket is spent
+        by the request presenting it, whatever comes of that request."""
+        parameters = list(request.query.items())
+        return self._tickets.take(parameters) if self._tickets is not None else tickets.Claim(parameters)
+
+    def _open_ticket(self, request: Request, claim: tickets.Claim, plan: _Plan) -> str | None:
+        """The bearer token of the ticket `claim` holds, if any: only a GET (or HEAD) of a
+        server stream takes one, without an Authorization header, at the ticket's path."""
+        if not claim.presented or self._tickets is None:
+            return None
+        return self._tickets.open(
+            claim,
+            path=request.raw_path.partition("?")[0],
+            takes_ticket=plan.streaming and request.method in _FIXED_METHODS,
+            authorized="Authorization" in request.headers,
+        )
+
     # -- transcoding -----------------------------------------------------------------------
 
     def _client_address(self, request: Request) -> str:
@@ -355,14 +470,19 @@ class Edge:
             request.remote or "", request.headers.getall("X-Forwarded-For", []), self._trusted
         )
 
-    async def _handle(self, request: Request) -> Response | Stream:
+    async def _handle(self, request: Request, serve: _Serve | None = None) -> Response | Stream:
         exchange: Exchange = request.exchange
         request_id = exchange.request_id
         client = _Client(exchange.client)
         try:
-            return await self._transcode(request, exchange, client)
+            return await (serve or self._transcode)(request, exchange, client)
         except _Refusal as refused:
             return self._error(request, refused.status, refused.http, refused.extra)
+        except tickets.TicketError as error:
+            if isinstance(error, tickets.InvalidTicket | tickets.TokenExpired):
+                self._failed_authentication(client)
+            ticket = _ticket_refusal(error)
+            return self._error(request, ticket.status, ticket.http, ticket.extra)
         except errors.BadRequest as bad:
             code = grpc.StatusCode.INVALID_ARGUMENT
             status = errors.status_message(
@@ -450,7 +570,7 @@ class Edge:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "too many failed authentications from this address",
                 "AUTHENTICATION_THROTTLED",
-                extra={"Retry-After": str(max(1, round(wait + 0.5)))},
+                extra=_retry_after(wait),
             )
         self._identify(request, client)
         if self._buckets is not None and (wait := self._buckets.take(client.key)):
@@ -458,39 +578,50 @@ class Edge:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "too many requests",
                 "RATE_LIMITED",
-                extra={"Retry-After": str(max(1, round(wait + 0.5)))},
+                extra=_retry_after(wait),
             )
 
     async def _message(
-        self, request: Request, route: Route, plan: _Plan, variables: dict[str, str]
+        self,
+        request: Request,
+        route: Route,
+        plan: _Plan,
+        variables: dict[str, str],
+        parameters: list[tuple[str, str]],
     ) -> Message:
         message = plan.request_class()
         parsed = None
         if route.body:
-            _require_json(request)
-            await self._expect(request)
-            try:
-                body = await request.read()
-            except wire.BodyTooLarge:
-                raise _refusal(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"the body is larger than {self._settings.max_body_bytes} bytes",
-                    "BODY_TOO_LARGE",
-                    http=413,
-                ) from None
             parsed = jsoncodec.parse_json(
-                body, message, max_depth=self._settings.max_json_depth, field=plan.body_field
+                await self._body(request),
+                message,
+                max_depth=self._settings.max_json_depth,
+                field=plan.body_field,
             )
         query.apply_variables(message, variables)
         query.apply_query(
             message,
-            list(request.query.items()),
+            parameters,
             body_fields=(*plan.body_fields, *route.template.variables),
             ignore=self._settings.ignored_query_parameters,
         )
         if plan.patch_mask is not None:
             plan.patch_mask.fill(message, parsed)
         return message
+
+    async def _body(self, request: Request) -> bytes:
+        """The body, said to be JSON (else 415), once it has arrived (413 past the limit)."""
+        _require_json(request)
+        await self._expect(request)
+        try:
+            return await request.read()
+        except wire.BodyTooLarge:
+            raise _refusal(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the body is larger than {self._settings.max_body_bytes} bytes",
+                "BODY_TOO_LARGE",
+                http=413,
+            ) from None
 
     @staticmethod
     async def _expect(request: Request) -> None:
@@ -510,11 +641,13 @@ class Edge:
 
     async def _transcode(self, request: Request, exchange: Exchange, client: _Client) -> Response | Stream:
         routes = self._routes  # one routing per request, even if a reload swaps it meanwhile
+        claim = self._take_ticket(request)
         route, variables = self._route(request, routes)
         exchange.routed(route.template.text)
         plan = routes.plans[id(route)]
         self._limit_rate(request, client)
-        message = await self._message(request, route, plan, variables)
+        token = self._open_ticket(request, claim, plan)
+        message = await self._message(request, route, plan, variables, claim.query)
         timeout_header = request.headers.get("Grpc-Timeout")
         timeout = (
             headers.parse_grpc_timeout(timeout_header)
@@ -522,8 +655,11 @@ class Edge:
             else (None if plan.streaming else self._settings.timeout_seconds)
         )
         observer = self._observer
+        sent = list(request.headers.items())
+        if token is not None:  # the ticket's token goes on exactly as its header would have
+            sent.append(("Authorization", f"Bearer {token}"))
         metadata = headers.outgoing_metadata(
-            request.headers.items(),
+            sent,
             client_ip=client.address,
             host=request.host,
             request_id=exchange.request_id,

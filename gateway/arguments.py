@@ -132,6 +132,9 @@ def _parser() -> argparse.ArgumentParser:
         help="UNAUTHENTICATED answers per client in the window before 429; 0 is off",
     )
     parser.add_argument("--auth-failure-window-seconds", type=float, metavar="N")
+    parser.add_argument(
+        "--stream-ticket-seconds", type=float, metavar="N", help="lifetime of a stream ticket (30); 0 is off"
+    )
     parser.add_argument("--ignore-query-parameter", action="append", metavar="NAME", help="repeatable")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument(
@@ -331,6 +334,7 @@ def _limits(args: argparse.Namespace, table: Mapping[str, Any], problems: list[s
         "rate_burst": (int, 1, 1_000_000),
         "auth_failures_per_address": (int, 0, 1_000_000),
         "auth_failure_window_seconds": (float, 1.0, 86400.0),
+        "stream_ticket_seconds": (float, 0.0, 300.0),
     }
     values: dict[str, Any] = {}
     for name, (kind, low, high) in numbers.items():

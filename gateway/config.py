@@ -131,6 +131,9 @@ class Limits:
     address within the window before that address gets 429 until the window ends; 0 turns
     this off."""
     auth_failure_window_seconds: float = 60.0
+    stream_ticket_seconds: float = 30.0
+    """Lifetime of a stream ticket (``POST /stream-tickets``, `gateway.tickets`); 0 turns the
+    endpoint off."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,6 +418,7 @@ def read_settings(env: Reader, settings: Settings) -> GatewaySettings:
             auth_failure_window_seconds=env.number(
                 "POLY_GATEWAY_AUTH_FAILURE_WINDOW_SECONDS", 60.0, low=1.0, high=86400.0
             ),
+            stream_ticket_seconds=env.number("POLY_GATEWAY_STREAM_TICKET_SECONDS", 30.0, low=0.0, high=300.0),
         ),
         client_spans=env.flag("POLY_GATEWAY_CLIENT_SPANS", False),
         public_endpoint=env.flag("POLY_GATEWAY_PUBLIC_ENDPOINT", False),

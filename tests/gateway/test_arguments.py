@@ -366,3 +366,13 @@ def test_the_https_table_knows_only_cert_and_key(tmp_path: Path) -> None:
     assert "https: unknown keys password (use cert, key)" in problems
     assert "http2: expected true or false, got 'yes'" in problems
 
+
+def test_stream_tickets_come_from_a_flag_or_the_file(tmp_path: Path) -> None:
+    base = ["--reflect", f"--backend={SERVICE}=a:1"]
+    assert from_arguments(base).limits.stream_ticket_seconds == 30.0
+    assert from_arguments([*base, "--stream-ticket-seconds=0"]).limits.stream_ticket_seconds == 0.0
+    file = tmp_path / "gateway.toml"
+    file.write_text(
+        'reflect = true\n[limits]\nstream_ticket_seconds = 400\n[default_backend]\naddress = "a:1"\n'
+    )
+    assert "limits.stream_ticket_seconds: must be between 0 and 300, got 400" in _problems_of(file)
