@@ -170,7 +170,14 @@ class Http2Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=False, header_encoding=None)
+            # Outbound headers are the edge's own, checked by `send_head` (no CR, LF or NUL,
+            # lower case, no connection-specific fields): h2 need not check them again.
+            h2.config.H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
         )
         self._streams: dict[int, _Stream] = {}
         self._closed = False
@@ -180,6 +187,7 @@ class Http2Connection(asyncio.Protocol):
         self._resets = 0
         self._idle_since = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
+        self._write_scheduled = False
 
     # -- taking over a connection ----------------------------------------------------------
 
@@ -464,9 +472,12 @@ class Http2Connection(asyncio.Protocol):
                 )
                 if size <= 0:
                     break
-                h2c.send_data(stream.id, bytes(stream.pending[:size]))
+                # The last piece of an answer without trailers ends the stream itself.
+                last = size == len(stream.pending) and stream.finish == []
+                h2c.send_data(stream.id, bytes(stream.pending[:size]), end_stream=last)
                 del stream.pending[:size]
-            if not stream.pending and stream.finish is not None:
+                stream.finished = last
+            if not stream.pending and stream.finish is not None and not stream.finished:
                 if stream.finish:
                     trailers = [
                         (name.encode("ascii"), value.encode("ascii")) for name, value in stream.finish
@@ -534,6 +545,14 @@ class Http2Connection(asyncio.Protocol):
     # -- the connection --------------------------------------------------------------------
 
     def _send(self) -> None:
+        """Write what h2 has framed, once per turn of the event loop: the frames of every
+        stream answered in one turn leave in one write (a system call each, otherwise)."""
+        if not self._write_scheduled:
+            self._write_scheduled = True
+            self._loop.call_soon(self._write)
+
+    def _write(self) -> None:
+        self._write_scheduled = False
         data = self._h2.data_to_send()
         if data and self._transport is not None and not self._closed:
             self._transport.write(data)
@@ -542,6 +561,7 @@ class Http2Connection(asyncio.Protocol):
         """End the connection (with GOAWAY `code`, unless the client ended it)."""
         if self._closed:
             return
+        self._write()  # what is framed already goes first
         if code is not None:
             frame = GoAwayFrame(0)
             frame.last_stream_id, frame.error_code = self._last_stream, code
@@ -571,6 +591,7 @@ class Http2Connection(asyncio.Protocol):
         if self._closed or self._going_away:
             return
         self._going_away = True
+        self._write()
         # Written by hand: h2 would refuse to send anything more once it has sent a GOAWAY.
         frame = GoAwayFrame(0)
         frame.last_stream_id, frame.error_code = self._last_stream, ErrorCodes.NO_ERROR
