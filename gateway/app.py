@@ -39,25 +39,21 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import message_factory
-from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
 from gateway import (
+    answers,
     compression,
     cors,
     errors,
-    fieldmask,
     headers,
     jsoncodec,
     query,
     streaming,
     tickets,
-    trailers,
     wire,
 )
 from gateway.backends import READY_STATES, Backends
@@ -65,188 +61,19 @@ from gateway.config import Limits
 from gateway.httpserver import Server
 from gateway.limits import FailureWindows, TokenBuckets
 from gateway.observe import BackendCall, Exchange, Handler, Observer
-from gateway.routes import MethodNotAllowed, Route, RouteNotFound, Router
+from gateway.plans import Compiled, Plan, Routing, backend_method, compile_routing
+from gateway.routes import MethodNotAllowed, Route, RouteNotFound
 from gateway.tickets import StreamTickets
 from gateway.tokens import CannotVerify, TokenVerifier, bearer_token
 from gateway.wire import HTTP_11, Request, Response, Stream
 
-__all__ = ["Edge", "Routing", "SuccessStatus", "default_success_status"]
+__all__ = ["Edge"]
 
 _log = logging.getLogger("poly.gateway")
 
-_MultiCallable = TypeVar("_MultiCallable")
 
-SuccessStatus = Callable[[Route], int]
-"""The HTTP status of a successful call of a route."""
-
-
-def default_success_status(route: Route) -> int:
-    """200, as grpc-gateway answers every success."""
-    return 200
-
-
-@dataclass(frozen=True)
-class Routing:
-    """What the edge routes: the compiled routes, their OpenAPI document, the success statuses."""
-
-    router: Router
-    document: dict[str, Any]
-    success_status: SuccessStatus = default_success_status
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """What a route needs per request, worked out once."""
-
-    request_class: type[Message]
-    response_class: type[Message]
-    body_field: str
-    """The JSON name of the field the body fills, "" for the whole request or no body."""
-    body_fields: tuple[str, ...]
-    """Request fields the body binds (and the query may not set)."""
-    success: int
-    """The HTTP status of a success."""
-    service: str
-    """The full name of the route's gRPC service."""
-    full_method: str
-    """The gRPC method path, ``/pkg.Service/Method``."""
-    streaming: bool
-    """Whether the method streams its answers."""
-    patch_mask: fieldmask.PatchMask | None = None
-    """How a PATCH without a field mask gets one from its body's keys."""
-
-
-def _message_class(descriptor: Descriptor) -> type[Message]:
-    return message_factory.GetMessageClass(descriptor)
-
-
-def _backend_method(make: Callable[..., _MultiCallable], route: Route, plan: _Plan) -> _MultiCallable:
-    """`route`'s gRPC method from `make` (a channel's ``unary_unary`` or ``unary_stream``),
-    its messages encoded with the plan's classes."""
-    return make(
-        plan.full_method,
-        request_serializer=plan.request_class.SerializeToString,
-        response_deserializer=plan.response_class.FromString,
-    )
-
-
-def _plan(route: Route, success_status: SuccessStatus) -> _Plan:
-    request = route.method.input_type
-    body_field: str = ""
-    bound: tuple[str, ...] = ()
-    if route.body == "*":
-        bound = tuple(f.name for f in request.fields)
-    elif route.body:
-        body_field = request.fields_by_name[route.body].json_name
-        bound = (route.body,)
-    response = _message_class(route.method.output_type)
-    patch_mask = fieldmask.patch_mask_field(route.http_method, route.body, request)
-    return _Plan(
-        _message_class(request),
-        response,
-        body_field,
-        bound,
-        success_status(route),
-        route.method.containing_service.full_name,
-        route.full_method,
-        route.server_streaming,
-        patch_mask,
-    )
-
-
-_Metadata = tuple[str, str | bytes]
 _FIXED_METHODS = frozenset({"GET", "HEAD"})
 """The methods of the fixed endpoints; any other goes to the transcoder (a 404 or 405 there)."""
-
-
-def _answer(
-    request: Request, http: int, body: bytes, initial: list[_Metadata], trailing: list[_Metadata]
-) -> Response:
-    """A JSON answer with the call's metadata: ``Grpc-Metadata-*`` headers, and its trailers
-    as HTTP trailers for a client that accepts them (`trailers`), else as ``Grpc-Trailer-*``
-    headers."""
-    pairs = headers.response_headers(initial, [])
-    after = headers.response_headers([], trailing)
-    if http == 204:
-        body = b""
-    if after and http != 204 and trailers.accepts_trailers(request):
-        answer = Response(http, body, trailers=after)
-    else:
-        answer = Response(http, body)
-        pairs += after
-    for name, value in pairs:
-        answer.headers.add(name, value)
-    return answer
-
-
-def _is_json(content_type: str) -> bool:
-    """Whether a ``Content-Type`` names JSON: ``application/json`` or ``application/*+json``,
-    in UTF-8 (RFC 8259) if it names a charset at all."""
-    media_type, *parameters = (part.strip().lower() for part in content_type.split(";"))
-    if media_type != "application/json" and not (
-        media_type.startswith("application/") and media_type.endswith("+json")
-    ):
-        return False
-    for parameter in parameters:
-        name, _, value = parameter.partition("=")
-        if name.strip() == "charset" and value.strip().strip('"') not in {"utf-8", "utf8"}:
-            return False
-    return True
-
-
-def _require_json(request: Request) -> None:
-    """A body must say it is JSON, else 415. A cross-origin page can send ``text/plain`` or a
-    form without a preflight; refusing them keeps every browser call with a body behind CORS."""
-    if request.headers.get("Content-Length", "0") == "0" and "Transfer-Encoding" not in request.headers:
-        return  # no body: nothing to be JSON
-    sent = request.headers.get("Content-Type", "")
-    if _is_json(sent):
-        return
-    accepted = "application/json"
-    raise _refusal(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        f"send the body as {accepted} (or a +json type) in UTF-8, not {sent[:64] or 'without a type'}",
-        "UNSUPPORTED_MEDIA_TYPE",
-        http=415,
-        extra={"Accept-Patch" if request.method == "PATCH" else "Accept-Post": accepted},
-    )
-
-
-class _Refusal(Exception):
-    def __init__(self, status: status_pb2.Status, http: int, extra: dict[str, str] | None = None) -> None:
-        super().__init__(status.message)
-        self.status, self.http, self.extra = status, http, extra or {}
-
-
-def _refusal(
-    code: grpc.StatusCode,
-    message: str,
-    reason: str,
-    *,
-    http: int | None = None,
-    violations: list[tuple[str, str]] | None = None,
-    extra: dict[str, str] | None = None,
-) -> _Refusal:
-    status = errors.status_message(code, message, reason=reason, violations=violations or [])
-    return _Refusal(status, http or errors.http_status(code), extra)
-
-
-def _retry_after(wait: float) -> dict[str, str]:
-    return {"Retry-After": str(max(1, round(wait + 0.5)))}
-
-
-def _ticket_refusal(error: tickets.TicketError) -> _Refusal:
-    if isinstance(error, tickets.TooManyTickets):
-        return _refusal(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            str(error),
-            "STREAM_TICKETS_EXHAUSTED",
-            extra=_retry_after(error.retry_after),
-        )
-    if isinstance(error, tickets.MisplacedTicket):
-        return _refusal(grpc.StatusCode.INVALID_ARGUMENT, str(error), "STREAM_TICKET_MISPLACED")
-    reason = "TOKEN_EXPIRED" if isinstance(error, tickets.TokenExpired) else "STREAM_TICKET_INVALID"
-    return _refusal(grpc.StatusCode.UNAUTHENTICATED, str(error), reason, extra={"WWW-Authenticate": "Bearer"})
 
 
 @dataclass(slots=True)
@@ -261,24 +88,6 @@ class _Client:
 
 
 _Serve = Callable[[Request, Exchange, _Client], Awaitable[Response | Stream]]
-
-
-@dataclass(frozen=True)
-class _Compiled:
-    router: Router
-    plans: dict[int, _Plan]
-    """By the route's identity (hashing a route hashes its whole template): the router
-    holds the routes, so their ids stay theirs while this routing is in use."""
-    document: bytes
-    services: tuple[str, ...]
-    """The services with routes: whose health ``/readyz`` reports."""
-
-
-def _compiled(routing: Routing) -> _Compiled:
-    # Worked out once per route: nothing about a route is looked up again per request.
-    plans = {id(route): _plan(route, routing.success_status) for route in routing.router.routes}
-    services = sorted({route.method.containing_service.full_name for route in routing.router.routes})
-    return _Compiled(routing.router, plans, json.dumps(routing.document).encode(), tuple(services))
 
 
 class Edge:
@@ -302,7 +111,7 @@ class Edge:
         observer: Observer | None = None,
         stream_tickets: StreamTickets | None = None,
     ) -> None:
-        self._routes = _compiled(routing)
+        self._routes = compile_routing(routing)
         self._fixed: dict[str, Handler] = {
             "/healthz": self._healthz,
             "/readyz": self._readyz,
@@ -335,7 +144,7 @@ class Edge:
 
     def reroute(self, routing: Routing) -> None:
         """Serve `routing` from now on; requests already routed finish on the old routes."""
-        self._routes = _compiled(routing)
+        self._routes = compile_routing(routing)
 
     def server(
         self, *, on_refused: wire.Refused | None = None, tls: ssl.SSLContext | None = None, http2: bool = True
@@ -391,11 +200,11 @@ class Edge:
         exchange.routed(tickets.ENDPOINT)
         store = self._tickets
         if store is None:  # not dispatched here then: no store, no endpoint
-            raise _refusal(grpc.StatusCode.NOT_FOUND, "no route for this path", "ROUTE_NOT_FOUND")
+            raise answers.refusal(grpc.StatusCode.NOT_FOUND, "no route for this path", "ROUTE_NOT_FOUND")
         self._limit_rate(request, client)
         token = bearer_token(request.headers.getall("Authorization", []))
         if token is None:
-            raise _refusal(
+            raise answers.refusal(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "send the access token as Authorization: Bearer <token>",
                 "TOKEN_MISSING",
@@ -406,13 +215,13 @@ class Edge:
         try:
             found = self._routes.router.find("GET", path)
         except RouteNotFound:
-            raise _refusal(
+            raise answers.refusal(
                 grpc.StatusCode.NOT_FOUND, "no stream at this path", "STREAM_TICKET_PATH"
             ) from None
         except MethodNotAllowed:
             found = None
         if found is None or not found.route.server_streaming:
-            raise _refusal(
+            raise answers.refusal(
                 grpc.StatusCode.INVALID_ARGUMENT, "this path is not a GET stream", "STREAM_TICKET_PATH"
             )
         issued = store.issue(token, path)
@@ -431,7 +240,7 @@ class Edge:
             return
         if principal is None:
             self._failed_authentication(client)
-            raise _refusal(
+            raise answers.refusal(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "the access token is not valid",
                 "TOKEN_INVALID",
@@ -449,7 +258,7 @@ class Edge:
         parameters = list(request.query.items())
         return self._tickets.take(parameters) if self._tickets is not None else tickets.Claim(parameters)
 
-    def _open_ticket(self, request: Request, claim: tickets.Claim, plan: _Plan) -> str | None:
+    def _open_ticket(self, request: Request, claim: tickets.Claim, plan: Plan) -> str | None:
         """The bearer token of the ticket `claim` holds, if any: only a GET (or HEAD) of a
         server stream takes one, without an Authorization header, at the ticket's path."""
         if not claim.presented or self._tickets is None:
@@ -476,12 +285,12 @@ class Edge:
         client = _Client(exchange.client)
         try:
             return await (serve or self._transcode)(request, exchange, client)
-        except _Refusal as refused:
+        except answers.Refusal as refused:
             return self._error(request, refused.status, refused.http, refused.extra)
         except tickets.TicketError as error:
             if isinstance(error, tickets.InvalidTicket | tickets.TokenExpired):
                 self._failed_authentication(client)
-            ticket = _ticket_refusal(error)
+            ticket = answers.ticket_refusal(error)
             return self._error(request, ticket.status, ticket.http, ticket.extra)
         except errors.BadRequest as bad:
             code = grpc.StatusCode.INVALID_ARGUMENT
@@ -515,15 +324,15 @@ class Edge:
         status: status_pb2.Status,
         http: int,
         extra: dict[str, str] | None = None,
-        metadata: tuple[list[_Metadata], list[_Metadata]] = ([], []),
+        metadata: tuple[list[answers.Metadata], list[answers.Metadata]] = ([], []),
     ) -> Response:
         # X-Request-Id is added by the observing wrapper, as on every answer.
-        response = _answer(request, http, errors.render_status(status), *metadata)
+        response = answers.answer_with_metadata(request, http, errors.render_status(status), *metadata)
         if extra:
             response.headers.update(extra)
         return response
 
-    def _route(self, request: Request, routes: _Compiled) -> tuple[Route, dict[str, str]]:
+    def _route(self, request: Request, routes: Compiled) -> tuple[Route, dict[str, str]]:
         path = request.raw_path.split("?", 1)[0]
         try:
             try:
@@ -534,10 +343,12 @@ class Edge:
                 # HEAD is GET without the body (RFC 9110 §9.3.2): the server drops the body.
                 found = routes.router.find("GET", path)
         except RouteNotFound:
-            raise _refusal(grpc.StatusCode.NOT_FOUND, "no route for this path", "ROUTE_NOT_FOUND") from None
+            raise answers.refusal(
+                grpc.StatusCode.NOT_FOUND, "no route for this path", "ROUTE_NOT_FOUND"
+            ) from None
         except MethodNotAllowed as wrong:
             allowed = [*wrong.allowed, "HEAD"] if "GET" in wrong.allowed else wrong.allowed
-            raise _refusal(
+            raise answers.refusal(
                 grpc.StatusCode.UNIMPLEMENTED,
                 f"{request.method} is not allowed here",
                 "METHOD_NOT_ALLOWED",
@@ -566,26 +377,26 @@ class Edge:
 
     def _limit_rate(self, request: Request, client: _Client) -> None:
         if self._failures is not None and (wait := self._failures.wait(client.address)):
-            raise _refusal(
+            raise answers.refusal(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "too many failed authentications from this address",
                 "AUTHENTICATION_THROTTLED",
-                extra=_retry_after(wait),
+                extra=answers.retry_after(wait),
             )
         self._identify(request, client)
         if self._buckets is not None and (wait := self._buckets.take(client.key)):
-            raise _refusal(
+            raise answers.refusal(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "too many requests",
                 "RATE_LIMITED",
-                extra=_retry_after(wait),
+                extra=answers.retry_after(wait),
             )
 
     async def _message(
         self,
         request: Request,
         route: Route,
-        plan: _Plan,
+        plan: Plan,
         variables: dict[str, str],
         parameters: list[tuple[str, str]],
     ) -> Message:
@@ -611,12 +422,12 @@ class Edge:
 
     async def _body(self, request: Request) -> bytes:
         """The body, said to be JSON (else 415), once it has arrived (413 past the limit)."""
-        _require_json(request)
+        answers.require_json(request)
         await self._expect(request)
         try:
             return await request.read()
         except wire.BodyTooLarge:
-            raise _refusal(
+            raise answers.refusal(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the body is larger than {self._settings.max_body_bytes} bytes",
                 "BODY_TOO_LARGE",
@@ -631,7 +442,7 @@ class Edge:
         if expect is None or request.version != HTTP_11:
             return
         if expect.lower() != "100-continue":
-            raise _refusal(
+            raise answers.refusal(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "the only expectation this server meets is 100-continue",
                 "EXPECTATION_FAILED",
@@ -689,7 +500,7 @@ class Edge:
                 backend=backend,
             )
         try:
-            call = _backend_method(channel.unary_unary, route, plan)(
+            call = backend_method(channel.unary_unary, route, plan)(
                 message, metadata=metadata, timeout=timeout
             )
             reply: Message = await call
@@ -699,14 +510,16 @@ class Edge:
         backend.end(grpc.StatusCode.OK)
         body = b"" if plan.success == 204 else self._json(reply, route)
         initial, trailing = await call.initial_metadata(), await call.trailing_metadata()
-        return _answer(request, plan.success, body, list(initial or ()), list(trailing or ()))
+        return answers.answer_with_metadata(
+            request, plan.success, body, list(initial or ()), list(trailing or ())
+        )
 
     async def _stream(
         self,
         request: Request,
         *,
         route: Route,
-        plan: _Plan,
+        plan: Plan,
         channel: grpc.aio.Channel,
         message: Message,
         metadata: list[tuple[str, str | bytes]],
@@ -716,7 +529,7 @@ class Edge:
     ) -> Stream:
         sse = streaming.wants_sse(request.headers.get("Accept", ""))
         try:
-            call = _backend_method(channel.unary_stream, route, plan)(
+            call = backend_method(channel.unary_stream, route, plan)(
                 message, metadata=metadata, timeout=timeout
             )
             # Wait for the backend's headers first: a call refused at once (authentication,

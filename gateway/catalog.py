@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from google.protobuf.descriptor import MethodDescriptor
 
 from gateway import openapi
-from gateway.app import Routing
 from gateway.backends import Backends
 from gateway.config import EdgeConfig, Target
 from gateway.descriptors import DescriptorSet, load_descriptor_set
+from gateway.plans import Routing
 from gateway.reflection import reflect
 from gateway.routes import Route, compile_routes
 

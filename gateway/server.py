@@ -17,12 +17,13 @@ import logging
 import signal
 import ssl
 
-from gateway.app import Edge, Routing
+from gateway.app import Edge
 from gateway.backends import Backends
 from gateway.catalog import load_routing
 from gateway.config import EdgeConfig
 from gateway.descriptors import DescriptorSetError
 from gateway.observe import Observer, trusted_peer
+from gateway.plans import Routing
 from gateway.tls import ReloadingContext
 from gateway.tokens import verifying
 from services.kit import heap, telemetry

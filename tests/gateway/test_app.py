@@ -11,9 +11,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
-from gateway.app import Edge, Routing
+from gateway.app import Edge
 from gateway.backends import Backends
 from gateway.config import Limits, Target, Transport
+from gateway.plans import Routing
 from gateway.routes import compile_routes
 from gateway.tokens import CannotVerify, TokenVerifier
 from poly.orders.v1 import orders_service_pb2

@@ -14,11 +14,11 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection
 
-from gateway.app import Routing
 from gateway.backends import Backends
 from gateway.catalog import Catalog, build, load
 from gateway.config import API_SERVICES, EdgeConfig, Target, Transport, default_descriptor_set
 from gateway.descriptors import DescriptorSetError, load_descriptor_set
+from gateway.plans import Routing
 from tests.support.protos import compile_proto
 
 FOREIGN = """

@@ -35,12 +35,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.app import Edge as AppEdge
-from gateway.app import Routing
 from gateway.backends import Backends
 from gateway.catalog import load_routing
 from gateway.config import Limits, from_environment
 from gateway.errors import BadRequest
 from gateway.observe import Observer
+from gateway.plans import Routing
 from gateway.routes import compile_routes
 from gateway.tickets import (
     ENDPOINT,
