@@ -360,18 +360,14 @@ class H2load:
         }
 
     def run(self, in_flight: int, seconds: float) -> Run:
-        connections = min(H2_CONNECTIONS, in_flight)
         log = self.tmp / "h2load.log"
-        log.unlink(missing_ok=True)  # h2load appends to it
-        out = run_tool(
+        out = run_h2load(
+            self.load_cpu,
+            min(H2_CONNECTIONS, in_flight),
+            in_flight,
+            seconds,
+            log,
             [
-                "taskset",
-                "-c",
-                str(self.load_cpu),
-                "h2load",
-                f"-c{connections}",
-                f"-m{in_flight // connections}",
-                f"-D{max(1, round(seconds))}",
                 "-d",
                 str(self.body),
                 "-H",
@@ -379,11 +375,9 @@ class H2load:
                 "-H",
                 "te: trailers",
                 *(argument for header in self.headers for argument in ("-H", header)),
-                f"--log-file={log}",
                 self.url,
             ],
             self.env,
-            seconds,
         )
         report = h2load_report(out, log)
         # A gRPC error carries no message, so every succeeded reply must have brought one
@@ -397,6 +391,22 @@ class H2load:
                 f"for {report.run.requests} replies of {self.frame_bytes}: {out[-1500:]}"
             )
         return report.run
+
+
+def run_h2load(
+    load_cpu: int,
+    connections: int,
+    in_flight: int,
+    seconds: float,
+    log: Path,
+    arguments: Sequence[str],
+    env: dict[str, str],
+) -> str:
+    """h2load pinned to `load_cpu`: `in_flight` calls over `connections` for `seconds`, each
+    call's latency in `log`; what it printed."""
+    log.unlink(missing_ok=True)  # h2load appends to it
+    command = ["taskset", "-c", str(load_cpu), "h2load", f"-c{connections}", f"-m{in_flight // connections}"]
+    return run_tool([*command, f"-D{max(1, round(seconds))}", f"--log-file={log}", *arguments], env, seconds)
 
 
 @dataclass(frozen=True)

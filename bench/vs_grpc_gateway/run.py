@@ -210,22 +210,9 @@ class JsonH2load:
 
     def run(self, in_flight: int, seconds: float) -> edge.Run:
         connections = in_flight if self.http1 else min(edge.H2_CONNECTIONS, in_flight)
-        self.log.unlink(missing_ok=True)  # h2load appends to it
-        out = edge.run_tool(
-            [
-                "taskset",
-                "-c",
-                str(self.load_cpu),
-                "h2load",
-                *(["--h1"] if self.http1 else []),
-                f"-c{connections}",
-                f"-m{in_flight // connections}",
-                f"-D{max(1, round(seconds))}",
-                f"--log-file={self.log}",
-                self.url,
-            ],
-            dict(os.environ),
-            seconds,
+        arguments = [*(["--h1"] if self.http1 else []), self.url]
+        out = edge.run_h2load(
+            self.load_cpu, connections, in_flight, seconds, self.log, arguments, dict(os.environ)
         )
         report = edge.h2load_report(out, self.log)
         if report.succeeded != report.run.requests or report.statuses_2xx != report.run.requests:

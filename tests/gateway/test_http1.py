@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from gateway.httpserver import Server
 from gateway.wire import BodyTooLarge, Request, Response, Stream
 from tests.support.http import raw_exchange
-from tests.support.http_server import Handler, serve, serving
+from tests.support.http_server import serve, serving, sleeping
 
 
 def _answers(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
@@ -47,21 +47,6 @@ def _answers(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
         elif event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
             break
     return found
-
-
-def _sleeping(entered: asyncio.Event, cancelled: asyncio.Event) -> Handler:
-    """A handler that sets `entered`, then waits until it is cancelled (and sets `cancelled`)."""
-
-    async def handler(request: Request) -> Response:
-        entered.set()
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return Response(200, b"{}")
-
-    return handler
 
 
 async def _echo(request: Request) -> Response:
@@ -273,7 +258,7 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_period() -> None:
 
 def test_a_client_that_leaves_cancels_its_handler() -> None:
     entered, cancelled = asyncio.Event(), asyncio.Event()
-    handler = _sleeping(entered, cancelled)
+    handler = sleeping(entered, cancelled)
 
     async def run() -> None:
         async with serving(handler) as server:
@@ -413,7 +398,7 @@ def test_shutdown_lets_a_request_in_flight_finish_and_closes_idle_connections() 
 
 def test_shutdown_cancels_what_outlasts_the_grace_period() -> None:
     cancelled = asyncio.Event()
-    handler = _sleeping(asyncio.Event(), cancelled)
+    handler = sleeping(asyncio.Event(), cancelled)
 
     async def run() -> float:
         server = Server(handler, max_body_bytes=1024)

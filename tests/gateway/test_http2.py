@@ -19,7 +19,7 @@ from hyperframe.frame import HeadersFrame, RstStreamFrame, SettingsFrame
 from gateway.wire import BodyTooLarge, Request, Response, Stream
 from tests.support.h2client import H2Client, h2_call
 from tests.support.http import raw_exchange
-from tests.support.http_server import curl, serve, serving
+from tests.support.http_server import curl, serve, serving, sleeping
 
 
 async def _echo(request: Request) -> Response:
@@ -263,15 +263,7 @@ def test_garbage_after_the_preface_ends_the_connection_with_a_protocol_error() -
 
 def test_a_reset_stream_cancels_its_handler() -> None:
     entered, cancelled = threading.Event(), asyncio.Event()
-
-    async def handler(request: Request) -> Response:
-        entered.set()
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return Response(200, b"{}")
+    handler = sleeping(entered, cancelled)
 
     def reset(port: int) -> None:
         with H2Client(port) as client:

@@ -7,14 +7,14 @@ import contextlib
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
 from gateway.httpserver import Server
 from gateway.wire import Request, Response, Stream
 
-__all__ = ["Handler", "curl", "serve", "serving"]
+__all__ = ["Handler", "Settable", "curl", "serve", "serving", "sleeping"]
 
 Handler = Callable[[Request], Awaitable[Response | Stream]]
 
@@ -47,3 +47,24 @@ def curl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["curl", "-sS", "--max-time", "15", *args], capture_output=True, text=True, check=False
     )
+
+
+class Settable(Protocol):
+    """An `asyncio.Event` or a `threading.Event`."""
+
+    def set(self) -> None: ...
+
+
+def sleeping(entered: Settable, cancelled: Settable) -> Handler:
+    """A handler that sets `entered`, then waits until it is cancelled (and sets `cancelled`)."""
+
+    async def handler(request: Request) -> Response:
+        entered.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return Response(200, b"{}")
+
+    return handler
