@@ -156,12 +156,11 @@ class Edge:
         # No origins configured, no CORS headers ever: the wrapper would only cost time.
         if self._settings.cors_origins:
             handler = cors.allowing(self._settings.cors_origins, handler)
-        observed = self._observer.observing(handler, self._client_address)
+        observed = self._observer.observing(compression.compressing(handler), self._client_address)
         return Server(
             observed,
             max_body_bytes=self._settings.max_body_bytes,
             on_refused=on_refused,
-            encode=compression.compress_reads,
             tls=tls,
             http2=http2,
         )

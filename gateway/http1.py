@@ -503,8 +503,6 @@ class Http1Connection(asyncio.Protocol):
                 and not (self._closing_after_answer or server.closing)
             )
             try:
-                if server.encode is not None:
-                    server.encode(request, response)
                 data = _whole(response, request, keep_alive)
             except Exception:  # noqa: BLE001 - whatever the handler built, the client gets an answer
                 _log.exception("an answer could not be framed")

@@ -408,8 +408,6 @@ class Http2Connection(asyncio.Protocol):
                 return
         else:
             try:
-                if server.encode is not None:
-                    server.encode(request, response)
                 self._send_whole(stream, request, response)
             except ValueError:
                 _log.exception("an answer could not be framed")

@@ -14,7 +14,7 @@ import time
 from typing import Protocol
 
 from gateway.http1 import Http1Connection
-from gateway.wire import Encode, Handler, Refused
+from gateway.wire import Handler, Refused
 
 __all__ = ["Connection", "Server"]
 
@@ -40,9 +40,8 @@ class Server:
     The limits are per request (`max_body_bytes`, `max_head_bytes`, `max_headers`,
     `read_timeout_seconds`), per idle connection (`keepalive_seconds`) and per HTTP/2
     connection (`max_streams` at once); `on_refused` is told of every request refused before
-    the handler saw it; `encode` may re-encode each whole answer before it is framed
-    (`gateway.compression.compress_reads`); `tls` (a context, e.g. `gateway.tls`'s) serves
-    HTTPS, with HTTP/2 where ALPN picks it.
+    the handler saw it; `tls` (a context, e.g. `gateway.tls`'s) serves HTTPS, with HTTP/2
+    where ALPN picks it.
     """
 
     def __init__(
@@ -58,10 +57,8 @@ class Server:
         http2: bool = True,
         tls: ssl.SSLContext | None = None,
         on_refused: Refused | None = None,
-        encode: Encode | None = None,
     ) -> None:
         self.handler = handler
-        self.encode = encode
         self.max_body_bytes = max_body_bytes
         self.max_head_bytes = max_head_bytes
         self.max_headers = max_headers

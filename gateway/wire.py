@@ -26,7 +26,6 @@ __all__ = [
     "NO_BODY_STATUSES",
     "BodyTooLarge",
     "Channel",
-    "Encode",
     "Handler",
     "HttpVersion",
     "Refused",
@@ -48,8 +47,6 @@ NO_BODY_STATUSES = frozenset({204, 304})
 
 Refused = Callable[[str, int, str], None]
 """Told of a request refused before any handler saw it: (peer address, status, problem)."""
-Encode = Callable[["Request", "Response"], None]
-"""Given each whole answer before it is framed, to change its body's encoding (compression)."""
 
 # The bodies of refusals the servers write themselves, before any handler: `google.rpc.Status`
 # JSON as every edge error (gateway.errors renders the handler's; these never vary).

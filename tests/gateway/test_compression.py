@@ -81,7 +81,7 @@ def test_the_server_frames_the_compressed_length() -> None:
         return Response(200, BIG)
 
     async def run() -> bytes:
-        server = Server(handler, max_body_bytes=1024, encode=compression.compress_reads)
+        server = Server(compression.compressing(handler), max_body_bytes=1024)
         await server.start("127.0.0.1", 0)
         try:
             data = b"GET / HTTP/1.1\r\nHost: e\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n"

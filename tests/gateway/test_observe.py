@@ -796,3 +796,20 @@ def test_observer_of_the_kits_telemetry_records_no_metrics_without_a_metrics_por
         if sample.name.startswith("http_server_")
     ]
     assert found == [], "nothing serves them: no per-request metric work"
+
+
+def test_the_access_line_counts_the_bytes_that_went_out_gzipped_or_not(backend: Backend) -> None:
+    observer, seen = _observer()
+
+    async def scenario(client: TestClient[Any, Any]) -> list[int]:
+        lengths = []
+        for encoding in ("gzip", "identity"):
+            headers = {"Accept-Encoding": encoding}
+            async with client.session.get(client.make_url("/openapi.json"), headers=headers) as response:
+                await response.read()
+                lengths.append(int(response.headers["Content-Length"]))
+        return lengths
+
+    zipped, plain = _run(backend, observer, scenario)
+    assert zipped * 2 < plain
+    assert [line["bytes"] for line in seen.access.lines] == [zipped, plain]
