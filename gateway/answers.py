@@ -4,6 +4,8 @@ headers, raised anywhere in the handler and rendered once (`gateway.app`)."""
 
 from __future__ import annotations
 
+import math
+
 import grpc
 from google.rpc import status_pb2
 
@@ -99,7 +101,7 @@ def refusal(
 
 def retry_after(wait: float) -> dict[str, str]:
     """A ``Retry-After`` of `wait` seconds, rounded up to a whole second, at least 1."""
-    return {"Retry-After": str(max(1, round(wait + 0.5)))}
+    return {"Retry-After": str(max(1, math.ceil(wait)))}
 
 
 def ticket_refusal(error: tickets.TicketError) -> Refusal:

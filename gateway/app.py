@@ -73,6 +73,9 @@ _log = logging.getLogger("poly.gateway")
 
 
 _FIXED_METHODS = frozenset({"GET", "HEAD"})
+_MAX_TICKET_TOKEN = 8192
+"""Longer bearer tokens get no ticket: an access token is about a kilobyte, and the store
+keeps the token."""
 """The methods of the fixed endpoints; any other goes to the transcoder (a 404 or 405 there)."""
 
 
@@ -134,7 +137,9 @@ class Edge:
         self._verify_token = verify_token if limited else None
         self._vouch_for = verify_token  # a ticket needs a token the edge does not refuse
         lifetime = settings.stream_ticket_seconds
-        if stream_tickets is None and lifetime:
+        # Only an edge that verifies tokens issues tickets: a ticket for a token nobody checked
+        # would let anyone fill the store with junk (a standalone edge has no key set).
+        if stream_tickets is None and lifetime and verify_token is not None:
             stream_tickets = StreamTickets(lifetime=lifetime)
         self._tickets = stream_tickets
 
@@ -209,6 +214,14 @@ class Edge:
                 "TOKEN_MISSING",
                 extra={"WWW-Authenticate": "Bearer"},
             )
+        if len(token) > _MAX_TICKET_TOKEN:
+            self._failed_authentication(client)
+            raise answers.refusal(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the access token is not valid",
+                "TOKEN_INVALID",
+                extra={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
         self._vouch(token, client)
         path = tickets.requested_path(await self._body(request))
         try:
@@ -223,20 +236,26 @@ class Edge:
             raise answers.refusal(
                 grpc.StatusCode.INVALID_ARGUMENT, "this path is not a GET stream", "STREAM_TICKET_PATH"
             )
-        issued = store.issue(token, path)
+        issued = store.issue(token, path, address=client.address)
         answer = Response(201, json.dumps({"ticket": issued.ticket, "expiresIn": issued.expires_in}).encode())
         answer.headers["Cache-Control"] = "no-store"
         return answer
 
     def _vouch(self, token: str, client: _Client) -> None:
-        """Refuse (401) a token the edge's verifier refuses; one it cannot tell about now goes
-        through: the backend verifies the token when the ticket is used, and decides."""
+        """Refuse a token the edge's verifier refuses (401) or cannot check now (503: its keys
+        not fetched yet, or a ``kid`` it does not know): a ticket is only ever issued for a
+        token the edge has checked, so junk cannot fill the store."""
         if self._vouch_for is None or client.key.startswith("principal:"):
-            return  # no verifier, or the rate limit's look-up vouched for it already
+            return  # a store given without a verifier (tests), or the rate limit's look-up vouched
         try:
             principal = self._vouch_for(token)
         except CannotVerify:
-            return
+            raise answers.refusal(
+                grpc.StatusCode.UNAVAILABLE,
+                "the access token cannot be checked now: try again shortly",
+                "TOKEN_UNVERIFIABLE",
+                extra=answers.retry_after(1.0),
+            ) from None
         if principal is None:
             self._failed_authentication(client)
             raise answers.refusal(

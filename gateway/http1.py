@@ -337,7 +337,7 @@ class Http1Connection(asyncio.Protocol):
         length = headers.get("Content-Length")
         too_large = length is not None and length.isdigit() and int(length) > self.server.max_body_bytes
         chunked = "Transfer-Encoding" in headers
-        h2c = parser.should_upgrade() and self._may_upgrade(headers)
+        h2c = parser.should_upgrade() and version == HTTP_11 and self._may_upgrade(headers)
         if h2c and too_large:
             raise _Refusal(413, "the body is too large")
         if (
@@ -392,7 +392,8 @@ class Http1Connection(asyncio.Protocol):
 
     def _may_upgrade(self, headers: CIMultiDictProxy[str]) -> bool:
         """Whether a request asks for ``Upgrade: h2c`` as RFC 7540 §3.2 says, and can have it:
-        in the clear (h2c over TLS is forbidden), with nothing else on the connection."""
+        in the clear (h2c over TLS is forbidden), with nothing else on the connection. (An
+        HTTP/1.0 request's ``Upgrade`` is ignored: RFC 9110 §7.8.)"""
         if not self.server.http2 or self._scheme != "http" or self.server.closing:
             return False
         if self._serving is not None or self._waiting or len(headers.getall("HTTP2-Settings", ())) != 1:
@@ -410,6 +411,9 @@ class Http1Connection(asyncio.Protocol):
             if not self._in_message:  # the whole body within the read timeout, as any request's
                 self._in_message = True
                 self._wait(self.server.read_timeout_seconds)
+                upgrading = self._upgrading
+                if upgrading is not None and upgrading.headers.get("Expect", "").lower() == "100-continue":
+                    self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
         self._in_message = False
         self._upgrade(data[len(body) :])

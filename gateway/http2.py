@@ -30,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -72,6 +74,30 @@ _CONNECTION_HEADERS = frozenset(
 """Connection-specific fields, which HTTP/2 forbids (RFC 9113 §8.2.2)."""
 
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""A method is a token (RFC 9110 §5.6.2)."""
+_TARGET = re.compile(r"/[\x21-\x7e]*")
+"""An origin-form target: no space, control character or DEL (RFC 9113 §8.3.1)."""
+_TOKEN68 = re.compile(r"[A-Za-z0-9\-_]*={0,2}")
+"""``HTTP2-Settings`` is base64url (RFC 7540 §3.2.1)."""
+_CHATTER_ALLOWANCE = 1000
+"""PINGs, SETTINGS and empty DATA frames a client may send beyond ten per answered stream."""
+
+
+def _malformed(method: str, path: str, pseudo: dict[str, str]) -> str | None:
+    """Why a request's pseudo-header fields are not one the edge serves, or None."""
+    if ":protocol" in pseudo:
+        return "extended CONNECT is not offered"  # no SETTINGS_ENABLE_CONNECT_PROTOCOL sent
+    if not _TOKEN.fullmatch(method):
+        return "a method that is not a token"
+    if not _TARGET.fullmatch(path):
+        # CONNECT (no :path), the asterisk form, or a target with a space or control character.
+        return "a request target the edge does not route"
+    if "@" in pseudo.get(":authority", ""):
+        return "userinfo in :authority"  # RFC 9113 §8.3.1
+    return None
+
+
 class Upgraded:
     """The HTTP/1.1 request that asked for ``Upgrade: h2c``: it becomes stream 1."""
 
@@ -104,6 +130,7 @@ class _Stream:
         "max_body_bytes",
         "peer",
         "pending",
+        "progress",
         "request",
         "task",
     )
@@ -117,8 +144,10 @@ class _Stream:
         """The client reset the stream, or the connection ended."""
         self.request: Request | None = None
         self.task: asyncio.Task[None] | None = None
-        self.pending = bytearray()
-        """Body bytes waiting for flow-control window."""
+        self.pending: deque[memoryview] = deque()
+        """Body pieces waiting for flow-control window (views: an answer is not copied)."""
+        self.progress = 0.0
+        """When the client last took some of the answer (or it began to wait)."""
         self.finish: list[tuple[str, str]] | None = None
         """Set once the answer is whole: its trailers (empty for none), sent after `pending`."""
         self.finished = False
@@ -138,8 +167,7 @@ class _Stream:
         self._connection.send_head(self, stream.status, stream.headers, end=stream.head_only)
 
     def stream_data(self, stream: Stream, data: bytes) -> None:
-        self.pending += data
-        self._connection.flush(self)
+        self._connection.queue(self, data)
 
     def stream_end(self, stream: Stream) -> None:
         if not stream.head_only:
@@ -185,7 +213,10 @@ class Http2Connection(asyncio.Protocol):
         self._last_stream = 0
         self._answered = 0
         self._resets = 0
+        self._chatter = 0
         self._idle_since = self._loop.time()
+        self._unread_since = 0.0
+        """Since when writes are paused: the client reads nothing of what it is sent."""
         self._timer: asyncio.TimerHandle | None = None
         self._write_scheduled = False
 
@@ -216,6 +247,8 @@ class Http2Connection(asyncio.Protocol):
         if upgraded is None:
             h2c.initiate_connection()
         else:
+            if not _TOKEN68.fullmatch(upgraded.settings):
+                raise ValueError("HTTP2-Settings is not base64url")
             try:
                 h2c.initiate_upgrade_connection(upgraded.settings.encode("ascii", "surrogateescape"))
             except (ValueError, h2.exceptions.ProtocolError) as error:
@@ -259,10 +292,17 @@ class Http2Connection(asyncio.Protocol):
         self._streams.clear()
 
     def pause_writing(self) -> None:
+        # A client that does not read what it is sent is not read from either: whatever it
+        # sends (PINGs, SETTINGS, frames on closed streams) would queue answers without end.
         self.writable = False
+        self._unread_since = self._loop.time()
+        if self._transport is not None:
+            self._transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.writable = True
+        if self._transport is not None and not self._closed:
+            self._transport.resume_reading()
         for stream in self._streams.values():
             stream.wake()
 
@@ -275,7 +315,12 @@ class Http2Connection(asyncio.Protocol):
             # h2 names the rule broken, never the bytes.
             self.server.refused(self.peer, 400, f"HTTP/2 protocol error: {type(error).__name__}")
             flood = isinstance(error, h2.exceptions.DenialOfServiceError)
-            self._end(ErrorCodes.ENHANCE_YOUR_CALM if flood else ErrorCodes.PROTOCOL_ERROR)
+            code = ErrorCodes.ENHANCE_YOUR_CALM if flood else ErrorCodes.PROTOCOL_ERROR
+            # h2 has framed its GOAWAY already, as a rule: send that one, not a second.
+            framed = self._h2.data_to_send()
+            if framed and self._transport is not None:
+                self._transport.write(framed)
+            self._end(None if framed else code)
             return
         for event in events:
             self._on(event)
@@ -284,6 +329,16 @@ class Http2Connection(asyncio.Protocol):
     # -- events ----------------------------------------------------------------------------
 
     def _on(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.PingReceived | h2.events.RemoteSettingsChanged) or (
+            isinstance(event, h2.events.DataReceived) and not event.flow_controlled_length
+        ):
+            # Each costs a frame or an acknowledgement and answers nothing (CVE-2019-9512, -9515,
+            # -9518): past a budget that grows with the streams answered, the connection ends.
+            self._chatter += 1
+            if self._chatter > _CHATTER_ALLOWANCE + 10 * self._answered:
+                self.server.refused(self.peer, 400, "too many control or empty frames")
+                self._end(ErrorCodes.ENHANCE_YOUR_CALM)
+                return
         if isinstance(event, h2.events.RequestReceived):
             self._on_request(event)
         elif isinstance(event, h2.events.DataReceived):
@@ -346,9 +401,9 @@ class Http2Connection(asyncio.Protocol):
             self._refuse(stream, 431, "too many header fields")
             return
         method, path = pseudo.get(":method", ""), pseudo.get(":path", "")
-        if not path.startswith("/"):
-            # CONNECT (no :path) or the asterisk form: nothing the edge routes.
-            self._refuse(stream, 400, "a request target the edge does not route")
+        problem = _malformed(method, path, pseudo)
+        if problem:
+            self._refuse(stream, 400, problem)
             return
         if "Host" not in fields and ":authority" in pseudo:
             fields["Host"] = pseudo[":authority"]
@@ -427,9 +482,8 @@ class Http2Connection(asyncio.Protocol):
         if ends_now:
             return
         field_lines(response.trailers)  # a CR, LF or NUL in a trailer is refused, as in a header
-        stream.pending += body
         stream.finish = [(name.lower(), value) for name, value in response.trailers]
-        self.flush(stream)
+        self.queue(stream, body)
 
     def send_head(
         self,
@@ -457,6 +511,14 @@ class Http2Connection(asyncio.Protocol):
             stream.finished = True
         self._send()
 
+    def queue(self, stream: _Stream, data: bytes) -> None:
+        """Add `data` to `stream`'s answer and send what the windows allow."""
+        if data:
+            if not stream.pending:
+                stream.progress = self._loop.time()  # the client's clock to take it starts now
+            stream.pending.append(memoryview(data))
+        self.flush(stream)
+
     def flush(self, stream: _Stream) -> None:
         """Send what of `stream`'s answer the flow-control windows allow; its end once all is sent."""
         if stream.closed or stream.finished:
@@ -465,16 +527,20 @@ class Http2Connection(asyncio.Protocol):
         h2c = self._h2
         try:
             while stream.pending:
-                size = min(
-                    h2c.local_flow_control_window(stream.id), h2c.max_outbound_frame_size, len(stream.pending)
-                )
+                size = min(h2c.local_flow_control_window(stream.id), h2c.max_outbound_frame_size)
                 if size <= 0:
                     break
+                view = stream.pending[0]
+                piece, rest = view[:size], view[size:]
+                if rest:
+                    stream.pending[0] = rest
+                else:
+                    stream.pending.popleft()
                 # The last piece of an answer without trailers ends the stream itself.
-                last = size == len(stream.pending) and stream.finish == []
-                h2c.send_data(stream.id, bytes(stream.pending[:size]), end_stream=last)
-                del stream.pending[:size]
+                last = not stream.pending and stream.finish == []
+                h2c.send_data(stream.id, piece.tobytes(), end_stream=last)
                 stream.finished = last
+                stream.progress = self._loop.time()
             if not stream.pending and stream.finish is not None and not stream.finished:
                 if stream.finish:
                     trailers = [
@@ -512,9 +578,8 @@ class Http2Connection(asyncio.Protocol):
         body = refusal_body(status)
         headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
         self.send_head(stream, status, headers, end=False, extra=(("content-length", str(len(body))),))
-        stream.pending += body
         stream.finish = []
-        self.flush(stream)
+        self.queue(stream, body)
         if stream.finished:
             self._done(stream)
         else:
@@ -555,8 +620,9 @@ class Http2Connection(asyncio.Protocol):
         if data and self._transport is not None and not self._closed:
             self._transport.write(data)
 
-    def _end(self, code: ErrorCodes | None) -> None:
-        """End the connection (with GOAWAY `code`, unless the client ended it)."""
+    def _end(self, code: ErrorCodes | None, *, abort: bool = False) -> None:
+        """End the connection (with GOAWAY `code`, unless the client ended it); `abort` drops
+        what is still unsent (a client that reads nothing would hold it forever)."""
         if self._closed:
             return
         self._write()  # what is framed already goes first
@@ -570,15 +636,19 @@ class Http2Connection(asyncio.Protocol):
             self._forget(stream)
         self._streams.clear()
         transport = self._transport
-        if transport is not None and not transport.is_closing():
+        if transport is not None and abort:
+            transport.abort()
+        elif transport is not None and not transport.is_closing():
             # Linger as HTTP/1.1 does: FIN after the GOAWAY, and what the client still sends
-            # is dropped for a moment, so a reset cannot destroy the GOAWAY on its way.
+            # is dropped for a moment, so a reset cannot destroy the GOAWAY on its way; then
+            # whatever is still unsent is dropped with the connection.
             try:
                 transport.write_eof()
             except (OSError, NotImplementedError):  # gone already, or TLS (no half-close)
                 transport.close()
+                self._loop.call_later(_LINGER_SECONDS, transport.abort)
             else:
-                self._loop.call_later(_LINGER_SECONDS, transport.close)
+                self._loop.call_later(_LINGER_SECONDS, transport.abort)
 
     @property
     def busy(self) -> bool:
@@ -609,19 +679,37 @@ class Http2Connection(asyncio.Protocol):
                 self._end(None)
 
     def _arm(self) -> None:
-        self._timer = self._loop.call_later(self.server.tick, self._tick)
+        """Look at the deadlines again when the nearest passes (at most one tick away)."""
+        now = self._loop.time()
+        wake = now + self.server.tick
+        for stream in self._streams.values():
+            if stream.deadline is not None:
+                wake = min(wake, stream.deadline)
+        if not self._streams:
+            wake = min(wake, self._idle_since + self.server.keepalive_seconds)
+        self._timer = self._loop.call_at(max(wake, now + 0.01), self._tick)
 
     def _tick(self) -> None:
         self._timer = None
         if self._closed:
             return
         now = self._loop.time()
+        patience = self.server.read_timeout_seconds
+        if not self.writable and now - self._unread_since >= patience:
+            # The client has read nothing for that long: it holds every answer it was sent.
+            self.server.refused(self.peer, 408, "the client read nothing of its answers in time")
+            self._end(ErrorCodes.CANCEL, abort=True)
+            return
         for stream in list(self._streams.values()):
             if stream.deadline is not None and now >= stream.deadline:
                 stream.deadline = None
                 if stream.task is not None and not stream.task.done():
                     stream.task.cancel()
                 self._refuse(stream, 408, "the request did not arrive in time")
+            elif stream.pending and now - stream.progress >= patience:
+                # Its window stayed shut: the answer it holds is dropped and its handler stopped.
+                self.server.refused(self.peer, 408, "the client did not take its answer in time")
+                self._reset(stream, ErrorCodes.CANCEL)
         if not self._streams and now - self._idle_since >= self.server.keepalive_seconds:
             self._end(ErrorCodes.NO_ERROR)
             return

@@ -20,10 +20,11 @@ The redeemed request goes on with the stored token as its ``authorization`` meta
 as the header would have gone, and the backend verifies it and decides as always: a ticket
 only carries a token, it grants nothing of its own.
 
-The store is bounded (`per_token` outstanding tickets per bearer token, `total` in all; past
-either, `TooManyTickets`) and purged lazily as tickets are issued. It lives in the memory of
-one edge process: a ticket is redeemed at the replica that issued it. Behind several
-replicas, stream with ``fetch`` (it sends the header) or make the load balancer sticky.
+The store is bounded (`per_token` outstanding tickets per bearer token, `per_address` per
+client address, `total` in all; past any, `TooManyTickets`) and purged lazily as tickets are
+issued. It lives in the memory of one edge process: a ticket is redeemed at the replica that
+issued it. Behind several replicas, stream with ``fetch`` (it sends the header) or make the
+load balancer sticky.
 
 Exception tree::
 
@@ -117,6 +118,8 @@ class _Entry:
     expires: float
     holder: str
     """The SHA-256 of the token: whose tickets this one counts among."""
+    address: str = ""
+    """The client address that asked for it: another count it is among."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,13 +191,17 @@ class StreamTickets:
         *,
         lifetime: float = 30.0,
         per_token: int = 16,
+        per_address: int = 256,
         total: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        if not lifetime > 0 or per_token < 1 or total < 1:
+        if not lifetime > 0 or per_token < 1 or per_address < 1 or total < 1:
             raise ValueError("a ticket must live, and at least one must be allowed")
         self._lifetime, self._per_token, self._total = lifetime, per_token, total
+        self._per_address = per_address
+        self._by_address: dict[str, int] = {}
+        """Client address -> its unredeemed tickets."""
         self._clock, self._wall_clock = clock, wall_clock
         self._entries: dict[str, _Entry] = {}
         """By the ticket's SHA-256, in the order issued: the oldest first."""
@@ -206,10 +213,11 @@ class StreamTickets:
         """Tickets issued and not redeemed, expired ones not purged yet included."""
         return len(self._entries)
 
-    def issue(self, token: str, path: str) -> Issued:
+    def issue(self, token: str, path: str, *, address: str = "") -> Issued:
         """A new ticket carrying `token` to `path`, for `lifetime` seconds or until the token's
-        ``exp``, whichever is first. `TooManyTickets` past a cap, `TokenExpired` for a token
-        with less than a second left."""
+        ``exp``, whichever is first, asked for from the client `address`. `TooManyTickets`
+        past a cap (per token, per address, in all), `TokenExpired` for a token with less than
+        a second left."""
         now = self._clock()
         self._purge(now)
         lifetime = self._lifetime
@@ -224,14 +232,18 @@ class StreamTickets:
             raise TooManyTickets(
                 "too many unredeemed stream tickets for this token", min(held.values()) - now
             )
+        if self._by_address.get(address, 0) >= self._per_address:
+            oldest = next(e for e in self._entries.values() if e.address == address)
+            raise TooManyTickets("too many unredeemed stream tickets from this address", oldest.expires - now)
         if len(self._entries) >= self._total:
             oldest = next(iter(self._entries.values()))
             raise TooManyTickets("too many unredeemed stream tickets", oldest.expires - now)
         ticket = secrets.token_urlsafe(32)
         key = _digest(ticket)
         expires = now + lifetime
-        self._entries[key] = _Entry(token, path, expires, holder)
+        self._entries[key] = _Entry(token, path, expires, holder, address)
         self._held.setdefault(holder, {})[key] = expires
+        self._by_address[address] = self._by_address.get(address, 0) + 1
         return Issued(ticket, math.floor(lifetime))
 
     def redeem(self, ticket: str, path: str) -> str:
@@ -277,6 +289,11 @@ class StreamTickets:
             del held[key]
             if not held:
                 del self._held[entry.holder]
+            left = self._by_address[entry.address] - 1
+            if left:
+                self._by_address[entry.address] = left
+            else:
+                del self._by_address[entry.address]
         return entry
 
     def _purge(self, now: float) -> None:

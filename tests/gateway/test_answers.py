@@ -56,7 +56,7 @@ def test_metadata_becomes_headers_and_trailers_only_for_a_client_that_takes_them
     assert empty.body == b"" and empty.status == 204
 
 
-@pytest.mark.parametrize(("wait", "header"), [(0.0, "1"), (0.2, "1"), (1.0, "2"), (29.4, "30")])
+@pytest.mark.parametrize(("wait", "header"), [(0.0, "1"), (0.2, "1"), (1.0, "1"), (1.01, "2"), (29.4, "30")])
 def test_retry_after_is_whole_seconds_rounded_up(wait: float, header: str) -> None:
     assert answers.retry_after(wait) == {"Retry-After": header}
 

@@ -14,10 +14,10 @@ from typing import Any
 import h2.errors
 import h2.events
 import pytest
-from hyperframe.frame import HeadersFrame, RstStreamFrame, SettingsFrame
+from hyperframe.frame import DataFrame, HeadersFrame, PingFrame, RstStreamFrame, SettingsFrame
 
 from gateway.wire import BodyTooLarge, Request, Response, Stream
-from tests.support.h2client import H2Client, h2_call
+from tests.support.h2client import H2Answer, H2Client, h2_call
 from tests.support.http import raw_exchange
 from tests.support.http_server import curl, serve, serving, sleeping
 
@@ -341,3 +341,178 @@ def test_a_chunked_upgrade_body_is_refused() -> None:
         b"HTTP2-Settings: AAMAAABkAAQAAP__\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
     )
     assert serve(_echo, lambda port: raw_exchange(port, data)).startswith(b"HTTP/1.1 400 ")
+
+
+# -- attacks (each was tried against the edge and is refused) --------------------------------
+
+
+def _frames_until_closed(port: int, frames: bytes, *, read: bool = True, timeout: float = 10.0) -> bytes:
+    """Send the preface, a SETTINGS frame and `frames`; what came back until the server closed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        with contextlib.suppress(OSError):
+            connection.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize() + frames)
+        received = b""
+        with contextlib.suppress(OSError):
+            while chunk := connection.recv(65536):
+                received += chunk
+        return received
+
+
+def _goaways(received: bytes) -> list[int]:
+    """The error codes of the GOAWAY frames in `received` (a whole run of frames)."""
+    codes, at = [], 0
+    while at + 9 <= len(received):
+        length, kind = int.from_bytes(received[at : at + 3], "big"), received[at + 3]
+        if kind == 7:
+            codes.append(int.from_bytes(received[at + 13 : at + 17], "big"))
+        at += 9 + length
+    return codes
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [PingFrame(0, opaque_data=b"12345678").serialize(), SettingsFrame(0).serialize()],
+    ids=["ping", "settings"],
+)
+def test_a_flood_of_control_frames_ends_the_connection(frame: bytes) -> None:
+    """CVE-2019-9512 and -9515: each costs an acknowledgement and answers nothing."""
+    received = serve(_echo, lambda port: _frames_until_closed(port, frame * 3000))
+    assert _goaways(received) == [h2.errors.ErrorCodes.ENHANCE_YOUR_CALM]
+
+
+def test_a_flood_of_empty_data_frames_ends_the_connection() -> None:
+    """CVE-2019-9518: empty DATA frames on an open stream."""
+    block = bytes([0x83, 0x84, 0x86, 0x41, 0x04]) + b"edge"  # POST / on http, edge
+    headers = HeadersFrame(1, block)
+    headers.flags.add("END_HEADERS")
+    frames = headers.serialize() + DataFrame(1, b"").serialize() * 3000
+
+    async def slow(request: Request) -> Response:
+        await asyncio.sleep(30)
+        return Response(200, b"{}")
+
+    received = serve(slow, lambda port: _frames_until_closed(port, frames))
+    assert _goaways(received) == [h2.errors.ErrorCodes.ENHANCE_YOUR_CALM]
+
+
+def test_a_protocol_error_gets_one_goaway() -> None:
+    received = serve(
+        _echo, lambda port: _frames_until_closed(port, b"\x00\x00\x04\x09\x00\x00\x00\x00\x00junk")
+    )
+    assert len(_goaways(received)) == 1
+
+
+def test_an_answer_the_client_never_opens_a_window_for_is_dropped() -> None:
+    body = b"x" * (1 << 20)
+
+    async def handler(request: Request) -> Response:
+        return Response(200, body, content_type="application/octet-stream")
+
+    def call(port: int) -> Any:
+        with H2Client(port, window=0) as client:
+            stream = client.request("GET", "/big")
+            client.read(until=[stream], deadline=10)
+            return client.answers[stream]
+
+    answer = serve(handler, call, read_timeout_seconds=0.5)
+    assert answer.status == 200 and answer.body == b""
+    assert answer.reset == h2.errors.ErrorCodes.CANCEL, "reset once the window stayed shut that long"
+
+
+def test_a_client_that_reads_nothing_is_cut_off() -> None:
+    body = b"x" * (32 << 20)  # more than the socket buffers on both sides hold
+    cut = threading.Event()
+
+    async def handler(request: Request) -> Response:
+        return Response(200, body, content_type="application/octet-stream")
+
+    def call(port: int) -> bool:
+        with H2Client(port, window=(1 << 31) - 1) as client:
+            client.h2.increment_flow_control_window(1 << 30)
+            client.request("GET", "/big")
+            # Reads nothing until the server gives up on it.
+            assert cut.wait(10), "the server never cut the connection off"
+            received = 0
+            with contextlib.suppress(OSError):
+                while chunk := client.socket.recv(1 << 20):
+                    received += len(chunk)
+            return received < len(body)
+
+    def refused(peer: str, status: int, problem: str) -> None:
+        if "read nothing" in problem:
+            cut.set()
+
+    assert serve(handler, call, read_timeout_seconds=0.5, on_refused=refused)
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        (
+            [(":method", "CONNECT"), (":protocol", "websocket"), (":path", "/"), (":scheme", "http")],
+            "connect",
+        ),
+        ([(":method", "GE T"), (":path", "/"), (":scheme", "http")], "method"),
+        ([(":method", "GET"), (":path", "/a b"), (":scheme", "http")], "space"),
+        ([(":method", "GET"), (":path", "/a\x7fb"), (":scheme", "http")], "del"),
+    ],
+    ids=["extended-connect", "method-not-a-token", "space-in-path", "del-in-path"],
+)
+def test_malformed_pseudo_headers_never_reach_the_handler(
+    fields: list[tuple[str, str]], problem: str
+) -> None:
+    reached: list[str] = []
+
+    async def handler(request: Request) -> Response:
+        reached.append(request.raw_path)
+        return Response(200, b"{}")
+
+    def call(port: int) -> Any:
+        with H2Client(port) as client:
+            client.h2.config.validate_outbound_headers = False
+            client.h2.config.normalize_outbound_headers = False
+            stream = client.h2.get_next_available_stream_id()
+            client.h2.send_headers(stream, [*fields, (":authority", "edge")], end_stream=True)
+            client.answers[stream] = H2Answer()
+            client.flush()
+            client.read(until=[stream])
+            return client.answers[stream], client.goaway
+
+    answer, goaway = serve(handler, call)
+    assert reached == []
+    assert answer.status == 400 or goaway is not None, problem
+
+
+def test_userinfo_in_the_authority_is_refused() -> None:
+    answer = serve(_echo, lambda port: h2_call(port, "GET", "/", authority="user:pw@edge"))
+    assert answer.status == 400
+
+
+def test_an_http10_upgrade_is_ignored() -> None:
+    data = (
+        b"GET /old HTTP/1.0\r\nHost: e\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+    )
+    answer = serve(_echo, lambda port: raw_exchange(port, data))
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"101" not in answer.split(b"\r\n", 1)[0]
+
+
+@pytest.mark.parametrize("settings", ["!!!!", "AAMA AABk", "AAMAAABkAAQAAP__==="])
+def test_upgrade_settings_must_be_base64url(settings: str) -> None:
+    data = (
+        b"GET / HTTP/1.1\r\nHost: e\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: " + settings.encode() + b"\r\n\r\n"
+    )
+    assert serve(_echo, lambda port: raw_exchange(port, data)).startswith(b"HTTP/1.1 400 ")
+
+
+def test_an_upgrade_that_expects_100_continue_gets_it() -> None:
+    def call(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.sendall(
+                b"POST / HTTP/1.1\r\nHost: e\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                b"HTTP2-Settings: AAMAAABkAAQAAP__\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+            )
+            return connection.recv(4096)
+
+    assert serve(_echo, call).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")

@@ -143,9 +143,10 @@ def h2_call(
     headers: Sequence[tuple[str, str]] = (),
     body: bytes | None = None,
     tls: ssl.SSLContext | None = None,
+    authority: str = "edge",
 ) -> H2Answer:
     """One request on a new HTTP/2 connection, and its whole answer."""
     with H2Client(port, tls=tls) as client:
-        stream = client.request(method, path, headers=headers, body=body)
+        stream = client.request(method, path, headers=headers, body=body, authority=authority)
         client.read(until=[stream])
         return client.answers[stream]
