@@ -208,6 +208,21 @@ def test_each_token_holds_at_most_per_token_tickets() -> None:
     assert store.issue("alice", WATCH).ticket, "an expired one too"
 
 
+def test_each_client_address_holds_at_most_per_address_tickets_whatever_its_tokens() -> None:
+    """Fresh tokens (one account each) do not buy a client more of the store."""
+    clock = _Clock()
+    store = StreamTickets(per_address=3, clock=clock)
+    held = [store.issue(f"token-{n}", WATCH, address="198.51.100.7").ticket for n in range(3)]
+    with pytest.raises(TooManyTickets) as full:
+        store.issue("token-4", WATCH, address="198.51.100.7")
+    assert full.value.retry_after == pytest.approx(30)
+    assert store.issue("token-4", WATCH, address="203.0.113.9").ticket, "another address has its own"
+    store.redeem(held[0], WATCH)
+    assert store.issue("token-5", WATCH, address="198.51.100.7").ticket, "a redeemed ticket frees its place"
+    clock.advance(30)
+    assert store.issue("token-6", WATCH, address="198.51.100.7").ticket, "an expired one too"
+
+
 def test_the_edge_holds_at_most_total_tickets_and_purges_expired_ones_as_it_issues() -> None:
     clock = _Clock()
     store = StreamTickets(total=4, clock=clock)
@@ -276,8 +291,14 @@ def test_neither_ticket_nor_token_shows_in_a_repr() -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"lifetime": 0}, {"lifetime": -1}, {"per_token": 0}, {"total": 0}],
-    ids=["no-lifetime", "negative-lifetime", "no-ticket-per-token", "no-ticket-at-all"],
+    [{"lifetime": 0}, {"lifetime": -1}, {"per_token": 0}, {"per_address": 0}, {"total": 0}],
+    ids=[
+        "no-lifetime",
+        "negative-lifetime",
+        "no-ticket-per-token",
+        "no-ticket-per-address",
+        "no-ticket-at-all",
+    ],
 )
 def test_a_store_that_could_hold_no_ticket_is_refused(options: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
