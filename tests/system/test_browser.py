@@ -4,7 +4,8 @@ by selenium, loads tests/support/browser_page.html from a small server of the te
 (started with ``POLY_GATEWAY_CORS_ORIGINS`` naming the page's origin) with ``fetch``: the
 README's register, sign-in and order calls, an authenticated read whose ``X-Request-Id`` it
 reads, an admin's funding of the account, and the README's fetch-streamed SSE watch of the order
-until it is PAID. Every one of those is preflighted. The same page from an origin not in the
+until it is PAID; then an ``EventSource`` opened with a stream ticket (README), and the same
+ticket again, refused. Every call with a body or a header is preflighted. The same page from an origin not in the
 list is refused by the browser at its first call.
 """
 
@@ -244,6 +245,10 @@ def test_a_page_on_an_allowed_origin_signs_in_orders_and_watches_its_order_get_p
     ranks = [ORDER_STATES.index(state) for state in states]
     assert ranks == sorted(ranks), f"states out of order: {states}\n{report}"
     assert outcome["streamEnded"], report
+    # EventSource cannot send Authorization: a stream ticket bought with the token opens the
+    # watch once (the order is PAID by then), and the same ticket again opens nothing.
+    assert outcome["ticketStates"] == ["STATE_PAID"], report
+    assert outcome["ticketReuseRefused"] is True, report
     # Cross-origin and not "simple": a preflight for each of the six URLs called (the browser
     # keeps an answered one for its Max-Age, so the second sign-in and the polling add none).
     eventually(
