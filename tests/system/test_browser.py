@@ -5,8 +5,8 @@ by selenium, loads tests/support/browser_page.html from a small server of the te
 README's register, sign-in and order calls, an authenticated read whose ``X-Request-Id`` it
 reads, an admin's funding of the account, and the README's fetch-streamed SSE watch of the order
 until it is PAID; then an ``EventSource`` opened with a stream ticket (README), and the same
-ticket again, refused. Every call with a body or a header is preflighted. The same page from an origin not in the
-list is refused by the browser at its first call.
+ticket again, refused. Every call with a body or a header is preflighted. The same page from
+an origin not in the list is refused by the browser at its first call.
 """
 
 from __future__ import annotations
