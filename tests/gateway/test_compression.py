@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import gzip
 
+import brotli
 import pytest
 
 from gateway import compression
-from gateway.compression import accepts_gzip, compress_reads
+from gateway.compression import compress_reads, preferred_coding
 from gateway.httpserver import Server
 from gateway.wire import Request, Response
 from tests.support.edge_server import parsed_request
@@ -18,24 +19,27 @@ from tests.support.http import raw_exchange
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("gzip", True),
-        ("gzip, deflate, br", True),
-        ("GZIP;q=0.5", True),
-        ("x-gzip", True),
-        ("*", True),
-        ("br;q=1, *;q=0.1", True),
-        ("", False),
-        ("identity", False),
-        ("br", False),
-        ("gzip;q=0", False),
-        ("*;q=1, gzip;q=0", False),
-        ("gzip;q=zero", False),
-        ("gzipped", False),
+        ("gzip", "gzip"),
+        ("gzip, deflate, br", "br"),
+        ("gzip, deflate, br, zstd", "br"),
+        ("GZIP;q=0.5", "gzip"),
+        ("x-gzip", "gzip"),
+        ("br;q=0.5, gzip", "gzip"),
+        ("br", "br"),
+        ("*", "br"),
+        ("br;q=0, *;q=0.1", "gzip"),
+        ("", None),
+        ("identity", None),
+        ("deflate", None),
+        ("gzip;q=0", None),
+        ("*;q=1, gzip;q=0, br;q=0", None),
+        ("gzip;q=zero", None),
+        ("gzipped", None),
     ],
     ids=lambda v: str(v) or "empty",
 )
-def test_accepts_gzip(value: str, expected: bool) -> None:
-    assert accepts_gzip(value) is expected
+def test_preferred_coding(value: str, expected: str | None) -> None:
+    assert preferred_coding(value) == expected
 
 
 def _request(method: str, accept_encoding: str | None) -> Request:
@@ -46,26 +50,29 @@ BIG = b'{"items":[' + b",".join(b'{"n":%d}' % n for n in range(400)) + b"]}"
 
 
 @pytest.mark.parametrize(
-    ("method", "accept", "status", "body", "gzipped", "vary"),
+    ("method", "accept", "status", "body", "coding", "vary"),
     [
-        ("GET", "gzip", 200, BIG, True, True),
-        ("HEAD", "gzip", 200, BIG, True, True),
-        ("GET", None, 200, BIG, False, True),
-        ("GET", "gzip", 200, b'{"small":true}', False, False),
-        ("POST", "gzip", 200, BIG, False, False),
-        ("GET", "gzip", 204, b"", False, False),
+        ("GET", "gzip", 200, BIG, "gzip", True),
+        ("GET", "gzip, br", 200, BIG, "br", True),
+        ("HEAD", "gzip", 200, BIG, "gzip", True),
+        ("HEAD", "br", 200, BIG, "br", True),
+        ("GET", None, 200, BIG, None, True),
+        ("GET", "gzip", 200, b'{"small":true}', None, False),
+        ("POST", "gzip, br", 200, BIG, None, False),
+        ("GET", "gzip", 204, b"", None, False),
     ],
-    ids=["get", "head", "not-accepted", "small", "write", "no-content"],
+    ids=["get", "get-br", "head", "head-br", "not-accepted", "small", "write", "no-content"],
 )
 def test_compress_reads(
-    method: str, accept: str | None, status: int, body: bytes, gzipped: bool, vary: bool
+    method: str, accept: str | None, status: int, body: bytes, coding: str | None, vary: bool
 ) -> None:
     response = Response(status, body)
     compress_reads(_request(method, accept), response)
-    assert (response.headers.get("Content-Encoding") == "gzip") is gzipped
+    assert response.headers.get("Content-Encoding") == coding
     assert ("Accept-Encoding" in response.headers.getall("Vary", [])) is vary
-    assert (gzip.decompress(response.body) if gzipped else response.body) == body
-    if gzipped:
+    decompress = {"gzip": gzip.decompress, "br": brotli.decompress, None: bytes}[coding]
+    assert decompress(response.body) == body
+    if coding:
         assert len(response.body) < len(body) / 4
 
 

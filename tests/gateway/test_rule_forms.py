@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import brotli
 import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -1075,6 +1076,9 @@ def test_the_document_is_gzipped_for_a_client_that_accepts_it(edge: Edge) -> Non
     assert "Accept-Encoding" in zipped.headers["Vary"] and "Accept-Encoding" in plain.headers["Vary"]
     assert json.loads(gzip.decompress(zipped.body)) == plain.json()
     assert len(zipped.body) * 4 < len(plain.body)
+    brotlied = edge.call("GET", "/openapi.json", headers={"Accept-Encoding": "gzip, br"})
+    assert brotlied.headers["Content-Encoding"] == "br"
+    assert json.loads(brotli.decompress(brotlied.body)) == plain.json()
     written = edge.call(
         "POST", "/v1/shelves/1/books?bookId=dune", {"title": "x"}, headers={"Accept-Encoding": "gzip"}
     )
