@@ -19,7 +19,8 @@ What it does (RFC 9112, RFC 9110):
   it ends), a body at most `max_body_bytes` (413, as soon as its ``Content-Length`` or the
   bytes received say so; its framing and trailers at most twice that), a whole request
   within `read_timeout_seconds` of its first byte (else 408: a slow client cannot hold a
-  connection open by trickling), an idle connection closed after `keepalive_seconds`.
+  connection open by trickling), an answer the client reads nothing of for as long ends the
+  connection, an idle connection closed after `keepalive_seconds`.
 - **Keep-alive and pipelining**: requests on a connection are answered one at a time, in
   order; while one is being answered, reading pauses once the next has arrived, and the
   next starts only once the answer before it has drained (a client that does not read is
@@ -209,6 +210,7 @@ class Http1Connection(asyncio.Protocol):
         self._paused = False
         self._lingering = False
         self._write_paused = False
+        self._stalled: asyncio.TimerHandle | None = None
         self._drained: asyncio.Future[None] | None = None
         self._closing_after_answer = False
         # One timer per connection, re-armed only when it fires: per request, a deadline is a
@@ -236,6 +238,8 @@ class Http1Connection(asyncio.Protocol):
         self.closed = True
         self.server.connections.discard(self)
         self._stop_timer()
+        if self._stalled is not None:
+            self._stalled.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the client left: so does its handler
         for request in (self._reading, *self._waiting):
@@ -297,11 +301,23 @@ class Http1Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        # A client that reads nothing of its answer for the read timeout is cut off: it would
+        # hold the answer (and the connection) for ever.
+        self._stalled = self._loop.call_later(self.server.read_timeout_seconds, self._write_stalled)
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
+
+    def _write_stalled(self) -> None:
+        self._stalled = None
+        if self._write_paused and self._transport is not None and not self.closed:
+            self.server.refused(self.peer, 408, "the client read nothing of its answer in time")
+            self._transport.abort()
 
     # -- httptools callbacks -----------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import contextlib
 import http.client
 import json
 import socket
+import threading
 import time
 
 import h11
@@ -657,3 +658,28 @@ def test_an_early_refusal_reaches_a_client_still_sending_its_body() -> None:
     sent, answer = serve(_limited, call)
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert sent == "whole", "the server read and dropped the rest instead of resetting the connection"
+
+
+def test_a_client_that_reads_nothing_of_its_answer_is_cut_off() -> None:
+    body = b"x" * (32 << 20)  # more than the socket buffers on both sides hold
+    cut = threading.Event()
+
+    async def handler(request: Request) -> Response:
+        return Response(200, body, content_type="application/octet-stream")
+
+    def call(port: int) -> int:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.sendall(b"GET /big HTTP/1.1\r\nHost: e\r\n\r\n")
+            assert cut.wait(10), "the server never cut the connection off"  # reads nothing till then
+            received = 0
+            with contextlib.suppress(OSError):
+                while chunk := connection.recv(1 << 20):
+                    received += len(chunk)
+            return received
+
+    def refused(peer: str, status: int, problem: str) -> None:
+        if "read nothing" in problem:
+            cut.set()
+
+    received = serve(handler, call, max_body_bytes=1024, read_timeout_seconds=0.5, on_refused=refused)
+    assert received < len(body)
