@@ -73,10 +73,12 @@ _log = logging.getLogger("poly.gateway")
 
 
 _FIXED_METHODS = frozenset({"GET", "HEAD"})
+"""The methods of the fixed endpoints; any other goes to the transcoder (a 404 or 405 there)."""
+_TICKET_METHODS = frozenset({"GET", "HEAD"})
+"""The methods a stream ticket opens a server stream with."""
 _MAX_TICKET_TOKEN = 8192
 """Longer bearer tokens get no ticket: an access token is about a kilobyte, and the store
 keeps the token."""
-"""The methods of the fixed endpoints; any other goes to the transcoder (a 404 or 405 there)."""
 
 
 @dataclass(slots=True)
@@ -284,7 +286,7 @@ class Edge:
         return self._tickets.open(
             claim,
             path=request.raw_path.partition("?")[0],
-            takes_ticket=plan.streaming and request.method in _FIXED_METHODS,
+            takes_ticket=plan.streaming and request.method in _TICKET_METHODS,
             authorized="Authorization" in request.headers,
         )
 

@@ -132,9 +132,6 @@ def _parser() -> argparse.ArgumentParser:
         help="UNAUTHENTICATED answers per client in the window before 429; 0 is off",
     )
     parser.add_argument("--auth-failure-window-seconds", type=float, metavar="N")
-    parser.add_argument(
-        "--stream-ticket-seconds", type=float, metavar="N", help="lifetime of a stream ticket (30); 0 is off"
-    )
     parser.add_argument("--ignore-query-parameter", action="append", metavar="NAME", help="repeatable")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument(
@@ -181,7 +178,10 @@ def from_arguments(argv: Sequence[str]) -> EdgeConfig:
     # No metrics endpoint unless asked: several standalone edges may share a machine.
     metrics_host, metrics_port = _listen_of(metrics, problems, key="metrics_listen", default=("127.0.0.1", 0))
     limits_table = _table(file, "limits", problems)
-    unknown_limits = sorted(set(limits_table) - set(Limits.__dataclass_fields__))
+    unknown_limits = sorted(set(limits_table) - set(Limits.__dataclass_fields__) - {"stream_ticket_seconds"})
+    if "stream_ticket_seconds" in limits_table:
+        # Tickets are issued only for tokens the edge checks, and a standalone edge has no key set.
+        problems.append("limits.stream_ticket_seconds: a standalone edge issues no stream tickets")
     if unknown_limits:
         problems.append(f"limits: unknown keys {', '.join(unknown_limits)}")
     limits = _limits(args, limits_table, problems)
@@ -213,15 +213,20 @@ def from_arguments(argv: Sequence[str]) -> EdgeConfig:
     unknown_https = sorted(set(https) - {"cert", "key"})
     if unknown_https:
         problems.append(f"https: unknown keys {', '.join(unknown_https)} (use cert, key)")
+    for key in ("cert", "key"):
+        if key in https and not (isinstance(https[key], str) and https[key]):
+            problems.append(f"https.{key}: expected a file name, got {https[key]!r}")
+    from_file = {key: https.get(key) if isinstance(https.get(key), str) else None for key in ("cert", "key")}
     serving = serving_tls(
-        args.tls_cert or https.get("cert"),
-        args.tls_key or https.get("key"),
+        args.tls_cert or from_file["cert"],
+        args.tls_key or from_file["key"],
         problems,
-        names=("--tls-cert", "--tls-key"),
+        names=(
+            "https.cert" if from_file["cert"] and not args.tls_cert else "--tls-cert",
+            "https.key" if from_file["key"] and not args.tls_key else "--tls-key",
+        ),
     )
-    http2 = args.http2 if args.http2 is not None else file.get("http2", True)
-    if not isinstance(http2, bool):
-        problems.append(f"http2: expected true or false, got {http2!r}")
+    http2 = _switch(args.http2, file, "http2", problems, default=True)
     client_spans = _switch(args.client_spans, file, "client_spans", problems)
     public_endpoint = _switch(args.public_endpoint, file, "public_endpoint", problems)
     if problems:
@@ -242,13 +247,15 @@ def from_arguments(argv: Sequence[str]) -> EdgeConfig:
         client_spans=client_spans,
         public_endpoint=public_endpoint,
         serving_tls=serving,
-        http2=http2 is not False,
+        http2=http2,
     )
 
 
-def _switch(argument: bool | None, file: Mapping[str, Any], key: str, problems: list[str]) -> bool:
-    """An on/off setting: the flag's value when given, else the file's (off when absent)."""
-    value = argument if argument is not None else file.get(key, False)
+def _switch(
+    argument: bool | None, file: Mapping[str, Any], key: str, problems: list[str], *, default: bool = False
+) -> bool:
+    """An on/off setting: the flag's value when given, else the file's, else `default`."""
+    value = argument if argument is not None else file.get(key, default)
     if not isinstance(value, bool):
         problems.append(f"{key}: expected true or false, got {value!r}")
         return False
@@ -334,7 +341,6 @@ def _limits(args: argparse.Namespace, table: Mapping[str, Any], problems: list[s
         "rate_burst": (int, 1, 1_000_000),
         "auth_failures_per_address": (int, 0, 1_000_000),
         "auth_failure_window_seconds": (float, 1.0, 86400.0),
-        "stream_ticket_seconds": (float, 0.0, 300.0),
     }
     values: dict[str, Any] = {}
     for name, (kind, low, high) in numbers.items():

@@ -1,4 +1,5 @@
-"""The edge's HTTP/1.1 server: llhttp's parser (httptools) on an `asyncio.Protocol`.
+"""The edge's HTTP/1.1 connections: llhttp's parser (httptools) on an `asyncio.Protocol`
+(`gateway.httpserver` listens and hands each connection here first).
 
 The edge routes, answers errors and observes requests itself, so what it needs of an HTTP
 server is framing: parse a request, hand it to one handler, write the answer. The edge on
@@ -228,7 +229,7 @@ class Http1Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else ""
         ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+        if self.server.http2 and ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
             http2.Http2Connection(self.server, scheme=self._scheme).take_over(transport)
             return
         self.server.connections.add(self)
@@ -609,6 +610,10 @@ class Http1Connection(asyncio.Protocol):
     @property
     def busy(self) -> bool:
         return self._serving is not None
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The handler task still running, for a shutdown to wait on once cancelled."""
+        return [self._task] if self._task is not None and not self._task.done() else []
 
     def stop_accepting(self) -> None:
         """Close now if idle; a connection answering closes after the answer (`server.closing`)."""

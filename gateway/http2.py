@@ -9,10 +9,10 @@ concurrently with the connection's other streams.
 What it holds clients to, beside `h2`'s own checks of frames and headers (a violation ends
 the connection with GOAWAY):
 
-- at most `max_streams` streams open at once (SETTINGS_MAX_CONCURRENT_STREAMS), a header
-  section of at most `max_head_bytes` (SETTINGS_MAX_HEADER_LIST_SIZE) and `max_headers`
-  fields (else 431), a body of at most `max_body_bytes` (413, then RST_STREAM NO_ERROR so
-  the client stops sending: RFC 9113 §8.1);
+- at most `max_streams` streams open at once (SETTINGS_MAX_CONCURRENT_STREAMS); a header
+  list over `max_head_bytes` (SETTINGS_MAX_HEADER_LIST_SIZE) ends the connection (h2 refuses
+  to decode it), more than `max_headers` fields is a 431; a body of at most `max_body_bytes`
+  (413, then RST_STREAM NO_ERROR so the client stops sending: RFC 9113 §8.1);
 - a request whole within `read_timeout_seconds` of its HEADERS (else 408), an idle
   connection closed after `keepalive_seconds`;
 - streams the client opens and resets at once (the "rapid reset" attack, CVE-2023-44487)
@@ -22,7 +22,8 @@ the connection with GOAWAY):
 Answers respect both flow-control windows (the stream's and the connection's) and the
 socket's backpressure: a `Stream`'s `write` waits while its client reads slowly, without
 holding up the connection's other streams. `stop_accepting` sends GOAWAY and lets the
-streams already open finish (the server's grace period).
+streams already open finish (the server's grace period). A client's own GOAWAY ends the
+connection with the streams it has open: h2 takes no frame after one.
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ class _Stream:
         "pending",
         "progress",
         "request",
+        "request_ended",
         "task",
     )
 
@@ -148,7 +150,9 @@ class _Stream:
         """Body pieces waiting for flow-control window (views: an answer is not copied)."""
         self.progress = 0.0
         """When the client last took some of the answer (or it began to wait)."""
-        self.finish: list[tuple[str, str]] | None = None
+        self.request_ended = False
+        """The client has sent the whole request (END_STREAM)."""
+        self.finish: list[tuple[bytes, bytes]] | None = None
         """Set once the answer is whole: its trailers (empty for none), sent after `pending`."""
         self.finished = False
         self.drained: asyncio.Future[None] | None = None
@@ -263,6 +267,8 @@ class Http2Connection(asyncio.Protocol):
         if upgraded is not None:
             self._upgraded_request(upgraded)
         self._send()
+        if self.server.closing:
+            self.stop_accepting()  # arrived (a TLS handshake finishing) as the server stops
         self._arm()
         if data:
             self.data_received(data)
@@ -323,6 +329,8 @@ class Http2Connection(asyncio.Protocol):
             self._end(None if framed else code)
             return
         for event in events:
+            if self._closed:
+                break  # ended by an event before (a flood, a client's GOAWAY): start nothing more
             self._on(event)
         self._send()
 
@@ -345,9 +353,11 @@ class Http2Connection(asyncio.Protocol):
             self._on_data(event)
         elif isinstance(event, h2.events.StreamEnded):
             stream = self._streams.get(event.stream_id or 0)
-            if stream is not None and stream.request is not None:
+            if stream is not None:
+                stream.request_ended = True
                 stream.deadline = None
-                stream.request.end()
+                if stream.request is not None:
+                    stream.request.end()
         elif isinstance(event, h2.events.StreamReset):
             self._on_reset(event)
         elif isinstance(event, h2.events.WindowUpdated):
@@ -376,15 +386,19 @@ class Http2Connection(asyncio.Protocol):
         if self._resets > self._answered + _RESET_ALLOWANCE:
             self.server.refused(self.peer, 400, "too many streams reset by the client")
             self._end(ErrorCodes.ENHANCE_YOUR_CALM)
+            return
+        self._touch()
 
     def _on_request(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id
         assert stream_id is not None
-        self._last_stream = max(self._last_stream, stream_id)
-        stream = _Stream(self, stream_id)
         if self._going_away:
             self._h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
+        # Only accepted streams count: a GOAWAY's last stream never rises (RFC 9113 §6.8).
+        self._last_stream = max(self._last_stream, stream_id)
+        stream = _Stream(self, stream_id)
+        stream.request_ended = event.stream_ended is not None
         self._streams[stream_id] = stream
         pseudo: dict[str, str] = {}
         fields: CIMultiDict[str] = CIMultiDict()
@@ -464,7 +478,7 @@ class Http2Connection(asyncio.Protocol):
         else:
             try:
                 self._send_whole(stream, request, response)
-            except ValueError:
+            except Exception:  # noqa: BLE001 - whatever the handler built, the client gets an answer
                 _log.exception("an answer could not be framed")
                 self._refuse(stream, 500, "internal error", quiet=True)
                 return
@@ -478,11 +492,16 @@ class Http2Connection(asyncio.Protocol):
         no_body = status in NO_BODY_STATUSES or status < 200
         extra = () if no_body else (("content-length", str(len(body))),)
         ends_now = no_body or request.method == "HEAD" or (not body and not response.trailers)
+        # Trailers are checked and encoded before anything is sent: a bad one is a 500, not a
+        # stream cut short after its body.
+        field_lines(response.trailers)
+        trailers = [
+            (name.lower().encode("ascii"), value.encode("ascii")) for name, value in response.trailers
+        ]
         self.send_head(stream, status, response.headers, end=ends_now, extra=extra)
         if ends_now:
             return
-        field_lines(response.trailers)  # a CR, LF or NUL in a trailer is refused, as in a header
-        stream.finish = [(name.lower(), value) for name, value in response.trailers]
+        stream.finish = trailers
         self.queue(stream, body)
 
     def send_head(
@@ -505,7 +524,7 @@ class Http2Connection(asyncio.Protocol):
         fields += extra
         encoded = [(name.encode("ascii"), value.encode("utf-8", "surrogateescape")) for name, value in fields]
         if stream.request is not None:
-            stream.request._head_sent = True
+            stream.request.mark_head_sent()
         self._h2.send_headers(stream.id, encoded, end_stream=end)
         if end:
             stream.finished = True
@@ -543,10 +562,7 @@ class Http2Connection(asyncio.Protocol):
                 stream.progress = self._loop.time()
             if not stream.pending and stream.finish is not None and not stream.finished:
                 if stream.finish:
-                    trailers = [
-                        (name.encode("ascii"), value.encode("ascii")) for name, value in stream.finish
-                    ]
-                    h2c.send_headers(stream.id, trailers, end_stream=True)
+                    h2c.send_headers(stream.id, stream.finish, end_stream=True)
                 else:
                     h2c.end_stream(stream.id)
                 stream.finished = True
@@ -556,13 +572,14 @@ class Http2Connection(asyncio.Protocol):
         if not stream.pending:
             stream.wake()
 
-    def _done(self, stream: _Stream) -> None:
-        """`stream` is answered: forget it; a request still arriving is told to stop."""
-        self._answered += 1
+    def _done(self, stream: _Stream, *, answered: bool = True) -> None:
+        """`stream` is answered (by the handler, or `answered` False: refused by the server):
+        forget it; a request still arriving is told to stop (RFC 9113 §8.1)."""
+        if answered:
+            self._answered += 1  # the budgets for resets and chatter grow with real answers only
         if self._streams.pop(stream.id, None) is None:
             return
-        request = stream.request
-        if request is not None and not request.complete and not self._closed:
+        if not stream.request_ended and not self._closed:
             self._reset(stream, ErrorCodes.NO_ERROR)
         self._touch()
 
@@ -581,13 +598,13 @@ class Http2Connection(asyncio.Protocol):
         stream.finish = []
         self.queue(stream, body)
         if stream.finished:
-            self._done(stream)
+            self._done(stream, answered=False)
         else:
-            self._loop.create_task(self._finish_refusal(stream))
+            stream.task = self._loop.create_task(self._finish_refusal(stream))
 
     async def _finish_refusal(self, stream: _Stream) -> None:
         await stream.drain()
-        self._done(stream)
+        self._done(stream, answered=False)
 
     def _reset(self, stream: _Stream, code: ErrorCodes) -> None:
         if not stream.closed and not self._closed:
@@ -596,6 +613,8 @@ class Http2Connection(asyncio.Protocol):
             self._send()
         self._streams.pop(stream.id, None)
         self._forget(stream)
+        if not self._closed:
+            self._touch()
 
     def _forget(self, stream: _Stream) -> None:
         stream.closed = True
@@ -653,6 +672,10 @@ class Http2Connection(asyncio.Protocol):
     @property
     def busy(self) -> bool:
         return bool(self._streams)
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The handler tasks still running, for a shutdown to wait on once cancelled."""
+        return [s.task for s in self._streams.values() if s.task is not None and not s.task.done()]
 
     def stop_accepting(self) -> None:
         """Refuse new streams (GOAWAY NO_ERROR); those open finish. An idle connection closes."""

@@ -18,6 +18,9 @@ from gateway.wire import Handler, Refused
 
 __all__ = ["Connection", "Server"]
 
+_CANCELLED_WAIT_SECONDS = 5.0
+"""How long a shutdown waits for cancelled handlers to end."""
+
 
 class Connection(Protocol):
     """What the server asks of each of its connections, HTTP/1.1 or HTTP/2."""
@@ -32,6 +35,10 @@ class Connection(Protocol):
 
     def cancel(self) -> None:
         """Cancel the requests being answered and close."""
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The handler tasks still running."""
+        ...
 
 
 class Server:
@@ -107,11 +114,15 @@ class Server:
         deadline = time.monotonic() + grace_seconds
         while any(c.busy for c in self.connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        running = [task for connection in self.connections for task in connection.tasks()]
         for connection in list(self.connections):
             connection.cancel()
+        if running:
+            # Cancelled handlers cancel their backend calls: they are waited for (briefly), so
+            # the edge closes its channels only after them.
+            await asyncio.wait(running, timeout=_CANCELLED_WAIT_SECONDS)
         if self._listener is not None:
             await self._listener.wait_closed()
-        await asyncio.sleep(0)  # let cancelled handlers run their ends
 
     def refused(self, peer: str, status: int, problem: str) -> None:
         """Tell `on_refused` of a request refused before the handler saw it."""

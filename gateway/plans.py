@@ -120,6 +120,7 @@ class Compiled:
 
 
 def compile_routing(routing: Routing) -> Compiled:
+    """`routing` as the edge serves it: each route's `Plan`, the document serialized once."""
     # Worked out once per route: nothing about a route is looked up again per request.
     plans = {id(route): _plan(route, routing.success_status) for route in routing.router.routes}
     services = sorted({route.method.containing_service.full_name for route in routing.router.routes})

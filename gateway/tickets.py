@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import math
 import secrets
@@ -133,6 +134,18 @@ class Claim:
     """How many tickets the request presented."""
     entry: _Entry | None = field(default=None, repr=False)
     """What the first one carried, if it was still held."""
+
+
+def _address_key(address: str) -> str:
+    """Whose allowance a client address counts against: itself, or for IPv6 its /64 (one
+    subscriber's network: a client there has 2^64 addresses to spread over)."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if parsed.version == 6 and parsed.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return address
 
 
 def _digest(text: str) -> str:
@@ -232,6 +245,7 @@ class StreamTickets:
             raise TooManyTickets(
                 "too many unredeemed stream tickets for this token", min(held.values()) - now
             )
+        address = _address_key(address)
         if self._by_address.get(address, 0) >= self._per_address:
             oldest = next(e for e in self._entries.values() if e.address == address)
             raise TooManyTickets("too many unredeemed stream tickets from this address", oldest.expires - now)

@@ -9,8 +9,9 @@ files. Connections already open keep the certificate they began with. A rotation
 half-written (a key that does not match its certificate yet) keeps the previous
 certificate until the next handshake finds the pair whole.
 
-TLS 1.2 is the least offered (RFC 9113 §9.2 requires it of HTTP/2), with Python's default
-cipher suites (forward-secret AEAD only) and no TLS compression.
+TLS 1.2 is the least offered (RFC 9113 §9.2 requires it of HTTP/2), and in TLS 1.2 only
+ECDHE with AES-GCM or ChaCha20-Poly1305: Python's default list also has CBC suites, which are
+on HTTP/2's blocklist (RFC 9113 Appendix A). TLS 1.3's suites are all AEAD.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class CertificateFiles:
 
 
 _Stamp = tuple[tuple[int, int], ...]
+_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
 class ReloadingContext:
@@ -63,6 +65,7 @@ class ReloadingContext:
     def _load(self) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(_TLS12_CIPHERS)
         context.load_cert_chain(self._files.cert_file, self._files.key_file)
         context.set_alpn_protocols(self._protocols)
         return context

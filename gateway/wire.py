@@ -225,6 +225,10 @@ class Request:
         """Whether the answer's head has gone out (a stream's, once prepared)."""
         return self._head_sent
 
+    def mark_head_sent(self) -> None:
+        """The answer's head has gone out (told by the channel that sent it)."""
+        self._head_sent = True
+
     async def read(self) -> bytes:
         """The whole body, once it has arrived; `BodyTooLarge` past the server's limit."""
         while not self._complete and not self._too_large:

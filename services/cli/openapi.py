@@ -4,7 +4,8 @@ own edge serves at ``/openapi.json`` to OUT, for openapi-spec-validator and ``re
 The edge's configuration comes from the ``POLY_*`` environment as ``poly up`` gives it
 (`gateway.config.from_environment`: by default the descriptor set ``make gen`` writes), and the
 document from `gateway.catalog.load_routing`, the function the serving edge builds its routes
-and ``/openapi.json`` with; no backend is called.
+and ``/openapi.json`` with. Routes come from the descriptor set, so no backend is called
+(with ``POLY_GATEWAY_DESCRIPTOR_SET`` unset the installed one is used; reflection is not).
 """
 
 from __future__ import annotations
@@ -50,12 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"openapi: {error}", file=sys.stderr)
         return USAGE
-    except DescriptorSetError as error:
+    except (DescriptorSetError, ValueError, OSError) as error:
         print(f"openapi: {error}", file=sys.stderr)
         return FAILURE
     out = Path(args[0])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")
+    except OSError as error:
+        print(f"openapi: cannot write {out}: {error.strerror or error}", file=sys.stderr)
+        return FAILURE
     return OK
 
 

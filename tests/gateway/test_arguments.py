@@ -367,12 +367,19 @@ def test_the_https_table_knows_only_cert_and_key(tmp_path: Path) -> None:
     assert "http2: expected true or false, got 'yes'" in problems
 
 
-def test_stream_tickets_come_from_a_flag_or_the_file(tmp_path: Path) -> None:
-    base = ["--reflect", f"--backend={SERVICE}=a:1"]
-    assert from_arguments(base).limits.stream_ticket_seconds == 30.0
-    assert from_arguments([*base, "--stream-ticket-seconds=0"]).limits.stream_ticket_seconds == 0.0
+def test_a_standalone_edge_takes_no_stream_ticket_setting(tmp_path: Path) -> None:
+    """It has no key set to check tokens with, and tickets are issued only for checked ones."""
+    assert from_arguments(["--reflect", f"--backend={SERVICE}=a:1"]).limits.stream_ticket_seconds == 30.0
     file = tmp_path / "gateway.toml"
     file.write_text(
-        'reflect = true\n[limits]\nstream_ticket_seconds = 400\n[default_backend]\naddress = "a:1"\n'
+        'reflect = true\n[limits]\nstream_ticket_seconds = 10\n[default_backend]\naddress = "a:1"\n'
     )
-    assert "limits.stream_ticket_seconds: must be between 0 and 300, got 400" in _problems_of(file)
+    assert "limits.stream_ticket_seconds: a standalone edge issues no stream tickets" in _problems_of(file)
+
+
+def test_the_https_table_takes_file_names(tmp_path: Path) -> None:
+    file = tmp_path / "gateway.toml"
+    file.write_text('reflect = true\n[https]\ncert = 5\nkey = ""\n[default_backend]\naddress = "a:1"\n')
+    problems = _problems_of(file)
+    assert "https.cert: expected a file name, got 5" in problems
+    assert "https.key: expected a file name, got ''" in problems

@@ -1,4 +1,4 @@
-"""gateway.http1: the edge's HTTP/1.1 server, driven over real sockets by raw bytes and h11."""
+"""gateway.http1: the edge's HTTP/1.1 connections, driven over real sockets by raw bytes and h11."""
 
 from __future__ import annotations
 

@@ -223,6 +223,15 @@ def test_each_client_address_holds_at_most_per_address_tickets_whatever_its_toke
     assert store.issue("token-6", WATCH, address="198.51.100.7").ticket, "an expired one too"
 
 
+def test_an_ipv6_client_counts_by_its_64_network() -> None:
+    store = StreamTickets(per_address=2, clock=_Clock())
+    store.issue("a", WATCH, address="2001:db8:1:2::1")
+    store.issue("b", WATCH, address="2001:db8:1:2:ffff::9")
+    with pytest.raises(TooManyTickets):
+        store.issue("c", WATCH, address="2001:db8:1:2:abcd::7")
+    assert store.issue("d", WATCH, address="2001:db8:1:3::1").ticket, "another /64 has its own"
+
+
 def test_the_edge_holds_at_most_total_tickets_and_purges_expired_ones_as_it_issues() -> None:
     clock = _Clock()
     store = StreamTickets(total=4, clock=clock)

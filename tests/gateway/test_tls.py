@@ -131,3 +131,11 @@ def test_a_rotated_certificate_is_served_from_the_next_handshake(tmp_path: Path)
     first, during, after, rotated = serve(_echo, call, tls=reloading.context)
     assert during == first, "a key without its certificate keeps the previous pair"
     assert after == rotated != first
+
+
+def test_tls12_offers_only_the_aead_suites_http2_allows(tmp_path: Path) -> None:
+    """RFC 9113 Appendix A blocks TLS 1.2's CBC suites; Python's default list has them."""
+    context = ReloadingContext(_write_certificate(new_authority(), tmp_path)).context
+    tls12 = [c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"]
+    assert tls12 and all("GCM" in name or "CHACHA20" in name for name in tls12), tls12
+    assert all(name.startswith("ECDHE-") for name in tls12), "forward secret"

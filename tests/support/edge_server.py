@@ -37,7 +37,7 @@ def parsed_request(method: str, headers: dict[str, str], path: str = "/") -> Req
 
 
 class EdgeTestServer(BaseTestServer):
-    """A test server for `edge` on 127.0.0.1 (its own HTTP/1.1 server, `Edge.server`);
+    """A test server for `edge` on 127.0.0.1 (its own HTTP server, `Edge.server`);
     closing it closes the edge's backend channels too."""
 
     def __init__(self, edge: Edge, **kwargs: Any) -> None:

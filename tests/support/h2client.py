@@ -14,7 +14,9 @@ import h2.connection
 import h2.events
 import h2.settings
 
-__all__ = ["H2Answer", "H2Client", "h2_call"]
+__all__ = ["PREFACE", "Frame", "H2Answer", "H2Client", "frames", "goaways", "h2_call"]
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 @dataclass
@@ -150,3 +152,33 @@ def h2_call(
         stream = client.request(method, path, headers=headers, body=body, authority=authority)
         client.read(until=[stream])
         return client.answers[stream]
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: int
+    """The frame type (1 HEADERS, 0 DATA, 3 RST_STREAM, 7 GOAWAY, ...)."""
+    flags: int
+    stream: int
+    payload: bytes
+
+
+def frames(received: bytes) -> list[Frame]:
+    """The whole frames in `received`, a server's bytes after its preface (RFC 9113 §4.1)."""
+    found, at = [], 0
+    while at + 9 <= len(received):
+        length = int.from_bytes(received[at : at + 3], "big")
+        kind, flags = received[at + 3], received[at + 4]
+        stream = int.from_bytes(received[at + 5 : at + 9], "big") & 0x7FFFFFFF
+        found.append(Frame(kind, flags, stream, received[at + 9 : at + 9 + length]))
+        at += 9 + length
+    return found
+
+
+def goaways(received: bytes) -> list[tuple[int, int]]:
+    """(last stream id, error code) of each GOAWAY frame in `received`."""
+    return [
+        (int.from_bytes(f.payload[:4], "big") & 0x7FFFFFFF, int.from_bytes(f.payload[4:8], "big"))
+        for f in frames(received)
+        if f.kind == 7
+    ]

@@ -6,17 +6,15 @@ import asyncio
 import contextlib
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import pytest
 
 from gateway.httpserver import Server
-from gateway.wire import Request, Response, Stream
+from gateway.wire import Handler, Request, Response
 
 __all__ = ["Handler", "Settable", "curl", "serve", "serving", "sleeping"]
-
-Handler = Callable[[Request], Awaitable[Response | Stream]]
 
 
 @contextlib.asynccontextmanager
