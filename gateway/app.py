@@ -217,13 +217,7 @@ class Edge:
                 extra={"WWW-Authenticate": "Bearer"},
             )
         if len(token) > _MAX_TICKET_TOKEN:
-            self._failed_authentication(client)
-            raise answers.refusal(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "the access token is not valid",
-                "TOKEN_INVALID",
-                extra={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
+            raise self._invalid_token(client)
         self._vouch(token, client)
         path = tickets.requested_path(await self._body(request))
         try:
@@ -259,13 +253,17 @@ class Edge:
                 extra=answers.retry_after(1.0),
             ) from None
         if principal is None:
-            self._failed_authentication(client)
-            raise answers.refusal(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "the access token is not valid",
-                "TOKEN_INVALID",
-                extra={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
+            raise self._invalid_token(client)
+
+    def _invalid_token(self, client: _Client) -> answers.Refusal:
+        """401 for a token the edge refuses, counted as a failed authentication of the client."""
+        self._failed_authentication(client)
+        return answers.refusal(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "the access token is not valid",
+            "TOKEN_INVALID",
+            extra={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
 
     def _failed_authentication(self, client: _Client) -> None:
         if self._failures is not None and not client.failure_counted:

@@ -476,21 +476,6 @@ def test_http_client_reads_a_plain_exchange() -> None:
 # -- found by attacking it ---------------------------------------------------------------------
 
 
-def _trickle(port: int, head: bytes, piece: bytes, count: int) -> bytes:
-    """Send `head`, then `piece` `count` times as separate reads, until the server answers."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(head)
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            for _ in range(count):
-                time.sleep(0.005)
-                sock.sendall(piece)
-        received = b""
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := sock.recv(65536):
-                received += chunk
-    return received
-
-
 @pytest.mark.parametrize(
     ("head", "status"),
     [
@@ -507,7 +492,7 @@ def test_a_field_that_never_ends_is_cut_at_the_limit_not_the_timeout(head: bytes
     started = time.monotonic()
     answer = serve(
         _limited,
-        lambda port: _trickle(port, head, b"a" * 1024, 400),
+        lambda port: raw_exchange(port, head, rest=b"a" * 1024, pieces=400, pause=0.005),
         max_head_bytes=4096,
         read_timeout_seconds=30,
     )

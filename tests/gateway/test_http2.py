@@ -18,7 +18,7 @@ import pytest
 from hyperframe.frame import DataFrame, HeadersFrame, PingFrame, RstStreamFrame, SettingsFrame
 
 from gateway.wire import BodyTooLarge, Request, Response, Stream
-from tests.support.h2client import H2Answer, H2Client, goaways, h2_call
+from tests.support.h2client import PREFACE, H2Answer, H2Client, goaways, h2_call
 from tests.support.http import raw_exchange
 from tests.support.http_server import curl, serve, serving, sleeping
 
@@ -348,16 +348,9 @@ def test_a_chunked_upgrade_body_is_refused() -> None:
 # -- attacks (each was tried against the edge and is refused) --------------------------------
 
 
-def _frames_until_closed(port: int, frames: bytes, *, read: bool = True, timeout: float = 10.0) -> bytes:
+def _frames_until_closed(port: int, frames: bytes) -> bytes:
     """Send the preface, a SETTINGS frame and `frames`; what came back until the server closed."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
-        with contextlib.suppress(OSError):
-            connection.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize() + frames)
-        received = b""
-        with contextlib.suppress(OSError):
-            while chunk := connection.recv(65536):
-                received += chunk
-        return received
+    return raw_exchange(port, PREFACE + SettingsFrame(0).serialize() + frames)
 
 
 @pytest.mark.parametrize(

@@ -108,14 +108,21 @@ def _answer_of(client: h11.Connection, connection: socket.socket) -> TrailedAnsw
 
 
 def raw_exchange(
-    port: int, data: bytes, *, pause: float = 0.0, rest: bytes = b"", timeout: float = 10.0
+    port: int,
+    data: bytes,
+    *,
+    pause: float = 0.0,
+    rest: bytes = b"",
+    pieces: int = 0,
+    timeout: float = 10.0,
 ) -> bytes:
-    """Send `data` (then `rest` after `pause` seconds) on a fresh connection to 127.0.0.1 and
-    read until the server closes it; a refusal before all was sent is read all the same."""
+    """Send `data` (then `rest` after `pause` seconds, `pieces` times when given: a trickle) on
+    a fresh connection to 127.0.0.1 and read until the server closes it; a refusal before all
+    was sent is read all the same."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(data)
-            if rest:
+            for _ in range(pieces or (1 if rest else 0)):
                 time.sleep(pause)
                 sock.sendall(rest)
         received = b""
