@@ -321,8 +321,7 @@ class Edge:
             extra: dict[str, str] = {}
             if failed.code() == grpc.StatusCode.UNAUTHENTICATED:
                 extra["WWW-Authenticate"] = "Bearer"
-                if self._failures is not None and not client.failure_counted:
-                    self._failures.record(client.address)
+                self._failed_authentication(client)
             metadata = (list(failed.initial_metadata() or ()), list(failed.trailing_metadata() or ()))
             return self._error(request, status, errors.http_status(failed.code()), extra, metadata)
         except Exception:  # noqa: BLE001 - one error shape for every failure, logged with its cause
@@ -389,9 +388,8 @@ class Edge:
             return  # the backend decides; its UNAUTHENTICATED is counted then
         if principal is not None:
             client.key = f"principal:{principal}"
-        elif self._failures is not None:
-            self._failures.record(client.address)
-            client.failure_counted = True
+        else:
+            self._failed_authentication(client)
 
     def _limit_rate(self, request: Request, client: _Client) -> None:
         if self._failures is not None and (wait := self._failures.wait(client.address)):
