@@ -106,6 +106,8 @@ class GrpcPayments:
             return None
         if payment.state == resources_pb2.Payment.STATE_FAILED:
             return Authorization(payment.name, payment.failure_reason or "UNKNOWN")
+        if payment.state == resources_pb2.Payment.STATE_PENDING:
+            return None  # the provider's answer is not in yet: ask again later
         return Authorization(payment.name)
 
     def capture(self, payment: str, request_id: str) -> CaptureOutcome:
@@ -124,12 +126,15 @@ class GrpcPayments:
 
 
 def _existing(metadata: Mapping[str, str]) -> Authorization | None:
-    """The order's payment an ALREADY_EXISTS names: declined if it FAILED, else held."""
+    """The order's payment an ALREADY_EXISTS names: declined if it FAILED, unknown yet if
+    PENDING at an outside provider, else held."""
     payment = metadata.get("payment", "")
     if not payment:
         return None  # not what payments sends: ask again later rather than guess
     if metadata.get("state") == "FAILED":
         return Authorization(f"payments/{payment}", metadata.get("failure_reason") or "UNKNOWN")
+    if metadata.get("state") == "PENDING":
+        return None  # its provider's answer is not in yet: ask again later
     return Authorization(f"payments/{payment}")
 
 

@@ -9,12 +9,17 @@ from services.kit import app
 from services.payments import events, store
 from services.payments import settings as payments_settings
 from services.payments.domain import Payments
+from services.payments.outside import ProviderWorker
 from services.payments.service import PaymentsServicer
+from services.payments.stripe_provider import StripeProvider
 
 
 def wire(context: app.Context[payments_settings.PaymentsSettings]) -> app.Parts:
-    payments = Payments(store.PaymentsStore(context.engine, context.outbox).transaction)
-    currency = context.service_settings.default_currency
+    settings = context.service_settings
+    transactions = store.PaymentsStore(context.engine, context.outbox).transaction
+    provider = StripeProvider(settings.stripe) if settings.provider == "stripe" else None
+    payments = Payments(transactions, provider=provider)
+    currency = settings.default_currency
 
     def repository(connection: Connection) -> store.SqlRepository:
         return store.SqlRepository(connection, context.outbox)
@@ -22,6 +27,7 @@ def wire(context: app.Context[payments_settings.PaymentsSettings]) -> app.Parts:
     return app.Parts(
         servicer=PaymentsServicer(payments),
         handlers=events.handlers(repository, currency),
+        workers=[ProviderWorker(transactions, payments.outside)] if payments.outside else [],
     )
 
 

@@ -3,8 +3,10 @@
 
 Invariants: each ledger transaction's legs share a currency and sum to zero; entries are only
 inserted, so balances are derived sums, never stored. `held` sums the account's AUTHORIZED
-payments; an authorization never exceeds `available = balance - held` and runs with the
-account locked, so racing ones cannot overdraw it. One payment per order; refunds never
+ledger payments; an authorization never exceeds `available = balance - held` and runs with the
+account locked, so racing ones cannot overdraw it. With an outside provider configured
+(`provider`), payments are held and moved by it instead, each change asked of it outside the
+transaction (`outside`), and the ledger records what it did. One payment per order; refunds never
 exceed what was captured. States: AUTHORIZED -> CAPTURED | VOIDED; CAPTURED ->
 PARTIALLY_REFUNDED -> REFUNDED; FAILED = declined. VOIDED, REFUNDED, FAILED are terminal.
 Saga compensation (OrderCancelled): void an AUTHORIZED payment, refund the rest of a captured one.
@@ -17,7 +19,6 @@ import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 from services.kit import paging
 from services.kit.domain_errors import (
@@ -33,6 +34,8 @@ from services.kit.money import Money, money_problems
 from services.kit.text import visible_text_problem
 from services.payments.idempotency import Request, fingerprint, key_problems, recall, remember
 from services.payments.ledger import LedgerProvider, balanced_entries, system_account
+from services.payments.outside import CANCEL, OutsideSteps
+from services.payments.providers import PaymentProvider
 from services.payments.records import (
     ACCOUNT_FIELDS,
     AUTHORIZED,
@@ -43,6 +46,7 @@ from services.payments.records import (
     FUNDING,
     PARTIALLY_REFUNDED,
     PAYMENT_FIELDS,
+    PENDING,
     REFUNDED,
     VOIDED,
     Account,
@@ -61,8 +65,8 @@ from services.payments.records import (
 __all__ = [
     "ACCOUNT_NOT_FOUND",
     "ORDER_CANCELLED",
+    "PAYMENT_METHOD_REQUIRED",
     "OwnerCheck",
-    "PaymentProvider",
     "Payments",
     "Transactions",
 ]
@@ -73,6 +77,9 @@ _TAKEN = (CAPTURED, PARTIALLY_REFUNDED, REFUNDED)
 ACCOUNT_NOT_FOUND = "ACCOUNT_NOT_FOUND"
 ORDER_CANCELLED = "ORDER_CANCELLED"
 """Why an order cancelled before its payment was asked for has a FAILED payment."""
+PAYMENT_METHOD_REQUIRED = "PAYMENT_METHOD_REQUIRED"
+"""Why an authorization at an outside provider is declined for an account without a method."""
+_MAX_METHOD = 255
 _MAX_REASON = 500
 
 
@@ -83,18 +90,6 @@ act on resources of `owner` (``users/{id}``; "" when the resource does not exist
 callers who may see everything pass), with PERMISSION_DENIED naming only `resource`, the
 name asked for. It runs before existence is checked, so another's resource and a missing
 one answer alike (AIP-211)."""
-
-
-class PaymentProvider(Protocol):
-    """Moves the money of a payment. Called inside the use case's transaction, with the
-    payment's account locked; state changes and events stay with the use case."""
-
-    def authorize(self, repo: Repository, account: Account, amount: Money) -> str:
-        """Empty to accept the hold, else the decline reason (e.g. INSUFFICIENT_FUNDS)."""
-
-    def capture(self, repo: Repository, payment: Payment, now: dt.datetime) -> None: ...
-    def void(self, repo: Repository, payment: Payment, now: dt.datetime) -> None: ...
-    def refund(self, repo: Repository, payment: Payment, amount: int, now: dt.datetime) -> None: ...
 
 
 def _refuse(problems: list[FieldViolation], what: str) -> None:
@@ -126,8 +121,27 @@ class _Ask:
 @dataclass
 class Payments:
     transactions: Transactions
-    provider: PaymentProvider = field(default_factory=LedgerProvider)
+    provider: PaymentProvider | None = None
+    """The outside provider new payments are held by; None: the ledger holds them."""
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
+    ledger: LedgerProvider = field(default_factory=LedgerProvider)
+    """Moves the money of payments held in the ledger, inside the use case's transaction."""
+    outside: OutsideSteps | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.provider is not None:
+            self.outside = OutsideSteps(self.transactions, self.provider, self.clock)
+
+    def _outside_for(self, payment: Payment) -> OutsideSteps:
+        """The steps of a payment held by an outside provider: the configured one."""
+        if self.outside is None or self.outside.provider.name != payment.provider:
+            raise FailedPrecondition(
+                "PAYMENT_PROVIDER_NOT_CONFIGURED",
+                "payments/{payment} is held by {provider}, which this service is not configured for",
+                payment=payment.id,
+                provider=payment.provider,
+            )
+        return self.outside
 
     # -- accounts -----------------------------------------------------------------------
 
@@ -175,6 +189,24 @@ class Payments:
         if found is None:
             raise NotFound("ACCOUNT_NOT_FOUND", "accounts/{account} does not exist", account=account_id)
         return found
+
+    def set_payment_method(self, account_id: str, method: str, check_owner: OwnerCheck) -> Account:
+        """SetPaymentMethod: the outside provider's reusable method for the account's payments
+        (a Stripe PaymentMethod id, a PayPal vault token), made reusable at the provider."""
+        problem = visible_text_problem(method, max_length=_MAX_METHOD)
+        _refuse([FieldViolation("payment_method", problem)] if problem else [], "payment method")
+        account = self.account(account_id, check_owner)
+        if self.outside is None:
+            raise FailedPrecondition(
+                "PAYMENT_METHODS_NOT_USED",
+                "payments are held in the ledger here; fund accounts/{account} instead",
+                account=account_id,
+            )
+        if account.kind != CUSTOMER:
+            raise FailedPrecondition(
+                "ACCOUNT_NOT_FUNDABLE", "accounts/{account} is a system account", account=account_id
+            )
+        return self.outside.attach(account, method)
 
     def list_accounts(
         self, viewer: Viewer, *, size: int, token: str, filter_text: str, order_by: str
@@ -258,7 +290,10 @@ class Payments:
         ask = _Ask(order, owner, account_id, amount)
         request = Request(caller, request_id, fingerprint("authorize", order, owner, account_id, amount))
         with self.transactions() as repo:
-            return self._authorize(repo, ask, request)
+            payment = self._authorize(repo, ask, request)
+        if payment.state == PENDING:  # new, or left by an earlier attempt: ask the provider
+            return self._outside_for(payment).authorization(payment)
+        return payment
 
     def _authorize(self, repo: Repository, ask: _Ask, request: Request) -> Payment:
         amount = ask.amount
@@ -271,7 +306,13 @@ class Payments:
             return self._payment(repo, replayed)
         if account is None:
             return self._decline(repo, ask, "", ACCOUNT_NOT_FOUND, request)
-        decline = self.provider.authorize(repo, account, amount)
+        if self.provider is not None:
+            # Recorded before the provider is asked (`outside`): no event until it answers.
+            if not account.payment_method:
+                return self._decline(repo, ask, account.id, PAYMENT_METHOD_REQUIRED, request)
+            asked = replace(self._new_payment(ask, account.id, PENDING, ""), provider=self.provider.name)
+            return self._add(repo, asked, None, request)
+        decline = self.ledger.authorize(repo, account, amount)
         if decline:
             return self._decline(repo, ask, account.id, decline, request)
         held = self._new_payment(ask, account.id, AUTHORIZED, "")
@@ -290,7 +331,9 @@ class Payments:
             str(uuid.uuid4()), ask.order, account_id, ask.owner, currency, amount, state, reason, now, now
         )
 
-    def _add(self, repo: Repository, payment: Payment, event: PaymentEvent, request: Request) -> Payment:
+    def _add(
+        self, repo: Repository, payment: Payment, event: PaymentEvent | None, request: Request
+    ) -> Payment:
         if not repo.add_payment(payment):
             # The order has its payment already: a repeat of this call (a racing twin that
             # committed first) gets it, and so does any authorization of an order cancelled
@@ -312,7 +355,8 @@ class Payments:
                     failure_reason=existing.failure_reason,
                 )
             return existing
-        repo.publish(event)
+        if event is not None:
+            repo.publish(event)
         remember(repo, request, payment.id, self.clock())
         return payment
 
@@ -359,15 +403,19 @@ class Payments:
         request = Request(caller, request_id, fingerprint("capture", payment_id))
         with self.transactions() as repo:
             payment = self._locked(repo, payment_id)
-            if recall(repo, request) is None:
+            if recall(repo, request) is not None:
+                return payment
+            outside = payment.state == AUTHORIZED and payment.provider
+            if not outside:
                 if payment.state == AUTHORIZED:
-                    self._move(repo, payment, CAPTURED, self.provider.capture)
+                    self._move(repo, payment, CAPTURED, self.ledger.capture)
                     payment = self._payment(repo, payment_id)
                     repo.publish(PaymentEvent(CAPTURED, payment, payment.amount))
                 elif payment.state not in _TAKEN:
                     raise _not_in_state(payment, "PAYMENT_NOT_CAPTURABLE", "captured")
                 remember(repo, request, payment_id, self.clock())
-            return payment  # as read under the lock, or after the capture
+                return payment  # as read under the lock, or after the capture
+        return self._outside_for(payment).capture(payment, request)
 
     def void(self, caller: str, request_id: str, payment_id: str) -> Payment:
         """AUTHORIZED -> VOIDED; a VOIDED payment is returned unchanged."""
@@ -375,13 +423,16 @@ class Payments:
         request = Request(caller, request_id, fingerprint("void", payment_id))
         with self.transactions() as repo:
             payment = self._locked(repo, payment_id)
-            if recall(repo, request) is None:
+            if recall(repo, request) is not None:
+                return payment
+            if not (payment.state == AUTHORIZED and payment.provider):
                 if payment.state == AUTHORIZED:
                     self._void(repo, payment)
                 elif payment.state != VOIDED:
                     raise _not_in_state(payment, "PAYMENT_NOT_VOIDABLE", "voided")
                 remember(repo, request, payment_id, self.clock())
-            return self._payment(repo, payment_id)
+                return self._payment(repo, payment_id)
+        return self._outside_for(payment).void(payment, request)
 
     def refund(
         self, caller: str, request_id: str, payment_id: str, amount: Money | None, reason: str
@@ -397,23 +448,26 @@ class Payments:
         request = Request(caller, request_id, fingerprint("refund", payment_id, amount, reason))
         with self.transactions() as repo:
             payment = self._locked(repo, payment_id)
-            if recall(repo, request) is None:
-                if payment.state not in (CAPTURED, PARTIALLY_REFUNDED):
-                    raise _not_in_state(payment, "PAYMENT_NOT_REFUNDABLE", "refunded")
-                if amount is not None and amount.currency != payment.currency:
-                    raise _wrong_currency(payment.currency)
-                rest = payment.captured - payment.refunded
-                value = rest if amount is None else amount.amount
-                if value > rest:
-                    raise FailedPrecondition(
-                        "REFUND_EXCEEDS_CAPTURED",
-                        "at most {rest} minor units of payments/{payment} can still be refunded",
-                        rest=rest,
-                        payment=payment_id,
-                    )
+            if recall(repo, request) is not None:
+                return payment
+            if payment.state not in (CAPTURED, PARTIALLY_REFUNDED):
+                raise _not_in_state(payment, "PAYMENT_NOT_REFUNDABLE", "refunded")
+            if amount is not None and amount.currency != payment.currency:
+                raise _wrong_currency(payment.currency)
+            rest = payment.captured - payment.refunded
+            value = rest if amount is None else amount.amount
+            if value > rest:
+                raise FailedPrecondition(
+                    "REFUND_EXCEEDS_CAPTURED",
+                    "at most {rest} minor units of payments/{payment} can still be refunded",
+                    rest=rest,
+                    payment=payment_id,
+                )
+            if not payment.provider:
                 self._refund(repo, payment, value, reason)
                 remember(repo, request, payment_id, self.clock())
-            return self._payment(repo, payment_id)
+                return self._payment(repo, payment_id)
+        return self._outside_for(payment).refund(payment, value, reason, request.key, request)
 
     def cancel_order(
         self, order: str, reason: str, *, owner: str = "", total: Money | None = None
@@ -437,6 +491,10 @@ class Payments:
             if found is None:
                 return None
             payment = self._locked(repo, found.id)
+            if payment.provider and payment.state in (PENDING, AUTHORIZED, *_TAKEN[:2]):
+                # Asked of the provider by the worker, outside this (the consumer's) transaction.
+                repo.set_compensation(payment.id, CANCEL, reason)
+                return self._payment(repo, payment.id)
             if payment.state == AUTHORIZED:
                 self._void(repo, payment)
             elif payment.state in (CAPTURED, PARTIALLY_REFUNDED):
@@ -458,12 +516,12 @@ class Payments:
         money(repo, payment, now)
 
     def _void(self, repo: Repository, payment: Payment) -> None:
-        self._move(repo, payment, VOIDED, self.provider.void)
+        self._move(repo, payment, VOIDED, self.ledger.void)
         repo.publish(PaymentEvent(VOIDED, replace(payment, state=VOIDED), payment.amount))
 
     def _refund(self, repo: Repository, payment: Payment, amount: int, reason: str) -> None:
         after = REFUNDED if payment.refunded + amount == payment.captured else PARTIALLY_REFUNDED
-        self._move(repo, payment, after, lambda r, p, now: self.provider.refund(r, p, amount, now))
+        self._move(repo, payment, after, lambda r, p, now: self.ledger.refund(r, p, amount, now))
         repo.publish(PaymentEvent(REFUNDED, self._payment(repo, payment.id), amount, reason))
 
 

@@ -8,13 +8,15 @@ import uuid
 from collections.abc import Sequence
 
 from services.kit.money import Money
-from services.payments.records import MERCHANT, Account, LedgerEntry, Payment, Repository
+from services.payments.records import MERCHANT, PROVIDER, Account, LedgerEntry, Payment, Repository
 
 __all__ = [
     "INSUFFICIENT_FUNDS",
     "LedgerImbalance",
     "LedgerProvider",
     "balanced_entries",
+    "provider_capture",
+    "provider_refund",
     "system_account",
     "system_account_id",
 ]
@@ -77,3 +79,28 @@ class LedgerProvider:
         merchant = system_account(repo, MERCHANT, payment.currency, now)
         legs = [(merchant, -amount), (payment.account_id, amount)]
         repo.add_entries(balanced_entries(legs, payment.currency, "REFUND", payment.id, now))
+
+
+def _provider_account(repo: Repository, provider: str, currency: str, now: dt.datetime) -> str:
+    """The clearing account of an outside provider in `currency` (``stripe-eur``), opened on
+    first use: debited with all that came in through the provider, credited with what went
+    back, so its balance is minus what the provider holds for the merchant."""
+    account_id = f"{provider}-{currency.lower()}"
+    repo.add_account(Account(account_id, PROVIDER, f"providers/{provider}", currency, now, now))
+    return account_id
+
+
+def provider_capture(repo: Repository, payment: Payment, now: dt.datetime) -> None:
+    """A capture at the payment's outside provider: its money reaches the merchant through
+    the provider's clearing account (the customer's ledger account is not involved)."""
+    clearing = _provider_account(repo, payment.provider, payment.currency, now)
+    merchant = system_account(repo, MERCHANT, payment.currency, now)
+    legs = [(clearing, -payment.amount), (merchant, payment.amount)]
+    repo.add_entries(balanced_entries(legs, payment.currency, "CAPTURE", payment.id, now))
+
+
+def provider_refund(repo: Repository, payment: Payment, amount: int, now: dt.datetime) -> None:
+    clearing = _provider_account(repo, payment.provider, payment.currency, now)
+    merchant = system_account(repo, MERCHANT, payment.currency, now)
+    legs = [(merchant, -amount), (clearing, amount)]
+    repo.add_entries(balanced_entries(legs, payment.currency, "REFUND", payment.id, now))

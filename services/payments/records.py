@@ -30,6 +30,8 @@ __all__ = [
     "KINDS",
     "MERCHANT",
     "PAYMENT_FIELDS",
+    "PENDING",
+    "PROVIDER",
     "STATES",
     "Account",
     "AccountPage",
@@ -44,14 +46,17 @@ __all__ = [
     "list_query",
 ]
 
-# Account kinds: a user's account, and per currency the source of funding and the merchant.
-CUSTOMER, FUNDING, MERCHANT = "CUSTOMER", "FUNDING", "MERCHANT"
+# Account kinds: a user's account, and per currency the source of funding, the merchant and
+# each outside payment provider's clearing account (what came in through it, as a debit).
+CUSTOMER, FUNDING, MERCHANT, PROVIDER = "CUSTOMER", "FUNDING", "MERCHANT", "PROVIDER"
 # Ledger entry kinds.
 KINDS = ("FUNDING", "CAPTURE", "REFUND")
 # Payment states.
 AUTHORIZED, CAPTURED, VOIDED = "AUTHORIZED", "CAPTURED", "VOIDED"
 PARTIALLY_REFUNDED, REFUNDED, FAILED = "PARTIALLY_REFUNDED", "REFUNDED", "FAILED"
-STATES = (AUTHORIZED, CAPTURED, VOIDED, PARTIALLY_REFUNDED, REFUNDED, FAILED)
+PENDING = "PENDING"
+"""Asked of an outside provider, its answer not recorded yet (`remote`)."""
+STATES = (PENDING, AUTHORIZED, CAPTURED, VOIDED, PARTIALLY_REFUNDED, REFUNDED, FAILED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +71,12 @@ class Account:
     balance: int = 0
     """Sum of the account's ledger entries (derived by the store, never stored)."""
     held: int = 0
-    """Sum of the account's AUTHORIZED payments (derived, never stored)."""
+    """Sum of the account's AUTHORIZED ledger payments (derived, never stored)."""
+    payment_method: str = ""
+    """The outside provider's reusable payment method the owner set (a Stripe ``pm_…``, a
+    PayPal vault token); empty when payments are held in the ledger."""
+    provider_customer: str = ""
+    """The provider's customer the method belongs to (Stripe ``cus_…``), made on first use."""
 
     @property
     def name(self) -> str:
@@ -109,9 +119,18 @@ class Payment:
     create_time: dt.datetime
     update_time: dt.datetime
     captured: int = 0
-    """Sum of the CAPTURE entries debiting the account (derived by the store)."""
+    """What the payment's CAPTURE transactions credited (derived by the store)."""
     refunded: int = 0
-    """Sum of the REFUND entries crediting the account (derived by the store)."""
+    """What its REFUND transactions credited (derived by the store)."""
+    provider: str = ""
+    """The outside provider holding the money ("stripe", "paypal"); empty: the ledger."""
+    provider_reference: str = ""
+    """The provider's authorization (a Stripe PaymentIntent, a PayPal authorization)."""
+    provider_capture: str = ""
+    """The provider's capture, where refunds are asked of it (PayPal)."""
+    compensation: str = ""
+    """Saga compensation still to ask of the provider: CANCEL (void or refund the rest)."""
+    compensation_reason: str = ""
 
     @property
     def name(self) -> str:
@@ -236,9 +255,29 @@ class Repository(Protocol):
     def add_payment(self, payment: Payment) -> bool:
         """False when the order already has a payment (the unique constraint decides)."""
 
-    def set_state(self, payment: Payment, after: str, now: dt.datetime) -> bool:
+    def set_state(
+        self,
+        payment: Payment,
+        after: str,
+        now: dt.datetime,
+        *,
+        failure_reason: str = "",
+        reference: str = "",
+        capture: str = "",
+    ) -> bool:
         """Move the payment from its state as read (`payment.state`) to `after`; False if it
-        was no longer in it."""
+        was no longer in it. A non-empty `failure_reason`, provider `reference` or `capture`
+        is written with it."""
+
+    def set_payment_method(self, account_id: str, method: str, customer: str) -> None:
+        """Not an amount: the account's update time stays."""
+
+    def set_compensation(self, payment_id: str, compensation: str, reason: str) -> None:
+        """Leave (or, with "", clear) saga compensation for the provider worker."""
+
+    def provider_work(self, pending_before: dt.datetime, limit: int) -> list[Payment]:
+        """Outside-provider payments with compensation to ask for, or PENDING since before
+        `pending_before` (their caller went away), oldest change first."""
 
     def recall(self, caller: str, key: str) -> tuple[str, str] | None:
         """``(fingerprint, result id)`` stored for the caller's idempotency key."""

@@ -35,6 +35,7 @@ def _account(account: Account) -> resources_pb2.Account:
         held=_money(account.currency, account.held),
         create_time=timestamp(account.create_time),
         update_time=timestamp(account.update_time),
+        payment_method=account.payment_method,
     )
 
 
@@ -62,6 +63,8 @@ def _payment(payment: Payment) -> resources_pb2.Payment:
         failure_reason=payment.failure_reason,
         create_time=timestamp(payment.create_time),
         update_time=timestamp(payment.update_time),
+        provider=payment.provider,
+        provider_reference=payment.provider_reference,
     )
 
 
@@ -118,6 +121,13 @@ class PaymentsServicer(payments_service_pb2_grpc.PaymentsServiceServicer):
         return _account(
             self._payments.fund(caller, request.request_id, account_id, money_value(request.amount))
         )
+
+    def SetPaymentMethod(
+        self, request: pb.SetPaymentMethodRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.Account:
+        account_id = resource_id(request.name, "accounts")
+        account = self._payments.set_payment_method(account_id, request.payment_method, authz.require_owner)
+        return _account(account)
 
     def GetLedgerEntry(
         self, request: pb.GetLedgerEntryRequest, context: grpc.ServicerContext

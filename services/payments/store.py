@@ -43,6 +43,7 @@ from services.payments import events
 from services.payments.records import (
     AUTHORIZED,
     CUSTOMER,
+    PENDING,
     Account,
     LedgerEntry,
     ListQuery,
@@ -90,6 +91,9 @@ class AccountRow(Base):
     """CUSTOMER: the sum of its AUTHORIZED payments' amounts."""
     update_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
     """CUSTOMER: its latest entry or payment change (or its opening). None on system accounts."""
+    payment_method: Mapped[str] = mapped_column(String(255), server_default="")
+    """CUSTOMER: the outside provider's reusable payment method; "" when none is set."""
+    provider_customer: Mapped[str] = mapped_column(String(255), server_default="")
 
 
 class LedgerEntryRow(Base):
@@ -123,6 +127,13 @@ class PaymentRow(Base):
     failure_reason: Mapped[str] = mapped_column(String(64))
     create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
     update_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    provider: Mapped[str] = mapped_column(String(16), server_default="")
+    """"" for a payment held in the ledger, else the outside provider that holds it."""
+    provider_reference: Mapped[str] = mapped_column(String(255), server_default="", index=True)
+    provider_capture: Mapped[str] = mapped_column(String(255), server_default="")
+    compensation: Mapped[str] = mapped_column(String(16), server_default="")
+    """Saga compensation the provider worker still has to ask for (`records.Payment`)."""
+    compensation_reason: Mapped[str] = mapped_column(String(500), server_default="")
 
 
 class RequestRow(Base):
@@ -147,18 +158,16 @@ _SUMMED_BALANCE = (
     .scalar_subquery()
 )
 _LAST_ENTRY = select(func.max(_Entry.create_time)).where(_Entry.account_id == _Account.id).scalar_subquery()
+# What a payment's captures and refunds moved: each of their transactions has one credit leg
+# (captures credit the merchant; refunds the customer's account, or the provider's).
 _CAPTURED = (
-    select(func.coalesce(func.sum(-_Entry.amount), 0))
-    .where(
-        _Entry.payment_id == _Payment.id, _Entry.account_id == _Payment.account_id, _Entry.kind == "CAPTURE"
-    )
+    select(func.coalesce(func.sum(_Entry.amount), 0))
+    .where(_Entry.payment_id == _Payment.id, _Entry.kind == "CAPTURE", _Entry.amount > 0)
     .scalar_subquery()
 )
 _REFUNDED = (
     select(func.coalesce(func.sum(_Entry.amount), 0))
-    .where(
-        _Entry.payment_id == _Payment.id, _Entry.account_id == _Payment.account_id, _Entry.kind == "REFUND"
-    )
+    .where(_Entry.payment_id == _Payment.id, _Entry.kind == "REFUND", _Entry.amount > 0)
     .scalar_subquery()
 )
 # Plain rows, not ORM objects: cheaper to read, and nothing here changes them in place.
@@ -172,6 +181,8 @@ _ACCOUNTS = select(
     case((_IS_CUSTOMER, _Account.balance), else_=_SUMMED_BALANCE).label("balance"),
     _Account.held,
     case((_IS_CUSTOMER, _Account.update_time), else_=_LAST_ENTRY).label("last_change"),
+    _Account.payment_method,
+    _Account.provider_customer,
 )
 _PAYMENTS = select(
     cast(Table, PaymentRow.__table__), _CAPTURED.label("captured"), _REFUNDED.label("refunded")
@@ -237,6 +248,14 @@ _MOVE_PAYMENT = (
     .where(_PAYMENT_ROWS.c.id == bindparam("payment_id"), _PAYMENT_ROWS.c.state == bindparam("state_before"))
     .values(state=bindparam("state_after"), update_time=bindparam("moved_at"))
 )
+_KEEP_WHEN_EMPTY = {
+    column: case(
+        (bindparam(f"new_{column}") == "", _PAYMENT_ROWS.c[column]), else_=bindparam(f"new_{column}")
+    )
+    for column in ("failure_reason", "provider_reference", "provider_capture")
+}
+# Outside providers' payments move with what the provider said (a decline, its ids).
+_MOVE_PROVIDER_PAYMENT = _MOVE_PAYMENT.values(**_KEEP_WHEN_EMPTY)
 _ENTRY_ROWS = cast(Table, LedgerEntryRow.__table__)
 _ENTRIES = select(_ENTRY_ROWS)
 _ADD_ENTRIES = insert(_ENTRY_ROWS)
@@ -245,9 +264,10 @@ _REQUEST = select(RequestRow.fingerprint, RequestRow.result).where(
 )
 
 
-def _held(state: str, amount: int) -> int:
-    """What a payment in `state` holds of its account."""
-    return amount if state == AUTHORIZED else 0
+def _held(payment: Payment, state: str) -> int:
+    """What `payment`, in `state`, holds of its account: an outside provider's hold is at
+    the provider, not in the ledger."""
+    return payment.amount if state == AUTHORIZED and not payment.provider else 0
 
 
 def _account(found: Any) -> Account:
@@ -261,6 +281,8 @@ def _account(found: Any) -> Account:
         max(changes),
         int(found.balance),
         int(found.held),
+        found.payment_method,
+        found.provider_customer,
     )
 
 
@@ -278,6 +300,11 @@ def _payment(found: Any) -> Payment:
         found.update_time,
         int(found.captured),
         int(found.refunded),
+        found.provider,
+        found.provider_reference,
+        found.provider_capture,
+        found.compensation,
+        found.compensation_reason,
     )
 
 
@@ -341,6 +368,8 @@ class SqlRepository:
             "balance": 0,
             "held": 0,
             "update_time": account.create_time if account.kind == CUSTOMER else None,
+            "payment_method": account.payment_method,
+            "provider_customer": account.provider_customer,
         }
         return insert_if_absent(self._connection, AccountRow, values)
 
@@ -438,21 +467,69 @@ class SqlRepository:
             "failure_reason": payment.failure_reason,
             "create_time": payment.create_time,
             "update_time": payment.update_time,
+            "provider": payment.provider,
+            "provider_reference": payment.provider_reference,
+            "provider_capture": payment.provider_capture,
+            "compensation": payment.compensation,
+            "compensation_reason": payment.compensation_reason,
         }
         if not insert_if_absent(self._connection, PaymentRow, values):
             return False
-        self._held(payment, 0, _held(payment.state, payment.amount), payment.update_time)
+        self._held(payment, 0, _held(payment, payment.state), payment.update_time)
         return True
 
-    def set_state(self, payment: Payment, after: str, now: dt.datetime) -> bool:
-        moved = self._connection.execute(
-            _MOVE_PAYMENT,
-            {"payment_id": payment.id, "state_before": payment.state, "state_after": after, "moved_at": now},
-        )
+    def set_state(
+        self,
+        payment: Payment,
+        after: str,
+        now: dt.datetime,
+        *,
+        failure_reason: str = "",
+        reference: str = "",
+        capture: str = "",
+    ) -> bool:
+        params = {
+            "payment_id": payment.id,
+            "state_before": payment.state,
+            "state_after": after,
+            "moved_at": now,
+        }
+        if failure_reason or reference or capture:
+            provided = {
+                "new_failure_reason": failure_reason,
+                "new_provider_reference": reference,
+                "new_provider_capture": capture,
+            }
+            moved = self._connection.execute(_MOVE_PROVIDER_PAYMENT, params | provided)
+        else:
+            moved = self._connection.execute(_MOVE_PAYMENT, params)
         if not getattr(moved, "rowcount", 0):
             return False
-        self._held(payment, _held(payment.state, payment.amount), _held(after, payment.amount), now)
+        self._held(payment, _held(payment, payment.state), _held(payment, after), now)
         return True
+
+    def set_payment_method(self, account_id: str, method: str, customer: str) -> None:
+        self._connection.execute(
+            update(_ACCOUNT_ROWS)
+            .where(_ACCOUNT_ROWS.c.id == account_id)
+            .values(payment_method=method, provider_customer=customer)
+        )
+
+    def set_compensation(self, payment_id: str, compensation: str, reason: str) -> None:
+        self._connection.execute(
+            update(_PAYMENT_ROWS)
+            .where(_PAYMENT_ROWS.c.id == payment_id)
+            .values(compensation=compensation, compensation_reason=reason)
+        )
+
+    def provider_work(self, pending_before: dt.datetime, limit: int) -> list[Payment]:
+        waiting = (_Payment.compensation != "") | (
+            (_Payment.state == PENDING) & (_Payment.update_time < pending_before)
+        )
+        statement = (
+            _PAYMENTS.where(_Payment.provider != "", waiting).order_by(_Payment.update_time).limit(limit)
+        )
+        return [_payment(found) for found in self._connection.execute(statement)]
 
     def _held(self, payment: Payment, before: int, after: int, now: dt.datetime) -> None:
         """The payment's account's `held` moved from `before` to `after` (a decline, which

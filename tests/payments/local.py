@@ -15,6 +15,7 @@ from services.kit.config import DatabaseSettings
 from services.kit.money import Money
 from services.payments import store
 from services.payments.domain import Payments
+from services.payments.providers import PaymentProvider
 from services.payments.records import AUTHORIZED, CUSTOMER, Account, Payment
 
 __all__ = ["ADMIN", "ORDERS", "LocalPayments", "new_key", "open_local"]
@@ -108,7 +109,12 @@ class LocalPayments:
                 for a, total, last in connection.execute(
                     select(
                         payment.account_id,
-                        func.sum(case((payment.state == AUTHORIZED, payment.amount), else_=0)),
+                        func.sum(
+                            case(
+                                ((payment.state == AUTHORIZED) & (payment.provider == ""), payment.amount),
+                                else_=0,
+                            )
+                        ),
                         func.max(payment.update_time),
                     ).group_by(payment.account_id)
                 )
@@ -145,8 +151,9 @@ class LocalPayments:
             return [str(t).rsplit(".", 1)[-1] for t in connection.execute(statement).scalars()]
 
 
-def open_local(path: Path) -> LocalPayments:
-    """Payments over a new SQLite database at `path`, migrated by the service's migrations."""
+def open_local(path: Path, provider: PaymentProvider | None = None) -> LocalPayments:
+    """Payments over a new SQLite database at `path`, migrated by the service's migrations;
+    held by `provider`, or in the ledger."""
     engine = db.connect(DatabaseSettings(url=f"sqlite:///{path}"), migrations=_MIGRATIONS)
     outbox = Outbox(store.BUS, source="payments", routing=consumer_routing())
-    return LocalPayments(engine, Payments(store.PaymentsStore(engine, outbox).transaction))
+    return LocalPayments(engine, Payments(store.PaymentsStore(engine, outbox).transaction, provider=provider))

@@ -537,14 +537,14 @@ class _Declining(LedgerProvider):
         return "CARD_DECLINED"
 
 
-def test_a_provider_decides_holds_and_its_decline_reason_is_kept(local: LocalPayments) -> None:
+def test_the_ledger_decides_holds_and_its_decline_reason_is_kept(local: LocalPayments) -> None:
     account = local.customer(funds=1000)
-    declining = Payments(local.payments.transactions, provider=_Declining())
+    declining = Payments(local.payments.transactions, ledger=_Declining())
     declined = declining.authorize(
         ORDERS, new_key(), order="orders/p1", owner=account.owner, account_id="", amount=_eur(5)
     )
     assert (declined.state, declined.failure_reason) == (FAILED, "CARD_DECLINED")
-    assert isinstance(Payments(local.payments.transactions).provider, LedgerProvider)
+    assert isinstance(Payments(local.payments.transactions).ledger, LedgerProvider)
 
 
 def test_the_clock_stamps_payments(local: LocalPayments) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from services.kit import config
@@ -19,3 +21,37 @@ def test_a_currency_that_is_no_code_fails_start_up(currency: str) -> None:
     with pytest.raises(config.ConfigError) as caught:
         config.load_with("payments", payments_settings.read, {"POLY_PAYMENTS_DEFAULT_CURRENCY": currency})
     assert [p.split(":")[0] for p in caught.value.problems] == ["POLY_PAYMENTS_DEFAULT_CURRENCY"]
+
+
+def test_the_ledger_is_the_default_provider_and_needs_no_credentials() -> None:
+    found = config.load_with("payments", payments_settings.read, {})[1]
+    assert (found.provider, found.stripe.api_key) == ("ledger", "")
+
+
+def test_stripe_needs_its_key_and_webhook_secret_and_keeps_them_out_of_reprs(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError) as caught:
+        config.load_with("payments", payments_settings.read, {"POLY_PAYMENTS_PROVIDER": "stripe"})
+    assert [p.split(":")[0] for p in caught.value.problems] == [
+        "POLY_STRIPE_API_KEY",
+        "POLY_STRIPE_WEBHOOK_SECRET",
+    ]
+    secret_file = tmp_path / "stripe-key"
+    secret_file.write_text("sk_live_from_a_file\n")
+    environ = {
+        "POLY_PAYMENTS_PROVIDER": "Stripe",
+        "POLY_STRIPE_API_KEY_FILE": str(secret_file),
+        "POLY_STRIPE_WEBHOOK_SECRET": "whsec_abc",
+    }
+    found = config.load_with("payments", payments_settings.read, environ)[1]
+    assert (found.provider, found.stripe.api_key, found.stripe.webhook_secret) == (
+        "stripe",
+        "sk_live_from_a_file",
+        "whsec_abc",
+    )
+    assert "sk_live" not in repr(found) and "whsec" not in repr(found)
+
+
+def test_an_unknown_provider_fails_start_up() -> None:
+    with pytest.raises(config.ConfigError) as caught:
+        config.load_with("payments", payments_settings.read, {"POLY_PAYMENTS_PROVIDER": "bitcoin"})
+    assert [p.split(":")[0] for p in caught.value.problems] == ["POLY_PAYMENTS_PROVIDER"]

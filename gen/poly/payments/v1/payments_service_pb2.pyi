@@ -114,6 +114,32 @@ class ListAccountsResponse(_message.Message):
 Global___ListAccountsResponse: _TypeAlias = ListAccountsResponse  # noqa: Y015
 
 @_typing.final
+class SetPaymentMethodRequest(_message.Message):
+    """Request for SetPaymentMethod."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PAYMENT_METHOD_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Required. Name of the account, `accounts/{account}`."""
+    payment_method: _builtins.str
+    """Required. The provider's payment method token; at most 255 characters."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        payment_method: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "payment_method", b"payment_method"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPaymentMethodRequest: _TypeAlias = SetPaymentMethodRequest  # noqa: Y015
+
+@_typing.final
 class FundAccountRequest(_message.Message):
     """Request for FundAccount."""
 

@@ -53,6 +53,11 @@ class PaymentsServiceStub:
                 request_serializer=poly_dot_payments_dot_v1_dot_payments__service__pb2.FundAccountRequest.SerializeToString,
                 response_deserializer=poly_dot_payments_dot_v1_dot_resources__pb2.Account.FromString,
                 _registered_method=True)
+        self.SetPaymentMethod = channel.unary_unary(
+                '/poly.payments.v1.PaymentsService/SetPaymentMethod',
+                request_serializer=poly_dot_payments_dot_v1_dot_payments__service__pb2.SetPaymentMethodRequest.SerializeToString,
+                response_deserializer=poly_dot_payments_dot_v1_dot_resources__pb2.Account.FromString,
+                _registered_method=True)
         self.GetLedgerEntry = channel.unary_unary(
                 '/poly.payments.v1.PaymentsService/GetLedgerEntry',
                 request_serializer=poly_dot_payments_dot_v1_dot_payments__service__pb2.GetLedgerEntryRequest.SerializeToString,
@@ -118,6 +123,18 @@ class PaymentsServiceServicer:
 
     def FundAccount(self, request, context):
         """Pays money into an account (a KIND_FUNDING ledger entry).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPaymentMethod(self, request, context):
+        """Sets the payment method an outside payment provider charges for this
+        account's orders: a token from the provider's client-side flow (a Stripe
+        PaymentMethod `pm_…` from Stripe.js, a PayPal vault payment token), which
+        the service makes reusable at the provider. FAILED_PRECONDITION
+        PAYMENT_METHODS_NOT_USED where payments are held in the ledger;
+        INVALID_ARGUMENT PAYMENT_METHOD_INVALID when the provider refuses it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -208,6 +225,11 @@ def add_PaymentsServiceServicer_to_server(servicer, server):
             'FundAccount': grpc.unary_unary_rpc_method_handler(
                     servicer.FundAccount,
                     request_deserializer=poly_dot_payments_dot_v1_dot_payments__service__pb2.FundAccountRequest.FromString,
+                    response_serializer=poly_dot_payments_dot_v1_dot_resources__pb2.Account.SerializeToString,
+            ),
+            'SetPaymentMethod': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPaymentMethod,
+                    request_deserializer=poly_dot_payments_dot_v1_dot_payments__service__pb2.SetPaymentMethodRequest.FromString,
                     response_serializer=poly_dot_payments_dot_v1_dot_resources__pb2.Account.SerializeToString,
             ),
             'GetLedgerEntry': grpc.unary_unary_rpc_method_handler(
@@ -334,6 +356,33 @@ class PaymentsService:
             target,
             '/poly.payments.v1.PaymentsService/FundAccount',
             poly_dot_payments_dot_v1_dot_payments__service__pb2.FundAccountRequest.SerializeToString,
+            poly_dot_payments_dot_v1_dot_resources__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPaymentMethod(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/poly.payments.v1.PaymentsService/SetPaymentMethod',
+            poly_dot_payments_dot_v1_dot_payments__service__pb2.SetPaymentMethodRequest.SerializeToString,
             poly_dot_payments_dot_v1_dot_resources__pb2.Account.FromString,
             options,
             channel_credentials,

@@ -45,6 +45,14 @@ class PaymentsServiceStub:
     """
     FundAccount: _grpc.UnaryUnaryMultiCallable[_payments_service_pb2.FundAccountRequest, _resources_pb2.Account]
     """Pays money into an account (a KIND_FUNDING ledger entry)."""
+    SetPaymentMethod: _grpc.UnaryUnaryMultiCallable[_payments_service_pb2.SetPaymentMethodRequest, _resources_pb2.Account]
+    """Sets the payment method an outside payment provider charges for this
+    account's orders: a token from the provider's client-side flow (a Stripe
+    PaymentMethod `pm_…` from Stripe.js, a PayPal vault payment token), which
+    the service makes reusable at the provider. FAILED_PRECONDITION
+    PAYMENT_METHODS_NOT_USED where payments are held in the ledger;
+    INVALID_ARGUMENT PAYMENT_METHOD_INVALID when the provider refuses it.
+    """
     GetLedgerEntry: _grpc.UnaryUnaryMultiCallable[_payments_service_pb2.GetLedgerEntryRequest, _resources_pb2.LedgerEntry]
     """Gets a ledger entry."""
     ListLedgerEntries: _grpc.UnaryUnaryMultiCallable[_payments_service_pb2.ListLedgerEntriesRequest, _payments_service_pb2.ListLedgerEntriesResponse]
@@ -96,6 +104,14 @@ class PaymentsServiceAsyncStub(PaymentsServiceStub):
     """
     FundAccount: _aio.UnaryUnaryMultiCallable[_payments_service_pb2.FundAccountRequest, _resources_pb2.Account]  # type: ignore[assignment]
     """Pays money into an account (a KIND_FUNDING ledger entry)."""
+    SetPaymentMethod: _aio.UnaryUnaryMultiCallable[_payments_service_pb2.SetPaymentMethodRequest, _resources_pb2.Account]  # type: ignore[assignment]
+    """Sets the payment method an outside payment provider charges for this
+    account's orders: a token from the provider's client-side flow (a Stripe
+    PaymentMethod `pm_…` from Stripe.js, a PayPal vault payment token), which
+    the service makes reusable at the provider. FAILED_PRECONDITION
+    PAYMENT_METHODS_NOT_USED where payments are held in the ledger;
+    INVALID_ARGUMENT PAYMENT_METHOD_INVALID when the provider refuses it.
+    """
     GetLedgerEntry: _aio.UnaryUnaryMultiCallable[_payments_service_pb2.GetLedgerEntryRequest, _resources_pb2.LedgerEntry]  # type: ignore[assignment]
     """Gets a ledger entry."""
     ListLedgerEntries: _aio.UnaryUnaryMultiCallable[_payments_service_pb2.ListLedgerEntriesRequest, _payments_service_pb2.ListLedgerEntriesResponse]  # type: ignore[assignment]
@@ -162,6 +178,20 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Account, _abc.Awaitable[_resources_pb2.Account]]:
         """Pays money into an account (a KIND_FUNDING ledger entry)."""
+
+    @_abc_1.abstractmethod
+    def SetPaymentMethod(
+        self,
+        request: _payments_service_pb2.SetPaymentMethodRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resources_pb2.Account, _abc.Awaitable[_resources_pb2.Account]]:
+        """Sets the payment method an outside payment provider charges for this
+        account's orders: a token from the provider's client-side flow (a Stripe
+        PaymentMethod `pm_…` from Stripe.js, a PayPal vault payment token), which
+        the service makes reusable at the provider. FAILED_PRECONDITION
+        PAYMENT_METHODS_NOT_USED where payments are held in the ledger;
+        INVALID_ARGUMENT PAYMENT_METHOD_INVALID when the provider refuses it.
+        """
 
     @_abc_1.abstractmethod
     def GetLedgerEntry(

@@ -37,12 +37,18 @@ class Account(_message.Message):
     HELD_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    PAYMENT_METHOD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Identifier. Resource name, `accounts/{account}`."""
     owner: _builtins.str
     """Output only. The account holder, `users/{user}`."""
     currency_code: _builtins.str
     """Output only. ISO 4217 code of every amount on the account, e.g. "EUR"."""
+    payment_method: _builtins.str
+    """Output only. The outside payment provider's reusable payment method that pays
+    this account's orders (a Stripe PaymentMethod id, a PayPal vault token), set
+    by SetPaymentMethod; empty where payments are held in the ledger.
+    """
     @_builtins.property
     def balance(self) -> _money_pb2.Money:
         """Output only. Booked funds: the sum of all ledger entries."""
@@ -74,10 +80,11 @@ class Account(_message.Message):
         held: _money_pb2.Money | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        payment_method: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "balance", b"balance", "create_time", b"create_time", "held", b"held", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "balance", b"balance", "create_time", b"create_time", "currency_code", b"currency_code", "held", b"held", "name", b"name", "owner", b"owner", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "balance", b"balance", "create_time", b"create_time", "currency_code", b"currency_code", "held", b"held", "name", b"name", "owner", b"owner", "payment_method", b"payment_method", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -195,6 +202,8 @@ class Payment(_message.Message):
         """The whole captured amount was returned. Terminal."""
         STATE_FAILED: Payment._State.ValueType  # 6
         """The authorization was declined; see `failure_reason`. Terminal."""
+        STATE_PENDING: Payment._State.ValueType  # 7
+        """Asked of the outside payment provider, its answer not recorded yet."""
 
     class State(_State, metaclass=_StateEnumTypeWrapper):
         """Lifecycle of a payment."""
@@ -213,6 +222,8 @@ class Payment(_message.Message):
     """The whole captured amount was returned. Terminal."""
     STATE_FAILED: Payment.State.ValueType  # 6
     """The authorization was declined; see `failure_reason`. Terminal."""
+    STATE_PENDING: Payment.State.ValueType  # 7
+    """Asked of the outside payment provider, its answer not recorded yet."""
 
     NAME_FIELD_NUMBER: _builtins.int
     ORDER_FIELD_NUMBER: _builtins.int
@@ -225,6 +236,8 @@ class Payment(_message.Message):
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    PROVIDER_REFERENCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Identifier. Resource name, `payments/{payment}`."""
     order: _builtins.str
@@ -238,6 +251,14 @@ class Payment(_message.Message):
     failure_reason: _builtins.str
     """Output only. Why authorization was declined, as an UPPER_SNAKE reason
     such as "INSUFFICIENT_FUNDS"; empty unless `state` is FAILED.
+    """
+    provider: _builtins.str
+    """Output only. The outside provider holding the money ("stripe", "paypal"),
+    or empty when the ledger holds it.
+    """
+    provider_reference: _builtins.str
+    """Output only. The provider's id of the authorization (a Stripe PaymentIntent,
+    a PayPal authorization): what its dashboard and reconciliation show.
     """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
@@ -273,10 +294,12 @@ class Payment(_message.Message):
         failure_reason: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        provider: _builtins.str = ...,
+        provider_reference: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "captured_amount", b"captured_amount", "create_time", b"create_time", "refunded_amount", b"refunded_amount", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount", "captured_amount", b"captured_amount", "create_time", b"create_time", "failure_reason", b"failure_reason", "name", b"name", "order", b"order", "owner", b"owner", "refunded_amount", b"refunded_amount", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount", "captured_amount", b"captured_amount", "create_time", b"create_time", "failure_reason", b"failure_reason", "name", b"name", "order", b"order", "owner", b"owner", "provider", b"provider", "provider_reference", b"provider_reference", "refunded_amount", b"refunded_amount", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,167 @@
+"""Stripe as the payments service's outside provider (`providers.PaymentProvider`), through
+Stripe's own SDK: a payment is a PaymentIntent confirmed off-session with manual capture (the
+saga's authorize -> capture), voided by cancelling it, refunded by Refunds.
+
+Every call that moves money carries an idempotency key from `providers.keys`: Stripe answers a
+repeat within 24 hours with its first answer, so a retried saga step never charges twice.
+Errors map as Stripe documents them: a CardError is a decline (its ``decline_code``); a
+connection failure, a timeout, 429 and 5xx are `ProviderUnavailable`; a bad key is too (the
+operator's to fix; nobody's payment should be declined for it), and is logged as an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import stripe
+
+from services.payments.providers import (
+    Authorization,
+    Charge,
+    ProviderRefused,
+    ProviderUnavailable,
+    keys,
+)
+from services.payments.records import Account, Payment
+from services.payments.settings import StripeSettings
+
+__all__ = ["StripeProvider"]
+
+_log = logging.getLogger(__name__)
+
+_UNAVAILABLE = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError)
+_MISCONFIGURED = (stripe.AuthenticationError, stripe.PermissionError)
+
+
+def _error_body(error: stripe.StripeError) -> dict[str, Any]:
+    """The ``error`` object of Stripe's answer (empty when there was none)."""
+    body = error.json_body if isinstance(error.json_body, dict) else {}
+    found = body.get("error")
+    return found if isinstance(found, dict) else {}
+
+
+def _reason(error: stripe.StripeError) -> str:
+    """Stripe's most specific code for the error, as an UPPER_SNAKE reason."""
+    body = _error_body(error)
+    code = body.get("decline_code") or body.get("code") or error.code or "STRIPE_ERROR"
+    return str(code).upper()[:63]
+
+
+def _unavailable(error: stripe.StripeError) -> ProviderUnavailable:
+    if isinstance(error, _MISCONFIGURED):
+        _log.error(
+            "stripe refused the API key", extra={"status": error.http_status, "reason": _reason(error)}
+        )
+    return ProviderUnavailable(f"stripe: {type(error).__name__} ({error.http_status})")
+
+
+class StripeProvider:
+    """`providers.PaymentProvider` over a `stripe.StripeClient`."""
+
+    name = "stripe"
+
+    def __init__(self, settings: StripeSettings) -> None:
+        self._client = stripe.StripeClient(
+            settings.api_key,
+            base_addresses={"api": settings.api_base},
+            http_client=stripe.RequestsClient(timeout=settings.timeout_seconds),
+            max_network_retries=0,  # retried by the saga and the worker, with the same keys
+        )
+
+    def attach(self, account: Account, method: str) -> tuple[str, str]:
+        try:
+            customer = account.provider_customer
+            if not customer:
+                made = self._client.v1.customers.create(
+                    params={"metadata": {"account": account.id, "owner": account.owner}},
+                    options={"idempotency_key": keys.customer(account)},
+                )
+                customer = made.id
+            attached = self._client.v1.payment_methods.attach(method, params={"customer": customer})
+        except _UNAVAILABLE + _MISCONFIGURED as error:
+            raise _unavailable(error) from error
+        except stripe.StripeError as error:
+            raise ProviderRefused(_reason(error), str(error.user_message or "")) from error
+        return attached.id, customer
+
+    def authorize(self, charge: Charge) -> Authorization:
+        payment = charge.payment
+        params: stripe.params.PaymentIntentCreateParams = {
+            "amount": payment.amount,
+            "currency": payment.currency.lower(),
+            "customer": charge.customer,
+            "payment_method": charge.payment_method,
+            "capture_method": "manual",
+            "confirm": True,
+            "off_session": True,
+            "description": payment.order,
+            "metadata": {"payment": payment.id, "order": payment.order, "owner": payment.owner},
+        }
+        try:
+            intent = self._client.v1.payment_intents.create(
+                params=params, options={"idempotency_key": keys.authorize(payment)}
+            )
+        except stripe.CardError as declined:
+            refused = _error_body(declined).get("payment_intent")
+            reference = refused.get("id", "") if isinstance(refused, dict) else ""
+            return Authorization(str(reference), _reason(declined))
+        except _UNAVAILABLE + _MISCONFIGURED as error:
+            raise _unavailable(error) from error
+        except stripe.StripeError as error:
+            raise ProviderRefused(_reason(error)) from error
+        if intent.status == "requires_capture":
+            return Authorization(intent.id)
+        # Off-session and confirmed, anything else is not a hold: e.g. requires_action (the
+        # bank wants the customer present) or a method that settles later.
+        return Authorization(intent.id, f"STRIPE_{intent.status.upper()}")
+
+    def _intent_status(self, reference: str) -> str:
+        try:
+            return str(self._client.v1.payment_intents.retrieve(reference).status)
+        except _UNAVAILABLE + _MISCONFIGURED as error:
+            raise _unavailable(error) from error
+
+    def capture(self, payment: Payment) -> str:
+        try:
+            intent = self._client.v1.payment_intents.capture(
+                payment.provider_reference, options={"idempotency_key": keys.capture(payment)}
+            )
+        except _UNAVAILABLE + _MISCONFIGURED as error:
+            raise _unavailable(error) from error
+        except stripe.StripeError as error:
+            # Captured already (from the dashboard, or a webhook we have not recorded): done.
+            if self._intent_status(payment.provider_reference) != "succeeded":
+                raise ProviderRefused(_reason(error)) from error
+            intent = self._client.v1.payment_intents.retrieve(payment.provider_reference)
+        charge = intent.latest_charge
+        return charge if isinstance(charge, str) else (charge.id if charge is not None else "")
+
+    def void(self, payment: Payment) -> None:
+        try:
+            self._client.v1.payment_intents.cancel(
+                payment.provider_reference,
+                params={"cancellation_reason": "abandoned"},
+                options={"idempotency_key": keys.void(payment)},
+            )
+        except _UNAVAILABLE + _MISCONFIGURED as error:
+            raise _unavailable(error) from error
+        except stripe.StripeError as error:
+            if self._intent_status(payment.provider_reference) != "canceled":
+                raise ProviderRefused(_reason(error)) from error
+
+    def refund(self, payment: Payment, amount: int, request: str) -> str:
+        try:
+            refund = self._client.v1.refunds.create(
+                params={
+                    "payment_intent": payment.provider_reference,
+                    "amount": amount,
+                    "metadata": {"payment": payment.id, "order": payment.order},
+                },
+                options={"idempotency_key": keys.refund(payment, request)},
+            )
+        except _UNAVAILABLE + _MISCONFIGURED as error:
+            raise _unavailable(error) from error
+        except stripe.StripeError as error:
+            raise ProviderRefused(_reason(error)) from error
+        return refund.id
