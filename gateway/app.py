@@ -39,6 +39,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -418,7 +419,11 @@ class Edge:
     ) -> Message:
         message = plan.request_class()
         parsed = None
-        if route.body:
+        if plan.raw_body is not None:  # google.api.HttpBody: the bytes as sent, and their type
+            body: Any = message if not plan.raw_body else getattr(message, plan.raw_body)
+            body.data = await self._body(request, json=False)
+            body.content_type = request.headers.get("Content-Type", "")
+        elif route.body:
             parsed = jsoncodec.parse_json(
                 await self._body(request),
                 message,
@@ -436,9 +441,11 @@ class Edge:
             plan.patch_mask.fill(message, parsed)
         return message
 
-    async def _body(self, request: Request) -> bytes:
-        """The body, said to be JSON (else 415), once it has arrived (413 past the limit)."""
-        answers.require_json(request)
+    async def _body(self, request: Request, *, json: bool = True) -> bytes:
+        """The body, said to be JSON (else 415) unless `json` is False, once it has arrived
+        (413 past the limit)."""
+        if json:
+            answers.require_json(request)
         await self._expect(request)
         try:
             return await request.read()
@@ -490,6 +497,7 @@ class Edge:
             client_ip=client.address,
             host=request.host,
             request_id=exchange.request_id,
+            header_matcher=headers.forwarding_matcher(plan.forwarded_headers),
             forward_trace_context=observer.passes_trace_context(request),
         )
         service = plan.service

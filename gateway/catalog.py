@@ -9,6 +9,9 @@ a foreign service simply does not, and gets grpc-gateway's behaviour):
 * ``poly.options.v1.policy`` - methods whose access is INTERNAL (service-to-service only) get
   no route; PUBLIC ones need no bearer token in the OpenAPI document. Without it, every
   method is routed and none declares a token.
+* ``poly.options.v1.forwarded_headers`` - request headers forwarded to the method as
+  metadata of the same name (a webhook's signature header); without it, only
+  ``Grpc-Metadata-*`` and the edge's own.
 
 Both are read through the descriptor set's own pool (`DescriptorSet.method_option`), so
 the edge needs no generated code for them.
@@ -29,9 +32,18 @@ from gateway.plans import Routing
 from gateway.reflection import reflect
 from gateway.routes import Route, compile_routes
 
-__all__ = ["Catalog", "POLICY_OPTION", "SUCCESS_STATUS_OPTION", "build", "load", "load_routing"]
+__all__ = [
+    "Catalog",
+    "FORWARDED_HEADERS_OPTION",
+    "POLICY_OPTION",
+    "SUCCESS_STATUS_OPTION",
+    "build",
+    "load",
+    "load_routing",
+]
 
 POLICY_OPTION = "poly.options.v1.policy"
+FORWARDED_HEADERS_OPTION = "poly.options.v1.forwarded_headers"
 SUCCESS_STATUS_OPTION = "poly.options.v1.http_status"
 _PUBLIC, _INTERNAL = "ACCESS_PUBLIC", "ACCESS_INTERNAL"
 _NOT_THE_API = ("grpc.", "google.")
@@ -104,6 +116,12 @@ def build(
         declared = descriptors.method_option(route.method, SUCCESS_STATUS_OPTION)
         return declared if isinstance(declared, int) and 200 <= declared < 300 else 200
 
+    def forwarded_headers(route: Route) -> frozenset[str]:
+        declared = descriptors.method_option(route.method, FORWARDED_HEADERS_OPTION)
+        if not isinstance(declared, list):
+            return frozenset()
+        return frozenset(str(name).lower() for name in declared)
+
     def is_public(method: MethodDescriptor) -> bool | None:
         access = _access(descriptors, method)
         return None if access is None else access == _PUBLIC
@@ -117,11 +135,12 @@ def build(
         title=title,
         version=version,
         success_status=success_status,
+        forwarded_headers=forwarded_headers,
         comments=descriptors.comment,
         is_public=is_public,
         license=license,
     )
-    return Routing(router, document, success_status)
+    return Routing(router, document, success_status, forwarded_headers)
 
 
 async def load_routing(config: EdgeConfig, backends: Backends) -> Routing:

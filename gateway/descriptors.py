@@ -64,10 +64,13 @@ class DescriptorSet:
         except KeyError:
             return None
         options = options_class.FromString(method.GetOptions().SerializeToString())
+        if found.is_repeated:  # no presence: absent is empty
+            values: list[object] = list(options.Extensions[found])  # type: ignore[index]
+            return values or None
         if not options.HasExtension(found):  # type: ignore[arg-type]
             return None
         value: object = options.Extensions[found]  # type: ignore[index]
-        return value  # a message, or a scalar for a scalar option
+        return value  # a message, a scalar for a scalar option, a list for a repeated one
 
     def comment(self, full_name: str) -> str:
         """The leading comment of a service, method, message, field, enum or enum value."""

@@ -16,6 +16,7 @@ base64-encoded.
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import re
 import uuid
@@ -36,6 +37,7 @@ __all__ = [
     "METADATA_PREFIX",
     "TRAILER_PREFIX",
     "default_header_matcher",
+    "forwarding_matcher",
     "outgoing_metadata",
     "request_id",
     "parse_grpc_timeout",
@@ -89,6 +91,19 @@ def default_header_matcher(name: str) -> str | None:
     if name.startswith(_METADATA_PREFIX_LOWER):
         return name[len(_METADATA_PREFIX_LOWER) :]
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def forwarding_matcher(names: frozenset[str]) -> HeaderMatcher:
+    """`default_header_matcher`, also forwarding the headers `names` (lower-case) under their
+    own name: a method's declared ones (`plans.Plan.forwarded_headers`). Built once per set."""
+    if not names:
+        return default_header_matcher
+
+    def matcher(name: str) -> str | None:
+        return name if name in names else default_header_matcher(name)
+
+    return matcher
 
 
 def outgoing_metadata(

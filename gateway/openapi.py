@@ -21,6 +21,7 @@ from google.protobuf.descriptor import (
 )
 
 from gateway.descriptors import source_comments
+from gateway.plans import raw_body_field
 from gateway.routes import Route, Router
 
 __all__ = [
@@ -126,6 +127,7 @@ def openapi_document(
     comments: CommentSource | None = None,
     is_public: PublicPredicate = _no_token_declared,
     license: Mapping[str, str] | None = None,
+    forwarded_headers: Callable[[Route], frozenset[str]] = lambda route: frozenset(),
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document of `router`'s routes (a JSON-ready dict).
 
@@ -133,8 +135,10 @@ def openapi_document(
     own source info when their files kept it (generated `_pb2` modules usually do not).
     `license` is ``info.license`` (``{"name": ..., "identifier": <SPDX>}``); without it the
     document claims none, as it should for APIs whose licence the edge cannot know.
+    `forwarded_headers` names each route's request headers passed to the method (documented
+    as header parameters).
     """
-    builder = _Builder(comments or _source_comments(router.routes))
+    builder = _Builder(comments or _source_comments(router.routes), forwarded_headers)
     return builder.document(
         router,
         title=title,
@@ -147,8 +151,9 @@ def openapi_document(
 
 
 class _Builder:
-    def __init__(self, comments: CommentSource) -> None:
+    def __init__(self, comments: CommentSource, forwarded_headers: Callable[[Route], frozenset[str]]) -> None:
         self.comment = comments
+        self.forwarded_headers = forwarded_headers
         self.schemas: dict[str, dict[str, Any]] = {STATUS_NAME: STATUS_SCHEMA}
 
     def document(
@@ -229,8 +234,17 @@ class _Builder:
         if comment:
             operation["summary"] = comment.split("\n", 1)[0].strip()
             operation["description"] = comment
-        operation["parameters"] = self.query_parameters(route)
-        if route.body:
+        operation["parameters"] = self.query_parameters(route) + [
+            {"name": name, "in": "header", "required": False, "schema": {"type": "string"}}
+            for name in sorted(self.forwarded_headers(route))
+        ]
+        if raw_body_field(route) is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "description": "The body as sent, any media type: the method checks it.",
+                "content": {"*/*": {"schema": {}}},
+            }
+        elif route.body:
             operation["requestBody"] = {
                 "required": True,
                 "content": {"application/json": {"schema": self.body_schema(route)}},
@@ -537,7 +551,9 @@ def _errors(route: Route, *, public: bool | None) -> dict[str, Any]:
     if public is not True:
         refs |= {"401": "Unauthenticated", "403": "PermissionDenied"}
     if route.body:
-        refs |= {"413": "TooLarge", "415": "UnsupportedMediaType"}
+        refs |= {"413": "TooLarge"}
+        if raw_body_field(route) is None:
+            refs["415"] = "UnsupportedMediaType"
     answers = {status: {"$ref": f"#/components/responses/{name}"} for status, name in sorted(refs.items())}
     return {**answers, "default": {"$ref": "#/components/responses/Error"}}
 

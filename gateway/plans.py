@@ -17,13 +17,17 @@ from gateway import fieldmask
 from gateway.routes import Route, Router
 
 __all__ = [
+    "HTTP_BODY",
     "Compiled",
+    "ForwardedHeaders",
     "Plan",
     "Routing",
     "SuccessStatus",
     "backend_method",
     "compile_routing",
     "default_success_status",
+    "no_forwarded_headers",
+    "raw_body_field",
 ]
 
 _MultiCallable = TypeVar("_MultiCallable")
@@ -37,6 +41,31 @@ def default_success_status(route: Route) -> int:
     return 200
 
 
+ForwardedHeaders = Callable[[Route], frozenset[str]]
+"""The HTTP request headers (lower-case) a route forwards as metadata of the same name."""
+
+
+def no_forwarded_headers(route: Route) -> frozenset[str]:
+    """None beyond `headers.default_header_matcher`'s, as grpc-gateway's default."""
+    return frozenset()
+
+
+HTTP_BODY = "google.api.HttpBody"
+
+
+def raw_body_field(route: Route) -> str | None:
+    """Where a route's body goes as it came (grpc-gateway's rule for `google.api.HttpBody`):
+    the name of the HttpBody field its body binds, "" when the request message is itself an
+    HttpBody (``body: "*"``), None when the body is JSON."""
+    request = route.method.input_type
+    if route.body == "*":
+        return "" if request.full_name == HTTP_BODY else None
+    if route.body:
+        target = request.fields_by_name[route.body].message_type
+        return route.body if target is not None and target.full_name == HTTP_BODY else None
+    return None
+
+
 @dataclass(frozen=True)
 class Routing:
     """What the edge routes: the compiled routes, their OpenAPI document, the success statuses."""
@@ -44,6 +73,7 @@ class Routing:
     router: Router
     document: dict[str, Any]
     success_status: SuccessStatus = default_success_status
+    forwarded_headers: ForwardedHeaders = no_forwarded_headers
 
 
 @dataclass(frozen=True)
@@ -66,6 +96,10 @@ class Plan:
     """Whether the method streams its answers."""
     patch_mask: fieldmask.PatchMask | None = None
     """How a PATCH without a field mask gets one from its body's keys."""
+    raw_body: str | None = None
+    """`raw_body_field`: the HttpBody field the body fills as it came; None for JSON."""
+    forwarded_headers: frozenset[str] = frozenset()
+    """Request headers (lower-case) forwarded as metadata of the same name."""
 
 
 def _message_class(descriptor: Descriptor) -> type[Message]:
@@ -82,7 +116,7 @@ def backend_method(make: Callable[..., _MultiCallable], route: Route, plan: Plan
     )
 
 
-def _plan(route: Route, success_status: SuccessStatus) -> Plan:
+def _plan(route: Route, success_status: SuccessStatus, forwarded_headers: ForwardedHeaders) -> Plan:
     request = route.method.input_type
     body_field: str = ""
     bound: tuple[str, ...] = ()
@@ -103,6 +137,8 @@ def _plan(route: Route, success_status: SuccessStatus) -> Plan:
         route.full_method,
         route.server_streaming,
         patch_mask,
+        raw_body_field(route),
+        forwarded_headers(route),
     )
 
 
@@ -122,6 +158,9 @@ class Compiled:
 def compile_routing(routing: Routing) -> Compiled:
     """`routing` as the edge serves it: each route's `Plan`, the document serialized once."""
     # Worked out once per route: nothing about a route is looked up again per request.
-    plans = {id(route): _plan(route, routing.success_status) for route in routing.router.routes}
+    plans = {
+        id(route): _plan(route, routing.success_status, routing.forwarded_headers)
+        for route in routing.router.routes
+    }
     services = sorted({route.method.containing_service.full_name for route in routing.router.routes})
     return Compiled(routing.router, plans, json.dumps(routing.document).encode(), tuple(services))

@@ -59,6 +59,10 @@ _SMTP_LOGIN_SKIP = {
     "CKV_K8S_35": "only the optional SMTP login comes from the environment (an optional Secret "
     "may be absent); the database and broker URLs are files",
 }
+_PROVIDER_KEYS_SKIP = {
+    "CKV_K8S_35": "only the optional payment provider's keys come from the environment (an "
+    "optional Secret, absent where the ledger holds payments); the database and broker URLs are files",
+}
 
 
 def labels(component: str) -> dict[str, str]:
@@ -130,6 +134,12 @@ def _env(component: str) -> list[dict[str, Any]]:
             env.append(
                 {"name": name, "valueFrom": {"secretKeyRef": {"name": "smtp", "key": key, "optional": True}}}
             )
+    if component == "payments":
+        # Read only when POLY_PAYMENTS_PROVIDER names the provider (the ledger needs neither).
+        keys = (("POLY_STRIPE_API_KEY", "api-key"), ("POLY_STRIPE_WEBHOOK_SECRET", "webhook-secret"))
+        for name, key in keys:
+            secret = {"name": "stripe", "key": key, "optional": True}
+            env.append({"name": name, "valueFrom": {"secretKeyRef": secret}})
     return downward + env
 
 
@@ -301,6 +311,8 @@ def deployment(component: str) -> dict[str, Any]:
     skips = dict(_CHECKOV_SKIPS)
     if component == "notifications":
         skips.update(_SMTP_LOGIN_SKIP)
+    if component == "payments":
+        skips.update(_PROVIDER_KEYS_SKIP)
     annotations = {f"checkov.io/skip{n}": f"{check}={why}" for n, (check, why) in enumerate(skips.items(), 1)}
     return {
         "apiVersion": "apps/v1",
@@ -459,6 +471,8 @@ def network_policies() -> list[dict[str, Any]]:
             egress.append({"ports": _any_port(5432, 5672, 5671)})  # its database, the broker (AMQP, AMQPS)
         if component == "notifications":
             egress.append({"ports": _any_port(25, 465, 587, 2525, 80, 443)})  # email and webhooks
+        if component == "payments":
+            egress.append({"ports": _any_port(443)})  # the payment provider's API (Stripe)
         policies.append(
             {
                 "apiVersion": "networking.k8s.io/v1",

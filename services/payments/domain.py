@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 
@@ -28,6 +28,7 @@ from services.kit.domain_errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    Unauthenticated,
 )
 from services.kit.filters import Term
 from services.kit.money import Money, money_problems
@@ -35,7 +36,7 @@ from services.kit.text import visible_text_problem
 from services.payments.idempotency import Request, fingerprint, key_problems, recall, remember
 from services.payments.ledger import LedgerProvider, balanced_entries, system_account
 from services.payments.outside import CANCEL, OutsideSteps
-from services.payments.providers import PaymentProvider
+from services.payments.providers import EventRefused, PaymentProvider
 from services.payments.records import (
     ACCOUNT_FIELDS,
     AUTHORIZED,
@@ -207,6 +208,25 @@ class Payments:
                 "ACCOUNT_NOT_FUNDABLE", "accounts/{account} is a system account", account=account_id
             )
         return self.outside.attach(account, method)
+
+    def receive_event(self, provider: str, headers: Mapping[str, str], body: bytes) -> None:
+        """ReceiveProviderEvent: a webhook event from `provider`, applied once if its signature
+        checks out. Nothing in an unverified body is read, logged or stored."""
+        if self.outside is None or self.outside.provider.name != provider:
+            raise NotFound(
+                "PROVIDER_NOT_CONFIGURED",
+                "this deployment takes no events from {provider}",
+                provider=provider[:40],
+            )
+        try:
+            event = self.outside.provider.verify_event(headers, body)
+        except EventRefused as refused:
+            raise Unauthenticated(
+                "PROVIDER_EVENT_UNVERIFIED",
+                "the event's signature is missing, wrong or too old",
+                provider=provider,
+            ) from refused
+        self.outside.apply(event)
 
     def list_accounts(
         self, viewer: Viewer, *, size: int, token: str, filter_text: str, order_by: str

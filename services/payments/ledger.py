@@ -16,6 +16,7 @@ __all__ = [
     "LedgerProvider",
     "balanced_entries",
     "provider_capture",
+    "provider_dispute",
     "provider_refund",
     "system_account",
     "system_account_id",
@@ -104,3 +105,11 @@ def provider_refund(repo: Repository, payment: Payment, amount: int, now: dt.dat
     merchant = system_account(repo, MERCHANT, payment.currency, now)
     legs = [(merchant, -amount), (clearing, amount)]
     repo.add_entries(balanced_entries(legs, payment.currency, "REFUND", payment.id, now))
+
+
+def provider_dispute(repo: Repository, payment: Payment, amount: int, now: dt.datetime) -> None:
+    """A dispute opened at the provider: it took `amount` back from the merchant meanwhile."""
+    clearing = _provider_account(repo, payment.provider, payment.currency, now)
+    merchant = system_account(repo, MERCHANT, payment.currency, now)
+    legs = [(merchant, -amount), (clearing, amount)]
+    repo.add_entries(balanced_entries(legs, payment.currency, "DISPUTE", payment.id, now))

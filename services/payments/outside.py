@@ -23,10 +23,11 @@ from dataclasses import replace
 
 from services.kit.domain_errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.payments.idempotency import Request, remember
-from services.payments.ledger import provider_capture, provider_refund
+from services.payments.ledger import provider_capture, provider_dispute, provider_refund
 from services.payments.providers import (
     Charge,
     PaymentProvider,
+    ProviderEvent,
     ProviderRefused,
     ProviderUnavailable,
 )
@@ -44,10 +45,11 @@ from services.payments.records import (
     Repository,
 )
 
-__all__ = ["CANCEL", "OutsideSteps", "ProviderWorker"]
+__all__ = ["CANCEL", "DISPUTED", "OutsideSteps", "ProviderWorker"]
 
 _log = logging.getLogger(__name__)
 
+DISPUTED = "DISPUTED"
 CANCEL = "CANCEL"
 """Compensation: void the authorization, or refund what was captured."""
 _SETTLED = (VOIDED, REFUNDED, FAILED)
@@ -193,7 +195,7 @@ class OutsideSteps:
     ) -> Payment:
         """Returns `amount` of what was captured; `request_key` makes the provider's key."""
         try:
-            self.provider.refund(payment, amount, request_key)
+            refund = self.provider.refund(payment, amount, request_key)
         except ProviderUnavailable as error:
             raise _unavailable(self.provider, payment) from error
         except ProviderRefused as refused:
@@ -206,18 +208,75 @@ class OutsideSteps:
             ) from refused
         with self._transactions() as repo:
             current = self._locked(repo, payment.id)
-            if current.state in (CAPTURED, PARTIALLY_REFUNDED):
-                # The provider moved the money: recorded as it did, even past what the ledger
-                # thought was left (reconciliation then shows why).
-                now = self._clock()
-                after = REFUNDED if current.refunded + amount >= current.captured else PARTIALLY_REFUNDED
-                repo.set_state(current, after, now)
-                provider_refund(repo, current, amount, now)
-                refunded = self._locked(repo, payment.id)
-                repo.publish(PaymentEvent(REFUNDED, refunded, amount, reason))
+            self._record_refund(repo, current, refund, amount, reason)
             if request is not None:
                 remember(repo, request, payment.id, self._clock())
             return self._locked(repo, payment.id)
+
+    def _record_refund(
+        self, repo: Repository, payment: Payment, refund: str, amount: int, reason: str
+    ) -> None:
+        """A refund the provider made, recorded once by its id (the call's answer and its
+        webhook event both tell of it), as the provider made it: even past what the ledger
+        thought was left (reconciliation then shows why)."""
+        if payment.state not in (CAPTURED, PARTIALLY_REFUNDED, REFUNDED):
+            return
+        if not repo.first_sight(self.provider.name, f"refund:{refund}", "refund"):
+            return
+        now = self._clock()
+        after = REFUNDED if payment.refunded + amount >= payment.captured else PARTIALLY_REFUNDED
+        repo.set_state(payment, after, now)
+        provider_refund(repo, payment, amount, now)
+        refunded = self._locked(repo, payment.id)
+        repo.publish(PaymentEvent(REFUNDED, refunded, amount, reason))
+
+    def apply(self, event: ProviderEvent) -> None:
+        """A verified webhook event, applied once: its id goes into the inbox in the same
+        transaction. A state the use cases reached first is left as it is."""
+        with self._transactions() as repo:
+            if not repo.first_sight(self.provider.name, f"event:{event.id}", event.type):
+                return  # delivered again
+            found = self._payment_of(repo, event)
+            if found is None or not event.kind:
+                return  # another system's payment on the same provider account, or not ours to act on
+            payment = self._locked(repo, found.id)
+            now = self._clock()
+            if event.kind == AUTHORIZED and payment.state == PENDING:
+                repo.set_state(payment, AUTHORIZED, now, reference=event.reference)
+                repo.publish(PaymentEvent(AUTHORIZED, replace(payment, state=AUTHORIZED), payment.amount))
+            elif event.kind in (FAILED, VOIDED) and payment.state == PENDING:
+                reason = event.reason or f"PROVIDER_{event.kind}"
+                repo.set_state(payment, FAILED, now, failure_reason=reason, reference=event.reference)
+                failed = replace(payment, state=FAILED, failure_reason=reason)
+                repo.publish(PaymentEvent(FAILED, failed, payment.amount, reason))
+            elif event.kind == CAPTURED and payment.state in (PENDING, AUTHORIZED):
+                repo.set_state(payment, CAPTURED, now, reference=event.reference, capture=event.movement)
+                provider_capture(repo, payment, now)
+                captured = self._locked(repo, payment.id)
+                repo.publish(PaymentEvent(CAPTURED, captured, captured.amount))
+            elif event.kind == VOIDED and payment.state == AUTHORIZED:
+                repo.set_state(payment, VOIDED, now)
+                repo.publish(PaymentEvent(VOIDED, replace(payment, state=VOIDED), payment.amount))
+            elif event.kind == REFUNDED:
+                self._record_refund(repo, payment, event.movement, event.amount, event.reason)
+            elif (
+                event.kind == DISPUTED
+                and payment.state in (CAPTURED, PARTIALLY_REFUNDED, REFUNDED)
+                and repo.first_sight(self.provider.name, f"dispute:{event.movement}", "dispute")
+            ):
+                provider_dispute(repo, payment, event.amount, now)
+
+    def _payment_of(self, repo: Repository, event: ProviderEvent) -> Payment | None:
+        """The payment `event` is about: by the provider's reference, or (a PENDING one, whose
+        reference the provider's answer has not told yet) by our id echoed in its metadata."""
+        found = repo.payment_by_reference(self.provider.name, event.reference)
+        if found is None and event.payment:
+            found = repo.payment(event.payment)
+            if found is not None and (
+                found.provider != self.provider.name or found.provider_reference not in ("", event.reference)
+            ):
+                return None  # not the payment the provider's object belongs to
+        return found
 
     def compensate(self, payment: Payment) -> Payment:
         """Saga compensation left on the payment: settle it at the provider, then clear it."""

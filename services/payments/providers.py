@@ -10,6 +10,7 @@ the same key is safe) and `ProviderRefused` (a final no, with an UPPER_SNAKE rea
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,7 +19,9 @@ from services.payments.records import Account, Payment
 __all__ = [
     "Authorization",
     "Charge",
+    "EventRefused",
     "PaymentProvider",
+    "ProviderEvent",
     "ProviderError",
     "ProviderRefused",
     "ProviderUnavailable",
@@ -31,7 +34,8 @@ class ProviderError(Exception):
 
     ProviderError
     ├── ProviderUnavailable   no answer, a timeout, 429 or 5xx: ask again with the same key
-    └── ProviderRefused       a final refusal; `reason` says why (UPPER_SNAKE)
+    ├── ProviderRefused       a final refusal; `reason` says why (UPPER_SNAKE)
+    └── EventRefused          a webhook event whose signature is missing, wrong or stale
     """
 
 
@@ -43,6 +47,33 @@ class ProviderRefused(ProviderError):
     def __init__(self, reason: str, message: str = "") -> None:
         super().__init__(message or reason)
         self.reason = reason
+
+
+class EventRefused(ProviderError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEvent:
+    """A verified webhook event, as the use cases apply it."""
+
+    id: str
+    """The provider's event id: a redelivery has the same one."""
+    type: str
+    """The provider's name for it (``payment_intent.succeeded``), kept with the id."""
+    kind: str = ""
+    """What it does to a payment: AUTHORIZED, FAILED, CAPTURED, VOIDED, REFUNDED, DISPUTED;
+    empty for an event that moves nothing here (recorded, then ignored)."""
+    reference: str = ""
+    """The provider's authorization it concerns (`records.Payment.provider_reference`)."""
+    payment: str = ""
+    """Our payment's id, where the provider echoes it back (metadata we set)."""
+    amount: int = 0
+    """What a refund or a dispute moved."""
+    movement: str = ""
+    """The provider's id of the capture, refund or dispute: each is recorded once, whether the
+    call's answer or the event arrives first."""
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,3 +141,7 @@ class PaymentProvider(Protocol):
 
     def refund(self, payment: Payment, amount: int, request: str) -> str:
         """Returns `amount` of the captured money (`keys.refund`); the provider's refund id."""
+
+    def verify_event(self, headers: Mapping[str, str], body: bytes) -> ProviderEvent:
+        """The webhook event in `body`, once its signature (in `headers`, lower-case names)
+        checks out; raises `EventRefused` before reading anything else from it."""

@@ -50,7 +50,7 @@ __all__ = [
 # each outside payment provider's clearing account (what came in through it, as a debit).
 CUSTOMER, FUNDING, MERCHANT, PROVIDER = "CUSTOMER", "FUNDING", "MERCHANT", "PROVIDER"
 # Ledger entry kinds.
-KINDS = ("FUNDING", "CAPTURE", "REFUND")
+KINDS = ("FUNDING", "CAPTURE", "REFUND", "DISPUTE")
 # Payment states.
 AUTHORIZED, CAPTURED, VOIDED = "AUTHORIZED", "CAPTURED", "VOIDED"
 PARTIALLY_REFUNDED, REFUNDED, FAILED = "PARTIALLY_REFUNDED", "REFUNDED", "FAILED"
@@ -274,6 +274,13 @@ class Repository(Protocol):
 
     def set_compensation(self, payment_id: str, compensation: str, reason: str) -> None:
         """Leave (or, with "", clear) saga compensation for the provider worker."""
+
+    def payment_by_reference(self, provider: str, reference: str) -> Payment | None:
+        """The payment `provider` knows as `reference` (its authorization's id)."""
+
+    def first_sight(self, provider: str, key: str, kind: str) -> bool:
+        """Record `key` (an event id, a refund's id) as seen from `provider` in the inbox; False
+        when it was already there (waits for a concurrent recording of it)."""
 
     def provider_work(self, pending_before: dt.datetime, limit: int) -> list[Payment]:
         """Outside-provider payments with compensation to ask for, or PENDING since before

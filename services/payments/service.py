@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from google.protobuf import empty_pb2
 
 from poly.payments.v1 import payments_service_pb2 as pb
 from poly.payments.v1 import payments_service_pb2_grpc, resources_pb2
@@ -128,6 +129,13 @@ class PaymentsServicer(payments_service_pb2_grpc.PaymentsServiceServicer):
         account_id = resource_id(request.name, "accounts")
         account = self._payments.set_payment_method(account_id, request.payment_method, authz.require_owner)
         return _account(account)
+
+    def ReceiveProviderEvent(
+        self, request: pb.ReceiveProviderEventRequest, context: grpc.ServicerContext
+    ) -> empty_pb2.Empty:
+        headers = {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
+        self._payments.receive_event(request.provider, headers, request.body.data)
+        return empty_pb2.Empty()
 
     def GetLedgerEntry(
         self, request: pb.GetLedgerEntryRequest, context: grpc.ServicerContext

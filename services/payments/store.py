@@ -13,6 +13,7 @@ rare read. Captured and refunded amounts are summed from the payment's own entri
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -38,7 +39,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.kit.bus import BusTables, Outbox, bus_tables
 from services.kit.db import CurrencyCode, Id, MinorUnits, UtcDateTime, naming_convention, transactions
-from services.kit.sql import filter_conditions, insert_if_absent, keyset_page
+from services.kit.sql import filter_conditions, if_absent, insert_if_absent, keyset_page
 from services.payments import events
 from services.payments.records import (
     AUTHORIZED,
@@ -69,6 +70,8 @@ class Base(DeclarativeBase):
 
 BUS: BusTables = bus_tables(Base.metadata)
 """Outbox, deliveries, inbox and subscriptions of this service's events."""
+_PROVIDER_IDS = uuid.UUID("6f1c8a52-3d0e-4f5b-9a57-2c1b0e7d4a90")
+"""Namespace of the inbox ids of what outside providers tell (`SqlRepository.first_sight`)."""
 
 
 class AccountRow(Base):
@@ -520,6 +523,27 @@ class SqlRepository:
             update(_PAYMENT_ROWS)
             .where(_PAYMENT_ROWS.c.id == payment_id)
             .values(compensation=compensation, compensation_reason=reason)
+        )
+
+    def payment_by_reference(self, provider: str, reference: str) -> Payment | None:
+        if not reference:
+            return None
+        found = self._connection.execute(
+            _PAYMENTS.where(_Payment.provider == provider, _Payment.provider_reference == reference)
+        ).first()
+        return None if found is None else _payment(found)
+
+    def first_sight(self, provider: str, key: str, kind: str) -> bool:
+        # The bus's own inbox, keyed by a UUID derived from what the provider calls it (its
+        # ids are not UUIDs, and are unique only per provider).
+        row = {
+            "event_id": str(uuid.uuid5(_PROVIDER_IDS, f"{provider}:{key}")),
+            "event_type": f"{provider}.{kind}"[:200],
+            "source": provider,
+        }
+        return (
+            self._connection.execute(if_absent(BUS.inbox, self._connection.dialect.name), row).first()
+            is not None
         )
 
     def provider_work(self, pending_before: dt.datetime, limit: int) -> list[Payment]:

@@ -11,7 +11,9 @@ operator's to fix; nobody's payment should be declined for it), and is logged as
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import stripe
@@ -19,6 +21,8 @@ import stripe
 from services.payments.providers import (
     Authorization,
     Charge,
+    EventRefused,
+    ProviderEvent,
     ProviderRefused,
     ProviderUnavailable,
     keys,
@@ -31,6 +35,17 @@ __all__ = ["StripeProvider"]
 _log = logging.getLogger(__name__)
 
 _UNAVAILABLE = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError)
+_TOLERANCE_SECONDS = 300
+"""How old a webhook's signed timestamp may be (Stripe's own default): an older one is a replay."""
+# What each event Stripe sends means here; any other type is recorded and ignored.
+_KINDS = {
+    "payment_intent.amount_capturable_updated": "AUTHORIZED",
+    "payment_intent.payment_failed": "FAILED",
+    "payment_intent.succeeded": "CAPTURED",
+    "payment_intent.canceled": "VOIDED",
+    "refund.created": "REFUNDED",
+    "charge.dispute.created": "DISPUTED",
+}
 _MISCONFIGURED = (stripe.AuthenticationError, stripe.PermissionError)
 
 
@@ -62,6 +77,7 @@ class StripeProvider:
     name = "stripe"
 
     def __init__(self, settings: StripeSettings) -> None:
+        self._webhook_secret = settings.webhook_secret
         self._client = stripe.StripeClient(
             settings.api_key,
             base_addresses={"api": settings.api_base},
@@ -165,3 +181,57 @@ class StripeProvider:
         except stripe.StripeError as error:
             raise ProviderRefused(_reason(error)) from error
         return refund.id
+
+    def verify_event(self, headers: Mapping[str, str], body: bytes) -> ProviderEvent:
+        signature = headers.get("stripe-signature", "")
+        try:
+            stripe.WebhookSignature.verify_header(body, signature, self._webhook_secret, _TOLERANCE_SECONDS)
+        except stripe.SignatureVerificationError as error:
+            raise EventRefused(str(error)) from error
+        try:
+            event = json.loads(body)
+            kind = _KINDS.get(event["type"], "")
+            found = event["data"]["object"]
+            if not isinstance(found, dict) or not isinstance(event["id"], str):
+                raise TypeError("not an event")
+        except (ValueError, KeyError, TypeError) as error:  # signed, yet not an event: refuse it whole
+            raise EventRefused(
+                f"a signed body that is not a Stripe event ({type(error).__name__})"
+            ) from error
+        return _event(str(event["id"]), str(event["type"]), kind, found)
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _event(event_id: str, event_type: str, kind: str, found: dict[str, Any]) -> ProviderEvent:
+    """The parts of a Stripe event's object the use cases act on."""
+    metadata = _mapping(found.get("metadata"))
+    if found.get("object") == "payment_intent":
+        error = _mapping(found.get("last_payment_error"))
+        reason = str(error.get("decline_code") or error.get("code") or "").upper()
+        charge = found.get("latest_charge")
+        return ProviderEvent(
+            event_id,
+            event_type,
+            kind,
+            reference=str(found.get("id", "")),
+            payment=str(metadata.get("payment", "")),
+            amount=int(found.get("amount_received") or 0),
+            movement=charge if isinstance(charge, str) else "",
+            reason=reason[:63],
+        )
+    if found.get("object") in ("refund", "dispute"):
+        moved = found.get("status") not in ("failed", "canceled")
+        return ProviderEvent(
+            event_id,
+            event_type,
+            kind if moved else "",
+            reference=str(found.get("payment_intent") or ""),
+            payment=str(metadata.get("payment", "")),
+            amount=int(found.get("amount") or 0),
+            movement=str(found.get("id", "")),
+            reason=str(found.get("reason") or "").upper()[:63],
+        )
+    return ProviderEvent(event_id, event_type)

@@ -239,9 +239,12 @@ def test_each_component_gets_an_environment_the_kit_accepts_and_its_probes_and_f
     # Database and broker URLs come from mounted Secrets, never from the environment.
     assert settings.db.url == f"postgresql://poly:secret@postgres:5432/{component}"
     assert settings.bus.url == "amqp://poly:secret@rabbitmq:5672/"
-    assert not any("secretKeyRef" in item.get("valueFrom", {}) for item in container["env"]) or (
-        component == "notifications"  # the optional SMTP login only
-    )
+    from_secrets = {item["name"] for item in container["env"] if "secretKeyRef" in item.get("valueFrom", {})}
+    optional = {  # optional credentials only: the SMTP login, the payment provider's keys
+        "notifications": {"POLY_SMTP_USERNAME", "POLY_SMTP_PASSWORD"},
+        "payments": {"POLY_STRIPE_API_KEY", "POLY_STRIPE_WEBHOOK_SECRET"},
+    }
+    assert from_secrets == optional.get(component, set())
 
 
 @pytest.mark.parametrize("component", COMPONENTS)

@@ -18,7 +18,7 @@ from gateway.backends import Backends
 from gateway.catalog import Catalog, build, load
 from gateway.config import API_SERVICES, EdgeConfig, Target, Transport, default_descriptor_set
 from gateway.descriptors import DescriptorSetError, load_descriptor_set
-from gateway.plans import Routing
+from gateway.plans import Routing, compile_routing
 from tests.support.protos import compile_proto
 
 FOREIGN = """
@@ -72,6 +72,19 @@ def test_public_methods_declare_no_token(polyservice: Routing) -> None:
     assert security["AuthService_Login"] == [], "public: said so, for linters and generated clients"
     assert security["OrdersService_GetOrder"] == [{"bearerAuth": []}]
     assert polyservice.document["info"]["title"] == "Polyservice"
+
+
+def test_a_webhook_takes_its_body_as_sent_and_its_signature_header(polyservice: Routing) -> None:
+    compiled = compile_routing(polyservice)
+    (route,) = [r for r in polyservice.router.routes if r.full_method.endswith("/ReceiveProviderEvent")]
+    plan = compiled.plans[id(route)]
+    assert (plan.raw_body, plan.forwarded_headers) == ("body", frozenset({"stripe-signature"}))
+    operation = polyservice.document["paths"]["/v1/providers/{provider}/events"]["post"]
+    assert operation["requestBody"]["content"] == {"*/*": {"schema": {}}}
+    assert {"name": "stripe-signature", "in": "header", "required": False, "schema": {"type": "string"}} in (
+        operation["parameters"]
+    )
+    assert operation["security"] == [], "public: the signature is the credential"
 
 
 def test_a_foreign_service_gets_grpc_gateway_defaults(tmp_path: Path) -> None:

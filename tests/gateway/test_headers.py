@@ -15,6 +15,7 @@ from gateway.headers import (
     Network,
     choose_request_id,
     client_address,
+    forwarding_matcher,
     outgoing_metadata,
     parse_grpc_timeout,
     request_id,
@@ -322,3 +323,33 @@ def test_response_headers() -> None:
 def test_clients_cannot_set_baggage_for_the_services() -> None:
     sent = dict(_metadata([("baggage", "role=admin"), ("Grpc-Metadata-Baggage", "userId=root")]))
     assert "baggage" not in sent
+
+
+def test_a_method_forwards_the_headers_it_declares_under_their_own_name_and_no_others() -> None:
+    declared = frozenset({"stripe-signature", "host", "x-request-id", "x-forwarded-for", "grpc-timeout"})
+    sent = [
+        ("Stripe-Signature", "t=1,v1=abc"),
+        ("Host", "evil.example"),
+        ("X-Request-Id", "spoofed"),
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("Grpc-Timeout", "1S"),
+        ("PayPal-Transmission-Sig", "not declared"),
+        ("Grpc-Metadata-Tenant", "acme"),
+    ]
+    metadata = outgoing_metadata(
+        sent,
+        client_ip="10.0.0.9",
+        host="api.example",
+        request_id="rid",
+        header_matcher=forwarding_matcher(declared),
+    )
+    assert ("stripe-signature", "t=1,v1=abc") in metadata
+    assert ("tenant", "acme") in metadata, "Grpc-Metadata- still works beside them"
+    keys = [key for key, _ in metadata]
+    assert "paypal-transmission-sig" not in keys
+    assert "host" not in keys and "grpc-timeout" not in keys, "the edge's own keys are never forwarded"
+    assert dict(metadata)["x-request-id"] == "rid" and dict(metadata)["x-forwarded-for"] == "10.0.0.9"
+
+
+def test_no_declared_headers_is_the_default_matcher() -> None:
+    assert forwarding_matcher(frozenset())("stripe-signature") is None

@@ -57,6 +57,7 @@ syntax = "proto3";
 package acme.library.v1;
 
 import "google/api/annotations.proto";
+import "google/api/httpbody.proto";
 import "google/protobuf/duration.proto";
 import "google/protobuf/empty.proto";
 import "google/protobuf/field_mask.proto";
@@ -113,6 +114,10 @@ service LibraryService {
   // Answers with the request it received: bytes in a path variable.
   rpc GetChunk(GetChunkRequest) returns (GetChunkRequest) {
     option (google.api.http) = { get: "/v1/chunks/{id}" };
+  }
+  // Answers with the request it received: a body bound to a google.api.HttpBody field.
+  rpc UploadCover(UploadCoverRequest) returns (UploadCoverRequest) {
+    option (google.api.http) = { post: "/v1/{name=shelves/*/books/*}:uploadCover" body: "cover" };
   }
   rpc WatchShelf(WatchShelfRequest) returns (stream ShelfEvent) {
     option (google.api.http) = {
@@ -218,6 +223,12 @@ message FailRequest {
 message SleepRequest { google.protobuf.Duration delay = 1; }
 
 message GetChunkRequest { bytes id = 1; }
+
+message UploadCoverRequest {
+  string name = 1;
+  google.api.HttpBody cover = 2;
+  string note = 3;
+}
 
 message WatchShelfRequest {
   string name = 1;
@@ -365,6 +376,9 @@ class Library:
         return empty_pb2.Empty()
 
     def GetChunk(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return request
+
+    def UploadCover(self, request: Any, context: grpc.ServicerContext) -> Any:
         return request
 
     def WatchShelf(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
@@ -957,6 +971,7 @@ def test_openapi_describes_the_foreign_service(edge: Edge) -> None:
         "/v1/errors/{code}": ["get"],
         "/v1/sleep/{delay}": ["get"],
         "/v1/chunks/{id}": ["get"],
+        "/v1/shelves/{shelve}/books/{book}:uploadCover": ["post"],
         "/v1/shelves/{shelve}:watch": ["get"],
         "/v1/shelves/{shelve}/books:watch": ["get"],
     }
@@ -1196,3 +1211,50 @@ def test_the_edge_refuses_to_start_with_half_a_certificate(edge: Edge, tmp_path:
         check=False,
     )
     assert result.returncode == 2 and "--tls-key" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content_type", "data"),
+    [
+        ("image/png", b"\x89PNG\r\n\x1a\n\x00\xff binary, not UTF-8"),
+        ("application/x-www-form-urlencoded", b"a=1&b=%20two"),
+        ("application/json", b'{"not": "parsed as the request"}'),
+        ("text/plain; charset=utf-8", "plain text, ünïcödé".encode()),
+    ],
+    ids=["binary", "form", "json", "text"],
+)
+def test_a_body_bound_to_an_httpbody_field_arrives_as_sent(
+    edge: Edge, content_type: str, data: bytes
+) -> None:
+    answer = http_call(
+        edge.port,
+        "POST",
+        "/v1/shelves/1/books/dune:uploadCover?note=front",
+        raw=data,
+        headers={"Content-Type": content_type},
+        timeout=15,
+    )
+    assert answer.status == 200, answer.body
+    echoed = answer.json()
+    assert echoed["name"] == "shelves/1/books/dune" and echoed["note"] == "front"
+    assert base64.b64decode(echoed["cover"]["data"]) == data
+    assert echoed["cover"]["contentType"] == content_type
+
+
+def test_an_httpbody_past_the_body_limit_is_413(edge: Edge) -> None:
+    answer = http_call(
+        edge.port,
+        "POST",
+        "/v1/shelves/1/books/dune:uploadCover",
+        raw=b"x" * (2 * 1024 * 1024),
+        headers={"Content-Type": "application/octet-stream"},
+        timeout=15,
+    )
+    assert answer.status == 413
+
+
+def test_openapi_takes_any_media_type_for_an_httpbody(edge: Edge) -> None:
+    document = edge.call("GET", "/openapi.json").json()
+    operation = document["paths"]["/v1/shelves/{shelve}/books/{book}:uploadCover"]["post"]
+    assert operation["requestBody"]["content"] == {"*/*": {"schema": {}}}
+    assert "415" not in operation["responses"]

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.payments.helpers import System
-from tests.payments.local import LocalPayments, open_local
+from tests.payments.local import LocalPayments, open_local, stripe_provider
 from tests.support.identity import start
+from tests.support.stripe_api import LocalStripe, local_stripe
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -44,5 +45,26 @@ def shared_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPaym
     opened = open_local(tmp_path_factory.mktemp("payments-local") / "payments.db")
     try:
         yield opened
+    finally:
+        opened.engine.dispose()
+
+
+@pytest.fixture
+def stripe_api() -> Iterator[LocalStripe]:
+    """A local Stripe API; every request it got must have fit the SDK's parameter types."""
+    with local_stripe() as api:
+        yield api
+        assert api.violations == [], "requests outside the SDK's parameter types"
+
+
+@pytest.fixture
+def stripe_local(tmp_path: Path, stripe_api: LocalStripe) -> Iterator[LocalPayments]:
+    """Payments held by Stripe (`stripe_api`), over a fresh database; its ledger must balance
+    and its running totals agree with its entries afterwards."""
+    opened = open_local(tmp_path / "payments.db", stripe_provider(stripe_api))
+    try:
+        yield opened
+        assert opened.unbalanced_transactions() == []
+        assert opened.drifted_totals() == {}
     finally:
         opened.engine.dispose()

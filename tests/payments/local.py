@@ -17,8 +17,11 @@ from services.payments import store
 from services.payments.domain import Payments
 from services.payments.providers import PaymentProvider
 from services.payments.records import AUTHORIZED, CUSTOMER, Account, Payment
+from services.payments.settings import StripeSettings
+from services.payments.stripe_provider import StripeProvider
+from tests.support.stripe_api import API_KEY, WEBHOOK_SECRET, LocalStripe
 
-__all__ = ["ADMIN", "ORDERS", "LocalPayments", "new_key", "open_local"]
+__all__ = ["ADMIN", "ORDERS", "LocalPayments", "new_key", "open_local", "stripe_provider"]
 
 _MIGRATIONS = Path(store.__file__).with_name("migrations")
 ADMIN = "users/admin"
@@ -157,3 +160,11 @@ def open_local(path: Path, provider: PaymentProvider | None = None) -> LocalPaym
     engine = db.connect(DatabaseSettings(url=f"sqlite:///{path}"), migrations=_MIGRATIONS)
     outbox = Outbox(store.BUS, source="payments", routing=consumer_routing())
     return LocalPayments(engine, Payments(store.PaymentsStore(engine, outbox).transaction, provider=provider))
+
+
+def stripe_provider(api: LocalStripe, *, key: str = API_KEY, timeout: float = 1.0) -> StripeProvider:
+    """The Stripe provider over `api` (a short timeout: tests stall answers past it)."""
+    settings = StripeSettings(
+        api_key=key, webhook_secret=WEBHOOK_SECRET, api_base=api.api_base, timeout_seconds=timeout
+    )
+    return StripeProvider(settings)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,37 +31,15 @@ from services.payments.records import (
     Account,
     Viewer,
 )
-from services.payments.settings import StripeSettings
-from services.payments.stripe_provider import StripeProvider
-from tests.payments.local import ADMIN, ORDERS, LocalPayments, new_key, open_local
-from tests.support.stripe_api import API_KEY, LocalStripe, local_stripe
+from tests.payments.local import ADMIN, ORDERS, LocalPayments, new_key, open_local, stripe_provider
+from tests.support.stripe_api import LocalStripe
 
 _INTENTS = r"/v1/payment_intents"
 
 
 @pytest.fixture
-def stripe_api() -> Iterator[LocalStripe]:
-    with local_stripe() as api:
-        yield api
-        assert api.violations == [], "requests outside the SDK's parameter types"
-
-
-def _provider(api: LocalStripe, *, key: str = API_KEY, timeout: float = 1.0) -> StripeProvider:
-    settings = StripeSettings(
-        api_key=key, webhook_secret="whsec_test", api_base=api.api_base, timeout_seconds=timeout
-    )
-    return StripeProvider(settings)
-
-
-@pytest.fixture
-def local(tmp_path: Path, stripe_api: LocalStripe) -> Iterator[LocalPayments]:
-    opened = open_local(tmp_path / "payments.db", _provider(stripe_api))
-    try:
-        yield opened
-    finally:
-        assert opened.unbalanced_transactions() == []
-        assert opened.drifted_totals() == {}
-        opened.engine.dispose()
+def local(stripe_local: LocalPayments) -> LocalPayments:
+    return stripe_local
 
 
 def _anyone(owner: str, name: str) -> None:
@@ -213,7 +190,7 @@ def test_a_cancelled_order_is_voided_or_refunded_at_stripe_by_the_worker(
 
 
 def test_a_wrong_api_key_is_unavailable_never_a_decline(tmp_path: Path, stripe_api: LocalStripe) -> None:
-    local = open_local(tmp_path / "payments.db", _provider(stripe_api, key="sk_test_wrong"))
+    local = open_local(tmp_path / "payments.db", stripe_provider(stripe_api, key="sk_test_wrong"))
     try:
         with pytest.raises(Unavailable):
             local.payments.set_payment_method(local.customer().id, "pm_card_visa", _anyone)

@@ -12,11 +12,18 @@ to them (Stripe's test tokens ``pm_card_visa``, ``pm_card_chargeDeclined``,
 and it honours ``Idempotency-Key`` (a repeat replays the first answer; the same key with other
 parameters is an idempotency_error). Faults are injected per path: `stall` answers only after a
 delay (the client times out after Stripe did the work), `fail` answers 500 without doing it.
+
+Every change also makes the webhook event Stripe would send (`events`, built on the fixture
+event), which `signed` turns into the body and ``Stripe-Signature`` header Stripe posts; and
+the dashboard's own actions (`capture_in_dashboard`, `refund_in_dashboard`, `dispute`) change
+state the way a person at Stripe would, without our service asking.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -36,10 +43,19 @@ from urllib.parse import parse_qsl, urlsplit
 import stripe.params
 import typing_extensions
 
-__all__ = ["FIXTURES", "LocalStripe", "check_params", "decode_form", "local_stripe"]
+__all__ = [
+    "API_KEY",
+    "FIXTURES",
+    "WEBHOOK_SECRET",
+    "LocalStripe",
+    "check_params",
+    "decode_form",
+    "local_stripe",
+]
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "providers" / "stripe" / "fixtures3.json"
 API_KEY = "sk_test_polyservice_local"
+WEBHOOK_SECRET = "whsec_polyservice_local"
 _REQUEST_OPTIONS = {
     "api_key",
     "stripe_version",
@@ -177,6 +193,8 @@ class LocalStripe:
     requests: list[tuple[str, str, dict[str, Any], str]] = field(default_factory=list)
     """(method, path, params, idempotency key) of every request, in order."""
     violations: list[str] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    """The webhook events Stripe would have sent, in order."""
     _answers: dict[str, tuple[str, dict[str, Any], int, bytes]] = field(default_factory=dict)
     _stalls: dict[str, float] = field(default_factory=dict)
     _failures: dict[str, int] = field(default_factory=dict)
@@ -199,6 +217,76 @@ class LocalStripe:
         made = copy.deepcopy(self.fixtures[kind])
         made.update(values)
         return made
+
+    def emit(self, event_type: str, found: dict[str, Any]) -> dict[str, Any]:
+        """The event Stripe sends for a change to `found` (a copy of it as it is now)."""
+        event = self.object(
+            "event",
+            id=_new_id("evt"),
+            type=event_type,
+            created=int(time.time()),
+            data={"object": copy.deepcopy(found)},
+            livemode=False,
+            pending_webhooks=1,
+            request={"id": None, "idempotency_key": None},
+        )
+        self.events.append(event)
+        return event
+
+    def of_type(self, event_type: str) -> list[dict[str, Any]]:
+        return [event for event in self.events if event["type"] == event_type]
+
+    @staticmethod
+    def signed(
+        event: dict[str, Any], *, secret: str = WEBHOOK_SECRET, at: int | None = None
+    ) -> tuple[bytes, dict[str, str]]:
+        """The body and headers Stripe posts `event` with: ``Stripe-Signature: t=…,v1=…``,
+        an HMAC-SHA256 over ``{t}.{body}`` with the endpoint's secret."""
+        body = json.dumps(event).encode()
+        stamp = int(time.time()) if at is None else at
+        digest = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+        return body, {
+            "Content-Type": "application/json; charset=utf-8",
+            "Stripe-Signature": f"t={stamp},v1={digest}",
+        }
+
+    def capture_in_dashboard(self, intent_id: str) -> dict[str, Any]:
+        with self._lock:
+            intent = self.intents[intent_id]
+            intent.update(status="succeeded", amount_capturable=0, amount_received=intent["amount"])
+            return self.emit("payment_intent.succeeded", intent)
+
+    def refund_in_dashboard(self, intent_id: str, amount: int) -> dict[str, Any]:
+        with self._lock:
+            intent = self.intents[intent_id]
+            refund = self.object(
+                "refund",
+                id=_new_id("re"),
+                amount=amount,
+                currency=intent["currency"],
+                payment_intent=intent_id,
+                charge=intent["latest_charge"],
+                status="succeeded",
+                metadata={},
+            )
+            self.refunds[refund["id"]] = refund
+            return self.emit("refund.created", refund)
+
+    def dispute(self, intent_id: str) -> dict[str, Any]:
+        with self._lock:
+            intent = self.intents[intent_id]
+            dispute = self.object(
+                "dispute",
+                id=_new_id("du"),
+                amount=intent["amount_received"],
+                currency=intent["currency"],
+                payment_intent=intent_id,
+                charge=intent["latest_charge"],
+                status="needs_response",
+                reason="fraudulent",
+                metadata={},
+            )
+            return self.emit("charge.dispute.created", dispute)
 
     def calls(self, method: str, path_pattern: str) -> list[dict[str, Any]]:
         return [params for m, p, params, _ in self.requests if m == method and re.fullmatch(path_pattern, p)]
@@ -273,12 +361,14 @@ def _handle(state: LocalStripe, method: str, path: str, params: dict[str, Any]) 
             if intent["status"] != "requires_capture":
                 return _unexpected(intent)
             intent.update(status="succeeded", amount_capturable=0, amount_received=intent["amount"])
+            state.emit("payment_intent.succeeded", intent)
         elif route[1].endswith("/cancel"):
             if intent["status"] in ("succeeded", "canceled"):
                 return _unexpected(intent)
             intent.update(
                 status="canceled", canceled_at=now, cancellation_reason=params.get("cancellation_reason")
             )
+            state.emit("payment_intent.canceled", intent)
         return 200, intent
     # refunds
     refunded_intent = state.intents.get(params.get("payment_intent", ""))
@@ -302,6 +392,7 @@ def _handle(state: LocalStripe, method: str, path: str, params: dict[str, Any]) 
         status="succeeded",
     )
     state.refunds[refund["id"]] = refund
+    state.emit("refund.created", refund)
     return 200, refund
 
 
@@ -347,6 +438,7 @@ def _create_intent(state: LocalStripe, params: dict[str, Any], now: int) -> tupl
     if decline:
         error = {"type": "card_error", "code": "card_declined", "decline_code": decline}
         intent.update(status="requires_payment_method", last_payment_error=error)
+        state.emit("payment_intent.payment_failed", intent)
         return _error(
             402,
             "card_error",
@@ -356,6 +448,7 @@ def _create_intent(state: LocalStripe, params: dict[str, Any], now: int) -> tupl
             payment_intent=intent,
         )
     intent.update(status="requires_capture", amount_capturable=amount)
+    state.emit("payment_intent.amount_capturable_updated", intent)
     return 200, intent
 
 

@@ -185,6 +185,7 @@ EVENT_FIELD_NUMBER: _builtins.int
 POLICY_FIELD_NUMBER: _builtins.int
 IDEMPOTENT_FIELD_NUMBER: _builtins.int
 HTTP_STATUS_FIELD_NUMBER: _builtins.int
+FORWARDED_HEADERS_FIELD_NUMBER: _builtins.int
 event: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, Global___EventContract]
 """The event's bus contract. Every event in poly/events/v1/events.proto must
 set it; the carrier EventEnvelope and messages used only as field types of
@@ -202,4 +203,10 @@ http_status: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOpt
 """The HTTP status the JSON edge answers a success with, where 200 would
 undersell it: 201 (Created) for methods that create a resource, 204 (No
 Content) for methods returning google.protobuf.Empty. Unset means 200.
+"""
+forwarded_headers: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _containers.RepeatedScalarFieldContainer[_builtins.str]]
+"""HTTP request headers the JSON edge forwards to this method as gRPC metadata
+of the same name, lower-case (e.g. "stripe-signature" for a provider's
+webhook, whose caller cannot send `Grpc-Metadata-` headers). Others are
+not forwarded; `authorization`, `host` and the edge's own keys never are.
 """

@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from poly.options.v1 import options_pb2 as poly_dot_options_dot_v1_dot_options__pb2
 from poly.payments.v1 import resources_pb2 as poly_dot_payments_dot_v1_dot_resources__pb2
 from poly.type.v1 import money_pb2 as poly_dot_type_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'poly/payments/v1/payments_service.proto\x12\x10poly.payments.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1dpoly/options/v1/options.proto\x1a poly/payments/v1/resources.proto\x1a\x18poly/type/v1/money.proto\"G\n\x11GetAccountRequest\x12\x32\n\x04name\x18\x01 \x01(\tB$\xe2\x41\x01\x02\xfa\x41\x1d\n\x1bpayments.poly.local/Account\"v\n\x13ListAccountsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06\x66ilter\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08order_by\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"\\\n\x14ListAccountsResponse\x12+\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x19.poly.payments.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"k\n\x17SetPaymentMethodRequest\x12\x32\n\x04name\x18\x01 \x01(\tB$\xe2\x41\x01\x02\xfa\x41\x1d\n\x1bpayments.poly.local/Account\x12\x1c\n\x0epayment_method\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\x8d\x01\n\x12\x46undAccountRequest\x12\x32\n\x04name\x18\x01 \x01(\tB$\xe2\x41\x01\x02\xfa\x41\x1d\n\x1bpayments.poly.local/Account\x12)\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x13.poly.type.v1.MoneyB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"O\n\x15GetLedgerEntryRequest\x12\x36\n\x04name\x18\x01 \x01(\tB(\xe2\x41\x01\x02\xfa\x41!\n\x1fpayments.poly.local/LedgerEntry\"\xb5\x01\n\x18ListLedgerEntriesRequest\x12\x38\n\x06parent\x18\x01 \x01(\tB(\xe2\x41\x01\x02\xfa\x41!\x12\x1fpayments.poly.local/LedgerEntry\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06\x66ilter\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08order_by\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\"k\n\x19ListLedgerEntriesResponse\x12\x35\n\x0eledger_entries\x18\x01 \x03(\x0b\x32\x1d.poly.payments.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x11GetPaymentRequest\x12\x32\n\x04name\x18\x01 \x01(\tB$\xe2\x41\x01\x02\xfa\x41\x1d\n\x1bpayments.poly.local/Payment\"v\n\x13ListPaymentsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06\x66ilter\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08order_by\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"\\\n\x14ListPaymentsResponse\x12+\n\x08payments\x18\x01 \x03(\x0b\x32\x19.poly.payments.v1.Payment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa5\x01\n\x14RefundPaymentRequest\x12\x32\n\x04name\x18\x01 \x01(\tB$\xe2\x41\x01\x02\xfa\x41\x1d\n\x1bpayments.poly.local/Payment\x12)\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x13.poly.type.v1.MoneyB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"\xf5\x01\n\x17\x41uthorizePaymentRequest\x12/\n\x05order\x18\x01 \x01(\tB \xe2\x41\x01\x02\xfa\x41\x19\n\x17orders.poly.local/Order\x12-\n\x05owner\x18\x02 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15users.poly.local/User\x12\x35\n\x07\x61\x63\x63ount\x18\x03 \x01(\tB$\xe2\x41\x01\x01\xfa\x41\x1d\n\x1bpayments.poly.local/Account\x12)\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x13.poly.type.v1.MoneyB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x02\"e\n\x15\x43\x61pturePaymentRequest\x12\x32\n\x04name\x18\x01 \x01(\tB$\xe2\x41\x01\x02\xfa\x41\x1d\n\x1bpayments.poly.local/Payment\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"b\n\x12VoidPaymentRequest\x12\x32\n\x04name\x18\x01 \x01(\tB$\xe2\x41\x01\x02\xfa\x41\x1d\n\x1bpayments.poly.local/Payment\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x32\x94\x0e\n\x0fPaymentsService\x12\x84\x01\n\nGetAccount\x12#.poly.payments.v1.GetAccountRequest\x1a\x19.poly.payments.v1.Account\"6\x8a\xb5\x18\x11\x08\x03\"\rpayments.read\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/{name=accounts/*}\x12\x8c\x01\n\x0cListAccounts\x12%.poly.payments.v1.ListAccountsRequest\x1a&.poly.payments.v1.ListAccountsResponse\"-\x8a\xb5\x18\x11\x08\x02\"\rpayments.read\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/accounts\x12\x95\x01\n\x0b\x46undAccount\x12$.poly.payments.v1.FundAccountRequest\x1a\x19.poly.payments.v1.Account\"E\x8a\xb5\x18\x18\x08\x02\x12\x05\x61\x64min\"\rpayments.fund\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/{name=accounts/*}:fund:\x01*\x12\x95\x01\n\x10SetPaymentMethod\x12).poly.payments.v1.SetPaymentMethodRequest\x1a\x19.poly.payments.v1.Account\";\x8a\xb5\x18\x02\x08\x03\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02+\"&/v1/{name=accounts/*}:setPaymentMethod:\x01*\x12\xa0\x01\n\x0eGetLedgerEntry\x12\'.poly.payments.v1.GetLedgerEntryRequest\x1a\x1d.poly.payments.v1.LedgerEntry\"F\x8a\xb5\x18\x11\x08\x03\"\rpayments.read\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\'\x12%/v1/{name=accounts/*/ledgerEntries/*}\x12\xb4\x01\n\x11ListLedgerEntries\x12*.poly.payments.v1.ListLedgerEntriesRequest\x1a+.poly.payments.v1.ListLedgerEntriesResponse\"F\x8a\xb5\x18\x11\x08\x03\"\rpayments.read\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\'\x12%/v1/{parent=accounts/*}/ledgerEntries\x12\x84\x01\n\nGetPayment\x12#.poly.payments.v1.GetPaymentRequest\x1a\x19.poly.payments.v1.Payment\"6\x8a\xb5\x18\x11\x08\x03\"\rpayments.read\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/{name=payments/*}\x12\x8c\x01\n\x0cListPayments\x12%.poly.payments.v1.ListPaymentsRequest\x1a&.poly.payments.v1.ListPaymentsResponse\"-\x8a\xb5\x18\x11\x08\x02\"\rpayments.read\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/payments\x12\x9d\x01\n\rRefundPayment\x12&.poly.payments.v1.RefundPaymentRequest\x1a\x19.poly.payments.v1.Payment\"I\x8a\xb5\x18\x1a\x08\x02\x12\x05\x61\x64min\"\x0fpayments.refund\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02!\"\x1c/v1/{name=payments/*}:refund:\x01*\x12\x8d\x01\n\x10\x41uthorizePayment\x12).poly.payments.v1.AuthorizePaymentRequest\x1a\x19.poly.payments.v1.Payment\"3\x8a\xb5\x18\n\x08\x04\x1a\x06orders\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/payments:authorize:\x01*\x12\x90\x01\n\x0e\x43\x61pturePayment\x12\'.poly.payments.v1.CapturePaymentRequest\x1a\x19.poly.payments.v1.Payment\":\x8a\xb5\x18\n\x08\x04\x1a\x06orders\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\"\"\x1d/v1/{name=payments/*}:capture:\x01*\x12\x87\x01\n\x0bVoidPayment\x12$.poly.payments.v1.VoidPaymentRequest\x1a\x19.poly.payments.v1.Payment\"7\x8a\xb5\x18\n\x08\x04\x1a\x06orders\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/{name=payments/*}:void:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'poly/payments/v1/payments_service.proto\x12\x10poly.payments.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1dpoly/options/v1/options.proto\x1a poly/payments/v1/resources.proto\x1a\x18poly/type/v1/money.proto\"G\n\x11GetAccountRequest\x12\x32\n\x04name\x18\x01 \x01(\tB$\xe2\x41\x01\x02\xfa\x41\x1d\n\x1bpayments.poly.local/Account\"v\n\x13ListAccountsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06\x66ilter\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08order_by\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"\\\n\x14ListAccountsResponse\x12+\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x19.poly.payments.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"k\n\x17SetPaymentMethodRequest\x12\x32\n\x04name\x18\x01 \x01(\tB$\xe2\x41\x01\x02\xfa\x41\x1d\n\x1bpayments.poly.local/Account\x12\x1c\n\x0epayment_method\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"_\n\x1bReceiveProviderEventRequest\x12\x16\n\x08provider\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12(\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x02\"\x8d\x01\n\x12\x46undAccountRequest\x12\x32\n\x04name\x18\x01 \x01(\tB$\xe2\x41\x01\x02\xfa\x41\x1d\n\x1bpayments.poly.local/Account\x12)\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x13.poly.type.v1.MoneyB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"O\n\x15GetLedgerEntryRequest\x12\x36\n\x04name\x18\x01 \x01(\tB(\xe2\x41\x01\x02\xfa\x41!\n\x1fpayments.poly.local/LedgerEntry\"\xb5\x01\n\x18ListLedgerEntriesRequest\x12\x38\n\x06parent\x18\x01 \x01(\tB(\xe2\x41\x01\x02\xfa\x41!\x12\x1fpayments.poly.local/LedgerEntry\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06\x66ilter\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08order_by\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\"k\n\x19ListLedgerEntriesResponse\x12\x35\n\x0eledger_entries\x18\x01 \x03(\x0b\x32\x1d.poly.payments.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x11GetPaymentRequest\x12\x32\n\x04name\x18\x01 \x01(\tB$\xe2\x41\x01\x02\xfa\x41\x1d\n\x1bpayments.poly.local/Payment\"v\n\x13ListPaymentsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06\x66ilter\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08order_by\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"\\\n\x14ListPaymentsResponse\x12+\n\x08payments\x18\x01 \x03(\x0b\x32\x19.poly.payments.v1.Payment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa5\x01\n\x14RefundPaymentRequest\x12\x32\n\x04name\x18\x01 \x01(\tB$\xe2\x41\x01\x02\xfa\x41\x1d\n\x1bpayments.poly.local/Payment\x12)\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x13.poly.type.v1.MoneyB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"\xf5\x01\n\x17\x41uthorizePaymentRequest\x12/\n\x05order\x18\x01 \x01(\tB \xe2\x41\x01\x02\xfa\x41\x19\n\x17orders.poly.local/Order\x12-\n\x05owner\x18\x02 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15users.poly.local/User\x12\x35\n\x07\x61\x63\x63ount\x18\x03 \x01(\tB$\xe2\x41\x01\x01\xfa\x41\x1d\n\x1bpayments.poly.local/Account\x12)\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x13.poly.type.v1.MoneyB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x02\"e\n\x15\x43\x61pturePaymentRequest\x12\x32\n\x04name\x18\x01 \x01(\tB$\xe2\x41\x01\x02\xfa\x41\x1d\n\x1bpayments.poly.local/Payment\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"b\n\x12VoidPaymentRequest\x12\x32\n\x04name\x18\x01 \x01(\tB$\xe2\x41\x01\x02\xfa\x41\x1d\n\x1bpayments.poly.local/Payment\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x32\xc6\x0f\n\x0fPaymentsService\x12\x84\x01\n\nGetAccount\x12#.poly.payments.v1.GetAccountRequest\x1a\x19.poly.payments.v1.Account\"6\x8a\xb5\x18\x11\x08\x03\"\rpayments.read\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/{name=accounts/*}\x12\x8c\x01\n\x0cListAccounts\x12%.poly.payments.v1.ListAccountsRequest\x1a&.poly.payments.v1.ListAccountsResponse\"-\x8a\xb5\x18\x11\x08\x02\"\rpayments.read\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/accounts\x12\x95\x01\n\x0b\x46undAccount\x12$.poly.payments.v1.FundAccountRequest\x1a\x19.poly.payments.v1.Account\"E\x8a\xb5\x18\x18\x08\x02\x12\x05\x61\x64min\"\rpayments.fund\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/{name=accounts/*}:fund:\x01*\x12\x95\x01\n\x10SetPaymentMethod\x12).poly.payments.v1.SetPaymentMethodRequest\x1a\x19.poly.payments.v1.Account\";\x8a\xb5\x18\x02\x08\x03\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02+\"&/v1/{name=accounts/*}:setPaymentMethod:\x01*\x12\xaf\x01\n\x14ReceiveProviderEvent\x12-.poly.payments.v1.ReceiveProviderEventRequest\x1a\x16.google.protobuf.Empty\"P\x8a\xb5\x18\x02\x08\x01\x90\xb5\x18\x01\x98\xb5\x18\xcc\x01\xa2\xb5\x18\x10stripe-signature\x82\xd3\xe4\x93\x02\'\"\x1f/v1/providers/{provider}/events:\x04\x62ody\x12\xa0\x01\n\x0eGetLedgerEntry\x12\'.poly.payments.v1.GetLedgerEntryRequest\x1a\x1d.poly.payments.v1.LedgerEntry\"F\x8a\xb5\x18\x11\x08\x03\"\rpayments.read\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\'\x12%/v1/{name=accounts/*/ledgerEntries/*}\x12\xb4\x01\n\x11ListLedgerEntries\x12*.poly.payments.v1.ListLedgerEntriesRequest\x1a+.poly.payments.v1.ListLedgerEntriesResponse\"F\x8a\xb5\x18\x11\x08\x03\"\rpayments.read\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\'\x12%/v1/{parent=accounts/*}/ledgerEntries\x12\x84\x01\n\nGetPayment\x12#.poly.payments.v1.GetPaymentRequest\x1a\x19.poly.payments.v1.Payment\"6\x8a\xb5\x18\x11\x08\x03\"\rpayments.read\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/{name=payments/*}\x12\x8c\x01\n\x0cListPayments\x12%.poly.payments.v1.ListPaymentsRequest\x1a&.poly.payments.v1.ListPaymentsResponse\"-\x8a\xb5\x18\x11\x08\x02\"\rpayments.read\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/payments\x12\x9d\x01\n\rRefundPayment\x12&.poly.payments.v1.RefundPaymentRequest\x1a\x19.poly.payments.v1.Payment\"I\x8a\xb5\x18\x1a\x08\x02\x12\x05\x61\x64min\"\x0fpayments.refund\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02!\"\x1c/v1/{name=payments/*}:refund:\x01*\x12\x8d\x01\n\x10\x41uthorizePayment\x12).poly.payments.v1.AuthorizePaymentRequest\x1a\x19.poly.payments.v1.Payment\"3\x8a\xb5\x18\n\x08\x04\x1a\x06orders\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/payments:authorize:\x01*\x12\x90\x01\n\x0e\x43\x61pturePayment\x12\'.poly.payments.v1.CapturePaymentRequest\x1a\x19.poly.payments.v1.Payment\":\x8a\xb5\x18\n\x08\x04\x1a\x06orders\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\"\"\x1d/v1/{name=payments/*}:capture:\x01*\x12\x87\x01\n\x0bVoidPayment\x12$.poly.payments.v1.VoidPaymentRequest\x1a\x19.poly.payments.v1.Payment\"7\x8a\xb5\x18\n\x08\x04\x1a\x06orders\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/{name=payments/*}:void:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,6 +53,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETPAYMENTMETHODREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\035\n\033payments.poly.local/Account'
   _globals['_SETPAYMENTMETHODREQUEST'].fields_by_name['payment_method']._loaded_options = None
   _globals['_SETPAYMENTMETHODREQUEST'].fields_by_name['payment_method']._serialized_options = b'\342A\001\002'
+  _globals['_RECEIVEPROVIDEREVENTREQUEST'].fields_by_name['provider']._loaded_options = None
+  _globals['_RECEIVEPROVIDEREVENTREQUEST'].fields_by_name['provider']._serialized_options = b'\342A\001\002'
+  _globals['_RECEIVEPROVIDEREVENTREQUEST'].fields_by_name['body']._loaded_options = None
+  _globals['_RECEIVEPROVIDEREVENTREQUEST'].fields_by_name['body']._serialized_options = b'\342A\001\002'
   _globals['_FUNDACCOUNTREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_FUNDACCOUNTREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\035\n\033payments.poly.local/Account'
   _globals['_FUNDACCOUNTREQUEST'].fields_by_name['amount']._loaded_options = None
@@ -113,6 +119,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAYMENTSSERVICE'].methods_by_name['FundAccount']._serialized_options = b'\212\265\030\030\010\002\022\005admin\"\rpayments.fund\220\265\030\001\202\323\344\223\002\037\"\032/v1/{name=accounts/*}:fund:\001*'
   _globals['_PAYMENTSSERVICE'].methods_by_name['SetPaymentMethod']._loaded_options = None
   _globals['_PAYMENTSSERVICE'].methods_by_name['SetPaymentMethod']._serialized_options = b'\212\265\030\002\010\003\220\265\030\001\202\323\344\223\002+\"&/v1/{name=accounts/*}:setPaymentMethod:\001*'
+  _globals['_PAYMENTSSERVICE'].methods_by_name['ReceiveProviderEvent']._loaded_options = None
+  _globals['_PAYMENTSSERVICE'].methods_by_name['ReceiveProviderEvent']._serialized_options = b'\212\265\030\002\010\001\220\265\030\001\230\265\030\314\001\242\265\030\020stripe-signature\202\323\344\223\002\'\"\037/v1/providers/{provider}/events:\004body'
   _globals['_PAYMENTSSERVICE'].methods_by_name['GetLedgerEntry']._loaded_options = None
   _globals['_PAYMENTSSERVICE'].methods_by_name['GetLedgerEntry']._serialized_options = b'\212\265\030\021\010\003\"\rpayments.read\220\265\030\001\202\323\344\223\002\'\022%/v1/{name=accounts/*/ledgerEntries/*}'
   _globals['_PAYMENTSSERVICE'].methods_by_name['ListLedgerEntries']._loaded_options = None
@@ -129,36 +137,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAYMENTSSERVICE'].methods_by_name['CapturePayment']._serialized_options = b'\212\265\030\n\010\004\032\006orders\220\265\030\001\202\323\344\223\002\"\"\035/v1/{name=payments/*}:capture:\001*'
   _globals['_PAYMENTSSERVICE'].methods_by_name['VoidPayment']._loaded_options = None
   _globals['_PAYMENTSSERVICE'].methods_by_name['VoidPayment']._serialized_options = b'\212\265\030\n\010\004\032\006orders\220\265\030\001\202\323\344\223\002\037\"\032/v1/{name=payments/*}:void:\001*'
-  _globals['_GETACCOUNTREQUEST']._serialized_start=242
-  _globals['_GETACCOUNTREQUEST']._serialized_end=313
-  _globals['_LISTACCOUNTSREQUEST']._serialized_start=315
-  _globals['_LISTACCOUNTSREQUEST']._serialized_end=433
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=435
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=527
-  _globals['_SETPAYMENTMETHODREQUEST']._serialized_start=529
-  _globals['_SETPAYMENTMETHODREQUEST']._serialized_end=636
-  _globals['_FUNDACCOUNTREQUEST']._serialized_start=639
-  _globals['_FUNDACCOUNTREQUEST']._serialized_end=780
-  _globals['_GETLEDGERENTRYREQUEST']._serialized_start=782
-  _globals['_GETLEDGERENTRYREQUEST']._serialized_end=861
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=864
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=1045
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=1047
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=1154
-  _globals['_GETPAYMENTREQUEST']._serialized_start=1156
-  _globals['_GETPAYMENTREQUEST']._serialized_end=1227
-  _globals['_LISTPAYMENTSREQUEST']._serialized_start=1229
-  _globals['_LISTPAYMENTSREQUEST']._serialized_end=1347
-  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=1349
-  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=1441
-  _globals['_REFUNDPAYMENTREQUEST']._serialized_start=1444
-  _globals['_REFUNDPAYMENTREQUEST']._serialized_end=1609
-  _globals['_AUTHORIZEPAYMENTREQUEST']._serialized_start=1612
-  _globals['_AUTHORIZEPAYMENTREQUEST']._serialized_end=1857
-  _globals['_CAPTUREPAYMENTREQUEST']._serialized_start=1859
-  _globals['_CAPTUREPAYMENTREQUEST']._serialized_end=1960
-  _globals['_VOIDPAYMENTREQUEST']._serialized_start=1962
-  _globals['_VOIDPAYMENTREQUEST']._serialized_end=2060
-  _globals['_PAYMENTSSERVICE']._serialized_start=2063
-  _globals['_PAYMENTSSERVICE']._serialized_end=3875
+  _globals['_GETACCOUNTREQUEST']._serialized_start=298
+  _globals['_GETACCOUNTREQUEST']._serialized_end=369
+  _globals['_LISTACCOUNTSREQUEST']._serialized_start=371
+  _globals['_LISTACCOUNTSREQUEST']._serialized_end=489
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=491
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=583
+  _globals['_SETPAYMENTMETHODREQUEST']._serialized_start=585
+  _globals['_SETPAYMENTMETHODREQUEST']._serialized_end=692
+  _globals['_RECEIVEPROVIDEREVENTREQUEST']._serialized_start=694
+  _globals['_RECEIVEPROVIDEREVENTREQUEST']._serialized_end=789
+  _globals['_FUNDACCOUNTREQUEST']._serialized_start=792
+  _globals['_FUNDACCOUNTREQUEST']._serialized_end=933
+  _globals['_GETLEDGERENTRYREQUEST']._serialized_start=935
+  _globals['_GETLEDGERENTRYREQUEST']._serialized_end=1014
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=1017
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=1198
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=1200
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=1307
+  _globals['_GETPAYMENTREQUEST']._serialized_start=1309
+  _globals['_GETPAYMENTREQUEST']._serialized_end=1380
+  _globals['_LISTPAYMENTSREQUEST']._serialized_start=1382
+  _globals['_LISTPAYMENTSREQUEST']._serialized_end=1500
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=1502
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=1594
+  _globals['_REFUNDPAYMENTREQUEST']._serialized_start=1597
+  _globals['_REFUNDPAYMENTREQUEST']._serialized_end=1762
+  _globals['_AUTHORIZEPAYMENTREQUEST']._serialized_start=1765
+  _globals['_AUTHORIZEPAYMENTREQUEST']._serialized_end=2010
+  _globals['_CAPTUREPAYMENTREQUEST']._serialized_start=2012
+  _globals['_CAPTUREPAYMENTREQUEST']._serialized_end=2113
+  _globals['_VOIDPAYMENTREQUEST']._serialized_start=2115
+  _globals['_VOIDPAYMENTREQUEST']._serialized_end=2213
+  _globals['_PAYMENTSSERVICE']._serialized_start=2216
+  _globals['_PAYMENTSSERVICE']._serialized_end=4206
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
@@ -138,6 +139,36 @@ class SetPaymentMethodRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetPaymentMethodRequest: _TypeAlias = SetPaymentMethodRequest  # noqa: Y015
+
+@_typing.final
+class ReceiveProviderEventRequest(_message.Message):
+    """Request for ReceiveProviderEvent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """Required. The provider that sent the event: "stripe"."""
+    @_builtins.property
+    def body(self) -> _httpbody_pb2.HttpBody:
+        """Required. The event as the provider sent it, byte for byte (its signature
+        covers these bytes).
+        """
+
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        body: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiveProviderEventRequest: _TypeAlias = ReceiveProviderEventRequest  # noqa: Y015
 
 @_typing.final
 class FundAccountRequest(_message.Message):

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from poly.payments.v1 import payments_service_pb2 as poly_dot_payments_dot_v1_dot_payments__service__pb2
 from poly.payments.v1 import resources_pb2 as poly_dot_payments_dot_v1_dot_resources__pb2
 
@@ -57,6 +58,11 @@ class PaymentsServiceStub:
                 '/poly.payments.v1.PaymentsService/SetPaymentMethod',
                 request_serializer=poly_dot_payments_dot_v1_dot_payments__service__pb2.SetPaymentMethodRequest.SerializeToString,
                 response_deserializer=poly_dot_payments_dot_v1_dot_resources__pb2.Account.FromString,
+                _registered_method=True)
+        self.ReceiveProviderEvent = channel.unary_unary(
+                '/poly.payments.v1.PaymentsService/ReceiveProviderEvent',
+                request_serializer=poly_dot_payments_dot_v1_dot_payments__service__pb2.ReceiveProviderEventRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
         self.GetLedgerEntry = channel.unary_unary(
                 '/poly.payments.v1.PaymentsService/GetLedgerEntry',
@@ -135,6 +141,23 @@ class PaymentsServiceServicer:
         the service makes reusable at the provider. FAILED_PRECONDITION
         PAYMENT_METHODS_NOT_USED where payments are held in the ledger;
         INVALID_ARGUMENT PAYMENT_METHOD_INVALID when the provider refuses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReceiveProviderEvent(self, request, context):
+        """Receives an event an outside payment provider sends to its webhook:
+        register `https://<edge>/v1/providers/stripe/events` with Stripe. The body
+        is checked with the provider's signature scheme (`Stripe-Signature`, at
+        most 5 minutes old) before anything in it is read: UNAUTHENTICATED
+        PROVIDER_EVENT_UNVERIFIED when the signature is missing, wrong or stale,
+        NOT_FOUND PROVIDER_NOT_CONFIGURED for a provider this deployment does not
+        use. A verified event is applied once however often it is delivered (its
+        id goes into the inbox in the transaction that applies it): an
+        authorization or capture confirmed by the provider, a refund or a dispute
+        made at the provider. Events about payments this service did not make are
+        recorded and ignored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -231,6 +254,11 @@ def add_PaymentsServiceServicer_to_server(servicer, server):
                     servicer.SetPaymentMethod,
                     request_deserializer=poly_dot_payments_dot_v1_dot_payments__service__pb2.SetPaymentMethodRequest.FromString,
                     response_serializer=poly_dot_payments_dot_v1_dot_resources__pb2.Account.SerializeToString,
+            ),
+            'ReceiveProviderEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReceiveProviderEvent,
+                    request_deserializer=poly_dot_payments_dot_v1_dot_payments__service__pb2.ReceiveProviderEventRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'GetLedgerEntry': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLedgerEntry,
@@ -384,6 +412,33 @@ class PaymentsService:
             '/poly.payments.v1.PaymentsService/SetPaymentMethod',
             poly_dot_payments_dot_v1_dot_payments__service__pb2.SetPaymentMethodRequest.SerializeToString,
             poly_dot_payments_dot_v1_dot_resources__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReceiveProviderEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/poly.payments.v1.PaymentsService/ReceiveProviderEvent',
+            poly_dot_payments_dot_v1_dot_payments__service__pb2.ReceiveProviderEventRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 from poly.payments.v1 import payments_service_pb2 as _payments_service_pb2
 from poly.payments.v1 import resources_pb2 as _resources_pb2
@@ -52,6 +53,19 @@ class PaymentsServiceStub:
     the service makes reusable at the provider. FAILED_PRECONDITION
     PAYMENT_METHODS_NOT_USED where payments are held in the ledger;
     INVALID_ARGUMENT PAYMENT_METHOD_INVALID when the provider refuses it.
+    """
+    ReceiveProviderEvent: _grpc.UnaryUnaryMultiCallable[_payments_service_pb2.ReceiveProviderEventRequest, _empty_pb2.Empty]
+    """Receives an event an outside payment provider sends to its webhook:
+    register `https://<edge>/v1/providers/stripe/events` with Stripe. The body
+    is checked with the provider's signature scheme (`Stripe-Signature`, at
+    most 5 minutes old) before anything in it is read: UNAUTHENTICATED
+    PROVIDER_EVENT_UNVERIFIED when the signature is missing, wrong or stale,
+    NOT_FOUND PROVIDER_NOT_CONFIGURED for a provider this deployment does not
+    use. A verified event is applied once however often it is delivered (its
+    id goes into the inbox in the transaction that applies it): an
+    authorization or capture confirmed by the provider, a refund or a dispute
+    made at the provider. Events about payments this service did not make are
+    recorded and ignored.
     """
     GetLedgerEntry: _grpc.UnaryUnaryMultiCallable[_payments_service_pb2.GetLedgerEntryRequest, _resources_pb2.LedgerEntry]
     """Gets a ledger entry."""
@@ -111,6 +125,19 @@ class PaymentsServiceAsyncStub(PaymentsServiceStub):
     the service makes reusable at the provider. FAILED_PRECONDITION
     PAYMENT_METHODS_NOT_USED where payments are held in the ledger;
     INVALID_ARGUMENT PAYMENT_METHOD_INVALID when the provider refuses it.
+    """
+    ReceiveProviderEvent: _aio.UnaryUnaryMultiCallable[_payments_service_pb2.ReceiveProviderEventRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Receives an event an outside payment provider sends to its webhook:
+    register `https://<edge>/v1/providers/stripe/events` with Stripe. The body
+    is checked with the provider's signature scheme (`Stripe-Signature`, at
+    most 5 minutes old) before anything in it is read: UNAUTHENTICATED
+    PROVIDER_EVENT_UNVERIFIED when the signature is missing, wrong or stale,
+    NOT_FOUND PROVIDER_NOT_CONFIGURED for a provider this deployment does not
+    use. A verified event is applied once however often it is delivered (its
+    id goes into the inbox in the transaction that applies it): an
+    authorization or capture confirmed by the provider, a refund or a dispute
+    made at the provider. Events about payments this service did not make are
+    recorded and ignored.
     """
     GetLedgerEntry: _aio.UnaryUnaryMultiCallable[_payments_service_pb2.GetLedgerEntryRequest, _resources_pb2.LedgerEntry]  # type: ignore[assignment]
     """Gets a ledger entry."""
@@ -191,6 +218,25 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
         the service makes reusable at the provider. FAILED_PRECONDITION
         PAYMENT_METHODS_NOT_USED where payments are held in the ledger;
         INVALID_ARGUMENT PAYMENT_METHOD_INVALID when the provider refuses it.
+        """
+
+    @_abc_1.abstractmethod
+    def ReceiveProviderEvent(
+        self,
+        request: _payments_service_pb2.ReceiveProviderEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Receives an event an outside payment provider sends to its webhook:
+        register `https://<edge>/v1/providers/stripe/events` with Stripe. The body
+        is checked with the provider's signature scheme (`Stripe-Signature`, at
+        most 5 minutes old) before anything in it is read: UNAUTHENTICATED
+        PROVIDER_EVENT_UNVERIFIED when the signature is missing, wrong or stale,
+        NOT_FOUND PROVIDER_NOT_CONFIGURED for a provider this deployment does not
+        use. A verified event is applied once however often it is delivered (its
+        id goes into the inbox in the transaction that applies it): an
+        authorization or capture confirmed by the provider, a refund or a dispute
+        made at the provider. Events about payments this service did not make are
+        recorded and ignored.
         """
 
     @_abc_1.abstractmethod

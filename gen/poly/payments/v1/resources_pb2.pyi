@@ -113,6 +113,10 @@ class LedgerEntry(_message.Message):
         """A captured payment (negative)."""
         KIND_REFUND: LedgerEntry._Kind.ValueType  # 3
         """A refund of a captured payment (positive)."""
+        KIND_DISPUTE: LedgerEntry._Kind.ValueType  # 4
+        """Money an outside provider took back from the merchant while a dispute
+        (chargeback) of the payment is open.
+        """
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper):
         """What moved the money."""
@@ -125,6 +129,10 @@ class LedgerEntry(_message.Message):
     """A captured payment (negative)."""
     KIND_REFUND: LedgerEntry.Kind.ValueType  # 3
     """A refund of a captured payment (positive)."""
+    KIND_DISPUTE: LedgerEntry.Kind.ValueType  # 4
+    """Money an outside provider took back from the merchant while a dispute
+    (chargeback) of the payment is open.
+    """
 
     NAME_FIELD_NUMBER: _builtins.int
     TRANSACTION_FIELD_NUMBER: _builtins.int
