@@ -136,9 +136,14 @@ def _env(component: str) -> list[dict[str, Any]]:
             )
     if component == "payments":
         # Read only when POLY_PAYMENTS_PROVIDER names the provider (the ledger needs neither).
-        keys = (("POLY_STRIPE_API_KEY", "api-key"), ("POLY_STRIPE_WEBHOOK_SECRET", "webhook-secret"))
-        for name, key in keys:
-            secret = {"name": "stripe", "key": key, "optional": True}
+        keys = (
+            ("POLY_STRIPE_API_KEY", "stripe", "api-key"),
+            ("POLY_STRIPE_WEBHOOK_SECRET", "stripe", "webhook-secret"),
+            ("POLY_PAYPAL_CLIENT_ID", "paypal", "client-id"),
+            ("POLY_PAYPAL_CLIENT_SECRET", "paypal", "client-secret"),
+        )
+        for name, secret_name, key in keys:
+            secret = {"name": secret_name, "key": key, "optional": True}
             env.append({"name": name, "valueFrom": {"secretKeyRef": secret}})
     return downward + env
 
@@ -472,7 +477,7 @@ def network_policies() -> list[dict[str, Any]]:
         if component == "notifications":
             egress.append({"ports": _any_port(25, 465, 587, 2525, 80, 443)})  # email and webhooks
         if component == "payments":
-            egress.append({"ports": _any_port(443)})  # the payment provider's API (Stripe)
+            egress.append({"ports": _any_port(443)})  # the payment provider's API (Stripe, PayPal)
         policies.append(
             {
                 "apiVersion": "networking.k8s.io/v1",

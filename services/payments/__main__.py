@@ -9,7 +9,9 @@ from services.kit import app
 from services.payments import events, store
 from services.payments import settings as payments_settings
 from services.payments.domain import Payments
-from services.payments.outside import ProviderWorker
+from services.payments.paypal_provider import PayPalProvider
+from services.payments.provider_worker import ProviderWorker
+from services.payments.providers import PaymentProvider
 from services.payments.service import PaymentsServicer
 from services.payments.stripe_provider import StripeProvider
 
@@ -17,7 +19,11 @@ from services.payments.stripe_provider import StripeProvider
 def wire(context: app.Context[payments_settings.PaymentsSettings]) -> app.Parts:
     settings = context.service_settings
     transactions = store.PaymentsStore(context.engine, context.outbox).transaction
-    provider = StripeProvider(settings.stripe) if settings.provider == "stripe" else None
+    provider: PaymentProvider | None = None  # the ledger's
+    if settings.provider == "stripe":
+        provider = StripeProvider(settings.stripe)
+    elif settings.provider == "paypal":
+        provider = PayPalProvider(settings.paypal)
     payments = Payments(transactions, provider=provider)
     currency = settings.default_currency
 

@@ -29,14 +29,16 @@ from services.kit.domain_errors import (
     InvalidArgument,
     NotFound,
     Unauthenticated,
+    Unavailable,
 )
 from services.kit.filters import Term
 from services.kit.money import Money, money_problems
 from services.kit.text import visible_text_problem
-from services.payments.idempotency import Request, fingerprint, key_problems, recall, remember
+from services.payments.idempotency import IN_FLIGHT, Request, fingerprint, key_problems, recall, remember
 from services.payments.ledger import LedgerProvider, balanced_entries, system_account
 from services.payments.outside import CANCEL, OutsideSteps
-from services.payments.providers import EventRefused, PaymentProvider
+from services.payments.provider_events import apply_event
+from services.payments.providers import EventRefused, PaymentProvider, ProviderUnavailable, keys
 from services.payments.records import (
     ACCOUNT_FIELDS,
     AUTHORIZED,
@@ -226,7 +228,14 @@ class Payments:
                 "the event's signature is missing, wrong or too old",
                 provider=provider,
             ) from refused
-        self.outside.apply(event)
+        except ProviderUnavailable as error:  # its verification service: the sender retries
+            raise Unavailable(
+                "PAYMENT_PROVIDER_UNAVAILABLE",
+                "{provider} could not verify the event; send it again",
+                retry_after_seconds=5.0,
+                provider=provider,
+            ) from error
+        apply_event(self.transactions, self.outside.record, event)
 
     def list_accounts(
         self, viewer: Viewer, *, size: int, token: str, filter_text: str, order_by: str
@@ -330,7 +339,12 @@ class Payments:
             # Recorded before the provider is asked (`outside`): no event until it answers.
             if not account.payment_method:
                 return self._decline(repo, ask, account.id, PAYMENT_METHOD_REQUIRED, request)
-            asked = replace(self._new_payment(ask, account.id, PENDING, ""), provider=self.provider.name)
+            asked = replace(
+                self._new_payment(ask, account.id, PENDING, ""),
+                provider=self.provider.name,
+                charged_method=account.payment_method,
+                charged_customer=account.provider_customer,
+            )
             return self._add(repo, asked, None, request)
         decline = self.ledger.authorize(repo, account, amount)
         if decline:
@@ -468,26 +482,22 @@ class Payments:
         request = Request(caller, request_id, fingerprint("refund", payment_id, amount, reason))
         with self.transactions() as repo:
             payment = self._locked(repo, payment_id)
-            if recall(repo, request) is not None:
+            replayed = recall(repo, request)
+            if replayed is not None and not replayed.startswith(IN_FLIGHT):
                 return payment
-            if payment.state not in (CAPTURED, PARTIALLY_REFUNDED):
-                raise _not_in_state(payment, "PAYMENT_NOT_REFUNDABLE", "refunded")
-            if amount is not None and amount.currency != payment.currency:
-                raise _wrong_currency(payment.currency)
-            rest = payment.captured - payment.refunded
-            value = rest if amount is None else amount.amount
-            if value > rest:
-                raise FailedPrecondition(
-                    "REFUND_EXCEEDS_CAPTURED",
-                    "at most {rest} minor units of payments/{payment} can still be refunded",
-                    rest=rest,
-                    payment=payment_id,
-                )
-            if not payment.provider:
-                self._refund(repo, payment, value, reason)
-                remember(repo, request, payment_id, self.clock())
-                return self._payment(repo, payment_id)
-        return self._outside_for(payment).refund(payment, value, reason, request.key, request)
+            if replayed is not None:  # asked of the provider before, its answer not recorded
+                value = int(replayed.removeprefix(IN_FLIGHT))
+            else:
+                value = _refundable(payment, amount)
+                if not payment.provider:
+                    self._refund(repo, payment, value, reason)
+                    remember(repo, request, payment_id, self.clock())
+                    return self._payment(repo, payment_id)
+                # Stored before the provider is asked: a retry after a lost answer (which the
+                # provider's event may have recorded meanwhile) asks again, the same.
+                remember(repo, request, f"{IN_FLIGHT}{value}", self.clock())
+        key = keys.request(caller, request_id)
+        return self._outside_for(payment).refund(payment, value, reason, key, request)
 
     def cancel_order(
         self, order: str, reason: str, *, owner: str = "", total: Money | None = None
@@ -543,6 +553,24 @@ class Payments:
         after = REFUNDED if payment.refunded + amount == payment.captured else PARTIALLY_REFUNDED
         self._move(repo, payment, after, lambda r, p, now: self.ledger.refund(r, p, amount, now))
         repo.publish(PaymentEvent(REFUNDED, self._payment(repo, payment.id), amount, reason))
+
+
+def _refundable(payment: Payment, amount: Money | None) -> int:
+    """What a refund of `amount` (None: the rest) of `payment` returns, if it may."""
+    if payment.state not in (CAPTURED, PARTIALLY_REFUNDED):
+        raise _not_in_state(payment, "PAYMENT_NOT_REFUNDABLE", "refunded")
+    if amount is not None and amount.currency != payment.currency:
+        raise _wrong_currency(payment.currency)
+    rest = payment.captured - payment.refunded
+    value = rest if amount is None else amount.amount
+    if value > rest:
+        raise FailedPrecondition(
+            "REFUND_EXCEEDS_CAPTURED",
+            "at most {rest} minor units of payments/{payment} can still be refunded",
+            rest=rest,
+            payment=payment.id,
+        )
+    return value
 
 
 def _not_in_state(payment: Payment, reason: str, verb: str) -> FailedPrecondition:

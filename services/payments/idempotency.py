@@ -13,7 +13,11 @@ from services.kit.domain_errors import Aborted, FieldViolation
 from services.kit.idempotency import Request, fingerprint
 from services.payments.records import Repository
 
-__all__ = ["Request", "fingerprint", "key_problems", "recall", "remember"]
+__all__ = ["IN_FLIGHT", "Request", "fingerprint", "key_problems", "recall", "remember", "settle"]
+
+IN_FLIGHT = "in-flight:"
+"""A stored result that starts with it: the call is still being asked of a provider
+(`outside`); a retry asks again with what follows it."""
 
 
 def key_problems(request_id: str) -> list[FieldViolation]:
@@ -40,3 +44,9 @@ def remember(repo: Repository, request: Request | None, result: str, now: dt.dat
         request.scope, idempotency.canonical(request.key), request.fingerprint, result, now
     ):
         raise Aborted("REQUEST_IN_FLIGHT", "a call with this request_id is in flight; retry")
+
+
+def settle(repo: Repository, request: Request | None, result: str) -> None:
+    """Replace an in-flight result of the id with the final one."""
+    if request is not None:
+        repo.settle_request(request.scope, idempotency.canonical(request.key), result)

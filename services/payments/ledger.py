@@ -91,25 +91,27 @@ def _provider_account(repo: Repository, provider: str, currency: str, now: dt.da
     return account_id
 
 
-def provider_capture(repo: Repository, payment: Payment, now: dt.datetime) -> None:
-    """A capture at the payment's outside provider: its money reaches the merchant through
-    the provider's clearing account (the customer's ledger account is not involved)."""
-    clearing = _provider_account(repo, payment.provider, payment.currency, now)
-    merchant = system_account(repo, MERCHANT, payment.currency, now)
-    legs = [(clearing, -payment.amount), (merchant, payment.amount)]
-    repo.add_entries(balanced_entries(legs, payment.currency, "CAPTURE", payment.id, now))
+def provider_capture(repo: Repository, payment: Payment, amount: int, now: dt.datetime) -> None:
+    """A capture of `amount` at the payment's outside provider: its money reaches the merchant
+    through the provider's clearing account (the customer's ledger account is not involved)."""
+    _through_clearing(repo, payment, amount, "CAPTURE", now)
 
 
 def provider_refund(repo: Repository, payment: Payment, amount: int, now: dt.datetime) -> None:
-    clearing = _provider_account(repo, payment.provider, payment.currency, now)
-    merchant = system_account(repo, MERCHANT, payment.currency, now)
-    legs = [(merchant, -amount), (clearing, amount)]
-    repo.add_entries(balanced_entries(legs, payment.currency, "REFUND", payment.id, now))
+    """A refund of `amount` at the provider; a negative one is a refund it failed afterwards,
+    whose money comes back to the merchant."""
+    _through_clearing(repo, payment, -amount, "REFUND", now)
 
 
 def provider_dispute(repo: Repository, payment: Payment, amount: int, now: dt.datetime) -> None:
-    """A dispute opened at the provider: it took `amount` back from the merchant meanwhile."""
+    """`amount` the provider took from the merchant for a dispute; negative: returned to it
+    (the dispute was won)."""
+    _through_clearing(repo, payment, -amount, "DISPUTE", now)
+
+
+def _through_clearing(repo: Repository, payment: Payment, amount: int, kind: str, now: dt.datetime) -> None:
+    """`amount` from the provider's clearing account to the merchant (negative: back)."""
     clearing = _provider_account(repo, payment.provider, payment.currency, now)
     merchant = system_account(repo, MERCHANT, payment.currency, now)
-    legs = [(merchant, -amount), (clearing, amount)]
-    repo.add_entries(balanced_entries(legs, payment.currency, "DISPUTE", payment.id, now))
+    legs = [(clearing, -amount), (merchant, amount)]
+    repo.add_entries(balanced_entries(legs, payment.currency, kind, payment.id, now))

@@ -3,34 +3,27 @@ database transaction, then its answer recorded in the ledger in a transaction of
 
 Why three steps and not one: a provider call can take seconds, and a transaction held open
 over it would hold the account's lock (on SQLite, the whole database's) as long. So an
-authorization is first recorded as a PENDING payment (taking the order's one payment and the
-caller's request id), the provider is asked with a key derived from the payment's id
-(`providers.keys`), and the answer moves the payment on. Whatever stops in between (a
-timeout, a crash, the caller going away) leaves a state from which asking again is safe: the
-caller's retry, or `ProviderWorker`, asks with the same key and gets the provider's first
-answer. Saga compensation (an order cancelled) arrives inside the event consumer's
-transaction, so it is left on the payment (`compensation`) for the worker to ask for.
+authorization is first recorded as a PENDING payment (taking the order's one payment, the
+caller's request id, and the payment method it is asked with), the provider is asked with a
+key derived from the payment's id (`providers.keys`), and the answer moves the payment on.
+Whatever stops in between (a timeout, a crash, the caller going away) leaves a state from
+which asking again is safe: the caller's retry, or `provider_worker.ProviderWorker`, asks with
+the same key and the same parameters and gets the provider's first answer. What the provider
+reports by webhook is applied by `provider_events`; both record through `Recorder`, so a
+capture or refund is recorded once, whichever tells of it first.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
-import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import replace
 
 from services.kit.domain_errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from services.payments.idempotency import Request, remember
-from services.payments.ledger import provider_capture, provider_dispute, provider_refund
-from services.payments.providers import (
-    Charge,
-    PaymentProvider,
-    ProviderEvent,
-    ProviderRefused,
-    ProviderUnavailable,
-)
+from services.payments.idempotency import Request, remember, settle
+from services.payments.ledger import provider_capture, provider_refund
+from services.payments.providers import Charge, PaymentProvider, ProviderRefused, ProviderUnavailable
 from services.payments.records import (
     AUTHORIZED,
     CAPTURED,
@@ -45,14 +38,10 @@ from services.payments.records import (
     Repository,
 )
 
-__all__ = ["CANCEL", "DISPUTED", "OutsideSteps", "ProviderWorker"]
+__all__ = ["CANCEL", "OutsideSteps", "Recorder", "Transactions", "locked"]
 
-_log = logging.getLogger(__name__)
-
-DISPUTED = "DISPUTED"
 CANCEL = "CANCEL"
 """Compensation: void the authorization, or refund what was captured."""
-_SETTLED = (VOIDED, REFUNDED, FAILED)
 
 Transactions = Callable[[], AbstractContextManager[Repository]]
 
@@ -67,6 +56,99 @@ def _unavailable(provider: PaymentProvider, payment: Payment) -> Unavailable:
     )
 
 
+def _refused(
+    reason: str, verb: str, provider: PaymentProvider, payment: Payment, why: str
+) -> FailedPrecondition:
+    return FailedPrecondition(
+        reason,
+        "{provider} refused to " + verb + " payments/{payment}: {provider_reason}",
+        provider=provider.name,
+        payment=payment.id,
+        provider_reason=why,
+    )
+
+
+def locked(repo: Repository, payment_id: str) -> Payment:
+    """The payment, read once its account is locked (every change locks it)."""
+    repo.lock_account_of(payment_id)
+    found = repo.payment(payment_id)
+    if found is None:
+        raise NotFound("PAYMENT_NOT_FOUND", "payments/{payment} does not exist", payment=payment_id)
+    return found
+
+
+class Recorder:
+    """What a provider did, written into the ledger inside the caller's transaction, once:
+    by state for authorizations and captures, by the provider's id for refunds."""
+
+    def __init__(self, provider: str, clock: Callable[[], dt.datetime]) -> None:
+        self.provider = provider
+        self._clock = clock
+
+    def now(self) -> dt.datetime:
+        return self._clock()
+
+    def authorized(self, repo: Repository, payment: Payment, reference: str) -> None:
+        if payment.state == PENDING:
+            repo.set_state(payment, AUTHORIZED, self._clock(), reference=reference)
+            held = replace(payment, state=AUTHORIZED, provider_reference=reference)
+            repo.publish(PaymentEvent(AUTHORIZED, held, held.amount))
+
+    def declined(self, repo: Repository, payment: Payment, reason: str, reference: str) -> None:
+        if payment.state == PENDING:
+            repo.set_state(payment, FAILED, self._clock(), failure_reason=reason, reference=reference)
+            failed = replace(payment, state=FAILED, failure_reason=reason)
+            repo.publish(PaymentEvent(FAILED, failed, failed.amount, reason))
+
+    def captured(
+        self, repo: Repository, payment: Payment, capture: str, amount: int, reference: str = ""
+    ) -> None:
+        """`amount` taken (all of it, or less when captured in part at the provider)."""
+        if payment.state in (PENDING, AUTHORIZED):
+            now = self._clock()
+            repo.set_state(payment, CAPTURED, now, reference=reference, capture=capture)
+            provider_capture(repo, payment, amount, now)
+            taken = locked(repo, payment.id)
+            repo.publish(PaymentEvent(CAPTURED, taken, amount))
+
+    def voided(self, repo: Repository, payment: Payment) -> None:
+        if payment.state == AUTHORIZED:
+            repo.set_state(payment, VOIDED, self._clock())
+            repo.publish(PaymentEvent(VOIDED, replace(payment, state=VOIDED), payment.amount))
+
+    def refunded(self, repo: Repository, payment: Payment, refund: str, amount: int, reason: str) -> bool:
+        """A refund the provider made, recorded once by its id, as it made it (even past what
+        the ledger thought was left: reconciliation then shows why). False when it is not
+        recordable yet: the payment's capture is not recorded."""
+        if payment.state not in (CAPTURED, PARTIALLY_REFUNDED, REFUNDED):
+            return False
+        if amount > 0 and repo.first_sight(self.provider, f"refund:{refund}", "refund"):
+            provider_refund(repo, payment, amount, self._clock())
+            self._settle_refunds(repo, payment, amount, reason)
+        return True
+
+    def refund_failed(self, repo: Repository, payment: Payment, refund: str, amount: int) -> None:
+        """A refund the provider could not make after all: its money back to the merchant, if
+        it was recorded; either way a later report of it is not recorded."""
+        recorded = not repo.first_sight(self.provider, f"refund:{refund}", "refund")
+        if amount > 0 and recorded and repo.first_sight(self.provider, f"refund-failed:{refund}", "refund"):
+            provider_refund(repo, payment, -amount, self._clock())
+            self._settle_refunds(repo, payment, -amount, "")
+
+    def _settle_refunds(self, repo: Repository, payment: Payment, moved: int, reason: str) -> None:
+        after = locked(repo, payment.id)
+        state = (
+            CAPTURED
+            if after.refunded <= 0
+            else REFUNDED
+            if after.refunded >= after.captured
+            else PARTIALLY_REFUNDED
+        )
+        repo.set_state(payment, state, self._clock())
+        if moved > 0:
+            repo.publish(PaymentEvent(REFUNDED, locked(repo, payment.id), moved, reason))
+
+
 class OutsideSteps:
     """The provider call of each change of an outside payment and the recording of its answer.
     Each method starts from the payment as committed and returns it as recorded."""
@@ -76,17 +158,11 @@ class OutsideSteps:
     ) -> None:
         self._transactions = transactions
         self.provider = provider
+        self.record = Recorder(provider.name, clock)
         self._clock = clock
 
-    def _locked(self, repo: Repository, payment_id: str) -> Payment:
-        repo.lock_account_of(payment_id)
-        found = repo.payment(payment_id)
-        if found is None:
-            raise NotFound("PAYMENT_NOT_FOUND", "payments/{payment} does not exist", payment=payment_id)
-        return found
-
     def attach(self, account: Account, method: str) -> Account:
-        """Sets the account's payment method (asked of the provider first)."""
+        """Sets the account's payment method (made reusable at the provider first)."""
         try:
             method_id, customer = self.provider.attach(account, method)
         except ProviderUnavailable as error:
@@ -111,34 +187,25 @@ class OutsideSteps:
         return found
 
     def authorization(self, payment: Payment) -> Payment:
-        """PENDING -> AUTHORIZED or FAILED, as the provider answers."""
-        with self._transactions() as repo:
-            account = repo.account(payment.account_id)
-        assert account is not None  # a payment's account is never removed
+        """PENDING -> AUTHORIZED or FAILED, as the provider answers; asked with the method the
+        payment was recorded with, whatever the account's is now."""
         try:
             answer = self.provider.authorize(
-                Charge(payment, account.payment_method, account.provider_customer)
+                Charge(payment, payment.charged_method, payment.charged_customer)
             )
         except ProviderUnavailable as error:
             raise _unavailable(self.provider, payment) from error
         except ProviderRefused as refused:  # a refusal of the request itself is a decline too
-            answer_reference, decline = "", refused.reason
+            reference, decline = "", refused.reason
         else:
-            answer_reference, decline = answer.reference, answer.decline
+            reference, decline = answer.reference, answer.decline
         with self._transactions() as repo:
-            current = self._locked(repo, payment.id)
-            if current.state != PENDING:
-                return current  # recorded meanwhile (the worker, another retry)
-            now = self._clock()
+            current = locked(repo, payment.id)
             if decline:
-                repo.set_state(current, FAILED, now, failure_reason=decline, reference=answer_reference)
-                failed = replace(current, state=FAILED, failure_reason=decline)
-                repo.publish(PaymentEvent(FAILED, failed, failed.amount, decline))
+                self.record.declined(repo, current, decline, reference)
             else:
-                repo.set_state(current, AUTHORIZED, now, reference=answer_reference)
-                held = replace(current, state=AUTHORIZED, provider_reference=answer_reference)
-                repo.publish(PaymentEvent(AUTHORIZED, held, held.amount))
-            return self._locked(repo, payment.id)
+                self.record.authorized(repo, current, reference)
+            return locked(repo, payment.id)
 
     def capture(self, payment: Payment, request: Request | None) -> Payment:
         """AUTHORIZED -> CAPTURED. A provider's refusal (the authorization expired or was
@@ -148,24 +215,14 @@ class OutsideSteps:
         except ProviderUnavailable as error:
             raise _unavailable(self.provider, payment) from error
         except ProviderRefused as refused:
-            raise FailedPrecondition(
-                "PAYMENT_NOT_CAPTURABLE",
-                "{provider} refused to capture payments/{payment}: {provider_reason}",
-                provider=self.provider.name,
-                payment=payment.id,
-                provider_reason=refused.reason,
+            raise _refused(
+                "PAYMENT_NOT_CAPTURABLE", "capture", self.provider, payment, refused.reason
             ) from refused
         with self._transactions() as repo:
-            current = self._locked(repo, payment.id)
-            if current.state == AUTHORIZED:
-                now = self._clock()
-                repo.set_state(current, CAPTURED, now, capture=capture)
-                provider_capture(repo, current, now)
-                captured = self._locked(repo, payment.id)
-                repo.publish(PaymentEvent(CAPTURED, captured, captured.amount))
+            self.record.captured(repo, locked(repo, payment.id), capture, payment.amount)
             if request is not None:
                 remember(repo, request, payment.id, self._clock())
-            return self._locked(repo, payment.id)
+            return locked(repo, payment.id)
 
     def void(self, payment: Payment, request: Request | None) -> Payment:
         """AUTHORIZED -> VOIDED."""
@@ -174,186 +231,30 @@ class OutsideSteps:
         except ProviderUnavailable as error:
             raise _unavailable(self.provider, payment) from error
         except ProviderRefused as refused:
-            raise FailedPrecondition(
-                "PAYMENT_NOT_VOIDABLE",
-                "{provider} refused to release payments/{payment}: {provider_reason}",
-                provider=self.provider.name,
-                payment=payment.id,
-                provider_reason=refused.reason,
+            raise _refused(
+                "PAYMENT_NOT_VOIDABLE", "release", self.provider, payment, refused.reason
             ) from refused
         with self._transactions() as repo:
-            current = self._locked(repo, payment.id)
-            if current.state == AUTHORIZED:
-                repo.set_state(current, VOIDED, self._clock())
-                repo.publish(PaymentEvent(VOIDED, replace(current, state=VOIDED), current.amount))
+            self.record.voided(repo, locked(repo, payment.id))
             if request is not None:
                 remember(repo, request, payment.id, self._clock())
-            return self._locked(repo, payment.id)
+            return locked(repo, payment.id)
 
     def refund(
-        self, payment: Payment, amount: int, reason: str, request_key: str, request: Request | None
+        self, payment: Payment, amount: int, reason: str, key: str, request: Request | None
     ) -> Payment:
-        """Returns `amount` of what was captured; `request_key` makes the provider's key."""
+        """Returns `amount` of what was captured; `key` (`providers.keys.request`, or the
+        compensation's) makes the provider's idempotency key. A `request` stored as in flight
+        (`domain.Payments.refund`) is settled once the refund is recorded."""
         try:
-            refund = self.provider.refund(payment, amount, request_key)
+            refund = self.provider.refund(payment, amount, key)
         except ProviderUnavailable as error:
             raise _unavailable(self.provider, payment) from error
         except ProviderRefused as refused:
-            raise FailedPrecondition(
-                "PAYMENT_NOT_REFUNDABLE",
-                "{provider} refused to refund payments/{payment}: {provider_reason}",
-                provider=self.provider.name,
-                payment=payment.id,
-                provider_reason=refused.reason,
+            raise _refused(
+                "PAYMENT_NOT_REFUNDABLE", "refund", self.provider, payment, refused.reason
             ) from refused
         with self._transactions() as repo:
-            current = self._locked(repo, payment.id)
-            self._record_refund(repo, current, refund, amount, reason)
-            if request is not None:
-                remember(repo, request, payment.id, self._clock())
-            return self._locked(repo, payment.id)
-
-    def _record_refund(
-        self, repo: Repository, payment: Payment, refund: str, amount: int, reason: str
-    ) -> None:
-        """A refund the provider made, recorded once by its id (the call's answer and its
-        webhook event both tell of it), as the provider made it: even past what the ledger
-        thought was left (reconciliation then shows why)."""
-        if payment.state not in (CAPTURED, PARTIALLY_REFUNDED, REFUNDED):
-            return
-        if not repo.first_sight(self.provider.name, f"refund:{refund}", "refund"):
-            return
-        now = self._clock()
-        after = REFUNDED if payment.refunded + amount >= payment.captured else PARTIALLY_REFUNDED
-        repo.set_state(payment, after, now)
-        provider_refund(repo, payment, amount, now)
-        refunded = self._locked(repo, payment.id)
-        repo.publish(PaymentEvent(REFUNDED, refunded, amount, reason))
-
-    def apply(self, event: ProviderEvent) -> None:
-        """A verified webhook event, applied once: its id goes into the inbox in the same
-        transaction. A state the use cases reached first is left as it is."""
-        with self._transactions() as repo:
-            if not repo.first_sight(self.provider.name, f"event:{event.id}", event.type):
-                return  # delivered again
-            found = self._payment_of(repo, event)
-            if found is None or not event.kind:
-                return  # another system's payment on the same provider account, or not ours to act on
-            payment = self._locked(repo, found.id)
-            now = self._clock()
-            if event.kind == AUTHORIZED and payment.state == PENDING:
-                repo.set_state(payment, AUTHORIZED, now, reference=event.reference)
-                repo.publish(PaymentEvent(AUTHORIZED, replace(payment, state=AUTHORIZED), payment.amount))
-            elif event.kind in (FAILED, VOIDED) and payment.state == PENDING:
-                reason = event.reason or f"PROVIDER_{event.kind}"
-                repo.set_state(payment, FAILED, now, failure_reason=reason, reference=event.reference)
-                failed = replace(payment, state=FAILED, failure_reason=reason)
-                repo.publish(PaymentEvent(FAILED, failed, payment.amount, reason))
-            elif event.kind == CAPTURED and payment.state in (PENDING, AUTHORIZED):
-                repo.set_state(payment, CAPTURED, now, reference=event.reference, capture=event.movement)
-                provider_capture(repo, payment, now)
-                captured = self._locked(repo, payment.id)
-                repo.publish(PaymentEvent(CAPTURED, captured, captured.amount))
-            elif event.kind == VOIDED and payment.state == AUTHORIZED:
-                repo.set_state(payment, VOIDED, now)
-                repo.publish(PaymentEvent(VOIDED, replace(payment, state=VOIDED), payment.amount))
-            elif event.kind == REFUNDED:
-                self._record_refund(repo, payment, event.movement, event.amount, event.reason)
-            elif (
-                event.kind == DISPUTED
-                and payment.state in (CAPTURED, PARTIALLY_REFUNDED, REFUNDED)
-                and repo.first_sight(self.provider.name, f"dispute:{event.movement}", "dispute")
-            ):
-                provider_dispute(repo, payment, event.amount, now)
-
-    def _payment_of(self, repo: Repository, event: ProviderEvent) -> Payment | None:
-        """The payment `event` is about: by the provider's reference, or (a PENDING one, whose
-        reference the provider's answer has not told yet) by our id echoed in its metadata."""
-        found = repo.payment_by_reference(self.provider.name, event.reference)
-        if found is None and event.payment:
-            found = repo.payment(event.payment)
-            if found is not None and (
-                found.provider != self.provider.name or found.provider_reference not in ("", event.reference)
-            ):
-                return None  # not the payment the provider's object belongs to
-        return found
-
-    def compensate(self, payment: Payment) -> Payment:
-        """Saga compensation left on the payment: settle it at the provider, then clear it."""
-        if payment.state == PENDING:
-            payment = self.authorization(payment)
-        if payment.state == AUTHORIZED:
-            payment = self.void(payment, None)
-        elif payment.state in (CAPTURED, PARTIALLY_REFUNDED):
-            rest = payment.captured - payment.refunded
-            payment = self.refund(payment, rest, payment.compensation_reason, "cancel", None)
-        if payment.state in _SETTLED:
-            with self._transactions() as repo:
-                repo.set_compensation(payment.id, "", "")
-        return payment
-
-
-class ProviderWorker:
-    """Finishes what callers left with the provider: a PENDING payment whose caller went away
-    (a timeout, a crash) and saga compensation. Asks with the same keys as the first attempt,
-    so a step already done at the provider is only recorded. Several replicas may run it: the
-    keys make a double attempt harmless, and the recording moves each payment once."""
-
-    def __init__(
-        self,
-        transactions: Transactions,
-        steps: OutsideSteps,
-        *,
-        interval: float = 1.0,
-        pending_for: dt.timedelta = dt.timedelta(seconds=30),
-        batch: int = 32,
-    ) -> None:
-        self._transactions = transactions
-        self._steps = steps
-        self._interval = interval
-        self._pending_for = pending_for
-        self._batch = batch
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def run_once(self, now: dt.datetime | None = None) -> int:
-        """One pass; how many payments it asked the provider about."""
-        now = now or dt.datetime.now(dt.UTC)
-        with self._transactions() as repo:
-            work = repo.provider_work(now - self._pending_for, self._batch)
-        for payment in work:
-            try:
-                if payment.compensation:
-                    self._steps.compensate(payment)
-                elif payment.state == PENDING:
-                    self._steps.authorization(payment)
-            except Unavailable as error:
-                _log.warning(
-                    "provider step left for later", extra={"payment": payment.name, "reason": error.reason}
-                )
-            except FailedPrecondition as error:
-                # A final no from the provider (e.g. it refunded already): asking again would not
-                # change it; the compensation is dropped and reconciliation shows the difference.
-                _log.error(
-                    "provider refused compensation", extra={"payment": payment.name, "reason": error.reason}
-                )
-                with self._transactions() as repo:
-                    repo.set_compensation(payment.id, "", "")
-        return len(work)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self.run_once()
-            except Exception:  # noqa: BLE001 - one bad pass must not stop the worker
-                _log.exception("provider pass failed; its payments come back next pass")
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="payments-provider", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+            self.record.refunded(repo, locked(repo, payment.id), refund, amount, reason)
+            settle(repo, request, payment.id)
+            return locked(repo, payment.id)

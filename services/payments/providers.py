@@ -10,6 +10,7 @@ the same key is safe) and `ProviderRefused` (a final no, with an UPPER_SNAKE rea
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -62,14 +63,16 @@ class ProviderEvent:
     type: str
     """The provider's name for it (``payment_intent.succeeded``), kept with the id."""
     kind: str = ""
-    """What it does to a payment: AUTHORIZED, FAILED, CAPTURED, VOIDED, REFUNDED, DISPUTED;
-    empty for an event that moves nothing here (recorded, then ignored)."""
+    """What it does to a payment: AUTHORIZED, FAILED, CAPTURED, VOIDED, REFUNDED,
+    REFUND_FAILED (a refund the provider could not make after all), DISPUTED (funds withdrawn
+    for a dispute), REINSTATED (returned after one); empty for an event that moves nothing
+    here (recorded, then ignored)."""
     reference: str = ""
     """The provider's authorization it concerns (`records.Payment.provider_reference`)."""
     payment: str = ""
     """Our payment's id, where the provider echoes it back (metadata we set)."""
     amount: int = 0
-    """What a refund or a dispute moved."""
+    """What a capture, refund or dispute moved (minor units of the payment's currency)."""
     movement: str = ""
     """The provider's id of the capture, refund or dispute: each is recorded once, whether the
     call's answer or the event arrives first."""
@@ -116,8 +119,13 @@ class keys:  # noqa: N801 - a namespace of key builders, read as keys.capture(..
 
     @staticmethod
     def refund(payment: Payment, request: str) -> str:
-        """`request`: the caller's request id (or "cancel" for the saga's compensation)."""
+        """`request`: what makes this refund one (`keys.request`, or the saga's compensation)."""
         return f"poly-{payment.id}-refund-{request}"
+
+    @staticmethod
+    def request(caller: str, request_id: str) -> str:
+        """A caller's request id as part of a key: two callers reusing one id stay apart."""
+        return hashlib.sha256(f"{caller}\n{request_id}".encode()).hexdigest()[:32]
 
 
 class PaymentProvider(Protocol):

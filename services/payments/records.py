@@ -55,7 +55,7 @@ KINDS = ("FUNDING", "CAPTURE", "REFUND", "DISPUTE")
 AUTHORIZED, CAPTURED, VOIDED = "AUTHORIZED", "CAPTURED", "VOIDED"
 PARTIALLY_REFUNDED, REFUNDED, FAILED = "PARTIALLY_REFUNDED", "REFUNDED", "FAILED"
 PENDING = "PENDING"
-"""Asked of an outside provider, its answer not recorded yet (`remote`)."""
+"""Asked of an outside provider, its answer not recorded yet (`outside`)."""
 STATES = (PENDING, AUTHORIZED, CAPTURED, VOIDED, PARTIALLY_REFUNDED, REFUNDED, FAILED)
 
 
@@ -124,6 +124,9 @@ class Payment:
     """What its REFUND transactions credited (derived by the store)."""
     provider: str = ""
     """The outside provider holding the money ("stripe", "paypal"); empty: the ledger."""
+    charged_method: str = ""
+    """The provider's payment method the authorization is asked with (fixed when PENDING)."""
+    charged_customer: str = ""
     provider_reference: str = ""
     """The provider's authorization (a Stripe PaymentIntent, a PayPal authorization)."""
     provider_capture: str = ""
@@ -131,6 +134,10 @@ class Payment:
     compensation: str = ""
     """Saga compensation still to ask of the provider: CANCEL (void or refund the rest)."""
     compensation_reason: str = ""
+    provider_attempts: int = 0
+    """Failed attempts of the provider worker on this payment so far."""
+    provider_retry_at: dt.datetime | None = None
+    """When the provider worker may ask about it again (None: at once)."""
 
     @property
     def name(self) -> str:
@@ -276,15 +283,25 @@ class Repository(Protocol):
         """Leave (or, with "", clear) saga compensation for the provider worker."""
 
     def payment_by_reference(self, provider: str, reference: str) -> Payment | None:
-        """The payment `provider` knows as `reference` (its authorization's id)."""
+        """The payment `provider` knows as `reference`: its authorization's id or its capture's."""
 
     def first_sight(self, provider: str, key: str, kind: str) -> bool:
         """Record `key` (an event id, a refund's id) as seen from `provider` in the inbox; False
         when it was already there (waits for a concurrent recording of it)."""
 
-    def provider_work(self, pending_before: dt.datetime, limit: int) -> list[Payment]:
+    def provider_work(self, pending_before: dt.datetime, now: dt.datetime, limit: int) -> list[Payment]:
         """Outside-provider payments with compensation to ask for, or PENDING since before
-        `pending_before` (their caller went away), oldest change first."""
+        `pending_before` (their caller went away), whose retry time has come by `now`, the
+        oldest change first."""
+
+    def postpone(self, payment_id: str, attempts: int, retry_at: dt.datetime | None) -> None:
+        """The provider worker's next try of the payment (None: at once), after `attempts`."""
+
+    def seen(self, provider: str, key: str) -> bool:
+        """Whether `first_sight` recorded `key` from `provider` already (records nothing)."""
+
+    def settle_request(self, caller: str, key: str, result: str) -> None:
+        """Replace what an idempotency key stored (a request in flight, once it is done)."""
 
     def recall(self, caller: str, key: str) -> tuple[str, str] | None:
         """``(fingerprint, result id)`` stored for the caller's idempotency key."""

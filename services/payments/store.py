@@ -32,6 +32,7 @@ from sqlalchemy import (
     case,
     func,
     insert,
+    literal,
     select,
     update,
 )
@@ -132,11 +133,15 @@ class PaymentRow(Base):
     update_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
     provider: Mapped[str] = mapped_column(String(16), server_default="")
     """"" for a payment held in the ledger, else the outside provider that holds it."""
+    charged_method: Mapped[str] = mapped_column(String(255), server_default="")
+    charged_customer: Mapped[str] = mapped_column(String(255), server_default="")
     provider_reference: Mapped[str] = mapped_column(String(255), server_default="", index=True)
-    provider_capture: Mapped[str] = mapped_column(String(255), server_default="")
+    provider_capture: Mapped[str] = mapped_column(String(255), server_default="", index=True)
     compensation: Mapped[str] = mapped_column(String(16), server_default="")
     """Saga compensation the provider worker still has to ask for (`records.Payment`)."""
     compensation_reason: Mapped[str] = mapped_column(String(500), server_default="")
+    provider_attempts: Mapped[int] = mapped_column(server_default="0")
+    provider_retry_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
 
 
 class RequestRow(Base):
@@ -161,16 +166,17 @@ _SUMMED_BALANCE = (
     .scalar_subquery()
 )
 _LAST_ENTRY = select(func.max(_Entry.create_time)).where(_Entry.account_id == _Account.id).scalar_subquery()
-# What a payment's captures and refunds moved: each of their transactions has one credit leg
-# (captures credit the merchant; refunds the customer's account, or the provider's).
+# What a payment's captures and refunds moved, as the merchant's side of them: captures credit
+# the merchant, refunds debit it (a refund the provider failed afterwards credits it back).
+_MERCHANT_ENTRY = _Entry.account_id == func.lower(literal("merchant-") + _Payment.currency)
 _CAPTURED = (
     select(func.coalesce(func.sum(_Entry.amount), 0))
-    .where(_Entry.payment_id == _Payment.id, _Entry.kind == "CAPTURE", _Entry.amount > 0)
+    .where(_Entry.payment_id == _Payment.id, _Entry.kind == "CAPTURE", _MERCHANT_ENTRY)
     .scalar_subquery()
 )
 _REFUNDED = (
-    select(func.coalesce(func.sum(_Entry.amount), 0))
-    .where(_Entry.payment_id == _Payment.id, _Entry.kind == "REFUND", _Entry.amount > 0)
+    select(func.coalesce(func.sum(-_Entry.amount), 0))
+    .where(_Entry.payment_id == _Payment.id, _Entry.kind == "REFUND", _MERCHANT_ENTRY)
     .scalar_subquery()
 )
 # Plain rows, not ORM objects: cheaper to read, and nothing here changes them in place.
@@ -303,11 +309,15 @@ def _payment(found: Any) -> Payment:
         found.update_time,
         int(found.captured),
         int(found.refunded),
-        found.provider,
-        found.provider_reference,
-        found.provider_capture,
-        found.compensation,
-        found.compensation_reason,
+        provider=found.provider,
+        charged_method=found.charged_method,
+        charged_customer=found.charged_customer,
+        provider_reference=found.provider_reference,
+        provider_capture=found.provider_capture,
+        compensation=found.compensation,
+        compensation_reason=found.compensation_reason,
+        provider_attempts=found.provider_attempts,
+        provider_retry_at=found.provider_retry_at,
     )
 
 
@@ -471,10 +481,14 @@ class SqlRepository:
             "create_time": payment.create_time,
             "update_time": payment.update_time,
             "provider": payment.provider,
+            "charged_method": payment.charged_method,
+            "charged_customer": payment.charged_customer,
             "provider_reference": payment.provider_reference,
             "provider_capture": payment.provider_capture,
             "compensation": payment.compensation,
             "compensation_reason": payment.compensation_reason,
+            "provider_attempts": payment.provider_attempts,
+            "provider_retry_at": payment.provider_retry_at,
         }
         if not insert_if_absent(self._connection, PaymentRow, values):
             return False
@@ -528,9 +542,9 @@ class SqlRepository:
     def payment_by_reference(self, provider: str, reference: str) -> Payment | None:
         if not reference:
             return None
-        found = self._connection.execute(
-            _PAYMENTS.where(_Payment.provider == provider, _Payment.provider_reference == reference)
-        ).first()
+        # Its authorization's id, or its capture's (what a provider's refund or dispute names).
+        named = (_Payment.provider_reference == reference) | (_Payment.provider_capture == reference)
+        found = self._connection.execute(_PAYMENTS.where(_Payment.provider == provider, named)).first()
         return None if found is None else _payment(found)
 
     def first_sight(self, provider: str, key: str, kind: str) -> bool:
@@ -546,14 +560,32 @@ class SqlRepository:
             is not None
         )
 
-    def provider_work(self, pending_before: dt.datetime, limit: int) -> list[Payment]:
+    def provider_work(self, pending_before: dt.datetime, now: dt.datetime, limit: int) -> list[Payment]:
         waiting = (_Payment.compensation != "") | (
             (_Payment.state == PENDING) & (_Payment.update_time < pending_before)
         )
+        due = _Payment.provider_retry_at.is_(None) | (_Payment.provider_retry_at <= now)
         statement = (
-            _PAYMENTS.where(_Payment.provider != "", waiting).order_by(_Payment.update_time).limit(limit)
+            _PAYMENTS.where(_Payment.provider != "", waiting, due).order_by(_Payment.update_time).limit(limit)
         )
         return [_payment(found) for found in self._connection.execute(statement)]
+
+    def postpone(self, payment_id: str, attempts: int, retry_at: dt.datetime | None) -> None:
+        self._connection.execute(
+            update(_PAYMENT_ROWS)
+            .where(_PAYMENT_ROWS.c.id == payment_id)
+            .values(provider_attempts=attempts, provider_retry_at=retry_at)
+        )
+
+    def seen(self, provider: str, key: str) -> bool:
+        event_id = str(uuid.uuid5(_PROVIDER_IDS, f"{provider}:{key}"))
+        found = self._connection.execute(select(BUS.inbox.c.event_id).where(BUS.inbox.c.event_id == event_id))
+        return found.first() is not None
+
+    def settle_request(self, caller: str, key: str, result: str) -> None:
+        self._connection.execute(
+            update(RequestRow).where(RequestRow.caller == caller, RequestRow.key == key).values(result=result)
+        )
 
     def _held(self, payment: Payment, before: int, after: int, now: dt.datetime) -> None:
         """The payment's account's `held` moved from `before` to `after` (a decline, which

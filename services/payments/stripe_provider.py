@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,9 +45,15 @@ _KINDS = {
     "payment_intent.succeeded": "CAPTURED",
     "payment_intent.canceled": "VOIDED",
     "refund.created": "REFUNDED",
-    "charge.dispute.created": "DISPUTED",
+    "refund.failed": "REFUND_FAILED",
+    # Money moves on a dispute when Stripe withdraws it (not at an inquiry, which takes none)
+    # and when it reinstates it (the dispute was won).
+    "charge.dispute.funds_withdrawn": "DISPUTED",
+    "charge.dispute.funds_reinstated": "REINSTATED",
 }
-_MISCONFIGURED = (stripe.AuthenticationError, stripe.PermissionError)
+_METHOD = re.compile(r"pm_[A-Za-z0-9_]{1,250}")
+"""A PaymentMethod id (Stripe's test tokens, ``pm_card_visa``, have underscores)."""
+_MISCONFIGURED = (stripe.AuthenticationError, stripe.PermissionError, stripe.IdempotencyError)
 
 
 def _error_body(error: stripe.StripeError) -> dict[str, Any]:
@@ -64,10 +71,14 @@ def _reason(error: stripe.StripeError) -> str:
 
 
 def _unavailable(error: stripe.StripeError) -> ProviderUnavailable:
-    if isinstance(error, _MISCONFIGURED):
+    """Not a decline: a key Stripe refuses is the operator's to fix; an idempotency conflict
+    (a key asked with other parameters, or still in flight) must never become one either."""
+    if isinstance(error, (stripe.AuthenticationError, stripe.PermissionError)):
         _log.error(
             "stripe refused the API key", extra={"status": error.http_status, "reason": _reason(error)}
         )
+    elif isinstance(error, stripe.IdempotencyError):
+        _log.error("stripe refused an idempotency key", extra={"status": error.http_status})
     return ProviderUnavailable(f"stripe: {type(error).__name__} ({error.http_status})")
 
 
@@ -86,6 +97,8 @@ class StripeProvider:
         )
 
     def attach(self, account: Account, method: str) -> tuple[str, str]:
+        if not _METHOD.fullmatch(method):  # refused before Stripe is asked (nor a customer made)
+            raise ProviderRefused("PAYMENT_METHOD_MALFORMED", "a Stripe PaymentMethod id is pm_…")
         try:
             customer = account.provider_customer
             if not customer:
@@ -128,8 +141,10 @@ class StripeProvider:
             raise ProviderRefused(_reason(error)) from error
         if intent.status == "requires_capture":
             return Authorization(intent.id)
-        # Off-session and confirmed, anything else is not a hold: e.g. requires_action (the
-        # bank wants the customer present) or a method that settles later.
+        if intent.status == "processing":  # not decided yet: asked again (same key), or its event
+            raise ProviderUnavailable("stripe: the authorization is still processing")
+        # Off-session and confirmed, anything else is not a hold: requires_action (the bank
+        # wants the customer present), requires_payment_method.
         return Authorization(intent.id, f"STRIPE_{intent.status.upper()}")
 
     def _intent_status(self, reference: str) -> str:
@@ -190,19 +205,27 @@ class StripeProvider:
             raise EventRefused(str(error)) from error
         try:
             event = json.loads(body)
-            kind = _KINDS.get(event["type"], "")
             found = event["data"]["object"]
             if not isinstance(found, dict) or not isinstance(event["id"], str):
                 raise TypeError("not an event")
+            return _event(event["id"], str(event["type"]), _KINDS.get(event["type"], ""), found)
         except (ValueError, KeyError, TypeError) as error:  # signed, yet not an event: refuse it whole
             raise EventRefused(
                 f"a signed body that is not a Stripe event ({type(error).__name__})"
             ) from error
-        return _event(str(event["id"]), str(event["type"]), kind, found)
 
 
 def _mapping(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _minor(value: object) -> int:
+    """An amount in minor units as Stripe sends it: a whole number, else refused as malformed."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("an amount that is not a whole number of minor units")
+    return value
 
 
 def _event(event_id: str, event_type: str, kind: str, found: dict[str, Any]) -> ProviderEvent:
@@ -218,19 +241,20 @@ def _event(event_id: str, event_type: str, kind: str, found: dict[str, Any]) -> 
             kind,
             reference=str(found.get("id", "")),
             payment=str(metadata.get("payment", "")),
-            amount=int(found.get("amount_received") or 0),
+            amount=_minor(found.get("amount_received")),
             movement=charge if isinstance(charge, str) else "",
             reason=reason[:63],
         )
     if found.get("object") in ("refund", "dispute"):
-        moved = found.get("status") not in ("failed", "canceled")
+        # A refund created already failed or cancelled moved nothing; refund.failed says so.
+        moved = kind != "REFUNDED" or found.get("status") not in ("failed", "canceled")
         return ProviderEvent(
             event_id,
             event_type,
             kind if moved else "",
             reference=str(found.get("payment_intent") or ""),
             payment=str(metadata.get("payment", "")),
-            amount=int(found.get("amount") or 0),
+            amount=_minor(found.get("amount")),
             movement=str(found.get("id", "")),
             reason=str(found.get("reason") or "").upper()[:63],
         )

@@ -242,7 +242,12 @@ def test_each_component_gets_an_environment_the_kit_accepts_and_its_probes_and_f
     from_secrets = {item["name"] for item in container["env"] if "secretKeyRef" in item.get("valueFrom", {})}
     optional = {  # optional credentials only: the SMTP login, the payment provider's keys
         "notifications": {"POLY_SMTP_USERNAME", "POLY_SMTP_PASSWORD"},
-        "payments": {"POLY_STRIPE_API_KEY", "POLY_STRIPE_WEBHOOK_SECRET"},
+        "payments": {
+            "POLY_STRIPE_API_KEY",
+            "POLY_STRIPE_WEBHOOK_SECRET",
+            "POLY_PAYPAL_CLIENT_ID",
+            "POLY_PAYPAL_CLIENT_SECRET",
+        },
     }
     assert from_secrets == optional.get(component, set())
 

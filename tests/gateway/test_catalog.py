@@ -78,7 +78,9 @@ def test_a_webhook_takes_its_body_as_sent_and_its_signature_header(polyservice: 
     compiled = compile_routing(polyservice)
     (route,) = [r for r in polyservice.router.routes if r.full_method.endswith("/ReceiveProviderEvent")]
     plan = compiled.plans[id(route)]
-    assert (plan.raw_body, plan.forwarded_headers) == ("body", frozenset({"stripe-signature"}))
+    paypal = {f"paypal-{name}" for name in ("auth-algo", "cert-url", "transmission-id", "transmission-sig")}
+    expected = {"stripe-signature", "paypal-transmission-time", *paypal}
+    assert (plan.raw_body, plan.forwarded_headers) == ("body", frozenset(expected))
     operation = polyservice.document["paths"]["/v1/providers/{provider}/events"]["post"]
     assert operation["requestBody"]["content"] == {"*/*": {"schema": {}}}
     assert {"name": "stripe-signature", "in": "header", "required": False, "schema": {"type": "string"}} in (

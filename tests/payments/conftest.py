@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.payments.helpers import System
-from tests.payments.local import LocalPayments, open_local, stripe_provider
+from tests.payments.local import LocalPayments, open_local, paypal_provider, stripe_provider
 from tests.support.identity import start
+from tests.support.paypal_api import LocalPayPal, local_paypal
 from tests.support.stripe_api import LocalStripe, local_stripe
 
 
@@ -62,6 +63,27 @@ def stripe_local(tmp_path: Path, stripe_api: LocalStripe) -> Iterator[LocalPayme
     """Payments held by Stripe (`stripe_api`), over a fresh database; its ledger must balance
     and its running totals agree with its entries afterwards."""
     opened = open_local(tmp_path / "payments.db", stripe_provider(stripe_api))
+    try:
+        yield opened
+        assert opened.unbalanced_transactions() == []
+        assert opened.drifted_totals() == {}
+    finally:
+        opened.engine.dispose()
+
+
+@pytest.fixture
+def paypal_api() -> Iterator[LocalPayPal]:
+    """A local PayPal API; every request it got and every answer it gave must have fit
+    PayPal's published OpenAPI documents."""
+    with local_paypal() as api:
+        yield api
+        assert api.violations == [], "requests or answers outside PayPal's OpenAPI documents"
+
+
+@pytest.fixture
+def paypal_local(tmp_path: Path, paypal_api: LocalPayPal) -> Iterator[LocalPayments]:
+    """Payments held by PayPal (`paypal_api`), over a fresh database, checked as `stripe_local`."""
+    opened = open_local(tmp_path / "payments.db", paypal_provider(paypal_api))
     try:
         yield opened
         assert opened.unbalanced_transactions() == []

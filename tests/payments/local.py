@@ -15,13 +15,15 @@ from services.kit.config import DatabaseSettings
 from services.kit.money import Money
 from services.payments import store
 from services.payments.domain import Payments
+from services.payments.paypal_provider import PayPalProvider
 from services.payments.providers import PaymentProvider
 from services.payments.records import AUTHORIZED, CUSTOMER, Account, Payment
-from services.payments.settings import StripeSettings
+from services.payments.settings import PayPalSettings, StripeSettings
 from services.payments.stripe_provider import StripeProvider
+from tests.support.paypal_api import CLIENT_ID, CLIENT_SECRET, WEBHOOK_ID, LocalPayPal
 from tests.support.stripe_api import API_KEY, WEBHOOK_SECRET, LocalStripe
 
-__all__ = ["ADMIN", "ORDERS", "LocalPayments", "new_key", "open_local", "stripe_provider"]
+__all__ = ["ADMIN", "ORDERS", "LocalPayments", "new_key", "open_local", "paypal_provider", "stripe_provider"]
 
 _MIGRATIONS = Path(store.__file__).with_name("migrations")
 ADMIN = "users/admin"
@@ -168,3 +170,15 @@ def stripe_provider(api: LocalStripe, *, key: str = API_KEY, timeout: float = 1.
         api_key=key, webhook_secret=WEBHOOK_SECRET, api_base=api.api_base, timeout_seconds=timeout
     )
     return StripeProvider(settings)
+
+
+def paypal_provider(api: LocalPayPal, *, secret: str = CLIENT_SECRET, timeout: float = 1.0) -> PayPalProvider:
+    """The PayPal provider over `api` (a short timeout: tests stall answers past it)."""
+    settings = PayPalSettings(
+        client_id=CLIENT_ID,
+        client_secret=secret,
+        webhook_id=WEBHOOK_ID,
+        api_base=api.api_base,
+        timeout_seconds=timeout,
+    )
+    return PayPalProvider(settings)

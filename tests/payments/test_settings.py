@@ -55,3 +55,54 @@ def test_an_unknown_provider_fails_start_up() -> None:
     with pytest.raises(config.ConfigError) as caught:
         config.load_with("payments", payments_settings.read, {"POLY_PAYMENTS_PROVIDER": "bitcoin"})
     assert [p.split(":")[0] for p in caught.value.problems] == ["POLY_PAYMENTS_PROVIDER"]
+
+
+def test_paypal_needs_its_client_and_webhook_id_and_keeps_the_secret_out_of_reprs() -> None:
+    with pytest.raises(config.ConfigError) as caught:
+        config.load_with("payments", payments_settings.read, {"POLY_PAYMENTS_PROVIDER": "paypal"})
+    assert [p.split(":")[0] for p in caught.value.problems] == [
+        "POLY_PAYPAL_CLIENT_ID",
+        "POLY_PAYPAL_CLIENT_SECRET",
+        "POLY_PAYPAL_WEBHOOK_ID",
+    ]
+    environ = {
+        "POLY_PAYMENTS_PROVIDER": "paypal",
+        "POLY_PAYPAL_CLIENT_ID": "client-abc",
+        "POLY_PAYPAL_CLIENT_SECRET": "EL-very-secret",
+        "POLY_PAYPAL_WEBHOOK_ID": "WH123",
+        "POLY_PAYPAL_API_BASE": "https://api-m.sandbox.paypal.com/",
+    }
+    found = config.load_with("payments", payments_settings.read, environ)[1]
+    assert (found.paypal.client_id, found.paypal.webhook_id, found.paypal.api_base) == (
+        "client-abc",
+        "WH123",
+        "https://api-m.sandbox.paypal.com",
+    )
+    assert "EL-very-secret" not in repr(found)
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("https://api.stripe.com", False),
+        ("http://127.0.0.1:8080", False),
+        ("http://localhost:9", False),
+        ("http://api.stripe.com", True),
+        ("ftp://api.stripe.com", True),
+        ("https://", True),
+    ],
+    ids=["https", "loopback-ip", "loopback-name", "plain-http-elsewhere", "not-http", "no-host"],
+)
+def test_a_provider_api_is_reached_over_https_or_on_this_host_only(url: str, refused: bool) -> None:
+    environ = {
+        "POLY_PAYMENTS_PROVIDER": "stripe",
+        "POLY_STRIPE_API_KEY": "sk_test_1",
+        "POLY_STRIPE_WEBHOOK_SECRET": "whsec_1",
+        "POLY_STRIPE_API_BASE": url,
+    }
+    if refused:
+        with pytest.raises(config.ConfigError) as caught:
+            config.load_with("payments", payments_settings.read, environ)
+        assert [p.split(":")[0] for p in caught.value.problems] == ["POLY_STRIPE_API_BASE"]
+    else:
+        assert config.load_with("payments", payments_settings.read, environ)[1].stripe.api_base == url

@@ -19,7 +19,8 @@ import pytest
 
 from services.kit.domain_errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
 from services.kit.money import Money
-from services.payments.outside import OutsideSteps, ProviderWorker
+from services.payments.outside import OutsideSteps
+from services.payments.provider_worker import ProviderWorker
 from services.payments.records import (
     AUTHORIZED,
     CAPTURED,

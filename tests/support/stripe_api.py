@@ -195,6 +195,8 @@ class LocalStripe:
     violations: list[str] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     """The webhook events Stripe would have sent, in order."""
+    next_intent_status: str = ""
+    """When set, the next PaymentIntent confirmed is left in this status (e.g. processing)."""
     _answers: dict[str, tuple[str, dict[str, Any], int, bytes]] = field(default_factory=dict)
     _stalls: dict[str, float] = field(default_factory=dict)
     _failures: dict[str, int] = field(default_factory=dict)
@@ -272,7 +274,9 @@ class LocalStripe:
             self.refunds[refund["id"]] = refund
             return self.emit("refund.created", refund)
 
-    def dispute(self, intent_id: str) -> dict[str, Any]:
+    def dispute(self, intent_id: str, *, inquiry: bool = False) -> dict[str, Any]:
+        """A dispute of the intent's charge: its ``charge.dispute.created`` event, then (a
+        chargeback, not an inquiry) ``charge.dispute.funds_withdrawn``, which it returns."""
         with self._lock:
             intent = self.intents[intent_id]
             dispute = self.object(
@@ -282,11 +286,19 @@ class LocalStripe:
                 currency=intent["currency"],
                 payment_intent=intent_id,
                 charge=intent["latest_charge"],
-                status="needs_response",
+                status="warning_needs_response" if inquiry else "needs_response",
                 reason="fraudulent",
                 metadata={},
             )
-            return self.emit("charge.dispute.created", dispute)
+            opened = self.emit("charge.dispute.created", dispute)
+            return opened if inquiry else self.emit("charge.dispute.funds_withdrawn", dispute)
+
+    def dispute_won(self, withdrawn: dict[str, Any]) -> dict[str, Any]:
+        """The dispute of a ``funds_withdrawn`` event won: ``charge.dispute.funds_reinstated``."""
+        with self._lock:
+            dispute = dict(withdrawn["data"]["object"], status="won")
+            self.emit("charge.dispute.closed", dispute)
+            return self.emit("charge.dispute.funds_reinstated", dispute)
 
     def calls(self, method: str, path_pattern: str) -> list[dict[str, Any]]:
         return [params for m, p, params, _ in self.requests if m == method and re.fullmatch(path_pattern, p)]
@@ -447,6 +459,9 @@ def _create_intent(state: LocalStripe, params: dict[str, Any], now: int) -> tupl
             decline_code=decline,
             payment_intent=intent,
         )
+    if state.next_intent_status:
+        intent["status"], state.next_intent_status = state.next_intent_status, ""
+        return 200, intent
     intent.update(status="requires_capture", amount_capturable=amount)
     state.emit("payment_intent.amount_capturable_updated", intent)
     return 200, intent

@@ -149,7 +149,7 @@ class ReceiveProviderEventRequest(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
-    """Required. The provider that sent the event: "stripe"."""
+    """Required. The provider that sent the event: "stripe" or "paypal"."""
     @_builtins.property
     def body(self) -> _httpbody_pb2.HttpBody:
         """Required. The event as the provider sent it, byte for byte (its signature

@@ -148,9 +148,11 @@ class PaymentsServiceServicer:
 
     def ReceiveProviderEvent(self, request, context):
         """Receives an event an outside payment provider sends to its webhook:
-        register `https://<edge>/v1/providers/stripe/events` with Stripe. The body
-        is checked with the provider's signature scheme (`Stripe-Signature`, at
-        most 5 minutes old) before anything in it is read: UNAUTHENTICATED
+        register `https://<edge>/v1/providers/stripe/events` with Stripe, or
+        `…/providers/paypal/events` with PayPal. The body is checked with the
+        provider's signature scheme (`Stripe-Signature`; PayPal's transmission
+        headers, verified by PayPal; at most 5 minutes old) before anything in it
+        is acted on: UNAUTHENTICATED
         PROVIDER_EVENT_UNVERIFIED when the signature is missing, wrong or stale,
         NOT_FOUND PROVIDER_NOT_CONFIGURED for a provider this deployment does not
         use. A verified event is applied once however often it is delivered (its

@@ -56,9 +56,11 @@ class PaymentsServiceStub:
     """
     ReceiveProviderEvent: _grpc.UnaryUnaryMultiCallable[_payments_service_pb2.ReceiveProviderEventRequest, _empty_pb2.Empty]
     """Receives an event an outside payment provider sends to its webhook:
-    register `https://<edge>/v1/providers/stripe/events` with Stripe. The body
-    is checked with the provider's signature scheme (`Stripe-Signature`, at
-    most 5 minutes old) before anything in it is read: UNAUTHENTICATED
+    register `https://<edge>/v1/providers/stripe/events` with Stripe, or
+    `…/providers/paypal/events` with PayPal. The body is checked with the
+    provider's signature scheme (`Stripe-Signature`; PayPal's transmission
+    headers, verified by PayPal; at most 5 minutes old) before anything in it
+    is acted on: UNAUTHENTICATED
     PROVIDER_EVENT_UNVERIFIED when the signature is missing, wrong or stale,
     NOT_FOUND PROVIDER_NOT_CONFIGURED for a provider this deployment does not
     use. A verified event is applied once however often it is delivered (its
@@ -128,9 +130,11 @@ class PaymentsServiceAsyncStub(PaymentsServiceStub):
     """
     ReceiveProviderEvent: _aio.UnaryUnaryMultiCallable[_payments_service_pb2.ReceiveProviderEventRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Receives an event an outside payment provider sends to its webhook:
-    register `https://<edge>/v1/providers/stripe/events` with Stripe. The body
-    is checked with the provider's signature scheme (`Stripe-Signature`, at
-    most 5 minutes old) before anything in it is read: UNAUTHENTICATED
+    register `https://<edge>/v1/providers/stripe/events` with Stripe, or
+    `…/providers/paypal/events` with PayPal. The body is checked with the
+    provider's signature scheme (`Stripe-Signature`; PayPal's transmission
+    headers, verified by PayPal; at most 5 minutes old) before anything in it
+    is acted on: UNAUTHENTICATED
     PROVIDER_EVENT_UNVERIFIED when the signature is missing, wrong or stale,
     NOT_FOUND PROVIDER_NOT_CONFIGURED for a provider this deployment does not
     use. A verified event is applied once however often it is delivered (its
@@ -227,9 +231,11 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Receives an event an outside payment provider sends to its webhook:
-        register `https://<edge>/v1/providers/stripe/events` with Stripe. The body
-        is checked with the provider's signature scheme (`Stripe-Signature`, at
-        most 5 minutes old) before anything in it is read: UNAUTHENTICATED
+        register `https://<edge>/v1/providers/stripe/events` with Stripe, or
+        `…/providers/paypal/events` with PayPal. The body is checked with the
+        provider's signature scheme (`Stripe-Signature`; PayPal's transmission
+        headers, verified by PayPal; at most 5 minutes old) before anything in it
+        is acted on: UNAUTHENTICATED
         PROVIDER_EVENT_UNVERIFIED when the signature is missing, wrong or stale,
         NOT_FOUND PROVIDER_NOT_CONFIGURED for a provider this deployment does not
         use. A verified event is applied once however often it is delivered (its
