@@ -7,6 +7,7 @@ to stderr says what to do next.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -467,3 +468,47 @@ def run_trace(home: Path, what: str | None, *, listing: bool, limit: int, as_jso
     from services.cli import trace
 
     return trace.run(home, what, listing=listing, limit=limit, as_json=as_json)
+
+
+def run_reconcile(since: dt.datetime, until: dt.datetime, *, as_json: bool) -> int:
+    """`poly payments reconcile`: the ledger against its provider's records; exit 1 when they
+    differ. Reads both sides, changes neither."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from services.kit import db
+    from services.payments import settings as payments_settings
+    from services.payments import store
+    from services.payments.__main__ import outside_provider
+    from services.payments.providers import ProviderError
+    from services.payments.reconcile import reconcile, report_lines
+
+    try:
+        settings, own = config.load_with("payments", payments_settings.read)
+    except config.ConfigError as error:
+        return _fail("payments", f"{error}\n{CONFIGURATION_HINT}", USAGE)
+    provider = outside_provider(own)
+    if provider is None:
+        return _fail(
+            "payments", "POLY_PAYMENTS_PROVIDER is ledger: no outside provider to reconcile with", USAGE
+        )
+    try:
+        engine = db.connect(settings.db, migrations=_migrations("payments"))
+    except db.DatabaseError as error:
+        return _fail("payments", f"{error}; {_database_hint('payments')}")
+    transactions = db.transactions(engine, lambda connection: store.SqlRepository(connection, None))
+
+    def ledger(name: str, start: dt.datetime, end: dt.datetime) -> list[Any]:
+        with db.reading(), transactions() as repo:
+            return repo.provider_payments(name, start, end)
+
+    try:
+        report = reconcile(provider.name, provider, ledger, since, until)
+    except ProviderError as error:
+        return _fail("payments", f"{provider.name} could not be asked ({error}); nothing was compared")
+    except SQLAlchemyError as error:
+        return _fail("payments", _unreadable("payments", error, settings))
+    finally:
+        engine.dispose()
+    for line in report_lines(report, as_json=as_json):
+        print(line)
+    return FAILURE if report.differences else OK

@@ -8,6 +8,7 @@ poly status            each component's health
 poly bus ACTION        a service's outbox and dead letters; declare the broker's topology
 poly admin create      the first admin account (or make an account admin)
 poly keys rotate|list  signing keys of the auth service
+poly payments reconcile  the payments ledger against its outside provider's records
 poly trace WHAT        one trace as a waterfall, from the spans `poly up` keeps
 poly completion SHELL  a bash or zsh completion script
 
@@ -19,6 +20,7 @@ answer at once: no SQLAlchemy, Alembic or cryptography, and gRPC only for `statu
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -165,6 +167,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="rotate: add a key (published now, signing after POLY_AUTH_JWKS_MIN_REFRESH_SECONDS); "
         "list: the published keys and their roles",
     )
+    payments = commands.add_parser(
+        "payments",
+        help="compare the payments ledger with the outside provider's records",
+        description="reconcile: compare the payments of the configured provider (POLY_PAYMENTS_PROVIDER)\n"
+        "created in a time range with the provider's own records, and list every difference:\n"
+        "states, captured and refunded amounts, payments the provider has no record of, holds the\n"
+        "ledger does not know of (where the provider can list them), payments still PENDING after\n"
+        "an hour. It reads both sides and changes neither.",
+        epilog="exit status: 0 no difference, 1 differences (or the provider or database failed), 2 usage",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    payments.add_argument("action", choices=["reconcile"])
+    payments.add_argument(
+        "--since",
+        type=_moment,
+        metavar="TIME",
+        help="ISO 8601 date or time, UTC unless it says (default: a day before --until)",
+    )
+    payments.add_argument(
+        "--until", type=_moment, metavar="TIME", help="ISO 8601 date or time (default: now)"
+    )
+    payments.add_argument("--json", dest="as_json", action="store_true", help="print the report as JSON")
     _add_trace(commands)
     completion = commands.add_parser(
         "completion",
@@ -176,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     completion.add_argument("shell", choices=["bash", "zsh"], metavar="SHELL", help="bash or zsh")
     return parser
+
+
+def _moment(text: str) -> dt.datetime:
+    """An ISO 8601 date or date and time; UTC when it names no offset."""
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def _add_trace(commands: Any) -> None:
@@ -206,6 +239,11 @@ def _add_trace(commands: Any) -> None:
     trace.add_argument("--json", dest="as_json", action="store_true", help="print the spans as JSON")
 
 
+def _range(since: dt.datetime | None, until: dt.datetime | None) -> tuple[dt.datetime, dt.datetime]:
+    end = until or dt.datetime.now(dt.UTC)
+    return since or end - dt.timedelta(days=1), end
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["gateway"]:  # its own arguments, and no POLY_* settings needed
@@ -228,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.command == "status" and (unknown := sorted(set(args.components) - set(_STATUS_COMPONENTS))):
         parser.error(f"unknown component {unknown[0]!r} (choose from {', '.join(_STATUS_COMPONENTS)})")
+    if args.command == "payments" and args.since and args.until and args.since >= args.until:
+        parser.error("--since must be before --until")
     if args.command == "trace" and (args.limit < 1 or not (args.what or args.listing)):
         parser.error("--limit must be at least 1" if args.limit < 1 else "`poly trace` needs WHAT, or --list")
     from services.cli import commands
@@ -256,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "admin": lambda: commands.run_admin_create(args.email, args.password_stdin),
         "keys": lambda: commands.run_keys(args.action),
+        "payments": lambda: commands.run_reconcile(*_range(args.since, args.until), as_json=args.as_json),
         "trace": lambda: commands.run_trace(
             args.home or settings.home,
             args.what,

@@ -11,20 +11,23 @@ from services.payments import settings as payments_settings
 from services.payments.domain import Payments
 from services.payments.paypal_provider import PayPalProvider
 from services.payments.provider_worker import ProviderWorker
-from services.payments.providers import PaymentProvider
 from services.payments.service import PaymentsServicer
 from services.payments.stripe_provider import StripeProvider
+
+
+def outside_provider(settings: payments_settings.PaymentsSettings) -> StripeProvider | PayPalProvider | None:
+    """The provider `settings` name; None where the ledger holds payments."""
+    if settings.provider == "stripe":
+        return StripeProvider(settings.stripe)
+    if settings.provider == "paypal":
+        return PayPalProvider(settings.paypal)
+    return None
 
 
 def wire(context: app.Context[payments_settings.PaymentsSettings]) -> app.Parts:
     settings = context.service_settings
     transactions = store.PaymentsStore(context.engine, context.outbox).transaction
-    provider: PaymentProvider | None = None  # the ledger's
-    if settings.provider == "stripe":
-        provider = StripeProvider(settings.stripe)
-    elif settings.provider == "paypal":
-        provider = PayPalProvider(settings.paypal)
-    payments = Payments(transactions, provider=provider)
+    payments = Payments(transactions, provider=outside_provider(settings))
     currency = settings.default_currency
 
     def repository(connection: Connection) -> store.SqlRepository:

@@ -19,7 +19,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -35,6 +35,7 @@ from services.payments.providers import (
     ProviderUnavailable,
     keys,
 )
+from services.payments.reconcile import Held
 from services.payments.records import Account, Payment
 from services.payments.settings import PayPalSettings
 
@@ -65,6 +66,15 @@ _KINDS = {
     "CUSTOMER.DISPUTE.RESOLVED": "REINSTATED",
 }
 _VAULT_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_AUTHORIZATION_STATES = {
+    "CREATED": "AUTHORIZED",
+    "PENDING": "AUTHORIZED",
+    "CAPTURED": "CAPTURED",
+    "PARTIALLY_CAPTURED": "CAPTURED",
+    "VOIDED": "VOIDED",
+    "EXPIRED": "VOIDED",
+    "DENIED": "FAILED",
+}
 
 
 def amount_value(amount: int, currency: str) -> str:
@@ -250,6 +260,33 @@ class PayPalProvider:
                 answer.issue if answer.status >= 400 else f"PAYPAL_{answer.body.get('status')}"
             )
         return str(answer.body.get("id", ""))
+
+    def look_up(self, payment: Payment) -> Held | None:
+        """`reconcile.Findings`: the authorization, and its capture's amount and refund status
+        (PayPal's capture says whether it was refunded in full, not how much in part)."""
+        found = self._call("GET", f"/v2/payments/authorizations/{payment.provider_reference}")
+        if found.status == 404:
+            return None
+        if found.status != 200:
+            raise ProviderRefused(found.issue)
+        state = _AUTHORIZATION_STATES.get(str(found.body.get("status")), "FAILED")
+        captured, refunded = 0, None
+        if payment.provider_capture:
+            capture = self._call("GET", f"/v2/payments/captures/{payment.provider_capture}")
+            if capture.status == 200:
+                money = capture.body.get("amount") or {}
+                captured = minor_units(
+                    str(money.get("value", "0")), str(money.get("currency_code", payment.currency))
+                )
+                status = capture.body.get("status")
+                refunded = captured if status == "REFUNDED" else 0 if status == "COMPLETED" else None
+        return Held(
+            payment.provider_reference, str(found.body.get("custom_id", "")), state, captured, refunded
+        )
+
+    def held_between(self, since: dt.datetime, until: dt.datetime) -> Iterable[Held] | None:
+        """None: the APIs used here (Orders, Payments) cannot list authorizations by time."""
+        return None
 
     def verify_event(self, headers: Mapping[str, str], body: bytes) -> ProviderEvent:
         signed = {name: headers.get(name, "") for name in SIGNATURE_HEADERS}

@@ -294,6 +294,9 @@ class Repository(Protocol):
         `pending_before` (their caller went away), whose retry time has come by `now`, the
         oldest change first."""
 
+    def provider_payments(self, provider: str, since: dt.datetime, until: dt.datetime) -> list[Payment]:
+        """Every payment `provider` holds created in [since, until), oldest first."""
+
     def postpone(self, payment_id: str, attempts: int, retry_at: dt.datetime | None) -> None:
         """The provider worker's next try of the payment (None: at once), after `attempts`."""
 

@@ -570,6 +570,12 @@ class SqlRepository:
         )
         return [_payment(found) for found in self._connection.execute(statement)]
 
+    def provider_payments(self, provider: str, since: dt.datetime, until: dt.datetime) -> list[Payment]:
+        statement = _PAYMENTS.where(
+            _Payment.provider == provider, _Payment.create_time >= since, _Payment.create_time < until
+        ).order_by(_Payment.create_time, _Payment.id)
+        return [_payment(found) for found in self._connection.execute(statement)]
+
     def postpone(self, payment_id: str, attempts: int, retry_at: dt.datetime | None) -> None:
         self._connection.execute(
             update(_PAYMENT_ROWS)

@@ -11,10 +11,11 @@ operator's to fix; nobody's payment should be declined for it), and is logged as
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import stripe
@@ -28,6 +29,7 @@ from services.payments.providers import (
     ProviderUnavailable,
     keys,
 )
+from services.payments.reconcile import Held
 from services.payments.records import Account, Payment
 from services.payments.settings import StripeSettings
 
@@ -197,6 +199,36 @@ class StripeProvider:
             raise ProviderRefused(_reason(error)) from error
         return refund.id
 
+    def look_up(self, payment: Payment) -> Held | None:
+        """`reconcile.Findings`: the PaymentIntent and the sum of its refunds."""
+        try:
+            intent = self._client.v1.payment_intents.retrieve(payment.provider_reference)
+            refunds = self._client.v1.refunds.list(
+                params={"payment_intent": payment.provider_reference, "limit": 100}
+            )
+            refunded = sum(
+                r.amount for r in refunds.auto_paging_iter() if r.status in ("succeeded", "pending")
+            )
+        except stripe.InvalidRequestError as error:
+            if error.http_status == 404:
+                return None
+            raise ProviderRefused(_reason(error)) from error
+        except _UNAVAILABLE + _MISCONFIGURED as error:
+            raise _unavailable(error) from error
+        return _held(intent, refunded)
+
+    def held_between(self, since: dt.datetime, until: dt.datetime) -> Iterable[Held]:
+        """`reconcile.Findings`: every PaymentIntent created in the range."""
+        params: stripe.params.PaymentIntentListParams = {
+            "created": {"gte": int(since.timestamp()), "lt": int(until.timestamp())},
+            "limit": 100,
+        }
+        try:
+            listed = self._client.v1.payment_intents.list(params=params)
+            return [_held(intent, None) for intent in listed.auto_paging_iter()]
+        except _UNAVAILABLE + _MISCONFIGURED as error:
+            raise _unavailable(error) from error
+
     def verify_event(self, headers: Mapping[str, str], body: bytes) -> ProviderEvent:
         signature = headers.get("stripe-signature", "")
         try:
@@ -259,3 +291,23 @@ def _event(event_id: str, event_type: str, kind: str, found: dict[str, Any]) -> 
             reason=str(found.get("reason") or "").upper()[:63],
         )
     return ProviderEvent(event_id, event_type)
+
+
+_HELD_STATES = {
+    "requires_capture": "AUTHORIZED",
+    "succeeded": "CAPTURED",
+    "canceled": "VOIDED",
+    "processing": "PENDING",
+}
+"""A PaymentIntent's status in the ledger's words (any other: nothing held, FAILED)."""
+
+
+def _held(intent: Any, refunded: int | None) -> Held:
+    metadata = intent.metadata.to_dict() if intent.metadata is not None else {}
+    return Held(
+        str(intent.id),
+        str(metadata.get("payment", "")),
+        _HELD_STATES.get(str(intent.status), "FAILED"),
+        int(intent.amount_received or 0),
+        refunded,
+    )

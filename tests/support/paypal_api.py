@@ -254,6 +254,8 @@ class LocalPayPal:
                 capture_id, {"currency_code": capture["amount"]["currency_code"], "value": amount}, ""
             )
             self.refunds[refund["id"]] = refund
+            whole = float(amount) >= float(capture["amount"]["value"]) - 1e-9
+            capture["status"] = "REFUNDED" if whole else "PARTIALLY_REFUNDED"
             return self.emit("PAYMENT.CAPTURE.REFUNDED", refund)
 
     def capture_in_dashboard(self, authorization_id: str) -> dict[str, Any]:
@@ -425,6 +427,9 @@ def _handle(state: LocalPayPal, method: str, path: str, body: Any) -> tuple[int,
             authorization["status"] = "VOIDED"
             state.emit("PAYMENT.AUTHORIZATION.VOIDED", authorization)
             return 204, None
+    if method == "GET" and segments[:3] == ["v2", "payments", "captures"] and len(segments) == 4:
+        capture = state.captures.get(segments[3])
+        return (200, capture) if capture is not None else _not_found()
     if method == "POST" and segments[:3] == ["v2", "payments", "captures"] and segments[-1] == "refund":
         capture = state.captures.get(segments[3])
         if capture is None:
@@ -442,6 +447,8 @@ def _handle(state: LocalPayPal, method: str, path: str, body: Any) -> tuple[int,
             return _unprocessable(payments, "captures.refund-422", "REFUND_AMOUNT_EXCEEDED")
         refund = _refund(segments[3], dict(asked), (body or {}).get("custom_id", ""))
         state.refunds[refund["id"]] = refund
+        whole = float(asked["value"]) + already >= float(capture["amount"]["value"]) - 1e-9
+        capture["status"] = "REFUNDED" if whole else "PARTIALLY_REFUNDED"
         state.emit("PAYMENT.CAPTURE.REFUNDED", refund)
         return 201, refund
     if (method, path) == ("POST", "/v1/notifications/verify-webhook-signature"):

@@ -330,6 +330,10 @@ def _handle(state: LocalStripe, method: str, path: str, params: dict[str, Any]) 
         checked = stripe.params.PaymentIntentCancelParams
     elif route == ("POST", "/v1/refunds"):
         checked = stripe.params.RefundCreateParams
+    elif route == ("GET", "/v1/payment_intents"):
+        checked = stripe.params.PaymentIntentListParams
+    elif route == ("GET", "/v1/refunds"):
+        checked = stripe.params.RefundListParams
     else:
         state.violations.append(f"{method} {path}: not an endpoint the provider should call")
         return _error(404, "invalid_request_error", f"Unrecognized request URL ({method}: {path})")
@@ -338,6 +342,8 @@ def _handle(state: LocalStripe, method: str, path: str, params: dict[str, Any]) 
         state.violations += [f"{method} {path}: {p}" for p in problems]
         return _error(400, "invalid_request_error", problems[0], param=problems[0].split(":")[0])
     segments = path.split("/")
+    if route[0] == "GET" and route[1] in ("/v1/payment_intents", "/v1/refunds"):
+        return 200, _listed(state, route[1], params)
     if route[1] == "/v1/customers":
         customer = state.object(
             "customer", id=_new_id("cus"), created=now, metadata=params.get("metadata", {})
@@ -406,6 +412,25 @@ def _handle(state: LocalStripe, method: str, path: str, params: dict[str, Any]) 
     state.refunds[refund["id"]] = refund
     state.emit("refund.created", refund)
     return 200, refund
+
+
+def _listed(state: LocalStripe, path: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A page of a list endpoint, newest first, as Stripe pages them (``starting_after``)."""
+    if path == "/v1/payment_intents":
+        created = params.get("created", {})
+        found = [
+            i
+            for i in state.intents.values()
+            if int(created.get("gte", 0)) <= i["created"] < int(created.get("lt", 2**62))
+        ]
+    else:
+        found = [r for r in state.refunds.values() if r["payment_intent"] == params.get("payment_intent")]
+    found.sort(key=lambda o: (o["created"], o["id"]), reverse=True)
+    if "starting_after" in params:
+        ids = [o["id"] for o in found]
+        found = found[ids.index(params["starting_after"]) + 1 :] if params["starting_after"] in ids else []
+    limit = int(params.get("limit", 10))
+    return {"object": "list", "data": found[:limit], "has_more": len(found) > limit, "url": path}
 
 
 def _unexpected(intent: dict[str, Any]) -> tuple[int, dict[str, Any]]:
