@@ -51,24 +51,26 @@ from services.kit.bus import Outbox, consumer_routing  # noqa: E402
 from services.kit.config import DatabaseSettings  # noqa: E402
 from services.kit.money import Money  # noqa: E402
 from services.payments import store  # noqa: E402
+from services.payments.accounts import Accounts  # noqa: E402
 from services.payments.domain import Payments  # noqa: E402
 
 ORDERS = "spiffe://poly.local/orders"
 ADMIN = "users/admin"
 
 
-def _payments(url: str) -> tuple[Payments, Engine]:
+def _payments(url: str) -> tuple[Payments, Accounts, Engine]:
     migrations = Path(store.__file__).with_name("migrations")
     engine = db.connect(DatabaseSettings(url=url), migrations=migrations)
     outbox = Outbox(store.BUS, source="payments", routing=consumer_routing())
-    return Payments(store.PaymentsStore(engine, outbox).transaction), engine
+    transactions = store.PaymentsStore(engine, outbox).transaction
+    return Payments(transactions), Accounts(transactions), engine
 
 
 def measure(url: str, histories: list[int], sample: int) -> list[dict[str, float]]:
-    payments, engine = _payments(url)
+    payments, accounts, engine = _payments(url)
     try:
-        account = payments.open_account(f"users/{uuid.uuid4()}", "EUR")
-        payments.fund(ADMIN, str(uuid.uuid4()), account.id, Money("EUR", 10**12))
+        account = accounts.open_account(f"users/{uuid.uuid4()}", "EUR")
+        accounts.fund(ADMIN, str(uuid.uuid4()), account.id, Money("EUR", 10**12))
 
         def pair() -> None:
             held = payments.authorize(

@@ -8,6 +8,7 @@ from poly.payments.v1 import payments_service_pb2, payments_service_pb2_grpc
 from services.kit import app
 from services.payments import events, store
 from services.payments import settings as payments_settings
+from services.payments.accounts import Accounts
 from services.payments.domain import Payments
 from services.payments.paypal_provider import PayPalProvider
 from services.payments.provider_worker import ProviderWorker
@@ -34,7 +35,7 @@ def wire(context: app.Context[payments_settings.PaymentsSettings]) -> app.Parts:
         return store.SqlRepository(connection, context.outbox)
 
     return app.Parts(
-        servicer=PaymentsServicer(payments),
+        servicer=PaymentsServicer(payments, Accounts(transactions, payments.outside)),
         handlers=events.handlers(repository, currency),
         workers=[ProviderWorker(transactions, payments.outside)] if payments.outside else [],
     )

@@ -1,15 +1,13 @@
-"""The payments use cases (`Payments`): accounts, funding and payments for orders, built on
-`records` (what is stored), `ledger` (how money moves) and `idempotency` (request ids).
+"""The payments use cases (`Payments`): payments for orders (accounts are `accounts`'),
+built on `records` (what is stored), `ledger` (how money moves) and `idempotency`.
 
-Invariants: each ledger transaction's legs share a currency and sum to zero; entries are only
-inserted, so balances are derived sums, never stored. `held` sums the account's AUTHORIZED
-ledger payments; an authorization never exceeds `available = balance - held` and runs with the
-account locked, so racing ones cannot overdraw it. With an outside provider configured
-(`provider`), payments are held and moved by it instead, each change asked of it outside the
-transaction (`outside`), and the ledger records what it did. One payment per order; refunds never
-exceed what was captured. States: AUTHORIZED -> CAPTURED | VOIDED; CAPTURED ->
-PARTIALLY_REFUNDED -> REFUNDED; FAILED = declined. VOIDED, REFUNDED, FAILED are terminal.
-Saga compensation (OrderCancelled): void an AUTHORIZED payment, refund the rest of a captured one.
+Invariants: a ledger transaction's legs share a currency and sum to zero; entries are only
+inserted. A ledger hold never exceeds `available = balance - held`, taken with the account
+locked. With an outside provider (`provider`), it holds and moves the money, each change asked
+of it outside the transaction (`outside`), and the ledger records what it did. One payment per
+order; refunds never exceed what was captured. States: PENDING (at the provider) ->
+AUTHORIZED | FAILED; AUTHORIZED -> CAPTURED | VOIDED; CAPTURED -> PARTIALLY_REFUNDED ->
+REFUNDED. Saga compensation (OrderCancelled): void a hold, refund the rest of a capture.
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 
 from services.kit import paging
@@ -26,37 +23,26 @@ from services.kit.domain_errors import (
     AlreadyExists,
     FailedPrecondition,
     FieldViolation,
-    InvalidArgument,
     NotFound,
     Unauthenticated,
     Unavailable,
 )
-from services.kit.filters import Term
 from services.kit.money import Money, money_problems
 from services.kit.text import visible_text_problem
 from services.payments.idempotency import IN_FLIGHT, Request, fingerprint, key_problems, recall, remember
-from services.payments.ledger import LedgerProvider, balanced_entries, system_account
+from services.payments.ledger import LedgerProvider
 from services.payments.outside import CANCEL, OutsideSteps
 from services.payments.provider_events import apply_event
 from services.payments.providers import EventRefused, PaymentProvider, ProviderUnavailable, keys
 from services.payments.records import (
-    ACCOUNT_FIELDS,
     AUTHORIZED,
     CAPTURED,
-    CUSTOMER,
-    ENTRY_FIELDS,
     FAILED,
-    FUNDING,
     PARTIALLY_REFUNDED,
     PAYMENT_FIELDS,
     PENDING,
     REFUNDED,
     VOIDED,
-    Account,
-    AccountPage,
-    EntryPage,
-    LedgerEntry,
-    ListQuery,
     Payment,
     PaymentEvent,
     PaymentPage,
@@ -64,51 +50,25 @@ from services.payments.records import (
     Viewer,
     list_query,
 )
+from services.payments.rules import (
+    ACCOUNT_NOT_FOUND,
+    OwnerCheck,
+    Transactions,
+    refuse,
+    visible,
+    wrong_currency,
+)
 
-__all__ = [
-    "ACCOUNT_NOT_FOUND",
-    "ORDER_CANCELLED",
-    "PAYMENT_METHOD_REQUIRED",
-    "OwnerCheck",
-    "Payments",
-    "Transactions",
-]
+__all__ = ["ORDER_CANCELLED", "PAYMENT_METHOD_REQUIRED", "Payments"]
 
 _TAKEN = (CAPTURED, PARTIALLY_REFUNDED, REFUNDED)
 """States in which the held amount was captured."""
 
-ACCOUNT_NOT_FOUND = "ACCOUNT_NOT_FOUND"
 ORDER_CANCELLED = "ORDER_CANCELLED"
 """Why an order cancelled before its payment was asked for has a FAILED payment."""
 PAYMENT_METHOD_REQUIRED = "PAYMENT_METHOD_REQUIRED"
 """Why an authorization at an outside provider is declined for an account without a method."""
-_MAX_METHOD = 255
 _MAX_REASON = 500
-
-
-Transactions = Callable[[], AbstractContextManager[Repository]]
-OwnerCheck = Callable[[str, str], None]
-"""``check(owner, resource)`` (`authz.require_owner`): refuses the call unless its caller may
-act on resources of `owner` (``users/{id}``; "" when the resource does not exist, so only
-callers who may see everything pass), with PERMISSION_DENIED naming only `resource`, the
-name asked for. It runs before existence is checked, so another's resource and a missing
-one answer alike (AIP-211)."""
-
-
-def _refuse(problems: list[FieldViolation], what: str) -> None:
-    if problems:
-        raise InvalidArgument(
-            f"{what.upper()}_INVALID", "the {what} request is invalid", violations=problems, what=what
-        )
-
-
-def _wrong_currency(expected: str) -> InvalidArgument:
-    return InvalidArgument(
-        "CURRENCY_MISMATCH",
-        "amount must be in {currency}",
-        violations=[FieldViolation("amount.currency_code", f"must be {expected}")],
-        currency=expected,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,71 +106,6 @@ class Payments:
             )
         return self.outside
 
-    # -- accounts -----------------------------------------------------------------------
-
-    def open_account(self, owner: str, currency: str) -> Account:
-        """The owner's account in `currency`, opened if missing (idempotent)."""
-        now = self.clock()
-        with self.transactions() as repo:
-            repo.add_account(Account(str(uuid.uuid4()), CUSTOMER, owner, currency, now, now))
-            opened = repo.account_of(owner, currency)
-        assert opened is not None
-        return opened
-
-    def fund(self, caller: str, request_id: str, account_id: str, amount: Money) -> Account:
-        problems = key_problems(request_id)
-        _refuse(problems + money_problems("amount", amount.currency, amount.amount, positive=True), "fund")
-        request = Request(caller, request_id, fingerprint("fund", account_id, amount))
-        now = self.clock()
-        with self.transactions() as repo:
-            if not repo.lock_account(account_id):
-                raise NotFound("ACCOUNT_NOT_FOUND", "accounts/{account} does not exist", account=account_id)
-            if recall(repo, request) is None:
-                account = repo.account(account_id)
-                assert account is not None
-                if account.kind != CUSTOMER:
-                    raise FailedPrecondition(
-                        "ACCOUNT_NOT_FUNDABLE", "accounts/{account} is a system account", account=account_id
-                    )
-                if amount.currency != account.currency:
-                    raise _wrong_currency(account.currency)
-                source = system_account(repo, FUNDING, amount.currency, now)
-                legs = [(source, -amount.amount), (account_id, amount.amount)]
-                repo.add_entries(balanced_entries(legs, amount.currency, "FUNDING", "", now))
-                remember(repo, request, account_id, self.clock())
-            funded = repo.account(account_id)
-        assert funded is not None
-        return funded
-
-    def account(self, account_id: str, check_owner: OwnerCheck, *, asked: str = "") -> Account:
-        """Permission before existence: a missing account is checked as one nobody owns.
-        `asked` is the name a refusal gives (a resource under the account); by default the
-        account's own."""
-        with self.transactions() as repo:
-            found = repo.account(account_id)
-        check_owner(found.owner if found else "", asked or f"accounts/{account_id}")
-        if found is None:
-            raise NotFound("ACCOUNT_NOT_FOUND", "accounts/{account} does not exist", account=account_id)
-        return found
-
-    def set_payment_method(self, account_id: str, method: str, check_owner: OwnerCheck) -> Account:
-        """SetPaymentMethod: the outside provider's reusable method for the account's payments
-        (a Stripe PaymentMethod id, a PayPal vault token), made reusable at the provider."""
-        problem = visible_text_problem(method, max_length=_MAX_METHOD)
-        _refuse([FieldViolation("payment_method", problem)] if problem else [], "payment method")
-        account = self.account(account_id, check_owner)
-        if self.outside is None:
-            raise FailedPrecondition(
-                "PAYMENT_METHODS_NOT_USED",
-                "payments are held in the ledger here; fund accounts/{account} instead",
-                account=account_id,
-            )
-        if account.kind != CUSTOMER:
-            raise FailedPrecondition(
-                "ACCOUNT_NOT_FUNDABLE", "accounts/{account} is a system account", account=account_id
-            )
-        return self.outside.attach(account, method)
-
     def receive_event(self, provider: str, headers: Mapping[str, str], body: bytes) -> None:
         """ReceiveProviderEvent: a webhook event from `provider`, applied once if its signature
         checks out. Nothing in an unverified body is read, logged or stored."""
@@ -237,49 +132,6 @@ class Payments:
             ) from error
         apply_event(self.transactions, self.outside.record, event)
 
-    def list_accounts(
-        self, viewer: Viewer, *, size: int, token: str, filter_text: str, order_by: str
-    ) -> AccountPage:
-        limit = paging.page_size(size)
-        query = _visible(list_query(filter_text, order_by, ACCOUNT_FIELDS, ["create_time"]), viewer)
-        request = [filter_text, order_by]
-        after = paging.decode_token(token, request)
-        with self.transactions() as repo:
-            found = repo.list_accounts(query, after, limit + 1)
-        return AccountPage(*paging.split_page(found, limit, _position, request))
-
-    def entry(self, account_id: str, entry_id: str, check_owner: OwnerCheck) -> LedgerEntry:
-        self.account(account_id, check_owner, asked=f"accounts/{account_id}/ledgerEntries/{entry_id}")
-        with self.transactions() as repo:
-            found = repo.entry(account_id, entry_id)
-        if found is None:
-            raise NotFound(
-                "LEDGER_ENTRY_NOT_FOUND",
-                "accounts/{account}/ledgerEntries/{entry} does not exist",
-                account=account_id,
-                entry=entry_id,
-            )
-        return found
-
-    def list_entries(
-        self,
-        account_id: str,
-        check_owner: OwnerCheck,
-        *,
-        size: int,
-        token: str,
-        filter_text: str,
-        order_by: str,
-    ) -> EntryPage:
-        limit = paging.page_size(size)
-        query = list_query(filter_text, order_by, ENTRY_FIELDS, ["create_time"])
-        request = [account_id, filter_text, order_by]
-        after = paging.decode_token(token, request)
-        self.account(account_id, check_owner)
-        with self.transactions() as repo:
-            found = repo.list_entries(account_id, query, after, limit + 1)
-        return EntryPage(*paging.split_page(found, limit, _position, request))
-
     # -- payments -----------------------------------------------------------------------
 
     def payment(self, payment_id: str, check_owner: OwnerCheck) -> Payment:
@@ -295,7 +147,7 @@ class Payments:
     ) -> PaymentPage:
         limit = paging.page_size(size)
         orderings = ["create_time", "update_time"]
-        query = _visible(list_query(filter_text, order_by, PAYMENT_FIELDS, orderings), viewer)
+        query = visible(list_query(filter_text, order_by, PAYMENT_FIELDS, orderings), viewer)
         request = [filter_text, order_by]
         after = paging.decode_token(token, request)
         with self.transactions() as repo:
@@ -313,7 +165,7 @@ class Payments:
         """AuthorizePayment: a decline is a FAILED payment, not an error; a second
         authorization of the order (another request_id) is ALREADY_EXISTS."""
         problems = key_problems(request_id)
-        _refuse(
+        refuse(
             problems + money_problems("amount", amount.currency, amount.amount, positive=True), "authorize"
         )
         ask = _Ask(order, owner, account_id, amount)
@@ -433,7 +285,7 @@ class Payments:
 
     def capture(self, caller: str, request_id: str, payment_id: str) -> Payment:
         """AUTHORIZED -> CAPTURED; a payment already captured is returned unchanged."""
-        _refuse(key_problems(request_id), "capture")
+        refuse(key_problems(request_id), "capture")
         request = Request(caller, request_id, fingerprint("capture", payment_id))
         with self.transactions() as repo:
             payment = self._locked(repo, payment_id)
@@ -453,7 +305,7 @@ class Payments:
 
     def void(self, caller: str, request_id: str, payment_id: str) -> Payment:
         """AUTHORIZED -> VOIDED; a VOIDED payment is returned unchanged."""
-        _refuse(key_problems(request_id), "void")
+        refuse(key_problems(request_id), "void")
         request = Request(caller, request_id, fingerprint("void", payment_id))
         with self.transactions() as repo:
             payment = self._locked(repo, payment_id)
@@ -478,7 +330,7 @@ class Payments:
         reason_problem = visible_text_problem(reason, max_length=_MAX_REASON)
         if reason_problem:
             problems.append(FieldViolation("reason", reason_problem))
-        _refuse(problems, "refund")
+        refuse(problems, "refund")
         request = Request(caller, request_id, fingerprint("refund", payment_id, amount, reason))
         with self.transactions() as repo:
             payment = self._locked(repo, payment_id)
@@ -560,7 +412,7 @@ def _refundable(payment: Payment, amount: Money | None) -> int:
     if payment.state not in (CAPTURED, PARTIALLY_REFUNDED):
         raise _not_in_state(payment, "PAYMENT_NOT_REFUNDABLE", "refunded")
     if amount is not None and amount.currency != payment.currency:
-        raise _wrong_currency(payment.currency)
+        raise wrong_currency(payment.currency)
     rest = payment.captured - payment.refunded
     value = rest if amount is None else amount.amount
     if value > rest:
@@ -581,14 +433,3 @@ def _not_in_state(payment: Payment, reason: str, verb: str) -> FailedPreconditio
         state=payment.state,
         verb=verb,
     )
-
-
-def _visible(query: ListQuery, viewer: Viewer) -> ListQuery:
-    """A plain user's list is narrowed to their own resources, whatever the filter says."""
-    if viewer.sees_all:
-        return query
-    return replace(query, terms=(*query.terms, Term("owner", "=", viewer.subject)))
-
-
-def _position(last: Account | LedgerEntry) -> list[str]:
-    return [last.create_time.isoformat(), last.id]

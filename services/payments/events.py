@@ -18,6 +18,7 @@ from poly.events.v1.events_pb2 import EventEnvelope
 from services.kit.bus import EventHandler
 from services.kit.money import Money
 from services.kit.wire import money_message, money_value
+from services.payments.accounts import Accounts
 from services.payments.domain import Payments
 from services.payments.records import REFUNDED, PaymentEvent, Repository
 
@@ -63,7 +64,8 @@ def handlers(
 
     def user_registered(connection: Connection, event: Message, envelope: EventEnvelope) -> None:
         assert isinstance(event, events_pb2.UserRegistered)
-        payments(connection).open_account(event.user, default_currency)
+        repo = repository(connection)
+        Accounts(lambda: nullcontext(repo)).open_account(event.user, default_currency)
 
     def order_cancelled(connection: Connection, event: Message, envelope: EventEnvelope) -> None:
         assert isinstance(event, events_pb2.OrderCancelled)

@@ -14,6 +14,7 @@ from services.kit import authz, tls
 from services.kit.money import Money
 from services.kit.names import resource_id
 from services.kit.wire import money_message, money_value, timestamp
+from services.payments.accounts import Accounts
 from services.payments.domain import Payments
 from services.payments.records import Account, LedgerEntry, Payment, Viewer
 
@@ -97,19 +98,20 @@ def _service_caller(context: grpc.ServicerContext) -> str:
 class PaymentsServicer(payments_service_pb2_grpc.PaymentsServiceServicer):
     """Accounts, a double-entry ledger and payments (authorize, capture, void, refund)."""
 
-    def __init__(self, payments: Payments) -> None:
+    def __init__(self, payments: Payments, accounts: Accounts) -> None:
         self._payments = payments
+        self._accounts = accounts
 
     def GetAccount(
         self, request: pb.GetAccountRequest, context: grpc.ServicerContext
     ) -> resources_pb2.Account:
         account_id = resource_id(request.name, "accounts")
-        return _account(self._payments.account(account_id, authz.require_owner))
+        return _account(self._accounts.account(account_id, authz.require_owner))
 
     def ListAccounts(
         self, request: pb.ListAccountsRequest, context: grpc.ServicerContext
     ) -> pb.ListAccountsResponse:
-        page = self._payments.list_accounts(_viewer(), **_paging(request))
+        page = self._accounts.list_accounts(_viewer(), **_paging(request))
         return pb.ListAccountsResponse(
             accounts=[_account(a) for a in page.accounts], next_page_token=page.next_page_token
         )
@@ -120,14 +122,14 @@ class PaymentsServicer(payments_service_pb2_grpc.PaymentsServiceServicer):
         account_id = resource_id(request.name, "accounts")
         caller = authz.principal().subject
         return _account(
-            self._payments.fund(caller, request.request_id, account_id, money_value(request.amount))
+            self._accounts.fund(caller, request.request_id, account_id, money_value(request.amount))
         )
 
     def SetPaymentMethod(
         self, request: pb.SetPaymentMethodRequest, context: grpc.ServicerContext
     ) -> resources_pb2.Account:
         account_id = resource_id(request.name, "accounts")
-        account = self._payments.set_payment_method(account_id, request.payment_method, authz.require_owner)
+        account = self._accounts.set_payment_method(account_id, request.payment_method, authz.require_owner)
         return _account(account)
 
     def ReceiveProviderEvent(
@@ -141,13 +143,13 @@ class PaymentsServicer(payments_service_pb2_grpc.PaymentsServiceServicer):
         self, request: pb.GetLedgerEntryRequest, context: grpc.ServicerContext
     ) -> resources_pb2.LedgerEntry:
         account_id, entry_id = _entry_name(request.name)
-        return _entry(self._payments.entry(account_id, entry_id, authz.require_owner))
+        return _entry(self._accounts.entry(account_id, entry_id, authz.require_owner))
 
     def ListLedgerEntries(
         self, request: pb.ListLedgerEntriesRequest, context: grpc.ServicerContext
     ) -> pb.ListLedgerEntriesResponse:
         account_id = resource_id(request.parent, "accounts", field="parent")
-        page = self._payments.list_entries(account_id, authz.require_owner, **_paging(request))
+        page = self._accounts.list_entries(account_id, authz.require_owner, **_paging(request))
         return pb.ListLedgerEntriesResponse(
             ledger_entries=[_entry(e) for e in page.entries], next_page_token=page.next_page_token
         )

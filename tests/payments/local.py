@@ -14,6 +14,7 @@ from services.kit.bus import Outbox, consumer_routing
 from services.kit.config import DatabaseSettings
 from services.kit.money import Money
 from services.payments import store
+from services.payments.accounts import Accounts
 from services.payments.domain import Payments
 from services.payments.paypal_provider import PayPalProvider
 from services.payments.providers import PaymentProvider
@@ -40,12 +41,13 @@ def new_key() -> str:
 class LocalPayments:
     engine: Engine
     payments: Payments
+    accounts: Accounts
 
     def customer(self, currency: str = "EUR", funds: int = 0) -> Account:
         """A new user's account in `currency`, funded if asked."""
-        account = self.payments.open_account(f"users/{uuid.uuid4()}", currency)
+        account = self.accounts.open_account(f"users/{uuid.uuid4()}", currency)
         if funds:
-            account = self.payments.fund(ADMIN, new_key(), account.id, Money(currency, funds))
+            account = self.accounts.fund(ADMIN, new_key(), account.id, Money(currency, funds))
         return account
 
     def authorize(self, account: Account, amount: int, *, order: str = "", request_id: str = "") -> Payment:
@@ -61,7 +63,7 @@ class LocalPayments:
 
     def account(self, account_id: str) -> Account:
         """The account as an admin reads it (balance, held and available derived by the store)."""
-        return self.payments.account(account_id, lambda owner, name: None)
+        return self.accounts.account(account_id, lambda owner, name: None)
 
     def unbalanced_transactions(self) -> list[tuple[str, int, int, int]]:
         """``(transaction, currencies, entries, sum)`` of every transaction that mixes
@@ -161,7 +163,8 @@ def open_local(path: Path, provider: PaymentProvider | None = None) -> LocalPaym
     held by `provider`, or in the ledger."""
     engine = db.connect(DatabaseSettings(url=f"sqlite:///{path}"), migrations=_MIGRATIONS)
     outbox = Outbox(store.BUS, source="payments", routing=consumer_routing())
-    return LocalPayments(engine, Payments(store.PaymentsStore(engine, outbox).transaction, provider=provider))
+    payments = Payments(store.PaymentsStore(engine, outbox).transaction, provider=provider)
+    return LocalPayments(engine, payments, Accounts(payments.transactions, payments.outside))
 
 
 def stripe_provider(api: LocalStripe, *, key: str = API_KEY, timeout: float = 1.0) -> StripeProvider:

@@ -18,7 +18,7 @@ from services.kit.domain_errors import (
 )
 from services.kit.idempotency import fingerprint
 from services.kit.money import Money
-from services.payments.domain import ACCOUNT_NOT_FOUND, ORDER_CANCELLED, OwnerCheck, Payments
+from services.payments.domain import ORDER_CANCELLED, Payments
 from services.payments.ledger import INSUFFICIENT_FUNDS, LedgerProvider
 from services.payments.records import (
     AUTHORIZED,
@@ -33,6 +33,7 @@ from services.payments.records import (
     Repository,
     Viewer,
 )
+from services.payments.rules import ACCOUNT_NOT_FOUND, OwnerCheck
 from tests.payments.local import ADMIN, ORDERS, LocalPayments, new_key
 
 EUR = "EUR"
@@ -55,9 +56,9 @@ def _anyone(owner: str, name: str) -> None:
 
 def test_opening_an_account_twice_returns_the_first(local: LocalPayments) -> None:
     owner = f"users/{uuid.uuid4()}"
-    first = local.payments.open_account(owner, EUR)
-    assert local.payments.open_account(owner, EUR) == first
-    other = local.payments.open_account(owner, "JPY")
+    first = local.accounts.open_account(owner, EUR)
+    assert local.accounts.open_account(owner, EUR) == first
+    other = local.accounts.open_account(owner, "JPY")
     assert other.id != first.id
     assert (first.kind, first.owner, first.balance, first.held, first.available) == (CUSTOMER, owner, 0, 0, 0)
 
@@ -65,9 +66,9 @@ def test_opening_an_account_twice_returns_the_first(local: LocalPayments) -> Non
 def test_funding_credits_the_account_once_per_request_id(local: LocalPayments) -> None:
     account = local.customer()
     key = new_key()
-    assert local.payments.fund(ADMIN, key, account.id, _eur(500)).balance == 500
-    assert local.payments.fund(ADMIN, key, account.id, _eur(500)).balance == 500, "a repeat funds nothing"
-    assert local.payments.fund(ADMIN, new_key(), account.id, _eur(250)).balance == 750
+    assert local.accounts.fund(ADMIN, key, account.id, _eur(500)).balance == 500
+    assert local.accounts.fund(ADMIN, key, account.id, _eur(500)).balance == 500, "a repeat funds nothing"
+    assert local.accounts.fund(ADMIN, new_key(), account.id, _eur(250)).balance == 750
     assert local.balances("funding-eur") == {"funding-eur": -750}
 
 
@@ -75,28 +76,28 @@ def test_a_request_id_in_the_other_case_is_the_same_request(local: LocalPayments
     # A UUID is valid in either case: a retry that changes the case must not fund twice.
     account = local.customer()
     key = new_key()
-    assert local.payments.fund(ADMIN, key.upper(), account.id, _eur(500)).balance == 500
-    assert local.payments.fund(ADMIN, key.lower(), account.id, _eur(500)).balance == 500
-    assert local.payments.fund(ADMIN, key.upper(), account.id, _eur(500)).balance == 500
+    assert local.accounts.fund(ADMIN, key.upper(), account.id, _eur(500)).balance == 500
+    assert local.accounts.fund(ADMIN, key.lower(), account.id, _eur(500)).balance == 500
+    assert local.accounts.fund(ADMIN, key.upper(), account.id, _eur(500)).balance == 500
 
 
 def test_a_request_id_stored_as_given_before_ids_were_canonical_still_replays(local: LocalPayments) -> None:
     account = local.customer()
     key = new_key().upper()
-    first = local.payments.fund(ADMIN, new_key(), account.id, _eur(500))
+    first = local.accounts.fund(ADMIN, new_key(), account.id, _eur(500))
     with local.payments.transactions() as repo:  # what an earlier version stored: the id as sent
         assert repo.remember(
             ADMIN, key, fingerprint("fund", account.id, _eur(700)), account.id, first.create_time
         )
-    assert local.payments.fund(ADMIN, key, account.id, _eur(700)).balance == 500, "a replay, not a new credit"
+    assert local.accounts.fund(ADMIN, key, account.id, _eur(700)).balance == 500, "a replay, not a new credit"
 
 
 def test_a_request_id_reused_with_other_fields_is_refused(local: LocalPayments) -> None:
     account = local.customer()
     key = new_key()
-    local.payments.fund(ADMIN, key, account.id, _eur(500))
+    local.accounts.fund(ADMIN, key, account.id, _eur(500))
     with pytest.raises(FailedPrecondition) as refused:
-        local.payments.fund(ADMIN, key, account.id, _eur(501))
+        local.accounts.fund(ADMIN, key, account.id, _eur(501))
     assert _reason(refused) == "REQUEST_ID_REUSED"
     assert local.account(account.id).balance == 500
 
@@ -104,8 +105,8 @@ def test_a_request_id_reused_with_other_fields_is_refused(local: LocalPayments) 
 def test_request_ids_belong_to_their_caller(local: LocalPayments) -> None:
     account = local.customer()
     key = new_key()
-    local.payments.fund(ADMIN, key, account.id, _eur(500))
-    assert local.payments.fund("users/another-admin", key, account.id, _eur(500)).balance == 1000
+    local.accounts.fund(ADMIN, key, account.id, _eur(500))
+    assert local.accounts.fund("users/another-admin", key, account.id, _eur(500)).balance == 1000
 
 
 @pytest.mark.parametrize(
@@ -122,7 +123,7 @@ def test_an_invalid_funding_names_the_field(
 ) -> None:
     account = local.customer()
     with pytest.raises(InvalidArgument) as refused:
-        local.payments.fund(ADMIN, new_key() if key is None else key, account.id, amount)
+        local.accounts.fund(ADMIN, new_key() if key is None else key, account.id, amount)
     assert _reason(refused) == "FUND_INVALID"
     assert [v.field for v in refused.value.violations] == [field]
 
@@ -130,11 +131,11 @@ def test_an_invalid_funding_names_the_field(
 def test_funding_is_refused_where_money_cannot_go(local: LocalPayments) -> None:
     account = local.customer(funds=100)  # opens funding-eur
     with pytest.raises(NotFound) as missing:
-        local.payments.fund(ADMIN, new_key(), "no-such-account", _eur(1))
+        local.accounts.fund(ADMIN, new_key(), "no-such-account", _eur(1))
     with pytest.raises(FailedPrecondition) as system:
-        local.payments.fund(ADMIN, new_key(), "funding-eur", _eur(1))
+        local.accounts.fund(ADMIN, new_key(), "funding-eur", _eur(1))
     with pytest.raises(InvalidArgument) as currency:
-        local.payments.fund(ADMIN, new_key(), account.id, Money("JPY", 1))
+        local.accounts.fund(ADMIN, new_key(), account.id, Money("JPY", 1))
     assert (_reason(missing), _reason(system), _reason(currency)) == (
         "ACCOUNT_NOT_FOUND",
         "ACCOUNT_NOT_FUNDABLE",
@@ -479,9 +480,9 @@ def test_permission_is_checked_before_existence(local: LocalPayments) -> None:
     account = local.customer()
     asked, check = _deny_all_but(account.owner)
     for read in (
-        lambda: local.payments.account("missing", check),
+        lambda: local.accounts.account("missing", check),
         lambda: local.payments.payment("missing", check),
-        lambda: local.payments.entry("missing", "e1", check),
+        lambda: local.accounts.entry("missing", "e1", check),
     ):
         with pytest.raises(_Denied):
             read()
@@ -490,7 +491,7 @@ def test_permission_is_checked_before_existence(local: LocalPayments) -> None:
         ("", "payments/missing"),
         ("", "accounts/missing/ledgerEntries/e1"),
     ]
-    assert local.payments.account(account.id, check) == local.account(account.id)
+    assert local.accounts.account(account.id, check) == local.account(account.id)
 
 
 def test_a_plain_user_lists_only_their_own(local: LocalPayments) -> None:
@@ -500,21 +501,21 @@ def test_a_plain_user_lists_only_their_own(local: LocalPayments) -> None:
     me = Viewer(mine.owner, sees_all=False)
     everything = Viewer(ADMIN, sees_all=True)
     theirs_only = f'owner = "{theirs.owner}"'
-    accounts = local.payments.list_accounts(me, size=0, token="", filter_text=theirs_only, order_by="")
+    accounts = local.accounts.list_accounts(me, size=0, token="", filter_text=theirs_only, order_by="")
     payments = local.payments.list_payments(me, size=0, token="", filter_text="", order_by="")
     assert accounts.accounts == [], "a filter cannot widen a plain user's list"
     assert {p.owner for p in payments.payments} == {mine.owner}
-    listed = local.payments.list_accounts(everything, size=0, token="", filter_text="", order_by="").accounts
+    listed = local.accounts.list_accounts(everything, size=0, token="", filter_text="", order_by="").accounts
     assert {mine.id, theirs.id, "funding-eur"} <= {a.id for a in listed}
 
 
 def test_pages_cover_the_entries_once_and_a_token_keeps_its_filter(local: LocalPayments) -> None:
     account = local.customer()
     for _ in range(5):
-        local.payments.fund(ADMIN, new_key(), account.id, _eur(10))
+        local.accounts.fund(ADMIN, new_key(), account.id, _eur(10))
     seen, token = [], ""
     while True:
-        page = local.payments.list_entries(
+        page = local.accounts.list_entries(
             account.id, _anyone, size=2, token=token, filter_text="kind = FUNDING", order_by=""
         )
         seen += [e.id for e in page.entries]
@@ -522,7 +523,7 @@ def test_pages_cover_the_entries_once_and_a_token_keeps_its_filter(local: LocalP
         if not token:
             break
         with pytest.raises(InvalidArgument) as changed:
-            local.payments.list_entries(account.id, _anyone, size=2, token=token, filter_text="", order_by="")
+            local.accounts.list_entries(account.id, _anyone, size=2, token=token, filter_text="", order_by="")
         assert _reason(changed) == "PAGE_TOKEN_INVALID"
     assert len(seen) == len(set(seen)) == 5
 

@@ -119,7 +119,7 @@ def _entries(local: LocalPayments, account_id: str) -> list[tuple[str, int, str,
 
 def test_funding_moves_money_from_the_funding_account_in_one_transaction(local: LocalPayments) -> None:
     account = local.customer("EUR")
-    local.payments.fund(ADMIN, new_key(), account.id, Money("EUR", 700))
+    local.accounts.fund(ADMIN, new_key(), account.id, Money("EUR", 700))
     [(kind, amount, payment, transaction)] = _entries(local, account.id)
     assert (kind, amount, payment) == ("FUNDING", 700, "")
     assert _entries(local, "funding-eur") == [("FUNDING", -700, "", transaction)]

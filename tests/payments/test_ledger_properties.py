@@ -81,7 +81,7 @@ class LedgerMachine(RuleBasedStateMachine):
         super().__init__()
         self.local = local
         self.owner = f"users/{uuid.uuid4()}"
-        self.accounts = {c: local.payments.open_account(self.owner, c).id for c in CURRENCIES}
+        self.accounts = {c: local.accounts.open_account(self.owner, c).id for c in CURRENCIES}
         self.balance = dict.fromkeys(CURRENCIES, 0)
         self.funded = dict.fromkeys(CURRENCIES, 0)
         self.merchant = dict.fromkeys(CURRENCIES, 0)
@@ -117,7 +117,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(currency=st.sampled_from(CURRENCIES), amount=_FUNDS)
     def fund(self, currency: str, amount: int) -> None:
         key, money = new_key(), Money(currency, amount)
-        funded = self.local.payments.fund(ADMIN, key, self.accounts[currency], money)
+        funded = self.local.accounts.fund(ADMIN, key, self.accounts[currency], money)
         self.balance[currency] += amount
         self.funded[currency] += amount
         assert funded.balance == self.balance[currency]
@@ -128,7 +128,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def repeat_the_last_funding(self) -> None:
         assert self.last_fund is not None
         key, currency, money = self.last_fund
-        again = self.local.payments.fund(ADMIN, key, self.accounts[currency], money)
+        again = self.local.accounts.fund(ADMIN, key, self.accounts[currency], money)
         assert again.balance == self.balance[currency], "a repeated request_id funds once"
 
     @rule(

@@ -43,7 +43,7 @@ def _anyone(owner: str, name: str) -> None:
 
 
 def _wallet(local: LocalPayments, vault: str = "vault_ok", currency: str = "EUR") -> Account:
-    return local.payments.set_payment_method(local.customer(currency).id, vault, _anyone)
+    return local.accounts.set_payment_method(local.customer(currency).id, vault, _anyone)
 
 
 def _payment(local: LocalPayments, payment: Payment) -> Payment:
@@ -149,7 +149,7 @@ def test_wrong_client_credentials_are_unavailable_never_a_decline(
     local = open_local(tmp_path / "payments.db", paypal_provider(paypal_api, secret="not-the-secret"))
     try:
         with pytest.raises(Unavailable):
-            local.authorize(local.payments.set_payment_method(local.customer().id, "vault_ok", _anyone), 100)
+            local.authorize(local.accounts.set_payment_method(local.customer().id, "vault_ok", _anyone), 100)
         (payment,) = local.payments.list_payments(
             Viewer(ADMIN, sees_all=True), size=0, token="", filter_text="", order_by=""
         ).payments

@@ -36,7 +36,7 @@ def _anyone(owner: str, name: str) -> None:
 
 
 def _customer(local: LocalPayments, token: str = "pm_card_visa") -> Account:
-    return local.payments.set_payment_method(local.customer().id, token, _anyone)
+    return local.accounts.set_payment_method(local.customer().id, token, _anyone)
 
 
 def _get(local: LocalPayments, payment: Payment) -> Payment:
@@ -136,7 +136,7 @@ def test_an_authorization_asked_again_after_the_method_changed_uses_the_first_me
     stripe_api.stall(_INTENTS, 2.5)
     with pytest.raises(Unavailable):
         stripe_local.authorize(account, 900, order=order, request_id=request_id)
-    stripe_local.payments.set_payment_method(account.id, "pm_card_visa", _anyone)  # a new card meanwhile
+    stripe_local.accounts.set_payment_method(account.id, "pm_card_visa", _anyone)  # a new card meanwhile
     retried = stripe_local.authorize(account, 900, order=order, request_id=request_id)
     assert retried.state == AUTHORIZED and len(stripe_api.intents) == 1
 
@@ -243,7 +243,7 @@ def test_a_malformed_payment_method_is_refused_before_stripe_is_asked(
 ) -> None:
     account = stripe_local.customer()
     with pytest.raises(InvalidArgument):
-        stripe_local.payments.set_payment_method(account.id, token, _anyone)
+        stripe_local.accounts.set_payment_method(account.id, token, _anyone)
     assert stripe_api.requests == [], "no customer made, nothing sent"
 
 

@@ -29,7 +29,7 @@ def _anyone(owner: str, name: str) -> None:
 
 
 def _wallet(local: LocalPayments, method: str) -> Account:
-    return local.payments.set_payment_method(local.customer().id, method, _anyone)
+    return local.accounts.set_payment_method(local.customer().id, method, _anyone)
 
 
 def _report(local: LocalPayments, *, now: dt.datetime | None = None) -> Report:

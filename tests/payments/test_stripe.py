@@ -49,7 +49,7 @@ def _anyone(owner: str, name: str) -> None:
 
 def _customer(local: LocalPayments, token: str = "pm_card_visa") -> Account:
     account = local.customer()
-    return local.payments.set_payment_method(account.id, token, _anyone)
+    return local.accounts.set_payment_method(account.id, token, _anyone)
 
 
 def test_an_order_is_held_by_a_manual_capture_intent_and_captured_into_the_ledger(
@@ -194,7 +194,7 @@ def test_a_wrong_api_key_is_unavailable_never_a_decline(tmp_path: Path, stripe_a
     local = open_local(tmp_path / "payments.db", stripe_provider(stripe_api, key="sk_test_wrong"))
     try:
         with pytest.raises(Unavailable):
-            local.payments.set_payment_method(local.customer().id, "pm_card_visa", _anyone)
+            local.accounts.set_payment_method(local.customer().id, "pm_card_visa", _anyone)
     finally:
         local.engine.dispose()
 
@@ -204,16 +204,16 @@ def test_payment_methods_are_checked_by_stripe_and_belong_to_the_owner(
 ) -> None:
     account = local.customer()
     with pytest.raises(InvalidArgument) as unknown:
-        local.payments.set_payment_method(account.id, "pm_not_a_real_token", _anyone)
+        local.accounts.set_payment_method(account.id, "pm_not_a_real_token", _anyone)
     assert unknown.value.reason == "PAYMENT_METHOD_INVALID"
     with pytest.raises(InvalidArgument):
-        local.payments.set_payment_method(account.id, "pm_\ncard", _anyone)
+        local.accounts.set_payment_method(account.id, "pm_\ncard", _anyone)
 
     def someone_else(owner: str, name: str) -> None:
         raise PermissionDenied("PERMISSION_DENIED", "not yours")
 
     with pytest.raises(PermissionDenied):
-        local.payments.set_payment_method(account.id, "pm_card_visa", someone_else)
+        local.accounts.set_payment_method(account.id, "pm_card_visa", someone_else)
     assert stripe_api.calls("POST", r"/v1/payment_methods/.*") == [{"customer": _only(stripe_api.customers)}]
 
 
@@ -221,7 +221,7 @@ def test_a_ledger_deployment_has_no_payment_methods(tmp_path: Path) -> None:
     local = open_local(tmp_path / "payments.db")
     try:
         with pytest.raises(FailedPrecondition) as refused:
-            local.payments.set_payment_method(local.customer().id, "pm_card_visa", _anyone)
+            local.accounts.set_payment_method(local.customer().id, "pm_card_visa", _anyone)
         assert refused.value.reason == "PAYMENT_METHODS_NOT_USED"
     finally:
         local.engine.dispose()

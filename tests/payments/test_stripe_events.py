@@ -37,7 +37,7 @@ def _inbox_size(local: LocalPayments) -> int:
 
 def _captured_order(local: LocalPayments, amount: int) -> Payment:
     account = local.customer()
-    account = local.payments.set_payment_method(account.id, "pm_card_visa", lambda owner, name: None)
+    account = local.accounts.set_payment_method(account.id, "pm_card_visa", lambda owner, name: None)
     held = local.authorize(account, amount)
     return local.payments.capture(ORDERS, new_key(), held.id)
 
@@ -49,7 +49,7 @@ def _payment(local: LocalPayments, payment: Payment) -> Payment:
 def test_a_capture_made_in_stripes_dashboard_is_recorded_once_however_often_it_arrives(
     stripe_local: LocalPayments, stripe_api: LocalStripe
 ) -> None:
-    account = stripe_local.payments.set_payment_method(
+    account = stripe_local.accounts.set_payment_method(
         stripe_local.customer().id, "pm_card_visa", lambda owner, name: None
     )
     held = stripe_local.authorize(account, 1500)
@@ -100,7 +100,7 @@ def test_a_dispute_takes_the_money_back_from_the_merchant_once(
 def test_an_authorization_whose_answer_was_lost_is_recorded_from_its_event(
     stripe_local: LocalPayments, stripe_api: LocalStripe
 ) -> None:
-    account = stripe_local.payments.set_payment_method(
+    account = stripe_local.accounts.set_payment_method(
         stripe_local.customer().id, "pm_card_visa", lambda owner, name: None
     )
     stripe_api.stall("/v1/payment_intents", 2.5)
@@ -203,7 +203,7 @@ def test_events_for_a_provider_this_deployment_does_not_use_are_not_found(tmp_pa
 def test_a_pending_payment_is_never_moved_by_an_event_for_another_intent(
     stripe_local: LocalPayments, stripe_api: LocalStripe
 ) -> None:
-    account = stripe_local.payments.set_payment_method(
+    account = stripe_local.accounts.set_payment_method(
         stripe_local.customer().id, "pm_card_visa", lambda owner, name: None
     )
     held = stripe_local.authorize(account, 300)
