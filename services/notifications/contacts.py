@@ -47,4 +47,7 @@ class UsersDirectory:
             email_enabled=preferences.email_enabled if preferences.HasField("email_enabled") else True,
             webhook_enabled=preferences.webhook_enabled if preferences.HasField("webhook_enabled") else True,
             muted=tuple(preferences.muted_event_types),
+            phone_number=found.phone_number,
+            sms_enabled=preferences.sms_enabled if preferences.HasField("sms_enabled") else False,
+            push_enabled=preferences.push_enabled if preferences.HasField("push_enabled") else True,
         )

@@ -110,6 +110,11 @@ class Contact:
     email_enabled: bool = True
     webhook_enabled: bool = True
     muted: tuple[str, ...] = ()
+    phone_number: str = ""
+    """E.164, or empty."""
+    sms_enabled: bool = False
+    """Texts are opted into."""
+    push_enabled: bool = True
 
 
 @dataclass(frozen=True, slots=True)

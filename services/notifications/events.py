@@ -92,6 +92,9 @@ def contact(changed: events_pb2.ContactChanged) -> Contact:
         email_enabled=changed.email_enabled,
         webhook_enabled=changed.webhook_enabled,
         muted=tuple(changed.muted_event_types),
+        phone_number=changed.phone_number,
+        sms_enabled=changed.sms_enabled,
+        push_enabled=changed.push_enabled if changed.HasField("push_enabled") else True,
     )
 
 

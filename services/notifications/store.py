@@ -30,8 +30,10 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    false,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.orm import (
@@ -121,6 +123,9 @@ class ContactRow(Base):
     version: Mapped[int] = mapped_column(BigInteger())
     """The sequence of the event it came from; 0 when read from the users service itself."""
     update_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    phone_number: Mapped[str] = mapped_column(String(16), server_default="")
+    sms_enabled: Mapped[bool] = mapped_column(server_default=false())
+    push_enabled: Mapped[bool] = mapped_column(server_default=true())
 
 
 class TemplateRow(Base):
@@ -207,6 +212,9 @@ def _contact(row: Row[Any]) -> Contact:
         row.email_enabled,
         row.webhook_enabled,
         tuple(row.muted_event_types.split()),
+        row.phone_number,
+        row.sms_enabled,
+        row.push_enabled,
     )
 
 
@@ -431,6 +439,9 @@ class SqlRepository:
             "muted_event_types": " ".join(contact.muted),
             "version": version,
             "update_time": now,
+            "phone_number": contact.phone_number,
+            "sms_enabled": contact.sms_enabled,
+            "push_enabled": contact.push_enabled,
         }
         newer = {f"new_{name}": value for name, value in values.items()}
         if version and self._replaced(newer):

@@ -61,6 +61,7 @@ _LOCALE = re.compile(
     r"[A-Za-z]{2,3}(-[A-Za-z]{4})?(-(?:[A-Za-z]{2}|[0-9]{3}))?(-(?:[A-Za-z0-9]{5,8}|[0-9][A-Za-z0-9]{3}))*",
     re.ASCII,
 )
+_E164 = re.compile(r"\+[1-9][0-9]{7,14}", re.ASCII)
 _USER_FILTER: filters.Fields = {
     "state": filters.FieldSpec(filters.enum_value(ACTIVE, DELETED)),
     "email": filters.FieldSpec(lambda raw: filters.text_value(raw).strip().lower()),
@@ -85,6 +86,8 @@ class User:
     create_time: dt.datetime
     update_time: dt.datetime
     delete_time: dt.datetime | None = None
+    phone_number: str = ""
+    """E.164 (``+4915123456789``), or empty."""
 
     @property
     def name(self) -> str:
@@ -103,6 +106,9 @@ class Preferences:
     muted_event_types: tuple[str, ...] = ()
     locale: str = DEFAULT_LOCALE
     update_time: dt.datetime | None = None
+    sms_enabled: bool = False
+    """Texts are opted into: off until the user turns them on."""
+    push_enabled: bool = True
 
     @property
     def name(self) -> str:
@@ -117,6 +123,16 @@ class PreferencesChange:
     webhook_enabled: bool | None = None
     muted_event_types: tuple[str, ...] | None = None
     locale: str | None = None
+    sms_enabled: bool | None = None
+    push_enabled: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileChange:
+    """The profile fields an update writes; None leaves a field as it is."""
+
+    display_name: str | None = None
+    phone_number: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +172,7 @@ class Repository(Protocol):
 
     def list_users(self, query: UserQuery, after: Sequence[str] | None, limit: int) -> list[User]: ...
     def update_user(
-        self, user_id: str, display_name: str | None, expected_version: int | None, now: dt.datetime
+        self, user_id: str, change: ProfileChange, expected_version: int | None, now: dt.datetime
     ) -> bool:
         """Write an ACTIVE user (at `expected_version` when given), bumping its version;
         False when no row matched."""
@@ -177,6 +193,15 @@ Transactions = Callable[[], AbstractContextManager[Repository]]
 
 def display_name_problem(display_name: str) -> str | None:
     return visible_text_problem(display_name, max_length=DISPLAY_NAME_MAX)
+
+
+def phone_number_problem(phone_number: str) -> str | None:
+    """Why `phone_number` is not an E.164 number (empty clears it)."""
+    if phone_number and not _E164.fullmatch(phone_number):
+        return (
+            'must be an E.164 number: "+", then 8 to 15 digits with the country code, e.g. "+4915123456789"'
+        )
+    return None
 
 
 def _locale_problem(locale: str) -> str | None:
@@ -275,15 +300,19 @@ class Users:
 
         return UserPage(*paging.split_page(found, limit, position, request))
 
-    def update(self, user_id: str, paths: Sequence[str], display_name: str, etag: str) -> User:
-        """Write the `paths` of the profile (only ``display_name`` is writable)."""
-        problem = display_name_problem(display_name) if "display_name" in paths else None
-        _refuse(
-            "USER_INVALID",
-            "the user is invalid",
-            [FieldViolation("user.display_name", problem)] if problem else [],
+    def update(self, user_id: str, paths: Sequence[str], given: ProfileChange, etag: str) -> User:
+        """Write the `paths` of the profile (``display_name``, ``phone_number``)."""
+        display_name, phone_number = given.display_name or "", given.phone_number or ""
+        violations = []
+        if "display_name" in paths and (problem := display_name_problem(display_name)):
+            violations.append(FieldViolation("user.display_name", problem))
+        if "phone_number" in paths and (problem := phone_number_problem(phone_number)):
+            violations.append(FieldViolation("user.phone_number", problem))
+        _refuse("USER_INVALID", "the user is invalid", violations)
+        written = ProfileChange(
+            display_name if "display_name" in paths else None,
+            phone_number if "phone_number" in paths else None,
         )
-        written = display_name if "display_name" in paths else None
         with self.transactions() as repo:
             if repo.update_user(user_id, written, etags.version_of(etag), self.clock()):
                 return _published(repo, user_id)[0]
@@ -317,7 +346,8 @@ class Users:
         return found
 
     def update_preferences(self, user_id: str, paths: Sequence[str], given: PreferencesChange) -> Preferences:
-        """Write the `paths` of the preferences; an unset flag in the mask goes back to on."""
+        """Write the `paths` of the preferences; an unset flag in the mask goes back to its
+        default (on; texts off)."""
         violations = []
         if "locale" in paths and (problem := _locale_problem(given.locale or "")):
             violations.append(FieldViolation("preferences.locale", problem))
@@ -329,6 +359,8 @@ class Users:
             webhook_enabled=(given.webhook_enabled is not False) if "webhook_enabled" in paths else None,
             muted_event_types=tuple(given.muted_event_types or ()) if "muted_event_types" in paths else None,
             locale=(given.locale or "") if "locale" in paths else None,
+            sms_enabled=(given.sms_enabled is True) if "sms_enabled" in paths else None,
+            push_enabled=(given.push_enabled is not False) if "push_enabled" in paths else None,
         )
         with self.transactions() as repo:
             if repo.update_preferences(user_id, change, self.clock()):

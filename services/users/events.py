@@ -31,6 +31,9 @@ def contact_changed(user: User, preferences: Preferences) -> Message:
         webhook_enabled=preferences.webhook_enabled,
         muted_event_types=preferences.muted_event_types,
         deleted=user.state == DELETED,
+        phone_number=user.phone_number,
+        sms_enabled=preferences.sms_enabled,
+        push_enabled=preferences.push_enabled,
     )
 
 

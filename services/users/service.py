@@ -13,7 +13,7 @@ from services.kit.domain_errors import FieldViolation, InvalidArgument
 from services.kit.fieldmask import update_paths
 from services.kit.names import resource_id
 from services.kit.wire import timestamp
-from services.users.domain import ACTIVE, Contact, Preferences, PreferencesChange, User, Users
+from services.users.domain import ACTIVE, Contact, Preferences, PreferencesChange, ProfileChange, User, Users
 
 __all__ = ["UsersServicer"]
 
@@ -32,6 +32,7 @@ def _user(user: User) -> resources_pb2.User:
         update_time=timestamp(user.update_time),
         delete_time=timestamp(user.delete_time),
         etag=user.etag,
+        phone_number=user.phone_number,
     )
 
 
@@ -43,6 +44,8 @@ def _preferences(preferences: Preferences) -> resources_pb2.Preferences:
         muted_event_types=preferences.muted_event_types,
         locale=preferences.locale,
         update_time=timestamp(preferences.update_time),
+        sms_enabled=preferences.sms_enabled,
+        push_enabled=preferences.push_enabled,
     )
 
 
@@ -54,6 +57,7 @@ def _contact(contact: Contact) -> pb.Contact:
         locale=contact.locale,
         preferences=_preferences(contact.preferences),
         state=_STATES.get(contact.user.state, resources_pb2.User.STATE_DELETED),
+        phone_number=contact.user.phone_number,
     )
 
 
@@ -101,7 +105,8 @@ class UsersServicer(users_service_pb2_grpc.UsersServiceServicer):
         user_id = resource_id(given.name, "users", field="user.name")
         authz.require_owner(f"users/{user_id}", f"users/{user_id}")
         paths = _paths(request.update_mask, given)
-        return _user(self._users.update(user_id, paths, given.display_name, given.etag))
+        change = ProfileChange(display_name=given.display_name, phone_number=given.phone_number)
+        return _user(self._users.update(user_id, paths, change, given.etag))
 
     def DeleteUser(self, request: pb.DeleteUserRequest, context: grpc.ServicerContext) -> resources_pb2.User:
         user_id = resource_id(request.name, "users")
@@ -126,6 +131,8 @@ class UsersServicer(users_service_pb2_grpc.UsersServiceServicer):
             webhook_enabled=given.webhook_enabled if given.HasField("webhook_enabled") else None,
             muted_event_types=tuple(given.muted_event_types),
             locale=given.locale,
+            sms_enabled=given.sms_enabled if given.HasField("sms_enabled") else None,
+            push_enabled=given.push_enabled if given.HasField("push_enabled") else None,
         )
         paths = _paths(request.update_mask, given)
         return _preferences(self._users.update_preferences(user_id, paths, change))

@@ -21,7 +21,9 @@ from sqlalchemy import (
     Table,
     Update,
     bindparam,
+    false,
     select,
+    true,
     update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -35,6 +37,7 @@ from services.users.domain import (
     DELETED,
     Preferences,
     PreferencesChange,
+    ProfileChange,
     User,
     UserQuery,
 )
@@ -74,6 +77,9 @@ class UserRow(Base):
     """Space-separated full message names."""
     locale: Mapped[str] = mapped_column(String(35))
     preferences_update_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    phone_number: Mapped[str] = mapped_column(String(16), server_default="")
+    sms_enabled: Mapped[bool] = mapped_column(server_default=false())
+    push_enabled: Mapped[bool] = mapped_column(server_default=true())
 
 
 def _user(row: Row[Any]) -> User:
@@ -86,6 +92,7 @@ def _user(row: Row[Any]) -> User:
         row.create_time,
         row.update_time,
         row.delete_time,
+        row.phone_number,
     )
 
 
@@ -97,6 +104,8 @@ def _preferences(row: Row[Any]) -> Preferences:
         tuple(row.muted_event_types.split()),
         row.locale,
         row.preferences_update_time,
+        row.sms_enabled,
+        row.push_enabled,
     )
 
 
@@ -136,6 +145,9 @@ class SqlRepository:
             "muted_event_types": " ".join(preferences.muted_event_types),
             "locale": preferences.locale,
             "preferences_update_time": preferences.update_time or user.create_time,
+            "phone_number": user.phone_number,
+            "sms_enabled": preferences.sms_enabled,
+            "push_enabled": preferences.push_enabled,
         }
         # False when the profile exists (the primary key decides, races included).
         return insert_if_absent(self._connection, UserRow, values)
@@ -169,11 +181,13 @@ class SqlRepository:
         return [_user(row) for row in self._connection.execute(statement)]
 
     def update_user(
-        self, user_id: str, display_name: str | None, expected_version: int | None, now: dt.datetime
+        self, user_id: str, change: ProfileChange, expected_version: int | None, now: dt.datetime
     ) -> bool:
         values: dict[str, object] = {"version": UserRow.version + 1, "update_time": now}
-        if display_name is not None:
-            values["display_name"] = display_name
+        if change.display_name is not None:
+            values["display_name"] = change.display_name
+        if change.phone_number is not None:
+            values["phone_number"] = change.phone_number
         statement = update(UserRow).where(UserRow.id == user_id, UserRow.state == ACTIVE)
         if expected_version is not None:
             statement = statement.where(UserRow.version == expected_version)
@@ -197,6 +211,10 @@ class SqlRepository:
             values["muted_event_types"] = " ".join(change.muted_event_types)
         if change.locale is not None:
             values["locale"] = change.locale
+        if change.sms_enabled is not None:
+            values["sms_enabled"] = change.sms_enabled
+        if change.push_enabled is not None:
+            values["push_enabled"] = change.push_enabled
         return self._changed(
             update(UserRow).where(UserRow.id == user_id, UserRow.state == ACTIVE).values(values)
         )

@@ -765,3 +765,66 @@ def test_a_registration_made_while_users_is_down_gets_its_profile_on_restart(sys
     restarted = users_service_pb2_grpc.UsersServiceStub(system.channel("users"))
     found = eventually(lambda: _get(restarted, user, token), timeout=30, what="the profile after the restart")
     assert (found.email, found.state) == (email, User.STATE_ACTIVE)
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "4915123456789",
+        "+0915123456789",
+        "+49 151 23456789",
+        "+49151",
+        "+4915123456789012",
+        "+49-151-2345",
+        "+\uff14\uff191512345678",  # full-width digits, which \d would match
+    ],
+    ids=["no-plus", "country-zero", "spaces", "too-short", "too-long", "dashes", "full-width-digits"],
+)
+def test_a_phone_number_that_is_not_e164_is_refused(
+    users: users_service_pb2_grpc.UsersServiceStub, person: Person, number: str
+) -> None:
+    found = _refused(
+        users.UpdateUser,
+        pb.UpdateUserRequest(
+            user=User(name=person.name, phone_number=number), update_mask=FieldMask(paths=["phone_number"])
+        ),
+        metadata=person.auth,
+    )
+    assert found.code == grpc.StatusCode.INVALID_ARGUMENT and list(found.violations) == ["user.phone_number"]
+
+
+def test_a_phone_number_and_the_text_and_push_switches_reach_notifications(
+    system: Deployment, users: users_service_pb2_grpc.UsersServiceStub, person: Person
+) -> None:
+    """Texts are opted into (off by default), push is on; the number and both switches go
+    out with every ContactChanged, and an empty number clears it."""
+    prefs = users.GetPreferences(
+        pb.GetPreferencesRequest(name=person.preferences), metadata=person.auth, timeout=10
+    )
+    assert (prefs.sms_enabled, prefs.push_enabled) == (False, True)
+    numbered = users.UpdateUser(
+        pb.UpdateUserRequest(
+            user=User(name=person.name, phone_number="+4915123456789"),
+            update_mask=FieldMask(paths=["phone_number"]),
+        ),
+        metadata=person.auth,
+        timeout=10,
+    )
+    assert numbered.phone_number == "+4915123456789"
+    users.UpdatePreferences(
+        pb.UpdatePreferencesRequest(
+            preferences=Preferences(name=person.preferences, sms_enabled=True, push_enabled=False),
+            update_mask=FieldMask(paths=["sms_enabled", "push_enabled"]),
+        ),
+        metadata=person.auth,
+        timeout=10,
+    )
+    users.UpdateUser(
+        pb.UpdateUserRequest(
+            user=User(name=person.name, phone_number=""), update_mask=FieldMask(paths=["phone_number"])
+        ),
+        metadata=person.auth,
+        timeout=10,
+    )
+    seen = [(c.phone_number, c.sms_enabled, c.push_enabled) for c in _contacts(system, person.name)]
+    assert seen[-3:] == [("+4915123456789", False, True), ("+4915123456789", True, False), ("", True, False)]

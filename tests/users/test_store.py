@@ -20,7 +20,7 @@ from services.kit.bus import Outbox, consumer_routing
 from services.kit.config import DatabaseSettings
 from services.kit.domain_errors import Aborted, DomainError
 from services.users import store
-from services.users.domain import ACTIVE, DELETED, PreferencesChange, Users, create_profile
+from services.users.domain import ACTIVE, DELETED, PreferencesChange, ProfileChange, Users, create_profile
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +93,9 @@ def test_of_concurrent_updates_with_one_etag_exactly_one_wins(users_store: store
     user_id = _profile(users_store)
     users = Users(users_store.transaction)
     etag = users.get(user_id).etag
-    results = _race(6, lambda: users.update(user_id, ["display_name"], f"n-{uuid.uuid4().hex[:6]}", etag))
+    results = _race(
+        6, lambda: users.update(user_id, ["display_name"], ProfileChange(f"n-{uuid.uuid4().hex[:6]}"), etag)
+    )
     winners = [r for r in results if not isinstance(r, DomainError)]
     assert len(winners) == 1, results
     assert all(isinstance(r, Aborted) and r.reason == "ETAG_MISMATCH" for r in results if r not in winners)
@@ -134,5 +136,8 @@ def test_a_foreign_etag_is_stale_not_an_error_of_the_server(users_store: store.U
     users = Users(users_store.transaction)
     for etag in ("v1", 'W/"1', 'W/"99999999999999999999"', "1", 'W/"2"'):
         with pytest.raises(Aborted):
-            users.update(user_id, ["display_name"], "x", etag)
-    assert users.update(user_id, ["display_name"], "x", users.get(user_id).etag).display_name == "x"
+            users.update(user_id, ["display_name"], ProfileChange("x"), etag)
+    assert (
+        users.update(user_id, ["display_name"], ProfileChange("x"), users.get(user_id).etag).display_name
+        == "x"
+    )

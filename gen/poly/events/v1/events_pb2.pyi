@@ -257,6 +257,9 @@ class ContactChanged(_message.Message):
     WEBHOOK_ENABLED_FIELD_NUMBER: _builtins.int
     MUTED_EVENT_TYPES_FIELD_NUMBER: _builtins.int
     DELETED_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBER_FIELD_NUMBER: _builtins.int
+    SMS_ENABLED_FIELD_NUMBER: _builtins.int
+    PUSH_ENABLED_FIELD_NUMBER: _builtins.int
     user: _builtins.str
     """The user, `users/{user}`."""
     email: _builtins.str
@@ -271,6 +274,14 @@ class ContactChanged(_message.Message):
     """Whether notifications may be sent to the user's webhooks."""
     deleted: _builtins.bool
     """The user is deleted: send them nothing."""
+    phone_number: _builtins.str
+    """Mobile number for text messages (E.164); may be empty."""
+    sms_enabled: _builtins.bool
+    """Whether notifications may be sent as text messages (opted into)."""
+    push_enabled: _builtins.bool
+    """Whether notifications may be sent as push messages to the user's browsers;
+    absent (an event from before the field) means on, the default.
+    """
     @_builtins.property
     def muted_event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Event types (full message names) the user wants no notifications for."""
@@ -286,12 +297,17 @@ class ContactChanged(_message.Message):
         webhook_enabled: _builtins.bool = ...,
         muted_event_types: _abc.Iterable[_builtins.str] | None = ...,
         deleted: _builtins.bool = ...,
+        phone_number: _builtins.str = ...,
+        sms_enabled: _builtins.bool = ...,
+        push_enabled: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_push_enabled", b"_push_enabled", "push_enabled", b"push_enabled"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "display_name", b"display_name", "email", b"email", "email_enabled", b"email_enabled", "locale", b"locale", "muted_event_types", b"muted_event_types", "user", b"user", "webhook_enabled", b"webhook_enabled"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_push_enabled", b"_push_enabled", "deleted", b"deleted", "display_name", b"display_name", "email", b"email", "email_enabled", b"email_enabled", "locale", b"locale", "muted_event_types", b"muted_event_types", "phone_number", b"phone_number", "push_enabled", b"push_enabled", "sms_enabled", b"sms_enabled", "user", b"user", "webhook_enabled", b"webhook_enabled"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__push_enabled: _TypeAlias = _typing.Literal["push_enabled"]  # noqa: Y015
+    _WhichOneofArgType__push_enabled: _TypeAlias = _typing.Literal["_push_enabled", b"_push_enabled"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__push_enabled) -> _WhichOneofReturnType__push_enabled | None: ...
 
 Global___ContactChanged: _TypeAlias = ContactChanged  # noqa: Y015
 

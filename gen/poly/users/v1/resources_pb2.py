@@ -27,7 +27,7 @@ from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpoly/users/v1/resources.proto\x12\rpoly.users.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x03\n\x04User\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x13\n\x05\x65mail\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x64isplay_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12.\n\x05state\x18\x04 \x01(\x0e\x32\x19.poly.users.v1.User.StateB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x64\x65lete_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x12\n\x04\x65tag\x18\x08 \x01(\tB\x04\xe2\x41\x01\x01\"C\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x11\n\rSTATE_DELETED\x10\x02:5\xea\x41\x32\n\x15users.poly.local/User\x12\x0cusers/{user}*\x05users2\x04user\"\xd2\x02\n\x0bPreferences\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12 \n\remail_enabled\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\"\n\x0fwebhook_enabled\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12\x1f\n\x11muted_event_types\x18\x04 \x03(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06locale\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:U\xea\x41R\n\x1cusers.poly.local/Preferences\x12\x18users/{user}/preferences*\x0bpreferences2\x0bpreferencesB\x10\n\x0e_email_enabledB\x12\n\x10_webhook_enabledb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpoly/users/v1/resources.proto\x12\rpoly.users.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x03\n\x04User\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x13\n\x05\x65mail\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x64isplay_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12.\n\x05state\x18\x04 \x01(\x0e\x32\x19.poly.users.v1.User.StateB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x64\x65lete_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x12\n\x04\x65tag\x18\x08 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cphone_number\x18\t \x01(\tB\x04\xe2\x41\x01\x01\"C\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x11\n\rSTATE_DELETED\x10\x02:5\xea\x41\x32\n\x15users.poly.local/User\x12\x0cusers/{user}*\x05users2\x04user\"\xb4\x03\n\x0bPreferences\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12 \n\remail_enabled\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\"\n\x0fwebhook_enabled\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12\x1f\n\x11muted_event_types\x18\x04 \x03(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06locale\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1e\n\x0bsms_enabled\x18\x07 \x01(\x08\x42\x04\xe2\x41\x01\x01H\x02\x88\x01\x01\x12\x1f\n\x0cpush_enabled\x18\x08 \x01(\x08\x42\x04\xe2\x41\x01\x01H\x03\x88\x01\x01:U\xea\x41R\n\x1cusers.poly.local/Preferences\x12\x18users/{user}/preferences*\x0bpreferences2\x0bpreferencesB\x10\n\x0e_email_enabledB\x12\n\x10_webhook_enabledB\x0e\n\x0c_sms_enabledB\x0f\n\r_push_enabledb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,6 +50,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USER'].fields_by_name['delete_time']._serialized_options = b'\342A\001\003'
   _globals['_USER'].fields_by_name['etag']._loaded_options = None
   _globals['_USER'].fields_by_name['etag']._serialized_options = b'\342A\001\001'
+  _globals['_USER'].fields_by_name['phone_number']._loaded_options = None
+  _globals['_USER'].fields_by_name['phone_number']._serialized_options = b'\342A\001\001'
   _globals['_USER']._loaded_options = None
   _globals['_USER']._serialized_options = b'\352A2\n\025users.poly.local/User\022\014users/{user}*\005users2\004user'
   _globals['_PREFERENCES'].fields_by_name['name']._loaded_options = None
@@ -64,12 +66,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREFERENCES'].fields_by_name['locale']._serialized_options = b'\342A\001\001'
   _globals['_PREFERENCES'].fields_by_name['update_time']._loaded_options = None
   _globals['_PREFERENCES'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_PREFERENCES'].fields_by_name['sms_enabled']._loaded_options = None
+  _globals['_PREFERENCES'].fields_by_name['sms_enabled']._serialized_options = b'\342A\001\001'
+  _globals['_PREFERENCES'].fields_by_name['push_enabled']._loaded_options = None
+  _globals['_PREFERENCES'].fields_by_name['push_enabled']._serialized_options = b'\342A\001\001'
   _globals['_PREFERENCES']._loaded_options = None
   _globals['_PREFERENCES']._serialized_options = b'\352AR\n\034users.poly.local/Preferences\022\030users/{user}/preferences*\013preferences2\013preferences'
   _globals['_USER']._serialized_start=142
-  _globals['_USER']._serialized_end=574
-  _globals['_USER_STATE']._serialized_start=452
-  _globals['_USER_STATE']._serialized_end=519
-  _globals['_PREFERENCES']._serialized_start=577
-  _globals['_PREFERENCES']._serialized_end=915
+  _globals['_USER']._serialized_end=602
+  _globals['_USER_STATE']._serialized_start=480
+  _globals['_USER_STATE']._serialized_end=547
+  _globals['_PREFERENCES']._serialized_start=605
+  _globals['_PREFERENCES']._serialized_end=1041
 # @@protoc_insertion_point(module_scope)

@@ -60,6 +60,7 @@ class User(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     DELETE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Identifier. Resource name, `users/{user}`; the same ID as the user's
     Identity in the auth service.
@@ -75,6 +76,11 @@ class User(_message.Message):
     etag: _builtins.str
     """Optional. Checksum of the current state (AIP-154). Send it back on
     update to fail with ABORTED if the user changed meanwhile.
+    """
+    phone_number: _builtins.str
+    """Optional. Mobile number for text messages, in E.164 form ("+4915123456789");
+    empty for none. Texts are sent only when `sms_enabled` is on in the
+    preferences.
     """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -99,10 +105,11 @@ class User(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         delete_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        phone_number: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "display_name", b"display_name", "email", b"email", "etag", b"etag", "name", b"name", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "display_name", b"display_name", "email", b"email", "etag", b"etag", "name", b"name", "phone_number", b"phone_number", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -122,6 +129,8 @@ class Preferences(_message.Message):
     MUTED_EVENT_TYPES_FIELD_NUMBER: _builtins.int
     LOCALE_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    SMS_ENABLED_FIELD_NUMBER: _builtins.int
+    PUSH_ENABLED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Identifier. Resource name, `users/{user}/preferences`."""
     email_enabled: _builtins.bool
@@ -133,6 +142,14 @@ class Preferences(_message.Message):
     locale: _builtins.str
     """Optional. BCP 47 language tag for messages, e.g. "en-GB". Empty means the
     service default.
+    """
+    sms_enabled: _builtins.bool
+    """Optional. Whether notifications may be sent as text messages to the user's
+    `phone_number`. Default false: texts are opted into.
+    """
+    push_enabled: _builtins.bool
+    """Optional. Whether notifications may be sent to the user's browsers as push
+    messages. Default true.
     """
     @_builtins.property
     def muted_event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -153,17 +170,27 @@ class Preferences(_message.Message):
         muted_event_types: _abc.Iterable[_builtins.str] | None = ...,
         locale: _builtins.str = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        sms_enabled: _builtins.bool | None = ...,
+        push_enabled: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_email_enabled", b"_email_enabled", "_webhook_enabled", b"_webhook_enabled", "email_enabled", b"email_enabled", "update_time", b"update_time", "webhook_enabled", b"webhook_enabled"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_email_enabled", b"_email_enabled", "_push_enabled", b"_push_enabled", "_sms_enabled", b"_sms_enabled", "_webhook_enabled", b"_webhook_enabled", "email_enabled", b"email_enabled", "push_enabled", b"push_enabled", "sms_enabled", b"sms_enabled", "update_time", b"update_time", "webhook_enabled", b"webhook_enabled"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_email_enabled", b"_email_enabled", "_webhook_enabled", b"_webhook_enabled", "email_enabled", b"email_enabled", "locale", b"locale", "muted_event_types", b"muted_event_types", "name", b"name", "update_time", b"update_time", "webhook_enabled", b"webhook_enabled"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_email_enabled", b"_email_enabled", "_push_enabled", b"_push_enabled", "_sms_enabled", b"_sms_enabled", "_webhook_enabled", b"_webhook_enabled", "email_enabled", b"email_enabled", "locale", b"locale", "muted_event_types", b"muted_event_types", "name", b"name", "push_enabled", b"push_enabled", "sms_enabled", b"sms_enabled", "update_time", b"update_time", "webhook_enabled", b"webhook_enabled"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__email_enabled: _TypeAlias = _typing.Literal["email_enabled"]  # noqa: Y015
     _WhichOneofArgType__email_enabled: _TypeAlias = _typing.Literal["_email_enabled", b"_email_enabled"]  # noqa: Y015
+    _WhichOneofReturnType__push_enabled: _TypeAlias = _typing.Literal["push_enabled"]  # noqa: Y015
+    _WhichOneofArgType__push_enabled: _TypeAlias = _typing.Literal["_push_enabled", b"_push_enabled"]  # noqa: Y015
+    _WhichOneofReturnType__sms_enabled: _TypeAlias = _typing.Literal["sms_enabled"]  # noqa: Y015
+    _WhichOneofArgType__sms_enabled: _TypeAlias = _typing.Literal["_sms_enabled", b"_sms_enabled"]  # noqa: Y015
     _WhichOneofReturnType__webhook_enabled: _TypeAlias = _typing.Literal["webhook_enabled"]  # noqa: Y015
     _WhichOneofArgType__webhook_enabled: _TypeAlias = _typing.Literal["_webhook_enabled", b"_webhook_enabled"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__email_enabled) -> _WhichOneofReturnType__email_enabled | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__push_enabled) -> _WhichOneofReturnType__push_enabled | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sms_enabled) -> _WhichOneofReturnType__sms_enabled | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__webhook_enabled) -> _WhichOneofReturnType__webhook_enabled | None: ...
 

@@ -267,6 +267,7 @@ class Contact(_message.Message):
     LOCALE_FIELD_NUMBER: _builtins.int
     PREFERENCES_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBER_FIELD_NUMBER: _builtins.int
     user: _builtins.str
     """The user, `users/{user}`."""
     email: _builtins.str
@@ -277,6 +278,8 @@ class Contact(_message.Message):
     """BCP 47 language tag from the preferences, or the service default."""
     state: _resources_pb2.User.State.ValueType
     """The user's state; send nothing to a DELETED user."""
+    phone_number: _builtins.str
+    """Mobile number for text messages (E.164); may be empty."""
     @_builtins.property
     def preferences(self) -> _resources_pb2.Preferences:
         """The user's notification preferences."""
@@ -290,10 +293,11 @@ class Contact(_message.Message):
         locale: _builtins.str = ...,
         preferences: _resources_pb2.Preferences | None = ...,
         state: _resources_pb2.User.State.ValueType = ...,
+        phone_number: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["preferences", b"preferences"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "email", b"email", "locale", b"locale", "preferences", b"preferences", "state", b"state", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "email", b"email", "locale", b"locale", "phone_number", b"phone_number", "preferences", b"preferences", "state", b"state", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
