@@ -56,8 +56,8 @@ _CHECKOV_SKIPS = {
     "CKV_K8S_43": "overlays pin the image; a release sets the digest with kustomize edit set image",
 }
 _SMTP_LOGIN_SKIP = {
-    "CKV_K8S_35": "only the optional SMTP login comes from the environment (an optional Secret "
-    "may be absent); the database and broker URLs are files",
+    "CKV_K8S_35": "only the optional SMTP login and Twilio account come from the environment "
+    "(optional Secrets may be absent); the database and broker URLs are files",
 }
 _PROVIDER_KEYS_SKIP = {
     "CKV_K8S_35": "only the optional payment provider's keys come from the environment (an "
@@ -130,10 +130,16 @@ def _env(component: str) -> list[dict[str, Any]]:
             }
         )
     if component == "notifications":
-        for name, key in (("POLY_SMTP_USERNAME", "username"), ("POLY_SMTP_PASSWORD", "password")):
-            env.append(
-                {"name": name, "valueFrom": {"secretKeyRef": {"name": "smtp", "key": key, "optional": True}}}
-            )
+        logins = (
+            ("POLY_SMTP_USERNAME", "smtp", "username"),
+            ("POLY_SMTP_PASSWORD", "smtp", "password"),
+            # Texts are sent only where the optional `twilio` Secret gives an account.
+            ("POLY_TWILIO_ACCOUNT_SID", "twilio", "account-sid"),
+            ("POLY_TWILIO_AUTH_TOKEN", "twilio", "auth-token"),
+        )
+        for name, secret_name, key in logins:
+            secret = {"name": secret_name, "key": key, "optional": True}
+            env.append({"name": name, "valueFrom": {"secretKeyRef": secret}})
     if component == "payments":
         # Read only when POLY_PAYMENTS_PROVIDER names the provider (the ledger needs neither).
         keys = (

@@ -5,10 +5,11 @@ from pathlib import Path
 
 from poly.notifications.v1 import notifications_service_pb2, notifications_service_pb2_grpc
 from services.kit import app
-from services.notifications import addresses, contacts, dispatch, domain, events, senders, store
+from services.notifications import addresses, contacts, dispatch, domain, events, senders, sms, store
 from services.notifications import settings as notifications_settings
 from services.notifications.dispatcher import Dispatcher, dispatch_settings
 from services.notifications.service import NotificationsServicer
+from services.notifications.texts import TextReports
 
 
 def wire(context: app.Context[notifications_settings.NotificationsSettings]) -> app.Parts:
@@ -24,9 +25,10 @@ def wire(context: app.Context[notifications_settings.NotificationsSettings]) -> 
         senders.EmailSender(settings.smtp),
         senders.WebhookSender(settings),
         concurrency=settings.concurrency,
+        texts=sms.SmsSender(settings.twilio) if settings.twilio.enabled else None,
     )
     return app.Parts(
-        servicer=NotificationsServicer(use_cases),
+        servicer=NotificationsServicer(use_cases, TextReports(transaction, settings.twilio)),
         # Each recorded event is taken by this dispatcher and handed to it on commit: it
         # delivers it in the event's trace, with no claim.
         handlers=events.handlers(

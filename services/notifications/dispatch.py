@@ -32,6 +32,7 @@ from services.notifications.domain import (
     RESOLVED,
     SENT,
     SKIPPED,
+    SMS,
     WEBHOOK,
     Contact,
     Delivery,
@@ -57,9 +58,13 @@ def plan_deliveries(
     *,
     now: dt.datetime,
     new_id: Callable[[], str],
+    texts: bool = False,
+    texts_refused: bool = False,
 ) -> list[tuple[Delivery, dict[str, str]]]:
-    """The deliveries of one notification with what each sends: an email to the contact and
-    a POST to each webhook wanting the type, SKIPPED where preferences or state rule it out."""
+    """The deliveries of one notification with what each sends: an email to the contact, a
+    text (where `texts` are sent, carrying the email's subject) to their mobile number, and a
+    POST to each webhook wanting the type, SKIPPED where preferences or state rule it out
+    (`texts_refused`: the number answered STOP)."""
     event_type = notification.event_type
     blocked = "user deleted" if contact.deleted else "event type muted" if event_type in contact.muted else ""
 
@@ -68,7 +73,7 @@ def plan_deliveries(
             id=new_id(),
             recipient=notification.recipient,
             channel=channel,
-            template=template.name if channel == EMAIL else "",
+            template=template.name if channel in (EMAIL, SMS) else "",
             event_type=event_type,
             event_id=notification.event_id,
             destination=destination,
@@ -93,6 +98,17 @@ def plan_deliveries(
         skip = blocked or ("email disabled" if not contact.email_enabled else "")
         content = {"subject": rendered.subject, "text": rendered.text, "html": rendered.html}
         planned.append((delivery(EMAIL, contact.email, "", skip), content))
+        if texts and contact.phone_number:
+            why = (
+                "texts disabled"
+                if not contact.sms_enabled
+                else "the number answered STOP"
+                if texts_refused
+                else ""
+            )
+            planned.append(
+                (delivery(SMS, contact.phone_number, "", blocked or why), {"text": rendered.subject})
+            )
     for hook in (h for h in webhooks if h.wants(event_type)):
         skip = blocked or ("webhook disabled" if not contact.webhook_enabled else "")
         made = delivery(WEBHOOK, hook.url, hook.name, skip)
@@ -122,6 +138,10 @@ class DispatchSettings:
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 600.0
     lease_seconds: float = 30.0
+    texts: bool = False
+    """Whether text messages are sent (a provider is configured)."""
+    texts_per_hour: int = 5
+    """Texts one number may get in an hour."""
 
 
 @dataclass
@@ -186,7 +206,18 @@ class Dispatch:
                     "TEMPLATE_NOT_FOUND", "no template for {event_type}", event_type=notification.event_type
                 )
             hooks = repo.webhooks_of(notification.recipient)
-            planned = plan_deliveries(notification, contact, template, hooks, now=now, new_id=self.new_id)
+            texts = self.settings.texts
+            refused = texts and bool(contact.phone_number) and repo.texts_refused(contact.phone_number)
+            planned = plan_deliveries(
+                notification,
+                contact,
+                template,
+                hooks,
+                now=now,
+                new_id=self.new_id,
+                texts=texts,
+                texts_refused=refused,
+            )
             lease = self.lease()
             taken: list[Outgoing] = []
             waiting = 0
@@ -237,8 +268,22 @@ class Dispatch:
             },
         )
 
-    def sent(self, outgoing: Outgoing) -> Delivery | None:
-        return self._settle(outgoing.delivery, SENT, "", None)
+    def sent(self, outgoing: Outgoing, reference: str = "") -> Delivery | None:
+        """SENT; `reference` is what the channel's provider calls it (a text's message SID)."""
+        return self._settle(outgoing.delivery, SENT, "", None, reference=reference)
+
+    def texts_allowed(self, number: str) -> bool:
+        """Whether `number` may get another text now (`DispatchSettings.texts_per_hour`)."""
+        since = self.clock() - dt.timedelta(hours=1)
+        with self.transactions() as repo:
+            return repo.texts_sent_since(number, since) < self.settings.texts_per_hour
+
+    def opted_out(self, outgoing: Outgoing, error: str) -> Delivery | None:
+        """The provider refused the text as the number opted out: FAILED, and the number gets
+        no more texts until it answers START."""
+        with self.transactions() as repo:
+            repo.refuse_texts(outgoing.delivery.destination, True, self.clock())
+        return self._settle(outgoing.delivery, FAILED, error, None)
 
     def skipped(self, outgoing: Outgoing, why: str) -> Delivery | None:
         return self._settle(outgoing.delivery, SKIPPED, why, None)
@@ -259,12 +304,20 @@ class Dispatch:
         )
 
     def _settle(
-        self, delivery: Delivery, state: str, error: str, next_time: dt.datetime | None
+        self,
+        delivery: Delivery,
+        state: str,
+        error: str,
+        next_time: dt.datetime | None,
+        *,
+        reference: str = "",
     ) -> Delivery | None:
         with self.transactions() as repo:
             settled = repo.settle_delivery(
                 delivery.id, self.owner, state=state, error=error[:500], next_time=next_time, now=self.clock()
             )
+            if settled is not None and reference:
+                repo.set_provider_reference(delivery.id, reference)
             if settled is not None and state in (SENT, FAILED):
                 repo.publish_outcome(settled)
             return settled

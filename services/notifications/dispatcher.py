@@ -31,9 +31,10 @@ from services.kit.counters import Counters
 from services.kit.telemetry.handoff import Handoff
 from services.notifications.contacts import ContactUnavailable
 from services.notifications.dispatch import Dispatch, DispatchSettings
-from services.notifications.domain import EMAIL, Contact, Lease, Notification, Outgoing
+from services.notifications.domain import EMAIL, SMS, WEBHOOK, Contact, Lease, Notification, Outgoing
 from services.notifications.senders import EmailSender, Result, WebhookSender
 from services.notifications.settings import NotificationsSettings
+from services.notifications.sms import SmsSender
 
 __all__ = ["Dispatcher", "dispatch_settings"]
 
@@ -44,14 +45,17 @@ Lookup = Callable[[str], Contact]
 
 
 def dispatch_settings(notify: NotificationsSettings) -> DispatchSettings:
-    """Retries from the service's settings; a lease three times the longest send (SMTP or
-    webhook), so a live dispatcher never loses a delivery it is sending. (A notification whose
+    """Retries from the service's settings; a lease three times the longest send (SMTP,
+    webhook or text), so a live dispatcher never loses a delivery it is sending. (A notification whose
     contact lookup outlives the lease may be taken over; only the lease holder's result counts.)"""
+    texts_timeout = notify.twilio.timeout_seconds if notify.twilio.enabled else 0.0
     return DispatchSettings(
         max_attempts=notify.max_attempts,
         retry_base_seconds=notify.retry_base_seconds,
         retry_max_seconds=notify.retry_max_seconds,
-        lease_seconds=3 * max(notify.smtp.timeout_seconds, notify.webhook_timeout_seconds),
+        lease_seconds=3 * max(notify.smtp.timeout_seconds, notify.webhook_timeout_seconds, texts_timeout),
+        texts=notify.twilio.enabled,
+        texts_per_hour=notify.twilio.per_recipient_per_hour,
     )
 
 
@@ -65,11 +69,13 @@ class Dispatcher:
         *,
         concurrency: int,
         poll_seconds: float = 0.5,
+        texts: SmsSender | None = None,
     ) -> None:
         self._dispatch = dispatch
         self._lookup = lookup
         self._email = email
         self._webhooks = webhooks
+        self._texts = texts
         self._concurrency = concurrency
         self._poll_seconds = poll_seconds
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -134,6 +140,8 @@ class Dispatcher:
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         await self._webhooks.open()
+        if self._texts is not None:
+            await self._texts.open()
         self._ready.set()
         try:
             while not self._stopping.is_set():
@@ -152,6 +160,8 @@ class Dispatcher:
         finally:
             await self._webhooks.close()
             await self._email.close()
+            if self._texts is not None:
+                await self._texts.close()
 
     async def _round(self) -> None:
         loop = asyncio.get_running_loop()
@@ -244,14 +254,17 @@ class Dispatcher:
     async def _deliver_traced(self, outgoing: Outgoing) -> None:
         delivery = outgoing.delivery
         try:
-            if delivery.channel != EMAIL and not outgoing.secret:
+            if delivery.channel == WEBHOOK and not outgoing.secret:
                 await asyncio.to_thread(self._dispatch.skipped, outgoing, "webhook deleted")
                 return
             result = await self._send(outgoing)
             facts = {"delivery": delivery.name, "channel": delivery.channel, "attempt": delivery.attempts}
             if result.sent:
-                await asyncio.to_thread(self._dispatch.sent, outgoing)
+                await asyncio.to_thread(self._dispatch.sent, outgoing, result.reference)
                 _log.info("delivery sent", extra=facts)
+            elif result.opted_out:
+                await asyncio.to_thread(self._dispatch.opted_out, outgoing, result.error)
+                _log.warning("delivery refused: the number opted out", extra={**facts, "error": result.error})
             else:
                 await asyncio.to_thread(
                     self._dispatch.failed, outgoing, result.error, permanent=result.permanent
@@ -266,7 +279,18 @@ class Dispatcher:
     async def _send(self, outgoing: Outgoing) -> Result:
         if outgoing.delivery.attempts > self._dispatch.settings.max_attempts:
             return Result("gave up: the dispatcher stopped during earlier attempts", permanent=True)
-        sender = self._email if outgoing.delivery.channel == EMAIL else self._webhooks
+        channel = outgoing.delivery.channel
+        sender: EmailSender | WebhookSender | SmsSender | None = (
+            self._email if channel == EMAIL else self._texts if channel == SMS else self._webhooks
+        )
+        if sender is None:
+            return Result("texts are not configured here (POLY_TWILIO_ACCOUNT_SID)", permanent=True)
+        if channel == SMS and not await asyncio.to_thread(
+            self._dispatch.texts_allowed, outgoing.delivery.destination
+        ):
+            return Result(
+                f"held back: {self._dispatch.settings.texts_per_hour} texts to this number in the last hour"
+            )
         try:
             async with asyncio.timeout(self._dispatch.settings.lease_seconds / 2):
                 return await sender.send(outgoing)

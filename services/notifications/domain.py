@@ -4,7 +4,8 @@ Each consumed event records one Notification (PENDING -> RESOLVED | ABANDONED) i
 transaction; the dispatcher resolves it once the recipient's contact is known into at most one
 Delivery per (event, channel, destination), a unique constraint. Delivery states: PENDING ->
 SENT | FAILED (retries with backoff, permanent errors at once) or SKIPPED (deleted user, muted
-type, disabled channel, deleted webhook); SENT, FAILED and SKIPPED are terminal. Work is claimed
+type, disabled channel, deleted webhook, a number that answered STOP); FAILED and SKIPPED are
+terminal, and so is SENT but for a text its provider reports undelivered later. Work is claimed
 with a lease, so a dead dispatcher's claims are retaken; outcomes are recorded only by the lease
 holder, with NotificationDelivered/NotificationFailed in the same transaction. A user has at most
 MAX_WEBHOOKS webhooks; a webhook URL must pass the address policy at create and at every send.
@@ -38,6 +39,7 @@ __all__ = [
     "EMAIL",
     "FAILED",
     "MAX_WEBHOOKS",
+    "SMS",
     "PENDING",
     "RESOLVED",
     "SENT",
@@ -60,7 +62,7 @@ __all__ = [
     "utcnow",
 ]
 
-EMAIL, WEBHOOK = "EMAIL", "WEBHOOK"
+EMAIL, WEBHOOK, SMS = "EMAIL", "WEBHOOK", "SMS"
 PENDING, SENT, FAILED, SKIPPED = "PENDING", "SENT", "FAILED", "SKIPPED"
 RESOLVED, ABANDONED = "RESOLVED", "ABANDONED"
 MAX_WEBHOOKS = 10
@@ -200,7 +202,7 @@ class DeliveryPage:
 
 DELIVERY_FIELDS: filters.Fields = {
     "state": filters.FieldSpec(filters.enum_value(PENDING, SENT, FAILED, SKIPPED)),
-    "channel": filters.FieldSpec(filters.enum_value(EMAIL, WEBHOOK, prefix="CHANNEL_")),
+    "channel": filters.FieldSpec(filters.enum_value(EMAIL, WEBHOOK, SMS, prefix="CHANNEL_")),
     "event_type": filters.FieldSpec(filters.text_value),
     "event_id": filters.FieldSpec(filters.text_value),
     "recipient": filters.FieldSpec(filters.text_value),
@@ -289,6 +291,15 @@ class Repository(Protocol):
         now: dt.datetime,
     ) -> Delivery | None:
         """Write the outcome if `owner` still holds the lease; None when the lease was lost."""
+
+    def texts_refused(self, number: str) -> bool:
+        """Whether `number` answered STOP (and not START since)."""
+
+    def refuse_texts(self, number: str, refused: bool, now: dt.datetime) -> None: ...
+    def texts_sent_since(self, number: str, since: dt.datetime) -> int: ...
+    def set_provider_reference(self, delivery_id: str, reference: str) -> None: ...
+    def fail_sent(self, reference: str, error: str, now: dt.datetime) -> Delivery | None:
+        """The SENT delivery its provider knows as `reference`, now FAILED; None if none is."""
 
     def publish_outcome(self, delivery: Delivery) -> None:
         """NotificationDelivered for SENT, NotificationFailed for FAILED."""

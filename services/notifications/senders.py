@@ -41,6 +41,10 @@ __all__ = ["EmailSender", "Result", "WebhookSender", "email_message", "sign"]
 class Result:
     error: str = ""
     permanent: bool = False
+    reference: str = ""
+    """The provider's id of what it accepted (a text's message SID), kept with the delivery."""
+    opted_out: bool = False
+    """The recipient refused this channel (a number that answered STOP)."""
 
     @property
     def sent(self) -> bool:

@@ -11,6 +11,7 @@ from services.kit import authz, fieldmask
 from services.kit.names import resource_id
 from services.kit.wire import timestamp
 from services.notifications.domain import Delivery, Notifications, Template, Webhook
+from services.notifications.texts import TextReports
 
 __all__ = ["NotificationsServicer"]
 
@@ -70,10 +71,19 @@ def _scope() -> str | None:
 
 
 class NotificationsServicer(notifications_service_pb2_grpc.NotificationsServiceServicer):
-    """Templates, webhooks and the delivery log of emails and webhooks."""
+    """Templates, webhooks, the delivery log of emails, texts and webhooks, and what the
+    text provider reports."""
 
-    def __init__(self, notifications: Notifications) -> None:
+    def __init__(self, notifications: Notifications, texts: TextReports) -> None:
         self._notifications = notifications
+        self._texts = texts
+
+    def ReceiveChannelEvent(
+        self, request: pb.ReceiveChannelEventRequest, context: grpc.ServicerContext
+    ) -> empty_pb2.Empty:
+        headers = {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
+        self._texts.receive(request.channel, headers, request.body.data)
+        return empty_pb2.Empty()
 
     def GetDelivery(
         self, request: pb.GetDeliveryRequest, context: grpc.ServicerContext

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from email.utils import getaddresses
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:  # types only: the domain imports these settings, and knows no kit config
     from services.kit.config import Reader, Settings
 
-__all__ = ["NotificationsSettings", "SmtpSettings", "read"]
+__all__ = ["NotificationsSettings", "SmtpSettings", "TwilioSettings", "read"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,28 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TwilioSettings:
+    """Where text messages go: Twilio's Messages API. Unset account: no texts are sent."""
+
+    account_sid: str = ""
+    auth_token: str = field(default="", repr=False)
+    """Signs Twilio's callbacks too (`X-Twilio-Signature`): never logged."""
+    sender: str = ""
+    """The From number (E.164), or a Messaging Service (``MG…``) that picks one."""
+    callback_url: str = ""
+    """The public URL of the edge's ``/v1/channels/sms/events``: Twilio signs with it."""
+    api_base: str = "https://api.twilio.com"
+    timeout_seconds: float = 10.0
+    per_recipient_per_hour: int = 5
+    """Texts one number may get in an hour; more wait (a runaway loop, or an attack, costs
+    money and annoys people)."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.account_sid)
+
+
+@dataclass(frozen=True, slots=True)
 class NotificationsSettings:
     """How notifications are delivered and retried."""
 
@@ -51,6 +74,7 @@ class NotificationsSettings:
     otherwise any user could make the service call internal addresses)."""
     concurrency: int = 32
     """Deliveries in flight at once."""
+    twilio: TwilioSettings = TwilioSettings()
 
 
 def read(env: Reader, settings: Settings | None = None) -> NotificationsSettings:
@@ -78,7 +102,43 @@ def read(env: Reader, settings: Settings | None = None) -> NotificationsSettings
         webhook_timeout_seconds=env.number("POLY_WEBHOOK_TIMEOUT_SECONDS", 5.0, low=0.1, high=120.0),
         webhook_allow_private=env.flag("POLY_WEBHOOK_ALLOW_PRIVATE", False),
         concurrency=env.integer("POLY_NOTIFICATIONS_CONCURRENCY", 32, low=1, high=1000),
+        twilio=_twilio(env),
     )
+
+
+_E164 = re.compile(r"\+[1-9][0-9]{7,14}")
+_SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _twilio(env: Reader) -> TwilioSettings:
+    twilio = TwilioSettings(
+        account_sid=env.optional("POLY_TWILIO_ACCOUNT_SID"),
+        auth_token=env.secret("POLY_TWILIO_AUTH_TOKEN"),
+        sender=env.optional("POLY_TWILIO_FROM"),
+        callback_url=env.optional("POLY_TWILIO_CALLBACK_URL"),
+        api_base=env.text("POLY_TWILIO_API_BASE", "https://api.twilio.com").rstrip("/"),
+        timeout_seconds=env.number("POLY_TWILIO_TIMEOUT_SECONDS", 10.0, low=0.1, high=120.0),
+        per_recipient_per_hour=env.integer("POLY_SMS_PER_RECIPIENT_PER_HOUR", 5, low=1, high=1000),
+    )
+    if not twilio.enabled:
+        return twilio
+    if not re.fullmatch(r"AC[0-9a-fA-F]{32}", twilio.account_sid):
+        env.problems.append("POLY_TWILIO_ACCOUNT_SID: expected AC followed by 32 hex digits")
+    if not twilio.auth_token:
+        env.problems.append("POLY_TWILIO_AUTH_TOKEN: required with POLY_TWILIO_ACCOUNT_SID")
+    if not (_E164.fullmatch(twilio.sender) or _SERVICE_SID.fullmatch(twilio.sender)):
+        env.problems.append("POLY_TWILIO_FROM: expected an E.164 number or a Messaging Service SID (MG…)")
+    for name, url, public in (
+        ("POLY_TWILIO_CALLBACK_URL", twilio.callback_url, True),
+        ("POLY_TWILIO_API_BASE", twilio.api_base, False),
+    ):
+        parts = urlsplit(url)
+        loopback = parts.scheme == "http" and parts.hostname in _LOOPBACK
+        if not ((parts.scheme == "https" and parts.hostname) or loopback):
+            what = "the public https URL of the edge's /v1/channels/sms/events" if public else "an https URL"
+            env.problems.append(f"{name}: expected {what} (http only to this host), got {url!r}")
+    return twilio
 
 
 HEADER_BREAKS = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")

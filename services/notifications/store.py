@@ -31,6 +31,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     false,
+    func,
     or_,
     select,
     true,
@@ -49,9 +50,11 @@ from services.kit.db import Id, UtcDateTime, naming_convention, transactions
 from services.kit.sql import filter_conditions, insert_if_absent, keyset_page
 from services.notifications import events
 from services.notifications.domain import (
-    EMAIL,
+    FAILED,
     PENDING,
+    SENT,
     SKIPPED,
+    WEBHOOK,
     Contact,
     Delivery,
     DeliveryQuery,
@@ -71,6 +74,7 @@ __all__ = [
     "NotificationsStore",
     "SqlRepository",
     "TemplateRow",
+    "TextOptOutRow",
     "WebhookQuotaRow",
     "WebhookRow",
 ]
@@ -186,9 +190,20 @@ class DeliveryRow(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
     content: Mapped[str] = mapped_column(Text())
-    """JSON: subject/text/html of an email, or the body of a webhook POST."""
+    """JSON: subject/text/html of an email, the text of a text message, or the body of a
+    webhook POST."""
     create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime(), index=True)
     update_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    provider_reference: Mapped[str] = mapped_column(String(64), server_default="", index=True)
+    """What the channel's provider calls what it accepted (a text's Twilio message SID)."""
+
+
+class TextOptOutRow(Base):
+    """A mobile number that answered STOP: it gets no text until it answers START."""
+
+    __tablename__ = "text_opt_out"
+    number: Mapped[str] = mapped_column(String(16), primary_key=True)
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
 
 
 def _notification(row: Any) -> Notification:
@@ -608,7 +623,7 @@ class SqlRepository:
             owner=owner,
             limit=limit,
         )
-        hooks = [row.webhook.removeprefix("webhooks/") for row in claimed if row.channel != EMAIL]
+        hooks = [row.webhook.removeprefix("webhooks/") for row in claimed if row.channel == WEBHOOK]
         found = self._connection.execute(
             select(WebhookRow.id, WebhookRow.secret).where(WebhookRow.id.in_(hooks))
         )
@@ -645,6 +660,46 @@ class SqlRepository:
         statement = _SETTLE_DELIVERY_WITH_ERROR if error else _SETTLE_DELIVERY
         settled = self._connection.execute(statement, params).first()
         return None if settled is None else _delivery(settled)
+
+    # -- text messages --------------------------------------------------------------------
+
+    def texts_refused(self, number: str) -> bool:
+        found = self._connection.execute(select(TextOptOutRow.number).where(TextOptOutRow.number == number))
+        return found.first() is not None
+
+    def refuse_texts(self, number: str, refused: bool, now: dt.datetime) -> None:
+        if refused:
+            insert_if_absent(self._connection, TextOptOutRow, {"number": number, "create_time": now})
+        else:
+            self._connection.execute(delete(TextOptOutRow).where(TextOptOutRow.number == number))
+
+    def texts_sent_since(self, number: str, since: dt.datetime) -> int:
+        counted = select(func.count()).where(
+            DeliveryRow.channel == "SMS",
+            DeliveryRow.destination == number,
+            DeliveryRow.state == SENT,
+            DeliveryRow.update_time >= since,
+        )
+        return int(self._connection.execute(counted).scalar_one())
+
+    def set_provider_reference(self, delivery_id: str, reference: str) -> None:
+        self._connection.execute(
+            update(DeliveryRow).where(DeliveryRow.id == delivery_id).values(provider_reference=reference)
+        )
+
+    def fail_sent(self, reference: str, error: str, now: dt.datetime) -> Delivery | None:
+        """The SENT delivery the provider knows as `reference`, now FAILED (None if there is
+        no such delivery, or it is not SENT)."""
+        if not reference:
+            return None
+        statement = (
+            update(DeliveryRow)
+            .where(DeliveryRow.provider_reference == reference, DeliveryRow.state == SENT)
+            .values(state=FAILED, last_error=error[:500], update_time=now)
+            .returning(*_DELIVERIES.c)
+        )
+        failed = self._connection.execute(statement).first()
+        return None if failed is None else _delivery(failed)
 
     def publish_outcome(self, delivery: Delivery) -> None:
         if self._outbox is None:

@@ -103,9 +103,9 @@ class Accounts:
     def set_payment_method(self, account_id: str, method: str, check_owner: OwnerCheck) -> Account:
         """SetPaymentMethod: the outside provider's reusable method for the account's payments
         (a Stripe PaymentMethod id, a PayPal vault token), made reusable at the provider."""
+        account = self.account(account_id, check_owner)  # who may, before what they sent
         problem = visible_text_problem(method, max_length=_MAX_METHOD)
         refuse([FieldViolation("payment_method", problem)] if problem else [], "payment method")
-        account = self.account(account_id, check_owner)
         if self.outside is None:
             raise FailedPrecondition(
                 "PAYMENT_METHODS_NOT_USED",

@@ -241,7 +241,12 @@ def test_each_component_gets_an_environment_the_kit_accepts_and_its_probes_and_f
     assert settings.bus.url == "amqp://poly:secret@rabbitmq:5672/"
     from_secrets = {item["name"] for item in container["env"] if "secretKeyRef" in item.get("valueFrom", {})}
     optional = {  # optional credentials only: the SMTP login, the payment provider's keys
-        "notifications": {"POLY_SMTP_USERNAME", "POLY_SMTP_PASSWORD"},
+        "notifications": {
+            "POLY_SMTP_USERNAME",
+            "POLY_SMTP_PASSWORD",
+            "POLY_TWILIO_ACCOUNT_SID",
+            "POLY_TWILIO_AUTH_TOKEN",
+        },
         "payments": {
             "POLY_STRIPE_API_KEY",
             "POLY_STRIPE_WEBHOOK_SECRET",

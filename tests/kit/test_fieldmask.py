@@ -19,7 +19,7 @@ def test_output_only_and_identifier_fields_are_read_only() -> None:
         "update_time",
         "delete_time",
     }
-    assert writable_fields(descriptor) == ["display_name", "etag"]
+    assert writable_fields(descriptor) == ["display_name", "etag", "phone_number"]
 
 
 @pytest.mark.parametrize(
@@ -27,7 +27,7 @@ def test_output_only_and_identifier_fields_are_read_only() -> None:
     [
         ([], resources_pb2.User(name="users/a", display_name="Ada"), ["display_name"]),
         ([], resources_pb2.User(name="users/a"), []),
-        (["*"], resources_pb2.User(), ["display_name", "etag"]),
+        (["*"], resources_pb2.User(), ["display_name", "etag", "phone_number"]),
         (["display_name", "display_name"], resources_pb2.User(), ["display_name"]),
     ],
     ids=["no-mask-means-set-fields", "nothing-set", "star-means-all-writable", "repeats-collapse"],

@@ -79,3 +79,43 @@ def test_a_from_setting_that_is_not_one_address_is_refused(sender: str) -> None:
 )
 def test_a_from_setting_that_is_one_address_is_kept(sender: str) -> None:
     assert _load({"POLY_SMTP_FROM": sender}).smtp.sender == sender
+
+
+def test_texts_are_off_until_a_twilio_account_is_set() -> None:
+    assert _load({}).twilio.enabled is False
+
+
+def test_a_twilio_account_needs_its_token_sender_and_callback_and_keeps_the_token_out_of_reprs() -> None:
+    with pytest.raises(config.ConfigError) as caught:
+        _load({"POLY_TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "POLY_TWILIO_FROM": "12345"})
+    assert [p.split(":")[0] for p in caught.value.problems] == [
+        "POLY_TWILIO_AUTH_TOKEN",
+        "POLY_TWILIO_FROM",
+        "POLY_TWILIO_CALLBACK_URL",
+    ]
+    own = _load(
+        {
+            "POLY_TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+            "POLY_TWILIO_AUTH_TOKEN": "tw-secret-token",
+            "POLY_TWILIO_FROM": "MG" + "a" * 32,
+            "POLY_TWILIO_CALLBACK_URL": "https://api.example.com/v1/channels/sms/events",
+            "POLY_SMS_PER_RECIPIENT_PER_HOUR": "2",
+        }
+    )
+    assert (own.twilio.enabled, own.twilio.per_recipient_per_hour) == (True, 2)
+    assert "tw-secret-token" not in repr(own)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://api.example.com/v1/channels/sms/events", "ftp://x", "/v1/channels/sms/events"]
+)
+def test_the_callback_url_is_https_unless_on_this_host(url: str) -> None:
+    environ = {
+        "POLY_TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+        "POLY_TWILIO_AUTH_TOKEN": "t",
+        "POLY_TWILIO_FROM": "+15005550006",
+        "POLY_TWILIO_CALLBACK_URL": url,
+    }
+    with pytest.raises(config.ConfigError) as caught:
+        _load(environ)
+    assert [p.split(":")[0] for p in caught.value.problems] == ["POLY_TWILIO_CALLBACK_URL"]

@@ -206,7 +206,18 @@ def _target(method: MethodDescriptor, patterns: dict[str, str]) -> Target:
 
 
 def _request(method: MethodDescriptor, target: Target, name: str) -> Message:
+    """A request for `name` that is well-formed otherwise: its other required text fields
+    hold a placeholder, so only who may act on `name` decides the answer."""
     request = _empty(method)
+    for field in method.input_type.fields:
+        required = field_behavior_pb2.REQUIRED in _behaviours(field)
+        if (
+            required
+            and field.type == field.TYPE_STRING
+            and not field.is_repeated
+            and field.name != target.path[0]
+        ):
+            setattr(request, field.name, "placeholder")
     holder: Any = request
     for part in target.path[:-1]:
         holder = getattr(holder, part)

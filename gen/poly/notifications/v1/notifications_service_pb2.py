@@ -24,6 +24,7 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
@@ -31,7 +32,7 @@ from poly.notifications.v1 import resources_pb2 as poly_dot_notifications_dot_v1
 from poly.options.v1 import options_pb2 as poly_dot_options_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1poly/notifications/v1/notifications_service.proto\x12\x15poly.notifications.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a%poly/notifications/v1/resources.proto\x1a\x1dpoly/options/v1/options.proto\"N\n\x12GetDeliveryRequest\x12\x38\n\x04name\x18\x01 \x01(\tB*\xe2\x41\x01\x02\xfa\x41#\n!notifications.poly.local/Delivery\"x\n\x15ListDeliveriesRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06\x66ilter\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08order_by\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"f\n\x16ListDeliveriesResponse\x12\x33\n\ndeliveries\x18\x01 \x03(\x0b\x32\x1f.poly.notifications.v1.Delivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x81\x01\n\x14\x43reateWebhookRequest\x12\x35\n\x07webhook\x18\x01 \x01(\x0b\x32\x1e.poly.notifications.v1.WebhookB\x04\xe2\x41\x01\x02\x12\x18\n\nwebhook_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"`\n\x15\x43reateWebhookResponse\x12/\n\x07webhook\x18\x01 \x01(\x0b\x32\x1e.poly.notifications.v1.Webhook\x12\x16\n\x0esigning_secret\x18\x02 \x01(\t\"L\n\x11GetWebhookRequest\x12\x37\n\x04name\x18\x01 \x01(\tB)\xe2\x41\x01\x02\xfa\x41\"\n notifications.poly.local/Webhook\"H\n\x13ListWebhooksRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"a\n\x14ListWebhooksResponse\x12\x30\n\x08webhooks\x18\x01 \x03(\x0b\x32\x1e.poly.notifications.v1.Webhook\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"O\n\x14\x44\x65leteWebhookRequest\x12\x37\n\x04name\x18\x01 \x01(\tB)\xe2\x41\x01\x02\xfa\x41\"\n notifications.poly.local/Webhook\"N\n\x12GetTemplateRequest\x12\x38\n\x04name\x18\x01 \x01(\tB*\xe2\x41\x01\x02\xfa\x41#\n!notifications.poly.local/Template\"I\n\x14ListTemplatesRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"d\n\x15ListTemplatesResponse\x12\x32\n\ttemplates\x18\x01 \x03(\x0b\x32\x1f.poly.notifications.v1.Template\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x87\x01\n\x15UpdateTemplateRequest\x12\x37\n\x08template\x18\x01 \x01(\x0b\x32\x1f.poly.notifications.v1.TemplateB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x32\xca\n\n\x14NotificationsService\x12\x98\x01\n\x0bGetDelivery\x12).poly.notifications.v1.GetDeliveryRequest\x1a\x1f.poly.notifications.v1.Delivery\"=\x8a\xb5\x18\x16\x08\x03\"\x12notifications.read\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/{name=deliveries/*}\x12\xa3\x01\n\x0eListDeliveries\x12,.poly.notifications.v1.ListDeliveriesRequest\x1a-.poly.notifications.v1.ListDeliveriesResponse\"4\x8a\xb5\x18\x16\x08\x02\"\x12notifications.read\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/deliveries\x12\x98\x01\n\rCreateWebhook\x12+.poly.notifications.v1.CreateWebhookRequest\x1a,.poly.notifications.v1.CreateWebhookResponse\",\x8a\xb5\x18\x02\x08\x02\x90\xb5\x18\x01\x98\xb5\x18\xc9\x01\x82\xd3\xe4\x93\x02\x17\"\x0c/v1/webhooks:\x07webhook\x12\x7f\n\nGetWebhook\x12(.poly.notifications.v1.GetWebhookRequest\x1a\x1e.poly.notifications.v1.Webhook\"\'\x8a\xb5\x18\x02\x08\x03\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/{name=webhooks/*}\x12\x87\x01\n\x0cListWebhooks\x12*.poly.notifications.v1.ListWebhooksRequest\x1a+.poly.notifications.v1.ListWebhooksResponse\"\x1e\x8a\xb5\x18\x02\x08\x02\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/webhooks\x12\x82\x01\n\rDeleteWebhook\x12+.poly.notifications.v1.DeleteWebhookRequest\x1a\x16.google.protobuf.Empty\",\x8a\xb5\x18\x02\x08\x03\x90\xb5\x18\x01\x98\xb5\x18\xcc\x01\x82\xd3\xe4\x93\x02\x17*\x15/v1/{name=webhooks/*}\x12\x8a\x01\n\x0bGetTemplate\x12).poly.notifications.v1.GetTemplateRequest\x1a\x1f.poly.notifications.v1.Template\"/\x8a\xb5\x18\t\x08\x02\x12\x05\x61\x64min\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/{name=templates/*}\x12\x92\x01\n\rListTemplates\x12+.poly.notifications.v1.ListTemplatesRequest\x1a,.poly.notifications.v1.ListTemplatesResponse\"&\x8a\xb5\x18\t\x08\x02\x12\x05\x61\x64min\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/templates\x12\xa3\x01\n\x0eUpdateTemplate\x12,.poly.notifications.v1.UpdateTemplateRequest\x1a\x1f.poly.notifications.v1.Template\"B\x8a\xb5\x18\t\x08\x02\x12\x05\x61\x64min\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02+2\x1f/v1/{template.name=templates/*}:\x08templateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1poly/notifications/v1/notifications_service.proto\x12\x15poly.notifications.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a%poly/notifications/v1/resources.proto\x1a\x1dpoly/options/v1/options.proto\"N\n\x12GetDeliveryRequest\x12\x38\n\x04name\x18\x01 \x01(\tB*\xe2\x41\x01\x02\xfa\x41#\n!notifications.poly.local/Delivery\"x\n\x15ListDeliveriesRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06\x66ilter\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08order_by\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"f\n\x16ListDeliveriesResponse\x12\x33\n\ndeliveries\x18\x01 \x03(\x0b\x32\x1f.poly.notifications.v1.Delivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x81\x01\n\x14\x43reateWebhookRequest\x12\x35\n\x07webhook\x18\x01 \x01(\x0b\x32\x1e.poly.notifications.v1.WebhookB\x04\xe2\x41\x01\x02\x12\x18\n\nwebhook_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"`\n\x15\x43reateWebhookResponse\x12/\n\x07webhook\x18\x01 \x01(\x0b\x32\x1e.poly.notifications.v1.Webhook\x12\x16\n\x0esigning_secret\x18\x02 \x01(\t\"L\n\x11GetWebhookRequest\x12\x37\n\x04name\x18\x01 \x01(\tB)\xe2\x41\x01\x02\xfa\x41\"\n notifications.poly.local/Webhook\"H\n\x13ListWebhooksRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"a\n\x14ListWebhooksResponse\x12\x30\n\x08webhooks\x18\x01 \x03(\x0b\x32\x1e.poly.notifications.v1.Webhook\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"O\n\x14\x44\x65leteWebhookRequest\x12\x37\n\x04name\x18\x01 \x01(\tB)\xe2\x41\x01\x02\xfa\x41\"\n notifications.poly.local/Webhook\"N\n\x12GetTemplateRequest\x12\x38\n\x04name\x18\x01 \x01(\tB*\xe2\x41\x01\x02\xfa\x41#\n!notifications.poly.local/Template\"I\n\x14ListTemplatesRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"d\n\x15ListTemplatesResponse\x12\x32\n\ttemplates\x18\x01 \x03(\x0b\x32\x1f.poly.notifications.v1.Template\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x87\x01\n\x15UpdateTemplateRequest\x12\x37\n\x08template\x18\x01 \x01(\x0b\x32\x1f.poly.notifications.v1.TemplateB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\"]\n\x1aReceiveChannelEventRequest\x12\x15\n\x07\x63hannel\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12(\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x02\x32\xff\x0b\n\x14NotificationsService\x12\x98\x01\n\x0bGetDelivery\x12).poly.notifications.v1.GetDeliveryRequest\x1a\x1f.poly.notifications.v1.Delivery\"=\x8a\xb5\x18\x16\x08\x03\"\x12notifications.read\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/{name=deliveries/*}\x12\xa3\x01\n\x0eListDeliveries\x12,.poly.notifications.v1.ListDeliveriesRequest\x1a-.poly.notifications.v1.ListDeliveriesResponse\"4\x8a\xb5\x18\x16\x08\x02\"\x12notifications.read\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/deliveries\x12\x98\x01\n\rCreateWebhook\x12+.poly.notifications.v1.CreateWebhookRequest\x1a,.poly.notifications.v1.CreateWebhookResponse\",\x8a\xb5\x18\x02\x08\x02\x90\xb5\x18\x01\x98\xb5\x18\xc9\x01\x82\xd3\xe4\x93\x02\x17\"\x0c/v1/webhooks:\x07webhook\x12\x7f\n\nGetWebhook\x12(.poly.notifications.v1.GetWebhookRequest\x1a\x1e.poly.notifications.v1.Webhook\"\'\x8a\xb5\x18\x02\x08\x03\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/{name=webhooks/*}\x12\x87\x01\n\x0cListWebhooks\x12*.poly.notifications.v1.ListWebhooksRequest\x1a+.poly.notifications.v1.ListWebhooksResponse\"\x1e\x8a\xb5\x18\x02\x08\x02\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/webhooks\x12\x82\x01\n\rDeleteWebhook\x12+.poly.notifications.v1.DeleteWebhookRequest\x1a\x16.google.protobuf.Empty\",\x8a\xb5\x18\x02\x08\x03\x90\xb5\x18\x01\x98\xb5\x18\xcc\x01\x82\xd3\xe4\x93\x02\x17*\x15/v1/{name=webhooks/*}\x12\xb2\x01\n\x13ReceiveChannelEvent\x12\x31.poly.notifications.v1.ReceiveChannelEventRequest\x1a\x16.google.protobuf.Empty\"P\x8a\xb5\x18\x02\x08\x01\x90\xb5\x18\x01\x98\xb5\x18\xcc\x01\xa2\xb5\x18\x12x-twilio-signature\x82\xd3\xe4\x93\x02%\"\x1d/v1/channels/{channel}/events:\x04\x62ody\x12\x8a\x01\n\x0bGetTemplate\x12).poly.notifications.v1.GetTemplateRequest\x1a\x1f.poly.notifications.v1.Template\"/\x8a\xb5\x18\t\x08\x02\x12\x05\x61\x64min\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/{name=templates/*}\x12\x92\x01\n\rListTemplates\x12+.poly.notifications.v1.ListTemplatesRequest\x1a,.poly.notifications.v1.ListTemplatesResponse\"&\x8a\xb5\x18\t\x08\x02\x12\x05\x61\x64min\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/templates\x12\xa3\x01\n\x0eUpdateTemplate\x12,.poly.notifications.v1.UpdateTemplateRequest\x1a\x1f.poly.notifications.v1.Template\"B\x8a\xb5\x18\t\x08\x02\x12\x05\x61\x64min\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02+2\x1f/v1/{template.name=templates/*}:\x08templateb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -72,6 +73,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATETEMPLATEREQUEST'].fields_by_name['template']._serialized_options = b'\342A\001\002'
   _globals['_UPDATETEMPLATEREQUEST'].fields_by_name['update_mask']._loaded_options = None
   _globals['_UPDATETEMPLATEREQUEST'].fields_by_name['update_mask']._serialized_options = b'\342A\001\001'
+  _globals['_RECEIVECHANNELEVENTREQUEST'].fields_by_name['channel']._loaded_options = None
+  _globals['_RECEIVECHANNELEVENTREQUEST'].fields_by_name['channel']._serialized_options = b'\342A\001\002'
+  _globals['_RECEIVECHANNELEVENTREQUEST'].fields_by_name['body']._loaded_options = None
+  _globals['_RECEIVECHANNELEVENTREQUEST'].fields_by_name['body']._serialized_options = b'\342A\001\002'
   _globals['_NOTIFICATIONSSERVICE'].methods_by_name['GetDelivery']._loaded_options = None
   _globals['_NOTIFICATIONSSERVICE'].methods_by_name['GetDelivery']._serialized_options = b'\212\265\030\026\010\003\"\022notifications.read\220\265\030\001\202\323\344\223\002\031\022\027/v1/{name=deliveries/*}'
   _globals['_NOTIFICATIONSSERVICE'].methods_by_name['ListDeliveries']._loaded_options = None
@@ -84,38 +89,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NOTIFICATIONSSERVICE'].methods_by_name['ListWebhooks']._serialized_options = b'\212\265\030\002\010\002\220\265\030\001\202\323\344\223\002\016\022\014/v1/webhooks'
   _globals['_NOTIFICATIONSSERVICE'].methods_by_name['DeleteWebhook']._loaded_options = None
   _globals['_NOTIFICATIONSSERVICE'].methods_by_name['DeleteWebhook']._serialized_options = b'\212\265\030\002\010\003\220\265\030\001\230\265\030\314\001\202\323\344\223\002\027*\025/v1/{name=webhooks/*}'
+  _globals['_NOTIFICATIONSSERVICE'].methods_by_name['ReceiveChannelEvent']._loaded_options = None
+  _globals['_NOTIFICATIONSSERVICE'].methods_by_name['ReceiveChannelEvent']._serialized_options = b'\212\265\030\002\010\001\220\265\030\001\230\265\030\314\001\242\265\030\022x-twilio-signature\202\323\344\223\002%\"\035/v1/channels/{channel}/events:\004body'
   _globals['_NOTIFICATIONSSERVICE'].methods_by_name['GetTemplate']._loaded_options = None
   _globals['_NOTIFICATIONSSERVICE'].methods_by_name['GetTemplate']._serialized_options = b'\212\265\030\t\010\002\022\005admin\220\265\030\001\202\323\344\223\002\030\022\026/v1/{name=templates/*}'
   _globals['_NOTIFICATIONSSERVICE'].methods_by_name['ListTemplates']._loaded_options = None
   _globals['_NOTIFICATIONSSERVICE'].methods_by_name['ListTemplates']._serialized_options = b'\212\265\030\t\010\002\022\005admin\220\265\030\001\202\323\344\223\002\017\022\r/v1/templates'
   _globals['_NOTIFICATIONSSERVICE'].methods_by_name['UpdateTemplate']._loaded_options = None
   _globals['_NOTIFICATIONSSERVICE'].methods_by_name['UpdateTemplate']._serialized_options = b'\212\265\030\t\010\002\022\005admin\220\265\030\001\202\323\344\223\002+2\037/v1/{template.name=templates/*}:\010template'
-  _globals['_GETDELIVERYREQUEST']._serialized_start=299
-  _globals['_GETDELIVERYREQUEST']._serialized_end=377
-  _globals['_LISTDELIVERIESREQUEST']._serialized_start=379
-  _globals['_LISTDELIVERIESREQUEST']._serialized_end=499
-  _globals['_LISTDELIVERIESRESPONSE']._serialized_start=501
-  _globals['_LISTDELIVERIESRESPONSE']._serialized_end=603
-  _globals['_CREATEWEBHOOKREQUEST']._serialized_start=606
-  _globals['_CREATEWEBHOOKREQUEST']._serialized_end=735
-  _globals['_CREATEWEBHOOKRESPONSE']._serialized_start=737
-  _globals['_CREATEWEBHOOKRESPONSE']._serialized_end=833
-  _globals['_GETWEBHOOKREQUEST']._serialized_start=835
-  _globals['_GETWEBHOOKREQUEST']._serialized_end=911
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=913
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=985
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=987
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=1084
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=1086
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=1165
-  _globals['_GETTEMPLATEREQUEST']._serialized_start=1167
-  _globals['_GETTEMPLATEREQUEST']._serialized_end=1245
-  _globals['_LISTTEMPLATESREQUEST']._serialized_start=1247
-  _globals['_LISTTEMPLATESREQUEST']._serialized_end=1320
-  _globals['_LISTTEMPLATESRESPONSE']._serialized_start=1322
-  _globals['_LISTTEMPLATESRESPONSE']._serialized_end=1422
-  _globals['_UPDATETEMPLATEREQUEST']._serialized_start=1425
-  _globals['_UPDATETEMPLATEREQUEST']._serialized_end=1560
-  _globals['_NOTIFICATIONSSERVICE']._serialized_start=1563
-  _globals['_NOTIFICATIONSSERVICE']._serialized_end=2917
+  _globals['_GETDELIVERYREQUEST']._serialized_start=326
+  _globals['_GETDELIVERYREQUEST']._serialized_end=404
+  _globals['_LISTDELIVERIESREQUEST']._serialized_start=406
+  _globals['_LISTDELIVERIESREQUEST']._serialized_end=526
+  _globals['_LISTDELIVERIESRESPONSE']._serialized_start=528
+  _globals['_LISTDELIVERIESRESPONSE']._serialized_end=630
+  _globals['_CREATEWEBHOOKREQUEST']._serialized_start=633
+  _globals['_CREATEWEBHOOKREQUEST']._serialized_end=762
+  _globals['_CREATEWEBHOOKRESPONSE']._serialized_start=764
+  _globals['_CREATEWEBHOOKRESPONSE']._serialized_end=860
+  _globals['_GETWEBHOOKREQUEST']._serialized_start=862
+  _globals['_GETWEBHOOKREQUEST']._serialized_end=938
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=940
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=1012
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=1014
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=1111
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=1113
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=1192
+  _globals['_GETTEMPLATEREQUEST']._serialized_start=1194
+  _globals['_GETTEMPLATEREQUEST']._serialized_end=1272
+  _globals['_LISTTEMPLATESREQUEST']._serialized_start=1274
+  _globals['_LISTTEMPLATESREQUEST']._serialized_end=1347
+  _globals['_LISTTEMPLATESRESPONSE']._serialized_start=1349
+  _globals['_LISTTEMPLATESRESPONSE']._serialized_end=1449
+  _globals['_UPDATETEMPLATEREQUEST']._serialized_start=1452
+  _globals['_UPDATETEMPLATEREQUEST']._serialized_end=1587
+  _globals['_RECEIVECHANNELEVENTREQUEST']._serialized_start=1589
+  _globals['_RECEIVECHANNELEVENTREQUEST']._serialized_end=1682
+  _globals['_NOTIFICATIONSSERVICE']._serialized_start=1685
+  _globals['_NOTIFICATIONSSERVICE']._serialized_end=3220
 # @@protoc_insertion_point(module_scope)

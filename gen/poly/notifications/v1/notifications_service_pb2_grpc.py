@@ -68,6 +68,11 @@ class NotificationsServiceStub:
                 request_serializer=poly_dot_notifications_dot_v1_dot_notifications__service__pb2.DeleteWebhookRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ReceiveChannelEvent = channel.unary_unary(
+                '/poly.notifications.v1.NotificationsService/ReceiveChannelEvent',
+                request_serializer=poly_dot_notifications_dot_v1_dot_notifications__service__pb2.ReceiveChannelEventRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
         self.GetTemplate = channel.unary_unary(
                 '/poly.notifications.v1.NotificationsService/GetTemplate',
                 request_serializer=poly_dot_notifications_dot_v1_dot_notifications__service__pb2.GetTemplateRequest.SerializeToString,
@@ -135,6 +140,19 @@ class NotificationsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReceiveChannelEvent(self, request, context):
+        """Receives what a channel's provider reports: for "sms" (Twilio), a
+        message's status callback (its delivery confirmed, or failed) and inbound
+        texts (STOP opts the number out of every text, START back in). Register
+        the URL configured as `POLY_TWILIO_CALLBACK_URL` with Twilio. The body is
+        checked with `X-Twilio-Signature` against that URL before anything in it
+        is used: UNAUTHENTICATED CHANNEL_EVENT_UNVERIFIED otherwise; NOT_FOUND
+        CHANNEL_NOT_CONFIGURED for a channel this deployment does not use.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetTemplate(self, request, context):
         """Gets an email template.
         """
@@ -189,6 +207,11 @@ def add_NotificationsServiceServicer_to_server(servicer, server):
             'DeleteWebhook': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteWebhook,
                     request_deserializer=poly_dot_notifications_dot_v1_dot_notifications__service__pb2.DeleteWebhookRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ReceiveChannelEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReceiveChannelEvent,
+                    request_deserializer=poly_dot_notifications_dot_v1_dot_notifications__service__pb2.ReceiveChannelEventRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'GetTemplate': grpc.unary_unary_rpc_method_handler(
@@ -370,6 +393,33 @@ class NotificationsService:
             target,
             '/poly.notifications.v1.NotificationsService/DeleteWebhook',
             poly_dot_notifications_dot_v1_dot_notifications__service__pb2.DeleteWebhookRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReceiveChannelEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/poly.notifications.v1.NotificationsService/ReceiveChannelEvent',
+            poly_dot_notifications_dot_v1_dot_notifications__service__pb2.ReceiveChannelEventRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,

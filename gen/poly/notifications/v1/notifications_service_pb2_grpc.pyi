@@ -54,6 +54,15 @@ class NotificationsServiceStub:
     """Lists webhooks: a user sees their own, admins see all."""
     DeleteWebhook: _grpc.UnaryUnaryMultiCallable[_notifications_service_pb2.DeleteWebhookRequest, _empty_pb2.Empty]
     """Removes a webhook; pending deliveries to it are skipped."""
+    ReceiveChannelEvent: _grpc.UnaryUnaryMultiCallable[_notifications_service_pb2.ReceiveChannelEventRequest, _empty_pb2.Empty]
+    """Receives what a channel's provider reports: for "sms" (Twilio), a
+    message's status callback (its delivery confirmed, or failed) and inbound
+    texts (STOP opts the number out of every text, START back in). Register
+    the URL configured as `POLY_TWILIO_CALLBACK_URL` with Twilio. The body is
+    checked with `X-Twilio-Signature` against that URL before anything in it
+    is used: UNAUTHENTICATED CHANNEL_EVENT_UNVERIFIED otherwise; NOT_FOUND
+    CHANNEL_NOT_CONFIGURED for a channel this deployment does not use.
+    """
     GetTemplate: _grpc.UnaryUnaryMultiCallable[_notifications_service_pb2.GetTemplateRequest, _resources_pb2.Template]
     """Gets an email template."""
     ListTemplates: _grpc.UnaryUnaryMultiCallable[_notifications_service_pb2.ListTemplatesRequest, _notifications_service_pb2.ListTemplatesResponse]
@@ -88,6 +97,15 @@ class NotificationsServiceAsyncStub(NotificationsServiceStub):
     """Lists webhooks: a user sees their own, admins see all."""
     DeleteWebhook: _aio.UnaryUnaryMultiCallable[_notifications_service_pb2.DeleteWebhookRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Removes a webhook; pending deliveries to it are skipped."""
+    ReceiveChannelEvent: _aio.UnaryUnaryMultiCallable[_notifications_service_pb2.ReceiveChannelEventRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Receives what a channel's provider reports: for "sms" (Twilio), a
+    message's status callback (its delivery confirmed, or failed) and inbound
+    texts (STOP opts the number out of every text, START back in). Register
+    the URL configured as `POLY_TWILIO_CALLBACK_URL` with Twilio. The body is
+    checked with `X-Twilio-Signature` against that URL before anything in it
+    is used: UNAUTHENTICATED CHANNEL_EVENT_UNVERIFIED otherwise; NOT_FOUND
+    CHANNEL_NOT_CONFIGURED for a channel this deployment does not use.
+    """
     GetTemplate: _aio.UnaryUnaryMultiCallable[_notifications_service_pb2.GetTemplateRequest, _resources_pb2.Template]  # type: ignore[assignment]
     """Gets an email template."""
     ListTemplates: _aio.UnaryUnaryMultiCallable[_notifications_service_pb2.ListTemplatesRequest, _notifications_service_pb2.ListTemplatesResponse]  # type: ignore[assignment]
@@ -155,6 +173,21 @@ class NotificationsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Removes a webhook; pending deliveries to it are skipped."""
+
+    @_abc_1.abstractmethod
+    def ReceiveChannelEvent(
+        self,
+        request: _notifications_service_pb2.ReceiveChannelEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Receives what a channel's provider reports: for "sms" (Twilio), a
+        message's status callback (its delivery confirmed, or failed) and inbound
+        texts (STOP opts the number out of every text, START back in). Register
+        the URL configured as `POLY_TWILIO_CALLBACK_URL` with Twilio. The body is
+        checked with `X-Twilio-Signature` against that URL before anything in it
+        is used: UNAUTHENTICATED CHANNEL_EVENT_UNVERIFIED otherwise; NOT_FOUND
+        CHANNEL_NOT_CONFIGURED for a channel this deployment does not use.
+        """
 
     @_abc_1.abstractmethod
     def GetTemplate(

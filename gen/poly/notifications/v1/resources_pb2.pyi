@@ -32,6 +32,10 @@ class _ChannelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Channel.Value
     """An email over SMTP, rendered from a Template."""
     CHANNEL_WEBHOOK: _Channel.ValueType  # 2
     """A signed HTTP POST of the event to one of the recipient's webhooks."""
+    CHANNEL_SMS: _Channel.ValueType  # 3
+    """A text message to the recipient's mobile number (through Twilio), carrying
+    the email's subject line.
+    """
 
 class Channel(_Channel, metaclass=_ChannelEnumTypeWrapper):
     """How a notification reaches its recipient."""
@@ -42,6 +46,10 @@ CHANNEL_EMAIL: Channel.ValueType  # 1
 """An email over SMTP, rendered from a Template."""
 CHANNEL_WEBHOOK: Channel.ValueType  # 2
 """A signed HTTP POST of the event to one of the recipient's webhooks."""
+CHANNEL_SMS: Channel.ValueType  # 3
+"""A text message to the recipient's mobile number (through Twilio), carrying
+the email's subject line.
+"""
 Global___Channel: _TypeAlias = Channel  # noqa: Y015
 
 @_typing.final
