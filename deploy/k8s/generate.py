@@ -55,13 +55,26 @@ _CHECKOV_SKIPS = {
     "where Always would ask the registry at every start and fail without one",
     "CKV_K8S_43": "overlays pin the image; a release sets the digest with kustomize edit set image",
 }
-_SMTP_LOGIN_SKIP = {
-    "CKV_K8S_35": "only the optional SMTP login and Twilio account come from the environment "
-    "(optional Secrets may be absent); the database and broker URLs are files",
+# Credentials a component reads only when its settings ask for them (an SMTP login, a text or
+# payment provider): from optional Secrets in the environment, since a file a missing Secret
+# never mounts would be an error. (variable, Secret, key) by component.
+_OPTIONAL_CREDENTIALS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "notifications": (
+        ("POLY_SMTP_USERNAME", "smtp", "username"),
+        ("POLY_SMTP_PASSWORD", "smtp", "password"),
+        ("POLY_TWILIO_ACCOUNT_SID", "twilio", "account-sid"),
+        ("POLY_TWILIO_AUTH_TOKEN", "twilio", "auth-token"),
+    ),
+    "payments": (
+        ("POLY_STRIPE_API_KEY", "stripe", "api-key"),
+        ("POLY_STRIPE_WEBHOOK_SECRET", "stripe", "webhook-secret"),
+        ("POLY_PAYPAL_CLIENT_ID", "paypal", "client-id"),
+        ("POLY_PAYPAL_CLIENT_SECRET", "paypal", "client-secret"),
+    ),
 }
-_PROVIDER_KEYS_SKIP = {
-    "CKV_K8S_35": "only the optional payment provider's keys come from the environment (an "
-    "optional Secret, absent where the ledger holds payments); the database and broker URLs are files",
+_OPTIONAL_CREDENTIALS_SKIP = {
+    "CKV_K8S_35": "only optional credentials (an SMTP login, a text or payment provider's keys) come "
+    "from the environment (optional Secrets may be absent); the database and broker URLs are files",
 }
 
 
@@ -129,28 +142,9 @@ def _env(component: str) -> list[dict[str, Any]]:
                 "value": "/var/run/poly/secrets/signing-key-encryption.key",
             }
         )
-    if component == "notifications":
-        logins = (
-            ("POLY_SMTP_USERNAME", "smtp", "username"),
-            ("POLY_SMTP_PASSWORD", "smtp", "password"),
-            # Texts are sent only where the optional `twilio` Secret gives an account.
-            ("POLY_TWILIO_ACCOUNT_SID", "twilio", "account-sid"),
-            ("POLY_TWILIO_AUTH_TOKEN", "twilio", "auth-token"),
-        )
-        for name, secret_name, key in logins:
-            secret = {"name": secret_name, "key": key, "optional": True}
-            env.append({"name": name, "valueFrom": {"secretKeyRef": secret}})
-    if component == "payments":
-        # Read only when POLY_PAYMENTS_PROVIDER names the provider (the ledger needs neither).
-        keys = (
-            ("POLY_STRIPE_API_KEY", "stripe", "api-key"),
-            ("POLY_STRIPE_WEBHOOK_SECRET", "stripe", "webhook-secret"),
-            ("POLY_PAYPAL_CLIENT_ID", "paypal", "client-id"),
-            ("POLY_PAYPAL_CLIENT_SECRET", "paypal", "client-secret"),
-        )
-        for name, secret_name, key in keys:
-            secret = {"name": secret_name, "key": key, "optional": True}
-            env.append({"name": name, "valueFrom": {"secretKeyRef": secret}})
+    for name, secret_name, key in _OPTIONAL_CREDENTIALS.get(component, ()):
+        secret = {"name": secret_name, "key": key, "optional": True}
+        env.append({"name": name, "valueFrom": {"secretKeyRef": secret}})
     return downward + env
 
 
@@ -320,10 +314,8 @@ def deployment(component: str) -> dict[str, Any]:
         # replicas take turns, and the later ones find nothing to do.
         spec["initContainers"] = [_container(component, "migrate", ["migrate", component], main=False)]
     skips = dict(_CHECKOV_SKIPS)
-    if component == "notifications":
-        skips.update(_SMTP_LOGIN_SKIP)
-    if component == "payments":
-        skips.update(_PROVIDER_KEYS_SKIP)
+    if component in _OPTIONAL_CREDENTIALS:
+        skips.update(_OPTIONAL_CREDENTIALS_SKIP)
     annotations = {f"checkov.io/skip{n}": f"{check}={why}" for n, (check, why) in enumerate(skips.items(), 1)}
     return {
         "apiVersion": "apps/v1",

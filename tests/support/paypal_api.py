@@ -30,11 +30,12 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from tests.support.local_api import StateServer, send_json, serving
 from tests.support.openapi_contract import Contract
 
 __all__ = [
@@ -362,7 +363,7 @@ def _handle(state: LocalPayPal, method: str, path: str, body: Any) -> tuple[int,
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    server: StateServer
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         return
@@ -469,23 +470,9 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _send(self, status: int, payload: Any) -> None:
-        data = b"" if payload is None else json.dumps(payload).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Paypal-Debug-Id", _new_id(13).lower())
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (a stalled answer): PayPal did the work all the same
+        send_json(self, status, payload, [("Paypal-Debug-Id", _new_id(13).lower())])
 
     do_GET = do_POST = do_PATCH = _serve  # noqa: N815 - http.server's names
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    state: LocalPayPal
 
 
 @contextmanager
@@ -496,12 +483,5 @@ def local_paypal() -> Iterator[LocalPayPal]:
         Contract(SPECS / "payments_payment_v2.json"),
         Contract(SPECS / "notifications_webhooks_v1.json"),
     ]
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.state = LocalPayPal(port=server.server_address[1], contracts=contracts)
-    thread = threading.Thread(target=server.serve_forever, name="local-paypal", daemon=True)
-    thread.start()
-    try:
-        yield server.state
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Handler, lambda port: LocalPayPal(port=port, contracts=contracts), "local-paypal") as state:
+        yield state

@@ -35,13 +35,15 @@ import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import stripe.params
 import typing_extensions
+
+from tests.support.local_api import StateServer, send_json, serving
 
 __all__ = [
     "API_KEY",
@@ -493,7 +495,7 @@ def _create_intent(state: LocalStripe, params: dict[str, Any], now: int) -> tupl
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    server: StateServer
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         return
@@ -537,37 +539,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(*answer)
 
     def _send(self, status: int, payload: Any, *, replayed: bool = False) -> None:
-        data = json.dumps(payload).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Request-Id", f"req_{secrets.token_hex(6)}")
-            if replayed:
-                self.send_header("Idempotent-Replayed", "true")
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (a stalled answer): Stripe did the work all the same
+        headers = [("Request-Id", f"req_{secrets.token_hex(6)}")]
+        send_json(self, status, payload, headers + ([("Idempotent-Replayed", "true")] if replayed else []))
 
     do_GET = do_POST = do_DELETE = _serve  # noqa: N815 - http.server's names
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    state: LocalStripe
 
 
 @contextmanager
 def local_stripe() -> Iterator[LocalStripe]:
     """A running local Stripe API; its state, for the test to steer and inspect."""
     fixtures = json.loads(FIXTURES.read_text())["resources"]
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.state = LocalStripe(port=server.server_address[1], fixtures=fixtures)
-    thread = threading.Thread(target=server.serve_forever, name="local-stripe", daemon=True)
-    thread.start()
-    try:
-        yield server.state
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Handler, lambda port: LocalStripe(port=port, fixtures=fixtures), "local-stripe") as state:
+        yield state

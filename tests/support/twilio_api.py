@@ -16,20 +16,20 @@ from __future__ import annotations
 
 import base64
 import copy
-import json
 import secrets
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from twilio.request_validator import RequestValidator
 
+from tests.support.local_api import StateServer, send_json, serving
 from tests.support.openapi_contract import Contract
 
 __all__ = ["ACCOUNT_SID", "AUTH_TOKEN", "SENDER", "LocalTwilio", "local_twilio"]
@@ -150,7 +150,7 @@ def _error(code: int, message: str, status: int = 400) -> dict[str, Any]:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    server: StateServer
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         return
@@ -187,27 +187,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, answer)
 
     def _send(self, status: int, payload: Any) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    state: LocalTwilio
+        send_json(self, status, payload)
 
 
 @contextmanager
 def local_twilio() -> Iterator[LocalTwilio]:
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.state = LocalTwilio(port=server.server_address[1], contract=Contract(SPEC))
-    thread = threading.Thread(target=server.serve_forever, name="local-twilio", daemon=True)
-    thread.start()
-    try:
-        yield server.state
-    finally:
-        server.shutdown()
-        server.server_close()
+    """A running local Twilio Messages API; its state, for the test to steer and inspect."""
+    with serving(
+        _Handler, lambda port: LocalTwilio(port=port, contract=Contract(SPEC)), "local-twilio"
+    ) as state:
+        yield state
