@@ -272,11 +272,23 @@ class Dispatch:
         """SENT; `reference` is what the channel's provider calls it (a text's message SID)."""
         return self._settle(outgoing.delivery, SENT, "", None, reference=reference)
 
-    def texts_allowed(self, number: str) -> bool:
-        """Whether `number` may get another text now (`DispatchSettings.texts_per_hour`)."""
-        since = self.clock() - dt.timedelta(hours=1)
+    def text_held(self, outgoing: Outgoing) -> str:
+        """Why the text may not go now ("" when it may): its number answered STOP since it
+        was planned (it is SKIPPED), or had its hour's texts (it waits, its attempt not
+        counted, `DispatchSettings.texts_per_hour`)."""
+        number, now = outgoing.delivery.destination, self.clock()
         with self.transactions() as repo:
-            return repo.texts_sent_since(number, since) < self.settings.texts_per_hour
+            refused = repo.texts_refused(number)
+            if not refused:
+                taken = repo.texts_taken(number, now - dt.timedelta(hours=1), now, outgoing.delivery.id)
+                if taken < self.settings.texts_per_hour:
+                    return ""
+                why = f"held back: {self.settings.texts_per_hour} texts to this number in the last hour"
+                later = now + dt.timedelta(minutes=5)
+                repo.defer_delivery(outgoing.delivery.id, self.owner, why=why, next_time=later, now=now)
+                return why
+        self.skipped(outgoing, "the number answered STOP")
+        return "the number answered STOP"
 
     def opted_out(self, outgoing: Outgoing, error: str) -> Delivery | None:
         """The provider refused the text as the number opted out: FAILED, and the number gets
@@ -318,6 +330,11 @@ class Dispatch:
             )
             if settled is not None and reference:
                 repo.set_provider_reference(delivery.id, reference)
+                # Its failure may have been reported already (`texts.TextReports`).
+                if failure := repo.text_failure(reference):
+                    failed = repo.fail_sent(reference, failure, self.clock())
+                    if failed is not None:
+                        repo.publish_outcome(failed)
             if settled is not None and state in (SENT, FAILED):
                 repo.publish_outcome(settled)
             return settled

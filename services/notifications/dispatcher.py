@@ -257,8 +257,13 @@ class Dispatcher:
             if delivery.channel == WEBHOOK and not outgoing.secret:
                 await asyncio.to_thread(self._dispatch.skipped, outgoing, "webhook deleted")
                 return
-            result = await self._send(outgoing)
             facts = {"delivery": delivery.name, "channel": delivery.channel, "attempt": delivery.attempts}
+            if delivery.channel == SMS and (
+                held := await asyncio.to_thread(self._dispatch.text_held, outgoing)
+            ):
+                _log.info("text held back", extra={**facts, "why": held})  # waiting, or SKIPPED
+                return
+            result = await self._send(outgoing)
             if result.sent:
                 await asyncio.to_thread(self._dispatch.sent, outgoing, result.reference)
                 _log.info("delivery sent", extra=facts)
@@ -285,12 +290,6 @@ class Dispatcher:
         )
         if sender is None:
             return Result("texts are not configured here (POLY_TWILIO_ACCOUNT_SID)", permanent=True)
-        if channel == SMS and not await asyncio.to_thread(
-            self._dispatch.texts_allowed, outgoing.delivery.destination
-        ):
-            return Result(
-                f"held back: {self._dispatch.settings.texts_per_hour} texts to this number in the last hour"
-            )
         try:
             async with asyncio.timeout(self._dispatch.settings.lease_seconds / 2):
                 return await sender.send(outgoing)

@@ -52,11 +52,16 @@ class SmsSender:
         try:
             async with self._session.post(url, data=form, allow_redirects=False) as response:
                 status = response.status
-                answer = await response.json(content_type=None) if response.content_length != 0 else {}
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as error:
+                try:
+                    answer = await response.json(content_type=None)
+                except (ValueError, aiohttp.ClientError):
+                    answer = {}
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            # Asked again later: Twilio takes no idempotency key, so a text whose answer was
+            # lost after Twilio made it can go twice (rare; the delivery log shows both).
             return Result(f"Twilio {type(error).__name__}")
         answer = answer if isinstance(answer, dict) else {}
-        if status == 201:
+        if status == 201:  # created, even if its answer cannot be read: never sent again
             return Result(reference=str(answer.get("sid", "")))
         code = answer.get("code")
         if status == 429 or status >= 500:

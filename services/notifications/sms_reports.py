@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
@@ -68,7 +69,7 @@ def report(settings: TwilioSettings, headers: Mapping[str, str], body: bytes) ->
         raise ReportRefused("not a form body") from error
     given = headers.get("x-twilio-signature", "")
     expected = twilio_signature(settings.auth_token, settings.callback_url, params)
-    if not given or not hmac.compare_digest(given, expected):
+    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
         raise ReportRefused("X-Twilio-Signature does not match")
     fields = dict(params)
     if fields.get("AccountSid") != settings.account_sid:
@@ -80,7 +81,8 @@ def report(settings: TwilioSettings, headers: Mapping[str, str], body: bytes) ->
             failed = f"Twilio {status}: error {fields.get('ErrorCode') or 'unknown'}"
         opted_out = fields.get("To", "") if fields.get("ErrorCode") == str(OPTED_OUT) else ""
         return SmsReport(message=fields.get("MessageSid", ""), failed=failed, opt_out=opted_out)
-    word = fields.get("Body", "").strip().upper()
+    # "Stop.", "stop all", "Opt-out": letters only, as carriers read them.
+    word = re.sub(r"[^A-Z]", "", fields.get("Body", "").upper())
     sender = fields.get("From", "")
     if word in OPT_OUT_WORDS:
         return SmsReport(opt_out=sender)

@@ -54,6 +54,7 @@ from services.notifications.domain import (
     PENDING,
     SENT,
     SKIPPED,
+    SMS,
     WEBHOOK,
     Contact,
     Delivery,
@@ -74,6 +75,7 @@ __all__ = [
     "NotificationsStore",
     "SqlRepository",
     "TemplateRow",
+    "TextFailureRow",
     "TextOptOutRow",
     "WebhookQuotaRow",
     "WebhookRow",
@@ -174,6 +176,7 @@ class DeliveryRow(Base):
         Index("ix_delivery_due", "state", "next_attempt_time"),
         Index("ix_delivery_recipient_create_time", "recipient", "create_time"),
         Index("ix_delivery_webhook_state", "webhook", "state"),
+        Index("ix_delivery_destination_channel_time", "destination", "channel", "update_time"),
     )
     id: Mapped[Id]
     recipient: Mapped[str] = mapped_column(String(200))
@@ -196,6 +199,16 @@ class DeliveryRow(Base):
     update_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
     provider_reference: Mapped[str] = mapped_column(String(64), server_default="", index=True)
     """What the channel's provider calls what it accepted (a text's Twilio message SID)."""
+
+
+class TextFailureRow(Base):
+    """A text's failure its provider reported before the delivery recorded the text as sent
+    (the callback can be quicker than the answer's recording): applied once it is."""
+
+    __tablename__ = "text_failure"
+    reference: Mapped[str] = mapped_column(String(64), primary_key=True)
+    error: Mapped[str] = mapped_column(String(500))
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
 
 
 class TextOptOutRow(Base):
@@ -673,14 +686,47 @@ class SqlRepository:
         else:
             self._connection.execute(delete(TextOptOutRow).where(TextOptOutRow.number == number))
 
-    def texts_sent_since(self, number: str, since: dt.datetime) -> int:
+    def texts_taken(self, number: str, since: dt.datetime, now: dt.datetime, besides: str) -> int:
+        """Texts to `number` sent since `since`, and those being sent now (leased), other
+        than delivery `besides`: texts racing to one number count each other."""
+        sent = (DeliveryRow.state == SENT) & (DeliveryRow.update_time >= since)
+        in_flight = (DeliveryRow.state == PENDING) & (DeliveryRow.lease_until > now)
         counted = select(func.count()).where(
-            DeliveryRow.channel == "SMS",
             DeliveryRow.destination == number,
-            DeliveryRow.state == SENT,
-            DeliveryRow.update_time >= since,
+            DeliveryRow.channel == SMS,
+            DeliveryRow.id != besides,
+            sent | in_flight,
         )
         return int(self._connection.execute(counted).scalar_one())
+
+    def defer_delivery(
+        self, delivery_id: str, owner: str, *, why: str, next_time: dt.datetime, now: dt.datetime
+    ) -> bool:
+        """Back to PENDING until `next_time`, its attempt not counted (it was not tried)."""
+        statement = _settle(_DELIVERIES, _DELIVERIES.c.id).values(
+            attempts=_DELIVERIES.c.attempts - 1, last_error=why[:500]
+        )
+        params = {
+            "settled_id": delivery_id,
+            "settled_owner": owner,
+            "settled_state": PENDING,
+            "settled_next": next_time,
+            "settled_at": now,
+        }
+        return bool(getattr(self._connection.execute(statement, params), "rowcount", 0))
+
+    def keep_text_failure(self, reference: str, error: str, now: dt.datetime) -> None:
+        values = {"reference": reference, "error": error[:500], "create_time": now}
+        insert_if_absent(self._connection, TextFailureRow, values)
+
+    def text_failure(self, reference: str) -> str:
+        """The failure kept for `reference` (`keep_text_failure`), taken; "" when none is."""
+        found = self._connection.execute(
+            delete(TextFailureRow)
+            .where(TextFailureRow.reference == reference)
+            .returning(TextFailureRow.error)
+        ).first()
+        return "" if found is None else str(found.error)
 
     def set_provider_reference(self, delivery_id: str, reference: str) -> None:
         self._connection.execute(

@@ -48,3 +48,5 @@ class TextReports:
                 failed = repo.fail_sent(told.message, told.failed, now)
                 if failed is not None:
                     repo.publish_outcome(failed)
+                else:  # quicker than the recording of its sending: applied when that comes
+                    repo.keep_text_failure(told.message, told.failed, now)

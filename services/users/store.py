@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Update,
     bindparam,
+    case,
     false,
     select,
     true,
@@ -188,6 +189,10 @@ class SqlRepository:
             values["display_name"] = change.display_name
         if change.phone_number is not None:
             values["phone_number"] = change.phone_number
+            # Consent to texts is the old number's: a new number starts opted out.
+            values["sms_enabled"] = case(
+                (UserRow.phone_number == change.phone_number, UserRow.sms_enabled), else_=false()
+            )
         statement = update(UserRow).where(UserRow.id == user_id, UserRow.state == ACTIVE)
         if expected_version is not None:
             statement = statement.where(UserRow.version == expected_version)

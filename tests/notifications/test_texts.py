@@ -151,8 +151,9 @@ def test_a_delivered_report_changes_nothing(texting: _Texting, twilio: LocalTwil
     assert row.state == SENT
 
 
-def test_stop_opts_a_number_out_and_start_back_in(texting: _Texting, twilio: LocalTwilio) -> None:
-    texting.report(*twilio.inbound(CALLBACK, NUMBER, " stop "))
+@pytest.mark.parametrize("stop", [" stop ", "Stop.", "STOP ALL", "opt-out", "Unsubscribe!"])
+def test_stop_opts_a_number_out_and_start_back_in(texting: _Texting, twilio: LocalTwilio, stop: str) -> None:
+    texting.report(*twilio.inbound(CALLBACK, NUMBER, stop))
     skipped = texting.notify("users/t6")[SMS]
     assert (skipped.state, skipped.last_error) == (SKIPPED, "the number answered STOP")
     texting.report(*twilio.inbound(CALLBACK, NUMBER, "START"))
@@ -175,6 +176,7 @@ def test_a_number_gets_at_most_its_hourly_texts(texting: _Texting, twilio: Local
         PENDING,
         "held back: 3 texts to this number in the last hour",
     )
+    assert states[3].attempts == 0, "waiting uses up no attempt"
     assert len(twilio.to(NUMBER)) == 3
 
 
@@ -226,3 +228,17 @@ def test_our_signature_is_twilios(params: dict[str, str], path: str) -> None:
     assert twilio_signature(AUTH_TOKEN, url, list(params.items())) == RequestValidator(
         AUTH_TOKEN
     ).compute_signature(url, params)
+
+
+def test_a_failure_reported_before_the_sending_was_recorded_is_kept(
+    texting: _Texting, twilio: LocalTwilio
+) -> None:
+    """Twilio's callback can be quicker than the recording of the send's answer: the failure is
+    kept by the text's SID (and applied when the SID is recorded), not lost."""
+    sid = "SM" + "0" * 32
+    twilio.messages[sid] = {"to": NUMBER, "from": SENDER, "status": "queued"}
+    texting.report(*twilio.status(CALLBACK, sid, "failed", "30006"))
+    with texting.notifications.engine.connect() as connection:
+        kept = connection.execute(select(store.TextFailureRow.reference, store.TextFailureRow.error)).all()
+    assert [tuple(row) for row in kept] == [(sid, "Twilio failed: error 30006")]
+    twilio.messages.pop(sid)

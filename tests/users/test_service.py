@@ -797,7 +797,7 @@ def test_a_phone_number_and_the_text_and_push_switches_reach_notifications(
     system: Deployment, users: users_service_pb2_grpc.UsersServiceStub, person: Person
 ) -> None:
     """Texts are opted into (off by default), push is on; the number and both switches go
-    out with every ContactChanged, and an empty number clears it."""
+    out with every ContactChanged, and an empty number clears it (and the opt-in)."""
     prefs = users.GetPreferences(
         pb.GetPreferencesRequest(name=person.preferences), metadata=person.auth, timeout=10
     )
@@ -827,4 +827,5 @@ def test_a_phone_number_and_the_text_and_push_switches_reach_notifications(
         timeout=10,
     )
     seen = [(c.phone_number, c.sms_enabled, c.push_enabled) for c in _contacts(system, person.name)]
-    assert seen[-3:] == [("+4915123456789", False, True), ("+4915123456789", True, False), ("", True, False)]
+    # Consent is the number's: another number (here, none) turns texts off again.
+    assert seen[-3:] == [("+4915123456789", False, True), ("+4915123456789", True, False), ("", False, False)]

@@ -72,7 +72,9 @@ class Delivery(_message.Message):
         STATE_PENDING: Delivery._State.ValueType  # 1
         """Waiting for its first or next attempt; see `next_attempt_time`."""
         STATE_SENT: Delivery._State.ValueType  # 2
-        """Accepted by the SMTP server or the webhook (2xx). Terminal."""
+        """Accepted by the SMTP server, the webhook (2xx) or the text provider.
+        Terminal, but for a text its provider reports undelivered later (FAILED).
+        """
         STATE_FAILED: Delivery._State.ValueType  # 3
         """Retries exhausted or a permanent error; see `last_error`. Terminal."""
         STATE_SKIPPED: Delivery._State.ValueType  # 4
@@ -88,7 +90,9 @@ class Delivery(_message.Message):
     STATE_PENDING: Delivery.State.ValueType  # 1
     """Waiting for its first or next attempt; see `next_attempt_time`."""
     STATE_SENT: Delivery.State.ValueType  # 2
-    """Accepted by the SMTP server or the webhook (2xx). Terminal."""
+    """Accepted by the SMTP server, the webhook (2xx) or the text provider.
+    Terminal, but for a text its provider reports undelivered later (FAILED).
+    """
     STATE_FAILED: Delivery.State.ValueType  # 3
     """Retries exhausted or a permanent error; see `last_error`. Terminal."""
     STATE_SKIPPED: Delivery.State.ValueType  # 4
@@ -115,10 +119,10 @@ class Delivery(_message.Message):
     recipient: _builtins.str
     """Output only. The user notified, `users/{user}`."""
     channel: Global___Channel.ValueType
-    """Output only. Email or webhook."""
+    """Output only. Email, text or webhook."""
     template: _builtins.str
-    """Output only. The template rendered, `templates/{template}`; empty for
-    webhooks.
+    """Output only. The template rendered, `templates/{template}` (a text
+    carries its subject); empty for webhooks.
     """
     event_type: _builtins.str
     """Output only. Type of the triggering event, its full message name, e.g.
@@ -127,7 +131,9 @@ class Delivery(_message.Message):
     event_id: _builtins.str
     """Output only. ID of the triggering event (EventEnvelope.id)."""
     destination: _builtins.str
-    """Output only. Where it was sent: an email address or a webhook URL."""
+    """Output only. Where it was sent: an email address, a mobile number (E.164)
+    or a webhook URL.
+    """
     webhook: _builtins.str
     """Output only. The webhook used, `webhooks/{webhook}`; empty for email."""
     state: Global___Delivery.State.ValueType

@@ -145,7 +145,8 @@ class Preferences(_message.Message):
     """
     sms_enabled: _builtins.bool
     """Optional. Whether notifications may be sent as text messages to the user's
-    `phone_number`. Default false: texts are opted into.
+    `phone_number`. Default false: texts are opted into, and changing the number
+    turns them off again (consent was given for the old one).
     """
     push_enabled: _builtins.bool
     """Optional. Whether notifications may be sent to the user's browsers as push
