@@ -149,9 +149,10 @@ class StripeProvider:
         # wants the customer present), requires_payment_method.
         return Authorization(intent.id, f"STRIPE_{intent.status.upper()}")
 
-    def _intent_status(self, reference: str) -> str:
+    def _intent(self, reference: str) -> stripe.PaymentIntent:
+        """The PaymentIntent as Stripe has it now (after a refusal: was it done already?)."""
         try:
-            return str(self._client.v1.payment_intents.retrieve(reference).status)
+            return self._client.v1.payment_intents.retrieve(reference)
         except _UNAVAILABLE + _MISCONFIGURED as error:
             raise _unavailable(error) from error
 
@@ -164,9 +165,9 @@ class StripeProvider:
             raise _unavailable(error) from error
         except stripe.StripeError as error:
             # Captured already (from the dashboard, or a webhook we have not recorded): done.
-            if self._intent_status(payment.provider_reference) != "succeeded":
+            intent = self._intent(payment.provider_reference)
+            if intent.status != "succeeded":
                 raise ProviderRefused(_reason(error)) from error
-            intent = self._client.v1.payment_intents.retrieve(payment.provider_reference)
         charge = intent.latest_charge
         return charge if isinstance(charge, str) else (charge.id if charge is not None else "")
 
@@ -180,7 +181,7 @@ class StripeProvider:
         except _UNAVAILABLE + _MISCONFIGURED as error:
             raise _unavailable(error) from error
         except stripe.StripeError as error:
-            if self._intent_status(payment.provider_reference) != "canceled":
+            if self._intent(payment.provider_reference).status != "canceled":
                 raise ProviderRefused(_reason(error)) from error
 
     def refund(self, payment: Payment, amount: int, request: str) -> str:
