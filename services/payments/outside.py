@@ -19,6 +19,7 @@ import datetime as dt
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import replace
+from typing import TypeVar
 
 from services.kit.domain_errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.payments.idempotency import Request, remember, settle
@@ -44,6 +45,7 @@ CANCEL = "CANCEL"
 """Compensation: void the authorization, or refund what was captured."""
 
 Transactions = Callable[[], AbstractContextManager[Repository]]
+_T = TypeVar("_T")
 
 
 def _unavailable(provider: PaymentProvider, payment: Payment) -> Unavailable:
@@ -53,18 +55,6 @@ def _unavailable(provider: PaymentProvider, payment: Payment) -> Unavailable:
         retry_after_seconds=1.0,
         provider=provider.name,
         payment=payment.id,
-    )
-
-
-def _refused(
-    reason: str, verb: str, provider: PaymentProvider, payment: Payment, why: str
-) -> FailedPrecondition:
-    return FailedPrecondition(
-        reason,
-        "{provider} refused to " + verb + " payments/{payment}: {provider_reason}",
-        provider=provider.name,
-        payment=payment.id,
-        provider_reason=why,
     )
 
 
@@ -186,6 +176,22 @@ class OutsideSteps:
         assert found is not None
         return found
 
+    def _ask(self, payment: Payment, call: Callable[[], _T], reason: str, verb: str) -> _T:
+        """`call` of the provider about `payment`: no answer is UNAVAILABLE (ask again, the
+        same key), a refusal FAILED_PRECONDITION `reason`."""
+        try:
+            return call()
+        except ProviderUnavailable as error:
+            raise _unavailable(self.provider, payment) from error
+        except ProviderRefused as refused:
+            raise FailedPrecondition(
+                reason,
+                "{provider} refused to " + verb + " payments/{payment}: {provider_reason}",
+                provider=self.provider.name,
+                payment=payment.id,
+                provider_reason=refused.reason,
+            ) from refused
+
     def authorization(self, payment: Payment) -> Payment:
         """PENDING -> AUTHORIZED or FAILED, as the provider answers; asked with the method the
         payment was recorded with, whatever the account's is now."""
@@ -210,14 +216,9 @@ class OutsideSteps:
     def capture(self, payment: Payment, request: Request | None) -> Payment:
         """AUTHORIZED -> CAPTURED. A provider's refusal (the authorization expired or was
         released there) is FAILED_PRECONDITION."""
-        try:
-            capture = self.provider.capture(payment)
-        except ProviderUnavailable as error:
-            raise _unavailable(self.provider, payment) from error
-        except ProviderRefused as refused:
-            raise _refused(
-                "PAYMENT_NOT_CAPTURABLE", "capture", self.provider, payment, refused.reason
-            ) from refused
+        capture = self._ask(
+            payment, lambda: self.provider.capture(payment), "PAYMENT_NOT_CAPTURABLE", "capture"
+        )
         with self._transactions() as repo:
             self.record.captured(repo, locked(repo, payment.id), capture, payment.amount)
             if request is not None:
@@ -226,14 +227,7 @@ class OutsideSteps:
 
     def void(self, payment: Payment, request: Request | None) -> Payment:
         """AUTHORIZED -> VOIDED."""
-        try:
-            self.provider.void(payment)
-        except ProviderUnavailable as error:
-            raise _unavailable(self.provider, payment) from error
-        except ProviderRefused as refused:
-            raise _refused(
-                "PAYMENT_NOT_VOIDABLE", "release", self.provider, payment, refused.reason
-            ) from refused
+        self._ask(payment, lambda: self.provider.void(payment), "PAYMENT_NOT_VOIDABLE", "release")
         with self._transactions() as repo:
             self.record.voided(repo, locked(repo, payment.id))
             if request is not None:
@@ -246,14 +240,9 @@ class OutsideSteps:
         """Returns `amount` of what was captured; `key` (`providers.keys.request`, or the
         compensation's) makes the provider's idempotency key. A `request` stored as in flight
         (`domain.Payments.refund`) is settled once the refund is recorded."""
-        try:
-            refund = self.provider.refund(payment, amount, key)
-        except ProviderUnavailable as error:
-            raise _unavailable(self.provider, payment) from error
-        except ProviderRefused as refused:
-            raise _refused(
-                "PAYMENT_NOT_REFUNDABLE", "refund", self.provider, payment, refused.reason
-            ) from refused
+        refund = self._ask(
+            payment, lambda: self.provider.refund(payment, amount, key), "PAYMENT_NOT_REFUNDABLE", "refund"
+        )
         with self._transactions() as repo:
             self.record.refunded(repo, locked(repo, payment.id), refund, amount, reason)
             settle(repo, request, payment.id)
