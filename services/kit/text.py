@@ -10,9 +10,17 @@ digits, punctuation, symbols and spaces (Zs) are fine.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
-__all__ = ["HIDDEN_CATEGORIES", "VISIBLE_TEXT_RULE", "has_hidden", "visible_text", "visible_text_problem"]
+__all__ = [
+    "HIDDEN_CATEGORIES",
+    "VISIBLE_TEXT_RULE",
+    "has_hidden",
+    "is_e164",
+    "visible_text",
+    "visible_text_problem",
+]
 
 HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"})
 """Unicode general categories refused in displayed text."""
@@ -20,6 +28,15 @@ VISIBLE_TEXT_RULE = (
     "must not contain control, format (bidi, zero-width), private-use or line-break characters"
 )
 """What a field checked by `visible_text_problem` must not contain, as its field violation says."""
+
+
+_E164 = re.compile(r"\+[1-9][0-9]{7,14}", re.ASCII)
+
+
+def is_e164(number: str) -> bool:
+    """Whether `number` is a phone number in E.164 form: "+", then 8 to 15 ASCII digits with
+    the country code, the first not 0 ("+4915123456789")."""
+    return _E164.fullmatch(number) is not None
 
 
 def has_hidden(text: str) -> bool:

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from email.utils import getaddresses
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+
+from services.kit.text import is_e164
+from services.kit.urls import is_https_or_loopback
 
 if TYPE_CHECKING:  # types only: the domain imports these settings, and knows no kit config
     from services.kit.config import Reader, Settings
@@ -106,9 +108,7 @@ def read(env: Reader, settings: Settings | None = None) -> NotificationsSettings
     )
 
 
-_E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 _SERVICE_SID = re.compile(r"MG[0-9a-fA-F]{32}")
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _twilio(env: Reader) -> TwilioSettings:
@@ -127,15 +127,13 @@ def _twilio(env: Reader) -> TwilioSettings:
         env.problems.append("POLY_TWILIO_ACCOUNT_SID: expected AC followed by 32 hex digits")
     if not twilio.auth_token:
         env.problems.append("POLY_TWILIO_AUTH_TOKEN: required with POLY_TWILIO_ACCOUNT_SID")
-    if not (_E164.fullmatch(twilio.sender) or _SERVICE_SID.fullmatch(twilio.sender)):
+    if not (is_e164(twilio.sender) or _SERVICE_SID.fullmatch(twilio.sender)):
         env.problems.append("POLY_TWILIO_FROM: expected an E.164 number or a Messaging Service SID (MG…)")
     for name, url, public in (
         ("POLY_TWILIO_CALLBACK_URL", twilio.callback_url, True),
         ("POLY_TWILIO_API_BASE", twilio.api_base, False),
     ):
-        parts = urlsplit(url)
-        loopback = parts.scheme == "http" and parts.hostname in _LOOPBACK
-        if not ((parts.scheme == "https" and parts.hostname) or loopback):
+        if not is_https_or_loopback(url):
             what = "the public https URL of the edge's /v1/channels/sms/events" if public else "an https URL"
             env.problems.append(f"{name}: expected {what} (http only to this host), got {url!r}")
     return twilio

@@ -7,7 +7,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+
+from services.kit.urls import is_https_or_loopback
 
 if TYPE_CHECKING:  # types only: the domain imports these settings, and knows no kit config
     from services.kit.config import Reader, Settings
@@ -93,15 +94,9 @@ def read(env: Reader, settings: Settings | None = None) -> PaymentsSettings:
     return PaymentsSettings(default_currency=currency, provider=provider, stripe=stripe, paypal=paypal)
 
 
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
 def _api_base_problem(url: str) -> str | None:
     """Why `url` cannot carry a provider's credentials: anything but https, except plain http
     to this host (a local stand-in; the key would otherwise cross the network readable)."""
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return None
-    if parts.scheme == "http" and parts.hostname in _LOOPBACK:
+    if is_https_or_loopback(url):
         return None
     return f"expected an https URL (http only to this host), got {url!r}"

@@ -21,7 +21,7 @@ from typing import Literal, Protocol
 
 from services.kit import etags, filters, paging
 from services.kit.domain_errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
-from services.kit.text import visible_text, visible_text_problem
+from services.kit.text import is_e164, visible_text, visible_text_problem
 
 __all__ = [
     "ACTIVE",
@@ -61,7 +61,6 @@ _LOCALE = re.compile(
     r"[A-Za-z]{2,3}(-[A-Za-z]{4})?(-(?:[A-Za-z]{2}|[0-9]{3}))?(-(?:[A-Za-z0-9]{5,8}|[0-9][A-Za-z0-9]{3}))*",
     re.ASCII,
 )
-_E164 = re.compile(r"\+[1-9][0-9]{7,14}", re.ASCII)
 _USER_FILTER: filters.Fields = {
     "state": filters.FieldSpec(filters.enum_value(ACTIVE, DELETED)),
     "email": filters.FieldSpec(lambda raw: filters.text_value(raw).strip().lower()),
@@ -197,7 +196,7 @@ def display_name_problem(display_name: str) -> str | None:
 
 def phone_number_problem(phone_number: str) -> str | None:
     """Why `phone_number` is not an E.164 number (empty clears it)."""
-    if phone_number and not _E164.fullmatch(phone_number):
+    if phone_number and not is_e164(phone_number):
         return (
             'must be an E.164 number: "+", then 8 to 15 digits with the country code, e.g. "+4915123456789"'
         )

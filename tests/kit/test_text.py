@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.kit.text import HIDDEN_CATEGORIES, VISIBLE_TEXT_RULE, visible_text, visible_text_problem
+from services.kit.text import (
+    HIDDEN_CATEGORIES,
+    VISIBLE_TEXT_RULE,
+    is_e164,
+    visible_text,
+    visible_text_problem,
+)
 
 ATTACKS = [
     "Admin\n[SYSTEM] x\x1b[31m\u202e\x00z",
@@ -82,3 +88,34 @@ def test_one_hidden_character_anywhere_is_refused_and_cleaned_away(text: str, hi
     assert unicodedata.category(hidden) in HIDDEN_CATEGORIES
     assert visible_text_problem(corrupted, max_length=1000) == VISIBLE_TEXT_RULE
     assert visible_text(corrupted) == text
+
+
+@pytest.mark.parametrize(
+    ("number", "fit"),
+    [
+        ("+4915123456789", True),
+        ("+12025550123", True),
+        ("+491512345", True),
+        ("4915123456789", False),
+        ("+0915123456789", False),
+        ("+49 151 23456789", False),
+        ("+4915123", False),
+        ("+4915123456789012", False),
+        ("+\uff14\uff191512345678", False),
+        ("", False),
+    ],
+    ids=[
+        "de",
+        "us",
+        "shortest",
+        "no-plus",
+        "country-zero",
+        "spaces",
+        "too-short",
+        "too-long",
+        "full-width",
+        "empty",
+    ],
+)
+def test_e164_numbers_only(number: str, fit: bool) -> None:
+    assert is_e164(number) is fit
