@@ -55,8 +55,8 @@ _CHECKOV_SKIPS = {
     "where Always would ask the registry at every start and fail without one",
     "CKV_K8S_43": "overlays pin the image; a release sets the digest with kustomize edit set image",
 }
-# Credentials a component reads only when its settings ask for them (an SMTP login, a text or
-# payment provider): from optional Secrets in the environment, since a file a missing Secret
+# Credentials a component reads only when its settings ask for them (an SMTP login, a text,
+# push or payment provider): from optional Secrets in the environment, since a file a missing Secret
 # never mounts would be an error. (variable, Secret, key) by component.
 _OPTIONAL_CREDENTIALS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "notifications": (
@@ -64,6 +64,7 @@ _OPTIONAL_CREDENTIALS: dict[str, tuple[tuple[str, str, str], ...]] = {
         ("POLY_SMTP_PASSWORD", "smtp", "password"),
         ("POLY_TWILIO_ACCOUNT_SID", "twilio", "account-sid"),
         ("POLY_TWILIO_AUTH_TOKEN", "twilio", "auth-token"),
+        ("POLY_PUSH_VAPID_PRIVATE_KEY", "web-push", "vapid-private-key"),
     ),
     "payments": (
         ("POLY_STRIPE_API_KEY", "stripe", "api-key"),

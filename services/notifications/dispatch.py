@@ -1,13 +1,14 @@
 """The dispatcher's rules: plan a notification's deliveries, claim work, record outcomes.
 
-A notification becomes one email to the recipient's address and one POST per webhook that wants
-its type, each SKIPPED (with the reason as `last_error`) when the user is deleted, the type is
-muted or the channel disabled. Retries back off exponentially with jitter; a permanent error or
-the last attempt ends in FAILED. Only the holder of a claim's lease records its outcome, and a
-SENT or FAILED outcome publishes its event in the same transaction. A delivery claimed again
-after its lease expired with no outcome recorded (its dispatcher died mid-send) is counted
-(``metrics``, "reclaimed") and logged: it may be sent twice. Network calls are the caller's
-(`dispatcher.Dispatcher`); this module holds no I/O.
+A notification becomes one email to the recipient's address, a text to their number and a push
+to each of their push subscriptions where those channels are configured, and one POST per
+webhook that wants its type, each SKIPPED (with the reason as `last_error`) when the user is
+deleted, the type is muted or the channel disabled. Retries back off exponentially with jitter;
+a permanent error or the last attempt ends in FAILED. Only the holder of a claim's lease records
+its outcome, and a SENT or FAILED outcome publishes its event in the same transaction. A
+delivery claimed again after its lease expired with no outcome recorded (its dispatcher died
+mid-send) is counted (``metrics``, "reclaimed") and logged: it may be sent twice. Network calls
+are the caller's (`dispatcher.Dispatcher`); this module holds no I/O.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from services.notifications.domain import (
     EMAIL,
     FAILED,
     PENDING,
+    PUSH,
     RESOLVED,
     SENT,
     SKIPPED,
@@ -39,6 +41,8 @@ from services.notifications.domain import (
     Lease,
     Notification,
     Outgoing,
+    PushSubscription,
+    Repository,
     Template,
     Transactions,
     Webhook,
@@ -48,6 +52,11 @@ from services.notifications.domain import (
 __all__ = ["Dispatch", "DispatchSettings", "Resolved", "plan_deliveries"]
 
 _log = logging.getLogger("poly.notifications.dispatch")
+
+PUSH_TITLE_LIMIT, PUSH_TEXT_LIMIT = 150, 500
+"""Characters of the email's subject and text a push carries."""
+PUSH_PAYLOAD_BYTES = 3800
+"""One encrypted push record holds 3,993 bytes of plaintext (RFC 8291); the rest is margin."""
 
 
 def plan_deliveries(
@@ -60,9 +69,11 @@ def plan_deliveries(
     new_id: Callable[[], str],
     texts: bool = False,
     texts_refused: bool = False,
+    subscriptions: Sequence[PushSubscription] = (),
 ) -> list[tuple[Delivery, dict[str, str]]]:
     """The deliveries of one notification with what each sends: an email to the contact, a
-    text (where `texts` are sent, carrying the email's subject) to their mobile number, and a
+    text (where `texts` are sent, carrying the email's subject) to their mobile number, a push
+    (the subject and the start of the text) to each of their usable push `subscriptions`, and a
     POST to each webhook wanting the type, SKIPPED where preferences or state rule it out
     (`texts_refused`: the number answered STOP)."""
     event_type = notification.event_type
@@ -73,7 +84,7 @@ def plan_deliveries(
             id=new_id(),
             recipient=notification.recipient,
             channel=channel,
-            template=template.name if channel in (EMAIL, SMS) else "",
+            template=template.name if channel != WEBHOOK else "",
             event_type=event_type,
             event_id=notification.event_id,
             destination=destination,
@@ -109,6 +120,12 @@ def plan_deliveries(
             planned.append(
                 (delivery(SMS, contact.phone_number, "", blocked or why), {"text": rendered.subject})
             )
+        for subscription in subscriptions:
+            made = delivery(
+                PUSH, subscription.name, "", blocked or ("push disabled" if not contact.push_enabled else "")
+            )
+            facts = {"type": event_type, "id": notification.event_id, "delivery": made.name}
+            planned.append((made, {"payload": _push_payload(rendered.subject, rendered.text, facts)}))
     for hook in (h for h in webhooks if h.wants(event_type)):
         skip = blocked or ("webhook disabled" if not contact.webhook_enabled else "")
         made = delivery(WEBHOOK, hook.url, hook.name, skip)
@@ -120,6 +137,18 @@ def plan_deliveries(
         }
         planned.append((made, {"body": json.dumps(body, separators=(",", ":"), sort_keys=True)}))
     return planned
+
+
+def _push_payload(title: str, body: str, facts: dict[str, str]) -> str:
+    """The JSON a push carries, cut to fit one encrypted record (escaped characters included)."""
+    title, body = title[:PUSH_TITLE_LIMIT], body[:PUSH_TEXT_LIMIT]
+    while True:
+        payload = json.dumps(
+            {"title": title, "body": body, **facts}, separators=(",", ":"), ensure_ascii=False
+        )
+        if len(payload.encode()) <= PUSH_PAYLOAD_BYTES or not (title or body):
+            return payload
+        title, body = title[: len(title) * 3 // 4], body[: len(body) // 2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +171,8 @@ class DispatchSettings:
     """Whether text messages are sent (a provider is configured)."""
     texts_per_hour: int = 5
     """Texts one number may get in an hour."""
+    push_key: str = ""
+    """The VAPID public key pushes are signed with; "" where no pushes are sent."""
 
 
 @dataclass
@@ -208,6 +239,11 @@ class Dispatch:
             hooks = repo.webhooks_of(notification.recipient)
             texts = self.settings.texts
             refused = texts and bool(contact.phone_number) and repo.texts_refused(contact.phone_number)
+            subscriptions = [
+                s
+                for s in repo.push_subscriptions_of(notification.recipient)
+                if s.usable(now, self.settings.push_key)
+            ]
             planned = plan_deliveries(
                 notification,
                 contact,
@@ -217,6 +253,7 @@ class Dispatch:
                 new_id=self.new_id,
                 texts=texts,
                 texts_refused=refused,
+                subscriptions=subscriptions,
             )
             lease = self.lease()
             taken: list[Outgoing] = []
@@ -290,12 +327,37 @@ class Dispatch:
         self.skipped(outgoing, "the number answered STOP")
         return "the number answered STOP"
 
-    def opted_out(self, outgoing: Outgoing, error: str) -> Delivery | None:
-        """The provider refused the text as the number opted out: FAILED, and the number gets
-        no more texts until it answers START."""
+    def push_target(self, outgoing: Outgoing) -> Outgoing | None:
+        """The push with its subscription as it is now, just before it goes; None (and the
+        push SKIPPED) when the subscription was removed, moved to another user, expired or
+        made for a replaced VAPID key since the push was planned."""
+        subscription_id = outgoing.delivery.destination.removeprefix("pushSubscriptions/")
+        now = self.clock()
         with self.transactions() as repo:
-            repo.refuse_texts(outgoing.delivery.destination, True, self.clock())
-        return self._settle(outgoing.delivery, FAILED, error, None)
+            found = repo.push_subscription(subscription_id)
+        if found is not None and found.owner == outgoing.delivery.recipient:
+            if found.usable(now, self.settings.push_key):
+                return replace(outgoing, subscription=found)
+            self.skipped(outgoing, "push subscription expired or made for a replaced VAPID key")
+            return None
+        self.skipped(outgoing, "push subscription removed")
+        return None
+
+    def gone(self, outgoing: Outgoing, error: str) -> Delivery | None:
+        """The destination is gone for good: FAILED, and nothing more goes there. A number that
+        opted out gets no more texts until it answers START; a push subscription its push
+        service no longer knows is removed (its other pending pushes SKIPPED)."""
+        delivery, subscription = outgoing.delivery, outgoing.subscription
+
+        def shut(repo: Repository) -> None:  # in the settling transaction: one outcome
+            if delivery.channel == SMS:
+                repo.refuse_texts(delivery.destination, True, self.clock())
+            if delivery.channel == PUSH and subscription is not None:
+                owner = repo.delete_push_subscription(subscription.id, self.clock())
+                if owner is not None:
+                    repo.release_push_slot(owner)
+
+        return self._settle(delivery, FAILED, error, None, then=shut)
 
     def skipped(self, outgoing: Outgoing, why: str) -> Delivery | None:
         return self._settle(outgoing.delivery, SKIPPED, why, None)
@@ -323,11 +385,16 @@ class Dispatch:
         next_time: dt.datetime | None,
         *,
         reference: str = "",
+        then: Callable[[Repository], None] | None = None,
     ) -> Delivery | None:
+        """Record the outcome if this dispatcher still holds the lease, and then run `then` in
+        the same transaction."""
         with self.transactions() as repo:
             settled = repo.settle_delivery(
                 delivery.id, self.owner, state=state, error=error[:500], next_time=next_time, now=self.clock()
             )
+            if settled is not None and then is not None:
+                then(repo)
             if settled is not None and reference:
                 repo.set_provider_reference(delivery.id, reference)
                 # Its failure may have been reported already (`texts.TextReports`).

@@ -31,7 +31,9 @@ from services.kit.counters import Counters
 from services.kit.telemetry.handoff import Handoff
 from services.notifications.contacts import ContactUnavailable
 from services.notifications.dispatch import Dispatch, DispatchSettings
-from services.notifications.domain import EMAIL, SMS, WEBHOOK, Contact, Lease, Notification, Outgoing
+from services.notifications.domain import EMAIL, PUSH, SMS, WEBHOOK, Contact, Lease, Notification, Outgoing
+from services.notifications.push import PushSender
+from services.notifications.push_keys import application_server_key
 from services.notifications.senders import EmailSender, Result, WebhookSender
 from services.notifications.settings import NotificationsSettings
 from services.notifications.sms import SmsSender
@@ -46,16 +48,20 @@ Lookup = Callable[[str], Contact]
 
 def dispatch_settings(notify: NotificationsSettings) -> DispatchSettings:
     """Retries from the service's settings; a lease three times the longest send (SMTP,
-    webhook or text), so a live dispatcher never loses a delivery it is sending. (A notification whose
-    contact lookup outlives the lease may be taken over; only the lease holder's result counts.)"""
+    webhook, text or push), so a live dispatcher never loses a delivery it is sending. (A
+    notification whose contact lookup outlives the lease may be taken over; only the lease
+    holder's result counts.)"""
     texts_timeout = notify.twilio.timeout_seconds if notify.twilio.enabled else 0.0
+    push_timeout = notify.push.timeout_seconds if notify.push.enabled else 0.0
     return DispatchSettings(
         max_attempts=notify.max_attempts,
         retry_base_seconds=notify.retry_base_seconds,
         retry_max_seconds=notify.retry_max_seconds,
-        lease_seconds=3 * max(notify.smtp.timeout_seconds, notify.webhook_timeout_seconds, texts_timeout),
+        lease_seconds=3
+        * max(notify.smtp.timeout_seconds, notify.webhook_timeout_seconds, texts_timeout, push_timeout),
         texts=notify.twilio.enabled,
         texts_per_hour=notify.twilio.per_recipient_per_hour,
+        push_key=application_server_key(notify.push.vapid_private_key) if notify.push.enabled else "",
     )
 
 
@@ -70,12 +76,14 @@ class Dispatcher:
         concurrency: int,
         poll_seconds: float = 0.5,
         texts: SmsSender | None = None,
+        pushes: PushSender | None = None,
     ) -> None:
         self._dispatch = dispatch
         self._lookup = lookup
         self._email = email
         self._webhooks = webhooks
         self._texts = texts
+        self._pushes = pushes
         self._concurrency = concurrency
         self._poll_seconds = poll_seconds
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -142,6 +150,8 @@ class Dispatcher:
         await self._webhooks.open()
         if self._texts is not None:
             await self._texts.open()
+        if self._pushes is not None:
+            await self._pushes.open()
         self._ready.set()
         try:
             while not self._stopping.is_set():
@@ -162,6 +172,8 @@ class Dispatcher:
             await self._email.close()
             if self._texts is not None:
                 await self._texts.close()
+            if self._pushes is not None:
+                await self._pushes.close()
 
     async def _round(self) -> None:
         loop = asyncio.get_running_loop()
@@ -257,6 +269,11 @@ class Dispatcher:
             if delivery.channel == WEBHOOK and not outgoing.secret:
                 await asyncio.to_thread(self._dispatch.skipped, outgoing, "webhook deleted")
                 return
+            if delivery.channel == PUSH:
+                target = await asyncio.to_thread(self._dispatch.push_target, outgoing)
+                if target is None:
+                    return  # SKIPPED: its subscription is no longer there for its recipient
+                outgoing = target
             facts = {"delivery": delivery.name, "channel": delivery.channel, "attempt": delivery.attempts}
             if delivery.channel == SMS and (
                 held := await asyncio.to_thread(self._dispatch.text_held, outgoing)
@@ -267,9 +284,11 @@ class Dispatcher:
             if result.sent:
                 await asyncio.to_thread(self._dispatch.sent, outgoing, result.reference)
                 _log.info("delivery sent", extra=facts)
-            elif result.opted_out:
-                await asyncio.to_thread(self._dispatch.opted_out, outgoing, result.error)
-                _log.warning("delivery refused: the number opted out", extra={**facts, "error": result.error})
+            elif result.gone:
+                await asyncio.to_thread(self._dispatch.gone, outgoing, result.error)
+                _log.warning(
+                    "delivery refused: the destination is gone", extra={**facts, "error": result.error}
+                )
             else:
                 await asyncio.to_thread(
                     self._dispatch.failed, outgoing, result.error, permanent=result.permanent
@@ -285,11 +304,15 @@ class Dispatcher:
         if outgoing.delivery.attempts > self._dispatch.settings.max_attempts:
             return Result("gave up: the dispatcher stopped during earlier attempts", permanent=True)
         channel = outgoing.delivery.channel
-        sender: EmailSender | WebhookSender | SmsSender | None = (
-            self._email if channel == EMAIL else self._texts if channel == SMS else self._webhooks
-        )
+        senders: dict[str, EmailSender | WebhookSender | SmsSender | PushSender | None] = {
+            EMAIL: self._email,
+            SMS: self._texts,
+            PUSH: self._pushes,
+            WEBHOOK: self._webhooks,
+        }
+        sender = senders.get(channel)
         if sender is None:
-            return Result("texts are not configured here (POLY_TWILIO_ACCOUNT_SID)", permanent=True)
+            return Result(f"{channel.lower()} is not configured here", permanent=True)
         try:
             async with asyncio.timeout(self._dispatch.settings.lease_seconds / 2):
                 return await sender.send(outgoing)

@@ -4,7 +4,8 @@ Each consumed event records one Notification (PENDING -> RESOLVED | ABANDONED) i
 transaction; the dispatcher resolves it once the recipient's contact is known into at most one
 Delivery per (event, channel, destination), a unique constraint. Delivery states: PENDING ->
 SENT | FAILED (retries with backoff, permanent errors at once) or SKIPPED (deleted user, muted
-type, disabled channel, deleted webhook, a number that answered STOP); FAILED and SKIPPED are
+type, disabled channel, deleted webhook or push subscription, a number that answered STOP);
+FAILED and SKIPPED are
 terminal, and so is SENT but for a text its provider reports undelivered later. Work is claimed
 with a lease, so a dead dispatcher's claims are retaken; outcomes are recorded only by the lease
 holder, with NotificationDelivered/NotificationFailed in the same transaction. A user has at most
@@ -19,7 +20,7 @@ import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from services.kit import filters, idempotency, paging
@@ -39,11 +40,12 @@ __all__ = [
     "EMAIL",
     "FAILED",
     "MAX_WEBHOOKS",
-    "SMS",
     "PENDING",
+    "PUSH",
     "RESOLVED",
     "SENT",
     "SKIPPED",
+    "SMS",
     "WEBHOOK",
     "Contact",
     "Delivery",
@@ -53,6 +55,7 @@ __all__ = [
     "Notification",
     "Notifications",
     "Outgoing",
+    "PushSubscription",
     "Repository",
     "Template",
     "Transactions",
@@ -62,7 +65,7 @@ __all__ = [
     "utcnow",
 ]
 
-EMAIL, WEBHOOK, SMS = "EMAIL", "WEBHOOK", "SMS"
+EMAIL, WEBHOOK, SMS, PUSH = "EMAIL", "WEBHOOK", "SMS", "PUSH"
 PENDING, SENT, FAILED, SKIPPED = "PENDING", "SENT", "FAILED", "SKIPPED"
 RESOLVED, ABANDONED = "RESOLVED", "ABANDONED"
 MAX_WEBHOOKS = 10
@@ -150,6 +153,35 @@ class Webhook:
 
 
 @dataclass(frozen=True, slots=True)
+class PushSubscription:
+    """A browser's Web Push subscription: its push service's URL and the keys pushes are
+    encrypted to (unpadded base64url, as the browser gives them)."""
+
+    id: str
+    owner: str
+    endpoint: str
+    p256dh: str
+    auth: str = field(repr=False)
+    """The shared authentication secret: never shown."""
+    expire_time: dt.datetime | None
+    create_time: dt.datetime
+    server_key: str
+    """The application server (VAPID) key the browser subscribed with: pushes signed with
+    another are refused, so a subscription made for a replaced key is stale."""
+
+    @property
+    def name(self) -> str:
+        return f"pushSubscriptions/{self.id}"
+
+    def expired(self, now: dt.datetime) -> bool:
+        return self.expire_time is not None and self.expire_time <= now
+
+    def usable(self, now: dt.datetime, server_key: str) -> bool:
+        """Whether a push signed with `server_key` may go to it now."""
+        return not self.expired(now) and self.server_key == server_key
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
     id: str
     recipient: str
@@ -176,11 +208,14 @@ class Delivery:
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """A claimed delivery with what to send: for email, ``subject``/``text``/``html``; for a
+    text, ``text``; for a push, ``payload`` (JSON) plus the subscription as it is now; for a
     webhook, ``body`` (JSON) plus the webhook's current signing secret."""
 
     delivery: Delivery
     content: Mapping[str, str]
     secret: str = ""
+    subscription: PushSubscription | None = None
+    """A push's subscription; None once it was removed."""
     reclaimed: bool = False
     """Its previous lease ran out with no outcome recorded (the dispatcher holding it died):
     that attempt may have been sent, so this one may send it twice."""
@@ -202,7 +237,7 @@ class DeliveryPage:
 
 DELIVERY_FIELDS: filters.Fields = {
     "state": filters.FieldSpec(filters.enum_value(PENDING, SENT, FAILED, SKIPPED)),
-    "channel": filters.FieldSpec(filters.enum_value(EMAIL, WEBHOOK, SMS, prefix="CHANNEL_")),
+    "channel": filters.FieldSpec(filters.enum_value(EMAIL, WEBHOOK, SMS, PUSH, prefix="CHANNEL_")),
     "event_type": filters.FieldSpec(filters.text_value),
     "event_id": filters.FieldSpec(filters.text_value),
     "recipient": filters.FieldSpec(filters.text_value),
@@ -263,6 +298,25 @@ class Repository(Protocol):
     def list_webhooks(self, owner: str | None, after: Sequence[str] | None, limit: int) -> list[Webhook]: ...
     def delete_webhook(self, webhook_id: str, now: dt.datetime) -> bool:
         """Remove it and skip its pending deliveries; False when it did not exist."""
+
+    def reserve_push_slot(self, owner: str, limit: int) -> bool:
+        """Count one more push subscription for `owner` unless it has `limit`."""
+
+    def release_push_slot(self, owner: str) -> None: ...
+    def add_push_subscription(self, subscription: PushSubscription) -> bool:
+        """False when its endpoint is registered already (a concurrent create)."""
+
+    def renew_push_subscription(self, subscription: PushSubscription) -> None:
+        """Write its keys, expiry and server key (the endpoint was registered again)."""
+
+    def push_subscription(self, subscription_id: str) -> PushSubscription | None: ...
+    def push_subscription_at(self, endpoint: str) -> PushSubscription | None: ...
+    def push_subscriptions_of(self, owner: str) -> list[PushSubscription]: ...
+    def list_push_subscriptions(
+        self, owner: str | None, after: Sequence[str] | None, limit: int
+    ) -> list[PushSubscription]: ...
+    def delete_push_subscription(self, subscription_id: str, now: dt.datetime) -> str | None:
+        """Remove it and skip its pending pushes; its owner, or None when it did not exist."""
 
     def add_delivery(
         self, delivery: Delivery, content: Mapping[str, str], lease: Lease | None = None

@@ -27,7 +27,10 @@ from services.kit.db import after_commit
 from services.kit.wire import money_value
 from services.notifications.domain import (
     EMAIL,
+    PUSH,
     SENT,
+    SMS,
+    WEBHOOK,
     Contact,
     Delivery,
     Lease,
@@ -39,13 +42,20 @@ from services.notifications.domain import (
 __all__ = ["contact", "delivery_outcome", "handlers", "template_values"]
 
 
+_CHANNELS = {
+    EMAIL: events_pb2.CHANNEL_EMAIL,
+    WEBHOOK: events_pb2.CHANNEL_WEBHOOK,
+    SMS: events_pb2.CHANNEL_SMS,
+    PUSH: events_pb2.CHANNEL_PUSH,
+}
+
+
 def delivery_outcome(delivery: Delivery) -> Message:
     """NotificationDelivered or NotificationFailed, once a delivery is settled."""
-    channel = events_pb2.CHANNEL_EMAIL if delivery.channel == EMAIL else events_pb2.CHANNEL_WEBHOOK
     common: dict[str, Any] = {
         "delivery": delivery.name,
         "recipient": delivery.recipient,
-        "channel": channel,
+        "channel": _CHANNELS[delivery.channel],
         "event_type": delivery.event_type,
         "event_id": delivery.event_id,
         "attempts": delivery.attempts,

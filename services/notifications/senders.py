@@ -43,8 +43,9 @@ class Result:
     permanent: bool = False
     reference: str = ""
     """The provider's id of what it accepted (a text's message SID), kept with the delivery."""
-    opted_out: bool = False
-    """The recipient refused this channel (a number that answered STOP)."""
+    gone: bool = False
+    """The destination is gone for good: a number that answered STOP, a push subscription
+    its push service no longer knows."""
 
     @property
     def sent(self) -> bool:

@@ -10,7 +10,18 @@ from poly.notifications.v1 import notifications_service_pb2_grpc, resources_pb2
 from services.kit import authz, fieldmask
 from services.kit.names import resource_id
 from services.kit.wire import timestamp
-from services.notifications.domain import Delivery, Notifications, Template, Webhook
+from services.notifications.domain import (
+    EMAIL,
+    PUSH,
+    SMS,
+    WEBHOOK,
+    Delivery,
+    Notifications,
+    PushSubscription,
+    Template,
+    Webhook,
+)
+from services.notifications.subscriptions import PushSubscriptions, expiration_ms
 from services.notifications.texts import TextReports
 
 __all__ = ["NotificationsServicer"]
@@ -21,7 +32,12 @@ _STATES = {
     "FAILED": resources_pb2.Delivery.STATE_FAILED,
     "SKIPPED": resources_pb2.Delivery.STATE_SKIPPED,
 }
-_CHANNELS = {"EMAIL": resources_pb2.CHANNEL_EMAIL, "WEBHOOK": resources_pb2.CHANNEL_WEBHOOK}
+_CHANNELS = {
+    EMAIL: resources_pb2.CHANNEL_EMAIL,
+    WEBHOOK: resources_pb2.CHANNEL_WEBHOOK,
+    SMS: resources_pb2.CHANNEL_SMS,
+    PUSH: resources_pb2.CHANNEL_PUSH,
+}
 
 
 def _delivery(delivery: Delivery) -> resources_pb2.Delivery:
@@ -53,6 +69,18 @@ def _webhook(webhook: Webhook) -> resources_pb2.Webhook:
     )
 
 
+def _push_subscription(subscription: PushSubscription) -> resources_pb2.PushSubscription:
+    made = resources_pb2.PushSubscription(
+        name=subscription.name,
+        owner=subscription.owner,
+        endpoint=subscription.endpoint,
+        create_time=timestamp(subscription.create_time),
+    )
+    if (expiry := expiration_ms(subscription)) is not None:
+        made.expiration_time = expiry
+    return made
+
+
 def _template(template: Template) -> resources_pb2.Template:
     return resources_pb2.Template(
         name=template.name,
@@ -71,12 +99,13 @@ def _scope() -> str | None:
 
 
 class NotificationsServicer(notifications_service_pb2_grpc.NotificationsServiceServicer):
-    """Templates, webhooks, the delivery log of emails, texts and webhooks, and what the
-    text provider reports."""
+    """Templates, webhooks, push subscriptions, the delivery log of emails, texts, pushes and
+    webhooks, and what the text provider reports."""
 
-    def __init__(self, notifications: Notifications, texts: TextReports) -> None:
+    def __init__(self, notifications: Notifications, texts: TextReports, pushes: PushSubscriptions) -> None:
         self._notifications = notifications
         self._texts = texts
+        self._pushes = pushes
 
     def ReceiveChannelEvent(
         self, request: pb.ReceiveChannelEventRequest, context: grpc.ServicerContext
@@ -132,6 +161,42 @@ class NotificationsServicer(notifications_service_pb2_grpc.NotificationsServiceS
         self, request: pb.DeleteWebhookRequest, context: grpc.ServicerContext
     ) -> empty_pb2.Empty:
         self._notifications.delete_webhook(resource_id(request.name, "webhooks"), authz.require_owner)
+        return empty_pb2.Empty()
+
+    def GetPushConfig(
+        self, request: pb.GetPushConfigRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.PushConfig:
+        key = self._pushes.config(request.name)
+        return resources_pb2.PushConfig(name=request.name, application_server_key=key)
+
+    def CreatePushSubscription(
+        self, request: pb.CreatePushSubscriptionRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.PushSubscription:
+        given = request.push_subscription
+        expiration = given.expiration_time if given.HasField("expiration_time") else None
+        made = self._pushes.create(
+            authz.principal().subject, given.endpoint, given.keys.p256dh, given.keys.auth, expiration
+        )
+        return _push_subscription(made)
+
+    def GetPushSubscription(
+        self, request: pb.GetPushSubscriptionRequest, context: grpc.ServicerContext
+    ) -> resources_pb2.PushSubscription:
+        subscription_id = resource_id(request.name, "pushSubscriptions")
+        return _push_subscription(self._pushes.get(subscription_id, authz.require_owner))
+
+    def ListPushSubscriptions(
+        self, request: pb.ListPushSubscriptionsRequest, context: grpc.ServicerContext
+    ) -> pb.ListPushSubscriptionsResponse:
+        found, token = self._pushes.list(_scope(), request.page_size, request.page_token)
+        return pb.ListPushSubscriptionsResponse(
+            push_subscriptions=[_push_subscription(s) for s in found], next_page_token=token
+        )
+
+    def DeletePushSubscription(
+        self, request: pb.DeletePushSubscriptionRequest, context: grpc.ServicerContext
+    ) -> empty_pb2.Empty:
+        self._pushes.delete(resource_id(request.name, "pushSubscriptions"), authz.require_owner)
         return empty_pb2.Empty()
 
     def GetTemplate(

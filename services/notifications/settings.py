@@ -20,7 +20,7 @@ from services.kit.urls import is_https_or_loopback
 if TYPE_CHECKING:  # types only: the domain imports these settings, and knows no kit config
     from services.kit.config import Reader, Settings
 
-__all__ = ["NotificationsSettings", "SmtpSettings", "TwilioSettings", "read"]
+__all__ = ["NotificationsSettings", "PushSettings", "SmtpSettings", "TwilioSettings", "read"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,24 @@ class TwilioSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PushSettings:
+    """How Web Push messages are sent. Unset key: no pushes are sent, and no subscription can
+    be registered."""
+
+    vapid_private_key: str = field(default="", repr=False)
+    """The VAPID signing key (`push_keys.vapid_private_key` reads it): never logged."""
+    subject: str = ""
+    """The VAPID ``sub`` claim: a ``mailto:`` or ``https:`` contact for push services."""
+    ttl_seconds: int = 86400
+    """How long a push service keeps a message for a browser that is offline (RFC 8030 TTL)."""
+    timeout_seconds: float = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.vapid_private_key)
+
+
+@dataclass(frozen=True, slots=True)
 class NotificationsSettings:
     """How notifications are delivered and retried."""
 
@@ -77,6 +95,7 @@ class NotificationsSettings:
     concurrency: int = 32
     """Deliveries in flight at once."""
     twilio: TwilioSettings = TwilioSettings()
+    push: PushSettings = PushSettings()
 
 
 def read(env: Reader, settings: Settings | None = None) -> NotificationsSettings:
@@ -105,6 +124,7 @@ def read(env: Reader, settings: Settings | None = None) -> NotificationsSettings
         webhook_allow_private=env.flag("POLY_WEBHOOK_ALLOW_PRIVATE", False),
         concurrency=env.integer("POLY_NOTIFICATIONS_CONCURRENCY", 32, low=1, high=1000),
         twilio=_twilio(env),
+        push=_push(env),
     )
 
 
@@ -137,6 +157,29 @@ def _twilio(env: Reader) -> TwilioSettings:
             what = "the public https URL of the edge's /v1/channels/sms/events" if public else "an https URL"
             env.problems.append(f"{name}: expected {what} (http only to this host), got {url!r}")
     return twilio
+
+
+def _push(env: Reader) -> PushSettings:
+    push = PushSettings(
+        vapid_private_key=env.secret("POLY_PUSH_VAPID_PRIVATE_KEY"),
+        subject=env.optional("POLY_PUSH_VAPID_SUBJECT"),
+        ttl_seconds=env.integer("POLY_PUSH_TTL_SECONDS", 86400, low=0, high=28 * 86400),
+        timeout_seconds=env.number("POLY_PUSH_TIMEOUT_SECONDS", 10.0, low=0.1, high=120.0),
+    )
+    if not push.enabled:
+        return push
+    # Only now: the launcher reads every service's settings and loads no cryptography for them.
+    from services.notifications.push_keys import subject_problem, vapid_private_key  # noqa: PLC0415
+
+    try:
+        vapid_private_key(push.vapid_private_key)
+    except ValueError:  # its text is a secret: never quoted
+        env.problems.append(
+            "POLY_PUSH_VAPID_PRIVATE_KEY: expected a P-256 private key, as base64url of its 32 bytes or PEM"
+        )
+    if (problem := subject_problem(push.subject)) is not None:
+        env.problems.append(f"POLY_PUSH_VAPID_SUBJECT: {problem}")
+    return push
 
 
 HEADER_BREAKS = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")

@@ -68,4 +68,4 @@ class SmsSender:
             return Result(f"Twilio HTTP {status}")
         if status in (401, 403):  # the operator's to fix: kept, and asked again later
             return Result(f"Twilio refused the credentials (HTTP {status})")
-        return Result(f"Twilio HTTP {status}: error {code}", permanent=True, opted_out=code == OPTED_OUT)
+        return Result(f"Twilio HTTP {status}: error {code}", permanent=True, gone=code == OPTED_OUT)

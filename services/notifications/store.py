@@ -52,6 +52,7 @@ from services.notifications import events
 from services.notifications.domain import (
     FAILED,
     PENDING,
+    PUSH,
     SENT,
     SKIPPED,
     SMS,
@@ -62,6 +63,7 @@ from services.notifications.domain import (
     Lease,
     Notification,
     Outgoing,
+    PushSubscription,
     Template,
     Webhook,
 )
@@ -73,6 +75,8 @@ __all__ = [
     "DeliveryRow",
     "NotificationRow",
     "NotificationsStore",
+    "PushQuotaRow",
+    "PushSubscriptionRow",
     "SqlRepository",
     "TemplateRow",
     "TextFailureRow",
@@ -169,6 +173,30 @@ class WebhookQuotaRow(Base):
     used: Mapped[int]
 
 
+class PushSubscriptionRow(Base):
+    """A browser's Web Push subscription; one endpoint belongs to one user."""
+
+    __tablename__ = "push_subscription"
+    __table_args__ = (Index("ix_push_subscription_owner_create_time", "owner", "create_time"),)
+    id: Mapped[Id]
+    owner: Mapped[str] = mapped_column(String(200))
+    endpoint: Mapped[str] = mapped_column(String(2048), unique=True)
+    p256dh: Mapped[str] = mapped_column(String(100))
+    auth: Mapped[str] = mapped_column(String(50))
+    expire_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    server_key: Mapped[str] = mapped_column(String(100))
+    """The VAPID public key the browser subscribed with."""
+
+
+class PushQuotaRow(Base):
+    """Push subscriptions per owner: the conditional increment that enforces the limit."""
+
+    __tablename__ = "push_quota"
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)
+    used: Mapped[int]
+
+
 class DeliveryRow(Base):
     __tablename__ = "delivery"
     __table_args__ = (
@@ -252,6 +280,19 @@ def _template(row: Row[Any]) -> Template:
 
 def _webhook(row: Row[Any]) -> Webhook:
     return Webhook(row.id, row.owner, row.url, tuple(row.event_types.split()), row.create_time)
+
+
+def _push_subscription(row: Any) -> PushSubscription:
+    return PushSubscription(
+        row.id,
+        row.owner,
+        row.endpoint,
+        row.p256dh,
+        row.auth,
+        row.expire_time,
+        row.create_time,
+        row.server_key,
+    )
 
 
 def _delivery(row: Any) -> Delivery:
@@ -363,6 +404,7 @@ _WEBHOOKS_OF = (
     .where(_WEBHOOKS.c.owner == bindparam("webhook_owner"))
     .order_by(_WEBHOOKS.c.create_time, _WEBHOOKS.c.id)
 )
+_PUSH_SUBSCRIPTIONS = cast(Table, PushSubscriptionRow.__table__)
 _CONTACTS = cast(Table, ContactRow.__table__)
 _CONTACT = select(_CONTACTS).where(_CONTACTS.c.recipient == bindparam("contact_recipient"))
 _NEWER_CONTACT = (
@@ -522,21 +564,23 @@ class SqlRepository:
 
     # -- webhooks -------------------------------------------------------------------------
 
-    def reserve_webhook_slot(self, owner: str, limit: int) -> bool:
-        insert_if_absent(self._connection, WebhookQuotaRow, {"owner": owner, "used": 0})
+    def _reserve(self, quota: type[WebhookQuotaRow] | type[PushQuotaRow], owner: str, limit: int) -> bool:
+        insert_if_absent(self._connection, quota, {"owner": owner, "used": 0})
         reserved = self._connection.execute(
-            update(WebhookQuotaRow)
-            .where(WebhookQuotaRow.owner == owner, WebhookQuotaRow.used < limit)
-            .values(used=WebhookQuotaRow.used + 1)
+            update(quota).where(quota.owner == owner, quota.used < limit).values(used=quota.used + 1)
         )
         return bool(getattr(reserved, "rowcount", 0))
 
-    def release_webhook_slot(self, owner: str) -> None:
+    def _release(self, quota: type[WebhookQuotaRow] | type[PushQuotaRow], owner: str) -> None:
         self._connection.execute(
-            update(WebhookQuotaRow)
-            .where(WebhookQuotaRow.owner == owner, WebhookQuotaRow.used > 0)
-            .values(used=WebhookQuotaRow.used - 1)
+            update(quota).where(quota.owner == owner, quota.used > 0).values(used=quota.used - 1)
         )
+
+    def reserve_webhook_slot(self, owner: str, limit: int) -> bool:
+        return self._reserve(WebhookQuotaRow, owner, limit)
+
+    def release_webhook_slot(self, owner: str) -> None:
+        self._release(WebhookQuotaRow, owner)
 
     def add_webhook(self, webhook: Webhook, secret: str, request_id: str, request_hash: str) -> bool:
         values = {
@@ -583,6 +627,93 @@ class SqlRepository:
             .values(state=SKIPPED, last_error="webhook deleted", lease_owner=None, update_time=now)
         )
         return True
+
+    # -- push subscriptions ---------------------------------------------------------------
+
+    def reserve_push_slot(self, owner: str, limit: int) -> bool:
+        return self._reserve(PushQuotaRow, owner, limit)
+
+    def release_push_slot(self, owner: str) -> None:
+        self._release(PushQuotaRow, owner)
+
+    def add_push_subscription(self, subscription: PushSubscription) -> bool:
+        values = {
+            "id": subscription.id,
+            "owner": subscription.owner,
+            "endpoint": subscription.endpoint,
+            "p256dh": subscription.p256dh,
+            "auth": subscription.auth,
+            "expire_time": subscription.expire_time,
+            "create_time": subscription.create_time,
+            "server_key": subscription.server_key,
+        }
+        return insert_if_absent(self._connection, PushSubscriptionRow, values)
+
+    def renew_push_subscription(self, subscription: PushSubscription) -> None:
+        self._connection.execute(
+            update(PushSubscriptionRow)
+            .where(PushSubscriptionRow.id == subscription.id)
+            .values(
+                p256dh=subscription.p256dh,
+                auth=subscription.auth,
+                expire_time=subscription.expire_time,
+                server_key=subscription.server_key,
+            )
+        )
+
+    def push_subscription(self, subscription_id: str) -> PushSubscription | None:
+        row = self._connection.execute(
+            select(_PUSH_SUBSCRIPTIONS).where(PushSubscriptionRow.id == subscription_id)
+        ).first()
+        return None if row is None else _push_subscription(row)
+
+    def push_subscription_at(self, endpoint: str) -> PushSubscription | None:
+        row = self._connection.execute(
+            select(_PUSH_SUBSCRIPTIONS).where(PushSubscriptionRow.endpoint == endpoint)
+        ).first()
+        return None if row is None else _push_subscription(row)
+
+    def push_subscriptions_of(self, owner: str) -> list[PushSubscription]:
+        statement = (
+            select(_PUSH_SUBSCRIPTIONS)
+            .where(PushSubscriptionRow.owner == owner)
+            .order_by(PushSubscriptionRow.create_time, PushSubscriptionRow.id)
+        )
+        return [_push_subscription(row) for row in self._connection.execute(statement)]
+
+    def list_push_subscriptions(
+        self, owner: str | None, after: Sequence[str] | None, limit: int
+    ) -> list[PushSubscription]:
+        statement = select(_PUSH_SUBSCRIPTIONS)
+        if owner is not None:
+            statement = statement.where(PushSubscriptionRow.owner == owner)
+        statement = keyset_page(
+            statement,
+            (PushSubscriptionRow.create_time, PushSubscriptionRow.id),
+            after=after,
+            descending=True,
+            limit=limit,
+        )
+        return [_push_subscription(row) for row in self._connection.execute(statement)]
+
+    def delete_push_subscription(self, subscription_id: str, now: dt.datetime) -> str | None:
+        deleted = self._connection.execute(
+            delete(PushSubscriptionRow)
+            .where(PushSubscriptionRow.id == subscription_id)
+            .returning(PushSubscriptionRow.owner)
+        ).first()
+        if deleted is None:
+            return None
+        self._connection.execute(
+            update(DeliveryRow)
+            .where(
+                DeliveryRow.channel == PUSH,
+                DeliveryRow.destination == f"pushSubscriptions/{subscription_id}",
+                DeliveryRow.state == PENDING,
+            )
+            .values(state=SKIPPED, last_error="push subscription removed", lease_owner=None, update_time=now)
+        )
+        return str(deleted.owner)
 
     # -- deliveries -----------------------------------------------------------------------
 

@@ -240,12 +240,13 @@ def test_each_component_gets_an_environment_the_kit_accepts_and_its_probes_and_f
     assert settings.db.url == f"postgresql://poly:secret@postgres:5432/{component}"
     assert settings.bus.url == "amqp://poly:secret@rabbitmq:5672/"
     from_secrets = {item["name"] for item in container["env"] if "secretKeyRef" in item.get("valueFrom", {})}
-    optional = {  # optional credentials only: the SMTP login, the payment provider's keys
+    optional = {  # optional credentials only: the SMTP login, the text, push and payment providers' keys
         "notifications": {
             "POLY_SMTP_USERNAME",
             "POLY_SMTP_PASSWORD",
             "POLY_TWILIO_ACCOUNT_SID",
             "POLY_TWILIO_AUTH_TOKEN",
+            "POLY_PUSH_VAPID_PRIVATE_KEY",
         },
         "payments": {
             "POLY_STRIPE_API_KEY",

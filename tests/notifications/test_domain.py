@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.kit.domain_errors import InvalidArgument
 from services.notifications import addresses, senders, templates
@@ -15,6 +18,7 @@ from services.notifications.domain import (
     Contact,
     Notification,
     Notifications,
+    PushSubscription,
     Repository,
     Template,
     Webhook,
@@ -211,3 +215,23 @@ def test_a_signature_verifies_as_standard_webhooks_receivers_check_it() -> None:
     assert verify(secret, headers, body)
     assert not verify(secret, headers, body + b" ")
     assert not verify(secret, {**headers, "webhook-timestamp": str(stamp - 3600)}, body)
+
+
+@given(subject=st.text(max_size=400), text=st.text(max_size=4000))
+def test_a_push_carries_the_subject_and_text_within_one_encrypted_record(subject: str, text: str) -> None:
+    values = {"order": subject, "amount": text}
+    notification = Notification("e1", PAID, "users/u1", values, {}, NOW)
+    template = Template("order-paid", PAID, "$order", "$amount", "", NOW)
+    subscription = PushSubscription("ps-1", "users/u1", "https://push.example/x", "k", "a", None, NOW, "key")
+    contact = Contact("users/u1", "u@x.io", "U", deleted=False)
+    planned = plan_deliveries(
+        notification, contact, template, [], now=NOW, new_id=lambda: "d1", subscriptions=[subscription]
+    )
+    (payload,) = [content["payload"] for delivery, content in planned if delivery.channel == "PUSH"]
+    assert len(payload.encode()) <= 3800
+    message = json.loads(payload)
+    assert (message["delivery"], message["type"]) == ("deliveries/d1", PAID)
+    rendered = templates.render(
+        "$order", "$amount", "", {**values, "display_name": "U", "email": "u@x.io", "user": "users/u1"}
+    )
+    assert rendered.subject.startswith(message["title"]) and rendered.text.startswith(message["body"])

@@ -7,7 +7,6 @@ notifications EventSink over mTLS with the orders certificate, as the orders rel
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,8 +17,7 @@ import pytest
 from google.protobuf import field_mask_pb2
 from sqlalchemy import create_engine, text
 
-from poly.events.v1 import event_sink_pb2, event_sink_pb2_grpc, events_pb2
-from poly.events.v1.events_pb2 import EventEnvelope
+from poly.events.v1 import event_sink_pb2, events_pb2
 from poly.notifications.v1 import notifications_service_pb2 as pb
 from poly.notifications.v1 import notifications_service_pb2_grpc, resources_pb2
 from poly.type.v1 import money_pb2
@@ -27,7 +25,7 @@ from poly.users.v1 import resources_pb2 as users_resources
 from poly.users.v1 import users_service_pb2 as users_pb
 from poly.users.v1 import users_service_pb2_grpc
 from tests.support.identity import Deployment, bearer, start
-from tests.support.notifications import Mailbox, WebhookReceiver
+from tests.support.notifications import Mailbox, WebhookReceiver, sink_order_event
 from tests.support.status import Refusal, refusal
 from tests.support.waiting import eventually
 
@@ -125,19 +123,7 @@ def _user(system: System) -> User:
 
 def _push(system: System, payload: OrderEvent, event_id: str | None = None) -> tuple[str, int]:
     """Push an orders event into the notifications sink as the orders relay does; its id and outcome."""
-    envelope = EventEnvelope(
-        id=event_id or str(uuid.uuid4()),
-        type=payload.DESCRIPTOR.full_name,
-        aggregate_id=payload.order,
-        sequence=1,
-        source="orders",
-        schema_version=1,
-    )
-    envelope.occur_time.FromDatetime(dt.datetime.now(dt.UTC))
-    envelope.payload.Pack(payload)
-    stub = event_sink_pb2_grpc.EventSinkServiceStub(system.deployment.channel("notifications", as_="orders"))
-    reply = stub.PushEvent(event_sink_pb2.PushEventRequest(event=envelope), timeout=10)
-    return envelope.id, reply.outcome
+    return sink_order_event(system.deployment, payload, event_id)
 
 
 def _deliveries(system: System, user: User, event_id: str, count: int = 1) -> list[Delivery]:

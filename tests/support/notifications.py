@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import json
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -22,10 +24,14 @@ from typing import Any
 
 from aiohttp import web
 from aiosmtpd.controller import Controller
+from google.protobuf.message import Message
 
+from poly.events.v1 import event_sink_pb2, event_sink_pb2_grpc
+from poly.events.v1.events_pb2 import EventEnvelope
 from tests.support.env import free_port
+from tests.support.identity import Deployment
 
-__all__ = ["Mailbox", "WebhookCall", "WebhookReceiver", "verify"]
+__all__ = ["Mailbox", "WebhookCall", "WebhookReceiver", "sink_order_event", "verify"]
 
 
 class _Handler:
@@ -177,3 +183,23 @@ class WebhookReceiver:
         self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(10)
+
+
+def sink_order_event(
+    deployment: Deployment, payload: Message, event_id: str | None = None
+) -> tuple[str, int]:
+    """Push an orders event (it has an ``order``) into the notifications sink over mTLS with the
+    orders certificate, as the orders relay does; its id and the sink's outcome."""
+    envelope = EventEnvelope(
+        id=event_id or str(uuid.uuid4()),
+        type=payload.DESCRIPTOR.full_name,
+        aggregate_id=payload.order,
+        sequence=1,
+        source="orders",
+        schema_version=1,
+    )
+    envelope.occur_time.FromDatetime(dt.datetime.now(dt.UTC))
+    envelope.payload.Pack(payload)
+    stub = event_sink_pb2_grpc.EventSinkServiceStub(deployment.channel("notifications", as_="orders"))
+    reply = stub.PushEvent(event_sink_pb2.PushEventRequest(event=envelope), timeout=10)
+    return envelope.id, reply.outcome

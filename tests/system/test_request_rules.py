@@ -27,6 +27,8 @@ from typing import Any
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from google.api import field_behavior_pb2, resource_pb2
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor, ServiceDescriptor
@@ -48,6 +50,7 @@ from poly.users.v1 import resources_pb2 as users_resources
 from poly.users.v1 import users_service_pb2 as users_pb
 from poly.users.v1 import users_service_pb2_grpc
 from services.kit import config
+from services.notifications.push_keys import encode
 from tests.support.identity import PASSWORD, Deployment, bearer, start
 from tests.support.status import refusal
 from tests.support.waiting import eventually
@@ -61,9 +64,13 @@ _READS = ("Get", "List", "Watch")
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    deployment = start(
-        tmp_path_factory.mktemp("rules"), config.SERVICES, {"POLY_WEBHOOK_ALLOW_PRIVATE": "true"}
-    )
+    vapid = ec.generate_private_key(ec.SECP256R1()).private_numbers().private_value.to_bytes(32, "big")
+    environ = {
+        "POLY_WEBHOOK_ALLOW_PRIVATE": "true",
+        "POLY_PUSH_VAPID_PRIVATE_KEY": encode(vapid),
+        "POLY_PUSH_VAPID_SUBJECT": "mailto:ops@example.com",
+    }
+    deployment = start(tmp_path_factory.mktemp("rules"), config.SERVICES, environ)
     try:
         yield deployment
     finally:
@@ -302,6 +309,20 @@ def _owned_by(system: Deployment, admin: list[tuple[str, str]]) -> tuple[str, st
         metadata=token,
         timeout=10,
     ).webhook.name
+    browser = ec.generate_private_key(ec.SECP256R1()).public_key()
+    keys = notifications_resources.PushSubscription.Keys(
+        p256dh=encode(browser.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)),
+        auth=encode(b"a" * 16),
+    )
+    push_subscription = notifications.CreatePushSubscription(
+        notifications_pb.CreatePushSubscriptionRequest(
+            push_subscription=notifications_resources.PushSubscription(
+                endpoint="http://127.0.0.1:9/push/alice", keys=keys
+            )
+        ),
+        metadata=token,
+        timeout=10,
+    ).name
 
     def delivery() -> str | None:
         found = notifications.ListDeliveries(
@@ -321,6 +342,7 @@ def _owned_by(system: Deployment, admin: list[tuple[str, str]]) -> tuple[str, st
             "payments.poly.local/LedgerEntry": entries.ledger_entries[0].name,
             "payments.poly.local/Payment": payment,
             "notifications.poly.local/Webhook": webhook,
+            "notifications.poly.local/PushSubscription": push_subscription,
             "notifications.poly.local/Delivery": eventually(delivery, timeout=30, what="a delivery to alice"),
         },
     )

@@ -34,6 +34,10 @@ class _ChannelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Channel.Value
     """Email over SMTP."""
     CHANNEL_WEBHOOK: _Channel.ValueType  # 2
     """Signed HTTP POST to a webhook."""
+    CHANNEL_SMS: _Channel.ValueType  # 3
+    """Text message (through Twilio)."""
+    CHANNEL_PUSH: _Channel.ValueType  # 4
+    """Web Push message to one of the recipient's push subscriptions."""
 
 class Channel(_Channel, metaclass=_ChannelEnumTypeWrapper):
     """How a notification was sent (mirrors poly.notifications.v1.Channel)."""
@@ -44,6 +48,10 @@ CHANNEL_EMAIL: Channel.ValueType  # 1
 """Email over SMTP."""
 CHANNEL_WEBHOOK: Channel.ValueType  # 2
 """Signed HTTP POST to a webhook."""
+CHANNEL_SMS: Channel.ValueType  # 3
+"""Text message (through Twilio)."""
+CHANNEL_PUSH: Channel.ValueType  # 4
+"""Web Push message to one of the recipient's push subscriptions."""
 Global___Channel: _TypeAlias = Channel  # noqa: Y015
 
 @_typing.final

@@ -285,6 +285,157 @@ class DeleteWebhookRequest(_message.Message):
 Global___DeleteWebhookRequest: _TypeAlias = DeleteWebhookRequest  # noqa: Y015
 
 @_typing.final
+class GetPushConfigRequest(_message.Message):
+    """Request for GetPushConfig."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Required. `pushConfig`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPushConfigRequest: _TypeAlias = GetPushConfigRequest  # noqa: Y015
+
+@_typing.final
+class CreatePushSubscriptionRequest(_message.Message):
+    """Request for CreatePushSubscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUSH_SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def push_subscription(self) -> _resources_pb2.PushSubscription:
+        """Required. The subscription: `endpoint` and `keys` are required, `name`
+        is ignored.
+        """
+
+    def __init__(
+        self,
+        *,
+        push_subscription: _resources_pb2.PushSubscription | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["push_subscription", b"push_subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["push_subscription", b"push_subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreatePushSubscriptionRequest: _TypeAlias = CreatePushSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class GetPushSubscriptionRequest(_message.Message):
+    """Request for GetPushSubscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Required. Name of the subscription, `pushSubscriptions/{push_subscription}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPushSubscriptionRequest: _TypeAlias = GetPushSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class ListPushSubscriptionsRequest(_message.Message):
+    """Request for ListPushSubscriptions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Optional. Maximum number of subscriptions to return. 0 means the default
+    (50); values above the maximum (1000) are clamped to it; negative is
+    INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """Optional. `next_page_token` from a previous call with the same other
+    fields; a mismatch is INVALID_ARGUMENT.
+    """
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPushSubscriptionsRequest: _TypeAlias = ListPushSubscriptionsRequest  # noqa: Y015
+
+@_typing.final
+class ListPushSubscriptionsResponse(_message.Message):
+    """Response for ListPushSubscriptions, ordered by create_time descending."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUSH_SUBSCRIPTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when there are no more."""
+    @_builtins.property
+    def push_subscriptions(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.PushSubscription]:
+        """The subscriptions on this page."""
+
+    def __init__(
+        self,
+        *,
+        push_subscriptions: _abc.Iterable[_resources_pb2.PushSubscription] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "push_subscriptions", b"push_subscriptions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPushSubscriptionsResponse: _TypeAlias = ListPushSubscriptionsResponse  # noqa: Y015
+
+@_typing.final
+class DeletePushSubscriptionRequest(_message.Message):
+    """Request for DeletePushSubscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Required. Name of the subscription, `pushSubscriptions/{push_subscription}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletePushSubscriptionRequest: _TypeAlias = DeletePushSubscriptionRequest  # noqa: Y015
+
+@_typing.final
 class GetTemplateRequest(_message.Message):
     """Request for GetTemplate."""
 

@@ -28,8 +28,8 @@ if _version_not_supported:
 
 
 class NotificationsServiceStub:
-    """Notifications about domain events: the delivery log, users' webhooks, and
-    the email templates.
+    """Notifications about domain events: the delivery log, users' webhooks and
+    push subscriptions, and the email templates.
     """
 
     def __init__(self, channel):
@@ -68,6 +68,31 @@ class NotificationsServiceStub:
                 request_serializer=poly_dot_notifications_dot_v1_dot_notifications__service__pb2.DeleteWebhookRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.GetPushConfig = channel.unary_unary(
+                '/poly.notifications.v1.NotificationsService/GetPushConfig',
+                request_serializer=poly_dot_notifications_dot_v1_dot_notifications__service__pb2.GetPushConfigRequest.SerializeToString,
+                response_deserializer=poly_dot_notifications_dot_v1_dot_resources__pb2.PushConfig.FromString,
+                _registered_method=True)
+        self.CreatePushSubscription = channel.unary_unary(
+                '/poly.notifications.v1.NotificationsService/CreatePushSubscription',
+                request_serializer=poly_dot_notifications_dot_v1_dot_notifications__service__pb2.CreatePushSubscriptionRequest.SerializeToString,
+                response_deserializer=poly_dot_notifications_dot_v1_dot_resources__pb2.PushSubscription.FromString,
+                _registered_method=True)
+        self.GetPushSubscription = channel.unary_unary(
+                '/poly.notifications.v1.NotificationsService/GetPushSubscription',
+                request_serializer=poly_dot_notifications_dot_v1_dot_notifications__service__pb2.GetPushSubscriptionRequest.SerializeToString,
+                response_deserializer=poly_dot_notifications_dot_v1_dot_resources__pb2.PushSubscription.FromString,
+                _registered_method=True)
+        self.ListPushSubscriptions = channel.unary_unary(
+                '/poly.notifications.v1.NotificationsService/ListPushSubscriptions',
+                request_serializer=poly_dot_notifications_dot_v1_dot_notifications__service__pb2.ListPushSubscriptionsRequest.SerializeToString,
+                response_deserializer=poly_dot_notifications_dot_v1_dot_notifications__service__pb2.ListPushSubscriptionsResponse.FromString,
+                _registered_method=True)
+        self.DeletePushSubscription = channel.unary_unary(
+                '/poly.notifications.v1.NotificationsService/DeletePushSubscription',
+                request_serializer=poly_dot_notifications_dot_v1_dot_notifications__service__pb2.DeletePushSubscriptionRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
         self.ReceiveChannelEvent = channel.unary_unary(
                 '/poly.notifications.v1.NotificationsService/ReceiveChannelEvent',
                 request_serializer=poly_dot_notifications_dot_v1_dot_notifications__service__pb2.ReceiveChannelEventRequest.SerializeToString,
@@ -91,8 +116,8 @@ class NotificationsServiceStub:
 
 
 class NotificationsServiceServicer:
-    """Notifications about domain events: the delivery log, users' webhooks, and
-    the email templates.
+    """Notifications about domain events: the delivery log, users' webhooks and
+    push subscriptions, and the email templates.
     """
 
     def GetDelivery(self, request, context):
@@ -135,6 +160,49 @@ class NotificationsServiceServicer:
 
     def DeleteWebhook(self, request, context):
         """Removes a webhook; pending deliveries to it are skipped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPushConfig(self, request, context):
+        """Gets what a browser needs to subscribe to pushes: the VAPID public key.
+        FAILED_PRECONDITION PUSH_NOT_CONFIGURED where this deployment sends none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreatePushSubscription(self, request, context):
+        """Registers a Web Push subscription for the caller, as the browser's
+        `PushSubscription.toJSON()` gives it. Registering an endpoint again
+        returns its subscription with the new keys (and moves it to the caller
+        if another user had it: a browser pushes to whoever subscribed last).
+        FAILED_PRECONDITION PUSH_NOT_CONFIGURED where no pushes are sent;
+        RESOURCE_EXHAUSTED past the per-user limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPushSubscription(self, request, context):
+        """Gets a push subscription (without its keys).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPushSubscriptions(self, request, context):
+        """Lists push subscriptions: a user sees their own, admins see all.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePushSubscription(self, request, context):
+        """Removes a push subscription (the browser unsubscribed); pending pushes
+        to it are skipped. The service removes one itself when its push service
+        answers 404 or 410.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -209,6 +277,31 @@ def add_NotificationsServiceServicer_to_server(servicer, server):
                     request_deserializer=poly_dot_notifications_dot_v1_dot_notifications__service__pb2.DeleteWebhookRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
+            'GetPushConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPushConfig,
+                    request_deserializer=poly_dot_notifications_dot_v1_dot_notifications__service__pb2.GetPushConfigRequest.FromString,
+                    response_serializer=poly_dot_notifications_dot_v1_dot_resources__pb2.PushConfig.SerializeToString,
+            ),
+            'CreatePushSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePushSubscription,
+                    request_deserializer=poly_dot_notifications_dot_v1_dot_notifications__service__pb2.CreatePushSubscriptionRequest.FromString,
+                    response_serializer=poly_dot_notifications_dot_v1_dot_resources__pb2.PushSubscription.SerializeToString,
+            ),
+            'GetPushSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPushSubscription,
+                    request_deserializer=poly_dot_notifications_dot_v1_dot_notifications__service__pb2.GetPushSubscriptionRequest.FromString,
+                    response_serializer=poly_dot_notifications_dot_v1_dot_resources__pb2.PushSubscription.SerializeToString,
+            ),
+            'ListPushSubscriptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPushSubscriptions,
+                    request_deserializer=poly_dot_notifications_dot_v1_dot_notifications__service__pb2.ListPushSubscriptionsRequest.FromString,
+                    response_serializer=poly_dot_notifications_dot_v1_dot_notifications__service__pb2.ListPushSubscriptionsResponse.SerializeToString,
+            ),
+            'DeletePushSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePushSubscription,
+                    request_deserializer=poly_dot_notifications_dot_v1_dot_notifications__service__pb2.DeletePushSubscriptionRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
             'ReceiveChannelEvent': grpc.unary_unary_rpc_method_handler(
                     servicer.ReceiveChannelEvent,
                     request_deserializer=poly_dot_notifications_dot_v1_dot_notifications__service__pb2.ReceiveChannelEventRequest.FromString,
@@ -238,8 +331,8 @@ def add_NotificationsServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class NotificationsService:
-    """Notifications about domain events: the delivery log, users' webhooks, and
-    the email templates.
+    """Notifications about domain events: the delivery log, users' webhooks and
+    push subscriptions, and the email templates.
     """
 
     @staticmethod
@@ -393,6 +486,141 @@ class NotificationsService:
             target,
             '/poly.notifications.v1.NotificationsService/DeleteWebhook',
             poly_dot_notifications_dot_v1_dot_notifications__service__pb2.DeleteWebhookRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPushConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/poly.notifications.v1.NotificationsService/GetPushConfig',
+            poly_dot_notifications_dot_v1_dot_notifications__service__pb2.GetPushConfigRequest.SerializeToString,
+            poly_dot_notifications_dot_v1_dot_resources__pb2.PushConfig.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePushSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/poly.notifications.v1.NotificationsService/CreatePushSubscription',
+            poly_dot_notifications_dot_v1_dot_notifications__service__pb2.CreatePushSubscriptionRequest.SerializeToString,
+            poly_dot_notifications_dot_v1_dot_resources__pb2.PushSubscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPushSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/poly.notifications.v1.NotificationsService/GetPushSubscription',
+            poly_dot_notifications_dot_v1_dot_notifications__service__pb2.GetPushSubscriptionRequest.SerializeToString,
+            poly_dot_notifications_dot_v1_dot_resources__pb2.PushSubscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPushSubscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/poly.notifications.v1.NotificationsService/ListPushSubscriptions',
+            poly_dot_notifications_dot_v1_dot_notifications__service__pb2.ListPushSubscriptionsRequest.SerializeToString,
+            poly_dot_notifications_dot_v1_dot_notifications__service__pb2.ListPushSubscriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePushSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/poly.notifications.v1.NotificationsService/DeletePushSubscription',
+            poly_dot_notifications_dot_v1_dot_notifications__service__pb2.DeletePushSubscriptionRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,

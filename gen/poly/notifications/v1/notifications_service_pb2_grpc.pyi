@@ -29,8 +29,8 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class NotificationsServiceStub:
-    """Notifications about domain events: the delivery log, users' webhooks, and
-    the email templates.
+    """Notifications about domain events: the delivery log, users' webhooks and
+    push subscriptions, and the email templates.
     """
 
     @_typing.overload
@@ -54,6 +54,27 @@ class NotificationsServiceStub:
     """Lists webhooks: a user sees their own, admins see all."""
     DeleteWebhook: _grpc.UnaryUnaryMultiCallable[_notifications_service_pb2.DeleteWebhookRequest, _empty_pb2.Empty]
     """Removes a webhook; pending deliveries to it are skipped."""
+    GetPushConfig: _grpc.UnaryUnaryMultiCallable[_notifications_service_pb2.GetPushConfigRequest, _resources_pb2.PushConfig]
+    """Gets what a browser needs to subscribe to pushes: the VAPID public key.
+    FAILED_PRECONDITION PUSH_NOT_CONFIGURED where this deployment sends none.
+    """
+    CreatePushSubscription: _grpc.UnaryUnaryMultiCallable[_notifications_service_pb2.CreatePushSubscriptionRequest, _resources_pb2.PushSubscription]
+    """Registers a Web Push subscription for the caller, as the browser's
+    `PushSubscription.toJSON()` gives it. Registering an endpoint again
+    returns its subscription with the new keys (and moves it to the caller
+    if another user had it: a browser pushes to whoever subscribed last).
+    FAILED_PRECONDITION PUSH_NOT_CONFIGURED where no pushes are sent;
+    RESOURCE_EXHAUSTED past the per-user limit.
+    """
+    GetPushSubscription: _grpc.UnaryUnaryMultiCallable[_notifications_service_pb2.GetPushSubscriptionRequest, _resources_pb2.PushSubscription]
+    """Gets a push subscription (without its keys)."""
+    ListPushSubscriptions: _grpc.UnaryUnaryMultiCallable[_notifications_service_pb2.ListPushSubscriptionsRequest, _notifications_service_pb2.ListPushSubscriptionsResponse]
+    """Lists push subscriptions: a user sees their own, admins see all."""
+    DeletePushSubscription: _grpc.UnaryUnaryMultiCallable[_notifications_service_pb2.DeletePushSubscriptionRequest, _empty_pb2.Empty]
+    """Removes a push subscription (the browser unsubscribed); pending pushes
+    to it are skipped. The service removes one itself when its push service
+    answers 404 or 410.
+    """
     ReceiveChannelEvent: _grpc.UnaryUnaryMultiCallable[_notifications_service_pb2.ReceiveChannelEventRequest, _empty_pb2.Empty]
     """Receives what a channel's provider reports: for "sms" (Twilio), a
     message's status callback (its delivery confirmed, or failed) and inbound
@@ -75,8 +96,8 @@ class NotificationsServiceStub:
 
 @_typing.type_check_only
 class NotificationsServiceAsyncStub(NotificationsServiceStub):
-    """Notifications about domain events: the delivery log, users' webhooks, and
-    the email templates.
+    """Notifications about domain events: the delivery log, users' webhooks and
+    push subscriptions, and the email templates.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -97,6 +118,27 @@ class NotificationsServiceAsyncStub(NotificationsServiceStub):
     """Lists webhooks: a user sees their own, admins see all."""
     DeleteWebhook: _aio.UnaryUnaryMultiCallable[_notifications_service_pb2.DeleteWebhookRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Removes a webhook; pending deliveries to it are skipped."""
+    GetPushConfig: _aio.UnaryUnaryMultiCallable[_notifications_service_pb2.GetPushConfigRequest, _resources_pb2.PushConfig]  # type: ignore[assignment]
+    """Gets what a browser needs to subscribe to pushes: the VAPID public key.
+    FAILED_PRECONDITION PUSH_NOT_CONFIGURED where this deployment sends none.
+    """
+    CreatePushSubscription: _aio.UnaryUnaryMultiCallable[_notifications_service_pb2.CreatePushSubscriptionRequest, _resources_pb2.PushSubscription]  # type: ignore[assignment]
+    """Registers a Web Push subscription for the caller, as the browser's
+    `PushSubscription.toJSON()` gives it. Registering an endpoint again
+    returns its subscription with the new keys (and moves it to the caller
+    if another user had it: a browser pushes to whoever subscribed last).
+    FAILED_PRECONDITION PUSH_NOT_CONFIGURED where no pushes are sent;
+    RESOURCE_EXHAUSTED past the per-user limit.
+    """
+    GetPushSubscription: _aio.UnaryUnaryMultiCallable[_notifications_service_pb2.GetPushSubscriptionRequest, _resources_pb2.PushSubscription]  # type: ignore[assignment]
+    """Gets a push subscription (without its keys)."""
+    ListPushSubscriptions: _aio.UnaryUnaryMultiCallable[_notifications_service_pb2.ListPushSubscriptionsRequest, _notifications_service_pb2.ListPushSubscriptionsResponse]  # type: ignore[assignment]
+    """Lists push subscriptions: a user sees their own, admins see all."""
+    DeletePushSubscription: _aio.UnaryUnaryMultiCallable[_notifications_service_pb2.DeletePushSubscriptionRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Removes a push subscription (the browser unsubscribed); pending pushes
+    to it are skipped. The service removes one itself when its push service
+    answers 404 or 410.
+    """
     ReceiveChannelEvent: _aio.UnaryUnaryMultiCallable[_notifications_service_pb2.ReceiveChannelEventRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Receives what a channel's provider reports: for "sms" (Twilio), a
     message's status callback (its delivery confirmed, or failed) and inbound
@@ -117,8 +159,8 @@ class NotificationsServiceAsyncStub(NotificationsServiceStub):
     """
 
 class NotificationsServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Notifications about domain events: the delivery log, users' webhooks, and
-    the email templates.
+    """Notifications about domain events: the delivery log, users' webhooks and
+    push subscriptions, and the email templates.
     """
 
     @_abc_1.abstractmethod
@@ -173,6 +215,57 @@ class NotificationsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Removes a webhook; pending deliveries to it are skipped."""
+
+    @_abc_1.abstractmethod
+    def GetPushConfig(
+        self,
+        request: _notifications_service_pb2.GetPushConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resources_pb2.PushConfig, _abc.Awaitable[_resources_pb2.PushConfig]]:
+        """Gets what a browser needs to subscribe to pushes: the VAPID public key.
+        FAILED_PRECONDITION PUSH_NOT_CONFIGURED where this deployment sends none.
+        """
+
+    @_abc_1.abstractmethod
+    def CreatePushSubscription(
+        self,
+        request: _notifications_service_pb2.CreatePushSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resources_pb2.PushSubscription, _abc.Awaitable[_resources_pb2.PushSubscription]]:
+        """Registers a Web Push subscription for the caller, as the browser's
+        `PushSubscription.toJSON()` gives it. Registering an endpoint again
+        returns its subscription with the new keys (and moves it to the caller
+        if another user had it: a browser pushes to whoever subscribed last).
+        FAILED_PRECONDITION PUSH_NOT_CONFIGURED where no pushes are sent;
+        RESOURCE_EXHAUSTED past the per-user limit.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPushSubscription(
+        self,
+        request: _notifications_service_pb2.GetPushSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resources_pb2.PushSubscription, _abc.Awaitable[_resources_pb2.PushSubscription]]:
+        """Gets a push subscription (without its keys)."""
+
+    @_abc_1.abstractmethod
+    def ListPushSubscriptions(
+        self,
+        request: _notifications_service_pb2.ListPushSubscriptionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notifications_service_pb2.ListPushSubscriptionsResponse, _abc.Awaitable[_notifications_service_pb2.ListPushSubscriptionsResponse]]:
+        """Lists push subscriptions: a user sees their own, admins see all."""
+
+    @_abc_1.abstractmethod
+    def DeletePushSubscription(
+        self,
+        request: _notifications_service_pb2.DeletePushSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Removes a push subscription (the browser unsubscribed); pending pushes
+        to it are skipped. The service removes one itself when its push service
+        answers 404 or 410.
+        """
 
     @_abc_1.abstractmethod
     def ReceiveChannelEvent(

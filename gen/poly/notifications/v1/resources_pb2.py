@@ -27,7 +27,7 @@ from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%poly/notifications/v1/resources.proto\x12\x15poly.notifications.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x06\n\x08\x44\x65livery\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x31\n\trecipient\x18\x02 \x01(\tB\x1e\xe2\x41\x01\x03\xfa\x41\x17\n\x15users.poly.local/User\x12\x35\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x1e.poly.notifications.v1.ChannelB\x04\xe2\x41\x01\x03\x12<\n\x08template\x18\x04 \x01(\tB*\xe2\x41\x01\x03\xfa\x41#\n!notifications.poly.local/Template\x12\x18\n\nevent_type\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x65vent_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x64\x65stination\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12:\n\x07webhook\x18\x08 \x01(\tB)\xe2\x41\x01\x03\xfa\x41\"\n notifications.poly.local/Webhook\x12:\n\x05state\x18\t \x01(\x0e\x32%.poly.notifications.v1.Delivery.StateB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x61ttempts\x18\n \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x18\n\nlast_error\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x12;\n\x11next_attempt_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"f\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x0e\n\nSTATE_SENT\x10\x02\x12\x10\n\x0cSTATE_FAILED\x10\x03\x12\x11\n\rSTATE_SKIPPED\x10\x04:S\xea\x41P\n!notifications.poly.local/Delivery\x12\x15\x64\x65liveries/{delivery}*\ndeliveries2\x08\x64\x65livery\"\x95\x02\n\x07Webhook\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12-\n\x05owner\x18\x02 \x01(\tB\x1e\xe2\x41\x01\x03\xfa\x41\x17\n\x15users.poly.local/User\x12\x11\n\x03url\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x65vent_types\x18\x04 \x03(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06secret\x18\x05 \x01(\tB\x04\xe2\x41\x01\x04\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:L\xea\x41I\n notifications.poly.local/Webhook\x12\x12webhooks/{webhook}*\x08webhooks2\x07webhook\"\x8b\x02\n\x08Template\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x18\n\nevent_type\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07subject\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tbody_text\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tbody_html\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:Q\xea\x41N\n!notifications.poly.local/Template\x12\x14templates/{template}*\ttemplates2\x08template*[\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x11\n\rCHANNEL_EMAIL\x10\x01\x12\x13\n\x0f\x43HANNEL_WEBHOOK\x10\x02\x12\x0f\n\x0b\x43HANNEL_SMS\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%poly/notifications/v1/resources.proto\x12\x15poly.notifications.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x06\n\x08\x44\x65livery\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x31\n\trecipient\x18\x02 \x01(\tB\x1e\xe2\x41\x01\x03\xfa\x41\x17\n\x15users.poly.local/User\x12\x35\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x1e.poly.notifications.v1.ChannelB\x04\xe2\x41\x01\x03\x12<\n\x08template\x18\x04 \x01(\tB*\xe2\x41\x01\x03\xfa\x41#\n!notifications.poly.local/Template\x12\x18\n\nevent_type\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x65vent_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x64\x65stination\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12:\n\x07webhook\x18\x08 \x01(\tB)\xe2\x41\x01\x03\xfa\x41\"\n notifications.poly.local/Webhook\x12:\n\x05state\x18\t \x01(\x0e\x32%.poly.notifications.v1.Delivery.StateB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x61ttempts\x18\n \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x18\n\nlast_error\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x12;\n\x11next_attempt_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"f\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x0e\n\nSTATE_SENT\x10\x02\x12\x10\n\x0cSTATE_FAILED\x10\x03\x12\x11\n\rSTATE_SKIPPED\x10\x04:S\xea\x41P\n!notifications.poly.local/Delivery\x12\x15\x64\x65liveries/{delivery}*\ndeliveries2\x08\x64\x65livery\"\x95\x02\n\x07Webhook\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12-\n\x05owner\x18\x02 \x01(\tB\x1e\xe2\x41\x01\x03\xfa\x41\x17\n\x15users.poly.local/User\x12\x11\n\x03url\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x65vent_types\x18\x04 \x03(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06secret\x18\x05 \x01(\tB\x04\xe2\x41\x01\x04\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:L\xea\x41I\n notifications.poly.local/Webhook\x12\x12webhooks/{webhook}*\x08webhooks2\x07webhook\"\xce\x03\n\x10PushSubscription\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12-\n\x05owner\x18\x02 \x01(\tB\x1e\xe2\x41\x01\x03\xfa\x41\x17\n\x15users.poly.local/User\x12\x17\n\x08\x65ndpoint\x18\x03 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12\"\n\x0f\x65xpiration_time\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x41\n\x04keys\x18\x05 \x01(\x0b\x32,.poly.notifications.v1.PushSubscription.KeysB\x05\xe2\x41\x02\x02\x04\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x1a\x30\n\x04Keys\x12\x14\n\x06p256dh\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04\x61uth\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02:z\xea\x41w\n)notifications.poly.local/PushSubscription\x12%pushSubscriptions/{push_subscription}*\x11pushSubscriptions2\x10pushSubscriptionB\x12\n\x10_expiration_time\"\x95\x01\n\nPushConfig\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12$\n\x16\x61pplication_server_key\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03:M\xea\x41J\n#notifications.poly.local/PushConfig\x12\npushConfig*\x0bpushConfigs2\npushConfig\"\x8b\x02\n\x08Template\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x18\n\nevent_type\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07subject\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tbody_text\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tbody_html\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:Q\xea\x41N\n!notifications.poly.local/Template\x12\x14templates/{template}*\ttemplates2\x08template*m\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x11\n\rCHANNEL_EMAIL\x10\x01\x12\x13\n\x0f\x43HANNEL_WEBHOOK\x10\x02\x12\x0f\n\x0b\x43HANNEL_SMS\x10\x03\x12\x10\n\x0c\x43HANNEL_PUSH\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -78,6 +78,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WEBHOOK'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_WEBHOOK']._loaded_options = None
   _globals['_WEBHOOK']._serialized_options = b'\352AI\n notifications.poly.local/Webhook\022\022webhooks/{webhook}*\010webhooks2\007webhook'
+  _globals['_PUSHSUBSCRIPTION_KEYS'].fields_by_name['p256dh']._loaded_options = None
+  _globals['_PUSHSUBSCRIPTION_KEYS'].fields_by_name['p256dh']._serialized_options = b'\342A\001\002'
+  _globals['_PUSHSUBSCRIPTION_KEYS'].fields_by_name['auth']._loaded_options = None
+  _globals['_PUSHSUBSCRIPTION_KEYS'].fields_by_name['auth']._serialized_options = b'\342A\001\002'
+  _globals['_PUSHSUBSCRIPTION'].fields_by_name['name']._loaded_options = None
+  _globals['_PUSHSUBSCRIPTION'].fields_by_name['name']._serialized_options = b'\342A\001\010'
+  _globals['_PUSHSUBSCRIPTION'].fields_by_name['owner']._loaded_options = None
+  _globals['_PUSHSUBSCRIPTION'].fields_by_name['owner']._serialized_options = b'\342A\001\003\372A\027\n\025users.poly.local/User'
+  _globals['_PUSHSUBSCRIPTION'].fields_by_name['endpoint']._loaded_options = None
+  _globals['_PUSHSUBSCRIPTION'].fields_by_name['endpoint']._serialized_options = b'\342A\002\002\005'
+  _globals['_PUSHSUBSCRIPTION'].fields_by_name['expiration_time']._loaded_options = None
+  _globals['_PUSHSUBSCRIPTION'].fields_by_name['expiration_time']._serialized_options = b'\342A\001\001'
+  _globals['_PUSHSUBSCRIPTION'].fields_by_name['keys']._loaded_options = None
+  _globals['_PUSHSUBSCRIPTION'].fields_by_name['keys']._serialized_options = b'\342A\002\002\004'
+  _globals['_PUSHSUBSCRIPTION'].fields_by_name['create_time']._loaded_options = None
+  _globals['_PUSHSUBSCRIPTION'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_PUSHSUBSCRIPTION']._loaded_options = None
+  _globals['_PUSHSUBSCRIPTION']._serialized_options = b'\352Aw\n)notifications.poly.local/PushSubscription\022%pushSubscriptions/{push_subscription}*\021pushSubscriptions2\020pushSubscription'
+  _globals['_PUSHCONFIG'].fields_by_name['name']._loaded_options = None
+  _globals['_PUSHCONFIG'].fields_by_name['name']._serialized_options = b'\342A\001\010'
+  _globals['_PUSHCONFIG'].fields_by_name['application_server_key']._loaded_options = None
+  _globals['_PUSHCONFIG'].fields_by_name['application_server_key']._serialized_options = b'\342A\001\003'
+  _globals['_PUSHCONFIG']._loaded_options = None
+  _globals['_PUSHCONFIG']._serialized_options = b'\352AJ\n#notifications.poly.local/PushConfig\022\npushConfig*\013pushConfigs2\npushConfig'
   _globals['_TEMPLATE'].fields_by_name['name']._loaded_options = None
   _globals['_TEMPLATE'].fields_by_name['name']._serialized_options = b'\342A\001\010'
   _globals['_TEMPLATE'].fields_by_name['event_type']._loaded_options = None
@@ -92,14 +116,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TEMPLATE'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_TEMPLATE']._loaded_options = None
   _globals['_TEMPLATE']._serialized_options = b'\352AN\n!notifications.poly.local/Template\022\024templates/{template}*\ttemplates2\010template'
-  _globals['_CHANNEL']._serialized_start=1515
-  _globals['_CHANNEL']._serialized_end=1606
+  _globals['_CHANNEL']._serialized_start=2132
+  _globals['_CHANNEL']._serialized_end=2241
   _globals['_DELIVERY']._serialized_start=158
   _globals['_DELIVERY']._serialized_end=963
   _globals['_DELIVERY_STATE']._serialized_start=776
   _globals['_DELIVERY_STATE']._serialized_end=878
   _globals['_WEBHOOK']._serialized_start=966
   _globals['_WEBHOOK']._serialized_end=1243
-  _globals['_TEMPLATE']._serialized_start=1246
-  _globals['_TEMPLATE']._serialized_end=1513
+  _globals['_PUSHSUBSCRIPTION']._serialized_start=1246
+  _globals['_PUSHSUBSCRIPTION']._serialized_end=1708
+  _globals['_PUSHSUBSCRIPTION_KEYS']._serialized_start=1516
+  _globals['_PUSHSUBSCRIPTION_KEYS']._serialized_end=1564
+  _globals['_PUSHCONFIG']._serialized_start=1711
+  _globals['_PUSHCONFIG']._serialized_end=1860
+  _globals['_TEMPLATE']._serialized_start=1863
+  _globals['_TEMPLATE']._serialized_end=2130
 # @@protoc_insertion_point(module_scope)

@@ -36,6 +36,11 @@ class _ChannelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Channel.Value
     """A text message to the recipient's mobile number (through Twilio), carrying
     the email's subject line.
     """
+    CHANNEL_PUSH: _Channel.ValueType  # 4
+    """A Web Push message (RFC 8030) to one of the recipient's push
+    subscriptions, encrypted to the subscription's keys (RFC 8291), carrying
+    the email's subject line and the start of its text.
+    """
 
 class Channel(_Channel, metaclass=_ChannelEnumTypeWrapper):
     """How a notification reaches its recipient."""
@@ -49,6 +54,11 @@ CHANNEL_WEBHOOK: Channel.ValueType  # 2
 CHANNEL_SMS: Channel.ValueType  # 3
 """A text message to the recipient's mobile number (through Twilio), carrying
 the email's subject line.
+"""
+CHANNEL_PUSH: Channel.ValueType  # 4
+"""A Web Push message (RFC 8030) to one of the recipient's push
+subscriptions, encrypted to the subscription's keys (RFC 8291), carrying
+the email's subject line and the start of its text.
 """
 Global___Channel: _TypeAlias = Channel  # noqa: Y015
 
@@ -72,7 +82,8 @@ class Delivery(_message.Message):
         STATE_PENDING: Delivery._State.ValueType  # 1
         """Waiting for its first or next attempt; see `next_attempt_time`."""
         STATE_SENT: Delivery._State.ValueType  # 2
-        """Accepted by the SMTP server, the webhook (2xx) or the text provider.
+        """Accepted by the SMTP server, the webhook (2xx), the text provider or the
+        push service.
         Terminal, but for a text its provider reports undelivered later (FAILED).
         """
         STATE_FAILED: Delivery._State.ValueType  # 3
@@ -90,7 +101,8 @@ class Delivery(_message.Message):
     STATE_PENDING: Delivery.State.ValueType  # 1
     """Waiting for its first or next attempt; see `next_attempt_time`."""
     STATE_SENT: Delivery.State.ValueType  # 2
-    """Accepted by the SMTP server, the webhook (2xx) or the text provider.
+    """Accepted by the SMTP server, the webhook (2xx), the text provider or the
+    push service.
     Terminal, but for a text its provider reports undelivered later (FAILED).
     """
     STATE_FAILED: Delivery.State.ValueType  # 3
@@ -119,10 +131,10 @@ class Delivery(_message.Message):
     recipient: _builtins.str
     """Output only. The user notified, `users/{user}`."""
     channel: Global___Channel.ValueType
-    """Output only. Email, text or webhook."""
+    """Output only. Email, text, push or webhook."""
     template: _builtins.str
     """Output only. The template rendered, `templates/{template}` (a text
-    carries its subject); empty for webhooks.
+    carries its subject, a push its subject and text); empty for webhooks.
     """
     event_type: _builtins.str
     """Output only. Type of the triggering event, its full message name, e.g.
@@ -131,8 +143,9 @@ class Delivery(_message.Message):
     event_id: _builtins.str
     """Output only. ID of the triggering event (EventEnvelope.id)."""
     destination: _builtins.str
-    """Output only. Where it was sent: an email address, a mobile number (E.164)
-    or a webhook URL.
+    """Output only. Where it was sent: an email address, a mobile number (E.164),
+    a push subscription (`pushSubscriptions/{push_subscription}`) or a
+    webhook URL.
     """
     webhook: _builtins.str
     """Output only. The webhook used, `webhooks/{webhook}`; empty for email."""
@@ -238,6 +251,121 @@ class Webhook(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Webhook: _TypeAlias = Webhook  # noqa: Y015
+
+@_typing.final
+class PushSubscription(_message.Message):
+    """A browser's (or an app's) Web Push subscription: where notifications for
+    its owner are pushed (RFC 8030), and the keys they are encrypted to
+    (RFC 8291). Register what `PushSubscription.toJSON()` gives in the browser,
+    after subscribing with the application server key of `PushConfig`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Keys(_message.Message):
+        """The subscription's keys, as the browser gives them (unpadded base64url)."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        P256DH_FIELD_NUMBER: _builtins.int
+        AUTH_FIELD_NUMBER: _builtins.int
+        p256dh: _builtins.str
+        """Required. The browser's P-256 ECDH public key, an uncompressed point
+        (65 bytes).
+        """
+        auth: _builtins.str
+        """Required. The authentication secret (16 bytes)."""
+        def __init__(
+            self,
+            *,
+            p256dh: _builtins.str = ...,
+            auth: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "p256dh", b"p256dh"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    EXPIRATION_TIME_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Identifier. Resource name, `pushSubscriptions/{push_subscription}`."""
+    owner: _builtins.str
+    """Output only. The user who registered it, `users/{user}`."""
+    endpoint: _builtins.str
+    """Required. Immutable. The push service's URL for this subscription: https,
+    at most 2048 characters, on a public host. One endpoint belongs to one
+    user: registering it again moves it to the caller with the new keys.
+    """
+    expiration_time: _builtins.int
+    """Optional. When the browser says the subscription ends, in milliseconds
+    since the Unix epoch (its `expirationTime`; null or absent when it does
+    not). Nothing is pushed to it after that.
+    """
+    @_builtins.property
+    def keys(self) -> Global___PushSubscription.Keys:
+        """Required. Input only. The keys messages are encrypted to; never
+        returned.
+        """
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When it was first registered."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        endpoint: _builtins.str = ...,
+        expiration_time: _builtins.int | None = ...,
+        keys: Global___PushSubscription.Keys | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expiration_time", b"_expiration_time", "create_time", b"create_time", "expiration_time", b"expiration_time", "keys", b"keys"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expiration_time", b"_expiration_time", "create_time", b"create_time", "endpoint", b"endpoint", "expiration_time", b"expiration_time", "keys", b"keys", "name", b"name", "owner", b"owner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expiration_time: _TypeAlias = _typing.Literal["expiration_time"]  # noqa: Y015
+    _WhichOneofArgType__expiration_time: _TypeAlias = _typing.Literal["_expiration_time", b"_expiration_time"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expiration_time) -> _WhichOneofReturnType__expiration_time | None: ...
+
+Global___PushSubscription: _TypeAlias = PushSubscription  # noqa: Y015
+
+@_typing.final
+class PushConfig(_message.Message):
+    """What a browser needs to subscribe to this deployment's pushes: a singleton."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    APPLICATION_SERVER_KEY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Identifier. Always `pushConfig`."""
+    application_server_key: _builtins.str
+    """Output only. The VAPID public key (RFC 8292) as unpadded base64url of an
+    uncompressed P-256 point: the `applicationServerKey` to pass to
+    `PushManager.subscribe()`.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        application_server_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_server_key", b"application_server_key", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushConfig: _TypeAlias = PushConfig  # noqa: Y015
 
 @_typing.final
 class Template(_message.Message):
