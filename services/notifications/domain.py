@@ -21,7 +21,7 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from services.kit import filters, idempotency, paging
 from services.kit.domain_errors import (
@@ -61,6 +61,7 @@ __all__ = [
     "Transactions",
     "Webhook",
     "default_templates",
+    "owned_page",
     "record_notification",
     "utcnow",
 ]
@@ -369,6 +370,33 @@ class Repository(Protocol):
 Transactions = Callable[[], AbstractContextManager[Repository]]
 
 
+class _Owned(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def create_time(self) -> dt.datetime: ...
+
+
+_O = TypeVar("_O", bound=_Owned)
+
+
+def owned_page(
+    transactions: Transactions,
+    read: Callable[[Repository, str | None, Sequence[str] | None, int], list[_O]],
+    owner: str | None,
+    size: int,
+    token: str,
+) -> tuple[list[_O], str]:
+    """A page of `owner`'s resources (everyone's for None), newest first, and the next token:
+    `read(repo, owner, after, limit)` lists them from the position `after`."""
+    limit = paging.page_size(size)
+    request = [owner or "*"]
+    after = paging.decode_token(token, request)
+    with transactions() as repo:
+        found = read(repo, owner, after, limit + 1)
+    return paging.split_page(found, limit, lambda last: [last.create_time.isoformat(), last.id], request)
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -543,12 +571,9 @@ class Notifications:
 
     def list_webhooks(self, owner: str | None, size: int, token: str) -> tuple[list[Webhook], str]:
         """`owner`'s webhooks, or everyone's for None; newest first."""
-        limit = paging.page_size(size)
-        request = [owner or "*"]
-        after = paging.decode_token(token, request)
-        with self.transactions() as repo:
-            found = repo.list_webhooks(owner, after, limit + 1)
-        return paging.split_page(found, limit, lambda last: [last.create_time.isoformat(), last.id], request)
+        return owned_page(
+            self.transactions, lambda repo, *page: repo.list_webhooks(*page), owner, size, token
+        )
 
     def delete_webhook(self, webhook_id: str, check_owner: OwnerCheck) -> None:
         found = self.webhook(webhook_id, check_owner)

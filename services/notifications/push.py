@@ -19,10 +19,10 @@ import aiohttp
 from py_vapid import Vapid02, VapidException
 from pywebpush import WebPusher, WebPushException
 
-from services.notifications.addresses import AddressRefused, GuardedResolver, url_problem
+from services.notifications.addresses import url_problem
 from services.notifications.domain import Outgoing
 from services.notifications.push_keys import origin, vapid_private_key
-from services.notifications.senders import Result
+from services.notifications.senders import Result, guarded_session, post_status
 from services.notifications.settings import NotificationsSettings
 
 __all__ = ["PushSender"]
@@ -43,15 +43,12 @@ class PushSender:
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
-        connector = aiohttp.TCPConnector(
+        # Push services move: a cached answer lives five minutes, each fresh one is vetted again.
+        self._session = guarded_session(
+            allow_private=self._allow_private,
             limit=self._limit,
-            resolver=GuardedResolver(allow_private=self._allow_private),
-            ttl_dns_cache=300,  # push services move; each fresh answer is vetted again
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self._settings.timeout_seconds),
-            trust_env=False,
+            timeout_seconds=self._settings.timeout_seconds,
+            dns_ttl_seconds=300,
         )
 
     async def close(self) -> None:
@@ -94,17 +91,9 @@ class PushSender:
 
     async def _post(self, endpoint: str, body: bytes, headers: dict[str, str]) -> Result:
         assert self._session is not None, "open() the sender first"
-        try:
-            async with self._session.post(
-                endpoint, data=body, headers=headers, allow_redirects=False
-            ) as answer:
-                status = answer.status
-        except aiohttp.ClientConnectorError as error:
-            if isinstance(error.os_error, AddressRefused):
-                return Result("address refused: resolves to a refused address", permanent=True)
-            return Result(f"push service connection failed: {type(error).__name__}")
-        except (aiohttp.ClientError, OSError, TimeoutError) as error:
-            return Result(f"push service {type(error).__name__}")
+        status = await post_status(self._session, endpoint, body, headers, what="push service")
+        if isinstance(status, Result):
+            return status
         if status in (200, 201, 202):
             return Result()
         if status in (404, 410):

@@ -34,7 +34,15 @@ from services.notifications.addresses import AddressRefused, GuardedResolver, ur
 from services.notifications.domain import Outgoing
 from services.notifications.settings import HEADER_BREAKS, NotificationsSettings, SmtpSettings
 
-__all__ = ["EmailSender", "Result", "WebhookSender", "email_message", "sign"]
+__all__ = [
+    "EmailSender",
+    "Result",
+    "WebhookSender",
+    "email_message",
+    "guarded_session",
+    "post_status",
+    "sign",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +268,35 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
+def guarded_session(
+    *, allow_private: bool, limit: int, timeout_seconds: float, dns_ttl_seconds: int | None = None
+) -> aiohttp.ClientSession:
+    """A pooled client for user-given URLs: every address it connects to is vetted
+    (`GuardedResolver`), proxies in the environment are ignored; open it inside the loop."""
+    connector = aiohttp.TCPConnector(
+        limit=limit, resolver=GuardedResolver(allow_private=allow_private), ttl_dns_cache=dns_ttl_seconds
+    )
+    return aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_seconds), trust_env=False
+    )
+
+
+async def post_status(
+    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], *, what: str
+) -> int | Result:
+    """POST `body` to `url` (no redirect followed): the answer's status, or the failed
+    `Result` when there is none (`what` names the peer in its error)."""
+    try:
+        async with session.post(url, data=body, headers=headers, allow_redirects=False) as response:
+            return response.status
+    except aiohttp.ClientConnectorError as error:
+        if isinstance(error.os_error, AddressRefused):
+            return Result("address refused: resolves to a refused address", permanent=True)
+        return Result(f"{what} connection failed: {type(error).__name__}")
+    except (aiohttp.ClientError, OSError, TimeoutError) as error:
+        return Result(f"{what} {type(error).__name__}")
+
+
 class WebhookSender:
     """One shared HTTP client with a bounded pool; open it inside the event loop."""
 
@@ -270,11 +307,8 @@ class WebhookSender:
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self._limit, resolver=GuardedResolver(allow_private=self._allow_private), ttl_dns_cache=None
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout), trust_env=False
+        self._session = guarded_session(
+            allow_private=self._allow_private, limit=self._limit, timeout_seconds=self._timeout
         )
 
     async def close(self) -> None:
@@ -298,17 +332,9 @@ class WebhookSender:
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(outgoing.secret, delivery.id, timestamp, body),
         }
-        try:
-            async with self._session.post(
-                delivery.destination, data=body, headers=headers, allow_redirects=False
-            ) as response:
-                status = response.status
-        except aiohttp.ClientConnectorError as error:
-            if isinstance(error.os_error, AddressRefused):
-                return Result("address refused: resolves to a refused address", permanent=True)
-            return Result(f"HTTP connection failed: {type(error).__name__}")
-        except (aiohttp.ClientError, OSError, TimeoutError) as error:
-            return Result(f"HTTP {type(error).__name__}")
+        status = await post_status(self._session, delivery.destination, body, headers, what="HTTP")
+        if isinstance(status, Result):
+            return status
         if 200 <= status < 300:
             return Result()
         return Result(

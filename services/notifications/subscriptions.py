@@ -18,7 +18,6 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from services.kit import paging
 from services.kit.domain_errors import (
     Aborted,
     FailedPrecondition,
@@ -34,6 +33,7 @@ from services.notifications.domain import (
     PushSubscription,
     Repository,
     Transactions,
+    owned_page,
     utcnow,
 )
 from services.notifications.push_keys import key_problems, origin
@@ -166,12 +166,9 @@ class PushSubscriptions:
 
     def list(self, owner: str | None, size: int, token: str) -> tuple[list[PushSubscription], str]:
         """`owner`'s subscriptions, or everyone's for None; newest first."""
-        limit = paging.page_size(size)
-        request = [owner or "*"]
-        after = paging.decode_token(token, request)
-        with self.transactions() as repo:
-            found = repo.list_push_subscriptions(owner, after, limit + 1)
-        return paging.split_page(found, limit, lambda last: [last.create_time.isoformat(), last.id], request)
+        return owned_page(
+            self.transactions, lambda repo, *page: repo.list_push_subscriptions(*page), owner, size, token
+        )
 
     def delete(self, subscription_id: str, check_owner: OwnerCheck) -> None:
         found = self.get(subscription_id, check_owner)
