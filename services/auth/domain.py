@@ -5,7 +5,8 @@ an argon2id hash, a refresh token and a client secret only as hashes. Identity s
 ACTIVE -> DISABLED (when the user is deleted); DISABLED refuses login and refresh. Refresh
 tokens: ACTIVE -> ROTATED (used once) or REVOKED (its family logged out, reused or disabled).
 The rules, one job a module: `accounts` (registration, roles, lookups), `signin` (login),
-`sessions` (refresh, logout, introspection), `clients` (machine clients and their tokens),
+`sessions` (refresh, logout, introspection), `clients` (OAuth clients, and machine clients'
+tokens), `redirects` (which redirect URIs a client may register),
 `throttle` (the attempt limits of sign-in, client tokens and registration).
 """
 
@@ -21,6 +22,9 @@ from services.kit.domain_errors import FieldViolation, InvalidArgument
 
 __all__ = [
     "ACTIVE",
+    "AUTHORIZATION_CODE",
+    "CLIENT_CREDENTIALS",
+    "CONFIDENTIAL",
     "DISABLED",
     "DISPLAY_NAME_MAX",
     "Client",
@@ -30,6 +34,8 @@ __all__ = [
     "IdentityPage",
     "IdentityQuery",
     "Minter",
+    "PUBLIC",
+    "REFRESH_TOKEN",
     "RefreshClaim",
     "Repository",
     "TokenSet",
@@ -59,12 +65,27 @@ class Identity:
         return f"users/{self.id}"
 
 
+CONFIDENTIAL, PUBLIC = "CONFIDENTIAL", "PUBLIC"
+CLIENT_CREDENTIALS, AUTHORIZATION_CODE, REFRESH_TOKEN = (
+    "client_credentials",
+    "authorization_code",
+    "refresh_token",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Client:
+    """An OAuth client: a machine (client credentials) or an app its users sign in to
+    (authorization code), confidential (it holds a secret) or public (it cannot)."""
+
     client_id: str
     display_name: str
     scopes: tuple[str, ...]
     create_time: dt.datetime
+    client_type: str = CONFIDENTIAL
+    redirect_uris: tuple[str, ...] = ()
+    grant_types: tuple[str, ...] = (CLIENT_CREDENTIALS,)
+    first_party: bool = False
 
     @property
     def name(self) -> str:

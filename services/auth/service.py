@@ -8,8 +8,8 @@ from google.protobuf import empty_pb2
 from poly.auth.v1 import auth_service_pb2 as pb
 from poly.auth.v1 import auth_service_pb2_grpc, resources_pb2
 from services.auth.accounts import Accounts
-from services.auth.clients import SCOPES, Clients
-from services.auth.domain import ACTIVE, Client, Identity, TokenSet
+from services.auth.clients import SCOPES, Clients, Registration
+from services.auth.domain import ACTIVE, CONFIDENTIAL, PUBLIC, Client, Identity, TokenSet
 from services.auth.sessions import Sessions
 from services.auth.signin import SignIn
 from services.auth.tokens import KeyRing
@@ -35,12 +35,37 @@ def _identity(identity: Identity) -> resources_pb2.Identity:
     )
 
 
+_CLIENT_TYPES = {
+    CONFIDENTIAL: resources_pb2.Client.CLIENT_TYPE_CONFIDENTIAL,
+    PUBLIC: resources_pb2.Client.CLIENT_TYPE_PUBLIC,
+}
+
+
 def _client(client: Client) -> resources_pb2.Client:
     return resources_pb2.Client(
         name=client.name,
         display_name=client.display_name,
         scopes=client.scopes,
         create_time=timestamp(client.create_time),
+        client_type=_CLIENT_TYPES[client.client_type],
+        redirect_uris=client.redirect_uris,
+        grant_types=client.grant_types,
+        first_party=client.first_party,
+    )
+
+
+def _registration(given: resources_pb2.Client) -> Registration:
+    """How `given` asks to sign users in; an unspecified type is confidential."""
+    kind = given.client_type
+    named = {number: name for name, number in _CLIENT_TYPES.items()}
+    return Registration(
+        # An unknown number stays unknown, and is refused as such.
+        client_type=CONFIDENTIAL
+        if kind == resources_pb2.Client.CLIENT_TYPE_UNSPECIFIED
+        else named.get(kind, str(kind)),
+        redirect_uris=tuple(given.redirect_uris),
+        grant_types=tuple(given.grant_types),
+        first_party=given.first_party,
     )
 
 
@@ -159,7 +184,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     ) -> pb.CreateClientResponse:
         given = request.client
         client, secret = self._clients.create_client(
-            request.client_id, given.display_name, list(given.scopes), given.secret
+            request.client_id, given.display_name, list(given.scopes), given.secret, _registration(given)
         )
         return pb.CreateClientResponse(client=_client(client), client_secret=secret)
 

@@ -19,9 +19,11 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Text,
     and_,
     delete,
     exists,
+    false,
     func,
     literal,
     or_,
@@ -31,7 +33,15 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.auth import events, keys
-from services.auth.domain import ACTIVE, Client, Identity, IdentityQuery, RefreshClaim
+from services.auth.domain import (
+    ACTIVE,
+    CLIENT_CREDENTIALS,
+    CONFIDENTIAL,
+    Client,
+    Identity,
+    IdentityQuery,
+    RefreshClaim,
+)
 from services.kit.bus import BusTables, Outbox, bus_tables
 from services.kit.db import CreatedAt, Id, UtcDateTime, naming_convention, orm_session, transactions
 from services.kit.sql import insert_if_absent, keyset_page
@@ -123,7 +133,14 @@ class ClientRow(Base):
     scopes: Mapped[str] = mapped_column(String(1000))
     """Space-separated."""
     secret_hash: Mapped[str] = mapped_column(String(255))
+    """Empty for a public client (it has no secret)."""
     create_time: Mapped[CreatedAt]
+    client_type: Mapped[str] = mapped_column(String(16), server_default=CONFIDENTIAL)
+    redirect_uris: Mapped[str] = mapped_column(Text(), server_default="")
+    """Space-separated (a redirect URI holds no space)."""
+    grant_types: Mapped[str] = mapped_column(String(200), server_default=CLIENT_CREDENTIALS)
+    """Space-separated."""
+    first_party: Mapped[bool] = mapped_column(server_default=false())
 
 
 class SigningKeyRow(Base):
@@ -140,7 +157,16 @@ def _identity(row: IdentityRow, roles: Sequence[str]) -> Identity:
 
 
 def _client(row: ClientRow) -> Client:
-    return Client(row.client_id, row.display_name, tuple(row.scopes.split()), row.create_time)
+    return Client(
+        row.client_id,
+        row.display_name,
+        tuple(row.scopes.split()),
+        row.create_time,
+        client_type=row.client_type,
+        redirect_uris=tuple(row.redirect_uris.split()),
+        grant_types=tuple(row.grant_types.split()),
+        first_party=row.first_party,
+    )
 
 
 class SqlRepository:
@@ -365,6 +391,10 @@ class SqlRepository:
             "client_id": client.client_id,
             "display_name": client.display_name,
             "scopes": " ".join(client.scopes),
+            "client_type": client.client_type,
+            "redirect_uris": " ".join(client.redirect_uris),
+            "grant_types": " ".join(client.grant_types),
+            "first_party": client.first_party,
             "secret_hash": secret_hash,
             "create_time": client.create_time,
         }

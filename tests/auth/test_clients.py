@@ -1,11 +1,19 @@
-"""Machine clients over the real store, without a server: what a client may be created with,
+"""OAuth clients over the real store, without a server: what a client may be created with,
 its secret stored hashed, and the client-credentials grant (scopes, never roles; the same
-answer for a wrong secret and an unknown client; throttled like logins)."""
+answer for a wrong secret and an unknown client; throttled like logins); clients for apps:
+public or confidential, their exact redirect URIs and their grants."""
 
 from __future__ import annotations
 
-import pytest
+from urllib.parse import urlsplit
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.auth.clients import Registration
+from services.auth.domain import AUTHORIZATION_CODE, CLIENT_CREDENTIALS, CONFIDENTIAL, PUBLIC, REFRESH_TOKEN
+from services.auth.redirects import redirect_uri_problem
 from services.kit.domain_errors import (
     AlreadyExists,
     DomainError,
@@ -125,3 +133,117 @@ def test_client_tokens_are_throttled_per_client_like_logins(local: LocalAuth) ->
     assert locked.value.retry_after_seconds == SETTINGS.login_window_seconds
     local.clock.advance(SETTINGS.login_window_seconds)
     assert answer(SECRET, ADDRESS) == "OK"
+
+
+# -- clients for apps (authorization code) -------------------------------------------------
+
+APP = "https://app.example.com/callback"
+
+
+def test_a_public_app_client_has_no_secret_and_signs_users_in_by_code(local: LocalAuth) -> None:
+    native = ("com.example.app:/callback", "http://127.0.0.1/callback")
+    client, secret = local.clients.create_client(
+        "phone-app", "Phone", [], "", Registration(PUBLIC, native, first_party=True)
+    )
+    assert secret == ""
+    assert (client.client_type, client.grant_types) == (PUBLIC, (AUTHORIZATION_CODE, REFRESH_TOKEN))
+    assert (client.redirect_uris, client.first_party) == (native, True)
+    assert local.clients.client("phone-app") == client
+
+
+@pytest.mark.parametrize("secret", ["", SECRET], ids=["no-secret", "a-secret"])
+def test_a_client_without_the_client_credentials_grant_gets_no_token(local: LocalAuth, secret: str) -> None:
+    """A public client has no secret to check: neither nothing nor something opens it. A
+    confidential web app may not use client credentials either, unless registered for them."""
+    local.clients.create_client("phone-app", "", ["orders.read"], "", Registration(PUBLIC, (APP,)))
+    local.clients.create_client(
+        "web-app", "", ["orders.read"], SECRET, Registration(CONFIDENTIAL, (APP,), (AUTHORIZATION_CODE,))
+    )
+    for client_id in ("phone-app", "web-app"):
+        with pytest.raises(Unauthenticated) as refused:
+            local.clients.client_token(client_id, secret, "", ADDRESS)
+        assert refused.value.reason == "INVALID_CLIENT"
+
+
+REGISTRATIONS = {
+    "http-not-loopback": (
+        Registration(PUBLIC, ("http://app.example.com/cb",)),
+        "",
+        ["client.redirect_uris[0]"],
+    ),
+    "localhost": (Registration(PUBLIC, ("http://localhost:8080/cb",)), "", ["client.redirect_uris[0]"]),
+    "fragment": (Registration(PUBLIC, (APP + "#done",)), "", ["client.redirect_uris[0]"]),
+    "wildcard": (Registration(PUBLIC, ("https://*.example.com/cb",)), "", ["client.redirect_uris[0]"]),
+    "javascript": (Registration(PUBLIC, ("javascript:alert(1)//",)), "", ["client.redirect_uris[0]"]),
+    "short-app-scheme": (Registration(PUBLIC, ("myapp:/cb",)), "", ["client.redirect_uris[0]"]),
+    "credentials": (
+        Registration(PUBLIC, ("https://u:p@app.example.com/cb",)),
+        "",
+        ["client.redirect_uris[0]"],
+    ),
+    "repeated": (Registration(PUBLIC, (APP, APP)), "", ["client.redirect_uris"]),
+    "too-many": (Registration(PUBLIC, tuple(f"{APP}/{n}" for n in range(11))), "", ["client.redirect_uris"]),
+    "public-client-credentials": (
+        Registration(PUBLIC, (APP,), (AUTHORIZATION_CODE, CLIENT_CREDENTIALS)),
+        "",
+        ["client.grant_types"],
+    ),
+    "code-without-redirect": (Registration(PUBLIC), "", ["client.redirect_uris"]),
+    "redirect-without-code": (Registration(CONFIDENTIAL, (APP,)), "", ["client.redirect_uris"]),
+    "refresh-without-code": (
+        Registration(CONFIDENTIAL, (), (CLIENT_CREDENTIALS, REFRESH_TOKEN)),
+        "",
+        ["client.grant_types"],
+    ),
+    "unknown-grant": (Registration(CONFIDENTIAL, (), ("password",)), "", ["client.grant_types"]),
+    "public-with-secret": (Registration(PUBLIC, (APP,)), SECRET, ["client.secret"]),
+    "unknown-type": (Registration("7", (APP,), (AUTHORIZATION_CODE,)), "", ["client.client_type"]),
+}
+
+
+@pytest.mark.parametrize(
+    ("registration", "secret", "fields"), REGISTRATIONS.values(), ids=REGISTRATIONS.keys()
+)
+def test_an_app_client_that_could_be_abused_is_refused_naming_the_field(
+    local: LocalAuth, registration: Registration, secret: str, fields: list[str]
+) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        local.clients.create_client("my-app", "", [], secret, registration)
+    assert [v.field for v in refused.value.violations] == fields
+
+
+_URIS = st.one_of(
+    st.text(max_size=100),
+    st.from_regex(
+        r"(https?|HTTP|[a-z]{1,6}(\.[a-z]{1,6}){0,2}|javascript|data):(//[^/#?]{0,30})?[/?#\w*@:.%\[\]-]{0,40}",
+        fullmatch=True,
+    ),
+)
+
+
+@given(_URIS)
+def test_an_accepted_redirect_uri_is_one_of_the_three_safe_kinds(uri: str) -> None:
+    if redirect_uri_problem(uri) is not None:
+        return
+    parts = urlsplit(uri)
+    assert "#" not in uri and "*" not in uri and parts.username is None
+    scheme = parts.scheme.lower()
+    if scheme == "http":
+        assert parts.hostname in ("127.0.0.1", "::1") or parts.hostname.startswith("127.")
+    elif scheme != "https":
+        assert "." in scheme and not parts.netloc and parts.path.startswith("/")
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        APP,
+        "https://app.example.com:8443/cb?tenant=a",
+        "http://127.0.0.1/cb",
+        "http://127.0.0.1:51004/cb",
+        "http://[::1]/cb",
+        "com.example.app:/oauth2redirect/example-provider",
+    ],
+)
+def test_redirect_uris_of_web_and_native_apps_are_accepted(uri: str) -> None:
+    assert redirect_uri_problem(uri) is None

@@ -314,6 +314,33 @@ def test_machine_clients_get_scoped_tokens(system: Deployment, admin: str) -> No
     assert _refused(system.auth().CreateClient, unknown_scope, metadata=bearer(admin))[1] == "CLIENT_INVALID"
 
 
+def test_an_app_client_is_registered_public_with_its_redirect_uris(system: Deployment, admin: str) -> None:
+    client_id = f"phone-{uuid.uuid4().hex[:6]}"
+    given = resources_pb2.Client(
+        client_type=resources_pb2.Client.CLIENT_TYPE_PUBLIC,
+        redirect_uris=["com.example.app:/callback", "http://127.0.0.1/callback"],
+        first_party=True,
+    )
+    created = system.auth().CreateClient(
+        pb.CreateClientRequest(client_id=client_id, client=given), metadata=bearer(admin), timeout=10
+    )
+    assert created.client_secret == ""
+    fetched = system.auth().GetClient(
+        pb.GetClientRequest(name=created.client.name), metadata=bearer(admin), timeout=10
+    )
+    assert fetched.client_type == resources_pb2.Client.CLIENT_TYPE_PUBLIC
+    assert list(fetched.grant_types) == ["authorization_code", "refresh_token"]
+    assert list(fetched.redirect_uris) == list(given.redirect_uris) and fetched.first_party
+    gateway = system.auth(as_="gateway")
+    guessed = pb.IssueClientTokenRequest(client_id=client_id, client_secret="x" * 40)
+    assert _refused(gateway.IssueClientToken, guessed, metadata=_from(_address()))[1] == "INVALID_CLIENT"
+    bad = resources_pb2.Client(
+        client_type=resources_pb2.Client.CLIENT_TYPE_PUBLIC, redirect_uris=["http://evil.example/cb"]
+    )
+    refused = _refused(system.auth().CreateClient, pb.CreateClientRequest(client=bad), metadata=bearer(admin))
+    assert refused[:2] == (grpc.StatusCode.INVALID_ARGUMENT, "CLIENT_INVALID")
+
+
 def test_identities_page_without_duplicates_or_gaps(system: Deployment, admin: str) -> None:
     for _ in range(5):
         system.register()

@@ -234,7 +234,9 @@ class CreateClientResponse(_message.Message):
     CLIENT_FIELD_NUMBER: _builtins.int
     CLIENT_SECRET_FIELD_NUMBER: _builtins.int
     client_secret: _builtins.str
-    """The client secret, given or generated. Shown once; store it now."""
+    """The client secret, given or generated. Shown once; store it now. Empty
+    for a public client, which has none.
+    """
     @_builtins.property
     def client(self) -> _resources_pb2.Client:
         """The created client."""

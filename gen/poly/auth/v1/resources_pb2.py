@@ -27,7 +27,7 @@ from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpoly/auth/v1/resources.proto\x12\x0cpoly.auth.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdb\x01\n\x06\x43lient\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06scopes\x18\x03 \x03(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06secret\x18\x04 \x01(\tB\x04\xe2\x41\x01\x04\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:>\xea\x41;\n\x16\x61uth.poly.local/Client\x12\x10\x63lients/{client}*\x07\x63lients2\x06\x63lient\"\xf2\x02\n\x08Identity\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x13\n\x05\x65mail\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05roles\x18\x03 \x03(\tB\x04\xe2\x41\x01\x03\x12\x31\n\x05state\x18\x04 \x01(\x0e\x32\x1c.poly.auth.v1.Identity.StateB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"D\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x12\n\x0eSTATE_DISABLED\x10\x02:A\xea\x41>\n\x18\x61uth.poly.local/Identity\x12\x0cusers/{user}*\nidentities2\x08identityb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpoly/auth/v1/resources.proto\x12\x0cpoly.auth.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x03\n\x06\x43lient\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06scopes\x18\x03 \x03(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06secret\x18\x04 \x01(\tB\x04\xe2\x41\x01\x04\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12;\n\x0b\x63lient_type\x18\x06 \x01(\x0e\x32\x1f.poly.auth.v1.Client.ClientTypeB\x05\xe2\x41\x02\x01\x05\x12\x1b\n\rredirect_uris\x18\x07 \x03(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0bgrant_types\x18\x08 \x03(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x66irst_party\x18\t \x01(\x08\x42\x04\xe2\x41\x01\x01\"_\n\nClientType\x12\x1b\n\x17\x43LIENT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43LIENT_TYPE_CONFIDENTIAL\x10\x01\x12\x16\n\x12\x43LIENT_TYPE_PUBLIC\x10\x02:>\xea\x41;\n\x16\x61uth.poly.local/Client\x12\x10\x63lients/{client}*\x07\x63lients2\x06\x63lient\"\xf2\x02\n\x08Identity\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x13\n\x05\x65mail\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05roles\x18\x03 \x03(\tB\x04\xe2\x41\x01\x03\x12\x31\n\x05state\x18\x04 \x01(\x0e\x32\x1c.poly.auth.v1.Identity.StateB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"D\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x12\n\x0eSTATE_DISABLED\x10\x02:A\xea\x41>\n\x18\x61uth.poly.local/Identity\x12\x0cusers/{user}*\nidentities2\x08identityb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,6 +44,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLIENT'].fields_by_name['secret']._serialized_options = b'\342A\001\004'
   _globals['_CLIENT'].fields_by_name['create_time']._loaded_options = None
   _globals['_CLIENT'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_CLIENT'].fields_by_name['client_type']._loaded_options = None
+  _globals['_CLIENT'].fields_by_name['client_type']._serialized_options = b'\342A\002\001\005'
+  _globals['_CLIENT'].fields_by_name['redirect_uris']._loaded_options = None
+  _globals['_CLIENT'].fields_by_name['redirect_uris']._serialized_options = b'\342A\001\001'
+  _globals['_CLIENT'].fields_by_name['grant_types']._loaded_options = None
+  _globals['_CLIENT'].fields_by_name['grant_types']._serialized_options = b'\342A\001\001'
+  _globals['_CLIENT'].fields_by_name['first_party']._loaded_options = None
+  _globals['_CLIENT'].fields_by_name['first_party']._serialized_options = b'\342A\001\001'
   _globals['_CLIENT']._loaded_options = None
   _globals['_CLIENT']._serialized_options = b'\352A;\n\026auth.poly.local/Client\022\020clients/{client}*\007clients2\006client'
   _globals['_IDENTITY'].fields_by_name['name']._loaded_options = None
@@ -61,9 +69,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IDENTITY']._loaded_options = None
   _globals['_IDENTITY']._serialized_options = b'\352A>\n\030auth.poly.local/Identity\022\014users/{user}*\nidentities2\010identity'
   _globals['_CLIENT']._serialized_start=140
-  _globals['_CLIENT']._serialized_end=359
-  _globals['_IDENTITY']._serialized_start=362
-  _globals['_IDENTITY']._serialized_end=732
-  _globals['_IDENTITY_STATE']._serialized_start=597
-  _globals['_IDENTITY_STATE']._serialized_end=665
+  _globals['_CLIENT']._serialized_end=600
+  _globals['_CLIENT_CLIENTTYPE']._serialized_start=441
+  _globals['_CLIENT_CLIENTTYPE']._serialized_end=536
+  _globals['_IDENTITY']._serialized_start=603
+  _globals['_IDENTITY']._serialized_end=973
+  _globals['_IDENTITY_STATE']._serialized_start=838
+  _globals['_IDENTITY_STATE']._serialized_end=906
 # @@protoc_insertion_point(module_scope)

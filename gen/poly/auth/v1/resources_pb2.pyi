@@ -28,11 +28,42 @@ class Client(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    class _ClientType:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ClientTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Client._ClientType.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        CLIENT_TYPE_UNSPECIFIED: Client._ClientType.ValueType  # 0
+        """Not used: a client created without a type is confidential."""
+        CLIENT_TYPE_CONFIDENTIAL: Client._ClientType.ValueType  # 1
+        """A server that keeps its secret: machine clients, web apps' back ends."""
+        CLIENT_TYPE_PUBLIC: Client._ClientType.ValueType  # 2
+        """A browser or native app, which cannot keep a secret: it has none and
+        proves itself with PKCE instead.
+        """
+
+    class ClientType(_ClientType, metaclass=_ClientTypeEnumTypeWrapper):
+        """Whether the client can keep a secret (OAuth 2.1 section 2.1)."""
+
+    CLIENT_TYPE_UNSPECIFIED: Client.ClientType.ValueType  # 0
+    """Not used: a client created without a type is confidential."""
+    CLIENT_TYPE_CONFIDENTIAL: Client.ClientType.ValueType  # 1
+    """A server that keeps its secret: machine clients, web apps' back ends."""
+    CLIENT_TYPE_PUBLIC: Client.ClientType.ValueType  # 2
+    """A browser or native app, which cannot keep a secret: it has none and
+    proves itself with PKCE instead.
+    """
+
     NAME_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     SCOPES_FIELD_NUMBER: _builtins.int
     SECRET_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    CLIENT_TYPE_FIELD_NUMBER: _builtins.int
+    REDIRECT_URIS_FIELD_NUMBER: _builtins.int
+    GRANT_TYPES_FIELD_NUMBER: _builtins.int
+    FIRST_PARTY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Identifier. Resource name, `clients/{client}`. The `{client}` segment is
     the OAuth `client_id`.
@@ -40,9 +71,17 @@ class Client(_message.Message):
     display_name: _builtins.str
     """Optional. Human-readable label, at most 63 characters."""
     secret: _builtins.str
-    """Input only. The client secret, at least 32 characters. When empty on
-    create the server generates one. Never returned in a Client; the create
-    response carries it once.
+    """Input only. The client secret of a confidential client, at least 32
+    characters. When empty on create the server generates one; a public
+    client has none. Never returned in a Client; the create response carries
+    it once.
+    """
+    client_type: Global___Client.ClientType.ValueType
+    """Optional. Immutable. Confidential (the default) or public."""
+    first_party: _builtins.bool
+    """Optional. A client of this deployment's own, whose users are not asked
+    to consent to what it requests; third-party clients (false, the default)
+    show a consent screen.
     """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -55,6 +94,26 @@ class Client(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the client was created."""
 
+    @_builtins.property
+    def redirect_uris(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional. The exact URIs the authorization server may send this client's
+        users back to (RFC 7591 `redirect_uris`), at most 10, each compared
+        exactly (but for the port of a loopback one): https; http only on a
+        loopback IP address (127.0.0.1 or [::1], for native apps, which pick
+        their port when they run, RFC 8252); or a private-use scheme in
+        reverse-domain form (`com.example.app:/callback`). No fragment, no
+        credentials, no wildcard. Required for the authorization_code grant.
+        """
+
+    @_builtins.property
+    def grant_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional. The grants the client may use (RFC 7591 `grant_types`):
+        "client_credentials" (confidential clients only), "authorization_code"
+        and "refresh_token". Empty means ["client_credentials"] for a
+        confidential client and ["authorization_code", "refresh_token"] for a
+        public one.
+        """
+
     def __init__(
         self,
         *,
@@ -63,10 +122,14 @@ class Client(_message.Message):
         scopes: _abc.Iterable[_builtins.str] | None = ...,
         secret: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        client_type: Global___Client.ClientType.ValueType = ...,
+        redirect_uris: _abc.Iterable[_builtins.str] | None = ...,
+        grant_types: _abc.Iterable[_builtins.str] | None = ...,
+        first_party: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "name", b"name", "scopes", b"scopes", "secret", b"secret"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_type", b"client_type", "create_time", b"create_time", "display_name", b"display_name", "first_party", b"first_party", "grant_types", b"grant_types", "name", b"name", "redirect_uris", b"redirect_uris", "scopes", b"scopes", "secret", b"secret"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
