@@ -5,8 +5,10 @@ headers, raised anywhere in the handler and rendered once (`gateway.app`)."""
 from __future__ import annotations
 
 import math
+import re
 
 import grpc
+from google.api import httpbody_pb2
 from google.rpc import status_pb2
 
 from gateway import errors, headers, tickets, trailers
@@ -16,6 +18,7 @@ __all__ = [
     "Metadata",
     "Refusal",
     "answer_with_metadata",
+    "raw_answer",
     "refusal",
     "require_json",
     "retry_after",
@@ -26,23 +29,51 @@ Metadata = tuple[str, str | bytes]
 
 
 def answer_with_metadata(
-    request: Request, http: int, body: bytes, initial: list[Metadata], trailing: list[Metadata]
+    request: Request,
+    http: int,
+    body: bytes,
+    initial: list[Metadata],
+    trailing: list[Metadata],
+    *,
+    content_type: str = "application/json",
 ) -> Response:
-    """A JSON answer with the call's metadata: ``Grpc-Metadata-*`` headers, and its trailers
-    as HTTP trailers for a client that accepts them (`trailers`), else as ``Grpc-Trailer-*``
-    headers."""
+    """An answer (JSON unless `content_type` says otherwise) with the call's metadata:
+    ``Grpc-Metadata-*`` headers, and its trailers as HTTP trailers for a client that accepts
+    them (`trailers`), else as ``Grpc-Trailer-*`` headers."""
     pairs = headers.response_headers(initial, [])
     after = headers.response_headers([], trailing)
     if http == 204:
         body = b""
     if after and http != 204 and trailers.accepts_trailers(request):
-        answer = Response(http, body, trailers=after)
+        answer = Response(http, body, content_type=content_type, trailers=after)
     else:
-        answer = Response(http, body)
+        answer = Response(http, body, content_type=content_type)
         pairs += after
     for name, value in pairs:
         answer.headers.add(name, value)
     return answer
+
+
+def raw_answer(
+    request: Request,
+    http: int,
+    body: httpbody_pb2.HttpBody,
+    initial: list[Metadata],
+    trailing: list[Metadata],
+) -> Response:
+    """A `google.api.HttpBody` reply as grpc-gateway sends it: its ``data`` as the body, its
+    ``content_type`` (else ``application/octet-stream``) as the type, never sniffed into
+    another by the browser."""
+    content_type = body.content_type if _HEADER_VALUE.fullmatch(body.content_type) else ""
+    answer = answer_with_metadata(
+        request, http, body.data, initial, trailing, content_type=content_type or "application/octet-stream"
+    )
+    answer.headers["X-Content-Type-Options"] = "nosniff"
+    return answer
+
+
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,200}", re.ASCII)
+"""A content type that can go in a header as it is (no line break, no control character)."""
 
 
 def _is_json(content_type: str) -> bool:

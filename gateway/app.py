@@ -532,11 +532,13 @@ class Edge:
             backend.fail(error)
             raise
         backend.end(grpc.StatusCode.OK)
+        initial: list[answers.Metadata] = list(await call.initial_metadata() or ())
+        trailing: list[answers.Metadata] = list(await call.trailing_metadata() or ())
+        if plan.raw_reply is not None:  # google.api.HttpBody: its bytes, as the type it names
+            part = getattr(reply, plan.raw_reply) if plan.raw_reply else reply
+            return answers.raw_answer(request, plan.success, part, initial, trailing)
         body = b"" if plan.success == 204 else self._json(reply, route)
-        initial, trailing = await call.initial_metadata(), await call.trailing_metadata()
-        return answers.answer_with_metadata(
-            request, plan.success, body, list(initial or ()), list(trailing or ())
-        )
+        return answers.answer_with_metadata(request, plan.success, body, initial, trailing)
 
     async def _stream(
         self,

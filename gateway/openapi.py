@@ -21,7 +21,7 @@ from google.protobuf.descriptor import (
 )
 
 from gateway.descriptors import source_comments
-from gateway.plans import raw_body_field
+from gateway.plans import raw_body_field, raw_reply_field
 from gateway.routes import Route, Router
 
 __all__ = [
@@ -258,6 +258,9 @@ class _Builder:
                     "text/event-stream": {"schema": {"type": "string"}},
                 }
                 response["description"] = "A stream of messages, one per line or event."
+            elif raw_reply_field(route) is not None:
+                response["content"] = {"*/*": {"schema": {}}}
+                response["description"] = "The body as the method made it, of the type it names."
             else:
                 response["content"] = {"application/json": {"schema": schema}}
         operation["responses"] = {str(success): response, **_errors(route, public=public)}

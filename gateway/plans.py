@@ -28,6 +28,7 @@ __all__ = [
     "default_success_status",
     "no_forwarded_headers",
     "raw_body_field",
+    "raw_reply_field",
 ]
 
 _MultiCallable = TypeVar("_MultiCallable")
@@ -66,6 +67,20 @@ def raw_body_field(route: Route) -> str | None:
     return None
 
 
+def raw_reply_field(route: Route) -> str | None:
+    """Where a unary route's answer is sent as it is (grpc-gateway's rule for
+    `google.api.HttpBody`: its ``data`` as the body, its ``content_type`` as the type): the
+    HttpBody field its ``response_body`` names, "" when the reply is itself an HttpBody, None
+    when the answer is JSON (streams are always NDJSON or SSE)."""
+    if route.server_streaming:
+        return None
+    reply = route.method.output_type
+    if route.response_body:
+        target = reply.fields_by_name[route.response_body].message_type
+        return route.response_body if target is not None and target.full_name == HTTP_BODY else None
+    return "" if reply.full_name == HTTP_BODY else None
+
+
 @dataclass(frozen=True)
 class Routing:
     """What the edge routes: the compiled routes, their OpenAPI document, the success statuses."""
@@ -100,6 +115,8 @@ class Plan:
     """`raw_body_field`: the HttpBody field the body fills as it came; None for JSON."""
     forwarded_headers: frozenset[str] = frozenset()
     """Request headers (lower-case) forwarded as metadata of the same name."""
+    raw_reply: str | None = None
+    """`raw_reply_field`: the HttpBody the answer is sent as; None for JSON."""
 
 
 def _message_class(descriptor: Descriptor) -> type[Message]:
@@ -139,6 +156,7 @@ def _plan(route: Route, success_status: SuccessStatus, forwarded_headers: Forwar
         patch_mask,
         raw_body_field(route),
         forwarded_headers(route),
+        raw_reply_field(route),
     )
 
 

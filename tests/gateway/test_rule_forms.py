@@ -119,6 +119,15 @@ service LibraryService {
   rpc UploadCover(UploadCoverRequest) returns (UploadCoverRequest) {
     option (google.api.http) = { post: "/v1/{name=shelves/*/books/*}:uploadCover" body: "cover" };
   }
+  // Answers with the cover it was sent as the reply itself, a google.api.HttpBody (the note,
+  // when given, is the content type it claims).
+  rpc EchoCover(UploadCoverRequest) returns (google.api.HttpBody) {
+    option (google.api.http) = { post: "/v1/{name=shelves/*/books/*}:echoCover" body: "cover" };
+  }
+  // A reply whose response_body is an HttpBody field.
+  rpc ExportShelf(ExportShelfRequest) returns (ShelfExport) {
+    option (google.api.http) = { get: "/v1/{name=shelves/*}:export" response_body: "file" };
+  }
   rpc WatchShelf(WatchShelfRequest) returns (stream ShelfEvent) {
     option (google.api.http) = {
       get: "/v1/{name=shelves/*}:watch"
@@ -228,6 +237,13 @@ message UploadCoverRequest {
   string name = 1;
   google.api.HttpBody cover = 2;
   string note = 3;
+}
+
+message ExportShelfRequest { string name = 1; }
+
+message ShelfExport {
+  google.api.HttpBody file = 1;
+  int32 books = 2;
 }
 
 message WatchShelfRequest {
@@ -380,6 +396,17 @@ class Library:
 
     def UploadCover(self, request: Any, context: grpc.ServicerContext) -> Any:
         return request
+
+    def EchoCover(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if request.note:
+            request.cover.content_type = request.note
+        return request.cover
+
+    def ExportShelf(self, request: Any, context: grpc.ServicerContext) -> Any:
+        export = self.pb.ShelfExport(books=1)
+        export.file.content_type = "text/csv; charset=utf-8"
+        export.file.data = f"shelf,title\n{request.name},Dune\n".encode()
+        return export
 
     def WatchShelf(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         if request.fail_after < 0:  # refused before anything is sent
@@ -972,6 +999,8 @@ def test_openapi_describes_the_foreign_service(edge: Edge) -> None:
         "/v1/sleep/{delay}": ["get"],
         "/v1/chunks/{id}": ["get"],
         "/v1/shelves/{shelve}/books/{book}:uploadCover": ["post"],
+        "/v1/shelves/{shelve}/books/{book}:echoCover": ["post"],
+        "/v1/shelves/{shelve}:export": ["get"],
         "/v1/shelves/{shelve}:watch": ["get"],
         "/v1/shelves/{shelve}/books:watch": ["get"],
     }
@@ -1253,8 +1282,56 @@ def test_an_httpbody_past_the_body_limit_is_413(edge: Edge) -> None:
     assert answer.status == 413
 
 
+@pytest.mark.parametrize(
+    ("content_type", "data"),
+    [("image/png", b"\x89PNG\r\n\x1a\n\x00"), ("text/html; charset=utf-8", "<p>ünï</p>".encode())],
+    ids=["image", "html"],
+)
+def test_an_httpbody_reply_is_sent_as_its_bytes_with_its_type(
+    edge: Edge, content_type: str, data: bytes
+) -> None:
+    answer = http_call(
+        edge.port,
+        "POST",
+        "/v1/shelves/1/books/dune:echoCover",
+        raw=data,
+        headers={"Content-Type": content_type},
+        timeout=15,
+    )
+    assert (answer.status, answer.body) == (200, data)
+    assert answer.headers["Content-Type"] == content_type
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_an_httpbody_field_named_by_response_body_is_the_answer(edge: Edge) -> None:
+    answer = edge.call("GET", "/v1/shelves/7:export")
+    assert (answer.status, answer.body) == (200, b"shelf,title\nshelves/7,Dune\n")
+    assert answer.headers["Content-Type"] == "text/csv; charset=utf-8"
+
+
+@pytest.mark.parametrize("claimed", ["text/html%0D%0ASet-Cookie:%20a=b", ""], ids=["line-break", "none"])
+def test_an_httpbody_type_that_cannot_be_a_header_is_sent_as_octet_stream(edge: Edge, claimed: str) -> None:
+    answer = http_call(
+        edge.port,
+        "POST",
+        f"/v1/shelves/1/books/dune:echoCover?note={claimed}",
+        raw=b"<script>x</script>",
+        headers={"Content-Type": "" if not claimed else "text/plain"},
+        timeout=15,
+    )
+    assert answer.status == 200
+    assert answer.headers["Content-Type"] == "application/octet-stream"
+    assert "Set-Cookie" not in answer.headers
+
+
 def test_openapi_takes_any_media_type_for_an_httpbody(edge: Edge) -> None:
     document = edge.call("GET", "/openapi.json").json()
     operation = document["paths"]["/v1/shelves/{shelve}/books/{book}:uploadCover"]["post"]
     assert operation["requestBody"]["content"] == {"*/*": {"schema": {}}}
     assert "415" not in operation["responses"]
+    for path, method in (
+        ("/v1/shelves/{shelve}/books/{book}:echoCover", "post"),
+        ("/v1/shelves/{shelve}:export", "get"),
+    ):
+        answered = document["paths"][path][method]["responses"]["200"]
+        assert answered["content"] == {"*/*": {"schema": {}}}, path
