@@ -36,12 +36,17 @@ def answer_with_metadata(
     trailing: list[Metadata],
     *,
     content_type: str = "application/json",
+    declared: frozenset[str] = frozenset(),
 ) -> Response:
     """An answer (JSON unless `content_type` says otherwise) with the call's metadata:
     ``Grpc-Metadata-*`` headers, and its trailers as HTTP trailers for a client that accepts
-    them (`trailers`), else as ``Grpc-Trailer-*`` headers."""
-    pairs = headers.response_headers(initial, [])
-    after = headers.response_headers([], trailing)
+    them (`trailers`), else as ``Grpc-Trailer-*`` headers. Metadata the method `declared`
+    (``poly.options.v1.response_headers``) goes out as headers of its own name, and its
+    ``x-http-code`` as the status."""
+    pairs = headers.declared_headers([*initial, *trailing], declared) if declared else []
+    pairs += headers.response_headers(initial, [], declared=declared)
+    after = headers.response_headers([], trailing, declared=declared)
+    http = headers.chosen_status([*initial, *trailing], declared, http) if declared else http
     if http == 204:
         body = b""
     if after and http != 204 and trailers.accepts_trailers(request):
@@ -60,13 +65,21 @@ def raw_answer(
     body: httpbody_pb2.HttpBody,
     initial: list[Metadata],
     trailing: list[Metadata],
+    *,
+    declared: frozenset[str] = frozenset(),
 ) -> Response:
     """A `google.api.HttpBody` reply as grpc-gateway sends it: its ``data`` as the body, its
     ``content_type`` (else ``application/octet-stream``) as the type, never sniffed into
     another by the browser."""
     content_type = body.content_type if _HEADER_VALUE.fullmatch(body.content_type) else ""
     answer = answer_with_metadata(
-        request, http, body.data, initial, trailing, content_type=content_type or "application/octet-stream"
+        request,
+        http,
+        body.data,
+        initial,
+        trailing,
+        content_type=content_type or "application/octet-stream",
+        declared=declared,
     )
     answer.headers["X-Content-Type-Options"] = "nosniff"
     return answer

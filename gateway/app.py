@@ -536,9 +536,13 @@ class Edge:
         trailing: list[answers.Metadata] = list(await call.trailing_metadata() or ())
         if plan.raw_reply is not None:  # google.api.HttpBody: its bytes, as the type it names
             part = getattr(reply, plan.raw_reply) if plan.raw_reply else reply
-            return answers.raw_answer(request, plan.success, part, initial, trailing)
+            return answers.raw_answer(
+                request, plan.success, part, initial, trailing, declared=plan.response_headers
+            )
         body = b"" if plan.success == 204 else self._json(reply, route)
-        return answers.answer_with_metadata(request, plan.success, body, initial, trailing)
+        return answers.answer_with_metadata(
+            request, plan.success, body, initial, trailing, declared=plan.response_headers
+        )
 
     async def _stream(
         self,

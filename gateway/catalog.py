@@ -1,7 +1,7 @@
 """From descriptors to what the edge serves: the routed services, their routes, each route's
 success status, and the OpenAPI document.
 
-Two method options refine the defaults when a service declares them (Polyservice's own do;
+Method options refine the defaults when a service declares them (Polyservice's own do;
 a foreign service simply does not, and gets grpc-gateway's behaviour):
 
 * ``poly.options.v1.http_status`` - the success status (201 for creates, 204 for Empty);
@@ -12,8 +12,11 @@ a foreign service simply does not, and gets grpc-gateway's behaviour):
 * ``poly.options.v1.forwarded_headers`` - request headers forwarded to the method as
   metadata of the same name (a webhook's signature header); without it, only
   ``Grpc-Metadata-*`` and the edge's own.
+* ``poly.options.v1.response_headers`` - the method's metadata returned as response headers
+  of the same name (a redirect's ``location``, a ``set-cookie``), and ``x-http-code`` as the
+  status; without it, metadata comes back as ``Grpc-Metadata-*``.
 
-Both are read through the descriptor set's own pool (`DescriptorSet.method_option`), so
+All are read through the descriptor set's own pool (`DescriptorSet.method_option`), so
 the edge needs no generated code for them.
 """
 
@@ -28,7 +31,7 @@ from gateway import openapi
 from gateway.backends import Backends
 from gateway.config import EdgeConfig, Target
 from gateway.descriptors import DescriptorSet, load_descriptor_set
-from gateway.plans import Routing
+from gateway.plans import HeaderNames, Routing
 from gateway.reflection import reflect
 from gateway.routes import Route, compile_routes
 
@@ -36,6 +39,7 @@ __all__ = [
     "Catalog",
     "FORWARDED_HEADERS_OPTION",
     "POLICY_OPTION",
+    "RESPONSE_HEADERS_OPTION",
     "SUCCESS_STATUS_OPTION",
     "build",
     "load",
@@ -44,6 +48,7 @@ __all__ = [
 
 POLICY_OPTION = "poly.options.v1.policy"
 FORWARDED_HEADERS_OPTION = "poly.options.v1.forwarded_headers"
+RESPONSE_HEADERS_OPTION = "poly.options.v1.response_headers"
 SUCCESS_STATUS_OPTION = "poly.options.v1.http_status"
 _PUBLIC, _INTERNAL = "ACCESS_PUBLIC", "ACCESS_INTERNAL"
 _NOT_THE_API = ("grpc.", "google.")
@@ -116,11 +121,17 @@ def build(
         declared = descriptors.method_option(route.method, SUCCESS_STATUS_OPTION)
         return declared if isinstance(declared, int) and 200 <= declared < 300 else 200
 
-    def forwarded_headers(route: Route) -> frozenset[str]:
-        declared = descriptors.method_option(route.method, FORWARDED_HEADERS_OPTION)
-        if not isinstance(declared, list):
-            return frozenset()
-        return frozenset(str(name).lower() for name in declared)
+    def declared_names(option: str) -> HeaderNames:
+        def names(route: Route) -> frozenset[str]:
+            declared = descriptors.method_option(route.method, option)
+            if not isinstance(declared, list):
+                return frozenset()
+            return frozenset(str(name).lower() for name in declared)
+
+        return names
+
+    forwarded_headers = declared_names(FORWARDED_HEADERS_OPTION)
+    response_headers = declared_names(RESPONSE_HEADERS_OPTION)
 
     def is_public(method: MethodDescriptor) -> bool | None:
         access = _access(descriptors, method)
@@ -136,11 +147,12 @@ def build(
         version=version,
         success_status=success_status,
         forwarded_headers=forwarded_headers,
+        response_headers=response_headers,
         comments=descriptors.comment,
         is_public=is_public,
         license=license,
     )
-    return Routing(router, document, success_status, forwarded_headers)
+    return Routing(router, document, success_status, forwarded_headers, response_headers)
 
 
 async def load_routing(config: EdgeConfig, backends: Backends) -> Routing:

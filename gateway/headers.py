@@ -27,8 +27,11 @@ from gateway.errors import BadRequest
 from services.kit.request_id import is_valid as is_valid_request_id
 
 __all__ = [
+    "HTTP_CODE",
     "HeaderMatcher",
     "bearer_credential",
+    "chosen_status",
+    "declared_headers",
     "choose_request_id",
     "Network",
     "client_address",
@@ -84,6 +87,22 @@ _NEVER_FORWARDED = frozenset(
 _PASSED_THROUGH = ("traceparent", "tracestate")
 # Response metadata the gateway never turns into HTTP headers (gRPC transport keys).
 _NOT_RETURNED = frozenset({"content-type", "te", "user-agent", "content-length", "connection", "host"})
+HTTP_CODE = "x-http-code"
+"""The metadata key a method declaring it sets to choose its success status."""
+_EDGE_OWNED = frozenset(
+    {
+        *_NOT_RETURNED,
+        HTTP_CODE,
+        "transfer-encoding",
+        "keep-alive",
+        "upgrade",
+        "trailer",
+        "x-request-id",
+        "content-encoding",
+        "x-content-type-options",
+    }
+)
+"""Response headers only the edge writes, whatever a method declares."""
 
 
 def default_header_matcher(name: str) -> str | None:
@@ -229,12 +248,16 @@ def parse_grpc_timeout(value: str) -> float:
 
 
 def response_headers(
-    initial: Sequence[tuple[str, str | bytes]], trailing: Sequence[tuple[str, str | bytes]]
+    initial: Sequence[tuple[str, str | bytes]],
+    trailing: Sequence[tuple[str, str | bytes]],
+    *,
+    declared: frozenset[str] = frozenset(),
 ) -> list[tuple[str, str]]:
     """HTTP response headers for a call's header metadata and trailers (grpc-gateway's names).
 
     Reserved `grpc-*` keys and transport keys are dropped, `-bin` values are base64 (standard,
-    padded), and a text value that could not be sent as an HTTP header is dropped.
+    padded), and a text value that could not be sent as an HTTP header is dropped. Keys the
+    method `declared` (`declared_headers`) are left out: they are sent under their own name.
     """
     out: list[tuple[str, str]] = []
     for prefix, metadata in ((METADATA_PREFIX, initial), (TRAILER_PREFIX, trailing)):
@@ -242,12 +265,42 @@ def response_headers(
             key = raw_key.lower()
             if key.startswith(("grpc-", ":")) or key in _NOT_RETURNED or not _KEY.fullmatch(key):
                 continue
+            if key in declared:
+                continue
             if key.endswith("-bin"):
                 raw = value if isinstance(value, bytes) else value.encode()
                 out.append((prefix + key, base64.b64encode(raw).decode("ascii")))
             elif isinstance(value, str) and _ASCII_VALUE.fullmatch(value):
                 out.append((prefix + key, value))
     return out
+
+
+def declared_headers(
+    metadata: Sequence[tuple[str, str | bytes]], declared: frozenset[str]
+) -> list[tuple[str, str]]:
+    """The metadata a method declared (``poly.options.v1.response_headers``) as HTTP headers
+    of the same name, header metadata and trailers alike (a cookie or a redirect must be a
+    header). The edge's own headers, ``x-http-code`` (the status) and a value that could not
+    be a header are never sent."""
+    out: list[tuple[str, str]] = []
+    for raw_key, value in metadata:
+        key = raw_key.lower()
+        sendable = isinstance(value, str) and _ASCII_VALUE.fullmatch(value)
+        if key in declared and key not in _EDGE_OWNED and not key.startswith("grpc-") and sendable:
+            out.append((key, str(value)))
+    return out
+
+
+def chosen_status(metadata: Sequence[tuple[str, str | bytes]], declared: frozenset[str], default: int) -> int:
+    """The success status a method chose with ``x-http-code`` (when it declared it): 200 to
+    599 but 204 and 304, which carry no body; else `default`."""
+    if HTTP_CODE not in declared:
+        return default
+    for key, value in metadata:
+        if key.lower() == HTTP_CODE and isinstance(value, str) and value.isdigit() and len(value) == 3:
+            code = int(value)
+            return code if 200 <= code <= 599 and code not in (204, 304) else default
+    return default
 
 
 def _forwarded(*, client_ip: str, host: str) -> list[tuple[str, str | bytes]]:

@@ -128,6 +128,7 @@ def openapi_document(
     is_public: PublicPredicate = _no_token_declared,
     license: Mapping[str, str] | None = None,
     forwarded_headers: Callable[[Route], frozenset[str]] = lambda route: frozenset(),
+    response_headers: Callable[[Route], frozenset[str]] = lambda route: frozenset(),
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document of `router`'s routes (a JSON-ready dict).
 
@@ -136,9 +137,10 @@ def openapi_document(
     `license` is ``info.license`` (``{"name": ..., "identifier": <SPDX>}``); without it the
     document claims none, as it should for APIs whose licence the edge cannot know.
     `forwarded_headers` names each route's request headers passed to the method (documented
-    as header parameters).
+    as header parameters), `response_headers` the metadata it may answer as headers
+    (documented on its success, but ``x-http-code``, which picks the status).
     """
-    builder = _Builder(comments or _source_comments(router.routes), forwarded_headers)
+    builder = _Builder(comments or _source_comments(router.routes), forwarded_headers, response_headers)
     return builder.document(
         router,
         title=title,
@@ -151,9 +153,15 @@ def openapi_document(
 
 
 class _Builder:
-    def __init__(self, comments: CommentSource, forwarded_headers: Callable[[Route], frozenset[str]]) -> None:
+    def __init__(
+        self,
+        comments: CommentSource,
+        forwarded_headers: Callable[[Route], frozenset[str]],
+        response_headers: Callable[[Route], frozenset[str]],
+    ) -> None:
         self.comment = comments
         self.forwarded_headers = forwarded_headers
+        self.response_headers = response_headers
         self.schemas: dict[str, dict[str, Any]] = {STATUS_NAME: STATUS_SCHEMA}
 
     def document(
@@ -263,6 +271,9 @@ class _Builder:
                 response["description"] = "The body as the method made it, of the type it names."
             else:
                 response["content"] = {"application/json": {"schema": schema}}
+        answered = sorted(self.response_headers(route) - {"x-http-code"})
+        if answered:
+            response["headers"] = {name: {"schema": {"type": "string"}} for name in answered}
         operation["responses"] = {str(success): response, **_errors(route, public=public)}
         if public is True:
             operation["security"] = []

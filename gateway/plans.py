@@ -19,7 +19,7 @@ from gateway.routes import Route, Router
 __all__ = [
     "HTTP_BODY",
     "Compiled",
-    "ForwardedHeaders",
+    "HeaderNames",
     "Plan",
     "Routing",
     "SuccessStatus",
@@ -42,8 +42,9 @@ def default_success_status(route: Route) -> int:
     return 200
 
 
-ForwardedHeaders = Callable[[Route], frozenset[str]]
-"""The HTTP request headers (lower-case) a route forwards as metadata of the same name."""
+HeaderNames = Callable[[Route], frozenset[str]]
+"""Header names (lower-case) a route declares: the request headers it forwards as metadata of
+the same name, or the metadata it returns as response headers of the same name."""
 
 
 def no_forwarded_headers(route: Route) -> frozenset[str]:
@@ -88,7 +89,8 @@ class Routing:
     router: Router
     document: dict[str, Any]
     success_status: SuccessStatus = default_success_status
-    forwarded_headers: ForwardedHeaders = no_forwarded_headers
+    forwarded_headers: HeaderNames = no_forwarded_headers
+    response_headers: HeaderNames = no_forwarded_headers
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,9 @@ class Plan:
     """Request headers (lower-case) forwarded as metadata of the same name."""
     raw_reply: str | None = None
     """`raw_reply_field`: the HttpBody the answer is sent as; None for JSON."""
+    response_headers: frozenset[str] = frozenset()
+    """Metadata (lower-case) returned as response headers of the same name; ``x-http-code``
+    in it lets the method pick the success status."""
 
 
 def _message_class(descriptor: Descriptor) -> type[Message]:
@@ -133,7 +138,7 @@ def backend_method(make: Callable[..., _MultiCallable], route: Route, plan: Plan
     )
 
 
-def _plan(route: Route, success_status: SuccessStatus, forwarded_headers: ForwardedHeaders) -> Plan:
+def _plan(route: Route, routing: Routing) -> Plan:
     request = route.method.input_type
     body_field: str = ""
     bound: tuple[str, ...] = ()
@@ -149,14 +154,15 @@ def _plan(route: Route, success_status: SuccessStatus, forwarded_headers: Forwar
         response,
         body_field,
         bound,
-        success_status(route),
+        routing.success_status(route),
         route.method.containing_service.full_name,
         route.full_method,
         route.server_streaming,
         patch_mask,
         raw_body_field(route),
-        forwarded_headers(route),
+        routing.forwarded_headers(route),
         raw_reply_field(route),
+        routing.response_headers(route),
     )
 
 
@@ -176,9 +182,6 @@ class Compiled:
 def compile_routing(routing: Routing) -> Compiled:
     """`routing` as the edge serves it: each route's `Plan`, the document serialized once."""
     # Worked out once per route: nothing about a route is looked up again per request.
-    plans = {
-        id(route): _plan(route, routing.success_status, routing.forwarded_headers)
-        for route in routing.router.routes
-    }
+    plans = {id(route): _plan(route, routing) for route in routing.router.routes}
     services = sorted({route.method.containing_service.full_name for route in routing.router.routes})
     return Compiled(routing.router, plans, json.dumps(routing.document).encode(), tuple(services))

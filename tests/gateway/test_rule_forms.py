@@ -35,6 +35,7 @@ import brotli
 import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
+from google.api import httpbody_pb2
 from google.protobuf import any_pb2, empty_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_reflection.v1alpha import reflection
@@ -63,6 +64,7 @@ import "google/protobuf/empty.proto";
 import "google/protobuf/field_mask.proto";
 import "google/protobuf/timestamp.proto";
 import "google/protobuf/wrappers.proto";
+import "poly/options/v1/options.proto";
 
 // A lending library: nothing to do with Polyservice.
 service LibraryService {
@@ -127,6 +129,15 @@ service LibraryService {
   // A reply whose response_body is an HttpBody field.
   rpc ExportShelf(ExportShelfRequest) returns (ShelfExport) {
     option (google.api.http) = { get: "/v1/{name=shelves/*}:export" response_body: "file" };
+  }
+  // Lets a reader in: a 303 to where they were going, with a cookie; a wrong ticket gets a
+  // page with 401. Sent as metadata the edge answers as headers and status.
+  rpc EnterReadingRoom(EnterReadingRoomRequest) returns (google.api.HttpBody) {
+    option (google.api.http) = { post: "/v1/readingRoom:enter" body: "*" };
+    option (poly.options.v1.response_headers) = "location";
+    option (poly.options.v1.response_headers) = "set-cookie";
+    option (poly.options.v1.response_headers) = "x-http-code";
+    option (poly.options.v1.response_headers) = "x-request-id";
   }
   rpc WatchShelf(WatchShelfRequest) returns (stream ShelfEvent) {
     option (google.api.http) = {
@@ -240,6 +251,12 @@ message UploadCoverRequest {
 }
 
 message ExportShelfRequest { string name = 1; }
+
+message EnterReadingRoomRequest {
+  string ticket = 1;
+  string next = 2;
+  string code = 3;
+}
 
 message ShelfExport {
   google.api.HttpBody file = 1;
@@ -401,6 +418,23 @@ class Library:
         if request.note:
             request.cover.content_type = request.note
         return request.cover
+
+    def EnterReadingRoom(self, request: Any, context: grpc.ServicerContext) -> Any:
+        page = httpbody_pb2.HttpBody(content_type="text/html; charset=utf-8")
+        if request.ticket != "valid":
+            context.set_trailing_metadata((("x-http-code", request.code or "401"),))
+            page.data = b"<p>That ticket is not valid.</p>"
+            return page
+        context.send_initial_metadata(
+            (
+                ("location", request.next),
+                ("set-cookie", "room=reader-1; Secure; HttpOnly; SameSite=Lax"),
+                ("x-http-code", "303"),
+                ("x-request-id", "spoofed"),
+                ("x-note", "undeclared"),
+            )
+        )
+        return page
 
     def ExportShelf(self, request: Any, context: grpc.ServicerContext) -> Any:
         export = self.pb.ShelfExport(books=1)
@@ -1001,6 +1035,7 @@ def test_openapi_describes_the_foreign_service(edge: Edge) -> None:
         "/v1/shelves/{shelve}/books/{book}:uploadCover": ["post"],
         "/v1/shelves/{shelve}/books/{book}:echoCover": ["post"],
         "/v1/shelves/{shelve}:export": ["get"],
+        "/v1/readingRoom:enter": ["post"],
         "/v1/shelves/{shelve}:watch": ["get"],
         "/v1/shelves/{shelve}/books:watch": ["get"],
     }
@@ -1324,6 +1359,28 @@ def test_an_httpbody_type_that_cannot_be_a_header_is_sent_as_octet_stream(edge: 
     assert "Set-Cookie" not in answer.headers
 
 
+def test_declared_metadata_comes_back_as_headers_and_status(edge: Edge) -> None:
+    answer = edge.call("POST", "/v1/readingRoom:enter", {"ticket": "valid", "next": "/v1/shelves/1"})
+    assert answer.status == 303, answer.body
+    assert answer.headers["Location"] == "/v1/shelves/1"
+    assert answer.headers["Set-Cookie"] == "room=reader-1; Secure; HttpOnly; SameSite=Lax"
+    assert answer.headers["Grpc-Metadata-X-Note"] == "undeclared", "undeclared metadata keeps its prefix"
+    assert answer.headers["X-Request-Id"] != "spoofed", "the edge's own headers are never taken"
+    assert "Grpc-Metadata-Location" not in answer.headers and "X-Http-Code" not in answer.headers
+
+
+@pytest.mark.parametrize(
+    ("code", "status"), [("", 401), ("422", 422), ("204", 200), ("999", 200), ("abc", 200)]
+)
+def test_a_method_picks_its_status_from_200_to_599_but_none_without_a_body(
+    edge: Edge, code: str, status: int
+) -> None:
+    answer = edge.call("POST", "/v1/readingRoom:enter", {"ticket": "forged", "code": code})
+    assert answer.status == status
+    assert answer.body == b"<p>That ticket is not valid.</p>"
+    assert answer.headers["Content-Type"] == "text/html; charset=utf-8"
+
+
 def test_openapi_takes_any_media_type_for_an_httpbody(edge: Edge) -> None:
     document = edge.call("GET", "/openapi.json").json()
     operation = document["paths"]["/v1/shelves/{shelve}/books/{book}:uploadCover"]["post"]
@@ -1335,3 +1392,5 @@ def test_openapi_takes_any_media_type_for_an_httpbody(edge: Edge) -> None:
     ):
         answered = document["paths"][path][method]["responses"]["200"]
         assert answered["content"] == {"*/*": {"schema": {}}}, path
+    entered = document["paths"]["/v1/readingRoom:enter"]["post"]["responses"]["200"]
+    assert set(entered["headers"]) == {"location", "set-cookie", "x-request-id"}

@@ -14,6 +14,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_tools import protoc
 
 SITE_PACKAGES = Path(grpc.__file__).resolve().parents[1]
+PROTOS = Path(__file__).resolve().parents[2] / "protos"
 
 
 def compile_proto(root: Path, relative: str, text: str, *, python: bool = False) -> Path:
@@ -29,6 +30,7 @@ def compile_proto(root: Path, relative: str, text: str, *, python: bool = False)
         f"-I{root}",
         f"-I{SITE_PACKAGES}",
         f"-I{Path(grpc_tools.__file__).with_name('_proto')}",
+        f"-I{PROTOS}",  # poly/options/v1/options.proto, for a foreign service that uses them
         *generated,
         f"--descriptor_set_out={descriptor_set}",
         "--include_imports",

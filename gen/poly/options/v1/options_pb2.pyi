@@ -186,6 +186,7 @@ POLICY_FIELD_NUMBER: _builtins.int
 IDEMPOTENT_FIELD_NUMBER: _builtins.int
 HTTP_STATUS_FIELD_NUMBER: _builtins.int
 FORWARDED_HEADERS_FIELD_NUMBER: _builtins.int
+RESPONSE_HEADERS_FIELD_NUMBER: _builtins.int
 event: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, Global___EventContract]
 """The event's bus contract. Every event in poly/events/v1/events.proto must
 set it; the carrier EventEnvelope and messages used only as field types of
@@ -209,4 +210,15 @@ forwarded_headers: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.Met
 of the same name, lower-case (e.g. "stripe-signature" for a provider's
 webhook, whose caller cannot send `Grpc-Metadata-` headers). Others are
 not forwarded; `authorization`, `host` and the edge's own keys never are.
+"""
+response_headers: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _containers.RepeatedScalarFieldContainer[_builtins.str]]
+"""gRPC metadata of this method (header or trailer) that the JSON edge returns
+as HTTP response headers of the same name, lower-case (e.g. "location",
+"set-cookie", "cache-control", "content-security-policy"), rather than as
+`Grpc-Metadata-<name>`. The name "x-http-code" is special: its value, a
+status from 200 to 599 (not 204 or 304), answers a success with that
+status instead of `http_status`: a redirect, or a page for a refused form
+sent as a google.api.HttpBody. Names the edge owns (content-type,
+content-length, connection, transfer-encoding, x-request-id, grpc-*) are
+never taken.
 """
