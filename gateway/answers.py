@@ -37,16 +37,22 @@ def answer_with_metadata(
     *,
     content_type: str = "application/json",
     declared: frozenset[str] = frozenset(),
+    succeeded: bool = True,
 ) -> Response:
     """An answer (JSON unless `content_type` says otherwise) with the call's metadata:
     ``Grpc-Metadata-*`` headers, and its trailers as HTTP trailers for a client that accepts
     them (`trailers`), else as ``Grpc-Trailer-*`` headers. Metadata the method `declared`
     (``poly.options.v1.response_headers``) goes out as headers of its own name, and its
-    ``x-http-code`` as the status."""
-    pairs = headers.declared_headers([*initial, *trailing], declared) if declared else []
+    ``x-http-code`` as the status, when the call `succeeded`; after a failure it goes out not
+    at all (a cookie a failed sign-in set must reach neither the browser's jar nor a script)."""
+    pairs = headers.declared_headers([*initial, *trailing], declared) if declared and succeeded else []
     pairs += headers.response_headers(initial, [], declared=declared)
     after = headers.response_headers([], trailing, declared=declared)
-    http = headers.chosen_status([*initial, *trailing], declared, http) if declared else http
+    if declared and succeeded:
+        try:
+            http = headers.chosen_status([*initial, *trailing], declared, http)
+        except headers.ConflictingStatus as conflict:
+            raise refusal(grpc.StatusCode.INTERNAL, str(conflict), "CONFLICTING_STATUS") from None
     if http == 204:
         body = b""
     if after and http != 204 and trailers.accepts_trailers(request):
@@ -70,7 +76,8 @@ def raw_answer(
 ) -> Response:
     """A `google.api.HttpBody` reply as grpc-gateway sends it: its ``data`` as the body, its
     ``content_type`` (else ``application/octet-stream``) as the type, never sniffed into
-    another by the browser."""
+    another by the browser, and sandboxed (no script, no form) unless the method sent its own
+    ``Content-Security-Policy``."""
     content_type = body.content_type if _HEADER_VALUE.fullmatch(body.content_type) else ""
     answer = answer_with_metadata(
         request,
@@ -82,6 +89,8 @@ def raw_answer(
         declared=declared,
     )
     answer.headers["X-Content-Type-Options"] = "nosniff"
+    if "Content-Security-Policy" not in answer.headers:  # bytes a user may have made: no script
+        answer.headers["Content-Security-Policy"] = "sandbox"
     return answer
 
 

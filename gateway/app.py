@@ -344,8 +344,16 @@ class Edge:
         extra: dict[str, str] | None = None,
         metadata: tuple[list[answers.Metadata], list[answers.Metadata]] = ([], []),
     ) -> Response:
-        # X-Request-Id is added by the observing wrapper, as on every answer.
-        response = answers.answer_with_metadata(request, http, errors.render_status(status), *metadata)
+        # X-Request-Id is added by the observing wrapper, as on every answer. Metadata a method
+        # may declare as headers of its own (a cookie, a redirect) goes nowhere: it failed.
+        response = answers.answer_with_metadata(
+            request,
+            http,
+            errors.render_status(status),
+            *metadata,
+            declared=headers.DECLARABLE_HEADERS,
+            succeeded=False,
+        )
         if extra:
             response.headers.update(extra)
         return response

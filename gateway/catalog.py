@@ -31,6 +31,7 @@ from gateway import openapi
 from gateway.backends import Backends
 from gateway.config import EdgeConfig, Target
 from gateway.descriptors import DescriptorSet, load_descriptor_set
+from gateway.headers import DECLARABLE_HEADERS
 from gateway.plans import HeaderNames, Routing
 from gateway.reflection import reflect
 from gateway.routes import Route, compile_routes
@@ -131,7 +132,16 @@ def build(
         return names
 
     forwarded_headers = declared_names(FORWARDED_HEADERS_OPTION)
-    response_headers = declared_names(RESPONSE_HEADERS_OPTION)
+    declared_responses = declared_names(RESPONSE_HEADERS_OPTION)
+
+    def response_headers(route: Route) -> frozenset[str]:
+        names = declared_responses(route)
+        if refused := sorted(names - DECLARABLE_HEADERS):
+            raise ValueError(
+                f"{route.method.full_name}: response_headers may name only "
+                f"{', '.join(sorted(DECLARABLE_HEADERS))}; not {', '.join(refused)}"
+            )
+        return names
 
     def is_public(method: MethodDescriptor) -> bool | None:
         access = _access(descriptors, method)

@@ -8,8 +8,11 @@ An answer to GET or HEAD of at least `MIN_BYTES` is compressed for a client that
 either, and says ``Vary: Accept-Encoding`` either way (a cache must not hand the compressed
 form to a client that did not ask). Answers to writes are left alone: a login's tokens next to
 text an attacker chose, compressed together, are what BREACH reads secrets from; reads carry
-neither. Streams (NDJSON, SSE) are never compressed: each line must reach the client as it is
-written. ``/openapi.json`` is the largest beneficiary (to a tenth of its size).
+neither. Only JSON is compressed: a method's own bytes (a `google.api.HttpBody`: a page with a
+CSRF token beside reflected text, an image or an archive already compressed) and an answer
+setting a cookie are sent as they are. Streams (NDJSON, SSE) are never compressed: each line
+must reach the client as it is written. ``/openapi.json`` is the largest beneficiary (to a
+tenth of its size).
 """
 
 from __future__ import annotations
@@ -66,7 +69,9 @@ def compress_reads(request: Request, response: Response, *, min_bytes: int = MIN
     """Compress `response` in place when `request` is a read that accepts it (module docstring)."""
     if request.method not in _READS or response.status in {204, 304} or len(response.body) < min_bytes:
         return
-    if "Content-Encoding" in response.headers:
+    if "Content-Encoding" in response.headers or "Set-Cookie" in response.headers:
+        return
+    if not _is_json(response.headers.get("Content-Type", "")):
         return
     response.headers.add("Vary", "Accept-Encoding")
     coding = preferred_coding(", ".join(request.headers.getall("Accept-Encoding", ())))
@@ -77,6 +82,13 @@ def compress_reads(request: Request, response: Response, *, min_bytes: int = MIN
     else:
         return
     response.headers["Content-Encoding"] = coding
+
+
+def _is_json(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
 
 
 def compressing(handler: Handler) -> Handler:

@@ -27,7 +27,9 @@ from gateway.errors import BadRequest
 from services.kit.request_id import is_valid as is_valid_request_id
 
 __all__ = [
+    "DECLARABLE_HEADERS",
     "HTTP_CODE",
+    "ConflictingStatus",
     "HeaderMatcher",
     "bearer_credential",
     "chosen_status",
@@ -89,20 +91,29 @@ _PASSED_THROUGH = ("traceparent", "tracestate")
 _NOT_RETURNED = frozenset({"content-type", "te", "user-agent", "content-length", "connection", "host"})
 HTTP_CODE = "x-http-code"
 """The metadata key a method declaring it sets to choose its success status."""
-_EDGE_OWNED = frozenset(
+DECLARABLE_HEADERS = frozenset(
     {
-        *_NOT_RETURNED,
+        "location",
+        "set-cookie",
+        "cache-control",
+        "pragma",
+        "expires",
+        "content-disposition",
+        "content-language",
+        "content-security-policy",
+        "referrer-policy",
+        "link",
+        "retry-after",
+        "www-authenticate",
         HTTP_CODE,
-        "transfer-encoding",
-        "keep-alive",
-        "upgrade",
-        "trailer",
-        "x-request-id",
-        "content-encoding",
-        "x-content-type-options",
     }
 )
-"""Response headers only the edge writes, whatever a method declares."""
+"""What a method may declare in ``poly.options.v1.response_headers``: headers about its own
+answer. Those the edge answers for (framing, CORS, caching validators, the date, the request
+id, HSTS) are never a method's to set."""
+_CHOSEN_STATUSES = frozenset({200, 201, 202, 203, 300, 301, 302, 303, 307, 308, *range(400, 600)}) - {407}
+"""Statuses with a body a method may pick: not 1xx, 204, 205 or 304 (no body), nor 407."""
+_STATUS = re.compile(r"[0-9]{3}", re.ASCII)
 
 
 def default_header_matcher(name: str) -> str | None:
@@ -280,27 +291,34 @@ def declared_headers(
 ) -> list[tuple[str, str]]:
     """The metadata a method declared (``poly.options.v1.response_headers``) as HTTP headers
     of the same name, header metadata and trailers alike (a cookie or a redirect must be a
-    header). The edge's own headers, ``x-http-code`` (the status) and a value that could not
-    be a header are never sent."""
+    header). Only `DECLARABLE_HEADERS` but ``x-http-code`` (the status) go out, and only
+    values that can be a header."""
     out: list[tuple[str, str]] = []
     for raw_key, value in metadata:
         key = raw_key.lower()
         sendable = isinstance(value, str) and _ASCII_VALUE.fullmatch(value)
-        if key in declared and key not in _EDGE_OWNED and not key.startswith("grpc-") and sendable:
+        if key in declared and key in DECLARABLE_HEADERS and key != HTTP_CODE and sendable:
             out.append((key, str(value)))
     return out
 
 
+class ConflictingStatus(ValueError):
+    """A method chose two different statuses (in its header metadata and its trailers)."""
+
+
 def chosen_status(metadata: Sequence[tuple[str, str | bytes]], declared: frozenset[str], default: int) -> int:
-    """The success status a method chose with ``x-http-code`` (when it declared it): 200 to
-    599 but 204 and 304, which carry no body; else `default`."""
+    """The success status a method chose with ``x-http-code`` (when it declared it), one with a
+    body that is not 407; else `default`. `ConflictingStatus` when it chose two."""
     if HTTP_CODE not in declared:
         return default
-    for key, value in metadata:
-        if key.lower() == HTTP_CODE and isinstance(value, str) and value.isdigit() and len(value) == 3:
-            code = int(value)
-            return code if 200 <= code <= 599 and code not in (204, 304) else default
-    return default
+    chosen = {
+        int(value)
+        for key, value in metadata
+        if key.lower() == HTTP_CODE and isinstance(value, str) and _STATUS.fullmatch(value)
+    }
+    if len(chosen) > 1:
+        raise ConflictingStatus(f"the method chose the statuses {sorted(chosen)}")
+    return next((code for code in chosen if code in _CHOSEN_STATUSES), default)
 
 
 def _forwarded(*, client_ip: str, host: str) -> list[tuple[str, str | bytes]]:

@@ -272,7 +272,7 @@ class _Builder:
             else:
                 response["content"] = {"application/json": {"schema": schema}}
         answered = sorted(self.response_headers(route) - {"x-http-code"})
-        if answered:
+        if answered and not route.server_streaming:  # a stream's metadata keeps its prefix
             response["headers"] = {name: {"schema": {"type": "string"}} for name in answered}
         operation["responses"] = {str(success): response, **_errors(route, public=public)}
         if public is True:

@@ -1,64 +1,83 @@
 """Which redirect URIs an OAuth client may register (OAuth 2.1 section 2.3, RFC 8252 for native
 apps). The authorization server later sends a user's browser, with an authorization code, only
-to a URI registered here, compared exactly: so what may be registered is kept narrow.
+to a URI registered here, compared exactly: so what may be registered is kept narrow, and
+written so that every URL parser (Python's, a browser's) reads the same host from it.
 
-- ``https://host[:port]/path[?query]`` for web apps;
-- ``http://127.0.0.1/path`` or ``http://[::1]/path`` for native apps listening on loopback
-  (RFC 8252 section 7.3: the app picks its port at run time, so a request may name any;
-  ``localhost`` is refused, as it may resolve elsewhere);
+- ``https://host[:port]/path[?query]`` for web apps: a host of lower-case letters, digits,
+  dots and hyphens (an international name in punycode), never ``localhost``;
+- ``http://127.0.0.1[:port]/path`` or ``http://[::1][:port]/path`` for native apps listening on
+  loopback (RFC 8252 section 7.3: the app picks its port at run time, so a request may name
+  any; ``localhost`` is refused, as it may resolve elsewhere);
 - a private-use scheme in reverse-domain form, ``com.example.app:/callback`` (section 7.1).
 
-Never a fragment (OAuth 2.1 forbids it), credentials, a wildcard, spaces or control characters,
-and at most 2,048 characters.
+Only URI characters (RFC 3986): no space, backslash, quote or angle bracket, ``%`` only before
+two hex digits and never in the host; no fragment (OAuth 2.1 forbids it), credentials or
+wildcard; the scheme and host in lower case, as they are compared; at most 2,048 characters.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from urllib.parse import urlsplit
 
 __all__ = ["MAX_REDIRECT_URIS", "redirect_uri_problem"]
 
 MAX_REDIRECT_URIS = 10
-_VISIBLE = re.compile(r"[!-~]+", re.ASCII)
-_PRIVATE_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*\.[a-z0-9+.-]+", re.ASCII)
-"""A reverse-domain scheme: at least one dot, as RFC 8252 section 7.1 asks."""
-_WEB_SCHEMES = {"http", "https", "javascript", "data", "file", "ftp", "ws", "wss", "about", "blob"}
+_URI = re.compile(r"(?:[A-Za-z0-9\-._~:/?\[\]@!$&'()+,;=]|%[0-9A-Fa-f]{2})+", re.ASCII)
+"""RFC 3986's characters, less ``#`` (no fragment) and ``*`` (no wildcard)."""
+_PATH_CHARS = r"(?:[A-Za-z0-9\-._~:/?@!$&'()+,;=]|%[0-9A-Fa-f]{2})*"
+"""A path and query's characters: no brackets (only an IPv6 host has them)."""
+_REST = rf"(?P<rest>[/?]{_PATH_CHARS})?"
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_WEB = re.compile(rf"https://(?P<host>{_LABEL}(?:\.{_LABEL})*)(?::(?P<port>[0-9]{{1,5}}))?{_REST}", re.ASCII)
+_LOOPBACK = re.compile(rf"http://(?:127\.0\.0\.1|\[::1\])(?::(?P<port>[0-9]{{1,5}}))?{_REST}", re.ASCII)
+_APP = re.compile(rf"[a-z][a-z0-9+-]*(?:\.[a-z0-9+-]+)+:/(?!/){_PATH_CHARS}", re.ASCII)
+"""A reverse-domain scheme (a dot, as RFC 8252 section 7.1 asks), then a path, no authority."""
 
 
 def redirect_uri_problem(uri: str) -> str | None:
     """Why `uri` may not be registered as a redirect URI, or None."""
-    if not uri or len(uri) > 2048 or not _VISIBLE.fullmatch(uri):
-        return "must be at most 2048 visible ASCII characters"
-    try:
-        parts = urlsplit(uri)
-        _ = parts.port  # a port that is not a number is refused here
-    except ValueError:
-        return "must be an absolute URI"
-    scheme = parts.scheme.lower()
-    app = scheme not in ("http", "https")
+    scheme = uri.partition(":")[0]
     problems = [
+        (not uri or len(uri) > 2048, "must be 1 to 2048 characters"),
+        ("#" in uri, "must not have a fragment"),
         ("*" in uri, "must not hold a wildcard: each URI is compared exactly"),
-        (bool(parts.fragment) or uri.endswith("#"), "must not have a fragment"),
-        (parts.username is not None or parts.password is not None, "must not carry credentials"),
-        (scheme == "https" and not parts.hostname, "must name a host"),
         (
-            scheme == "http" and not _loopback_ip(parts.hostname),
-            "http only to a loopback IP address (127.0.0.1 or [::1]); use https",
+            not _URI.fullmatch(uri),
+            "must hold only URI characters (RFC 3986): no space, backslash, quote or angle bracket, "
+            "and % only before two hex digits",
         ),
-        (
-            app and (scheme in _WEB_SCHEMES or not _PRIVATE_SCHEME.fullmatch(scheme)),
-            "must be https, loopback http, or a reverse-domain app scheme (com.example.app:/callback)",
-        ),
-        (app and bool(parts.netloc), "an app scheme takes a path only (com.example.app:/callback)"),
-        (app and not parts.path.startswith("/"), "an app scheme needs a path (com.example.app:/callback)"),
+        (scheme != scheme.lower() or not scheme, "must start with a lower-case scheme"),
     ]
-    return next((why for refused, why in problems if refused), None)
+    found = next((why for refused, why in problems if refused), None)
+    if found:
+        return found
+    if scheme == "https":
+        return _web_problem(uri)
+    if scheme == "http":
+        matched = _LOOPBACK.fullmatch(uri)
+        if matched is None:
+            return "http only to 127.0.0.1 or [::1] (a native app's loopback listener); use https"
+        return _port_problem(matched["port"])
+    if _APP.fullmatch(uri) is None:
+        return (
+            "must be https, loopback http, or a reverse-domain app scheme with a path "
+            "(com.example.app:/callback)"
+        )
+    return None
 
 
-def _loopback_ip(host: str | None) -> bool:
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _web_problem(uri: str) -> str | None:
+    matched = _WEB.fullmatch(uri)
+    if matched is None:
+        return (
+            "must be https://host[:port]/path, the host in lower-case letters, digits, dots and "
+            "hyphens, with no credentials"
+        )
+    host = matched["host"]
+    if host == "localhost" or host.endswith(".localhost"):
+        return "must not be localhost: a native app listens on http://127.0.0.1 or http://[::1]"
+    return _port_problem(matched["port"])
+
+
+def _port_problem(port: str | None) -> str | None:
+    return None if port is None or 0 < int(port) < 65536 else "must have a port from 1 to 65535"

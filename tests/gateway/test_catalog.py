@@ -156,3 +156,49 @@ def test_reflection_asks_each_target_even_when_targets_share_an_address(tmp_path
         assert asyncio.run(services()) == ("acme.shop.v1.Back", "acme.shop.v1.Shop")
     finally:
         server.stop(None)
+
+
+DECLARING = """
+syntax = "proto3";
+package acme.door.v1;
+import "google/api/annotations.proto";
+import "google/api/httpbody.proto";
+import "poly/options/v1/options.proto";
+service Door {
+  rpc Open(Knock) returns (google.api.HttpBody) {
+    option (google.api.http) = { post: "/v1/door:open" body: "*" };
+    option (poly.options.v1.response_headers) = "Location";
+    option (poly.options.v1.response_headers) = "%s";
+  }
+}
+message Knock { string who = 1; }
+"""
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "access-control-allow-origin",
+        "access-control-allow-credentials",
+        "content-length",
+        "x-request-id",
+        "date",
+    ],
+)
+def test_a_method_may_not_declare_a_header_the_edge_answers_for(tmp_path: Path, name: str) -> None:
+    descriptors = load_descriptor_set(compile_proto(tmp_path, "acme/door/v1/door.proto", DECLARING % name))
+    with pytest.raises(
+        ValueError, match=f"acme.door.v1.Door.Open: response_headers may name only .*not {name}"
+    ):
+        build(Catalog(descriptors, ("acme.door.v1.Door",)), title="Door")
+
+
+def test_declared_response_headers_are_lower_cased_and_documented(tmp_path: Path) -> None:
+    descriptors = load_descriptor_set(
+        compile_proto(tmp_path, "acme/door/v1/door.proto", DECLARING % "x-http-code")
+    )
+    routing = build(Catalog(descriptors, ("acme.door.v1.Door",)), title="Door")
+    (route,) = routing.router.routes
+    assert compile_routing(routing).plans[id(route)].response_headers == {"location", "x-http-code"}
+    success = routing.document["paths"]["/v1/door:open"]["post"]["responses"]["200"]
+    assert set(success["headers"]) == {"location"}, "x-http-code is the status, not a header"

@@ -83,6 +83,34 @@ def test_an_answer_already_encoded_is_left_alone() -> None:
     assert response.body == BIG and response.headers["Content-Encoding"] == "br"
 
 
+@pytest.mark.parametrize(
+    ("content_type", "cookie"),
+    [
+        ("text/html; charset=utf-8", False),
+        ("image/png", False),
+        ("application/gzip", False),
+        ("application/json", True),
+    ],
+    ids=["page", "image", "archive", "json-setting-a-cookie"],
+)
+def test_a_methods_own_bytes_and_an_answer_setting_a_cookie_are_never_compressed(
+    content_type: str, cookie: bool
+) -> None:
+    """A page holding a CSRF token beside reflected text, compressed, is what BREACH reads;
+    an image or an archive is compressed already."""
+    response = Response(200, BIG, content_type=content_type)
+    if cookie:
+        response.headers["Set-Cookie"] = "sid=secret; HttpOnly"
+    compress_reads(_request("GET", "gzip, br"), response)
+    assert response.body == BIG and "Content-Encoding" not in response.headers
+
+
+def test_a_json_type_with_a_suffix_is_compressed() -> None:
+    response = Response(200, BIG, content_type="application/problem+json")
+    compress_reads(_request("GET", "gzip"), response)
+    assert response.headers["Content-Encoding"] == "gzip"
+
+
 def test_the_server_frames_the_compressed_length() -> None:
     async def handler(request: Request) -> Response:
         return Response(200, BIG)

@@ -98,11 +98,12 @@ class Client(_message.Message):
     def redirect_uris(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Optional. The exact URIs the authorization server may send this client's
         users back to (RFC 7591 `redirect_uris`), at most 10, each compared
-        exactly (but for the port of a loopback one): https; http only on a
-        loopback IP address (127.0.0.1 or [::1], for native apps, which pick
-        their port when they run, RFC 8252); or a private-use scheme in
-        reverse-domain form (`com.example.app:/callback`). No fragment, no
-        credentials, no wildcard. Required for the authorization_code grant.
+        exactly (but for the port of a loopback one): https to a host name; http
+        only to 127.0.0.1 or [::1] (native apps, which pick their port when they
+        run, RFC 8252); or a private-use scheme in reverse-domain form
+        (`com.example.app:/callback`). Only RFC 3986 characters, the scheme and
+        host in lower case; no fragment, credentials, wildcard or localhost.
+        Required for the authorization_code grant.
         """
 
     @_builtins.property

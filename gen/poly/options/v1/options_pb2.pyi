@@ -218,7 +218,10 @@ as HTTP response headers of the same name, lower-case (e.g. "location",
 `Grpc-Metadata-<name>`. The name "x-http-code" is special: its value, a
 status from 200 to 599 (not 204 or 304), answers a success with that
 status instead of `http_status`: a redirect, or a page for a refused form
-sent as a google.api.HttpBody. Names the edge owns (content-type,
-content-length, connection, transfer-encoding, x-request-id, grpc-*) are
-never taken.
+sent as a google.api.HttpBody. Only headers about the method's own answer
+may be named: location, set-cookie, cache-control, pragma, expires,
+content-disposition, content-language, content-security-policy,
+referrer-policy, link, retry-after, www-authenticate (and x-http-code);
+the edge refuses to load a method naming another. After a failure none of
+them is sent, not even as `Grpc-Metadata-<name>`.
 """
