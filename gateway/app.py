@@ -444,6 +444,7 @@ class Edge:
             parameters,
             body_fields=(*plan.body_fields, *route.template.variables),
             ignore=self._settings.ignored_query_parameters,
+            ignore_unknown=plan.lenient_query,
         )
         if plan.patch_mask is not None:
             plan.patch_mask.fill(message, parsed)

@@ -15,6 +15,8 @@ a foreign service simply does not, and gets grpc-gateway's behaviour):
 * ``poly.options.v1.response_headers`` - the method's metadata returned as response headers
   of the same name (a redirect's ``location``, a ``set-cookie``), and ``x-http-code`` as the
   status; without it, metadata comes back as ``Grpc-Metadata-*``.
+* ``poly.options.v1.ignore_unknown_query`` - query parameters that name no field are ignored
+  (OAuth's authorization endpoint must); without it, they are 400.
 
 All are read through the descriptor set's own pool (`DescriptorSet.method_option`), so
 the edge needs no generated code for them.
@@ -39,6 +41,7 @@ from gateway.routes import Route, compile_routes
 __all__ = [
     "Catalog",
     "FORWARDED_HEADERS_OPTION",
+    "IGNORE_UNKNOWN_QUERY_OPTION",
     "POLICY_OPTION",
     "RESPONSE_HEADERS_OPTION",
     "SUCCESS_STATUS_OPTION",
@@ -50,6 +53,7 @@ __all__ = [
 POLICY_OPTION = "poly.options.v1.policy"
 FORWARDED_HEADERS_OPTION = "poly.options.v1.forwarded_headers"
 RESPONSE_HEADERS_OPTION = "poly.options.v1.response_headers"
+IGNORE_UNKNOWN_QUERY_OPTION = "poly.options.v1.ignore_unknown_query"
 SUCCESS_STATUS_OPTION = "poly.options.v1.http_status"
 _PUBLIC, _INTERNAL = "ACCESS_PUBLIC", "ACCESS_INTERNAL"
 _NOT_THE_API = ("grpc.", "google.")
@@ -143,6 +147,9 @@ def build(
             )
         return names
 
+    def lenient_query(route: Route) -> bool:
+        return descriptors.method_option(route.method, IGNORE_UNKNOWN_QUERY_OPTION) is True
+
     def is_public(method: MethodDescriptor) -> bool | None:
         access = _access(descriptors, method)
         return None if access is None else access == _PUBLIC
@@ -162,7 +169,7 @@ def build(
         is_public=is_public,
         license=license,
     )
-    return Routing(router, document, success_status, forwarded_headers, response_headers)
+    return Routing(router, document, success_status, forwarded_headers, response_headers, lenient_query)
 
 
 async def load_routing(config: EdgeConfig, backends: Backends) -> Routing:

@@ -91,6 +91,8 @@ class Routing:
     success_status: SuccessStatus = default_success_status
     forwarded_headers: HeaderNames = no_forwarded_headers
     response_headers: HeaderNames = no_forwarded_headers
+    lenient_query: Callable[[Route], bool] = lambda route: False
+    """Whether a route ignores query parameters that name no field."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,8 @@ class Plan:
     response_headers: frozenset[str] = frozenset()
     """Metadata (lower-case) returned as response headers of the same name; ``x-http-code``
     in it lets the method pick the success status."""
+    lenient_query: bool = False
+    """Query parameters that name no field are ignored, not refused."""
 
 
 def _message_class(descriptor: Descriptor) -> type[Message]:
@@ -163,6 +167,7 @@ def _plan(route: Route, routing: Routing) -> Plan:
         routing.forwarded_headers(route),
         raw_reply_field(route),
         routing.response_headers(route),
+        routing.lenient_query(route),
     )
 
 

@@ -288,13 +288,15 @@ def apply_query(
     *,
     body_fields: Collection[str] = (),
     ignore: Collection[str] = (),
+    ignore_unknown: bool = False,
 ) -> None:
     """Set fields of `message` from decoded query `(name, value)` pairs.
 
     `body_fields` holds the proto field paths bound elsewhere: the body field (`"*"` for the
     whole body) and the path variables; a parameter naming one of them, or a field inside one,
     is refused, and so is one field named twice (``page_size`` and ``pageSize``). Names in
-    `ignore` are skipped. Unknown names and bad values are all reported in one `BadRequest`.
+    `ignore` are skipped, and so are names of no field with `ignore_unknown`. Unknown names and
+    bad values are all reported in one `BadRequest`.
     """
     grouped: dict[str, list[str]] = {}
     for name, value in query:
@@ -306,6 +308,8 @@ def apply_query(
     named: dict[str, str] = {}  # proto path -> the parameter name that set it
     for name, values in grouped.items():
         resolved = _resolve(message, name)
+        if resolved == "unknown" and ignore_unknown:
+            continue
         if isinstance(resolved, str):
             description = "unknown query parameter" if resolved == "unknown" else resolved
             violations.append((name, description))

@@ -296,6 +296,15 @@ def test_ignored_names() -> None:
     assert message.name == "x"
 
 
+def test_unknown_names_ignored_where_the_method_asks_but_bad_values_still_refused() -> None:
+    """An OAuth authorization endpoint ignores parameters it does not know (RFC 6749, 3.1)."""
+    message = _query([("nope", "1"), ("name", "x"), ("inner_part.nope", "2")], ignore_unknown=True)
+    assert message.name == "x"
+    with pytest.raises(BadRequest) as caught:
+        _query([("nope", "1"), ("i32", "not a number")], ignore_unknown=True)
+    assert [name for name, _ in caught.value.violations] == ["i32"]
+
+
 @pytest.mark.parametrize(
     ("name", "bound"),
     [

@@ -103,6 +103,11 @@ service LibraryService {
   rpc SearchBooks(SearchBooksRequest) returns (SearchBooksRequest) {
     option (google.api.http) = { get: "/v1/{parent=shelves/*}/books:search" };
   }
+  // The same, ignoring parameters that name no field (as an OAuth authorization endpoint).
+  rpc BrowseBooks(SearchBooksRequest) returns (SearchBooksRequest) {
+    option (google.api.http) = { get: "/v1/{parent=shelves/*}/books:browse" };
+    option (poly.options.v1.ignore_unknown_query) = true;
+  }
   // Answers with the metadata it received; sends header metadata and trailers.
   rpc Echo(EchoRequest) returns (EchoResponse) {
     option (google.api.http) = { post: "/v1/echo" body: "*" };
@@ -363,6 +368,9 @@ class Library:
         return empty_pb2.Empty()
 
     def SearchBooks(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return request
+
+    def BrowseBooks(self, request: Any, context: grpc.ServicerContext) -> Any:
         return request
 
     def Echo(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -1042,6 +1050,7 @@ def test_openapi_describes_the_foreign_service(edge: Edge) -> None:
         "/v1/shelves/{shelve}/books/{book}:echoCover": ["post"],
         "/v1/shelves/{shelve}:export": ["get"],
         "/v1/readingRoom:enter": ["post"],
+        "/v1/shelves/{shelve}/books:browse": ["get"],
         "/v1/shelves/{shelve}:watch": ["get"],
         "/v1/shelves/{shelve}/books:watch": ["get"],
     }
@@ -1363,6 +1372,16 @@ def test_an_httpbody_type_that_cannot_be_a_header_is_sent_as_octet_stream(edge: 
     assert answer.status == 200
     assert answer.headers["Content-Type"] == "application/octet-stream"
     assert "Set-Cookie" not in answer.headers
+
+
+def test_a_method_may_ask_for_unknown_query_parameters_to_be_ignored(edge: Edge) -> None:
+    answer = edge.call("GET", "/v1/shelves/1/books:browse?utm_source=mail&limit=3&access_type=offline")
+    assert (answer.status, answer.json()["limit"]) == (200, "3"), answer.body
+    refused = edge.call("GET", "/v1/shelves/1/books:browse?limit=many&utm_source=mail")
+    assert refused.status == 400
+    violations = [v["field"] for d in refused.json()["details"] for v in d.get("fieldViolations", [])]
+    assert violations == ["limit"]
+    assert edge.call("GET", "/v1/shelves/1/books:search?utm_source=mail").status == 400, "elsewhere: refused"
 
 
 def test_declared_metadata_comes_back_as_headers_and_status(edge: Edge) -> None:

@@ -187,6 +187,7 @@ IDEMPOTENT_FIELD_NUMBER: _builtins.int
 HTTP_STATUS_FIELD_NUMBER: _builtins.int
 FORWARDED_HEADERS_FIELD_NUMBER: _builtins.int
 RESPONSE_HEADERS_FIELD_NUMBER: _builtins.int
+IGNORE_UNKNOWN_QUERY_FIELD_NUMBER: _builtins.int
 event: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, Global___EventContract]
 """The event's bus contract. Every event in poly/events/v1/events.proto must
 set it; the carrier EventEnvelope and messages used only as field types of
@@ -224,4 +225,10 @@ content-disposition, content-language, content-security-policy,
 referrer-policy, link, retry-after, www-authenticate (and x-http-code);
 the edge refuses to load a method naming another. After a failure none of
 them is sent, not even as `Grpc-Metadata-<name>`.
+"""
+ignore_unknown_query: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _builtins.bool]
+"""True when the JSON edge ignores query parameters that name no field of the
+request, rather than answering 400: an OAuth authorization endpoint must
+ignore parameters it does not know (RFC 6749 section 3.1). A known field
+given a bad value is still refused.
 """
