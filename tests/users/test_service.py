@@ -46,8 +46,10 @@ def system(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         deployment.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def users(system: Deployment) -> users_service_pb2_grpc.UsersServiceStub:
+    """A fresh channel per test: one test restarts users, and a channel that saw it down waits
+    out gRPC's reconnect backoff (seconds, growing) before it tries again."""
     return users_service_pb2_grpc.UsersServiceStub(system.channel("users"))
 
 
@@ -663,8 +665,8 @@ _ATTACKS: list[tuple[str, Callable[[Stub, Person, Metadata], object]]] = [
 
 
 @pytest.fixture(scope="module")
-def victim(system: Deployment, users: users_service_pb2_grpc.UsersServiceStub) -> Person:
-    return _person(system, users, "Victim")
+def victim(system: Deployment) -> Person:
+    return _person(system, users_service_pb2_grpc.UsersServiceStub(system.channel("users")), "Victim")
 
 
 @pytest.mark.parametrize("attack", [a for _, a in _ATTACKS], ids=[i for i, _ in _ATTACKS])
