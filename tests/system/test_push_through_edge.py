@@ -102,7 +102,7 @@ def token(app: App) -> str:
 def _subscribe(app: App, token: str) -> tuple[Any, dict[str, Any]]:
     browser = app.push_service.subscribe()
     answer = app.call("POST", "/v1/pushSubscriptions", browser.subscription(), token=token)
-    assert answer.status == 201, answer.text
+    assert answer.status == 201, answer.body
     return browser, answer.json()
 
 
@@ -175,7 +175,7 @@ def test_unusable_keys_are_400_naming_the_field(
     given = app.push_service.subscribe().subscription()
     given["keys"] = keys if keys is not None else {"p256dh": given["keys"]["p256dh"]}
     answer = app.call("POST", "/v1/pushSubscriptions", given, token=token)
-    assert answer.status == 400, answer.text
+    assert answer.status == 400, answer.body
     details = answer.json()["details"]
     violations = [v["field"] for d in details for v in d.get("fieldViolations", [])]
     assert violations == [field]
@@ -185,4 +185,4 @@ def test_a_subscription_that_expired_by_the_browsers_clock_is_refused(app: App, 
     given = app.push_service.subscribe().subscription()
     given["expirationTime"] = int(time.time() * 1000) - 1000
     answer = app.call("POST", "/v1/pushSubscriptions", given, token=token)
-    assert answer.status == 400, answer.text
+    assert answer.status == 400, answer.body
