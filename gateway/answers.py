@@ -18,6 +18,7 @@ __all__ = [
     "Metadata",
     "Refusal",
     "answer_with_metadata",
+    "is_json",
     "raw_answer",
     "refusal",
     "require_json",
@@ -98,7 +99,7 @@ _HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,200}", re.ASCII)
 """A content type that can go in a header as it is (no line break, no control character)."""
 
 
-def _is_json(content_type: str) -> bool:
+def is_json(content_type: str) -> bool:
     """Whether a ``Content-Type`` names JSON: ``application/json`` or ``application/*+json``,
     in UTF-8 (RFC 8259) if it names a charset at all."""
     media_type, *parameters = (part.strip().lower() for part in content_type.split(";"))
@@ -119,7 +120,7 @@ def require_json(request: Request) -> None:
     if request.headers.get("Content-Length", "0") == "0" and "Transfer-Encoding" not in request.headers:
         return  # no body: nothing to be JSON
     sent = request.headers.get("Content-Type", "")
-    if _is_json(sent):
+    if is_json(sent):
         return
     accepted = "application/json"
     raise refusal(

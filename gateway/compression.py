@@ -21,6 +21,7 @@ import gzip
 
 import brotli
 
+from gateway.answers import is_json
 from gateway.wire import Handler, Request, Response, Stream
 
 __all__ = ["MIN_BYTES", "compress_reads", "compressing", "preferred_coding"]
@@ -71,7 +72,7 @@ def compress_reads(request: Request, response: Response, *, min_bytes: int = MIN
         return
     if "Content-Encoding" in response.headers or "Set-Cookie" in response.headers:
         return
-    if not _is_json(response.headers.get("Content-Type", "")):
+    if not is_json(response.headers.get("Content-Type", "")):
         return
     response.headers.add("Vary", "Accept-Encoding")
     coding = preferred_coding(", ".join(request.headers.getall("Accept-Encoding", ())))
@@ -82,13 +83,6 @@ def compress_reads(request: Request, response: Response, *, min_bytes: int = MIN
     else:
         return
     response.headers["Content-Encoding"] = coding
-
-
-def _is_json(content_type: str) -> bool:
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    return media_type == "application/json" or (
-        media_type.startswith("application/") and media_type.endswith("+json")
-    )
 
 
 def compressing(handler: Handler) -> Handler:
