@@ -104,6 +104,7 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
     "google.protobuf.BytesValue": {"type": ["string", "null"], "contentEncoding": "base64"},
 }
 # Well-known messages a query parameter can carry (as their JSON string or scalar form).
+_HTTP_BODY = "google.api.HttpBody"
 _QUERY_WELL_KNOWN = frozenset(_WELL_KNOWN) - {
     "google.protobuf.Struct",
     "google.protobuf.Value",
@@ -259,22 +260,29 @@ class _Builder:
             }
         response: dict[str, Any] = {"description": "Success."}
         if success != 204:
-            schema = self.response_schema(route)
             if route.server_streaming:
                 response["content"] = {
-                    "application/x-ndjson": {"schema": _stream_line(schema)},
+                    "application/x-ndjson": {"schema": _stream_line(self.response_schema(route))},
                     "text/event-stream": {"schema": {"type": "string"}},
                 }
                 response["description"] = "A stream of messages, one per line or event."
             elif raw_reply_field(route) is not None:
                 response["content"] = {"*/*": {"schema": {}}}
                 response["description"] = "The body as the method made it, of the type it names."
-            else:
-                response["content"] = {"application/json": {"schema": schema}}
-        answered = sorted(self.response_headers(route) - {"x-http-code"})
+            else:  # a schema is made (and named in the components) only where it is used
+                response["content"] = {"application/json": {"schema": self.response_schema(route)}}
+        declared = self.response_headers(route)
+        answered = sorted(declared - {"x-http-code"})
         if answered and not route.server_streaming:  # a stream's metadata keeps its prefix
             response["headers"] = {name: {"schema": {"type": "string"}} for name in answered}
-        operation["responses"] = {str(success): response, **_errors(route, public=public)}
+        if "x-http-code" in declared and raw_reply_field(route) is not None:
+            # The method picks its status (a redirect, a page for a refused form), so any status
+            # may carry its own body, as any may carry an error's google.rpc.Status.
+            chosen = {**response, "description": "The method's answer, with the status it picked."}
+            chosen["content"] = {"*/*": {"schema": {}}}
+            operation["responses"] = {str(success): response, "4XX": chosen, "default": chosen}
+        else:
+            operation["responses"] = {str(success): response, **_errors(route, public=public)}
         if public is True:
             operation["security"] = []
         elif public is False:
@@ -286,23 +294,34 @@ class _Builder:
             return []
         bound = set(route.template.variables) | ({route.body} if route.body else set())
         out: list[dict[str, Any]] = []
-        self._collect_query(route.method.input_type, "", bound, 0, out)
+        self._collect_query(route.method.input_type, ("", ""), bound, 0, out)
         return out
 
     def _collect_query(
-        self, message: Descriptor, prefix: str, bound: set[str], depth: int, out: list[dict[str, Any]]
+        self,
+        message: Descriptor,
+        prefixes: tuple[str, str],
+        bound: set[str],
+        depth: int,
+        out: list[dict[str, Any]],
     ) -> None:
+        """The query parameters of `message`'s fields, reached at ``(proto path, JSON path)``
+        `prefixes`."""
+        prefix, json_prefix = prefixes
         for field in message.fields:
             name = prefix + field.name
             if name in bound or _is_map(field):
                 continue
             target = field.message_type
+            if target is not None and target.full_name == _HTTP_BODY:
+                continue  # only a request's body sets a body
             if target is not None and target.full_name not in _QUERY_WELL_KNOWN:
                 if not _is_repeated(field) and depth < _QUERY_DEPTH:
-                    self._collect_query(target, name + ".", bound, depth + 1, out)
+                    paths = (name + ".", json_prefix + field.json_name + ".")
+                    self._collect_query(target, paths, bound, depth + 1, out)
                 continue
             parameter: dict[str, Any] = {
-                "name": _json_path(prefix, field),
+                "name": json_prefix + field.json_name,  # the name proto3 JSON (and the edge) use
                 "in": "query",
                 "schema": self.field_schema(field),
             }
@@ -500,16 +519,6 @@ def _field_behaviors(field: FieldDescriptor) -> set[str]:
     names = extension.enum_type.values_by_number
     values: list[int] = list(options.Extensions[extension])  # type: ignore[index]
     return {names[number].name for number in values if number in names}
-
-
-def _json_path(prefix: str, field: FieldDescriptor) -> str:
-    parts = [*prefix.split(".")[:-1], field.name] if prefix else [field.name]
-    return ".".join(_lower_camel(part) for part in parts)
-
-
-def _lower_camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
 def _stream_line(schema: dict[str, Any]) -> dict[str, Any]:

@@ -229,6 +229,8 @@ def _resolve(message: Message, name: str) -> tuple[Message, FieldDescriptor, str
         field = _fields_by_any_name(holder.DESCRIPTOR).get(segment)
         if field is None:
             return "unknown"
+        if field.message_type is not None and field.message_type.full_name == "google.api.HttpBody":
+            return "a body field is set only from the request's body"
         proto_path.append(field.name)
         if position == len(segments) - 1:
             return holder, field, ".".join(proto_path)

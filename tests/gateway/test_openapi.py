@@ -378,3 +378,19 @@ def test_a_standalone_edge_serves_a_valid_document_claiming_no_license(tmp_path:
     assert document["info"] == {"title": "Greeter API", "version": "v1"}
     assert {"/v1/friends/{friend}/greeting", "/v1/farewells"} <= set(document["paths"])
     validate(document)
+
+
+def test_a_method_picking_its_status_documents_its_own_body_at_any_status(router: Router) -> None:
+    declared = frozenset({"x-http-code", "location", "set-cookie"})
+    document = openapi_document(
+        router,
+        title="t",
+        version="1",
+        success_status=_success,
+        response_headers=lambda route: declared if route.method.name == "Authorize" else frozenset(),
+    )
+    page = _operation(document, "AuthService_Authorize")["responses"]
+    assert set(page) == {"200", "4XX", "default"}
+    assert page["default"]["content"] == {"*/*": {"schema": {}}}
+    assert set(page["default"]["headers"]) == {"location", "set-cookie"}
+    validate(document)

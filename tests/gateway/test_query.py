@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from gateway import query
 from gateway.errors import BadRequest
 from gateway.query import apply_query, apply_variables
+from poly.auth.v1 import auth_service_pb2
 from tests.support.protos import pooled_message
 
 _F = descriptor_pb2.FieldDescriptorProto
@@ -303,6 +304,15 @@ def test_unknown_names_ignored_where_the_method_asks_but_bad_values_still_refuse
     with pytest.raises(BadRequest) as caught:
         _query([("nope", "1"), ("i32", "not a number")], ignore_unknown=True)
     assert [name for name, _ in caught.value.violations] == ["i32"]
+
+
+@pytest.mark.parametrize("name", ["form.data", "form.content_type", "form.contentType", "form"])
+def test_a_body_field_is_never_set_from_the_query(name: str) -> None:
+    """A GET to a method taking a posted form (OAuth's authorization endpoint) cannot pose as the
+    form's post: a google.api.HttpBody is set only from a request's body."""
+    with pytest.raises(BadRequest) as caught:
+        apply_query(auth_service_pb2.AuthorizeRequest(), [(name, "x")], ignore_unknown=True)
+    assert "body" in str(caught.value.violations)
 
 
 @pytest.mark.parametrize(
