@@ -108,8 +108,8 @@ def test_get_create_update_return_the_resource(method: MethodDescriptor) -> None
         # They also return a secret that is shown once, so they wrap the resource.
         assert method.output_type.name == f"{method.name}Response"
         return
-    if method.name in {"GetJwks", "GetOpenIdConfiguration"}:
-        return  # standard documents (RFC 7517, OIDC Discovery), not resources
+    if method.name in {"GetJwks", "GetOpenIdConfiguration", "GetUserInfo"}:
+        return  # standard documents (RFC 7517, OIDC Discovery, OIDC UserInfo), not resources
     assert not method.output_type.name.endswith("Response")
     assert method.output_type.fields[0].name == "name"
 

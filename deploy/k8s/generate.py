@@ -137,12 +137,15 @@ def _env(component: str) -> list[dict[str, Any]]:
             {"name": "POLY_BUS_URL_FILE", "value": "/var/run/poly/credentials/bus-url"},
         ]
     if component == "auth":
-        env.append(
+        env += [
             {
                 "name": "POLY_AUTH_KEY_ENCRYPTION_KEY_FILE",
                 "value": "/var/run/poly/secrets/signing-key-encryption.key",
-            }
-        )
+            },
+            # Deployed, apps sign people in through the authorization code flow: no app sees a
+            # password (OAuth 2.1 removes the password grant).
+            {"name": "POLY_AUTH_PASSWORD_GRANT", "value": "false"},
+        ]
     for name, secret_name, key in _OPTIONAL_CREDENTIALS.get(component, ()):
         secret = {"name": secret_name, "key": key, "optional": True}
         env.append({"name": name, "valueFrom": {"secretKeyRef": secret}})

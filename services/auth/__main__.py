@@ -4,9 +4,12 @@ import logging
 from pathlib import Path
 
 from poly.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
-from services.auth import events, keys, passwords, store, tokens
+from services.auth import events, forms, keys, passwords, store, tokens
 from services.auth.accounts import Accounts
+from services.auth.authorize import Authorize
 from services.auth.clients import Clients
+from services.auth.codes import Codes
+from services.auth.oauth import OAuthServer
 from services.auth.service import AuthServicer
 from services.auth.sessions import Sessions
 from services.auth.settings import IdentitySettings, read
@@ -35,14 +38,21 @@ def wire(context: app.Context[IdentitySettings]) -> app.Parts:
     minter = tokens.JwtMinter(ring, settings.auth, own.access_token_seconds)
     throttle = Throttle(transactions, own)
     sessions = Sessions(transactions, minter, own)
+    signin = SignIn(transactions, hasher, throttle, sessions, own.password_grant)
+    clients = Clients(transactions, hasher, minter, throttle, own)
+    codes = Codes(transactions, sessions)
+    oauth = OAuthServer(transactions, hasher, codes, sessions, clients, minter, settings.auth.issuer)
+    guard = forms.FormGuard(forms.derive_key(encryption_key), settings.auth.issuer)
     servicer = AuthServicer(
         accounts=Accounts(transactions, hasher, throttle, passwords.password_problem),
-        signin=SignIn(transactions, hasher, throttle, sessions),
+        signin=signin,
         sessions=sessions,
-        clients=Clients(transactions, hasher, minter, throttle, own),
+        clients=clients,
         ring=ring,
         verifier=verifier,
         settings=settings,
+        oauth=oauth,
+        authorize=Authorize(oauth, signin, guard),
     )
     return app.Parts(
         servicer=servicer,

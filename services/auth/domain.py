@@ -7,7 +7,9 @@ tokens: ACTIVE -> ROTATED (used once) or REVOKED (its family logged out, reused 
 The rules, one job a module: `accounts` (registration, roles, lookups), `signin` (login),
 `sessions` (refresh, logout, introspection), `clients` (OAuth clients, and machine clients'
 tokens), `redirects` (which redirect URIs a client may register),
-`throttle` (the attempt limits of sign-in, client tokens and registration).
+`throttle` (the attempt limits of sign-in, client tokens and registration), `codes` (the
+one-time codes of the authorization code flow), `oauth` (that flow's HTTP protocol, by authlib),
+`pages` and `forms` (the sign-in page and what protects its form).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ __all__ = [
     "DISPLAY_NAME_MAX",
     "Client",
     "Clock",
+    "CodeClaim",
+    "Grant",
     "Hasher",
     "Identity",
     "IdentityPage",
@@ -108,6 +112,36 @@ class RefreshClaim:
     outcome: Literal["claimed", "unknown", "reused", "revoked", "expired"]
     family: str = ""
     user_id: str = ""
+    client_id: str = ""
+    """The client its session was issued to; empty for a password login's."""
+    scope: str = ""
+    """What that client was granted (space-separated)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a person allowed a client by signing in at the authorization endpoint: what its
+    one-time code stands for (OAuth 2.1 4.1)."""
+
+    client_id: str
+    user_id: str
+    redirect_uri: str
+    scope: str
+    """Space-separated."""
+    code_challenge: str
+    """BASE64URL(SHA256(code_verifier)) (RFC 7636, S256 only)."""
+    nonce: str
+    auth_time: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CodeClaim:
+    """What happened to a presented authorization code when it was claimed."""
+
+    outcome: Literal["claimed", "unknown", "used", "expired"]
+    grant: Grant | None = None
+    family: str = ""
+    """For a code used before: the session its first use opened."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +187,19 @@ class Repository(Protocol):
     # -- sessions (`sessions`) -----------------------------------------------------------------
 
     def add_refresh_token(
-        self, token_hash: str, family: str, user_id: str, expire_time: dt.datetime, now: dt.datetime
-    ) -> None: ...
+        self,
+        token_hash: str,
+        family: str,
+        user_id: str,
+        expire_time: dt.datetime,
+        now: dt.datetime,
+        *,
+        client_id: str = "",
+        scope: str = "",
+    ) -> None:
+        """A refresh token of `family`, which is new when unknown: a session `client_id` (empty
+        for a password login) was granted `scope` in."""
+
     def claim_refresh_token(self, token_hash: str, now: dt.datetime) -> RefreshClaim:
         """Atomically move an ACTIVE, unexpired token to ROTATED, or say why not."""
 
@@ -162,6 +207,20 @@ class Repository(Protocol):
     def revoke_families_of(self, user_id: str, now: dt.datetime) -> None: ...
     def family_of(self, token_hash: str) -> str | None: ...
     def family_active(self, family: str) -> bool: ...
+
+    # -- authorization codes (`codes`) ---------------------------------------------------------
+
+    def add_authorization_code(
+        self, code_hash: str, grant: Grant, expire_time: dt.datetime, now: dt.datetime
+    ) -> None:
+        """Keep `grant` under `code_hash` until it is used or expires (and forget codes long
+        expired)."""
+
+    def claim_authorization_code(self, code_hash: str, now: dt.datetime) -> CodeClaim:
+        """Atomically mark an unused, unexpired code used and return its grant, or say why not."""
+
+    def set_code_family(self, code_hash: str, family: str) -> None:
+        """Record the session a code's use opened (revoked if the code is presented again)."""
 
     # -- attempts (`throttle`) -----------------------------------------------------------------
 

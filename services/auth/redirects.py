@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["MAX_REDIRECT_URIS", "redirect_uri_problem"]
+__all__ = ["MAX_REDIRECT_URIS", "redirect_uri_matches", "redirect_uri_problem"]
 
 MAX_REDIRECT_URIS = 10
 _URI = re.compile(r"(?:[A-Za-z0-9\-._~:/?\[\]@!$&'()+,;=]|%[0-9A-Fa-f]{2})+", re.ASCII)
@@ -32,6 +32,21 @@ _WEB = re.compile(rf"https://(?P<host>{_LABEL}(?:\.{_LABEL})*)(?::(?P<port>[0-9]
 _LOOPBACK = re.compile(rf"http://(?:127\.0\.0\.1|\[::1\])(?::(?P<port>[0-9]{{1,5}}))?{_REST}", re.ASCII)
 _APP = re.compile(rf"[a-z][a-z0-9+-]*(?:\.[a-z0-9+-]+)+:/(?!/){_PATH_CHARS}", re.ASCII)
 """A reverse-domain scheme (a dot, as RFC 8252 section 7.1 asks), then a path, no authority."""
+_LOOPBACK_PORT = re.compile(r"(http://(?:127\.0\.0\.1|\[::1\]))(?::[0-9]{1,5})?", re.ASCII)
+
+
+def redirect_uri_matches(registered: tuple[str, ...], given: str) -> bool:
+    """Whether an authorization request may send its user to `given`: one of the `registered`
+    URIs exactly, or a loopback one on another port (RFC 8252 section 7.3)."""
+    if given in registered:
+        return True
+    matched = _LOOPBACK.fullmatch(given)
+    if matched is None or _port_problem(matched["port"]):
+        return False
+    unported = _LOOPBACK_PORT.sub(r"\1", given, count=1)
+    return any(
+        _LOOPBACK.fullmatch(uri) and _LOOPBACK_PORT.sub(r"\1", uri, count=1) == unported for uri in registered
+    )
 
 
 def redirect_uri_problem(uri: str) -> str | None:

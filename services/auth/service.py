@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import grpc
+from google.api import httpbody_pb2
 from google.protobuf import empty_pb2
 
 from poly.auth.v1 import auth_service_pb2 as pb
 from poly.auth.v1 import auth_service_pb2_grpc, resources_pb2
 from services.auth.accounts import Accounts
+from services.auth.authorize import Authorize, Browser, PostedForm
 from services.auth.clients import SCOPES, Clients, Registration
 from services.auth.domain import ACTIVE, CONFIDENTIAL, PUBLIC, Client, Identity, TokenSet
+from services.auth.oauth import USER_SCOPES, AuthorizationRequest, OAuthServer, Reply
 from services.auth.sessions import Sessions
 from services.auth.signin import SignIn
 from services.auth.tokens import KeyRing
 from services.kit import authz, tls
 from services.kit.authn import ALGORITHMS, Principal, Verifier
 from services.kit.config import Settings
+from services.kit.domain_errors import Unauthenticated
 from services.kit.names import resource_id
 from services.kit.wire import timestamp
 
@@ -84,27 +88,48 @@ def _openid_configuration(issuer: str) -> pb.OpenIdConfiguration:
     return pb.OpenIdConfiguration(
         issuer=issuer,
         jwks_uri=f"{issuer}/.well-known/jwks.json",
-        token_endpoint=f"{issuer}/v1/auth:clientToken",
-        response_types_supported=["token"],
+        authorization_endpoint=f"{issuer}/oauth2/authorize",
+        token_endpoint=f"{issuer}/oauth2/token",
+        userinfo_endpoint=f"{issuer}/oauth2/userinfo",
+        response_types_supported=["code"],
+        response_modes_supported=["query"],
         subject_types_supported=["public"],
         id_token_signing_alg_values_supported=list(ALGORITHMS[:1]),
-        grant_types_supported=["password", "refresh_token", "client_credentials"],
-        scopes_supported=list(SCOPES),
-        token_endpoint_auth_methods_supported=["client_secret_post"],
+        grant_types_supported=["authorization_code", "refresh_token", "client_credentials"],
+        scopes_supported=[*USER_SCOPES, *SCOPES],
+        token_endpoint_auth_methods_supported=["none", "client_secret_basic", "client_secret_post"],
+        code_challenge_methods_supported=["S256"],
+        authorization_response_iss_parameter_supported=True,
         claims_supported=[
             "iss",
             "sub",
             "aud",
+            "azp",
             "exp",
             "nbf",
             "iat",
+            "auth_time",
+            "nonce",
             "jti",
+            "email",
+            "email_verified",
             "roles",
             "scope",
             "sid",
             "client_id",
         ],
     )
+
+
+def _http_reply(reply: Reply, context: grpc.ServicerContext) -> httpbody_pb2.HttpBody:
+    """`reply` as the edge answers it: its status and headers as declared response metadata."""
+    context.set_trailing_metadata([("x-http-code", str(reply.status)), *reply.headers])
+    return httpbody_pb2.HttpBody(content_type=reply.content_type, data=reply.body)
+
+
+def _metadata(context: grpc.ServicerContext, key: str) -> str:
+    found = [v for k, v in context.invocation_metadata() or () if k == key and isinstance(v, str)]
+    return found[-1] if found else ""
 
 
 def _token_info(principal: Principal, audience: str) -> pb.TokenInfo:
@@ -118,6 +143,20 @@ def _token_info(principal: Principal, audience: str) -> pb.TokenInfo:
         issue_time=timestamp(principal.issued_at),
         token_id=principal.token_id,
         client_id=principal.client_id,
+    )
+
+
+def _authorization_request(request: pb.AuthorizeRequest) -> AuthorizationRequest:
+    return AuthorizationRequest(
+        response_type=request.response_type,
+        client_id=request.client_id,
+        redirect_uri=request.redirect_uri,
+        scope=request.scope,
+        state=request.state,
+        nonce=request.nonce,
+        code_challenge=request.code_challenge,
+        code_challenge_method=request.code_challenge_method,
+        prompt=request.prompt,
     )
 
 
@@ -149,6 +188,8 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         ring: KeyRing,
         verifier: Verifier,
         settings: Settings,
+        oauth: OAuthServer,
+        authorize: Authorize,
     ) -> None:
         self._accounts = accounts
         self._signin = signin
@@ -156,6 +197,8 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         self._clients = clients
         self._ring = ring
         self._verifier = verifier
+        self._oauth = oauth
+        self._authorize = authorize
         self._issuer = settings.auth.issuer
         self._edge = tls.spiffe_id(
             "gateway", trust_domain=settings.tls.trust_domain, namespace=settings.tls.namespace
@@ -245,6 +288,37 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         self, request: pb.GetOpenIdConfigurationRequest, context: grpc.ServicerContext
     ) -> pb.OpenIdConfiguration:
         return _openid_configuration(self._issuer)
+
+    def Authorize(self, request: pb.AuthorizeRequest, context: grpc.ServicerContext) -> httpbody_pb2.HttpBody:
+        from_edge = tls.peer_identity(context) == self._edge
+        browser = Browser(
+            address=client_address(context, edge=self._edge),
+            cookie=_metadata(context, "cookie"),
+            origin=_metadata(context, "origin"),
+            fetch_site=_metadata(context, "sec-fetch-site"),
+            host=_metadata(context, "x-forwarded-host") if from_edge else "",
+        )
+        form = PostedForm(request.form.data, request.form.content_type) if request.HasField("form") else None
+        return _http_reply(self._authorize(_authorization_request(request), browser, form), context)
+
+    def ExchangeToken(
+        self, request: pb.ExchangeTokenRequest, context: grpc.ServicerContext
+    ) -> httpbody_pb2.HttpBody:
+        authorization = _metadata(context, "authorization")
+        address = client_address(context, edge=self._edge)
+        reply = self._oauth.token(request.form.data, request.form.content_type, authorization, address)
+        return _http_reply(reply, context)
+
+    def GetUserInfo(self, request: pb.GetUserInfoRequest, context: grpc.ServicerContext) -> pb.UserInfo:
+        caller = authz.principal()
+        if caller.session and not self._sessions.session_active(caller.session):
+            raise Unauthenticated("TOKEN_REVOKED", "the access token's session has ended")
+        identity = self._accounts.identity(resource_id(caller.subject, "users"))
+        # A token issued to an app shows what the person allowed it; their own session, all.
+        shows_email = not caller.client_id or "email" in caller.scopes
+        if not shows_email:
+            return pb.UserInfo(sub=identity.name)
+        return pb.UserInfo(sub=identity.name, email=identity.email, email_verified=False)
 
     def IntrospectToken(
         self, request: pb.IntrospectTokenRequest, context: grpc.ServicerContext

@@ -4,7 +4,9 @@ A refresh token is 256 random bits, stored only as its SHA-256, and used at most
 it rotates it (ACTIVE -> ROTATED, a new token in the same family). Presenting a ROTATED token
 again means one of its two holders is a thief, so the whole family is revoked, as logout
 revokes it; a DISABLED identity gets no new token. Access tokens name their family (``sid``),
-so introspection reports them inactive as soon as it is revoked.
+so introspection reports them inactive as soon as it is revoked. A session opened for a client
+(the authorization code flow) is bound to it: only that client refreshes it, and a refresh
+token presented by anyone else revokes it, as reuse does.
 """
 
 from __future__ import annotations
@@ -17,7 +19,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from services.auth.domain import ACTIVE, Clock, Identity, Minter, Repository, TokenSet, Transactions, utc_now
+from services.auth.domain import (
+    ACTIVE,
+    Clock,
+    Identity,
+    Minter,
+    RefreshClaim,
+    Repository,
+    TokenSet,
+    Transactions,
+    utc_now,
+)
 from services.auth.settings import IdentitySettings
 from services.kit.domain_errors import Unauthenticated
 
@@ -54,41 +66,65 @@ class Sessions:
     settings: IdentitySettings
     clock: Clock = utc_now
 
-    def open(self, repo: Repository, identity: Identity) -> tuple[str, str]:
-        """A new session of `identity`, in `repo`'s transaction: its family and first refresh token."""
+    def open(
+        self, repo: Repository, identity: Identity, *, client_id: str = "", scope: str = ""
+    ) -> tuple[str, str]:
+        """A new session of `identity` (issued to `client_id`, granted `scope`, when a client
+        asked for it), in `repo`'s transaction: its family and first refresh token."""
         family = str(uuid.uuid4())
-        return family, self._add_refresh_token(repo, identity, family=family)
+        return family, self._add_refresh_token(
+            repo, identity, family=family, client_id=client_id, scope=scope
+        )
 
-    def tokens(self, identity: Identity, *, family: str, refresh: str) -> TokenSet:
+    def tokens(
+        self, identity: Identity, *, family: str, refresh: str, client_id: str = "", scope: str = ""
+    ) -> TokenSet:
         """The access token of `family` beside its newest refresh token `refresh`. Minted after
         the refresh token's transaction: the key ring reads in a transaction of its own."""
         access = self.minter.access_token(
-            subject=identity.name, roles=identity.roles, scopes=(), now=self.clock(), session=family
+            subject=identity.name,
+            roles=identity.roles,
+            scopes=scope.split(),
+            now=self.clock(),
+            client_id=client_id,
+            session=family,
         )
-        lifetime = self.settings.refresh_token_seconds
-        return TokenSet(access, self.settings.access_token_seconds, "", refresh, lifetime)
+        lifetime = self.settings.refresh_token_seconds if refresh else 0
+        return TokenSet(access, self.settings.access_token_seconds, scope, refresh, lifetime)
 
-    def _add_refresh_token(self, repo: Repository, identity: Identity, *, family: str) -> str:
+    def _add_refresh_token(
+        self, repo: Repository, identity: Identity, *, family: str, client_id: str = "", scope: str = ""
+    ) -> str:
         now = self.clock()
         refresh = secrets.token_urlsafe(32)
         expires = now + dt.timedelta(seconds=self.settings.refresh_token_seconds)
-        repo.add_refresh_token(hash_token(refresh), family, identity.id, expires, now)
+        repo.add_refresh_token(
+            hash_token(refresh), family, identity.id, expires, now, client_id=client_id, scope=scope
+        )
         return refresh
 
-    def refresh(self, refresh_token: str) -> TokenSet:
+    def refresh(self, refresh_token: str, *, client_id: str = "") -> TokenSet:
+        """New tokens for a session's refresh token, presented by the client it was issued to
+        (`client_id`; empty for a password login's session)."""
         now = self.clock()
         with self.transactions() as repo:
             claim = repo.claim_refresh_token(hash_token(refresh_token), now)
-            if claim.outcome == "reused":
-                # Someone used a token that was already exchanged: one of the two holders
-                # is a thief. Revoke the family (committed), so both must log in again.
+            if claim.outcome == "reused" or (claim.outcome == "claimed" and claim.client_id != client_id):
+                # Someone used a token that was already exchanged, or that another client
+                # holds: one of its holders is a thief. Revoke the family (committed), so
+                # both must sign in again.
                 repo.revoke_family(claim.family, now)
+                claim = RefreshClaim("reused" if claim.outcome == "reused" else "unknown")
             identity = repo.identity(claim.user_id) if claim.outcome == "claimed" else None
             refresh = None
             if identity is not None and identity.state == ACTIVE:
-                refresh = self._add_refresh_token(repo, identity, family=claim.family)
+                refresh = self._add_refresh_token(
+                    repo, identity, family=claim.family, client_id=claim.client_id, scope=claim.scope
+                )
         if identity is not None and refresh is not None:
-            return self.tokens(identity, family=claim.family, refresh=refresh)
+            return self.tokens(
+                identity, family=claim.family, refresh=refresh, client_id=claim.client_id, scope=claim.scope
+            )
         raise Unauthenticated(*_REFUSALS.get(claim.outcome, _INVALID))
 
     def logout(self, refresh_token: str) -> None:

@@ -32,6 +32,10 @@ class IdentitySettings:
     """Failed logins counted per account and per client address within this window."""
     registrations_per_address: int = 20
     """Registrations (taken emails included) allowed per client address within the login window."""
+    password_grant: bool = True
+    """Whether Login exchanges an email and password for tokens (the OAuth password grant, which
+    OAuth 2.1 removes: the app sees the password). On for development; deployments turn it off
+    and sign people in through the authorization endpoint's page."""
 
 
 def read(env: Reader, settings: Settings) -> IdentitySettings:
@@ -56,6 +60,7 @@ def read(env: Reader, settings: Settings) -> IdentitySettings:
         registrations_per_address=env.integer(
             "POLY_AUTH_REGISTRATIONS_PER_ADDRESS", 20, low=1, high=1_000_000
         ),
+        password_grant=env.flag("POLY_AUTH_PASSWORD_GRANT", True),
     )
     if found.argon2_memory_budget_kib < found.argon2_memory_kib:
         env.problems.append(

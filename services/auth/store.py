@@ -38,6 +38,8 @@ from services.auth.domain import (
     CLIENT_CREDENTIALS,
     CONFIDENTIAL,
     Client,
+    CodeClaim,
+    Grant,
     Identity,
     IdentityQuery,
     RefreshClaim,
@@ -49,6 +51,7 @@ from services.kit.sql import insert_if_absent, keyset_page
 __all__ = [
     "BUS",
     "AuthStore",
+    "AuthorizationCodeRow",
     "Base",
     "ClientRow",
     "FamilyRow",
@@ -97,6 +100,10 @@ class FamilyRow(Base):
     identity_id: Mapped[str] = mapped_column(ForeignKey("identity.id", ondelete="CASCADE"), index=True)
     create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
     revoke_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    client_id: Mapped[str] = mapped_column(String(64), server_default="")
+    """The client the session was issued to (authorization code flow); empty for a login's."""
+    scope: Mapped[str] = mapped_column(String(1000), server_default="")
+    """What that client was granted, space-separated."""
 
 
 class RefreshTokenRow(Base):
@@ -107,6 +114,26 @@ class RefreshTokenRow(Base):
     state: Mapped[str] = mapped_column(String(16))
     create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
     expire_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class AuthorizationCodeRow(Base):
+    """A one-time code of the authorization code flow, kept past its use until it expires so
+    that a second use is recognised (and revokes the session the first one opened)."""
+
+    __tablename__ = "authorization_code"
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    identity_id: Mapped[str] = mapped_column(ForeignKey("identity.id", ondelete="CASCADE"), index=True)
+    redirect_uri: Mapped[str] = mapped_column(Text())
+    scope: Mapped[str] = mapped_column(String(1000))
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    nonce: Mapped[str] = mapped_column(String(255))
+    auth_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    expire_time: Mapped[dt.datetime] = mapped_column(UtcDateTime(), index=True)
+    use_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    family_id: Mapped[str | None] = mapped_column(String(64))
+    """The session its use opened."""
 
 
 class LoginFailureRow(Base):
@@ -266,10 +293,20 @@ class SqlRepository:
     # -- sessions -------------------------------------------------------------------------
 
     def add_refresh_token(
-        self, token_hash: str, family: str, user_id: str, expire_time: dt.datetime, now: dt.datetime
+        self,
+        token_hash: str,
+        family: str,
+        user_id: str,
+        expire_time: dt.datetime,
+        now: dt.datetime,
+        *,
+        client_id: str = "",
+        scope: str = "",
     ) -> None:
         if self._session.get(FamilyRow, family) is None:
-            self._session.add(FamilyRow(id=family, identity_id=user_id, create_time=now))
+            self._session.add(
+                FamilyRow(id=family, identity_id=user_id, create_time=now, client_id=client_id, scope=scope)
+            )
             self._session.flush()
         self._session.add(
             RefreshTokenRow(
@@ -296,7 +333,9 @@ class SqlRepository:
             .returning(RefreshTokenRow.family_id, RefreshTokenRow.identity_id)
         ).first()
         if claimed is not None:
-            return RefreshClaim("claimed", claimed.family_id, claimed.identity_id)
+            family = self._session.get(FamilyRow, claimed.family_id)
+            client_id, scope = (family.client_id, family.scope) if family else ("", "")
+            return RefreshClaim("claimed", claimed.family_id, claimed.identity_id, client_id, scope)
         row = self._session.get(RefreshTokenRow, token_hash)
         if row is None:
             return RefreshClaim("unknown")
@@ -330,6 +369,61 @@ class SqlRepository:
     def family_active(self, family: str) -> bool:
         row = self._session.get(FamilyRow, family)
         return row is not None and row.revoke_time is None
+
+    # -- authorization codes ----------------------------------------------------------------
+
+    def add_authorization_code(
+        self, code_hash: str, grant: Grant, expire_time: dt.datetime, now: dt.datetime
+    ) -> None:
+        # Codes live seconds; one a day past its expiry has no reuse left to recognise.
+        self._session.execute(
+            delete(AuthorizationCodeRow).where(AuthorizationCodeRow.expire_time < now - dt.timedelta(days=1))
+        )
+        self._session.add(
+            AuthorizationCodeRow(
+                code_hash=code_hash,
+                client_id=grant.client_id,
+                identity_id=grant.user_id,
+                redirect_uri=grant.redirect_uri,
+                scope=grant.scope,
+                code_challenge=grant.code_challenge,
+                nonce=grant.nonce,
+                auth_time=grant.auth_time,
+                create_time=now,
+                expire_time=expire_time,
+            )
+        )
+
+    def claim_authorization_code(self, code_hash: str, now: dt.datetime) -> CodeClaim:
+        # One conditional UPDATE, as for refresh tokens: of two concurrent uses exactly one wins.
+        code = AuthorizationCodeRow
+        claimed = self._session.execute(
+            update(code)
+            .where(code.code_hash == code_hash, code.use_time.is_(None), code.expire_time > now)
+            .values(use_time=now)
+            .returning(
+                code.client_id,
+                code.identity_id,
+                code.redirect_uri,
+                code.scope,
+                code.code_challenge,
+                code.nonce,
+                code.auth_time,
+            )
+        ).first()
+        if claimed is not None:
+            return CodeClaim("claimed", Grant(*claimed))
+        row = self._session.get(code, code_hash)
+        if row is None:
+            return CodeClaim("unknown")
+        return CodeClaim("used" if row.use_time else "expired", family=row.family_id or "")
+
+    def set_code_family(self, code_hash: str, family: str) -> None:
+        self._session.execute(
+            update(AuthorizationCodeRow)
+            .where(AuthorizationCodeRow.code_hash == code_hash)
+            .values(family_id=family)
+        )
 
     # -- throttling -----------------------------------------------------------------------
 

@@ -13,10 +13,13 @@ from pathlib import Path
 
 from sqlalchemy import Engine, func, select
 
-from services.auth import passwords, store, tokens
+from services.auth import forms, passwords, store, tokens
 from services.auth.accounts import Accounts
+from services.auth.authorize import Authorize
 from services.auth.clients import Clients
+from services.auth.codes import Codes
 from services.auth.domain import Identity, TokenSet
+from services.auth.oauth import OAuthServer
 from services.auth.sessions import Sessions
 from services.auth.settings import IdentitySettings
 from services.auth.signin import SignIn
@@ -57,6 +60,9 @@ class LocalAuth:
     sessions: Sessions
     clients: Clients
     verifier: authn.Verifier
+    oauth: OAuthServer
+    authorize: Authorize
+    ring: tokens.KeyRing
 
     def register(self, *, roles: Sequence[str] = (), address: str | None = None) -> Identity:
         """A new account with `PASSWORD` (registered as an operator does, unless `address`)."""
@@ -100,14 +106,23 @@ def open_local(path: Path, settings: IdentitySettings = SETTINGS) -> LocalAuth:
     hasher = passwords.Argon2Hasher(settings)
     throttle = Throttle(transactions, settings, clock)
     sessions = Sessions(transactions, minter, settings, clock)
+    signin = SignIn(transactions, hasher, throttle, sessions)
+    issuer = AuthSettings().issuer
+    clients = Clients(transactions, hasher, minter, throttle, settings, clock)
+    codes = Codes(transactions, sessions, clock)
+    oauth = OAuthServer(transactions, hasher, codes, sessions, clients, minter, issuer, clock)
+    guard = forms.FormGuard(forms.derive_key(secrets.token_bytes(32)), issuer)
     return LocalAuth(
         engine=engine,
         auth_store=auth_store,
         clock=clock,
         throttle=throttle,
         accounts=Accounts(transactions, hasher, throttle, passwords.password_problem, clock),
-        signin=SignIn(transactions, hasher, throttle, sessions),
+        signin=signin,
         sessions=sessions,
-        clients=Clients(transactions, hasher, minter, throttle, settings, clock),
+        clients=clients,
         verifier=verifier,
+        oauth=oauth,
+        authorize=Authorize(oauth, signin, guard),
+        ring=ring,
     )

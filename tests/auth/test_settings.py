@@ -30,6 +30,11 @@ def test_the_key_encryption_key_lives_under_the_state_directory_unless_named(tmp
     assert named.key_encryption_key_file == Path("/var/run/poly/secrets/kek")
 
 
+def test_the_password_grant_is_on_unless_turned_off() -> None:
+    assert _load({}).password_grant
+    assert not _load({"POLY_AUTH_PASSWORD_GRANT": "false"}).password_grant
+
+
 def test_token_lifetimes_are_bounded() -> None:
     with pytest.raises(config.ConfigError) as caught:
         _load({"POLY_AUTH_ACCESS_TOKEN_SECONDS": "5", "POLY_AUTH_REFRESH_TOKEN_SECONDS": "1"})

@@ -236,6 +236,7 @@ def test_each_component_gets_an_environment_the_kit_accepts_and_its_probes_and_f
     assert migrate["args"] == ["migrate", component] and migrate["image"] == container["image"]
     if component == "auth":
         assert own.key_encryption_key_file.parent == Path("/var/run/poly/secrets")
+        assert not own.password_grant  # deployed, no app sees a password: the code flow signs in
     # Database and broker URLs come from mounted Secrets, never from the environment.
     assert settings.db.url == f"postgresql://poly:secret@postgres:5432/{component}"
     assert settings.bus.url == "amqp://poly:secret@rabbitmq:5672/"

@@ -24,6 +24,7 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
@@ -31,7 +32,7 @@ from poly.auth.v1 import resources_pb2 as poly_dot_auth_dot_v1_dot_resources__pb
 from poly.options.v1 import options_pb2 as poly_dot_options_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpoly/auth/v1/auth_service.proto\x12\x0cpoly.auth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cpoly/auth/v1/resources.proto\x1a\x1dpoly/options/v1/options.proto\"[\n\x0fRegisterRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\x08password\x18\x02 \x01(\tB\x05\xe2\x41\x02\x02\x04\x12\x1a\n\x0c\x64isplay_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"f\n\x10RegisterResponse\x12(\n\x04user\x18\x01 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12(\n\x08identity\x18\x02 \x01(\x0b\x32\x16.poly.auth.v1.Identity\"<\n\x0cLoginRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\x08password\x18\x02 \x01(\tB\x05\xe2\x41\x02\x02\x04\"3\n\x13RefreshTokenRequest\x12\x1c\n\rrefresh_token\x18\x01 \x01(\tB\x05\xe2\x41\x02\x02\x04\"-\n\rLogoutRequest\x12\x1c\n\rrefresh_token\x18\x01 \x01(\tB\x05\xe2\x41\x02\x02\x04\"\xd3\x01\n\x08TokenSet\x12\"\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\tR\x0c\x61\x63\x63\x65ss_token\x12\x1e\n\ntoken_type\x18\x02 \x01(\tR\ntoken_type\x12\x1e\n\nexpires_in\x18\x03 \x01(\x05R\nexpires_in\x12$\n\rrefresh_token\x18\x04 \x01(\tR\rrefresh_token\x12\r\n\x05scope\x18\x05 \x01(\t\x12.\n\x12refresh_expires_in\x18\x06 \x01(\x05R\x12refresh_expires_in\"Z\n\x13\x43reateClientRequest\x12*\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x14.poly.auth.v1.ClientB\x04\xe2\x41\x01\x02\x12\x17\n\tclient_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"S\n\x14\x43reateClientResponse\x12$\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x14.poly.auth.v1.Client\x12\x15\n\rclient_secret\x18\x02 \x01(\t\"A\n\x10GetClientRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16\x61uth.poly.local/Client\"G\n\x12ListClientsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"U\n\x13ListClientsResponse\x12%\n\x07\x63lients\x18\x01 \x03(\x0b\x32\x14.poly.auth.v1.Client\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\x13\x44\x65leteClientRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16\x61uth.poly.local/Client\"e\n\x17IssueClientTokenRequest\x12\x17\n\tclient_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\rclient_secret\x18\x02 \x01(\tB\x05\xe2\x41\x02\x02\x04\x12\x13\n\x05scope\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"E\n\x12GetIdentityRequest\x12/\n\x04name\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18\x61uth.poly.local/Identity\"x\n\x15ListIdentitiesRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06\x66ilter\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08order_by\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"]\n\x16ListIdentitiesResponse\x12*\n\nidentities\x18\x01 \x03(\x0b\x32\x16.poly.auth.v1.Identity\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x10GrantRoleRequest\x12/\n\x04name\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18\x61uth.poly.local/Identity\x12\x12\n\x04role\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"X\n\x11RevokeRoleRequest\x12/\n\x04name\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18\x61uth.poly.local/Identity\x12\x12\n\x04role\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\x10\n\x0eGetJwksRequest\"\'\n\x04Jwks\x12\x1f\n\x04keys\x18\x01 \x03(\x0b\x32\x11.poly.auth.v1.Jwk\"g\n\x03Jwk\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\x0b\n\x03kid\x18\x04 \x01(\t\x12\x0b\n\x03use\x18\x05 \x01(\t\x12\x0b\n\x03\x61lg\x18\x06 \x01(\t\x12\t\n\x01n\x18\x07 \x01(\t\x12\t\n\x01\x65\x18\x08 \x01(\t\"\x1f\n\x1dGetOpenIdConfigurationRequest\"\xd1\x04\n\x13OpenIdConfiguration\x12\x0e\n\x06issuer\x18\x01 \x01(\t\x12\x1a\n\x08jwks_uri\x18\x02 \x01(\tR\x08jwks_uri\x12&\n\x0etoken_endpoint\x18\x03 \x01(\tR\x0etoken_endpoint\x12\x36\n\x16\x61uthorization_endpoint\x18\x04 \x01(\tR\x16\x61uthorization_endpoint\x12:\n\x18response_types_supported\x18\x05 \x03(\tR\x18response_types_supported\x12\x38\n\x17subject_types_supported\x18\x06 \x03(\tR\x17subject_types_supported\x12T\n%id_token_signing_alg_values_supported\x18\x07 \x03(\tR%id_token_signing_alg_values_supported\x12\x34\n\x15grant_types_supported\x18\x08 \x03(\tR\x15grant_types_supported\x12*\n\x10scopes_supported\x18\t \x03(\tR\x10scopes_supported\x12T\n%token_endpoint_auth_methods_supported\x18\n \x03(\tR%token_endpoint_auth_methods_supported\x12*\n\x10\x63laims_supported\x18\x0b \x03(\tR\x10\x63laims_supported\".\n\x16IntrospectTokenRequest\x12\x14\n\x05token\x18\x01 \x01(\tB\x05\xe2\x41\x02\x02\x04\"\xe3\x01\n\tTokenInfo\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12\x10\n\x08\x61udience\x18\x05 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nissue_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08token_id\x18\x08 \x01(\t\x12\x11\n\tclient_id\x18\t \x01(\t2\xf2\x0f\n\x0b\x41uthService\x12r\n\x08Register\x12\x1d.poly.auth.v1.RegisterRequest\x1a\x1e.poly.auth.v1.RegisterResponse\"\'\x8a\xb5\x18\x02\x08\x01\x98\xb5\x18\xc9\x01\x82\xd3\xe4\x93\x02\x16\"\x11/v1/auth:register:\x01*\x12\\\n\x05Login\x12\x1a.poly.auth.v1.LoginRequest\x1a\x16.poly.auth.v1.TokenSet\"\x1f\x8a\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/auth:login:\x01*\x12l\n\x0cRefreshToken\x12!.poly.auth.v1.RefreshTokenRequest\x1a\x16.poly.auth.v1.TokenSet\"!\x8a\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x15\"\x10/v1/auth:refresh:\x01*\x12h\n\x06Logout\x12\x1b.poly.auth.v1.LogoutRequest\x1a\x16.google.protobuf.Empty\")\x8a\xb5\x18\x02\x08\x01\x90\xb5\x18\x01\x98\xb5\x18\xcc\x01\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/auth:logout:\x01*\x12\x84\x01\n\x0c\x43reateClient\x12!.poly.auth.v1.CreateClientRequest\x1a\".poly.auth.v1.CreateClientResponse\"-\x8a\xb5\x18\t\x08\x02\x12\x05\x61\x64min\x98\xb5\x18\xc9\x01\x82\xd3\xe4\x93\x02\x15\"\x0b/v1/clients:\x06\x63lient\x12p\n\tGetClient\x12\x1e.poly.auth.v1.GetClientRequest\x1a\x14.poly.auth.v1.Client\"-\x8a\xb5\x18\t\x08\x02\x12\x05\x61\x64min\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/{name=clients/*}\x12x\n\x0bListClients\x12 .poly.auth.v1.ListClientsRequest\x1a!.poly.auth.v1.ListClientsResponse\"$\x8a\xb5\x18\t\x08\x02\x12\x05\x61\x64min\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/clients\x12}\n\x0c\x44\x65leteClient\x12!.poly.auth.v1.DeleteClientRequest\x1a\x16.google.protobuf.Empty\"2\x8a\xb5\x18\t\x08\x02\x12\x05\x61\x64min\x90\xb5\x18\x01\x98\xb5\x18\xcc\x01\x82\xd3\xe4\x93\x02\x16*\x14/v1/{name=clients/*}\x12|\n\x10IssueClientToken\x12%.poly.auth.v1.IssueClientTokenRequest\x1a\x16.poly.auth.v1.TokenSet\")\x8a\xb5\x18\x02\x08\x01\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x19\"\x14/v1/auth:clientToken:\x01*\x12y\n\x0bGetIdentity\x12 .poly.auth.v1.GetIdentityRequest\x1a\x16.poly.auth.v1.Identity\"0\x8a\xb5\x18\x02\x08\x03\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{name=users/*}:getIdentity\x12\x8e\x01\n\x0eListIdentities\x12#.poly.auth.v1.ListIdentitiesRequest\x1a$.poly.auth.v1.ListIdentitiesResponse\"1\x8a\xb5\x18\t\x08\x02\x12\x05\x61\x64min\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/users:listIdentities\x12}\n\tGrantRole\x12\x1e.poly.auth.v1.GrantRoleRequest\x1a\x16.poly.auth.v1.Identity\"8\x8a\xb5\x18\t\x08\x02\x12\x05\x61\x64min\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02!\"\x1c/v1/{name=users/*}:grantRole:\x01*\x12\x80\x01\n\nRevokeRole\x12\x1f.poly.auth.v1.RevokeRoleRequest\x1a\x16.poly.auth.v1.Identity\"9\x8a\xb5\x18\t\x08\x02\x12\x05\x61\x64min\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\"\"\x1d/v1/{name=users/*}:revokeRole:\x01*\x12\x65\n\x07GetJwks\x12\x1c.poly.auth.v1.GetJwksRequest\x1a\x12.poly.auth.v1.Jwks\"(\x8a\xb5\x18\x02\x08\x01\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/.well-known/jwks.json\x12\x9d\x01\n\x16GetOpenIdConfiguration\x12+.poly.auth.v1.GetOpenIdConfigurationRequest\x1a!.poly.auth.v1.OpenIdConfiguration\"3\x8a\xb5\x18\x02\x08\x01\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02#\x12!/.well-known/openid-configuration\x12\xb3\x01\n\x0fIntrospectToken\x12$.poly.auth.v1.IntrospectTokenRequest\x1a\x17.poly.auth.v1.TokenInfo\"a\x8a\xb5\x18\x39\x08\x04\x1a\x04\x61uth\x1a\x05users\x1a\x06orders\x1a\x08payments\x1a\rnotifications\x1a\x07gateway\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x1a\"\x15/v1/tokens:introspect:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpoly/auth/v1/auth_service.proto\x12\x0cpoly.auth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cpoly/auth/v1/resources.proto\x1a\x1dpoly/options/v1/options.proto\"[\n\x0fRegisterRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\x08password\x18\x02 \x01(\tB\x05\xe2\x41\x02\x02\x04\x12\x1a\n\x0c\x64isplay_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"f\n\x10RegisterResponse\x12(\n\x04user\x18\x01 \x01(\tB\x1a\xfa\x41\x17\n\x15users.poly.local/User\x12(\n\x08identity\x18\x02 \x01(\x0b\x32\x16.poly.auth.v1.Identity\"<\n\x0cLoginRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\x08password\x18\x02 \x01(\tB\x05\xe2\x41\x02\x02\x04\"3\n\x13RefreshTokenRequest\x12\x1c\n\rrefresh_token\x18\x01 \x01(\tB\x05\xe2\x41\x02\x02\x04\"-\n\rLogoutRequest\x12\x1c\n\rrefresh_token\x18\x01 \x01(\tB\x05\xe2\x41\x02\x02\x04\"\xd3\x01\n\x08TokenSet\x12\"\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\tR\x0c\x61\x63\x63\x65ss_token\x12\x1e\n\ntoken_type\x18\x02 \x01(\tR\ntoken_type\x12\x1e\n\nexpires_in\x18\x03 \x01(\x05R\nexpires_in\x12$\n\rrefresh_token\x18\x04 \x01(\tR\rrefresh_token\x12\r\n\x05scope\x18\x05 \x01(\t\x12.\n\x12refresh_expires_in\x18\x06 \x01(\x05R\x12refresh_expires_in\"Z\n\x13\x43reateClientRequest\x12*\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x14.poly.auth.v1.ClientB\x04\xe2\x41\x01\x02\x12\x17\n\tclient_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"S\n\x14\x43reateClientResponse\x12$\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x14.poly.auth.v1.Client\x12\x15\n\rclient_secret\x18\x02 \x01(\t\"A\n\x10GetClientRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16\x61uth.poly.local/Client\"G\n\x12ListClientsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"U\n\x13ListClientsResponse\x12%\n\x07\x63lients\x18\x01 \x03(\x0b\x32\x14.poly.auth.v1.Client\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\x13\x44\x65leteClientRequest\x12-\n\x04name\x18\x01 \x01(\tB\x1f\xe2\x41\x01\x02\xfa\x41\x18\n\x16\x61uth.poly.local/Client\"e\n\x17IssueClientTokenRequest\x12\x17\n\tclient_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\rclient_secret\x18\x02 \x01(\tB\x05\xe2\x41\x02\x02\x04\x12\x13\n\x05scope\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"E\n\x12GetIdentityRequest\x12/\n\x04name\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18\x61uth.poly.local/Identity\"x\n\x15ListIdentitiesRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06\x66ilter\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08order_by\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"]\n\x16ListIdentitiesResponse\x12*\n\nidentities\x18\x01 \x03(\x0b\x32\x16.poly.auth.v1.Identity\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x10GrantRoleRequest\x12/\n\x04name\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18\x61uth.poly.local/Identity\x12\x12\n\x04role\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"X\n\x11RevokeRoleRequest\x12/\n\x04name\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18\x61uth.poly.local/Identity\x12\x12\n\x04role\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\x10\n\x0eGetJwksRequest\"\'\n\x04Jwks\x12\x1f\n\x04keys\x18\x01 \x03(\x0b\x32\x11.poly.auth.v1.Jwk\"g\n\x03Jwk\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\x0b\n\x03kid\x18\x04 \x01(\t\x12\x0b\n\x03use\x18\x05 \x01(\t\x12\x0b\n\x03\x61lg\x18\x06 \x01(\t\x12\t\n\x01n\x18\x07 \x01(\t\x12\t\n\x01\x65\x18\x08 \x01(\t\"\x1f\n\x1dGetOpenIdConfigurationRequest\"\xef\x06\n\x13OpenIdConfiguration\x12\x0e\n\x06issuer\x18\x01 \x01(\t\x12\x1a\n\x08jwks_uri\x18\x02 \x01(\tR\x08jwks_uri\x12&\n\x0etoken_endpoint\x18\x03 \x01(\tR\x0etoken_endpoint\x12\x36\n\x16\x61uthorization_endpoint\x18\x04 \x01(\tR\x16\x61uthorization_endpoint\x12:\n\x18response_types_supported\x18\x05 \x03(\tR\x18response_types_supported\x12\x38\n\x17subject_types_supported\x18\x06 \x03(\tR\x17subject_types_supported\x12T\n%id_token_signing_alg_values_supported\x18\x07 \x03(\tR%id_token_signing_alg_values_supported\x12\x34\n\x15grant_types_supported\x18\x08 \x03(\tR\x15grant_types_supported\x12*\n\x10scopes_supported\x18\t \x03(\tR\x10scopes_supported\x12T\n%token_endpoint_auth_methods_supported\x18\n \x03(\tR%token_endpoint_auth_methods_supported\x12*\n\x10\x63laims_supported\x18\x0b \x03(\tR\x10\x63laims_supported\x12,\n\x11userinfo_endpoint\x18\x0c \x01(\tR\x11userinfo_endpoint\x12J\n code_challenge_methods_supported\x18\r \x03(\tR code_challenge_methods_supported\x12\x66\n.authorization_response_iss_parameter_supported\x18\x0e \x01(\x08R.authorization_response_iss_parameter_supported\x12:\n\x18response_modes_supported\x18\x0f \x03(\tR\x18response_modes_supported\"\xf6\x02\n\x10\x41uthorizeRequest\x12*\n\rresponse_type\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01R\rresponse_type\x12\"\n\tclient_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01R\tclient_id\x12(\n\x0credirect_uri\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01R\x0credirect_uri\x12\x13\n\x05scope\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05state\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x13\n\x05nonce\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\x12,\n\x0e\x63ode_challenge\x18\x07 \x01(\tB\x04\xe2\x41\x01\x01R\x0e\x63ode_challenge\x12:\n\x15\x63ode_challenge_method\x18\x08 \x01(\tB\x04\xe2\x41\x01\x01R\x15\x63ode_challenge_method\x12\x14\n\x06prompt\x18\t \x01(\tB\x04\xe2\x41\x01\x01\x12)\n\x04\x66orm\x18\n \x01(\x0b\x32\x14.google.api.HttpBodyB\x05\xe2\x41\x02\x01\x04\"A\n\x14\x45xchangeTokenRequest\x12)\n\x04\x66orm\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBodyB\x05\xe2\x41\x02\x02\x04\"\x14\n\x12GetUserInfoRequest\"u\n\x08UserInfo\x12\x0b\n\x03sub\x18\x01 \x01(\t\x12\x12\n\x05\x65mail\x18\x02 \x01(\tH\x00\x88\x01\x01\x12+\n\x0e\x65mail_verified\x18\x03 \x01(\x08H\x01R\x0e\x65mail_verified\x88\x01\x01\x42\x08\n\x06_emailB\x11\n\x0f_email_verified\".\n\x16IntrospectTokenRequest\x12\x14\n\x05token\x18\x01 \x01(\tB\x05\xe2\x41\x02\x02\x04\"\xe3\x01\n\tTokenInfo\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12\x10\n\x08\x61udience\x18\x05 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nissue_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08token_id\x18\x08 \x01(\t\x12\x11\n\tclient_id\x18\t \x01(\t2\xb7\x14\n\x0b\x41uthService\x12r\n\x08Register\x12\x1d.poly.auth.v1.RegisterRequest\x1a\x1e.poly.auth.v1.RegisterResponse\"\'\x8a\xb5\x18\x02\x08\x01\x98\xb5\x18\xc9\x01\x82\xd3\xe4\x93\x02\x16\"\x11/v1/auth:register:\x01*\x12\\\n\x05Login\x12\x1a.poly.auth.v1.LoginRequest\x1a\x16.poly.auth.v1.TokenSet\"\x1f\x8a\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/auth:login:\x01*\x12l\n\x0cRefreshToken\x12!.poly.auth.v1.RefreshTokenRequest\x1a\x16.poly.auth.v1.TokenSet\"!\x8a\xb5\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x15\"\x10/v1/auth:refresh:\x01*\x12h\n\x06Logout\x12\x1b.poly.auth.v1.LogoutRequest\x1a\x16.google.protobuf.Empty\")\x8a\xb5\x18\x02\x08\x01\x90\xb5\x18\x01\x98\xb5\x18\xcc\x01\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/auth:logout:\x01*\x12\x84\x01\n\x0c\x43reateClient\x12!.poly.auth.v1.CreateClientRequest\x1a\".poly.auth.v1.CreateClientResponse\"-\x8a\xb5\x18\t\x08\x02\x12\x05\x61\x64min\x98\xb5\x18\xc9\x01\x82\xd3\xe4\x93\x02\x15\"\x0b/v1/clients:\x06\x63lient\x12p\n\tGetClient\x12\x1e.poly.auth.v1.GetClientRequest\x1a\x14.poly.auth.v1.Client\"-\x8a\xb5\x18\t\x08\x02\x12\x05\x61\x64min\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/{name=clients/*}\x12x\n\x0bListClients\x12 .poly.auth.v1.ListClientsRequest\x1a!.poly.auth.v1.ListClientsResponse\"$\x8a\xb5\x18\t\x08\x02\x12\x05\x61\x64min\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/clients\x12}\n\x0c\x44\x65leteClient\x12!.poly.auth.v1.DeleteClientRequest\x1a\x16.google.protobuf.Empty\"2\x8a\xb5\x18\t\x08\x02\x12\x05\x61\x64min\x90\xb5\x18\x01\x98\xb5\x18\xcc\x01\x82\xd3\xe4\x93\x02\x16*\x14/v1/{name=clients/*}\x12|\n\x10IssueClientToken\x12%.poly.auth.v1.IssueClientTokenRequest\x1a\x16.poly.auth.v1.TokenSet\")\x8a\xb5\x18\x02\x08\x01\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x19\"\x14/v1/auth:clientToken:\x01*\x12y\n\x0bGetIdentity\x12 .poly.auth.v1.GetIdentityRequest\x1a\x16.poly.auth.v1.Identity\"0\x8a\xb5\x18\x02\x08\x03\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{name=users/*}:getIdentity\x12\x8e\x01\n\x0eListIdentities\x12#.poly.auth.v1.ListIdentitiesRequest\x1a$.poly.auth.v1.ListIdentitiesResponse\"1\x8a\xb5\x18\t\x08\x02\x12\x05\x61\x64min\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/users:listIdentities\x12}\n\tGrantRole\x12\x1e.poly.auth.v1.GrantRoleRequest\x1a\x16.poly.auth.v1.Identity\"8\x8a\xb5\x18\t\x08\x02\x12\x05\x61\x64min\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02!\"\x1c/v1/{name=users/*}:grantRole:\x01*\x12\x80\x01\n\nRevokeRole\x12\x1f.poly.auth.v1.RevokeRoleRequest\x1a\x16.poly.auth.v1.Identity\"9\x8a\xb5\x18\t\x08\x02\x12\x05\x61\x64min\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\"\"\x1d/v1/{name=users/*}:revokeRole:\x01*\x12\x65\n\x07GetJwks\x12\x1c.poly.auth.v1.GetJwksRequest\x1a\x12.poly.auth.v1.Jwks\"(\x8a\xb5\x18\x02\x08\x01\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/.well-known/jwks.json\x12\x9d\x01\n\x16GetOpenIdConfiguration\x12+.poly.auth.v1.GetOpenIdConfigurationRequest\x1a!.poly.auth.v1.OpenIdConfiguration\"3\x8a\xb5\x18\x02\x08\x01\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02#\x12!/.well-known/openid-configuration\x12\x90\x02\n\tAuthorize\x12\x1e.poly.auth.v1.AuthorizeRequest\x1a\x14.google.api.HttpBody\"\xcc\x01\x8a\xb5\x18\x02\x08\x01\xa2\xb5\x18\x06\x63ookie\xa2\xb5\x18\x06origin\xa2\xb5\x18\x0esec-fetch-site\xaa\xb5\x18\x08location\xaa\xb5\x18\nset-cookie\xaa\xb5\x18\rcache-control\xaa\xb5\x18\x17\x63ontent-security-policy\xaa\xb5\x18\x0freferrer-policy\xaa\xb5\x18\x0bx-http-code\xb0\xb5\x18\x01\x82\xd3\xe4\x93\x02.\x12\x11/oauth2/authorizeZ\x19\"\x11/oauth2/authorize:\x04\x66orm\x12\xaa\x01\n\rExchangeToken\x12\".poly.auth.v1.ExchangeTokenRequest\x1a\x14.google.api.HttpBody\"_\x8a\xb5\x18\x02\x08\x01\xaa\xb5\x18\rcache-control\xaa\xb5\x18\x06pragma\xaa\xb5\x18\x10www-authenticate\xaa\xb5\x18\x0bx-http-code\x82\xd3\xe4\x93\x02\x15\"\r/oauth2/token:\x04\x66orm\x12\x82\x01\n\x0bGetUserInfo\x12 .poly.auth.v1.GetUserInfoRequest\x1a\x16.poly.auth.v1.UserInfo\"9\x8a\xb5\x18\x02\x08\x02\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02)\x12\x10/oauth2/userinfoZ\x15\"\x10/oauth2/userinfo:\x01*\x12\xb3\x01\n\x0fIntrospectToken\x12$.poly.auth.v1.IntrospectTokenRequest\x1a\x17.poly.auth.v1.TokenInfo\"a\x8a\xb5\x18\x39\x08\x04\x1a\x04\x61uth\x1a\x05users\x1a\x06orders\x1a\x08payments\x1a\rnotifications\x1a\x07gateway\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x1a\"\x15/v1/tokens:introspect:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -90,6 +91,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVOKEROLEREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\032\n\030auth.poly.local/Identity'
   _globals['_REVOKEROLEREQUEST'].fields_by_name['role']._loaded_options = None
   _globals['_REVOKEROLEREQUEST'].fields_by_name['role']._serialized_options = b'\342A\001\002'
+  _globals['_AUTHORIZEREQUEST'].fields_by_name['response_type']._loaded_options = None
+  _globals['_AUTHORIZEREQUEST'].fields_by_name['response_type']._serialized_options = b'\342A\001\001'
+  _globals['_AUTHORIZEREQUEST'].fields_by_name['client_id']._loaded_options = None
+  _globals['_AUTHORIZEREQUEST'].fields_by_name['client_id']._serialized_options = b'\342A\001\001'
+  _globals['_AUTHORIZEREQUEST'].fields_by_name['redirect_uri']._loaded_options = None
+  _globals['_AUTHORIZEREQUEST'].fields_by_name['redirect_uri']._serialized_options = b'\342A\001\001'
+  _globals['_AUTHORIZEREQUEST'].fields_by_name['scope']._loaded_options = None
+  _globals['_AUTHORIZEREQUEST'].fields_by_name['scope']._serialized_options = b'\342A\001\001'
+  _globals['_AUTHORIZEREQUEST'].fields_by_name['state']._loaded_options = None
+  _globals['_AUTHORIZEREQUEST'].fields_by_name['state']._serialized_options = b'\342A\001\001'
+  _globals['_AUTHORIZEREQUEST'].fields_by_name['nonce']._loaded_options = None
+  _globals['_AUTHORIZEREQUEST'].fields_by_name['nonce']._serialized_options = b'\342A\001\001'
+  _globals['_AUTHORIZEREQUEST'].fields_by_name['code_challenge']._loaded_options = None
+  _globals['_AUTHORIZEREQUEST'].fields_by_name['code_challenge']._serialized_options = b'\342A\001\001'
+  _globals['_AUTHORIZEREQUEST'].fields_by_name['code_challenge_method']._loaded_options = None
+  _globals['_AUTHORIZEREQUEST'].fields_by_name['code_challenge_method']._serialized_options = b'\342A\001\001'
+  _globals['_AUTHORIZEREQUEST'].fields_by_name['prompt']._loaded_options = None
+  _globals['_AUTHORIZEREQUEST'].fields_by_name['prompt']._serialized_options = b'\342A\001\001'
+  _globals['_AUTHORIZEREQUEST'].fields_by_name['form']._loaded_options = None
+  _globals['_AUTHORIZEREQUEST'].fields_by_name['form']._serialized_options = b'\342A\002\001\004'
+  _globals['_EXCHANGETOKENREQUEST'].fields_by_name['form']._loaded_options = None
+  _globals['_EXCHANGETOKENREQUEST'].fields_by_name['form']._serialized_options = b'\342A\002\002\004'
   _globals['_INTROSPECTTOKENREQUEST'].fields_by_name['token']._loaded_options = None
   _globals['_INTROSPECTTOKENREQUEST'].fields_by_name['token']._serialized_options = b'\342A\002\002\004'
   _globals['_AUTHSERVICE'].methods_by_name['Register']._loaded_options = None
@@ -122,58 +145,72 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHSERVICE'].methods_by_name['GetJwks']._serialized_options = b'\212\265\030\002\010\001\220\265\030\001\202\323\344\223\002\030\022\026/.well-known/jwks.json'
   _globals['_AUTHSERVICE'].methods_by_name['GetOpenIdConfiguration']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['GetOpenIdConfiguration']._serialized_options = b'\212\265\030\002\010\001\220\265\030\001\202\323\344\223\002#\022!/.well-known/openid-configuration'
+  _globals['_AUTHSERVICE'].methods_by_name['Authorize']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['Authorize']._serialized_options = b'\212\265\030\002\010\001\242\265\030\006cookie\242\265\030\006origin\242\265\030\016sec-fetch-site\252\265\030\010location\252\265\030\nset-cookie\252\265\030\rcache-control\252\265\030\027content-security-policy\252\265\030\017referrer-policy\252\265\030\013x-http-code\260\265\030\001\202\323\344\223\002.\022\021/oauth2/authorizeZ\031\"\021/oauth2/authorize:\004form'
+  _globals['_AUTHSERVICE'].methods_by_name['ExchangeToken']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['ExchangeToken']._serialized_options = b'\212\265\030\002\010\001\252\265\030\rcache-control\252\265\030\006pragma\252\265\030\020www-authenticate\252\265\030\013x-http-code\202\323\344\223\002\025\"\r/oauth2/token:\004form'
+  _globals['_AUTHSERVICE'].methods_by_name['GetUserInfo']._loaded_options = None
+  _globals['_AUTHSERVICE'].methods_by_name['GetUserInfo']._serialized_options = b'\212\265\030\002\010\002\220\265\030\001\202\323\344\223\002)\022\020/oauth2/userinfoZ\025\"\020/oauth2/userinfo:\001*'
   _globals['_AUTHSERVICE'].methods_by_name['IntrospectToken']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['IntrospectToken']._serialized_options = b'\212\265\0309\010\004\032\004auth\032\005users\032\006orders\032\010payments\032\rnotifications\032\007gateway\220\265\030\001\202\323\344\223\002\032\"\025/v1/tokens:introspect:\001*'
-  _globals['_REGISTERREQUEST']._serialized_start=262
-  _globals['_REGISTERREQUEST']._serialized_end=353
-  _globals['_REGISTERRESPONSE']._serialized_start=355
-  _globals['_REGISTERRESPONSE']._serialized_end=457
-  _globals['_LOGINREQUEST']._serialized_start=459
-  _globals['_LOGINREQUEST']._serialized_end=519
-  _globals['_REFRESHTOKENREQUEST']._serialized_start=521
-  _globals['_REFRESHTOKENREQUEST']._serialized_end=572
-  _globals['_LOGOUTREQUEST']._serialized_start=574
-  _globals['_LOGOUTREQUEST']._serialized_end=619
-  _globals['_TOKENSET']._serialized_start=622
-  _globals['_TOKENSET']._serialized_end=833
-  _globals['_CREATECLIENTREQUEST']._serialized_start=835
-  _globals['_CREATECLIENTREQUEST']._serialized_end=925
-  _globals['_CREATECLIENTRESPONSE']._serialized_start=927
-  _globals['_CREATECLIENTRESPONSE']._serialized_end=1010
-  _globals['_GETCLIENTREQUEST']._serialized_start=1012
-  _globals['_GETCLIENTREQUEST']._serialized_end=1077
-  _globals['_LISTCLIENTSREQUEST']._serialized_start=1079
-  _globals['_LISTCLIENTSREQUEST']._serialized_end=1150
-  _globals['_LISTCLIENTSRESPONSE']._serialized_start=1152
-  _globals['_LISTCLIENTSRESPONSE']._serialized_end=1237
-  _globals['_DELETECLIENTREQUEST']._serialized_start=1239
-  _globals['_DELETECLIENTREQUEST']._serialized_end=1307
-  _globals['_ISSUECLIENTTOKENREQUEST']._serialized_start=1309
-  _globals['_ISSUECLIENTTOKENREQUEST']._serialized_end=1410
-  _globals['_GETIDENTITYREQUEST']._serialized_start=1412
-  _globals['_GETIDENTITYREQUEST']._serialized_end=1481
-  _globals['_LISTIDENTITIESREQUEST']._serialized_start=1483
-  _globals['_LISTIDENTITIESREQUEST']._serialized_end=1603
-  _globals['_LISTIDENTITIESRESPONSE']._serialized_start=1605
-  _globals['_LISTIDENTITIESRESPONSE']._serialized_end=1698
-  _globals['_GRANTROLEREQUEST']._serialized_start=1700
-  _globals['_GRANTROLEREQUEST']._serialized_end=1787
-  _globals['_REVOKEROLEREQUEST']._serialized_start=1789
-  _globals['_REVOKEROLEREQUEST']._serialized_end=1877
-  _globals['_GETJWKSREQUEST']._serialized_start=1879
-  _globals['_GETJWKSREQUEST']._serialized_end=1895
-  _globals['_JWKS']._serialized_start=1897
-  _globals['_JWKS']._serialized_end=1936
-  _globals['_JWK']._serialized_start=1938
-  _globals['_JWK']._serialized_end=2041
-  _globals['_GETOPENIDCONFIGURATIONREQUEST']._serialized_start=2043
-  _globals['_GETOPENIDCONFIGURATIONREQUEST']._serialized_end=2074
-  _globals['_OPENIDCONFIGURATION']._serialized_start=2077
-  _globals['_OPENIDCONFIGURATION']._serialized_end=2670
-  _globals['_INTROSPECTTOKENREQUEST']._serialized_start=2672
-  _globals['_INTROSPECTTOKENREQUEST']._serialized_end=2718
-  _globals['_TOKENINFO']._serialized_start=2721
-  _globals['_TOKENINFO']._serialized_end=2948
-  _globals['_AUTHSERVICE']._serialized_start=2951
-  _globals['_AUTHSERVICE']._serialized_end=4985
+  _globals['_REGISTERREQUEST']._serialized_start=289
+  _globals['_REGISTERREQUEST']._serialized_end=380
+  _globals['_REGISTERRESPONSE']._serialized_start=382
+  _globals['_REGISTERRESPONSE']._serialized_end=484
+  _globals['_LOGINREQUEST']._serialized_start=486
+  _globals['_LOGINREQUEST']._serialized_end=546
+  _globals['_REFRESHTOKENREQUEST']._serialized_start=548
+  _globals['_REFRESHTOKENREQUEST']._serialized_end=599
+  _globals['_LOGOUTREQUEST']._serialized_start=601
+  _globals['_LOGOUTREQUEST']._serialized_end=646
+  _globals['_TOKENSET']._serialized_start=649
+  _globals['_TOKENSET']._serialized_end=860
+  _globals['_CREATECLIENTREQUEST']._serialized_start=862
+  _globals['_CREATECLIENTREQUEST']._serialized_end=952
+  _globals['_CREATECLIENTRESPONSE']._serialized_start=954
+  _globals['_CREATECLIENTRESPONSE']._serialized_end=1037
+  _globals['_GETCLIENTREQUEST']._serialized_start=1039
+  _globals['_GETCLIENTREQUEST']._serialized_end=1104
+  _globals['_LISTCLIENTSREQUEST']._serialized_start=1106
+  _globals['_LISTCLIENTSREQUEST']._serialized_end=1177
+  _globals['_LISTCLIENTSRESPONSE']._serialized_start=1179
+  _globals['_LISTCLIENTSRESPONSE']._serialized_end=1264
+  _globals['_DELETECLIENTREQUEST']._serialized_start=1266
+  _globals['_DELETECLIENTREQUEST']._serialized_end=1334
+  _globals['_ISSUECLIENTTOKENREQUEST']._serialized_start=1336
+  _globals['_ISSUECLIENTTOKENREQUEST']._serialized_end=1437
+  _globals['_GETIDENTITYREQUEST']._serialized_start=1439
+  _globals['_GETIDENTITYREQUEST']._serialized_end=1508
+  _globals['_LISTIDENTITIESREQUEST']._serialized_start=1510
+  _globals['_LISTIDENTITIESREQUEST']._serialized_end=1630
+  _globals['_LISTIDENTITIESRESPONSE']._serialized_start=1632
+  _globals['_LISTIDENTITIESRESPONSE']._serialized_end=1725
+  _globals['_GRANTROLEREQUEST']._serialized_start=1727
+  _globals['_GRANTROLEREQUEST']._serialized_end=1814
+  _globals['_REVOKEROLEREQUEST']._serialized_start=1816
+  _globals['_REVOKEROLEREQUEST']._serialized_end=1904
+  _globals['_GETJWKSREQUEST']._serialized_start=1906
+  _globals['_GETJWKSREQUEST']._serialized_end=1922
+  _globals['_JWKS']._serialized_start=1924
+  _globals['_JWKS']._serialized_end=1963
+  _globals['_JWK']._serialized_start=1965
+  _globals['_JWK']._serialized_end=2068
+  _globals['_GETOPENIDCONFIGURATIONREQUEST']._serialized_start=2070
+  _globals['_GETOPENIDCONFIGURATIONREQUEST']._serialized_end=2101
+  _globals['_OPENIDCONFIGURATION']._serialized_start=2104
+  _globals['_OPENIDCONFIGURATION']._serialized_end=2983
+  _globals['_AUTHORIZEREQUEST']._serialized_start=2986
+  _globals['_AUTHORIZEREQUEST']._serialized_end=3360
+  _globals['_EXCHANGETOKENREQUEST']._serialized_start=3362
+  _globals['_EXCHANGETOKENREQUEST']._serialized_end=3427
+  _globals['_GETUSERINFOREQUEST']._serialized_start=3429
+  _globals['_GETUSERINFOREQUEST']._serialized_end=3449
+  _globals['_USERINFO']._serialized_start=3451
+  _globals['_USERINFO']._serialized_end=3568
+  _globals['_INTROSPECTTOKENREQUEST']._serialized_start=3570
+  _globals['_INTROSPECTTOKENREQUEST']._serialized_end=3616
+  _globals['_TOKENINFO']._serialized_start=3619
+  _globals['_TOKENINFO']._serialized_end=3846
+  _globals['_AUTHSERVICE']._serialized_start=3849
+  _globals['_AUTHSERVICE']._serialized_end=6464
 # @@protoc_insertion_point(module_scope)

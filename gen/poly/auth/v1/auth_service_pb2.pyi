@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -662,17 +663,25 @@ class OpenIdConfiguration(_message.Message):
     SCOPES_SUPPORTED_FIELD_NUMBER: _builtins.int
     TOKEN_ENDPOINT_AUTH_METHODS_SUPPORTED_FIELD_NUMBER: _builtins.int
     CLAIMS_SUPPORTED_FIELD_NUMBER: _builtins.int
+    USERINFO_ENDPOINT_FIELD_NUMBER: _builtins.int
+    CODE_CHALLENGE_METHODS_SUPPORTED_FIELD_NUMBER: _builtins.int
+    AUTHORIZATION_RESPONSE_ISS_PARAMETER_SUPPORTED_FIELD_NUMBER: _builtins.int
+    RESPONSE_MODES_SUPPORTED_FIELD_NUMBER: _builtins.int
     issuer: _builtins.str
     """Issuer identifier, the `iss` of every token, e.g. "https://auth.poly.local"."""
     jwks_uri: _builtins.str
     """URL of the JWK Set (GetJwks)."""
     token_endpoint: _builtins.str
-    """URL of the token endpoint (IssueClientToken)."""
+    """URL of the OAuth token endpoint (ExchangeToken)."""
     authorization_endpoint: _builtins.str
-    """URL of the authorization endpoint; omitted because no grant uses one."""
+    """URL of the authorization endpoint (Authorize)."""
+    userinfo_endpoint: _builtins.str
+    """URL of the UserInfo endpoint (GetUserInfo)."""
+    authorization_response_iss_parameter_supported: _builtins.bool
+    """True: every authorization response names the issuer in `iss` (RFC 9207)."""
     @_builtins.property
     def response_types_supported(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Supported response types, e.g. "token"."""
+        """Supported response types: "code"."""
 
     @_builtins.property
     def subject_types_supported(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -684,7 +693,9 @@ class OpenIdConfiguration(_message.Message):
 
     @_builtins.property
     def grant_types_supported(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Supported grants: "password", "refresh_token", "client_credentials"."""
+        """Supported grants at the token endpoint: "authorization_code",
+        "refresh_token", "client_credentials".
+        """
 
     @_builtins.property
     def scopes_supported(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -692,11 +703,21 @@ class OpenIdConfiguration(_message.Message):
 
     @_builtins.property
     def token_endpoint_auth_methods_supported(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Client authentication methods at the token endpoint: "client_secret_post"."""
+        """Client authentication methods at the token endpoint: "none" (public
+        clients), "client_secret_basic", "client_secret_post".
+        """
 
     @_builtins.property
     def claims_supported(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Claims that tokens may carry, e.g. "sub", "roles", "scope"."""
+
+    @_builtins.property
+    def code_challenge_methods_supported(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """PKCE methods accepted: "S256" only (RFC 7636; plain is refused)."""
+
+    @_builtins.property
+    def response_modes_supported(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Response modes: "query"."""
 
     def __init__(
         self,
@@ -712,14 +733,167 @@ class OpenIdConfiguration(_message.Message):
         scopes_supported: _abc.Iterable[_builtins.str] | None = ...,
         token_endpoint_auth_methods_supported: _abc.Iterable[_builtins.str] | None = ...,
         claims_supported: _abc.Iterable[_builtins.str] | None = ...,
+        userinfo_endpoint: _builtins.str = ...,
+        code_challenge_methods_supported: _abc.Iterable[_builtins.str] | None = ...,
+        authorization_response_iss_parameter_supported: _builtins.bool = ...,
+        response_modes_supported: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorization_endpoint", b"authorization_endpoint", "claims_supported", b"claims_supported", "grant_types_supported", b"grant_types_supported", "id_token_signing_alg_values_supported", b"id_token_signing_alg_values_supported", "issuer", b"issuer", "jwks_uri", b"jwks_uri", "response_types_supported", b"response_types_supported", "scopes_supported", b"scopes_supported", "subject_types_supported", b"subject_types_supported", "token_endpoint", b"token_endpoint", "token_endpoint_auth_methods_supported", b"token_endpoint_auth_methods_supported"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorization_endpoint", b"authorization_endpoint", "authorization_response_iss_parameter_supported", b"authorization_response_iss_parameter_supported", "claims_supported", b"claims_supported", "code_challenge_methods_supported", b"code_challenge_methods_supported", "grant_types_supported", b"grant_types_supported", "id_token_signing_alg_values_supported", b"id_token_signing_alg_values_supported", "issuer", b"issuer", "jwks_uri", b"jwks_uri", "response_modes_supported", b"response_modes_supported", "response_types_supported", b"response_types_supported", "scopes_supported", b"scopes_supported", "subject_types_supported", b"subject_types_supported", "token_endpoint", b"token_endpoint", "token_endpoint_auth_methods_supported", b"token_endpoint_auth_methods_supported", "userinfo_endpoint", b"userinfo_endpoint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OpenIdConfiguration: _TypeAlias = OpenIdConfiguration  # noqa: Y015
+
+@_typing.final
+class AuthorizeRequest(_message.Message):
+    """Request for Authorize: the OAuth authorization request's parameters, from
+    the query string (RFC 6749 4.1.1, RFC 7636 4.3, OpenID Connect Core
+    3.1.2.1). Unknown parameters are ignored, as RFC 6749 asks.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_TYPE_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    REDIRECT_URI_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    CODE_CHALLENGE_FIELD_NUMBER: _builtins.int
+    CODE_CHALLENGE_METHOD_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    FORM_FIELD_NUMBER: _builtins.int
+    response_type: _builtins.str
+    """Required. "code"."""
+    client_id: _builtins.str
+    """Required. The client's ID."""
+    redirect_uri: _builtins.str
+    """Optional. One of the client's registered redirect URIs, exactly; may be
+    left out only when the client registered exactly one.
+    """
+    scope: _builtins.str
+    """Optional. Space-separated: "openid", "email". Default "openid"."""
+    state: _builtins.str
+    """Required. The client's opaque value, returned to it unchanged."""
+    nonce: _builtins.str
+    """Optional. Copied into the ID token (OpenID Connect replay protection)."""
+    code_challenge: _builtins.str
+    """Required. BASE64URL(SHA256(code_verifier)), 43 characters."""
+    code_challenge_method: _builtins.str
+    """Required. "S256"; "plain" is refused."""
+    prompt: _builtins.str
+    """Optional. "login" or "consent" (always shown as needed), or "none",
+    which is answered `login_required`: no sign-in is remembered here.
+    """
+    @_builtins.property
+    def form(self) -> _httpbody_pb2.HttpBody:
+        """Optional. Input only. The sign-in page's form, when it is posted."""
+
+    def __init__(
+        self,
+        *,
+        response_type: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        redirect_uri: _builtins.str = ...,
+        scope: _builtins.str = ...,
+        state: _builtins.str = ...,
+        nonce: _builtins.str = ...,
+        code_challenge: _builtins.str = ...,
+        code_challenge_method: _builtins.str = ...,
+        prompt: _builtins.str = ...,
+        form: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["form", b"form"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "code_challenge", b"code_challenge", "code_challenge_method", b"code_challenge_method", "form", b"form", "nonce", b"nonce", "prompt", b"prompt", "redirect_uri", b"redirect_uri", "response_type", b"response_type", "scope", b"scope", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuthorizeRequest: _TypeAlias = AuthorizeRequest  # noqa: Y015
+
+@_typing.final
+class ExchangeTokenRequest(_message.Message):
+    """Request for ExchangeToken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def form(self) -> _httpbody_pb2.HttpBody:
+        """Required. Input only. The token request as the client posted it,
+        application/x-www-form-urlencoded.
+        """
+
+    def __init__(
+        self,
+        *,
+        form: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["form", b"form"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["form", b"form"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExchangeTokenRequest: _TypeAlias = ExchangeTokenRequest  # noqa: Y015
+
+@_typing.final
+class GetUserInfoRequest(_message.Message):
+    """Request for GetUserInfo. Takes no fields: the access token says whose."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUserInfoRequest: _TypeAlias = GetUserInfoRequest  # noqa: Y015
+
+@_typing.final
+class UserInfo(_message.Message):
+    """Claims about the signed-in person (OpenID Connect Core 5.1)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUB_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    EMAIL_VERIFIED_FIELD_NUMBER: _builtins.int
+    sub: _builtins.str
+    """The subject, `users/{user}`, as in the ID token."""
+    email: _builtins.str
+    """The email address, with the `email` scope (absent without it)."""
+    email_verified: _builtins.bool
+    """Whether the address was shown to belong to the person, with the `email`
+    scope: false here, since sign-up does not verify addresses.
+    """
+    def __init__(
+        self,
+        *,
+        sub: _builtins.str = ...,
+        email: _builtins.str | None = ...,
+        email_verified: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_email", b"_email", "_email_verified", b"_email_verified", "email", b"email", "email_verified", b"email_verified"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_email", b"_email", "_email_verified", b"_email_verified", "email", b"email", "email_verified", b"email_verified", "sub", b"sub"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__email: _TypeAlias = _typing.Literal["email"]  # noqa: Y015
+    _WhichOneofArgType__email: _TypeAlias = _typing.Literal["_email", b"_email"]  # noqa: Y015
+    _WhichOneofReturnType__email_verified: _TypeAlias = _typing.Literal["email_verified"]  # noqa: Y015
+    _WhichOneofArgType__email_verified: _TypeAlias = _typing.Literal["_email_verified", b"_email_verified"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__email) -> _WhichOneofReturnType__email | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__email_verified) -> _WhichOneofReturnType__email_verified | None: ...
+
+Global___UserInfo: _TypeAlias = UserInfo  # noqa: Y015
 
 @_typing.final
 class IntrospectTokenRequest(_message.Message):

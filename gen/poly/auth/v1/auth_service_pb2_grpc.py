@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from poly.auth.v1 import auth_service_pb2 as poly_dot_auth_dot_v1_dot_auth__service__pb2
 from poly.auth.v1 import resources_pb2 as poly_dot_auth_dot_v1_dot_resources__pb2
@@ -114,6 +115,21 @@ class AuthServiceStub:
                 '/poly.auth.v1.AuthService/GetOpenIdConfiguration',
                 request_serializer=poly_dot_auth_dot_v1_dot_auth__service__pb2.GetOpenIdConfigurationRequest.SerializeToString,
                 response_deserializer=poly_dot_auth_dot_v1_dot_auth__service__pb2.OpenIdConfiguration.FromString,
+                _registered_method=True)
+        self.Authorize = channel.unary_unary(
+                '/poly.auth.v1.AuthService/Authorize',
+                request_serializer=poly_dot_auth_dot_v1_dot_auth__service__pb2.AuthorizeRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.ExchangeToken = channel.unary_unary(
+                '/poly.auth.v1.AuthService/ExchangeToken',
+                request_serializer=poly_dot_auth_dot_v1_dot_auth__service__pb2.ExchangeTokenRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.GetUserInfo = channel.unary_unary(
+                '/poly.auth.v1.AuthService/GetUserInfo',
+                request_serializer=poly_dot_auth_dot_v1_dot_auth__service__pb2.GetUserInfoRequest.SerializeToString,
+                response_deserializer=poly_dot_auth_dot_v1_dot_auth__service__pb2.UserInfo.FromString,
                 _registered_method=True)
         self.IntrospectToken = channel.unary_unary(
                 '/poly.auth.v1.AuthService/IntrospectToken',
@@ -250,6 +266,40 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Authorize(self, request, context):
+        """The OAuth 2.1 authorization endpoint (authorization code flow with PKCE,
+        OpenID Connect Core 3.1). GET validates the client's request and answers
+        the sign-in page (with the consent screen for a third-party client); the
+        page's form POSTs back here, and a person who signed in is sent back to
+        the client's redirect URI with a one-time code, `state` and `iss`. Errors
+        the client can be told about go back to it (RFC 6749 4.1.2.1); a request
+        naming no known client or redirect URI gets an error page instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExchangeToken(self, request, context):
+        """The OAuth 2.1 token endpoint: exchanges an authorization code (with its
+        PKCE verifier) or a refresh token issued to the client for tokens, and
+        an ID token when `openid` was granted; gives a machine client its token
+        (client credentials, as IssueClientToken). Takes and answers exactly what
+        RFC 6749 section 4.1.3 and 5 describe (form in, JSON out, errors as
+        `{"error": ...}` with 400 or 401), so any OAuth client library works.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUserInfo(self, request, context):
+        """Returns the claims about the signed-in person that their access token
+        grants (OpenID Connect Core 5.3): `sub`, and `email` with the `email`
+        scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def IntrospectToken(self, request, context):
         """Reports whether an access token is active and what it grants, including
         revocation that JWT verification alone cannot see.
@@ -335,6 +385,21 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.GetOpenIdConfiguration,
                     request_deserializer=poly_dot_auth_dot_v1_dot_auth__service__pb2.GetOpenIdConfigurationRequest.FromString,
                     response_serializer=poly_dot_auth_dot_v1_dot_auth__service__pb2.OpenIdConfiguration.SerializeToString,
+            ),
+            'Authorize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Authorize,
+                    request_deserializer=poly_dot_auth_dot_v1_dot_auth__service__pb2.AuthorizeRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'ExchangeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExchangeToken,
+                    request_deserializer=poly_dot_auth_dot_v1_dot_auth__service__pb2.ExchangeTokenRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'GetUserInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUserInfo,
+                    request_deserializer=poly_dot_auth_dot_v1_dot_auth__service__pb2.GetUserInfoRequest.FromString,
+                    response_serializer=poly_dot_auth_dot_v1_dot_auth__service__pb2.UserInfo.SerializeToString,
             ),
             'IntrospectToken': grpc.unary_unary_rpc_method_handler(
                     servicer.IntrospectToken,
@@ -751,6 +816,87 @@ class AuthService:
             '/poly.auth.v1.AuthService/GetOpenIdConfiguration',
             poly_dot_auth_dot_v1_dot_auth__service__pb2.GetOpenIdConfigurationRequest.SerializeToString,
             poly_dot_auth_dot_v1_dot_auth__service__pb2.OpenIdConfiguration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Authorize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/poly.auth.v1.AuthService/Authorize',
+            poly_dot_auth_dot_v1_dot_auth__service__pb2.AuthorizeRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExchangeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/poly.auth.v1.AuthService/ExchangeToken',
+            poly_dot_auth_dot_v1_dot_auth__service__pb2.ExchangeTokenRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUserInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/poly.auth.v1.AuthService/GetUserInfo',
+            poly_dot_auth_dot_v1_dot_auth__service__pb2.GetUserInfoRequest.SerializeToString,
+            poly_dot_auth_dot_v1_dot_auth__service__pb2.UserInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 from poly.auth.v1 import auth_service_pb2 as _auth_service_pb2
@@ -96,6 +97,28 @@ class AuthServiceStub:
     """
     GetOpenIdConfiguration: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.GetOpenIdConfigurationRequest, _auth_service_pb2.OpenIdConfiguration]
     """Returns the OpenID Connect discovery document (RFC 8414 metadata)."""
+    Authorize: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.AuthorizeRequest, _httpbody_pb2.HttpBody]
+    """The OAuth 2.1 authorization endpoint (authorization code flow with PKCE,
+    OpenID Connect Core 3.1). GET validates the client's request and answers
+    the sign-in page (with the consent screen for a third-party client); the
+    page's form POSTs back here, and a person who signed in is sent back to
+    the client's redirect URI with a one-time code, `state` and `iss`. Errors
+    the client can be told about go back to it (RFC 6749 4.1.2.1); a request
+    naming no known client or redirect URI gets an error page instead.
+    """
+    ExchangeToken: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ExchangeTokenRequest, _httpbody_pb2.HttpBody]
+    """The OAuth 2.1 token endpoint: exchanges an authorization code (with its
+    PKCE verifier) or a refresh token issued to the client for tokens, and
+    an ID token when `openid` was granted; gives a machine client its token
+    (client credentials, as IssueClientToken). Takes and answers exactly what
+    RFC 6749 section 4.1.3 and 5 describe (form in, JSON out, errors as
+    `{"error": ...}` with 400 or 401), so any OAuth client library works.
+    """
+    GetUserInfo: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.GetUserInfoRequest, _auth_service_pb2.UserInfo]
+    """Returns the claims about the signed-in person that their access token
+    grants (OpenID Connect Core 5.3): `sub`, and `email` with the `email`
+    scope.
+    """
     IntrospectToken: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.IntrospectTokenRequest, _auth_service_pb2.TokenInfo]
     """Reports whether an access token is active and what it grants, including
     revocation that JWT verification alone cannot see.
@@ -167,6 +190,28 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """
     GetOpenIdConfiguration: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.GetOpenIdConfigurationRequest, _auth_service_pb2.OpenIdConfiguration]  # type: ignore[assignment]
     """Returns the OpenID Connect discovery document (RFC 8414 metadata)."""
+    Authorize: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.AuthorizeRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """The OAuth 2.1 authorization endpoint (authorization code flow with PKCE,
+    OpenID Connect Core 3.1). GET validates the client's request and answers
+    the sign-in page (with the consent screen for a third-party client); the
+    page's form POSTs back here, and a person who signed in is sent back to
+    the client's redirect URI with a one-time code, `state` and `iss`. Errors
+    the client can be told about go back to it (RFC 6749 4.1.2.1); a request
+    naming no known client or redirect URI gets an error page instead.
+    """
+    ExchangeToken: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ExchangeTokenRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """The OAuth 2.1 token endpoint: exchanges an authorization code (with its
+    PKCE verifier) or a refresh token issued to the client for tokens, and
+    an ID token when `openid` was granted; gives a machine client its token
+    (client credentials, as IssueClientToken). Takes and answers exactly what
+    RFC 6749 section 4.1.3 and 5 describe (form in, JSON out, errors as
+    `{"error": ...}` with 400 or 401), so any OAuth client library works.
+    """
+    GetUserInfo: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.GetUserInfoRequest, _auth_service_pb2.UserInfo]  # type: ignore[assignment]
+    """Returns the claims about the signed-in person that their access token
+    grants (OpenID Connect Core 5.3): `sub`, and `email` with the `email`
+    scope.
+    """
     IntrospectToken: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.IntrospectTokenRequest, _auth_service_pb2.TokenInfo]  # type: ignore[assignment]
     """Reports whether an access token is active and what it grants, including
     revocation that JWT verification alone cannot see.
@@ -325,6 +370,46 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.OpenIdConfiguration, _abc.Awaitable[_auth_service_pb2.OpenIdConfiguration]]:
         """Returns the OpenID Connect discovery document (RFC 8414 metadata)."""
+
+    @_abc_1.abstractmethod
+    def Authorize(
+        self,
+        request: _auth_service_pb2.AuthorizeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """The OAuth 2.1 authorization endpoint (authorization code flow with PKCE,
+        OpenID Connect Core 3.1). GET validates the client's request and answers
+        the sign-in page (with the consent screen for a third-party client); the
+        page's form POSTs back here, and a person who signed in is sent back to
+        the client's redirect URI with a one-time code, `state` and `iss`. Errors
+        the client can be told about go back to it (RFC 6749 4.1.2.1); a request
+        naming no known client or redirect URI gets an error page instead.
+        """
+
+    @_abc_1.abstractmethod
+    def ExchangeToken(
+        self,
+        request: _auth_service_pb2.ExchangeTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """The OAuth 2.1 token endpoint: exchanges an authorization code (with its
+        PKCE verifier) or a refresh token issued to the client for tokens, and
+        an ID token when `openid` was granted; gives a machine client its token
+        (client credentials, as IssueClientToken). Takes and answers exactly what
+        RFC 6749 section 4.1.3 and 5 describe (form in, JSON out, errors as
+        `{"error": ...}` with 400 or 401), so any OAuth client library works.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUserInfo(
+        self,
+        request: _auth_service_pb2.GetUserInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.UserInfo, _abc.Awaitable[_auth_service_pb2.UserInfo]]:
+        """Returns the claims about the signed-in person that their access token
+        grants (OpenID Connect Core 5.3): `sub`, and `email` with the `email`
+        scope.
+        """
 
     @_abc_1.abstractmethod
     def IntrospectToken(
