@@ -16,7 +16,9 @@ A token that verified is remembered until it expires (or the key set changes), s
 reusing its access token pays one dictionary lookup per request, not a signature check.
 
 The standalone edge (`poly gateway` in front of other services) has no key set to verify
-against: it runs without a verifier, and every request is limited by its address.
+against: it runs without a verifier, and every request is limited by its address. A token of
+an outside issuer the services accept (``POLY_FEDERATION_*``) is not verified here either: it
+is limited by its address, and never counted as a failed authentication.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class JwksVerifier:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._keys, self._settings = keys, settings
+        self._outside = frozenset(external.issuer for external in settings.external if external.audience)
         self._cache_size, self._clock, self._wall_clock = cache_size, clock, wall_clock
         self._document: Mapping[str, Any] | None = None
         self._verifier: Verifier | None = None
@@ -98,6 +101,8 @@ class JwksVerifier:
             if self._wall_clock() < until:
                 return principal
             del self._verified[token]  # expired: verified again, and refused as expired
+        if _claimed_issuer(token) in self._outside:
+            raise CannotVerify("a token of an outside issuer: the services verify it")
         verifier = self._verifier
         if verifier is None:
             self._wanted.set()
@@ -174,13 +179,27 @@ def _verifier(document: Mapping[str, Any], settings: AuthSettings) -> Verifier:
 def _names_a_key(token: str) -> bool:
     """Whether the JWT header of `token` names a ``kid`` (read directly: PyJWT would decode
     all three segments again)."""
-    header = token.split(".", 1)[0]
-    try:
-        fields = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
-    except ValueError:
-        return False
-    kid = fields.get("kid") if isinstance(fields, dict) else None
+    kid = _segment(token, 0).get("kid")
     return isinstance(kid, str) and bool(kid)
+
+
+def _claimed_issuer(token: str) -> str | None:
+    """The ``iss`` the unverified payload of `token` claims."""
+    issuer = _segment(token, 1).get("iss")
+    return issuer if isinstance(issuer, str) else None
+
+
+def _segment(token: str, index: int) -> dict[str, Any]:
+    """The JSON object of segment `index` of a JWT (unverified), or {}."""
+    parts = token.split(".", 2)
+    if len(parts) <= index:
+        return {}
+    segment = parts[index]
+    try:
+        fields = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except ValueError:
+        return {}
+    return fields if isinstance(fields, dict) else {}
 
 
 @contextlib.asynccontextmanager

@@ -15,7 +15,7 @@ from services.auth.sessions import Sessions
 from services.auth.settings import IdentitySettings, read
 from services.auth.signin import SignIn
 from services.auth.throttle import Throttle
-from services.kit import app, authn
+from services.kit import app, authn, federation
 
 
 def wire(context: app.Context[IdentitySettings]) -> app.Parts:
@@ -32,7 +32,10 @@ def wire(context: app.Context[IdentitySettings]) -> app.Parts:
         logging.getLogger("poly.auth").error(str(error))
         raise SystemExit(1) from None
     # Its own keys come straight from its database (a cheap read): auth never calls itself.
-    verifier = authn.Verifier(authn.KeySet(ring.jwks, max_age=1.0, min_refresh=0.0), settings.auth)
+    external = federation.trusted_issuers(settings.auth, timeout=settings.client_deadline_seconds)
+    verifier = authn.Verifier(
+        authn.KeySet(ring.jwks, max_age=1.0, min_refresh=0.0), settings.auth, external=external
+    )
     transactions = auth_store.transaction
     hasher = passwords.Argon2Hasher(own)  # one for every part: its slots bound argon2's memory
     minter = tokens.JwtMinter(ring, settings.auth, own.access_token_seconds)

@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from services.kit import authn, authz, bus, clients, config, db, server, telemetry
+from services.kit import authn, authz, bus, clients, config, db, federation, server, telemetry
 from services.kit.bus import BusTables, EventHandler, Outbox
 from services.kit.types import Background
 
@@ -116,7 +116,8 @@ def run(service: Service[_S]) -> None:
             server.registration(service.api, service.add_servicer, parts.servicer),
             events_node.registration,
         ]
-        verifier = parts.verifier or authn.remote_verifier(settings, channels)
+        external = federation.trusted_issuers(settings.auth, timeout=settings.client_deadline_seconds)
+        verifier = parts.verifier or authn.remote_verifier(settings, channels, external=external)
         server.serve(
             settings,
             registrations,

@@ -12,6 +12,10 @@ forged, stale or misdirected token could get wrong:
 - ``iss`` and ``aud`` are ours; ``exp``, ``nbf`` and ``iat`` hold within a small leeway;
   ``sub``, ``jti``, ``iat`` and ``exp`` are present.
 
+A token whose ``iss`` names a trusted outside issuer (`TrustedIssuer`, see `kit.federation`) is
+checked the same way against that issuer's keys and audience instead, and mapped to a principal
+by it; the unverified ``iss`` only picks whose rules apply.
+
 A token that verified is remembered (bounded, by its exact text) until it expires: the same
 token on the next call costs a lookup, not a signature check. A remembered token is still
 refused once it expires, and re-verified in full when its signing key is no longer the one it
@@ -24,14 +28,16 @@ false "your token is bad".
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import jwt
@@ -49,6 +55,7 @@ __all__ = [
     "KeySource",
     "MAX_TOKEN_BYTES",
     "Principal",
+    "TrustedIssuer",
     "Verifier",
     "bearer_token",
     "jwks_from_auth",
@@ -69,6 +76,7 @@ KeySource = Callable[[], Mapping[str, Any]]
 """Returns the current JWK Set, ``{"keys": [{"kty": ..., "kid": ..., "alg": ...}, ...]}``."""
 
 _REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti"]
+_EXTERNAL_REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +164,7 @@ class KeySet:
                     _log.warning("cannot fetch the signing keys", extra={"error": type(error).__name__})
                     if self._fetched is None:
                         raise Unavailable(
-                            "JWKS_UNAVAILABLE", "the auth service's signing keys cannot be fetched"
+                            "JWKS_UNAVAILABLE", "the token issuer's signing keys cannot be fetched"
                         ) from None
             found = self._keys.get(kid)
         if found is None:
@@ -177,9 +185,24 @@ def _parse_jwks(document: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
     return keys
 
 
+class TrustedIssuer(Protocol):
+    """An outside issuer whose access tokens are accepted (`kit.federation.Trusted`)."""
+
+    @property
+    def issuer(self) -> str: ...
+    @property
+    def audience(self) -> str: ...
+    @property
+    def keys(self) -> KeySet: ...
+    def principal(self, claims: Mapping[str, Any], token: str) -> Principal:
+        """The principal of a verified token's `claims`; Unauthenticated if they do not fit."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Verified:
     principal: Principal
+    keys: KeySet
+    """The key set it verified against."""
     kid: str
     key: Any
     """The key object it verified with: a refetched key set holds new objects."""
@@ -201,8 +224,12 @@ class Verifier:
         *,
         remember: int = VERIFIED_TOKENS,
         clock: Callable[[], float] = time.time,
+        external: Sequence[TrustedIssuer] = (),
     ) -> None:
         self._keys = keys
+        self._external = {
+            trusted.issuer: trusted for trusted in external if trusted.issuer != settings.issuer
+        }
         self._issuer = settings.issuer
         self._audience = settings.audience
         self._leeway = settings.leeway_seconds
@@ -221,11 +248,11 @@ class Verifier:
         known = self._recall(token)
         if known is not None:
             return known
-        kid, key, principal = self._check(token)
+        keys, kid, key, principal = self._check(token)
         if self._remember > 0:
             expires = principal.expires_at.timestamp() + self._leeway
             with self._verified_lock:
-                self._verified[token] = _Verified(principal, kid, key, expires)
+                self._verified[token] = _Verified(principal, keys, kid, key, expires)
                 while len(self._verified) > self._remember:
                     self._verified.popitem(last=False)
         return principal
@@ -241,7 +268,7 @@ class Verifier:
         current: Any = None
         if self._clock() < known.expires:
             try:
-                current = self._keys.key(known.kid)[1]
+                current = known.keys.key(known.kid)[1]
             except (Unauthenticated, Unavailable):
                 current = None
         if current is not known.key:
@@ -250,12 +277,18 @@ class Verifier:
             return None
         return known.principal
 
-    def _check(self, token: str) -> tuple[str, Any, Principal]:
-        """Everything about `token`: ``(kid, key, principal)`` or a refusal."""
+    def _check(self, token: str) -> tuple[KeySet, str, Any, Principal]:
+        """Everything about `token`: ``(key set, kid, key, principal)`` or a refusal."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise Unauthenticated("TOKEN_MALFORMED", "the access token is not a JWT") from None
+        claimed_issuer = _claimed_issuer(token)
+        trusted = self._external.get(claimed_issuer) if isinstance(claimed_issuer, str) else None
+        if trusted is None and claimed_issuer != self._issuer:
+            # Not ours and not trusted: refused before any key is looked up (or fetched).
+            raise Unauthenticated("TOKEN_ISSUER_INVALID", "the access token has another issuer")
+        keys = trusted.keys if trusted else self._keys
         algorithm, kid = header.get("alg"), header.get("kid")
         if algorithm not in ALGORITHMS:
             raise Unauthenticated(
@@ -263,7 +296,7 @@ class Verifier:
             )
         if not isinstance(kid, str) or not kid:
             raise Unauthenticated("TOKEN_KEY_UNKNOWN", "the token names no signing key")
-        key_algorithm, key = self._keys.key(kid)
+        key_algorithm, key = keys.key(kid)
         if key_algorithm != algorithm:
             raise Unauthenticated("TOKEN_ALGORITHM_REFUSED", "the token's algorithm does not match its key")
         try:
@@ -271,10 +304,10 @@ class Verifier:
                 token,
                 key=key,
                 algorithms=[key_algorithm],
-                audience=self._audience,
-                issuer=self._issuer,
+                audience=trusted.audience if trusted else self._audience,
+                issuer=trusted.issuer if trusted else self._issuer,
                 leeway=self._leeway,
-                options={"require": _REQUIRED_CLAIMS},
+                options={"require": _EXTERNAL_REQUIRED_CLAIMS if trusted else _REQUIRED_CLAIMS},
             )
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("TOKEN_EXPIRED", "the access token has expired") from None
@@ -292,7 +325,19 @@ class Verifier:
             ) from None
         except jwt.PyJWTError:
             raise Unauthenticated("TOKEN_CLAIMS_INVALID", "the access token's claims are invalid") from None
-        return kid, key, _principal(claims)
+        return keys, kid, key, trusted.principal(claims, token) if trusted else _principal(claims)
+
+
+def _claimed_issuer(token: str) -> Any:
+    """The ``iss`` the payload of `token` claims, unverified: it only picks whose rules apply."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return None
+    return payload.get("iss") if isinstance(payload, dict) else None
 
 
 def _principal(claims: Mapping[str, Any]) -> Principal:
@@ -330,12 +375,14 @@ def jwks_from_auth(channel: Callable[[], grpc.Channel], *, timeout: float = 5.0)
     return fetch
 
 
-def remote_verifier(settings: Settings, channels: Channels) -> Verifier:
+def remote_verifier(
+    settings: Settings, channels: Channels, *, external: Sequence[TrustedIssuer] = ()
+) -> Verifier:
     """The verifier of every service but auth: keys fetched from the auth service over mTLS
-    (``channels`` must know the ``auth`` peer; see `AUTH_SERVICE`)."""
+    (``channels`` must know the ``auth`` peer; see `AUTH_SERVICE`), and the `external` issuers'."""
     keys = KeySet(
         jwks_from_auth(lambda: channels.get("auth"), timeout=settings.client_deadline_seconds),
         max_age=settings.auth.jwks_max_age_seconds,
         min_refresh=settings.auth.jwks_min_refresh_seconds,
     )
-    return Verifier(keys, settings.auth)
+    return Verifier(keys, settings.auth, external=external)

@@ -12,6 +12,7 @@ documents each variable.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ __all__ = [
     "DEFAULT_PORTS",
     "SERVICES",
     "DatabaseSettings",
+    "ExternalIssuer",
     "ServerSettings",
     "Settings",
     "TelemetrySettings",
@@ -139,6 +141,29 @@ class BusSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ExternalIssuer:
+    """An outside OpenID Connect provider whose people this deployment accepts
+    (``POLY_FEDERATION_*``): its keys come from its discovery document over HTTPS."""
+
+    alias: str
+    """Its name here, e.g. "keycloak": in its settings' names and on the sign-in page."""
+    issuer: str
+    """Its issuer URL, exactly as its tokens' ``iss`` and its discovery document name it."""
+    audience: str = ""
+    """The ``aud`` its access tokens must carry to be accepted by the services; empty: they
+    are not accepted (people still sign in through it at the authorization endpoint)."""
+    roles_claim: str = "roles"
+    """Where its tokens list a person's roles: a claim, or a dotted path (realm_access.roles)."""
+    roles: tuple[tuple[str, str], ...] = ()
+    """``(its role, our role)`` pairs; a role not listed grants nothing here."""
+    ca_file: Path | None = None
+    """The CA bundle its HTTPS certificate is checked against (the system's when None)."""
+    client_id: str = ""
+    """This deployment's client id at the provider (signing in through it)."""
+    client_secret: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class AuthSettings:
     """Access tokens as every service accepts them (the auth service, which issues them, has
     settings of its own in ``services/auth/settings.py``)."""
@@ -153,6 +178,8 @@ class AuthSettings:
     """How long a service trusts its cached key set before fetching it again."""
     jwks_min_refresh_seconds: float = 10.0
     """At most one fetch per this interval for tokens naming an unknown ``kid``."""
+    external: tuple[ExternalIssuer, ...] = ()
+    """Outside identity providers whose people are accepted (`ExternalIssuer`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +268,57 @@ class Reader:
             raise ValueError(raw)
 
         return self._parsed(name, default, parse, "true or false")
+
+
+_ALIAS = re.compile(r"[a-z][a-z0-9]{0,30}")
+_ROLE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
+def _external_issuers(env: Reader) -> tuple[ExternalIssuer, ...]:
+    """``POLY_FEDERATION_ISSUERS`` (aliases, comma-separated) and, for each alias A,
+    ``POLY_FEDERATION_<A>_ISSUER``, ``_AUDIENCE``, ``_ROLES_CLAIM``, ``_ROLES``
+    (``theirs=ours,...``), ``_CA_FILE``, ``_CLIENT_ID`` and ``_CLIENT_SECRET`` (or its _FILE)."""
+    aliases = [alias.strip() for alias in env.optional("POLY_FEDERATION_ISSUERS").split(",") if alias.strip()]
+    found: list[ExternalIssuer] = []
+    for alias in aliases:
+        prefix = f"POLY_FEDERATION_{alias.upper()}"
+        if not _ALIAS.fullmatch(alias) or aliases.count(alias) > 1:
+            env.problems.append(
+                f"POLY_FEDERATION_ISSUERS: {alias!r} must be a unique lower-case [a-z0-9] name"
+            )
+            continue
+        issuer = env.optional(f"{prefix}_ISSUER").rstrip("/")
+        parts = urlsplit(issuer)
+        if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+            env.problems.append(f"{prefix}_ISSUER: expected the provider's https issuer URL, got {issuer!r}")
+        roles: list[tuple[str, str]] = []
+        for pair in env.optional(f"{prefix}_ROLES").split(","):
+            theirs, equals, ours = (part.strip() for part in pair.partition("="))
+            if not pair.strip():
+                continue
+            if not equals or not theirs or not _ROLE.fullmatch(ours):
+                env.problems.append(
+                    f"{prefix}_ROLES: expected their-role=our-role pairs, got {pair.strip()!r}"
+                )
+                continue
+            roles.append((theirs, ours))
+        ca_file = env.optional(f"{prefix}_CA_FILE")
+        found.append(
+            ExternalIssuer(
+                alias=alias,
+                issuer=issuer,
+                audience=env.optional(f"{prefix}_AUDIENCE"),
+                roles_claim=env.text(f"{prefix}_ROLES_CLAIM", "roles"),
+                roles=tuple(roles),
+                ca_file=Path(ca_file) if ca_file else None,
+                client_id=env.optional(f"{prefix}_CLIENT_ID"),
+                client_secret=env.secret(f"{prefix}_CLIENT_SECRET"),
+            )
+        )
+    issuers = [external.issuer for external in found]
+    if len(set(issuers)) < len(issuers):
+        env.problems.append("POLY_FEDERATION_ISSUERS: two aliases name the same issuer")
+    return tuple(found)
 
 
 def _is_broker_url(url: str) -> bool:
@@ -334,6 +412,7 @@ def _read(env: Reader, service: str) -> Settings:
             jwks_min_refresh_seconds=env.number(
                 "POLY_AUTH_JWKS_MIN_REFRESH_SECONDS", 10.0, low=0.0, high=3600.0
             ),
+            external=_external_issuers(env),
         ),
         telemetry=read_telemetry(env, service, home, DEFAULT_METRICS_PORTS.get(service, 0)),
     )
@@ -344,6 +423,8 @@ def _read(env: Reader, service: str) -> Settings:
         )
     if not settings.auth.issuer.startswith(("https://", "http://")):
         env.problems.append(f"POLY_AUTH_ISSUER: expected an http(s) URL, got {settings.auth.issuer!r}")
+    if any(external.issuer == settings.auth.issuer for external in settings.auth.external):
+        env.problems.append("POLY_FEDERATION_ISSUERS: an outside issuer cannot be this deployment's own")
     if service in SERVICES and not _is_database_url(settings.db.url):  # the others open no database
         env.problems.append(f"POLY_{upper}_DATABASE_URL: not a database URL: {redact_url(settings.db.url)!r}")
     return settings

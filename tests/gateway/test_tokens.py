@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from gateway import tokens
 from gateway.tokens import CannotVerify, JwksVerifier, bearer_token
-from services.kit.config import AuthSettings
+from services.kit.config import AuthSettings, ExternalIssuer
 
 ISSUER, AUDIENCE = "https://auth.example", "poly"
 SETTINGS = AuthSettings(
@@ -165,6 +165,28 @@ def test_a_good_token_names_its_principal_and_a_bad_one_none() -> None:
     refused = {name: verifier(token) for name, token in _refused_tokens(key).items()}
     assert refused == dict.fromkeys(refused), refused
     assert published.fetches == 1, "verifying never fetches: the key set is fetched by refresh/run"
+
+
+def test_an_outside_issuer_s_token_is_left_to_the_services_and_never_counted_as_a_failure() -> None:
+    outside = ExternalIssuer(alias="idp", issuer="https://sso.example.com", audience="poly")
+    settings = dataclasses.replace(SETTINGS, external=(outside,))
+    key = _Key()
+    verifier = JwksVerifier(_Published(key), settings)
+    asyncio.run(verifier.refresh())
+    now = int(time.time())
+    theirs = jwt.encode(
+        {"iss": outside.issuer, "aud": "poly", "sub": "them", "iat": now, "exp": now + 60},
+        Ed25519PrivateKey.generate(),
+        algorithm="EdDSA",
+        headers={"kid": "theirs"},
+    )
+    with pytest.raises(CannotVerify):
+        verifier(theirs)  # limited by address: not a principal, and not a failure either
+    assert verifier(key.token("users/ada")) == "users/ada"
+    without_audience = dataclasses.replace(SETTINGS, external=(dataclasses.replace(outside, audience=""),))
+    untrusted = JwksVerifier(_Published(key), without_audience)
+    asyncio.run(untrusted.refresh())
+    assert untrusted(theirs) is None  # not accepted anywhere: a failed authentication
 
 
 def test_without_keys_it_cannot_tell() -> None:
