@@ -206,21 +206,28 @@ class Clients:
         with self.transactions() as repo:
             repo.delete_client(client_id)
 
-    def client_token(self, client_id: str, secret: str, scope: str, address: str) -> TokenSet:
-        """An access token for the client with `secret`, carrying the scopes in `scope`
-        (space-separated; empty for every scope the client holds)."""
+    def authenticate(self, client_id: str, secret: str, address: str, *, grant: str) -> Client:
+        """The confidential client `client_id` whose secret is `secret` and that may use
+        `grant`, checked under the client-token limits (per client and per address): a wrong
+        secret, an unknown client and one without the grant (a public one has no secret) get
+        the same answer after the same work, and count."""
+        client_id = client_id if chosen_id_problems(client_id, field="client_id") == [] else ""
         keys = [f"client:{client_id}", f"address:{address}"]
         with self.transactions() as repo:
             attempt = self.throttle.reserve(repo, keys)
-            found = repo.client(client_id)
+            found = repo.client(client_id) if client_id else None
         with self.throttle.settling(attempt):
             client, hashed = found if found else (None, None)
-            # A client without the grant (a public one: it has no secret) answers as a wrong
-            # secret, after the same work.
-            allowed = client is not None and CLIENT_CREDENTIALS in client.grant_types
+            allowed = client is not None and grant in client.grant_types
             if not self.hasher.verify(hashed or None, secret) or not allowed or client is None:
                 self.throttle.fail(attempt)
                 raise Unauthenticated("INVALID_CLIENT", "client id or secret is wrong")
+        return client
+
+    def client_token(self, client_id: str, secret: str, scope: str, address: str) -> TokenSet:
+        """An access token for the client with `secret`, carrying the scopes in `scope`
+        (space-separated; empty for every scope the client holds)."""
+        client = self.authenticate(client_id, secret, address, grant=CLIENT_CREDENTIALS)
         requested = scope.split() or list(client.scopes)
         refused = sorted(set(requested) - set(client.scopes))
         if refused:

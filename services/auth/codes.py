@@ -43,15 +43,20 @@ class Codes:
         now = self.clock()
         with self.transactions() as repo:
             claim = repo.claim_authorization_code(hash_token(code), now)
-            if claim.outcome == "used" and claim.family:
-                repo.revoke_family(claim.family, now)
+            if claim.outcome == "used":
+                family = repo.flag_code_reused(hash_token(code))
+                if family:
+                    repo.revoke_family(family, now)
         grant = claim.grant
         return grant if grant is not None and grant.client_id == client_id else None
 
-    def redeem(self, code: str, grant: Grant, *, refresh: bool) -> tuple[Identity, TokenSet] | None:
+    def redeem(
+        self, code: str, grant: Grant, *, refresh: bool, first_party: bool
+    ) -> tuple[Identity, TokenSet] | None:
         """The person of a claimed code's `grant` and their tokens from a new session bound to
-        its client (with a refresh token when `refresh`); None when the person is no longer
-        ACTIVE."""
+        its client (with a refresh token when `refresh`; with the person's roles only for a
+        `first_party` client); None when the person is no longer ACTIVE, or the code was
+        presented again meanwhile (it leaked: nothing is issued for it)."""
         with self.transactions() as repo:
             identity = repo.identity(grant.user_id)
             if identity is None or identity.state != ACTIVE:
@@ -59,12 +64,15 @@ class Codes:
             family, refresh_token = self.sessions.open(
                 repo, identity, client_id=grant.client_id, scope=grant.scope
             )
-            repo.set_code_family(hash_token(code), family)
+            if not repo.set_code_family(hash_token(code), family):
+                repo.revoke_family(family, self.clock())
+                return None
         tokens = self.sessions.tokens(
             identity,
             family=family,
             refresh=refresh_token if refresh else "",
             client_id=grant.client_id,
             scope=grant.scope,
+            roles=None if first_party else (),
         )
         return identity, tokens

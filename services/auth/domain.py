@@ -140,8 +140,6 @@ class CodeClaim:
 
     outcome: Literal["claimed", "unknown", "used", "expired"]
     grant: Grant | None = None
-    family: str = ""
-    """For a code used before: the session its first use opened."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +217,13 @@ class Repository(Protocol):
     def claim_authorization_code(self, code_hash: str, now: dt.datetime) -> CodeClaim:
         """Atomically mark an unused, unexpired code used and return its grant, or say why not."""
 
-    def set_code_family(self, code_hash: str, family: str) -> None:
-        """Record the session a code's use opened (revoked if the code is presented again)."""
+    def set_code_family(self, code_hash: str, family: str) -> bool:
+        """Record the session a code's use opened (revoked if the code is presented again);
+        False when the code was presented again first (`flag_code_reused`)."""
+
+    def flag_code_reused(self, code_hash: str) -> str:
+        """Note that a used code was presented again: the session its use opened, or "" when
+        it has none yet (its exchange then finds the flag, and opens none)."""
 
     # -- attempts (`throttle`) -----------------------------------------------------------------
 

@@ -2,9 +2,11 @@
 clickjacked consent), following OWASP's CSRF guidance, in three layers:
 
 - a token in the form bound to a cookie: the page sets a random value in a cookie (``HttpOnly``,
-  ``SameSite=Strict``, and ``__Host-`` with ``Secure`` when the issuer is https) and puts
+  ``SameSite=Lax``, and ``__Host-`` with ``Secure`` when the issuer is https) and puts
   HMAC(key, value) in its form; a post must carry both, and only this server can make the
-  one from the other;
+  one from the other. Lax, not Strict: a person arrives from the app by a cross-site link,
+  and a Strict cookie would not come along, so each visit would replace it and break a
+  sign-in open in another tab; no browser sends a Lax cookie with another site's post;
 - the browser's word on where the post came from: an ``Origin`` other than this server's, or a
   ``Sec-Fetch-Site`` other than ``same-origin`` (or ``none``), is refused;
 - the page may not be framed (``frame-ancestors 'none'`` in `pages`).
@@ -62,7 +64,7 @@ class FormGuard:
         value = secrets.token_urlsafe(32)
         flags = "; Secure" if self._secure else ""
         return value, (
-            f"{self.cookie_name}={value}; Path=/; Max-Age={_COOKIE_SECONDS}; HttpOnly; SameSite=Strict{flags}"
+            f"{self.cookie_name}={value}; Path=/; Max-Age={_COOKIE_SECONDS}; HttpOnly; SameSite=Lax{flags}"
         )
 
     def token(self, binding: str) -> str:

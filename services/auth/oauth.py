@@ -33,7 +33,7 @@ from typing import Any
 
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749 import AuthorizationServer, ClientMixin, OAuth2Request
-from authlib.oauth2.rfc6749.errors import InvalidRequestError, OAuth2Error
+from authlib.oauth2.rfc6749.errors import InvalidRequestError, InvalidScopeError, OAuth2Error
 from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, RefreshTokenGrant
 from authlib.oauth2.rfc6749.requests import OAuth2Payload
 from authlib.oauth2.rfc7636 import CodeChallenge
@@ -43,6 +43,7 @@ from services.auth.clients import Clients
 from services.auth.codes import Codes
 from services.auth.domain import (
     AUTHORIZATION_CODE,
+    CLIENT_CREDENTIALS,
     PUBLIC,
     REFRESH_TOKEN,
     Client,
@@ -58,6 +59,7 @@ from services.auth.redirects import redirect_uri_matches
 from services.auth.sessions import Sessions
 from services.auth.tokens import JwtMinter
 from services.kit.domain_errors import DomainError, InvalidArgument, ResourceExhausted
+from services.kit.names import chosen_id_problems
 
 __all__ = [
     "USER_SCOPES",
@@ -161,6 +163,8 @@ class _Request(OAuth2Request):
         self.payload = _Payload(self._form if method == "POST" and form is not None else self._args)
         self.issued: TokenSet | None = None
         self.identity: Identity | None = None
+        self.verified_client: tuple[str, str] | None = None
+        """``(client id, method)`` of a client whose secret was checked (`OAuthServer.token`)."""
 
     @property
     def args(self) -> dict[str, str]:
@@ -197,7 +201,7 @@ class _AppClient(ClientMixin):
         return redirect_uri_matches(self.client.redirect_uris, redirect_uri)
 
     def check_client_secret(self, client_secret: str) -> bool:
-        return bool(self._secret_hash) and self._hasher.verify(self._secret_hash, client_secret)
+        return False  # secrets are checked, under the client-token limits, before authlib runs
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         if self.client.client_type == PUBLIC:
@@ -271,9 +275,21 @@ class _S256Challenge(CodeChallenge):
         return "S256"
 
 
-def _require_state(grant: Any, redirect_uri: str) -> None:
-    if not grant.request.payload.state:
+_VISIBLE = re.compile(r"[\x20-\x7e]*", re.ASCII)
+"""RFC 6749 Appendix A's VSCHAR, what ``state`` and ``nonce`` may hold."""
+_STATE_MAX, _NONCE_MAX = 1024, 255
+
+
+def _check_state_and_nonce(grant: Any, redirect_uri: str) -> None:
+    """``state`` is required; it and ``nonce`` (kept with the code) are bounded, visible ASCII."""
+    data = grant.request.payload.data
+    state, nonce = data.get("state", ""), data.get("nonce", "")
+    if not state:
         raise InvalidRequestError("state is required.")
+    if len(state) > _STATE_MAX or not _VISIBLE.fullmatch(state):
+        raise InvalidRequestError(f"state must be at most {_STATE_MAX} visible ASCII characters.")
+    if len(nonce) > _NONCE_MAX or not _VISIBLE.fullmatch(nonce):
+        raise InvalidRequestError(f"nonce must be at most {_NONCE_MAX} visible ASCII characters.")
 
 
 @dataclass
@@ -296,6 +312,8 @@ class OAuthServer:
     # -- what authlib's grants call back ---------------------------------------------------
 
     def app_client(self, client_id: str) -> _AppClient | None:
+        if not client_id or chosen_id_problems(client_id, field="client_id"):
+            return None  # not an id a client can have: no query (PostgreSQL refuses a NUL in one)
         with self.transactions() as repo:
             found = repo.client(client_id)
         if found is None or AUTHORIZATION_CODE not in found[0].grant_types:
@@ -367,67 +385,57 @@ class OAuthServer:
 
     def token(self, form: bytes, content_type: str, authorization: str, address: str = "") -> Reply:
         """The token endpoint's answer to a posted token request from `address`."""
-        media_type = content_type.split(";", 1)[0].strip().lower()
-        try:
-            fields = urllib.parse.parse_qs(
-                form.decode("ascii"), keep_blank_values=True, strict_parsing=bool(form), max_num_fields=32
-            )
-        except (UnicodeDecodeError, ValueError):
-            fields = {}
-            media_type = ""
-        if media_type != "application/x-www-form-urlencoded":
-            return _error_reply(
-                400, "invalid_request", "send the request as application/x-www-form-urlencoded"
-            )
-        repeated = sorted(name for name, values in fields.items() if len(values) > 1)
-        if repeated:
-            return _error_reply(
-                400, "invalid_request", f"parameters given more than once: {' '.join(repeated)}"
-            )
-        if fields.get("grant_type") == ["client_credentials"]:
-            return self._client_credentials(
-                {name: values[0] for name, values in fields.items()}, authorization, address
-            )
-        headers = {"Authorization": authorization} if authorization else {}
-        oauth_request = _Request(
-            "POST",
-            self._endpoint("/oauth2/token"),
-            form={name: values[0] for name, values in fields.items()},
-            headers=headers,
-        )
+        given = _token_form(form, content_type)
+        if isinstance(given, Reply):
+            return given
+        presented = _presented_secret(given, authorization)
+        if isinstance(presented, Reply):
+            return presented
+        grant = given.get("grant_type", "")
+        if grant == CLIENT_CREDENTIALS:
+            return self._client_credentials(given, presented, address)
+        oauth_request = _Request("POST", self._endpoint("/oauth2/token"), form=given)
+        if presented is not None and grant in (AUTHORIZATION_CODE, REFRESH_TOKEN):
+            # Checked here, under the client-token limits, rather than by authlib (which would
+            # run argon2 for every guess, unthrottled).
+            client_id, secret, method = presented
+            try:
+                client = self.clients.authenticate(client_id, secret, address, grant=grant)
+            except ResourceExhausted as error:
+                return _throttled(error)
+            except DomainError:
+                return _invalid_client()
+            oauth_request.verified_client = (client.client_id, method)
         reply = self._server.create_token_response(oauth_request)
         assert isinstance(reply, Reply)
         return reply
 
-    def _client_credentials(self, form: Mapping[str, str], authorization: str, address: str) -> Reply:
-        client_id, secret = _basic_credentials(authorization)
-        if not client_id:
-            client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
+    def _client_credentials(
+        self, form: Mapping[str, str], presented: tuple[str, str, str] | None, address: str
+    ) -> Reply:
+        if presented is None:
+            return _invalid_client()
+        client_id, secret, _ = presented
         try:
             tokens = self.clients.client_token(client_id, secret, form.get("scope", ""), address)
         except InvalidArgument as error:
             return _error_reply(400, "invalid_scope", error.message)
-        except ResourceExhausted:
-            return _error_reply(429, "invalid_client", "too many attempts for this client; try again later")
+        except ResourceExhausted as error:
+            return _throttled(error)
         except DomainError:
-            refused = _error_reply(401, "invalid_client", "client id or secret is wrong")
-            return Reply(
-                401,
-                (*refused.headers, ("www-authenticate", 'Basic realm="token"')),
-                refused.body,
-                refused.content_type,
-            )
-        return Reply(
-            200,
-            (("cache-control", "no-store"), ("pragma", "no-cache")),
-            json.dumps(_token_dict(tokens)).encode(),
-            "application/json",
-        )
+            return _invalid_client()
+        headers = (("cache-control", "no-store"), ("pragma", "no-cache"))
+        return Reply(200, headers, json.dumps(_token_dict(tokens)).encode(), "application/json")
 
     def redeem(self, request: _Request, code: _Code) -> Identity | None:
         """Tokens for a claimed code (kept on `request` for `_token_dict`); its person."""
         client = request.client
-        redeemed = self.codes.redeem(code.code, code.grant, refresh=client.check_grant_type(REFRESH_TOKEN))
+        redeemed = self.codes.redeem(
+            code.code,
+            code.grant,
+            refresh=client.check_grant_type(REFRESH_TOKEN),
+            first_party=client.client.first_party,
+        )
         if redeemed is None:
             return None
         request.identity, request.issued = redeemed
@@ -435,7 +443,11 @@ class OAuthServer:
 
     def refresh(self, request: _Request, refresh_token: str) -> _Refreshed | None:
         try:
-            tokens = self.sessions.refresh(refresh_token, client_id=request.client.get_client_id())
+            tokens = self.sessions.refresh(
+                refresh_token, client_id=request.client.get_client_id(), scope=request.payload.scope or ""
+            )
+        except InvalidArgument:
+            raise InvalidScopeError("the session was not granted that scope") from None
         except DomainError:
             return None
         request.issued = tokens
@@ -494,6 +506,51 @@ def _unquotable(request: AuthorizationRequest) -> Refused | None:
     return None
 
 
+def _token_form(form: bytes, content_type: str) -> dict[str, str] | Reply:
+    """A token request's parameters, or the refusal of a body that is not one form, each
+    parameter once (RFC 6749 3.2)."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    try:
+        fields = urllib.parse.parse_qs(
+            form.decode("ascii"), keep_blank_values=True, strict_parsing=bool(form), max_num_fields=32
+        )
+    except (UnicodeDecodeError, ValueError):
+        fields, media_type = {}, ""
+    if media_type != "application/x-www-form-urlencoded":
+        return _error_reply(400, "invalid_request", "send the request as application/x-www-form-urlencoded")
+    repeated = sorted(name for name, values in fields.items() if len(values) > 1)
+    if repeated:
+        return _error_reply(400, "invalid_request", f"parameters given more than once: {' '.join(repeated)}")
+    return {name: values[0] for name, values in fields.items()}
+
+
+def _presented_secret(form: Mapping[str, str], authorization: str) -> tuple[str, str, str] | Reply | None:
+    """The client id, secret and method (RFC 6749 2.3.1) of a token request that presents a
+    secret, None when it presents none (a public client names itself), or the refusal of one
+    that presents them wrongly (unreadable, or in two ways at once)."""
+    if authorization:
+        client_id, secret = _basic_credentials(authorization)
+        named = form.get("client_id")
+        if not client_id or "client_secret" in form or (named is not None and named != client_id):
+            return _invalid_client()
+        return client_id, secret, "client_secret_basic"
+    if "client_secret" in form:
+        return form.get("client_id", ""), form["client_secret"], "client_secret_post"
+    return None
+
+
+def _invalid_client() -> Reply:
+    refused = _error_reply(401, "invalid_client", "client authentication failed")
+    headers = (*refused.headers, ("www-authenticate", 'Basic realm="token"'))
+    return Reply(401, headers, refused.body, refused.content_type)
+
+
+def _throttled(error: ResourceExhausted) -> Reply:
+    refused = _error_reply(429, "invalid_client", "too many failed attempts for this client; try again later")
+    wait = str(int((error.retry_after_seconds or 1) + 0.999))
+    return Reply(429, (*refused.headers, ("retry-after", wait)), refused.body, refused.content_type)
+
+
 def _basic_credentials(authorization: str) -> tuple[str, str]:
     """The client id and secret of an HTTP Basic Authorization value (RFC 6749 2.3.1: each
     form-urlencoded), or empty ones."""
@@ -513,6 +570,16 @@ def _basic_credentials(authorization: str) -> tuple[str, str]:
 def _error_reply(status: int, error: str, description: str) -> Reply:
     body = json.dumps({"error": error, "error_description": description}, separators=(",", ":")).encode()
     return Reply(status, (("cache-control", "no-store"), ("pragma", "no-cache")), body, "application/json")
+
+
+def _verified_by(method: str) -> Any:
+    """authlib's client authentication `method`, answered from what `OAuthServer.token` checked."""
+
+    def authenticate(query_client: Any, request: _Request) -> Any:
+        verified = request.verified_client
+        return query_client(verified[0]) if verified is not None and verified[1] == method else None
+
+    return authenticate
 
 
 def _authorization_server(flow: OAuthServer) -> AuthorizationServer:
@@ -589,11 +656,13 @@ def _authorization_server(flow: OAuthServer) -> AuthorizationServer:
             return _token_dict(self.request.issued)
 
     server = _Server(scopes_supported=list(USER_SCOPES))
+    for method in _SECRET_METHODS:
+        server.register_client_auth_method(method, _verified_by(method))
     challenge = _S256Challenge(required=True)
 
     def code_extensions(grant: Any) -> None:
         challenge(grant)
-        grant.register_hook("after_validate_authorization_request_payload", _require_state)
+        grant.register_hook("after_validate_authorization_request_payload", _check_state_and_nonce)
         _OpenId(require_nonce=False)(grant)
 
     server.register_grant(_CodeGrant, [code_extensions])

@@ -35,7 +35,11 @@ button[value=allow]{background:#1a5fb4;color:#fff}
 button[value=deny]{background:#fff;color:#1a5fb4}
 """
 _STYLE_HASH = base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
-_CONSENT = ("know who you are", "see your email address", "act for you in this system, with your roles")
+_CONSENT = (
+    "know who you are",
+    "see your email address",
+    "act for you in this system, as any signed-in person can (never with your roles, such as admin)",
+)
 
 
 @dataclass(frozen=True, slots=True)

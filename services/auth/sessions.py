@@ -3,7 +3,9 @@
 A refresh token is 256 random bits, stored only as its SHA-256, and used at most once: using
 it rotates it (ACTIVE -> ROTATED, a new token in the same family). Presenting a ROTATED token
 again means one of its two holders is a thief, so the whole family is revoked, as logout
-revokes it; a DISABLED identity gets no new token. Access tokens name their family (``sid``),
+revokes it; a DISABLED identity gets no new token. A session of a third-party app (not
+`first_party`) has access tokens without the person's roles: an app an admin signs in to
+does not get to act as an admin. Access tokens name their family (``sid``),
 so introspection reports them inactive as soon as it is revoked. A session opened for a client
 (the authorization code flow) is bound to it: only that client refreshes it, and a refresh
 token presented by anyone else revokes it, as reuse does.
@@ -15,7 +17,7 @@ import datetime as dt
 import hashlib
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -31,7 +33,7 @@ from services.auth.domain import (
     utc_now,
 )
 from services.auth.settings import IdentitySettings
-from services.kit.domain_errors import Unauthenticated
+from services.kit.domain_errors import InvalidArgument, Unauthenticated
 
 __all__ = ["Sessions", "Verified", "hash_token"]
 
@@ -77,13 +79,21 @@ class Sessions:
         )
 
     def tokens(
-        self, identity: Identity, *, family: str, refresh: str, client_id: str = "", scope: str = ""
+        self,
+        identity: Identity,
+        *,
+        family: str,
+        refresh: str,
+        client_id: str = "",
+        scope: str = "",
+        roles: Sequence[str] | None = None,
     ) -> TokenSet:
-        """The access token of `family` beside its newest refresh token `refresh`. Minted after
-        the refresh token's transaction: the key ring reads in a transaction of its own."""
+        """The access token of `family` beside its newest refresh token `refresh`, carrying
+        `roles` (the person's own when None). Minted after the refresh token's transaction:
+        the key ring reads in a transaction of its own."""
         access = self.minter.access_token(
             subject=identity.name,
-            roles=identity.roles,
+            roles=identity.roles if roles is None else roles,
             scopes=scope.split(),
             now=self.clock(),
             client_id=client_id,
@@ -103,27 +113,45 @@ class Sessions:
         )
         return refresh
 
-    def refresh(self, refresh_token: str, *, client_id: str = "") -> TokenSet:
+    def refresh(self, refresh_token: str, *, client_id: str = "", scope: str = "") -> TokenSet:
         """New tokens for a session's refresh token, presented by the client it was issued to
-        (`client_id`; empty for a password login's session)."""
+        (`client_id`; empty for a password login's session). A `scope` narrows the new access
+        token to part of what was granted (the session keeps the rest); asking beyond it is
+        `SCOPE_NOT_GRANTED`, and leaves the refresh token unused."""
         now = self.clock()
         with self.transactions() as repo:
             claim = repo.claim_refresh_token(hash_token(refresh_token), now)
-            if claim.outcome == "reused" or (claim.outcome == "claimed" and claim.client_id != client_id):
+            client = repo.client(claim.client_id) if claim.outcome == "claimed" and claim.client_id else None
+            if claim.outcome == "reused" or (
+                claim.outcome == "claimed"
+                and (claim.client_id != client_id or (client_id and client is None))
+            ):
                 # Someone used a token that was already exchanged, or that another client
-                # holds: one of its holders is a thief. Revoke the family (committed), so
-                # both must sign in again.
+                # holds (or one of a client since deleted): one of its holders is a thief.
+                # Revoke the family (committed), so both must sign in again.
                 repo.revoke_family(claim.family, now)
                 claim = RefreshClaim("reused" if claim.outcome == "reused" else "unknown")
             identity = repo.identity(claim.user_id) if claim.outcome == "claimed" else None
             refresh = None
             if identity is not None and identity.state == ACTIVE:
+                asked = set(scope.split())
+                if not asked <= set(claim.scope.split()):
+                    # Raised inside the transaction: the claim is rolled back, the token kept.
+                    raise InvalidArgument(
+                        "SCOPE_NOT_GRANTED", "the session was not granted {scope}", scope=scope
+                    )
                 refresh = self._add_refresh_token(
                     repo, identity, family=claim.family, client_id=claim.client_id, scope=claim.scope
                 )
         if identity is not None and refresh is not None:
+            first_party = client is None or client[0].first_party
             return self.tokens(
-                identity, family=claim.family, refresh=refresh, client_id=claim.client_id, scope=claim.scope
+                identity,
+                family=claim.family,
+                refresh=refresh,
+                client_id=claim.client_id,
+                scope=scope or claim.scope,
+                roles=None if first_party else (),
             )
         raise Unauthenticated(*_REFUSALS.get(claim.outcome, _INVALID))
 

@@ -29,6 +29,7 @@ from services.kit.domain_errors import (
 __all__ = ["SignIn"]
 
 _T = TypeVar("_T")
+_EMAIL_MAX = 254
 
 
 @dataclass
@@ -58,6 +59,10 @@ class SignIn:
     ) -> tuple[Identity, _T]:
         """The identity, and what `then` did in the transaction that settles its attempt."""
         email = normalise_email(email)
+        if len(email) > _EMAIL_MAX or not email.isprintable():
+            # No account has such an email (registration refuses it), and no key may hold it:
+            # the same answer as a wrong password, with nothing to verify.
+            raise Unauthenticated("INVALID_CREDENTIALS", "email or password is wrong")
         keys = [f"account:{email}", f"address:{address}"]
         with self.transactions() as repo:
             attempt = self.throttle.reserve(repo, keys)

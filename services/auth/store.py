@@ -64,6 +64,8 @@ __all__ = [
 ]
 
 _ACTIVE, _ROTATED, _REVOKED = "ACTIVE", "ROTATED", "REVOKED"
+_REUSED = "REUSED"
+"""The family of a code presented again before its first use had opened a session."""
 _THROTTLE_LOCKS = 0x706F6C79
 """PostgreSQL advisory-lock class of login throttling ("poly"); the key's hash is the object."""
 
@@ -416,14 +418,29 @@ class SqlRepository:
         row = self._session.get(code, code_hash)
         if row is None:
             return CodeClaim("unknown")
-        return CodeClaim("used" if row.use_time else "expired", family=row.family_id or "")
+        return CodeClaim("used" if row.use_time else "expired")
 
-    def set_code_family(self, code_hash: str, family: str) -> None:
-        self._session.execute(
+    def set_code_family(self, code_hash: str, family: str) -> bool:
+        # Conditional, as the flag below: whichever of the two comes first, the other sees it.
+        updated = self._session.execute(
             update(AuthorizationCodeRow)
-            .where(AuthorizationCodeRow.code_hash == code_hash)
+            .where(AuthorizationCodeRow.code_hash == code_hash, AuthorizationCodeRow.family_id.is_(None))
             .values(family_id=family)
         )
+        return bool(getattr(updated, "rowcount", 0))
+
+    def flag_code_reused(self, code_hash: str) -> str:
+        flagged = self._session.execute(
+            update(AuthorizationCodeRow)
+            .where(AuthorizationCodeRow.code_hash == code_hash, AuthorizationCodeRow.family_id.is_(None))
+            .values(family_id=_REUSED)
+        )
+        if getattr(flagged, "rowcount", 0):
+            return ""
+        family = self._session.scalar(
+            select(AuthorizationCodeRow.family_id).where(AuthorizationCodeRow.code_hash == code_hash)
+        )
+        return "" if family in (None, _REUSED) else str(family)
 
     # -- throttling -----------------------------------------------------------------------
 

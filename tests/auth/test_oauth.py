@@ -159,7 +159,7 @@ def test_a_person_signs_in_and_the_app_gets_tokens_the_services_accept(local: Lo
     assert "form-action 'self' https://app.example.com" in policy
     assert _header(page, "cache-control") == "no-store"
     assert _header(page, "referrer-policy") == "same-origin"
-    assert "HttpOnly" in _header(page, "set-cookie") and "SameSite=Strict" in _header(page, "set-cookie")
+    assert "HttpOnly" in _header(page, "set-cookie") and "SameSite=Lax" in _header(page, "set-cookie")
 
     fields = {"csrf_token": token, "email": identity.email, "password": PASSWORD, "decision": "allow"}
     reply = _post(local, request, fields, cookie=cookie)
@@ -594,3 +594,156 @@ def test_values_authlib_cannot_quote_in_an_error_get_an_error_page(
     client, _ = _app(local)
     reply = local.authorize(_request(client, _pkce()[1], **changes), Browser(address=ADDRESS), None)
     assert reply.status == 400 and not reply.location and "characters it may not" in reply.body.decode()
+
+
+# -- found by attacking it ---------------------------------------------------------------------
+
+
+def test_guessing_a_confidential_app_s_secret_at_the_token_endpoint_is_throttled(local: LocalAuth) -> None:
+    client, secret = _app(local, client_type=CONFIDENTIAL)
+    statuses = []
+    for guess in range(4):
+        basic = "Basic " + base64.b64encode(f"{client.client_id}:guess-{guess}".encode()).decode()
+        reply = local.oauth.token(b"grant_type=refresh_token&refresh_token=x", FORM, basic, ADDRESS)
+        statuses.append(reply.status)
+    assert statuses == [401, 401, 401, 429]  # three failures per client in the test settings
+    assert _header(reply, "retry-after").isdigit()
+    assert local.counted(f"client:{client.client_id}") == 3
+    right = "Basic " + base64.b64encode(f"{client.client_id}:{secret}".encode()).decode()
+    assert local.oauth.token(b"grant_type=refresh_token&refresh_token=x", FORM, right, ADDRESS).status == 429
+
+
+@pytest.mark.parametrize(
+    ("authorization", "body"),
+    [
+        ("Basic /w==", b"grant_type=authorization_code&code=x"),
+        ("Basic " + base64.b64encode(b"no-colon").decode(), b"grant_type=authorization_code&code=x"),
+        ("Bearer abc", b"grant_type=authorization_code&code=x"),
+        ("", b"grant_type=authorization_code&code=x&client_id=a%00b&code_verifier=" + b"v" * 43),
+        ("", b"grant_type=client_credentials&client_id=a%00b&client_secret=s"),
+    ],
+    ids=["basic-not-utf8", "basic-no-colon", "another-scheme", "nul-in-client-id", "nul-machine-client"],
+)
+def test_unreadable_client_credentials_are_invalid_client(
+    local: LocalAuth, authorization: str, body: bytes
+) -> None:
+    reply = local.oauth.token(body, FORM, authorization, ADDRESS)
+    assert reply.status in (400, 401) and json.loads(reply.body)["error"] in (
+        "invalid_client",
+        "invalid_grant",
+    )
+
+
+def test_a_failed_basic_authentication_does_not_fall_back_to_a_public_client(local: LocalAuth) -> None:
+    confidential, _ = _app(local, client_type=CONFIDENTIAL)
+    public, _ = _app(local)
+    code, verifier = _flow(local, public, local.register())
+    basic = "Basic " + base64.b64encode(f"{confidential.client_id}:wrong".encode()).decode()
+    status, refused = _exchange(
+        local,
+        basic,
+        grant_type="authorization_code",
+        code=code,
+        redirect_uri=REDIRECT,
+        client_id=public.client_id,
+        code_verifier=verifier,
+    )
+    assert (status, refused["error"]) == (401, "invalid_client")
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"nonce": "n" * 256}, {"nonce": "a\x00b"}, {"state": "s" * 1025}, {"state": "caf\u00e9"}],
+    ids=["long-nonce", "nul-in-nonce", "long-state", "non-ascii-state"],
+)
+def test_a_state_or_nonce_that_cannot_be_kept_goes_back_as_invalid_request(
+    local: LocalAuth, changes: dict[str, str]
+) -> None:
+    client, _ = _app(local)
+    reply = local.authorize(_request(client, _pkce()[1], **changes), Browser(address=ADDRESS), None)
+    assert _redirected(reply)["error"] == "invalid_request"
+
+
+@pytest.mark.parametrize("email", ["a\x00b@example.com", "x" * 400 + "@example.com"], ids=["nul", "long"])
+def test_an_email_no_account_can_have_is_a_wrong_email_on_the_page(local: LocalAuth, email: str) -> None:
+    client, _ = _app(local)
+    request = _request(client, _pkce()[1])
+    _, cookie, token = _visit(local, request)
+    reply = _post(
+        local,
+        request,
+        {"csrf_token": token, "email": email, "password": "p", "decision": "allow"},
+        cookie=cookie,
+    )
+    assert reply.status == 401 and "wrong" in reply.body.decode()
+
+
+def test_a_refresh_asking_beyond_the_grant_is_refused_and_keeps_the_session(local: LocalAuth) -> None:
+    client, _ = _app(local)
+    code, verifier = _flow(local, client, local.register())
+    _, tokens = _code_exchange(local, client, code, verifier)
+    refresh = {"grant_type": "refresh_token", "client_id": client.client_id}
+    status, refused = _exchange(
+        local, **refresh, refresh_token=tokens["refresh_token"], scope="openid orders.read"
+    )
+    assert (status, refused["error"]) == (400, "invalid_scope")
+    status, narrowed = _exchange(local, **refresh, refresh_token=tokens["refresh_token"], scope="openid")
+    assert status == 200 and narrowed["scope"] == "openid"  # the same token still worked
+    assert local.verifier.verify(narrowed["access_token"]).scopes == {"openid"}
+    status, again = _exchange(local, **refresh, refresh_token=narrowed["refresh_token"])
+    assert status == 200 and again["scope"] == "openid email"  # the session keeps its grant
+
+
+def test_a_code_presented_again_while_its_first_exchange_runs_gets_that_exchange_nothing(
+    local: LocalAuth,
+) -> None:
+    client, _ = _app(local)
+    identity = local.register()
+    code, _ = _flow(local, client, identity)
+    codes = local.oauth.codes
+    grant = codes.claim(code, client.client_id)  # the first exchange, past its claim
+    assert grant is not None
+    assert codes.claim(code, client.client_id) is None  # the second use, meanwhile
+    assert codes.redeem(code, grant, refresh=True, first_party=False) is None
+    with local.auth_store.transaction() as repo:
+        assert not repo.flag_code_reused("not-a-code-hash")  # an unknown code names no session
+
+
+def test_a_second_sign_in_open_in_another_tab_still_posts(local: LocalAuth) -> None:
+    client, _ = _app(local)
+    identity = local.register()
+    first = _request(client, _pkce()[1])
+    _, cookie, first_token = _visit(local, first)
+    # The browser sends the Lax cookie along with the cross-site arrival of the second tab.
+    second = local.authorize(
+        _request(client, _pkce()[1], state="tab-2"), Browser(address=ADDRESS, cookie=cookie), None
+    )
+    assert _header(second, "set-cookie") == ""  # the cookie is kept, not replaced
+    fields = {"csrf_token": first_token, "email": identity.email, "password": PASSWORD, "decision": "allow"}
+    assert _post(local, first, fields, cookie=cookie).status == 303
+    fields["csrf_token"] = _page_token(second)
+    assert _post(local, _request(client, _pkce()[1], state="tab-2"), fields, cookie=cookie).status == 303
+
+
+def test_only_a_first_party_app_s_tokens_carry_the_person_s_roles(local: LocalAuth) -> None:
+    admin = local.register(roles=["admin"])
+    for first_party, roles in ((True, {"admin"}), (False, set())):
+        client, _ = _app(local, first_party=first_party)
+        _, tokens = _code_exchange(local, client, *_flow(local, client, admin))
+        assert local.verifier.verify(tokens["access_token"]).roles == roles
+        _, renewed = _exchange(
+            local,
+            grant_type="refresh_token",
+            refresh_token=tokens["refresh_token"],
+            client_id=client.client_id,
+        )
+        assert local.verifier.verify(renewed["access_token"]).roles == roles
+    assert "never with your roles" in _visit(local, _request(client, _pkce()[1]))[0].body.decode()
+
+
+def test_deleting_an_app_ends_its_sessions(local: LocalAuth) -> None:
+    client, _ = _app(local)
+    _, tokens = _code_exchange(local, client, *_flow(local, client, local.register()))
+    local.clients.delete_client(client.client_id)
+    with pytest.raises(Unauthenticated):
+        local.sessions.refresh(tokens["refresh_token"], client_id=client.client_id)
