@@ -4,11 +4,12 @@ import logging
 from pathlib import Path
 
 from poly.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
-from services.auth import events, forms, keys, passwords, store, tokens
+from services.auth import events, forms, keys, passwords, relying, store, tokens
 from services.auth.accounts import Accounts
 from services.auth.authorize import Authorize
 from services.auth.clients import Clients
 from services.auth.codes import Codes
+from services.auth.federated import FederatedSignIn
 from services.auth.oauth import OAuthServer
 from services.auth.service import AuthServicer
 from services.auth.sessions import Sessions
@@ -46,6 +47,13 @@ def wire(context: app.Context[IdentitySettings]) -> app.Parts:
     codes = Codes(transactions, sessions)
     oauth = OAuthServer(transactions, hasher, codes, sessions, clients, minter, settings.auth.issuer)
     guard = forms.FormGuard(forms.derive_key(encryption_key), settings.auth.issuer)
+    callback = f"{settings.auth.issuer}/oauth2/federation/callback"
+    upstreams = {
+        external.alias: relying.Upstream(external, callback, timeout=settings.client_deadline_seconds)
+        for external in settings.auth.external
+        if external.client_id
+    }
+    federated = FederatedSignIn(transactions, upstreams) if upstreams else None
     servicer = AuthServicer(
         accounts=Accounts(transactions, hasher, throttle, passwords.password_problem),
         signin=signin,
@@ -55,7 +63,7 @@ def wire(context: app.Context[IdentitySettings]) -> app.Parts:
         verifier=verifier,
         settings=settings,
         oauth=oauth,
-        authorize=Authorize(oauth, signin, guard),
+        authorize=Authorize(oauth, signin, guard, federated),
     )
     return app.Parts(
         servicer=servicer,

@@ -6,6 +6,8 @@ A GET shows the page. A POST is the page's form: refused without its cookie and 
 another site; Cancel sends ``access_denied`` back to the app; a wrong email or password shows
 the page again with the problem (401), too many attempts say when to try again (429), a
 disabled account says so (403). Nothing remembers a sign-in: each authorization asks again.
+The page also offers the outside providers configured to sign in through (`federated`): the
+form's post sends the person there, and `returned` takes them back to the app.
 """
 
 from __future__ import annotations
@@ -14,16 +16,17 @@ import dataclasses
 import urllib.parse
 from dataclasses import dataclass
 
+from services.auth.federated import FederatedSignIn, FederationRefused
 from services.auth.forms import FormGuard
 from services.auth.oauth import AuthorizationRequest, OAuthServer, Refused, Reply
 from services.auth.pages import ErrorPage, SignInPage, error_page, sign_in_page
 from services.auth.signin import SignIn
 from services.kit.domain_errors import DomainError, PermissionDenied, ResourceExhausted, Unauthenticated
 
-__all__ = ["Authorize", "Browser", "PostedForm"]
+__all__ = ["Authorize", "Browser", "PostedForm", "ProviderReturn"]
 
 _FORM_TYPE = "application/x-www-form-urlencoded"
-_FIELDS = frozenset({"csrf_token", "email", "password", "decision"})
+_FIELDS = frozenset({"csrf_token", "email", "password", "decision", "provider"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +47,23 @@ class PostedForm:
     content_type: str
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderReturn:
+    """What an outside provider sends the person back with (OAuth 2.1 4.1.2, RFC 9207)."""
+
+    state: str
+    code: str = ""
+    issuer: str = ""
+    error: str = ""
+
+
 @dataclass
 class Authorize:
     oauth: OAuthServer
     signin: SignIn
     guard: FormGuard
+    federated: FederatedSignIn | None = None
+    """Outside providers people may sign in through instead (none when None)."""
 
     def __call__(self, request: AuthorizationRequest, browser: Browser, form: PostedForm | None) -> Reply:
         checked = self.oauth.check(request)
@@ -63,6 +78,7 @@ class Authorize:
             action="/oauth2/authorize?" + request.query(),
             token="",
             redirect_uri=redirect_uri,
+            providers=self._providers(),
         )
         if form is None:
             return self._page(page, browser)
@@ -85,12 +101,50 @@ class Authorize:
             return error_page(ErrorPage(problem, status=403))
         if fields.get("decision") == "deny":
             return self._answer(self.oauth.approve(request, None, posted=True))
+        if fields.get("provider"):
+            return self._elsewhere(fields["provider"], request, browser)
         email = fields.get("email", "")
         try:
             identity = self.signin.authenticate(email, fields.get("password", ""), browser.address)
         except DomainError as error:
             problem, status = _refusal(error)
             return self._page(dataclasses.replace(page, email=email, problem=problem, status=status), browser)
+        return self._answer(self.oauth.approve(request, identity, posted=True))
+
+    def _providers(self) -> tuple[tuple[str, str], ...]:
+        upstreams = self.federated.upstreams.values() if self.federated else ()
+        return tuple((upstream.alias, upstream.issuer) for upstream in upstreams)
+
+    def _elsewhere(self, alias: str, request: AuthorizationRequest, browser: Browser) -> Reply:
+        """The redirect to provider `alias` of a person who chose to sign in there."""
+        binding = self.guard.binding(browser.cookie)
+        if self.federated is None or binding is None:  # the form's check found the cookie
+            return error_page(ErrorPage("There is no such way to sign in here."))
+        try:
+            location = self.federated.start(alias, request.query(), binding)
+        except FederationRefused as refused:
+            return error_page(ErrorPage(str(refused), status=503))
+        return Reply(303, (("location", location), ("cache-control", "no-store")))
+
+    def returned(self, answer: ProviderReturn, browser: Browser) -> Reply:
+        """The person back from an outside provider: sent on to the app with a code (or
+        ``access_denied`` if they turned the provider down), or told why not."""
+        binding = self.guard.binding(browser.cookie)
+        if self.federated is None or binding is None:
+            return error_page(
+                ErrorPage("This sign-in was started in another browser. Start again from the app.")
+            )
+        try:
+            query, identity = self.federated.complete(
+                state=answer.state,
+                code=answer.code,
+                issuer=answer.issuer,
+                error=answer.error,
+                binding=binding,
+            )
+        except FederationRefused as refused:
+            return error_page(ErrorPage(str(refused), status=403))
+        request = AuthorizationRequest(**dict(urllib.parse.parse_qsl(query)))
         return self._answer(self.oauth.approve(request, identity, posted=True))
 
     def _page(self, page: SignInPage, browser: Browser) -> Reply:

@@ -9,7 +9,8 @@ The rules, one job a module: `accounts` (registration, roles, lookups), `signin`
 tokens), `redirects` (which redirect URIs a client may register),
 `throttle` (the attempt limits of sign-in, client tokens and registration), `codes` (the
 one-time codes of the authorization code flow), `oauth` (that flow's HTTP protocol, by authlib),
-`pages` and `forms` (the sign-in page and what protects its form).
+`pages` and `forms` (the sign-in page and what protects its form), `federated` and `relying`
+(signing in through an outside OpenID provider).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "Client",
     "Clock",
     "CodeClaim",
+    "FederatedLogin",
     "Grant",
     "Hasher",
     "Identity",
@@ -143,6 +145,19 @@ class CodeClaim:
 
 
 @dataclass(frozen=True, slots=True)
+class FederatedLogin:
+    """A sign-in sent to an outside provider, awaiting the person's return (`federated`)."""
+
+    alias: str
+    nonce: str
+    code_verifier: str
+    request: str
+    """The app's authorization request, as its query string: resumed on return."""
+    binding: str
+    """SHA-256 of the browser's sign-in cookie: only the browser that left may come back."""
+
+
+@dataclass(frozen=True, slots=True)
 class IdentityQuery:
     email: str | None = None
     role: str | None = None
@@ -224,6 +239,23 @@ class Repository(Protocol):
     def flag_code_reused(self, code_hash: str) -> str:
         """Note that a used code was presented again: the session its use opened, or "" when
         it has none yet (its exchange then finds the flag, and opens none)."""
+
+    # -- outside providers (`federated`) ----------------------------------------------------------
+
+    def add_federated_login(
+        self, state_hash: str, login: FederatedLogin, expire_time: dt.datetime, now: dt.datetime
+    ) -> None:
+        """Keep `login` under its state until the person returns or it expires (and forget
+        sign-ins long expired)."""
+
+    def take_federated_login(self, state_hash: str, now: dt.datetime) -> FederatedLogin | None:
+        """Remove and return the unexpired sign-in of `state_hash` (once: a second return finds none)."""
+
+    def linked_identity(self, issuer: str, subject: str) -> Identity | None:
+        """The identity the person `subject` of `issuer` signs in as."""
+
+    def link_identity(self, issuer: str, subject: str, user_id: str, now: dt.datetime) -> bool:
+        """Sign `subject` of `issuer` in as `user_id` from now on; False when already linked."""
 
     # -- attempts (`throttle`) -----------------------------------------------------------------
 

@@ -32,7 +32,7 @@ input:focus,button:focus{outline:3px solid #1a5fb4;outline-offset:2px}
 .buttons{display:flex;gap:.5rem;margin-top:1.5rem}
 button{padding:.6rem 1rem;font-size:1rem;border-radius:4px;border:1px solid #1a5fb4;cursor:pointer}
 button[value=allow]{background:#1a5fb4;color:#fff}
-button[value=deny]{background:#fff;color:#1a5fb4}
+button[value=deny],button[name=provider]{background:#fff;color:#1a5fb4}
 """
 _STYLE_HASH = base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
 _CONSENT = (
@@ -54,6 +54,8 @@ class SignInPage:
     email: str = ""
     problem: str = ""
     status: int = 200
+    providers: tuple[tuple[str, str], ...] = ()
+    """Outside providers to sign in through instead: ``(alias, issuer)``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,14 +104,34 @@ maxlength="256"{described}>
 <button type="submit" name="decision" value="deny" formnovalidate>Cancel</button>
 </div>
 </form>
+{_elsewhere(page)}
 </main>
 </body>
 </html>
 """
-    headers = _page_headers(_form_targets(page.redirect_uri))
+    # The posts go here, and their redirects to the app or to a provider the person chose.
+    targets = " ".join(
+        [_form_targets(page.redirect_uri), *(_form_targets(issuer) for _, issuer in page.providers)]
+    )
+    headers = _page_headers(targets)
     if set_cookie:
         headers += (("set-cookie", set_cookie),)
     return Reply(page.status, headers, body.encode(), "text/html; charset=utf-8")
+
+
+def _elsewhere(page: SignInPage) -> str:
+    """The form of buttons signing in through an outside provider instead."""
+    if not page.providers:
+        return ""
+    buttons = "".join(
+        f'<button type="submit" name="provider" value="{html.escape(alias)}">{html.escape(alias)}</button>'
+        for alias, _ in page.providers
+    )
+    return f"""<form method="post" action="{html.escape(page.action)}" aria-labelledby="elsewhere">
+<input type="hidden" name="csrf_token" value="{html.escape(page.token)}">
+<h2 id="elsewhere">Or sign in with</h2>
+<div class="buttons">{buttons}</div>
+</form>"""
 
 
 def error_page(page: ErrorPage) -> Reply:

@@ -121,10 +121,11 @@ class Argon2Hasher:
             return self._hasher.hash(secret)
 
     def verify(self, hashed: str | None, secret: str) -> bool:
-        """Whether `secret` matches `hashed`; with `hashed` None, spends the same time and says no."""
+        """Whether `secret` matches `hashed`; with `hashed` None or empty (an account made by
+        signing in elsewhere has no password), spends the same time and says no."""
         try:
             with self._slot(self._free, self._wait):
-                return self._hasher.verify(hashed or self._decoy, secret) and hashed is not None
+                return self._hasher.verify(hashed or self._decoy, secret) and bool(hashed)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 

@@ -9,7 +9,7 @@ from google.protobuf import empty_pb2
 from poly.auth.v1 import auth_service_pb2 as pb
 from poly.auth.v1 import auth_service_pb2_grpc, resources_pb2
 from services.auth.accounts import Accounts
-from services.auth.authorize import Authorize, Browser, PostedForm
+from services.auth.authorize import Authorize, Browser, PostedForm, ProviderReturn
 from services.auth.clients import SCOPES, Clients, Registration
 from services.auth.domain import ACTIVE, CONFIDENTIAL, PUBLIC, Client, Identity, TokenSet
 from services.auth.oauth import USER_SCOPES, AuthorizationRequest, OAuthServer, Reply
@@ -300,6 +300,17 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         )
         form = PostedForm(request.form.data, request.form.content_type) if request.HasField("form") else None
         return _http_reply(self._authorize(_authorization_request(request), browser, form), context)
+
+    def CompleteFederatedSignIn(
+        self, request: pb.CompleteFederatedSignInRequest, context: grpc.ServicerContext
+    ) -> httpbody_pb2.HttpBody:
+        answer = ProviderReturn(
+            state=request.state, code=request.code, issuer=request.iss, error=request.error
+        )
+        browser = Browser(
+            address=client_address(context, edge=self._edge), cookie=_metadata(context, "cookie")
+        )
+        return _http_reply(self._authorize.returned(answer, browser), context)
 
     def ExchangeToken(
         self, request: pb.ExchangeTokenRequest, context: grpc.ServicerContext

@@ -39,6 +39,7 @@ from services.auth.domain import (
     CONFIDENTIAL,
     Client,
     CodeClaim,
+    FederatedLogin,
     Grant,
     Identity,
     IdentityQuery,
@@ -54,6 +55,8 @@ __all__ = [
     "AuthorizationCodeRow",
     "Base",
     "ClientRow",
+    "ExternalIdentityRow",
+    "FederatedLoginRow",
     "FamilyRow",
     "IdentityRow",
     "LoginFailureRow",
@@ -136,6 +139,30 @@ class AuthorizationCodeRow(Base):
     use_time: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
     family_id: Mapped[str | None] = mapped_column(String(64))
     """The session its use opened."""
+
+
+class ExternalIdentityRow(Base):
+    """A person of an outside provider, and the identity they sign in here as."""
+
+    __tablename__ = "external_identity"
+    issuer: Mapped[str] = mapped_column(String(255), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(255), primary_key=True)
+    identity_id: Mapped[str] = mapped_column(ForeignKey("identity.id", ondelete="CASCADE"), index=True)
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+
+
+class FederatedLoginRow(Base):
+    """A sign-in sent to an outside provider, until the person returns (once) or it expires."""
+
+    __tablename__ = "federated_login"
+    state_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(32))
+    nonce: Mapped[str] = mapped_column(String(64))
+    code_verifier: Mapped[str] = mapped_column(String(128))
+    request: Mapped[str] = mapped_column(Text())
+    binding: Mapped[str] = mapped_column(String(64))
+    create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    expire_time: Mapped[dt.datetime] = mapped_column(UtcDateTime(), index=True)
 
 
 class LoginFailureRow(Base):
@@ -441,6 +468,48 @@ class SqlRepository:
             select(AuthorizationCodeRow.family_id).where(AuthorizationCodeRow.code_hash == code_hash)
         )
         return "" if family in (None, _REUSED) else str(family)
+
+    # -- outside providers ------------------------------------------------------------------
+
+    def add_federated_login(
+        self, state_hash: str, login: FederatedLogin, expire_time: dt.datetime, now: dt.datetime
+    ) -> None:
+        self._session.execute(
+            delete(FederatedLoginRow).where(FederatedLoginRow.expire_time < now - dt.timedelta(days=1))
+        )
+        self._session.add(
+            FederatedLoginRow(
+                state_hash=state_hash,
+                alias=login.alias,
+                nonce=login.nonce,
+                code_verifier=login.code_verifier,
+                request=login.request,
+                binding=login.binding,
+                create_time=now,
+                expire_time=expire_time,
+            )
+        )
+
+    def take_federated_login(self, state_hash: str, now: dt.datetime) -> FederatedLogin | None:
+        row = FederatedLoginRow
+        taken = self._session.execute(
+            delete(row)
+            .where(row.state_hash == state_hash, row.expire_time > now)
+            .returning(row.alias, row.nonce, row.code_verifier, row.request, row.binding)
+        ).first()
+        return None if taken is None else FederatedLogin(*taken)
+
+    def linked_identity(self, issuer: str, subject: str) -> Identity | None:
+        user_id = self._session.scalar(
+            select(ExternalIdentityRow.identity_id).where(
+                ExternalIdentityRow.issuer == issuer, ExternalIdentityRow.subject == subject
+            )
+        )
+        return None if user_id is None else self.identity(user_id)
+
+    def link_identity(self, issuer: str, subject: str, user_id: str, now: dt.datetime) -> bool:
+        values = {"issuer": issuer, "subject": subject, "identity_id": user_id, "create_time": now}
+        return insert_if_absent(self._session, ExternalIdentityRow, values)
 
     # -- throttling -----------------------------------------------------------------------
 

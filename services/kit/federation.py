@@ -33,7 +33,14 @@ from services.kit.authn import KeySet, KeySource, Principal
 from services.kit.config import AuthSettings, ExternalIssuer
 from services.kit.domain_errors import Unauthenticated
 
-__all__ = ["MAX_DOCUMENT_BYTES", "Trusted", "discovered_keys", "external_user_id", "trusted_issuers"]
+__all__ = [
+    "MAX_DOCUMENT_BYTES",
+    "Trusted",
+    "discovered_keys",
+    "discovery",
+    "external_user_id",
+    "trusted_issuers",
+]
 
 _NAMESPACE = uuid.UUID("5d0f3c52-7a43-4c6e-9d55-3e0c8a6f2b11")
 MAX_DOCUMENT_BYTES = 512 * 1024
@@ -63,13 +70,20 @@ def _get_json(url: str, external: ExternalIssuer, timeout: float) -> Any:
     return json.loads(body)
 
 
+def discovery(external: ExternalIssuer, *, timeout: float = 5.0) -> dict[str, Any]:
+    """`external`'s OpenID discovery document, fetched now; ValueError or OSError (requests'
+    errors) when it cannot be had or names another issuer."""
+    document = _get_json(f"{external.issuer}/.well-known/openid-configuration", external, timeout)
+    if not isinstance(document, dict) or document.get("issuer") != external.issuer:
+        raise ValueError("the discovery document names another issuer")
+    return document
+
+
 def discovered_keys(external: ExternalIssuer, *, timeout: float = 5.0) -> KeySource:
     """A `authn.KeySource` fetching `external`'s JWK Set by OpenID discovery."""
 
     def fetch() -> Mapping[str, Any]:
-        document = _get_json(f"{external.issuer}/.well-known/openid-configuration", external, timeout)
-        if not isinstance(document, dict) or document.get("issuer") != external.issuer:
-            raise ValueError("the discovery document names another issuer")
+        document = discovery(external, timeout=timeout)
         keys = _get_json(str(document.get("jwks_uri", "")), external, timeout)
         if not isinstance(keys, dict) or not isinstance(keys.get("keys"), list):
             raise ValueError("the key set is not a JWK Set")

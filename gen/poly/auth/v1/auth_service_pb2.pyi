@@ -814,6 +814,46 @@ class AuthorizeRequest(_message.Message):
 Global___AuthorizeRequest: _TypeAlias = AuthorizeRequest  # noqa: Y015
 
 @_typing.final
+class CompleteFederatedSignInRequest(_message.Message):
+    """Request for CompleteFederatedSignIn: the provider's authorization
+    response (RFC 6749 4.1.2 and 4.1.2.1, RFC 9207).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ISS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ERROR_DESCRIPTION_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """Optional. The provider's code, on success."""
+    state: _builtins.str
+    """Required. The state this server sent with the person."""
+    iss: _builtins.str
+    """Optional. The provider's issuer, checked against where the person was sent."""
+    error: _builtins.str
+    """Optional. The provider's error, when the person did not sign in there."""
+    error_description: _builtins.str
+    """Optional. The provider's words on the error (not shown: it is theirs)."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        state: _builtins.str = ...,
+        iss: _builtins.str = ...,
+        error: _builtins.str = ...,
+        error_description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "error", b"error", "error_description", b"error_description", "iss", b"iss", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteFederatedSignInRequest: _TypeAlias = CompleteFederatedSignInRequest  # noqa: Y015
+
+@_typing.final
 class ExchangeTokenRequest(_message.Message):
     """Request for ExchangeToken."""
 

@@ -126,6 +126,11 @@ class AuthServiceStub:
                 request_serializer=poly_dot_auth_dot_v1_dot_auth__service__pb2.ExchangeTokenRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
+        self.CompleteFederatedSignIn = channel.unary_unary(
+                '/poly.auth.v1.AuthService/CompleteFederatedSignIn',
+                request_serializer=poly_dot_auth_dot_v1_dot_auth__service__pb2.CompleteFederatedSignInRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.GetUserInfo = channel.unary_unary(
                 '/poly.auth.v1.AuthService/GetUserInfo',
                 request_serializer=poly_dot_auth_dot_v1_dot_auth__service__pb2.GetUserInfoRequest.SerializeToString,
@@ -291,6 +296,16 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompleteFederatedSignIn(self, request, context):
+        """Where an outside OpenID provider sends a person back after signing in
+        there from the sign-in page (POLY_FEDERATION_*): their first sign-in
+        links or makes their account here, and the app's authorization request
+        goes on, answered to the app as Authorize answers it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetUserInfo(self, request, context):
         """Returns the claims about the signed-in person that their access token
         grants (OpenID Connect Core 5.3): `sub`, and `email` with the `email`
@@ -394,6 +409,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
             'ExchangeToken': grpc.unary_unary_rpc_method_handler(
                     servicer.ExchangeToken,
                     request_deserializer=poly_dot_auth_dot_v1_dot_auth__service__pb2.ExchangeTokenRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'CompleteFederatedSignIn': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteFederatedSignIn,
+                    request_deserializer=poly_dot_auth_dot_v1_dot_auth__service__pb2.CompleteFederatedSignInRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'GetUserInfo': grpc.unary_unary_rpc_method_handler(
@@ -869,6 +889,33 @@ class AuthService:
             target,
             '/poly.auth.v1.AuthService/ExchangeToken',
             poly_dot_auth_dot_v1_dot_auth__service__pb2.ExchangeTokenRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteFederatedSignIn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/poly.auth.v1.AuthService/CompleteFederatedSignIn',
+            poly_dot_auth_dot_v1_dot_auth__service__pb2.CompleteFederatedSignInRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,

@@ -114,6 +114,12 @@ class AuthServiceStub:
     RFC 6749 section 4.1.3 and 5 describe (form in, JSON out, errors as
     `{"error": ...}` with 400 or 401), so any OAuth client library works.
     """
+    CompleteFederatedSignIn: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.CompleteFederatedSignInRequest, _httpbody_pb2.HttpBody]
+    """Where an outside OpenID provider sends a person back after signing in
+    there from the sign-in page (POLY_FEDERATION_*): their first sign-in
+    links or makes their account here, and the app's authorization request
+    goes on, answered to the app as Authorize answers it.
+    """
     GetUserInfo: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.GetUserInfoRequest, _auth_service_pb2.UserInfo]
     """Returns the claims about the signed-in person that their access token
     grants (OpenID Connect Core 5.3): `sub`, and `email` with the `email`
@@ -206,6 +212,12 @@ class AuthServiceAsyncStub(AuthServiceStub):
     (client credentials, as IssueClientToken). Takes and answers exactly what
     RFC 6749 section 4.1.3 and 5 describe (form in, JSON out, errors as
     `{"error": ...}` with 400 or 401), so any OAuth client library works.
+    """
+    CompleteFederatedSignIn: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.CompleteFederatedSignInRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Where an outside OpenID provider sends a person back after signing in
+    there from the sign-in page (POLY_FEDERATION_*): their first sign-in
+    links or makes their account here, and the app's authorization request
+    goes on, answered to the app as Authorize answers it.
     """
     GetUserInfo: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.GetUserInfoRequest, _auth_service_pb2.UserInfo]  # type: ignore[assignment]
     """Returns the claims about the signed-in person that their access token
@@ -398,6 +410,18 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         (client credentials, as IssueClientToken). Takes and answers exactly what
         RFC 6749 section 4.1.3 and 5 describe (form in, JSON out, errors as
         `{"error": ...}` with 400 or 401), so any OAuth client library works.
+        """
+
+    @_abc_1.abstractmethod
+    def CompleteFederatedSignIn(
+        self,
+        request: _auth_service_pb2.CompleteFederatedSignInRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """Where an outside OpenID provider sends a person back after signing in
+        there from the sign-in page (POLY_FEDERATION_*): their first sign-in
+        links or makes their account here, and the app's authorization request
+        goes on, answered to the app as Authorize answers it.
         """
 
     @_abc_1.abstractmethod
