@@ -65,7 +65,7 @@ from gateway.observe import BackendCall, Exchange, Handler, Observer
 from gateway.plans import Compiled, Plan, Routing, backend_method, compile_routing
 from gateway.routes import MethodNotAllowed, Route, RouteNotFound
 from gateway.tickets import StreamTickets
-from gateway.tokens import CannotVerify, TokenVerifier, bearer_token
+from gateway.tokens import CannotVerify, OutsideToken, TokenVerifier, bearer_token
 from gateway.wire import HTTP_11, Request, Response, Stream
 
 __all__ = ["Edge"]
@@ -246,6 +246,13 @@ class Edge:
             return  # a store given without a verifier (tests), or the rate limit's look-up vouched
         try:
             principal = self._vouch_for(token)
+        except OutsideToken:
+            raise answers.refusal(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "stream tickets are issued for this deployment's own tokens: open the stream with "
+                "the Authorization header instead",
+                "STREAM_TICKET_OUTSIDE_TOKEN",
+            ) from None
         except CannotVerify:
             raise answers.refusal(
                 grpc.StatusCode.UNAVAILABLE,

@@ -1,6 +1,7 @@
 """The auth service, declared: ``python -m services.auth`` serves it (`kit.app.run`)."""
 
 import logging
+import threading
 from pathlib import Path
 
 from poly.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
@@ -53,6 +54,8 @@ def wire(context: app.Context[IdentitySettings]) -> app.Parts:
         for external in settings.auth.external
         if external.client_id
     }
+    for upstream in upstreams.values():  # the sign-in page's CSP names their sign-in pages once known
+        threading.Thread(target=upstream.warm, name=f"discover-{upstream.alias}", daemon=True).start()
     federated = FederatedSignIn(transactions, upstreams) if upstreams else None
     servicer = AuthServicer(
         accounts=Accounts(transactions, hasher, throttle, passwords.password_problem),

@@ -66,6 +66,13 @@ def _identity_not_found(user_id: str) -> NotFound:
     return NotFound("IDENTITY_NOT_FOUND", "users/{user} does not exist", user=user_id)
 
 
+def email_problem(email: str) -> str | None:
+    """Why `email` (normalised) cannot be an account's address, or None."""
+    if not _EMAIL.fullmatch(email) or len(email) > 254 or email.index("@") > 64:
+        return _EMAIL_RULE
+    return None
+
+
 @dataclass
 class Accounts:
     transactions: Transactions
@@ -89,7 +96,7 @@ class Accounts:
         (Register says so anyway); the unique email column still decides a race."""
         email = normalise_email(email)
         violations = []
-        if not _EMAIL.fullmatch(email) or len(email) > 254 or email.index("@") > 64:
+        if email_problem(email):
             violations.append(FieldViolation("email", _EMAIL_RULE))
         problem = self.password_problem(password)
         if problem:

@@ -78,7 +78,8 @@ class Authorize:
             action="/oauth2/authorize?" + request.query(),
             token="",
             redirect_uri=redirect_uri,
-            providers=self._providers(),
+            providers=tuple(self.federated.upstreams) if self.federated else (),
+            provider_urls=self._provider_urls(),
         )
         if form is None:
             return self._page(page, browser)
@@ -111,9 +112,9 @@ class Authorize:
             return self._page(dataclasses.replace(page, email=email, problem=problem, status=status), browser)
         return self._answer(self.oauth.approve(request, identity, posted=True))
 
-    def _providers(self) -> tuple[tuple[str, str], ...]:
+    def _provider_urls(self) -> tuple[str, ...]:
         upstreams = self.federated.upstreams.values() if self.federated else ()
-        return tuple((upstream.alias, upstream.issuer) for upstream in upstreams)
+        return tuple(url for upstream in upstreams for url in upstream.form_targets())
 
     def _elsewhere(self, alias: str, request: AuthorizationRequest, browser: Browser) -> Reply:
         """The redirect to provider `alias` of a person who chose to sign in there."""

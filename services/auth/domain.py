@@ -65,6 +65,8 @@ class Identity:
     state: str
     create_time: dt.datetime
     update_time: dt.datetime
+    email_verified: bool = False
+    """An outside provider confirmed the address (sign-up here does not verify addresses)."""
 
     @property
     def name(self) -> str:
@@ -256,6 +258,10 @@ class Repository(Protocol):
 
     def link_identity(self, issuer: str, subject: str, user_id: str, now: dt.datetime) -> bool:
         """Sign `subject` of `issuer` in as `user_id` from now on; False when already linked."""
+
+    def hand_over(self, user_id: str, now: dt.datetime) -> None:
+        """Give the identity to the person who just proved its address: its email marked
+        verified, and nothing else left that signs in as it (password, other links, sessions)."""
 
     # -- attempts (`throttle`) -----------------------------------------------------------------
 

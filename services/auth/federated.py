@@ -9,14 +9,19 @@ the app's own authorization request then goes on as if they had signed in with a
   sends one, must be the one it was sent to (RFC 9207: no mix-up between providers).
 - The person is found by their link (provider and subject). The first time, an account here
   with the same email is linked only when the provider says it verified the address;
-  without that an existing account is never taken over. Otherwise a new account is made,
-  with no password, the id `kit.federation.external_user_id` gives (the id the services give
-  the provider's access tokens), and ``UserRegistered`` is published as for any account.
+  without that an existing account is never taken over. Sign-up here does not verify
+  addresses, so an account whose address no provider had confirmed is handed over to the
+  person who now does (its password, other links and sessions end): whoever registered the
+  address first, maybe to lie in wait for its owner (pre-hijacking), keeps no way in.
+  Otherwise a new account is made, with no password, the id `kit.federation.external_user_id`
+  gives (the id the services give the provider's access tokens), its address marked verified
+  only if the provider says so, and ``UserRegistered`` is published as for any account.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -25,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from services.auth.accounts import email_problem
 from services.auth.domain import (
     ACTIVE,
     DISPLAY_NAME_MAX,
@@ -70,6 +76,13 @@ class Upstream(Protocol):
     def alias(self) -> str: ...
     @property
     def issuer(self) -> str: ...
+    @property
+    def names_itself(self) -> bool:
+        """Whether each of its answers carries ``iss`` (RFC 9207)."""
+
+    def form_targets(self) -> tuple[str, ...]:
+        """The URLs a browser is sent to to sign in there."""
+
     def authorization_url(self, *, state: str, nonce: str, challenge: str) -> str: ...
     def claims(self, code: str, verifier: str, nonce: str) -> IdClaims:
         """Who the provider says signed in; UpstreamError if that cannot be had or trusted."""
@@ -117,7 +130,11 @@ class FederatedSignIn:
         if not hmac.compare_digest(login.binding, _digest(binding)):
             raise FederationRefused("This sign-in was started in another browser. Start again from the app.")
         upstream = self.upstreams.get(login.alias)
-        if upstream is None or (issuer and issuer != upstream.issuer):
+        if (
+            upstream is None
+            or (issuer and issuer != upstream.issuer)
+            or (not issuer and upstream.names_itself)
+        ):
             raise FederationRefused("This answer did not come from the provider the sign-in was sent to.")
         if error:
             return login.request, None
@@ -139,21 +156,37 @@ class FederatedSignIn:
 
     def _first(self, repo: Repository, issuer: str, claims: IdClaims, now: dt.datetime) -> Identity:
         """The identity of a person's first sign-in through `issuer`: linked, or new."""
+        # The rule sign-up applies, to the address as given: lower-casing can make ASCII of
+        # what was not (the Kelvin sign becomes "k").
         email = normalise_email(claims.email)
-        if not email or len(email) > 254 or not email.isprintable() or "@" not in email:
-            raise FederationRefused(
-                "The provider did not share your email address, which an account here needs."
-            )
+        if not claims.email.isascii() or email_problem(email):
+            raise FederationRefused("The provider did not share an email address an account here can have.")
         found = repo.credentials(email)
         if found is not None:
+            identity = found[0]
             if not claims.email_verified:
                 raise FederationRefused(
                     "An account with this email address exists here, and the provider did not "
                     "confirm the address is yours. Sign in with that account's password."
                 )
-            repo.link_identity(issuer, claims.subject, found[0].id, now)
-            return found[0]
-        identity = Identity(external_user_id(issuer, claims.subject), email, (), ACTIVE, now, now)
+            if identity.state != ACTIVE:
+                raise FederationRefused("This account is disabled.")
+            if not identity.email_verified:
+                # Nobody had proved the address here (sign-up does not verify it): the account
+                # is the prover's alone now, so no one who made it first keeps a way in.
+                repo.hand_over(identity.id, now)
+                identity = dataclasses.replace(identity, email_verified=True)
+            repo.link_identity(issuer, claims.subject, identity.id, now)
+            return identity
+        identity = Identity(
+            external_user_id(issuer, claims.subject),
+            email,
+            (),
+            ACTIVE,
+            now,
+            now,
+            email_verified=claims.email_verified,
+        )
         if not repo.add_identity(identity, ""):  # no password: it signs in through the provider
             raise FederationRefused("This account is being created by another sign-in. Try again.")
         repo.link_identity(issuer, claims.subject, identity.id, now)

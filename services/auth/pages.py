@@ -54,8 +54,10 @@ class SignInPage:
     email: str = ""
     problem: str = ""
     status: int = 200
-    providers: tuple[tuple[str, str], ...] = ()
-    """Outside providers to sign in through instead: ``(alias, issuer)``."""
+    providers: tuple[str, ...] = ()
+    """Outside providers to sign in through instead, by alias."""
+    provider_urls: tuple[str, ...] = ()
+    """Where their sign-in pages are (the form's post is redirected there)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +112,8 @@ maxlength="256"{described}>
 </html>
 """
     # The posts go here, and their redirects to the app or to a provider the person chose.
-    targets = " ".join(
-        [_form_targets(page.redirect_uri), *(_form_targets(issuer) for _, issuer in page.providers)]
-    )
+    urls = (page.redirect_uri, *page.provider_urls)
+    targets = " ".join(dict.fromkeys(_form_targets(url) for url in urls))
     headers = _page_headers(targets)
     if set_cookie:
         headers += (("set-cookie", set_cookie),)
@@ -125,7 +126,7 @@ def _elsewhere(page: SignInPage) -> str:
         return ""
     buttons = "".join(
         f'<button type="submit" name="provider" value="{html.escape(alias)}">{html.escape(alias)}</button>'
-        for alias, _ in page.providers
+        for alias in page.providers
     )
     return f"""<form method="post" action="{html.escape(page.action)}" aria-labelledby="elsewhere">
 <input type="hidden" name="csrf_token" value="{html.escape(page.token)}">

@@ -14,6 +14,7 @@ requests it sends there and the ID tokens it accepts back (OpenID Connect Core 3
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import time
 import urllib.parse
@@ -21,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
-import requests
 
 from services.auth.federated import IdClaims, UpstreamError
 from services.kit import federation
@@ -53,6 +53,25 @@ class Upstream:
     @property
     def alias(self) -> str:
         return self.external.alias
+
+    @property
+    def names_itself(self) -> bool:
+        """Whether the provider says it puts ``iss`` in every answer (RFC 9207): one without
+        it is then no answer of its own. Known once its discovery document is."""
+        return bool(
+            self._document and self._document[1].get("authorization_response_iss_parameter_supported")
+        )
+
+    def form_targets(self) -> tuple[str, ...]:
+        """Where a browser is sent to sign in there: its issuer, and its authorization
+        endpoint once discovered (the sign-in page's CSP must let its form go there)."""
+        endpoint = self._document[1].get("authorization_endpoint") if self._document else None
+        return (self.issuer, *([endpoint] if isinstance(endpoint, str) else []))
+
+    def warm(self) -> None:
+        """Fetch the discovery document now if it can be (a start-up's background step)."""
+        with contextlib.suppress(UpstreamError):
+            self._endpoint("authorization_endpoint")
 
     @property
     def issuer(self) -> str:
@@ -98,7 +117,7 @@ class Upstream:
         if azp != self.external.client_id or not hmac.compare_digest(str(claims.get("nonce", "")), nonce):
             raise UpstreamError("the provider's ID token was not issued for this sign-in")
         subject, email, name = claims["sub"], claims.get("email", ""), claims.get("name", "")
-        if not isinstance(subject, str) or not 0 < len(subject) <= 255:
+        if not isinstance(subject, str) or not 0 < len(subject) <= 255 or not subject.isprintable():
             raise UpstreamError("the provider's ID token names no person")
         return IdClaims(
             subject=subject,
@@ -131,20 +150,13 @@ class Upstream:
             auth = (quote(self.external.client_id), quote(secret))
         else:
             form["client_id"] = self.external.client_id  # a public client of the provider
+        endpoint = self._endpoint("token_endpoint")
         try:
-            answer = requests.post(
-                self._endpoint("token_endpoint"),
-                data=form,
-                auth=auth,
-                timeout=(self.timeout, self.timeout),
-                verify=str(self.external.ca_file) if self.external.ca_file else True,
-                allow_redirects=False,
-            )
-            found = answer.json() if answer.status_code == 200 else None
+            status, found = federation.fetch_json(endpoint, self.external, self.timeout, form=form, auth=auth)
         except (OSError, ValueError) as error:
             raise UpstreamError(f"the provider cannot be reached ({type(error).__name__})") from None
-        if not isinstance(found, dict) or not isinstance(found.get("id_token"), str):
-            raise UpstreamError(f"the provider refused the sign-in (HTTP {answer.status_code})")
+        if status != 200 or not isinstance(found, dict) or not isinstance(found.get("id_token"), str):
+            raise UpstreamError(f"the provider refused the sign-in (HTTP {status})")
         return str(found["id_token"])
 
     def _endpoint(self, name: str) -> str:

@@ -89,6 +89,7 @@ class IdentityRow(Base):
     state: Mapped[str] = mapped_column(String(16))
     create_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
     update_time: Mapped[dt.datetime] = mapped_column(UtcDateTime())
+    email_verified: Mapped[bool] = mapped_column(server_default=false())
 
 
 class RoleRow(Base):
@@ -209,7 +210,15 @@ class SigningKeyRow(Base):
 
 
 def _identity(row: IdentityRow, roles: Sequence[str]) -> Identity:
-    return Identity(row.id, row.email, tuple(sorted(roles)), row.state, row.create_time, row.update_time)
+    return Identity(
+        row.id,
+        row.email,
+        tuple(sorted(roles)),
+        row.state,
+        row.create_time,
+        row.update_time,
+        email_verified=row.email_verified,
+    )
 
 
 def _client(row: ClientRow) -> Client:
@@ -242,6 +251,7 @@ class SqlRepository:
             "state": identity.state,
             "create_time": identity.create_time,
             "update_time": identity.update_time,
+            "email_verified": identity.email_verified,
         }
         if not insert_if_absent(self._session, IdentityRow, values):
             return False  # the email is taken (the unique constraint decides, races included)
@@ -405,10 +415,7 @@ class SqlRepository:
         self, code_hash: str, grant: Grant, expire_time: dt.datetime, now: dt.datetime
     ) -> None:
         # Codes live seconds; one a day past its expiry has no reuse left to recognise.
-        self._session.execute(
-            delete(AuthorizationCodeRow).where(AuthorizationCodeRow.expire_time < now - dt.timedelta(days=1))
-        )
-        self._session.add(
+        self._add_expiring(
             AuthorizationCodeRow(
                 code_hash=code_hash,
                 client_id=grant.client_id,
@@ -420,7 +427,8 @@ class SqlRepository:
                 auth_time=grant.auth_time,
                 create_time=now,
                 expire_time=expire_time,
-            )
+            ),
+            now,
         )
 
     def claim_authorization_code(self, code_hash: str, now: dt.datetime) -> CodeClaim:
@@ -474,10 +482,7 @@ class SqlRepository:
     def add_federated_login(
         self, state_hash: str, login: FederatedLogin, expire_time: dt.datetime, now: dt.datetime
     ) -> None:
-        self._session.execute(
-            delete(FederatedLoginRow).where(FederatedLoginRow.expire_time < now - dt.timedelta(days=1))
-        )
-        self._session.add(
+        self._add_expiring(
             FederatedLoginRow(
                 state_hash=state_hash,
                 alias=login.alias,
@@ -487,8 +492,15 @@ class SqlRepository:
                 binding=login.binding,
                 create_time=now,
                 expire_time=expire_time,
-            )
+            ),
+            now,
         )
+
+    def _add_expiring(self, row: AuthorizationCodeRow | FederatedLoginRow, now: dt.datetime) -> None:
+        """Add `row`, forgetting the rows of its table a day past their expiry (each lives minutes)."""
+        table = type(row)
+        self._session.execute(delete(table).where(table.expire_time < now - dt.timedelta(days=1)))
+        self._session.add(row)
 
     def take_federated_login(self, state_hash: str, now: dt.datetime) -> FederatedLogin | None:
         row = FederatedLoginRow
@@ -510,6 +522,15 @@ class SqlRepository:
     def link_identity(self, issuer: str, subject: str, user_id: str, now: dt.datetime) -> bool:
         values = {"issuer": issuer, "subject": subject, "identity_id": user_id, "create_time": now}
         return insert_if_absent(self._session, ExternalIdentityRow, values)
+
+    def hand_over(self, user_id: str, now: dt.datetime) -> None:
+        self._session.execute(
+            update(IdentityRow)
+            .where(IdentityRow.id == user_id)
+            .values(password_hash="", email_verified=True, update_time=now)
+        )
+        self._session.execute(delete(ExternalIdentityRow).where(ExternalIdentityRow.identity_id == user_id))
+        self.revoke_families_of(user_id, now)
 
     # -- throttling -----------------------------------------------------------------------
 

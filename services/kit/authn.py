@@ -173,16 +173,36 @@ class KeySet:
 
 
 def _parse_jwks(document: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
+    """The usable signing keys of a JWK Set by ``kid``; anything else in it is skipped."""
     keys: dict[str, tuple[str, Any]] = {}
-    for entry in document.get("keys", []):
-        algorithm, kid = entry.get("alg"), entry.get("kid")
-        if algorithm not in ALGORITHMS or not kid or entry.get("use", "sig") != "sig":
+    entries = document.get("keys") if isinstance(document, Mapping) else None
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        kid = entry.get("kid")
+        algorithm = entry.get("alg") or _implied_algorithm(entry)
+        if (
+            algorithm not in ALGORITHMS
+            or not isinstance(kid, str)
+            or not kid
+            or entry.get("use", "sig") != "sig"
+        ):
             continue  # a key we would never accept a token for
         try:
             keys[kid] = (algorithm, jwt.PyJWK(dict(entry), algorithm=algorithm).key)
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, TypeError, ValueError):
             _log.warning("ignoring an unusable key in the key set", extra={"kid": kid})
     return keys
+
+
+def _implied_algorithm(entry: Mapping[str, Any]) -> str | None:
+    """The algorithm of a key published without ``alg`` (optional in RFC 7517; Entra ID leaves
+    it out): RS256 for an RSA key, EdDSA for an Ed25519 one."""
+    if entry.get("kty") == "RSA":
+        return "RS256"
+    if entry.get("kty") == "OKP" and entry.get("crv") == "Ed25519":
+        return "EdDSA"
+    return None
 
 
 class TrustedIssuer(Protocol):
@@ -335,7 +355,7 @@ def _claimed_issuer(token: str) -> Any:
         return None
     try:
         payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         return None
     return payload.get("iss") if isinstance(payload, dict) else None
 

@@ -287,9 +287,15 @@ def _external_issuers(env: Reader) -> tuple[ExternalIssuer, ...]:
                 f"POLY_FEDERATION_ISSUERS: {alias!r} must be a unique lower-case [a-z0-9] name"
             )
             continue
-        issuer = env.optional(f"{prefix}_ISSUER").rstrip("/")
+        issuer = env.optional(f"{prefix}_ISSUER")  # exactly: some (Auth0) end theirs with a slash
         parts = urlsplit(issuer)
-        if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+        if (
+            parts.scheme != "https"
+            or not parts.hostname
+            or parts.query
+            or parts.fragment
+            or len(issuer) > 255
+        ):
             env.problems.append(f"{prefix}_ISSUER: expected the provider's https issuer URL, got {issuer!r}")
         roles: list[tuple[str, str]] = []
         for pair in env.optional(f"{prefix}_ROLES").split(","):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -39,6 +40,7 @@ __all__ = [
     "discovered_keys",
     "discovery",
     "external_user_id",
+    "fetch_json",
     "trusted_issuers",
 ]
 
@@ -52,28 +54,74 @@ def external_user_id(issuer: str, subject: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{issuer}#{subject}"))
 
 
-def _get_json(url: str, external: ExternalIssuer, timeout: float) -> Any:
-    """The JSON document at https `url`, within `timeout` seconds in all and `MAX_DOCUMENT_BYTES`."""
+def fetch_json(
+    url: str,
+    external: ExternalIssuer,
+    timeout: float,
+    *,
+    form: Mapping[str, str] | None = None,
+    auth: tuple[str, str] | None = None,
+) -> tuple[int, Any]:
+    """GET (or, with `form`, POST) https `url` of `external`: its status and JSON body, within
+    `timeout` seconds in all and `MAX_DOCUMENT_BYTES`; OSError (TimeoutError, requests'
+    errors) or ValueError otherwise. The exchange runs in a thread of its own, so a provider
+    that drips its answer holds only that thread, never the caller, beyond `timeout`."""
     if not url.startswith("https://"):
         raise ValueError(f"{url!r} is not https")
+    outcome: list[tuple[int, Any] | BaseException] = []
     deadline = time.monotonic() + timeout
-    verify: str | bool = str(external.ca_file) if external.ca_file else True
-    with requests.get(
-        url, timeout=(timeout, timeout), verify=verify, allow_redirects=False, stream=True
-    ) as answer:
-        answer.raise_for_status()
-        body = b""
-        for chunk in answer.iter_content(16384):
-            body += chunk
-            if len(body) > MAX_DOCUMENT_BYTES or time.monotonic() > deadline:
-                raise ValueError(f"{url}: too large or too slow")
-    return json.loads(body)
+
+    def exchange() -> None:
+        try:
+            answer = requests.request(
+                "POST" if form is not None else "GET",
+                url,
+                data=form,
+                auth=auth,
+                timeout=(timeout, timeout),
+                verify=str(external.ca_file) if external.ca_file else True,
+                allow_redirects=False,
+                stream=True,
+            )
+            body = b""
+            with answer:
+                # read1: each read returns what has come, so a drip cannot outlast the deadline
+                while chunk := answer.raw.read1(65536):
+                    body += chunk
+                    if len(body) > MAX_DOCUMENT_BYTES or time.monotonic() > deadline:
+                        raise ValueError(f"{url}: larger than {MAX_DOCUMENT_BYTES} bytes, or too slow")
+            outcome.append((answer.status_code, json.loads(body)))
+        except RecursionError:
+            outcome.append(ValueError(f"{url}: JSON nested too deep"))
+        except (OSError, ValueError) as error:  # requests' errors are OSErrors
+            outcome.append(error)
+        except Exception as error:  # noqa: BLE001 - urllib3's own (a body cut short), as a failed connection
+            outcome.append(ConnectionError(f"{url}: {type(error).__name__}"))
+
+    worker = threading.Thread(target=exchange, name="federation-fetch", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():  # it ends by itself: its reads are bounded, and its loop by the deadline
+        raise TimeoutError(f"{url}: no whole answer within {timeout} s")
+    found = outcome[0] if outcome else ValueError(f"{url}: no answer")
+    if isinstance(found, BaseException):
+        raise found
+    return found
+
+
+def _get_json(url: str, external: ExternalIssuer, timeout: float) -> Any:
+    status, document = fetch_json(url, external, timeout)
+    if status != 200:
+        raise ValueError(f"{url}: HTTP {status}")
+    return document
 
 
 def discovery(external: ExternalIssuer, *, timeout: float = 5.0) -> dict[str, Any]:
     """`external`'s OpenID discovery document, fetched now; ValueError or OSError (requests'
     errors) when it cannot be had or names another issuer."""
-    document = _get_json(f"{external.issuer}/.well-known/openid-configuration", external, timeout)
+    # The issuer as configured, even with its trailing slash (Auth0's has one): `iss` must match
+    # it exactly, and the document's path follows it without a doubled slash.
+    document = _get_json(f"{external.issuer.rstrip('/')}/.well-known/openid-configuration", external, timeout)
     if not isinstance(document, dict) or document.get("issuer") != external.issuer:
         raise ValueError("the discovery document names another issuer")
     return document

@@ -7,16 +7,13 @@ the claims each test gives the person."""
 from __future__ import annotations
 
 import base64
-import hashlib
+import contextlib
 import json
 import secrets
-import ssl
-import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +23,12 @@ from cryptography.hazmat.primitives.asymmetric.rsa import generate_private_key
 
 from services.auth import relying
 from services.auth.federated import LOGIN_SECONDS, FederatedSignIn, FederationRefused
-from services.kit import tls
 from services.kit.config import ExternalIssuer
+from services.kit.domain_errors import Unauthenticated
 from services.kit.federation import external_user_id
-from tests.auth.local import LocalAuth
+from tests.auth.local import PASSWORD, LocalAuth
+from tests.support.https_json import https_json
+from tests.support.pkce import s256
 
 CLIENT_ID, CLIENT_SECRET = "poly-rp", "rp-secret-" + "x" * 24
 CALLBACK = "https://poly.example.com/oauth2/federation/callback"
@@ -47,6 +46,8 @@ class Provider:
     """code -> the authorization request's parameters and the ID token's claims."""
     token_endpoint: str = ""
     exchanges: int = 0
+    names_itself: bool = False
+    """Says in discovery that every answer carries iss (RFC 9207)."""
 
     @property
     def issuer(self) -> str:
@@ -68,11 +69,10 @@ class Provider:
             return 401, {"error": "invalid_client"}
         issued = self.codes.pop(form.get("code", ""), None)
         verifier = form.get("code_verifier", "")
-        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
         if (
             issued is None
             or form.get("redirect_uri") != CALLBACK
-            or challenge != issued["asked"]["code_challenge"]
+            or s256(verifier) != issued["asked"]["code_challenge"]
         ):
             return 400, {"error": "invalid_grant"}
         now = int(time.time())
@@ -87,6 +87,7 @@ class Provider:
                 "authorization_endpoint": f"{self.issuer}/authorize",
                 "token_endpoint": self.token_endpoint or f"{self.issuer}/token",
                 "jwks_uri": f"{self.issuer}/jwks",
+                "authorization_response_iss_parameter_supported": self.names_itself,
             }
         if path == "/jwks":
             public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
@@ -94,48 +95,31 @@ class Provider:
         return None
 
 
+@contextlib.contextmanager
+def _serving(directory: Path) -> Iterator[Provider]:
+    found = Provider(directory / "ca.crt")
+
+    def get(path: str) -> tuple[int, Any]:
+        answer = found.answer(path)
+        return (200 if answer is not None else 404), answer
+
+    def post(path: str, form: dict[str, str], authorization: str) -> tuple[int, Any]:
+        return found.token(form, authorization)
+
+    with https_json(directory, get, post) as (port, _):
+        found.port = port
+        yield found
+
+
 @pytest.fixture
 def provider(tmp_path: Path) -> Iterator[Provider]:
-    tls.ensure_certificates(tmp_path, ["gateway"])
-    found = Provider(tmp_path / "ca.crt")
-
-    class _Handler(BaseHTTPRequestHandler):
-        def _send(self, status: int, answer: Any) -> None:
-            body = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:
-            answer = found.answer(self.path)
-            self._send(200 if answer is not None else 404, answer)
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length", "0"))
-            form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
-            self._send(*found.token(form, self.headers.get("Authorization", "")))
-
-        def log_message(self, *args: Any) -> None:
-            """Quiet."""
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "gateway.crt", tmp_path / "gateway.key")
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    found.port = server.server_address[1]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with _serving(tmp_path) as found:
         yield found
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
-def _federated(local: LocalAuth, provider: Provider, **changes: Any) -> FederatedSignIn:
+def _federated(local: LocalAuth, provider: Provider, alias: str = "idp", **changes: Any) -> FederatedSignIn:
     fields: dict[str, Any] = {
-        "alias": "idp",
+        "alias": alias,
         "issuer": provider.issuer,
         "ca_file": provider.ca_file,
         "client_id": CLIENT_ID,
@@ -143,11 +127,12 @@ def _federated(local: LocalAuth, provider: Provider, **changes: Any) -> Federate
     }
     external = ExternalIssuer(**{**fields, **changes})
     upstream = relying.Upstream(external, CALLBACK, timeout=2.0)
-    return FederatedSignIn(local.auth_store.transaction, {"idp": upstream}, local.clock)
+    return FederatedSignIn(local.auth_store.transaction, {alias: upstream}, local.clock)
 
 
 def _round_trip(federated: FederatedSignIn, provider: Provider, **claims: Any) -> Any:
-    location = federated.start("idp", "client_id=app&state=s", BINDING)
+    (alias,) = federated.upstreams
+    location = federated.start(alias, "client_id=app&state=s", BINDING)
     state = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query))["state"]
     code = provider.sign_in(location, **claims)
     return federated.complete(state=state, code=code, issuer=provider.issuer, error="", binding=BINDING)
@@ -175,6 +160,72 @@ def test_a_verified_email_links_the_account_here_and_an_unverified_one_never_doe
         _round_trip(federated, provider, email=existing.email, email_verified="true")  # a string is not true
     _, identity = _round_trip(federated, provider, email=existing.email, email_verified=True)
     assert identity.id == existing.id
+
+
+def test_an_account_made_here_to_lie_in_wait_is_handed_over_to_whoever_proves_the_address(
+    local: LocalAuth, provider: Provider
+) -> None:
+    lying_in_wait = local.register()  # someone registers the owner's address first (pre-hijacking)
+    tokens = local.login(lying_in_wait)
+    _, identity = _round_trip(
+        _federated(local, provider), provider, email=lying_in_wait.email, email_verified=True
+    )
+    assert identity.id == lying_in_wait.id and identity.email_verified
+    with pytest.raises(Unauthenticated):
+        local.login(lying_in_wait)  # the password is gone
+    with pytest.raises(Unauthenticated):
+        local.sessions.refresh(tokens.refresh_token)  # and so are the sessions
+
+
+def test_an_address_one_provider_did_not_verify_is_handed_over_to_one_that_does(
+    local: LocalAuth, provider: Provider, tmp_path: Path
+) -> None:
+    address = "owner@example.com"
+    careless = _federated(local, provider, alias="careless")
+    _, squatted = _round_trip(careless, provider, sub="squatter", email=address, email_verified=False)
+    assert not squatted.email_verified
+    with _serving(tmp_path / "careful") as careful_provider:
+        careful = _federated(local, careful_provider, alias="careful")
+        _, owner = _round_trip(careful, careful_provider, sub="owner", email=address, email_verified=True)
+    assert owner.id == squatted.id and owner.email_verified
+    # The squatter's link went with the hand-over: signing in again finds an owned address.
+    with pytest.raises(FederationRefused, match="exists here"):
+        _round_trip(careless, provider, sub="squatter", email=address, email_verified=False)
+
+
+@pytest.mark.parametrize(
+    "email", ["\u212aevin@example.com", "v\u0456ctim@example.com", "\uff56ictim@example.com", "no-at-sign"]
+)
+def test_an_address_sign_up_would_refuse_makes_no_account(
+    local: LocalAuth, provider: Provider, email: str
+) -> None:
+    kevin = local.accounts.register("kevin@example.com", PASSWORD, address=None)
+    with pytest.raises(FederationRefused, match="email address"):
+        _round_trip(_federated(local, provider), provider, email=email, email_verified=True)
+    assert local.login(kevin).access_token  # the Kelvin sign did not take Kevin's account
+
+
+def test_a_disabled_account_is_not_linked(local: LocalAuth, provider: Provider) -> None:
+    existing = local.register()
+    with local.auth_store.transaction() as repo:
+        repo.set_state(existing.id, "DISABLED", local.clock())
+    federated = _federated(local, provider)
+    with pytest.raises(FederationRefused, match="disabled"):
+        _round_trip(federated, provider, email=existing.email, email_verified=True)
+    with local.auth_store.transaction() as repo:
+        assert repo.linked_identity(provider.issuer, "p-1") is None
+
+
+def test_an_answer_without_iss_from_a_provider_that_always_sends_it_is_refused(
+    local: LocalAuth, provider: Provider
+) -> None:
+    provider.names_itself = True
+    federated = _federated(local, provider)
+    location = federated.start("idp", "q", BINDING)
+    state = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query))["state"]
+    code = provider.sign_in(location, email="p@example.com")
+    with pytest.raises(FederationRefused, match="did not come from"):
+        federated.complete(state=state, code=code, issuer="", error="", binding=BINDING)
 
 
 @pytest.mark.parametrize(

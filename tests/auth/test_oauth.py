@@ -5,11 +5,9 @@ code, and the app's exchange at the token endpoint, with each attack on it perfo
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import json
 import re
-import secrets
 import urllib.parse
 from typing import Any
 
@@ -25,6 +23,7 @@ from services.auth.signin import SignIn
 from services.kit.config import AuthSettings
 from services.kit.domain_errors import FailedPrecondition, Unauthenticated
 from tests.auth.local import ADDRESS, PASSWORD, LocalAuth
+from tests.support.pkce import pkce
 
 ISSUER = AuthSettings().issuer
 REDIRECT = "https://app.example.com/callback"
@@ -47,12 +46,6 @@ def _app(
         first_party=first_party,
     )
     return local.clients.create_client("", name, [], "", registration)
-
-
-def _pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-    return verifier, challenge
 
 
 def _request(client: Client, challenge: str, **changes: str) -> AuthorizationRequest:
@@ -137,7 +130,7 @@ def _code_exchange(
 
 def _flow(local: LocalAuth, client: Client, identity: Identity) -> tuple[str, str]:
     """A code for `identity` signed in to `client`, and its verifier."""
-    verifier, challenge = _pkce()
+    verifier, challenge = pkce()
     answer = _redirected(_sign_in(local, _request(client, challenge), identity))
     return answer["code"], verifier
 
@@ -148,7 +141,7 @@ def _flow(local: LocalAuth, client: Client, identity: Identity) -> tuple[str, st
 def test_a_person_signs_in_and_the_app_gets_tokens_the_services_accept(local: LocalAuth) -> None:
     client, _ = _app(local)
     identity = local.register()
-    verifier, challenge = _pkce()
+    verifier, challenge = pkce()
     request = _request(client, challenge)
 
     page, cookie, token = _visit(local, request)
@@ -191,7 +184,7 @@ def test_a_first_party_app_skips_the_consent_and_the_refresh_token_rotates_for_i
     client, _ = _app(local, first_party=True)
     other, _ = _app(local, name="Other App")
     identity = local.register()
-    verifier, challenge = _pkce()
+    verifier, challenge = pkce()
     page, _, _ = _visit(local, _request(client, challenge, scope="openid"))
     assert "will be able to" not in page.body.decode() and ">Sign in<" in page.body.decode()
     code = _redirected(_sign_in(local, _request(client, challenge, scope="openid"), identity))["code"]
@@ -220,32 +213,18 @@ def test_a_first_party_app_skips_the_consent_and_the_refresh_token_rotates_for_i
 def test_a_confidential_app_authenticates_at_the_token_endpoint(local: LocalAuth) -> None:
     client, secret = _app(local, client_type=CONFIDENTIAL)
     identity = local.register()
-    code, verifier = _flow(local, client, identity)
-    status, refused = _code_exchange(local, client, code, verifier)  # no secret
-    assert (status, refused["error"]) == (401, "invalid_client")
 
-    code, verifier = _flow(local, client, identity)
-    basic = "Basic " + base64.b64encode(f"{client.client_id}:wrong".encode()).decode()
-    status, refused = _exchange(
-        local,
-        basic,
-        grant_type="authorization_code",
-        code=code,
-        redirect_uri=REDIRECT,
-        code_verifier=verifier,
-    )
-    assert (status, refused["error"]) == (401, "invalid_client")
+    def exchanged(password: str | None) -> tuple[int, dict[str, Any]]:
+        code, verifier = _flow(local, client, identity)
+        if password is None:  # no secret at all
+            return _code_exchange(local, client, code, verifier)
+        basic = "Basic " + base64.b64encode(f"{client.client_id}:{password}".encode()).decode()
+        fields = {"code": code, "redirect_uri": REDIRECT, "code_verifier": verifier}
+        return _exchange(local, basic, grant_type="authorization_code", **fields)
 
-    code, verifier = _flow(local, client, identity)
-    basic = "Basic " + base64.b64encode(f"{client.client_id}:{secret}".encode()).decode()
-    status, tokens = _exchange(
-        local,
-        basic,
-        grant_type="authorization_code",
-        code=code,
-        redirect_uri=REDIRECT,
-        code_verifier=verifier,
-    )
+    assert exchanged(None)[0] == 401 and exchanged(None)[1]["error"] == "invalid_client"
+    assert exchanged("wrong")[1]["error"] == "invalid_client"
+    status, tokens = exchanged(secret)
     assert status == 200 and tokens["access_token"]
     code, verifier = _flow(local, client, identity)
     status, tokens = _code_exchange(local, client, code, verifier, client_secret=secret)
@@ -258,7 +237,7 @@ def test_a_confidential_app_authenticates_at_the_token_endpoint(local: LocalAuth
 def test_a_wrong_verifier_is_refused_and_uses_the_code_up(local: LocalAuth) -> None:
     client, _ = _app(local)
     code, verifier = _flow(local, client, local.register())
-    status, refused = _code_exchange(local, client, code, _pkce()[0])
+    status, refused = _code_exchange(local, client, code, pkce()[0])
     assert (status, refused["error"]) == (400, "invalid_grant")
     status, refused = _code_exchange(local, client, code, verifier)
     assert (status, refused["error"]) == (400, "invalid_grant")
@@ -360,7 +339,7 @@ def test_a_bad_request_from_a_known_app_goes_back_to_it_with_the_error(
     local: LocalAuth, changes: dict[str, str], error: str
 ) -> None:
     client, _ = _app(local)
-    reply = local.authorize(_request(client, _pkce()[1], **changes), Browser(address=ADDRESS), None)
+    reply = local.authorize(_request(client, pkce()[1], **changes), Browser(address=ADDRESS), None)
     answer = _redirected(reply)
     assert answer["error"] == error and answer["iss"] == ISSUER and "code" not in answer
     assert answer.get("state", "") == changes.get("state", "s-123 &=?")
@@ -387,7 +366,7 @@ def test_an_unregistered_redirect_uri_gets_an_error_page_and_no_redirect(
 ) -> None:
     client, _ = _app(local)
     reply = local.authorize(
-        _request(client, _pkce()[1], redirect_uri=redirect_uri), Browser(address=ADDRESS), None
+        _request(client, pkce()[1], redirect_uri=redirect_uri), Browser(address=ADDRESS), None
     )
     assert reply.status == 400 and not reply.location
     assert reply.content_type.startswith("text/html")
@@ -402,7 +381,7 @@ def test_an_unknown_client_or_a_machine_client_gets_an_error_page(local: LocalAu
             client_id=client_id,
             redirect_uri=REDIRECT,
             state="s",
-            code_challenge=_pkce()[1],
+            code_challenge=pkce()[1],
         )
         reply = local.authorize(request, Browser(address=ADDRESS), None)
         assert reply.status == 400 and not reply.location
@@ -413,7 +392,7 @@ def test_a_loopback_redirect_may_name_any_port_and_one_registered_uri_may_be_lef
 ) -> None:
     client, _ = _app(local, redirect_uris=("http://127.0.0.1/callback",))
     identity = local.register()
-    verifier, challenge = _pkce()
+    verifier, challenge = pkce()
     request = _request(client, challenge, redirect_uri="http://127.0.0.1:51234/callback")
     _, cookie, token = _visit(local, request)
     fields = {"csrf_token": token, "email": identity.email, "password": PASSWORD, "decision": "allow"}
@@ -434,7 +413,7 @@ def test_a_loopback_redirect_may_name_any_port_and_one_registered_uri_may_be_lef
 
 def test_the_page_escapes_what_others_wrote(local: LocalAuth) -> None:
     client, _ = _app(local, name='Evil <script>alert(1)</script> "app"')
-    page, _, _ = _visit(local, _request(client, _pkce()[1], state='"><script>alert(2)</script>'))
+    page, _, _ = _visit(local, _request(client, pkce()[1], state='"><script>alert(2)</script>'))
     text = page.body.decode()
     assert "<script" not in text and "&lt;script&gt;alert(1)" in text
 
@@ -444,7 +423,7 @@ def test_the_page_escapes_what_others_wrote(local: LocalAuth) -> None:
 
 def test_cancel_sends_access_denied_back(local: LocalAuth) -> None:
     client, _ = _app(local)
-    request = _request(client, _pkce()[1])
+    request = _request(client, pkce()[1])
     _, cookie, token = _visit(local, request)
     answer = _redirected(_post(local, request, {"csrf_token": token, "decision": "deny"}, cookie=cookie))
     assert answer["error"] == "access_denied" and "code" not in answer
@@ -466,7 +445,7 @@ def test_cancel_sends_access_denied_back(local: LocalAuth) -> None:
 def test_a_forged_post_of_the_form_is_refused(local: LocalAuth, forgery: str, fix: dict[str, str]) -> None:
     client, _ = _app(local)
     identity = local.register()
-    request = _request(client, _pkce()[1])
+    request = _request(client, pkce()[1])
     _, cookie, token = _visit(local, request)
     fields = {
         "csrf_token": fix.get("token", token),
@@ -489,7 +468,7 @@ def test_a_forged_post_of_the_form_is_refused(local: LocalAuth, forgery: str, fi
 def test_a_form_posted_without_origin_headers_still_needs_its_cookie_and_token(local: LocalAuth) -> None:
     client, _ = _app(local)
     identity = local.register()
-    request = _request(client, _pkce()[1])
+    request = _request(client, pkce()[1])
     _, cookie, token = _visit(local, request)
     fields = {"csrf_token": token, "email": identity.email, "password": PASSWORD, "decision": "allow"}
     assert _post(local, request, fields, cookie=cookie, origin="", fetch_site="").status == 303
@@ -509,7 +488,7 @@ def test_a_form_that_is_not_the_page_s_gets_an_error_page(
     local: LocalAuth, body: bytes, content_type: str
 ) -> None:
     client, _ = _app(local)
-    request = _request(client, _pkce()[1])
+    request = _request(client, pkce()[1])
     _, cookie, _ = _visit(local, request)
     browser = Browser(address=ADDRESS, cookie=cookie, **SAME_ORIGIN)
     reply = local.authorize(request, browser, PostedForm(body, content_type))
@@ -519,7 +498,7 @@ def test_a_form_that_is_not_the_page_s_gets_an_error_page(
 def test_a_wrong_password_shows_the_page_again_and_the_login_limits_apply(local: LocalAuth) -> None:
     client, _ = _app(local)
     identity = local.register()
-    request = _request(client, _pkce()[1])
+    request = _request(client, pkce()[1])
     statuses = []
     for _ in range(4):
         reply = _sign_in(local, request, identity, password="not-the-password-at-all")
@@ -537,7 +516,7 @@ def test_a_disabled_account_cannot_sign_in(local: LocalAuth) -> None:
     identity = local.register()
     with local.auth_store.transaction() as repo:
         repo.set_state(identity.id, "DISABLED", local.clock())
-    reply = _sign_in(local, _request(client, _pkce()[1]), identity)
+    reply = _sign_in(local, _request(client, pkce()[1]), identity)
     assert reply.status == 403 and "disabled" in reply.body.decode() and not reply.location
 
 
@@ -592,7 +571,7 @@ def test_values_authlib_cannot_quote_in_an_error_get_an_error_page(
     local: LocalAuth, changes: dict[str, str]
 ) -> None:
     client, _ = _app(local)
-    reply = local.authorize(_request(client, _pkce()[1], **changes), Browser(address=ADDRESS), None)
+    reply = local.authorize(_request(client, pkce()[1], **changes), Browser(address=ADDRESS), None)
     assert reply.status == 400 and not reply.location and "characters it may not" in reply.body.decode()
 
 
@@ -660,14 +639,14 @@ def test_a_state_or_nonce_that_cannot_be_kept_goes_back_as_invalid_request(
     local: LocalAuth, changes: dict[str, str]
 ) -> None:
     client, _ = _app(local)
-    reply = local.authorize(_request(client, _pkce()[1], **changes), Browser(address=ADDRESS), None)
+    reply = local.authorize(_request(client, pkce()[1], **changes), Browser(address=ADDRESS), None)
     assert _redirected(reply)["error"] == "invalid_request"
 
 
 @pytest.mark.parametrize("email", ["a\x00b@example.com", "x" * 400 + "@example.com"], ids=["nul", "long"])
 def test_an_email_no_account_can_have_is_a_wrong_email_on_the_page(local: LocalAuth, email: str) -> None:
     client, _ = _app(local)
-    request = _request(client, _pkce()[1])
+    request = _request(client, pkce()[1])
     _, cookie, token = _visit(local, request)
     reply = _post(
         local,
@@ -712,17 +691,17 @@ def test_a_code_presented_again_while_its_first_exchange_runs_gets_that_exchange
 def test_a_second_sign_in_open_in_another_tab_still_posts(local: LocalAuth) -> None:
     client, _ = _app(local)
     identity = local.register()
-    first = _request(client, _pkce()[1])
+    first = _request(client, pkce()[1])
     _, cookie, first_token = _visit(local, first)
     # The browser sends the Lax cookie along with the cross-site arrival of the second tab.
     second = local.authorize(
-        _request(client, _pkce()[1], state="tab-2"), Browser(address=ADDRESS, cookie=cookie), None
+        _request(client, pkce()[1], state="tab-2"), Browser(address=ADDRESS, cookie=cookie), None
     )
     assert _header(second, "set-cookie") == ""  # the cookie is kept, not replaced
     fields = {"csrf_token": first_token, "email": identity.email, "password": PASSWORD, "decision": "allow"}
     assert _post(local, first, fields, cookie=cookie).status == 303
     fields["csrf_token"] = _page_token(second)
-    assert _post(local, _request(client, _pkce()[1], state="tab-2"), fields, cookie=cookie).status == 303
+    assert _post(local, _request(client, pkce()[1], state="tab-2"), fields, cookie=cookie).status == 303
 
 
 def test_only_a_first_party_app_s_tokens_carry_the_person_s_roles(local: LocalAuth) -> None:
@@ -738,7 +717,7 @@ def test_only_a_first_party_app_s_tokens_carry_the_person_s_roles(local: LocalAu
             client_id=client.client_id,
         )
         assert local.verifier.verify(renewed["access_token"]).roles == roles
-    assert "never with your roles" in _visit(local, _request(client, _pkce()[1]))[0].body.decode()
+    assert "never with your roles" in _visit(local, _request(client, pkce()[1]))[0].body.decode()
 
 
 def test_deleting_an_app_ends_its_sessions(local: LocalAuth) -> None:

@@ -52,7 +52,7 @@ from gateway.tickets import (
     TooManyTickets,
     requested_path,
 )
-from gateway.tokens import CannotVerify, verifying
+from gateway.tokens import CannotVerify, OutsideToken, verifying
 from poly.orders.v1 import orders_service_pb2
 from services.kit import config
 from tests.gateway.conftest import Edge
@@ -387,6 +387,8 @@ class _NoBackends:
 def _verifier(token: str) -> str | None:
     if token.startswith("later-"):
         raise CannotVerify(token)
+    if token.startswith("outside-"):
+        raise OutsideToken(token)
     return "users/alice" if token == "alice-token" else None
 
 
@@ -480,9 +482,9 @@ def test_a_ticket_is_issued_only_for_a_token_the_edge_has_checked() -> None:
             {**JSON, "Authorization": f"Bearer {token}"},
             b'{"path": "' + WATCH.encode() + b'"}',
         )
-        for token in ("alice-token", "later-1", "x" * 9000)
+        for token in ("alice-token", "later-1", "x" * 9000, "outside-1")
     ]
-    verified, unverifiable, oversized = _unbacked(*asked)
+    verified, unverifiable, oversized, outside = _unbacked(*asked)
     assert verified.status == 201, verified.body
     assert verified.headers["Cache-Control"] == "no-store"
     body = verified.json()
@@ -492,6 +494,9 @@ def test_a_ticket_is_issued_only_for_a_token_the_edge_has_checked() -> None:
     assert unverifiable.status == 503 and _reason(unverifiable) == "TOKEN_UNVERIFIABLE"
     assert unverifiable.headers["Retry-After"] == "1"
     assert oversized.status == 401 and _reason(oversized) == "TOKEN_INVALID"
+    # An outside issuer's token is the services' to check, never the edge's: no ticket, and no
+    # promise that retrying helps (the page opens its stream with the Authorization header).
+    assert outside.status == 400 and _reason(outside) == "STREAM_TICKET_OUTSIDE_TOKEN"
 
 
 def test_an_edge_without_a_verifier_issues_no_tickets() -> None:

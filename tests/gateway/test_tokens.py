@@ -98,6 +98,7 @@ def test_exports() -> None:
     assert set(tokens.__all__) == {
         "CannotVerify",
         "JwksVerifier",
+        "OutsideToken",
         "TokenVerifier",
         "bearer_token",
         "verifying",
@@ -180,7 +181,7 @@ def test_an_outside_issuer_s_token_is_left_to_the_services_and_never_counted_as_
         algorithm="EdDSA",
         headers={"kid": "theirs"},
     )
-    with pytest.raises(CannotVerify):
+    with pytest.raises(tokens.OutsideToken):
         verifier(theirs)  # limited by address: not a principal, and not a failure either
     assert verifier(key.token("users/ada")) == "users/ada"
     without_audience = dataclasses.replace(SETTINGS, external=(dataclasses.replace(outside, audience=""),))
@@ -333,3 +334,15 @@ def test_any_token_is_a_principal_none_or_cannot_be_told(
         except CannotVerify:
             continue
         assert found is None or found.startswith(("users/", "clients/")), (token, found)
+
+
+def test_a_token_nested_thousands_deep_is_no_principal_and_no_crash() -> None:
+    key = _Key()
+    verifier = JwksVerifier(_Published(key), SETTINGS)
+    asyncio.run(verifier.refresh())
+
+    def segment(text: str) -> str:
+        return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+    deep = f"{segment(json.dumps({'alg': 'EdDSA', 'kid': key.kid}))}.{segment('[' * 5000)}.c2ln"
+    assert verifier(deep) is None

@@ -4,6 +4,8 @@ discovery document and keys over HTTPS (a certificate of a CA the test makes).""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import socket
 import ssl
@@ -12,7 +14,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, generat
 from services.kit import authn, config, federation, tls
 from services.kit.config import AuthSettings, ExternalIssuer
 from services.kit.domain_errors import Unauthenticated, Unavailable
+from tests.support.https_json import https_json
 
 AUDIENCE = "poly-api"
 
@@ -71,33 +73,15 @@ class Provider:
 
 @pytest.fixture
 def provider(tmp_path: Path) -> Iterator[Provider]:
-    tls.ensure_certificates(tmp_path, ["gateway"])
     found = Provider(tmp_path / "ca.crt")
 
-    class _Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            answer = found.answer(self.path)
-            body = json.dumps(answer).encode()
-            self.send_response(200 if answer is not None else 404)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def get(path: str) -> tuple[int, Any]:
+        answer = found.answer(path)
+        return (200 if answer is not None else 404), answer
 
-        def log_message(self, *args: Any) -> None:
-            """Quiet."""
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "gateway.crt", tmp_path / "gateway.key")
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    found.port = server.server_address[1]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with https_json(tmp_path, get) as (port, _):
+        found.port = port
         yield found
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _external(provider: Provider, **changes: Any) -> ExternalIssuer:
@@ -254,7 +238,8 @@ def test_outside_issuers_are_read_from_their_settings(tmp_path: Path) -> None:
         }
     )
     keycloak, google = found.external
-    assert keycloak.issuer == "https://sso.example.com/realms/main" and keycloak.audience == "poly"
+    assert keycloak.issuer == "https://sso.example.com/realms/main/"  # exactly: iss must match it
+    assert keycloak.audience == "poly"
     assert keycloak.roles == (("ops", "admin"), ("support", "support"))
     assert keycloak.client_secret == "s3cret" and "s3cret" not in repr(keycloak)
     assert google.audience == "" and google.roles_claim == "roles" and google.client_id.startswith("abc")
@@ -292,3 +277,71 @@ def test_bad_outside_issuer_settings_are_reported(environ: dict[str, str], probl
     with pytest.raises(config.ConfigError) as caught:
         _load(environ)
     assert any(found.startswith(problem) for found in caught.value.problems), caught.value.problems
+
+
+def test_a_key_set_without_alg_or_with_junk_entries_still_gives_its_good_keys(provider: Provider) -> None:
+    kid = provider.rotate()
+    served = provider.answer
+
+    def answer(path: str) -> Any:
+        found = served(path)
+        if path == "/jwks":
+            entries = [{k: v for k, v in entry.items() if k != "alg"} for entry in found["keys"]]
+            return {"keys": [1, "x", {"kid": ["x"], "kty": "RSA"}, {"kty": "oct", "k": "c2VjcmV0"}, *entries]}
+        return found
+
+    provider.answer = answer  # type: ignore[method-assign]
+    caller = _verifier(_external(provider)).verify(provider.token(kid))
+    assert caller.subject.startswith("users/")
+
+
+def test_an_issuer_with_a_trailing_slash_is_taken_as_it_is(provider: Provider) -> None:
+    kid = provider.rotate()
+    slashed = provider.issuer + "/"
+    provider.document_issuer = slashed
+    verifier = _verifier(_external(provider, issuer=slashed))
+    assert verifier.verify(provider.token(kid, iss=slashed)).subject
+    with pytest.raises(Unauthenticated):
+        verifier.verify(provider.token(kid))  # without the slash: another issuer
+
+
+def test_a_token_nested_thousands_deep_is_refused_not_a_crash(provider: Provider) -> None:
+    def segment(text: str) -> str:
+        return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+    deep = f"{segment(json.dumps({'alg': 'RS256', 'kid': 'k'}))}.{segment('[' * 5000)}.c2ln"
+    with pytest.raises(Unauthenticated):
+        _verifier(_external(provider)).verify(deep)
+
+
+def test_a_provider_dripping_its_answer_holds_no_caller_beyond_the_timeout(tmp_path: Path) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    tls.ensure_certificates(tmp_path, ["gateway"])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "gateway.crt", tmp_path / "gateway.key")
+    stop = threading.Event()
+
+    def drip() -> None:
+        with contextlib.suppress(OSError):
+            connection, _ = listener.accept()
+            with context.wrap_socket(connection, server_side=True) as wrapped:
+                wrapped.recv(65536)
+                wrapped.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+                )
+                while not stop.wait(0.2):
+                    wrapped.sendall(b" ")
+
+    threading.Thread(target=drip, daemon=True).start()
+    try:
+        external = ExternalIssuer(
+            alias="idp", issuer=f"https://localhost:{port}", ca_file=tmp_path / "ca.crt"
+        )
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            federation.discovery(external, timeout=1.0)
+        assert time.monotonic() - started < 20, "bounded by the timeout, not by the provider"
+    finally:
+        stop.set()
+        listener.close()

@@ -12,9 +12,7 @@ an origin not in the list is refused by the browser at its first call.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import threading
 import uuid
 from collections.abc import Iterator
@@ -26,9 +24,9 @@ from typing import Any
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.support.browser import chromium, require_chromium
 from tests.support.env import ROOT, poly_environ
 from tests.support.identity import CHEAP_ARGON2
 from tests.support.processes import Process, run_module
@@ -37,19 +35,6 @@ from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-FLAGS = (
-    "--headless=new",
-    "--no-sandbox",  # runs as root here
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-)
 PAGE = ROOT / "tests" / "support" / "browser_page.html"
 PAGE_TIMEOUT = 60.0
 """Seconds the page has for all its calls, the watch until PAID included."""
@@ -61,13 +46,7 @@ ORDER_STATES = ("STATE_PENDING", "STATE_AWAITING_PAYMENT", "STATE_PAID")
 @pytest.fixture(scope="module", autouse=True)
 def binaries() -> tuple[Path, Path]:
     """Chromium and its driver, looked for before the system starts."""
-    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
-    if missing:
-        why = f"{', '.join(missing)} missing: apt-get install chromium chromium-driver (.ci/run does)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the browser test cannot be skipped under CI=true: {why}")
-        pytest.skip(why)
-    return CHROMIUM, CHROMEDRIVER
+    return require_chromium()
 
 
 def _readme_calls() -> dict[str, dict[str, str]]:
@@ -161,21 +140,9 @@ def system(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sys
 
 @pytest.fixture
 def browser(binaries: tuple[Path, Path], tmp_path: Path) -> Iterator[webdriver.Chrome]:
-    """Headless Chromium with a fresh profile, its console log kept (goog:loggingPrefs)."""
-    chromium, chromedriver = binaries
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(chromium)  # with the Service's path: Selenium Manager never runs
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = Service(executable_path=str(chromedriver), log_output=str(tmp_path / "chromedriver.log"))
-    driver = webdriver.Chrome(options=options, service=service)
-    try:
+    """Headless Chromium with a fresh profile, its console log kept."""
+    with chromium(tmp_path) as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(tmp_path / "profile", ignore_errors=True)
 
 
 @dataclass

@@ -17,11 +17,8 @@ promptly, without holding the call.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import html
 import re
-import secrets
 import time
 import urllib.parse
 import uuid
@@ -45,6 +42,7 @@ from tests.support.edge import edge_answers
 from tests.support.env import free_port
 from tests.support.http import Answer, http_call
 from tests.support.identity import PASSWORD, Deployment, bearer, start
+from tests.support.pkce import pkce
 from tests.support.processes import Process, run_module
 from tests.support.waiting import eventually
 
@@ -175,13 +173,6 @@ def _introspect(deployment: Deployment, token: str) -> auth_pb.TokenInfo:
     return info
 
 
-def _pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    return verifier, base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(
-        b"="
-    ).decode()
-
-
 def _form_of(body: str) -> tuple[str, str]:
     """The action and CSRF token of a sign-in page's first form."""
     found = re.search(
@@ -256,7 +247,7 @@ def _back(ours: Ours, location: str, cookie: str) -> Answer:
 
 def _signed_in(ours: Ours, provider: Provider, email: str) -> dict[str, Any]:
     """The app's tokens after a sign-in through the provider."""
-    verifier, challenge = _pkce()
+    verifier, challenge = pkce()
     location, cookie = _to_provider(ours, challenge)
     back = _back(ours, _at_provider(provider, location, email), cookie)
     assert back.status == 303, back.body
@@ -297,12 +288,12 @@ def test_a_person_signs_in_to_an_app_here_through_the_provider(provider: Provide
 
 def test_the_return_is_taken_once_and_only_by_the_browser_that_left(provider: Provider, ours: Ours) -> None:
     _, email = provider.deployment.register()
-    location, cookie = _to_provider(ours, _pkce()[1])
+    location, cookie = _to_provider(ours, pkce()[1])
     back = _at_provider(provider, location, email)
     elsewhere = _back(ours, back, "poly-signin=" + "A" * 43)
     assert elsewhere.status == 403 and "another browser" in elsewhere.body.decode()
     assert _back(ours, back, cookie).status == 403  # the state was taken by that attempt
-    location, cookie = _to_provider(ours, _pkce()[1])
+    location, cookie = _to_provider(ours, pkce()[1])
     back = _at_provider(provider, location, email)
     assert _back(ours, back, cookie).status == 303
     replayed = _back(ours, back, cookie)
@@ -313,7 +304,7 @@ def test_an_account_here_is_not_taken_over_by_an_unverified_email(provider: Prov
     email = f"taken-{uuid.uuid4().hex[:8]}@example.com"
     ours.deployment.register(email)  # someone here has this address
     provider.deployment.register(email)  # the provider's person says so too, unverified
-    location, cookie = _to_provider(ours, _pkce()[1])
+    location, cookie = _to_provider(ours, pkce()[1])
     refused = _back(ours, _at_provider(provider, location, email), cookie)
     assert refused.status == 403 and "exists here" in refused.body.decode()
     assert "Location" not in refused.headers

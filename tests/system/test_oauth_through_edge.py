@@ -9,10 +9,8 @@ nothing secret reaches a log.
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import re
-import secrets
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from poly.auth.v1 import resources_pb2
 from tests.support.edge import edge_answers
 from tests.support.http import Answer, http_call
 from tests.support.identity import PASSWORD, Deployment, bearer, start
+from tests.support.pkce import pkce
 from tests.support.processes import Process
 from tests.support.waiting import eventually
 
@@ -81,13 +80,6 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         deployment.stop()
 
 
-def _pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    return verifier, base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(
-        b"="
-    ).decode()
-
-
 def _authorize_path(client_id: str, challenge: str, **extra: str) -> str:
     query = {
         "response_type": "code",
@@ -106,7 +98,7 @@ def _authorize_path(client_id: str, challenge: str, **extra: str) -> str:
 def _sign_in(edge: Edge, client_id: str, email: str) -> tuple[dict[str, str], str, list[str]]:
     """The redirect's parameters after signing in through the page, the verifier, and the
     secrets the browser held (the cookie and the form token)."""
-    verifier, challenge = _pkce()
+    verifier, challenge = pkce()
     path = _authorize_path(client_id, challenge, ui_locales="en")  # an unknown parameter: ignored
     page = edge.call("GET", path)
     assert page.status == 200, page.body
@@ -221,7 +213,7 @@ def test_a_confidential_app_authenticates_with_http_basic_through_the_edge(edge:
 
 
 def test_a_bad_request_is_an_error_page_or_goes_back_to_the_app(edge: Edge) -> None:
-    page = edge.call("GET", _authorize_path("no-such-app", _pkce()[1]))
+    page = edge.call("GET", _authorize_path("no-such-app", pkce()[1]))
     assert page.status == 400 and page.headers["Content-Type"].startswith("text/html")
     assert "Location" not in page.headers
 
@@ -234,7 +226,7 @@ def test_a_bad_request_is_an_error_page_or_goes_back_to_the_app(edge: Edge) -> N
 
     forged = edge.call(
         "POST",
-        _authorize_path("photo-plain", _pkce()[1]),
+        _authorize_path("photo-plain", pkce()[1]),
         raw=b"csrf_token=x&email=a%40b.c&password=p&decision=allow",
         headers={**FORM, "Origin": "https://evil.example"},
     )

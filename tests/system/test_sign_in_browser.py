@@ -14,12 +14,9 @@ Sec-Fetch-Site give it away, even where the browser sends the cookie along).
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import json
-import os
 import secrets
-import shutil
 import threading
 import urllib.parse
 import urllib.request
@@ -31,46 +28,29 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from poly.auth.v1 import auth_service_pb2 as pb
 from poly.auth.v1 import resources_pb2
+from tests.support.browser import chromium, require_chromium
 from tests.support.edge import edge_answers
 from tests.support.http import http_call
 from tests.support.identity import PASSWORD, Deployment, bearer, start
+from tests.support.pkce import pkce
 from tests.support.processes import Process
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-FLAGS = (
-    "--headless=new",
-    "--no-sandbox",  # runs as root here
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-)
 CLIENT_ID = "photo-app"
 WAIT = 20.0
 
 
 @pytest.fixture(scope="module", autouse=True)
 def binaries() -> tuple[Path, Path]:
-    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
-    if missing:
-        why = f"{', '.join(missing)} missing: apt-get install chromium chromium-driver (.ci/run does)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the browser test cannot be skipped under CI=true: {why}")
-        pytest.skip(why)
-    return CHROMIUM, CHROMEDRIVER
+    """Chromium and its driver, looked for before the system starts."""
+    return require_chromium()
 
 
 @dataclass
@@ -96,10 +76,9 @@ class ClientApp:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def login_link(self) -> str:
-        verifier = secrets.token_urlsafe(48)
+        verifier, challenge = pkce()
         state = secrets.token_urlsafe(16)
         self.pending[state] = verifier
-        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
         query = {
             "response_type": "code",
             "client_id": CLIENT_ID,
@@ -225,20 +204,8 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
 @pytest.fixture
 def browser(binaries: tuple[Path, Path], tmp_path: Path) -> Iterator[webdriver.Chrome]:
     """Headless Chromium with a fresh profile and JavaScript turned off."""
-    chromium, chromedriver = binaries
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(chromium)  # with the Service's path: Selenium Manager never runs
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
-    options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
-    service = Service(executable_path=str(chromedriver), log_output=str(tmp_path / "chromedriver.log"))
-    driver = webdriver.Chrome(options=options, service=service)
-    try:
+    with chromium(tmp_path, javascript=False) as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(tmp_path / "profile", ignore_errors=True)
 
 
 def _sign_in_page(driver: webdriver.Chrome, app: ClientApp) -> None:

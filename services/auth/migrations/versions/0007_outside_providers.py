@@ -3,7 +3,8 @@
 Signing in through an outside OpenID provider links the provider's person (issuer and
 subject) to the identity they sign in as, and keeps each sign-in sent there (its state as a
 SHA-256, nonce, PKCE verifier, the app's request and the browser it left from) until the
-person returns, once, or it expires.
+person returns, once, or it expires. An identity records whether an outside provider confirmed
+its email address (existing ones: no).
 
 Revision ID: 0007
 Revises: 0006
@@ -22,6 +23,10 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("identity", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("email_verified", sa.Boolean(), server_default=sa.false(), nullable=False)
+        )
     op.create_table(
         "external_identity",
         sa.Column("issuer", sa.String(length=255), nullable=False),
@@ -61,3 +66,5 @@ def downgrade() -> None:
     with op.batch_alter_table("external_identity", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_external_identity_identity_id"))
     op.drop_table("external_identity")
+    with op.batch_alter_table("identity", schema=None) as batch_op:
+        batch_op.drop_column("email_verified")
