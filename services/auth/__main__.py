@@ -46,7 +46,7 @@ def wire(context: app.Context[IdentitySettings]) -> app.Parts:
     signin = SignIn(transactions, hasher, throttle, sessions, own.password_grant)
     clients = Clients(transactions, hasher, minter, throttle, own)
     codes = Codes(transactions, sessions)
-    oauth = OAuthServer(transactions, hasher, codes, sessions, clients, minter, settings.auth.issuer)
+    oauth = OAuthServer(transactions, codes, sessions, clients, minter, settings.auth.issuer)
     guard = forms.FormGuard(forms.derive_key(encryption_key), settings.auth.issuer)
     callback = f"{settings.auth.issuer}/oauth2/federation/callback"
     upstreams = {

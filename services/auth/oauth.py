@@ -49,7 +49,6 @@ from services.auth.domain import (
     Client,
     Clock,
     Grant,
-    Hasher,
     Identity,
     TokenSet,
     Transactions,
@@ -178,10 +177,8 @@ class _Request(OAuth2Request):
 class _AppClient(ClientMixin):
     """A registered client, as authlib asks about it."""
 
-    def __init__(self, client: Client, secret_hash: str, hasher: Hasher) -> None:
+    def __init__(self, client: Client) -> None:
         self.client = client
-        self._secret_hash = secret_hash
-        self._hasher = hasher
 
     def get_client_id(self) -> str:
         return self.client.client_id
@@ -297,7 +294,6 @@ class OAuthServer:
     """The authorization and token endpoints of the authorization code flow."""
 
     transactions: Transactions
-    hasher: Hasher
     codes: Codes
     sessions: Sessions
     clients: Clients
@@ -318,7 +314,7 @@ class OAuthServer:
             found = repo.client(client_id)
         if found is None or AUTHORIZATION_CODE not in found[0].grant_types:
             return None
-        return _AppClient(found[0], found[1], self.hasher)
+        return _AppClient(found[0])
 
     # -- the authorization endpoint ---------------------------------------------------------
 

@@ -110,7 +110,7 @@ def open_local(path: Path, settings: IdentitySettings = SETTINGS) -> LocalAuth:
     issuer = AuthSettings().issuer
     clients = Clients(transactions, hasher, minter, throttle, settings, clock)
     codes = Codes(transactions, sessions, clock)
-    oauth = OAuthServer(transactions, hasher, codes, sessions, clients, minter, issuer, clock)
+    oauth = OAuthServer(transactions, codes, sessions, clients, minter, issuer, clock)
     guard = forms.FormGuard(forms.derive_key(secrets.token_bytes(32)), issuer)
     return LocalAuth(
         engine=engine,
