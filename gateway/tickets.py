@@ -38,7 +38,6 @@ Exception tree::
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import ipaddress
 import json
@@ -49,6 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.errors import BadRequest
+from services.kit import b64url
 
 __all__ = [
     "ENDPOINT",
@@ -159,7 +159,7 @@ def _token_expiry(token: str) -> float | None:
     if len(parts) != 3:
         return None
     try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        claims = json.loads(b64url.decode(parts[1]))
     except (ValueError, RecursionError):
         return None
     expiry = claims.get("exp") if isinstance(claims, dict) else None

@@ -24,7 +24,6 @@ is limited by its address, and never counted as a failed authentication.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -38,6 +37,7 @@ import grpc
 from gateway import headers
 from gateway.backends import credentials
 from gateway.config import TokenCheck
+from services.kit import b64url
 from services.kit.authn import KeySet, KeySource, Verifier, jwks_from_auth
 from services.kit.config import AuthSettings
 from services.kit.domain_errors import Unauthenticated, Unavailable
@@ -200,7 +200,7 @@ def _segment(token: str, index: int) -> dict[str, Any]:
         return {}
     segment = parts[index]
     try:
-        fields = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+        fields = json.loads(b64url.decode(segment))
     except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         return {}
     return fields if isinstance(fields, dict) else {}

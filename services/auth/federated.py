@@ -20,7 +20,6 @@ the app's own authorization request then goes on as if they had signed in with a
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import datetime as dt
 import hashlib
@@ -42,6 +41,7 @@ from services.auth.domain import (
     normalise_email,
     utc_now,
 )
+from services.kit import b64url
 from services.kit.federation import external_user_id
 from services.kit.text import visible_text_problem
 
@@ -105,7 +105,7 @@ class FederatedSignIn:
         if upstream is None:
             raise FederationRefused("There is no such way to sign in here.")
         state, nonce, verifier = (secrets.token_urlsafe(32) for _ in range(3))
-        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        challenge = b64url.encode(hashlib.sha256(verifier.encode()).digest())
         try:
             location = upstream.authorization_url(state=state, nonce=nonce, challenge=challenge)
         except UpstreamError:

@@ -14,7 +14,6 @@ clickjacked consent), following OWASP's CSRF guidance, in three layers:
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import re
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from services.kit import b64url
 
 __all__ = ["FormGuard", "derive_key"]
 
@@ -70,7 +71,7 @@ class FormGuard:
     def token(self, binding: str) -> str:
         """The token the form carries for cookie value `binding`."""
         mac = hmac.new(self.key, b"sign-in form\0" + binding.encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+        return b64url.encode(mac)
 
     def problem(
         self, *, cookie_header: str, token: str, origin: str, fetch_site: str, host: str

@@ -10,7 +10,6 @@ withdrawn: tokens they signed stop verifying everywhere.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import os
 import secrets
@@ -21,6 +20,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from services.kit import b64url
 
 __all__ = [
     "ALGORITHM",
@@ -62,10 +63,6 @@ class SigningKey:
     private_key: Ed25519PrivateKey
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def ensure_key_encryption_key(path: Path) -> bool:
     """Create a random key-encryption key at `path` (mode 0600) unless one exists; for
     development set-ups (``poly certs``). Returns whether it wrote one."""
@@ -74,7 +71,7 @@ def ensure_key_encryption_key(path: Path) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as handle:
-        handle.write(_b64url(secrets.token_bytes(32)) + "\n")
+        handle.write(b64url.encode(secrets.token_bytes(32)) + "\n")
     return True
 
 
@@ -86,7 +83,7 @@ def load_key_encryption_key(path: Path) -> bytes:
             f"cannot read the key-encryption key {path} ({error.strerror}); `poly certs` creates one"
         ) from None
     try:
-        key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        key = b64url.decode(text)
     except ValueError:
         key = b""
     if len(key) != 32:
@@ -124,7 +121,7 @@ def jwk(sealed: SealedKey) -> dict[str, str]:
     return {
         "kty": "OKP",
         "crv": "Ed25519",
-        "x": _b64url(sealed.public_key),
+        "x": b64url.encode(sealed.public_key),
         "kid": sealed.kid,
         "use": "sig",
         "alg": sealed.algorithm,

@@ -28,7 +28,6 @@ false "your token is bad".
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import logging
@@ -44,6 +43,7 @@ import jwt
 from google.protobuf.descriptor import ServiceDescriptor
 
 from poly.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from services.kit import b64url
 from services.kit.clients import Channels
 from services.kit.config import AuthSettings, Settings
 from services.kit.domain_errors import Unauthenticated, Unavailable
@@ -354,7 +354,7 @@ def _claimed_issuer(token: str) -> Any:
     if len(parts) != 3:
         return None
     try:
-        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        payload = json.loads(b64url.decode(parts[1]))
     except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         return None
     return payload.get("iss") if isinstance(payload, dict) else None

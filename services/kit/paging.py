@@ -9,12 +9,12 @@ The store reads a position back into SQL with `kit.sql.keyset_page`.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from services.kit import b64url
 from services.kit.domain_errors import FieldViolation, InvalidArgument
 
 __all__ = [
@@ -52,7 +52,7 @@ def _fingerprint(request_fields: Sequence[object]) -> str:
 def encode_token(position: Sequence[str], request_fields: Sequence[object]) -> str:
     """The token for the page after `position`, bound to `request_fields` (filter, order...)."""
     document = json.dumps({"p": list(position), "h": _fingerprint(request_fields)}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(document.encode()).decode().rstrip("=")
+    return b64url.encode(document.encode())
 
 
 def invalid_token(why: str) -> InvalidArgument:
@@ -71,7 +71,7 @@ def decode_token(token: str, request_fields: Sequence[object]) -> list[str] | No
     if len(token) > _MAX_TOKEN_CHARS:
         raise invalid_token("too long")
     try:
-        document = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        document = json.loads(b64url.decode(token))
         position, digest = document["p"], document["h"]
     except (ValueError, TypeError, KeyError):
         raise invalid_token("not a token this method issued") from None

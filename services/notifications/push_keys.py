@@ -10,7 +10,6 @@ refused when registered rather than failing every push later.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 from urllib.parse import urlsplit
@@ -19,6 +18,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from services.kit import b64url
 from services.kit.domain_errors import FieldViolation
 
 __all__ = [
@@ -44,14 +44,14 @@ def decode(text: str) -> bytes:
         raise ValueError("not base64url")
     bare = text.rstrip("=")
     try:
-        return base64.urlsafe_b64decode(bare + "=" * (-len(bare) % 4))
+        return b64url.decode(bare)
     except binascii.Error as error:
         raise ValueError("not base64url") from error
 
 
 def encode(data: bytes) -> str:
     """Unpadded base64url, as Web Push writes keys."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    return b64url.encode(data)
 
 
 def vapid_private_key(text: str) -> ec.EllipticCurvePrivateKey:
