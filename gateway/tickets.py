@@ -48,7 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.errors import BadRequest
-from services.kit import b64url
+from services.kit.authn import unverified_part
 
 __all__ = [
     "ENDPOINT",
@@ -155,14 +155,7 @@ def _digest(text: str) -> str:
 def _token_expiry(token: str) -> float | None:
     """The ``exp`` of a JWT (seconds since the epoch), read without verifying it; None for a
     token that is not a JWT or has none. Safe unverified: it can only shorten a ticket."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        claims = json.loads(b64url.decode(parts[1]))
-    except (ValueError, RecursionError):
-        return None
-    expiry = claims.get("exp") if isinstance(claims, dict) else None
+    expiry = unverified_part(token, 1).get("exp")
     if isinstance(expiry, bool) or not isinstance(expiry, int | float) or not math.isfinite(expiry):
         return None
     return float(expiry)

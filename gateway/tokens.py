@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
@@ -37,8 +36,7 @@ import grpc
 from gateway import headers
 from gateway.backends import credentials
 from gateway.config import TokenCheck
-from services.kit import b64url
-from services.kit.authn import KeySet, KeySource, Verifier, jwks_from_auth
+from services.kit.authn import KeySet, KeySource, Verifier, jwks_from_auth, unverified_part
 from services.kit.config import AuthSettings
 from services.kit.domain_errors import Unauthenticated, Unavailable
 
@@ -183,27 +181,14 @@ def _verifier(document: Mapping[str, Any], settings: AuthSettings) -> Verifier:
 def _names_a_key(token: str) -> bool:
     """Whether the JWT header of `token` names a ``kid`` (read directly: PyJWT would decode
     all three segments again)."""
-    kid = _segment(token, 0).get("kid")
+    kid = unverified_part(token, 0).get("kid")
     return isinstance(kid, str) and bool(kid)
 
 
 def _claimed_issuer(token: str) -> str | None:
     """The ``iss`` the unverified payload of `token` claims."""
-    issuer = _segment(token, 1).get("iss")
+    issuer = unverified_part(token, 1).get("iss")
     return issuer if isinstance(issuer, str) else None
-
-
-def _segment(token: str, index: int) -> dict[str, Any]:
-    """The JSON object of segment `index` of a JWT (unverified), or {}."""
-    parts = token.split(".", 2)
-    if len(parts) <= index:
-        return {}
-    segment = parts[index]
-    try:
-        fields = json.loads(b64url.decode(segment))
-    except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
-        return {}
-    return fields if isinstance(fields, dict) else {}
 
 
 @contextlib.asynccontextmanager

@@ -59,6 +59,7 @@ __all__ = [
     "Verifier",
     "bearer_token",
     "jwks_from_auth",
+    "unverified_part",
     "remote_verifier",
 ]
 
@@ -303,7 +304,8 @@ class Verifier:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise Unauthenticated("TOKEN_MALFORMED", "the access token is not a JWT") from None
-        claimed_issuer = _claimed_issuer(token)
+        # Unverified, it only picks whose rules apply.
+        claimed_issuer = unverified_part(token, 1).get("iss")
         trusted = self._external.get(claimed_issuer) if isinstance(claimed_issuer, str) else None
         if trusted is None and claimed_issuer != self._issuer:
             # Not ours and not trusted: refused before any key is looked up (or fetched).
@@ -348,16 +350,17 @@ class Verifier:
         return keys, kid, key, trusted.principal(claims, token) if trusted else _principal(claims)
 
 
-def _claimed_issuer(token: str) -> Any:
-    """The ``iss`` the payload of `token` claims, unverified: it only picks whose rules apply."""
+def unverified_part(token: str, index: int) -> dict[str, Any]:
+    """The JSON object of part `index` of a JWT (0 the header, 1 the claims), read without
+    verifying anything; {} for a token that is not three parts or a part that is not one."""
     parts = token.split(".")
     if len(parts) != 3:
-        return None
+        return {}
     try:
-        payload = json.loads(b64url.decode(parts[1]))
+        found = json.loads(b64url.decode(parts[index]))
     except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
-        return None
-    return payload.get("iss") if isinstance(payload, dict) else None
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _principal(claims: Mapping[str, Any]) -> Principal:
