@@ -25,7 +25,7 @@ import jwt
 
 from services.auth.federated import IdClaims, UpstreamError
 from services.kit import federation
-from services.kit.authn import ALGORITHMS, KeySet
+from services.kit.authn import KeySet
 from services.kit.config import ExternalIssuer
 from services.kit.domain_errors import DomainError
 
@@ -97,8 +97,8 @@ class Upstream:
         """The ID token's word on who signed in, for `code` (and the PKCE `verifier`)."""
         id_token = self._exchange(code, verifier)
         try:
-            header = jwt.get_unverified_header(id_token)
-            algorithm, key = self._key(header)
+            assert self.keys is not None
+            _, algorithm, key = self.keys.signing_key(jwt.get_unverified_header(id_token))
             claims = jwt.decode(
                 id_token,
                 key=key,
@@ -125,16 +125,6 @@ class Upstream:
             email_verified=claims.get("email_verified") is True,
             name=name if isinstance(name, str) else "",
         )
-
-    def _key(self, header: dict[str, Any]) -> tuple[str, Any]:
-        algorithm, kid = header.get("alg"), header.get("kid")
-        if algorithm not in ALGORITHMS or not isinstance(kid, str) or not kid:
-            raise UpstreamError("the provider's ID token is signed in a way not accepted here")
-        assert self.keys is not None
-        key_algorithm, key = self.keys.key(kid)
-        if key_algorithm != algorithm:
-            raise UpstreamError("the provider's ID token does not match its key")
-        return key_algorithm, key
 
     def _exchange(self, code: str, verifier: str) -> str:
         form = {

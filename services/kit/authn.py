@@ -172,6 +172,21 @@ class KeySet:
             raise Unauthenticated("TOKEN_KEY_UNKNOWN", "the token is signed by an unknown key")
         return found
 
+    def signing_key(self, header: Mapping[str, Any]) -> tuple[str, str, Any]:
+        """``(kid, algorithm, public key)`` of the key a JWT's `header` names, when the header's
+        algorithm is on the allow-list and is that key's own; else Unauthenticated."""
+        algorithm, kid = header.get("alg"), header.get("kid")
+        if algorithm not in ALGORITHMS:
+            raise Unauthenticated(
+                "TOKEN_ALGORITHM_REFUSED", "tokens signed with {alg} are refused", alg=algorithm
+            )
+        if not isinstance(kid, str) or not kid:
+            raise Unauthenticated("TOKEN_KEY_UNKNOWN", "the token names no signing key")
+        key_algorithm, key = self.key(kid)
+        if key_algorithm != algorithm:
+            raise Unauthenticated("TOKEN_ALGORITHM_REFUSED", "the token's algorithm does not match its key")
+        return kid, key_algorithm, key
+
 
 def _parse_jwks(document: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
     """The usable signing keys of a JWK Set by ``kid``; anything else in it is skipped."""
@@ -311,16 +326,7 @@ class Verifier:
             # Not ours and not trusted: refused before any key is looked up (or fetched).
             raise Unauthenticated("TOKEN_ISSUER_INVALID", "the access token has another issuer")
         keys = trusted.keys if trusted else self._keys
-        algorithm, kid = header.get("alg"), header.get("kid")
-        if algorithm not in ALGORITHMS:
-            raise Unauthenticated(
-                "TOKEN_ALGORITHM_REFUSED", "tokens signed with {alg} are refused", alg=algorithm
-            )
-        if not isinstance(kid, str) or not kid:
-            raise Unauthenticated("TOKEN_KEY_UNKNOWN", "the token names no signing key")
-        key_algorithm, key = keys.key(kid)
-        if key_algorithm != algorithm:
-            raise Unauthenticated("TOKEN_ALGORITHM_REFUSED", "the token's algorithm does not match its key")
+        kid, key_algorithm, key = keys.signing_key(header)
         try:
             claims = jwt.decode(
                 token,
