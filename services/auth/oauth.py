@@ -346,7 +346,8 @@ class OAuthServer:
         oauth_request = self._authorization_request(request)
         oauth_request.identity = identity
         try:
-            grant = self._server.get_consent_grant(oauth_request, end_user=None)
+            # Found, not validated: create_authorization_response validates it (once).
+            grant = self._server.get_authorization_grant(oauth_request)
         except OAuth2Error as error:
             return self._error(oauth_request, error)
         reply = self._server.create_authorization_response(oauth_request, grant_user=identity, grant=grant)
