@@ -16,7 +16,7 @@ from services.auth.oauth import USER_SCOPES, AuthorizationRequest, OAuthServer, 
 from services.auth.sessions import Sessions
 from services.auth.signin import SignIn
 from services.auth.tokens import KeyRing
-from services.kit import authz, tls
+from services.kit import authz, calls, tls
 from services.kit.authn import ALGORITHMS, Principal, Verifier
 from services.kit.config import Settings
 from services.kit.domain_errors import Unauthenticated
@@ -127,9 +127,12 @@ def _http_reply(reply: Reply, context: grpc.ServicerContext) -> httpbody_pb2.Htt
     return httpbody_pb2.HttpBody(content_type=reply.content_type, data=reply.body)
 
 
-def _metadata(context: grpc.ServicerContext, key: str) -> str:
-    found = [v for k, v in context.invocation_metadata() or () if k == key and isinstance(v, str)]
-    return found[-1] if found else ""
+def _cookies(context: grpc.ServicerContext) -> str:
+    """The request's cookies as one ``Cookie`` value: HTTP/2 browsers send them as several
+    ``cookie`` fields (RFC 9113 8.2.3), each forwarded by the edge as an entry of its own."""
+    return "; ".join(
+        v for k, v in context.invocation_metadata() or () if k == "cookie" and isinstance(v, str)
+    )
 
 
 def _token_info(principal: Principal, audience: str) -> pb.TokenInfo:
@@ -293,10 +296,10 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         from_edge = tls.peer_identity(context) == self._edge
         browser = Browser(
             address=client_address(context, edge=self._edge),
-            cookie=_metadata(context, "cookie"),
-            origin=_metadata(context, "origin"),
-            fetch_site=_metadata(context, "sec-fetch-site"),
-            host=_metadata(context, "x-forwarded-host") if from_edge else "",
+            cookie=_cookies(context),
+            origin=calls.metadata_value(context, "origin"),
+            fetch_site=calls.metadata_value(context, "sec-fetch-site"),
+            host=calls.metadata_value(context, "x-forwarded-host") if from_edge else "",
         )
         form = PostedForm(request.form.data, request.form.content_type) if request.HasField("form") else None
         return _http_reply(self._authorize(_authorization_request(request), browser, form), context)
@@ -307,15 +310,13 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         answer = ProviderReturn(
             state=request.state, code=request.code, issuer=request.iss, error=request.error
         )
-        browser = Browser(
-            address=client_address(context, edge=self._edge), cookie=_metadata(context, "cookie")
-        )
+        browser = Browser(address=client_address(context, edge=self._edge), cookie=_cookies(context))
         return _http_reply(self._authorize.returned(answer, browser), context)
 
     def ExchangeToken(
         self, request: pb.ExchangeTokenRequest, context: grpc.ServicerContext
     ) -> httpbody_pb2.HttpBody:
-        authorization = _metadata(context, "authorization")
+        authorization = calls.metadata_value(context, "authorization")
         address = client_address(context, edge=self._edge)
         reply = self._oauth.token(request.form.data, request.form.content_type, authorization, address)
         return _http_reply(reply, context)

@@ -21,7 +21,7 @@ import pytest
 from poly.auth.v1 import auth_service_pb2 as pb
 from poly.auth.v1 import resources_pb2
 from tests.support.edge import edge_answers
-from tests.support.http import Answer, http_call
+from tests.support.http import Answer, http_call, raw_exchange
 from tests.support.identity import PASSWORD, Deployment, bearer, start
 from tests.support.pkce import pkce
 from tests.support.processes import Process
@@ -239,3 +239,25 @@ def test_a_bad_request_is_an_error_page_or_goes_back_to_the_app(edge: Edge) -> N
         headers={"Content-Type": "application/json"},
     )
     assert wrong_type.status == 400 and wrong_type.json()["error"] == "invalid_request"
+
+
+def test_the_form_s_cookie_is_found_among_cookie_fields_sent_apart(edge: Edge) -> None:
+    """HTTP/2 browsers send their cookies as separate ``cookie`` fields (RFC 9113 8.2.3), and
+    the edge forwards each: the page's cookie may be in any of them."""
+    edge.client(resources_pb2.Client.CLIENT_TYPE_PUBLIC, "photo-crumbs")
+    page = edge.call("GET", _authorize_path("photo-crumbs", pkce()[1]))
+    cookie = page.headers["Set-Cookie"].split(";", 1)[0]
+    found = re.search(
+        r'<form method="post" action="([^"]*)">.*name="csrf_token" value="([^"]*)"', page.body.decode(), re.S
+    )
+    assert found, page.body
+    form = urllib.parse.urlencode({"csrf_token": html.unescape(found[2]), "decision": "deny"}).encode()
+    request = (
+        f"POST {html.unescape(found[1])} HTTP/1.1\r\nHost: 127.0.0.1:{edge.port}\r\n"
+        f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(form)}\r\n"
+        f"Origin: {edge.origin}\r\nCookie: theme=dark\r\nCookie: {cookie}\r\nCookie: lang=en\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode() + form
+    answer = raw_exchange(edge.port, request)
+    assert answer.startswith(b"HTTP/1.1 303"), answer[:400]
+    assert b"error=access_denied" in answer  # Cancel, accepted as the page's own post
