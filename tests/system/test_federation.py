@@ -17,8 +17,6 @@ promptly, without holding the call.
 
 from __future__ import annotations
 
-import html
-import re
 import time
 import urllib.parse
 import uuid
@@ -44,6 +42,7 @@ from tests.support.http import Answer, http_call
 from tests.support.identity import PASSWORD, Deployment, bearer, start
 from tests.support.pkce import pkce
 from tests.support.processes import Process, run_module
+from tests.support.sign_in_page import form_of
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -173,16 +172,6 @@ def _introspect(deployment: Deployment, token: str) -> auth_pb.TokenInfo:
     return info
 
 
-def _form_of(body: str) -> tuple[str, str]:
-    """The action and CSRF token of a sign-in page's first form."""
-    found = re.search(
-        r'<form method="post" action="([^"]*)">\s*<input type="hidden" name="csrf_token" value="([^"]*)"',
-        body,
-    )
-    assert found, body
-    return html.unescape(found[1]), html.unescape(found[2])
-
-
 def _cookie(headers: Any) -> str:
     return str(headers["Set-Cookie"]).split(";", 1)[0]
 
@@ -201,7 +190,7 @@ def _to_provider(ours: Ours, verifier_challenge: str) -> tuple[str, str]:
     page = http_call(ours.port, "GET", "/oauth2/authorize?" + urllib.parse.urlencode(query))
     assert page.status == 200 and 'value="idp"' in page.body.decode(), page.body
     cookie = _cookie(page.headers)
-    action, token = _form_of(page.body.decode())
+    action, token = form_of(page.body.decode())
     # The choice's redirect goes to the provider: the page's CSP lets the form go there.
     assert (
         "form-action 'self' https://photos.example.com https://localhost:"
@@ -223,7 +212,7 @@ def _at_provider(provider: Provider, location: str, email: str) -> str:
     assert location.startswith(provider.issuer + "/oauth2/authorize?")
     page = requests.get(location, verify=str(provider.ca_file), allow_redirects=False, timeout=10)
     assert page.status_code == 200, page.text
-    action, token = _form_of(page.text)
+    action, token = form_of(page.text)
     signed_in = requests.post(
         provider.issuer + action,
         data={"csrf_token": token, "email": email, "password": PASSWORD, "decision": "allow"},

@@ -9,8 +9,6 @@ nothing secret reaches a log.
 from __future__ import annotations
 
 import base64
-import html
-import re
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from tests.support.http import Answer, http_call, raw_exchange
 from tests.support.identity import PASSWORD, Deployment, bearer, start
 from tests.support.pkce import pkce
 from tests.support.processes import Process
+from tests.support.sign_in_page import form_of
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -106,11 +105,7 @@ def _sign_in(edge: Edge, client_id: str, email: str) -> tuple[dict[str, str], st
     assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
     assert page.headers["X-Content-Type-Options"] == "nosniff"
     cookie = page.headers["Set-Cookie"].split(";", 1)[0]
-    found = re.search(
-        r'<form method="post" action="([^"]*)">.*name="csrf_token" value="([^"]*)"', page.body.decode(), re.S
-    )
-    assert found, page.body
-    action, token = html.unescape(found[1]), html.unescape(found[2])
+    action, token = form_of(page.body.decode())
     form = urllib.parse.urlencode(
         {"csrf_token": token, "email": email, "password": PASSWORD, "decision": "allow"}
     )
@@ -247,13 +242,10 @@ def test_the_form_s_cookie_is_found_among_cookie_fields_sent_apart(edge: Edge) -
     edge.client(resources_pb2.Client.CLIENT_TYPE_PUBLIC, "photo-crumbs")
     page = edge.call("GET", _authorize_path("photo-crumbs", pkce()[1]))
     cookie = page.headers["Set-Cookie"].split(";", 1)[0]
-    found = re.search(
-        r'<form method="post" action="([^"]*)">.*name="csrf_token" value="([^"]*)"', page.body.decode(), re.S
-    )
-    assert found, page.body
-    form = urllib.parse.urlencode({"csrf_token": html.unescape(found[2]), "decision": "deny"}).encode()
+    action, token = form_of(page.body.decode())
+    form = urllib.parse.urlencode({"csrf_token": token, "decision": "deny"}).encode()
     request = (
-        f"POST {html.unescape(found[1])} HTTP/1.1\r\nHost: 127.0.0.1:{edge.port}\r\n"
+        f"POST {action} HTTP/1.1\r\nHost: 127.0.0.1:{edge.port}\r\n"
         f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(form)}\r\n"
         f"Origin: {edge.origin}\r\nCookie: theme=dark\r\nCookie: {cookie}\r\nCookie: lang=en\r\n"
         "Connection: close\r\n\r\n"
