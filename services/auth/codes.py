@@ -40,11 +40,11 @@ class Codes:
     def claim(self, code: str, client_id: str) -> Grant | None:
         """The grant of an unused, unexpired `code` issued to `client_id`, the code now used;
         None for any other code (which is used up all the same)."""
-        now = self.clock()
+        now, code_hash = self.clock(), hash_token(code)
         with self.transactions() as repo:
-            claim = repo.claim_authorization_code(hash_token(code), now)
+            claim = repo.claim_authorization_code(code_hash, now)
             if claim.outcome == "used":
-                family = repo.flag_code_reused(hash_token(code))
+                family = repo.flag_code_reused(code_hash)
                 if family:
                     repo.revoke_family(family, now)
         grant = claim.grant
