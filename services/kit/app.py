@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from services.kit import authn, authz, bus, clients, config, db, federation, server, telemetry
+from services.kit import authn, authz, bus, clients, config, db, federation, priority, server, telemetry
 from services.kit.bus import BusTables, EventHandler, Outbox
 from services.kit.types import Background
 
@@ -93,6 +93,7 @@ def run(service: Service[_S]) -> None:
     (status 2 for configuration, 1 otherwise), never a traceback."""
     settings, own = config.load_with_or_exit(service.name, service.settings)
     telemetry.setup_or_exit(settings)
+    priority.lower_cpu_priority(settings.server.nice)
     engine = db.connect_or_exit(settings.db, migrations=service.migrations)
     channels = clients.Channels(settings, services={"auth": [authn.AUTH_SERVICE], **service.calls})
     try:

@@ -30,6 +30,7 @@ __all__ = [
     "Reader",
     "COMPONENTS",
     "DEFAULT_METRICS_PORTS",
+    "DEFAULT_NICE",
     "DEFAULT_PORTS",
     "SERVICES",
     "DatabaseSettings",
@@ -59,6 +60,10 @@ DEFAULT_PORTS: Mapping[str, int] = {
     "notifications": 50055,
     "gateway": 8080,
 }
+
+DEFAULT_NICE: Mapping[str, int] = {"payments": 10, "notifications": 10}
+"""Services whose work no caller waits on (an order's capture, its email and webhooks) give
+way to the others when they share a CPU; see `services.kit.priority`."""
 
 _T = TypeVar("_T")
 _TRUE = {"1", "true", "yes", "on"}
@@ -104,6 +109,9 @@ class ServerSettings:
     health_port: int = 0
     """A plaintext port answering only the health protocol's Check, for probes that cannot
     present a client certificate (Kubernetes' grpc probes); 0: none."""
+    nice: int = 0
+    """The CPU priority the process runs at (`kit.priority`): 0 normal, up to 19 for a service
+    whose work is background."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +395,9 @@ def _read(env: Reader, service: str) -> Settings:
             workers=env.integer("POLY_GRPC_WORKERS", 1200, low=4, high=20000),
             grace_seconds=env.number("POLY_GRACE_SECONDS", 10.0, low=0.0, high=600.0),
             health_port=env.integer(f"POLY_{upper}_HEALTH_PORT", 0, low=0, high=65535),
+            nice=env.integer(f"POLY_{upper}_NICE", DEFAULT_NICE.get(service, 0), low=0, high=19)
+            if service in SERVICES
+            else 0,
         ),
         tls=TlsSettings(
             ca_file=Path(env.text("POLY_TLS_CA_FILE", str(tls_dir / "ca.crt"))),

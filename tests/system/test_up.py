@@ -212,6 +212,21 @@ def test_a_killed_service_is_restarted_then_sigterm_drains_every_process(own_sys
     assert output.rstrip().endswith("| stopped")
 
 
+def test_services_no_caller_waits_on_give_way_on_a_shared_cpu(system: System) -> None:
+    # poly up starts each service in a session of its own, so each is a scheduling group of
+    # its own: the background ones lower their group as well as their threads.
+    ours = os.getpriority(os.PRIO_PROCESS, 0)  # what poly up inherited: raised, never lowered
+    for name in config.SERVICES:
+        line = system.up.wait_for_line(lambda text, name=name: f"ready  {name} " in text)
+        pid = int(line.rsplit("pid ", 1)[1])
+        expected = max(ours, config.DEFAULT_NICE.get(name, 0))
+        threads = {os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+        assert threads == {expected}, name
+        group = Path(f"/proc/{pid}/autogroup")
+        if group.is_file():
+            assert group.read_text().split()[-1] == str(expected), name
+
+
 def test_the_development_mailbox_keeps_the_welcome_email(system: System) -> None:
     settings = config.load("cli", system.environ)
     email = f"mailbox-{uuid.uuid4().hex[:8]}@example.com"

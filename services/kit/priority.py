@@ -1,0 +1,80 @@
+"""How much of a shared CPU a service claims when it has to compete for one.
+
+Part of every order's work happens after its caller has its answer: payments' capture and
+notifications' email and webhooks, which no caller waits on. Under ``poly up`` (and on any
+single host) all five services share the same cores. When those are full, the scheduler
+shares them evenly among whatever is runnable, so a read in orders waits its turn behind an
+email being rendered. Measured with ``bench/vs_fastapi.py --mixed-only`` (every service on
+one core, reads at 32 in flight while orders are placed at 4): those two services took 35% of
+the core and the reads' p99 rose to 4.1 times its unloaded value; at nice 10 they took 20%,
+the reads' p99 was 1.8 to 2 times its unloaded value, and more orders were placed.
+
+So a service whose work is background runs at a lower CPU priority, a Unix nice value. It
+still has the CPU whenever the CPU is free, and under contention a nice-10 thread weighs 110
+against a normal thread's 1,024. Its work waits; the outbox and inbox see that it is done
+later, never lost.
+
+Linux ranks threads, not processes, and by default groups each session's processes
+("autogroup") and shares the CPU evenly among the groups first; a nice value only ranks
+threads within their group. So the value is set on every thread the process has (threads
+started later inherit it) and, when the process leads its own session (as under ``poly up``,
+which starts each service in one), on its session's group as well. A process started in a
+terminal's session leaves that group alone: lowering it would lower the shell and everything
+started from it. An unprivileged process may only raise its nice value, so a value at or below
+the current one changes nothing. In a container the cgroup ranks the process against others
+(on Kubernetes, by its CPU request) and the nice value ranks only its own threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+__all__ = ["lower_cpu_priority"]
+
+_log = logging.getLogger("poly.server")
+
+_THREADS = Path("/proc/self/task")
+_SESSION_GROUP = Path("/proc/self/autogroup")
+
+
+def lower_cpu_priority(nice: int) -> None:
+    """Run this process at nice `nice` (0 to 19) if it runs at less: every thread, and its
+    session's scheduling group when it leads its own session. Problems are logged, not raised:
+    the process serves either way."""
+    if nice <= 0:
+        return
+    threads = [int(tid) for tid in os.listdir(_THREADS)] if _THREADS.is_dir() else [0]
+    try:
+        for tid in threads:
+            _raise_to(tid, nice)
+    except OSError as error:
+        _log.warning("cpu priority not lowered", extra={"nice": nice, "error": str(error)})
+        return
+    try:
+        group = _raise_session_group(nice)
+    except (OSError, ValueError) as error:  # a read-only /proc, an unexpected format
+        _log.warning("session's scheduling group not lowered", extra={"nice": nice, "error": str(error)})
+        group = False
+    _log.info("cpu priority lowered", extra={"nice": nice, "session_group": group})
+
+
+def _raise_to(tid: int, nice: int) -> None:
+    try:
+        if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except ProcessLookupError:
+        pass  # the thread ended meanwhile
+
+
+def _raise_session_group(nice: int) -> bool:
+    """Lower the session's group too, if it is this process's alone; True if it is at `nice`
+    or lower now."""
+    if os.getsid(0) != os.getpid() or not _SESSION_GROUP.is_file():
+        return False
+    # "/autogroup-42 nice 0"
+    current = int(_SESSION_GROUP.read_text().rsplit(maxsplit=1)[-1])
+    if current < nice:
+        _SESSION_GROUP.write_text(str(nice))
+    return True

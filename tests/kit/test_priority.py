@@ -1,0 +1,132 @@
+"""A background service's CPU priority: every thread, and its own session's group only.
+
+A nice value cannot be lowered again without privilege, so each case runs in a child
+process of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.kit import config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Linux's /proc reports threads")
+
+_CHILD = textwrap.dedent(
+    """
+    import json, os, sys, threading
+    from pathlib import Path
+    from services.kit.priority import lower_cpu_priority
+
+    start_nice = int(sys.argv[1])
+    if start_nice:
+        os.nice(start_nice)
+    parked = threading.Event()
+    before = threading.Thread(target=parked.wait, daemon=True)  # one that exists before the change
+    before.start()
+    lower_cpu_priority(int(sys.argv[2]))
+    seen = {}
+    after = threading.Thread(target=lambda: seen.update(after=os.getpriority(os.PRIO_PROCESS, 0)))
+    after.start()
+    after.join()
+    threads = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            threads[tid] = os.getpriority(os.PRIO_PROCESS, int(tid))
+        except ProcessLookupError:
+            pass  # `after`, still listed while it ends
+    parked.set()
+    group = Path("/proc/self/autogroup")
+    print(json.dumps({
+        "threads": threads,
+        "started_after": seen["after"],
+        "group": group.read_text().split()[-1] if group.is_file() else None,
+    }))
+    """
+)
+
+
+def _child(nice: int, *, start_nice: int = 0, own_session: bool) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(start_nice), str(nice)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=ROOT,
+        start_new_session=own_session,
+    )
+    found: dict[str, Any] = json.loads(done.stdout)
+    return found
+
+
+def _our_group() -> str | None:
+    group = Path("/proc/self/autogroup")
+    return group.read_text().split()[-1] if group.is_file() else None
+
+
+def test_every_thread_of_a_background_service_runs_at_its_nice_value() -> None:
+    found = _child(10, own_session=True)
+    assert len(found["threads"]) >= 2, "the thread started before the change is counted"
+    assert set(found["threads"].values()) == {10}
+    assert found["started_after"] == 10, "threads started later inherit it"
+
+
+def test_a_service_leading_its_own_session_lowers_its_scheduling_group_too() -> None:
+    # Linux shares the CPU evenly among sessions' groups first, so without this a nice value
+    # would not rank the service against other services started in sessions of their own.
+    found = _child(10, own_session=True)
+    if found["group"] is None:
+        pytest.skip("this kernel has no session groups (CONFIG_SCHED_AUTOGROUP)")
+    assert found["group"] == "10"
+
+
+def test_a_service_started_in_a_terminals_session_leaves_that_sessions_group_alone() -> None:
+    before = _our_group()
+    found = _child(10, own_session=False)
+    assert set(found["threads"].values()) == {10}
+    assert found["group"] == before, "the shell and everything started from it keep their priority"
+    assert _our_group() == before
+
+
+def test_a_process_already_running_at_a_lower_priority_keeps_it() -> None:
+    found = _child(10, start_nice=15, own_session=True)
+    assert set(found["threads"].values()) == {15}
+
+
+def test_nice_zero_changes_nothing() -> None:
+    found = _child(0, own_session=True)
+    assert set(found["threads"].values()) == {os.getpriority(os.PRIO_PROCESS, 0)}
+    if found["group"] is not None:
+        assert found["group"] == "0"
+
+
+def test_services_no_caller_waits_on_default_to_nice_ten_and_the_rest_to_zero() -> None:
+    nice = {name: config.load(name, {}).server.nice for name in config.COMPONENTS}
+    assert nice == {
+        "auth": 0,
+        "users": 0,
+        "orders": 0,
+        "payments": 10,
+        "notifications": 10,
+        "gateway": 0,
+        "cli": 0,
+    }
+
+
+def test_a_services_nice_value_is_its_own_setting_within_range() -> None:
+    assert config.load("notifications", {"POLY_NOTIFICATIONS_NICE": "0"}).server.nice == 0
+    assert config.load("orders", {"POLY_ORDERS_NICE": "5", "POLY_PAYMENTS_NICE": "0"}).server.nice == 5
+    with pytest.raises(config.ConfigError, match="POLY_PAYMENTS_NICE"):
+        config.load("payments", {"POLY_PAYMENTS_NICE": "20"})
+    with pytest.raises(config.ConfigError, match="POLY_ORDERS_NICE"):
+        config.load("orders", {"POLY_ORDERS_NICE": "-5"})
