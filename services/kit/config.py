@@ -61,7 +61,7 @@ DEFAULT_PORTS: Mapping[str, int] = {
     "gateway": 8080,
 }
 
-DEFAULT_NICE: Mapping[str, int] = {"payments": 10, "notifications": 10}
+DEFAULT_NICE: Mapping[str, int] = {"payments": 15, "notifications": 15}
 """Services whose work no caller waits on (an order's capture, its email and webhooks) give
 way to the others when they share a CPU; see `services.kit.priority`."""
 

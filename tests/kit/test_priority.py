@@ -110,14 +110,14 @@ def test_nice_zero_changes_nothing() -> None:
         assert found["group"] == "0"
 
 
-def test_services_no_caller_waits_on_default_to_nice_ten_and_the_rest_to_zero() -> None:
+def test_services_no_caller_waits_on_default_to_nice_fifteen_and_the_rest_to_zero() -> None:
     nice = {name: config.load(name, {}).server.nice for name in config.COMPONENTS}
     assert nice == {
         "auth": 0,
         "users": 0,
         "orders": 0,
-        "payments": 10,
-        "notifications": 10,
+        "payments": 15,
+        "notifications": 15,
         "gateway": 0,
         "cli": 0,
     }
