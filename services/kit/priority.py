@@ -15,7 +15,7 @@ in flight while orders are placed at 4 as fast as they go), payments and notific
 
 - nice 0: took 35% of the core, and the reads' p99 was 4.1 times its unloaded value;
 - nice 10: 20%, 1.8 to 2.05 times (the target is 2);
-- nice 15: 9%, 1.4 to 1.5 times, and the sagas caught up 18 s after the writers stopped
+- nice 15: 9%, 1.4 to 1.6 times, and the sagas caught up 18 s after the writers stopped
   (12 s at nice 10, 21 s at 19, which bought little more: 1.4 times).
 
 Linux ranks threads, not processes, and by default groups each session's processes
