@@ -1,8 +1,8 @@
 """How much of a shared CPU a service claims when it has to compete for one.
 
 Part of every order's work happens after its caller has its answer: payments' capture and
-notifications' email and webhooks, which no caller waits on. Under ``poly up`` (and on any
-single host) all five services share the same cores. When those are full, the scheduler
+notifications' email and webhooks, which no caller waits on. Under ``poly up`` all five
+services share the same cores. When those are full, the scheduler
 shares them evenly among whatever is runnable, so a read in orders waits its turn behind an
 email being rendered. So a service whose work is background runs at a lower CPU priority, a
 Unix nice value. It still has all of the CPU the others leave idle; under contention its
@@ -25,14 +25,17 @@ started later inherit it) and, when the process leads its own session (as under 
 which starts each service in one), on its session's group as well. A process started in a
 terminal's session leaves that group alone: lowering it would lower the shell and everything
 started from it. An unprivileged process may only raise its nice value, so a value at or below
-the current one changes nothing. In a container the cgroup ranks the process against others
-(on Kubernetes, by its CPU request) and the nice value ranks only its own threads.
+the current one changes nothing; the value is never lowered. Where each service has a
+cgroup of its own (a container, a systemd unit), the cgroups' weights rank the services (on
+Kubernetes, their CPU requests) and the nice value ranks only a service's own threads.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
+import time
 from pathlib import Path
 
 __all__ = ["lower_cpu_priority"]
@@ -41,27 +44,43 @@ _log = logging.getLogger("poly.server")
 
 _THREADS = Path("/proc/self/task")
 _SESSION_GROUP = Path("/proc/self/autogroup")
+_GROUP_WRITE_ATTEMPTS = 20
 
 
 def lower_cpu_priority(nice: int) -> None:
     """Run this process at nice `nice` (0 to 19) if it runs at less: every thread, and its
-    session's scheduling group when it leads its own session. Problems are logged, not raised:
-    the process serves either way."""
+    session's scheduling group when it leads its own session. Never lowered, even where it
+    could be. Problems are logged, not raised: the process serves either way."""
     if nice <= 0:
         return
-    threads = [int(tid) for tid in os.listdir(_THREADS)] if _THREADS.is_dir() else [0]
     try:
-        for tid in threads:
-            _raise_to(tid, nice)
+        _raise_every_thread(nice)
     except OSError as error:
         _log.warning("cpu priority not lowered", extra={"nice": nice, "error": str(error)})
         return
     try:
         group = _raise_session_group(nice)
-    except (OSError, ValueError) as error:  # a read-only /proc, an unexpected format
+    except OSError as error:  # a read-only /proc
         _log.warning("session's scheduling group not lowered", extra={"nice": nice, "error": str(error)})
-        group = False
-    _log.info("cpu priority lowered", extra={"nice": nice, "session_group": group})
+        group = None
+    _log.info(
+        "cpu priority lowered",
+        extra={"nice": os.getpriority(os.PRIO_PROCESS, 0), "session_group_nice": group},
+    )
+
+
+def _raise_every_thread(nice: int) -> None:
+    if not _THREADS.is_dir():  # not Linux: the value is the whole process's
+        _raise_to(0, nice)
+        return
+    done: set[int] = set()
+    for _ in range(5):  # a thread not yet lowered may have started another meanwhile
+        threads = {int(tid) for tid in os.listdir(_THREADS)} - done
+        if not threads:
+            return
+        for tid in threads:
+            _raise_to(tid, nice)
+        done |= threads
 
 
 def _raise_to(tid: int, nice: int) -> None:
@@ -72,13 +91,30 @@ def _raise_to(tid: int, nice: int) -> None:
         pass  # the thread ended meanwhile
 
 
-def _raise_session_group(nice: int) -> bool:
-    """Lower the session's group too, if it is this process's alone; True if it is at `nice`
-    or lower now."""
+def _raise_session_group(nice: int) -> int | None:
+    """Lower the session's group too, if it is this process's alone; its nice value now, or
+    None when it has none of its own (or the kernel no such groups)."""
     if os.getsid(0) != os.getpid() or not _SESSION_GROUP.is_file():
-        return False
-    # "/autogroup-42 nice 0"
-    current = int(_SESSION_GROUP.read_text().rsplit(maxsplit=1)[-1])
+        return None
+    current = _group_nice()
+    if current is None:
+        return None
     if current < nice:
-        _SESSION_GROUP.write_text(str(nice))
-    return True
+        # Without CAP_SYS_ADMIN the kernel takes one such write per 100 ms on the whole
+        # machine and refuses the others (EAGAIN): poly up starts the services together.
+        for attempt in range(_GROUP_WRITE_ATTEMPTS):
+            try:
+                _SESSION_GROUP.write_text(str(nice))
+                break
+            except BlockingIOError:
+                if attempt == _GROUP_WRITE_ATTEMPTS - 1:
+                    raise
+                time.sleep(random.uniform(0.1, 0.2))  # noqa: S311 - jitter, not a secret
+    return _group_nice()
+
+
+def _group_nice() -> int | None:
+    """The group's nice value: "/autogroup-42 nice 0"; the file is empty for a task in no
+    group of its own."""
+    fields = _SESSION_GROUP.read_text().split()
+    return int(fields[-1]) if len(fields) == 3 and fields[-1].lstrip("-").isdigit() else None

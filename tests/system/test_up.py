@@ -219,11 +219,14 @@ def test_services_no_caller_waits_on_give_way_on_a_shared_cpu(system: System) ->
     for name in config.SERVICES:
         line = system.up.wait_for_line(lambda text, name=name: f"ready  {name} " in text)
         pid = int(line.rsplit("pid ", 1)[1])
-        expected = max(ours, config.DEFAULT_NICE.get(name, 0))
-        threads = {os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
-        assert threads == {expected}, name
+        expected = config.DEFAULT_NICE.get(name, 0)
+        threads = set()
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+                threads.add(os.getpriority(os.PRIO_PROCESS, int(tid)))
+        assert threads == {max(ours, expected)}, name
         group = Path(f"/proc/{pid}/autogroup")
-        if group.is_file():
+        if group.is_file():  # a new session's group starts at 0, whatever poly up runs at
             assert group.read_text().split()[-1] == str(expected), name
 
 
