@@ -48,6 +48,8 @@ class Context(Generic[_S]):
     """Where the service publishes: a row in the transaction of the change that publishes."""
     channels: clients.Channels
     """Channels to the peers the service declared in `Service.calls` (and to auth)."""
+    background: priority.BackgroundThreads = field(default_factory=lambda: priority.BackgroundThreads(0))
+    """Where the service's workers lower their threads and run their transactions."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ def run(service: Service[_S]) -> None:
     settings, own = config.load_with_or_exit(service.name, service.settings)
     telemetry.setup_or_exit(settings)
     priority.lower_cpu_priority(settings.server.nice)
+    background = priority.BackgroundThreads(settings.server.background_nice)
     engine = db.connect_or_exit(settings.db, migrations=service.migrations)
     channels = clients.Channels(settings, services={"auth": [authn.AUTH_SERVICE], **service.calls})
     try:
@@ -101,12 +104,12 @@ def run(service: Service[_S]) -> None:
 
         def handlers(outbox: Outbox) -> Mapping[type[Message], EventHandler]:
             # The node makes the outbox; the parts publish through it, so they are built here.
-            context = Context(settings, own, engine, outbox, channels)
+            context = Context(settings, own, engine, outbox, channels, background)
             wired.append(service.wire(context))
             return wired[0].handlers
 
         try:
-            events_node = bus.node(settings, engine, service.bus_tables, handlers)
+            events_node = bus.node(settings, engine, service.bus_tables, handlers, background=background)
         except (ValueError, SQLAlchemyError) as error:
             # Handlers the event contract does not list, or a database that fails while the
             # parts are built (templates, signing keys): say what, and stop.

@@ -30,6 +30,7 @@ __all__ = [
     "Reader",
     "COMPONENTS",
     "DEFAULT_METRICS_PORTS",
+    "DEFAULT_BACKGROUND_NICE",
     "DEFAULT_NICE",
     "DEFAULT_PORTS",
     "SERVICES",
@@ -64,6 +65,10 @@ DEFAULT_PORTS: Mapping[str, int] = {
 DEFAULT_NICE: Mapping[str, int] = {"payments": 15, "notifications": 15}
 """Services whose work no caller waits on (an order's capture, its email and webhooks) give
 way to the others when they share a CPU; see `services.kit.priority`."""
+
+DEFAULT_BACKGROUND_NICE = 15
+"""The threads of every service that no caller waits on (the outbox relay, saga workers) run
+at this nice value (`kit.priority.BackgroundThreads`)."""
 
 _T = TypeVar("_T")
 _TRUE = {"1", "true", "yes", "on"}
@@ -112,6 +117,9 @@ class ServerSettings:
     nice: int = 0
     """The CPU priority the process runs at (`kit.priority`): 0 normal, up to 19 for a service
     whose work is background."""
+    background_nice: int = 0
+    """The CPU priority of the service's threads no caller waits on (the outbox relay, saga
+    workers), when it is below the process's (`kit.priority.BackgroundThreads`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,6 +404,9 @@ def _read(env: Reader, service: str) -> Settings:
             grace_seconds=env.number("POLY_GRACE_SECONDS", 10.0, low=0.0, high=600.0),
             health_port=env.integer(f"POLY_{upper}_HEALTH_PORT", 0, low=0, high=65535),
             nice=env.integer(f"POLY_{upper}_NICE", DEFAULT_NICE.get(service, 0), low=0, high=19)
+            if service in SERVICES
+            else 0,
+            background_nice=env.integer("POLY_BACKGROUND_NICE", DEFAULT_BACKGROUND_NICE, low=0, high=19)
             if service in SERVICES
             else 0,
         ),

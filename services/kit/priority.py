@@ -32,13 +32,22 @@ Kubernetes, their CPU requests) and the nice value ranks only a service's own th
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
+import queue
 import random
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
-__all__ = ["lower_cpu_priority"]
+__all__ = ["BackgroundThreads", "lower_cpu_priority"]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 _log = logging.getLogger("poly.server")
 
@@ -118,3 +127,57 @@ def _group_nice() -> int | None:
     group of its own."""
     fields = _SESSION_GROUP.read_text().split()
     return int(fields[-1]) if len(fields) == 3 and fields[-1].lstrip("-").isdigit() else None
+
+
+class BackgroundThreads:
+    """The threads of a service that no caller waits on (the outbox relay, a saga worker) run
+    at `nice` while the calls run at the process's own priority; their transactions do not.
+
+    A low-priority thread preempted inside a write transaction would hold SQLite's one write
+    lock until the scheduler came back to it, and every caller's write would wait behind it
+    (measured: CreateOrder's p99 rose four times). So `transaction` runs a call that holds
+    locks on a thread started here, at the process's priority, while the background thread
+    waits; the caller's context (trace, request id) goes with it."""
+
+    def __init__(self, nice: int) -> None:
+        self.nice = nice
+        self._own = _thread_nice()
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], contextvars.Context, Callable[[], Any]]] = (
+            queue.SimpleQueue()
+        )
+        self._runner: threading.Thread | None = None
+        if self.lowers():
+            # Started now, by a thread at the process's priority: a thread inherits its
+            # starter's nice value, so one started later by a background thread would not be.
+            self._runner = threading.Thread(target=self._run, name="background-transactions", daemon=True)
+            self._runner.start()
+
+    def lowers(self) -> bool:
+        """Whether background threads run below the process (on Linux, which ranks threads)."""
+        return self.nice > self._own and _THREADS.is_dir()
+
+    def enter(self) -> None:
+        """Called first by a background thread: it (and the threads it starts) runs at `nice`."""
+        if self.lowers():
+            _raise_to(threading.get_native_id(), self.nice)
+
+    def transaction(self, call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """`call(*args, **kwargs)`, which holds database locks while it runs, at the process's
+        priority: from a lowered thread on the transaction thread, else right here."""
+        if self._runner is None or _thread_nice() <= self._own:
+            return call(*args, **kwargs)
+        done: Future[_T] = Future()
+        self._jobs.put((done, contextvars.copy_context(), lambda: call(*args, **kwargs)))
+        return done.result()
+
+    def _run(self) -> None:
+        while True:
+            done, context, call = self._jobs.get()
+            try:
+                done.set_result(context.run(call))
+            except BaseException as error:  # noqa: BLE001 - raised again in the waiting thread
+                done.set_exception(error)
+
+
+def _thread_nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id() if _THREADS.is_dir() else 0)

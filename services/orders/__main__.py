@@ -13,7 +13,9 @@ def wire(context: app.Context[None]) -> app.Parts:
     hub = watch.ChangeHub()
     orders = Orders(store.OrdersStore(context.engine, context.outbox, hub.notify).transaction)
     # The saga's payment step: each new order is handed to the worker, which asks payments.
-    payment_worker = payment.PaymentWorker(orders, payment.GrpcPayments(context.channels))
+    payment_worker = payment.PaymentWorker(
+        orders, payment.GrpcPayments(context.channels), background=context.background
+    )
     orders.hand_over = payment_worker
     return app.Parts(
         servicer=OrdersServicer(orders, hub),

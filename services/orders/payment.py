@@ -33,6 +33,7 @@ from poly.payments.v1 import payments_service_pb2, payments_service_pb2_grpc, re
 from services.kit.clients import Channels
 from services.kit.domain_errors import DomainError
 from services.kit.errors import call_code, error_info
+from services.kit.priority import BackgroundThreads
 from services.kit.telemetry.handoff import Handoff
 from services.kit.wire import money_message
 from services.orders.domain import (
@@ -147,8 +148,11 @@ class PaymentWorker:
         interval: float = 1.0,
         batch_size: int = 50,
         concurrency: int = 8,
+        background: BackgroundThreads | None = None,
     ) -> None:
         self._orders = orders
+        # Below the calls, but not inside a transaction: see `kit.priority.BackgroundThreads`.
+        self._background = background or BackgroundThreads(0)
         self._payments = payments
         self._interval = interval
         self._batch_size = batch_size
@@ -204,9 +208,9 @@ class PaymentWorker:
             if answer is None:
                 return order, StepOutcome.FAILED
             if answer.decline_reason:
-                self._orders.declined(order, answer)
+                self._background.transaction(self._orders.declined, order, answer)
                 return order, StepOutcome.DONE
-            held = self._orders.authorized(order, answer.payment)
+            held = self._background.transaction(self._orders.authorized, order, answer.payment)
             if held is None:
                 return order, StepOutcome.DONE  # moved on (cancelled): payments voids the hold
             order = held
@@ -214,7 +218,7 @@ class PaymentWorker:
         if outcome is CaptureOutcome.CAPTURED:
             # PAID at once, in this trace (OrderPaid carries it). If that cannot be written,
             # the lease brings the capture back and payments answers it again as captured.
-            self._orders.captured(order)
+            self._background.transaction(self._orders.captured, order)
             return order, StepOutcome.DONE
         return order, StepOutcome.REFUSED if outcome is CaptureOutcome.REFUSED else StepOutcome.FAILED
 
@@ -231,7 +235,7 @@ class PaymentWorker:
         if room > 0 and claiming:
             self._next_claim = now + self._interval
             try:
-                claimed = self._orders.claim_payments(room)
+                claimed = self._background.transaction(self._orders.claim_payments, room)
             except SQLAlchemyError:  # what was handed over still goes; the claim runs again
                 _log.exception("claiming payments failed (database); retrying")
                 claimed = []
@@ -241,10 +245,13 @@ class PaymentWorker:
         if not batch:
             return 0
         tries = self._calls.map(self._attempt, *zip(*batch, strict=True))
-        self._orders.payments_attempted([done for done in tries if done is not None])
+        self._background.transaction(
+            self._orders.payments_attempted, [done for done in tries if done is not None]
+        )
         return len(batch)
 
     def _loop(self) -> None:
+        self._background.enter()  # and the call threads it starts
         while not self._stop.is_set():
             try:
                 self.run_once()

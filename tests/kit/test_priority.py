@@ -202,3 +202,85 @@ def test_a_group_already_lower_is_left_as_it_is(
     monkeypatch.setattr(priority, "_SESSION_GROUP", group)
     assert priority._raise_session_group(15) == 19
     assert group.writes == []
+
+
+_BACKGROUND_CHILD = textwrap.dedent(
+    """
+    import contextvars, json, os, sys, threading
+    from services.kit.priority import BackgroundThreads
+
+    def nice():
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    request_id = contextvars.ContextVar("request_id", default="")
+    background = BackgroundThreads(int(sys.argv[1]))
+    seen = {}
+
+    def step():
+        return {"thread": threading.get_native_id(), "nice": nice(), "request_id": request_id.get()}
+
+    def failing():
+        raise LookupError("raised in the transaction")
+
+    def worker():
+        background.enter()
+        request_id.set("req-1")
+        seen["worker"] = {"thread": threading.get_native_id(), "nice": nice()}
+        seen["transaction"] = background.transaction(step)
+        started = threading.Thread(target=lambda: seen.update(started=nice()))
+        started.start()
+        started.join()
+        try:
+            background.transaction(failing)
+        except LookupError as error:
+            seen["error"] = str(error)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    seen["from_a_call_thread"] = background.transaction(step)
+    seen["main"] = threading.get_native_id()
+    print(json.dumps(seen))
+    """
+)
+
+
+def _background_child(nice: int) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-c", _BACKGROUND_CHILD, str(nice)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=ROOT,
+    )
+    found: dict[str, Any] = json.loads(done.stdout)
+    return found
+
+
+def test_background_threads_run_below_the_calls_and_their_transactions_do_not() -> None:
+    # A low-priority thread preempted inside a write transaction would hold SQLite's write
+    # lock, and every caller's write behind it, until the scheduler came back to it.
+    if _OURS >= 15:
+        pytest.skip("the suite itself runs at nice 15 or more: no thread can run below it")
+    found = _background_child(15)
+    expected = 15
+    assert found["worker"]["nice"] == expected
+    assert found["started"] == expected, "threads a background thread starts are background too"
+    transaction = found["transaction"]
+    assert transaction["nice"] == _OURS, "the transaction runs at the process's priority"
+    assert transaction["thread"] != found["worker"]["thread"]
+    assert transaction["request_id"] == "req-1", "the caller's context goes with it"
+    assert found["error"] == "raised in the transaction", "its error is raised in the caller"
+
+
+def test_a_call_threads_transaction_runs_where_it_is() -> None:
+    found = _background_child(15)
+    assert found["from_a_call_thread"]["thread"] == found["main"]
+    assert found["from_a_call_thread"]["nice"] == _OURS
+
+
+def test_background_nice_zero_lowers_nothing_and_moves_nothing() -> None:
+    found = _background_child(0)
+    assert found["worker"]["nice"] == _OURS
+    assert found["transaction"]["thread"] == found["worker"]["thread"]

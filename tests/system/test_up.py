@@ -224,7 +224,10 @@ def test_services_no_caller_waits_on_give_way_on_a_shared_cpu(system: System) ->
         for tid in os.listdir(f"/proc/{pid}/task"):
             with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
                 threads.add(os.getpriority(os.PRIO_PROCESS, int(tid)))
-        assert threads == {max(ours, expected)}, name
+        if expected:
+            assert threads == {max(ours, expected)}, name
+        else:  # the outbox relay (and orders' payment worker) run below the calls
+            assert threads == {ours, max(ours, config.DEFAULT_BACKGROUND_NICE)}, name
         group = Path(f"/proc/{pid}/autogroup")
         if group.is_file():  # a new session's group starts at 0, whatever poly up runs at
             assert group.read_text().split()[-1] == str(expected), name

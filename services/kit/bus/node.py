@@ -32,6 +32,7 @@ from services.kit.bus.sink import EVENT_SINK, EventSinkServicer, sink_registrati
 from services.kit.bus.tables import BusTables
 from services.kit.bus.transport import EmbeddedTransport
 from services.kit.clients import Channels
+from services.kit.priority import BackgroundThreads
 
 __all__ = ["Handlers", "Node", "node"]
 
@@ -75,6 +76,7 @@ def node(
     handlers: Handlers | Callable[[Outbox], Handlers],
     *,
     metrics: BusMetrics | None = None,
+    background: BackgroundThreads | None = None,
 ) -> Node:
     """The bus of `settings.service` over its own database `engine`: embedded transport, or
     RabbitMQ when ``settings.bus.url`` is set. Handlers that publish in their own transaction
@@ -110,6 +112,7 @@ def node(
         ),
         metrics=metrics,
         owner=settings.service,
+        background=background,
     )
     outbox = Outbox(
         tables,

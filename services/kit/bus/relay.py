@@ -45,6 +45,7 @@ from services.kit.bus.metrics import BusMetrics
 from services.kit.bus.tables import DEAD, DELIVERED, PENDING, BusTables
 from services.kit.bus.tracing import EMBEDDED, BusTracer, Destination
 from services.kit.bus.transport import DeliveryError, Described, Transport
+from services.kit.priority import BackgroundThreads
 
 __all__ = ["Relay", "RelaySettings", "backoff_seconds"]
 
@@ -188,8 +189,11 @@ class Relay:
         owner: str | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         tracer_provider: TracerProvider | None = None,
+        background: BackgroundThreads | None = None,
     ) -> None:
-        """`tracer_provider` makes the send spans (the global one by default)."""
+        """`tracer_provider` makes the send spans (the global one by default); `background`
+        lowers the relay's threads below the calls (none by default)."""
+        self._background = background or BackgroundThreads(0)
         self._engine = engine
         self._tables = tables
         self._transport = transport
@@ -427,7 +431,7 @@ class Relay:
         concurrently without reordering any aggregate's events. A route known to be down is
         not claimed before its retry time, and then one send to it (a probe) goes before the others.
         """
-        token, lease_until, claimed = self._claim()
+        token, lease_until, claimed = self._background.transaction(self._claim)
         if not claimed:
             return 0
         round_ = _Round()
@@ -444,7 +448,7 @@ class Relay:
             sent = self._send_all(list(probes.values()), lease_until, round_)
             sent += self._send_all(rest, lease_until, round_)
         self._note_routes(round_)
-        self._record(token, sent)
+        self._background.transaction(self._record, token, sent)
         # Another round at once only if one can find something: a full batch may have left
         # more, and a delivery done may have freed the next of its aggregate.
         self._more = (
@@ -477,6 +481,7 @@ class Relay:
         return min(seconds + 0.01, self._settings.idle_poll)
 
     def _loop(self) -> None:
+        self._background.enter()  # and the send threads it starts
         while not self._stop.is_set():
             try:
                 busy = self.run_once() > 0 and self._more
