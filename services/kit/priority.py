@@ -54,6 +54,7 @@ _log = logging.getLogger("poly.server")
 _THREADS = Path("/proc/self/task")
 _SESSION_GROUP = Path("/proc/self/autogroup")
 _GROUP_WRITE_ATTEMPTS = 20
+_TRANSACTION_THREADS = 4
 
 
 def lower_cpu_priority(nice: int) -> None:
@@ -136,8 +137,8 @@ class BackgroundThreads:
     A low-priority thread preempted inside a write transaction would hold SQLite's one write
     lock until the scheduler came back to it, and every caller's write would wait behind it
     (measured: CreateOrder's p99 rose four times). So `transaction` runs a call that holds
-    locks on a thread started here, at the process's priority, while the background thread
-    waits; the caller's context (trace, request id) goes with it."""
+    locks on one of a few threads started here, at the process's priority, while the
+    background thread waits; the caller's context (trace, request id) goes with it."""
 
     def __init__(self, nice: int) -> None:
         self.nice = nice
@@ -145,12 +146,16 @@ class BackgroundThreads:
         self._jobs: queue.SimpleQueue[tuple[Future[Any], contextvars.Context, Callable[[], Any]]] = (
             queue.SimpleQueue()
         )
-        self._runner: threading.Thread | None = None
+        self._runners: list[threading.Thread] = []
         if self.lowers():
             # Started now, by a thread at the process's priority: a thread inherits its
             # starter's nice value, so one started later by a background thread would not be.
-            self._runner = threading.Thread(target=self._run, name="background-transactions", daemon=True)
-            self._runner.start()
+            # Several, so that on PostgreSQL the workers' transactions still overlap.
+            for index in range(_TRANSACTION_THREADS):
+                name = f"background-transactions-{index}"
+                runner = threading.Thread(target=self._run, name=name, daemon=True)
+                runner.start()
+                self._runners.append(runner)
 
     def lowers(self) -> bool:
         """Whether background threads run below the process (on Linux, which ranks threads)."""
@@ -163,8 +168,8 @@ class BackgroundThreads:
 
     def transaction(self, call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """`call(*args, **kwargs)`, which holds database locks while it runs, at the process's
-        priority: from a lowered thread on the transaction thread, else right here."""
-        if self._runner is None or _thread_nice() <= self._own:
+        priority: from a lowered thread on a transaction thread, else right here."""
+        if not self._runners or _thread_nice() <= self._own:
             return call(*args, **kwargs)
         done: Future[_T] = Future()
         self._jobs.put((done, contextvars.copy_context(), lambda: call(*args, **kwargs)))
