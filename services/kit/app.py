@@ -132,5 +132,6 @@ def run(service: Service[_S]) -> None:
             background=[events_node, *parts.workers],
         )
     finally:
+        background.close()  # the workers' last transactions, before the database closes
         channels.close()
         engine.dispose()

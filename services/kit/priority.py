@@ -143,10 +143,11 @@ class BackgroundThreads:
     def __init__(self, nice: int) -> None:
         self.nice = nice
         self._own = _thread_nice()
-        self._jobs: queue.SimpleQueue[tuple[Future[Any], contextvars.Context, Callable[[], Any]]] = (
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], contextvars.Context, Callable[[], Any]] | None] = (
             queue.SimpleQueue()
         )
         self._runners: list[threading.Thread] = []
+        self._queueing = threading.Lock()  # a job is never queued behind the runners' stop
         if self.lowers():
             # Started now, by a thread at the process's priority: a thread inherits its
             # starter's nice value, so one started later by a background thread would not be.
@@ -172,12 +173,26 @@ class BackgroundThreads:
         if not self._runners or _thread_nice() <= self._own:
             return call(*args, **kwargs)
         done: Future[_T] = Future()
-        self._jobs.put((done, contextvars.copy_context(), lambda: call(*args, **kwargs)))
+        with self._queueing:
+            if not self._runners:  # closed meanwhile
+                return call(*args, **kwargs)
+            self._jobs.put((done, contextvars.copy_context(), lambda: call(*args, **kwargs)))
         return done.result()
 
+    def close(self, timeout: float = 5.0) -> None:
+        """Finish the transactions already queued, then stop (after the workers have stopped,
+        before the database is closed)."""
+        with self._queueing:
+            runners, self._runners = self._runners, []
+            for _ in runners:
+                self._jobs.put(None)
+        deadline = time.monotonic() + timeout
+        for runner in runners:
+            runner.join(max(0.0, deadline - time.monotonic()))
+
     def _run(self) -> None:
-        while True:
-            done, context, call = self._jobs.get()
+        while (job := self._jobs.get()) is not None:
+            done, context, call = job
             try:
                 done.set_result(context.run(call))
             except BaseException as error:  # noqa: BLE001 - raised again in the waiting thread

@@ -38,6 +38,7 @@ from services.orders.domain import (
     capture_request_id,
 )
 from services.orders.payment import PaymentWorker
+from tests.support.background import RecordingBackground
 from tests.support.clock import Clock
 
 pytestmark = pytest.mark.slow
@@ -147,6 +148,29 @@ def test_a_new_order_is_paid_with_no_claim_query(engine: Engine) -> None:
     assert {order.name: orders.published(order) for order in placed} == {
         order.name: ["OrderCreated", "OrderPaid"] for order in placed
     }
+
+
+def test_the_worker_runs_below_the_calls_and_its_transactions_do_not(engine: Engine) -> None:
+    # Its thread and its call threads give way to the calls; recording an answer, which
+    # holds the write lock, must not run on them (kit.priority.BackgroundThreads).
+    orders = _Orders(engine, Clock(dt.datetime.now(dt.UTC)))
+    payments = _Payments()
+    background = RecordingBackground(engine, ("orders-payment-call",))
+    worker = PaymentWorker(orders.orders, payments, interval=0.05, background=background)
+    placed = [orders.placed() for _ in range(3)]  # not handed over: the worker claims them
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(payments.captures) < len(placed) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        while {orders.payment_state(o)[0] for o in placed} != {PAID} and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+    assert {orders.payment_state(order)[0] for order in placed} == {PAID}
+    assert background.entered == ["orders-payment"]
+    assert background.stray == [], "a lowered thread ran a statement outside a transaction call"
+    assert {"claim_payments", "authorized", "captured", "payments_attempted"} <= set(background.transactions)
 
 
 def _one_pass(orders: _Orders, payments: _Payments) -> Order:

@@ -13,6 +13,7 @@ from sqlalchemy import Row, select
 from poly.events.v1.events_pb2 import EventEnvelope
 from services.kit import bus
 from tests.kit.bus.conftest import BusDb, Clock, ScriptedTransport, publish
+from tests.support.background import RecordingBackground
 
 FAST = bus.RelaySettings(batch_size=10, max_attempts=3, base_delay=1.0, max_delay=8.0, lease_seconds=30)
 
@@ -436,3 +437,28 @@ def test_a_running_relay_drains_one_aggregates_backlog_in_order_without_waiting_
     assert bus.state_counts(bus_db.engine, bus_db.tables) == {bus.DELIVERED: 6}
     sent_a = [e.id for _, e in transport.sent if e.aggregate_id == "orders/A"]
     assert sent_a == [e.id for e in published[:5]]
+
+
+def test_a_running_relay_runs_below_the_calls_and_its_transactions_do_not(bus_db: BusDb) -> None:
+    # Its thread (and its send threads) give way to the calls; a claim or a record, which
+    # hold the write lock, must not run on them (kit.priority.BackgroundThreads).
+    transport = ScriptedTransport()
+    outbox = bus.Outbox(bus_db.tables, source="orders", routing=bus.broker_routing())
+    for n in range(3):
+        publish(bus_db, outbox, f"orders/{n}", f"E{n}")
+    background = RecordingBackground(bus_db.engine, ("bus-send",))
+    relay = bus.Relay(
+        bus_db.engine, bus_db.tables, transport, settings=FAST, owner="orders", background=background
+    )
+    relay.start()
+    try:
+        for _ in range(200):  # bounded: 10 s
+            if bus.state_counts(bus_db.engine, bus_db.tables) == {bus.DELIVERED: 3}:
+                break
+            threading.Event().wait(0.05)
+    finally:
+        relay.stop(5)
+    assert bus.state_counts(bus_db.engine, bus_db.tables) == {bus.DELIVERED: 3}
+    assert background.entered == ["bus-relay-orders"]
+    assert background.stray == [], "a lowered thread ran a statement outside a transaction call"
+    assert {"_claim", "_record"} <= set(background.transactions)
