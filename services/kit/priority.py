@@ -4,8 +4,9 @@ Part of every order's work happens after its caller has its answer: payments' ca
 notifications' email and webhooks, which no caller waits on. Under ``poly up`` all five
 services share the same cores. When those are full, the scheduler
 shares them evenly among whatever is runnable, so a read in orders waits its turn behind an
-email being rendered. So a service whose work is background runs at a lower CPU priority, a
-Unix nice value. It still has all of the CPU the others leave idle; under contention its
+email being rendered. So a service whose work is background can run at a lower CPU priority,
+a Unix nice value (``POLY_<SERVICE>_NICE``; none does by default, see `config.DEFAULT_NICE`).
+It still has all of the CPU the others leave idle; under contention its
 threads weigh less (1,024 at nice 0, 110 at 10, 36 at 15, 15 at 19). Its work waits; the
 outbox keeps it, and a push that times out costs no delivery attempt, so nothing is
 dead-lettered for waiting.

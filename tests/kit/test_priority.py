@@ -113,14 +113,11 @@ def test_nice_zero_changes_nothing() -> None:
         assert found["group"] == "0", "a new session's group starts at 0 and stays there"
 
 
-def test_services_no_caller_waits_on_default_to_nice_fifteen_and_the_rest_to_zero() -> None:
-    nice = {name: config.load(name, {}).server.nice for name in config.COMPONENTS}
-    assert nice == {
-        "auth": 0,
-        "users": 0,
-        "orders": 0,
-        "payments": 15,
-        "notifications": 15,
+def test_no_service_gives_way_by_default_and_background_threads_do() -> None:
+    settings = {name: config.load(name, {}).server for name in config.COMPONENTS}
+    assert {name: s.nice for name, s in settings.items()} == dict.fromkeys(config.COMPONENTS, 0)
+    assert {name: s.background_nice for name, s in settings.items()} == {
+        **dict.fromkeys(config.SERVICES, 15),
         "gateway": 0,
         "cli": 0,
     }
