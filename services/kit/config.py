@@ -64,8 +64,8 @@ DEFAULT_PORTS: Mapping[str, int] = {
 
 DEFAULT_NICE: Mapping[str, int] = {}
 """No service gives way by default. 15 for payments and notifications (whose work no caller
-waits on) measured best for reads on one shared core, but in that setting a texting test
-sent one text twice (`services.kit.priority`): not the default until that is understood."""
+waits on) measured best for reads on one shared core, but with it a texting test through the
+edge failed 5 of 15 runs, twice with one text sent twice: not the default until understood."""
 
 DEFAULT_BACKGROUND_NICE = 15
 """The threads of every service that no caller waits on (the outbox relay, saga workers) run
