@@ -107,7 +107,7 @@ def _raise_session_group(nice: int) -> int | None:
     None when it has none of its own (or the kernel no such groups)."""
     if os.getsid(0) != os.getpid() or not _SESSION_GROUP.is_file():
         return None
-    current = _group_nice()
+    current = session_group_nice()
     if current is None:
         return None
     if current < nice:
@@ -121,13 +121,16 @@ def _raise_session_group(nice: int) -> int | None:
                 if attempt == _GROUP_WRITE_ATTEMPTS - 1:
                     raise
                 time.sleep(random.uniform(0.1, 0.2))  # noqa: S311 - jitter, not a secret
-    return _group_nice()
+    return session_group_nice()
 
 
-def _group_nice() -> int | None:
-    """The group's nice value: "/autogroup-42 nice 0"; the file is empty for a task in no
-    group of its own."""
-    fields = _SESSION_GROUP.read_text().split()
+def session_group_nice(pid: int | None = None) -> int | None:
+    """The nice value of a process's session group ("/autogroup-42 nice 0"), or None where it
+    has none: no such file, or an empty one (kernels and sandboxes without the groups)."""
+    group = _SESSION_GROUP if pid is None else Path(f"/proc/{pid}/autogroup")
+    if not group.is_file():
+        return None
+    fields = group.read_text().split()
     return int(fields[-1]) if len(fields) == 3 and fields[-1].lstrip("-").isdigit() else None
 
 

@@ -24,8 +24,7 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Li
 _CHILD = textwrap.dedent(
     """
     import json, os, sys, threading
-    from pathlib import Path
-    from services.kit.priority import lower_cpu_priority
+    from services.kit.priority import lower_cpu_priority, session_group_nice
 
     start_nice = int(sys.argv[1])
     if start_nice > os.getpriority(os.PRIO_PROCESS, 0):
@@ -45,11 +44,10 @@ _CHILD = textwrap.dedent(
         except ProcessLookupError:
             pass  # `after`, still listed while it ends
     parked.set()
-    group = Path("/proc/self/autogroup")
     print(json.dumps({
         "threads": threads,
         "started_after": seen["after"],
-        "group": group.read_text().split()[-1] if group.is_file() else None,
+        "group": session_group_nice(),
     }))
     """
 )
@@ -72,11 +70,6 @@ def _child(nice: int, *, start_nice: int = 0, own_session: bool) -> dict[str, An
 _OURS = os.getpriority(os.PRIO_PROCESS, 0)  # the suite may itself run under `nice`
 
 
-def _our_group() -> str | None:
-    group = Path("/proc/self/autogroup")
-    return group.read_text().split()[-1] if group.is_file() else None
-
-
 def test_every_thread_of_a_background_service_runs_at_its_nice_value() -> None:
     found = _child(10, own_session=True)
     assert len(found["threads"]) >= 2, "the thread started before the change is counted"
@@ -90,15 +83,15 @@ def test_a_service_leading_its_own_session_lowers_its_scheduling_group_too() -> 
     found = _child(10, own_session=True)
     if found["group"] is None:
         pytest.skip("this kernel has no session groups (CONFIG_SCHED_AUTOGROUP)")
-    assert found["group"] == "10"
+    assert found["group"] == 10
 
 
 def test_a_service_started_in_a_terminals_session_leaves_that_sessions_group_alone() -> None:
-    before = _our_group()
+    before = priority.session_group_nice()
     found = _child(10, own_session=False)
     assert set(found["threads"].values()) == {max(_OURS, 10)}
     assert found["group"] == before, "the shell and everything started from it keep their priority"
-    assert _our_group() == before
+    assert priority.session_group_nice() == before
 
 
 def test_a_process_already_running_at_a_lower_priority_keeps_it() -> None:
@@ -110,7 +103,7 @@ def test_nice_zero_changes_nothing() -> None:
     found = _child(0, own_session=True)
     assert set(found["threads"].values()) == {_OURS}
     if found["group"] is not None:
-        assert found["group"] == "0", "a new session's group starts at 0 and stays there"
+        assert found["group"] == 0, "a new session's group starts at 0 and stays there"
 
 
 def test_no_service_gives_way_by_default_and_background_threads_do() -> None:
