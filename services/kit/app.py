@@ -48,7 +48,7 @@ class Context(Generic[_S]):
     """Where the service publishes: a row in the transaction of the change that publishes."""
     channels: clients.Channels
     """Channels to the peers the service declared in `Service.calls` (and to auth)."""
-    background: priority.BackgroundThreads = field(default_factory=lambda: priority.BackgroundThreads(0))
+    background: priority.BackgroundThreads = priority.INLINE
     """Where the service's workers lower their threads and run their transactions."""
 
 

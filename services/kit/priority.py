@@ -205,3 +205,8 @@ class BackgroundThreads:
 
 def _thread_nice() -> int:
     return os.getpriority(os.PRIO_PROCESS, threading.get_native_id() if _THREADS.is_dir() else 0)
+
+
+# Lowers nothing and runs every transaction where it is called: for a worker that no
+# service has wired to its own (tests, tools).
+INLINE = BackgroundThreads(0)

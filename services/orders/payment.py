@@ -33,7 +33,7 @@ from poly.payments.v1 import payments_service_pb2, payments_service_pb2_grpc, re
 from services.kit.clients import Channels
 from services.kit.domain_errors import DomainError
 from services.kit.errors import call_code, error_info
-from services.kit.priority import BackgroundThreads
+from services.kit.priority import INLINE, BackgroundThreads
 from services.kit.telemetry.handoff import Handoff
 from services.kit.wire import money_message
 from services.orders.domain import (
@@ -152,7 +152,7 @@ class PaymentWorker:
     ) -> None:
         self._orders = orders
         # Below the calls, but not inside a transaction: see `kit.priority.BackgroundThreads`.
-        self._background = background or BackgroundThreads(0)
+        self._background = background or INLINE
         self._payments = payments
         self._interval = interval
         self._batch_size = batch_size

@@ -45,7 +45,7 @@ from services.kit.bus.metrics import BusMetrics
 from services.kit.bus.tables import DEAD, DELIVERED, PENDING, BusTables
 from services.kit.bus.tracing import EMBEDDED, BusTracer, Destination
 from services.kit.bus.transport import DeliveryError, Described, Transport
-from services.kit.priority import BackgroundThreads
+from services.kit.priority import INLINE, BackgroundThreads
 
 __all__ = ["Relay", "RelaySettings", "backoff_seconds"]
 
@@ -193,7 +193,7 @@ class Relay:
     ) -> None:
         """`tracer_provider` makes the send spans (the global one by default); `background`
         lowers the relay's threads below the calls (none by default)."""
-        self._background = background or BackgroundThreads(0)
+        self._background = background or INLINE
         self._engine = engine
         self._tables = tables
         self._transport = transport

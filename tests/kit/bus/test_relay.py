@@ -14,6 +14,7 @@ from poly.events.v1.events_pb2 import EventEnvelope
 from services.kit import bus
 from tests.kit.bus.conftest import BusDb, Clock, ScriptedTransport, publish
 from tests.support.background import RecordingBackground
+from tests.support.waiting import eventually
 
 FAST = bus.RelaySettings(batch_size=10, max_attempts=3, base_delay=1.0, max_delay=8.0, lease_seconds=30)
 
@@ -402,15 +403,10 @@ def test_a_running_relay_retries_at_the_time_it_scheduled_not_at_its_idle_poll(b
     relay = bus.Relay(bus_db.engine, bus_db.tables, transport, settings=settings)
     relay.start()
     try:
-        delivered = threading.Event()
-        for _ in range(200):  # bounded: 10 s
-            if bus.state_counts(bus_db.engine, bus_db.tables) == {bus.DELIVERED: 1}:
-                delivered.set()
-                break
-            threading.Event().wait(0.05)
+        # The retry runs well before the 600 s idle poll.
+        _wait_until_delivered(bus_db, 1)
     finally:
         relay.stop(5)
-    assert delivered.is_set(), "the retry ran well before the 600 s idle poll"
     assert [e.id for _, e in transport.sent] == [event.id] and relay.metrics.total("retried") == 1
 
 
@@ -428,13 +424,9 @@ def test_a_running_relay_drains_one_aggregates_backlog_in_order_without_waiting_
     )
     relay.start()
     try:
-        for _ in range(200):  # bounded: 10 s
-            if bus.state_counts(bus_db.engine, bus_db.tables) == {bus.DELIVERED: 6}:
-                break
-            threading.Event().wait(0.05)
+        _wait_until_delivered(bus_db, 6)
     finally:
         relay.stop(5)
-    assert bus.state_counts(bus_db.engine, bus_db.tables) == {bus.DELIVERED: 6}
     sent_a = [e.id for _, e in transport.sent if e.aggregate_id == "orders/A"]
     assert sent_a == [e.id for e in published[:5]]
 
@@ -452,13 +444,18 @@ def test_a_running_relay_runs_below_the_calls_and_its_transactions_do_not(bus_db
     )
     relay.start()
     try:
-        for _ in range(200):  # bounded: 10 s
-            if bus.state_counts(bus_db.engine, bus_db.tables) == {bus.DELIVERED: 3}:
-                break
-            threading.Event().wait(0.05)
+        _wait_until_delivered(bus_db, 3)
     finally:
         relay.stop(5)
-    assert bus.state_counts(bus_db.engine, bus_db.tables) == {bus.DELIVERED: 3}
     assert background.entered == ["bus-relay-orders"]
     assert background.stray == [], "a lowered thread ran a statement outside a transaction call"
     assert {"_claim", "_record"} <= set(background.transactions)
+
+
+def _wait_until_delivered(bus_db: BusDb, count: int) -> None:
+    """Until all `count` deliveries are DELIVERED, bounded at 10 s."""
+    eventually(
+        lambda: bus.state_counts(bus_db.engine, bus_db.tables) == {bus.DELIVERED: count},
+        timeout=10,
+        what=f"{count} deliveries delivered",
+    )
