@@ -16,7 +16,8 @@ import socket
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -48,6 +49,27 @@ def proc_cpu_s(pid: int) -> float:
     """utime + stime of a whole process (all threads), in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def seconds_until_idle(
+    pids: Callable[[], Iterable[int]],
+    *,
+    interval_s: float,
+    limit_s: float = 120.0,
+    settled: Callable[[], bool] = lambda: True,
+) -> float:
+    """Seconds until the processes `pids` names spend under a tenth of a core together over
+    `interval_s` while `settled()` holds, bounded by `limit_s`: what one window left running
+    (a saga backlog, an outbox) must not share the CPU with the next one."""
+    began = time.monotonic()
+    while time.monotonic() - began < limit_s:
+        watched = list(pids())
+        before, at = sum(proc_cpu_s(pid) for pid in watched), time.monotonic()
+        time.sleep(interval_s)
+        busy = (sum(proc_cpu_s(pid) for pid in watched) - before) / (time.monotonic() - at)
+        if busy < 0.10 and settled():
+            break
+    return time.monotonic() - began
 
 
 def core_busy_s(cpu: int) -> float:

@@ -146,6 +146,7 @@ from machine import (
     percentile,
     pin_all_threads,
     proc_cpu_s,
+    seconds_until_idle,
 )
 from telemetry import PASSWORD, SETUPS, Databases, System, make_system, start_system, wait_ready
 
@@ -692,18 +693,14 @@ def summarise(
 
 
 def quiesce(rig: Rig) -> float:
-    """Wait (bounded) until every outbox is empty and the services idle (< 10% of a core over
-    a second): what an overloaded window left behind must not run into the next one."""
-    began = time.perf_counter()
-    while time.perf_counter() - began < QUIET_TIMEOUT_S:
-        before = rig.cpu()
-        time.sleep(1.0)
-        after = rig.cpu()
-        spent = cpu_spent(before, after)
-        busy = sum(spent[name] for name in config.SERVICES) / (after.at - before.at)
-        if busy < 0.10 and not any(rig.outboxes.depths().values()):
-            break
-    return time.perf_counter() - began
+    """Wait (bounded) until every outbox is empty and the services idle: what an overloaded
+    window left behind must not run into the next one."""
+    return seconds_until_idle(
+        lambda: [pid for name, pid in rig.system.pids().items() if name in config.SERVICES],
+        interval_s=1.0,
+        limit_s=QUIET_TIMEOUT_S,
+        settled=lambda: not any(rig.outboxes.depths().values()),
+    )
 
 
 def idle_ms_per_s(rig: Rig, seconds: float) -> float:

@@ -133,6 +133,7 @@ from machine import (  # noqa: E402
     pin_all_threads,
     proc_cpu_s,
     run_to_the_end,
+    seconds_until_idle,
 )
 
 from poly.orders.v1 import orders_service_pb2 as orders_pb  # noqa: E402
@@ -633,19 +634,14 @@ def _mixed_windows(servers: Servers, load_cpu: int, opts: Options) -> dict[str, 
     return {"windows": windows, "rows": rows, "read_p99_ratio": p99_ratio, "drained_s": drained_s}
 
 
-def sagas_drained_s(servers: Servers, limit_s: float = 120.0) -> float:
-    """Seconds until the system is idle again (under a tenth of a core for half a second).
-    The writers stop with the last window, but the sagas of the orders they placed run on in
-    payments and notifications (the longer, the more those gave way to the reads), and the
-    next layout's unloaded windows must not share the CPU with them."""
-    pids = [pid for name, pid in servers.pids().items() if name in KIT]
-    began = time.monotonic()
-    while time.monotonic() - began < limit_s:
-        before = sum(proc_cpu_s(pid) for pid in pids)
-        time.sleep(0.5)
-        if sum(proc_cpu_s(pid) for pid in pids) - before < 0.05:
-            break
-    return time.monotonic() - began
+def sagas_drained_s(servers: Servers) -> float:
+    """Seconds until the system is idle again. The writers stop with the last window, but the
+    sagas of the orders they placed run on in payments and notifications (the longer, the
+    more those gave way to the reads), and the next layout's unloaded windows must not share
+    the CPU with them."""
+    return seconds_until_idle(
+        lambda: [pid for name, pid in servers.pids().items() if name in KIT], interval_s=0.5
+    )
 
 
 def mixed_table(mixed: dict[str, Any]) -> str:
