@@ -52,6 +52,14 @@ polls the mailbox and notes, for each ``OrderPaid`` email, its file's mtime. Per
                window: other people's work on this shared machine, PostgreSQL and RabbitMQ when
                the scheduler put them there
 
+Then the **watch cost**: 200 orders placed at ``WATCH_PLACE_RATE`` and paid, and with
+WatchOrder streams (no ``until_states``, so each stays open on its PAID order with nothing to
+send) held open on none, one and then all 200 of them, the orders process's CPU over
+``WATCH_SECONDS`` with nothing changing, after the system is quiet again. A watch waits on
+the change hub; the hub's one re-check a second reads the versions of every watched order in
+one query. So the figure per open watch above none should be about nothing, and the same for
+1 and for 200 (issue 20: "the cost of a watch independent of how many are open").
+
 A rate is **sustained** when PAID/s >= 95% of the offered rate, p99 to PAID < 1 s, the drain
 <= 3 s and nothing failed; stepping stops at the first rate that is not. The **max
 sustainable rate** is the highest sustained rate below that, and a last window at half of it
@@ -177,6 +185,14 @@ SUSTAINED_DRAIN_S = 3.0
 TARGET_P99_MS = 100.0
 TARGET_CPU_MS = {"embedded": 25.0, "postgres": 40.0}
 """The issue's targets at half the max sustainable rate: CPU per order over the five services."""
+WATCHES = (0, 1, 200)
+"""Open WatchOrder streams in the watch-cost windows: the cost of a watch must not grow
+with how many are open (issue 20)."""
+WATCH_SECONDS = 20.0
+"""Long enough that the kernel's 10 ms CPU ticks are half a ms a second."""
+WATCH_PLACE_RATE = 10.0
+"""Orders a second placed (and paid) for the watches to watch: below both configurations'
+max sustainable rate."""
 ORDERS = orders_service_pb2.DESCRIPTOR.services_by_name["OrdersService"]
 PAID = resources_pb2.Order.STATE_PAID
 ORDER_PAID_EVENT = "poly.events.v1.OrderPaid"
@@ -464,6 +480,30 @@ class Driver:
             return
         sample.error = f"ended {resources_pb2.Order.State.Name(state)}"
 
+    def hold_watches(self, orders: Sequence[tuple[int, str]]) -> Callable[[], None]:
+        """Open a WatchOrder stream on each of `orders` ((index, name), as `start` placed
+        them: the index picks the owner), with no `until_states`, so that on a PAID order it
+        stays open with nothing to send; returns once each has its first snapshot. The call
+        returned cancels them all."""
+        calls: list[Any] = self._run(self._watch_all(orders))
+
+        def cancel_all() -> None:
+            for call in calls:
+                self._loop.call_soon_threadsafe(call.cancel)
+
+        return cancel_all
+
+    async def _watch_all(self, orders: Sequence[tuple[int, str]]) -> list[Any]:
+        calls = []
+        for index, name in orders:
+            stub, metadata = self._stubs[index % len(self._stubs)], self._metadata[index % len(self._stubs)]
+            request = orders_service_pb2.WatchOrderRequest(name=name)
+            calls.append(stub.WatchOrder(request, metadata=metadata, timeout=600))
+        first = await asyncio.gather(*(call.read() for call in calls))
+        if any(snapshot is grpc.aio.EOF or snapshot.order.state != PAID for snapshot in first):
+            raise BenchError("a watched order is not PAID, or its watch ended")
+        return calls
+
     def close(self) -> None:
         async def close_all() -> None:
             for channel in self._channels:
@@ -712,6 +752,43 @@ def idle_ms_per_s(rig: Rig, seconds: float) -> float:
     return sum(spent[name] for name in config.SERVICES) * 1000 / (after.at - before.at)
 
 
+def watch_cost(rig: Rig) -> list[dict[str, Any]]:
+    """Orders' CPU a second with 0, 1 and 200 WatchOrder streams open on PAID orders while
+    nothing changes: what an open watch costs, and whether it grows with how many are open
+    (they wait on the change hub; its one re-check a second reads the versions of every
+    watched order in one query)."""
+    count = max(WATCHES)
+    placed = rig.driver.start(WATCH_PLACE_RATE, count / WATCH_PLACE_RATE, time.perf_counter() + 0.2)
+    samples = placed.result(timeout=count / WATCH_PLACE_RATE + PAID_TIMEOUT_S + 60)
+    paid = [(index, s.name) for index, s in enumerate(samples) if not math.isnan(s.paid)]
+    if len(paid) < count:
+        raise BenchError(f"only {len(paid)} of {count} orders to watch were PAID")
+    rows = []
+    for open_watches in WATCHES:
+        cancel = rig.driver.hold_watches(paid[:open_watches])
+        try:
+            quiesce(rig)  # the placing's sagas, and the watches' opening
+            before = rig.cpu()
+            time.sleep(WATCH_SECONDS)
+            after = rig.cpu()
+        finally:
+            cancel()
+        spent, seconds = cpu_spent(before, after), after.at - before.at
+        rows.append(
+            {
+                "open_watches": open_watches,
+                "orders_ms_per_s": spent["orders"] * 1000 / seconds,
+                "services_ms_per_s": sum(spent[name] for name in config.SERVICES) * 1000 / seconds,
+            }
+        )
+        print(
+            f"  [{rig.name}] {open_watches} open watches: orders {rows[-1]['orders_ms_per_s']:.1f} ms "
+            "of CPU per s",
+            flush=True,
+        )
+    return rows
+
+
 # --- where the time goes (py-spy) ----------------------------------------------------------------
 
 
@@ -842,6 +919,8 @@ def run_config(name: str, opts: Options, tmp: Path, server_cpu: int, load_cpu: i
             half = window(rig, best / 2, opts.half_seconds, kind="half")
             print(f"  [{name}] half of the max: {_line(half)}", flush=True)
             quiesce(rig)
+        watches = watch_cost(rig)
+        quiesce(rig)
         profiled, profiles = None, dict[str, Any]()
         if opts.profile and best:
             seconds = max(5.0, min(15.0, opts.seconds - 2))
@@ -854,6 +933,7 @@ def run_config(name: str, opts: Options, tmp: Path, server_cpu: int, load_cpu: i
             "steps": [asdict(s) for s in steps],
             "max_sustainable_rate": best,
             "half": asdict(half) if half else None,
+            "watch_cost": watches,
             "profile_window": asdict(profiled) if profiled else None,
             "profiles": profiles,
         }
@@ -937,6 +1017,25 @@ def summary_table(found: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def watch_table(found: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "| configuration | open WatchOrder streams, nothing changing | orders ms CPU/s "
+        "| five services ms CPU/s | orders ms/s above none | the same per open watch |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in found:
+        none = r["watch_cost"][0]["orders_ms_per_s"]
+        for row in r["watch_cost"]:
+            n = row["open_watches"]
+            above = row["orders_ms_per_s"] - none
+            each = f"{above / n:.3f}" if n else "-"
+            lines.append(
+                f"| {r['config']} | {n} | {row['orders_ms_per_s']:.1f} "
+                f"| {row['services_ms_per_s']:.1f} | {above:.1f} | {each} |"
+            )
+    return "\n".join(lines)
+
+
 def profile_tables(profiles: dict[str, Any]) -> str:
     out = []
     for process, found in profiles.items():
@@ -1003,6 +1102,8 @@ def run(opts: Options) -> int:
             print(profile_tables(found["profiles"]))
     print("\n## Max sustainable rate, and half of it (the issue's targets; reported, not asserted)\n")
     print(summary_table(results["configs"]))
+    print(f"\n## What open watches cost ({WATCH_SECONDS:g} s each, watched orders PAID)\n")
+    print(watch_table(results["configs"]))
     results["wall_s"] = time.monotonic() - began
     print(f"\n(wall time {results['wall_s']:.0f} s; JSON in {opts.json_path})")
     opts.json_path.parent.mkdir(parents=True, exist_ok=True)
