@@ -440,6 +440,10 @@ class Driver:
             grpc.aio.secure_channel(cli.peers["orders"], credentials, options=options) for _ in range(count)
         ]
 
+    def _customer(self, index: int) -> tuple[Any, tuple[tuple[str, str], ...]]:
+        """The stub and credentials of order number `index`'s customer (round robin)."""
+        return self._stubs[index % len(self._stubs)], self._metadata[index % len(self._stubs)]
+
     def start(self, rate: float, seconds: float, t0: float) -> concurrent.futures.Future[list[Sample]]:
         """Orders at t0 + i/rate (perf_counter) for `seconds`; the future ends when each is settled."""
         return asyncio.run_coroutine_threadsafe(self._step(rate, seconds, t0), self._loop)
@@ -456,7 +460,7 @@ class Driver:
         return samples
 
     async def _one(self, index: int, sample: Sample) -> None:
-        stub, metadata = self._stubs[index % len(self._stubs)], self._metadata[index % len(self._stubs)]
+        stub, metadata = self._customer(index)
         request = orders_service_pb2.CreateOrderRequest(order=self._order, request_id=str(uuid.uuid4()))
         sample.sent, sample.sent_wall = time.perf_counter(), time.time()
         try:
@@ -496,7 +500,7 @@ class Driver:
     async def _watch_all(self, orders: Sequence[tuple[int, str]]) -> list[Any]:
         calls = []
         for index, name in orders:
-            stub, metadata = self._stubs[index % len(self._stubs)], self._metadata[index % len(self._stubs)]
+            stub, metadata = self._customer(index)
             request = orders_service_pb2.WatchOrderRequest(name=name)
             calls.append(stub.WatchOrder(request, metadata=metadata, timeout=600))
         first = await asyncio.gather(*(call.read() for call in calls))
