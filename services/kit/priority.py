@@ -2,12 +2,12 @@
 
 Part of every order's work happens after its caller has its answer: payments' capture and
 notifications' email and webhooks, which no caller waits on. Under ``poly up`` all five
-services share the same cores. When those are full, the scheduler
-shares them evenly among whatever is runnable, so a read in orders waits its turn behind an
-email being rendered. So a service whose work is background can run at a lower CPU priority,
-a Unix nice value (``POLY_<SERVICE>_NICE``; none does by default, see `config.DEFAULT_NICE`).
-It still has all of the CPU the others leave idle; under contention its
-threads weigh less (1,024 at nice 0, 110 at 10, 36 at 15, 15 at 19). Its work waits; the
+services share the same cores. When those are full, the scheduler shares them evenly among
+whatever is runnable, so a read in orders waits its turn behind an email being rendered. So
+a service whose work is background can run at a lower CPU priority, a Unix nice value
+(``POLY_<SERVICE>_NICE``; payments and notifications run at 15 by default, see
+`config.DEFAULT_NICE`). It still has all of the CPU the others leave idle; under contention
+its threads weigh less (1,024 at nice 0, 110 at 10, 36 at 15, 15 at 19). Its work waits; the
 outbox keeps it, and a push that times out costs no delivery attempt, so nothing is
 dead-lettered for waiting.
 
@@ -45,7 +45,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-__all__ = ["BackgroundThreads", "lower_cpu_priority"]
+__all__ = ["INLINE", "BackgroundThreads", "lower_cpu_priority", "session_group_nice"]
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -128,9 +128,10 @@ def session_group_nice(pid: int | None = None) -> int | None:
     """The nice value of a process's session group ("/autogroup-42 nice 0"), or None where it
     has none: no such file, or an empty one (kernels and sandboxes without the groups)."""
     group = _SESSION_GROUP if pid is None else Path(f"/proc/{pid}/autogroup")
-    if not group.is_file():
+    try:
+        fields = group.read_text().split() if group.is_file() else []
+    except OSError:  # the process ended meanwhile
         return None
-    fields = group.read_text().split()
     return int(fields[-1]) if len(fields) == 3 and fields[-1].lstrip("-").isdigit() else None
 
 
@@ -163,8 +164,9 @@ class BackgroundThreads:
                 self._runners.append(runner)
 
     def lowers(self) -> bool:
-        """Whether background threads run below the process (on Linux, which ranks threads)."""
-        return self.nice > self._own and _THREADS.is_dir()
+        """Whether background threads run below the process (on Linux, which ranks threads);
+        never at 0, even in a process started above normal priority (below 0)."""
+        return self.nice > max(self._own, 0) and _THREADS.is_dir()
 
     def enter(self) -> None:
         """Called first by a background thread: it (and the threads it starts) runs at `nice`."""

@@ -201,6 +201,14 @@ def test_a_group_already_lower_is_left_as_it_is(
 _BACKGROUND_CHILD = textwrap.dedent(
     """
     import contextvars, json, os, sys, threading
+
+    if len(sys.argv) > 2:  # started above normal priority (root, or systemd's Nice=-5)
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, int(sys.argv[2]))
+        except PermissionError:
+            print(json.dumps({"refused": True}))
+            sys.exit(0)
+
     from services.kit.priority import BackgroundThreads
 
     def nice():
@@ -239,9 +247,9 @@ _BACKGROUND_CHILD = textwrap.dedent(
 )
 
 
-def _background_child(nice: int) -> dict[str, Any]:
+def _background_child(nice: int, *start_nice: int) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-c", _BACKGROUND_CHILD, str(nice)],
+        [sys.executable, "-c", _BACKGROUND_CHILD, str(nice), *map(str, start_nice)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -277,4 +285,13 @@ def test_a_call_threads_transaction_runs_where_it_is() -> None:
 def test_background_nice_zero_lowers_nothing_and_moves_nothing() -> None:
     found = _background_child(0)
     assert found["worker"]["nice"] == _OURS
+    assert found["transaction"]["thread"] == found["worker"]["thread"]
+
+
+def test_background_nice_zero_lowers_nothing_in_a_process_started_above_normal_priority() -> None:
+    # 0 is "off" whatever the process runs at: a relay started at nice -5 stays at -5.
+    found = _background_child(0, -5)
+    if found.get("refused"):
+        pytest.skip("raising a priority needs CAP_SYS_NICE")
+    assert found["worker"]["nice"] == -5
     assert found["transaction"]["thread"] == found["worker"]["thread"]

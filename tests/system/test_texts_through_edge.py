@@ -89,7 +89,7 @@ class App:
             found: list[dict[str, Any]] = self.call("GET", query, token=token).json().get("deliveries", [])
             return found if found and all(d["state"] != "STATE_PENDING" for d in found) else None
 
-        deliveries = eventually(settled, what=f"the deliveries of {event_id}")
+        deliveries = eventually(settled, timeout=30, what=f"the deliveries of {event_id}")
         return next((d for d in deliveries if d["channel"] == "CHANNEL_SMS"), None)
 
     def sent_text(self, user: str, token: str) -> dict[str, Any]:
@@ -108,6 +108,7 @@ class App:
             )
             return None if skipped_before_opt_in else found
 
+        # Each attempt waits up to 30 s for its own deliveries, so this bounds the attempts.
         return eventually(attempt, timeout=60, what=f"a text to {user} after its number and opt-in arrived")
 
 
