@@ -105,7 +105,7 @@ def _raise_to(tid: int, nice: int) -> None:
 def _raise_session_group(nice: int) -> int | None:
     """Lower the session's group too, if it is this process's alone; its nice value now, or
     None when it has none of its own (or the kernel no such groups)."""
-    if os.getsid(0) != os.getpid() or not _SESSION_GROUP.is_file():
+    if os.getsid(0) != os.getpid():
         return None
     current = session_group_nice()
     if current is None:

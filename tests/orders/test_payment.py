@@ -40,6 +40,7 @@ from services.orders.domain import (
 from services.orders.payment import PaymentWorker
 from tests.support.background import RecordingBackground
 from tests.support.clock import Clock
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -131,13 +132,10 @@ def test_a_new_order_is_paid_with_no_claim_query(engine: Engine) -> None:
     orders.orders.hand_over = worker
     worker.start()
     try:
-        deadline = time.monotonic() + 10
-        while not orders.claims and time.monotonic() < deadline:
-            time.sleep(0.01)
+        eventually(lambda: orders.claims, timeout=10, what="the first pass's claim")
         assert len(orders.claims) == 1, "the first pass claims once"
         placed = [orders.placed() for _ in range(5)]
-        while len(payments.captures) < len(placed) and time.monotonic() < deadline + 10:
-            time.sleep(0.01)
+        eventually(lambda: len(payments.captures) >= len(placed), timeout=10, what="every capture")
     finally:
         worker.stop()
     assert sorted(payments.authorizations) == sorted((o.name, authorize_request_id(o)) for o in placed)
@@ -160,11 +158,11 @@ def test_the_worker_runs_below_the_calls_and_its_transactions_do_not(engine: Eng
     placed = [orders.placed() for _ in range(3)]  # not handed over: the worker claims them
     worker.start()
     try:
-        deadline = time.monotonic() + 10
-        while len(payments.captures) < len(placed) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        while {orders.payment_state(o)[0] for o in placed} != {PAID} and time.monotonic() < deadline:
-            time.sleep(0.01)
+        eventually(
+            lambda: {orders.payment_state(o)[0] for o in placed} == {PAID},
+            timeout=10,
+            what="every order PAID",
+        )
     finally:
         worker.stop()
     assert {orders.payment_state(order)[0] for order in placed} == {PAID}
