@@ -246,6 +246,12 @@ _WEBHOOKS_OF = (
     .order_by(_WEBHOOKS.c.create_time, _WEBHOOKS.c.id)
 )
 _PUSH_SUBSCRIPTIONS = cast(Table, PushSubscriptionRow.__table__)
+_PUSH_SUBSCRIPTIONS_OF = (
+    select(_PUSH_SUBSCRIPTIONS)
+    .where(_PUSH_SUBSCRIPTIONS.c.owner == bindparam("push_owner"))
+    .order_by(_PUSH_SUBSCRIPTIONS.c.create_time, _PUSH_SUBSCRIPTIONS.c.id)
+)
+"""Read for every notification resolved: built once (181 µs a call built each time, 38 not)."""
 _CONTACTS = cast(Table, ContactRow.__table__)
 _CONTACT = select(_CONTACTS).where(_CONTACTS.c.recipient == bindparam("contact_recipient"))
 _NEWER_CONTACT = (
@@ -515,12 +521,8 @@ class SqlRepository:
         return None if row is None else _push_subscription(row)
 
     def push_subscriptions_of(self, owner: str) -> list[PushSubscription]:
-        statement = (
-            select(_PUSH_SUBSCRIPTIONS)
-            .where(PushSubscriptionRow.owner == owner)
-            .order_by(PushSubscriptionRow.create_time, PushSubscriptionRow.id)
-        )
-        return [_push_subscription(row) for row in self._connection.execute(statement)]
+        found = self._connection.execute(_PUSH_SUBSCRIPTIONS_OF, {"push_owner": owner})
+        return [_push_subscription(row) for row in found]
 
     def list_push_subscriptions(
         self, owner: str | None, after: Sequence[str] | None, limit: int
@@ -609,10 +611,12 @@ class SqlRepository:
             limit=limit,
         )
         hooks = [row.webhook.removeprefix("webhooks/") for row in claimed if row.channel == WEBHOOK]
-        found = self._connection.execute(
-            select(WebhookRow.id, WebhookRow.secret).where(WebhookRow.id.in_(hooks))
-        )
-        secrets = {hook_id: secret for hook_id, secret in found}
+        secrets: dict[str, str] = {}
+        if hooks:  # the dispatcher claims every second, mostly nothing, and never a webhook then
+            found = self._connection.execute(
+                select(WebhookRow.id, WebhookRow.secret).where(WebhookRow.id.in_(hooks))
+            )
+            secrets = {hook_id: secret for hook_id, secret in found}
         return [
             Outgoing(
                 _delivery(row),

@@ -1,6 +1,7 @@
 """The dispatcher's claims on a real database (SQLite file and PostgreSQL): a delivery whose
 dispatcher died mid-send is claimed again once its lease expires, and that claim is counted
-and logged, since the first attempt may already have been sent."""
+and logged, since the first attempt may already have been sent; a claimed webhook delivery
+carries its webhook's signing secret."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from services.kit import bus, db
 from services.kit.config import DatabaseSettings
 from services.notifications import store
 from services.notifications.dispatch import Dispatch, DispatchSettings
-from services.notifications.domain import EMAIL, PENDING, SENT, WEBHOOK, Delivery
+from services.notifications.domain import EMAIL, PENDING, SENT, WEBHOOK, Delivery, Webhook
 from tests.support.clock import Clock
 
 pytestmark = pytest.mark.slow
@@ -105,3 +106,19 @@ def test_a_retry_after_a_recorded_failure_is_not_counted(
     assert again.delivery.id == delivery.id and again.delivery.attempts == 2
     assert not again.reclaimed and dispatch.metrics.total("reclaimed") == 0
     assert not [r for r in caplog.records if "lease expired" in r.getMessage()]
+
+
+def test_a_claimed_webhook_delivery_carries_its_webhooks_current_secret(
+    notifications: store.NotificationsStore,
+) -> None:
+    clock = Clock()
+    hook = Webhook("w1", "users/u1", "https://hooks.example.com/u1", (), clock())
+    with notifications.transaction() as repo:
+        assert repo.add_webhook(hook, "whsec_current", "", "")
+    webhook_delivery, email_delivery = (
+        _pending(notifications, clock, WEBHOOK),
+        _pending(notifications, clock, EMAIL),
+    )
+    claimed = {c.delivery.id: c for c in _dispatch(notifications, clock, "only").claim_deliveries(10)}
+    assert claimed[webhook_delivery.id].secret == "whsec_current"
+    assert claimed[email_delivery.id].secret == ""
