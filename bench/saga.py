@@ -88,7 +88,8 @@ saga's own latency (the payment worker's AuthorizePayment and CapturePayment cal
 capture's answer making the order PAID, the watch's wake-up; the email adds OrderPaid through
 the outbox and relay, and the notifications dispatcher); beyond them it is queueing, and
 grows with the window. Access lines are on (INFO, as ``poly up`` runs); ``--log-level
-WARNING`` shows what they cost.
+WARNING`` shows what they cost, and ``--traces-sampler always_off`` what tracing every call
+costs.
 
 Recorded runs (this project's 2-core VM, 2026-12-05)
 ---------------------------------------------------------------------------------------------
@@ -111,9 +112,10 @@ goes.
 
 Usage: ``python bench/saga.py [--config embedded|postgres|both] [--rates 2,4,8] [--seconds S]
 [--quick] [--json PATH] [--postgres ADMIN_URL] [--amqp URL] [--log-level INFO|WARNING]
-[--profile [--py-spy PATH]]``; ``--quick`` is a smoke run (the first two rates, 4 s
-windows, 5 s watch-cost windows). Markdown tables on stdout; every number, and each
-order's time to PAID, in the JSON (default ``bench/results/saga.json``).
+[--traces-sampler always_on|always_off] [--profile [--py-spy PATH]]``; ``--quick`` is a
+smoke run (the first two rates, 4 s windows, 5 s watch-cost windows). Markdown tables on
+stdout; every number, and each order's time to PAID, in the JSON (default
+``bench/results/saga.json``).
 """
 
 from __future__ import annotations
@@ -240,6 +242,7 @@ def launch(name: str, opts: Options, tmp: Path, server_cpu: int, cleanup: contex
         cleanup.callback(databases.drop)
     system = make_system(setup, tmp / name, server_cpu, 0, databases.make if databases else None)
     system.environ["POLY_LOG_LEVEL"] = opts.log_level  # INFO (poly up's): an access line per call
+    system.environ["OTEL_TRACES_SAMPLER"] = opts.traces_sampler  # always_on: every call, as poly up
     if name == "postgres":
         prefix = f"polysaga-{uuid.uuid4().hex[:10]}"
         system.environ.update({"POLY_BUS_URL": opts.amqp_url, "POLY_BUS_PREFIX": prefix})
@@ -1085,6 +1088,7 @@ class Options:
     postgres_url: str
     amqp_url: str
     log_level: str = "INFO"
+    traces_sampler: str = "always_on"
     profile: bool = False
     py_spy: str = ""
 
@@ -1152,6 +1156,12 @@ def main(argv: Sequence[str]) -> int:
         "--log-level", choices=("INFO", "WARNING"), default="INFO", help="the services' (INFO: as poly up)"
     )
     parser.add_argument(
+        "--traces-sampler",
+        choices=("always_on", "always_off"),
+        default="always_on",
+        help="the services' OTEL_TRACES_SAMPLER (always_on: every call traced, as poly up)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="py-spy on orders, payments and notifications at the max rate"
     )
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "", help="py-spy binary")
@@ -1177,6 +1187,7 @@ def main(argv: Sequence[str]) -> int:
         postgres_url=args.postgres,
         amqp_url=args.amqp,
         log_level=args.log_level,
+        traces_sampler=args.traces_sampler,
         profile=args.profile,
         py_spy=args.py_spy,
     )
