@@ -267,14 +267,15 @@ class Dispatch:
                     waiting += 1
             return Resolved(taken, waiting)
 
-    def postpone(self, notification: Notification, error: str) -> None:
-        """The contact could not be read: retry later, or give up after the last attempt."""
+    def postpone(self, notification: Notification, error: str) -> dt.datetime | None:
+        """The contact could not be read: retry later, or give up after the last attempt; when
+        it is tried again (None: never, or another dispatcher has it now)."""
         now = self.clock()
         exhausted = notification.attempts >= self.settings.max_attempts
         delay = self._delay(notification.attempts)
         next_time = None if exhausted else now + dt.timedelta(seconds=delay)
         with self.transactions() as repo:
-            repo.settle_notification(
+            settled = repo.settle_notification(
                 notification.event_id,
                 self.owner,
                 state=ABANDONED if exhausted else PENDING,
@@ -282,6 +283,7 @@ class Dispatch:
                 next_time=next_time,
                 now=now,
             )
+        return next_time if settled else None
 
     def claim_deliveries(self, limit: int) -> list[Outgoing]:
         now, until = self._lease()

@@ -8,7 +8,12 @@ email among them again written taken and sent at once, up to `concurrency` sends
 No query looks for that work. What is not handed over this way (a retry falling due, a
 webhook delivery, work whose dispatcher died or that waited here until its lease nearly ran
 out, what is recorded while the dispatcher stops, a backlog beyond the free sends) is claimed
-(leased) by a round at most every `poll_seconds`, and at once after a claim that came back full.
+(leased) by a round: the deliveries a resolve left waiting in that same round, a retry or a
+postponement this dispatcher recorded when it falls due, more at once after a claim that came
+back full, and otherwise every `poll_seconds` (5 s: for work no wake-up announces, a lease
+another dispatcher left to run out, work recorded while this one was stopped). Claiming twice
+a second whatever the work cost an idle service 3.7 ms of CPU a second, a third of the five
+services' idle CPU.
 Database work runs in worker threads (`asyncio.to_thread`); the network calls never hold a
 transaction. A dispatcher that dies with work taken leaves it to its lease: the work is
 claimed again once the lease runs out. A delivery whose lease outlived its dispatcher
@@ -21,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import heapq
 import logging
 import threading
 import time
@@ -74,7 +81,7 @@ class Dispatcher:
         webhooks: WebhookSender,
         *,
         concurrency: int,
-        poll_seconds: float = 0.5,
+        poll_seconds: float = 5.0,
         texts: SmsSender | None = None,
         pushes: PushSender | None = None,
     ) -> None:
@@ -101,6 +108,9 @@ class Dispatcher:
         """Resolves under way that may each add one to `_sendable`: with it, taken work never
         exceeds `concurrency`."""
         self._next_claim = 0.0
+        self._due: list[float] = []
+        """When (the loop's time) the retries and postponements this dispatcher recorded fall
+        due: a heap, each starting a claim on time rather than at the next poll."""
         self._claim_again = True
         self._deliveries_waiting = True
         self._traces = Handoff("notifications.dispatch")
@@ -179,7 +189,9 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         claiming = self._claim_again or loop.time() >= self._next_claim
         if claiming:
-            self._next_claim = loop.time() + self._poll_seconds
+            while self._due and self._due[0] <= loop.time():
+                heapq.heappop(self._due)
+            self._next_claim = min([loop.time() + self._poll_seconds, *self._due[:1]])
             self._claim_again = False
         now = time.monotonic()
         handed = [self._taken.popleft() for _ in range(min(len(self._taken), self._concurrency))]
@@ -207,6 +219,18 @@ class Dispatcher:
                 self._start(outgoing)
         if self._taken and self._wakeup is not None:
             self._wakeup.set()  # more was handed over than one round resolves
+
+    def _claim_by(self, when: dt.datetime | None) -> None:
+        """Claim again when `when` (the dispatch clock's time of a retry just recorded) comes;
+        on the loop only."""
+        if when is None or self._loop is None:
+            return
+        due = self._loop.time() + max(0.0, (when - self._dispatch.clock()).total_seconds())
+        heapq.heappush(self._due, due)
+        if due < self._next_claim:
+            self._next_claim = due
+            if self._wakeup is not None:
+                self._wakeup.set()  # the loop's wait was for the later claim
 
     def _start_sendable(self) -> None:
         while self._sendable and len(self._in_flight) < self._concurrency:
@@ -241,7 +265,8 @@ class Dispatcher:
                         "contact not available yet",
                         extra={"event_id": notification.event_id, "error": str(unavailable)},
                     )
-                    await asyncio.to_thread(self._dispatch.postpone, notification, str(unavailable))
+                    retry = await asyncio.to_thread(self._dispatch.postpone, notification, str(unavailable))
+                    self._claim_by(retry)
                     return
                 resolved = await asyncio.to_thread(self._dispatch.resolve, notification, contact, take=take)
         finally:
@@ -290,9 +315,10 @@ class Dispatcher:
                     "delivery refused: the destination is gone", extra={**facts, "error": result.error}
                 )
             else:
-                await asyncio.to_thread(
+                settled = await asyncio.to_thread(
                     self._dispatch.failed, outgoing, result.error, permanent=result.permanent
                 )
+                self._claim_by(settled.next_attempt_time if settled is not None else None)
                 # Only a failure has an error to show (retried later unless permanent).
                 _log.warning(
                     "delivery failed", extra={**facts, "error": result.error, "permanent": result.permanent}

@@ -396,7 +396,7 @@ class Orders:
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
     hand_over: HandOver | None = None
     """The payment worker new orders are handed to once committed; None: a worker's claim
-    finds them (at most its interval later)."""
+    finds them (at most its poll later)."""
 
     def create(
         self, owner: str, lines: Sequence[NewLine], order_id: str, request_id: str, check_owner: OwnerCheck
@@ -595,21 +595,23 @@ class Orders:
                 repo.publish(event, changed)
             return changed
 
-    def payments_attempted(self, outcomes: Sequence[tuple[Order, StepOutcome]]) -> None:
+    def payments_attempted(self, outcomes: Sequence[tuple[Order, StepOutcome]]) -> dt.timedelta | None:
         """Reschedule after a batch of tries that did not end their step, in one transaction: a
         failure backs off, a refusal stops (an outcome is recorded at once, by `authorized`,
-        `declined` or `captured`). Each order is as the try last saw it."""
+        `declined` or `captured`). Each order is as the try last saw it. Returns how soon the
+        first retry it scheduled falls due (None: none), for the worker to claim it then."""
         if all(outcome is StepOutcome.DONE for _, outcome in outcomes):
-            return  # the usual pass: nothing to reschedule, no transaction
+            return None  # the usual pass: nothing to reschedule, no transaction
         now = self.clock()
+        delays: list[dt.timedelta] = []
         with self.transactions() as repo:
             for order, outcome in outcomes:
                 if outcome is StepOutcome.FAILED:
-                    repo.schedule_payment(
-                        order.id, now + payment_backoff(order.payment_attempts), order.payment_attempts + 1
-                    )
+                    delays.append(payment_backoff(order.payment_attempts))
+                    repo.schedule_payment(order.id, now + delays[-1], order.payment_attempts + 1)
                 elif outcome is StepOutcome.REFUSED:
                     repo.schedule_payment(order.id, None, order.payment_attempts + 1)
+        return min(delays, default=None)
 
 
 def _saga_step(

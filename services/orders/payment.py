@@ -3,11 +3,12 @@
 `PaymentWorker` is a `kit.types.Background`: a thread that works through batches of orders
 whose payment step is due: those handed to it by `due` (`Orders.create` wrote the new order
 taken by this worker and hands it over once committed: no query looks for it) and, at most
-every `interval` seconds or at once after a full claim, those it claims
-(`Orders.claim_payments`: retries falling due, work a dead worker had taken, a handed order
-that waited here past half its lease, an order placed while the worker stops; state kept in
-the orders table, so a restart resumes where it stopped). A pass with a claim due keeps a
-quarter of its batch for the claim.
+when a retry it scheduled falls due, at once after a full claim, and otherwise every
+`interval` seconds (5 s), those it claims (`Orders.claim_payments`: retries falling due, work
+a dead worker had taken, a handed order that waited here past half its lease, an order placed
+while the worker stops; state kept in the orders table, so a restart resumes where it
+stopped). A claim every second whatever the work was most of an idle orders' CPU. A pass
+with a claim due keeps a quarter of its batch for the claim.
 For each order, with at most `concurrency` orders in flight, it calls payments: a PENDING
 order is authorized (AuthorizePayment, with the order's idempotency key): a hold moves it to
 AWAITING_PAYMENT and it is captured at once (CapturePayment) and made PAID; a decline makes
@@ -18,6 +19,7 @@ placed the order; calls that got no answer are rescheduled in one transaction, w
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -145,7 +147,7 @@ class PaymentWorker:
         orders: Orders,
         payments: PaymentCalls,
         *,
-        interval: float = 1.0,
+        interval: float = 5.0,
         batch_size: int = 50,
         concurrency: int = 8,
         background: BackgroundThreads | None = None,
@@ -166,6 +168,9 @@ class PaymentWorker:
         """Handed over by `due`, with the `time.monotonic()` after which a pass leaves one to a
         claim (its lease is about to run out: another worker may claim it)."""
         self._next_claim = 0.0
+        self._due: list[float] = []
+        """When (`time.monotonic()`) the retries this worker scheduled fall due: a heap, each
+        starting a claim on time rather than at the next poll."""
         self._claim_again = True
 
     def wake(self) -> None:
@@ -233,7 +238,9 @@ class PaymentWorker:
         batch = [(order, usable_until) for order, usable_until in handed if usable_until > now]
         room = self._batch_size - len(batch)
         if room > 0 and claiming:
-            self._next_claim = now + self._interval
+            while self._due and self._due[0] <= now:
+                heapq.heappop(self._due)
+            self._next_claim = min([now + self._interval, *self._due[:1]])
             try:
                 claimed = self._background.transaction(self._orders.claim_payments, room)
             except SQLAlchemyError:  # what was handed over still goes; the claim runs again
@@ -245,9 +252,13 @@ class PaymentWorker:
         if not batch:
             return 0
         tries = self._calls.map(self._attempt, *zip(*batch, strict=True))
-        self._background.transaction(
+        retry = self._background.transaction(
             self._orders.payments_attempted, [done for done in tries if done is not None]
         )
+        if retry is not None:
+            due = time.monotonic() + retry.total_seconds()
+            heapq.heappush(self._due, due)
+            self._next_claim = min(self._next_claim, due)
         return len(batch)
 
     def _loop(self) -> None:

@@ -1,7 +1,8 @@
 """Work handed over, not claimed (services/notifications/dispatcher.py), on a real database
 (SQLite file and PostgreSQL) and a real SMTP server: a consumed event's notification is
 written taken by the dispatcher and sent with no claim query; work a dead dispatcher had taken
-is claimed by another once its lease runs out."""
+is claimed by another once its lease runs out; a retry a dispatcher records is claimed when it
+falls due, not at the next poll."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from services.notifications import domain, events, store
+from services.notifications.contacts import ContactUnavailable
 from services.notifications.dispatch import Dispatch, DispatchSettings
 from services.notifications.dispatcher import Dispatcher
 from services.notifications.domain import EMAIL, RESOLVED, SENT, Contact, Lease, Notification
@@ -33,10 +35,17 @@ def _contact(user: str) -> Contact:
     return Contact(user, f"{user.removeprefix('users/')}@example.com", "Ada", deleted=False)
 
 
-def _dispatcher(notifications: NotificationsDatabase, box: Mailbox, *, concurrency: int) -> Dispatcher:
+def _dispatcher(
+    notifications: NotificationsDatabase,
+    box: Mailbox,
+    *,
+    concurrency: int,
+    settings: DispatchSettings = SETTINGS,
+    lookup: Any = _contact,
+) -> Dispatcher:
     return Dispatcher(
-        Dispatch(notifications.store.transaction, SETTINGS),
-        _contact,
+        Dispatch(notifications.store.transaction, settings),
+        lookup,
         EmailSender(SmtpSettings(host="127.0.0.1", port=box.port)),
         WebhookSender(NotificationsSettings()),
         concurrency=concurrency,
@@ -143,3 +152,73 @@ def test_a_stopping_dispatcher_takes_no_notification(notifications: Notification
     assert handed == [], "not handed to a dispatcher that stops"
     survivor = Dispatch(notifications.store.transaction, SETTINGS)
     assert [(n.event_id, n.attempts) for n in survivor.claim_notifications(10)] == [(event_id, 1)]
+
+
+QUICK_RETRIES = DispatchSettings(
+    max_attempts=4, retry_base_seconds=0.2, retry_max_seconds=0.5, lease_seconds=30.0
+)
+
+
+def test_a_failed_send_is_claimed_again_when_its_retry_falls_due_not_at_the_next_poll(
+    notifications: NotificationsDatabase,
+) -> None:
+    """The SMTP server answers 451 once: the retry the dispatcher recorded is claimed and sent
+    within seconds, though its periodic claim comes only once an hour."""
+    with mailbox() as box:
+        box.reply = "451 4.3.0 Try again later"
+        dispatcher = _dispatcher(notifications, box, concurrency=4, settings=QUICK_RETRIES)
+        dispatcher.start()
+        try:
+            assert _wait_for(lambda: len(notifications.claims) >= 2), "the first round claims once"
+            started_claims = len(notifications.claims)
+            handlers = events.handlers(
+                lambda session: store.SqlRepository(session, notifications.outbox),
+                lease=dispatcher.lease,
+                on_commit=dispatcher.take,
+            )
+            notifications.record(handlers, "users/u1")
+
+            def retry_recorded() -> bool:
+                rows = notifications.rows(store.DeliveryRow)
+                return [(d.state, d.attempts, bool(d.last_error)) for d in rows] == [("PENDING", 1, True)]
+
+            assert _wait_for(retry_recorded), "the first attempt failed and was recorded for a retry"
+            box.reply = "250 Message accepted for delivery"
+            assert _wait_for(lambda: len(box.messages) == 1, seconds=10), "the retry was sent"
+        finally:
+            dispatcher.stop()
+    [delivery] = notifications.rows(store.DeliveryRow)
+    assert (delivery.state, delivery.attempts) == (SENT, 2)
+    # One round of claims for the retry (notifications and deliveries), not a poll's stream of them.
+    assert 1 <= len(notifications.claims) - started_claims <= 4, notifications.claims[started_claims:]
+
+
+def test_a_postponed_notification_is_claimed_again_when_its_retry_falls_due(
+    notifications: NotificationsDatabase,
+) -> None:
+    """The users service cannot give the contact once: the notification is postponed, and
+    claimed and sent when its retry falls due, with the hourly poll nowhere near."""
+    asked: list[str] = []
+
+    def lookup(user: str) -> Contact:
+        asked.append(user)
+        if len(asked) == 1:
+            raise ContactUnavailable("users UNAVAILABLE")
+        return _contact(user)
+
+    with mailbox() as box:
+        dispatcher = _dispatcher(notifications, box, concurrency=4, settings=QUICK_RETRIES, lookup=lookup)
+        dispatcher.start()
+        try:
+            handlers = events.handlers(
+                lambda session: store.SqlRepository(session, notifications.outbox),
+                lease=dispatcher.lease,
+                on_commit=dispatcher.take,
+            )
+            notifications.record(handlers, "users/u1")
+            assert _wait_for(lambda: len(box.messages) == 1, seconds=10), f"asked {len(asked)} times"
+        finally:
+            dispatcher.stop()
+    assert asked == ["users/u1", "users/u1"]
+    [recorded] = notifications.rows(store.NotificationRow)
+    assert (recorded.state, recorded.attempts) == (RESOLVED, 2)

@@ -2,9 +2,9 @@
 is handed to the worker, authorized and captured with no claim query and made PAID on the
 capture's answer (OrderPaid published with it); a decline fails it; an answer that finds the
 order cancelled changes nothing; a capture payments cannot answer is retried after a backoff
-without asking for the hold again; an order a dead worker had taken is claimed by another once
-its lease runs out. (The calls over mTLS to a payments server, retries and restarts are
-tested with the service, test_service.py.)"""
+without asking for the hold again, claimed when that backoff ends; an order a dead worker had
+taken is claimed by another once its lease runs out. (The calls over mTLS to a payments
+server, retries and restarts are tested with the service, test_service.py.)"""
 
 from __future__ import annotations
 
@@ -230,6 +230,37 @@ def test_a_capture_without_answer_is_retried_after_a_backoff_without_a_second_ho
     assert orders.orders.get(order.id).state == PAID
     assert len(payments.authorizations) == 1, "the hold is asked for once"
     assert [name for name, _ in payments.captures] == [f"payments/p-{order.id}"] * 2
+
+
+def test_a_retry_the_worker_scheduled_is_claimed_when_it_falls_due_not_at_the_next_poll(
+    engine: Engine,
+) -> None:
+    """Payments gives no answer to the first capture: the retry the worker scheduled is
+    claimed when its backoff ends, though the worker's periodic claim comes once an hour."""
+    orders = _Orders(engine, lambda: dt.datetime.now(dt.UTC))  # type: ignore[arg-type]  # real time
+    payments = _Payments()
+    outcomes = iter([CaptureOutcome.FAILED])
+    payments_capture = payments.capture
+
+    def capture_once_unanswered(payment: str, request_id: str) -> CaptureOutcome:
+        payments_capture(payment, request_id)
+        return next(outcomes, CaptureOutcome.CAPTURED)
+
+    payments.capture = capture_once_unanswered  # type: ignore[method-assign]
+    worker = PaymentWorker(orders.orders, payments, interval=3600)
+    orders.orders.hand_over = worker
+    worker.start()
+    try:
+        eventually(lambda: orders.claims, timeout=10, what="the first pass's claim")
+        order = orders.placed()
+        eventually(lambda: orders.payment_state(order)[0] == PAID, timeout=10, what="PAID after a retry")
+    finally:
+        worker.stop()
+    assert [name for name, _ in payments.captures] == [f"payments/p-{order.id}"] * 2
+    assert len(payments.authorizations) == 1
+    # A claim starts with its SELECT (one that finds orders then updates them).
+    claims = [statement for statement in orders.claims if statement.lstrip().startswith("SELECT")]
+    assert len(claims) == 2, "the first pass's claim and the retry's, no poll between"
 
 
 def test_an_order_a_dead_worker_had_taken_is_claimed_once_its_lease_runs_out(engine: Engine) -> None:
