@@ -53,6 +53,16 @@ def _dispatcher(
     )
 
 
+def _handing_to(dispatcher: Dispatcher, notifications: NotificationsDatabase) -> Any:
+    """The consumer's handlers, recording each notification taken by `dispatcher` and
+    handing it over on commit."""
+    return events.handlers(
+        lambda session: store.SqlRepository(session, notifications.outbox),
+        lease=dispatcher.lease,
+        on_commit=dispatcher.take,
+    )
+
+
 def _wait_for(condition: Any, seconds: float = 15.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -74,11 +84,7 @@ def test_consumed_notifications_are_sent_with_no_claim_query_while_sends_are_fre
         try:
             assert _wait_for(lambda: len(notifications.claims) >= 2), "the first round claims once"
             started_claims = len(notifications.claims)
-            handlers = events.handlers(
-                lambda session: store.SqlRepository(session, notifications.outbox),
-                lease=dispatcher.lease,
-                on_commit=dispatcher.take,
-            )
+            handlers = _handing_to(dispatcher, notifications)
             users = [f"users/u{n}" for n in range(10)]
             recorders = [threading.Thread(target=notifications.record, args=(handlers, u)) for u in users]
             for recorder in recorders:
@@ -171,11 +177,7 @@ def test_a_failed_send_is_claimed_again_when_its_retry_falls_due_not_at_the_next
         try:
             assert _wait_for(lambda: len(notifications.claims) >= 2), "the first round claims once"
             started_claims = len(notifications.claims)
-            handlers = events.handlers(
-                lambda session: store.SqlRepository(session, notifications.outbox),
-                lease=dispatcher.lease,
-                on_commit=dispatcher.take,
-            )
+            handlers = _handing_to(dispatcher, notifications)
             notifications.record(handlers, "users/u1")
 
             def retry_recorded() -> bool:
@@ -210,11 +212,7 @@ def test_a_postponed_notification_is_claimed_again_when_its_retry_falls_due(
         dispatcher = _dispatcher(notifications, box, concurrency=4, settings=QUICK_RETRIES, lookup=lookup)
         dispatcher.start()
         try:
-            handlers = events.handlers(
-                lambda session: store.SqlRepository(session, notifications.outbox),
-                lease=dispatcher.lease,
-                on_commit=dispatcher.take,
-            )
+            handlers = _handing_to(dispatcher, notifications)
             notifications.record(handlers, "users/u1")
             assert _wait_for(lambda: len(box.messages) == 1, seconds=10), f"asked {len(asked)} times"
         finally:
