@@ -9,6 +9,11 @@ keys of up to `limit` free rows (skipping rows another claimer holds locked, on 
 then takes them with one UPDATE that re-checks `free`, so of two claimers only one gets a
 row even where SKIP LOCKED does not exist (SQLite).
 
+When to claim is `ClaimTimes`: a worker that is handed the work its own process records
+claims only for the rest, every `poll` seconds (work no wake-up announces: a lease another
+replica left to run out, work recorded while this worker was stopped) and when a retry it
+recorded itself falls due, at most once per `gap` seconds.
+
 A `Queue` builds its two statements once, with bind parameters for everything that changes
 from claim to claim (the time, the lease, the limit, the keys): SQLAlchemy memoizes a
 statement's cache key on the statement, so a prebuilt one skips the building and the
@@ -17,7 +22,9 @@ hashing that cost more than running it (a relay round with one event: 1,150 -> 5
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import heapq
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +42,7 @@ from sqlalchemy import (
 from services.kit.db import Executor, connection_of
 from services.kit.sql import SqlColumn
 
-__all__ = ["Claim", "Queue"]
+__all__ = ["Claim", "ClaimTimes", "Queue"]
 
 
 @dataclass(frozen=True)
@@ -103,3 +110,54 @@ class Queue:
         )
         taken = connection.execute(self._take, bound)
         return Claim(found, taken.all() if self._returning else [])
+
+
+class ClaimTimes:
+    """When a worker claims: every `poll` seconds, and when a retry it recorded falls due
+    (`retry_at`), never sooner than `gap` seconds after the last claim (retries falling due
+    together during an outage share claims, as they did when the claim ran every `gap`).
+    Claiming at a fixed short interval whatever the work was most of an idle service's CPU.
+    Used by one thread; times are `clock()` values (`time.monotonic`, asyncio's loop time)."""
+
+    MARGIN = 0.01
+    """Claimed this long after a retry's time: its row is due by then (the row's own time was
+    read from a clock a moment earlier)."""
+
+    def __init__(self, poll: float, *, gap: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
+        self._poll, self._gap, self._clock = poll, min(gap, poll), clock
+        self._retries: list[float] = []
+        """The retries' times, a heap: each kept until a claim has run at or after it."""
+        self._last = float("-inf")
+        self._next = float("-inf")  # the first claim at once
+
+    def due(self) -> bool:
+        return self._clock() >= self._next
+
+    def seconds_left(self) -> float:
+        """Until the next claim (0 when it is due)."""
+        return max(0.0, self._next - self._clock())
+
+    def claiming(self) -> None:
+        """A claim runs now: it takes every retry fallen due; the next is the poll's or the next
+        retry's."""
+        now = self._last = self._clock()
+        while self._retries and self._retries[0] <= now:
+            heapq.heappop(self._retries)
+        self._next = now + self._poll
+        if self._retries:
+            self._next = min(self._next, max(self._retries[0], now + self._gap))
+
+    def retry_at(self, when: float) -> bool:
+        """A retry recorded by this worker falls due at `when`; whether the next claim moved
+        earlier (a waiting worker must recompute its wait)."""
+        when += self.MARGIN
+        heapq.heappush(self._retries, when)
+        at = max(when, self._last + self._gap)
+        if at < self._next:
+            self._next = at
+            return True
+        return False
+
+    def failed(self) -> None:
+        """The claim failed (the database away): the next one in `gap`, not at the poll."""
+        self._next = min(self._next, self._clock() + self._gap)

@@ -8,12 +8,13 @@ email among them again written taken and sent at once, up to `concurrency` sends
 No query looks for that work. What is not handed over this way (a retry falling due, a
 webhook delivery, work whose dispatcher died or that waited here until its lease nearly ran
 out, what is recorded while the dispatcher stops, a backlog beyond the free sends) is claimed
-(leased) by a round: the deliveries a resolve left waiting in that same round, a retry or a
-postponement this dispatcher recorded when it falls due, more at once after a claim that came
-back full, and otherwise every `poll_seconds` (5 s: for work no wake-up announces, a lease
-another dispatcher left to run out, work recorded while this one was stopped). Claiming twice
-a second whatever the work cost an idle service 3.7 ms of CPU a second, a third of the five
-services' idle CPU.
+(leased) by a round: the deliveries a resolve left waiting in that same round (or as soon as
+a send is free), a retry this dispatcher recorded (a failed send, a postponed notification)
+when it falls due, more at once after a claim that came back full, and otherwise every
+`poll_seconds` (5 s: for work no wake-up announces, a lease another dispatcher left to run
+out, work recorded while this one was stopped, a text held back for its number's hourly
+limit); see `kit.leases.ClaimTimes`. Claiming twice a second whatever the work cost an idle
+service 3.7 ms of CPU a second, a third of the five services' idle CPU.
 Database work runs in worker threads (`asyncio.to_thread`); the network calls never hold a
 transaction. A dispatcher that dies with work taken leaves it to its lease: the work is
 claimed again once the lease runs out. A delivery whose lease outlived its dispatcher
@@ -27,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import heapq
 import logging
 import threading
 import time
@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Callable
 
 from services.kit.counters import Counters
+from services.kit.leases import ClaimTimes
 from services.kit.telemetry.handoff import Handoff
 from services.notifications.contacts import ContactUnavailable
 from services.notifications.dispatch import Dispatch, DispatchSettings
@@ -92,7 +93,6 @@ class Dispatcher:
         self._texts = texts
         self._pushes = pushes
         self._concurrency = concurrency
-        self._poll_seconds = poll_seconds
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._stopping = threading.Event()
@@ -107,10 +107,7 @@ class Dispatcher:
         self._promised = 0
         """Resolves under way that may each add one to `_sendable`: with it, taken work never
         exceeds `concurrency`."""
-        self._next_claim = 0.0
-        self._due: list[float] = []
-        """When (the loop's time) the retries and postponements this dispatcher recorded fall
-        due: a heap, each starting a claim on time rather than at the next poll."""
+        self._claims = ClaimTimes(poll_seconds)
         self._claim_again = True
         self._deliveries_waiting = True
         self._traces = Handoff("notifications.dispatch")
@@ -170,7 +167,8 @@ class Dispatcher:
                     await self._round()
                 except Exception:  # noqa: BLE001 - a database hiccup must not kill the dispatcher
                     _log.exception("dispatch round failed; retrying")
-                until_claim = 0.0 if self._claim_again else max(0.0, self._next_claim - self._loop.time())
+                    self._claims.failed()
+                until_claim = 0.0 if self._claim_again else self._claims.seconds_left()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), until_claim)
             if self._in_flight:
@@ -186,12 +184,9 @@ class Dispatcher:
                 await self._pushes.close()
 
     async def _round(self) -> None:
-        loop = asyncio.get_running_loop()
-        claiming = self._claim_again or loop.time() >= self._next_claim
+        claiming = self._claim_again or self._claims.due()
         if claiming:
-            while self._due and self._due[0] <= loop.time():
-                heapq.heappop(self._due)
-            self._next_claim = min([loop.time() + self._poll_seconds, *self._due[:1]])
+            self._claims.claiming()
             self._claim_again = False
         now = time.monotonic()
         handed = [self._taken.popleft() for _ in range(min(len(self._taken), self._concurrency))]
@@ -201,6 +196,7 @@ class Dispatcher:
                 claimed = await asyncio.to_thread(self._dispatch.claim_notifications, self._concurrency)
             except Exception:  # noqa: BLE001 - what was handed over still goes; the claim runs again
                 _log.exception("claiming notifications failed; retrying")
+                self._claims.failed()
                 claimed = []
             self._claim_again = len(claimed) >= self._concurrency  # a full batch may have left more
             notifications += claimed
@@ -212,6 +208,8 @@ class Dispatcher:
                 _log.error("resolving a notification failed; it is retried", exc_info=failure)
         self._start_sendable()
         free = self._concurrency - len(self._in_flight)
+        if claiming and free <= 0:
+            self._deliveries_waiting = True  # claimed once a send is free (`_finished`)
         if free > 0 and (claiming or self._deliveries_waiting):
             claimed_deliveries = await asyncio.to_thread(self._dispatch.claim_deliveries, free)
             self._deliveries_waiting = len(claimed_deliveries) >= free
@@ -221,16 +219,13 @@ class Dispatcher:
             self._wakeup.set()  # more was handed over than one round resolves
 
     def _claim_by(self, when: dt.datetime | None) -> None:
-        """Claim again when `when` (the dispatch clock's time of a retry just recorded) comes;
-        on the loop only."""
-        if when is None or self._loop is None:
+        """Claim when `when` (the dispatch clock's time of a retry just recorded) comes; on the
+        loop only."""
+        if when is None:
             return
-        due = self._loop.time() + max(0.0, (when - self._dispatch.clock()).total_seconds())
-        heapq.heappush(self._due, due)
-        if due < self._next_claim:
-            self._next_claim = due
-            if self._wakeup is not None:
-                self._wakeup.set()  # the loop's wait was for the later claim
+        left = max(0.0, (when - self._dispatch.clock()).total_seconds())
+        if self._claims.retry_at(time.monotonic() + left) and self._wakeup is not None:
+            self._wakeup.set()  # the loop's wait was for a later claim
 
     def _start_sendable(self) -> None:
         while self._sendable and len(self._in_flight) < self._concurrency:

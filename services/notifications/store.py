@@ -612,7 +612,7 @@ class SqlRepository:
         )
         hooks = [row.webhook.removeprefix("webhooks/") for row in claimed if row.channel == WEBHOOK]
         secrets: dict[str, str] = {}
-        if hooks:  # most claims (one a second) take no webhook delivery: no lookup then
+        if hooks:  # most claims take no webhook delivery: no lookup then
             found = self._connection.execute(
                 select(WebhookRow.id, WebhookRow.secret).where(WebhookRow.id.in_(hooks))
             )

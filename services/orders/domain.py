@@ -595,13 +595,13 @@ class Orders:
                 repo.publish(event, changed)
             return changed
 
-    def payments_attempted(self, outcomes: Sequence[tuple[Order, StepOutcome]]) -> dt.timedelta | None:
+    def payments_attempted(self, outcomes: Sequence[tuple[Order, StepOutcome]]) -> list[dt.timedelta]:
         """Reschedule after a batch of tries that did not end their step, in one transaction: a
         failure backs off, a refusal stops (an outcome is recorded at once, by `authorized`,
-        `declined` or `captured`). Each order is as the try last saw it. Returns how soon the
-        first retry it scheduled falls due (None: none), for the worker to claim it then."""
+        `declined` or `captured`). Each order is as the try last saw it. Returns how soon each
+        retry it scheduled falls due, for the worker to claim it then."""
         if all(outcome is StepOutcome.DONE for _, outcome in outcomes):
-            return None  # the usual pass: nothing to reschedule, no transaction
+            return []  # the usual pass: nothing to reschedule, no transaction
         now = self.clock()
         delays: list[dt.timedelta] = []
         with self.transactions() as repo:
@@ -611,7 +611,7 @@ class Orders:
                     repo.schedule_payment(order.id, now + delays[-1], order.payment_attempts + 1)
                 elif outcome is StepOutcome.REFUSED:
                     repo.schedule_payment(order.id, None, order.payment_attempts + 1)
-        return min(delays, default=None)
+        return delays
 
 
 def _saga_step(

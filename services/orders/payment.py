@@ -2,13 +2,12 @@
 
 `PaymentWorker` is a `kit.types.Background`: a thread that works through batches of orders
 whose payment step is due: those handed to it by `due` (`Orders.create` wrote the new order
-taken by this worker and hands it over once committed: no query looks for it) and, at most
-when a retry it scheduled falls due, at once after a full claim, and otherwise every
-`interval` seconds (5 s), those it claims (`Orders.claim_payments`: retries falling due, work
-a dead worker had taken, a handed order that waited here past half its lease, an order placed
-while the worker stops; state kept in the orders table, so a restart resumes where it
-stopped). A claim every second whatever the work was most of an idle orders' CPU. A pass
-with a claim due keeps a quarter of its batch for the claim.
+taken by this worker and hands it over once committed: no query looks for it) and those it
+claims (`Orders.claim_payments`: retries falling due, work a dead worker had taken, a handed
+order that waited here past half its lease, an order placed while the worker stops; state
+kept in the orders table, so a restart resumes where it stopped), at once after a full
+claim, when a retry it scheduled falls due, and otherwise every `interval` seconds (5 s; see
+`kit.leases.ClaimTimes`). A pass with a claim due keeps a quarter of its batch for the claim.
 For each order, with at most `concurrency` orders in flight, it calls payments: a PENDING
 order is authorized (AuthorizePayment, with the order's idempotency key): a hold moves it to
 AWAITING_PAYMENT and it is captured at once (CapturePayment) and made PAID; a decline makes
@@ -19,7 +18,6 @@ placed the order; calls that got no answer are rescheduled in one transaction, w
 
 from __future__ import annotations
 
-import heapq
 import logging
 import threading
 import time
@@ -35,6 +33,7 @@ from poly.payments.v1 import payments_service_pb2, payments_service_pb2_grpc, re
 from services.kit.clients import Channels
 from services.kit.domain_errors import DomainError
 from services.kit.errors import call_code, error_info
+from services.kit.leases import ClaimTimes
 from services.kit.priority import INLINE, BackgroundThreads
 from services.kit.telemetry.handoff import Handoff
 from services.kit.wire import money_message
@@ -156,7 +155,6 @@ class PaymentWorker:
         # Below the calls, but not inside a transaction: see `kit.priority.BackgroundThreads`.
         self._background = background or INLINE
         self._payments = payments
-        self._interval = interval
         self._batch_size = batch_size
         # A batch's orders overlap, so one slow call does not hold up the orders behind it.
         self._calls = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="orders-payment-call")
@@ -167,10 +165,7 @@ class PaymentWorker:
         self._taken: deque[tuple[Order, float]] = deque()
         """Handed over by `due`, with the `time.monotonic()` after which a pass leaves one to a
         claim (its lease is about to run out: another worker may claim it)."""
-        self._next_claim = 0.0
-        self._due: list[float] = []
-        """When (`time.monotonic()`) the retries this worker scheduled fall due: a heap, each
-        starting a claim on time rather than at the next poll."""
+        self._claims = ClaimTimes(interval)
         self._claim_again = True
 
     def wake(self) -> None:
@@ -231,20 +226,19 @@ class PaymentWorker:
         """One pass: one batch (handed over first, then claimed if a claim is due); how many
         orders it held."""
         now = time.monotonic()
-        claiming = self._claim_again or now >= self._next_claim
+        claiming = self._claim_again or self._claims.due()
         # A claim due keeps a quarter of the batch, so handed work never starves retries.
         handed_limit = self._batch_size - (max(1, self._batch_size // 4) if claiming else 0)
         handed = [self._taken.popleft() for _ in range(min(len(self._taken), handed_limit))]
         batch = [(order, usable_until) for order, usable_until in handed if usable_until > now]
         room = self._batch_size - len(batch)
         if room > 0 and claiming:
-            while self._due and self._due[0] <= now:
-                heapq.heappop(self._due)
-            self._next_claim = min([now + self._interval, *self._due[:1]])
+            self._claims.claiming()
             try:
                 claimed = self._background.transaction(self._orders.claim_payments, room)
             except SQLAlchemyError:  # what was handed over still goes; the claim runs again
                 _log.exception("claiming payments failed (database); retrying")
+                self._claims.failed()
                 claimed = []
             self._claim_again = len(claimed) >= room  # a full claim may have left more
             start_by = now + PAYMENT_LEASE.total_seconds() / 2
@@ -252,13 +246,11 @@ class PaymentWorker:
         if not batch:
             return 0
         tries = self._calls.map(self._attempt, *zip(*batch, strict=True))
-        retry = self._background.transaction(
+        retries = self._background.transaction(
             self._orders.payments_attempted, [done for done in tries if done is not None]
         )
-        if retry is not None:
-            due = time.monotonic() + retry.total_seconds()
-            heapq.heappush(self._due, due)
-            self._next_claim = min(self._next_claim, due)
+        for retry in retries:
+            self._claims.retry_at(time.monotonic() + retry.total_seconds())
         return len(batch)
 
     def _loop(self) -> None:
@@ -268,12 +260,13 @@ class PaymentWorker:
                 self.run_once()
             except SQLAlchemyError:
                 _log.exception("payment pass failed (database); retrying")
-                self._claim_again = False  # the next claim waits for its time
+                self._claim_again = False  # the next claim waits a moment (`ClaimTimes.failed`)
+                self._claims.failed()
             except Exception:  # noqa: BLE001 - a bug must not stop every order's payment
                 _log.exception("payment pass failed; its orders come back after their lease")
                 self._claim_again = False
             if not (self._taken or self._claim_again):
-                self._wake.wait(max(0.0, self._next_claim - time.monotonic()))
+                self._wake.wait(self._claims.seconds_left())
                 self._wake.clear()
 
     def start(self) -> None:

@@ -1,10 +1,12 @@
-"""One way to claim leased work (services/kit/leases.py), on SQLite and PostgreSQL."""
+"""One way to claim leased work (services/kit/leases.py), on SQLite and PostgreSQL; and when to
+claim (`ClaimTimes`)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
 
+import pytest
 from sqlalchemy import (
     Column,
     DateTime,
@@ -111,3 +113,54 @@ def test_racing_claimers_never_take_one_row_twice(engine: Engine) -> None:
     assert sorted(everything) == list(range(40)), "every row taken exactly once"
     owners = _owners(engine, jobs)
     assert all(owners[(job, "a")] == owner for owner, mine in taken.items() for job in mine)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_claim_times_poll_and_claim_when_a_retry_falls_due() -> None:
+    clock = _Clock()
+    times = leases.ClaimTimes(5.0, gap=0.5, clock=clock)
+    assert times.due(), "the first claim at once"
+    times.claiming()
+    assert not times.due() and times.seconds_left() == 5.0, "then every poll"
+    assert times.retry_at(clock.now + 2.0), "a retry sooner than the poll moves the claim"
+    assert times.seconds_left() == pytest.approx(2.0 + leases.ClaimTimes.MARGIN)
+    assert not times.retry_at(clock.now + 3.0), "a later one does not"
+    clock.now += 2.1
+    assert times.due()
+    times.claiming()
+    assert times.seconds_left() == pytest.approx(0.9 + leases.ClaimTimes.MARGIN), "the next retry's claim"
+    clock.now += 1.0
+    times.claiming()
+    assert times.seconds_left() == 5.0, "no retry left: the poll's"
+
+
+def test_claim_times_share_one_claim_between_retries_falling_due_together() -> None:
+    # An outage: many retries recorded at once, their backoffs jittered apart.
+    clock = _Clock()
+    times = leases.ClaimTimes(5.0, gap=0.5, clock=clock)
+    times.claiming()
+    for tenth in range(1, 11):
+        times.retry_at(clock.now + tenth / 100)
+    claims = 0
+    for _ in range(200):  # 2 s in 10 ms steps
+        clock.now += 0.01
+        if times.due():
+            times.claiming()
+            claims += 1
+    assert claims == 1, "ten retries within 0.1 s: one claim, the gap keeping them together"
+    assert times.seconds_left() == pytest.approx(100.5 + 5.0 - clock.now), "at the gap's end, then the poll"
+
+
+def test_claim_times_after_a_failed_claim_try_again_within_the_gap() -> None:
+    clock = _Clock()
+    times = leases.ClaimTimes(5.0, gap=0.5, clock=clock)
+    times.claiming()
+    times.failed()
+    assert times.seconds_left() == 0.5

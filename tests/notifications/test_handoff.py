@@ -22,6 +22,7 @@ from services.notifications.senders import EmailSender, WebhookSender
 from services.notifications.settings import NotificationsSettings, SmtpSettings
 from tests.support.clock import Clock
 from tests.support.mailbox import Mailbox, mailbox
+from tests.support.notifications import Mailbox as FailingMailbox
 from tests.support.notifications_db import NotificationsDatabase
 
 pytestmark = pytest.mark.slow
@@ -37,7 +38,7 @@ def _contact(user: str) -> Contact:
 
 def _dispatcher(
     notifications: NotificationsDatabase,
-    box: Mailbox,
+    box: Mailbox | FailingMailbox,
     *,
     concurrency: int,
     settings: DispatchSettings = SETTINGS,
@@ -170,27 +171,23 @@ def test_a_failed_send_is_claimed_again_when_its_retry_falls_due_not_at_the_next
 ) -> None:
     """The SMTP server answers 451 once: the retry the dispatcher recorded is claimed and sent
     within seconds, though its periodic claim comes only once an hour."""
-    with mailbox() as box:
-        box.reply = "451 4.3.0 Try again later"
+    box = FailingMailbox()
+    box.start()
+    box.fail("u1@example.com", "451 4.3.0 Try again later", times=1)
+    try:
         dispatcher = _dispatcher(notifications, box, concurrency=4, settings=QUICK_RETRIES)
         dispatcher.start()
         try:
             assert _wait_for(lambda: len(notifications.claims) >= 2), "the first round claims once"
             started_claims = len(notifications.claims)
-            handlers = _handing_to(dispatcher, notifications)
-            notifications.record(handlers, "users/u1")
-
-            def retry_recorded() -> bool:
-                rows = notifications.rows(store.DeliveryRow)
-                return [(d.state, d.attempts, bool(d.last_error)) for d in rows] == [("PENDING", 1, True)]
-
-            assert _wait_for(retry_recorded), "the first attempt failed and was recorded for a retry"
-            box.reply = "250 Message accepted for delivery"
+            notifications.record(_handing_to(dispatcher, notifications), "users/u1")
             assert _wait_for(lambda: len(box.messages) == 1, seconds=10), "the retry was sent"
         finally:
             dispatcher.stop()
+    finally:
+        box.stop()
     [delivery] = notifications.rows(store.DeliveryRow)
-    assert (delivery.state, delivery.attempts) == (SENT, 2)
+    assert (delivery.state, delivery.attempts, delivery.last_error != "") == (SENT, 2, True)
     # One round of claims for the retry (notifications and deliveries), not a poll's stream of them.
     assert 1 <= len(notifications.claims) - started_claims <= 4, notifications.claims[started_claims:]
 
@@ -213,10 +210,13 @@ def test_a_postponed_notification_is_claimed_again_when_its_retry_falls_due(
         dispatcher.start()
         try:
             handlers = _handing_to(dispatcher, notifications)
+            assert _wait_for(lambda: len(notifications.claims) >= 2), "the first round claims once"
+            started_claims = len(notifications.claims)
             notifications.record(handlers, "users/u1")
             assert _wait_for(lambda: len(box.messages) == 1, seconds=10), f"asked {len(asked)} times"
         finally:
             dispatcher.stop()
     assert asked == ["users/u1", "users/u1"]
+    assert 1 <= len(notifications.claims) - started_claims <= 4, notifications.claims[started_claims:]
     [recorded] = notifications.rows(store.NotificationRow)
     assert (recorded.state, recorded.attempts) == (RESOLVED, 2)
