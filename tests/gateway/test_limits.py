@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from gateway import limits
 from gateway.limits import FailureWindows, TokenBuckets
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import MonotonicClock
 
 
 def test_exports() -> None:
@@ -19,7 +12,7 @@ def test_exports() -> None:
 
 
 def test_a_bucket_lets_the_burst_through_then_refills_at_the_rate() -> None:
-    clock = _Clock()
+    clock = MonotonicClock()
     buckets = TokenBuckets(0.5, 2, clock=clock)
     assert [buckets.take("a"), buckets.take("a")] == [0.0, 0.0]
     assert buckets.take("a") == 2.0, "one token needs 2 s at 0.5/s"
@@ -29,7 +22,7 @@ def test_a_bucket_lets_the_burst_through_then_refills_at_the_rate() -> None:
 
 
 def test_past_the_limit_a_client_waits_for_the_end_of_its_window() -> None:
-    clock = _Clock()
+    clock = MonotonicClock()
     failures = FailureWindows(3, 60.0, clock=clock)
     for _ in range(3):
         assert failures.wait("a") == 0.0

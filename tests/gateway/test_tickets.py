@@ -56,25 +56,13 @@ from gateway.tokens import CannotVerify, OutsideToken, verifying
 from poly.orders.v1 import orders_service_pb2
 from services.kit import config
 from tests.gateway.conftest import Edge
+from tests.support.clock import MonotonicClock
 from tests.support.edge_server import EdgeTestServer
 from tests.support.http import Answer, http_call
 
 WATCH = "/v1/orders/o-1:watch"
 TERMINAL = {"STATE_CANCELLED", "STATE_PAYMENT_FAILED"}
 ORDER = {"lines": [{"sku": "A", "quantity": 1, "unitPrice": {"currencyCode": "EUR", "amountMinor": "100"}}]}
-
-
-@dataclass
-class _Clock:
-    """Monotonic seconds the test moves by hand."""
-
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def _jwt(exp: float | None) -> str:
@@ -89,7 +77,7 @@ def _jwt(exp: float | None) -> str:
 
 
 def test_a_ticket_carries_its_token_to_its_path_once() -> None:
-    store = StreamTickets(clock=_Clock())
+    store = StreamTickets(clock=MonotonicClock())
     issued = store.issue("token-a", WATCH)
     assert issued.expires_in == 30 and len(issued.ticket) >= 43, "256 random bits, URL-safe"
     assert store.redeem(issued.ticket, WATCH) == "token-a"
@@ -98,16 +86,16 @@ def test_a_ticket_carries_its_token_to_its_path_once() -> None:
     assert store.outstanding == 0
 
 
-def _spent_on_another_path(store: StreamTickets, clock: _Clock, ticket: str) -> None:
+def _spent_on_another_path(store: StreamTickets, clock: MonotonicClock, ticket: str) -> None:
     with pytest.raises(InvalidTicket):
         store.redeem(ticket, "/v1/orders/o-2:watch")
 
 
-def _expired(store: StreamTickets, clock: _Clock, ticket: str) -> None:
+def _expired(store: StreamTickets, clock: MonotonicClock, ticket: str) -> None:
     clock.advance(30)
 
 
-def _used(store: StreamTickets, clock: _Clock, ticket: str) -> None:
+def _used(store: StreamTickets, clock: MonotonicClock, ticket: str) -> None:
     store.redeem(ticket, WATCH)
 
 
@@ -124,7 +112,7 @@ def _used(store: StreamTickets, clock: _Clock, ticket: str) -> None:
     ids=["reused", "expired", "spent-on-a-wrong-path", "trailing-slash", "with-a-query", "other-case"],
 )
 def test_a_ticket_opens_nothing_but_its_own_path_while_it_lives(before: Any, presented: str | None) -> None:
-    clock = _Clock()
+    clock = MonotonicClock()
     store = StreamTickets(clock=clock)
     ticket = store.issue("token-a", WATCH).ticket
     if before is not None:
@@ -135,7 +123,7 @@ def test_a_ticket_opens_nothing_but_its_own_path_while_it_lives(before: Any, pre
 
 
 def test_unknown_and_forged_tickets_get_the_same_answer_as_spent_ones() -> None:
-    store = StreamTickets(clock=_Clock())
+    store = StreamTickets(clock=MonotonicClock())
     genuine = store.issue("token-a", WATCH).ticket
     answers = set()
     for forged in ("", "x", secrets.token_urlsafe(32), genuine[:-1] + ("A" if genuine[-1] != "A" else "B")):
@@ -147,7 +135,7 @@ def test_unknown_and_forged_tickets_get_the_same_answer_as_spent_ones() -> None:
 
 
 def test_a_ticket_lives_until_its_lifetime_ends_and_not_a_moment_longer() -> None:
-    clock = _Clock()
+    clock = MonotonicClock()
     store = StreamTickets(lifetime=30, clock=clock)
     early, late = store.issue("t", WATCH).ticket, store.issue("t", WATCH).ticket
     clock.advance(29.999)
@@ -163,7 +151,7 @@ def test_a_ticket_lives_until_its_lifetime_ends_and_not_a_moment_longer() -> Non
     ids=["long-lived-token", "token-expiring-sooner", "one-second-left"],
 )
 def test_a_ticket_never_outlives_its_token(seconds_left: float, expires_in: int) -> None:
-    clock, wall = _Clock(), _Clock(1_800_000_000.0)
+    clock, wall = MonotonicClock(), MonotonicClock(1_800_000_000.0)
     store = StreamTickets(clock=clock, wall_clock=wall)
     issued = store.issue(_jwt(wall.now + seconds_left), WATCH)
     assert issued.expires_in == expires_in
@@ -178,7 +166,7 @@ def test_a_ticket_never_outlives_its_token(seconds_left: float, expires_in: int)
     ids=["half-a-second-left", "expired-a-minute-ago"],
 )
 def test_a_token_about_to_expire_gets_no_ticket(token: str) -> None:
-    store = StreamTickets(clock=_Clock(), wall_clock=_Clock(1_800_000_000.0))
+    store = StreamTickets(clock=MonotonicClock(), wall_clock=MonotonicClock(1_800_000_000.0))
     with pytest.raises(TokenExpired):
         store.issue(token, WATCH)
 
@@ -189,11 +177,11 @@ def test_a_token_about_to_expire_gets_no_ticket(token: str) -> None:
     ids=["opaque", "three-junk-segments", "empty-claims", "no-exp", "undecodable-payload"],
 )
 def test_a_token_without_a_readable_exp_gets_the_full_lifetime(token: str) -> None:
-    assert StreamTickets(clock=_Clock()).issue(token, WATCH).expires_in == 30
+    assert StreamTickets(clock=MonotonicClock()).issue(token, WATCH).expires_in == 30
 
 
 def test_each_token_holds_at_most_per_token_tickets() -> None:
-    clock = _Clock()
+    clock = MonotonicClock()
     store = StreamTickets(per_token=3, clock=clock)
     held = [store.issue("alice", WATCH).ticket]
     clock.advance(10)
@@ -210,7 +198,7 @@ def test_each_token_holds_at_most_per_token_tickets() -> None:
 
 def test_each_client_address_holds_at_most_per_address_tickets_whatever_its_tokens() -> None:
     """Fresh tokens (one account each) do not buy a client more of the store."""
-    clock = _Clock()
+    clock = MonotonicClock()
     store = StreamTickets(per_address=3, clock=clock)
     held = [store.issue(f"token-{n}", WATCH, address="198.51.100.7").ticket for n in range(3)]
     with pytest.raises(TooManyTickets) as full:
@@ -224,7 +212,7 @@ def test_each_client_address_holds_at_most_per_address_tickets_whatever_its_toke
 
 
 def test_an_ipv6_client_counts_by_its_64_network() -> None:
-    store = StreamTickets(per_address=2, clock=_Clock())
+    store = StreamTickets(per_address=2, clock=MonotonicClock())
     store.issue("a", WATCH, address="2001:db8:1:2::1")
     store.issue("b", WATCH, address="2001:db8:1:2:ffff::9")
     with pytest.raises(TooManyTickets):
@@ -233,7 +221,7 @@ def test_an_ipv6_client_counts_by_its_64_network() -> None:
 
 
 def test_the_edge_holds_at_most_total_tickets_and_purges_expired_ones_as_it_issues() -> None:
-    clock = _Clock()
+    clock = MonotonicClock()
     store = StreamTickets(total=4, clock=clock)
     for n in range(4):
         store.issue(f"token-{n}", WATCH)
@@ -262,7 +250,7 @@ def test_the_edge_holds_at_most_total_tickets_and_purges_expired_ones_as_it_issu
 def test_a_ticket_presented_anywhere_is_spent_even_when_refused(
     query: list[tuple[str, str]], takes_ticket: bool, authorized: bool, refusal: type[Exception]
 ) -> None:
-    store = StreamTickets(clock=_Clock())
+    store = StreamTickets(clock=MonotonicClock())
     ticket = store.issue("token-a", WATCH).ticket
     presented = [(name, value.format(t=ticket)) for name, value in query]
     claim = store.take(presented)
@@ -276,7 +264,7 @@ def test_a_ticket_presented_anywhere_is_spent_even_when_refused(
 
 
 def test_taking_a_ticket_leaves_the_rest_of_the_query_in_order() -> None:
-    store = StreamTickets(clock=_Clock())
+    store = StreamTickets(clock=MonotonicClock())
     ticket = store.issue("token-a", WATCH).ticket
     claim = store.take(
         [("untilStates", "STATE_PAID"), (PARAMETER, ticket), ("untilStates", "STATE_CANCELLED")]
@@ -291,7 +279,7 @@ def test_taking_a_ticket_leaves_the_rest_of_the_query_in_order() -> None:
 
 
 def test_neither_ticket_nor_token_shows_in_a_repr() -> None:
-    store = StreamTickets(clock=_Clock())
+    store = StreamTickets(clock=MonotonicClock())
     issued = store.issue("secret-token", WATCH)
     claim = store.take([(PARAMETER, issued.ticket)])
     for shown in (repr(issued), repr(claim), repr(store)):
@@ -758,7 +746,7 @@ def test_one_token_holds_at_most_sixteen_tickets_at_a_time(signed_keys: Edge) ->
 @dataclass
 class _Live:
     port: int
-    clock: _Clock
+    clock: MonotonicClock
     spans: InMemorySpanExporter
     tickets: StreamTickets = field(repr=False)
 
@@ -768,7 +756,7 @@ def _in_process(environ: dict[str, str], **store: Any) -> Iterator[_Live]:
     """An edge built from the system's ``POLY_*`` settings as ``python -m gateway`` builds it,
     with a store of tickets on a test clock and a tracer of the test's, serving on an event
     loop of its own in a thread, so the test calls it with a plain blocking client."""
-    clock = _Clock()
+    clock = MonotonicClock()
     tickets = StreamTickets(clock=clock, **store)
     spans = InMemorySpanExporter()
     provider = TracerProvider()

@@ -22,6 +22,7 @@ from sqlalchemy import (
 )
 
 from services.kit import leases
+from tests.support.clock import MonotonicClock
 
 _NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 _LATER = _NOW + dt.timedelta(seconds=30)
@@ -115,16 +116,8 @@ def test_racing_claimers_never_take_one_row_twice(engine: Engine) -> None:
     assert all(owners[(job, "a")] == owner for owner, mine in taken.items() for job in mine)
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_claim_times_poll_and_claim_when_a_retry_falls_due() -> None:
-    clock = _Clock()
+    clock = MonotonicClock()
     times = leases.ClaimTimes(5.0, gap=0.5, clock=clock)
     assert times.due(), "the first claim at once"
     times.claiming()
@@ -143,9 +136,10 @@ def test_claim_times_poll_and_claim_when_a_retry_falls_due() -> None:
 
 def test_claim_times_share_one_claim_between_retries_falling_due_together() -> None:
     # An outage: many retries recorded at once, their backoffs jittered apart.
-    clock = _Clock()
+    clock = MonotonicClock(100.0)  # where 10 ms steps add up exactly
     times = leases.ClaimTimes(5.0, gap=0.5, clock=clock)
     times.claiming()
+    start = clock.now
     for tenth in range(1, 11):
         times.retry_at(clock.now + tenth / 100)
     claims = 0
@@ -155,11 +149,12 @@ def test_claim_times_share_one_claim_between_retries_falling_due_together() -> N
             times.claiming()
             claims += 1
     assert claims == 1, "ten retries within 0.1 s: one claim, the gap keeping them together"
-    assert times.seconds_left() == pytest.approx(100.5 + 5.0 - clock.now), "at the gap's end, then the poll"
+    at_the_gaps_end = start + 0.5
+    assert times.seconds_left() == pytest.approx(at_the_gaps_end + 5.0 - clock.now), "then the poll"
 
 
 def test_claim_times_after_a_failed_claim_try_again_within_the_gap() -> None:
-    clock = _Clock()
+    clock = MonotonicClock()
     times = leases.ClaimTimes(5.0, gap=0.5, clock=clock)
     times.claiming()
     times.failed()

@@ -69,6 +69,10 @@ class _Orders:
                 for found in connection.execute(text(query), {"name": order.name}).scalars()
             ]
 
+    def states(self, placed: list[Order]) -> set[str]:
+        """The states `placed` are in now."""
+        return {self.payment_state(order)[0] for order in placed}
+
     def payment_state(self, order: Order) -> tuple[Any, ...]:
         with self.engine.connect() as connection:
             query = "SELECT state, next_payment_at IS NOT NULL, payment_attempts FROM orders WHERE id = :id"
@@ -159,13 +163,13 @@ def test_the_worker_runs_below_the_calls_and_its_transactions_do_not(engine: Eng
     worker.start()
     try:
         eventually(
-            lambda: {orders.payment_state(o)[0] for o in placed} == {PAID},
+            lambda: orders.states(placed) == {PAID},
             timeout=10,
             what="every order PAID",
         )
     finally:
         worker.stop()
-    assert {orders.payment_state(order)[0] for order in placed} == {PAID}
+    assert orders.states(placed) == {PAID}
     assert background.entered == ["orders-payment"]
     assert background.stray == [], "a lowered thread ran a statement outside a transaction call"
     assert {"claim_payments", "authorized", "captured", "payments_attempted"} <= set(background.transactions)
@@ -258,7 +262,7 @@ def test_retries_the_worker_scheduled_are_claimed_when_they_fall_due_not_at_the_
         eventually(lambda: orders.claims, timeout=10, what="the first pass's claim")
         placed = [orders.placed() for _ in range(5)]
         eventually(
-            lambda: {orders.payment_state(order)[0] for order in placed} == {PAID},
+            lambda: orders.states(placed) == {PAID},
             timeout=10,
             what="every order PAID after a retry",
         )

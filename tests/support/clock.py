@@ -1,4 +1,5 @@
-"""A clock tests move by hand: what the kit's `clock=` parameters take instead of the time."""
+"""Clocks tests move by hand: what the kit's `clock=` parameters take instead of the time
+(`Clock`, a UTC datetime) or of `time.monotonic` (`MonotonicClock`, seconds)."""
 
 from __future__ import annotations
 
@@ -15,3 +16,16 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += dt.timedelta(seconds=seconds)
+
+
+@dataclass
+class MonotonicClock:
+    """Monotonic seconds the test moves by hand."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
