@@ -4,11 +4,12 @@ Invariants: an order has 1..100 lines in one currency; line totals and the order
 computed here, never taken from the client. (owner, request_id) names at most one order.
 Every change is a conditional write on `version` (optimistic concurrency; the etag derives
 from it), so of two racing changes exactly one wins and publishes its event.
-States (`TRANSITIONS`): PENDING -> AWAITING_PAYMENT -> PAID -> FULFILLED; PENDING ->
-PAYMENT_FAILED; PENDING | AWAITING_PAYMENT | PAID -> CANCELLED. An RPC asking for any other
-move is FAILED_PRECONDITION. The payment step (the payment worker, `payment.py`, calling
-payments) moves a PENDING order on by payments' answers: held -> AWAITING_PAYMENT, then
-captured -> PAID, or declined -> PAYMENT_FAILED; an answer finding the order elsewhere (it
+States (`TRANSITIONS`): PENDING -> AWAITING_PAYMENT -> PAID -> FULFILLED; PENDING -> PAID;
+PENDING -> PAYMENT_FAILED; PENDING | AWAITING_PAYMENT | PAID -> CANCELLED. An RPC asking for
+any other move is FAILED_PRECONDITION. The payment step (the payment worker, `payment.py`,
+calling payments) moves a PENDING order on by payments' answers: held and captured at once
+-> PAID, held with the capture still to come -> AWAITING_PAYMENT and captured later -> PAID,
+or declined -> PAYMENT_FAILED; an answer finding the order elsewhere (it
 was cancelled meanwhile) is a no-op. Compensation: cancelling emits OrderCancelled with the
 total and the payment, which payments voids (held) or refunds (captured).
 """
@@ -85,7 +86,7 @@ PAYMENT_FAILED = "PAYMENT_FAILED"
 STATES = (PENDING, AWAITING_PAYMENT, PAID, FULFILLED, CANCELLED, PAYMENT_FAILED)
 
 TRANSITIONS: dict[str, frozenset[str]] = {
-    PENDING: frozenset({AWAITING_PAYMENT, PAYMENT_FAILED, CANCELLED}),
+    PENDING: frozenset({AWAITING_PAYMENT, PAID, PAYMENT_FAILED, CANCELLED}),
     AWAITING_PAYMENT: frozenset({PAID, CANCELLED}),
     PAID: frozenset({FULFILLED, CANCELLED}),
     FULFILLED: frozenset(),
@@ -249,6 +250,9 @@ class HandOver(Protocol):
 
     def due(self, order: Order) -> None:
         """`order` is committed and taken by this worker: ask for its payment now."""
+
+    def cancelled(self, order: Order) -> None:
+        """A caller here cancelled `order` (committed): a hold asked for it is not captured."""
 
 
 class Repository(Protocol):
@@ -496,7 +500,7 @@ class Orders:
         def cancelled(order: Order) -> Order:
             return order.moved(CANCELLED, self.clock(), cancel_reason=reason)
 
-        return self._change(
+        order = self._change(
             order_id,
             etag,
             target=CANCELLED,
@@ -504,6 +508,9 @@ class Orders:
             change=cancelled,
             event="cancelled",
         )
+        if self.hand_over is not None:
+            self.hand_over.cancelled(order)
+        return order
 
     def fulfill(self, order_id: str, etag: str) -> Order:
         def fulfilled(order: Order) -> Order:
@@ -579,9 +586,13 @@ class Orders:
             order, PENDING, PAYMENT_FAILED, "payment_failed", payment=answer.payment, failure_reason=reason
         )
 
-    def captured(self, order: Order) -> Order | None:
+    def captured(self, order: Order, payment: str = "") -> Order | None:
         """Payments answered that `order`'s payment is captured: AWAITING_PAYMENT -> PAID and
-        OrderPaid, in one transaction (None: the order had moved on, e.g. cancelled)."""
+        OrderPaid, in one transaction (None: the order had moved on, e.g. cancelled). With
+        `payment`: the hold just made for a PENDING order, captured at once, so PENDING ->
+        PAID (its hold was never recorded: nothing waited between the two answers)."""
+        if payment:
+            return self._answered(order, PENDING, PAID, "paid", payment=payment)
         return self._answered(order, AWAITING_PAYMENT, PAID, "paid", payment=order.payment)
 
     def _answered(

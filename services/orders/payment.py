@@ -9,11 +9,13 @@ kept in the orders table, so a restart resumes where it stopped), at once after 
 claim, when a retry it scheduled falls due, and otherwise every `interval` seconds (5 s; see
 `kit.leases.ClaimTimes`). A pass with a claim due keeps a quarter of its batch for the claim.
 For each order, with at most `concurrency` orders in flight, it calls payments: a PENDING
-order is authorized (AuthorizePayment, with the order's idempotency key): a hold moves it to
-AWAITING_PAYMENT and it is captured at once (CapturePayment) and made PAID; a decline makes
-it PAYMENT_FAILED. Each answer is recorded as it comes, in the trace of the CreateOrder that
-placed the order; calls that got no answer are rescheduled in one transaction, with backoff.
-`GrpcPayments` is the pair of calls over mTLS; gRPC codes are mapped here only.
+order is authorized (AuthorizePayment, with the order's idempotency key) and a hold is
+captured at once (CapturePayment): PAID, the hold recorded with it in one transaction (a hold
+whose capture got no answer, or a refusal, is recorded as AWAITING_PAYMENT first; one for an
+order cancelled here meanwhile is not captured); a decline makes it PAYMENT_FAILED. Each
+answer is recorded as it comes, in the trace of the CreateOrder that placed the order; calls
+that got no answer are rescheduled in one transaction, with backoff. `GrpcPayments` is the
+pair of calls over mTLS; gRPC codes are mapped here only.
 """
 
 from __future__ import annotations
@@ -167,6 +169,11 @@ class PaymentWorker:
         claim (its lease is about to run out: another worker may claim it)."""
         self._claims = ClaimTimes(interval)
         self._claim_again = True
+        self._held: set[str] = set()
+        """Ids of the orders handed over or claimed whose try has not ended."""
+        self._cancelled: set[str] = set()
+        """Those of them a caller here cancelled meanwhile (`cancelled`)."""
+        self._holding = threading.Lock()
 
     def wake(self) -> None:
         self._wake.set()
@@ -178,8 +185,27 @@ class PaymentWorker:
         if self._stop.is_set():
             return  # stopping: its lease runs out and a worker claims it
         self._traces.remember(order.name)
+        with self._holding:
+            self._held.add(order.id)
         self._taken.append((order, time.monotonic() + PAYMENT_LEASE.total_seconds() / 2))
         self.wake()
+
+    def cancelled(self, order: Order) -> None:
+        """A caller here cancelled `order`: if this worker holds it, a hold it gets is not
+        captured (payments voids it on OrderCancelled; safe from any thread). A cancel on
+        another replica is not seen here: its capture is refunded on OrderCancelled."""
+        with self._holding:
+            if order.id in self._held:
+                self._cancelled.add(order.id)
+
+    def _ended(self, order: Order) -> None:
+        with self._holding:
+            self._held.discard(order.id)
+            self._cancelled.discard(order.id)
+
+    def _was_cancelled(self, order: Order) -> bool:
+        with self._holding:
+            return order.id in self._cancelled
 
     def accepting(self) -> bool:
         """Whether an order may be written taken by this worker (not once stopping)."""
@@ -191,18 +217,22 @@ class PaymentWorker:
         back). A try not started by `start_by` (`time.monotonic()`: half its lease left, for
         the calls and their answers) is not made: the lease may run out while it runs, and
         another worker's claim take the order."""
-        if self._stop.is_set() or time.monotonic() > start_by:
-            return None
-        attributes = {"poly.resource.name": order.name}
-        with self._traces.resumed(order.name, "take payment", attributes=attributes, forget=True):
-            try:
-                return self._step(order)
-            except (SQLAlchemyError, DomainError):
-                # Payments answers the same again to the same keys: asked again after the lease.
-                _log.exception("recording a payment answer failed; it is asked again after its lease")
+        try:
+            if self._stop.is_set() or time.monotonic() > start_by:
                 return None
+            attributes = {"poly.resource.name": order.name}
+            with self._traces.resumed(order.name, "take payment", attributes=attributes, forget=True):
+                try:
+                    return self._step(order)
+                except (SQLAlchemyError, DomainError):
+                    # Payments answers the same again to the same keys: asked again after the lease.
+                    _log.exception("recording a payment answer failed; it is asked again after its lease")
+                    return None
+        finally:
+            self._ended(order)
 
     def _step(self, order: Order) -> tuple[Order, StepOutcome]:
+        held = ""
         if order.state == PENDING:
             answer = self._payments.authorize(order, authorize_request_id(order))
             if answer is None:
@@ -210,16 +240,28 @@ class PaymentWorker:
             if answer.decline_reason:
                 self._background.transaction(self._orders.declined, order, answer)
                 return order, StepOutcome.DONE
-            held = self._background.transaction(self._orders.authorized, order, answer.payment)
-            if held is None:
-                return order, StepOutcome.DONE  # moved on (cancelled): payments voids the hold
-            order = held
-        outcome = self._payments.capture(order.payment, capture_request_id(order))
+            held = answer.payment
+            if self._was_cancelled(order):
+                # Cancelled here while the hold was asked for: recording it finds the order
+                # moved on (None), and payments voids the hold on OrderCancelled.
+                recorded = self._background.transaction(self._orders.authorized, order, held)
+                if recorded is None:
+                    return order, StepOutcome.DONE
+                order, held = recorded, ""
+        outcome = self._payments.capture(held or order.payment, capture_request_id(order))
         if outcome is CaptureOutcome.CAPTURED:
-            # PAID at once, in this trace (OrderPaid carries it). If that cannot be written,
-            # the lease brings the capture back and payments answers it again as captured.
-            self._background.transaction(self._orders.captured, order)
+            # PAID at once, in this trace (OrderPaid carries it); a hold captured at once is
+            # recorded with it, in one transaction. If that cannot be written, the lease brings
+            # the step back, and payments answers both calls again as it did.
+            self._background.transaction(self._orders.captured, order, held)
             return order, StepOutcome.DONE
+        if held:
+            # The capture has to wait: the hold is recorded (AWAITING_PAYMENT), so the next
+            # try only captures. None: moved on (cancelled), and payments voids the hold.
+            recorded = self._background.transaction(self._orders.authorized, order, held)
+            if recorded is None:
+                return order, StepOutcome.DONE
+            order = recorded
         return order, StepOutcome.REFUSED if outcome is CaptureOutcome.REFUSED else StepOutcome.FAILED
 
     def run_once(self) -> int:
@@ -231,6 +273,9 @@ class PaymentWorker:
         handed_limit = self._batch_size - (max(1, self._batch_size // 4) if claiming else 0)
         handed = [self._taken.popleft() for _ in range(min(len(self._taken), handed_limit))]
         batch = [(order, usable_until) for order, usable_until in handed if usable_until > now]
+        for order, usable_until in handed:
+            if usable_until <= now:
+                self._ended(order)  # left to a claim
         room = self._batch_size - len(batch)
         if room > 0 and claiming:
             self._claims.claiming()
@@ -242,6 +287,8 @@ class PaymentWorker:
                 claimed = []
             self._claim_again = len(claimed) >= room  # a full claim may have left more
             start_by = now + PAYMENT_LEASE.total_seconds() / 2
+            with self._holding:
+                self._held.update(order.id for order in claimed)
             batch += [(order, start_by) for order in claimed]
         if not batch:
             return 0

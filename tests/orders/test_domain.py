@@ -15,6 +15,7 @@ from services.orders import domain
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 LEGAL = {
     ("PENDING", "AWAITING_PAYMENT"),
+    ("PENDING", "PAID"),
     ("PENDING", "PAYMENT_FAILED"),
     ("PENDING", "CANCELLED"),
     ("AWAITING_PAYMENT", "PAID"),

@@ -32,20 +32,19 @@ def test_watch_streams_each_change_and_ends_at_a_terminal_state(system: System) 
     reader.start()
     eventually(lambda: len(seen) == 1, what="the first snapshot")
     asked.set()
-    # The capture is answered at once: PAID follows AWAITING_PAYMENT.
-    eventually(lambda: len(seen) == 3, what="the AWAITING_PAYMENT and PAID snapshots")
+    # The capture is answered at once: the hold is recorded with it, so PAID follows PENDING.
+    eventually(lambda: len(seen) == 2, what="the PAID snapshot")
     system.stub().FulfillOrder(pb.FulfillOrderRequest(name=order.name), metadata=system.admin(), timeout=10)
     reader.join(10)
     assert not reader.is_alive(), "the stream ends after a terminal state"
     assert [r.order.state for r in seen] == [
         State.STATE_PENDING,
-        State.STATE_AWAITING_PAYMENT,
         State.STATE_PAID,
         State.STATE_FULFILLED,
     ]
     assert all(r.change_time == r.order.update_time for r in seen)
     assert seen[0].order == order
-    assert len({r.order.etag for r in seen}) == 4
+    assert len({r.order.etag for r in seen}) == 3
 
 
 def test_watching_a_terminal_order_sends_one_snapshot(system: System) -> None:

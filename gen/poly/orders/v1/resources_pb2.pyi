@@ -42,7 +42,10 @@ class Order(_message.Message):
         STATE_PENDING: Order._State.ValueType  # 1
         """Accepted; payment not yet requested."""
         STATE_AWAITING_PAYMENT: Order._State.ValueType  # 2
-        """Payment authorized (funds held); its capture is under way."""
+        """Payment authorized (funds held); its capture was not answered at once
+        and is asked again. A capture answered at once takes the order from
+        PENDING straight to PAID.
+        """
         STATE_PAID: Order._State.ValueType  # 3
         """Payment captured; ready to fulfil. Not terminal: FulfillOrder or
         CancelOrder moves it on.
@@ -64,7 +67,10 @@ class Order(_message.Message):
     STATE_PENDING: Order.State.ValueType  # 1
     """Accepted; payment not yet requested."""
     STATE_AWAITING_PAYMENT: Order.State.ValueType  # 2
-    """Payment authorized (funds held); its capture is under way."""
+    """Payment authorized (funds held); its capture was not answered at once
+    and is asked again. A capture answered at once takes the order from
+    PENDING straight to PAID.
+    """
     STATE_PAID: Order.State.ValueType  # 3
     """Payment captured; ready to fulfil. Not terminal: FulfillOrder or
     CancelOrder moves it on.
