@@ -242,9 +242,9 @@ class PaymentWorker:
                 return order, StepOutcome.DONE
             held = answer.payment
             if self._was_cancelled(order):
-                # Cancelled here while the hold was asked for: recording it finds the order
-                # moved on (None), and payments voids the hold on OrderCancelled.
-                recorded = self._background.transaction(self._orders.authorized, order, held)
+                # Cancelled here while the hold was asked for: not captured (payments voids it
+                # on OrderCancelled); recording it finds the order moved on.
+                recorded = self._record_hold(order, held)
                 if recorded is None:
                     return order, StepOutcome.DONE
                 order, held = recorded, ""
@@ -256,13 +256,17 @@ class PaymentWorker:
             self._background.transaction(self._orders.captured, order, held)
             return order, StepOutcome.DONE
         if held:
-            # The capture has to wait: the hold is recorded (AWAITING_PAYMENT), so the next
-            # try only captures. None: moved on (cancelled), and payments voids the hold.
-            recorded = self._background.transaction(self._orders.authorized, order, held)
+            # The capture has to wait: the hold is recorded, so the next try only captures.
+            recorded = self._record_hold(order, held)
             if recorded is None:
                 return order, StepOutcome.DONE
             order = recorded
         return order, StepOutcome.REFUSED if outcome is CaptureOutcome.REFUSED else StepOutcome.FAILED
+
+    def _record_hold(self, order: Order, payment: str) -> Order | None:
+        """The PENDING `order` held as `payment`: AWAITING_PAYMENT (None: it moved on, e.g.
+        cancelled, and payments voids the hold on OrderCancelled)."""
+        return self._background.transaction(self._orders.authorized, order, payment)
 
     def run_once(self) -> int:
         """One pass: one batch (handed over first, then claimed if a claim is due); how many
