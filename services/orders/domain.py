@@ -9,9 +9,9 @@ PENDING -> PAYMENT_FAILED; PENDING | AWAITING_PAYMENT | PAID -> CANCELLED. An RP
 any other move is FAILED_PRECONDITION. The payment step (the payment worker, `payment.py`,
 calling payments) moves a PENDING order on by payments' answers: held and captured at once
 -> PAID, held with the capture still to come -> AWAITING_PAYMENT and captured later -> PAID,
-or declined -> PAYMENT_FAILED; an answer finding the order elsewhere (it
-was cancelled meanwhile) is a no-op. Compensation: cancelling emits OrderCancelled with the
-total and the payment, which payments voids (held) or refunds (captured).
+or declined -> PAYMENT_FAILED; an answer finding the order elsewhere (it was cancelled
+meanwhile) is a no-op. Compensation: cancelling emits OrderCancelled with the total and the
+payment, which payments voids (held) or refunds (captured).
 """
 
 from __future__ import annotations

@@ -128,6 +128,9 @@ class _HandedOver:
     def due(self, order: Order) -> None:
         self.handed.append(order)
 
+    def cancelled(self, order: Order) -> None:
+        """A dead worker hears nothing."""
+
 
 def test_a_new_order_is_paid_with_no_claim_query(engine: Engine) -> None:
     orders = _Orders(engine, Clock(dt.datetime.now(dt.UTC)))
