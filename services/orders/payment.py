@@ -169,10 +169,9 @@ class PaymentWorker:
         claim (its lease is about to run out: another worker may claim it)."""
         self._claims = ClaimTimes(interval)
         self._claim_again = True
-        self._held: set[str] = set()
-        """Ids of the orders handed over or claimed whose try has not ended."""
-        self._cancelled: set[str] = set()
-        """Those of them a caller here cancelled meanwhile (`cancelled`)."""
+        self._held: dict[str, bool] = {}
+        """The orders handed over or claimed whose try has not ended, by id: whether a caller
+        here cancelled it meanwhile (`cancelled`)."""
         self._holding = threading.Lock()
 
     def wake(self) -> None:
@@ -186,7 +185,7 @@ class PaymentWorker:
             return  # stopping: its lease runs out and a worker claims it
         self._traces.remember(order.name)
         with self._holding:
-            self._held.add(order.id)
+            self._held[order.id] = False
         self._taken.append((order, time.monotonic() + PAYMENT_LEASE.total_seconds() / 2))
         self.wake()
 
@@ -196,16 +195,15 @@ class PaymentWorker:
         another replica is not seen here: its capture is refunded on OrderCancelled."""
         with self._holding:
             if order.id in self._held:
-                self._cancelled.add(order.id)
+                self._held[order.id] = True
 
     def _ended(self, order: Order) -> None:
         with self._holding:
-            self._held.discard(order.id)
-            self._cancelled.discard(order.id)
+            self._held.pop(order.id, None)
 
     def _was_cancelled(self, order: Order) -> bool:
         with self._holding:
-            return order.id in self._cancelled
+            return self._held.get(order.id, False)
 
     def accepting(self) -> bool:
         """Whether an order may be written taken by this worker (not once stopping)."""
@@ -276,9 +274,11 @@ class PaymentWorker:
         # A claim due keeps a quarter of the batch, so handed work never starves retries.
         handed_limit = self._batch_size - (max(1, self._batch_size // 4) if claiming else 0)
         handed = [self._taken.popleft() for _ in range(min(len(self._taken), handed_limit))]
-        batch = [(order, usable_until) for order, usable_until in handed if usable_until > now]
+        batch: list[tuple[Order, float]] = []
         for order, usable_until in handed:
-            if usable_until <= now:
+            if usable_until > now:
+                batch.append((order, usable_until))
+            else:
                 self._ended(order)  # left to a claim
         room = self._batch_size - len(batch)
         if room > 0 and claiming:
@@ -292,7 +292,7 @@ class PaymentWorker:
             self._claim_again = len(claimed) >= room  # a full claim may have left more
             start_by = now + PAYMENT_LEASE.total_seconds() / 2
             with self._holding:
-                self._held.update(order.id for order in claimed)
+                self._held.update((order.id, False) for order in claimed)
             batch += [(order, start_by) for order in claimed]
         if not batch:
             return 0
