@@ -7,7 +7,8 @@ locked. With an outside provider (`provider`), it holds and moves the money, eac
 of it outside the transaction (`outside`), and the ledger records what it did. One payment per
 order; refunds never exceed what was captured. States: PENDING (at the provider) ->
 AUTHORIZED | FAILED; AUTHORIZED -> CAPTURED | VOIDED; CAPTURED -> PARTIALLY_REFUNDED ->
-REFUNDED. Saga compensation (OrderCancelled): void a hold, refund the rest of a capture.
+REFUNDED; a sale (authorize with `capture`) is CAPTURED or FAILED at once in the ledger.
+Saga compensation (OrderCancelled): void a hold, refund the rest of a capture.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from services.payments.records import (
     PENDING,
     REFUNDED,
     VOIDED,
+    Account,
     Payment,
     PaymentEvent,
     PaymentPage,
@@ -79,6 +81,8 @@ class _Ask:
     owner: str
     account_id: str
     amount: Money
+    capture: bool = False
+    """A sale: the amount taken in the same call."""
 
 
 @dataclass
@@ -160,21 +164,44 @@ class Payments:
         return PaymentPage(*paging.split_page(found, limit, position, request))
 
     def authorize(
-        self, caller: str, request_id: str, *, order: str, owner: str, account_id: str, amount: Money
+        self,
+        caller: str,
+        request_id: str,
+        *,
+        order: str,
+        owner: str,
+        account_id: str,
+        amount: Money,
+        capture: bool = False,
     ) -> Payment:
         """AuthorizePayment: a decline is a FAILED payment, not an error; a second
-        authorization of the order (another request_id) is ALREADY_EXISTS."""
+        authorization of the order (another request_id) is ALREADY_EXISTS. With `capture` (a
+        sale) the amount is taken too: in the ledger, in the same transaction; at an outside
+        provider, asked right after its hold (a capture without an answer leaves it
+        AUTHORIZED, taken by a repeat of the call or by CapturePayment)."""
         problems = key_problems(request_id)
         refuse(
             problems + money_problems("amount", amount.currency, amount.amount, positive=True), "authorize"
         )
-        ask = _Ask(order, owner, account_id, amount)
-        request = Request(caller, request_id, fingerprint("authorize", order, owner, account_id, amount))
+        ask = _Ask(order, owner, account_id, amount, capture)
+        # A sale is another request than a hold of the same order: its own fingerprint.
+        verb = "sale" if capture else "authorize"
+        request = Request(caller, request_id, fingerprint(verb, order, owner, account_id, amount))
         with self.transactions() as repo:
             payment = self._authorize(repo, ask, request)
         if payment.state == PENDING:  # new, or left by an earlier attempt: ask the provider
-            return self._outside_for(payment).authorization(payment)
+            payment = self._outside_for(payment).authorization(payment)
+        if capture and payment.state == AUTHORIZED and payment.provider and not payment.compensation:
+            return self._sold_outside(payment)
         return payment
+
+    def _sold_outside(self, payment: Payment) -> Payment:
+        """The capture of a sale held by an outside provider; without an answer (or refused),
+        the payment as authorized: asked again by the sale's repeat or CapturePayment."""
+        try:
+            return self._outside_for(payment).capture(payment, None)
+        except (Unavailable, FailedPrecondition):
+            return payment
 
     def _authorize(self, repo: Repository, ask: _Ask, request: Request) -> Payment:
         amount = ask.amount
@@ -198,9 +225,18 @@ class Payments:
                 charged_customer=account.provider_customer,
             )
             return self._add(repo, asked, None, request)
+        return self._in_ledger(repo, ask, account, request)
+
+    def _in_ledger(self, repo: Repository, ask: _Ask, account: Account, request: Request) -> Payment:
+        """Held by the ledger (for a sale, taken too), in the caller's transaction."""
+        amount = ask.amount
         decline = self.ledger.authorize(repo, account, amount)
         if decline:
             return self._decline(repo, ask, account.id, decline, request)
+        if ask.capture:  # held and taken in this one transaction: CAPTURED from the start
+            sold = replace(self._new_payment(ask, account.id, CAPTURED, ""), captured=amount.amount)
+            event = PaymentEvent(CAPTURED, sold, sold.amount)
+            return self._add(repo, sold, event, request, money=self.ledger.capture)
         held = self._new_payment(ask, account.id, AUTHORIZED, "")
         return self._add(repo, held, PaymentEvent(AUTHORIZED, held, held.amount), request)
 
@@ -218,8 +254,15 @@ class Payments:
         )
 
     def _add(
-        self, repo: Repository, payment: Payment, event: PaymentEvent | None, request: Request
+        self,
+        repo: Repository,
+        payment: Payment,
+        event: PaymentEvent | None,
+        request: Request,
+        *,
+        money: Callable[[Repository, Payment, dt.datetime], None] | None = None,
     ) -> Payment:
+        """Records `payment` as the order's one payment, and then moves its `money`."""
         if not repo.add_payment(payment):
             # The order has its payment already: a repeat of this call (a racing twin that
             # committed first) gets it, and so does any authorization of an order cancelled
@@ -241,6 +284,8 @@ class Payments:
                     failure_reason=existing.failure_reason,
                 )
             return existing
+        if money is not None:
+            money(repo, payment, payment.update_time)
         if event is not None:
             repo.publish(event)
         remember(repo, request, payment.id, self.clock())

@@ -85,6 +85,17 @@ def _paging(request: _ListRequest) -> dict[str, Any]:
     }
 
 
+def _authorization(request: pb.AuthorizePaymentRequest) -> dict[str, Any]:
+    """AuthorizePayment's fields as `Payments.authorize` takes them."""
+    return {
+        "order": f"orders/{resource_id(request.order, 'orders', field='order')}",
+        "owner": f"users/{resource_id(request.owner, 'users', field='owner')}",
+        "account_id": resource_id(request.account, "accounts", field="account") if request.account else "",
+        "amount": money_value(request.amount),
+        "capture": request.capture,
+    }
+
+
 def _viewer() -> Viewer:
     caller = authz.principal()
     return Viewer(caller.subject, sees_all=caller.is_admin or caller.is_client)
@@ -180,18 +191,8 @@ class PaymentsServicer(payments_service_pb2_grpc.PaymentsServiceServicer):
     def AuthorizePayment(
         self, request: pb.AuthorizePaymentRequest, context: grpc.ServicerContext
     ) -> resources_pb2.Payment:
-        order = f"orders/{resource_id(request.order, 'orders', field='order')}"
-        owner = f"users/{resource_id(request.owner, 'users', field='owner')}"
-        account_id = resource_id(request.account, "accounts", field="account") if request.account else ""
-        payment = self._payments.authorize(
-            _service_caller(context),
-            request.request_id,
-            order=order,
-            owner=owner,
-            account_id=account_id,
-            amount=money_value(request.amount),
-        )
-        return _payment(payment)
+        asked = _authorization(request)
+        return _payment(self._payments.authorize(_service_caller(context), request.request_id, **asked))
 
     def CapturePayment(
         self, request: pb.CapturePaymentRequest, context: grpc.ServicerContext

@@ -50,8 +50,11 @@ class LocalPayments:
             account = self.accounts.fund(ADMIN, new_key(), account.id, Money(currency, funds))
         return account
 
-    def authorize(self, account: Account, amount: int, *, order: str = "", request_id: str = "") -> Payment:
-        """AuthorizePayment of `amount` from `account` (in its currency), as orders calls it."""
+    def authorize(
+        self, account: Account, amount: int, *, order: str = "", request_id: str = "", capture: bool = False
+    ) -> Payment:
+        """AuthorizePayment of `amount` from `account` (in its currency), as orders calls it;
+        with `capture`, a sale."""
         return self.payments.authorize(
             ORDERS,
             request_id or new_key(),
@@ -59,6 +62,7 @@ class LocalPayments:
             owner=account.owner,
             account_id="",
             amount=Money(account.currency, amount),
+            capture=capture,
         )
 
     def account(self, account_id: str) -> Account:

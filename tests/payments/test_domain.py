@@ -220,6 +220,56 @@ def test_an_amount_no_payment_could_have_is_invalid_and_records_nothing(
     assert local.account(account.id).held == 0
 
 
+# -- sales: authorize with capture ----------------------------------------------------------
+
+
+def test_a_sale_holds_and_takes_the_amount_in_one_step(local: LocalPayments) -> None:
+    account = local.customer(funds=1000)
+    key = new_key()
+    sold = local.authorize(account, 600, order="orders/s1", request_id=key, capture=True)
+    assert (sold.state, sold.captured, sold.refunded) == (CAPTURED, 600, 0)
+    assert local.payments.payment(sold.id, _anyone) == sold, "the answer is the payment as stored"
+    after = local.account(account.id)
+    assert (after.balance, after.held, after.available) == (400, 0, 400)
+    assert local.balances("merchant-eur") == {"merchant-eur": 600}
+    assert local.unbalanced_transactions() == []
+    assert local.published(sold.name) == ["PaymentCaptured"], "never held on its own: no PaymentAuthorized"
+    again = local.authorize(account, 600, order="orders/s1", request_id=key, capture=True)
+    assert again == sold, "a repeat takes nothing more"
+    assert local.account(account.id).balance == 400
+    with pytest.raises(FailedPrecondition) as reused:
+        local.authorize(account, 600, order="orders/s1", request_id=key)
+    assert _reason(reused) == "REQUEST_ID_REUSED", "a hold is another request than a sale"
+    assert local.payments.capture(ORDERS, new_key(), sold.id) == sold, "capturing it again changes nothing"
+
+
+def test_a_declined_sale_takes_nothing(local: LocalPayments) -> None:
+    account = local.customer(funds=100)
+    declined = local.authorize(account, 600, capture=True)
+    assert (declined.state, declined.failure_reason, declined.captured) == (FAILED, INSUFFICIENT_FUNDS, 0)
+    assert local.published(declined.name) == ["PaymentFailed"]
+    assert local.account(account.id).available == 100
+
+
+def test_a_sale_of_an_order_cancelled_before_it_takes_nothing(local: LocalPayments) -> None:
+    account = local.customer(funds=1000)
+    owner = local.account(account.id).owner
+    cancelled = local.payments.cancel_order("orders/s3", "", owner=owner, total=_eur(300))
+    assert local.authorize(account, 300, order="orders/s3", capture=True) == cancelled
+    assert local.account(account.id).balance == 1000
+
+
+def test_a_sale_cancelled_after_it_is_refunded_in_full(local: LocalPayments) -> None:
+    # An order cancelled while its sale was asked for: the saga's compensation refunds it.
+    account = local.customer(funds=1000)
+    sold = local.authorize(account, 300, order="orders/s4", capture=True)
+    refunded = local.payments.cancel_order("orders/s4", "changed my mind", total=_eur(300))
+    assert refunded is not None
+    assert (refunded.state, refunded.refunded) == (REFUNDED, 300)
+    assert local.account(account.id).balance == 1000
+    assert local.published(sold.name) == ["PaymentCaptured", "PaymentRefunded"]
+
+
 # -- capture and void ---------------------------------------------------------------------
 
 

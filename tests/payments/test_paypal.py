@@ -95,6 +95,16 @@ def test_an_order_is_authorized_from_the_vaulted_wallet_and_captured_into_the_le
     assert paypal_api.tokens_issued == 1, "one OAuth token for every call while it lasts"
 
 
+def test_a_sale_is_authorized_then_captured_at_paypal_in_one_call(
+    paypal_local: LocalPayments, paypal_api: LocalPayPal
+) -> None:
+    account = _wallet(paypal_local)
+    sold = paypal_local.authorize(account, 1200, order="orders/p2", capture=True)
+    assert (sold.state, sold.captured, sold.provider) == (CAPTURED, 1200, "paypal")
+    assert sold.provider_capture in paypal_api.captures
+    assert paypal_local.balances("paypal-eur", "merchant-eur") == {"paypal-eur": -1200, "merchant-eur": 1200}
+
+
 def test_refunds_go_back_through_the_capture(paypal_local: LocalPayments, paypal_api: LocalPayPal) -> None:
     held = paypal_local.authorize(_wallet(paypal_local, currency="JPY"), 5000)
     paypal_local.payments.capture(ORDERS, new_key(), held.id)

@@ -99,6 +99,28 @@ def test_funding_books_a_balanced_transaction_once_per_request_id(system: System
 # -- the saga: authorize, capture, refund, void ---------------------------------------------
 
 
+def test_a_sale_over_grpc_answers_the_payment_captured(system: System) -> None:
+    customer = system.customer(funds=10_000)
+    request = pb.AuthorizePaymentRequest(
+        order=f"orders/{uuid.uuid4()}",
+        owner=customer.user,
+        amount=eur(2500),
+        request_id=new_key(),
+        capture=True,
+    )
+    sold = system.orders.AuthorizePayment(request, timeout=10)
+    assert (sold.state, sold.captured_amount.amount_minor) == (State.STATE_CAPTURED, 2500)
+    assert system.orders.AuthorizePayment(request, timeout=10) == sold, "a repeat returns it unchanged"
+    account = system.account(customer.account)
+    assert (account.balance.amount_minor, account.held.amount_minor) == (7500, 0)
+    [capture] = _entries(system, customer, "kind = KIND_CAPTURE")
+    assert (capture.amount.amount_minor, capture.payment) == (-2500, sold.name)
+    request.capture = False
+    reused = refusal(refused(system.orders.AuthorizePayment, request))
+    assert (reused.code, reused.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "REQUEST_ID_REUSED")
+    assert system.ledger_total() == 0
+
+
 def test_an_authorization_holds_funds_then_capture_and_refunds_move_them(system: System) -> None:
     customer = system.customer(funds=10_000)
     order = system.authorized(customer, 2500)

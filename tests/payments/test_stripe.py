@@ -75,6 +75,31 @@ def test_an_order_is_held_by_a_manual_capture_intent_and_captured_into_the_ledge
     assert local.published(held.name) == ["PaymentAuthorized", "PaymentCaptured"]
 
 
+def test_a_sale_is_held_then_captured_at_stripe_in_one_call(
+    local: LocalPayments, stripe_api: LocalStripe
+) -> None:
+    account = _customer(local)
+    sold = local.authorize(account, 1500, order="orders/s2", capture=True)
+    assert (sold.state, sold.captured, sold.provider) == (CAPTURED, 1500, "stripe")
+    assert stripe_api.intents[sold.provider_reference]["status"] == "succeeded"
+    assert local.balances("stripe-eur", "merchant-eur") == {"stripe-eur": -1500, "merchant-eur": 1500}
+    assert local.published(sold.name) == ["PaymentAuthorized", "PaymentCaptured"]
+
+
+def test_a_sale_whose_capture_got_no_answer_is_left_held_and_taken_by_its_repeat(
+    local: LocalPayments, stripe_api: LocalStripe
+) -> None:
+    account = _customer(local)
+    request_id, order = new_key(), f"orders/{uuid.uuid4()}"
+    stripe_api.fail(f"{_INTENTS}/")  # the capture's call (the create is `_INTENTS` itself)
+    held = local.authorize(account, 800, order=order, request_id=request_id, capture=True)
+    assert held.state == AUTHORIZED, "held, not yet taken: the caller asks again"
+    sold = local.authorize(account, 800, order=order, request_id=request_id, capture=True)
+    assert (sold.id, sold.state, sold.captured) == (held.id, CAPTURED, 800)
+    assert len(stripe_api.intents) == 1, "held once"
+    assert local.balances("merchant-eur") == {"merchant-eur": 800}
+
+
 def test_refunds_go_back_through_stripe_and_never_past_what_was_captured(
     local: LocalPayments, stripe_api: LocalStripe
 ) -> None:

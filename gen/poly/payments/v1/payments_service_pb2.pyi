@@ -452,6 +452,7 @@ class AuthorizePaymentRequest(_message.Message):
     ACCOUNT_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CAPTURE_FIELD_NUMBER: _builtins.int
     order: _builtins.str
     """Required. The order to pay for, `orders/{order}`."""
     owner: _builtins.str
@@ -465,6 +466,14 @@ class AuthorizePaymentRequest(_message.Message):
     the first result; reuse with different fields is FAILED_PRECONDITION
     with reason REQUEST_ID_REUSED.
     """
+    capture: _builtins.bool
+    """Optional. Take the amount at once (a sale), as CapturePayment would right
+    after: one call instead of two when nothing waits between hold and
+    capture. The payment is then CAPTURED (or FAILED on a decline); with an
+    outside provider whose capture got no answer, it is returned AUTHORIZED,
+    and a repeat of the call (or CapturePayment) takes it. Part of what a
+    `request_id` stands for: the same id without it is REQUEST_ID_REUSED.
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """Required. Amount to hold; positive."""
@@ -477,10 +486,11 @@ class AuthorizePaymentRequest(_message.Message):
         account: _builtins.str = ...,
         amount: _money_pb2.Money | None = ...,
         request_id: _builtins.str = ...,
+        capture: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount", "order", b"order", "owner", b"owner", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount", "capture", b"capture", "order", b"order", "owner", b"owner", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

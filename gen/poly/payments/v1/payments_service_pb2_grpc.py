@@ -212,7 +212,9 @@ class PaymentsServiceServicer:
         ORDER_ALREADY_AUTHORIZED, whose metadata names the payment (`payment`,
         its id), its `state` and its `failure_reason`. An order cancelled before
         it was authorized has a FAILED payment with reason ORDER_CANCELLED, which
-        an authorization of the same owner and amount gets back.
+        an authorization of the same owner and amount gets back. With `capture`,
+        the held amount is taken in the same call (a sale): the answer is CAPTURED
+        or FAILED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

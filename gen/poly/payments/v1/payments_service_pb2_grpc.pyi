@@ -93,7 +93,9 @@ class PaymentsServiceStub:
     ORDER_ALREADY_AUTHORIZED, whose metadata names the payment (`payment`,
     its id), its `state` and its `failure_reason`. An order cancelled before
     it was authorized has a FAILED payment with reason ORDER_CANCELLED, which
-    an authorization of the same owner and amount gets back.
+    an authorization of the same owner and amount gets back. With `capture`,
+    the held amount is taken in the same call (a sale): the answer is CAPTURED
+    or FAILED.
     """
     CapturePayment: _grpc.UnaryUnaryMultiCallable[_payments_service_pb2.CapturePaymentRequest, _resources_pb2.Payment]
     """Takes the whole held amount (a KIND_CAPTURE ledger entry). A CAPTURED
@@ -167,7 +169,9 @@ class PaymentsServiceAsyncStub(PaymentsServiceStub):
     ORDER_ALREADY_AUTHORIZED, whose metadata names the payment (`payment`,
     its id), its `state` and its `failure_reason`. An order cancelled before
     it was authorized has a FAILED payment with reason ORDER_CANCELLED, which
-    an authorization of the same owner and amount gets back.
+    an authorization of the same owner and amount gets back. With `capture`,
+    the held amount is taken in the same call (a sale): the answer is CAPTURED
+    or FAILED.
     """
     CapturePayment: _aio.UnaryUnaryMultiCallable[_payments_service_pb2.CapturePaymentRequest, _resources_pb2.Payment]  # type: ignore[assignment]
     """Takes the whole held amount (a KIND_CAPTURE ledger entry). A CAPTURED
@@ -304,7 +308,9 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
         ORDER_ALREADY_AUTHORIZED, whose metadata names the payment (`payment`,
         its id), its `state` and its `failure_reason`. An order cancelled before
         it was authorized has a FAILED payment with reason ORDER_CANCELLED, which
-        an authorization of the same owner and amount gets back.
+        an authorization of the same owner and amount gets back. With `capture`,
+        the held amount is taken in the same call (a sale): the answer is CAPTURED
+        or FAILED.
         """
 
     @_abc_1.abstractmethod
