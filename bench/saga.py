@@ -84,8 +84,8 @@ CPU includes what the services spend idle over its few seconds of settling (rela
 dispatcher and the exporters polling; the idle row says how much per second). PostgreSQL and
 RabbitMQ are shared servers here, not pinned, and may run on either core; "all" includes
 whatever else used them in the window. At rates the system sustains, time to PAID is the
-saga's own latency (the payment worker's AuthorizePayment and CapturePayment calls, the
-capture's answer making the order PAID, the watch's wake-up; the email adds OrderPaid through
+saga's own latency (the payment worker's AuthorizePayment call, a sale that holds and
+takes the total, its answer making the order PAID, the watch's wake-up; the email adds OrderPaid through
 the outbox and relay, and the notifications dispatcher); beyond them it is queueing, and
 grows with the window. Access lines are on (INFO, as ``poly up`` runs); ``--log-level
 WARNING`` shows what they cost, and ``--traces-sampler always_off`` what tracing every call

@@ -7,7 +7,7 @@ from it), so of two racing changes exactly one wins and publishes its event.
 States (`TRANSITIONS`): PENDING -> AWAITING_PAYMENT -> PAID -> FULFILLED; PENDING -> PAID;
 PENDING -> PAYMENT_FAILED; PENDING | AWAITING_PAYMENT | PAID -> CANCELLED. An RPC asking for
 any other move is FAILED_PRECONDITION. The payment step (the payment worker, `payment.py`,
-calling payments) moves a PENDING order on by payments' answers: held and captured at once
+calling payments) moves a PENDING order on by payments' answers: taken in one call (a sale)
 -> PAID, held with the capture still to come -> AWAITING_PAYMENT and captured later -> PAID,
 or declined -> PAYMENT_FAILED; an answer finding the order elsewhere (it was cancelled
 meanwhile) is a no-op. Compensation: cancelling emits OrderCancelled with the total and the
@@ -69,8 +69,8 @@ __all__ = [
     "Repository",
     "RequestKey",
     "StepOutcome",
-    "authorize_request_id",
     "capture_request_id",
+    "sale_request_id",
     "not_found",
     "watch_until",
 ]
@@ -160,8 +160,8 @@ class Order:
     failure_reason: str = ""
     cancel_reason: str = ""
     next_payment_at: dt.datetime | None = None
-    """When a payment worker next asks payments for this order (to authorize a PENDING one,
-    to capture an AWAITING_PAYMENT one); None when nothing is to be asked."""
+    """When a payment worker next asks payments for this order (to take a PENDING one's
+    total, to capture an AWAITING_PAYMENT one); None when nothing is to be asked."""
     payment_attempts: int = 0
     """Tries of the current payment step that got no answer (the backoff grows with them)."""
 
@@ -214,12 +214,14 @@ class OrderPage:
 
 @dataclass(frozen=True, slots=True)
 class Authorization:
-    """Payments' answer to an authorization: the order's payment, held or declined."""
+    """Payments' answer to an authorization: the order's payment, taken, held or declined."""
 
     payment: str
     """`payments/{payment}`; may be empty for a decline."""
     decline_reason: str = ""
     """Why it was declined, UPPER_SNAKE (e.g. INSUFFICIENT_FUNDS); empty: the funds are held."""
+    captured: bool = False
+    """The funds were taken too (a sale): nothing is left to capture."""
 
 
 class CaptureOutcome(Enum):
@@ -288,10 +290,12 @@ class Repository(Protocol):
 Transactions = Callable[[], AbstractContextManager[Repository]]
 
 
-def authorize_request_id(order: Order) -> str:
-    """The authorization's idempotency key: the same for every try of one order, on every
-    replica, so payments holds the order's total once however often it is asked."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, order.name + "/authorize"))
+def sale_request_id(order: Order) -> str:
+    """The sale's idempotency key (AuthorizePayment with capture): the same for every try of
+    one order, on every replica, so payments takes the order's total once however often it is
+    asked. (Releases before sales held with the key of ``/authorize``: a sale of such an order
+    gets ALREADY_EXISTS naming that payment, which the worker then captures.)"""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, order.name + "/sale"))
 
 
 def capture_request_id(order: Order) -> str:
@@ -589,8 +593,8 @@ class Orders:
     def captured(self, order: Order, payment: str = "") -> Order | None:
         """Payments answered that `order`'s payment is captured: AWAITING_PAYMENT -> PAID and
         OrderPaid, in one transaction (None: the order had moved on, e.g. cancelled). With
-        `payment`: the hold just made for a PENDING order, captured at once, so PENDING ->
-        PAID (its hold was never recorded: nothing waited between the two answers)."""
+        `payment`: the PENDING order's payment, just taken by a sale (or held and captured at
+        once), so PENDING -> PAID (no hold was recorded: nothing waited between)."""
         if payment:
             return self._answered(order, PENDING, PAID, "paid", payment=payment)
         return self._answered(order, AWAITING_PAYMENT, PAID, "paid", payment=order.payment)

@@ -9,13 +9,14 @@ kept in the orders table, so a restart resumes where it stopped), at once after 
 claim, when a retry it scheduled falls due, and otherwise every `interval` seconds (5 s; see
 `kit.leases.ClaimTimes`). A pass with a claim due keeps a quarter of its batch for the claim.
 For each order, with at most `concurrency` orders in flight, it calls payments: a PENDING
-order is authorized (AuthorizePayment, with the order's idempotency key) and a hold is
-captured at once (CapturePayment): PAID, the hold recorded with it in one transaction (a hold
-whose capture got no answer, or a refusal, is recorded as AWAITING_PAYMENT first; one for an
-order cancelled here meanwhile is not captured); a decline makes it PAYMENT_FAILED. Each
-answer is recorded as it comes, in the trace of the CreateOrder that placed the order; calls
-that got no answer are rescheduled in one transaction, with backoff. `GrpcPayments` is the
-pair of calls over mTLS; gRPC codes are mapped here only.
+order's total is taken in one call (a sale: AuthorizePayment with capture, with the order's
+idempotency key): PAID. A payment only held (an outside provider's capture got no answer, or
+an earlier release's hold) is captured at once (CapturePayment) and recorded with it; if that
+capture gets no answer or a refusal, the hold is recorded as AWAITING_PAYMENT first, and one
+for an order cancelled here meanwhile is not captured. A decline makes it PAYMENT_FAILED.
+Each answer is recorded as it comes, in the trace of the CreateOrder that placed the order;
+calls that got no answer are rescheduled in one transaction, with backoff. `GrpcPayments` is
+the pair of calls over mTLS; gRPC codes are mapped here only.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ from services.orders.domain import (
     Order,
     Orders,
     StepOutcome,
-    authorize_request_id,
     capture_request_id,
+    sale_request_id,
 )
 
 __all__ = ["PAYMENTS_SERVICE", "GrpcPayments", "PaymentCalls", "PaymentWorker"]
@@ -65,18 +66,20 @@ _ALREADY_AUTHORIZED = "ORDER_ALREADY_AUTHORIZED"
 class PaymentCalls(Protocol):
     """The two calls of the payment step."""
 
-    def authorize(self, order: Order, request_id: str) -> Authorization | None:
-        """Hold `order`'s total for its owner; None: payments could not answer (ask again)."""
+    def sell(self, order: Order, request_id: str) -> Authorization | None:
+        """Take `order`'s total from its owner, in one call if payments can (else it is only
+        held); None: payments could not answer (ask again)."""
 
     def capture(self, payment: str, request_id: str) -> CaptureOutcome:
         """Take the held `payment`."""
 
 
 class GrpcPayments:
-    """AuthorizePayment and CapturePayment on the ``payments`` peer, over mTLS.
+    """AuthorizePayment (with capture: a sale) and CapturePayment on the ``payments`` peer,
+    over mTLS.
 
-    AuthorizePayment: a payment in state FAILED is a decline with its reason, any other a
-    hold (a repeat gets the first answer); INVALID_ARGUMENT and FAILED_PRECONDITION are
+    AuthorizePayment: a payment in state FAILED is a decline with its reason, CAPTURED taken,
+    any other a hold (a repeat gets the first answer); INVALID_ARGUMENT and FAILED_PRECONDITION are
     declines too (an amount payments cannot hold, an order cancelled for another total);
     ALREADY_EXISTS names the order's payment made without this key (by an earlier release,
     from the OrderCreated event) with its state: the order's hold, or its decline.
@@ -90,9 +93,13 @@ class GrpcPayments:
     def _stub(self) -> payments_service_pb2_grpc.PaymentsServiceStub:
         return payments_service_pb2_grpc.PaymentsServiceStub(self._channels.get("payments"))
 
-    def authorize(self, order: Order, request_id: str) -> Authorization | None:
+    def sell(self, order: Order, request_id: str) -> Authorization | None:
         request = payments_service_pb2.AuthorizePaymentRequest(
-            order=order.name, owner=order.owner, amount=money_message(order.total), request_id=request_id
+            order=order.name,
+            owner=order.owner,
+            amount=money_message(order.total),
+            request_id=request_id,
+            capture=True,
         )
         try:
             payment = self._stub().AuthorizePayment(request, timeout=self._timeout)
@@ -112,7 +119,7 @@ class GrpcPayments:
             return Authorization(payment.name, payment.failure_reason or "UNKNOWN")
         if payment.state == resources_pb2.Payment.STATE_PENDING:
             return None  # the provider's answer is not in yet: ask again later
-        return Authorization(payment.name)
+        return Authorization(payment.name, captured=payment.state == resources_pb2.Payment.STATE_CAPTURED)
 
     def capture(self, payment: str, request_id: str) -> CaptureOutcome:
         request = payments_service_pb2.CapturePaymentRequest(name=payment, request_id=request_id)
@@ -131,7 +138,7 @@ class GrpcPayments:
 
 def _existing(metadata: Mapping[str, str]) -> Authorization | None:
     """The order's payment an ALREADY_EXISTS names: declined if it FAILED, unknown yet if
-    PENDING at an outside provider, else held."""
+    PENDING at an outside provider, taken if CAPTURED, else held."""
     payment = metadata.get("payment", "")
     if not payment:
         return None  # not what payments sends: ask again later rather than guess
@@ -139,7 +146,7 @@ def _existing(metadata: Mapping[str, str]) -> Authorization | None:
         return Authorization(f"payments/{payment}", metadata.get("failure_reason") or "UNKNOWN")
     if metadata.get("state") == "PENDING":
         return None  # its provider's answer is not in yet: ask again later
-    return Authorization(f"payments/{payment}")
+    return Authorization(f"payments/{payment}", captured=metadata.get("state") == "CAPTURED")
 
 
 class PaymentWorker:
@@ -232,13 +239,10 @@ class PaymentWorker:
     def _step(self, order: Order) -> tuple[Order, StepOutcome]:
         held = ""
         if order.state == PENDING:
-            answer = self._payments.authorize(order, authorize_request_id(order))
-            if answer is None:
-                return order, StepOutcome.FAILED
-            if answer.decline_reason:
-                self._background.transaction(self._orders.declined, order, answer)
-                return order, StepOutcome.DONE
-            held = answer.payment
+            answer = self._payments.sell(order, sale_request_id(order))
+            if answer is None or answer.decline_reason or answer.captured:
+                return order, self._sold(order, answer)
+            held = answer.payment  # held only: captured next
             if self._was_cancelled(order):
                 # Cancelled here while the hold was asked for: not captured (payments voids it
                 # on OrderCancelled); recording it finds the order moved on.
@@ -260,6 +264,18 @@ class PaymentWorker:
                 return order, StepOutcome.DONE
             order = recorded
         return order, StepOutcome.REFUSED if outcome is CaptureOutcome.REFUSED else StepOutcome.FAILED
+
+    def _sold(self, order: Order, answer: Authorization | None) -> StepOutcome:
+        """The answer to a sale that ends the try: none (asked again), a decline, or taken."""
+        if answer is None:
+            return StepOutcome.FAILED
+        if answer.decline_reason:
+            self._background.transaction(self._orders.declined, order, answer)
+        else:
+            # Taken in one call: PAID in this trace. A cancellation here meanwhile finds the
+            # order CANCELLED, and payments refunds the sale on OrderCancelled.
+            self._background.transaction(self._orders.captured, order, answer.payment)
+        return StepOutcome.DONE
 
     def _record_hold(self, order: Order, payment: str) -> Order | None:
         """The PENDING `order` held as `payment`: AWAITING_PAYMENT (None: it moved on, e.g.

@@ -2,8 +2,8 @@
 
 The saga's payments side is played by the tests, so each of orders' reactions can be driven
 and checked alone (tests/system/test_saga.py runs the real payments service): orders'
-payment worker calls AuthorizePayment and CapturePayment on a small real gRPC server holding
-the payments certificate, which answers each order as the test planned.
+payment worker calls AuthorizePayment (a sale) and CapturePayment on a small real gRPC server
+holding the payments certificate, which answers each order as the test planned.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ class Answer:
 
     payment: str = ""
     """The hold's name (a capture rule below may apply to it); empty with `error`."""
+    sold: bool = False
+    """A sale (AuthorizePayment with capture) is answered CAPTURED: else only held (as by an
+    outside provider whose capture got no answer), for CapturePayment to take."""
     decline: str = ""
     """A decline's reason: a FAILED payment instead of a hold."""
     error: DomainError | None = None
@@ -81,6 +84,8 @@ class RecordingPayments(payments_service_pb2_grpc.PaymentsServiceServicer):
         if answer.error is not None:
             raise answer.error
         state = pay_pb.Payment.STATE_FAILED if answer.decline else pay_pb.Payment.STATE_AUTHORIZED
+        if answer.sold and request.capture and not answer.decline:
+            state = pay_pb.Payment.STATE_CAPTURED
         return pay_pb.Payment(
             name=answer.payment, order=request.order, state=state, failure_reason=answer.decline
         )

@@ -1,10 +1,11 @@
 """The payment worker over a real migrated database (SQLite file and PostgreSQL): a new order
-is handed to the worker, authorized and captured with no claim query and made PAID on the
-capture's answer (OrderPaid published with it); a decline fails it; an answer that finds the
-order cancelled changes nothing; a capture payments cannot answer is retried after a backoff
-without asking for the hold again, claimed when that backoff ends; an order a dead worker had
-taken is claimed by another once its lease runs out. (The calls over mTLS to a payments
-server, retries and restarts are tested with the service, test_service.py.)"""
+is handed to the worker, sold (held and captured in one call) with no claim query and made
+PAID on the answer (OrderPaid published with it); a payment only held is captured next; a
+decline fails it; an answer that finds the order cancelled changes nothing; a capture payments
+cannot answer is retried after a backoff without asking for the hold again, claimed when that
+backoff ends; an order a dead worker had taken is claimed by another once its lease runs out.
+(The calls over mTLS to a payments server, retries and restarts are tested with the service,
+test_service.py.)"""
 
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ from services.orders.domain import (
     NewLine,
     Order,
     Orders,
-    authorize_request_id,
     capture_request_id,
+    sale_request_id,
 )
 from services.orders.payment import PaymentWorker
 from tests.support.background import RecordingBackground
@@ -92,22 +93,30 @@ def engine(database_url: str) -> Iterator[Engine]:
         made.dispose()
 
 
+def _sold(order: Order) -> Authorization:
+    """Payments' answer to a sale it could make: ``payments/p-{order id}``, taken."""
+    return Authorization(f"payments/p-{order.id}", captured=True)
+
+
+def _held(order: Order) -> Authorization:
+    """Its answer when it could only hold the total (an outside provider's capture got none)."""
+    return Authorization(f"payments/p-{order.id}")
+
+
 class _Payments:
-    """The calls the worker makes (what payments would be asked): each order held as
-    ``payments/p-{order id}`` and captured, unless a test sets other answers."""
+    """The calls the worker makes (what payments would be asked): each order sold as
+    ``payments/p-{order id}``, and captured when asked, unless a test sets other answers."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.authorizations: list[tuple[str, str]] = []
+        self.sales: list[tuple[str, str]] = []
         self.captures: list[tuple[str, str]] = []
-        self.answer: Callable[[Order], Authorization | None] = lambda order: Authorization(
-            f"payments/p-{order.id}"
-        )
+        self.answer: Callable[[Order], Authorization | None] = _sold
         self.capture_outcome = CaptureOutcome.CAPTURED
 
-    def authorize(self, order: Order, request_id: str) -> Authorization | None:
+    def sell(self, order: Order, request_id: str) -> Authorization | None:
         with self.lock:
-            self.authorizations.append((order.name, request_id))
+            self.sales.append((order.name, request_id))
         return self.answer(order)
 
     def capture(self, payment: str, request_id: str) -> CaptureOutcome:
@@ -142,14 +151,14 @@ def test_a_new_order_is_paid_with_no_claim_query(engine: Engine) -> None:
         eventually(lambda: orders.claims, timeout=10, what="the first pass's claim")
         assert len(orders.claims) == 1, "the first pass claims once"
         placed = [orders.placed() for _ in range(5)]
-        eventually(lambda: len(payments.captures) >= len(placed), timeout=10, what="every capture")
+        eventually(lambda: orders.states(placed) == {PAID}, timeout=10, what="every order PAID")
     finally:
         worker.stop()
-    assert sorted(payments.authorizations) == sorted((o.name, authorize_request_id(o)) for o in placed)
-    assert sorted(payments.captures) == sorted((f"payments/p-{o.id}", capture_request_id(o)) for o in placed)
+    assert sorted(payments.sales) == sorted((o.name, sale_request_id(o)) for o in placed)
+    assert payments.captures == [], "a sale leaves nothing to capture"
     assert len(orders.claims) == 1, "handed-over orders need no claim"
-    # Captured: PAID on the answer, nothing left to ask, OrderPaid published with it. The
-    # hold, captured at once, is recorded with the capture: one write after the order's.
+    # Sold: PAID on the answer, nothing left to ask, OrderPaid published with it: one write
+    # after the order's.
     assert {orders.payment_state(order) for order in placed} == {(PAID, False, 0)}
     paid = [orders.orders.get(order.id) for order in placed]
     assert {(o.version, o.payment) for o in paid} == {(o.version + 1, f"payments/p-{o.id}") for o in placed}
@@ -205,25 +214,39 @@ def test_a_declined_order_fails_with_the_reason(engine: Engine) -> None:
     assert payments.captures == []
 
 
-def test_a_hold_answered_after_the_order_was_cancelled_changes_nothing(engine: Engine) -> None:
+def test_a_held_payment_is_captured_next_and_recorded_with_its_capture(engine: Engine) -> None:
+    orders, payments = _Orders(engine, Clock(dt.datetime.now(dt.UTC))), _Payments()
+    payments.answer = _held
+    order = _one_pass(orders, payments)
+    assert payments.captures == [(f"payments/p-{order.id}", capture_request_id(order))]
+    paid = orders.orders.get(order.id)
+    assert (paid.state, paid.version, paid.payment) == (PAID, order.version + 1, f"payments/p-{order.id}")
+    assert orders.published(order) == ["OrderCreated", "OrderPaid"]
+
+
+@pytest.mark.parametrize("answer", [_sold, _held], ids=["sold", "held"])
+def test_an_answer_after_the_order_was_cancelled_changes_nothing(
+    engine: Engine, answer: Callable[[Order], Authorization]
+) -> None:
     orders, payments = _Orders(engine, Clock(dt.datetime.now(dt.UTC))), _Payments()
 
     def cancelled_meanwhile(order: Order) -> Authorization:
         orders.orders.cancel(order.id, "", "changed my mind")  # while the call is in flight
-        return Authorization(f"payments/p-{order.id}")
+        return answer(order)
 
     payments.answer = cancelled_meanwhile
     order = _one_pass(orders, payments)
     assert orders.orders.get(order.id).state == CANCELLED
     assert orders.payment_state(order) == (CANCELLED, False, 0)
-    assert payments.captures == [], "payments voids the hold on OrderCancelled; nothing is captured"
+    # Payments voids a hold on OrderCancelled, and refunds a sale: nothing is captured here.
+    assert payments.captures == []
     assert orders.published(order) == ["OrderCreated", "OrderCancelled"]
 
 
 def test_a_capture_without_answer_is_retried_after_a_backoff_without_a_second_hold(engine: Engine) -> None:
     clock = Clock(dt.datetime.now(dt.UTC))
     orders, payments = _Orders(engine, clock), _Payments()
-    payments.capture_outcome = CaptureOutcome.FAILED
+    payments.answer, payments.capture_outcome = _held, CaptureOutcome.FAILED
     order = _one_pass(orders, payments)
     held = orders.orders.get(order.id)
     assert (held.state, held.payment, held.payment_attempts) == (
@@ -238,7 +261,7 @@ def test_a_capture_without_answer_is_retried_after_a_backoff_without_a_second_ho
     payments.capture_outcome = CaptureOutcome.CAPTURED
     assert worker.run_once() == 1
     assert orders.orders.get(order.id).state == PAID
-    assert len(payments.authorizations) == 1, "the hold is asked for once"
+    assert len(payments.sales) == 1, "the hold is asked for once"
     assert [name for name, _ in payments.captures] == [f"payments/p-{order.id}"] * 2
 
 
@@ -250,6 +273,7 @@ def test_retries_the_worker_scheduled_are_claimed_when_they_fall_due_not_at_the_
     claims for the batch, though the worker's periodic claim comes once an hour."""
     orders = _Orders(engine, lambda: dt.datetime.now(dt.UTC))  # type: ignore[arg-type]  # real time
     payments = _Payments()
+    payments.answer = _held
     asked: set[str] = set()
     payments_capture = payments.capture
 
@@ -277,7 +301,7 @@ def test_retries_the_worker_scheduled_are_claimed_when_they_fall_due_not_at_the_
     assert sorted(name for name, _ in payments.captures) == sorted(
         [f"payments/p-{order.id}" for order in placed] * 2
     )
-    assert len(payments.authorizations) == len(placed)
+    assert len(payments.sales) == len(placed)
     # A claim starts with its SELECT (one that finds orders then updates them).
     claims = [statement for statement in orders.claims if statement.lstrip().startswith("SELECT")]
     assert 2 <= len(claims) <= 1 + len(placed), "the first pass's claim and the retries', no poll between"
@@ -312,9 +336,7 @@ def test_a_handed_order_that_waited_until_its_lease_nearly_ran_out_is_left_to_th
     monkeypatch.setattr(payment_module.time, "monotonic", lambda: later)
     clock.advance(PAYMENT_LEASE.total_seconds() + 1)
     assert worker.run_once() == 1
-    assert [name for name, _ in payments.authorizations] == [order.name], (
-        "asked once, by the claim's copy only"
-    )
+    assert [name for name, _ in payments.sales] == [order.name], "asked once, by the claim's copy only"
 
 
 def test_a_stopping_worker_takes_no_order(engine: Engine) -> None:
@@ -342,11 +364,11 @@ def test_a_try_that_would_start_past_half_its_lease_is_left_to_the_lease(
 
     def slow(order: Order) -> Authorization:
         monkeypatch.setattr(payment_module.time, "monotonic", lambda: late)
-        return Authorization(f"payments/p-{order.id}")
+        return _sold(order)
 
     payments.answer = slow
     assert worker.run_once() == 2
-    assert [name for name, _ in payments.authorizations] == [first.name]
+    assert [name for name, _ in payments.sales] == [first.name]
     assert orders.orders.get(first.id).state == PAID
     assert orders.payment_state(second) == (PENDING, True, 0), "untouched: still leased"
     assert orders.orders.claim_payments(10) == []

@@ -319,8 +319,8 @@ def test_the_saga_authorizes_captures_then_pays_then_fulfils(system: System) -> 
     assert awaiting.payment == payment
     # Asked once, for the owner and the total, with the order's own idempotency key.
     [asked] = system.payments.authorizations_of(order.name)
-    assert (asked.owner, asked.amount, asked.account) == (order.owner, order.total, "")
-    assert asked.request_id == str(uuid.uuid5(uuid.NAMESPACE_URL, order.name + "/authorize"))
+    assert (asked.owner, asked.amount, asked.account, asked.capture) == (order.owner, order.total, "", True)
+    assert asked.request_id == str(uuid.uuid5(uuid.NAMESPACE_URL, order.name + "/sale"))
     # The worker captures at once, with one idempotency key, and retries after UNAVAILABLE.
     calls = eventually(
         lambda: c if len(c := system.payments.calls_for(payment)) >= 2 else None, what="2 captures"
@@ -354,6 +354,18 @@ def test_the_saga_authorizes_captures_then_pays_then_fulfils(system: System) -> 
         grpc.StatusCode.FAILED_PRECONDITION,
         "ORDER_NOT_CANCELLABLE",
     )
+
+
+def test_a_sale_pays_the_order_with_one_call(system: System) -> None:
+    _, who = system.user()
+    payment = f"payments/s-{uuid.uuid4().hex[:12]}"
+    order = system.placed(who, Answer(payment, sold=True))
+    paid = system.reaches(order, who, State.STATE_PAID)
+    assert paid.payment == payment
+    [asked] = system.payments.authorizations_of(order.name)
+    assert asked.capture, "asked as a sale"
+    assert system.payments.calls_for(payment) == [], "nothing left to capture"
+    assert system.published(order.name) == ["OrderCreated", "OrderPaid"]
 
 
 def test_a_capture_refused_as_voided_is_not_retried(system: System) -> None:
@@ -497,6 +509,16 @@ def test_a_hold_made_before_the_upgrade_is_the_orders_payment(system: System) ->
     ]
 
 
+def test_a_payment_taken_before_the_upgrade_pays_the_order(system: System) -> None:
+    # Held with the key of an earlier release and captured since: nothing is captured again.
+    _, who = system.user()
+    payment = f"old-{uuid.uuid4().hex[:8]}"
+    order = system.placed(who, _made_before(payment, "CAPTURED"))
+    paid = system.reaches(order, who, State.STATE_PAID)
+    assert paid.payment == f"payments/{payment}"
+    assert system.payments.calls_for(f"payments/{payment}") == []
+
+
 def test_a_decline_made_before_the_upgrade_fails_the_order_with_its_reason(system: System) -> None:
     # Payments declined the order from OrderCreated, and its PaymentFailed went to the earlier
     # release: ALREADY_EXISTS says the payment FAILED, so nothing is captured.
@@ -518,7 +540,7 @@ def test_an_authorization_payments_cannot_answer_is_asked_again_with_one_key(sys
     system.payments.plan(order.name, Answer(f"payments/p-{uuid.uuid4().hex[:8]}"))
     system.reaches(order, who, State.STATE_PAID)
     keys = {asked.request_id for asked in system.payments.authorizations_of(order.name)}
-    assert keys == {str(uuid.uuid5(uuid.NAMESPACE_URL, order.name + "/authorize"))}
+    assert keys == {str(uuid.uuid5(uuid.NAMESPACE_URL, order.name + "/sale"))}
     assert system.published(order.name) == ["OrderCreated", "OrderPaid"]
 
 

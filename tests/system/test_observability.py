@@ -114,7 +114,7 @@ def test_an_order_is_one_trace_from_the_edge_to_the_notification(traced: Traced)
         ids = {s.span_id for s in spans}
         orphans = [s for s in spans if s.parent_id and s.parent_id not in ids]
         sent = _by(spans, "notifications", "INTERNAL", "send email")
-        done = "notifications" in consumed and _by(spans, "payments", "SERVER", "Capture") and sent
+        done = "notifications" in consumed and _by(spans, "payments", "SERVER", "Authorize") and sent
         seen[:] = [f"consumed by {sorted(consumed)}", f"email sent: {bool(sent)}", f"orphans: {orphans}"]
         return spans if done and not orphans else None
 
@@ -144,15 +144,15 @@ def test_an_order_is_one_trace_from_the_edge_to_the_notification(traced: Traced)
     assert edge_span.attributes["rpc.grpc.status_code"] == 0
 
     # orders' payment worker takes the payment in the order's trace: its span under the
-    # CreateOrder call, and under it the calls to payments over mTLS gRPC, authorize first.
+    # CreateOrder call, and under it the call to payments over mTLS gRPC, a sale (held and
+    # taken in one call: no CapturePayment).
     [taking] = _by(spans, "orders", "INTERNAL", "take payment")
     assert parent(taking) == create
     assert taking.attributes["poly.resource.name"] == order
-    [authorize] = _by(spans, "payments", "SERVER", "Authorize")
-    [capture] = _by(spans, "payments", "SERVER", "Capture")
-    for call in (authorize, capture):
-        assert (parent(call).service, parent(call).kind) == ("orders", "CLIENT")
-        assert parent(parent(call)) == taking
+    [sale] = _by(spans, "payments", "SERVER", "Authorize")
+    assert (parent(sale).service, parent(sale).kind) == ("orders", "CLIENT")
+    assert parent(parent(sale)) == taking
+    assert _by(spans, "payments", "SERVER", "Capture") == []
     assert [s for s in _by(spans, "payments", "CONSUMER", "")] == [], "no event in payments' part of the saga"
     assert [s.name for s in spans if s.name.endswith("/PushEvent")] == []
     # and the notification about it.
@@ -180,8 +180,7 @@ def test_an_order_is_one_trace_from_the_edge_to_the_notification(traced: Traced)
         ]
 
     expected = [
-        ("payments", "finished call", "/AuthorizePayment"),
-        ("payments", "finished call", "/CapturePayment"),
+        ("payments", "finished call", "/AuthorizePayment"),  # a sale: held and taken in one call
         ("orders", "finished call", "/CreateOrder"),
         ("notifications", "delivery sent", ""),  # the email, sent by a background worker
     ]
@@ -195,9 +194,9 @@ def test_an_order_is_one_trace_from_the_edge_to_the_notification(traced: Traced)
         eventually(lambda: not missing(), what="the edge's request id in every service's lines")
     except AssertionError as error:
         raise AssertionError(f"{error}; none in {missing()}") from None
-    captures = carried("payments", "finished call", "/CapturePayment")
-    assert all(line["request_id"] == request_id for line in captures)
-    assert any(line["code"] == "OK" for line in captures)
+    sales = carried("payments", "finished call", "/AuthorizePayment")
+    assert all(line["request_id"] == request_id for line in sales)
+    assert any(line["code"] == "OK" for line in sales)
 
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "observability" / "prometheus-rules.yml"
@@ -230,7 +229,7 @@ def test_prometheus_scrapes_every_component_and_sees_the_calls_move(traced: Trac
             timeout=60,
         )
         prometheus.wait_for(
-            'sum(grpc_client_handled_total{job="orders",grpc_method="CapturePayment"})',
+            'sum(grpc_client_handled_total{job="orders",grpc_method="AuthorizePayment"})',
             lambda samples: bool(samples) and samples[0].value >= 1,
             timeout=60,
         )
