@@ -605,7 +605,7 @@ class Orders:
         """Payments' answer recorded: `order` from `source` to `target`, and `event` published
         with the change, in one transaction (None: the order had moved on)."""
         with self.transactions() as repo:
-            changed = _saga_step(repo, order.id, source, target, self.clock(), **changes)
+            changed = _saga_step(repo, order, source, target, self.clock(), **changes)
             if changed is not None and event is not None:
                 repo.publish(event, changed)
             return changed
@@ -630,12 +630,22 @@ class Orders:
 
 
 def _saga_step(
-    repo: Repository, order_id: str, source: str, target: str, now: dt.datetime, **changes: object
+    repo: Repository, seen: Order, source: str, target: str, now: dt.datetime, **changes: object
 ) -> Order | None:
     """Move the order from `source` to `target` by payments' answer; None (a logged no-op)
     when the answer finds it elsewhere (cancelled meanwhile, or moved by another worker's
     try). Losing a race raises ABORTED: the worker leaves the order to its lease, and the
-    next try sees the new state."""
+    next try sees the new state.
+
+    First written from `seen` (the order as the worker last saw it) without reading it: the
+    write is conditional on its version, and every field it writes either changes only with
+    a new version or is set afresh by the move, so a write that matches is the one a read
+    would have made. Only when it does not match is the order read."""
+    if seen.state == source:
+        moved = seen.moved(target, now, **changes)
+        if repo.save(moved, seen.version):
+            return moved
+    order_id = seen.id
     order = repo.order(order_id)
     if order is None or order.state != source:
         _log.info(

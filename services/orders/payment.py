@@ -313,8 +313,10 @@ class PaymentWorker:
         if not batch:
             return 0
         tries = self._calls.map(self._attempt, *zip(*batch, strict=True))
-        retries = self._background.transaction(
-            self._orders.payments_attempted, [done for done in tries if done is not None]
+        unfinished = [done for done in tries if done is not None and done[1] is not StepOutcome.DONE]
+        # The usual pass ends every try: no hand-over to a transaction thread (27-48 µs each).
+        retries = (
+            self._background.transaction(self._orders.payments_attempted, unfinished) if unfinished else []
         )
         for retry in retries:
             self._claims.retry_at(time.monotonic() + retry.total_seconds())

@@ -187,7 +187,8 @@ def test_the_worker_runs_below_the_calls_and_its_transactions_do_not(engine: Eng
     assert orders.states(placed) == {PAID}
     assert background.entered == ["orders-payment"]
     assert background.stray == [], "a lowered thread ran a statement outside a transaction call"
-    assert {"claim_payments", "captured", "payments_attempted"} <= set(background.transactions)
+    assert {"claim_payments", "captured"} <= set(background.transactions)
+    assert "payments_attempted" not in background.transactions, "every try ended: nothing to reschedule"
 
 
 def _one_pass(orders: _Orders, payments: _Payments) -> Order:
@@ -197,6 +198,37 @@ def _one_pass(orders: _Orders, payments: _Payments) -> Order:
     order = orders.placed()
     assert worker.run_once() == 1
     return order
+
+
+def test_an_answer_is_written_from_the_workers_copy_without_reading_the_order(engine: Engine) -> None:
+    orders = _Orders(engine, Clock(dt.datetime.now(dt.UTC)))
+    order = orders.placed()
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        paid = orders.orders.captured(order, f"payments/p-{order.id}")
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert paid is not None and paid.lines == order.lines
+    assert orders.orders.get(order.id) == paid, "what was written is what a read gives back"
+    reads = [s for s in statements if s.startswith("SELECT") and "FROM orders" in s]
+    assert reads == [], "the write is conditional on the copy's version: no read needed"
+
+
+def test_an_answer_to_a_stale_copy_reads_the_order_and_changes_nothing(engine: Engine) -> None:
+    # Another worker's try recorded the hold meanwhile (the copy's lease ran out): the copy's
+    # version no longer matches, so the order is read, found moved on, and left as it is.
+    orders = _Orders(engine, Clock(dt.datetime.now(dt.UTC)))
+    order = orders.placed()
+    held = orders.orders.authorized(order, f"payments/p-{order.id}")
+    assert held is not None
+    assert orders.orders.captured(order, f"payments/p-{order.id}") is None
+    assert orders.orders.get(order.id) == held
+    assert orders.published(order) == ["OrderCreated"]
 
 
 def test_a_declined_order_fails_with_the_reason(engine: Engine) -> None:
