@@ -4,7 +4,9 @@ What is measured
 ----------------
 The payments use cases in this process over their real store (SQLite file, and PostgreSQL
 when ``--postgres`` is given), no server: one funded customer account, then an
-AuthorizePayment + CapturePayment pair (the saga's two calls) again and again. At each
+AuthorizePayment + CapturePayment pair (the saga's two calls until 2026-12-07) again and
+again; with ``--sale``, one AuthorizePayment with ``capture`` (a sale, the saga's one call
+since) per order instead. At each
 history size (the customer's earlier payments, each with its hold and capture entries),
 ``--sample`` more pairs are timed: CPU milliseconds per pair (this process's
 ``time.process_time``; a PostgreSQL server's own CPU is not in it) and wall milliseconds per
@@ -13,7 +15,8 @@ largest history's cost to the smallest's is the figure: 1.0 means reading an acc
 the same however long its ledger.
 
 Run ``python bench/ledger.py`` (about a minute on SQLite; ``--postgres postgresql://…`` adds a
-run on a new database there; ``--histories 10,100,1000,3000,6000``). Numbers, not pass/fail.
+run on a new database there; ``--histories 10,100,1000,3000,6000``; ``--sale``). Numbers, not
+pass/fail. (A "pair" below is one order's payment: the two calls, or the sale.)
 
 Runs (this machine, one core)
 -----------------------------
@@ -66,7 +69,7 @@ def _payments(url: str) -> tuple[Payments, Accounts, Engine]:
     return Payments(transactions), Accounts(transactions), engine
 
 
-def measure(url: str, histories: list[int], sample: int) -> list[dict[str, float]]:
+def measure(url: str, histories: list[int], sample: int, *, sale: bool = False) -> list[dict[str, float]]:
     payments, accounts, engine = _payments(url)
     try:
         account = accounts.open_account(f"users/{uuid.uuid4()}", "EUR")
@@ -80,8 +83,10 @@ def measure(url: str, histories: list[int], sample: int) -> list[dict[str, float
                 owner=account.owner,
                 account_id="",
                 amount=Money("EUR", 100),
+                capture=sale,
             )
-            payments.capture(ORDERS, str(uuid.uuid4()), held.id)
+            if not sale:
+                payments.capture(ORDERS, str(uuid.uuid4()), held.id)
 
         made, rows = 0, []
         for history in histories:
@@ -130,19 +135,22 @@ def main() -> None:
     parser.add_argument("--histories", default="10,100,1000,3000", help="earlier payments, ascending")
     parser.add_argument("--sample", type=int, default=50, help="pairs timed at each history")
     parser.add_argument("--postgres", default="", help="admin URL: also run on a new database there")
+    parser.add_argument("--sale", action="store_true", help="each order paid by one sale, not a pair")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "ledger.json")
     opts = parser.parse_args()
     histories = sorted(int(h) for h in opts.histories.split(","))
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         print("sqlite:")
-        results["sqlite"] = measure(f"sqlite:///{scratch}/payments.db", histories, opts.sample)
+        results["sqlite"] = measure(
+            f"sqlite:///{scratch}/payments.db", histories, opts.sample, sale=opts.sale
+        )
     if opts.postgres:
         url, name = _postgres_database(opts.postgres)
         try:
             print("postgresql:")
             results["postgresql"] = measure(
-                url.replace("postgresql://", "postgresql+psycopg://"), histories, opts.sample
+                url.replace("postgresql://", "postgresql+psycopg://"), histories, opts.sample, sale=opts.sale
             )
         finally:
             _drop(opts.postgres, name)
