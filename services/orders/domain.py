@@ -70,8 +70,8 @@ __all__ = [
     "RequestKey",
     "StepOutcome",
     "capture_request_id",
-    "sale_request_id",
     "not_found",
+    "sale_request_id",
     "watch_until",
 ]
 

@@ -79,10 +79,11 @@ class GrpcPayments:
     over mTLS.
 
     AuthorizePayment: a payment in state FAILED is a decline with its reason, CAPTURED taken,
-    any other a hold (a repeat gets the first answer); INVALID_ARGUMENT and FAILED_PRECONDITION are
-    declines too (an amount payments cannot hold, an order cancelled for another total);
-    ALREADY_EXISTS names the order's payment made without this key (by an earlier release,
-    from the OrderCreated event) with its state: the order's hold, or its decline.
+    any other a hold (a repeat gets the first answer); INVALID_ARGUMENT and
+    FAILED_PRECONDITION are declines too (an amount payments cannot hold, an order cancelled
+    for another total); ALREADY_EXISTS names the order's payment made without this key (by an
+    earlier release: from the OrderCreated event, or held with the key of ``/authorize``) with
+    its state: the order's hold, its capture, or its decline.
     CapturePayment: FAILED_PRECONDITION (the payment was voided or failed) is final. Every
     other error is asked again later."""
 
