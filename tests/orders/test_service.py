@@ -237,13 +237,14 @@ def test_cancel_publishes_and_is_then_a_safe_retry(system: System) -> None:
     assert system.published(order.name) == ["OrderCreated", "OrderCancelled"]
 
 
-def test_a_hold_answered_after_the_cancel_changes_nothing(system: System) -> None:
-    # The authorization was in flight when the order was cancelled: its answer is a no-op
-    # (payments voids the hold on OrderCancelled), and nothing is captured.
+@pytest.mark.parametrize("sold", [False, True], ids=["held", "sold"])
+def test_an_answer_after_the_cancel_changes_nothing(system: System, sold: bool) -> None:
+    # The sale was in flight when the order was cancelled: its answer is a no-op (payments
+    # voids a hold, or refunds a sale, on OrderCancelled), and nothing is captured.
     _, who = system.user()
     gate = threading.Event()
     payment = f"payments/late-{uuid.uuid4().hex[:8]}"
-    order = system.placed(who, Answer(payment, gate=gate))
+    order = system.placed(who, Answer(payment, sold=sold, gate=gate))
     eventually(lambda: system.payments.authorizations_of(order.name), what="the authorization in flight")
     cancelled = system.stub().CancelOrder(
         pb.CancelOrderRequest(name=order.name, etag=order.etag), metadata=who, timeout=10
